@@ -1,0 +1,70 @@
+"""entra-passthrough: carry an end user's identity from an agent to Entra-protected MCP servers.
+
+Three stages: *capture* the caller per request (``CallerMiddleware``, ``bind_caller``),
+*resolve* a token for the target audience under a policy (``TokenChain`` of ``TokenSource``s),
+*apply* it on every HTTP request (``EntraAuth``).
+"""
+
+from __future__ import annotations
+
+from ._caller import Caller, active_caller, bind_caller, current_caller
+from ._errors import (
+    AppOnlyAssertion,
+    AssertionAudienceMismatch,
+    AssertionExpired,
+    AssertionMalformed,
+    AssertionNotUsable,
+    ConfigurationError,
+    ConsentRequired,
+    EntraError,
+    EntraPassthroughError,
+    InsufficientScope,
+    InteractionRequired,
+    MissingExtraError,
+    NoCallerError,
+    PolicyViolation,
+    SourceUnavailable,
+    TenantNotAllowed,
+    TokenAcquisitionError,
+    TokenVerificationError,
+)
+from ._jwt import UnverifiedClaims
+from ._types import IdentityKind, TokenRequest, TokenResult, TokenSource
+
+# Exports added by each stage's module are appended below, one block per module.
+# --- capture/apply (_middleware, _auth, _verify) ---
+# --- resolve (_chain, _cache, _sources) ---
+# --- consent (_store, _sources.delegated) ---
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AppOnlyAssertion",
+    "AssertionAudienceMismatch",
+    "AssertionExpired",
+    "AssertionMalformed",
+    "AssertionNotUsable",
+    "Caller",
+    "ConfigurationError",
+    "ConsentRequired",
+    "EntraError",
+    "EntraPassthroughError",
+    "IdentityKind",
+    "InsufficientScope",
+    "InteractionRequired",
+    "MissingExtraError",
+    "NoCallerError",
+    "PolicyViolation",
+    "SourceUnavailable",
+    "TenantNotAllowed",
+    "TokenAcquisitionError",
+    "TokenRequest",
+    "TokenResult",
+    "TokenSource",
+    "TokenVerificationError",
+    "UnverifiedClaims",
+    "__version__",
+    "active_caller",
+    "bind_caller",
+    "current_caller",
+]

@@ -1,0 +1,249 @@
+"""The Entra (AADSTS) error codes we decode, with what they mean and how to fix them.
+
+Sources: https://learn.microsoft.com/entra/identity-platform/reference-error-codes and the
+on-behalf-of, consent, managed identity and Agent ID pages. The table is used to build error
+messages; it never contains anything from a request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Aadsts:
+    code: int
+    name: str
+    meaning: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"AADSTS{self.code} ({self.name})"
+
+
+_TABLE: tuple[Aadsts, ...] = (
+    Aadsts(
+        50013,
+        "InvalidAssertion",
+        "the user assertion is not valid for this client: its audience is not the OBO app, "
+        "or its signature or issuer does not match",
+        "send OBO a token issued for the OBO app itself (its client id or App ID URI); a token "
+        "for another audience (e.g. https://ai.azure.com) cannot be exchanged",
+    ),
+    Aadsts(
+        500011,
+        "InvalidResourceServicePrincipalNotFound",
+        "the resource (scope) named in the request does not exist in the tenant",
+        "check the scope's App ID URI (api://<app-id>/.default) and that the API's service "
+        "principal exists in the user's tenant (admin consent creates it)",
+    ),
+    Aadsts(
+        65001,
+        "DelegationDoesNotExist",
+        "the user or an administrator has not consented to the app using the requested scope",
+        "have the user consent (the error carries a consent link) or grant admin consent for "
+        "the scope; list the API under the client app's knownClientApplications for combined "
+        "consent",
+    ),
+    Aadsts(
+        7000114,
+        "AppOnlyTokenNotAllowedForOBO",
+        "the assertion is an app-only token; on-behalf-of needs a delegated user token",
+        "call OBO only with a user's token (it has 'scp'); for service calls use the app_only "
+        "policy with a managed identity or client credentials",
+    ),
+    Aadsts(
+        70011,
+        "InvalidScope",
+        "the scope is malformed or not valid for this grant",
+        "use '<resource>/.default' for client credentials and managed identity, and exposed "
+        "delegated scopes (api://<app>/<scope>) for user flows",
+    ),
+    Aadsts(
+        700016,
+        "UnauthorizedClient_DoesNotMatchRequest",
+        "the application was not found in the tenant",
+        "check the client id and the tenant; a single-tenant app cannot sign in users of "
+        "another tenant",
+    ),
+    Aadsts(
+        7000215,
+        "InvalidClientSecret",
+        "the client secret is wrong",
+        "send the secret's value (not its id), and check it has not expired or been rotated",
+    ),
+    Aadsts(
+        500133,
+        "TokenExpired",
+        "the user assertion has expired",
+        "obtain a fresh user token; an OBO token can never outlive the assertion it came from",
+    ),
+    Aadsts(
+        50076,
+        "UserStrongAuthClientAuthNRequiredInterrupt",
+        "conditional access requires multi-factor authentication",
+        "send the 'claims' challenge back to the client so the user signs in again with MFA",
+    ),
+    Aadsts(
+        50079,
+        "UserStrongAuthEnrollmentRequired",
+        "the user must enrol in multi-factor authentication",
+        "the user signs in interactively once to register MFA",
+    ),
+    Aadsts(
+        53003,
+        "BlockedByConditionalAccess",
+        "a conditional access policy blocked the request",
+        "ask a tenant administrator which policy applies; the user cannot fix this by retrying",
+    ),
+    Aadsts(
+        9010010,
+        "InvalidResourceParameter",
+        "an RFC 8707 'resource' parameter was sent on a v2 request and does not match the scopes",
+        "do not send 'resource' to the v2 endpoint; name the resource in the scope "
+        "(api://<app>/.default) instead",
+    ),
+    Aadsts(
+        82001,
+        "AgentIdentityNotFound",
+        "the agent identity named by fmi_path or client_id does not exist or is disabled",
+        "check the agent identity's id and that it was created from this blueprint",
+    ),
+    Aadsts(
+        82014,
+        "AgentIdentityInteractiveConsentNotAllowed",
+        "child agent identities cannot be consented interactively",
+        "grant the agent identity's permissions with admin consent (oauth2PermissionGrants)",
+    ),
+    Aadsts(
+        700211,
+        "NoMatchingFederatedIdentityCredential",
+        "no federated identity credential on the app matches the client assertion's issuer, "
+        "subject and audience",
+        "add a federated credential whose issuer and subject are the managed identity's (or the "
+        "workload's) and whose audience is the cloud's api://AzureADTokenExchange",
+    ),
+    Aadsts(
+        700024,
+        "ClientAssertionNotWithinValidTimeRange",
+        "the client assertion has expired or is not yet valid",
+        "refresh the federated token (it must be fresh when MSAL sends it)",
+    ),
+    Aadsts(
+        7000112,
+        "UnauthorizedClientApplicationDisabled",
+        "the application is disabled",
+        "enable the app's service principal in the tenant",
+    ),
+    Aadsts(
+        700082,
+        "ExpiredOrRevokedGrant",
+        "the refresh token has expired or was revoked",
+        "the user must consent or sign in again",
+    ),
+    Aadsts(
+        70008,
+        "ExpiredOrRevokedGrant",
+        "the authorization code or refresh token has expired or was revoked",
+        "start the sign-in again",
+    ),
+    Aadsts(
+        54005,
+        "OAuth2AuthorizationCodeAlreadyRedeemed",
+        "the authorization code was already redeemed",
+        "start the sign-in again; a code can be redeemed only once",
+    ),
+    Aadsts(
+        501481,
+        "InvalidCodeChallenge",
+        "the PKCE code verifier does not match the code challenge",
+        "send the verifier generated with the challenge of this sign-in",
+    ),
+    Aadsts(
+        50126,
+        "InvalidUserNameOrPassword",
+        "the user name or password is wrong",
+        "check the credentials (ROPC is for test users only)",
+    ),
+    Aadsts(
+        50034,
+        "UserAccountNotFound",
+        "the user does not exist in the tenant",
+        "check the user principal name and the tenant",
+    ),
+    Aadsts(
+        90002,
+        "InvalidTenantName",
+        "the tenant was not found",
+        "check the tenant id or domain in the authority",
+    ),
+    Aadsts(
+        900144,
+        "MissingRequiredField",
+        "a required request parameter is missing",
+        "send the parameter named in the message",
+    ),
+    Aadsts(
+        900023,
+        "InvalidTenantIdentifier",
+        "the tenant identifier is not a GUID or a domain",
+        "use the tenant's GUID or a verified domain in the authority",
+    ),
+    Aadsts(
+        50027,
+        "InvalidJwtToken",
+        "a JWT in the request is malformed or its signature is not valid",
+        "check the assertion is a complete, unmodified JWT",
+    ),
+    Aadsts(
+        7000218,
+        "InvalidClient",
+        "the request has no client credential",
+        "send client_secret or client_assertion (confidential clients must authenticate)",
+    ),
+    Aadsts(
+        700027,
+        "InvalidClientAssertionSignature",
+        "the client assertion's signature does not match a registered certificate",
+        "upload the certificate's public key to the app registration",
+    ),
+    Aadsts(
+        50011,
+        "InvalidReplyTo",
+        "the redirect URI does not match a registered reply URL",
+        "register the exact redirect URI on the app (scheme, host, port and path)",
+    ),
+    Aadsts(
+        50148,
+        "PKCECodeVerifierMissing",
+        "the code was issued with PKCE but no verifier was sent",
+        "send code_verifier when redeeming",
+    ),
+    Aadsts(
+        50173,
+        "FreshTokenNeeded",
+        "the grant was revoked (password change or sign-out)",
+        "the user must sign in again",
+    ),
+    Aadsts(
+        500113,
+        "NoReplyAddress",
+        "no reply address is registered for the application",
+        "register a redirect URI",
+    ),
+)
+
+AADSTS: dict[int, Aadsts] = {entry.code: entry for entry in _TABLE}
+
+
+def describe(code: int) -> Aadsts:
+    """The known meaning of an AADSTS code, or a generic entry pointing to the reference."""
+    known = AADSTS.get(code)
+    if known is not None:
+        return known
+    return Aadsts(
+        code,
+        "Unknown",
+        "Entra returned an error this library does not decode",
+        f"look up AADSTS{code} at https://login.microsoftonline.com/error?code={code}",
+    )

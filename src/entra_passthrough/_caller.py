@@ -1,0 +1,256 @@
+"""Capture: the per-request ``Caller`` scope object, ``current_caller()`` and ``bind_caller``.
+
+The Caller is *mutable* on purpose: it is deactivated when its request (or run) ends, so a
+long-lived task that copied the context earlier (an MCP connection's lifecycle task) sees an
+inactive Caller and never uses its token (FACTS.md, Agent Framework).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from contextvars import ContextVar, Token
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from ._jwt import MAX_TOKEN_BYTES, JwtDecodeError, UnverifiedClaims, fingerprint
+
+#: Foundry's platform headers (azure-ai-agentserver-core).
+USER_ID_HEADER = "x-agent-user-id"
+CALL_ID_HEADER = "x-agent-foundry-call-id"
+_MAX_PLATFORM_VALUE = 256
+
+_current: ContextVar[Caller | None] = ContextVar("entra_passthrough.caller", default=None)
+
+
+@dataclass(eq=False, slots=True)
+class Caller:
+    """Who is calling, for one request or one background run.
+
+    ``assertion`` is the bearer token from the first configured header that carried one;
+    ``presented`` is true whenever the request carried a bearer at all — even one that cannot be
+    decoded — so that a presented-but-unusable assertion can never let a chain fall back to an
+    app identity. ``claims`` are *unverified* (routing only) unless ``verified`` is set by a
+    verifying middleware. ``repr`` never shows a token.
+
+    >>> with bind_caller(token=user_token) as caller:
+    ...     assert current_caller() is caller
+    """
+
+    assertion: str | None = field(default=None, repr=False)
+    assertions: Mapping[str, str] = field(default_factory=dict, repr=False)
+    presented: bool = False
+    claims: UnverifiedClaims | None = None
+    decode_error: str | None = None
+    user_id: str | None = None
+    call_id: str | None = None
+    verified: Mapping[str, Any] | None = field(default=None, repr=False)
+    not_after: float | None = None
+    _active: bool = True
+    errors: list[BaseException] = field(default_factory=list, repr=False)
+
+    @property
+    def active(self) -> bool:
+        """False once the request or run ended, or past ``not_after`` (the assertion's expiry
+        for a bound background run)."""
+        if not self._active:
+            return False
+        return self.not_after is None or time.time() < self.not_after
+
+    def end(self) -> None:
+        self._active = False
+
+    @property
+    def fingerprint(self) -> str | None:
+        return fingerprint(self.assertion) if self.assertion else None
+
+    @property
+    def user_key(self) -> str | None:
+        """The strongest stable key for this user: ``tid:oid`` from a verified token, else
+        ``unverified-tid:oid`` from routing claims, else ``platform:<x-agent-user-id>``."""
+        if self.verified is not None:
+            tid, oid = self.verified.get("tid"), self.verified.get("oid")
+            if isinstance(tid, str) and isinstance(oid, str):
+                return f"{tid}:{oid}"
+        if self.claims is not None and self.claims.tid and self.claims.oid:
+            return f"unverified-{self.claims.tid}:{self.claims.oid}"
+        if self.user_id:
+            return f"platform:{self.user_id}"
+        return None
+
+    def record(self, error: BaseException) -> None:
+        """Keep an acquisition error for the integration to re-raise after the call."""
+        if len(self.errors) < 16:
+            self.errors.append(error)
+
+    def take_errors(self) -> list[BaseException]:
+        errors, self.errors = self.errors, []
+        return errors
+
+    @classmethod
+    def from_token(
+        cls,
+        token: str | None,
+        *,
+        user_id: str | None = None,
+        call_id: str | None = None,
+        not_after: float | None = None,
+    ) -> Caller:
+        caller = cls(user_id=user_id, call_id=call_id, not_after=not_after)
+        if token is not None:
+            caller._set_assertion("authorization", token)
+        return caller
+
+    @classmethod
+    def from_headers(
+        cls,
+        headers: Iterable[tuple[bytes, bytes]],
+        *,
+        assertion_headers: Iterable[str] = ("authorization",),
+    ) -> Caller:
+        """Build a Caller from raw ASGI headers. Never raises on bad input.
+
+        A header named in ``assertion_headers`` that appears more than once is ambiguous: it
+        counts as *presented* but unusable (fail closed). ``Authorization`` must use the
+        ``Bearer`` scheme; other named headers (e.g. ``X-MS-TOKEN-AAD-ACCESS-TOKEN``) carry the
+        bare token.
+        """
+        wanted = tuple(h.lower() for h in assertion_headers)
+        seen: dict[str, list[bytes]] = {}
+        user_id = call_id = None
+        for raw_name, raw_value in headers:
+            name = raw_name.decode("latin-1").lower()
+            if name in wanted:
+                seen.setdefault(name, []).append(raw_value)
+            elif name == USER_ID_HEADER:
+                user_id = _platform_value(raw_value)
+            elif name == CALL_ID_HEADER:
+                call_id = _platform_value(raw_value)
+        caller = cls(user_id=user_id, call_id=call_id)
+        for name in wanted:
+            values = seen.get(name)
+            if not values:
+                continue
+            if len(values) > 1:
+                caller._mark_malformed(f"header {name!r} sent {len(values)} times")
+                continue
+            token = _bearer(name, values[0])
+            if token is None:
+                continue  # e.g. "Basic ..." — not an assertion at all
+            caller._set_assertion(name, token)
+        return caller
+
+    def _set_assertion(self, header: str, token: str) -> None:
+        self.presented = True
+        if header not in self.assertions:
+            self.assertions = {**self.assertions, header: token}
+        if self.assertion is not None:
+            return
+        self.assertion = token
+        try:
+            self.claims = UnverifiedClaims.from_token(token)
+        except JwtDecodeError as exc:
+            self.decode_error = str(exc)
+
+    def _mark_malformed(self, reason: str) -> None:
+        self.presented = True
+        if self.decode_error is None:
+            self.decode_error = reason
+
+
+def _platform_value(raw: bytes) -> str | None:
+    if not raw or len(raw) > _MAX_PLATFORM_VALUE:
+        return None
+    value = raw.decode("latin-1").strip()
+    return value if value.isprintable() else None
+
+
+def _bearer(header: str, raw: bytes) -> str | None:
+    """The token in ``raw``; ``""`` for a bearer that is present but empty or unreadable."""
+    if len(raw) > MAX_TOKEN_BYTES + 16:
+        return ""  # presented, oversized: decoding will fail closed
+    value = raw.decode("latin-1").strip()
+    if header == "authorization":
+        scheme, _, rest = value.partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+        value = rest.strip()
+    return value
+
+
+def current_caller() -> Caller | None:
+    """The Caller bound to this context, active or not (check ``.active``)."""
+    return _current.get()
+
+
+def active_caller() -> Caller | None:
+    """The Caller bound to this context if it is still active, else ``None``."""
+    caller = _current.get()
+    return caller if caller is not None and caller.active else None
+
+
+class bind_caller:
+    """Bind a Caller to the current context, as a sync or async context manager.
+
+    Use it where there is no ASGI request: workers, tests, Azure Functions, background runs.
+    For a background run, bind for the run's whole life; the Caller stays active until the run
+    ends, capped at the assertion's expiry (``cap_at_expiry=True``).
+
+    >>> async with bind_caller(token=user_token):
+    ...     await client.get("https://api.contoso.com/me")
+    """
+
+    def __init__(
+        self,
+        caller: Caller | None = None,
+        *,
+        token: str | None = None,
+        user_id: str | None = None,
+        call_id: str | None = None,
+        cap_at_expiry: bool = True,
+    ) -> None:
+        if caller is None:
+            caller = Caller.from_token(token, user_id=user_id, call_id=call_id)
+        elif token is not None or user_id is not None or call_id is not None:
+            raise TypeError("pass either a Caller or token/user_id/call_id, not both")
+        if cap_at_expiry and caller.claims is not None and caller.claims.exp is not None:
+            cap = caller.claims.exp
+            caller.not_after = cap if caller.not_after is None else min(caller.not_after, cap)
+        self.caller = caller
+        self._token: Token[Caller | None] | None = None
+
+    def __enter__(self) -> Caller:
+        self._token = _current.set(self.caller)
+        return self.caller
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.caller.end()
+        if self._token is not None:
+            _current.reset(self._token)
+            self._token = None
+
+    async def __aenter__(self) -> Caller:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+
+def _set_current(caller: Caller | None) -> Token[Caller | None]:
+    """For the middleware: set without ending (the middleware ends the caller itself)."""
+    return _current.set(caller)
+
+
+def _reset_current(token: Token[Caller | None]) -> None:
+    _current.reset(token)

@@ -1,0 +1,388 @@
+"""Every error the library raises, in one tree.
+
+    EntraPassthroughError
+    ├── ConfigurationError            the library is configured wrongly (raised at build time)
+    ├── MissingExtraError (ImportError) an optional integration's package is not installed
+    ├── NoCallerError                 a user token was needed but no caller is bound / it ended
+    ├── TokenAcquisitionError         no acceptable token for (caller, scopes)
+    │   ├── AssertionNotUsable        the caller presented a token that cannot be exchanged
+    │   │   ├── AssertionAudienceMismatch   aud is not the OBO client      (AADSTS50013)
+    │   │   ├── AssertionExpired            exp is in the past             (AADSTS500133)
+    │   │   ├── AssertionMalformed          not a decodable JWT            (AADSTS50027)
+    │   │   └── AppOnlyAssertion            app token, no user             (AADSTS7000114)
+    │   ├── TenantNotAllowed          the caller's tid is not on the allow-list (no request sent)
+    │   ├── PolicyViolation           only identities the policy forbids were available
+    │   ├── ConsentRequired           the user must consent; carries a link (AADSTS65001, -32006)
+    │   ├── InteractionRequired       conditional access / MFA; carries claims (50076, 53003)
+    │   ├── SourceUnavailable         a source cannot run here (no az, no MI endpoint)
+    │   └── EntraError                any other Entra answer, AADSTS code decoded
+    └── TokenVerificationError        server side: a presented token is not acceptable
+        └── InsufficientScope         valid token, missing scope or role (HTTP 403)
+
+Messages say what happened, why, and what to configure. They never contain a token, secret,
+assertion or code: only claims that identify nothing secret (aud, iss, tid) and short hashes.
+All context is keyword-only and kept as attributes for programs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ._aadsts import Aadsts, describe
+
+
+class EntraPassthroughError(Exception):
+    """Base class of every error raised by entra-passthrough."""
+
+    fix: str | None = None
+
+    def __init__(self, message: str, *, fix: str | None = None) -> None:
+        if fix is not None:
+            self.fix = fix
+        full = f"{message} Fix: {self.fix}" if self.fix else message
+        super().__init__(full)
+
+
+class ConfigurationError(EntraPassthroughError, ValueError):
+    """The library was configured in a way that cannot work or would be unsafe."""
+
+
+class MissingExtraError(EntraPassthroughError, ImportError):
+    """An optional integration was imported without its extra installed."""
+
+    def __init__(self, *, module: str, extra: str) -> None:
+        self.module = module
+        self.extra = extra
+        super().__init__(
+            f"entra_passthrough.{module} needs optional packages that are not installed.",
+            fix=f"pip install 'entra-passthrough[{extra}]'",
+        )
+
+
+def require_extra(module: str, extra: str, exc: ImportError) -> MissingExtraError:
+    """Build the error to raise from ``exc`` when an integration's import fails."""
+    err = MissingExtraError(module=module, extra=extra)
+    err.__cause__ = exc
+    return err
+
+
+class NoCallerError(EntraPassthroughError):
+    """A user's token was needed but no active caller is bound to this context."""
+
+    def __init__(self, message: str | None = None, *, fix: str | None = None) -> None:
+        super().__init__(
+            message
+            or "No active caller: this request runs outside any user's request (no "
+            "CallerMiddleware/bind_caller, or the request already ended).",
+            fix=fix
+            or "install CallerMiddleware on the app, or wrap the work in bind_caller(...); "
+            "a stale context from a long-lived connection task never gets a user token.",
+        )
+
+
+class TokenAcquisitionError(EntraPassthroughError):
+    """No token acceptable under the policy could be obtained.
+
+    ``aadsts`` is set when Entra answered; ``correlation_id``/``trace_id`` identify the request
+    for Microsoft support and are safe to log.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: str | None = None,
+        scopes: Sequence[str] = (),
+        aadsts: int | None = None,
+        error: str | None = None,
+        suberror: str | None = None,
+        correlation_id: str | None = None,
+        trace_id: str | None = None,
+        fix: str | None = None,
+    ) -> None:
+        self.source = source
+        self.scopes = tuple(scopes)
+        self.code: Aadsts | None = describe(aadsts) if aadsts is not None else None
+        self.error = error
+        self.suberror = suberror
+        self.correlation_id = correlation_id
+        self.trace_id = trace_id
+        if fix is None and self.code is not None:
+            fix = self.code.fix
+        where = f" [source {source}]" if source else ""
+        ids = f" (correlation_id {correlation_id})" if correlation_id else ""
+        super().__init__(f"{message}{where}{ids}", fix=fix)
+
+
+class AssertionNotUsable(TokenAcquisitionError):
+    """The caller presented a token, but it cannot be exchanged by on-behalf-of.
+
+    The token is never sent to Entra in that case. A presented-but-unusable assertion never
+    lets the chain fall back to an app identity.
+    """
+
+
+class AssertionAudienceMismatch(AssertionNotUsable):
+    def __init__(
+        self,
+        *,
+        audience: str | None,
+        expected: Sequence[str],
+        source: str | None = None,
+        scopes: Sequence[str] = (),
+    ) -> None:
+        self.audience = audience
+        self.expected = tuple(expected)
+        hint = ""
+        if audience and audience.rstrip("/") in ("https://ai.azure.com", "https://ml.azure.com"):
+            hint = (
+                " This is the token Microsoft Foundry sends to hosted agents; it names the "
+                "user but is for Foundry, not for your app."
+            )
+        super().__init__(
+            f"The caller's token is for audience {audience!r}; on-behalf-of needs a token issued "
+            f"for the OBO app itself ({' or '.join(self.expected)}), so Entra would answer "
+            f"AADSTS50013.{hint} The token was not sent.",
+            source=source,
+            scopes=scopes,
+            aadsts=50013,
+            fix="have the client request a token for your app's scope (api://<app>/<scope>), "
+            "use DelegatedConsent (the user signs in once through the consent broker), or, "
+            "for Foundry, FoundryToolboxRoute; do not forward this token.",
+        )
+
+
+class AssertionExpired(AssertionNotUsable):
+    def __init__(
+        self, *, expired_at: float, source: str | None = None, scopes: Sequence[str] = ()
+    ) -> None:
+        self.expired_at = expired_at
+        super().__init__(
+            "The caller's token has expired (exp in the past); Entra would answer AADSTS500133. "
+            "The token was not sent.",
+            source=source,
+            scopes=scopes,
+            aadsts=500133,
+        )
+
+
+class AssertionMalformed(AssertionNotUsable):
+    def __init__(self, *, reason: str, source: str | None = None, scopes: Sequence[str] = ()):
+        super().__init__(
+            f"The caller presented a bearer token that is not a decodable JWT ({reason}); it "
+            "cannot be exchanged and it stops the chain from using an app identity instead.",
+            source=source,
+            scopes=scopes,
+            aadsts=50027,
+        )
+
+
+class AppOnlyAssertion(AssertionNotUsable):
+    def __init__(self, *, source: str | None = None, scopes: Sequence[str] = ()) -> None:
+        super().__init__(
+            "The caller's token is app-only (no user, 'roles' but no 'scp'); on-behalf-of "
+            "needs a user token (AADSTS7000114). The token was not sent.",
+            source=source,
+            scopes=scopes,
+            aadsts=7000114,
+        )
+
+
+class TenantNotAllowed(TokenAcquisitionError):
+    def __init__(
+        self,
+        *,
+        tenant: str | None,
+        allowed: Sequence[str],
+        source: str | None = None,
+        scopes: Sequence[str] = (),
+    ) -> None:
+        self.tenant = tenant
+        self.allowed = tuple(allowed)
+        super().__init__(
+            f"The caller's tenant {tenant!r} is not on the allow-list "
+            f"({', '.join(self.allowed) or 'empty'}); no request was sent to Entra.",
+            source=source,
+            scopes=scopes,
+            fix="add the tenant to allowed_tenants (or ENTRA_PASSTHROUGH_ALLOWED_TENANTS) if "
+            "your app is multi-tenant and you trust users from it.",
+        )
+
+
+class PolicyViolation(TokenAcquisitionError):
+    """Only identities the policy does not accept for this target could be obtained."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        policy: str,
+        scopes: Sequence[str] = (),
+        attempts: Sequence[str] = (),
+        fix: str | None = None,
+    ) -> None:
+        self.policy = policy
+        self.attempts = tuple(attempts)
+        tried = f" Tried: {'; '.join(self.attempts)}." if self.attempts else ""
+        super().__init__(f"{message}{tried}", scopes=scopes, fix=fix)
+
+
+class ConsentRequired(TokenAcquisitionError):
+    """The user (or an admin) must consent before a token can be issued.
+
+    ``link`` is an HTTPS URL to show the user (an authorize URL with ``prompt=consent``, or
+    the consent broker's start URL). It contains no secret.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        link: str | None,
+        source: str | None = None,
+        scopes: Sequence[str] = (),
+        server_label: str | None = None,
+        aadsts: int | None = None,
+        correlation_id: str | None = None,
+        trace_id: str | None = None,
+    ) -> None:
+        self.link = link
+        self.server_label = server_label
+        super().__init__(
+            message,
+            source=source,
+            scopes=scopes,
+            aadsts=aadsts,
+            error="invalid_grant" if aadsts else None,
+            suberror="consent_required" if aadsts else None,
+            correlation_id=correlation_id,
+            trace_id=trace_id,
+            fix="show the user the consent link; once they consent, retry the call."
+            if link
+            else None,
+        )
+
+
+class InteractionRequired(TokenAcquisitionError):
+    """Conditional access needs the user (MFA, compliant device...). ``claims`` is the
+    decoded challenge to send back to the client so it can sign in again."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        claims: str | None,
+        source: str | None = None,
+        scopes: Sequence[str] = (),
+        aadsts: int | None = None,
+        suberror: str | None = None,
+        correlation_id: str | None = None,
+        trace_id: str | None = None,
+    ) -> None:
+        self.claims = claims
+        super().__init__(
+            message,
+            source=source,
+            scopes=scopes,
+            aadsts=aadsts,
+            error="interaction_required",
+            suberror=suberror,
+            correlation_id=correlation_id,
+            trace_id=trace_id,
+        )
+
+
+class SourceUnavailable(TokenAcquisitionError):
+    """The source cannot run in this environment (no ``az`` on PATH, no MI endpoint...)."""
+
+
+class EntraError(TokenAcquisitionError):
+    """Entra answered with an error this library maps to no more specific class."""
+
+
+class TokenVerificationError(EntraPassthroughError):
+    """A token presented to a protected resource is not acceptable (HTTP 401).
+
+    ``error`` is the RFC 6750 code for ``WWW-Authenticate``; ``reason`` is safe to log.
+    """
+
+    status_code = 401
+    error = "invalid_token"
+
+    def __init__(self, reason: str, *, fix: str | None = None) -> None:
+        self.reason = reason
+        super().__init__(reason, fix=fix)
+
+
+class InsufficientScope(TokenVerificationError):
+    """The token is valid but lacks a required scope or role (HTTP 403)."""
+
+    status_code = 403
+    error = "insufficient_scope"
+
+    def __init__(self, reason: str, *, required: Sequence[str] = ()) -> None:
+        self.required = tuple(required)
+        super().__init__(reason)
+
+
+_MAX_DESCRIPTION = 300
+
+
+def _first_line(description: str) -> str:
+    # Entra's description is "AADSTS65001: The user or administrator has not consented...\r\n
+    # Trace ID: ... Correlation ID: ... Timestamp: ...". Keep the human part only, bounded.
+    text = description.split("\r\n", 1)[0].split("\n", 1)[0].strip()
+    return text[:_MAX_DESCRIPTION]
+
+
+def error_from_entra(
+    body: Mapping[str, Any],
+    *,
+    source: str | None = None,
+    scopes: Sequence[str] = (),
+    consent_link: str | None = None,
+) -> TokenAcquisitionError:
+    """Map an Entra error body (as MSAL returns it) to the matching typed error.
+
+    Entra's descriptions never echo tokens or secrets, but they are bounded and reduced to
+    their first line anyway.
+    """
+    codes = body.get("error_codes") or []
+    code: int | None = None
+    if isinstance(codes, list) and codes and isinstance(codes[0], int):
+        code = codes[0]
+    error = str(body.get("error") or "") or None
+    suberror = str(body.get("suberror") or "") or None
+    correlation_id = str(body.get("correlation_id") or "") or None
+    trace_id = str(body.get("trace_id") or "") or None
+    description = _first_line(str(body.get("error_description") or ""))
+    entry: Aadsts | None = describe(code) if code is not None else None
+    what = f"Entra refused the token request: {entry}: {entry.meaning}." if entry else (
+        f"Entra refused the token request: {error or 'unknown error'}."
+    )
+    if description and (entry is None or entry.name == "Unknown"):
+        what = f"{what} Entra said: {description}"
+    common: dict[str, Any] = {
+        "source": source,
+        "scopes": scopes,
+        "correlation_id": correlation_id,
+        "trace_id": trace_id,
+    }
+    if code == 65001 or suberror == "consent_required":
+        return ConsentRequired(what, link=consent_link, aadsts=code, **common)
+    if error == "interaction_required" or code in (50076, 50079, 53003):
+        raw_claims = body.get("claims")
+        return InteractionRequired(
+            what,
+            claims=str(raw_claims) if raw_claims else None,
+            aadsts=code,
+            suberror=suberror,
+            **common,
+        )
+    cls: type[TokenAcquisitionError] = {
+        50013: AssertionNotUsable,
+        500133: AssertionNotUsable,
+        7000114: AssertionNotUsable,
+    }.get(code or 0, EntraError)
+    return cls(what, aadsts=code, error=error, suberror=suberror, **common)

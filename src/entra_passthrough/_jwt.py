@@ -1,0 +1,145 @@
+"""Unverified JWT decoding for routing decisions, and safe fingerprints of secrets.
+
+Nothing here verifies a signature: claims decoded here are used to *route* (which tenant, is the
+audience right, has it expired) and never as a trusted identity. Verification is in ``_verify``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Bearer tokens larger than this are not decoded (Entra tokens are a few KiB; headers are
+#: bounded by servers at 8-16 KiB anyway).
+MAX_TOKEN_BYTES = 16 * 1024
+
+_ROUTING_CLAIMS = (
+    "iss",
+    "ver",
+    "aud",
+    "tid",
+    "oid",
+    "sub",
+    "upn",
+    "preferred_username",
+    "azp",
+    "appid",
+    "scp",
+    "roles",
+    "exp",
+    "nbf",
+    "idtyp",
+    "name",
+)
+
+
+class JwtDecodeError(ValueError):
+    """The value is not a decodable JWT. The message never contains the value."""
+
+
+def fingerprint(secret: str | bytes) -> str:
+    """A short, non-reversible tag for a token or secret, safe for logs and reprs."""
+    data = secret.encode() if isinstance(secret, str) else secret
+    return "sha256:" + hashlib.sha256(data).hexdigest()[:12]
+
+
+def sha256_hex(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _b64url_decode(segment: str) -> bytes:
+    pad = -len(segment) % 4
+    try:
+        return base64.urlsafe_b64decode(segment + "=" * pad)
+    except (binascii.Error, ValueError) as exc:
+        raise JwtDecodeError("a segment is not base64url") from exc
+
+
+def decode_unverified(token: str) -> dict[str, Any]:
+    """Decode a JWT's payload without verifying it. Raises ``JwtDecodeError``."""
+    if len(token) > MAX_TOKEN_BYTES:
+        raise JwtDecodeError("token larger than 16 KiB")
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise JwtDecodeError("not three dot-separated segments")
+    try:
+        header = json.loads(_b64url_decode(parts[0]))
+        payload = json.loads(_b64url_decode(parts[1]))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise JwtDecodeError("a segment is not JSON") from exc
+    if not isinstance(header, dict) or not isinstance(payload, dict):
+        raise JwtDecodeError("header or payload is not a JSON object")
+    return payload
+
+
+@dataclass(frozen=True, slots=True)
+class UnverifiedClaims:
+    """The routing claims of a token, *not verified*. Never trust them as identity."""
+
+    iss: str | None = None
+    ver: str | None = None
+    aud: str | None = None
+    tid: str | None = None
+    oid: str | None = None
+    sub: str | None = None
+    upn: str | None = None
+    azp: str | None = None
+    scp: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ()
+    exp: float | None = None
+    nbf: float | None = None
+    idtyp: str | None = None
+    name: str | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def is_app_only(self) -> bool:
+        """An app-only token: delegated tokens always carry ``scp``; ``idtyp`` is optional in
+        Entra tokens, so it can confirm a user token but the decision never rests on it alone."""
+        return not self.scp and self.idtyp != "user"
+
+    @classmethod
+    def from_token(cls, token: str) -> UnverifiedClaims:
+        return cls.from_payload(decode_unverified(token))
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> UnverifiedClaims:
+        def text(name: str) -> str | None:
+            value = payload.get(name)
+            return value if isinstance(value, str) and len(value) <= 1024 else None
+
+        def number(name: str) -> float | None:
+            value = payload.get(name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                return None
+            return float(value)
+
+        aud = payload.get("aud")
+        if isinstance(aud, list):  # RFC 7519 allows a list; Entra sends a string
+            aud = aud[0] if len(aud) == 1 and isinstance(aud[0], str) else None
+        scp = text("scp")
+        roles = payload.get("roles")
+        return cls(
+            iss=text("iss"),
+            ver=text("ver"),
+            aud=aud if isinstance(aud, str) else None,
+            tid=text("tid"),
+            oid=text("oid"),
+            sub=text("sub"),
+            upn=text("upn") or text("preferred_username") or text("unique_name"),
+            azp=text("azp") or text("appid"),
+            scp=tuple(scp.split()) if scp else (),
+            roles=tuple(r for r in roles if isinstance(r, str))
+            if isinstance(roles, list)
+            else (),
+            exp=number("exp"),
+            nbf=number("nbf"),
+            idtyp=text("idtyp"),
+            name=text("name"),
+            raw={k: payload[k] for k in _ROUTING_CLAIMS if k in payload},
+        )

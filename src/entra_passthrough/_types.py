@@ -1,0 +1,77 @@
+"""Values shared by the three stages: what is asked for, what a source answers."""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from ._jwt import fingerprint
+
+if TYPE_CHECKING:
+    from ._caller import Caller
+
+
+class IdentityKind(enum.StrEnum):
+    """Whose identity a token represents, as *declared* by the source that produced it."""
+
+    USER = "user"  # the end user (OBO, Agent ID OBO, delegated consent)
+    APP = "app"  # the agent itself (managed identity, client credentials)
+    DEVELOPER = "developer"  # a developer signed in locally (Azure CLI)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRequest:
+    """What the chain asks each source for.
+
+    ``caller`` is the active caller or ``None`` (no request, or a stale/inactive context).
+    ``claims`` is a *decoded* claims challenge (JSON text) from a 401 or from Entra.
+    """
+
+    scopes: tuple[str, ...]
+    caller: Caller | None = None
+    claims: str | None = None
+    client_capabilities: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TokenResult:
+    """A token and what it is. ``repr`` never shows the token."""
+
+    token: str = field(repr=False)
+    expires_on: float
+    kind: IdentityKind
+    source: str
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    #: Opaque key of the cache entry that holds this result (``TokenChain.invalidate``).
+    cache_key: object = field(default=None, repr=False, compare=False)
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.token)
+
+    def expires_in(self, now: float | None = None) -> float:
+        return self.expires_on - (time.time() if now is None else now)
+
+
+@runtime_checkable
+class TokenSource(Protocol):
+    """A way to obtain a token. Implementations: ``OnBehalfOf``, ``ManagedIdentity``, ...
+
+    ``kind`` is declared, never guessed. Both methods return ``None`` when the source does not
+    apply (e.g. OBO with no caller) so the chain tries the next one, a ``TokenResult``, or raise
+    a ``TokenAcquisitionError``. ``cache_partition`` returns the part of the cache key that
+    identifies *whose* token this would be (e.g. client, tenant, sha256 of the assertion), or
+    ``None`` when the source does not apply; it must do no I/O.
+    """
+
+    name: str
+    kind: IdentityKind
+
+    def cache_partition(self, request: TokenRequest) -> tuple[str, ...] | None: ...
+
+    def get_token(self, request: TokenRequest) -> TokenResult | None: ...
+
+    async def get_token_async(self, request: TokenRequest) -> TokenResult | None: ...
