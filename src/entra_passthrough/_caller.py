@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from ._jwt import MAX_TOKEN_BYTES, JwtDecodeError, UnverifiedClaims, fingerprint
+from ._jwt import MAX_TOKEN_BYTES, JwtDecodeError, UnverifiedClaims, fingerprint, sha256_hex
 
 #: Foundry's platform headers (azure-ai-agentserver-core).
 USER_ID_HEADER = "x-agent-user-id"
@@ -49,6 +49,9 @@ class Caller:
     not_after: float | None = None
     _active: bool = True
     errors: list[BaseException] = field(default_factory=list, repr=False)
+    # (assertion, sha256 hex) memo so a cache lookup hashes the assertion once per request;
+    # keyed on the assertion object itself, so reassigning ``assertion`` recomputes it.
+    _digest: tuple[str, str] | None = field(default=None, repr=False)
 
     @property
     def active(self) -> bool:
@@ -60,6 +63,19 @@ class Caller:
 
     def end(self) -> None:
         self._active = False
+
+    @property
+    def assertion_sha256(self) -> str | None:
+        """sha256 (hex) of ``assertion``, computed once per assertion (cache keys)."""
+        assertion = self.assertion
+        if assertion is None:
+            return None
+        memo = self._digest
+        if memo is not None and memo[0] is assertion:
+            return memo[1]
+        digest = sha256_hex(assertion)
+        self._digest = (assertion, digest)
+        return digest
 
     @property
     def fingerprint(self) -> str | None:
