@@ -33,6 +33,8 @@ from ._types import IdentityKind, TokenRequest, TokenResult, TokenSource
 
 # Exports added by each stage's module are appended below, one block per module.
 # --- capture/apply (_middleware, _auth, _verify) ---
+from ._auth import EntraAuth, use_token
+from ._middleware import CallerMiddleware
 # --- resolve (_chain, _cache, _sources) ---
 # --- consent (_store, _sources.delegated) ---
 
@@ -45,8 +47,10 @@ __all__ = [
     "AssertionMalformed",
     "AssertionNotUsable",
     "Caller",
+    "CallerMiddleware",
     "ConfigurationError",
     "ConsentRequired",
+    "EntraAuth",
     "EntraError",
     "EntraPassthroughError",
     "IdentityKind",
@@ -67,4 +71,5 @@ __all__ = [
     "active_caller",
     "bind_caller",
     "current_caller",
+    "use_token",
 ]

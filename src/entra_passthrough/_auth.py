@@ -1,0 +1,208 @@
+"""Apply: ``EntraAuth`` for httpx2 (the client mcp and agent-framework use).
+
+The decisions live in ``_flow`` (one generator, no I/O); this module adds the httpx2 front and
+the pieces both fronts share: acquiring a token ahead of the transport (``acquire_async``,
+``prefetch_async``), the redirect hook, and the error log for caller-less requests. The
+classic httpx front is ``entra_passthrough.httpx.EntraAuth``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Generator, Iterable, Sequence
+from types import TracebackType
+from typing import Any
+
+import httpx2
+
+from ._caller import active_caller
+from ._flow import (
+    APPLIED,
+    Chain,
+    FlowCore,
+    OnError,
+    UnsafeTokenValue,
+    acquire_async,
+    acquire_sync,
+    drive_async,
+    drive_sync,
+    use_token,
+)
+from ._types import TokenResult
+
+__all__ = ["APPLIED", "EntraAuth", "EntraAuthBase", "UnsafeTokenValue", "use_token"]
+
+
+class EntraAuthBase:
+    """What the httpx2 and httpx fronts of ``EntraAuth`` share (everything but the base class)."""
+
+    _core: FlowCore
+
+    def _init_core(
+        self,
+        chain: Chain,
+        *,
+        scopes: Sequence[str],
+        origins: Iterable[str],
+        on_error: OnError,
+        client_capabilities: Sequence[str],
+        allow_insecure_loopback: bool,
+    ) -> None:
+        self._core = FlowCore(
+            chain,
+            scopes=scopes,
+            origins=origins,
+            on_error=on_error,
+            client_capabilities=client_capabilities,
+            allow_insecure_loopback=allow_insecure_loopback,
+        )
+
+    @property
+    def chain(self) -> Chain:
+        return self._core.chain
+
+    @property
+    def scopes(self) -> tuple[str, ...]:
+        return self._core.scopes
+
+    @property
+    def on_error(self) -> OnError:
+        return self._core.on_error
+
+    def take_errors(self) -> list[BaseException]:
+        """Acquisition errors recorded (``on_error="record"``) for requests with no active
+        caller; errors of requests with a caller are on that ``Caller`` (``take_errors()``)."""
+        return self._core.take_errors()
+
+    # -- ahead of the transport --
+
+    def acquire(self, *, claims: str | None = None) -> TokenResult | None:
+        """Resolve the token the next request in this context would carry. Raises the typed
+        error (whatever ``on_error`` says): meant for code that can handle it."""
+        return acquire_sync(self._core, active_caller(), claims)
+
+    async def acquire_async(self, *, claims: str | None = None) -> TokenResult | None:
+        """Async twin of ``acquire``."""
+        return await acquire_async(self._core, active_caller(), claims)
+
+    def use(self, result: TokenResult) -> use_token:
+        """``with auth.use(result):`` requests in this block carry ``result`` (this caller,
+        these scopes) with no acquisition in the transport."""
+        return use_token(result, scopes=self.scopes)
+
+    def prefetch(self) -> _Prefetch:
+        """``with auth.prefetch():`` acquire now (errors raise here, in your task) and apply
+        that token to the requests made inside the block."""
+        return _Prefetch(self)
+
+    def prefetch_async(self) -> _Prefetch:
+        """``async with auth.prefetch_async():`` the async twin of ``prefetch``."""
+        return _Prefetch(self)
+
+    # -- redirects --
+
+    def request_hook(self, request: Any) -> None:
+        """A client ``event_hooks["request"]`` hook: the client runs it for every hop, redirects
+        included, so it removes the token from a hop to an origin we were not configured for.
+        (httpx already drops ``Authorization`` on cross-origin redirects, except a same-host
+        http->https upgrade; this also covers that case and the result's extra headers.)"""
+        self._core.strip_if_foreign(request)
+
+    async def async_request_hook(self, request: Any) -> None:
+        """The same hook for ``AsyncClient``."""
+        self._core.strip_if_foreign(request)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._core.describe()})"
+
+
+class _Prefetch:
+    def __init__(self, auth: EntraAuthBase) -> None:
+        self._auth = auth
+        self._binding: use_token | None = None
+
+    def _bind(self, result: TokenResult | None) -> TokenResult | None:
+        if result is not None:
+            self._binding = self._auth.use(result)
+            self._binding.__enter__()
+        return result
+
+    def __enter__(self) -> TokenResult | None:
+        return self._bind(self._auth.acquire())
+
+    async def __aenter__(self) -> TokenResult | None:
+        return self._bind(await self._auth.acquire_async())
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._binding is not None:
+            self._binding.__exit__(exc_type, exc, tb)
+            self._binding = None
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+
+class EntraAuth(EntraAuthBase, httpx2.Auth):
+    """``httpx2.Auth`` that attaches the right Entra token to every request.
+
+    For each request to one of ``origins``: the active caller's token for ``scopes`` from
+    ``chain`` (cached there), or, when no caller is active, the lifecycle identity the chain's
+    policy allows (often none). 401 with a claims challenge or ``invalid_token``: the token is
+    dropped and the request retried once. ``on_error="record"`` never raises inside the
+    transport: the error goes to ``Caller.record`` and the request goes out without a token.
+
+    >>> auth = EntraAuth(chain, scopes=["api://mcp/.default"], origins=["https://mcp.contoso.com"])
+    >>> client = httpx2.AsyncClient(auth=auth, event_hooks={"request": [auth.async_request_hook]})
+    """
+
+    requires_request_body = False
+    requires_response_body = False
+
+    def __init__(
+        self,
+        chain: Chain,
+        *,
+        scopes: Sequence[str],
+        origins: Iterable[str],
+        on_error: OnError = "raise",
+        client_capabilities: Sequence[str] = (),
+        allow_insecure_loopback: bool = True,
+    ) -> None:
+        self._init_core(
+            chain,
+            scopes=scopes,
+            origins=origins,
+            on_error=on_error,
+            client_capabilities=client_capabilities,
+            allow_insecure_loopback=allow_insecure_loopback,
+        )
+
+    def sync_auth_flow(
+        self, request: httpx2.Request
+    ) -> Generator[httpx2.Request, httpx2.Response, None]:
+        return drive_sync(self._core, request)
+
+    def async_auth_flow(
+        self, request: httpx2.Request
+    ) -> AsyncGenerator[httpx2.Request, httpx2.Response]:
+        flow: AsyncGenerator[httpx2.Request, httpx2.Response] = drive_async(self._core, request)
+        return flow
+
+    def install(self, client: httpx2.Client | httpx2.AsyncClient) -> None:
+        """Make ``client`` use this auth and the redirect hook."""
+        hooks = dict(client.event_hooks)
+        hook: Any = (
+            self.async_request_hook if isinstance(client, httpx2.AsyncClient) else self.request_hook
+        )
+        hooks["request"] = [*hooks.get("request", []), hook]
+        client.event_hooks = hooks
+        client.auth = self

@@ -1,0 +1,535 @@
+"""Apply, the decisions: one generator with no I/O, shared by the httpx2 and httpx fronts.
+
+The generator yields *steps*: ``Acquire`` (the driver gets a token and sends back an
+``Outcome``), ``Invalidate`` (the driver drops a cache entry) and ``Send`` (the driver yields the
+request to the client and sends back the response). It never does I/O and never blocks, so
+the same decisions run under ``sync_auth_flow`` and ``async_auth_flow`` (encode/httpx's
+``Auth`` pattern, with the drivers overridden because acquiring a token is I/O).
+
+Decisions, in order:
+1. The request's origin (scheme, host, port) is not configured -> send it untouched.
+2. The request already carries an ``Authorization`` header that we did not set -> a
+   configuration conflict: raise (``on_error="raise"``) or record it and strip that header
+   (``on_error="record"``): a credential we did not choose never goes out beside, or instead of,
+   the user's.
+3. A token pre-resolved in this task (``use_token``) for this caller and these scopes -> use it.
+   Else ``Acquire(caller=active_caller())``: the driver asks the chain for the active caller,
+   or for the lifecycle identity when there is none (which may be no token at all).
+4. Attach ``Authorization: Bearer`` and the result's extra headers; mark the request so that
+   ``EntraAuth.request_hook`` can strip them again on a redirect to another origin.
+5. 401 with a Bearer claims challenge or ``invalid_token`` from a configured origin ->
+   ``Invalidate`` the entry, acquire again (with the decoded claims), resend once. Never twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncGenerator, Generator, Iterable, Mapping, Sequence
+from contextvars import ContextVar, Token
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal, Protocol
+
+from ._caller import Caller, active_caller
+from ._challenge import parse_bearer_challenges
+from ._errors import ConfigurationError, TokenAcquisitionError
+from ._origins import OriginKey, format_origin, origin_key, parse_origins
+from ._types import IdentityKind, TokenResult
+
+_log = logging.getLogger("entra_passthrough.apply")
+
+OnError = Literal["raise", "record"]
+
+#: ``request.extensions`` key: the header names this library set on the request. The client
+#: copies extensions onto redirect requests, which is how the redirect hook finds them.
+APPLIED = "entra_passthrough.applied"
+
+# Extra headers from a TokenResult may not replace these.
+_RESERVED = frozenset(
+    {"authorization", "host", "cookie", "content-length", "transfer-encoding", "connection"}
+)
+_MAX_ERRORS = 16
+
+
+class Chain(Protocol):
+    """What ``EntraAuth`` needs from a ``TokenChain``."""
+
+    def get_token(
+        self,
+        scopes: Sequence[str],
+        *,
+        caller: Caller | None,
+        claims: str | None = None,
+        client_capabilities: Sequence[str] = (),
+    ) -> TokenResult: ...
+
+    async def get_token_async(
+        self,
+        scopes: Sequence[str],
+        *,
+        caller: Caller | None,
+        claims: str | None = None,
+        client_capabilities: Sequence[str] = (),
+    ) -> TokenResult: ...
+
+    def invalidate(self, result: TokenResult) -> None: ...
+
+    async def lifecycle_token_async(self, scopes: Sequence[str]) -> TokenResult | None: ...
+
+
+class _URL(Protocol):
+    @property
+    def scheme(self) -> str: ...
+    @property
+    def raw_host(self) -> bytes: ...
+    @property
+    def port(self) -> int | None: ...
+
+
+class _Headers(Protocol):
+    def __contains__(self, key: object) -> bool: ...
+    def __setitem__(self, key: str, value: str) -> None: ...
+    def pop(self, key: str, default: Any = ...) -> Any: ...
+    def get_list(self, key: str, split_commas: bool = ...) -> list[str]: ...
+
+
+class Request(Protocol):
+    @property
+    def url(self) -> Any: ...
+    @property
+    def headers(self) -> Any: ...
+    @property
+    def extensions(self) -> Any: ...
+    @property
+    def content(self) -> bytes: ...
+
+
+class Response(Protocol):
+    @property
+    def status_code(self) -> int: ...
+    @property
+    def headers(self) -> Any: ...
+    @property
+    def request(self) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Acquire:
+    caller: Caller | None
+    claims: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    result: TokenResult | None = None
+    error: Exception | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Invalidate:
+    result: TokenResult
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    request: Any
+
+
+Step = Acquire | Invalidate | Send
+
+
+class UnsafeTokenValue(TokenAcquisitionError):
+    """A source returned a token or header value that cannot go into an HTTP header."""
+
+
+# --- pre-resolved tokens ---------------------------------------------------------------
+
+
+@dataclass(eq=False, slots=True)
+class _Prefetched:
+    caller: Caller | None
+    tokens: Mapping[tuple[str, ...], TokenResult]
+    active: bool = True
+
+
+_prefetched: ContextVar[_Prefetched | None] = ContextVar(
+    "entra_passthrough.prefetched", default=None
+)
+
+
+def scope_key(scopes: Iterable[str]) -> tuple[str, ...]:
+    return tuple(sorted(set(scopes)))
+
+
+class use_token:
+    """Hand a token resolved *before* the transport to ``EntraAuth`` in this task.
+
+    The MCP integration resolves the token in the tool call's task (where errors can be
+    raised safely), then sends the request inside ``with use_token(result, scopes=...)``; the
+    auth flow applies it with no acquisition. The binding is tied to the active caller and is
+    switched off on exit, so a long-lived task that copied this context (an MCP connection's
+    lifecycle task) can never reuse it.
+
+    >>> result = await auth.acquire_async()
+    >>> with use_token(result, scopes=auth.scopes):
+    ...     await session.call_tool("whoami", {})
+    """
+
+    def __init__(self, result: TokenResult, *, scopes: Iterable[str]) -> None:
+        caller = active_caller()
+        if result.kind is IdentityKind.USER and caller is None:
+            raise ConfigurationError(
+                "use_token(...) got a user token outside an active caller; it would have no "
+                "owner and could reach another user's request",
+                fix="bind the caller first (CallerMiddleware or bind_caller)",
+            )
+        outer = _prefetched.get()
+        tokens: dict[tuple[str, ...], TokenResult] = {}
+        if outer is not None and outer.active and outer.caller is caller:
+            tokens.update(outer.tokens)
+        tokens[scope_key(scopes)] = result
+        self._binding = _Prefetched(caller=caller, tokens=tokens)
+        self._result = result
+        self._reset: Token[_Prefetched | None] | None = None
+
+    def __enter__(self) -> TokenResult:
+        self._reset = _prefetched.set(self._binding)
+        return self._result
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._binding.active = False
+        if self._reset is not None:
+            _prefetched.reset(self._reset)
+            self._reset = None
+
+    def __repr__(self) -> str:
+        return f"use_token(scopes={list(self._binding.tokens)!r}, active={self._binding.active})"
+
+
+def _prefetched_for(caller: Caller | None, key: tuple[str, ...]) -> TokenResult | None:
+    binding = _prefetched.get()
+    if binding is None or not binding.active or binding.caller is not caller:
+        return None
+    result = binding.tokens.get(key)
+    if result is None or result.expires_on <= time.time():
+        return None
+    return result
+
+
+# --- the flow ----------------------------------------------------------------------------
+
+
+class FlowCore:
+    """The configuration and the decisions of ``EntraAuth``; the fronts add the drivers."""
+
+    def __init__(
+        self,
+        chain: Chain,
+        *,
+        scopes: Sequence[str],
+        origins: Iterable[str],
+        on_error: OnError = "raise",
+        client_capabilities: Sequence[str] = (),
+        allow_insecure_loopback: bool = True,
+    ) -> None:
+        if isinstance(scopes, str):
+            scopes = (scopes,)
+        if not scopes or not all(isinstance(s, str) and s for s in scopes):
+            raise ConfigurationError(
+                "EntraAuth needs the scopes of the target, e.g. ['api://<app>/.default']"
+            )
+        if on_error not in ("raise", "record"):
+            raise ConfigurationError(f"on_error must be 'raise' or 'record', not {on_error!r}")
+        self.chain = chain
+        self.scopes: tuple[str, ...] = tuple(scopes)
+        self.origins: frozenset[OriginKey] = parse_origins(
+            origins, allow_insecure_loopback=allow_insecure_loopback
+        )
+        self.on_error: OnError = on_error
+        self.client_capabilities: tuple[str, ...] = tuple(client_capabilities)
+        self._key = scope_key(self.scopes)
+        self._errors: deque[BaseException] = deque(maxlen=_MAX_ERRORS)
+
+    # -- small pure helpers --
+
+    def allows(self, url: _URL) -> bool:
+        return origin_key(url.scheme, url.raw_host, url.port) in self.origins
+
+    def take_errors(self) -> list[BaseException]:
+        """Errors recorded for requests that had no active caller (``on_error="record"``)."""
+        errors = list(self._errors)
+        self._errors.clear()
+        return errors
+
+    def record(self, caller: Caller | None, error: BaseException) -> None:
+        if caller is not None and caller.active:
+            caller.record(error)
+        else:
+            self._errors.append(error)
+        if _log.isEnabledFor(logging.DEBUG):
+            _log.debug("token acquisition failed, request sent without a token: %s", error)
+
+    def describe(self) -> str:
+        origins = ", ".join(sorted(format_origin(o) for o in self.origins))
+        return (
+            f"scopes={list(self.scopes)!r}, origins=[{origins}], on_error={self.on_error!r}, "
+            f"chain={type(self.chain).__name__}"
+        )
+
+    # -- the generator --
+
+    def flow(self, request: Request) -> Generator[Step, Any, None]:
+        if not self.allows(request.url):
+            yield Send(request)
+            return
+        headers = request.headers
+        caller = active_caller()
+        if "authorization" in headers and APPLIED not in request.extensions:
+            conflict = ConfigurationError(
+                "the request already has an Authorization header; EntraAuth does not send a "
+                "user's token beside (or instead of) a credential it did not choose",
+                fix="remove the Authorization header (client headers= or per request) or the "
+                "auth=EntraAuth(...) for this origin",
+            )
+            if self.on_error == "raise":
+                raise conflict
+            self.record(caller, conflict)
+            headers.pop("authorization", None)
+            yield Send(request)
+            return
+
+        result = _prefetched_for(caller, self._key)
+        if result is None:
+            outcome: Outcome = yield Acquire(caller)
+            result = self._accept(outcome, caller)
+        applied = result is not None and self._apply(request, result, caller)
+        response: Response = yield Send(request)
+
+        if not applied or result is None or response.status_code != 401:
+            return
+        try:
+            final_url = response.request.url
+        except RuntimeError:
+            final_url = request.url
+        if not self.allows(final_url):
+            return  # a 401 from another origin (after a redirect) says nothing about our token
+        challenge = parse_bearer_challenges(response.headers.get_list("www-authenticate"))
+        if challenge is None or not challenge.retryable or not _replayable(request):
+            return
+        yield Invalidate(result)
+        if _log.isEnabledFor(logging.DEBUG):
+            _log.debug(
+                "401 %s from the resource: token %s dropped, retrying once%s",
+                challenge.error,
+                result.fingerprint,
+                " with a claims challenge" if challenge.claims else "",
+            )
+        outcome = yield Acquire(caller, challenge.claims)
+        retry = self._accept(outcome, caller)
+        if retry is None or not self._apply(request, retry, caller):
+            return  # the client returns the 401 we already have
+        yield Send(request)
+
+    def _accept(self, outcome: Outcome, caller: Caller | None) -> TokenResult | None:
+        if outcome.error is not None:
+            if self.on_error == "raise":
+                raise outcome.error
+            self.record(caller, outcome.error)
+            return None
+        return outcome.result
+
+    def _apply(self, request: Request, result: TokenResult, caller: Caller | None) -> bool:
+        token = result.token
+        # isprintable() rejects CR/LF and control characters: no header injection, and no
+        # encoding error inside the client (which would kill an MCP connection).
+        if not (token and token.isascii() and token.isprintable() and " " not in token):
+            error = UnsafeTokenValue(
+                "the token source returned a value that is not a valid bearer token; it was "
+                "not sent",
+                source=result.source,
+                scopes=self.scopes,
+            )
+            if self.on_error == "raise":
+                raise error
+            self.record(caller, error)
+            self._strip(request)
+            return False
+        headers = request.headers
+        headers["Authorization"] = "Bearer " + token
+        names: tuple[str, ...] = ("authorization",)
+        if result.headers:
+            extra = _safe_headers(result.headers)
+            for name, value in extra.items():
+                headers[name] = value
+            names += tuple(extra)
+        request.extensions[APPLIED] = names
+        if _log.isEnabledFor(logging.DEBUG):
+            _log.debug(
+                "token %s (%s, source %s) attached for %s",
+                result.fingerprint,
+                result.kind.value,
+                result.source,
+                list(self.scopes),
+            )
+        return True
+
+    @staticmethod
+    def _strip(request: Request) -> None:
+        names = request.extensions.pop(APPLIED, ())
+        for name in names:
+            request.headers.pop(name, None)
+
+    def strip_if_foreign(self, request: Request) -> None:
+        """For the client's request hook: on a hop to an origin we were not configured for
+        (a redirect), remove every header this library set."""
+        if APPLIED in request.extensions and not self.allows(request.url):
+            self._strip(request)
+            if _log.isEnabledFor(logging.DEBUG):
+                _log.debug("redirect to a foreign origin: token headers removed")
+
+
+def _safe_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in headers.items():
+        lname = name.lower() if isinstance(name, str) else ""
+        if (
+            not lname
+            or lname in _RESERVED
+            or not lname.isascii()
+            or not all(c.isalnum() or c in "-_" for c in lname)
+            or not isinstance(value, str)
+            or not value.isascii()
+            or not value.isprintable()
+        ):
+            continue  # dropped, never half-applied
+        out[lname] = value
+    return out
+
+
+def _replayable(request: Request) -> bool:
+    """A request can be sent again only if its body is in memory (not a consumed stream)."""
+    try:
+        request.content  # noqa: B018 - raises RequestNotRead for a streaming body
+    except Exception:
+        return False
+    return True
+
+
+# --- the drivers: the only place that does I/O ---------------------------------------------
+
+
+def acquire_sync(core: FlowCore, caller: Caller | None, claims: str | None) -> TokenResult | None:
+    """The token for ``caller`` (or the lifecycle identity when no caller is active). Raises."""
+    if caller is not None and caller.active:
+        return core.chain.get_token(
+            core.scopes,
+            caller=caller,
+            claims=claims,
+            client_capabilities=core.client_capabilities,
+        )
+    lifecycle = getattr(core.chain, "lifecycle_token", None)
+    if lifecycle is None:
+        return None  # a chain with no sync lifecycle: no token (fail closed)
+    result: TokenResult | None = lifecycle(core.scopes)
+    return result
+
+
+async def acquire_async(
+    core: FlowCore, caller: Caller | None, claims: str | None
+) -> TokenResult | None:
+    """The token for ``caller`` (or the lifecycle identity when no caller is active). Raises."""
+    if caller is not None and caller.active:
+        return await core.chain.get_token_async(
+            core.scopes,
+            caller=caller,
+            claims=claims,
+            client_capabilities=core.client_capabilities,
+        )
+    return await core.chain.lifecycle_token_async(core.scopes)
+
+
+def drive_sync(core: FlowCore, request: Any) -> Generator[Any, Any, None]:
+    """``sync_auth_flow``: run the decisions, do the token I/O with the sync chain."""
+    flow = core.flow(request)
+    sent = False
+    value: Any = None
+    try:
+        while True:
+            try:
+                step = flow.send(value)
+            except StopIteration:
+                return
+            except Exception as exc:
+                if core.on_error == "raise":
+                    raise
+                _contain(core, request, exc)  # record mode: never raise inside the transport
+                if not sent:
+                    yield request
+                return
+            if isinstance(step, Send):
+                sent = True
+                value = yield step.request
+            elif isinstance(step, Acquire):
+                try:
+                    value = Outcome(result=acquire_sync(core, step.caller, step.claims))
+                except Exception as exc:
+                    value = Outcome(error=exc)
+            else:
+                _invalidate(core, step.result)
+                value = None
+    finally:
+        flow.close()
+
+
+async def drive_async(core: FlowCore, request: Any) -> AsyncGenerator[Any, Any]:
+    """``async_auth_flow``: run the decisions, do the token I/O with the async chain."""
+    flow = core.flow(request)
+    sent = False
+    value: Any = None
+    try:
+        while True:
+            try:
+                step = flow.send(value)
+            except StopIteration:
+                return
+            except Exception as exc:
+                if core.on_error == "raise":
+                    raise
+                _contain(core, request, exc)
+                if not sent:
+                    yield request
+                return
+            if isinstance(step, Send):
+                sent = True
+                value = yield step.request
+            elif isinstance(step, Acquire):
+                try:
+                    value = Outcome(result=await acquire_async(core, step.caller, step.claims))
+                except Exception as exc:
+                    value = Outcome(error=exc)
+            else:
+                _invalidate(core, step.result)
+                value = None
+    finally:
+        flow.close()
+
+
+def _invalidate(core: FlowCore, result: TokenResult) -> None:
+    try:
+        core.chain.invalidate(result)
+    except Exception as exc:
+        if core.on_error == "raise":
+            raise
+        core.record(active_caller(), exc)
+
+
+def _contain(core: FlowCore, request: Any, exc: Exception) -> None:
+    core.record(active_caller(), exc)
+    FlowCore._strip(request)

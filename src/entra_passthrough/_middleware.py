@@ -1,0 +1,198 @@
+"""Capture: ``CallerMiddleware``, a pure ASGI middleware that binds a ``Caller`` per request.
+
+Pure ASGI on purpose (never ``BaseHTTPMiddleware``): the app runs in this task, so the
+ContextVar set here is what the app and its streaming body see, and the Caller stays active
+until the app returns, which for a streaming response is after its last chunk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
+from typing import Any, Protocol
+
+from ._caller import Caller, _reset_current, _set_current
+from ._challenge import bearer_challenge
+from ._errors import ConfigurationError, TokenVerificationError
+
+_log = logging.getLogger("entra_passthrough.capture")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: Key of the Caller in ``scope["state"]`` (Starlette: ``request.state.entra_caller``).
+STATE_KEY = "entra_caller"
+_LEEWAY = 60.0
+
+
+class Verified(Protocol):
+    @property
+    def claims(self) -> Mapping[str, Any]: ...
+
+
+class Verifier(Protocol):
+    """What the middleware needs from ``JwtVerifier``."""
+
+    async def verify_async(self, token: str) -> Verified: ...
+
+
+class _Reject(Exception):
+    def __init__(
+        self,
+        status: int,
+        *,
+        error: str | None,
+        description: str | None,
+        scope: str | None = None,
+    ) -> None:
+        super().__init__(description or error or str(status))
+        self.status = status
+        self.error = error
+        self.description = description
+        self.scope = scope
+
+
+class CallerMiddleware:
+    """Bind a ``Caller`` (who is calling) to every HTTP and WebSocket request.
+
+    The caller's token(s) come from ``assertion_headers`` (default ``Authorization: Bearer``;
+    add e.g. ``"x-ms-token-aad-access-token"`` for App Service authentication), with the
+    Foundry platform headers. Junk headers never raise. ``require_caller=True`` answers 401
+    (``WWW-Authenticate: Bearer ...``, RFC 6750 and RFC 9728's ``resource_metadata``) when no
+    usable bearer was sent; ``verifier=JwtVerifier(...)`` verifies it (401/403 on failure)
+    and sets ``caller.verified``. The Caller is also at ``scope["state"]["entra_caller"]``.
+
+    >>> app = CallerMiddleware(app, require_caller=True, verifier=JwtVerifier(audiences=[...]))
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        assertion_headers: Sequence[str] = ("authorization",),
+        require_caller: bool = False,
+        verifier: Verifier | None = None,
+        resource_metadata_url: str | None = None,
+        realm: str | None = None,
+    ) -> None:
+        if isinstance(assertion_headers, str):
+            assertion_headers = (assertion_headers,)
+        names = tuple(h.strip().lower() for h in assertion_headers)
+        if not names or not all(names):
+            raise ConfigurationError("assertion_headers needs at least one header name")
+        self.app = app
+        self.assertion_headers = names
+        self.require_caller = require_caller
+        self.verifier = verifier
+        self.resource_metadata_url = resource_metadata_url
+        self.realm = realm
+
+    def __repr__(self) -> str:
+        verifier = type(self.verifier).__name__ if self.verifier is not None else None
+        return (
+            f"CallerMiddleware(assertion_headers={list(self.assertion_headers)!r}, "
+            f"require_caller={self.require_caller}, verifier={verifier})"
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope.get("type")
+        if kind not in ("http", "websocket"):
+            await self.app(scope, receive, send)  # lifespan and others: nothing to capture
+            return
+        caller = _capture(scope.get("headers"), self.assertion_headers)
+        try:
+            await self._check(caller)
+        except _Reject as reject:
+            caller.end()
+            await self._refuse(kind, send, reject)
+            return
+        state = scope.get("state")
+        if not isinstance(state, MutableMapping):
+            state = {} if state is None else dict(state)
+            scope["state"] = state
+        state[STATE_KEY] = caller
+        reset = _set_current(caller)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            caller.end()
+            _reset_current(reset)
+
+    async def _check(self, caller: Caller) -> None:
+        if caller.decode_error is not None and (self.require_caller or self.verifier):
+            # Undecodable, duplicated or oversized bearer: never passed on when asked to check.
+            raise _Reject(
+                401, error="invalid_token", description="the bearer token is not a valid JWT"
+            )
+        if not caller.presented or caller.assertion is None:
+            if self.require_caller:
+                raise _Reject(401, error=None, description=None)
+            return
+        if self.verifier is None:
+            if self.require_caller:
+                exp = caller.claims.exp if caller.claims is not None else None
+                if exp is not None and exp + _LEEWAY < time.time():
+                    raise _Reject(
+                        401, error="invalid_token", description="the bearer token has expired"
+                    )
+            return
+        try:
+            verified = await self.verifier.verify_async(caller.assertion)
+        except TokenVerificationError as exc:
+            status = exc.status_code if exc.status_code in (401, 403) else 401
+            required = getattr(exc, "required", ())
+            raise _Reject(
+                status,
+                error=exc.error or "invalid_token",
+                description=getattr(exc, "reason", None) or "the token was not accepted",
+                scope=" ".join(required) if required else None,
+            ) from None
+        except Exception as exc:
+            # The verifier itself failed (JWKS unreachable...): not the caller's fault, and not
+            # a reason to let the request through unverified.
+            _log.warning("token verification failed unexpectedly: %s", type(exc).__name__)
+            raise _Reject(503, error=None, description="temporarily_unavailable") from None
+        caller.verified = dict(verified.claims)
+
+    async def _refuse(self, kind: str, send: Send, reject: _Reject) -> None:
+        if kind == "websocket":
+            # Before accept, closing the handshake makes the server answer 403.
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        headers: list[tuple[bytes, bytes]] = [(b"content-type", b"application/json")]
+        if reject.status in (401, 403):
+            challenge = bearer_challenge(
+                realm=self.realm,
+                resource_metadata=self.resource_metadata_url,
+                error=reject.error,
+                error_description=reject.description if reject.error else None,
+                scope=reject.scope,
+            )
+            headers.append((b"www-authenticate", challenge.encode("latin-1")))
+            body_obj: dict[str, str] = {"error": reject.error or "unauthorized"}
+            if reject.error and reject.description:
+                body_obj["error_description"] = reject.description
+        else:
+            headers.append((b"retry-after", b"5"))
+            body_obj = {"error": "temporarily_unavailable"}
+        body = json.dumps(body_obj).encode()
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": reject.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _capture(headers: object, assertion_headers: Iterable[str]) -> Caller:
+    try:
+        if headers is None:
+            return Caller()
+        return Caller.from_headers(headers, assertion_headers=assertion_headers)  # type: ignore[arg-type]
+    except Exception:
+        # Headers an ASGI server would never produce (wrong types...): fail closed, never crash.
+        caller = Caller()
+        caller._mark_malformed("request headers could not be read")
+        return caller
