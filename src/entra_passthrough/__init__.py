@@ -35,7 +35,11 @@ from ._types import IdentityKind, TokenRequest, TokenResult, TokenSource
 # --- capture/apply (_middleware, _auth, _verify) ---
 from ._auth import EntraAuth, use_token
 from ._middleware import CallerMiddleware
+from ._verify import JwtVerifier, VerifiedToken
 # --- resolve (_chain, _cache, _sources) ---
+from ._cache import TokenCache
+from ._chain import Policy, TokenChain
+from ._sources import AzureCli, AzureCredential, ManagedIdentity, OnBehalfOf
 # --- consent (_store, _sources.delegated) ---
 
 __version__ = "0.1.0"
@@ -46,6 +50,8 @@ __all__ = [
     "AssertionExpired",
     "AssertionMalformed",
     "AssertionNotUsable",
+    "AzureCli",
+    "AzureCredential",
     "Caller",
     "CallerMiddleware",
     "ConfigurationError",
@@ -56,17 +62,24 @@ __all__ = [
     "IdentityKind",
     "InsufficientScope",
     "InteractionRequired",
+    "JwtVerifier",
+    "ManagedIdentity",
     "MissingExtraError",
     "NoCallerError",
+    "OnBehalfOf",
+    "Policy",
     "PolicyViolation",
     "SourceUnavailable",
     "TenantNotAllowed",
     "TokenAcquisitionError",
+    "TokenCache",
+    "TokenChain",
     "TokenRequest",
     "TokenResult",
     "TokenSource",
     "TokenVerificationError",
     "UnverifiedClaims",
+    "VerifiedToken",
     "__version__",
     "active_caller",
     "bind_caller",

@@ -1,0 +1,349 @@
+"""Signing keys for the JWT verifier: fetch, cache, rotate, and refuse to be hammered.
+
+One ``KeySet`` per key source (a JWKS URI, or an OpenID discovery document naming one). Keys are
+cached for ``ttl`` seconds. A token whose ``kid`` is unknown triggers *one* refetch (a rotation
+happened), but at most one per ``min_refetch_interval``: forged tokens with random ``kid`` values
+must not turn the server into a JWKS fetch amplifier. Refreshes are single-flight: 100 concurrent
+tokens that need a refresh cause one HTTP request (async: one task per event loop that every
+caller awaits; sync: a lock plus a generation counter).
+
+A failed TTL refresh keeps the previous keys (Entra publishes keys weeks before using them), and
+retries after ``min_refetch_interval``. With no keys at all, verification fails closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import math
+import ssl
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import httpx
+import httpx2
+from jwt import PyJWK
+from jwt.exceptions import PyJWKError
+
+from ._errors import ConfigurationError, TokenVerificationError
+
+logger = logging.getLogger("entra_passthrough.verify")
+
+#: A JWKS document is a few KiB; refuse anything absurd.
+MAX_DOCUMENT_BYTES = 1024 * 1024
+MAX_KEYS = 64
+FETCH_TIMEOUT = 10.0
+
+
+class _Response(Protocol):
+    @property
+    def status_code(self) -> int: ...
+    @property
+    def content(self) -> bytes: ...
+
+
+class AsyncGetter(Protocol):
+    """What the verifier needs from an async HTTP client (httpx2 or httpx ``AsyncClient``)."""
+
+    def get(self, url: str, *, timeout: float) -> Awaitable[Any]: ...
+
+
+class SyncGetter(Protocol):
+    """What the verifier needs from a sync HTTP client (httpx or httpx2 ``Client``)."""
+
+    def get(self, url: str, *, timeout: float) -> Any: ...
+
+
+def check_fetch_url(url: str, *, what: str) -> str:
+    """Keys only over HTTPS (plain HTTP only on loopback, for tests)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme == "https" and host:
+        return url
+    if parts.scheme == "http" and _is_loopback(host):
+        return url
+    raise ConfigurationError(
+        f"{what} {url!r} must be an https:// URL (http:// only on loopback).",
+        fix="use the authority host's https URL (AZURE_AUTHORITY_HOST).",
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def ssl_context(verify: ssl.SSLContext | str | bool) -> ssl.SSLContext | bool:
+    """A CA bundle path becomes an SSLContext (httpx deprecates ``verify=<path>``)."""
+    if isinstance(verify, str):
+        return ssl.create_default_context(cafile=verify)
+    return verify
+
+
+def parse_jwks(content: bytes) -> dict[str, Any]:
+    """``{kid: public key}`` for the RSA signing keys of a JWKS document. Raises ValueError."""
+    if len(content) > MAX_DOCUMENT_BYTES:
+        raise ValueError("JWKS document larger than 1 MiB")
+    doc = json.loads(content)
+    raw_keys = doc.get("keys") if isinstance(doc, dict) else None
+    if not isinstance(raw_keys, list):
+        raise ValueError("JWKS document has no 'keys' list")
+    keys: dict[str, Any] = {}
+    for jwk in raw_keys[:MAX_KEYS]:
+        if not isinstance(jwk, dict):
+            continue
+        kid = jwk.get("kid")
+        if not isinstance(kid, str) or jwk.get("kty") != "RSA" or jwk.get("use", "sig") != "sig":
+            continue
+        try:
+            keys[kid] = PyJWK(jwk, algorithm="RS256").key
+        except (PyJWKError, ValueError, TypeError):  # one bad key does not void the others
+            logger.warning("ignoring an unusable JWKS key (kid %r)", kid[:64])
+    if not keys:
+        raise ValueError("JWKS document has no usable RSA signing key")
+    return keys
+
+
+def _jwks_uri_from_discovery(content: bytes) -> str:
+    if len(content) > MAX_DOCUMENT_BYTES:
+        raise ValueError("discovery document larger than 1 MiB")
+    doc = json.loads(content)
+    uri = doc.get("jwks_uri") if isinstance(doc, dict) else None
+    if not isinstance(uri, str):
+        raise ValueError("discovery document has no jwks_uri")
+    return check_fetch_url(uri, what="jwks_uri")
+
+
+@dataclass(frozen=True, slots=True)
+class KeySource:
+    """Where keys come from: a JWKS URI, or an OpenID discovery document naming one."""
+
+    url: str
+    discovery: bool = False
+
+
+@dataclass(eq=False)
+class _State:
+    keys: dict[str, Any] | None = None
+    fetched_at: float = -math.inf
+    retry_after: float = -math.inf  # after a failed refresh with stale keys
+    last_refetch: float = -math.inf  # last unknown-kid refetch (rate limit)
+    generation: int = 0
+    inflight: tuple[asyncio.AbstractEventLoop, asyncio.Task[None]] | None = None
+    sync_lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class KeySet:
+    """Cached signing keys for several sources, safe from many tasks and threads."""
+
+    def __init__(
+        self,
+        *,
+        verify: ssl.SSLContext | str | bool = True,
+        http_client: AsyncGetter | None = None,
+        sync_http_client: SyncGetter | None = None,
+        ttl: float = 6 * 3600.0,
+        min_refetch_interval: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if ttl <= 0 or min_refetch_interval < 0:
+            raise ConfigurationError("jwks ttl must be > 0 and min_refetch_interval >= 0.")
+        self._verify = ssl_context(verify)
+        self._http_client = http_client
+        self._sync_http_client = sync_http_client
+        self._ttl = ttl
+        self._min_refetch = min_refetch_interval
+        self._clock = clock
+        self._lock = threading.Lock()  # guards _states and every _State field
+        self._states: dict[KeySource, _State] = {}
+        self.fetches = 0  # JWKS documents fetched (for tests and metrics)
+
+    def _state(self, source: KeySource) -> _State:
+        with self._lock:
+            state = self._states.get(source)
+            if state is None:
+                state = self._states[source] = _State()
+            return state
+
+    # --- decisions (no I/O) ---
+
+    def _lookup(self, state: _State, kid: str) -> tuple[Any | None, bool]:
+        """(key or None, needs a TTL refresh)."""
+        with self._lock:
+            now = self._clock()
+            keys = state.keys
+            stale = keys is None or now - state.fetched_at >= self._ttl
+            if stale and keys is not None and now < state.retry_after:
+                stale = False  # the last refresh failed: keep the old keys for a while
+            return (keys.get(kid) if keys else None), stale
+
+    def _claim_refetch(self, state: _State) -> bool:
+        """May an unknown kid trigger a refetch now? Claims the slot if so."""
+        with self._lock:
+            now = self._clock()
+            if now - state.last_refetch < self._min_refetch:
+                return False
+            state.last_refetch = now
+            return True
+
+    def _install(self, state: _State, keys: dict[str, Any]) -> None:
+        with self._lock:
+            state.keys = keys
+            state.fetched_at = self._clock()
+            state.generation += 1
+            self.fetches += 1
+
+    def _failed(self, state: _State, source: KeySource, exc: BaseException) -> None:
+        with self._lock:
+            has_keys = state.keys is not None
+            state.retry_after = self._clock() + self._min_refetch
+        logger.warning(
+            "fetching signing keys from %s failed (%s)%s",
+            source.url,
+            type(exc).__name__,
+            "; keeping the cached keys" if has_keys else "",
+        )
+        if not has_keys:
+            raise TokenVerificationError(
+                f"the signing keys could not be fetched from {source.url} "
+                f"({type(exc).__name__}); no token can be verified until they are.",
+                fix="check that the server can reach the authority host over HTTPS.",
+            ) from exc
+
+    # --- async driver ---
+
+    async def get_key_async(self, source: KeySource, kid: str) -> Any:
+        state = self._state(source)
+        key, stale = self._lookup(state, kid)
+        if key is not None and not stale:
+            return key
+        refreshed = False
+        if stale:
+            await self._refresh_async(state, source)
+            refreshed = True
+            key, _ = self._lookup(state, kid)
+        if key is None and not refreshed:
+            inflight = self._joinable(state)
+            if inflight is not None:
+                await asyncio.shield(inflight)
+            elif self._claim_refetch(state):
+                await self._refresh_async(state, source)
+            key, _ = self._lookup(state, kid)
+        if key is None:
+            raise _unknown_kid(kid)
+        return key
+
+    def _joinable(self, state: _State) -> asyncio.Task[None] | None:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if state.inflight is not None and state.inflight[0] is loop:
+                return state.inflight[1]
+        return None
+
+    async def _refresh_async(self, state: _State, source: KeySource) -> None:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if state.inflight is not None and state.inflight[0] is loop:
+                task = state.inflight[1]
+            else:
+                task = loop.create_task(self._fetch_task(state, source))
+                task.add_done_callback(_retrieve)
+                state.inflight = (loop, task)
+        # shield: a cancelled caller must not cancel the fetch the others wait for.
+        await asyncio.shield(task)
+
+    async def _fetch_task(self, state: _State, source: KeySource) -> None:
+        try:
+            keys = await self._fetch_async(source)
+        except Exception as exc:
+            self._failed(state, source, exc)
+        else:
+            self._install(state, keys)
+        finally:
+            with self._lock:
+                if state.inflight is not None and state.inflight[1] is asyncio.current_task():
+                    state.inflight = None
+
+    async def _fetch_async(self, source: KeySource) -> dict[str, Any]:
+        if self._http_client is not None:
+            return await self._fetch_with_async(self._http_client, source)
+        async with httpx2.AsyncClient(
+            verify=self._verify, follow_redirects=False, trust_env=True
+        ) as client:
+            return await self._fetch_with_async(client, source)
+
+    async def _fetch_with_async(self, client: AsyncGetter, source: KeySource) -> dict[str, Any]:
+        url = source.url
+        if source.discovery:
+            url = _jwks_uri_from_discovery(_ok(await client.get(url, timeout=FETCH_TIMEOUT)))
+        return parse_jwks(_ok(await client.get(url, timeout=FETCH_TIMEOUT)))
+
+    # --- sync driver ---
+
+    def get_key(self, source: KeySource, kid: str) -> Any:
+        state = self._state(source)
+        key, stale = self._lookup(state, kid)
+        if key is not None and not stale:
+            return key
+        if stale or self._claim_refetch(state):
+            self._refresh_sync(state, source)
+            key, _ = self._lookup(state, kid)
+        if key is None:
+            raise _unknown_kid(kid)
+        return key
+
+    def _refresh_sync(self, state: _State, source: KeySource) -> None:
+        with self._lock:
+            generation = state.generation
+        with state.sync_lock:
+            with self._lock:
+                if state.generation != generation:
+                    return  # another thread refreshed while we waited for the lock
+            try:
+                keys = self._fetch_sync(source)
+            except Exception as exc:
+                self._failed(state, source, exc)
+            else:
+                self._install(state, keys)
+
+    def _fetch_sync(self, source: KeySource) -> dict[str, Any]:
+        if self._sync_http_client is not None:
+            return self._fetch_with_sync(self._sync_http_client, source)
+        with httpx.Client(verify=self._verify, follow_redirects=False, trust_env=True) as client:
+            return self._fetch_with_sync(client, source)
+
+    def _fetch_with_sync(self, client: SyncGetter, source: KeySource) -> dict[str, Any]:
+        url = source.url
+        if source.discovery:
+            url = _jwks_uri_from_discovery(_ok(client.get(url, timeout=FETCH_TIMEOUT)))
+        return parse_jwks(_ok(client.get(url, timeout=FETCH_TIMEOUT)))
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    # Every waiter may have been cancelled; mark the outcome retrieved so asyncio does not
+    # log "Task exception was never retrieved" (the waiters that remain still get it).
+    if not task.cancelled():
+        task.exception()
+
+
+def _ok(response: _Response) -> bytes:
+    if response.status_code != 200:
+        raise ValueError(f"HTTP {response.status_code}")
+    return response.content
+
+
+def _unknown_kid(kid: str) -> TokenVerificationError:
+    return TokenVerificationError(
+        f"the token is signed with key {kid[:64]!r}, which the issuer does not publish "
+        "(forged, from another cloud or tenant, or a key rotation not yet visible)."
+    )

@@ -1,0 +1,318 @@
+"""JwtVerifier unit tests with tokens signed by keys the test generates."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from entra_passthrough import (
+    ConfigurationError,
+    InsufficientScope,
+    JwtVerifier,
+    TokenVerificationError,
+    VerifiedToken,
+)
+
+from ._tokens import API, API_URI, CLIENT, OTHER_TENANT, TENANT, USER_OID, Issuer, unsigned
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def issuer() -> Issuer:
+    return Issuer()
+
+
+def make(issuer: Issuer, **options: Any) -> JwtVerifier:
+    options.setdefault("audiences", [API, API_URI])
+    options.setdefault("tenants", [TENANT])
+    return JwtVerifier(
+        http_client=issuer.async_client(), sync_http_client=issuer.sync_client(), **options
+    )
+
+
+async def test_v2_token_verifies(issuer: Issuer) -> None:
+    vt = await make(issuer).verify_async(issuer.token())
+    assert isinstance(vt, VerifiedToken)
+    assert (vt.oid, vt.tid, vt.client_id, vt.version) == (USER_OID, TENANT, CLIENT, "2.0")
+    assert vt.upn == "alice@contoso.com"
+    assert vt.scopes == ("access_as_user",)
+    assert vt.audience == API
+    assert not vt.app_only
+    assert vt.claims["oid"] == USER_OID
+
+
+def test_v1_token_verifies_sync(issuer: Issuer) -> None:
+    vt = make(issuer).verify(issuer.token(version="1.0"))
+    assert (vt.version, vt.client_id, vt.audience) == ("1.0", CLIENT, API_URI)
+    assert vt.issuer == f"https://sts.windows.net/{TENANT}/"
+    assert vt.upn == "alice@contoso.com"
+
+
+def test_repr_never_shows_the_token(issuer: Issuer) -> None:
+    token = issuer.token()
+    vt = make(issuer).verify(token)
+    assert token not in repr(vt)
+    assert vt.fingerprint.startswith("sha256:")
+
+
+@pytest.mark.parametrize(
+    ("claims", "needle"),
+    [
+        ({"exp": int(time.time()) - 3600}, "expired"),
+        ({"nbf": int(time.time()) + 3600}, "not valid yet"),
+        ({"iat": int(time.time()) + 3600}, "not valid yet"),
+        ({"aud": "api://someone-else"}, "audience"),
+        ({"aud": "https://ai.azure.com"}, "another resource"),
+        ({"iss": f"https://login.microsoftonline.com/{OTHER_TENANT}/v2.0"}, "issuer"),
+        ({"iss": f"https://sts.windows.net/{TENANT}/"}, "issuer"),  # v1 issuer on a v2 token
+        ({"tenant": OTHER_TENANT}, "allow-list"),
+        ({"tid": None}, "tid"),
+        ({"azp": None}, "azp"),
+        ({"oid": None}, "oid"),
+        ({"ver": "3.0"}, "version"),
+        ({"ver": None}, "version"),
+        ({"exp": None}, "exp"),
+        ({"scp": 5}, "scp"),
+        ({"roles": "admin"}, "roles"),
+    ],
+)
+async def test_rejected_claims(issuer: Issuer, claims: dict[str, Any], needle: str) -> None:
+    token = issuer.token(**claims)
+    verifier = make(issuer)
+    with pytest.raises(TokenVerificationError) as info:
+        await verifier.verify_async(token)
+    assert not isinstance(info.value, InsufficientScope)
+    assert needle in str(info.value)
+    assert token not in str(info.value)
+    with pytest.raises(TokenVerificationError):
+        verifier.verify(token)
+
+
+async def test_wrong_tenant_costs_no_key_fetch(issuer: Issuer) -> None:
+    verifier = make(issuer)
+    with pytest.raises(TokenVerificationError, match="allow-list"):
+        await verifier.verify_async(issuer.token(tenant=OTHER_TENANT))
+    assert issuer.jwks_requests == 0
+
+
+async def test_v1_claims_on_v1_only(issuer: Issuer) -> None:
+    # a v1 token carries appid, not azp, and the sts.windows.net issuer
+    with pytest.raises(TokenVerificationError, match="appid"):
+        await make(issuer).verify_async(issuer.token(version="1.0", appid=None, azp=CLIENT))
+
+
+async def test_leeway_accepts_small_skew(issuer: Issuer) -> None:
+    token = issuer.token(exp=int(time.time()) - 30)
+    assert (await make(issuer, leeway=60).verify_async(token)).oid == USER_OID
+    with pytest.raises(TokenVerificationError, match="expired"):
+        await make(issuer, leeway=0).verify_async(token)
+
+
+async def test_signature_from_another_key_is_rejected(issuer: Issuer) -> None:
+    other = Issuer()
+    kid = issuer.keys[0][0]
+    forged = other.token(headers={"kid": kid})  # right kid, wrong key
+    with pytest.raises(TokenVerificationError, match="signature"):
+        await make(issuer).verify_async(forged)
+
+
+async def test_alg_none_is_rejected(issuer: Issuer) -> None:
+    token = unsigned({"alg": "none", "typ": "JWT", "kid": issuer.keys[0][0]}, issuer.claims())
+    with pytest.raises(TokenVerificationError, match="algorithm"):
+        await make(issuer).verify_async(token)
+    assert issuer.jwks_requests == 0
+
+
+async def test_hs256_with_public_key_as_secret_is_rejected(issuer: Issuer) -> None:
+    kid, key = issuer.keys[0]
+    pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    import hashlib
+    import hmac
+
+    # PyJWT itself refuses to HMAC-sign with a PEM key, so sign by hand.
+    header_payload = unsigned({"alg": "HS256", "kid": kid}, issuer.claims()).rsplit(".", 1)[0]
+    sig = hmac.new(pem, header_payload.encode(), hashlib.sha256).digest()
+    token = header_payload + "." + jwt.utils.base64url_encode(sig).decode()
+    with pytest.raises(TokenVerificationError, match="algorithm"):
+        await make(issuer).verify_async(token)
+    # and the RS256 check itself refuses it even if the header lied about alg
+    lying = unsigned({"alg": "RS256", "kid": kid}, issuer.claims(), sig)
+    with pytest.raises(TokenVerificationError, match="signature"):
+        await make(issuer).verify_async(lying)
+
+
+async def test_missing_kid_is_rejected(issuer: Issuer) -> None:
+    _, key = issuer.keys[0]
+    token = jwt.encode(issuer.claims(), key, algorithm="RS256")
+    with pytest.raises(TokenVerificationError, match="kid"):
+        await make(issuer).verify_async(token)
+
+
+async def test_delegated_needs_all_required_scopes(issuer: Issuer) -> None:
+    verifier = make(issuer, required_scopes=["access_as_user", "notes.read"])
+    with pytest.raises(InsufficientScope, match=r"notes\.read") as info:
+        await verifier.verify_async(issuer.token())
+    assert info.value.status_code == 403
+    assert info.value.error == "insufficient_scope"
+    assert info.value.required == ("access_as_user", "notes.read")
+    vt = await verifier.verify_async(issuer.token(scp="notes.read access_as_user"))
+    assert set(vt.scopes) == {"access_as_user", "notes.read"}
+
+
+async def test_missing_scp_is_app_only_and_refused_by_default(issuer: Issuer) -> None:
+    token = issuer.token(scp=None, roles=["Notes.Read.All"], idtyp="app")
+    with pytest.raises(InsufficientScope, match="app-only"):
+        await make(issuer, required_scopes=["access_as_user"]).verify_async(token)
+
+
+async def test_app_only_with_roles_when_allowed(issuer: Issuer) -> None:
+    verifier = make(
+        issuer,
+        allow_app_only=True,
+        required_roles=["Notes.Read.All"],
+        required_scopes=["access_as_user"],
+    )
+    vt = await verifier.verify_async(issuer.token(scp=None, roles=["Notes.Read.All"]))
+    assert vt.app_only
+    assert vt.roles == ("Notes.Read.All",)
+    with pytest.raises(InsufficientScope, match=r"Notes\.Read\.All"):
+        await verifier.verify_async(issuer.token(scp=None, roles=["Other"]))
+
+
+def test_allow_app_only_needs_roles() -> None:
+    with pytest.raises(ConfigurationError, match="required_roles"):
+        JwtVerifier(audiences=[API], tenants=[TENANT], allow_app_only=True)
+
+
+def test_tenant_allow_list_is_required() -> None:
+    with pytest.raises(ConfigurationError, match="tenant"):
+        JwtVerifier(audiences=[API])
+    with pytest.raises(ConfigurationError):
+        JwtVerifier(audiences=[API], tenants=TENANT)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="audiences"):
+        JwtVerifier(audiences=[], tenants=[TENANT])
+
+
+async def test_any_tenant_checks_issuer_against_the_token_tenant(issuer: Issuer) -> None:
+    verifier = make(issuer, tenants=None, any_tenant=True)
+    vt = await verifier.verify_async(issuer.token(tenant=OTHER_TENANT))
+    assert vt.tid == OTHER_TENANT
+    forged_iss = issuer.token(
+        tenant=OTHER_TENANT, iss=f"https://login.microsoftonline.com/{TENANT}/v2.0"
+    )
+    with pytest.raises(TokenVerificationError, match="issuer"):
+        await verifier.verify_async(forged_iss)
+
+
+async def test_explicit_issuers_override(issuer: Issuer) -> None:
+    custom = f"https://issuer.example/{TENANT}/v2.0"
+    verifier = make(issuer, issuers=[custom])
+    assert (await verifier.verify_async(issuer.token(iss=custom))).issuer == custom
+    with pytest.raises(TokenVerificationError, match="issuer"):
+        await verifier.verify_async(issuer.token())
+    # an explicit v2 issuer on a v1 token is a ver mismatch
+    with pytest.raises(TokenVerificationError, match="issuer"):
+        await verifier.verify_async(issuer.token(version="1.0", iss=custom))
+
+
+async def test_unknown_kid_refetches_once_then_rate_limits(issuer: Issuer) -> None:
+    clock = Clock()
+    verifier = make(issuer, clock=clock, min_refetch_interval=60)
+    await verifier.verify_async(issuer.token())
+    assert issuer.jwks_requests == 1
+    issuer.rotate()  # new key first; the old one still published
+    vt = await verifier.verify_async(issuer.token())
+    assert vt.oid == USER_OID
+    assert issuer.jwks_requests == 2
+    # a forged kid right after: no fetch (rate limited), typed error
+    forged = Issuer().token()
+    with pytest.raises(TokenVerificationError, match="does not publish"):
+        await verifier.verify_async(forged)
+    assert issuer.jwks_requests == 2
+    clock.now += 61
+    with pytest.raises(TokenVerificationError, match="does not publish"):
+        await verifier.verify_async(forged)
+    assert issuer.jwks_requests == 3
+    # old key still accepted while published
+    assert (await verifier.verify_async(issuer.token(key_index=1))).oid == USER_OID
+
+
+async def test_retired_key_stops_verifying_after_refresh(issuer: Issuer) -> None:
+    clock = Clock()
+    verifier = make(issuer, clock=clock, jwks_ttl=100)
+    old = issuer.token()
+    await verifier.verify_async(old)
+    issuer.rotate(retire_old=True)
+    clock.now += 101  # TTL refresh drops the retired key
+    with pytest.raises(TokenVerificationError, match="does not publish"):
+        await verifier.verify_async(old)
+
+
+async def test_concurrent_unknown_kid_single_flight(issuer: Issuer) -> None:
+    verifier = make(issuer)
+    await verifier.verify_async(issuer.token())
+    issuer.rotate()
+    tokens = [issuer.token() for _ in range(100)]
+    results = await asyncio.gather(*(verifier.verify_async(t) for t in tokens))
+    assert all(r.oid == USER_OID for r in results)
+    assert issuer.jwks_requests == 2
+
+
+async def test_concurrent_cold_cache_single_flight(issuer: Issuer) -> None:
+    verifier = make(issuer)
+    results = await asyncio.gather(*(verifier.verify_async(issuer.token()) for _ in range(50)))
+    assert len(results) == 50
+    assert issuer.jwks_requests == 1
+    assert verifier.jwks_fetches == 1
+
+
+def test_sync_unknown_kid_refetch(issuer: Issuer) -> None:
+    verifier = make(issuer)
+    verifier.verify(issuer.token())
+    issuer.rotate()
+    assert verifier.verify(issuer.token()).oid == USER_OID
+    assert issuer.jwks_requests == 2
+
+
+async def test_jwks_unreachable_fails_closed() -> None:
+    import httpx2
+
+    def down(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(503)
+
+    verifier = JwtVerifier(
+        audiences=[API],
+        tenants=[TENANT],
+        http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(down)),
+    )
+    with pytest.raises(TokenVerificationError, match="signing keys could not be fetched"):
+        await verifier.verify_async(Issuer().token())
+
+
+async def test_stale_keys_survive_a_failed_refresh(issuer: Issuer) -> None:
+    clock = Clock()
+    verifier = make(issuer, clock=clock, jwks_ttl=100)
+    token = issuer.token()
+    await verifier.verify_async(token)
+    issuer.keys = []  # the endpoint now serves an empty set: refresh fails
+    clock.now += 101
+    assert (await verifier.verify_async(token)).oid == USER_OID
+
+
+def test_http_jwks_uri_refused_off_loopback() -> None:
+    with pytest.raises(ConfigurationError, match="https"):
+        JwtVerifier(audiences=[API], tenants=[TENANT], jwks_uri="http://example.com/keys")
