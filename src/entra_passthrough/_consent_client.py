@@ -1,0 +1,239 @@
+"""The consent app's MSAL client, shared by ``DelegatedConsent`` and the consent broker.
+
+One confidential client (the library's own app registration for delegated consent), one MSAL
+app per tenant with MSAL's token and HTTP caches neutralised (``_msal``), every blocking call in
+a dedicated bounded worker pool. ID tokens are verified here too (signature via the tenant's
+JWKS, iss, aud, nonce, exp, tid), with PyJWT, because MSAL only decodes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jwt
+import msal
+
+from ._errors import ConfigurationError
+from ._msal import (
+    DiscoveryOnlyHttpCache,
+    NullTokenCache,
+    WorkerPool,
+    load_certificate,
+    normalize_authority_host,
+)
+
+#: Scopes MSAL adds itself and refuses to be given.
+RESERVED_SCOPES = frozenset({"openid", "profile", "offline_access"})
+_JWKS_TTL = 3600.0
+_JWKS_MIN_REFETCH = 30.0
+_PUBLIC_HOSTS = frozenset(
+    {
+        "login.microsoftonline.com",
+        "login.microsoftonline.us",
+        "login.chinacloudapi.cn",
+        "login.partner.microsoftonline.cn",
+    }
+)
+
+
+class IdTokenError(ValueError):
+    """The id token is not acceptable. The message names the check, never the token."""
+
+
+def client_credential(
+    *,
+    client_secret: str | None,
+    client_certificate: bytes | str | None,
+    client_assertion: Callable[[], str] | None,
+) -> str | dict[str, Any]:
+    given = [c for c in (client_secret, client_certificate, client_assertion) if c is not None]
+    if len(given) != 1:
+        raise ConfigurationError(
+            "the consent app needs exactly one client credential.",
+            fix="pass one of client_secret=, client_certificate= (PEM with key and "
+            "certificate, or its path) or client_assertion= (a callable returning a JWT).",
+        )
+    if client_secret is not None:
+        return client_secret
+    if client_certificate is not None:
+        return load_certificate(client_certificate)
+    assert client_assertion is not None
+    return {"client_assertion": client_assertion}
+
+
+class ConsentClient:
+    """MSAL for the consent app. Thread-safe; every method here is blocking (run it in
+    ``self.pool``)."""
+
+    def __init__(
+        self,
+        *,
+        client_id: str,
+        tenant_id: str,
+        credential: str | dict[str, Any],
+        authority_host: str,
+        http_client: Any,
+        max_workers: int,
+        allowed_tenants: Sequence[str] | None = None,
+    ) -> None:
+        if not client_id or not tenant_id:
+            raise ConfigurationError("client_id and tenant_id are required.")
+        self.client_id = client_id
+        self.tenant_id = tenant_id
+        self.authority_host = normalize_authority_host(authority_host)
+        self.allowed_tenants = tuple(allowed_tenants or (tenant_id,))
+        self._credential = credential
+        self._http = http_client
+        self.pool = WorkerPool(max_workers=max_workers, name="entra-passthrough-consent")
+        self._app: Any = None
+        self._lock = threading.Lock()
+        self._jwks: dict[str, Any] = {}
+        self._jwks_at = 0.0
+        self._oidc: dict[str, Any] | None = None
+
+    @property
+    def authority(self) -> str:
+        return f"{self.authority_host}/{self.tenant_id}"
+
+    def app(self) -> Any:
+        with self._lock:
+            if self._app is None:
+                host = self.authority_host.split("://", 1)[1].split("/", 1)[0].lower()
+                self._app = msal.ConfidentialClientApplication(
+                    self.client_id,
+                    client_credential=self._credential,
+                    authority=self.authority,
+                    instance_discovery=host in _PUBLIC_HOSTS,
+                    http_client=self._http,
+                    token_cache=NullTokenCache(),
+                    http_cache=DiscoveryOnlyHttpCache(),
+                )
+            return self._app
+
+    # --- the flows ---------------------------------------------------------------------------
+    def refresh(
+        self, refresh_token: str, scopes: Sequence[str], claims: str | None
+    ) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {}
+        if claims:
+            kwargs["data"] = {"claims": claims}
+        result: dict[str, Any] = self.app().acquire_token_by_refresh_token(
+            refresh_token, [s for s in scopes if s not in RESERVED_SCOPES], **kwargs
+        )
+        return result
+
+    def initiate(
+        self,
+        *,
+        scopes: Sequence[str],
+        redirect_uri: str,
+        state: str,
+        login_hint: str | None,
+        domain_hint: str | None,
+        claims: str | None,
+    ) -> dict[str, Any]:
+        flow: dict[str, Any] = self.app().initiate_auth_code_flow(
+            [s for s in scopes if s not in RESERVED_SCOPES],
+            redirect_uri=redirect_uri,
+            state=state,
+            login_hint=login_hint,
+            domain_hint=domain_hint,
+            claims_challenge=claims,
+        )
+        if "code_verifier" not in flow or "nonce" not in flow:
+            raise ConfigurationError("MSAL did not start a PKCE flow (unexpected MSAL version).")
+        return flow
+
+    def redeem(self, flow: dict[str, Any], response: Mapping[str, str]) -> dict[str, Any]:
+        """Redeem the code with the flow's PKCE verifier. MSAL checks state and nonce too;
+        it raises ``ValueError`` on a mismatch."""
+        result: dict[str, Any] = self.app().acquire_token_by_auth_code_flow(
+            dict(flow), dict(response)
+        )
+        return result
+
+    def logout_url(self, post_logout_redirect_uri: str | None) -> str:
+        url = f"{self.authority}/oauth2/v2.0/logout"
+        if post_logout_redirect_uri:
+            from urllib.parse import urlencode
+
+            url += "?" + urlencode({"post_logout_redirect_uri": post_logout_redirect_uri})
+        return url
+
+    # --- id token verification --------------------------------------------------------------
+    def _get_json(self, url: str) -> dict[str, Any]:
+        import requests
+
+        session = self._http if self._http is not None else requests
+        response = session.get(url, timeout=10)
+        response.raise_for_status()
+        if len(response.content) > 1024 * 1024:
+            raise IdTokenError("discovery document too large")
+        data = response.json()
+        if not isinstance(data, dict):
+            raise IdTokenError("discovery document is not an object")
+        return data
+
+    def _keys(self, kid: str) -> Any:
+        now = time.monotonic()
+        with self._lock:
+            oidc = self._oidc
+        if oidc is None:
+            oidc = self._get_json(f"{self.authority}/v2.0/.well-known/openid-configuration")
+            with self._lock:
+                self._oidc = oidc
+        stale = now - self._jwks_at > _JWKS_TTL
+        if (kid not in self._jwks and now - self._jwks_at > _JWKS_MIN_REFETCH) or stale:
+            document = self._get_json(str(oidc["jwks_uri"]))
+            keys: dict[str, Any] = {}
+            for jwk in document.get("keys", [])[:64]:
+                if isinstance(jwk, dict) and isinstance(jwk.get("kid"), str):
+                    try:
+                        keys[jwk["kid"]] = jwt.PyJWK(jwk)
+                    except jwt.PyJWKError:
+                        continue
+            with self._lock:
+                self._jwks, self._jwks_at = keys, now
+        key = self._jwks.get(kid)
+        if key is None:
+            raise IdTokenError("the id token's signing key is not in the tenant's JWKS")
+        return key, oidc
+
+    def verify_id_token(self, id_token: str, *, flow_nonce: str) -> dict[str, Any]:
+        """Signature (JWKS), issuer, audience (this client), expiry, nonce, tenant."""
+        try:
+            header = jwt.get_unverified_header(id_token)
+        except jwt.PyJWTError as exc:
+            raise IdTokenError("the id token is not a JWT") from exc
+        kid = header.get("kid")
+        if header.get("alg") != "RS256" or not isinstance(kid, str):
+            raise IdTokenError("the id token is not RS256 with a kid")
+        key, oidc = self._keys(kid)
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                id_token,
+                key.key,
+                algorithms=["RS256"],
+                audience=self.client_id,
+                options={"require": ["exp", "iat", "iss", "aud", "tid", "oid", "nonce"]},
+                leeway=60,
+            )
+        except jwt.PyJWTError as exc:
+            raise IdTokenError(f"the id token does not verify ({type(exc).__name__})") from exc
+        tid = claims.get("tid")
+        if not isinstance(tid, str) or tid not in self.allowed_tenants:
+            raise IdTokenError("the id token's tenant is not allowed")
+        expected_iss = str(oidc.get("issuer", "")).replace("{tenantid}", tid)
+        if claims.get("iss") != expected_iss:
+            raise IdTokenError("the id token's issuer is not the tenant's issuer")
+        # MSAL sends sha256(nonce) to the authorize endpoint and keeps the nonce itself.
+        expected_nonce = hashlib.sha256(flow_nonce.encode("ascii")).hexdigest()
+        if claims.get("nonce") != expected_nonce:
+            raise IdTokenError("the id token's nonce does not match this sign-in")
+        if not isinstance(claims.get("oid"), str):
+            raise IdTokenError("the id token has no oid")
+        return claims

@@ -1,0 +1,231 @@
+"""Consent grants on top of a ``TokenStore``: user keys, grant records, consent-link tickets.
+
+Shared by the ``DelegatedConsent`` source (reads and rotates grants, builds links) and the
+consent broker (verifies links, stores grants). Everything written to the store is sealed with
+AES-GCM, with the store key as associated data so a value cannot be moved to another user's
+slot by whoever administers the backend.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from ._store import ANY, Keyring, KeyringError, TokenStore, _Any, hash_key
+
+if TYPE_CHECKING:
+    from ._caller import Caller
+
+KeyKind = Literal["entra", "platform"]
+
+#: Entra refresh tokens live up to 90 days (sliding); a grant unused that long is dead anyway.
+GRANT_TTL = 90 * 24 * 3600.0
+#: A platform-id -> (tid, oid) binding outlives grants: signing out must not let the platform id
+#: be bound to someone else afterwards.
+BINDING_TTL = 400 * 24 * 3600.0
+_MAX_SCOPES = 20
+_MAX_SCOPE_CHARS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class UserKey:
+    """Whose grant: ``entra`` = tid+oid of a *verified* token; ``platform`` = the hosting
+    platform's user id (``x-agent-user-id``), trusted only as far as the platform's ingress is.
+    ``login_hint``/``domain_hint`` come from unverified claims and only pre-fill the sign-in."""
+
+    value: str = field(repr=False)
+    kind: KeyKind
+    tid: str | None = None
+    oid: str | None = None
+    login_hint: str | None = field(default=None, repr=False)
+    domain_hint: str | None = None
+
+    @property
+    def hashed(self) -> str:
+        return hash_key(self.value)
+
+    @classmethod
+    def for_entra_user(cls, tid: str, oid: str, *, upn: str | None = None) -> UserKey:
+        return cls(f"{tid}:{oid}", "entra", tid=tid, oid=oid, login_hint=upn, domain_hint=tid)
+
+    @classmethod
+    def for_platform_user(cls, user_id: str, *, login_hint: str | None = None) -> UserKey:
+        return cls(f"platform:{user_id}", "platform", login_hint=login_hint)
+
+    @classmethod
+    def from_caller(cls, caller: Caller | None) -> UserKey | None:
+        """The strongest identity available, or ``None``.
+
+        Unverified tid/oid are *not* a key: anyone who can reach the container can put any
+        tid/oid in an unsigned-checked token and would be served that user's grant. They are
+        used only as sign-in hints.
+        """
+        if caller is None or not caller.active:
+            return None
+        hint = caller.claims.upn if caller.claims is not None else None
+        if caller.verified is not None:
+            tid, oid = caller.verified.get("tid"), caller.verified.get("oid")
+            if isinstance(tid, str) and isinstance(oid, str) and tid and oid:
+                upn = caller.verified.get("upn") or caller.verified.get("preferred_username")
+                return cls.for_entra_user(tid, oid, upn=upn if isinstance(upn, str) else hint)
+        if caller.user_id:
+            return cls.for_platform_user(caller.user_id, login_hint=hint)
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What the user granted: a refresh token (sealed at rest) and who signed in."""
+
+    refresh_token: str = field(repr=False)
+    scopes: tuple[str, ...]
+    tid: str
+    oid: str
+    upn: str | None
+    key_kind: KeyKind
+    created: float
+    updated: float
+    #: Cross-replica refresh lease: the replica rotating the refresh token right now.
+    lease_owner: str | None = None
+    lease_until: float = 0.0
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Grant:
+        data = json.loads(raw)
+        data["scopes"] = tuple(data["scopes"])
+        return cls(**data)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkTicket:
+    """What a consent link carries, sealed (AES-GCM) so it is unforgeable and reveals nothing:
+    the hashed user key, the scopes to ask for, sign-in hints, a claims challenge, an expiry."""
+
+    key_hash: str
+    key_kind: KeyKind
+    scopes: tuple[str, ...]
+    exp: float
+    login_hint: str | None = None
+    domain_hint: str | None = None
+    claims: str | None = None
+    tid: str | None = None
+    oid: str | None = None
+
+    def seal(self, keyring: Keyring) -> str:
+        return keyring.seal("link", json.dumps(asdict(self), separators=(",", ":")).encode())
+
+    @classmethod
+    def open(cls, keyring: Keyring, sealed: str, *, now: float | None = None) -> LinkTicket:
+        """Raises ``KeyringError`` (forged/tampered) or ``ValueError`` (expired, bad shape)."""
+        data = json.loads(keyring.open("link", sealed))
+        if not isinstance(data, dict):
+            raise ValueError("ticket is not an object")
+        ticket = cls(**{**data, "scopes": tuple(data.get("scopes") or ())})
+        if ticket.exp < (time.time() if now is None else now):
+            raise ValueError("expired")
+        return ticket
+
+
+def check_scopes(scopes: tuple[str, ...]) -> tuple[str, ...]:
+    if not scopes or len(scopes) > _MAX_SCOPES:
+        raise ValueError("1 to 20 scopes")
+    for s in scopes:
+        if not s or len(s) > _MAX_SCOPE_CHARS or not s.isprintable() or " " in s:
+            raise ValueError("bad scope")
+    return scopes
+
+
+class GrantStore:
+    """Typed, sealed records over a ``TokenStore``. Internal to the source and the broker."""
+
+    def __init__(self, store: TokenStore, keyring: Keyring) -> None:
+        self.store = store
+        self.keyring = keyring
+
+    async def _get(self, key: str) -> tuple[bytes, str] | None:
+        entry = await self.store.get(key)
+        if entry is None:
+            return None
+        try:
+            plain = self.keyring.open("store", entry.value.decode("ascii"), aad=key.encode())
+        except (KeyringError, UnicodeDecodeError):
+            return None  # sealed under a retired key or tampered: as good as absent
+        return plain, entry.version
+
+    async def _put(
+        self, key: str, plain: bytes, *, ttl: float, expect: str | _Any | None = ANY
+    ) -> str | None:
+        sealed = self.keyring.seal("store", plain, aad=key.encode()).encode("ascii")
+        return await self.store.put(key, sealed, ttl=ttl, expect=expect)
+
+    # grants ---------------------------------------------------------------------------------
+    async def get_grant(self, key_hash: str) -> tuple[Grant, str] | None:
+        found = await self._get(f"ep:v1:grant:{key_hash}")
+        if found is None:
+            return None
+        try:
+            return Grant.from_json(found[0]), found[1]
+        except (ValueError, TypeError, KeyError):
+            return None
+
+    async def put_grant(
+        self, key_hash: str, grant: Grant, *, expect: str | _Any | None = ANY
+    ) -> str | None:
+        return await self._put(
+            f"ep:v1:grant:{key_hash}", grant.to_json(), ttl=GRANT_TTL, expect=expect
+        )
+
+    async def delete_grant(self, key_hash: str, *, expect: str | _Any = ANY) -> bool:
+        return await self.store.delete(f"ep:v1:grant:{key_hash}", expect=expect)
+
+    # platform-id -> (tid, oid) bindings -----------------------------------------------------
+    async def get_binding(self, key_hash: str) -> tuple[str, str] | None:
+        found = await self._get(f"ep:v1:bind:{key_hash}")
+        if found is None:
+            return None
+        data = json.loads(found[0])
+        return str(data["tid"]), str(data["oid"])
+
+    async def bind(self, key_hash: str, tid: str, oid: str) -> bool:
+        """Record the first binding; ``False`` if one exists already (check it)."""
+        plain = json.dumps({"tid": tid, "oid": oid}).encode()
+        version = await self._put(f"ep:v1:bind:{key_hash}", plain, ttl=BINDING_TTL, expect=None)
+        return version is not None
+
+    # pending sign-ins (PKCE verifier, nonce) and used states --------------------------------
+    async def put_flow(self, flow_id: str, data: Mapping[str, Any], *, ttl: float) -> None:
+        await self._put(f"ep:v1:flow:{flow_id}", json.dumps(data).encode(), ttl=ttl, expect=None)
+
+    async def take_flow(self, flow_id: str) -> dict[str, Any] | None:
+        """Read and delete atomically (compare-and-delete): one caller wins, across replicas."""
+        key = f"ep:v1:flow:{flow_id}"
+        found = await self._get(key)
+        if found is None or not await self.store.delete(key, expect=found[1]):
+            return None
+        data = json.loads(found[0])
+        return data if isinstance(data, dict) else None
+
+    async def mark_used(self, state_id: str, *, ttl: float) -> bool:
+        """``True`` the first time only: a state is single-use until it expires."""
+        version = await self.store.put(f"ep:v1:used:{state_id}", b"1", ttl=ttl, expect=None)
+        return version is not None
+
+
+def seal_revoke_ticket(keyring: Keyring, key_hash: str, *, lifetime: float) -> str:
+    """A sign-out ticket: lets its holder delete one user's grant, nothing else."""
+    payload = {"k": key_hash, "e": time.time() + lifetime}
+    return keyring.seal("revoke", json.dumps(payload).encode())
+
+
+def open_revoke_ticket(keyring: Keyring, sealed: str) -> str:
+    """The hashed user key. Raises ``KeyringError``/``ValueError``."""
+    data = json.loads(keyring.open("revoke", sealed))
+    if not isinstance(data, dict) or float(data["e"]) < time.time():
+        raise ValueError("expired")
+    return str(data["k"])

@@ -1,0 +1,349 @@
+"""``DelegatedConsent``: the user's own token from a grant they gave through the consent broker.
+
+For hosts where the user's token for our app never reaches the agent (a Foundry hosted agent
+gets, at best, a token for https://ai.azure.com): the user signs in once through the broker
+(authorization code + PKCE with the library's app registration); the refresh token is kept,
+sealed, in a ``TokenStore``; this source redeems it for the requested scopes. No grant, a
+revoked one, or a claims challenge that needs the user -> ``ConsentRequired(link=...)``.
+
+Refresh tokens rotate: every refresh returns a new one. Two refreshes racing with the same
+refresh token could burn it, so refreshes of one user are coalesced in-process (one flight per
+user; waiters for the same scopes share its result) and leased across replicas with
+compare-and-set on the grant record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from .._consent_client import ConsentClient, client_credential
+from .._errors import (
+    ConfigurationError,
+    ConsentRequired,
+    EntraError,
+    TokenAcquisitionError,
+    error_from_entra,
+)
+from .._grants import Grant, GrantStore, LinkTicket, UserKey, seal_revoke_ticket
+from .._jwt import fingerprint
+from .._msal import PUBLIC_AUTHORITY_HOST
+from .._store import Keyring, TokenStore
+from .._types import IdentityKind, TokenRequest, TokenResult
+from ._base import unreachable
+
+logger = logging.getLogger("entra_passthrough.consent")
+
+#: Entra answers that mean the refresh token is dead: the user must sign in again.
+#: 700082 expired (90 days idle), 50173 revoked (password change, revokeSignInSessions),
+#: 70000/70008/70043 invalid/expired grant, 54005 code/token already redeemed.
+_DEAD_GRANT_CODES = frozenset({700082, 50173, 70000, 70008, 70043, 54005, 50089})
+LEASE_SECONDS = 20.0
+_MAX_ATTEMPTS = 60
+
+
+class DelegatedConsent:
+    """A ``TokenSource`` (kind ``user``) serving tokens from grants made in the consent broker.
+
+    The user key is tid+oid when the caller carries a *verified* identity (a verifying
+    ``CallerMiddleware``), else the platform's user id (``x-agent-user-id``: weaker, it is as
+    trustworthy as the platform's ingress). Unverified token claims are never a key.
+
+    >>> keys = Keyring.from_env()          # shared with the broker
+    >>> store = MemoryStore()              # shared with the broker (Redis across replicas)
+    >>> source = DelegatedConsent(
+    ...     client_id=CONSENT_APP_ID, tenant_id=TENANT, client_secret=SECRET,
+    ...     store=store, keyring=keys, broker_url="https://agent.contoso.com/consent")
+    >>> chain = TokenChain([source], policy=Policy.USER_ONLY)
+    """
+
+    kind = IdentityKind.USER
+
+    def __init__(
+        self,
+        *,
+        client_id: str,
+        tenant_id: str,
+        store: TokenStore,
+        keyring: Keyring,
+        broker_url: str,
+        client_secret: str | None = None,
+        client_certificate: bytes | str | None = None,
+        client_assertion: Callable[[], str] | None = None,
+        authority_host: str = PUBLIC_AUTHORITY_HOST,
+        allowed_tenants: Sequence[str] | None = None,
+        http_client: Any = None,
+        max_workers: int = 8,
+        link_lifetime: float = 1800.0,
+        server_label: str | None = None,
+        name: str = "delegated",
+    ) -> None:
+        parts = urlsplit(broker_url)
+        loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
+        if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
+            raise ConfigurationError(
+                f"broker_url {broker_url!r} must be HTTPS (hosts reject non-HTTPS consent links)."
+            )
+        if parts.query or parts.fragment:
+            raise ConfigurationError("broker_url must not have a query or fragment.")
+        self.name = name
+        self.client = ConsentClient(
+            client_id=client_id,
+            tenant_id=tenant_id,
+            credential=client_credential(
+                client_secret=client_secret,
+                client_certificate=client_certificate,
+                client_assertion=client_assertion,
+            ),
+            authority_host=authority_host,
+            http_client=http_client,
+            max_workers=max_workers,
+            allowed_tenants=allowed_tenants,
+        )
+        self.grants = GrantStore(store, keyring)
+        self.keyring = keyring
+        self.broker_url = broker_url.rstrip("/")
+        self.link_lifetime = link_lifetime
+        self.server_label = server_label
+        self._replica = secrets.token_hex(8)
+        self._flights: dict[tuple[int, str], tuple[tuple[Any, ...], asyncio.Future[Any]]] = {}
+
+    def __repr__(self) -> str:
+        return f"DelegatedConsent(name={self.name!r}, client_id={self.client.client_id!r})"
+
+    def close(self) -> None:
+        self.client.pool.close()
+
+    # --- TokenSource ------------------------------------------------------------------------
+    def cache_partition(self, request: TokenRequest) -> tuple[str, ...] | None:
+        key = UserKey.from_caller(request.caller)
+        if key is None:
+            return None
+        return (self.name, self.client.client_id, self.client.tenant_id, key.hashed)
+
+    def get_token(self, request: TokenRequest) -> TokenResult | None:
+        """Sync twin: runs the async path on a private event loop. Do not call it from a
+        thread that runs an event loop (use ``get_token_async`` there)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.get_token_async(request))
+        raise ConfigurationError(
+            "DelegatedConsent.get_token() was called on an event loop thread.",
+            fix="await get_token_async() instead.",
+        )
+
+    async def get_token_async(self, request: TokenRequest) -> TokenResult | None:
+        key = UserKey.from_caller(request.caller)
+        if key is None:
+            return None  # no identity we can bind a grant to: not applicable
+        scopes = tuple(request.scopes)
+        flight = (scopes, request.claims)
+        return await self._coalesced(key.hashed, flight, lambda: self._acquire(key, request))
+
+    # --- links and revocation ---------------------------------------------------------------
+    def consent_link(
+        self,
+        key: UserKey,
+        scopes: Sequence[str],
+        *,
+        claims: str | None = None,
+    ) -> str:
+        """The broker start URL for this user and scopes: a sealed ticket, no secret in it."""
+        ticket = LinkTicket(
+            key_hash=key.hashed,
+            key_kind=key.kind,
+            scopes=tuple(scopes),
+            exp=time.time() + self.link_lifetime,
+            login_hint=key.login_hint,
+            domain_hint=key.domain_hint,
+            claims=claims,
+            tid=key.tid,
+            oid=key.oid,
+        )
+        return f"{self.broker_url}/start?" + urlencode({"t": ticket.seal(self.keyring)})
+
+    def signout_link(self, key: UserKey, *, lifetime: float = 3600.0) -> str:
+        """A broker link that asks the user to confirm sign-out (the page POSTs it)."""
+        ticket = seal_revoke_ticket(self.keyring, key.hashed, lifetime=lifetime)
+        return f"{self.broker_url}/signout?" + urlencode({"t": ticket})
+
+    async def revoke(self, key: UserKey) -> bool:
+        """Delete the user's grant (sign-out). Tokens already issued stay valid until expiry."""
+        return await self.grants.delete_grant(key.hashed)
+
+    def _consent_required(
+        self,
+        key: UserKey,
+        scopes: Sequence[str],
+        why: str,
+        *,
+        claims: str | None = None,
+        aadsts: int | None = None,
+        correlation_id: str | None = None,
+    ) -> ConsentRequired:
+        return ConsentRequired(
+            f"The user must sign in through the consent broker: {why}.",
+            link=self.consent_link(key, scopes, claims=claims),
+            source=self.name,
+            scopes=scopes,
+            server_label=self.server_label,
+            aadsts=aadsts,
+            correlation_id=correlation_id,
+        )
+
+    # --- single flight ----------------------------------------------------------------------
+    async def _coalesced(
+        self,
+        key_hash: str,
+        flight: tuple[Any, ...],
+        factory: Callable[[], Awaitable[TokenResult]],
+    ) -> TokenResult:
+        # One refresh per user at a time in this process (a refresh rotates the user's refresh
+        # token whatever the scopes); callers for the same scopes share the result.
+        loop = asyncio.get_running_loop()
+        slot = (id(loop), key_hash)
+        for _ in range(_MAX_ATTEMPTS):
+            current = self._flights.get(slot)
+            if current is None:
+                future: asyncio.Future[Any] = loop.create_future()
+                self._flights[slot] = (flight, future)
+                try:
+                    result = await factory()
+                except BaseException as exc:
+                    future.set_exception(exc)
+                    future.exception()  # retrieved: no "never retrieved" warning
+                    raise
+                finally:
+                    if self._flights.get(slot, (None, None))[1] is future:
+                        del self._flights[slot]
+                future.set_result(result)
+                return result
+            other_flight, other = current
+            if other_flight == flight:
+                shared: TokenResult = await asyncio.shield(other)
+                return shared
+            # The other flight's caller gets its error; we only wait for it to end.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(other)
+        raise EntraError("too many concurrent token requests for one user", source=self.name)
+
+    # --- refresh with a cross-replica lease -------------------------------------------------
+    async def _acquire(self, key: UserKey, request: TokenRequest) -> TokenResult:
+        scopes = tuple(request.scopes)
+        for attempt in range(_MAX_ATTEMPTS):
+            found = await self.grants.get_grant(key.hashed)
+            if found is None:
+                raise self._consent_required(key, scopes, "no consent is stored for this user")
+            grant, version = found
+            now = time.time()
+            if grant.lease_owner and grant.lease_until > now:
+                # Another replica is rotating this user's refresh token: wait for its result
+                # rather than spend the same refresh token twice.
+                await asyncio.sleep(min(0.02 * (2**attempt), 0.5))
+                continue
+            lease = f"{self._replica}:{secrets.token_hex(4)}"
+            leased = dataclasses.replace(grant, lease_owner=lease, lease_until=now + LEASE_SECONDS)
+            lease_version = await self.grants.put_grant(key.hashed, leased, expect=version)
+            if lease_version is None:
+                continue  # changed under us (rotated or leased elsewhere): read again
+            return await self._refresh(key, request, grant, lease_version)
+        raise EntraError(
+            "could not refresh the user's grant: concurrent refreshes kept conflicting",
+            source=self.name,
+            scopes=scopes,
+        )
+
+    async def _refresh(
+        self, key: UserKey, request: TokenRequest, grant: Grant, lease_version: str
+    ) -> TokenResult:
+        scopes = tuple(request.scopes)
+        released = dataclasses.replace(grant, lease_owner=None, lease_until=0.0)
+        try:
+            answer = await self.client.pool.run(
+                self.client.refresh, grant.refresh_token, scopes, request.claims
+            )
+        except BaseException as exc:
+            await self.grants.put_grant(key.hashed, released, expect=lease_version)
+            if isinstance(exc, Exception):
+                raise unreachable(
+                    exc, what="refreshing the stored grant", source=self.name, scopes=scopes
+                ) from None
+            raise
+        if "access_token" not in answer:
+            await self._on_error(key, request, answer, released, lease_version)
+        now = time.time()
+        new_rt = answer.get("refresh_token")
+        updated = dataclasses.replace(
+            released,
+            refresh_token=new_rt if isinstance(new_rt, str) and new_rt else grant.refresh_token,
+            updated=now,
+        )
+        if await self.grants.put_grant(key.hashed, updated, expect=lease_version) is None:
+            # Our lease expired and another replica took over; its refresh token is newer.
+            logger.warning("consent grant changed during a refresh; keeping the newer one")
+        token = str(answer["access_token"])
+        expires_in = answer.get("expires_in")
+        lifetime = float(expires_in) if isinstance(expires_in, int | float | str) else 3600.0
+        logger.debug("delegated token %s for a stored grant", fingerprint(token))
+        return TokenResult(
+            token=token,
+            expires_on=now + lifetime,
+            kind=IdentityKind.USER,
+            source=self.name,
+        )
+
+    async def _on_error(
+        self,
+        key: UserKey,
+        request: TokenRequest,
+        answer: dict[str, Any],
+        released: Grant,
+        lease_version: str,
+    ) -> None:
+        scopes = tuple(request.scopes)
+        codes = answer.get("error_codes") or []
+        code = codes[0] if isinstance(codes, list) and codes and isinstance(codes[0], int) else None
+        error = answer.get("error")
+        suberror = answer.get("suberror")
+        correlation_id = answer.get("correlation_id")
+        cid = correlation_id if isinstance(correlation_id, str) else None
+        if code == 65001 or suberror == "consent_required":
+            await self.grants.put_grant(key.hashed, released, expect=lease_version)
+            raise self._consent_required(
+                key,
+                scopes,
+                "the stored grant does not cover these scopes",
+                aadsts=code,
+                correlation_id=cid,
+            )
+        if error == "interaction_required":
+            await self.grants.put_grant(key.hashed, released, expect=lease_version)
+            claims = answer.get("claims")
+            raise self._consent_required(
+                key,
+                scopes,
+                "Entra needs the user to sign in again (conditional access)",
+                claims=claims if isinstance(claims, str) else request.claims,
+                aadsts=code,
+                correlation_id=cid,
+            )
+        if error == "invalid_grant" and (code in _DEAD_GRANT_CODES or code is None):
+            await self.grants.delete_grant(key.hashed, expect=lease_version)
+            raise self._consent_required(
+                key,
+                scopes,
+                "the stored grant was revoked or expired",
+                aadsts=code,
+                correlation_id=cid,
+            )
+        await self.grants.put_grant(key.hashed, released, expect=lease_version)
+        err: TokenAcquisitionError = error_from_entra(answer, source=self.name, scopes=scopes)
+        raise err

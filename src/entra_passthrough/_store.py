@@ -1,0 +1,311 @@
+"""The token store: where consent grants (refresh tokens) live, shared by replicas.
+
+Two layers, so that a backend (memory now, Redis later) stays dumb and cannot get the security
+wrong:
+
+* ``TokenStore`` - the protocol a backend implements: async get/put/delete of *opaque bytes* under
+  *opaque keys*, with a TTL and an atomic compare-and-set on a version (an etag). Nothing a backend
+  sees is readable: keys are sha256 hashes of the user key and values are AES-GCM ciphertexts.
+* ``Keyring`` - the secret keys (by key id, the first is current) from which the AES-GCM store key
+  and the HMAC state-signing key are derived (HKDF, one sub-key per purpose). Rotation: put a new
+  key first, keep the old ones until what they sealed has expired; values are re-sealed with the
+  current key on their next write.
+
+``MemoryStore`` is the in-process backend: bounded (LRU), TTLs, CAS under one lock. It is only
+shared by the replicas of one process; a multi-replica deployment needs a shared backend.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final, Protocol, runtime_checkable
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from ._errors import ConfigurationError
+
+__all__ = [
+    "ANY",
+    "Entry",
+    "Keyring",
+    "KeyringError",
+    "MemoryStore",
+    "TokenStore",
+    "hash_key",
+]
+
+
+class _Any:
+    """Sentinel: write unconditionally (no compare-and-set)."""
+
+    def __repr__(self) -> str:
+        return "ANY"
+
+
+#: ``put(..., expect=ANY)`` writes whatever is there; ``expect=None`` writes only if absent;
+#: ``expect="<version>"`` writes only if the current version is that one.
+ANY: Final = _Any()
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A stored value and its version (an opaque etag that changes on every write)."""
+
+    value: bytes = field(repr=False)
+    version: str
+
+
+@runtime_checkable
+class TokenStore(Protocol):
+    """What a grant store backend implements (memory, Redis...).
+
+    Keys are already hashed and values already encrypted by the caller; a backend never needs
+    to understand them. Every write takes a TTL in seconds. ``expect`` makes a write atomic:
+    ``ANY`` (unconditional), ``None`` (only if absent) or a version (only if unchanged).
+    ``put`` returns the new version, or ``None`` when the condition failed; ``delete`` returns
+    whether it deleted something.
+
+    >>> store = MemoryStore(max_entries=10_000)
+    >>> version = await store.put("k", b"v", ttl=60, expect=None)
+    >>> (await store.get("k")).version == version
+    True
+    """
+
+    async def get(self, key: str) -> Entry | None: ...
+
+    async def put(
+        self, key: str, value: bytes, *, ttl: float, expect: str | _Any | None = ANY
+    ) -> str | None: ...
+
+    async def delete(self, key: str, *, expect: str | _Any = ANY) -> bool: ...
+
+
+def hash_key(user_key: str) -> str:
+    """The hashed form of a user key (sha256 hex): what stores, links and states carry,
+    never the raw key (it names a person)."""
+    return hashlib.sha256(f"entra-passthrough/user\x00{user_key}".encode()).hexdigest()
+
+
+class MemoryStore:
+    """An in-process ``TokenStore``: bounded (least recently used first out), with TTLs.
+
+    Thread-safe (one lock, no awaits under it), so sync and async users can share it. Replicas
+    in *different* processes need a shared backend (Redis).
+
+    >>> source = DelegatedConsent(..., store=MemoryStore(max_entries=50_000), keyring=keys)
+    """
+
+    def __init__(self, *, max_entries: int = 10_000) -> None:
+        if max_entries < 1:
+            raise ConfigurationError("MemoryStore(max_entries=...) must be at least 1.")
+        self._max = max_entries
+        self._data: OrderedDict[str, tuple[bytes, str, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"MemoryStore(entries={len(self._data)}, max_entries={self._max})"
+
+    def __len__(self) -> int:
+        with self._lock:
+            self._purge(time.monotonic())
+            return len(self._data)
+
+    def _purge(self, now: float) -> None:
+        expired = [k for k, (_, _, exp) in self._data.items() if exp <= now]
+        for k in expired:
+            del self._data[k]
+
+    def _live(self, key: str, now: float) -> tuple[bytes, str, float] | None:
+        item = self._data.get(key)
+        if item is None:
+            return None
+        if item[2] <= now:
+            del self._data[key]
+            return None
+        return item
+
+    async def get(self, key: str) -> Entry | None:
+        with self._lock:
+            item = self._live(key, time.monotonic())
+            if item is None:
+                return None
+            self._data.move_to_end(key)
+            return Entry(item[0], item[1])
+
+    async def put(
+        self, key: str, value: bytes, *, ttl: float, expect: str | _Any | None = ANY
+    ) -> str | None:
+        if ttl <= 0:
+            raise ValueError("ttl must be positive")
+        with self._lock:
+            now = time.monotonic()
+            item = self._live(key, now)
+            if not isinstance(expect, _Any):
+                current = item[1] if item is not None else None
+                if current != expect:
+                    return None
+            version = secrets.token_hex(8)
+            self._data[key] = (bytes(value), version, now + ttl)
+            self._data.move_to_end(key)
+            if len(self._data) > self._max:
+                self._purge(now)
+                while len(self._data) > self._max:
+                    self._data.popitem(last=False)
+            return version
+
+    async def delete(self, key: str, *, expect: str | _Any = ANY) -> bool:
+        with self._lock:
+            item = self._live(key, time.monotonic())
+            if item is None:
+                return False
+            if not isinstance(expect, _Any) and item[1] != expect:
+                return False
+            del self._data[key]
+            return True
+
+
+class KeyringError(ValueError):
+    """A sealed value or signature did not verify (wrong key, tampered, unknown key id)."""
+
+
+_MIN_KEY_BYTES = 32
+_KID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+
+
+def _b64e(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _b64d(text: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise KeyringError("not base64url") from exc
+
+
+@dataclass(frozen=True)
+class Keyring:
+    """The consent secrets: key id -> at least 32 random bytes; ``current`` seals and signs.
+
+    One secret per key id; sub-keys per purpose (store encryption, state signing, link sealing)
+    are derived with HKDF so a leak of one derived key does not reveal the others. Keep old key
+    ids listed until what they protected expired (links: minutes; grants: up to 90 days).
+
+    >>> keys = Keyring.generate()                        # tests, the demo
+    >>> keys = Keyring.from_string(os.environ["ENTRA_PASSTHROUGH_CONSENT_KEYS"])
+    >>> # "2026-12:<base64url 32 bytes>,2026-11:<base64url 32 bytes>" - first is current
+    """
+
+    keys: Mapping[str, bytes] = field(repr=False)
+    current: str
+    _derived: dict[tuple[str, str], bytes] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        if self.current not in self.keys:
+            raise ConfigurationError(f"Keyring: the current key id {self.current!r} has no key.")
+        for kid, key in self.keys.items():
+            if not kid or len(kid) > 32 or not set(kid) <= _KID_CHARS:
+                raise ConfigurationError("Keyring: key ids are 1-32 characters of [A-Za-z0-9_-].")
+            if len(key) < _MIN_KEY_BYTES:
+                raise ConfigurationError(
+                    f"Keyring: key {kid!r} is shorter than {_MIN_KEY_BYTES} bytes.",
+                    fix='generate keys with `python -c "import secrets,base64;print(base64.'
+                    'urlsafe_b64encode(secrets.token_bytes(32)).decode())"`.',
+                )
+
+    @classmethod
+    def generate(cls, kid: str = "k1") -> Keyring:
+        return cls({kid: secrets.token_bytes(32)}, current=kid)
+
+    @classmethod
+    def from_string(cls, text: str) -> Keyring:
+        """``"kid:base64url,kid2:base64url"``; the first key is current."""
+        keys: dict[str, bytes] = {}
+        order: list[str] = []
+        for part in text.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            kid, sep, b64 = part.partition(":")
+            if not sep:
+                raise ConfigurationError("Keyring: expected 'kid:base64url' items.")
+            try:
+                keys[kid.strip()] = _b64d(b64.strip())
+            except KeyringError as exc:
+                raise ConfigurationError(f"Keyring: key {kid!r} is not base64url.") from exc
+            order.append(kid.strip())
+        if not order:
+            raise ConfigurationError("Keyring: no keys given.")
+        return cls(keys, current=order[0])
+
+    @classmethod
+    def from_env(cls, variable: str = "ENTRA_PASSTHROUGH_CONSENT_KEYS") -> Keyring:
+        value = os.environ.get(variable)
+        if not value:
+            raise ConfigurationError(
+                f"{variable} is not set.", fix=f"set {variable}='kid:<base64url of 32 bytes>'."
+            )
+        return cls.from_string(value)
+
+    def _subkey(self, kid: str, purpose: str) -> bytes:
+        cached = self._derived.get((kid, purpose))
+        if cached is None:
+            cached = HKDF(
+                algorithm=hashes.SHA256(),
+                length=32,
+                salt=b"entra-passthrough/consent/v1",
+                info=purpose.encode(),
+            ).derive(self.keys[kid])
+            self._derived[(kid, purpose)] = cached
+        return cached
+
+    def seal(self, purpose: str, plaintext: bytes, *, aad: bytes = b"") -> str:
+        """AES-256-GCM under the current key: ``"<kid>.<base64url(nonce|ciphertext)>"``."""
+        nonce = secrets.token_bytes(12)
+        ct = AESGCM(self._subkey(self.current, purpose)).encrypt(nonce, plaintext, aad)
+        return f"{self.current}.{_b64e(nonce + ct)}"
+
+    def open(self, purpose: str, sealed: str, *, aad: bytes = b"") -> bytes:
+        kid, sep, body = sealed.partition(".")
+        if not sep or kid not in self.keys:
+            raise KeyringError("unknown key id")
+        raw = _b64d(body)
+        if len(raw) < 12 + 16:
+            raise KeyringError("too short")
+        try:
+            return AESGCM(self._subkey(kid, purpose)).decrypt(raw[:12], raw[12:], aad)
+        except InvalidTag as exc:
+            raise KeyringError("does not verify (tampered, or sealed with another key)") from exc
+
+    def sign(self, purpose: str, payload: bytes) -> str:
+        """HMAC-SHA256 under the current key: ``"<kid>.<base64url(payload)>.<base64url(mac)>"``."""
+        body = _b64e(payload)
+        mac = hmac.new(
+            self._subkey(self.current, purpose), f"{self.current}.{body}".encode(), "sha256"
+        )
+        return f"{self.current}.{body}.{_b64e(mac.digest())}"
+
+    def verify(self, purpose: str, signed: str) -> bytes:
+        parts = signed.split(".")
+        if len(parts) != 3 or parts[0] not in self.keys:
+            raise KeyringError("malformed or unknown key id")
+        kid, body, mac = parts
+        expected = hmac.new(self._subkey(kid, purpose), f"{kid}.{body}".encode(), "sha256")
+        if not hmac.compare_digest(expected.digest(), _b64d(mac)):
+            raise KeyringError("bad signature")
+        return _b64d(body)

@@ -1,0 +1,22 @@
+"""The consent broker: users sign in once, the agent then acts as them (``DelegatedConsent``).
+
+Mount it in the agent app (``app.mount("/consent", broker.app)``) or run it alone
+(``entra-passthrough broker --config broker.json``) next to a hosted agent that cannot expose
+extra routes; either way it shares the ``TokenStore`` and ``Keyring`` with the source.
+docs/consent.md explains the flow and its security model.
+"""
+
+from __future__ import annotations
+
+try:
+    import starlette  # noqa: F401
+except ImportError as exc:  # pragma: no cover - depends on the installed extras
+    from .._errors import require_extra
+
+    raise require_extra("consent", "mcp", exc) from exc
+
+from .._grants import UserKey
+from .._store import Keyring, MemoryStore, TokenStore
+from ._broker import ConsentBroker
+
+__all__ = ["ConsentBroker", "Keyring", "MemoryStore", "TokenStore", "UserKey"]

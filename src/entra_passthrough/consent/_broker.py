@@ -1,0 +1,469 @@
+"""The consent broker: a small Starlette app that runs the user's sign-in and stores the grant.
+
+    GET  /start?t=<link ticket>[&redirect_uri=]  -> 302 to Entra's authorize (PKCE S256, nonce,
+                                                    signed state, login/domain hint)
+    GET  /callback?code=&state=                   -> verify, redeem, check the user, store
+    GET  /signout?t=<revoke ticket>               -> a confirmation page (no side effect)
+    POST /revoke  (form t=<revoke ticket>)        -> delete the grant, 303 to Entra's logout
+
+Every failure answers 400 with a clear page (or JSON for ``Accept: application/json``) and
+stores nothing. The link ticket is sealed by ``DelegatedConsent`` with the shared keyring, so
+only the agent can mint a link for a user; the callback accepts only the user the link was
+minted for (verified tid+oid), or - for a platform user id - the identity that id was first
+bound to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+
+from .._consent_client import ConsentClient, IdTokenError, client_credential
+from .._errors import ConfigurationError
+from .._grants import (
+    Grant,
+    GrantStore,
+    LinkTicket,
+    check_scopes,
+    open_revoke_ticket,
+    seal_revoke_ticket,
+)
+from .._msal import PUBLIC_AUTHORITY_HOST
+from .._sources.delegated import DelegatedConsent
+from .._store import Keyring, KeyringError, TokenStore, hash_key
+from ._pages import (
+    confirm_revoke_response,
+    error_response,
+    message_response,
+    security_headers,
+    success_response,
+)
+from ._state import State, StateError
+
+logger = logging.getLogger("entra_passthrough.consent")
+
+MAX_QUERY_BYTES = 8192
+MAX_PARAMS = 12
+MAX_VALUE_CHARS = 4096
+MAX_FORM_BYTES = 8192
+_CALLBACK_PARAMS = frozenset(
+    {
+        "code",
+        "state",
+        "session_state",
+        "client_info",
+        "error",
+        "error_description",
+        "error_uri",
+        "error_subcode",
+        "iss",
+    }
+)
+
+
+class BadRequest(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+def _params(raw: bytes, allowed: frozenset[str] | None = None) -> dict[str, str]:
+    """Strict query/form parsing: bounded, every name at most once."""
+    if len(raw) > MAX_QUERY_BYTES:
+        raise BadRequest("request_too_large", "The request parameters are too large.")
+    try:
+        pairs = parse_qsl(
+            raw.decode("ascii"),
+            keep_blank_values=True,
+            max_num_fields=MAX_PARAMS,
+            strict_parsing=False,
+        )
+    except (UnicodeDecodeError, ValueError):
+        raise BadRequest("bad_request", "The request parameters cannot be read.") from None
+    out: dict[str, str] = {}
+    for name, value in pairs:
+        if name in out:
+            raise BadRequest("duplicate_parameter", f"The parameter {name[:40]!r} is repeated.")
+        if len(value) > MAX_VALUE_CHARS:
+            raise BadRequest("request_too_large", f"The parameter {name[:40]!r} is too long.")
+        if allowed is not None and name not in allowed:
+            continue  # unknown extras from the identity provider are ignored, bounded above
+        out[name] = value
+    return out
+
+
+def _cookie_name(flow_id: str, secure: bool) -> str:
+    return f"__Host-epc-{flow_id}" if secure else f"epc-{flow_id}"
+
+
+def _digest(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+class ConsentBroker:
+    """The consent broker. Mount ``broker.app`` in the agent app or serve it alone.
+
+    It must share the ``TokenStore`` and the ``Keyring`` with the ``DelegatedConsent`` source
+    that builds its links; ``ConsentBroker.for_source`` does that.
+
+    >>> broker = ConsentBroker.for_source(
+    ...     source, redirect_uris=["https://agent.contoso.com/consent/callback"])
+    >>> app.mount("/consent", broker.app)
+    """
+
+    def __init__(
+        self,
+        *,
+        client_id: str,
+        tenant_id: str,
+        store: TokenStore,
+        keyring: Keyring,
+        redirect_uris: Sequence[str],
+        client_secret: str | None = None,
+        client_certificate: bytes | str | None = None,
+        client_assertion: Callable[[], str] | None = None,
+        authority_host: str = PUBLIC_AUTHORITY_HOST,
+        allowed_tenants: Sequence[str] | None = None,
+        http_client: Any = None,
+        max_workers: int = 4,
+        state_lifetime: float = 600.0,
+        post_logout_redirect_uri: str | None = None,
+        _client: ConsentClient | None = None,
+    ) -> None:
+        if not redirect_uris:
+            raise ConfigurationError("ConsentBroker needs at least one redirect URI.")
+        for uri in redirect_uris:
+            parts = urlsplit(uri)
+            loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
+            if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
+                raise ConfigurationError(f"redirect URI {uri!r} must be HTTPS.")
+            if parts.query or parts.fragment:
+                raise ConfigurationError(f"redirect URI {uri!r} must have no query/fragment.")
+        if not 30 <= state_lifetime <= 3600:
+            raise ConfigurationError("state_lifetime must be between 30 s and 1 h.")
+        self.client = _client or ConsentClient(
+            client_id=client_id,
+            tenant_id=tenant_id,
+            credential=client_credential(
+                client_secret=client_secret,
+                client_certificate=client_certificate,
+                client_assertion=client_assertion,
+            ),
+            authority_host=authority_host,
+            http_client=http_client,
+            max_workers=max_workers,
+            allowed_tenants=allowed_tenants,
+        )
+        self.grants = GrantStore(store, keyring)
+        self.keyring = keyring
+        self.redirect_uris = tuple(redirect_uris)
+        self.state_lifetime = state_lifetime
+        self.post_logout_redirect_uri = post_logout_redirect_uri
+        authority = urlsplit(self.client.authority_host)
+        self._form_action = f"'self' {authority.scheme}://{authority.netloc}"
+        self.app = Starlette(
+            routes=[
+                Route("/start", self._start, methods=["GET"]),
+                Route("/callback", self._callback, methods=["GET"]),
+                Route("/signout", self._signout, methods=["GET"]),
+                Route("/revoke", self._revoke, methods=["POST"]),
+            ]
+        )
+
+    @classmethod
+    def for_source(
+        cls,
+        source: DelegatedConsent,
+        *,
+        redirect_uris: Sequence[str],
+        state_lifetime: float = 600.0,
+        post_logout_redirect_uri: str | None = None,
+    ) -> ConsentBroker:
+        """A broker sharing ``source``'s app registration, credential, store and keyring."""
+        return cls(
+            client_id=source.client.client_id,
+            tenant_id=source.client.tenant_id,
+            store=source.grants.store,
+            keyring=source.keyring,
+            redirect_uris=redirect_uris,
+            state_lifetime=state_lifetime,
+            post_logout_redirect_uri=post_logout_redirect_uri,
+            _client=source.client,
+        )
+
+    def close(self) -> None:
+        self.client.pool.close()
+
+    # --- endpoints ---------------------------------------------------------------------------
+    async def _start(self, request: Request) -> Response:
+        try:
+            params = _params(request.scope.get("query_string", b""))
+            return await self._do_start(request, params)
+        except BadRequest as exc:
+            return error_response(request, exc.code, str(exc))
+        except Exception as exc:  # never a crash page; nothing was stored
+            logger.warning("consent start failed: %s", type(exc).__name__)
+            return error_response(
+                request,
+                "temporarily_unavailable",
+                "The sign-in could not be started; try again.",
+                status=503,
+            )
+
+    async def _do_start(self, request: Request, params: dict[str, str]) -> Response:
+        unknown = set(params) - {"t", "redirect_uri"}
+        if unknown:
+            raise BadRequest("bad_request", "Unexpected parameters on the sign-in link.")
+        redirect_uri = params.get("redirect_uri", self.redirect_uris[0])
+        if redirect_uri not in self.redirect_uris:
+            raise BadRequest(
+                "redirect_uri_not_allowed", "The redirect URI is not on the broker's list."
+            )
+        try:
+            ticket = LinkTicket.open(self.keyring, params.get("t", ""))
+            scopes = check_scopes(ticket.scopes)
+        except (KeyringError, ValueError, TypeError):
+            raise BadRequest(
+                "invalid_link",
+                "This sign-in link is not valid or has expired; ask the agent for a new one.",
+            ) from None
+        state = State.new(ticket.key_hash, lifetime=self.state_lifetime)
+        signed_state = state.sign(self.keyring)
+        flow = await self.client.pool.run(
+            lambda: self.client.initiate(
+                scopes=scopes,
+                redirect_uri=redirect_uri,
+                state=signed_state,
+                login_hint=ticket.login_hint,
+                domain_hint=ticket.domain_hint,
+                claims=ticket.claims,
+            )
+        )
+        secure = urlsplit(redirect_uri).scheme == "https"
+        browser = secrets.token_urlsafe(24)
+        await self.grants.put_flow(
+            state.flow_id,
+            {
+                "msal": flow,
+                "key_hash": ticket.key_hash,
+                "key_kind": ticket.key_kind,
+                "tid": ticket.tid,
+                "oid": ticket.oid,
+                "scopes": list(scopes),
+                "browser": _digest(browser),
+            },
+            ttl=self.state_lifetime,
+        )
+        response = RedirectResponse(str(flow["auth_uri"]), status_code=302)
+        for name, value in security_headers().items():
+            response.headers[name] = value
+        # Binds the sign-in to this browser: a state lured into another browser (login CSRF)
+        # arrives without the cookie. SameSite=Lax still sends it on the top-level redirect
+        # back from the identity provider.
+        response.set_cookie(
+            _cookie_name(state.flow_id, secure),
+            browser,
+            max_age=int(self.state_lifetime),
+            path="/",
+            secure=secure,
+            httponly=True,
+            samesite="lax",
+        )
+        return response
+
+    async def _callback(self, request: Request) -> Response:
+        try:
+            params = _params(request.scope.get("query_string", b""), _CALLBACK_PARAMS)
+            return await self._do_callback(request, params)
+        except (BadRequest, StateError) as exc:
+            logger.info("consent callback rejected: %s", exc.code)
+            return error_response(request, exc.code, str(exc))
+        except Exception as exc:
+            logger.warning("consent callback failed: %s", type(exc).__name__)
+            return error_response(
+                request,
+                "temporarily_unavailable",
+                "The sign-in could not be completed; start again.",
+                status=503,
+            )
+
+    async def _do_callback(self, request: Request, params: dict[str, str]) -> Response:
+        state = State.verify(self.keyring, params.get("state", ""))
+        ttl = max(state.exp - time.time(), 1.0) + 60.0
+        if not await self.grants.mark_used(state.flow_id, ttl=ttl):
+            raise BadRequest("state_used", "This sign-in was already completed or cancelled.")
+        flow = await self.grants.take_flow(state.flow_id)
+        if flow is None or flow.get("key_hash") != state.key_hash:
+            raise BadRequest("state_used", "This sign-in is unknown, expired or already used.")
+        secure = urlsplit(str(flow["msal"].get("redirect_uri", ""))).scheme == "https"
+        cookie = request.cookies.get(_cookie_name(state.flow_id, secure), "")
+        if not cookie or not hmac.compare_digest(_digest(cookie), str(flow["browser"])):
+            raise BadRequest(
+                "browser_mismatch",
+                "This sign-in was started in another browser; open the link from the chat "
+                "in this browser.",
+            )
+        if "error" in params:
+            code = "".join(c for c in params["error"][:64] if c.isalnum() or c == "_")
+            raise BadRequest("sign_in_refused", f"The identity provider answered {code!r}.")
+        if not params.get("code"):
+            raise BadRequest("bad_request", "The callback has no authorization code.")
+        answer = await self._redeem(flow["msal"], params)
+        claims = await self._verified_identity(answer, flow)
+        refresh_token = answer.get("refresh_token")
+        if not isinstance(refresh_token, str) or not refresh_token:
+            raise BadRequest(
+                "no_refresh_token",
+                "The identity provider issued no refresh token (offline_access missing).",
+            )
+        await self._bind(flow, claims)
+        now = time.time()
+        upn = claims.get("preferred_username") or claims.get("upn")
+        grant = Grant(
+            refresh_token=refresh_token,
+            scopes=tuple(flow["scopes"]),
+            tid=str(claims["tid"]),
+            oid=str(claims["oid"]),
+            upn=upn if isinstance(upn, str) else None,
+            key_kind=flow["key_kind"],
+            created=now,
+            updated=now,
+        )
+        await self.grants.put_grant(state.key_hash, grant)
+        logger.info("consent stored for a user of tenant %s", grant.tid)
+        response = success_response(
+            request,
+            who=grant.upn,
+            revoke_ticket=seal_revoke_ticket(self.keyring, state.key_hash, lifetime=3600),
+            revoke_path="revoke",
+            form_action=self._form_action,
+        )
+        response.delete_cookie(
+            _cookie_name(state.flow_id, secure),
+            path="/",
+            secure=secure,
+            httponly=True,
+            samesite="lax",
+        )
+        return response
+
+    async def _redeem(self, flow: dict[str, Any], params: dict[str, str]) -> dict[str, Any]:
+        response = {
+            k: v
+            for k, v in params.items()
+            if k in ("code", "state", "session_state", "client_info")
+        }
+        try:
+            answer = await self.client.pool.run(self.client.redeem, flow, response)
+        except ValueError:
+            # MSAL: state or nonce mismatch.
+            raise BadRequest(
+                "id_token_invalid", "The sign-in answer does not match this sign-in."
+            ) from None
+        if "error" in answer or "id_token" not in answer:
+            codes = answer.get("error_codes") or []
+            aadsts = f" (AADSTS{codes[0]})" if codes and isinstance(codes[0], int) else ""
+            error = str(answer.get("error") or "no id_token")[:64]
+            raise BadRequest(
+                "redeem_failed",
+                f"The authorization code could not be redeemed: {error}{aadsts}.",
+            )
+        return dict(answer)
+
+    async def _verified_identity(
+        self, answer: dict[str, Any], flow: dict[str, Any]
+    ) -> dict[str, Any]:
+        try:
+            claims = await self.client.pool.run(
+                lambda: self.client.verify_id_token(
+                    str(answer["id_token"]), flow_nonce=str(flow["msal"]["nonce"])
+                )
+            )
+        except IdTokenError as exc:
+            raise BadRequest("id_token_invalid", f"The sign-in is not acceptable: {exc}.") from None
+        if flow["key_kind"] == "entra":
+            # The link was minted for a verified tid+oid: only that user may complete it.
+            same = claims["tid"] == flow.get("tid") and claims["oid"] == flow.get("oid")
+            if not same or hash_key(f"{claims['tid']}:{claims['oid']}") != flow["key_hash"]:
+                raise BadRequest(
+                    "user_mismatch",
+                    "You signed in as a different user than the one the agent asked for.",
+                )
+        return claims
+
+    async def _bind(self, flow: dict[str, Any], claims: dict[str, Any]) -> None:
+        if flow["key_kind"] != "platform":
+            return
+        tid, oid = str(claims["tid"]), str(claims["oid"])
+        bound = await self.grants.get_binding(flow["key_hash"])
+        if bound is None and await self.grants.bind(flow["key_hash"], tid, oid):
+            return
+        bound = bound or await self.grants.get_binding(flow["key_hash"])
+        if bound != (tid, oid):
+            raise BadRequest(
+                "user_mismatch",
+                "This chat user already consented as a different account; sign in with that "
+                "account.",
+            )
+
+    async def _signout(self, request: Request) -> Response:
+        try:
+            params = _params(request.scope.get("query_string", b""))
+            open_revoke_ticket(self.keyring, params.get("t", ""))
+        except (BadRequest, KeyringError, ValueError, KeyError, TypeError):
+            return error_response(request, "invalid_link", "This sign-out link is not valid.")
+        return confirm_revoke_response(
+            ticket=params["t"], revoke_path="revoke", form_action=self._form_action
+        )
+
+    async def _revoke(self, request: Request) -> Response:
+        # CSRF: the form carries a sealed ticket only the user's own pages hold, and a
+        # cross-site POST is refused outright when the browser says so.
+        if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+            return error_response(request, "csrf", "Cross-site sign-out requests are refused.")
+        origin = request.headers.get("origin")
+        if origin and origin != "null" and urlsplit(origin).netloc != request.url.netloc:
+            return error_response(request, "csrf", "Cross-site sign-out requests are refused.")
+        body = await _bounded_body(request)
+        try:
+            params = _params(body)
+            key_hash = open_revoke_ticket(self.keyring, params.get("t", ""))
+        except (BadRequest, KeyringError, ValueError, KeyError, TypeError):
+            return error_response(request, "invalid_link", "This sign-out request is not valid.")
+        deleted = await self.grants.delete_grant(key_hash)
+        logger.info("consent revoked (grant existed: %s)", deleted)
+        if request.headers.get("accept", "").startswith("application/json"):
+            return message_response(request, "Signed out", "", extra={"revoked": str(deleted)})
+        response = RedirectResponse(
+            self.client.logout_url(self.post_logout_redirect_uri), status_code=303
+        )
+        for name, value in security_headers().items():
+            response.headers[name] = value
+        return response
+
+
+async def _bounded_body(request: Request) -> bytes:
+    if request.headers.get("content-type", "").split(";")[0].strip() not in (
+        "application/x-www-form-urlencoded",
+        "",
+    ):
+        return b""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_FORM_BYTES:
+            return b""
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,116 @@
+"""``entra-passthrough broker``: serve the consent broker on its own (HTTPS).
+
+Configuration is a JSON file with no secrets in it; secrets come from the environment::
+
+    {"client_id": "<consent app id>", "tenant_id": "<tenant>",
+     "authority_host": "https://login.microsoftonline.com",
+     "redirect_uris": ["https://consent.contoso.com/callback"],
+     "allowed_tenants": ["<tenant>"], "ca_file": null, "post_logout_redirect_uri": null}
+
+    ENTRA_PASSTHROUGH_CONSENT_KEYS          "kid:<base64url 32 bytes>[,old-kid:...]"
+    ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET the consent app's secret, or
+    ENTRA_PASSTHROUGH_CONSENT_CLIENT_CERTIFICATE_PATH  a PEM with its key and certificate
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from .._errors import ConfigurationError
+from .._msal import PUBLIC_AUTHORITY_HOST, http_session
+from .._store import Keyring, MemoryStore
+
+_SECRET_ENV = "ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET"
+_CERT_ENV = "ENTRA_PASSTHROUGH_CONSENT_CLIENT_CERTIFICATE_PATH"
+_KEYS_ENV = "ENTRA_PASSTHROUGH_CONSENT_KEYS"
+
+
+def build_broker(config: dict[str, Any], environ: dict[str, str] | None = None) -> Any:
+    """A ``ConsentBroker`` from a parsed config and the environment (secrets)."""
+    from ._broker import ConsentBroker
+
+    env = dict(os.environ if environ is None else environ)
+    for required in ("client_id", "tenant_id", "redirect_uris"):
+        if not config.get(required):
+            raise ConfigurationError(f"the broker config has no {required!r}.")
+    secret = env.get(_SECRET_ENV) or None
+    cert = env.get(_CERT_ENV) or None
+    if bool(secret) == bool(cert):
+        raise ConfigurationError(
+            f"set exactly one of {_SECRET_ENV} or {_CERT_ENV} for the consent app."
+        )
+    ca_file = config.get("ca_file")
+    return ConsentBroker(
+        client_id=str(config["client_id"]),
+        tenant_id=str(config["tenant_id"]),
+        authority_host=str(config.get("authority_host") or PUBLIC_AUTHORITY_HOST),
+        redirect_uris=[str(u) for u in config["redirect_uris"]],
+        allowed_tenants=config.get("allowed_tenants") or None,
+        post_logout_redirect_uri=config.get("post_logout_redirect_uri"),
+        client_secret=secret,
+        client_certificate=cert,
+        # A standalone broker must share the agent's store; only the memory store exists
+        # today, so this mode is for trying the flow (docs/consent.md).
+        store=MemoryStore(),
+        keyring=_keyring(env),
+        http_client=http_session(str(ca_file)) if ca_file else None,
+    )
+
+
+def _keyring(env: dict[str, str]) -> Keyring:
+    value = env.get(_KEYS_ENV)
+    if not value:
+        raise ConfigurationError(
+            f"{_KEYS_ENV} is not set.", fix=f"set {_KEYS_ENV}='kid:<base64url of 32 bytes>'."
+        )
+    return Keyring.from_string(value)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="entra-passthrough broker", description="Serve the consent broker over HTTPS."
+    )
+    parser.add_argument("--config", required=True, help="JSON config file (no secrets)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8443)
+    parser.add_argument("--certfile", help="TLS certificate PEM (required unless --insecure)")
+    parser.add_argument("--keyfile", help="TLS private key PEM")
+    parser.add_argument(
+        "--insecure-http", action="store_true", help="plain HTTP on loopback (development only)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        with open(args.config, encoding="utf-8") as handle:
+            config = json.load(handle)
+        if not isinstance(config, dict):
+            raise ConfigurationError("the broker config must be a JSON object.")
+        broker = build_broker(config)
+    except (OSError, ValueError) as exc:
+        print(f"entra-passthrough broker: {exc}", file=sys.stderr)
+        return 2
+    if not args.insecure_http and not (args.certfile and args.keyfile):
+        print("entra-passthrough broker: --certfile and --keyfile are required", file=sys.stderr)
+        return 2
+    if args.insecure_http and args.host not in ("127.0.0.1", "localhost", "::1"):
+        print("entra-passthrough broker: --insecure-http is loopback only", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    print(
+        "consent broker: WARNING the memory store is not shared with any agent process; "
+        "use the mounted broker (ConsentBroker.for_source) until a shared store is configured.",
+        file=sys.stderr,
+    )
+    uvicorn.run(
+        broker.app,
+        host=args.host,
+        port=args.port,
+        ssl_certfile=None if args.insecure_http else args.certfile,
+        ssl_keyfile=None if args.insecure_http else args.keyfile,
+        log_level="info",
+    )
+    return 0

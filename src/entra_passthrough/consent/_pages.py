@@ -1,0 +1,105 @@
+"""The broker's HTML (and JSON) answers: small, escaped, uncacheable, unframeable."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+
+_STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:36rem;margin:4rem auto;padding:0 1rem;"
+    "color:#222}h1{font-size:1.4rem}.err{color:#a00}code{background:#eee;padding:0 .2rem}"
+    "button{font-size:1rem;padding:.4rem 1rem}"
+)
+
+
+def security_headers(form_action: str = "'self'") -> dict[str, str]:
+    return {
+        "Cache-Control": "no-store",
+        "Pragma": "no-cache",
+        # The callback URL carries the authorization code: never let it leak as a referrer.
+        "Referrer-Policy": "no-referrer",
+        "X-Frame-Options": "DENY",
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": (
+            f"default-src 'none'; style-src 'unsafe-inline'; form-action {form_action}; "
+            "frame-ancestors 'none'; base-uri 'none'"
+        ),
+    }
+
+
+def _page(title: str, body: str) -> str:
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>"
+        f"<body>{body}</body></html>"
+    )
+
+
+def wants_json(request: Request) -> bool:
+    accept = request.headers.get("accept", "")
+    return "application/json" in accept and "text/html" not in accept
+
+
+def error_response(request: Request, code: str, message: str, *, status: int = 400) -> Response:
+    """A clear error; nothing was stored. ``message`` must be safe to show (no secrets)."""
+    if wants_json(request):
+        return JSONResponse(
+            {"error": code, "error_description": message, "stored": False},
+            status_code=status,
+            headers=security_headers(),
+        )
+    body = (
+        '<h1 class="err">Sign-in could not be completed</h1>'
+        f"<p>{html.escape(message)}</p>"
+        f"<p>Error: <code>{html.escape(code)}</code>. Nothing was stored. Go back to the chat "
+        "and use the sign-in link again.</p>"
+    )
+    return HTMLResponse(
+        _page("Sign-in failed", body), status_code=status, headers=security_headers()
+    )
+
+
+def success_response(
+    request: Request,
+    *,
+    who: str | None,
+    revoke_ticket: str,
+    revoke_path: str,
+    form_action: str,
+) -> Response:
+    if wants_json(request):
+        return JSONResponse({"status": "ok", "user": who}, headers=security_headers())
+    name = html.escape(who or "your account")
+    body = (
+        "<h1>You are signed in</h1>"
+        f"<p>Signed in as <strong>{name}</strong>. You can return to the chat; the agent "
+        "can now act on your behalf for the access you granted.</p>"
+        f'<form method="post" action="{html.escape(revoke_path)}">'
+        f'<input type="hidden" name="t" value="{html.escape(revoke_ticket)}">'
+        '<button type="submit">Sign out and revoke this access</button></form>'
+    )
+    return HTMLResponse(_page("Signed in", body), headers=security_headers(form_action=form_action))
+
+
+def confirm_revoke_response(*, ticket: str, revoke_path: str, form_action: str) -> Response:
+    body = (
+        "<h1>Sign out</h1><p>Revoke the access you granted to the agent?</p>"
+        f'<form method="post" action="{html.escape(revoke_path)}">'
+        f'<input type="hidden" name="t" value="{html.escape(ticket)}">'
+        '<button type="submit">Sign out and revoke</button></form>'
+    )
+    return HTMLResponse(_page("Sign out", body), headers=security_headers(form_action))
+
+
+def message_response(
+    request: Request, title: str, text: str, *, extra: Mapping[str, str] | None = None
+) -> Response:
+    if wants_json(request):
+        return JSONResponse({"status": "ok", **(extra or {})}, headers=security_headers())
+    return HTMLResponse(
+        _page(title, f"<h1>{html.escape(title)}</h1><p>{html.escape(text)}</p>"),
+        headers=security_headers(),
+    )
