@@ -1,0 +1,191 @@
+"""The Entra emulator in its OWN process, and what the scenarios need from it.
+
+Running it out of process keeps its RS256 signing and TLS work off the measured event loop and
+out of the measured process' CPU time. The scenarios talk to it only over HTTPS, as a real app
+would talk to Entra; token round trips are counted by the emulator (``GET /_emulator/stats``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx2
+
+from ._util import stop, wait_for_file_json
+
+OBO_GRANT = "on_behalf_of"
+
+
+@dataclass(frozen=True)
+class App:
+    client_id: str
+    secret: str | None
+    app_id_uri: str
+
+
+@dataclass(frozen=True)
+class UserCred:
+    name: str
+    upn: str
+    password: str
+
+
+def _first(d: dict[str, Any], *keys: str, default: Any = None) -> Any:
+    for key in keys:
+        if key in d and d[key] is not None:
+            return d[key]
+    return default
+
+
+class Emulator:
+    """``entra-passthrough emulator`` started as a child process with a fixed token latency."""
+
+    def __init__(self, *, token_latency: float) -> None:
+        self.token_latency = token_latency
+        self._dir: tempfile.TemporaryDirectory[str] | None = tempfile.TemporaryDirectory(
+            prefix="bench-emu-"
+        )
+        state_file = Path(self._dir.name) / "state.json"
+        exe = Path(sys.executable).with_name("entra-passthrough")
+        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "entra_passthrough.cli"]
+        cmd += [
+            "emulator",
+            "--port",
+            "0",
+            "--token-latency",
+            str(token_latency),
+            "--state-file",
+            str(state_file),
+        ]
+        self.proc: subprocess.Popen[str] | None = subprocess.Popen(
+            cmd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        try:
+            state = wait_for_file_json(state_file, self.proc, timeout=60)
+        except BaseException:
+            stop(self.proc)
+            raise
+        self._init_state(state)
+
+    @classmethod
+    def attach(cls, state: dict[str, Any]) -> Emulator:
+        """Talk to an emulator another process started (the memory child)."""
+        self = cls.__new__(cls)
+        self.token_latency = float(state.get("token_latency", 0.0))
+        self._dir = None
+        self.proc = None
+        self._init_state(state)
+        return self
+
+    def detach(self) -> None:
+        self._client.close()
+
+    def _init_state(self, state: dict[str, Any]) -> None:
+        self.state = state
+        self.url: str = self.state["url"].rstrip("/")
+        self.ca_file: str = self.state["ca_file"]
+        self.tenant_id: str = self._tenant_id(self.state)
+        self.authority = f"{self.url}/{self.tenant_id}"
+        self.token_endpoint = f"{self.authority}/oauth2/v2.0/token"
+        apps = self.state["apps"]
+        self.agent = self._app(apps["agent"])
+        self.mcp = self._app(apps["mcp"])
+        self.users = [
+            UserCred(name=name, upn=u["upn"], password=u["password"])
+            for name, u in self.state["users"].items()
+            if name in ("alice", "bob")  # the consented users in the default world
+        ]
+        self.mcp_scope = f"{self.mcp.app_id_uri}/.default"
+        self._client = httpx2.Client(verify=self.ca_file, trust_env=False, timeout=60)
+
+    @staticmethod
+    def _tenant_id(state: dict[str, Any]) -> str:
+        tenants = state.get("tenants")
+        if isinstance(tenants, dict):
+            first = _first(tenants, "contoso", "primary", "tenant_id")
+            if isinstance(first, dict):
+                return str(_first(first, "id", "tenant_id"))
+            if first is not None:
+                return str(first)
+        if isinstance(tenants, list) and tenants:
+            t = tenants[0]
+            return str(_first(t, "id", "tenant_id")) if isinstance(t, dict) else str(t)
+        return str(state["tenant_id"])
+
+    @staticmethod
+    def _app(d: dict[str, Any]) -> App:
+        client_id = str(d["client_id"])
+        return App(
+            client_id=client_id,
+            secret=_first(d, "secret", "client_secret"),
+            app_id_uri=str(_first(d, "app_id_uri", default=f"api://{client_id}")),
+        )
+
+    # --- stats -----------------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        r = self._client.get(f"{self.url}/_emulator/stats")
+        r.raise_for_status()
+        data: dict[str, Any] = r.json()
+        return data
+
+    def obo_posts(self) -> int:
+        return int(self.stats().get("grants", {}).get(OBO_GRANT, 0))
+
+    def token_posts(self) -> int:
+        return int(self.stats().get("endpoints", {}).get("token", 0))
+
+    # --- user assertions -------------------------------------------------------------------------
+    async def mint_assertions(self, n: int) -> list[str]:
+        """``n`` distinct user tokens for the agent (aud = agent), via the password grant.
+
+        Each is a distinct assertion (its own cache key) as n distinct users would present; they
+        alternate between the consented users of the default world.
+        """
+        sem = asyncio.Semaphore(16)
+        async with httpx2.AsyncClient(verify=self.ca_file, trust_env=False, timeout=60) as client:
+
+            async def one(i: int) -> str:
+                user = self.users[i % len(self.users)]
+                data = {
+                    "grant_type": "password",
+                    "client_id": self.agent.client_id,
+                    "username": user.upn,
+                    "password": user.password,
+                    "scope": f"{self.agent.app_id_uri}/access_as_user",
+                }
+                if self.agent.secret:
+                    data["client_secret"] = self.agent.secret
+                async with sem:
+                    r = await client.post(self.token_endpoint, data=data)
+                if r.status_code != 200:
+                    raise RuntimeError(f"password grant failed: {r.status_code} {r.text[:300]}")
+                return str(r.json()["access_token"])
+
+            tokens = await asyncio.gather(*(one(i) for i in range(n)))
+        if len(set(tokens)) != len(tokens):
+            raise RuntimeError("the emulator returned identical tokens: assertions must differ")
+        return list(tokens)
+
+    def close(self) -> None:
+        self._client.close()
+        if self.proc is not None:
+            stop(self.proc)
+        if self._dir is not None:
+            self._dir.cleanup()
+
+    def __enter__(self) -> Emulator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,192 @@
+"""Overhead at cache hit: ``EntraAuth`` vs the same client with a static ``Authorization`` header.
+
+Two measurements, each interleaved in rounds with its floor:
+
+* loopback: sequential GETs to a uvicorn server in another process, httpx2 and httpx clients;
+  figure = per-round ratio of median request time (EntraAuth / static header, same client kind);
+* in-process: the same clients on a ``MockTransport`` (no sockets); figure = µs per request of
+  the auth flow alone = EntraAuth minus a no-op ``Auth`` that only yields the request.
+
+The chain's cache is warmed first (one OBO POST), so every measured request is a cache hit.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable, Generator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import httpx2
+
+from ._emu import Emulator
+from ._middleware import start_server
+from ._patterns import Ours
+from ._util import stop, summary
+
+
+class NoOpAuth2(httpx2.Auth):
+    def auth_flow(
+        self, request: httpx2.Request
+    ) -> Generator[httpx2.Request, httpx2.Response, None]:
+        yield request
+
+
+class NoOpAuth(httpx.Auth):
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        yield request
+
+
+def _ok2(request: httpx2.Request) -> httpx2.Response:
+    return httpx2.Response(200, text="ok")
+
+
+def _ok(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(200, text="ok")
+
+
+async def _batch(client: Any, url: str, n: int) -> float:
+    """Median seconds per request over ``n`` sequential requests."""
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        r = await client.get(url)
+        times.append(time.perf_counter() - t0)
+        if r.status_code != 200:
+            raise RuntimeError(f"unexpected status {r.status_code}")
+    times.sort()
+    return times[len(times) // 2]
+
+
+async def _batch_mean(client: Any, url: str, n: int) -> float:
+    """Mean seconds per request over ``n`` sequential requests (timer cost amortised)."""
+    t0 = time.perf_counter()
+    for _ in range(n):
+        r = await client.get(url)
+        if r.status_code != 200:
+            raise RuntimeError(f"unexpected status {r.status_code}")
+    return (time.perf_counter() - t0) / n
+
+
+async def _interleave(
+    variants: dict[str, Any], url: str, n: int, rounds: int, fn: Callable[..., Any]
+) -> dict[str, list[float]]:
+    names = list(variants)
+    out: dict[str, list[float]] = {k: [] for k in names}
+    for client in variants.values():
+        await fn(client, url, max(10, n // 10))  # warm: connections, code paths
+    for r in range(rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            out[name].append(await fn(variants[name], url, n))
+    return out
+
+
+async def overhead(
+    emu: Emulator, assertion: str, *, rounds: int, n_loopback: int, n_inprocess: int
+) -> dict[str, Any]:
+    from entra_passthrough import EntraAuth
+    from entra_passthrough._caller import bind_caller
+    from entra_passthrough.httpx import EntraAuth as HttpxEntraAuth
+
+    ours = Ours(emu)
+    scopes = [emu.mcp_scope]
+    result: dict[str, Any] = {"rounds": rounds}
+    async with bind_caller(token=assertion):
+        token = (await ours.chain.get_token_async(scopes)).token  # warm the cache: 1 POST
+        static = {"Authorization": f"Bearer {token}"}
+
+        # -- loopback ------------------------------------------------------------------------------
+        with tempfile.TemporaryDirectory(prefix="bench-oh-") as tmp:
+            proc, url = start_server("plain", Path(tmp))
+            try:
+                origins = [url.rstrip("/")]
+                async with (
+                    httpx2.AsyncClient(headers=static) as c2s,
+                    httpx2.AsyncClient(
+                        auth=EntraAuth(ours.chain, scopes=scopes, origins=origins)
+                    ) as c2a,
+                    httpx.AsyncClient(headers=static) as c1s,
+                    httpx.AsyncClient(
+                        auth=HttpxEntraAuth(ours.chain, scopes=scopes, origins=origins)
+                    ) as c1a,
+                ):
+                    variants = {
+                        "httpx2 static header": c2s,
+                        "httpx2 EntraAuth": c2a,
+                        "httpx static header": c1s,
+                        "httpx EntraAuth": c1a,
+                    }
+                    loop = await _interleave(variants, url, n_loopback, rounds, _batch)
+            finally:
+                stop(proc)
+        result["loopback"] = {
+            "requests_per_batch": n_loopback,
+            "per_request_s": {k: summary(v) for k, v in loop.items()},
+            "ratio_httpx2": summary(
+                [
+                    a / s
+                    for a, s in zip(
+                        loop["httpx2 EntraAuth"], loop["httpx2 static header"], strict=True
+                    )
+                ]
+            ),
+            "ratio_httpx": summary(
+                [
+                    a / s
+                    for a, s in zip(
+                        loop["httpx EntraAuth"], loop["httpx static header"], strict=True
+                    )
+                ]
+            ),
+        }
+
+        # -- in-process ----------------------------------------------------------------------------
+        url = "http://127.0.0.1:9/tool"
+        origins = ["http://127.0.0.1:9"]
+        t2, t1 = httpx2.MockTransport(_ok2), httpx.MockTransport(_ok)
+        async with (
+            httpx2.AsyncClient(transport=t2, auth=NoOpAuth2()) as n2,
+            httpx2.AsyncClient(transport=t2, headers=static) as s2,
+            httpx2.AsyncClient(
+                transport=t2, auth=EntraAuth(ours.chain, scopes=scopes, origins=origins)
+            ) as a2,
+            httpx.AsyncClient(transport=t1, auth=NoOpAuth()) as n1,
+            httpx.AsyncClient(transport=t1, headers=static) as s1,
+            httpx.AsyncClient(
+                transport=t1, auth=HttpxEntraAuth(ours.chain, scopes=scopes, origins=origins)
+            ) as a1,
+        ):
+            variants = {
+                "httpx2 no-op Auth": n2,
+                "httpx2 static header": s2,
+                "httpx2 EntraAuth": a2,
+                "httpx no-op Auth": n1,
+                "httpx static header": s1,
+                "httpx EntraAuth": a1,
+            }
+            inproc = await _interleave(variants, url, n_inprocess, rounds, _batch_mean)
+        result["in_process"] = {
+            "requests_per_batch": n_inprocess,
+            "per_request_us": {k: summary([x * 1e6 for x in v]) for k, v in inproc.items()},
+            "auth_flow_us_httpx2": summary(
+                [
+                    (a - n) * 1e6
+                    for a, n in zip(
+                        inproc["httpx2 EntraAuth"], inproc["httpx2 no-op Auth"], strict=True
+                    )
+                ]
+            ),
+            "auth_flow_us_httpx": summary(
+                [
+                    (a - n) * 1e6
+                    for a, n in zip(
+                        inproc["httpx EntraAuth"], inproc["httpx no-op Auth"], strict=True
+                    )
+                ]
+            ),
+        }
+    await ours.aclose()
+    return result

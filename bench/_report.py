@@ -1,0 +1,472 @@
+"""Targets, completeness check, and the outputs: latest.json, latest.md, PNG charts."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from ._patterns import BASELINES, Ours
+
+OURS = Ours.name
+BASELINE_NAMES = [b.name for b in BASELINES]  # type: ignore[attr-defined]
+ALL_NAMES = [OURS, *BASELINE_NAMES]
+
+
+def _med(d: Any, *path: str) -> float:
+    for p in path:
+        if not isinstance(d, dict) or p not in d:
+            return math.nan
+        d = d[p]
+    if isinstance(d, dict):
+        return float(d.get("median", math.nan))
+    return float(d) if isinstance(d, (int, float)) else math.nan
+
+
+def _target(
+    name: str, target: str, measured: float, ok: bool, margin: str, where: str
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "target": target,
+        "measured": None if math.isnan(measured) else measured,
+        "pass": bool(ok) and not math.isnan(measured),
+        "margin": margin,
+        "where": where,
+    }
+
+
+def evaluate_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for label, sc in r.get("by_latency", {}).items():
+        rt = sc.get("round_trips", {})
+        posts = _med(rt, "patterns", OURS, "posts")
+        u = rt.get("users", math.nan)
+        out.append(
+            _target(
+                f"round trips = U ({label})",
+                f"token POSTs == U = {u}",
+                posts,
+                posts == u,
+                f"{posts - u:+.0f} POSTs" if not math.isnan(posts) else "n/a",
+                f"by_latency.{label}.round_trips",
+            )
+        )
+        cb = sc.get("cold_burst", {})
+        posts = _med(cb, "patterns", OURS, "posts")
+        out.append(
+            _target(
+                f"cold burst = 1 POST ({label})",
+                "token POSTs == 1",
+                posts,
+                posts == 1,
+                f"{posts - 1:+.0f} POSTs" if not math.isnan(posts) else "n/a",
+                f"by_latency.{label}.cold_burst",
+            )
+        )
+        ll = sc.get("loop_lag", {})
+        over = _med(ll, "patterns", OURS, "max_over_floor_ms")
+        out.append(
+            _target(
+                f"max loop lag, {ll.get('users', '?')} cold users ({label})",
+                "max lag <= floor's + 5 ms",
+                over,
+                over <= 5.0,
+                f"{over - 5.0:+.2f} ms vs the allowance" if not math.isnan(over) else "n/a",
+                f"by_latency.{label}.loop_lag",
+            )
+        )
+    sw = r.get("sweep", {})
+    for axis in ("by_users", "by_concurrency"):
+        pts = sw.get(axis, {}).get(OURS, [])
+        if not pts:
+            out.append(
+                _target(
+                    f"sweep {axis} = U",
+                    "POSTs == U at every point",
+                    math.nan,
+                    False,
+                    "n/a",
+                    "sweep",
+                )
+            )
+            continue
+        want = [x if axis == "by_users" else sw.get("fixed_users") for x, _ in pts]
+        worst = max(p - w for (_, p), w in zip(pts, want, strict=True))
+        out.append(
+            _target(
+                f"sweep {axis.replace('_', ' ')}: POSTs = U",
+                "POSTs == U at every point",
+                float(worst),
+                worst == 0,
+                f"worst point {worst:+d} POSTs",
+                f"sweep.{axis}",
+            )
+        )
+    oh = r.get("overhead", {})
+    for kind in ("httpx2", "httpx"):
+        ratio = _med(oh, "loopback", f"ratio_{kind}")
+        out.append(
+            _target(
+                f"warm per-call latency, {kind} (loopback)",
+                "<= 1.03x static header",
+                ratio,
+                ratio <= 1.03,
+                f"{(ratio - 1.03) * 100:+.1f} points vs 1.03" if not math.isnan(ratio) else "n/a",
+                f"overhead.loopback.ratio_{kind}",
+            )
+        )
+        us = _med(oh, "in_process", f"auth_flow_us_{kind}")
+        out.append(
+            _target(
+                f"auth flow alone, {kind} (in-process)",
+                "<= 5 us over a no-op Auth",
+                us,
+                us <= 5.0,
+                f"{us - 5.0:+.1f} us vs 5 us" if not math.isnan(us) else "n/a",
+                f"overhead.in_process.auth_flow_us_{kind}",
+            )
+        )
+    ratio = _med(r.get("middleware", {}), "ratio")
+    out.append(
+        _target(
+            "capture middleware throughput",
+            ">= 0.97x without it",
+            ratio,
+            ratio >= 0.97,
+            f"{(ratio - 0.97) * 100:+.1f} points vs 0.97" if not math.isnan(ratio) else "n/a",
+            "middleware.ratio",
+        )
+    )
+    for m in r.get("memory_synthetic", []) if isinstance(r.get("memory_synthetic"), list) else []:
+        over = float(m.get("overhead_per_entry_bytes", math.nan))
+        out.append(
+            _target(
+                f"memory per entry at {m.get('entries')} entries",
+                "<= token size + 1 KiB",
+                over,
+                over <= 1024 and bool(m.get("within_bound")),
+                f"{over - 1024:+.0f} B vs 1 KiB overhead; bound kept: {m.get('within_bound')}",
+                "memory_synthetic",
+            )
+        )
+    real = r.get("memory_real_path", {})
+    per_user = _med(real, OURS, "msal_entries_per_user")
+    out.append(
+        _target(
+            "MSAL caches on our path",
+            "0 MSAL cache entries per user (our bounded cache only)",
+            per_user,
+            per_user == 0,
+            f"{per_user:+.2f} MSAL entries/user" if not math.isnan(per_user) else "n/a",
+            "memory_real_path",
+        )
+    )
+    return out
+
+
+def check_complete(r: dict[str, Any]) -> list[str]:
+    """Every scenario ran and every alternative produced a figure (no timing checks)."""
+    problems = [f"{e['scenario']}: {e['error'].strip().splitlines()[-1]}" for e in r["errors"]]
+    for label in [f"{round(x * 1000)}ms" for x in r["sizes"]["latencies"]]:
+        sc = r["by_latency"].get(label, {})
+        for name in ("round_trips", "cold_burst", "loop_lag"):
+            pats = sc.get(name, {}).get("patterns", {})
+            for p in ALL_NAMES:
+                if p not in pats:
+                    problems.append(f"{label} {name}: no figure for {p!r}")
+    for axis in ("by_users", "by_concurrency"):
+        for p in ALL_NAMES:
+            if p not in r.get("sweep", {}).get(axis, {}):
+                problems.append(f"sweep {axis}: no figure for {p!r}")
+    for key, fields in (
+        ("overhead", ("loopback", "in_process")),
+        ("middleware", ("ratio",)),
+        ("memory_real_path", (OURS, "shared MSAL app")),
+    ):
+        for f in fields:
+            if f not in r.get(key, {}):
+                problems.append(f"{key}: missing {f}")
+    if not isinstance(r.get("memory_synthetic"), list) or not r["memory_synthetic"]:
+        problems.append("memory_synthetic: missing")
+    return sorted(set(problems))
+
+
+# --- markdown ----------------------------------------------------------------------------------
+
+
+def _fmt(x: Any, digits: int = 2) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def _miqr(s: Any, scale: float = 1.0, digits: int = 2) -> str:
+    if not isinstance(s, dict) or "median" not in s:
+        return "—"
+    return f"{s['median'] * scale:.{digits}f} (IQR {s['iqr'] * scale:.{digits}f})"
+
+
+def _best_baseline(pats: dict[str, Any], field: str) -> tuple[str, float]:
+    best, value = "", math.inf
+    for name in BASELINE_NAMES:
+        v = _med(pats, name, field)
+        if not math.isnan(v) and v < value:
+            best, value = name, v
+    return best, value
+
+
+def markdown(r: dict[str, Any]) -> str:
+    m = r["machine"]
+    lines = [
+        f"## Results ({r['mode']} run, {r['started']}, {r.get('duration_s', '?')} s)",
+        "",
+        f"Machine: {m['cpu_model']}, {m['cores']} cores, "
+        f"{(m.get('memory_bytes') or 0) / 2**30:.1f} GiB, {m['os']}, Python {m['python']}; "
+        f"load average at start {m.get('load_average_at_start')}.  ",
+        "Packages: " + ", ".join(f"{k} {v}" for k, v in m["packages"].items() if v) + ".  ",
+        "Medians over interleaved rounds, IQR in brackets; every ratio is to a floor measured "
+        "in the same round.",
+        "",
+        "### Targets",
+        "",
+        "| target | goal | measured | result | margin |",
+        "|---|---|---|---|---|",
+    ]
+    for t in r.get("targets", []):
+        lines.append(
+            f"| {t['name']} | {t['target']} | {_fmt(t['measured'])} | "
+            f"{'PASS' if t['pass'] else 'MISS'} | {t['margin']} |"
+        )
+    for label, sc in r.get("by_latency", {}).items():
+        rt = sc.get("round_trips", {})
+        cb = sc.get("cold_burst", {})
+        ll = sc.get("loop_lag", {})
+        if "patterns" not in rt:
+            continue
+        lines += [
+            "",
+            f"### Token round trips, emulator latency {label}",
+            "",
+            f"{rt['users']} users x {rt['calls_per_user']} calls at concurrency "
+            f"{rt['concurrency']} ({rt['calls_per_user'] * rt['users']} calls; minimum "
+            f"{rt['minimum']} POSTs), and a cold burst of {cb.get('calls_per_user', '?')} "
+            f"concurrent calls for one user (minimum 1). {rt['rounds']} rounds. Latency ratio = "
+            "median per-call latency / one raw OBO round trip "
+            f"({_miqr(rt.get('floor_round_trip_s'), 1e3)} ms) in the same round.",
+            "",
+            "| pattern | POSTs | per-call latency / round trip | wall / round trip | "
+            "burst POSTs | burst latency / round trip | loop lag max ms (100 cold) | p99 ms |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for name in ALL_NAMES:
+            p = rt["patterns"].get(name, {})
+            b = cb.get("patterns", {}).get(name, {})
+            lg = ll.get("patterns", {}).get(name, {})
+            lines.append(
+                f"| {name} | {_miqr(p.get('posts'), digits=0)} | "
+                f"{_miqr(p.get('latency_ratio_to_round_trip'), digits=3)} | "
+                f"{_miqr(p.get('wall_ratio_to_round_trip'), digits=1)} | "
+                f"{_miqr(b.get('posts'), digits=0)} | "
+                f"{_miqr(b.get('latency_ratio_to_round_trip'), digits=2)} | "
+                f"{_miqr(lg.get('max_ms'), digits=1)} | {_miqr(lg.get('p99_ms'), digits=1)} |"
+            )
+        if "floor" in ll:
+            lines.append(
+                f"| *floor (idle loop)* | | | | | | {_miqr(ll['floor'].get('max_ms'), digits=1)} | "
+                f"{_miqr(ll['floor'].get('p99_ms'), digits=1)} |"
+            )
+        best, v = _best_baseline(rt["patterns"], "posts")
+        ours = _med(rt["patterns"], OURS, "posts")
+        bl, vl = _best_baseline(rt["patterns"], "latency_ratio_to_round_trip")
+        ol = _med(rt["patterns"], OURS, "latency_ratio_to_round_trip")
+        if best and not math.isnan(ours):
+            lines += [
+                "",
+                f"Against the best baseline: POSTs {ours:.0f} vs {v:.0f} ({best}) = "
+                f"{ours / v:.2f}x; per-call latency {ol:.3f} vs {vl:.3f} ({bl}) = "
+                f"{ol / vl if vl else math.nan:.2f}x.",
+            ]
+    oh = r.get("overhead", {})
+    if "loopback" in oh:
+        lp, ip = oh["loopback"], oh["in_process"]
+        lines += [
+            "",
+            "### Overhead at cache hit",
+            "",
+            f"Loopback: {lp['requests_per_batch']} sequential GETs per batch to uvicorn in another "
+            f"process, {oh['rounds']} interleaved rounds. In-process: MockTransport, "
+            f"{ip['requests_per_batch']} requests per batch.",
+            "",
+            "| client | loopback µs/request | in-process µs/request |",
+            "|---|---|---|",
+        ]
+        for k in (
+            "httpx2 static header",
+            "httpx2 EntraAuth",
+            "httpx static header",
+            "httpx EntraAuth",
+        ):
+            lines.append(
+                f"| {k} | {_miqr(lp['per_request_s'].get(k), 1e6, 0)} | "
+                f"{_miqr(ip['per_request_us'].get(k), digits=1)} |"
+            )
+        for k in ("httpx2 no-op Auth", "httpx no-op Auth"):
+            lines.append(f"| {k} | | {_miqr(ip['per_request_us'].get(k), digits=1)} |")
+        lines += [
+            "",
+            "Ratio EntraAuth / static header (loopback): "
+            f"httpx2 {_miqr(lp['ratio_httpx2'], digits=3)}, "
+            f"httpx {_miqr(lp['ratio_httpx'], digits=3)}. Auth flow alone (EntraAuth − no-op Auth, "
+            f"in-process): httpx2 {_miqr(ip['auth_flow_us_httpx2'], digits=1)} µs, httpx "
+            f"{_miqr(ip['auth_flow_us_httpx'], digits=1)} µs.",
+        ]
+    mw = r.get("middleware", {})
+    if "ratio" in mw:
+        lines += [
+            "",
+            "### Capture middleware",
+            "",
+            f"Starlette under uvicorn, load from a second process ({mw['load_tool']}, "
+            f"{mw['connections']} connections, {mw['duration_s']} s per run, "
+            f"{mw['rounds']} rounds): "
+            f"without {_miqr(mw['rps_without'], digits=0)} req/s, with CallerMiddleware "
+            f"{_miqr(mw['rps_with'], digits=0)} req/s; ratio {_miqr(mw['ratio'], digits=3)}.",
+        ]
+    ms = r.get("memory_synthetic")
+    if isinstance(ms, list) and ms:
+        lines += [
+            "",
+            "### Memory",
+            "",
+            "| entries | token bytes | RSS per entry | overhead per entry "
+            "| bound kept (size after 2x more) |",
+            "|---|---|---|---|---|",
+        ]
+        for m in ms:
+            lines.append(
+                f"| {m['entries']} | {m['token_bytes']} | {m['rss_per_entry_bytes']:.0f} B | "
+                f"{m['overhead_per_entry_bytes']:.0f} B | "
+                f"{m['within_bound']} ({m['size_after_2x_more']}) |"
+            )
+    real = r.get("memory_real_path", {})
+    if OURS in real:
+        lines += ["", f"Real OBO path, {real['users']} distinct users:", ""]
+        for name in (OURS, "shared MSAL app"):
+            x = real.get(name, {})
+            lines.append(
+                f"- {name}: MSAL cache entries {x.get('msal_cache_entries')} "
+                f"({_fmt(x.get('msal_entries_per_user'))}/user), "
+                f"our cache {x.get('our_cache_entries')}, "
+                f"RSS {_fmt(x.get('rss_per_user_bytes', math.nan) / 1024, 1)} KiB/user"
+            )
+    e2e = r.get("end_to_end", {})
+    lines += ["", "### End to end", "", e2e.get("skipped", json.dumps(e2e))]
+    if r.get("problems"):
+        lines += ["", "### Incomplete", ""] + [f"- {p}" for p in r["problems"]]
+    return "\n".join(lines) + "\n"
+
+
+# --- charts ------------------------------------------------------------------------------------
+
+
+def draw_charts(r: dict[str, Any], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    sw = r.get("sweep", {})
+    if sw.get("by_users"):
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        for ax, axis, xlabel in (
+            (axes[0], "by_users", f"users (concurrency {sw.get('fixed_concurrency')})"),
+            (axes[1], "by_concurrency", f"concurrency ({sw.get('fixed_users')} users)"),
+        ):
+            for name, pts in sw.get(axis, {}).items():
+                xs, ys = [p[0] for p in pts], [max(p[1], 0.8) for p in pts]
+                ax.plot(xs, ys, marker="o", label=name, linewidth=2.5 if name == OURS else 1.2)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(f"token POSTs ({sw.get('calls_per_user')} calls per user)")
+            ax.grid(True, which="both", alpha=0.3)
+        axes[0].legend(fontsize=8)
+        fig.suptitle("Token POSTs to Entra per pattern")
+        fig.tight_layout()
+        fig.savefig(out / "token_posts.png", dpi=110)
+        plt.close(fig)
+        written.append("token_posts.png")
+    oh = r.get("overhead", {})
+    if "loopback" in oh:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        lp = oh["loopback"]["per_request_s"]
+        keys = list(lp)
+        axes[0].bar(
+            range(len(keys)),
+            [lp[k]["median"] * 1e6 for k in keys],
+            yerr=[lp[k]["iqr"] * 1e6 / 2 for k in keys],
+            color=["#999", "#1f77b4"] * 2,
+        )
+        axes[0].set_xticks(range(len(keys)), [k.replace(" ", "\n", 1) for k in keys], fontsize=8)
+        axes[0].set_ylabel("µs per request (median)")
+        axes[0].set_title("loopback GET, cache hit")
+        ip = oh["in_process"]["per_request_us"]
+        keys = list(ip)
+        axes[1].bar(
+            range(len(keys)),
+            [ip[k]["median"] for k in keys],
+            yerr=[ip[k]["iqr"] / 2 for k in keys],
+            color=["#ccc", "#999", "#1f77b4"] * 2,
+        )
+        axes[1].set_xticks(range(len(keys)), [k.replace(" ", "\n", 1) for k in keys], fontsize=7)
+        axes[1].set_ylabel("µs per request (median)")
+        axes[1].set_title("in-process MockTransport")
+        fig.suptitle("Overhead per request: EntraAuth vs a static Authorization header")
+        fig.tight_layout()
+        fig.savefig(out / "overhead.png", dpi=110)
+        plt.close(fig)
+        written.append("overhead.png")
+    lags = {k: v.get("loop_lag", {}) for k, v in r.get("by_latency", {}).items()}
+    if any("patterns" in v for v in lags.values()):
+        fig, ax = plt.subplots(figsize=(9, 4))
+        width = 0.8 / max(1, len(lags))
+        for i, (label, ll) in enumerate(lags.items()):
+            if "patterns" not in ll:
+                continue
+            names = ["floor (idle)", *ALL_NAMES]
+            vals = [ll["floor"]["max_ms"]["median"]] + [
+                _med(ll["patterns"], n, "max_ms") for n in ALL_NAMES
+            ]
+            ax.bar(
+                [j + i * width for j in range(len(names))], vals, width, label=f"latency {label}"
+            )
+            ax.set_xticks(
+                [j + width / 2 for j in range(len(names))], names, fontsize=7, rotation=15
+            )
+        ax.set_yscale("log")
+        ax.set_ylabel("max event-loop lag, ms (median of rounds)")
+        ax.set_title("Event-loop lag while cold users acquire at once")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "loop_lag.png", dpi=110)
+        plt.close(fig)
+        written.append("loop_lag.png")
+    return written
+
+
+def write_outputs(r: dict[str, Any], out: Path, *, charts: bool = True) -> str:
+    out.mkdir(parents=True, exist_ok=True)
+    if charts:
+        try:
+            r["charts"] = draw_charts(r, out)
+        except Exception as exc:  # charts are a view; the figures stay in the JSON
+            r["charts_error"] = repr(exc)
+    md = markdown(r)
+    (out / "latest.json").write_text(json.dumps(r, indent=1, default=str) + "\n")
+    (out / "latest.md").write_text(md)
+    return md
