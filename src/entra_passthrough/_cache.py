@@ -1,0 +1,324 @@
+"""The token cache above every source: bounded LRU, refresh-ahead, single-flight (sync and async).
+
+Decisions (docs/sources-and-policy.md explains them to users):
+
+* **Key.** Built by the chain: ``(source name, cache partition, sorted scopes, claims, client
+  capabilities)``; the partition is the source's (client, tenant, sha256 of the assertion or the
+  user key). The cache never sees an assertion, only its hash.
+* **Lifetime.** An entry is *usable* until ``expires_on - skew`` (skew = min(30 s, 1/10 of the
+  lifetime)) and never past the ``cap`` given when it is stored (the caller's assertion ``exp``).
+* **Refresh ahead.** Once less than min(5 min, 1/2 of the lifetime) is left, the *first* request
+  that sees the entry refreshes it in its own task or thread while every other request keeps
+  getting the cached token without waiting. If that refresh fails, the still-valid token is served
+  and the failure logged: a refresh never turns a working token into an error. No background task
+  or thread is ever started by the cache.
+* **Single-flight.** One acquisition per key at a time, in threads and in tasks (one
+  ``concurrent.futures.Future`` per key is awaitable from any loop and waitable from any thread).
+  Waiters get the leader's result or its error; errors are never stored.
+* **Bounded.** ``max_entries`` (LRU). The hit path is a dict lookup under a lock: no I/O, no
+  hashing, no allocation beyond the key tuple the chain builds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
+
+from ._errors import SourceUnavailable
+from ._types import TokenResult
+
+logger = logging.getLogger("entra_passthrough.cache")
+
+#: How long a thread waits for another thread's acquisition of the same key.
+_SYNC_WAIT_SECONDS = 120.0
+#: A waiter whose leader was cancelled takes over; bounded.
+_MAX_TAKEOVERS = 3
+
+
+class _LeaderGone(Exception):
+    """The task or thread acquiring this key was cancelled; a waiter should take over."""
+
+
+@dataclass(slots=True)
+class _Entry:
+    result: TokenResult
+    refresh_at: float
+    usable_until: float
+    refreshing: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    """Counters for benchmarks and diagnostics."""
+
+    hits: int
+    misses: int
+    refreshes: int
+    evictions: int
+    size: int
+
+
+def _timing(result: TokenResult, cap: float | None, now: float) -> tuple[float, float]:
+    expires = result.expires_on if cap is None else min(result.expires_on, cap)
+    lifetime = max(expires - now, 0.0)
+    usable_until = expires - min(30.0, lifetime / 10)
+    refresh_at = expires - min(300.0, lifetime / 2)
+    return refresh_at, usable_until
+
+
+class TokenCache:
+    """A bounded in-memory token cache with refresh-ahead and single-flight acquisition.
+
+    A ``TokenChain`` makes one by default; pass your own to share it between chains or to size
+    it (``max_entries``). It holds access tokens only, in process memory.
+
+    >>> chain = TokenChain([OnBehalfOf.from_env()], cache=TokenCache(max_entries=50_000))
+    """
+
+    def __init__(
+        self, *, max_entries: int = 10_000, clock: Callable[[], float] = time.time
+    ) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self.max_entries = max_entries
+        self._clock = clock
+        self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
+        self._inflight: dict[Hashable, concurrent.futures.Future[TokenResult | None]] = {}
+        self._lock = threading.Lock()
+        self._hits = self._misses = self._refreshes = self._evictions = 0
+
+    def __repr__(self) -> str:
+        return f"TokenCache(size={len(self._entries)}, max_entries={self.max_entries})"
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def stats(self) -> CacheStats:
+        with self._lock:
+            return CacheStats(
+                self._hits, self._misses, self._refreshes, self._evictions, len(self._entries)
+            )
+
+    # -- the hit path ----------------------------------------
+
+    def _lookup(self, key: Hashable, now: float) -> tuple[TokenResult | None, bool]:
+        """(usable result or None, whether this caller must refresh it)."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None, False
+            if now >= entry.usable_until:
+                del self._entries[key]
+                return None, False
+            self._entries.move_to_end(key)
+            self._hits += 1
+            if now < entry.refresh_at or entry.refreshing or key in self._inflight:
+                return entry.result, False
+            entry.refreshing = True
+            return entry.result, True
+
+    def get(self, key: Hashable) -> TokenResult | None:
+        """The cached, usable result for ``key`` (no refresh, no acquisition)."""
+        return self._lookup(key, self._clock())[0]
+
+    # -- storing ----------------------------------------
+
+    def _store(self, key: Hashable, result: TokenResult, cap: float | None) -> TokenResult:
+        now = self._clock()
+        if cap is not None and result.expires_on > cap:
+            result = dataclasses.replace(result, expires_on=cap)
+        result = dataclasses.replace(result, cache_key=key)
+        refresh_at, usable_until = _timing(result, cap, now)
+        if usable_until <= now:
+            return result  # already (nearly) expired: hand it out once, do not keep it
+        with self._lock:
+            self._entries[key] = _Entry(result, refresh_at, usable_until)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+                self._evictions += 1
+        return result
+
+    def invalidate(self, key: Hashable) -> None:
+        """Drop the entry (e.g. after the resource answered 401 to its token)."""
+        with self._lock:
+            self._entries.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def _end_refresh(self, key: Hashable) -> None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                entry.refreshing = False
+
+    # -- single flight ----------------------------------------
+
+    def _join(self, key: Hashable) -> tuple[concurrent.futures.Future[TokenResult | None], bool]:
+        """The in-flight future for ``key`` and whether the caller leads the acquisition."""
+        with self._lock:
+            fut = self._inflight.get(key)
+            if fut is not None:
+                return fut, False
+            fut = concurrent.futures.Future()
+            self._inflight[key] = fut
+            self._misses += 1
+            return fut, True
+
+    def _finish(
+        self,
+        key: Hashable,
+        fut: concurrent.futures.Future[TokenResult | None],
+        result: TokenResult | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        with self._lock:
+            if self._inflight.get(key) is fut:
+                del self._inflight[key]
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(result)
+
+    async def get_or_acquire_async(
+        self,
+        key: Hashable,
+        acquire: Callable[[], Awaitable[TokenResult | None]],
+        *,
+        cap: float | None = None,
+    ) -> TokenResult | None:
+        """The cached result, or one acquisition shared by every concurrent caller of ``key``.
+
+        ``acquire`` returns ``None`` when the source does not apply; that is not cached.
+        """
+        cached, refresh = self._lookup(key, self._clock())
+        if cached is not None:
+            if refresh:
+                return await self._refresh_async(key, cached, acquire, cap)
+            return cached
+        for _ in range(_MAX_TAKEOVERS):
+            fut, leader = self._join(key)
+            if leader:
+                return await self._lead_async(key, fut, acquire, cap)
+            try:
+                return await asyncio.wrap_future(fut)
+            except _LeaderGone:
+                continue
+        raise SourceUnavailable(
+            "Token acquisition was cancelled repeatedly by other requests for the same key."
+        )
+
+    async def _lead_async(
+        self,
+        key: Hashable,
+        fut: concurrent.futures.Future[TokenResult | None],
+        acquire: Callable[[], Awaitable[TokenResult | None]],
+        cap: float | None,
+    ) -> TokenResult | None:
+        try:
+            result = await acquire()
+        except asyncio.CancelledError:
+            self._finish(key, fut, error=_LeaderGone())
+            raise
+        except BaseException as exc:
+            self._finish(key, fut, error=exc)
+            raise
+        stored = self._store(key, result, cap) if result is not None else None
+        self._finish(key, fut, result=stored)
+        return stored
+
+    async def _refresh_async(
+        self,
+        key: Hashable,
+        cached: TokenResult,
+        acquire: Callable[[], Awaitable[TokenResult | None]],
+        cap: float | None,
+    ) -> TokenResult:
+        with self._lock:
+            self._refreshes += 1
+        try:
+            result = await acquire()
+        except Exception as exc:
+            logger.warning(
+                "refresh ahead failed (%s); serving the cached token %s until it expires",
+                type(exc).__name__,
+                cached.fingerprint,
+            )
+            self._end_refresh(key)
+            return cached
+        except BaseException:
+            self._end_refresh(key)
+            raise
+        if result is None:
+            self._end_refresh(key)
+            return cached
+        return self._store(key, result, cap)
+
+    def get_or_acquire(
+        self,
+        key: Hashable,
+        acquire: Callable[[], TokenResult | None],
+        *,
+        cap: float | None = None,
+    ) -> TokenResult | None:
+        """Sync twin of ``get_or_acquire_async`` (threads wait for the leading thread)."""
+        cached, refresh = self._lookup(key, self._clock())
+        if cached is not None:
+            if refresh:
+                return self._refresh_sync(key, cached, acquire, cap)
+            return cached
+        for _ in range(_MAX_TAKEOVERS):
+            fut, leader = self._join(key)
+            if leader:
+                try:
+                    result = acquire()
+                except BaseException as exc:
+                    self._finish(key, fut, error=exc)
+                    raise
+                stored = self._store(key, result, cap) if result is not None else None
+                self._finish(key, fut, result=stored)
+                return stored
+            try:
+                return fut.result(timeout=_SYNC_WAIT_SECONDS)
+            except _LeaderGone:
+                continue
+            except concurrent.futures.TimeoutError:
+                raise SourceUnavailable(
+                    "Timed out waiting for another thread's token acquisition for the same key."
+                ) from None
+        raise SourceUnavailable(
+            "Token acquisition was cancelled repeatedly by other requests for the same key."
+        )
+
+    def _refresh_sync(
+        self,
+        key: Hashable,
+        cached: TokenResult,
+        acquire: Callable[[], TokenResult | None],
+        cap: float | None,
+    ) -> TokenResult:
+        with self._lock:
+            self._refreshes += 1
+        try:
+            result = acquire()
+        except Exception as exc:
+            logger.warning(
+                "refresh ahead failed (%s); serving the cached token %s until it expires",
+                type(exc).__name__,
+                cached.fingerprint,
+            )
+            self._end_refresh(key)
+            return cached
+        if result is None:
+            self._end_refresh(key)
+            return cached
+        return self._store(key, result, cap)

@@ -1,0 +1,382 @@
+"""Resolve: ``TokenChain`` asks its sources, in order, for a token the ``Policy`` accepts.
+
+Rules (docs/sources-and-policy.md):
+
+* A Caller that is not ``.active`` is no caller: its token is never used.
+* The policy names the identity kinds a result may have. ``user_only`` (the default) accepts
+  only ``user``. ``user_or_app`` accepts ``app`` only when *no* assertion was presented at all.
+  ``app_only`` accepts only ``app``. ``developer`` accepts ``user`` and, when no assertion was
+  presented, ``developer`` (Azure CLI) - never inferred, always an explicit choice.
+* Sources of a forbidden kind are never called. Once a ``user`` source raised (the assertion is
+  presented but unusable, consent is missing...), no ``app``/``developer`` source is tried:
+  that error is raised (fail closed). Other ``user`` sources are still tried (e.g. OBO refuses a
+  Foundry token, ``DelegatedConsent`` has the user's own grant).
+* No source applied: ``NoCallerError`` (a user was needed and there is no caller) or
+  ``PolicyViolation``, both listing every source's reason.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import logging
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import _env
+from ._cache import TokenCache
+from ._caller import Caller, current_caller
+from ._errors import (
+    ConfigurationError,
+    NoCallerError,
+    PolicyViolation,
+    SourceUnavailable,
+    TokenAcquisitionError,
+)
+from ._types import IdentityKind, TokenRequest, TokenResult, TokenSource
+
+logger = logging.getLogger("entra_passthrough.chain")
+
+_USER = frozenset({IdentityKind.USER})
+_APP = frozenset({IdentityKind.APP})
+
+
+class Policy(enum.StrEnum):
+    """Which identity kinds are acceptable for a target. ``USER_ONLY`` is the default."""
+
+    USER_ONLY = "user_only"
+    USER_OR_APP = "user_or_app"
+    APP_ONLY = "app_only"
+    DEVELOPER = "developer"
+
+    def allowed(self, *, presented: bool) -> frozenset[IdentityKind]:
+        if self is Policy.USER_ONLY:
+            return _USER
+        if self is Policy.APP_ONLY:
+            return _APP
+        if presented:
+            return _USER
+        if self is Policy.USER_OR_APP:
+            return frozenset({IdentityKind.USER, IdentityKind.APP})
+        return frozenset({IdentityKind.USER, IdentityKind.DEVELOPER})
+
+
+class _Unset(enum.Enum):
+    UNSET = enum.auto()
+
+
+_UNSET = _Unset.UNSET
+
+
+@dataclass(slots=True)
+class _Attempts:
+    reasons: list[str] = field(default_factory=list)
+    error: TokenAcquisitionError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    source: TokenSource
+    key: Hashable
+    cap: float | None
+
+
+class TokenChain:
+    """Tokens for (caller, scopes) from an ordered list of sources, under a policy, cached.
+
+    >>> chain = TokenChain([OnBehalfOf.from_env()])            # user_only
+    >>> with bind_caller(token=incoming_user_token):
+    ...     result = chain.get_token(["api://mcp-app/.default"])
+    >>> result.kind, result.source
+    ('user', 'obo')
+    """
+
+    def __init__(
+        self,
+        sources: Iterable[TokenSource],
+        *,
+        policy: Policy | str = Policy.USER_ONLY,
+        cache: TokenCache | None = None,
+        lifecycle_app: bool = False,
+    ) -> None:
+        self.sources: tuple[TokenSource, ...] = tuple(sources)
+        try:
+            self.policy = Policy(policy)
+        except ValueError:
+            raise ConfigurationError(
+                f"unknown policy {policy!r}.",
+                fix=f"use one of {', '.join(p.value for p in Policy)}.",
+            ) from None
+        names = [s.name for s in self.sources]
+        if len(set(names)) != len(names):
+            raise ConfigurationError(
+                f"source names must be unique (they partition the cache): {names}."
+            )
+        for source in self.sources:
+            if not isinstance(source, TokenSource):
+                raise ConfigurationError(f"{source!r} does not implement TokenSource.")
+        self.cache = cache if cache is not None else TokenCache()
+        self.lifecycle_app = lifecycle_app
+
+    def __repr__(self) -> str:
+        names = ", ".join(s.name for s in self.sources)
+        return f"TokenChain([{names}], policy={self.policy.value})"
+
+    # -- planning (no I/O) -------------------------------------------------------------------------
+
+    def _steps(
+        self,
+        request: TokenRequest,
+        allowed: frozenset[IdentityKind],
+        attempts: _Attempts,
+    ) -> Iterator[_Step]:
+        scopes_key = tuple(sorted(request.scopes))
+        caller = request.caller
+        for source in self.sources:
+            kind = source.kind
+            if kind not in allowed:
+                attempts.reasons.append(
+                    f"{source.name}: kind {kind.value} not allowed by policy {self.policy.value}"
+                    + (
+                        " (an assertion was presented)"
+                        if caller is not None and caller.presented and kind is not IdentityKind.USER
+                        else ""
+                    )
+                )
+                continue
+            if attempts.error is not None and kind is not IdentityKind.USER:
+                attempts.reasons.append(f"{source.name}: not tried, a user source failed")
+                continue
+            partition = source.cache_partition(request)
+            if partition is None:
+                explain = getattr(source, "explain", None)
+                reason = explain(request) if callable(explain) else "not applicable"
+                attempts.reasons.append(f"{source.name}: {reason}")
+                continue
+            key = (
+                source.name,
+                partition,
+                scopes_key,
+                request.claims,
+                request.client_capabilities,
+            )
+            cap = None
+            if kind is IdentityKind.USER and caller is not None and caller.claims is not None:
+                cap = caller.claims.exp
+            yield _Step(source, key, cap)
+
+    def _request(
+        self,
+        scopes: Sequence[str],
+        caller: Caller | _Unset | None,
+        claims: str | None,
+        client_capabilities: Sequence[str],
+    ) -> TokenRequest:
+        if isinstance(scopes, str):
+            scopes = (scopes,)
+        if caller is _UNSET:
+            caller = current_caller()
+        if caller is not None and not caller.active:
+            caller = None
+        return TokenRequest(tuple(scopes), caller, claims, tuple(client_capabilities))
+
+    def _accept(
+        self,
+        step: _Step,
+        result: TokenResult | None,
+        allowed: frozenset[IdentityKind],
+        attempts: _Attempts,
+    ) -> TokenResult | None:
+        if result is None:
+            attempts.reasons.append(f"{step.source.name}: not applicable")
+            return None
+        if result.kind not in allowed:
+            # A source answered with a kind other than the one it declared: never hand it out.
+            self.cache.invalidate(step.key)
+            attempts.reasons.append(
+                f"{step.source.name}: returned kind {result.kind.value}, not allowed"
+            )
+            return None
+        return result
+
+    def _failed(self, step: _Step, exc: BaseException, attempts: _Attempts) -> None:
+        if not isinstance(exc, TokenAcquisitionError):
+            exc = SourceUnavailable(
+                f"source failed unexpectedly: {type(exc).__name__}.", source=step.source.name
+            )
+        attempts.reasons.append(f"{step.source.name}: {type(exc).__name__}")
+        if attempts.error is None:
+            attempts.error = exc
+
+    def _give_up(
+        self, request: TokenRequest, attempts: _Attempts
+    ) -> TokenAcquisitionError | NoCallerError:
+        if attempts.error is not None:
+            return attempts.error
+        tried = "; ".join(attempts.reasons) or "no sources"
+        if request.caller is None and self.policy is Policy.USER_ONLY:
+            return NoCallerError(
+                "No active caller, and policy user_only needs the user's identity "
+                f"(tried: {tried})."
+            )
+        return PolicyViolation(
+            f"No source produced a token that policy {self.policy.value} accepts for "
+            f"{' '.join(request.scopes)}.",
+            policy=self.policy.value,
+            scopes=request.scopes,
+            attempts=attempts.reasons,
+            fix="check the policy and the chain's sources (docs/sources-and-policy.md).",
+        )
+
+    @staticmethod
+    def _presented(request: TokenRequest) -> bool:
+        return request.caller is not None and request.caller.presented
+
+    # -- public API ----------------------------------------
+
+    async def get_token_async(
+        self,
+        scopes: Sequence[str],
+        *,
+        caller: Caller | _Unset | None = _UNSET,
+        claims: str | None = None,
+        client_capabilities: Sequence[str] = (),
+    ) -> TokenResult:
+        """A token for ``scopes`` as the caller (default ``current_caller()``), or a typed error."""
+        request = self._request(scopes, caller, claims, client_capabilities)
+        allowed = self.policy.allowed(presented=self._presented(request))
+        return await self._resolve_async(request, allowed)
+
+    async def _resolve_async(
+        self, request: TokenRequest, allowed: frozenset[IdentityKind]
+    ) -> TokenResult:
+        attempts = _Attempts()
+        for step in self._steps(request, allowed, attempts):
+            try:
+                result = await self.cache.get_or_acquire_async(
+                    step.key,
+                    functools.partial(step.source.get_token_async, request),
+                    cap=step.cap,
+                )
+            except Exception as exc:
+                self._failed(step, exc, attempts)
+                continue
+            accepted = self._accept(step, result, allowed, attempts)
+            if accepted is not None:
+                return accepted
+        raise self._give_up(request, attempts)
+
+    def get_token(
+        self,
+        scopes: Sequence[str],
+        *,
+        caller: Caller | _Unset | None = _UNSET,
+        claims: str | None = None,
+        client_capabilities: Sequence[str] = (),
+    ) -> TokenResult:
+        """Sync twin of ``get_token_async`` (blocks the calling thread; not for event loops)."""
+        request = self._request(scopes, caller, claims, client_capabilities)
+        allowed = self.policy.allowed(presented=self._presented(request))
+        return self._resolve(request, allowed)
+
+    def _resolve(self, request: TokenRequest, allowed: frozenset[IdentityKind]) -> TokenResult:
+        attempts = _Attempts()
+        for step in self._steps(request, allowed, attempts):
+            try:
+                result = self.cache.get_or_acquire(
+                    step.key, functools.partial(step.source.get_token, request), cap=step.cap
+                )
+            except Exception as exc:
+                self._failed(step, exc, attempts)
+                continue
+            accepted = self._accept(step, result, allowed, attempts)
+            if accepted is not None:
+                return accepted
+        raise self._give_up(request, attempts)
+
+    def _lifecycle_kinds(self) -> frozenset[IdentityKind]:
+        if self.policy in (Policy.USER_OR_APP, Policy.APP_ONLY) or self.lifecycle_app:
+            return _APP
+        if self.policy is Policy.DEVELOPER:
+            return frozenset({IdentityKind.DEVELOPER})
+        return frozenset()
+
+    async def lifecycle_token_async(self, scopes: Sequence[str]) -> TokenResult | None:
+        """A token for a request that has no active caller (connection set-up, discovery):
+        the app identity when the policy allows it (``user_or_app``, ``app_only``, or
+        ``lifecycle_app=True``), the developer under ``developer``, else ``None``."""
+        allowed = self._lifecycle_kinds()
+        if not allowed:
+            return None
+        request = self._request(scopes, None, None, ())
+        try:
+            return await self._resolve_async(request, allowed)
+        except (PolicyViolation, NoCallerError):
+            return None
+
+    def lifecycle_token(self, scopes: Sequence[str]) -> TokenResult | None:
+        """Sync twin of ``lifecycle_token_async``."""
+        allowed = self._lifecycle_kinds()
+        if not allowed:
+            return None
+        request = self._request(scopes, None, None, ())
+        try:
+            return self._resolve(request, allowed)
+        except (PolicyViolation, NoCallerError):
+            return None
+
+    def invalidate(self, result: TokenResult) -> None:
+        """Forget the cached entry behind ``result`` (after the resource answered 401)."""
+        if result.cache_key is not None:
+            self.cache.invalidate(result.cache_key)
+
+    def close(self) -> None:
+        """Stop the sources' worker threads."""
+        for source in self.sources:
+            close = getattr(source, "close", None)
+            if callable(close):
+                close()
+
+    # -- configuration ----------------------------------------
+
+    @classmethod
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        http_client: Any = None,
+        policy: Policy | str | None = None,
+    ) -> TokenChain:
+        """A chain from environment variables (docs/configuration.md).
+
+        Sources, in order: ``OnBehalfOf`` when ``ENTRA_PASSTHROUGH_CLIENT_ID`` is set;
+        ``ManagedIdentity`` when the policy can use an app identity (``user_or_app``,
+        ``app_only``, or ``ENTRA_PASSTHROUGH_LIFECYCLE_APP``) and a managed identity is
+        configured; ``AzureCli`` only under ``developer``.
+        """
+        from ._sources.azure_cli import AzureCli
+        from ._sources.managed_identity import ManagedIdentity
+        from ._sources.obo import OnBehalfOf
+
+        env = _env.environ_or(environ)
+        chosen = Policy(policy or _env.get(env, "ENTRA_PASSTHROUGH_POLICY") or Policy.USER_ONLY)
+        lifecycle_app = _env.get_bool(env, "ENTRA_PASSTHROUGH_LIFECYCLE_APP")
+        sources: list[TokenSource] = []
+        if _env.get(env, "ENTRA_PASSTHROUGH_CLIENT_ID"):
+            sources.append(OnBehalfOf.from_env(env, http_client=http_client))
+        wants_app = chosen in (Policy.USER_OR_APP, Policy.APP_ONLY) or lifecycle_app
+        if wants_app and (_env.get(env, "IDENTITY_ENDPOINT") or _env.get(env, "AZURE_CLIENT_ID")):
+            sources.append(ManagedIdentity.from_env(env))
+        if chosen is Policy.DEVELOPER:
+            sources.append(AzureCli.from_env(env))
+        if not sources:
+            raise ConfigurationError(
+                "The environment configures no token source.",
+                fix="set ENTRA_PASSTHROUGH_CLIENT_ID and AZURE_TENANT_ID (and a client "
+                "credential) for on-behalf-of; see docs/configuration.md.",
+            )
+        cache = TokenCache(
+            max_entries=_env.get_int(env, "ENTRA_PASSTHROUGH_CACHE_MAX_ENTRIES", 10_000)
+        )
+        return cls(sources, policy=chosen, cache=cache, lifecycle_app=lifecycle_app)

@@ -1,0 +1,92 @@
+"""Reading configuration from environment variables (``from_env()`` of the chain and sources).
+
+azure-identity's names where they mean the same thing (``AZURE_TENANT_ID``,
+``AZURE_AUTHORITY_HOST``, ``AZURE_FEDERATED_TOKEN_FILE``, ``IDENTITY_ENDPOINT``,
+``IDENTITY_HEADER``, ``AZURE_CLIENT_ID`` = the managed identity), ``ENTRA_PASSTHROUGH_*`` for
+ours. docs/configuration.md lists every variable; a test checks the list against this module.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from ._errors import ConfigurationError
+
+PREFIX = "ENTRA_PASSTHROUGH_"
+
+#: Every variable any ``from_env()`` reads, with a one-line meaning (docs/configuration.md).
+VARIABLES: dict[str, str] = {
+    "AZURE_TENANT_ID": "the OBO app's home tenant (authority and default allow-list)",
+    "AZURE_AUTHORITY_HOST": "Entra authority host (sovereign clouds); default "
+    "https://login.microsoftonline.com",
+    "AZURE_CLIENT_ID": "client id of a user-assigned managed identity",
+    "AZURE_FEDERATED_TOKEN_FILE": "workload identity token file used as the OBO app's "
+    "client assertion",
+    "IDENTITY_ENDPOINT": "managed identity endpoint (App Service / Container Apps)",
+    "IDENTITY_HEADER": "secret header value for IDENTITY_ENDPOINT",
+    "ENTRA_PASSTHROUGH_CLIENT_ID": "the OBO app's client id",
+    "ENTRA_PASSTHROUGH_CLIENT_SECRET": "the OBO app's client secret",
+    "ENTRA_PASSTHROUGH_CLIENT_CERTIFICATE_PATH": "PEM file with the OBO app's private key "
+    "and certificate",
+    "ENTRA_PASSTHROUGH_CLIENT_CREDENTIAL": "which credential the OBO app uses: secret, "
+    "certificate, managed_identity or federated_token_file (default: the first configured)",
+    "ENTRA_PASSTHROUGH_ALLOWED_TENANTS": "comma-separated tenant ids OBO may use as authority",
+    "ENTRA_PASSTHROUGH_ACCEPTED_AUDIENCES": "comma-separated extra App ID URIs accepted as the "
+    "assertion's aud",
+    "ENTRA_PASSTHROUGH_CONSENT_REDIRECT_URI": "redirect_uri put in consent links",
+    "ENTRA_PASSTHROUGH_POLICY": "user_only (default), user_or_app, app_only or developer",
+    "ENTRA_PASSTHROUGH_LIFECYCLE_APP": "true: the app identity may authenticate connection "
+    "requests that have no caller under user_only",
+    "ENTRA_PASSTHROUGH_CA_FILE": "CA bundle for Entra and managed identity HTTPS (the emulator's "
+    "CA in tests)",
+    "ENTRA_PASSTHROUGH_MAX_WORKERS": "worker threads for blocking token calls (default 8)",
+    "ENTRA_PASSTHROUGH_CACHE_MAX_ENTRIES": "token cache size (default 10000)",
+    "ENTRA_PASSTHROUGH_AGENT_IDENTITY_ID": "Agent ID: the agent identity's client id (fmi_path)",
+    "ENTRA_PASSTHROUGH_BLUEPRINT_CLIENT_ID": "Agent ID: the blueprint's client id",
+    "ENTRA_PASSTHROUGH_AZ_TENANT_ID": "AzureCli: tenant passed to az (developer policy)",
+}
+
+
+def environ_or(environ: Mapping[str, str] | None) -> Mapping[str, str]:
+    return os.environ if environ is None else environ
+
+
+def get(environ: Mapping[str, str], name: str) -> str | None:
+    assert name in VARIABLES, name  # every variable read is documented
+    value = environ.get(name, "").strip()
+    return value or None
+
+
+def require(environ: Mapping[str, str], name: str, *, what: str) -> str:
+    value = get(environ, name)
+    if value is None:
+        raise ConfigurationError(f"{name} is not set; it names {what}.", fix=f"set {name}.")
+    return value
+
+
+def get_list(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
+    value = get(environ, name) or ""
+    return tuple(part for part in value.replace(",", " ").split() if part)
+
+
+def get_bool(environ: Mapping[str, str], name: str) -> bool:
+    value = (get(environ, name) or "").lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigurationError(f"{name}={value!r} is not a boolean.", fix="use true or false.")
+
+
+def get_int(environ: Mapping[str, str], name: str, default: int) -> int:
+    value = get(environ, name)
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigurationError(f"{name}={value!r} is not an integer.") from None
+    if number < 1:
+        raise ConfigurationError(f"{name} must be at least 1.")
+    return number

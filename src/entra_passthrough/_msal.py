@@ -1,0 +1,251 @@
+"""MSAL plumbing shared by the Entra sources: worker pool, neutralised caches, app pool, creds.
+
+Why each piece exists (FACTS.md, MSAL Python 1.39):
+
+* MSAL is synchronous; every call runs in a *dedicated*, bounded ``ThreadPoolExecutor`` (never
+  ``asyncio.to_thread``'s shared default pool, which a burst would starve).
+* ``acquire_token_on_behalf_of`` never reads MSAL's token cache but writes every result into it
+  (access, refresh and id token, account): unbounded growth. ``NullTokenCache`` stores nothing;
+  our own ``TokenCache`` sits above.
+* MSAL's ``http_cache`` keeps HTTP 400 answers for 60 s keyed on the whole POST, so the retry
+  right after a user consents would get the cached AADSTS65001 without a request.
+  ``DiscoveryOnlyHttpCache`` keeps the discovery GETs (24 h) and drops every POST.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import msal
+
+from ._errors import ConfigurationError
+
+T = TypeVar("T")
+
+PUBLIC_AUTHORITY_HOST = "https://login.microsoftonline.com"
+
+#: The federated-credential audience per cloud, chosen from the authority host (FACTS.md).
+_FEDERATION_AUDIENCES = {
+    "login.microsoftonline.us": "api://AzureADTokenExchangeUSGov",
+    "login.microsoftonline.de": "api://AzureADTokenExchange",
+    "login.chinacloudapi.cn": "api://AzureADTokenExchangeChina",
+    "login.partner.microsoftonline.cn": "api://AzureADTokenExchangeChina",
+}
+PUBLIC_FEDERATION_AUDIENCE = "api://AzureADTokenExchange"
+
+
+def federation_audience(authority_host: str) -> str:
+    """``api://AzureADTokenExchange`` for the public cloud (and any other host, e.g. the
+    emulator), the USGov/China variants for those clouds' authority hosts."""
+    host = authority_host.split("://", 1)[-1].split("/", 1)[0].lower()
+    return _FEDERATION_AUDIENCES.get(host, PUBLIC_FEDERATION_AUDIENCE)
+
+
+def normalize_authority_host(authority_host: str) -> str:
+    host = authority_host.strip().rstrip("/")
+    if "://" not in host:
+        host = f"https://{host}"
+    if not host.startswith("https://"):
+        raise ConfigurationError(
+            f"authority host {host!r} is not HTTPS; MSAL and Entra require HTTPS.",
+            fix="use https://login.microsoftonline.com (or your cloud's / the emulator's URL).",
+        )
+    return host
+
+
+class NullTokenCache(msal.TokenCache):  # type: ignore[misc]
+    """An MSAL token cache that never stores anything (our ``TokenCache`` is above MSAL)."""
+
+    def add(self, event: Any, **kwargs: Any) -> None:
+        return None
+
+    def modify(self, credential_type: Any, old_entry: Any, new_key_value_pairs: Any = None) -> None:
+        return None
+
+
+class DiscoveryOnlyHttpCache(dict[str, Any]):
+    """An MSAL ``http_cache`` that keeps discovery GETs and drops every POST answer.
+
+    MSAL's throttling layer keys POSTs as ``"POST <url> ..."``; dropping them means a retry is
+    always a real request (consent just granted, a transient 5xx). Its index entry is kept so
+    MSAL's bookkeeping stays consistent; MSAL caps it at 1024 entries.
+    """
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if isinstance(key, str) and key.startswith("POST "):
+            return
+        super().__setitem__(key, value)
+
+
+class WorkerPool:
+    """A dedicated, bounded thread pool for blocking token calls, created on first use."""
+
+    def __init__(self, *, max_workers: int = 8, name: str = "entra-passthrough") -> None:
+        if max_workers < 1:
+            raise ConfigurationError("max_workers must be at least 1")
+        self.max_workers = max_workers
+        self._name = name
+        self._executor: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def _get(self) -> ThreadPoolExecutor:
+        executor = self._executor
+        if executor is None:
+            with self._lock:
+                if self._executor is None:
+                    self._executor = ThreadPoolExecutor(
+                        max_workers=self.max_workers, thread_name_prefix=self._name
+                    )
+                executor = self._executor
+        return executor
+
+    async def run(self, fn: Callable[..., T], /, *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._get(), functools.partial(fn, *args))
+
+    def close(self) -> None:
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+
+
+class AppPool:
+    """MSAL applications per (tenant, client capabilities), bounded (LRU).
+
+    Building an MSAL app does the authority discovery GET, so ``get`` runs in a worker thread;
+    a per-key lock makes concurrent first requests of one tenant build it once.
+    """
+
+    def __init__(self, factory: Callable[[str, tuple[str, ...]], Any], *, max_apps: int) -> None:
+        self._factory = factory
+        self._max_apps = max_apps
+        self._apps: OrderedDict[Hashable, Any] = OrderedDict()
+        self._locks: dict[Hashable, threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def get(self, tenant: str, capabilities: tuple[str, ...]) -> Any:
+        key = (tenant, capabilities)
+        with self._lock:
+            app = self._apps.get(key)
+            if app is not None:
+                self._apps.move_to_end(key)
+                return app
+            key_lock = self._locks.setdefault(key, threading.Lock())
+        with key_lock:
+            with self._lock:
+                app = self._apps.get(key)
+            if app is None:
+                app = self._factory(tenant, capabilities)
+                with self._lock:
+                    self._apps[key] = app
+                    self._locks.pop(key, None)
+                    while len(self._apps) > self._max_apps:
+                        self._apps.popitem(last=False)
+        return app
+
+    def apps(self) -> list[Any]:
+        with self._lock:
+            return list(self._apps.values())
+
+
+def http_session(ca_file: str | None) -> Any:
+    """A requests session for MSAL: ``None`` lets MSAL build its own (trust_env kept, so
+    proxies and corporate CAs work); with ``ca_file``, a session that verifies with it."""
+    if ca_file is None:
+        return None
+    import requests
+
+    session = requests.Session()
+    session.verify = ca_file
+    return session
+
+
+def load_certificate(certificate: bytes | str) -> dict[str, str]:
+    """MSAL's ``client_credential`` for a PEM holding the private key and the certificate.
+
+    ``certificate`` is PEM bytes or a path to a PEM file. MSAL signs the client assertion
+    itself; we give it the key and the certificate's SHA-1 thumbprint (x5t).
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    if isinstance(certificate, str):
+        try:
+            with open(os.fspath(certificate), "rb") as handle:
+                data = handle.read()
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot read the client certificate file ({type(exc).__name__})."
+            ) from None
+    else:
+        data = certificate
+    text = data.decode("ascii", errors="replace")
+    key_pem = _pem_block(text, "PRIVATE KEY")
+    cert_pem = _pem_block(text, "CERTIFICATE")
+    if key_pem is None or cert_pem is None:
+        raise ConfigurationError(
+            "the client certificate must be a PEM with both the private key and the certificate.",
+            fix="concatenate the key and certificate PEM blocks into one file.",
+        )
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem.encode())
+    except ValueError:
+        raise ConfigurationError("the client certificate PEM cannot be parsed.") from None
+    thumbprint = cert.fingerprint(hashes.SHA1()).hex().upper()  # noqa: S303 - x5t is SHA-1
+    return {"private_key": key_pem, "thumbprint": thumbprint}
+
+
+def _pem_block(text: str, label: str) -> str | None:
+    # Accept "PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY" for the key.
+    lines = text.splitlines()
+    out: list[str] = []
+    inside = False
+    for line in lines:
+        if line.startswith("-----BEGIN ") and line.rstrip("-").endswith(label) and not inside:
+            if label == "CERTIFICATE" and "PRIVATE" in line:
+                continue
+            inside = True
+        if inside:
+            out.append(line)
+            if line.startswith("-----END "):
+                return "\n".join(out) + "\n"
+    return None
+
+
+class FederatedTokenFile:
+    """A workload identity token file as a client-assertion callable, re-read when it changes
+    (Kubernetes rotates it in place)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._stamp: tuple[int, int] | None = None
+        self._value: str | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"FederatedTokenFile({self.path!r})"
+
+    def __call__(self) -> str:
+        try:
+            stat = os.stat(self.path)
+            stamp = (stat.st_mtime_ns, stat.st_size)
+            with self._lock:
+                if stamp != self._stamp or self._value is None:
+                    with open(self.path, encoding="ascii") as handle:
+                        self._value = handle.read().strip()
+                    self._stamp = stamp
+                return self._value
+        except (OSError, UnicodeDecodeError) as exc:
+            from ._errors import SourceUnavailable
+
+            raise SourceUnavailable(
+                f"cannot read the federated token file {self.path!r} ({type(exc).__name__})."
+            ) from None

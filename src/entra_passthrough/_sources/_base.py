@@ -1,0 +1,48 @@
+"""Helpers shared by the built-in sources."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from .._errors import EntraError, SourceUnavailable, TokenAcquisitionError, error_from_entra
+from .._types import IdentityKind, TokenResult
+
+
+def result_from_msal(
+    response: Mapping[str, Any],
+    *,
+    kind: IdentityKind,
+    source: str,
+    scopes: tuple[str, ...],
+    cap: float | None = None,
+    consent_link: str | None = None,
+) -> TokenResult:
+    """A ``TokenResult`` from an MSAL answer, or the typed error for an Entra error body."""
+    token = response.get("access_token")
+    if not isinstance(token, str) or not token:
+        if response.get("error"):
+            raise error_from_entra(
+                response, source=source, scopes=scopes, consent_link=consent_link
+            )
+        raise EntraError("Entra's answer carried no access token.", source=source, scopes=scopes)
+    now = time.time()
+    try:
+        expires_in = float(response.get("expires_in", 0))
+    except (TypeError, ValueError):
+        expires_in = 0.0
+    expires_on = now + (expires_in if expires_in > 0 else 300.0)
+    if cap is not None:
+        expires_on = min(expires_on, cap)
+    return TokenResult(token=token, expires_on=expires_on, kind=kind, source=source)
+
+
+def unreachable(
+    exc: BaseException, *, what: str, source: str, scopes: tuple[str, ...]
+) -> TokenAcquisitionError:
+    """A typed error for a transport failure; never includes the exception text (URLs with
+    query strings, response bodies)."""
+    if isinstance(exc, TokenAcquisitionError):
+        return exc
+    return SourceUnavailable(f"{what} failed: {type(exc).__name__}.", source=source, scopes=scopes)

@@ -1,0 +1,119 @@
+"""``AzureCredential``: any azure-identity credential (sync or aio) with a declared kind."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from typing import Any
+
+from .._errors import ConfigurationError, EntraError, SourceUnavailable
+from .._msal import WorkerPool
+from .._types import IdentityKind, TokenRequest, TokenResult
+
+
+class AzureCredential:
+    """Wrap an azure-identity credential as a source; *you* declare whose identity it is.
+
+    Sync credentials run in a bounded worker pool, aio credentials are awaited (``get_token``
+    on an aio credential raises: use the async path). ``CredentialUnavailableError`` means
+    "not applicable" (the chain tries the next source); any other
+    ``ClientAuthenticationError`` is a typed error. The credential is one fixed identity, so
+    results are cached per source, not per caller: never wrap a per-user credential in a
+    chain that serves several users.
+
+    >>> from azure.identity import ClientSecretCredential
+    >>> app = AzureCredential(ClientSecretCredential(tenant, client_id, secret), name="app")
+    >>> chain = TokenChain([app], policy=Policy.APP_ONLY)
+    """
+
+    def __init__(
+        self,
+        credential: Any,
+        *,
+        kind: IdentityKind | str = IdentityKind.APP,
+        name: str = "azure_credential",
+        max_workers: int = 4,
+    ) -> None:
+        get_token = getattr(credential, "get_token", None)
+        if not callable(get_token):
+            raise ConfigurationError("AzureCredential needs an object with get_token().")
+        self.credential = credential
+        self.kind = IdentityKind(kind)
+        self.name = name
+        self.is_async = inspect.iscoroutinefunction(get_token)
+        self._pool = WorkerPool(max_workers=max_workers, name=f"entra-{name}")
+        self._unavailable: str | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"AzureCredential(name={self.name!r}, kind={self.kind.value}, "
+            f"credential={type(self.credential).__name__})"
+        )
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def explain(self, request: TokenRequest) -> str:
+        return "credential unavailable" if self._unavailable else "not applicable"
+
+    def cache_partition(self, request: TokenRequest) -> tuple[str, ...] | None:
+        return (type(self.credential).__name__,)
+
+    def _call_sync(self, request: TokenRequest) -> TokenResult | None:
+        try:
+            token = self.credential.get_token(*request.scopes, claims=request.claims)
+        except Exception as exc:
+            self._failed(exc, request)
+            return None
+        return self._result(token)
+
+    def get_token(self, request: TokenRequest) -> TokenResult | None:
+        if self.is_async:
+            raise SourceUnavailable(
+                "an azure-identity aio credential cannot serve the sync get_token(); use "
+                "get_token_async (or wrap the sync credential).",
+                source=self.name,
+                scopes=request.scopes,
+            )
+        return self._call_sync(request)
+
+    async def get_token_async(self, request: TokenRequest) -> TokenResult | None:
+        if not self.is_async:
+            return await self._pool.run(self._call_sync, request)
+        try:
+            token = await self.credential.get_token(*request.scopes, claims=request.claims)
+        except Exception as exc:
+            self._failed(exc, request)
+            return None
+        return self._result(token)
+
+    def _result(self, token: Any) -> TokenResult:
+        self._unavailable = None
+        return TokenResult(
+            token=token.token,
+            expires_on=float(token.expires_on),
+            kind=self.kind,
+            source=self.name,
+        )
+
+    def _failed(self, exc: Exception, request: TokenRequest) -> None:
+        from azure.core.exceptions import ClientAuthenticationError
+        from azure.identity import CredentialUnavailableError
+
+        if isinstance(exc, CredentialUnavailableError):
+            self._unavailable = type(exc).__name__
+            return None
+        if isinstance(exc, ClientAuthenticationError):
+            # azure-identity messages carry Entra's description; keep only the AADSTS code.
+            match = re.search(r"AADSTS(\d+)", str(getattr(exc, "message", "") or exc))
+            raise EntraError(
+                f"{type(self.credential).__name__} failed to authenticate.",
+                source=self.name,
+                scopes=request.scopes,
+                aadsts=int(match.group(1)) if match else None,
+            ) from None
+        raise SourceUnavailable(
+            f"{type(self.credential).__name__}.get_token failed ({type(exc).__name__}).",
+            source=self.name,
+            scopes=request.scopes,
+        ) from None

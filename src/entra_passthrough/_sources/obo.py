@@ -1,0 +1,362 @@
+"""``OnBehalfOf``: exchange the caller's token for a token to the target, as the same user."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
+
+import msal
+
+from .. import _env
+from .._errors import (
+    AppOnlyAssertion,
+    AssertionAudienceMismatch,
+    AssertionExpired,
+    AssertionMalformed,
+    ConfigurationError,
+    TenantNotAllowed,
+)
+from .._jwt import fingerprint
+from .._msal import (
+    PUBLIC_AUTHORITY_HOST,
+    AppPool,
+    DiscoveryOnlyHttpCache,
+    FederatedTokenFile,
+    NullTokenCache,
+    WorkerPool,
+    federation_audience,
+    http_session,
+    load_certificate,
+    normalize_authority_host,
+)
+from .._types import IdentityKind, TokenRequest, TokenResult
+from ._base import result_from_msal, unreachable
+
+if TYPE_CHECKING:
+    from .managed_identity import ManagedIdentity
+
+logger = logging.getLogger("entra_passthrough.obo")
+
+ConsentLink = Callable[[TokenRequest], "str | None"]
+
+
+class OnBehalfOf:
+    """Entra on-behalf-of: the caller's token (issued for *this* app) -> a token for the target.
+
+    The result is the user's (``kind=user``). The assertion is checked before anything is sent
+    (audience, expiry, app-only, tenant allow-list); MSAL runs in a bounded worker pool with its
+    token and HTTP caches neutralised. Exactly one client credential.
+
+    >>> obo = OnBehalfOf(client_id=APP_ID, tenant_id=TENANT, client_secret=SECRET)
+    >>> chain = TokenChain([obo])
+    >>> with bind_caller(token=user_token_for_app):
+    ...     result = chain.get_token(["api://mcp-app/.default"])
+    """
+
+    kind = IdentityKind.USER
+
+    def __init__(
+        self,
+        *,
+        client_id: str,
+        tenant_id: str,
+        client_secret: str | None = None,
+        client_certificate: bytes | str | None = None,
+        client_assertion: Callable[[], str] | None = None,
+        managed_identity: ManagedIdentity | None = None,
+        federated_token_file: str | None = None,
+        authority_host: str = PUBLIC_AUTHORITY_HOST,
+        allowed_tenants: Sequence[str] | None = None,
+        accepted_audiences: Sequence[str] = (),
+        http_client: Any = None,
+        max_workers: int = 8,
+        max_tenants: int = 64,
+        consent_link: ConsentLink | None = None,
+        consent_redirect_uri: str | None = None,
+        name: str = "obo",
+    ) -> None:
+        if not client_id or not tenant_id:
+            raise ConfigurationError("OnBehalfOf needs client_id and tenant_id.")
+        given = [
+            c
+            for c in (
+                client_secret,
+                client_certificate,
+                client_assertion,
+                managed_identity,
+                federated_token_file,
+            )
+            if c is not None
+        ]
+        if len(given) != 1:
+            raise ConfigurationError(
+                f"OnBehalfOf needs exactly one client credential, got {len(given)}.",
+                fix="pass one of client_secret, client_certificate, client_assertion, "
+                "managed_identity or federated_token_file.",
+            )
+        self.name = name
+        self.client_id = client_id
+        self.tenant_id = tenant_id
+        self.authority_host = normalize_authority_host(authority_host)
+        self.allowed_tenants = frozenset(allowed_tenants or (tenant_id,))
+        self.accepted_audiences = frozenset((client_id, f"api://{client_id}", *accepted_audiences))
+        self.consent_redirect_uri = consent_redirect_uri
+        self._consent_link = consent_link
+        self._credential_kind, self._credential = self._client_credential(
+            client_secret=client_secret,
+            client_certificate=client_certificate,
+            client_assertion=client_assertion,
+            managed_identity=managed_identity,
+            federated_token_file=federated_token_file,
+        )
+        self._http_client = http_client
+        self._pool = WorkerPool(max_workers=max_workers, name=f"entra-{name}")
+        self._apps = AppPool(self._build_app, max_apps=max_tenants)
+
+    def __repr__(self) -> str:
+        return (
+            f"OnBehalfOf(name={self.name!r}, client_id={self.client_id!r}, "
+            f"tenant_id={self.tenant_id!r}, credential={self._credential_kind}, "
+            f"allowed_tenants={sorted(self.allowed_tenants)!r})"
+        )
+
+    def _client_credential(
+        self,
+        *,
+        client_secret: str | None,
+        client_certificate: bytes | str | None,
+        client_assertion: Callable[[], str] | None,
+        managed_identity: ManagedIdentity | None,
+        federated_token_file: str | None,
+    ) -> tuple[str, Any]:
+        if client_secret is not None:
+            return "secret", client_secret
+        if client_certificate is not None:
+            return "certificate", load_certificate(client_certificate)
+        if client_assertion is not None:
+            return "client_assertion", {"client_assertion": client_assertion}
+        if managed_identity is not None:
+            audience = federation_audience(self.authority_host)
+            mi = managed_identity
+
+            def mi_assertion() -> str:
+                return mi.token_for_resource(audience)
+
+            return "managed_identity", {"client_assertion": mi_assertion}
+        assert federated_token_file is not None
+        return "federated_token_file", {
+            "client_assertion": FederatedTokenFile(federated_token_file)
+        }
+
+    def _build_app(self, tenant: str, capabilities: tuple[str, ...]) -> Any:
+        # Runs in a worker thread: MSAL fetches the tenant's discovery document here.
+        return msal.ConfidentialClientApplication(
+            self.client_id,
+            client_credential=self._credential,
+            authority=f"{self.authority_host}/{tenant}",
+            instance_discovery=False,  # the authority is configuration, not input
+            token_cache=NullTokenCache(),
+            http_cache=DiscoveryOnlyHttpCache(),
+            http_client=self._http_client,
+            client_capabilities=list(capabilities) or None,
+        )
+
+    def msal_apps(self) -> list[Any]:
+        """The pooled MSAL applications (diagnostics and tests)."""
+        return self._apps.apps()
+
+    def close(self) -> None:
+        """Stop the worker threads (idempotent)."""
+        self._pool.close()
+
+    # -- TokenSource ----------------------------------------
+
+    def explain(self, request: TokenRequest) -> str:
+        if request.caller is None:
+            return "no active caller"
+        return "the caller presented no assertion"
+
+    def cache_partition(self, request: TokenRequest) -> tuple[str, ...] | None:
+        caller = request.caller
+        if caller is None or not caller.presented:
+            return None
+        tid = caller.claims.tid if caller.claims is not None else None
+        return (self.client_id, tid or "-", caller.assertion_sha256 or "-")
+
+    def preflight(self, request: TokenRequest) -> tuple[str, str, float]:
+        """(tenant, assertion, assertion exp), or the typed error; no I/O."""
+        caller = request.caller
+        scopes = request.scopes
+        assert caller is not None
+        claims = caller.claims
+        assertion = caller.assertion
+        if not assertion or claims is None:
+            raise AssertionMalformed(
+                reason=caller.decode_error or "empty bearer", source=self.name, scopes=scopes
+            )
+        if claims.aud is None or claims.aud not in self.accepted_audiences:
+            raise AssertionAudienceMismatch(
+                audience=claims.aud,
+                expected=sorted(self.accepted_audiences),
+                source=self.name,
+                scopes=scopes,
+            )
+        if claims.exp is None:
+            raise AssertionMalformed(reason="no exp claim", source=self.name, scopes=scopes)
+        if claims.exp <= time.time():
+            raise AssertionExpired(expired_at=claims.exp, source=self.name, scopes=scopes)
+        if claims.is_app_only:
+            raise AppOnlyAssertion(source=self.name, scopes=scopes)
+        if claims.tid is None or claims.tid not in self.allowed_tenants:
+            raise TenantNotAllowed(
+                tenant=claims.tid,
+                allowed=sorted(self.allowed_tenants),
+                source=self.name,
+                scopes=scopes,
+            )
+        return claims.tid, assertion, claims.exp
+
+    def get_token(self, request: TokenRequest) -> TokenResult | None:
+        if self.cache_partition(request) is None:
+            return None
+        tenant, assertion, exp = self.preflight(request)
+        return self._exchange(request, tenant, assertion, exp)
+
+    async def get_token_async(self, request: TokenRequest) -> TokenResult | None:
+        if self.cache_partition(request) is None:
+            return None
+        tenant, assertion, exp = self.preflight(request)
+        return await self._pool.run(self._exchange, request, tenant, assertion, exp)
+
+    def _exchange(
+        self, request: TokenRequest, tenant: str, assertion: str, exp: float
+    ) -> TokenResult:
+        scopes = request.scopes
+        try:
+            app = self._apps.get(tenant, request.client_capabilities)
+            response = app.acquire_token_on_behalf_of(
+                assertion, list(scopes), claims_challenge=request.claims
+            )
+        except Exception as exc:
+            raise unreachable(
+                exc, what="on-behalf-of request to Entra", source=self.name, scopes=scopes
+            ) from None
+        link = None
+        if _is_consent_error(response):
+            link = self.consent_link(request, tenant)
+        result = result_from_msal(
+            response,
+            kind=IdentityKind.USER,
+            source=self.name,
+            scopes=scopes,
+            cap=exp,
+            consent_link=link,
+        )
+        logger.debug(
+            "obo %s: assertion %s -> token %s (tenant %s)",
+            self.name,
+            fingerprint(assertion),
+            result.fingerprint,
+            tenant,
+        )
+        return result
+
+    def consent_link(self, request: TokenRequest, tenant: str | None = None) -> str | None:
+        """The authorize URL that lets this user consent to this app for ``request.scopes``."""
+        if self._consent_link is not None:
+            return self._consent_link(request)
+        caller = request.caller
+        claims = caller.claims if caller is not None else None
+        params = {
+            "client_id": self.client_id,
+            "response_type": "code",
+            "scope": " ".join(request.scopes),
+            "prompt": "consent",
+        }
+        if self.consent_redirect_uri:
+            params["redirect_uri"] = self.consent_redirect_uri
+        if claims is not None and claims.upn:
+            params["login_hint"] = claims.upn
+        tid = tenant or (claims.tid if claims is not None else None) or self.tenant_id
+        return f"{self.authority_host}/{tid}/oauth2/v2.0/authorize?{urlencode(params)}"
+
+    # -- configuration ----------------------------------------
+
+    @classmethod
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        http_client: Any = None,
+        name: str = "obo",
+    ) -> OnBehalfOf:
+        """Build from ``ENTRA_PASSTHROUGH_*`` and azure-identity's variables
+        (docs/configuration.md)."""
+        env = _env.environ_or(environ)
+        client_id = _env.require(env, "ENTRA_PASSTHROUGH_CLIENT_ID", what="the OBO app")
+        tenant_id = _env.require(env, "AZURE_TENANT_ID", what="the OBO app's tenant")
+        authority_host = _env.get(env, "AZURE_AUTHORITY_HOST") or PUBLIC_AUTHORITY_HOST
+        ca_file = _env.get(env, "ENTRA_PASSTHROUGH_CA_FILE")
+        if http_client is None:
+            http_client = http_session(ca_file)
+        credential = credential_from_env(env, http_client=http_client)
+        return cls(
+            client_id=client_id,
+            tenant_id=tenant_id,
+            authority_host=authority_host,
+            allowed_tenants=_env.get_list(env, "ENTRA_PASSTHROUGH_ALLOWED_TENANTS") or None,
+            accepted_audiences=_env.get_list(env, "ENTRA_PASSTHROUGH_ACCEPTED_AUDIENCES"),
+            consent_redirect_uri=_env.get(env, "ENTRA_PASSTHROUGH_CONSENT_REDIRECT_URI"),
+            http_client=http_client,
+            max_workers=_env.get_int(env, "ENTRA_PASSTHROUGH_MAX_WORKERS", 8),
+            name=name,
+            **credential,
+        )
+
+
+def credential_from_env(env: Mapping[str, str], *, http_client: Any) -> dict[str, Any]:
+    """The one client credential the environment configures, as constructor keywords."""
+    from .managed_identity import ManagedIdentity
+
+    choice = (_env.get(env, "ENTRA_PASSTHROUGH_CLIENT_CREDENTIAL") or "").lower() or None
+    secret = _env.get(env, "ENTRA_PASSTHROUGH_CLIENT_SECRET")
+    cert = _env.get(env, "ENTRA_PASSTHROUGH_CLIENT_CERTIFICATE_PATH")
+    token_file = _env.get(env, "AZURE_FEDERATED_TOKEN_FILE")
+    has_mi = _env.get(env, "IDENTITY_ENDPOINT") is not None
+    if choice is None:
+        choice = (
+            "secret"
+            if secret
+            else "certificate"
+            if cert
+            else "federated_token_file"
+            if token_file
+            else "managed_identity"
+            if has_mi
+            else None
+        )
+    if choice == "secret" and secret:
+        return {"client_secret": secret}
+    if choice == "certificate" and cert:
+        return {"client_certificate": cert}
+    if choice == "federated_token_file" and token_file:
+        return {"federated_token_file": token_file}
+    if choice == "managed_identity":
+        return {"managed_identity": ManagedIdentity.from_env(env, http_client=http_client)}
+    raise ConfigurationError(
+        "No client credential for the OBO app in the environment"
+        + (f" (ENTRA_PASSTHROUGH_CLIENT_CREDENTIAL={choice})." if choice else "."),
+        fix="set ENTRA_PASSTHROUGH_CLIENT_SECRET, ENTRA_PASSTHROUGH_CLIENT_CERTIFICATE_PATH, "
+        "AZURE_FEDERATED_TOKEN_FILE, or IDENTITY_ENDPOINT/IDENTITY_HEADER (managed identity as "
+        "a federated credential).",
+    )
+
+
+def _is_consent_error(response: Mapping[str, Any]) -> bool:
+    codes = response.get("error_codes")
+    return response.get("suberror") == "consent_required" or (
+        isinstance(codes, list) and 65001 in codes
+    )
