@@ -1,0 +1,417 @@
+"""The MCP server side: protect an mcp SDK server (``MCPServer``) with Entra ID.
+
+>>> from mcp.server.mcpserver import MCPServer
+>>> from entra_passthrough import JwtVerifier
+>>> from entra_passthrough.server import (EntraChallengeMiddleware, EntraTokenVerifier,
+...                                       auth_settings, current_user)
+>>> verifier = EntraTokenVerifier(JwtVerifier(audiences=[client_id, f"api://{client_id}"],
+...                                           tenants=[tenant_id]))
+>>> auth = auth_settings(resource_server_url="https://mcp.contoso.com/mcp", tenant_id=tenant_id,
+...                      scopes=["access_as_user"], app_id_uri=f"api://{client_id}")
+>>> server = MCPServer("notes", token_verifier=verifier, auth=auth)
+>>> @server.tool()
+... async def whoami() -> str:
+...     return current_user().upn or current_user().oid
+>>> app = EntraChallengeMiddleware(server.streamable_http_app(), settings=auth)
+
+Why each piece (mcp 2.3, read in its source): the SDK has no JWT verifier; a verifier that
+returns ``None`` makes the SDK answer 401 ``error="invalid_token", error_description="Authentication
+required"`` whatever the reason, even for a token that is valid but lacks a scope, and with an
+error code even when no token was sent (RFC 6750 §3.1 says none); its 403 carries no ``scope``.
+``EntraChallengeMiddleware`` rewrites those answers from what the verifier found. The SDK's
+protected-resource metadata needs an http(s) ``resource`` (an ``api://`` App ID URI is refused);
+docs/server.md explains the RFC 8707 ``resource`` pitfall (AADSTS9010010).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._errors import (
+    ConfigurationError,
+    InsufficientScope,
+    NoCallerError,
+    TokenVerificationError,
+    require_extra,
+)
+from ._verify import PUBLIC_AUTHORITY, JwtVerifier, VerifiedToken
+
+try:
+    from mcp.server.auth.middleware.auth_context import get_access_token
+    from mcp.server.auth.provider import AccessToken
+    from mcp.server.auth.routes import build_resource_metadata_url
+    from mcp.server.auth.settings import AuthSettings
+    from pydantic import AnyHttpUrl, PrivateAttr
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise require_extra("server", "mcp", exc) from exc
+
+__all__ = [
+    "EntraChallengeMiddleware",
+    "EntraTokenVerifier",
+    "EntraUser",
+    "auth_settings",
+    "current_user",
+    "require_entra_auth",
+]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_MAX_DESCRIPTION = 200
+
+
+@dataclass(frozen=True, slots=True)
+class EntraUser:
+    """The verified caller, for tool code: ``current_user()`` returns one.
+
+    >>> user = current_user()
+    >>> user.oid, user.tid, user.upn, user.scopes
+    """
+
+    oid: str
+    tid: str
+    upn: str | None
+    name: str | None
+    scopes: tuple[str, ...]
+    roles: tuple[str, ...]
+    client_id: str
+    app_only: bool
+    claims: Mapping[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_verified(cls, vt: VerifiedToken) -> EntraUser:
+        return cls(
+            oid=vt.oid,
+            tid=vt.tid,
+            upn=vt.upn,
+            name=vt.name,
+            scopes=vt.scopes,
+            roles=vt.roles,
+            client_id=vt.client_id,
+            app_only=vt.app_only,
+            claims=vt.claims,
+        )
+
+    @property
+    def user_key(self) -> str:
+        """A stable per-user key (tenant + object id) for per-user data."""
+        return f"{self.tid}/{self.oid}"
+
+
+class EntraAccessToken(AccessToken):
+    """The SDK's ``AccessToken`` carrying the ``VerifiedToken`` it came from (not serialised)."""
+
+    _verified: VerifiedToken | None = PrivateAttr(default=None)
+
+    @property
+    def verified(self) -> VerifiedToken | None:
+        return self._verified
+
+
+@dataclass(eq=False, slots=True)
+class _Outcome:
+    """What the verifier found for this request, for the challenge middleware."""
+
+    error: TokenVerificationError | None = None
+
+
+_outcome: ContextVar[_Outcome | None] = ContextVar("entra_passthrough.server.outcome", default=None)
+_verified: ContextVar[VerifiedToken | None] = ContextVar(
+    "entra_passthrough.server.verified", default=None
+)
+
+
+class EntraTokenVerifier:
+    """mcp's ``TokenVerifier`` for Entra access tokens, on top of ``JwtVerifier``.
+
+    >>> verifier = EntraTokenVerifier(JwtVerifier(audiences=[cid, f"api://{cid}"], tenants=[tid]))
+    >>> server = MCPServer("notes", token_verifier=verifier, auth=auth_settings(...))
+
+    ``AccessToken.scopes`` holds each ``scp`` value twice: as Entra sends it
+    (``access_as_user``) and qualified with ``app_id_uri`` (``api://<id>/access_as_user``), so
+    ``AuthSettings.required_scopes`` can name the scopes clients must request from Entra (what the
+    protected-resource metadata advertises). ``app_id_uri`` defaults to the first audience that is
+    a URI, else ``api://<first audience>``. App roles are never put in ``scopes``.
+    """
+
+    def __init__(self, verifier: JwtVerifier, *, app_id_uri: str | None = None) -> None:
+        self.verifier = verifier
+        self.app_id_uri = (app_id_uri or _default_app_id_uri(verifier.audiences)).rstrip("/")
+
+    def __repr__(self) -> str:
+        return f"EntraTokenVerifier({self.verifier!r}, app_id_uri={self.app_id_uri!r})"
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        # None is the protocol's only "no" (an exception here becomes a 500); the reason goes
+        # to the challenge middleware through the request's context.
+        outcome = _outcome.get()
+        try:
+            vt = await self.verifier.verify_async(token)
+        except TokenVerificationError as err:
+            if outcome is not None:
+                outcome.error = err
+            return None
+        qualified = [f"{self.app_id_uri}/{s}" for s in vt.scopes]
+        access = EntraAccessToken(
+            token=token,
+            client_id=vt.client_id,
+            scopes=[*vt.scopes, *qualified],
+            expires_at=int(vt.expires_at),
+            resource=vt.audience,
+            subject=vt.subject or vt.oid,
+            claims=dict(vt.claims),
+        )
+        access._verified = vt
+        return access
+
+
+def _default_app_id_uri(audiences: Sequence[str]) -> str:
+    for aud in audiences:
+        if "://" in aud:
+            return aud
+    return f"api://{audiences[0]}"
+
+
+def current_user() -> EntraUser:
+    """The caller of the current MCP tool call (or request under ``require_entra_auth``).
+
+    Raises ``NoCallerError`` outside an authenticated request, or when the token was not
+    verified by ``EntraTokenVerifier`` (another verifier's claims are not trusted here).
+    """
+    vt = _verified.get()
+    if vt is None:
+        access = get_access_token()
+        if isinstance(access, EntraAccessToken):
+            vt = access.verified
+    if vt is None:
+        raise NoCallerError(
+            "No verified Entra caller in this context: the request was not authenticated by "
+            "EntraTokenVerifier (or require_entra_auth), or this code runs outside a request.",
+            fix="pass token_verifier=EntraTokenVerifier(...) and auth=auth_settings(...) to "
+            "MCPServer; call current_user() only from tool code.",
+        )
+    return EntraUser.from_verified(vt)
+
+
+def auth_settings(
+    *,
+    resource_server_url: str,
+    tenant_id: str,
+    scopes: Sequence[str] = (),
+    app_id_uri: str | None = None,
+    authority_host: str = PUBLIC_AUTHORITY,
+    service_documentation_url: str | None = None,
+) -> AuthSettings:
+    """``AuthSettings`` for an MCP server protected by Entra (resource server only).
+
+    ``resource_server_url`` is the MCP endpoint's own https URL (RFC 9728 ``resource``; the SDK
+    and clients require http(s), and clients check it against the URL they connect to), never
+    the ``api://`` App ID URI. ``scopes`` are required of every delegated token (all of them);
+    short names are qualified with ``app_id_uri`` so the metadata advertises scopes a client can
+    request from Entra. The issuer is ``{authority_host}/{tenant_id}/v2.0``. Audience checks stay
+    in the verifier (``validate_token_resource=False``): Entra's ``aud`` is the client id or App
+    ID URI, not the server URL.
+    """
+    if not resource_server_url.startswith(("https://", "http://")):
+        raise ConfigurationError(
+            f"resource_server_url {resource_server_url!r} is not an http(s) URL.",
+            fix="use the MCP endpoint's URL (https://mcp.contoso.com/mcp); the App ID URI "
+            "(api://...) belongs in JwtVerifier(audiences=...) and app_id_uri=.",
+        )
+    qualified: list[str] = []
+    for scope in scopes:
+        if "/" in scope:
+            qualified.append(scope)
+        elif app_id_uri:
+            qualified.append(f"{app_id_uri.rstrip('/')}/{scope}")
+        else:
+            raise ConfigurationError(
+                f"scope {scope!r} is a short name; Entra needs it qualified.",
+                fix="pass app_id_uri='api://<client-id>' or the full scope "
+                "'api://<client-id>/<scope>'.",
+            )
+    return AuthSettings(
+        issuer_url=AnyHttpUrl(f"{authority_host.rstrip('/')}/{tenant_id}/v2.0"),
+        resource_server_url=AnyHttpUrl(resource_server_url),
+        required_scopes=qualified or None,
+        validate_token_resource=False,
+        service_documentation_url=AnyHttpUrl(service_documentation_url)
+        if service_documentation_url
+        else None,
+    )
+
+
+def _quote(text: str) -> str:
+    """A safe RFC 7230 quoted-string body: printable ASCII, no quote or backslash, bounded."""
+    clean = "".join(c if " " <= c <= "~" and c not in '"\\' else "'" for c in text)
+    return clean[:_MAX_DESCRIPTION]
+
+
+def challenge(
+    *,
+    error: TokenVerificationError | None,
+    resource_metadata: str | None,
+    scopes: Sequence[str] = (),
+) -> tuple[int, str, bytes]:
+    """(status, WWW-Authenticate value, JSON body) for a refused request (RFC 6750, RFC 9728)."""
+    parts: list[str] = []
+    status = 401
+    body: dict[str, str] = {}
+    if error is not None:
+        status = error.status_code
+        description = _quote(error.reason)
+        parts += [f'error="{error.error}"', f'error_description="{description}"']
+        body = {"error": error.error, "error_description": description}
+    if scopes and (error is None or isinstance(error, InsufficientScope)):
+        parts.append(f'scope="{_quote(" ".join(scopes))}"')
+    if resource_metadata:
+        parts.append(f'resource_metadata="{resource_metadata}"')
+    header = "Bearer " + ", ".join(parts) if parts else "Bearer"
+    if not body:
+        body = {"error": "unauthorized", "error_description": "a bearer token is required"}
+    return status, header, json.dumps(body).encode()
+
+
+async def _send_challenge(
+    send: Send, status: int, header: str, body: bytes, *, head: bool = False
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"www-authenticate", header.encode("latin-1")),
+                (b"cache-control", b"no-store"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": b"" if head else body})
+
+
+class EntraChallengeMiddleware:
+    """Pure ASGI: correct 401/403 answers for an ``MCPServer`` app protected by Entra.
+
+    >>> app = EntraChallengeMiddleware(server.streamable_http_app(), settings=auth)
+
+    When the SDK refuses a request (a 401/403 with ``WWW-Authenticate: Bearer``), the answer is
+    replaced by one built from what ``EntraTokenVerifier`` found: no token -> 401 with
+    ``resource_metadata`` and ``scope`` and no error code; a bad token -> 401
+    ``invalid_token`` with the reason (safe to log, never the token); a valid token without the
+    scope or role -> 403 ``insufficient_scope`` with ``scope``. Other responses pass untouched.
+    """
+
+    def __init__(self, app: ASGIApp, *, settings: AuthSettings) -> None:
+        self.app = app
+        self.scopes = tuple(settings.required_scopes or ())
+        self.resource_metadata = (
+            str(build_resource_metadata_url(settings.resource_server_url))
+            if settings.resource_server_url
+            else None
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        outcome = _Outcome()
+        token = _outcome.set(outcome)
+        replacing = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal replacing
+            if message["type"] == "http.response.start" and message["status"] in (401, 403):
+                headers = dict(message.get("headers") or [])
+                if headers.get(b"www-authenticate", b"").lower().startswith(b"bearer"):
+                    replacing = True
+                    if message["status"] == 403 and outcome.error is None:
+                        outcome.error = InsufficientScope(
+                            "the token lacks a scope this server requires.",
+                            required=self.scopes,
+                        )
+                    elif outcome.error is None and _bearer(scope) is not None:
+                        # The verifier accepted it (within its clock leeway) but the SDK checks
+                        # expires_at with none.
+                        outcome.error = TokenVerificationError("the token has expired.")
+                    status, header, body = challenge(
+                        error=outcome.error,
+                        resource_metadata=self.resource_metadata,
+                        scopes=self.scopes,
+                    )
+                    await _send_challenge(
+                        send, status, header, body, head=scope.get("method") == "HEAD"
+                    )
+                    return
+            if replacing:
+                return  # the SDK's own body for the answer we replaced
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            _outcome.reset(token)
+
+
+def require_entra_auth(
+    app: ASGIApp,
+    *,
+    verifier: JwtVerifier,
+    resource_metadata_url: str | None = None,
+    scopes: Sequence[str] = (),
+) -> ASGIApp:
+    """Pure ASGI: require a verified Entra token on every HTTP request of a (non-MCP) API.
+
+    >>> app = require_entra_auth(api, verifier=JwtVerifier(audiences=[...], tenants=[...]))
+
+    Handlers call ``current_user()``; the verified token is also at
+    ``scope["state"]["entra_user"]``. Refusals are RFC 6750 401/403 answers (``scopes`` is what
+    the ``scope`` parameter of a challenge names). Lifespan events pass through.
+    """
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        bearer = _bearer(scope)
+        error: TokenVerificationError | None = None
+        vt: VerifiedToken | None = None
+        if bearer is not None:
+            try:
+                vt = await verifier.verify_async(bearer)
+            except TokenVerificationError as err:
+                error = err
+        if vt is None:
+            status, header, body = challenge(
+                error=error, resource_metadata=resource_metadata_url, scopes=scopes
+            )
+            await _send_challenge(send, status, header, body, head=scope.get("method") == "HEAD")
+            return
+        scope.setdefault("state", {})["entra_user"] = EntraUser.from_verified(vt)
+        token = _verified.set(vt)
+        try:
+            await app(scope, receive, send)
+        finally:
+            _verified.reset(token)
+
+    return middleware
+
+
+def _bearer(scope: Scope) -> str | None:
+    for name, value in scope.get("headers") or ():
+        if name.lower() == b"authorization":
+            try:
+                text = value.decode("latin-1")
+            except (UnicodeDecodeError, AttributeError):
+                return None
+            scheme, _, token = text.partition(" ")
+            token = token.strip()
+            return token if scheme.lower() == "bearer" and token else None
+    return None
