@@ -39,12 +39,20 @@ from ._verify import JwtVerifier, VerifiedToken
 # --- resolve (_chain, _cache, _sources) ---
 from ._cache import TokenCache
 from ._chain import Policy, TokenChain
-from ._sources import AzureCli, AzureCredential, ManagedIdentity, OnBehalfOf
+from ._sources import (
+    AgentIdentityOnBehalfOf,
+    AzureCli,
+    AzureCredential,
+    FoundryToolboxRoute,
+    ManagedIdentity,
+    OnBehalfOf,
+)
 # --- consent (_store, _sources.delegated) ---
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AgentIdentityOnBehalfOf",
     "AppOnlyAssertion",
     "AssertionAudienceMismatch",
     "AssertionExpired",
@@ -59,6 +67,7 @@ __all__ = [
     "EntraAuth",
     "EntraError",
     "EntraPassthroughError",
+    "FoundryToolboxRoute",
     "IdentityKind",
     "InsufficientScope",
     "InteractionRequired",

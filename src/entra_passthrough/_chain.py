@@ -80,6 +80,9 @@ class _Step:
     source: TokenSource
     key: Hashable
     cap: float | None
+    #: False for sources whose results change per request (FoundryToolboxRoute's call id
+    #: header); they cache what can be cached themselves.
+    cached: bool = True
 
 
 class TokenChain:
@@ -164,7 +167,7 @@ class TokenChain:
             cap = None
             if kind is IdentityKind.USER and caller is not None and caller.claims is not None:
                 cap = caller.claims.exp
-            yield _Step(source, key, cap)
+            yield _Step(source, key, cap, bool(getattr(source, "cache_results", True)))
 
     def _request(
         self,
@@ -254,11 +257,14 @@ class TokenChain:
         attempts = _Attempts()
         for step in self._steps(request, allowed, attempts):
             try:
-                result = await self.cache.get_or_acquire_async(
-                    step.key,
-                    functools.partial(step.source.get_token_async, request),
-                    cap=step.cap,
-                )
+                if step.cached:
+                    result = await self.cache.get_or_acquire_async(
+                        step.key,
+                        functools.partial(step.source.get_token_async, request),
+                        cap=step.cap,
+                    )
+                else:
+                    result = await step.source.get_token_async(request)
             except Exception as exc:
                 self._failed(step, exc, attempts)
                 continue
@@ -284,9 +290,12 @@ class TokenChain:
         attempts = _Attempts()
         for step in self._steps(request, allowed, attempts):
             try:
-                result = self.cache.get_or_acquire(
-                    step.key, functools.partial(step.source.get_token, request), cap=step.cap
-                )
+                if step.cached:
+                    result = self.cache.get_or_acquire(
+                        step.key, functools.partial(step.source.get_token, request), cap=step.cap
+                    )
+                else:
+                    result = step.source.get_token(request)
             except Exception as exc:
                 self._failed(step, exc, attempts)
                 continue
@@ -330,6 +339,10 @@ class TokenChain:
         """Forget the cached entry behind ``result`` (after the resource answered 401)."""
         if result.cache_key is not None:
             self.cache.invalidate(result.cache_key)
+        for source in self.sources:
+            own = getattr(source, "invalidate", None)
+            if source.name == result.source and callable(own):
+                own(result)
 
     def close(self) -> None:
         """Stop the sources' worker threads."""

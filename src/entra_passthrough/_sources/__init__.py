@@ -5,9 +5,18 @@
 
 from __future__ import annotations
 
+from .agent_id import AgentIdentityOnBehalfOf
 from .azure_cli import AzureCli
 from .azure_credential import AzureCredential
+from .foundry import FoundryToolboxRoute
 from .managed_identity import ManagedIdentity
 from .obo import OnBehalfOf
 
-__all__ = ["AzureCli", "AzureCredential", "ManagedIdentity", "OnBehalfOf"]
+__all__ = [
+    "AgentIdentityOnBehalfOf",
+    "AzureCli",
+    "AzureCredential",
+    "FoundryToolboxRoute",
+    "ManagedIdentity",
+    "OnBehalfOf",
+]

@@ -1,0 +1,234 @@
+"""``AgentIdentityOnBehalfOf``: Entra Agent ID - blueprint credential + fmi_path -> T1, then OBO
+as the agent identity with T1 as its client assertion (kind ``user``)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import msal
+
+from .. import _env
+from .._errors import ConfigurationError
+from .._msal import (
+    PUBLIC_AUTHORITY_HOST,
+    DiscoveryOnlyHttpCache,
+    FederatedTokenFile,
+    NullTokenCache,
+    federation_audience,
+    http_session,
+    load_certificate,
+    normalize_authority_host,
+)
+from .._types import IdentityKind, TokenRequest, TokenResult
+from ._base import result_from_msal, unreachable
+from .obo import OnBehalfOf, credential_from_env
+
+if TYPE_CHECKING:
+    from .managed_identity import ManagedIdentity
+
+#: Refresh T1 this long before it expires.
+_T1_MARGIN = 300.0
+
+
+class _T1:
+    """The blueprint's token for the agent identity (``fmi_path``), cached until near expiry.
+
+    Called by MSAL (in a worker thread) whenever the agent identity's OBO request goes out.
+    """
+
+    def __init__(self, app_factory: Callable[[], Any], *, scope: str, agent_identity_id: str):
+        self._factory = app_factory
+        self._app: Any = None
+        self._scope = scope
+        self._fmi_path = agent_identity_id
+        self._token: TokenResult | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"AgentIdentityT1(fmi_path={self._fmi_path!r})"
+
+    def __call__(self) -> str:
+        with self._lock:
+            token = self._token
+            if token is not None and token.expires_on - _T1_MARGIN > time.time():
+                return token.token
+            try:
+                if self._app is None:
+                    self._app = self._factory()
+                response = self._app.acquire_token_for_client(
+                    [self._scope], fmi_path=self._fmi_path
+                )
+            except Exception as exc:
+                raise unreachable(
+                    exc, what="the blueprint's T1 request", source="agent_id", scopes=()
+                ) from None
+            token = result_from_msal(
+                response, kind=IdentityKind.APP, source="agent_id.blueprint", scopes=(self._scope,)
+            )
+            self._token = token
+            return token.token
+
+
+class AgentIdentityOnBehalfOf:
+    """On-behalf-of as an Entra *agent identity* (Agent ID), ``kind=user``.
+
+    The blueprint authenticates with its own credential (secret, certificate, managed identity
+    as federated credential, token file or callable) and gets T1 for
+    ``api://AzureADTokenExchange/.default`` with ``fmi_path=<agent identity>``; the agent identity
+    then does OBO with ``client_assertion=T1``. The caller's token must be issued for the
+    *blueprint* (its client id or App ID URI). Agent identities cannot be consented
+    interactively (AADSTS82014): grant consent for them administratively.
+
+    >>> source = AgentIdentityOnBehalfOf(
+    ...     blueprint_client_id=BP, agent_identity_id=AGENT, tenant_id=TENANT,
+    ...     managed_identity=ManagedIdentity.from_env())
+    """
+
+    kind = IdentityKind.USER
+
+    def __init__(
+        self,
+        *,
+        blueprint_client_id: str,
+        agent_identity_id: str,
+        tenant_id: str,
+        client_secret: str | None = None,
+        client_certificate: bytes | str | None = None,
+        client_assertion: Callable[[], str] | None = None,
+        managed_identity: ManagedIdentity | None = None,
+        federated_token_file: str | None = None,
+        authority_host: str = PUBLIC_AUTHORITY_HOST,
+        allowed_tenants: Sequence[str] | None = None,
+        accepted_audiences: Sequence[str] = (),
+        http_client: Any = None,
+        max_workers: int = 8,
+        max_tenants: int = 64,
+        name: str = "agent_id",
+    ) -> None:
+        given = [
+            c
+            for c in (
+                client_secret,
+                client_certificate,
+                client_assertion,
+                managed_identity,
+                federated_token_file,
+            )
+            if c is not None
+        ]
+        if len(given) != 1:
+            raise ConfigurationError(
+                f"AgentIdentityOnBehalfOf needs exactly one blueprint credential, got {len(given)}."
+            )
+        self.name = name
+        self.blueprint_client_id = blueprint_client_id
+        self.agent_identity_id = agent_identity_id
+        host = normalize_authority_host(authority_host)
+        credential: Any
+        if client_secret is not None:
+            credential = client_secret
+        elif client_certificate is not None:
+            credential = load_certificate(client_certificate)
+        elif client_assertion is not None:
+            credential = {"client_assertion": client_assertion}
+        elif managed_identity is not None:
+            mi, audience = managed_identity, federation_audience(host)
+            credential = {"client_assertion": lambda: mi.token_for_resource(audience)}
+        else:
+            assert federated_token_file is not None
+            credential = {"client_assertion": FederatedTokenFile(federated_token_file)}
+
+        def blueprint_app() -> Any:
+            return msal.ConfidentialClientApplication(
+                blueprint_client_id,
+                client_credential=credential,
+                authority=f"{host}/{tenant_id}",
+                instance_discovery=False,
+                token_cache=NullTokenCache(),
+                http_cache=DiscoveryOnlyHttpCache(),
+                http_client=http_client,
+            )
+
+        self._t1 = _T1(
+            blueprint_app,
+            scope=f"{federation_audience(host)}/.default",
+            agent_identity_id=agent_identity_id,
+        )
+        self._obo = OnBehalfOf(
+            client_id=agent_identity_id,
+            tenant_id=tenant_id,
+            client_assertion=self._t1,
+            authority_host=host,
+            allowed_tenants=allowed_tenants,
+            http_client=http_client,
+            max_workers=max_workers,
+            max_tenants=max_tenants,
+            consent_link=_no_interactive_consent,
+            name=name,
+        )
+        # The user's token is for the blueprint, not for the agent identity.
+        self._obo.accepted_audiences = frozenset(
+            (blueprint_client_id, f"api://{blueprint_client_id}", *accepted_audiences)
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"AgentIdentityOnBehalfOf(name={self.name!r}, blueprint={self.blueprint_client_id!r}, "
+            f"agent_identity={self.agent_identity_id!r})"
+        )
+
+    def close(self) -> None:
+        self._obo.close()
+
+    def msal_apps(self) -> list[Any]:
+        return self._obo.msal_apps()
+
+    def explain(self, request: TokenRequest) -> str:
+        return self._obo.explain(request)
+
+    def cache_partition(self, request: TokenRequest) -> tuple[str, ...] | None:
+        return self._obo.cache_partition(request)
+
+    def get_token(self, request: TokenRequest) -> TokenResult | None:
+        return self._obo.get_token(request)
+
+    async def get_token_async(self, request: TokenRequest) -> TokenResult | None:
+        return await self._obo.get_token_async(request)
+
+    @classmethod
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        http_client: Any = None,
+        name: str = "agent_id",
+    ) -> AgentIdentityOnBehalfOf:
+        """``ENTRA_PASSTHROUGH_BLUEPRINT_CLIENT_ID``, ``ENTRA_PASSTHROUGH_AGENT_IDENTITY_ID``,
+        ``AZURE_TENANT_ID`` and the blueprint's credential as for ``OnBehalfOf.from_env``."""
+        env = _env.environ_or(environ)
+        if http_client is None:
+            http_client = http_session(_env.get(env, "ENTRA_PASSTHROUGH_CA_FILE"))
+        return cls(
+            blueprint_client_id=_env.require(
+                env, "ENTRA_PASSTHROUGH_BLUEPRINT_CLIENT_ID", what="the agent identity blueprint"
+            ),
+            agent_identity_id=_env.require(
+                env, "ENTRA_PASSTHROUGH_AGENT_IDENTITY_ID", what="the agent identity"
+            ),
+            tenant_id=_env.require(env, "AZURE_TENANT_ID", what="the blueprint's tenant"),
+            authority_host=_env.get(env, "AZURE_AUTHORITY_HOST") or PUBLIC_AUTHORITY_HOST,
+            allowed_tenants=_env.get_list(env, "ENTRA_PASSTHROUGH_ALLOWED_TENANTS") or None,
+            accepted_audiences=_env.get_list(env, "ENTRA_PASSTHROUGH_ACCEPTED_AUDIENCES"),
+            http_client=http_client,
+            max_workers=_env.get_int(env, "ENTRA_PASSTHROUGH_MAX_WORKERS", 8),
+            name=name,
+            **credential_from_env(env, http_client=http_client),
+        )
+
+
+def _no_interactive_consent(request: TokenRequest) -> str | None:
+    # Agent identities cannot be consented interactively (AADSTS82014); an admin grants it.
+    return None
