@@ -1,0 +1,205 @@
+"""CallerMiddleware: binding, reset, lifespan pass-through, 401/403 shapes, verifier."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from entra_passthrough import (
+    CallerMiddleware,
+    InsufficientScope,
+    TokenVerificationError,
+    current_caller,
+)
+from entra_passthrough._middleware import STATE_KEY
+
+from ._jwts import unsigned_jwt
+
+
+class Stub:
+    """The JwtVerifier interface: ``await verify_async(token)`` -> object with ``.claims``."""
+
+    def __init__(self, outcome: Exception | Mapping[str, Any]) -> None:
+        self.outcome = outcome
+        self.tokens: list[str] = []
+
+    async def verify_async(self, token: str) -> Any:
+        self.tokens.append(token)
+        if isinstance(self.outcome, Exception):
+            raise self.outcome
+
+        class VT:
+            claims = self.outcome
+
+        return VT()
+
+
+async def call(
+    mw: CallerMiddleware, headers: list[tuple[bytes, bytes]], kind: str = "http"
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    sent: list[dict[str, Any]] = []
+    scope: dict[str, Any] = {"type": kind, "headers": headers, "path": "/", "method": "GET"}
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await mw(scope, receive, send)
+    return sent, scope
+
+
+class App:
+    def __init__(self) -> None:
+        self.seen: list[Any] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        caller = current_caller()
+        self.seen.append(caller)
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+
+def status_and_challenge(sent: list[dict[str, Any]]) -> tuple[int, str | None, dict[str, Any]]:
+    start = sent[0]
+    headers = dict(start["headers"])
+    challenge = headers.get(b"www-authenticate")
+    body = json.loads(sent[1]["body"])
+    return start["status"], challenge.decode() if challenge else None, body
+
+
+async def test_binds_then_ends_and_resets() -> None:
+    app = App()
+    mw = CallerMiddleware(app)
+    token = unsigned_jwt(oid="alice", tid="t")
+    sent, scope = await call(mw, [(b"authorization", b"Bearer " + token.encode())])
+    (caller,) = app.seen
+    assert caller.assertion == token
+    assert caller.claims.oid == "alice"
+    assert not caller.active  # ended when the app returned
+    assert current_caller() is None  # reset
+    assert scope["state"][STATE_KEY] is caller
+    assert sent[0]["status"] == 200
+
+
+async def test_lifespan_passes_through_untouched() -> None:
+    app = App()
+    mw = CallerMiddleware(app, require_caller=True)
+    _, scope = await call(mw, [], kind="lifespan")
+    assert app.seen == [None]
+    assert "state" not in scope
+
+
+async def test_require_caller_without_bearer_gets_401_challenge() -> None:
+    app = App()
+    mw = CallerMiddleware(
+        app,
+        require_caller=True,
+        resource_metadata_url="https://api.contoso.com/.well-known/oauth-protected-resource",
+        realm="api",
+    )
+    sent, _ = await call(mw, [(b"authorization", b"Basic dXNlcjpwYXNz")])
+    status, challenge, body = status_and_challenge(sent)
+    assert status == 401
+    assert challenge == (
+        'Bearer realm="api", resource_metadata='
+        '"https://api.contoso.com/.well-known/oauth-protected-resource"'
+    )
+    assert "error=" not in challenge  # RFC 6750 3.1: no error code when no credentials
+    assert body == {"error": "unauthorized"}
+    assert app.seen == []
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(b"authorization", b"Bearer not-a-jwt")],
+        [(b"authorization", b"Bearer " + b"a" * 70000)],
+        [(b"authorization", b"Bearer a.b.c"), (b"authorization", b"Bearer a.b.c")],
+        [(b"authorization", b"Bearer " + unsigned_jwt(exp=time.time() - 3600).encode())],
+    ],
+)
+async def test_require_caller_invalid_token_401(headers: list[tuple[bytes, bytes]]) -> None:
+    app = App()
+    sent, _ = await call(CallerMiddleware(app, require_caller=True), headers)
+    status, challenge, body = status_and_challenge(sent)
+    assert status == 401
+    assert challenge is not None
+    assert 'error="invalid_token"' in challenge
+    assert body["error"] == "invalid_token"
+    assert app.seen == []
+
+
+async def test_verifier_success_sets_verified_claims() -> None:
+    app = App()
+    stub = Stub({"oid": "alice-verified", "tid": "t"})
+    token = unsigned_jwt(oid="alice", tid="t")
+    await call(
+        CallerMiddleware(app, verifier=stub), [(b"authorization", f"Bearer {token}".encode())]
+    )
+    (caller,) = app.seen
+    assert stub.tokens == [token]
+    assert caller.verified == {"oid": "alice-verified", "tid": "t"}
+    assert caller.user_key == "t:alice-verified"
+
+
+async def test_verifier_failures_map_to_401_403_and_503() -> None:
+    token = unsigned_jwt(oid="alice")
+    headers = [(b"authorization", f"Bearer {token}".encode())]
+    cases = [
+        (TokenVerificationError("signature does not verify"), 401, 'error="invalid_token"'),
+        (InsufficientScope("missing scope", required=["Mcp.Read"]), 403, 'scope="Mcp.Read"'),
+    ]
+    for error, status, needle in cases:
+        app = App()
+        sent, _ = await call(CallerMiddleware(app, verifier=Stub(error)), headers)
+        got, challenge, _ = status_and_challenge(sent)
+        assert got == status
+        assert challenge is not None
+        assert needle in challenge
+        assert token not in challenge
+        assert app.seen == []
+    app = App()
+    sent, _ = await call(CallerMiddleware(app, verifier=Stub(RuntimeError("jwks down"))), headers)
+    assert sent[0]["status"] == 503
+    assert app.seen == []
+
+
+async def test_verifier_without_bearer_and_not_required_passes() -> None:
+    app = App()
+    await call(CallerMiddleware(app, verifier=Stub(RuntimeError("unused"))), [])
+    (caller,) = app.seen
+    assert not caller.presented
+
+
+async def test_extra_assertion_header_and_platform_headers() -> None:
+    app = App()
+    token = unsigned_jwt(oid="bob")
+    mw = CallerMiddleware(app, assertion_headers=("x-ms-token-aad-access-token",))
+    headers = [
+        (b"X-MS-TOKEN-AAD-ACCESS-TOKEN", token.encode()),
+        (b"x-agent-user-id", b"user-9"),
+        (b"x-agent-foundry-call-id", b"call-3"),
+    ]
+    await call(mw, headers)
+    (caller,) = app.seen
+    assert caller.assertion == token
+    assert (caller.user_id, caller.call_id) == ("user-9", "call-3")
+
+
+async def test_websocket_refused_with_close() -> None:
+    app = App()
+    sent, _ = await call(CallerMiddleware(app, require_caller=True), [], kind="websocket")
+    assert sent == [{"type": "websocket.close", "code": 1008}]
+    assert app.seen == []
+
+
+def test_repr_has_no_secret() -> None:
+    text = repr(CallerMiddleware(App(), verifier=Stub({})))
+    assert "Stub" in text
