@@ -54,6 +54,7 @@ __all__ = [
     "EntraTokenVerifier",
     "EntraUser",
     "auth_settings",
+    "challenge",
     "current_user",
     "require_entra_auth",
 ]

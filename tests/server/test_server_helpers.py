@@ -1,0 +1,146 @@
+"""require_entra_auth on a real (non-MCP) Starlette API, current_user(), auth_settings()."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx2
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from entra_passthrough import ConfigurationError, JwtVerifier, NoCallerError
+from entra_passthrough._errors import InsufficientScope, TokenVerificationError
+from entra_passthrough.server import (
+    EntraUser,
+    auth_settings,
+    challenge,
+    current_user,
+    require_entra_auth,
+)
+
+from ._serve import serve
+from ._tokens import API, API_URI, TENANT, USER_OID, Issuer
+
+ISSUER = Issuer()
+
+
+def build_api(base: str) -> Any:
+    async def me(request: Request) -> JSONResponse:
+        user = current_user()
+        assert request.scope["state"]["entra_user"] == user
+        return JSONResponse({"oid": user.oid, "key": user.user_key})
+
+    verifier = JwtVerifier(
+        audiences=[API, API_URI],
+        tenants=[TENANT],
+        required_scopes=["access_as_user"],
+        http_client=ISSUER.async_client(),
+    )
+    return require_entra_auth(
+        Starlette(routes=[Route("/me", me)]),
+        verifier=verifier,
+        resource_metadata_url=f"{base}/.well-known/oauth-protected-resource",
+        scopes=[f"{API_URI}/access_as_user"],
+    )
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[str]:
+    with serve(build_api) as url:
+        yield url
+
+
+async def _get(url: str, headers: dict[str, str] | None = None) -> httpx2.Response:
+    async with httpx2.AsyncClient() as http:
+        return await http.get(url, headers=headers or {})
+
+
+async def test_api_sees_the_verified_user(api: str) -> None:
+    r = await _get(f"{api}/me", {"Authorization": f"Bearer {ISSUER.token()}"})
+    assert r.status_code == 200
+    assert r.json() == {"oid": USER_OID, "key": f"{TENANT}/{USER_OID}"}
+
+
+async def test_api_without_token(api: str) -> None:
+    r = await _get(f"{api}/me")
+    assert r.status_code == 401
+    header = r.headers["www-authenticate"]
+    assert "error=" not in header
+    assert f'resource_metadata="{api}/.well-known/oauth-protected-resource"' in header
+
+
+@pytest.mark.parametrize("auth", ["Basic abc", "Bearer", "Bearer not-a-jwt", "bearer x.y.z"])
+async def test_api_bad_authorization(api: str, auth: str) -> None:
+    r = await _get(f"{api}/me", {"Authorization": auth})
+    assert r.status_code == 401
+
+
+async def test_api_wrong_scope_is_403(api: str) -> None:
+    r = await _get(f"{api}/me", {"Authorization": f"Bearer {ISSUER.token(scp='x')}"})
+    assert r.status_code == 403
+    assert 'error="insufficient_scope"' in r.headers["www-authenticate"]
+    assert f'scope="{API_URI}/access_as_user"' in r.headers["www-authenticate"]
+
+
+def test_current_user_outside_a_request() -> None:
+    with pytest.raises(NoCallerError):
+        current_user()
+
+
+def test_entra_user_repr_has_no_claims() -> None:
+    user = EntraUser(
+        oid="o",
+        tid="t",
+        upn=None,
+        name=None,
+        scopes=(),
+        roles=(),
+        client_id="c",
+        app_only=False,
+        claims={"secret-ish": "x"},
+    )
+    assert "secret-ish" not in repr(user)
+
+
+def test_auth_settings_qualifies_scopes() -> None:
+    s = auth_settings(
+        resource_server_url="https://mcp.contoso.com/mcp",
+        tenant_id=TENANT,
+        scopes=["access_as_user", "api://other/x"],
+        app_id_uri=API_URI,
+    )
+    assert s.required_scopes == [f"{API_URI}/access_as_user", "api://other/x"]
+    assert str(s.issuer_url) == f"https://login.microsoftonline.com/{TENANT}/v2.0"
+    assert s.validate_token_resource is False
+
+
+def test_auth_settings_refuses_api_uri_resource() -> None:
+    with pytest.raises(ConfigurationError, match="http"):
+        auth_settings(resource_server_url=API_URI, tenant_id=TENANT)
+    with pytest.raises(ConfigurationError, match="app_id_uri"):
+        auth_settings(
+            resource_server_url="https://mcp.contoso.com/mcp",
+            tenant_id=TENANT,
+            scopes=["access_as_user"],
+        )
+
+
+def test_challenge_escapes_attacker_text() -> None:
+    err = TokenVerificationError("the token is for audience 'a\"b\\c\r\nX-Evil: 1'")
+    status, header, _ = challenge(error=err, resource_metadata=None)
+    assert status == 401
+    assert "\r" not in header
+    assert "\n" not in header
+    assert header.count('"') == 4  # error="..." and error_description="..."
+    status, header, body = challenge(
+        error=InsufficientScope("missing"),
+        resource_metadata="https://x/.well-known/p",
+        scopes=["s"],
+    )
+    assert status == 403
+    assert 'scope="s"' in header
+    assert b"insufficient_scope" in body
