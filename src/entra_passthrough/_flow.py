@@ -79,6 +79,8 @@ class Chain(Protocol):
 
     async def lifecycle_token_async(self, scopes: Sequence[str]) -> TokenResult | None: ...
 
+    def lifecycle_token(self, scopes: Sequence[str]) -> TokenResult | None: ...
+
 
 class _URL(Protocol):
     @property
@@ -446,11 +448,7 @@ def acquire_sync(core: FlowCore, caller: Caller | None, claims: str | None) -> T
             claims=claims,
             client_capabilities=core.client_capabilities,
         )
-    lifecycle = getattr(core.chain, "lifecycle_token", None)
-    if lifecycle is None:
-        return None  # a chain with no sync lifecycle: no token (fail closed)
-    result: TokenResult | None = lifecycle(core.scopes)
-    return result
+    return core.chain.lifecycle_token(core.scopes)
 
 
 async def acquire_async(
