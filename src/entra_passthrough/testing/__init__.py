@@ -1,0 +1,45 @@
+"""A local Entra ID emulator and a pytest plugin, so that you can test code that uses Entra.
+
+    from entra_passthrough.testing import EntraEmulator
+
+    with EntraEmulator() as idp:
+        token = idp.user_token("alice", audience=idp.agent.client_id)
+
+See docs/emulator.md.
+"""
+
+from ._emulator import EntraEmulator
+from ._errors import StsError
+from ._world import (
+    AZURE_CLI_CLIENT_ID,
+    FOUNDRY_AUDIENCE,
+    TOKEN_EXCHANGE_AUDIENCE,
+    App,
+    FederatedCredential,
+    Grant,
+    Lifetimes,
+    ManagedIdentity,
+    RoleAssignment,
+    Tenant,
+    User,
+    World,
+    stable_id,
+)
+
+__all__ = [
+    "AZURE_CLI_CLIENT_ID",
+    "FOUNDRY_AUDIENCE",
+    "TOKEN_EXCHANGE_AUDIENCE",
+    "App",
+    "EntraEmulator",
+    "FederatedCredential",
+    "Grant",
+    "Lifetimes",
+    "ManagedIdentity",
+    "RoleAssignment",
+    "StsError",
+    "Tenant",
+    "User",
+    "World",
+    "stable_id",
+]

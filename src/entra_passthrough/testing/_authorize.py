@@ -1,0 +1,292 @@
+"""``/{tenant}/oauth2/v2.0/authorize`` and ``/logout``: sign-in, consent, code issuance.
+
+Follows https://learn.microsoft.com/entra/identity-platform/v2-oauth2-auth-code-flow (request and
+error response), https://learn.microsoft.com/entra/identity-platform/reply-url (redirect URI must
+be registered; the port of an http://localhost / 127.0.0.1 URI is ignored, "localhost exceptions")
+and https://learn.microsoft.com/entra/identity-platform/consent-types-developer (consent prompt on
+first use or ``prompt=consent``).
+
+Emulator-only conveniences, documented in docs/emulator.md:
+- ``login_hint`` naming a test user signs that user in with no UI (as a remembered session would).
+- ``emulator_consent=accept`` accepts a pending consent prompt without the HTML page (headless
+  tests). Without it the consent page is served, as Entra would, and must be accepted by a person
+  or a browser driver (Playwright).
+"""
+
+from __future__ import annotations
+
+import html
+import secrets
+import time
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from . import _errors as e
+from ._issue import parse_scopes
+from ._state import CodeRecord, Runtime
+from ._token_endpoint import resolve_tenant
+from ._world import App, User
+
+SESSION_COOKIE = "emu_session"
+_OWN = {"emu_action", "username", "password", "pending", "decision"}
+
+
+def _redirect_uri_ok(app: App, uri: str) -> bool:
+    if uri in app.redirect_uris:
+        return True
+    parts = urlsplit(uri)
+    if parts.scheme == "http" and parts.hostname in ("localhost", "127.0.0.1"):
+        for reg in app.redirect_uris:
+            r = urlsplit(reg)
+            if (r.scheme, r.hostname, r.path or "/") == ("http", parts.hostname, parts.path or "/"):
+                return True
+    return False
+
+
+def _error_page(err: e.StsError) -> HTMLResponse:
+    body = err.body()
+    return HTMLResponse(
+        "<!doctype html><title>Sign in error</title><h1>Sorry, but we're having trouble signing "
+        f"you in.</h1><p id='error'>{html.escape(body['error_description'])}</p>",
+        status_code=400,
+    )
+
+
+def _to_client(params: Mapping[str, str], values: Mapping[str, str]) -> Response:
+    redirect_uri = params["redirect_uri"]
+    out = dict(values)
+    if params.get("state") is not None:
+        out["state"] = params["state"]
+    mode = params.get("response_mode", "query")
+    if mode == "form_post":
+        fields = "".join(
+            f"<input type='hidden' name='{html.escape(k)}' value='{html.escape(v)}'>"
+            for k, v in out.items()
+        )
+        return HTMLResponse(
+            f"<!doctype html><body onload='document.forms[0].submit()'><form method='post' "
+            f"action='{html.escape(redirect_uri)}'>{fields}<noscript><button>Continue</button>"
+            "</noscript></form></body>"
+        )
+    sep = "#" if mode == "fragment" else ("&" if "?" in redirect_uri else "?")
+    return RedirectResponse(redirect_uri + sep + urlencode(out), status_code=302)
+
+
+def _error_to_client(params: Mapping[str, str], err: e.StsError) -> Response:
+    body = err.body()
+    values = {"error": body["error"], "error_description": body["error_description"]}
+    if err.suberror:
+        values["error_subcode"] = err.suberror
+    return _to_client(params, values)
+
+
+def _hidden(params: Mapping[str, str]) -> str:
+    return "".join(
+        f"<input type='hidden' name='{html.escape(k)}' value='{html.escape(v)}'>"
+        for k, v in params.items()
+        if k not in _OWN
+    )
+
+
+def _signin_page(rt: Runtime, params: Mapping[str, str], error: str = "") -> HTMLResponse:
+    hint = params.get("login_hint", "")
+    options = "".join(
+        f"<option value='{html.escape(u.upn)}'{' selected' if hint in (u.upn, u.name) else ''}>"
+        f"{html.escape(u.display_name)} ({html.escape(u.upn)})</option>"
+        for u in rt.world.users
+    )
+    err = f"<p id='error' role='alert'>{html.escape(error)}</p>" if error else ""
+    return HTMLResponse(
+        "<!doctype html><title>Sign in - Entra emulator</title><h1>Sign in</h1>"
+        "<p>entra-passthrough local Entra emulator (test users only)</p>"
+        f"{err}<form method='post'>{_hidden(params)}"
+        "<input type='hidden' name='emu_action' value='signin'>"
+        f"<label>User <select name='username' id='username'>{options}</select></label><br>"
+        "<label>Password <input type='password' name='password' id='password'></label><br>"
+        "<button type='submit' id='signin'>Sign in</button></form>"
+    )
+
+
+def _consent_page(
+    params: Mapping[str, str], pending: str, client: App, resource: App | None, scopes: list[str]
+) -> HTMLResponse:
+    items = "".join(f"<li>{html.escape(s)}</li>" for s in scopes)
+    what = html.escape(resource.name if resource else "your profile")
+    return HTMLResponse(
+        "<!doctype html><title>Permissions requested</title><h1>Permissions requested</h1>"
+        f"<p><b>{html.escape(client.name)}</b> ({html.escape(client.client_id)}) wants to access "
+        f"{what} on your behalf:</p><ul>{items}</ul>"
+        f"<form method='post'>{_hidden(params)}"
+        "<input type='hidden' name='emu_action' value='consent'>"
+        f"<input type='hidden' name='pending' value='{html.escape(pending)}'>"
+        "<button type='submit' name='decision' value='accept' id='accept'>Accept</button> "
+        "<button type='submit' name='decision' value='cancel' id='cancel'>Cancel</button></form>"
+    )
+
+
+async def authorize(rt: Runtime, request: Request) -> Response:
+    rt.count("authorize")
+    params: dict[str, str] = dict(request.query_params)
+    if request.method == "POST":
+        form = await request.form()
+        params.update({k: v for k, v in form.items() if isinstance(v, str)})
+    segment = request.path_params["tenant"]
+    try:
+        tenant = resolve_tenant(rt, segment)
+        client_id = params.get("client_id")
+        if not client_id:
+            raise e.missing_param("client_id")
+        client = rt.world.app(client_id)
+        if client is None or client.client_id != client_id:
+            raise e.unknown_client(client_id, tenant.id if tenant else segment)
+        redirect_uri = params.get("redirect_uri")
+        if not redirect_uri or not _redirect_uri_ok(client, redirect_uri):
+            # AADSTS50011: shown to the user, never redirected to an unregistered URI.
+            raise e.StsError(
+                50011,
+                "invalid_request",
+                f"The redirect URI '{(redirect_uri or '')[:200]}' specified in the request does "
+                f"not match the redirect URIs configured for the application '{client.client_id}'.",
+            )
+    except e.StsError as err:
+        return _error_page(err)
+    try:
+        return _authorize_for_client(rt, request, params, client, tenant)
+    except e.StsError as err:
+        return _error_to_client(params, err)
+
+
+def _authorize_for_client(
+    rt: Runtime, request: Request, params: dict[str, str], client: App, tenant: Any
+) -> Response:
+    if "code" not in params.get("response_type", "").split():
+        return _to_client(
+            params,
+            {
+                "error": "unsupported_response_type",
+                "error_description": "AADSTS70005: response_type 'token' is not enabled for the "
+                "application.",
+            },
+        )
+    method = params.get("code_challenge_method")
+    if params.get("code_challenge") and method not in (None, "S256", "plain"):
+        # v2-oauth2-auth-code-flow: code_challenge_method is "S256" or "plain" (the default).
+        raise e.StsError(501491, "invalid_request", "Invalid code_challenge_method.")
+    prompt = params.get("prompt", "")
+    user: User | None = None
+    action = params.get("emu_action")
+    if action == "signin":
+        user = rt.world.user(params.get("username", ""))
+        if user is None or params.get("password") != user.password:
+            return _signin_page(
+                rt,
+                params,
+                "AADSTS50126: Error validating credentials due to invalid username or password.",
+            )
+    elif action == "consent":
+        name = rt.take_pending(params.get("pending", ""))
+        user = rt.world.user(name) if name else None
+    if user is None and params.get("login_hint"):
+        user = rt.world.user(params["login_hint"])
+    if user is None and prompt not in ("login", "select_account"):
+        sid = request.cookies.get(SESSION_COOKIE)
+        with rt.lock:
+            name = rt.sessions.get(sid or "")
+        user = rt.world.user(name) if name else None
+    if user is None:
+        if prompt == "none":
+            raise e.StsError(
+                50058,
+                "login_required",
+                "A silent sign-in request was sent but no user is signed in.",
+            )
+        return _signin_page(rt, params)
+    tid = tenant.id if tenant else user.tenant_id
+    if tid != user.tenant_id and not user.guest:
+        # AADSTS50020: the user is not a member (or guest) of this tenant.
+        raise e.StsError(
+            50020,
+            "invalid_request",
+            f"User account '{user.upn}' from identity provider does not "
+            "exist in tenant and cannot access the application.",
+        )
+    req = parse_scopes(rt, params.get("scope"), tid)
+    if "openid" not in req.oidc and req.resource is None:
+        raise e.missing_param("scope")
+    needed: list[str] = []
+    if req.resource is not None:
+        granted = rt.granted_scopes(user, client, req.resource)
+        wanted = list(req.resource.exposed_scopes) if req.is_default else list(req.names)
+        needed = [s for s in wanted if s not in granted]
+        if req.is_default and granted:
+            needed = []
+        if prompt == "consent" and action != "consent":
+            needed = wanted or needed
+        ids = set(req.resource.identifiers)
+        if ids & set(user.blocked_for):
+            raise e.StsError(53003, "access_denied", e.blocked_by_ca().text)
+    if needed and action != "consent":
+        if client.kind == "agent_identity":
+            raise e.agent_interactive_consent()
+        if prompt == "none":
+            raise e.consent_required(client.client_id, client.name)
+        if params.get("emulator_consent") == "accept" and req.resource is not None:
+            rt.grant_consent(user.name, client.client_id, req.resource.client_id, needed)
+        else:
+            return _consent_page(params, rt.new_pending(user.name), client, req.resource, needed)
+    if action == "consent" and req.resource is not None:
+        if params.get("decision") != "accept":
+            raise e.StsError(65004, "access_denied", "User declined to consent to access the app.")
+        wanted = list(req.resource.exposed_scopes) if req.is_default else list(req.names)
+        rt.grant_consent(user.name, client.client_id, req.resource.client_id, wanted)
+    amr: tuple[str, ...] = ("pwd",)
+    if req.resource is not None and set(req.resource.identifiers) & set(user.mfa_required_for):
+        amr = ("pwd", "mfa")  # the interactive sign-in performs the MFA the policy asks for
+    code = rt.new_code(
+        CodeRecord(
+            user=user.name,
+            client_id=client.client_id,
+            redirect_uri=params["redirect_uri"],
+            scopes=tuple(params.get("scope", "").split()),
+            tenant_id=tid,
+            challenge=params.get("code_challenge") or None,
+            method=(method or "plain") if params.get("code_challenge") else None,
+            nonce=params.get("nonce"),
+            expires=time.time() + rt.world.lifetimes.code,
+            amr=amr,
+        )
+    )
+    response = _to_client(params, {"code": code})
+    response.set_cookie(SESSION_COOKIE, _session(rt, user), httponly=True, secure=True)
+    return response
+
+
+def _session(rt: Runtime, user: User) -> str:
+    with rt.lock:
+        for sid, name in rt.sessions.items():
+            if name == user.name:
+                return sid
+        sid = secrets.token_urlsafe(16)
+        rt.sessions[sid] = user.name
+        return sid
+
+
+async def logout(rt: Runtime, request: Request) -> Response:
+    # https://learn.microsoft.com/entra/identity-platform/v2-protocols-oidc#send-a-sign-out-request
+    rt.count("logout")
+    sid = request.cookies.get(SESSION_COOKIE)
+    if sid:
+        with rt.lock:
+            rt.sessions.pop(sid, None)
+    target = request.query_params.get("post_logout_redirect_uri")
+    response: Response
+    if target:
+        response = RedirectResponse(target, status_code=302)
+    else:
+        response = HTMLResponse("<!doctype html><title>Signed out</title><p>You signed out.</p>")
+    response.delete_cookie(SESSION_COOKIE)
+    return response

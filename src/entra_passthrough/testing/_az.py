@@ -1,0 +1,158 @@
+"""The ``az`` stand-in that azure-identity's AzureCliCredential runs.
+
+AzureCliCredential (azure-identity 1.27 ``_credentials/azure_cli.py``) runs
+``az account get-access-token --output json --resource R [--tenant T] [--subscription S]`` and
+parses ``accessToken`` and ``expires_on`` (else ``expiresOn``). A stderr mentioning ``az login``
+without an AADSTS code becomes CredentialUnavailableError. The stand-in asks the emulator (HTTPS,
+verified against its CA) for a token of the signed-in developer user, authenticated by a
+per-emulator key so that nothing else can mint tokens this way.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+import json
+import os
+import stat
+import sys
+import time
+from pathlib import Path
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from . import _errors as e
+from ._issue import mint_access, user_subject
+from ._state import Runtime
+from ._world import AZURE_CLI_CLIENT_ID, stable_id
+
+_SCRIPT = r'''#!{python}
+"""az stand-in written by entra_passthrough.testing (the local Entra emulator)."""
+import json, os, ssl, sys, urllib.error, urllib.request
+
+def main(argv):
+    url = os.environ.get("ENTRA_EMULATOR_URL")
+    user = os.environ.get("ENTRA_EMULATOR_AZ_USER")
+    if argv[:1] == ["--version"]:
+        print("azure-cli (entra-passthrough emulator stand-in)")
+        return 0
+    if not url or not user:
+        sys.stderr.write("ERROR: Please run 'az login' to setup account.\n")
+        return 1
+    opts = {{}}
+    cmd = []
+    it = iter(argv)
+    for a in it:
+        if a.startswith("--"):
+            opts[a[2:]] = next(it, "")
+        else:
+            cmd.append(a)
+    if cmd == ["account", "get-access-token"]:
+        body = {{"command": "token", "resource": opts.get("resource"), "scope": opts.get("scope"),
+                "tenant": opts.get("tenant")}}
+    elif cmd == ["account", "show"]:
+        body = {{"command": "show"}}
+    else:
+        sys.stderr.write("ERROR: the emulator's az stand-in supports only "
+                         "'account get-access-token' and 'account show'\n")
+        return 2
+    body["user"] = user
+    req = urllib.request.Request(url + "/_emulator/az", data=json.dumps(body).encode(),
+        headers={{"Content-Type": "application/json",
+                 "Authorization": "Emulator " + os.environ.get("ENTRA_EMULATOR_AZ_KEY", "")}})
+    ctx = ssl.create_default_context(cafile=os.environ.get("ENTRA_EMULATOR_CA_FILE"))
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=30) as resp:
+            out = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        err = json.loads(exc.read() or b"{{}}")
+        sys.stderr.write("ERROR: " + err.get("error_description", "emulator error") + "\n")
+        return 1
+    print(json.dumps(out, indent=2))
+    return 0
+
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+def write_stand_in(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "az"
+    path.write_text(_SCRIPT.format(python=sys.executable), encoding="utf-8")
+    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return path
+
+
+def az_env(rt: Runtime, *, bin_dir: Path, ca_file: str, user: str | None) -> dict[str, str]:
+    return {
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "ENTRA_EMULATOR_URL": rt.url,
+        "ENTRA_EMULATOR_CA_FILE": ca_file,
+        "ENTRA_EMULATOR_AZ_KEY": rt.az_key,
+        "ENTRA_EMULATOR_AZ_USER": user or "",
+    }
+
+
+async def az_endpoint(rt: Runtime, request: Request) -> Response:
+    rt.count("az")
+    given = request.headers.get("authorization", "").removeprefix("Emulator ")
+    if not hmac.compare_digest(given.encode(), rt.az_key.encode()):
+        return JSONResponse({"error": "unauthorized"}, status_code=401)
+    try:
+        body = json.loads(await request.body())
+    except ValueError:
+        return JSONResponse({"error": "invalid_request"}, status_code=400)
+    user = rt.world.user(str(body.get("user", "")))
+    if user is None:
+        return JSONResponse(
+            {"error_description": "Please run 'az login' to setup account."}, status_code=400
+        )
+    subscription = stable_id("subscription", user.tenant_id)
+    if body.get("command") == "show":
+        return JSONResponse(
+            {
+                "environmentName": "AzureCloud",
+                "homeTenantId": user.tenant_id,
+                "id": subscription,
+                "isDefault": True,
+                "name": "Emulator subscription",
+                "state": "Enabled",
+                "tenantId": user.tenant_id,
+                "user": {"name": user.upn, "type": "user"},
+            }
+        )
+    resource = body.get("resource") or (body.get("scope") or "").removesuffix("/.default")
+    tenant = rt.world.tenant(body["tenant"]) if body.get("tenant") else None
+    try:
+        if body.get("tenant") and tenant is None:
+            raise e.StsError(90002, "invalid_request", f"Tenant '{body['tenant']}' not found.")
+        tid = tenant.id if tenant else user.tenant_id
+        app = rt.world.app(str(resource)) or rt.world.app(str(resource).rstrip("/"))
+        if app is None:
+            raise e.resource_not_found(str(resource), tid)
+    except e.StsError as err:
+        return JSONResponse(err.body(), status_code=400)
+    lifetime = rt.world.lifetimes.access_token
+    # az asks for a v1-style resource; the token is a delegated token of the Azure CLI client.
+    token = mint_access(
+        rt,
+        resource=app,
+        client_id=AZURE_CLI_CLIENT_ID,
+        client_acr="0",
+        subject=user_subject(rt, user, tid),
+        scopes=app.exposed_scopes or ("user_impersonation",),
+        app_only=False,
+        lifetime=lifetime,
+    )
+    expires = int(time.time()) + lifetime
+    return JSONResponse(
+        {
+            "accessToken": token,
+            "expiresOn": dt.datetime.fromtimestamp(expires).strftime("%Y-%m-%d %H:%M:%S.%f"),
+            "expires_on": expires,
+            "subscription": subscription,
+            "tenant": tid,
+            "tokenType": "Bearer",
+        }
+    )

@@ -1,0 +1,189 @@
+"""Client authentication at the token endpoint: secret, certificate assertion, federated assertion.
+
+Rules:
+- Unknown client -> AADSTS700016; no credential on a confidential client -> AADSTS7000218;
+  wrong secret -> AADSTS7000215 (https://learn.microsoft.com/entra/identity-platform/reference-error-codes).
+- Certificate assertions: header ``x5t`` (or ``x5t#S256``) names a certificate registered on the
+  app, signature RS256/PS256, ``aud`` the token endpoint, ``iss`` = ``sub`` = client id, ``exp``
+  in the future (https://learn.microsoft.com/entra/identity-platform/certificate-credentials).
+- Federated assertions: a token whose issuer, subject and audience match a federated identity
+  credential of the app, else AADSTS700211 (https://learn.microsoft.com/entra/workload-id/
+  workload-identity-federation-config-app-trust-managed-identity). A managed identity's token for
+  api://AzureADTokenExchange carries the MI's object id as ``sub`` and the v2 issuer.
+- Entra Agent ID: an agent identity authenticates with T1, the token its blueprint obtained with
+  ``fmi_path`` = the agent identity (https://learn.microsoft.com/entra/agent-id/identity-platform/
+  agent-on-behalf-of-oauth-flow).
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from cryptography import x509
+
+from . import _ca
+from . import _errors as e
+from ._state import Runtime
+from ._tokens import verify
+from ._world import TOKEN_EXCHANGE_APP_ID, TOKEN_EXCHANGE_AUDIENCE, App
+
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+
+@dataclass(frozen=True)
+class ClientAuth:
+    app: App
+    acr: str  # "0" public client, "1" secret, "2" certificate or assertion
+
+
+def _basic(headers: Mapping[str, str]) -> tuple[str, str] | None:
+    raw = headers.get("authorization", "")
+    if not raw.lower().startswith("basic "):
+        return None
+    try:
+        user, _, pw = base64.b64decode(raw[6:]).decode().partition(":")
+    except ValueError:
+        return None
+    return user, pw
+
+
+def authenticate(
+    rt: Runtime,
+    form: Mapping[str, str],
+    headers: Mapping[str, str],
+    *,
+    tenant_id: str,
+    token_endpoints: tuple[str, ...],
+    confidential_only: bool,
+) -> ClientAuth:
+    basic = _basic(headers)
+    client_id = form.get("client_id") or (basic[0] if basic else "")
+    assertion = form.get("client_assertion")
+    unverified: dict[str, Any] = {}
+    if assertion:
+        if form.get("client_assertion_type") != ASSERTION_TYPE:
+            raise e.StsError(
+                7000216,
+                "invalid_client",
+                "'client_assertion', 'client_secret' or 'request' is required for the "
+                "'client_credentials' grant type.",
+                status=401,
+            )
+        try:
+            unverified = jwt.decode(assertion, options={"verify_signature": False})
+        except jwt.PyJWTError:
+            raise e.bad_client_assertion("Client assertion is not a valid JWT.", 50027) from None
+        client_id = client_id or str(unverified.get("sub") or "")
+    if not client_id:
+        raise e.missing_param("client_id")
+    app = rt.world.app(client_id)
+    if app is None or app.client_id != client_id:
+        raise e.unknown_client(client_id, tenant_id)
+    if assertion:
+        return ClientAuth(app, _check_assertion(rt, app, assertion, unverified, token_endpoints))
+    secret = form.get("client_secret") or (basic[1] if basic else None)
+    if secret:
+        if not app.secret or not hmac.compare_digest(secret.encode(), app.secret.encode()):
+            raise e.bad_secret(app.client_id)
+        return ClientAuth(app, "1")
+    if app.public_client and not confidential_only:
+        return ClientAuth(app, "0")
+    raise e.missing_credential()
+
+
+def _check_assertion(
+    rt: Runtime, app: App, assertion: str, claims: Mapping[str, Any], endpoints: tuple[str, ...]
+) -> str:
+    header = jwt.get_unverified_header(assertion)
+    now = time.time()
+    if header.get("x5t") or header.get("x5t#S256"):
+        return _check_certificate(app, assertion, header, endpoints, now)
+    # Federated credential (or an agent identity's T1): a token this emulator issued.
+    try:
+        verified = verify(rt.keys, assertion)
+    except jwt.PyJWTError:
+        verified = None
+    iss = str(claims.get("iss", ""))
+    sub = str(claims.get("sub", ""))
+    aud = claims.get("aud", "")
+    aud_s = aud if isinstance(aud, str) else " ".join(map(str, aud))
+    if verified is None:
+        raise e.no_matching_fic(iss, sub, aud_s)
+    if int(verified.get("exp", 0)) < now:
+        # AADSTS700024: the assertion is not within its valid time range (certificate-credentials).
+        raise e.bad_client_assertion("Client assertion is not within its valid time range.", 700024)
+    if app.kind == "agent_identity":
+        if (
+            verified.get("azp") == app.blueprint_id
+            and sub == app.client_id
+            and aud == TOKEN_EXCHANGE_APP_ID
+        ):
+            return "2"
+        raise e.no_matching_fic(iss, sub, aud_s)
+    for fic in app.federated_credentials:
+        fic_issuer = fic.issuer or rt.issuer(app.tenant_id, 2)
+        audiences = set(fic.audiences)
+        if TOKEN_EXCHANGE_AUDIENCE in audiences:
+            audiences.add(TOKEN_EXCHANGE_APP_ID)
+        if iss == fic_issuer and sub == fic.subject and aud_s in audiences:
+            return "2"
+    raise e.no_matching_fic(iss, sub, aud_s)
+
+
+def _check_certificate(
+    app: App,
+    assertion: str,
+    header: Mapping[str, Any],
+    endpoints: tuple[str, ...],
+    now: float,
+) -> str:
+    if not app.certificate_pem:
+        raise e.bad_client_assertion(
+            f"The certificate with identifier used to sign the client assertion is not registered "
+            f"on application. [Reason - The key was not found., Thumbprint of key used by client: "
+            f"'{str(header.get('x5t', ''))[:60]}'.]",
+            700027,
+        )
+    cert = x509.load_pem_x509_certificate(app.certificate_pem)
+    if header.get("x5t") not in (None, _ca.x5t(cert)) or header.get("x5t#S256") not in (
+        None,
+        _ca.x5t_s256(cert),
+    ):
+        raise e.bad_client_assertion(
+            "The certificate with identifier used to sign the client assertion is not registered "
+            "on application. [Reason - The key was not found.]",
+            700027,
+        )
+    try:
+        verified = jwt.decode(
+            assertion,
+            cert.public_key(),  # type: ignore[arg-type]
+            algorithms=["RS256", "PS256"],
+            options={"verify_aud": False, "verify_exp": False, "verify_nbf": False},
+        )
+    except jwt.PyJWTError:
+        raise e.bad_client_assertion(
+            "Client assertion failed signature validation.", 7000274
+        ) from None
+    if verified.get("iss") != app.client_id or verified.get("sub") != app.client_id:
+        raise e.bad_client_assertion(
+            "Client assertion contains an invalid issuer or subject.", 700023
+        )
+    aud = verified.get("aud")
+    auds = {aud} if isinstance(aud, str) else set(aud or ())
+    if not auds & set(endpoints):
+        # certificate-credentials: "aud" must be the token endpoint. The exact code Entra sends
+        # here is not documented; 700021 is what it answers for an invalid client assertion.
+        raise e.bad_client_assertion(
+            "The audience claim in client assertion is not valid. It must be the token endpoint.",
+            700021,
+        )
+    if int(verified.get("exp", 0)) < now:
+        raise e.bad_client_assertion("Client assertion is not within its valid time range.", 700024)
+    return "2"

@@ -1,0 +1,374 @@
+"""``EntraEmulator``: the local Entra ID that tests, benchmarks and the demo run against."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from . import _ca
+from ._az import az_env, write_stand_in
+from ._issue import mint_access, user_subject
+from ._server import ServerThread, build_app, build_msi_app
+from ._state import Fault, Runtime
+from ._tokens import Subject
+from ._world import App, ManagedIdentity, User, World
+
+if TYPE_CHECKING:
+    import requests
+
+_ENDPOINTS = ("token", "authorize", "discovery", "jwks", "msi", "az")
+_GRANTS = ("client_credentials", "on_behalf_of", "authorization_code", "refresh_token", "password")
+
+
+class EntraEmulator:
+    """A local Entra ID over HTTPS on 127.0.0.1 that unmodified MSAL and azure-identity accept.
+
+    Example::
+
+        with EntraEmulator() as idp:
+            app = msal.ConfidentialClientApplication(
+                idp.agent.client_id, client_credential=idp.agent.secret,
+                authority=idp.authority, instance_discovery=False,
+                http_client=idp.msal_http_client())
+            user_token = idp.user_token("alice", audience=idp.agent.client_id)
+            result = app.acquire_token_on_behalf_of(user_token, [f"{idp.mcp.app_id_uri}/.default"])
+    """
+
+    def __init__(
+        self, *, world: World | None = None, port: int = 0, token_latency: float = 0.0
+    ) -> None:
+        self._world = world or World.default()
+        self._port = port
+        self._rt = Runtime(world=self._world, token_latency=token_latency)
+        self._dir: Path | None = None
+        self._server: ServerThread | None = None
+        self._ca_file = ""
+
+    # ---- lifecycle -----------------------------------------------------------------------
+    def start(self) -> EntraEmulator:
+        if self._server is not None:
+            return self
+        self._dir = Path(tempfile.mkdtemp(prefix="entra-emulator-"))
+        tls = _ca.make_tls_material()
+        ca, cert, key = self._dir / "ca.pem", self._dir / "server.pem", self._dir / "server-key.pem"
+        ca.write_bytes(tls.ca_cert_pem)
+        cert.write_bytes(tls.server_cert_pem)
+        key.write_bytes(tls.server_key_pem)
+        key.chmod(0o600)
+        self._ca_file = str(ca)
+        write_stand_in(self._dir / "bin")
+        server = ServerThread(
+            build_app(self._rt),
+            build_msi_app(self._rt),
+            cert=str(cert),
+            key=str(key),
+            port=self._port,
+        )
+        https_port, http_port = server.start()
+        self._server = server
+        self._rt.url = f"https://127.0.0.1:{https_port}"
+        self._rt.mi_url = f"http://127.0.0.1:{http_port}/msi/token"
+        return self
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+    def __enter__(self) -> EntraEmulator:
+        return self.start()
+
+    def __exit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> EntraEmulator:
+        return await asyncio.to_thread(self.start)
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await asyncio.to_thread(self.close)
+
+    def __repr__(self) -> str:
+        return f"EntraEmulator(url={self._rt.url!r})"
+
+    # ---- where it is ---------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return self._rt.url
+
+    @property
+    def ca_file(self) -> str:
+        return self._ca_file
+
+    @property
+    def world(self) -> World:
+        return self._world
+
+    @property
+    def tenant_id(self) -> str:
+        return self._world.tenants[0].id
+
+    @property
+    def second_tenant_id(self) -> str:
+        return self._world.tenants[1].id
+
+    @property
+    def authority(self) -> str:
+        return f"{self.url}/{self.tenant_id}"
+
+    def issuer(self, tenant_id: str | None = None, version: str = "2.0") -> str:
+        return self._rt.issuer(tenant_id or self.tenant_id, 2 if version.startswith("2") else 1)
+
+    def jwks_uri(self, tenant_id: str | None = None) -> str:
+        return f"{self.url}/{tenant_id or self.tenant_id}/discovery/v2.0/keys"
+
+    @property
+    def mi_endpoint(self) -> str:
+        return self._rt.mi_url
+
+    # ---- the default world ---------------------------------------------------------------
+    def app(self, name: str) -> App:
+        found = self._world.app(name)
+        if found is None:
+            raise KeyError(name)
+        return found
+
+    @property
+    def agent(self) -> App:
+        return self.app("agent")
+
+    @property
+    def mcp(self) -> App:
+        return self.app("mcp")
+
+    @property
+    def legacy_api(self) -> App:
+        return self.app("legacy_api")
+
+    @property
+    def foundry(self) -> App:
+        return self.app("foundry")
+
+    @property
+    def frontend(self) -> App:
+        return self.app("frontend")
+
+    @property
+    def blueprint(self) -> App:
+        return self.app("blueprint")
+
+    @property
+    def agent_identity(self) -> App:
+        return self.app("agent_identity")
+
+    @property
+    def managed_identity(self) -> ManagedIdentity:
+        return self._world.managed_identities[0]
+
+    @property
+    def users(self) -> dict[str, User]:
+        return {u.name: u for u in self._world.users}
+
+    # ---- minting without HTTP ------------------------------------------------------------
+    def _user(self, user: str | User) -> User:
+        if isinstance(user, User):
+            return user
+        found = self._world.user(user)
+        if found is None:
+            raise KeyError(user)
+        return found
+
+    def user_token(
+        self,
+        user: str | User = "alice",
+        *,
+        audience: str | None = None,
+        scopes: Sequence[str] | None = None,
+        tenant_id: str | None = None,
+        lifetime: int = 3600,
+        version: int | str | None = None,
+        extra_claims: Mapping[str, Any] | None = None,
+        client_id: str | None = None,
+    ) -> str:
+        """A delegated token for ``user`` as the token endpoint would issue it.
+
+        ``audience``: a client id, App ID URI or resource URL (default: the agent app). v2 tokens
+        carry the resource's client id as ``aud``; v1 tokens the identifier asked for. ``client_id``
+        is the app the user signed in to (``azp``/``appid``; default: the frontend app).
+        """
+        u = self._user(user)
+        ident = audience or self.agent.client_id
+        resource = self._world.app(ident) or self._world.app(ident.rstrip("/"))
+        if resource is None:
+            raise KeyError(f"no app or resource {ident!r} in the emulator's world")
+        ver = int(float(version)) if version is not None else resource.access_token_version
+        aud = resource.client_id if ver == 2 else ident
+        if scopes is None:
+            scopes = resource.exposed_scopes[:1] or ("user_impersonation",)
+        tid = tenant_id or u.tenant_id
+        return mint_access(
+            self._rt,
+            resource=resource,
+            client_id=client_id or self.frontend.client_id,
+            client_acr="0",
+            subject=user_subject(self._rt, u, tid),
+            scopes=scopes,
+            app_only=False,
+            lifetime=lifetime,
+            version=ver,
+            audience=aud,
+            extra=extra_claims,
+        )
+
+    def app_token(
+        self,
+        *,
+        client_id: str,
+        audience: str,
+        roles: Sequence[str] = (),
+        tenant_id: str | None = None,
+        lifetime: int = 3600,
+    ) -> str:
+        """An app-only token (client credentials / managed identity) for ``audience``."""
+        resource = self._world.app(audience) or self._world.app(audience.rstrip("/"))
+        if resource is None:
+            raise KeyError(f"no app or resource {audience!r} in the emulator's world")
+        client = self._world.app(client_id)
+        mi = self._world.identity(client_id)
+        oid = client.object_id if client else mi.object_id if mi else client_id
+        ver = resource.access_token_version
+        return mint_access(
+            self._rt,
+            resource=resource,
+            client_id=client_id,
+            client_acr="1",
+            subject=Subject(oid=oid, tid=tenant_id or self.tenant_id),
+            roles=roles,
+            app_only=True,
+            lifetime=lifetime,
+            audience=resource.client_id if ver == 2 else audience,
+        )
+
+    # ---- control -------------------------------------------------------------------------
+    def stats(self) -> dict[str, dict[str, int]]:
+        rt = self._rt
+        with rt.lock:
+            endpoints = {name: 0 for name in _ENDPOINTS} | dict(rt.endpoints)
+            grants = {name: 0 for name in _GRANTS} | dict(rt.grants_stats)
+        return {"endpoints": endpoints, "grants": grants}
+
+    def reset_stats(self) -> None:
+        with self._rt.lock:
+            self._rt.endpoints.clear()
+            self._rt.grants_stats.clear()
+
+    def inject_fault(
+        self,
+        endpoint: str = "token",
+        *,
+        status: int = 503,
+        retry_after: float | None = None,
+        delay: float = 0.0,
+        drop: bool = False,
+        count: int = 1,
+    ) -> None:
+        """The next ``count`` requests to ``endpoint`` (token, authorize, discovery, jwks, msi,
+        az) get ``status`` (with ``Retry-After``), after ``delay`` seconds, or a dropped
+        connection."""
+        with self._rt.lock:
+            self._rt.faults.setdefault(endpoint, []).append(
+                Fault(status=status, retry_after=retry_after, delay=delay, drop=drop, count=count)
+            )
+
+    def clear_faults(self) -> None:
+        with self._rt.lock:
+            self._rt.faults.clear()
+
+    @property
+    def token_latency(self) -> float:
+        return self._rt.token_latency
+
+    @token_latency.setter
+    def token_latency(self, seconds: float) -> None:
+        self._rt.token_latency = float(seconds)
+
+    def rotate_keys(self, *, retire_old: bool = False) -> str:
+        """Publish a new signing key first (old ones stay published) or retire the old ones.
+        Returns the current key id."""
+        return self._rt.keys.rotate(retire_old=retire_old).kid
+
+    @property
+    def signing_kid(self) -> str:
+        return self._rt.keys.current.kid
+
+    def issued(self) -> set[str]:
+        """Every token, code and refresh token issued, plus every secret held: for leak scans."""
+        with self._rt.lock:
+            out = set(self._rt.issued)
+        out.update(a.secret for a in self._world.apps if a.secret)
+        out.update(u.password for u in self._world.users)
+        out.update((self._rt.mi_header, self._rt.az_key))
+        return out
+
+    def grant_consent(
+        self,
+        user: str | None,
+        client_id: str,
+        scopes: Sequence[str],
+        *,
+        resource: str | None = None,
+    ) -> None:
+        """Record consent. Scopes are full (``api://<app>/access_as_user``) or bare names on
+        ``resource`` (default: the mcp app). ``user=None`` is an admin consent."""
+        by_resource: dict[str, list[str]] = {}
+        for s in scopes:
+            if "/" in s:
+                ident, _, name = s.rpartition("/")
+            else:
+                ident, name = resource or self.mcp.client_id, s
+            app = self._world.app(ident)
+            if app is None:
+                raise KeyError(ident)
+            by_resource.setdefault(app.client_id, []).append(name)
+        name_of = self._user(user).name if user else None
+        for rid, names in by_resource.items():
+            self._rt.grant_consent(name_of, client_id, rid, names)
+
+    def revoke_consent(self, user: str, client_id: str) -> None:
+        self._rt.revoke_consent(self._user(user).name, client_id)
+
+    def revoke_refresh_tokens(self, user: str) -> int:
+        return self._rt.revoke_refresh_tokens(self._user(user).name)
+
+    # ---- pointing clients at it ----------------------------------------------------------
+    def msal_http_client(self) -> requests.Session:
+        """A requests.Session for MSAL's ``http_client=``: trusts only the emulator's CA and
+        ignores REQUESTS_CA_BUNDLE/proxies (``trust_env=False``; tests only)."""
+        import requests
+
+        session = requests.Session()
+        session.verify = self.ca_file
+        session.trust_env = False
+        return session
+
+    def mi_env(self) -> dict[str, str]:
+        return {"IDENTITY_ENDPOINT": self._rt.mi_url, "IDENTITY_HEADER": self._rt.mi_header}
+
+    def az_env(self, user: str | None = "alice") -> dict[str, str]:
+        """Environment for AzureCliCredential: the ``az`` stand-in first on PATH, signed in as
+        ``user`` (``None``: not logged in)."""
+        if self._dir is None:
+            raise RuntimeError("the emulator is not running")
+        name = self._user(user).name if user else None
+        return az_env(self._rt, bin_dir=self._dir / "bin", ca_file=self.ca_file, user=name)

@@ -1,0 +1,269 @@
+"""Entra's error answers, with the body shape Entra sends.
+
+Shape (https://learn.microsoft.com/entra/identity-platform/reference-error-codes#sample-error-response):
+``error``, ``error_description`` = "AADSTS<code>: <text>\\r\\nTrace ID: ...\\r\\nCorrelation ID:
+...\\r\\nTimestamp: yyyy-mm-dd hh:mm:ssZ", ``error_codes`` [code], ``timestamp``, ``trace_id``,
+``correlation_id``, ``error_uri`` (https://login.microsoftonline.com/error?code=N), plus
+``suberror`` and ``claims`` where Entra sends them (https://learn.microsoft.com/entra/identity-platform/
+v2-oauth2-on-behalf-of-flow#error-response-example). The correlation id echoes the client's
+``client-request-id`` header as Entra does (MSAL sends one with every request).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+
+class StsError(Exception):
+    """An error answer of the emulated STS. Never carries a token or secret in its text."""
+
+    def __init__(
+        self,
+        code: int,
+        error: str,
+        text: str,
+        *,
+        status: int = 400,
+        suberror: str | None = None,
+        claims: str | None = None,
+    ) -> None:
+        super().__init__(f"AADSTS{code}: {text}")
+        self.code = code
+        self.error = error
+        self.text = text
+        self.status = status
+        self.suberror = suberror
+        self.claims = claims
+
+    def body(self, correlation_id: str | None = None) -> dict[str, Any]:
+        trace_id = str(uuid.uuid4())
+        correlation_id = correlation_id or str(uuid.uuid4())
+        ts = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+        body: dict[str, Any] = {
+            "error": self.error,
+            "error_description": (
+                f"AADSTS{self.code}: {self.text}\r\nTrace ID: {trace_id}\r\n"
+                f"Correlation ID: {correlation_id}\r\nTimestamp: {ts}"
+            ),
+            "error_codes": [self.code],
+            "timestamp": ts,
+            "trace_id": trace_id,
+            "correlation_id": correlation_id,
+            "error_uri": f"https://login.microsoftonline.com/error?code={self.code}",
+        }
+        if self.suberror:
+            body["suberror"] = self.suberror
+        if self.claims:
+            body["claims"] = self.claims
+        return body
+
+
+# Messages follow the texts Entra returns (reference-error-codes and the flow pages). Each helper
+# names the page that documents the condition.
+
+
+def missing_param(name: str) -> StsError:
+    # AADSTS900144 https://learn.microsoft.com/entra/identity-platform/reference-error-codes
+    return StsError(
+        900144,
+        "invalid_request",
+        f"The request body must contain the following parameter: '{name}'.",
+    )
+
+
+def unsupported_grant(grant: str) -> StsError:
+    # AADSTS70003 https://learn.microsoft.com/entra/identity-platform/reference-error-codes
+    return StsError(
+        70003,
+        "unsupported_grant_type",
+        f"The app requested an unsupported grant type '{grant[:80]}'.",
+    )
+
+
+def invalid_scope(scope: str) -> StsError:
+    # AADSTS70011 https://learn.microsoft.com/entra/identity-platform/reference-error-codes
+    return StsError(
+        70011,
+        "invalid_scope",
+        f"The provided value for the input parameter 'scope' is not valid. The scope {scope[:200]}"
+        " is not valid.",
+    )
+
+
+def unknown_client(client_id: str, tenant: str) -> StsError:
+    # AADSTS700016 https://learn.microsoft.com/entra/identity-platform/reference-error-codes
+    return StsError(
+        700016,
+        "unauthorized_client",
+        f"Application with identifier '{client_id[:80]}' was not found in the directory "
+        f"'{tenant}'. This can happen if the application has not been installed by the "
+        "administrator of the tenant or consented to by any user in the tenant. You may have sent "
+        "your authentication request to the wrong tenant.",
+    )
+
+
+def bad_secret(client_id: str) -> StsError:
+    # AADSTS7000215 https://learn.microsoft.com/entra/identity-platform/reference-error-codes
+    return StsError(
+        7000215,
+        "invalid_client",
+        "Invalid client secret provided. Ensure the secret being sent in the request is the "
+        f"client secret value, not the client secret ID, for a secret added to app '{client_id}'.",
+        status=401,
+    )
+
+
+def missing_credential() -> StsError:
+    # AADSTS7000218 https://learn.microsoft.com/entra/identity-platform/reference-error-codes
+    return StsError(
+        7000218,
+        "invalid_client",
+        "The request body must contain the following parameter: 'client_assertion' or "
+        "'client_secret'.",
+        status=401,
+    )
+
+
+def bad_client_assertion(text: str, code: int = 700027) -> StsError:
+    # AADSTS700027 (signature/certificate), AADSTS700024 (time range)
+    # https://learn.microsoft.com/entra/identity-platform/certificate-credentials
+    return StsError(code, "invalid_client", text, status=401)
+
+
+def no_matching_fic(issuer: str, subject: str, audience: str) -> StsError:
+    # AADSTS700211/700212/700213: no federated identity credential matches
+    # https://learn.microsoft.com/entra/workload-id/workload-identity-federation-considerations
+    return StsError(
+        700211,
+        "invalid_client",
+        f"No matching federated identity record found for presented assertion issuer "
+        f"'{issuer[:200]}'. Please check your federated identity credential Subject, Audience and "
+        f"Issuer against the presented assertion (subject '{subject[:80]}', audience "
+        f"'{audience[:120]}').",
+        status=401,
+    )
+
+
+def assertion_audience(aud: str, client_id: str) -> StsError:
+    # AADSTS50013 https://learn.microsoft.com/entra/identity-platform/v2-oauth2-on-behalf-of-flow
+    return StsError(
+        50013,
+        "invalid_grant",
+        f"Assertion failed signature validation. [Reason - The audience in the assertion was "
+        f"'{aud[:200]}' and the expected audience is '{client_id}' or one of the Application Id "
+        "URIs of this application.]",
+    )
+
+
+def assertion_invalid(reason: str) -> StsError:
+    # AADSTS50013 is also the answer to a bad signature or issuer.
+    return StsError(50013, "invalid_grant", f"Assertion failed signature validation. [{reason}]")
+
+
+def assertion_expired(now: int, exp: int) -> StsError:
+    # AADSTS500133 https://learn.microsoft.com/entra/identity-platform/reference-error-codes
+    def fmt(t: int) -> str:
+        return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%m/%d/%Y %H:%M:%S")
+
+    return StsError(
+        500133,
+        "invalid_grant",
+        "Assertion is not within its valid time range. Ensure that the access token is not "
+        "expired before using it for user assertion, or request a new token. Current time: "
+        f"{fmt(now)}, expiry time of assertion {fmt(exp)}.",
+    )
+
+
+def resource_not_found(resource: str, tenant: str) -> StsError:
+    # AADSTS500011 https://learn.microsoft.com/entra/identity-platform/reference-error-codes
+    return StsError(
+        500011,
+        "invalid_resource",
+        f"The resource principal named {resource[:200]} was not found in the tenant named "
+        f"{tenant}. This can happen if the application has not been installed by the "
+        "administrator of the tenant or consented to by any user in the tenant. You might have "
+        "sent your authentication request to the wrong tenant.",
+    )
+
+
+def consent_required(client_id: str, client_name: str) -> StsError:
+    # AADSTS65001, suberror consent_required:
+    # https://learn.microsoft.com/entra/identity-platform/v2-oauth2-on-behalf-of-flow
+    return StsError(
+        65001,
+        "invalid_grant",
+        f"The user or administrator has not consented to use the application with ID "
+        f"'{client_id}' named '{client_name}'. Send an interactive authorization request for this "
+        "user and resource.",
+        suberror="consent_required",
+    )
+
+
+def app_only_assertion(client_id: str) -> StsError:
+    # AADSTS7000114 (unauthorized_client): an app-only token cannot be exchanged by OBO
+    # https://learn.microsoft.com/entra/identity-platform/reference-error-codes
+    return StsError(
+        7000114,
+        "unauthorized_client",
+        f"Application '{client_id}' is not allowed to make application on-behalf-of calls.",
+    )
+
+
+def mfa_required(resource: str, claims: str) -> StsError:
+    # AADSTS50076 + claims challenge
+    # https://learn.microsoft.com/entra/identity-platform/v2-oauth2-on-behalf-of-flow#error-response-example
+    return StsError(
+        50076,
+        "interaction_required",
+        "Due to a configuration change made by your administrator, or because you moved to a new "
+        f"location, you must use multi-factor authentication to access '{resource}'.",
+        suberror="basic_action",
+        claims=claims,
+    )
+
+
+def blocked_by_ca() -> StsError:
+    # AADSTS53003 https://learn.microsoft.com/entra/identity-platform/reference-error-codes
+    return StsError(
+        53003,
+        "invalid_grant",
+        "Access has been blocked by Conditional Access policies. The access policy does not "
+        "allow token issuance.",
+        suberror="message_only",
+    )
+
+
+def resource_mismatch() -> StsError:
+    # AADSTS9010010 https://learn.microsoft.com/entra/identity-platform/reference-error-codes
+    return StsError(
+        9010010,
+        "invalid_request",
+        "The resource parameter provided in the request doesn't match with the requested scopes.",
+    )
+
+
+def agent_identity_not_found(ident: str) -> StsError:
+    # AADSTS82001 (Entra Agent ID): the agent identity does not exist / is not a child of the
+    # blueprint. https://learn.microsoft.com/entra/agent-id/identity-platform/agent-token-claims
+    return StsError(
+        82001,
+        "unauthorized_client",
+        f"The agent identity '{ident[:80]}' was not found or is not a child of the calling "
+        "agent identity blueprint.",
+    )
+
+
+def agent_interactive_consent() -> StsError:
+    # AADSTS82014: child agent identities cannot be consented interactively (Entra Agent ID docs)
+    return StsError(
+        82014,
+        "invalid_request",
+        "Agent identities cannot be consented to interactively. An administrator must grant "
+        "the permissions.",
+    )
+
+
+def invalid_grant(code: int, text: str, *, suberror: str | None = None) -> StsError:
+    return StsError(code, "invalid_grant", text, suberror=suberror)

@@ -1,0 +1,222 @@
+"""From a request's ``scope`` to a resource, its permitted scopes/roles, and a token response.
+
+Scope rules: https://learn.microsoft.com/entra/identity-platform/scopes-oidc (a scope is
+``<resource>/<permission>``; ``/.default`` means every permission already granted; OIDC scopes name
+no resource; one resource per request, else AADSTS28000). Response fields:
+https://learn.microsoft.com/entra/identity-platform/v2-oauth2-auth-code-flow#successful-response.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from . import _errors as e
+from ._state import OIDC_SCOPES, RefreshRecord, Runtime
+from ._tokens import Subject, access_token_claims, client_info, id_token_claims, sign
+from ._world import App, User
+
+GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
+
+
+@dataclass(frozen=True)
+class ScopeRequest:
+    resource: App | None
+    names: tuple[str, ...]  # permissions on the resource, e.g. ("access_as_user",) or (".default",)
+    oidc: frozenset[str]
+
+    @property
+    def is_default(self) -> bool:
+        return ".default" in self.names
+
+    def prefix(self) -> str:
+        if self.resource is None:
+            return ""
+        if self.resource.client_id == GRAPH_APP_ID:
+            return ""  # Graph's scopes are returned bare ("User.Read")
+        return (self.resource.app_id_uri or self.resource.client_id).rstrip("/") + "/"
+
+
+def parse_scopes(rt: Runtime, raw: str | None, tenant_id: str) -> ScopeRequest:
+    if not raw or not raw.split():
+        raise e.missing_param("scope")
+    resources: dict[str, App] = {}
+    names: list[str] = []
+    oidc: set[str] = set()
+    for s in raw.split():
+        if s in OIDC_SCOPES:
+            oidc.add(s)
+            continue
+        if "/" in s:
+            ident, _, name = s.rpartition("/")
+        else:
+            # A bare permission ("User.Read") is Microsoft Graph's (scopes-oidc).
+            ident, name = GRAPH_APP_ID, s
+        app = rt.world.app(ident) or rt.world.app(ident.rstrip("/"))
+        if app is None or not (app.multi_tenant or app.tenant_id == tenant_id):
+            raise e.resource_not_found(ident, tenant_id)
+        resources[app.client_id] = app
+        names.append(name)
+    if len(resources) > 1:
+        # AADSTS28000: one resource per token request (scopes-oidc, "The .default scope").
+        raise e.StsError(
+            28000,
+            "invalid_scope",
+            "Provided value for the input parameter scope is not valid because it contains more "
+            "than one resource.",
+        )
+    resource = next(iter(resources.values()), None)
+    for n in names:
+        if n != ".default" and resource is not None and n not in resource.exposed_scopes:
+            raise e.invalid_scope(f"{resource.app_id_uri or resource.client_id}/{n}")
+    return ScopeRequest(resource=resource, names=tuple(names), oidc=frozenset(oidc))
+
+
+def delegated_scopes(rt: Runtime, req: ScopeRequest, client: App, user: User) -> tuple[str, ...]:
+    """The ``scp`` the user may delegate, or AADSTS65001 when consent is missing."""
+    assert req.resource is not None
+    granted = rt.granted_scopes(user, client, req.resource)
+    if req.is_default:
+        if not granted:
+            raise e.consent_required(client.client_id, client.name)
+        return tuple(sorted(granted & set(req.resource.exposed_scopes) or granted))
+    missing = [n for n in req.names if n not in granted]
+    if missing:
+        raise e.consent_required(client.client_id, client.name)
+    return tuple(sorted(set(req.names)))
+
+
+def app_roles(rt: Runtime, client_id: str, resource: App) -> tuple[str, ...]:
+    return tuple(
+        sorted(
+            {
+                r.role
+                for r in rt.world.role_assignments
+                if r.client_id == client_id and r.resource_id == resource.client_id
+            }
+        )
+    )
+
+
+def user_subject(rt: Runtime, user: User, tenant_id: str, amr: Sequence[str] = ("pwd",)) -> Subject:
+    return Subject(
+        oid=user.oid,
+        tid=tenant_id,
+        upn=user.upn,
+        name=user.display_name,
+        home_tid=user.tenant_id,
+        amr=tuple(amr),
+    )
+
+
+def mint_access(
+    rt: Runtime,
+    *,
+    resource: App,
+    client_id: str,
+    client_acr: str,
+    subject: Subject,
+    scopes: Sequence[str] = (),
+    roles: Sequence[str] = (),
+    app_only: bool,
+    lifetime: int | None = None,
+    version: int | None = None,
+    audience: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> str:
+    """Sign an access token for ``resource``: v1 or v2 per its accessTokenAcceptedVersion.
+
+    v2 ``aud`` is the resource's client id; v1 ``aud`` is its App ID URI as requested
+    (access-token-claims-reference, "aud").
+    """
+    ver = version or resource.access_token_version
+    if audience is None:
+        audience = resource.client_id if ver == 2 else (resource.app_id_uri or resource.client_id)
+    claims = access_token_claims(
+        issuer=rt.issuer(subject.tid, ver),
+        version=ver,
+        audience=audience,
+        client_id=client_id,
+        client_acr=client_acr,
+        subject=subject,
+        scopes=scopes,
+        roles=roles,
+        app_only=app_only,
+        lifetime=lifetime if lifetime is not None else rt.world.lifetimes.access_token,
+        optional_claims=resource.optional_claims,
+        home_issuer=rt.issuer(subject.home_tid, 2) if subject.home_tid else None,
+        extra=extra,
+    )
+    token = sign(rt.keys, claims)
+    rt.remember(token)
+    return token
+
+
+def user_token_response(
+    rt: Runtime,
+    *,
+    req: ScopeRequest,
+    client: App,
+    client_acr: str,
+    user: User,
+    tenant_id: str,
+    scp: Sequence[str],
+    form: Mapping[str, str],
+    nonce: str | None = None,
+    amr: Sequence[str] = ("pwd",),
+) -> dict[str, Any]:
+    """A delegated token response as Entra's v2 endpoint returns it."""
+    subject = user_subject(rt, user, tenant_id, amr)
+    lifetime = rt.world.lifetimes.access_token
+    out: dict[str, Any] = {"token_type": "Bearer"}
+    if req.resource is not None:
+        prefix = req.prefix()
+        out["scope"] = " ".join(
+            [prefix + s for s in scp]
+            + sorted(req.oidc & {"openid", "profile", "email", "offline_access"})
+        )
+        out["access_token"] = mint_access(
+            rt,
+            resource=req.resource,
+            client_id=client.client_id,
+            client_acr=client_acr,
+            subject=subject,
+            scopes=scp,
+            app_only=False,
+            lifetime=lifetime,
+        )
+    else:
+        out["scope"] = " ".join(sorted(req.oidc))
+    out["expires_in"] = lifetime
+    out["ext_expires_in"] = lifetime
+    if "offline_access" in req.oidc:
+        # Refresh tokens are returned only with offline_access
+        # (https://learn.microsoft.com/entra/identity-platform/refresh-tokens).
+        scopes = tuple(s for s in form.get("scope", "").split())
+        out["refresh_token"] = rt.new_refresh_token(
+            RefreshRecord(
+                user=user.name,
+                client_id=client.client_id,
+                scopes=scopes,
+                tenant_id=tenant_id,
+                expires=time.time() + rt.world.lifetimes.refresh_token,
+                amr=tuple(amr),
+            )
+        )
+    if "openid" in req.oidc:
+        idt = sign(
+            rt.keys,
+            id_token_claims(
+                issuer=rt.issuer(tenant_id, 2),
+                client_id=client.client_id,
+                subject=subject,
+                nonce=nonce,
+            ),
+        )
+        rt.remember(idt)
+        out["id_token"] = idt
+    if form.get("client_info") == "1":
+        out["client_info"] = client_info(user.oid, user.tenant_id)
+    return out

@@ -1,0 +1,349 @@
+"""The emulator's HTTP surface (Starlette) and the uvicorn servers that run it in a thread.
+
+uvicorn binds its own sockets (port 0, then the port is read back), so asyncio sets TCP_NODELAY on
+every connection; a socket handed over by hand would add ~40 ms per answer (FACTS.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from . import _errors as e
+from ._authorize import authorize, logout
+from ._az import az_endpoint
+from ._msi import msi_token
+from ._state import Fault, Runtime
+from ._token_endpoint import handle_token, resolve_tenant
+
+_NO_STORE = {"Cache-Control": "no-store, no-cache", "Pragma": "no-cache"}
+
+
+def _endpoint_name(path: str) -> str:
+    if path.endswith("/token"):
+        return "token"
+    if "/authorize" in path:
+        return "authorize"
+    if path.endswith("openid-configuration"):
+        return "discovery"
+    if path.endswith("/keys"):
+        return "jwks"
+    if path.startswith("/_emulator/az"):
+        return "az"
+    return path.strip("/").split("/")[-1] or "root"
+
+
+class FaultMiddleware:
+    """Applies injected faults (status, Retry-After, delay, dropped connection) per endpoint."""
+
+    def __init__(self, app: ASGIApp, rt: Runtime) -> None:
+        self.app = app
+        self.rt = rt
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or (
+            scope["path"].startswith("/_emulator/")
+            and not scope["path"].startswith("/_emulator/az")
+        ):
+            await self.app(scope, receive, send)
+            return
+        fault = self.rt.take_fault(_endpoint_name(scope["path"]))
+        if fault is None:
+            await self.app(scope, receive, send)
+            return
+        self.rt.count(_endpoint_name(scope["path"]))
+        await _apply_fault(fault, send)
+
+
+class DroppedConnection(Exception):
+    """Raised after a partial response so that uvicorn closes the connection mid-answer."""
+
+
+async def _apply_fault(fault: Fault, send: Send) -> None:
+    if fault.delay:
+        await asyncio.sleep(fault.delay)
+    if fault.drop:
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"100")]}
+        )
+        raise DroppedConnection("injected: connection dropped")
+    body = e.StsError(
+        0 if fault.status < 500 else 90033 if fault.status == 503 else 90100,
+        "temporarily_unavailable" if fault.status >= 500 else "invalid_request",
+        "Injected fault: the service is temporarily unavailable.",
+        status=fault.status,
+    ).body()
+    raw = json.dumps(body).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
+    if fault.retry_after is not None:
+        headers.append((b"retry-after", str(int(fault.retry_after)).encode()))
+    await send({"type": "http.response.start", "status": fault.status, "headers": headers})
+    await send({"type": "http.response.body", "body": raw})
+
+
+def _json(data: dict[str, Any], status: int = 200) -> JSONResponse:
+    return JSONResponse(data, status_code=status, headers=_NO_STORE)
+
+
+def build_app(rt: Runtime) -> ASGIApp:
+    def handler(fn: Callable[[Runtime, Request], Awaitable[Response]]) -> Callable[..., Any]:
+        async def endpoint(request: Request) -> Response:
+            return await fn(rt, request)
+
+        return endpoint
+
+    async def discovery_v2(rt: Runtime, request: Request) -> Response:
+        rt.count("discovery")
+        seg = request.path_params["tenant"]
+        try:
+            tenant = resolve_tenant(rt, seg)
+        except e.StsError as err:
+            return _json(err.body(), 400)
+        tid = tenant.id if tenant else seg
+        base = f"{rt.url}/{tid}"
+        issuer = rt.issuer(tenant.id if tenant else "{tenantid}", 2)
+        return _json(
+            {
+                "token_endpoint": f"{base}/oauth2/v2.0/token",
+                "token_endpoint_auth_methods_supported": [
+                    "client_secret_post",
+                    "private_key_jwt",
+                    "client_secret_basic",
+                ],
+                "jwks_uri": f"{base}/discovery/v2.0/keys",
+                "response_modes_supported": ["query", "fragment", "form_post"],
+                "subject_types_supported": ["pairwise"],
+                "id_token_signing_alg_values_supported": ["RS256"],
+                "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
+                "scopes_supported": ["openid", "profile", "email", "offline_access"],
+                "issuer": issuer,
+                "request_uri_parameter_supported": False,
+                "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
+                "http_logout_supported": True,
+                "frontchannel_logout_supported": True,
+                "end_session_endpoint": f"{base}/oauth2/v2.0/logout",
+                "claims_supported": [
+                    "sub",
+                    "iss",
+                    "aud",
+                    "exp",
+                    "iat",
+                    "auth_time",
+                    "acr",
+                    "nonce",
+                    "preferred_username",
+                    "name",
+                    "tid",
+                    "ver",
+                    "at_hash",
+                    "c_hash",
+                    "email",
+                ],
+                "tenant_region_scope": None,
+                "cloud_instance_name": "microsoftonline.com",
+                "cloud_graph_host_name": "graph.windows.net",
+                "msgraph_host": "graph.microsoft.com",
+            }
+        )
+
+    async def discovery_v1(rt: Runtime, request: Request) -> Response:
+        rt.count("discovery")
+        seg = request.path_params["tenant"]
+        try:
+            tenant = resolve_tenant(rt, seg)
+        except e.StsError as err:
+            return _json(err.body(), 400)
+        tid = tenant.id if tenant else seg
+        base = f"{rt.url}/{tid}"
+        return _json(
+            {
+                "token_endpoint": f"{base}/oauth2/token",
+                "jwks_uri": f"{base}/discovery/keys",
+                "issuer": rt.issuer(tenant.id if tenant else "{tenantid}", 1),
+                "authorization_endpoint": f"{base}/oauth2/authorize",
+                "end_session_endpoint": f"{base}/oauth2/logout",
+                "id_token_signing_alg_values_supported": ["RS256"],
+                "response_types_supported": ["code", "id_token", "code id_token", "token id_token"],
+                "subject_types_supported": ["pairwise"],
+            }
+        )
+
+    async def jwks(rt: Runtime, request: Request) -> Response:
+        rt.count("jwks")
+        seg = request.path_params["tenant"]
+        v2 = "/v2.0/" in request.url.path
+        tenant = rt.world.tenant(seg)
+        issuer = rt.issuer(tenant.id if tenant else "{tenantid}", 2) if v2 else None
+        return _json({"keys": [k.jwk(issuer) for k in rt.keys.published]})
+
+    async def instance(rt: Runtime, request: Request) -> Response:
+        # https://login.microsoftonline.com/common/discovery/instance (MSAL instance discovery)
+        rt.count("instance_discovery")
+        ep = request.query_params.get("authorization_endpoint", "")
+        path = urllib.parse.urlsplit(ep).path.strip("/").split("/")
+        tenant = path[0] if path and path[0] else "common"
+        host = urllib.parse.urlsplit(rt.url).netloc
+        return _json(
+            {
+                "tenant_discovery_endpoint": (
+                    f"{rt.url}/{tenant}/v2.0/.well-known/openid-configuration"
+                ),
+                "api-version": "1.1",
+                "metadata": [
+                    {"preferred_network": host, "preferred_cache": host, "aliases": [host]}
+                ],
+            }
+        )
+
+    async def userrealm(rt: Runtime, request: Request) -> Response:
+        # MSAL's ROPC first asks /common/userrealm/{user}; "Managed" means no federation (ADFS).
+        rt.count("userrealm")
+        name = request.path_params["user"]
+        user = rt.world.user(name)
+        domain = name.rpartition("@")[2]
+        return _json(
+            {
+                "ver": "1.0",
+                "account_type": "Managed" if user else "Unknown",
+                "domain_name": domain,
+                "cloud_instance_name": "microsoftonline.com",
+                "cloud_audience_urn": "urn:federation:MicrosoftOnline",
+            }
+        )
+
+    async def token(rt: Runtime, request: Request) -> Response:
+        rt.count("token")
+        if rt.token_latency:
+            await asyncio.sleep(rt.token_latency)
+        body = (await request.body()).decode("utf-8", "replace")
+        form = dict(urllib.parse.parse_qsl(body, keep_blank_values=False))
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        try:
+            result = handle_token(
+                rt,
+                request.path_params["tenant"],
+                form,
+                headers,
+                v1=not request.url.path.endswith("/v2.0/token"),
+            )
+        except e.StsError as err:
+            return _json(err.body(request.headers.get("client-request-id")), err.status)
+        return _json(result)
+
+    async def stats(rt: Runtime, request: Request) -> Response:
+        with rt.lock:
+            return _json({"endpoints": dict(rt.endpoints), "grants": dict(rt.grants_stats)})
+
+    async def faults(rt: Runtime, request: Request) -> Response:
+        data = json.loads(await request.body() or b"{}")
+        fault = Fault(
+            status=int(data.get("status", 503)),
+            retry_after=data.get("retry_after"),
+            delay=float(data.get("delay", 0.0)),
+            drop=bool(data.get("drop", False)),
+            count=int(data.get("count", 1)),
+        )
+        with rt.lock:
+            rt.faults.setdefault(str(data.get("endpoint", "token")), []).append(fault)
+        return _json({"ok": True})
+
+    async def rotate(rt: Runtime, request: Request) -> Response:
+        retire = request.query_params.get("retire_old") in ("1", "true")
+        key = rt.keys.rotate(retire_old=retire)
+        return _json({"kid": key.kid})
+
+    routes = [
+        Route("/common/discovery/instance", handler(instance)),
+        Route("/common/userrealm/{user}", handler(userrealm)),
+        Route("/_emulator/stats", handler(stats)),
+        Route("/_emulator/faults", handler(faults), methods=["POST"]),
+        Route("/_emulator/rotate", handler(rotate), methods=["POST"]),
+        Route("/_emulator/az", handler(az_endpoint), methods=["POST"]),
+        Route("/{tenant}/v2.0/.well-known/openid-configuration", handler(discovery_v2)),
+        Route("/{tenant}/.well-known/openid-configuration", handler(discovery_v1)),
+        Route("/{tenant}/discovery/v2.0/keys", handler(jwks)),
+        Route("/{tenant}/discovery/keys", handler(jwks)),
+        Route("/{tenant}/oauth2/v2.0/token", handler(token), methods=["POST"]),
+        Route("/{tenant}/oauth2/token", handler(token), methods=["POST"]),
+        Route("/{tenant}/oauth2/v2.0/authorize", handler(authorize), methods=["GET", "POST"]),
+        Route("/{tenant}/oauth2/v2.0/logout", handler(logout), methods=["GET", "POST"]),
+    ]
+    return FaultMiddleware(Starlette(routes=routes), rt)
+
+
+def build_msi_app(rt: Runtime) -> ASGIApp:
+    async def endpoint(request: Request) -> Response:
+        return await msi_token(rt, request)
+
+    return Starlette(routes=[Route("/msi/token", endpoint)])
+
+
+class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.ready = threading.Event()
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets)
+        self.ready.set()
+
+    @property
+    def port(self) -> int:
+        port: int = self.servers[0].sockets[0].getsockname()[1]
+        return port
+
+
+class ServerThread:
+    """Runs the HTTPS app and the plain-HTTP managed identity app in one loop on one thread."""
+
+    def __init__(self, app: ASGIApp, msi_app: ASGIApp, *, cert: str, key: str, port: int) -> None:
+        common: dict[str, Any] = {
+            "host": "127.0.0.1",
+            "log_level": "critical",
+            "lifespan": "off",
+            "access_log": False,
+            "loop": "asyncio",
+            "http": "h11",
+        }
+        self.https = _Server(
+            uvicorn.Config(app, port=port, ssl_certfile=cert, ssl_keyfile=key, **common)
+        )
+        self.http = _Server(uvicorn.Config(msi_app, port=0, **common))
+        self._thread = threading.Thread(target=self._run, name="entra-emulator", daemon=True)
+        self._error: BaseException | None = None
+
+    def _run(self) -> None:
+        async def both() -> None:
+            await asyncio.gather(self.https.serve(), self.http.serve())
+
+        try:
+            asyncio.run(both())
+        except BaseException as exc:
+            self._error = exc
+            self.https.ready.set()
+            self.http.ready.set()
+
+    def start(self, timeout: float = 30.0) -> tuple[int, int]:
+        self._thread.start()
+        for server in (self.https, self.http):
+            if not server.ready.wait(timeout) or self._error or not server.started:
+                self.stop()
+                raise RuntimeError("the Entra emulator did not start") from self._error
+        return self.https.port, self.http.port
+
+    def stop(self) -> None:
+        self.https.should_exit = True
+        self.http.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)

@@ -1,0 +1,191 @@
+"""The running emulator's mutable state: keys, consents, codes, refresh tokens, stats, faults.
+
+Everything here is guarded by one lock; endpoints run on the server thread while tests call the
+Python API from theirs.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from ._tokens import KeyRing
+from ._world import App, Grant, User, World
+
+#: Scopes OpenID Connect defines; they name no resource.
+#: https://learn.microsoft.com/entra/identity-platform/scopes-oidc#openid-connect-scopes
+OIDC_SCOPES = frozenset({"openid", "profile", "email", "offline_access"})
+
+
+@dataclass
+class Fault:
+    status: int = 503
+    retry_after: float | None = None
+    delay: float = 0.0
+    drop: bool = False
+    count: int = 1
+
+
+@dataclass
+class CodeRecord:
+    user: str
+    client_id: str
+    redirect_uri: str
+    scopes: tuple[str, ...]
+    tenant_id: str
+    challenge: str | None
+    method: str | None
+    nonce: str | None
+    expires: float
+    amr: tuple[str, ...] = ("pwd",)
+    redeemed: bool = False
+
+
+@dataclass
+class RefreshRecord:
+    user: str
+    client_id: str
+    scopes: tuple[str, ...]
+    tenant_id: str
+    expires: float
+    amr: tuple[str, ...] = ("pwd",)
+    revoked: bool = False
+
+
+@dataclass
+class Pending:
+    """A browser sign-in between the user picker and the consent page."""
+
+    user: str
+    expires: float
+
+
+@dataclass
+class Runtime:
+    world: World
+    keys: KeyRing = field(default_factory=KeyRing)
+    url: str = ""
+    mi_url: str = ""
+    token_latency: float = 0.0
+    mi_header: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    az_key: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    endpoints: Counter[str] = field(default_factory=Counter)
+    grants_stats: Counter[str] = field(default_factory=Counter)
+    faults: dict[str, list[Fault]] = field(default_factory=dict)
+    issued: set[str] = field(default_factory=set)
+    consents: list[Grant] = field(default_factory=list)
+    revoked_consents: set[tuple[str, str]] = field(default_factory=set)
+    codes: dict[str, CodeRecord] = field(default_factory=dict)
+    refresh: dict[str, RefreshRecord] = field(default_factory=dict)
+    pending: dict[str, Pending] = field(default_factory=dict)
+    sessions: dict[str, str] = field(default_factory=dict)
+
+    # ---- identities ----------------------------------------------------------------------
+    def issuer(self, tenant_id: str, version: int = 2) -> str:
+        return f"{self.url}/{tenant_id}/v2.0" if version == 2 else f"{self.url}/{tenant_id}/"
+
+    def remember(self, *values: str | None) -> None:
+        with self.lock:
+            self.issued.update(v for v in values if v)
+
+    # ---- stats and faults ----------------------------------------------------------------
+    def count(self, endpoint: str, grant: str | None = None) -> None:
+        with self.lock:
+            self.endpoints[endpoint] += 1
+            if grant:
+                self.grants_stats[grant] += 1
+
+    def count_grant(self, grant: str) -> None:
+        with self.lock:
+            self.grants_stats[grant] += 1
+
+    def take_fault(self, endpoint: str) -> Fault | None:
+        with self.lock:
+            queue = self.faults.get(endpoint)
+            if not queue:
+                return None
+            fault = queue[0]
+            fault.count -= 1
+            if fault.count <= 0:
+                queue.pop(0)
+            return fault
+
+    # ---- consent -------------------------------------------------------------------------
+    def all_grants(self) -> Iterable[Grant]:
+        with self.lock:
+            runtime = list(self.consents)
+            revoked = set(self.revoked_consents)
+        for g in (*self.world.grants, *runtime):
+            if g.user is not None and (g.user, g.client_id) in revoked:
+                continue
+            yield g
+
+    def granted_scopes(self, user: User | None, client: App, resource: App) -> set[str]:
+        """Scopes ``client`` may use on ``resource`` for ``user`` (user grants + admin grants)."""
+        out: set[str] = set()
+        for g in self.all_grants():
+            if g.client_id != client.client_id or g.resource_id not in (resource.client_id, "*"):
+                continue
+            if g.user is not None and (user is None or g.user not in (user.name, user.upn)):
+                continue
+            out.update(resource.exposed_scopes if "*" in g.scopes else g.scopes)
+        return out
+
+    def grant_consent(
+        self, user: str | None, client_id: str, resource_id: str, scopes: Iterable[str]
+    ) -> None:
+        with self.lock:
+            if user is not None:
+                self.revoked_consents.discard((user, client_id))
+            self.consents.append(Grant(client_id, resource_id, tuple(scopes), user=user))
+
+    def revoke_consent(self, user: str, client_id: str) -> None:
+        with self.lock:
+            self.revoked_consents.add((user, client_id))
+            self.consents = [
+                g for g in self.consents if not (g.user == user and g.client_id == client_id)
+            ]
+
+    # ---- codes and refresh tokens --------------------------------------------------------
+    def new_code(self, record: CodeRecord) -> str:
+        code = "emu-code." + secrets.token_urlsafe(32)
+        with self.lock:
+            self.codes[code] = record
+            self.issued.add(code)
+        return code
+
+    def new_refresh_token(self, record: RefreshRecord) -> str:
+        rt = "emu-rt." + secrets.token_urlsafe(48)
+        with self.lock:
+            self.refresh[rt] = record
+            self.issued.add(rt)
+        return rt
+
+    def revoke_refresh_tokens(self, user: str) -> int:
+        n = 0
+        with self.lock:
+            for rec in self.refresh.values():
+                if rec.user == user and not rec.revoked:
+                    rec.revoked = True
+                    n += 1
+        return n
+
+    def new_pending(self, user: str) -> str:
+        pid = secrets.token_urlsafe(24)
+        with self.lock:
+            now = time.time()
+            self.pending = {k: v for k, v in self.pending.items() if v.expires > now}
+            self.pending[pid] = Pending(user=user, expires=now + 600)
+        return pid
+
+    def take_pending(self, pid: str) -> str | None:
+        with self.lock:
+            p = self.pending.get(pid)
+            if p is None or p.expires < time.time():
+                return None
+            return p.user

@@ -1,0 +1,382 @@
+"""``POST /{tenant}/oauth2/v2.0/token``: the grants, each checked the way Entra checks it.
+
+Flow pages: client credentials https://learn.microsoft.com/entra/identity-platform/
+v2-oauth2-client-creds-grant-flow; on-behalf-of .../v2-oauth2-on-behalf-of-flow; authorization code
++ PKCE .../v2-oauth2-auth-code-flow; refresh .../refresh-tokens; ROPC .../v2-oauth-ropc; Agent ID
+https://learn.microsoft.com/entra/agent-id/identity-platform/agent-on-behalf-of-oauth-flow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jwt
+
+from . import _errors as e
+from ._ca import b64url
+from ._client_auth import ClientAuth, authenticate
+from ._issue import (
+    ScopeRequest,
+    app_roles,
+    delegated_scopes,
+    mint_access,
+    parse_scopes,
+    user_token_response,
+)
+from ._state import Runtime
+from ._tokens import Subject, verify
+from ._world import TOKEN_EXCHANGE_APP_ID, App, Tenant, User
+
+JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+GRANT_NAMES = {
+    "client_credentials": "client_credentials",
+    JWT_BEARER: "on_behalf_of",
+    "authorization_code": "authorization_code",
+    "refresh_token": "refresh_token",
+    "password": "password",
+}
+_GENERIC_TENANTS = ("common", "organizations", "consumers")
+
+
+def resolve_tenant(rt: Runtime, segment: str) -> Tenant | None:
+    """A tenant path segment: GUID, domain, or common/organizations (None = decided by the user)."""
+    if segment.lower() in _GENERIC_TENANTS:
+        return None
+    tenant = rt.world.tenant(segment)
+    if tenant is None:
+        # AADSTS90002 https://learn.microsoft.com/entra/identity-platform/reference-error-codes
+        raise e.StsError(
+            90002,
+            "invalid_request",
+            f"Tenant '{segment[:80]}' not found. Check to make sure you have the correct tenant ID "
+            "and are signing into the correct cloud.",
+        )
+    return tenant
+
+
+def handle_token(
+    rt: Runtime, segment: str, form: Mapping[str, str], headers: Mapping[str, str], *, v1: bool
+) -> dict[str, Any]:
+    tenant = resolve_tenant(rt, segment)
+    grant = form.get("grant_type")
+    if not grant:
+        raise e.missing_param("grant_type")
+    if grant not in GRANT_NAMES:
+        raise e.unsupported_grant(grant)
+    rt.count_grant(GRANT_NAMES[grant])
+    form = dict(form)
+    if v1 and form.get("resource") and not form.get("scope"):
+        # The v1 endpoint names the resource instead of scopes.
+        form["scope"] = form["resource"].rstrip("/") + "/.default"
+        form.pop("resource")
+    path_tid = tenant.id if tenant else rt.world.tenants[0].id
+    endpoints = tuple(
+        f"{rt.url}/{seg}/oauth2/{v}token" for seg in {segment, path_tid} for v in ("v2.0/", "")
+    )
+    confidential_only = grant in ("client_credentials", JWT_BEARER)
+    client = authenticate(
+        rt,
+        form,
+        headers,
+        tenant_id=path_tid,
+        token_endpoints=endpoints,
+        confidential_only=confidential_only,
+    )
+    if grant == "client_credentials":
+        return _client_credentials(rt, form, client, path_tid)
+    if grant == JWT_BEARER:
+        return _on_behalf_of(rt, form, client, tenant)
+    if grant == "authorization_code":
+        return _authorization_code(rt, form, client)
+    if grant == "refresh_token":
+        return _refresh(rt, form, client)
+    return _password(rt, form, client, tenant)
+
+
+def _check_resource_param(form: Mapping[str, str], req: ScopeRequest) -> None:
+    # RFC 8707 `resource` on the v2 endpoint must name the scopes' resource, else AADSTS9010010
+    # (reference-error-codes; the generic MCP SDK OAuth client sends it, FACTS.md).
+    res = form.get("resource")
+    if res is None:
+        return
+    if req.resource is None or res.rstrip("/") not in {
+        i.rstrip("/") for i in req.resource.identifiers
+    }:
+        raise e.resource_mismatch()
+
+
+def _client_credentials(
+    rt: Runtime, form: Mapping[str, str], client: ClientAuth, tenant_id: str
+) -> dict[str, Any]:
+    req = parse_scopes(rt, form.get("scope"), tenant_id)
+    _check_resource_param(form, req)
+    if req.resource is None or req.names != (".default",):
+        # AADSTS1002012: client credentials need <resource>/.default (client-creds flow page).
+        raise e.StsError(
+            1002012,
+            "invalid_scope",
+            f"The provided value for scope {form.get('scope', '')[:200]} is not valid. Client "
+            "credential flows must have a scope value with /.default suffixed to the resource "
+            "identifier (application ID URI).",
+        )
+    app = client.app
+    extra: dict[str, Any] = {}
+    subject_oid = app.object_id
+    fmi_path = form.get("fmi_path")
+    if fmi_path:
+        # Agent ID: only a blueprint may ask for its child agent identity's T1 (82001 otherwise).
+        child = rt.world.app(fmi_path)
+        if (
+            app.kind != "agent_blueprint"
+            or child is None
+            or child.kind != "agent_identity"
+            or child.blueprint_id != app.client_id
+        ):
+            raise e.agent_identity_not_found(fmi_path)
+        extra["sub"] = child.client_id
+    token = mint_access(
+        rt,
+        resource=req.resource,
+        client_id=app.client_id,
+        client_acr=client.acr,
+        subject=Subject(oid=subject_oid, tid=tenant_id),
+        roles=app_roles(rt, app.client_id, req.resource),
+        app_only=True,
+        extra=extra,
+    )
+    life = rt.world.lifetimes.access_token
+    return {
+        "token_type": "Bearer",
+        "expires_in": life,
+        "ext_expires_in": life,
+        "access_token": token,
+    }
+
+
+def _check_user_policies(user: User, resource: App | None, amr: tuple[str, ...]) -> None:
+    if resource is None:
+        return
+    ids = set(resource.identifiers)
+    if ids & set(user.blocked_for):
+        raise e.blocked_by_ca()
+    if ids & set(user.mfa_required_for) and "mfa" not in amr:
+        # Claims challenge for MFA (claims-challenge docs): the client must redo an interactive
+        # sign-in with these claims. The policy id is stable per user and resource.
+        polid = hashlib.sha256(f"{user.oid}|{resource.client_id}".encode()).hexdigest()[:32]
+        claims = json.dumps(
+            {"access_token": {"capolids": {"essential": True, "values": [polid]}}},
+            separators=(",", ":"),
+        )
+        raise e.mfa_required(resource.client_id, claims)
+
+
+def _on_behalf_of(
+    rt: Runtime, form: Mapping[str, str], client: ClientAuth, tenant: Tenant | None
+) -> dict[str, Any]:
+    if form.get("requested_token_use") != "on_behalf_of":
+        raise e.missing_param("requested_token_use")
+    assertion = form.get("assertion")
+    if not assertion:
+        raise e.missing_param("assertion")
+    try:
+        claims = verify(rt.keys, assertion)
+    except jwt.DecodeError:
+        # AADSTS50027 https://learn.microsoft.com/entra/identity-platform/reference-error-codes
+        raise e.invalid_grant(50027, "JWT token is invalid or malformed.") from None
+    except jwt.PyJWTError:
+        raise e.assertion_invalid("Reason - The key was not found.") from None
+    tid = str(claims.get("tid", ""))
+    if claims.get("iss") not in (rt.issuer(tid, 2), rt.issuer(tid, 1)):
+        raise e.assertion_invalid("Reason - The issuer is not trusted.")
+    now = int(time.time())
+    exp = int(claims.get("exp", 0))
+    if exp < now:
+        raise e.assertion_expired(now, exp)
+    app = client.app
+    # The assertion's aud must be the OBO client (its client id or an App ID URI); for an agent
+    # identity, the user token is for its blueprint (Agent ID OBO flow).
+    expected = app
+    if app.kind == "agent_identity" and app.blueprint_id:
+        expected = rt.world.app(app.blueprint_id) or app
+    aud = claims.get("aud")
+    if aud not in expected.identifiers:
+        raise e.assertion_audience(str(aud), expected.client_id)
+    if tenant is not None and tid != tenant.id:
+        raise e.assertion_invalid("Reason - The assertion was issued for another tenant.")
+    if "scp" not in claims or claims.get("idtyp") == "app":
+        raise e.app_only_assertion(app.client_id)
+    user = rt.world.user(str(claims.get("oid", "")))
+    if user is None:
+        raise e.assertion_invalid("Reason - The user of the assertion does not exist.")
+    req = parse_scopes(rt, form.get("scope"), tid)
+    _check_resource_param(form, req)
+    amr = tuple(claims.get("amr") or ("pwd",))
+    _check_user_policies(user, req.resource, amr)
+    scp = delegated_scopes(rt, req, app, user) if req.resource else ()
+    return user_token_response(
+        rt,
+        req=req,
+        client=app,
+        client_acr=client.acr,
+        user=user,
+        tenant_id=tid,
+        scp=scp,
+        form=form,
+        amr=amr,
+    )
+
+
+def _authorization_code(rt: Runtime, form: Mapping[str, str], client: ClientAuth) -> dict[str, Any]:
+    code = form.get("code")
+    if not code:
+        raise e.missing_param("code")
+    with rt.lock:
+        rec = rt.codes.get(code)
+        if rec is None:
+            raise e.invalid_grant(
+                9002313, "Invalid request. Request is malformed or invalid. - The code is invalid."
+            )
+        if rec.redeemed:
+            # AADSTS54005: codes are single use (v2-oauth2-auth-code-flow, "redeem a code").
+            raise e.invalid_grant(
+                54005,
+                "OAuth2 Authorization code was already redeemed, please retry with a new valid "
+                "code or use an existing refresh token.",
+            )
+        if rec.expires < time.time():
+            raise e.invalid_grant(
+                70008,
+                "The provided authorization code or refresh token has expired due to "
+                "inactivity. Send a new interactive authorization request for this user and "
+                "resource.",
+            )
+        if rec.client_id != client.app.client_id:
+            raise e.invalid_grant(70000, "Provided grant is invalid or malformed.")
+        if form.get("redirect_uri") != rec.redirect_uri:
+            # The redirect_uri of the redemption must be the one the code was issued to.
+            raise e.invalid_grant(
+                70000,
+                "The redirect URI in the request does not match the one used to obtain "
+                "the authorization code.",
+            )
+        if rec.challenge is not None:
+            verifier = form.get("code_verifier", "")
+            if rec.method == "S256":
+                ok = hmac.compare_digest(
+                    b64url(hashlib.sha256(verifier.encode()).digest()), rec.challenge
+                )
+            else:
+                ok = hmac.compare_digest(verifier, rec.challenge)
+            if not verifier or not ok:
+                # AADSTS501481 (PKCE, v2-oauth2-auth-code-flow "code_verifier").
+                raise e.invalid_grant(
+                    501481,
+                    "The Code_Verifier does not match the code_challenge supplied in the "
+                    "authorization request.",
+                )
+        rec.redeemed = True
+    user = rt.world.user(rec.user)
+    if user is None:
+        raise e.invalid_grant(70000, "Provided grant is invalid or malformed.")
+    req = parse_scopes(rt, " ".join(rec.scopes), rec.tenant_id)
+    scp = delegated_scopes(rt, req, client.app, user) if req.resource else ()
+    return user_token_response(
+        rt,
+        req=req,
+        client=client.app,
+        client_acr=client.acr,
+        user=user,
+        tenant_id=rec.tenant_id,
+        scp=scp,
+        form=form,
+        nonce=rec.nonce,
+        amr=rec.amr,
+    )
+
+
+def _refresh(rt: Runtime, form: Mapping[str, str], client: ClientAuth) -> dict[str, Any]:
+    token = form.get("refresh_token")
+    if not token:
+        raise e.missing_param("refresh_token")
+    with rt.lock:
+        rec = rt.refresh.get(token)
+    if rec is None:
+        raise e.invalid_grant(9002313, "Invalid request. Request is malformed or invalid.")
+    if rec.revoked:
+        # AADSTS50173: the grant was revoked (password reset, revokeSignInSessions).
+        raise e.invalid_grant(
+            50173,
+            "The provided grant has expired due to it being revoked, a fresh auth token is "
+            "needed. The user might have changed or reset their password.",
+        )
+    if rec.expires < time.time():
+        raise e.invalid_grant(
+            700082, "The refresh token has expired due to inactivity.", suberror="bad_token"
+        )
+    if rec.client_id != client.app.client_id:
+        raise e.invalid_grant(70000, "Provided grant is invalid or malformed.")
+    user = rt.world.user(rec.user)
+    if user is None:
+        raise e.invalid_grant(70000, "Provided grant is invalid or malformed.")
+    # Refresh tokens are multi-resource: the request's scope may name another resource
+    # (refresh-tokens page). A new refresh token is returned each time; Entra does NOT revoke
+    # the one just used ("The Microsoft identity platform doesn't revoke old refresh tokens when
+    # used to fetch new access tokens", refresh-tokens page), so the old one stays valid here too.
+    scope = form.get("scope") or " ".join(rec.scopes)
+    if "offline_access" not in scope.split():
+        scope += " offline_access"
+    req = parse_scopes(rt, scope, rec.tenant_id)
+    _check_user_policies(user, req.resource, rec.amr)
+    scp = delegated_scopes(rt, req, client.app, user) if req.resource else ()
+    return user_token_response(
+        rt,
+        req=req,
+        client=client.app,
+        client_acr=client.acr,
+        user=user,
+        tenant_id=rec.tenant_id,
+        scp=scp,
+        form={**form, "scope": scope},
+        amr=rec.amr,
+    )
+
+
+def _password(
+    rt: Runtime, form: Mapping[str, str], client: ClientAuth, tenant: Tenant | None
+) -> dict[str, Any]:
+    for name in ("username", "password"):
+        if not form.get(name):
+            raise e.missing_param(name)
+    user = rt.world.user(form["username"])
+    if user is None or (tenant is not None and user.tenant_id != tenant.id):
+        # AADSTS50034 https://learn.microsoft.com/entra/identity-platform/reference-error-codes
+        raise e.invalid_grant(
+            50034, f"The user account {form['username'][:80]} does not exist in the directory."
+        )
+    if not hmac.compare_digest(form["password"].encode(), user.password.encode()):
+        raise e.invalid_grant(
+            50126, "Error validating credentials due to invalid username or password."
+        )
+    req = parse_scopes(rt, form.get("scope"), user.tenant_id)
+    _check_resource_param(form, req)
+    # ROPC cannot satisfy MFA or consent interactively (v2-oauth-ropc).
+    _check_user_policies(user, req.resource, ("pwd",))
+    scp = delegated_scopes(rt, req, client.app, user) if req.resource else ()
+    return user_token_response(
+        rt,
+        req=req,
+        client=client.app,
+        client_acr=client.acr,
+        user=user,
+        tenant_id=user.tenant_id,
+        scp=scp,
+        form=form,
+    )
+
+
+__all__ = ["GRANT_NAMES", "TOKEN_EXCHANGE_APP_ID", "handle_token", "resolve_tenant"]

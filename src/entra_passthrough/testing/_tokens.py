@@ -1,0 +1,229 @@
+"""Signing keys (with rotation) and the claims of the tokens Entra issues.
+
+Claims follow https://learn.microsoft.com/entra/identity-platform/access-token-claims-reference
+(v1 vs v2, delegated vs app-only) and https://learn.microsoft.com/entra/identity-platform/
+id-token-claims-reference. Headers carry ``kid`` and ``x5t`` (Entra sets both to the certificate's
+SHA-1 thumbprint). The v1 issuer ``https://sts.windows.net/{tid}/`` is emulated as ``{url}/{tid}/``
+(docs/emulator.md, "Known differences").
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import secrets
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509 import Certificate
+
+from . import _ca
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    key: rsa.RSAPrivateKey = field(repr=False)
+    cert: Certificate = field(repr=False)
+    kid: str
+
+    def jwk(self, issuer: str | None = None) -> dict[str, Any]:
+        nums = self.key.public_key().public_numbers()
+
+        def b64int(n: int) -> str:
+            return _ca.b64url(n.to_bytes((n.bit_length() + 7) // 8, "big"))
+
+        der = base64.b64encode(self.cert.public_bytes(serialization.Encoding.DER)).decode()
+        out: dict[str, Any] = {
+            "kty": "RSA",
+            "use": "sig",
+            "kid": self.kid,
+            "x5t": self.kid,
+            "n": b64int(nums.n),
+            "e": b64int(nums.e),
+            "x5c": [der],
+        }
+        if issuer:
+            out["issuer"] = issuer
+        return out
+
+
+def new_signing_key() -> SigningKey:
+    key = _ca.new_rsa_key()
+    cert = _ca.self_signed(key, "entra-passthrough emulator token signing")
+    return SigningKey(key=key, cert=cert, kid=_ca.x5t(cert))
+
+
+class KeyRing:
+    """The current signing key first, then keys still published until retired."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._keys: list[SigningKey] = [new_signing_key()]
+
+    @property
+    def current(self) -> SigningKey:
+        with self._lock:
+            return self._keys[0]
+
+    @property
+    def published(self) -> tuple[SigningKey, ...]:
+        with self._lock:
+            return tuple(self._keys)
+
+    def rotate(self, *, retire_old: bool = False) -> SigningKey:
+        """``retire_old=False``: publish a new key first and keep the old ones (Entra publishes
+        upcoming and previous keys: https://learn.microsoft.com/entra/identity-platform/
+        signing-key-rollover). ``retire_old=True`` without a new key: drop every old key."""
+        with self._lock:
+            if retire_old:
+                self._keys = self._keys[:1]
+            else:
+                self._keys.insert(0, new_signing_key())
+            return self._keys[0]
+
+    def find(self, kid: str) -> SigningKey | None:
+        with self._lock:
+            return next((k for k in self._keys if k.kid == kid), None)
+
+
+def sign(ring: KeyRing, claims: Mapping[str, Any]) -> str:
+    key = ring.current
+    return jwt.encode(
+        dict(claims), key.key, algorithm="RS256", headers={"kid": key.kid, "x5t": key.kid}
+    )
+
+
+def verify(ring: KeyRing, token: str) -> dict[str, Any]:
+    """Signature only (callers check iss/aud/exp with Entra's own error codes)."""
+    header = jwt.get_unverified_header(token)
+    key = ring.find(str(header.get("kid", "")))
+    if key is None:
+        raise jwt.InvalidSignatureError("unknown kid")
+    claims: dict[str, Any] = jwt.decode(
+        token,
+        key.key.public_key(),
+        algorithms=["RS256"],
+        options={"verify_aud": False, "verify_exp": False, "verify_nbf": False},
+    )
+    return claims
+
+
+def opaque(n: int = 16) -> str:
+    return secrets.token_urlsafe(n)
+
+
+def pairwise_sub(oid: str, client_id: str) -> str:
+    """``sub`` is pairwise: unique per user per application (access-token-claims-reference)."""
+    return _ca.b64url(hashlib.sha256(f"{oid}|{client_id}".encode()).digest())
+
+
+def client_info(oid: str, tid: str) -> str:
+    """MSAL parses ``client_info`` (base64url JSON with uid/utid) to build its account ids."""
+    return _ca.b64url(json.dumps({"uid": oid, "utid": tid}).encode())
+
+
+@dataclass(frozen=True)
+class Subject:
+    """Who a token is about: a user (delegated) or an app/managed identity (app-only)."""
+
+    oid: str
+    tid: str
+    upn: str | None = None
+    name: str | None = None
+    home_tid: str | None = None  # a guest's home tenant: adds `idp`, `acct` = 1
+    amr: tuple[str, ...] = ("pwd",)
+
+
+def access_token_claims(
+    *,
+    issuer: str,
+    version: int,
+    audience: str,
+    client_id: str,
+    client_acr: str,
+    subject: Subject,
+    scopes: Sequence[str] = (),
+    roles: Sequence[str] = (),
+    app_only: bool,
+    lifetime: int,
+    optional_claims: Sequence[str] = (),
+    home_issuer: str | None = None,
+    now: int | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    now = int(time.time()) if now is None else now
+    c: dict[str, Any] = {
+        "aud": audience,
+        "iss": issuer,
+        "iat": now,
+        "nbf": now,
+        "exp": now + lifetime,
+        "aio": opaque(24),
+        "oid": subject.oid,
+        "rh": "0." + opaque(24),
+        "sub": subject.oid if app_only else pairwise_sub(subject.oid, client_id),
+        "tid": subject.tid,
+        "uti": opaque(16),
+        "ver": "2.0" if version == 2 else "1.0",
+    }
+    if version == 2:
+        c["azp"], c["azpacr"] = client_id, client_acr
+    else:
+        c["appid"], c["appidacr"] = client_id, client_acr
+    if app_only:
+        if roles:
+            c["roles"] = list(roles)
+        if "idtyp" in optional_claims:
+            c["idtyp"] = "app"
+    else:
+        c["scp"] = " ".join(scopes)
+        c["name"] = subject.name
+        if version == 2:
+            c["preferred_username"] = subject.upn
+        else:
+            c["unique_name"] = subject.upn
+            c["upn"] = subject.upn
+            c["amr"] = list(subject.amr)
+            c["acr"] = "1"
+        if roles:
+            c["roles"] = list(roles)
+        if "idtyp" in optional_claims:
+            c["idtyp"] = "user"
+        if subject.home_tid and subject.home_tid != subject.tid and home_issuer:
+            c["idp"] = home_issuer
+            c["acct"] = 1
+    if extra:
+        c.update(extra)
+    return c
+
+
+def id_token_claims(
+    *, issuer: str, client_id: str, subject: Subject, nonce: str | None, lifetime: int = 3600
+) -> dict[str, Any]:
+    now = int(time.time())
+    c: dict[str, Any] = {
+        "aud": client_id,
+        "iss": issuer,
+        "iat": now,
+        "nbf": now,
+        "exp": now + lifetime,
+        "aio": opaque(24),
+        "name": subject.name,
+        "oid": subject.oid,
+        "preferred_username": subject.upn,
+        "rh": "0." + opaque(24),
+        "sub": pairwise_sub(subject.oid, client_id),
+        "tid": subject.tid,
+        "uti": opaque(16),
+        "ver": "2.0",
+    }
+    if nonce:
+        c["nonce"] = nonce
+    return c
