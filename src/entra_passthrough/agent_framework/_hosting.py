@@ -1,0 +1,165 @@
+"""Capture on ``ResponsesHostServer``: ``install(app)`` and background runs.
+
+``install(app)`` adds, with the host's own ``add_middleware`` (pure ASGI, before start):
+
+* ``CallerMiddleware`` (outermost): one ``Caller`` per request, ended when the request ends.
+* ``BackgroundRunCallers`` (inside it): a ``POST .../responses`` with ``"background": true``
+  outlives its request, so the run gets its *own* Caller, a copy of the request's, that stays
+  active after the POST returns and ends when the run releases its pooled connection, and at
+  the latest at the assertion's expiry (``bind_caller``'s cap) or after ``max_run_seconds``.
+  A run resumed after a restart (``resilient_background``) has no request at all, hence no
+  Caller: its tool calls fail closed with ``NoCallerError``.
+
+The documented alternative, for hosts you assemble yourself::
+
+    app = ResponsesHostServer(agent)
+    app.add_middleware(BackgroundRunCallers)           # inner first: Starlette prepends
+    app.add_middleware(CallerMiddleware, verifier=verifier)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from contextvars import ContextVar
+from typing import Any
+
+from .._caller import Caller, _reset_current, _set_current, current_caller
+from .._errors import ConfigurationError
+
+__all__ = ["BackgroundRunCallers", "end_run_caller", "install"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_MAX_PEEK = 1024 * 1024
+
+#: The run-bound Caller of a background response, visible to the run's task.
+_run_caller: ContextVar[Caller | None] = ContextVar("entra_passthrough.run_caller", default=None)
+
+
+def end_run_caller() -> None:
+    """End the background run's own Caller, if this task runs one (called when a run releases
+    its pooled connection; safe to call anywhere)."""
+    caller = _run_caller.get()
+    if caller is not None and caller is current_caller():
+        caller.end()
+
+
+def _run_copy(caller: Caller, *, max_run_seconds: float) -> Caller:
+    copy = dataclasses.replace(caller, errors=[])
+    cap = time.time() + max_run_seconds
+    if caller.claims is not None and caller.claims.exp is not None:
+        cap = min(cap, caller.claims.exp)
+    copy.not_after = cap if copy.not_after is None else min(copy.not_after, cap)
+    return copy
+
+
+class BackgroundRunCallers:
+    """Pure ASGI middleware (install it *inside* ``CallerMiddleware``): gives a
+    ``background: true`` Responses request a run-lifetime Caller. Other requests pass through.
+
+    >>> app.add_middleware(BackgroundRunCallers)
+    """
+
+    def __init__(self, app: ASGIApp, *, max_run_seconds: float = 3600.0) -> None:
+        if max_run_seconds <= 0:
+            raise ConfigurationError("max_run_seconds must be > 0")
+        self.app = app
+        self.max_run_seconds = max_run_seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        caller = current_caller()
+        if (
+            scope.get("type") != "http"
+            or scope.get("method") != "POST"
+            or not str(scope.get("path", "")).rstrip("/").endswith("/responses")
+            or caller is None
+            or not caller.active
+        ):
+            await self.app(scope, receive, send)
+            return
+        buffered, complete = await _peek(receive)
+        replay = _replay(buffered, receive)
+        if not (complete and _is_background(b"".join(m.get("body", b"") for m in buffered))):
+            await self.app(scope, replay, send)
+            return
+        run_caller = _run_copy(caller, max_run_seconds=self.max_run_seconds)
+        reset = _set_current(run_caller)
+        marker = _run_caller.set(run_caller)
+        try:
+            await self.app(scope, replay, send)
+        finally:
+            # Not ended here: the run outlives this request (see the module docstring).
+            _run_caller.reset(marker)
+            _reset_current(reset)
+
+
+async def _peek(receive: Receive) -> tuple[list[Message], bool]:
+    buffered: list[Message] = []
+    size = 0
+    while size <= _MAX_PEEK:
+        message = await receive()
+        buffered.append(message)
+        if message.get("type") != "http.request":
+            return buffered, False
+        size += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return buffered, size <= _MAX_PEEK
+    return buffered, False
+
+
+def _replay(buffered: list[Message], receive: Receive) -> Receive:
+    pending = list(buffered)
+
+    async def replay() -> Message:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replay
+
+
+def _is_background(body: bytes) -> bool:
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(parsed, dict) and parsed.get("background") is True
+
+
+def install(
+    app: Any,
+    *,
+    assertion_headers: Sequence[str] = ("authorization",),
+    require_caller: bool = False,
+    verifier: Any = None,
+    max_run_seconds: float = 3600.0,
+) -> Any:
+    """Add the capture middleware to a ``ResponsesHostServer`` (or any Starlette app) before
+    it starts: ``CallerMiddleware`` outermost, ``BackgroundRunCallers`` inside. Returns ``app``.
+
+    >>> app = install(ResponsesHostServer(agent=make_agent), verifier=JwtVerifier(...))
+    """
+    from .._middleware import CallerMiddleware
+
+    add = getattr(app, "add_middleware", None)
+    if add is None:
+        raise ConfigurationError(
+            "install(app) needs an app with add_middleware (ResponsesHostServer, Starlette); "
+            "wrap other ASGI apps yourself: CallerMiddleware(BackgroundRunCallers(app))."
+        )
+    # Starlette prepends: the last one added is the outermost.
+    add(BackgroundRunCallers, max_run_seconds=max_run_seconds)
+    add(
+        CallerMiddleware,
+        assertion_headers=tuple(assertion_headers),
+        require_caller=require_caller,
+        verifier=verifier,
+    )
+    return app

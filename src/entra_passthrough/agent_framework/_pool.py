@@ -1,0 +1,190 @@
+"""A bounded pool of per-user MCP connections, for servers that bind a session to the principal
+that opened it (mcp 1.x-style stateful servers: another user's token on that session gets 404
+"Session not found") or that filter ``tools/list`` per user.
+
+One ``EntraMCPTool`` per user (keyed by tenant + object id), each with its own session and tool
+list, discovered with that user's token. Users run concurrently on their own connections: no
+global lock, no reconnect when the next request belongs to another user. Connections idle for
+``idle_timeout`` are closed; at ``max_connections`` the least recently used idle one is closed.
+The per-request hook is ``ResponsesHostServer(agent=<factory>)``::
+
+    pool = entra_mcp_tool("files", url, chain=chain, scopes=[...], per_user=True)
+
+    async def make_agent() -> Agent:
+        return Agent(client=client, tools=[await pool.tool()], middleware=entra_middleware())
+
+    app = ResponsesHostServer(agent=make_agent)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+
+from .._caller import Caller, active_caller
+from .._errors import ConfigurationError, NoCallerError
+from ._tool import EntraMCPTool
+
+__all__ = ["EntraMCPToolPool", "PoolOptions", "pool_key"]
+
+
+@dataclass(frozen=True, slots=True)
+class PoolOptions:
+    """Bounds of a per-user connection pool.
+
+    >>> entra_mcp_tool("files", url, chain=chain, scopes=[...],
+    ...                per_user=PoolOptions(max_connections=500, idle_timeout=120))
+    """
+
+    max_connections: int = 256
+    idle_timeout: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.max_connections < 1:
+            raise ConfigurationError("PoolOptions.max_connections must be >= 1")
+        if self.idle_timeout <= 0:
+            raise ConfigurationError("PoolOptions.idle_timeout must be > 0 seconds")
+
+
+def pool_key(caller: Caller) -> str | None:
+    """``tid:oid`` of the caller: from verified claims when a verifier ran, else from the routing
+    claims (each call then checks that the token Entra issued names the same user)."""
+    if caller.verified is not None:
+        tid, oid = caller.verified.get("tid"), caller.verified.get("oid")
+        if isinstance(tid, str) and isinstance(oid, str) and tid and oid:
+            return f"verified:{tid}:{oid}"
+    claims = caller.claims
+    if claims is not None and claims.tid and claims.oid:
+        return f"claims:{claims.tid}:{claims.oid}"
+    return None
+
+
+class EntraMCPToolPool:
+    """Per-user ``EntraMCPTool`` connections, bounded and idle-closed. See the module docstring.
+
+    >>> async with entra_mcp_tool("files", url, chain=chain, scopes=s, per_user=True) as pool:
+    ...     tool = await pool.tool()          # the current caller's connection
+    """
+
+    def __init__(
+        self,
+        make_tool: Callable[[EntraMCPToolPool, str], EntraMCPTool],
+        *,
+        options: PoolOptions | None = None,
+        name: str = "mcp",
+    ) -> None:
+        self._make_tool = make_tool
+        self.options = options or PoolOptions()
+        self.name = name
+        self._tools: OrderedDict[str, EntraMCPTool] = OrderedDict()
+        self._lock = asyncio.Lock()  # guards the dict only; never held across I/O
+        self._closing: set[asyncio.Task[None]] = set()
+        self._reaper: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"EntraMCPToolPool(name={self.name!r}, connections={len(self._tools)})"
+
+    def __len__(self) -> int:
+        return len(self._tools)
+
+    async def tool(self) -> EntraMCPTool:
+        """The current caller's connection (created on first use; connected when the agent
+        opens it). Raises ``NoCallerError`` without an active caller that names a user."""
+        if self._closed:
+            raise ConfigurationError(f"the MCP connection pool {self.name!r} is closed")
+        caller = active_caller()
+        key = pool_key(caller) if caller is not None else None
+        if caller is None or key is None:
+            raise NoCallerError(
+                f"The per-user MCP pool {self.name!r} needs an active caller whose token names "
+                "a user (tid and oid claims)."
+            )
+        async with self._lock:
+            tool = self._tools.get(key)
+            if tool is None:
+                tool = self._make_tool(self, key)
+                self._tools[key] = tool
+            self._tools.move_to_end(key)
+            tool._lease(caller)
+            victims = self._select_victims()
+        for victim in victims:
+            self._close_later(victim)
+        self._ensure_reaper()
+        return tool
+
+    def _select_victims(self) -> list[EntraMCPTool]:
+        now = time.monotonic()
+        victims: list[EntraMCPTool] = []
+        for key, tool in list(self._tools.items()):
+            idle = tool._leases == 0 and now - tool.last_used >= self.options.idle_timeout
+            if idle:
+                victims.append(self._tools.pop(key))
+        # Over the bound: the least recently used idle connections go first.
+        over = len(self._tools) - self.options.max_connections
+        for key, tool in list(self._tools.items()):
+            if over <= 0:
+                break
+            if tool._leases == 0:
+                victims.append(self._tools.pop(key))
+                over -= 1
+        return victims
+
+    def _close_later(self, tool: EntraMCPTool) -> None:
+        tool._retired = True
+        if tool._leases:
+            return  # the last lease's __aexit__ closes it
+        task = asyncio.create_task(self._close_tool(tool), name=f"mcp-pool-close:{self.name}")
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    @staticmethod
+    async def _close_tool(tool: EntraMCPTool) -> None:
+        with contextlib.suppress(Exception):
+            await tool.close()
+
+    def _ensure_reaper(self) -> None:
+        if self._reaper is None or self._reaper.done():
+            self._reaper = asyncio.create_task(self._reap(), name=f"mcp-pool-reaper:{self.name}")
+
+    async def _reap(self) -> None:
+        interval = max(0.05, min(self.options.idle_timeout / 2, 30.0))
+        while not self._closed and self._tools:
+            await asyncio.sleep(interval)
+            async with self._lock:
+                victims = self._select_victims()
+            for victim in victims:
+                self._close_later(victim)
+
+    async def aclose(self) -> None:
+        """Close every connection (DELETE carries the user's token only if that user's request
+        is still active; otherwise none)."""
+        self._closed = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        async with self._lock:
+            tools = list(self._tools.values())
+            self._tools.clear()
+        for tool in tools:
+            tool._retired = True
+            await self._close_tool(tool)
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+    async def __aenter__(self) -> EntraMCPToolPool:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

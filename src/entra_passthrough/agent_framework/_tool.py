@@ -1,0 +1,460 @@
+"""``EntraMCPTool``: an ``MCPStreamableHTTPTool`` that is correct for many users at once.
+
+What the plain tool gets wrong (FACTS.md) and what this subclass does about it:
+
+* One connection serves every run and user, and its connection-lifetime requests run in a
+  lifecycle task holding a copy of the *first* caller's context. We create that task ourselves,
+  in a context we keep (``_lifecycle_ctx``) and whose caller *we* set: nobody by default; the
+  caller whose call triggers a connect or reconnect, for the duration of that connect (shared
+  mode); or the user a pooled connection belongs to (pool mode). ``EntraAuth`` then applies
+  that caller's token while it is active, else the policy's lifecycle identity, else none.
+* The token of a ``tools/call`` is resolved in the tool call's own task, *before* the
+  transport (typed errors such as ``ConsentRequired`` surface in the agent run), and handed to
+  the transport with ``use_token``; the transport's ``EntraAuth`` uses ``on_error="record"``
+  and never raises (an exception there kills the connection for every user).
+* The tool does not recover from a dead connection (-32000 "Connection closed", an unreachable
+  server) or a lost legacy session (404 "Session not found"): we reconnect once per dead
+  connection (a generation counter, so 32 concurrent failures make one reconnect) and retry the
+  call, which is safe because the server never executed it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import logging
+import time
+from collections.abc import Collection, Sequence
+from contextlib import _AsyncGeneratorContextManager
+from typing import TYPE_CHECKING, Any, Literal
+
+import anyio
+import httpx2
+from agent_framework import Content, MCPStreamableHTTPTool
+from agent_framework._mcp import (  # pinned agent-framework-core 1.23 (tests guard the seams)
+    MCP_DEFAULT_SSE_READ_TIMEOUT,
+    MCP_DEFAULT_TIMEOUT,
+    _mcp_call_headers,
+)
+from agent_framework.exceptions import ToolException, UserInputRequiredException
+
+from .._auth import EntraAuth
+from .._caller import Caller, _set_current, active_caller
+from .._errors import (
+    ConsentRequired,
+    EntraPassthroughError,
+    NoCallerError,
+    PolicyViolation,
+    TokenAcquisitionError,
+)
+from .._flow import Chain
+from .._jwt import JwtDecodeError, UnverifiedClaims
+from .._types import IdentityKind, TokenResult
+from ..mcp import FOUNDRY_CONSENT_REQUIRED, consent_from_exception
+
+if TYPE_CHECKING:
+    from ._pool import EntraMCPToolPool
+
+__all__ = ["EntraMCPTool", "consent_exception", "is_dead_connection"]
+
+_log = logging.getLogger("entra_passthrough.agent_framework")
+
+Mode = Literal["shared", "per_user"]
+
+
+def _walk(exc: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    stack: list[BaseException] = [exc]
+    while stack and len(out) < 32:
+        current = stack.pop()
+        if any(current is seen for seen in out):
+            continue
+        out.append(current)
+        if isinstance(current, BaseExceptionGroup):
+            stack.extend(current.exceptions)
+        stack.extend(a for a in current.args if isinstance(a, BaseException))
+        stack.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+    return out
+
+
+_DEAD_TRANSPORT = (
+    anyio.ClosedResourceError,
+    anyio.BrokenResourceError,
+    anyio.EndOfStream,
+    httpx2.ConnectError,
+    httpx2.RemoteProtocolError,
+)
+
+
+def is_dead_connection(exc: BaseException) -> bool:
+    """True when ``exc`` says the MCP connection (or its legacy session) is gone and the request
+    never reached a live session: "Connection closed" (-32000), a closed/broken stream, a
+    transport error before a response, a 404 "Session not found"/"Session terminated", or a
+    tool that is no longer connected."""
+    from mcp import MCPError
+
+    for current in _walk(exc):
+        if isinstance(current, MCPError):
+            message = current.error.message.lower()
+            if current.error.code == -32000 or "connection closed" in message:
+                return True
+            if "session not found" in message or "session terminated" in message:
+                return True
+        elif isinstance(current, _DEAD_TRANSPORT) or (
+            isinstance(current, RuntimeError) and "not connected" in str(current).lower()
+        ):
+            return True
+    return False
+
+
+def consent_exception(
+    consent: ConsentRequired, *, server_label: str
+) -> UserInputRequiredException | ConsentRequired:
+    """``UserInputRequiredException([oauth_consent_request])`` for a consent with an HTTPS link
+    (what ``ResponsesHostServer`` turns into an ``oauth_consent_request`` item); the
+    ``ConsentRequired`` itself when there is no usable link (the run sees the explained
+    error)."""
+    link = consent.link
+    if not link or not link.startswith("https://"):
+        return consent
+    label = consent.server_label or server_label
+    content = Content.from_oauth_consent_request(
+        link, additional_properties={"server_label": label}
+    )
+    return UserInputRequiredException([content], message=str(consent))
+
+
+def _gateway_shaped(consent: ConsentRequired, *, server_label: str) -> Exception:
+    """A consent met while *connecting* (discovery), shaped like Foundry's gateway error so that
+    ``ResponsesHostServer``'s agent-initialisation path emits an ``oauth_consent_request``."""
+    from mcp import MCPError
+
+    if not consent.link or not consent.link.startswith("https://"):
+        return consent
+    details = {
+        "errors": [
+            {
+                "name": server_label,
+                "type": "mcp",
+                "error": {"code": "CONSENT_REQUIRED", "message": consent.link},
+            }
+        ]
+    }
+    inner = MCPError(
+        FOUNDRY_CONSENT_REQUIRED,
+        f"tools/list failed: consent required {json.dumps(details)}",
+    )
+    return ToolException(
+        f"MCP server {server_label!r}: the user must consent before the tool can connect.", inner
+    )
+
+
+class EntraMCPTool(MCPStreamableHTTPTool):
+    """An ``MCPStreamableHTTPTool`` that sends each ``tools/call`` with the token of the user
+    whose run made it, never leaks a user's token onto connection-lifetime requests, survives
+    auth failures and reconnects by itself. Build it with ``entra_mcp_tool(...)``.
+
+    >>> tool = entra_mcp_tool("files", "https://mcp.contoso.com/mcp", chain=chain,
+    ...                       scopes=["api://<mcp-app>/.default"])
+    >>> agent = Agent(client=client, tools=[tool], middleware=[EntraToolMiddleware()])
+    """
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        *,
+        chain: Chain,
+        scopes: Sequence[str],
+        origins: Sequence[str],
+        server_label: str | None = None,
+        mode: Mode = "shared",
+        pool: EntraMCPToolPool | None = None,
+        pool_key: str | None = None,
+        verify: Any = True,
+        timeout: httpx2.Timeout | None = None,
+        client_capabilities: Sequence[str] = (),
+        description: str | None = None,
+        approval_mode: Any = None,
+        allowed_tools: Collection[str] | None = None,
+        tool_name_prefix: str | None = None,
+        load_prompts: bool = False,
+        request_timeout: int | None = None,
+        terminate_on_close: bool | None = None,
+        additional_properties: dict[str, Any] | None = None,
+    ) -> None:
+        self._entra_auth = EntraAuth(
+            chain,
+            scopes=scopes,
+            origins=origins,
+            on_error="record",
+            client_capabilities=client_capabilities,
+        )
+        super().__init__(
+            name,
+            url,
+            description=description,
+            approval_mode=approval_mode,
+            allowed_tools=allowed_tools,
+            tool_name_prefix=tool_name_prefix,
+            load_prompts=load_prompts,
+            request_timeout=request_timeout,
+            terminate_on_close=terminate_on_close,
+            additional_properties=additional_properties,
+        )
+        self.server_label = server_label or name
+        self.mode: Mode = mode
+        self._pool = pool
+        self._pool_key = pool_key
+        self._verify = verify
+        self._timeout = timeout or httpx2.Timeout(
+            MCP_DEFAULT_TIMEOUT, read=MCP_DEFAULT_SSE_READ_TIMEOUT
+        )
+        self._lifecycle_ctx: contextvars.Context | None = None
+        # The caller connection-lifetime requests act for (see the module docstring).
+        self._lifecycle_caller: Caller | None = None
+        self._connect_lock = asyncio.Lock()
+        self._generation = 0
+        self._leases = 0
+        self._retired = False
+        self.last_used = time.monotonic()
+
+    @property
+    def auth(self) -> EntraAuth:
+        """The ``EntraAuth`` (``on_error="record"``) on this tool's HTTP client."""
+        return self._entra_auth
+
+    def __repr__(self) -> str:
+        return f"EntraMCPTool(name={self.name!r}, url={self.url!r}, mode={self.mode!r})"
+
+    # -- the HTTP client: ours, with EntraAuth, one per connection -------------------------
+
+    def get_mcp_client(self) -> _AsyncGeneratorContextManager[Any, None]:
+        if self._httpx_client is None:
+            client = httpx2.AsyncClient(
+                follow_redirects=False,  # the mcp SDK follows same-origin redirects itself
+                timeout=self._timeout,
+                verify=self._verify,
+            )
+            self._entra_auth.install(client)
+            self._httpx_client = client
+            self._exit_stack.push_async_callback(self._close_owned_http_client, client)
+        return super().get_mcp_client()
+
+    # -- the lifecycle task runs in a context we own -----------------------------------------
+
+    async def _ensure_lifecycle_owner(self) -> None:
+        # Same as MCPTool._ensure_lifecycle_owner, except that the owner task runs in a context
+        # we keep, so that we (not whoever connected first) decide which caller it acts for.
+        async with self._lifecycle_lock:
+            if self._lifecycle_owner_task is not None and not self._lifecycle_owner_task.done():
+                return
+            self._lifecycle_queue = asyncio.Queue()
+            ctx = contextvars.copy_context()
+            ctx.run(self._reset_lifecycle_vars)
+            self._lifecycle_ctx = ctx
+            self._lifecycle_owner_task = asyncio.create_task(
+                self._run_lifecycle_owner(), name=f"mcp-lifecycle:{self.name}", context=ctx
+            )
+
+    def _reset_lifecycle_vars(self) -> None:
+        from .._flow import _prefetched
+
+        _mcp_call_headers.set(None)
+        _prefetched.set(None)
+        _set_current(self._lifecycle_caller)
+
+    def _set_lifecycle_caller(self, caller: Caller | None) -> None:
+        self._lifecycle_caller = caller
+        ctx = self._lifecycle_ctx
+        if ctx is None:
+            return
+        if self._is_lifecycle_owner_task():
+            _set_current(caller)  # we are running in ctx right now
+        else:
+            ctx.run(_set_current, caller)
+
+    async def _discovery_caller(self, trigger: Caller | None) -> Caller | None:
+        """Who connection-lifetime requests act for while ``trigger`` (re)connects."""
+        if self.mode == "per_user":
+            return trigger if trigger is not None else self._lifecycle_caller
+        if trigger is None:
+            return None
+        # Shared mode: the app, where the policy allows it for connection-lifetime requests
+        # (lifecycle_app=True, user_or_app, app_only); else the triggering user, while active.
+        try:
+            lifecycle = await self._entra_auth.chain.lifecycle_token_async(self.auth.scopes)
+        except Exception:
+            lifecycle = None
+        return None if lifecycle is not None else trigger
+
+    async def connect(self, *, reset: bool = False) -> None:
+        if self._is_lifecycle_owner_task():
+            # Nested reconnect from inside the owner (e.g. a lost connection during discovery):
+            # the outer connect already chose the caller.
+            await super().connect(reset=reset)
+            if reset:
+                self._generation += 1
+            return
+        await self._connect_as(active_caller(), reset=reset)
+
+    async def _connect_as(
+        self, trigger: Caller | None, *, reset: bool, generation: int | None = None
+    ) -> None:
+        async with self._connect_lock:
+            if generation is not None and generation != self._generation:
+                return  # another call already replaced the dead connection
+            chosen = await self._discovery_caller(trigger)
+            await self._ensure_lifecycle_owner()
+            self._set_lifecycle_caller(chosen)
+            if chosen is not None:
+                chosen.take_errors()
+            self._entra_auth.take_errors()
+            try:
+                await super().connect(reset=reset)
+            except Exception as exc:
+                raise self._connect_failure(exc, chosen) from exc
+            finally:
+                if self.mode == "shared":
+                    self._set_lifecycle_caller(None)
+            if reset:
+                self._generation += 1
+
+    def _connect_failure(self, exc: Exception, chosen: Caller | None) -> Exception:
+        recorded = (chosen.take_errors() if chosen is not None else []) + (
+            self._entra_auth.take_errors()
+        )
+        for error in recorded:
+            consent = consent_from_exception(error, server_label=self.server_label)
+            if consent is not None:
+                return _gateway_shaped(consent, server_label=self.server_label)
+        consent = consent_from_exception(exc, server_label=self.server_label)
+        if consent is not None:
+            return _gateway_shaped(consent, server_label=self.server_label)
+        why = next((e for e in recorded if isinstance(e, EntraPassthroughError)), None)
+        who = (
+            "the user whose call triggered it"
+            if chosen is not None
+            else "the policy's lifecycle identity (none under user_only unless lifecycle_app=True)"
+        )
+        detail = f" Token error: {why}" if why is not None else ""
+        return ToolException(
+            f"Could not connect to MCP server {self.server_label!r}: {exc}. Connection-lifetime "
+            f"requests (discovery, tools/list) were authenticated as {who}.{detail}",
+            why if why is not None else exc,
+        )
+
+    # -- per-user pool leases ------------------------------------------------------------------
+
+    def _lease(self, caller: Caller) -> None:
+        self.last_used = time.monotonic()
+        self._set_lifecycle_caller(caller)
+
+    async def __aenter__(self) -> EntraMCPTool:
+        if self._pool is None:
+            await super().__aenter__()
+            return self
+        self._leases += 1
+        try:
+            if not self.is_connected:
+                await self.connect()
+        except BaseException:
+            self._leases -= 1
+            raise
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+        if self._pool is None:
+            await super().__aexit__(exc_type, exc_value, traceback)
+            return
+        # A pooled connection outlives the run: the pool closes it when idle. The run is over:
+        # its caller stops backing connection-lifetime requests, and a background run's own
+        # Caller ends here.
+        from ._hosting import end_run_caller
+
+        self._leases = max(0, self._leases - 1)
+        self.last_used = time.monotonic()
+        end_run_caller()
+        if self._leases == 0:
+            self._set_lifecycle_caller(None)
+            if self._retired:
+                await self.close()
+
+    # -- tool calls ------------------------------------------------------------------------------
+
+    async def call_tool(self, tool_name: str, **kwargs: Any) -> str | list[Content]:
+        caller = active_caller()
+        if caller is not None:
+            caller.take_errors()
+        try:
+            result = await self._resolve(caller)
+            with self._entra_auth.use(result):
+                if self._pool is not None and caller is not None:
+                    self._lease(caller)
+                return await self._call_with_recovery(tool_name, kwargs)
+        except UserInputRequiredException:
+            raise
+        except Exception as exc:
+            raise self._call_failure(exc, caller) from exc
+
+    async def _resolve(self, caller: Caller | None) -> TokenResult:
+        """The token for this call, resolved here in the tool call's task (errors raise here,
+        in the agent run, never in the transport)."""
+        result = await self._entra_auth.acquire_async()
+        if result is None:
+            raise NoCallerError(
+                f"The call to MCP server {self.server_label!r} has no active caller and the "
+                "policy names no identity for it (a background run resumed after a restart, or "
+                "code running outside any user's request)."
+            )
+        if self._pool_key is not None and result.kind is IdentityKind.USER:
+            self._check_pool_identity(result)
+        return result
+
+    def _check_pool_identity(self, result: TokenResult) -> None:
+        # The pooled connection is keyed by the caller's (tid, oid); the token Entra issued for
+        # this call must name the same user, or the call would run on another user's session.
+        try:
+            claims = UnverifiedClaims.from_token(result.token)
+        except JwtDecodeError:
+            return  # opaque token: nothing to compare (the server binds its session itself)
+        key = f"{claims.tid}:{claims.oid}"
+        if claims.tid and claims.oid and not (self._pool_key or "").endswith(key):
+            raise PolicyViolation(
+                "The token resolved for this call names another user than the pooled MCP "
+                "connection it would use; the call was not sent.",
+                policy="per_user",
+                scopes=self.auth.scopes,
+            )
+
+    async def _call_with_recovery(
+        self, tool_name: str, kwargs: dict[str, Any]
+    ) -> str | list[Content]:
+        generation = self._generation
+        try:
+            return await super().call_tool(tool_name, **kwargs)
+        except UserInputRequiredException:
+            raise
+        except Exception as exc:
+            if not is_dead_connection(exc):
+                raise
+            _log.info("MCP server %r: connection lost, reconnecting", self.server_label)
+        await self._reconnect(generation)
+        return await super().call_tool(tool_name, **kwargs)
+
+    async def _reconnect(self, generation: int) -> None:
+        await self._connect_as(active_caller(), reset=True, generation=generation)
+
+    def _call_failure(self, exc: Exception, caller: Caller | None) -> Exception:
+        recorded = caller.take_errors() if caller is not None else []
+        for error in [exc, *recorded]:
+            consent = consent_from_exception(error, server_label=self.server_label)
+            if consent is not None:
+                return consent_exception(consent, server_label=self.server_label)
+        if isinstance(exc, EntraPassthroughError):
+            return exc
+        typed = next((e for e in recorded if isinstance(e, TokenAcquisitionError)), None)
+        if typed is not None:
+            return typed
+        return exc

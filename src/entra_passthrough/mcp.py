@@ -1,0 +1,264 @@
+"""Per-user Entra tokens for the plain mcp SDK client (``mcp >= 2.2``).
+
+``entra_http_client(chain=..., scopes=[...])`` gives an ``httpx2.AsyncClient`` for
+``streamable_http_client(url, http_client=...)``; ``entra_call(client)`` resolves the caller's
+token *in the calling task, before the transport* and hands it to that call's requests::
+
+    http = entra_http_client(chain=chain, scopes=["api://<mcp-app>/.default"])
+    async with streamable_http_client(url, http_client=http) as (read, write), \\
+            ClientSession(read, write) as session:
+        await session.initialize()
+        async with entra_call(http):                   # typed errors surface here
+            result = await session.call_tool("whoami", {})
+
+Why (FACTS.md): an exception raised inside the httpx2 auth flow kills the MCP connection for
+every later call, so the client's ``EntraAuth`` uses ``on_error="record"`` and the token is
+resolved by ``entra_call`` *before* the transport, where the typed error can be raised safely.
+Requests made inside ``entra_call`` (mcp 2.x runs each POST in the sender's context) carry the
+token resolved there. Every other request — discover/initialize, tools/list, the GET stream,
+DELETE — is a *connection-lifetime* request and carries what ``EntraAuth`` decides from the
+context it runs in: the caller that opened the connection while that caller is still active
+(open the client inside the user's request), else the policy's lifecycle identity
+(``chain.lifecycle_token_async``: the app only where the policy allows it), else nothing. A
+stale (ended) caller's token is never sent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from importlib import metadata
+from typing import Any
+from urllib.parse import urlsplit
+
+from ._caller import active_caller
+from ._errors import (
+    ConfigurationError,
+    ConsentRequired,
+    EntraPassthroughError,
+    require_extra,
+)
+from ._types import TokenResult
+
+try:
+    import httpx2
+    import mcp as _mcp_pkg  # noqa: F401  (presence check; the version is checked below)
+except ImportError as _exc:  # pragma: no cover - exercised only without the extra
+    raise require_extra("mcp", "mcp", _exc) from _exc
+
+from ._auth import EntraAuth
+from ._flow import Chain
+
+__all__ = [
+    "FOUNDRY_CONSENT_REQUIRED",
+    "MIN_MCP_VERSION",
+    "URL_ELICITATION_REQUIRED",
+    "auth_of",
+    "consent_from_exception",
+    "entra_call",
+    "entra_http_client",
+]
+
+logger = logging.getLogger("entra_passthrough.mcp")
+
+MIN_MCP_VERSION = (2, 2)
+
+#: JSON-RPC codes that mean "the user must visit a link": URL elicitation (protocol 2025-11-25)
+#: and Foundry's MCP gateway consent error.
+URL_ELICITATION_REQUIRED = -32042
+FOUNDRY_CONSENT_REQUIRED = -32006
+
+
+def _check_mcp_version() -> None:
+    try:
+        raw = metadata.version("mcp")
+    except metadata.PackageNotFoundError:  # pragma: no cover - import above succeeded
+        return
+    match = re.match(r"(\d+)\.(\d+)", raw)
+    if match is None or (int(match[1]), int(match[2])) < MIN_MCP_VERSION:
+        raise ImportError(
+            f"entra_passthrough needs mcp >= {MIN_MCP_VERSION[0]}.{MIN_MCP_VERSION[1]} (found "
+            f"{raw}). mcp 1.x sends every request of a connection with the context of the task "
+            "that connected (python-sdk #1969), so a per-user token cannot be applied per call. "
+            "Fix: pip install 'entra-passthrough[mcp]' (or [agent-framework])."
+        )
+
+
+_check_mcp_version()
+
+
+def entra_http_client(
+    *,
+    chain: Chain,
+    scopes: Sequence[str],
+    origins: Iterable[str],
+    timeout: httpx2.Timeout | float | None = None,
+    verify: Any = True,
+    client_capabilities: Sequence[str] = (),
+) -> httpx2.AsyncClient:
+    """An ``httpx2.AsyncClient`` for ``streamable_http_client(url, http_client=...)`` whose auth
+    is ``EntraAuth(on_error="record")`` (never raises inside the transport) with the redirect
+    hook installed. ``origins`` are the only origins (scheme, host, port) that ever get a
+    token: pass the MCP server's.
+
+    >>> http = entra_http_client(chain=chain, scopes=["api://mcp/.default"],
+    ...                          origins=["https://mcp.contoso.com"])
+    """
+    auth = EntraAuth(
+        chain,
+        scopes=scopes,
+        origins=origins,
+        on_error="record",
+        client_capabilities=client_capabilities,
+    )
+    client = httpx2.AsyncClient(
+        follow_redirects=False,
+        timeout=timeout if timeout is not None else httpx2.Timeout(30.0, read=300.0),
+        verify=verify,
+    )
+    auth.install(client)
+    return client
+
+
+def auth_of(target: httpx2.AsyncClient | EntraAuth) -> EntraAuth:
+    """The ``EntraAuth`` of a client built by ``entra_http_client`` (or ``target`` itself)."""
+    if isinstance(target, EntraAuth):
+        return target
+    auth = target.auth
+    if not isinstance(auth, EntraAuth):
+        raise ConfigurationError(
+            "entra_call needs a client whose auth is EntraAuth (see entra_http_client)."
+        )
+    if auth.on_error != "record":
+        raise ConfigurationError(
+            "the MCP client's EntraAuth must use on_error='record': an exception raised inside "
+            "the transport kills the MCP connection for every later call."
+        )
+    return auth
+
+
+@asynccontextmanager
+async def entra_call(target: httpx2.AsyncClient | EntraAuth) -> AsyncIterator[TokenResult | None]:
+    """Resolve the active caller's token in this task and use it for the requests inside.
+
+    Raises the chain's typed error (``ConsentRequired``, ``NoCallerError``, ...) *before* any
+    request is sent; after the block, re-raises the first error the transport recorded on the
+    caller during the call (e.g. a 401 retry that could not get a token). Consent signals that
+    the *server* sends (URL elicitation -32042, Foundry -32006) come back as ``MCPError``:
+    ``consent_from_exception(exc)`` maps them to ``ConsentRequired``.
+    """
+    auth = auth_of(target)
+    caller = active_caller()
+    if caller is not None:
+        caller.take_errors()  # errors of earlier calls are not this call's
+    failure: BaseException | None = None
+    async with auth.prefetch_async() as result:
+        try:
+            yield result
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            recorded = caller.take_errors() if caller is not None else []
+            if recorded and (
+                failure is None
+                or (
+                    isinstance(failure, Exception)
+                    and not isinstance(failure, EntraPassthroughError)
+                )
+            ):
+                raise recorded[0] from failure
+
+
+def _https_link(link: object) -> str | None:
+    if not isinstance(link, str) or len(link) > 4096:
+        return None
+    parts = urlsplit(link)
+    if parts.scheme != "https" or not parts.netloc:
+        return None
+    return link
+
+
+def _walk(exc: BaseException) -> Iterable[BaseException]:
+    seen: set[int] = set()
+    stack = [exc]
+    while stack and len(seen) < 32:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        if isinstance(current, BaseExceptionGroup):
+            stack.extend(current.exceptions)
+        stack.extend(arg for arg in current.args if isinstance(arg, BaseException))
+        inner = getattr(current, "inner_exception", None)
+        if isinstance(inner, BaseException):
+            stack.append(inner)
+        for linked in (current.__cause__, current.__context__):
+            if linked is not None:
+                stack.append(linked)
+
+
+def _links_from_mcp_error(code: int, message: str, data: Any) -> list[str]:
+    links: list[str] = []
+    if code == URL_ELICITATION_REQUIRED and isinstance(data, dict):
+        for item in data.get("elicitations") or []:
+            if isinstance(item, dict) and (link := _https_link(item.get("url"))):
+                links.append(link)
+    elif code == FOUNDRY_CONSENT_REQUIRED:
+        # Foundry's gateway: "<text> {"errors":[{"name":..,"type":"mcp","error":
+        # {"code":"CONSENT_REQUIRED","message":"<consent url>"}}]}"
+        start = message.find("{")
+        try:
+            details = json.loads(message[start:]) if start >= 0 else data
+        except ValueError:
+            details = data
+        if isinstance(details, dict):
+            for item in details.get("errors") or []:
+                error = item.get("error") if isinstance(item, dict) else None
+                if (
+                    isinstance(error, dict)
+                    and error.get("code") == "CONSENT_REQUIRED"
+                    and (link := _https_link(error.get("message")))
+                ):
+                    links.append(link)
+        if not links and isinstance(data, dict):
+            for key in ("consent_link", "consentUrl", "url", "link"):
+                if link := _https_link(data.get(key)):
+                    links.append(link)
+    return links
+
+
+def consent_from_exception(
+    exc: BaseException, *, server_label: str | None = None
+) -> ConsentRequired | None:
+    """The ``ConsentRequired`` hidden in ``exc`` (its cause chain, groups, wrapped args): ours
+    from a token source (AADSTS65001 on OBO), an MCP URL elicitation (-32042) or Foundry's
+    gateway consent error (-32006). ``None`` if there is none. Links must be HTTPS."""
+    from mcp import MCPError
+
+    for current in _walk(exc):
+        if isinstance(current, ConsentRequired):
+            if server_label and not current.server_label:
+                current.server_label = server_label
+            return current
+        if isinstance(current, MCPError):
+            links = _links_from_mcp_error(
+                current.error.code, current.error.message, current.error.data
+            )
+            if links:
+                kind = (
+                    "URL elicitation"
+                    if current.error.code == URL_ELICITATION_REQUIRED
+                    else ("the Foundry MCP gateway")
+                )
+                return ConsentRequired(
+                    f"The MCP server asked the user to visit a link ({kind}) before it can "
+                    "proceed.",
+                    link=links[0],
+                    server_label=server_label,
+                )
+    return None
