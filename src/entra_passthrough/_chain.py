@@ -373,7 +373,14 @@ class TokenChain:
         from ._sources.obo import OnBehalfOf
 
         env = _env.environ_or(environ)
-        chosen = Policy(policy or _env.get(env, "ENTRA_PASSTHROUGH_POLICY") or Policy.USER_ONLY)
+        raw = policy or _env.get(env, "ENTRA_PASSTHROUGH_POLICY") or Policy.USER_ONLY
+        try:
+            chosen = Policy(str(raw).lower())
+        except ValueError:
+            raise ConfigurationError(
+                f"ENTRA_PASSTHROUGH_POLICY={raw!r} is not a policy.",
+                fix=f"use one of {', '.join(p.value for p in Policy)}.",
+            ) from None
         lifecycle_app = _env.get_bool(env, "ENTRA_PASSTHROUGH_LIFECYCLE_APP")
         sources: list[TokenSource] = []
         if _env.get(env, "ENTRA_PASSTHROUGH_CLIENT_ID"):
