@@ -1,0 +1,154 @@
+"""End to end on loopback, no mocks: a Starlette agent app with CallerMiddleware -> TokenChain
+(OnBehalfOf, real MSAL against the Entra emulator) -> EntraAuth -> a protected API that
+verifies the token (JwtVerifier: PyJWT against the emulator's JWKS) and echoes who called."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx2
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from entra_passthrough import (
+    CallerMiddleware,
+    EntraAuth,
+    JwtVerifier,
+    OnBehalfOf,
+    TokenAcquisitionError,
+    TokenChain,
+)
+from entra_passthrough.testing import FOUNDRY_AUDIENCE, EntraEmulator
+
+from ._serve import serve
+
+
+@dataclass
+class Stack:
+    idp: EntraEmulator
+    agent_url: str
+    api_url: str
+
+
+def api_app(idp: EntraEmulator) -> CallerMiddleware:
+    async def whoami(request: Request) -> JSONResponse:
+        verified = request.state.entra_caller.verified
+        return JSONResponse({k: verified.get(k) for k in ("oid", "aud", "tid", "scp", "azp")})
+
+    verifier = JwtVerifier(
+        audiences=[idp.mcp.client_id, idp.mcp.app_id_uri],
+        tenants=[idp.tenant_id],
+        authority_host=idp.url,
+        verify=idp.ca_file,
+    )
+    return CallerMiddleware(
+        Starlette(routes=[Route("/whoami", whoami)]), require_caller=True, verifier=verifier
+    )
+
+
+def agent_app(idp: EntraEmulator, api_url: str) -> CallerMiddleware:
+    chain = TokenChain(
+        [
+            OnBehalfOf(
+                client_id=idp.agent.client_id,
+                tenant_id=idp.tenant_id,
+                client_secret=idp.agent.secret,
+                authority_host=idp.url,
+                http_client=idp.msal_http_client(),
+            )
+        ]
+    )
+    auth = EntraAuth(chain, scopes=[f"{idp.mcp.app_id_uri}/.default"], origins=[api_url])
+
+    async def ask_api(request: Request) -> JSONResponse:
+        async with httpx2.AsyncClient() as client:
+            auth.install(client)
+            try:
+                response = await client.get(f"{api_url}/whoami")
+            except TokenAcquisitionError as exc:
+                code = exc.code.code if exc.code is not None else None
+                return JSONResponse({"error": type(exc).__name__, "aadsts": code}, 502)
+        return JSONResponse({"status": response.status_code, "api_saw": response.json()})
+
+    return CallerMiddleware(Starlette(routes=[Route("/ask", ask_api)]))
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    with (
+        EntraEmulator() as idp,
+        serve(api_app(idp)) as api_url,
+        serve(agent_app(idp, api_url)) as agent_url,
+    ):
+        yield Stack(idp, agent_url, api_url)
+
+
+async def ask(client: httpx2.AsyncClient, stack: Stack, token: str) -> httpx2.Response:
+    return await client.get(f"{stack.agent_url}/ask", headers={"authorization": f"Bearer {token}"})
+
+
+async def test_alice_and_bob_concurrently_each_reach_the_api_as_themselves(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    idp = stack.idp
+    users = {name: idp.users[name] for name in ("alice", "bob")}
+    tokens = {name: idp.user_token(name, audience=idp.agent.client_id) for name in users}
+    before = idp.stats()["grants"]["on_behalf_of"]
+    async with httpx2.AsyncClient(timeout=30) as client:
+        order = [name for _ in range(8) for name in users]
+        answers = await asyncio.gather(*(ask(client, stack, tokens[n]) for n in order))
+    for name, answer in zip(order, answers, strict=True):
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["status"] == 200
+        assert body["api_saw"]["oid"] == users[name].oid
+        assert body["api_saw"]["aud"] == idp.mcp.client_id
+        assert body["api_saw"]["azp"] == idp.agent.client_id  # the agent acted for the user
+    # one OBO round trip per user, however many concurrent requests (cache + single-flight)
+    assert idp.stats()["grants"]["on_behalf_of"] - before == 2
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    for secret in idp.issued():
+        assert secret not in logged
+
+
+async def test_foundry_token_is_refused_without_a_token_round_trip(stack: Stack) -> None:
+    idp = stack.idp
+    token = idp.user_token("alice", audience=FOUNDRY_AUDIENCE)
+    before = idp.stats()["endpoints"]["token"]
+    async with httpx2.AsyncClient(timeout=30) as client:
+        answer = await ask(client, stack, token)
+    assert answer.status_code == 502
+    assert answer.json() == {"error": "AssertionAudienceMismatch", "aadsts": 50013}
+    assert idp.stats()["endpoints"]["token"] == before
+
+
+async def test_missing_consent_is_a_typed_error(stack: Stack) -> None:
+    idp = stack.idp
+    token = idp.user_token("carol", audience=idp.agent.client_id)
+    async with httpx2.AsyncClient(timeout=30) as client:
+        answer = await ask(client, stack, token)
+    assert answer.status_code == 502
+    assert answer.json()["error"] == "ConsentRequired"
+
+
+async def test_api_refuses_the_agent_audience_token_directly(stack: Stack) -> None:
+    # The protected API (CallerMiddleware + the real JwtVerifier) refuses a token for another
+    # audience: what plain token passthrough would have sent.
+    idp = stack.idp
+    token = idp.user_token("alice", audience=idp.agent.client_id)
+    async with httpx2.AsyncClient(timeout=30) as client:
+        answer = await client.get(
+            f"{stack.api_url}/whoami", headers={"authorization": f"Bearer {token}"}
+        )
+        missing = await client.get(f"{stack.api_url}/whoami")
+    assert answer.status_code == 401
+    assert 'error="invalid_token"' in answer.headers["www-authenticate"]
+    assert missing.status_code == 401
+    assert "error=" not in missing.headers["www-authenticate"]
