@@ -374,12 +374,13 @@ def require_entra_auth(
 
     Handlers call ``current_user()``; the verified token is also at
     ``scope["state"]["entra_user"]``. Refusals are RFC 6750 401/403 answers (``scopes`` is what
-    the ``scope`` parameter of a challenge names). Lifespan events pass through.
+    the ``scope`` parameter of a challenge names). A WebSocket handshake without a valid token is
+    closed (policy violation). Lifespan events pass through.
     """
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await app(scope, receive, send)
+        if scope["type"] not in ("http", "websocket"):
+            await app(scope, receive, send)  # lifespan
             return
         bearer = _bearer(scope)
         error: TokenVerificationError | None = None
@@ -389,6 +390,10 @@ def require_entra_auth(
                 vt = await verifier.verify_async(bearer)
             except TokenVerificationError as err:
                 error = err
+        if vt is None and scope["type"] == "websocket":
+            # Closing before accept makes the server answer the handshake with 403.
+            await send({"type": "websocket.close", "code": 1008})
+            return
         if vt is None:
             status, header, body = challenge(
                 error=error, resource_metadata=resource_metadata_url, scopes=scopes

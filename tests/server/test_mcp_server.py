@@ -150,3 +150,30 @@ async def test_protected_resource_metadata(base_url: str) -> None:
 async def test_valid_token_passes_plain_post(base_url: str) -> None:
     r = await _post(base_url, ISSUER.token())
     assert r.status_code == 200
+
+
+async def test_stateful_server_sees_the_caller() -> None:
+    def make(base: str) -> Any:
+        verifier = JwtVerifier(
+            audiences=[API, API_URI], tenants=[TENANT], http_client=ISSUER.async_client()
+        )
+        auth = auth_settings(
+            resource_server_url=f"{base}/mcp",
+            tenant_id=TENANT,
+            scopes=["access_as_user"],
+            app_id_uri=API_URI,
+        )
+        server = MCPServer("stateful", token_verifier=EntraTokenVerifier(verifier), auth=auth)
+
+        @server.tool()
+        async def whoami() -> str:
+            return current_user().oid
+
+        return EntraChallengeMiddleware(server.streamable_http_app(), settings=auth)
+
+    with serve(make) as url:
+        async with session(url, ISSUER.token()) as s:
+            first = await s.call_tool("whoami", {})
+            second = await s.call_tool("whoami", {})
+    assert first.content[0].text == USER_OID  # type: ignore[union-attr]
+    assert second.content[0].text == USER_OID  # type: ignore[union-attr]

@@ -144,3 +144,29 @@ def test_challenge_escapes_attacker_text() -> None:
     assert status == 403
     assert 'scope="s"' in header
     assert b"insufficient_scope" in body
+
+
+def test_websocket_without_token_is_closed() -> None:
+    from starlette.routing import WebSocketRoute
+    from starlette.testclient import TestClient
+    from starlette.websockets import WebSocket, WebSocketDisconnect
+
+    async def ws(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text(current_user().oid)
+        await websocket.close()
+
+    verifier = JwtVerifier(
+        audiences=[API],
+        tenants=[TENANT],
+        sync_http_client=ISSUER.sync_client(),
+        http_client=ISSUER.async_client(),
+    )
+    app = require_entra_auth(Starlette(routes=[WebSocketRoute("/ws", ws)]), verifier=verifier)
+    with TestClient(app) as client:
+        with pytest.raises(WebSocketDisconnect) as info, client.websocket_connect("/ws"):
+            pass
+        assert info.value.code == 1008
+        headers = {"Authorization": f"Bearer {ISSUER.token()}"}
+        with client.websocket_connect("/ws", headers=headers) as conn:
+            assert conn.receive_text() == USER_OID
