@@ -17,7 +17,9 @@
     │   ├── SourceUnavailable         a source cannot run here (no az, no MI endpoint)
     │   └── EntraError                any other Entra answer, AADSTS code decoded
     └── TokenVerificationError        server side: a presented token is not acceptable
-        └── InsufficientScope         valid token, missing scope or role (HTTP 403)
+        ├── InsufficientScope         valid token, missing scope or role (HTTP 403)
+        └── SigningKeysUnavailable    the issuer's keys cannot be fetched (HTTP 503, not the
+                                      token's fault; still never accepted)
 
 Messages say what happened, why, and what to configure. They never contain a token, secret,
 assertion or code: only claims that identify nothing secret (aud, iss, tid) and short hashes.
@@ -324,6 +326,17 @@ class InsufficientScope(TokenVerificationError):
     def __init__(self, reason: str, *, required: Sequence[str] = ()) -> None:
         self.required = tuple(required)
         super().__init__(reason)
+
+
+class SigningKeysUnavailable(TokenVerificationError):
+    """The issuer's signing keys cannot be fetched, so no token can be verified (HTTP 503).
+
+    The request is refused (fail closed), but the client's token may be fine: a 401 would make
+    clients throw good tokens away.
+    """
+
+    status_code = 503
+    error = "temporarily_unavailable"
 
 
 _MAX_DESCRIPTION = 300

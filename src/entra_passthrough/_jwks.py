@@ -31,7 +31,7 @@ import httpx2
 from jwt import PyJWK
 from jwt.exceptions import PyJWKError
 
-from ._errors import ConfigurationError, TokenVerificationError
+from ._errors import ConfigurationError, SigningKeysUnavailable, TokenVerificationError
 
 logger = logging.getLogger("entra_passthrough.verify")
 
@@ -214,7 +214,7 @@ class KeySet:
             "; keeping the cached keys" if has_keys else "",
         )
         if not has_keys:
-            raise TokenVerificationError(
+            raise SigningKeysUnavailable(
                 f"the signing keys could not be fetched from {source.url} "
                 f"({type(exc).__name__}); no token can be verified until they are.",
                 fix="check that the server can reach the authority host over HTTPS.",

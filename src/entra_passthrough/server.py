@@ -261,10 +261,18 @@ def challenge(
     resource_metadata: str | None,
     scopes: Sequence[str] = (),
 ) -> tuple[int, str, bytes]:
-    """(status, WWW-Authenticate value, JSON body) for a refused request (RFC 6750, RFC 9728)."""
+    """(status, WWW-Authenticate value, JSON body) for a refused request (RFC 6750, RFC 9728).
+
+    The header is empty for a 503 (``SigningKeysUnavailable``): the token was not judged.
+    """
     parts: list[str] = []
     status = 401
     body: dict[str, str] = {}
+    if error is not None and error.status_code not in (401, 403):
+        # Not a verdict on the token (signing keys unreachable): no Bearer error code, so the
+        # client keeps its token and retries later.
+        payload = {"error": error.error, "error_description": _quote(error.reason)}
+        return error.status_code, "", json.dumps(payload).encode()
     if error is not None:
         status = error.status_code
         description = _quote(error.reason)
@@ -283,18 +291,16 @@ def challenge(
 async def _send_challenge(
     send: Send, status: int, header: str, body: bytes, *, head: bool = False
 ) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"www-authenticate", header.encode("latin-1")),
-                (b"cache-control", b"no-store"),
-            ],
-        }
-    )
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"),
+    ]
+    if header:
+        headers.append((b"www-authenticate", header.encode("latin-1")))
+    else:
+        headers.append((b"retry-after", b"5"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": b"" if head else body})
 
 

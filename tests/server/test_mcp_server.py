@@ -177,3 +177,24 @@ async def test_stateful_server_sees_the_caller() -> None:
             second = await s.call_tool("whoami", {})
     assert first.content[0].text == USER_OID  # type: ignore[union-attr]
     assert second.content[0].text == USER_OID  # type: ignore[union-attr]
+
+
+async def test_unreachable_keys_give_503_not_401() -> None:
+    def down(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(503)
+
+    def make(base: str) -> Any:
+        verifier = JwtVerifier(
+            audiences=[API],
+            tenants=[TENANT],
+            http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(down)),
+        )
+        auth = auth_settings(resource_server_url=f"{base}/mcp", tenant_id=TENANT)
+        server = MCPServer("down", token_verifier=EntraTokenVerifier(verifier), auth=auth)
+        return EntraChallengeMiddleware(server.streamable_http_app(), settings=auth)
+
+    with serve(make) as url:
+        r = await _post(url, ISSUER.token())
+    assert r.status_code == 503
+    assert "www-authenticate" not in r.headers  # the token was not judged: keep it
+    assert r.json()["error"] == "temporarily_unavailable"

@@ -17,6 +17,7 @@ from entra_passthrough import (
     TokenVerificationError,
     VerifiedToken,
 )
+from entra_passthrough._errors import SigningKeysUnavailable
 
 from ._tokens import API, API_URI, CLIENT, OTHER_TENANT, TENANT, USER_OID, Issuer, unsigned
 
@@ -299,8 +300,10 @@ async def test_jwks_unreachable_fails_closed() -> None:
         tenants=[TENANT],
         http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(down)),
     )
-    with pytest.raises(TokenVerificationError, match="signing keys could not be fetched"):
+    with pytest.raises(SigningKeysUnavailable, match="signing keys could not be fetched") as e:
         await verifier.verify_async(Issuer().token())
+    assert e.value.status_code == 503
+    assert isinstance(e.value, TokenVerificationError)  # still a refusal everywhere
 
 
 async def test_stale_keys_survive_a_failed_refresh(issuer: Issuer) -> None:
