@@ -306,6 +306,14 @@ class EntraMCPTool(MCPStreamableHTTPTool):
             if generation is not None and generation != self._generation:
                 return  # another call already replaced the dead connection
             chosen = await self._discovery_caller(trigger)
+            if reset:
+                # Close the old connection first, acting for nobody (shared) or its own user
+                # (pooled): its DELETE must not carry the token of whoever triggered the reset.
+                if self.mode == "shared":
+                    self._set_lifecycle_caller(None)
+                await super().close()
+                reset = False
+                self._generation += 1
             await self._ensure_lifecycle_owner()
             self._set_lifecycle_caller(chosen)
             if chosen is not None:
@@ -318,8 +326,6 @@ class EntraMCPTool(MCPStreamableHTTPTool):
             finally:
                 if self.mode == "shared":
                     self._set_lifecycle_caller(None)
-            if reset:
-                self._generation += 1
 
     def _connect_failure(self, exc: Exception, chosen: Caller | None) -> Exception:
         recorded = (chosen.take_errors() if chosen is not None else []) + (

@@ -1,0 +1,315 @@
+"""Real components for the integration tests: the Entra emulator with many users, a real mcp
+server (``MCPServer`` + ``EntraTokenVerifier``) on uvicorn that records every HTTP request it
+receives, and a real ``ResponsesHostServer`` on uvicorn. Readiness is polled, never slept for.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx2
+from mcp.server.mcpserver import MCPServer
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+from entra_passthrough import JwtVerifier, OnBehalfOf, Policy, TokenChain
+from entra_passthrough._jwt import JwtDecodeError, UnverifiedClaims
+from entra_passthrough.server import (
+    EntraChallengeMiddleware,
+    EntraTokenVerifier,
+    auth_settings,
+    current_user,
+)
+from entra_passthrough.testing import EntraEmulator, World
+from entra_passthrough.testing._world import Grant, User, stable_id
+
+ASGI = Callable[..., Any]
+
+
+# --- the world ------------------------------------------------------------------------------
+
+
+def synthetic_users(world: World, count: int) -> list[User]:
+    tenant = world.tenants[0]
+    return [
+        User(
+            name=f"user{i:03d}",
+            upn=f"user{i:03d}@{tenant.domain}",
+            oid=stable_id("user", tenant.name, f"user{i:03d}"),
+            tenant_id=tenant.id,
+            password=f"user{i:03d}-password",
+            display_name=f"Synthetic User {i}",
+        )
+        for i in range(count)
+    ]
+
+
+def world_with_users(count: int) -> tuple[World, list[User]]:
+    world = World.default()
+    users = synthetic_users(world, count)
+    agent = world.app("agent")
+    mcp = world.app("mcp")
+    assert agent is not None and mcp is not None
+    for user in users:
+        world = world.with_user(user)
+        world = world.with_grant(
+            Grant(agent.client_id, mcp.client_id, ("access_as_user",), user=user.name)
+        )
+    return world, users
+
+
+def make_chain(idp: EntraEmulator, *, policy: Policy = Policy.USER_ONLY, **kw: Any) -> TokenChain:
+    obo = OnBehalfOf(
+        client_id=idp.agent.client_id,
+        tenant_id=idp.tenant_id,
+        client_secret=idp.agent.secret,
+        authority_host=idp.url,
+        http_client=idp.msal_http_client(),
+        max_workers=8,
+    )
+    return TokenChain([obo], policy=policy, **kw)
+
+
+def mcp_scopes(idp: EntraEmulator) -> list[str]:
+    return [f"{idp.mcp.app_id_uri}/.default"]
+
+
+def agent_token(idp: EntraEmulator, user: str | User, **kw: Any) -> str:
+    return idp.user_token(user, audience=idp.agent.client_id, **kw)
+
+
+# --- what the MCP server saw ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Seen:
+    method: str  # HTTP method
+    rpc: str | None  # JSON-RPC method (None for GET/DELETE or a batch/notification-less body)
+    oid: str | None  # the bearer's oid (unverified; the server verified it), None = no token
+    status: int
+    tool: str | None = None
+    caller_tag: str | None = None  # the "who" argument of a tools/call
+
+
+@dataclass
+class Recorder:
+    seen: list[Seen] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, item: Seen) -> None:
+        with self.lock:
+            self.seen.append(item)
+
+    def snapshot(self) -> list[Seen]:
+        with self.lock:
+            return list(self.seen)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.seen.clear()
+
+
+def _bearer_oid(headers: list[tuple[bytes, bytes]]) -> str | None:
+    for name, value in headers:
+        if name.lower() == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                return None
+            try:
+                return UnverifiedClaims.from_token(token.strip()).oid or "?"
+            except JwtDecodeError:
+                return "undecodable"
+    return None
+
+
+def recording(app: ASGI, recorder: Recorder) -> ASGI:
+    """Outermost ASGI wrapper: records (method, JSON-RPC method, token oid, status) for every
+    HTTP request, whatever the app answers."""
+
+    async def wrapper(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        messages: list[dict[str, Any]] = []
+        body = b""
+        while True:
+            message = await receive()
+            messages.append(message)
+            body += message.get("body", b"")
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
+        rpc = tool = tag = None
+        try:
+            parsed = json.loads(body) if body else None
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            rpc = parsed.get("method") if isinstance(parsed.get("method"), str) else None
+            params = parsed.get("params") if isinstance(parsed.get("params"), dict) else {}
+            if rpc == "tools/call":
+                tool = params.get("name")
+                args = params.get("arguments") or {}
+                tag = args.get("who") if isinstance(args, dict) else None
+        status = {"code": 0}
+
+        async def replay() -> dict[str, Any]:
+            if messages:
+                return messages.pop(0)
+            return await receive()
+
+        async def spy(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await app(scope, replay, spy)
+        finally:
+            recorder.add(
+                Seen(
+                    method=scope["method"],
+                    rpc=rpc,
+                    oid=_bearer_oid(scope.get("headers") or []),
+                    status=status["code"],
+                    tool=tool,
+                    caller_tag=tag,
+                )
+            )
+
+    return wrapper
+
+
+def legacy_only(app: ASGI) -> ASGI:
+    """Make the server look like an mcp 1.x server: modern (2026-07-28) requests are refused
+    (HTTP 400, no JSON-RPC body), so mcp 2.x clients fall back to ``initialize`` and a
+    ``mcp-session-id`` session, which the SDK binds to the principal that opened it."""
+    modern = {v.encode() for v in MODERN_PROTOCOL_VERSIONS}
+
+    async def wrapper(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            for name, value in scope.get("headers") or []:
+                if name.lower() == b"mcp-protocol-version" and value in modern:
+                    await send(
+                        {
+                            "type": "http.response.start",
+                            "status": 400,
+                            "headers": [(b"content-type", b"text/plain")],
+                        }
+                    )
+                    await send({"type": "http.response.body", "body": b"legacy server"})
+                    return
+        await app(scope, receive, send)
+
+    return wrapper
+
+
+def build_mcp_app(
+    idp: EntraEmulator, *, base_url: str, recorder: Recorder, stateful: bool = False
+) -> ASGI:
+    verifier = JwtVerifier(
+        audiences=[idp.mcp.client_id, idp.mcp.app_id_uri],
+        tenants=[idp.tenant_id],
+        authority_host=idp.url,
+        http_client=httpx2.AsyncClient(verify=idp.ca_file, trust_env=False),
+    )
+    auth = auth_settings(
+        resource_server_url=f"{base_url}/mcp",
+        tenant_id=idp.tenant_id,
+        scopes=["access_as_user"],
+        app_id_uri=idp.mcp.app_id_uri,
+        authority_host=idp.url,
+    )
+    server = MCPServer("records", token_verifier=EntraTokenVerifier(verifier), auth=auth)
+
+    @server.tool()
+    async def whoami(who: str = "") -> str:
+        """Who the server sees, and who the model said was asking (``who``)."""
+        user = current_user()
+        return json.dumps({"oid": user.oid, "upn": user.upn, "who": who})
+
+    app = server.streamable_http_app(stateless_http=not stateful, json_response=True)
+    wrapped: ASGI = EntraChallengeMiddleware(app, settings=auth)
+    if stateful:
+        wrapped = legacy_only(wrapped)
+    return recording(wrapped, recorder)
+
+
+# --- uvicorn in a thread, restartable on the same port -------------------------------------------
+
+
+class ServerThread:
+    """uvicorn on 127.0.0.1 in a daemon thread. ``restart()`` keeps the port."""
+
+    def __init__(self, make_app: Callable[[str], ASGI], *, name: str = "srv") -> None:
+        self.make_app = make_app
+        self.name = name
+        self.port = 0
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self._sock: Any = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ServerThread:
+        import socket
+
+        import uvicorn
+
+        # Bind first so the app knows its own URL; SO_REUSEADDR so a restart gets the same port;
+        # TCP_NODELAY because a hand-made socket otherwise stalls ~40 ms per response (FACTS.md).
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind(("127.0.0.1", self.port))
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(self.make_app(self.base), log_level="warning", lifespan="on")
+        server = uvicorn.Server(config)
+        thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, name=f"uvicorn-{self.name}", daemon=True
+        )
+        thread.start()
+        for _ in range(3000):  # bounded: at most ~30 s
+            if server.started or not thread.is_alive():
+                break
+            thread.join(0.01)
+        if not server.started:
+            sock.close()
+            raise RuntimeError(f"uvicorn ({self.name}) did not start")
+        self._server, self._thread, self._sock = server, thread, sock
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+            assert self._thread is not None
+            self._thread.join(15)
+            self._sock.close()
+            self._server = self._thread = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def serve_asgi(app: ASGI, *, name: str) -> ServerThread:
+    return ServerThread(lambda _base: app, name=name).start()
+
+
+def lifecycle(seen: list[Seen]) -> list[Seen]:
+    """Requests that are not tools/call POSTs: discovery, tools/list, ping, GET, DELETE..."""
+    return [s for s in seen if s.rpc != "tools/call"]
+
+
+def calls(seen: list[Seen]) -> list[Seen]:
+    return [s for s in seen if s.rpc == "tools/call"]
