@@ -143,6 +143,9 @@ class ConsentClient:
             login_hint=login_hint,
             domain_hint=domain_hint,
             claims_challenge=claims,
+            # The code comes back in a POST body, not in the URL (browser history, logs,
+            # referrers): RFC 9700 section 4.3.1, and MSAL warns about anything else.
+            response_mode="form_post",
         )
         if "code_verifier" not in flow or "nonce" not in flow:
             raise ConfigurationError("MSAL did not start a PKCE flow (unexpected MSAL version).")

@@ -83,14 +83,13 @@ def _params(raw: bytes, allowed: frozenset[str] | None = None) -> dict[str, str]
     if len(raw) > MAX_QUERY_BYTES:
         raise BadRequest("request_too_large", "The request parameters are too large.")
     try:
-        pairs = parse_qsl(
-            raw.decode("ascii"),
-            keep_blank_values=True,
-            max_num_fields=MAX_PARAMS,
-            strict_parsing=False,
-        )
-    except (UnicodeDecodeError, ValueError):
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
         raise BadRequest("bad_request", "The request parameters cannot be read.") from None
+    try:
+        pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_PARAMS)
+    except ValueError:
+        raise BadRequest("request_too_large", "Too many request parameters.") from None
     out: dict[str, str] = {}
     for name, value in pairs:
         if name in out:
@@ -175,7 +174,7 @@ class ConsentBroker:
         self.app = Starlette(
             routes=[
                 Route("/start", self._start, methods=["GET"]),
-                Route("/callback", self._callback, methods=["GET"]),
+                Route("/callback", self._callback, methods=["GET", "POST"]),
                 Route("/signout", self._signout, methods=["GET"]),
                 Route("/revoke", self._revoke, methods=["POST"]),
             ]
@@ -269,8 +268,9 @@ class ConsentBroker:
         for name, value in security_headers().items():
             response.headers[name] = value
         # Binds the sign-in to this browser: a state lured into another browser (login CSRF)
-        # arrives without the cookie. SameSite=Lax still sends it on the top-level redirect
-        # back from the identity provider.
+        # arrives without the cookie. SameSite=None because the identity provider's form_post
+        # is a cross-site POST; the cookie only proves "this browser started this flow", so
+        # sending it cross-site gives an attacker nothing.
         response.set_cookie(
             _cookie_name(state.flow_id, secure),
             browser,
@@ -278,13 +278,20 @@ class ConsentBroker:
             path="/",
             secure=secure,
             httponly=True,
-            samesite="lax",
+            samesite="none" if secure else "lax",
         )
         return response
 
     async def _callback(self, request: Request) -> Response:
         try:
-            params = _params(request.scope.get("query_string", b""), _CALLBACK_PARAMS)
+            # response_mode=form_post: the identity provider's page POSTs code and state; a GET
+            # with a query is accepted too (providers that ignore form_post), same checks.
+            raw = (
+                await _bounded_body(request)
+                if request.method == "POST"
+                else request.scope.get("query_string", b"")
+            )
+            params = _params(raw, _CALLBACK_PARAMS)
             return await self._do_callback(request, params)
         except (BadRequest, StateError) as exc:
             logger.info("consent callback rejected: %s", exc.code)
@@ -354,7 +361,7 @@ class ConsentBroker:
             path="/",
             secure=secure,
             httponly=True,
-            samesite="lax",
+            samesite="none" if secure else "lax",
         )
         return response
 
@@ -366,8 +373,9 @@ class ConsentBroker:
         }
         try:
             answer = await self.client.pool.run(self.client.redeem, flow, response)
-        except ValueError:
-            # MSAL: state or nonce mismatch.
+        except (ValueError, RuntimeError):
+            # MSAL: state mismatch (ValueError), nonce or id token claims mismatch
+            # (RuntimeError, IdTokenError). Their messages echo values: not shown, not logged.
             raise BadRequest(
                 "id_token_invalid", "The sign-in answer does not match this sign-in."
             ) from None

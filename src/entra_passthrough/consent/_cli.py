@@ -90,20 +90,19 @@ def main(argv: list[str]) -> int:
             raise ConfigurationError("the broker config must be a JSON object.")
         broker = build_broker(config)
     except (OSError, ValueError) as exc:
-        print(f"entra-passthrough broker: {exc}", file=sys.stderr)
+        sys.stderr.write(f"entra-passthrough broker: {exc}\n")
         return 2
     if not args.insecure_http and not (args.certfile and args.keyfile):
-        print("entra-passthrough broker: --certfile and --keyfile are required", file=sys.stderr)
+        sys.stderr.write("entra-passthrough broker: --certfile and --keyfile are required\n")
         return 2
     if args.insecure_http and args.host not in ("127.0.0.1", "localhost", "::1"):
-        print("entra-passthrough broker: --insecure-http is loopback only", file=sys.stderr)
+        sys.stderr.write("entra-passthrough broker: --insecure-http is loopback only\n")
         return 2
     import uvicorn
 
-    print(
+    sys.stderr.write(
         "consent broker: WARNING the memory store is not shared with any agent process; "
-        "use the mounted broker (ConsentBroker.for_source) until a shared store is configured.",
-        file=sys.stderr,
+        "use the mounted broker (ConsentBroker.for_source) until a shared store is configured.\n"
     )
     uvicorn.run(
         broker.app,

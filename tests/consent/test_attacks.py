@@ -1,0 +1,272 @@
+"""Attacks on the broker: each is refused with a clear 400 and nothing is stored."""
+
+from __future__ import annotations
+
+import time
+import urllib.parse
+
+import httpx2
+import pytest
+
+from entra_passthrough import ConsentRequired, TokenRequest
+from entra_passthrough._grants import UserKey
+from entra_passthrough._sources.delegated import DelegatedConsent
+from entra_passthrough._store import Keyring
+from entra_passthrough.consent._state import State
+
+from .conftest import (
+    ConsentEnv,
+    follow_link,
+    form_post_fields,
+    platform_caller,
+    submit_form_post,
+    verified_caller,
+)
+
+
+async def _link(source: DelegatedConsent, env: ConsentEnv, caller) -> str:  # type: ignore[no-untyped-def]
+    with pytest.raises(ConsentRequired) as info:
+        await source.get_token_async(TokenRequest(scopes=(env.mcp_scope,), caller=caller))
+    assert info.value.link is not None
+    return info.value.link
+
+
+async def _nothing_stored(source: DelegatedConsent, caller) -> None:  # type: ignore[no-untyped-def]
+    key = UserKey.from_caller(caller)
+    assert key is not None
+    assert await source.grants.get_grant(key.hashed) is None
+    assert await source.grants.get_binding(key.hashed) is None
+
+
+def _rejected(response: httpx2.Response, code: str) -> None:
+    assert response.status_code == 400, response.text
+    assert f"<code>{code}</code>" in response.text, response.text
+    assert "Nothing was stored" in response.text
+
+
+async def _code_and_state(browser: httpx2.AsyncClient, link: str) -> tuple[str, str]:
+    """Follow the link to the identity provider and stop before the callback."""
+    start = await browser.get(link, follow_redirects=False)
+    assert start.status_code == 302
+    authorize = await browser.get(start.headers["location"], follow_redirects=False)
+    _, fields = form_post_fields(authorize)
+    return fields["code"], fields["state"]
+
+
+@pytest.fixture
+def alice_caller(consent_env: ConsentEnv):  # type: ignore[no-untyped-def]
+    return platform_caller(f"attack-alice-{time.monotonic_ns()}", upn=consent_env.idp.users["alice"].upn)
+
+
+async def test_forged_state(consent_env: ConsentEnv, alice_caller) -> None:  # type: ignore[no-untyped-def]
+    env = consent_env
+    source, _ = env.make()
+    link = await _link(source, env, alice_caller)
+    async with env.browser() as browser:
+        code, state = await _code_and_state(browser, link)
+        kid, body, mac = state.split(".")
+        key_hash = UserKey.from_caller(alice_caller).hashed  # type: ignore[union-attr]
+        forged = [
+            "not-a-state",
+            f"{kid}.{body}.{'A' * len(mac)}",  # bad signature
+            State("x" * 24, key_hash, time.time() + 60).sign(Keyring.generate(kid)),  # other key
+            State("x" * 24, key_hash, time.time() + 60).sign(Keyring.generate("evil")),
+        ]
+        for value in forged:
+            answer = await browser.get(
+                f"{env.redirect_uri}?" + urllib.parse.urlencode({"code": code, "state": value})
+            )
+            _rejected(answer, "invalid_state")
+    await _nothing_stored(source, alice_caller)
+
+
+async def test_replayed_state(consent_env: ConsentEnv, alice_caller) -> None:  # type: ignore[no-untyped-def]
+    env = consent_env
+    source, _ = env.make()
+    link = await _link(source, env, alice_caller)
+    async with env.browser() as browser:
+        code, state = await _code_and_state(browser, link)
+        callback = f"{env.redirect_uri}?" + urllib.parse.urlencode({"code": code, "state": state})
+        first = await browser.get(callback)
+        assert first.status_code == 200
+        key = UserKey.from_caller(alice_caller)
+        assert key is not None
+        await source.grants.delete_grant(key.hashed)
+        replay = await browser.get(callback)
+    _rejected(replay, "state_used")
+    assert await source.grants.get_grant(key.hashed) is None
+
+
+async def test_expired_state(consent_env: ConsentEnv, alice_caller) -> None:  # type: ignore[no-untyped-def]
+    env = consent_env
+    source, _ = env.make()
+    link = await _link(source, env, alice_caller)
+    async with env.browser() as browser:
+        code, state = await _code_and_state(browser, link)
+        payload = source.keyring.verify("state", state)
+        import json
+
+        data = json.loads(payload)
+        expired = State(data["f"], data["k"], time.time() - 1).sign(source.keyring)
+        answer = await browser.get(
+            f"{env.redirect_uri}?" + urllib.parse.urlencode({"code": code, "state": expired})
+        )
+    _rejected(answer, "state_expired")
+    await _nothing_stored(source, alice_caller)
+
+
+async def test_state_for_user_a_completed_by_user_b(consent_env: ConsentEnv) -> None:
+    env = consent_env
+    alice, bob = env.idp.users["alice"], env.idp.users["bob"]
+    source, _ = env.make()
+    caller = verified_caller(alice.tenant_id, alice.oid)
+    link = await _link(source, env, caller)
+    async with env.browser() as browser:
+        start = await browser.get(link, follow_redirects=False)
+        authorize = start.headers["location"] + "&" + urllib.parse.urlencode(
+            {"login_hint": bob.upn}
+        )
+        answer = await submit_form_post(browser, await browser.get(authorize))
+    _rejected(answer, "user_mismatch")
+    key = UserKey.from_caller(caller)
+    assert key is not None and await source.grants.get_grant(key.hashed) is None
+
+
+async def test_platform_id_stays_bound_to_its_first_user(consent_env: ConsentEnv) -> None:
+    env = consent_env
+    alice, bob = env.idp.users["alice"], env.idp.users["bob"]
+    source, _ = env.make()
+    caller = platform_caller(f"shared-{time.monotonic_ns()}", upn=alice.upn)
+    ok = await follow_link(env, await _link(source, env, caller))
+    assert ok.status_code == 200
+    key = UserKey.from_caller(caller)
+    assert key is not None
+    found = await source.grants.get_grant(key.hashed)
+    assert found is not None and found[0].oid == alice.oid
+    await source.grants.delete_grant(key.hashed)
+    async with env.browser() as browser:
+        start = await browser.get(await _link(source, env, caller), follow_redirects=False)
+        location = start.headers["location"].replace(
+            urllib.parse.quote(alice.upn, safe=""), urllib.parse.quote(bob.upn, safe="")
+        )
+        assert bob.upn in urllib.parse.unquote(location)
+        answer = await submit_form_post(browser, await browser.get(location))
+    _rejected(answer, "user_mismatch")
+    assert await source.grants.get_grant(key.hashed) is None
+
+
+async def test_pkce_verifier_mismatch(consent_env: ConsentEnv, alice_caller) -> None:  # type: ignore[no-untyped-def]
+    env = consent_env
+    source, _ = env.make()
+    link = await _link(source, env, alice_caller)
+    async with env.browser() as browser:
+        code_1, _ = await _code_and_state(browser, link)
+        _, state_2 = await _code_and_state(browser, link)
+        # code from sign-in 1, state (hence PKCE verifier) of sign-in 2: code injection
+        answer = await browser.get(
+            f"{env.redirect_uri}?" + urllib.parse.urlencode({"code": code_1, "state": state_2})
+        )
+    _rejected(answer, "redeem_failed")
+    assert "AADSTS501481" in answer.text
+    await _nothing_stored(source, alice_caller)
+
+
+async def test_nonce_mismatch(consent_env: ConsentEnv, alice_caller) -> None:  # type: ignore[no-untyped-def]
+    env = consent_env
+    source, _ = env.make()
+    link = await _link(source, env, alice_caller)
+    async with env.browser() as browser:
+        start = await browser.get(link, follow_redirects=False)
+        parts = urllib.parse.urlsplit(start.headers["location"])
+        query = dict(urllib.parse.parse_qsl(parts.query))
+        query["nonce"] = "attacker-chosen-nonce"
+        tampered = parts._replace(query=urllib.parse.urlencode(query)).geturl()
+        answer = await submit_form_post(browser, await browser.get(tampered))
+    _rejected(answer, "id_token_invalid")
+    await _nothing_stored(source, alice_caller)
+
+
+async def test_state_completed_in_another_browser(consent_env: ConsentEnv, alice_caller) -> None:  # type: ignore[no-untyped-def]
+    env = consent_env
+    source, _ = env.make()
+    link = await _link(source, env, alice_caller)
+    async with env.browser() as attacker:
+        code, state = await _code_and_state(attacker, link)
+    async with env.browser() as victim:
+        answer = await victim.get(
+            f"{env.redirect_uri}?" + urllib.parse.urlencode({"code": code, "state": state})
+        )
+    _rejected(answer, "browser_mismatch")
+    await _nothing_stored(source, alice_caller)
+
+
+async def test_redirect_uri_not_on_the_list(consent_env: ConsentEnv, alice_caller) -> None:  # type: ignore[no-untyped-def]
+    env = consent_env
+    source, _ = env.make()
+    link = await _link(source, env, alice_caller)
+    async with env.browser() as browser:
+        for evil in ("https://evil.example/callback", env.redirect_uri + "x",
+                     env.redirect_uri.replace("https", "http")):
+            answer = await browser.get(
+                link + "&" + urllib.parse.urlencode({"redirect_uri": evil}), follow_redirects=False
+            )
+            _rejected(answer, "redirect_uri_not_allowed")
+    await _nothing_stored(source, alice_caller)
+
+
+async def test_oversized_duplicated_and_garbage_parameters(consent_env: ConsentEnv, alice_caller) -> None:  # type: ignore[no-untyped-def]
+    env = consent_env
+    source, _ = env.make()
+    link = await _link(source, env, alice_caller)
+    ticket = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(link).query))["t"]
+    async with env.browser() as browser:
+        cases = [
+            (f"{env.base}/start?t={ticket}&t={ticket}", "duplicate_parameter"),
+            (f"{env.base}/start?t={'A' * 9000}", "request_too_large"),
+            (f"{env.base}/start?t={'A' * 5000}", "request_too_large"),
+            (f"{env.base}/start?t=garbage", "invalid_link"),
+            (f"{env.base}/start", "invalid_link"),
+            (f"{env.base}/start?t={ticket}&extra=1", "bad_request"),
+            (f"{env.base}/start?t=%ff%fe", "invalid_link"),
+            (f"{env.base}/start?" + "&".join(f"p{i}=1" for i in range(40)), "request_too_large"),
+            (f"{env.redirect_uri}?code=a&state=b&state=c", "duplicate_parameter"),
+            (f"{env.redirect_uri}?code=a&code=a&state=b", "duplicate_parameter"),
+            (f"{env.redirect_uri}?code={'c' * 5000}&state=b", "request_too_large"),
+            (f"{env.redirect_uri}?code=a&state={'s' * 600}", "invalid_state"),
+            (f"{env.redirect_uri}?code=a", "invalid_state"),
+            (f"{env.redirect_uri}", "invalid_state"),
+            (f"{env.redirect_uri}?state=%00%01&code=%ff", "invalid_state"),
+        ]
+        for url, code in cases:
+            answer = await browser.get(url, follow_redirects=False)
+            _rejected(answer, code)
+        json_answer = await browser.get(
+            f"{env.redirect_uri}?code=a&state=b", headers={"Accept": "application/json"}
+        )
+        assert json_answer.status_code == 400
+        assert json_answer.json() == {
+            "error": "invalid_state",
+            "error_description": json_answer.json()["error_description"],
+            "stored": False,
+        }
+        revoke = await browser.post(f"{env.base}/revoke", data={"t": "forged"})
+        assert revoke.status_code == 400
+    await _nothing_stored(source, alice_caller)
+
+
+async def test_identity_provider_error_is_shown_and_consumes_the_state(
+    consent_env: ConsentEnv, alice_caller  # type: ignore[no-untyped-def]
+) -> None:
+    env = consent_env
+    source, _ = env.make()
+    link = await _link(source, env, alice_caller)
+    async with env.browser() as browser:
+        _, state = await _code_and_state(browser, link)
+        denied = await browser.get(
+            f"{env.redirect_uri}?" + urllib.parse.urlencode(
+                {"error": "access_denied", "error_description": "<script>x</script>", "state": state}
+            )
+        )
+    _rejected(denied, "sign_in_refused")
+    assert "<script>" not in denied.text
+    await _nothing_stored(source, alice_caller)
