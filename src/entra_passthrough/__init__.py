@@ -48,6 +48,9 @@ from ._sources import (
     OnBehalfOf,
 )
 # --- consent (_store, _sources.delegated) ---
+from ._grants import UserKey
+from ._sources.delegated import DelegatedConsent
+from ._store import Keyring, MemoryStore, TokenStore
 
 __version__ = "0.1.0"
 
@@ -64,6 +67,7 @@ __all__ = [
     "CallerMiddleware",
     "ConfigurationError",
     "ConsentRequired",
+    "DelegatedConsent",
     "EntraAuth",
     "EntraError",
     "EntraPassthroughError",
@@ -72,7 +76,9 @@ __all__ = [
     "InsufficientScope",
     "InteractionRequired",
     "JwtVerifier",
+    "Keyring",
     "ManagedIdentity",
+    "MemoryStore",
     "MissingExtraError",
     "NoCallerError",
     "OnBehalfOf",
@@ -86,8 +92,10 @@ __all__ = [
     "TokenRequest",
     "TokenResult",
     "TokenSource",
+    "TokenStore",
     "TokenVerificationError",
     "UnverifiedClaims",
+    "UserKey",
     "VerifiedToken",
     "__version__",
     "active_caller",
