@@ -5,10 +5,12 @@ verifies the token (JwtVerifier: PyJWT against the emulator's JWKS) and echoes w
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import httpx
 import httpx2
 import pytest
 from starlette.applications import Starlette
@@ -23,7 +25,9 @@ from entra_passthrough import (
     OnBehalfOf,
     TokenAcquisitionError,
     TokenChain,
+    bind_caller,
 )
+from entra_passthrough.httpx import EntraAuth as ClassicEntraAuth
 from entra_passthrough.testing import FOUNDRY_AUDIENCE, EntraEmulator
 
 from ._serve import serve
@@ -36,10 +40,25 @@ class Stack:
     api_url: str
 
 
+CAE_CLAIMS = '{"access_token":{"nbf":{"essential":true,"value":"1700000000"}}}'
+
+
 def api_app(idp: EntraEmulator) -> CallerMiddleware:
+    challenged: set[str] = set()
+
     async def whoami(request: Request) -> JSONResponse:
         verified = request.state.entra_caller.verified
         return JSONResponse({k: verified.get(k) for k in ("oid", "aud", "tid", "scp", "azp")})
+
+    async def cae(request: Request) -> JSONResponse:
+        # A CAE-style resource: the first token it sees for each user is "revoked".
+        oid = request.state.entra_caller.verified["oid"]
+        if oid not in challenged:
+            challenged.add(oid)
+            encoded = base64.b64encode(CAE_CLAIMS.encode()).decode()
+            challenge = f'Bearer realm="", error="insufficient_claims", claims="{encoded}"'
+            return JSONResponse({}, 401, headers={"www-authenticate": challenge})
+        return await whoami(request)
 
     verifier = JwtVerifier(
         audiences=[idp.mcp.client_id, idp.mcp.app_id_uri],
@@ -48,7 +67,9 @@ def api_app(idp: EntraEmulator) -> CallerMiddleware:
         verify=idp.ca_file,
     )
     return CallerMiddleware(
-        Starlette(routes=[Route("/whoami", whoami)]), require_caller=True, verifier=verifier
+        Starlette(routes=[Route("/whoami", whoami), Route("/cae", cae)]),
+        require_caller=True,
+        verifier=verifier,
     )
 
 
@@ -64,13 +85,19 @@ def agent_app(idp: EntraEmulator, api_url: str) -> CallerMiddleware:
             )
         ]
     )
-    auth = EntraAuth(chain, scopes=[f"{idp.mcp.app_id_uri}/.default"], origins=[api_url])
+    auth = EntraAuth(
+        chain,
+        scopes=[f"{idp.mcp.app_id_uri}/.default"],
+        origins=[api_url],
+        client_capabilities=["CP1"],
+    )
 
     async def ask_api(request: Request) -> JSONResponse:
+        path = "cae" if request.query_params.get("path") == "cae" else "whoami"
         async with httpx2.AsyncClient() as client:
             auth.install(client)
             try:
-                response = await client.get(f"{api_url}/whoami")
+                response = await client.get(f"{api_url}/{path}")
             except TokenAcquisitionError as exc:
                 code = exc.code.code if exc.code is not None else None
                 return JSONResponse({"error": type(exc).__name__, "aadsts": code}, 502)
@@ -89,8 +116,12 @@ def stack() -> Iterator[Stack]:
         yield Stack(idp, agent_url, api_url)
 
 
-async def ask(client: httpx2.AsyncClient, stack: Stack, token: str) -> httpx2.Response:
-    return await client.get(f"{stack.agent_url}/ask", headers={"authorization": f"Bearer {token}"})
+async def ask(
+    client: httpx2.AsyncClient, stack: Stack, token: str, path: str = "whoami"
+) -> httpx2.Response:
+    return await client.get(
+        f"{stack.agent_url}/ask?path={path}", headers={"authorization": f"Bearer {token}"}
+    )
 
 
 async def test_alice_and_bob_concurrently_each_reach_the_api_as_themselves(
@@ -152,3 +183,49 @@ async def test_api_refuses_the_agent_audience_token_directly(stack: Stack) -> No
     assert 'error="invalid_token"' in answer.headers["www-authenticate"]
     assert missing.status_code == 401
     assert "error=" not in missing.headers["www-authenticate"]
+
+
+async def test_claims_challenge_gets_a_fresh_token_once(stack: Stack) -> None:
+    idp = stack.idp
+    dave = "bob"  # consented; the CAE route challenges each user's first token once
+    token = idp.user_token(dave, audience=idp.agent.client_id, lifetime=1800)
+    before = idp.stats()["grants"]["on_behalf_of"]
+    async with httpx2.AsyncClient(timeout=30) as client:
+        first = await ask(client, stack, token, path="cae")
+        again = await ask(client, stack, token, path="cae")
+        third = await ask(client, stack, token, path="cae")
+    assert first.status_code == 200, first.text
+    assert first.json()["status"] == 200  # retried once, after the challenge
+    assert first.json()["api_saw"]["oid"] == idp.users[dave].oid
+    assert again.json()["status"] == 200
+    assert third.json()["status"] == 200
+    # 1: the first token; 2: after the challenge, with the claims (its own cache entry);
+    # 3: the next plain call, since the challenged entry was dropped; then cache hits.
+    assert idp.stats()["grants"]["on_behalf_of"] - before == 3
+
+
+def test_sync_classic_httpx_with_bind_caller(stack: Stack) -> None:
+    idp = stack.idp
+    chain = TokenChain(
+        [
+            OnBehalfOf(
+                client_id=idp.agent.client_id,
+                tenant_id=idp.tenant_id,
+                client_secret=idp.agent.secret,
+                authority_host=idp.url,
+                http_client=idp.msal_http_client(),
+            )
+        ]
+    )
+    auth = ClassicEntraAuth(
+        chain, scopes=[f"{idp.mcp.app_id_uri}/.default"], origins=[stack.api_url]
+    )
+    token = idp.user_token("alice", audience=idp.agent.client_id)
+    with httpx.Client(auth=auth, timeout=30) as client:
+        with bind_caller(token=token):
+            answer = client.get(f"{stack.api_url}/whoami")
+        outside = client.get(f"{stack.api_url}/whoami")  # no caller, user_only: no token
+    assert answer.status_code == 200
+    assert answer.json()["oid"] == idp.users["alice"].oid
+    assert answer.json()["aud"] == idp.mcp.client_id
+    assert outside.status_code == 401
