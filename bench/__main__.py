@@ -138,7 +138,7 @@ class Run:
             2 * s.rounds,
             max(s.sweep_users),
             s.sweep_fixed_users,
-            s.memory_real_users,
+            s.memory_real_users + 4,
             2,
         )
         for latency in s.latencies:
@@ -147,7 +147,7 @@ class Run:
             out: dict[str, Any] = {}
             self.results["by_latency"][label] = out
             try:
-                emu = Emulator(token_latency=latency)
+                emu = Emulator(token_latency=latency, users=need)
             except Exception as exc:
                 self.results["errors"].append({"scenario": f"emulator {label}", "error": repr(exc)})
                 continue
@@ -225,13 +225,17 @@ class Run:
         return self.results
 
     async def _memory_real(self, emu: Emulator, pool: list[str]) -> dict[str, Any]:
+        from ._patterns import Ours, SharedMsalApp
+
+        n = self.sizes.memory_real_users
+        out: dict[str, Any] = {"users": n}
         with tempfile.TemporaryDirectory(prefix="bench-mem-") as tmp:
             path = Path(tmp) / "input.json"
             path.write_text(json.dumps({"state": emu.state, "assertions": pool}))
-            return await asyncio.to_thread(
-                _memory.run_child,
-                ["--real", str(self.sizes.memory_real_users), "--input", str(path)],
-            )
+            for name in (Ours.name, SharedMsalApp.name):
+                args = ["--real", str(n), "--input", str(path), "--pattern", name]
+                out[name] = await asyncio.to_thread(_memory.run_child, args)
+        return out
 
     async def _memory_synthetic(self) -> list[dict[str, Any]]:
         out = []

@@ -47,23 +47,16 @@ def _first(d: dict[str, Any], *keys: str, default: Any = None) -> Any:
 class Emulator:
     """``entra-passthrough emulator`` started as a child process with a fixed token latency."""
 
-    def __init__(self, *, token_latency: float) -> None:
+    def __init__(self, *, token_latency: float, users: int = 0) -> None:
         self.token_latency = token_latency
         self._dir: tempfile.TemporaryDirectory[str] | None = tempfile.TemporaryDirectory(
             prefix="bench-emu-"
         )
         state_file = Path(self._dir.name) / "state.json"
-        exe = Path(sys.executable).with_name("entra-passthrough")
-        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "entra_passthrough.cli"]
-        cmd += [
-            "emulator",
-            "--port",
-            "0",
-            "--token-latency",
-            str(token_latency),
-            "--state-file",
-            str(state_file),
-        ]
+        cmd = [sys.executable, "-m", "bench._emu_world", "--users", str(users)]
+        if os.environ.get("BENCH_EMULATOR_CMD"):  # e.g. `entra-passthrough emulator`
+            cmd = os.environ["BENCH_EMULATOR_CMD"].split()
+        cmd += ["--token-latency", str(token_latency), "--state-file", str(state_file)]
         self.proc: subprocess.Popen[str] | None = subprocess.Popen(
             cmd,
             stdout=subprocess.DEVNULL,
@@ -101,10 +94,15 @@ class Emulator:
         apps = self.state["apps"]
         self.agent = self._app(apps["agent"])
         self.mcp = self._app(apps["mcp"])
+        # The public client people sign in to (pre-consented for the agent's scope); user tokens
+        # for the agent are what it would obtain. Falls back to the agent itself.
+        self.frontend = self._app(apps["frontend"]) if "frontend" in apps else self.agent
+        users = self.state["users"]
+        bench = [n for n in users if n.startswith("bench-user-")]
+        # distinct users when the world has them, else the default world's consented users
+        names = sorted(bench, key=lambda n: int(n.rsplit("-", 1)[1])) or ["alice", "bob"]
         self.users = [
-            UserCred(name=name, upn=u["upn"], password=u["password"])
-            for name, u in self.state["users"].items()
-            if name in ("alice", "bob")  # the consented users in the default world
+            UserCred(name=n, upn=users[n]["upn"], password=users[n]["password"]) for n in names
         ]
         self.mcp_scope = f"{self.mcp.app_id_uri}/.default"
         self._client = httpx2.Client(verify=self.ca_file, trust_env=False, timeout=60)
@@ -140,18 +138,17 @@ class Emulator:
         return data
 
     def obo_posts(self) -> int:
-        return int(self.stats().get("grants", {}).get(OBO_GRANT, 0))
+        """Every POST to the token endpoint (OBO, and the refresh-token redemptions some
+        credentials make instead): each is a round trip to Entra."""
+        return self.token_posts()
 
     def token_posts(self) -> int:
         return int(self.stats().get("endpoints", {}).get("token", 0))
 
     # --- user assertions -------------------------------------------------------------------------
     async def mint_assertions(self, n: int) -> list[str]:
-        """``n`` distinct user tokens for the agent (aud = agent), via the password grant.
-
-        Each is a distinct assertion (its own cache key) as n distinct users would present; they
-        alternate between the consented users of the default world.
-        """
+        """``n`` user tokens for the agent (aud = agent) via the password grant, one per user
+        while the world has users (then cycling: distinct assertions of the same users)."""
         sem = asyncio.Semaphore(16)
         async with httpx2.AsyncClient(verify=self.ca_file, trust_env=False, timeout=60) as client:
 
@@ -159,13 +156,13 @@ class Emulator:
                 user = self.users[i % len(self.users)]
                 data = {
                     "grant_type": "password",
-                    "client_id": self.agent.client_id,
+                    "client_id": self.frontend.client_id,
                     "username": user.upn,
                     "password": user.password,
                     "scope": f"{self.agent.app_id_uri}/access_as_user",
                 }
-                if self.agent.secret:
-                    data["client_secret"] = self.agent.secret
+                if self.frontend.secret:
+                    data["client_secret"] = self.frontend.secret
                 async with sem:
                     r = await client.post(self.token_endpoint, data=data)
                 if r.status_code != 200:

@@ -7,8 +7,9 @@ Two figures:
   emulator OBO token); RSS delta / N, next to the token size. Then 2x the bound into a cache of
   ``max_entries=N`` : its size must stay at N.
 * real path: M distinct users through the real OBO flow against the emulator, for us and for the
-  shared MSAL app baseline; the entries held by EVERY ``msal.TokenCache`` alive in the process
-  (found with ``gc``: access, refresh, id tokens, accounts) plus our own cache, and RSS / user.
+  shared MSAL app baseline, each in its own fresh process after a warm-up; the entries held by
+  EVERY ``msal.TokenCache`` alive in the process (found with ``gc``: access, refresh, id tokens,
+  accounts) plus our own cache, and the RSS each further user adds.
 """
 
 from __future__ import annotations
@@ -22,8 +23,12 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._emu import Emulator
 
 import msal
 
@@ -90,38 +95,50 @@ async def synthetic(n: int, token_len: int) -> dict[str, Any]:
     }
 
 
-async def real_path(state: dict[str, Any], users: int, assertions: list[str]) -> dict[str, Any]:
+async def real_path(
+    state: dict[str, Any], users: int, assertions: list[str], pattern_name: str
+) -> dict[str, Any]:
+    """One alternative in this (fresh) process: warm it with a few users (imports, threads,
+    connections, MSAL app), then measure what ``users`` MORE distinct users add."""
     from ._emu import Emulator
-    from ._patterns import Ours, SharedMsalApp
+    from ._patterns import Ours, Pattern, SharedMsalApp
 
+    factories: dict[str, Callable[[Emulator], Pattern]] = {
+        Ours.name: Ours,
+        SharedMsalApp.name: SharedMsalApp,
+    }
+    factory = factories[pattern_name]
     emu = Emulator.attach(state)
-    out: dict[str, Any] = {"users": users}
-    for factory in (Ours, SharedMsalApp):
-        gc.collect()
-        before_entries = msal_cache_entries()
-        before = rss()
-        pattern = factory(emu)
-        sem = asyncio.Semaphore(8)
+    warm, measured = assertions[:4], assertions[4 : 4 + users]
+    if len(measured) < users:
+        raise ValueError(f"need {users + 4} assertions, have {len(assertions)}")
+    pattern = factory(emu)
+    sem = asyncio.Semaphore(8)
 
-        async def one(a: str, pattern: Any = pattern, sem: asyncio.Semaphore = sem) -> None:
-            async with sem:
-                await pattern.token(a)
+    async def one(a: str) -> None:
+        async with sem:
+            await pattern.token(a)
 
-        await asyncio.gather(*(one(a) for a in assertions[:users]))
-        gc.collect()
-        after = rss()
-        entries = msal_cache_entries()
-        grown = {k: v - before_entries.get(k, 0) for k, v in entries.items()}
-        ours_len = len(pattern.chain.cache) if isinstance(pattern, Ours) else 0
-        out[factory.name] = {
-            "msal_cache_entries": grown,
-            "msal_entries_per_user": sum(grown.values()) / users,
-            "our_cache_entries": ours_len,
-            "rss_per_user_bytes": (after - before) / users,
-        }
-        await pattern.aclose()
+    await asyncio.gather(*(one(a) for a in warm))
+    gc.collect()
+    before_entries = msal_cache_entries()
+    before = rss()
+    await asyncio.gather(*(one(a) for a in measured))
+    gc.collect()
+    after = rss()
+    entries = msal_cache_entries()
+    grown = {k: v - before_entries.get(k, 0) for k, v in entries.items()}
+    ours_len = len(pattern.chain.cache) if isinstance(pattern, Ours) else 0
+    await pattern.aclose()
     emu.detach()
-    return out
+    return {
+        "users": users,
+        "msal_cache_entries": grown,
+        "msal_cache_entries_total": entries,
+        "msal_entries_per_user": sum(grown.values()) / users,
+        "our_cache_entries": ours_len,
+        "rss_per_user_bytes": (after - before) / users,
+    }
 
 
 def run_child(args: list[str], timeout: float = 600) -> dict[str, Any]:
@@ -143,12 +160,13 @@ def main() -> None:
     parser.add_argument("--token-len", type=int, default=1500)
     parser.add_argument("--real", type=int)
     parser.add_argument("--input", type=Path, help="JSON: emulator state + assertions")
+    parser.add_argument("--pattern", default="entra-passthrough")
     args = parser.parse_args()
     if args.synthetic:
         res = asyncio.run(synthetic(args.synthetic, args.token_len))
     else:
         data = json.loads(args.input.read_text())
-        res = asyncio.run(real_path(data["state"], args.real, data["assertions"]))
+        res = asyncio.run(real_path(data["state"], args.real, data["assertions"], args.pattern))
     print(json.dumps(res))
 
 

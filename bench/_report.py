@@ -258,9 +258,10 @@ def markdown(r: dict[str, Any]) -> str:
             "median per-call latency / one raw OBO round trip "
             f"({_miqr(rt.get('floor_round_trip_s'), 1e3)} ms) in the same round.",
             "",
-            "| pattern | POSTs | per-call latency / round trip | wall / round trip | "
-            "burst POSTs | burst latency / round trip | loop lag max ms (100 cold) | p99 ms |",
-            "|---|---|---|---|---|---|---|---|",
+            "| pattern | POSTs | mean token wait per call / round trip | median / round trip "
+            "| wall / round trip | burst POSTs | burst wait / round trip "
+            f"| loop lag max ms ({ll.get('users', '?')} cold users) | p99 ms |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for name in ALL_NAMES:
             p = rt["patterns"].get(name, {})
@@ -268,27 +269,32 @@ def markdown(r: dict[str, Any]) -> str:
             lg = ll.get("patterns", {}).get(name, {})
             lines.append(
                 f"| {name} | {_miqr(p.get('posts'), digits=0)} | "
+                f"{_miqr(p.get('mean_latency_ratio_to_round_trip'), digits=3)} | "
                 f"{_miqr(p.get('latency_ratio_to_round_trip'), digits=3)} | "
                 f"{_miqr(p.get('wall_ratio_to_round_trip'), digits=1)} | "
                 f"{_miqr(b.get('posts'), digits=0)} | "
-                f"{_miqr(b.get('latency_ratio_to_round_trip'), digits=2)} | "
+                f"{_miqr(b.get('mean_latency_ratio_to_round_trip'), digits=2)} | "
                 f"{_miqr(lg.get('max_ms'), digits=1)} | {_miqr(lg.get('p99_ms'), digits=1)} |"
             )
         if "floor" in ll:
             lines.append(
-                f"| *floor (idle loop)* | | | | | | {_miqr(ll['floor'].get('max_ms'), digits=1)} | "
+                "| *floor (idle loop)* | | | | | | | "
+                f"{_miqr(ll['floor'].get('max_ms'), digits=1)} | "
                 f"{_miqr(ll['floor'].get('p99_ms'), digits=1)} |"
             )
         best, v = _best_baseline(rt["patterns"], "posts")
         ours = _med(rt["patterns"], OURS, "posts")
-        bl, vl = _best_baseline(rt["patterns"], "latency_ratio_to_round_trip")
-        ol = _med(rt["patterns"], OURS, "latency_ratio_to_round_trip")
+        bl, vl = _best_baseline(rt["patterns"], "mean_latency_ratio_to_round_trip")
+        ol = _med(rt["patterns"], OURS, "mean_latency_ratio_to_round_trip")
+        bw, vw = _best_baseline(rt["patterns"], "wall_s")
+        ow = _med(rt["patterns"], OURS, "wall_s")
         if best and not math.isnan(ours):
             lines += [
                 "",
                 f"Against the best baseline: POSTs {ours:.0f} vs {v:.0f} ({best}) = "
-                f"{ours / v:.2f}x; per-call latency {ol:.3f} vs {vl:.3f} ({bl}) = "
-                f"{ol / vl if vl else math.nan:.2f}x.",
+                f"{ours / v:.2f}x; mean token wait per call {ol:.3f} vs {vl:.3f} round trips "
+                f"({bl}) = {ol / vl if vl else math.nan:.2f}x; wall time {ow:.2f} s vs "
+                f"{vw:.2f} s ({bw}) = {ow / vw if vw else math.nan:.2f}x.",
             ]
     oh = r.get("overhead", {})
     if "loopback" in oh:

@@ -87,6 +87,7 @@ async def measure(
         "posts": posts,
         "wall_s": wall,
         "latency_median_s": summary(latencies)["median"],
+        "latency_mean_s": sum(latencies) / len(latencies),
         "latency_p99_s": percentile(latencies, 99),
         "calls": len(calls),
     }
@@ -119,6 +120,11 @@ async def interleaved(
             "posts": summary([x["posts"] for x in runs]),
             "wall_s": summary([x["wall_s"] for x in runs]),
             "latency_median_s": summary([x["latency_median_s"] for x in runs]),
+            "latency_mean_s": summary([x["latency_mean_s"] for x in runs]),
+            # mean time a call waited for its token, over the same round's round-trip floor
+            "mean_latency_ratio_to_round_trip": summary(
+                [x["latency_mean_s"] / x["floor_s"] for x in runs]
+            ),
             # per-call latency over the same round's single-round-trip floor
             "latency_ratio_to_round_trip": summary(
                 [x["latency_median_s"] / x["floor_s"] for x in runs]
