@@ -102,7 +102,8 @@ def _check_assertion(
 ) -> str:
     header = jwt.get_unverified_header(assertion)
     now = time.time()
-    if header.get("x5t") or header.get("x5t#S256"):
+    ours = rt.keys.find(str(header.get("kid", ""))) is not None
+    if not ours and (header.get("x5t") or header.get("x5t#S256")):
         return _check_certificate(app, assertion, header, endpoints, now)
     # Federated credential (or an agent identity's T1): a token this emulator issued.
     try:
@@ -151,7 +152,13 @@ def _check_certificate(
             700027,
         )
     cert = x509.load_pem_x509_certificate(app.certificate_pem)
-    if header.get("x5t") not in (None, _ca.x5t(cert)) or header.get("x5t#S256") not in (
+
+    def thumb(name: str) -> str | None:
+        # MSAL sends base64url *with* padding; RFC 7515 says without. Accept both.
+        value = header.get(name)
+        return str(value).rstrip("=") if value is not None else None
+
+    if thumb("x5t") not in (None, _ca.x5t(cert)) or thumb("x5t#S256") not in (
         None,
         _ca.x5t_s256(cert),
     ):

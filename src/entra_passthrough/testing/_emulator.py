@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import ssl
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
 
 from . import _ca
 from ._az import az_env, write_stand_in
@@ -17,9 +21,6 @@ from ._server import ServerThread, build_app, build_msi_app
 from ._state import Fault, Runtime
 from ._tokens import Subject
 from ._world import App, ManagedIdentity, User, World
-
-if TYPE_CHECKING:
-    import requests
 
 _ENDPOINTS = ("token", "authorize", "discovery", "jwks", "msi", "az")
 _GRANTS = ("client_credentials", "on_behalf_of", "authorization_code", "refresh_token", "password")
@@ -355,12 +356,17 @@ class EntraEmulator:
     def msal_http_client(self) -> requests.Session:
         """A requests.Session for MSAL's ``http_client=``: trusts only the emulator's CA and
         ignores REQUESTS_CA_BUNDLE/proxies (``trust_env=False``; tests only)."""
-        import requests
-
         session = requests.Session()
         session.verify = self.ca_file
         session.trust_env = False
+        # MSAL's ROPC user-realm discovery builds https://{hostname}/common/userrealm/... and
+        # drops the port (msal/authority.py user_realm_discovery); route such URLs here.
+        session.mount("https://127.0.0.1/", _PortAdapter(self.url))
         return session
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """An SSL context that trusts the emulator's CA (for httpx/httpx2 ``verify=``)."""
+        return ssl.create_default_context(cafile=self.ca_file)
 
     def mi_env(self) -> dict[str, str]:
         return {"IDENTITY_ENDPOINT": self._rt.mi_url, "IDENTITY_HEADER": self._rt.mi_header}
@@ -372,3 +378,16 @@ class EntraEmulator:
             raise RuntimeError("the emulator is not running")
         name = self._user(user).name if user else None
         return az_env(self._rt, bin_dir=self._dir / "bin", ca_file=self.ca_file, user=name)
+
+
+class _PortAdapter(HTTPAdapter):
+    """Sends https://127.0.0.1/<path> (no port) to the emulator's port."""
+
+    def __init__(self, base_url: str) -> None:
+        super().__init__()
+        self._base = base_url
+
+    def send(self, request: Any, **kwargs: Any) -> Any:
+        if request.url.startswith("https://127.0.0.1/"):
+            request.url = self._base + request.url[len("https://127.0.0.1") :]
+        return super().send(request, **kwargs)

@@ -296,6 +296,9 @@ def _default_world() -> World:
         roles=("Tools.Call",),
         access_token_version=2,
         multi_tenant=True,
+        # idtyp is an optional claim (access-token-claims-reference); the mcp API asks for it so
+        # that tests see both shapes (legacy_api does not).
+        optional_claims=("idtyp",),
     )
     legacy_id = stable_id("app", "legacy-api")
     legacy = App(
