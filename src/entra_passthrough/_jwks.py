@@ -177,15 +177,15 @@ class KeySet:
 
     # --- decisions (no I/O) ---
 
-    def _lookup(self, state: _State, kid: str) -> tuple[Any | None, bool]:
-        """(key or None, needs a TTL refresh)."""
+    def _lookup(self, state: _State, kid: str) -> tuple[Any | None, bool, int]:
+        """(key or None, needs a TTL refresh, generation of the keys looked at)."""
         with self._lock:
             now = self._clock()
             keys = state.keys
             stale = keys is None or now - state.fetched_at >= self._ttl
             if stale and keys is not None and now < state.retry_after:
                 stale = False  # the last refresh failed: keep the old keys for a while
-            return (keys.get(kid) if keys else None), stale
+            return (keys.get(kid) if keys else None), stale, state.generation
 
     def _claim_refetch(self, state: _State) -> bool:
         """May an unknown kid trigger a refetch now? Claims the slot if so."""
@@ -224,21 +224,21 @@ class KeySet:
 
     async def get_key_async(self, source: KeySource, kid: str) -> Any:
         state = self._state(source)
-        key, stale = self._lookup(state, kid)
+        key, stale, _ = self._lookup(state, kid)
         if key is not None and not stale:
             return key
         refreshed = False
         if stale:
             await self._refresh_async(state, source)
             refreshed = True
-            key, _ = self._lookup(state, kid)
+            key, _, _ = self._lookup(state, kid)
         if key is None and not refreshed:
             inflight = self._joinable(state)
             if inflight is not None:
                 await asyncio.shield(inflight)
             elif self._claim_refetch(state):
                 await self._refresh_async(state, source)
-            key, _ = self._lookup(state, kid)
+            key, _, _ = self._lookup(state, kid)
         if key is None:
             raise _unknown_kid(kid)
         return key
@@ -292,23 +292,26 @@ class KeySet:
 
     def get_key(self, source: KeySource, kid: str) -> Any:
         state = self._state(source)
-        key, stale = self._lookup(state, kid)
+        key, stale, seen = self._lookup(state, kid)
         if key is not None and not stale:
             return key
-        if stale or self._claim_refetch(state):
-            self._refresh_sync(state, source)
-            key, _ = self._lookup(state, kid)
+        self._refresh_sync(state, source, seen, unknown_kid=not stale)
+        key, _, _ = self._lookup(state, kid)
         if key is None:
             raise _unknown_kid(kid)
         return key
 
-    def _refresh_sync(self, state: _State, source: KeySource) -> None:
-        with self._lock:
-            generation = state.generation
+    def _refresh_sync(
+        self, state: _State, source: KeySource, seen: int, *, unknown_kid: bool
+    ) -> None:
+        # The lock makes threads that need the same refresh wait for the one doing it; the
+        # generation tells them it happened since they looked.
         with state.sync_lock:
             with self._lock:
-                if state.generation != generation:
-                    return  # another thread refreshed while we waited for the lock
+                if state.generation != seen:
+                    return
+            if unknown_kid and not self._claim_refetch(state):
+                return  # rate limited
             try:
                 keys = self._fetch_sync(source)
             except Exception as exc:

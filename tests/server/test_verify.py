@@ -319,3 +319,39 @@ async def test_stale_keys_survive_a_failed_refresh(issuer: Issuer) -> None:
 def test_http_jwks_uri_refused_off_loopback() -> None:
     with pytest.raises(ConfigurationError, match="https"):
         JwtVerifier(audiences=[API], tenants=[TENANT], jwks_uri="http://example.com/keys")
+
+
+def test_sync_threads_cold_cache_one_fetch(issuer: Issuer) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    verifier = make(issuer)
+    tokens = [issuer.token() for _ in range(32)]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        results = list(pool.map(verifier.verify, tokens))
+    assert {r.oid for r in results} == {USER_OID}
+    assert issuer.jwks_requests == 1
+
+
+async def test_cancelled_waiter_does_not_break_the_fetch(issuer: Issuer) -> None:
+    verifier = make(issuer)
+    first = asyncio.ensure_future(verifier.verify_async(issuer.token()))
+    second = asyncio.ensure_future(verifier.verify_async(issuer.token()))
+    await asyncio.sleep(0)  # let both start waiting on the single fetch
+    first.cancel()
+    assert (await second).oid == USER_OID
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert issuer.jwks_requests == 1
+
+
+def test_sync_threads_unknown_kid_one_refetch(issuer: Issuer) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    verifier = make(issuer)
+    verifier.verify(issuer.token())
+    issuer.rotate()
+    tokens = [issuer.token() for _ in range(32)]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        results = list(pool.map(verifier.verify, tokens))
+    assert {r.oid for r in results} == {USER_OID}
+    assert issuer.jwks_requests == 2
