@@ -158,12 +158,19 @@ class AppPool:
 
 def http_session(ca_file: str | None) -> Any:
     """A requests session for MSAL: ``None`` lets MSAL build its own (trust_env kept, so
-    proxies and corporate CAs work); with ``ca_file``, a session that verifies with it."""
+    proxies and corporate CAs work); with ``ca_file``, a session that verifies with that CA
+    even when ``REQUESTS_CA_BUNDLE`` is set (proxies still come from the environment)."""
     if ca_file is None:
         return None
     import requests
 
-    session = requests.Session()
+    class CaFileSession(requests.Session):
+        def merge_environment_settings(self, *args: Any, **kwargs: Any) -> Any:
+            settings = super().merge_environment_settings(*args, **kwargs)
+            settings["verify"] = self.verify  # requests lets REQUESTS_CA_BUNDLE win otherwise
+            return settings
+
+    session = CaFileSession()
     session.verify = ca_file
     return session
 

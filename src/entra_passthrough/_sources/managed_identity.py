@@ -68,6 +68,7 @@ class ManagedIdentity:
                 "IDENTITY_HEADER), or neither."
             )
         self._http_client = http_client
+        self._owns_http = http_client is None
         self._pool = WorkerPool(max_workers=max_workers, name=f"entra-{name}")
         self._lock = threading.Lock()
         self._tokens: dict[str, TokenResult] = {}
@@ -78,7 +79,11 @@ class ManagedIdentity:
         return f"ManagedIdentity(name={self.name!r}, client_id={self.client_id!r}, {where})"
 
     def close(self) -> None:
+        """Stop the worker threads and close the HTTP session this source created."""
         self._pool.close()
+        if self._owns_http and self._http_client is not None:
+            self._http_client.close()
+            self._http_client = None
 
     # -- TokenSource ----------------------------------------
 
@@ -177,11 +182,7 @@ class ManagedIdentity:
                 if self.client_id
                 else msal.SystemAssignedManagedIdentity()
             )
-            import requests
-
-            self._msal_client = msal.ManagedIdentityClient(
-                identity, http_client=self._http_client or requests.Session()
-            )
+            self._msal_client = msal.ManagedIdentityClient(identity, http_client=self._session())
         result: dict[str, Any] = self._msal_client.acquire_token_for_client(resource=resource)
         return result
 

@@ -113,6 +113,9 @@ class OnBehalfOf:
             federated_token_file=federated_token_file,
         )
         self._http_client = http_client
+        # MSAL builds its own session when none is given; close() closes sessions we own.
+        self._owns_http = http_client is None
+        self._created_http = False  # from_env built http_client itself (CA file)
         self._pool = WorkerPool(max_workers=max_workers, name=f"entra-{name}")
         self._apps = AppPool(self._build_app, max_apps=max_tenants)
 
@@ -169,8 +172,13 @@ class OnBehalfOf:
         return self._apps.apps()
 
     def close(self) -> None:
-        """Stop the worker threads (idempotent)."""
+        """Stop the worker threads and close the HTTP sessions this source owns (idempotent)."""
         self._pool.close()
+        if self._owns_http:
+            for app in self._apps.apps():
+                app.http_client.close()
+        elif self._http_client is not None and self._created_http:
+            self._http_client.close()
 
     # -- TokenSource ----------------------------------------
 
@@ -300,10 +308,11 @@ class OnBehalfOf:
         tenant_id = _env.require(env, "AZURE_TENANT_ID", what="the OBO app's tenant")
         authority_host = _env.get(env, "AZURE_AUTHORITY_HOST") or PUBLIC_AUTHORITY_HOST
         ca_file = _env.get(env, "ENTRA_PASSTHROUGH_CA_FILE")
+        created = http_client is None and ca_file is not None
         if http_client is None:
             http_client = http_session(ca_file)
         credential = credential_from_env(env, http_client=http_client)
-        return cls(
+        source = cls(
             client_id=client_id,
             tenant_id=tenant_id,
             authority_host=authority_host,
@@ -315,6 +324,8 @@ class OnBehalfOf:
             name=name,
             **credential,
         )
+        source._created_http = created
+        return source
 
 
 def credential_from_env(env: Mapping[str, str], *, http_client: Any) -> dict[str, Any]:

@@ -1,0 +1,249 @@
+"""The other sources against the emulator: managed identity, secretless and certificate OBO,
+Agent ID, the Foundry route, Azure CLI, azure-identity credentials, and the policy with them."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from azure.identity import ClientSecretCredential
+
+from entra_passthrough import (
+    AgentIdentityOnBehalfOf,
+    AssertionAudienceMismatch,
+    AzureCli,
+    AzureCredential,
+    Caller,
+    FoundryToolboxRoute,
+    IdentityKind,
+    NoCallerError,
+    OnBehalfOf,
+    Policy,
+    PolicyViolation,
+    TokenChain,
+    bind_caller,
+)
+from entra_passthrough.testing import FOUNDRY_AUDIENCE, EntraEmulator
+
+from .conftest import decode, make_mi, make_obo, mcp_scope, session
+
+
+def app_credential(idp: EntraEmulator) -> ClientSecretCredential:
+    return ClientSecretCredential(
+        idp.tenant_id,
+        idp.agent.client_id,
+        idp.agent.secret,
+        authority=idp.url,
+        connection_verify=idp.ca_file,
+        disable_instance_discovery=True,
+    )
+
+
+def counts(idp: EntraEmulator) -> tuple[int, int]:
+    stats = idp.stats()["endpoints"]
+    return stats["token"], stats["msi"]
+
+
+async def test_user_only_never_yields_app_with_mi_and_azure_credential(
+    idp: EntraEmulator,
+) -> None:
+    mi = make_mi(idp)
+    cred = AzureCredential(app_credential(idp), kind=IdentityKind.APP, name="agent_app")
+    chain = TokenChain([make_obo(idp), mi, cred])  # default policy: user_only
+    before = counts(idp)
+    with pytest.raises(NoCallerError) as info:
+        await chain.get_token_async(mcp_scope(idp))
+    assert counts(idp) == before  # neither the MI endpoint nor Entra was asked
+    assert "managed_identity: kind app not allowed by policy user_only" in str(info.value)
+    assert chain.lifecycle_token(mcp_scope(idp)) is None
+
+    with bind_caller(token=idp.user_token("alice", audience=FOUNDRY_AUDIENCE)):
+        with pytest.raises(AssertionAudienceMismatch):
+            await chain.get_token_async(mcp_scope(idp))
+    assert counts(idp) == before
+
+    with bind_caller(token=idp.user_token("alice", audience=idp.agent.client_id)):
+        result = await chain.get_token_async(mcp_scope(idp))
+    claims = decode(result.token)
+    assert result.kind is IdentityKind.USER
+    assert "scp" in claims
+    assert "roles" not in claims
+    assert claims["oid"] == idp.users["alice"].oid
+    chain.close()
+
+
+async def test_user_or_app_uses_mi_only_without_any_assertion(idp: EntraEmulator) -> None:
+    chain = TokenChain([make_obo(idp), make_mi(idp)], policy=Policy.USER_OR_APP)
+    result = await chain.get_token_async(mcp_scope(idp))
+    claims = decode(result.token)
+    assert result.kind is IdentityKind.APP
+    assert "Tools.Call" in claims["roles"]
+    assert "scp" not in claims
+    msi = idp.stats()["endpoints"]["msi"]
+    for token in ("garbage", idp.user_token("alice", audience=FOUNDRY_AUDIENCE)):
+        with bind_caller(token=token), pytest.raises((AssertionAudienceMismatch, Exception)):
+            await chain.get_token_async(mcp_scope(idp))
+    assert idp.stats()["endpoints"]["msi"] == msi
+    chain.close()
+
+
+async def test_app_only_with_azure_identity_sync_credential(idp: EntraEmulator) -> None:
+    cred = AzureCredential(app_credential(idp), name="agent_app")
+    chain = TokenChain([cred], policy="app_only")
+    with bind_caller(token=idp.user_token("alice", audience=idp.agent.client_id)):
+        result = await chain.get_token_async(mcp_scope(idp))
+    assert result.kind is IdentityKind.APP
+    assert "roles" in decode(result.token)
+    assert chain.get_token(mcp_scope(idp)).token == result.token  # cached
+    chain.close()
+
+
+async def test_azure_credential_aio_and_unavailable(
+    idp: EntraEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from azure.identity.aio import ManagedIdentityCredential
+
+    for name, value in idp.mi_env().items():
+        monkeypatch.setenv(name, value)
+    aio = ManagedIdentityCredential(client_id=idp.managed_identity.client_id)
+    chain = TokenChain([AzureCredential(aio, name="mi_aio")], policy=Policy.APP_ONLY)
+    result = await chain.get_token_async(mcp_scope(idp))
+    assert decode(result.token)["oid"] == idp.managed_identity.object_id
+    await aio.close()
+
+    monkeypatch.delenv("IDENTITY_ENDPOINT")
+    monkeypatch.delenv("IDENTITY_HEADER")
+    from azure.identity import EnvironmentCredential
+
+    unavailable = AzureCredential(EnvironmentCredential(), name="env")
+    chain = TokenChain([unavailable], policy=Policy.APP_ONLY)
+    with pytest.raises(PolicyViolation) as info:
+        await chain.get_token_async(mcp_scope(idp))
+    assert "env: not applicable" in str(info.value)
+    chain.close()
+
+
+async def test_obo_with_managed_identity_as_federated_credential(idp: EntraEmulator) -> None:
+    mi = make_mi(idp)
+    obo = make_obo(idp, managed_identity=mi)
+    chain = TokenChain([obo])
+    before = idp.stats()["endpoints"]["msi"]
+    for name in ("alice", "bob"):
+        with bind_caller(token=idp.user_token(name, audience=idp.agent.client_id)):
+            result = await chain.get_token_async(mcp_scope(idp))
+        assert decode(result.token)["oid"] == idp.users[name].oid
+    assert idp.stats()["endpoints"]["msi"] - before == 1  # the MI assertion is reused
+    chain.close()
+
+
+async def test_obo_with_certificate_and_token_file(idp: EntraEmulator, tmp_path: Path) -> None:
+    assert idp.agent.certificate_pem is not None
+    cert = make_obo(idp, client_certificate=idp.agent.certificate_pem)
+    with bind_caller(token=idp.user_token("alice", audience=idp.agent.client_id)):
+        result = cert.get_token(
+            __import__("entra_passthrough").TokenRequest(
+                tuple(mcp_scope(idp)), __import__("entra_passthrough").current_caller()
+            )
+        )
+    assert result is not None
+    assert decode(result.token)["oid"] == idp.users["alice"].oid
+
+    token_file = tmp_path / "federated-token"
+    token_file.write_text(make_mi(idp).token_for_resource("api://AzureADTokenExchange"))
+    fic = TokenChain([make_obo(idp, federated_token_file=str(token_file))])
+    with bind_caller(token=idp.user_token("bob", audience=idp.agent.client_id)):
+        result = await fic.get_token_async(mcp_scope(idp))
+    assert decode(result.token)["oid"] == idp.users["bob"].oid
+    cert.close()
+    fic.close()
+
+
+async def test_agent_identity_obo(idp: EntraEmulator) -> None:
+    source = AgentIdentityOnBehalfOf(
+        blueprint_client_id=idp.blueprint.client_id,
+        agent_identity_id=idp.agent_identity.client_id,
+        tenant_id=idp.tenant_id,
+        client_secret=idp.blueprint.secret,
+        authority_host=idp.url,
+        http_client=session(idp),
+    )
+    chain = TokenChain([source])
+    before = idp.stats()["grants"]["client_credentials"]
+    for name in ("alice", "bob"):
+        with bind_caller(token=idp.user_token(name, audience=idp.blueprint.client_id)):
+            result = await chain.get_token_async(mcp_scope(idp))
+        claims = decode(result.token)
+        assert claims["oid"] == idp.users[name].oid
+        assert claims["aud"] == idp.mcp.client_id
+        assert result.kind is IdentityKind.USER
+    assert idp.stats()["grants"]["client_credentials"] - before == 1  # T1 reused
+    # A token for the agent app (not the blueprint) is refused before any request.
+    with bind_caller(token=idp.user_token("alice", audience=idp.agent.client_id)):
+        with pytest.raises(AssertionAudienceMismatch):
+            await chain.get_token_async(mcp_scope(idp))
+    chain.close()
+
+
+async def test_foundry_route_uses_the_current_call_id(idp: EntraEmulator) -> None:
+    route = FoundryToolboxRoute(make_mi(idp))
+    chain = TokenChain([route], policy=Policy.APP_ONLY)
+    msi = idp.stats()["endpoints"]["msi"]
+    seen = []
+    for call_id in ("call-1", "call-2", "call-3"):
+        caller = Caller.from_token(
+            idp.user_token("alice", audience=FOUNDRY_AUDIENCE), call_id=call_id
+        )
+        with bind_caller(caller):
+            result = await chain.get_token_async(["https://ai.azure.com/.default"])
+        seen.append(result.headers["x-agent-foundry-call-id"])
+        assert decode(result.token)["aud"] in (idp.foundry.client_id, FOUNDRY_AUDIENCE)
+        assert result.kind is IdentityKind.APP
+    assert seen == ["call-1", "call-2", "call-3"]
+    assert idp.stats()["endpoints"]["msi"] - msi == 1  # the agent token is cached
+    with pytest.raises(PolicyViolation) as info:
+        await chain.get_token_async(["https://ai.azure.com/.default"])  # no caller: no call id
+    assert "foundry_toolbox: no active caller" in str(info.value)
+    stale = Caller.from_token(None, call_id="old-call")
+    stale.end()
+    with bind_caller(stale), pytest.raises(PolicyViolation):
+        await chain.get_token_async(["https://ai.azure.com/.default"])
+    chain.close()
+
+
+async def test_azure_cli_developer_policy(
+    idp: EntraEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in idp.az_env("alice").items():
+        monkeypatch.setenv(name, value)
+    az = AzureCli()
+    chain = TokenChain([make_obo(idp), az], policy=Policy.DEVELOPER)
+    result = await chain.get_token_async(mcp_scope(idp))
+    assert result.kind is IdentityKind.DEVELOPER
+    assert decode(result.token)["oid"] == idp.users["alice"].oid
+    sync = az.get_token(
+        __import__("entra_passthrough").TokenRequest(tuple(mcp_scope(idp)), None)
+    )
+    assert sync is not None
+    assert sync.kind is IdentityKind.DEVELOPER
+    # Never under the default policy, even with az signed in.
+    with pytest.raises(NoCallerError):
+        await TokenChain([make_obo(idp), az]).get_token_async(mcp_scope(idp))
+    chain.close()
+
+
+async def test_obo_from_env_against_the_emulator(idp: EntraEmulator) -> None:
+    env = {
+        "ENTRA_PASSTHROUGH_CLIENT_ID": idp.agent.client_id,
+        "AZURE_TENANT_ID": idp.tenant_id,
+        "AZURE_AUTHORITY_HOST": idp.url,
+        "ENTRA_PASSTHROUGH_CLIENT_SECRET": idp.agent.secret or "",
+        "ENTRA_PASSTHROUGH_CA_FILE": idp.ca_file,
+    }
+    chain = TokenChain.from_env(env)
+    assert isinstance(chain.sources[0], OnBehalfOf)
+    with bind_caller(token=idp.user_token("bob", audience=idp.agent.client_id)):
+        result = await chain.get_token_async(mcp_scope(idp))
+    assert decode(result.token)["oid"] == idp.users["bob"].oid
+    chain.close()
+    await asyncio.sleep(0)
