@@ -38,6 +38,7 @@ from ._errors import (
     TokenVerificationError,
     require_extra,
 )
+from ._jwt import fingerprint
 from ._verify import PUBLIC_AUTHORITY, JwtVerifier, VerifiedToken
 
 try:
@@ -114,6 +115,14 @@ class EntraAccessToken(AccessToken):
     @property
     def verified(self) -> VerifiedToken | None:
         return self._verified
+
+    def __repr_args__(self) -> Any:
+        # The SDK's model would show the raw token in every repr and log line.
+        for name, value in super().__repr_args__():
+            yield (
+                name,
+                (fingerprint(value) if name == "token" and isinstance(value, str) else value),
+            )
 
 
 @dataclass(eq=False, slots=True)

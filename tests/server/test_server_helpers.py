@@ -170,3 +170,21 @@ def test_websocket_without_token_is_closed() -> None:
         headers = {"Authorization": f"Bearer {ISSUER.token()}"}
         with client.websocket_connect("/ws", headers=headers) as conn:
             assert conn.receive_text() == USER_OID
+
+
+async def test_access_token_repr_hides_the_token() -> None:
+    from entra_passthrough.server import EntraTokenVerifier
+
+    verifier = EntraTokenVerifier(
+        JwtVerifier(audiences=[API, API_URI], tenants=[TENANT], http_client=ISSUER.async_client())
+    )
+    token = ISSUER.token()
+    access = await verifier.verify_token(token)
+    assert access is not None
+    assert access.token == token  # the SDK needs it
+    assert token not in repr(access)
+    assert token not in str(access)
+    assert f"{API_URI}/access_as_user" in access.scopes
+    assert access.claims is not None
+    assert access.claims["oid"] == USER_OID
+    assert await verifier.verify_token("junk") is None
