@@ -22,7 +22,9 @@ from entra_passthrough import (
     Policy,
     PolicyViolation,
     TokenChain,
+    TokenRequest,
     bind_caller,
+    current_caller,
 )
 from entra_passthrough.testing import FOUNDRY_AUDIENCE, EntraEmulator
 
@@ -58,9 +60,9 @@ async def test_user_only_never_yields_app_with_mi_and_azure_credential(
     assert "managed_identity: kind app not allowed by policy user_only" in str(info.value)
     assert chain.lifecycle_token(mcp_scope(idp)) is None
 
-    with bind_caller(token=idp.user_token("alice", audience=FOUNDRY_AUDIENCE)):
-        with pytest.raises(AssertionAudienceMismatch):
-            await chain.get_token_async(mcp_scope(idp))
+    foundry = idp.user_token("alice", audience=FOUNDRY_AUDIENCE)
+    with bind_caller(token=foundry), pytest.raises(AssertionAudienceMismatch):
+        await chain.get_token_async(mcp_scope(idp))
     assert counts(idp) == before
 
     with bind_caller(token=idp.user_token("alice", audience=idp.agent.client_id)):
@@ -141,11 +143,7 @@ async def test_obo_with_certificate_and_token_file(idp: EntraEmulator, tmp_path:
     assert idp.agent.certificate_pem is not None
     cert = make_obo(idp, client_certificate=idp.agent.certificate_pem)
     with bind_caller(token=idp.user_token("alice", audience=idp.agent.client_id)):
-        result = cert.get_token(
-            __import__("entra_passthrough").TokenRequest(
-                tuple(mcp_scope(idp)), __import__("entra_passthrough").current_caller()
-            )
-        )
+        result = cert.get_token(TokenRequest(tuple(mcp_scope(idp)), current_caller()))
     assert result is not None
     assert decode(result.token)["oid"] == idp.users["alice"].oid
 
@@ -179,9 +177,9 @@ async def test_agent_identity_obo(idp: EntraEmulator) -> None:
         assert result.kind is IdentityKind.USER
     assert idp.stats()["grants"]["client_credentials"] - before == 1  # T1 reused
     # A token for the agent app (not the blueprint) is refused before any request.
-    with bind_caller(token=idp.user_token("alice", audience=idp.agent.client_id)):
-        with pytest.raises(AssertionAudienceMismatch):
-            await chain.get_token_async(mcp_scope(idp))
+    wrong = idp.user_token("alice", audience=idp.agent.client_id)
+    with bind_caller(token=wrong), pytest.raises(AssertionAudienceMismatch):
+        await chain.get_token_async(mcp_scope(idp))
     chain.close()
 
 
@@ -221,9 +219,7 @@ async def test_azure_cli_developer_policy(
     result = await chain.get_token_async(mcp_scope(idp))
     assert result.kind is IdentityKind.DEVELOPER
     assert decode(result.token)["oid"] == idp.users["alice"].oid
-    sync = az.get_token(
-        __import__("entra_passthrough").TokenRequest(tuple(mcp_scope(idp)), None)
-    )
+    sync = az.get_token(TokenRequest(tuple(mcp_scope(idp)), None))
     assert sync is not None
     assert sync.kind is IdentityKind.DEVELOPER
     # Never under the default policy, even with az signed in.
