@@ -27,8 +27,13 @@ class Slot:
 @contextmanager
 def serve_https(app: Any, *, certfile: str, keyfile: str) -> Iterator[int]:
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, ssl_certfile=certfile, ssl_keyfile=keyfile,
-        log_level="warning", lifespan="off",
+        app,
+        host="127.0.0.1",
+        port=0,
+        ssl_certfile=certfile,
+        ssl_keyfile=keyfile,
+        log_level="warning",
+        lifespan="off",
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

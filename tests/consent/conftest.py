@@ -33,7 +33,6 @@ from entra_passthrough.testing._world import App, Grant, User, stable_id
 
 from ._serve import Slot, serve_https
 
-
 #: Test users of this module only (revoking their refresh tokens affects no other test).
 EXTRA_USERS = ("pat", "quinn", "rita")
 
@@ -104,9 +103,7 @@ class ConsentEnv:
                 return JSONResponse({"error": exc.reason}, status_code=401)
             return JSONResponse({"oid": vt.oid, "tid": vt.tid, "upn": vt.upn, "aud": vt.audience})
 
-        self.slot.app = Starlette(
-            routes=[Mount("/consent", broker.app), Route("/whoami", whoami)]
-        )
+        self.slot.app = Starlette(routes=[Mount("/consent", broker.app), Route("/whoami", whoami)])
         self.made.append((source, broker))
         return source, broker
 
@@ -131,12 +128,15 @@ _FIELD = re.compile(r"<input type='hidden' name='([^']*)' value='([^']*)'>")
 def form_post_fields(response: httpx2.Response) -> tuple[str, dict[str, str]]:
     """The identity provider's response_mode=form_post page: its action and fields."""
     match = _FORM_POST.search(response.text)
-    assert match and "document.forms[0].submit()" in response.text, response.text[:300]
+    assert match, response.text[:300]
+    assert "document.forms[0].submit()" in response.text
     fields = {html.unescape(k): html.unescape(v) for k, v in _FIELD.findall(match.group(2))}
     return html.unescape(match.group(1)), fields
 
 
-async def submit_form_post(browser: httpx2.AsyncClient, response: httpx2.Response) -> httpx2.Response:
+async def submit_form_post(
+    browser: httpx2.AsyncClient, response: httpx2.Response
+) -> httpx2.Response:
     """Do what the browser's script does with a form_post page: POST it."""
     action, fields = form_post_fields(response)
     return await browser.post(action, data=fields)
@@ -181,16 +181,25 @@ def consent_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsentEnv
         world = world.with_app(app)
         for name in EXTRA_USERS:
             world = world.with_user(
-                User(name=name, upn=f"{name}@{world.tenants[0].domain}",
-                     oid=stable_id("user", "consent-tests", name), tenant_id=tenant,
-                     password=f"{name}-password", display_name=name.title())
+                User(
+                    name=name,
+                    upn=f"{name}@{world.tenants[0].domain}",
+                    oid=stable_id("user", "consent-tests", name),
+                    tenant_id=tenant,
+                    password=f"{name}-password",
+                    display_name=name.title(),
+                )
             )
         # These users consented to the broker's app calling the MCP API; carol did not (the
         # browser test accepts the consent page as carol).
         for user in ("alice", "bob", "dave", *EXTRA_USERS):
             world = world.with_grant(
-                Grant(client_id=app.client_id, resource_id=mcp.client_id,
-                      scopes=("access_as_user",), user=user)
+                Grant(
+                    client_id=app.client_id,
+                    resource_id=mcp.client_id,
+                    scopes=("access_as_user",),
+                    user=user,
+                )
             )
         with EntraEmulator(world=world) as idp:
             bundle = tmp / "bundle.pem"

@@ -8,7 +8,7 @@ import urllib.parse
 import httpx2
 import pytest
 
-from entra_passthrough import ConsentRequired, TokenRequest
+from entra_passthrough import Caller, ConsentRequired, TokenRequest
 from entra_passthrough._grants import UserKey
 from entra_passthrough._sources.delegated import DelegatedConsent
 from entra_passthrough._store import Keyring
@@ -24,14 +24,14 @@ from .conftest import (
 )
 
 
-async def _link(source: DelegatedConsent, env: ConsentEnv, caller) -> str:  # type: ignore[no-untyped-def]
+async def _link(source: DelegatedConsent, env: ConsentEnv, caller: Caller) -> str:
     with pytest.raises(ConsentRequired) as info:
         await source.get_token_async(TokenRequest(scopes=(env.mcp_scope,), caller=caller))
     assert info.value.link is not None
     return info.value.link
 
 
-async def _nothing_stored(source: DelegatedConsent, caller) -> None:  # type: ignore[no-untyped-def]
+async def _nothing_stored(source: DelegatedConsent, caller: Caller) -> None:
     key = UserKey.from_caller(caller)
     assert key is not None
     assert await source.grants.get_grant(key.hashed) is None
@@ -54,18 +54,22 @@ async def _code_and_state(browser: httpx2.AsyncClient, link: str) -> tuple[str, 
 
 
 @pytest.fixture
-def alice_caller(consent_env: ConsentEnv):  # type: ignore[no-untyped-def]
-    return platform_caller(f"attack-alice-{time.monotonic_ns()}", upn=consent_env.idp.users["alice"].upn)
+def alice_caller(consent_env: ConsentEnv) -> Caller:
+    return platform_caller(
+        f"attack-alice-{time.monotonic_ns()}", upn=consent_env.idp.users["alice"].upn
+    )
 
 
-async def test_forged_state(consent_env: ConsentEnv, alice_caller) -> None:  # type: ignore[no-untyped-def]
+async def test_forged_state(consent_env: ConsentEnv, alice_caller: Caller) -> None:
     env = consent_env
     source, _ = env.make()
     link = await _link(source, env, alice_caller)
     async with env.browser() as browser:
         code, state = await _code_and_state(browser, link)
         kid, body, mac = state.split(".")
-        key_hash = UserKey.from_caller(alice_caller).hashed  # type: ignore[union-attr]
+        key = UserKey.from_caller(alice_caller)
+        assert key is not None
+        key_hash = key.hashed
         forged = [
             "not-a-state",
             f"{kid}.{body}.{'A' * len(mac)}",  # bad signature
@@ -80,7 +84,7 @@ async def test_forged_state(consent_env: ConsentEnv, alice_caller) -> None:  # t
     await _nothing_stored(source, alice_caller)
 
 
-async def test_replayed_state(consent_env: ConsentEnv, alice_caller) -> None:  # type: ignore[no-untyped-def]
+async def test_replayed_state(consent_env: ConsentEnv, alice_caller: Caller) -> None:
     env = consent_env
     source, _ = env.make()
     link = await _link(source, env, alice_caller)
@@ -97,7 +101,7 @@ async def test_replayed_state(consent_env: ConsentEnv, alice_caller) -> None:  #
     assert await source.grants.get_grant(key.hashed) is None
 
 
-async def test_expired_state(consent_env: ConsentEnv, alice_caller) -> None:  # type: ignore[no-untyped-def]
+async def test_expired_state(consent_env: ConsentEnv, alice_caller: Caller) -> None:
     env = consent_env
     source, _ = env.make()
     link = await _link(source, env, alice_caller)
@@ -123,13 +127,14 @@ async def test_state_for_user_a_completed_by_user_b(consent_env: ConsentEnv) -> 
     link = await _link(source, env, caller)
     async with env.browser() as browser:
         start = await browser.get(link, follow_redirects=False)
-        authorize = start.headers["location"] + "&" + urllib.parse.urlencode(
-            {"login_hint": bob.upn}
+        authorize = (
+            start.headers["location"] + "&" + urllib.parse.urlencode({"login_hint": bob.upn})
         )
         answer = await submit_form_post(browser, await browser.get(authorize))
     _rejected(answer, "user_mismatch")
     key = UserKey.from_caller(caller)
-    assert key is not None and await source.grants.get_grant(key.hashed) is None
+    assert key is not None
+    assert await source.grants.get_grant(key.hashed) is None
 
 
 async def test_platform_id_stays_bound_to_its_first_user(consent_env: ConsentEnv) -> None:
@@ -142,7 +147,8 @@ async def test_platform_id_stays_bound_to_its_first_user(consent_env: ConsentEnv
     key = UserKey.from_caller(caller)
     assert key is not None
     found = await source.grants.get_grant(key.hashed)
-    assert found is not None and found[0].oid == alice.oid
+    assert found is not None
+    assert found[0].oid == alice.oid
     await source.grants.delete_grant(key.hashed)
     async with env.browser() as browser:
         start = await browser.get(await _link(source, env, caller), follow_redirects=False)
@@ -155,7 +161,7 @@ async def test_platform_id_stays_bound_to_its_first_user(consent_env: ConsentEnv
     assert await source.grants.get_grant(key.hashed) is None
 
 
-async def test_pkce_verifier_mismatch(consent_env: ConsentEnv, alice_caller) -> None:  # type: ignore[no-untyped-def]
+async def test_pkce_verifier_mismatch(consent_env: ConsentEnv, alice_caller: Caller) -> None:
     env = consent_env
     source, _ = env.make()
     link = await _link(source, env, alice_caller)
@@ -171,7 +177,7 @@ async def test_pkce_verifier_mismatch(consent_env: ConsentEnv, alice_caller) -> 
     await _nothing_stored(source, alice_caller)
 
 
-async def test_nonce_mismatch(consent_env: ConsentEnv, alice_caller) -> None:  # type: ignore[no-untyped-def]
+async def test_nonce_mismatch(consent_env: ConsentEnv, alice_caller: Caller) -> None:
     env = consent_env
     source, _ = env.make()
     link = await _link(source, env, alice_caller)
@@ -186,7 +192,9 @@ async def test_nonce_mismatch(consent_env: ConsentEnv, alice_caller) -> None:  #
     await _nothing_stored(source, alice_caller)
 
 
-async def test_state_completed_in_another_browser(consent_env: ConsentEnv, alice_caller) -> None:  # type: ignore[no-untyped-def]
+async def test_state_completed_in_another_browser(
+    consent_env: ConsentEnv, alice_caller: Caller
+) -> None:
     env = consent_env
     source, _ = env.make()
     link = await _link(source, env, alice_caller)
@@ -200,13 +208,16 @@ async def test_state_completed_in_another_browser(consent_env: ConsentEnv, alice
     await _nothing_stored(source, alice_caller)
 
 
-async def test_redirect_uri_not_on_the_list(consent_env: ConsentEnv, alice_caller) -> None:  # type: ignore[no-untyped-def]
+async def test_redirect_uri_not_on_the_list(consent_env: ConsentEnv, alice_caller: Caller) -> None:
     env = consent_env
     source, _ = env.make()
     link = await _link(source, env, alice_caller)
     async with env.browser() as browser:
-        for evil in ("https://evil.example/callback", env.redirect_uri + "x",
-                     env.redirect_uri.replace("https", "http")):
+        for evil in (
+            "https://evil.example/callback",
+            env.redirect_uri + "x",
+            env.redirect_uri.replace("https", "http"),
+        ):
             answer = await browser.get(
                 link + "&" + urllib.parse.urlencode({"redirect_uri": evil}), follow_redirects=False
             )
@@ -214,7 +225,9 @@ async def test_redirect_uri_not_on_the_list(consent_env: ConsentEnv, alice_calle
     await _nothing_stored(source, alice_caller)
 
 
-async def test_oversized_duplicated_and_garbage_parameters(consent_env: ConsentEnv, alice_caller) -> None:  # type: ignore[no-untyped-def]
+async def test_oversized_duplicated_and_garbage_parameters(
+    consent_env: ConsentEnv, alice_caller: Caller
+) -> None:
     env = consent_env
     source, _ = env.make()
     link = await _link(source, env, alice_caller)
@@ -255,7 +268,8 @@ async def test_oversized_duplicated_and_garbage_parameters(consent_env: ConsentE
 
 
 async def test_identity_provider_error_is_shown_and_consumes_the_state(
-    consent_env: ConsentEnv, alice_caller  # type: ignore[no-untyped-def]
+    consent_env: ConsentEnv,
+    alice_caller: Caller,
 ) -> None:
     env = consent_env
     source, _ = env.make()
@@ -263,8 +277,13 @@ async def test_identity_provider_error_is_shown_and_consumes_the_state(
     async with env.browser() as browser:
         _, state = await _code_and_state(browser, link)
         denied = await browser.get(
-            f"{env.redirect_uri}?" + urllib.parse.urlencode(
-                {"error": "access_denied", "error_description": "<script>x</script>", "state": state}
+            f"{env.redirect_uri}?"
+            + urllib.parse.urlencode(
+                {
+                    "error": "access_denied",
+                    "error_description": "<script>x</script>",
+                    "state": state,
+                }
             )
         )
     _rejected(denied, "sign_in_refused")

@@ -102,4 +102,5 @@ async def test_consent_in_a_real_browser(consent_env: ConsentEnv, tmp_path: Path
     result = await source.get_token_async(request)
     assert result is not None
     claims = decode_unverified(result.token)
-    assert claims["oid"] == carol.oid and claims["aud"] == env.idp.mcp.client_id
+    assert claims["oid"] == carol.oid
+    assert claims["aud"] == env.idp.mcp.client_id

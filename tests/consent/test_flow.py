@@ -32,8 +32,10 @@ async def test_consent_then_silent_tokens_naming_the_user(consent_env: ConsentEn
     with pytest.raises(ConsentRequired) as info:
         await source.get_token_async(request)
     link = info.value.link
-    assert link is not None and link.startswith(f"{env.base}/start?t=")
-    assert info.value.server_label == "mcp" and info.value.source == "delegated"
+    assert link is not None
+    assert link.startswith(f"{env.base}/start?t=")
+    assert info.value.server_label == "mcp"
+    assert info.value.source == "delegated"
     # the link is safe to show: no user id, no upn, no secret
     for secret in ("foundry-user-alice", alice.upn, alice.oid, env.app.secret):
         assert secret not in link
@@ -42,11 +44,14 @@ async def test_consent_then_silent_tokens_naming_the_user(consent_env: ConsentEn
 
     page = await follow_link(env, link)
     assert page.status_code == 200, page.text
-    assert "You are signed in" in page.text and "return to the chat" in page.text
+    assert "You are signed in" in page.text
+    assert "return to the chat" in page.text
     assert str(page.url).startswith(env.redirect_uri)
 
     result = await source.get_token_async(request)
-    assert result is not None and result.kind == "user" and result.source == "delegated"
+    assert result is not None
+    assert result.kind == "user"
+    assert result.source == "delegated"
     claims = decode_unverified(result.token)
     assert claims["oid"] == alice.oid
     assert claims["aud"] == env.idp.mcp.client_id
@@ -59,12 +64,14 @@ async def test_consent_then_silent_tokens_naming_the_user(consent_env: ConsentEn
             headers={"Authorization": f"Bearer {result.token}"},
         )
     assert answer.status_code == 200, answer.text
-    assert answer.json()["oid"] == alice.oid and answer.json()["upn"] == alice.upn
+    assert answer.json()["oid"] == alice.oid
+    assert answer.json()["upn"] == alice.upn
 
     # nothing readable in the store: hashed keys, sealed values
     store = source.grants.store
     for key, (value, _, _) in store._data.items():  # type: ignore[attr-defined]
-        assert "foundry-user-alice" not in key and alice.oid not in key
+        assert "foundry-user-alice" not in key
+        assert alice.oid not in key
         for secret in env.idp.issued():
             assert secret.encode() not in value
 
@@ -76,7 +83,8 @@ async def test_verified_identity_key_and_cache_partition(consent_env: ConsentEnv
     caller = verified_caller(bob.tenant_id, bob.oid)
     request = TokenRequest(scopes=(env.mcp_scope,), caller=caller)
     partition = source.cache_partition(request)
-    assert partition is not None and bob.oid not in "".join(partition)
+    assert partition is not None
+    assert bob.oid not in "".join(partition)
     with pytest.raises(ConsentRequired) as info:
         await source.get_token_async(request)
     assert info.value.link is not None
@@ -85,7 +93,8 @@ async def test_verified_identity_key_and_cache_partition(consent_env: ConsentEnv
         start = await browser.get(info.value.link, follow_redirects=False)
         assert start.status_code == 302
         authorize = start.headers["location"]
-        assert "code_challenge_method=S256" in authorize and "nonce=" in authorize
+        assert "code_challenge_method=S256" in authorize
+        assert "nonce=" in authorize
         assert f"domain_hint={bob.tenant_id}" in authorize
         authorize += "&" + urllib.parse.urlencode({"login_hint": bob.upn})
         page = await submit_form_post(browser, await browser.get(authorize))
@@ -143,7 +152,8 @@ async def test_replicas_sharing_a_store_never_spend_a_refresh_token_twice(
     assert all(r is not None for r in results)
     assert after - before == 2  # one per replica: the lease serialised them
     found = await source.grants.get_grant(UserKey.from_caller(request.caller).hashed)  # type: ignore[union-attr]
-    assert found is not None and found[0].lease_owner is None
+    assert found is not None
+    assert found[0].lease_owner is None
 
 
 async def test_sign_out_then_consent_required(consent_env: ConsentEnv) -> None:
@@ -154,13 +164,15 @@ async def test_sign_out_then_consent_required(consent_env: ConsentEnv) -> None:
     async with env.browser() as browser:
         # a cross-site POST is refused, and revokes nothing
         refused = await browser.post(
-            f"{env.base}/revoke", data={"t": ticket},
+            f"{env.base}/revoke",
+            data={"t": ticket},
             headers={"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"},
         )
         assert refused.status_code == 400
         assert await source.get_token_async(request) is not None
         done = await browser.post(
-            f"{env.base}/revoke", data={"t": ticket},
+            f"{env.base}/revoke",
+            data={"t": ticket},
             headers={"Origin": f"https://127.0.0.1:{env.port}"},
         )
     assert done.status_code == 200  # the emulator's signed-out page after its logout
@@ -176,9 +188,11 @@ async def test_revoked_at_entra_means_consent_required(consent_env: ConsentEnv) 
     env.idp.revoke_refresh_tokens("rita")
     with pytest.raises(ConsentRequired) as info:
         await source.get_token_async(request)
-    assert info.value.code is not None and info.value.code.code == 50173
+    assert info.value.code is not None
+    assert info.value.code.code == 50173
     key = UserKey.from_caller(request.caller)
-    assert key is not None and await source.grants.get_grant(key.hashed) is None
+    assert key is not None
+    assert await source.grants.get_grant(key.hashed) is None
 
 
 async def test_signout_link_page_has_no_side_effect(consent_env: ConsentEnv) -> None:
@@ -188,5 +202,6 @@ async def test_signout_link_page_has_no_side_effect(consent_env: ConsentEnv) -> 
     assert key is not None
     async with env.browser() as browser:
         page = await browser.get(source.signout_link(key))
-    assert page.status_code == 200 and "Sign out" in page.text
+    assert page.status_code == 200
+    assert "Sign out" in page.text
     assert await source.grants.get_grant(key.hashed) is not None

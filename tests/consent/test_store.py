@@ -20,9 +20,12 @@ async def test_memory_store_is_a_token_store_with_cas() -> None:
     assert await store.put("k", b"b", ttl=60, expect=None) is None  # exists: not absent
     assert await store.put("k", b"b", ttl=60, expect="stale") is None
     v2 = await store.put("k", b"b", ttl=60, expect=v1)
-    assert v2 is not None and v2 != v1
+    assert v2 is not None
+    assert v2 != v1
     entry = await store.get("k")
-    assert entry is not None and entry.value == b"b" and entry.version == v2
+    assert entry is not None
+    assert entry.value == b"b"
+    assert entry.version == v2
     assert not await store.delete("k", expect=v1)
     assert await store.delete("k", expect=v2)
     assert await store.get("k") is None
@@ -41,7 +44,8 @@ async def test_memory_store_ttl_and_bound(monkeypatch: pytest.MonkeyPatch) -> No
     for i in range(5):
         await store.put(f"k{i}", b"x", ttl=60)
     assert len(store) == 3
-    assert await store.get("k0") is None and await store.get("k4") is not None
+    assert await store.get("k0") is None
+    assert await store.get("k4") is not None
     assert "MemoryStore(entries=3" in repr(store)
 
 
@@ -91,8 +95,14 @@ async def test_grant_store_seals_values_and_hashes_keys() -> None:
     grants = GrantStore(store, Keyring.generate())
     key = UserKey.for_entra_user("tid-1", "oid-1", upn="alice@contoso.com")
     grant = Grant(
-        refresh_token="rt-secret-value", scopes=("api://x/.default",), tid="tid-1",
-        oid="oid-1", upn="alice@contoso.com", key_kind="entra", created=1.0, updated=1.0,
+        refresh_token="rt-secret-value",
+        scopes=("api://x/.default",),
+        tid="tid-1",
+        oid="oid-1",
+        upn="alice@contoso.com",
+        key_kind="entra",
+        created=1.0,
+        updated=1.0,
     )
     assert "rt-secret-value" not in repr(grant)
     version = await grants.put_grant(key.hashed, grant)
@@ -101,9 +111,11 @@ async def test_grant_store_seals_values_and_hashes_keys() -> None:
     assert raw_keys == [f"ep:v1:grant:{hash_key('tid-1:oid-1')}"]
     assert "oid-1" not in raw_keys[0]
     raw_value = store._data[raw_keys[0]][0]
-    assert b"rt-secret-value" not in raw_value and b"alice" not in raw_value
+    assert b"rt-secret-value" not in raw_value
+    assert b"alice" not in raw_value
     found = await grants.get_grant(key.hashed)
-    assert found is not None and found[0] == grant
+    assert found is not None
+    assert found[0] == grant
     # a grant sealed under a key no longer on the keyring reads as absent
     other = GrantStore(store, Keyring.generate())
     assert await other.get_grant(key.hashed) is None
@@ -121,11 +133,15 @@ async def test_flows_are_taken_once_and_states_marked_once() -> None:
 def test_link_ticket_is_sealed_and_expires() -> None:
     keys = Keyring.generate()
     ticket = LinkTicket(
-        key_hash="h", key_kind="platform", scopes=("api://x/.default",), exp=2e9,
+        key_hash="h",
+        key_kind="platform",
+        scopes=("api://x/.default",),
+        exp=2e9,
         login_hint="alice@contoso.com",
     )
     sealed = ticket.seal(keys)
-    assert "alice" not in sealed and "api" not in sealed
+    assert "alice" not in sealed
+    assert "api" not in sealed
     assert LinkTicket.open(keys, sealed) == ticket
     with pytest.raises(ValueError, match="expired"):
         LinkTicket.open(keys, sealed, now=3e9)
@@ -138,10 +154,14 @@ def test_user_key_prefers_verified_identity_and_ignores_unverified_claims() -> N
 
     caller = Caller(user_id="platform-user-1", verified={"tid": "t", "oid": "o"})
     key = UserKey.from_caller(caller)
-    assert key is not None and key.kind == "entra" and key.value == "t:o"
+    assert key is not None
+    assert key.kind == "entra"
+    assert key.value == "t:o"
     caller = Caller(user_id="platform-user-1")
     key = UserKey.from_caller(caller)
-    assert key is not None and key.kind == "platform" and "platform-user-1" not in repr(key)
+    assert key is not None
+    assert key.kind == "platform"
+    assert "platform-user-1" not in repr(key)
     # unverified claims alone: no key (they can be forged by anyone reaching the container)
     from entra_passthrough import UnverifiedClaims
 

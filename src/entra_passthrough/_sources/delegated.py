@@ -128,6 +128,16 @@ class DelegatedConsent:
             return None
         return (self.name, self.client.client_id, self.client.tenant_id, key.hashed)
 
+    def explain(self, request: TokenRequest) -> str:
+        """Why the source does not apply (for the chain's error message)."""
+        caller = request.caller
+        if caller is None:
+            return "no active caller"
+        return (
+            "no verified identity and no platform user id (x-agent-user-id) to bind a consent "
+            "to; unverified token claims are never used as a consent key"
+        )
+
     def get_token(self, request: TokenRequest) -> TokenResult | None:
         """Sync twin: runs the async path on a private event loop. Do not call it from a
         thread that runs an event loop (use ``get_token_async`` there)."""
