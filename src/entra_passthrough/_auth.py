@@ -1,9 +1,10 @@
 """Apply: ``EntraAuth`` for httpx2 (the client mcp and agent-framework use).
 
-The decisions live in ``_flow`` (one generator, no I/O); this module adds the httpx2 front and
-the pieces both fronts share: acquiring a token ahead of the transport (``acquire_async``,
-``prefetch_async``), the redirect hook, and the error log for caller-less requests. The
-classic httpx front is ``entra_passthrough.httpx.EntraAuth``.
+The decisions live in ``_flow`` (one generator, no I/O); this module adds the drivers (the only
+code that does I/O: token acquisition), the httpx2 front and the pieces both fronts share:
+acquiring a token ahead of the transport (``acquire_async``, ``prefetch_async``), the redirect
+hook, and the error log for caller-less requests. The classic httpx front is
+``entra_passthrough.httpx.EntraAuth``.
 """
 
 from __future__ import annotations
@@ -14,22 +15,130 @@ from typing import Any
 
 import httpx2
 
-from ._caller import active_caller
+from ._caller import Caller, active_caller
 from ._flow import (
     APPLIED,
+    Acquire,
     Chain,
     FlowCore,
     OnError,
+    Outcome,
+    Send,
     UnsafeTokenValue,
-    acquire_async,
-    acquire_sync,
-    drive_async,
-    drive_sync,
-    use_token,
 )
+from ._prefetch import use_token
 from ._types import TokenResult
 
 __all__ = ["APPLIED", "EntraAuth", "EntraAuthBase", "UnsafeTokenValue", "use_token"]
+
+
+# --- the drivers: the only place that does I/O ---------------------------------------------
+
+
+def acquire_sync(core: FlowCore, caller: Caller | None, claims: str | None) -> TokenResult | None:
+    """The token for ``caller`` (or the lifecycle identity when no caller is active). Raises."""
+    if caller is not None and caller.active:
+        return core.chain.get_token(
+            core.scopes,
+            caller=caller,
+            claims=claims,
+            client_capabilities=core.client_capabilities,
+        )
+    return core.chain.lifecycle_token(core.scopes)
+
+
+async def acquire_async(
+    core: FlowCore, caller: Caller | None, claims: str | None
+) -> TokenResult | None:
+    """The token for ``caller`` (or the lifecycle identity when no caller is active). Raises."""
+    if caller is not None and caller.active:
+        return await core.chain.get_token_async(
+            core.scopes,
+            caller=caller,
+            claims=claims,
+            client_capabilities=core.client_capabilities,
+        )
+    return await core.chain.lifecycle_token_async(core.scopes)
+
+
+def drive_sync(core: FlowCore, request: Any) -> Generator[Any, Any, None]:
+    """``sync_auth_flow``: run the decisions, do the token I/O with the sync chain."""
+    flow = core.flow(request)
+    sent = False
+    value: Any = None
+    try:
+        while True:
+            try:
+                step = flow.send(value)
+            except StopIteration:
+                return
+            except Exception as exc:
+                if core.on_error == "raise":
+                    raise
+                _contain(core, request, exc)  # record mode: never raise inside the transport
+                if not sent:
+                    yield request
+                return
+            if isinstance(step, Send):
+                sent = True
+                value = yield step.request
+            elif isinstance(step, Acquire):
+                try:
+                    value = Outcome(result=acquire_sync(core, step.caller, step.claims))
+                except Exception as exc:
+                    value = Outcome(error=exc)
+            else:
+                _invalidate(core, step.result)
+                value = None
+    finally:
+        flow.close()
+
+
+async def drive_async(core: FlowCore, request: Any) -> AsyncGenerator[Any, Any]:
+    """``async_auth_flow``: run the decisions, do the token I/O with the async chain."""
+    flow = core.flow(request)
+    sent = False
+    value: Any = None
+    try:
+        while True:
+            try:
+                step = flow.send(value)
+            except StopIteration:
+                return
+            except Exception as exc:
+                if core.on_error == "raise":
+                    raise
+                _contain(core, request, exc)
+                if not sent:
+                    yield request
+                return
+            if isinstance(step, Send):
+                sent = True
+                value = yield step.request
+            elif isinstance(step, Acquire):
+                try:
+                    value = Outcome(result=await acquire_async(core, step.caller, step.claims))
+                except Exception as exc:
+                    value = Outcome(error=exc)
+            else:
+                _invalidate(core, step.result)
+                value = None
+    finally:
+        flow.close()
+
+
+def _invalidate(core: FlowCore, result: TokenResult) -> None:
+    try:
+        core.chain.invalidate(result)
+    except Exception as exc:
+        if core.on_error == "raise":
+            raise
+        core.record(active_caller(), exc)
+
+
+def _contain(core: FlowCore, request: Any, exc: Exception) -> None:
+    core.record(active_caller(), exc)
+    FlowCore.strip(request)
 
 
 class EntraAuthBase:

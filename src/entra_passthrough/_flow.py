@@ -24,19 +24,19 @@ Decisions, in order:
 from __future__ import annotations
 
 import logging
-import time
 from collections import deque
-from collections.abc import AsyncGenerator, Generator, Iterable, Mapping, Sequence
-from contextvars import ContextVar, Token
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Literal, Protocol
 
 from ._caller import Caller, active_caller
 from ._challenge import parse_bearer_challenges
 from ._errors import ConfigurationError, TokenAcquisitionError
 from ._origins import OriginKey, format_origin, origin_key, parse_origins
-from ._types import IdentityKind, TokenResult
+from ._prefetch import _prefetched as _prefetched  # re-exported: the integrations reset it
+from ._prefetch import prefetched_for, scope_key
+from ._prefetch import use_token as use_token  # re-exported
+from ._types import TokenResult
 
 _log = logging.getLogger("entra_passthrough.apply")
 
@@ -91,13 +91,6 @@ class _URL(Protocol):
     def port(self) -> int | None: ...
 
 
-class _Headers(Protocol):
-    def __contains__(self, key: object) -> bool: ...
-    def __setitem__(self, key: str, value: str) -> None: ...
-    def pop(self, key: str, default: Any = ...) -> Any: ...
-    def get_list(self, key: str, split_commas: bool = ...) -> list[str]: ...
-
-
 class Request(Protocol):
     @property
     def url(self) -> Any: ...
@@ -145,85 +138,6 @@ Step = Acquire | Invalidate | Send
 
 class UnsafeTokenValue(TokenAcquisitionError):
     """A source returned a token or header value that cannot go into an HTTP header."""
-
-
-# --- pre-resolved tokens ---------------------------------------------------------------
-
-
-@dataclass(eq=False, slots=True)
-class _Prefetched:
-    caller: Caller | None
-    tokens: Mapping[tuple[str, ...], TokenResult]
-    active: bool = True
-
-
-_prefetched: ContextVar[_Prefetched | None] = ContextVar(
-    "entra_passthrough.prefetched", default=None
-)
-
-
-def scope_key(scopes: Iterable[str]) -> tuple[str, ...]:
-    return tuple(sorted(set(scopes)))
-
-
-class use_token:
-    """Hand a token resolved *before* the transport to ``EntraAuth`` in this task.
-
-    The MCP integration resolves the token in the tool call's task (where errors can be
-    raised safely), then sends the request inside ``with use_token(result, scopes=...)``; the
-    auth flow applies it with no acquisition. The binding is tied to the active caller and is
-    switched off on exit, so a long-lived task that copied this context (an MCP connection's
-    lifecycle task) can never reuse it.
-
-    >>> result = await auth.acquire_async()
-    >>> with use_token(result, scopes=auth.scopes):
-    ...     await session.call_tool("whoami", {})
-    """
-
-    def __init__(self, result: TokenResult, *, scopes: Iterable[str]) -> None:
-        caller = active_caller()
-        if result.kind is IdentityKind.USER and caller is None:
-            raise ConfigurationError(
-                "use_token(...) got a user token outside an active caller; it would have no "
-                "owner and could reach another user's request",
-                fix="bind the caller first (CallerMiddleware or bind_caller)",
-            )
-        outer = _prefetched.get()
-        tokens: dict[tuple[str, ...], TokenResult] = {}
-        if outer is not None and outer.active and outer.caller is caller:
-            tokens.update(outer.tokens)
-        tokens[scope_key(scopes)] = result
-        self._binding = _Prefetched(caller=caller, tokens=tokens)
-        self._result = result
-        self._reset: Token[_Prefetched | None] | None = None
-
-    def __enter__(self) -> TokenResult:
-        self._reset = _prefetched.set(self._binding)
-        return self._result
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._binding.active = False
-        if self._reset is not None:
-            _prefetched.reset(self._reset)
-            self._reset = None
-
-    def __repr__(self) -> str:
-        return f"use_token(scopes={list(self._binding.tokens)!r}, active={self._binding.active})"
-
-
-def _prefetched_for(caller: Caller | None, key: tuple[str, ...]) -> TokenResult | None:
-    binding = _prefetched.get()
-    if binding is None or not binding.active or binding.caller is not caller:
-        return None
-    result = binding.tokens.get(key)
-    if result is None or result.expires_on <= time.time():
-        return None
-    return result
 
 
 # --- the flow ----------------------------------------------------------------------------
@@ -309,7 +223,7 @@ class FlowCore:
             yield Send(request)
             return
 
-        result = _prefetched_for(caller, self._key)
+        result = prefetched_for(caller, self._key)
         if result is None:
             outcome: Outcome = yield Acquire(caller)
             result = self._accept(outcome, caller)
@@ -361,7 +275,7 @@ class FlowCore:
             if self.on_error == "raise":
                 raise error
             self.record(caller, error)
-            self._strip(request)
+            self.strip(request)
             return False
         headers = request.headers
         headers["Authorization"] = "Bearer " + token
@@ -395,7 +309,7 @@ class FlowCore:
         return True
 
     @staticmethod
-    def _strip(request: Request) -> None:
+    def strip(request: Request) -> None:
         names = request.extensions.pop(APPLIED, ())
         for name in names:
             request.headers.pop(name, None)
@@ -404,7 +318,7 @@ class FlowCore:
         """For the client's request hook: on a hop to an origin we were not configured for
         (a redirect), remove every header this library set."""
         if APPLIED in request.extensions and not self.allows(request.url):
-            self._strip(request)
+            self.strip(request)
             if _log.isEnabledFor(logging.DEBUG):
                 _log.debug("redirect to a foreign origin: token headers removed")
 
@@ -434,112 +348,3 @@ def _replayable(request: Request) -> bool:
     except Exception:
         return False
     return True
-
-
-# --- the drivers: the only place that does I/O ---------------------------------------------
-
-
-def acquire_sync(core: FlowCore, caller: Caller | None, claims: str | None) -> TokenResult | None:
-    """The token for ``caller`` (or the lifecycle identity when no caller is active). Raises."""
-    if caller is not None and caller.active:
-        return core.chain.get_token(
-            core.scopes,
-            caller=caller,
-            claims=claims,
-            client_capabilities=core.client_capabilities,
-        )
-    return core.chain.lifecycle_token(core.scopes)
-
-
-async def acquire_async(
-    core: FlowCore, caller: Caller | None, claims: str | None
-) -> TokenResult | None:
-    """The token for ``caller`` (or the lifecycle identity when no caller is active). Raises."""
-    if caller is not None and caller.active:
-        return await core.chain.get_token_async(
-            core.scopes,
-            caller=caller,
-            claims=claims,
-            client_capabilities=core.client_capabilities,
-        )
-    return await core.chain.lifecycle_token_async(core.scopes)
-
-
-def drive_sync(core: FlowCore, request: Any) -> Generator[Any, Any, None]:
-    """``sync_auth_flow``: run the decisions, do the token I/O with the sync chain."""
-    flow = core.flow(request)
-    sent = False
-    value: Any = None
-    try:
-        while True:
-            try:
-                step = flow.send(value)
-            except StopIteration:
-                return
-            except Exception as exc:
-                if core.on_error == "raise":
-                    raise
-                _contain(core, request, exc)  # record mode: never raise inside the transport
-                if not sent:
-                    yield request
-                return
-            if isinstance(step, Send):
-                sent = True
-                value = yield step.request
-            elif isinstance(step, Acquire):
-                try:
-                    value = Outcome(result=acquire_sync(core, step.caller, step.claims))
-                except Exception as exc:
-                    value = Outcome(error=exc)
-            else:
-                _invalidate(core, step.result)
-                value = None
-    finally:
-        flow.close()
-
-
-async def drive_async(core: FlowCore, request: Any) -> AsyncGenerator[Any, Any]:
-    """``async_auth_flow``: run the decisions, do the token I/O with the async chain."""
-    flow = core.flow(request)
-    sent = False
-    value: Any = None
-    try:
-        while True:
-            try:
-                step = flow.send(value)
-            except StopIteration:
-                return
-            except Exception as exc:
-                if core.on_error == "raise":
-                    raise
-                _contain(core, request, exc)
-                if not sent:
-                    yield request
-                return
-            if isinstance(step, Send):
-                sent = True
-                value = yield step.request
-            elif isinstance(step, Acquire):
-                try:
-                    value = Outcome(result=await acquire_async(core, step.caller, step.claims))
-                except Exception as exc:
-                    value = Outcome(error=exc)
-            else:
-                _invalidate(core, step.result)
-                value = None
-    finally:
-        flow.close()
-
-
-def _invalidate(core: FlowCore, result: TokenResult) -> None:
-    try:
-        core.chain.invalidate(result)
-    except Exception as exc:
-        if core.on_error == "raise":
-            raise
-        core.record(active_caller(), exc)
-
-
-def _contain(core: FlowCore, request: Any, exc: Exception) -> None:
-    core.record(active_caller(), exc)
-    FlowCore._strip(request)

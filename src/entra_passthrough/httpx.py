@@ -15,8 +15,8 @@ from typing import Any
 
 import httpx
 
-from ._auth import EntraAuthBase, use_token
-from ._flow import Chain, OnError, drive_async, drive_sync
+from ._auth import EntraAuthBase, drive_async, drive_sync, use_token
+from ._flow import Chain, OnError
 
 __all__ = ["EntraAuth", "use_token"]
 

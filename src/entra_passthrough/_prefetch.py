@@ -1,0 +1,96 @@
+"""Tokens resolved *before* the transport, handed to ``EntraAuth`` through a ContextVar.
+
+The MCP integrations resolve the token in the tool call's own task, where an error can be
+raised and handled, then make the request inside ``use_token(...)``: the auth flow applies that
+token and acquires nothing. A binding belongs to the caller that was active when it was made
+and is switched off when its block exits: a long-lived task that copied the context (an MCP
+connection's lifecycle task) can never use it afterwards.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from contextvars import ContextVar, Token
+from dataclasses import dataclass
+from types import TracebackType
+
+from ._caller import Caller, active_caller
+from ._errors import ConfigurationError
+from ._types import IdentityKind, TokenResult
+
+
+@dataclass(eq=False, slots=True)
+class _Prefetched:
+    caller: Caller | None
+    tokens: Mapping[tuple[str, ...], TokenResult]
+    active: bool = True
+
+
+_prefetched: ContextVar[_Prefetched | None] = ContextVar(
+    "entra_passthrough.prefetched", default=None
+)
+
+
+def scope_key(scopes: Iterable[str]) -> tuple[str, ...]:
+    return tuple(sorted(set(scopes)))
+
+
+class use_token:
+    """Hand a token resolved *before* the transport to ``EntraAuth`` in this task.
+
+    The MCP integration resolves the token in the tool call's task (where errors can be
+    raised safely), then sends the request inside ``with use_token(result, scopes=...)``; the
+    auth flow applies it with no acquisition. The binding is tied to the active caller and is
+    switched off on exit, so a long-lived task that copied this context (an MCP connection's
+    lifecycle task) can never reuse it.
+
+    >>> result = await auth.acquire_async()
+    >>> with use_token(result, scopes=auth.scopes):
+    ...     await session.call_tool("whoami", {})
+    """
+
+    def __init__(self, result: TokenResult, *, scopes: Iterable[str]) -> None:
+        caller = active_caller()
+        if result.kind is IdentityKind.USER and caller is None:
+            raise ConfigurationError(
+                "use_token(...) got a user token outside an active caller; it would have no "
+                "owner and could reach another user's request",
+                fix="bind the caller first (CallerMiddleware or bind_caller)",
+            )
+        outer = _prefetched.get()
+        tokens: dict[tuple[str, ...], TokenResult] = {}
+        if outer is not None and outer.active and outer.caller is caller:
+            tokens.update(outer.tokens)
+        tokens[scope_key(scopes)] = result
+        self._binding = _Prefetched(caller=caller, tokens=tokens)
+        self._result = result
+        self._reset: Token[_Prefetched | None] | None = None
+
+    def __enter__(self) -> TokenResult:
+        self._reset = _prefetched.set(self._binding)
+        return self._result
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._binding.active = False
+        if self._reset is not None:
+            _prefetched.reset(self._reset)
+            self._reset = None
+
+    def __repr__(self) -> str:
+        return f"use_token(scopes={list(self._binding.tokens)!r}, active={self._binding.active})"
+
+
+def prefetched_for(caller: Caller | None, key: tuple[str, ...]) -> TokenResult | None:
+    binding = _prefetched.get()
+    if binding is None or not binding.active or binding.caller is not caller:
+        return None
+    result = binding.tokens.get(key)
+    if result is None or result.expires_on <= time.time():
+        return None
+    return result
