@@ -355,3 +355,42 @@ def test_sync_threads_unknown_kid_one_refetch(issuer: Issuer) -> None:
         results = list(pool.map(verifier.verify, tokens))
     assert {r.oid for r in results} == {USER_OID}
     assert issuer.jwks_requests == 2
+
+
+async def test_no_token_in_logs_or_errors(issuer: Issuer, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    import httpx2
+
+    caplog.set_level(logging.DEBUG)
+    tokens = [
+        issuer.token(exp=int(time.time()) - 3600),
+        issuer.token(aud="https://ai.azure.com"),
+        Issuer().token(),  # unknown kid
+        issuer.token(scp="x"),
+    ]
+    verifier = make(issuer, required_scopes=["access_as_user"])
+    messages = []
+    for token in tokens:
+        with pytest.raises(TokenVerificationError) as info:
+            await verifier.verify_async(token)
+        messages.append(str(info.value))
+        messages.append(repr(info.value))
+
+    def down(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(500)
+
+    broken = JwtVerifier(
+        audiences=[API],
+        tenants=[TENANT],
+        http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(down)),
+    )
+    with pytest.raises(TokenVerificationError) as info:
+        await broken.verify_async(tokens[0])
+    messages.append(str(info.value))
+    text = "\n".join(messages) + caplog.text
+    assert "could not be fetched" in caplog.text or "could not be fetched" in text
+    for token in tokens:
+        assert token not in text
+        for segment in token.split("."):
+            assert segment not in text
