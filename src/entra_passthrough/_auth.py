@@ -26,6 +26,7 @@ from ._flow import (
     Send,
     UnsafeTokenValue,
 )
+from ._origins import format_origin
 from ._prefetch import use_token
 from ._types import TokenResult
 
@@ -172,6 +173,11 @@ class EntraAuthBase:
     @property
     def scopes(self) -> tuple[str, ...]:
         return self._core.scopes
+
+    @property
+    def origins(self) -> tuple[str, ...]:
+        """The normalised origins that may receive a token, e.g. ``https://mcp.contoso.com``."""
+        return tuple(sorted(format_origin(o) for o in self._core.origins))
 
     @property
     def on_error(self) -> OnError:

@@ -82,6 +82,10 @@ async def test_token_attached_for_configured_origin_only() -> None:
 
 async def test_origin_normalisation() -> None:
     auth = EntraAuth(FakeChain(), scopes=SCOPES, origins=["HTTPS://MCP.Contoso.COM:443/"])
+    assert auth.origins == ("https://mcp.contoso.com",)
+    assert EntraAuth(FakeChain(), scopes=SCOPES, origins="http://[::1]:8080").origins == (
+        "http://[::1]:8080",
+    )
     rec = Recorder()
     async with client(auth, rec) as c, bind_caller(user_caller("alice")):
         await c.get("https://mcp.contoso.com/x")
