@@ -143,6 +143,10 @@ async def authorize(rt: Runtime, request: Request) -> Response:
         client = rt.world.app(client_id)
         if client is None or client.client_id != client_id:
             raise e.unknown_client(client_id, tenant.id if tenant else segment)
+        if client.kind == "agent_identity":
+            # Agent ID: child agent identities cannot take part in interactive flows or be
+            # consented interactively (AADSTS82014); admins grant their permissions.
+            raise e.agent_interactive_consent()
         redirect_uri = params.get("redirect_uri")
         if not redirect_uri or not _redirect_uri_ok(client, redirect_uri):
             # AADSTS50011: shown to the user, never redirected to an unregistered URI.
@@ -230,8 +234,6 @@ def _authorize_for_client(
         if ids & set(user.blocked_for):
             raise e.StsError(53003, "access_denied", e.blocked_by_ca().text)
     if needed and action != "consent":
-        if client.kind == "agent_identity":
-            raise e.agent_interactive_consent()
         if prompt == "none":
             raise e.consent_required(client.client_id, client.name)
         if params.get("emulator_consent") == "accept" and req.resource is not None:

@@ -7,6 +7,7 @@ every connection; a socket handed over by hand would add ~40 ms per answer (FACT
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import urllib.parse
@@ -322,9 +323,11 @@ class ServerThread:
         self.http = _Server(uvicorn.Config(msi_app, port=0, **common))
         self._thread = threading.Thread(target=self._run, name="entra-emulator", daemon=True)
         self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def _run(self) -> None:
         async def both() -> None:
+            self._loop = asyncio.get_running_loop()
             await asyncio.gather(self.https.serve(), self.http.serve())
 
         try:
@@ -342,8 +345,21 @@ class ServerThread:
                 raise RuntimeError("the Entra emulator did not start") from self._error
         return self.https.port, self.http.port
 
+    def _abort_connections(self) -> None:
+        # Idle keep-alive TLS connections (a client's pooled session) would hold a graceful
+        # shutdown until the TLS close times out; an emulator being closed owes them nothing.
+        for server in (self.https, self.http):
+            for conn in list(server.server_state.connections):
+                transport = getattr(conn, "transport", None)
+                if transport is not None:
+                    transport.abort()
+
     def stop(self) -> None:
-        self.https.should_exit = True
-        self.http.should_exit = True
+        for server in (self.https, self.http):
+            server.should_exit = True
+            server.force_exit = True
+        if self._loop is not None and self._thread.is_alive():
+            with contextlib.suppress(RuntimeError):  # the loop may already be closed
+                self._loop.call_soon_threadsafe(self._abort_connections)
         if self._thread.is_alive():
             self._thread.join(timeout=10)

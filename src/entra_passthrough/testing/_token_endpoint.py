@@ -184,10 +184,12 @@ def _on_behalf_of(
     if not assertion:
         raise e.missing_param("assertion")
     try:
-        claims = verify(rt.keys, assertion)
-    except jwt.DecodeError:
+        jwt.decode(assertion, options={"verify_signature": False})
+    except jwt.PyJWTError:
         # AADSTS50027 https://learn.microsoft.com/entra/identity-platform/reference-error-codes
         raise e.invalid_grant(50027, "JWT token is invalid or malformed.") from None
+    try:
+        claims = verify(rt.keys, assertion)
     except jwt.PyJWTError:
         raise e.assertion_invalid("Reason - The key was not found.") from None
     tid = str(claims.get("tid", ""))
