@@ -387,7 +387,9 @@ class _PortAdapter(HTTPAdapter):
         super().__init__()
         self._base = base_url
 
-    def send(self, request: Any, **kwargs: Any) -> Any:
-        if request.url.startswith("https://127.0.0.1/"):
+    def send(  # type: ignore[override]
+        self, request: requests.PreparedRequest, *args: Any, **kwargs: Any
+    ) -> requests.Response:
+        if request.url and request.url.startswith("https://127.0.0.1/"):
             request.url = self._base + request.url[len("https://127.0.0.1") :]
         return super().send(request, **kwargs)
