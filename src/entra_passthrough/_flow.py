@@ -242,6 +242,7 @@ class FlowCore:
         if challenge is None or not challenge.retryable or not _replayable(request):
             return
         yield Invalidate(result)
+        self.strip(request)  # the retry carries only what the new result brings
         if _log.isEnabledFor(logging.DEBUG):
             _log.debug(
                 "401 %s from the resource: token %s dropped, retrying once%s",

@@ -448,3 +448,25 @@ def test_unsigned_jwt_helper_is_decodable() -> None:
     assert caller.claims is not None
     assert caller.claims.oid == "zed"
     assert unsigned_jwt(oid="x").count(".") == 2
+
+
+async def test_retry_acquisition_failure_recorded_and_401_returned() -> None:
+    class FailsSecondTime(FakeChain):
+        async def get_token_async(self, scopes: object, **kw: object) -> object:
+            if self.calls:
+                self.calls.append(("again", None))
+                raise ConsentRequired("claims need the user", link=None)
+            return await super().get_token_async(scopes, **kw)  # type: ignore[arg-type]
+
+    challenge = 'Bearer error="invalid_token"'
+    rec = Recorder(lambda r: httpx2.Response(401, headers={"www-authenticate": challenge}))
+    recording = EntraAuth(FailsSecondTime(), scopes=SCOPES, origins=[MCP], on_error="record")
+    async with client(recording, rec) as c, bind_caller(user_caller("alice")) as caller:
+        response = await c.get(f"{MCP}/")
+        assert [type(e) for e in caller.take_errors()] == [ConsentRequired]
+    assert response.status_code == 401
+    assert len(rec.seen) == 1
+    raising = EntraAuth(FailsSecondTime(), scopes=SCOPES, origins=[MCP])
+    async with client(raising, rec) as c, bind_caller(user_caller("alice")):
+        with pytest.raises(ConsentRequired):
+            await c.get(f"{MCP}/")
