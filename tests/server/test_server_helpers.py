@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import httpx2
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -188,3 +191,35 @@ async def test_access_token_repr_hides_the_token() -> None:
     assert access.claims is not None
     assert access.claims["oid"] == USER_OID
     assert await verifier.verify_token("junk") is None
+
+
+def test_missing_mcp_extra_names_the_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+    import sys
+
+    from entra_passthrough import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "mcp.server.auth.middleware.auth_context", None)
+    monkeypatch.delitem(sys.modules, "entra_passthrough.server")
+    with pytest.raises(MissingExtraError, match=r"entra-passthrough\[mcp\]"):
+        importlib.import_module("entra_passthrough.server")
+    monkeypatch.undo()
+    assert importlib.import_module("entra_passthrough.server").current_user is not None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=400), st.lists(st.text(max_size=30), max_size=3))
+def test_challenge_header_is_always_well_formed(reason: str, scopes: list[str]) -> None:
+    for err in (TokenVerificationError(reason), InsufficientScope(reason, required=scopes)):
+        status, header, body = challenge(
+            error=err,
+            resource_metadata="https://x/.well-known/oauth-protected-resource",
+            scopes=scopes,
+        )
+        assert status in (401, 403)
+        header.encode("latin-1")
+        assert all(" " <= c <= "~" for c in header)
+        inner = header[len("Bearer ") :]
+        # every parameter is name="value" with no stray quotes
+        assert inner.count('"') % 2 == 0
+        assert json.loads(body)["error"] == err.error
