@@ -387,7 +387,7 @@ class _PortAdapter(HTTPAdapter):
         super().__init__()
         self._base = base_url
 
-    def send(  # type: ignore[override]
+    def send(
         self, request: requests.PreparedRequest, *args: Any, **kwargs: Any
     ) -> requests.Response:
         if request.url and request.url.startswith("https://127.0.0.1/"):
