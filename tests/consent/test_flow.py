@@ -205,3 +205,41 @@ async def test_signout_link_page_has_no_side_effect(consent_env: ConsentEnv) -> 
     assert page.status_code == 200
     assert "Sign out" in page.text
     assert await source.grants.get_grant(key.hashed) is not None
+
+
+async def test_unconsented_scope_asks_again_and_keeps_the_grant(consent_env: ConsentEnv) -> None:
+    env = consent_env
+    source, _, request, _ = await _consented(env, "alice", "foundry-user-alice-4")
+    other = TokenRequest(
+        scopes=(f"{env.idp.legacy_api.app_id_uri}/.default",), caller=request.caller
+    )
+    with pytest.raises(ConsentRequired) as info:
+        await source.get_token_async(other)
+    assert info.value.code is not None
+    assert info.value.code.code == 65001
+    assert info.value.link is not None
+    # the grant still serves the scopes it covers
+    assert await source.get_token_async(request) is not None
+
+
+async def test_claims_challenge_goes_into_the_link(consent_env: ConsentEnv) -> None:
+    env = consent_env
+    source, _ = env.make()
+    caller = platform_caller("claims-user", upn=env.idp.users["alice"].upn)
+    claims = '{"access_token":{"acrs":{"essential":true,"value":"c1"}}}'
+    with pytest.raises(ConsentRequired) as info:
+        await source.get_token_async(
+            TokenRequest(scopes=(env.mcp_scope,), caller=caller, claims=claims)
+        )
+    assert info.value.link is not None
+    async with env.browser() as browser:
+        start = await browser.get(info.value.link, follow_redirects=False)
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(start.headers["location"]).query))
+    assert query["claims"] == claims
+    assert query["response_mode"] == "form_post"
+    assert query["code_challenge_method"] == "S256"
+    assert query["login_hint"] == env.idp.users["alice"].upn
+    cookie = start.headers["set-cookie"]
+    for attribute in ("HttpOnly", "Secure", "SameSite=none", "Path=/", "__Host-"):
+        assert attribute.lower() in cookie.lower()
+    assert start.headers["cache-control"] == "no-store"

@@ -251,7 +251,9 @@ class DelegatedConsent:
         for attempt in range(_MAX_ATTEMPTS):
             found = await self.grants.get_grant(key.hashed)
             if found is None:
-                raise self._consent_required(key, scopes, "no consent is stored for this user")
+                raise self._consent_required(
+                    key, scopes, "no consent is stored for this user", claims=request.claims
+                )
             grant, version = found
             now = time.time()
             if grant.lease_owner and grant.lease_until > now:
@@ -345,7 +347,10 @@ class DelegatedConsent:
                 aadsts=code,
                 correlation_id=cid,
             )
-        if error == "invalid_grant" and (code in _DEAD_GRANT_CODES or code is None):
+        # consent_required and interaction_required were handled above: any other
+        # invalid_grant (the codes in _DEAD_GRANT_CODES, an unknown refresh token...) means
+        # the refresh token is unusable and only the user can make a new one.
+        if error == "invalid_grant" or code in _DEAD_GRANT_CODES:
             await self.grants.delete_grant(key.hashed, expect=lease_version)
             raise self._consent_required(
                 key,
