@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from entra_passthrough import CallerMiddleware, current_caller
+from entra_passthrough import CallerMiddleware, TokenVerificationError, current_caller
 
 names = st.one_of(
     st.sampled_from(
@@ -31,7 +31,16 @@ values = st.one_of(
 header_lists = st.lists(st.tuples(names, values), max_size=12)
 
 
-def run(headers: list[tuple[bytes, bytes]], *, require: bool) -> tuple[int, Any]:
+class RejectAll:
+    """The JwtVerifier interface; a forged token never verifies."""
+
+    async def verify_async(self, token: str) -> Any:
+        raise TokenVerificationError("signature does not verify")
+
+
+def run(
+    headers: list[tuple[bytes, bytes]], *, require: bool, verify: bool = False
+) -> tuple[int, Any]:
     seen: list[Any] = []
     statuses: list[int] = []
 
@@ -51,16 +60,22 @@ def run(headers: list[tuple[bytes, bytes]], *, require: bool) -> tuple[int, Any]
         app,
         require_caller=require,
         assertion_headers=("authorization", "x-ms-token-aad-access-token"),
+        verifier=RejectAll() if verify else None,
     )
     asyncio.run(mw({"type": "http", "headers": headers}, receive, send))
     return statuses[0], seen[0] if seen else None
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(header_lists, st.booleans())
-def test_junk_headers_never_raise(headers: list[tuple[bytes, bytes]], require: bool) -> None:
-    status, caller = run(headers, require=require)
+@given(header_lists, st.booleans(), st.booleans())
+def test_junk_headers_never_raise(
+    headers: list[tuple[bytes, bytes]], require: bool, verify: bool
+) -> None:
+    status, caller = run(headers, require=require, verify=verify)
     assert status in (200, 401)
+    if verify and status == 200:
+        assert caller is not None
+        assert not caller.presented  # nothing unverified gets through
     if status == 200 and caller is not None:
         assert not caller.active
         if caller.decode_error is not None:
