@@ -143,7 +143,9 @@ class JwtVerifier:
         host = authority_host.rstrip("/")
         check_fetch_url(host + "/", what="authority_host")
         self.audiences = tuple(audiences)
-        self.tenants = tuple(tenants or ())
+        # Entra writes tenant GUIDs in lower case; an upper-case allow-list must not lock out
+        # every caller.
+        self.tenants = tuple(t.strip().lower() for t in tenants or ())
         self.any_tenant = any_tenant
         self.authority_host = host
         self.issuers = tuple(issuers) if issuers is not None else None
@@ -152,8 +154,14 @@ class JwtVerifier:
             urlsplit(host).hostname or "", host + "/{tid}/"
         )
         for template in (self.v1_issuer, self.v2_issuer):
-            if "{tid}" not in template:
-                raise ConfigurationError(f"issuer template {template!r} has no '{{tid}}'.")
+            try:
+                usable = template.format(tid="t") != template
+            except (KeyError, IndexError, ValueError):
+                usable = False
+            if not usable:
+                raise ConfigurationError(
+                    f"issuer template {template!r} must contain '{{tid}}' and no other field."
+                )
         self.required_scopes = tuple(required_scopes)
         self.required_roles = tuple(required_roles)
         self.allow_app_only = allow_app_only

@@ -394,3 +394,17 @@ async def test_no_token_in_logs_or_errors(issuer: Issuer, caplog: pytest.LogCapt
         assert token not in text
         for segment in token.split("."):
             assert segment not in text
+
+
+def test_issuer_templates_are_checked() -> None:
+    with pytest.raises(ConfigurationError, match="tid"):
+        JwtVerifier(audiences=[API], tenants=[TENANT], v2_issuer="https://x/v2.0")
+    with pytest.raises(ConfigurationError, match="tid"):
+        JwtVerifier(audiences=[API], tenants=[TENANT], v1_issuer="https://x/{tid}/{other}/")
+
+
+async def test_upper_case_tenant_allow_list(issuer: Issuer) -> None:
+    tenant = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
+    verifier = make(issuer, tenants=[tenant.upper()])
+    vt = await verifier.verify_async(issuer.token(tenant=tenant))
+    assert vt.tid == tenant
