@@ -243,3 +243,30 @@ async def test_claims_challenge_goes_into_the_link(consent_env: ConsentEnv) -> N
     for attribute in ("HttpOnly", "Secure", "SameSite=none", "Path=/", "__Host-"):
         assert attribute.lower() in cookie.lower()
     assert start.headers["cache-control"] == "no-store"
+
+
+async def test_a_cancelled_leader_does_not_fail_its_waiters(consent_env: ConsentEnv) -> None:
+    env = consent_env
+    source, _, request, _ = await _consented(env, "pat", "foundry-user-pat-2")
+    env.idp.token_latency = 0.3
+    try:
+        leader = asyncio.create_task(source.get_token_async(request))
+        for _ in range(1000):  # until the leader's flight is registered (bounded)
+            if source._flights:
+                break
+            await asyncio.sleep(0.001)
+        assert source._flights
+        waiters = [asyncio.create_task(source.get_token_async(request)) for _ in range(5)]
+        for _ in range(5):
+            await asyncio.sleep(0)  # the waiters reach the shared flight
+        leader.cancel()
+        results = await asyncio.gather(*waiters)
+    finally:
+        env.idp.token_latency = 0.0
+    assert all(r is not None for r in results)
+    assert leader.cancelled()
+    key = UserKey.from_caller(request.caller)
+    assert key is not None
+    found = await source.grants.get_grant(key.hashed)
+    assert found is not None
+    assert found[0].lease_owner is None

@@ -15,7 +15,6 @@ compare-and-set on the grant record.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import secrets
@@ -227,6 +226,9 @@ class DelegatedConsent:
                 self._flights[slot] = (flight, future)
                 try:
                     result = await factory()
+                except asyncio.CancelledError:
+                    future.cancel()  # the waiters start a flight of their own
+                    raise
                 except BaseException as exc:
                     future.set_exception(exc)
                     future.exception()  # retrieved: no "never retrieved" warning
@@ -237,12 +239,19 @@ class DelegatedConsent:
                 future.set_result(result)
                 return result
             other_flight, other = current
-            if other_flight == flight:
+            try:
                 shared: TokenResult = await asyncio.shield(other)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if other.cancelled() and not (task is not None and task.cancelling()):
+                    continue  # the leader was cancelled, not us: try again
+                raise
+            except Exception:
+                if other_flight == flight:
+                    raise  # same request: the leader's error is ours
+                continue  # another request's error: run our own flight
+            if other_flight == flight:
                 return shared
-            # The other flight's caller gets its error; we only wait for it to end.
-            with contextlib.suppress(Exception):
-                await asyncio.shield(other)
         raise EntraError("too many concurrent token requests for one user", source=self.name)
 
     # --- refresh with a cross-replica lease -------------------------------------------------
