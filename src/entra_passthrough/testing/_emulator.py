@@ -278,15 +278,15 @@ class EntraEmulator:
         self,
         endpoint: str = "token",
         *,
-        status: int = 503,
+        status: int | None = 503,
         retry_after: float | None = None,
         delay: float = 0.0,
         drop: bool = False,
         count: int = 1,
     ) -> None:
         """The next ``count`` requests to ``endpoint`` (token, authorize, discovery, jwks, msi,
-        az) get ``status`` (with ``Retry-After``), after ``delay`` seconds, or a dropped
-        connection."""
+        az, logout, userrealm) get ``status`` (with ``Retry-After``) after ``delay`` seconds, or
+        a dropped connection (``drop=True``). ``status=None`` only delays, then answers."""
         with self._rt.lock:
             self._rt.faults.setdefault(endpoint, []).append(
                 Fault(status=status, retry_after=retry_after, delay=delay, drop=drop, count=count)

@@ -10,7 +10,6 @@ exactly this (msal/managed_identity.py ``_obtain_token_on_app_service``, plus a 
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import time
 import uuid
@@ -32,20 +31,6 @@ def _fail(status: int, message: str) -> JSONResponse:
 
 async def msi_token(rt: Runtime, request: Request) -> Response:
     rt.count("msi")
-    fault = rt.take_fault("msi")
-    if fault is not None:
-        if fault.delay:
-            await asyncio.sleep(fault.delay)
-        headers = {"Retry-After": str(int(fault.retry_after))} if fault.retry_after else None
-        return (
-            _fail(fault.status, "injected fault")
-            if not headers
-            else JSONResponse(
-                {"statusCode": fault.status, "message": "injected fault"},
-                status_code=fault.status,
-                headers=headers,
-            )
-        )
     secret = request.headers.get("x-identity-header", "")
     if not hmac.compare_digest(secret.encode(), rt.mi_header.encode()):
         return _fail(401, "The X-IDENTITY-HEADER header is missing or wrong.")

@@ -48,22 +48,29 @@ def _endpoint_name(path: str) -> str:
 class FaultMiddleware:
     """Applies injected faults (status, Retry-After, delay, dropped connection) per endpoint."""
 
-    def __init__(self, app: ASGIApp, rt: Runtime) -> None:
+    def __init__(self, app: ASGIApp, rt: Runtime, *, name: str | None = None) -> None:
         self.app = app
         self.rt = rt
+        self.name = name
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
         if scope["type"] != "http" or (
-            scope["path"].startswith("/_emulator/")
-            and not scope["path"].startswith("/_emulator/az")
+            path.startswith("/_emulator/") and not path.startswith("/_emulator/az")
         ):
             await self.app(scope, receive, send)
             return
-        fault = self.rt.take_fault(_endpoint_name(scope["path"]))
+        name = self.name or _endpoint_name(path)
+        fault = self.rt.take_fault(name)
         if fault is None:
             await self.app(scope, receive, send)
             return
-        self.rt.count(_endpoint_name(scope["path"]))
+        if fault.status is None and not fault.drop:
+            # A pure delay: answer normally afterwards.
+            await asyncio.sleep(fault.delay)
+            await self.app(scope, receive, send)
+            return
+        self.rt.count(name)
         await _apply_fault(fault, send)
 
 
@@ -79,17 +86,21 @@ async def _apply_fault(fault: Fault, send: Send) -> None:
             {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"100")]}
         )
         raise DroppedConnection("injected: connection dropped")
+    # AADSTS90033 ("a transient error has occurred") for throttling and server errors; a plain
+    # invalid_request otherwise. The text says it was injected so nobody mistakes it for a bug.
+    status = fault.status or 503
+    transient = status >= 500 or status == 429
     body = e.StsError(
-        0 if fault.status < 500 else 90033 if fault.status == 503 else 90100,
-        "temporarily_unavailable" if fault.status >= 500 else "invalid_request",
-        "Injected fault: the service is temporarily unavailable.",
-        status=fault.status,
+        90033 if transient else 90100,
+        "temporarily_unavailable" if transient else "invalid_request",
+        "Injected fault: the emulator was told to fail this request.",
+        status=status,
     ).body()
     raw = json.dumps(body).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
     if fault.retry_after is not None:
         headers.append((b"retry-after", str(int(fault.retry_after)).encode()))
-    await send({"type": "http.response.start", "status": fault.status, "headers": headers})
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": raw})
 
 
@@ -287,7 +298,7 @@ def build_msi_app(rt: Runtime) -> ASGIApp:
     async def endpoint(request: Request) -> Response:
         return await msi_token(rt, request)
 
-    return Starlette(routes=[Route("/msi/token", endpoint)])
+    return FaultMiddleware(Starlette(routes=[Route("/msi/token", endpoint)]), rt, name="msi")
 
 
 class _Server(uvicorn.Server):

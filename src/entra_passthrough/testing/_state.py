@@ -23,7 +23,7 @@ OIDC_SCOPES = frozenset({"openid", "profile", "email", "offline_access"})
 
 @dataclass
 class Fault:
-    status: int = 503
+    status: int | None = 503  # None: only delay (or drop), then answer normally
     retry_after: float | None = None
     delay: float = 0.0
     drop: bool = False
