@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -18,19 +15,8 @@ from mcp.client.streamable_http import streamable_http_client
 
 from entra_passthrough.testing import EntraEmulator
 
+from ._example import load_example
 from ._serve import serve
-
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "mcp_server" / "notes_server.py"
-
-
-def load_example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("notes_server_example", EXAMPLE)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
