@@ -124,6 +124,18 @@ class TokenCache:
             entry.refreshing = True
             return entry.result, True
 
+    def peek(self, key: Hashable) -> TokenResult | None:
+        """The cached result if it is usable and not yet due for refresh; no side effect but
+        recency. The chain's hot path; anything else goes through ``get_or_acquire*``."""
+        now = self._clock()
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or now >= entry.refresh_at or now >= entry.usable_until:
+                return None
+            self._entries.move_to_end(key)
+            self._hits += 1
+            return entry.result
+
     def get(self, key: Hashable) -> TokenResult | None:
         """The cached, usable result for ``key`` (no refresh, no acquisition)."""
         return self._lookup(key, self._clock())[0]

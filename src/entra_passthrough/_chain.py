@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 import functools
 import logging
-from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,20 +69,27 @@ class _Unset(enum.Enum):
 _UNSET = _Unset.UNSET
 
 
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    """A source the policy allows, with what the hot path needs precomputed."""
+
+    source: TokenSource
+    is_user: bool
+    #: False for sources whose results change per request (FoundryToolboxRoute's call id
+    #: header); they cache what can be cached themselves.
+    cached: bool
+
+
 @dataclass(slots=True)
-class _Attempts:
-    reasons: list[str] = field(default_factory=list)
+class _Outcome:
+    """What happened to the sources that were tried (built only when something failed)."""
+
+    notes: dict[str, str] = field(default_factory=dict)
     error: TokenAcquisitionError | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class _Step:
-    source: TokenSource
-    key: Hashable
-    cap: float | None
-    #: False for sources whose results change per request (FoundryToolboxRoute's call id
-    #: header); they cache what can be cached themselves.
-    cached: bool = True
+def _scopes_key(scopes: tuple[str, ...]) -> tuple[str, ...]:
+    return scopes if len(scopes) < 2 else tuple(sorted(scopes))
 
 
 class TokenChain:
@@ -105,7 +112,7 @@ class TokenChain:
     ) -> None:
         self.sources: tuple[TokenSource, ...] = tuple(sources)
         try:
-            self.policy = Policy(policy)
+            self._policy = Policy(policy)
         except ValueError:
             raise ConfigurationError(
                 f"unknown policy {policy!r}.",
@@ -121,53 +128,37 @@ class TokenChain:
                 raise ConfigurationError(f"{source!r} does not implement TokenSource.")
         self.cache = cache if cache is not None else TokenCache()
         self.lifecycle_app = lifecycle_app
+        # Which sources each allowed-kinds set may use; a handful of entries per chain.
+        self._plans: dict[frozenset[IdentityKind], tuple[_Candidate, ...]] = {}
+        self._allowed = {
+            presented: self.policy.allowed(presented=presented) for presented in (False, True)
+        }
+
+    @property
+    def policy(self) -> Policy:
+        """Fixed at construction (the allowed kinds are precomputed from it)."""
+        return self._policy
 
     def __repr__(self) -> str:
         names = ", ".join(s.name for s in self.sources)
         return f"TokenChain([{names}], policy={self.policy.value})"
 
-    # -- planning (no I/O) -------------------------------------------------------------------------
+    # -- planning (no I/O) ---------------------------------------------------------------
 
-    def _steps(
-        self,
-        request: TokenRequest,
-        allowed: frozenset[IdentityKind],
-        attempts: _Attempts,
-    ) -> Iterator[_Step]:
-        scopes_key = tuple(sorted(request.scopes))
-        caller = request.caller
-        for source in self.sources:
-            kind = source.kind
-            if kind not in allowed:
-                attempts.reasons.append(
-                    f"{source.name}: kind {kind.value} not allowed by policy {self.policy.value}"
-                    + (
-                        " (an assertion was presented)"
-                        if caller is not None and caller.presented and kind is not IdentityKind.USER
-                        else ""
-                    )
+    def _candidates(self, allowed: frozenset[IdentityKind]) -> tuple[_Candidate, ...]:
+        plan = self._plans.get(allowed)
+        if plan is None:
+            plan = tuple(
+                _Candidate(
+                    s,
+                    s.kind is IdentityKind.USER,
+                    bool(getattr(s, "cache_results", True)),
                 )
-                continue
-            if attempts.error is not None and kind is not IdentityKind.USER:
-                attempts.reasons.append(f"{source.name}: not tried, a user source failed")
-                continue
-            partition = source.cache_partition(request)
-            if partition is None:
-                explain = getattr(source, "explain", None)
-                reason = explain(request) if callable(explain) else "not applicable"
-                attempts.reasons.append(f"{source.name}: {reason}")
-                continue
-            key = (
-                source.name,
-                partition,
-                scopes_key,
-                request.claims,
-                request.client_capabilities,
+                for s in self.sources
+                if s.kind in allowed
             )
-            cap = None
-            if kind is IdentityKind.USER and caller is not None and caller.claims is not None:
-                cap = caller.claims.exp
-            yield _Step(source, key, cap, bool(getattr(source, "cache_results", True)))
+            self._plans[allowed] = plan
+        return plan
 
     def _request(
         self,
@@ -184,51 +175,88 @@ class TokenChain:
             caller = None
         return TokenRequest(tuple(scopes), caller, claims, tuple(client_capabilities))
 
+    def _key(self, source: TokenSource, partition: tuple[str, ...], request: TokenRequest) -> Any:
+        return (
+            source.name,
+            partition,
+            _scopes_key(request.scopes),
+            request.claims,
+            request.client_capabilities,
+        )
+
+    @staticmethod
+    def _cap(candidate: _Candidate, request: TokenRequest) -> float | None:
+        caller = request.caller
+        if candidate.is_user and caller is not None and caller.claims is not None:
+            return caller.claims.exp
+        return None
+
     def _accept(
         self,
-        step: _Step,
+        source: TokenSource,
+        key: Any,
         result: TokenResult | None,
         allowed: frozenset[IdentityKind],
-        attempts: _Attempts,
+        outcome: _Outcome,
     ) -> TokenResult | None:
         if result is None:
-            attempts.reasons.append(f"{step.source.name}: not applicable")
+            outcome.notes[source.name] = "not applicable"
             return None
         if result.kind not in allowed:
             # A source answered with a kind other than the one it declared: never hand it out.
-            self.cache.invalidate(step.key)
-            attempts.reasons.append(
-                f"{step.source.name}: returned kind {result.kind.value}, not allowed"
-            )
+            self.cache.invalidate(key)
+            outcome.notes[source.name] = f"returned kind {result.kind.value}, not allowed"
             return None
         return result
 
-    def _failed(self, step: _Step, exc: BaseException, attempts: _Attempts) -> None:
+    def _failed(self, source: TokenSource, exc: BaseException, outcome: _Outcome) -> None:
         if not isinstance(exc, TokenAcquisitionError):
             exc = SourceUnavailable(
-                f"source failed unexpectedly: {type(exc).__name__}.", source=step.source.name
+                f"source failed unexpectedly: {type(exc).__name__}.", source=source.name
             )
-        attempts.reasons.append(f"{step.source.name}: {type(exc).__name__}")
-        if attempts.error is None:
-            attempts.error = exc
+        outcome.notes[source.name] = type(exc).__name__
+        if outcome.error is None:
+            outcome.error = exc
+
+    def _reasons(
+        self, request: TokenRequest, allowed: frozenset[IdentityKind], outcome: _Outcome
+    ) -> list[str]:
+        caller = request.caller
+        presented = caller is not None and caller.presented
+        reasons = []
+        for source in self.sources:
+            kind = source.kind
+            if kind not in allowed:
+                why = f"kind {kind.value} not allowed by policy {self.policy.value}"
+                if presented and kind is not IdentityKind.USER:
+                    why += " (an assertion was presented)"
+            elif source.name in outcome.notes:
+                why = outcome.notes[source.name]
+            elif outcome.error is not None and kind is not IdentityKind.USER:
+                why = "not tried, a user source failed"
+            else:
+                explain = getattr(source, "explain", None)
+                why = explain(request) if callable(explain) else "not applicable"
+            reasons.append(f"{source.name}: {why}")
+        return reasons
 
     def _give_up(
-        self, request: TokenRequest, attempts: _Attempts
+        self, request: TokenRequest, allowed: frozenset[IdentityKind], outcome: _Outcome
     ) -> TokenAcquisitionError | NoCallerError:
-        if attempts.error is not None:
-            return attempts.error
-        tried = "; ".join(attempts.reasons) or "no sources"
+        if outcome.error is not None:
+            return outcome.error
+        reasons = self._reasons(request, allowed, outcome)
         if request.caller is None and self.policy is Policy.USER_ONLY:
             return NoCallerError(
                 "No active caller, and policy user_only needs the user's identity "
-                f"(tried: {tried})."
+                f"(tried: {'; '.join(reasons) or 'no sources'})."
             )
         return PolicyViolation(
             f"No source produced a token that policy {self.policy.value} accepts for "
             f"{' '.join(request.scopes)}.",
             policy=self.policy.value,
             scopes=request.scopes,
-            attempts=attempts.reasons,
+            attempts=reasons,
             fix="check the policy and the chain's sources (docs/sources-and-policy.md).",
         )
 
@@ -236,7 +264,7 @@ class TokenChain:
     def _presented(request: TokenRequest) -> bool:
         return request.caller is not None and request.caller.presented
 
-    # -- public API ----------------------------------------
+    # -- public API -----------------------------------------------------------------------
 
     async def get_token_async(
         self,
@@ -248,30 +276,44 @@ class TokenChain:
     ) -> TokenResult:
         """A token for ``scopes`` as the caller (default ``current_caller()``), or a typed error."""
         request = self._request(scopes, caller, claims, client_capabilities)
-        allowed = self.policy.allowed(presented=self._presented(request))
+        allowed = self._allowed[self._presented(request)]
         return await self._resolve_async(request, allowed)
 
     async def _resolve_async(
         self, request: TokenRequest, allowed: frozenset[IdentityKind]
     ) -> TokenResult:
-        attempts = _Attempts()
-        for step in self._steps(request, allowed, attempts):
+        outcome: _Outcome | None = None
+        cache = self.cache
+        for candidate in self._candidates(allowed):
+            source = candidate.source
+            if outcome is not None and outcome.error is not None and not candidate.is_user:
+                continue  # fail closed: a user source failed, the app does not stand in
+            partition = source.cache_partition(request)
+            if partition is None:
+                continue
+            key = self._key(source, partition, request)
+            if candidate.cached:
+                hit = cache.peek(key)  # the hot path: no refresh due, no I/O
+                if hit is not None and hit.kind in allowed:
+                    return hit
             try:
-                if step.cached:
-                    result = await self.cache.get_or_acquire_async(
-                        step.key,
-                        functools.partial(step.source.get_token_async, request),
-                        cap=step.cap,
+                if candidate.cached:
+                    result = await cache.get_or_acquire_async(
+                        key,
+                        functools.partial(source.get_token_async, request),
+                        cap=self._cap(candidate, request),
                     )
                 else:
-                    result = await step.source.get_token_async(request)
+                    result = await source.get_token_async(request)
             except Exception as exc:
-                self._failed(step, exc, attempts)
+                outcome = outcome or _Outcome()
+                self._failed(source, exc, outcome)
                 continue
-            accepted = self._accept(step, result, allowed, attempts)
+            outcome = outcome or _Outcome()
+            accepted = self._accept(source, key, result, allowed, outcome)
             if accepted is not None:
                 return accepted
-        raise self._give_up(request, attempts)
+        raise self._give_up(request, allowed, outcome or _Outcome())
 
     def get_token(
         self,
@@ -283,26 +325,42 @@ class TokenChain:
     ) -> TokenResult:
         """Sync twin of ``get_token_async`` (blocks the calling thread; not for event loops)."""
         request = self._request(scopes, caller, claims, client_capabilities)
-        allowed = self.policy.allowed(presented=self._presented(request))
+        allowed = self._allowed[self._presented(request)]
         return self._resolve(request, allowed)
 
     def _resolve(self, request: TokenRequest, allowed: frozenset[IdentityKind]) -> TokenResult:
-        attempts = _Attempts()
-        for step in self._steps(request, allowed, attempts):
+        outcome: _Outcome | None = None
+        cache = self.cache
+        for candidate in self._candidates(allowed):
+            source = candidate.source
+            if outcome is not None and outcome.error is not None and not candidate.is_user:
+                continue
+            partition = source.cache_partition(request)
+            if partition is None:
+                continue
+            key = self._key(source, partition, request)
+            if candidate.cached:
+                hit = cache.peek(key)
+                if hit is not None and hit.kind in allowed:
+                    return hit
             try:
-                if step.cached:
-                    result = self.cache.get_or_acquire(
-                        step.key, functools.partial(step.source.get_token, request), cap=step.cap
+                if candidate.cached:
+                    result = cache.get_or_acquire(
+                        key,
+                        functools.partial(source.get_token, request),
+                        cap=self._cap(candidate, request),
                     )
                 else:
-                    result = step.source.get_token(request)
+                    result = source.get_token(request)
             except Exception as exc:
-                self._failed(step, exc, attempts)
+                outcome = outcome or _Outcome()
+                self._failed(source, exc, outcome)
                 continue
-            accepted = self._accept(step, result, allowed, attempts)
+            outcome = outcome or _Outcome()
+            accepted = self._accept(source, key, result, allowed, outcome)
             if accepted is not None:
                 return accepted
-        raise self._give_up(request, attempts)
+        raise self._give_up(request, allowed, outcome or _Outcome())
 
     def _lifecycle_kinds(self) -> frozenset[IdentityKind]:
         if self.policy in (Policy.USER_OR_APP, Policy.APP_ONLY) or self.lifecycle_app:
@@ -363,11 +421,14 @@ class TokenChain:
     ) -> TokenChain:
         """A chain from environment variables (docs/configuration.md).
 
-        Sources, in order: ``OnBehalfOf`` when ``ENTRA_PASSTHROUGH_CLIENT_ID`` is set;
+        Sources, in order: ``AgentIdentityOnBehalfOf`` when
+        ``ENTRA_PASSTHROUGH_AGENT_IDENTITY_ID`` is set, else ``OnBehalfOf`` when
+        ``ENTRA_PASSTHROUGH_CLIENT_ID`` is set;
         ``ManagedIdentity`` when the policy can use an app identity (``user_or_app``,
         ``app_only``, or ``ENTRA_PASSTHROUGH_LIFECYCLE_APP``) and a managed identity is
         configured; ``AzureCli`` only under ``developer``.
         """
+        from ._sources.agent_id import AgentIdentityOnBehalfOf
         from ._sources.azure_cli import AzureCli
         from ._sources.managed_identity import ManagedIdentity
         from ._sources.obo import OnBehalfOf
@@ -383,7 +444,9 @@ class TokenChain:
             ) from None
         lifecycle_app = _env.get_bool(env, "ENTRA_PASSTHROUGH_LIFECYCLE_APP")
         sources: list[TokenSource] = []
-        if _env.get(env, "ENTRA_PASSTHROUGH_CLIENT_ID"):
+        if _env.get(env, "ENTRA_PASSTHROUGH_AGENT_IDENTITY_ID"):
+            sources.append(AgentIdentityOnBehalfOf.from_env(env, http_client=http_client))
+        elif _env.get(env, "ENTRA_PASSTHROUGH_CLIENT_ID"):
             sources.append(OnBehalfOf.from_env(env, http_client=http_client))
         wants_app = chosen in (Policy.USER_OR_APP, Policy.APP_ONLY) or lifecycle_app
         if wants_app and (_env.get(env, "IDENTITY_ENDPOINT") or _env.get(env, "AZURE_CLIENT_ID")):

@@ -107,6 +107,8 @@ def test_agent_identity_from_env() -> None:
     source = AgentIdentityOnBehalfOf.from_env(env)
     assert source.agent_identity_id == "agent"
     assert "bp-secret" not in repr(source)
+    chain = TokenChain.from_env(env)
+    assert isinstance(chain.sources[0], AgentIdentityOnBehalfOf)
 
 
 def test_every_variable_is_documented() -> None:
