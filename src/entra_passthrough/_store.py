@@ -20,12 +20,12 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import heapq
 import hmac
 import os
 import secrets
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final, Protocol, runtime_checkable
@@ -100,10 +100,12 @@ def hash_key(user_key: str) -> str:
 
 
 class MemoryStore:
-    """An in-process ``TokenStore``: bounded (least recently used first out), with TTLs.
+    """An in-process ``TokenStore``: bounded, with TTLs.
 
-    Thread-safe (one lock, no awaits under it), so sync and async users can share it. Replicas
-    in *different* processes need a shared backend (Redis).
+    When full, the entry that expires soonest goes first (like Redis' ``volatile-ttl``): the
+    short-lived sign-in records go before 90-day grants, so a flood of sign-in starts cannot
+    push users' grants out. Thread-safe (one lock, no awaits under it), so sync and async
+    users can share it. Replicas in *different* processes need a shared backend (Redis).
 
     >>> source = DelegatedConsent(..., store=MemoryStore(max_entries=50_000), keyring=keys)
     """
@@ -112,7 +114,9 @@ class MemoryStore:
         if max_entries < 1:
             raise ConfigurationError("MemoryStore(max_entries=...) must be at least 1.")
         self._max = max_entries
-        self._data: OrderedDict[str, tuple[bytes, str, float]] = OrderedDict()
+        self._data: dict[str, tuple[bytes, str, float]] = {}
+        # (expiry, key, version); stale items (overwritten or deleted) are skipped lazily.
+        self._heap: list[tuple[float, str, str]] = []
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -120,13 +124,24 @@ class MemoryStore:
 
     def __len__(self) -> int:
         with self._lock:
-            self._purge(time.monotonic())
+            self._evict(time.monotonic(), limit=self._max)
             return len(self._data)
 
-    def _purge(self, now: float) -> None:
-        expired = [k for k, (_, _, exp) in self._data.items() if exp <= now]
-        for k in expired:
-            del self._data[k]
+    def _evict(self, now: float, *, limit: int) -> None:
+        """Drop expired entries, then the soonest-expiring ones while above ``limit``."""
+        while self._heap:
+            exp, key, version = self._heap[0]
+            item = self._data.get(key)
+            if item is None or item[1] != version:
+                heapq.heappop(self._heap)  # stale
+                continue
+            if exp > now and len(self._data) <= limit:
+                break
+            heapq.heappop(self._heap)
+            del self._data[key]
+        if len(self._heap) > 4 * self._max + 64:  # too many stale items: rebuild
+            self._heap = [(exp, k, v) for k, (_, v, exp) in self._data.items()]
+            heapq.heapify(self._heap)
 
     def _live(self, key: str, now: float) -> tuple[bytes, str, float] | None:
         item = self._data.get(key)
@@ -140,10 +155,7 @@ class MemoryStore:
     async def get(self, key: str) -> Entry | None:
         with self._lock:
             item = self._live(key, time.monotonic())
-            if item is None:
-                return None
-            self._data.move_to_end(key)
-            return Entry(item[0], item[1])
+            return None if item is None else Entry(item[0], item[1])
 
     async def put(
         self, key: str, value: bytes, *, ttl: float, expect: str | _Any | None = ANY
@@ -159,11 +171,8 @@ class MemoryStore:
                     return None
             version = secrets.token_hex(8)
             self._data[key] = (bytes(value), version, now + ttl)
-            self._data.move_to_end(key)
-            if len(self._data) > self._max:
-                self._purge(now)
-                while len(self._data) > self._max:
-                    self._data.popitem(last=False)
+            heapq.heappush(self._heap, (now + ttl, key, version))
+            self._evict(now, limit=self._max)
             return version
 
     async def delete(self, key: str, *, expect: str | _Any = ANY) -> bool:

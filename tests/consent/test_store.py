@@ -42,11 +42,27 @@ async def test_memory_store_ttl_and_bound(monkeypatch: pytest.MonkeyPatch) -> No
     now[0] += 6
     assert await store.get("short") is None
     for i in range(5):
-        await store.put(f"k{i}", b"x", ttl=60)
+        await store.put(f"k{i}", b"x", ttl=60 + i)
     assert len(store) == 3
     assert await store.get("k0") is None
     assert await store.get("k4") is not None
     assert "MemoryStore(entries=3" in repr(store)
+
+
+async def test_a_flood_of_short_entries_never_evicts_long_ones() -> None:
+    store = MemoryStore(max_entries=10)
+    for i in range(5):
+        await store.put(f"grant{i}", b"g", ttl=90 * 24 * 3600)
+    for i in range(1000):  # e.g. sign-in starts: 10-minute records
+        await store.put(f"flow{i}", b"f", ttl=600)
+    assert len(store) == 10
+    for i in range(5):
+        assert await store.get(f"grant{i}") is not None
+    # overwrites and deletes leave stale heap items that are dropped, bounded
+    for i in range(200):
+        await store.put("same", b"v", ttl=600 + i)
+    await store.delete("same")
+    assert len(store._heap) <= 4 * 10 + 64 + 1
 
 
 async def test_cas_lets_exactly_one_writer_win() -> None:
