@@ -1,0 +1,167 @@
+"""``entra-passthrough emulator``: run the local Entra emulator in the foreground.
+
+Prints the issuer, the CA file, the tenants, apps and users (a readable table), optionally writes
+a JSON state file once it is ready (benchmarks run the emulator in its own process and read it),
+and runs until SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from ._emulator import EntraEmulator
+from ._world import World
+
+
+def _table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = "  ".join("-" * w for w in widths)
+    out = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths, strict=True)), line]
+    out += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(x.rstrip() for x in out)
+
+
+def describe(idp: EntraEmulator, *, show_secrets: bool = True) -> str:
+    """The world as text: what a person needs to point a client at the emulator."""
+    w = idp.world
+    parts = [
+        f"Entra emulator at {idp.url}",
+        f"  authority (MSAL):  {idp.authority}   (instance_discovery=False)",
+        f"  issuer v2:         {idp.issuer()}",
+        f"  issuer v1:         {idp.issuer(version='1.0')}   (stands in for sts.windows.net)",
+        f"  CA file:           {idp.ca_file}",
+        f"  managed identity:  IDENTITY_ENDPOINT={idp.mi_endpoint}",
+        "",
+        _table([(t.name, t.id, t.domain) for t in w.tenants], ("tenant", "id", "domain")),
+        "",
+        _table(
+            [
+                (
+                    a.name,
+                    a.client_id,
+                    a.app_id_uri or "",
+                    f"v{a.access_token_version}",
+                    ", ".join(a.exposed_scopes),
+                    (a.secret or "") if show_secrets else ("<set>" if a.secret else ""),
+                    "yes" if a.certificate_pem else "",
+                )
+                for a in w.apps
+            ],
+            ("app", "client id", "App ID URI", "tokens", "scopes", "secret", "cert"),
+        ),
+        "",
+        _table(
+            [
+                (
+                    u.name,
+                    u.upn,
+                    u.oid,
+                    w.tenant(u.tenant_id).name if w.tenant(u.tenant_id) else u.tenant_id,  # type: ignore[union-attr]
+                    u.password if show_secrets else "<set>",
+                    _notes(idp, u.name),
+                )
+                for u in w.users
+            ],
+            ("user", "upn", "oid", "home tenant", "password", "notes"),
+        ),
+        "",
+        _table(
+            [(m.name, m.client_id, m.object_id) for m in w.managed_identities],
+            ("managed identity", "client id", "object (principal) id"),
+        ),
+    ]
+    return "\n".join(parts)
+
+
+def _notes(idp: EntraEmulator, name: str) -> str:
+    u = idp.users[name]
+    notes = []
+    consented = idp.world.app("agent") is not None and any(
+        g.user == name and g.client_id == idp.agent.client_id for g in idp.world.grants
+    )
+    notes.append("consented agent->mcp" if consented else "NOT consented")
+    if u.guest:
+        notes.append("guest")
+    if u.mfa_required_for:
+        notes.append("MFA required (50076)")
+    if u.blocked_for:
+        notes.append("blocked by CA (53003)")
+    return ", ".join(notes)
+
+
+def state(idp: EntraEmulator) -> dict[str, Any]:
+    w = idp.world
+    return {
+        "url": idp.url,
+        "authority": idp.authority,
+        "ca_file": idp.ca_file,
+        "tenant_id": idp.tenant_id,
+        "second_tenant_id": idp.second_tenant_id,
+        "tenants": {t.name: t.id for t in w.tenants},
+        "issuer": idp.issuer(),
+        "mi": idp.mi_env(),
+        "apps": {
+            a.name: {
+                "client_id": a.client_id,
+                "app_id_uri": a.app_id_uri,
+                "secret": a.secret,
+                "scope": a.scope,
+                "access_token_version": a.access_token_version,
+            }
+            for a in w.apps
+        },
+        "users": {
+            u.name: {"upn": u.upn, "oid": u.oid, "tenant_id": u.tenant_id, "password": u.password}
+            for u in w.users
+        },
+        "managed_identities": {
+            m.name: {"client_id": m.client_id, "object_id": m.object_id}
+            for m in w.managed_identities
+        },
+    }
+
+
+def _say(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="entra-passthrough emulator",
+        description="Run the local Entra ID emulator (HTTPS on 127.0.0.1) until interrupted.",
+    )
+    parser.add_argument("--port", type=int, default=0, help="HTTPS port (default: any free)")
+    parser.add_argument("--token-latency", type=float, default=0.0, help="seconds per token")
+    parser.add_argument("--config", type=Path, help="world file (JSON or TOML)")
+    parser.add_argument("--state-file", type=Path, help="write url, CA, ids, secrets as JSON")
+    parser.add_argument("--hide-secrets", action="store_true", help="do not print secrets")
+    args = parser.parse_args(argv)
+    world = World.from_file(args.config) if args.config else World.default()
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        del signum, frame
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    with EntraEmulator(world=world, port=args.port, token_latency=args.token_latency) as idp:
+        _say(describe(idp, show_secrets=not args.hide_secrets))
+        if args.state_file:
+            tmp = args.state_file.with_suffix(args.state_file.suffix + ".tmp")
+            tmp.write_text(json.dumps(state(idp), indent=2), encoding="utf-8")
+            os.chmod(tmp, 0o600)
+            tmp.replace(args.state_file)  # atomic: readers never see a partial file
+        _say("\nReady. Ctrl+C to stop.")
+        while not stop.wait(3600):
+            pass
+    sys.stderr.write("Emulator stopped.\n")
+    return 0

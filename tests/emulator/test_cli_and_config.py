@@ -1,0 +1,163 @@
+"""The command line (own process, state file, signals), config files and the async API."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import jwt
+import msal
+import pytest
+
+from entra_passthrough.testing import EntraEmulator, User, World, stable_id
+
+CONFIG_TOML = """
+[[apps]]
+name = "reports-api"
+api = true
+scope = "Reports.Read"
+access_token_version = 1
+
+[[apps]]
+name = "reports-client"
+secret = "reports-secret"
+
+[[apps.federated_credentials]]
+name = "ci"
+subject = "repo:contoso/reports:ref:refs/heads/main"
+issuer = "https://token.actions.githubusercontent.com"
+
+[[users]]
+name = "zoe"
+password = "zoe-pw"
+mfa_required_for = ["reports-api"]
+
+[[grants]]
+client = "reports-client"
+resource = "reports-api"
+scopes = ["Reports.Read"]
+
+[lifetimes]
+access_token = 600
+"""
+
+
+def test_world_from_toml_file(tmp_path: Path) -> None:
+    path = tmp_path / "world.toml"
+    path.write_text(CONFIG_TOML)
+    world = World.from_file(path)
+    api = world.app("reports-api")
+    client = world.app("reports-client")
+    assert api is not None
+    assert client is not None
+    assert api.app_id_uri == f"api://{api.client_id}"
+    assert client.secret == "reports-secret"
+    assert client.federated_credentials[0].subject.startswith("repo:contoso")
+    assert world.user("zoe") is not None
+    assert world.app("agent") is not None  # defaults kept unless include_defaults = false
+    with EntraEmulator(world=world) as idp:
+        app = msal.ConfidentialClientApplication(
+            client.client_id,
+            client_credential="reports-secret",
+            authority=idp.authority,
+            instance_discovery=False,
+            http_client=idp.msal_http_client(),
+        )
+        result = app.acquire_token_for_client([f"{api.app_id_uri}/.default"])
+        claims = jwt.decode(result["access_token"], options={"verify_signature": False})
+        assert claims["aud"] == api.app_id_uri  # v1 API
+        assert claims["exp"] - claims["iat"] == 600
+        token = idp.user_token("zoe", audience=client.client_id)
+        assert jwt.decode(token, options={"verify_signature": False})["tid"] == idp.tenant_id
+
+
+def test_world_from_json_without_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "world.json"
+    path.write_text(
+        json.dumps(
+            {
+                "include_defaults": False,
+                "tenants": [{"name": "solo"}, {"name": "other"}],
+                "apps": [{"name": "api", "api": True, "scope": "x"}],
+                "users": [{"name": "ann"}],
+            }
+        )
+    )
+    world = World.from_file(path)
+    assert [t.name for t in world.tenants] == ["solo", "other"]
+    assert [a.name for a in world.apps] == ["api"]
+    assert world.user("ann@solo.onmicrosoft.com") is not None
+
+
+def test_world_builder() -> None:
+    base = World.default()
+    user = User(
+        name="dan",
+        upn="dan@contoso.onmicrosoft.com",
+        oid=stable_id("dan"),
+        tenant_id=base.tenants[0].id,
+        password="pw",
+        display_name="Dan",
+    )
+    world = base.with_user(user)
+    assert world.user("dan") == user
+    assert base.user("dan") is None  # frozen: the original is unchanged
+
+
+async def test_async_context_manager() -> None:
+    async with EntraEmulator() as idp:
+        async with httpx.AsyncClient(verify=idp.ssl_context()) as http:
+            resp = await http.get(idp.jwks_uri())
+        assert resp.json()["keys"][0]["kid"] == idp.signing_kid
+
+
+@pytest.mark.slow
+def test_cli_runs_until_sigterm_and_writes_state(tmp_path: Path) -> None:
+    state_file = tmp_path / "state.json"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "entra_passthrough.cli",
+            "emulator",
+            "--state-file",
+            str(state_file),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not state_file.exists():  # poll readiness (bounded), never sleep for it
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        state = json.loads(state_file.read_text())
+        agent = state["apps"]["agent"]
+        ctx = ssl.create_default_context(cafile=state["ca_file"])
+        with httpx.Client(verify=ctx) as http:
+            resp = http.post(
+                f"{state['authority']}/oauth2/v2.0/token",
+                data={
+                    "grant_type": "client_credentials",
+                    "client_id": agent["client_id"],
+                    "client_secret": agent["secret"],
+                    "scope": f"{state['apps']['mcp']['app_id_uri']}/.default",
+                },
+            )
+        assert resp.status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert "alice@contoso.onmicrosoft.com" in out
+    assert state["url"] in out
