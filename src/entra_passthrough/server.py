@@ -25,7 +25,6 @@ docs/server.md explains the RFC 8707 ``resource`` pitfall (AADSTS9010010).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from ._errors import (
 )
 from ._jwt import fingerprint
 from ._verify import PUBLIC_AUTHORITY, JwtVerifier, VerifiedToken
+from ._www_auth import bearer_token, challenge, send_challenge
 
 try:
     from mcp.server.auth.middleware.auth_context import get_access_token
@@ -65,8 +65,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-_MAX_DESCRIPTION = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,61 +256,6 @@ def auth_settings(
     )
 
 
-def _quote(text: str) -> str:
-    """A safe RFC 7230 quoted-string body: printable ASCII, no quote or backslash, bounded."""
-    clean = "".join(c if " " <= c <= "~" and c not in '"\\' else "'" for c in text)
-    return clean[:_MAX_DESCRIPTION]
-
-
-def challenge(
-    *,
-    error: TokenVerificationError | None,
-    resource_metadata: str | None,
-    scopes: Sequence[str] = (),
-) -> tuple[int, str, bytes]:
-    """(status, WWW-Authenticate value, JSON body) for a refused request (RFC 6750, RFC 9728).
-
-    The header is empty for a 503 (``SigningKeysUnavailable``): the token was not judged.
-    """
-    parts: list[str] = []
-    status = 401
-    body: dict[str, str] = {}
-    if error is not None and error.status_code not in (401, 403):
-        # Not a verdict on the token (signing keys unreachable): no Bearer error code, so the
-        # client keeps its token and retries later.
-        payload = {"error": error.error, "error_description": _quote(error.reason)}
-        return error.status_code, "", json.dumps(payload).encode()
-    if error is not None:
-        status = error.status_code
-        description = _quote(error.reason)
-        parts += [f'error="{error.error}"', f'error_description="{description}"']
-        body = {"error": error.error, "error_description": description}
-    if scopes and (error is None or isinstance(error, InsufficientScope)):
-        parts.append(f'scope="{_quote(" ".join(scopes))}"')
-    if resource_metadata:
-        parts.append(f'resource_metadata="{resource_metadata}"')
-    header = "Bearer " + ", ".join(parts) if parts else "Bearer"
-    if not body:
-        body = {"error": "unauthorized", "error_description": "a bearer token is required"}
-    return status, header, json.dumps(body).encode()
-
-
-async def _send_challenge(
-    send: Send, status: int, header: str, body: bytes, *, head: bool = False
-) -> None:
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"cache-control", b"no-store"),
-    ]
-    if header:
-        headers.append((b"www-authenticate", header.encode("latin-1")))
-    else:
-        headers.append((b"retry-after", b"5"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": b"" if head else body})
-
-
 class EntraChallengeMiddleware:
     """Pure ASGI: correct 401/403 answers for an ``MCPServer`` app protected by Entra.
 
@@ -353,7 +296,7 @@ class EntraChallengeMiddleware:
                             "the token lacks a scope this server requires.",
                             required=self.scopes,
                         )
-                    elif outcome.error is None and _bearer(scope) is not None:
+                    elif outcome.error is None and bearer_token(scope) is not None:
                         # The verifier accepted it (within its clock leeway) but the SDK checks
                         # expires_at with none.
                         outcome.error = TokenVerificationError("the token has expired.")
@@ -362,7 +305,7 @@ class EntraChallengeMiddleware:
                         resource_metadata=self.resource_metadata,
                         scopes=self.scopes,
                     )
-                    await _send_challenge(
+                    await send_challenge(
                         send, status, header, body, head=scope.get("method") == "HEAD"
                     )
                     return
@@ -397,7 +340,7 @@ def require_entra_auth(
         if scope["type"] not in ("http", "websocket"):
             await app(scope, receive, send)  # lifespan
             return
-        bearer = _bearer(scope)
+        bearer = bearer_token(scope)
         error: TokenVerificationError | None = None
         vt: VerifiedToken | None = None
         if bearer is not None:
@@ -413,7 +356,7 @@ def require_entra_auth(
             status, header, body = challenge(
                 error=error, resource_metadata=resource_metadata_url, scopes=scopes
             )
-            await _send_challenge(send, status, header, body, head=scope.get("method") == "HEAD")
+            await send_challenge(send, status, header, body, head=scope.get("method") == "HEAD")
             return
         scope.setdefault("state", {})["entra_user"] = EntraUser.from_verified(vt)
         token = _verified.set(vt)
@@ -423,16 +366,3 @@ def require_entra_auth(
             _verified.reset(token)
 
     return middleware
-
-
-def _bearer(scope: Scope) -> str | None:
-    for name, value in scope.get("headers") or ():
-        if name.lower() == b"authorization":
-            try:
-                text = value.decode("latin-1")
-            except (UnicodeDecodeError, AttributeError):
-                return None
-            scheme, _, token = text.partition(" ")
-            token = token.strip()
-            return token if scheme.lower() == "bearer" and token else None
-    return None

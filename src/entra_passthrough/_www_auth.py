@@ -1,0 +1,85 @@
+"""The 401/403 answers of a protected resource (RFC 6750 section 3, RFC 9728 section 5.1).
+
+No mcp or Starlette import: used by ``entra_passthrough.server``; the header itself is built by
+``_challenge.bearer_challenge`` (shared with the capture middleware).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from typing import Any
+
+from ._challenge import bearer_challenge
+from ._errors import InsufficientScope, TokenVerificationError
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Send = Callable[[Message], Awaitable[None]]
+
+_MAX_DESCRIPTION = 200
+
+
+def _clean(text: str) -> str:
+    """Printable ASCII only, bounded: reasons may quote claims of an unverified token."""
+    return "".join(c if " " <= c <= "~" else "?" for c in text)[:_MAX_DESCRIPTION]
+
+
+def challenge(
+    *,
+    error: TokenVerificationError | None,
+    resource_metadata: str | None,
+    scopes: Sequence[str] = (),
+) -> tuple[int, str, bytes]:
+    """(status, WWW-Authenticate value, JSON body) for a refused request.
+
+    No token: 401 with no error code (RFC 6750 3.1). The header is empty for a non-401/403
+    error (``SigningKeysUnavailable``, 503): the token was not judged, the client keeps it.
+    """
+    if error is not None and error.status_code not in (401, 403):
+        payload = {"error": error.error, "error_description": _clean(error.reason)}
+        return error.status_code, "", json.dumps(payload).encode()
+    scope = " ".join(scopes) if scopes else None
+    if error is None:
+        header = bearer_challenge(resource_metadata=resource_metadata, scope=scope)
+        body = {"error": "unauthorized", "error_description": "a bearer token is required"}
+        return 401, header, json.dumps(body).encode()
+    description = _clean(error.reason)
+    header = bearer_challenge(
+        resource_metadata=resource_metadata,
+        error=error.error,
+        error_description=description,
+        scope=scope if isinstance(error, InsufficientScope) else None,
+    )
+    body = {"error": error.error, "error_description": description}
+    return error.status_code, header, json.dumps(body).encode()
+
+
+async def send_challenge(
+    send: Send, status: int, header: str, body: bytes, *, head: bool = False
+) -> None:
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"),
+    ]
+    if header:
+        headers.append((b"www-authenticate", header.encode("latin-1")))
+    else:
+        headers.append((b"retry-after", b"5"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if head else body})
+
+
+def bearer_token(scope: Scope) -> str | None:
+    """The token of the request's ``Authorization: Bearer`` header, or None."""
+    for name, value in scope.get("headers") or ():
+        if name.lower() == b"authorization":
+            try:
+                text = value.decode("latin-1")
+            except (UnicodeDecodeError, AttributeError):
+                return None
+            scheme, _, token = text.partition(" ")
+            token = token.strip()
+            return token if scheme.lower() == "bearer" and token else None
+    return None
