@@ -29,6 +29,7 @@ from ._msal import (
 #: Scopes MSAL adds itself and refuses to be given.
 RESERVED_SCOPES = frozenset({"openid", "profile", "offline_access"})
 _JWKS_TTL = 3600.0
+HTTP_TIMEOUT = 15.0
 _JWKS_MIN_REFETCH = 30.0
 _PUBLIC_HOSTS = frozenset(
     {
@@ -111,6 +112,8 @@ class ConsentClient:
                     http_client=self._http,
                     token_cache=NullTokenCache(),
                     http_cache=DiscoveryOnlyHttpCache(),
+                    # Bounded, and shorter than a refresh lease (delegated.LEASE_SECONDS).
+                    timeout=HTTP_TIMEOUT,
                 )
             return self._app
 
@@ -172,7 +175,7 @@ class ConsentClient:
         import requests
 
         session = self._http if self._http is not None else requests
-        response = session.get(url, timeout=10)
+        response = session.get(url, timeout=HTTP_TIMEOUT)
         response.raise_for_status()
         if len(response.content) > 1024 * 1024:
             raise IdTokenError("discovery document too large")

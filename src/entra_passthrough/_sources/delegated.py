@@ -20,7 +20,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlencode, urlsplit
 
 from .._consent_client import ConsentClient, client_credential
@@ -36,7 +36,7 @@ from .._jwt import fingerprint
 from .._msal import PUBLIC_AUTHORITY_HOST
 from .._store import Keyring, TokenStore
 from .._types import IdentityKind, TokenRequest, TokenResult
-from ._base import unreachable
+from ._base import result_from_msal, unreachable
 
 logger = logging.getLogger("entra_passthrough.consent")
 
@@ -310,16 +310,9 @@ class DelegatedConsent:
         if await self.grants.put_grant(key.hashed, updated, expect=lease_version) is None:
             # Our lease expired and another replica took over; its refresh token is newer.
             logger.warning("consent grant changed during a refresh; keeping the newer one")
-        token = str(answer["access_token"])
-        expires_in = answer.get("expires_in")
-        lifetime = float(expires_in) if isinstance(expires_in, int | float | str) else 3600.0
-        logger.debug("delegated token %s for a stored grant", fingerprint(token))
-        return TokenResult(
-            token=token,
-            expires_on=now + lifetime,
-            kind=IdentityKind.USER,
-            source=self.name,
-        )
+        result = result_from_msal(answer, kind=IdentityKind.USER, source=self.name, scopes=scopes)
+        logger.debug("delegated token %s for a stored grant", fingerprint(result.token))
+        return result
 
     async def _on_error(
         self,
@@ -328,7 +321,7 @@ class DelegatedConsent:
         answer: dict[str, Any],
         released: Grant,
         lease_version: str,
-    ) -> None:
+    ) -> NoReturn:
         scopes = tuple(request.scopes)
         codes = answer.get("error_codes") or []
         code = codes[0] if isinstance(codes, list) and codes and isinstance(codes[0], int) else None
