@@ -29,6 +29,8 @@ from ._cache import TokenCache
 from ._caller import Caller, current_caller
 from ._errors import (
     ConfigurationError,
+    ConsentRequired,
+    InteractionRequired,
     NoCallerError,
     PolicyViolation,
     SourceUnavailable,
@@ -39,6 +41,7 @@ from ._types import IdentityKind, TokenRequest, TokenResult, TokenSource
 logger = logging.getLogger("entra_passthrough.chain")
 
 _USER = frozenset({IdentityKind.USER})
+_ACTIONABLE = (ConsentRequired, InteractionRequired)
 _APP = frozenset({IdentityKind.APP})
 
 
@@ -215,7 +218,12 @@ class TokenChain:
                 f"source failed unexpectedly: {type(exc).__name__}.", source=source.name
             )
         outcome.notes[source.name] = type(exc).__name__
-        if outcome.error is None:
+        # The first error wins, except that one the user can act on (sign in, consent, MFA)
+        # outranks an earlier dead end: with [OnBehalfOf, DelegatedConsent] a Foundry token is
+        # refused by OBO, and the consent link is what the user needs to see.
+        if outcome.error is None or (
+            isinstance(exc, _ACTIONABLE) and not isinstance(outcome.error, _ACTIONABLE)
+        ):
             outcome.error = exc
 
     def _reasons(

@@ -114,6 +114,23 @@ async def test_next_user_source_tried_after_user_error() -> None:
     assert result.source == "delegated"
 
 
+async def test_actionable_error_outranks_an_earlier_dead_end() -> None:
+    # [OnBehalfOf, DelegatedConsent] with a Foundry token: OBO refuses it, the user has no grant
+    # yet. The consent link is what the user can act on, so it is what the chain raises.
+    err = AssertionAudienceMismatch(audience="https://ai.azure.com", expected=["api://x"])
+    obo = FakeSource("obo", USER, needs_caller=True, error=err)
+    delegated = FakeSource(
+        "delegated", USER, error=ConsentRequired("consent needed", link="https://x/consent")
+    )
+    with bind_caller(token=make_jwt(aud="https://ai.azure.com")):
+        with pytest.raises(ConsentRequired):
+            await chain_of(obo, delegated).get_token_async(SCOPES)
+        # ...but a later non-actionable error never hides the first one.
+        later = FakeSource("other", USER, error=SourceUnavailable("down", source="other"))
+        with pytest.raises(AssertionAudienceMismatch):
+            await chain_of(obo, later).get_token_async(SCOPES)
+
+
 async def test_inactive_caller_is_no_caller() -> None:
     obo = FakeSource("obo", USER, needs_caller=True)
     chain = chain_of(obo)
