@@ -8,6 +8,7 @@ import time
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import jwt
 import msal
 import pytest
 
@@ -263,3 +264,56 @@ def test_expiry_claims_follow_lifetime(idp: EntraEmulator) -> None:
     claims = jwt.decode(token, options={"verify_signature": False})
     assert claims["exp"] - claims["iat"] == 120
     assert claims["nbf"] <= int(time.time())
+
+
+def test_guest_obo_in_resource_tenant(idp: EntraEmulator, cca) -> None:
+    guest = idp.users["guest"]
+    assertion = idp.user_token("guest", audience=idp.agent.client_id, tenant_id=idp.tenant_id)
+    result = cca().acquire_token_on_behalf_of(assertion, [f"{idp.mcp.app_id_uri}/.default"])
+    assert "access_token" in result, result.get("error_description")
+    claims = verify_with_jwks(
+        idp, result["access_token"], audience=idp.mcp.client_id, issuer=idp.issuer()
+    )
+    assert claims["tid"] == idp.tenant_id
+    assert claims["idp"] == idp.issuer(idp.second_tenant_id)
+    assert claims["oid"] == guest.oid
+    # MSAL's account is keyed on the home tenant (client_info utid).
+    assert result["id_token_claims"]["tid"] == idp.tenant_id
+
+
+def test_v1_token_endpoint_with_resource(idp: EntraEmulator) -> None:
+    with httpx.Client(verify=idp.ssl_context()) as http:
+        resp = http.post(
+            f"{idp.authority}/oauth2/token",
+            data={
+                "grant_type": "client_credentials",
+                "client_id": idp.agent.client_id,
+                "client_secret": idp.agent.secret,
+                "resource": idp.legacy_api.app_id_uri,
+            },
+        )
+    assert resp.status_code == 200
+    claims = verify_with_jwks(
+        idp,
+        resp.json()["access_token"],
+        audience=idp.legacy_api.app_id_uri,
+        issuer=idp.issuer(version="1.0"),
+    )
+    assert claims["appid"] == idp.agent.client_id
+    assert "roles" not in claims  # no app role of legacy_api is assigned to the agent
+
+
+@pytest.mark.filterwarnings("ignore:response_mode='form_post' is recommended:UserWarning")
+def test_sign_in_with_oidc_scopes_only_gets_a_graph_token(idp: EntraEmulator, cca) -> None:
+    app = cca()
+    flow = app.initiate_auth_code_flow(
+        [], redirect_uri="http://localhost/callback", login_hint="bob"
+    )
+    with httpx.Client(verify=idp.ssl_context()) as http:
+        location = http.get(flow["auth_uri"]).headers["location"]
+    params = {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
+    result = app.acquire_token_by_auth_code_flow(flow, params)
+    assert "access_token" in result, result.get("error_description")
+    claims = jwt.decode(result["access_token"], options={"verify_signature": False})
+    assert claims["aud"] == "https://graph.microsoft.com"
+    assert "openid" in claims["scp"].split()

@@ -16,9 +16,7 @@ from typing import Any
 from . import _errors as e
 from ._state import OIDC_SCOPES, RefreshRecord, Runtime
 from ._tokens import Subject, access_token_claims, client_info, id_token_claims, sign
-from ._world import App, User
-
-GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
+from ._world import GRAPH_APP_ID, App, User
 
 
 @dataclass(frozen=True)
@@ -171,12 +169,14 @@ def user_token_response(
     subject = user_subject(rt, user, tenant_id, amr)
     lifetime = rt.world.lifetimes.access_token
     out: dict[str, Any] = {"token_type": "Bearer"}
+    graph = rt.world.app(GRAPH_APP_ID)
+    if req.resource is None and graph is not None and req.oidc - {"offline_access"}:
+        # Only OIDC scopes: Entra returns a Graph token carrying them (scopes-oidc, "openid").
+        req = ScopeRequest(resource=graph, names=(), oidc=req.oidc)
+        scp = tuple(sorted(req.oidc - {"offline_access"}))
     if req.resource is not None:
         prefix = req.prefix()
-        out["scope"] = " ".join(
-            [prefix + s for s in scp]
-            + sorted(req.oidc & {"openid", "profile", "email", "offline_access"})
-        )
+        out["scope"] = " ".join(dict.fromkeys([prefix + s for s in scp] + sorted(req.oidc)))
         out["access_token"] = mint_access(
             rt,
             resource=req.resource,

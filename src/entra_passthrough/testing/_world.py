@@ -15,7 +15,7 @@ import json
 import secrets
 import tomllib
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,8 @@ TOKEN_EXCHANGE_AUDIENCE = "api://AzureADTokenExchange"
 #: Client id of Microsoft's token exchange resource, which is the v2 ``aud`` of an MI token
 #: requested for api://AzureADTokenExchange.
 TOKEN_EXCHANGE_APP_ID = "fb60f99c-7a34-4190-8149-302f77469936"
+#: Microsoft Graph's client id (the resource of bare scopes such as "User.Read").
+GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
 #: The Azure CLI's public client id (the ``appid`` of tokens ``az`` obtains).
 AZURE_CLI_CLIENT_ID = "04b07795-8ddb-461a-bbee-02f9e1bf7b46"
 
@@ -228,7 +230,10 @@ class World:
     # ---- construction --------------------------------------------------------------------
     @classmethod
     def default(cls) -> World:
-        return _default_world()
+        """The default world (docs/emulator.md): fresh secrets and certificates each call."""
+        from ._default_world import default_world
+
+        return default_world()
 
     @classmethod
     def from_file(cls, path: str | Path) -> World:
@@ -240,7 +245,9 @@ class World:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> World:
-        return _from_dict(data)
+        from ._config import world_from_dict
+
+        return world_from_dict(data)
 
 
 def new_certificate(common_name: str) -> tuple[bytes, str]:
@@ -251,304 +258,3 @@ def new_certificate(common_name: str) -> tuple[bytes, str]:
 
 def new_secret() -> str:
     return "emu~" + secrets.token_urlsafe(30)
-
-
-def _tenant(name: str) -> Tenant:
-    return Tenant(name=name, id=stable_id("tenant", name), domain=f"{name}.onmicrosoft.com")
-
-
-def _default_world() -> World:
-    contoso, fabrikam = _tenant("contoso"), _tenant("fabrikam")
-    tid = contoso.id
-    mi = ManagedIdentity(
-        name="agent-mi",
-        client_id=stable_id("mi", "agent-mi"),
-        object_id=stable_id("mi-object", "agent-mi"),
-        tenant_id=tid,
-        resource_id=f"/subscriptions/{stable_id('sub')}/resourceGroups/rg/providers/"
-        "Microsoft.ManagedIdentity/userAssignedIdentities/agent-mi",
-    )
-    mi_fic = FederatedCredential(name="agent-mi", subject=mi.object_id)
-    pem, thumb = new_certificate("agent")
-    agent_id = stable_id("app", "agent")
-    agent = App(
-        name="agent",
-        client_id=agent_id,
-        tenant_id=tid,
-        object_id=stable_id("sp", "agent"),
-        secret=new_secret(),
-        certificate_pem=pem,
-        certificate_thumbprint=thumb,
-        app_id_uri=f"api://{agent_id}",
-        scope="access_as_user",
-        redirect_uris=("http://localhost/callback", "http://127.0.0.1/callback"),
-        multi_tenant=True,
-        federated_credentials=(mi_fic,),
-    )
-    mcp_id = stable_id("app", "mcp")
-    mcp = App(
-        name="mcp",
-        client_id=mcp_id,
-        tenant_id=tid,
-        object_id=stable_id("sp", "mcp"),
-        app_id_uri=f"api://{mcp_id}",
-        scope="access_as_user",
-        roles=("Tools.Call",),
-        access_token_version=2,
-        multi_tenant=True,
-        # idtyp is an optional claim (access-token-claims-reference); the mcp API asks for it so
-        # that tests see both shapes (legacy_api does not).
-        optional_claims=("idtyp",),
-    )
-    legacy_id = stable_id("app", "legacy-api")
-    legacy = App(
-        name="legacy_api",
-        client_id=legacy_id,
-        tenant_id=tid,
-        object_id=stable_id("sp", "legacy-api"),
-        app_id_uri=f"api://{legacy_id}",
-        scope="user_impersonation",
-        roles=("Data.Read",),
-        access_token_version=1,
-    )
-    foundry = App(
-        name="foundry",
-        client_id=stable_id("app", "foundry"),
-        tenant_id=tid,
-        object_id=stable_id("sp", "foundry"),
-        app_id_uri=FOUNDRY_AUDIENCE,
-        scope="user_impersonation",
-        access_token_version=1,
-        multi_tenant=True,
-    )
-    exchange = App(
-        name="token_exchange",
-        client_id=TOKEN_EXCHANGE_APP_ID,
-        tenant_id=tid,
-        object_id=stable_id("sp", "token-exchange"),
-        app_id_uri=TOKEN_EXCHANGE_AUDIENCE,
-        access_token_version=2,
-        multi_tenant=True,
-    )
-    bp_id = stable_id("app", "agent-blueprint")
-    blueprint = App(
-        name="blueprint",
-        client_id=bp_id,
-        tenant_id=tid,
-        object_id=stable_id("sp", "agent-blueprint"),
-        secret=new_secret(),
-        app_id_uri=f"api://{bp_id}",
-        scope="access_as_user",
-        federated_credentials=(mi_fic,),
-        kind="agent_blueprint",
-    )
-    agent_identity = App(
-        name="agent_identity",
-        client_id=stable_id("app", "agent-identity"),
-        tenant_id=tid,
-        object_id=stable_id("sp", "agent-identity"),
-        kind="agent_identity",
-        blueprint_id=bp_id,
-    )
-    frontend_id = stable_id("app", "frontend")
-    frontend = App(
-        name="frontend",
-        client_id=frontend_id,
-        tenant_id=tid,
-        object_id=stable_id("sp", "frontend"),
-        redirect_uris=("http://localhost", "http://localhost/callback"),
-        public_client=True,
-        multi_tenant=True,
-    )
-    azure_cli = App(
-        name="azure_cli",
-        client_id=AZURE_CLI_CLIENT_ID,
-        tenant_id=tid,
-        object_id=stable_id("sp", "azure-cli"),
-        public_client=True,
-        multi_tenant=True,
-    )
-
-    def user(name: str, t: Tenant, display: str, **kw: Any) -> User:
-        return User(
-            name=name,
-            upn=f"{name}@{t.domain}",
-            oid=stable_id("user", t.name, name),
-            tenant_id=t.id,
-            password=f"{name}-password",
-            display_name=display,
-            **kw,
-        )
-
-    users = (
-        user("alice", contoso, "Alice Archer"),
-        user("bob", contoso, "Bob Baker"),
-        user("carol", contoso, "Carol Carter"),
-        user("guest", fabrikam, "Gina Guest", guest=True),
-        user("dave", contoso, "Dave Dalton (MFA for mcp)", mfa_required_for=(mcp.client_id,)),
-        user("erin", contoso, "Erin Ellis (blocked from mcp)", blocked_for=(mcp.client_id,)),
-    )
-    consented = ("alice", "bob", "guest", "dave", "erin")
-    grants: list[Grant] = []
-    for name in consented:
-        grants.append(Grant(agent.client_id, mcp.client_id, ("access_as_user",), user=name))
-        grants.append(Grant(blueprint.client_id, mcp.client_id, ("access_as_user",), user=name))
-        grants.append(Grant(agent_identity.client_id, mcp.client_id, ("access_as_user",), name))
-    # Tenant-wide admin consent: the agent may call the legacy API for everyone, and Foundry
-    # (a first-party app in reality) may be signed into by anyone; az is pre-authorized.
-    grants.append(Grant(agent.client_id, legacy.client_id, ("user_impersonation",)))
-    grants.append(Grant(AZURE_CLI_CLIENT_ID, "*", ("*",)))
-    # The frontend people sign in to (azp of user tokens minted for the agent) is pre-consented.
-    grants.append(Grant(frontend.client_id, agent.client_id, ("access_as_user",)))
-    grants.append(Grant(frontend.client_id, mcp.client_id, ("access_as_user",)))
-    roles = (
-        RoleAssignment(agent.client_id, mcp.client_id, "Tools.Call"),
-        RoleAssignment(mi.client_id, mcp.client_id, "Tools.Call"),
-    )
-    return World(
-        tenants=(contoso, fabrikam),
-        apps=(
-            agent,
-            mcp,
-            legacy,
-            foundry,
-            exchange,
-            blueprint,
-            agent_identity,
-            frontend,
-            azure_cli,
-        ),
-        users=users,
-        managed_identities=(mi,),
-        grants=tuple(grants),
-        role_assignments=roles,
-    )
-
-
-def _strs(value: Iterable[Any] | None) -> tuple[str, ...]:
-    return tuple(str(v) for v in (value or ()))
-
-
-def _from_dict(data: Mapping[str, Any]) -> World:
-    world = _default_world() if data.get("include_defaults", True) else World(tenants=())
-    for t in data.get("tenants", ()):
-        tenant = Tenant(
-            name=t["name"],
-            id=t.get("id") or stable_id("tenant", t["name"]),
-            domain=t.get("domain") or f"{t['name']}.onmicrosoft.com",
-        )
-        world = replace(world, tenants=(*(x for x in world.tenants if x.name != t["name"]), tenant))
-
-    def tenant_id(raw: Mapping[str, Any]) -> str:
-        name = raw.get("tenant") or world.tenants[0].name
-        found = world.tenant(str(name))
-        if found is None:
-            raise ValueError(f"unknown tenant {name!r} in emulator config")
-        return found.id
-
-    for a in data.get("apps", ()):
-        cid = a.get("client_id") or stable_id("app", a["name"])
-        pem, thumb = (None, None)
-        if a.get("certificate"):
-            pem, thumb = new_certificate(a["name"])
-        secret = a.get("secret")
-        if secret is True or (secret is None and a.get("confidential", True) and not a.get("api")):
-            secret = new_secret()
-        fics = tuple(
-            FederatedCredential(
-                name=f.get("name", "fic"),
-                subject=_mi_subject(world, f["subject"]),
-                issuer=f.get("issuer"),
-                audiences=_strs(f.get("audiences")) or (TOKEN_EXCHANGE_AUDIENCE,),
-            )
-            for f in a.get("federated_credentials", ())
-        )
-        app_id_uri = a.get("app_id_uri")
-        if app_id_uri is None and (a.get("scope") or a.get("api")):
-            app_id_uri = f"api://{cid}"
-        world = world.with_app(
-            App(
-                name=a["name"],
-                client_id=cid,
-                tenant_id=tenant_id(a),
-                object_id=a.get("object_id") or stable_id("sp", a["name"]),
-                secret=secret or None,
-                certificate_pem=pem,
-                certificate_thumbprint=thumb,
-                app_id_uri=app_id_uri,
-                scope=a.get("scope"),
-                scopes=_strs(a.get("scopes")),
-                roles=_strs(a.get("roles")),
-                access_token_version=int(a.get("access_token_version", 2)),
-                redirect_uris=_strs(a.get("redirect_uris")),
-                public_client=bool(a.get("public_client", False)),
-                multi_tenant=bool(a.get("multi_tenant", False)),
-                federated_credentials=fics,
-                optional_claims=_strs(a.get("optional_claims")),
-                kind=a.get("kind", "app"),
-                blueprint_id=_app_id(world, a.get("blueprint")),
-            )
-        )
-    for u in data.get("users", ()):
-        t = world.tenant(u.get("tenant") or world.tenants[0].name)
-        if t is None:
-            raise ValueError(f"unknown tenant for user {u['name']!r}")
-        world = world.with_user(
-            User(
-                name=u["name"],
-                upn=u.get("upn") or f"{u['name']}@{t.domain}",
-                oid=u.get("oid") or stable_id("user", t.name, u["name"]),
-                tenant_id=t.id,
-                password=u.get("password") or f"{u['name']}-password",
-                display_name=u.get("display_name") or u["name"].title(),
-                mfa_required_for=tuple(
-                    _app_id(world, x) or x for x in u.get("mfa_required_for", ())
-                ),
-                blocked_for=tuple(_app_id(world, x) or x for x in u.get("blocked_for", ())),
-                guest=bool(u.get("guest", False)),
-            )
-        )
-    for m in data.get("managed_identities", ()):
-        world = world.with_managed_identity(
-            ManagedIdentity(
-                name=m["name"],
-                client_id=m.get("client_id") or stable_id("mi", m["name"]),
-                object_id=m.get("object_id") or stable_id("mi-object", m["name"]),
-                tenant_id=tenant_id(m),
-                resource_id=m.get("resource_id") or f"/mi/{m['name']}",
-            )
-        )
-    for g in data.get("grants", ()):
-        world = world.with_grant(
-            Grant(
-                client_id=_app_id(world, g["client"]) or g["client"],
-                resource_id=_app_id(world, g["resource"]) or g["resource"],
-                scopes=_strs(g.get("scopes")),
-                user=g.get("user"),
-            )
-        )
-    for r in data.get("role_assignments", ()):
-        client = _app_id(world, r["client"]) or _mi_client(world, r["client"]) or r["client"]
-        world = world.with_role_assignment(
-            RoleAssignment(client, _app_id(world, r["resource"]) or r["resource"], r["role"])
-        )
-    if "lifetimes" in data:
-        world = world.with_lifetimes(Lifetimes(**{k: int(v) for k, v in data["lifetimes"].items()}))
-    return world
-
-
-def _app_id(world: World, ident: str | None) -> str | None:
-    if ident is None:
-        return None
-    app = world.app(ident)
-    return app.client_id if app else None
-
-
-def _mi_client(world: World, ident: str) -> str | None:
-    mi = world.identity(ident)
-    return mi.client_id if mi else None
-
-
-def _mi_subject(world: World, ident: str) -> str:
-    mi = world.identity(ident)
-    return mi.object_id if mi else ident

@@ -1,0 +1,153 @@
+"""Loading a world from a config file (JSON or TOML; format in docs/emulator.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from typing import Any
+
+from ._default_world import default_world
+from ._world import (
+    TOKEN_EXCHANGE_AUDIENCE,
+    App,
+    FederatedCredential,
+    Grant,
+    Lifetimes,
+    ManagedIdentity,
+    RoleAssignment,
+    Tenant,
+    User,
+    World,
+    new_certificate,
+    new_secret,
+    stable_id,
+)
+
+
+def _strs(value: Iterable[Any] | None) -> tuple[str, ...]:
+    return tuple(str(v) for v in (value or ()))
+
+
+def world_from_dict(data: Mapping[str, Any]) -> World:
+    world = default_world() if data.get("include_defaults", True) else World(tenants=())
+    for t in data.get("tenants", ()):
+        tenant = Tenant(
+            name=t["name"],
+            id=t.get("id") or stable_id("tenant", t["name"]),
+            domain=t.get("domain") or f"{t['name']}.onmicrosoft.com",
+        )
+        world = replace(world, tenants=(*(x for x in world.tenants if x.name != t["name"]), tenant))
+
+    def tenant_id(raw: Mapping[str, Any]) -> str:
+        name = raw.get("tenant") or world.tenants[0].name
+        found = world.tenant(str(name))
+        if found is None:
+            raise ValueError(f"unknown tenant {name!r} in emulator config")
+        return found.id
+
+    for a in data.get("apps", ()):
+        cid = a.get("client_id") or stable_id("app", a["name"])
+        pem, thumb = (None, None)
+        if a.get("certificate"):
+            pem, thumb = new_certificate(a["name"])
+        secret = a.get("secret")
+        if secret is True or (secret is None and a.get("confidential", True) and not a.get("api")):
+            secret = new_secret()
+        fics = tuple(
+            FederatedCredential(
+                name=f.get("name", "fic"),
+                subject=_mi_subject(world, f["subject"]),
+                issuer=f.get("issuer"),
+                audiences=_strs(f.get("audiences")) or (TOKEN_EXCHANGE_AUDIENCE,),
+            )
+            for f in a.get("federated_credentials", ())
+        )
+        app_id_uri = a.get("app_id_uri")
+        if app_id_uri is None and (a.get("scope") or a.get("api")):
+            app_id_uri = f"api://{cid}"
+        world = world.with_app(
+            App(
+                name=a["name"],
+                client_id=cid,
+                tenant_id=tenant_id(a),
+                object_id=a.get("object_id") or stable_id("sp", a["name"]),
+                secret=secret or None,
+                certificate_pem=pem,
+                certificate_thumbprint=thumb,
+                app_id_uri=app_id_uri,
+                scope=a.get("scope"),
+                scopes=_strs(a.get("scopes")),
+                roles=_strs(a.get("roles")),
+                access_token_version=int(a.get("access_token_version", 2)),
+                redirect_uris=_strs(a.get("redirect_uris")),
+                public_client=bool(a.get("public_client", False)),
+                multi_tenant=bool(a.get("multi_tenant", False)),
+                federated_credentials=fics,
+                optional_claims=_strs(a.get("optional_claims")),
+                kind=a.get("kind", "app"),
+                blueprint_id=_app_id(world, a.get("blueprint")),
+            )
+        )
+    for u in data.get("users", ()):
+        t = world.tenant(u.get("tenant") or world.tenants[0].name)
+        if t is None:
+            raise ValueError(f"unknown tenant for user {u['name']!r}")
+        world = world.with_user(
+            User(
+                name=u["name"],
+                upn=u.get("upn") or f"{u['name']}@{t.domain}",
+                oid=u.get("oid") or stable_id("user", t.name, u["name"]),
+                tenant_id=t.id,
+                password=u.get("password") or f"{u['name']}-password",
+                display_name=u.get("display_name") or u["name"].title(),
+                mfa_required_for=tuple(
+                    _app_id(world, x) or x for x in u.get("mfa_required_for", ())
+                ),
+                blocked_for=tuple(_app_id(world, x) or x for x in u.get("blocked_for", ())),
+                guest=bool(u.get("guest", False)),
+            )
+        )
+    for m in data.get("managed_identities", ()):
+        world = world.with_managed_identity(
+            ManagedIdentity(
+                name=m["name"],
+                client_id=m.get("client_id") or stable_id("mi", m["name"]),
+                object_id=m.get("object_id") or stable_id("mi-object", m["name"]),
+                tenant_id=tenant_id(m),
+                resource_id=m.get("resource_id") or f"/mi/{m['name']}",
+            )
+        )
+    for g in data.get("grants", ()):
+        world = world.with_grant(
+            Grant(
+                client_id=_app_id(world, g["client"]) or g["client"],
+                resource_id=_app_id(world, g["resource"]) or g["resource"],
+                scopes=_strs(g.get("scopes")),
+                user=g.get("user"),
+            )
+        )
+    for r in data.get("role_assignments", ()):
+        client = _app_id(world, r["client"]) or _mi_client(world, r["client"]) or r["client"]
+        world = world.with_role_assignment(
+            RoleAssignment(client, _app_id(world, r["resource"]) or r["resource"], r["role"])
+        )
+    if "lifetimes" in data:
+        world = world.with_lifetimes(Lifetimes(**{k: int(v) for k, v in data["lifetimes"].items()}))
+    return world
+
+
+def _app_id(world: World, ident: str | None) -> str | None:
+    if ident is None:
+        return None
+    app = world.app(ident)
+    return app.client_id if app else None
+
+
+def _mi_client(world: World, ident: str) -> str | None:
+    mi = world.identity(ident)
+    return mi.client_id if mi else None
+
+
+def _mi_subject(world: World, ident: str) -> str:
+    mi = world.identity(ident)
+    return mi.object_id if mi else ident
