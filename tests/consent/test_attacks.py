@@ -289,3 +289,21 @@ async def test_identity_provider_error_is_shown_and_consumes_the_state(
     _rejected(denied, "sign_in_refused")
     assert "<script>" not in denied.text
     await _nothing_stored(source, alice_caller)
+
+
+async def test_form_post_callback_is_parsed_as_strictly(consent_env: ConsentEnv) -> None:
+    env = consent_env
+    env.make()
+    async with env.browser() as browser:
+        cases = [
+            ({"content": b"code=a&state=b&state=c"}, "duplicate_parameter"),
+            ({"content": b"code=" + b"c" * 9000 + b"&state=b"}, "request_too_large"),
+            ({"json": {"code": "a", "state": "b"}}, "bad_request"),
+            ({"content": b"code=a&state=b"}, "invalid_state"),
+        ]
+        for kwargs, code in cases:
+            headers = (
+                {} if "json" in kwargs else {"Content-Type": "application/x-www-form-urlencoded"}
+            )
+            answer = await browser.post(env.redirect_uri, headers=headers, **kwargs)
+            _rejected(answer, code)

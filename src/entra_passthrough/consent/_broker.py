@@ -22,7 +22,7 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -49,57 +49,10 @@ from ._pages import (
     security_headers,
     success_response,
 )
+from ._params import CALLBACK_PARAMS, BadRequest, parse_params, read_form
 from ._state import State, StateError
 
 logger = logging.getLogger("entra_passthrough.consent")
-
-MAX_QUERY_BYTES = 8192
-MAX_PARAMS = 12
-MAX_VALUE_CHARS = 4096
-MAX_FORM_BYTES = 8192
-_CALLBACK_PARAMS = frozenset(
-    {
-        "code",
-        "state",
-        "session_state",
-        "client_info",
-        "error",
-        "error_description",
-        "error_uri",
-        "error_subcode",
-        "iss",
-    }
-)
-
-
-class BadRequest(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        self.code = code
-        super().__init__(message)
-
-
-def _params(raw: bytes, allowed: frozenset[str] | None = None) -> dict[str, str]:
-    """Strict query/form parsing: bounded, every name at most once."""
-    if len(raw) > MAX_QUERY_BYTES:
-        raise BadRequest("request_too_large", "The request parameters are too large.")
-    try:
-        text = raw.decode("ascii")
-    except UnicodeDecodeError:
-        raise BadRequest("bad_request", "The request parameters cannot be read.") from None
-    try:
-        pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_PARAMS)
-    except ValueError:
-        raise BadRequest("request_too_large", "Too many request parameters.") from None
-    out: dict[str, str] = {}
-    for name, value in pairs:
-        if name in out:
-            raise BadRequest("duplicate_parameter", f"The parameter {name[:40]!r} is repeated.")
-        if len(value) > MAX_VALUE_CHARS:
-            raise BadRequest("request_too_large", f"The parameter {name[:40]!r} is too long.")
-        if allowed is not None and name not in allowed:
-            continue  # unknown extras from the identity provider are ignored, bounded above
-        out[name] = value
-    return out
 
 
 def _cookie_name(flow_id: str, secure: bool) -> str:
@@ -207,7 +160,7 @@ class ConsentBroker:
     # --- endpoints ---------------------------------------------------------------------------
     async def _start(self, request: Request) -> Response:
         try:
-            params = _params(request.scope.get("query_string", b""))
+            params = parse_params(request.scope.get("query_string", b""))
             return await self._do_start(request, params)
         except BadRequest as exc:
             return error_response(request, exc.code, str(exc))
@@ -287,11 +240,11 @@ class ConsentBroker:
             # response_mode=form_post: the identity provider's page POSTs code and state; a GET
             # with a query is accepted too (providers that ignore form_post), same checks.
             raw = (
-                await _bounded_body(request)
+                await read_form(request)
                 if request.method == "POST"
                 else request.scope.get("query_string", b"")
             )
-            params = _params(raw, _CALLBACK_PARAMS)
+            params = parse_params(raw, CALLBACK_PARAMS)
             return await self._do_callback(request, params)
         except (BadRequest, StateError) as exc:
             logger.info("consent callback rejected: %s", exc.code)
@@ -427,7 +380,7 @@ class ConsentBroker:
 
     async def _signout(self, request: Request) -> Response:
         try:
-            params = _params(request.scope.get("query_string", b""))
+            params = parse_params(request.scope.get("query_string", b""))
             open_revoke_ticket(self.keyring, params.get("t", ""))
         except (BadRequest, KeyringError, ValueError, KeyError, TypeError):
             return error_response(request, "invalid_link", "This sign-out link is not valid.")
@@ -443,9 +396,8 @@ class ConsentBroker:
         origin = request.headers.get("origin")
         if origin and origin != "null" and urlsplit(origin).netloc != request.url.netloc:
             return error_response(request, "csrf", "Cross-site sign-out requests are refused.")
-        body = await _bounded_body(request)
         try:
-            params = _params(body)
+            params = parse_params(await read_form(request))
             key_hash = open_revoke_ticket(self.keyring, params.get("t", ""))
         except (BadRequest, KeyringError, ValueError, KeyError, TypeError):
             return error_response(request, "invalid_link", "This sign-out request is not valid.")
@@ -459,19 +411,3 @@ class ConsentBroker:
         for name, value in security_headers().items():
             response.headers[name] = value
         return response
-
-
-async def _bounded_body(request: Request) -> bytes:
-    if request.headers.get("content-type", "").split(";")[0].strip() not in (
-        "application/x-www-form-urlencoded",
-        "",
-    ):
-        return b""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_FORM_BYTES:
-            return b""
-        chunks.append(chunk)
-    return b"".join(chunks)
