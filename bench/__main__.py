@@ -54,7 +54,7 @@ class Sizes:
 FULL = Sizes(
     latencies=(0.02, 0.15),
     users=50,
-    calls_per_user=40,
+    calls_per_user=8,
     concurrency=16,
     rounds=3,
     burst=64,

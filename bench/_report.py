@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ._patterns import BASELINES, Ours
+from ._roundtrip import OURS_IN_BURST
 
 OURS = Ours.name
 BASELINE_NAMES = [b.name for b in BASELINES]  # type: ignore[attr-defined]
@@ -275,6 +276,12 @@ def markdown(r: dict[str, Any]) -> str:
                 f"{_miqr(b.get('posts'), digits=0)} | "
                 f"{_miqr(b.get('mean_latency_ratio_to_round_trip'), digits=2)} | "
                 f"{_miqr(lg.get('max_ms'), digits=1)} | {_miqr(lg.get('p99_ms'), digits=1)} |"
+            )
+        extra = ll.get("patterns", {}).get(OURS_IN_BURST)
+        if extra:
+            lines.append(
+                f"| *{OURS_IN_BURST}* | | | | | | | {_miqr(extra.get('max_ms'), digits=1)} | "
+                f"{_miqr(extra.get('p99_ms'), digits=1)} |"
             )
         if "floor" in ll:
             lines.append(
