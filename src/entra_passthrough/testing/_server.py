@@ -32,6 +32,7 @@ _NO_STORE = {"Cache-Control": "no-store, no-cache", "Pragma": "no-cache"}
 
 
 def _endpoint_name(path: str) -> str:
+    """The name faults and stats use for a request path."""
     if path.endswith("/token"):
         return "token"
     if "/authorize" in path:
@@ -42,7 +43,13 @@ def _endpoint_name(path: str) -> str:
         return "jwks"
     if path.startswith("/_emulator/az"):
         return "az"
-    return path.strip("/").split("/")[-1] or "root"
+    if "/userrealm/" in path:
+        return "userrealm"
+    if path.endswith("/discovery/instance"):
+        return "instance"
+    if "/logout" in path:
+        return "logout"
+    return "other"
 
 
 class FaultMiddleware:
@@ -201,7 +208,7 @@ def build_app(rt: Runtime) -> ASGIApp:
 
     async def instance(rt: Runtime, request: Request) -> Response:
         # https://login.microsoftonline.com/common/discovery/instance (MSAL instance discovery)
-        rt.count("instance_discovery")
+        rt.count("instance")
         ep = request.query_params.get("authorization_endpoint", "")
         path = urllib.parse.urlsplit(ep).path.strip("/").split("/")
         tenant = path[0] if path and path[0] else "common"
