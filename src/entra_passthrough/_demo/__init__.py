@@ -1,0 +1,31 @@
+"""``entra-passthrough demo``: the whole library on loopback, with no tenant and no network.
+
+A local Entra (the emulator), an MCP server protected by ``entra_passthrough.server``, two
+hosted agents (Agent Framework ``ResponsesHostServer`` with a scripted chat client) whose MCP
+tool comes from ``entra_passthrough.agent_framework``, and a consent broker served over HTTPS
+with a certificate from the emulator's CA. Users then send Responses requests, concurrently, and
+the demo checks what the MCP server saw. Exit status 0 only if every check passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import tempfile
+
+from . import _scenes
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="entra-passthrough demo", description=__doc__)
+    parser.add_argument("--calls", type=int, default=3, help="requests per user (default 3)")
+    args = parser.parse_args(argv)
+    # The demo prints its own table; the hosts' INFO chatter goes nowhere (warnings still show).
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    with tempfile.TemporaryDirectory(prefix="entra-demo-") as state:
+        # ResponsesHostServer keeps its state under AGENTSERVER_STATE_ROOT (FACTS.md).
+        os.environ.setdefault("AGENTSERVER_STATE_ROOT", state)
+        ok = asyncio.run(_scenes.run(calls=max(1, min(args.calls, 50))))
+    return 0 if ok else 1
