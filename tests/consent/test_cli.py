@@ -65,3 +65,30 @@ def test_main_refuses_unsafe_or_broken_setups(
     err = capsys.readouterr().err
     assert "JSON object" in err
     assert "s3cret" not in err
+
+
+def test_delegated_consent_from_env() -> None:
+    from entra_passthrough import DelegatedConsent
+
+    env = {
+        "ENTRA_PASSTHROUGH_CONSENT_CLIENT_ID": "11111111-1111-1111-1111-111111111111",
+        "AZURE_TENANT_ID": "22222222-2222-2222-2222-222222222222",
+        "ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET": "s3cret",
+        "ENTRA_PASSTHROUGH_CONSENT_KEYS": KEYS,
+        "ENTRA_PASSTHROUGH_CONSENT_BROKER_URL": "https://agent.contoso.com/consent",
+        "ENTRA_PASSTHROUGH_ALLOWED_TENANTS": "22222222-2222-2222-2222-222222222222,t2",
+    }
+    source = DelegatedConsent.from_env(env)
+    assert source.client.client_id == env["ENTRA_PASSTHROUGH_CONSENT_CLIENT_ID"]
+    assert source.client.allowed_tenants == (env["AZURE_TENANT_ID"], "t2")
+    assert source.broker_url == "https://agent.contoso.com/consent"
+    assert "s3cret" not in repr(source)
+    source.close()
+    with pytest.raises(ConfigurationError, match="BROKER_URL"):
+        DelegatedConsent.from_env({**env, "ENTRA_PASSTHROUGH_CONSENT_BROKER_URL": ""})
+    with pytest.raises(ConfigurationError, match="HTTPS"):
+        DelegatedConsent.from_env(
+            {**env, "ENTRA_PASSTHROUGH_CONSENT_BROKER_URL": "http://agent.contoso.com/c"}
+        )
+    with pytest.raises(ConfigurationError, match="exactly one"):
+        DelegatedConsent.from_env({**env, "ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET": ""})

@@ -17,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, NoReturn
 from urllib.parse import urlencode, urlsplit
 
@@ -33,8 +34,8 @@ from .._errors import (
 )
 from .._grants import Grant, GrantStore, LinkTicket, UserKey, seal_revoke_ticket
 from .._jwt import fingerprint
-from .._msal import PUBLIC_AUTHORITY_HOST
-from .._store import Keyring, TokenStore
+from .._msal import PUBLIC_AUTHORITY_HOST, http_session
+from .._store import Keyring, MemoryStore, TokenStore
 from .._types import IdentityKind, TokenRequest, TokenResult
 from ._base import result_from_msal, unreachable
 
@@ -116,6 +117,47 @@ class DelegatedConsent:
 
     def __repr__(self) -> str:
         return f"DelegatedConsent(name={self.name!r}, client_id={self.client.client_id!r})"
+
+    @classmethod
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        store: TokenStore | None = None,
+        http_client: Any = None,
+        name: str = "delegated",
+    ) -> DelegatedConsent:
+        """Build from the environment (docs/consent.md lists the variables). The default
+        store is a ``MemoryStore``: pass a shared one when the broker runs elsewhere."""
+        env = os.environ if environ is None else environ
+
+        def get(variable: str) -> str | None:
+            return (env.get(variable) or "").strip() or None
+
+        def need(variable: str, what: str) -> str:
+            value = get(variable)
+            if value is None:
+                raise ConfigurationError(f"{variable} is not set; it names {what}.")
+            return value
+
+        ca_file = get("ENTRA_PASSTHROUGH_CA_FILE")
+        allowed = get("ENTRA_PASSTHROUGH_ALLOWED_TENANTS")
+        return cls(
+            client_id=need("ENTRA_PASSTHROUGH_CONSENT_CLIENT_ID", "the consent app"),
+            tenant_id=get("ENTRA_PASSTHROUGH_CONSENT_TENANT_ID")
+            or need("AZURE_TENANT_ID", "the consent app's tenant"),
+            client_secret=get("ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET"),
+            client_certificate=get("ENTRA_PASSTHROUGH_CONSENT_CLIENT_CERTIFICATE_PATH"),
+            store=store if store is not None else MemoryStore(),
+            keyring=Keyring.from_string(
+                need("ENTRA_PASSTHROUGH_CONSENT_KEYS", "the consent keyring")
+            ),
+            broker_url=need("ENTRA_PASSTHROUGH_CONSENT_BROKER_URL", "the broker's public URL"),
+            authority_host=get("AZURE_AUTHORITY_HOST") or PUBLIC_AUTHORITY_HOST,
+            allowed_tenants=allowed.replace(",", " ").split() if allowed else None,
+            http_client=http_client if http_client is not None else http_session(ca_file),
+            name=name,
+        )
 
     def close(self) -> None:
         self.client.pool.close()
