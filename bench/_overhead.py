@@ -39,12 +39,45 @@ class NoOpAuth(httpx.Auth):
         yield request
 
 
+class StaticAuth2(httpx2.Auth):
+    """What a hand-written bearer Auth does: set the header, nothing else."""
+
+    def __init__(self, token: str) -> None:
+        self._value = f"Bearer {token}"
+
+    def auth_flow(
+        self, request: httpx2.Request
+    ) -> Generator[httpx2.Request, httpx2.Response, None]:
+        request.headers["Authorization"] = self._value
+        yield request
+
+
+class StaticAuth(httpx.Auth):
+    def __init__(self, token: str) -> None:
+        self._value = f"Bearer {token}"
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["Authorization"] = self._value
+        yield request
+
+
 def _ok2(request: httpx2.Request) -> httpx2.Response:
     return httpx2.Response(200, text="ok")
 
 
 def _ok(request: httpx.Request) -> httpx.Response:
     return httpx.Response(200, text="ok")
+
+
+def _flow_cost(
+    inproc: dict[str, list[float]], kind: str, floor: str = "no-op Auth"
+) -> dict[str, float | int]:
+    """µs per request of EntraAuth over ``floor``: difference of the medians (robust to a
+    spoiled batch on either side), with the spread of the per-batch paired differences."""
+    a, b = inproc[f"{kind} EntraAuth"], inproc[f"{kind} {floor}"]
+    paired = summary([(x - y) * 1e6 for x, y in zip(a, b, strict=True)])
+    paired["median"] = (float(summary(a)["median"]) - float(summary(b)["median"])) * 1e6
+    return paired
 
 
 async def _batch(client: Any, url: str, n: int) -> float:
@@ -150,11 +183,13 @@ async def overhead(
         async with (
             httpx2.AsyncClient(transport=t2, auth=NoOpAuth2()) as n2,
             httpx2.AsyncClient(transport=t2, headers=static) as s2,
+            httpx2.AsyncClient(transport=t2, auth=StaticAuth2(token)) as b2,
             httpx2.AsyncClient(
                 transport=t2, auth=EntraAuth(ours.chain, scopes=scopes, origins=origins)
             ) as a2,
             httpx.AsyncClient(transport=t1, auth=NoOpAuth()) as n1,
             httpx.AsyncClient(transport=t1, headers=static) as s1,
+            httpx.AsyncClient(transport=t1, auth=StaticAuth(token)) as b1,
             httpx.AsyncClient(
                 transport=t1, auth=HttpxEntraAuth(ours.chain, scopes=scopes, origins=origins)
             ) as a1,
@@ -162,31 +197,24 @@ async def overhead(
             variants = {
                 "httpx2 no-op Auth": n2,
                 "httpx2 static header": s2,
+                "httpx2 static Auth": b2,
                 "httpx2 EntraAuth": a2,
                 "httpx no-op Auth": n1,
                 "httpx static header": s1,
+                "httpx static Auth": b1,
                 "httpx EntraAuth": a1,
             }
-            inproc = await _interleave(variants, url, n_inprocess, rounds, _batch_mean)
+            # many short batches: a burst of machine load spoils one batch, not the median
+            batch = max(50, n_inprocess // 5)
+            inproc = await _interleave(variants, url, batch, rounds * 5, _batch_mean)
         result["in_process"] = {
-            "requests_per_batch": n_inprocess,
+            "requests_per_batch": batch,
+            "batches": rounds * 5,
             "per_request_us": {k: summary([x * 1e6 for x in v]) for k, v in inproc.items()},
-            "auth_flow_us_httpx2": summary(
-                [
-                    (a - n) * 1e6
-                    for a, n in zip(
-                        inproc["httpx2 EntraAuth"], inproc["httpx2 no-op Auth"], strict=True
-                    )
-                ]
-            ),
-            "auth_flow_us_httpx": summary(
-                [
-                    (a - n) * 1e6
-                    for a, n in zip(
-                        inproc["httpx EntraAuth"], inproc["httpx no-op Auth"], strict=True
-                    )
-                ]
-            ),
+            "auth_flow_us_httpx2": _flow_cost(inproc, "httpx2"),
+            "auth_flow_us_httpx": _flow_cost(inproc, "httpx"),
+            "auth_flow_over_static_auth_us_httpx2": _flow_cost(inproc, "httpx2", "static Auth"),
+            "auth_flow_over_static_auth_us_httpx": _flow_cost(inproc, "httpx", "static Auth"),
         }
     await ours.aclose()
     return result
