@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import urllib.parse
+from typing import Any
 
 import httpx2
 import pytest
@@ -270,3 +271,37 @@ async def test_a_cancelled_leader_does_not_fail_its_waiters(consent_env: Consent
     found = await source.grants.get_grant(key.hashed)
     assert found is not None
     assert found[0].lease_owner is None
+
+
+async def test_key_rotation_keeps_links_and_grants_working(consent_env: ConsentEnv) -> None:
+    import base64
+
+    from entra_passthrough import Keyring
+
+    env = consent_env
+    source, _, request, _ = await _consented(env, "alice", "foundry-user-alice-rot")
+    old = source.keyring
+    pending = await _pending_link(source, env)
+    old_b64 = base64.urlsafe_b64encode(old.keys[old.current]).decode()
+    new_b64 = base64.urlsafe_b64encode(b"n" * 32).decode()
+    rotated = Keyring.from_string(f"new:{new_b64},{old.current}:{old_b64}")
+    store = source.grants.store
+    source2, _ = env.make(store=store, keyring=rotated)  # type: ignore[arg-type]
+    # the grant sealed with the old key is still served, then re-sealed with the new one
+    assert await source2.get_token_async(request) is not None
+    key = UserKey.from_caller(request.caller)
+    assert key is not None
+    raw = await store.get(f"ep:v1:grant:{key.hashed}")
+    assert raw is not None
+    assert raw.value.startswith(b"new.")
+    # a link minted before the rotation still works
+    page = await follow_link(env, pending)
+    assert page.status_code == 200, page.text
+
+
+async def _pending_link(source: Any, env: ConsentEnv) -> str:
+    caller = platform_caller("foundry-user-bob-rot", upn=env.idp.users["bob"].upn)
+    with pytest.raises(ConsentRequired) as info:
+        await source.get_token_async(TokenRequest(scopes=(env.mcp_scope,), caller=caller))
+    assert info.value.link is not None
+    return info.value.link
