@@ -201,6 +201,7 @@ class TokenChain:
         result: TokenResult | None,
         allowed: frozenset[IdentityKind],
         outcome: _Outcome,
+        request: TokenRequest,
     ) -> TokenResult | None:
         if result is None:
             outcome.notes[source.name] = "not applicable"
@@ -210,6 +211,15 @@ class TokenChain:
             self.cache.invalidate(key)
             outcome.notes[source.name] = f"returned kind {result.kind.value}, not allowed"
             return None
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "resolved %s via %s (kind %s) for caller %s: token %s",
+                " ".join(request.scopes),
+                source.name,
+                result.kind.value,
+                request.caller.fingerprint if request.caller is not None else None,
+                result.fingerprint,
+            )
         return result
 
     def _failed(self, source: TokenSource, exc: BaseException, outcome: _Outcome) -> None:
@@ -318,7 +328,7 @@ class TokenChain:
                 self._failed(source, exc, outcome)
                 continue
             outcome = outcome or _Outcome()
-            accepted = self._accept(source, key, result, allowed, outcome)
+            accepted = self._accept(source, key, result, allowed, outcome, request)
             if accepted is not None:
                 return accepted
         raise self._give_up(request, allowed, outcome or _Outcome())
@@ -365,7 +375,7 @@ class TokenChain:
                 self._failed(source, exc, outcome)
                 continue
             outcome = outcome or _Outcome()
-            accepted = self._accept(source, key, result, allowed, outcome)
+            accepted = self._accept(source, key, result, allowed, outcome, request)
             if accepted is not None:
                 return accepted
         raise self._give_up(request, allowed, outcome or _Outcome())

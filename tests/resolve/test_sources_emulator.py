@@ -243,3 +243,38 @@ async def test_obo_from_env_against_the_emulator(idp: EntraEmulator) -> None:
     assert decode(result.token)["oid"] == idp.users["bob"].oid
     chain.close()
     await asyncio.sleep(0)
+
+
+async def test_azure_credential_auth_failure_is_typed(idp: EntraEmulator) -> None:
+    from entra_passthrough import EntraError
+
+    wrong = ClientSecretCredential(
+        idp.tenant_id,
+        idp.agent.client_id,
+        "not-the-secret",
+        authority=idp.url,
+        connection_verify=idp.ca_file,
+        disable_instance_discovery=True,
+    )
+    chain = TokenChain([AzureCredential(wrong, name="wrong")], policy=Policy.APP_ONLY)
+    with pytest.raises(EntraError) as info:
+        await chain.get_token_async(mcp_scope(idp))
+    assert info.value.code is not None
+    assert info.value.code.code == 7000215
+    assert "not-the-secret" not in str(info.value)
+    chain.close()
+
+
+async def test_managed_identity_detected_by_msal_from_the_environment(
+    idp: EntraEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from entra_passthrough import ManagedIdentity
+
+    for name, value in idp.mi_env().items():
+        monkeypatch.setenv(name, value)
+    mi = ManagedIdentity(client_id=idp.managed_identity.client_id)  # no endpoint: MSAL detects
+    chain = TokenChain([mi], policy=Policy.APP_ONLY)
+    result = await chain.get_token_async(mcp_scope(idp))
+    assert decode(result.token)["oid"] == idp.managed_identity.object_id
+    assert result.kind is IdentityKind.APP
+    chain.close()
