@@ -30,7 +30,7 @@ from cryptography import x509
 from . import _ca
 from . import _errors as e
 from ._state import Runtime
-from ._tokens import verify
+from ._tokens import numeric_claim, verify
 from ._world import TOKEN_EXCHANGE_APP_ID, TOKEN_EXCHANGE_AUDIENCE, App
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -116,7 +116,7 @@ def _check_assertion(
     aud_s = aud if isinstance(aud, str) else " ".join(map(str, aud))
     if verified is None:
         raise e.no_matching_fic(iss, sub, aud_s)
-    if int(verified.get("exp", 0)) < now:
+    if numeric_claim(verified, "exp") < now:
         # AADSTS700024: the assertion is not within its valid time range (certificate-credentials).
         raise e.bad_client_assertion("Client assertion is not within its valid time range.", 700024)
     if app.kind == "agent_identity":
@@ -191,6 +191,6 @@ def _check_certificate(
             "The audience claim in client assertion is not valid. It must be the token endpoint.",
             700021,
         )
-    if int(verified.get("exp", 0)) < now:
+    if numeric_claim(verified, "exp") < now:
         raise e.bad_client_assertion("Client assertion is not within its valid time range.", 700024)
     return "2"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import threading
 import urllib.parse
 from collections.abc import Awaitable, Callable
@@ -28,6 +29,7 @@ from ._msi import msi_token
 from ._state import Fault, Runtime
 from ._token_endpoint import handle_token, resolve_tenant
 
+logger = logging.getLogger("entra_passthrough.testing")
 _NO_STORE = {"Cache-Control": "no-store, no-cache", "Pragma": "no-cache"}
 
 
@@ -258,6 +260,10 @@ def build_app(rt: Runtime) -> ASGIApp:
             )
         except e.StsError as err:
             return _json(err.body(request.headers.get("client-request-id")), err.status)
+        except Exception:  # a bug, never a crash: Entra's shape, and tests look for 500s
+            logger.exception("emulator: unexpected error in the token endpoint")
+            bug = e.StsError(90100, "server_error", "Unexpected error in the emulator.", status=500)
+            return _json(bug.body(request.headers.get("client-request-id")), 500)
         return _json(result)
 
     async def stats(rt: Runtime, request: Request) -> Response:

@@ -29,7 +29,7 @@ from ._issue import (
     user_token_response,
 )
 from ._state import Runtime
-from ._tokens import Subject, verify
+from ._tokens import Subject, numeric_claim, verify
 from ._world import TOKEN_EXCHANGE_APP_ID, App, Tenant, User
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -196,7 +196,7 @@ def _on_behalf_of(
     if claims.get("iss") not in (rt.issuer(tid, 2), rt.issuer(tid, 1)):
         raise e.assertion_invalid("Reason - The issuer is not trusted.")
     now = int(time.time())
-    exp = int(claims.get("exp", 0))
+    exp = numeric_claim(claims, "exp")
     if exp < now:
         raise e.assertion_expired(now, exp)
     app = client.app

@@ -115,6 +115,14 @@ def verify(ring: KeyRing, token: str) -> dict[str, Any]:
     return claims
 
 
+def numeric_claim(claims: Mapping[str, Any], name: str) -> int:
+    """A NumericDate claim, or 0 when absent or not a number (then it fails every time check)."""
+    value = claims.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0
+    return int(value)
+
+
 def opaque(n: int = 16) -> str:
     return secrets.token_urlsafe(n)
 
