@@ -42,6 +42,14 @@ _SYNC_WAIT_SECONDS = 120.0
 _MAX_TAKEOVERS = 3
 
 
+def _loop_running_here() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 class _LeaderGone(Exception):
     """The task or thread acquiring this key was cancelled; a waiter should take over."""
 
@@ -299,6 +307,11 @@ class TokenCache:
                 stored = self._store(key, result, cap) if result is not None else None
                 self._finish(key, fut, result=stored)
                 return stored
+            if _loop_running_here():
+                # Blocking this thread would stall the event loop that may be running the
+                # leader (a sync call inside async code): acquire on our own instead.
+                result = acquire()
+                return self._store(key, result, cap) if result is not None else None
             try:
                 return fut.result(timeout=_SYNC_WAIT_SECONDS)
             except _LeaderGone:

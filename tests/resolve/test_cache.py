@@ -240,3 +240,21 @@ async def test_hit_path_hashes_the_assertion_once(monkeypatch: pytest.MonkeyPatc
     assert count == 1
     assert source.calls == 1
     assert chain.cache.stats().hits == 199
+
+
+async def test_sync_call_inside_the_loop_does_not_deadlock_on_an_async_leader() -> None:
+    cache = TokenCache()
+    gate = asyncio.Event()
+
+    async def slow() -> TokenResult:
+        await gate.wait()
+        return result("async-leader")
+
+    leader = asyncio.create_task(cache.get_or_acquire_async("k", slow))
+    await asyncio.sleep(0)
+    # A sync caller in the loop's own thread must not wait for the leader (it never could).
+    got = cache.get_or_acquire("k", lambda: result("sync-own"))
+    assert got is not None
+    assert got.token == "sync-own"
+    gate.set()
+    assert (await leader) is not None
