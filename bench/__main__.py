@@ -21,7 +21,7 @@ from typing import Any
 from . import _memory, _middleware, _overhead, _roundtrip
 from ._emu import Emulator
 from ._patterns import all_patterns, ours_available
-from ._report import check_complete, evaluate_targets, write_outputs
+from ._report import check_complete, evaluate_targets, update_readme, write_outputs
 from ._util import machine
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -269,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     results["complete"] = not problems
     results["problems"] = problems
     markdown = write_outputs(results, out, charts=not args.no_charts)
+    if out == RESULTS:  # a full run into the committed results: refresh the README's table
+        update_readme(RESULTS.parent / "README.md", markdown, results.get("charts", []))
     print(markdown)
     if problems:
         print("\nINCOMPLETE:", file=sys.stderr)

@@ -496,3 +496,16 @@ def write_outputs(r: dict[str, Any], out: Path, *, charts: bool = True) -> str:
     (out / "latest.json").write_text(json.dumps(r, indent=1, default=str) + "\n")
     (out / "latest.md").write_text(md)
     return md
+
+
+def update_readme(readme: Path, md: str, charts: list[str], rel: str = "results") -> None:
+    """Replace the block between the results markers with this run's table and charts."""
+    start, end = "<!-- results:start -->", "<!-- results:end -->"
+    text = readme.read_text()
+    if start not in text or end not in text:
+        return
+    images = "\n".join(f"![{c}]({rel}/{c})" for c in charts)
+    block = f"{start}\n{md.replace('## Results', '## Latest results', 1)}\n{images}\n{end}"
+    head, rest = text.split(start, 1)
+    tail = rest.split(end, 1)[1]
+    readme.write_text(head + block + tail)
