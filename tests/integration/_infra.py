@@ -6,9 +6,10 @@ receives, and a real ``ResponsesHostServer`` on uvicorn. Readiness is polled, ne
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx2
@@ -52,7 +53,8 @@ def world_with_users(count: int) -> tuple[World, list[User]]:
     users = synthetic_users(world, count)
     agent = world.app("agent")
     mcp = world.app("mcp")
-    assert agent is not None and mcp is not None
+    assert agent is not None
+    assert mcp is not None
     for user in users:
         world = world.with_user(user)
         world = world.with_grant(
@@ -96,12 +98,19 @@ class Seen:
 
 @dataclass
 class Recorder:
+    """Every request, in the order it *arrived* (a long GET stream is listed when it opened)."""
+
     seen: list[Seen] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add(self, item: Seen) -> None:
+    def add(self, item: Seen) -> int:
         with self.lock:
             self.seen.append(item)
+            return len(self.seen) - 1
+
+    def finish(self, index: int, status: int) -> None:
+        with self.lock:
+            self.seen[index] = replace(self.seen[index], status=status)
 
     def snapshot(self) -> list[Seen]:
         with self.lock:
@@ -165,19 +174,20 @@ def recording(app: ASGI, recorder: Recorder) -> ASGI:
                 status["code"] = message["status"]
             await send(message)
 
+        index = recorder.add(
+            Seen(
+                method=scope["method"],
+                rpc=rpc,
+                oid=_bearer_oid(scope.get("headers") or []),
+                status=0,
+                tool=tool,
+                caller_tag=tag,
+            )
+        )
         try:
             await app(scope, replay, spy)
         finally:
-            recorder.add(
-                Seen(
-                    method=scope["method"],
-                    rpc=rpc,
-                    oid=_bearer_oid(scope.get("headers") or []),
-                    status=status["code"],
-                    tool=tool,
-                    caller_tag=tag,
-                )
-            )
+            recorder.finish(index, status["code"])
 
     return wrapper
 
@@ -207,18 +217,27 @@ def legacy_only(app: ASGI) -> ASGI:
 
 
 def build_mcp_app(
-    idp: EntraEmulator, *, base_url: str, recorder: Recorder, stateful: bool = False
+    idp: EntraEmulator,
+    *,
+    base_url: str,
+    recorder: Recorder,
+    stateful: bool = False,
+    allow_app: bool = False,
 ) -> ASGI:
+    jwks_client = httpx2.AsyncClient(
+        verify=ssl.create_default_context(cafile=idp.ca_file), trust_env=False
+    )
     verifier = JwtVerifier(
         audiences=[idp.mcp.client_id, idp.mcp.app_id_uri],
         tenants=[idp.tenant_id],
         authority_host=idp.url,
-        http_client=httpx2.AsyncClient(verify=idp.ca_file, trust_env=False),
+        http_client=jwks_client,
+        allow_app_only=allow_app,
     )
     auth = auth_settings(
         resource_server_url=f"{base_url}/mcp",
         tenant_id=idp.tenant_id,
-        scopes=["access_as_user"],
+        scopes=[] if allow_app else ["access_as_user"],
         app_id_uri=idp.mcp.app_id_uri,
         authority_host=idp.url,
     )
@@ -234,7 +253,35 @@ def build_mcp_app(
     wrapped: ASGI = EntraChallengeMiddleware(app, settings=auth)
     if stateful:
         wrapped = legacy_only(wrapped)
-    return recording(wrapped, recorder)
+    return closing_on_shutdown(recording(wrapped, recorder), jwks_client)
+
+
+def closing_on_shutdown(app: ASGI, client: httpx2.AsyncClient) -> ASGI:
+    """Close ``client`` when the server shuts down (lifespan), in the server's own loop."""
+
+    async def wrapper(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            await app(scope, receive, send)
+            return
+
+        async def on_send(message: dict[str, Any]) -> None:
+            if message["type"] == "lifespan.shutdown.complete":
+                await client.aclose()
+            await send(message)
+
+        await app(scope, receive, on_send)
+
+    return wrapper
+
+
+def host_app(agent: Any, *, close_on_shutdown: tuple[Any, ...] | list[Any] = ()) -> Any:
+    """A ``ResponsesHostServer`` for tests: capture installed, no console telemetry exporters."""
+    from agent_framework_foundry_hosting import ResponsesHostServer
+
+    from entra_passthrough.agent_framework import install
+
+    app = ResponsesHostServer(agent, configure_observability=None)
+    return install(app, close_on_shutdown=close_on_shutdown)
 
 
 # --- uvicorn in a thread, restartable on the same port -------------------------------------------
@@ -278,6 +325,8 @@ class ServerThread:
                 break
             thread.join(0.01)
         if not server.started:
+            server.should_exit = True
+            thread.join(5)
             sock.close()
             raise RuntimeError(f"uvicorn ({self.name}) did not start")
         self._server, self._thread, self._sock = server, thread, sock
@@ -313,3 +362,49 @@ def lifecycle(seen: list[Seen]) -> list[Seen]:
 
 def calls(seen: list[Seen]) -> list[Seen]:
     return [s for s in seen if s.rpc == "tools/call"]
+
+
+# --- driving a ResponsesHostServer ---------------------------------------------------------------
+
+
+async def respond(
+    client: httpx2.AsyncClient, token: str | None, text: str, **body: Any
+) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    response = await client.post(
+        "/responses", json={"input": text, "store": False, **body}, headers=headers
+    )
+    assert response.status_code == 200, response.text[:500]
+    payload: dict[str, Any] = response.json()
+    return payload
+
+
+def output_text(payload: dict[str, Any]) -> str:
+    texts = [
+        part.get("text", "")
+        for item in payload.get("output", [])
+        if item.get("type") == "message"
+        for part in item.get("content", [])
+    ]
+    return "\n".join(texts)
+
+
+def tool_outputs(payload: dict[str, Any]) -> list[str]:
+    return [
+        str(item.get("output"))
+        for item in payload.get("output", [])
+        if item.get("type") == "function_call_output"
+    ]
+
+
+def seen_oid(payload: dict[str, Any]) -> str | None:
+    """The oid the MCP server reported for the (single) tool call of this response."""
+    for raw in tool_outputs(payload):
+        try:
+            outer = json.loads(raw)
+            inner = json.loads(outer["result"]) if isinstance(outer, dict) else None
+        except (ValueError, KeyError, TypeError):
+            continue
+        if isinstance(inner, dict) and isinstance(inner.get("oid"), str):
+            return str(inner["oid"])
+    return None

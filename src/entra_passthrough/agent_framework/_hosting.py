@@ -140,11 +140,16 @@ def install(
     require_caller: bool = False,
     verifier: Any = None,
     max_run_seconds: float = 3600.0,
+    close_on_shutdown: Sequence[Any] = (),
 ) -> Any:
     """Add the capture middleware to a ``ResponsesHostServer`` (or any Starlette app) before
     it starts: ``CallerMiddleware`` outermost, ``BackgroundRunCallers`` inside. Returns ``app``.
 
-    >>> app = install(ResponsesHostServer(agent=make_agent), verifier=JwtVerifier(...))
+    ``close_on_shutdown``: objects with ``async aclose()`` (e.g. an ``EntraMCPToolPool``) to
+    close when the host shuts down, after its own shutdown handler (which closes the agent).
+
+    >>> app = install(ResponsesHostServer(agent=make_agent), verifier=JwtVerifier(...),
+    ...               close_on_shutdown=[pool])
     """
     from .._middleware import CallerMiddleware
 
@@ -162,4 +167,24 @@ def install(
         require_caller=require_caller,
         verifier=verifier,
     )
+    if close_on_shutdown:
+        _chain_shutdown(app, tuple(close_on_shutdown))
     return app
+
+
+def _chain_shutdown(app: Any, closables: tuple[Any, ...]) -> None:
+    register = getattr(app, "shutdown_handler", None)
+    if register is None:
+        raise ConfigurationError("close_on_shutdown needs an AgentServerHost (shutdown_handler)")
+    # The host keeps one handler (ResponsesHostServer's closes the agent): run it first.
+    previous = getattr(app, "_shutdown_fn", None)
+
+    async def shutdown() -> None:
+        try:
+            if previous is not None:
+                await previous()
+        finally:
+            for closable in closables:
+                await closable.aclose()
+
+    register(shutdown)

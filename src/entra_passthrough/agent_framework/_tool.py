@@ -305,6 +305,8 @@ class EntraMCPTool(MCPStreamableHTTPTool):
         async with self._connect_lock:
             if generation is not None and generation != self._generation:
                 return  # another call already replaced the dead connection
+            if not reset and self.is_connected and self._tools_loaded:
+                return  # e.g. a second lease while the first one's connect was in flight
             chosen = await self._discovery_caller(trigger)
             if reset:
                 # Close the old connection first, acting for nobody (shared) or its own user
@@ -363,8 +365,9 @@ class EntraMCPTool(MCPStreamableHTTPTool):
             return self
         self._leases += 1
         try:
-            if not self.is_connected:
-                await self.connect()
+            # Always through the connect lock: is_connected turns true before the tools are
+            # loaded, and a concurrent lease must not expose an empty tool list.
+            await self.connect()
         except BaseException:
             self._leases -= 1
             raise

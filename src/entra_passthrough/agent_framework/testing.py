@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from agent_framework import (
@@ -48,6 +48,9 @@ class ScriptedChatClient(
 ):
     """A chat "model" that calls ``tool`` (with ``arguments``) once per user turn, then answers
     ``"<prefix><tool result>"``. Deterministic, no network; streaming and non-streaming.
+    ``input_argument="who"`` passes the user's message text as that tool argument (tests use it
+    to tag each call with who asked); ``before_call`` is awaited before the tool is requested
+    (tests use it to hold a background run until its POST has returned).
 
     The tool name is the *local* function name the agent exposes (the MCP tool's remote name
     unless you set ``tool_name_prefix``).
@@ -60,12 +63,16 @@ class ScriptedChatClient(
         *,
         tool: str,
         arguments: Mapping[str, Any] | None = None,
+        input_argument: str | None = None,
         prefix: str = "tool said: ",
+        before_call: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         super().__init__()
         self.tool = tool
         self.arguments = dict(arguments or {})
+        self.input_argument = input_argument
         self.prefix = prefix
+        self.before_call = before_call
         self._ids = itertools.count(1)
 
     def _turn(self, messages: Sequence[Message]) -> list[Content]:
@@ -74,6 +81,9 @@ class ScriptedChatClient(
         for index, message in enumerate(messages):
             if message.role == "user":
                 start = index
+        arguments = dict(self.arguments)
+        if self.input_argument is not None and messages:
+            arguments[self.input_argument] = messages[start].text
         results = [
             content
             for message in messages[start:]
@@ -85,7 +95,7 @@ class ScriptedChatClient(
         call_id = f"call_{next(self._ids)}"
         return [
             Content.from_function_call(
-                call_id=call_id, name=self.tool, arguments=json.dumps(self.arguments)
+                call_id=call_id, name=self.tool, arguments=json.dumps(arguments)
             )
         ]
 
@@ -98,14 +108,21 @@ class ScriptedChatClient(
         **kwargs: Any,
     ) -> Awaitable[ChatResponse[Any]] | ResponseStream[ChatResponseUpdate, ChatResponse[Any]]:
         contents = self._turn(messages)
+
+        async def hold() -> None:
+            if self.before_call is not None and contents[0].type == "function_call":
+                await self.before_call()
+
         if stream:
 
             async def updates() -> AsyncIterator[ChatResponseUpdate]:
+                await hold()
                 yield ChatResponseUpdate(role="assistant", contents=contents)
 
             return ResponseStream(updates(), finalizer=ChatResponse.from_updates)
 
         async def respond() -> ChatResponse[Any]:
+            await hold()
             return ChatResponse(messages=[Message(role="assistant", contents=contents)])
 
         return respond()

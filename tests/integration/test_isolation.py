@@ -1,0 +1,200 @@
+"""Many users, one agent, one MCP server: every tools/call carries the token of the user whose run
+made it, through a real ResponsesHostServer, a real mcp server and the emulator.
+
+Each request's input is the user's oid; the scripted model passes it to the tool as ``who``, so
+the MCP server records (token oid, who) for every tools/call and any mix-up shows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import httpx2
+import pytest
+from agent_framework import Agent
+
+from entra_passthrough.agent_framework import entra_mcp_tool, entra_middleware
+from entra_passthrough.agent_framework.testing import ScriptedChatClient
+from entra_passthrough.testing import EntraEmulator
+from entra_passthrough.testing._world import User
+
+from ._infra import (
+    Recorder,
+    ServerThread,
+    agent_token,
+    calls,
+    host_app,
+    lifecycle,
+    make_chain,
+    mcp_scopes,
+    respond,
+    seen_oid,
+    serve_asgi,
+)
+
+USERS = 50
+CALLS_PER_USER = 20
+CONCURRENCY = 32
+
+pytestmark = pytest.mark.slow
+
+
+def _client() -> ScriptedChatClient:
+    return ScriptedChatClient(tool="whoami", input_argument="who")
+
+
+async def _drive(
+    base: str,
+    jobs: list[tuple[User, str]],
+    *,
+    on_half: Callable[[], Any] | None = None,
+) -> list[tuple[User, dict[str, Any]]]:
+    """Send every job (user, token) at CONCURRENCY; ``on_half`` runs once, between two halves."""
+    semaphore = asyncio.Semaphore(CONCURRENCY)
+    results: list[tuple[User, dict[str, Any]]] = []
+    limits = httpx2.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+    async with httpx2.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
+
+        async def one(user: User, token: str) -> None:
+            async with semaphore:
+                payload = await respond(client, token, user.oid)
+            results.append((user, payload))
+
+        half = len(jobs) // 2 if on_half is not None else len(jobs)
+        await asyncio.gather(*(one(u, t) for u, t in jobs[:half]))
+        if on_half is not None:
+            await asyncio.to_thread(on_half)
+            await asyncio.gather(*(one(u, t) for u, t in jobs[half:]))
+    return results
+
+
+def _jobs(idp: EntraEmulator, users: list[User]) -> list[tuple[User, str]]:
+    tokens = {u.oid: agent_token(idp, u) for u in users[:USERS]}
+    # Interleaved: consecutive requests come from different users.
+    return [(u, tokens[u.oid]) for _ in range(CALLS_PER_USER) for u in users[:USERS]]
+
+
+def _check(results: list[tuple[User, dict[str, Any]]], recorder: Recorder) -> None:
+    assert len(results) == USERS * CALLS_PER_USER
+    wrong = [(u.name, seen_oid(p)) for u, p in results if seen_oid(p) != u.oid]
+    assert not wrong, f"{len(wrong)} responses name another user or none: {wrong[:5]}"
+    tool_calls = [s for s in calls(recorder.snapshot()) if s.status == 200]
+    assert len(tool_calls) >= USERS * CALLS_PER_USER
+    mismatched = [s for s in tool_calls if s.oid != s.caller_tag]
+    assert not mismatched, f"tools/call sent with another user's token: {mismatched[:5]}"
+    per_user = Counter(s.oid for s in tool_calls)
+    assert all(per_user[u.oid] >= CALLS_PER_USER for u, _ in results)
+
+
+def _no_foreign_lifecycle_tokens(recorder: Recorder, users: list[User]) -> None:
+    oids = {u.oid for u in users}
+    for seen in lifecycle(recorder.snapshot()):
+        assert seen.oid is None or seen.oid in oids, seen
+
+
+async def test_shared_tool_stateless_server(
+    idp: EntraEmulator,
+    users: list[User],
+    mcp_server: Callable[..., tuple[ServerThread, Recorder]],
+) -> None:
+    server, recorder = mcp_server()
+    tool = entra_mcp_tool(
+        "records", f"{server.base}/mcp", chain=make_chain(idp), scopes=mcp_scopes(idp)
+    )
+    agent = Agent(client=_client(), tools=[tool], middleware=entra_middleware())
+    host = serve_asgi(host_app(agent), name="host")
+    try:
+        results = await _drive(host.base, _jobs(idp, users))
+    finally:
+        host.stop()
+    _check(results, recorder)
+    _no_foreign_lifecycle_tokens(recorder, users)
+    # One connection for everyone: discovery happened once, not per user.
+    discovered = [s for s in recorder.snapshot() if s.rpc == "server/discover"]
+    assert len(discovered) == 1
+
+
+async def test_shared_tool_survives_server_restart_mid_run(
+    idp: EntraEmulator,
+    users: list[User],
+    mcp_server: Callable[..., tuple[ServerThread, Recorder]],
+) -> None:
+    server, recorder = mcp_server()
+    tool = entra_mcp_tool(
+        "records", f"{server.base}/mcp", chain=make_chain(idp), scopes=mcp_scopes(idp)
+    )
+    agent = Agent(client=_client(), tools=[tool], middleware=entra_middleware())
+    host = serve_asgi(host_app(agent), name="host")
+    try:
+        results = await _drive(host.base, _jobs(idp, users), on_half=server.restart)
+    finally:
+        host.stop()
+    _check(results, recorder)
+    _no_foreign_lifecycle_tokens(recorder, users)
+
+
+async def _pooled_run(
+    idp: EntraEmulator,
+    users: list[User],
+    server: ServerThread,
+    *,
+    restart: bool,
+) -> list[tuple[User, dict[str, Any]]]:
+    pool = entra_mcp_tool(
+        "records",
+        f"{server.base}/mcp",
+        chain=make_chain(idp),
+        scopes=mcp_scopes(idp),
+        per_user=True,
+    )
+
+    async def make_agent() -> Agent:
+        return Agent(client=_client(), tools=[await pool.tool()], middleware=entra_middleware())
+
+    host = serve_asgi(host_app(make_agent, close_on_shutdown=[pool]), name="host")
+    try:
+        return await _drive(
+            host.base, _jobs(idp, users), on_half=server.restart if restart else None
+        )
+    finally:
+        host.stop()
+        assert len(pool) <= USERS
+
+
+async def test_per_user_pool_principal_bound_server(
+    idp: EntraEmulator,
+    users: list[User],
+    mcp_server: Callable[..., tuple[ServerThread, Recorder]],
+) -> None:
+    server, recorder = mcp_server(stateful=True)
+    results = await _pooled_run(idp, users, server, restart=False)
+    _check(results, recorder)
+    seen = recorder.snapshot()
+    # One session per user, opened with that user's token, and never a 404 "Session not found":
+    # no reconnect when requests of different users interleave.
+    opened = Counter(s.oid for s in seen if s.rpc == "initialize")
+    assert set(opened) == {u.oid for u in users[:USERS]}
+    assert all(count == 1 for count in opened.values()), opened
+    assert not [s for s in calls(seen) if s.status == 404]
+    _no_foreign_lifecycle_tokens(recorder, users)
+
+
+async def test_per_user_pool_survives_server_restart(
+    idp: EntraEmulator,
+    users: list[User],
+    mcp_server: Callable[..., tuple[ServerThread, Recorder]],
+) -> None:
+    server, recorder = mcp_server(stateful=True)
+    results = await _pooled_run(idp, users, server, restart=True)
+    _check(results, recorder)
+    seen = recorder.snapshot()
+    # After the restart every session is gone (404 "Session not found"); each user's connection
+    # reconnected by itself, as that user.
+    opened = Counter(s.oid for s in seen if s.rpc == "initialize")
+    assert all(count == 2 for count in opened.values()), opened
+    for s in seen:
+        if s.rpc == "initialize":
+            assert s.oid in {u.oid for u in users}
