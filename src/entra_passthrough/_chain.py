@@ -13,6 +13,8 @@ Rules (docs/sources-and-policy.md):
   Foundry token, ``DelegatedConsent`` has the user's own grant).
 * No source applied: ``NoCallerError`` (a user was needed and there is no caller) or
   ``PolicyViolation``, both listing every source's reason.
+
+``Policy`` and the failure reporting live in ``_policy``.
 """
 
 from __future__ import annotations
@@ -21,48 +23,19 @@ import enum
 import functools
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from . import _env
 from ._cache import TokenCache
 from ._caller import Caller, current_caller
-from ._errors import (
-    ConfigurationError,
-    ConsentRequired,
-    InteractionRequired,
-    NoCallerError,
-    PolicyViolation,
-    SourceUnavailable,
-    TokenAcquisitionError,
-)
+from ._errors import ConfigurationError, NoCallerError, PolicyViolation
+from ._policy import Outcome, Policy, explain_failure
 from ._types import IdentityKind, TokenRequest, TokenResult, TokenSource
 
+__all__ = ["Policy", "TokenChain"]
+
 logger = logging.getLogger("entra_passthrough.chain")
-
-_USER = frozenset({IdentityKind.USER})
-_ACTIONABLE = (ConsentRequired, InteractionRequired)
-_APP = frozenset({IdentityKind.APP})
-
-
-class Policy(enum.StrEnum):
-    """Which identity kinds are acceptable for a target. ``USER_ONLY`` is the default."""
-
-    USER_ONLY = "user_only"
-    USER_OR_APP = "user_or_app"
-    APP_ONLY = "app_only"
-    DEVELOPER = "developer"
-
-    def allowed(self, *, presented: bool) -> frozenset[IdentityKind]:
-        if self is Policy.USER_ONLY:
-            return _USER
-        if self is Policy.APP_ONLY:
-            return _APP
-        if presented:
-            return _USER
-        if self is Policy.USER_OR_APP:
-            return frozenset({IdentityKind.USER, IdentityKind.APP})
-        return frozenset({IdentityKind.USER, IdentityKind.DEVELOPER})
 
 
 class _Unset(enum.Enum):
@@ -81,14 +54,6 @@ class _Candidate:
     #: False for sources whose results change per request (FoundryToolboxRoute's call id
     #: header); they cache what can be cached themselves.
     cached: bool
-
-
-@dataclass(slots=True)
-class _Outcome:
-    """What happened to the sources that were tried (built only when something failed)."""
-
-    notes: dict[str, str] = field(default_factory=dict)
-    error: TokenAcquisitionError | None = None
 
 
 def _scopes_key(scopes: tuple[str, ...]) -> tuple[str, ...]:
@@ -200,7 +165,7 @@ class TokenChain:
         key: Any,
         result: TokenResult | None,
         allowed: frozenset[IdentityKind],
-        outcome: _Outcome,
+        outcome: Outcome,
         request: TokenRequest,
     ) -> TokenResult | None:
         if result is None:
@@ -221,62 +186,6 @@ class TokenChain:
                 result.fingerprint,
             )
         return result
-
-    def _failed(self, source: TokenSource, exc: BaseException, outcome: _Outcome) -> None:
-        if not isinstance(exc, TokenAcquisitionError):
-            exc = SourceUnavailable(
-                f"source failed unexpectedly: {type(exc).__name__}.", source=source.name
-            )
-        outcome.notes[source.name] = type(exc).__name__
-        # The first error wins, except that one the user can act on (sign in, consent, MFA)
-        # outranks an earlier dead end: with [OnBehalfOf, DelegatedConsent] a Foundry token is
-        # refused by OBO, and the consent link is what the user needs to see.
-        if outcome.error is None or (
-            isinstance(exc, _ACTIONABLE) and not isinstance(outcome.error, _ACTIONABLE)
-        ):
-            outcome.error = exc
-
-    def _reasons(
-        self, request: TokenRequest, allowed: frozenset[IdentityKind], outcome: _Outcome
-    ) -> list[str]:
-        caller = request.caller
-        presented = caller is not None and caller.presented
-        reasons = []
-        for source in self.sources:
-            kind = source.kind
-            if kind not in allowed:
-                why = f"kind {kind.value} not allowed by policy {self.policy.value}"
-                if presented and kind is not IdentityKind.USER:
-                    why += " (an assertion was presented)"
-            elif source.name in outcome.notes:
-                why = outcome.notes[source.name]
-            elif outcome.error is not None and kind is not IdentityKind.USER:
-                why = "not tried, a user source failed"
-            else:
-                explain = getattr(source, "explain", None)
-                why = explain(request) if callable(explain) else "not applicable"
-            reasons.append(f"{source.name}: {why}")
-        return reasons
-
-    def _give_up(
-        self, request: TokenRequest, allowed: frozenset[IdentityKind], outcome: _Outcome
-    ) -> TokenAcquisitionError | NoCallerError:
-        if outcome.error is not None:
-            return outcome.error
-        reasons = self._reasons(request, allowed, outcome)
-        if request.caller is None and self.policy is Policy.USER_ONLY:
-            return NoCallerError(
-                "No active caller, and policy user_only needs the user's identity "
-                f"(tried: {'; '.join(reasons) or 'no sources'})."
-            )
-        return PolicyViolation(
-            f"No source produced a token that policy {self.policy.value} accepts for "
-            f"{' '.join(request.scopes)}.",
-            policy=self.policy.value,
-            scopes=request.scopes,
-            attempts=reasons,
-            fix="check the policy and the chain's sources (docs/sources-and-policy.md).",
-        )
 
     @staticmethod
     def _presented(request: TokenRequest) -> bool:
@@ -300,7 +209,7 @@ class TokenChain:
     async def _resolve_async(
         self, request: TokenRequest, allowed: frozenset[IdentityKind]
     ) -> TokenResult:
-        outcome: _Outcome | None = None
+        outcome: Outcome | None = None
         cache = self.cache
         for candidate in self._candidates(allowed):
             source = candidate.source
@@ -324,14 +233,14 @@ class TokenChain:
                 else:
                     result = await source.get_token_async(request)
             except Exception as exc:
-                outcome = outcome or _Outcome()
-                self._failed(source, exc, outcome)
+                outcome = outcome or Outcome()
+                outcome.record(source.name, exc)
                 continue
-            outcome = outcome or _Outcome()
+            outcome = outcome or Outcome()
             accepted = self._accept(source, key, result, allowed, outcome, request)
             if accepted is not None:
                 return accepted
-        raise self._give_up(request, allowed, outcome or _Outcome())
+        raise explain_failure(self, request, allowed, outcome or Outcome())
 
     def get_token(
         self,
@@ -347,7 +256,7 @@ class TokenChain:
         return self._resolve(request, allowed)
 
     def _resolve(self, request: TokenRequest, allowed: frozenset[IdentityKind]) -> TokenResult:
-        outcome: _Outcome | None = None
+        outcome: Outcome | None = None
         cache = self.cache
         for candidate in self._candidates(allowed):
             source = candidate.source
@@ -371,27 +280,20 @@ class TokenChain:
                 else:
                     result = source.get_token(request)
             except Exception as exc:
-                outcome = outcome or _Outcome()
-                self._failed(source, exc, outcome)
+                outcome = outcome or Outcome()
+                outcome.record(source.name, exc)
                 continue
-            outcome = outcome or _Outcome()
+            outcome = outcome or Outcome()
             accepted = self._accept(source, key, result, allowed, outcome, request)
             if accepted is not None:
                 return accepted
-        raise self._give_up(request, allowed, outcome or _Outcome())
-
-    def _lifecycle_kinds(self) -> frozenset[IdentityKind]:
-        if self.policy in (Policy.USER_OR_APP, Policy.APP_ONLY) or self.lifecycle_app:
-            return _APP
-        if self.policy is Policy.DEVELOPER:
-            return frozenset({IdentityKind.DEVELOPER})
-        return frozenset()
+        raise explain_failure(self, request, allowed, outcome or Outcome())
 
     async def lifecycle_token_async(self, scopes: Sequence[str]) -> TokenResult | None:
         """A token for a request that has no active caller (connection set-up, discovery):
         the app identity when the policy allows it (``user_or_app``, ``app_only``, or
         ``lifecycle_app=True``), the developer under ``developer``, else ``None``."""
-        allowed = self._lifecycle_kinds()
+        allowed = self.policy.lifecycle_kinds(lifecycle_app=self.lifecycle_app)
         if not allowed:
             return None
         request = self._request(scopes, None, None, ())
@@ -402,7 +304,7 @@ class TokenChain:
 
     def lifecycle_token(self, scopes: Sequence[str]) -> TokenResult | None:
         """Sync twin of ``lifecycle_token_async``."""
-        allowed = self._lifecycle_kinds()
+        allowed = self.policy.lifecycle_kinds(lifecycle_app=self.lifecycle_app)
         if not allowed:
             return None
         request = self._request(scopes, None, None, ())

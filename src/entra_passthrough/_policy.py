@@ -1,0 +1,141 @@
+"""``Policy``: which identity kinds a target accepts; and how a chain explains a refusal.
+
+Kept apart from ``_chain`` so the rules read in one place (docs/sources-and-policy.md).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ._errors import (
+    ConsentRequired,
+    InteractionRequired,
+    NoCallerError,
+    PolicyViolation,
+    SourceUnavailable,
+    TokenAcquisitionError,
+)
+from ._types import IdentityKind, TokenRequest, TokenSource
+
+if TYPE_CHECKING:
+    from ._chain import TokenChain
+
+_USER = frozenset({IdentityKind.USER})
+_APP = frozenset({IdentityKind.APP})
+_USER_OR_APP = frozenset({IdentityKind.USER, IdentityKind.APP})
+_USER_OR_DEVELOPER = frozenset({IdentityKind.USER, IdentityKind.DEVELOPER})
+_DEVELOPER = frozenset({IdentityKind.DEVELOPER})
+_NONE: frozenset[IdentityKind] = frozenset()
+
+#: Errors a user can act on (consent, sign in again / MFA).
+_ACTIONABLE = (ConsentRequired, InteractionRequired)
+
+
+class Policy(enum.StrEnum):
+    """Which identity kinds are acceptable for a target. ``USER_ONLY`` is the default.
+
+    >>> TokenChain([OnBehalfOf.from_env(), ManagedIdentity()], policy=Policy.USER_OR_APP)
+    """
+
+    USER_ONLY = "user_only"  # only the user; never the agent
+    USER_OR_APP = "user_or_app"  # the agent only when no assertion was presented at all
+    APP_ONLY = "app_only"  # service calls, the Foundry toolbox route
+    DEVELOPER = "developer"  # Azure CLI as the developer; explicit opt-in only
+
+    def allowed(self, *, presented: bool) -> frozenset[IdentityKind]:
+        """The kinds a result may have, given whether the request presented an assertion."""
+        if self is Policy.USER_ONLY:
+            return _USER
+        if self is Policy.APP_ONLY:
+            return _APP
+        if presented:
+            return _USER  # presented but unusable fails closed: no stand-in identity
+        if self is Policy.USER_OR_APP:
+            return _USER_OR_APP
+        return _USER_OR_DEVELOPER
+
+    def lifecycle_kinds(self, *, lifecycle_app: bool) -> frozenset[IdentityKind]:
+        """The kinds allowed for requests with no caller (connection set-up, discovery)."""
+        if self in (Policy.USER_OR_APP, Policy.APP_ONLY) or lifecycle_app:
+            return _APP
+        if self is Policy.DEVELOPER:
+            return _DEVELOPER
+        return _NONE
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What happened to the sources a chain tried (built only when something failed)."""
+
+    notes: dict[str, str] = field(default_factory=dict)
+    error: TokenAcquisitionError | None = None
+
+    def record(self, source: str, exc: BaseException) -> None:
+        if not isinstance(exc, TokenAcquisitionError):
+            exc = SourceUnavailable(
+                f"source failed unexpectedly: {type(exc).__name__}.", source=source
+            )
+        self.notes[source] = type(exc).__name__
+        # The first error wins, except that one the user can act on (sign in, consent, MFA)
+        # outranks an earlier dead end: with [OnBehalfOf, DelegatedConsent] a Foundry token is
+        # refused by OBO, and the consent link is what the user needs to see.
+        if self.error is None or (
+            isinstance(exc, _ACTIONABLE) and not isinstance(self.error, _ACTIONABLE)
+        ):
+            self.error = exc
+
+
+def reasons(
+    policy: Policy,
+    sources: Sequence[TokenSource],
+    request: TokenRequest,
+    allowed: frozenset[IdentityKind],
+    outcome: Outcome,
+) -> list[str]:
+    """One line per source: why it gave no acceptable token. No token ever appears."""
+    caller = request.caller
+    presented = caller is not None and caller.presented
+    lines = []
+    for source in sources:
+        kind = source.kind
+        if kind not in allowed:
+            why = f"kind {kind.value} not allowed by policy {policy.value}"
+            if presented and kind is not IdentityKind.USER:
+                why += " (an assertion was presented)"
+        elif source.name in outcome.notes:
+            why = outcome.notes[source.name]
+        elif outcome.error is not None and kind is not IdentityKind.USER:
+            why = "not tried, a user source failed"
+        else:
+            explain = getattr(source, "explain", None)
+            why = explain(request) if callable(explain) else "not applicable"
+        lines.append(f"{source.name}: {why}")
+    return lines
+
+
+def explain_failure(
+    chain: TokenChain,
+    request: TokenRequest,
+    allowed: frozenset[IdentityKind],
+    outcome: Outcome,
+) -> TokenAcquisitionError | NoCallerError:
+    """The error a chain raises when no source gave an acceptable token."""
+    if outcome.error is not None:
+        return outcome.error
+    lines = reasons(chain.policy, chain.sources, request, allowed, outcome)
+    if request.caller is None and chain.policy is Policy.USER_ONLY:
+        return NoCallerError(
+            "No active caller, and policy user_only needs the user's identity "
+            f"(tried: {'; '.join(lines) or 'no sources'})."
+        )
+    return PolicyViolation(
+        f"No source produced a token that policy {chain.policy.value} accepts for "
+        f"{' '.join(request.scopes)}.",
+        policy=chain.policy.value,
+        scopes=request.scopes,
+        attempts=lines,
+        fix="check the policy and the chain's sources (docs/sources-and-policy.md).",
+    )
