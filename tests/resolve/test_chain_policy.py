@@ -268,28 +268,11 @@ def test_reprs_show_no_tokens() -> None:
         assert result.token not in text
 
 
-async def test_actionable_error_outranks_an_earlier_dead_end() -> None:
+async def test_first_error_wins_without_an_actionable_one() -> None:
     mismatch = AssertionAudienceMismatch(audience="https://ai.azure.com", expected=["api://x"])
-    consent = ConsentRequired("consent needed", link="https://broker/start")
+    other = AssertionAudienceMismatch(audience="x", expected=["y"])
     obo = FakeSource("obo", USER, needs_caller=True, error=mismatch)
-    delegated = FakeSource("delegated", USER, needs_caller=True, error=consent)
-    chain = chain_of(obo, delegated)
-    with (
-        bind_caller(token=make_jwt(aud="https://ai.azure.com")),
-        pytest.raises(ConsentRequired) as info,
-    ):
-        await chain.get_token_async(SCOPES)
-    assert info.value.link == "https://broker/start"
-    # Without an actionable error, the first error wins.
-    chain = chain_of(
-        obo,
-        FakeSource(
-            "other",
-            USER,
-            needs_caller=True,
-            error=AssertionAudienceMismatch(audience="x", expected=["y"]),
-        ),
-    )
+    chain = chain_of(obo, FakeSource("other", USER, needs_caller=True, error=other))
     with bind_caller(token=make_jwt()), pytest.raises(AssertionAudienceMismatch) as first:
         await chain.get_token_async(SCOPES)
     assert first.value is mismatch
