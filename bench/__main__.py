@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from . import _memory, _middleware, _overhead, _roundtrip
+from . import _e2e, _memory, _middleware, _overhead, _roundtrip
 from ._emu import Emulator
 from ._patterns import all_patterns, ours_available
 from ._report import check_complete, evaluate_targets, update_readme, write_outputs
@@ -49,6 +49,8 @@ class Sizes:
     mw_connections: int
     memory_entries: tuple[int, ...]
     memory_real_users: int
+    e2e_rounds: int
+    e2e_calls: int
 
 
 FULL = Sizes(
@@ -72,6 +74,8 @@ FULL = Sizes(
     mw_connections=16,
     memory_entries=(10_000, 100_000),
     memory_real_users=300,
+    e2e_rounds=7,
+    e2e_calls=10,
 )
 
 QUICK = Sizes(
@@ -95,6 +99,8 @@ QUICK = Sizes(
     mw_connections=8,
     memory_entries=(10_000, 100_000),
     memory_real_users=20,
+    e2e_rounds=2,
+    e2e_calls=3,
 )
 
 
@@ -204,6 +210,11 @@ class Run:
                         ),
                     )
                     await self.step("memory_real_path", self.results, self._memory_real(emu, pool))
+                    await self.step(
+                        "end_to_end",
+                        self.results,
+                        _e2e.end_to_end(emu, pool[-2], rounds=s.e2e_rounds, calls=s.e2e_calls),
+                    )
             except Exception as exc:
                 self.results["errors"].append({"scenario": label, "error": traceback.format_exc()})
                 print(f"  FAILED: {exc!r}", file=sys.stderr)
@@ -221,7 +232,6 @@ class Run:
             ),
         )
         await self.step("memory_synthetic", self.results, self._memory_synthetic())
-        self.results["end_to_end"] = await self._end_to_end()
         return self.results
 
     async def _memory_real(self, emu: Emulator, pool: list[str]) -> dict[str, Any]:
@@ -242,13 +252,6 @@ class Run:
         for n in self.sizes.memory_entries:
             out.append(await asyncio.to_thread(_memory.run_child, ["--synthetic", str(n)]))
         return out
-
-    async def _end_to_end(self) -> dict[str, Any]:
-        try:
-            import entra_passthrough.agent_framework  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
-        except ImportError as exc:
-            return {"skipped": f"entra_passthrough.agent_framework is not available: {exc}"}
-        return {"skipped": "end-to-end scenario not implemented in this harness yet"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -129,6 +129,17 @@ def evaluate_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
                 f"overhead.in_process.auth_flow_us_{kind}",
             )
         )
+    ratio = _med(r.get("end_to_end", {}), "ratio")
+    out.append(
+        _target(
+            "end to end, tool call via ResponsesHostServer + MCP",
+            "reported (no target in the issue); ours / static token",
+            ratio,
+            not math.isnan(ratio),
+            f"{(ratio - 1) * 100:+.1f}% vs static token" if not math.isnan(ratio) else "n/a",
+            "end_to_end.ratio",
+        )
+    )
     ratio = _med(r.get("middleware", {}), "ratio")
     out.append(
         _target(
@@ -185,6 +196,7 @@ def check_complete(r: dict[str, Any]) -> list[str]:
         ("overhead", ("loopback", "in_process")),
         ("middleware", ("ratio",)),
         ("memory_real_path", (OURS, "shared MSAL app")),
+        ("end_to_end", ("ratio",)),
     ):
         for f in fields:
             if f not in r.get(key, {}):
@@ -386,7 +398,19 @@ def markdown(r: dict[str, Any]) -> str:
                 f"RSS {_fmt(x.get('rss_per_user_bytes', math.nan) / 1024, 1)} KiB/user"
             )
     e2e = r.get("end_to_end", {})
-    lines += ["", "### End to end", "", e2e.get("skipped", json.dumps(e2e))]
+    lines += ["", "### End to end", ""]
+    if "ratio" in e2e:
+        lines.append(
+            "`POST /responses` to a `ResponsesHostServer` hosted agent (Agent Framework, scripted "
+            "chat client) whose tool call goes to an MCP server verifying Entra tokens; "
+            f"{e2e['rounds']} interleaved rounds of {e2e['calls_per_round']} turns, warm. "
+            f"Static MCP token (stock `MCPStreamableHTTPTool`): "
+            f"{_miqr(e2e['latency_static_s'], 1e3, 1)} ms; entra-passthrough (capture, OBO, "
+            f"cache, apply): {_miqr(e2e['latency_ours_s'], 1e3, 1)} ms; ratio "
+            f"{_miqr(e2e['ratio'], digits=3)}."
+        )
+    else:
+        lines.append(e2e.get("error", e2e.get("skipped", json.dumps(e2e))))
     if r.get("problems"):
         lines += ["", "### Incomplete", ""] + [f"- {p}" for p in r["problems"]]
     return "\n".join(lines) + "\n"
