@@ -20,7 +20,11 @@ VARIABLES: dict[str, str] = {
     "AZURE_TENANT_ID": "the OBO app's home tenant (authority and default allow-list)",
     "AZURE_AUTHORITY_HOST": "Entra authority host (sovereign clouds); default "
     "https://login.microsoftonline.com",
-    "AZURE_CLIENT_ID": "client id of a user-assigned managed identity",
+    "AZURE_CLIENT_ID": "client id of a user-assigned managed identity (AzureCredential.from_env: "
+    "the app registration's client id)",
+    "AZURE_CLIENT_SECRET": "AzureCredential.from_env: the app registration's client secret",
+    "AZURE_CLIENT_CERTIFICATE_PATH": "AzureCredential.from_env: PEM with the app's key and "
+    "certificate",
     "AZURE_FEDERATED_TOKEN_FILE": "workload identity token file used as the OBO app's "
     "client assertion",
     "IDENTITY_ENDPOINT": "managed identity endpoint (App Service / Container Apps)",

@@ -115,3 +115,19 @@ def test_every_variable_is_documented() -> None:
     doc = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
     documented = set(re.findall(r"`((?:AZURE|IDENTITY|ENTRA_PASSTHROUGH)_[A-Z_]+)`", doc))
     assert set(VARIABLES) <= documented, set(VARIABLES) - documented
+
+
+def test_azure_credential_and_foundry_route_from_env() -> None:
+    from entra_passthrough import AzureCredential, FoundryToolboxRoute, IdentityKind
+
+    env = {"AZURE_TENANT_ID": "t", "AZURE_CLIENT_ID": "c", "AZURE_CLIENT_SECRET": "cs-123456"}
+    cred = AzureCredential.from_env(env)
+    assert cred.kind is IdentityKind.APP
+    assert type(cred.credential).__name__ == "ClientSecretCredential"
+    assert "cs-123456" not in repr(cred)
+    with pytest.raises(ConfigurationError):
+        AzureCredential.from_env({"AZURE_TENANT_ID": "t", "AZURE_CLIENT_ID": "c"})
+    route = FoundryToolboxRoute.from_env(
+        {"AZURE_CLIENT_ID": "mi", "IDENTITY_ENDPOINT": "http://x", "IDENTITY_HEADER": "h"}
+    )
+    assert route.inner.name == "managed_identity"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import inspect
 import re
+from collections.abc import Mapping
 from typing import Any
 
+from .. import _env
 from .._errors import ConfigurationError, EntraError, SourceUnavailable
 from .._msal import WorkerPool
 from .._types import IdentityKind, TokenRequest, TokenResult
@@ -117,3 +119,42 @@ class AzureCredential:
             source=self.name,
             scopes=request.scopes,
         ) from None
+
+    @classmethod
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        kind: IdentityKind | str = IdentityKind.APP,
+        name: str = "azure_credential",
+    ) -> AzureCredential:
+        """An app registration's client credentials from azure-identity's variables
+        (``AZURE_TENANT_ID``, ``AZURE_CLIENT_ID``, ``AZURE_CLIENT_SECRET`` or
+        ``AZURE_CLIENT_CERTIFICATE_PATH``, ``AZURE_AUTHORITY_HOST``), as ``kind`` (app).
+
+        Deliberately not ``DefaultAzureCredential``: it may end up as the Azure CLI's signed-in
+        developer, which is not an app identity.
+        """
+        from azure.identity import CertificateCredential, ClientSecretCredential
+
+        env = _env.environ_or(environ)
+        tenant = _env.require(env, "AZURE_TENANT_ID", what="the app's tenant")
+        client = _env.require(env, "AZURE_CLIENT_ID", what="the app registration")
+        options: dict[str, Any] = {}
+        authority = _env.get(env, "AZURE_AUTHORITY_HOST")
+        if authority:
+            options["authority"] = authority
+        secret = _env.get(env, "AZURE_CLIENT_SECRET")
+        cert = _env.get(env, "AZURE_CLIENT_CERTIFICATE_PATH")
+        credential: Any
+        if secret:
+            credential = ClientSecretCredential(tenant, client, secret, **options)
+        elif cert:
+            credential = CertificateCredential(tenant, client, certificate_path=cert, **options)
+        else:
+            raise ConfigurationError(
+                "AzureCredential.from_env needs AZURE_CLIENT_SECRET or "
+                "AZURE_CLIENT_CERTIFICATE_PATH.",
+                fix="set one of them, or build AzureCredential(<any credential>) in code.",
+            )
+        return cls(credential, kind=kind, name=name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from .._cache import TokenCache
@@ -108,3 +109,12 @@ class FoundryToolboxRoute:
     def invalidate(self, result: TokenResult) -> None:
         if result.cache_key is not None:
             self._cache.invalidate(result.cache_key)
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, name: str = "foundry_toolbox"
+    ) -> FoundryToolboxRoute:
+        """The agent's managed identity (``ManagedIdentity.from_env``) as the inner source."""
+        from .managed_identity import ManagedIdentity
+
+        return cls(ManagedIdentity.from_env(environ), name=name)
