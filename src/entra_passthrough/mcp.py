@@ -39,6 +39,7 @@ from ._errors import (
     ConfigurationError,
     ConsentRequired,
     EntraPassthroughError,
+    NoCallerError,
     require_extra,
 )
 from ._types import TokenResult
@@ -141,7 +142,7 @@ def auth_of(target: httpx2.AsyncClient | EntraAuth) -> EntraAuth:
 
 
 @asynccontextmanager
-async def entra_call(target: httpx2.AsyncClient | EntraAuth) -> AsyncIterator[TokenResult | None]:
+async def entra_call(target: httpx2.AsyncClient | EntraAuth) -> AsyncIterator[TokenResult]:
     """Resolve the active caller's token in this task and use it for the requests inside.
 
     Raises the chain's typed error (``ConsentRequired``, ``NoCallerError``, ...) *before* any
@@ -154,8 +155,13 @@ async def entra_call(target: httpx2.AsyncClient | EntraAuth) -> AsyncIterator[To
     caller = active_caller()
     if caller is not None:
         caller.take_errors()  # errors of earlier calls are not this call's
+    result = await auth.acquire_async()
+    if result is None:
+        # No active caller and the policy names no identity for it: fail closed here rather
+        # than send the call without a token.
+        raise NoCallerError()
     failure: BaseException | None = None
-    async with auth.prefetch_async() as result:
+    with auth.use(result):
         try:
             yield result
         except BaseException as exc:

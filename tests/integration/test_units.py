@@ -1,0 +1,227 @@
+"""Small, fast checks of the integration's pieces (no servers)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import httpx2
+import pytest
+from agent_framework import MCPStreamableHTTPTool
+from agent_framework.exceptions import ToolExecutionException, UserInputRequiredException
+from mcp import MCPError
+
+from entra_passthrough import (
+    Caller,
+    ConfigurationError,
+    ConsentRequired,
+    TokenResult,
+    bind_caller,
+    current_caller,
+)
+from entra_passthrough import mcp as ep_mcp
+from entra_passthrough.agent_framework import (
+    BackgroundRunCallers,
+    PoolOptions,
+    consent_exception,
+    entra_mcp_tool,
+    is_dead_connection,
+    pool_key,
+)
+from entra_passthrough.agent_framework._tool import EntraMCPTool
+
+
+def unsigned_jwt(**claims: Any) -> str:
+    def seg(obj: object) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+    return f"{seg({'alg': 'RS256', 'typ': 'JWT'})}.{seg(claims)}.c2lnbmF0dXJl"
+
+
+class _NoChain:
+    async def get_token_async(self, scopes: Sequence[str], **kw: Any) -> TokenResult:
+        raise AssertionError("not used")
+
+    def get_token(self, scopes: Sequence[str], **kw: Any) -> TokenResult:
+        raise AssertionError("not used")
+
+    async def lifecycle_token_async(self, scopes: Sequence[str]) -> TokenResult | None:
+        return None
+
+    def invalidate(self, result: TokenResult) -> None:
+        return None
+
+
+URL = "https://mcp.contoso.com/mcp"
+SCOPES = ["api://mcp/.default"]
+
+
+def test_auth_and_headers_are_refused_with_a_warning() -> None:
+    with pytest.warns(UserWarning, match="silently drops auth="):
+        entra_mcp_tool("x", URL, chain=_NoChain(), scopes=SCOPES, auth=object())
+    with pytest.warns(UserWarning, match="silently drops headers="):
+        entra_mcp_tool("x", URL, chain=_NoChain(), scopes=SCOPES, headers={"a": "b"})
+
+
+def test_token_goes_only_to_the_url_origin_by_default() -> None:
+    tool = entra_mcp_tool("x", URL, chain=_NoChain(), scopes=SCOPES)
+    assert isinstance(tool, EntraMCPTool)
+    assert isinstance(tool, MCPStreamableHTTPTool)
+    core = tool.auth._core
+    assert core.allows(httpx2.URL("https://mcp.contoso.com/other"))
+    assert not core.allows(httpx2.URL("https://evil.example.com/mcp"))
+    assert not core.allows(httpx2.URL("http://mcp.contoso.com/mcp"))
+    assert tool.auth.on_error == "record"
+
+
+def test_plain_http_origin_is_refused() -> None:
+    with pytest.raises(ConfigurationError):
+        entra_mcp_tool("x", "http://mcp.contoso.com/mcp", chain=_NoChain(), scopes=SCOPES)
+
+
+def test_old_mcp_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ep_mcp.metadata, "version", lambda name: "1.26.0")
+    with pytest.raises(ImportError, match=r"mcp >= 2\.2"):
+        ep_mcp._check_mcp_version()
+
+
+def test_consent_from_url_elicitation() -> None:
+    error = MCPError(
+        -32042,
+        "URL elicitation required",
+        data={"elicitations": [{"mode": "url", "url": "https://login.example.com/x"}]},
+    )
+    wrapped = ToolExecutionException("tool failed", error)
+    consent = ep_mcp.consent_from_exception(wrapped, server_label="files")
+    assert consent is not None
+    assert consent.link == "https://login.example.com/x"
+    assert consent.server_label == "files"
+
+
+def test_consent_from_foundry_gateway_error() -> None:
+    details = {
+        "errors": [
+            {
+                "name": "files",
+                "type": "mcp",
+                "error": {"code": "CONSENT_REQUIRED", "message": "https://consent.example.com"},
+            }
+        ]
+    }
+    error = MCPError(-32006, f"tools/call failed {json.dumps(details)}")
+    consent = ep_mcp.consent_from_exception(error)
+    assert consent is not None
+    assert consent.link == "https://consent.example.com"
+
+
+def test_non_https_links_are_ignored() -> None:
+    error = MCPError(-32042, "x", data={"elicitations": [{"url": "http://evil.example.com"}]})
+    assert ep_mcp.consent_from_exception(error) is None
+    assert ep_mcp.consent_from_exception(ValueError("nothing")) is None
+
+
+def test_consent_becomes_an_oauth_consent_request() -> None:
+    consent = ConsentRequired("consent needed", link="https://login.example.com/authorize?x=1")
+    raised = consent_exception(consent, server_label="files")
+    assert isinstance(raised, UserInputRequiredException)
+    (content,) = raised.contents
+    assert content.type == "oauth_consent_request"
+    assert content.consent_link == "https://login.example.com/authorize?x=1"
+    assert content.additional_properties["server_label"] == "files"
+    # No usable link: the explained error itself reaches the run.
+    plain = consent_exception(ConsentRequired("x", link=None), server_label="f")
+    assert isinstance(plain, ConsentRequired)
+
+
+@pytest.mark.parametrize(
+    ("error", "dead"),
+    [
+        (MCPError(-32000, "Connection closed"), True),
+        (MCPError(-32600, "Session not found"), True),
+        (ToolExecutionException("x", MCPError(-32000, "Connection closed")), True),
+        (httpx2.ConnectError("refused"), True),
+        (MCPError(-32602, "Invalid params"), False),
+        (ValueError("x"), False),
+    ],
+)
+def test_dead_connection_classification(error: BaseException, dead: bool) -> None:
+    assert is_dead_connection(error) is dead
+
+
+def test_pool_key_uses_tenant_and_object_id() -> None:
+    token = unsigned_jwt(tid="t1", oid="o1", aud="a", exp=4_000_000_000)
+    caller = Caller.from_token(token)
+    assert pool_key(caller) == "claims:t1:o1"
+    caller.verified = {"tid": "t2", "oid": "o2"}
+    assert pool_key(caller) == "verified:t2:o2"
+    assert pool_key(Caller()) is None
+
+
+def test_pool_options_are_validated() -> None:
+    with pytest.raises(ConfigurationError):
+        PoolOptions(max_connections=0)
+    with pytest.raises(ConfigurationError):
+        PoolOptions(idle_timeout=0)
+
+
+def test_agent_framework_seams_still_exist() -> None:
+    # EntraMCPTool overrides private seams of agent-framework-core 1.23; fail loudly if a new
+    # version renames them.
+    for name in ("_ensure_lifecycle_owner", "_run_lifecycle_owner", "_is_lifecycle_owner_task"):
+        assert callable(getattr(MCPStreamableHTTPTool, name, None)), name
+    tool = MCPStreamableHTTPTool("x", URL)
+    for attr in ("_lifecycle_lock", "_httpx_client", "_tools_loaded", "_exit_stack"):
+        assert hasattr(tool, attr), attr
+
+
+async def _run_background_middleware(body: dict[str, Any]) -> tuple[Caller, Caller | None]:
+    token = unsigned_jwt(tid="t", oid="o", aud="a", exp=4_000_000_000)
+    seen: dict[str, Caller | None] = {}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        message = await receive()
+        assert json.loads(message["body"]) == body  # the body is replayed untouched
+        seen["run"] = current_caller()
+
+    middleware = BackgroundRunCallers(app)
+    raw = json.dumps(body).encode()
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": raw, "more_body": False}
+
+    async def send(message: Any) -> None:
+        return None
+
+    async with bind_caller(token=token) as request_caller:
+        await middleware(
+            {"type": "http", "method": "POST", "path": "/responses", "headers": []},
+            receive,
+            send,
+        )
+    return request_caller, seen["run"]
+
+
+async def test_background_request_gets_its_own_run_caller() -> None:
+    request_caller, run_caller = await _run_background_middleware(
+        {"input": "x", "background": True}
+    )
+    assert run_caller is not None
+    assert run_caller is not request_caller
+    assert not request_caller.active  # the request ended
+    assert run_caller.active  # the run goes on, capped at the assertion's expiry
+    assert run_caller.not_after is not None
+    assert run_caller.assertion == request_caller.assertion
+    run_caller.end()
+
+
+async def test_foreground_request_keeps_the_request_caller() -> None:
+    request_caller, run_caller = await _run_background_middleware({"input": "x"})
+    assert run_caller is request_caller
+    assert not request_caller.active
