@@ -217,7 +217,8 @@ async def test_cache_bounded_and_errors_not_cached(idp: EntraEmulator) -> None:
                 return exc
 
     outcomes = await asyncio.gather(*(one() for _ in range(8)))
-    assert all(isinstance(o, Exception) for o in outcomes)
+    assert all(isinstance(o, SourceUnavailable) for o in outcomes)
+    assert "HTTP 503" in str(outcomes[0])
     assert len({id(o) for o in outcomes}) == 1  # one acquisition, its error shared
     assert idp.stats()["endpoints"]["token"] + obo_posts(idp) - before == 1
     with bind_caller(token=token):

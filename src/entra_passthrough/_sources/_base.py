@@ -45,4 +45,11 @@ def unreachable(
     query strings, response bodies)."""
     if isinstance(exc, TokenAcquisitionError):
         return exc
-    return SourceUnavailable(f"{what} failed: {type(exc).__name__}.", source=source, scopes=scopes)
+    detail = type(exc).__name__
+    text = str(exc)
+    if detail == "MsalServiceError" and text.startswith("HTTP Error: "):
+        # MSAL raises this for an error answer without a JSON body (e.g. a 503 from a proxy);
+        # its text is only the status line.
+        status = text[len("HTTP Error: ") :][:12].strip()
+        detail = f"Entra answered HTTP {status} without an error body"
+    return SourceUnavailable(f"{what} failed: {detail}.", source=source, scopes=scopes)
