@@ -204,7 +204,24 @@ class TokenChain:
         """A token for ``scopes`` as the caller (default ``current_caller()``), or a typed error."""
         request = self._request(scopes, caller, claims, client_capabilities)
         allowed = self._allowed[self._presented(request)]
+        hit = self._hit(request, allowed)
+        if hit is not None:
+            return hit
         return await self._resolve_async(request, allowed)
+
+    def _hit(self, request: TokenRequest, allowed: frozenset[IdentityKind]) -> TokenResult | None:
+        """The hot path, without a coroutine frame: the first source that applies has a fresh
+        cached token. Anything else (miss, refresh due, errors) goes the full way."""
+        for candidate in self._candidates(allowed):
+            source = candidate.source
+            partition = source.cache_partition(request)
+            if partition is None:
+                continue
+            if not candidate.cached:
+                return None
+            hit = self.cache.peek(self._key(source, partition, request))
+            return hit if hit is not None and hit.kind in allowed else None
+        return None
 
     async def _resolve_async(
         self, request: TokenRequest, allowed: frozenset[IdentityKind]
