@@ -161,3 +161,16 @@ def test_cli_runs_until_sigterm_and_writes_state(tmp_path: Path) -> None:
     assert proc.returncode == 0
     assert "alice@contoso.onmicrosoft.com" in out
     assert state["url"] in out
+
+
+def test_plugin_is_registered_by_entry_point(pytestconfig: pytest.Config) -> None:
+    assert pytestconfig.pluginmanager.has_plugin("entra_emulator")
+
+
+def test_cli_rejects_a_broken_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from entra_passthrough.testing._cli import main
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[[apps]\nname = ")
+    assert main(["--config", str(bad)]) == 2
+    assert "cannot load" in capsys.readouterr().err

@@ -293,9 +293,12 @@ def test_v1_token_endpoint_with_resource(idp: EntraEmulator) -> None:
             },
         )
     assert resp.status_code == 200
+    body = resp.json()
+    assert body["resource"] == idp.legacy_api.app_id_uri
+    assert body["expires_on"].isdigit()
     claims = verify_with_jwks(
         idp,
-        resp.json()["access_token"],
+        body["access_token"],
         audience=idp.legacy_api.app_id_uri,
         issuer=idp.issuer(version="1.0"),
     )

@@ -144,7 +144,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--state-file", type=Path, help="write url, CA, ids, secrets as JSON")
     parser.add_argument("--hide-secrets", action="store_true", help="do not print secrets")
     args = parser.parse_args(argv)
-    world = World.from_file(args.config) if args.config else World.default()
+    try:
+        world = World.from_file(args.config) if args.config else World.default()
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # TOMLDecodeError is a ValueError
+        sys.stderr.write(f"entra-passthrough emulator: cannot load {args.config}: {exc!r}\n")
+        return 2
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:

@@ -253,7 +253,7 @@ class EntraEmulator:
             self._rt,
             resource=resource,
             client_id=client_id,
-            client_acr="1",
+            client_acr="2" if mi else "1",
             subject=Subject(oid=oid, tid=tenant_id or self.tenant_id),
             roles=roles,
             app_only=True,

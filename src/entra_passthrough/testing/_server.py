@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import threading
+import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -115,6 +116,23 @@ async def _apply_fault(fault: Fault, send: Send) -> None:
 
 def _json(data: dict[str, Any], status: int = 200) -> JSONResponse:
     return JSONResponse(data, status_code=status, headers=_NO_STORE)
+
+
+def _v1_shape(result: dict[str, Any], form: dict[str, str]) -> dict[str, Any]:
+    """The v1 endpoint's answer: numbers as strings, plus expires_on/not_before/resource
+    (https://learn.microsoft.com/previous-versions/azure/active-directory/azuread-dev/
+    v1-oauth2-client-creds-grant-flow#service-to-service-access-token-response)."""
+    now = int(time.time())
+    life = int(result.get("expires_in", 0))
+    out = dict(result)
+    out["expires_in"] = str(life)
+    out["ext_expires_in"] = str(result.get("ext_expires_in", life))
+    out["expires_on"] = str(now + life)
+    out["not_before"] = str(now)
+    if form.get("resource"):
+        out["resource"] = form["resource"]
+    out.pop("scope", None)
+    return out
 
 
 def build_app(rt: Runtime) -> ASGIApp:
@@ -264,6 +282,8 @@ def build_app(rt: Runtime) -> ASGIApp:
             logger.exception("emulator: unexpected error in the token endpoint")
             bug = e.StsError(90100, "server_error", "Unexpected error in the emulator.", status=500)
             return _json(bug.body(request.headers.get("client-request-id")), 500)
+        if not request.url.path.endswith("/v2.0/token"):
+            result = _v1_shape(result, form)
         return _json(result)
 
     async def stats(rt: Runtime, request: Request) -> Response:
