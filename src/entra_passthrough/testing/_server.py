@@ -26,9 +26,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from . import _errors as e
 from ._authorize import authorize, logout
 from ._az import az_endpoint
+from ._discovery import discovery_v1, discovery_v2, instance, jwks, userrealm
 from ._msi import msi_token
 from ._state import Fault, Runtime
-from ._token_endpoint import handle_token, resolve_tenant
+from ._token_endpoint import handle_token
 
 logger = logging.getLogger("entra_passthrough.testing")
 _NO_STORE = {"Cache-Control": "no-store, no-cache", "Pragma": "no-cache"}
@@ -141,125 +142,6 @@ def build_app(rt: Runtime) -> ASGIApp:
             return await fn(rt, request)
 
         return endpoint
-
-    async def discovery_v2(rt: Runtime, request: Request) -> Response:
-        rt.count("discovery")
-        seg = request.path_params["tenant"]
-        try:
-            tenant = resolve_tenant(rt, seg)
-        except e.StsError as err:
-            return _json(err.body(), 400)
-        tid = tenant.id if tenant else seg
-        base = f"{rt.url}/{tid}"
-        issuer = rt.issuer(tenant.id if tenant else "{tenantid}", 2)
-        return _json(
-            {
-                "token_endpoint": f"{base}/oauth2/v2.0/token",
-                "token_endpoint_auth_methods_supported": [
-                    "client_secret_post",
-                    "private_key_jwt",
-                    "client_secret_basic",
-                ],
-                "jwks_uri": f"{base}/discovery/v2.0/keys",
-                "response_modes_supported": ["query", "fragment", "form_post"],
-                "subject_types_supported": ["pairwise"],
-                "id_token_signing_alg_values_supported": ["RS256"],
-                "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
-                "scopes_supported": ["openid", "profile", "email", "offline_access"],
-                "issuer": issuer,
-                "request_uri_parameter_supported": False,
-                "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
-                "http_logout_supported": True,
-                "frontchannel_logout_supported": True,
-                "end_session_endpoint": f"{base}/oauth2/v2.0/logout",
-                "claims_supported": [
-                    "sub",
-                    "iss",
-                    "aud",
-                    "exp",
-                    "iat",
-                    "auth_time",
-                    "acr",
-                    "nonce",
-                    "preferred_username",
-                    "name",
-                    "tid",
-                    "ver",
-                    "at_hash",
-                    "c_hash",
-                    "email",
-                ],
-                "tenant_region_scope": None,
-                "cloud_instance_name": "microsoftonline.com",
-                "cloud_graph_host_name": "graph.windows.net",
-                "msgraph_host": "graph.microsoft.com",
-            }
-        )
-
-    async def discovery_v1(rt: Runtime, request: Request) -> Response:
-        rt.count("discovery")
-        seg = request.path_params["tenant"]
-        try:
-            tenant = resolve_tenant(rt, seg)
-        except e.StsError as err:
-            return _json(err.body(), 400)
-        tid = tenant.id if tenant else seg
-        base = f"{rt.url}/{tid}"
-        return _json(
-            {
-                "token_endpoint": f"{base}/oauth2/token",
-                "jwks_uri": f"{base}/discovery/keys",
-                "issuer": rt.issuer(tenant.id if tenant else "{tenantid}", 1),
-                "authorization_endpoint": f"{base}/oauth2/authorize",
-                "end_session_endpoint": f"{base}/oauth2/logout",
-                "id_token_signing_alg_values_supported": ["RS256"],
-                "response_types_supported": ["code", "id_token", "code id_token", "token id_token"],
-                "subject_types_supported": ["pairwise"],
-            }
-        )
-
-    async def jwks(rt: Runtime, request: Request) -> Response:
-        rt.count("jwks")
-        seg = request.path_params["tenant"]
-        v2 = "/v2.0/" in request.url.path
-        tenant = rt.world.tenant(seg)
-        issuer = rt.issuer(tenant.id if tenant else "{tenantid}", 2) if v2 else None
-        return _json({"keys": [k.jwk(issuer) for k in rt.keys.published]})
-
-    async def instance(rt: Runtime, request: Request) -> Response:
-        # https://login.microsoftonline.com/common/discovery/instance (MSAL instance discovery)
-        rt.count("instance")
-        ep = request.query_params.get("authorization_endpoint", "")
-        path = urllib.parse.urlsplit(ep).path.strip("/").split("/")
-        tenant = path[0] if path and path[0] else "common"
-        host = urllib.parse.urlsplit(rt.url).netloc
-        return _json(
-            {
-                "tenant_discovery_endpoint": (
-                    f"{rt.url}/{tenant}/v2.0/.well-known/openid-configuration"
-                ),
-                "api-version": "1.1",
-                "metadata": [
-                    {"preferred_network": host, "preferred_cache": host, "aliases": [host]}
-                ],
-            }
-        )
-
-    async def userrealm(rt: Runtime, request: Request) -> Response:
-        # MSAL's ROPC first asks /common/userrealm/{user}; "Managed" means no federation (ADFS).
-        rt.count("userrealm")
-        name = request.path_params["user"]
-        user = rt.world.user(name)
-        domain = name.rpartition("@")[2]
-        return _json(
-            {
-                "ver": "1.0",
-                "account_type": "Managed" if user else "Unknown",
-                "domain_name": domain,
-                "cloud_instance_name": "microsoftonline.com",
-                "cloud_audience_urn": "urn:federation:MicrosoftOnline",
-            }
-        )
 
     async def token(rt: Runtime, request: Request) -> Response:
         rt.count("token")
