@@ -144,8 +144,9 @@ async def authorize(rt: Runtime, request: Request) -> Response:
         if client is None or client.client_id != client_id:
             raise e.unknown_client(client_id, tenant.id if tenant else segment)
         if client.kind == "agent_identity":
-            # Agent ID: child agent identities cannot take part in interactive flows or be
-            # consented interactively (AADSTS82014); admins grant their permissions.
+            # Agent ID: child agent identities cannot initiate /authorize, so users cannot
+            # consent to them interactively (AADSTS82014, agent-on-behalf-of-oauth-flow); their
+            # permissions are inherited from the blueprint.
             raise e.agent_interactive_consent()
         redirect_uri = params.get("redirect_uri")
         if not redirect_uri or not _redirect_uri_ok(client, redirect_uri):

@@ -176,7 +176,6 @@ def default_world() -> World:
     for name in consented:
         grants.append(Grant(agent.client_id, mcp.client_id, ("access_as_user",), user=name))
         grants.append(Grant(blueprint.client_id, mcp.client_id, ("access_as_user",), user=name))
-        grants.append(Grant(agent_identity.client_id, mcp.client_id, ("access_as_user",), name))
     # Tenant-wide admin consent: the agent may call the legacy API for everyone, and Foundry
     # (a first-party app in reality) may be signed into by anyone; az is pre-authorized.
     grants.append(Grant(agent.client_id, legacy.client_id, ("user_impersonation",)))

@@ -128,8 +128,14 @@ class Runtime:
     def granted_scopes(self, user: User | None, client: App, resource: App) -> set[str]:
         """Scopes ``client`` may use on ``resource`` for ``user`` (user grants + admin grants)."""
         out: set[str] = set()
+        # A child agent identity inherits the delegated permissions granted to its blueprint
+        # ("inheritable permissions", https://learn.microsoft.com/entra/agent-id/
+        # agent-on-behalf-of-oauth-flow).
+        clients = {client.client_id}
+        if client.kind == "agent_identity" and client.blueprint_id:
+            clients.add(client.blueprint_id)
         for g in self.all_grants():
-            if g.client_id != client.client_id or g.resource_id not in (resource.client_id, "*"):
+            if g.client_id not in clients or g.resource_id not in (resource.client_id, "*"):
                 continue
             if g.user is not None and (user is None or g.user not in (user.name, user.upn)):
                 continue
