@@ -219,16 +219,17 @@ def mfa_required(resource: str, claims: str) -> StsError:
         "interaction_required",
         "Due to a configuration change made by your administrator, or because you moved to a new "
         f"location, you must use multi-factor authentication to access '{resource}'.",
-        suberror="basic_action",
         claims=claims,
     )
 
 
 def blocked_by_ca() -> StsError:
-    # AADSTS53003 https://learn.microsoft.com/entra/identity-platform/reference-error-codes
+    # AADSTS53003 https://learn.microsoft.com/entra/identity-platform/reference-error-codes;
+    # Entra answers error "interaction_required" with suberror "message_only" (a body quoted in
+    # public issue reports, e.g. MartinIngesen/MSOLSpray#5): no interaction can fix it.
     return StsError(
         53003,
-        "invalid_grant",
+        "interaction_required",
         "Access has been blocked by Conditional Access policies. The access policy does not "
         "allow token issuance.",
         suberror="message_only",
