@@ -16,7 +16,7 @@ import httpx2
 from mcp.server.mcpserver import MCPServer
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from entra_passthrough import JwtVerifier, OnBehalfOf, Policy, TokenChain
+from entra_passthrough import JwtVerifier, OnBehalfOf, Policy, TokenChain, TokenVerificationError
 from entra_passthrough._jwt import JwtDecodeError, UnverifiedClaims
 from entra_passthrough.server import (
     EntraChallengeMiddleware,
@@ -216,6 +216,20 @@ def legacy_only(app: ASGI) -> ASGI:
     return wrapper
 
 
+class _UserOrApp:
+    """Delegated tokens as usual; app-only tokens only with the Tools.Call role."""
+
+    def __init__(self, user: JwtVerifier, app: JwtVerifier) -> None:
+        self.user, self.app = user, app
+        self.audiences = user.audiences
+
+    async def verify_async(self, token: str) -> Any:
+        try:
+            return await self.user.verify_async(token)
+        except TokenVerificationError:
+            return await self.app.verify_async(token)
+
+
 def build_mcp_app(
     idp: EntraEmulator,
     *,
@@ -227,13 +241,16 @@ def build_mcp_app(
     jwks_client = httpx2.AsyncClient(
         verify=ssl.create_default_context(cafile=idp.ca_file), trust_env=False
     )
-    verifier = JwtVerifier(
-        audiences=[idp.mcp.client_id, idp.mcp.app_id_uri],
-        tenants=[idp.tenant_id],
-        authority_host=idp.url,
-        http_client=jwks_client,
-        allow_app_only=allow_app,
-    )
+    common: dict[str, Any] = {
+        "audiences": [idp.mcp.client_id, idp.mcp.app_id_uri],
+        "tenants": [idp.tenant_id],
+        "authority_host": idp.url,
+        "http_client": jwks_client,
+    }
+    verifier: Any = JwtVerifier(**common)
+    if allow_app:
+        app_verifier = JwtVerifier(**common, allow_app_only=True, required_roles=["Tools.Call"])
+        verifier = _UserOrApp(verifier, app_verifier)
     auth = auth_settings(
         resource_server_url=f"{base_url}/mcp",
         tenant_id=idp.tenant_id,
@@ -241,7 +258,11 @@ def build_mcp_app(
         app_id_uri=idp.mcp.app_id_uri,
         authority_host=idp.url,
     )
-    server = MCPServer("records", token_verifier=EntraTokenVerifier(verifier), auth=auth)
+    server = MCPServer(
+        "records",
+        token_verifier=EntraTokenVerifier(verifier, app_id_uri=idp.mcp.app_id_uri),
+        auth=auth,
+    )
 
     @server.tool()
     async def whoami(who: str = "") -> str:
