@@ -147,7 +147,7 @@ def test_50076_mfa_claims_challenge(idp: EntraEmulator, cca) -> None:
     assert result["error"] == "interaction_required"
     assert aadsts(result) == 50076
     claims = json.loads(result["claims"])
-    assert claims["access_token"]["polids"]["essential"] is True
+    assert claims["access_token"]["capolids"]["essential"] is True
     # A token from an MFA sign-in satisfies the policy.
     mfa = idp.user_token("dave", audience=idp.agent.client_id, extra_claims={"amr": ["pwd", "mfa"]})
     assert "access_token" in _obo(cca, idp, mfa)

@@ -165,13 +165,13 @@ def _check_user_policies(user: User, resource: App | None, amr: tuple[str, ...])
     if ids & set(user.blocked_for):
         raise e.blocked_by_ca()
     if ids & set(user.mfa_required_for) and "mfa" not in amr:
-        # Claims challenge for MFA, shaped like the OBO page's error example
-        # (v2-oauth2-on-behalf-of-flow#error-response-example: interaction_required + claims
-        # {"access_token":{"polids":{"essential":true,"values":[...]}}}). The client must redo an
-        # interactive sign-in with these claims. The policy id is stable per user and resource.
+        # Claims challenge for MFA (v2-oauth2-on-behalf-of-flow#error-response-example:
+        # interaction_required + claims). The page's example names the policies "polids"; current
+        # answers (as quoted by client code that handles them) use "capolids", which we send. The
+        # client must redo an interactive sign-in with these claims. Stable per user and resource.
         polid = hashlib.sha256(f"{user.oid}|{resource.client_id}".encode()).hexdigest()[:32]
         claims = json.dumps(
-            {"access_token": {"polids": {"essential": True, "values": [polid]}}},
+            {"access_token": {"capolids": {"essential": True, "values": [polid]}}},
             separators=(",", ":"),
         )
         raise e.mfa_required(resource.client_id, claims)
