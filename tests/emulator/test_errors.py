@@ -225,3 +225,15 @@ def test_unknown_tenant(idp: EntraEmulator, segment: str) -> None:
 def test_jwt_malformed_assertion(idp: EntraEmulator, cca) -> None:
     junk = base64.urlsafe_b64encode(b"not a jwt").decode()
     assert aadsts(_obo(cca, idp, junk)) == 50027
+
+
+def test_9010010_resource_parameter_at_authorize(idp: EntraEmulator, cca) -> None:
+    flow = cca().initiate_auth_code_flow(
+        [f"{idp.mcp.app_id_uri}/access_as_user"],
+        redirect_uri="http://localhost/callback",
+        login_hint="alice",
+        response_mode="form_post",
+    )
+    with httpx.Client(verify=idp.ssl_context()) as http:
+        page = http.get(flow["auth_uri"] + "&resource=https%3A%2F%2Fmcp.contoso.com%2Fmcp").text
+    assert "AADSTS9010010" in page

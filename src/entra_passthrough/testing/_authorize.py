@@ -28,7 +28,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from . import _errors as e
 from ._issue import parse_scopes
 from ._state import CodeRecord, Runtime
-from ._token_endpoint import resolve_tenant
+from ._token_endpoint import check_resource_param, resolve_tenant
 from ._world import App, User
 
 SESSION_COOKIE = "emu_session"
@@ -220,6 +220,9 @@ def _authorize_for_client(
             "exist in tenant and cannot access the application.",
         )
     req = parse_scopes(rt, params.get("scope"), tid)
+    # RFC 8707 `resource` at /authorize is checked against the scopes too (AADSTS9010010; what
+    # MCP clients that send it see, FACTS.md).
+    check_resource_param(params, req)
     if "openid" not in req.oidc and req.resource is None:
         raise e.missing_param("scope")
     needed: list[str] = []

@@ -98,7 +98,7 @@ def handle_token(
     return _password(rt, form, client, tenant)
 
 
-def _check_resource_param(form: Mapping[str, str], req: ScopeRequest) -> None:
+def check_resource_param(form: Mapping[str, str], req: ScopeRequest) -> None:
     # RFC 8707 `resource` on the v2 endpoint must name the scopes' resource, else AADSTS9010010
     # (reference-error-codes; the generic MCP SDK OAuth client sends it, FACTS.md).
     res = form.get("resource")
@@ -114,7 +114,7 @@ def _client_credentials(
     rt: Runtime, form: Mapping[str, str], client: ClientAuth, tenant_id: str
 ) -> dict[str, Any]:
     req = parse_scopes(rt, form.get("scope"), tenant_id)
-    _check_resource_param(form, req)
+    check_resource_param(form, req)
     if req.resource is None or req.names != (".default",):
         # AADSTS1002012: client credentials need <resource>/.default (client-creds flow page).
         raise e.StsError(
@@ -218,7 +218,7 @@ def _on_behalf_of(
     if user is None:
         raise e.assertion_invalid("Reason - The user of the assertion does not exist.")
     req = parse_scopes(rt, form.get("scope"), tid)
-    _check_resource_param(form, req)
+    check_resource_param(form, req)
     amr = tuple(claims.get("amr") or ("pwd",))
     _check_user_policies(user, req.resource, amr)
     scp = delegated_scopes(rt, req, app, user) if req.resource else ()
@@ -367,7 +367,7 @@ def _password(
             50126, "Error validating credentials due to invalid username or password."
         )
     req = parse_scopes(rt, form.get("scope"), user.tenant_id)
-    _check_resource_param(form, req)
+    check_resource_param(form, req)
     # ROPC cannot satisfy MFA or consent interactively (v2-oauth-ropc).
     _check_user_policies(user, req.resource, ("pwd",))
     scp = delegated_scopes(rt, req, client.app, user) if req.resource else ()
