@@ -204,3 +204,16 @@ def test_logout_clears_the_session(entra_emulator_fresh: EntraEmulator) -> None:
         )
         assert out.headers["location"] == "http://localhost/bye"
         assert "Sign in" in browser.get(second["auth_uri"]).text
+
+
+def test_http_control_endpoints(entra_emulator_fresh: EntraEmulator) -> None:
+    idp = entra_emulator_fresh
+    with httpx.Client(verify=idp.ssl_context()) as http:
+        assert http.get(f"{idp.url}/_emulator/stats").json() == idp.stats()
+        http.post(f"{idp.url}/_emulator/faults", json={"endpoint": "jwks", "status": 500})
+        assert http.get(idp.jwks_uri()).status_code == 500
+        old = idp.signing_kid
+        kid = http.post(f"{idp.url}/_emulator/rotate").json()["kid"]
+        assert kid == idp.signing_kid != old
+        kids = [k["kid"] for k in http.get(idp.jwks_uri()).json()["keys"]]
+        assert kids == [kid, old]

@@ -22,9 +22,6 @@ from ._state import Fault, Runtime
 from ._tokens import Subject
 from ._world import App, ManagedIdentity, User, World
 
-_ENDPOINTS = ("token", "authorize", "discovery", "jwks", "msi", "az")
-_GRANTS = ("client_credentials", "on_behalf_of", "authorization_code", "refresh_token", "password")
-
 
 class EntraEmulator:
     """A local Entra ID over HTTPS on 127.0.0.1 that unmodified MSAL and azure-identity accept.
@@ -263,11 +260,8 @@ class EntraEmulator:
 
     # ---- control -------------------------------------------------------------------------
     def stats(self) -> dict[str, dict[str, int]]:
-        rt = self._rt
-        with rt.lock:
-            endpoints = {name: 0 for name in _ENDPOINTS} | dict(rt.endpoints)
-            grants = {name: 0 for name in _GRANTS} | dict(rt.grants_stats)
-        return {"endpoints": endpoints, "grants": grants}
+        """Requests per endpoint and per grant since start (or ``reset_stats()``)."""
+        return self._rt.snapshot()
 
     def reset_stats(self) -> None:
         with self._rt.lock:

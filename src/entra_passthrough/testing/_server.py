@@ -169,8 +169,7 @@ def build_app(rt: Runtime) -> ASGIApp:
         return _json(result)
 
     async def stats(rt: Runtime, request: Request) -> Response:
-        with rt.lock:
-            return _json({"endpoints": dict(rt.endpoints), "grants": dict(rt.grants_stats)})
+        return _json(dict(rt.snapshot()))
 
     async def faults(rt: Runtime, request: Request) -> Response:
         data = json.loads(await request.body() or b"{}")

@@ -100,6 +100,22 @@ class Runtime:
             if grant:
                 self.grants_stats[grant] += 1
 
+    def snapshot(self) -> dict[str, dict[str, int]]:
+        """Requests per endpoint and per grant (the known names always present)."""
+        endpoints = ("token", "authorize", "discovery", "jwks", "msi", "az")
+        grants = (
+            "client_credentials",
+            "on_behalf_of",
+            "authorization_code",
+            "refresh_token",
+            "password",
+        )
+        with self.lock:
+            return {
+                "endpoints": {n: 0 for n in endpoints} | dict(self.endpoints),
+                "grants": {n: 0 for n in grants} | dict(self.grants_stats),
+            }
+
     def count_grant(self, grant: str) -> None:
         with self.lock:
             self.grants_stats[grant] += 1
