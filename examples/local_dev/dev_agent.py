@@ -1,0 +1,126 @@
+"""Developer mode: run the agent on your machine as *you* (``az login``), no user token needed.
+
+    az login --tenant <tenant>
+    MCP_URL=https://mcp.contoso.com/mcp MCP_SCOPE=api://<mcp-app-id>/.default \\
+        python examples/local_dev/dev_agent.py
+
+    python examples/local_dev/dev_agent.py --emulator     # no tenant: the emulator's az stand-in
+
+``Policy.DEVELOPER`` is an explicit opt-in: the Azure CLI token (kind ``developer``) stands in for
+a user, so the MCP server sees the developer who ran ``az login``. It is never inferred from the
+environment, and a deployed agent keeps ``Policy.USER_ONLY`` (docs/sources-and-policy.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from agent_framework import Agent
+
+from entra_passthrough import AzureCli, Policy, TokenChain
+from entra_passthrough.agent_framework import entra_mcp_tool, entra_middleware
+
+
+@dataclass(frozen=True)
+class Config:
+    mcp_url: str
+    mcp_scope: str
+    tenant_id: str | None = None
+    verify: Any = True
+
+    @classmethod
+    def from_env(cls) -> Config:
+        return cls(
+            mcp_url=os.environ["MCP_URL"],
+            mcp_scope=os.environ["MCP_SCOPE"],
+            tenant_id=os.environ.get("AZURE_TENANT_ID"),
+        )
+
+
+def chat_client() -> Any:
+    if os.environ.get("FOUNDRY_PROJECT_ENDPOINT"):
+        from agent_framework.foundry import FoundryChatClient
+
+        return FoundryChatClient()
+    from entra_passthrough.agent_framework.testing import ScriptedChatClient
+
+    return ScriptedChatClient(tool="whoami")
+
+
+async def ask(config: Config, question: str = "Who am I?") -> str:
+    """One agent run as the developer; returns the answer."""
+    chain = TokenChain([AzureCli(tenant_id=config.tenant_id)], policy=Policy.DEVELOPER)
+    tool = entra_mcp_tool(
+        "notes", config.mcp_url, chain=chain, scopes=[config.mcp_scope], verify=config.verify
+    )
+    agent = Agent(client=chat_client(), tools=[tool], middleware=entra_middleware())
+    async with agent:
+        response = await agent.run(question)
+    return response.text
+
+
+def _local() -> str:
+    """Emulator + the example MCP server in this process; returns the answer."""
+    import importlib.util
+    import ssl
+    import threading
+    from pathlib import Path
+
+    import uvicorn
+
+    from entra_passthrough.testing import EntraEmulator
+
+    spec = importlib.util.spec_from_file_location(
+        "notes_server", Path(__file__).parent.parent / "mcp_server" / "notes_server.py"
+    )
+    if spec is None or spec.loader is None:
+        raise RuntimeError("examples/mcp_server/notes_server.py is missing")
+    notes = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = notes
+    spec.loader.exec_module(notes)
+    with EntraEmulator() as idp:
+        os.environ.update(idp.az_env("alice"))  # `az` stand-in first on PATH, signed in as alice
+        url = "http://127.0.0.1:8001/mcp"
+        app = notes.create_app(
+            notes.Config(
+                tenant_id=idp.tenant_id,
+                client_id=idp.mcp.client_id,
+                resource_url=url,
+                authority_host=idp.url,
+                verify=idp.ca_file,
+            )
+        )
+        server = uvicorn.Server(uvicorn.Config(app, port=8001, log_level="warning"))
+        threading.Thread(target=server.run, daemon=True).start()
+        for _ in range(500):  # bounded readiness poll
+            if server.started:
+                break
+            threading.Event().wait(0.01)
+        try:
+            config = Config(
+                mcp_url=url,
+                mcp_scope=f"{idp.mcp.app_id_uri}/.default",
+                tenant_id=idp.tenant_id,
+                verify=ssl.create_default_context(cafile=idp.ca_file),
+            )
+            return asyncio.run(ask(config))
+        finally:
+            server.should_exit = True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--emulator", action="store_true", help="no tenant: local emulator")
+    args = parser.parse_args(argv)
+    answer = _local() if args.emulator else asyncio.run(ask(Config.from_env()))
+    print(answer)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
