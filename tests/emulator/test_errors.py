@@ -237,3 +237,11 @@ def test_9010010_resource_parameter_at_authorize(idp: EntraEmulator, cca) -> Non
     with httpx.Client(verify=idp.ssl_context()) as http:
         page = http.get(flow["auth_uri"] + "&resource=https%3A%2F%2Fmcp.contoso.com%2Fmcp").text
     assert "AADSTS9010010" in page
+
+
+def test_700016_single_tenant_app_in_another_tenant(idp: EntraEmulator, cca) -> None:
+    authority = f"{idp.url}/{idp.second_tenant_id}"
+    blueprint = cca(idp.blueprint.client_id, idp.blueprint.secret, authority=authority)
+    result = blueprint.acquire_token_for_client([f"{idp.mcp.app_id_uri}/.default"])
+    assert aadsts(result) == 700016
+    assert idp.second_tenant_id in result["error_description"]

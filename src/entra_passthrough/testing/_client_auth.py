@@ -58,7 +58,7 @@ def authenticate(
     form: Mapping[str, str],
     headers: Mapping[str, str],
     *,
-    tenant_id: str,
+    tenant_id: str | None,
     token_endpoints: tuple[str, ...],
     confidential_only: bool,
 ) -> ClientAuth:
@@ -84,6 +84,9 @@ def authenticate(
         raise e.missing_param("client_id")
     app = rt.world.app(client_id)
     if app is None or app.client_id != client_id:
+        raise e.unknown_client(client_id, tenant_id or "common")
+    if tenant_id is not None and not app.multi_tenant and app.tenant_id != tenant_id:
+        # A single-tenant app has no service principal in another tenant: AADSTS700016.
         raise e.unknown_client(client_id, tenant_id)
     if assertion:
         return ClientAuth(app, _check_assertion(rt, app, assertion, unverified, token_endpoints))

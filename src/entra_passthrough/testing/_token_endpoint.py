@@ -83,7 +83,7 @@ def handle_token(
         rt,
         form,
         headers,
-        tenant_id=path_tid,
+        tenant_id=tenant.id if tenant else None,
         token_endpoints=endpoints,
         confidential_only=confidential_only,
     )
