@@ -15,6 +15,7 @@ Emulator-only conveniences, documented in docs/emulator.md:
 
 from __future__ import annotations
 
+import hmac
 import html
 import secrets
 import time
@@ -186,7 +187,8 @@ def _authorize_for_client(
     action = params.get("emu_action")
     if action == "signin":
         user = rt.world.user(params.get("username", ""))
-        if user is None or params.get("password") != user.password:
+        given = params.get("password", "").encode()
+        if user is None or not hmac.compare_digest(given, user.password.encode()):
             return _signin_page(
                 rt,
                 params,
