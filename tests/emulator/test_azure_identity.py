@@ -191,3 +191,23 @@ def test_azure_cli_not_logged_in(idp: EntraEmulator, monkeypatch: pytest.MonkeyP
         monkeypatch.setenv(name, value)
     with pytest.raises(CredentialUnavailableError):
         AzureCliCredential().get_token("https://ai.azure.com/.default")
+
+
+@pytest.mark.parametrize("selector", ["object_id", "resource_id"])
+def test_msal_managed_identity_client_selectors(
+    idp: EntraEmulator, monkeypatch: pytest.MonkeyPatch, selector: str
+) -> None:
+    import msal
+    import requests
+
+    for name, value in idp.mi_env().items():
+        monkeypatch.setenv(name, value)
+    mi = idp.managed_identity
+    identity = msal.UserAssignedManagedIdentity(**{selector: getattr(mi, selector)})
+    with requests.Session() as session:
+        client = msal.ManagedIdentityClient(identity, http_client=session)
+        result = client.acquire_token_for_client(resource=idp.mcp.app_id_uri)
+    assert "access_token" in result, result
+    claims = jwt.decode(result["access_token"], options={"verify_signature": False})
+    assert claims["oid"] == mi.object_id
+    assert claims["roles"] == ["Tools.Call"]
