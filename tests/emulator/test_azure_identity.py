@@ -211,3 +211,36 @@ def test_msal_managed_identity_client_selectors(
     claims = jwt.decode(result["access_token"], options={"verify_signature": False})
     assert claims["oid"] == mi.object_id
     assert claims["roles"] == ["Tools.Call"]
+
+
+def test_authorization_code_credential(idp: EntraEmulator) -> None:
+    from urllib.parse import parse_qs, urlencode, urlsplit
+
+    import httpx
+    from azure.identity import AuthorizationCodeCredential
+
+    redirect = "http://localhost/callback"
+    query = urlencode(
+        {
+            "client_id": idp.agent.client_id,
+            "response_type": "code",
+            "redirect_uri": redirect,
+            "scope": f"{idp.mcp.app_id_uri}/access_as_user offline_access",
+            "login_hint": "alice",
+            "state": "s1",
+        }
+    )
+    with httpx.Client(verify=idp.ssl_context()) as http:
+        location = http.get(f"{idp.authority}/oauth2/v2.0/authorize?{query}").headers["location"]
+    code = parse_qs(urlsplit(location).query)["code"][0]
+    cred = AuthorizationCodeCredential(
+        idp.tenant_id,
+        idp.agent.client_id,
+        code,
+        redirect,
+        client_secret=idp.agent.secret,
+        **_common(idp),
+    )
+    token = cred.get_token(f"{idp.mcp.app_id_uri}/access_as_user")
+    claims = jwt.decode(token.token, options={"verify_signature": False})
+    assert claims["oid"] == idp.users["alice"].oid

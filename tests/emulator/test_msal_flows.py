@@ -320,3 +320,27 @@ def test_sign_in_with_oidc_scopes_only_gets_a_graph_token(idp: EntraEmulator, cc
     claims = jwt.decode(result["access_token"], options={"verify_signature": False})
     assert claims["aud"] == "https://graph.microsoft.com"
     assert "openid" in claims["scp"].split()
+
+
+def test_public_client_silent_refresh_for_another_resource(idp: EntraEmulator) -> None:
+    app = msal.PublicClientApplication(
+        idp.frontend.client_id,
+        authority=idp.authority,
+        instance_discovery=False,
+        http_client=idp.msal_http_client(),
+    )
+    bob = idp.users["bob"]
+    first = app.acquire_token_by_username_password(
+        bob.upn, bob.password, [f"{idp.agent.app_id_uri}/access_as_user"]
+    )
+    assert "access_token" in first, first.get("error_description")
+    (account,) = app.get_accounts(username=bob.upn)
+    before = idp.stats()["grants"]["refresh_token"]
+    # MSAL redeems its cached refresh token for a token for another resource.
+    second = app.acquire_token_silent([f"{idp.mcp.app_id_uri}/access_as_user"], account=account)
+    assert second is not None
+    assert "access_token" in second, second.get("error_description")
+    assert idp.stats()["grants"]["refresh_token"] == before + 1
+    claims = jwt.decode(second["access_token"], options={"verify_signature": False})
+    assert claims["aud"] == idp.mcp.client_id
+    assert claims["oid"] == bob.oid
