@@ -155,6 +155,27 @@ def test_cli_runs_until_sigterm_and_writes_state(tmp_path: Path) -> None:
                 },
             )
         assert resp.status_code == 200
+        az = subprocess.run(
+            [
+                "az",
+                "account",
+                "get-access-token",
+                "--output",
+                "json",
+                "--resource",
+                "https://ai.azure.com",
+            ],
+            env={
+                **os.environ,
+                **state["az"]["env"],
+                "PATH": state["az"]["bin_dir"] + os.pathsep + os.environ["PATH"],
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        assert json.loads(az.stdout)["tokenType"] == "Bearer"
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)

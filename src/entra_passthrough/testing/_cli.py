@@ -107,6 +107,8 @@ def state(idp: EntraEmulator) -> dict[str, Any]:
         "tenants": {t.name: t.id for t in w.tenants},
         "issuer": idp.issuer(),
         "mi": idp.mi_env(),
+        # For AzureCliCredential in another process: prepend bin_dir to PATH, set env.
+        "az": _az_state(idp),
         "apps": {
             a.name: {
                 "client_id": a.client_id,
@@ -131,6 +133,12 @@ def state(idp: EntraEmulator) -> dict[str, Any]:
 def _say(text: str) -> None:
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
+
+
+def _az_state(idp: EntraEmulator) -> dict[str, Any]:
+    env = idp.az_env(user="alice")
+    bin_dir = env.pop("PATH").split(os.pathsep, 1)[0]
+    return {"bin_dir": bin_dir, "env": env}
 
 
 def main(argv: list[str]) -> int:
