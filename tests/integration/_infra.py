@@ -335,7 +335,12 @@ class ServerThread:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind(("127.0.0.1", self.port))
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self.make_app(self.base), log_level="warning", lifespan="on")
+        config = uvicorn.Config(
+            self.make_app(self.base),
+            log_level="warning",
+            lifespan="on",
+            timeout_graceful_shutdown=1,  # long-lived GET streams would hold a restart
+        )
         server = uvicorn.Server(config)
         thread = threading.Thread(
             target=server.run, kwargs={"sockets": [sock]}, name=f"uvicorn-{self.name}", daemon=True
