@@ -245,3 +245,9 @@ def test_700016_single_tenant_app_in_another_tenant(idp: EntraEmulator, cca) -> 
     result = blueprint.acquire_token_for_client([f"{idp.mcp.app_id_uri}/.default"])
     assert aadsts(result) == 700016
     assert idp.second_tenant_id in result["error_description"]
+
+
+def test_display_names_are_not_identifiers_on_the_wire(idp: EntraEmulator, cca) -> None:
+    # "mcp" is the emulator's name for the app; Entra only knows ids and App ID URIs.
+    result = _obo(cca, idp, idp.user_token("alice", audience=idp.agent.client_id), "mcp/.default")
+    assert aadsts(result) == 500011

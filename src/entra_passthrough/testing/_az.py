@@ -128,7 +128,7 @@ async def az_endpoint(rt: Runtime, request: Request) -> Response:
         if body.get("tenant") and tenant is None:
             raise e.StsError(90002, "invalid_request", f"Tenant '{body['tenant']}' not found.")
         tid = tenant.id if tenant else user.tenant_id
-        app = rt.world.app(str(resource)) or rt.world.app(str(resource).rstrip("/"))
+        app = rt.world.resource(str(resource))
         if app is None:
             raise e.resource_not_found(str(resource), tid)
     except e.StsError as err:

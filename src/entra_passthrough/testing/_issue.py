@@ -52,7 +52,7 @@ def parse_scopes(rt: Runtime, raw: str | None, tenant_id: str) -> ScopeRequest:
         else:
             # A bare permission ("User.Read") is Microsoft Graph's (scopes-oidc).
             ident, name = GRAPH_APP_ID, s
-        app = rt.world.app(ident) or rt.world.app(ident.rstrip("/"))
+        app = rt.world.resource(ident)
         if app is None or not (app.multi_tenant or app.tenant_id == tenant_id):
             raise e.resource_not_found(ident, tenant_id)
         resources[app.client_id] = app

@@ -47,7 +47,7 @@ async def msi_token(rt: Runtime, request: Request) -> Response:
     mi = world.identity(selector) if selector else (world.managed_identities or (None,))[0]
     if mi is None:
         return _fail(400, "No managed identity matches the requested identity.")
-    app = world.app(resource) or world.app(resource.rstrip("/"))
+    app = world.resource(resource)
     if app is None:
         # MSAL notes an unknown resource "empirically ends up with a vague statusCode=500".
         return _fail(

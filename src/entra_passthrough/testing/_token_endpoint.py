@@ -130,7 +130,7 @@ def _client_credentials(
     fmi_path = form.get("fmi_path")
     if fmi_path:
         # Agent ID: only a blueprint may ask for its child agent identity's T1 (82001 otherwise).
-        child = rt.world.app(fmi_path)
+        child = rt.world.resource(fmi_path)
         if (
             app.kind != "agent_blueprint"
             or child is None

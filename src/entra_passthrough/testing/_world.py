@@ -195,6 +195,15 @@ class World:
                 return a
         return None
 
+    def resource(self, ident: str) -> App | None:
+        """On the wire: by client id or App ID URI only (never by our display names), with
+        trailing slashes ignored (https://management.core.windows.net// works, as in Entra)."""
+        key = ident.rstrip("/").lower()
+        for a in self.apps:
+            if key == a.client_id or (a.app_id_uri and key == a.app_id_uri.rstrip("/").lower()):
+                return a
+        return None
+
     def user(self, ident: str) -> User | None:
         key = ident.lower()
         for u in self.users:
