@@ -294,3 +294,35 @@ async def test_call_with_no_caller_fails_closed(idp: EntraEmulator, mcp_server: 
         await tool.call_tool("whoami", who="nobody")
     await tool.close()
     assert not calls(recorder.snapshot())
+
+
+async def test_tool_recovers_after_the_server_was_unreachable(
+    idp: EntraEmulator, users: list[User], mcp_server: Start
+) -> None:
+    """Server down: calls fail (with an error, never as someone else); server back: the next
+    call of any user works, without restarting the agent."""
+    server, recorder = mcp_server()
+    tool = entra_mcp_tool(
+        "records", f"{server.base}/mcp", chain=make_chain(idp), scopes=mcp_scopes(idp)
+    )
+    host = serve_asgi(host_app(_agent(tool)), name="host")
+    try:
+        async with httpx2.AsyncClient(base_url=host.base, timeout=30) as client:
+            before = await respond(client, agent_token(idp, users[11]), users[11].oid)
+            server.stop()
+            down = await client.post(
+                "/responses",
+                json={"input": users[12].oid, "store": False},
+                headers={"Authorization": f"Bearer {agent_token(idp, users[12])}"},
+            )
+            server.start()
+            after = [
+                await respond(client, agent_token(idp, u), u.oid) for u in (users[12], users[13])
+            ]
+    finally:
+        host.stop()
+    assert seen_oid(before) == users[11].oid
+    assert down.status_code == 200
+    assert seen_oid(down.json()) is None
+    assert [seen_oid(p) for p in after] == [users[12].oid, users[13].oid]
+    assert all(s.oid == s.caller_tag for s in calls(recorder.snapshot()))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import json
 import logging
 import time
@@ -316,10 +317,13 @@ class EntraMCPTool(MCPStreamableHTTPTool):
                 await super().close()
                 reset = False
                 self._generation += 1
+            if self.mode == "shared" and chosen is not None:
+                # A copy that ends with this connect: tasks the transport starts now (GET
+                # stream, subscriptions) snapshot the context, and must not keep acting for the
+                # triggering user once the connect is over, even while that user's run goes on.
+                chosen = dataclasses.replace(chosen, errors=[])
             await self._ensure_lifecycle_owner()
             self._set_lifecycle_caller(chosen)
-            if chosen is not None:
-                chosen.take_errors()
             self._entra_auth.take_errors()
             try:
                 await super().connect(reset=reset)
@@ -328,6 +332,8 @@ class EntraMCPTool(MCPStreamableHTTPTool):
             finally:
                 if self.mode == "shared":
                     self._set_lifecycle_caller(None)
+                    if chosen is not None:
+                        chosen.end()
 
     def _connect_failure(self, exc: Exception, chosen: Caller | None) -> Exception:
         recorded = (chosen.take_errors() if chosen is not None else []) + (
