@@ -129,3 +129,84 @@ def test_authorize_with_junk_parameters(idp: EntraEmulator) -> None:
     assert resp.status_code == 400
     assert "AADSTS700016" in resp.text
     assert "<script" not in resp.text
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"aud": 5, "iss": None, "sub": {"x": 1}, "exp": "never"},
+        {"aud": {"a": 1}, "exp": 1e300, "iss": 3},
+        {"aud": ["api://AzureADTokenExchange"], "sub": [], "exp": None},
+        {},
+    ],
+)
+@pytest.mark.parametrize("signed_by_emulator", [True, False])
+def test_client_assertions_with_odd_claims(
+    idp: EntraEmulator, claims: dict, signed_by_emulator: bool
+) -> None:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    payload = json.dumps(claims).encode()
+    if signed_by_emulator:
+        # Junk claims under the emulator's own signature (PyJWS signs bytes without checks).
+        current = idp._rt.keys.current
+        key, headers = current.key, {"kid": current.kid, "x5t": current.kid}
+    else:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        headers = {"x5t": "AAAA"}
+    assertion = jwt.api_jws.PyJWS().encode(payload, key, algorithm="RS256", headers=headers)
+    with httpx.Client(verify=idp.ssl_context()) as http:
+        resp = http.post(
+            f"{idp.authority}/oauth2/v2.0/token",
+            data={
+                "grant_type": "client_credentials",
+                "client_id": idp.agent.client_id,
+                "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                "client_assertion": assertion,
+                "scope": f"{idp.mcp.app_id_uri}/.default",
+            },
+        )
+    assert resp.status_code == 401, resp.text
+    assert resp.json()["error"] == "invalid_client"
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        {"amr": 5},
+        {"amr": "mfa"},
+        {"tid": 7},
+        {"oid": {"x": 1}},
+        {"aud": ["a", "b"]},
+        {"scp": ["access_as_user"]},
+        {"iss": None},
+        {"exp": "later"},
+        {"idtyp": ["app"]},
+    ],
+)
+def test_obo_assertions_with_odd_claims(idp: EntraEmulator, override: dict) -> None:
+    base = jwt.decode(
+        idp.user_token("alice", audience=idp.agent.client_id), options={"verify_signature": False}
+    )
+    current = idp._rt.keys.current
+    assertion = jwt.api_jws.PyJWS().encode(
+        json.dumps({**base, **override}).encode(),
+        current.key,
+        algorithm="RS256",
+        headers={"kid": current.kid, "x5t": current.kid},
+    )
+    with httpx.Client(verify=idp.ssl_context()) as http:
+        resp = http.post(
+            f"{idp.authority}/oauth2/v2.0/token",
+            data={
+                "grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer",
+                "client_id": idp.agent.client_id,
+                "client_secret": idp.agent.secret,
+                "assertion": assertion,
+                "requested_token_use": "on_behalf_of",
+                "scope": f"{idp.mcp.app_id_uri}/.default",
+            },
+        )
+    assert resp.status_code in (200, 400), resp.text
+    if resp.status_code == 400:
+        assert resp.json()["error"] in ("invalid_grant", "unauthorized_client", "invalid_request")

@@ -71,8 +71,8 @@ def authenticate(
             raise e.StsError(
                 7000216,
                 "invalid_client",
-                "'client_assertion', 'client_secret' or 'request' is required for the "
-                "'client_credentials' grant type.",
+                "The client_assertion_type must be "
+                "'urn:ietf:params:oauth:client-assertion-type:jwt-bearer'.",
                 status=401,
             )
         try:
@@ -116,7 +116,7 @@ def _check_assertion(
     iss = str(claims.get("iss", ""))
     sub = str(claims.get("sub", ""))
     aud = claims.get("aud", "")
-    aud_s = aud if isinstance(aud, str) else " ".join(map(str, aud))
+    aud_s = " ".join(map(str, aud)) if isinstance(aud, list) else str(aud)
     if verified is None:
         raise e.no_matching_fic(iss, sub, aud_s)
     if numeric_claim(verified, "exp") < now:

@@ -219,7 +219,8 @@ def _on_behalf_of(
         raise e.assertion_invalid("Reason - The user of the assertion does not exist.")
     req = parse_scopes(rt, form.get("scope"), tid)
     check_resource_param(form, req)
-    amr = tuple(claims.get("amr") or ("pwd",))
+    raw_amr = claims.get("amr")
+    amr = tuple(str(x) for x in raw_amr) if isinstance(raw_amr, list) else ("pwd",)
     _check_user_policies(user, req.resource, amr)
     scp = delegated_scopes(rt, req, app, user) if req.resource else ()
     return user_token_response(
