@@ -210,3 +210,21 @@ def test_obo_assertions_with_odd_claims(idp: EntraEmulator, override: dict) -> N
     assert resp.status_code in (200, 400), resp.text
     if resp.status_code == 400:
         assert resp.json()["error"] in ("invalid_grant", "unauthorized_client", "invalid_request")
+
+
+@pytest.mark.parametrize(
+    "body", [b"[]", b"null", b'{"user": ["alice"]}', b'{"user": "alice", "tenant": ["x"]}', b"{"]
+)
+def test_az_endpoint_junk(idp: EntraEmulator, body: bytes) -> None:
+    key = idp.az_env()["ENTRA_EMULATOR_AZ_KEY"]
+    with httpx.Client(verify=idp.ssl_context()) as http:
+        resp = http.post(
+            f"{idp.url}/_emulator/az", content=body, headers={"Authorization": f"Emulator {key}"}
+        )
+    assert resp.status_code == 400
+
+
+def test_az_endpoint_needs_the_key(idp: EntraEmulator) -> None:
+    with httpx.Client(verify=idp.ssl_context()) as http:
+        resp = http.post(f"{idp.url}/_emulator/az", json={"user": "alice", "resource": "x"})
+    assert resp.status_code == 401
