@@ -344,3 +344,19 @@ def test_public_client_silent_refresh_for_another_resource(idp: EntraEmulator) -
     claims = jwt.decode(second["access_token"], options={"verify_signature": False})
     assert claims["aud"] == idp.mcp.client_id
     assert claims["oid"] == bob.oid
+
+
+def test_client_capabilities_reach_the_token(idp: EntraEmulator) -> None:
+    app = msal.ConfidentialClientApplication(
+        idp.agent.client_id,
+        client_credential=idp.agent.secret,
+        authority=idp.authority,
+        instance_discovery=False,
+        http_client=idp.msal_http_client(),
+        client_capabilities=["CP1"],
+    )
+    result = app.acquire_token_on_behalf_of(
+        idp.user_token("alice", audience=idp.agent.client_id), [f"{idp.mcp.app_id_uri}/.default"]
+    )
+    claims = jwt.decode(result["access_token"], options={"verify_signature": False})
+    assert claims["xms_cc"] == ["CP1"]

@@ -8,6 +8,7 @@ https://learn.microsoft.com/entra/identity-platform/v2-oauth2-auth-code-flow#suc
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -70,6 +71,18 @@ def parse_scopes(rt: Runtime, raw: str | None, tenant_id: str) -> ScopeRequest:
         if n != ".default" and resource is not None and n not in resource.exposed_scopes:
             raise e.invalid_scope(f"{resource.app_id_uri or resource.client_id}/{n}")
     return ScopeRequest(resource=resource, names=tuple(names), oidc=frozenset(oidc))
+
+
+def client_capabilities(form: Mapping[str, str]) -> list[str]:
+    """``claims={"access_token":{"xms_cc":{"values":["CP1"]}}}``: the client declares it can handle
+    claims challenges (CAE); Entra copies the values into the token's ``xms_cc`` claim
+    (https://learn.microsoft.com/entra/identity-platform/claims-challenge). Junk is ignored."""
+    try:
+        claims = json.loads(form.get("claims") or "{}")
+        values = claims["access_token"]["xms_cc"]["values"]
+    except (ValueError, KeyError, TypeError):
+        return []
+    return [str(v) for v in values] if isinstance(values, list) else []
 
 
 def delegated_scopes(rt: Runtime, req: ScopeRequest, client: App, user: User) -> tuple[str, ...]:
@@ -177,6 +190,7 @@ def user_token_response(
     if req.resource is not None:
         prefix = req.prefix()
         out["scope"] = " ".join(dict.fromkeys([prefix + s for s in scp] + sorted(req.oidc)))
+        caps = client_capabilities(form)
         out["access_token"] = mint_access(
             rt,
             resource=req.resource,
@@ -186,6 +200,7 @@ def user_token_response(
             scopes=scp,
             app_only=False,
             lifetime=lifetime,
+            extra={"xms_cc": caps} if caps else None,
         )
     else:
         out["scope"] = " ".join(sorted(req.oidc))

@@ -23,6 +23,7 @@ from ._client_auth import ClientAuth, authenticate
 from ._issue import (
     ScopeRequest,
     app_roles,
+    client_capabilities,
     delegated_scopes,
     mint_access,
     parse_scopes,
@@ -126,6 +127,9 @@ def _client_credentials(
         )
     app = client.app
     extra: dict[str, Any] = {}
+    caps = client_capabilities(form)
+    if caps:
+        extra["xms_cc"] = caps
     subject_oid = app.object_id
     fmi_path = form.get("fmi_path")
     if fmi_path:
