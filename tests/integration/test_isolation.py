@@ -179,6 +179,10 @@ async def test_per_user_pool_principal_bound_server(
     assert set(opened) == {u.oid for u in users[:USERS]}
     assert all(count == 1 for count in opened.values()), opened
     assert not [s for s in calls(seen) if s.status == 404]
+    # Discovery per user: each user's tool list came from a tools/list sent with their token,
+    # so a server that filters tools per user is never shown to another user.
+    listed = {s.oid for s in seen if s.rpc == "tools/list"}
+    assert listed == {u.oid for u in users[:USERS]}
     _no_foreign_lifecycle_tokens(recorder, users)
 
 
