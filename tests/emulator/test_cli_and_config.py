@@ -195,3 +195,19 @@ def test_cli_rejects_a_broken_config(tmp_path: Path, capsys: pytest.CaptureFixtu
     bad.write_text("[[apps]\nname = ")
     assert main(["--config", str(bad)]) == 2
     assert "cannot load" in capsys.readouterr().err
+
+
+def test_the_documented_config_example_loads(tmp_path: Path) -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "emulator.md").read_text()
+    block = doc.split("```toml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "world.toml"
+    path.write_text(block)
+    world = World.from_file(path)
+    client = world.app("reports-client")
+    assert client is not None
+    assert client.certificate_pem is not None
+    assert client.federated_credentials[0].issuer == "https://token.actions.githubusercontent.com"
+    assert world.tenant("northwind") is not None
+    assert world.identity("reports-mi") is not None
+    assert any(r.role == "Reports.ReadAll" for r in world.role_assignments)
+    assert world.lifetimes.refresh_token == 7776000
