@@ -251,3 +251,19 @@ def test_display_names_are_not_identifiers_on_the_wire(idp: EntraEmulator, cca) 
     # "mcp" is the emulator's name for the app; Entra only knows ids and App ID URIs.
     result = _obo(cca, idp, idp.user_token("alice", audience=idp.agent.client_id), "mcp/.default")
     assert aadsts(result) == 500011
+
+
+def test_client_secret_basic_is_accepted(idp: EntraEmulator) -> None:
+    with httpx.Client(verify=idp.ssl_context()) as http:
+        ok = http.post(
+            f"{idp.authority}/oauth2/v2.0/token",
+            data={"grant_type": "client_credentials", "scope": f"{idp.mcp.app_id_uri}/.default"},
+            auth=(idp.agent.client_id, idp.agent.secret or ""),
+        )
+        bad = http.post(
+            f"{idp.authority}/oauth2/v2.0/token",
+            data={"grant_type": "client_credentials", "scope": f"{idp.mcp.app_id_uri}/.default"},
+            auth=(idp.agent.client_id, "wrong"),
+        )
+    assert ok.status_code == 200
+    assert bad.json()["error_codes"] == [7000215]
