@@ -232,6 +232,37 @@ def _best_baseline(pats: dict[str, Any], field: str) -> tuple[str, float]:
     return best, value
 
 
+HEADLINE = "shared-cache credential"
+# Serialising every call (sync-in-async) makes each call wait about one round trip while the
+# whole run takes U*C round trips: its per-call wait is not a latency anyone gets. The best
+# baseline for per-call wait is therefore picked among the patterns that keep calls concurrent.
+_CONCURRENT = [n for n in BASELINE_NAMES if n != "sync-in-async"]
+
+
+def _versus(pats: dict[str, Any]) -> str:
+    """Our ratios to the headline baseline and to the best baseline for each figure."""
+    parts = []
+    for label, field, names in (
+        ("token POSTs", "posts", BASELINE_NAMES),
+        ("mean token wait per call", "mean_latency_ratio_to_round_trip", _CONCURRENT),
+        ("wall time", "wall_s", BASELINE_NAMES),
+    ):
+        ours = _med(pats, OURS, field)
+        head = _med(pats, HEADLINE, field)
+        best, value = "", math.inf
+        for name in names:
+            v = _med(pats, name, field)
+            if not math.isnan(v) and v < value:
+                best, value = name, v
+        if math.isnan(ours) or not best:
+            continue
+        parts.append(
+            f"{label}: {ours / head:.2f}x the {HEADLINE} (headline), "
+            f"{ours / value:.2f}x the best baseline ({best})"
+        )
+    return "Ours relative to the baselines (lower is better): " + "; ".join(parts) + "."
+
+
 def markdown(r: dict[str, Any]) -> str:
     m = r["machine"]
     lines = [
@@ -301,20 +332,7 @@ def markdown(r: dict[str, Any]) -> str:
                 f"{_miqr(ll['floor'].get('max_ms'), digits=1)} | "
                 f"{_miqr(ll['floor'].get('p99_ms'), digits=1)} |"
             )
-        best, v = _best_baseline(rt["patterns"], "posts")
-        ours = _med(rt["patterns"], OURS, "posts")
-        bl, vl = _best_baseline(rt["patterns"], "mean_latency_ratio_to_round_trip")
-        ol = _med(rt["patterns"], OURS, "mean_latency_ratio_to_round_trip")
-        bw, vw = _best_baseline(rt["patterns"], "wall_s")
-        ow = _med(rt["patterns"], OURS, "wall_s")
-        if best and not math.isnan(ours):
-            lines += [
-                "",
-                f"Against the best baseline: POSTs {ours:.0f} vs {v:.0f} ({best}) = "
-                f"{ours / v:.2f}x; mean token wait per call {ol:.3f} vs {vl:.3f} round trips "
-                f"({bl}) = {ol / vl if vl else math.nan:.2f}x; wall time {ow:.2f} s vs "
-                f"{vw:.2f} s ({bw}) = {ow / vw if vw else math.nan:.2f}x.",
-            ]
+        lines += ["", _versus(rt["patterns"])]
     oh = r.get("overhead", {})
     if "loopback" in oh:
         lp, ip = oh["loopback"], oh["in_process"]
