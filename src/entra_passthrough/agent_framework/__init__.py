@@ -35,7 +35,8 @@ from .._flow import Chain
 from ._hosting import BackgroundRunCallers, end_run_caller, install
 from ._middleware import EntraToolMiddleware, entra_function_middleware
 from ._pool import EntraMCPToolPool, PoolOptions, pool_key
-from ._tool import EntraMCPTool, consent_exception, is_dead_connection
+from ._signals import consent_exception, is_dead_connection
+from ._tool import EntraMCPTool
 
 __all__ = [
     "BackgroundRunCallers",

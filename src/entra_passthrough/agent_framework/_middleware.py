@@ -15,7 +15,7 @@ from agent_framework import FunctionInvocationContext, FunctionMiddleware
 from agent_framework.exceptions import UserInputRequiredException
 
 from ..mcp import consent_from_exception
-from ._tool import consent_exception
+from ._signals import consent_exception
 
 __all__ = ["EntraToolMiddleware", "entra_function_middleware"]
 

@@ -23,14 +23,12 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Collection, Sequence
 from contextlib import _AsyncGeneratorContextManager
 from typing import TYPE_CHECKING, Any, Literal
 
-import anyio
 import httpx2
 from agent_framework import Content, MCPStreamableHTTPTool
 from agent_framework._mcp import (  # pinned agent-framework-core 1.23 (tests guard the seams)
@@ -43,7 +41,6 @@ from agent_framework.exceptions import ToolException, UserInputRequiredException
 from .._auth import EntraAuth
 from .._caller import Caller, _set_current, active_caller
 from .._errors import (
-    ConsentRequired,
     EntraPassthroughError,
     NoCallerError,
     PolicyViolation,
@@ -52,103 +49,17 @@ from .._errors import (
 from .._flow import Chain
 from .._jwt import JwtDecodeError, UnverifiedClaims
 from .._types import IdentityKind, TokenResult
-from ..mcp import FOUNDRY_CONSENT_REQUIRED, consent_from_exception
+from ..mcp import consent_from_exception
+from ._signals import consent_exception, gateway_shaped, is_dead_connection
 
 if TYPE_CHECKING:
     from ._pool import EntraMCPToolPool
 
-__all__ = ["EntraMCPTool", "consent_exception", "is_dead_connection"]
+__all__ = ["EntraMCPTool"]
 
 _log = logging.getLogger("entra_passthrough.agent_framework")
 
 Mode = Literal["shared", "per_user"]
-
-
-def _walk(exc: BaseException) -> list[BaseException]:
-    out: list[BaseException] = []
-    stack: list[BaseException] = [exc]
-    while stack and len(out) < 32:
-        current = stack.pop()
-        if any(current is seen for seen in out):
-            continue
-        out.append(current)
-        if isinstance(current, BaseExceptionGroup):
-            stack.extend(current.exceptions)
-        stack.extend(a for a in current.args if isinstance(a, BaseException))
-        stack.extend(e for e in (current.__cause__, current.__context__) if e is not None)
-    return out
-
-
-_DEAD_TRANSPORT = (
-    anyio.ClosedResourceError,
-    anyio.BrokenResourceError,
-    anyio.EndOfStream,
-    httpx2.ConnectError,
-    httpx2.RemoteProtocolError,
-)
-
-
-def is_dead_connection(exc: BaseException) -> bool:
-    """True when ``exc`` says the MCP connection (or its legacy session) is gone and the request
-    never reached a live session: "Connection closed" (-32000), a closed/broken stream, a
-    transport error before a response, a 404 "Session not found"/"Session terminated", or a
-    tool that is no longer connected."""
-    from mcp import MCPError
-
-    for current in _walk(exc):
-        if isinstance(current, MCPError):
-            message = current.error.message.lower()
-            if current.error.code == -32000 or "connection closed" in message:
-                return True
-            if "session not found" in message or "session terminated" in message:
-                return True
-        elif isinstance(current, _DEAD_TRANSPORT) or (
-            isinstance(current, RuntimeError) and "not connected" in str(current).lower()
-        ):
-            return True
-    return False
-
-
-def consent_exception(
-    consent: ConsentRequired, *, server_label: str
-) -> UserInputRequiredException | ConsentRequired:
-    """``UserInputRequiredException([oauth_consent_request])`` for a consent with an HTTPS link
-    (what ``ResponsesHostServer`` turns into an ``oauth_consent_request`` item); the
-    ``ConsentRequired`` itself when there is no usable link (the run sees the explained
-    error)."""
-    link = consent.link
-    if not link or not link.startswith("https://"):
-        return consent
-    label = consent.server_label or server_label
-    content = Content.from_oauth_consent_request(
-        link, additional_properties={"server_label": label}
-    )
-    return UserInputRequiredException([content], message=str(consent))
-
-
-def _gateway_shaped(consent: ConsentRequired, *, server_label: str) -> Exception:
-    """A consent met while *connecting* (discovery), shaped like Foundry's gateway error so that
-    ``ResponsesHostServer``'s agent-initialisation path emits an ``oauth_consent_request``."""
-    from mcp import MCPError
-
-    if not consent.link or not consent.link.startswith("https://"):
-        return consent
-    details = {
-        "errors": [
-            {
-                "name": server_label,
-                "type": "mcp",
-                "error": {"code": "CONSENT_REQUIRED", "message": consent.link},
-            }
-        ]
-    }
-    inner = MCPError(
-        FOUNDRY_CONSENT_REQUIRED,
-        f"tools/list failed: consent required {json.dumps(details)}",
-    )
-    return ToolException(
-        f"MCP server {server_label!r}: the user must consent before the tool can connect.", inner
-    )
 
 
 class EntraMCPTool(MCPStreamableHTTPTool):
@@ -342,10 +253,10 @@ class EntraMCPTool(MCPStreamableHTTPTool):
         for error in recorded:
             consent = consent_from_exception(error, server_label=self.server_label)
             if consent is not None:
-                return _gateway_shaped(consent, server_label=self.server_label)
+                return gateway_shaped(consent, server_label=self.server_label)
         consent = consent_from_exception(exc, server_label=self.server_label)
         if consent is not None:
-            return _gateway_shaped(consent, server_label=self.server_label)
+            return gateway_shaped(consent, server_label=self.server_label)
         why = next((e for e in recorded if isinstance(e, EntraPassthroughError)), None)
         who = (
             "the user whose call triggered it"

@@ -1,0 +1,103 @@
+"""What failures mean: a dead MCP connection (reconnect and retry) or a consent to show
+(``oauth_consent_request``)."""
+
+from __future__ import annotations
+
+import json
+
+import anyio
+import httpx2
+from agent_framework import Content
+from agent_framework.exceptions import ToolException, UserInputRequiredException
+
+from .._errors import ConsentRequired
+from ..mcp import FOUNDRY_CONSENT_REQUIRED
+
+__all__ = ["consent_exception", "gateway_shaped", "is_dead_connection"]
+
+
+def _walk(exc: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    stack: list[BaseException] = [exc]
+    while stack and len(out) < 32:
+        current = stack.pop()
+        if any(current is seen for seen in out):
+            continue
+        out.append(current)
+        if isinstance(current, BaseExceptionGroup):
+            stack.extend(current.exceptions)
+        stack.extend(a for a in current.args if isinstance(a, BaseException))
+        stack.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+    return out
+
+
+_DEAD_TRANSPORT = (
+    anyio.ClosedResourceError,
+    anyio.BrokenResourceError,
+    anyio.EndOfStream,
+    httpx2.ConnectError,
+    httpx2.RemoteProtocolError,
+)
+
+
+def is_dead_connection(exc: BaseException) -> bool:
+    """True when ``exc`` says the MCP connection (or its legacy session) is gone and the request
+    never reached a live session: "Connection closed" (-32000), a closed/broken stream, a
+    transport error before a response, a 404 "Session not found"/"Session terminated", or a
+    tool that is no longer connected."""
+    from mcp import MCPError
+
+    for current in _walk(exc):
+        if isinstance(current, MCPError):
+            message = current.error.message.lower()
+            if current.error.code == -32000 or "connection closed" in message:
+                return True
+            if "session not found" in message or "session terminated" in message:
+                return True
+        elif isinstance(current, _DEAD_TRANSPORT) or (
+            isinstance(current, RuntimeError) and "not connected" in str(current).lower()
+        ):
+            return True
+    return False
+
+
+def consent_exception(
+    consent: ConsentRequired, *, server_label: str
+) -> UserInputRequiredException | ConsentRequired:
+    """``UserInputRequiredException([oauth_consent_request])`` for a consent with an HTTPS link
+    (what ``ResponsesHostServer`` turns into an ``oauth_consent_request`` item); the
+    ``ConsentRequired`` itself when there is no usable link (the run sees the explained
+    error)."""
+    link = consent.link
+    if not link or not link.startswith("https://"):
+        return consent
+    label = consent.server_label or server_label
+    content = Content.from_oauth_consent_request(
+        link, additional_properties={"server_label": label}
+    )
+    return UserInputRequiredException([content], message=str(consent))
+
+
+def gateway_shaped(consent: ConsentRequired, *, server_label: str) -> Exception:
+    """A consent met while *connecting* (discovery), shaped like Foundry's gateway error so that
+    ``ResponsesHostServer``'s agent-initialisation path emits an ``oauth_consent_request``."""
+    from mcp import MCPError
+
+    if not consent.link or not consent.link.startswith("https://"):
+        return consent
+    details = {
+        "errors": [
+            {
+                "name": server_label,
+                "type": "mcp",
+                "error": {"code": "CONSENT_REQUIRED", "message": consent.link},
+            }
+        ]
+    }
+    inner = MCPError(
+        FOUNDRY_CONSENT_REQUIRED,
+        f"tools/list failed: consent required {json.dumps(details)}",
+    )
+    return ToolException(
+        f"MCP server {server_label!r}: the user must consent before the tool can connect.", inner
+    )
