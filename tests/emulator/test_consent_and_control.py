@@ -217,3 +217,18 @@ def test_http_control_endpoints(entra_emulator_fresh: EntraEmulator) -> None:
         assert kid == idp.signing_kid != old
         kids = [k["kid"] for k in http.get(idp.jwks_uri()).json()["keys"]]
         assert kids == [kid, old]
+
+
+def test_delay_only_fault_then_normal_answer(idp: EntraEmulator) -> None:
+    idp.inject_fault("jwks", status=None, delay=0.05)
+    with httpx.Client(verify=idp.ssl_context()) as http:
+        first = http.get(idp.jwks_uri())
+    assert first.status_code == 200
+    assert first.json()["keys"]
+    assert idp._rt.faults.get("jwks") == []  # consumed
+
+
+def test_token_latency_keeps_answers_correct(idp: EntraEmulator) -> None:
+    idp.token_latency = 0.01
+    result = _agent(idp).acquire_token_for_client([f"{idp.legacy_api.app_id_uri}/.default"])
+    assert result["token_type"] == "Bearer"
