@@ -360,3 +360,53 @@ def test_client_capabilities_reach_the_token(idp: EntraEmulator) -> None:
     )
     claims = jwt.decode(result["access_token"], options={"verify_signature": False})
     assert claims["xms_cc"] == ["CP1"]
+
+
+def test_raw_code_redemption_without_scope_gives_a_usable_refresh_token(idp: EntraEmulator) -> None:
+    import base64
+    import secrets
+
+    verifier = secrets.token_urlsafe(48)
+    challenge = (
+        base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    )
+    params = {
+        "client_id": idp.agent.client_id,
+        "response_type": "code",
+        "redirect_uri": "http://localhost/callback",
+        "scope": f"{idp.mcp.app_id_uri}/access_as_user offline_access",
+        "login_hint": "alice",
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+    }
+    token_url = f"{idp.authority}/oauth2/v2.0/token"
+    secret = idp.agent.secret or ""
+    with httpx.Client(verify=idp.ssl_context()) as http:
+        location = http.get(f"{idp.authority}/oauth2/v2.0/authorize", params=params).headers[
+            "location"
+        ]
+        code = parse_qs(urlsplit(location).query)["code"][0]
+        first = http.post(
+            token_url,
+            data={
+                "grant_type": "authorization_code",
+                "client_id": idp.agent.client_id,
+                "client_secret": secret,
+                "code": code,
+                "redirect_uri": "http://localhost/callback",
+                "code_verifier": verifier,
+            },
+        ).json()
+        again = http.post(
+            token_url,
+            data={
+                "grant_type": "refresh_token",
+                "client_id": idp.agent.client_id,
+                "client_secret": secret,
+                "refresh_token": first["refresh_token"],
+            },
+        ).json()
+    assert first["scope"].startswith(f"{idp.mcp.app_id_uri}/access_as_user")
+    claims = jwt.decode(again["access_token"], options={"verify_signature": False})
+    assert claims["aud"] == idp.mcp.client_id
+    assert again["refresh_token"] != first["refresh_token"]

@@ -209,7 +209,11 @@ def user_token_response(
     if "offline_access" in req.oidc:
         # Refresh tokens are returned only with offline_access
         # (https://learn.microsoft.com/entra/identity-platform/refresh-tokens).
-        scopes = tuple(s for s in form.get("scope", "").split())
+        # Remember what was asked; a redemption without `scope` falls back to what was granted.
+        scopes = tuple(form.get("scope", "").split()) or (
+            *(req.prefix() + n for n in (scp or req.names)),
+            *sorted(req.oidc),
+        )
         out["refresh_token"] = rt.new_refresh_token(
             RefreshRecord(
                 user=user.name,
