@@ -225,3 +225,32 @@ async def test_foreground_request_keeps_the_request_caller() -> None:
     request_caller, run_caller = await _run_background_middleware({"input": "x"})
     assert run_caller is request_caller
     assert not request_caller.active
+
+
+async def test_middleware_maps_consent_from_any_tool() -> None:
+    from agent_framework import Agent, tool
+
+    from entra_passthrough.agent_framework import entra_middleware
+    from entra_passthrough.agent_framework.testing import ScriptedChatClient
+
+    @tool
+    def files() -> str:
+        """A tool we did not build, whose server asks for a URL elicitation."""
+        raise MCPError(
+            -32042,
+            "URL elicitation required",
+            data={"elicitations": [{"mode": "url", "url": "https://consent.example.com/go"}]},
+        )
+
+    agent = Agent(
+        client=ScriptedChatClient(tool="files"),
+        tools=[files],
+        middleware=entra_middleware(server_label="files"),
+    )
+    response = await agent.run("hi")
+    consent = [
+        c for m in response.messages for c in m.contents if c.type == "oauth_consent_request"
+    ]
+    assert len(consent) == 1
+    assert consent[0].consent_link == "https://consent.example.com/go"
+    assert consent[0].additional_properties["server_label"] == "files"
