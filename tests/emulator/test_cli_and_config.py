@@ -211,3 +211,9 @@ def test_the_documented_config_example_loads(tmp_path: Path) -> None:
     assert world.identity("reports-mi") is not None
     assert any(r.role == "Reports.ReadAll" for r in world.role_assignments)
     assert world.lifetimes.refresh_token == 7776000
+
+
+def test_port_in_use_fails_clearly(entra_emulator: EntraEmulator) -> None:
+    port = int(entra_emulator.url.rsplit(":", 1)[1])
+    with pytest.raises(RuntimeError, match="did not start"):
+        EntraEmulator(port=port).start()

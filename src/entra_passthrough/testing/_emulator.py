@@ -67,7 +67,12 @@ class EntraEmulator:
             key=str(key),
             port=self._port,
         )
-        https_port, http_port = server.start()
+        try:
+            https_port, http_port = server.start()
+        except BaseException:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+            raise
         self._server = server
         self._rt.url = f"https://127.0.0.1:{https_port}"
         self._rt.mi_url = f"http://127.0.0.1:{http_port}/msi/token"
