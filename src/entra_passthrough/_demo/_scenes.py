@@ -8,10 +8,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import httpx2
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
 from .._chain import TokenChain
 from .._jwt import decode_unverified
@@ -21,7 +22,7 @@ from .._store import Keyring, MemoryStore
 from ..consent import ConsentBroker
 from ..testing import EntraEmulator, World
 from . import _mcp_server
-from ._agents import hosted_agent
+from ._agents import SERVER_LABEL, hosted_agent
 from ._browser import click
 from ._servers import Served
 
@@ -167,18 +168,14 @@ async def _start(stack: list[Served]) -> Demo:
         broker_url=broker_base,
         authority_host=idp.url,
         http_client=idp.msal_http_client(),
-        server_label=_agents_label(),
+        server_label=SERVER_LABEL,
     )
     broker = ConsentBroker.for_source(delegated, redirect_uris=[f"{broker_base}/callback"])
-    from starlette.applications import Starlette
-    from starlette.routing import Mount
-
     # The broker's certificate comes from the emulator's CA (hosts reject non-HTTPS links).
-    cert_dir = Path(idp.ca_file).parent
     broker_server.start(
         Starlette(routes=[Mount("/consent", broker.app)]),
-        certfile=str(cert_dir / "server.pem"),
-        keyfile=str(cert_dir / "server-key.pem"),
+        certfile=idp.server_cert_file,
+        keyfile=idp.server_key_file,
     )
     stack.append(broker_server)
 
@@ -201,12 +198,6 @@ async def _start(stack: list[Served]) -> Demo:
         mcp=sightings,
         broker=broker_base,
     )
-
-
-def _agents_label() -> str:
-    from ._agents import SERVER_LABEL
-
-    return SERVER_LABEL
 
 
 async def _users_in_parallel(demo: Demo, calls: int) -> None:

@@ -115,6 +115,18 @@ class EntraEmulator:
         return self._ca_file
 
     @property
+    def server_cert_file(self) -> str:
+        """The emulator's own HTTPS certificate (PEM; SAN 127.0.0.1, ::1, localhost), signed by
+        ``ca_file``'s CA. Other loopback servers in a test (a consent broker, an API) can serve
+        it too, so that clients trust one CA."""
+        return str(Path(self._ca_file).with_name("server.pem"))
+
+    @property
+    def server_key_file(self) -> str:
+        """The private key of ``server_cert_file`` (mode 0600, deleted with the emulator)."""
+        return str(Path(self._ca_file).with_name("server-key.pem"))
+
+    @property
     def world(self) -> World:
         return self._world
 
