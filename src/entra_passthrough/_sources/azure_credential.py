@@ -14,7 +14,8 @@ from .._types import IdentityKind, TokenRequest, TokenResult
 
 
 class AzureCredential:
-    """Wrap an azure-identity credential as a source; *you* declare whose identity it is.
+    """Wrap an azure-identity credential as a source; *you* declare whose identity it is
+    (``app`` or ``developer``: a fixed credential is never the caller's ``user`` identity).
 
     Sync credentials run in a bounded worker pool, aio credentials are awaited (``get_token``
     on an aio credential raises: use the async path). ``CredentialUnavailableError`` means
@@ -41,6 +42,15 @@ class AzureCredential:
             raise ConfigurationError("AzureCredential needs an object with get_token().")
         self.credential = credential
         self.kind = IdentityKind(kind)
+        if self.kind is IdentityKind.USER:
+            # One fixed identity, cached per source and not per caller: as "user" it would serve
+            # one person's token to every caller, and to callers-less (stale) contexts.
+            raise ConfigurationError(
+                "AzureCredential cannot declare kind 'user': an azure-identity credential is "
+                "one fixed identity, not the identity of whoever calls.",
+                fix="use OnBehalfOf or DelegatedConsent for the end user; kind='app' for the "
+                "agent's own identity, kind='developer' for a locally signed-in account.",
+            )
         self.name = name
         self.is_async = inspect.iscoroutinefunction(get_token)
         self._pool = WorkerPool(max_workers=max_workers, name=f"entra-{name}")
