@@ -134,15 +134,19 @@ class Caller:
         """
         wanted = tuple(h.lower() for h in assertion_headers)
         seen: dict[str, list[bytes]] = {}
-        user_id = call_id = None
+        platform: dict[str, list[bytes]] = {}
         for raw_name, raw_value in headers:
             name = raw_name.decode("latin-1").lower()
             if name in wanted:
                 seen.setdefault(name, []).append(raw_value)
-            elif name == USER_ID_HEADER:
-                user_id = _platform_value(raw_value)
-            elif name == CALL_ID_HEADER:
-                call_id = _platform_value(raw_value)
+            elif name in (USER_ID_HEADER, CALL_ID_HEADER):
+                platform.setdefault(name, []).append(raw_value)
+        # A platform header sent twice (a client's copy beside the ingress's) is ambiguous:
+        # the user id keys consent grants, so neither copy is trusted.
+        user_id, call_id = (
+            _platform_value(v[0]) if len(v := platform.get(h, [])) == 1 else None
+            for h in (USER_ID_HEADER, CALL_ID_HEADER)
+        )
         caller = cls(user_id=user_id, call_id=call_id)
         for name in wanted:
             values = seen.get(name)
@@ -179,7 +183,7 @@ def _platform_value(raw: bytes) -> str | None:
     if not raw or len(raw) > _MAX_PLATFORM_VALUE:
         return None
     value = raw.decode("latin-1").strip()
-    return value if value.isprintable() else None
+    return value if value and value.isprintable() else None
 
 
 def _bearer(header: str, raw: bytes) -> str | None:

@@ -1,0 +1,29 @@
+"""Regression tests from the security review of the capture stage."""
+
+from __future__ import annotations
+
+import pytest
+
+from entra_passthrough import Caller
+
+
+@pytest.mark.parametrize(
+    ("name", "attr"),
+    [(b"x-agent-user-id", "user_id"), (b"x-agent-foundry-call-id", "call_id")],
+)
+def test_a_duplicated_platform_header_is_ambiguous_and_ignored(name: bytes, attr: str) -> None:
+    # x-agent-user-id keys delegated consent grants: when a client's own copy of the header
+    # reaches the app beside the platform's, neither copy may win.
+    for pair in ((b"victim", b"attacker"), (b"attacker", b"victim"), (b"same", b"same")):
+        caller = Caller.from_headers([(name, pair[0]), (name.upper(), pair[1])])
+        assert getattr(caller, attr) is None
+    single = Caller.from_headers([(name, b"u-1")])
+    assert getattr(single, attr) == "u-1"
+
+
+@pytest.mark.parametrize("raw", [b"   ", b"\t", b"a\x00b", b"x" * 257])
+def test_blank_or_junk_platform_values_are_none(raw: bytes) -> None:
+    caller = Caller.from_headers([(b"x-agent-user-id", raw), (b"x-agent-foundry-call-id", raw)])
+    assert caller.user_id is None
+    assert caller.call_id is None
+    assert caller.user_key is None
