@@ -98,7 +98,8 @@ def test_headless_consent_flag_and_prompt_none(entra_emulator_fresh: EntraEmulat
     )
     with httpx.Client(verify=idp.ssl_context()) as http:
         answer = _query(http.get(silent["auth_uri"]).headers["location"])
-        assert answer["error"] == "invalid_grant"
+        # OIDC Core 3.1.2.6 / v2-oauth2-auth-code-flow: /authorize answers consent_required.
+        assert answer["error"] == "consent_required"
         assert answer["error_description"].startswith("AADSTS65001")
         flow = app.initiate_auth_code_flow(
             scopes, redirect_uri="http://localhost/callback", login_hint="carol"

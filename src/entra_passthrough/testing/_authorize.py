@@ -179,9 +179,17 @@ def _authorize_for_client(
             },
         )
     method = params.get("code_challenge_method")
-    if params.get("code_challenge") and method not in (None, "S256", "plain"):
-        # v2-oauth2-auth-code-flow: code_challenge_method is "S256" or "plain" (the default).
-        raise e.StsError(501491, "invalid_request", "Invalid code_challenge_method.")
+    challenge = params.get("code_challenge")
+    if challenge and method not in (None, "S256", "plain"):
+        # v2-oauth2-auth-code-flow: code_challenge_method is "S256" or "plain" (the default);
+        # anything else is AADSTS50149 "Invalid Code_Challenge_method parameter."
+        # (https://learn.microsoft.com/entra/identity-platform/reference-error-codes).
+        raise e.StsError(50149, "invalid_request", "Invalid Code_Challenge_method parameter.")
+    if challenge and not 43 <= len(challenge) <= 128:
+        # AADSTS501491 "Invalid size of Code_Challenge parameter." (reference-error-codes): a
+        # challenge is a verifier (plain) or its unpadded base64url SHA-256 (S256), and RFC 7636
+        # section 4.1 puts verifiers at 43-128 characters; padded S256 challenges (44) still fit.
+        raise e.StsError(501491, "invalid_request", "Invalid size of Code_Challenge parameter.")
     prompt = params.get("prompt", "")
     user: User | None = None
     action = params.get("emu_action")
@@ -241,7 +249,11 @@ def _authorize_for_client(
             raise e.StsError(53003, "access_denied", e.blocked_by_ca().text)
     if needed and action != "consent":
         if prompt == "none":
-            raise e.consent_required(client.client_id, client.name)
+            # At /authorize, prompt=none with consent missing answers error=consent_required
+            # (OIDC Core 3.1.2.6; v2-oauth2-auth-code-flow "Error codes for authorization endpoint
+            # errors": "consent_required ... usually only returned on the /authorize endpoint").
+            err = e.consent_required(client.client_id, client.name)
+            raise e.StsError(err.code, "consent_required", err.text)
         if params.get("emulator_consent") == "accept" and req.resource is not None:
             rt.grant_consent(user.name, client.client_id, req.resource.client_id, needed)
         else:

@@ -25,6 +25,18 @@ class ScopeRequest:
     resource: App | None
     names: tuple[str, ...]  # permissions on the resource, e.g. ("access_as_user",) or (".default",)
     oidc: frozenset[str]
+    requested: str | None = None  # the resource as the scope named it (client id or App ID URI)
+
+    def v1_audience(self) -> str | None:
+        """A v1 token's ``aud`` is "the client ID or the resource URI used in the request"
+        (access-token-claims-reference, "aud"); v2 tokens always carry the client id."""
+        if self.resource is None or self.requested is None:
+            return None
+        if self.resource.access_token_version == 2:
+            return None
+        if self.requested.rstrip("/").lower() == self.resource.client_id:
+            return self.resource.client_id
+        return self.resource.app_id_uri or self.resource.client_id
 
     @property
     def is_default(self) -> bool:
@@ -42,6 +54,7 @@ def parse_scopes(rt: Runtime, raw: str | None, tenant_id: str) -> ScopeRequest:
     if not raw or not raw.split():
         raise e.missing_param("scope")
     resources: dict[str, App] = {}
+    requested: str | None = None
     names: list[str] = []
     oidc: set[str] = set()
     for s in raw.split():
@@ -57,6 +70,7 @@ def parse_scopes(rt: Runtime, raw: str | None, tenant_id: str) -> ScopeRequest:
         if app is None or not (app.multi_tenant or app.tenant_id == tenant_id):
             raise e.resource_not_found(ident, tenant_id)
         resources[app.client_id] = app
+        requested = ident
         names.append(name)
     if len(resources) > 1:
         # AADSTS28000: one resource per token request (scopes-oidc, "The .default scope").
@@ -70,7 +84,9 @@ def parse_scopes(rt: Runtime, raw: str | None, tenant_id: str) -> ScopeRequest:
     for n in names:
         if n != ".default" and resource is not None and n not in resource.exposed_scopes:
             raise e.invalid_scope(f"{resource.app_id_uri or resource.client_id}/{n}")
-    return ScopeRequest(resource=resource, names=tuple(names), oidc=frozenset(oidc))
+    return ScopeRequest(
+        resource=resource, names=tuple(names), oidc=frozenset(oidc), requested=requested
+    )
 
 
 def client_capabilities(form: Mapping[str, str]) -> list[str]:
@@ -200,6 +216,7 @@ def user_token_response(
             scopes=scp,
             app_only=False,
             lifetime=lifetime,
+            audience=req.v1_audience(),
             extra={"xms_cc": caps} if caps else None,
         )
     else:

@@ -151,6 +151,7 @@ def _client_credentials(
         subject=Subject(oid=subject_oid, tid=tenant_id),
         roles=app_roles(rt, app.client_id, req.resource),
         app_only=True,
+        audience=req.v1_audience(),
         extra=extra,
     )
     life = rt.world.lifetimes.access_token
