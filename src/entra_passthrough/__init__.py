@@ -7,7 +7,14 @@ Three stages: *capture* the caller per request (``CallerMiddleware``, ``bind_cal
 
 from __future__ import annotations
 
+# One sorted import block (ruff I001). Which stage each module belongs to: capture (_caller,
+# _middleware, _verify), resolve (_cache, _chain, _sources), apply (_auth), consent (_grants,
+# _sources.delegated, _store); _errors, _jwt and _types are shared. Add a name here *and* to
+# __all__ (sorted); tests/test_exported_members.py checks both against the docs.
+from ._auth import EntraAuth, use_token
+from ._cache import TokenCache
 from ._caller import Caller, active_caller, bind_caller, current_caller
+from ._chain import Policy, TokenChain
 from ._errors import (
     AppOnlyAssertion,
     AssertionAudienceMismatch,
@@ -28,17 +35,9 @@ from ._errors import (
     TokenAcquisitionError,
     TokenVerificationError,
 )
+from ._grants import UserKey
 from ._jwt import UnverifiedClaims
-from ._types import IdentityKind, TokenRequest, TokenResult, TokenSource
-
-# Exports added by each stage's module are appended below, one block per module.
-# --- capture/apply (_middleware, _auth, _verify) ---
-from ._auth import EntraAuth, use_token
 from ._middleware import CallerMiddleware
-from ._verify import JwtVerifier, VerifiedToken
-# --- resolve (_chain, _cache, _sources) ---
-from ._cache import TokenCache
-from ._chain import Policy, TokenChain
 from ._sources import (
     AgentIdentityOnBehalfOf,
     AzureCli,
@@ -47,10 +46,10 @@ from ._sources import (
     ManagedIdentity,
     OnBehalfOf,
 )
-# --- consent (_store, _sources.delegated) ---
-from ._grants import UserKey
 from ._sources.delegated import DelegatedConsent
 from ._store import Keyring, MemoryStore, TokenStore
+from ._types import IdentityKind, TokenRequest, TokenResult, TokenSource
+from ._verify import JwtVerifier, VerifiedToken
 
 __version__ = "0.1.0"
 
