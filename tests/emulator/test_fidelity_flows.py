@@ -131,6 +131,7 @@ def test_pkce_parameter_errors_go_to_the_redirect_uri(
     got = authorize(http, idp, **params)
     assert got["error"] == "invalid_request"
     assert got["error_description"].startswith(f"AADSTS{code}: ")
+    assert got["error_uri"] == f"https://login.microsoftonline.com/error?code={code}"
     assert got["state"] == "s1"
     assert "code" not in got
 

@@ -79,7 +79,14 @@ def _to_client(params: Mapping[str, str], values: Mapping[str, str]) -> Response
 
 def _error_to_client(params: Mapping[str, str], err: e.StsError) -> Response:
     body = err.body()
-    values = {"error": body["error"], "error_description": body["error_description"]}
+    # Query errors carry error, error_description, error_uri and state (v2-oauth2-auth-code-flow
+    # "Error response"; a real 65004 redirect quoted in MicrosoftDocs/azure-docs#114009 shows
+    # error_uri=https://login.microsoftonline.com/error?code=65004).
+    values = {
+        "error": body["error"],
+        "error_description": body["error_description"],
+        "error_uri": body["error_uri"],
+    }
     if err.suberror:
         values["error_subcode"] = err.suberror
     return _to_client(params, values)
