@@ -192,10 +192,12 @@ def _bearer(header: str, raw: bytes) -> str | None:
         return ""  # presented, oversized: decoding will fail closed
     value = raw.decode("latin-1").strip()
     if header == "authorization":
-        scheme, _, rest = value.partition(" ")
-        if scheme.lower() != "bearer":
+        # Split on any whitespace (not only SP): "Bearer\t<token>" is malformed but still a
+        # bearer, so it counts as presented and can never let an app identity stand in.
+        parts = value.split(None, 1)
+        if not parts or parts[0].lower() != "bearer":
             return None
-        value = rest.strip()
+        value = parts[1].strip() if len(parts) > 1 else ""
     return value
 
 

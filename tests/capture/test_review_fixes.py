@@ -27,3 +27,19 @@ def test_blank_or_junk_platform_values_are_none(raw: bytes) -> None:
     assert caller.user_id is None
     assert caller.call_id is None
     assert caller.user_key is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"Bearer\teyJ.a.b", b"bearer\t\teyJ.a.b", b"BEARER\x0beyJ.a.b", b" Bearer\t eyJ.a.b"],
+)
+def test_a_bearer_with_other_whitespace_still_counts_as_presented(value: bytes) -> None:
+    # A bearer the parser does not like must still be *presented*: otherwise user_or_app would
+    # let the app identity stand in for a request that did carry a user's token.
+    caller = Caller.from_headers([(b"authorization", value)])
+    assert caller.presented
+
+
+@pytest.mark.parametrize("value", [b"Basic dXNlcjpwYXNz", b"Negotiate abc", b"Bearerx abc"])
+def test_other_schemes_are_not_assertions(value: bytes) -> None:
+    assert not Caller.from_headers([(b"authorization", value)]).presented
