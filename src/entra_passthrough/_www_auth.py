@@ -71,15 +71,25 @@ async def send_challenge(
     await send({"type": "http.response.body", "body": b"" if head else body})
 
 
-def bearer_token(scope: Scope) -> str | None:
-    """The token of the request's ``Authorization: Bearer`` header, or None."""
+def authorization_values(scope: Scope) -> list[bytes]:
+    """Every ``Authorization`` header value of the request (normally zero or one)."""
+    values: list[bytes] = []
     for name, value in scope.get("headers") or ():
-        if name.lower() == b"authorization":
-            try:
-                text = value.decode("latin-1")
-            except (UnicodeDecodeError, AttributeError):
-                return None
-            scheme, _, token = text.partition(" ")
-            token = token.strip()
-            return token if scheme.lower() == "bearer" and token else None
-    return None
+        if isinstance(name, bytes) and name.lower() == b"authorization":
+            values.append(value)
+    return values
+
+
+def bearer_token(scope: Scope) -> str | None:
+    """The token of the request's one ``Authorization: Bearer`` header, or None (none, not
+    Bearer, or the header sent more than once: ambiguous, never resolved by picking one)."""
+    values = authorization_values(scope)
+    if len(values) != 1:
+        return None
+    try:
+        text = values[0].decode("latin-1")
+    except (UnicodeDecodeError, AttributeError):
+        return None
+    scheme, _, token = text.partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None

@@ -39,7 +39,7 @@ from ._errors import (
 )
 from ._jwt import fingerprint
 from ._verify import PUBLIC_AUTHORITY, JwtVerifier, VerifiedToken
-from ._www_auth import bearer_token, challenge, send_challenge
+from ._www_auth import authorization_values, bearer_token, challenge, send_challenge
 
 try:
     from mcp.server.auth.middleware.auth_context import get_access_token
@@ -343,7 +343,9 @@ def require_entra_auth(
         bearer = bearer_token(scope)
         error: TokenVerificationError | None = None
         vt: VerifiedToken | None = None
-        if bearer is not None:
+        if len(authorization_values(scope)) > 1:
+            error = TokenVerificationError("the request has more than one Authorization header.")
+        elif bearer is not None:
             try:
                 vt = await verifier.verify_async(bearer)
             except TokenVerificationError as err:
