@@ -61,6 +61,7 @@ __all__ = [
     "consent_from_exception",
     "entra_call",
     "entra_http_client",
+    "url_elicitation_as_error",
 ]
 
 logger = logging.getLogger("entra_passthrough.mcp")
@@ -268,3 +269,23 @@ def consent_from_exception(
                     server_label=server_label,
                 )
     return None
+
+
+async def url_elicitation_as_error(context: Any, params: Any) -> Any:
+    """Elicitation callback for the MCP session: a URL elicitation (protocol 2026-07-28 sends it
+    inside an ``InputRequiredResult``) ends the call with a -32042 error carrying the link, which
+    ``consent_from_exception`` maps to ``ConsentRequired`` for *this* call (the callback runs in
+    the calling task). The SDK's default callback declines without a trace of the link, and
+    agent-framework gives its client none. Plain mcp: ``Client(..., elicitation_callback=
+    url_elicitation_as_error)``."""
+    from mcp_types import INVALID_REQUEST, ErrorData
+
+    url = getattr(params, "url", None)
+    if getattr(params, "mode", None) == "url" and isinstance(url, str):
+        item = {"mode": "url", "url": url, "message": str(getattr(params, "message", ""))[:500]}
+        return ErrorData(
+            code=URL_ELICITATION_REQUIRED,
+            message="URL elicitation required",
+            data={"elicitations": [item]},
+        )
+    return ErrorData(code=INVALID_REQUEST, message="Elicitation not supported")

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx2
 from mcp.server.mcpserver import MCPServer
+from mcp_types import ElicitRequest, ElicitRequestURLParams, InputRequiredResult
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from entra_passthrough import JwtVerifier, OnBehalfOf, Policy, TokenChain, TokenVerificationError
@@ -28,6 +29,8 @@ from entra_passthrough.testing import EntraEmulator, World
 from entra_passthrough.testing._world import Grant, User, stable_id
 
 ASGI = Callable[..., Any]
+
+CONSENT_URL = "https://notes.example.com/connect?user=me"
 
 
 # --- the world ------------------------------------------------------------------------------
@@ -269,6 +272,14 @@ def build_mcp_app(
         """Who the server sees, and who the model said was asking (``who``)."""
         user = current_user()
         return json.dumps({"oid": user.oid, "upn": user.upn, "who": who})
+
+    @server.tool()
+    async def needs_link() -> InputRequiredResult:
+        """Asks the user to visit a link first (URL elicitation, protocol 2026-07-28)."""
+        params = ElicitRequestURLParams(
+            message="Sign in to the notes service", url=CONSENT_URL, elicitation_id="e1"
+        )
+        return InputRequiredResult(input_requests={"consent": ElicitRequest(params=params)})
 
     app = server.streamable_http_app(stateless_http=not stateful, json_response=True)
     wrapped: ASGI = EntraChallengeMiddleware(app, settings=auth)

@@ -20,6 +20,7 @@ from entra_passthrough.testing import FOUNDRY_AUDIENCE, EntraEmulator
 from entra_passthrough.testing._world import User
 
 from ._infra import (
+    CONSENT_URL,
     Recorder,
     ServerThread,
     agent_token,
@@ -326,3 +327,28 @@ async def test_tool_recovers_after_the_server_was_unreachable(
     assert seen_oid(down.json()) is None
     assert [seen_oid(p) for p in after] == [users[12].oid, users[13].oid]
     assert all(s.oid == s.caller_tag for s in calls(recorder.snapshot()))
+
+
+async def test_url_elicitation_becomes_an_oauth_consent_request(
+    idp: EntraEmulator, users: list[User], mcp_server: Start
+) -> None:
+    """Protocol 2026-07-28: the server answers tools/call with an InputRequiredResult holding a
+    URL elicitation; the run ends with an oauth_consent_request for that link."""
+    server, recorder = mcp_server()
+    tool = entra_mcp_tool(
+        "records", f"{server.base}/mcp", chain=make_chain(idp), scopes=mcp_scopes(idp)
+    )
+    agent = Agent(
+        client=ScriptedChatClient(tool="needs_link"), tools=[tool], middleware=entra_middleware()
+    )
+    host = serve_asgi(host_app(agent), name="host")
+    try:
+        async with httpx2.AsyncClient(base_url=host.base, timeout=30) as client:
+            payload = await respond(client, agent_token(idp, users[14]), "go", store=True)
+    finally:
+        host.stop()
+    items = [i for i in payload["output"] if i.get("type") == "oauth_consent_request"]
+    assert payload["status"] == "incomplete"
+    assert [i["consent_link"] for i in items] == [CONSENT_URL]
+    assert items[0]["server_label"] == "records"
+    assert {s.oid for s in calls(recorder.snapshot())} == {users[14].oid}

@@ -10,11 +10,24 @@ from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
 
 from entra_passthrough import ConsentRequired, NoCallerError, bind_caller
-from entra_passthrough.mcp import entra_call, entra_http_client
+from entra_passthrough.mcp import (
+    consent_from_exception,
+    entra_call,
+    entra_http_client,
+    url_elicitation_as_error,
+)
 from entra_passthrough.testing import EntraEmulator
 from entra_passthrough.testing._world import User
 
-from ._infra import Recorder, ServerThread, agent_token, calls, make_chain, mcp_scopes
+from ._infra import (
+    CONSENT_URL,
+    Recorder,
+    ServerThread,
+    agent_token,
+    calls,
+    make_chain,
+    mcp_scopes,
+)
 
 Start = Callable[..., tuple[ServerThread, Recorder]]
 
@@ -85,3 +98,25 @@ async def test_entra_call_raises_typed_errors_before_sending(
     assert info.value.link is not None
     assert info.value.link.startswith("https://")
     assert not recorder.snapshot()
+
+
+async def test_url_elicitation_maps_to_consent(
+    idp: EntraEmulator, users: list[User], mcp_server: Start
+) -> None:
+    server, _recorder = mcp_server()
+    http = entra_http_client(chain=make_chain(idp), scopes=mcp_scopes(idp), origins=[server.base])
+    transport = streamable_http_client(f"{server.base}/mcp", http_client=http)
+    try:
+        async with (
+            bind_caller(token=agent_token(idp, users[22])),
+            Client(transport, elicitation_callback=url_elicitation_as_error) as client,
+        ):
+            with pytest.raises(MCPError) as info:
+                async with entra_call(http):
+                    await client.call_tool("needs_link", {})
+    finally:
+        await http.aclose()
+    consent = consent_from_exception(info.value, server_label="notes")
+    assert consent is not None
+    assert consent.link == CONSENT_URL
+    assert consent.server_label == "notes"

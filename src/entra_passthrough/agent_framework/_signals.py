@@ -11,9 +11,14 @@ from agent_framework import Content
 from agent_framework.exceptions import ToolException, UserInputRequiredException
 
 from .._errors import ConsentRequired
-from ..mcp import FOUNDRY_CONSENT_REQUIRED
+from ..mcp import FOUNDRY_CONSENT_REQUIRED, url_elicitation_as_error
 
-__all__ = ["consent_exception", "gateway_shaped", "is_dead_connection"]
+__all__ = [
+    "consent_exception",
+    "gateway_shaped",
+    "is_dead_connection",
+    "url_elicitation_as_error",  # re-exported from entra_passthrough.mcp
+]
 
 
 def _walk(exc: BaseException) -> list[BaseException]:

@@ -50,7 +50,12 @@ from .._flow import Chain
 from .._jwt import JwtDecodeError, UnverifiedClaims
 from .._types import IdentityKind, TokenResult
 from ..mcp import consent_from_exception
-from ._signals import consent_exception, gateway_shaped, is_dead_connection
+from ._signals import (
+    consent_exception,
+    gateway_shaped,
+    is_dead_connection,
+    url_elicitation_as_error,
+)
 
 if TYPE_CHECKING:
     from ._pool import EntraMCPToolPool
@@ -176,6 +181,21 @@ class EntraMCPTool(MCPStreamableHTTPTool):
         _mcp_call_headers.set(None)
         _prefetched.set(None)
         _set_current(self._lifecycle_caller)
+
+    async def _connect_on_owner(
+        self,
+        *,
+        reset: bool = False,
+        load_configured: bool = True,
+        reset_discovery: bool = False,
+    ) -> None:
+        await super()._connect_on_owner(
+            reset=reset, load_configured=load_configured, reset_discovery=reset_discovery
+        )
+        # Every new session (reconnects included) maps URL elicitations to a consent error.
+        session = getattr(getattr(self._connection, "client", None), "session", None)
+        if session is not None and hasattr(session, "_elicitation_callback"):
+            session._elicitation_callback = url_elicitation_as_error
 
     def _set_lifecycle_caller(self, caller: Caller | None) -> None:
         self._lifecycle_caller = caller
