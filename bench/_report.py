@@ -164,6 +164,20 @@ def evaluate_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
             )
         )
     real = r.get("memory_real_path", {})
+    ours_rss = _med(real, OURS, "rss_per_user_bytes")
+    msal_rss = _med(real, "shared MSAL app", "rss_per_user_bytes")
+    out.append(
+        _target(
+            "RSS per user on the real OBO path (vs shared MSAL app)",
+            "reported: includes the request path's allocator growth, not only the entry",
+            ours_rss,
+            ours_rss <= msal_rss,
+            f"{ours_rss / 1024:.1f} KiB vs {msal_rss / 1024:.1f} KiB per user"
+            if not math.isnan(ours_rss + msal_rss)
+            else "n/a",
+            "memory_real_path",
+        )
+    )
     per_user = _med(real, OURS, "msal_entries_per_user")
     out.append(
         _target(
@@ -455,9 +469,19 @@ def draw_charts(r: dict[str, Any], out: Path) -> list[str]:
             (axes[0], "by_users", f"users (concurrency {sw.get('fixed_concurrency')})"),
             (axes[1], "by_concurrency", f"concurrency ({sw.get('fixed_users')} users)"),
         ):
-            for name, pts in sw.get(axis, {}).items():
+            styles = ["-", "--", "-.", ":", (0, (5, 1)), (0, (1, 1))]
+            markers = ["o", "s", "^", "D", "v", "x"]
+            for i, (name, pts) in enumerate(sw.get(axis, {}).items()):
                 xs, ys = [p[0] for p in pts], [max(p[1], 0.8) for p in pts]
-                ax.plot(xs, ys, marker="o", label=name, linewidth=2.5 if name == OURS else 1.2)
+                ax.plot(
+                    xs,
+                    ys,
+                    marker=markers[i % 6],
+                    linestyle=styles[i % 6],
+                    label=name,
+                    linewidth=2.8 if name == OURS else 1.4,
+                    markersize=7 if name == OURS else 5,
+                )
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             ax.set_xlabel(xlabel)
