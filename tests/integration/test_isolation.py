@@ -18,7 +18,7 @@ from agent_framework import Agent
 
 from entra_passthrough.agent_framework import entra_mcp_tool, entra_middleware
 from entra_passthrough.agent_framework.testing import ScriptedChatClient
-from entra_passthrough.testing import EntraEmulator
+from entra_passthrough.testing import FOUNDRY_AUDIENCE, EntraEmulator
 from entra_passthrough.testing._world import User
 
 from ._infra import (
@@ -71,10 +71,30 @@ async def _drive(
     return results
 
 
-def _jobs(idp: EntraEmulator, users: list[User]) -> list[tuple[User, str]]:
+def _jobs(idp: EntraEmulator, users: list[User], *, failing: int = 0) -> list[tuple[User, str]]:
     tokens = {u.oid: agent_token(idp, u) for u in users[:USERS]}
     # Interleaved: consecutive requests come from different users.
-    return [(u, tokens[u.oid]) for _ in range(CALLS_PER_USER) for u in users[:USERS]]
+    jobs = [(u, tokens[u.oid]) for _ in range(CALLS_PER_USER) for u in users[:USERS]]
+    # Auth failures mixed in: a token for https://ai.azure.com (refused before any request) and
+    # carol, who has not consented (AADSTS65001). They must fail alone.
+    carol = idp.users["carol"]
+    bad = [
+        (users[USERS + 1], idp.user_token(users[USERS + 1], audience=FOUNDRY_AUDIENCE)),
+        (carol, agent_token(idp, carol)),
+    ]
+    for index in range(failing):
+        jobs.insert(index * len(jobs) // max(failing, 1), bad[index % 2])
+    return jobs
+
+
+def _split(
+    results: list[tuple[User, dict[str, Any]]], users: list[User]
+) -> list[tuple[User, dict[str, Any]]]:
+    """Check the failing jobs (no oid, nothing sent for them); return the others."""
+    good_oids = {u.oid for u in users[:USERS]}
+    failed = [(u, p) for u, p in results if u.oid not in good_oids]
+    assert all(seen_oid(p) is None for _, p in failed)
+    return [(u, p) for u, p in results if u.oid in good_oids]
 
 
 def _check(results: list[tuple[User, dict[str, Any]]], recorder: Recorder) -> None:
@@ -107,14 +127,19 @@ async def test_shared_tool_stateless_server(
     agent = Agent(client=_client(), tools=[tool], middleware=entra_middleware())
     host = serve_asgi(host_app(agent), name="host")
     try:
-        results = await _drive(host.base, _jobs(idp, users))
+        results = await _drive(host.base, _jobs(idp, users, failing=40))
     finally:
         host.stop()
-    _check(results, recorder)
+    _check(_split(results, users), recorder)
     _no_foreign_lifecycle_tokens(recorder, users)
-    # One connection for everyone: discovery happened once, not per user.
+    failing_oids = {users[USERS + 1].oid, idp.users["carol"].oid}
+    assert not failing_oids & {s.oid for s in recorder.snapshot()}
+    # One connection for everyone, never broken by the auth failures: discovery happened once.
+    # (The very first request is a failing one: its connect went out without a token, was
+    # refused, and the next request connected.)
     discovered = [s for s in recorder.snapshot() if s.rpc == "server/discover"]
-    assert len(discovered) == 1
+    assert [s.status for s in discovered if s.status == 200] == [200]
+    assert all(s.oid is None for s in discovered if s.status != 200)
 
 
 async def test_shared_tool_survives_server_restart_mid_run(
