@@ -371,8 +371,10 @@ def error_from_entra(
     trace_id = str(body.get("trace_id") or "") or None
     description = _first_line(str(body.get("error_description") or ""))
     entry: Aadsts | None = describe(code) if code is not None else None
-    what = f"Entra refused the token request: {entry}: {entry.meaning}." if entry else (
-        f"Entra refused the token request: {error or 'unknown error'}."
+    what = (
+        f"Entra refused the token request: {entry}: {entry.meaning}."
+        if entry
+        else (f"Entra refused the token request: {error or 'unknown error'}.")
     )
     if description and (entry is None or entry.name == "Unknown"):
         what = f"{what} Entra said: {description}"

@@ -42,14 +42,20 @@ class JwtDecodeError(ValueError):
     """The value is not a decodable JWT. The message never contains the value."""
 
 
+def _utf8(secret: str) -> bytes:
+    # surrogatepass: a str can hold lone surrogates (json.loads accepts "\\ud800"); a plain
+    # encode() would raise UnicodeEncodeError, whose ``.object`` is the whole secret.
+    return secret.encode("utf-8", "surrogatepass")
+
+
 def fingerprint(secret: str | bytes) -> str:
     """A short, non-reversible tag for a token or secret, safe for logs and reprs."""
-    data = secret.encode() if isinstance(secret, str) else secret
+    data = _utf8(secret) if isinstance(secret, str) else secret
     return "sha256:" + hashlib.sha256(data).hexdigest()[:12]
 
 
 def sha256_hex(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
+    return hashlib.sha256(_utf8(secret)).hexdigest()
 
 
 def _b64url_decode(segment: str) -> bytes:
@@ -134,9 +140,7 @@ class UnverifiedClaims:
             upn=text("upn") or text("preferred_username") or text("unique_name"),
             azp=text("azp") or text("appid"),
             scp=tuple(scp.split()) if scp else (),
-            roles=tuple(r for r in roles if isinstance(r, str))
-            if isinstance(roles, list)
-            else (),
+            roles=tuple(r for r in roles if isinstance(r, str)) if isinstance(roles, list) else (),
             exp=number("exp"),
             nbf=number("nbf"),
             idtyp=text("idtyp"),

@@ -96,7 +96,9 @@ class TokenStore(Protocol):
 def hash_key(user_key: str) -> str:
     """The hashed form of a user key (sha256 hex): what stores, links and states carry,
     never the raw key (it names a person)."""
-    return hashlib.sha256(f"entra-passthrough/user\x00{user_key}".encode()).hexdigest()
+    # surrogatepass: a key built by code (bind_caller(user_id=...)) may hold lone surrogates.
+    data = f"entra-passthrough/user\x00{user_key}".encode("utf-8", "surrogatepass")
+    return hashlib.sha256(data).hexdigest()
 
 
 class MemoryStore:
