@@ -195,7 +195,10 @@ def test_v2_delegated_access_token_claims(idp: EntraEmulator, http: httpx2.Clien
     claims = pyjwt_verify(idp, token, audience=idp.mcp.client_id, issuer=idp.issuer())
     assert rfc7515_verify(idp, http, token) == claims
     header = jwt.get_unverified_header(token)
-    assert header["kid"] == header["x5t"]  # Entra sets both (signing-key-rollover)
+    # Header claims (access-token-claims-reference): kid always; x5t "emitted only in v1.0
+    # access tokens".
+    assert "kid" in header
+    assert "x5t" not in header
     alice = idp.users["alice"]
     assert claims["ver"] == "2.0"
     assert claims["aud"] == idp.mcp.client_id  # v2: always the API's client id
@@ -268,6 +271,8 @@ def test_v1_access_token_claims(idp: EntraEmulator, http: httpx2.Client, by: str
     assert "preferred_username" not in claims
     assert claims["scp"] == "user_impersonation"
     assert "idtyp" not in claims  # not configured on this API
+    header = jwt.get_unverified_header(body["access_token"])
+    assert header["x5t"] == header["kid"]  # v1: the legacy x5t header, same value as kid
 
 
 def test_v1_app_only_audience_follows_the_request(idp: EntraEmulator, http: httpx2.Client) -> None:

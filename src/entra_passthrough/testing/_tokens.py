@@ -2,8 +2,9 @@
 
 Claims follow https://learn.microsoft.com/entra/identity-platform/access-token-claims-reference
 (v1 vs v2, delegated vs app-only) and https://learn.microsoft.com/entra/identity-platform/
-id-token-claims-reference. Headers carry ``kid`` and ``x5t`` (Entra sets both to the certificate's
-SHA-1 thumbprint). The v1 issuer ``https://sts.windows.net/{tid}/`` is emulated as ``{url}/{tid}/``
+id-token-claims-reference. Headers carry ``kid`` (the certificate's SHA-1 thumbprint); v1 tokens
+also carry ``x5t`` with the same value ("a legacy claim emitted only in v1.0 access tokens",
+access-token-claims-reference, "Header claims"). The v1 issuer ``https://sts.windows.net/{tid}/`` is emulated as ``{url}/{tid}/``
 (docs/emulator.md, "Known differences").
 """
 
@@ -95,9 +96,11 @@ class KeyRing:
 
 def sign(ring: KeyRing, claims: Mapping[str, Any]) -> str:
     key = ring.current
-    return jwt.encode(
-        dict(claims), key.key, algorithm="RS256", headers={"kid": key.kid, "x5t": key.kid}
-    )
+    headers = {"kid": key.kid}
+    if claims.get("ver") == "1.0":
+        # x5t is "emitted only in v1.0 access tokens" (access-token-claims-reference).
+        headers["x5t"] = key.kid
+    return jwt.encode(dict(claims), key.key, algorithm="RS256", headers=headers)
 
 
 def verify(ring: KeyRing, token: str) -> dict[str, Any]:
