@@ -4,8 +4,8 @@ Claims follow https://learn.microsoft.com/entra/identity-platform/access-token-c
 (v1 vs v2, delegated vs app-only) and https://learn.microsoft.com/entra/identity-platform/
 id-token-claims-reference. Headers carry ``kid`` (the certificate's SHA-1 thumbprint); v1 tokens
 also carry ``x5t`` with the same value ("a legacy claim emitted only in v1.0 access tokens",
-access-token-claims-reference, "Header claims"). The v1 issuer ``https://sts.windows.net/{tid}/`` is emulated as ``{url}/{tid}/``
-(docs/emulator.md, "Known differences").
+access-token-claims-reference, "Header claims"). The v1 issuer ``https://sts.windows.net/{tid}/``
+is emulated as ``{url}/{tid}/`` (docs/emulator.md, "Known differences").
 """
 
 from __future__ import annotations
