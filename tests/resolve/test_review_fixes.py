@@ -64,3 +64,31 @@ def test_a_user_key_with_lone_surrogates_hashes() -> None:
     from entra_passthrough._store import hash_key
 
     assert hash_key("platform:\ud800") != hash_key("platform:\ud801")
+
+
+class _NamedCredential:
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def get_token(self, *scopes: str, claims: str | None = None, **_: object) -> AccessToken:
+        return AccessToken(self.token, 4_102_444_800)
+
+
+def test_two_azure_credentials_sharing_a_cache_never_swap_identities() -> None:
+    # TokenCache is documented as shareable between chains; two AzureCredential sources with
+    # the default name and the same credential class must not read each other's entries.
+    from entra_passthrough import Policy, TokenCache, TokenChain
+
+    cache = TokenCache()
+    one = TokenChain(
+        [AzureCredential(_NamedCredential("eyJ.app-one.sig"))], policy=Policy.APP_ONLY, cache=cache
+    )
+    two = TokenChain(
+        [AzureCredential(_NamedCredential("eyJ.app-two.sig"))], policy=Policy.APP_ONLY, cache=cache
+    )
+    try:
+        assert one.get_token(["api://x/.default"]).token == "eyJ.app-one.sig"
+        assert two.get_token(["api://x/.default"]).token == "eyJ.app-two.sig"
+    finally:
+        one.close()
+        two.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import secrets
 from collections.abc import Mapping
 from typing import Any
 
@@ -55,6 +56,9 @@ class AzureCredential:
         self.is_async = inspect.iscoroutinefunction(get_token)
         self._pool = WorkerPool(max_workers=max_workers, name=f"entra-{name}")
         self._unavailable: str | None = None
+        # The credential's identity is opaque to us: a per-instance tag keeps two sources of the
+        # same name and credential class apart in a TokenCache shared between chains.
+        self._partition = (type(credential).__name__, secrets.token_hex(8))
 
     def __repr__(self) -> str:
         return (
@@ -69,7 +73,7 @@ class AzureCredential:
         return "credential unavailable" if self._unavailable else "not applicable"
 
     def cache_partition(self, request: TokenRequest) -> tuple[str, ...] | None:
-        return (type(self.credential).__name__,)
+        return self._partition
 
     def _call_sync(self, request: TokenRequest) -> TokenResult | None:
         try:
