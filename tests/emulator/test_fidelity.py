@@ -464,3 +464,28 @@ def test_azure_identity_reports_the_code(idp: EntraEmulator) -> None:
     )
     with pytest.raises(ClientAuthenticationError, match="AADSTS50013"):
         cred.get_token(f"{idp.mcp.app_id_uri}/.default")
+
+
+def test_v1_endpoint_response_shape(idp: EntraEmulator, http: httpx2.Client) -> None:
+    # https://learn.microsoft.com/previous-versions/azure/active-directory/azuread-dev/v1-oauth2-client-creds-grant-flow#service-to-service-access-token-response
+    # (v1: numbers as strings, expires_on / not_before / resource; the token's aud is the
+    # resource as named).
+    resource = idp.legacy_api.app_id_uri or ""
+    resp = http.post(
+        f"{idp.authority}/oauth2/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": idp.agent.client_id,
+            "client_secret": idp.agent.secret,
+            "resource": resource,
+        },
+    )
+    body = resp.json()
+    assert {"access_token", "token_type", "expires_in", "expires_on", "not_before"} <= set(body)
+    assert body["resource"] == resource
+    for name in ("expires_in", "expires_on", "not_before"):
+        assert isinstance(body[name], str)
+        assert body[name].isdigit()
+    claims = jwt.decode(body["access_token"], options={"verify_signature": False})
+    assert claims["aud"] == resource
+    assert claims["ver"] == "1.0"
