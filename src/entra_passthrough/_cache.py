@@ -50,6 +50,11 @@ def _loop_running_here() -> bool:
     return True
 
 
+def _retrieved(future: asyncio.Future[TokenResult | None]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class _LeaderGone(Exception):
     """The task or thread acquiring this key was cancelled; a waiter should take over."""
 
@@ -204,6 +209,8 @@ class TokenCache:
         with self._lock:
             if self._inflight.get(key) is fut:
                 del self._inflight[key]
+        if fut.done():
+            return  # defensive: a future cancelled from outside has no one left to tell
         if error is not None:
             fut.set_exception(error)
         else:
@@ -230,7 +237,11 @@ class TokenCache:
             if leader:
                 return await self._lead_async(key, fut, acquire, cap)
             try:
-                return await asyncio.wrap_future(fut)
+                # shield: cancelling this waiter (a client went away) must not cancel the
+                # shared future, which would fail the leader and every other waiter.
+                shared = asyncio.wrap_future(fut)
+                shared.add_done_callback(_retrieved)  # no "exception never retrieved" noise
+                return await asyncio.shield(shared)
             except _LeaderGone:
                 continue
         raise SourceUnavailable(
