@@ -305,3 +305,35 @@ async def _pending_link(source: Any, env: ConsentEnv) -> str:
         await source.get_token_async(TokenRequest(scopes=(env.mcp_scope,), caller=caller))
     assert info.value.link is not None
     return info.value.link
+
+
+async def test_a_cancelled_leader_still_finishes_its_refresh_once(consent_env: ConsentEnv) -> None:
+    # The leader's refresh is already in flight at Entra when its task is cancelled (a client
+    # went away): it must finish and store the rotated refresh token, and the waiters must
+    # share it, not spend the same refresh token again.
+    env = consent_env
+    source, _, request, _ = await _consented(env, "pat", "foundry-user-pat-3")
+    key = UserKey.from_caller(request.caller)
+    assert key is not None
+    env.idp.token_latency = 0.3
+    before = env.idp.stats()["grants"].get("refresh_token", 0)
+    try:
+        leader = asyncio.create_task(source.get_token_async(request))
+        for _ in range(1000):  # until the refresh request is at the emulator (bounded)
+            if env.idp.stats()["grants"].get("refresh_token", 0) > before:
+                break
+            await asyncio.sleep(0.002)
+        waiters = [asyncio.create_task(source.get_token_async(request)) for _ in range(3)]
+        for _ in range(5):
+            await asyncio.sleep(0)
+        leader.cancel()
+        results = await asyncio.gather(*waiters)
+    finally:
+        env.idp.token_latency = 0.0
+    assert leader.cancelled()
+    assert all(r is not None for r in results)
+    assert env.idp.stats()["grants"].get("refresh_token", 0) - before == 1
+    assert len({r.token for r in results if r is not None}) == 1
+    found = await source.grants.get_grant(key.hashed)
+    assert found is not None
+    assert found[0].lease_owner is None

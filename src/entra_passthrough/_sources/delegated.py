@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import os
 import secrets
@@ -258,29 +259,28 @@ class DelegatedConsent:
         factory: Callable[[], Awaitable[TokenResult]],
     ) -> TokenResult:
         # One refresh per user at a time in this process (a refresh rotates the user's refresh
-        # token whatever the scopes); callers for the same scopes share the result.
+        # token whatever the scopes); callers for the same scopes share the result. The flight
+        # runs as its own task, shielded: a leader cancelled while its refresh is at Entra (a
+        # client went away) must not drop the rotated refresh token nor release the lease early
+        # and let a waiter spend the same refresh token again.
         loop = asyncio.get_running_loop()
         slot = (id(loop), key_hash)
         for _ in range(_MAX_ATTEMPTS):
             current = self._flights.get(slot)
             if current is None:
-                future: asyncio.Future[Any] = loop.create_future()
-                self._flights[slot] = (flight, future)
-                try:
-                    result = await factory()
-                except asyncio.CancelledError:
-                    future.cancel()  # the waiters start a flight of their own
-                    raise
-                except BaseException as exc:
-                    future.set_exception(exc)
-                    future.exception()  # retrieved: no "never retrieved" warning
-                    raise
-                finally:
-                    if self._flights.get(slot, (None, None))[1] is future:
-                        del self._flights[slot]
-                future.set_result(result)
+                work: asyncio.Future[Any] = asyncio.ensure_future(factory())
+                self._flights[slot] = (flight, work)
+                work.add_done_callback(functools.partial(self._end_flight, slot))
+                result: TokenResult = await asyncio.shield(work)
                 return result
             other_flight, other = current
+            if other.done():
+                # Finished, its clean-up callback not run yet: never spin on it.
+                self._end_flight(slot, other)
+                if other_flight == flight and not other.cancelled() and not other.exception():
+                    done: TokenResult = other.result()
+                    return done
+                continue
             try:
                 shared: TokenResult = await asyncio.shield(other)
             except asyncio.CancelledError:
@@ -295,6 +295,12 @@ class DelegatedConsent:
             if other_flight == flight:
                 return shared
         raise EntraError("too many concurrent token requests for one user", source=self.name)
+
+    def _end_flight(self, slot: tuple[int, str], work: asyncio.Future[Any]) -> None:
+        if self._flights.get(slot, (None, None))[1] is work:
+            del self._flights[slot]
+        if not work.cancelled():
+            work.exception()  # retrieved: no "never retrieved" warning when no one waits
 
     # --- refresh with a cross-replica lease -------------------------------------------------
     async def _acquire(self, key: UserKey, request: TokenRequest) -> TokenResult:
