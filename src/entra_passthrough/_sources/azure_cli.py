@@ -143,6 +143,12 @@ class AzureCli:
             raise SourceUnavailable(
                 "az timed out.", source=self.name, scopes=request.scopes
             ) from None
+        except BaseException:
+            # Cancelled (the client went away): never leave az running behind us.
+            if proc.returncode is None:
+                proc.kill()
+                await asyncio.shield(proc.wait())
+            raise
         return self._parse(proc.returncode or 0, stdout, stderr, request.scopes)
 
     @classmethod
