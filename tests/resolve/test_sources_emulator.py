@@ -12,6 +12,7 @@ from azure.identity import ClientSecretCredential
 from entra_passthrough import (
     AgentIdentityOnBehalfOf,
     AssertionAudienceMismatch,
+    AssertionMalformed,
     AzureCli,
     AzureCredential,
     Caller,
@@ -83,9 +84,18 @@ async def test_user_or_app_uses_mi_only_without_any_assertion(idp: EntraEmulator
     assert "Tools.Call" in claims["roles"]
     assert "scp" not in claims
     msi = idp.stats()["endpoints"]["msi"]
-    for token in ("garbage", idp.user_token("alice", audience=FOUNDRY_AUDIENCE)):
-        with bind_caller(token=token), pytest.raises((AssertionAudienceMismatch, Exception)):
+    # A presented but unusable assertion fails closed with its own typed error, even though
+    # the app token is cached and would cost nothing.
+    cases: list[tuple[str, type[Exception]]] = [
+        ("garbage", AssertionMalformed),
+        ("", AssertionMalformed),
+        (idp.user_token("alice", audience=FOUNDRY_AUDIENCE), AssertionAudienceMismatch),
+    ]
+    for token, error in cases:
+        with bind_caller(token=token), pytest.raises(error):
             await chain.get_token_async(mcp_scope(idp))
+        with bind_caller(token=token), pytest.raises(error):
+            chain.get_token(mcp_scope(idp))
     assert idp.stats()["endpoints"]["msi"] == msi
     chain.close()
 
