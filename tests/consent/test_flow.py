@@ -317,12 +317,14 @@ async def test_a_cancelled_leader_still_finishes_its_refresh_once(consent_env: C
     assert key is not None
     env.idp.token_latency = 0.3
     before = env.idp.stats()["grants"].get("refresh_token", 0)
+    arrived = env.idp.stats()["endpoints"]["token"]  # counted on arrival, before the latency
     try:
         leader = asyncio.create_task(source.get_token_async(request))
         for _ in range(1000):  # until the refresh request is at the emulator (bounded)
-            if env.idp.stats()["grants"].get("refresh_token", 0) > before:
+            if env.idp.stats()["endpoints"]["token"] > arrived:
                 break
             await asyncio.sleep(0.002)
+        assert not leader.done()
         waiters = [asyncio.create_task(source.get_token_async(request)) for _ in range(3)]
         for _ in range(5):
             await asyncio.sleep(0)
