@@ -84,13 +84,12 @@ class Caller:
     @property
     def user_key(self) -> str | None:
         """The strongest stable key for this user: ``tid:oid`` from a verified token, else
-        ``unverified-tid:oid`` from routing claims, else ``platform:<x-agent-user-id>``."""
+        ``platform:<x-agent-user-id>``, else ``None``. Never built from unverified claims:
+        anyone can mint an unsigned token naming someone else's tid/oid."""
         if self.verified is not None:
             tid, oid = self.verified.get("tid"), self.verified.get("oid")
-            if isinstance(tid, str) and isinstance(oid, str):
+            if isinstance(tid, str) and isinstance(oid, str) and tid and oid:
                 return f"{tid}:{oid}"
-        if self.claims is not None and self.claims.tid and self.claims.oid:
-            return f"unverified-{self.claims.tid}:{self.claims.oid}"
         if self.user_id:
             return f"platform:{self.user_id}"
         return None

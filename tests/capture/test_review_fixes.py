@@ -43,3 +43,19 @@ def test_a_bearer_with_other_whitespace_still_counts_as_presented(value: bytes) 
 @pytest.mark.parametrize("value", [b"Basic dXNlcjpwYXNz", b"Negotiate abc", b"Bearerx abc"])
 def test_other_schemes_are_not_assertions(value: bytes) -> None:
     assert not Caller.from_headers([(b"authorization", value)]).presented
+
+
+def test_user_key_never_comes_from_unverified_claims() -> None:
+    # Anyone can mint an unsigned token naming a victim's tid/oid: a key built from it would
+    # let a custom source's cache (docs: partition by caller.user_key) serve the victim's token.
+    from ._jwts import unsigned_jwt
+
+    forged = Caller.from_token(unsigned_jwt(oid="victim-oid", tid="victim-tid"))
+    assert forged.claims is not None
+    assert forged.claims.oid == "victim-oid"  # still there for routing
+    assert forged.user_key is None
+    with_platform = Caller.from_token(unsigned_jwt(oid="victim-oid", tid="t"), user_id="u-1")
+    assert with_platform.user_key == "platform:u-1"
+    verified = Caller.from_token(unsigned_jwt(oid="x", tid="t"))
+    verified.verified = {"tid": "t", "oid": "alice"}
+    assert verified.user_key == "t:alice"
