@@ -1,0 +1,86 @@
+"""Regression tests from the security review of the consent broker: no code, state, PKCE
+verifier or refresh token in any answer the broker sends, success or failure."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.parse
+
+import httpx2
+
+from entra_passthrough._grants import UserKey
+
+from .conftest import ConsentEnv, form_post_fields, platform_caller, submit_form_post
+from .test_attacks import _code_and_state, _link
+
+
+def _answer_text(response: httpx2.Response) -> str:
+    return response.text + "\n" + "\n".join(f"{k}: {v}" for k, v in response.headers.items())
+
+
+async def _verifier(source: object, state: str) -> str:
+    flow_id = json.loads(source.keyring.verify("state", state))["f"]  # type: ignore[attr-defined]
+    found = await source.grants._get(f"ep:v1:flow:{flow_id}")  # type: ignore[attr-defined]
+    assert found is not None
+    verifier = json.loads(found[0])["msal"]["code_verifier"]
+    assert isinstance(verifier, str)
+    assert len(verifier) >= 43
+    return verifier
+
+
+async def test_failed_callbacks_echo_no_code_state_or_verifier(consent_env: ConsentEnv) -> None:
+    env = consent_env
+    source, _ = env.make()
+    caller = platform_caller(f"echo-{time.monotonic_ns()}", upn=env.idp.users["alice"].upn)
+    link = await _link(source, env, caller)
+    answers: list[httpx2.Response] = []
+    async with env.browser() as browser:
+        code, state = await _code_and_state(browser, link)
+        verifier = await _verifier(source, state)
+        kid, body, mac = state.split(".")
+        for params in (
+            {"code": code, "state": f"{kid}.{body}.{'A' * len(mac)}"},  # bad signature
+            {"code": code, "state": state + "x"},
+            {"code": code, "state": state, "state2": state, "error": "x" * 100},
+            {"code": code},
+        ):
+            for accept in ("text/html", "application/json"):
+                answers.append(
+                    await browser.get(
+                        f"{env.redirect_uri}?{urllib.parse.urlencode(params)}",
+                        headers={"Accept": accept},
+                    )
+                )
+    async with env.browser() as other:  # the right state in another browser: refused
+        answers.append(
+            await other.get(
+                f"{env.redirect_uri}?{urllib.parse.urlencode({'code': code, 'state': state})}"
+            )
+        )
+    assert all(a.status_code == 400 for a in answers), [a.status_code for a in answers]
+    for answer in answers:
+        text = _answer_text(answer)
+        for secret in (code, state, body, mac, verifier):
+            assert secret not in text
+
+
+async def test_the_success_page_echoes_no_secret(consent_env: ConsentEnv) -> None:
+    env = consent_env
+    source, _ = env.make()
+    caller = platform_caller(f"ok-{time.monotonic_ns()}", upn=env.idp.users["alice"].upn)
+    link = await _link(source, env, caller)
+    async with env.browser() as browser:
+        start = await browser.get(link, follow_redirects=False)
+        authorize = await browser.get(start.headers["location"], follow_redirects=False)
+        _, fields = form_post_fields(authorize)
+        verifier = await _verifier(source, fields["state"])
+        page = await submit_form_post(browser, authorize)
+    assert page.status_code == 200, page.text
+    key = UserKey.from_caller(caller)
+    assert key is not None
+    found = await source.grants.get_grant(key.hashed)
+    assert found is not None
+    text = _answer_text(page)
+    for secret in (fields["code"], fields["state"], verifier, found[0].refresh_token):
+        assert secret not in text
