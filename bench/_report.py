@@ -388,7 +388,10 @@ def markdown(r: dict[str, Any]) -> str:
             "that only sets the header: httpx2 "
             f"{_miqr(ip.get('auth_flow_over_static_auth_us_httpx2'), digits=1)} µs, httpx "
             f"{_miqr(ip.get('auth_flow_over_static_auth_us_httpx'), digits=1)} µs "
-            f"({ip.get('batches', '?')} batches of {ip['requests_per_batch']} requests).",
+            f"({ip.get('batches', '?')} batches of {ip['requests_per_batch']} requests). "
+            "Fastest batch of each, differenced (the least-disturbed estimate on a shared "
+            f"machine): httpx2 {_fmt(ip['auth_flow_us_httpx2'].get('min_batches'), 1)} µs, "
+            f"httpx {_fmt(ip['auth_flow_us_httpx'].get('min_batches'), 1)} µs over a no-op Auth.",
         ]
     mw = r.get("middleware", {})
     if "ratio" in mw:
