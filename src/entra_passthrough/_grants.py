@@ -42,6 +42,11 @@ class UserKey:
     oid: str | None = None
     login_hint: str | None = field(default=None, repr=False)
     domain_hint: str | None = None
+    #: For a platform key: the (unverified) tid/oid of the token that came with the request,
+    #: if any. Never a key - only a constraint: the sign-in must then be that account, so a
+    #: link forwarded to (or phished by) someone else cannot bind this chat user to them.
+    expected_tid: str | None = None
+    expected_oid: str | None = None
 
     @property
     def hashed(self) -> str:
@@ -52,8 +57,21 @@ class UserKey:
         return cls(f"{tid}:{oid}", "entra", tid=tid, oid=oid, login_hint=upn, domain_hint=tid)
 
     @classmethod
-    def for_platform_user(cls, user_id: str, *, login_hint: str | None = None) -> UserKey:
-        return cls(f"platform:{user_id}", "platform", login_hint=login_hint)
+    def for_platform_user(
+        cls,
+        user_id: str,
+        *,
+        login_hint: str | None = None,
+        expected_tid: str | None = None,
+        expected_oid: str | None = None,
+    ) -> UserKey:
+        return cls(
+            f"platform:{user_id}",
+            "platform",
+            login_hint=login_hint,
+            expected_tid=expected_tid,
+            expected_oid=expected_oid,
+        )
 
     @classmethod
     def from_caller(cls, caller: Caller | None) -> UserKey | None:
@@ -72,7 +90,14 @@ class UserKey:
                 upn = caller.verified.get("upn") or caller.verified.get("preferred_username")
                 return cls.for_entra_user(tid, oid, upn=upn if isinstance(upn, str) else hint)
         if caller.user_id:
-            return cls.for_platform_user(caller.user_id, login_hint=hint)
+            claims = caller.claims
+            both = claims is not None and bool(claims.tid) and bool(claims.oid)
+            return cls.for_platform_user(
+                caller.user_id,
+                login_hint=hint,
+                expected_tid=claims.tid if both and claims is not None else None,
+                expected_oid=claims.oid if both and claims is not None else None,
+            )
         return None
 
 
@@ -116,6 +141,8 @@ class LinkTicket:
     claims: str | None = None
     tid: str | None = None
     oid: str | None = None
+    expected_tid: str | None = None
+    expected_oid: str | None = None
 
     def seal(self, keyring: Keyring) -> str:
         return keyring.seal("link", json.dumps(asdict(self), separators=(",", ":")).encode())

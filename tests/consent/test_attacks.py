@@ -307,3 +307,38 @@ async def test_form_post_callback_is_parsed_as_strictly(consent_env: ConsentEnv)
             )
             answer = await browser.post(env.redirect_uri, headers=headers, **kwargs)
             _rejected(answer, code)
+
+
+async def test_forwarded_link_cannot_bind_the_chat_user_to_another_account(
+    consent_env: ConsentEnv,
+) -> None:
+    # A Foundry caller: platform user id + a token for https://ai.azure.com naming alice. The
+    # link is a platform key, but the sign-in must be alice's account: bob, who got the link
+    # forwarded (or phished it), cannot bind alice's chat identity to his account.
+    from entra_passthrough import UnverifiedClaims
+
+    env = consent_env
+    alice, bob = env.idp.users["alice"], env.idp.users["bob"]
+    source, _ = env.make()
+    claims = UnverifiedClaims(
+        upn=alice.upn, tid=alice.tenant_id, oid=alice.oid, aud="https://ai.azure.com"
+    )
+    caller = Caller(user_id=f"forwarded-{time.monotonic_ns()}", claims=claims)
+    link = await _link(source, env, caller)
+    async with env.browser() as browser:
+        start = await browser.get(link, follow_redirects=False)
+        location = start.headers["location"].replace(
+            urllib.parse.quote(alice.upn, safe=""), urllib.parse.quote(bob.upn, safe="")
+        )
+        assert bob.upn in urllib.parse.unquote(location)
+        answer = await submit_form_post(browser, await browser.get(location))
+    _rejected(answer, "user_mismatch")
+    await _nothing_stored(source, caller)
+    # alice herself completes a fresh link.
+    ok = await follow_link(env, await _link(source, env, caller))
+    assert ok.status_code == 200, ok.text
+    key = UserKey.from_caller(caller)
+    assert key is not None
+    found = await source.grants.get_grant(key.hashed)
+    assert found is not None
+    assert found[0].oid == alice.oid

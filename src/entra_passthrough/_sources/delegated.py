@@ -219,6 +219,8 @@ class DelegatedConsent:
             claims=claims,
             tid=key.tid,
             oid=key.oid,
+            expected_tid=key.expected_tid,
+            expected_oid=key.expected_oid,
         )
         return f"{self.broker_url}/start?" + urlencode({"t": ticket.seal(self.keyring)})
 

@@ -212,6 +212,8 @@ class ConsentBroker:
                 "key_kind": ticket.key_kind,
                 "tid": ticket.tid,
                 "oid": ticket.oid,
+                "expected_tid": ticket.expected_tid,
+                "expected_oid": ticket.expected_oid,
                 "scopes": list(scopes),
                 "browser": _digest(browser),
             },
@@ -361,6 +363,18 @@ class ConsentBroker:
                     "user_mismatch",
                     "You signed in as a different user than the one the agent asked for.",
                 )
+        # A platform key whose request carried a token naming the user (e.g. Foundry's token
+        # for https://ai.azure.com): only that account may complete the sign-in, so a forwarded
+        # or phished link cannot bind this chat user to someone else's account.
+        elif flow.get("expected_oid") and (claims["tid"], claims["oid"]) != (
+            flow.get("expected_tid"),
+            flow["expected_oid"],
+        ):
+            raise BadRequest(
+                "user_mismatch",
+                "You signed in as a different account than the one using the chat; sign in "
+                "with the account you use in the chat.",
+            )
         return claims
 
     async def _bind(self, flow: dict[str, Any], claims: dict[str, Any]) -> None:
