@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._jwt import MAX_TOKEN_BYTES, JwtDecodeError, UnverifiedClaims, fingerprint, sha256_hex
 
@@ -167,10 +167,27 @@ class Caller:
         if self.assertion is not None:
             return
         self.assertion = token
-        try:
-            self.claims = UnverifiedClaims.from_token(token)
-        except JwtDecodeError as exc:
-            self.decode_error = str(exc)
+        # Decoded on first use: most requests (tools/list, streams, health checks, routes that
+        # never call out) never read the claims, and the decode is ~80% of capture's cost.
+        # Unset slots send the first read of ``claims``/``decode_error`` to ``__getattr__``.
+        del self.claims
+        del self.decode_error
+
+    if not TYPE_CHECKING:  # hidden from mypy: a typed __getattr__ would make typos type-check
+
+        def __getattr__(self, name: str) -> Any:
+            # Reached only for an unset slot, i.e. ``claims``/``decode_error`` while pending.
+            if name not in ("claims", "decode_error"):
+                raise AttributeError(name)
+            claims: UnverifiedClaims | None = None
+            error: str | None = None
+            try:
+                claims = UnverifiedClaims.from_token(self.assertion or "")
+            except JwtDecodeError as exc:
+                error = str(exc)
+            self.claims = claims
+            self.decode_error = error
+            return claims if name == "claims" else error
 
     def _mark_malformed(self, reason: str) -> None:
         self.presented = True

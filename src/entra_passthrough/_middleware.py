@@ -124,7 +124,7 @@ class CallerMiddleware:
             _reset_current(reset)
 
     async def _check(self, caller: Caller) -> None:
-        if caller.decode_error is not None and (self.require_caller or self.verifier):
+        if (self.require_caller or self.verifier) and caller.decode_error is not None:
             # Undecodable, duplicated or oversized bearer: never passed on when asked to check.
             raise _Reject(
                 401, error="invalid_token", description="the bearer token is not a valid JWT"

@@ -95,6 +95,19 @@ class WorkerPool:
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
+    def start(self) -> None:
+        """Create the executor and start every worker now (call it at start-up).
+
+        Started lazily, each worker is started by a ``submit`` inside the first burst of cold
+        requests, where ``Thread.start()`` waits for the new thread while the workers already
+        started hold the GIL running MSAL: most of that burst's event-loop lag
+        (bench/README.md, "where the time goes").
+        """
+        executor = self._get()
+        barrier = threading.Barrier(self.max_workers)
+        for _ in range(self.max_workers):
+            executor.submit(barrier.wait, 10.0)  # N concurrent jobs force N threads
+
     def _get(self) -> ThreadPoolExecutor:
         executor = self._executor
         if executor is None:

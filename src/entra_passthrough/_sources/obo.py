@@ -117,6 +117,7 @@ class OnBehalfOf:
         self._owns_http = http_client is None
         self._created_http = False  # from_env built http_client itself (CA file)
         self._pool = WorkerPool(max_workers=max_workers, name=f"entra-{name}")
+        self._pool.start()  # at construction (start-up), not inside the first burst
         self._apps = AppPool(self._build_app, max_apps=max_tenants)
 
     def __repr__(self) -> str:
