@@ -146,16 +146,18 @@ class EntraAuthBase:
     """What the httpx2 and httpx fronts of ``EntraAuth`` share (everything but the base class)."""
 
     _core: FlowCore
+    #: The front's async client class: ``install`` picks the matching redirect hook with it.
+    _async_client: type[Any]
 
-    def _init_core(
+    def __init__(
         self,
         chain: Chain,
         *,
         scopes: Sequence[str],
         origins: Iterable[str],
-        on_error: OnError,
-        client_capabilities: Sequence[str],
-        allow_insecure_loopback: bool,
+        on_error: OnError = "raise",
+        client_capabilities: Sequence[str] = (),
+        allow_insecure_loopback: bool = True,
     ) -> None:
         self._core = FlowCore(
             chain,
@@ -182,6 +184,16 @@ class EntraAuthBase:
     @property
     def on_error(self) -> OnError:
         return self._core.on_error
+
+    def install(self, client: Any) -> None:
+        """Make ``client`` (sync or async, of this front's library) use this auth and the
+        redirect hook that strips our headers from a redirect to another origin."""
+        hooks = dict(client.event_hooks)
+        async_client = isinstance(client, self._async_client)
+        hook: Any = self.async_request_hook if async_client else self.request_hook
+        hooks["request"] = [*hooks.get("request", []), hook]
+        client.event_hooks = hooks
+        client.auth = self
 
     def take_errors(self) -> list[BaseException]:
         """Acquisition errors recorded (``on_error="record"``) for requests with no active
@@ -282,24 +294,7 @@ class EntraAuth(EntraAuthBase, httpx2.Auth):
     requires_request_body = False
     requires_response_body = False
 
-    def __init__(
-        self,
-        chain: Chain,
-        *,
-        scopes: Sequence[str],
-        origins: Iterable[str],
-        on_error: OnError = "raise",
-        client_capabilities: Sequence[str] = (),
-        allow_insecure_loopback: bool = True,
-    ) -> None:
-        self._init_core(
-            chain,
-            scopes=scopes,
-            origins=origins,
-            on_error=on_error,
-            client_capabilities=client_capabilities,
-            allow_insecure_loopback=allow_insecure_loopback,
-        )
+    _async_client = httpx2.AsyncClient
 
     def sync_auth_flow(
         self, request: httpx2.Request
@@ -311,13 +306,3 @@ class EntraAuth(EntraAuthBase, httpx2.Auth):
     ) -> AsyncGenerator[httpx2.Request, httpx2.Response]:
         flow: AsyncGenerator[httpx2.Request, httpx2.Response] = drive_async(self._core, request)
         return flow
-
-    def install(self, client: httpx2.Client | httpx2.AsyncClient) -> None:
-        """Make ``client`` use this auth and the redirect hook."""
-        hooks = dict(client.event_hooks)
-        hook: Any = (
-            self.async_request_hook if isinstance(client, httpx2.AsyncClient) else self.request_hook
-        )
-        hooks["request"] = [*hooks.get("request", []), hook]
-        client.event_hooks = hooks
-        client.auth = self

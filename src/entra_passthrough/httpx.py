@@ -10,13 +10,11 @@ base class differs.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Generator, Iterable, Sequence
-from typing import Any
+from collections.abc import AsyncGenerator, Generator
 
 import httpx
 
 from ._auth import EntraAuthBase, drive_async, drive_sync, use_token
-from ._flow import Chain, OnError
 
 __all__ = ["EntraAuth", "use_token"]
 
@@ -33,24 +31,7 @@ class EntraAuth(EntraAuthBase, httpx.Auth):
     requires_request_body = False
     requires_response_body = False
 
-    def __init__(
-        self,
-        chain: Chain,
-        *,
-        scopes: Sequence[str],
-        origins: Iterable[str],
-        on_error: OnError = "raise",
-        client_capabilities: Sequence[str] = (),
-        allow_insecure_loopback: bool = True,
-    ) -> None:
-        self._init_core(
-            chain,
-            scopes=scopes,
-            origins=origins,
-            on_error=on_error,
-            client_capabilities=client_capabilities,
-            allow_insecure_loopback=allow_insecure_loopback,
-        )
+    _async_client = httpx.AsyncClient
 
     def sync_auth_flow(
         self, request: httpx.Request
@@ -62,13 +43,3 @@ class EntraAuth(EntraAuthBase, httpx.Auth):
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
         flow: AsyncGenerator[httpx.Request, httpx.Response] = drive_async(self._core, request)
         return flow
-
-    def install(self, client: httpx.Client | httpx.AsyncClient) -> None:
-        """Make ``client`` use this auth and the redirect hook."""
-        hooks = dict(client.event_hooks)
-        hook: Any = (
-            self.async_request_hook if isinstance(client, httpx.AsyncClient) else self.request_hook
-        )
-        hooks["request"] = [*hooks.get("request", []), hook]
-        client.event_hooks = hooks
-        client.auth = self
