@@ -36,7 +36,7 @@ class Sightings:
 
 def build(idp: EntraEmulator, *, base_url: str, sightings: Sightings) -> Any:
     verifier = JwtVerifier(
-        audiences=[idp.mcp.client_id, f"{idp.mcp.app_id_uri}"],
+        audiences=list(idp.mcp.identifiers),
         tenants=[idp.tenant_id],
         authority_host=idp.url,
         http_client=httpx2.AsyncClient(
