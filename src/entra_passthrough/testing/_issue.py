@@ -189,12 +189,12 @@ def user_token_response(
     client_acr: str,
     user: User,
     tenant_id: str,
-    scp: Sequence[str],
     form: Mapping[str, str],
     nonce: str | None = None,
     amr: Sequence[str] = ("pwd",),
 ) -> dict[str, Any]:
-    """A delegated token response as Entra's v2 endpoint returns it."""
+    """A delegated token response as Entra's v2 endpoint returns it (65001 if not consented)."""
+    scp: tuple[str, ...] = delegated_scopes(rt, req, client, user) if req.resource else ()
     subject = user_subject(rt, user, tenant_id, amr)
     lifetime = rt.world.lifetimes.access_token
     out: dict[str, Any] = {"token_type": "Bearer"}

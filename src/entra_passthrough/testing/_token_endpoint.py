@@ -24,7 +24,6 @@ from ._issue import (
     ScopeRequest,
     app_roles,
     client_capabilities,
-    delegated_scopes,
     mint_access,
     parse_scopes,
     user_token_response,
@@ -227,7 +226,6 @@ def _on_behalf_of(
     raw_amr = claims.get("amr")
     amr = tuple(str(x) for x in raw_amr) if isinstance(raw_amr, list) else ("pwd",)
     _check_user_policies(user, req.resource, amr)
-    scp = delegated_scopes(rt, req, app, user) if req.resource else ()
     return user_token_response(
         rt,
         req=req,
@@ -235,7 +233,6 @@ def _on_behalf_of(
         client_acr=client.acr,
         user=user,
         tenant_id=tid,
-        scp=scp,
         form=form,
         amr=amr,
     )
@@ -294,7 +291,6 @@ def _authorization_code(rt: Runtime, form: Mapping[str, str], client: ClientAuth
     if user is None:
         raise e.invalid_grant(70000, "Provided grant is invalid or malformed.")
     req = parse_scopes(rt, " ".join(rec.scopes), rec.tenant_id)
-    scp = delegated_scopes(rt, req, client.app, user) if req.resource else ()
     return user_token_response(
         rt,
         req=req,
@@ -302,7 +298,6 @@ def _authorization_code(rt: Runtime, form: Mapping[str, str], client: ClientAuth
         client_acr=client.acr,
         user=user,
         tenant_id=rec.tenant_id,
-        scp=scp,
         form=form,
         nonce=rec.nonce,
         amr=rec.amr,
@@ -342,7 +337,6 @@ def _refresh(rt: Runtime, form: Mapping[str, str], client: ClientAuth) -> dict[s
         scope += " offline_access"
     req = parse_scopes(rt, scope, rec.tenant_id)
     _check_user_policies(user, req.resource, rec.amr)
-    scp = delegated_scopes(rt, req, client.app, user) if req.resource else ()
     return user_token_response(
         rt,
         req=req,
@@ -350,7 +344,6 @@ def _refresh(rt: Runtime, form: Mapping[str, str], client: ClientAuth) -> dict[s
         client_acr=client.acr,
         user=user,
         tenant_id=rec.tenant_id,
-        scp=scp,
         form={**form, "scope": scope},
         amr=rec.amr,
     )
@@ -376,7 +369,6 @@ def _password(
     check_resource_param(form, req)
     # ROPC cannot satisfy MFA or consent interactively (v2-oauth-ropc).
     _check_user_policies(user, req.resource, ("pwd",))
-    scp = delegated_scopes(rt, req, client.app, user) if req.resource else ()
     return user_token_response(
         rt,
         req=req,
@@ -384,7 +376,6 @@ def _password(
         client_acr=client.acr,
         user=user,
         tenant_id=user.tenant_id,
-        scp=scp,
         form=form,
     )
 
