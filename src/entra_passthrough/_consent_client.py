@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import jwt
 import msal
@@ -45,6 +46,18 @@ class IdTokenError(ValueError):
     """The id token is not acceptable. The message names the check, never the token."""
 
 
+def check_https_url(url: str, *, what: str) -> str:
+    """A browser-facing URL of the consent flow: HTTPS (HTTP only on loopback), no query or
+    fragment (hosts reject non-HTTPS consent links; a query would be appended to)."""
+    parts = urlsplit(url)
+    loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
+    if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
+        raise ConfigurationError(f"{what} {url!r} must be HTTPS.")
+    if parts.query or parts.fragment:
+        raise ConfigurationError(f"{what} {url!r} must have no query or fragment.")
+    return url
+
+
 def client_credential(
     *,
     client_secret: str | None,
@@ -75,7 +88,9 @@ class ConsentClient:
         *,
         client_id: str,
         tenant_id: str,
-        credential: str | dict[str, Any],
+        client_secret: str | None,
+        client_certificate: bytes | str | None,
+        client_assertion: Callable[[], str] | None,
         authority_host: str,
         http_client: Any,
         max_workers: int,
@@ -87,7 +102,11 @@ class ConsentClient:
         self.tenant_id = tenant_id
         self.authority_host = normalize_authority_host(authority_host)
         self.allowed_tenants = tuple(allowed_tenants or (tenant_id,))
-        self._credential = credential
+        self._credential = client_credential(
+            client_secret=client_secret,
+            client_certificate=client_certificate,
+            client_assertion=client_assertion,
+        )
         self._http = http_client
         self.pool = WorkerPool(max_workers=max_workers, name="entra-passthrough-consent")
         self._app: Any = None

@@ -23,9 +23,9 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, NoReturn
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
-from .._consent_client import ConsentClient, client_credential
+from .._consent_client import ConsentClient, check_https_url
 from .._errors import (
     ConfigurationError,
     ConsentRequired,
@@ -86,23 +86,14 @@ class DelegatedConsent:
         server_label: str | None = None,
         name: str = "delegated",
     ) -> None:
-        parts = urlsplit(broker_url)
-        loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
-        if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
-            raise ConfigurationError(
-                f"broker_url {broker_url!r} must be HTTPS (hosts reject non-HTTPS consent links)."
-            )
-        if parts.query or parts.fragment:
-            raise ConfigurationError("broker_url must not have a query or fragment.")
+        check_https_url(broker_url, what="broker_url")
         self.name = name
         self.client = ConsentClient(
             client_id=client_id,
             tenant_id=tenant_id,
-            credential=client_credential(
-                client_secret=client_secret,
-                client_certificate=client_certificate,
-                client_assertion=client_assertion,
-            ),
+            client_secret=client_secret,
+            client_certificate=client_certificate,
+            client_assertion=client_assertion,
             authority_host=authority_host,
             http_client=http_client,
             max_workers=max_workers,

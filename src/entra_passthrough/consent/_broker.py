@@ -29,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from .._consent_client import ConsentClient, IdTokenError, client_credential
+from .._consent_client import ConsentClient, IdTokenError, check_https_url
 from .._errors import ConfigurationError
 from .._grants import (
     Grant,
@@ -96,22 +96,15 @@ class ConsentBroker:
         if not redirect_uris:
             raise ConfigurationError("ConsentBroker needs at least one redirect URI.")
         for uri in redirect_uris:
-            parts = urlsplit(uri)
-            loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
-            if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
-                raise ConfigurationError(f"redirect URI {uri!r} must be HTTPS.")
-            if parts.query or parts.fragment:
-                raise ConfigurationError(f"redirect URI {uri!r} must have no query/fragment.")
+            check_https_url(uri, what="redirect URI")
         if not 30 <= state_lifetime <= 3600:
             raise ConfigurationError("state_lifetime must be between 30 s and 1 h.")
         self.client = _client or ConsentClient(
             client_id=client_id,
             tenant_id=tenant_id,
-            credential=client_credential(
-                client_secret=client_secret,
-                client_certificate=client_certificate,
-                client_assertion=client_assertion,
-            ),
+            client_secret=client_secret,
+            client_certificate=client_certificate,
+            client_assertion=client_assertion,
             authority_host=authority_host,
             http_client=http_client,
             max_workers=max_workers,
