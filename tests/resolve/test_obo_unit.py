@@ -109,6 +109,16 @@ def test_exactly_one_credential() -> None:
         obo(authority_host="http://login.example")
 
 
+def test_agent_identity_needs_exactly_one_blueprint_credential() -> None:
+    from entra_passthrough import AgentIdentityOnBehalfOf
+
+    ids = {"blueprint_client_id": "bp", "agent_identity_id": "agent", "tenant_id": TENANT}
+    with pytest.raises(ConfigurationError, match="exactly one client credential, got 0"):
+        AgentIdentityOnBehalfOf(**ids)
+    with pytest.raises(ConfigurationError, match="exactly one client credential, got 2"):
+        AgentIdentityOnBehalfOf(**ids, client_secret=SECRET, client_assertion=lambda: "x")
+
+
 def test_repr_has_no_secret() -> None:
     assert SECRET not in repr(obo())
     assert "credential=secret" in repr(obo())

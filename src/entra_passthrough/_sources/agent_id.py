@@ -11,20 +11,17 @@ from typing import TYPE_CHECKING, Any
 import msal
 
 from .. import _env
-from .._errors import ConfigurationError
 from .._msal import (
     PUBLIC_AUTHORITY_HOST,
     DiscoveryOnlyHttpCache,
-    FederatedTokenFile,
     NullTokenCache,
     federation_audience,
     http_session,
-    load_certificate,
     normalize_authority_host,
 )
 from .._types import IdentityKind, TokenRequest, TokenResult
 from ._base import result_from_msal, unreachable
-from .obo import OnBehalfOf, credential_from_env
+from .obo import OnBehalfOf, client_credential, credential_from_env
 
 if TYPE_CHECKING:
     from .managed_identity import ManagedIdentity
@@ -108,38 +105,19 @@ class AgentIdentityOnBehalfOf:
         max_tenants: int = 64,
         name: str = "agent_id",
     ) -> None:
-        given = [
-            c
-            for c in (
-                client_secret,
-                client_certificate,
-                client_assertion,
-                managed_identity,
-                federated_token_file,
-            )
-            if c is not None
-        ]
-        if len(given) != 1:
-            raise ConfigurationError(
-                f"AgentIdentityOnBehalfOf needs exactly one blueprint credential, got {len(given)}."
-            )
         self.name = name
         self.blueprint_client_id = blueprint_client_id
         self.agent_identity_id = agent_identity_id
         host = normalize_authority_host(authority_host)
-        credential: Any
-        if client_secret is not None:
-            credential = client_secret
-        elif client_certificate is not None:
-            credential = load_certificate(client_certificate)
-        elif client_assertion is not None:
-            credential = {"client_assertion": client_assertion}
-        elif managed_identity is not None:
-            mi, audience = managed_identity, federation_audience(host)
-            credential = {"client_assertion": lambda: mi.token_for_resource(audience)}
-        else:
-            assert federated_token_file is not None
-            credential = {"client_assertion": FederatedTokenFile(federated_token_file)}
+        _, credential = client_credential(
+            owner="AgentIdentityOnBehalfOf (the blueprint)",
+            authority_host=host,
+            client_secret=client_secret,
+            client_certificate=client_certificate,
+            client_assertion=client_assertion,
+            managed_identity=managed_identity,
+            federated_token_file=federated_token_file,
+        )
 
         def blueprint_app() -> Any:
             return msal.ConfidentialClientApplication(

@@ -80,23 +80,6 @@ class OnBehalfOf:
     ) -> None:
         if not client_id or not tenant_id:
             raise ConfigurationError("OnBehalfOf needs client_id and tenant_id.")
-        given = [
-            c
-            for c in (
-                client_secret,
-                client_certificate,
-                client_assertion,
-                managed_identity,
-                federated_token_file,
-            )
-            if c is not None
-        ]
-        if len(given) != 1:
-            raise ConfigurationError(
-                f"OnBehalfOf needs exactly one client credential, got {len(given)}.",
-                fix="pass one of client_secret, client_certificate, client_assertion, "
-                "managed_identity or federated_token_file.",
-            )
         self.name = name
         self.client_id = client_id
         self.tenant_id = tenant_id
@@ -105,7 +88,9 @@ class OnBehalfOf:
         self.accepted_audiences = frozenset((client_id, f"api://{client_id}", *accepted_audiences))
         self.consent_redirect_uri = consent_redirect_uri
         self._consent_link = consent_link
-        self._credential_kind, self._credential = self._client_credential(
+        self._credential_kind, self._credential = client_credential(
+            owner="OnBehalfOf",
+            authority_host=self.authority_host,
             client_secret=client_secret,
             client_certificate=client_certificate,
             client_assertion=client_assertion,
@@ -126,34 +111,6 @@ class OnBehalfOf:
             f"tenant_id={self.tenant_id!r}, credential={self._credential_kind}, "
             f"allowed_tenants={sorted(self.allowed_tenants)!r})"
         )
-
-    def _client_credential(
-        self,
-        *,
-        client_secret: str | None,
-        client_certificate: bytes | str | None,
-        client_assertion: Callable[[], str] | None,
-        managed_identity: ManagedIdentity | None,
-        federated_token_file: str | None,
-    ) -> tuple[str, Any]:
-        if client_secret is not None:
-            return "secret", client_secret
-        if client_certificate is not None:
-            return "certificate", load_certificate(client_certificate)
-        if client_assertion is not None:
-            return "client_assertion", {"client_assertion": client_assertion}
-        if managed_identity is not None:
-            audience = federation_audience(self.authority_host)
-            mi = managed_identity
-
-            def mi_assertion() -> str:
-                return mi.token_for_resource(audience)
-
-            return "managed_identity", {"client_assertion": mi_assertion}
-        assert federated_token_file is not None
-        return "federated_token_file", {
-            "client_assertion": FederatedTokenFile(federated_token_file)
-        }
 
     def _build_app(self, tenant: str, capabilities: tuple[str, ...]) -> Any:
         # Runs in a worker thread: MSAL fetches the tenant's discovery document here.
@@ -327,6 +284,52 @@ class OnBehalfOf:
         )
         source._created_http = created
         return source
+
+
+def client_credential(
+    *,
+    owner: str,
+    authority_host: str,
+    client_secret: str | None,
+    client_certificate: bytes | str | None,
+    client_assertion: Callable[[], str] | None,
+    managed_identity: ManagedIdentity | None,
+    federated_token_file: str | None,
+) -> tuple[str, Any]:
+    """(kind, MSAL ``client_credential``) for the one credential given. ``authority_host``
+    (normalised) picks the cloud's federation audience for a managed identity."""
+    given = sum(
+        c is not None
+        for c in (
+            client_secret,
+            client_certificate,
+            client_assertion,
+            managed_identity,
+            federated_token_file,
+        )
+    )
+    if given != 1:
+        raise ConfigurationError(
+            f"{owner} needs exactly one client credential, got {given}.",
+            fix="pass one of client_secret, client_certificate, client_assertion, "
+            "managed_identity or federated_token_file.",
+        )
+    if client_secret is not None:
+        return "secret", client_secret
+    if client_certificate is not None:
+        return "certificate", load_certificate(client_certificate)
+    if client_assertion is not None:
+        return "client_assertion", {"client_assertion": client_assertion}
+    if managed_identity is not None:
+        audience = federation_audience(authority_host)
+        mi = managed_identity
+
+        def mi_assertion() -> str:
+            return mi.token_for_resource(audience)
+
+        return "managed_identity", {"client_assertion": mi_assertion}
+    assert federated_token_file is not None
+    return "federated_token_file", {"client_assertion": FederatedTokenFile(federated_token_file)}
 
 
 def credential_from_env(env: Mapping[str, str], *, http_client: Any) -> dict[str, Any]:
