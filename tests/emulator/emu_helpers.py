@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+import httpx
 import jwt
 
 from entra_passthrough.testing import EntraEmulator
@@ -34,3 +36,32 @@ def verify_with_jwks(
 def aadsts(result: dict[str, Any]) -> int | None:
     codes = result.get("error_codes") or [None]
     return codes[0]  # type: ignore[no-any-return]
+
+
+def post_token(
+    idp: EntraEmulator,
+    data: Mapping[str, str] | None = None,
+    *,
+    content: bytes | None = None,
+    headers: Mapping[str, str] | None = None,
+    auth: tuple[str, str] | None = None,
+    v1: bool = False,
+) -> httpx.Response:
+    """POST a raw request to the home tenant's token endpoint (v2, or v1 with ``v1=True``)."""
+    path = "oauth2/token" if v1 else "oauth2/v2.0/token"
+    with httpx.Client(verify=idp.ssl_context()) as http:
+        return http.post(
+            f"{idp.authority}/{path}", data=data, content=content, headers=headers, auth=auth
+        )
+
+
+def obo_form(idp: EntraEmulator, assertion: str) -> dict[str, str]:
+    """The agent's OBO request for the mcp API, with its shared secret (v2-oauth2-on-behalf-of)."""
+    return {
+        "grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer",
+        "client_id": idp.agent.client_id,
+        "client_secret": idp.agent.secret or "",
+        "assertion": assertion,
+        "requested_token_use": "on_behalf_of",
+        "scope": f"{idp.mcp.app_id_uri}/.default",
+    }

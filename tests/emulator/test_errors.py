@@ -12,7 +12,7 @@ import pytest
 
 from entra_passthrough.testing import EntraEmulator
 
-from .emu_helpers import aadsts
+from .emu_helpers import aadsts, obo_form, post_token
 
 
 def _obo(cca, idp: EntraEmulator, assertion: str, scope: str | None = None) -> dict:
@@ -21,19 +21,11 @@ def _obo(cca, idp: EntraEmulator, assertion: str, scope: str | None = None) -> d
 
 def test_error_body_has_entra_shape(idp: EntraEmulator) -> None:
     assertion = idp.user_token("carol", audience=idp.agent.client_id)
-    with httpx.Client(verify=idp.ssl_context()) as http:
-        resp = http.post(
-            f"{idp.authority}/oauth2/v2.0/token",
-            data={
-                "grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer",
-                "client_id": idp.agent.client_id,
-                "client_secret": idp.agent.secret,
-                "assertion": assertion,
-                "requested_token_use": "on_behalf_of",
-                "scope": f"{idp.mcp.app_id_uri}/.default",
-            },
-            headers={"client-request-id": "11111111-2222-3333-4444-555555555555"},
-        )
+    resp = post_token(
+        idp,
+        obo_form(idp, assertion),
+        headers={"client-request-id": "11111111-2222-3333-4444-555555555555"},
+    )
     assert resp.status_code == 400
     body = resp.json()
     assert body["error"] == "invalid_grant"
@@ -123,15 +115,14 @@ def test_7000215_wrong_secret(idp: EntraEmulator, cca) -> None:
 
 
 def test_7000218_no_credential(idp: EntraEmulator) -> None:
-    with httpx.Client(verify=idp.ssl_context()) as http:
-        resp = http.post(
-            f"{idp.authority}/oauth2/v2.0/token",
-            data={
-                "grant_type": "client_credentials",
-                "client_id": idp.agent.client_id,
-                "scope": f"{idp.mcp.app_id_uri}/.default",
-            },
-        )
+    resp = post_token(
+        idp,
+        {
+            "grant_type": "client_credentials",
+            "client_id": idp.agent.client_id,
+            "scope": f"{idp.mcp.app_id_uri}/.default",
+        },
+    )
     assert resp.status_code == 401
     assert resp.json()["error_codes"] == [7000218]
 
@@ -161,17 +152,16 @@ def test_53003_blocked_by_conditional_access(idp: EntraEmulator, cca) -> None:
 
 
 def test_9010010_resource_parameter_on_v2(idp: EntraEmulator) -> None:
-    with httpx.Client(verify=idp.ssl_context()) as http:
-        resp = http.post(
-            f"{idp.authority}/oauth2/v2.0/token",
-            data={
-                "grant_type": "client_credentials",
-                "client_id": idp.agent.client_id,
-                "client_secret": idp.agent.secret,
-                "scope": f"{idp.mcp.app_id_uri}/.default",
-                "resource": "https://mcp.contoso.com/mcp",
-            },
-        )
+    resp = post_token(
+        idp,
+        {
+            "grant_type": "client_credentials",
+            "client_id": idp.agent.client_id,
+            "client_secret": idp.agent.secret or "",
+            "scope": f"{idp.mcp.app_id_uri}/.default",
+            "resource": "https://mcp.contoso.com/mcp",
+        },
+    )
     assert resp.json()["error_codes"] == [9010010]
 
 
@@ -254,16 +244,8 @@ def test_display_names_are_not_identifiers_on_the_wire(idp: EntraEmulator, cca) 
 
 
 def test_client_secret_basic_is_accepted(idp: EntraEmulator) -> None:
-    with httpx.Client(verify=idp.ssl_context()) as http:
-        ok = http.post(
-            f"{idp.authority}/oauth2/v2.0/token",
-            data={"grant_type": "client_credentials", "scope": f"{idp.mcp.app_id_uri}/.default"},
-            auth=(idp.agent.client_id, idp.agent.secret or ""),
-        )
-        bad = http.post(
-            f"{idp.authority}/oauth2/v2.0/token",
-            data={"grant_type": "client_credentials", "scope": f"{idp.mcp.app_id_uri}/.default"},
-            auth=(idp.agent.client_id, "wrong"),
-        )
+    form = {"grant_type": "client_credentials", "scope": f"{idp.mcp.app_id_uri}/.default"}
+    ok = post_token(idp, form, auth=(idp.agent.client_id, idp.agent.secret or ""))
+    bad = post_token(idp, form, auth=(idp.agent.client_id, "wrong"))
     assert ok.status_code == 200
     assert bad.json()["error_codes"] == [7000215]

@@ -14,7 +14,7 @@ import pytest
 
 from entra_passthrough.testing import EntraEmulator
 
-from .emu_helpers import aadsts, verify_with_jwks
+from .emu_helpers import aadsts, post_token, verify_with_jwks
 
 
 def test_client_credentials_with_secret(idp: EntraEmulator, cca) -> None:
@@ -282,16 +282,16 @@ def test_guest_obo_in_resource_tenant(idp: EntraEmulator, cca) -> None:
 
 
 def test_v1_token_endpoint_with_resource(idp: EntraEmulator) -> None:
-    with httpx.Client(verify=idp.ssl_context()) as http:
-        resp = http.post(
-            f"{idp.authority}/oauth2/token",
-            data={
-                "grant_type": "client_credentials",
-                "client_id": idp.agent.client_id,
-                "client_secret": idp.agent.secret,
-                "resource": idp.legacy_api.app_id_uri,
-            },
-        )
+    resp = post_token(
+        idp,
+        {
+            "grant_type": "client_credentials",
+            "client_id": idp.agent.client_id,
+            "client_secret": idp.agent.secret or "",
+            "resource": idp.legacy_api.app_id_uri or "",
+        },
+        v1=True,
+    )
     assert resp.status_code == 200
     body = resp.json()
     assert body["resource"] == idp.legacy_api.app_id_uri

@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 
 from entra_passthrough.testing import EntraEmulator
 
+from .emu_helpers import obo_form, post_token
+
 GRANTS = st.sampled_from(
     [
         "client_credentials",
@@ -77,8 +79,7 @@ def test_token_endpoint_never_fails_with_500(
 ) -> None:
     idp = entra_emulator
     data = {"grant_type": grant, **fields}
-    with httpx.Client(verify=idp.ssl_context()) as http:
-        resp = http.post(f"{idp.authority}/oauth2/v2.0/token", data=data)
+    resp = post_token(idp, data)
     if resp.status_code == 200:
         return  # a random combination may be valid (e.g. a real client id with no secret)
     assert resp.status_code in (400, 401), resp.text
@@ -91,8 +92,7 @@ def test_token_endpoint_never_fails_with_500(
     [b"\xff\xfe\x00", b'{"grant_type": "client_credentials"}', b"grant_type=%ZZ", b"=" * 5000],
 )
 def test_token_endpoint_odd_bodies(idp: EntraEmulator, body: bytes) -> None:
-    with httpx.Client(verify=idp.ssl_context()) as http:
-        resp = http.post(f"{idp.authority}/oauth2/v2.0/token", content=body)
+    resp = post_token(idp, content=body)
     assert resp.status_code == 400
     assert resp.json()["error"] in ("invalid_request", "unsupported_grant_type")
 
@@ -105,18 +105,7 @@ def test_forged_assertion_signed_with_another_key(idp: EntraEmulator) -> None:
         idp.user_token("alice", audience=idp.agent.client_id), options={"verify_signature": False}
     )
     forged = jwt.encode(claims, key, algorithm="RS256", headers={"kid": idp.signing_kid})
-    with httpx.Client(verify=idp.ssl_context()) as http:
-        resp = http.post(
-            f"{idp.authority}/oauth2/v2.0/token",
-            data={
-                "grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer",
-                "client_id": idp.agent.client_id,
-                "client_secret": idp.agent.secret,
-                "assertion": forged,
-                "requested_token_use": "on_behalf_of",
-                "scope": f"{idp.mcp.app_id_uri}/.default",
-            },
-        )
+    resp = post_token(idp, obo_form(idp, forged))
     assert resp.json()["error_codes"] == [50013]
 
 
@@ -155,17 +144,16 @@ def test_client_assertions_with_odd_claims(
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         headers = {"x5t": "AAAA"}
     assertion = jwt.api_jws.PyJWS().encode(payload, key, algorithm="RS256", headers=headers)
-    with httpx.Client(verify=idp.ssl_context()) as http:
-        resp = http.post(
-            f"{idp.authority}/oauth2/v2.0/token",
-            data={
-                "grant_type": "client_credentials",
-                "client_id": idp.agent.client_id,
-                "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-                "client_assertion": assertion,
-                "scope": f"{idp.mcp.app_id_uri}/.default",
-            },
-        )
+    resp = post_token(
+        idp,
+        {
+            "grant_type": "client_credentials",
+            "client_id": idp.agent.client_id,
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion": assertion,
+            "scope": f"{idp.mcp.app_id_uri}/.default",
+        },
+    )
     assert resp.status_code == 401, resp.text
     assert resp.json()["error"] == "invalid_client"
 
@@ -195,18 +183,7 @@ def test_obo_assertions_with_odd_claims(idp: EntraEmulator, override: dict) -> N
         algorithm="RS256",
         headers={"kid": current.kid, "x5t": current.kid},
     )
-    with httpx.Client(verify=idp.ssl_context()) as http:
-        resp = http.post(
-            f"{idp.authority}/oauth2/v2.0/token",
-            data={
-                "grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer",
-                "client_id": idp.agent.client_id,
-                "client_secret": idp.agent.secret,
-                "assertion": assertion,
-                "requested_token_use": "on_behalf_of",
-                "scope": f"{idp.mcp.app_id_uri}/.default",
-            },
-        )
+    resp = post_token(idp, obo_form(idp, assertion))
     assert resp.status_code in (200, 400), resp.text
     if resp.status_code == 400:
         assert resp.json()["error"] in ("invalid_grant", "unauthorized_client", "invalid_request")
