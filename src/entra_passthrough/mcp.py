@@ -116,11 +116,20 @@ def entra_http_client(
         on_error="record",
         client_capabilities=client_capabilities,
     )
-    client = httpx2.AsyncClient(
-        follow_redirects=False,
+    return _client_with(
+        auth,
         timeout=timeout if timeout is not None else httpx2.Timeout(30.0, read=300.0),
         verify=verify,
     )
+
+
+def _client_with(
+    auth: EntraAuth, *, timeout: httpx2.Timeout | float, verify: Any
+) -> httpx2.AsyncClient:
+    """The MCP connection's ``httpx2.AsyncClient`` with ``auth`` installed (``EntraMCPTool``
+    builds its clients here too). Redirects are not followed: the mcp SDK follows same-origin
+    redirects itself."""
+    client = httpx2.AsyncClient(follow_redirects=False, timeout=timeout, verify=verify)
     auth.install(client)
     return client
 

@@ -49,7 +49,7 @@ from .._errors import (
 from .._flow import Chain
 from .._jwt import JwtDecodeError, UnverifiedClaims
 from .._types import IdentityKind, TokenResult
-from ..mcp import consent_from_exception
+from ..mcp import _client_with, consent_from_exception
 from ._signals import (
     consent_exception,
     gateway_shaped,
@@ -149,12 +149,7 @@ class EntraMCPTool(MCPStreamableHTTPTool):
 
     def get_mcp_client(self) -> _AsyncGeneratorContextManager[Any, None]:
         if self._httpx_client is None:
-            client = httpx2.AsyncClient(
-                follow_redirects=False,  # the mcp SDK follows same-origin redirects itself
-                timeout=self._timeout,
-                verify=self._verify,
-            )
-            self._entra_auth.install(client)
+            client = _client_with(self._entra_auth, timeout=self._timeout, verify=self._verify)
             self._httpx_client = client
             self._exit_stack.push_async_callback(self._close_owned_http_client, client)
         return super().get_mcp_client()
