@@ -18,7 +18,6 @@ import httpx2
 from ._caller import Caller, active_caller
 from ._flow import (
     APPLIED,
-    Acquire,
     Chain,
     FlowCore,
     OnError,
@@ -83,14 +82,11 @@ def drive_sync(core: FlowCore, request: Any) -> Generator[Any, Any, None]:
             if isinstance(step, Send):
                 sent = True
                 value = yield step.request
-            elif isinstance(step, Acquire):
+            else:
                 try:
                     value = Outcome(result=acquire_sync(core, step.caller, step.claims))
                 except Exception as exc:
                     value = Outcome(error=exc)
-            else:
-                _invalidate(core, step.result)
-                value = None
     finally:
         flow.close()
 
@@ -116,25 +112,13 @@ async def drive_async(core: FlowCore, request: Any) -> AsyncGenerator[Any, Any]:
             if isinstance(step, Send):
                 sent = True
                 value = yield step.request
-            elif isinstance(step, Acquire):
+            else:
                 try:
                     value = Outcome(result=await acquire_async(core, step.caller, step.claims))
                 except Exception as exc:
                     value = Outcome(error=exc)
-            else:
-                _invalidate(core, step.result)
-                value = None
     finally:
         flow.close()
-
-
-def _invalidate(core: FlowCore, result: TokenResult) -> None:
-    try:
-        core.chain.invalidate(result)
-    except Exception as exc:
-        if core.on_error == "raise":
-            raise
-        core.record(active_caller(), exc)
 
 
 def _contain(core: FlowCore, request: Any, exc: Exception) -> None:

@@ -1,10 +1,10 @@
 """Apply, the decisions: one generator with no I/O, shared by the httpx2 and httpx fronts.
 
 The generator yields *steps*: ``Acquire`` (the driver gets a token and sends back an
-``Outcome``), ``Invalidate`` (the driver drops a cache entry) and ``Send`` (the driver yields the
-request to the client and sends back the response). It never does I/O and never blocks, so
-the same decisions run under ``sync_auth_flow`` and ``async_auth_flow`` (encode/httpx's
-``Auth`` pattern, with the drivers overridden because acquiring a token is I/O).
+``Outcome``) and ``Send`` (the driver yields the request to the client and sends back the
+response). It never does I/O and never blocks (dropping a cache entry is an in-memory call it
+makes itself), so the same decisions run under ``sync_auth_flow`` and ``async_auth_flow``
+(encode/httpx's ``Auth`` pattern, with the drivers overridden because acquiring a token is I/O).
 
 Decisions, in order:
 1. The request's origin (scheme, host, port) is not configured -> send it untouched.
@@ -18,7 +18,7 @@ Decisions, in order:
 4. Attach ``Authorization: Bearer`` and the result's extra headers; mark the request so that
    ``EntraAuth.request_hook`` can strip them again on a redirect to another origin.
 5. 401 with a Bearer claims challenge or ``invalid_token`` from a configured origin ->
-   ``Invalidate`` the entry, acquire again (with the decoded claims), resend once. Never twice.
+   invalidate the entry, acquire again (with the decoded claims), resend once. Never twice.
 """
 
 from __future__ import annotations
@@ -124,16 +124,11 @@ class Outcome:
 
 
 @dataclass(frozen=True, slots=True)
-class Invalidate:
-    result: TokenResult
-
-
-@dataclass(frozen=True, slots=True)
 class Send:
     request: Any
 
 
-Step = Acquire | Invalidate | Send
+Step = Acquire | Send
 
 
 class UnsafeTokenValue(TokenAcquisitionError):
@@ -241,7 +236,7 @@ class FlowCore:
         challenge = parse_bearer_challenges(response.headers.get_list("www-authenticate"))
         if challenge is None or not challenge.retryable or not _replayable(request):
             return
-        yield Invalidate(result)
+        self._invalidate(result, caller)
         self.strip(request)  # the retry carries only what the new result brings
         if _log.isEnabledFor(logging.DEBUG):
             _log.debug(
@@ -263,6 +258,14 @@ class FlowCore:
             self.record(caller, outcome.error)
             return None
         return outcome.result
+
+    def _invalidate(self, result: TokenResult, caller: Caller | None) -> None:
+        try:
+            self.chain.invalidate(result)
+        except Exception as exc:
+            if self.on_error == "raise":
+                raise
+            self.record(caller, exc)
 
     def _apply(self, request: Request, result: TokenResult, caller: Caller | None) -> bool:
         token = result.token
