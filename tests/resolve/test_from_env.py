@@ -131,3 +131,24 @@ def test_azure_credential_and_foundry_route_from_env() -> None:
         {"AZURE_CLIENT_ID": "mi", "IDENTITY_ENDPOINT": "http://x", "IDENTITY_HEADER": "h"}
     )
     assert route.inner.name == "managed_identity"
+
+
+@pytest.mark.parametrize("source_class", [OnBehalfOf, AgentIdentityOnBehalfOf])
+def test_from_env_closes_the_ca_session_it_created(
+    source_class: type[OnBehalfOf] | type[AgentIdentityOnBehalfOf],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    import requests
+
+    closed: list[requests.Session] = []
+    monkeypatch.setattr(requests.Session, "close", lambda self: closed.append(self))
+    env = {
+        **BASE,
+        "ENTRA_PASSTHROUGH_BLUEPRINT_CLIENT_ID": "bp",
+        "ENTRA_PASSTHROUGH_AGENT_IDENTITY_ID": "agent",
+        "ENTRA_PASSTHROUGH_CA_FILE": str(tmp_path / "ca.pem"),
+    }
+    source = source_class.from_env(env)
+    source.close()
+    assert [session.verify for session in closed] == [str(tmp_path / "ca.pem")]

@@ -16,12 +16,11 @@ from .._msal import (
     DiscoveryOnlyHttpCache,
     NullTokenCache,
     federation_audience,
-    http_session,
     normalize_authority_host,
 )
 from .._types import IdentityKind, TokenRequest, TokenResult
 from ._base import result_from_msal, unreachable
-from .obo import OnBehalfOf, client_credential, credential_from_env
+from .obo import OnBehalfOf, client_credential, options_from_env
 
 if TYPE_CHECKING:
     from .managed_identity import ManagedIdentity
@@ -187,24 +186,23 @@ class AgentIdentityOnBehalfOf:
         """``ENTRA_PASSTHROUGH_BLUEPRINT_CLIENT_ID``, ``ENTRA_PASSTHROUGH_AGENT_IDENTITY_ID``,
         ``AZURE_TENANT_ID`` and the blueprint's credential as for ``OnBehalfOf.from_env``."""
         env = _env.environ_or(environ)
-        if http_client is None:
-            http_client = http_session(_env.get(env, "ENTRA_PASSTHROUGH_CA_FILE"))
-        return cls(
-            blueprint_client_id=_env.require(
-                env, "ENTRA_PASSTHROUGH_BLUEPRINT_CLIENT_ID", what="the agent identity blueprint"
-            ),
-            agent_identity_id=_env.require(
-                env, "ENTRA_PASSTHROUGH_AGENT_IDENTITY_ID", what="the agent identity"
-            ),
-            tenant_id=_env.require(env, "AZURE_TENANT_ID", what="the blueprint's tenant"),
-            authority_host=_env.get(env, "AZURE_AUTHORITY_HOST") or PUBLIC_AUTHORITY_HOST,
-            allowed_tenants=_env.get_list(env, "ENTRA_PASSTHROUGH_ALLOWED_TENANTS") or None,
-            accepted_audiences=_env.get_list(env, "ENTRA_PASSTHROUGH_ACCEPTED_AUDIENCES"),
-            http_client=http_client,
-            max_workers=_env.get_int(env, "ENTRA_PASSTHROUGH_MAX_WORKERS", 8),
-            name=name,
-            **credential_from_env(env, http_client=http_client),
+        blueprint_client_id = _env.require(
+            env, "ENTRA_PASSTHROUGH_BLUEPRINT_CLIENT_ID", what="the agent identity blueprint"
         )
+        agent_identity_id = _env.require(
+            env, "ENTRA_PASSTHROUGH_AGENT_IDENTITY_ID", what="the agent identity"
+        )
+        tenant_id = _env.require(env, "AZURE_TENANT_ID", what="the blueprint's tenant")
+        options, created = options_from_env(env, http_client=http_client)
+        source = cls(
+            blueprint_client_id=blueprint_client_id,
+            agent_identity_id=agent_identity_id,
+            tenant_id=tenant_id,
+            name=name,
+            **options,
+        )
+        source._obo._created_http = created  # closed with the source
+        return source
 
 
 def _no_interactive_consent(request: TokenRequest) -> str | None:

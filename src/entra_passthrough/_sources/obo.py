@@ -264,23 +264,13 @@ class OnBehalfOf:
         env = _env.environ_or(environ)
         client_id = _env.require(env, "ENTRA_PASSTHROUGH_CLIENT_ID", what="the OBO app")
         tenant_id = _env.require(env, "AZURE_TENANT_ID", what="the OBO app's tenant")
-        authority_host = _env.get(env, "AZURE_AUTHORITY_HOST") or PUBLIC_AUTHORITY_HOST
-        ca_file = _env.get(env, "ENTRA_PASSTHROUGH_CA_FILE")
-        created = http_client is None and ca_file is not None
-        if http_client is None:
-            http_client = http_session(ca_file)
-        credential = credential_from_env(env, http_client=http_client)
+        options, created = options_from_env(env, http_client=http_client)
         source = cls(
             client_id=client_id,
             tenant_id=tenant_id,
-            authority_host=authority_host,
-            allowed_tenants=_env.get_list(env, "ENTRA_PASSTHROUGH_ALLOWED_TENANTS") or None,
-            accepted_audiences=_env.get_list(env, "ENTRA_PASSTHROUGH_ACCEPTED_AUDIENCES"),
             consent_redirect_uri=_env.get(env, "ENTRA_PASSTHROUGH_CONSENT_REDIRECT_URI"),
-            http_client=http_client,
-            max_workers=_env.get_int(env, "ENTRA_PASSTHROUGH_MAX_WORKERS", 8),
             name=name,
-            **credential,
+            **options,
         )
         source._created_http = created
         return source
@@ -330,6 +320,25 @@ def client_credential(
         return "managed_identity", {"client_assertion": mi_assertion}
     assert federated_token_file is not None
     return "federated_token_file", {"client_assertion": FederatedTokenFile(federated_token_file)}
+
+
+def options_from_env(env: Mapping[str, str], *, http_client: Any) -> tuple[dict[str, Any], bool]:
+    """The constructor keywords both OBO sources read the same way (authority, tenants,
+    audiences, HTTP session, workers, client credential), and whether the HTTP session was
+    created here (from ``ENTRA_PASSTHROUGH_CA_FILE``: the source closes it)."""
+    ca_file = _env.get(env, "ENTRA_PASSTHROUGH_CA_FILE")
+    created = http_client is None and ca_file is not None
+    if http_client is None:
+        http_client = http_session(ca_file)
+    options = {
+        "authority_host": _env.get(env, "AZURE_AUTHORITY_HOST") or PUBLIC_AUTHORITY_HOST,
+        "allowed_tenants": _env.get_list(env, "ENTRA_PASSTHROUGH_ALLOWED_TENANTS") or None,
+        "accepted_audiences": _env.get_list(env, "ENTRA_PASSTHROUGH_ACCEPTED_AUDIENCES"),
+        "http_client": http_client,
+        "max_workers": _env.get_int(env, "ENTRA_PASSTHROUGH_MAX_WORKERS", 8),
+        **credential_from_env(env, http_client=http_client),
+    }
+    return options, created
 
 
 def credential_from_env(env: Mapping[str, str], *, http_client: Any) -> dict[str, Any]:
