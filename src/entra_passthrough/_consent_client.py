@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 import jwt
 import msal
+import requests
 
-from ._errors import ConfigurationError
+from ._errors import ConfigurationError, TokenVerificationError
+from ._jwks import MAX_DOCUMENT_BYTES, KeySet, KeySource, check_fetch_url
 from ._msal import (
     DiscoveryOnlyHttpCache,
     NullTokenCache,
@@ -111,8 +112,13 @@ class ConsentClient:
         self.pool = WorkerPool(max_workers=max_workers, name="entra-passthrough-consent")
         self._app: Any = None
         self._lock = threading.Lock()
-        self._jwks: dict[str, Any] = {}
-        self._jwks_at = 0.0
+        # The access-token verifier's key cache: single-flight refresh, one rate-limited refetch
+        # on an unknown kid, stale keys kept when a refresh fails, RSA signing keys only.
+        self._keys = KeySet(
+            sync_http_client=self._http if self._http is not None else requests,
+            ttl=_JWKS_TTL,
+            min_refetch_interval=_JWKS_MIN_REFETCH,
+        )
         self._oidc: dict[str, Any] | None = None
 
     @property
@@ -190,43 +196,31 @@ class ConsentClient:
         return url
 
     # --- id token verification --------------------------------------------------------------
-    def _get_json(self, url: str) -> dict[str, Any]:
-        import requests
-
+    def _discovery(self) -> dict[str, Any]:
+        """The tenant's OpenID configuration (issuer, jwks_uri), fetched once."""
+        with self._lock:
+            if self._oidc is not None:
+                return self._oidc
         session = self._http if self._http is not None else requests
-        response = session.get(url, timeout=HTTP_TIMEOUT)
+        response = session.get(
+            f"{self.authority}/v2.0/.well-known/openid-configuration", timeout=HTTP_TIMEOUT
+        )
         response.raise_for_status()
-        if len(response.content) > 1024 * 1024:
+        if len(response.content) > MAX_DOCUMENT_BYTES:
             raise IdTokenError("discovery document too large")
         data = response.json()
-        if not isinstance(data, dict):
-            raise IdTokenError("discovery document is not an object")
+        if not isinstance(data, dict) or not isinstance(data.get("jwks_uri"), str):
+            raise ValueError("discovery document has no jwks_uri")
+        check_fetch_url(data["jwks_uri"], what="jwks_uri")
+        with self._lock:
+            self._oidc = data
         return data
 
-    def _keys(self, kid: str) -> Any:
-        now = time.monotonic()
-        with self._lock:
-            oidc = self._oidc
-        if oidc is None:
-            oidc = self._get_json(f"{self.authority}/v2.0/.well-known/openid-configuration")
-            with self._lock:
-                self._oidc = oidc
-        stale = now - self._jwks_at > _JWKS_TTL
-        if (kid not in self._jwks and now - self._jwks_at > _JWKS_MIN_REFETCH) or stale:
-            document = self._get_json(str(oidc["jwks_uri"]))
-            keys: dict[str, Any] = {}
-            for jwk in document.get("keys", [])[:64]:
-                if isinstance(jwk, dict) and isinstance(jwk.get("kid"), str):
-                    try:
-                        keys[jwk["kid"]] = jwt.PyJWK(jwk)
-                    except jwt.PyJWKError:
-                        continue
-            with self._lock:
-                self._jwks, self._jwks_at = keys, now
-        key = self._jwks.get(kid)
-        if key is None:
-            raise IdTokenError("the id token's signing key is not in the tenant's JWKS")
-        return key, oidc
+    def _key(self, kid: str, oidc: Mapping[str, Any]) -> Any:
+        try:
+            return self._keys.get_key(KeySource(str(oidc["jwks_uri"])), kid)
+        except TokenVerificationError:  # unknown kid (after one rate-limited refetch)
+            raise IdTokenError("the id token's signing key is not in the tenant's JWKS") from None
 
     def verify_id_token(self, id_token: str, *, flow_nonce: str) -> dict[str, Any]:
         """Signature (JWKS), issuer, audience (this client), expiry, nonce, tenant."""
@@ -237,11 +231,12 @@ class ConsentClient:
         kid = header.get("kid")
         if header.get("alg") != "RS256" or not isinstance(kid, str):
             raise IdTokenError("the id token is not RS256 with a kid")
-        key, oidc = self._keys(kid)
+        oidc = self._discovery()
+        key = self._key(kid, oidc)
         try:
             claims: dict[str, Any] = jwt.decode(
                 id_token,
-                key.key,
+                key,
                 algorithms=["RS256"],
                 audience=self.client_id,
                 options={"require": ["exp", "iat", "iss", "aud", "tid", "oid", "nonce"]},
