@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from ._caller import Caller, _reset_current, _set_current
 from ._challenge import bearer_challenge
 from ._errors import ConfigurationError, TokenVerificationError
+from ._www_auth import send_challenge
 
 _log = logging.getLogger("entra_passthrough.capture")
 
@@ -109,7 +110,7 @@ class CallerMiddleware:
             await self._check(caller)
         except _Reject as reject:
             caller.end()
-            await self._refuse(kind, send, reject)
+            await self._refuse(scope, send, reject)
             return
         state = scope.get("state")
         if not isinstance(state, MutableMapping):
@@ -159,31 +160,31 @@ class CallerMiddleware:
             raise _Reject(503, error=None, description="temporarily_unavailable") from None
         caller.verified = dict(verified.claims)
 
-    async def _refuse(self, kind: str, send: Send, reject: _Reject) -> None:
-        if kind == "websocket":
+    async def _refuse(self, scope: Scope, send: Send, reject: _Reject) -> None:
+        if scope.get("type") == "websocket":
             # Before accept, closing the handshake makes the server answer 403.
             await send({"type": "websocket.close", "code": 1008})
             return
-        headers: list[tuple[bytes, bytes]] = [(b"content-type", b"application/json")]
+        header = ""  # not 401/403: the token was not judged (send_challenge adds Retry-After)
+        body: dict[str, str] = {"error": "temporarily_unavailable"}
         if reject.status in (401, 403):
-            challenge = bearer_challenge(
+            header = bearer_challenge(
                 realm=self.realm,
                 resource_metadata=self.resource_metadata_url,
                 error=reject.error,
                 error_description=reject.description if reject.error else None,
                 scope=reject.scope,
             )
-            headers.append((b"www-authenticate", challenge.encode("latin-1")))
-            body_obj: dict[str, str] = {"error": reject.error or "unauthorized"}
+            body = {"error": reject.error or "unauthorized"}
             if reject.error and reject.description:
-                body_obj["error_description"] = reject.description
-        else:
-            headers.append((b"retry-after", b"5"))
-            body_obj = {"error": "temporarily_unavailable"}
-        body = json.dumps(body_obj).encode()
-        headers.append((b"content-length", str(len(body)).encode()))
-        await send({"type": "http.response.start", "status": reject.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+                body["error_description"] = reject.description
+        await send_challenge(
+            send,
+            reject.status,
+            header,
+            json.dumps(body).encode(),
+            head=scope.get("method") == "HEAD",
+        )
 
 
 def _capture(headers: object, assertion_headers: Iterable[str]) -> Caller:

@@ -39,10 +39,13 @@ class Stub:
 
 
 async def call(
-    mw: CallerMiddleware, headers: list[tuple[bytes, bytes]], kind: str = "http"
+    mw: CallerMiddleware,
+    headers: list[tuple[bytes, bytes]],
+    kind: str = "http",
+    method: str = "GET",
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     sent: list[dict[str, Any]] = []
-    scope: dict[str, Any] = {"type": kind, "headers": headers, "path": "/", "method": "GET"}
+    scope: dict[str, Any] = {"type": kind, "headers": headers, "path": "/", "method": method}
 
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": b""}
@@ -168,7 +171,17 @@ async def test_verifier_failures_map_to_401_403_and_503() -> None:
     app = App()
     sent, _ = await call(CallerMiddleware(app, verifier=Stub(RuntimeError("jwks down"))), headers)
     assert sent[0]["status"] == 503
+    assert dict(sent[0]["headers"])[b"retry-after"] == b"5"
     assert app.seen == []
+
+
+async def test_refusal_is_not_cached_and_head_gets_no_body() -> None:
+    sent, _ = await call(CallerMiddleware(App(), require_caller=True), [], method="HEAD")
+    headers = dict(sent[0]["headers"])
+    assert sent[0]["status"] == 401
+    assert headers[b"cache-control"] == b"no-store"
+    assert int(headers[b"content-length"]) > 0  # the length a GET would get (RFC 9110 9.3.2)
+    assert sent[1]["body"] == b""
 
 
 async def test_verifier_without_bearer_and_not_required_passes() -> None:
