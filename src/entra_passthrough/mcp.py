@@ -30,6 +30,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from importlib import metadata
 from typing import Any
 from urllib.parse import urlsplit
@@ -128,8 +129,15 @@ def _client_with(
 ) -> httpx2.AsyncClient:
     """The MCP connection's ``httpx2.AsyncClient`` with ``auth`` installed (``EntraMCPTool``
     builds its clients here too). Redirects are not followed: the mcp SDK follows same-origin
-    redirects itself."""
-    client = httpx2.AsyncClient(follow_redirects=False, timeout=timeout, verify=verify)
+    redirects itself. Cookies are neither stored nor sent (as in agent-framework's own client):
+    one connection serves every user, and a cookie set on one user's response would ride on the
+    next user's requests."""
+    client = httpx2.AsyncClient(
+        follow_redirects=False,
+        timeout=timeout,
+        verify=verify,
+        cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
+    )
     auth.install(client)
     return client
 

@@ -76,6 +76,33 @@ def test_token_goes_only_to_the_url_origin_by_default() -> None:
     assert tool.auth.on_error == "record"
 
 
+@pytest.mark.parametrize("kind", ["plain", "tool"])
+async def test_connection_client_keeps_no_cookies(kind: str) -> None:
+    # One connection serves every user: a cookie the server set on user A's response (an
+    # auth/session cookie) must never ride on user B's calls or on connection-lifetime requests.
+    if kind == "plain":
+        http = ep_mcp.entra_http_client(
+            chain=_NoChain(), scopes=SCOPES, origins=["https://mcp.contoso.com"]
+        )
+    else:
+        tool = entra_mcp_tool("x", URL, chain=_NoChain(), scopes=SCOPES)
+        assert isinstance(tool, EntraMCPTool)
+        tool.get_mcp_client()
+        assert tool._httpx_client is not None
+        http = tool._httpx_client
+    sent: list[str | None] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        sent.append(request.headers.get("cookie"))
+        return httpx2.Response(200, headers={"set-cookie": "session=user-a; Path=/"})
+
+    http._transport = httpx2.MockTransport(handler)
+    async with http:
+        await http.get(URL)
+        await http.get(URL)
+    assert sent == [None, None]
+
+
 def test_plain_http_origin_is_refused() -> None:
     with pytest.raises(ConfigurationError):
         entra_mcp_tool("x", "http://mcp.contoso.com/mcp", chain=_NoChain(), scopes=SCOPES)
