@@ -21,11 +21,14 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msal
 
 from ._errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from ._sources.managed_identity import ManagedIdentity
 
 T = TypeVar("T")
 
@@ -82,6 +85,28 @@ class DiscoveryOnlyHttpCache(dict[str, Any]):
         if isinstance(key, str) and key.startswith("POST "):
             return
         super().__setitem__(key, value)
+
+
+def confidential_app(
+    client_id: str,
+    *,
+    credential: Any,
+    authority: str,
+    http_client: Any,
+    client_capabilities: tuple[str, ...] = (),
+) -> Any:
+    """An MSAL confidential client with both caches neutralised (see above). The authority is
+    configuration, not input: no instance discovery. Builds do a discovery GET (worker thread)."""
+    return msal.ConfidentialClientApplication(
+        client_id,
+        client_credential=credential,
+        authority=authority,
+        instance_discovery=False,
+        token_cache=NullTokenCache(),
+        http_cache=DiscoveryOnlyHttpCache(),
+        http_client=http_client,
+        client_capabilities=list(client_capabilities) or None,
+    )
 
 
 class WorkerPool:
@@ -269,3 +294,49 @@ class FederatedTokenFile:
             raise SourceUnavailable(
                 f"cannot read the federated token file {self.path!r} ({type(exc).__name__})."
             ) from None
+
+
+def client_credential(
+    *,
+    owner: str,
+    authority_host: str,
+    client_secret: str | None,
+    client_certificate: bytes | str | None,
+    client_assertion: Callable[[], str] | None,
+    managed_identity: ManagedIdentity | None,
+    federated_token_file: str | None,
+) -> tuple[str, Any]:
+    """(kind, MSAL ``client_credential``) for the one credential given. ``authority_host``
+    (normalised) picks the cloud's federation audience for a managed identity."""
+    given = sum(
+        c is not None
+        for c in (
+            client_secret,
+            client_certificate,
+            client_assertion,
+            managed_identity,
+            federated_token_file,
+        )
+    )
+    if given != 1:
+        raise ConfigurationError(
+            f"{owner} needs exactly one client credential, got {given}.",
+            fix="pass one of client_secret, client_certificate, client_assertion, "
+            "managed_identity or federated_token_file.",
+        )
+    if client_secret is not None:
+        return "secret", client_secret
+    if client_certificate is not None:
+        return "certificate", load_certificate(client_certificate)
+    if client_assertion is not None:
+        return "client_assertion", {"client_assertion": client_assertion}
+    if managed_identity is not None:
+        audience = federation_audience(authority_host)
+        mi = managed_identity
+
+        def mi_assertion() -> str:
+            return mi.token_for_resource(audience)
+
+        return "managed_identity", {"client_assertion": mi_assertion}
+    assert federated_token_file is not None
+    return "federated_token_file", {"client_assertion": FederatedTokenFile(federated_token_file)}

@@ -8,19 +8,17 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import msal
-
 from .. import _env
 from .._msal import (
     PUBLIC_AUTHORITY_HOST,
-    DiscoveryOnlyHttpCache,
-    NullTokenCache,
+    client_credential,
+    confidential_app,
     federation_audience,
     normalize_authority_host,
 )
 from .._types import IdentityKind, TokenRequest, TokenResult
 from ._base import result_from_msal, unreachable
-from .obo import OnBehalfOf, client_credential, options_from_env
+from .obo import OnBehalfOf, options_from_env
 
 if TYPE_CHECKING:
     from .managed_identity import ManagedIdentity
@@ -119,13 +117,10 @@ class AgentIdentityOnBehalfOf:
         )
 
         def blueprint_app() -> Any:
-            return msal.ConfidentialClientApplication(
+            return confidential_app(
                 blueprint_client_id,
-                client_credential=credential,
+                credential=credential,
                 authority=f"{host}/{tenant_id}",
-                instance_discovery=False,
-                token_cache=NullTokenCache(),
-                http_cache=DiscoveryOnlyHttpCache(),
                 http_client=http_client,
             )
 

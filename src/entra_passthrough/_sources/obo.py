@@ -8,8 +8,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-import msal
-
 from .. import _env
 from .._errors import (
     AppOnlyAssertion,
@@ -23,13 +21,10 @@ from .._jwt import fingerprint
 from .._msal import (
     PUBLIC_AUTHORITY_HOST,
     AppPool,
-    DiscoveryOnlyHttpCache,
-    FederatedTokenFile,
-    NullTokenCache,
     WorkerPool,
-    federation_audience,
+    client_credential,
+    confidential_app,
     http_session,
-    load_certificate,
     normalize_authority_host,
 )
 from .._types import IdentityKind, TokenRequest, TokenResult
@@ -114,15 +109,12 @@ class OnBehalfOf:
 
     def _build_app(self, tenant: str, capabilities: tuple[str, ...]) -> Any:
         # Runs in a worker thread: MSAL fetches the tenant's discovery document here.
-        return msal.ConfidentialClientApplication(
+        return confidential_app(
             self.client_id,
-            client_credential=self._credential,
+            credential=self._credential,
             authority=f"{self.authority_host}/{tenant}",
-            instance_discovery=False,  # the authority is configuration, not input
-            token_cache=NullTokenCache(),
-            http_cache=DiscoveryOnlyHttpCache(),
             http_client=self._http_client,
-            client_capabilities=list(capabilities) or None,
+            client_capabilities=capabilities,
         )
 
     def msal_apps(self) -> list[Any]:
@@ -274,52 +266,6 @@ class OnBehalfOf:
         )
         source._created_http = created
         return source
-
-
-def client_credential(
-    *,
-    owner: str,
-    authority_host: str,
-    client_secret: str | None,
-    client_certificate: bytes | str | None,
-    client_assertion: Callable[[], str] | None,
-    managed_identity: ManagedIdentity | None,
-    federated_token_file: str | None,
-) -> tuple[str, Any]:
-    """(kind, MSAL ``client_credential``) for the one credential given. ``authority_host``
-    (normalised) picks the cloud's federation audience for a managed identity."""
-    given = sum(
-        c is not None
-        for c in (
-            client_secret,
-            client_certificate,
-            client_assertion,
-            managed_identity,
-            federated_token_file,
-        )
-    )
-    if given != 1:
-        raise ConfigurationError(
-            f"{owner} needs exactly one client credential, got {given}.",
-            fix="pass one of client_secret, client_certificate, client_assertion, "
-            "managed_identity or federated_token_file.",
-        )
-    if client_secret is not None:
-        return "secret", client_secret
-    if client_certificate is not None:
-        return "certificate", load_certificate(client_certificate)
-    if client_assertion is not None:
-        return "client_assertion", {"client_assertion": client_assertion}
-    if managed_identity is not None:
-        audience = federation_audience(authority_host)
-        mi = managed_identity
-
-        def mi_assertion() -> str:
-            return mi.token_for_resource(audience)
-
-        return "managed_identity", {"client_assertion": mi_assertion}
-    assert federated_token_file is not None
-    return "federated_token_file", {"client_assertion": FederatedTokenFile(federated_token_file)}
 
 
 def options_from_env(env: Mapping[str, str], *, http_client: Any) -> tuple[dict[str, Any], bool]:
