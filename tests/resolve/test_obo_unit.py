@@ -117,6 +117,8 @@ def test_agent_identity_needs_exactly_one_blueprint_credential() -> None:
         AgentIdentityOnBehalfOf(**ids)
     with pytest.raises(ConfigurationError, match="exactly one client credential, got 2"):
         AgentIdentityOnBehalfOf(**ids, client_secret=SECRET, client_assertion=lambda: "x")
+    with pytest.raises(ConfigurationError, match="blueprint_client_id"):
+        AgentIdentityOnBehalfOf(**{**ids, "blueprint_client_id": ""}, client_secret=SECRET)
 
 
 def test_repr_has_no_secret() -> None:

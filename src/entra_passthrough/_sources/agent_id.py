@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .. import _env
+from .._errors import ConfigurationError
 from .._msal import (
     PUBLIC_AUTHORITY_HOST,
     client_credential,
@@ -102,6 +103,9 @@ class AgentIdentityOnBehalfOf:
         max_tenants: int = 64,
         name: str = "agent_id",
     ) -> None:
+        if not blueprint_client_id:
+            # An empty id would make "" and "api://" accepted assertion audiences.
+            raise ConfigurationError("AgentIdentityOnBehalfOf needs blueprint_client_id.")
         self.name = name
         self.blueprint_client_id = blueprint_client_id
         self.agent_identity_id = agent_identity_id
