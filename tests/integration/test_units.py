@@ -281,3 +281,24 @@ async def test_middleware_maps_consent_from_any_tool() -> None:
     assert len(consent) == 1
     assert consent[0].consent_link == "https://consent.example.com/go"
     assert consent[0].additional_properties["server_label"] == "files"
+
+
+class _BrokenChain(_NoChain):
+    async def get_token_async(self, scopes: Sequence[str], **kw: Any) -> TokenResult:
+        try:
+            raise OSError("token endpoint unreachable")
+        except OSError as exc:
+            raise ConfigurationError("no source could answer") from exc
+
+
+async def test_call_failure_keeps_the_original_cause() -> None:
+    # A token error raised unchanged by call_tool keeps its own cause (was `raise exc from exc`:
+    # the error became its own cause and the real one was lost).
+    tool = entra_mcp_tool("x", URL, chain=_BrokenChain(), scopes=SCOPES)
+    assert isinstance(tool, EntraMCPTool)
+    with (
+        bind_caller(token=unsigned_jwt(tid="t", oid="o")),
+        pytest.raises(ConfigurationError) as caught,
+    ):
+        await tool.call_tool("whoami")
+    assert isinstance(caught.value.__cause__, OSError)

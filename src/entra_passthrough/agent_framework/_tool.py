@@ -254,7 +254,10 @@ class EntraMCPTool(MCPStreamableHTTPTool):
             try:
                 await super().connect(reset=reset)
             except Exception as exc:
-                raise self._connect_failure(exc, chosen) from exc
+                failure = self._connect_failure(exc, chosen)
+                if failure is exc:
+                    raise
+                raise failure from exc
             finally:
                 if self.mode == "shared":
                     self._set_lifecycle_caller(None)
@@ -337,7 +340,10 @@ class EntraMCPTool(MCPStreamableHTTPTool):
         except UserInputRequiredException:
             raise
         except Exception as exc:
-            raise self._call_failure(exc, caller) from exc
+            failure = self._call_failure(exc, caller)
+            if failure is exc:
+                raise  # unchanged: keep its own cause (``raise exc from exc`` would lose it)
+            raise failure from exc
 
     async def _resolve(self, caller: Caller | None) -> TokenResult:
         """The token for this call, resolved here in the tool call's task (errors raise here,
