@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import re
 import ssl
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
-from entra_passthrough import Caller, TokenVerificationError
+from entra_passthrough import Caller, ConsentRequired, TokenRequest, TokenVerificationError
 from entra_passthrough._sources.delegated import DelegatedConsent
 from entra_passthrough._store import Keyring, MemoryStore
 from entra_passthrough._verify import JwtVerifier
@@ -140,6 +141,35 @@ async def submit_form_post(
     """Do what the browser's script does with a form_post page: POST it."""
     action, fields = form_post_fields(response)
     return await browser.post(action, data=fields)
+
+
+async def consent_link(source: DelegatedConsent, env: ConsentEnv, caller: Caller) -> str:
+    """The link of the ``ConsentRequired`` a caller with no grant gets."""
+    with pytest.raises(ConsentRequired) as info:
+        await source.get_token_async(TokenRequest(scopes=(env.mcp_scope,), caller=caller))
+    assert info.value.link is not None
+    return info.value.link
+
+
+async def code_and_state(browser: httpx2.AsyncClient, link: str) -> tuple[str, str]:
+    """Follow the link to the identity provider and stop before the callback."""
+    start = await browser.get(link, follow_redirects=False)
+    assert start.status_code == 302
+    authorize = await browser.get(start.headers["location"], follow_redirects=False)
+    _, fields = form_post_fields(authorize)
+    return fields["code"], fields["state"]
+
+
+def callback_url(env: ConsentEnv, params: dict[str, str]) -> str:
+    """The broker's callback with ``params`` in the query (the GET form of the answer)."""
+    return f"{env.redirect_uri}?{urllib.parse.urlencode(params)}"
+
+
+def with_login_hint(location: str, old: str, new: str) -> str:
+    """The authorize URL of a consent link, its login hint swapped (another user signs in)."""
+    swapped = location.replace(urllib.parse.quote(old, safe=""), urllib.parse.quote(new, safe=""))
+    assert new in urllib.parse.unquote(swapped)
+    return swapped
 
 
 async def follow_link(env: ConsentEnv, link: str) -> httpx2.Response:

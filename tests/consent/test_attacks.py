@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.parse
 
 import httpx2
 import pytest
 
-from entra_passthrough import Caller, ConsentRequired, TokenRequest
+from entra_passthrough import Caller
 from entra_passthrough._grants import UserKey
 from entra_passthrough._sources.delegated import DelegatedConsent
 from entra_passthrough._store import Keyring
@@ -16,19 +17,15 @@ from entra_passthrough.consent._state import State
 
 from .conftest import (
     ConsentEnv,
+    callback_url,
+    code_and_state,
+    consent_link,
     follow_link,
-    form_post_fields,
     platform_caller,
     submit_form_post,
     verified_caller,
+    with_login_hint,
 )
-
-
-async def _link(source: DelegatedConsent, env: ConsentEnv, caller: Caller) -> str:
-    with pytest.raises(ConsentRequired) as info:
-        await source.get_token_async(TokenRequest(scopes=(env.mcp_scope,), caller=caller))
-    assert info.value.link is not None
-    return info.value.link
 
 
 async def _nothing_stored(source: DelegatedConsent, caller: Caller) -> None:
@@ -44,15 +41,6 @@ def _rejected(response: httpx2.Response, code: str) -> None:
     assert "Nothing was stored" in response.text
 
 
-async def _code_and_state(browser: httpx2.AsyncClient, link: str) -> tuple[str, str]:
-    """Follow the link to the identity provider and stop before the callback."""
-    start = await browser.get(link, follow_redirects=False)
-    assert start.status_code == 302
-    authorize = await browser.get(start.headers["location"], follow_redirects=False)
-    _, fields = form_post_fields(authorize)
-    return fields["code"], fields["state"]
-
-
 @pytest.fixture
 def alice_caller(consent_env: ConsentEnv) -> Caller:
     return platform_caller(
@@ -63,9 +51,9 @@ def alice_caller(consent_env: ConsentEnv) -> Caller:
 async def test_forged_state(consent_env: ConsentEnv, alice_caller: Caller) -> None:
     env = consent_env
     source, _ = env.make()
-    link = await _link(source, env, alice_caller)
+    link = await consent_link(source, env, alice_caller)
     async with env.browser() as browser:
-        code, state = await _code_and_state(browser, link)
+        code, state = await code_and_state(browser, link)
         kid, body, mac = state.split(".")
         key = UserKey.from_caller(alice_caller)
         assert key is not None
@@ -77,9 +65,7 @@ async def test_forged_state(consent_env: ConsentEnv, alice_caller: Caller) -> No
             State("x" * 24, key_hash, time.time() + 60).sign(Keyring.generate("evil")),
         ]
         for value in forged:
-            answer = await browser.get(
-                f"{env.redirect_uri}?" + urllib.parse.urlencode({"code": code, "state": value})
-            )
+            answer = await browser.get(callback_url(env, {"code": code, "state": value}))
             _rejected(answer, "invalid_state")
     await _nothing_stored(source, alice_caller)
 
@@ -87,10 +73,10 @@ async def test_forged_state(consent_env: ConsentEnv, alice_caller: Caller) -> No
 async def test_replayed_state(consent_env: ConsentEnv, alice_caller: Caller) -> None:
     env = consent_env
     source, _ = env.make()
-    link = await _link(source, env, alice_caller)
+    link = await consent_link(source, env, alice_caller)
     async with env.browser() as browser:
-        code, state = await _code_and_state(browser, link)
-        callback = f"{env.redirect_uri}?" + urllib.parse.urlencode({"code": code, "state": state})
+        code, state = await code_and_state(browser, link)
+        callback = callback_url(env, {"code": code, "state": state})
         first = await browser.get(callback)
         assert first.status_code == 200
         key = UserKey.from_caller(alice_caller)
@@ -104,17 +90,12 @@ async def test_replayed_state(consent_env: ConsentEnv, alice_caller: Caller) -> 
 async def test_expired_state(consent_env: ConsentEnv, alice_caller: Caller) -> None:
     env = consent_env
     source, _ = env.make()
-    link = await _link(source, env, alice_caller)
+    link = await consent_link(source, env, alice_caller)
     async with env.browser() as browser:
-        code, state = await _code_and_state(browser, link)
-        payload = source.keyring.verify("state", state)
-        import json
-
-        data = json.loads(payload)
+        code, state = await code_and_state(browser, link)
+        data = json.loads(source.keyring.verify("state", state))
         expired = State(data["f"], data["k"], time.time() - 1).sign(source.keyring)
-        answer = await browser.get(
-            f"{env.redirect_uri}?" + urllib.parse.urlencode({"code": code, "state": expired})
-        )
+        answer = await browser.get(callback_url(env, {"code": code, "state": expired}))
     _rejected(answer, "state_expired")
     await _nothing_stored(source, alice_caller)
 
@@ -124,7 +105,7 @@ async def test_state_for_user_a_completed_by_user_b(consent_env: ConsentEnv) -> 
     alice, bob = env.idp.users["alice"], env.idp.users["bob"]
     source, _ = env.make()
     caller = verified_caller(alice.tenant_id, alice.oid)
-    link = await _link(source, env, caller)
+    link = await consent_link(source, env, caller)
     async with env.browser() as browser:
         start = await browser.get(link, follow_redirects=False)
         authorize = (
@@ -142,7 +123,7 @@ async def test_platform_id_stays_bound_to_its_first_user(consent_env: ConsentEnv
     alice, bob = env.idp.users["alice"], env.idp.users["bob"]
     source, _ = env.make()
     caller = platform_caller(f"shared-{time.monotonic_ns()}", upn=alice.upn)
-    ok = await follow_link(env, await _link(source, env, caller))
+    ok = await follow_link(env, await consent_link(source, env, caller))
     assert ok.status_code == 200
     key = UserKey.from_caller(caller)
     assert key is not None
@@ -151,11 +132,8 @@ async def test_platform_id_stays_bound_to_its_first_user(consent_env: ConsentEnv
     assert found[0].oid == alice.oid
     await source.grants.delete_grant(key.hashed)
     async with env.browser() as browser:
-        start = await browser.get(await _link(source, env, caller), follow_redirects=False)
-        location = start.headers["location"].replace(
-            urllib.parse.quote(alice.upn, safe=""), urllib.parse.quote(bob.upn, safe="")
-        )
-        assert bob.upn in urllib.parse.unquote(location)
+        start = await browser.get(await consent_link(source, env, caller), follow_redirects=False)
+        location = with_login_hint(start.headers["location"], alice.upn, bob.upn)
         answer = await submit_form_post(browser, await browser.get(location))
     _rejected(answer, "user_mismatch")
     assert await source.grants.get_grant(key.hashed) is None
@@ -164,14 +142,12 @@ async def test_platform_id_stays_bound_to_its_first_user(consent_env: ConsentEnv
 async def test_pkce_verifier_mismatch(consent_env: ConsentEnv, alice_caller: Caller) -> None:
     env = consent_env
     source, _ = env.make()
-    link = await _link(source, env, alice_caller)
+    link = await consent_link(source, env, alice_caller)
     async with env.browser() as browser:
-        code_1, _ = await _code_and_state(browser, link)
-        _, state_2 = await _code_and_state(browser, link)
+        code_1, _ = await code_and_state(browser, link)
+        _, state_2 = await code_and_state(browser, link)
         # code from sign-in 1, state (hence PKCE verifier) of sign-in 2: code injection
-        answer = await browser.get(
-            f"{env.redirect_uri}?" + urllib.parse.urlencode({"code": code_1, "state": state_2})
-        )
+        answer = await browser.get(callback_url(env, {"code": code_1, "state": state_2}))
     _rejected(answer, "redeem_failed")
     assert "AADSTS501481" in answer.text
     await _nothing_stored(source, alice_caller)
@@ -180,7 +156,7 @@ async def test_pkce_verifier_mismatch(consent_env: ConsentEnv, alice_caller: Cal
 async def test_nonce_mismatch(consent_env: ConsentEnv, alice_caller: Caller) -> None:
     env = consent_env
     source, _ = env.make()
-    link = await _link(source, env, alice_caller)
+    link = await consent_link(source, env, alice_caller)
     async with env.browser() as browser:
         start = await browser.get(link, follow_redirects=False)
         parts = urllib.parse.urlsplit(start.headers["location"])
@@ -197,13 +173,11 @@ async def test_state_completed_in_another_browser(
 ) -> None:
     env = consent_env
     source, _ = env.make()
-    link = await _link(source, env, alice_caller)
+    link = await consent_link(source, env, alice_caller)
     async with env.browser() as attacker:
-        code, state = await _code_and_state(attacker, link)
+        code, state = await code_and_state(attacker, link)
     async with env.browser() as victim:
-        answer = await victim.get(
-            f"{env.redirect_uri}?" + urllib.parse.urlencode({"code": code, "state": state})
-        )
+        answer = await victim.get(callback_url(env, {"code": code, "state": state}))
     _rejected(answer, "browser_mismatch")
     await _nothing_stored(source, alice_caller)
 
@@ -211,7 +185,7 @@ async def test_state_completed_in_another_browser(
 async def test_redirect_uri_not_on_the_list(consent_env: ConsentEnv, alice_caller: Caller) -> None:
     env = consent_env
     source, _ = env.make()
-    link = await _link(source, env, alice_caller)
+    link = await consent_link(source, env, alice_caller)
     async with env.browser() as browser:
         for evil in (
             "https://evil.example/callback",
@@ -230,7 +204,7 @@ async def test_oversized_duplicated_and_garbage_parameters(
 ) -> None:
     env = consent_env
     source, _ = env.make()
-    link = await _link(source, env, alice_caller)
+    link = await consent_link(source, env, alice_caller)
     ticket = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(link).query))["t"]
     async with env.browser() as browser:
         cases = [
@@ -273,17 +247,17 @@ async def test_identity_provider_error_is_shown_and_consumes_the_state(
 ) -> None:
     env = consent_env
     source, _ = env.make()
-    link = await _link(source, env, alice_caller)
+    link = await consent_link(source, env, alice_caller)
     async with env.browser() as browser:
-        _, state = await _code_and_state(browser, link)
+        _, state = await code_and_state(browser, link)
         denied = await browser.get(
-            f"{env.redirect_uri}?"
-            + urllib.parse.urlencode(
+            callback_url(
+                env,
                 {
                     "error": "access_denied",
                     "error_description": "<script>x</script>",
                     "state": state,
-                }
+                },
             )
         )
     _rejected(denied, "sign_in_refused")
@@ -324,18 +298,15 @@ async def test_forwarded_link_cannot_bind_the_chat_user_to_another_account(
         upn=alice.upn, tid=alice.tenant_id, oid=alice.oid, aud="https://ai.azure.com"
     )
     caller = Caller(user_id=f"forwarded-{time.monotonic_ns()}", claims=claims)
-    link = await _link(source, env, caller)
+    link = await consent_link(source, env, caller)
     async with env.browser() as browser:
         start = await browser.get(link, follow_redirects=False)
-        location = start.headers["location"].replace(
-            urllib.parse.quote(alice.upn, safe=""), urllib.parse.quote(bob.upn, safe="")
-        )
-        assert bob.upn in urllib.parse.unquote(location)
+        location = with_login_hint(start.headers["location"], alice.upn, bob.upn)
         answer = await submit_form_post(browser, await browser.get(location))
     _rejected(answer, "user_mismatch")
     await _nothing_stored(source, caller)
     # alice herself completes a fresh link.
-    ok = await follow_link(env, await _link(source, env, caller))
+    ok = await follow_link(env, await consent_link(source, env, caller))
     assert ok.status_code == 200, ok.text
     key = UserKey.from_caller(caller)
     assert key is not None

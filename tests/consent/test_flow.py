@@ -15,6 +15,7 @@ from entra_passthrough._jwt import decode_unverified
 
 from .conftest import (
     ConsentEnv,
+    consent_link,
     follow_link,
     platform_caller,
     revoke_ticket,
@@ -301,10 +302,7 @@ async def test_key_rotation_keeps_links_and_grants_working(consent_env: ConsentE
 
 async def _pending_link(source: Any, env: ConsentEnv) -> str:
     caller = platform_caller("foundry-user-bob-rot", upn=env.idp.users["bob"].upn)
-    with pytest.raises(ConsentRequired) as info:
-        await source.get_token_async(TokenRequest(scopes=(env.mcp_scope,), caller=caller))
-    assert info.value.link is not None
-    return info.value.link
+    return await consent_link(source, env, caller)
 
 
 async def test_a_cancelled_leader_still_finishes_its_refresh_once(consent_env: ConsentEnv) -> None:

@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.parse
 
 import httpx2
 
 from entra_passthrough._grants import UserKey
 
-from .conftest import ConsentEnv, form_post_fields, platform_caller, submit_form_post
-from .test_attacks import _code_and_state, _link
+from .conftest import (
+    ConsentEnv,
+    callback_url,
+    code_and_state,
+    consent_link,
+    form_post_fields,
+    platform_caller,
+    submit_form_post,
+)
 
 
 def _answer_text(response: httpx2.Response) -> str:
@@ -33,10 +39,10 @@ async def test_failed_callbacks_echo_no_code_state_or_verifier(consent_env: Cons
     env = consent_env
     source, _ = env.make()
     caller = platform_caller(f"echo-{time.monotonic_ns()}", upn=env.idp.users["alice"].upn)
-    link = await _link(source, env, caller)
+    link = await consent_link(source, env, caller)
     answers: list[httpx2.Response] = []
     async with env.browser() as browser:
-        code, state = await _code_and_state(browser, link)
+        code, state = await code_and_state(browser, link)
         verifier = await _verifier(source, state)
         kid, body, mac = state.split(".")
         for params in (
@@ -47,17 +53,10 @@ async def test_failed_callbacks_echo_no_code_state_or_verifier(consent_env: Cons
         ):
             for accept in ("text/html", "application/json"):
                 answers.append(
-                    await browser.get(
-                        f"{env.redirect_uri}?{urllib.parse.urlencode(params)}",
-                        headers={"Accept": accept},
-                    )
+                    await browser.get(callback_url(env, params), headers={"Accept": accept})
                 )
     async with env.browser() as other:  # the right state in another browser: refused
-        answers.append(
-            await other.get(
-                f"{env.redirect_uri}?{urllib.parse.urlencode({'code': code, 'state': state})}"
-            )
-        )
+        answers.append(await other.get(callback_url(env, {"code": code, "state": state})))
     assert all(a.status_code == 400 for a in answers), [a.status_code for a in answers]
     for answer in answers:
         text = _answer_text(answer)
@@ -69,7 +68,7 @@ async def test_the_success_page_echoes_no_secret(consent_env: ConsentEnv) -> Non
     env = consent_env
     source, _ = env.make()
     caller = platform_caller(f"ok-{time.monotonic_ns()}", upn=env.idp.users["alice"].upn)
-    link = await _link(source, env, caller)
+    link = await consent_link(source, env, caller)
     async with env.browser() as browser:
         start = await browser.get(link, follow_redirects=False)
         authorize = await browser.get(start.headers["location"], follow_redirects=False)
