@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import hashlib
 import ipaddress
 from dataclasses import dataclass
 
@@ -139,7 +138,3 @@ def make_tls_material() -> TlsMaterial:
         .sign(ca_key, hashes.SHA256())
     )
     return TlsMaterial(cert_pem(ca), cert_pem(server), key_pem(server_key))
-
-
-def pkce_s256(verifier: str) -> str:
-    return b64url(hashlib.sha256(verifier.encode("ascii")).digest())
