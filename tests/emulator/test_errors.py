@@ -197,11 +197,12 @@ def test_700211_assertion_matching_no_federated_credential(idp: EntraEmulator, c
 
 def test_54005_and_pkce_are_in_flow_tests() -> None:
     # Reused codes (54005) and PKCE mismatches (501481) are checked in test_msal_flows.py with
-    # MSAL's own auth code flow; this test pins that the AADSTS table knows both codes.
-    from entra_passthrough._aadsts import describe
+    # MSAL's own auth code flow; this test pins that the AADSTS table knows both codes
+    # (describe() echoes any code, known or not, so it is the table that is checked).
+    from entra_passthrough._aadsts import AADSTS, describe
 
-    assert describe(54005).code == 54005
-    assert describe(501481).code == 501481
+    assert describe(54005) is AADSTS[54005]
+    assert describe(501481) is AADSTS[501481]
 
 
 @pytest.mark.parametrize("segment", ["not-a-tenant", "00000000-0000-0000-0000-000000000000"])
