@@ -11,29 +11,13 @@ from agent_framework import Content
 from agent_framework.exceptions import ToolException, UserInputRequiredException
 
 from .._errors import ConsentRequired
-from ..mcp import FOUNDRY_CONSENT_REQUIRED, url_elicitation_as_error
+from ..mcp import FOUNDRY_CONSENT_REQUIRED, _walk
 
 __all__ = [
     "consent_exception",
     "gateway_shaped",
     "is_dead_connection",
-    "url_elicitation_as_error",  # re-exported from entra_passthrough.mcp
 ]
-
-
-def _walk(exc: BaseException) -> list[BaseException]:
-    out: list[BaseException] = []
-    stack: list[BaseException] = [exc]
-    while stack and len(out) < 32:
-        current = stack.pop()
-        if any(current is seen for seen in out):
-            continue
-        out.append(current)
-        if isinstance(current, BaseExceptionGroup):
-            stack.extend(current.exceptions)
-        stack.extend(a for a in current.args if isinstance(a, BaseException))
-        stack.extend(e for e in (current.__cause__, current.__context__) if e is not None)
-    return out
 
 
 _DEAD_TRANSPORT = (

@@ -49,13 +49,8 @@ from .._errors import (
 from .._flow import Chain
 from .._jwt import JwtDecodeError, UnverifiedClaims
 from .._types import IdentityKind, TokenResult
-from ..mcp import _client_with, consent_from_exception
-from ._signals import (
-    consent_exception,
-    gateway_shaped,
-    is_dead_connection,
-    url_elicitation_as_error,
-)
+from ..mcp import _client_with, consent_from_exception, url_elicitation_as_error
+from ._signals import consent_exception, gateway_shaped, is_dead_connection
 
 if TYPE_CHECKING:
     from ._pool import EntraMCPToolPool
