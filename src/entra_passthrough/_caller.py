@@ -179,15 +179,13 @@ class Caller:
             # Reached only for an unset slot, i.e. ``claims``/``decode_error`` while pending.
             if name not in ("claims", "decode_error"):
                 raise AttributeError(name)
-            claims: UnverifiedClaims | None = None
-            error: str | None = None
             try:
-                claims = UnverifiedClaims.from_token(self.assertion or "")
+                self.claims = UnverifiedClaims.from_token(self.assertion or "")
+                self.decode_error = None
             except JwtDecodeError as exc:
-                error = str(exc)
-            self.claims = claims
-            self.decode_error = error
-            return claims if name == "claims" else error
+                self.claims = None
+                self.decode_error = str(exc)
+            return getattr(self, name)  # both slots are set now: a plain read
 
     def _mark_malformed(self, reason: str) -> None:
         self.presented = True
