@@ -265,8 +265,13 @@ class Keyring:
         return cls(keys, current=order[0])
 
     @classmethod
-    def from_env(cls, variable: str = "ENTRA_PASSTHROUGH_CONSENT_KEYS") -> Keyring:
-        value = os.environ.get(variable)
+    def from_env(
+        cls,
+        variable: str = "ENTRA_PASSTHROUGH_CONSENT_KEYS",
+        *,
+        environ: Mapping[str, str] | None = None,
+    ) -> Keyring:
+        value = (os.environ if environ is None else environ).get(variable)
         if not value:
             raise ConfigurationError(
                 f"{variable} is not set.", fix=f"set {variable}='kid:<base64url of 32 bytes>'."

@@ -56,18 +56,9 @@ def build_broker(config: dict[str, Any], environ: dict[str, str] | None = None) 
         # A standalone broker must share the agent's store; only the memory store exists
         # today, so this mode is for trying the flow (docs/consent.md).
         store=MemoryStore(),
-        keyring=_keyring(env),
+        keyring=Keyring.from_env(_KEYS_ENV, environ=env),
         http_client=http_session(str(ca_file)) if ca_file else None,
     )
-
-
-def _keyring(env: dict[str, str]) -> Keyring:
-    value = env.get(_KEYS_ENV)
-    if not value:
-        raise ConfigurationError(
-            f"{_KEYS_ENV} is not set.", fix=f"set {_KEYS_ENV}='kid:<base64url of 32 bytes>'."
-        )
-    return Keyring.from_string(value)
 
 
 def main(argv: list[str]) -> int:
