@@ -17,6 +17,7 @@ from entra_passthrough import (
     Caller,
     ConfigurationError,
     ConsentRequired,
+    SourceUnavailable,
     TokenResult,
     bind_caller,
     current_caller,
@@ -302,3 +303,23 @@ async def test_call_failure_keeps_the_original_cause() -> None:
     ):
         await tool.call_tool("whoami")
     assert isinstance(caught.value.__cause__, OSError)
+
+
+class _LifecycleFails(_NoChain):
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    async def lifecycle_token_async(self, scopes: Sequence[str]) -> TokenResult | None:
+        raise self.error
+
+
+async def test_shared_discovery_falls_back_to_the_user_only_on_token_errors() -> None:
+    trigger = Caller.from_token(unsigned_jwt(tid="t", oid="o"))
+    unavailable = _LifecycleFails(SourceUnavailable("no MI"))
+    tool = entra_mcp_tool("x", URL, chain=unavailable, scopes=SCOPES)
+    assert isinstance(tool, EntraMCPTool)
+    assert await tool._discovery_caller(trigger) is trigger
+    broken = entra_mcp_tool("x", URL, chain=_LifecycleFails(KeyError("bug")), scopes=SCOPES)
+    assert isinstance(broken, EntraMCPTool)
+    with pytest.raises(KeyError):
+        await broken._discovery_caller(trigger)

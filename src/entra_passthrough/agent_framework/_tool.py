@@ -207,7 +207,14 @@ class EntraMCPTool(MCPStreamableHTTPTool):
         # (lifecycle_app=True, user_or_app, app_only); else the triggering user, while active.
         try:
             lifecycle = await self._entra_auth.chain.lifecycle_token_async(self.auth.scopes)
-        except Exception:
+        except TokenAcquisitionError as exc:
+            # The app is allowed but could not get a token now: the triggering user's copy
+            # connects instead (a bug or a configuration error propagates).
+            _log.warning(
+                "MCP server %r: no lifecycle token (%s); connecting as the triggering user",
+                self.server_label,
+                exc,
+            )
             lifecycle = None
         return None if lifecycle is not None else trigger
 
