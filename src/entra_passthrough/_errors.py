@@ -349,6 +349,19 @@ def _first_line(description: str) -> str:
     return text[:_MAX_DESCRIPTION]
 
 
+def _first_code(body: Mapping[str, Any]) -> int | None:
+    codes = body.get("error_codes")
+    if isinstance(codes, list) and codes and isinstance(codes[0], int):
+        return codes[0]
+    return None
+
+
+def is_consent_required(body: Mapping[str, Any]) -> bool:
+    """Whether ``error_from_entra(body)`` is a ``ConsentRequired`` (AADSTS65001 or suberror
+    ``consent_required``): a source builds the consent link only then."""
+    return _first_code(body) == 65001 or body.get("suberror") == "consent_required"
+
+
 def error_from_entra(
     body: Mapping[str, Any],
     *,
@@ -361,10 +374,7 @@ def error_from_entra(
     Entra's descriptions never echo tokens or secrets, but they are bounded and reduced to
     their first line anyway.
     """
-    codes = body.get("error_codes") or []
-    code: int | None = None
-    if isinstance(codes, list) and codes and isinstance(codes[0], int):
-        code = codes[0]
+    code = _first_code(body)
     error = str(body.get("error") or "") or None
     suberror = str(body.get("suberror") or "") or None
     correlation_id = str(body.get("correlation_id") or "") or None
@@ -384,7 +394,7 @@ def error_from_entra(
         "correlation_id": correlation_id,
         "trace_id": trace_id,
     }
-    if code == 65001 or suberror == "consent_required":
+    if is_consent_required(body):
         return ConsentRequired(what, link=consent_link, aadsts=code, **common)
     if error == "interaction_required" or code in (50076, 50079, 53003):
         raw_claims = body.get("claims")

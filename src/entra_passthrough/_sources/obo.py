@@ -16,6 +16,7 @@ from .._errors import (
     AssertionMalformed,
     ConfigurationError,
     TenantNotAllowed,
+    is_consent_required,
 )
 from .._jwt import fingerprint
 from .._msal import (
@@ -203,7 +204,7 @@ class OnBehalfOf:
                 exc, what="on-behalf-of request to Entra", source=self.name, scopes=scopes
             ) from None
         link = None
-        if _is_consent_error(response):
+        if is_consent_required(response):
             link = self.consent_link(request, tenant)
         result = result_from_msal(
             response,
@@ -322,11 +323,4 @@ def credential_from_env(env: Mapping[str, str], *, http_client: Any) -> dict[str
         fix="set ENTRA_PASSTHROUGH_CLIENT_SECRET, ENTRA_PASSTHROUGH_CLIENT_CERTIFICATE_PATH, "
         "AZURE_FEDERATED_TOKEN_FILE, or IDENTITY_ENDPOINT/IDENTITY_HEADER (managed identity as "
         "a federated credential).",
-    )
-
-
-def _is_consent_error(response: Mapping[str, Any]) -> bool:
-    codes = response.get("error_codes")
-    return response.get("suberror") == "consent_required" or (
-        isinstance(codes, list) and 65001 in codes
     )
