@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,6 +18,8 @@ from entra_passthrough import (
     Caller,
     ConfigurationError,
     ConsentRequired,
+    IdentityKind,
+    PolicyViolation,
     SourceUnavailable,
     TokenResult,
     bind_caller,
@@ -323,3 +326,19 @@ async def test_shared_discovery_falls_back_to_the_user_only_on_token_errors() ->
     assert isinstance(broken, EntraMCPTool)
     with pytest.raises(KeyError):
         await broken._discovery_caller(trigger)
+
+
+def test_pooled_call_refuses_a_token_for_another_user() -> None:
+    tool = EntraMCPTool(
+        "x", URL, chain=_NoChain(), scopes=SCOPES, origins=["https://mcp.contoso.com"],
+        mode="per_user", pool_key="claims:other-t:o",
+    )  # fmt: skip
+
+    def issued(**claims: Any) -> TokenResult:
+        token = unsigned_jwt(**claims)
+        return TokenResult(token, time.time() + 600, IdentityKind.USER, "obo")
+
+    tool._check_pool_identity(issued(tid="other-t", oid="o"))  # the pool's own user: accepted
+    for tid, oid in (("t", "o"), ("other-t", "o2")):  # a suffix of the key is not the same user
+        with pytest.raises(PolicyViolation):
+            tool._check_pool_identity(issued(tid=tid, oid=oid))

@@ -368,8 +368,9 @@ class EntraMCPTool(MCPStreamableHTTPTool):
             claims = UnverifiedClaims.from_token(result.token)
         except JwtDecodeError:
             return  # opaque token: nothing to compare (the server binds its session itself)
+        # pool_key() is "<verified|claims>:<tid>:<oid>": compare the tid:oid part exactly.
         key = f"{claims.tid}:{claims.oid}"
-        if claims.tid and claims.oid and not (self._pool_key or "").endswith(key):
+        if claims.tid and claims.oid and (self._pool_key or "").partition(":")[2] != key:
             raise PolicyViolation(
                 "The token resolved for this call names another user than the pooled MCP "
                 "connection it would use; the call was not sent.",
