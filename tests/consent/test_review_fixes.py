@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.parse
 
 import httpx2
 
@@ -83,3 +84,27 @@ async def test_the_success_page_echoes_no_secret(consent_env: ConsentEnv) -> Non
     text = _answer_text(page)
     for secret in (fields["code"], fields["state"], verifier, found[0].refresh_token):
         assert secret not in text
+
+
+async def test_the_broker_redirects_are_uncacheable_and_send_no_referrer(
+    consent_env: ConsentEnv,
+) -> None:
+    env = consent_env
+    source, _ = env.make()
+    caller = platform_caller(f"headers-{time.monotonic_ns()}", upn=env.idp.users["alice"].upn)
+    key = UserKey.from_caller(caller)
+    assert key is not None
+    async with env.browser() as browser:
+        start = await browser.get(await consent_link(source, env, caller), follow_redirects=False)
+        ticket = source.signout_link(key).split("t=", 1)[1]
+        revoke = await browser.post(
+            f"{env.base}/revoke",
+            data={"t": urllib.parse.unquote(ticket)},
+            follow_redirects=False,
+        )
+    for answer, status in ((start, 302), (revoke, 303)):
+        assert answer.status_code == status, answer.text
+        assert answer.headers["location"]
+        assert answer.headers["cache-control"] == "no-store"
+        assert answer.headers["referrer-policy"] == "no-referrer"
+        assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]

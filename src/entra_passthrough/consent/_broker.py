@@ -212,9 +212,9 @@ class ConsentBroker:
             },
             ttl=self.state_lifetime,
         )
-        response = RedirectResponse(str(flow["auth_uri"]), status_code=302)
-        for name, value in security_headers().items():
-            response.headers[name] = value
+        response = RedirectResponse(
+            str(flow["auth_uri"]), status_code=302, headers=security_headers()
+        )
         # Binds the sign-in to this browser: a state lured into another browser (login CSRF)
         # arrives without the cookie. SameSite=None because the identity provider's form_post
         # is a cross-site POST; the cookie only proves "this browser started this flow", so
@@ -412,9 +412,8 @@ class ConsentBroker:
         logger.info("consent revoked (grant existed: %s)", deleted)
         if request.headers.get("accept", "").startswith("application/json"):
             return message_response(request, "Signed out", "", extra={"revoked": str(deleted)})
-        response = RedirectResponse(
-            self.client.logout_url(self.post_logout_redirect_uri), status_code=303
+        return RedirectResponse(
+            self.client.logout_url(self.post_logout_redirect_uri),
+            status_code=303,
+            headers=security_headers(),
         )
-        for name, value in security_headers().items():
-            response.headers[name] = value
-        return response
