@@ -10,7 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from entra_passthrough import Caller, OnBehalfOf, TokenAcquisitionError, TokenRequest
+from entra_passthrough import (
+    AssertionNotUsable,
+    Caller,
+    OnBehalfOf,
+    TenantNotAllowed,
+    TokenAcquisitionError,
+    TokenRequest,
+)
 
 CLIENT = "22222222-2222-2222-2222-222222222222"
 OBO = OnBehalfOf(
@@ -18,7 +25,8 @@ OBO = OnBehalfOf(
     tenant_id="t1",
     client_secret="s",
     authority_host="https://127.0.0.1:9",
-    allowed_tenants=["other-tenant"],  # every decodable token stops at the tenant check at last
+    # Longer than any generated tid: every decodable token stops at the tenant check at last.
+    allowed_tenants=["tenant-that-no-strategy-generates"],
 )
 
 
@@ -57,6 +65,8 @@ def test_preflight_never_crashes_and_never_sends(token: str) -> None:
     with pytest.raises(TokenAcquisitionError) as info:
         OBO.get_token(request)
     assert info.value.source == "obo"
+    # A pre-flight refusal; a request that went out would end as SourceUnavailable.
+    assert isinstance(info.value, AssertionNotUsable | TenantNotAllowed), type(info.value)
     if len(token) >= 40:  # short junk can occur in any message text by chance
         assert token not in str(info.value)
     assert OBO.msal_apps() == []
