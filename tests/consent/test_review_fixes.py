@@ -108,3 +108,25 @@ async def test_the_broker_redirects_are_uncacheable_and_send_no_referrer(
         assert answer.headers["cache-control"] == "no-store"
         assert answer.headers["referrer-policy"] == "no-referrer"
         assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
+
+
+async def test_revoke_answers_json_only_to_a_json_client(consent_env: ConsentEnv) -> None:
+    env = consent_env
+    source, _ = env.make()
+    key = UserKey.for_platform_user(f"json-revoke-{time.monotonic_ns()}")
+    ticket = urllib.parse.unquote(source.signout_link(key).split("t=", 1)[1])
+    async with env.browser() as browser:
+        api = await browser.post(
+            f"{env.base}/revoke", data={"t": ticket}, headers={"Accept": "application/json"}
+        )
+        # A browser that also accepts JSON is a browser: it goes on to Entra's sign-out.
+        mixed = await browser.post(
+            f"{env.base}/revoke",
+            data={"t": ticket},
+            headers={"Accept": "application/json, text/html"},
+            follow_redirects=False,
+        )
+    assert api.status_code == 200
+    assert api.json() == {"status": "ok", "revoked": "False"}
+    assert mixed.status_code == 303
+    assert "/oauth2/v2.0/logout" in mixed.headers["location"]

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from .._consent_client import ConsentClient, IdTokenError, check_https_url
@@ -45,9 +45,9 @@ from .._store import Keyring, KeyringError, TokenStore, hash_key
 from ._pages import (
     confirm_revoke_response,
     error_response,
-    message_response,
     security_headers,
     success_response,
+    wants_json,
 )
 from ._params import CALLBACK_PARAMS, BadRequest, parse_params, read_form
 from ._state import State, StateError
@@ -410,8 +410,10 @@ class ConsentBroker:
             return error_response(request, "invalid_link", "This sign-out request is not valid.")
         deleted = await self.grants.delete_grant(key_hash)
         logger.info("consent revoked (grant existed: %s)", deleted)
-        if request.headers.get("accept", "").startswith("application/json"):
-            return message_response(request, "Signed out", "", extra={"revoked": str(deleted)})
+        if wants_json(request):
+            return JSONResponse(
+                {"status": "ok", "revoked": str(deleted)}, headers=security_headers()
+            )
         return RedirectResponse(
             self.client.logout_url(self.post_logout_redirect_uri),
             status_code=303,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-from collections.abc import Mapping
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -92,14 +91,3 @@ def confirm_revoke_response(*, ticket: str, revoke_path: str, form_action: str) 
         '<button type="submit">Sign out and revoke</button></form>'
     )
     return HTMLResponse(_page("Sign out", body), headers=security_headers(form_action))
-
-
-def message_response(
-    request: Request, title: str, text: str, *, extra: Mapping[str, str] | None = None
-) -> Response:
-    if wants_json(request):
-        return JSONResponse({"status": "ok", **(extra or {})}, headers=security_headers())
-    return HTMLResponse(
-        _page(title, f"<h1>{html.escape(title)}</h1><p>{html.escape(text)}</p>"),
-        headers=security_headers(),
-    )
