@@ -8,11 +8,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import anyio
 import httpx2
 import pytest
 from agent_framework import MCPStreamableHTTPTool
 from agent_framework.exceptions import ToolExecutionException, UserInputRequiredException
-from mcp import MCPError
+from mcp import ClientSession, MCPError
 
 from entra_passthrough import (
     Caller,
@@ -31,6 +32,7 @@ from entra_passthrough.agent_framework import (
     PoolOptions,
     consent_exception,
     entra_mcp_tool,
+    install,
     is_dead_connection,
     pool_key,
 )
@@ -200,11 +202,30 @@ def test_pool_options_are_validated() -> None:
 def test_agent_framework_seams_still_exist() -> None:
     # EntraMCPTool overrides private seams of agent-framework-core 1.23; fail loudly if a new
     # version renames them.
-    for name in ("_ensure_lifecycle_owner", "_run_lifecycle_owner", "_is_lifecycle_owner_task"):
+    # (Each of these, renamed, would be skipped silently: no test would fail otherwise.)
+    for name in (
+        "_ensure_lifecycle_owner",
+        "_run_lifecycle_owner",
+        "_is_lifecycle_owner_task",
+        "_connect_on_owner",
+        "_close_owned_http_client",
+    ):
         assert callable(getattr(MCPStreamableHTTPTool, name, None)), name
     tool = MCPStreamableHTTPTool("x", URL)
-    for attr in ("_lifecycle_lock", "_httpx_client", "_tools_loaded", "_exit_stack"):
+    for attr in (
+        "_lifecycle_lock",
+        "_lifecycle_queue",
+        "_lifecycle_owner_task",
+        "_connection",
+        "_httpx_client",
+        "_tools_loaded",
+        "_exit_stack",
+    ):
         assert hasattr(tool, attr), attr
+    # _connect_on_owner replaces the session's elicitation callback (mcp 2.3 ClientSession).
+    send, receive = anyio.create_memory_object_stream[Any](1)
+    with send, receive:
+        assert hasattr(ClientSession(receive, send), "_elicitation_callback")
 
 
 async def _run_background_middleware(body: dict[str, Any]) -> tuple[Caller, Caller | None]:
@@ -342,3 +363,17 @@ def test_pooled_call_refuses_a_token_for_another_user() -> None:
     for tid, oid in (("t", "o"), ("other-t", "o2")):  # a suffix of the key is not the same user
         with pytest.raises(PolicyViolation):
             tool._check_pool_identity(issued(tid=tid, oid=oid))
+
+
+def test_close_on_shutdown_refuses_a_host_whose_handler_slot_moved() -> None:
+    # Chaining needs the host's own handler (it closes the agent); without the slot it would be
+    # dropped silently.
+    class _Host:
+        def add_middleware(self, cls: Any, **options: Any) -> None:
+            return None
+
+        def shutdown_handler(self, fn: Any) -> Any:
+            return fn
+
+    with pytest.raises(ConfigurationError, match="_shutdown_fn"):
+        install(_Host(), close_on_shutdown=[object()])

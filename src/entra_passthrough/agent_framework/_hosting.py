@@ -174,10 +174,13 @@ def install(
 
 def _chain_shutdown(app: Any, closables: tuple[Any, ...]) -> None:
     register = getattr(app, "shutdown_handler", None)
-    if register is None:
-        raise ConfigurationError("close_on_shutdown needs an AgentServerHost (shutdown_handler)")
-    # The host keeps one handler (ResponsesHostServer's closes the agent): run it first.
-    previous = getattr(app, "_shutdown_fn", None)
+    # The host keeps one handler (ResponsesHostServer's closes the agent) in a private slot
+    # (azure-ai-agentserver-core 2.3): run it first. Refuse rather than drop it if it moved.
+    if register is None or not hasattr(app, "_shutdown_fn"):
+        raise ConfigurationError(
+            "close_on_shutdown needs an AgentServerHost (shutdown_handler, _shutdown_fn)"
+        )
+    previous = app._shutdown_fn
 
     async def shutdown() -> None:
         try:
