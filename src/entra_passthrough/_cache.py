@@ -121,8 +121,11 @@ class TokenCache:
 
     # -- the hit path ----------------------------------------
 
-    def _lookup(self, key: Hashable, now: float) -> tuple[TokenResult | None, bool]:
-        """(usable result or None, whether this caller must refresh it)."""
+    def _lookup(
+        self, key: Hashable, now: float, *, claim: bool = True
+    ) -> tuple[TokenResult | None, bool]:
+        """(usable result or None, whether this caller must refresh it). ``claim=False``
+        never takes the refresh on (a plain read would leave the entry marked refreshing)."""
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
@@ -132,7 +135,7 @@ class TokenCache:
                 return None, False
             self._entries.move_to_end(key)
             self._hits += 1
-            if now < entry.refresh_at or entry.refreshing or key in self._inflight:
+            if not claim or now < entry.refresh_at or entry.refreshing or key in self._inflight:
                 return entry.result, False
             entry.refreshing = True
             return entry.result, True
@@ -151,7 +154,7 @@ class TokenCache:
 
     def get(self, key: Hashable) -> TokenResult | None:
         """The cached, usable result for ``key`` (no refresh, no acquisition)."""
-        return self._lookup(key, self._clock())[0]
+        return self._lookup(key, self._clock(), claim=False)[0]
 
     # -- storing ----------------------------------------
 

@@ -163,6 +163,19 @@ def test_refresh_ahead_serves_cached_then_refreshes_once() -> None:
     assert len(calls) == 2
 
 
+def test_get_in_the_refresh_window_leaves_the_refresh_to_the_next_acquirer() -> None:
+    clock = Clock()
+    cache = TokenCache(clock=clock)
+    cache.get_or_acquire("k", lambda: result("t1"))
+    clock.offset = 3400  # inside the refresh window
+    got = cache.get("k")
+    assert got is not None
+    assert got.token == "t1"
+    refreshed = cache.get_or_acquire("k", lambda: result("t2"))
+    assert refreshed is not None
+    assert refreshed.token == "t2"
+
+
 def test_refresh_failure_serves_the_still_valid_token() -> None:
     clock = Clock()
     cache = TokenCache(clock=clock)
