@@ -357,6 +357,9 @@ class TokenCache:
             )
             self._end_refresh(key)
             return cached
+        except BaseException:
+            self._end_refresh(key)
+            raise
         if result is None:
             self._end_refresh(key)
             return cached

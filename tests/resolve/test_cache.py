@@ -176,6 +176,25 @@ def test_get_in_the_refresh_window_leaves_the_refresh_to_the_next_acquirer() -> 
     assert refreshed.token == "t2"
 
 
+def test_sync_refresh_interrupted_by_a_base_exception_can_be_retried() -> None:
+    class Interrupted(BaseException):
+        pass
+
+    clock = Clock()
+    cache = TokenCache(clock=clock)
+    cache.get_or_acquire("k", lambda: result("t1"))
+    clock.offset = 3400  # inside the refresh window
+
+    def interrupted() -> TokenResult:
+        raise Interrupted
+
+    with pytest.raises(Interrupted):
+        cache.get_or_acquire("k", interrupted)
+    refreshed = cache.get_or_acquire("k", lambda: result("t2"))
+    assert refreshed is not None
+    assert refreshed.token == "t2"
+
+
 def test_refresh_failure_serves_the_still_valid_token() -> None:
     clock = Clock()
     cache = TokenCache(clock=clock)
