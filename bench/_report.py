@@ -237,15 +237,6 @@ def _miqr(s: Any, scale: float = 1.0, digits: int = 2) -> str:
     return f"{s['median'] * scale:.{digits}f} (IQR {s['iqr'] * scale:.{digits}f})"
 
 
-def _best_baseline(pats: dict[str, Any], field: str) -> tuple[str, float]:
-    best, value = "", math.inf
-    for name in BASELINE_NAMES:
-        v = _med(pats, name, field)
-        if not math.isnan(v) and v < value:
-            best, value = name, v
-    return best, value
-
-
 HEADLINE = "shared-cache credential"
 # Serialising every call (sync-in-async) makes each call wait about one round trip while the
 # whole run takes U*C round trips: its per-call wait is not a latency anyone gets. The best
