@@ -159,14 +159,7 @@ def _start(args: list[str], workdir: Path, name: str) -> tuple[subprocess.Popen[
 
 
 async def _obo_token(emu: Emulator, assertion: str) -> str:
-    data = {
-        "grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer",
-        "client_id": emu.agent.client_id,
-        "client_secret": emu.agent.secret or "",
-        "assertion": assertion,
-        "requested_token_use": "on_behalf_of",
-        "scope": emu.mcp_scope,
-    }
+    data = emu.obo_form(assertion)
     async with httpx2.AsyncClient(verify=emu.ca_file, trust_env=False) as client:
         r = await client.post(emu.token_endpoint, data=data)
         r.raise_for_status()

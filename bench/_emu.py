@@ -20,8 +20,6 @@ import httpx2
 
 from ._util import stop, wait_for_file_json
 
-OBO_GRANT = "on_behalf_of"
-
 
 @dataclass(frozen=True)
 class App:
@@ -35,13 +33,6 @@ class UserCred:
     name: str
     upn: str
     password: str
-
-
-def _first(d: dict[str, Any], *keys: str, default: Any = None) -> Any:
-    for key in keys:
-        if key in d and d[key] is not None:
-            return d[key]
-    return default
 
 
 class Emulator:
@@ -88,7 +79,7 @@ class Emulator:
         self.state = state
         self.url: str = self.state["url"].rstrip("/")
         self.ca_file: str = self.state["ca_file"]
-        self.tenant_id: str = self._tenant_id(self.state)
+        self.tenant_id: str = self.state["tenant_id"]
         self.authority = f"{self.url}/{self.tenant_id}"
         self.token_endpoint = f"{self.authority}/oauth2/v2.0/token"
         apps = self.state["apps"]
@@ -108,27 +99,25 @@ class Emulator:
         self._client = httpx2.Client(verify=self.ca_file, trust_env=False, timeout=60)
 
     @staticmethod
-    def _tenant_id(state: dict[str, Any]) -> str:
-        tenants = state.get("tenants")
-        if isinstance(tenants, dict):
-            first = _first(tenants, "contoso", "primary", "tenant_id")
-            if isinstance(first, dict):
-                return str(_first(first, "id", "tenant_id"))
-            if first is not None:
-                return str(first)
-        if isinstance(tenants, list) and tenants:
-            t = tenants[0]
-            return str(_first(t, "id", "tenant_id")) if isinstance(t, dict) else str(t)
-        return str(state["tenant_id"])
-
-    @staticmethod
     def _app(d: dict[str, Any]) -> App:
+        # The state file of bench._emu_world or `entra-passthrough emulator --state-file`.
         client_id = str(d["client_id"])
         return App(
             client_id=client_id,
-            secret=_first(d, "secret", "client_secret"),
-            app_id_uri=str(_first(d, "app_id_uri", default=f"api://{client_id}")),
+            secret=d["secret"],
+            app_id_uri=str(d["app_id_uri"] or f"api://{client_id}"),
         )
+
+    def obo_form(self, assertion: str) -> dict[str, str]:
+        """The agent's raw OBO request for the MCP scope (shared secret)."""
+        return {
+            "grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer",
+            "client_id": self.agent.client_id,
+            "client_secret": self.agent.secret or "",
+            "assertion": assertion,
+            "requested_token_use": "on_behalf_of",
+            "scope": self.mcp_scope,
+        }
 
     # --- stats -----------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -140,9 +129,6 @@ class Emulator:
     def obo_posts(self) -> int:
         """Every POST to the token endpoint (OBO, and the refresh-token redemptions some
         credentials make instead): each is a round trip to Entra."""
-        return self.token_posts()
-
-    def token_posts(self) -> int:
         return int(self.stats().get("endpoints", {}).get("token", 0))
 
     # --- user assertions -------------------------------------------------------------------------

@@ -60,6 +60,7 @@ def state(idp: EntraEmulator, token_latency: float) -> dict[str, Any]:
         "url": idp.url,
         "ca_file": idp.ca_file,
         "token_latency": token_latency,
+        "tenant_id": idp.tenant_id,
         "tenants": {t.name: t.id for t in w.tenants},
         "apps": {
             a.name: {"client_id": a.client_id, "secret": a.secret, "app_id_uri": a.app_id_uri}

@@ -55,14 +55,7 @@ def workload(assertions: Sequence[str], calls_per_user: int, seed: int) -> list[
 
 async def floor_round_trip(emu: Emulator, assertion: str, samples: int = 5) -> float:
     """Median time of one OBO POST with a warm keep-alive connection: the physical floor."""
-    data = {
-        "grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer",
-        "client_id": emu.agent.client_id,
-        "client_secret": emu.agent.secret or "",
-        "assertion": assertion,
-        "requested_token_use": "on_behalf_of",
-        "scope": emu.mcp_scope,
-    }
+    data = emu.obo_form(assertion)
     times = []
     async with httpx2.AsyncClient(verify=emu.ca_file, trust_env=False, timeout=60) as client:
         r = await client.post(emu.token_endpoint, data=data)  # connect + warm
