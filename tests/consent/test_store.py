@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import threading
 
 import pytest
 
 from entra_passthrough import ConfigurationError
 from entra_passthrough._grants import Grant, GrantStore, LinkTicket, UserKey
+from entra_passthrough._sources.delegated import DelegatedConsent
 from entra_passthrough._store import ANY, Keyring, KeyringError, MemoryStore, TokenStore, hash_key
+from entra_passthrough.consent import ConsentBroker
 
 
 async def test_memory_store_is_a_token_store_with_cas() -> None:
@@ -186,3 +189,28 @@ def test_user_key_prefers_verified_identity_and_ignores_unverified_claims() -> N
     ended = Caller(user_id="u")
     ended.end()
     assert UserKey.from_caller(ended) is None
+
+
+async def test_closing_a_broker_built_for_a_source_leaves_the_source_running() -> None:
+    source = DelegatedConsent(
+        client_id="consent-app",
+        tenant_id="tenant",
+        client_secret="not-used",
+        store=MemoryStore(),
+        keyring=Keyring.generate(),
+        broker_url="http://127.0.0.1:9/consent",
+        max_workers=1,
+    )
+    broker = ConsentBroker.for_source(source, redirect_uris=["http://127.0.0.1:9/consent/callback"])
+    gate = threading.Event()
+    try:
+        busy = asyncio.ensure_future(source.client.pool.run(gate.wait, 10.0))
+        queued = asyncio.ensure_future(source.client.pool.run(str, "queued"))
+        await asyncio.sleep(0)  # both submitted: one running, one waiting for the worker
+        broker.close()
+        gate.set()
+        assert await busy is True
+        assert await queued == "queued"  # not cancelled by the broker's close()
+    finally:
+        gate.set()
+        source.close()

@@ -99,6 +99,7 @@ class ConsentBroker:
             check_https_url(uri, what="redirect URI")
         if not 30 <= state_lifetime <= 3600:
             raise ConfigurationError("state_lifetime must be between 30 s and 1 h.")
+        self._owns_client = _client is None
         self.client = _client or ConsentClient(
             client_id=client_id,
             tenant_id=tenant_id,
@@ -148,7 +149,10 @@ class ConsentBroker:
         )
 
     def close(self) -> None:
-        self.client.pool.close()
+        """Stop the worker pool the broker created. A broker built by ``for_source`` shares the
+        source's pool and leaves it running (closing it would cancel the source's refreshes)."""
+        if self._owns_client:
+            self.client.pool.close()
 
     # --- endpoints ---------------------------------------------------------------------------
     async def _start(self, request: Request) -> Response:
