@@ -193,6 +193,26 @@ async def test_agent_identity_obo(idp: EntraEmulator) -> None:
     chain.close()
 
 
+async def test_agent_identity_blueprint_error_names_this_source(idp: EntraEmulator) -> None:
+    from entra_passthrough import TokenAcquisitionError
+
+    source = AgentIdentityOnBehalfOf(
+        blueprint_client_id=idp.blueprint.client_id,
+        agent_identity_id=idp.agent_identity.client_id,
+        tenant_id=idp.tenant_id,
+        client_secret="not-the-blueprint-secret",
+        authority_host=idp.url,
+        http_client=session(idp),
+        name="agent_b",
+    )
+    chain = TokenChain([source])
+    token = idp.user_token("alice", audience=idp.blueprint.client_id)
+    with bind_caller(token=token), pytest.raises(TokenAcquisitionError) as info:
+        await chain.get_token_async(mcp_scope(idp))
+    assert info.value.source == "agent_b.blueprint"
+    chain.close()
+
+
 async def test_foundry_route_uses_the_current_call_id(idp: EntraEmulator) -> None:
     route = FoundryToolboxRoute(make_mi(idp))
     chain = TokenChain([route], policy=Policy.APP_ONLY)

@@ -34,8 +34,11 @@ class _T1:
     Called by MSAL (in a worker thread) whenever the agent identity's OBO request goes out.
     """
 
-    def __init__(self, app_factory: Callable[[], Any], *, scope: str, agent_identity_id: str):
+    def __init__(
+        self, app_factory: Callable[[], Any], *, scope: str, agent_identity_id: str, source: str
+    ):
         self._factory = app_factory
+        self._source = source
         self._app: Any = None
         self._scope = scope
         self._fmi_path = agent_identity_id
@@ -58,10 +61,10 @@ class _T1:
                 )
             except Exception as exc:
                 raise unreachable(
-                    exc, what="the blueprint's T1 request", source="agent_id", scopes=()
+                    exc, what="the blueprint's T1 request", source=self._source, scopes=()
                 ) from None
             token = result_from_msal(
-                response, kind=IdentityKind.APP, source="agent_id.blueprint", scopes=(self._scope,)
+                response, kind=IdentityKind.APP, source=self._source, scopes=(self._scope,)
             )
             self._token = token
             return token.token
@@ -132,6 +135,7 @@ class AgentIdentityOnBehalfOf:
             blueprint_app,
             scope=f"{federation_audience(host)}/.default",
             agent_identity_id=agent_identity_id,
+            source=f"{name}.blueprint",
         )
         self._obo = OnBehalfOf(
             client_id=agent_identity_id,
