@@ -97,6 +97,7 @@ class Seen:
     status: int
     tool: str | None = None
     caller_tag: str | None = None  # the "who" argument of a tools/call
+    session: str | None = None  # mcp-session-id sent, or assigned by the answer to initialize
 
 
 @dataclass
@@ -111,9 +112,9 @@ class Recorder:
             self.seen.append(item)
             return len(self.seen) - 1
 
-    def finish(self, index: int, status: int) -> None:
+    def finish(self, index: int, status: int, session: str | None = None) -> None:
         with self.lock:
-            self.seen[index] = replace(self.seen[index], status=status)
+            self.seen[index] = replace(self.seen[index], status=status, session=session)
 
     def snapshot(self) -> list[Seen]:
         with self.lock:
@@ -134,6 +135,13 @@ def _bearer_oid(headers: list[tuple[bytes, bytes]]) -> str | None:
                 return UnverifiedClaims.from_token(token.strip()).oid or "?"
             except JwtDecodeError:
                 return "undecodable"
+    return None
+
+
+def _header(headers: list[tuple[bytes, bytes]], wanted: bytes) -> str | None:
+    for name, value in headers:
+        if name.lower() == wanted:
+            return value.decode("latin-1")
     return None
 
 
@@ -172,9 +180,13 @@ def recording(app: ASGI, recorder: Recorder) -> ASGI:
                 return messages.pop(0)
             return await receive()
 
+        session = _header(scope.get("headers") or [], b"mcp-session-id")
+
         async def spy(message: dict[str, Any]) -> None:
+            nonlocal session
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
+                session = session or _header(message.get("headers") or [], b"mcp-session-id")
             await send(message)
 
         index = recorder.add(
@@ -190,7 +202,7 @@ def recording(app: ASGI, recorder: Recorder) -> ASGI:
         try:
             await app(scope, replay, spy)
         finally:
-            recorder.finish(index, status["code"])
+            recorder.finish(index, status["code"], session)
 
     return wrapper
 

@@ -115,6 +115,16 @@ def _no_foreign_lifecycle_tokens(recorder: Recorder, users: list[User]) -> None:
         assert seen.oid is None or seen.oid in oids, seen
 
 
+def _sessions_carry_only_their_owner(recorder: Recorder) -> None:
+    """Every request on a legacy session (tools/list, calls, GET stream, DELETE) carries the
+    token of the user who opened it, or none: never another user's."""
+    seen = recorder.snapshot()
+    owners = {s.session: s.oid for s in seen if s.rpc == "initialize" and s.session}
+    assert owners
+    foreign = [s for s in seen if s.session and s.oid and s.oid != owners.get(s.session)]
+    assert not foreign, f"another user's token on a session: {foreign[:5]}"
+
+
 async def test_shared_tool_stateless_server(
     idp: EntraEmulator,
     users: list[User],
@@ -209,6 +219,7 @@ async def test_per_user_pool_principal_bound_server(
     listed = {s.oid for s in seen if s.rpc == "tools/list"}
     assert listed == {u.oid for u in users[:USERS]}
     _no_foreign_lifecycle_tokens(recorder, users)
+    _sessions_carry_only_their_owner(recorder)
 
 
 async def test_per_user_pool_survives_server_restart(
@@ -227,3 +238,4 @@ async def test_per_user_pool_survives_server_restart(
     for s in seen:
         if s.rpc == "initialize":
             assert s.oid in {u.oid for u in users}
+    _sessions_carry_only_their_owner(recorder)
