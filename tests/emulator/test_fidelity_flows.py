@@ -261,6 +261,8 @@ def test_certificate_assertion_accepted(idp: EntraEmulator, http: httpx2.Client)
     ("override", "code"),
     [
         ({"aud": "https://elsewhere.example/token"}, 700021),  # aud = the token endpoint
+        ({"aud": 5}, 700021),  # an aud of the wrong type is a bad audience, not a server error
+        ({"aud": [{"x": 1}]}, 700021),
         ({"exp": int(time.time()) - 60}, 700024),  # not within its valid time range
         ({"iss": "someone-else"}, 700023),  # iss = sub = the client id
         ({"headers": {"x5t": b64url(b"\0" * 20)}}, 700027),  # unregistered certificate

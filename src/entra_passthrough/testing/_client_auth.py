@@ -186,8 +186,9 @@ def _check_certificate(
             "Client assertion contains an invalid issuer or subject.", 700023
         )
     aud = verified.get("aud")
-    auds = {aud} if isinstance(aud, str) else set(aud or ())
-    if not auds & set(endpoints):
+    # A number or an object names no endpoint (a bad audience, not a server error).
+    auds = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+    if not any(isinstance(a, str) and a in endpoints for a in auds):
         # certificate-credentials: "aud" must be the token endpoint. The exact code Entra sends
         # here is not documented; 700021 is what it answers for an invalid client assertion.
         raise e.bad_client_assertion(
