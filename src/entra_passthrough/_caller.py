@@ -20,6 +20,7 @@ from ._jwt import MAX_TOKEN_BYTES, JwtDecodeError, UnverifiedClaims, fingerprint
 USER_ID_HEADER = "x-agent-user-id"
 CALL_ID_HEADER = "x-agent-foundry-call-id"
 _MAX_PLATFORM_VALUE = 256
+_PLATFORM_HEADERS = (USER_ID_HEADER.encode(), CALL_ID_HEADER.encode())  # in that order
 
 _current: ContextVar[Caller | None] = ContextVar("entra_passthrough.caller", default=None)
 
@@ -131,24 +132,28 @@ class Caller:
         ``Bearer`` scheme; other named headers (e.g. ``X-MS-TOKEN-AAD-ACCESS-TOKEN``) carry the
         bare token.
         """
-        wanted = tuple(h.lower() for h in assertion_headers)
-        seen: dict[str, list[bytes]] = {}
-        platform: dict[str, list[bytes]] = {}
+        # Names are compared as bytes: this loop runs on every request, and decoding each
+        # name costs more than the rest of it. ``bytes.lower`` (not ``raw_name.lower``) raises
+        # on a name that is not bytes, so junk fails closed in the middleware instead of a str
+        # "authorization" going unnoticed. Header names are ASCII tokens (RFC 9110 5.1).
+        wanted = {n.encode(): n for h in assertion_headers if (n := h.lower()).isascii()}
+        seen: dict[bytes, list[bytes]] = {}
+        platform: dict[bytes, list[bytes]] = {}
         for raw_name, raw_value in headers:
-            name = raw_name.decode("latin-1").lower()
-            if name in wanted:
-                seen.setdefault(name, []).append(raw_value)
-            elif name in (USER_ID_HEADER, CALL_ID_HEADER):
-                platform.setdefault(name, []).append(raw_value)
+            key = bytes.lower(raw_name)
+            if key in wanted:
+                seen.setdefault(key, []).append(raw_value)
+            elif key in _PLATFORM_HEADERS:
+                platform.setdefault(key, []).append(raw_value)
         # A platform header sent twice (a client's copy beside the ingress's) is ambiguous:
         # the user id keys consent grants, so neither copy is trusted.
         user_id, call_id = (
             _platform_value(v[0]) if len(v := platform.get(h, [])) == 1 else None
-            for h in (USER_ID_HEADER, CALL_ID_HEADER)
+            for h in _PLATFORM_HEADERS
         )
         caller = cls(user_id=user_id, call_id=call_id)
-        for name in wanted:
-            values = seen.get(name)
+        for key, name in wanted.items():
+            values = seen.get(key)
             if not values:
                 continue
             if len(values) > 1:
