@@ -176,6 +176,8 @@ def test_consent_becomes_an_oauth_consent_request() -> None:
         (ToolExecutionException("x", MCPError(-32000, "Connection closed")), True),
         (httpx2.ConnectError("refused"), True),
         (MCPError(-32602, "Invalid params"), False),
+        (MCPError(-32000, "Server error: quota exceeded"), False),  # the server ran the call
+        (MCPError(-32603, "upstream connection closed"), False),
         (ValueError("x"), False),
     ],
 )

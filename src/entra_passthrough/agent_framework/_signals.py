@@ -30,16 +30,19 @@ _DEAD_TRANSPORT = (
 
 
 def is_dead_connection(exc: BaseException) -> bool:
-    """True when ``exc`` says the MCP connection (or its legacy session) is gone and the request
-    never reached a live session: "Connection closed" (-32000), a closed/broken stream, a
-    transport error before a response, a 404 "Session not found"/"Session terminated", or a
-    tool that is no longer connected."""
+    """True when ``exc`` says the MCP connection (or its legacy session) is gone: the SDK's
+    "Connection closed" (-32000), a closed/broken stream, a transport error, a 404 "Session not
+    found"/"Session terminated", or a tool that is no longer connected. A call that was in
+    flight when the connection dropped may still have run on the server."""
     from mcp import MCPError
+    from mcp_types import CONNECTION_CLOSED
 
     for current in _walk(exc):
         if isinstance(current, MCPError):
             message = current.error.message.lower()
-            if current.error.code == -32000 or "connection closed" in message:
+            # The SDK's own CONNECTION_CLOSED: code *and* message, since a server may answer
+            # a call it ran with -32000 ("Server error" range) and a retry would run it twice.
+            if current.error.code == CONNECTION_CLOSED and "connection closed" in message:
                 return True
             if "session not found" in message or "session terminated" in message:
                 return True

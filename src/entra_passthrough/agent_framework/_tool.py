@@ -15,7 +15,8 @@ What the plain tool gets wrong (FACTS.md) and what this subclass does about it:
 * The tool does not recover from a dead connection (-32000 "Connection closed", an unreachable
   server) or a lost legacy session (404 "Session not found"): we reconnect once per dead
   connection (a generation counter, so 32 concurrent failures make one reconnect) and retry the
-  call, which is safe because the server never executed it.
+  call once. (Like agent-framework's own retry on a closed stream: a call in flight when the
+  connection dropped may have run on the server already.)
 """
 
 from __future__ import annotations
