@@ -145,6 +145,17 @@ def test_consent_link() -> None:
     assert custom.consent_link(request(token)) == "https://broker/start"
 
 
+def test_consent_link_without_tenant_uses_only_an_allowed_tid() -> None:
+    source = obo(allowed_tenants=["t1", "t2"])
+    forged = make_jwt(aud=CLIENT, tid="common/oauth2/v2.0/logout?post_logout_redirect_uri=x")
+    link = source.consent_link(request(forged))
+    assert link is not None
+    assert link.startswith(f"https://127.0.0.1:9/{TENANT}/oauth2/v2.0/authorize?")
+    allowed = source.consent_link(request(make_jwt(aud=CLIENT, tid="t2")))
+    assert allowed is not None
+    assert allowed.startswith("https://127.0.0.1:9/t2/oauth2/v2.0/authorize?")
+
+
 def test_federation_audience_per_cloud() -> None:
     assert federation_audience("https://login.microsoftonline.com") == "api://AzureADTokenExchange"
     assert federation_audience("https://login.microsoftonline.us") == (

@@ -239,7 +239,9 @@ class OnBehalfOf:
             params["redirect_uri"] = self.consent_redirect_uri
         if claims is not None and claims.upn:
             params["login_hint"] = claims.upn
-        tid = tenant or (claims.tid if claims is not None else None) or self.tenant_id
+        if tenant is None and claims is not None and claims.tid in self.allowed_tenants:
+            tenant = claims.tid  # unverified: it may pick the authority only once allowed
+        tid = tenant or self.tenant_id
         return f"{self.authority_host}/{tid}/oauth2/v2.0/authorize?{urlencode(params)}"
 
     # -- configuration ----------------------------------------
