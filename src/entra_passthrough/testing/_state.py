@@ -94,11 +94,9 @@ class Runtime:
             self.issued.update(v for v in values if v)
 
     # ---- stats and faults ----------------------------------------------------------------
-    def count(self, endpoint: str, grant: str | None = None) -> None:
+    def count(self, endpoint: str) -> None:
         with self.lock:
             self.endpoints[endpoint] += 1
-            if grant:
-                self.grants_stats[grant] += 1
 
     def snapshot(self) -> dict[str, dict[str, int]]:
         """Requests per endpoint and per grant (the known names always present)."""
