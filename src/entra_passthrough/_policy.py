@@ -95,7 +95,8 @@ def reasons(
     allowed: frozenset[IdentityKind],
     outcome: Outcome,
 ) -> list[str]:
-    """One line per source: why it gave no acceptable token. No token ever appears."""
+    """One line per source: why it gave no acceptable token. No token ever appears. Only
+    called when no source raised (otherwise that error is what the chain raises)."""
     caller = request.caller
     presented = caller is not None and caller.presented
     lines = []
@@ -107,8 +108,6 @@ def reasons(
                 why += " (an assertion was presented)"
         elif source.name in outcome.notes:
             why = outcome.notes[source.name]
-        elif outcome.error is not None and kind is not IdentityKind.USER:
-            why = "not tried, a user source failed"
         else:
             explain = getattr(source, "explain", None)
             why = explain(request) if callable(explain) else "not applicable"
