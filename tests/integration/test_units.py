@@ -379,3 +379,19 @@ def test_close_on_shutdown_refuses_a_host_whose_handler_slot_moved() -> None:
 
     with pytest.raises(ConfigurationError, match="_shutdown_fn"):
         install(_Host(), close_on_shutdown=[object()])
+
+
+@pytest.mark.parametrize(
+    "url", ["https://u:s3cret@mcp.contoso.com/mcp", "mcp.contoso.com/mcp?key=s3cret"]
+)
+def test_a_bad_mcp_url_is_refused_without_echoing_it(url: str) -> None:
+    # MCP URLs sometimes carry a key (query or user info): the error must not repeat it.
+    with pytest.raises(ConfigurationError) as caught:
+        entra_mcp_tool("x", url, chain=_NoChain(), scopes=SCOPES)
+    assert "s3cret" not in str(caught.value)
+
+
+def test_tool_repr_hides_the_url_query() -> None:
+    tool = entra_mcp_tool("x", f"{URL}?key=s3cret", chain=_NoChain(), scopes=SCOPES)
+    assert "s3cret" not in repr(tool)
+    assert "https://mcp.contoso.com/mcp" in repr(tool)

@@ -58,9 +58,12 @@ _IGNORED = object()
 
 
 def _origin_of(url: str) -> str:
+    # The URL is never echoed: MCP URLs sometimes carry a key (query string or user info).
     parts = urlsplit(url)
-    if parts.scheme not in ("https", "http") or not parts.netloc:
-        raise ConfigurationError(f"MCP url {url!r} is not an absolute http(s) URL")
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ConfigurationError("the MCP url is not an absolute http(s) URL")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigurationError("the MCP url must not contain user info")
     return f"{parts.scheme}://{parts.netloc}"
 
 

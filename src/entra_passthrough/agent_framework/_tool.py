@@ -29,6 +29,7 @@ import time
 from collections.abc import Collection, Sequence
 from contextlib import _AsyncGeneratorContextManager
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
 
 import httpx2
 from agent_framework import Content, MCPStreamableHTTPTool
@@ -139,7 +140,9 @@ class EntraMCPTool(MCPStreamableHTTPTool):
         return self._entra_auth
 
     def __repr__(self) -> str:
-        return f"EntraMCPTool(name={self.name!r}, url={self.url!r}, mode={self.mode!r})"
+        # Origin and path only: the query string may hold a key.
+        url = urlsplit(self.url or "")._replace(query="", fragment="").geturl()
+        return f"EntraMCPTool(name={self.name!r}, url={url!r}, mode={self.mode!r})"
 
     # -- the HTTP client: ours, with EntraAuth, one per connection -------------------------
 
