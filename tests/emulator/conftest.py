@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import msal
 import pytest
 
 from entra_passthrough.testing import EntraEmulator
 
-from .emu_helpers import no_http_cache
+from .emu_helpers import msal_app
 
 
 @pytest.fixture
@@ -23,16 +23,5 @@ def idp(entra_emulator: EntraEmulator) -> Iterator[EntraEmulator]:
 
 @pytest.fixture
 def cca(idp: EntraEmulator) -> Callable[..., msal.ConfidentialClientApplication]:
-    def make(
-        client_id: str | None = None, credential: Any = None, authority: str | None = None
-    ) -> msal.ConfidentialClientApplication:
-        return msal.ConfidentialClientApplication(
-            client_id or idp.agent.client_id,
-            client_credential=credential if credential is not None else idp.agent.secret,
-            authority=authority or idp.authority,
-            instance_discovery=False,
-            http_client=idp.msal_http_client(),
-            http_cache=no_http_cache(),
-        )
-
-    return make
+    """``cca(client_id=None, credential=None, authority=None)``: MSAL at the session emulator."""
+    return functools.partial(msal_app, idp)

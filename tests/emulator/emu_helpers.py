@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 import jwt
+import msal
 
 from entra_passthrough.testing import EntraEmulator
 
@@ -19,6 +20,23 @@ def no_http_cache() -> dict[str, Any]:
             return None
 
     return Nothing()
+
+
+def msal_app(
+    idp: EntraEmulator,
+    client_id: str | None = None,
+    credential: Any = None,
+    authority: str | None = None,
+) -> msal.ConfidentialClientApplication:
+    """MSAL as an app would build it, pointed at ``idp`` (the agent and its secret by default)."""
+    return msal.ConfidentialClientApplication(
+        client_id or idp.agent.client_id,
+        client_credential=credential if credential is not None else idp.agent.secret,
+        authority=authority or idp.authority,
+        instance_discovery=False,
+        http_client=idp.msal_http_client(),
+        http_cache=no_http_cache(),
+    )
 
 
 def verify_with_jwks(

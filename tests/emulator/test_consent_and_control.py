@@ -6,27 +6,15 @@ import re
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
-import msal
 import pytest
 
 from entra_passthrough.testing import EntraEmulator
 
-from .emu_helpers import aadsts, no_http_cache
+from .emu_helpers import aadsts, msal_app
 
 
 def _hidden(page: str) -> dict[str, str]:
     return dict(re.findall(r"name='([^']+)' value='([^']*)'", page))
-
-
-def _agent(idp: EntraEmulator) -> msal.ConfidentialClientApplication:
-    return msal.ConfidentialClientApplication(
-        idp.agent.client_id,
-        client_credential=idp.agent.secret,
-        authority=idp.authority,
-        instance_discovery=False,
-        http_client=idp.msal_http_client(),
-        http_cache=no_http_cache(),
-    )
 
 
 def _query(location: str) -> dict[str, str]:
@@ -37,7 +25,7 @@ def test_consent_through_the_html_pages_then_obo_succeeds(
     entra_emulator_fresh: EntraEmulator,
 ) -> None:
     idp = entra_emulator_fresh
-    app = _agent(idp)
+    app = msal_app(idp)
     scope = f"{idp.mcp.app_id_uri}/.default"
     carol = idp.users["carol"]
     assertion = idp.user_token("carol", audience=idp.agent.client_id)
@@ -72,7 +60,7 @@ def test_consent_declined_redirects_with_access_denied(
     entra_emulator_fresh: EntraEmulator,
 ) -> None:
     idp = entra_emulator_fresh
-    flow = _agent(idp).initiate_auth_code_flow(
+    flow = msal_app(idp).initiate_auth_code_flow(
         [f"{idp.mcp.app_id_uri}/access_as_user"],
         redirect_uri="http://localhost/callback",
         login_hint="carol",
@@ -91,7 +79,7 @@ def test_consent_declined_redirects_with_access_denied(
 @pytest.mark.filterwarnings("ignore:response_mode='form_post' is recommended:UserWarning")
 def test_headless_consent_flag_and_prompt_none(entra_emulator_fresh: EntraEmulator) -> None:
     idp = entra_emulator_fresh
-    app = _agent(idp)
+    app = msal_app(idp)
     scopes = [f"{idp.mcp.app_id_uri}/access_as_user"]
     silent = app.initiate_auth_code_flow(
         scopes, redirect_uri="http://localhost/callback", login_hint="carol", prompt="none"
@@ -111,7 +99,7 @@ def test_headless_consent_flag_and_prompt_none(entra_emulator_fresh: EntraEmulat
 
 def test_grant_consent_api(entra_emulator_fresh: EntraEmulator) -> None:
     idp = entra_emulator_fresh
-    app = _agent(idp)
+    app = msal_app(idp)
     assertion = idp.user_token("carol", audience=idp.agent.client_id)
     idp.grant_consent("carol", idp.agent.client_id, [f"{idp.mcp.app_id_uri}/access_as_user"])
     assert "access_token" in app.acquire_token_on_behalf_of(
@@ -121,7 +109,7 @@ def test_grant_consent_api(entra_emulator_fresh: EntraEmulator) -> None:
 
 def test_stats_count_endpoints_and_grants(idp: EntraEmulator) -> None:
     before = idp.stats()
-    app = _agent(idp)
+    app = msal_app(idp)
     app.acquire_token_for_client([f"{idp.mcp.app_id_uri}/.default"])
     app.acquire_token_on_behalf_of(
         idp.user_token("alice", audience=idp.agent.client_id), [f"{idp.mcp.app_id_uri}/.default"]
@@ -161,7 +149,7 @@ def test_injected_dropped_connection(idp: EntraEmulator) -> None:
 
 
 def test_injected_fault_reaches_msal_as_error(idp: EntraEmulator) -> None:
-    app = _agent(idp)
+    app = msal_app(idp)
     app.acquire_token_for_client([f"{idp.mcp.app_id_uri}/.default"])  # discovery done
     idp.inject_fault("token", status=400, count=1)
     # OBO never reads MSAL's cache, so this goes to the token endpoint.
@@ -173,7 +161,7 @@ def test_injected_fault_reaches_msal_as_error(idp: EntraEmulator) -> None:
 
 
 def test_issued_contains_every_token_and_secret(idp: EntraEmulator) -> None:
-    result = _agent(idp).acquire_token_on_behalf_of(
+    result = msal_app(idp).acquire_token_on_behalf_of(
         idp.user_token("bob", audience=idp.agent.client_id), [f"{idp.mcp.app_id_uri}/.default"]
     )
     issued = idp.issued()
@@ -185,7 +173,7 @@ def test_issued_contains_every_token_and_secret(idp: EntraEmulator) -> None:
 
 def test_logout_clears_the_session(entra_emulator_fresh: EntraEmulator) -> None:
     idp = entra_emulator_fresh
-    app = _agent(idp)
+    app = msal_app(idp)
     scopes = [f"{idp.mcp.app_id_uri}/access_as_user"]
     first = app.initiate_auth_code_flow(
         scopes,
@@ -231,5 +219,5 @@ def test_delay_only_fault_then_normal_answer(idp: EntraEmulator) -> None:
 
 def test_token_latency_keeps_answers_correct(idp: EntraEmulator) -> None:
     idp.token_latency = 0.01
-    result = _agent(idp).acquire_token_for_client([f"{idp.legacy_api.app_id_uri}/.default"])
+    result = msal_app(idp).acquire_token_for_client([f"{idp.legacy_api.app_id_uri}/.default"])
     assert result["token_type"] == "Bearer"

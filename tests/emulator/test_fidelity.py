@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from entra_passthrough.testing import EntraEmulator
 
-from .emu_helpers import no_http_cache
+from .emu_helpers import msal_app, no_http_cache
 
 ERRORS_DOC = "https://learn.microsoft.com/entra/identity-platform/reference-error-codes"
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
@@ -434,14 +434,7 @@ def test_ropc_rules(idp: EntraEmulator, http: httpx2.Client) -> None:
 
 def test_msal_surfaces_the_body(idp: EntraEmulator) -> None:
     # MSAL returns Entra's JSON as the result dict (msal/application.py): the same keys.
-    app = msal.ConfidentialClientApplication(
-        idp.agent.client_id,
-        client_credential=idp.agent.secret,
-        authority=idp.authority,
-        instance_discovery=False,
-        http_client=idp.msal_http_client(),
-        http_cache=no_http_cache(),
-    )
+    app = msal_app(idp)
     assertion = idp.user_token("carol", audience=idp.agent.client_id)
     result = app.acquire_token_on_behalf_of(assertion, [f"{idp.mcp.app_id_uri}/.default"])
     assert result["error"] == "invalid_grant"
