@@ -67,6 +67,7 @@ async def ask(config: Config, question: str = "Who am I?") -> str:
 def _local() -> str:
     """Emulator + the example MCP server in this process; returns the answer."""
     import importlib.util
+    import socket
     import ssl
     import threading
     from pathlib import Path
@@ -85,7 +86,9 @@ def _local() -> str:
     spec.loader.exec_module(notes)
     with EntraEmulator() as idp:
         os.environ.update(idp.az_env("alice"))  # `az` stand-in first on PATH, signed in as alice
-        url = "http://127.0.0.1:8001/mcp"
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))  # a free port, known before the server needs its own URL
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/mcp"
         app = notes.create_app(
             notes.Config(
                 tenant_id=idp.tenant_id,
@@ -95,13 +98,16 @@ def _local() -> str:
                 verify=idp.ca_file,
             )
         )
-        server = uvicorn.Server(uvicorn.Config(app, port=8001, log_level="warning"))
-        threading.Thread(target=server.run, daemon=True).start()
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
         for _ in range(500):  # bounded readiness poll
-            if server.started:
+            if server.started or not thread.is_alive():
                 break
-            threading.Event().wait(0.01)
+            thread.join(0.01)
         try:
+            if not server.started:
+                raise RuntimeError("the example MCP server did not start")
             config = Config(
                 mcp_url=url,
                 mcp_scope=f"{idp.mcp.app_id_uri}/.default",
@@ -111,6 +117,8 @@ def _local() -> str:
             return asyncio.run(ask(config))
         finally:
             server.should_exit = True
+            thread.join(5)
+            sock.close()
 
 
 def main(argv: list[str] | None = None) -> int:
