@@ -11,7 +11,7 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 _MAX_HEADER = 16 * 1024
@@ -29,7 +29,6 @@ class BearerChallenge:
 
     error: str | None = None
     claims: str | None = None
-    params: Mapping[str, str] | None = None
 
     @property
     def retryable(self) -> bool:
@@ -49,7 +48,7 @@ def parse_bearer_challenges(values: Iterable[str]) -> BearerChallenge | None:
             if scheme.lower() != "bearer":
                 continue
             claims = decode_claims(params["claims"]) if "claims" in params else None
-            return BearerChallenge(error=params.get("error"), claims=claims, params=params)
+            return BearerChallenge(error=params.get("error"), claims=claims)
     return None
 
 

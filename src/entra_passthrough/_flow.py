@@ -35,7 +35,6 @@ from ._errors import ConfigurationError, TokenAcquisitionError
 from ._origins import OriginKey, format_origin, origin_key, parse_origins
 from ._prefetch import _prefetched as _prefetched  # re-exported: the integrations reset it
 from ._prefetch import prefetched_for, scope_key
-from ._prefetch import use_token as use_token  # re-exported
 from ._types import TokenResult
 
 _log = logging.getLogger("entra_passthrough.apply")
