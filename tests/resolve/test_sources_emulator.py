@@ -213,6 +213,34 @@ async def test_agent_identity_blueprint_error_names_this_source(idp: EntraEmulat
     chain.close()
 
 
+async def test_agent_identity_close_closes_the_sessions_msal_built(
+    idp: EntraEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import requests
+
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", idp.ca_file)  # MSAL's own sessions keep trust_env
+    source = AgentIdentityOnBehalfOf(
+        blueprint_client_id=idp.blueprint.client_id,
+        agent_identity_id=idp.agent_identity.client_id,
+        tenant_id=idp.tenant_id,
+        client_secret=idp.blueprint.secret,
+        authority_host=idp.url,
+    )
+    with bind_caller(token=idp.user_token("alice", audience=idp.blueprint.client_id)):
+        await TokenChain([source]).get_token_async(mcp_scope(idp))
+    assert len(source.msal_apps()) == 1
+    closed: list[requests.Session] = []
+    real_close = requests.Session.close
+
+    def record(self: requests.Session) -> None:
+        closed.append(self)
+        real_close(self)
+
+    monkeypatch.setattr(requests.Session, "close", record)
+    source.close()
+    assert len(closed) == 2  # the agent identity's OBO app and the blueprint's app
+
+
 async def test_foundry_route_uses_the_current_call_id(idp: EntraEmulator) -> None:
     route = FoundryToolboxRoute(make_mi(idp))
     chain = TokenChain([route], policy=Policy.APP_ONLY)

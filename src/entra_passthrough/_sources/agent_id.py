@@ -48,6 +48,13 @@ class _T1:
     def __repr__(self) -> str:
         return f"AgentIdentityT1(fmi_path={self._fmi_path!r})"
 
+    def close_http(self) -> None:
+        """Close the HTTP session MSAL built for the blueprint app (none was given)."""
+        with self._lock:
+            app, self._app = self._app, None
+        if app is not None:
+            app.http_client.close()
+
     def __call__(self) -> str:
         with self._lock:
             token = self._token
@@ -131,6 +138,7 @@ class AgentIdentityOnBehalfOf:
                 http_client=http_client,
             )
 
+        self._owns_http = http_client is None  # else the caller's (or from_env's) session
         self._t1 = _T1(
             blueprint_app,
             scope=f"{federation_audience(host)}/.default",
@@ -162,6 +170,8 @@ class AgentIdentityOnBehalfOf:
 
     def close(self) -> None:
         self._obo.close()
+        if self._owns_http:
+            self._t1.close_http()
 
     def msal_apps(self) -> list[Any]:
         return self._obo.msal_apps()
