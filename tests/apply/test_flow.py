@@ -251,6 +251,37 @@ async def test_invalid_token_retried_once_never_loops() -> None:
     assert len(chain.invalidated) == 1
 
 
+class BrokenInvalidate(FakeChain):
+    def invalidate(self, result: object) -> None:
+        raise RuntimeError("cache backend down")
+
+
+async def test_invalidate_failure_raises_or_is_recorded_then_retried() -> None:
+    deny = Recorder(
+        lambda r: httpx2.Response(401, headers={"www-authenticate": 'Bearer error="invalid_token"'})
+    )
+    strict = EntraAuth(BrokenInvalidate(), scopes=SCOPES, origins=[MCP])
+    async with client(strict, deny) as c, bind_caller(user_caller("alice")):
+        with pytest.raises(RuntimeError, match="cache backend down"):
+            await c.get(f"{MCP}/")
+    assert deny.auths == ["Bearer user-alice-1"]
+
+    chain = BrokenInvalidate()
+    rec = Recorder(
+        lambda r: (
+            httpx2.Response(200)
+            if r.headers["authorization"] == "Bearer user-alice-2"
+            else httpx2.Response(401, headers={"www-authenticate": 'Bearer error="invalid_token"'})
+        )
+    )
+    lenient = EntraAuth(chain, scopes=SCOPES, origins=[MCP], on_error="record")
+    async with client(lenient, rec) as c, bind_caller(user_caller("alice")) as caller:
+        response = await c.get(f"{MCP}/")
+        assert [str(e) for e in caller.take_errors()] == ["cache backend down"]
+    assert response.status_code == 200
+    assert rec.auths == ["Bearer user-alice-1", "Bearer user-alice-2"]
+
+
 @pytest.mark.parametrize(
     "challenge",
     [
