@@ -3,7 +3,7 @@
 The same ``EntraEmulator`` that ``entra-passthrough emulator`` runs, in its own process, with the
 default world plus ``--users`` extra consented users (``bench-user-N``): round trips per *user*
 need distinct users, and MSAL keys its token cache by account, so assertions of two users would
-hide its growth. When ready it writes a JSON state file (url, CA, tenants, apps, users) and then
+hide its growth. When ready it writes a JSON state file (url, CA, tenant ids, apps, users) and then
 serves until SIGTERM.
 """
 
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from entra_passthrough.testing import EntraEmulator, Grant, User, World, stable_id
+from entra_passthrough.testing._cli import state as cli_state
 
 PASSWORD = "bench-password"  # test users of a loopback emulator
 
@@ -55,22 +56,9 @@ def world(users: int) -> World:
 
 
 def state(idp: EntraEmulator, token_latency: float) -> dict[str, Any]:
-    w = idp.world
-    return {
-        "url": idp.url,
-        "ca_file": idp.ca_file,
-        "token_latency": token_latency,
-        "tenant_id": idp.tenant_id,
-        "tenants": {t.name: t.id for t in w.tenants},
-        "apps": {
-            a.name: {"client_id": a.client_id, "secret": a.secret, "app_id_uri": a.app_id_uri}
-            for a in w.apps
-        },
-        "users": {
-            u.name: {"upn": u.upn, "password": u.password, "tenant_id": u.tenant_id}
-            for u in w.users
-        },
-    }
+    # The same state file `entra-passthrough emulator --state-file` writes (bench._emu reads
+    # either: BENCH_EMULATOR_CMD), plus the latency it was started with.
+    return {**cli_state(idp), "token_latency": token_latency}
 
 
 def main() -> None:
