@@ -23,6 +23,7 @@ from ._flow import (
     OnError,
     Outcome,
     Send,
+    Step,
     UnsafeTokenValue,
 )
 from ._origins import format_origin
@@ -67,63 +68,54 @@ def drive_sync(core: FlowCore, request: Any) -> Generator[Any, Any, None]:
     sent = False
     value: Any = None
     try:
-        while True:
-            try:
-                step = flow.send(value)
-            except StopIteration:
-                return
-            except Exception as exc:
-                if core.on_error == "raise":
-                    raise
-                _contain(core, request, exc)  # record mode: never raise inside the transport
-                if not sent:
-                    yield request
-                return
+        while (step := _advance(core, request, flow, value, sent=sent)) is not None:
             if isinstance(step, Send):
                 sent = True
                 value = yield step.request
-            else:
-                try:
-                    value = Outcome(result=acquire_sync(core, step.caller, step.claims))
-                except Exception as exc:
-                    value = Outcome(error=exc)
+                continue
+            try:
+                value = Outcome(result=acquire_sync(core, step.caller, step.claims))
+            except Exception as exc:
+                value = Outcome(error=exc)
     finally:
         flow.close()
 
 
 async def drive_async(core: FlowCore, request: Any) -> AsyncGenerator[Any, Any]:
-    """``async_auth_flow``: run the decisions, do the token I/O with the async chain."""
+    """``async_auth_flow``: the same loop as ``drive_sync``; only the acquisition awaits."""
     flow = core.flow(request)
     sent = False
     value: Any = None
     try:
-        while True:
-            try:
-                step = flow.send(value)
-            except StopIteration:
-                return
-            except Exception as exc:
-                if core.on_error == "raise":
-                    raise
-                _contain(core, request, exc)
-                if not sent:
-                    yield request
-                return
+        while (step := _advance(core, request, flow, value, sent=sent)) is not None:
             if isinstance(step, Send):
                 sent = True
                 value = yield step.request
-            else:
-                try:
-                    value = Outcome(result=await acquire_async(core, step.caller, step.claims))
-                except Exception as exc:
-                    value = Outcome(error=exc)
+                continue
+            try:
+                value = Outcome(result=await acquire_async(core, step.caller, step.claims))
+            except Exception as exc:
+                value = Outcome(error=exc)
     finally:
         flow.close()
 
 
-def _contain(core: FlowCore, request: Any, exc: Exception) -> None:
-    core.record(active_caller(), exc)
-    FlowCore.strip(request)
+def _advance(
+    core: FlowCore, request: Any, flow: Generator[Step, Any, None], value: Any, *, sent: bool
+) -> Step | None:
+    """The flow's next step, ``None`` when it is done. In record mode an error escaping the
+    flow never raises inside the transport: it is recorded, our headers are stripped, and the
+    request still goes out (once) if it had not yet."""
+    try:
+        return flow.send(value)
+    except StopIteration:
+        return None
+    except Exception as exc:
+        if core.on_error == "raise":
+            raise
+        core.record(active_caller(), exc)
+        FlowCore.strip(request)
+        return None if sent else Send(request)  # the finished flow then stops the loop
 
 
 class EntraAuthBase:

@@ -13,11 +13,13 @@ import httpx2
 import pytest
 
 from entra_passthrough import (
+    Caller,
     ConfigurationError,
     ConsentRequired,
     EntraAuth,
     IdentityKind,
     NoCallerError,
+    TokenResult,
     bind_caller,
     use_token,
 )
@@ -501,3 +503,44 @@ async def test_retry_acquisition_failure_recorded_and_401_returned() -> None:
     async with client(raising, rec) as c, bind_caller(user_caller("alice")):
         with pytest.raises(ConsentRequired):
             await c.get(f"{MCP}/")
+
+
+@dataclass
+class JunkResult(FakeChain):
+    """From acquisition number ``junk_from`` on, the "result" is not a TokenResult at all (a
+    broken custom chain): the flow itself raises instead of returning an error ``Outcome``."""
+
+    junk_from: int = 1
+
+    def _make(self, caller: Caller | None, claims: str | None) -> TokenResult:
+        result = super()._make(caller, claims)
+        return result if len(self.calls) < self.junk_from else object()  # type: ignore[return-value]
+
+
+def test_record_mode_contains_an_error_escaping_the_flow_sync_and_async() -> None:
+    # Before the first send: the request goes out bare, once (sync driver).
+    rec = Recorder()
+    auth = EntraAuth(JunkResult(), scopes=SCOPES, origins=[MCP], on_error="record")
+    with httpx2.Client(transport=httpx2.MockTransport(rec)) as c:
+        auth.install(c)
+        with bind_caller(user_caller("alice")) as caller:
+            assert c.get(f"{MCP}/").status_code == 200
+            assert [type(e) for e in caller.take_errors()] == [AttributeError]
+    assert rec.auths == [None]
+
+    # After the first send (the retry's result is junk): the 401 comes back, nothing is
+    # resent (async driver).
+    async def run_async() -> tuple[int, list[BaseException]]:
+        chain = JunkResult(junk_from=2)
+        auth = EntraAuth(chain, scopes=SCOPES, origins=[MCP], on_error="record")
+        async with client(auth, rec) as c, bind_caller(user_caller("alice")) as caller:
+            status = (await c.get(f"{MCP}/")).status_code
+            return status, caller.take_errors()
+
+    rec = Recorder(
+        lambda r: httpx2.Response(401, headers={"www-authenticate": 'Bearer error="invalid_token"'})
+    )
+    status, errors = asyncio.run(run_async())
+    assert status == 401
+    assert [type(e) for e in errors] == [AttributeError]
+    assert rec.auths == ["Bearer user-alice-1"]
