@@ -243,6 +243,7 @@ def _authorize_for_client(
     if "openid" not in req.oidc and req.resource is None:
         raise e.missing_param("scope")
     needed: list[str] = []
+    wanted: list[str] = []
     if req.resource is not None:
         granted = rt.granted_scopes(user, client, req.resource)
         wanted = list(req.resource.exposed_scopes) if req.is_default else list(req.names)
@@ -268,7 +269,6 @@ def _authorize_for_client(
     if action == "consent" and req.resource is not None:
         if params.get("decision") != "accept":
             raise e.StsError(65004, "access_denied", "User declined to consent to access the app.")
-        wanted = list(req.resource.exposed_scopes) if req.is_default else list(req.names)
         rt.grant_consent(user.name, client.client_id, req.resource.client_id, wanted)
     amr: tuple[str, ...] = ("pwd",)
     if req.resource is not None and set(req.resource.identifiers) & set(user.mfa_required_for):
