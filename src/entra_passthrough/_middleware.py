@@ -106,12 +106,13 @@ class CallerMiddleware:
             await self.app(scope, receive, send)  # lifespan and others: nothing to capture
             return
         caller = _capture(scope.get("headers"), self.assertion_headers)
-        try:
-            await self._check(caller)
-        except _Reject as reject:
-            caller.end()
-            await self._refuse(scope, send, reject)
-            return
+        if self.require_caller or self.verifier is not None:  # else there is nothing to check
+            try:
+                await self._check(caller)
+            except _Reject as reject:
+                caller.end()
+                await self._refuse(scope, send, reject)
+                return
         state = scope.get("state")
         if not isinstance(state, MutableMapping):
             state = {} if state is None else dict(state)
