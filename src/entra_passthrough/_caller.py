@@ -20,7 +20,8 @@ from ._jwt import MAX_TOKEN_BYTES, JwtDecodeError, UnverifiedClaims, fingerprint
 USER_ID_HEADER = "x-agent-user-id"
 CALL_ID_HEADER = "x-agent-foundry-call-id"
 _MAX_PLATFORM_VALUE = 256
-_PLATFORM_HEADERS = (USER_ID_HEADER.encode(), CALL_ID_HEADER.encode())  # in that order
+_USER_ID, _CALL_ID = USER_ID_HEADER.encode(), CALL_ID_HEADER.encode()
+_PLATFORM_HEADERS = (_USER_ID, _CALL_ID)
 
 _current: ContextVar[Caller | None] = ContextVar("entra_passthrough.caller", default=None)
 
@@ -145,13 +146,10 @@ class Caller:
                 seen.setdefault(key, []).append(raw_value)
             elif key in _PLATFORM_HEADERS:
                 platform.setdefault(key, []).append(raw_value)
-        # A platform header sent twice (a client's copy beside the ingress's) is ambiguous:
-        # the user id keys consent grants, so neither copy is trusted.
-        user_id, call_id = (
-            _platform_value(v[0]) if len(v := platform.get(h, [])) == 1 else None
-            for h in _PLATFORM_HEADERS
+        caller = cls(
+            user_id=_platform_value(platform.get(_USER_ID)),
+            call_id=_platform_value(platform.get(_CALL_ID)),
         )
-        caller = cls(user_id=user_id, call_id=call_id)
         for key, name in wanted.items():
             values = seen.get(key)
             if not values:
@@ -198,7 +196,12 @@ class Caller:
             self.decode_error = reason
 
 
-def _platform_value(raw: bytes) -> str | None:
+def _platform_value(values: list[bytes] | None) -> str | None:
+    # A platform header sent twice (a client's copy beside the ingress's) is ambiguous: the
+    # user id keys consent grants, so neither copy is trusted.
+    if values is None or len(values) != 1:
+        return None
+    raw = values[0]
     if not raw or len(raw) > _MAX_PLATFORM_VALUE:
         return None
     value = raw.decode("latin-1").strip()
