@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -29,6 +30,7 @@ from entra_passthrough import (
 from entra_passthrough import mcp as ep_mcp
 from entra_passthrough.agent_framework import (
     BackgroundRunCallers,
+    EntraMCPToolPool,
     PoolOptions,
     consent_exception,
     entra_mcp_tool,
@@ -395,3 +397,19 @@ def test_tool_repr_hides_the_url_query() -> None:
     tool = entra_mcp_tool("x", f"{URL}?key=s3cret", chain=_NoChain(), scopes=SCOPES)
     assert "s3cret" not in repr(tool)
     assert "https://mcp.contoso.com/mcp" in repr(tool)
+
+
+async def test_pool_logs_a_failed_close(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    tool = entra_mcp_tool("x", URL, chain=_NoChain(), scopes=SCOPES)
+    assert isinstance(tool, EntraMCPTool)
+
+    async def close() -> None:
+        raise OSError("server gone")
+
+    monkeypatch.setattr(tool, "close", close)
+    with caplog.at_level(logging.INFO, logger="entra_passthrough.agent_framework"):
+        await EntraMCPToolPool._close_tool(tool)
+    assert "closing pooled MCP connection" in caplog.text
+    assert "OSError" in caplog.text

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -31,6 +32,8 @@ from .._errors import ConfigurationError, NoCallerError
 from ._tool import EntraMCPTool
 
 __all__ = ["EntraMCPToolPool", "PoolOptions", "pool_key"]
+
+_log = logging.getLogger("entra_passthrough.agent_framework")
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,8 +148,12 @@ class EntraMCPToolPool:
 
     @staticmethod
     async def _close_tool(tool: EntraMCPTool) -> None:
-        with contextlib.suppress(Exception):
+        # Best effort (the server may be gone), but never silent. The type only: the message
+        # of a transport error can quote the server's answer.
+        try:
             await tool.close()
+        except Exception as exc:
+            _log.info("closing pooled MCP connection %r failed: %s", tool, type(exc).__name__)
 
     def _ensure_reaper(self) -> None:
         if self._reaper is None or self._reaper.done():
