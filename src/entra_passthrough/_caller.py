@@ -7,6 +7,7 @@ inactive Caller and never uses its token (FACTS.md, Agent Framework).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterable, Mapping
 from contextvars import ContextVar, Token
@@ -65,6 +66,11 @@ class Caller:
 
     def end(self) -> None:
         self._active = False
+
+    def copy(self) -> Caller:
+        """An independent Caller for the same identity, with its own ``active`` flag and no
+        recorded errors: end it without ending this one (a background run, a connect)."""
+        return dataclasses.replace(self, errors=[])
 
     @property
     def assertion_sha256(self) -> str | None:

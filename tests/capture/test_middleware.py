@@ -216,3 +216,20 @@ async def test_websocket_refused_with_close() -> None:
 def test_repr_has_no_secret() -> None:
     text = repr(CallerMiddleware(App(), verifier=Stub({})))
     assert "Stub" in text
+
+
+def test_caller_copy_has_its_own_lifetime_and_no_errors() -> None:
+    from entra_passthrough import Caller
+
+    original = Caller.from_token("not-a-jwt", user_id="platform-user")
+    original.record(RuntimeError("boom"))
+    copy = original.copy()
+    assert copy is not original
+    assert copy.assertion == original.assertion
+    assert copy.user_id == "platform-user"
+    assert copy.presented
+    assert copy.errors == []
+    assert original.errors  # the original keeps its own
+    copy.end()
+    assert not copy.active
+    assert original.active

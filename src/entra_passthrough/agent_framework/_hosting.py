@@ -19,7 +19,6 @@ The documented alternative, for hosts you assemble yourself::
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
@@ -52,7 +51,7 @@ def end_run_caller() -> None:
 
 
 def _run_copy(caller: Caller, *, max_run_seconds: float) -> Caller:
-    copy = dataclasses.replace(caller, errors=[])
+    copy = caller.copy()
     cap = time.time() + max_run_seconds
     if caller.claims is not None and caller.claims.exp is not None:
         cap = min(cap, caller.claims.exp)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import dataclasses
 import logging
 import time
 from collections.abc import Collection, Sequence
@@ -253,7 +252,7 @@ class EntraMCPTool(MCPStreamableHTTPTool):
                 # A copy that ends with this connect: tasks the transport starts now (GET
                 # stream, subscriptions) snapshot the context, and must not keep acting for the
                 # triggering user once the connect is over, even while that user's run goes on.
-                chosen = dataclasses.replace(chosen, errors=[])
+                chosen = chosen.copy()
             await self._ensure_lifecycle_owner()
             self._set_lifecycle_caller(chosen)
             self._entra_auth.take_errors()
