@@ -24,7 +24,7 @@ from ._msal import (
     DiscoveryOnlyHttpCache,
     NullTokenCache,
     WorkerPool,
-    load_certificate,
+    client_credential,
     normalize_authority_host,
 )
 
@@ -59,27 +59,6 @@ def check_https_url(url: str, *, what: str) -> str:
     return url
 
 
-def client_credential(
-    *,
-    client_secret: str | None,
-    client_certificate: bytes | str | None,
-    client_assertion: Callable[[], str] | None,
-) -> str | dict[str, Any]:
-    given = [c for c in (client_secret, client_certificate, client_assertion) if c is not None]
-    if len(given) != 1:
-        raise ConfigurationError(
-            "the consent app needs exactly one client credential.",
-            fix="pass one of client_secret=, client_certificate= (PEM with key and "
-            "certificate, or its path) or client_assertion= (a callable returning a JWT).",
-        )
-    if client_secret is not None:
-        return client_secret
-    if client_certificate is not None:
-        return load_certificate(client_certificate)
-    assert client_assertion is not None
-    return {"client_assertion": client_assertion}
-
-
 class ConsentClient:
     """MSAL for the consent app. Thread-safe; every method here is blocking (run it in
     ``self.pool``)."""
@@ -103,10 +82,14 @@ class ConsentClient:
         self.tenant_id = tenant_id
         self.authority_host = normalize_authority_host(authority_host)
         self.allowed_tenants = tuple(allowed_tenants or (tenant_id,))
-        self._credential = client_credential(
+        _, self._credential = client_credential(
+            owner="the consent app",
+            authority_host=self.authority_host,
             client_secret=client_secret,
             client_certificate=client_certificate,
             client_assertion=client_assertion,
+            managed_identity=None,
+            federated_token_file=None,
         )
         self._http = http_client
         self.pool = WorkerPool(max_workers=max_workers, name="entra-passthrough-consent")

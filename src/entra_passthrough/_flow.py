@@ -33,7 +33,6 @@ from ._caller import Caller, active_caller
 from ._challenge import parse_bearer_challenges
 from ._errors import ConfigurationError, TokenAcquisitionError
 from ._origins import OriginKey, format_origin, origin_key, parse_origins
-from ._prefetch import _prefetched as _prefetched  # re-exported: the integrations reset it
 from ._prefetch import prefetched_for, scope_key
 from ._types import TokenResult
 

@@ -14,7 +14,6 @@ retries after ``min_refetch_interval``. With no keys at all, verification fails 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
 import math
@@ -32,6 +31,7 @@ from jwt import PyJWK
 from jwt.exceptions import PyJWKError
 
 from ._errors import ConfigurationError, SigningKeysUnavailable, TokenVerificationError
+from ._origins import is_loopback
 
 logger = logging.getLogger("entra_passthrough.verify")
 
@@ -66,21 +66,12 @@ def check_fetch_url(url: str, *, what: str) -> str:
     host = parts.hostname or ""
     if parts.scheme == "https" and host:
         return url
-    if parts.scheme == "http" and _is_loopback(host):
+    if parts.scheme == "http" and is_loopback(host):
         return url
     raise ConfigurationError(
         f"{what} {url!r} must be an https:// URL (http:// only on loopback).",
         fix="use the authority host's https URL (AZURE_AUTHORITY_HOST).",
     )
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def ssl_context(verify: ssl.SSLContext | str | bool) -> ssl.SSLContext | bool:

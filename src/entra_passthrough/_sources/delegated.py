@@ -32,6 +32,7 @@ from .._errors import (
     EntraError,
     TokenAcquisitionError,
     error_from_entra,
+    is_consent_required,
 )
 from .._grants import Grant, GrantStore, LinkTicket, UserKey, seal_revoke_ticket
 from .._jwt import fingerprint
@@ -367,10 +368,9 @@ class DelegatedConsent:
         codes = answer.get("error_codes") or []
         code = codes[0] if isinstance(codes, list) and codes and isinstance(codes[0], int) else None
         error = answer.get("error")
-        suberror = answer.get("suberror")
         correlation_id = answer.get("correlation_id")
         cid = correlation_id if isinstance(correlation_id, str) else None
-        if code == 65001 or suberror == "consent_required":
+        if is_consent_required(answer):
             await self.grants.put_grant(key.hashed, released, expect=lease_version)
             raise self._consent_required(
                 key,

@@ -169,7 +169,7 @@ class EntraMCPTool(MCPStreamableHTTPTool):
             )
 
     def _reset_lifecycle_vars(self) -> None:
-        from .._flow import _prefetched
+        from .._prefetch import _prefetched
 
         _mcp_call_headers.set(None)
         _prefetched.set(None)
