@@ -257,13 +257,18 @@ async def test_foundry_route_uses_the_current_call_id(idp: EntraEmulator) -> Non
         assert result.kind is IdentityKind.APP
     assert seen == ["call-1", "call-2", "call-3"]
     assert idp.stats()["endpoints"]["msi"] - msi == 1  # the agent token is cached
-    with pytest.raises(PolicyViolation) as info:
-        await chain.get_token_async(["https://ai.azure.com/.default"])  # no caller: no call id
-    assert "foundry_toolbox: no active caller" in str(info.value)
+    # No caller (connection lifecycle): the agent itself, with the features, never a call id.
+    agent = await chain.get_token_async(["https://ai.azure.com/.default"])
+    assert dict(agent.headers) == {"Foundry-Features": "Toolboxes=V1Preview"}
     stale = Caller.from_token(None, call_id="old-call")
     stale.end()
-    with bind_caller(stale), pytest.raises(PolicyViolation):
+    with bind_caller(stale):
+        result = await chain.get_token_async(["https://ai.azure.com/.default"])
+    assert "x-agent-foundry-call-id" not in result.headers  # never a stale call id
+    # A caller the toolbox cannot route (no call id): nothing is sent, the agent never stands in.
+    with bind_caller(Caller.from_token(None, user_id="u1")), pytest.raises(PolicyViolation) as info:
         await chain.get_token_async(["https://ai.azure.com/.default"])
+    assert "foundry_toolbox: the current request has no x-agent-foundry-call-id" in str(info.value)
     chain.close()
 
 

@@ -1,7 +1,9 @@
-"""``FoundryToolboxRoute``: the agent's token for Foundry + the *current* request's call id."""
+"""``FoundryToolboxRoute``: the agent's token for Foundry + the *current* request's call id +
+the toolbox feature flags, on every request."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,6 +13,25 @@ from .._errors import ConfigurationError
 from .._types import IdentityKind, TokenRequest, TokenResult, TokenSource
 
 FOUNDRY_SCOPE = "https://ai.azure.com/.default"
+#: The header that turns on preview features of the Foundry data plane. A toolbox endpoint
+#: refuses every request (lifecycle ones included) that does not name ``Toolboxes=V1Preview``.
+FEATURES_HEADER = "Foundry-Features"
+TOOLBOX_FEATURE = "Toolboxes=V1Preview"
+#: Where a hosted agent's platform injects its extra toolbox feature flags (comma-separated);
+#: read once at start-up, like agent-framework's ``FoundryToolbox``.
+FEATURES_ENV = "FOUNDRY_AGENT_TOOLSET_FEATURES"
+
+
+def toolbox_features(additional: str | None) -> str:
+    """The ``Foundry-Features`` value: ``Toolboxes=V1Preview`` merged with the platform's flags
+    (kept as given when they already name it), the way agent-framework's ``FoundryToolbox``
+    builds it."""
+    extra = ",".join(part.strip() for part in (additional or "").split(",") if part.strip())
+    if not extra:
+        return TOOLBOX_FEATURE
+    if any(part.casefold() == TOOLBOX_FEATURE.casefold() for part in extra.split(",")):
+        return extra
+    return f"{TOOLBOX_FEATURE},{extra}"
 
 
 class FoundryToolboxRoute:
@@ -21,8 +42,18 @@ class FoundryToolboxRoute:
     ``policy=Policy.APP_ONLY`` for the toolbox target. The user reaches the tool because Foundry's
     toolbox proxy does OBO and consent server-side from the ``x-agent-foundry-call-id`` header,
     which this source sets from the *current* request's Caller on every call - never a stale one
-    (agent-framework's built-in ``FoundryToolbox`` reuses the first call id: issue #7690). With no
-    active caller, or no call id on it, the source does not apply: nothing is sent.
+    (agent-framework's built-in ``FoundryToolbox`` reuses the first call id: issue #7690).
+
+    Every result also carries ``Foundry-Features: Toolboxes=V1Preview`` plus the platform's flags
+    (``features=``, default ``$FOUNDRY_AGENT_TOOLSET_FEATURES`` read here, once): the toolbox
+    refuses any request without it.
+
+    * An active caller with a call id: the agent token, the call id, the features.
+    * No active caller (connection set-up, the GET stream, the closing DELETE of a shared
+      connection): the agent token and the features, *no* call id: the toolbox sees the agent
+      itself, never a user (lifecycle requests need the header too, or the toolbox refuses them).
+    * An active caller *without* a call id: the source does not apply (nothing is sent): a user
+      is there but cannot be routed, and the agent must not silently stand in for them.
 
     >>> route = FoundryToolboxRoute(ManagedIdentity.from_env())
     >>> toolbox_chain = TokenChain([route], policy=Policy.APP_ONLY)
@@ -39,6 +70,7 @@ class FoundryToolboxRoute:
         *,
         scope: str = FOUNDRY_SCOPE,
         name: str = "foundry_toolbox",
+        features: str | None = None,
     ) -> None:
         if inner.kind is not IdentityKind.APP:
             raise ConfigurationError(
@@ -48,6 +80,10 @@ class FoundryToolboxRoute:
         self.inner = inner
         self.scope = scope
         self.name = name
+        #: The ``Foundry-Features`` value sent on every request.
+        self.features = toolbox_features(
+            os.environ.get(FEATURES_ENV) if features is None else features
+        )
         self._cache = TokenCache(max_entries=16)
 
     def __repr__(self) -> str:
@@ -59,13 +95,16 @@ class FoundryToolboxRoute:
             close()
 
     def explain(self, request: TokenRequest) -> str:
-        if request.caller is None:
-            return "no active caller (the toolbox call id comes from the current request)"
-        return f"the current request has no {CALL_ID_HEADER} header"
+        return (
+            f"the current request has no {CALL_ID_HEADER} header (the toolbox routes the user "
+            "by it; the agent does not stand in for a caller it cannot route)"
+        )
 
     def cache_partition(self, request: TokenRequest) -> tuple[str, ...] | None:
         caller = request.caller
-        if caller is None or not caller.call_id:
+        if caller is None:
+            return ("agent",)
+        if not caller.call_id:
             return None
         return ("call", caller.call_id)
 
@@ -74,14 +113,19 @@ class FoundryToolboxRoute:
 
     def _route(self, request: TokenRequest, agent: TokenResult | None) -> TokenResult | None:
         caller = request.caller
-        if agent is None or caller is None or not caller.call_id:
+        if agent is None:
             return None
+        headers = {FEATURES_HEADER: self.features}
+        if caller is not None:
+            if not caller.call_id:
+                return None
+            headers[CALL_ID_HEADER] = caller.call_id
         return TokenResult(
             token=agent.token,
             expires_on=agent.expires_on,
             kind=IdentityKind.APP,
             source=self.name,
-            headers={CALL_ID_HEADER: caller.call_id},
+            headers=headers,
             cache_key=agent.cache_key,
         )
 
@@ -114,7 +158,9 @@ class FoundryToolboxRoute:
     def from_env(
         cls, environ: Mapping[str, str] | None = None, *, name: str = "foundry_toolbox"
     ) -> FoundryToolboxRoute:
-        """The agent's managed identity (``ManagedIdentity.from_env``) as the inner source."""
+        """The agent's managed identity (``ManagedIdentity.from_env``) as the inner source; the
+        platform's feature flags from ``FOUNDRY_AGENT_TOOLSET_FEATURES``."""
         from .managed_identity import ManagedIdentity
 
-        return cls(ManagedIdentity.from_env(environ), name=name)
+        env = os.environ if environ is None else environ
+        return cls(ManagedIdentity.from_env(environ), name=name, features=env.get(FEATURES_ENV, ""))
