@@ -7,11 +7,18 @@ Decisions (docs/sources-and-policy.md explains them to users):
   user key). The cache never sees an assertion, only its hash.
 * **Lifetime.** An entry is *usable* until ``expires_on - skew`` (skew = min(30 s, 1/10 of the
   lifetime)) and never past the ``cap`` given when it is stored (the caller's assertion ``exp``).
-* **Refresh ahead.** Once less than min(5 min, 1/2 of the lifetime) is left, the *first* request
-  that sees the entry refreshes it in its own task or thread while every other request keeps
-  getting the cached token without waiting. If that refresh fails, the still-valid token is served
-  and the failure logged: a refresh never turns a working token into an error. No background task
-  or thread is ever started by the cache.
+* **Capped entries live to the cap, with no refresh.** A downstream (OBO) token is issued after
+  the user's token, so its own expiry is almost always past the assertion's: the cap applies.
+  Every token acquired later for that assertion would end at the same cap, so nothing fresher can
+  be had: such an entry is served until the cap (the token itself is still valid then) and is
+  never refreshed ahead nor dropped early. One round trip per assertion, over its whole life.
+* **Refresh ahead**, for the other entries (an app token, a downstream token that expires before
+  its assertion): once less than min(5 min, 1/2 of the lifetime) is left, the *first* request
+  that sees the entry starts a refresh in the background (a task on its loop, or a daemon thread
+  for a sync caller) and, like every other request, gets the cached token without waiting. If
+  that refresh fails, the still-valid token keeps being served and the failure is logged; the
+  next attempt waits half of the time the token has left (a refresh never turns a working token
+  into an error, and a failing Entra is not asked once per request). One refresh per key at a time.
 * **Single-flight.** One acquisition per key at a time, in threads and in tasks (one
   ``concurrent.futures.Future`` per key is awaitable from any loop and waitable from any thread).
   Waiters get the leader's result or its error; errors are never stored.
@@ -25,6 +32,7 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -40,6 +48,8 @@ logger = logging.getLogger("entra_passthrough.cache")
 _SYNC_WAIT_SECONDS = 120.0
 #: A waiter whose leader was cancelled takes over; bounded.
 _MAX_TAKEOVERS = 3
+#: After a failed refresh, the next one is due after this share of the time the token has left.
+_RETRY_SHARE = 0.5
 
 
 def _loop_running_here() -> bool:
@@ -76,13 +86,23 @@ class CacheStats:
     refreshes: int
     evictions: int
     size: int
+    #: Refreshes running in the background right now (no request waits on them).
+    refreshing: int = 0
+    #: Refreshes that failed (the cached token was served on).
+    refresh_failures: int = 0
 
 
-def _timing(result: TokenResult, cap: float | None, now: float) -> tuple[float, float]:
-    expires = result.expires_on if cap is None else min(result.expires_on, cap)
-    lifetime = max(expires - now, 0.0)
-    usable_until = expires - min(30.0, lifetime / 10)
-    refresh_at = expires - min(300.0, lifetime / 2)
+def _timing(expires_on: float, cap: float | None, now: float) -> tuple[float, float]:
+    """(refresh_at, usable_until) of a token that expires at ``expires_on`` (its own expiry,
+    before any cap) stored at ``now`` under ``cap``."""
+    if cap is not None and expires_on >= cap:
+        # The assertion's expiry ends this entry, and every token acquired later for the same
+        # assertion would end there too: no refresh ahead, no early expiry (the token itself
+        # is valid at least until the cap, so no request carries an expired token).
+        return math.inf, cap
+    lifetime = max(expires_on - now, 0.0)
+    usable_until = expires_on - min(30.0, lifetime / 10)
+    refresh_at = expires_on - min(300.0, lifetime / 2)
     return refresh_at, usable_until
 
 
@@ -106,6 +126,10 @@ class TokenCache:
         self._inflight: dict[Hashable, concurrent.futures.Future[TokenResult | None]] = {}
         self._lock = threading.Lock()
         self._hits = self._misses = self._refreshes = self._evictions = 0
+        self._refresh_failures = 0
+        # Background refreshes in flight (strong references: a task is otherwise only weakly
+        # held by its loop); one per key at most.
+        self._background: set[asyncio.Task[None] | threading.Thread] = set()
 
     def __repr__(self) -> str:
         return f"TokenCache(size={len(self._entries)}, max_entries={self.max_entries})"
@@ -116,8 +140,43 @@ class TokenCache:
     def stats(self) -> CacheStats:
         with self._lock:
             return CacheStats(
-                self._hits, self._misses, self._refreshes, self._evictions, len(self._entries)
+                self._hits,
+                self._misses,
+                self._refreshes,
+                self._evictions,
+                len(self._entries),
+                len(self._background),
+                self._refresh_failures,
             )
+
+    def wait_refreshes(self, timeout: float = 30.0) -> bool:
+        """Block until the background refreshes started by *sync* callers are done (tests,
+        shutdown); ``False`` if some still run after ``timeout``. Async refreshes are tasks:
+        await ``wait_refreshes_async``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                threads = [t for t in self._background if isinstance(t, threading.Thread)]
+            if not threads:
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            threads[0].join(left)
+
+    async def wait_refreshes_async(self) -> None:
+        """Await the background refreshes started on this event loop (tests, shutdown)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            with self._lock:
+                tasks = [
+                    t
+                    for t in self._background
+                    if isinstance(t, asyncio.Task) and t.get_loop() is loop and not t.done()
+                ]
+            if not tasks:
+                return
+            await asyncio.wait(tasks)
 
     # -- the hit path ----------------------------------------
 
@@ -141,12 +200,17 @@ class TokenCache:
             return entry.result, True
 
     def peek(self, key: Hashable) -> TokenResult | None:
-        """The cached result if it is usable and not yet due for refresh; no side effect but
-        recency. The chain's hot path; anything else goes through ``get_or_acquire*``."""
+        """The cached result if it is usable and not due for a refresh nobody started yet; no
+        side effect but recency. The chain's hot path; anything else goes through
+        ``get_or_acquire*``."""
         now = self._clock()
         with self._lock:
             entry = self._entries.get(key)
-            if entry is None or now >= entry.refresh_at or now >= entry.usable_until:
+            if (
+                entry is None
+                or now >= entry.usable_until
+                or (now >= entry.refresh_at and not entry.refreshing)
+            ):
                 return None
             self._entries.move_to_end(key)
             self._hits += 1
@@ -160,10 +224,11 @@ class TokenCache:
 
     def _store(self, key: Hashable, result: TokenResult, cap: float | None) -> TokenResult:
         now = self._clock()
+        refresh_at, usable_until = _timing(result.expires_on, cap, now)
         if cap is not None and result.expires_on > cap:
-            result = dataclasses.replace(result, expires_on=cap)
-        result = dataclasses.replace(result, cache_key=key)
-        refresh_at, usable_until = _timing(result, cap, now)
+            result = dataclasses.replace(result, expires_on=cap, cache_key=key)
+        else:
+            result = dataclasses.replace(result, cache_key=key)
         if usable_until <= now:
             return result  # already (nearly) expired: hand it out once, do not keep it
         with self._lock:
@@ -183,11 +248,16 @@ class TokenCache:
         with self._lock:
             self._entries.clear()
 
-    def _end_refresh(self, key: Hashable) -> None:
+    def _end_refresh(self, key: Hashable, *, failed: bool) -> None:
         with self._lock:
+            if failed:
+                self._refresh_failures += 1
             entry = self._entries.get(key)
-            if entry is not None:
+            if entry is not None and entry.refreshing:
                 entry.refreshing = False
+                if failed:  # next attempt after half of what is left, not on the next request
+                    now = self._clock()
+                    entry.refresh_at = now + (entry.usable_until - now) * _RETRY_SHARE
 
     # -- single flight ----------------------------------------
 
@@ -233,7 +303,7 @@ class TokenCache:
         cached, refresh = self._lookup(key, self._clock())
         if cached is not None:
             if refresh:
-                return await self._refresh_async(key, cached, acquire, cap)
+                self._start_refresh_async(key, cached, acquire, cap)
             return cached
         for _ in range(_MAX_TAKEOVERS):
             fut, leader = self._join(key)
@@ -270,32 +340,55 @@ class TokenCache:
         self._finish(key, fut, result=stored)
         return stored
 
+    def _start_refresh_async(
+        self,
+        key: Hashable,
+        cached: TokenResult,
+        acquire: Callable[[], Awaitable[TokenResult | None]],
+        cap: float | None,
+    ) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self._refresh_async(key, cached, acquire, cap)
+        )
+        with self._lock:
+            self._refreshes += 1
+            self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, done: asyncio.Task[None] | threading.Thread) -> None:
+        with self._lock:
+            self._background.discard(done)
+
     async def _refresh_async(
         self,
         key: Hashable,
         cached: TokenResult,
         acquire: Callable[[], Awaitable[TokenResult | None]],
         cap: float | None,
-    ) -> TokenResult:
-        with self._lock:
-            self._refreshes += 1
+    ) -> None:
         try:
             result = await acquire()
         except Exception as exc:
-            logger.warning(
-                "refresh ahead failed (%s); serving the cached token %s until it expires",
-                type(exc).__name__,
-                cached.fingerprint,
-            )
-            self._end_refresh(key)
-            return cached
-        except BaseException:
-            self._end_refresh(key)
+            self._refresh_failed(key, cached, exc)
+            return
+        except BaseException:  # cancelled (its loop is closing): the next request may retry
+            self._end_refresh(key, failed=False)
             raise
+        self._refreshed(key, result, cap)
+
+    def _refreshed(self, key: Hashable, result: TokenResult | None, cap: float | None) -> None:
         if result is None:
-            self._end_refresh(key)
-            return cached
-        return self._store(key, result, cap)
+            self._end_refresh(key, failed=False)
+        else:
+            self._store(key, result, cap)
+
+    def _refresh_failed(self, key: Hashable, cached: TokenResult, exc: BaseException) -> None:
+        logger.warning(
+            "refresh ahead failed (%s); serving the cached token %s until it expires",
+            type(exc).__name__,
+            cached.fingerprint,
+        )
+        self._end_refresh(key, failed=True)
 
     def get_or_acquire(
         self,
@@ -308,7 +401,7 @@ class TokenCache:
         cached, refresh = self._lookup(key, self._clock())
         if cached is not None:
             if refresh:
-                return self._refresh_sync(key, cached, acquire, cap)
+                self._start_refresh_sync(key, cached, acquire, cap)
             return cached
         for _ in range(_MAX_TAKEOVERS):
             fut, leader = self._join(key)
@@ -338,29 +431,45 @@ class TokenCache:
             "Token acquisition was cancelled repeatedly by other requests for the same key."
         )
 
+    def _start_refresh_sync(
+        self,
+        key: Hashable,
+        cached: TokenResult,
+        acquire: Callable[[], TokenResult | None],
+        cap: float | None,
+    ) -> None:
+        thread = threading.Thread(
+            target=self._refresh_sync,
+            args=(key, cached, acquire, cap),
+            name="entra-passthrough-refresh",
+            daemon=True,
+        )
+        with self._lock:
+            self._refreshes += 1
+            self._background.add(thread)
+        try:
+            thread.start()
+        except BaseException:  # no thread to be had: the next request may try again
+            self._background_done(thread)
+            self._end_refresh(key, failed=False)
+            raise
+
     def _refresh_sync(
         self,
         key: Hashable,
         cached: TokenResult,
         acquire: Callable[[], TokenResult | None],
         cap: float | None,
-    ) -> TokenResult:
-        with self._lock:
-            self._refreshes += 1
+    ) -> None:
         try:
-            result = acquire()
-        except Exception as exc:
-            logger.warning(
-                "refresh ahead failed (%s); serving the cached token %s until it expires",
-                type(exc).__name__,
-                cached.fingerprint,
-            )
-            self._end_refresh(key)
-            return cached
-        except BaseException:
-            self._end_refresh(key)
-            raise
-        if result is None:
-            self._end_refresh(key)
-            return cached
-        return self._store(key, result, cap)
+            try:
+                result = acquire()
+            except Exception as exc:
+                self._refresh_failed(key, cached, exc)
+                return
+            except BaseException as exc:  # nobody to raise it to in this thread
+                self._refresh_failed(key, cached, exc)
+                return
+            self._refreshed(key, result, cap)
+        finally:
+            self._background_done(threading.current_thread())

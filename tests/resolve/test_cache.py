@@ -142,7 +142,7 @@ async def test_entry_capped_at_assertion_expiry() -> None:
     assert got.expires_on <= exp
 
 
-def test_refresh_ahead_serves_cached_then_refreshes_once() -> None:
+def test_refresh_ahead_serves_cached_then_refreshes_once_in_the_background() -> None:
     clock = Clock()
     cache = TokenCache(clock=clock)
     calls: list[int] = []
@@ -157,10 +157,41 @@ def test_refresh_ahead_serves_cached_then_refreshes_once() -> None:
     clock.offset = 1000  # 2600 s left: not yet in the window (min(300, 1800))
     assert cache.get_or_acquire("k", acquire).token == "t1"  # type: ignore[union-attr]
     clock.offset = 3400  # 200 s left: inside the refresh window
-    refreshed = cache.get_or_acquire("k", acquire)
-    assert refreshed is not None
-    assert refreshed.token == "t2"
+    # the request that starts the refresh gets the cached token, it does not wait for it
+    assert cache.get_or_acquire("k", acquire).token == "t1"  # type: ignore[union-attr]
+    assert cache.wait_refreshes(10)
+    got = cache.get("k")
+    assert got is not None
+    assert got.token == "t2"
     assert len(calls) == 2
+    assert cache.stats().refreshes == 1
+
+
+def test_sync_request_never_waits_for_the_refresh_it_started() -> None:
+    clock = Clock()
+    cache = TokenCache(clock=clock)
+    cache.get_or_acquire("k", lambda: result("t1"))
+    clock.offset = 3400
+    release = threading.Event()
+    started = threading.Event()
+
+    def blocked() -> TokenResult:
+        started.set()
+        assert release.wait(10)
+        return result("t2")
+
+    try:
+        for _ in range(20):  # every request while the refresh hangs: the cached token
+            got = cache.get_or_acquire("k", blocked)
+            assert got is not None
+            assert got.token == "t1"
+        assert started.wait(10)
+        assert cache.stats().refreshing == 1
+        assert cache.stats().refreshes == 1  # one refresh for 20 requests
+    finally:
+        release.set()
+    assert cache.wait_refreshes(10)
+    assert cache.get("k").token == "t2"  # type: ignore[union-attr]
 
 
 def test_get_in_the_refresh_window_leaves_the_refresh_to_the_next_acquirer() -> None:
@@ -171,9 +202,10 @@ def test_get_in_the_refresh_window_leaves_the_refresh_to_the_next_acquirer() -> 
     got = cache.get("k")
     assert got is not None
     assert got.token == "t1"
-    refreshed = cache.get_or_acquire("k", lambda: result("t2"))
-    assert refreshed is not None
-    assert refreshed.token == "t2"
+    assert cache.stats().refreshes == 0
+    assert cache.get_or_acquire("k", lambda: result("t2")).token == "t1"  # type: ignore[union-attr]
+    assert cache.wait_refreshes(10)
+    assert cache.get("k").token == "t2"  # type: ignore[union-attr]
 
 
 def test_sync_refresh_interrupted_by_a_base_exception_can_be_retried() -> None:
@@ -188,25 +220,99 @@ def test_sync_refresh_interrupted_by_a_base_exception_can_be_retried() -> None:
     def interrupted() -> TokenResult:
         raise Interrupted
 
-    with pytest.raises(Interrupted):
-        cache.get_or_acquire("k", interrupted)
-    refreshed = cache.get_or_acquire("k", lambda: result("t2"))
-    assert refreshed is not None
-    assert refreshed.token == "t2"
+    # raised in the refresh's own thread: contained there (no unhandled thread exception)
+    assert cache.get_or_acquire("k", interrupted).token == "t1"  # type: ignore[union-attr]
+    assert cache.wait_refreshes(10)
+    clock.offset = 3560  # past the retry delay (half of what was left)
+    assert cache.get_or_acquire("k", lambda: result("t2")).token == "t1"  # type: ignore[union-attr]
+    assert cache.wait_refreshes(10)
+    assert cache.get("k").token == "t2"  # type: ignore[union-attr]
 
 
-def test_refresh_failure_serves_the_still_valid_token() -> None:
+def test_refresh_failure_serves_the_still_valid_token_and_backs_off() -> None:
     clock = Clock()
     cache = TokenCache(clock=clock)
     cache.get_or_acquire("k", lambda: result("t1"))
     clock.offset = 3400
+    calls = 0
 
     def failing() -> TokenResult:
+        nonlocal calls
+        calls += 1
         raise EntraError("down")
 
-    got = cache.get_or_acquire("k", failing)
-    assert got is not None
-    assert got.token == "t1"
+    for _ in range(10):
+        got = cache.get_or_acquire("k", failing)
+        assert got is not None
+        assert got.token == "t1"
+        assert cache.wait_refreshes(10)
+    # one attempt, not one per request: the next is due after half of what is left
+    assert calls == 1
+    assert cache.stats().refresh_failures == 1
+    clock.offset = 3560
+    assert cache.get_or_acquire("k", failing).token == "t1"  # type: ignore[union-attr]
+    assert cache.wait_refreshes(10)
+    assert calls == 2
+
+
+def test_capped_entry_is_served_to_the_cap_and_never_refreshed() -> None:
+    """A downstream token outlives its assertion: any token acquired later for the same
+    assertion ends at the same cap, so a refresh ahead or an early refetch is a wasted POST."""
+    clock = Clock()
+    cache = TokenCache(clock=clock)
+    cap = time.time() + 600
+    calls: list[int] = []
+
+    def acquire() -> TokenResult:
+        calls.append(1)
+        return result(f"t{len(calls)}", lifetime=3600)  # expires well after the cap
+
+    stored = cache.get_or_acquire("k", acquire, cap=cap)
+    assert stored is not None
+    assert stored.expires_on == cap
+    for offset in (0, 300, 450, 550, 590, 599):  # refresh window, then the expiry margin
+        clock.offset = offset
+        got = cache.get_or_acquire("k", acquire, cap=cap)
+        assert got is not None
+        assert got.token == "t1"
+        assert cache.peek("k") is got
+    assert cache.wait_refreshes(10)
+    assert len(calls) == 1
+    assert cache.stats().refreshes == 0
+    clock.offset = 601  # past the assertion's expiry: never served
+    assert cache.get("k") is None
+
+
+def test_entry_that_expires_before_its_cap_is_still_refreshed_ahead() -> None:
+    clock = Clock()
+    cache = TokenCache(clock=clock)
+    cap = time.time() + 7200
+    n = 0
+
+    def acquire() -> TokenResult:
+        nonlocal n
+        n += 1
+        return result(f"t{n}", lifetime=3600)
+
+    cache.get_or_acquire("k", acquire, cap=cap)
+    clock.offset = 3400
+    assert cache.get_or_acquire("k", acquire, cap=cap).token == "t1"  # type: ignore[union-attr]
+    assert cache.wait_refreshes(10)
+    assert cache.get("k").token == "t2"  # type: ignore[union-attr]
+
+
+async def test_chain_makes_one_acquisition_over_a_capped_lifetime() -> None:
+    clock = Clock()
+    source = FakeSource("obo", IdentityKind.USER, needs_caller=True, lifetime=3600)
+    chain = TokenChain([source], cache=TokenCache(clock=clock))
+    exp = time.time() + 60
+    with bind_caller(token=make_jwt(exp=exp)):
+        for step in range(60):  # one call a second over the assertion's whole life
+            clock.offset = step
+            got = await chain.get_token_async(SCOPES)
+            assert got.expires_on == exp
+        await chain.cache.wait_refreshes_async()
+    assert source.calls == 1
 
 
 def test_expired_entry_is_not_served() -> None:
@@ -220,7 +326,7 @@ def test_expired_entry_is_not_served() -> None:
     assert got.token == "t2"
 
 
-async def test_concurrent_refresh_only_one_leader() -> None:
+async def test_concurrent_refresh_only_one_leader_and_no_request_waits() -> None:
     clock = Clock()
     cache = TokenCache(clock=clock)
     await cache.get_or_acquire_async("k", _async_result("t1"))
@@ -234,14 +340,14 @@ async def test_concurrent_refresh_only_one_leader() -> None:
         await gate.wait()
         return result("t2")
 
-    leader = asyncio.create_task(cache.get_or_acquire_async("k", refresh))
+    # the gate is never set while these run: a request that waited would hang here
+    got = [await cache.get_or_acquire_async("k", refresh) for _ in range(6)]
+    assert all(o is not None and o.token == "t1" for o in got)
     await asyncio.sleep(0)
-    others = [await cache.get_or_acquire_async("k", refresh) for _ in range(5)]
-    assert all(o is not None and o.token == "t1" for o in others)  # no waiting
+    assert cache.stats().refreshing == 1
     gate.set()
-    got = await leader
-    assert got is not None
-    assert got.token == "t2"
+    await cache.wait_refreshes_async()
+    assert cache.get("k").token == "t2"  # type: ignore[union-attr]
     assert calls == 1
 
 
