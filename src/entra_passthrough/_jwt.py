@@ -10,6 +10,7 @@ import base64
 import binascii
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,8 +39,79 @@ _ROUTING_CLAIMS = (
 )
 
 
+#: Bounds on what a decoded segment may hold. Entra's claims are shallow objects of short
+#: strings and epoch-second numbers; anything beyond these bounds is refused as not a JWT, so no
+#: caller of ``decode_unverified`` meets a number ``float()`` cannot hold (``OverflowError``), an
+#: integer Python refuses to parse (``ValueError``, over 4300 digits), NaN/Infinity (which
+#: compare false with everything, e.g. an expiry check), or nesting that exhausts the stack.
+MAX_INT_DIGITS = 20
+MAX_DEPTH = 16
+#: The time claims must be epoch seconds a ``datetime`` can hold (up to the year 9999).
+TIME_CLAIMS = ("exp", "nbf", "iat")
+MAX_TIMESTAMP = 253402300799.0
+
+
 class JwtDecodeError(ValueError):
     """The value is not a decodable JWT. The message never contains the value."""
+
+
+def _parse_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise JwtDecodeError(f"a number has more than {MAX_INT_DIGITS} digits")
+    return int(text)
+
+
+def _parse_float(text: str) -> float:
+    if len(text) > 64:
+        raise JwtDecodeError("a number is longer than 64 characters")
+    value = float(text)
+    if not math.isfinite(value):  # "1e999" parses to inf
+        raise JwtDecodeError("a number is not finite")
+    return value
+
+
+def _parse_constant(text: str) -> Any:
+    raise JwtDecodeError("NaN/Infinity are not JSON numbers")
+
+
+def _loads(data: bytes) -> Any:
+    """Strict, bounded JSON: numbers within range, no NaN/Infinity, nesting within MAX_DEPTH."""
+    try:
+        value = json.loads(
+            data,
+            parse_int=_parse_int,
+            parse_float=_parse_float,
+            parse_constant=_parse_constant,
+        )
+    except JwtDecodeError:
+        raise
+    except (UnicodeDecodeError, ValueError, RecursionError, OverflowError) as exc:
+        # JSONDecodeError is a ValueError
+        raise JwtDecodeError("a segment is not JSON") from exc
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise JwtDecodeError(f"a segment nests deeper than {MAX_DEPTH} levels")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+    return value
+
+
+def check_time_claims(payload: Mapping[str, Any]) -> None:
+    """Each present time claim is a number of epoch seconds in [0, year 9999]."""
+    for name in TIME_CLAIMS:
+        if name not in payload:
+            continue
+        value = payload[name]
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not 0 <= value <= MAX_TIMESTAMP
+        ):
+            raise JwtDecodeError(f"the {name!r} claim is not a time in epoch seconds")
 
 
 def _utf8(secret: str) -> bytes:
@@ -73,13 +145,11 @@ def decode_unverified(token: str) -> dict[str, Any]:
     parts = token.split(".")
     if len(parts) != 3:
         raise JwtDecodeError("not three dot-separated segments")
-    try:
-        header = json.loads(_b64url_decode(parts[0]))
-        payload = json.loads(_b64url_decode(parts[1]))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise JwtDecodeError("a segment is not JSON") from exc
+    header = _loads(_b64url_decode(parts[0]))
+    payload = _loads(_b64url_decode(parts[1]))
     if not isinstance(header, dict) or not isinstance(payload, dict):
         raise JwtDecodeError("header or payload is not a JSON object")
+    check_time_claims(payload)
     return payload
 
 
@@ -115,6 +185,9 @@ class UnverifiedClaims:
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> UnverifiedClaims:
+        """Raises ``JwtDecodeError`` for a time claim that is not epoch seconds in range."""
+        check_time_claims(payload)
+
         def text(name: str) -> str | None:
             value = payload.get(name)
             return value if isinstance(value, str) and len(value) <= 1024 else None

@@ -32,7 +32,13 @@ from jwt import exceptions as jwt_errors
 
 from ._errors import ConfigurationError, InsufficientScope, TokenVerificationError
 from ._jwks import AsyncGetter, KeySet, KeySource, SyncGetter, check_fetch_url
-from ._jwt import MAX_TOKEN_BYTES, JwtDecodeError, decode_unverified, fingerprint
+from ._jwt import (
+    MAX_TOKEN_BYTES,
+    JwtDecodeError,
+    check_time_claims,
+    decode_unverified,
+    fingerprint,
+)
 
 PUBLIC_AUTHORITY = "https://login.microsoftonline.com"
 
@@ -280,8 +286,13 @@ class JwtVerifier:
             raise TokenVerificationError(
                 f"the token is not acceptable ({type(exc).__name__})."
             ) from exc
-        except (ValueError, TypeError) as exc:  # defensive: junk that slipped past PyJWT
+        except (ValueError, TypeError, OverflowError) as exc:  # defensive: junk past PyJWT
             raise TokenVerificationError("the token is not a well-formed JWT.") from exc
+        try:
+            # _precheck bounded the same payload; PyJWT parsed it again on its own.
+            check_time_claims(claims)
+        except JwtDecodeError as exc:
+            raise TokenVerificationError(f"the token is not acceptable: {exc}.") from None
         return self._authorize(self._identity(claims, token))
 
     def _identity(self, claims: dict[str, Any], token: str) -> VerifiedToken:
