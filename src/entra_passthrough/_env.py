@@ -49,6 +49,14 @@ VARIABLES: dict[str, str] = {
     "ENTRA_PASSTHROUGH_AGENT_IDENTITY_ID": "Agent ID: the agent identity's client id (fmi_path)",
     "ENTRA_PASSTHROUGH_BLUEPRINT_CLIENT_ID": "Agent ID: the blueprint's client id",
     "ENTRA_PASSTHROUGH_AZ_TENANT_ID": "AzureCli: tenant passed to az (developer policy)",
+    "ENTRA_PASSTHROUGH_REDIS_URL": "RedisStore.from_env: redis:// or rediss:// URL of the shared "
+    "store (ACL user:password in it unless Entra auth)",
+    "ENTRA_PASSTHROUGH_REDIS_AUTH": "RedisStore.from_env: password (default, from the URL) or "
+    "entra (Microsoft Entra ID for Azure Cache for Redis / Azure Managed Redis)",
+    "ENTRA_PASSTHROUGH_REDIS_CA_FILE": "RedisStore.from_env: CA bundle for a private rediss:// "
+    "certificate",
+    "ENTRA_PASSTHROUGH_REDIS_NAMESPACE": "RedisStore.from_env: prefix of every key (several "
+    "deployments in one Redis database)",
 }
 
 

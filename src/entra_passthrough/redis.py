@@ -1,0 +1,297 @@
+"""``RedisStore``: the shared ``TokenStore`` for N replicas (redis-py asyncio).
+
+It stays a dumb backend, as ``TokenStore`` asks: the keys it gets are already hashed and the
+values already sealed (AES-GCM) by ``GrantStore`` / ``SharedTokenCache``, so a scan of the
+keyspace shows no token, refresh token, user id, tenant id or UPN. What it adds:
+
+* **TTLs** on every key (``PX``), so Redis drops what expired, and ``volatile-ttl`` eviction
+  picks short-lived records first if memory runs out.
+* **Compare-and-set** in one server-side script: a value is stored as ``<version>.<sealed>``
+  and ``put(expect=version)`` / ``delete(expect=version)`` compare and write atomically. That is
+  what keeps a replica from overwriting a newer refresh token with an older one and what makes
+  the refresh lease exclusive: the version is the fencing token.
+* **Typed failures**: any Redis error (down, timeout, ``maxmemory``, wrong password) becomes a
+  ``SourceUnavailable`` that says which and how to fix it; never a crash and never the app
+  identity. redis-py reconnects by itself on the next command.
+
+>>> store = RedisStore.from_url("rediss://:password@cache.contoso.com:6380/0")
+>>> store = RedisStore.from_env()   # ENTRA_PASSTHROUGH_REDIS_URL, ..._REDIS_AUTH=entra
+"""
+
+from __future__ import annotations
+
+import secrets
+import ssl
+from collections.abc import Mapping
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from . import _env
+from ._errors import ConfigurationError, SourceUnavailable, require_extra
+from ._store import ANY, Entry, _Any
+
+try:
+    import redis.asyncio as redis_asyncio
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff
+    from redis.exceptions import (
+        AuthenticationError,
+        AuthorizationError,
+        ConnectionError,
+        NoPermissionError,
+        OutOfMemoryError,
+        RedisError,
+        TimeoutError,
+    )
+except ImportError as _exc:  # pragma: no cover - exercised without the extra
+    raise require_extra("redis", "redis", _exc) from _exc
+
+__all__ = ["RedisStore", "entra_credential_provider"]
+
+#: Scope of Microsoft Entra tokens for Azure Cache for Redis / Azure Managed Redis.
+REDIS_SCOPE: Final = "https://redis.azure.com/.default"
+
+_VERSION_CHARS = 16  # secrets.token_hex(8)
+
+# KEYS[1]; ARGV: expected version, new version, sealed value, ttl in ms.
+# Compare-and-set: write only if the current version is the expected one.
+_CAS_PUT: Final = """
+local cur = redis.call('GET', KEYS[1])
+if not cur or string.sub(cur, 1, 16) ~= ARGV[1] then return false end
+redis.call('SET', KEYS[1], ARGV[2] .. '.' .. ARGV[3], 'PX', ARGV[4])
+return 1
+"""
+# KEYS[1]; ARGV: expected version. Compare-and-delete.
+_CAS_DELETE: Final = """
+local cur = redis.call('GET', KEYS[1])
+if not cur or string.sub(cur, 1, 16) ~= ARGV[1] then return 0 end
+return redis.call('DEL', KEYS[1])
+"""
+
+
+def _describe(exc: BaseException) -> tuple[str, str]:
+    """(what happened, what to do) for a Redis failure; never echoes the URL or a password."""
+    if isinstance(exc, (AuthenticationError, AuthorizationError)):
+        return (
+            "Redis refused our credentials",
+            "check the user/password in the URL (ACL) or, with Entra auth, that the identity "
+            "has a Redis data access policy assignment.",
+        )
+    if isinstance(exc, NoPermissionError):
+        return (
+            "Redis' ACL does not allow this command or key",
+            "allow the user +@read +@write +@scripting on the keys ep:* (with the namespace).",
+        )
+    if isinstance(exc, OutOfMemoryError):
+        return (
+            "Redis is full (maxmemory) and refused the write",
+            "raise maxmemory or use maxmemory-policy volatile-ttl (every key we write has a TTL).",
+        )
+    if isinstance(exc, TimeoutError):
+        return ("Redis did not answer in time", "check the Redis server's load and network.")
+    if isinstance(exc, ConnectionError):
+        return (
+            "Redis cannot be reached",
+            "check that the Redis server is up and its host, port and TLS setting "
+            "(rediss://) match the URL; the client reconnects on the next call.",
+        )
+    return (f"Redis failed ({type(exc).__name__})", "check the Redis server's log.")
+
+
+class RedisStore:
+    """A ``TokenStore`` in Redis, shared by every replica and the consent broker.
+
+    Build it from a URL (``redis://`` or ``rediss://`` for TLS, ACL ``user:password@``) or pass
+    a ``redis.asyncio.Redis`` you configured yourself (Entra ID auth: see
+    ``entra_credential_provider``). ``namespace`` prefixes every key, so several deployments
+    can share one Redis database.
+
+    >>> store = RedisStore.from_url(os.environ["ENTRA_PASSTHROUGH_REDIS_URL"])
+    >>> source = DelegatedConsent(..., store=store, keyring=Keyring.from_env())
+    """
+
+    def __init__(self, client: redis_asyncio.Redis, *, namespace: str = "") -> None:
+        self.client = client
+        self.namespace = namespace
+        self._cas_put = client.register_script(_CAS_PUT)
+        self._cas_delete = client.register_script(_CAS_DELETE)
+
+    def __repr__(self) -> str:
+        kwargs = self.client.connection_pool.connection_kwargs
+        tls = "rediss" if "ssl_cert_reqs" in kwargs else "redis"
+        return f"RedisStore({tls}://{kwargs.get('host')}:{kwargs.get('port')})"
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        namespace: str = "",
+        ca_file: str | None = None,
+        credential_provider: Any = None,
+        timeout: float = 2.0,
+        max_connections: int = 64,
+    ) -> RedisStore:
+        """A store for ``url``. ``ca_file`` trusts a private CA for ``rediss://``;
+        ``credential_provider`` (redis-py ``CredentialProvider``) supplies user/password
+        per connection, e.g. Entra tokens. ``timeout`` bounds every command and connect, so a
+        slow or dead Redis costs at most that before the typed error."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss"):
+            raise ConfigurationError(
+                f"the Redis URL's scheme is {parts.scheme!r}; expected redis:// or rediss://.",
+                fix="use rediss://host:6380 for TLS (Azure Cache for Redis), redis:// on "
+                "loopback only.",
+            )
+        if credential_provider is not None and parts.password:
+            raise ConfigurationError(
+                "the Redis URL has a password and a credential_provider is given.",
+                fix="drop the password from the URL when Entra ID auth supplies it.",
+            )
+        options: dict[str, Any] = {
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "health_check_interval": 30,
+            "max_connections": max_connections,
+            # Reconnect by itself: one quick retry on a dropped connection, then fail typed.
+            "retry": Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=1),
+            "retry_on_error": [ConnectionError, TimeoutError],
+        }
+        if parts.scheme == "rediss":
+            options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
+            if ca_file:
+                options["ssl_ca_certs"] = ca_file
+        if credential_provider is not None:
+            options["credential_provider"] = credential_provider
+        client = redis_asyncio.Redis.from_url(url, **options)
+        return cls(client, namespace=namespace)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> RedisStore:
+        """``ENTRA_PASSTHROUGH_REDIS_URL`` (required), ``ENTRA_PASSTHROUGH_REDIS_AUTH``
+        (``password`` (default, from the URL) or ``entra``), ``ENTRA_PASSTHROUGH_REDIS_CA_FILE``,
+        ``ENTRA_PASSTHROUGH_REDIS_NAMESPACE``."""
+        env = _env.environ_or(environ)
+        url = _env.require(env, "ENTRA_PASSTHROUGH_REDIS_URL", what="the shared Redis store")
+        auth = (_env.get(env, "ENTRA_PASSTHROUGH_REDIS_AUTH") or "password").lower()
+        if auth not in ("password", "entra"):
+            raise ConfigurationError(
+                f"ENTRA_PASSTHROUGH_REDIS_AUTH={auth!r} is not password or entra.",
+                fix="set it to entra for Azure Cache for Redis with Microsoft Entra auth.",
+            )
+        provider = entra_credential_provider() if auth == "entra" else None
+        return cls.from_url(
+            url,
+            namespace=_env.get(env, "ENTRA_PASSTHROUGH_REDIS_NAMESPACE") or "",
+            ca_file=_env.get(env, "ENTRA_PASSTHROUGH_REDIS_CA_FILE"),
+            credential_provider=provider,
+        )
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    def _unavailable(self, exc: BaseException) -> SourceUnavailable:
+        what, fix = _describe(exc)
+        return SourceUnavailable(f"The shared token store is unavailable: {what}.", fix=fix)
+
+    # -- TokenStore ---------------------------------------------------------------------------
+
+    async def get(self, key: str) -> Entry | None:
+        try:
+            raw = await self.client.get(self.namespace + key)
+        except RedisError as exc:
+            raise self._unavailable(exc) from None
+        if isinstance(raw, str):  # a client built with decode_responses=True
+            raw = raw.encode("latin-1")
+        if raw is None or len(raw) < _VERSION_CHARS + 1:
+            return None
+        return Entry(bytes(raw[_VERSION_CHARS + 1 :]), raw[:_VERSION_CHARS].decode("ascii"))
+
+    async def put(
+        self, key: str, value: bytes, *, ttl: float, expect: str | _Any | None = ANY
+    ) -> str | None:
+        if ttl <= 0:
+            raise ValueError("ttl must be positive")
+        version = secrets.token_hex(_VERSION_CHARS // 2)
+        ttl_ms = max(1, int(ttl * 1000))
+        name = self.namespace + key
+        try:
+            if isinstance(expect, _Any) or expect is None:
+                done = await self.client.set(
+                    name, version.encode() + b"." + value, px=ttl_ms, nx=expect is None
+                )
+            else:
+                done = await self._cas_put(keys=[name], args=[expect, version, value, ttl_ms])
+        except RedisError as exc:
+            raise self._unavailable(exc) from None
+        return version if done else None
+
+    async def delete(self, key: str, *, expect: str | _Any = ANY) -> bool:
+        name = self.namespace + key
+        try:
+            if isinstance(expect, _Any):
+                return bool(await self.client.delete(name))
+            return bool(await self._cas_delete(keys=[name], args=[expect]))
+        except RedisError as exc:
+            raise self._unavailable(exc) from None
+
+    async def ping(self) -> bool:
+        """``True`` if Redis answers (readiness probes); never raises."""
+        try:
+            return bool(await self.client.ping())
+        except RedisError:
+            return False
+
+
+def entra_credential_provider(
+    credential: Any = None, *, scopes: tuple[str, ...] = (REDIS_SCOPE,)
+) -> Any:
+    """A redis-py credential provider that signs in to Azure Cache for Redis / Azure Managed
+    Redis with Microsoft Entra ID (user = the identity's object id, password = a token).
+
+    With no ``credential`` it is ``redis-entraid``'s provider over ``DefaultAzureCredential``
+    (managed identity in Azure, ``az login`` locally), which renews the token before it
+    expires and re-authenticates open connections. Pass an azure-identity credential to use
+    that one instead.
+
+    >>> store = RedisStore.from_url("rediss://cache.contoso.com:6380",
+    ...                             credential_provider=entra_credential_provider())
+    """
+    if credential is None:
+        try:
+            from redis_entraid.cred_provider import (  # type: ignore[import-untyped]
+                create_from_default_azure_credential,
+            )
+        except ImportError as exc:  # pragma: no cover - the redis extra installs it
+            raise require_extra("redis", "redis", exc) from exc
+        return create_from_default_azure_credential(scopes)
+    return _AzureIdentityCredentials(credential, scopes)
+
+
+class _AzureIdentityCredentials:
+    """(object id, token) from an azure-identity credential, fetched per new connection."""
+
+    def __init__(self, credential: Any, scopes: tuple[str, ...]) -> None:
+        self._credential = credential
+        self._scopes = scopes
+
+    def __repr__(self) -> str:
+        return f"EntraRedisCredentials(scopes={list(self._scopes)})"
+
+    def get_credentials(self) -> tuple[str, str]:
+        from ._jwt import decode_unverified
+
+        token = self._credential.get_token(*self._scopes).token
+        oid = decode_unverified(token).get("oid")
+        if not isinstance(oid, str) or not oid:
+            raise ConfigurationError(
+                "the Entra token for Redis has no oid claim; Redis needs the identity's object "
+                "id as user name.",
+                fix="use a managed identity, service principal or user credential.",
+            )
+        return oid, token
+
+    async def get_credentials_async(self) -> tuple[str, str]:
+        import anyio
+
+        return await anyio.to_thread.run_sync(self.get_credentials)

@@ -1,0 +1,148 @@
+"""A real ``redis-server`` on a loopback port, started and stopped by the tests.
+
+Password-protected (``requirepass``), optionally TLS (a CA made here), optionally with a data
+directory kept across restarts (``appendonly``) and a ``maxmemory``. When ``CI`` is set, a test
+that needs Redis fails if ``redis-server`` cannot start; it never skips there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import redis
+
+from entra_passthrough.testing._ca import make_tls_material
+
+PASSWORD = "test-redis-password-1"
+
+
+def redis_binary() -> str:
+    found = shutil.which("redis-server")
+    if found is None:
+        message = "redis-server is not installed (apt-get install redis-server)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RedisServer:
+    """One redis-server process. ``start()`` polls until it answers PING (bounded)."""
+
+    tls: bool = False
+    maxmemory: str | None = None
+    persist: bool = True
+    password: str = PASSWORD
+    port: int = field(default_factory=free_port)
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="ep-redis-")))
+    proc: subprocess.Popen[bytes] | None = None
+    ca_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.tls:
+            material = make_tls_material()
+            (self.workdir / "ca.pem").write_bytes(material.ca_cert_pem)
+            (self.workdir / "cert.pem").write_bytes(material.server_cert_pem)
+            (self.workdir / "key.pem").write_bytes(material.server_key_pem)
+            self.ca_file = str(self.workdir / "ca.pem")
+
+    @property
+    def url(self) -> str:
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://:{self.password}@127.0.0.1:{self.port}/0"
+
+    def args(self) -> list[str]:
+        args = [
+            redis_binary(),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.workdir),
+            "--requirepass", self.password,
+            "--save", "",
+            "--appendonly", "yes" if self.persist else "no",
+            "--appendfsync", "always",
+            "--daemonize", "no",
+            "--loglevel", "warning",
+            "--logfile", str(self.workdir / "redis.log"),
+        ]  # fmt: skip
+        if self.tls:
+            args += [
+                "--port", "0",
+                "--tls-port", str(self.port),
+                "--tls-cert-file", str(self.workdir / "cert.pem"),
+                "--tls-key-file", str(self.workdir / "key.pem"),
+                "--tls-ca-cert-file", str(self.workdir / "ca.pem"),
+                "--tls-auth-clients", "no",
+            ]  # fmt: skip
+        else:
+            args += ["--port", str(self.port)]
+        if self.maxmemory:
+            args += ["--maxmemory", self.maxmemory, "--maxmemory-policy", "noeviction"]
+        return args
+
+    def client(self) -> redis.Redis:
+        extra = {"ssl_ca_certs": self.ca_file} if self.tls else {}
+        return redis.Redis.from_url(self.url, socket_timeout=2, **extra)
+
+    def start(self) -> RedisServer:
+        self.proc = subprocess.Popen(self.args(), stdout=subprocess.DEVNULL)
+        try:
+            return self._wait_ready()
+        except BaseException:
+            self.kill()
+            raise
+
+    def _wait_ready(self) -> RedisServer:
+        assert self.proc is not None
+        client = self.client()
+        try:
+            for _ in range(500):  # bounded readiness poll (~10 s)
+                if self.proc.poll() is not None:
+                    log = (self.workdir / "redis.log").read_text(errors="replace")
+                    message = f"redis-server exited with {self.proc.returncode}: {log[-500:]}"
+                    if os.environ.get("CI"):
+                        pytest.fail(message)
+                    pytest.skip(message)
+                try:
+                    if client.ping():
+                        return self
+                except redis.exceptions.ConnectionError:
+                    time.sleep(0.02)
+            pytest.fail("redis-server did not answer PING in time")
+        finally:
+            client.close()
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to save anything (the AOF written so far stays)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def wipe(self) -> None:
+        """Lose the data: remove the append-only files (call after ``kill``)."""
+        for path in self.workdir.glob("appendonly*"):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+
+    def stop(self) -> None:
+        self.kill()
+        shutil.rmtree(self.workdir, ignore_errors=True)

@@ -1,0 +1,258 @@
+"""RedisStore against a real redis-server: the TokenStore contract, sealing, TLS, ACL, errors."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import redis
+
+from entra_passthrough import ConfigurationError, SourceUnavailable
+from entra_passthrough._grants import Grant, GrantStore, UserKey
+from entra_passthrough._store import ANY, Keyring, TokenStore
+from entra_passthrough.redis import RedisStore
+
+from ._server import PASSWORD, RedisServer, free_port
+
+SECRETS = {
+    "refresh": "0.AAAArefresh-token-of-avery-1234567890",
+    "tid": "72f988bf-86f1-41af-91ab-2d7cd011db47",
+    "oid": "00000000-0000-0000-0000-00000000a11c",
+    "upn": "avery@contoso.com",
+}
+
+
+@pytest.fixture
+async def store(redis_server: RedisServer) -> AsyncIterator[RedisStore]:
+    made = RedisStore.from_url(redis_server.url, namespace="t:")
+    yield made
+    await made.aclose()
+
+
+def _raw_keyspace(server: RedisServer) -> list[bytes]:
+    client = server.client()
+    try:
+        out = []
+        for key in client.scan_iter(count=1000):
+            out.append(key)
+            out.append(client.get(key) or b"")
+        return out
+    finally:
+        client.close()
+
+
+async def test_redis_store_is_a_token_store_with_cas(store: RedisStore) -> None:
+    assert isinstance(store, TokenStore)
+    v1 = await store.put("k", b"a", ttl=60, expect=None)
+    assert v1 is not None
+    assert await store.put("k", b"b", ttl=60, expect=None) is None  # exists: not absent
+    assert await store.put("k", b"b", ttl=60, expect="0" * 16) is None
+    v2 = await store.put("k", b"b", ttl=60, expect=v1)
+    assert v2 is not None
+    assert v2 != v1
+    entry = await store.get("k")
+    assert entry is not None
+    assert entry.value == b"b"
+    assert entry.version == v2
+    assert not await store.delete("k", expect=v1)
+    assert await store.delete("k", expect=v2)
+    assert await store.get("k") is None
+    assert await store.put("k", b"c", ttl=60, expect=ANY) is not None
+    assert await store.delete("k")
+    assert not await store.delete("k")
+    assert await store.put("absent", b"x", ttl=60, expect="0" * 16) is None
+
+
+async def test_every_key_has_a_ttl(store: RedisStore, redis_server: RedisServer) -> None:
+    await store.put("ttl", b"x", ttl=30)
+    version = await store.put("ttl-cas", b"x", ttl=30, expect=None)
+    await store.put("ttl-cas", b"y", ttl=45, expect=version)
+    client = redis_server.client()
+    try:
+        assert 0 < client.pttl("t:ttl") <= 30_000
+        assert 30_000 < client.pttl("t:ttl-cas") <= 45_000
+    finally:
+        client.close()
+
+
+async def test_cas_lets_exactly_one_replica_win(redis_server: RedisServer) -> None:
+    replicas = [RedisStore.from_url(redis_server.url) for _ in range(4)]
+    try:
+        base = await replicas[0].put("race", b"0", ttl=60)
+        assert base is not None
+        for _ in range(20):  # bounded: 20 rounds of 4 replicas x 5 writers on one version
+            entry = await replicas[0].get("race")
+            assert entry is not None
+            wins = await asyncio.gather(
+                *(r.put("race", b"n", ttl=60, expect=entry.version) for r in replicas * 5)
+            )
+            assert sum(w is not None for w in wins) == 1
+    finally:
+        for r in replicas:
+            await r.aclose()
+
+
+async def test_a_keyspace_scan_shows_no_token_and_no_identity(
+    store: RedisStore, redis_server: RedisServer
+) -> None:
+    grants = GrantStore(store, Keyring.generate())
+    key = UserKey.for_entra_user(SECRETS["tid"], SECRETS["oid"], upn=SECRETS["upn"])
+    grant = Grant(
+        refresh_token=SECRETS["refresh"],
+        scopes=("api://mcp/access_as_user",),
+        tid=SECRETS["tid"],
+        oid=SECRETS["oid"],
+        upn=SECRETS["upn"],
+        key_kind="entra",
+        created=1.0,
+        updated=1.0,
+    )
+    assert await grants.put_grant(key.hashed, grant) is not None
+    assert await grants.bind(UserKey.for_platform_user("chat-user-7").hashed, "t", "o")
+    found = await grants.get_grant(key.hashed)
+    assert found is not None
+    assert found[0].refresh_token == SECRETS["refresh"]
+    dump = b"\n".join(_raw_keyspace(redis_server))
+    assert dump  # the scan saw our records
+    for secret in (*SECRETS.values(), "chat-user-7", "contoso", "a11c", "access_as_user"):
+        assert secret.encode() not in dump, secret
+
+
+async def test_rotation_old_keys_open_the_new_key_seals(store: RedisStore) -> None:
+    old = Keyring.generate("k1")
+    new = Keyring({"k2": Keyring.generate("k2").keys["k2"], "k1": old.keys["k1"]}, current="k2")
+    key = UserKey.for_entra_user("t", "o").hashed
+    grant = Grant("rt-1", ("s",), "t", "o", None, "entra", 1.0, 1.0)
+    await GrantStore(store, old).put_grant(key, grant)
+    found = await GrantStore(store, new).get_grant(key)
+    assert found is not None
+    assert found[0].refresh_token == "rt-1"
+    await GrantStore(store, new).put_grant(key, grant, expect=found[1])
+    entry = await store.get(f"ep:v1:grant:{key}")
+    assert entry is not None
+    assert entry.value.startswith(b"k2.")
+    assert await GrantStore(store, old).get_grant(key) is None  # k1 alone cannot read k2
+    assert await GrantStore(store, new).get_grant(key) is not None
+
+
+async def test_tls_rediss_with_a_private_ca() -> None:
+    server = RedisServer(tls=True).start()
+    try:
+        store = RedisStore.from_url(server.url, ca_file=server.ca_file)
+        assert await store.put("tls", b"x", ttl=10) is not None
+        assert repr(store).startswith("RedisStore(rediss://127.0.0.1:")
+        await store.aclose()
+        untrusted = RedisStore.from_url(server.url, timeout=1.0)
+        with pytest.raises(SourceUnavailable, match="cannot be reached"):
+            await untrusted.get("tls")
+        await untrusted.aclose()
+    finally:
+        server.stop()
+
+
+async def test_acl_user_and_wrong_password_is_a_typed_error(redis_server: RedisServer) -> None:
+    admin = redis_server.client()
+    try:
+        admin.acl_setuser(
+            "agent", enabled=True, passwords=["+agent-pass-9"], keys=["ep:*"], commands=["+@all"]
+        )
+    finally:
+        admin.close()
+    port = redis_server.port
+    good = RedisStore.from_url(f"redis://agent:agent-pass-9@127.0.0.1:{port}/0")
+    assert await good.put("ep:v1:x", b"x", ttl=10) is not None
+    with pytest.raises(SourceUnavailable, match="ACL"):  # this user may write ep:* keys only
+        await good.put("other", b"x", ttl=10)
+    await good.aclose()
+    bad = RedisStore.from_url(f"redis://agent:wrong-pass-9@127.0.0.1:{port}/0")
+    with pytest.raises(SourceUnavailable, match="refused our credentials") as info:
+        await bad.get("ep:v1:x")
+    assert "wrong-pass-9" not in str(info.value)
+    assert "agent-pass" not in str(info.value)
+    await bad.aclose()
+
+
+async def test_down_at_start_is_typed_then_reconnects_by_itself() -> None:
+    server = RedisServer()
+    store = RedisStore.from_url(server.url, timeout=1.0)
+    try:
+        with pytest.raises(SourceUnavailable, match="cannot be reached") as info:
+            await store.get("k")
+        assert PASSWORD not in str(info.value)
+        server.start()
+        assert await store.put("k", b"v", ttl=10) is not None  # same client, no rebuild
+        assert await store.ping()
+    finally:
+        await store.aclose()
+        server.stop()
+
+
+async def test_killed_then_restarted_with_data_kept_or_lost() -> None:
+    server = RedisServer(persist=True).start()
+    store = RedisStore.from_url(server.url, timeout=1.0)
+    try:
+        version = await store.put("kept", b"v1", ttl=600)
+        server.kill()
+        with pytest.raises(SourceUnavailable):
+            await store.get("kept")
+        assert not await store.ping()
+        server.start()
+        entry = await store.get("kept")
+        assert entry is not None
+        assert entry.value == b"v1"
+        assert entry.version == version
+        server.kill()
+        server.wipe()
+        server.start()
+        assert await store.get("kept") is None
+    finally:
+        await store.aclose()
+        server.stop()
+
+
+async def test_full_redis_refuses_writes_typed_and_keeps_what_it_had() -> None:
+    server = RedisServer(maxmemory="2mb").start()
+    store = RedisStore.from_url(server.url)
+    try:
+        first = await store.put("first", b"x" * 100, ttl=600)
+        assert first is not None
+
+        async def fill() -> None:
+            for i in range(1000):  # bounded: 1000 x 10 kB > 2 MB
+                await store.put(f"fill{i}", b"y" * 10_000, ttl=600)
+
+        with pytest.raises(SourceUnavailable, match="full") as info:
+            await fill()
+        assert "maxmemory" in str(info.value)
+        entry = await store.get("first")
+        assert entry is not None
+        assert entry.version == first
+    finally:
+        await store.aclose()
+        server.stop()
+
+
+def test_from_url_and_from_env_refuse_what_cannot_work() -> None:
+    with pytest.raises(ConfigurationError, match="scheme"):
+        RedisStore.from_url("http://127.0.0.1:6379")
+    with pytest.raises(ConfigurationError, match="not set"):
+        RedisStore.from_env({})
+    with pytest.raises(ConfigurationError, match="password or entra"):
+        RedisStore.from_env(
+            {"ENTRA_PASSTHROUGH_REDIS_URL": "redis://x", "ENTRA_PASSTHROUGH_REDIS_AUTH": "x"}
+        )
+    with pytest.raises(ConfigurationError, match="credential_provider"):
+        RedisStore.from_url("rediss://:pw@h:6380", credential_provider=object())
+    store = RedisStore.from_env(
+        {
+            "ENTRA_PASSTHROUGH_REDIS_URL": f"rediss://:pw@127.0.0.1:{free_port()}/0",
+            "ENTRA_PASSTHROUGH_REDIS_NAMESPACE": "app1:",
+        }
+    )
+    assert store.namespace == "app1:"
+    assert "pw" not in repr(store)
+
+
+def test_redis_package_is_the_one_the_extra_declares() -> None:
+    assert int(redis.__version__.split(".")[0]) >= 5
