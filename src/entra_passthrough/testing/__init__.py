@@ -10,6 +10,7 @@ See docs/emulator.md.
 
 from ._emulator import EntraEmulator
 from ._errors import StsError
+from ._toolbox import ToolboxRequest, ToolboxStandIn
 from ._world import (
     AZURE_CLI_CLIENT_ID,
     FOUNDRY_AUDIENCE,
@@ -39,6 +40,8 @@ __all__ = [
     "RoleAssignment",
     "StsError",
     "Tenant",
+    "ToolboxRequest",
+    "ToolboxStandIn",
     "User",
     "World",
     "stable_id",
