@@ -1,7 +1,10 @@
 """The ``entra-passthrough`` command line.
 
 Each subcommand lives next to the feature it runs and is imported only when used, so that
-``entra-passthrough inspect`` does not import the emulator, and a missing extra names itself.
+``entra-passthrough inspect`` does not import the emulator. The argument parsers of the commands
+that need an extra are defined here, with the core only, so ``--help`` and usage errors work on a
+core install; a missing extra is one line on stderr naming the extra to install (exit 2), never a
+traceback.
 """
 
 from __future__ import annotations
@@ -10,22 +13,93 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
-# name -> (module, function, help). The function takes the remaining argv and returns an exit code.
-_COMMANDS: dict[str, tuple[str, str, str]] = {
-    "demo": ("entra_passthrough._demo", "main", "run the end-to-end demo on loopback"),
-    "emulator": (
+from ._errors import MissingExtraError
+
+
+class _Command(NamedTuple):
+    module: str
+    function: str  # takes the remaining argv, returns an exit code
+    help: str
+    extra: str | None  # the extra the module needs (None: the core is enough)
+
+
+_COMMANDS: dict[str, _Command] = {
+    "demo": _Command(
+        "entra_passthrough._demo", "main", "run the end-to-end demo on loopback", "demo"
+    ),
+    "emulator": _Command(
         "entra_passthrough.testing._cli",
         "main",
         "run the local Entra emulator and print its world",
+        "testing",
     ),
-    "broker": ("entra_passthrough.consent._cli", "main", "run the consent broker"),
-    "inspect": (
+    "broker": _Command(
+        "entra_passthrough.consent._cli", "main", "run the consent broker", "consent"
+    ),
+    "inspect": _Command(
         "entra_passthrough._inspect",
         "main",
         "decode a token (unverified) and say which sources could use it",
+        None,
     ),
 }
+
+
+def _demo_args(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "The whole library on loopback, with no tenant and no network: a local Entra (the "
+        "emulator), an MCP server, two hosted agents and a consent broker; users send requests "
+        "concurrently and the demo checks what the MCP server saw. Exit 0 only if every check "
+        "passed."
+    )
+    parser.add_argument("--calls", type=int, default=3, help="requests per user (default 3)")
+
+
+def _emulator_args(parser: argparse.ArgumentParser) -> None:
+    parser.description = "Run the local Entra ID emulator (HTTPS on 127.0.0.1) until interrupted."
+    parser.add_argument("--port", type=int, default=0, help="HTTPS port (default: any free)")
+    parser.add_argument("--token-latency", type=float, default=0.0, help="seconds per token")
+    parser.add_argument("--config", help="world file (JSON or TOML)")
+    parser.add_argument("--state-file", help="write url, CA, ids, secrets as JSON")
+    parser.add_argument("--hide-secrets", action="store_true", help="do not print secrets")
+
+
+def _broker_args(parser: argparse.ArgumentParser) -> None:
+    parser.description = "Serve the consent broker over HTTPS."
+    parser.add_argument("--config", required=True, help="JSON config file (no secrets)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8443)
+    parser.add_argument("--certfile", help="TLS certificate PEM (required unless --insecure-http)")
+    parser.add_argument("--keyfile", help="TLS private key PEM")
+    parser.add_argument(
+        "--insecure-http", action="store_true", help="plain HTTP on loopback (development only)"
+    )
+
+
+_ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
+    "demo": _demo_args,
+    "emulator": _emulator_args,
+    "broker": _broker_args,
+}
+
+
+def parser_for(command: str) -> argparse.ArgumentParser:
+    """The argument parser of ``entra-passthrough <command>`` (built with the core only)."""
+    parser = argparse.ArgumentParser(prog=f"entra-passthrough {command}")
+    _ARGUMENTS[command](parser)
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _install_hint(extra: str) -> str:
+    return f"pip install 'entra-passthrough[{extra}]'"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -33,17 +107,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="entra-passthrough",
         description="Per-user Entra identity from agents to MCP servers and APIs.",
+        epilog="Run 'entra-passthrough COMMAND --help' for a command's options.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (_, _, help_text) in _COMMANDS.items():
-        sub.add_parser(name, help=help_text, add_help=False)
-    if not args or args[0] in ("-h", "--help") or args[0] not in _COMMANDS:
+    for name, command in _COMMANDS.items():
+        needs = f" (needs the '{command.extra}' extra)" if command.extra else ""
+        sub.add_parser(name, help=command.help + needs, add_help=False)
+    if not args or args[0] not in _COMMANDS:
+        try:
+            parser.parse_args(args)  # --help, --version, or an unknown command (usage, exit 2)
+        except SystemExit as exc:
+            return exc.code if isinstance(exc.code, int) else 2
         parser.print_help()
-        return 0 if not args or args[0] in ("-h", "--help") else 2
-    module_name, func_name, _ = _COMMANDS[args[0]]
-    module = importlib.import_module(module_name)
-    func: Callable[[list[str]], int] = getattr(module, func_name)
-    return func(args[1:])
+        return 0
+    name, rest = args[0], args[1:]
+    command = _COMMANDS[name]
+    if name in _ARGUMENTS:
+        # --help and usage errors before anything optional is imported.
+        try:
+            parser_for(name).parse_args(rest)
+        except SystemExit as exc:
+            return exc.code if isinstance(exc.code, int) else 2
+    try:
+        module = importlib.import_module(command.module)
+    except ImportError as exc:
+        extra = exc.extra if isinstance(exc, MissingExtraError) else command.extra
+        if extra is None:
+            raise
+        cause = exc.__cause__ if isinstance(exc.__cause__, ImportError) else exc
+        missing = f" (missing: {cause.name})" if cause.name else ""
+        sys.stderr.write(
+            f"entra-passthrough {name}: needs the '{extra}' extra, which is not installed"
+            f"{missing}. Fix: {_install_hint(extra)}\n"
+        )
+        return 2
+    func: Callable[[list[str]], int] = getattr(module, command.function)
+    try:
+        return func(rest)
+    except MissingExtraError as exc:
+        sys.stderr.write(f"entra-passthrough {name}: {exc}\n")
+        return 2
 
 
 if __name__ == "__main__":

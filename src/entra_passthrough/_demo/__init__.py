@@ -9,23 +9,27 @@ the demo checks what the MCP server saw. Exit status 0 only if every check passe
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
 import tempfile
 
-from . import _scenes
+from ..cli import parser_for
+
+try:
+    from . import _scenes
+except ImportError as _exc:
+    from .._errors import require_extra
+
+    raise require_extra("_demo", "demo", _exc) from _exc
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="entra-passthrough demo", description=__doc__)
-    parser.add_argument("--calls", type=int, default=3, help="requests per user (default 3)")
-    args = parser.parse_args(argv)
+    args = parser_for("demo").parse_args(argv)  # defined with the core only (--help works)
     # The demo prints its own table; the hosts' INFO chatter goes nowhere (warnings still show).
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     with tempfile.TemporaryDirectory(prefix="entra-demo-") as state:
-        # ResponsesHostServer keeps its state under AGENTSERVER_STATE_ROOT (FACTS.md).
+        # ResponsesHostServer keeps its state under AGENTSERVER_STATE_ROOT (a temporary folder).
         os.environ.setdefault("AGENTSERVER_STATE_ROOT", state)
         ok = asyncio.run(_scenes.run(calls=max(1, min(args.calls, 50))))
     return 0 if ok else 1

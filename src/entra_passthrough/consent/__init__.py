@@ -13,7 +13,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     from .._errors import require_extra
 
-    raise require_extra("consent", "mcp", exc) from exc
+    raise require_extra("consent", "consent", exc) from exc
 
 from .._grants import UserKey
 from .._store import Keyring, MemoryStore, TokenStore

@@ -14,15 +14,15 @@ Configuration is a JSON file with no secrets in it; secrets come from the enviro
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from typing import Any
 
-from .._errors import ConfigurationError
+from .._errors import ConfigurationError, require_extra
 from .._msal import PUBLIC_AUTHORITY_HOST, http_session
 from .._store import Keyring, MemoryStore
+from ..cli import parser_for
 
 _SECRET_ENV = "ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET"
 _CERT_ENV = "ENTRA_PASSTHROUGH_CONSENT_CLIENT_CERTIFICATE_PATH"
@@ -62,18 +62,7 @@ def build_broker(config: dict[str, Any], environ: dict[str, str] | None = None) 
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="entra-passthrough broker", description="Serve the consent broker over HTTPS."
-    )
-    parser.add_argument("--config", required=True, help="JSON config file (no secrets)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8443)
-    parser.add_argument("--certfile", help="TLS certificate PEM (required unless --insecure)")
-    parser.add_argument("--keyfile", help="TLS private key PEM")
-    parser.add_argument(
-        "--insecure-http", action="store_true", help="plain HTTP on loopback (development only)"
-    )
-    args = parser.parse_args(argv)
+    args = parser_for("broker").parse_args(argv)  # defined with the core only (--help works)
     try:
         with open(args.config, encoding="utf-8") as handle:
             config = json.load(handle)
@@ -89,7 +78,10 @@ def main(argv: list[str]) -> int:
     if args.insecure_http and args.host not in ("127.0.0.1", "localhost", "::1"):
         sys.stderr.write("entra-passthrough broker: --insecure-http is loopback only\n")
         return 2
-    import uvicorn
+    try:
+        import uvicorn
+    except ImportError as exc:
+        raise require_extra("consent", "consent", exc) from exc
 
     sys.stderr.write(
         "consent broker: WARNING the memory store is not shared with any agent process; "

@@ -8,9 +8,16 @@
 See docs/emulator.md.
 """
 
+from .._errors import require_extra
+
+try:  # the emulator serves HTTPS with starlette and uvicorn
+    import starlette as _starlette  # noqa: F401
+    import uvicorn as _uvicorn  # noqa: F401
+except ImportError as _exc:
+    raise require_extra("testing", "testing", _exc) from _exc
+
 from ._emulator import EntraEmulator
 from ._errors import StsError
-from ._toolbox import ToolboxRequest, ToolboxStandIn
 from ._world import (
     AZURE_CLI_CLIENT_ID,
     FOUNDRY_AUDIENCE,
@@ -40,8 +47,6 @@ __all__ = [
     "RoleAssignment",
     "StsError",
     "Tenant",
-    "ToolboxRequest",
-    "ToolboxStandIn",
     "User",
     "World",
     "stable_id",

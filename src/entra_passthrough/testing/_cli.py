@@ -7,7 +7,6 @@ and runs until SIGINT/SIGTERM.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -16,6 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from ..cli import parser_for
 from ._emulator import EntraEmulator
 from ._world import World
 
@@ -142,20 +142,13 @@ def _az_state(idp: EntraEmulator) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="entra-passthrough emulator",
-        description="Run the local Entra ID emulator (HTTPS on 127.0.0.1) until interrupted.",
-    )
-    parser.add_argument("--port", type=int, default=0, help="HTTPS port (default: any free)")
-    parser.add_argument("--token-latency", type=float, default=0.0, help="seconds per token")
-    parser.add_argument("--config", type=Path, help="world file (JSON or TOML)")
-    parser.add_argument("--state-file", type=Path, help="write url, CA, ids, secrets as JSON")
-    parser.add_argument("--hide-secrets", action="store_true", help="do not print secrets")
-    args = parser.parse_args(argv)
+    args = parser_for("emulator").parse_args(argv)  # defined with the core only (--help works)
+    config = Path(args.config) if args.config else None
+    state_file = Path(args.state_file) if args.state_file else None
     try:
-        world = World.from_file(args.config) if args.config else World.default()
+        world = World.from_file(config) if config else World.default()
     except (OSError, ValueError, KeyError, TypeError) as exc:  # TOMLDecodeError is a ValueError
-        sys.stderr.write(f"entra-passthrough emulator: cannot load {args.config}: {exc!r}\n")
+        sys.stderr.write(f"entra-passthrough emulator: cannot load {config}: {exc!r}\n")
         return 2
     stop = threading.Event()
 
@@ -167,11 +160,11 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     with EntraEmulator(world=world, port=args.port, token_latency=args.token_latency) as idp:
         _say(describe(idp, show_secrets=not args.hide_secrets))
-        if args.state_file:
-            tmp = args.state_file.with_suffix(args.state_file.suffix + ".tmp")
+        if state_file:
+            tmp = state_file.with_suffix(state_file.suffix + ".tmp")
             tmp.write_text(json.dumps(state(idp), indent=2), encoding="utf-8")
             os.chmod(tmp, 0o600)
-            tmp.replace(args.state_file)  # atomic: readers never see a partial file
+            tmp.replace(state_file)  # atomic: readers never see a partial file
         _say("\nReady. Ctrl+C to stop.")
         while not stop.wait(3600):
             pass

@@ -1,4 +1,9 @@
-"""pytest plugin (entry point ``pytest11``): the ``entra_emulator`` fixtures.
+"""The ``entra_emulator`` fixtures, for ``pytest_plugins = ["entra_passthrough.testing.pytest_plugin"]``.
+
+An installed package already registers them (entry point ``pytest11`` named ``entra_emulator``,
+module ``_entra_passthrough_pytest``, which imports nothing optional); this module is for projects
+that run with ``-p no:entra_emulator`` or ``PYTEST_DISABLE_PLUGIN_AUTOLOAD`` and load the fixtures
+explicitly.
 
 - ``entra_emulator``: one emulator for the whole session (fast; shared: do not assume fresh stats,
   call ``idp.reset_stats()`` or diff ``idp.stats()``; undo the consent/faults you change).
@@ -7,20 +12,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from _entra_passthrough_pytest import entra_emulator, entra_emulator_fresh
 
-import pytest
-
-from ._emulator import EntraEmulator
-
-
-@pytest.fixture(scope="session")
-def entra_emulator() -> Iterator[EntraEmulator]:
-    with EntraEmulator() as idp:
-        yield idp
-
-
-@pytest.fixture
-def entra_emulator_fresh() -> Iterator[EntraEmulator]:
-    with EntraEmulator() as idp:
-        yield idp
+__all__ = ["entra_emulator", "entra_emulator_fresh"]

@@ -1,0 +1,166 @@
+"""A core-only install (the wheel, no extra) breaks nothing: not the user's tests, not the CLI.
+
+Each test fails on the layout this replaced: the pytest11 plugin imported starlette at start-up
+(every pytest run in a core-only project exited 3), ``demo --help``/``emulator --help`` printed a
+``ModuleNotFoundError`` traceback, ``broker --help`` named the wrong extra, and
+``import entra_passthrough.testing`` raised a raw ``ModuleNotFoundError``.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from ._venv import Venv, check, run
+
+pytestmark = pytest.mark.slow
+
+OPTIONAL = {"starlette", "uvicorn", "mcp", "agent-framework-core", "redis", "aiohttp"}
+
+
+def test_the_core_install_has_no_optional_package(core_venv: Venv) -> None:
+    installed = core_venv.installed()
+    assert "entra-passthrough" in installed
+    assert not installed & OPTIONAL, installed & OPTIONAL
+
+
+def _project(tmp_path: Path, test_body: str) -> Path:
+    project = tmp_path / "someone_elses_project"
+    project.mkdir()
+    (project / "pyproject.toml").write_text(
+        textwrap.dedent(
+            """\
+            [project]
+            name = "unrelated"
+            version = "1"
+            [tool.pytest.ini_options]
+            addopts = "-p no:cacheprovider --strict-markers"
+            filterwarnings = ["error"]
+            """
+        )
+    )
+    (project / "test_unrelated.py").write_text(textwrap.dedent(test_body))
+    return project
+
+
+def test_pytest_runs_in_an_unrelated_project(core_venv: Venv, tmp_path: Path) -> None:
+    project = _project(
+        tmp_path,
+        """\
+        import sys
+
+        def test_plain():
+            assert 1 + 1 == 2
+
+        def test_loading_the_plugin_imported_nothing_optional(pytestconfig):
+            assert pytestconfig.pluginmanager.has_plugin("entra_emulator")
+            assert "entra_passthrough" not in sys.modules  # not even the library
+            assert "starlette" not in sys.modules
+        """,
+    )
+    proc = run([core_venv.python, "-m", "pytest", "-q"], cwd=project)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2 passed" in proc.stdout
+
+
+def test_the_fixture_without_the_extra_names_it(core_venv: Venv, tmp_path: Path) -> None:
+    project = _project(
+        tmp_path,
+        """\
+        def test_uses_the_emulator(entra_emulator):
+            pass
+
+        def test_other():
+            pass
+        """,
+    )
+    proc = run([core_venv.python, "-m", "pytest", "-q"], cwd=project)
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # one error, not an internal error (3)
+    assert "1 passed, 1 error" in proc.stdout
+    assert "MissingExtraError" in proc.stdout
+    assert "pip install 'entra-passthrough[testing]'" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["demo", "--help"],
+        ["emulator", "--help"],
+        ["broker", "--help"],
+        ["inspect", "--help"],
+    ],
+)
+def test_every_help_works_without_extras(core_venv: Venv, argv: list[str]) -> None:
+    proc = run([core_venv.bin("entra-passthrough"), *argv])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: entra-passthrough")
+    assert proc.stderr == ""
+
+
+def test_version(core_venv: Venv) -> None:
+    out = check([core_venv.bin("entra-passthrough"), "--version"])
+    meta = check(
+        [
+            core_venv.python,
+            "-c",
+            "import importlib.metadata as m; print(m.version('entra-passthrough'))",
+        ]
+    )
+    assert out.strip() == f"entra-passthrough {meta.strip()}"
+    init = check(
+        [core_venv.python, "-c", "import entra_passthrough; print(entra_passthrough.__version__)"]
+    )
+    assert init.strip() == meta.strip()
+
+
+@pytest.mark.parametrize(
+    ("argv", "extra"),
+    [
+        (["demo"], "demo"),
+        (["emulator"], "testing"),
+        (["broker", "--config", "broker.json", "--insecure-http"], "consent"),
+    ],
+)
+def test_a_missing_extra_is_one_line_naming_it(
+    core_venv: Venv, tmp_path: Path, argv: list[str], extra: str
+) -> None:
+    proc = run([core_venv.bin("entra-passthrough"), *argv], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert f"pip install 'entra-passthrough[{extra}]'" in proc.stderr
+    assert proc.stdout == ""
+
+
+_IMPORT = """\
+import importlib, json, sys
+out = {}
+for name in sys.argv[1:]:
+    try:
+        importlib.import_module(name)
+    except ImportError as exc:
+        out[name] = [type(exc).__name__, getattr(exc, "extra", None), str(exc)]
+    else:
+        out[name] = None
+print(json.dumps(out))
+"""
+
+
+def test_integrations_raise_missing_extra_alike(core_venv: Venv) -> None:
+    expected = {
+        "entra_passthrough.testing": "testing",
+        "entra_passthrough.consent": "consent",
+        "entra_passthrough.agent_framework": "agent-framework",
+        "entra_passthrough.mcp": "mcp",
+        "entra_passthrough.server": "mcp",
+    }
+    found = json.loads(check([core_venv.python, "-c", _IMPORT, "entra_passthrough", *expected]))
+    assert found.pop("entra_passthrough") is None  # the core imports
+    for module, extra in expected.items():
+        kind, got_extra, message = found[module]
+        assert (kind, got_extra) == ("MissingExtraError", extra), (module, found[module])
+        assert f"pip install 'entra-passthrough[{extra}]'" in message
