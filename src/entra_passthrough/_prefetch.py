@@ -17,6 +17,7 @@ from types import TracebackType
 
 from ._caller import Caller, active_caller
 from ._errors import ConfigurationError
+from ._jwt import JwtDecodeError, UnverifiedClaims
 from ._types import IdentityKind, TokenResult
 
 
@@ -24,7 +25,25 @@ from ._types import IdentityKind, TokenResult
 class _Prefetched:
     caller: Caller | None
     tokens: Mapping[tuple[str, ...], TokenResult]
+    #: Until when each token may be applied: its own expiry (see ``_own_expiry``).
+    until: Mapping[tuple[str, ...], float]
     active: bool = True
+
+
+def _own_expiry(result: TokenResult) -> float:
+    """The token's own ``exp`` when it is a JWT, else ``result.expires_on``.
+
+    ``expires_on`` of a cached result is capped at the caller's assertion expiry (the cache must
+    not serve it to a caller that is gone). A token already resolved for *this* call stays
+    valid for this call until the resource would refuse it: if the binding lapsed at the cap,
+    the transport would acquire again, OBO would refuse the expired assertion, and the request
+    would go out without a token.
+    """
+    try:
+        exp = UnverifiedClaims.from_token(result.token).exp
+    except (JwtDecodeError, ValueError, OverflowError):  # opaque or unreadable: the result's
+        return result.expires_on
+    return max(result.expires_on, exp) if exp is not None else result.expires_on
 
 
 _prefetched: ContextVar[_Prefetched | None] = ContextVar(
@@ -60,10 +79,14 @@ class use_token:
             )
         outer = _prefetched.get()
         tokens: dict[tuple[str, ...], TokenResult] = {}
+        until: dict[tuple[str, ...], float] = {}
         if outer is not None and outer.active and outer.caller is caller:
             tokens.update(outer.tokens)
-        tokens[scope_key(scopes)] = result
-        self._binding = _Prefetched(caller=caller, tokens=tokens)
+            until.update(outer.until)
+        key = scope_key(scopes)
+        tokens[key] = result
+        until[key] = _own_expiry(result)
+        self._binding = _Prefetched(caller=caller, tokens=tokens, until=until)
         self._result = result
         self._reset: Token[_Prefetched | None] | None = None
 
@@ -91,6 +114,6 @@ def prefetched_for(caller: Caller | None, key: tuple[str, ...]) -> TokenResult |
     if binding is None or not binding.active or binding.caller is not caller:
         return None
     result = binding.tokens.get(key)
-    if result is None or result.expires_on <= time.time():
+    if result is None or binding.until.get(key, result.expires_on) <= time.time():
         return None
     return result

@@ -28,8 +28,10 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from importlib import metadata
 from typing import Any
@@ -131,15 +133,133 @@ def _client_with(
     builds its clients here too). Redirects are not followed: the mcp SDK follows same-origin
     redirects itself. Cookies are neither stored nor sent (as in agent-framework's own client):
     one connection serves every user, and a cookie set on one user's response would ride on the
-    next user's requests."""
+    next user's requests. The transport is wrapped in ``_CallGuard`` (see ``call_attempt``)."""
     client = httpx2.AsyncClient(
         follow_redirects=False,
         timeout=timeout,
-        verify=verify,
+        transport=_CallGuard(httpx2.AsyncHTTPTransport(verify=verify)),
         cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
     )
     auth.install(client)
     return client
+
+
+# -- one call's requests: sent with its token or not at all, and what became of them ------------
+
+
+@dataclass(eq=False, slots=True)
+class CallAttempt:
+    """What happened to the requests one call made (``call_attempt``): whether a ``tools/call``
+    may have reached the server (``sent``), or why none left (``not_sent``: ``"no_token"`` when
+    a request had no ``Authorization`` and was not sent, ``"connect"`` when the connection to
+    the server could not be opened), and the type of a transport error after sending."""
+
+    require_token: bool = True
+    sent: bool = False
+    not_sent: str | None = None
+    transport_error: str | None = None
+
+    @property
+    def never_left(self) -> bool:
+        """True when no ``tools/call`` of this attempt can have reached the server."""
+        return not self.sent
+
+
+_attempt: ContextVar[CallAttempt | None] = ContextVar("entra_passthrough.mcp_attempt", default=None)
+
+#: Raised by httpx2 before a byte of the request was written.
+_NOT_SENT_ERRORS = (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout)
+
+
+@contextmanager
+def call_attempt(*, require_token: bool = True) -> Iterator[CallAttempt]:
+    """Track the requests made in this task (mcp 2.x sends each POST in the sender's context)
+    for one call. Inside it, the transport (``_CallGuard``):
+
+    * never sends a request without ``Authorization`` when ``require_token`` (the token could
+      not be applied: the request is answered locally with a JSON-RPC error, nothing leaves);
+    * records whether a ``tools/call`` was handed to the network (``sent``), so that a call whose
+      request provably never left can be retried and any other never is;
+    * answers a transport error of a JSON-RPC request with a JSON-RPC error for *that* request
+      instead of raising, which in the mcp SDK would tear the connection down for every other
+      call in flight.
+    """
+    attempt = CallAttempt(require_token=require_token)
+    reset = _attempt.set(attempt)
+    try:
+        yield attempt
+    finally:
+        _attempt.reset(reset)
+
+
+def _rpc_of(request: httpx2.Request) -> tuple[Any, str | None]:
+    try:
+        body = json.loads(request.content)
+    except (ValueError, httpx2.RequestNotRead):
+        return None, None
+    if not isinstance(body, dict):
+        return None, None
+    method = body.get("method")
+    return body.get("id"), method if isinstance(method, str) else None
+
+
+def _local_error(request: httpx2.Request, rpc_id: Any, message: str) -> httpx2.Response:
+    from mcp_types import INTERNAL_ERROR
+
+    body = {"jsonrpc": "2.0", "id": rpc_id, "error": {"code": INTERNAL_ERROR, "message": message}}
+    return httpx2.Response(
+        200,
+        headers={"content-type": "application/json"},
+        content=json.dumps(body).encode(),
+        request=request,
+    )
+
+
+class _CallGuard(httpx2.AsyncBaseTransport):
+    """The MCP client's transport: outside ``call_attempt`` it only forwards; inside, see
+    ``call_attempt``."""
+
+    def __init__(self, inner: httpx2.AsyncBaseTransport) -> None:
+        self._inner = inner
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        attempt = _attempt.get()
+        if attempt is None or request.method != "POST":
+            return await self._inner.handle_async_request(request)
+        rpc_id, method = _rpc_of(request)
+        if attempt.require_token and "authorization" not in request.headers:
+            attempt.not_sent = attempt.not_sent or "no_token"
+            if rpc_id is None:
+                # A notification (e.g. a cancel): nothing to answer, nothing sent.
+                return httpx2.Response(202, request=request)
+            return _local_error(
+                request, rpc_id, "entra_passthrough: not sent, no token could be applied"
+            )
+        is_call = method == "tools/call"
+        was_sent = attempt.sent
+        if is_call:
+            attempt.sent = True  # from here on it may reach the server
+        try:
+            response = await self._inner.handle_async_request(request)
+        except _NOT_SENT_ERRORS as exc:
+            attempt.sent = was_sent
+            attempt.not_sent = attempt.not_sent or "connect"
+            if rpc_id is None:
+                raise
+            return _local_error(
+                request, rpc_id, f"entra_passthrough: not sent ({type(exc).__name__})"
+            )
+        except httpx2.TransportError as exc:
+            attempt.transport_error = type(exc).__name__
+            if rpc_id is None:
+                raise
+            return _local_error(
+                request, rpc_id, f"entra_passthrough: connection lost ({type(exc).__name__})"
+            )
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 def auth_of(target: httpx2.AsyncClient | EntraAuth) -> EntraAuth:
@@ -179,7 +299,7 @@ async def entra_call(target: httpx2.AsyncClient | EntraAuth) -> AsyncIterator[To
         # than send the call without a token.
         raise NoCallerError()
     failure: BaseException | None = None
-    with auth.use(result):
+    with auth.use(result), call_attempt():
         try:
             yield result
         except BaseException as exc:

@@ -31,15 +31,17 @@ except ImportError as _exc:  # pragma: no cover - exercised only without the ext
         raise
     raise require_extra("agent_framework", "agent-framework", _exc) from _exc
 
+from .._auth import EntraAuth
 from .._flow import Chain
 from ._hosting import BackgroundRunCallers, end_run_caller, install
 from ._middleware import EntraToolMiddleware, entra_function_middleware
-from ._pool import EntraMCPToolPool, PoolOptions, pool_key
-from ._signals import consent_exception, is_dead_connection
+from ._pool import EntraMCPToolPool, PoolOptions, issued_pool_key, pool_key
+from ._signals import CallOutcomeUnknown, consent_exception, is_dead_connection
 from ._tool import EntraMCPTool
 
 __all__ = [
     "BackgroundRunCallers",
+    "CallOutcomeUnknown",
     "EntraMCPTool",
     "EntraMCPToolPool",
     "EntraToolMiddleware",
@@ -51,6 +53,7 @@ __all__ = [
     "entra_middleware",
     "install",
     "is_dead_connection",
+    "issued_pool_key",
     "pool_key",
 ]
 
@@ -191,7 +194,16 @@ def entra_mcp_tool(
     def make(pool: EntraMCPToolPool, key: str) -> EntraMCPTool:
         return EntraMCPTool(name, url, mode="per_user", pool=pool, pool_key=key, **options)
 
-    return EntraMCPToolPool(make, options=pool_options, name=name)
+    # The pool resolves each caller's token before leasing and keys by the identity Entra
+    # issued (see EntraMCPToolPool); record mode: nothing here raises inside a transport.
+    resolver = EntraAuth(
+        chain,
+        scopes=scopes,
+        origins=allowed,
+        on_error="record",
+        client_capabilities=client_capabilities,
+    )
+    return EntraMCPToolPool(make, resolve=resolver.acquire_async, options=pool_options, name=name)
 
 
 def entra_middleware(*, server_label: str | None = None) -> list[Any]:

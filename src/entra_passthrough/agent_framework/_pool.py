@@ -2,10 +2,16 @@
 that opened it (mcp 1.x-style stateful servers: another user's token on that session gets 404
 "Session not found") or that filter ``tools/list`` per user.
 
-One ``EntraMCPTool`` per user (keyed by tenant + object id), each with its own session and tool
-list, discovered with that user's token. Users run concurrently on their own connections: no
-global lock, no reconnect when the next request belongs to another user. Connections idle for
-``idle_timeout`` are closed; at ``max_connections`` the least recently used idle one is closed.
+One ``EntraMCPTool`` per user, each with its own session and tool list, discovered with that
+user's token. The key is the identity *Entra issued*: before leasing, the pool resolves the
+caller's token for the MCP server (OBO: Entra refuses a forged or expired assertion) and keys the
+connection by the ``tid``/``oid`` of that token, which came straight from Entra over TLS. An
+unsigned token that copies another user's ``tid``/``oid`` gets no token, hence no connection;
+an opaque downstream token falls back to the claims a verifier checked (``CallerMiddleware(
+verifier=...)``), and without either the pool refuses to lease. Users run concurrently on their
+own connections: no global lock, no reconnect when the next request belongs to another user.
+Connections idle for ``idle_timeout`` are closed; at ``max_connections`` the least recently used
+idle one is closed.
 The per-request hook is ``ResponsesHostServer(agent=<factory>)``::
 
     pool = entra_mcp_tool("files", url, chain=chain, scopes=[...], per_user=True)
@@ -23,15 +29,21 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 
 from .._caller import Caller, active_caller
 from .._errors import ConfigurationError, NoCallerError
+from .._jwt import JwtDecodeError, UnverifiedClaims
+from .._types import IdentityKind, TokenResult
 from ._tool import EntraMCPTool
 
-__all__ = ["EntraMCPToolPool", "PoolOptions", "pool_key"]
+__all__ = ["EntraMCPToolPool", "PoolOptions", "issued_pool_key", "pool_key"]
+
+#: A lease handed out but never entered (an agent factory that failed) stops pinning its
+#: connection after this long.
+_PENDING_LEASE_SECONDS = 120.0
 
 _log = logging.getLogger("entra_passthrough.agent_framework")
 
@@ -54,9 +66,25 @@ class PoolOptions:
             raise ConfigurationError("PoolOptions.idle_timeout must be > 0 seconds")
 
 
+def issued_pool_key(result: TokenResult, caller: Caller) -> str | None:
+    """``entra:<tid>:<oid>`` from the token Entra issued for the MCP server (a JWT), else
+    ``verified:<tid>:<oid>`` from the claims a verifier checked, else ``None`` (no pooling:
+    the caller's own claims are unverified and could copy another user's)."""
+    if result.kind is IdentityKind.USER:
+        try:
+            claims = UnverifiedClaims.from_token(result.token)
+        except (JwtDecodeError, ValueError, OverflowError):
+            claims = None
+        if claims is not None and claims.tid and claims.oid:
+            return f"entra:{claims.tid}:{claims.oid}"
+    key = pool_key(caller)
+    return key if key is not None and key.startswith("verified:") else None
+
+
 def pool_key(caller: Caller) -> str | None:
     """``tid:oid`` of the caller: from verified claims when a verifier ran, else from the routing
-    claims (each call then checks that the token Entra issued names the same user)."""
+    claims. The pool itself keys by ``issued_pool_key`` (the identity Entra issued); this one
+    is for routing and logs only."""
     if caller.verified is not None:
         tid, oid = caller.verified.get("tid"), caller.verified.get("oid")
         if isinstance(tid, str) and isinstance(oid, str) and tid and oid:
@@ -78,10 +106,12 @@ class EntraMCPToolPool:
         self,
         make_tool: Callable[[EntraMCPToolPool, str], EntraMCPTool],
         *,
+        resolve: Callable[[], Awaitable[TokenResult | None]],
         options: PoolOptions | None = None,
         name: str = "mcp",
     ) -> None:
         self._make_tool = make_tool
+        self._resolve = resolve
         self.options = options or PoolOptions()
         self.name = name
         self._tools: OrderedDict[str, EntraMCPTool] = OrderedDict()
@@ -98,22 +128,36 @@ class EntraMCPToolPool:
 
     async def tool(self) -> EntraMCPTool:
         """The current caller's connection (created on first use; connected when the agent
-        opens it). Raises ``NoCallerError`` without an active caller that names a user."""
+        opens it). Resolves the caller's token first: its typed error (``ConsentRequired``, a
+        refused audience...) raises here and nothing is leased. Raises ``NoCallerError``
+        without an active caller whose token Entra issued for a user (or a verified one)."""
         if self._closed:
             raise ConfigurationError(f"the MCP connection pool {self.name!r} is closed")
         caller = active_caller()
-        key = pool_key(caller) if caller is not None else None
-        if caller is None or key is None:
+        if caller is None:
+            raise NoCallerError(f"The per-user MCP pool {self.name!r} needs an active caller.")
+        result = await self._resolve()
+        key = issued_pool_key(result, caller) if result is not None else None
+        if key is None:
             raise NoCallerError(
-                f"The per-user MCP pool {self.name!r} needs an active caller whose token names "
-                "a user (tid and oid claims)."
+                f"The per-user MCP pool {self.name!r} found no identity to key the caller's "
+                "connection by: the token Entra issued for the MCP server names no user "
+                "(tid/oid) and no verifier checked the caller's token.",
+                fix="add CallerMiddleware(verifier=JwtVerifier(...)) (install(app, verifier=...))"
+                " or use a token source that returns JWT access tokens",
             )
         async with self._lock:
+            if self._closed:
+                raise ConfigurationError(f"the MCP connection pool {self.name!r} is closed")
             tool = self._tools.get(key)
             if tool is None:
                 tool = self._make_tool(self, key)
                 self._tools[key] = tool
             self._tools.move_to_end(key)
+            # Counted as leased from this moment (the agent enters it later): neither the
+            # victims below nor the reaper can pick it.
+            tool._pending += 1
+            tool._pending_until = time.monotonic() + _PENDING_LEASE_SECONDS
             tool._lease(caller)
             victims = self._select_victims()
         for victim in victims:
@@ -125,7 +169,7 @@ class EntraMCPToolPool:
         now = time.monotonic()
         victims: list[EntraMCPTool] = []
         for key, tool in list(self._tools.items()):
-            idle = tool._leases == 0 and now - tool.last_used >= self.options.idle_timeout
+            idle = not tool._busy(now) and now - tool.last_used >= self.options.idle_timeout
             if idle:
                 victims.append(self._tools.pop(key))
         # Over the bound: the least recently used idle connections go first.
@@ -133,14 +177,14 @@ class EntraMCPToolPool:
         for key, tool in list(self._tools.items()):
             if over <= 0:
                 break
-            if tool._leases == 0:
+            if not tool._busy(now):
                 victims.append(self._tools.pop(key))
                 over -= 1
         return victims
 
     def _close_later(self, tool: EntraMCPTool) -> None:
         tool._retired = True
-        if tool._leases:
+        if tool._busy(time.monotonic()):
             return  # the last lease's __aexit__ closes it
         task = asyncio.create_task(self._close_tool(tool), name=f"mcp-pool-close:{self.name}")
         self._closing.add(task)

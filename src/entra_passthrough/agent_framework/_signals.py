@@ -1,5 +1,6 @@
-"""What failures mean: a dead MCP connection (reconnect and retry) or a consent to show
-(``oauth_consent_request``)."""
+"""What failures mean: a dead MCP connection, a session the server refused, a call whose outcome
+is unknown (never retried), a consent to show (``oauth_consent_request``), or an explanation the
+hosted agent's client must see."""
 
 from __future__ import annotations
 
@@ -14,10 +15,19 @@ from .._errors import ConsentRequired
 from ..mcp import FOUNDRY_CONSENT_REQUIRED, _walk
 
 __all__ = [
+    "CallOutcomeUnknown",
     "consent_exception",
     "gateway_shaped",
     "is_dead_connection",
+    "is_session_refused",
+    "public_failure",
 ]
+
+
+class CallOutcomeUnknown(ToolException):
+    """A ``tools/call`` whose request may have reached the MCP server when the connection was
+    lost: it may have run. It is never resent automatically (that could run it twice); the
+    message tells the model to check before calling again."""
 
 
 _DEAD_TRANSPORT = (
@@ -51,6 +61,44 @@ def is_dead_connection(exc: BaseException) -> bool:
         ):
             return True
     return False
+
+
+def is_session_refused(exc: BaseException) -> bool:
+    """True for a 404 "Session not found"/"Session terminated" on a legacy (mcp 1.x-style)
+    session: the server refused the session before running the request."""
+    from mcp import MCPError
+
+    for current in _walk(exc):
+        if isinstance(current, MCPError):
+            message = current.error.message.lower()
+            if "session not found" in message or "session terminated" in message:
+                return True
+    return False
+
+
+def _public_failure_type() -> type[Exception] | None:
+    try:  # azure-ai-agentserver / agent-framework-foundry-hosting: tests guard this seam
+        from agent_framework_foundry_hosting._responses import _PublicResponseFailure
+    except ImportError:  # pragma: no cover - hosting not installed
+        return None
+    return _PublicResponseFailure
+
+
+def public_failure(exc: Exception) -> Exception:
+    """``exc`` in the shape ``ResponsesHostServer`` shows to its client (its message instead of
+    a bare "server_error"), for failures raised while the agent connects its tools: a caller
+    whose token cannot work (e.g. a token for https://ai.azure.com, refused by the policy).
+    Without the hosting package, ``exc`` itself. The message of our typed errors never holds a
+    token."""
+    kind = _public_failure_type()
+    if kind is None or isinstance(exc, kind):
+        return exc
+    return kind(exc, str(exc))
+
+
+def is_public_failure(exc: BaseException) -> bool:
+    kind = _public_failure_type()
+    return kind is not None and isinstance(exc, kind)
 
 
 def consent_exception(

@@ -12,11 +12,22 @@ What the plain tool gets wrong (FACTS.md) and what this subclass does about it:
   transport (typed errors such as ``ConsentRequired`` surface in the agent run), and handed to
   the transport with ``use_token``; the transport's ``EntraAuth`` uses ``on_error="record"``
   and never raises (an exception there kills the connection for every user).
-* The tool does not recover from a dead connection (-32000 "Connection closed", an unreachable
-  server) or a lost legacy session (404 "Session not found"): we reconnect once per dead
-  connection (a generation counter, so 32 concurrent failures make one reconnect) and retry the
-  call once. (Like agent-framework's own retry on a closed stream: a call in flight when the
-  connection dropped may have run on the server already.)
+* At most once. A ``tools/call`` is sent again only when it provably never left: the
+  connection was dead before it was written (closed stream, "not connected"), the TCP connect
+  failed, or it was refused locally for want of a token it would have had after re-resolving.
+  A call whose request may have reached the server is never resent: it fails with
+  ``CallOutcomeUnknown`` (the model can check and decide). agent-framework's own retry on a
+  closed connection is switched off for tool calls. A 404 "Session not found"/"Session
+  terminated" is the server refusing the session before running anything: reconnect, retry.
+* Reconnects converge: one reconnect per dead connection (a generation counter, bumped only
+  once the new connection is up), and calls that arrive while it runs wait for it (bounded).
+* Every ``tools/call`` carries its user's token or is not sent: resolved in the call's task
+  before each attempt (so after a reconnect too), applied until the token's own expiry, and
+  the transport (``mcp.call_attempt``) answers locally, sending nothing, for a request in which
+  no token could be applied.
+* A shared tool notices a server that binds sessions to principals (404 on a session after an
+  identity switch, twice in a row) and then fails every call at once with a message to use
+  ``per_user=True``: never a reconnect per call.
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import random
 import time
 from collections.abc import Collection, Sequence
 from contextlib import _AsyncGeneratorContextManager
@@ -37,11 +49,16 @@ from agent_framework._mcp import (  # pinned agent-framework-core 1.23 (tests gu
     MCP_DEFAULT_TIMEOUT,
     _mcp_call_headers,
 )
-from agent_framework.exceptions import ToolException, UserInputRequiredException
+from agent_framework.exceptions import (
+    ToolException,
+    ToolExecutionException,
+    UserInputRequiredException,
+)
 
 from .._auth import EntraAuth
 from .._caller import Caller, _set_current, active_caller
 from .._errors import (
+    ConfigurationError,
     EntraPassthroughError,
     NoCallerError,
     PolicyViolation,
@@ -50,8 +67,22 @@ from .._errors import (
 from .._flow import Chain
 from .._jwt import JwtDecodeError, UnverifiedClaims
 from .._types import IdentityKind, TokenResult
-from ..mcp import _client_with, consent_from_exception, url_elicitation_as_error
-from ._signals import consent_exception, gateway_shaped, is_dead_connection
+from ..mcp import (
+    CallAttempt,
+    _client_with,
+    call_attempt,
+    consent_from_exception,
+    url_elicitation_as_error,
+)
+from ._signals import (
+    CallOutcomeUnknown,
+    consent_exception,
+    gateway_shaped,
+    is_dead_connection,
+    is_public_failure,
+    is_session_refused,
+    public_failure,
+)
 
 if TYPE_CHECKING:
     from ._pool import EntraMCPToolPool
@@ -61,6 +92,12 @@ __all__ = ["EntraMCPTool"]
 _log = logging.getLogger("entra_passthrough.agent_framework")
 
 Mode = Literal["shared", "per_user"]
+
+#: A call that provably never left is tried again within this window, at most this many times.
+_RETRY_WINDOW = 15.0
+_MAX_ATTEMPTS = 6
+#: How long a call waits for a reconnect in progress before it is sent anyway.
+_RECONNECT_WAIT = 30.0
 
 
 class EntraMCPTool(MCPStreamableHTTPTool):
@@ -130,8 +167,18 @@ class EntraMCPTool(MCPStreamableHTTPTool):
         self._connect_lock = asyncio.Lock()
         self._generation = 0
         self._leases = 0
+        # Leases handed out by the pool but not yet entered (the agent factory runs between):
+        # counted from the moment the pool hands the tool out, so eviction never picks it.
+        self._pending = 0
+        self._pending_until = 0.0
         self._retired = False
         self.last_used = time.monotonic()
+        # Shared mode: who opened the current session (oid, None for the app or nobody), and
+        # whether the server was seen to bind sessions to the principal that opened them.
+        self._session_owner: str | None = None
+        self._bound_suspect = False
+        self._principal_bound = False
+        self._background: set[asyncio.Task[None]] = set()
 
     @property
     def auth(self) -> EntraAuth:
@@ -170,9 +217,11 @@ class EntraMCPTool(MCPStreamableHTTPTool):
 
     def _reset_lifecycle_vars(self) -> None:
         from .._prefetch import _prefetched
+        from ..mcp import _attempt
 
         _mcp_call_headers.set(None)
         _prefetched.set(None)
+        _attempt.set(None)
         _set_current(self._lifecycle_caller)
 
     async def _connect_on_owner(
@@ -240,6 +289,11 @@ class EntraMCPTool(MCPStreamableHTTPTool):
             if not reset and self.is_connected and self._tools_loaded:
                 return  # e.g. a second lease while the first one's connect was in flight
             chosen = await self._discovery_caller(trigger)
+            if chosen is not None:
+                # Resolve the token of whoever the connect acts for *before* any request: a
+                # caller whose token cannot work (a Foundry-audience token, no consent...) makes
+                # no request at all, and gets the explanation.
+                await self._preflight(chosen)
             if reset:
                 # Close the old connection first, acting for nobody (shared) or its own user
                 # (pooled): its DELETE must not carry the token of whoever triggered the reset.
@@ -247,7 +301,6 @@ class EntraMCPTool(MCPStreamableHTTPTool):
                     self._set_lifecycle_caller(None)
                 await super().close()
                 reset = False
-                self._generation += 1
             if self.mode == "shared" and chosen is not None:
                 # A copy that ends with this connect: tasks the transport starts now (GET
                 # stream, subscriptions) snapshot the context, and must not keep acting for the
@@ -268,6 +321,26 @@ class EntraMCPTool(MCPStreamableHTTPTool):
                     self._set_lifecycle_caller(None)
                     if chosen is not None:
                         chosen.end()
+            # Published only now that the new connection is up: a call that saw the old one
+            # die with the old generation cannot tear this one down.
+            self._generation += 1
+            self._session_owner = _oid_of(chosen)
+
+    async def _preflight(self, chosen: Caller) -> None:
+        # Resolved as ``chosen`` (the trigger, or a pooled connection's own user).
+        ctx = contextvars.copy_context()
+        ctx.run(_set_current, chosen)
+        try:
+            result = await asyncio.create_task(self._entra_auth.acquire_async(), context=ctx)
+        except Exception as exc:
+            consent = consent_from_exception(exc, server_label=self.server_label)
+            if consent is not None:
+                raise gateway_shaped(consent, server_label=self.server_label) from exc
+            if isinstance(exc, EntraPassthroughError):
+                raise public_failure(exc) from exc
+            raise
+        if result is None and self.mode == "per_user":
+            raise public_failure(NoCallerError())
 
     def _connect_failure(self, exc: Exception, chosen: Caller | None) -> Exception:
         recorded = (chosen.take_errors() if chosen is not None else []) + (
@@ -301,9 +374,21 @@ class EntraMCPTool(MCPStreamableHTTPTool):
 
     async def __aenter__(self) -> EntraMCPTool:
         if self._pool is None:
-            await super().__aenter__()
+            try:
+                await self.connect()
+            except ToolException:
+                raise
+            except Exception as exc:
+                if is_public_failure(exc):
+                    raise  # already the host's public shape: the client sees the explanation
+                await self.close()
+                raise ToolExecutionException(
+                    "Failed to enter context manager.", inner_exception=exc
+                ) from exc
             return self
         self._leases += 1
+        if self._pending:
+            self._pending -= 1
         try:
             # Always through the connect lock: is_connected turns true before the tools are
             # loaded, and a concurrent lease must not expose an empty tool list.
@@ -312,6 +397,10 @@ class EntraMCPTool(MCPStreamableHTTPTool):
             self._leases -= 1
             raise
         return self
+
+    def _busy(self, now: float) -> bool:
+        """Leased, or handed out by the pool and about to be entered."""
+        return self._leases > 0 or (self._pending > 0 and now < self._pending_until)
 
     async def __aexit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
         if self._pool is None:
@@ -325,7 +414,7 @@ class EntraMCPTool(MCPStreamableHTTPTool):
         self._leases = max(0, self._leases - 1)
         self.last_used = time.monotonic()
         end_run_caller()
-        if self._leases == 0:
+        if self._leases == 0 and not self._busy(time.monotonic()):
             self._set_lifecycle_caller(None)
             if self._retired:
                 await self.close()
@@ -337,11 +426,7 @@ class EntraMCPTool(MCPStreamableHTTPTool):
         if caller is not None:
             caller.take_errors()
         try:
-            result = await self._resolve(caller)
-            with self._entra_auth.use(result):
-                if self._pool is not None and caller is not None:
-                    self._lease(caller)
-                return await self._call_with_recovery(tool_name, kwargs)
+            return await self._call_at_most_once(caller, tool_name, kwargs)
         except UserInputRequiredException:
             raise
         except Exception as exc:
@@ -349,6 +434,178 @@ class EntraMCPTool(MCPStreamableHTTPTool):
             if failure is exc:
                 raise  # unchanged: keep its own cause (``raise exc from exc`` would lose it)
             raise failure from exc
+
+    async def _call_at_most_once(
+        self, caller: Caller | None, tool_name: str, kwargs: dict[str, Any]
+    ) -> str | list[Content]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _RETRY_WINDOW
+        for number in range(1, _MAX_ATTEMPTS + 1):
+            if self._principal_bound:
+                raise self._bound_error()
+            await self._await_reconnect()
+            result = await self._resolve(caller)  # again before every attempt
+            generation = self._generation
+            attempt: CallAttempt
+            try:
+                with self._entra_auth.use(result), call_attempt() as attempt:
+                    if self._pool is not None and caller is not None:
+                        self._lease(caller)
+                    outcome = await super().call_tool(tool_name, **kwargs)
+            except UserInputRequiredException:
+                raise
+            except Exception as exc:
+                verdict = self._verdict(exc, attempt, caller)
+                if verdict == "raise":
+                    raise
+                if verdict == "no_token":
+                    raise self._no_token_error(exc, caller) from exc
+                if verdict == "maybe_ran":
+                    if is_dead_connection(exc):
+                        self._reconnect_soon(generation)
+                    raise CallOutcomeUnknown(
+                        f"The call to tool {tool_name!r} on MCP server {self.server_label!r} "
+                        "may have run: the connection was lost after the request was sent, "
+                        "and it is not retried automatically so that it never runs twice. "
+                        "Check whether it took effect before calling it again.",
+                        exc,
+                    ) from exc
+                # "retry": the request provably never reached the server (or the server
+                # refused the session before running anything).
+                if number == _MAX_ATTEMPTS or loop.time() >= deadline:
+                    raise ToolException(
+                        f"The call to tool {tool_name!r} could not be sent to MCP server "
+                        f"{self.server_label!r} (it did not run): the server was unreachable "
+                        f"after {number} attempts.",
+                        exc,
+                    ) from exc
+                _log.info(
+                    "MCP server %r: call not sent (%s), reconnecting and retrying",
+                    self.server_label,
+                    type(exc).__name__,
+                )
+                await self._recover(generation, deadline)
+                continue
+            if (
+                self.mode == "shared"
+                and self._bound_suspect
+                and _oid_of(caller)
+                not in (
+                    None,
+                    self._session_owner,
+                )
+            ):
+                self._bound_suspect = False  # another user's call ran on this session
+            return outcome
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _verdict(self, exc: Exception, attempt: CallAttempt, caller: Caller | None) -> str:
+        """``raise`` (not about the connection), ``no_token`` (nothing sent: no token could be
+        applied), ``retry`` (provably never reached the server), ``maybe_ran``."""
+        if attempt.not_sent == "no_token" and not attempt.sent:
+            return "no_token"
+        if is_session_refused(exc):
+            # 404 on the session: refused before anything ran. In shared mode, twice after an
+            # identity switch means the server binds sessions to principals.
+            if self.mode == "shared":
+                user = _oid_of(caller)
+                if user is not None and user != self._session_owner:
+                    if self._bound_suspect:
+                        self._principal_bound = True
+                        return "raise"
+                    self._bound_suspect = True
+                else:
+                    self._bound_suspect = False
+            return "retry"
+        if attempt.never_left and (is_dead_connection(exc) or attempt.not_sent == "connect"):
+            return "retry"
+        if attempt.sent and (is_dead_connection(exc) or attempt.transport_error is not None):
+            return "maybe_ran"
+        return "raise"
+
+    async def _await_reconnect(self) -> None:
+        """A call that arrives during a reconnect waits for it (bounded) instead of failing on
+        the connection being replaced."""
+        if not self._connect_lock.locked():
+            return
+        try:
+            async with asyncio.timeout(_RECONNECT_WAIT):
+                async with self._connect_lock:
+                    pass
+        except TimeoutError:
+            pass  # sent anyway: it fails (and is retried) if the connection is still down
+
+    async def _recover(self, generation: int, deadline: float) -> None:
+        """Replace the connection of ``generation`` (once, however many calls saw it die); if the
+        server cannot be reached yet, back off (bounded by ``deadline``)."""
+        loop = asyncio.get_running_loop()
+        delay = 0.05
+        while True:
+            try:
+                await self._reconnect(generation)
+                return
+            except Exception as exc:
+                if not is_dead_connection(exc) or loop.time() + delay >= deadline:
+                    raise
+            await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311 (jitter)
+            delay = min(delay * 2, 1.0)
+
+    def _reconnect_soon(self, generation: int) -> None:
+        """After a call that may have run: replace the dead connection for the next calls, in
+        the background (this call is not retried)."""
+        caller = active_caller()
+        task = asyncio.create_task(self._reconnect_quietly(caller, generation))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _reconnect_quietly(self, caller: Caller | None, generation: int) -> None:
+        try:
+            await self._connect_as(caller, reset=True, generation=generation)
+        except Exception as exc:
+            _log.info(
+                "MCP server %r: reconnect failed (%s); the next call tries again",
+                self.server_label,
+                type(exc).__name__,
+            )
+
+    def _bound_error(self) -> ConfigurationError:
+        return ConfigurationError(
+            f"MCP server {self.server_label!r} binds each session to the user who opened it "
+            "(404 'Session not found' when another user's call used it): one shared connection "
+            "cannot serve several users. No call was sent.",
+            fix="use a per-user pool: entra_mcp_tool(..., per_user=True) with "
+            "ResponsesHostServer(agent=<factory>) and await pool.tool() (docs/agent-framework.md)",
+        )
+
+    def _no_token_error(self, exc: Exception, caller: Caller | None) -> Exception:
+        recorded = caller.take_errors() if caller is not None else []
+        recorded += self._entra_auth.take_errors()
+        typed = next((e for e in recorded if isinstance(e, EntraPassthroughError)), None)
+        if typed is not None:
+            return typed
+        return NoCallerError(
+            f"The call to MCP server {self.server_label!r} was not sent: no token could be "
+            "applied to it."
+        )
+
+    async def _recover_connection_after_loss(
+        self,
+        *,
+        operation: str,
+        inner_exception: Exception,
+        load_configured: bool,
+    ) -> None:
+        if operation == "tool call":
+            # agent-framework would reconnect and resend the call: a call that may have
+            # reached the server would run twice. ``_call_at_most_once`` decides instead.
+            raise ToolExecutionException(
+                "MCP connection lost during tool call.", inner_exception
+            ) from inner_exception
+        await super()._recover_connection_after_loss(
+            operation=operation,
+            inner_exception=inner_exception,
+            load_configured=load_configured,
+        )
 
     async def _resolve(self, caller: Caller | None) -> TokenResult:
         """The token for this call, resolved here in the tool call's task (errors raise here,
@@ -381,21 +638,6 @@ class EntraMCPTool(MCPStreamableHTTPTool):
                 scopes=self.auth.scopes,
             )
 
-    async def _call_with_recovery(
-        self, tool_name: str, kwargs: dict[str, Any]
-    ) -> str | list[Content]:
-        generation = self._generation
-        try:
-            return await super().call_tool(tool_name, **kwargs)
-        except UserInputRequiredException:
-            raise
-        except Exception as exc:
-            if not is_dead_connection(exc):
-                raise
-            _log.info("MCP server %r: connection lost, reconnecting", self.server_label)
-        await self._reconnect(generation)
-        return await super().call_tool(tool_name, **kwargs)
-
     async def _reconnect(self, generation: int) -> None:
         await self._connect_as(active_caller(), reset=True, generation=generation)
 
@@ -405,9 +647,22 @@ class EntraMCPTool(MCPStreamableHTTPTool):
             consent = consent_from_exception(error, server_label=self.server_label)
             if consent is not None:
                 return consent_exception(consent, server_label=self.server_label)
-        if isinstance(exc, EntraPassthroughError):
+        if isinstance(exc, (EntraPassthroughError, CallOutcomeUnknown)):
             return exc
+        if self._principal_bound and is_session_refused(exc):
+            return self._bound_error()
         typed = next((e for e in recorded if isinstance(e, TokenAcquisitionError)), None)
         if typed is not None:
             return typed
         return exc
+
+
+def _oid_of(caller: Caller | None) -> str | None:
+    if caller is None:
+        return None
+    if caller.verified is not None:
+        oid = caller.verified.get("oid")
+        if isinstance(oid, str) and oid:
+            return oid
+    claims = caller.claims
+    return claims.oid if claims is not None and claims.oid else None
