@@ -1,8 +1,9 @@
 """Capture: ``CallerMiddleware``, a pure ASGI middleware that binds a ``Caller`` per request.
 
 Pure ASGI on purpose (never ``BaseHTTPMiddleware``): the app runs in this task, so the
-ContextVar set here is what the app and its streaming body see, and the Caller stays active
-until the app returns, which for a streaming response is after its last chunk.
+ContextVar set here is what the app and its streaming body see. The Caller stays active until
+its response is complete (the last body chunk, for a streaming response after every earlier
+chunk), or until the app returns if that comes first.
 """
 
 from __future__ import annotations
@@ -120,6 +121,8 @@ class CallerMiddleware:
         state[STATE_KEY] = caller
         reset = _set_current(caller)
         try:
+            if kind == "http":
+                send = _ending_on_complete(send, caller)
             await self.app(scope, receive, send)
         finally:
             caller.end()
@@ -186,6 +189,19 @@ class CallerMiddleware:
             json.dumps(body).encode(),
             head=scope.get("method") == "HEAD",
         )
+
+
+def _ending_on_complete(send: Send, caller: Caller) -> Send:
+    """The caller ends as its response completes (before the last body chunk goes out), not
+    when the app returns: an app may go on after the client has its answer (cleanup, a
+    saturated loop), and no request made then may act for this user."""
+
+    async def wrapped(message: Message) -> None:
+        if message.get("type") == "http.response.body" and not message.get("more_body", False):
+            caller.end()
+        await send(message)
+
+    return wrapped
 
 
 def _capture(headers: object, assertion_headers: Iterable[str]) -> Caller:
