@@ -40,6 +40,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 
 from ._errors import SourceUnavailable
+from ._l2 import SharedCache
 from ._types import TokenResult
 
 logger = logging.getLogger("entra_passthrough.cache")
@@ -116,12 +117,18 @@ class TokenCache:
     """
 
     def __init__(
-        self, *, max_entries: int = 10_000, clock: Callable[[], float] = time.time
+        self,
+        *,
+        max_entries: int = 10_000,
+        clock: Callable[[], float] = time.time,
+        shared: SharedCache | None = None,
     ) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         self.max_entries = max_entries
         self._clock = clock
+        #: L2 shared by replicas (``SharedTokenCache``), asked on a miss or a due refresh only.
+        self.shared = shared
         self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
         self._inflight: dict[Hashable, concurrent.futures.Future[TokenResult | None]] = {}
         self._lock = threading.Lock()
@@ -300,6 +307,8 @@ class TokenCache:
 
         ``acquire`` returns ``None`` when the source does not apply; that is not cached.
         """
+        if self.shared is not None:  # no I/O here: the wrapped call runs only if L1 misses
+            acquire = self.shared.wrap(self, key, acquire, cap)
         cached, refresh = self._lookup(key, self._clock())
         if cached is not None:
             if refresh:

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 from . import _env
 from ._errors import ConfigurationError, SourceUnavailable, require_extra
+from ._l2 import SharedTokenCache
 from ._store import ANY, Entry, _Any
 
 try:
@@ -46,7 +47,7 @@ try:
 except ImportError as _exc:  # pragma: no cover - exercised without the extra
     raise require_extra("redis", "redis", _exc) from _exc
 
-__all__ = ["RedisStore", "entra_credential_provider"]
+__all__ = ["RedisStore", "SharedTokenCache", "entra_credential_provider"]
 
 #: Scope of Microsoft Entra tokens for Azure Cache for Redis / Azure Managed Redis.
 REDIS_SCOPE: Final = "https://redis.azure.com/.default"

@@ -1,0 +1,252 @@
+"""The shared (L2) token cache: user tokens shared by N replicas through a ``TokenStore``.
+
+``TokenCache`` (L1, in process) stays the hot path: a hit there never reaches this module, so an
+L1 hit makes no round trip to the shared store. On an L1 miss (or a refresh due) the cache hands
+its acquisition to ``SharedTokenCache.wrap``, which:
+
+1. reads L2: a usable entry (newer than what L1 holds) is the answer, no request to Entra;
+2. otherwise takes a short **lease** on the key (``put(expect=None)`` with a TTL: one holder
+   across all replicas; the version it gets back is its fencing token) and acquires, writes L2,
+   releases the lease (``delete(expect=version)``: never someone else's);
+3. replicas that did not get the lease poll L2 with a bounded backoff until the holder wrote
+   it; if the holder died, its lease runs out and one of them takes over.
+
+The shared cache is an optimisation: when the store fails (down, slow, full, refused), the
+acquisition goes straight to Entra and L2 is skipped for ``retry_after`` seconds, so a dead
+Redis costs one timeout, not one per request. Entries are sealed (AES-GCM, the consent keyring,
+purpose ``l2``) with the hashed key as associated data; keys are an HMAC of the L1 key (source,
+partition = client, tenant and sha256 of the assertion or user key, scopes, claims): a keyspace
+scan shows neither a token nor whose it is. TTL = the entry's usable life (expiry capped by the
+assertion's ``exp``, as in L1). The core never imports Redis: any ``TokenStore`` works
+(``MemoryStore`` shares between caches of one process, for tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Hashable
+from typing import TYPE_CHECKING, Final, Protocol
+
+from ._store import Keyring, KeyringError, TokenStore
+from ._types import IdentityKind, TokenResult
+
+if TYPE_CHECKING:
+    from ._cache import TokenCache
+
+__all__ = ["SharedCache", "SharedTokenCache"]
+
+logger = logging.getLogger("entra_passthrough.cache.shared")
+
+Acquire = Callable[[], Awaitable[TokenResult | None]]
+
+_KEY_PREFIX: Final = "ep:v1:tok:"
+_LEASE_PREFIX: Final = "ep:v1:tokl:"
+_FIRST_POLL: Final = 0.01
+_MAX_POLL: Final = 0.1
+
+
+class SharedCache(Protocol):
+    """What ``TokenCache(shared=...)`` calls on an L1 miss or a due refresh: wrap the
+    acquisition so that it is answered from, and shared through, a store other replicas see."""
+
+    def wrap(
+        self, cache: TokenCache, key: Hashable, acquire: Acquire, cap: float | None
+    ) -> Acquire: ...
+
+
+def _usable_ttl(expires_on: float, cap: float | None, now: float) -> float:
+    """Seconds an entry is usable from ``now``: expiry capped, less L1's skew."""
+    expires = expires_on if cap is None else min(expires_on, cap)
+    lifetime = expires - now
+    return lifetime - min(30.0, lifetime / 10)
+
+
+class SharedTokenCache:
+    """L2 for ``TokenCache``: user tokens shared through a ``TokenStore`` (``RedisStore``).
+
+    ``lease`` bounds how long a dead holder blocks the others (they take over after it);
+    ``wait`` bounds how long a replica waits for another's acquisition before making its own.
+
+    >>> shared = SharedTokenCache(RedisStore.from_env(), Keyring.from_env())
+    >>> chain = TokenChain([OnBehalfOf.from_env()], cache=TokenCache(shared=shared))
+    """
+
+    def __init__(
+        self,
+        store: TokenStore,
+        keyring: Keyring,
+        *,
+        lease: float = 10.0,
+        wait: float = 15.0,
+        retry_after: float = 5.0,
+        kinds: frozenset[IdentityKind] = frozenset({IdentityKind.USER, IdentityKind.APP}),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if lease <= 0 or wait <= 0 or retry_after < 0:
+            raise ValueError("lease and wait must be positive, retry_after not negative")
+        self.store = store
+        self.keyring = keyring
+        self.lease = lease
+        self.wait = wait
+        self.retry_after = retry_after
+        self.kinds = kinds
+        self._clock = clock
+        self._down_until = 0.0
+        #: Counters for benchmarks and diagnostics.
+        self.hits = self.misses = self.waits = self.takeovers = self.failures = 0
+
+    def __repr__(self) -> str:
+        return f"SharedTokenCache(store={self.store!r}, lease={self.lease})"
+
+    # -- keys and values -------------------------------------------------------------------
+
+    def _hash(self, key: Hashable) -> str | None:
+        try:
+            text = json.dumps(key, separators=(",", ":"), sort_keys=True)
+        except (TypeError, ValueError):
+            return None  # not a key the chain builds: keep it in L1 only
+        secret = self.keyring._subkey(self.keyring.current, "l2-key")
+        return hmac.new(secret, text.encode("utf-8", "surrogatepass"), "sha256").hexdigest()
+
+    def _seal(self, name: str, result: TokenResult) -> bytes:
+        plain = json.dumps(
+            {
+                "t": result.token,
+                "e": result.expires_on,
+                "k": result.kind.value,
+                "s": result.source,
+                "h": dict(result.headers),
+            },
+            separators=(",", ":"),
+        ).encode()
+        return self.keyring.seal("l2", plain, aad=name.encode()).encode("ascii")
+
+    def _open(self, name: str, raw: bytes) -> TokenResult | None:
+        try:
+            data = json.loads(self.keyring.open("l2", raw.decode("ascii"), aad=name.encode()))
+            return TokenResult(
+                token=str(data["t"]),
+                expires_on=float(data["e"]),
+                kind=IdentityKind(data["k"]),
+                source=str(data["s"]),
+                headers={str(k): str(v) for k, v in dict(data["h"]).items()},
+            )
+        except (KeyringError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+            return None  # sealed under a retired key, or tampered: a miss
+
+    # -- store calls that never fail the acquisition -----------------------------------------
+
+    def _up(self) -> bool:
+        return self._clock() >= self._down_until
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        self.failures += 1
+        self._down_until = self._clock() + self.retry_after
+        logger.warning(
+            "shared token cache: %s failed (%s); acquiring directly, L2 skipped for %.0f s",
+            what,
+            type(exc).__name__,
+            self.retry_after,
+        )
+
+    async def _read(self, name: str, floor: float) -> TokenResult | None:
+        entry = await self.store.get(name)
+        if entry is None:
+            return None
+        result = self._open(name, entry.value)
+        if result is None or result.expires_on <= floor:
+            return None
+        if _usable_ttl(result.expires_on, None, self._clock()) <= 0:
+            return None
+        return result
+
+    async def _write(self, name: str, result: TokenResult, cap: float | None) -> None:
+        if cap is not None and result.expires_on > cap:
+            result = TokenResult(
+                result.token, cap, result.kind, result.source, dict(result.headers)
+            )
+        ttl = _usable_ttl(result.expires_on, None, self._clock())
+        if ttl < 1.0:
+            return
+        try:
+            await self.store.put(name, self._seal(name, result), ttl=ttl)
+        except Exception as exc:  # full, down: the token is still good for this call
+            self._failed("write", exc)
+
+    async def _release(self, lease_name: str, version: str) -> None:
+        try:
+            await self.store.delete(lease_name, expect=version)
+        except Exception as exc:  # the lease expires by itself
+            self._failed("lease release", exc)
+
+    # -- the wrapped acquisition -------------------------------------------------------------
+
+    def wrap(
+        self, cache: TokenCache, key: Hashable, acquire: Acquire, cap: float | None
+    ) -> Acquire:
+        async def shared() -> TokenResult | None:
+            if not self._up():
+                return await acquire()
+            digest = self._hash(key)
+            if digest is None:
+                return await acquire()
+            current = cache.get(key)
+            floor = current.expires_on if current is not None else 0.0
+            return await self._fetch(digest, floor, acquire, cap)
+
+        return shared
+
+    async def _fetch(
+        self, digest: str, floor: float, acquire: Acquire, cap: float | None
+    ) -> TokenResult | None:
+        name, lease_name = _KEY_PREFIX + digest, _LEASE_PREFIX + digest
+        deadline = self._clock() + self.wait
+        delay = _FIRST_POLL
+        waited = False
+        try:
+            while True:
+                found = await self._read(name, floor)
+                if found is not None:
+                    self.hits += 1
+                    return found
+                version = await self.store.put(lease_name, b"1", ttl=self.lease, expect=None)
+                if version is not None:
+                    if waited:
+                        self.takeovers += 1
+                    break
+                if self._clock() >= deadline:
+                    logger.warning(
+                        "shared token cache: another replica held the lease for %.0f s; "
+                        "acquiring directly",
+                        self.wait,
+                    )
+                    return await acquire()
+                if not waited:
+                    self.waits += 1
+                    waited = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 1.5, _MAX_POLL)
+        except Exception as exc:
+            self._failed("read", exc)
+            return await acquire()
+        try:
+            # The holder before us may have written just before our lease: read once more.
+            try:
+                found = await self._read(name, floor)
+            except Exception as exc:
+                self._failed("read", exc)
+                found = None
+            if found is not None:
+                self.hits += 1
+                return found
+            self.misses += 1
+            result = await acquire()
+            if result is not None and result.kind in self.kinds:
+                await self._write(name, result, cap)
+            return result
+        finally:
+            await self._release(lease_name, version)

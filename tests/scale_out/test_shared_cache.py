@@ -1,0 +1,217 @@
+"""The shared (L2) token cache over a real redis-server: one acquisition per key across
+replicas, L1 hits cost no round trip, a dead holder is taken over, a dead Redis is bypassed."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import redis
+
+from entra_passthrough import IdentityKind, TokenCache, TokenResult
+from entra_passthrough._l2 import SharedTokenCache
+from entra_passthrough._store import Keyring, MemoryStore
+from entra_passthrough.redis import RedisStore
+
+from ._server import RedisServer, free_port
+
+KEY = ("obo", ("client", "tenant", "sha256-of-assertion"), ("api://mcp/.default",), None, ())
+
+
+class Entra:
+    """Counts acquisitions; each one takes ``delay`` seconds and returns a fresh token."""
+
+    def __init__(self, delay: float = 0.05, lifetime: float = 3600.0) -> None:
+        self.calls = 0
+        self.delay = delay
+        self.lifetime = lifetime
+
+    async def acquire(self) -> TokenResult:
+        self.calls += 1
+        await asyncio.sleep(self.delay)
+        return TokenResult(
+            token=f"eyJ.token-{self.calls}.sig",
+            expires_on=time.time() + self.lifetime,
+            kind=IdentityKind.USER,
+            source="obo",
+        )
+
+
+@pytest.fixture
+async def stores(redis_server: RedisServer) -> AsyncIterator[list[RedisStore]]:
+    made = [RedisStore.from_url(redis_server.url, namespace=f"sc{free_port()}:")]
+    made += [RedisStore.from_url(redis_server.url, namespace=made[0].namespace) for _ in range(3)]
+    yield made
+    for store in made:
+        await store.aclose()
+
+
+def replicas(stores: list[RedisStore], keyring: Keyring, **options: float) -> list[TokenCache]:
+    return [TokenCache(shared=SharedTokenCache(s, keyring, **options)) for s in stores]
+
+
+async def test_a_cold_burst_over_four_replicas_makes_one_acquisition(
+    stores: list[RedisStore],
+) -> None:
+    caches = replicas(stores, Keyring.generate())
+    entra = Entra(delay=0.2)
+    results = await asyncio.gather(
+        *(caches[i % 4].get_or_acquire_async(KEY, entra.acquire) for i in range(64))
+    )
+    assert entra.calls == 1
+    assert len({r.token for r in results if r is not None}) == 1
+    # every replica now has it in L1: more calls make no acquisition and read no L2
+    assert all(c.get(KEY) is not None for c in caches)
+
+
+async def test_l1_hits_make_no_round_trip_to_redis(
+    stores: list[RedisStore], redis_server: RedisServer
+) -> None:
+    cache = replicas(stores[:1], Keyring.generate())[0]
+    entra = Entra(delay=0)
+    await cache.get_or_acquire_async(KEY, entra.acquire)
+    admin = redis_server.client()
+    try:
+        before = int(admin.info("stats")["total_commands_processed"])
+        for _ in range(200):
+            await cache.get_or_acquire_async(KEY, entra.acquire)
+        after = int(admin.info("stats")["total_commands_processed"])
+    finally:
+        admin.close()
+    assert after - before == 1  # the INFO command itself
+    assert entra.calls == 1
+
+
+async def test_another_replica_is_served_from_l2_and_nothing_readable_is_stored(
+    stores: list[RedisStore], redis_server: RedisServer
+) -> None:
+    keyring = Keyring.generate()
+    first, second = replicas(stores[:2], keyring)
+    entra = Entra(delay=0)
+    token = await first.get_or_acquire_async(KEY, entra.acquire, cap=time.time() + 600)
+    again = await second.get_or_acquire_async(KEY, entra.acquire)
+    assert entra.calls == 1
+    assert token is not None
+    assert again is not None
+    assert again.token == token.token
+    assert again.expires_on == pytest.approx(token.expires_on)  # capped by the assertion
+    admin = redis_server.client()
+    try:
+        names = [k for k in admin.scan_iter(match=f"{stores[0].namespace}*")]
+        dump = b"".join(names + [admin.get(k) or b"" for k in names])
+        ttl = max(admin.pttl(k) for k in names)
+    finally:
+        admin.close()
+    for visible in (b"token-1", b"eyJ", b"tenant", b"client", b"assertion", b"mcp"):
+        assert visible not in dump
+    assert 0 < ttl <= 600_000  # the cap, not the token's hour
+
+
+async def test_another_keyring_reads_nothing(stores: list[RedisStore]) -> None:
+    first = replicas(stores[:1], Keyring.generate())[0]
+    other = replicas(stores[1:2], Keyring.generate())[0]
+    entra = Entra(delay=0)
+    await first.get_or_acquire_async(KEY, entra.acquire)
+    await other.get_or_acquire_async(KEY, entra.acquire)
+    assert entra.calls == 2
+
+
+async def test_a_dead_holder_is_taken_over_after_its_lease(stores: list[RedisStore]) -> None:
+    keyring = Keyring.generate()
+    shared = SharedTokenCache(stores[0], keyring, lease=0.5)
+    digest = shared._hash(KEY)
+    assert digest is not None
+    # A replica took the lease and died before writing or releasing it.
+    assert await stores[0].put(f"ep:v1:tokl:{digest}", b"1", ttl=0.5, expect=None)
+    cache = TokenCache(shared=SharedTokenCache(stores[1], keyring, lease=0.5))
+    entra = Entra(delay=0)
+    result = await asyncio.wait_for(cache.get_or_acquire_async(KEY, entra.acquire), 10)
+    assert result is not None
+    assert entra.calls == 1
+    assert cache.shared is not None
+    assert cache.shared.takeovers == 1  # type: ignore[attr-defined]
+
+
+async def test_a_failing_acquisition_releases_the_lease_and_is_not_stored(
+    stores: list[RedisStore],
+) -> None:
+    keyring = Keyring.generate()
+    first, second = replicas(stores[:2], keyring)
+
+    async def refuse() -> TokenResult:
+        raise RuntimeError("entra said no")
+
+    with pytest.raises(RuntimeError):
+        await first.get_or_acquire_async(KEY, refuse)
+    entra = Entra(delay=0)
+    assert await asyncio.wait_for(second.get_or_acquire_async(KEY, entra.acquire), 5)
+    assert entra.calls == 1
+
+
+async def test_redis_down_goes_straight_to_entra_and_skips_l2_for_a_while() -> None:
+    store = RedisStore.from_url(f"redis://:pw@127.0.0.1:{free_port()}/0", timeout=0.5)
+    shared = SharedTokenCache(store, Keyring.generate(), retry_after=60)
+    caches = [TokenCache(shared=shared), TokenCache(shared=shared)]
+    entra = Entra(delay=0)
+    for cache in caches:
+        assert await cache.get_or_acquire_async(KEY, entra.acquire) is not None
+    assert entra.calls == 2
+    assert shared.failures == 1  # the second cache did not try Redis again
+    await store.aclose()
+
+
+async def test_redis_killed_mid_run_l1_serves_then_reconnects(fresh_redis: RedisServer) -> None:
+    fresh_redis.start()
+    keyring = Keyring.generate()
+    store = RedisStore.from_url(fresh_redis.url, timeout=0.5)
+    shared = SharedTokenCache(store, keyring, retry_after=0)
+    cache = TokenCache(shared=shared)
+    entra = Entra(delay=0)
+    other_key = (*KEY[:2], ("api://other/.default",), None, ())
+    try:
+        first = await cache.get_or_acquire_async(KEY, entra.acquire)
+        fresh_redis.kill()
+        assert await cache.get_or_acquire_async(KEY, entra.acquire) == first  # L1
+        assert await cache.get_or_acquire_async(other_key, entra.acquire) is not None
+        assert entra.calls == 2  # the miss went to Entra, no error
+        fresh_redis.start()  # data kept (append-only file)
+        replica = TokenCache(shared=SharedTokenCache(store, keyring))
+        again = await replica.get_or_acquire_async(KEY, entra.acquire)
+        assert again is not None
+        assert first is not None
+        assert again.token == first.token  # read from Redis after the restart
+        assert entra.calls == 2
+    finally:
+        await store.aclose()
+
+
+async def test_a_full_redis_still_returns_the_token() -> None:
+    server = RedisServer().start()
+    store = RedisStore.from_url(server.url)
+    try:
+        admin = server.client()
+        admin.set("ballast", b"z" * 3_000_000)
+        admin.config_set("maxmemory", "2mb")  # now over it: every write is refused
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            admin.set("probe", b"x")
+        admin.close()
+        shared = SharedTokenCache(store, Keyring.generate())
+        entra = Entra(delay=0)
+        assert await TokenCache(shared=shared).get_or_acquire_async(KEY, entra.acquire)
+        assert entra.calls == 1
+        assert shared.failures >= 1
+    finally:
+        await store.aclose()
+        server.stop()
+
+
+async def test_the_shared_cache_works_over_any_token_store() -> None:
+    keyring, store = Keyring.generate(), MemoryStore()
+    caches = [TokenCache(shared=SharedTokenCache(store, keyring)) for _ in range(4)]
+    entra = Entra(delay=0.05)
+    await asyncio.gather(
+        *(caches[i % 4].get_or_acquire_async(KEY, entra.acquire) for i in range(32))
+    )
+    assert entra.calls == 1
