@@ -106,6 +106,11 @@ def confidential_app(
         http_cache=DiscoveryOnlyHttpCache(),
         http_client=http_client,
         client_capabilities=list(client_capabilities) or None,
+        # MSAL adds openid, profile and offline_access to every user-flow request; these apps
+        # only exchange assertions (OBO) or use client credentials, and the refresh token that
+        # offline_access brings is discarded (nothing here redeems it). MSAL's public option
+        # drops both; openid cannot be dropped.
+        exclude_scopes=["offline_access", "profile"],
     )
 
 
