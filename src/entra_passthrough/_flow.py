@@ -49,7 +49,6 @@ _RESERVED = frozenset(
     {"authorization", "host", "cookie", "content-length", "transfer-encoding", "connection"}
 )
 _MAX_ERRORS = 16
-_MAX_CHECKED = 4096
 
 
 class Chain(Protocol):
@@ -166,7 +165,6 @@ class FlowCore:
         self.client_capabilities: tuple[str, ...] = tuple(client_capabilities)
         self._key = scope_key(self.scopes)
         self._errors: deque[BaseException] = deque(maxlen=_MAX_ERRORS)
-        self._checked: set[str] = set()  # tokens already found header-safe (never shown)
 
     # -- small pure helpers --
 
@@ -267,7 +265,7 @@ class FlowCore:
 
     def _apply(self, request: Request, result: TokenResult, caller: Caller | None) -> bool:
         token = result.token
-        if token not in self._checked and not self._check(token):
+        if not result._header_safe and not _mark_header_safe(result):
             error = UnsafeTokenValue(
                 "the token source returned a value that is not a valid bearer token; it was "
                 "not sent",
@@ -298,18 +296,6 @@ class FlowCore:
             )
         return True
 
-    def _check(self, token: str) -> bool:
-        # isprintable() rejects CR/LF and control characters: no header injection, and no
-        # encoding error inside the client (which would kill an MCP connection). Scanning a
-        # 1.5 KB token costs ~4 us, so a token that passed is remembered (cached tokens are
-        # the same str objects, whose hash is cached: the hit path is one set lookup).
-        if not (token and token.isascii() and token.isprintable() and " " not in token):
-            return False
-        if len(self._checked) >= _MAX_CHECKED:
-            self._checked.clear()
-        self._checked.add(token)
-        return True
-
     @staticmethod
     def strip(request: Request) -> None:
         names = request.extensions.pop(APPLIED, ())
@@ -323,6 +309,22 @@ class FlowCore:
             self.strip(request)
             if _log.isEnabledFor(logging.DEBUG):
                 _log.debug("redirect to a foreign origin: token headers removed")
+
+
+def _mark_header_safe(result: TokenResult) -> bool:
+    """Whether ``result.token`` can go into an HTTP header; remembered on the result.
+
+    isprintable() rejects CR/LF and control characters: no header injection, and no encoding
+    error inside the client (which would kill an MCP connection). Scanning a 1.5 KB token
+    costs ~4 us, so a result that passed is marked (a cached result is the same object on
+    every hit: the hit path reads one attribute). The mark lives and dies with the result, so
+    nothing here keeps a token alive after the cache dropped it (evicted, or invalidated after
+    a 401)."""
+    token = result.token
+    if not (token and token.isascii() and token.isprintable() and " " not in token):
+        return False
+    object.__setattr__(result, "_header_safe", True)  # frozen: a one-way internal mark
+    return True
 
 
 def _safe_headers(headers: Mapping[str, str]) -> dict[str, str]:

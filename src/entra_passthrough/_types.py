@@ -6,12 +6,17 @@ import enum
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ._jwt import fingerprint
 
 if TYPE_CHECKING:
     from ._caller import Caller
+
+
+#: The headers of a result that has none (shared, read-only).
+NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 
 class IdentityKind(enum.StrEnum):
@@ -44,9 +49,15 @@ class TokenResult:
     expires_on: float
     kind: IdentityKind
     source: str
-    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    #: Extra headers to send with the token (read-only; most results have none, and share
+    #: one empty mapping instead of an empty dict each).
+    headers: Mapping[str, str] = field(default_factory=lambda: NO_HEADERS, repr=False)
     #: Opaque key of the cache entry that holds this result (``TokenChain.invalidate``).
     cache_key: object = field(default=None, repr=False, compare=False)
+    #: Set by the apply stage once ``token`` was found fit for an HTTP header: the check runs
+    #: once per result and is remembered exactly as long as the result lives (the cache's
+    #: bound), never in a side table that would keep tokens alive after they leave the cache.
+    _header_safe: bool = field(default=False, init=False, repr=False, compare=False)
 
     @property
     def fingerprint(self) -> str:
