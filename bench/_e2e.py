@@ -38,7 +38,7 @@ LABEL = "bench-records"
 def _bound_socket() -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    # a hand-bound socket needs TCP_NODELAY (FACTS.md: else ~40 ms per response)
+    # a hand-bound socket needs TCP_NODELAY (docs/platform-facts.md: else ~40 ms per response)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind(("127.0.0.1", 0))
     return sock

@@ -1,8 +1,8 @@
 """A loopback HTTP server in its own process: ``python -m bench._server --app plain|capture``.
 
-uvicorn binds the socket itself (port 0), so TCP_NODELAY is set (FACTS.md "Measuring on
-loopback": a hand-made socket adds ~40 ms per response through Nagle + delayed ACK). The port is
-written to ``--port-file`` once uvicorn has started; the parent polls that file.
+uvicorn binds the socket itself (port 0), so TCP_NODELAY is set (docs/platform-facts.md,
+"Measuring on loopback": a hand-made socket adds ~40 ms per answer, Nagle + delayed ACK). The
+port is written to ``--port-file`` once uvicorn has started; the parent polls that file.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The Caller is *mutable* on purpose: it is deactivated when its request (or run) ends, so a
 long-lived task that copied the context earlier (an MCP connection's lifecycle task) sees an
-inactive Caller and never uses its token (FACTS.md, Agent Framework).
+inactive Caller and never uses its token (docs/platform-facts.md, Agent Framework).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """MSAL plumbing shared by the Entra sources: worker pool, neutralised caches, app pool, creds.
 
-Why each piece exists (FACTS.md, MSAL Python 1.39):
+Why each piece exists (docs/platform-facts.md, MSAL Python 1.39):
 
 * MSAL is synchronous; every call runs in a *dedicated*, bounded ``ThreadPoolExecutor`` (never
   ``asyncio.to_thread``'s shared default pool, which a burst would starve).
@@ -34,7 +34,7 @@ T = TypeVar("T")
 
 PUBLIC_AUTHORITY_HOST = "https://login.microsoftonline.com"
 
-#: The federated-credential audience per cloud, chosen from the authority host (FACTS.md).
+#: The federated-credential audience per cloud, from the authority host (docs/platform-facts.md).
 _FEDERATION_AUDIENCES = {
     "login.microsoftonline.us": "api://AzureADTokenExchangeUSGov",
     "login.microsoftonline.de": "api://AzureADTokenExchange",

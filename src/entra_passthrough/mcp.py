@@ -11,9 +11,10 @@ token *in the calling task, before the transport* and hands it to that call's re
         async with entra_call(http):                   # typed errors surface here
             result = await session.call_tool("whoami", {})
 
-Why (FACTS.md): an exception raised inside the httpx2 auth flow kills the MCP connection for
-every later call, so the client's ``EntraAuth`` uses ``on_error="record"`` and the token is
-resolved by ``entra_call`` *before* the transport, where the typed error can be raised safely.
+Why (docs/platform-facts.md): an exception raised inside the httpx2 auth flow kills the MCP
+connection for every later call, so the client's ``EntraAuth`` uses ``on_error="record"`` and the
+token is resolved by ``entra_call`` *before* the transport, where the typed error can be raised
+safely.
 Requests made inside ``entra_call`` (mcp 2.x runs each POST in the sender's context) carry the
 token resolved there. Every other request — discover/initialize, tools/list, the GET stream,
 DELETE — is a *connection-lifetime* request and carries what ``EntraAuth`` decides from the

@@ -13,7 +13,7 @@ from entra_passthrough.testing import EntraEmulator
 
 
 def no_http_cache() -> dict[str, Any]:
-    """MSAL caches 400s for 60 s keyed on the POST (FACTS.md): a dict that keeps nothing."""
+    """MSAL caches 400s for 60 s keyed on the POST (docs/platform-facts.md): keep nothing."""
 
     class Nothing(dict[str, Any]):
         def __setitem__(self, key: str, value: Any) -> None:

@@ -352,7 +352,7 @@ class ServerThread:
         import uvicorn
 
         # Bind first so the app knows its own URL; SO_REUSEADDR so a restart gets the same port;
-        # TCP_NODELAY because a hand-made socket otherwise stalls ~40 ms per response (FACTS.md).
+        # TCP_NODELAY: else a hand-made socket stalls ~40 ms per answer (docs/platform-facts.md).
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

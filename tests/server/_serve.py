@@ -14,7 +14,7 @@ def serve(make_app: Callable[[str], Any]) -> Iterator[str]:
     """Yield ``http://127.0.0.1:<port>`` while ``make_app(base_url)`` is served.
 
     The socket is bound first so the app can know its own URL (RFC 9728 ``resource``);
-    TCP_NODELAY avoids Nagle + delayed-ACK stalls on a hand-made socket (FACTS.md).
+    TCP_NODELAY avoids Nagle + delayed-ACK stalls on a hand-made socket (docs/platform-facts.md).
     """
     import uvicorn
 

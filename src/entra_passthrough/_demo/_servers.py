@@ -15,7 +15,7 @@ ASGI = Callable[..., Any]
 
 class Served:
     """An ASGI app on 127.0.0.1, HTTP or HTTPS. The socket is bound first (with TCP_NODELAY,
-    FACTS.md: a hand-made socket otherwise stalls ~40 ms per response) so the app can be
+    docs/platform-facts.md: a hand-made socket otherwise stalls ~40 ms per answer) so the app can be
     built knowing its own base URL."""
 
     def __init__(self, *, https: bool = False) -> None:

@@ -8,7 +8,7 @@
     app = install(ResponsesHostServer(agent))
 
 See docs/agent-framework.md for why the plain ``MCPStreamableHTTPTool`` is not enough
-(FACTS.md) and who authenticates connection-lifetime requests.
+(docs/platform-facts.md) and who authenticates connection-lifetime requests.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``EntraMCPTool``: an ``MCPStreamableHTTPTool`` that is correct for many users at once.
 
-What the plain tool gets wrong (FACTS.md) and what this subclass does about it:
+What the plain tool gets wrong (docs/platform-facts.md) and what this subclass does about it:
 
 * One connection serves every run and user, and its connection-lifetime requests run in a
   lifecycle task holding a copy of the *first* caller's context. We create that task ourselves,

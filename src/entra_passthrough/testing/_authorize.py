@@ -238,7 +238,7 @@ def _authorize_for_client(
         )
     req = parse_scopes(rt, params.get("scope"), tid)
     # RFC 8707 `resource` at /authorize is checked against the scopes too (AADSTS9010010; what
-    # MCP clients that send it see, FACTS.md).
+    # MCP clients that send it see, docs/platform-facts.md).
     check_resource_param(params, req)
     if "openid" not in req.oidc and req.resource is None:
         raise e.missing_param("scope")

@@ -1,7 +1,7 @@
 """The emulator's HTTP surface (Starlette) and the uvicorn servers that run it in a thread.
 
 uvicorn binds its own sockets (port 0, then the port is read back), so asyncio sets TCP_NODELAY on
-every connection; a socket handed over by hand would add ~40 ms per answer (FACTS.md).
+every connection; a socket handed over by hand would add ~40 ms per answer (docs/platform-facts.md).
 """
 
 from __future__ import annotations

@@ -100,7 +100,7 @@ def handle_token(
 
 def check_resource_param(form: Mapping[str, str], req: ScopeRequest) -> None:
     # RFC 8707 `resource` on the v2 endpoint must name the scopes' resource, else AADSTS9010010
-    # (reference-error-codes; the generic MCP SDK OAuth client sends it, FACTS.md).
+    # (reference-error-codes; the generic MCP SDK OAuth client sends it, docs/platform-facts.md).
     res = form.get("resource")
     if res is None:
         return

@@ -1,4 +1,6 @@
-"""The ``entra_emulator`` fixtures, for ``pytest_plugins = ["entra_passthrough.testing.pytest_plugin"]``.
+"""The ``entra_emulator`` fixtures, to load explicitly.
+
+    pytest_plugins = ["entra_passthrough.testing.pytest_plugin"]  # in a conftest.py
 
 An installed package already registers them (entry point ``pytest11`` named ``entra_emulator``,
 module ``_entra_passthrough_pytest``, which imports nothing optional); this module is for projects
