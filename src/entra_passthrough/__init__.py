@@ -33,10 +33,12 @@ from ._errors import (
     SigningKeysUnavailable,
     SourceUnavailable,
     TenantNotAllowed,
+    Throttled,
     TokenAcquisitionError,
     TokenVerificationError,
 )
 from ._grants import UserKey
+from ._http import Timeouts
 from ._jwt import UnverifiedClaims
 from ._middleware import CallerMiddleware
 from ._sources import (
@@ -87,6 +89,8 @@ __all__ = [
     "SigningKeysUnavailable",
     "SourceUnavailable",
     "TenantNotAllowed",
+    "Throttled",
+    "Timeouts",
     "TokenAcquisitionError",
     "TokenCache",
     "TokenChain",

@@ -23,8 +23,19 @@ VARIABLES: dict[str, str] = {
     "AZURE_CLIENT_ID": "client id of a user-assigned managed identity (AzureCredential.from_env: "
     "the app registration's client id)",
     "AZURE_CLIENT_SECRET": "AzureCredential.from_env: the app registration's client secret",
-    "AZURE_CLIENT_CERTIFICATE_PATH": "AzureCredential.from_env: PEM with the app's key and "
-    "certificate",
+    "AZURE_CLIENT_CERTIFICATE_PATH": "AzureCredential.from_env: PEM or PFX with the app's key "
+    "and certificate",
+    "AZURE_CLIENT_CERTIFICATE_PASSWORD": "password of the client certificate (PFX or encrypted "
+    "PEM), for ENTRA_PASSTHROUGH_CLIENT_CERTIFICATE_PATH and AZURE_CLIENT_CERTIFICATE_PATH",
+    "AZURE_CLIENT_SEND_CERTIFICATE_CHAIN": "true: send the certificate chain (x5c) with the "
+    "client assertion, for subject name/issuer authentication",
+    "AZURE_ADDITIONALLY_ALLOWED_TENANTS": "comma-separated tenant ids allowed besides "
+    "AZURE_TENANT_ID (OBO: added to the tenant allow-list, '*' refused; AzureCredential: "
+    "passed to azure-identity)",
+    "AZURE_POD_IDENTITY_AUTHORITY_HOST": "IMDS address MSAL uses on VMs/AKS instead of "
+    "http://169.254.169.254 (read by MSAL from the process environment)",
+    "IDENTITY_SERVER_THUMBPRINT": "Service Fabric: the managed identity endpoint's certificate "
+    "thumbprint (read by MSAL from the process environment)",
     "AZURE_FEDERATED_TOKEN_FILE": "workload identity token file used as the OBO app's "
     "client assertion",
     "IDENTITY_ENDPOINT": "managed identity endpoint (App Service / Container Apps)",
@@ -44,11 +55,27 @@ VARIABLES: dict[str, str] = {
     "requests that have no caller under user_only",
     "ENTRA_PASSTHROUGH_CA_FILE": "CA bundle for Entra and managed identity HTTPS (the emulator's "
     "CA in tests)",
-    "ENTRA_PASSTHROUGH_MAX_WORKERS": "worker threads for blocking token calls (default 8)",
+    "ENTRA_PASSTHROUGH_MAX_WORKERS": "worker threads for blocking token calls (default 64)",
+    "ENTRA_PASSTHROUGH_CONNECT_TIMEOUT": "seconds to connect to Entra per token request "
+    "(default 5)",
+    "ENTRA_PASSTHROUGH_READ_TIMEOUT": "seconds to wait for each read of Entra's answer "
+    "(default 10)",
+    "ENTRA_PASSTHROUGH_TOKEN_DEADLINE": "seconds one token acquisition may take in all, retries "
+    "included (default 30)",
+    "ENTRA_PASSTHROUGH_TOKEN_RETRIES": "extra attempts after a 429/5xx, timeout or reset "
+    "(default 2)",
     "ENTRA_PASSTHROUGH_CACHE_MAX_ENTRIES": "token cache size (default 10000)",
     "ENTRA_PASSTHROUGH_AGENT_IDENTITY_ID": "Agent ID: the agent identity's client id (fmi_path)",
     "ENTRA_PASSTHROUGH_BLUEPRINT_CLIENT_ID": "Agent ID: the blueprint's client id",
-    "ENTRA_PASSTHROUGH_AZ_TENANT_ID": "AzureCli: tenant passed to az (developer policy)",
+    "ENTRA_PASSTHROUGH_AZ_TENANT_ID": "AzureCli: tenant passed to az / azd (developer policy)",
+    "ENTRA_PASSTHROUGH_DEVELOPER_CLI": "AzureCli.from_env: az (default) or azd, the CLI whose "
+    "signed-in account the developer policy uses",
+    "FOUNDRY_AGENT_INSTANCE_CLIENT_ID": "Agent ID in a Foundry hosted agent: the agent identity's "
+    "client id (set by Foundry; ENTRA_PASSTHROUGH_AGENT_IDENTITY_ID wins)",
+    "FOUNDRY_AGENT_BLUEPRINT_CLIENT_ID": "Agent ID in a Foundry hosted agent: the blueprint's "
+    "client id (set by Foundry; ENTRA_PASSTHROUGH_BLUEPRINT_CLIENT_ID wins)",
+    "FOUNDRY_AGENT_TENANT_ID": "Agent ID in a Foundry hosted agent: the tenant (set by Foundry; "
+    "AZURE_TENANT_ID wins)",
     "ENTRA_PASSTHROUGH_REDIS_URL": "RedisStore.from_env: redis:// or rediss:// URL of the shared "
     "store (ACL user:password in it unless Entra auth)",
     "ENTRA_PASSTHROUGH_REDIS_AUTH": "RedisStore.from_env: password (default, from the URL) or "
@@ -58,6 +85,11 @@ VARIABLES: dict[str, str] = {
     "ENTRA_PASSTHROUGH_REDIS_NAMESPACE": "RedisStore.from_env: prefix of every key (several "
     "deployments in one Redis database)",
 }
+
+#: azure-identity's variables for an *app registration* (EnvironmentCredential). This library
+#: reads AZURE_CLIENT_ID as the user-assigned managed identity instead, so a user who set these
+#: for the OBO app is told what to set (the values are never echoed).
+AZURE_APP_VARIABLES = ("AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PATH")
 
 
 def environ_or(environ: Mapping[str, str] | None) -> Mapping[str, str]:
@@ -70,11 +102,36 @@ def get(environ: Mapping[str, str], name: str) -> str | None:
     return value or None
 
 
-def require(environ: Mapping[str, str], name: str, *, what: str) -> str:
+def require(
+    environ: Mapping[str, str], name: str, *, what: str, fallback: str | None = None
+) -> str:
+    """``name`` (else ``fallback``, a variable a host sets for the same thing), or a
+    ``ConfigurationError`` naming it, and naming azure-identity's app variables when they are
+    set instead (their values never appear)."""
     value = get(environ, name)
+    if value is None and fallback is not None:
+        value = get(environ, fallback)
     if value is None:
-        raise ConfigurationError(f"{name} is not set; it names {what}.", fix=f"set {name}.")
+        raise ConfigurationError(
+            f"{name} is not set; it names {what}.{azure_app_hint(environ)}",
+            fix=f"set {name}.",
+        )
     return value
+
+
+def azure_app_hint(environ: Mapping[str, str]) -> str:
+    """A sentence for an error when azure-identity's app-registration variables are set but
+    this library's are not; empty otherwise. Names only, never values."""
+    seen = [name for name in AZURE_APP_VARIABLES if get(environ, name)]
+    if not seen or get(environ, "ENTRA_PASSTHROUGH_CLIENT_ID"):
+        return ""
+    return (
+        f" The environment sets {', '.join(seen)} (azure-identity's names for an app "
+        "registration); this library reads AZURE_CLIENT_ID only as the user-assigned managed "
+        "identity. For the on-behalf-of app set ENTRA_PASSTHROUGH_CLIENT_ID (the app's client "
+        "id) and ENTRA_PASSTHROUGH_CLIENT_SECRET or ENTRA_PASSTHROUGH_CLIENT_CERTIFICATE_PATH "
+        "(see docs/configuration.md)."
+    )
 
 
 def get_list(environ: Mapping[str, str], name: str) -> tuple[str, ...]:

@@ -15,6 +15,8 @@
     │   ├── ConsentRequired           the user must consent; carries a link (AADSTS65001, -32006)
     │   ├── InteractionRequired       conditional access / MFA; carries claims (50076, 53003)
     │   ├── SourceUnavailable         a source cannot run here (no az, no MI endpoint)
+    │   ├── Throttled                 Entra said retry later (429/5xx with Retry-After);
+    │   │                             carries retry_after (seconds)
     │   └── EntraError                any other Entra answer, AADSTS code decoded
     └── TokenVerificationError        server side: a presented token is not acceptable
         ├── InsufficientScope         valid token, missing scope or role (HTTP 403)
@@ -28,6 +30,7 @@ All context is keyword-only and kept as attributes for programs.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -297,6 +300,39 @@ class InteractionRequired(TokenAcquisitionError):
 
 class SourceUnavailable(TokenAcquisitionError):
     """The source cannot run in this environment (no ``az`` on PATH, no MI endpoint...)."""
+
+
+class Throttled(TokenAcquisitionError):
+    """Entra (or the identity endpoint) asked to retry later: HTTP 429, or a 5xx with
+    ``Retry-After``. ``retry_after`` is the number of seconds to wait (``None`` if Entra gave
+    none); ``retry_at`` the same as a ``time.time()`` timestamp. While it lasts, requests to
+    the same endpoint fail fast with this error instead of being sent.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None,
+        status: int | None = None,
+        source: str | None = None,
+        scopes: Sequence[str] = (),
+    ) -> None:
+        self.retry_after = retry_after
+        self.retry_at = time.time() + retry_after if retry_after is not None else None
+        self.status = status
+        when = f"retry in {retry_after:.3g} s" if retry_after is not None else "retry later"
+        super().__init__(
+            f"{message}: Entra is throttling requests (HTTP {status or 'error'}, AADSTS90033 "
+            f"or a rate limit); {when}.",
+            source=source,
+            scopes=scopes,
+            aadsts=None,
+            error="temporarily_unavailable",
+            fix="wait retry_after seconds before calling again (the library already retried "
+            "where the wait was short); if it persists, reduce the request rate per app and "
+            "tenant, and cache tokens (the default TokenChain does).",
+        )
 
 
 class EntraError(TokenAcquisitionError):

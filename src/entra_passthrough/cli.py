@@ -76,6 +76,12 @@ def _broker_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--insecure-http", action="store_true", help="plain HTTP on loopback (development only)"
     )
+    parser.add_argument(
+        "--store",
+        help="grant store shared with the agents: redis://... or rediss://... (default "
+        "$ENTRA_PASSTHROUGH_REDIS_URL, else memory: not shared); keep passwords in the "
+        "environment variable, not on the command line",
+    )
 
 
 _ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {

@@ -20,3 +20,8 @@ def fresh_redis() -> Iterator[RedisServer]:
     server = RedisServer()
     yield server
     server.stop()
+
+
+# The consent tests' emulator + HTTPS slot, for grants shared through Redis (an instance of
+# its own: this directory's users do not collide with the consent tests').
+from consent.conftest import consent_env  # noqa: E402, F401

@@ -6,7 +6,14 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from .._errors import EntraError, SourceUnavailable, TokenAcquisitionError, error_from_entra
+from .._errors import (
+    EntraError,
+    SourceUnavailable,
+    Throttled,
+    TokenAcquisitionError,
+    error_from_entra,
+)
+from .._http import TransportFailure
 from .._types import IdentityKind, TokenResult
 
 
@@ -45,6 +52,23 @@ def unreachable(
     query strings, response bodies)."""
     if isinstance(exc, TokenAcquisitionError):
         return exc
+    if isinstance(exc, TransportFailure):
+        if exc.kind == "throttled":
+            return Throttled(
+                f"{what} failed: {exc.describe()}",
+                retry_after=exc.retry_after,
+                status=exc.status,
+                source=source,
+                scopes=scopes,
+            )
+        return SourceUnavailable(
+            f"{what} failed: {exc.describe()}.",
+            source=source,
+            scopes=scopes,
+            fix="nothing to configure if it is transient (the request was retried with "
+            "backoff); check the network path to the authority host, or raise the timeouts "
+            "(Timeouts / ENTRA_PASSTHROUGH_READ_TIMEOUT) if Entra is slow from here.",
+        )
     detail = type(exc).__name__
     text = str(exc)
     if detail == "MsalServiceError" and text.startswith("HTTP Error: "):

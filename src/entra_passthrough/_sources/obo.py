@@ -18,8 +18,10 @@ from .._errors import (
     TenantNotAllowed,
     is_consent_required,
 )
+from .._http import Throttle, Timeouts, TransportFailure, deadline
 from .._jwt import fingerprint
 from .._msal import (
+    DEFAULT_MAX_WORKERS,
     PUBLIC_AUTHORITY_HOST,
     AppPool,
     WorkerPool,
@@ -64,12 +66,15 @@ class OnBehalfOf:
         client_assertion: Callable[[], str] | None = None,
         managed_identity: ManagedIdentity | None = None,
         federated_token_file: str | None = None,
+        certificate_password: str | None = None,
+        send_certificate_chain: bool = False,
         authority_host: str = PUBLIC_AUTHORITY_HOST,
         allowed_tenants: Sequence[str] | None = None,
         accepted_audiences: Sequence[str] = (),
         http_client: Any = None,
-        max_workers: int = 8,
+        max_workers: int = DEFAULT_MAX_WORKERS,
         max_tenants: int = 64,
+        timeouts: Timeouts | None = None,
         consent_link: ConsentLink | None = None,
         consent_redirect_uri: str | None = None,
         name: str = "obo",
@@ -84,6 +89,8 @@ class OnBehalfOf:
         self.accepted_audiences = frozenset((client_id, f"api://{client_id}", *accepted_audiences))
         self.consent_redirect_uri = consent_redirect_uri
         self._consent_link = consent_link
+        if managed_identity is not None:
+            managed_identity.require_user_assigned("OnBehalfOf")
         self._credential_kind, self._credential = client_credential(
             owner="OnBehalfOf",
             authority_host=self.authority_host,
@@ -92,8 +99,12 @@ class OnBehalfOf:
             client_assertion=client_assertion,
             managed_identity=managed_identity,
             federated_token_file=federated_token_file,
+            certificate_password=certificate_password,
+            send_certificate_chain=send_certificate_chain,
         )
         self._http_client = http_client
+        self.timeouts = timeouts or Timeouts()
+        self._throttle = Throttle()  # Retry-After per authority, shared by this source's apps
         # MSAL builds its own session when none is given; close() closes sessions we own.
         self._owns_http = http_client is None
         self._created_http = False  # from_env built http_client itself (CA file)
@@ -116,6 +127,8 @@ class OnBehalfOf:
             authority=f"{self.authority_host}/{tenant}",
             http_client=self._http_client,
             client_capabilities=capabilities,
+            timeouts=self.timeouts,
+            throttle=self._throttle,
         )
 
     def msal_apps(self) -> list[Any]:
@@ -188,17 +201,35 @@ class OnBehalfOf:
         if self.cache_partition(request) is None:
             return None
         tenant, assertion, exp = self.preflight(request)
-        return await self._pool.run(self._exchange, request, tenant, assertion, exp)
+        try:
+            # The worker enforces the deadline on every request; this bounds the wait even for
+            # an answer that trickles in under the read timeout.
+            return await self._pool.run(
+                self._exchange,
+                request,
+                tenant,
+                assertion,
+                exp,
+                wait_at_most=self.timeouts.deadline + 1.0,
+            )
+        except TimeoutError:
+            raise unreachable(
+                TransportFailure("deadline"),
+                what="on-behalf-of request to Entra",
+                source=self.name,
+                scopes=request.scopes,
+            ) from None
 
     def _exchange(
         self, request: TokenRequest, tenant: str, assertion: str, exp: float
     ) -> TokenResult:
         scopes = request.scopes
         try:
-            app = self._apps.get(tenant, request.client_capabilities)
-            response = app.acquire_token_on_behalf_of(
-                assertion, list(scopes), claims_challenge=request.claims
-            )
+            with deadline(self.timeouts.deadline):  # discovery, client assertion, POST, retries
+                app = self._apps.get(tenant, request.client_capabilities)
+                response = app.acquire_token_on_behalf_of(
+                    assertion, list(scopes), claims_challenge=request.claims
+                )
         except Exception as exc:
             raise unreachable(
                 exc, what="on-behalf-of request to Entra", source=self.name, scopes=scopes
@@ -281,13 +312,35 @@ def options_from_env(env: Mapping[str, str], *, http_client: Any) -> tuple[dict[
         http_client = http_session(ca_file)
     options = {
         "authority_host": _env.get(env, "AZURE_AUTHORITY_HOST") or PUBLIC_AUTHORITY_HOST,
-        "allowed_tenants": _env.get_list(env, "ENTRA_PASSTHROUGH_ALLOWED_TENANTS") or None,
+        "allowed_tenants": allowed_tenants_from_env(env),
         "accepted_audiences": _env.get_list(env, "ENTRA_PASSTHROUGH_ACCEPTED_AUDIENCES"),
         "http_client": http_client,
-        "max_workers": _env.get_int(env, "ENTRA_PASSTHROUGH_MAX_WORKERS", 8),
+        "max_workers": _env.get_int(env, "ENTRA_PASSTHROUGH_MAX_WORKERS", DEFAULT_MAX_WORKERS),
+        "timeouts": Timeouts.from_env(env),
         **credential_from_env(env, http_client=http_client),
     }
     return options, created
+
+
+def allowed_tenants_from_env(env: Mapping[str, str]) -> tuple[str, ...] | None:
+    """``ENTRA_PASSTHROUGH_ALLOWED_TENANTS``, else the home tenant plus azure-identity's
+    ``AZURE_ADDITIONALLY_ALLOWED_TENANTS`` (``None``: the home tenant only). ``*`` is refused:
+    the allow-list decides which tenant's users the app acts for."""
+    own = _env.get_list(env, "ENTRA_PASSTHROUGH_ALLOWED_TENANTS")
+    extra = _env.get_list(env, "AZURE_ADDITIONALLY_ALLOWED_TENANTS")
+    if "*" in own or "*" in extra:
+        raise ConfigurationError(
+            "'*' (any tenant) is not accepted as an allowed tenant for on-behalf-of: the "
+            "allow-list decides which tenants' users this app acts for.",
+            fix="list the tenant ids in ENTRA_PASSTHROUGH_ALLOWED_TENANTS or "
+            "AZURE_ADDITIONALLY_ALLOWED_TENANTS.",
+        )
+    if own:
+        return (*own, *extra)
+    if extra:
+        home = _env.get(env, "AZURE_TENANT_ID") or _env.get(env, "FOUNDRY_AGENT_TENANT_ID")
+        return (*((home,) if home else ()), *extra)
+    return None
 
 
 def credential_from_env(env: Mapping[str, str], *, http_client: Any) -> dict[str, Any]:
@@ -314,14 +367,21 @@ def credential_from_env(env: Mapping[str, str], *, http_client: Any) -> dict[str
     if choice == "secret" and secret:
         return {"client_secret": secret}
     if choice == "certificate" and cert:
-        return {"client_certificate": cert}
+        return {
+            "client_certificate": cert,
+            "certificate_password": _env.get(env, "AZURE_CLIENT_CERTIFICATE_PASSWORD"),
+            "send_certificate_chain": _env.get_bool(env, "AZURE_CLIENT_SEND_CERTIFICATE_CHAIN"),
+        }
     if choice == "federated_token_file" and token_file:
         return {"federated_token_file": token_file}
     if choice == "managed_identity":
+        # A managed identity as federated credential must be user-assigned: the constructor
+        # checks it (ConfigurationError naming AZURE_CLIENT_ID) before any request.
         return {"managed_identity": ManagedIdentity.from_env(env, http_client=http_client)}
     raise ConfigurationError(
         "No client credential for the OBO app in the environment"
-        + (f" (ENTRA_PASSTHROUGH_CLIENT_CREDENTIAL={choice})." if choice else "."),
+        + (f" (ENTRA_PASSTHROUGH_CLIENT_CREDENTIAL={choice})." if choice else ".")
+        + _env.azure_app_hint(env),
         fix="set ENTRA_PASSTHROUGH_CLIENT_SECRET, ENTRA_PASSTHROUGH_CLIENT_CERTIFICATE_PATH, "
         "AZURE_FEDERATED_TOKEN_FILE, or IDENTITY_ENDPOINT/IDENTITY_HEADER (managed identity as "
         "a federated credential).",

@@ -10,6 +10,8 @@ Configuration is a JSON file with no secrets in it; secrets come from the enviro
     ENTRA_PASSTHROUGH_CONSENT_KEYS          "kid:<base64url 32 bytes>[,old-kid:...]"
     ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET the consent app's secret, or
     ENTRA_PASSTHROUGH_CONSENT_CLIENT_CERTIFICATE_PATH  a PEM with its key and certificate
+    ENTRA_PASSTHROUGH_REDIS_URL             the store shared with the agents (or --store);
+                                            ENTRA_PASSTHROUGH_REDIS_AUTH=entra etc. apply
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 
 from .._errors import ConfigurationError, require_extra
 from .._msal import PUBLIC_AUTHORITY_HOST, http_session
-from .._store import Keyring, MemoryStore
+from .._store import Keyring, MemoryStore, TokenStore
 from ..cli import parser_for
 
 _SECRET_ENV = "ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET"
@@ -29,8 +31,24 @@ _CERT_ENV = "ENTRA_PASSTHROUGH_CONSENT_CLIENT_CERTIFICATE_PATH"
 _KEYS_ENV = "ENTRA_PASSTHROUGH_CONSENT_KEYS"
 
 
-def build_broker(config: dict[str, Any], environ: dict[str, str] | None = None) -> Any:
-    """A ``ConsentBroker`` from a parsed config and the environment (secrets)."""
+def build_store(url: str | None, environ: dict[str, str] | None = None) -> TokenStore:
+    """The grant store: ``RedisStore`` for a ``redis://``/``rediss://`` URL (the other
+    ``ENTRA_PASSTHROUGH_REDIS_*`` variables apply), a ``MemoryStore`` for none or ``memory``."""
+    if not url or url == "memory":
+        return MemoryStore()
+    from ..redis import RedisStore
+
+    env = dict(os.environ if environ is None else environ)
+    return RedisStore.from_env({**env, "ENTRA_PASSTHROUGH_REDIS_URL": url})
+
+
+def build_broker(
+    config: dict[str, Any],
+    environ: dict[str, str] | None = None,
+    *,
+    store: TokenStore | None = None,
+) -> Any:
+    """A ``ConsentBroker`` from a parsed config, the environment (secrets) and the store."""
     from ._broker import ConsentBroker
 
     env = dict(os.environ if environ is None else environ)
@@ -53,9 +71,9 @@ def build_broker(config: dict[str, Any], environ: dict[str, str] | None = None) 
         post_logout_redirect_uri=config.get("post_logout_redirect_uri"),
         client_secret=secret,
         client_certificate=cert,
-        # A standalone broker must share the agent's store; only the memory store exists
-        # today, so this mode is for trying the flow (docs/consent.md).
-        store=MemoryStore(),
+        # A standalone broker must share the agents' store (Redis): with the memory store
+        # this mode is for trying the flow only (docs/consent.md, docs/scale-out.md).
+        store=store if store is not None else MemoryStore(),
         keyring=Keyring.from_env(_KEYS_ENV, environ=env),
         http_client=http_session(str(ca_file)) if ca_file else None,
     )
@@ -68,7 +86,8 @@ def main(argv: list[str]) -> int:
             config = json.load(handle)
         if not isinstance(config, dict):
             raise ConfigurationError("the broker config must be a JSON object.")
-        broker = build_broker(config)
+        store = build_store(args.store or os.environ.get("ENTRA_PASSTHROUGH_REDIS_URL"))
+        broker = build_broker(config, store=store)
     except (OSError, ValueError) as exc:
         sys.stderr.write(f"entra-passthrough broker: {exc}\n")
         return 2
@@ -83,10 +102,14 @@ def main(argv: list[str]) -> int:
     except ImportError as exc:
         raise require_extra("consent", "consent", exc) from exc
 
-    sys.stderr.write(
-        "consent broker: WARNING the memory store is not shared with any agent process; "
-        "use the mounted broker (ConsentBroker.for_source) until a shared store is configured.\n"
-    )
+    if isinstance(store, MemoryStore):
+        sys.stderr.write(
+            "consent broker: WARNING the memory store is not shared with any agent process; "
+            "use --store rediss://... (the agents' RedisStore) or the mounted broker "
+            "(ConsentBroker.for_source).\n"
+        )
+    else:
+        sys.stderr.write(f"consent broker: grants are shared through {store!r}\n")
     uvicorn.run(
         broker.app,
         host=args.host,

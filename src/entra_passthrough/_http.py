@@ -1,0 +1,435 @@
+"""Time and throttling for every token request MSAL sends: timeouts, a deadline, retries,
+``Retry-After`` and a short negative cache.
+
+Why this layer exists (MSAL Python 1.39):
+
+* MSAL sets no HTTP timeout, and neither does a ``requests.Session`` given to it: a stalled token
+  endpoint would hold the call and a worker thread forever.
+* MSAL honours ``Retry-After`` (and caches HTTP 400 answers for 60 s) inside its ``http_cache``.
+  The library neutralises that cache on purpose (the retry right after a user consents must be a
+  real request), which also removes MSAL's throttling. The throttling is rebuilt here, without
+  caching any 400: a gate per authority (token endpoint) set by a ``Retry-After`` answer, and a
+  short gate per request key after a transient failure exhausted its retries.
+
+``GuardedHttpClient`` has MSAL's ``http_client`` interface (``post``/``get``/``close``) and wraps
+whatever session the application gave (or a ``requests.Session`` with ``trust_env`` kept).
+Failures leave it as ``TransportFailure``; the sources turn that into ``Throttled`` or
+``SourceUnavailable`` with their own name and scopes (``_sources._base.unreachable``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import email.utils
+import hashlib
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from . import _env
+from ._errors import ConfigurationError
+
+#: HTTP statuses worth retrying: throttling and the gateway/server errors Entra documents as
+#: transient (AADSTS90033 and friends). Nothing else is retried (a 400 is an answer).
+RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Time limits for the token requests a source sends (docs/reliability.md).
+
+    ``connect``/``read``: per HTTP request (seconds to open the connection, to wait for each
+    read). ``deadline``: the whole acquisition (every request, retry and wait inside one
+    ``get_token``), after which the caller gets a typed error. ``retries``: extra attempts for a
+    retryable failure (429/5xx, connection reset, timeout), with exponential ``backoff`` and
+    jitter, capped at ``max_backoff``. A ``Retry-After`` up to ``max_retry_wait`` is waited
+    for within the call; a longer one raises ``Throttled`` at once. ``negative_ttl``: after a
+    request failed for good, the same request fails fast for that long (no POST).
+
+    >>> OnBehalfOf(..., timeouts=Timeouts(read=5.0, deadline=10.0))  # doctest: +SKIP
+    """
+
+    connect: float = 5.0
+    read: float = 10.0
+    deadline: float = 30.0
+    retries: int = 2
+    backoff: float = 0.2
+    max_backoff: float = 2.0
+    max_retry_wait: float = 2.0
+    negative_ttl: float = 2.0
+
+    def __post_init__(self) -> None:
+        for name in ("connect", "read", "deadline"):
+            if not getattr(self, name) > 0:
+                raise ConfigurationError(f"Timeouts.{name} must be a positive number of seconds.")
+        for name in ("backoff", "max_backoff", "max_retry_wait", "negative_ttl"):
+            if not getattr(self, name) >= 0:
+                raise ConfigurationError(f"Timeouts.{name} must not be negative.")
+        if not 0 <= self.retries <= 10:
+            raise ConfigurationError("Timeouts.retries must be between 0 and 10.")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Timeouts:
+        """``ENTRA_PASSTHROUGH_CONNECT_TIMEOUT``, ``..._READ_TIMEOUT``, ``..._TOKEN_DEADLINE``
+        and ``..._TOKEN_RETRIES`` over the defaults (docs/configuration.md)."""
+        values: dict[str, Any] = {}
+        for field_name, var in (
+            ("connect", "ENTRA_PASSTHROUGH_CONNECT_TIMEOUT"),
+            ("read", "ENTRA_PASSTHROUGH_READ_TIMEOUT"),
+            ("deadline", "ENTRA_PASSTHROUGH_TOKEN_DEADLINE"),
+            ("retries", "ENTRA_PASSTHROUGH_TOKEN_RETRIES"),
+        ):
+            raw = _env.get(env, var)
+            if raw is None:
+                continue
+            try:
+                values[field_name] = int(raw) if field_name == "retries" else float(raw)
+            except ValueError:
+                raise ConfigurationError(
+                    f"{var} must be a number, got {raw[:20]!r}.",
+                    fix=f"set {var} to a number of seconds (or unset it for the default).",
+                ) from None
+        return cls(**values)
+
+
+DEFAULT_TIMEOUTS = Timeouts()
+
+
+class TransportFailure(Exception):
+    """A token request that failed for good (raised through MSAL to the source).
+
+    ``kind``: ``throttled`` (429, or a 5xx with ``Retry-After``), ``status`` (another retryable
+    status), ``timeout``, ``connection`` or ``deadline``. ``retry_after``: seconds until a
+    request may be sent again (``None`` if unknown). Carries no URL, body or header value.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        attempts: int = 1,
+        cached: bool = False,
+    ) -> None:
+        self.kind = kind
+        self.status = status
+        self.retry_after = retry_after
+        self.attempts = attempts
+        self.cached = cached
+        super().__init__(self.describe())
+
+    def describe(self) -> str:
+        if self.kind == "throttled":
+            what = f"Entra answered HTTP {self.status} asking to retry later"
+        elif self.kind == "status":
+            what = f"Entra answered HTTP {self.status}"
+        elif self.kind == "timeout":
+            what = "Entra did not answer in time (connect or read timeout)"
+        elif self.kind == "deadline":
+            what = "the acquisition's deadline passed before Entra answered"
+        else:
+            what = "the connection to Entra failed"
+        if self.cached:
+            what += " (a recent identical failure; no request was sent)"
+        elif self.attempts > 1:
+            what += f" after {self.attempts} attempts"
+        return what
+
+
+# -- the per-acquisition deadline ---------------------------------------------------------------
+
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "entra_passthrough_deadline", default=None
+)
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[float]:
+    """Bound every token request made inside (in this thread/context) by one deadline; a nested
+    scope never extends an outer one (e.g. a client assertion fetched inside an OBO request)."""
+    now = time.monotonic()
+    outer = _DEADLINE.get()
+    when = now + seconds if outer is None else min(outer, now + seconds)
+    token = _DEADLINE.set(when)
+    try:
+        yield when
+    finally:
+        _DEADLINE.reset(token)
+
+
+def current_deadline(default_seconds: float) -> float:
+    when = _DEADLINE.get()
+    return when if when is not None else time.monotonic() + default_seconds
+
+
+# -- throttling state, shared by every MSAL app of a source --------------------------------------
+
+
+class Throttle:
+    """``Retry-After`` gates per authority and short negative entries per request key.
+
+    An authority is the token endpoint URL (tenant included): Entra throttles per application
+    and tenant, and a ``Retry-After`` answer to one user's request applies to every request to
+    that endpoint until it lapses, so they fail fast with ``Throttled`` instead of each sending
+    a POST. Bounded: expired entries are dropped as new ones are added.
+    """
+
+    MAX_ENTRIES = 4096
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._authority: dict[str, tuple[float, TransportFailure]] = {}
+        self._keys: dict[str, tuple[float, TransportFailure]] = {}
+
+    def check(self, authority: str, key: str) -> TransportFailure | None:
+        """The failure to raise now, without a request, or ``None``."""
+        now = self._clock()
+        with self._lock:
+            for table, name in ((self._authority, authority), (self._keys, key)):
+                entry = table.get(name)
+                if entry is None:
+                    continue
+                until, failure = entry
+                if until <= now:
+                    del table[name]
+                    continue
+                return TransportFailure(
+                    failure.kind,
+                    status=failure.status,
+                    retry_after=max(until - now, 0.0),
+                    cached=True,
+                )
+        return None
+
+    def authority_blocked(self, authority: str) -> bool:
+        now = self._clock()
+        with self._lock:
+            entry = self._authority.get(authority)
+            return entry is not None and entry[0] > now
+
+    def block_authority(self, authority: str, seconds: float, failure: TransportFailure) -> None:
+        self._put(self._authority, authority, seconds, failure)
+
+    def block_key(self, key: str, seconds: float, failure: TransportFailure) -> None:
+        self._put(self._keys, key, seconds, failure)
+
+    def clear_key(self, key: str) -> None:
+        with self._lock:
+            self._keys.pop(key, None)
+
+    def _put(
+        self,
+        table: dict[str, tuple[float, TransportFailure]],
+        name: str,
+        seconds: float,
+        failure: TransportFailure,
+    ) -> None:
+        if seconds <= 0:
+            return
+        now = self._clock()
+        with self._lock:
+            current = table.get(name)
+            until = now + seconds
+            if current is None or current[0] < until:
+                table[name] = (until, failure)
+            if len(table) > self.MAX_ENTRIES:
+                for stale in [k for k, (u, _) in table.items() if u <= now]:
+                    del table[stale]
+                while len(table) > self.MAX_ENTRIES:
+                    del table[next(iter(table))]
+
+
+def retry_after_seconds(
+    headers: Mapping[str, str] | Any, *, now: float | None = None
+) -> float | None:
+    """``Retry-After`` as seconds (delta-seconds or an HTTP date), bounded to an hour; ``None``
+    when absent or unreadable."""
+    try:
+        raw = headers.get("Retry-After") or headers.get("retry-after")
+    except Exception:  # a header mapping we do not know
+        return None
+    if not raw:
+        return None
+    text = str(raw).strip()[:64]
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if seconds != seconds:  # NaN
+        return None
+    return min(max(seconds, 0.0), 3600.0)
+
+
+def _request_key(method: str, url: str, data: Any, params: Any) -> str:
+    # What identifies "the same request" for the negative cache: the URL, the client, the scope
+    # and the user's part (assertion, refresh token, code). Hashed: never kept in clear.
+    parts = [method, url]
+    if isinstance(data, Mapping):
+        for name in ("client_id", "scope", "grant_type", "assertion", "refresh_token", "code"):
+            value = data.get(name)
+            if value is not None:
+                parts.append(f"{name}={value}")
+    elif data is not None:
+        parts.append(str(data))
+    if params:
+        parts.append(str(params))
+    return hashlib.sha256("\x00".join(parts).encode("utf-8", "replace")).hexdigest()
+
+
+def _authority_of(url: str) -> str:
+    return url.split("?", 1)[0]
+
+
+class GuardedHttpClient:
+    """MSAL's ``http_client`` with timeouts, the acquisition deadline, bounded retries with
+    backoff and jitter for retryable failures only, ``Retry-After`` and a negative cache.
+
+    Nothing is cached from an answer: a 400 (consent missing, bad assertion) goes back to MSAL
+    as it came, so the request right after the user fixes it is sent.
+    """
+
+    def __init__(
+        self,
+        inner: Any,
+        *,
+        timeouts: Timeouts = DEFAULT_TIMEOUTS,
+        throttle: Throttle | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if inner is None:
+            import requests
+
+            inner = requests.Session()  # trust_env kept: proxies and corporate CAs work
+        self.inner = inner
+        self.timeouts = timeouts
+        self.throttle = throttle if throttle is not None else Throttle()
+        self._sleep = sleep
+        self._random = random.Random()  # noqa: S311 - backoff jitter, not a secret
+
+    def __repr__(self) -> str:
+        return f"GuardedHttpClient({type(self.inner).__name__}, {self.timeouts!r})"
+
+    def close(self) -> None:
+        close = getattr(self.inner, "close", None)
+        if callable(close):
+            close()
+
+    def post(
+        self,
+        url: str,
+        params: Any = None,
+        data: Any = None,
+        headers: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        return self._send("POST", url, params=params, data=data, headers=headers, **kwargs)
+
+    def get(self, url: str, params: Any = None, headers: Any = None, **kwargs: Any) -> Any:
+        return self._send("GET", url, params=params, data=None, headers=headers, **kwargs)
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def _send(
+        self, method: str, url: str, *, params: Any, data: Any, headers: Any, **kwargs: Any
+    ) -> Any:
+        t = self.timeouts
+        end = current_deadline(t.deadline)
+        authority = _authority_of(url)
+        key = _request_key(method, url, data, params)
+        blocked = self.throttle.check(authority, key)
+        if blocked is not None:
+            raise blocked
+        kwargs.pop("timeout", None)  # ours wins: MSAL passes none, a caller's could be unbounded
+        send = self.inner.post if method == "POST" else self.inner.get
+        attempt = 0
+        while True:
+            attempt += 1
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                raise TransportFailure("deadline", attempts=attempt - 1 or 1)
+            timeout = (min(t.connect, remaining), min(t.read, remaining))
+            failure: TransportFailure
+            wait: float | None = None
+            try:
+                if method == "POST":
+                    response = send(
+                        url, params=params, data=data, headers=headers, timeout=timeout, **kwargs
+                    )
+                else:
+                    response = send(url, params=params, headers=headers, timeout=timeout, **kwargs)
+            except Exception as exc:  # requests' Timeout/ConnectionError, OSError, ...
+                kind = "timeout" if _is_timeout(exc) else "connection"
+                if time.monotonic() >= end:
+                    kind = "deadline"
+                failure = TransportFailure(kind, attempts=attempt)
+            else:
+                status = int(getattr(response, "status_code", 0) or 0)
+                if status not in RETRYABLE_STATUSES:
+                    self.throttle.clear_key(key)
+                    return response
+                wait = retry_after_seconds(getattr(response, "headers", None) or {})
+                throttled = status == 429 or wait is not None
+                failure = TransportFailure(
+                    "throttled" if throttled else "status",
+                    status=status,
+                    retry_after=wait,
+                    attempts=attempt,
+                )
+                _close_quietly(response)
+                if throttled:
+                    # Coalesce: every other request to this endpoint fails fast until it lapses.
+                    self.throttle.block_authority(
+                        authority, wait if wait is not None else t.negative_ttl, failure
+                    )
+            if attempt > t.retries:
+                break
+            if wait is not None:
+                if wait > t.max_retry_wait or wait >= end - time.monotonic():
+                    break  # too long to wait inside a call: the caller gets when to retry
+                pause = wait
+            else:
+                base = min(t.max_backoff, t.backoff * (2 ** (attempt - 1)))
+                pause = base / 2 + self._random.uniform(0, base / 2)  # equal jitter
+            if pause >= end - time.monotonic():
+                break
+            self._sleep(pause)
+            if wait is None and self.throttle.authority_blocked(authority):
+                break  # another request got a Retry-After meanwhile: honour it
+        if failure.kind in ("status", "timeout", "connection"):
+            # A short negative cache: the same request fails fast for a moment. A server error
+            # that outlived every retry also pauses the endpoint for everyone (it is the
+            # endpoint failing); a timeout or reset may be one stalled request, and must not
+            # make other users' requests fail.
+            self.throttle.block_key(key, t.negative_ttl, failure)
+            if failure.kind == "status":
+                self.throttle.block_authority(authority, t.negative_ttl, failure)
+        raise failure
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    name = type(exc).__name__
+    if "Timeout" in name or isinstance(exc, TimeoutError):
+        return True
+    cause = exc.__context__
+    return cause is not None and cause is not exc and _is_timeout_shallow(cause)
+
+
+def _is_timeout_shallow(exc: BaseException) -> bool:
+    return "Timeout" in type(exc).__name__ or isinstance(exc, TimeoutError)
+
+
+def _close_quietly(response: Any) -> None:
+    close = getattr(response, "close", None)
+    if callable(close):
+        with contextlib.suppress(Exception):
+            close()

@@ -1,0 +1,76 @@
+"""Fault tests: real MSAL against the emulator over HTTPS, with its fault injection."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from entra_passthrough import OnBehalfOf, Timeouts, TokenChain
+from entra_passthrough.testing import EntraEmulator
+
+
+def mcp_scope(idp: EntraEmulator) -> list[str]:
+    return [f"{idp.mcp.app_id_uri}/.default"]
+
+
+def token_posts(idp: EntraEmulator) -> int:
+    return int(idp.stats()["endpoints"]["token"])
+
+
+class Rig:
+    """One OnBehalfOf + TokenChain per test, its MSAL app warmed up (discovery done) so that
+    faults injected on ``token`` hit the OBO POSTs only."""
+
+    def __init__(self, idp: EntraEmulator, timeouts: Timeouts | None = None, **kw: Any) -> None:
+        self.idp = idp
+        self.http = idp.msal_http_client()
+        self.obo = OnBehalfOf(
+            client_id=idp.agent.client_id,
+            tenant_id=idp.tenant_id,
+            authority_host=idp.url,
+            client_secret=idp.agent.secret,
+            http_client=self.http,
+            timeouts=timeouts,
+            **kw,
+        )
+        self.chain = TokenChain([self.obo])
+        self._n = 0
+
+    def user_token(self, user: str = "alice") -> str:
+        self._n += 1
+        return self.idp.user_token(
+            user, audience=self.idp.agent.client_id, extra_claims={"uti": f"f{self._n}"}
+        )
+
+    def close(self) -> None:
+        self.chain.close()
+        self.http.close()
+
+
+@pytest.fixture
+def idp(entra_emulator: EntraEmulator) -> Iterator[EntraEmulator]:
+    entra_emulator.clear_faults()
+    entra_emulator.token_latency = 0.0
+    yield entra_emulator
+    entra_emulator.clear_faults()
+    entra_emulator.token_latency = 0.0
+
+
+@pytest.fixture
+def rig_factory(idp: EntraEmulator) -> Iterator[Any]:
+    rigs: list[Rig] = []
+
+    def make(timeouts: Timeouts | None = None, **kw: Any) -> Rig:
+        rig = Rig(idp, timeouts, **kw)
+        rigs.append(rig)
+        from entra_passthrough import bind_caller
+
+        with bind_caller(token=rig.user_token("alice")):
+            rig.chain.get_token(mcp_scope(idp))  # discovery + one POST, before any fault
+        return rig
+
+    yield make
+    for rig in rigs:
+        rig.close()
