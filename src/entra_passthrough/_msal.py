@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import msal
 
 from ._errors import ConfigurationError
+from ._http import DEFAULT_TIMEOUTS, GuardedHttpClient, Throttle, Timeouts
 
 if TYPE_CHECKING:
     from ._sources.managed_identity import ManagedIdentity
@@ -33,6 +34,11 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 PUBLIC_AUTHORITY_HOST = "https://login.microsoftonline.com"
+
+#: Worker threads per source. A thread waiting on Entra holds no GIL, so idle capacity is cheap;
+#: 64 lets a cold burst go out at once (8 capped it at 8 requests per round trip) and keeps
+#: room for healthy users while a few requests stall up to their deadline.
+DEFAULT_MAX_WORKERS = 64
 
 #: The federated-credential audience per cloud, from the authority host (docs/platform-facts.md).
 _FEDERATION_AUDIENCES = {
@@ -94,9 +100,17 @@ def confidential_app(
     authority: str,
     http_client: Any,
     client_capabilities: tuple[str, ...] = (),
+    timeouts: Timeouts = DEFAULT_TIMEOUTS,
+    throttle: Throttle | None = None,
 ) -> Any:
     """An MSAL confidential client with both caches neutralised (see above). The authority is
-    configuration, not input: no instance discovery. Builds do a discovery GET (worker thread)."""
+    configuration, not input: no instance discovery. Builds do a discovery GET (worker thread).
+
+    Every request goes through ``GuardedHttpClient`` (timeouts, deadline, retries, Retry-After:
+    MSAL sets no timeout and its throttling lived in the cache neutralised here); with
+    ``http_client=None`` it wraps a new ``requests.Session`` (closed with the app's client)."""
+    if not isinstance(http_client, GuardedHttpClient):
+        http_client = GuardedHttpClient(http_client, timeouts=timeouts, throttle=throttle)
     return msal.ConfidentialClientApplication(
         client_id,
         client_credential=credential,
@@ -117,7 +131,9 @@ def confidential_app(
 class WorkerPool:
     """A dedicated, bounded thread pool for blocking token calls, created on first use."""
 
-    def __init__(self, *, max_workers: int = 8, name: str = "entra-passthrough") -> None:
+    def __init__(
+        self, *, max_workers: int = DEFAULT_MAX_WORKERS, name: str = "entra-passthrough"
+    ) -> None:
         if max_workers < 1:
             raise ConfigurationError("max_workers must be at least 1")
         self.max_workers = max_workers
@@ -149,9 +165,16 @@ class WorkerPool:
                 executor = self._executor
         return executor
 
-    async def run(self, fn: Callable[..., T], /, *args: Any) -> T:
+    async def run(
+        self, fn: Callable[..., T], /, *args: Any, wait_at_most: float | None = None
+    ) -> T:
+        """``fn(*args)`` in a worker. With ``wait_at_most``, the caller stops waiting then
+        (``TimeoutError``) even if the thread is still blocked; a job still queued is dropped."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._get(), functools.partial(fn, *args))
+        future = loop.run_in_executor(self._get(), functools.partial(fn, *args))
+        if wait_at_most is None:
+            return await future
+        return await asyncio.wait_for(future, wait_at_most)
 
     def close(self) -> None:
         with self._lock:
