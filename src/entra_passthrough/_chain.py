@@ -385,6 +385,8 @@ class TokenChain:
             sources.append(AgentIdentityOnBehalfOf.from_env(env, http_client=http_client))
         elif _env.get(env, "ENTRA_PASSTHROUGH_CLIENT_ID"):
             sources.append(OnBehalfOf.from_env(env, http_client=http_client))
+        elif _env.get(env, "FOUNDRY_AGENT_INSTANCE_CLIENT_ID"):  # set by Foundry (hosted agent)
+            sources.append(AgentIdentityOnBehalfOf.from_env(env, http_client=http_client))
         wants_app = chosen in (Policy.USER_OR_APP, Policy.APP_ONLY) or lifecycle_app
         if wants_app and (_env.get(env, "IDENTITY_ENDPOINT") or _env.get(env, "AZURE_CLIENT_ID")):
             sources.append(ManagedIdentity.from_env(env))
@@ -392,7 +394,7 @@ class TokenChain:
             sources.append(AzureCli.from_env(env))
         if not sources:
             raise ConfigurationError(
-                "The environment configures no token source.",
+                "The environment configures no token source." + _env.azure_app_hint(env),
                 fix="set ENTRA_PASSTHROUGH_CLIENT_ID and AZURE_TENANT_ID (and a client "
                 "credential) for on-behalf-of; see docs/configuration.md.",
             )

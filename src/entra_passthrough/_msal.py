@@ -241,14 +241,23 @@ def http_session(ca_file: str | None) -> Any:
     return session
 
 
-def load_certificate(certificate: bytes | str) -> dict[str, str]:
-    """MSAL's ``client_credential`` for a PEM holding the private key and the certificate.
+def load_certificate(
+    certificate: bytes | str, *, password: str | None = None, send_chain: bool = False
+) -> dict[str, str]:
+    """MSAL's ``client_credential`` for a client certificate, the way MSAL recommends it.
 
-    ``certificate`` is PEM bytes or a path to a PEM file. MSAL signs the client assertion
-    itself; we give it the key and the certificate's SHA-1 thumbprint (x5t).
+    ``certificate`` is a path to, or the bytes of, a PEM (private key + certificate, the key
+    possibly encrypted) or a PFX/PKCS#12 file; ``password`` opens an encrypted key or a PFX.
+    The key is loaded here, so a wrong password or a missing key is a ``ConfigurationError`` at
+    start-up, before any request. MSAL gets the public certificate (not a SHA-1 thumbprint), so
+    it signs with PS256 and names the certificate with ``x5t#S256``
+    (https://learn.microsoft.com/entra/identity-platform/certificate-credentials). The header
+    ``x5c`` carries the leaf certificate, or the whole chain with ``send_chain`` (subject
+    name/issuer authentication).
     """
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.serialization import pkcs12
 
     if isinstance(certificate, str):
         try:
@@ -260,20 +269,75 @@ def load_certificate(certificate: bytes | str) -> dict[str, str]:
             ) from None
     else:
         data = certificate
-    text = data.decode("ascii", errors="replace")
-    key_pem = _pem_block(text, "PRIVATE KEY")
-    cert_pem = _pem_block(text, "CERTIFICATE")
-    if key_pem is None or cert_pem is None:
-        raise ConfigurationError(
-            "the client certificate must be a PEM with both the private key and the certificate.",
-            fix="concatenate the key and certificate PEM blocks into one file.",
+    secret = password.encode() if password else None
+    key: Any
+    certs: list[Any]
+    if b"-----BEGIN" in data:
+        text = data.decode("ascii", errors="replace")
+        key_pem = _pem_block(text, "PRIVATE KEY")
+        if key_pem is None or "-----BEGIN CERTIFICATE-----" not in text:
+            raise ConfigurationError(
+                "the client certificate must be a PEM with both the private key and the "
+                "certificate, or a PFX.",
+                fix="concatenate the key and certificate PEM blocks into one file.",
+            )
+        try:
+            key = serialization.load_pem_private_key(key_pem.encode(), password=secret)
+            certs = x509.load_pem_x509_certificates(data)
+        except TypeError:
+            raise ConfigurationError(
+                "the client certificate's private key is encrypted and no password was given "
+                "(or a password was given for a key that is not encrypted).",
+                fix="set AZURE_CLIENT_CERTIFICATE_PASSWORD (certificate_password=...), or "
+                "remove it for an unencrypted key.",
+            ) from None
+        except ValueError:
+            raise ConfigurationError(
+                "the client certificate PEM cannot be parsed, or its password is wrong.",
+                fix="check the file and AZURE_CLIENT_CERTIFICATE_PASSWORD.",
+            ) from None
+    else:
+        try:
+            key, leaf, extra = pkcs12.load_key_and_certificates(data, secret)
+        except (ValueError, TypeError):
+            raise ConfigurationError(
+                "the client certificate is neither a PEM nor a PFX that opens with the given "
+                "password.",
+                fix="check the file and AZURE_CLIENT_CERTIFICATE_PASSWORD.",
+            ) from None
+        if key is None or leaf is None:
+            raise ConfigurationError(
+                "the PFX holds no private key or no certificate.",
+                fix="export the PFX with its private key (openssl pkcs12 -export -inkey ...).",
+            )
+        certs = [leaf, *extra]
+    public = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    matching = [
+        c
+        for c in certs
+        if c.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
-    try:
-        cert = x509.load_pem_x509_certificate(cert_pem.encode())
-    except ValueError:
-        raise ConfigurationError("the client certificate PEM cannot be parsed.") from None
-    thumbprint = cert.fingerprint(hashes.SHA1()).hex().upper()  # noqa: S303 - x5t is SHA-1
-    return {"private_key": key_pem, "thumbprint": thumbprint}
+        == public
+    ]
+    if not matching:
+        raise ConfigurationError(
+            "no certificate in the file matches the private key.",
+            fix="put the key's own certificate in the file (first), then any chain.",
+        )
+    leaf = matching[0]
+    chain = [leaf] + ([c for c in certs if c is not leaf] if send_chain else [])
+    key_text = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    public_certificate = "".join(
+        c.public_bytes(serialization.Encoding.PEM).decode() for c in chain
+    )
+    return {"private_key": key_text, "public_certificate": public_certificate}
 
 
 def _pem_block(text: str, label: str) -> str | None:
@@ -333,6 +397,8 @@ def client_credential(
     client_assertion: Callable[[], str] | None,
     managed_identity: ManagedIdentity | None,
     federated_token_file: str | None,
+    certificate_password: str | None = None,
+    send_certificate_chain: bool = False,
 ) -> tuple[str, Any]:
     """(kind, MSAL ``client_credential``) for the one credential given. ``authority_host``
     (normalised) picks the cloud's federation audience for a managed identity."""
@@ -355,7 +421,9 @@ def client_credential(
     if client_secret is not None:
         return "secret", client_secret
     if client_certificate is not None:
-        return "certificate", load_certificate(client_certificate)
+        return "certificate", load_certificate(
+            client_certificate, password=certificate_password, send_chain=send_certificate_chain
+        )
     if client_assertion is not None:
         return "client_assertion", {"client_assertion": client_assertion}
     if managed_identity is not None:

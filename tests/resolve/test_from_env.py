@@ -45,9 +45,8 @@ def test_obo_from_env_credential_choice() -> None:
     with pytest.raises(ConfigurationError) as info:
         OnBehalfOf.from_env(env)
     assert "ENTRA_PASSTHROUGH_CLIENT_SECRET" in str(info.value)
-    mi = OnBehalfOf.from_env(
-        {**env, "IDENTITY_ENDPOINT": "http://127.0.0.1:1/msi", "IDENTITY_HEADER": "h"}
-    )
+    host = {"IDENTITY_ENDPOINT": "http://127.0.0.1:1/msi", "IDENTITY_HEADER": "h"}
+    mi = OnBehalfOf.from_env({**env, **host, "AZURE_CLIENT_ID": "uami-client-id"})
     assert "credential=managed_identity" in repr(mi)
     fic = OnBehalfOf.from_env({**env, "AZURE_FEDERATED_TOKEN_FILE": "/var/run/token"})
     assert "credential=federated_token_file" in repr(fic)
@@ -113,7 +112,7 @@ def test_agent_identity_from_env() -> None:
 
 def test_every_variable_is_documented() -> None:
     doc = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
-    documented = set(re.findall(r"`((?:AZURE|IDENTITY|ENTRA_PASSTHROUGH)_[A-Z_]+)`", doc))
+    documented = set(re.findall(r"`((?:AZURE|IDENTITY|ENTRA_PASSTHROUGH|FOUNDRY)_[A-Z_]+)`", doc))
     assert set(VARIABLES) <= documented, set(VARIABLES) - documented
 
 
@@ -152,3 +151,162 @@ def test_from_env_closes_the_ca_session_it_created(
     source = source_class.from_env(env)
     source.close()
     assert [session.verify for session in closed] == [str(tmp_path / "ca.pem")]
+
+
+@pytest.mark.parametrize("source_class", [OnBehalfOf, AgentIdentityOnBehalfOf])
+def test_managed_identity_credential_must_be_user_assigned(
+    source_class: type[OnBehalfOf] | type[AgentIdentityOnBehalfOf],
+) -> None:
+    # Only a user-assigned identity can be a federated credential; with no selector the host
+    # answers with its system-assigned identity. Refused at construction: no request is made
+    # (the endpoint is a closed port).
+    env = {
+        "ENTRA_PASSTHROUGH_CLIENT_ID": "app-id",
+        "ENTRA_PASSTHROUGH_BLUEPRINT_CLIENT_ID": "bp",
+        "ENTRA_PASSTHROUGH_AGENT_IDENTITY_ID": "agent",
+        "AZURE_TENANT_ID": "tenant-a",
+        "ENTRA_PASSTHROUGH_CLIENT_CREDENTIAL": "managed_identity",
+        "IDENTITY_ENDPOINT": "http://127.0.0.1:1/msi",
+        "IDENTITY_HEADER": "h",
+    }
+    with pytest.raises(ConfigurationError) as info:
+        source_class.from_env(env)
+    assert "AZURE_CLIENT_ID" in str(info.value)
+    assert "user-assigned" in str(info.value)
+    with pytest.raises(ConfigurationError, match="user-assigned"):
+        OnBehalfOf(client_id="a", tenant_id="t", managed_identity=ManagedIdentity())
+    source_class.from_env({**env, "AZURE_CLIENT_ID": "uami"}).close()
+
+
+def test_managed_identity_selectors_and_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
+    from entra_passthrough._sources.managed_identity import detect_host
+
+    with pytest.raises(ConfigurationError, match="exactly one"):
+        ManagedIdentity(client_id="a", object_id="b")
+    assert ManagedIdentity(resource_id="/subscriptions/x").selector == (
+        "resource_id",
+        "/subscriptions/x",
+    )
+    assert not ManagedIdentity().user_assigned
+    # The order MSAL's ManagedIdentityClient (and azure-identity) detect the host in.
+    assert detect_host({}) == "imds"
+    assert detect_host({"IDENTITY_ENDPOINT": "x", "IDENTITY_HEADER": "h"}) == "app_service"
+    sf = {"IDENTITY_ENDPOINT": "x", "IDENTITY_HEADER": "h", "IDENTITY_SERVER_THUMBPRINT": "t"}
+    assert detect_host(sf) == "service_fabric"
+    assert detect_host({"IDENTITY_ENDPOINT": "x", "IMDS_ENDPOINT": "y"}) == "azure_arc"
+    assert detect_host({"MSI_ENDPOINT": "x"}) == "cloud_shell"
+    assert detect_host({"MSI_ENDPOINT": "x", "MSI_SECRET": "s"}) == "machine_learning"
+    # from_env on a host other than App Service leaves detection to MSAL (process environment).
+    for name in ("IDENTITY_ENDPOINT", "IDENTITY_HEADER", "MSI_ENDPOINT", "IMDS_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    arc = ManagedIdentity.from_env({"IDENTITY_ENDPOINT": "http://x", "IMDS_ENDPOINT": "http://y"})
+    assert arc.endpoint is None
+    assert "host=imds" in repr(arc)  # the process environment here is no Arc machine
+
+
+def test_azure_identity_app_variables_are_named_in_the_error() -> None:
+    env = {"AZURE_TENANT_ID": "t", "AZURE_CLIENT_ID": "c", "AZURE_CLIENT_SECRET": "cs-secret-1"}
+    for build in (OnBehalfOf.from_env, TokenChain.from_env):
+        with pytest.raises(ConfigurationError) as info:
+            build(env)
+        text = str(info.value)
+        assert "AZURE_CLIENT_ID, AZURE_CLIENT_SECRET" in text
+        assert "ENTRA_PASSTHROUGH_CLIENT_ID" in text
+        assert "cs-secret-1" not in text  # names, never values
+    with pytest.raises(ConfigurationError) as info:
+        OnBehalfOf.from_env({**env, "ENTRA_PASSTHROUGH_CLIENT_ID": "app"})
+    assert "ENTRA_PASSTHROUGH_CLIENT_SECRET" in str(info.value)
+
+
+def test_foundry_agent_variables_feed_agent_identity() -> None:
+    foundry = {
+        "FOUNDRY_AGENT_BLUEPRINT_CLIENT_ID": "bp-from-foundry",
+        "FOUNDRY_AGENT_INSTANCE_CLIENT_ID": "agent-from-foundry",
+        "FOUNDRY_AGENT_TENANT_ID": "tenant-from-foundry",
+        "ENTRA_PASSTHROUGH_CLIENT_SECRET": "bp-secret",
+    }
+    source = AgentIdentityOnBehalfOf.from_env(foundry)
+    assert source.blueprint_client_id == "bp-from-foundry"
+    assert source.agent_identity_id == "agent-from-foundry"
+    assert source._obo.tenant_id == "tenant-from-foundry"
+    source.close()
+    chain = TokenChain.from_env(foundry)
+    assert isinstance(chain.sources[0], AgentIdentityOnBehalfOf)
+    own = AgentIdentityOnBehalfOf.from_env(
+        {**foundry, "ENTRA_PASSTHROUGH_AGENT_IDENTITY_ID": "mine"}
+    )
+    assert own.agent_identity_id == "mine"
+    own.close()
+
+
+def test_additionally_allowed_tenants_and_certificate_variables(tmp_path: Path) -> None:
+    obo = OnBehalfOf.from_env({**BASE, "AZURE_ADDITIONALLY_ALLOWED_TENANTS": "tenant-b;tenant-c"})
+    assert "tenant-a" in obo.allowed_tenants  # the home tenant stays
+    obo.close()
+    obo = OnBehalfOf.from_env({**BASE, "AZURE_ADDITIONALLY_ALLOWED_TENANTS": "tenant-b, tenant-c"})
+    assert obo.allowed_tenants == {"tenant-a", "tenant-b", "tenant-c"}
+    obo.close()
+    with pytest.raises(ConfigurationError, match="any tenant"):
+        OnBehalfOf.from_env({**BASE, "AZURE_ADDITIONALLY_ALLOWED_TENANTS": "*"})
+    key_and_chain, password = _encrypted_pem_with_chain()
+    path = tmp_path / "client.pem"
+    path.write_bytes(key_and_chain)
+    env = {
+        "ENTRA_PASSTHROUGH_CLIENT_ID": "app-id",
+        "AZURE_TENANT_ID": "tenant-a",
+        "ENTRA_PASSTHROUGH_CLIENT_CERTIFICATE_PATH": str(path),
+    }
+    with pytest.raises(ConfigurationError, match="AZURE_CLIENT_CERTIFICATE_PASSWORD"):
+        OnBehalfOf.from_env(env)  # encrypted key, no password: refused before any request
+    with pytest.raises(ConfigurationError, match="password"):
+        OnBehalfOf.from_env({**env, "AZURE_CLIENT_CERTIFICATE_PASSWORD": "wrong"})
+    obo = OnBehalfOf.from_env({**env, "AZURE_CLIENT_CERTIFICATE_PASSWORD": password})
+    assert obo._credential["public_certificate"].count("BEGIN CERTIFICATE") == 1
+    assert password not in repr(obo)
+    obo.close()
+    chained = OnBehalfOf.from_env(
+        {
+            **env,
+            "AZURE_CLIENT_CERTIFICATE_PASSWORD": password,
+            "AZURE_CLIENT_SEND_CERTIFICATE_CHAIN": "true",
+        }
+    )
+    assert chained._credential["public_certificate"].count("BEGIN CERTIFICATE") == 2
+    chained.close()
+
+
+def _encrypted_pem_with_chain() -> tuple[bytes, str]:
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+
+    def cert(
+        subject: str, issuer: str, key: rsa.RSAPrivateKey, signer: rsa.RSAPrivateKey
+    ) -> x509.Certificate:
+        return (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now)
+            .not_valid_after(now + dt.timedelta(days=1))
+            .sign(signer, hashes.SHA256())
+        )
+
+    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    password = "pem-password-1"
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(password.encode()),
+    )
+    for c in (cert("client", "ca", key, ca_key), cert("ca", "ca", ca_key, ca_key)):
+        pem += c.public_bytes(serialization.Encoding.PEM)
+    return pem, password

@@ -231,11 +231,14 @@ def _self_signed_pem() -> tuple[bytes, str]:
 def test_load_certificate_bytes_and_path(tmp_path: Path) -> None:
     pem, thumb = _self_signed_pem()
     cred = load_certificate(pem)
-    assert cred["thumbprint"] == thumb
+    # MSAL gets the public certificate (PS256 + x5t#S256), not a SHA-1 thumbprint.
+    assert "thumbprint" not in cred
+    assert cred["public_certificate"].count("BEGIN CERTIFICATE") == 1
+    assert thumb
     assert "PRIVATE KEY" in cred["private_key"]
     path = tmp_path / "cert.pem"
     path.write_bytes(pem)
-    assert load_certificate(str(path))["thumbprint"] == thumb
+    assert load_certificate(str(path)) == cred
     with pytest.raises(ConfigurationError):
         load_certificate(b"not a pem")
     with pytest.raises(ConfigurationError):

@@ -1,16 +1,38 @@
-"""``ManagedIdentity``: the agent's own Azure identity (kind ``app``)."""
+"""``ManagedIdentity``: the agent's own Azure identity (kind ``app``), on MSAL's
+``ManagedIdentityClient`` so that every host it supports works.
+
+Which host MSAL talks to is decided by the variables the host sets in the process environment
+(msal/managed_identity.py ``get_managed_identity_source``; the same order as azure-identity's
+``ManagedIdentityCredential``):
+
+* Service Fabric: ``IDENTITY_ENDPOINT`` + ``IDENTITY_HEADER`` + ``IDENTITY_SERVER_THUMBPRINT``
+* App Service / Functions / Container Apps: ``IDENTITY_ENDPOINT`` + ``IDENTITY_HEADER``
+* Azure Machine Learning: ``MSI_ENDPOINT`` + ``MSI_SECRET``
+* Azure Arc: ``IDENTITY_ENDPOINT`` + ``IMDS_ENDPOINT`` (or the himds agent installed)
+* Cloud Shell: ``MSI_ENDPOINT`` without ``MSI_SECRET``. MSAL's ``ManagedIdentityClient`` has no
+  Cloud Shell protocol (it would fall through to IMDS), so this host goes through
+  azure-identity's ``ManagedIdentityCredential``, which speaks it.
+* otherwise IMDS (VMs, VM scale sets, AKS nodes): ``http://169.254.169.254`` or
+  ``AZURE_POD_IDENTITY_AUTHORITY_HOST``.
+
+Only a *user-assigned* identity can be a federated credential of an app registration
+(https://learn.microsoft.com/entra/workload-id/workload-identity-federation-config-app-trust-managed-identity);
+with no selector every host answers with the *system-assigned* identity, so ``OnBehalfOf`` and
+``AgentIdentityOnBehalfOf`` refuse a managed identity without one (``require_user_assigned``).
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from .. import _env
-from .._errors import EntraError, SourceUnavailable
-from .._msal import WorkerPool
+from .._errors import ConfigurationError, EntraError, SourceUnavailable
+from .._msal import NullTokenCache, WorkerPool
 from .._types import IdentityKind, TokenRequest, TokenResult
 from ._base import result_from_msal, unreachable
 
@@ -19,6 +41,9 @@ logger = logging.getLogger("entra_passthrough.managed_identity")
 _TIMEOUT = 10.0
 #: Managed identity tokens live ~24 h; refresh the assertion copy this long before expiry.
 _MARGIN = 300.0
+
+#: The host names ``detect_host`` returns (what ``repr`` and errors show).
+HOSTS = ("service_fabric", "app_service", "machine_learning", "azure_arc", "cloud_shell", "imds")
 
 
 def scope_to_resource(scopes: tuple[str, ...]) -> str:
@@ -32,13 +57,51 @@ def scope_to_resource(scopes: tuple[str, ...]) -> str:
     return scope[: -len("/.default")] if scope.endswith("/.default") else scope
 
 
-class ManagedIdentity:
-    """The managed identity of the host (App Service, Container Apps, VM...), ``kind=app``.
+def detect_host(environ: Mapping[str, str] | None = None) -> str:
+    """The managed identity host the environment describes, in MSAL's order of detection."""
+    env = os.environ if environ is None else environ
+    if "IDENTITY_ENDPOINT" in env and "IDENTITY_HEADER" in env:
+        return "service_fabric" if "IDENTITY_SERVER_THUMBPRINT" in env else "app_service"
+    if "MSI_ENDPOINT" in env:
+        return "machine_learning" if "MSI_SECRET" in env else "cloud_shell"
+    if "IDENTITY_ENDPOINT" in env and "IMDS_ENDPOINT" in env:
+        return "azure_arc"
+    return "imds"
 
-    With ``endpoint``/``header`` (or ``IDENTITY_ENDPOINT``/``IDENTITY_HEADER``) it calls the App
-    Service-shaped endpoint; with neither it uses MSAL's ``ManagedIdentityClient``, which
-    detects the hosting environment (IMDS on VMs, Arc, Service Fabric...). Calls run in a
-    bounded worker pool. ``client_id`` selects a user-assigned identity (``AZURE_CLIENT_ID``).
+
+class _NoHttpCache(dict[str, Any]):
+    """MSAL's throttling cache, kept empty: a retry after a fix is always a real request."""
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        return None
+
+
+def _timeout_session(timeout: float) -> Any:
+    """A requests session whose requests time out (MSAL's managed identity calls set none: an
+    IMDS address that does not answer would block a worker for ever)."""
+    import requests
+
+    class _Session(requests.Session):
+        def request(self, *args: Any, **kwargs: Any) -> Any:
+            kwargs.setdefault("timeout", timeout)
+            return super().request(*args, **kwargs)
+
+    return _Session()
+
+
+class ManagedIdentity:
+    """The managed identity of the host, ``kind=app``, through MSAL's ``ManagedIdentityClient``.
+
+    Works on every host MSAL (and, for Cloud Shell, azure-identity) supports: App Service,
+    Functions, Container Apps, VMs and AKS (IMDS), Azure Arc, Service Fabric, Azure Machine
+    Learning, Cloud Shell; the host is detected from the variables it sets. No selector means
+    the host's *system-assigned* identity; ``client_id``, ``object_id`` or ``resource_id``
+    (exactly one) select a *user-assigned* identity. Calls run in a bounded worker pool; MSAL's
+    own token cache is off (the chain's ``TokenCache`` caches the results).
+
+    ``endpoint``/``header`` name an App Service-shaped endpoint explicitly instead of
+    ``IDENTITY_ENDPOINT``/``IDENTITY_HEADER`` in the process environment (a sidecar, tests); the
+    request is still MSAL's.
 
     >>> mi = ManagedIdentity(client_id="<user-assigned-mi-client-id>")
     >>> chain = TokenChain([mi], policy=Policy.APP_ONLY)
@@ -50,37 +113,93 @@ class ManagedIdentity:
         self,
         *,
         client_id: str | None = None,
+        object_id: str | None = None,
+        resource_id: str | None = None,
         endpoint: str | None = None,
         header: str | None = None,
         http_client: Any = None,
         max_workers: int = 4,
+        timeout: float = _TIMEOUT,
         name: str = "managed_identity",
     ) -> None:
-        self.name = name
-        self.client_id = client_id
-        self.endpoint = endpoint
-        self._header = header
+        selectors = {
+            "client_id": client_id,
+            "object_id": object_id,
+            "resource_id": resource_id,
+        }
+        given = [key for key, value in selectors.items() if value]
+        if len(given) > 1:
+            raise ConfigurationError(
+                f"ManagedIdentity got {' and '.join(given)}; a user-assigned identity is "
+                "selected by exactly one of client_id, object_id or resource_id.",
+                fix="pass only one selector (AZURE_CLIENT_ID for from_env()).",
+            )
         if (endpoint is None) != (header is None):
-            from .._errors import ConfigurationError
-
             raise ConfigurationError(
                 "ManagedIdentity needs both endpoint and header (IDENTITY_ENDPOINT and "
-                "IDENTITY_HEADER), or neither."
+                "IDENTITY_HEADER), or neither.",
+                fix="set both variables (App Service and Container Apps set them for you), or "
+                "neither to let MSAL detect the host.",
             )
+        self.name = name
+        self.client_id = client_id or None
+        self.object_id = object_id or None
+        self.resource_id = resource_id or None
+        self.endpoint = endpoint
+        self._header = header
+        self.timeout = timeout
         self._http_client = http_client
         self._owns_http = http_client is None
         self._pool = WorkerPool(max_workers=max_workers, name=f"entra-{name}")
         self._lock = threading.Lock()
         self._tokens: dict[str, TokenResult] = {}
         self._msal_client: Any = None
+        self._cloud_shell: Any = None
+
+    @property
+    def selector(self) -> tuple[str, str] | None:
+        """``(kind, value)`` of the user-assigned selector, ``None`` for system-assigned."""
+        for key in ("client_id", "object_id", "resource_id"):
+            value = getattr(self, key)
+            if value:
+                return key, value
+        return None
+
+    @property
+    def user_assigned(self) -> bool:
+        return self.selector is not None
+
+    @property
+    def host(self) -> str:
+        """The host this identity's requests go to (``app_service`` when an endpoint is given)."""
+        return "app_service" if self.endpoint is not None else detect_host()
+
+    def require_user_assigned(self, owner: str) -> None:
+        """Raise ``ConfigurationError`` (before any request) unless a user-assigned identity is
+        selected: only user-assigned identities can be federated credentials of an app."""
+        if self.user_assigned:
+            return
+        raise ConfigurationError(
+            f"{owner} uses a managed identity as its federated credential, but no user-assigned "
+            "identity is selected: with no selector the host answers with its system-assigned "
+            "identity, which cannot be a federated credential of an app registration (Entra "
+            "answers AADSTS70021).",
+            fix="set AZURE_CLIENT_ID to the client id of the user-assigned managed identity "
+            "configured as the app's federated credential (or pass "
+            "ManagedIdentity(client_id=...)); scripts/tenant-setup.sh creates both.",
+        )
 
     def __repr__(self) -> str:
-        where = "app-service-endpoint" if self.endpoint else "msal-detected"
-        return f"ManagedIdentity(name={self.name!r}, client_id={self.client_id!r}, {where})"
+        selector = self.selector
+        who = f"{selector[0]}={selector[1]!r}" if selector else "system-assigned"
+        return f"ManagedIdentity(name={self.name!r}, {who}, host={self.host})"
 
     def close(self) -> None:
         """Stop the worker threads and close the HTTP session this source created."""
         self._pool.close()
+        if self._cloud_shell is not None:
+            self._cloud_shell.close()
+            self._cloud_shell = None
         if self._owns_http and self._http_client is not None:
             self._http_client.close()
             self._http_client = None
@@ -91,7 +210,8 @@ class ManagedIdentity:
         return "not applicable"
 
     def cache_partition(self, request: TokenRequest) -> tuple[str, ...] | None:
-        return (self.client_id or "system-assigned",)
+        selector = self.selector
+        return (selector[1] if selector else "system-assigned",)
 
     def get_token(self, request: TokenRequest) -> TokenResult | None:
         return self._fetch(request.scopes)
@@ -115,18 +235,28 @@ class ManagedIdentity:
 
     def _fetch(self, scopes: tuple[str, ...]) -> TokenResult:
         resource = scope_to_resource(scopes)
+        host = self.host
         try:
             if self.endpoint is not None:
                 response = self._app_service(resource)
+            elif host == "cloud_shell":
+                response = self._via_cloud_shell(resource)
             else:
                 response = self._msal(resource)
+        except ConfigurationError:
+            raise
         except Exception as exc:
             raise unreachable(
-                exc, what="managed identity token request", source=self.name, scopes=scopes
+                exc,
+                what=f"managed identity token request ({host})",
+                source=self.name,
+                scopes=scopes,
             ) from None
-        if "access_token" not in response and not response.get("error"):
+        if not isinstance(response, dict) or (
+            "access_token" not in response and not response.get("error")
+        ):
             raise SourceUnavailable(
-                "The managed identity endpoint answered without a token.",
+                f"The managed identity endpoint ({host}) answered without a token.",
                 source=self.name,
                 scopes=scopes,
             )
@@ -134,57 +264,62 @@ class ManagedIdentity:
 
     def _session(self) -> Any:
         if self._http_client is None:
-            import requests
-
-            self._http_client = requests.Session()
+            self._http_client = _timeout_session(self.timeout)
         return self._http_client
 
-    def _app_service(self, resource: str) -> dict[str, Any]:
-        params = {"api-version": "2019-08-01", "resource": resource}
-        if self.client_id:
-            params["client_id"] = self.client_id
-        assert self.endpoint is not None
-        assert self._header is not None
-        response = self._session().get(
-            self.endpoint,
-            params=params,
-            headers={"X-IDENTITY-HEADER": self._header, "Metadata": "true"},
-            timeout=_TIMEOUT,
-        )
-        try:
-            payload = response.json()
-        except ValueError:
-            payload = None
-        if not isinstance(payload, dict):
-            raise SourceUnavailable(
-                f"The managed identity endpoint answered HTTP {response.status_code} without JSON.",
-                source=self.name,
-            )
-        if payload.get("access_token") and payload.get("expires_on"):
-            return {
-                "access_token": payload["access_token"],
-                "expires_in": int(payload["expires_on"]) - int(time.time()),
-            }
-        if payload.get("error"):
-            return payload
-        return {
-            "error": "managed_identity_error",
-            "error_description": f"HTTP {response.status_code}: "
-            f"{str(payload.get('message') or payload.get('statusCode') or '')[:200]}",
-        }
+    def _identity(self) -> Any:
+        import msal
+
+        selector = self.selector
+        if selector is None:
+            return msal.SystemAssignedManagedIdentity()
+        return msal.UserAssignedManagedIdentity(**{selector[0]: selector[1]})
 
     def _msal(self, resource: str) -> dict[str, Any]:
         import msal
 
         if self._msal_client is None:
-            identity: Any = (
-                msal.UserAssignedManagedIdentity(client_id=self.client_id)
-                if self.client_id
-                else msal.SystemAssignedManagedIdentity()
+            self._msal_client = msal.ManagedIdentityClient(
+                self._identity(),
+                http_client=self._session(),
+                token_cache=NullTokenCache(),
+                http_cache=_NoHttpCache(),
             )
-            self._msal_client = msal.ManagedIdentityClient(identity, http_client=self._session())
         result: dict[str, Any] = self._msal_client.acquire_token_for_client(resource=resource)
         return result
+
+    def _app_service(self, resource: str) -> dict[str, Any]:
+        # MSAL's public client reads the endpoint from os.environ only; an endpoint given
+        # explicitly goes through the same MSAL function (msal/managed_identity.py), so the
+        # request and the parsing of its answer are MSAL's, not ours.
+        from msal import managed_identity as msal_mi
+
+        assert self.endpoint is not None
+        assert self._header is not None
+        result: dict[str, Any] = msal_mi._obtain_token_on_app_service(
+            self._session(), self.endpoint, self._header, self._identity(), resource
+        )
+        return result
+
+    def _via_cloud_shell(self, resource: str) -> dict[str, Any]:
+        from azure.core.exceptions import ClientAuthenticationError
+        from azure.identity import CredentialUnavailableError, ManagedIdentityCredential
+
+        if self.user_assigned:
+            raise ConfigurationError(
+                "Cloud Shell has only the signed-in user's identity; a user-assigned managed "
+                "identity cannot be selected there.",
+                fix="unset AZURE_CLIENT_ID (and do not pass client_id) in Cloud Shell.",
+            )
+        if self._cloud_shell is None:
+            self._cloud_shell = ManagedIdentityCredential()
+        try:
+            info = self._cloud_shell.get_token_info(f"{resource}/.default")
+        except (CredentialUnavailableError, ClientAuthenticationError) as exc:
+            # azure-identity's text: what failed, never a token.
+            text = str(getattr(exc, "message", "") or exc)[:300]
+            return {"error": "managed_identity_error", "error_description": text}
+        return {"access_token": info.token, "expires_in": int(info.expires_on - time.time())}
 
     @classmethod
     def from_env(
@@ -194,12 +329,26 @@ class ManagedIdentity:
         http_client: Any = None,
         name: str = "managed_identity",
     ) -> ManagedIdentity:
-        """``AZURE_CLIENT_ID`` (user-assigned), ``IDENTITY_ENDPOINT`` + ``IDENTITY_HEADER``."""
+        """``AZURE_CLIENT_ID`` selects a user-assigned identity (none: system-assigned).
+
+        ``IDENTITY_ENDPOINT`` + ``IDENTITY_HEADER`` in ``environ`` (App Service, Container
+        Apps) are used as given; every other host is detected by MSAL from the process
+        environment, where the host sets its variables.
+        """
         env = _env.environ_or(environ)
+        endpoint = _env.get(env, "IDENTITY_ENDPOINT")
+        header = _env.get(env, "IDENTITY_HEADER")
+        explicit = endpoint is not None and header is not None and detect_host(env) == "app_service"
+        if endpoint is not None and header is None and "IMDS_ENDPOINT" not in env:
+            raise ConfigurationError(
+                "IDENTITY_ENDPOINT is set without IDENTITY_HEADER (App Service / Container Apps "
+                "set both) or IMDS_ENDPOINT (Azure Arc sets both).",
+                fix="set IDENTITY_HEADER as well, or unset IDENTITY_ENDPOINT.",
+            )
         return cls(
             client_id=_env.get(env, "AZURE_CLIENT_ID"),
-            endpoint=_env.get(env, "IDENTITY_ENDPOINT"),
-            header=_env.get(env, "IDENTITY_HEADER"),
+            endpoint=endpoint if explicit else None,
+            header=header if explicit else None,
             http_client=http_client,
             name=name,
         )
