@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msal
 
+from . import _redact
 from ._errors import ConfigurationError
 from ._http import DEFAULT_TIMEOUTS, GuardedHttpClient, Throttle, Timeouts
 
@@ -32,6 +33,10 @@ if TYPE_CHECKING:
     from ._sources.managed_identity import ManagedIdentity
 
 T = TypeVar("T")
+
+# MSAL logs a token response it cannot parse whole (tokens included) at ERROR: every logger of
+# the packages the library drives gets the redacting filter, before any request goes out.
+_redact.install()
 
 PUBLIC_AUTHORITY_HOST = "https://login.microsoftonline.com"
 

@@ -294,13 +294,24 @@ class EntraEmulator:
         delay: float = 0.0,
         drop: bool = False,
         count: int = 1,
+        truncate: int = 0,
     ) -> None:
         """The next ``count`` requests to ``endpoint`` (token, authorize, discovery, jwks, msi,
         az, logout, userrealm) get ``status`` (with ``Retry-After``) after ``delay`` seconds, or
-        a dropped connection (``drop=True``). ``status=None`` only delays, then answers."""
+        a dropped connection (``drop=True``). ``status=None`` only delays, then answers;
+        ``truncate=n`` answers normally with the body's last ``n`` bytes cut (not JSON)."""
+        if truncate:
+            status = None
         with self._rt.lock:
             self._rt.faults.setdefault(endpoint, []).append(
-                Fault(status=status, retry_after=retry_after, delay=delay, drop=drop, count=count)
+                Fault(
+                    status=status,
+                    retry_after=retry_after,
+                    delay=delay,
+                    drop=drop,
+                    count=count,
+                    truncate=truncate,
+                )
             )
 
     def clear_faults(self) -> None:

@@ -21,7 +21,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import _errors as e
 from ._authorize import authorize, logout
@@ -77,12 +77,38 @@ class FaultMiddleware:
             await self.app(scope, receive, send)
             return
         if fault.status is None and not fault.drop:
-            # A pure delay: answer normally afterwards.
+            # A pure delay (or a cut body): answer normally afterwards.
             await asyncio.sleep(fault.delay)
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, _truncating(send, fault.truncate))
             return
         self.rt.count(name)
         await _apply_fault(fault, send)
+
+
+def _truncating(send: Send, cut: int) -> Send:
+    """``send`` with the response body's last ``cut`` bytes removed (Content-Length fixed)."""
+    if not cut:
+        return send
+    start: dict[str, Any] = {}
+    chunks: list[bytes] = []
+
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            start.update(message)
+            return
+        if message["type"] != "http.response.body":
+            await send(message)
+            return
+        chunks.append(message.get("body", b""))
+        if message.get("more_body"):
+            return
+        body = b"".join(chunks)[:-cut]
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({**start, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return wrapped
 
 
 class DroppedConnection(Exception):

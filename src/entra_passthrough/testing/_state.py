@@ -28,6 +28,7 @@ class Fault:
     delay: float = 0.0
     drop: bool = False
     count: int = 1
+    truncate: int = 0  # answer normally, minus this many bytes at the end of the body
 
 
 @dataclass

@@ -1,0 +1,189 @@
+"""Redaction of secrets from text the library does not control: log records and error bodies.
+
+MSAL logs a token response it cannot parse whole, at ERROR, through ``logger.exception``
+(one byte cut is enough): the user's access, id and refresh tokens go to every handler, and with
+no logging configured to Python's last-resort handler on stderr. The library cannot change what
+MSAL, azure-identity, httpx or uvicorn write, so it installs ``RedactingFilter`` on the loggers of
+the packages it drives. A filter on a logger runs before any handler (the last-resort one too),
+and it rewrites the record in place: the message, its arguments, the formatted exception and the
+stack text. What it removes:
+
+* JWT-shaped values (three base64url segments; a JOSE header always starts ``eyJ``);
+* the value of every secret-bearing field, in JSON (``"refresh_token": "..."``, a cut string
+  too) and in forms or query strings (``client_secret=...&``): access, refresh and id tokens,
+  client secrets and assertions, OBO assertions, authorization codes, PKCE verifiers,
+  passwords;
+* ``Bearer <value>`` in header dumps;
+* long opaque runs (40+ characters of a token alphabet, as refresh tokens and client secrets
+  are), which leaves GUIDs (36) and the library's 12-character fingerprints readable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import threading
+import traceback
+
+REDACTED = "[redacted]"
+
+_SECRET_FIELDS = (
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "client_secret",
+    "client_assertion",
+    "assertion",
+    "code",
+    "code_verifier",
+    "password",
+    "token",
+    "secret",
+    "requested_token",
+    "x-identity-header",
+)
+_FIELDS = "|".join(re.escape(f) for f in _SECRET_FIELDS)
+# "field": "value"  (a value cut by a truncated body has no closing quote)
+_JSON_FIELD = re.compile(rf'("(?:{_FIELDS})"\s*:\s*")(?:[^"\\]|\\.)*("|$)', re.IGNORECASE)
+# field=value in a form body or a query string
+_FORM_FIELD = re.compile(rf"(?<![A-Za-z0-9_])((?:{_FIELDS})=)[^&\s\"'<>]+", re.IGNORECASE)
+_BEARER = re.compile(r"(?i)(\bbearer\s+)[A-Za-z0-9._~+/=-]+")
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]*)?")
+_OPAQUE = re.compile(r"(?<![A-Za-z0-9_~.-])[A-Za-z0-9_~.+/=-]{40,}")
+
+
+def redact(text: str) -> str:
+    """``text`` with every secret-looking value replaced by ``[redacted]``."""
+    if not text:
+        return text
+    text = _JSON_FIELD.sub(lambda m: m.group(1) + REDACTED + m.group(2), text)
+    text = _FORM_FIELD.sub(lambda m: m.group(1) + REDACTED, text)
+    text = _BEARER.sub(lambda m: m.group(1) + REDACTED, text)
+    text = _JWT.sub(REDACTED, text)
+    return _OPAQUE.sub(_opaque, text)
+
+
+def _opaque(match: re.Match[str]) -> str:
+    value = match.group(0)
+    # A URL path or a dotted name is not a secret; a run with both letters and digits is.
+    if value.count("/") > 2 or not any(c.isdigit() for c in value):
+        return value
+    return REDACTED
+
+
+def scrub(exc: BaseException) -> BaseException:
+    """Remove secrets an exception chain carries beyond its message, in place; returns ``exc``.
+
+    A library's own error is raised ``from None`` over a third party's (MSAL's
+    ``JSONDecodeError`` keeps the whole token response in ``.doc``): the hidden context is
+    dropped, and text in the third-party exceptions that remain is redacted.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and len(seen) < 32:
+        seen.add(id(current))
+        if current.__suppress_context__:
+            current.__context__ = None
+        if isinstance(current, json.JSONDecodeError):
+            current.doc = redact(current.doc)
+        if not type(current).__module__.startswith("entra_passthrough"):
+            with contextlib.suppress(AttributeError, TypeError):  # exotic exception types
+                current.args = tuple(redact(a) if isinstance(a, str) else a for a in current.args)
+        current = current.__cause__ or current.__context__
+    return exc
+
+
+class RedactingFilter(logging.Filter):
+    """Rewrites a record so that no secret reaches a handler; never drops a record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple):
+            # Arguments are redacted one by one and the record keeps its shape: some formatters
+            # unpack ``args`` (uvicorn's access log). Numbers stay numbers for ``%d``.
+            record.msg = redact(record.msg) if isinstance(record.msg, str) else record.msg
+            record.args = tuple(_redact_arg(a) for a in args)
+        elif args:  # a mapping: format now
+            try:
+                message = record.getMessage()
+            except Exception:  # arguments that do not fit the format
+                message = "(a log record with unformattable arguments)"
+            record.msg, record.args = redact(message), None
+        elif isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        else:
+            record.msg = redact(str(record.msg))
+        if record.exc_info and record.exc_info[1] is not None:
+            text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
+            record.exc_text = redact(text)
+            # The exception object itself may carry the body (JSONDecodeError.doc); handlers
+            # format exc_text when it is set, so the live exception is dropped.
+            record.exc_info = None
+        elif record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return True
+
+
+def _redact_arg(value: object) -> object:
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return redact(value if isinstance(value, str) else str(value))
+
+
+#: The loggers of the packages the library drives, whose records can carry a token or secret.
+LOGGER_PREFIXES = (
+    "entra_passthrough",
+    "msal",
+    "azure.identity",
+    "azure.core",
+    "httpx",
+    "httpx2",
+    "httpcore",
+    "uvicorn",
+    "mcp",
+)
+
+#: Loggers created late (MSAL's OAuth2 client makes its logger in ``__init__``): made here so
+#: that the filter is on them before their first record.
+_KNOWN = (
+    "msal.oauth2cli.oauth2",
+    "msal.oauth2cli.oidc",
+    "msal.oauth2cli.assertion",
+    "msal.oauth2cli.authcode",
+    "msal.application",
+    "msal.managed_identity",
+    "msal.token_cache",
+    "uvicorn.access",
+    "uvicorn.error",
+    "httpcore.http11",
+    "httpcore.connection",
+)
+
+_FILTER = RedactingFilter()
+_lock = threading.Lock()
+_seen = 0
+
+
+def install(prefixes: tuple[str, ...] = LOGGER_PREFIXES) -> None:
+    """Put the filter on every existing logger under ``prefixes`` (idempotent, cheap to repeat).
+
+    A filter on a logger does not apply to its children's records, so each module logger gets
+    its own. Called when the MSAL plumbing is imported and again whenever a source is built,
+    which covers loggers created by a later import.
+    """
+    global _seen
+    manager = logging.Logger.manager
+    with _lock:
+        if len(manager.loggerDict) == _seen:
+            return
+        for name in [*prefixes, *_KNOWN, *list(manager.loggerDict)]:
+            if not any(name == p or name.startswith(p + ".") for p in prefixes):
+                continue
+            logger = logging.getLogger(name)
+            if _FILTER not in logger.filters:
+                logger.addFilter(_FILTER)
+        _seen = len(manager.loggerDict)

@@ -1,0 +1,136 @@
+"""No token reaches any log at any level, even when MSAL logs a token response it cannot parse.
+
+MSAL's OAuth2 client logs a token response that is not JSON, whole, at ERROR: with a body cut by
+one byte, the user's access, id and refresh tokens went to every handler (with no logging
+configured, to Python's last-resort handler on stderr). The library puts a redacting filter on
+the loggers of the packages it drives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from entra_passthrough import Caller, EntraPassthroughError, OnBehalfOf, TokenChain
+from entra_passthrough._redact import redact
+from entra_passthrough.testing import EntraEmulator
+
+from ._hygiene import error_text, leaks, where
+
+
+def _obo(idp: EntraEmulator, http: object) -> OnBehalfOf:
+    return OnBehalfOf(
+        client_id=idp.agent.client_id,
+        tenant_id=idp.tenant_id,
+        client_secret=idp.agent.secret,
+        authority_host=idp.url,
+        http_client=http,
+    )
+
+
+def test_truncated_token_response_never_logs_a_token(
+    entra_emulator: EntraEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    idp = entra_emulator
+    caplog.set_level(logging.DEBUG)  # every logger, every level
+    http = idp.msal_http_client()
+    chain = TokenChain([_obo(idp, http)])
+    scope = [f"{idp.mcp.app_id_uri}/.default"]
+    errors: list[str] = []
+    try:
+        for cut in (1, 2, 40):
+            idp.inject_fault("token", truncate=cut)
+            caller = Caller.from_token(idp.user_token("alice", audience=idp.agent.client_id))
+            with pytest.raises(EntraPassthroughError) as info:
+                asyncio.run(chain.get_token_async(scope, caller=caller))
+            errors.append(error_text(info.value))
+        # and the endpoint recovered: a token is issued (so there was one to leak)
+        caller = Caller.from_token(idp.user_token("alice", audience=idp.agent.client_id))
+        assert asyncio.run(chain.get_token_async(scope, caller=caller)).token
+    finally:
+        idp.clear_faults()
+        chain.close()
+        http.close()
+    msal_records = [r for r in caplog.records if "not in json format" in r.getMessage()]
+    assert msal_records, "MSAL's record of the unparsable body was not produced"
+    assert all("[redacted]" in r.getMessage() for r in msal_records)
+    blob = "\n".join(
+        [caplog.text, *(r.getMessage() for r in caplog.records), *errors]
+        + [r.exc_text or "" for r in caplog.records]
+    )
+    assert leaks(blob, idp.issued()) == [], where(blob, idp.issued())
+
+
+_CHILD = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    from entra_passthrough import Caller, OnBehalfOf, TokenChain
+    from entra_passthrough.testing import EntraEmulator
+
+    with EntraEmulator() as idp:
+        http = idp.msal_http_client()
+        chain = TokenChain([OnBehalfOf(client_id=idp.agent.client_id, tenant_id=idp.tenant_id,
+            client_secret=idp.agent.secret, authority_host=idp.url, http_client=http)])
+        scope = [idp.mcp.app_id_uri + "/.default"]
+        for cut in (1, 7):
+            idp.inject_fault("token", truncate=cut)
+            caller = Caller.from_token(idp.user_token("alice", audience=idp.agent.client_id))
+            try:
+                asyncio.run(chain.get_token_async(scope, caller=caller))
+            except Exception as exc:
+                print("error:", type(exc).__name__, file=sys.stderr)
+        chain.close()
+        http.close()
+        with open(sys.argv[1], "w") as f:
+            json.dump(sorted(idp.issued()), f)
+    """
+)
+
+
+def test_no_logging_configured_last_resort_stderr_has_no_token(tmp_path: Path) -> None:
+    issued_file = tmp_path / "issued.json"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(issued_file)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import json
+
+    issued = json.loads(issued_file.read_text())
+    assert issued
+    assert "not in json format" in proc.stderr  # MSAL's ERROR record reached lastResort
+    assert proc.stderr.count("error:") == 2
+    assert leaks(proc.stdout + proc.stderr, issued) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "gone"),
+    [
+        ('{"access_token": "eyJ0eXAi.eyJhdWQi.c2ln", "refresh_token": "1.AAb', "1.AAb"),
+        ("client_id=a&client_secret=Qx8~abc.def&scope=x", "Qx8~abc.def"),
+        ("assertion=eyJ0eXAiOiJKV1QifQ.eyJ4IjoxfQ.sig&x=1", "eyJ0eXAi"),
+        ("GET /cb?code=0.AUoAxyz123&state=s HTTP/1.1", "0.AUoAxyz123"),
+        ("Authorization: Bearer abc.def.ghi", "abc.def.ghi"),
+        ("rt " + "A1b2" * 12, "A1b2" * 12),
+    ],
+)
+def test_redact_removes_secret_shapes(text: str, gone: str) -> None:
+    assert gone not in redact(text)
+    assert "[redacted]" in redact(text)
+
+
+def test_redact_keeps_ids_and_fingerprints() -> None:
+    text = "tenant 6f1c7a2e-1111-2222-3333-444455556666 token sha256:0123456789ab AADSTS50013"
+    assert redact(text) == text
