@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from ._docs import see
 from ._errors import ConfigurationError
 
 PREFIX = "ENTRA_PASSTHROUGH_"
@@ -130,7 +131,7 @@ def azure_app_hint(environ: Mapping[str, str]) -> str:
         "registration); this library reads AZURE_CLIENT_ID only as the user-assigned managed "
         "identity. For the on-behalf-of app set ENTRA_PASSTHROUGH_CLIENT_ID (the app's client "
         "id) and ENTRA_PASSTHROUGH_CLIENT_SECRET or ENTRA_PASSTHROUGH_CLIENT_CERTIFICATE_PATH "
-        "(see docs/configuration.md)."
+        f"({see('configuration')})."
     )
 
 

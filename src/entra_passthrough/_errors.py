@@ -35,6 +35,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ._aadsts import Aadsts, describe
+from ._docs import see
 
 
 class EntraPassthroughError(Exception):
@@ -114,7 +115,8 @@ class TokenAcquisitionError(EntraPassthroughError):
         self.correlation_id = correlation_id
         self.trace_id = trace_id
         if fix is None and self.code is not None:
-            fix = self.code.fix
+            # Each code has an anchor on the errors page (the AADSTS table).
+            fix = f"{self.code.fix} ({see('errors', f'aadsts{self.code.code}')})"
         where = f" [source {source}]" if source else ""
         ids = f" (correlation_id {correlation_id})" if correlation_id else ""
         super().__init__(f"{message}{where}{ids}", fix=fix)

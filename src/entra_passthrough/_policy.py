@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ._docs import see
 from ._errors import (
     ConsentRequired,
     InteractionRequired,
@@ -136,5 +137,5 @@ def explain_failure(
         policy=chain.policy.value,
         scopes=request.scopes,
         attempts=lines,
-        fix="check the policy and the chain's sources (docs/sources-and-policy.md).",
+        fix=f"check the policy and the chain's sources ({see('sources-and-policy')}).",
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,3 +35,28 @@ def test_no_file_cites_documents_outside_the_repository() -> None:
         if any(name in line for name in FOREIGN)
     ]
     assert hits == []
+
+
+def test_error_messages_link_to_pages_that_exist() -> None:
+    """``see("<page>", "<anchor>")`` in the code names a docs page (and an anchor on it)."""
+    pattern = re.compile(r"""see\(\s*["']([a-z0-9-]+)["'](?:,\s*f?["']([a-z0-9{}._-]+)["'])?""")
+    cited = {
+        (page, anchor or "")
+        for p in (ROOT / "src").rglob("*.py")
+        for page, anchor in pattern.findall(p.read_text(encoding="utf-8"))
+    }
+    assert ("configuration", "") in cited  # the pattern finds the calls
+    missing = [page for page, _ in cited if not (ROOT / "docs" / f"{page}.md").exists()]
+    assert missing == []
+
+
+def test_every_aadsts_code_has_an_anchor_its_errors_link_to() -> None:
+    from entra_passthrough import EntraError
+    from entra_passthrough._aadsts import _TABLE
+    from entra_passthrough._docs import doc_url
+
+    errors_page = (ROOT / "docs" / "errors.md").read_text(encoding="utf-8")
+    for entry in _TABLE:
+        assert f'<a id="aadsts{entry.code}"></a>' in errors_page, entry.code
+        err = EntraError("Entra refused the request", aadsts=entry.code)
+        assert doc_url("errors", f"aadsts{entry.code}") in str(err)

@@ -22,7 +22,9 @@ def render_table() -> str:
     rows = ["| Code | Name | What it means | Fix |", "|---|---|---|---|"]
     for entry in sorted(_TABLE, key=lambda e: e.code):
         rows.append(
-            f"| AADSTS{entry.code} | {entry.name} | {cell(entry.meaning)} | {cell(entry.fix)} |"
+            # The anchor is what error messages link to (errors/#aadsts<code>).
+            f'| <a id="aadsts{entry.code}"></a>AADSTS{entry.code} | {entry.name} '
+            f"| {cell(entry.meaning)} | {cell(entry.fix)} |"
         )
     return "\n".join(rows)
 

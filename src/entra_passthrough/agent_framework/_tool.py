@@ -57,6 +57,7 @@ from agent_framework.exceptions import (
 
 from .._auth import EntraAuth
 from .._caller import Caller, _set_current, active_caller
+from .._docs import see
 from .._errors import (
     ConfigurationError,
     EntraPassthroughError,
@@ -574,7 +575,8 @@ class EntraMCPTool(MCPStreamableHTTPTool):
             "(404 'Session not found' when another user's call used it): one shared connection "
             "cannot serve several users. No call was sent.",
             fix="use a per-user pool: entra_mcp_tool(..., per_user=True) with "
-            "ResponsesHostServer(agent=<factory>) and await pool.tool() (docs/agent-framework.md)",
+            "ResponsesHostServer(agent=<factory>) and await pool.tool() "
+            f"({see('agent-framework')})",
         )
 
     def _no_token_error(self, exc: Exception, caller: Caller | None) -> Exception:
