@@ -22,15 +22,22 @@ from __future__ import annotations
 import enum
 import functools
 import logging
+import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import _env
+from . import _env, _redact
 from ._cache import TokenCache
 from ._caller import Caller, current_caller
 from ._docs import see
-from ._errors import ConfigurationError, NoCallerError, PolicyViolation
+from ._errors import (
+    ConfigurationError,
+    NoCallerError,
+    PolicyViolation,
+    TokenAcquisitionError,
+)
 from ._policy import Outcome, Policy, explain_failure
 from ._types import IdentityKind, TokenRequest, TokenResult, TokenSource
 
@@ -61,6 +68,65 @@ def _scopes_key(scopes: tuple[str, ...]) -> tuple[str, ...]:
     return scopes if len(scopes) < 2 else tuple(sorted(scopes))
 
 
+#: RFC 6750 b64token: what a bearer credential may contain (a JWT is base64url and dots).
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+#: RFC 7230 token (a header name) and field content (visible ASCII, inner spaces and tabs).
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HEADER_VALUE = re.compile(r"[\x21-\x7e]+(?:[ \t]+[\x21-\x7e]+)*")
+_MAX_TOKEN_CHARS = 64 * 1024
+
+
+def _value_problem(result: TokenResult) -> str | None:
+    """Why ``result`` cannot be sent as an Authorization header, or ``None`` if it can."""
+    token = result.token
+    if not isinstance(token, str) or not token:
+        return "an empty token (or not a string)"
+    if len(token) > _MAX_TOKEN_CHARS:
+        return "a token larger than 64 KiB"
+    if _B64TOKEN.fullmatch(token) is None:
+        return (
+            "a token with characters a bearer credential cannot hold (control characters, "
+            "CR/LF, spaces or non-ASCII)"
+        )
+    expires_on = result.expires_on
+    if isinstance(expires_on, bool) or not isinstance(expires_on, int | float):
+        return "a token without a numeric expiry"
+    if not math.isfinite(expires_on):
+        return "a token whose expiry is not a finite number"
+    for name, value in result.headers.items():
+        if not isinstance(name, str) or _HEADER_NAME.fullmatch(name) is None:
+            return "an extra header whose name is not a valid header name"
+        if not isinstance(value, str) or _HEADER_VALUE.fullmatch(value) is None:
+            return f"an extra header {name!r} whose value is not valid in a header"
+    return None
+
+
+def _checked(result: TokenResult | None, source: TokenSource, request: TokenRequest) -> Any:
+    """``result``, or a typed error (raised where the source returned it, so that the cache
+    never stores it: the next request asks the source again)."""
+    if result is None or not isinstance(result, TokenResult):
+        return result  # None: not applicable; a wrong type is refused by _accept
+    problem = _value_problem(result)
+    if problem is not None:
+        raise TokenAcquisitionError(
+            f"the source returned {problem}; it was not cached and not sent.",
+            source=source.name,
+            scopes=request.scopes,
+            fix="a custom TokenSource must return the token exactly as issued (no surrounding "
+            "whitespace or line breaks); for a built-in source, report it: the token endpoint "
+            "answered something that is not a token.",
+        )
+    return result
+
+
+async def _acquire_async(source: TokenSource, request: TokenRequest) -> TokenResult | None:
+    return _checked(await source.get_token_async(request), source, request)  # type: ignore[no-any-return]
+
+
+def _acquire(source: TokenSource, request: TokenRequest) -> TokenResult | None:
+    return _checked(source.get_token(request), source, request)  # type: ignore[no-any-return]
+
+
 class TokenChain:
     """Tokens for (caller, scopes) from an ordered list of sources, under a policy, cached.
 
@@ -80,6 +146,7 @@ class TokenChain:
         lifecycle_app: bool = False,
     ) -> None:
         self.sources: tuple[TokenSource, ...] = tuple(sources)
+        _redact.install()  # loggers created by imports since (azure-identity's) get the filter
         try:
             self._policy = Policy(policy)
         except ValueError:
@@ -245,14 +312,14 @@ class TokenChain:
                 if candidate.cached:
                     result = await cache.get_or_acquire_async(
                         key,
-                        functools.partial(source.get_token_async, request),
+                        functools.partial(_acquire_async, source, request),
                         cap=self._cap(candidate, request),
                     )
                 else:
-                    result = await source.get_token_async(request)
+                    result = await _acquire_async(source, request)
             except Exception as exc:
                 outcome = outcome or Outcome()
-                outcome.record(source.name, exc)
+                outcome.record(source.name, _redact.scrub(exc))
                 continue
             outcome = outcome or Outcome()
             accepted = self._accept(source, key, result, allowed, outcome, request)
@@ -292,14 +359,14 @@ class TokenChain:
                 if candidate.cached:
                     result = cache.get_or_acquire(
                         key,
-                        functools.partial(source.get_token, request),
+                        functools.partial(_acquire, source, request),
                         cap=self._cap(candidate, request),
                     )
                 else:
-                    result = source.get_token(request)
+                    result = _acquire(source, request)
             except Exception as exc:
                 outcome = outcome or Outcome()
-                outcome.record(source.name, exc)
+                outcome.record(source.name, _redact.scrub(exc))
                 continue
             outcome = outcome or Outcome()
             accepted = self._accept(source, key, result, allowed, outcome, request)
@@ -386,6 +453,8 @@ class TokenChain:
             sources.append(AgentIdentityOnBehalfOf.from_env(env, http_client=http_client))
         elif _env.get(env, "ENTRA_PASSTHROUGH_CLIENT_ID"):
             sources.append(OnBehalfOf.from_env(env, http_client=http_client))
+        elif _env.get(env, "FOUNDRY_AGENT_INSTANCE_CLIENT_ID"):  # set by Foundry (hosted agent)
+            sources.append(AgentIdentityOnBehalfOf.from_env(env, http_client=http_client))
         wants_app = chosen in (Policy.USER_OR_APP, Policy.APP_ONLY) or lifecycle_app
         if wants_app and (_env.get(env, "IDENTITY_ENDPOINT") or _env.get(env, "AZURE_CLIENT_ID")):
             sources.append(ManagedIdentity.from_env(env))
@@ -393,7 +462,7 @@ class TokenChain:
             sources.append(AzureCli.from_env(env))
         if not sources:
             raise ConfigurationError(
-                "The environment configures no token source.",
+                "The environment configures no token source." + _env.azure_app_hint(env),
                 fix="set ENTRA_PASSTHROUGH_CLIENT_ID and AZURE_TENANT_ID (and a client "
                 f"credential) for on-behalf-of; {see('configuration')}.",
             )
