@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from . import _e2e, _memory, _middleware, _overhead, _roundtrip
+from . import _e2e, _memory, _middleware, _overhead, _roundtrip, _toolbox
 from ._emu import Emulator
 from ._patterns import all_patterns, ours_available
 from ._report import check_complete, evaluate_targets, update_readme, write_outputs
@@ -232,6 +232,17 @@ class Run:
             ),
         )
         await self.step("memory_synthetic", self.results, self._memory_synthetic())
+        quick = self.results["mode"] == "quick"
+        await self.step(
+            "toolbox",
+            self.results,
+            _toolbox.comparison(
+                users_axis=(6, 20, 40),
+                calls=1 if quick else 3,
+                rounds=1 if quick else s.rounds,
+                timeout=5.0 if quick else 10.0,
+            ),
+        )
         return self.results
 
     async def _memory_real(self, emu: Emulator, pool: list[str]) -> dict[str, Any]:

@@ -210,8 +210,9 @@ class ToolboxStandIn:
 
     def stats(self) -> dict[str, int]:
         """Counters: ``requests``, ``missing_features``, ``unauthorized``, ``unknown_call``,
-        ``consent_required``, ``no_user_call``, ``initialize``, ``tools/list``, ``tools/call``,
-        ``tool_ran`` (tool calls that ran)."""
+        ``consent_required``, ``no_user_call``, ``tool_ran`` (tool calls that ran) and one per
+        JSON-RPC method that got past the checks (``server/discover``, ``initialize``,
+        ``tools/list``, ``tools/call``...)."""
         with self._lock:
             return dict(self._counts)
 
@@ -261,9 +262,39 @@ class ToolboxStandIn:
             if scope["type"] != "http":
                 await inner(scope, receive, send)
                 return
+            if scope["path"].startswith("/_toolbox/"):
+                await standin._control(scope, receive, send)
+                return
             await standin._handle(scope, receive, send, inner, verifier)
 
         return app
+
+    async def _control(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """The platform's side over HTTP, for a client in another process (the benchmark):
+        ``POST /_toolbox/calls {"users": [...]}`` -> ``{"call_ids": [...]}``,
+        ``GET /_toolbox/stats``, ``POST /_toolbox/reset``."""
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
+        path, method = scope["path"], scope["method"]
+        if path == "/_toolbox/stats" and method == "GET":
+            await _answer(send, 200, self.stats())
+        elif path == "/_toolbox/reset" and method == "POST":
+            self.reset()
+            await _answer(send, 200, {})
+        elif path == "/_toolbox/calls" and method == "POST":
+            try:
+                users = json.loads(body)["users"]
+                ids = [self.call_id(str(user)) for user in users[:100_000]]
+            except (ValueError, KeyError, TypeError) as exc:
+                await _answer(send, 400, {"error": type(exc).__name__})
+                return
+            await _answer(send, 200, {"call_ids": ids})
+        else:
+            await _answer(send, 404, {"error": "not found"})
 
     async def _handle(
         self, scope: dict[str, Any], receive: Any, send: Any, inner: Any, verifier: _AgentTokens
@@ -334,7 +365,7 @@ class ToolboxStandIn:
                     {"error": {"code": "unknown_call", "message": "unknown call id"}},
                 )
                 return
-        counters = [rpc] if rpc in ("initialize", *_RPC_METHODS) else []
+        counters = [rpc] if rpc else []
         if rpc in _RPC_METHODS:
             with self._lock:
                 consent = self._consent.get(user) if user is not None else None
