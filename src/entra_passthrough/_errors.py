@@ -30,12 +30,14 @@ All context is keyword-only and kept as attributes for programs.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ._aadsts import Aadsts, describe
 from ._docs import see
+from ._redact import redact
 
 
 class EntraPassthroughError(Exception):
@@ -387,6 +389,33 @@ def _first_line(description: str) -> str:
     return text[:_MAX_DESCRIPTION]
 
 
+#: A line that echoes a token request's form (a gateway or proxy answering with what it got).
+_CODE_IN_TEXT = re.compile(r"\s*AADSTS(\d{4,7})\b")
+_FORM_ECHO = re.compile(
+    r"(?i)\b(grant_type|client_id|client_secret|client_assertion|client_assertion_type|"
+    r"requested_token_use|assertion|refresh_token|code_verifier|redirect_uri|scope)="
+)
+_WORD = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+_MAX_UNDECODED = 160
+
+
+def _safe_word(value: object) -> str | None:
+    """A short identifier from an error body (``error``, ids), or ``None`` if it is not one."""
+    text = str(value or "")
+    return text if _WORD.fullmatch(text) else None
+
+
+def _undecoded_line(description: str) -> str:
+    """The first line of a description the library cannot decode, safe to show: never a form
+    echo, a JWT-shaped or long opaque value, nor a secret field's value; printable, bounded."""
+    line = _first_line(description)
+    if _FORM_ECHO.search(line):
+        return "(not shown: the text echoes the token request)"
+    line = redact(line)
+    line = "".join(c if c.isprintable() else "?" for c in line)
+    return line if len(line) <= _MAX_UNDECODED else line[: _MAX_UNDECODED - 3] + "..."
+
+
 def _first_code(body: Mapping[str, Any]) -> int | None:
     codes = body.get("error_codes")
     if isinstance(codes, list) and codes and isinstance(codes[0], int):
@@ -409,16 +438,24 @@ def error_from_entra(
 ) -> TokenAcquisitionError:
     """Map an Entra error body (as MSAL returns it) to the matching typed error.
 
-    Entra's descriptions never echo tokens or secrets, but they are bounded and reduced to
-    their first line anyway.
+    The body may not be Entra's (a proxy or gateway can answer, and echo the request): the
+    description of a code the library does not decode is reduced to a redacted first line,
+    and ``error``/``correlation_id``/``trace_id`` are kept only when they are short
+    identifiers.
     """
     code = _first_code(body)
-    error = str(body.get("error") or "") or None
-    suberror = str(body.get("suberror") or "") or None
-    correlation_id = str(body.get("correlation_id") or "") or None
-    trace_id = str(body.get("trace_id") or "") or None
-    description = _first_line(str(body.get("error_description") or ""))
+    # Every field of the body is the endpoint's text (a proxy's, a gateway's): only short
+    # identifiers are kept, and a description only as a redacted first line.
+    error = _safe_word(body.get("error"))
+    suberror = _safe_word(body.get("suberror"))
+    correlation_id = _safe_word(body.get("correlation_id"))
+    trace_id = _safe_word(body.get("trace_id"))
+    raw_description = str(body.get("error_description") or "")
+    if code is None:
+        found = _CODE_IN_TEXT.match(raw_description)
+        code = int(found.group(1)) if found else None
     entry: Aadsts | None = describe(code) if code is not None else None
+    description = _undecoded_line(raw_description) if raw_description else ""
     what = (
         f"Entra refused the token request: {entry}: {entry.meaning}."
         if entry
