@@ -86,6 +86,8 @@ class OnBehalfOf:
         self.tenant_id = tenant_id
         self.authority_host = normalize_authority_host(authority_host)
         self.allowed_tenants = frozenset(allowed_tenants or (tenant_id,))
+        # the allow-list's own strings, so that cache keys share them (no per-user copy)
+        self._tenant_ids = {t: t for t in self.allowed_tenants}
         self.accepted_audiences = frozenset((client_id, f"api://{client_id}", *accepted_audiences))
         self.consent_redirect_uri = consent_redirect_uri
         self._consent_link = consent_link
@@ -156,7 +158,8 @@ class OnBehalfOf:
         if caller is None or not caller.presented:
             return None
         tid = caller.claims.tid if caller.claims is not None else None
-        return (self.client_id, tid or "-", caller.assertion_sha256 or "-")
+        tid = self._tenant_ids.get(tid, tid) if tid else "-"
+        return (self.client_id, tid, caller.assertion_sha256 or "-")
 
     def preflight(self, request: TokenRequest) -> tuple[str, str, float]:
         """(tenant, assertion, assertion exp), or the typed error; no I/O."""
