@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from . import _e2e, _memory, _middleware, _overhead, _roundtrip, _toolbox
+from . import _e2e, _memory, _middleware, _overhead, _replicas, _roundtrip, _toolbox
 from ._emu import Emulator
 from ._patterns import all_patterns, ours_available
 from ._report import check_complete, evaluate_targets, update_readme, write_outputs
@@ -242,6 +242,11 @@ class Run:
                 rounds=1 if quick else s.rounds,
                 timeout=5.0 if quick else 10.0,
             ),
+        )
+        await self.step(
+            "replicas",
+            self.results,
+            _replicas.replicas(quick=self.results["mode"] == "quick"),
         )
         return self.results
 
