@@ -229,6 +229,14 @@ class GrantStore:
     async def put_flow(self, flow_id: str, data: Mapping[str, Any], *, ttl: float) -> None:
         await self._put(f"ep:v1:flow:{flow_id}", json.dumps(data).encode(), ttl=ttl, expect=None)
 
+    async def peek_flow(self, flow_id: str) -> dict[str, Any] | None:
+        """Read without consuming (the broker checks the browser binding first)."""
+        found = await self._get(f"ep:v1:flow:{flow_id}")
+        if found is None:
+            return None
+        data = json.loads(found[0])
+        return data if isinstance(data, dict) else None
+
     async def take_flow(self, flow_id: str) -> dict[str, Any] | None:
         """Read and delete atomically (compare-and-delete): one caller wins, across replicas."""
         key = f"ep:v1:flow:{flow_id}"

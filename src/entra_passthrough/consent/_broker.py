@@ -259,20 +259,26 @@ class ConsentBroker:
 
     async def _do_callback(self, request: Request, params: dict[str, str]) -> Response:
         state = State.verify(self.keyring, params.get("state", ""))
-        ttl = max(state.exp - time.time(), 1.0) + 60.0
-        if not await self.grants.mark_used(state.flow_id, ttl=ttl):
-            raise BadRequest("state_used", "This sign-in was already completed or cancelled.")
-        flow = await self.grants.take_flow(state.flow_id)
-        if flow is None or flow.get("key_hash") != state.key_hash:
+        # Every check that a third party can fail comes before the state is consumed: whoever
+        # saw the state (it is in the sign-in URL) must not be able to cancel the user's
+        # sign-in by sending it first from another browser.
+        pending = await self.grants.peek_flow(state.flow_id)
+        if pending is None or pending.get("key_hash") != state.key_hash:
             raise BadRequest("state_used", "This sign-in is unknown, expired or already used.")
-        secure = urlsplit(str(flow["msal"].get("redirect_uri", ""))).scheme == "https"
+        secure = urlsplit(str(pending["msal"].get("redirect_uri", ""))).scheme == "https"
         cookie = request.cookies.get(_cookie_name(state.flow_id, secure), "")
-        if not cookie or not hmac.compare_digest(_digest(cookie), str(flow["browser"])):
+        if not cookie or not hmac.compare_digest(_digest(cookie), str(pending["browser"])):
             raise BadRequest(
                 "browser_mismatch",
                 "This sign-in was started in another browser; open the link from the chat "
                 "in this browser.",
             )
+        ttl = max(state.exp - time.time(), 1.0) + 60.0
+        if not await self.grants.mark_used(state.flow_id, ttl=ttl):
+            raise BadRequest("state_used", "This sign-in was already completed or cancelled.")
+        flow = await self.grants.take_flow(state.flow_id)  # atomic: one callback wins
+        if flow is None or flow != pending:
+            raise BadRequest("state_used", "This sign-in is unknown, expired or already used.")
         if "error" in params:
             code = "".join(c for c in params["error"][:64] if c.isalnum() or c == "_")
             raise BadRequest("sign_in_refused", f"The identity provider answered {code!r}.")

@@ -1,0 +1,56 @@
+"""A third party who sees a sign-in's state cannot cancel the sign-in.
+
+The broker used to consume the state before checking the browser binding: anyone who saw the
+link's state (a proxy log, a shoulder, a shared screen) could send it to the callback from
+another browser, and the user's real callback then failed with ``state_used``. The state is now
+consumed only after the binding checks pass.
+"""
+
+from __future__ import annotations
+
+import time
+
+from entra_passthrough import Caller
+from entra_passthrough._grants import UserKey
+
+from .conftest import ConsentEnv, callback_url, code_and_state, consent_link, platform_caller
+
+
+async def test_a_third_party_cannot_burn_the_state(consent_env: ConsentEnv) -> None:
+    env = consent_env
+    caller: Caller = platform_caller(
+        f"burn-alice-{time.monotonic_ns()}", upn=env.idp.users["alice"].upn
+    )
+    source, _ = env.make()
+    link = await consent_link(source, env, caller)
+    async with env.browser() as victim:
+        code, state = await code_and_state(victim, link)
+        async with env.browser() as attacker:
+            for params in (
+                {"code": "attacker-code", "state": state},
+                {"error": "access_denied", "state": state},
+                {"state": state},
+                {"code": code, "state": state},
+            ):
+                burnt = await attacker.get(callback_url(env, params))
+                assert burnt.status_code == 400
+                assert "<code>browser_mismatch</code>" in burnt.text
+        answer = await victim.get(callback_url(env, {"code": code, "state": state}))
+    assert answer.status_code == 200, answer.text
+    key = UserKey.from_caller(caller)
+    assert key is not None
+    assert await source.grants.get_grant(key.hashed) is not None
+
+
+async def test_the_state_is_still_single_use_after_the_checks(consent_env: ConsentEnv) -> None:
+    env = consent_env
+    caller = platform_caller(f"burn-bob-{time.monotonic_ns()}", upn=env.idp.users["alice"].upn)
+    source, _ = env.make()
+    link = await consent_link(source, env, caller)
+    async with env.browser() as browser:
+        code, state = await code_and_state(browser, link)
+        first = await browser.get(callback_url(env, {"code": code, "state": state}))
+        assert first.status_code == 200, first.text
+        again = await browser.get(callback_url(env, {"code": code, "state": state}))
+    assert again.status_code == 400
+    assert "<code>state_used</code>" in again.text
