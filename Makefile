@@ -1,10 +1,13 @@
-# Two commands a newcomer needs: `make demo` and `make test`. Both create their own .venv.
+# Two commands a newcomer needs: `make demo` and `make test`. Both create .venv if needed;
+# `make demo` installs only what the demo needs (the 'demo' extra), `make test` everything.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-demo
+DOCS_STAMP := $(VENV)/.installed-docs
 
-.PHONY: test demo lint typecheck pytest bench bench-quick clean
+.PHONY: test demo docs docs-serve lint typecheck pytest bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -24,8 +27,31 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
-demo: $(STAMP)
+$(VENV)/bin/python:
+	@echo "==> creating $(VENV) with $(PY)"
+	$(PY) -m venv $(VENV)
+
+# No --quiet: pip prints each package as it goes (a minute or two on a fresh machine).
+$(DEMO_STAMP): pyproject.toml | $(VENV)/bin/python
+	@echo "==> installing entra-passthrough with the 'demo' extra (agent-framework, consent, mcp, testing)"
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e '.[demo]'
+	touch $@
+
+demo: $(DEMO_STAMP)
+	@echo "==> running the demo: emulator, MCP server, two hosted agents and a consent broker on loopback"
 	$(BIN)/entra-passthrough demo
+
+$(DOCS_STAMP): pyproject.toml | $(VENV)/bin/python
+	@echo "==> installing the 'docs' extra (mkdocs-material, mkdocstrings)"
+	$(BIN)/python -m pip install -e '.[docs]'
+	touch $@
+
+docs: $(DOCS_STAMP)
+	$(BIN)/mkdocs build --strict
+
+docs-serve: $(DOCS_STAMP)
+	$(BIN)/mkdocs serve
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
@@ -34,4 +60,4 @@ bench-quick: $(STAMP)
 	$(BIN)/python -m bench --quick
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site
