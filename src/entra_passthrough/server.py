@@ -261,6 +261,10 @@ class EntraChallengeMiddleware:
 
     >>> app = EntraChallengeMiddleware(server.streamable_http_app(), settings=auth)
 
+    A request with more than one ``Authorization`` header is refused (401 ``invalid_token``)
+    before the SDK sees it: the SDK reads only the first. Use this middleware with
+    ``EntraTokenVerifier`` always: the verifier alone never sees the headers.
+
     When the SDK refuses a request (a 401/403 with ``WWW-Authenticate: Bearer``), the answer is
     replaced by one built from what ``EntraTokenVerifier`` found: no token -> 401 with
     ``resource_metadata`` and ``scope`` and no error code; a bad token -> 401
@@ -280,6 +284,16 @@ class EntraChallengeMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if len(authorization_values(scope)) > 1:
+            # The SDK reads the first header only; which one counts must never be ambiguous
+            # (require_entra_auth refuses the same way).
+            status, header, body = challenge(
+                error=TokenVerificationError("the request has more than one Authorization header."),
+                resource_metadata=self.resource_metadata,
+                scopes=self.scopes,
+            )
+            await send_challenge(send, status, header, body, head=scope.get("method") == "HEAD")
             return
         outcome = _Outcome()
         token = _outcome.set(outcome)
