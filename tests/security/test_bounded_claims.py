@@ -197,3 +197,10 @@ def test_verifier_refuses_a_signed_token_with_an_out_of_range_time(
 def test_verifier_still_accepts_a_good_token(issuer: Issuer) -> None:
     verifier = JwtVerifier(audiences=[API], tenants=[TENANT], sync_http_client=issuer.sync_client())
     assert verifier.verify(issuer.token()).tid == TENANT
+
+
+@pytest.mark.parametrize("token", TOKENS, ids=IDS)
+def test_pool_key_is_none_not_a_crash(token: str) -> None:
+    from entra_passthrough.agent_framework._pool import pool_key
+
+    assert pool_key(Caller.from_token(token)) is None
