@@ -252,7 +252,10 @@ def build_mcp_app(
     recorder: Recorder,
     stateful: bool = False,
     allow_app: bool = False,
+    executions: list[tuple[str, str]] | None = None,
 ) -> ASGI:
+    """The recording MCP server. ``executions``, when given, gets ``(who, oid)`` each time the
+    ``whoami`` tool body runs: what ran on the server, by whom, however often it was sent."""
     jwks_client = httpx2.AsyncClient(
         verify=ssl.create_default_context(cafile=idp.ca_file), trust_env=False
     )
@@ -283,6 +286,8 @@ def build_mcp_app(
     async def whoami(who: str = "") -> str:
         """Who the server sees, and who the model said was asking (``who``)."""
         user = current_user()
+        if executions is not None:
+            executions.append((who, user.oid))  # list.append is atomic: no lock needed
         return json.dumps({"oid": user.oid, "upn": user.upn, "who": who})
 
     @server.tool()
@@ -355,6 +360,8 @@ class ServerThread:
         # TCP_NODELAY: else a hand-made socket stalls ~40 ms per answer (docs/platform-facts.md).
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # SO_REUSEPORT: handover() starts the next server on the same port before stopping this.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind(("127.0.0.1", self.port))
         self.port = sock.getsockname()[1]
@@ -390,8 +397,21 @@ class ServerThread:
             self._server = self._thread = None
 
     def restart(self) -> None:
+        """Stop, then start again on the same port: clients see a gap (connection refused)."""
         self.stop()
         self.start()
+
+    def handover(self) -> None:
+        """Start a fresh server (fresh state) on the same port, then stop this one: no gap,
+        but every session and keep-alive connection of the old one is gone."""
+        old_server, old_thread, old_sock = self._server, self._thread, self._sock
+        self._server = self._thread = self._sock = None
+        self.start()
+        if old_server is not None:
+            old_server.should_exit = True
+            assert old_thread is not None
+            old_thread.join(15)
+            old_sock.close()
 
     def __enter__(self) -> ServerThread:
         return self.start()

@@ -42,6 +42,7 @@ from contextlib import _AsyncGeneratorContextManager
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
+import anyio
 import httpx2
 from agent_framework import Content, MCPStreamableHTTPTool
 from agent_framework._mcp import (  # pinned agent-framework-core 1.23 (tests guard the seams)
@@ -311,7 +312,18 @@ class EntraMCPTool(MCPStreamableHTTPTool):
             self._set_lifecycle_caller(chosen)
             self._entra_auth.take_errors()
             try:
-                await super().connect(reset=reset)
+                try:
+                    await super().connect(reset=reset)
+                except asyncio.CancelledError as cancelled:
+                    task = asyncio.current_task()
+                    if task is None or task.cancelling():
+                        raise  # we are being cancelled
+                    # The transport's task group died under the connect (the server went away
+                    # mid-handshake) and cancelled the lifecycle task: a dead connection.
+                    raise ToolException(
+                        "the MCP connection was lost while connecting",
+                        anyio.ClosedResourceError(),
+                    ) from cancelled
             except Exception as exc:
                 failure = self._connect_failure(exc, chosen)
                 if failure is exc:
@@ -376,7 +388,7 @@ class EntraMCPTool(MCPStreamableHTTPTool):
     async def __aenter__(self) -> EntraMCPTool:
         if self._pool is None:
             try:
-                await self.connect()
+                await self._connect_retrying()
             except ToolException:
                 raise
             except Exception as exc:
@@ -393,11 +405,27 @@ class EntraMCPTool(MCPStreamableHTTPTool):
         try:
             # Always through the connect lock: is_connected turns true before the tools are
             # loaded, and a concurrent lease must not expose an empty tool list.
-            await self.connect()
+            await self._connect_retrying()
         except BaseException:
             self._leases -= 1
             raise
         return self
+
+    async def _connect_retrying(self) -> None:
+        """Connect; while the server cannot be reached (a restart's gap), back off and try
+        again, bounded. Any other failure (auth, consent, a server error) raises at once."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _RETRY_WINDOW
+        delay = 0.05
+        while True:
+            try:
+                await self.connect()
+                return
+            except Exception as exc:
+                if not is_dead_connection(exc) or loop.time() + delay >= deadline:
+                    raise
+            await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311 (jitter)
+            delay = min(delay * 2, 1.0)
 
     def _busy(self, now: float) -> bool:
         """Leased, or handed out by the pool and about to be entered."""
