@@ -14,7 +14,6 @@ from mcp import MCPDeprecationWarning
 
 from entra_passthrough.testing import EntraEmulator
 from entra_passthrough.testing._world import Lifetimes, User
-
 from integration._infra import Recorder, ServerThread, build_mcp_app, world_with_users
 
 SOAK = os.environ.get("ENTRA_SOAK", "") not in ("", "0")

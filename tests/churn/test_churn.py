@@ -26,6 +26,11 @@ from typing import Any
 import httpx2
 import pytest
 from agent_framework import Agent
+
+from entra_passthrough.agent_framework import PoolOptions, entra_mcp_tool, entra_middleware
+from entra_passthrough.agent_framework.testing import ScriptedChatClient
+from entra_passthrough.testing import EntraEmulator
+from entra_passthrough.testing._world import User
 from integration._infra import (
     ServerThread,
     agent_token,
@@ -36,11 +41,6 @@ from integration._infra import (
     serve_asgi,
     tool_outputs,
 )
-
-from entra_passthrough.agent_framework import PoolOptions, entra_mcp_tool, entra_middleware
-from entra_passthrough.agent_framework.testing import ScriptedChatClient
-from entra_passthrough.testing import EntraEmulator
-from entra_passthrough.testing._world import User
 
 from .conftest import SIZE, McpUnderTest
 
