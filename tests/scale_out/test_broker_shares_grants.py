@@ -15,10 +15,10 @@ from consent.conftest import ConsentEnv, follow_link, platform_caller
 from entra_passthrough import ConsentRequired, SourceUnavailable, TokenRequest
 from entra_passthrough._grants import UserKey
 from entra_passthrough._store import Keyring
-from entra_passthrough.consent import ConsentBroker
 from entra_passthrough.consent._cli import build_store, main
 from entra_passthrough.redis import RedisStore
 
+from ._broker import StandaloneBroker
 from ._server import RedisServer, free_port
 
 
@@ -29,31 +29,12 @@ async def test_consent_through_the_broker_serves_both_replicas(
     keyring = Keyring.generate()
     namespace = f"broker{free_port()}:"
     stores = [RedisStore.from_url(redis_server.url, namespace=namespace) for _ in range(3)]
-    server_loops: list[asyncio.AbstractEventLoop] = []
+    broker: StandaloneBroker | None = None
     try:
         replica1, _ = env.make(store=stores[0], keyring=keyring)  # type: ignore[arg-type]
         replica2, _ = env.make(store=stores[1], keyring=keyring)  # type: ignore[arg-type]
         # The standalone broker, as `entra-passthrough broker --store redis://...` builds it.
-        broker = ConsentBroker(
-            client_id=env.app.client_id,
-            tenant_id=env.idp.tenant_id,
-            authority_host=env.idp.url,
-            redirect_uris=[env.redirect_uri],
-            client_secret=env.app.secret,
-            store=stores[2],
-            keyring=keyring,
-            http_client=env.idp.msal_http_client(),
-        )
-        from starlette.applications import Starlette
-        from starlette.routing import Mount
-
-        inner = Starlette(routes=[Mount("/consent", broker.app)])
-
-        async def app(scope: Any, receive: Any, send: Any) -> None:
-            server_loops.append(asyncio.get_running_loop())  # the broker's store lives there
-            await inner(scope, receive, send)
-
-        env.slot.app = app
+        broker = StandaloneBroker(env, stores[2], keyring)
         user = env.idp.users["pat"]
         request = TokenRequest(
             scopes=(env.mcp_scope,), caller=platform_caller("chat-pat-redis", upn=user.upn)
@@ -80,9 +61,8 @@ async def test_consent_through_the_broker_serves_both_replicas(
     finally:
         for store in stores[:2]:
             await store.aclose()
-        if server_loops:
-            closing = asyncio.run_coroutine_threadsafe(stores[2].aclose(), server_loops[0])
-            await asyncio.wrap_future(closing)
+        if broker is not None:
+            await broker.aclose()
 
 
 async def test_grant_store_down_is_a_typed_error_never_a_token(consent_env: ConsentEnv) -> None:

@@ -106,6 +106,10 @@ class DelegatedConsent:
         self.link_lifetime = link_lifetime
         self.server_label = server_label
         self._replica = secrets.token_hex(8)
+        #: Rotated grants the store refused after Entra had redeemed the old refresh token
+        #: (store down mid-refresh): written before this user's next refresh, so the redeemed
+        #: refresh token is never used again. Key hash -> (grant, version of our lease).
+        self._unsaved: dict[str, tuple[Grant, str]] = {}
         self._flights: dict[tuple[int, str], tuple[tuple[Any, ...], asyncio.Future[Any]]] = {}
 
     def __repr__(self) -> str:
@@ -300,6 +304,13 @@ class DelegatedConsent:
     async def _acquire(self, key: UserKey, request: TokenRequest) -> TokenResult:
         scopes = tuple(request.scopes)
         for attempt in range(_MAX_ATTEMPTS):
+            unsaved = self._unsaved.get(key.hashed)
+            if unsaved is not None:
+                # Raises while the store is still down. None: the record changed since (our
+                # lease ran out and another replica rotated, or the data was lost): theirs wins.
+                await self.grants.put_grant(key.hashed, unsaved[0], expect=unsaved[1])
+                if self._unsaved.get(key.hashed) is unsaved:
+                    del self._unsaved[key.hashed]
             found = await self.grants.get_grant(key.hashed)
             if found is None:
                 raise self._consent_required(
@@ -349,9 +360,21 @@ class DelegatedConsent:
             refresh_token=new_rt if isinstance(new_rt, str) and new_rt else grant.refresh_token,
             updated=now,
         )
-        if await self.grants.put_grant(key.hashed, updated, expect=lease_version) is None:
-            # Our lease expired and another replica took over; its refresh token is newer.
-            logger.warning("consent grant changed during a refresh; keeping the newer one")
+        try:
+            written = await self.grants.put_grant(key.hashed, updated, expect=lease_version)
+        except Exception as exc:
+            # Entra has rotated the refresh token: the token it issued is good, so serve it, and
+            # keep the successor until the store takes it (never redeem the old one again).
+            self._unsaved[key.hashed] = (updated, lease_version)
+            logger.warning(
+                "the grant store failed after a refresh (%s); the rotated grant is kept in "
+                "memory and written before this user's next refresh",
+                type(exc).__name__,
+            )
+        else:
+            if written is None:
+                # Our lease expired and another replica took over; its refresh token is newer.
+                logger.warning("consent grant changed during a refresh; keeping the newer one")
         result = result_from_msal(answer, kind=IdentityKind.USER, source=self.name, scopes=scopes)
         logger.debug("delegated token %s for a stored grant", fingerprint(result.token))
         return result
