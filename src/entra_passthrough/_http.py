@@ -170,48 +170,67 @@ def current_deadline(default_seconds: float) -> float:
 # -- throttling state, shared by every MSAL app of a source --------------------------------------
 
 
+@dataclass(slots=True)
+class _Gate:
+    until: float
+    failure: TransportFailure
+    probing: bool = False
+
+
 class Throttle:
     """``Retry-After`` gates per authority and short negative entries per request key.
 
     An authority is the token endpoint URL (tenant included): Entra throttles per application
     and tenant, and a ``Retry-After`` answer to one user's request applies to every request to
     that endpoint until it lapses, so they fail fast with ``Throttled`` instead of each sending
-    a POST. Bounded: expired entries are dropped as new ones are added.
+    a POST. When an authority's gate lapses, exactly one request goes out (the probe) while the
+    others keep failing fast; its answer reopens the endpoint or closes it again (coalesced: no
+    herd of POSTs the moment a wait ends). Bounded: expired entries are dropped as new ones are
+    added.
     """
 
     MAX_ENTRIES = 4096
+    #: What a request that meets a probe in flight is told (seconds).
+    PROBE_HINT = 1.0
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._lock = threading.Lock()
-        self._authority: dict[str, tuple[float, TransportFailure]] = {}
-        self._keys: dict[str, tuple[float, TransportFailure]] = {}
+        self._authority: dict[str, _Gate] = {}
+        self._keys: dict[str, _Gate] = {}
 
-    def check(self, authority: str, key: str) -> TransportFailure | None:
-        """The failure to raise now, without a request, or ``None``."""
+    def check(
+        self, authority: str, key: str, *, probe_window: float = 15.0
+    ) -> TransportFailure | None:
+        """The failure to raise now, without a request, or ``None`` (send it). A caller that
+        gets ``None`` after a lapsed authority gate is the probe: it holds the endpoint for up
+        to ``probe_window`` seconds (its own timeouts end it sooner)."""
         now = self._clock()
         with self._lock:
-            for table, name in ((self._authority, authority), (self._keys, key)):
-                entry = table.get(name)
-                if entry is None:
-                    continue
-                until, failure = entry
-                if until <= now:
-                    del table[name]
-                    continue
-                return TransportFailure(
-                    failure.kind,
-                    status=failure.status,
-                    retry_after=max(until - now, 0.0),
-                    cached=True,
-                )
+            gate = self._authority.get(authority)
+            if gate is not None:
+                if gate.until > now:
+                    hint = min(gate.until - now, self.PROBE_HINT) if gate.probing else None
+                    return _cached(gate, now, hint)
+                if gate.probing:
+                    del self._authority[authority]  # the probe never answered: try again
+                else:
+                    gate.probing = True
+                    gate.until = now + probe_window
+            entry = self._keys.get(key)
+            if entry is not None:
+                if entry.until > now:
+                    return _cached(entry, now, None)
+                del self._keys[key]
         return None
 
-    def authority_blocked(self, authority: str) -> bool:
-        now = self._clock()
+    def answered(self, authority: str, key: str) -> None:
+        """The endpoint answered (not 429/5xx): a probe's gate is lifted, the key's entry too."""
         with self._lock:
-            entry = self._authority.get(authority)
-            return entry is not None and entry[0] > now
+            gate = self._authority.get(authority)
+            if gate is not None and gate.probing:
+                del self._authority[authority]
+            self._keys.pop(key, None)
 
     def block_authority(self, authority: str, seconds: float, failure: TransportFailure) -> None:
         self._put(self._authority, authority, seconds, failure)
@@ -219,16 +238,8 @@ class Throttle:
     def block_key(self, key: str, seconds: float, failure: TransportFailure) -> None:
         self._put(self._keys, key, seconds, failure)
 
-    def clear_key(self, key: str) -> None:
-        with self._lock:
-            self._keys.pop(key, None)
-
     def _put(
-        self,
-        table: dict[str, tuple[float, TransportFailure]],
-        name: str,
-        seconds: float,
-        failure: TransportFailure,
+        self, table: dict[str, _Gate], name: str, seconds: float, failure: TransportFailure
     ) -> None:
         if seconds <= 0:
             return
@@ -236,13 +247,22 @@ class Throttle:
         with self._lock:
             current = table.get(name)
             until = now + seconds
-            if current is None or current[0] < until:
-                table[name] = (until, failure)
+            if current is None or current.probing or current.until < until:
+                table[name] = _Gate(until, failure)
             if len(table) > self.MAX_ENTRIES:
-                for stale in [k for k, (u, _) in table.items() if u <= now]:
+                for stale in [k for k, g in table.items() if g.until <= now]:
                     del table[stale]
                 while len(table) > self.MAX_ENTRIES:
                     del table[next(iter(table))]
+
+
+def _cached(gate: _Gate, now: float, hint: float | None) -> TransportFailure:
+    return TransportFailure(
+        gate.failure.kind,
+        status=gate.failure.status,
+        retry_after=hint if hint is not None else max(gate.until - now, 0.0),
+        cached=True,
+    )
 
 
 def retry_after_seconds(
@@ -346,7 +366,7 @@ class GuardedHttpClient:
         end = current_deadline(t.deadline)
         authority = _authority_of(url)
         key = _request_key(method, url, data, params)
-        blocked = self.throttle.check(authority, key)
+        blocked = self.throttle.check(authority, key, probe_window=t.connect + t.read)
         if blocked is not None:
             raise blocked
         kwargs.pop("timeout", None)  # ours wins: MSAL passes none, a caller's could be unbounded
@@ -375,7 +395,7 @@ class GuardedHttpClient:
             else:
                 status = int(getattr(response, "status_code", 0) or 0)
                 if status not in RETRYABLE_STATUSES:
-                    self.throttle.clear_key(key)
+                    self.throttle.answered(authority, key)
                     return response
                 wait = retry_after_seconds(getattr(response, "headers", None) or {})
                 throttled = status == 429 or wait is not None
@@ -403,8 +423,11 @@ class GuardedHttpClient:
             if pause >= end - time.monotonic():
                 break
             self._sleep(pause)
-            if wait is None and self.throttle.authority_blocked(authority):
-                break  # another request got a Retry-After meanwhile: honour it
+            # After a Retry-After wait this request is the probe; after a backoff, a gate another
+            # request set meanwhile (Retry-After, endpoint failing) is honoured.
+            blocked = self.throttle.check(authority, key, probe_window=t.connect + t.read)
+            if blocked is not None:
+                raise blocked
         if failure.kind in ("status", "timeout", "connection"):
             # A short negative cache: the same request fails fast for a moment. A server error
             # that outlived every retry also pauses the endpoint for everyone (it is the

@@ -165,3 +165,37 @@ async def test_a_healthy_user_never_waits_on_stalled_ones(
     assert finished == ["healthy"]
     await asyncio.gather(*tasks)
     assert len(finished) == stalled + 1
+
+
+async def test_when_retry_after_lapses_one_probe_goes_out_not_a_herd(
+    idp: EntraEmulator, rig_factory: Any
+) -> None:
+    rig = rig_factory(Timeouts(max_retry_wait=0))
+    throttle = rig.obo._throttle
+    offset = 0.0
+    real = throttle._clock
+    throttle._clock = lambda: real() + offset  # the gate's clock, moved instead of waited
+    idp.inject_fault("token", status=429, retry_after=5, count=1)
+    before = token_posts(idp)
+    with bind_caller(token=rig.user_token()), pytest.raises(Throttled):
+        await rig.chain.get_token_async(mcp_scope(idp))
+    assert token_posts(idp) - before == 1
+    offset = 6.0  # Retry-After has lapsed
+    idp.token_latency = 0.3  # the probe is still on the wire while the others arrive
+
+    async def one(i: int) -> object:
+        with bind_caller(token=rig.user_token("bob" if i % 2 else "alice")):
+            try:
+                return await rig.chain.get_token_async(mcp_scope(idp))
+            except Throttled as exc:
+                return exc
+
+    outcomes = await asyncio.gather(*(one(i) for i in range(20)))
+    assert token_posts(idp) - before == 2  # the 429, then exactly one probe
+    throttled = [o for o in outcomes if isinstance(o, Throttled)]
+    assert len(throttled) == 19
+    assert all(o.retry_after is not None and o.retry_after <= 1.0 for o in throttled)
+    idp.token_latency = 0.0
+    with bind_caller(token=rig.user_token()):  # the probe's answer reopened the endpoint
+        assert (await rig.chain.get_token_async(mcp_scope(idp))).token
+    assert token_posts(idp) - before == 3
