@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from . import _e2e, _memory, _middleware, _overhead, _replicas, _roundtrip, _toolbox
+from . import _e2e, _lifetime, _memory, _middleware, _overhead, _replicas, _roundtrip, _toolbox
 from ._emu import Emulator
 from ._patterns import all_patterns, ours_available
 from ._report import check_complete, evaluate_targets, update_readme, write_outputs
@@ -51,6 +51,12 @@ class Sizes:
     memory_real_users: int
     e2e_rounds: int
     e2e_calls: int
+    # long run over several token lifetimes (bench._lifetime)
+    life_users: int = 20
+    life_lifetime: int = 60
+    life_lifetimes: int = 3
+    life_period: float = 0.1
+    life_latency: float = 0.15
 
 
 FULL = Sizes(
@@ -101,6 +107,10 @@ QUICK = Sizes(
     memory_real_users=20,
     e2e_rounds=2,
     e2e_calls=3,
+    life_users=4,
+    life_lifetime=5,
+    life_lifetimes=2,
+    life_latency=0.02,
 )
 
 
@@ -232,6 +242,7 @@ class Run:
             ),
         )
         await self.step("memory_synthetic", self.results, self._memory_synthetic())
+        await self.step("memory_chain", self.results, self._memory_chain())
         quick = self.results["mode"] == "quick"
         await self.step(
             "toolbox",
@@ -241,6 +252,17 @@ class Run:
                 calls=1 if quick else 3,
                 rounds=1 if quick else s.rounds,
                 timeout=5.0 if quick else 10.0,
+            ),
+        )
+        await self.step(
+            "lifetime",
+            self.results,
+            _lifetime.long_run(
+                users=s.life_users,
+                lifetime=s.life_lifetime,
+                lifetimes=s.life_lifetimes,
+                period=s.life_period,
+                latency=s.life_latency,
             ),
         )
         await self.step(
@@ -261,6 +283,12 @@ class Run:
             for name in (Ours.name, SharedMsalApp.name):
                 args = ["--real", str(n), "--input", str(path), "--pattern", name]
                 out[name] = await asyncio.to_thread(_memory.run_child, args)
+        return out
+
+    async def _memory_chain(self) -> list[dict[str, Any]]:
+        out = []
+        for n in self.sizes.memory_entries:
+            out.append(await asyncio.to_thread(_memory.run_child, ["--chain", str(n)]))
         return out
 
     async def _memory_synthetic(self) -> list[dict[str, Any]]:

@@ -38,7 +38,9 @@ class UserCred:
 class Emulator:
     """``entra-passthrough emulator`` started as a child process with a fixed token latency."""
 
-    def __init__(self, *, token_latency: float, users: int = 0) -> None:
+    def __init__(
+        self, *, token_latency: float, users: int = 0, access_token_lifetime: int = 0
+    ) -> None:
         self.token_latency = token_latency
         self._dir: tempfile.TemporaryDirectory[str] | None = tempfile.TemporaryDirectory(
             prefix="bench-emu-"
@@ -48,6 +50,8 @@ class Emulator:
         if os.environ.get("BENCH_EMULATOR_CMD"):  # e.g. `entra-passthrough emulator`
             cmd = os.environ["BENCH_EMULATOR_CMD"].split()
         cmd += ["--token-latency", str(token_latency), "--state-file", str(state_file)]
+        if access_token_lifetime:  # bench._emu_world only
+            cmd += ["--access-token-lifetime", str(access_token_lifetime)]
         self.proc: subprocess.Popen[str] | None = subprocess.Popen(
             cmd,
             stdout=subprocess.DEVNULL,

@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,10 @@ from entra_passthrough.testing._cli import state as cli_state
 PASSWORD = "bench-password"  # test users of a loopback emulator
 
 
-def world(users: int) -> World:
+def world(users: int, access_token_lifetime: int | None = None) -> World:
     w = World.default()
+    if access_token_lifetime:  # compressed lifetimes (bench._lifetime)
+        w = w.with_lifetimes(replace(w.lifetimes, access_token=access_token_lifetime))
     tenant = w.tenants[0]
     agent, mcp = w.app("agent"), w.app("mcp")
     if agent is None or mcp is None:
@@ -65,12 +68,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--users", type=int, default=0)
     parser.add_argument("--token-latency", type=float, default=0.0)
+    parser.add_argument("--access-token-lifetime", type=int, default=0, help="seconds")
     parser.add_argument("--state-file", type=Path, required=True)
     args = parser.parse_args()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    with EntraEmulator(world=world(args.users), token_latency=args.token_latency) as idp:
+    w = world(args.users, args.access_token_lifetime)
+    with EntraEmulator(world=w, token_latency=args.token_latency) as idp:
         tmp = args.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state(idp, args.token_latency)))
         os.replace(tmp, args.state_file)

@@ -95,6 +95,93 @@ async def synthetic(n: int, token_len: int) -> dict[str, Any]:
     }
 
 
+def _unsigned_jwt(claims: dict[str, Any]) -> str:
+    import base64
+
+    def seg(obj: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+    return f"{seg({'alg': 'RS256', 'typ': 'JWT', 'kid': 'k1'})}.{seg(claims)}.{'s' * 342}"
+
+
+async def through_chain(n: int, token_len: int) -> dict[str, Any]:
+    """``n`` users through the real ``TokenChain`` and ``OnBehalfOf`` (key, partition, cap,
+    result built by the source's own code from an MSAL-shaped answer), each with a fresh
+    ``Caller`` decoded from its own token, dropped after its call as a request's is. Only the
+    network exchange is replaced (no sockets, no TLS buffers in the figure). RSS delta per
+    entry, over the token's own size."""
+    import uuid
+
+    from entra_passthrough import Caller, OnBehalfOf, TokenChain, TokenRequest, TokenResult
+    from entra_passthrough._sources._base import result_from_msal
+    from entra_passthrough._types import IdentityKind
+
+    tenant = str(uuid.UUID(int=1))
+    client_id = str(uuid.UUID(int=2))
+    source = OnBehalfOf(client_id=client_id, tenant_id=tenant, client_secret="bench-secret")
+    template = "x" * (token_len - 12)
+    counter = 0
+
+    def exchange(request: TokenRequest, tenant: str, assertion: str, exp: float) -> TokenResult:
+        nonlocal counter
+        counter += 1
+        answer = {"access_token": f"{template}{counter:012d}", "expires_in": 3600}
+        return result_from_msal(
+            answer, kind=IdentityKind.USER, source=source.name, scopes=request.scopes, cap=exp
+        )
+
+    async def get_token_async(request: TokenRequest) -> TokenResult | None:
+        if source.cache_partition(request) is None:
+            return None
+        tid, assertion, exp = source.preflight(request)
+        return exchange(request, tid, assertion, exp)
+
+    source.get_token_async = get_token_async  # type: ignore[method-assign]
+    chain = TokenChain([source], cache=_sized_cache(n))
+    scopes = ("api://mcp/.default",)  # EntraAuth passes its own tuple: no copy per call
+    exp = int(time.time()) + 3600
+
+    def user_token(i: int) -> str:
+        return _unsigned_jwt(
+            {
+                "aud": client_id,
+                "iss": f"https://login.microsoftonline.com/{tenant}/v2.0",
+                "tid": tenant,
+                "oid": str(uuid.UUID(int=10_000 + i)),
+                "scp": "access_as_user",
+                "exp": exp,
+                "ver": "2.0",
+            }
+        )
+
+    async def one(i: int) -> None:
+        # a request: its token and Caller are gone once it ends
+        await chain.get_token_async(scopes, caller=Caller.from_token(user_token(i)))
+
+    await one(-1)  # warm: imports, the chain's plan, the first MSAL-free path
+    chain.cache.clear()
+    gc.collect()
+    before = rss()
+    for i in range(n):
+        await one(i)
+    gc.collect()
+    after = rss()
+    per_entry = (after - before) / n
+    source.close()
+    return {
+        "entries": len(chain.cache),
+        "token_bytes": token_len,
+        "rss_per_entry_bytes": per_entry,
+        "overhead_per_entry_bytes": per_entry - token_len,
+    }
+
+
+def _sized_cache(n: int) -> Any:
+    from entra_passthrough import TokenCache
+
+    return TokenCache(max_entries=n)
+
+
 async def real_path(
     state: dict[str, Any], users: int, assertions: list[str], pattern_name: str
 ) -> dict[str, Any]:
@@ -157,6 +244,7 @@ def run_child(args: list[str], timeout: float = 600) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--synthetic", type=int)
+    parser.add_argument("--chain", type=int, help="entries through the real TokenChain")
     parser.add_argument("--token-len", type=int, default=1500)
     parser.add_argument("--real", type=int)
     parser.add_argument("--input", type=Path, help="JSON: emulator state + assertions")
@@ -164,6 +252,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.synthetic:
         res = asyncio.run(synthetic(args.synthetic, args.token_len))
+    elif args.chain:
+        res = asyncio.run(through_chain(args.chain, args.token_len))
     else:
         data = json.loads(args.input.read_text())
         res = asyncio.run(real_path(data["state"], args.real, data["assertions"], args.pattern))
