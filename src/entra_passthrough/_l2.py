@@ -31,6 +31,7 @@ import time
 from collections.abc import Awaitable, Callable, Hashable
 from typing import TYPE_CHECKING, Final, Protocol
 
+from ._errors import EntraPassthroughError
 from ._store import Keyring, KeyringError, TokenStore
 from ._types import IdentityKind, TokenResult
 
@@ -146,10 +147,12 @@ class SharedTokenCache:
     def _failed(self, what: str, exc: BaseException) -> None:
         self.failures += 1
         self._down_until = self._clock() + self.retry_after
+        # Our typed errors say what failed and carry no secret; anything else: its type only.
+        why = str(exc) if isinstance(exc, EntraPassthroughError) else type(exc).__name__
         logger.warning(
             "shared token cache: %s failed (%s); acquiring directly, L2 skipped for %.0f s",
             what,
-            type(exc).__name__,
+            why,
             self.retry_after,
         )
 

@@ -164,7 +164,11 @@ class RedisStore:
                 options["ssl_ca_certs"] = ca_file
         if credential_provider is not None:
             options["credential_provider"] = credential_provider
-        client = redis_asyncio.Redis.from_url(url, **options)
+        # A blocking pool: a burst of more concurrent calls than connections waits (up to
+        # ``timeout``) for a free one instead of failing with "Too many connections".
+        pool = redis_asyncio.BlockingConnectionPool.from_url(url, timeout=timeout, **options)
+        client = redis_asyncio.Redis(connection_pool=pool)
+        client.auto_close_connection_pool = True  # aclose() closes the pool: it is ours
         return cls(client, namespace=namespace)
 
     @classmethod

@@ -256,3 +256,16 @@ def test_from_url_and_from_env_refuse_what_cannot_work() -> None:
 
 def test_redis_package_is_the_one_the_extra_declares() -> None:
     assert int(redis.__version__.split(".")[0]) >= 5
+
+
+async def test_a_burst_larger_than_the_pool_waits_for_connections(
+    redis_server: RedisServer,
+) -> None:
+    store = RedisStore.from_url(redis_server.url, namespace="burst:", max_connections=4)
+    try:
+        versions = await asyncio.gather(
+            *(store.put(f"k{i}", b"x", ttl=10, expect=None) for i in range(300))
+        )
+        assert all(v is not None for v in versions)
+    finally:
+        await store.aclose()
