@@ -1,0 +1,315 @@
+"""Property tests (hypothesis) with hostile shapes: numbers of any size, NaN/Infinity, deep
+nesting, control characters. For every input: never a crash, never a 500, never an acceptance
+of what should not be accepted, always a typed error.
+
+Sizes: ``HYPOTHESIS_PROFILE=soak`` runs ten times as many examples.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import time
+from typing import Any
+
+import httpx2
+import jwt
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from entra_passthrough import (
+    Caller,
+    CallerMiddleware,
+    JwtVerifier,
+    TokenVerificationError,
+    VerifiedToken,
+)
+from entra_passthrough._jwt import MAX_TIMESTAMP, TIME_CLAIMS, JwtDecodeError, decode_unverified
+from entra_passthrough.testing import EntraEmulator
+from server._tokens import API, TENANT, Issuer
+
+SCALE = 10 if os.environ.get("HYPOTHESIS_PROFILE") == "soak" else 1
+
+
+def examples(n: int) -> Any:
+    return settings(
+        max_examples=n * SCALE,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
+
+
+def _seg(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+# -- hostile JSON, as raw text (json.dumps cannot write NaN-free huge/deep shapes on purpose) --
+
+numbers = st.one_of(
+    st.integers(),
+    st.integers(min_value=-(10**400), max_value=10**400).map(str),
+    st.sampled_from(["NaN", "Infinity", "-Infinity", "1e999", "-1e999", "1" * 5000, "-0"]),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+)
+
+
+def _raw(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+scalars = st.one_of(
+    numbers.map(_raw),
+    st.text(max_size=30).map(json.dumps),
+    st.sampled_from(["true", "false", "null"]),
+)
+raw_values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4).map(lambda xs: "[" + ",".join(xs) + "]"),
+        st.dictionaries(st.text(max_size=6), inner, max_size=4).map(
+            lambda d: "{" + ",".join(f"{json.dumps(k)}:{v}" for k, v in d.items()) + "}"
+        ),
+    ),
+    max_leaves=12,
+)
+deep = st.integers(1, 3000).map(lambda n: "[" * n + "]" * n)
+CLAIM_NAMES = ["aud", "iss", "tid", "oid", "exp", "nbf", "iat", "ver", "scp", "roles", "azp", "x"]
+raw_payloads = st.dictionaries(
+    st.sampled_from(CLAIM_NAMES), st.one_of(raw_values, deep), max_size=8
+).map(lambda d: "{" + ",".join(f'"{k}":{v}' for k, v in d.items()) + "}")
+
+
+def unsigned_raw(payload: str) -> str:
+    header = _seg(json.dumps({"alg": "RS256", "kid": "k", "typ": "JWT"}).encode())
+    return f"{header}.{_seg(payload.encode())}.c2ln"
+
+
+@examples(400)
+@given(raw_payloads)
+def test_unverified_claims_parser_is_total_and_bounded(payload: str) -> None:
+    try:
+        claims = decode_unverified(unsigned_raw(payload))
+    except JwtDecodeError as exc:
+        message = str(exc)
+        claims = {}
+    else:
+        message = ""
+    assert len(payload) < 8 or payload[:40] not in message
+    for name in TIME_CLAIMS:
+        if name in claims:
+            value = claims[name]
+            assert isinstance(value, int | float)
+            assert not isinstance(value, bool)
+            assert 0 <= value <= MAX_TIMESTAMP
+
+
+# -- the verifier, with correctly signed tokens carrying hostile claims -----------------------
+
+ISSUER = Issuer()
+VERIFIER = JwtVerifier(audiences=[API], tenants=[TENANT], sync_http_client=ISSUER.sync_client())
+
+
+def signed_raw(overrides: dict[str, str]) -> str:
+    """A token signed by the trusted issuer whose claims are the good ones with ``overrides``
+    spliced in as raw JSON text (PyJWT would refuse to encode NaN or a 5000-digit number)."""
+    claims = {k: json.dumps(v) for k, v in ISSUER.claims().items()}
+    claims.update(overrides)
+    payload = "{" + ",".join(f'"{k}":{v}' for k, v in claims.items()) + "}"
+    kid, key = ISSUER.keys[0]
+    header = _seg(json.dumps({"alg": "RS256", "kid": kid, "typ": "JWT"}).encode())
+    body = _seg(payload.encode())
+    signing_input = f"{header}.{body}".encode()
+    signature = jwt.algorithms.RSAAlgorithm(jwt.algorithms.RSAAlgorithm.SHA256).sign(
+        signing_input, key
+    )
+    return f"{header}.{body}.{_seg(signature)}"
+
+
+time_overrides = st.dictionaries(
+    st.sampled_from(["exp", "nbf", "iat"]), st.one_of(numbers.map(_raw), raw_values), min_size=1
+)
+other_overrides = st.dictionaries(
+    st.sampled_from(CLAIM_NAMES), st.one_of(raw_values, deep), max_size=4
+)
+
+
+@examples(150)
+@given(st.one_of(time_overrides, other_overrides))
+def test_verifier_on_signed_hostile_claims_is_typed_and_never_accepts_bad_times(
+    overrides: dict[str, str],
+) -> None:
+    token = signed_raw(overrides)
+    try:
+        verified = VERIFIER.verify(token)
+    except TokenVerificationError as exc:
+        refused = str(exc)
+    else:
+        refused = ""
+    if refused:
+        assert token not in refused
+        return
+    assert isinstance(verified, VerifiedToken)
+    assert verified.tid == TENANT
+    assert verified.audience == API
+    assert time.time() - 120 < verified.expires_at <= MAX_TIMESTAMP
+
+
+def test_signed_raw_builds_an_acceptable_token() -> None:
+    assert VERIFIER.verify(signed_raw({})).tid == TENANT  # the generator itself is sound
+
+
+# -- header parsing in CallerMiddleware ----------------------------------------------------------
+
+
+class _AsyncVerifier:
+    """The real JwtVerifier, driven sync (no event-loop-bound client across asyncio.run)."""
+
+    async def verify_async(self, token: str) -> VerifiedToken:
+        return VERIFIER.verify(token)
+
+
+def _run(mw_kwargs: dict[str, Any], headers: list[tuple[bytes, bytes]]) -> tuple[int, Any]:
+    seen: list[Any] = []
+    statuses: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["state"]["entra_caller"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request"}
+
+    mw = CallerMiddleware(app, **mw_kwargs)
+    asyncio.run(mw({"type": "http", "headers": headers}, receive, send))
+    return statuses[0], (seen[0] if seen else None)
+
+
+header_tokens = st.one_of(
+    raw_payloads.map(unsigned_raw),
+    st.dictionaries(st.sampled_from(CLAIM_NAMES), raw_values, max_size=3).map(signed_raw),
+    st.just("GOOD"),
+    st.text(max_size=60),
+)
+header_values = st.one_of(
+    header_tokens.map(lambda t: ("Bearer " + t).encode("utf-8", "surrogatepass")),
+    st.binary(max_size=80),
+    st.sampled_from([b"Bearer", b"bearer\tabc", b"Basic x", b"Bearer \r\nX: y"]),
+)
+
+
+@examples(250)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([b"authorization", b"x-agent-user-id", b"x"]), header_values),
+        max_size=4,
+    ),
+    st.booleans(),
+)
+def test_capture_with_a_verifier_never_crashes_and_never_passes_a_forgery(
+    headers: list[tuple[bytes, bytes]], require: bool
+) -> None:
+    good = ISSUER.token()
+    headers = [(n, v.replace(b"GOOD", good.encode())) for n, v in headers]
+    try:
+        status, caller = _run({"verifier": _AsyncVerifier(), "require_caller": require}, headers)
+    except Exception as exc:  # pragma: no cover - the property's failure
+        pytest.fail(f"CallerMiddleware raised {type(exc).__name__}")
+    assert status in (200, 401, 403)
+    if status == 200 and isinstance(caller, Caller) and caller.presented:
+        assert caller.verified is not None  # nothing unverified got through
+        assert VERIFIER.verify(caller.assertion or "").tid == TENANT
+
+
+@examples(250)
+@given(st.lists(st.tuples(st.just(b"authorization"), header_values), max_size=3))
+def test_capture_require_caller_without_verifier_is_401_or_passes_a_decodable_token(
+    headers: list[tuple[bytes, bytes]],
+) -> None:
+    status, caller = _run({"require_caller": True}, headers)
+    assert status in (200, 401)
+    if status == 200:
+        assert isinstance(caller, Caller)
+        assert caller.decode_error is None
+        assert caller.claims is not None
+
+
+# -- the emulator's endpoints: Entra's typed errors, never a 500 ---------------------------------
+
+form_values = st.one_of(
+    st.text(max_size=40),
+    raw_payloads.map(unsigned_raw),
+    st.sampled_from(["", "openid", "api://x/.default offline_access", "\x00", "%ZZ"]),
+)
+GRANTS = [
+    "client_credentials",
+    "urn:ietf:params:oauth:grant-type:jwt-bearer",
+    "authorization_code",
+    "refresh_token",
+    "password",
+    "urn:ietf:params:oauth:grant-type:token-exchange",
+    "nonsense",
+]
+FIELDS = [
+    "client_id",
+    "client_secret",
+    "scope",
+    "assertion",
+    "requested_token_use",
+    "code",
+    "redirect_uri",
+    "code_verifier",
+    "refresh_token",
+    "client_assertion",
+    "client_assertion_type",
+    "username",
+    "password",
+    "resource",
+    "claims",
+    "fmi_path",
+]
+
+
+@pytest.fixture(scope="module")
+def idp() -> Any:
+    with EntraEmulator() as emulator:
+        yield emulator
+
+
+def _post(idp: EntraEmulator, path: str, data: dict[str, str]) -> httpx2.Response:
+    with httpx2.Client(verify=idp.ssl_context(), timeout=30) as http:
+        return http.post(idp.url + path, data=data)
+
+
+@examples(120)
+@given(
+    st.sampled_from(GRANTS),
+    st.dictionaries(st.sampled_from(FIELDS), form_values, max_size=6),
+    st.sampled_from(["{tenant}", "common", "organizations", "x", "%00"]),
+    st.booleans(),
+)
+def test_emulator_token_endpoint_answers_typed_errors(
+    idp: EntraEmulator, grant: str, form: dict[str, str], tenant: str, client_ok: bool
+) -> None:
+    data = {"grant_type": grant, **form}
+    if client_ok:
+        data.setdefault("client_id", idp.agent.client_id)
+        data.setdefault("client_secret", idp.agent.secret)
+    try:
+        data = {k: v.encode("utf-8").decode("utf-8") for k, v in data.items()}
+    except UnicodeEncodeError:
+        assume(False)
+    path = f"/{tenant.format(tenant=idp.tenant_id)}/oauth2/v2.0/token"
+    answer = _post(idp, path, data)
+    assert answer.status_code < 500, answer.text[:300]
+    if answer.status_code >= 400:
+        body = answer.json()
+        assert isinstance(body.get("error"), str)
+        assert isinstance(body.get("error_codes", [0]), list)
