@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis
 
-from entra_passthrough import IdentityKind, TokenCache, TokenResult
+from entra_passthrough import IdentityKind, SourceUnavailable, TokenCache, TokenResult
 from entra_passthrough._l2 import SharedTokenCache
 from entra_passthrough._store import Keyring, MemoryStore
 from entra_passthrough.redis import RedisStore
@@ -215,3 +215,26 @@ async def test_the_shared_cache_works_over_any_token_store() -> None:
         *(caches[i % 4].get_or_acquire_async(KEY, entra.acquire) for i in range(32))
     )
     assert entra.calls == 1
+
+
+async def test_a_slow_redis_costs_one_timeout_then_entra_serves(fresh_redis: RedisServer) -> None:
+    fresh_redis.start()
+    store = RedisStore.from_url(fresh_redis.url, timeout=0.3)
+    shared = SharedTokenCache(store, Keyring.generate(), retry_after=60)
+    caches = [TokenCache(shared=shared) for _ in range(3)]
+    entra = Entra(delay=0)
+    admin = fresh_redis.client()
+    try:
+        assert await store.ping()
+        admin.client_pause(1500, all=True)  # Redis answers nothing for 1.5 s
+        for cache in caches:
+            assert await cache.get_or_acquire_async(KEY, entra.acquire) is not None
+        assert entra.calls == 3  # each went to Entra, none waited for Redis again
+        assert shared.failures == 1
+        with pytest.raises(SourceUnavailable, match="did not answer in time"):
+            await store.get("k")  # the grant store's view of the same: a typed error
+        admin.client_unpause()
+        assert await store.put("k", b"v", ttl=10) is not None  # and it recovers by itself
+    finally:
+        admin.close()
+        await store.aclose()

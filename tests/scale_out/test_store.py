@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis
@@ -269,3 +270,63 @@ async def test_a_burst_larger_than_the_pool_waits_for_connections(
         assert all(v is not None for v in versions)
     finally:
         await store.aclose()
+
+
+async def test_entra_auth_user_is_the_oid_and_password_a_fresh_token(
+    consent_env: Any, redis_server: RedisServer
+) -> None:
+    """Redis' Entra auth, against the emulator: an azure-identity credential's token is the
+    password and its oid the user (Azure Redis checks the token; here an ACL user stands in)."""
+    from azure.identity import ClientSecretCredential
+
+    from entra_passthrough._jwt import decode_unverified
+    from entra_passthrough.redis import entra_credential_provider
+
+    idp = consent_env.idp
+    scope = f"{idp.mcp.app_id_uri}/.default"
+    credential = ClientSecretCredential(
+        idp.tenant_id,
+        idp.agent.client_id,
+        idp.agent.secret,
+        authority=idp.url,
+        disable_instance_discovery=True,
+        connection_verify=idp.ca_file,
+    )
+    provider = entra_credential_provider(credential, scopes=(scope,))
+    oid, token = provider.get_credentials()
+    assert oid == decode_unverified(token)["oid"]
+    assert token not in repr(provider)
+    admin = redis_server.client()
+    try:
+        admin.acl_setuser(
+            oid, enabled=True, passwords=[f"+{token}"], keys=["*"], commands=["+@all"]
+        )
+    finally:
+        admin.close()
+    store = RedisStore.from_url(
+        f"redis://127.0.0.1:{redis_server.port}/0", credential_provider=provider
+    )
+    try:
+        assert await store.put("entra", b"x", ttl=10) is not None  # the cached token works
+    finally:
+        await store.aclose()
+    with pytest.raises(ConfigurationError, match="oid"):
+        entra_credential_provider(_NoOid(), scopes=(scope,)).get_credentials()
+
+
+class _NoOid:
+    def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+        from azure.core.credentials import AccessToken
+
+        return AccessToken("e30.e30.sig", 0)  # {} as header and claims: no oid
+
+
+def test_from_env_with_entra_auth_uses_redis_entraid() -> None:
+    store = RedisStore.from_env(
+        {
+            "ENTRA_PASSTHROUGH_REDIS_URL": f"rediss://127.0.0.1:{free_port()}/0",
+            "ENTRA_PASSTHROUGH_REDIS_AUTH": "entra",
+        }
+    )
+    provider = store.client.connection_pool.connection_kwargs["credential_provider"]
+    assert type(provider).__name__ == "EntraIdCredentialsProvider"
