@@ -86,8 +86,6 @@ class OnBehalfOf:
         self.tenant_id = tenant_id
         self.authority_host = normalize_authority_host(authority_host)
         self.allowed_tenants = frozenset(allowed_tenants or (tenant_id,))
-        # the allow-list's own strings, so that cache keys share them (no per-user copy)
-        self._tenant_ids = {t: t for t in self.allowed_tenants}
         self.accepted_audiences = frozenset((client_id, f"api://{client_id}", *accepted_audiences))
         self.consent_redirect_uri = consent_redirect_uri
         self._consent_link = consent_link
@@ -157,9 +155,11 @@ class OnBehalfOf:
         caller = request.caller
         if caller is None or not caller.presented:
             return None
-        tid = caller.claims.tid if caller.claims is not None else None
-        tid = self._tenant_ids.get(tid, tid) if tid else "-"
-        return (self.client_id, tid, caller.assertion_sha256 or "-")
+        # The assertion's hash alone says whose token this is (its tenant is part of the
+        # assertion), so a cache hit never decodes the caller's claims: a new Caller per
+        # request costs a hash, not a JSON parse. The claims are read (and checked by
+        # preflight) only when a token has to be acquired.
+        return (self.client_id, caller.assertion_sha256 or "-")
 
     def preflight(self, request: TokenRequest) -> tuple[str, str, float]:
         """(tenant, assertion, assertion exp), or the typed error; no I/O."""
