@@ -181,6 +181,7 @@ class EntraMCPTool(MCPStreamableHTTPTool):
         self._bound_suspect = False
         self._principal_bound = False
         self._background: set[asyncio.Task[None]] = set()
+        self._deferred_for: Caller | None = None
 
     @property
     def auth(self) -> EntraAuth:
@@ -393,7 +394,15 @@ class EntraMCPTool(MCPStreamableHTTPTool):
                 raise
             except Exception as exc:
                 if is_public_failure(exc):
-                    raise  # already the host's public shape: the client sees the explanation
+                    caller = active_caller()
+                    if caller is not None and self._deferred_for is not caller:
+                        # The caller's token cannot work and nothing was sent. Opened with the
+                        # agent (ResponsesHostServer: "agent initialization", where the host
+                        # shows only "server_error"): not connected, the run opens the tool again
+                        # and fails there, where the host shows the explanation.
+                        self._deferred_for = caller
+                        return self
+                    raise  # the host's public shape: the client sees the explanation
                 await self.close()
                 raise ToolExecutionException(
                     "Failed to enter context manager.", inner_exception=exc

@@ -1,0 +1,284 @@
+"""Targeted tests for issue-level guarantees of the MCP tool and the per-user pool: leases are
+counted from hand-out, the pool keys by the identity Entra issued (a forged token gets nothing),
+a caller whose token cannot work makes no request, a shared tool notices a principal-bound
+server, nothing is sent without a token, and a request's Caller ends with its response."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import httpx2
+import pytest
+from agent_framework import Agent
+
+from entra_passthrough import TokenAcquisitionError, bind_caller
+from entra_passthrough._middleware import CallerMiddleware
+from entra_passthrough.agent_framework import (
+    EntraMCPToolPool,
+    PoolOptions,
+    entra_mcp_tool,
+    entra_middleware,
+)
+from entra_passthrough.agent_framework.testing import ScriptedChatClient
+from entra_passthrough.mcp import _CallGuard, call_attempt
+from entra_passthrough.testing import FOUNDRY_AUDIENCE, EntraEmulator
+from entra_passthrough.testing._world import User
+
+from ._infra import (
+    Recorder,
+    ServerThread,
+    agent_token,
+    calls,
+    host_app,
+    make_chain,
+    mcp_scopes,
+    respond,
+    seen_oid,
+    serve_asgi,
+    tool_outputs,
+)
+
+Start = Callable[..., tuple[ServerThread, Recorder]]
+URL = "https://mcp.contoso.com/mcp"
+
+
+def _unsigned(**claims: Any) -> str:
+    def seg(obj: object) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+    return f"{seg({'alg': 'RS256', 'typ': 'JWT'})}.{seg(claims)}.c2lnbmF0dXJl"
+
+
+def _pool(idp: EntraEmulator, **options: Any) -> EntraMCPToolPool:
+    return entra_mcp_tool(
+        "records",
+        URL,
+        chain=make_chain(idp),
+        scopes=mcp_scopes(idp),
+        per_user=PoolOptions(**options),
+    )
+
+
+def _agent(tool: Any) -> Agent:
+    client = ScriptedChatClient(tool="whoami", input_argument="who")
+    client.function_invocation_configuration["include_detailed_errors"] = True
+    return Agent(client=client, tools=[tool], middleware=entra_middleware())
+
+
+async def test_pool_never_evicts_a_connection_it_handed_out(
+    idp: EntraEmulator, users: list[User]
+) -> None:
+    pool = _pool(idp, max_connections=1)
+    try:
+        async with bind_caller(token=agent_token(idp, users[0])):
+            first = await pool.tool()  # handed out, not yet entered by the agent
+        async with bind_caller(token=agent_token(idp, users[1])):
+            second = await pool.tool()
+        # Over the bound for a moment rather than closing a connection about to be used.
+        assert not first._retired
+        assert not second._retired
+        assert len(pool) == 2
+    finally:
+        await pool.aclose()
+
+
+async def test_pool_keys_by_the_identity_entra_issued(
+    idp: EntraEmulator, users: list[User]
+) -> None:
+    victim = users[2]
+    pool = _pool(idp)
+    try:
+        async with bind_caller(token=agent_token(idp, victim)) as caller:
+            mine = await pool.tool()
+            assert mine._lifecycle_caller is caller
+        assert mine._pool_key == f"entra:{victim.tenant_id}:{victim.oid}"
+        # An unsigned token copying the victim's tid/oid: Entra refuses the exchange, so the
+        # forger gets no token, no lease, and the victim's connection stays the victim's.
+        forged = _unsigned(
+            tid=victim.tenant_id,
+            oid=victim.oid,
+            aud=idp.agent.client_id,
+            iss=f"https://sts.windows.net/{victim.tenant_id}/",
+            exp=int(time.time()) + 3600,
+            scp="access_as_user",
+        )
+        async with bind_caller(token=forged):
+            with pytest.raises(TokenAcquisitionError):
+                await pool.tool()
+        assert len(pool) == 1
+        assert mine._pending == 1  # only the victim's own hand-out
+    finally:
+        await pool.aclose()
+
+
+async def test_caller_whose_token_cannot_work_sends_nothing_and_is_told_why(
+    idp: EntraEmulator, users: list[User], mcp_server: Start
+) -> None:
+    server, recorder = mcp_server()
+    tool = entra_mcp_tool(
+        "records", f"{server.base}/mcp", chain=make_chain(idp), scopes=mcp_scopes(idp)
+    )
+    host = serve_asgi(host_app(_agent(tool)), name="host")
+    foundry = idp.user_token(users[4], audience=FOUNDRY_AUDIENCE)
+    try:
+        async with httpx2.AsyncClient(base_url=host.base, timeout=60) as client:
+            # The very first request (it would trigger the connect) comes from a caller whose
+            # token is for https://ai.azure.com: no request at all reaches the MCP server.
+            refused = await client.post(
+                "/responses",
+                json={"input": "hi", "store": False},
+                headers={"Authorization": f"Bearer {foundry}"},
+            )
+            assert recorder.snapshot() == []
+            ok = await respond(client, agent_token(idp, users[5]), users[5].oid)
+    finally:
+        host.stop()
+    assert refused.status_code == 200
+    error = refused.json().get("error") or {}
+    assert refused.json()["status"] == "failed"
+    assert "internal server error" not in str(error.get("message", "")).lower()
+    assert "ai.azure.com" in str(error.get("message", "")) or "audience" in str(error).lower()
+    assert seen_oid(ok) == users[5].oid
+    assert users[4].oid not in {s.oid for s in recorder.snapshot()}
+
+
+async def test_shared_tool_detects_a_principal_bound_server(
+    idp: EntraEmulator, users: list[User], mcp_server: Start
+) -> None:
+    server, recorder = mcp_server(stateful=True)
+    tool = entra_mcp_tool(
+        "records", f"{server.base}/mcp", chain=make_chain(idp), scopes=mcp_scopes(idp)
+    )
+    host = serve_asgi(host_app(_agent(tool)), name="host")
+    try:
+        async with httpx2.AsyncClient(base_url=host.base, timeout=60) as client:
+            payloads = [await respond(client, agent_token(idp, u), u.oid) for u in users[6:14]]
+    finally:
+        host.stop()
+    seen = recorder.snapshot()
+    # Never a reconnect per call: at most one retry as the second user, then every call
+    # fails at once with a message that says to use the pool.
+    assert Counter(s.rpc for s in seen)["initialize"] <= 2
+    told = [p for p in payloads if "per_user=True" in " ".join(tool_outputs(p))]
+    assert len(told) >= len(payloads) - 2
+    assert all(s.oid == s.caller_tag for s in calls(seen) if s.status == 200)
+
+
+async def test_nothing_is_sent_without_a_token() -> None:
+    sent: list[httpx2.Request] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        sent.append(request)
+        return httpx2.Response(200, json={"jsonrpc": "2.0", "id": 7, "result": {}})
+
+    guard = _CallGuard(httpx2.MockTransport(handler))
+    body = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "x"}}
+    async with httpx2.AsyncClient(transport=guard) as client:
+        with call_attempt() as attempt:
+            answer = await client.post("https://mcp.example/mcp", json=body)
+        assert sent == []  # not sent
+        assert attempt.not_sent == "no_token"
+        assert not attempt.sent
+        assert answer.json()["error"]["message"].startswith("entra_passthrough: not sent")
+        assert answer.json()["id"] == 7
+        # With a token it goes out, and is recorded as possibly reached.
+        with call_attempt() as attempt:
+            await client.post(
+                "https://mcp.example/mcp", json=body, headers={"Authorization": "Bearer t"}
+            )
+        assert len(sent) == 1
+        assert attempt.sent
+        # Outside a call attempt the guard only forwards.
+        await client.post("https://mcp.example/mcp", json=body)
+        assert len(sent) == 2
+
+
+async def test_connect_failure_is_never_sent_and_other_errors_may_have_reached() -> None:
+    def refused(request: httpx2.Request) -> httpx2.Response:
+        raise httpx2.ConnectError("refused", request=request)
+
+    def cut(request: httpx2.Request) -> httpx2.Response:
+        raise httpx2.ReadError("cut", request=request)
+
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "x"}}
+    headers = {"Authorization": "Bearer t"}
+    for handler, sent, why in ((refused, False, "connect"), (cut, True, None)):
+        async with httpx2.AsyncClient(transport=_CallGuard(httpx2.MockTransport(handler))) as c:
+            with call_attempt() as attempt:
+                # Answered with a JSON-RPC error for this request: the transport survives.
+                answer = await c.post("https://mcp.example/mcp", json=body, headers=headers)
+        assert answer.json()["id"] == 1
+        assert attempt.sent is sent
+        assert attempt.not_sent == why
+
+
+async def test_a_request_caller_ends_when_its_response_is_complete() -> None:
+    states: list[bool] = []
+    done = asyncio.Event()
+    holder: dict[str, Any] = {}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        from entra_passthrough import current_caller
+
+        caller = current_caller()
+        assert caller is not None
+        holder["caller"] = caller
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"a", "more_body": True})
+        states.append(caller.active)
+        await send({"type": "http.response.body", "body": b"b", "more_body": False})
+        states.append(caller.active)  # the client has its answer: the caller is over
+        done.set()
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        return None
+
+    token = _unsigned(tid="t", oid="o", aud="a", exp=4_000_000_000)
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/",
+        "headers": [(b"authorization", f"Bearer {token}".encode())],
+    }
+    await CallerMiddleware(app)(scope, receive, send)
+    assert done.is_set()
+    assert states == [True, False]
+
+
+@pytest.mark.parametrize("restarts", [1])
+async def test_no_call_runs_twice_when_the_server_restarts_under_load(
+    idp: EntraEmulator, users: list[User], mcp_server: Start, restarts: int
+) -> None:
+    """The shape of the issue's failure: calls in flight while the connection is replaced.
+    Each call's ``who`` is unique; the server never saw one twice."""
+    server, recorder = mcp_server()
+    tool = entra_mcp_tool(
+        "records", f"{server.base}/mcp", chain=make_chain(idp), scopes=mcp_scopes(idp)
+    )
+    host = serve_asgi(host_app(_agent(tool)), name="host")
+    try:
+        async with httpx2.AsyncClient(base_url=host.base, timeout=60) as client:
+
+            async def one(i: int) -> dict[str, Any]:
+                user = users[i % 10]
+                return await respond(client, agent_token(idp, user), f"{user.oid}")
+
+            first = asyncio.gather(*(one(i) for i in range(30)))
+            await asyncio.sleep(0)  # let the burst start
+            for _ in range(restarts):
+                await asyncio.to_thread(server.restart)
+            results = await first
+    finally:
+        host.stop()
+    assert len(results) == 30
+    seen = [s for s in calls(recorder.snapshot()) if s.status == 200]
+    assert all(s.oid == s.caller_tag for s in seen)
