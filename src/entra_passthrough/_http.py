@@ -27,7 +27,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import _env
@@ -174,7 +174,8 @@ def current_deadline(default_seconds: float) -> float:
 class _Gate:
     until: float
     failure: TransportFailure
-    probing: bool = False
+    probe: object | None = None  # set while one request probes the endpoint after a lapse
+    done: threading.Event = field(default_factory=threading.Event)
 
 
 class Throttle:
@@ -183,15 +184,13 @@ class Throttle:
     An authority is the token endpoint URL (tenant included): Entra throttles per application
     and tenant, and a ``Retry-After`` answer to one user's request applies to every request to
     that endpoint until it lapses, so they fail fast with ``Throttled`` instead of each sending
-    a POST. When an authority's gate lapses, exactly one request goes out (the probe) while the
-    others keep failing fast; its answer reopens the endpoint or closes it again (coalesced: no
-    herd of POSTs the moment a wait ends). Bounded: expired entries are dropped as new ones are
-    added.
+    a POST. When an authority's gate lapses, exactly one request goes out (the probe); requests
+    arriving meanwhile wait for its answer (within their deadline), then go out if the endpoint
+    answered or fail fast if it closed again: no herd of POSTs the moment a wait ends.
+    Bounded: expired entries are dropped as new ones are added.
     """
 
     MAX_ENTRIES = 4096
-    #: What a request that meets a probe in flight is told (seconds).
-    PROBE_HINT = 1.0
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
@@ -199,37 +198,62 @@ class Throttle:
         self._authority: dict[str, _Gate] = {}
         self._keys: dict[str, _Gate] = {}
 
-    def check(
-        self, authority: str, key: str, *, probe_window: float = 15.0
-    ) -> TransportFailure | None:
-        """The failure to raise now, without a request, or ``None`` (send it). A caller that
-        gets ``None`` after a lapsed authority gate is the probe: it holds the endpoint for up
-        to ``probe_window`` seconds (its own timeouts end it sooner)."""
-        now = self._clock()
+    def admit(
+        self, authority: str, key: str, *, probe_window: float, wait_until: float
+    ) -> tuple[TransportFailure | None, object | None]:
+        """``(failure, None)``: raise it, no request. ``(None, probe)``: send; ``probe`` is not
+        ``None`` when this request is the endpoint's probe (``release`` it when done).
+        ``wait_until`` (``time.monotonic()``) bounds a wait for another request's probe."""
+        for _ in range(8):  # bounded: each turn ends a probe or a gate
+            event: threading.Event | None = None
+            now = self._clock()
+            with self._lock:
+                gate = self._authority.get(authority)
+                if gate is not None:
+                    if gate.probe is None and gate.until > now:
+                        return _cached(gate, now), None
+                    if gate.probe is None:  # lapsed: this request probes
+                        gate.probe = object()
+                        gate.until = now + probe_window
+                        return self._key_failure(key, now), gate.probe
+                    if gate.until > now:
+                        event = gate.done
+                    else:  # the probe never answered: drop its gate
+                        del self._authority[authority]
+                        gate.done.set()
+                        continue
+                else:
+                    return self._key_failure(key, now), None
+            timeout = min(wait_until - time.monotonic(), gate.until - now)
+            if timeout <= 0 or not event.wait(timeout):
+                with self._lock:
+                    return _cached(gate, self._clock(), hint=1.0), None
+        return TransportFailure("throttled", retry_after=1.0, cached=True), None
+
+    def _key_failure(self, key: str, now: float) -> TransportFailure | None:
+        entry = self._keys.get(key)
+        if entry is None:
+            return None
+        if entry.until > now:
+            return _cached(entry, now)
+        del self._keys[key]
+        return None
+
+    def release(self, authority: str, probe: object) -> None:
+        """The probe ended without reopening or re-closing the endpoint (e.g. it timed out)."""
         with self._lock:
             gate = self._authority.get(authority)
-            if gate is not None:
-                if gate.until > now:
-                    hint = min(gate.until - now, self.PROBE_HINT) if gate.probing else None
-                    return _cached(gate, now, hint)
-                if gate.probing:
-                    del self._authority[authority]  # the probe never answered: try again
-                else:
-                    gate.probing = True
-                    gate.until = now + probe_window
-            entry = self._keys.get(key)
-            if entry is not None:
-                if entry.until > now:
-                    return _cached(entry, now, None)
-                del self._keys[key]
-        return None
+            if gate is not None and gate.probe is probe:
+                del self._authority[authority]
+                gate.done.set()
 
     def answered(self, authority: str, key: str) -> None:
         """The endpoint answered (not 429/5xx): a probe's gate is lifted, the key's entry too."""
         with self._lock:
             gate = self._authority.get(authority)
-            if gate is not None and gate.probing:
+            if gate is not None and gate.probe is not None:
                 del self._authority[authority]
+                gate.done.set()
             self._keys.pop(key, None)
 
     def block_authority(self, authority: str, seconds: float, failure: TransportFailure) -> None:
@@ -247,8 +271,10 @@ class Throttle:
         with self._lock:
             current = table.get(name)
             until = now + seconds
-            if current is None or current.probing or current.until < until:
+            if current is None or current.probe is not None or current.until < until:
                 table[name] = _Gate(until, failure)
+                if current is not None:
+                    current.done.set()  # waiters re-check and meet the new gate
             if len(table) > self.MAX_ENTRIES:
                 for stale in [k for k, g in table.items() if g.until <= now]:
                     del table[stale]
@@ -256,11 +282,12 @@ class Throttle:
                     del table[next(iter(table))]
 
 
-def _cached(gate: _Gate, now: float, hint: float | None) -> TransportFailure:
+def _cached(gate: _Gate, now: float, hint: float | None = None) -> TransportFailure:
+    remaining = max(gate.until - now, 0.0)
     return TransportFailure(
         gate.failure.kind,
         status=gate.failure.status,
-        retry_after=hint if hint is not None else max(gate.until - now, 0.0),
+        retry_after=min(remaining, hint) if hint is not None else remaining,
         cached=True,
     )
 
@@ -366,10 +393,34 @@ class GuardedHttpClient:
         end = current_deadline(t.deadline)
         authority = _authority_of(url)
         key = _request_key(method, url, data, params)
-        blocked = self.throttle.check(authority, key, probe_window=t.connect + t.read)
+        window = t.connect + t.read
+        blocked, probe = self.throttle.admit(authority, key, probe_window=window, wait_until=end)
         if blocked is not None:
             raise blocked
         kwargs.pop("timeout", None)  # ours wins: MSAL passes none, a caller's could be unbounded
+        probes = [probe] if probe is not None else []
+        try:
+            return self._attempts(
+                method, url, authority, key, end, probes, params, data, headers, kwargs
+            )
+        finally:
+            for held in probes:
+                self.throttle.release(authority, held)
+
+    def _attempts(
+        self,
+        method: str,
+        url: str,
+        authority: str,
+        key: str,
+        end: float,
+        probes: list[object],
+        params: Any,
+        data: Any,
+        headers: Any,
+        kwargs: dict[str, Any],
+    ) -> Any:
+        t = self.timeouts
         send = self.inner.post if method == "POST" else self.inner.get
         attempt = 0
         while True:
@@ -425,7 +476,11 @@ class GuardedHttpClient:
             self._sleep(pause)
             # After a Retry-After wait this request is the probe; after a backoff, a gate another
             # request set meanwhile (Retry-After, endpoint failing) is honoured.
-            blocked = self.throttle.check(authority, key, probe_window=t.connect + t.read)
+            blocked, again = self.throttle.admit(
+                authority, key, probe_window=t.connect + t.read, wait_until=end
+            )
+            if again is not None:
+                probes.append(again)  # this retry probes the endpoint; released when it ends
             if blocked is not None:
                 raise blocked
         if failure.kind in ("status", "timeout", "connection"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,6 +27,18 @@ class Rig:
     def __init__(self, idp: EntraEmulator, timeouts: Timeouts | None = None, **kw: Any) -> None:
         self.idp = idp
         self.http = idp.msal_http_client()
+        self.posts = 0  # POSTs this rig's MSAL apps sent (the emulator's count is shared, and
+        # a request a test abandoned at its deadline is counted there when it ends)
+        send = self.http.post
+
+        lock = threading.Lock()
+
+        def counting_post(*args: Any, **kwargs: Any) -> Any:
+            with lock:
+                self.posts += 1
+            return send(*args, **kwargs)
+
+        self.http.post = counting_post  # type: ignore[method-assign]
         self.obo = OnBehalfOf(
             client_id=idp.agent.client_id,
             tenant_id=idp.tenant_id,

@@ -1,0 +1,208 @@
+"""Throttling: token POSTs while Entra answers 429 with ``Retry-After``, and the stall scenario.
+
+``python -m bench._throttle [--quick]`` writes ``bench/results/throttle.json`` (quick:
+``bench/results/quick/throttle.json``) and prints two tables.
+
+*throttle*: one user's request gets ``429, Retry-After: R``; then ``users`` users (distinct
+assertions) each call every ``interval`` until R lapses, and once more after it. Counted by the
+emulator: POSTs during the wait (target: at most 1 per authority, i.e. the probe when it lapses)
+and the outcomes by type. The full run uses R = 30 s; the quick run compresses it to R = 3 s
+(the mechanism is the same; only the wait is shorter).
+
+*stall*: the latency of a healthy user's cold acquisition while ``stalled`` other users' token
+requests hang at the endpoint (target: within 1.1x of the same user's latency with no stall).
+The emulator runs in this process (``EntraEmulator``): its fault injection can hold a request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from entra_passthrough import OnBehalfOf, Timeouts, TokenChain, bind_caller
+from entra_passthrough.testing import EntraEmulator
+
+from ._util import machine
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+class _Rig:
+    def __init__(self, idp: EntraEmulator, timeouts: Timeouts | None = None) -> None:
+        self.idp = idp
+        self.http = idp.msal_http_client()
+        self.obo = OnBehalfOf(
+            client_id=idp.agent.client_id,
+            tenant_id=idp.tenant_id,
+            authority_host=idp.url,
+            client_secret=idp.agent.secret,
+            http_client=self.http,
+            timeouts=timeouts,
+        )
+        self.chain = TokenChain([self.obo])
+        self.scopes = [f"{idp.mcp.app_id_uri}/.default"]
+        self.n = 0
+
+    def token(self, user: str = "alice") -> str:
+        self.n += 1
+        return self.idp.user_token(
+            user, audience=self.idp.agent.client_id, extra_claims={"uti": f"b{self.n}"}
+        )
+
+    async def call(self, assertion: str) -> str:
+        with bind_caller(token=assertion):
+            try:
+                await self.chain.get_token_async(self.scopes)
+            except Exception as exc:
+                return type(exc).__name__
+        return "ok"
+
+    def posts(self) -> int:
+        return int(self.idp.stats()["endpoints"]["token"])
+
+    def close(self) -> None:
+        self.chain.close()
+        self.http.close()
+
+
+async def throttle(*, users: int, retry_after: int, interval: float) -> dict[str, Any]:
+    with EntraEmulator(token_latency=0.02) as idp:
+        rig = _Rig(idp)
+        try:
+            await rig.call(rig.token())  # discovery and the first POST, before the fault
+            idp.inject_fault("token", status=429, retry_after=retry_after, count=1_000_000)
+            assertions = [rig.token("bob" if i % 2 else "alice") for i in range(users)]
+            before = rig.posts()
+            t0 = time.monotonic()
+            first = await rig.call(rig.token())
+            outcomes: Counter[str] = Counter()
+            rounds = 0
+            max_rounds = int(retry_after / interval) + 2  # bounded
+            while time.monotonic() - t0 < retry_after - interval and rounds < max_rounds:
+                rounds += 1
+                results = await asyncio.gather(*(rig.call(a) for a in assertions))
+                outcomes.update(results)
+                await asyncio.sleep(interval)
+            during = rig.posts() - before
+            idp.clear_faults()
+            remaining = retry_after - (time.monotonic() - t0)
+            if remaining > 0:
+                await asyncio.sleep(remaining + 0.05)  # the scenario: Retry-After must lapse
+            after_before = rig.posts()
+            after = Counter(await asyncio.gather(*(rig.call(a) for a in assertions)))
+            return {
+                "users": users,
+                "retry_after_s": retry_after,
+                "interval_s": interval,
+                "rounds": rounds,
+                "calls_during_wait": sum(outcomes.values()) + 1,
+                "first_outcome": first,
+                "outcomes_during_wait": dict(outcomes),
+                "posts_during_wait": during,
+                "target_posts_per_authority": 1,
+                "posts_after_lapse": rig.posts() - after_before,
+                "outcomes_after_lapse": dict(after),
+            }
+        finally:
+            rig.close()
+
+
+async def stall(*, stalled: int, samples: int, delay: float) -> dict[str, Any]:
+    """Median latency of a cold healthy acquisition, without and with ``stalled`` hung ones."""
+    with EntraEmulator(token_latency=0.02) as idp:
+        timeouts = Timeouts(read=delay + 5, deadline=delay + 10, retries=0)
+        rig = _Rig(idp, timeouts)
+        try:
+            await rig.call(rig.token())
+            for _ in range(3):  # warm keep-alive connections and the code path
+                await rig.call(rig.token("bob"))
+
+            async def healthy() -> float:
+                t0 = time.perf_counter()
+                outcome = await rig.call(rig.token("bob"))
+                if outcome != "ok":
+                    raise RuntimeError(f"healthy user failed: {outcome}")
+                return time.perf_counter() - t0
+
+            calm, busy = [], []
+            for _ in range(samples):
+                calm.append(await healthy())
+                idp.inject_fault("token", status=None, delay=delay, count=stalled)
+                hung = [asyncio.create_task(rig.call(rig.token())) for _ in range(stalled)]
+                for _ in range(4000):  # bounded: until every hang is taken by a request
+                    if not idp._rt.faults.get("token"):
+                        break
+                    await asyncio.sleep(0.002)
+                busy.append(await healthy())
+                still_hung = sum(not t.done() for t in hung)
+                idp.clear_faults()
+                await asyncio.gather(*hung)
+                if still_hung != stalled:
+                    raise RuntimeError("a stalled request ended before the healthy one")
+            ratio = statistics.median(busy) / statistics.median(calm)
+            return {
+                "stalled": stalled,
+                "samples": samples,
+                "max_workers": rig.obo._pool.max_workers,
+                "healthy_ms_no_stall": statistics.median(calm) * 1e3,
+                "healthy_ms_with_stall": statistics.median(busy) * 1e3,
+                "ratio": ratio,
+                "target_ratio": 1.1,
+            }
+        finally:
+            rig.close()
+
+
+def _tables(results: dict[str, Any]) -> str:
+    t = results["throttle"]
+    s = results["stall"]
+    return "\n".join(
+        [
+            "| throttle (429) | users | Retry-After | calls during wait | POSTs during wait "
+            "(target <= 1) | outcomes | POSTs after lapse |",
+            "|---|---|---|---|---|---|---|",
+            f"| entra-passthrough | {t['users']} | {t['retry_after_s']} s | "
+            f"{t['calls_during_wait']} | {t['posts_during_wait']} | "
+            f"{t['outcomes_during_wait']} | {t['posts_after_lapse']} |",
+            "",
+            "| stall | stalled users | healthy, no stall (ms) | healthy, with stall (ms) | "
+            "ratio (target <= 1.1) |",
+            "|---|---|---|---|---|",
+            f"| entra-passthrough ({s['max_workers']} workers) | {s['stalled']} | "
+            f"{s['healthy_ms_no_stall']:.1f} | {s['healthy_ms_with_stall']:.1f} | "
+            f"{s['ratio']:.2f} |",
+        ]
+    )
+
+
+async def run(quick: bool) -> dict[str, Any]:
+    return {
+        "machine": machine(),
+        "throttle": await throttle(
+            users=50, retry_after=3 if quick else 30, interval=0.25 if quick else 1.0
+        ),
+        "stall": await stall(stalled=8, samples=3 if quick else 9, delay=5.0),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench._throttle", description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    results = asyncio.run(run(args.quick))
+    out = RESULTS / "quick" if args.quick else RESULTS
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "throttle.json").write_text(json.dumps(results, indent=2))
+    print(_tables(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
