@@ -27,6 +27,11 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
+# The MCP tool under churn at full size: 200 users x 100 calls at concurrency 64, restarts
+# mid-burst, short token lifetimes, small pools (tests/churn; the quick size runs in `make test`).
+soak: $(STAMP)
+	ENTRA_SOAK=1 $(BIN)/pytest -p no:cacheprovider -o timeout=3600 tests/churn
+
 $(VENV)/bin/python:
 	@echo "==> creating $(VENV) with $(PY)"
 	$(PY) -m venv $(VENV)
