@@ -23,6 +23,7 @@ import contextlib
 import contextvars
 import email.utils
 import hashlib
+import json
 import random
 import threading
 import time
@@ -103,7 +104,8 @@ class TransportFailure(Exception):
     """A token request that failed for good (raised through MSAL to the source).
 
     ``kind``: ``throttled`` (429, or a 5xx with ``Retry-After``), ``status`` (another retryable
-    status), ``timeout``, ``connection`` or ``deadline``. ``retry_after``: seconds until a
+    status), ``timeout``, ``connection``, ``malformed`` (a 2xx body that is not JSON) or
+    ``deadline``. ``retry_after``: seconds until a
     request may be sent again (``None`` if unknown). Carries no URL, body or header value.
     """
 
@@ -130,6 +132,8 @@ class TransportFailure(Exception):
             what = f"Entra answered HTTP {self.status}"
         elif self.kind == "timeout":
             what = "Entra did not answer in time (connect or read timeout)"
+        elif self.kind == "malformed":
+            what = "Entra's answer was not valid JSON (cut short, or a proxy's page)"
         elif self.kind == "deadline":
             what = "the acquisition's deadline passed before Entra answered"
         else:
@@ -445,13 +449,24 @@ class GuardedHttpClient:
                 failure = TransportFailure(kind, attempts=attempt)
             else:
                 status = int(getattr(response, "status_code", 0) or 0)
-                if status not in RETRYABLE_STATUSES:
+                if status not in RETRYABLE_STATUSES and not (
+                    method == "POST" and 200 <= status < 300 and not _json_object(response)
+                ):
                     self.throttle.answered(authority, key)
                     return response
                 wait = retry_after_seconds(getattr(response, "headers", None) or {})
-                throttled = status == 429 or wait is not None
+                throttled = status in RETRYABLE_STATUSES and (status == 429 or wait is not None)
+                if status not in RETRYABLE_STATUSES:
+                    # A success whose body is not a JSON object (cut short, or a proxy's page):
+                    # retried like a reset. MSAL never sees it, so it never logs it (its parser
+                    # logs an unparsable token response whole, tokens included).
+                    wait = None
                 failure = TransportFailure(
-                    "throttled" if throttled else "status",
+                    "throttled"
+                    if throttled
+                    else "status"
+                    if status in RETRYABLE_STATUSES
+                    else "malformed",
                     status=status,
                     retry_after=wait,
                     attempts=attempt,
@@ -483,7 +498,7 @@ class GuardedHttpClient:
                 probes.append(again)  # this retry probes the endpoint; released when it ends
             if blocked is not None:
                 raise blocked
-        if failure.kind in ("status", "timeout", "connection"):
+        if failure.kind in ("status", "timeout", "connection", "malformed"):
             # A short negative cache: the same request fails fast for a moment. A server error
             # that outlived every retry also pauses the endpoint for everyone (it is the
             # endpoint failing); a timeout or reset may be one stalled request, and must not
@@ -504,6 +519,13 @@ def _is_timeout(exc: BaseException) -> bool:
 
 def _is_timeout_shallow(exc: BaseException) -> bool:
     return "Timeout" in type(exc).__name__ or isinstance(exc, TimeoutError)
+
+
+def _json_object(response: Any) -> bool:
+    try:
+        return isinstance(json.loads(response.text), dict)
+    except Exception:  # ValueError, a text that cannot be decoded, no .text at all
+        return False
 
 
 def _close_quietly(response: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from typing import Any
 
@@ -201,3 +202,25 @@ async def test_when_retry_after_lapses_one_probe_goes_out_not_a_herd(
     outcomes = await asyncio.gather(*(one(i) for i in range(20)))
     assert not [o for o in outcomes if isinstance(o, Throttled)]
     assert rig.posts - before == 2 + 20
+
+
+def test_truncated_answer_is_retried_and_never_logged(
+    idp: EntraEmulator, rig_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig = rig_factory(FAST)
+    caplog.set_level(logging.DEBUG)
+    idp.inject_fault("token", truncate=7, count=1)
+    before = rig.posts
+    with bind_caller(token=rig.user_token()):
+        assert rig.chain.get_token(mcp_scope(idp)).token
+    assert rig.posts - before == 2
+    idp.inject_fault("token", truncate=7, count=3)
+    with bind_caller(token=rig.user_token()), pytest.raises(SourceUnavailable) as info:
+        rig.chain.get_token(mcp_scope(idp))
+    assert "not valid JSON" in str(info.value)
+    assert rig.posts - before == 5
+    logged = caplog.text
+    with idp._rt.lock:
+        issued = list(idp._rt.issued)
+    assert issued
+    assert not [t for t in issued if t[:40] in logged]
