@@ -398,6 +398,22 @@ class TokenChain:
         except (PolicyViolation, NoCallerError):
             return None
 
+    def cached_token(
+        self,
+        scopes: Sequence[str],
+        *,
+        caller: Caller | None,
+        client_capabilities: Sequence[str] = (),
+    ) -> TokenResult | None:
+        """What ``get_token`` would return right now *if* it is a fresh cache hit, else
+        ``None``: no I/O, no refresh, no error (the apply stage's hot path; anything else goes
+        through ``get_token_async``, which raises what there is to raise)."""
+        request = self._request(scopes, caller, None, client_capabilities)
+        try:
+            return self._hit(request, self._allowed[self._presented(request)])
+        except Exception:
+            return None  # the full path will meet the same problem and explain it
+
     def invalidate(self, result: TokenResult) -> None:
         """Forget the cached entry behind ``result`` (after the resource answered 401)."""
         if result.cache_key is not None:

@@ -13,6 +13,7 @@ Decisions, in order:
    (``on_error="record"``): a credential we did not choose never goes out beside, or instead of,
    the user's.
 3. A token pre-resolved in this task (``use_token``) for this caller and these scopes -> use it.
+   Else a fresh cache hit of the chain (``cached_token``: no I/O) -> use it.
    Else ``Acquire(caller=active_caller())``: the driver asks the chain for the active caller,
    or for the lifecycle identity when there is none (which may be no token at all).
 4. Attach ``Authorization: Bearer`` and the result's extra headers; mark the request so that
@@ -73,6 +74,10 @@ class Chain(Protocol):
     ) -> TokenResult: ...
 
     def invalidate(self, result: TokenResult) -> None: ...
+
+    # Optional (TokenChain has it): a fresh cache hit without I/O, else None. The flow then
+    # attaches the token without an acquisition step (no coroutine, no driver round trip).
+    # def cached_token(self, scopes, *, caller, client_capabilities=()) -> TokenResult | None
 
     async def lifecycle_token_async(self, scopes: Sequence[str]) -> TokenResult | None: ...
 
@@ -164,6 +169,7 @@ class FlowCore:
         self.on_error: OnError = on_error
         self.client_capabilities: tuple[str, ...] = tuple(client_capabilities)
         self._key = scope_key(self.scopes)
+        self._cached = getattr(chain, "cached_token", None)
         self._errors: deque[BaseException] = deque(maxlen=_MAX_ERRORS)
 
     # -- small pure helpers --
@@ -215,6 +221,10 @@ class FlowCore:
             return
 
         result = prefetched_for(caller, self._key)
+        if result is None and self._cached is not None and caller is not None and caller.active:
+            result = self._cached(
+                self.scopes, caller=caller, client_capabilities=self.client_capabilities
+            )
         if result is None:
             outcome: Outcome = yield Acquire(caller)
             result = self._accept(outcome, caller)

@@ -1,0 +1,82 @@
+"""At a cache hit the auth flow takes the token straight from the chain's cache (no
+acquisition step, no coroutine); anything else still goes through the full acquisition."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import httpx2
+
+from entra_passthrough import (
+    Caller,
+    EntraAuth,
+    IdentityKind,
+    TokenChain,
+    TokenRequest,
+    TokenResult,
+    bind_caller,
+)
+
+from ._fakes import unsigned_jwt
+
+ORIGIN = "https://mcp.contoso.com"
+
+
+class Source:
+    name = "obo"
+    kind = IdentityKind.USER
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def cache_partition(self, request: TokenRequest) -> tuple[str, ...] | None:
+        caller = request.caller
+        return None if caller is None else (caller.assertion_sha256 or "-",)
+
+    def get_token(self, request: TokenRequest) -> TokenResult:
+        self.calls += 1
+        return TokenResult(
+            token=f"t{self.calls}",
+            expires_on=time.time() + 3600,
+            kind=IdentityKind.USER,
+            source=self.name,
+        )
+
+    async def get_token_async(self, request: TokenRequest) -> TokenResult:
+        return self.get_token(request)
+
+
+class CountingChain(TokenChain):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.acquisitions = 0
+
+    async def get_token_async(self, scopes: Sequence[str], **kwargs: Any) -> TokenResult:
+        self.acquisitions += 1
+        return await super().get_token_async(scopes, **kwargs)
+
+
+async def test_hits_skip_the_acquisition_step_and_a_401_still_reacquires() -> None:
+    source = Source()
+    chain = CountingChain([source])
+    auth = EntraAuth(chain, scopes=["api://mcp/.default"], origins=[ORIGIN])
+    statuses = iter([200] * 10 + [401, 200])
+
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        status = next(statuses)
+        headers = {"www-authenticate": 'Bearer error="invalid_token"'} if status == 401 else {}
+        return httpx2.Response(status, headers=headers)
+
+    transport = httpx2.MockTransport(answer)
+    async with httpx2.AsyncClient(auth=auth, transport=transport) as client:
+        with bind_caller(Caller.from_token(unsigned_jwt(oid="u1", aud="agent"))):
+            sent = [(await client.get(f"{ORIGIN}/mcp")).request for _ in range(10)]
+            assert {r.headers["authorization"] for r in sent} == {"Bearer t1"}
+            assert chain.acquisitions == 1  # the first (a miss); nine hits took the fast path
+            retried = await client.get(f"{ORIGIN}/mcp")  # 401 invalid_token: drop, re-acquire
+    assert retried.status_code == 200
+    assert retried.request.headers["authorization"] == "Bearer t2"
+    assert chain.acquisitions == 2
+    assert source.calls == 2
