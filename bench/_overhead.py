@@ -5,7 +5,11 @@ Two measurements, each interleaved in rounds with its floor:
 * loopback: sequential GETs to a uvicorn server in another process, httpx2 and httpx clients;
   figure = per-round ratio of median request time (EntraAuth / static header, same client kind);
 * in-process: the same clients on a ``MockTransport`` (no sockets); figure = µs per request of
-  the auth flow alone = EntraAuth minus a no-op ``Auth`` that only yields the request.
+  the auth flow alone = EntraAuth minus a no-op ``Auth`` that only yields the request, with the
+  caller bound once (a cached ``Caller``: its claims decoded and its token hashed once) and with
+  a **new caller per request**: each request first does what ``CallerMiddleware`` does when a
+  request arrives (a ``Caller`` from the raw ASGI headers, bound to the context, ended after),
+  so the figure covers capture + decode + hash + the auth flow at a cache hit.
 
 The chain's cache is warmed first (one OBO POST), so every measured request is a cache hit.
 """
@@ -61,6 +65,29 @@ class StaticAuth(httpx.Auth):
         yield request
 
 
+class NewCallerClient:
+    """``get`` as a request arriving at a server would run it: capture the raw headers into a
+    new ``Caller``, bind it, call out, end it (``CallerMiddleware``'s per-request work)."""
+
+    def __init__(self, client: Any, raw_headers: list[tuple[bytes, bytes]]) -> None:
+        from entra_passthrough import Caller
+        from entra_passthrough._caller import _current
+
+        self._client = client
+        self._headers = raw_headers
+        self._from_headers = Caller.from_headers
+        self._current = _current
+
+    async def get(self, url: str) -> Any:
+        caller = self._from_headers(self._headers)
+        bound = self._current.set(caller)
+        try:
+            return await self._client.get(url)
+        finally:
+            self._current.reset(bound)
+            caller.end()
+
+
 def _ok2(request: httpx2.Request) -> httpx2.Response:
     return httpx2.Response(200, text="ok")
 
@@ -70,11 +97,14 @@ def _ok(request: httpx.Request) -> httpx.Response:
 
 
 def _flow_cost(
-    inproc: dict[str, list[float]], kind: str, floor: str = "no-op Auth"
+    inproc: dict[str, list[float]],
+    kind: str,
+    floor: str = "no-op Auth",
+    subject: str = "EntraAuth",
 ) -> dict[str, float | int]:
-    """µs per request of EntraAuth over ``floor``: difference of the medians (robust to a
+    """µs per request of ``subject`` over ``floor``: difference of the medians (robust to a
     spoiled batch on either side), with the spread of the per-batch paired differences."""
-    a, b = inproc[f"{kind} EntraAuth"], inproc[f"{kind} {floor}"]
+    a, b = inproc[f"{kind} {subject}"], inproc[f"{kind} {floor}"]
     paired = summary([(x - y) * 1e6 for x, y in zip(a, b, strict=True)])
     paired["median"] = (float(summary(a)["median"]) - float(summary(b)["median"])) * 1e6
     # least-disturbed estimate (timeit's advice): the fastest batch of each, differenced
@@ -196,15 +226,23 @@ async def overhead(
                 transport=t1, auth=HttpxEntraAuth(ours.chain, scopes=scopes, origins=origins)
             ) as a1,
         ):
+            raw = [
+                (b"host", b"agent.contoso.com"),
+                (b"authorization", f"Bearer {assertion}".encode()),
+                (b"content-type", b"application/json"),
+                (b"accept", b"application/json, text/event-stream"),
+            ]
             variants = {
                 "httpx2 no-op Auth": n2,
                 "httpx2 static header": s2,
                 "httpx2 static Auth": b2,
                 "httpx2 EntraAuth": a2,
+                "httpx2 EntraAuth, new caller": NewCallerClient(a2, raw),
                 "httpx no-op Auth": n1,
                 "httpx static header": s1,
                 "httpx static Auth": b1,
                 "httpx EntraAuth": a1,
+                "httpx EntraAuth, new caller": NewCallerClient(a1, raw),
             }
             # many short batches: a burst of machine load spoils one batch, not the median
             batch = max(50, n_inprocess // 5)
@@ -217,6 +255,58 @@ async def overhead(
             "auth_flow_us_httpx": _flow_cost(inproc, "httpx"),
             "auth_flow_over_static_auth_us_httpx2": _flow_cost(inproc, "httpx2", "static Auth"),
             "auth_flow_over_static_auth_us_httpx": _flow_cost(inproc, "httpx", "static Auth"),
+            # capture + decode + hash + auth flow, a new Caller per request
+            "new_caller_us_httpx2": _flow_cost(inproc, "httpx2", subject="EntraAuth, new caller"),
+            "new_caller_us_httpx": _flow_cost(inproc, "httpx", subject="EntraAuth, new caller"),
         }
     await ours.aclose()
     return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench._overhead [--quick]``: this scenario alone, results to
+    ``bench/results/overhead.json`` (full size)."""
+    import argparse
+    import asyncio
+    import json
+
+    from .__main__ import FULL, QUICK
+    from ._util import machine
+
+    parser = argparse.ArgumentParser(prog="python -m bench._overhead")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    s = QUICK if args.quick else FULL
+
+    async def run() -> dict[str, Any]:
+        emu = Emulator(token_latency=0.02, users=2)
+        try:
+            assertion = (await emu.mint_assertions(1))[0]
+            return await overhead(
+                emu,
+                assertion,
+                rounds=s.overhead_rounds,
+                n_loopback=s.n_loopback,
+                n_inprocess=s.n_inprocess,
+            )
+        finally:
+            emu.close()
+
+    result = asyncio.run(run())
+    result["machine"] = machine()
+    text = json.dumps(result, indent=1, default=str)
+    out = args.out or (
+        None if args.quick else Path(__file__).resolve().parent / "results" / "overhead.json"
+    )
+    if out is not None:
+        out.write_text(text + "\n")
+    ip = result["in_process"]
+    for key in ("auth_flow_us_httpx2", "auth_flow_us_httpx", "new_caller_us_httpx2"):
+        print(key, round(ip[key]["median"], 1), "min_batches", round(ip[key]["min_batches"], 1))
+    print("new_caller_us_httpx", round(ip["new_caller_us_httpx"]["median"], 1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
