@@ -1,69 +1,111 @@
-"""examples/hosted_agent runs in CI: its create_app against the emulator and a real MCP server."""
+"""examples/hosted_agent: the README's local run, exactly as written - one command starts the
+emulator, the MCP server, the broker and the agent; a second sends a request as a user - run as
+subprocesses from the repository root; readiness is polled, every wait is bounded."""
 
 from __future__ import annotations
 
-import importlib.util
-import ssl
+import json
+import os
+import signal
+import subprocess
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import httpx2
 import pytest
 
-from entra_passthrough.agent_framework.testing import ScriptedChatClient
-from entra_passthrough.testing import EntraEmulator
-from entra_passthrough.testing._world import User
-
-from ._infra import Recorder, ServerThread, agent_token, calls, respond, seen_oid, serve_asgi
-
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hosted_agent" / "app.py"
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "hosted_agent"
+README = EXAMPLE / "README.md"
+START = "python examples/hosted_agent/run_local.py"
+ASK = "python examples/hosted_agent/ask.py alice"
 
 
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("hosted_agent_example", EXAMPLE)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.mark.parametrize("per_user", [False, True], ids=["shared", "per_user"])
-async def test_hosted_agent_example(
-    idp: EntraEmulator,
-    users: list[User],
-    mcp_server: Callable[..., tuple[ServerThread, Recorder]],
-    per_user: bool,
-) -> None:
-    example = _load()
-    server, recorder = mcp_server(stateful=per_user)
-    config = example.Config(
-        mcp_url=f"{server.base}/mcp",
-        mcp_scope=f"{idp.mcp.app_id_uri}/.default",
-        tenant_id=idp.tenant_id,
-        client_id=idp.agent.client_id,
-        client_secret=idp.agent.secret,
-        authority_host=idp.url,
-        per_user=per_user,
-        http_client=idp.msal_http_client(),
-        verify=ssl.create_default_context(cafile=idp.ca_file),
+def _env(state_file: Path) -> dict[str, str]:
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("ENTRA_PASSTHROUGH_", "AZURE_"))
+    }
+    env.pop("PORT", None)
+    env.update(
+        {
+            "LOCAL_STATE_FILE": str(state_file),
+            "LOCAL_AGENT_PORT": "0",  # a free port: CI may run other agents on 8088
+            "PYTHONUNBUFFERED": "1",
+        }
     )
-    app = example.create_app(
-        config,
-        chat_client=lambda: ScriptedChatClient(tool="whoami", input_argument="who"),
-        configure_observability=None,
+    return env
+
+
+def _argv(command: str) -> list[str]:
+    words = command.split()
+    assert words[0] == "python"
+    return [sys.executable, *words[1:]]
+
+
+@pytest.fixture
+def local_run(tmp_path: Path) -> Iterator[tuple[dict[str, str], subprocess.Popen[str]]]:
+    state_file = tmp_path / "state.json"
+    env = _env(state_file)
+    proc = subprocess.Popen(
+        _argv(START),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
-    host = serve_asgi(app, name="example")
     try:
-        async with httpx2.AsyncClient(base_url=host.base, timeout=30) as client:
-            assert (await client.get("/readiness")).status_code == 200
-            results = [
-                (u, await respond(client, agent_token(idp, u), u.oid)) for u in users[30:34] * 2
-            ]
+        deadline = time.monotonic() + 120
+        while not state_file.exists():
+            assert proc.poll() is None, f"run_local.py exited: {proc.communicate()[0][-3000:]}"
+            assert time.monotonic() < deadline, "run_local.py never became ready"
+            time.sleep(0.1)
+        agent = json.loads(state_file.read_text())["agent"]
+        for _ in range(200):  # bounded
+            if httpx2.get(f"{agent}/readiness", trust_env=False, timeout=5).status_code == 200:
+                break
+            time.sleep(0.05)
+        yield env, proc
     finally:
-        host.stop()
-    assert all(seen_oid(payload) == u.oid for u, payload in results)
-    assert all(s.oid == s.caller_tag for s in calls(recorder.snapshot()))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def test_readme_names_the_commands() -> None:
+    text = README.read_text(encoding="utf-8")
+    assert START in text
+    assert ASK in text
+
+
+def _ask(env: dict[str, str], command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        _argv(command), cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_local_run_as_written(local_run: tuple[dict[str, str], subprocess.Popen[str]]) -> None:
+    env, proc = local_run
+    alice = _ask(env, ASK)
+    assert alice.returncode == 0, alice.stdout + alice.stderr
+    assert "alice@contoso.onmicrosoft.com" in alice.stdout  # the MCP server saw alice
+    bob = _ask(env, "python examples/hosted_agent/ask.py bob")
+    assert bob.returncode == 0, bob.stdout + bob.stderr
+    assert "bob@contoso.onmicrosoft.com" in bob.stdout
+    assert "alice" not in bob.stdout
+    carol = _ask(env, "python examples/hosted_agent/ask.py carol")
+    assert "consent needed: open https://" in carol.stdout, carol.stdout + carol.stderr
+    # Never a token in what the commands print.
+    for out in (alice.stdout + alice.stderr, bob.stdout, carol.stdout):
+        assert "eyJ" not in out
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    assert not Path(env["LOCAL_STATE_FILE"]).exists()  # removed on the way out

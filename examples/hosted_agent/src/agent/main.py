@@ -1,0 +1,189 @@
+"""A Microsoft Foundry hosted agent whose MCP tool calls an Entra-protected server *as the user*.
+
+The container entry point (``startupCommand: python main.py`` in ``azure.yaml``). Everything is
+read from the environment: what ``azure.yaml`` sets (``env:``) and what Foundry injects
+(``FOUNDRY_*``, the managed identity endpoint). No secret is needed:
+
+* **User token -> MCP server: on-behalf-of**, ``TokenChain.from_env()``. The client calls the
+  agent with a token *for the agent app* (a client-supplied assertion); the agent exchanges it
+  with its app registration (``ENTRA_PASSTHROUGH_CLIENT_ID``), whose client credential is the
+  container's user-assigned managed identity registered as a federated credential
+  (``ENTRA_PASSTHROUGH_CLIENT_CREDENTIAL=managed_identity``, ``AZURE_CLIENT_ID``). Without an
+  app registration, ``from_env()`` uses the Entra Agent ID Foundry injects
+  (``FOUNDRY_AGENT_INSTANCE_CLIENT_ID``, ``FOUNDRY_AGENT_BLUEPRINT_CLIENT_ID``,
+  ``FOUNDRY_AGENT_TENANT_ID``).
+* **No usable token (e.g. Foundry's own token for ai.azure.com): delegated consent**, when
+  ``ENTRA_PASSTHROUGH_CONSENT_CLIENT_ID`` is set. The user signs in once through the consent
+  broker (its own small web app, ``entra-passthrough broker``); the grant lives, sealed, in the
+  store both share (``ENTRA_PASSTHROUGH_REDIS_URL``; in-process memory otherwise, which only a
+  single process with the broker mounted can use). Its client credential is the same managed
+  identity unless ``ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET``/``_CERTIFICATE_PATH`` is set.
+* **Host telemetry is explicit**: ``HOST_TELEMETRY=on`` exports (Application Insights / OTLP,
+  as the platform configures them), ``off`` disables the host's observability set-up entirely.
+  Default: on only inside Foundry (``FOUNDRY_HOSTING_ENVIRONMENT`` is set), so a laptop never
+  ships telemetry because an azd environment left a connection string around.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from agent_framework import Agent
+from agent_framework_foundry_hosting import ResponsesHostServer
+
+from entra_passthrough import (
+    DelegatedConsent,
+    Keyring,
+    ManagedIdentity,
+    MemoryStore,
+    Policy,
+    TokenChain,
+)
+from entra_passthrough.agent_framework import entra_mcp_tool, entra_middleware, install
+
+INSTRUCTIONS = "Answer with what the whoami tool says."
+FEDERATION_AUDIENCE = "api://AzureADTokenExchange"
+
+
+def _get(env: Mapping[str, str], name: str) -> str | None:
+    return (env.get(name) or "").strip() or None
+
+
+def _need(env: Mapping[str, str], name: str, what: str) -> str:
+    value = _get(env, name)
+    if value is None:
+        raise SystemExit(f"{name} is not set: it names {what} (see README.md).")
+    return value
+
+
+def telemetry_enabled(env: Mapping[str, str]) -> bool:
+    value = (_get(env, "HOST_TELEMETRY") or "").lower()
+    if value in ("on", "true", "1"):
+        return True
+    if value in ("off", "false", "0"):
+        return False
+    if value:
+        raise SystemExit(f"HOST_TELEMETRY={value!r}: use on or off.")
+    return _get(env, "FOUNDRY_HOSTING_ENVIRONMENT") is not None
+
+
+def shared_store(env: Mapping[str, str]) -> Any:
+    """The grant store the agent and the consent broker share."""
+    if _get(env, "ENTRA_PASSTHROUGH_REDIS_URL"):
+        from entra_passthrough.redis import RedisStore
+
+        return RedisStore.from_env(env)
+    return MemoryStore()
+
+
+def consent_source(
+    env: Mapping[str, str], store: Any, *, http_client: Any = None
+) -> DelegatedConsent | None:
+    """``DelegatedConsent`` when a consent app is configured, else ``None``."""
+    if not _get(env, "ENTRA_PASSTHROUGH_CONSENT_CLIENT_ID"):
+        return None
+    if _get(env, "ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET") or _get(
+        env, "ENTRA_PASSTHROUGH_CONSENT_CLIENT_CERTIFICATE_PATH"
+    ):
+        return DelegatedConsent.from_env(env, store=store, http_client=http_client)
+    # Secretless: the managed identity is a federated credential of the consent app.
+    identity = ManagedIdentity.from_env(env)
+    return DelegatedConsent(
+        client_id=_need(env, "ENTRA_PASSTHROUGH_CONSENT_CLIENT_ID", "the consent app"),
+        tenant_id=_get(env, "ENTRA_PASSTHROUGH_CONSENT_TENANT_ID")
+        or _need(env, "AZURE_TENANT_ID", "the tenant"),
+        client_assertion=lambda: identity.token_for_resource(FEDERATION_AUDIENCE),
+        store=store,
+        keyring=Keyring.from_string(
+            _need(env, "ENTRA_PASSTHROUGH_CONSENT_KEYS", "the keys that seal stored grants")
+        ),
+        broker_url=_need(env, "ENTRA_PASSTHROUGH_CONSENT_BROKER_URL", "the broker's URL"),
+        authority_host=_get(env, "AZURE_AUTHORITY_HOST") or "https://login.microsoftonline.com",
+        http_client=http_client,
+        server_label=_get(env, "MCP_SERVER_LABEL") or "notes",
+    )
+
+
+def make_chain(env: Mapping[str, str], store: Any, *, http_client: Any = None) -> TokenChain:
+    """On-behalf-of (or Agent ID) from the environment, then delegated consent if configured.
+    Never the agent's own identity for a user's call (``user_only``)."""
+    base = TokenChain.from_env(env, http_client=http_client, policy=Policy.USER_ONLY)
+    sources = list(base.sources)
+    consent = consent_source(env, store, http_client=http_client)
+    if consent is not None:
+        sources.append(consent)
+    return TokenChain(sources, policy=Policy.USER_ONLY)
+
+
+def default_chat_client() -> Any:
+    """The model: ``FoundryChatClient`` in Foundry (``FOUNDRY_PROJECT_ENDPOINT`` and
+    ``AZURE_AI_MODEL_DEPLOYMENT_NAME``); locally, without a model, a scripted client that calls
+    ``whoami`` once and answers with what it said."""
+    if os.environ.get("FOUNDRY_PROJECT_ENDPOINT") and os.environ.get(
+        "AZURE_AI_MODEL_DEPLOYMENT_NAME"
+    ):
+        from agent_framework.foundry import FoundryChatClient
+
+        return FoundryChatClient()
+    from entra_passthrough.agent_framework.testing import ScriptedChatClient
+
+    return ScriptedChatClient(tool="whoami")
+
+
+def create_app(
+    env: Mapping[str, str] | None = None,
+    *,
+    store: Any = None,
+    http_client: Any = None,
+    verify: Any = True,
+    chat_client: Callable[[], Any] = default_chat_client,
+) -> Any:
+    """The ASGI app (a ``ResponsesHostServer`` with the capture middleware installed)."""
+    env = os.environ if env is None else env
+    store = shared_store(env) if store is None else store
+    chain = make_chain(env, store, http_client=http_client)
+    mcp_url = _need(env, "MCP_URL", "the MCP server's endpoint")
+    scopes = [_need(env, "MCP_SCOPE", "the MCP server's scope, api://<app>/.default")]
+    closables: list[Any] = []
+    if (_get(env, "MCP_PER_USER") or "").lower() in ("1", "true", "on"):
+        pool = entra_mcp_tool(
+            "notes", mcp_url, chain=chain, scopes=scopes, per_user=True, verify=verify
+        )
+        closables.append(pool)
+
+        async def make_agent() -> Agent:
+            # Per request, in its context: the pool hands out the caller's own connection.
+            return Agent(
+                client=chat_client(),
+                instructions=INSTRUCTIONS,
+                tools=[await pool.tool()],
+                middleware=entra_middleware(),
+            )
+
+        agent: Agent | Callable[[], Awaitable[Agent]] = make_agent
+    else:
+        tool = entra_mcp_tool("notes", mcp_url, chain=chain, scopes=scopes, verify=verify)
+        agent = Agent(
+            client=chat_client(),
+            instructions=INSTRUCTIONS,
+            tools=[tool],
+            middleware=entra_middleware(),
+        )
+    options: dict[str, Any] = {}
+    if not telemetry_enabled(env):
+        options["configure_observability"] = None  # no exporters, no log handlers
+    host = ResponsesHostServer(agent, **options)
+    return install(host, close_on_shutdown=closables)
+
+
+def main() -> int:
+    app = create_app()
+    app.run(port=int(os.environ.get("PORT") or 8088))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
