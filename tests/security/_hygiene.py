@@ -48,12 +48,14 @@ def error_text(exc: BaseException) -> str:
 
 
 def where(blob: str, secrets: Iterable[str], width: int = 60) -> list[str]:
-    """Context around each leaked fragment (for a failing assertion's message)."""
+    """Context around each leaked fragment, the fragment itself replaced by its label."""
     table = fragments(secrets)
     out: list[str] = []
     for start in range(max(len(blob) - FRAGMENT + 1, 0)):
         if blob[start : start + FRAGMENT] in table:
-            out.append(blob[max(start - width, 0) : start + FRAGMENT + width])
+            before = blob[max(start - width, 0) : start]
+            after = blob[start + FRAGMENT : start + FRAGMENT + width]
+            out.append(f"{before}<{table[blob[start : start + FRAGMENT]]}>{after}")
             if len(out) >= 5:
                 break
     return out

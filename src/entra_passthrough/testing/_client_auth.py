@@ -67,6 +67,7 @@ def authenticate(
     assertion = form.get("client_assertion")
     unverified: dict[str, Any] = {}
     if assertion:
+        rt.remember(assertion)  # a credential the client built: leak scans look for it too
         if form.get("client_assertion_type") != ASSERTION_TYPE:
             raise e.StsError(
                 7000216,

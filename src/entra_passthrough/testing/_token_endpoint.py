@@ -279,6 +279,8 @@ def _authorization_code(rt: Runtime, form: Mapping[str, str], client: ClientAuth
                 )
             else:
                 ok = hmac.compare_digest(verifier, rec.challenge)
+            if verifier and ok:
+                rt.remember(verifier)  # a secret of the client's: leak scans look for it
             if not verifier or not ok:
                 # AADSTS501481 (PKCE, v2-oauth2-auth-code-flow "code_verifier").
                 raise e.invalid_grant(
