@@ -231,6 +231,154 @@ _TABLE: tuple[Aadsts, ...] = (
         "no reply address is registered for the application",
         "register a redirect URI",
     ),
+    # ---- consent model, OBO audience, self-tokens, federated credentials, tenants ----------
+    Aadsts(
+        500131,
+        "AssertionAudienceDoesNotMatch",
+        "the on-behalf-of assertion was issued for another audience than the app exchanging it",
+        "exchange only tokens whose aud is the OBO app (its client id or App ID URI): the client "
+        "must ask for api://<OBO app>/<scope>, not for the downstream API or https://ai.azure.com",
+    ),
+    Aadsts(
+        90009,
+        "TokenForItselfMissingIdenticalAppIdentifier",
+        "the app asked for a token for itself by its App ID URI (api://<own id>)",
+        "ask for the app itself by its client id GUID ('<client id>/.default'), or ask for the "
+        "downstream API instead",
+    ),
+    Aadsts(
+        90094,
+        "AdminConsentRequired",
+        "the permission needs an administrator's consent (admin-only scope, or the tenant does "
+        "not let users consent)",
+        "have a tenant administrator grant consent: az ad app permission admin-consent --id "
+        "<client app id>, or the admin consent URL "
+        "https://login.microsoftonline.com/<tenant>/adminconsent?client_id=<client app id>",
+    ),
+    Aadsts(
+        650057,
+        "InvalidResourceServicePrincipalNotFound/NotConfigured",
+        "the client app does not list the requested permission among its required permissions "
+        "(API permissions), so '.default' or consent cannot cover it",
+        "add the API's scope to the client's API permissions (az ad app permission add --id "
+        "<client app id> --api <API app id> --api-permissions <scope id>=Scope), then consent",
+    ),
+    Aadsts(
+        65004,
+        "UserDeclinedConsent",
+        "the user declined to consent to the app",
+        "the user must accept the consent prompt, or an administrator grants consent for them",
+    ),
+    Aadsts(
+        7000222,
+        "InvalidClientSecretExpiredKeysProvided",
+        "the client secret has expired",
+        "create a new secret (az ad app credential reset --id <app id> --append) and deploy it; "
+        "prefer a certificate or a managed identity as federated credential",
+    ),
+    Aadsts(
+        50105,
+        "EntitlementGrantsNotFound",
+        "the user is not assigned to the app, and the app requires user assignment",
+        "assign the user (or a group) to the enterprise application, or turn off 'Assignment "
+        "required'",
+    ),
+    Aadsts(
+        50020,
+        "UserUnauthorized",
+        "the user's account does not exist in the tenant of the authority (a guest not invited, "
+        "or a single-tenant app used from another tenant)",
+        "invite the user as a guest, sign in through the user's home tenant, or make the app "
+        "multi-tenant and list that tenant in ENTRA_PASSTHROUGH_ALLOWED_TENANTS",
+    ),
+    Aadsts(
+        70021,
+        "NoMatchingFederatedIdentityRecordFound",
+        "no federated identity credential of the app matches the assertion's issuer, subject "
+        "and audience",
+        "add a federated credential to the app for exactly that issuer/subject; a managed "
+        "identity must be user-assigned (select it with AZURE_CLIENT_ID), its object id is the "
+        "subject, audience api://AzureADTokenExchange",
+    ),
+    Aadsts(
+        9002313,
+        "InvalidRequest",
+        "the request is malformed (often a mangled or truncated token or parameter)",
+        "send the assertion unchanged; check for proxies or copies that cut or re-encode it",
+    ),
+    Aadsts(
+        1002012,
+        "InvalidScopeForClientCredentials",
+        "a client-credentials request named a scope other than '<resource>/.default'",
+        "ask for '<resource>/.default' with client credentials and managed identity",
+    ),
+    Aadsts(
+        28000,
+        "InvalidScopeMultipleResources",
+        "the scopes name more than one resource; a token is for one resource",
+        "ask for one resource's scopes per request",
+    ),
+    Aadsts(
+        70000,
+        "InvalidGrant",
+        "the grant (authorization code or refresh token) is invalid, expired or already used",
+        "start the sign-in again; an authorization code is good for one redemption",
+    ),
+    Aadsts(
+        70003,
+        "UnsupportedGrantType",
+        "the grant type is not supported for this app or request",
+        "check grant_type; public clients cannot use client credentials",
+    ),
+    Aadsts(
+        700021,
+        "InvalidClientAssertionIssuer",
+        "the client assertion's iss/sub is not the client id of the request",
+        "sign the assertion with iss = sub = the app's client id",
+    ),
+    Aadsts(
+        7000216,
+        "MissingClientCredential",
+        "a confidential client request carried no client_secret, client_assertion or certificate",
+        "configure one client credential (ENTRA_PASSTHROUGH_CLIENT_SECRET, a certificate, "
+        "a federated token file or a user-assigned managed identity)",
+    ),
+    Aadsts(
+        50058,
+        "UserInformationNotProvided",
+        "a silent sign-in (prompt=none) found no signed-in user",
+        "sign in interactively",
+    ),
+    Aadsts(
+        50149,
+        "InvalidCodeChallengeMethod",
+        "code_challenge_method is not S256 or plain",
+        "use PKCE with S256 (MSAL does)",
+    ),
+    Aadsts(
+        501491,
+        "InvalidCodeChallengeSize",
+        "the PKCE code_challenge has an invalid length",
+        "use a 43-128 character verifier (MSAL does)",
+    ),
+    Aadsts(
+        70005,
+        "UnsupportedResponseType",
+        "the response_type is not enabled for the application (implicit grant off)",
+        "use the authorization code flow with PKCE (MSAL does), not response_type=token",
+    ),
+    Aadsts(
+        90033,
+        "MsodsServiceUnavailable",
+        "a transient error in Entra",
+        "retry after a short wait (the library retries 429/5xx with backoff)",
+    ),
+    Aadsts(
+        90100,
+        "InvalidRequestParameter",
+        "a request parameter is empty or not valid",
+        "check the request's parameters",
+    ),
 )
 
 AADSTS: dict[int, Aadsts] = {entry.code: entry for entry in _TABLE}

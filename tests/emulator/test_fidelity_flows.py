@@ -295,9 +295,10 @@ def test_app_service_managed_identity_response(idp: EntraEmulator, http: httpx2.
     assert int(body["expires_on"]) > time.time()
     assert body["resource"] == resource
     assert body["token_type"] == "Bearer"
-    assert body["client_id"] == idp.managed_identity.client_id
+    # No selector: the host's system-assigned identity, never a user-assigned one.
+    assert body["client_id"] == idp.system_identity.client_id
     claims = jwt.decode(body["access_token"], options={"verify_signature": False})
-    assert claims["azp"] == idp.managed_identity.client_id
+    assert claims["azp"] == idp.system_identity.client_id
     assert "scp" not in claims
     missing = http.get(
         env["IDENTITY_ENDPOINT"], params={"api-version": "2019-08-01", "resource": resource}

@@ -215,7 +215,11 @@ def _app_source(idp: EntraEmulator) -> Any:
     from entra_passthrough import ManagedIdentity
 
     env = idp.mi_env()
-    return ManagedIdentity(endpoint=env["IDENTITY_ENDPOINT"], header=env["IDENTITY_HEADER"])
+    return ManagedIdentity(
+        client_id=idp.managed_identity.client_id,  # user-assigned: no selector is the system one
+        endpoint=env["IDENTITY_ENDPOINT"],
+        header=env["IDENTITY_HEADER"],
+    )
 
 
 async def test_background_run_keeps_its_caller(

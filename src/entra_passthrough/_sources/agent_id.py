@@ -107,6 +107,8 @@ class AgentIdentityOnBehalfOf:
         client_assertion: Callable[[], str] | None = None,
         managed_identity: ManagedIdentity | None = None,
         federated_token_file: str | None = None,
+        certificate_password: str | None = None,
+        send_certificate_chain: bool = False,
         authority_host: str = PUBLIC_AUTHORITY_HOST,
         allowed_tenants: Sequence[str] | None = None,
         accepted_audiences: Sequence[str] = (),
@@ -123,6 +125,8 @@ class AgentIdentityOnBehalfOf:
         self.blueprint_client_id = blueprint_client_id
         self.agent_identity_id = agent_identity_id
         host = normalize_authority_host(authority_host)
+        if managed_identity is not None:
+            managed_identity.require_user_assigned("AgentIdentityOnBehalfOf (the blueprint)")
         _, credential = client_credential(
             owner="AgentIdentityOnBehalfOf (the blueprint)",
             authority_host=host,
@@ -131,6 +135,8 @@ class AgentIdentityOnBehalfOf:
             client_assertion=client_assertion,
             managed_identity=managed_identity,
             federated_token_file=federated_token_file,
+            certificate_password=certificate_password,
+            send_certificate_chain=send_certificate_chain,
         )
 
         timeouts = timeouts or Timeouts()
@@ -207,15 +213,30 @@ class AgentIdentityOnBehalfOf:
         name: str = "agent_id",
     ) -> AgentIdentityOnBehalfOf:
         """``ENTRA_PASSTHROUGH_BLUEPRINT_CLIENT_ID``, ``ENTRA_PASSTHROUGH_AGENT_IDENTITY_ID``,
-        ``AZURE_TENANT_ID`` and the blueprint's credential as for ``OnBehalfOf.from_env``."""
+        ``AZURE_TENANT_ID`` and the blueprint's credential as for ``OnBehalfOf.from_env``.
+
+        In a Foundry hosted agent the platform sets ``FOUNDRY_AGENT_BLUEPRINT_CLIENT_ID``,
+        ``FOUNDRY_AGENT_INSTANCE_CLIENT_ID`` and ``FOUNDRY_AGENT_TENANT_ID``; they are used when
+        the library's own variables are not set."""
         env = _env.environ_or(environ)
         blueprint_client_id = _env.require(
-            env, "ENTRA_PASSTHROUGH_BLUEPRINT_CLIENT_ID", what="the agent identity blueprint"
+            env,
+            "ENTRA_PASSTHROUGH_BLUEPRINT_CLIENT_ID",
+            what="the agent identity blueprint",
+            fallback="FOUNDRY_AGENT_BLUEPRINT_CLIENT_ID",
         )
         agent_identity_id = _env.require(
-            env, "ENTRA_PASSTHROUGH_AGENT_IDENTITY_ID", what="the agent identity"
+            env,
+            "ENTRA_PASSTHROUGH_AGENT_IDENTITY_ID",
+            what="the agent identity",
+            fallback="FOUNDRY_AGENT_INSTANCE_CLIENT_ID",
         )
-        tenant_id = _env.require(env, "AZURE_TENANT_ID", what="the blueprint's tenant")
+        tenant_id = _env.require(
+            env,
+            "AZURE_TENANT_ID",
+            what="the blueprint's tenant",
+            fallback="FOUNDRY_AGENT_TENANT_ID",
+        )
         options, created = options_from_env(env, http_client=http_client)
         source = cls(
             blueprint_client_id=blueprint_client_id,

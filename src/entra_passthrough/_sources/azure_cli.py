@@ -1,36 +1,72 @@
-"""``AzureCli``: the developer signed in with ``az login`` (kind ``developer``)."""
+"""``AzureCli``: the developer signed in with ``az login`` or ``azd auth login`` (kind
+``developer``), through azure-identity's ``AzureCliCredential`` / ``AzureDeveloperCliCredential``.
+
+The sync path is the public credential itself. The async path runs the same command line
+(azure-identity's ``COMMAND_LINE``), parses the output with azure-identity's ``parse_token`` and
+raises azure-identity's texts, but owns the subprocess: azure-identity's aio ``_run_command``
+leaves the CLI running when the awaiting task is cancelled (measured: the process outlives a
+cancelled call by the CLI's whole run), and a client that goes away must not leave ``az``
+behind.
+
+Both CLIs sign in as the Azure CLI's first-party client ``04b07795-8ddb-461a-bbee-02f9e1bf7b46``
+(azd reuses it: Azure/azure-dev ``cli/azd/pkg/auth/manager.go`` ``azdClientID``). Entra refuses
+that client a token for a custom API with AADSTS65001 unless the API lists it under "authorized
+client applications" (pre-authorization); the error says how to do that with ``az``.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import shutil
-import subprocess
 import sys
-import time
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Any
 
 from .. import _env
-from .._errors import EntraError, SourceUnavailable
+from .._errors import ConfigurationError, EntraError, SourceUnavailable
+from .._msal import WorkerPool
 from .._types import IdentityKind, TokenRequest, TokenResult
 from .managed_identity import scope_to_resource
 
-_TIMEOUT = 30.0
+#: The Azure CLI's client id, also used by the Azure Developer CLI.
+AZURE_CLI_CLIENT_ID = "04b07795-8ddb-461a-bbee-02f9e1bf7b46"
+
+_TIMEOUT = 30
 _SAFE = re.compile(r"^[A-Za-z0-9_.:/\-]+$")
+_GUID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
+TOOLS = ("az", "azd")
+
+
+def preauthorize_fix(scopes: tuple[str, ...], *, tool: str = "az") -> str:
+    """How to pre-authorize the Azure CLI's client on the API named by ``scopes``."""
+    api = next(iter(_GUID.findall(" ".join(scopes))), "<api-app-client-id>")
+    login = "az login" if tool == "az" else "azd auth login"
+    return (
+        f"the API must pre-authorize the Azure CLI's client {AZURE_CLI_CLIENT_ID} (used by az "
+        "and azd) for its scope: in the portal, App registrations > the API > Expose an API > "
+        "Add a client application; or with az: "
+        f'SCOPE_ID=$(az ad app show --id {api} --query "api.oauth2PermissionScopes[0].id" '
+        f"-o tsv); az ad app update --id {api} --set "
+        f'api.preAuthorizedApplications=\'[{{"appId":"{AZURE_CLI_CLIENT_ID}",'
+        f'"delegatedPermissionIds":["\'$SCOPE_ID\'"]}}]\' '
+        f"(scripts/tenant-setup.sh does it); then {login} again. Alternatively use OnBehalfOf "
+        "with your own app registration."
+    )
 
 
 class AzureCli:
-    """The Azure CLI's signed-in account, for local development only (``kind=developer``).
+    """The Azure CLI's (``tool="az"``) or the Azure Developer CLI's (``tool="azd"``) signed-in
+    account, for local development only (``kind=developer``).
 
-    Runs ``az account get-access-token`` as an asynchronous subprocess (no thread is blocked),
-    or a plain subprocess from ``get_token``. Only the ``developer`` policy ever uses it, and
-    only when the request presented no assertion.
+    Tokens come from azure-identity's ``AzureCliCredential`` / ``AzureDeveloperCliCredential``
+    (their error texts are kept); the async path runs the CLI as an asynchronous subprocess and
+    kills it when the call is cancelled. Only the ``developer`` policy ever uses it, and only
+    when the request presented no assertion.
 
     >>> chain = TokenChain([AzureCli()], policy=Policy.DEVELOPER)
+    >>> chain = TokenChain([AzureCli(tool="azd")], policy=Policy.DEVELOPER)  # azd auth login
     """
 
     kind = IdentityKind.DEVELOPER
@@ -38,102 +74,169 @@ class AzureCli:
     def __init__(
         self,
         *,
+        tool: str = "az",
         tenant_id: str | None = None,
-        executable: str = "az",
+        executable: str | None = None,
         timeout: float = _TIMEOUT,
-        name: str = "azure_cli",
+        max_workers: int = 2,
+        name: str | None = None,
     ) -> None:
+        if tool not in TOOLS:
+            raise ConfigurationError(
+                f"AzureCli(tool={tool!r}) is not a developer CLI.",
+                fix="use tool='az' (az login) or tool='azd' (azd auth login).",
+            )
         if tenant_id is not None and not _SAFE.match(tenant_id):
-            from .._errors import ConfigurationError
-
             raise ConfigurationError("tenant_id has characters a tenant id cannot have.")
-        self.name = name
+        self.tool = tool
+        self.name = name or ("azure_cli" if tool == "az" else "azure_developer_cli")
         self.tenant_id = tenant_id
-        self.executable = executable
+        #: The program run; default: ``tool`` found on PATH, as azure-identity looks it up.
+        self.executable = executable or tool
         self.timeout = timeout
+        self._pool = WorkerPool(max_workers=max_workers, name=f"entra-{self.name}")
+        self._credential: Any = None
 
     def __repr__(self) -> str:
-        return f"AzureCli(name={self.name!r}, tenant_id={self.tenant_id!r})"
+        return f"AzureCli(name={self.name!r}, tool={self.tool}, tenant_id={self.tenant_id!r})"
+
+    def close(self) -> None:
+        self._pool.close()
 
     def explain(self, request: TokenRequest) -> str:
         return "not applicable"
 
     def cache_partition(self, request: TokenRequest) -> tuple[str, ...] | None:
-        return ("az", self.tenant_id or "-")
+        return (self.tool, self.tenant_id or "-")
 
-    def _argv(self, scopes: tuple[str, ...]) -> list[str]:
-        resource = scope_to_resource(scopes)
+    # -- sync: azure-identity's credential ------------------------------------------------
+
+    def _sync_credential(self) -> Any:
+        if self._credential is None:
+            from azure.identity import AzureCliCredential, AzureDeveloperCliCredential
+
+            cls = AzureCliCredential if self.tool == "az" else AzureDeveloperCliCredential
+            self._credential = cls(
+                tenant_id=self.tenant_id or "", process_timeout=int(self.timeout)
+            )
+        return self._credential
+
+    def _scope(self, scopes: tuple[str, ...]) -> str:
+        resource = scope_to_resource(scopes)  # one resource, as both CLIs require
         if not _SAFE.match(resource):
             raise EntraError("The scope has characters a resource cannot have.", scopes=scopes)
-        path = shutil.which(self.executable)
-        if path is None:
+        return f"{resource}/.default"
+
+    def get_token(self, request: TokenRequest) -> TokenResult | None:
+        scope = self._scope(request.scopes)
+        if self.executable != self.tool:
+            return self._run_sync_custom(scope, request.scopes)
+        try:
+            info = self._sync_credential().get_token_info(scope)
+        except Exception as exc:
+            raise self._error(exc, request.scopes) from None
+        return TokenResult(
+            token=info.token, expires_on=float(info.expires_on), kind=self.kind, source=self.name
+        )
+
+    def _run_sync_custom(self, scope: str, scopes: tuple[str, ...]) -> TokenResult:
+        import subprocess
+
+        argv = self._argv(scope, scopes)
+        try:
+            done = subprocess.run(
+                argv, capture_output=True, timeout=self.timeout, check=False, env=self._env()
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
             raise SourceUnavailable(
-                f"{self.executable!r} is not on PATH; install the Azure CLI and run az login.",
+                f"{self.tool} could not run ({type(exc).__name__}).",
                 source=self.name,
                 scopes=scopes,
-            )
-        argv = [path, "account", "get-access-token", "--output", "json", "--resource", resource]
-        if self.tenant_id:
-            argv += ["--tenant", self.tenant_id]
+            ) from None
+        return self._parse(done.returncode, done.stdout, done.stderr, scopes)
+
+    # -- async: the same command, our subprocess --------------------------------------------
+
+    def _argv(self, scope: str, scopes: tuple[str, ...]) -> list[str]:
+        if self.tool == "az":
+            from azure.identity._credentials.azure_cli import COMMAND_LINE
+
+            args = [*COMMAND_LINE, "--resource", scope.removesuffix("/.default")]
+            if self.tenant_id:
+                args += ["--tenant", self.tenant_id]
+        else:
+            from azure.identity._credentials.azd_cli import COMMAND_LINE as AZD_COMMAND_LINE
+
+            args = [*AZD_COMMAND_LINE, "--scope", scope]
+            if self.tenant_id:
+                args += ["--tenant-id", self.tenant_id]
+        path = shutil.which(self.executable)
+        if path is None:
+            raise SourceUnavailable(self._module().CLI_NOT_FOUND, source=self.name, scopes=scopes)
+        argv = [path, *args]
         if sys.platform == "win32" and path.lower().endswith((".cmd", ".bat")):
             argv = ["cmd", "/c", *argv]
         return argv
 
+    def _env(self) -> dict[str, str]:
+        return dict(os.environ, AZURE_CORE_NO_COLOR="true", NO_COLOR="true")
+
+    def _module(self) -> Any:
+        """azure-identity's module for this CLI: its texts, ``parse_token``, ``sanitize_output``."""
+        if self.tool == "az":
+            from azure.identity._credentials import azure_cli
+
+            return azure_cli
+        from azure.identity._credentials import azd_cli
+
+        return azd_cli
+
     def _parse(
         self, returncode: int, stdout: bytes, stderr: bytes, scopes: tuple[str, ...]
     ) -> TokenResult:
-        if returncode != 0:
-            text = stderr.decode(errors="replace")
-            code = re.search(r"AADSTS(\d+)", text)
-            hint = " Run az login." if "az login" in text or "login" in text.lower() else ""
-            if code:
-                raise EntraError(
-                    f"az account get-access-token failed.{hint}",
-                    source=self.name,
-                    scopes=scopes,
-                    aadsts=int(code.group(1)),
+        out = stdout.decode(errors="replace")
+        err = stderr.decode(errors="replace")
+        mod = self._module()
+        if returncode == 0:
+            info = mod.parse_token(out)
+            if info is None:
+                raise SourceUnavailable(
+                    f"{self.tool} printed no token.", source=self.name, scopes=scopes
                 )
-            raise SourceUnavailable(
-                f"az account get-access-token failed (exit {returncode}).{hint}",
+            return TokenResult(
+                token=info.token,
+                expires_on=float(info.expires_on),
+                kind=self.kind,
                 source=self.name,
-                scopes=scopes,
             )
-        try:
-            payload: dict[str, Any] = json.loads(stdout)
-            token = payload["accessToken"]
-            if not isinstance(token, str):
-                raise TypeError
-        except (ValueError, KeyError, TypeError):
-            raise SourceUnavailable(
-                "az account get-access-token printed no token.", source=self.name, scopes=scopes
-            ) from None
-        expires_on = _expiry(payload)
-        return TokenResult(token=token, expires_on=expires_on, kind=self.kind, source=self.name)
-
-    def get_token(self, request: TokenRequest) -> TokenResult | None:
-        argv = self._argv(request.scopes)
-        try:
-            done = subprocess.run(
-                argv, capture_output=True, timeout=self.timeout, check=False, env=dict(os.environ)
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise SourceUnavailable(
-                f"az could not run ({type(exc).__name__}).", source=self.name, scopes=request.scopes
-            ) from None
-        return self._parse(done.returncode, done.stdout, done.stderr, request.scopes)
+        combined = f"{out}\n{err}"
+        if returncode == 127:
+            raise SourceUnavailable(mod.CLI_NOT_FOUND, source=self.name, scopes=scopes)
+        logged_out = (
+            ("az login" in combined or "az account set" in combined)
+            if self.tool == "az"
+            else "azd auth login" in combined
+        )
+        if logged_out and "AADSTS" not in combined:
+            raise SourceUnavailable(mod.NOT_LOGGED_IN, source=self.name, scopes=scopes)
+        raise self._entra_error(mod.sanitize_output(err or out), scopes)
 
     async def get_token_async(self, request: TokenRequest) -> TokenResult | None:
-        argv = self._argv(request.scopes)
+        scope = self._scope(request.scopes)
+        argv = self._argv(scope, request.scopes)
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
+                env=self._env(),
             )
         except OSError as exc:
             raise SourceUnavailable(
-                f"az could not run ({type(exc).__name__}).", source=self.name, scopes=request.scopes
+                f"{self.tool} could not run ({type(exc).__name__}).",
+                source=self.name,
+                scopes=request.scopes,
             ) from None
         try:
             stdout, stderr = await asyncio.wait_for(proc.communicate(), self.timeout)
@@ -141,33 +244,51 @@ class AzureCli:
             proc.kill()
             await proc.wait()
             raise SourceUnavailable(
-                "az timed out.", source=self.name, scopes=request.scopes
+                f"{self.tool} timed out.", source=self.name, scopes=request.scopes
             ) from None
         except BaseException:
-            # Cancelled (the client went away): never leave az running behind us.
+            # Cancelled (the client went away): never leave the CLI running behind us.
             if proc.returncode is None:
                 proc.kill()
                 await asyncio.shield(proc.wait())
             raise
         return self._parse(proc.returncode or 0, stdout, stderr, request.scopes)
 
+    # -- errors ------------------------------------------------------------------------------
+
+    def _error(self, exc: BaseException, scopes: tuple[str, ...]) -> Exception:
+        from azure.core.exceptions import ClientAuthenticationError
+        from azure.identity import CredentialUnavailableError
+
+        text = str(getattr(exc, "message", "") or exc)
+        if isinstance(exc, CredentialUnavailableError):
+            return SourceUnavailable(text[:400], source=self.name, scopes=scopes)
+        if isinstance(exc, ClientAuthenticationError):
+            return self._entra_error(text, scopes)
+        return SourceUnavailable(
+            f"{self.tool} failed ({type(exc).__name__}).", source=self.name, scopes=scopes
+        )
+
+    def _entra_error(self, text: str, scopes: tuple[str, ...]) -> EntraError:
+        match = re.search(r"AADSTS(\d+)", text)
+        code = int(match.group(1)) if match else None
+        fix = None
+        if code == 65001 and AZURE_CLI_CLIENT_ID in text:
+            fix = preauthorize_fix(scopes, tool=self.tool)
+        return EntraError(
+            f"{self.tool} could not get a token: {text.strip()[:400]}",
+            source=self.name,
+            scopes=scopes,
+            aadsts=code,
+            fix=fix,
+        )
+
     @classmethod
     def from_env(
-        cls, environ: Mapping[str, str] | None = None, *, name: str = "azure_cli"
+        cls, environ: Mapping[str, str] | None = None, *, name: str | None = None
     ) -> AzureCli:
+        """``ENTRA_PASSTHROUGH_DEVELOPER_CLI`` (``az`` or ``azd``) and
+        ``ENTRA_PASSTHROUGH_AZ_TENANT_ID``."""
         env = _env.environ_or(environ)
-        return cls(tenant_id=_env.get(env, "ENTRA_PASSTHROUGH_AZ_TENANT_ID"), name=name)
-
-
-def _expiry(payload: Mapping[str, Any]) -> float:
-    # Newer az prints "expires_on" (epoch seconds); older only "expiresOn" (local time).
-    epoch = payload.get("expires_on")
-    if isinstance(epoch, int | float) or (isinstance(epoch, str) and epoch.isdigit()):
-        return float(epoch)
-    text = payload.get("expiresOn")
-    if isinstance(text, str):
-        try:
-            return datetime.fromisoformat(text).timestamp()
-        except ValueError:
-            pass
-    return time.time() + 300.0
+        tool = (_env.get(env, "ENTRA_PASSTHROUGH_DEVELOPER_CLI") or "az").lower()
+        return cls(tool=tool, tenant_id=_env.get(env, "ENTRA_PASSTHROUGH_AZ_TENANT_ID"), name=name)

@@ -1,4 +1,14 @@
-"""The ``az`` stand-in that azure-identity's AzureCliCredential runs.
+"""The ``az`` and ``azd`` stand-ins that azure-identity's AzureCliCredential and
+AzureDeveloperCliCredential run.
+
+AzureDeveloperCliCredential (``_credentials/azd_cli.py``) runs ``azd auth token --output json
+--no-prompt --scope S [--tenant-id T]`` and parses ``token`` and ``expiresOn``
+(``%Y-%m-%dT%H:%M:%SZ``); "not logged in, run `azd auth login` to login" without an AADSTS code
+becomes CredentialUnavailableError. Both CLIs sign in as the Azure CLI's client
+(``04b07795-8ddb-461a-bbee-02f9e1bf7b46``; azd reuses it, Azure/azure-dev
+``cli/azd/pkg/auth/manager.go``), so both are refused a custom API that does not pre-authorize
+that client: AADSTS65001 naming it, as Entra answers (Azure/azure-cli#15056,
+https://learn.microsoft.com/entra/identity-platform/permissions-consent-overview).
 
 AzureCliCredential (azure-identity 1.27 ``_credentials/azure_cli.py``) runs
 ``az account get-access-token --output json --resource R [--tenant T] [--subscription S]`` and
@@ -25,7 +35,7 @@ from starlette.responses import JSONResponse, Response
 from . import _errors as e
 from ._issue import mint_access, user_subject
 from ._state import Runtime
-from ._world import AZURE_CLI_CLIENT_ID, stable_id
+from ._world import AZURE_CLI_CLIENT_ID, App, User, stable_id
 
 _SCRIPT = r'''#!{python}
 """az stand-in written by entra_passthrough.testing (the local Entra emulator)."""
@@ -34,21 +44,33 @@ import json, os, ssl, sys, urllib.error, urllib.request
 def main(argv):
     url = os.environ.get("ENTRA_EMULATOR_URL")
     user = os.environ.get("ENTRA_EMULATOR_AZ_USER")
+    azd = os.path.basename(sys.argv[0]).split(".")[0] == "azd"
     if argv[:1] == ["--version"]:
-        print("azure-cli (entra-passthrough emulator stand-in)")
+        print(("azd" if azd else "azure-cli") + " (entra-passthrough emulator stand-in)")
         return 0
     if not url or not user:
-        sys.stderr.write("ERROR: Please run 'az login' to setup account.\n")
+        if azd:
+            sys.stderr.write("ERROR: not logged in, run `azd auth login` to login\n")
+        else:
+            sys.stderr.write("ERROR: Please run 'az login' to setup account.\n")
         return 1
     opts = {{}}
     cmd = []
     it = iter(argv)
     for a in it:
-        if a.startswith("--"):
+        if a in ("--no-prompt",):  # flags without a value
+            opts[a[2:]] = "true"
+        elif a.startswith("--"):
             opts[a[2:]] = next(it, "")
         else:
             cmd.append(a)
-    if cmd == ["account", "get-access-token"]:
+    if azd and cmd == ["auth", "token"]:
+        body = {{"command": "token", "resource": None, "scope": opts.get("scope"),
+                "tenant": opts.get("tenant-id")}}
+    elif azd:
+        sys.stderr.write("ERROR: the emulator's azd stand-in supports only 'auth token'\n")
+        return 2
+    elif cmd == ["account", "get-access-token"]:
         body = {{"command": "token", "resource": opts.get("resource"), "scope": opts.get("scope"),
                 "tenant": opts.get("tenant")}}
     elif cmd == ["account", "show"]:
@@ -69,6 +91,10 @@ def main(argv):
         err = json.loads(exc.read() or b"{{}}")
         sys.stderr.write("ERROR: " + err.get("error_description", "emulator error") + "\n")
         return 1
+    if azd:
+        import time
+        out = {{"token": out["accessToken"],
+               "expiresOn": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(out["expires_on"]))}}
     print(json.dumps(out, indent=2))
     return 0
 
@@ -77,10 +103,12 @@ sys.exit(main(sys.argv[1:]))
 
 
 def write_stand_in(folder: Path) -> Path:
+    """Write ``az`` and ``azd`` into ``folder``; returns the ``az`` path."""
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "az"
-    path.write_text(_SCRIPT.format(python=sys.executable), encoding="utf-8")
-    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    for name in ("azd", "az"):
+        path = folder / name
+        path.write_text(_SCRIPT.format(python=sys.executable), encoding="utf-8")
+        path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     return path
 
 
@@ -135,6 +163,7 @@ async def az_endpoint(rt: Runtime, request: Request) -> Response:
         app = rt.world.resource(str(resource))
         if app is None:
             raise e.resource_not_found(str(resource), tid)
+        scopes = _cli_scopes(rt, user, app)
     except e.StsError as err:
         return JSONResponse(err.body(), status_code=400)
     lifetime = rt.world.lifetimes.access_token
@@ -145,7 +174,7 @@ async def az_endpoint(rt: Runtime, request: Request) -> Response:
         client_id=AZURE_CLI_CLIENT_ID,
         client_acr="0",
         subject=user_subject(rt, user, tid),
-        scopes=app.exposed_scopes or ("user_impersonation",),
+        scopes=scopes,
         app_only=False,
         lifetime=lifetime,
     )
@@ -160,3 +189,28 @@ async def az_endpoint(rt: Runtime, request: Request) -> Response:
             "tokenType": "Bearer",
         }
     )
+
+
+#: The name Entra gives the Azure CLI's client in its errors.
+AZURE_CLI_NAME = "Microsoft Azure CLI"
+
+
+def _cli_scopes(rt: Runtime, user: User, app: App) -> tuple[str, ...]:
+    """The scopes the Azure CLI's client may have on ``app`` for ``user``: every scope of a
+    first-party resource (Microsoft pre-consents its own clients), else what the API
+    pre-authorizes or was consented; nothing is AADSTS65001 naming the CLI's client."""
+    if app.first_party:
+        return app.exposed_scopes or ("user_impersonation",)
+    cli = rt.world.app(AZURE_CLI_CLIENT_ID) or App(
+        name="azure_cli",
+        client_id=AZURE_CLI_CLIENT_ID,
+        tenant_id=user.tenant_id,
+        object_id=stable_id("sp", "azure-cli"),
+        public_client=True,
+        multi_tenant=True,
+        first_party=True,
+    )
+    granted = rt.granted_scopes(user, cli, app) & set(app.exposed_scopes)
+    if not granted:
+        raise e.consent_required(AZURE_CLI_CLIENT_ID, AZURE_CLI_NAME)
+    return tuple(sorted(granted))

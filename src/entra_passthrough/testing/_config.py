@@ -86,6 +86,10 @@ def world_from_dict(data: Mapping[str, Any]) -> World:
                 optional_claims=_strs(a.get("optional_claims")),
                 kind=a.get("kind", "app"),
                 blueprint_id=_app_id(world, a.get("blueprint")),
+                pre_authorized=tuple(
+                    _app_id(world, str(x)) or str(x) for x in a.get("pre_authorized", ())
+                ),
+                first_party=bool(a.get("first_party", False)),
             )
         )
     for u in data.get("users", ()):
@@ -115,6 +119,7 @@ def world_from_dict(data: Mapping[str, Any]) -> World:
                 object_id=m.get("object_id") or stable_id("mi-object", m["name"]),
                 tenant_id=tenant_id(m),
                 resource_id=m.get("resource_id") or f"/mi/{m['name']}",
+                system_assigned=bool(m.get("system_assigned", False)),
             )
         )
     for g in data.get("grants", ()):
@@ -131,6 +136,7 @@ def world_from_dict(data: Mapping[str, Any]) -> World:
         world = world.with_role_assignment(
             RoleAssignment(client, _app_id(world, r["resource"]) or r["resource"], r["role"])
         )
+    _check_federated_credentials(world)
     if "lifetimes" in data:
         world = world.with_lifetimes(Lifetimes(**{k: int(v) for k, v in data["lifetimes"].items()}))
     return world
@@ -146,6 +152,20 @@ def _app_id(world: World, ident: str | None) -> str | None:
 def _mi_client(world: World, ident: str) -> str | None:
     mi = world.identity(ident)
     return mi.client_id if mi else None
+
+
+def _check_federated_credentials(world: World) -> None:
+    # Only a user-assigned managed identity can be a federated credential of an app
+    # (https://learn.microsoft.com/entra/workload-id/workload-identity-federation-config-app-trust-managed-identity).
+    system = {m.object_id: m.name for m in world.managed_identities if m.system_assigned}
+    for app in world.apps:
+        for fic in app.federated_credentials:
+            if fic.subject in system:
+                raise ValueError(
+                    f"app {app.name!r}: the system-assigned managed identity "
+                    f"{system[fic.subject]!r} cannot be a federated credential; use a "
+                    "user-assigned identity"
+                )
 
 
 def _mi_subject(world: World, ident: str) -> str:

@@ -39,6 +39,17 @@ def default_world() -> World:
         resource_id=f"/subscriptions/{stable_id('sub')}/resourceGroups/rg/providers/"
         "Microsoft.ManagedIdentity/userAssignedIdentities/agent-mi",
     )
+    # The host's own (system-assigned) identity: what every managed identity endpoint answers
+    # with when the request names no identity. It cannot be a federated credential.
+    host_mi = ManagedIdentity(
+        name="agent-host",
+        client_id=stable_id("mi", "agent-host"),
+        object_id=stable_id("mi-object", "agent-host"),
+        tenant_id=tid,
+        resource_id=f"/subscriptions/{stable_id('sub')}/resourceGroups/rg/providers/"
+        "Microsoft.Web/sites/agent-host",
+        system_assigned=True,
+    )
     mi_fic = FederatedCredential(name="agent-mi", subject=mi.object_id)
     pem, thumb = new_certificate("agent")
     agent_id = stable_id("app", "agent")
@@ -65,6 +76,9 @@ def default_world() -> World:
         app_id_uri=f"api://{mcp_id}",
         scope="access_as_user",
         roles=("Tools.Call",),
+        # az / azd (one first-party client) are refused a custom API unless it pre-authorizes
+        # them (AADSTS65001); the developer path (AzureCli) calls this API.
+        pre_authorized=(AZURE_CLI_CLIENT_ID,),
         access_token_version=2,
         multi_tenant=True,
         # idtyp is an optional claim (access-token-claims-reference); the mcp API asks for it so
@@ -81,6 +95,7 @@ def default_world() -> World:
         scope="user_impersonation",
         roles=("Data.Read",),
         access_token_version=1,
+        pre_authorized=(AZURE_CLI_CLIENT_ID,),
     )
     foundry = App(
         name="foundry",
@@ -91,6 +106,7 @@ def default_world() -> World:
         scope="user_impersonation",
         access_token_version=1,
         multi_tenant=True,
+        first_party=True,
     )
     exchange = App(
         name="token_exchange",
@@ -100,6 +116,7 @@ def default_world() -> World:
         app_id_uri=TOKEN_EXCHANGE_AUDIENCE,
         access_token_version=2,
         multi_tenant=True,
+        first_party=True,
     )
     bp_id = stable_id("app", "agent-blueprint")
     blueprint = App(
@@ -142,6 +159,7 @@ def default_world() -> World:
         scopes=("User.Read", "openid", "profile", "email"),
         access_token_version=1,
         multi_tenant=True,
+        first_party=True,
     )
     azure_cli = App(
         name="azure_cli",
@@ -150,6 +168,7 @@ def default_world() -> World:
         object_id=stable_id("sp", "azure-cli"),
         public_client=True,
         multi_tenant=True,
+        first_party=True,
     )
 
     def user(name: str, t: Tenant, display: str, **kw: Any) -> User:
@@ -177,9 +196,9 @@ def default_world() -> World:
         grants.append(Grant(agent.client_id, mcp.client_id, ("access_as_user",), user=name))
         grants.append(Grant(blueprint.client_id, mcp.client_id, ("access_as_user",), user=name))
     # Tenant-wide admin consent: the agent may call the legacy API for everyone, and Foundry
-    # (a first-party app in reality) may be signed into by anyone; az is pre-authorized.
+    # (a first-party app in reality) may be signed into by anyone. The Azure CLI has no grant:
+    # the APIs it may call pre-authorize it (mcp, legacy_api), first-party ones consent it.
     grants.append(Grant(agent.client_id, legacy.client_id, ("user_impersonation",)))
-    grants.append(Grant(AZURE_CLI_CLIENT_ID, "*", ("*",)))
     for app in (agent, blueprint, frontend):  # tenant-wide consent to sign in and read a profile
         grants.append(
             Grant(app.client_id, GRAPH_APP_ID, ("User.Read", "openid", "profile", "email"))
@@ -206,7 +225,7 @@ def default_world() -> World:
             azure_cli,
         ),
         users=users,
-        managed_identities=(mi,),
+        managed_identities=(mi, host_mi),
         grants=tuple(grants),
         role_assignments=roles,
     )

@@ -17,6 +17,7 @@ from requests.adapters import HTTPAdapter
 from . import _ca
 from ._az import az_env, write_stand_in
 from ._issue import mint_access, user_subject
+from ._msi import HOST_VARIABLES
 from ._server import ServerThread, build_app, build_msi_app
 from ._state import Fault, Runtime
 from ._tokens import Subject
@@ -189,7 +190,19 @@ class EntraEmulator:
 
     @property
     def managed_identity(self) -> ManagedIdentity:
-        return self._world.managed_identities[0]
+        """The first user-assigned managed identity (the one a federated credential can be)."""
+        for mi in self._world.managed_identities:
+            if not mi.system_assigned:
+                return mi
+        raise KeyError("no user-assigned managed identity in this world")
+
+    @property
+    def system_identity(self) -> ManagedIdentity:
+        """The host's system-assigned identity (what no selector gets)."""
+        for mi in self._world.managed_identities:
+            if mi.system_assigned:
+                return mi
+        raise KeyError("no system-assigned managed identity in this world")
 
     @property
     def users(self) -> dict[str, User]:
@@ -390,8 +403,33 @@ class EntraEmulator:
         """An SSL context that trusts the emulator's CA (for httpx/httpx2 ``verify=``)."""
         return ssl.create_default_context(cafile=self.ca_file)
 
-    def mi_env(self) -> dict[str, str]:
-        return {"IDENTITY_ENDPOINT": self._rt.mi_url, "IDENTITY_HEADER": self._rt.mi_header}
+    #: Every variable some managed identity host sets: clear them all before ``mi_env(host)``.
+    MI_HOST_VARIABLES = HOST_VARIABLES
+
+    def mi_env(self, host: str = "app_service") -> dict[str, str]:
+        """The variables a managed identity ``host`` sets, pointing at this emulator, so that
+        MSAL's ``ManagedIdentityClient`` and azure-identity's ``ManagedIdentityCredential``
+        detect that host: ``app_service`` (also Functions, Container Apps; api-version
+        2019-08-01), ``app_service_2017`` (``MSI_ENDPOINT`` + ``MSI_SECRET``), ``imds`` (VMs,
+        AKS nodes), ``azure_arc`` (challenge file in /var/opt/azcmagent/tokens) or
+        ``cloud_shell``. Clear ``MI_HOST_VARIABLES`` first: detection goes by presence."""
+        base = self._rt.mi_url.rsplit("/msi/token", 1)[0]
+        envs = {
+            "app_service": {
+                "IDENTITY_ENDPOINT": self._rt.mi_url,
+                "IDENTITY_HEADER": self._rt.mi_header,
+            },
+            "app_service_2017": {"MSI_ENDPOINT": self._rt.mi_url, "MSI_SECRET": self._rt.mi_header},
+            "imds": {"AZURE_POD_IDENTITY_AUTHORITY_HOST": base},
+            "azure_arc": {
+                "IDENTITY_ENDPOINT": f"{base}/metadata/identity/oauth2/token",
+                "IMDS_ENDPOINT": base,
+            },
+            "cloud_shell": {"MSI_ENDPOINT": f"{base}/cloudshell/token"},
+        }
+        if host not in envs:
+            raise ValueError(f"unknown managed identity host {host!r}; one of {sorted(envs)}")
+        return envs[host]
 
     def az_env(self, user: str | None = "alice") -> dict[str, str]:
         """Environment for AzureCliCredential: the ``az`` stand-in first on PATH, signed in as

@@ -27,7 +27,7 @@ from . import _errors as e
 from ._authorize import authorize, logout
 from ._az import az_endpoint
 from ._discovery import discovery_v1, discovery_v2, instance, jwks, userrealm
-from ._msi import msi_token
+from ._msi import cloud_shell_token, imds_token, msi_token
 from ._state import Fault, Runtime
 from ._token_endpoint import handle_token
 
@@ -238,7 +238,18 @@ def build_msi_app(rt: Runtime) -> ASGIApp:
     async def endpoint(request: Request) -> Response:
         return await msi_token(rt, request)
 
-    return FaultMiddleware(Starlette(routes=[Route("/msi/token", endpoint)]), rt, name="msi")
+    async def imds(request: Request) -> Response:
+        return await imds_token(rt, request)
+
+    async def cloud_shell(request: Request) -> Response:
+        return await cloud_shell_token(rt, request)
+
+    routes = [
+        Route("/msi/token", endpoint),  # App Service (both api versions)
+        Route("/metadata/identity/oauth2/token", imds),  # IMDS, Azure Arc
+        Route("/cloudshell/token", cloud_shell, methods=["POST"]),
+    ]
+    return FaultMiddleware(Starlette(routes=routes), rt, name="msi")
 
 
 class _Server(uvicorn.Server):

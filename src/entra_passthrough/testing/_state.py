@@ -73,6 +73,8 @@ class Runtime:
     mi_url: str = ""
     token_latency: float = 0.0
     mi_header: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    #: the current Azure Arc challenge secret (written to a .key file on challenge)
+    arc_secret: str = ""
     az_key: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     lock: threading.RLock = field(default_factory=threading.RLock)
     endpoints: Counter[str] = field(default_factory=Counter)
@@ -149,6 +151,10 @@ class Runtime:
         clients = {client.client_id}
         if client.kind == "agent_identity" and client.blueprint_id:
             clients.add(client.blueprint_id)
+        # Pre-authorized clients need no consent for the API's delegated scopes
+        # (https://learn.microsoft.com/entra/identity-platform/permissions-consent-overview).
+        if clients & set(resource.pre_authorized):
+            out.update(resource.exposed_scopes)
         for g in self.all_grants():
             if g.client_id not in clients or g.resource_id not in (resource.client_id, "*"):
                 continue

@@ -91,6 +91,13 @@ class App:
     optional_claims: tuple[str, ...] = ()
     kind: str = "app"
     blueprint_id: str | None = None
+    #: client ids this API pre-authorizes ("Expose an API > Authorized client applications",
+    #: ``api.preAuthorizedApplications``): they need no consent for its delegated scopes.
+    #: https://learn.microsoft.com/entra/identity-platform/permissions-consent-overview
+    pre_authorized: tuple[str, ...] = ()
+    #: a Microsoft first-party resource (Graph, Foundry, token exchange): Microsoft's own
+    #: clients (Azure CLI, azd) are pre-consented to it in every tenant.
+    first_party: bool = False
 
     def __repr__(self) -> str:  # never show the secret
         return f"App(name={self.name!r}, client_id={self.client_id!r})"
@@ -125,11 +132,18 @@ class User:
 
 @dataclass(frozen=True)
 class ManagedIdentity:
+    """A managed identity. ``system_assigned``: the host's own identity, the one every managed
+    identity endpoint answers with when the request names no identity; it cannot be a
+    federated credential of an app (only user-assigned identities can:
+    https://learn.microsoft.com/entra/workload-id/workload-identity-federation-config-app-trust-managed-identity).
+    """
+
     name: str
     client_id: str
     object_id: str
     tenant_id: str
     resource_id: str
+    system_assigned: bool = False
 
 
 @dataclass(frozen=True)

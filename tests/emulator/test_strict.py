@@ -1,0 +1,280 @@
+"""The emulator refuses what Entra refuses, seen by unmodified MSAL, azure-identity and the
+library (docs/emulator.md, "Strict where Entra is strict"): pre-authorized clients for the Azure
+CLI / azd, managed identity selection and every managed identity host."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import jwt
+import msal
+import pytest
+import requests
+from azure.core.exceptions import ClientAuthenticationError
+from azure.identity import (
+    AzureCliCredential,
+    AzureDeveloperCliCredential,
+    ManagedIdentityCredential,
+)
+
+from entra_passthrough import (
+    AzureCli,
+    ConfigurationError,
+    EntraError,
+    ManagedIdentity,
+    OnBehalfOf,
+    TokenRequest,
+)
+from entra_passthrough.testing import EntraEmulator
+
+CLI_CLIENT = "04b07795-8ddb-461a-bbee-02f9e1bf7b46"
+
+
+def _claims(token: str) -> dict:
+    return jwt.decode(token, options={"verify_signature": False})
+
+
+# ---- Azure CLI / azd and pre-authorization --------------------------------------------------
+# https://learn.microsoft.com/entra/identity-platform/permissions-consent-overview
+# (pre-authorized client applications); Azure/azure-cli#15056 (AADSTS65001 naming the CLI).
+
+
+@pytest.fixture
+def signed_in(idp: EntraEmulator, monkeypatch: pytest.MonkeyPatch) -> EntraEmulator:
+    for name, value in idp.az_env("alice").items():
+        monkeypatch.setenv(name, value)
+    return idp
+
+
+@pytest.mark.parametrize("credential_class", [AzureCliCredential, AzureDeveloperCliCredential])
+def test_cli_refused_an_api_that_does_not_preauthorize_it(
+    signed_in: EntraEmulator, credential_class: type
+) -> None:
+    idp = signed_in
+    # The agent's API exposes a scope but does not pre-authorize the CLI's client.
+    with pytest.raises(ClientAuthenticationError) as info:
+        credential_class().get_token(f"{idp.agent.app_id_uri}/.default")
+    assert "AADSTS65001" in str(info.value)
+    assert CLI_CLIENT in str(info.value)
+    # The MCP API pre-authorizes it: the token is the user's, issued to the CLI's client.
+    token = credential_class().get_token(f"{idp.mcp.app_id_uri}/.default")
+    claims = _claims(token.token)
+    assert claims["oid"] == idp.users["alice"].oid
+    assert claims["azp" if "azp" in claims else "appid"] == CLI_CLIENT
+    # First-party resources need no pre-authorization.
+    credential_class().get_token("https://ai.azure.com/.default")
+
+
+@pytest.mark.parametrize("tool", ["az", "azd"])
+async def test_library_explains_the_cli_65001_with_the_fix(
+    signed_in: EntraEmulator, tool: str
+) -> None:
+    idp = signed_in
+    source = AzureCli(tool=tool)
+    request = TokenRequest((f"{idp.agent.app_id_uri}/.default",))
+    errors = []
+    with pytest.raises(EntraError) as info:
+        source.get_token(request)
+    errors.append(info.value)
+    with pytest.raises(EntraError) as info:
+        await source.get_token_async(request)
+    errors.append(info.value)
+    for error in errors:
+        text = str(error)
+        assert error.code is not None
+        assert error.code.code == 65001
+        assert CLI_CLIENT in text
+        assert "az ad app update" in text
+        assert idp.agent.client_id in text  # the API to update, from the scope
+        assert "preAuthorizedApplications" in text
+    ok = await source.get_token_async(TokenRequest((f"{idp.mcp.app_id_uri}/.default",)))
+    assert ok is not None
+    assert _claims(ok.token)["oid"] == idp.users["alice"].oid
+    source.close()
+
+
+def test_azd_not_logged_in_keeps_azure_identity_text(
+    idp: EntraEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from entra_passthrough import SourceUnavailable
+
+    for name, value in idp.az_env(None).items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SourceUnavailable) as info:
+        AzureCli(tool="azd").get_token(TokenRequest((f"{idp.mcp.app_id_uri}/.default",)))
+    assert "azd auth login" in str(info.value)
+    with pytest.raises(ConfigurationError):
+        AzureCli(tool="pwsh")
+
+
+# ---- managed identity: every host, selection as Entra's hosts do it --------------------------
+
+HOSTS = ["app_service", "app_service_2017", "imds", "cloud_shell", "azure_arc"]
+
+
+def _arc_writable() -> bool:
+    folder = Path("/var/opt/azcmagent/tokens")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK)
+
+
+@pytest.fixture(params=HOSTS)
+def host(
+    request: pytest.FixtureRequest, idp: EntraEmulator, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    name = str(request.param)
+    if name == "azure_arc" and not _arc_writable():
+        pytest.skip("Azure Arc's challenge folder /var/opt/azcmagent/tokens is not writable here")
+    for variable in EntraEmulator.MI_HOST_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    for variable, value in idp.mi_env(name).items():
+        monkeypatch.setenv(variable, value)
+    return name
+
+
+def test_msal_azure_identity_and_the_library_on_each_host(idp: EntraEmulator, host: str) -> None:
+    resource = idp.mcp.app_id_uri or ""
+    system = idp.system_identity.client_id
+    user_assigned = idp.managed_identity.client_id
+    with requests.Session() as session:
+        client = msal.ManagedIdentityClient(
+            msal.SystemAssignedManagedIdentity(), http_client=session
+        )
+        if host == "cloud_shell":
+            # MSAL's ManagedIdentityClient has no Cloud Shell protocol (msal/managed_identity.py
+            # tells callers to use PublicClientApplication there): azure-identity and the
+            # library (through azure-identity) serve it.
+            pass
+        else:
+            result = client.acquire_token_for_client(resource=resource)
+            assert _claims(result["access_token"])["azp"] == system, result
+            if host != "azure_arc":  # Arc serves the machine's system-assigned identity only
+                ua = msal.ManagedIdentityClient(
+                    msal.UserAssignedManagedIdentity(client_id=user_assigned), http_client=session
+                ).acquire_token_for_client(resource=resource)
+                assert _claims(ua["access_token"])["azp"] == user_assigned, ua
+    token = ManagedIdentityCredential().get_token(f"{resource}/.default")
+    assert _claims(token.token)["azp"] == system
+    source = ManagedIdentity()
+    assert f"host={'machine_learning' if host == 'app_service_2017' else host}" in repr(source)
+    result = source.get_token(TokenRequest((f"{resource}/.default",)))
+    assert result is not None
+    assert _claims(result.token)["azp"] == system
+    source.close()
+    if host not in ("cloud_shell", "azure_arc"):
+        selected = ManagedIdentity(client_id=user_assigned)
+        token2 = selected.get_token(TokenRequest((f"{resource}/.default",)))
+        assert token2 is not None
+        assert _claims(token2.token)["azp"] == user_assigned
+        selected.close()
+
+
+def test_managed_identity_selectors_are_exclusive_and_must_exist(idp: EntraEmulator) -> None:
+    env = idp.mi_env("app_service")
+    params = {"api-version": "2019-08-01", "resource": idp.mcp.app_id_uri or ""}
+    headers = {"X-IDENTITY-HEADER": env["IDENTITY_HEADER"]}
+    mi = idp.managed_identity
+    both = requests.get(
+        env["IDENTITY_ENDPOINT"],
+        params={**params, "client_id": mi.client_id, "object_id": mi.object_id},
+        headers=headers,
+        timeout=10,
+    )
+    assert both.status_code == 400
+    unknown = requests.get(
+        env["IDENTITY_ENDPOINT"],
+        params={**params, "client_id": "00000000-0000-0000-0000-000000000000"},
+        headers=headers,
+        timeout=10,
+    )
+    assert unknown.status_code == 400
+    # The system-assigned identity cannot be named as if it were user-assigned.
+    system = requests.get(
+        env["IDENTITY_ENDPOINT"],
+        params={**params, "client_id": idp.system_identity.client_id},
+        headers=headers,
+        timeout=10,
+    )
+    assert system.status_code == 400
+    base = env["IDENTITY_ENDPOINT"].rsplit("/msi/token", 1)[0]
+    no_header = requests.get(
+        f"{base}/metadata/identity/oauth2/token",
+        params={"api-version": "2018-02-01", "resource": params["resource"]},
+        timeout=10,
+    )
+    assert no_header.status_code == 400
+    assert "metadata" in no_header.json()["error_description"].lower()
+
+
+def test_system_assigned_identity_is_no_federated_credential(
+    idp: EntraEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The library refuses before any request...
+    before = idp.stats().get("msi", {})
+    with pytest.raises(ConfigurationError) as info:
+        OnBehalfOf(
+            client_id=idp.agent.client_id,
+            tenant_id=idp.tenant_id,
+            managed_identity=ManagedIdentity(),
+            authority_host=idp.url,
+        )
+    assert "AZURE_CLIENT_ID" in str(info.value)
+    assert idp.stats().get("msi", {}) == before
+    # ...and Entra (here the emulator) refuses a system-assigned identity's token as the client
+    # assertion of an app, whatever the client sends.
+    for variable in EntraEmulator.MI_HOST_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    for variable, value in idp.mi_env("app_service").items():
+        monkeypatch.setenv(variable, value)
+    with requests.Session() as session:
+        assertion = msal.ManagedIdentityClient(
+            msal.SystemAssignedManagedIdentity(), http_client=session
+        ).acquire_token_for_client(resource="api://AzureADTokenExchange")["access_token"]
+    app = msal.ConfidentialClientApplication(
+        idp.agent.client_id,
+        client_credential={"client_assertion": lambda: assertion},
+        authority=f"{idp.url}/{idp.tenant_id}",
+        http_client=idp.msal_http_client(),
+        instance_discovery=False,
+    )
+    answer = app.acquire_token_for_client([f"{idp.mcp.app_id_uri}/.default"])
+    assert "access_token" not in answer
+    assert answer.get("error") == "invalid_client"
+    assert json.dumps(answer.get("error_codes"))  # an AADSTS code, as Entra sends
+
+
+def test_every_code_the_emulator_returns_is_decoded() -> None:
+    # The library explains (with a fix) every AADSTS code the emulator can answer with.
+    import re
+
+    import entra_passthrough.testing as testing
+    from entra_passthrough._aadsts import AADSTS
+
+    folder = Path(testing.__file__).parent
+    source = "\n".join(p.read_text() for p in folder.glob("*.py"))
+    codes = {int(c) for c in re.findall(r"StsError\(\s*(\d{5,7})", source)}
+    codes |= {int(c) for c in re.findall(r"AADSTS(\d{5,7})", source)}
+    assert codes, "the emulator's codes were not found"
+    missing = sorted(codes - set(AADSTS))
+    assert not missing, (
+        f"AADSTS codes the emulator returns but _aadsts.py does not decode: {missing}"
+    )
+    for code in (
+        500131,
+        90009,
+        90094,
+        650057,
+        65004,
+        7000222,
+        50105,
+        50020,
+        700211,
+        70021,
+        9002313,
+    ):
+        assert code in AADSTS, code
