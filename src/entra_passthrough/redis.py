@@ -23,13 +23,16 @@ from __future__ import annotations
 import secrets
 import ssl
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
 from . import _env
 from ._errors import ConfigurationError, SourceUnavailable, require_extra
 from ._l2 import SharedTokenCache
 from ._store import ANY, Entry, _Any
+
+if TYPE_CHECKING:
+    from ._cache import TokenCache
 
 try:
     import redis.asyncio as redis_asyncio
@@ -47,7 +50,7 @@ try:
 except ImportError as _exc:  # pragma: no cover - exercised without the extra
     raise require_extra("redis", "redis", _exc) from _exc
 
-__all__ = ["RedisStore", "SharedTokenCache", "entra_credential_provider"]
+__all__ = ["RedisStore", "SharedTokenCache", "entra_credential_provider", "shared_token_cache"]
 
 #: Scope of Microsoft Entra tokens for Azure Cache for Redis / Azure Managed Redis.
 REDIS_SCOPE: Final = "https://redis.azure.com/.default"
@@ -246,6 +249,23 @@ class RedisStore:
             return bool(await self.client.ping())
         except RedisError:
             return False
+
+
+def shared_token_cache(
+    environ: Mapping[str, str] | None = None, *, max_entries: int = 10_000
+) -> TokenCache:
+    """A ``TokenCache`` whose L2 is the Redis of ``RedisStore.from_env`` and whose entries are
+    sealed with ``Keyring.from_env`` (``ENTRA_PASSTHROUGH_CONSENT_KEYS``): what every replica
+    passes to its ``TokenChain``.
+
+    >>> chain = TokenChain([OnBehalfOf.from_env()], cache=shared_token_cache())
+    """
+    from ._cache import TokenCache
+    from ._store import Keyring
+
+    env = _env.environ_or(environ)
+    shared = SharedTokenCache(RedisStore.from_env(env), Keyring.from_env(environ=env))
+    return TokenCache(max_entries=max_entries, shared=shared)
 
 
 def entra_credential_provider(

@@ -238,3 +238,25 @@ async def test_a_slow_redis_costs_one_timeout_then_entra_serves(fresh_redis: Red
     finally:
         admin.close()
         await store.aclose()
+
+
+async def test_shared_token_cache_from_env(redis_server: RedisServer) -> None:
+    from entra_passthrough.redis import shared_token_cache
+
+    env = {
+        "ENTRA_PASSTHROUGH_REDIS_URL": redis_server.url,
+        "ENTRA_PASSTHROUGH_REDIS_NAMESPACE": f"env{free_port()}:",
+        "ENTRA_PASSTHROUGH_CONSENT_KEYS": "k1:" + "B" * 43,
+    }
+    caches = [shared_token_cache(env, max_entries=100) for _ in range(2)]
+    entra = Entra(delay=0)
+    try:
+        for cache in caches:
+            assert cache.max_entries == 100
+            assert await cache.get_or_acquire_async(KEY, entra.acquire) is not None
+        assert entra.calls == 1  # the second replica read the first one's entry
+    finally:
+        for cache in caches:
+            assert isinstance(cache.shared, SharedTokenCache)
+            assert isinstance(cache.shared.store, RedisStore)
+            await cache.shared.store.aclose()
