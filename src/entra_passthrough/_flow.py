@@ -27,9 +27,9 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Generator, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from . import _otel
 from ._caller import Caller, active_caller
 from ._challenge import parse_bearer_challenges
 from ._errors import ConfigurationError, TokenAcquisitionError
@@ -50,6 +50,7 @@ _RESERVED = frozenset(
     {"authorization", "host", "cookie", "content-length", "transfer-encoding", "connection"}
 )
 _MAX_ERRORS = 16
+_MAX_SEEN_ORIGINS = 256
 
 
 class Chain(Protocol):
@@ -113,21 +114,31 @@ class Response(Protocol):
     def request(self) -> Any: ...
 
 
-@dataclass(frozen=True, slots=True)
+# The steps are plain slotted classes, not frozen dataclasses: one is built per request on the
+# hot path, and a frozen dataclass pays an object.__setattr__ per field.
+
+
 class Acquire:
-    caller: Caller | None
-    claims: str | None = None
+    __slots__ = ("caller", "claims")
+
+    def __init__(self, caller: Caller | None, claims: str | None = None) -> None:
+        self.caller = caller
+        self.claims = claims
 
 
-@dataclass(frozen=True, slots=True)
 class Outcome:
-    result: TokenResult | None = None
-    error: Exception | None = None
+    __slots__ = ("error", "result")
+
+    def __init__(self, result: TokenResult | None = None, error: Exception | None = None) -> None:
+        self.result = result
+        self.error = error
 
 
-@dataclass(frozen=True, slots=True)
 class Send:
-    request: Any
+    __slots__ = ("request",)
+
+    def __init__(self, request: Any) -> None:
+        self.request = request
 
 
 Step = Acquire | Send
@@ -170,12 +181,19 @@ class FlowCore:
         self.client_capabilities: tuple[str, ...] = tuple(client_capabilities)
         self._key = scope_key(self.scopes)
         self._cached = getattr(chain, "cached_token", None)
+        self._seen: dict[tuple[str, bytes, int | None], bool] = {}
         self._errors: deque[BaseException] = deque(maxlen=_MAX_ERRORS)
 
     # -- small pure helpers --
 
     def allows(self, url: _URL) -> bool:
-        return origin_key(url.scheme, url.raw_host, url.port) in self.origins
+        raw = (url.scheme, url.raw_host, url.port)
+        allowed = self._seen.get(raw)
+        if allowed is None:  # normalise once per distinct raw origin (bounded memo)
+            if len(self._seen) >= _MAX_SEEN_ORIGINS:
+                self._seen.clear()
+            allowed = self._seen[raw] = origin_key(*raw) in self.origins
+        return allowed
 
     def take_errors(self) -> list[BaseException]:
         """Errors recorded for requests that had no active caller (``on_error="record"``)."""
@@ -201,6 +219,36 @@ class FlowCore:
     # -- the generator --
 
     def flow(self, request: Request) -> Generator[Step, Any, None]:
+        if not _otel.ENABLED or not self.allows(request.url):
+            return self._flow(request, None)
+        return self._traced(request)
+
+    def _traced(self, request: Request) -> Generator[Step, Any, None]:
+        """The flow inside an ``entra_passthrough.request`` span: the origin (never the path or
+        query), whether a token was applied and by which source, the status, a retry."""
+        url = request.url
+        key = origin_key(url.scheme, url.raw_host, url.port)
+        span = _otel.start_span(
+            "entra_passthrough.request",
+            {
+                "http.request.method": getattr(request, "method", None),
+                "server.address": format_origin(key) if key is not None else None,
+                "entra_passthrough.user": _otel.user_hash(active_caller()),
+            },
+        )
+        note: dict[str, Any] = {}
+        error: BaseException | None = None
+        try:
+            yield from self._flow(request, note)
+        except Exception as exc:
+            error = exc
+            raise
+        finally:
+            _otel.count_request(bool(note.get("entra_passthrough.applied")), note.get("status"))
+            status = note.pop("status", None)
+            _otel.end_span(span, error, **note, **{"http.response.status_code": status})
+
+    def _flow(self, request: Request, note: dict[str, Any] | None) -> Generator[Step, Any, None]:
         if not self.allows(request.url):
             yield Send(request)
             return
@@ -230,6 +278,12 @@ class FlowCore:
             result = self._accept(outcome, caller)
         applied = result is not None and self._apply(request, result, caller)
         response: Response = yield Send(request)
+        if note is not None:
+            note["status"] = response.status_code
+            note["entra_passthrough.applied"] = applied
+            if result is not None:
+                note["entra_passthrough.source"] = result.source
+                note["entra_passthrough.kind"] = result.kind.value
 
         if not applied or result is None or response.status_code != 401:
             return
@@ -255,7 +309,10 @@ class FlowCore:
         retry = self._accept(outcome, caller)
         if retry is None or not self._apply(request, retry, caller):
             return  # the client returns the 401 we already have
-        yield Send(request)
+        retried: Response = yield Send(request)
+        if note is not None:
+            note["entra_passthrough.retried"] = True
+            note["status"] = getattr(retried, "status_code", None)
 
     def _accept(self, outcome: Outcome, caller: Caller | None) -> TokenResult | None:
         if outcome.error is not None:
