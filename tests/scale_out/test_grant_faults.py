@@ -132,3 +132,25 @@ async def test_grant_store_down_never_falls_back_to_the_app_identity(
         assert app.calls == 0
     finally:
         await dead.aclose()
+
+
+async def test_restarted_with_its_data_lost_asks_for_consent_again(
+    consent_env: ConsentEnv, fresh_redis: RedisServer
+) -> None:
+    env = consent_env
+    fresh_redis.start()
+    keyring = Keyring.generate()
+    store = RedisStore.from_url(fresh_redis.url, timeout=0.5)
+    source, _ = env.make(store=store, keyring=keyring)  # type: ignore[arg-type]
+    broker = StandaloneBroker(env, RedisStore.from_url(fresh_redis.url), keyring)
+    try:
+        request = await _consent(env, source, "quinn", "chat-quinn-lost")
+        assert await source.get_token_async(request) is not None
+        fresh_redis.kill()
+        fresh_redis.wipe()
+        fresh_redis.start()
+        with pytest.raises(ConsentRequired):  # the grant is gone: ask, never guess
+            await source.get_token_async(request)
+    finally:
+        await store.aclose()
+        await broker.aclose()

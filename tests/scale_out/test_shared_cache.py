@@ -260,3 +260,16 @@ async def test_shared_token_cache_from_env(redis_server: RedisServer) -> None:
             assert isinstance(cache.shared, SharedTokenCache)
             assert isinstance(cache.shared.store, RedisStore)
             await cache.shared.store.aclose()
+
+
+async def test_a_refused_password_goes_straight_to_entra(redis_server: RedisServer) -> None:
+    url = f"redis://:wrong-password-1@127.0.0.1:{redis_server.port}/0"
+    store = RedisStore.from_url(url)
+    shared = SharedTokenCache(store, Keyring.generate())
+    entra = Entra(delay=0)
+    try:
+        assert await TokenCache(shared=shared).get_or_acquire_async(KEY, entra.acquire)
+        assert entra.calls == 1
+        assert shared.failures == 1
+    finally:
+        await store.aclose()
