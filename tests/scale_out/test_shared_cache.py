@@ -273,3 +273,44 @@ async def test_a_refused_password_goes_straight_to_entra(redis_server: RedisServ
         assert shared.failures == 1
     finally:
         await store.aclose()
+
+
+async def _refreshed(cache: TokenCache) -> None:
+    for _ in range(500):  # bounded: the background refresh is a task on this loop
+        if cache.stats().refreshing == 0:
+            return
+        await asyncio.sleep(0.01)
+    pytest.fail("the background refresh never finished")
+
+
+async def test_a_refresh_done_by_one_replica_serves_the_others(stores: list[RedisStore]) -> None:
+    now = [1_000_000.0]
+
+    def clock() -> float:
+        return now[0]
+
+    keyring = Keyring.generate()
+    first, second = (
+        TokenCache(clock=clock, shared=SharedTokenCache(s, keyring, clock=clock))
+        for s in stores[:2]
+    )
+    calls = 0
+
+    async def acquire() -> TokenResult:
+        nonlocal calls
+        calls += 1
+        return TokenResult(f"token-{calls}", now[0] + 600, IdentityKind.USER, "obo")
+
+    await first.get_or_acquire_async(KEY, acquire)
+    await second.get_or_acquire_async(KEY, acquire)
+    assert calls == 1
+    now[0] += 400  # past the refresh point (half the life), still usable
+    await first.get_or_acquire_async(KEY, acquire)  # serves the cached one, refreshes behind
+    await _refreshed(first)
+    assert calls == 2
+    await second.get_or_acquire_async(KEY, acquire)
+    await _refreshed(second)
+    assert calls == 2  # the second replica took the first one's refreshed token from L2
+    fresh = second.get(KEY)
+    assert fresh is not None
+    assert fresh.token == "token-2"
