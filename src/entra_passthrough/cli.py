@@ -44,6 +44,12 @@ _COMMANDS: dict[str, _Command] = {
         "decode a token (unverified) and say which sources could use it",
         None,
     ),
+    "doctor": _Command(
+        "entra_passthrough._doctor",
+        "main",
+        "check the configuration from_env() reads against Entra, with a fix per failure",
+        None,
+    ),
 }
 
 

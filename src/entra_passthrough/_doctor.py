@@ -1,0 +1,455 @@
+"""``entra-passthrough doctor``: check the configuration ``from_env()`` reads, path by path,
+against Entra (or the local emulator), and say how to fix each failure.
+
+It builds the chain exactly as ``TokenChain.from_env()`` does (same variables, same errors), then
+checks what that chain will need at run time:
+
+* ``configuration``  - ``TokenChain.from_env()`` itself (missing or conflicting variables);
+* ``ids``            - client and tenant ids have the shape Entra expects;
+* ``discovery``      - the tenant's OpenID configuration answers on the authority host;
+* ``managed identity`` - the managed identity endpoint gives a token (for the federated
+  credential audience when the identity is an app's client credential);
+* ``client credential`` - the OBO app's credential (secret, certificate, managed identity as
+  federated credential, token file) is accepted: a client-credentials request that Entra must
+  authenticate (no user involved, nothing is kept);
+* ``agent id blueprint`` - the blueprint gets its exchange token for the agent identity;
+* ``scope``          - each ``--scope`` is well formed (``<resource>/.default`` or one permission
+  per resource) and not the agent's own app;
+* ``consent``        - with ``--user-token-file``, the on-behalf-of exchange for each scope
+  (consent is only knowable with a user);
+* ``developer sign-in`` - under ``ENTRA_PASSTHROUGH_POLICY=developer``: ``az``/``azd`` is
+  signed in.
+
+Nothing it prints contains a token, a secret or an assertion: details come from the library's
+typed errors, which never carry them. Exit status 1 if any check failed, else 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from . import _env
+from ._errors import ConfigurationError, EntraPassthroughError, error_from_entra
+
+__all__ = ["Check", "main", "run"]
+
+PASS, FAIL, SKIP = "pass", "fail", "skip"
+#: A resource any app may ask a client-credentials token for (no roles needed): the check
+#: proves only that Entra authenticated the app's credential.
+_PROBE_RESOURCE = "https://graph.microsoft.com/.default"
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+_DOMAIN = re.compile(r"^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+
+
+def _get(env: Mapping[str, str], name: str) -> str | None:
+    return (env.get(name) or "").strip() or None
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the report. ``status`` is ``pass``, ``fail`` or ``skip``."""
+
+    name: str
+    status: str
+    detail: str
+    fix: str = ""
+
+
+def _explain(exc: BaseException) -> tuple[str, str]:
+    """(detail, fix) from an exception: the library's own message and fix, never a token."""
+    if isinstance(exc, EntraPassthroughError):
+        fix = getattr(exc, "fix", "") or ""
+        detail = str(exc)
+        if fix and detail.endswith(f"Fix: {fix}"):
+            detail = detail[: -len(f" Fix: {fix}")]
+        return detail, fix
+    # Anything else: its type and first line, bounded (no request echo).
+    first = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return f"{type(exc).__name__}: {first}", ""
+
+
+def _from_msal(response: Mapping[str, Any], what: str) -> tuple[bool, str, str]:
+    if "access_token" in response:
+        return True, f"{what}: Entra accepted it", ""
+    error = error_from_entra(response)
+    detail, fix = _explain(error)
+    return False, f"{what}: {detail}", fix
+
+
+class Doctor:
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        *,
+        scopes: Sequence[str] = (),
+        user_token: str | None = None,
+    ) -> None:
+        self.env = env
+        self.scopes = tuple(scopes)
+        self.user_token = user_token
+        self.checks: list[Check] = []
+
+    def add(self, name: str, status: str, detail: str, fix: str = "") -> None:
+        self.checks.append(Check(name, status, detail, fix))
+
+    def failed(self, name: str) -> bool:
+        return any(c.name == name and c.status == FAIL for c in self.checks)
+
+    def guard(self, name: str, probe: Callable[[], tuple[bool, str, str]]) -> bool:
+        try:
+            ok, detail, fix = probe()
+        except Exception as exc:
+            detail, fix = _explain(exc)
+            ok = False
+            if not fix and self.failed("discovery"):
+                fix = "fix the discovery failure above first (tenant id, authority host)."
+        self.add(name, PASS if ok else FAIL, detail, fix)
+        return ok
+
+    # -- the checks ----------------------------------------------------------------------
+
+    def run(self) -> list[Check]:
+        from ._chain import TokenChain
+
+        try:
+            chain = TokenChain.from_env(self.env)
+        except ConfigurationError as exc:
+            detail, fix = _explain(exc)
+            self.add("configuration", FAIL, detail, fix)
+            self.check_scopes(None)
+            return self.checks
+        try:
+            names = ", ".join(repr(s) for s in chain.sources)
+            self.add("configuration", PASS, f"policy {chain.policy.value}: {names}")
+            self.check_ids()
+            self.check_discovery(chain)
+            self.check_managed_identity(chain)
+            self.check_credentials(chain)
+            self.check_scopes(chain)
+            self.check_consent(chain)
+            self.check_developer(chain)
+        finally:
+            chain.close()
+        return self.checks
+
+    def check_ids(self) -> None:
+        bad: list[str] = []
+        for variable in (
+            "ENTRA_PASSTHROUGH_CLIENT_ID",
+            "AZURE_CLIENT_ID",
+            "ENTRA_PASSTHROUGH_BLUEPRINT_CLIENT_ID",
+            "ENTRA_PASSTHROUGH_AGENT_IDENTITY_ID",
+            "ENTRA_PASSTHROUGH_CONSENT_CLIENT_ID",
+        ):
+            value = _get(self.env, variable)
+            if value and not _GUID.match(value):
+                bad.append(f"{variable} is not a client id (a GUID)")
+        tenant = _get(self.env, "AZURE_TENANT_ID")
+        if tenant and not (_GUID.match(tenant) or _DOMAIN.match(tenant)):
+            bad.append("AZURE_TENANT_ID is neither a tenant id (GUID) nor a domain")
+        if bad:
+            self.add(
+                "ids",
+                FAIL,
+                "; ".join(bad),
+                "use the Application (client) ID and Directory (tenant) ID from the app "
+                "registration's Overview page (not an object id, a secret or a name).",
+            )
+        else:
+            self.add("ids", PASS, "client and tenant ids are well formed")
+
+    def _authorities(self, chain: Any) -> list[tuple[str, str]]:
+        seen: list[tuple[str, str]] = []
+        for source in chain.sources:
+            inner = getattr(source, "_obo", source)
+            host = getattr(inner, "authority_host", None)
+            tenant = getattr(inner, "tenant_id", None)
+            if host and tenant and (host, tenant) not in seen:
+                seen.append((host, tenant))
+        return seen
+
+    def _verify(self) -> Any:
+        import ssl
+
+        ca_file = _get(self.env, "ENTRA_PASSTHROUGH_CA_FILE")
+        return ssl.create_default_context(cafile=ca_file) if ca_file else True
+
+    def check_discovery(self, chain: Any) -> None:
+        import httpx2
+
+        authorities = self._authorities(chain)
+        if not authorities:
+            self.add("discovery", SKIP, "no Entra authority in the chain")
+            return
+        for host, tenant in authorities:
+            url = f"{host}/{tenant}/v2.0/.well-known/openid-configuration"
+
+            def probe(url: str = url, tenant: str = tenant) -> tuple[bool, str, str]:
+                with httpx2.Client(verify=self._verify(), timeout=10) as client:
+                    answer = client.get(url)
+                if answer.status_code == 200:
+                    issuer = str(answer.json().get("issuer", ""))
+                    return True, f"{url} -> issuer {issuer}", ""
+                try:
+                    body = answer.json()
+                except ValueError:
+                    body = {}
+                if isinstance(body, dict) and body.get("error"):
+                    detail, fix = _explain(error_from_entra(body, source="discovery"))
+                    return False, f"{url}: {detail}", fix or _TENANT_FIX
+                return False, f"{url}: HTTP {answer.status_code}", _TENANT_FIX
+
+            self.guard("discovery", probe)
+
+    def check_managed_identity(self, chain: Any) -> None:
+        from ._msal import federation_audience
+        from ._sources.managed_identity import ManagedIdentity
+
+        kinds = {getattr(s, "_credential_kind", None) for s in chain.sources}
+        kinds |= {
+            getattr(getattr(s, "_obo", None), "_credential_kind", None) for s in chain.sources
+        }
+        wants = _get(self.env, "ENTRA_PASSTHROUGH_CLIENT_CREDENTIAL") == "managed_identity"
+        configured = _get(self.env, "IDENTITY_ENDPOINT") or wants
+        if not configured and not any(isinstance(s, ManagedIdentity) for s in chain.sources):
+            self.add("managed identity", SKIP, "no managed identity configured")
+            return
+        host = _get(self.env, "AZURE_AUTHORITY_HOST") or "https://login.microsoftonline.com"
+        audience = federation_audience(host)
+
+        def probe() -> tuple[bool, str, str]:
+            identity = ManagedIdentity.from_env(self.env)
+            try:
+                identity.token_for_resource(audience)
+            finally:
+                identity.close()
+            return True, f"{identity!r} gave a token for {audience}", ""
+
+        self.guard("managed identity", probe)
+
+    def check_credentials(self, chain: Any) -> None:
+        from ._sources.agent_id import AgentIdentityOnBehalfOf
+        from ._sources.obo import OnBehalfOf
+
+        checked = False
+        for source in chain.sources:
+            if isinstance(source, AgentIdentityOnBehalfOf):
+                checked = True
+
+                def blueprint(agent: AgentIdentityOnBehalfOf = source) -> tuple[bool, str, str]:
+                    agent._t1()  # the blueprint's exchange token for the agent identity
+                    return (
+                        True,
+                        f"blueprint {agent.blueprint_client_id} got the exchange token for "
+                        f"agent identity {agent.agent_identity_id}",
+                        "",
+                    )
+
+                self.guard("agent id blueprint", blueprint)
+            elif isinstance(source, OnBehalfOf):
+                checked = True
+
+                def credential(obo: OnBehalfOf = source) -> tuple[bool, str, str]:
+                    app = obo._build_app(obo.tenant_id, ())
+                    try:
+                        response = app.acquire_token_for_client([_PROBE_RESOURCE])
+                    finally:
+                        if obo._owns_http:
+                            app.http_client.close()
+                    what = f"the {obo._credential_kind} of app {obo.client_id}"
+                    return _from_msal(response, what)
+
+                self.guard("client credential", credential)
+        if not checked:
+            self.add("client credential", SKIP, "no on-behalf-of source configured")
+
+    def check_scopes(self, chain: Any) -> None:
+        if not self.scopes:
+            self.add(
+                "scope",
+                SKIP,
+                "no --scope given",
+                "pass the scopes your tools request, e.g. --scope api://<mcp app>/.default",
+            )
+            return
+        own: set[str] = set()
+        for source in chain.sources if chain is not None else ():
+            inner = getattr(source, "_obo", source)
+            for audience in getattr(inner, "accepted_audiences", ()):
+                own.add(str(audience).rstrip("/"))
+        problems = scope_problems(self.scopes, own_audiences=own)
+        if problems:
+            self.add(
+                "scope",
+                FAIL,
+                "; ".join(problems),
+                "request '<resource>/.default' (the permissions granted to the app) or "
+                "'<resource>/<permission>', one resource per token request, for the API you "
+                "call - never the agent's own app id.",
+            )
+        else:
+            self.add("scope", PASS, " ".join(self.scopes))
+
+    def check_consent(self, chain: Any) -> None:
+        from ._caller import Caller
+        from ._types import IdentityKind
+
+        users = [s for s in chain.sources if getattr(s, "kind", None) is IdentityKind.USER]
+        if not users:
+            self.add("consent", SKIP, "no user source (on-behalf-of, consent) configured")
+            return
+        if not self.scopes:
+            self.add("consent", SKIP, "needs --scope")
+            return
+        if not self.user_token:
+            self.add(
+                "consent",
+                SKIP,
+                "consent can only be known for a user: pass --user-token-file with a token "
+                "for the agent app",
+            )
+            return
+        caller = Caller.from_token(self.user_token)
+
+        def probe() -> tuple[bool, str, str]:
+            result = chain.get_token(self.scopes, caller=caller)
+            return (
+                True,
+                f"{' '.join(self.scopes)}: token issued by {result.source} "
+                f"(kind {result.kind.value})",
+                "",
+            )
+
+        self.guard("consent", probe)
+
+    def check_developer(self, chain: Any) -> None:
+        from ._sources.azure_cli import AzureCli
+        from ._types import TokenRequest
+
+        clis = [s for s in chain.sources if isinstance(s, AzureCli)]
+        if not clis:
+            self.add("developer sign-in", SKIP, "policy is not developer")
+            return
+        scopes = self.scopes or ("https://management.azure.com/.default",)
+
+        def probe() -> tuple[bool, str, str]:
+            result = clis[0].get_token(TokenRequest(tuple(scopes)))
+            if result is None:
+                return False, "the CLI gave no token", "sign in: az login (or azd auth login)"
+            return True, f"{clis[0]!r} is signed in", ""
+
+        self.guard("developer sign-in", probe)
+
+
+_TENANT_FIX = (
+    "check AZURE_TENANT_ID (the Directory (tenant) ID) and AZURE_AUTHORITY_HOST (your cloud's "
+    "login host); behind a TLS-inspecting proxy set ENTRA_PASSTHROUGH_CA_FILE."
+)
+
+
+def scope_problems(scopes: Sequence[str], *, own_audiences: Collection[str] = ()) -> list[str]:
+    """What is wrong with a token request's scopes (empty: nothing)."""
+    problems: list[str] = []
+    resources: dict[str, list[str]] = {}
+    for scope in scopes:
+        if not scope or any(c.isspace() for c in scope):
+            problems.append(f"{scope!r} is empty or has spaces (one scope per --scope)")
+            continue
+        if "://" not in scope and not _GUID.match(scope.split("/", 1)[0]):
+            problems.append(
+                f"{scope!r} names no resource (write api://<app id>/{scope} or <resource>/.default)"
+            )
+            continue
+        resource, _, permission = scope.rstrip("/").rpartition("/")
+        if not resource or "://" not in scope or resource.endswith(":/"):
+            resource, permission = scope.rstrip("/"), ""
+        if not permission:
+            problems.append(f"{scope!r} names a resource but no permission: use {scope}/.default")
+            continue
+        resources.setdefault(resource.rstrip("/"), []).append(permission)
+    for resource, permissions in resources.items():
+        if ".default" in permissions and len(permissions) > 1:
+            problems.append(f"{resource}: .default cannot be combined with other permissions")
+        if resource in own_audiences:
+            problems.append(
+                f"{resource} is the agent's own app: on-behalf-of needs the downstream API's "
+                "resource"
+            )
+    if len(resources) > 1:
+        problems.append("one token request names one resource; these scopes name several")
+    return problems
+
+
+def run(
+    environ: Mapping[str, str] | None = None,
+    *,
+    scopes: Sequence[str] = (),
+    user_token: str | None = None,
+) -> list[Check]:
+    """All checks, in order, against ``environ`` (default ``os.environ``)."""
+    env = _env.environ_or(environ)
+    return Doctor(env, scopes=scopes, user_token=user_token).run()
+
+
+_MARK = {PASS: "PASS", FAIL: "FAIL", SKIP: "skip"}
+
+
+def table(checks: Sequence[Check]) -> str:
+    width = max((len(c.name) for c in checks), default=5)
+    lines = [f"{'':4}  {'check':<{width}}  detail"]
+    for c in checks:
+        lines.append(f"{_MARK[c.status]:<4}  {c.name:<{width}}  {c.detail}")
+        if c.status == FAIL and c.fix:
+            lines.append(f"{'':4}  {'':<{width}}  fix: {c.fix}")
+    failed = sum(c.status == FAIL for c in checks)
+    lines.append("")
+    lines.append(f"{failed} check(s) failed." if failed else "All checks passed.")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="entra-passthrough doctor",
+        description="Check the configuration from_env() reads (this process' environment) "
+        "against Entra or the emulator, path by path; exit 1 if any check fails.",
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument(
+        "--scope",
+        action="append",
+        default=[],
+        help="a scope your tools request (repeat), e.g. api://<mcp app>/.default",
+    )
+    parser.add_argument(
+        "--user-token-file",
+        type=Path,
+        help="a file holding a user's token for the agent app: checks consent for --scope "
+        "(the token is never printed)",
+    )
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    token = None
+    if args.user_token_file is not None:
+        try:
+            token = args.user_token_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            sys.stderr.write(f"entra-passthrough doctor: cannot read the token file: {exc}\n")
+            return 2
+    checks = run(scopes=args.scope, user_token=token)
+    failed = any(c.status == FAIL for c in checks)
+    if args.json:
+        out = json.dumps({"ok": not failed, "checks": [asdict(c) for c in checks]}, indent=2)
+    else:
+        out = table(checks)
+    sys.stdout.write(out + "\n")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

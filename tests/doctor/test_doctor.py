@@ -1,0 +1,224 @@
+"""`entra-passthrough doctor` against prepared emulator worlds: a correct secretless set-up passes;
+each common mistake fails its own check, says how to fix it, and exits non-zero. No token,
+secret or assertion ever appears in the output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from entra_passthrough._doctor import Check, run, scope_problems, table
+from entra_passthrough.testing import EntraEmulator, ManagedIdentity, World, stable_id
+
+UNKNOWN = "00000000-0000-0000-0000-00000000dead"
+
+
+@pytest.fixture(scope="module")
+def idp() -> Iterator[EntraEmulator]:
+    # The default world plus a second user-assigned identity that is NOT a federated credential
+    # of the agent app (the "wrong managed identity" mistake).
+    world = World.default()
+    tenant = world.tenants[0]
+    world = world.with_managed_identity(
+        ManagedIdentity(
+            name="other-mi",
+            client_id=stable_id("mi", "other-mi"),
+            object_id=stable_id("mi-object", "other-mi"),
+            tenant_id=tenant.id,
+            resource_id="/subscriptions/s/resourceGroups/rg/providers/"
+            "Microsoft.ManagedIdentity/userAssignedIdentities/other-mi",
+        )
+    )
+    with EntraEmulator(world=world) as emulator:
+        yield emulator
+
+
+def base(idp: EntraEmulator) -> dict[str, str]:
+    return {
+        "AZURE_TENANT_ID": idp.tenant_id,
+        "AZURE_AUTHORITY_HOST": idp.url,
+        "ENTRA_PASSTHROUGH_CA_FILE": idp.ca_file,
+    }
+
+
+def secretless(idp: EntraEmulator) -> dict[str, str]:
+    return {
+        **base(idp),
+        "ENTRA_PASSTHROUGH_CLIENT_ID": idp.agent.client_id,
+        "ENTRA_PASSTHROUGH_CLIENT_CREDENTIAL": "managed_identity",
+        "AZURE_CLIENT_ID": idp.managed_identity.client_id,
+        **idp.mi_env(),
+    }
+
+
+def scope(idp: EntraEmulator) -> str:
+    return f"{idp.mcp.app_id_uri}/.default"
+
+
+def by_name(checks: list[Check]) -> dict[str, Check]:
+    return {c.name: c for c in checks}
+
+
+def assert_clean(checks: list[Check], *secrets: str) -> None:
+    text = table(checks) + json.dumps([c.__dict__ for c in checks])
+    assert "eyJ" not in text  # no JWT
+    for secret in secrets:
+        assert secret not in text
+
+
+def test_secretless_obo_passes(idp: EntraEmulator) -> None:
+    env = secretless(idp)
+    token = idp.user_token("alice", audience=idp.agent.client_id)
+    checks = run(env, scopes=[scope(idp)], user_token=token)
+    status = {c.name: c.status for c in checks}
+    assert status == {
+        "configuration": "pass",
+        "ids": "pass",
+        "discovery": "pass",
+        "managed identity": "pass",
+        "client credential": "pass",
+        "scope": "pass",
+        "consent": "pass",
+        "developer sign-in": "skip",
+    }
+    assert_clean(checks, token, env["IDENTITY_HEADER"])
+
+
+def test_wrong_secret(idp: EntraEmulator) -> None:
+    env = {**base(idp), "ENTRA_PASSTHROUGH_CLIENT_ID": idp.agent.client_id}
+    env["ENTRA_PASSTHROUGH_CLIENT_SECRET"] = "not-the-secret-value-123"
+    check = by_name(run(env))["client credential"]
+    assert check.status == "fail"
+    assert "AADSTS7000215" in check.detail
+    assert "secret's value" in check.fix
+    assert_clean([check], "not-the-secret-value-123")
+
+
+def test_unknown_tenant(idp: EntraEmulator) -> None:
+    env = {**secretless(idp), "AZURE_TENANT_ID": UNKNOWN}
+    checks = by_name(run(env))
+    assert checks["discovery"].status == "fail"
+    assert "AADSTS90002" in checks["discovery"].detail
+    assert checks["discovery"].fix
+    assert checks["client credential"].status == "fail"
+    assert "discovery" in checks["client credential"].fix
+
+
+def test_managed_identity_not_a_federated_credential(idp: EntraEmulator) -> None:
+    env = {**secretless(idp), "AZURE_CLIENT_ID": stable_id("mi", "other-mi")}
+    checks = by_name(run(env))
+    assert checks["managed identity"].status == "pass"  # the endpoint works...
+    credential = checks["client credential"]
+    assert credential.status == "fail"  # ...but the app does not trust this identity
+    assert "AADSTS700213" in credential.detail or "AADSTS70021" in credential.detail
+    assert "federated" in (credential.detail + credential.fix).lower()
+
+
+def test_managed_identity_endpoint_missing(idp: EntraEmulator) -> None:
+    env = secretless(idp)
+    env["IDENTITY_ENDPOINT"] = "http://127.0.0.1:9/msi/token"  # nothing listens there
+    checks = by_name(run(env))
+    assert checks["managed identity"].status == "fail"
+    assert checks["client credential"].status == "fail"
+
+
+def test_nothing_configured(idp: EntraEmulator) -> None:
+    checks = run(base(idp))
+    assert checks[0].name == "configuration"
+    assert checks[0].status == "fail"
+    assert checks[0].fix
+
+
+def test_azure_identity_variables_for_the_obo_app(idp: EntraEmulator) -> None:
+    # azure-identity's names for the app's own credential: the error names ours.
+    env = {**base(idp), "AZURE_CLIENT_ID": idp.agent.client_id, "AZURE_CLIENT_SECRET": "x" * 20}
+    check = run(env)[0]
+    assert check.status == "fail"
+    assert "ENTRA_PASSTHROUGH_CLIENT_ID" in check.detail + check.fix
+    assert_clean([check], "x" * 20)
+
+
+def test_client_id_that_is_not_an_id(idp: EntraEmulator) -> None:
+    env = {**secretless(idp), "ENTRA_PASSTHROUGH_CLIENT_ID": "my-agent-app"}
+    checks = by_name(run(env))
+    assert checks["ids"].status == "fail"
+    assert "ENTRA_PASSTHROUGH_CLIENT_ID" in checks["ids"].detail
+
+
+@pytest.mark.parametrize(
+    ("scopes", "expected"),
+    [
+        (["access_as_user"], "names no resource"),
+        (["api://x/access_as_user", "api://x/.default"], ".default cannot be combined"),
+        (["api://x/.default", "api://y/.default"], "several"),
+        (["api://x"], "no permission"),
+    ],
+)
+def test_scope_shapes(scopes: list[str], expected: str) -> None:
+    problems = scope_problems(scopes)
+    assert any(expected in p for p in problems), problems
+    assert scope_problems(["api://x/.default"]) == []
+    assert scope_problems(["https://graph.microsoft.com/User.Read"]) == []
+
+
+def test_scope_is_the_agents_own_app(idp: EntraEmulator) -> None:
+    checks = by_name(run(secretless(idp), scopes=[f"api://{idp.agent.client_id}/.default"]))
+    assert checks["scope"].status == "fail"
+    assert "agent's own app" in checks["scope"].detail
+
+
+def test_consent_missing(idp: EntraEmulator) -> None:
+    token = idp.user_token("carol", audience=idp.agent.client_id)
+    checks = by_name(run(secretless(idp), scopes=[scope(idp)], user_token=token))
+    assert checks["client credential"].status == "pass"
+    assert checks["consent"].status == "fail"
+    assert "AADSTS65001" in checks["consent"].detail
+    assert_clean(list(checks.values()), token)
+
+
+def test_developer_not_signed_in(idp: EntraEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in idp.az_env(None).items():
+        monkeypatch.setenv(name, value)
+    env = {**base(idp), "ENTRA_PASSTHROUGH_POLICY": "developer", "PATH": os.environ["PATH"]}
+    checks = by_name(run(env, scopes=[scope(idp)]))
+    assert checks["developer sign-in"].status == "fail"
+    assert "az login" in checks["developer sign-in"].detail + checks["developer sign-in"].fix
+
+
+def test_agent_id_blueprint(idp: EntraEmulator) -> None:
+    env = {
+        **base(idp),
+        "ENTRA_PASSTHROUGH_BLUEPRINT_CLIENT_ID": idp.blueprint.client_id,
+        "ENTRA_PASSTHROUGH_AGENT_IDENTITY_ID": idp.agent_identity.client_id,
+        "ENTRA_PASSTHROUGH_CLIENT_SECRET": idp.blueprint.secret or "",
+    }
+    assert by_name(run(env))["agent id blueprint"].status == "pass"
+    env["ENTRA_PASSTHROUGH_AGENT_IDENTITY_ID"] = UNKNOWN
+    check = by_name(run(env))["agent id blueprint"]
+    assert check.status == "fail"
+    assert check.fix
+    assert_clean([check], idp.blueprint.secret or "-")
+
+
+def test_cli_json_and_exit_status(idp: EntraEmulator, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ENTRA_", "AZURE_"))}
+    env.update({**base(idp), "ENTRA_PASSTHROUGH_CLIENT_ID": idp.agent.client_id})
+    env["ENTRA_PASSTHROUGH_CLIENT_SECRET"] = "wrong-secret-value-456"
+    cli = [sys.executable, "-m", "entra_passthrough.cli", "doctor", "--json"]
+    done = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    report = json.loads(done.stdout)
+    assert report["ok"] is False
+    assert {c["name"]: c["status"] for c in report["checks"]}["client credential"] == "fail"
+    assert "wrong-secret-value-456" not in done.stdout + done.stderr
+    env["ENTRA_PASSTHROUGH_CLIENT_SECRET"] = idp.agent.secret or ""
+    done = subprocess.run(cli[:-1], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "All checks passed." in done.stdout
+    assert (idp.agent.secret or "-") not in done.stdout + done.stderr
