@@ -207,7 +207,7 @@ class SharedTokenCache:
         self, digest: str, floor: float, acquire: Acquire, cap: float | None
     ) -> TokenResult | None:
         name, lease_name = _KEY_PREFIX + digest, _LEASE_PREFIX + digest
-        deadline = self._clock() + self.wait
+        deadline = time.monotonic() + self.wait  # real time, whatever clock tokens use
         delay = _FIRST_POLL
         waited = False
         try:
@@ -221,7 +221,7 @@ class SharedTokenCache:
                     if waited:
                         self.takeovers += 1
                     break
-                if self._clock() >= deadline:
+                if time.monotonic() >= deadline:
                     logger.warning(
                         "shared token cache: another replica held the lease for %.0f s; "
                         "acquiring directly",

@@ -314,3 +314,22 @@ async def test_a_refresh_done_by_one_replica_serves_the_others(stores: list[Redi
     fresh = second.get(KEY)
     assert fresh is not None
     assert fresh.token == "token-2"
+
+
+async def test_a_replica_waits_for_the_lease_holder_with_a_bound(stores: list[RedisStore]) -> None:
+    keyring = Keyring.generate()
+    frozen = SharedTokenCache(stores[0], keyring, lease=30, wait=0.3, clock=lambda: 1e6)
+    digest = frozen._hash(KEY)
+    assert digest is not None
+    # A live but stuck holder (lease 30 s): the waiter gives up after `wait` of real time,
+    # even though the token clock does not move.
+    assert await stores[1].put(f"ep:v1:tokl:{digest}", b"1", ttl=30, expect=None)
+
+    async def acquire() -> TokenResult:
+        return TokenResult("t", 1e6 + 600, IdentityKind.USER, "obo")
+
+    result = await asyncio.wait_for(
+        TokenCache(shared=frozen).get_or_acquire_async(KEY, acquire), 10
+    )
+    assert result is not None
+    assert frozen.waits == 1
