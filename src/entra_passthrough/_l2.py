@@ -142,11 +142,11 @@ class SharedTokenCache:
     # -- store calls that never fail the acquisition -----------------------------------------
 
     def _up(self) -> bool:
-        return self._clock() >= self._down_until
+        return time.monotonic() >= self._down_until
 
     def _failed(self, what: str, exc: BaseException) -> None:
         self.failures += 1
-        self._down_until = self._clock() + self.retry_after
+        self._down_until = time.monotonic() + self.retry_after
         # Our typed errors say what failed and carry no secret; anything else: its type only.
         why = str(exc) if isinstance(exc, EntraPassthroughError) else type(exc).__name__
         logger.warning(
