@@ -51,4 +51,4 @@ def test_a_foundry_token_cannot_be_exchanged(
     caller = entra_emulator.user_token("alice", audience="https://ai.azure.com")
     with pytest.raises(ExchangeFailed) as info:
         downstream_token(settings, caller)
-    assert info.value.code == 50013
+    assert info.value.code == 500131  # AssertionAudienceDoesNotMatch

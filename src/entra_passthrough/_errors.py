@@ -152,10 +152,10 @@ class AssertionAudienceMismatch(AssertionNotUsable):
         super().__init__(
             f"The caller's token is for audience {audience!r}; on-behalf-of needs a token issued "
             f"for the OBO app itself ({' or '.join(self.expected)}), so Entra would answer "
-            f"AADSTS50013.{hint} The token was not sent.",
+            f"AADSTS500131.{hint} The token was not sent.",
             source=source,
             scopes=scopes,
-            aadsts=50013,
+            aadsts=500131,
             fix="have the client request a token for your app's scope (api://<app>/<scope>), "
             "use DelegatedConsent (the user signs in once through the consent broker), or, "
             "for Foundry, FoundryToolboxRoute; do not forward this token.",

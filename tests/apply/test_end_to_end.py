@@ -156,7 +156,7 @@ async def test_foundry_token_is_refused_without_a_token_round_trip(stack: Stack)
     async with httpx2.AsyncClient(timeout=30) as client:
         answer = await ask(client, stack, token)
     assert answer.status_code == 502
-    assert answer.json() == {"error": "AssertionAudienceMismatch", "aadsts": 50013}
+    assert answer.json() == {"error": "AssertionAudienceMismatch", "aadsts": 500131}
     assert idp.stats()["endpoints"]["token"] == before
 
 

@@ -202,10 +202,16 @@ def test_http_control_endpoints(entra_emulator_fresh: EntraEmulator) -> None:
         http.post(f"{idp.url}/_emulator/faults", json={"endpoint": "jwks", "status": 500})
         assert http.get(idp.jwks_uri()).status_code == 500
         old = idp.signing_kid
+        # Entra publishes the next key before it signs with it (signing-key-rollover).
+        before = [k["kid"] for k in http.get(idp.jwks_uri()).json()["keys"]]
+        assert before[0] == old
+        upcoming = before[1]
         kid = http.post(f"{idp.url}/_emulator/rotate").json()["kid"]
-        assert kid == idp.signing_kid != old
+        assert kid == idp.signing_kid == upcoming != old
         kids = [k["kid"] for k in http.get(idp.jwks_uri()).json()["keys"]]
-        assert kids == [kid, old]
+        assert kids[0] == kid
+        assert kids[2] == old
+        assert kids[1] not in before  # a new next key
 
 
 def test_delay_only_fault_then_normal_answer(idp: EntraEmulator) -> None:

@@ -41,11 +41,11 @@ def test_error_body_has_entra_shape(idp: EntraEmulator) -> None:
     assert resp.headers["cache-control"].startswith("no-store")
 
 
-def test_50013_assertion_for_another_audience(idp: EntraEmulator, cca) -> None:
+def test_500131_assertion_for_another_audience(idp: EntraEmulator, cca) -> None:
     foundry = idp.user_token("alice", audience="https://ai.azure.com")
     result = _obo(cca, idp, foundry)
     assert result["error"] == "invalid_grant"
-    assert aadsts(result) == 50013
+    assert aadsts(result) == 500131
     assert "https://ai.azure.com" in result["error_description"]
 
 

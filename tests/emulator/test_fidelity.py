@@ -357,11 +357,12 @@ def test_obo_success_response(idp: EntraEmulator, http: httpx2.Client) -> None:
     assert "refresh_token" not in bare
 
 
-def test_obo_50013_wrong_audience(idp: EntraEmulator, http: httpx2.Client) -> None:
-    # v2-oauth2-on-behalf-of-flow: the assertion must be for the calling app; ERRORS_DOC 50013.
+def test_obo_500131_wrong_audience(idp: EntraEmulator, http: httpx2.Client) -> None:
+    # v2-oauth2-on-behalf-of-flow: the assertion must be for the calling app; Entra answers
+    # AADSTS500131 (AssertionAudienceDoesNotMatch) for another audience.
     assertion = idp.user_token("alice", audience="https://ai.azure.com")
     resp = obo(http, idp, assertion, f"{idp.mcp.app_id_uri}/.default")
-    body = assert_entra_error(resp, 50013, "invalid_grant")
+    body = assert_entra_error(resp, 500131, "invalid_grant")
     assert "audience" in body["error_description"]
 
 
@@ -455,7 +456,7 @@ def test_azure_identity_reports_the_code(idp: EntraEmulator) -> None:
         connection_verify=idp.ca_file,
         disable_instance_discovery=True,
     )
-    with pytest.raises(ClientAuthenticationError, match="AADSTS50013"):
+    with pytest.raises(ClientAuthenticationError, match="AADSTS500131"):
         cred.get_token(f"{idp.mcp.app_id_uri}/.default")
 
 

@@ -278,3 +278,39 @@ def test_every_code_the_emulator_returns_is_decoded() -> None:
         9002313,
     ):
         assert code in AADSTS, code
+
+
+# ---- consent and scope rules, key rollover ---------------------------------------------------
+
+
+def test_app_token_for_itself_needs_the_guid_form(idp: EntraEmulator, cca) -> None:
+    # AADSTS90009 (reference-error-codes): an app asking for itself by App ID URI is refused;
+    # the GUID form works.
+    app = cca()
+    refused = app.acquire_token_for_client([f"{idp.agent.app_id_uri}/.default"])
+    assert refused.get("error_codes") == [90009], refused
+    ok = app.acquire_token_for_client([f"{idp.agent.client_id}/.default"])
+    assert _claims(ok["access_token"])["aud"] == idp.agent.client_id
+
+
+def test_default_cannot_be_mixed_with_named_scopes(idp: EntraEmulator, cca) -> None:
+    # scopes-oidc, "The .default scope": it cannot be combined with the resource's own scopes.
+    assertion = idp.user_token("alice", audience=idp.agent.client_id)
+    answer = cca().acquire_token_on_behalf_of(
+        assertion, [f"{idp.mcp.app_id_uri}/.default", f"{idp.mcp.app_id_uri}/access_as_user"]
+    )
+    assert answer.get("error_codes") == [70011], answer
+
+
+def test_next_signing_key_is_published_before_it_signs(entra_emulator_fresh: EntraEmulator) -> None:
+    # signing-key-rollover: a verifier that fetched the key set before a rollover verifies the
+    # tokens signed after it without fetching again.
+    idp = entra_emulator_fresh
+    client = jwt.PyJWKClient(idp.jwks_uri(), ssl_context=idp.ssl_context(), cache_jwk_set=True)
+    client.get_signing_key_from_jwt(idp.user_token("alice", audience=idp.mcp.client_id))
+    fetched = idp.stats()["endpoints"]["jwks"]
+    idp.rotate_keys()
+    token = idp.user_token("alice", audience=idp.mcp.client_id)
+    key = client.get_signing_key_from_jwt(token)
+    assert key.key_id == idp.signing_kid
+    assert idp.stats()["endpoints"]["jwks"] == fetched

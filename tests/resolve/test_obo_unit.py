@@ -90,7 +90,7 @@ async def test_foundry_audience_message_explains() -> None:
         await obo().get_token_async(request(make_jwt(aud="https://ai.azure.com")))
     text = str(info.value)
     assert "Foundry" in text
-    assert "AADSTS50013" in text
+    assert "AADSTS500131" in text
     assert f"api://{CLIENT}" in text
 
 

@@ -147,13 +147,16 @@ def no_matching_fic(issuer: str, subject: str, audience: str) -> StsError:
 
 
 def assertion_audience(aud: str, client_id: str) -> StsError:
-    # AADSTS50013 https://learn.microsoft.com/entra/identity-platform/v2-oauth2-on-behalf-of-flow
+    # AADSTS500131 AssertionAudienceDoesNotMatch: what Entra answers to an OBO assertion issued
+    # for another audience (https://login.microsoftonline.com/error?code=500131,
+    # https://learn.microsoft.com/entra/identity-platform/reference-error-codes); 50013 stays
+    # the answer to a bad signature or issuer.
     return StsError(
-        50013,
+        500131,
         "invalid_grant",
-        f"Assertion failed signature validation. [Reason - The audience in the assertion was "
-        f"'{aud[:200]}' and the expected audience is '{client_id}' or one of the Application Id "
-        "URIs of this application.]",
+        f"Assertion audience does not match the Client app presenting the assertion. The "
+        f"audience in the assertion was '{aud[:200]}' and the expected audience is "
+        f"'{client_id}' or one of the Application Id URIs of this client app.",
     )
 
 

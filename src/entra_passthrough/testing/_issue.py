@@ -81,11 +81,39 @@ def parse_scopes(rt: Runtime, raw: str | None, tenant_id: str) -> ScopeRequest:
             "than one resource.",
         )
     resource = next(iter(resources.values()), None)
+    if ".default" in names and len(names) > 1:
+        # ".default" asks for every configured permission; it cannot be combined with named
+        # scopes of the resource (https://learn.microsoft.com/entra/identity-platform/
+        # scopes-oidc#the-default-scope): AADSTS70011.
+        raise e.StsError(
+            70011,
+            "invalid_scope",
+            f"The provided value for the input parameter 'scope' is not valid. The scope "
+            f"'{raw[:200]}' is not valid. .default scope can't be combined with resource-"
+            "specific scopes.",
+        )
     for n in names:
         if n != ".default" and resource is not None and n not in resource.exposed_scopes:
             raise e.invalid_scope(f"{resource.app_id_uri or resource.client_id}/{n}")
     return ScopeRequest(
         resource=resource, names=tuple(names), oidc=frozenset(oidc), requested=requested
+    )
+
+
+def check_self_token(req: ScopeRequest, client: App) -> None:
+    """AADSTS90009: an app asking a token for itself must name itself by its client id GUID,
+    not by an App ID URI (https://learn.microsoft.com/entra/identity-platform/
+    reference-error-codes, TokenForItselfMissingIdenticalAppIdentifier)."""
+    if req.resource is None or req.resource.client_id != client.client_id:
+        return
+    if (req.requested or "").rstrip("/").lower() == client.client_id:
+        return
+    raise e.StsError(
+        90009,
+        "invalid_request",
+        f"Application '{client.client_id}'({client.name}) is requesting a token for itself. "
+        "This scenario is supported only if resource is specified using the GUID based App "
+        "Identifier.",
     )
 
 

@@ -23,6 +23,7 @@ from ._client_auth import ClientAuth, authenticate
 from ._issue import (
     ScopeRequest,
     app_roles,
+    check_self_token,
     client_capabilities,
     mint_access,
     parse_scopes,
@@ -115,6 +116,7 @@ def _client_credentials(
 ) -> dict[str, Any]:
     req = parse_scopes(rt, form.get("scope"), tenant_id)
     check_resource_param(form, req)
+    check_self_token(req, client.app)
     if req.resource is None or req.names != (".default",):
         # AADSTS1002012: client credentials need <resource>/.default (client-creds flow page).
         raise e.StsError(
@@ -223,6 +225,7 @@ def _on_behalf_of(
         raise e.assertion_invalid("Reason - The user of the assertion does not exist.")
     req = parse_scopes(rt, form.get("scope"), tid)
     check_resource_param(form, req)
+    check_self_token(req, app)
     raw_amr = claims.get("amr")
     amr = tuple(str(x) for x in raw_amr) if isinstance(raw_amr, list) else ("pwd",)
     _check_user_policies(user, req.resource, amr)

@@ -62,36 +62,51 @@ def new_signing_key() -> SigningKey:
 
 
 class KeyRing:
-    """The current signing key first, then keys still published until retired."""
+    """Signing keys as Entra rolls them over: the JWKS always publishes the *next* key before
+    anything is signed with it (https://learn.microsoft.com/entra/identity-platform/
+    signing-key-rollover), so a verifier that cached the key set needs no refetch at a
+    rollover. Published order: the current key, the next key, then previous keys until
+    retired."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._keys: list[SigningKey] = [new_signing_key()]
+        self._current = new_signing_key()
+        self._next = new_signing_key()
+        self._previous: list[SigningKey] = []
 
     @property
     def current(self) -> SigningKey:
         with self._lock:
-            return self._keys[0]
+            return self._current
+
+    @property
+    def next(self) -> SigningKey:
+        """Published, not yet signing."""
+        with self._lock:
+            return self._next
 
     @property
     def published(self) -> tuple[SigningKey, ...]:
         with self._lock:
-            return tuple(self._keys)
+            return (self._current, self._next, *self._previous)
 
     def rotate(self, *, retire_old: bool = False) -> SigningKey:
-        """``retire_old=False``: publish a new key first and keep the old ones (Entra publishes
-        upcoming and previous keys: https://learn.microsoft.com/entra/identity-platform/
-        signing-key-rollover). ``retire_old=True`` without a new key: drop every old key."""
+        """``retire_old=False``: sign with the key published as next (already in every JWKS
+        fetched since), publish a new next key and keep the old one published.
+        ``retire_old=True``: stop publishing previous keys (no new key). Returns the current
+        signing key."""
         with self._lock:
             if retire_old:
-                self._keys = self._keys[:1]
+                self._previous = []
             else:
-                self._keys.insert(0, new_signing_key())
-            return self._keys[0]
+                self._previous.insert(0, self._current)
+                self._current, self._next = self._next, new_signing_key()
+            return self._current
 
     def find(self, kid: str) -> SigningKey | None:
         with self._lock:
-            return next((k for k in self._keys if k.kid == kid), None)
+            keys = (self._current, self._next, *self._previous)
+        return next((k for k in keys if k.kid == kid), None)
 
 
 def sign(ring: KeyRing, claims: Mapping[str, Any]) -> str:
