@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import re
 import sys
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -69,6 +70,12 @@ def _explain(exc: BaseException) -> tuple[str, str]:
         detail = str(exc)
         if fix and detail.endswith(f"Fix: {fix}"):
             detail = detail[: -len(f" Fix: {fix}")]
+        link = getattr(exc, "link", None)
+        if isinstance(link, str) and link.startswith("https://"):
+            fix = (
+                f"{fix} Consent link: {link} (or grant admin consent for the app in the "
+                "Entra admin center: Enterprise applications > the app > Permissions)."
+            ).strip()
         return detail, fix
     # Anything else: its type and first line, bounded (no request echo).
     first = str(exc).splitlines()[0][:200] if str(exc) else ""
@@ -441,7 +448,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError as exc:
             sys.stderr.write(f"entra-passthrough doctor: cannot read the token file: {exc}\n")
             return 2
-    checks = run(scopes=args.scope, user_token=token)
+    # The report says what failed; the library's own warnings would repeat it on stderr.
+    library = logging.getLogger("entra_passthrough")
+    level = library.level
+    library.setLevel(logging.ERROR)
+    try:
+        checks = run(scopes=args.scope, user_token=token)
+    finally:
+        library.setLevel(level)
     failed = any(c.status == FAIL for c in checks)
     if args.json:
         out = json.dumps({"ok": not failed, "checks": [asdict(c) for c in checks]}, indent=2)

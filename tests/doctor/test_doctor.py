@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -116,7 +117,7 @@ def test_managed_identity_not_a_federated_credential(idp: EntraEmulator) -> None
     assert checks["managed identity"].status == "pass"  # the endpoint works...
     credential = checks["client credential"]
     assert credential.status == "fail"  # ...but the app does not trust this identity
-    assert "AADSTS700213" in credential.detail or "AADSTS70021" in credential.detail
+    assert re.search(r"AADSTS(700211|700213|70021)\b", credential.detail), credential.detail
     assert "federated" in (credential.detail + credential.fix).lower()
 
 
@@ -179,6 +180,7 @@ def test_consent_missing(idp: EntraEmulator) -> None:
     assert checks["client credential"].status == "pass"
     assert checks["consent"].status == "fail"
     assert "AADSTS65001" in checks["consent"].detail
+    assert "Consent link: https://" in checks["consent"].fix
     assert_clean(list(checks.values()), token)
 
 
