@@ -24,11 +24,12 @@ import functools
 import logging
 import math
 import re
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import _env, _redact
+from . import _env, _otel, _redact
 from ._cache import TokenCache
 from ._caller import Caller, current_caller
 from ._docs import see
@@ -119,12 +120,45 @@ def _checked(result: TokenResult | None, source: TokenSource, request: TokenRequ
     return result
 
 
-async def _acquire_async(source: TokenSource, request: TokenRequest) -> TokenResult | None:
-    return _checked(await source.get_token_async(request), source, request)  # type: ignore[no-any-return]
+async def _acquire_async(
+    source: TokenSource, request: TokenRequest, acquired: list[str] | None = None
+) -> TokenResult | None:
+    started = time.monotonic()
+    result = _checked(await source.get_token_async(request), source, request)
+    _acquired(source, request, result, time.monotonic() - started, acquired)
+    return result  # type: ignore[no-any-return]
 
 
-def _acquire(source: TokenSource, request: TokenRequest) -> TokenResult | None:
-    return _checked(source.get_token(request), source, request)  # type: ignore[no-any-return]
+def _acquire(
+    source: TokenSource, request: TokenRequest, acquired: list[str] | None = None
+) -> TokenResult | None:
+    started = time.monotonic()
+    result = _checked(source.get_token(request), source, request)
+    _acquired(source, request, result, time.monotonic() - started, acquired)
+    return result  # type: ignore[no-any-return]
+
+
+def _acquired(
+    source: TokenSource,
+    request: TokenRequest,
+    result: TokenResult | None,
+    seconds: float,
+    acquired: list[str] | None,
+) -> None:
+    """A source answered with a new token (not a cache hit): INFO like azure-identity's."""
+    if result is None:
+        return
+    if acquired is not None:
+        acquired.append(source.name)
+    _otel.count_acquired(source.name, result.kind.value, seconds)
+    if logger.isEnabledFor(logging.INFO):
+        logger.info(
+            "%s acquired a %s token for %s (expires in %d s)",
+            source.name,
+            result.kind.value,
+            " ".join(request.scopes),
+            int(result.expires_on - time.time()),
+        )
 
 
 class TokenChain:
@@ -288,11 +322,91 @@ class TokenChain:
             if not candidate.cached:
                 return None
             hit = self.cache.peek(self._key(source, partition, request))
-            return hit if hit is not None and hit.kind in allowed else None
+            if hit is not None and hit.kind in allowed:
+                if _otel.ENABLED:
+                    _otel.count_hit(source.name, hit.kind.value)
+                return hit
+            return None
         return None
 
+    def _span(self, request: TokenRequest) -> Any:
+        if not _otel.ENABLED:
+            return None
+        return _otel.start_span(
+            "entra_passthrough.acquire",
+            {
+                "entra_passthrough.policy": self._policy.value,
+                "entra_passthrough.scopes": " ".join(request.scopes),
+                "entra_passthrough.user": _otel.user_hash(request.caller),
+                "entra_passthrough.presented": self._presented(request),
+            },
+        )
+
+    def _done(
+        self,
+        span: Any,
+        request: TokenRequest,
+        result: TokenResult | None,
+        error: BaseException | None,
+        acquired: list[str],
+        lifecycle: bool,
+    ) -> None:
+        if error is not None:
+            source = getattr(error, "source", None)
+            _otel.count_failed(source if isinstance(source, str) else None, error)
+            routine = lifecycle and isinstance(error, PolicyViolation | NoCallerError)
+            level = logging.DEBUG if routine else logging.WARNING
+            if logger.isEnabledFor(level):
+                logger.log(
+                    level,
+                    "token acquisition for %s failed: %s%s",
+                    " ".join(request.scopes),
+                    _otel.describe(error),
+                    f" [source {source}]" if isinstance(source, str) else "",
+                )
+            _otel.end_span(span, error)
+            return
+        if span is not None and result is not None:
+            _otel.end_span(
+                span,
+                **{
+                    "entra_passthrough.source": result.source,
+                    "entra_passthrough.kind": result.kind.value,
+                    "entra_passthrough.cache": "miss" if acquired else "hit",
+                    "entra_passthrough.decision": result.kind.value,
+                },
+            )
+            if not acquired:
+                _otel.count_hit(result.source, result.kind.value)
+
     async def _resolve_async(
-        self, request: TokenRequest, allowed: frozenset[IdentityKind]
+        self, request: TokenRequest, allowed: frozenset[IdentityKind], *, lifecycle: bool = False
+    ) -> TokenResult:
+        span = self._span(request)
+        acquired: list[str] = []
+        try:
+            result = await self._resolve_async_inner(request, allowed, acquired)
+        except Exception as exc:
+            self._done(span, request, None, exc, acquired, lifecycle)
+            raise
+        self._done(span, request, result, None, acquired, lifecycle)
+        return result
+
+    def _resolve(
+        self, request: TokenRequest, allowed: frozenset[IdentityKind], *, lifecycle: bool = False
+    ) -> TokenResult:
+        span = self._span(request)
+        acquired: list[str] = []
+        try:
+            result = self._resolve_inner(request, allowed, acquired)
+        except Exception as exc:
+            self._done(span, request, None, exc, acquired, lifecycle)
+            raise
+        self._done(span, request, result, None, acquired, lifecycle)
+        return result
+
+    async def _resolve_async_inner(
+        self, request: TokenRequest, allowed: frozenset[IdentityKind], acquired: list[str]
     ) -> TokenResult:
         outcome: Outcome | None = None
         cache = self.cache
@@ -312,11 +426,11 @@ class TokenChain:
                 if candidate.cached:
                     result = await cache.get_or_acquire_async(
                         key,
-                        functools.partial(_acquire_async, source, request),
+                        functools.partial(_acquire_async, source, request, acquired),
                         cap=self._cap(candidate, request),
                     )
                 else:
-                    result = await _acquire_async(source, request)
+                    result = await _acquire_async(source, request, acquired)
             except Exception as exc:
                 outcome = outcome or Outcome()
                 outcome.record(source.name, _redact.scrub(exc))
@@ -340,7 +454,9 @@ class TokenChain:
         allowed = self._allowed[self._presented(request)]
         return self._resolve(request, allowed)
 
-    def _resolve(self, request: TokenRequest, allowed: frozenset[IdentityKind]) -> TokenResult:
+    def _resolve_inner(
+        self, request: TokenRequest, allowed: frozenset[IdentityKind], acquired: list[str]
+    ) -> TokenResult:
         outcome: Outcome | None = None
         cache = self.cache
         for candidate in self._candidates(allowed):
@@ -359,11 +475,11 @@ class TokenChain:
                 if candidate.cached:
                     result = cache.get_or_acquire(
                         key,
-                        functools.partial(_acquire, source, request),
+                        functools.partial(_acquire, source, request, acquired),
                         cap=self._cap(candidate, request),
                     )
                 else:
-                    result = _acquire(source, request)
+                    result = _acquire(source, request, acquired)
             except Exception as exc:
                 outcome = outcome or Outcome()
                 outcome.record(source.name, _redact.scrub(exc))
@@ -383,7 +499,7 @@ class TokenChain:
             return None
         request = self._request(scopes, None, None, ())
         try:
-            return await self._resolve_async(request, allowed)
+            return await self._resolve_async(request, allowed, lifecycle=True)
         except (PolicyViolation, NoCallerError):
             return None
 
@@ -394,7 +510,7 @@ class TokenChain:
             return None
         request = self._request(scopes, None, None, ())
         try:
-            return self._resolve(request, allowed)
+            return self._resolve(request, allowed, lifecycle=True)
         except (PolicyViolation, NoCallerError):
             return None
 

@@ -9,6 +9,7 @@ the loggers of the packages it drives.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import subprocess
@@ -38,6 +39,7 @@ def _obo(idp: EntraEmulator, http: object) -> OnBehalfOf:
 def test_truncated_token_response_never_logs_a_token(
     entra_emulator: EntraEmulator, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Through the library: every answer cut (retries included), a typed error, no token."""
     idp = entra_emulator
     caplog.set_level(logging.DEBUG)  # every logger, every level
     http = idp.msal_http_client()
@@ -46,11 +48,12 @@ def test_truncated_token_response_never_logs_a_token(
     errors: list[str] = []
     try:
         for cut in (1, 2, 40):
-            idp.inject_fault("token", truncate=cut)
+            idp.inject_fault("token", truncate=cut, count=50)
             caller = Caller.from_token(idp.user_token("alice", audience=idp.agent.client_id))
             with pytest.raises(EntraPassthroughError) as info:
                 asyncio.run(chain.get_token_async(scope, caller=caller))
             errors.append(error_text(info.value))
+            idp.clear_faults()
         # and the endpoint recovered: a token is issued (so there was one to leak)
         caller = Caller.from_token(idp.user_token("alice", audience=idp.agent.client_id))
         assert asyncio.run(chain.get_token_async(scope, caller=caller)).token
@@ -58,13 +61,46 @@ def test_truncated_token_response_never_logs_a_token(
         idp.clear_faults()
         chain.close()
         http.close()
-    msal_records = [r for r in caplog.records if "not in json format" in r.getMessage()]
-    assert msal_records, "MSAL's record of the unparsable body was not produced"
-    assert all("[redacted]" in r.getMessage() for r in msal_records)
     blob = "\n".join(
         [caplog.text, *(r.getMessage() for r in caplog.records), *errors]
         + [r.exc_text or "" for r in caplog.records]
     )
+    assert leaks(blob, idp.issued()) == [], where(blob, idp.issued())
+
+
+def test_msal_own_log_of_a_cut_response_is_redacted(
+    entra_emulator: EntraEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """MSAL driven directly (as any code in the process may): its ERROR record of the cut body
+    passes the filter the library installed on MSAL's loggers."""
+    import msal
+
+    import entra_passthrough  # noqa: F401  (importing the library installs the filter)
+
+    idp = entra_emulator
+    caplog.set_level(logging.DEBUG)
+    http = idp.msal_http_client()
+    app = msal.ConfidentialClientApplication(
+        idp.agent.client_id,
+        client_credential=idp.agent.secret,
+        authority=f"{idp.url}/{idp.tenant_id}",
+        http_client=http,
+        instance_discovery=False,
+    )
+    scope = [f"{idp.mcp.app_id_uri}/.default"]
+    try:
+        idp.inject_fault("token", truncate=1)
+        with pytest.raises(json.JSONDecodeError):  # MSAL lets its parser's error out
+            app.acquire_token_on_behalf_of(
+                idp.user_token("alice", audience=idp.agent.client_id), scope
+            )
+    finally:
+        idp.clear_faults()
+        http.close()
+    records = [r for r in caplog.records if "not in json format" in r.getMessage()]
+    assert records, "MSAL's record of the unparsable body was not produced"
+    assert all("[redacted]" in r.getMessage() for r in records)
+    blob = "\n".join([caplog.text, *(r.getMessage() for r in caplog.records)])
     assert leaks(blob, idp.issued()) == [], where(blob, idp.issued())
 
 
@@ -80,12 +116,23 @@ _CHILD = textwrap.dedent(
             client_secret=idp.agent.secret, authority_host=idp.url, http_client=http)])
         scope = [idp.mcp.app_id_uri + "/.default"]
         for cut in (1, 7):
-            idp.inject_fault("token", truncate=cut)
+            idp.inject_fault("token", truncate=cut, count=50)
             caller = Caller.from_token(idp.user_token("alice", audience=idp.agent.client_id))
             try:
                 asyncio.run(chain.get_token_async(scope, caller=caller))
             except Exception as exc:
                 print("error:", type(exc).__name__, file=sys.stderr)
+            idp.clear_faults()
+        import msal
+        app = msal.ConfidentialClientApplication(idp.agent.client_id,
+            client_credential=idp.agent.secret, authority=idp.url + "/" + idp.tenant_id,
+            http_client=http, instance_discovery=False)
+        idp.inject_fault("token", truncate=3)
+        try:
+            app.acquire_token_on_behalf_of(
+                idp.user_token("alice", audience=idp.agent.client_id), scope)
+        except ValueError:
+            print("error: msal", file=sys.stderr)
         chain.close()
         http.close()
         with open(sys.argv[1], "w") as f:
@@ -106,12 +153,11 @@ def test_no_logging_configured_last_resort_stderr_has_no_token(tmp_path: Path) -
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    import json
 
     issued = json.loads(issued_file.read_text())
     assert issued
     assert "not in json format" in proc.stderr  # MSAL's ERROR record reached lastResort
-    assert proc.stderr.count("error:") == 2
+    assert proc.stderr.count("error:") == 3
     assert leaks(proc.stdout + proc.stderr, issued) == []
 
 

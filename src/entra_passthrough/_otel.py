@@ -1,0 +1,176 @@
+"""OpenTelemetry spans and metrics, when ``opentelemetry-api`` is installed (the ``otel`` extra).
+
+Without the package every hook is a no-op: nothing is imported and nothing allocated. With it,
+the library uses the global tracer and meter providers the application configured (none
+configured: the API's no-op providers, a few hundred nanoseconds per hook).
+
+What is recorded, never a token: the source name, the identity kind, cache hit or miss, the
+policy, the outcome (``ok`` or the error's type), the AADSTS code and correlation id of an
+Entra error, the HTTP status of an applied request, and the caller as a *salted* hash of the
+user key (``ENTRA_PASSTHROUGH_TELEMETRY_SALT``; a random per-process salt by default, so the
+hash links the spans of one process and nothing across processes or to a user).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._caller import Caller
+    from ._errors import TokenAcquisitionError
+
+try:  # the otel extra
+    from opentelemetry import metrics as _metrics
+    from opentelemetry import trace as _trace
+    from opentelemetry.trace import Status, StatusCode
+except ImportError:  # pragma: no cover - exercised without the extra
+    _trace = None  # type: ignore[assignment]
+    _metrics = None  # type: ignore[assignment]
+
+ENABLED = _trace is not None
+NAME = "entra_passthrough"
+
+_SALT = (os.environ.get("ENTRA_PASSTHROUGH_TELEMETRY_SALT") or secrets.token_hex(16)).encode()
+
+
+def user_hash(caller: Caller | None) -> str | None:
+    """A salted, truncated hash of who the caller is (verified tid/oid, the platform user id,
+    else the assertion's hash); ``None`` without a caller."""
+    if caller is None:
+        return None
+    if caller.verified is not None:
+        key = f"v:{caller.verified.get('tid')}:{caller.verified.get('oid')}"
+    elif caller.user_id:
+        key = f"p:{caller.user_id}"
+    elif caller.assertion:
+        key = "a:" + hashlib.sha256(caller.assertion.encode("utf-8", "surrogatepass")).hexdigest()
+    else:
+        return None
+    return hashlib.sha256(_SALT + key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+class _Instruments:
+    def __init__(self) -> None:
+        meter = _metrics.get_meter(NAME)
+        self.acquisitions = meter.create_counter(
+            "entra_passthrough.token.acquisitions",
+            description="Token requests answered by a TokenChain, by source, cache and outcome",
+        )
+        self.errors = meter.create_counter(
+            "entra_passthrough.token.errors",
+            description="Failed token acquisitions, by error type and AADSTS code",
+        )
+        self.throttled = meter.create_counter(
+            "entra_passthrough.token.throttled",
+            description="Acquisitions refused because Entra asked to retry later",
+        )
+        self.duration = meter.create_histogram(
+            "entra_passthrough.token.acquire.duration",
+            unit="s",
+            description="Time to acquire a token that was not cached",
+        )
+        self.requests = meter.create_counter(
+            "entra_passthrough.requests",
+            description="HTTP requests EntraAuth handled, by whether a token was applied",
+        )
+
+
+_instruments: _Instruments | None = None
+
+
+def instruments() -> _Instruments | None:
+    global _instruments
+    if not ENABLED:
+        return None
+    if _instruments is None:
+        _instruments = _Instruments()
+    return _instruments
+
+
+def tracer() -> Any:
+    return _trace.get_tracer(NAME) if ENABLED else None
+
+
+def start_span(name: str, attributes: Mapping[str, Any]) -> Any:
+    """A span (not made current: the caller ends it), or ``None`` without the extra."""
+    if not ENABLED:
+        return None
+    return _trace.get_tracer(NAME).start_span(
+        name, attributes={k: v for k, v in attributes.items() if v is not None}
+    )
+
+
+def error_attributes(error: BaseException) -> dict[str, Any]:
+    """Safe attributes of an error: its type, AADSTS code, correlation id (never its text)."""
+    attrs: dict[str, Any] = {"error.type": type(error).__name__}
+    code = getattr(error, "code", None)
+    if code is not None and hasattr(code, "code"):
+        attrs["entra_passthrough.aadsts"] = int(code.code)
+    correlation = getattr(error, "correlation_id", None)
+    if isinstance(correlation, str):
+        attrs["entra_passthrough.correlation_id"] = correlation
+    return attrs
+
+
+def end_span(span: Any, error: BaseException | None = None, /, **attributes: Any) -> None:
+    if span is None:
+        return
+    for key, value in attributes.items():
+        if value is not None:
+            span.set_attribute(key, value)
+    if error is not None:
+        for key, value in error_attributes(error).items():
+            span.set_attribute(key, value)
+        # The description is the type only: an exception's text is not for telemetry.
+        span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+    span.end()
+
+
+def count_hit(source: str, kind: str) -> None:
+    inst = instruments()
+    if inst is not None:
+        inst.acquisitions.add(1, {"source": source, "kind": kind, "cache": "hit", "outcome": "ok"})
+
+
+def count_acquired(source: str, kind: str, seconds: float) -> None:
+    inst = instruments()
+    if inst is not None:
+        inst.acquisitions.add(1, {"source": source, "kind": kind, "cache": "miss", "outcome": "ok"})
+        inst.duration.record(seconds, {"source": source, "outcome": "ok"})
+
+
+def count_failed(source: str | None, error: BaseException) -> None:
+    inst = instruments()
+    if inst is None:
+        return
+    attrs = {"source": source or "none", "error.type": type(error).__name__}
+    code = getattr(error, "code", None)
+    if code is not None and hasattr(code, "code"):
+        attrs["aadsts"] = str(code.code)
+    inst.acquisitions.add(1, {**attrs, "cache": "miss", "outcome": "error"})
+    inst.errors.add(1, attrs)
+    if type(error).__name__ == "Throttled":
+        inst.throttled.add(1, {"source": source or "none"})
+
+
+def count_request(applied: bool, status: int | None) -> None:
+    inst = instruments()
+    if inst is not None:
+        inst.requests.add(
+            1, {"applied": applied, "status": str(status) if status is not None else "none"}
+        )
+
+
+def describe(error: TokenAcquisitionError | BaseException) -> str:
+    """``Type (AADSTS<code>, correlation <id>)``: the safe summary logs and spans use."""
+    attrs = error_attributes(error)
+    parts = []
+    if "entra_passthrough.aadsts" in attrs:
+        parts.append(f"AADSTS{attrs['entra_passthrough.aadsts']}")
+    if "entra_passthrough.correlation_id" in attrs:
+        parts.append(f"correlation_id {attrs['entra_passthrough.correlation_id']}")
+    return type(error).__name__ + (f" ({', '.join(parts)})" if parts else "")
