@@ -118,3 +118,45 @@ def test_the_memory_store_warning_goes_once_redis_is_configured(
     assert ("WARNING" in err) is not shared
     assert "redis-pw" not in err
     assert served["app"] is not None
+
+
+async def test_with_the_shared_cache_two_replicas_make_one_refresh(
+    consent_env: ConsentEnv, redis_server: RedisServer
+) -> None:
+    from entra_passthrough import Policy, TokenCache, TokenChain
+    from entra_passthrough.redis import SharedTokenCache
+
+    env = consent_env
+    keyring = Keyring.generate()
+    namespace = f"deleg{free_port()}:"
+    stores = [RedisStore.from_url(redis_server.url, namespace=namespace) for _ in range(3)]
+    broker: StandaloneBroker | None = None
+    try:
+        sources = [env.make(store=s, keyring=keyring)[0] for s in stores[:2]]  # type: ignore[arg-type]
+        broker = StandaloneBroker(env, stores[2], keyring)
+        user = env.idp.users["rita"]
+        caller = platform_caller("chat-rita-l2", upn=user.upn)
+        request = TokenRequest(scopes=(env.mcp_scope,), caller=caller)
+        with pytest.raises(ConsentRequired) as info:
+            await sources[0].get_token_async(request)
+        assert info.value.link is not None
+        assert (await follow_link(env, info.value.link)).status_code == 200
+        chains = [
+            TokenChain(
+                [source],
+                policy=Policy.USER_ONLY,
+                cache=TokenCache(shared=SharedTokenCache(store, keyring)),
+            )
+            for source, store in zip(sources, stores[:2], strict=True)
+        ]
+        before = env.idp.stats()["grants"].get("refresh_token", 0)
+        results = await asyncio.gather(
+            *(c.get_token_async([env.mcp_scope], caller=caller) for c in chains for _ in range(10))
+        )
+        assert env.idp.stats()["grants"].get("refresh_token", 0) - before == 1
+        assert len({r.token for r in results}) == 1
+    finally:
+        for store in stores[:2]:
+            await store.aclose()
+        if broker is not None:
+            await broker.aclose()
