@@ -203,33 +203,43 @@ class Throttle:
         self._keys: dict[str, _Gate] = {}
 
     def admit(
-        self, authority: str, key: str, *, probe_window: float, wait_until: float
+        self,
+        authority: str,
+        key: str,
+        *,
+        probe_window: float,
+        wait_until: float,
+        max_wait: float = 0.0,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> tuple[TransportFailure | None, object | None]:
         """``(failure, None)``: raise it, no request. ``(None, probe)``: send; ``probe`` is not
         ``None`` when this request is the endpoint's probe (``release`` it when done).
-        ``wait_until`` (``time.monotonic()``) bounds a wait for another request's probe."""
-        for _ in range(8):  # bounded: each turn ends a probe or a gate
-            event: threading.Event | None = None
+        ``wait_until`` (``time.monotonic()``) bounds every wait: for another request's probe,
+        and for a gate that lapses within ``max_wait`` (a short ``Retry-After``, waited out)."""
+        for _ in range(8):  # bounded: each turn ends a wait, a probe or a gate
             now = self._clock()
             with self._lock:
                 gate = self._authority.get(authority)
-                if gate is not None:
-                    if gate.probe is None and gate.until > now:
-                        return _cached(gate, now), None
-                    if gate.probe is None:  # lapsed: this request probes
-                        gate.probe = object()
-                        gate.until = now + probe_window
-                        return self._key_failure(key, now), gate.probe
-                    if gate.until > now:
-                        event = gate.done
-                    else:  # the probe never answered: drop its gate
-                        del self._authority[authority]
-                        gate.done.set()
-                        continue
-                else:
+                if gate is None:
                     return self._key_failure(key, now), None
-            timeout = min(wait_until - time.monotonic(), gate.until - now)
-            if timeout <= 0 or not event.wait(timeout):
+                left = gate.until - now
+                if gate.probe is None and left <= 0:  # lapsed: this request probes
+                    gate.probe = object()
+                    gate.until = now + probe_window
+                    return self._key_failure(key, now), gate.probe
+                if gate.probe is not None and left <= 0:  # the probe never answered
+                    del self._authority[authority]
+                    gate.done.set()
+                    continue
+                budget = wait_until - time.monotonic()
+                short = gate.failure.kind == "throttled" and left <= max_wait and left < budget
+                if gate.probe is None and not short:
+                    return _cached(gate, now), None
+                event = gate.done
+            if gate.probe is None:
+                sleep(left)  # a short Retry-After: wait it out, then compete for the probe
+                continue
+            if budget <= 0 or not event.wait(min(budget, left)):
                 with self._lock:
                     return _cached(gate, self._clock(), hint=1.0), None
         return TransportFailure("throttled", retry_after=1.0, cached=True), None
@@ -398,7 +408,14 @@ class GuardedHttpClient:
         authority = _authority_of(url)
         key = _request_key(method, url, data, params)
         window = t.connect + t.read
-        blocked, probe = self.throttle.admit(authority, key, probe_window=window, wait_until=end)
+        blocked, probe = self.throttle.admit(
+            authority,
+            key,
+            probe_window=window,
+            wait_until=end,
+            max_wait=t.max_retry_wait,
+            sleep=self._sleep,
+        )
         if blocked is not None:
             raise blocked
         kwargs.pop("timeout", None)  # ours wins: MSAL passes none, a caller's could be unbounded

@@ -224,3 +224,27 @@ def test_truncated_answer_is_retried_and_never_logged(
         issued = list(idp._rt.issued)
     assert issued
     assert not [t for t in issued if t[:40] in logged]
+
+
+async def test_a_short_retry_after_is_waited_out_by_every_caller(
+    idp: EntraEmulator, rig_factory: Any
+) -> None:
+    """Retry-After: 1 while 8 users arrive: nobody sees an error, and nobody sends a POST
+    before the wait is over (then one probe, then the rest)."""
+    rig = rig_factory(Timeouts(retries=2, deadline=10.0))
+    idp.inject_fault("token", status=503, retry_after=1, count=1)
+    before = rig.posts
+    with bind_caller(token=rig.user_token()):
+        first = asyncio.create_task(rig.chain.get_token_async(mcp_scope(idp)))
+        for _ in range(2000):  # bounded: until the 503 has been answered
+            if not idp._rt.faults.get("token") and rig.posts - before == 1:
+                break
+            await asyncio.sleep(0.005)
+
+    async def one(i: int) -> object:
+        with bind_caller(token=rig.user_token("bob" if i % 2 else "alice")):
+            return await rig.chain.get_token_async(mcp_scope(idp))
+
+    results = await asyncio.gather(first, *(one(i) for i in range(8)))
+    assert all(r.token for r in results)
+    assert rig.posts - before == 1 + 9  # the 503, then one POST per user: no extra retries

@@ -1,0 +1,452 @@
+"""The fault suite: what callers get when Entra, the JWKS, the identity endpoint or the CLI fail.
+
+``python -m bench._faults [--quick] [--out DIR]`` runs every fault against the public API (real
+MSAL, the emulator over HTTPS in this process, its fault injection), and writes ``faults.json``
+and ``faults.md`` to ``bench/results/`` (quick: ``bench/results/quick/``).
+
+Per fault: the calls made, the outcomes by type, the POSTs the emulator saw, app-identity
+fallbacks (a user's call answered with the app's identity: must be 0), and tokens logged (every
+token the emulator issued, searched as 24-character fragments in every log record at DEBUG of
+every logger: must be 0). The chain under test is ``TokenChain([OnBehalfOf, <an app source>],
+policy=USER_OR_APP)``: the most permissive policy that still names a user, so a fallback would
+show. MCP server faults (restart, slow, 401/403/404, -32000) are in tests/integration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import stat
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from entra_passthrough import (
+    AzureCli,
+    IdentityKind,
+    JwtVerifier,
+    ManagedIdentity,
+    OnBehalfOf,
+    Policy,
+    Timeouts,
+    TokenChain,
+    TokenRequest,
+    TokenResult,
+    bind_caller,
+)
+from entra_passthrough.testing import EntraEmulator
+
+from ._util import machine
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+#: Short limits so that a stalled endpoint costs the suite about a second per fault.
+SUITE_TIMEOUTS = Timeouts(
+    connect=1.0, read=1.0, deadline=3.0, retries=2, backoff=0.02, max_backoff=0.05
+)
+
+
+class AppIdentity:
+    """An app source that always answers: any result of it for a user's call is a fallback."""
+
+    name = "app"
+    kind = IdentityKind.APP
+
+    def cache_partition(self, request: TokenRequest) -> tuple[str, ...] | None:
+        return ("app",)
+
+    def get_token(self, request: TokenRequest) -> TokenResult | None:
+        return TokenResult(
+            token="app-token", expires_on=time.time() + 3600, kind=self.kind, source=self.name
+        )
+
+    async def get_token_async(self, request: TokenRequest) -> TokenResult | None:
+        return self.get_token(request)
+
+
+class LogTrap(logging.Handler):
+    """Every record of every logger, at DEBUG, formatted with its arguments and traceback."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.lines.append(self.format(record))
+        except Exception:
+            self.lines.append(f"{record.name} unformattable record")
+
+    def __enter__(self) -> LogTrap:
+        root = logging.getLogger()
+        self._level = root.level
+        root.addHandler(self)
+        root.setLevel(logging.DEBUG)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        root = logging.getLogger()
+        root.removeHandler(self)
+        root.setLevel(self._level)
+
+
+def tokens_in(idp: EntraEmulator, text: str) -> int:
+    with idp._rt.lock:
+        issued = list(idp._rt.issued)
+    found = 0
+    for token in issued:
+        if len(token) < 24:
+            continue
+        step = max(1, (len(token) - 24) // 4)
+        if any(token[i : i + 24] in text for i in range(0, len(token) - 23, step)):
+            found += 1
+    return found
+
+
+class Row(dict[str, Any]):
+    pass
+
+
+async def _measure(
+    idp: EntraEmulator,
+    group: str,
+    fault: str,
+    calls: int,
+    one: Callable[[int], Awaitable[Any]],
+    *,
+    concurrent: bool = True,
+    settle: float = 0.0,
+) -> Row:
+    outcomes: Counter[str] = Counter()
+    fallbacks = 0
+    before = idp.stats()["endpoints"]
+    with LogTrap() as trap:  # every logger, DEBUG
+        if concurrent:
+            results = await asyncio.gather(
+                *(_outcome(one, i) for i in range(calls)), return_exceptions=False
+            )
+        else:
+            results = [await _outcome(one, i) for i in range(calls)]
+    for result in results:
+        if isinstance(result, TokenResult):
+            outcomes["ok"] += 1
+            fallbacks += result.kind is IdentityKind.APP
+        elif isinstance(result, BaseException):
+            outcomes[type(result).__name__] += 1
+        else:
+            outcomes[str(result)] += 1
+    if settle:
+        await asyncio.sleep(settle)  # a request held by the emulator is counted when it ends
+    after = idp.stats()["endpoints"]
+    requests = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    return Row(
+        group=group,
+        fault=fault,
+        calls=calls,
+        outcomes=dict(outcomes),
+        requests={k: v for k, v in requests.items() if v},
+        app_fallbacks=fallbacks,
+        tokens_logged=tokens_in(idp, "\n".join(trap.lines)),
+        log_records=len(trap.lines),
+    )
+
+
+async def _outcome(one: Callable[[int], Awaitable[Any]], i: int) -> Any:
+    try:
+        return await one(i)
+    except Exception as exc:
+        return exc
+
+
+# -- token endpoint ---------------------------------------------------------------------------
+
+TOKEN_FAULTS: list[tuple[str, dict[str, Any]]] = [
+    ("500, every request", {"status": 500}),
+    ("502, every request", {"status": 502}),
+    ("503, every request", {"status": 503}),
+    ("504, every request", {"status": 504}),
+    ("503 once (transient)", {"status": 503, "count": 1}),
+    ("429 Retry-After 30", {"status": 429, "retry_after": 30}),
+    ("503 Retry-After 1 once", {"status": 503, "retry_after": 1, "count": 1}),
+    ("timeout (no answer within read)", {"status": None, "delay": 2.5}),
+    ("slow (answer within read)", {"status": None, "delay": 0.3}),
+    ("connection reset", {"drop": True}),
+    ("truncated body (not JSON)", {"truncate": 9}),
+]
+
+
+async def token_endpoint(idp: EntraEmulator, calls: int) -> list[Row]:
+    rows = []
+    scopes = [f"{idp.mcp.app_id_uri}/.default"]
+    for label, spec in TOKEN_FAULTS:
+        http = idp.msal_http_client()
+        obo = OnBehalfOf(
+            client_id=idp.agent.client_id,
+            tenant_id=idp.tenant_id,
+            authority_host=idp.url,
+            client_secret=idp.agent.secret,
+            http_client=http,
+            timeouts=SUITE_TIMEOUTS,
+        )
+        chain = TokenChain([obo, AppIdentity()], policy=Policy.USER_OR_APP)
+        tokens = [
+            idp.user_token(
+                "bob" if i % 2 else "alice",
+                audience=idp.agent.client_id,
+                extra_claims={"uti": f"{label[:8]}-{i}-{time.monotonic_ns()}"},
+            )
+            for i in range(calls + 1)
+        ]
+        try:
+            with bind_caller(token=tokens[-1]):
+                await chain.get_token_async(scopes)  # discovery, before the fault
+            idp.clear_faults()
+            spec = {"count": 1_000_000, **spec}
+            idp.inject_fault("token", **spec)
+
+            async def one(
+                i: int, chain: TokenChain = chain, tokens: list[str] = tokens
+            ) -> TokenResult:
+                with bind_caller(token=tokens[i]):
+                    return await chain.get_token_async(scopes)
+
+            rows.append(
+                await _measure(
+                    idp, "token endpoint", label, calls, one, settle=spec.get("delay", 0.0)
+                )
+            )
+        finally:
+            idp.clear_faults()
+            chain.close()
+            http.close()
+    return rows
+
+
+# -- JWKS -------------------------------------------------------------------------------------
+
+
+async def jwks(idp: EntraEmulator, calls: int) -> list[Row]:
+    rows = []
+    for label, spec in (
+        ("JWKS 503", {"status": 503}),
+        ("JWKS connection reset", {"drop": True}),
+    ):
+        verifier = JwtVerifier(
+            audiences=[idp.agent.client_id],
+            tenants=[idp.tenant_id],
+            authority_host=idp.url,
+            verify=idp.ca_file,
+        )
+        tokens = [
+            idp.user_token("alice", audience=idp.agent.client_id, extra_claims={"uti": f"j{i}"})
+            for i in range(calls)
+        ]
+        idp.inject_fault("jwks", count=1_000_000, **spec)
+        try:
+
+            async def one(
+                i: int, verifier: JwtVerifier = verifier, tokens: list[str] = tokens
+            ) -> str:
+                await verifier.verify_async(tokens[i])
+                return "accepted"
+
+            rows.append(await _measure(idp, "JWKS", label, calls, one))
+        finally:
+            idp.clear_faults()
+    return rows
+
+
+# -- managed identity ---------------------------------------------------------------------------
+
+
+async def managed_identity(idp: EntraEmulator, calls: int) -> list[Row]:
+    rows = []
+    env = idp.mi_env()
+    for label, spec in (
+        ("MI endpoint 503", {"status": 503}),
+        ("MI endpoint reset", {"drop": True}),
+        ("MI endpoint hangs", {"status": None, "delay": 3.0}),
+    ):
+        mi = ManagedIdentity(
+            client_id=idp.managed_identity.client_id,
+            endpoint=env["IDENTITY_ENDPOINT"],
+            header=env["IDENTITY_HEADER"],
+            timeout=1.0,
+        )
+        chain = TokenChain([mi], policy=Policy.APP_ONLY)
+        idp.inject_fault("msi", count=1_000_000, **spec)
+        try:
+
+            async def one(i: int, chain: TokenChain = chain) -> TokenResult:
+                return await chain.get_token_async([f"{idp.mcp.app_id_uri}/.default"], caller=None)
+
+            rows.append(
+                await _measure(
+                    idp,
+                    "managed identity",
+                    label,
+                    calls,
+                    one,
+                    concurrent=False,
+                    settle=spec.get("delay", 0.0),
+                )
+            )
+        finally:
+            idp.clear_faults()
+            chain.close()
+    return rows
+
+
+# -- developer CLI ------------------------------------------------------------------------------
+
+
+async def developer_cli(idp: EntraEmulator, calls: int) -> list[Row]:
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-faults-") as tmp:
+        hang = Path(tmp) / "az"
+        hang.write_text("#!/bin/sh\nsleep 30\n")
+        hang.chmod(hang.stat().st_mode | stat.S_IXUSR)
+        for label, tool, executable in (
+            ("az missing", "az", str(Path(tmp) / "missing" / "az")),
+            ("azd missing", "azd", str(Path(tmp) / "missing" / "azd")),
+            ("az hangs", "az", str(hang)),
+        ):
+            try:
+                cli = AzureCli(tool=tool, executable=executable, timeout=1.0)
+            except Exception as exc:  # refused at construction: also a typed outcome
+                rows.append(
+                    Row(
+                        group="developer CLI",
+                        fault=label,
+                        calls=1,
+                        outcomes={type(exc).__name__: 1},
+                        requests={},
+                        app_fallbacks=0,
+                        tokens_logged=0,
+                        log_records=0,
+                    )
+                )
+                continue
+            chain = TokenChain([cli], policy=Policy.DEVELOPER)
+            try:
+
+                async def one(i: int, chain: TokenChain = chain) -> TokenResult:
+                    return await chain.get_token_async(
+                        [f"{idp.mcp.app_id_uri}/.default"], caller=None
+                    )
+
+                rows.append(
+                    await _measure(idp, "developer CLI", label, calls, one, concurrent=False)
+                )
+            finally:
+                chain.close()
+    return rows
+
+
+# -- report -----------------------------------------------------------------------------------
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    lines = [
+        "# Fault suite",
+        "",
+        f"Generated by `python -m bench._faults{' --quick' if results['quick'] else ''}` "
+        f"({results['calls']} calls per fault; {m.get('cpu_model', '?')}, "
+        f"{m.get('cores', '?')} cores, load {m.get('load_average_at_start', '?')}). "
+        "Every fault is injected by the emulator over HTTPS and every call goes through the "
+        "public API with real MSAL. Timeouts for the suite: connect 1 s, read 1 s, deadline "
+        "3 s, 2 retries. Requests are counted by the emulator when it answers (a request held "
+        "past the client's timeout is counted when its delay ends, possibly in a later row).",
+        "",
+        "| where | fault | calls | outcomes | requests seen by the emulator | app-identity "
+        "fallbacks | tokens logged |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in results["rows"]:
+        outcomes = ", ".join(f"{k} {v}" for k, v in sorted(row["outcomes"].items()))
+        requests = ", ".join(f"{k} {v}" for k, v in sorted(row["requests"].items())) or "-"
+        lines.append(
+            f"| {row['group']} | {row['fault']} | {row['calls']} | {outcomes} | {requests} | "
+            f"{row['app_fallbacks']} | {row['tokens_logged']} |"
+        )
+    totals = results["totals"]
+    lines += [
+        "",
+        f"Totals: {totals['calls']} calls, {totals['app_fallbacks']} app-identity fallbacks "
+        f"(must be 0), {totals['tokens_logged']} tokens logged (must be 0), "
+        f"{totals['untyped']} untyped errors (must be 0).",
+        "",
+        "MCP server faults (restart, slow, 401/403/404, -32000; connections lost for good: 0) "
+        "are exercised by tests/integration (test_failures.py, test_isolation.py).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+TYPED = {
+    "ok",
+    "accepted",
+    "SourceUnavailable",
+    "Throttled",
+    "EntraError",
+    "SigningKeysUnavailable",
+    "TokenVerificationError",
+    "ConfigurationError",
+    "PolicyViolation",
+}
+
+
+async def run(quick: bool) -> dict[str, Any]:
+    calls = 6 if quick else 40
+    os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+    with EntraEmulator() as idp:
+        rows: list[Row] = []
+        rows += await token_endpoint(idp, calls)
+        rows += await jwks(idp, calls)
+        rows += await developer_cli(idp, 2 if quick else 3)
+        rows += await managed_identity(idp, 2 if quick else 5)
+    untyped = sum(v for row in rows for k, v in row["outcomes"].items() if k not in TYPED)
+    return {
+        "quick": quick,
+        "calls": calls,
+        "machine": machine(),
+        "rows": rows,
+        "totals": {
+            "calls": sum(r["calls"] for r in rows),
+            "app_fallbacks": sum(r["app_fallbacks"] for r in rows),
+            "tokens_logged": sum(r["tokens_logged"] for r in rows),
+            "accepted_without_keys": sum(
+                r["outcomes"].get("accepted", 0) for r in rows if r["group"] == "JWKS"
+            ),
+            "untyped": untyped,
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench._faults", description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    results = asyncio.run(run(args.quick))
+    out = args.out or (RESULTS / "quick" if args.quick else RESULTS)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "faults.json").write_text(json.dumps(results, indent=2))
+    text = markdown(results)
+    (out / "faults.md").write_text(text)
+    print(text)
+    t = results["totals"]
+    bad = t["app_fallbacks"] or t["tokens_logged"] or t["accepted_without_keys"] or t["untyped"]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

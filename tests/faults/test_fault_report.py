@@ -1,0 +1,34 @@
+"""The fault suite's report at its quick size (``python -m bench._faults --quick``): every fault
+ends in a typed outcome, no user call falls back to the app identity, no token is logged."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_fault_suite_quick(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench._faults", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((tmp_path / "faults.json").read_text())
+    totals = results["totals"]
+    assert totals["app_fallbacks"] == 0
+    assert totals["tokens_logged"] == 0
+    assert totals["untyped"] == 0
+    assert totals["accepted_without_keys"] == 0
+    rows = {row["fault"]: row for row in results["rows"]}
+    assert rows["429 Retry-After 30"]["outcomes"] == {"Throttled": results["calls"]}
+    assert rows["503 once (transient)"]["outcomes"] == {"ok": results["calls"]}
+    assert rows["slow (answer within read)"]["outcomes"] == {"ok": results["calls"]}
+    assert "| token endpoint | 503, every request |" in (tmp_path / "faults.md").read_text()
