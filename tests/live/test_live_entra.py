@@ -1,7 +1,17 @@
 """The emulator's checks, run against a real Entra tenant: anyone with a tenant can confirm that
 the emulator behaves like Entra where our tests rely on it.
 
-Skipped unless these are set (a test tenant; never production):
+Skipped unless these are set (a test tenant; never production). ``scripts/tenant-setup.sh``
+creates every object below from ``scripts/tenant.json`` (the same description the emulator
+loads) and prints these variables; docs/tenant-setup.md has the steps:
+
+1. ``az login --tenant <test tenant>`` with an account that may create app registrations;
+2. ``scripts/tenant-setup.sh --prefix live`` and export the ``ENTRA_LIVE_*`` lines it prints;
+3. create a test user without MFA (or get a user token for the agent app some other way and set
+   ``ENTRA_LIVE_USER_ASSERTION``), set ``ENTRA_LIVE_USERNAME`` / ``ENTRA_LIVE_PASSWORD``;
+4. ``.venv/bin/pytest tests/live -m live -p no:cacheprovider``.
+
+The variables:
 
 - ``ENTRA_LIVE_TENANT_ID``
 - ``ENTRA_LIVE_CLIENT_ID`` / ``ENTRA_LIVE_CLIENT_SECRET``: a confidential "agent" app with an App ID
@@ -199,21 +209,40 @@ def test_obo_claims(user_assertion: str) -> None:
     assert (claims.get("azp") or claims.get("appid")) == CLIENT_ID
 
 
+def test_token_for_itself_needs_the_guid_form() -> None:
+    # AADSTS90009: an app asking for a token for itself must name itself by its client id GUID;
+    # the App ID URI form (api://<own id>) is refused.
+    refused = _cca().acquire_token_for_client([f"api://{CLIENT_ID}/.default"])
+    assert _code(refused) == 90009, refused.get("error_description")
+    ok = _cca().acquire_token_for_client([f"{CLIENT_ID}/.default"])
+    assert "access_token" in ok, ok.get("error_description")
+    assert _verify(ok["access_token"])["aud"] == CLIENT_ID
+
+
+def test_default_mixed_with_named_scopes_is_refused(user_assertion: str) -> None:
+    resource = API_SCOPE.rsplit("/", 1)[0]
+    result = _cca().acquire_token_on_behalf_of(
+        user_assertion, [f"{resource}/.default", f"{resource}/access_as_user"]
+    )
+    assert "access_token" not in result
+    assert result["error"] in ("invalid_scope", "invalid_request"), result
+
+
 def test_obo_with_app_only_assertion_is_7000114() -> None:
-    app_token = _cca().acquire_token_for_client([f"api://{CLIENT_ID}/.default"])
+    # The GUID form: api://<own id> would be AADSTS90009 before the OBO is even tried.
+    app_token = _cca().acquire_token_for_client([f"{CLIENT_ID}/.default"])
     assert "access_token" in app_token, app_token.get("error_description")
     result = _cca().acquire_token_on_behalf_of(app_token["access_token"], [API_SCOPE])
     assert result["error"] == "unauthorized_client"
     assert _code(result) == 7000114
 
 
-def test_obo_with_assertion_for_another_audience_is_50013() -> None:
-    # An app token for the *downstream* API, not for the OBO client.
+def test_obo_with_assertion_for_another_audience_is_500131() -> None:
+    # A token for the *downstream* API, not for the OBO client: Entra answers AADSTS500131
+    # (AssertionAudienceDoesNotMatch), and so does the emulator.
     other = _cca().acquire_token_for_client([API_SCOPE])["access_token"]
     result = _cca().acquire_token_on_behalf_of(other, [API_SCOPE])
-    # The emulator answers 50013 (audience is checked before the app-only rule); which check
-    # Entra makes first is not documented, so both are accepted here.
-    assert _code(result) in (50013, 7000114)
+    assert _code(result) == 500131, result.get("error_description")
 
 
 def test_obo_without_consent_is_65001(user_assertion: str) -> None:

@@ -45,6 +45,18 @@ def world_from_dict(data: Mapping[str, Any]) -> World:
             raise ValueError(f"unknown tenant {name!r} in emulator config")
         return found.id
 
+    # Managed identities first: an app's federated credential may name one by name.
+    for m in data.get("managed_identities", ()):
+        world = world.with_managed_identity(
+            ManagedIdentity(
+                name=m["name"],
+                client_id=m.get("client_id") or stable_id("mi", m["name"]),
+                object_id=m.get("object_id") or stable_id("mi-object", m["name"]),
+                tenant_id=tenant_id(m),
+                resource_id=m.get("resource_id") or f"/mi/{m['name']}",
+                system_assigned=bool(m.get("system_assigned", False)),
+            )
+        )
     for a in data.get("apps", ()):
         cid = a.get("client_id") or stable_id("app", a["name"])
         pem, thumb = (None, None)
@@ -109,17 +121,6 @@ def world_from_dict(data: Mapping[str, Any]) -> World:
                 ),
                 blocked_for=tuple(_app_id(world, x) or x for x in u.get("blocked_for", ())),
                 guest=bool(u.get("guest", False)),
-            )
-        )
-    for m in data.get("managed_identities", ()):
-        world = world.with_managed_identity(
-            ManagedIdentity(
-                name=m["name"],
-                client_id=m.get("client_id") or stable_id("mi", m["name"]),
-                object_id=m.get("object_id") or stable_id("mi-object", m["name"]),
-                tenant_id=tenant_id(m),
-                resource_id=m.get("resource_id") or f"/mi/{m['name']}",
-                system_assigned=bool(m.get("system_assigned", False)),
             )
         )
     for g in data.get("grants", ()):
