@@ -407,6 +407,8 @@ class TokenCache:
         cap: float | None = None,
     ) -> TokenResult | None:
         """Sync twin of ``get_or_acquire_async`` (threads wait for the leading thread)."""
+        if self.shared is not None:  # no I/O here: the wrapped call runs only if L1 misses
+            acquire = self.shared.wrap_sync(self, key, acquire, cap)
         cached, refresh = self._lookup(key, self._clock())
         if cached is not None:
             if refresh:

@@ -32,17 +32,18 @@ from collections.abc import Awaitable, Callable, Hashable
 from typing import TYPE_CHECKING, Final, Protocol
 
 from ._errors import EntraPassthroughError
-from ._store import Keyring, KeyringError, TokenStore
+from ._store import ANY, Entry, Keyring, KeyringError, TokenStore, _Any
 from ._types import IdentityKind, TokenResult
 
 if TYPE_CHECKING:
     from ._cache import TokenCache
 
-__all__ = ["SharedCache", "SharedTokenCache"]
+__all__ = ["SharedCache", "SharedTokenCache", "SyncTokenStore"]
 
 logger = logging.getLogger("entra_passthrough.cache.shared")
 
 Acquire = Callable[[], Awaitable[TokenResult | None]]
+AcquireSync = Callable[[], TokenResult | None]
 
 _KEY_PREFIX: Final = "ep:v1:tok:"
 _LEASE_PREFIX: Final = "ep:v1:tokl:"
@@ -52,11 +53,28 @@ _MAX_POLL: Final = 0.1
 
 class SharedCache(Protocol):
     """What ``TokenCache(shared=...)`` calls on an L1 miss or a due refresh: wrap the
-    acquisition so that it is answered from, and shared through, a store other replicas see."""
+    acquisition so that it is answered from, and shared through, a store other replicas see.
+    ``wrap_sync`` is the same for the sync API (it may return ``acquire`` unchanged)."""
 
     def wrap(
         self, cache: TokenCache, key: Hashable, acquire: Acquire, cap: float | None
     ) -> Acquire: ...
+
+    def wrap_sync(
+        self, cache: TokenCache, key: Hashable, acquire: AcquireSync, cap: float | None
+    ) -> AcquireSync: ...
+
+
+class SyncTokenStore(Protocol):
+    """``TokenStore``'s blocking twin, for the sync API (``RedisStore.sync()``)."""
+
+    def get(self, key: str) -> Entry | None: ...
+
+    def put(
+        self, key: str, value: bytes, *, ttl: float, expect: str | _Any | None = ANY
+    ) -> str | None: ...
+
+    def delete(self, key: str, *, expect: str | _Any = ANY) -> bool: ...
 
 
 def _usable_ttl(expires_on: float, cap: float | None, now: float) -> float:
@@ -86,10 +104,14 @@ class SharedTokenCache:
         retry_after: float = 5.0,
         kinds: frozenset[IdentityKind] = frozenset({IdentityKind.USER, IdentityKind.APP}),
         clock: Callable[[], float] = time.time,
+        sync_store: SyncTokenStore | None = None,
     ) -> None:
         if lease <= 0 or wait <= 0 or retry_after < 0:
             raise ValueError("lease and wait must be positive, retry_after not negative")
         self.store = store
+        #: The same store, blocking, for ``TokenChain.get_token`` (without it the sync API
+        #: uses L1 only).
+        self.sync_store = sync_store
         self.keyring = keyring
         self.lease = lease
         self.wait = wait
@@ -157,7 +179,9 @@ class SharedTokenCache:
         )
 
     async def _read(self, name: str, floor: float) -> TokenResult | None:
-        entry = await self.store.get(name)
+        return self._usable(name, await self.store.get(name), floor)
+
+    def _usable(self, name: str, entry: Entry | None, floor: float) -> TokenResult | None:
         if entry is None:
             return None
         result = self._open(name, entry.value)
@@ -167,16 +191,25 @@ class SharedTokenCache:
             return None
         return result
 
-    async def _write(self, name: str, result: TokenResult, cap: float | None) -> None:
+    def _to_write(
+        self, name: str, result: TokenResult | None, cap: float | None
+    ) -> tuple[bytes, float] | None:
+        """(sealed value, ttl) of a result worth sharing, else ``None``."""
+        if result is None or result.kind not in self.kinds:
+            return None
         if cap is not None and result.expires_on > cap:
             result = TokenResult(
                 result.token, cap, result.kind, result.source, dict(result.headers)
             )
         ttl = _usable_ttl(result.expires_on, None, self._clock())
-        if ttl < 1.0:
+        return None if ttl < 1.0 else (self._seal(name, result), ttl)
+
+    async def _write(self, name: str, result: TokenResult | None, cap: float | None) -> None:
+        sealed = self._to_write(name, result, cap)
+        if sealed is None:
             return
         try:
-            await self.store.put(name, self._seal(name, result), ttl=ttl)
+            await self.store.put(name, sealed[0], ttl=sealed[1])
         except Exception as exc:  # full, down: the token is still good for this call
             self._failed("write", exc)
 
@@ -248,8 +281,85 @@ class SharedTokenCache:
                 return found
             self.misses += 1
             result = await acquire()
-            if result is not None and result.kind in self.kinds:
-                await self._write(name, result, cap)
+            await self._write(name, result, cap)
             return result
         finally:
             await self._release(lease_name, version)
+
+    # -- the same, blocking (sync API: threads) -----------------------------------------------
+
+    def wrap_sync(
+        self, cache: TokenCache, key: Hashable, acquire: AcquireSync, cap: float | None
+    ) -> AcquireSync:
+        store = self.sync_store
+        if store is None:
+            return acquire
+
+        def shared() -> TokenResult | None:
+            if not self._up():
+                return acquire()
+            digest = self._hash(key)
+            if digest is None:
+                return acquire()
+            current = cache.get(key)
+            floor = current.expires_on if current is not None else 0.0
+            return self._fetch_sync(store, digest, floor, acquire, cap)
+
+        return shared
+
+    def _fetch_sync(
+        self,
+        store: SyncTokenStore,
+        digest: str,
+        floor: float,
+        acquire: AcquireSync,
+        cap: float | None,
+    ) -> TokenResult | None:
+        name, lease_name = _KEY_PREFIX + digest, _LEASE_PREFIX + digest
+        deadline = time.monotonic() + self.wait
+        delay = _FIRST_POLL
+        waited = False
+        try:
+            while True:
+                found = self._usable(name, store.get(name), floor)
+                if found is not None:
+                    self.hits += 1
+                    return found
+                version = store.put(lease_name, b"1", ttl=self.lease, expect=None)
+                if version is not None:
+                    if waited:
+                        self.takeovers += 1
+                    break
+                if time.monotonic() >= deadline:
+                    return acquire()
+                if not waited:
+                    self.waits += 1
+                    waited = True
+                time.sleep(delay)  # a thread waiting on another replica, bounded by `wait`
+                delay = min(delay * 1.5, _MAX_POLL)
+        except Exception as exc:
+            self._failed("read", exc)
+            return acquire()
+        try:
+            try:
+                found = self._usable(name, store.get(name), floor)
+            except Exception as exc:
+                self._failed("read", exc)
+                found = None
+            if found is not None:
+                self.hits += 1
+                return found
+            self.misses += 1
+            result = acquire()
+            sealed = self._to_write(name, result, cap)
+            if sealed is not None:
+                try:
+                    store.put(name, sealed[0], ttl=sealed[1])
+                except Exception as exc:
+                    self._failed("write", exc)
+            return result
+        finally:
+            try:
+                store.delete(lease_name, expect=version)
+            except Exception as exc:
+                self._failed("lease release", exc)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import secrets
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from ._cache import TokenCache
 
 try:
+    import redis as redis_sync
     import redis.asyncio as redis_asyncio
     from redis.asyncio.retry import Retry
     from redis.backoff import ExponentialBackoff
@@ -47,10 +48,17 @@ try:
         RedisError,
         TimeoutError,
     )
+    from redis.retry import Retry as SyncRetry
 except ImportError as _exc:  # pragma: no cover - exercised without the extra
     raise require_extra("redis", "redis", _exc) from _exc
 
-__all__ = ["RedisStore", "SharedTokenCache", "entra_credential_provider", "shared_token_cache"]
+__all__ = [
+    "RedisStore",
+    "SharedTokenCache",
+    "SyncRedisStore",
+    "entra_credential_provider",
+    "shared_token_cache",
+]
 
 #: Scope of Microsoft Entra tokens for Azure Cache for Redis / Azure Managed Redis.
 REDIS_SCOPE: Final = "https://redis.azure.com/.default"
@@ -114,11 +122,19 @@ class RedisStore:
     >>> source = DelegatedConsent(..., store=store, keyring=Keyring.from_env())
     """
 
-    def __init__(self, client: redis_asyncio.Redis, *, namespace: str = "") -> None:
+    def __init__(
+        self,
+        client: redis_asyncio.Redis,
+        *,
+        namespace: str = "",
+        sync_client: Callable[[], redis_sync.Redis] | None = None,
+    ) -> None:
         self.client = client
         self.namespace = namespace
         self._cas_put = client.register_script(_CAS_PUT)
         self._cas_delete = client.register_script(_CAS_DELETE)
+        self._sync_client = sync_client
+        self._sync: SyncRedisStore | None = None
 
     def __repr__(self) -> str:
         kwargs = self.client.connection_pool.connection_kwargs
@@ -172,7 +188,15 @@ class RedisStore:
         pool = redis_asyncio.BlockingConnectionPool.from_url(url, timeout=timeout, **options)
         client = redis_asyncio.Redis(connection_pool=pool)
         client.auto_close_connection_pool = True  # aclose() closes the pool: it is ours
-        return cls(client, namespace=namespace)
+
+        def sync_client() -> redis_sync.Redis:
+            sync_options = {**options, "retry": SyncRetry(ExponentialBackoff(0.2, 0.02), 1)}
+            sync_pool = redis_sync.BlockingConnectionPool.from_url(
+                url, timeout=timeout, **sync_options
+            )
+            return redis_sync.Redis(connection_pool=sync_pool)
+
+        return cls(client, namespace=namespace, sync_client=sync_client)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RedisStore:
@@ -197,10 +221,20 @@ class RedisStore:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+        if self._sync is not None:
+            self._sync.close()
 
-    def _unavailable(self, exc: BaseException) -> SourceUnavailable:
-        what, fix = _describe(exc)
-        return SourceUnavailable(f"The shared token store is unavailable: {what}.", fix=fix)
+    def sync(self) -> SyncRedisStore:
+        """The same store with blocking calls (its own connections), for the sync API:
+        ``SharedTokenCache(store, keyring, sync_store=store.sync())``."""
+        if self._sync is None:
+            if self._sync_client is None:
+                raise ConfigurationError(
+                    "this RedisStore was built from a client, so it has no blocking twin.",
+                    fix="build it with RedisStore.from_url or pass sync_client=...",
+                )
+            self._sync = SyncRedisStore(self._sync_client(), namespace=self.namespace)
+        return self._sync
 
     # -- TokenStore ---------------------------------------------------------------------------
 
@@ -208,12 +242,8 @@ class RedisStore:
         try:
             raw = await self.client.get(self.namespace + key)
         except RedisError as exc:
-            raise self._unavailable(exc) from None
-        if isinstance(raw, str):  # a client built with decode_responses=True
-            raw = raw.encode("latin-1")
-        if raw is None or len(raw) < _VERSION_CHARS + 1:
-            return None
-        return Entry(bytes(raw[_VERSION_CHARS + 1 :]), raw[:_VERSION_CHARS].decode("ascii"))
+            raise _unavailable(exc) from None
+        return _entry(raw)
 
     async def put(
         self, key: str, value: bytes, *, ttl: float, expect: str | _Any | None = ANY
@@ -231,7 +261,7 @@ class RedisStore:
             else:
                 done = await self._cas_put(keys=[name], args=[expect, version, value, ttl_ms])
         except RedisError as exc:
-            raise self._unavailable(exc) from None
+            raise _unavailable(exc) from None
         return version if done else None
 
     async def delete(self, key: str, *, expect: str | _Any = ANY) -> bool:
@@ -241,7 +271,7 @@ class RedisStore:
                 return bool(await self.client.delete(name))
             return bool(await self._cas_delete(keys=[name], args=[expect]))
         except RedisError as exc:
-            raise self._unavailable(exc) from None
+            raise _unavailable(exc) from None
 
     async def ping(self) -> bool:
         """``True`` if Redis answers (readiness probes); never raises."""
@@ -249,6 +279,72 @@ class RedisStore:
             return bool(await self.client.ping())
         except RedisError:
             return False
+
+
+class SyncRedisStore:
+    """``RedisStore``'s blocking twin (same keys, values and scripts): ``RedisStore.sync()``."""
+
+    def __init__(self, client: redis_sync.Redis, *, namespace: str = "") -> None:
+        self.client = client
+        self.namespace = namespace
+        self._cas_put = client.register_script(_CAS_PUT)
+        self._cas_delete = client.register_script(_CAS_DELETE)
+
+    def __repr__(self) -> str:
+        kwargs = self.client.connection_pool.connection_kwargs
+        return f"SyncRedisStore({kwargs.get('host')}:{kwargs.get('port')})"
+
+    def close(self) -> None:
+        self.client.close()
+        self.client.connection_pool.disconnect()
+
+    def get(self, key: str) -> Entry | None:
+        try:
+            raw = self.client.get(self.namespace + key)
+        except RedisError as exc:
+            raise _unavailable(exc) from None
+        return _entry(raw)
+
+    def put(
+        self, key: str, value: bytes, *, ttl: float, expect: str | _Any | None = ANY
+    ) -> str | None:
+        if ttl <= 0:
+            raise ValueError("ttl must be positive")
+        version = secrets.token_hex(_VERSION_CHARS // 2)
+        ttl_ms = max(1, int(ttl * 1000))
+        name = self.namespace + key
+        try:
+            if isinstance(expect, _Any) or expect is None:
+                done = self.client.set(
+                    name, version.encode() + b"." + value, px=ttl_ms, nx=expect is None
+                )
+            else:
+                done = self._cas_put(keys=[name], args=[expect, version, value, ttl_ms])
+        except RedisError as exc:
+            raise _unavailable(exc) from None
+        return version if done else None
+
+    def delete(self, key: str, *, expect: str | _Any = ANY) -> bool:
+        name = self.namespace + key
+        try:
+            if isinstance(expect, _Any):
+                return bool(self.client.delete(name))
+            return bool(self._cas_delete(keys=[name], args=[expect]))
+        except RedisError as exc:
+            raise _unavailable(exc) from None
+
+
+def _unavailable(exc: BaseException) -> SourceUnavailable:
+    what, fix = _describe(exc)
+    return SourceUnavailable(f"The shared token store is unavailable: {what}.", fix=fix)
+
+
+def _entry(raw: Any) -> Entry | None:
+    if isinstance(raw, str):  # a client built with decode_responses=True
+        raw = raw.encode("latin-1")
+    if not isinstance(raw, bytes) or len(raw) < _VERSION_CHARS + 1:
+        return None
+    return Entry(raw[_VERSION_CHARS + 1 :], raw[:_VERSION_CHARS].decode("ascii"))
 
 
 def shared_token_cache(
@@ -264,7 +360,9 @@ def shared_token_cache(
     from ._store import Keyring
 
     env = _env.environ_or(environ)
-    shared = SharedTokenCache(RedisStore.from_env(env), Keyring.from_env(environ=env))
+    store = RedisStore.from_env(env)
+    keyring = Keyring.from_env(environ=env)
+    shared = SharedTokenCache(store, keyring, sync_store=store.sync())
     return TokenCache(max_entries=max_entries, shared=shared)
 
 
