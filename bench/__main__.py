@@ -18,7 +18,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from . import _e2e, _lifetime, _memory, _middleware, _overhead, _replicas, _roundtrip, _toolbox
+from . import (
+    _cold,
+    _e2e,
+    _lifetime,
+    _memory,
+    _middleware,
+    _overhead,
+    _replicas,
+    _roundtrip,
+    _throttle,
+    _toolbox,
+)
 from ._emu import Emulator
 from ._patterns import all_patterns, ours_available
 from ._report import check_complete, evaluate_targets, update_readme, write_outputs
@@ -193,6 +204,11 @@ class Run:
                     out,
                     _roundtrip.loop_lag(emu, factories, pool, users=s.lag_users, rounds=s.rounds),
                 )
+                await self.step(  # burst wall time and p95 next to loop lag, every pattern
+                    "cold_start",
+                    out,
+                    _cold.cold(emu, factories, pool, users=s.lag_users, rounds=s.rounds),
+                )
                 if latency == s.latencies[0]:
                     await self.step(
                         "sweep",
@@ -270,6 +286,7 @@ class Run:
             self.results,
             _replicas.replicas(quick=self.results["mode"] == "quick"),
         )
+        await self.step("throttle", self.results, _throttle.run(quick))  # and the stall case
         return self.results
 
     async def _memory_real(self, emu: Emulator, pool: list[str]) -> dict[str, Any]:
