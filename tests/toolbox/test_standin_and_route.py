@@ -149,3 +149,25 @@ async def test_shared_tool_consent_on_call_reaches_only_that_user(
     chain.close()
     assert outcomes == ["alice", f"consent {link}", "bob", f"consent {link}", "carol"]
     assert toolbox.stats()["consent_required"] == 2
+
+
+async def test_lifecycle_requests_of_a_session_carry_the_features(idp: EntraEmulator) -> None:
+    # A toolbox that speaks the session protocol: initialize, notifications/initialized, the
+    # GET stream and the closing DELETE are lifecycle requests with no caller behind them.
+    with ToolboxStandIn(idp, legacy=True) as toolbox:
+        chain = toolbox_chain(idp)
+        tool = entra_mcp_tool("toolbox", toolbox.url, chain=chain, scopes=SCOPES)
+        async with tool:
+            for user in ("alice", "bob"):
+                assert (await _call(tool, toolbox, user))["user"] == user
+        chain.close()
+        seen = toolbox.seen()
+    methods = {item.method for item in seen}
+    rpcs = {item.rpc for item in seen}
+    assert {"initialize", "notifications/initialized", "tools/list", "tools/call"} <= rpcs
+    assert {"GET", "DELETE"} <= methods
+    assert all(item.features for item in seen)
+    lifecycle = [item for item in seen if item.rpc != "tools/call"]
+    assert lifecycle
+    assert all(item.call_id is None for item in lifecycle)  # the agent, never a user
+    assert all(item.status < 500 for item in seen)

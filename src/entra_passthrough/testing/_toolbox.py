@@ -79,6 +79,14 @@ def _header(scope: dict[str, Any], wanted: bytes) -> str | None:
     return None
 
 
+def _is_modern(version: str | None) -> bool:
+    if not version:
+        return False
+    from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+    return version in MODERN_PROTOCOL_VERSIONS
+
+
 def _has_feature(value: str | None) -> bool:
     if not value:
         return False
@@ -150,7 +158,10 @@ class ToolboxStandIn:
     call id (``{"user", "oid", "call_id", "who"}``).
 
     ``require_features=False`` turns the ``Foundry-Features`` check off (to show what a client
-    that omits it would run into, compare ``stats()["missing_features"]``).
+    that omits it would run into, compare ``stats()["missing_features"]``). ``legacy=True``
+    refuses the 2026 protocol (HTTP 400), so that clients fall back to ``initialize`` and an
+    ``mcp-session-id`` session with its lifecycle requests (``notifications/initialized``, the
+    GET stream, the closing DELETE); it implies ``stateful``.
     """
 
     def __init__(
@@ -160,11 +171,13 @@ class ToolboxStandIn:
         name: str = "standin",
         require_features: bool = True,
         stateful: bool = False,
+        legacy: bool = False,
     ) -> None:
         self.idp = idp
         self.name = name
         self.require_features = require_features
-        self.stateful = stateful
+        self.stateful = stateful or legacy
+        self.legacy = legacy
         self._lock = threading.Lock()
         self._calls: dict[str, str] = {}
         self._consent: dict[str, tuple[frozenset[str], str]] = {}
@@ -353,6 +366,10 @@ class ToolboxStandIn:
                 www_authenticate='Bearer error="invalid_token"',
             )
             return
+        if self.legacy and _is_modern(_header(scope, b"mcp-protocol-version")):
+            record(400, "modern_refused")
+            await _answer(send, 400, {"error": {"code": "unsupported_protocol_version"}})
+            return
         user: str | None = None
         if call is not None:
             with self._lock:
@@ -409,7 +426,7 @@ class ToolboxStandIn:
                     },
                 )
                 return
-        status = {"code": 0}
+        recorded = False
 
         async def replay() -> dict[str, Any]:
             if messages:
@@ -417,8 +434,12 @@ class ToolboxStandIn:
             return dict(await receive())
 
         async def spy(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
+            nonlocal recorded
+            if message["type"] == "http.response.start" and not recorded:
+                # Recorded when the answer starts, before the client sees it: a long GET
+                # stream is in seen() as soon as it is open.
+                recorded = True
+                record(int(message["status"]), *counters, user=user)
             await send(message)
 
         reset = _who.set((user, call))
@@ -426,7 +447,8 @@ class ToolboxStandIn:
             await inner(scope, replay, spy)
         finally:
             _who.reset(reset)
-            record(status["code"], *counters, user=user)
+            if not recorded:
+                record(500, *counters, user=user)
 
     def start(self) -> ToolboxStandIn:
         if self._server is not None:
