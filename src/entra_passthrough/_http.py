@@ -516,12 +516,12 @@ class GuardedHttpClient:
             if blocked is not None:
                 raise blocked
         if failure.kind in ("status", "timeout", "connection", "malformed"):
-            # A short negative cache: the same request fails fast for a moment. A server error
-            # that outlived every retry also pauses the endpoint for everyone (it is the
-            # endpoint failing); a timeout or reset may be one stalled request, and must not
-            # make other users' requests fail.
+            # A short negative cache: the same request fails fast for a moment. A server error,
+            # reset or broken body that outlived every retry also pauses the endpoint for
+            # everyone (it is the endpoint failing); a timeout may be one stalled request, and
+            # must not make other users' requests fail.
             self.throttle.block_key(key, t.negative_ttl, failure)
-            if failure.kind == "status":
+            if failure.kind != "timeout":
                 self.throttle.block_authority(authority, t.negative_ttl, failure)
         raise failure
 
