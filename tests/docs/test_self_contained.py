@@ -1,9 +1,11 @@
-"""The repository stands on its own: it cites no file it does not contain."""
+"""The repository stands on its own: it cites no file it does not contain, its links resolve."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCANNED = ["src", "docs", "examples", "tests", "bench", "pyproject.toml", "README.md", "Makefile"]
@@ -35,6 +37,41 @@ def test_no_file_cites_documents_outside_the_repository() -> None:
         if any(name in line for name in FOREIGN)
     ]
     assert hits == []
+
+
+_LINK = re.compile(r"\]\(([^)\s]+)\)")
+_DOC_PATH = re.compile(r"\bdocs/([a-z0-9_-]+\.md)\b")
+
+
+def _markdown() -> list[Path]:
+    return [
+        ROOT / "README.md",
+        *sorted((ROOT / "docs").rglob("*.md")),
+        *sorted((ROOT / "examples").rglob("*.md")),
+    ]
+
+
+@pytest.mark.parametrize("page", _markdown(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_resolve(page: Path) -> None:
+    broken = []
+    for target in _LINK.findall(page.read_text(encoding="utf-8")):
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
+            continue  # a URL or an anchor on the same page
+        path = target.split("#", 1)[0]
+        if path and not (page.parent / path).exists():
+            broken.append(target)
+    assert broken == []
+
+
+def test_every_cited_docs_page_exists() -> None:
+    """``docs/<page>.md`` named in code, comments or prose is a page of this repository."""
+    missing = {
+        f"{p.relative_to(ROOT)}: docs/{name}"
+        for p in _files()
+        for name in _DOC_PATH.findall(p.read_text(encoding="utf-8", errors="replace"))
+        if not (ROOT / "docs" / name).exists()
+    }
+    assert missing == set()
 
 
 def test_error_messages_link_to_pages_that_exist() -> None:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from entra_passthrough.cli import _COMMANDS
+
 from ._venv import Venv, check, run
 
 pytestmark = pytest.mark.slow
@@ -85,14 +87,7 @@ def test_the_fixture_without_the_extra_names_it(core_venv: Venv, tmp_path: Path)
 
 
 @pytest.mark.parametrize(
-    "argv",
-    [
-        ["--help"],
-        ["demo", "--help"],
-        ["emulator", "--help"],
-        ["broker", "--help"],
-        ["inspect", "--help"],
-    ],
+    "argv", [["--help"], *([name, "--help"] for name in _COMMANDS)], ids=" ".join
 )
 def test_every_help_works_without_extras(core_venv: Venv, argv: list[str]) -> None:
     proc = run([core_venv.bin("entra-passthrough"), *argv])
