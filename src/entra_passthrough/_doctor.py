@@ -13,6 +13,8 @@ checks what that chain will need at run time:
   federated credential, token file) is accepted: a client-credentials request that Entra must
   authenticate (no user involved, nothing is kept);
 * ``agent id blueprint`` - the blueprint gets its exchange token for the agent identity;
+* ``consent app``    - when ``ENTRA_PASSTHROUGH_CONSENT_CLIENT_ID`` is set:
+  ``DelegatedConsent.from_env()`` (keys, broker URL) and its app's credential;
 * ``scope``          - each ``--scope`` is well formed (``<resource>/.default`` or one permission
   per resource) and not the agent's own app;
 * ``consent``        - with ``--user-token-file``, the on-behalf-of exchange for each scope
@@ -139,6 +141,7 @@ class Doctor:
             self.check_discovery(chain)
             self.check_managed_identity(chain)
             self.check_credentials(chain)
+            self.check_consent_app()
             self.check_scopes(chain)
             self.check_consent(chain)
             self.check_developer(chain)
@@ -276,6 +279,25 @@ class Doctor:
                 self.guard("client credential", credential)
         if not checked:
             self.add("client credential", SKIP, "no on-behalf-of source configured")
+
+    def check_consent_app(self) -> None:
+        """``DelegatedConsent.from_env()`` (the consent broker's app), when configured."""
+        if not _get(self.env, "ENTRA_PASSTHROUGH_CONSENT_CLIENT_ID"):
+            return
+        from ._sources.delegated import DelegatedConsent
+
+        def probe() -> tuple[bool, str, str]:
+            source = DelegatedConsent.from_env(self.env)
+            try:
+                response = source.client.app().acquire_token_for_client([_PROBE_RESOURCE])
+            finally:
+                source.close()
+                http = getattr(source.client, "_http", None)
+                if http is not None:
+                    http.close()
+            return _from_msal(response, f"consent app {source.client.client_id}")
+
+        self.guard("consent app", probe)
 
     def check_scopes(self, chain: Any) -> None:
         if not self.scopes:

@@ -224,3 +224,47 @@ def test_cli_json_and_exit_status(idp: EntraEmulator, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "All checks passed." in done.stdout
     assert (idp.agent.secret or "-") not in done.stdout + done.stderr
+
+
+def test_certificate(idp: EntraEmulator, tmp_path: Path) -> None:
+    from entra_passthrough.testing._world import new_certificate
+
+    uploaded = tmp_path / "agent.pem"
+    uploaded.write_bytes(idp.agent.certificate_pem or b"")
+    env = {**base(idp), "ENTRA_PASSTHROUGH_CLIENT_ID": idp.agent.client_id}
+    env["ENTRA_PASSTHROUGH_CLIENT_CERTIFICATE_PATH"] = str(uploaded)
+    assert by_name(run(env))["client credential"].status == "pass"
+    other = tmp_path / "other.pem"
+    other.write_bytes(new_certificate("not-uploaded")[0])  # never registered on the app
+    env["ENTRA_PASSTHROUGH_CLIENT_CERTIFICATE_PATH"] = str(other)
+    check = by_name(run(env))["client credential"]
+    assert check.status == "fail"
+    assert "AADSTS700027" in check.detail
+    assert check.fix
+    assert_clean([check], "PRIVATE KEY")
+
+
+def test_consent_app(idp: EntraEmulator) -> None:
+    import base64
+
+    key = base64.urlsafe_b64encode(bytes(range(32))).decode().rstrip("=")
+    env = {
+        **secretless(idp),
+        "ENTRA_PASSTHROUGH_CONSENT_CLIENT_ID": idp.agent.client_id,
+        "ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET": idp.agent.secret or "",
+        "ENTRA_PASSTHROUGH_CONSENT_KEYS": f"k1:{key}",
+        "ENTRA_PASSTHROUGH_CONSENT_BROKER_URL": "https://agent.contoso.com/consent",
+    }
+    assert by_name(run(env))["consent app"].status == "pass"
+    plain = {**env, "ENTRA_PASSTHROUGH_CONSENT_BROKER_URL": "http://agent.contoso.com/consent"}
+    assert by_name(run(plain))["consent app"].status == "fail"  # links must be HTTPS
+    short = {**env, "ENTRA_PASSTHROUGH_CONSENT_KEYS": "k1:c2hvcnQ"}
+    check = by_name(run(short))["consent app"]
+    assert check.status == "fail"
+    assert check.fix  # how to generate a key
+    wrong = {**env, "ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET": "wrong-consent-secret-789"}
+    check = by_name(run(wrong))["consent app"]
+    assert check.status == "fail"
+    assert "AADSTS7000215" in check.detail
+    assert_clean([check], "wrong-consent-secret-789", key)
+    assert "consent app" not in by_name(run(secretless(idp)))  # not configured: no check
