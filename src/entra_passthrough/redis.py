@@ -14,8 +14,14 @@ keyspace shows no token, refresh token, user id, tenant id or UPN. What it adds:
   ``SourceUnavailable`` that says which and how to fix it; never a crash and never the app
   identity. redis-py reconnects by itself on the next command.
 
+The shared token cache (L2 under each replica's in-process ``TokenCache``) is
+``SharedTokenCache`` over this store; ``shared_token_cache()`` builds it from the environment,
+with ``RedisStore.sync()`` (the blocking twin) for the sync API. docs/scale-out.md has the
+deployment, the keys and TTLs, and the failure behaviour.
+
 >>> store = RedisStore.from_url("rediss://:password@cache.contoso.com:6380/0")
 >>> store = RedisStore.from_env()   # ENTRA_PASSTHROUGH_REDIS_URL, ..._REDIS_AUTH=entra
+>>> chain = TokenChain([OnBehalfOf.from_env()], cache=shared_token_cache())
 """
 
 from __future__ import annotations
