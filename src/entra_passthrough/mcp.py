@@ -159,6 +159,8 @@ class CallAttempt:
     sent: bool = False
     not_sent: str | None = None
     transport_error: str | None = None
+    #: HTTP status of the last ``tools/call`` answer (a 5xx: the server may have run it).
+    status: int | None = None
 
     @property
     def never_left(self) -> bool:
@@ -257,6 +259,8 @@ class _CallGuard(httpx2.AsyncBaseTransport):
             return _local_error(
                 request, rpc_id, f"entra_passthrough: connection lost ({type(exc).__name__})"
             )
+        if is_call:
+            attempt.status = response.status_code
         return response
 
     async def aclose(self) -> None:

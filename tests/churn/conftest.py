@@ -27,8 +27,16 @@ class Size:
     restarts: int
 
 
+def _size() -> Size:
+    custom = os.environ.get("ENTRA_CHURN_SIZE", "")  # "users,calls_per_user,concurrency"
+    if custom:
+        users, calls, concurrency = (int(x) for x in custom.split(","))
+        return Size(users, calls, concurrency, 2)
+    return Size(200, 100, 64, 2) if SOAK else Size(12, 5, 16, 2)
+
+
 #: Quick in ``make test`` (a few seconds each); full in ``make soak``.
-SIZE = Size(200, 100, 64, 2) if SOAK else Size(12, 5, 16, 2)
+SIZE = _size()
 
 
 @dataclass
@@ -68,14 +76,22 @@ def _state_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def start_mcp() -> Iterator[Callable[..., McpUnderTest]]:
     started: list[ServerThread] = []
 
-    def start(idp: EntraEmulator, *, stateful: bool = False) -> McpUnderTest:
+    def start(
+        idp: EntraEmulator, *, stateful: bool = False, hold: float = 0.0, graceful: float = 1.0
+    ) -> McpUnderTest:
         recorder = Recorder()
         executions: list[tuple[str, str]] = []
         server = ServerThread(
             lambda base: build_mcp_app(
-                idp, base_url=base, recorder=recorder, stateful=stateful, executions=executions
+                idp,
+                base_url=base,
+                recorder=recorder,
+                stateful=stateful,
+                executions=executions,
+                hold=hold,
             ),
             name="mcp",
+            graceful=graceful,
         ).start()
         started.append(server)
         return McpUnderTest(server, recorder, executions)

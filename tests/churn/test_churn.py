@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from integration._infra import (
     agent_token,
     calls,
     host_app,
+    lifecycle,
     make_chain,
     mcp_scopes,
     serve_asgi,
@@ -55,6 +57,8 @@ class Result:
     who: str
     status: str  # "ok", "unknown" (may have run), "token" (explained token error), "other"
     text: str
+    start: float = 0.0  # time.monotonic() before the request was sent
+    end: float = 0.0  # ... and once its response was complete
 
 
 def _client() -> ScriptedChatClient:
@@ -107,13 +111,17 @@ async def _drive(
             async with semaphore:
                 who = f"{user.oid}|{next(_nonces)}"
                 token = agent_token(idp, user, lifetime=assertion_lifetime)
+                start = time.monotonic()
                 response = await client.post(
                     "/responses",
                     json={"input": who, "store": False},
                     headers={"Authorization": f"Bearer {token}"},
                 )
+                end = time.monotonic()
                 assert response.status_code == 200, response.text[:300]
-                results.append(_classify(user, who, response.json()))
+                result = _classify(user, who, response.json())
+                result.start, result.end = start, end
+                results.append(result)
             event = pending_events.pop(len(results), None)
             if event is not None:
                 background.append(asyncio.create_task(asyncio.to_thread(event)))
@@ -147,6 +155,17 @@ def _check(
     assert not tokenless, f"{len(tokenless)} tools/call sent without a token"
     foreign = [s for s in seen if s.oid != (s.caller_tag or "").partition("|")[0]]
     assert not foreign, f"tools/call with another user's token: {foreign[:3]}"
+    # Connection-lifetime requests (discover, initialize, tools/list, GET, DELETE...) carry a
+    # user's token only while one of that user's requests is in progress.
+    runs: dict[str, list[tuple[float, float]]] = {}
+    for r in results:
+        runs.setdefault(r.user.oid, []).append((r.start, r.end))
+    outside = [
+        s
+        for s in lifecycle(mcp.recorder.snapshot())
+        if s.oid is not None and not any(a <= s.at <= b for a, b in runs.get(s.oid, []))
+    ]
+    assert not outside, f"{len(outside)} lifecycle requests with a user's token outside their run"
     return outcomes
 
 
@@ -184,6 +203,26 @@ async def test_shared_tool_restarts_mid_burst(
     # A call cut off while the old server was running it "may have run" (never resent); every
     # other call succeeds: calls that never left are retried on the new connection.
     outcomes = _check(results, mcp, allowed=frozenset({"ok", "unknown"}))
+    assert outcomes["unknown"] <= SIZE.concurrency * SIZE.restarts, outcomes
+
+
+async def test_calls_cut_off_by_a_crash_never_run_twice(
+    idp_users: tuple[EntraEmulator, list[User]],
+    start_mcp: Callable[..., McpUnderTest],
+) -> None:
+    """Each call runs 0.2 s on the server and the server stops without waiting for them (a
+    crash, as the client sees it), twice, mid-burst: calls in flight are cut off after they
+    started. They fail with "may have run" and are never resent (a resend would show here as a
+    second execution); the calls that never left are retried and succeed."""
+    idp, users = idp_users
+    mcp = start_mcp(idp, hold=0.2, graceful=0.01)
+    host = _shared_host(idp, mcp)
+    try:
+        results = await _drive(host.base, idp, users, events=_restarts(mcp.server, handover=False))
+    finally:
+        host.stop()
+    outcomes = _check(results, mcp, allowed=frozenset({"ok", "unknown"}))
+    assert outcomes["unknown"] >= 1, outcomes  # the scenario did cut calls off
     assert outcomes["unknown"] <= SIZE.concurrency * SIZE.restarts, outcomes
 
 

@@ -5,9 +5,11 @@ receives, and a real ``ResponsesHostServer`` on uvicorn. Readiness is polled, ne
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -98,6 +100,7 @@ class Seen:
     tool: str | None = None
     caller_tag: str | None = None  # the "who" argument of a tools/call
     session: str | None = None  # mcp-session-id sent, or assigned by the answer to initialize
+    at: float = 0.0  # time.monotonic() when the request arrived
 
 
 @dataclass
@@ -197,6 +200,7 @@ def recording(app: ASGI, recorder: Recorder) -> ASGI:
                 status=0,
                 tool=tool,
                 caller_tag=tag,
+                at=time.monotonic(),
             )
         )
         try:
@@ -253,9 +257,12 @@ def build_mcp_app(
     stateful: bool = False,
     allow_app: bool = False,
     executions: list[tuple[str, str]] | None = None,
+    hold: float = 0.0,
 ) -> ASGI:
     """The recording MCP server. ``executions``, when given, gets ``(who, oid)`` each time the
-    ``whoami`` tool body runs: what ran on the server, by whom, however often it was sent."""
+    ``whoami`` tool body runs: what ran on the server, by whom, however often it was sent.
+    ``hold`` keeps each ``whoami`` call running that long after it was recorded (so that a
+    restart finds calls in flight)."""
     jwks_client = httpx2.AsyncClient(
         verify=ssl.create_default_context(cafile=idp.ca_file), trust_env=False
     )
@@ -288,6 +295,8 @@ def build_mcp_app(
         user = current_user()
         if executions is not None:
             executions.append((who, user.oid))  # list.append is atomic: no lock needed
+        if hold:
+            await asyncio.sleep(hold)
         return json.dumps({"oid": user.oid, "upn": user.upn, "who": who})
 
     @server.tool()
@@ -339,7 +348,10 @@ def host_app(agent: Any, *, close_on_shutdown: tuple[Any, ...] | list[Any] = ())
 class ServerThread:
     """uvicorn on 127.0.0.1 in a daemon thread. ``restart()`` keeps the port."""
 
-    def __init__(self, make_app: Callable[[str], ASGI], *, name: str = "srv") -> None:
+    def __init__(
+        self, make_app: Callable[[str], ASGI], *, name: str = "srv", graceful: float = 1.0
+    ) -> None:
+        self.graceful = graceful
         self.make_app = make_app
         self.name = name
         self.port = 0
@@ -369,7 +381,9 @@ class ServerThread:
             self.make_app(self.base),
             log_level="warning",
             lifespan="on",
-            timeout_graceful_shutdown=1,  # long-lived GET streams would hold a restart
+            # Bounded: long-lived GET streams would hold a restart. A small value cuts the
+            # calls in flight off (a crash, as far as the client can tell).
+            timeout_graceful_shutdown=self.graceful,
         )
         server = uvicorn.Server(config)
         thread = threading.Thread(

@@ -270,7 +270,15 @@ async def test_no_call_runs_twice_when_the_server_restarts_under_load(
 
             async def one(i: int) -> dict[str, Any]:
                 user = users[i % 10]
-                return await respond(client, agent_token(idp, user), f"{user.oid}")
+                token = agent_token(idp, user)
+                answer = await client.post(
+                    "/responses",
+                    json={"input": user.oid, "store": False},
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+                assert answer.status_code == 200, (answer.status_code, answer.text[:300])
+                payload: dict[str, Any] = answer.json()
+                return payload
 
             first = asyncio.gather(*(one(i) for i in range(30)))
             await asyncio.sleep(0)  # let the burst start

@@ -37,7 +37,7 @@ import contextvars
 import logging
 import random
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Awaitable, Collection, Sequence
 from contextlib import _AsyncGeneratorContextManager
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
@@ -302,7 +302,7 @@ class EntraMCPTool(MCPStreamableHTTPTool):
                 # (pooled): its DELETE must not carry the token of whoever triggered the reset.
                 if self.mode == "shared":
                     self._set_lifecycle_caller(None)
-                await super().close()
+                await _not_cancelled_by_transport(super().close())
                 reset = False
             if self.mode == "shared" and chosen is not None:
                 # A copy that ends with this connect: tasks the transport starts now (GET
@@ -313,18 +313,7 @@ class EntraMCPTool(MCPStreamableHTTPTool):
             self._set_lifecycle_caller(chosen)
             self._entra_auth.take_errors()
             try:
-                try:
-                    await super().connect(reset=reset)
-                except asyncio.CancelledError as cancelled:
-                    task = asyncio.current_task()
-                    if task is None or task.cancelling():
-                        raise  # we are being cancelled
-                    # The transport's task group died under the connect (the server went away
-                    # mid-handshake) and cancelled the lifecycle task: a dead connection.
-                    raise ToolException(
-                        "the MCP connection was lost while connecting",
-                        anyio.ClosedResourceError(),
-                    ) from cancelled
+                await _not_cancelled_by_transport(super().connect(reset=reset))
             except Exception as exc:
                 failure = self._connect_failure(exc, chosen)
                 if failure is exc:
@@ -501,11 +490,16 @@ class EntraMCPTool(MCPStreamableHTTPTool):
                 if verdict == "maybe_ran":
                     if is_dead_connection(exc):
                         self._reconnect_soon(generation)
+                    why = (
+                        f"the server answered HTTP {attempt.status}"
+                        if attempt.status is not None and attempt.status >= 500
+                        else "the connection was lost after the request was sent"
+                    )
                     raise CallOutcomeUnknown(
                         f"The call to tool {tool_name!r} on MCP server {self.server_label!r} "
-                        "may have run: the connection was lost after the request was sent, "
-                        "and it is not retried automatically so that it never runs twice. "
-                        "Check whether it took effect before calling it again.",
+                        f"may have run: {why}, and it is not retried automatically so that it "
+                        "never runs twice. Check whether it took effect before calling it "
+                        "again.",
                         exc,
                     ) from exc
                 # "retry": the request provably never reached the server (or the server
@@ -557,7 +551,11 @@ class EntraMCPTool(MCPStreamableHTTPTool):
             return "retry"
         if attempt.never_left and (is_dead_connection(exc) or attempt.not_sent == "connect"):
             return "retry"
-        if attempt.sent and (is_dead_connection(exc) or attempt.transport_error is not None):
+        if attempt.sent and (
+            is_dead_connection(exc)
+            or attempt.transport_error is not None
+            or (attempt.status is not None and attempt.status >= 500)
+        ):
             return "maybe_ran"
         return "raise"
 
@@ -694,6 +692,22 @@ class EntraMCPTool(MCPStreamableHTTPTool):
         if typed is not None:
             return typed
         return exc
+
+
+async def _not_cancelled_by_transport(operation: Awaitable[None]) -> None:
+    """Run a connect/close that the lifecycle task performs. When the transport's task group
+    dies under it (the server went away mid-handshake), the lifecycle task is cancelled and the
+    waiting caller gets its ``CancelledError`` although nobody cancelled the caller: that is a
+    dead connection (retryable), not a cancellation to propagate (the host would answer 500)."""
+    try:
+        await operation
+    except asyncio.CancelledError as cancelled:
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            raise  # we are being cancelled
+        raise ToolException(
+            "the MCP connection was lost while connecting", anyio.ClosedResourceError()
+        ) from cancelled
 
 
 def _oid_of(caller: Caller | None) -> str | None:
