@@ -368,6 +368,24 @@ _TABLE: tuple[Aadsts, ...] = (
         "use the authorization code flow with PKCE (MSAL does), not response_type=token",
     ),
     Aadsts(
+        70016,
+        "AuthorizationPending",
+        "device code flow: the user has not finished signing in yet",
+        "keep polling at the interval the device code answer gave (MSAL does)",
+    ),
+    Aadsts(
+        70019,
+        "CodeExpired",
+        "device code flow: the verification code expired before the user signed in",
+        "start the device code flow again",
+    ),
+    Aadsts(
+        70020,
+        "AuthorizationDeclined",
+        "device code flow: the user declined to sign in",
+        "start again if the user wants to sign in",
+    ),
+    Aadsts(
         90033,
         "MsodsServiceUnavailable",
         "a transient error in Entra",

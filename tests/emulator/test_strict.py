@@ -314,3 +314,78 @@ def test_next_signing_key_is_published_before_it_signs(entra_emulator_fresh: Ent
     key = client.get_signing_key_from_jwt(token)
     assert key.key_id == idp.signing_kid
     assert idp.stats()["endpoints"]["jwks"] == fetched
+
+
+# ---- device code grant and userinfo ----------------------------------------------------------
+# https://learn.microsoft.com/entra/identity-platform/v2-oauth2-device-code
+# https://learn.microsoft.com/entra/identity-platform/userinfo
+
+
+def test_msal_device_code_flow(idp: EntraEmulator) -> None:
+    app = msal.PublicClientApplication(
+        idp.frontend.client_id,
+        authority=f"{idp.url}/{idp.tenant_id}",
+        http_client=idp.msal_http_client(),
+        instance_discovery=False,
+    )
+    scope = f"{idp.agent.app_id_uri}/access_as_user"
+    flow = app.initiate_device_flow(scopes=[scope])
+    assert flow["verification_uri"].endswith("/devicelogin"), flow
+    assert flow["user_code"] in flow["message"]
+    idp.approve_device_code(flow["user_code"], "alice")  # the user signs in before the first poll
+    result = app.acquire_token_by_device_flow(flow)
+    assert _claims(result["access_token"])["oid"] == idp.users["alice"].oid, result
+    # userinfo, advertised in discovery, answers for a Graph token of the same user.
+    with idp.msal_http_client() as http:
+        doc = http.get(f"{idp.url}/{idp.tenant_id}/v2.0/.well-known/openid-configuration").json()
+        assert doc["device_authorization_endpoint"].endswith("/oauth2/v2.0/devicecode")
+        token = idp.user_token(
+            "alice", audience="https://graph.microsoft.com", scopes=["openid", "profile", "email"]
+        )
+        info = http.get(doc["userinfo_endpoint"], headers={"Authorization": f"Bearer {token}"})
+        assert info.status_code == 200, info.text
+        assert info.json()["name"] == idp.users["alice"].display_name
+        refused = http.get(
+            doc["userinfo_endpoint"],
+            headers={
+                "Authorization": f"Bearer {idp.user_token('alice', audience=idp.mcp.client_id)}"
+            },
+        )
+        assert refused.status_code == 401
+
+
+def test_device_code_pending_declined_and_azure_identity(idp: EntraEmulator) -> None:
+    from azure.identity import DeviceCodeCredential
+
+    with idp.msal_http_client() as http:
+        start = http.post(
+            f"{idp.url}/{idp.tenant_id}/oauth2/v2.0/devicecode",
+            data={
+                "client_id": idp.frontend.client_id,
+                "scope": f"{idp.agent.app_id_uri}/access_as_user",
+            },
+        ).json()
+        poll = {
+            "grant_type": "urn:ietf:params:oauth:grant-type:device_code",
+            "client_id": idp.frontend.client_id,
+            "device_code": start["device_code"],
+        }
+        pending = http.post(f"{idp.url}/{idp.tenant_id}/oauth2/v2.0/token", data=poll).json()
+        assert pending["error"] == "authorization_pending"
+        idp.approve_device_code(start["user_code"], "alice", decline=True)
+        declined = http.post(f"{idp.url}/{idp.tenant_id}/oauth2/v2.0/token", data=poll).json()
+        assert declined["error"] == "authorization_declined"
+
+    def prompt(uri: str, user_code: str, expires_on: object) -> None:
+        idp.approve_device_code(user_code, "bob")
+
+    cred = DeviceCodeCredential(
+        client_id=idp.frontend.client_id,
+        tenant_id=idp.tenant_id,
+        authority=idp.url,
+        disable_instance_discovery=True,
+        connection_verify=idp.ca_file,
+        prompt_callback=prompt,
+    )
+    token = cred.get_token(f"{idp.agent.app_id_uri}/access_as_user")
+    assert _claims(token.token)["oid"] == idp.users["bob"].oid

@@ -49,6 +49,8 @@ async def discovery_v2(rt: Runtime, request: Request) -> Response:
             "issuer": issuer,
             "request_uri_parameter_supported": False,
             "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
+            "device_authorization_endpoint": f"{base}/oauth2/v2.0/devicecode",
+            "userinfo_endpoint": f"{rt.url}/oidc/userinfo",
             "http_logout_supported": True,
             "frontchannel_logout_supported": True,
             "end_session_endpoint": f"{base}/oauth2/v2.0/logout",

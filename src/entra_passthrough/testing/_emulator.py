@@ -344,6 +344,15 @@ class EntraEmulator:
         Returns the current key id."""
         return self._rt.keys.rotate(retire_old=retire_old).kid
 
+    def approve_device_code(
+        self, user_code: str, user: str = "alice", *, decline: bool = False
+    ) -> None:
+        """The user signs in at the device code verification page (or presses Cancel)."""
+        from ._device import approve
+
+        if not approve(self._rt, user_code, self._user(user).name, decline=decline):
+            raise KeyError("no pending device code with that user code")
+
     @property
     def signing_kid(self) -> str:
         return self._rt.keys.current.kid

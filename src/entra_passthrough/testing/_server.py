@@ -26,10 +26,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import _errors as e
 from ._authorize import authorize, logout
 from ._az import az_endpoint
+from ._device import device_code_endpoint, device_login_page, userinfo
 from ._discovery import discovery_v1, discovery_v2, instance, jwks, userrealm
 from ._msi import cloud_shell_token, imds_token, msi_token
 from ._state import Fault, Runtime
-from ._token_endpoint import handle_token
+from ._token_endpoint import handle_token, resolve_tenant
 
 logger = logging.getLogger("entra_passthrough.testing")
 _NO_STORE = {"Cache-Control": "no-store, no-cache", "Pragma": "no-cache"}
@@ -194,6 +195,14 @@ def build_app(rt: Runtime) -> ASGIApp:
             result = _v1_shape(result, form)
         return _json(result)
 
+    async def devicecode(rt: Runtime, request: Request) -> Response:
+        rt.count("devicecode")
+        try:
+            tenant = resolve_tenant(rt, request.path_params["tenant"])
+        except e.StsError as err:
+            return _json(err.body(request.headers.get("client-request-id")), err.status)
+        return await device_code_endpoint(rt, request, tenant)
+
     async def stats(rt: Runtime, request: Request) -> Response:
         return _json(dict(rt.snapshot()))
 
@@ -230,6 +239,9 @@ def build_app(rt: Runtime) -> ASGIApp:
         Route("/{tenant}/oauth2/token", handler(token), methods=["POST"]),
         Route("/{tenant}/oauth2/v2.0/authorize", handler(authorize), methods=["GET", "POST"]),
         Route("/{tenant}/oauth2/v2.0/logout", handler(logout), methods=["GET", "POST"]),
+        Route("/{tenant}/oauth2/v2.0/devicecode", handler(devicecode), methods=["POST"]),
+        Route("/devicelogin", handler(device_login_page), methods=["GET", "POST"]),
+        Route("/oidc/userinfo", handler(userinfo), methods=["GET", "POST"]),
     ]
     return FaultMiddleware(Starlette(routes=routes), rt)
 

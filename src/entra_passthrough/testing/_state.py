@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ._tokens import KeyRing
 from ._world import App, Grant, User, World
@@ -86,6 +87,8 @@ class Runtime:
     codes: dict[str, CodeRecord] = field(default_factory=dict)
     refresh: dict[str, RefreshRecord] = field(default_factory=dict)
     pending: dict[str, Pending] = field(default_factory=dict)
+    #: device codes of the device code grant (``_device.DeviceRecord``)
+    device_codes: dict[str, Any] = field(default_factory=dict)
     sessions: dict[str, str] = field(default_factory=dict)
 
     # ---- identities ----------------------------------------------------------------------

@@ -40,6 +40,7 @@ GRANT_NAMES = {
     "authorization_code": "authorization_code",
     "refresh_token": "refresh_token",
     "password": "password",
+    "urn:ietf:params:oauth:grant-type:device_code": "device_code",
 }
 _GENERIC_TENANTS = ("common", "organizations", "consumers")
 
@@ -96,6 +97,10 @@ def handle_token(
         return _authorization_code(rt, form, client)
     if grant == "refresh_token":
         return _refresh(rt, form, client)
+    if GRANT_NAMES[grant] == "device_code":
+        from ._device import redeem
+
+        return redeem(rt, form, client.app.client_id, client.acr)
     return _password(rt, form, client, tenant)
 
 

@@ -1,0 +1,207 @@
+"""Device code grant and ``userinfo``.
+
+Device code (https://learn.microsoft.com/entra/identity-platform/v2-oauth2-device-code):
+``POST /{tenant}/oauth2/v2.0/devicecode`` (``client_id``, ``scope``) answers ``device_code``,
+``user_code``, ``verification_uri``, ``expires_in``, ``interval`` and ``message``; the client polls
+the token endpoint with ``grant_type=urn:ietf:params:oauth:grant-type:device_code`` and gets
+``authorization_pending`` until the user signs in at the verification page (here
+``EntraEmulator.approve_device_code(user_code, user)`` or the ``/devicelogin`` form), then the
+user's tokens; ``authorization_declined``, ``expired_token`` and ``bad_verification_code`` as the
+page lists them. Consent is checked when the tokens are issued (AADSTS65001).
+
+``userinfo`` (https://learn.microsoft.com/entra/identity-platform/userinfo): ``GET`` with a token
+for Microsoft Graph (``openid``); answers ``sub``, ``name``, ``family_name``, ``given_name``,
+``email`` (when the ``email`` scope was granted) and ``picture``.
+"""
+
+from __future__ import annotations
+
+import html
+import secrets
+import string
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+
+from . import _errors as e
+from ._issue import parse_scopes, user_token_response
+from ._state import Runtime
+from ._tokens import verify
+from ._world import GRAPH_APP_ID, Tenant
+
+DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+#: Entra's device codes live 15 minutes.
+LIFETIME = 900
+INTERVAL = 5
+
+
+@dataclass
+class DeviceRecord:
+    client_id: str
+    scope: str
+    tenant_id: str
+    user_code: str
+    expires: float
+    user: str | None = None
+    declined: bool = False
+
+
+def _user_code() -> str:
+    alphabet = string.ascii_uppercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(9))
+
+
+def start(rt: Runtime, form: Mapping[str, str], tenant: Tenant | None) -> dict[str, Any]:
+    client_id = form.get("client_id") or ""
+    if not client_id:
+        raise e.missing_param("client_id")
+    app = rt.world.app(client_id)
+    if app is None:
+        raise e.StsError(
+            700016,
+            "unauthorized_client",
+            f"Application with identifier '{client_id[:80]}' was not found in the directory.",
+        )
+    tid = tenant.id if tenant else app.tenant_id
+    parse_scopes(rt, form.get("scope"), tid)  # the resource must exist (AADSTS500011, 70011...)
+    device_code = "emu-dc." + secrets.token_urlsafe(32)
+    user_code = _user_code()
+    with rt.lock:
+        rt.device_codes[device_code] = DeviceRecord(
+            client_id=app.client_id,
+            scope=form.get("scope", ""),
+            tenant_id=tid,
+            user_code=user_code,
+            expires=time.time() + LIFETIME,
+        )
+        rt.issued.add(device_code)
+    uri = f"{rt.url}/devicelogin"
+    return {
+        "user_code": user_code,
+        "device_code": device_code,
+        "verification_uri": uri,
+        "expires_in": LIFETIME,
+        "interval": INTERVAL,
+        "message": f"To sign in, use a web browser to open the page {uri} and enter the code "
+        f"{user_code} to authenticate.",
+    }
+
+
+def approve(rt: Runtime, user_code: str, user: str | None, *, decline: bool = False) -> bool:
+    """The user at the verification page: signs in as ``user`` (or declines)."""
+    with rt.lock:
+        for record in rt.device_codes.values():
+            if record.user_code == user_code.strip().upper() and record.expires > time.time():
+                if decline:
+                    record.declined = True
+                else:
+                    record.user = user
+                return True
+    return False
+
+
+def redeem(rt: Runtime, form: Mapping[str, str], client_id: str, client_acr: str) -> dict[str, Any]:
+    code = form.get("device_code") or ""
+    if not code:
+        raise e.missing_param("device_code")
+    with rt.lock:
+        record = rt.device_codes.get(code)
+    if record is None or record.client_id != client_id:
+        raise e.StsError(70000, "bad_verification_code", "The provided device code is not valid.")
+    if record.expires <= time.time():
+        raise e.StsError(70019, "expired_token", "Verification code expired.")
+    if record.declined:
+        with rt.lock:
+            rt.device_codes.pop(code, None)
+        raise e.StsError(70020, "authorization_declined", "The user declined the authorization.")
+    if record.user is None:
+        raise e.StsError(
+            70016,
+            "authorization_pending",
+            "OAuth 2.0 device flow error. Authorization is pending. Continue polling.",
+        )
+    user = rt.world.user(record.user)
+    app = rt.world.app(record.client_id)
+    assert app is not None
+    if user is None:
+        raise e.StsError(70000, "invalid_grant", "The user of the device code does not exist.")
+    with rt.lock:
+        rt.device_codes.pop(code, None)  # one redemption
+    req = parse_scopes(rt, record.scope, record.tenant_id)
+    return user_token_response(
+        rt,
+        req=req,
+        client=app,
+        client_acr=client_acr,
+        user=user,
+        tenant_id=record.tenant_id,
+        form=form,
+    )
+
+
+async def device_code_endpoint(rt: Runtime, request: Request, tenant: Tenant | None) -> Response:
+    form = dict(await request.form())
+    try:
+        body = start(rt, {k: str(v) for k, v in form.items()}, tenant)
+    except e.StsError as err:
+        return JSONResponse(err.body(request.headers.get("client-request-id")), err.status)
+    return JSONResponse(body, headers={"Cache-Control": "no-store"})
+
+
+async def device_login_page(rt: Runtime, request: Request) -> Response:
+    """The verification page: a user code, a test user and Continue / Cancel."""
+    if request.method == "POST":
+        form = await request.form()
+        ok = approve(
+            rt,
+            str(form.get("user_code", "")),
+            str(form.get("user", "")) or None,
+            decline=form.get("action") == "cancel",
+        )
+        text = "You have signed in; you may close this window." if ok else "Code not recognised."
+        return HTMLResponse(
+            f"<p id='result'>{html.escape(text)}</p>", status_code=200 if ok else 400
+        )
+    users = "".join(
+        f"<option value='{html.escape(u.name)}'>{html.escape(u.upn)}</option>"
+        for u in rt.world.users
+    )
+    return HTMLResponse(
+        "<form method='post'><input name='user_code' id='user_code'>"
+        f"<select name='user' id='user'>{users}</select>"
+        "<button name='action' value='continue' id='continue'>Continue</button>"
+        "<button name='action' value='cancel' id='cancel'>Cancel</button></form>"
+    )
+
+
+async def userinfo(rt: Runtime, request: Request) -> Response:
+    auth = request.headers.get("authorization", "")
+    token = auth[7:] if auth.lower().startswith("bearer ") else ""
+    challenge = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+    try:
+        claims = verify(rt.keys, token)
+    except jwt.PyJWTError:
+        return JSONResponse({"error": "invalid_token"}, status_code=401, headers=challenge)
+    graph = rt.world.app(GRAPH_APP_ID)
+    audiences = {GRAPH_APP_ID, "https://graph.microsoft.com", *(graph.identifiers if graph else ())}
+    if claims.get("aud") not in audiences or claims.get("exp", 0) < time.time():
+        return JSONResponse({"error": "invalid_token"}, status_code=401, headers=challenge)
+    user = rt.world.user(str(claims.get("oid", "")))
+    if user is None:
+        return JSONResponse({"error": "invalid_token"}, status_code=401, headers=challenge)
+    given, _, family = user.display_name.partition(" ")
+    out: dict[str, Any] = {
+        "sub": claims.get("sub"),
+        "name": user.display_name,
+        "given_name": given,
+        "family_name": family,
+        "picture": "https://graph.microsoft.com/v1.0/me/photo/$value",
+    }
+    if "email" in str(claims.get("scp", "")).split():
+        out["email"] = user.upn
+    return JSONResponse(out)
