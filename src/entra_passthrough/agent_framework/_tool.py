@@ -178,7 +178,8 @@ class EntraMCPTool(MCPStreamableHTTPTool):
         # Shared mode: who opened the current session (oid, None for the app or nobody), and
         # whether the server was seen to bind sessions to the principal that opened them.
         self._session_owner: str | None = None
-        self._bound_suspect = False
+        # Generation of the session that first refused a user other than its opener (404).
+        self._bound_suspect: int | None = None
         self._principal_bound = False
         self._background: set[asyncio.Task[None]] = set()
         self._deferred_for: Caller | None = None
@@ -482,7 +483,7 @@ class EntraMCPTool(MCPStreamableHTTPTool):
             except UserInputRequiredException:
                 raise
             except Exception as exc:
-                verdict = self._verdict(exc, attempt, caller)
+                verdict = self._verdict(exc, attempt, caller, generation)
                 if verdict == "raise":
                     raise
                 if verdict == "no_token":
@@ -520,34 +521,36 @@ class EntraMCPTool(MCPStreamableHTTPTool):
                 continue
             if (
                 self.mode == "shared"
-                and self._bound_suspect
-                and _oid_of(caller)
-                not in (
-                    None,
-                    self._session_owner,
-                )
+                and self._bound_suspect is not None
+                and generation == self._generation
+                and _oid_of(caller) not in (None, self._session_owner)
             ):
-                self._bound_suspect = False  # another user's call ran on this session
+                self._bound_suspect = None  # another user's call ran on this session
             return outcome
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _verdict(self, exc: Exception, attempt: CallAttempt, caller: Caller | None) -> str:
+    def _verdict(
+        self, exc: Exception, attempt: CallAttempt, caller: Caller | None, generation: int
+    ) -> str:
         """``raise`` (not about the connection), ``no_token`` (nothing sent: no token could be
         applied), ``retry`` (provably never reached the server), ``maybe_ran``."""
         if attempt.not_sent == "no_token" and not attempt.sent:
             return "no_token"
         if is_session_refused(exc):
-            # 404 on the session: refused before anything ran. In shared mode, twice after an
-            # identity switch means the server binds sessions to principals.
-            if self.mode == "shared":
+            # 404 on the session: refused before anything ran, so a retry is safe. In shared
+            # mode: a session refused another user than its opener; if the session opened after
+            # that (by that user) refuses yet another user, the server binds sessions to
+            # principals. (After a plain restart every old session is refused: that counts once.)
+            if self.mode == "shared" and generation == self._generation:
                 user = _oid_of(caller)
                 if user is not None and user != self._session_owner:
-                    if self._bound_suspect:
+                    if self._bound_suspect is not None and self._bound_suspect < generation:
                         self._principal_bound = True
                         return "raise"
-                    self._bound_suspect = True
+                    if self._bound_suspect is None:
+                        self._bound_suspect = generation
                 else:
-                    self._bound_suspect = False
+                    self._bound_suspect = None
             return "retry"
         if attempt.never_left and (is_dead_connection(exc) or attempt.not_sent == "connect"):
             return "retry"
