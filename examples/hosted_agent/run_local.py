@@ -77,7 +77,6 @@ def main() -> int:
     from entra_passthrough import MemoryStore
     from entra_passthrough.consent import ConsentBroker
     from entra_passthrough.testing import EntraEmulator
-    from entra_passthrough.testing._cli import state as emulator_state
 
     state_file = Path(os.environ.get("LOCAL_STATE_FILE") or DEFAULT_STATE)
     port = int(os.environ.get("LOCAL_AGENT_PORT") or 8088)
@@ -146,7 +145,7 @@ def main() -> int:
             )
             agent = agent_main.create_app(env, store=store, http_client=http)
             served.append(Served("agent", agent, agent_sock))
-            _write_state(state_file, {"agent": agent_url, "emulator": emulator_state(idp)})
+            _write_state(state_file, {"agent": agent_url, "emulator": _emulator_state(idp)})
             print(f"emulator   {idp.url}", flush=True)
             print(f"MCP server {mcp_url}", flush=True)
             print(f"broker     {broker_url}", flush=True)
@@ -161,6 +160,27 @@ def main() -> int:
                 server.stop()
             state_file.unlink(missing_ok=True)
     return 0
+
+
+def _emulator_state(idp: Any) -> dict[str, Any]:
+    """What ask.py needs to sign a test user in: the emulator, its CA, the apps, the users."""
+    apps = {
+        name: {
+            "client_id": app.client_id,
+            "app_id_uri": app.app_id_uri,
+            "scope": app.scope,
+            "secret": app.secret,
+        }
+        for name, app in (("frontend", idp.frontend), ("agent", idp.agent))
+    }
+    users = {name: {"upn": user.upn, "password": user.password} for name, user in idp.users.items()}
+    return {
+        "url": idp.url,
+        "ca_file": idp.ca_file,
+        "tenant_id": idp.tenant_id,
+        "apps": apps,
+        "users": users,
+    }
 
 
 def _keys() -> str:

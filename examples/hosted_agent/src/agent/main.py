@@ -45,6 +45,8 @@ from entra_passthrough import (
 from entra_passthrough.agent_framework import entra_mcp_tool, entra_middleware, install
 
 INSTRUCTIONS = "Answer with what the whoami tool says."
+#: The audience of a managed identity's token used as a federated credential (public cloud;
+#: US Government: api://AzureADTokenExchangeUSGov, China: api://AzureADTokenExchangeChina).
 FEDERATION_AUDIENCE = "api://AzureADTokenExchange"
 
 
