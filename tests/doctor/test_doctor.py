@@ -268,3 +268,14 @@ def test_consent_app(idp: EntraEmulator) -> None:
     assert "AADSTS7000215" in check.detail
     assert_clean([check], "wrong-consent-secret-789", key)
     assert "consent app" not in by_name(run(secretless(idp)))  # not configured: no check
+
+
+def test_user_token_for_foundry_instead_of_the_agent(idp: EntraEmulator) -> None:
+    # The most common hosted-agent mistake: the token the agent gets is Foundry's, not for the
+    # agent app. The consent check explains it instead of trying the exchange.
+    token = idp.user_token("alice", audience="https://ai.azure.com")
+    check = by_name(run(secretless(idp), scopes=[scope(idp)], user_token=token))["consent"]
+    assert check.status == "fail"
+    assert "https://ai.azure.com" in check.detail
+    assert check.fix
+    assert_clean([check], token)
