@@ -1,5 +1,6 @@
 # Two commands a newcomer needs: `make demo` and `make test`. Both create .venv if needed;
-# `make demo` installs only what the demo needs (the 'demo' extra), `make test` everything.
+# `make demo` installs only what the demo needs (the 'demo' extra), `make test` everything
+# (docs included: tests/docs builds the site).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -12,7 +13,7 @@ DOCS_STAMP := $(VENV)/.installed-docs
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[all,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[all,dev,docs]'
 	touch $(STAMP)
 
 lint: $(STAMP)
