@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -89,4 +90,46 @@ def test_arbitrary_requests_answer_400(
     method, path = route
     headers = [(b"content-type", content_type), (b"cookie", cookie), (b"accept", b"*/*")]
     status = asyncio.run(_call(method, path, query, body, headers))
+    assert status == 400
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    flow_id=st.text(max_size=30),
+    key_hash=st.text(max_size=70),
+    lifetime=st.integers(min_value=-100, max_value=10**6),
+    extra=st.lists(
+        st.tuples(
+            st.sampled_from(["code", "error", "error_description", "session_state", "x"]),
+            st.text(max_size=60),
+        ),
+        max_size=4,
+    ),
+    cookie=header_value,
+    method=st.sampled_from(["GET", "POST"]),
+)
+def test_a_correctly_signed_state_with_hostile_parameters_answers_400(
+    flow_id: str,
+    key_hash: str,
+    lifetime: int,
+    extra: list[tuple[str, str]],
+    cookie: bytes,
+    method: str,
+) -> None:
+    # Signed with the broker's own keyring (as an attacker who saw a real state has one), but
+    # for no started flow, or expired: refused, never a 500, nothing stored.
+    from urllib.parse import urlencode
+
+    from entra_passthrough.consent._state import State
+
+    state = State(flow_id, key_hash, time.time() + lifetime).sign(BROKER.keyring)
+    form = urlencode([("state", state), *extra]).encode()
+    headers = [
+        (b"content-type", b"application/x-www-form-urlencoded"),
+        (b"cookie", cookie),
+    ]
+    if method == "GET":
+        status = asyncio.run(_call("GET", "/callback", form, b"", headers))
+    else:
+        status = asyncio.run(_call("POST", "/callback", b"", form, headers))
     assert status == 400

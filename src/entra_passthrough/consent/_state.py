@@ -49,7 +49,7 @@ class State:
         try:
             data = json.loads(keyring.verify("state", value))
             state = cls(str(data["f"]), str(data["k"]), float(data["e"]))
-        except (KeyringError, ValueError, KeyError, TypeError):
+        except (KeyringError, ValueError, KeyError, TypeError, OverflowError):
             raise StateError(
                 "invalid_state", "The sign-in state is not valid (bad signature or format)."
             ) from None
