@@ -152,6 +152,7 @@ def test_integrations_raise_missing_extra_alike(core_venv: Venv) -> None:
         "entra_passthrough.agent_framework": "agent-framework",
         "entra_passthrough.mcp": "mcp",
         "entra_passthrough.server": "mcp",
+        "entra_passthrough.redis": "redis",
     }
     found = json.loads(check([core_venv.python, "-c", _IMPORT, "entra_passthrough", *expected]))
     assert found.pop("entra_passthrough") is None  # the core imports
