@@ -313,3 +313,54 @@ def test_emulator_token_endpoint_answers_typed_errors(
         body = answer.json()
         assert isinstance(body.get("error"), str)
         assert isinstance(body.get("error_codes", [0]), list)
+
+
+AUTHORIZE_FIELDS = [
+    "client_id",
+    "response_type",
+    "redirect_uri",
+    "scope",
+    "state",
+    "nonce",
+    "code_challenge",
+    "code_challenge_method",
+    "response_mode",
+    "login_hint",
+    "prompt",
+    "claims",
+]
+
+
+@examples(80)
+@given(st.dictionaries(st.sampled_from(AUTHORIZE_FIELDS), form_values, max_size=8))
+def test_emulator_authorize_endpoint_never_500(idp: EntraEmulator, query: dict[str, str]) -> None:
+    try:
+        query = {k: v.encode("utf-8").decode("utf-8") for k, v in query.items()}
+    except UnicodeEncodeError:
+        assume(False)
+    with httpx2.Client(verify=idp.ssl_context(), timeout=30) as http:
+        answer = http.get(f"{idp.url}/{idp.tenant_id}/oauth2/v2.0/authorize", params=query)
+    assert answer.status_code < 500, answer.text[:300]
+
+
+@examples(60)
+@given(
+    st.dictionaries(
+        st.sampled_from(["resource", "api-version", "client_id", "object_id", "mi_res_id", "x"]),
+        st.text(max_size=40),
+        max_size=4,
+    ),
+    st.booleans(),
+)
+def test_emulator_managed_identity_endpoint_never_500(
+    idp: EntraEmulator, query: dict[str, str], with_header: bool
+) -> None:
+    try:
+        query = {k: v.encode("utf-8").decode("utf-8") for k, v in query.items()}
+    except UnicodeEncodeError:
+        assume(False)
+    env = idp.mi_env()
+    headers = {"X-IDENTITY-HEADER": env["IDENTITY_HEADER"]} if with_header else {}
+    with httpx2.Client(timeout=30) as http:
+        answer = http.get(env["IDENTITY_ENDPOINT"], params=query, headers=headers)
+    assert answer.status_code < 500, answer.text[:300]
