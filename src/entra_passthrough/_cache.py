@@ -129,7 +129,8 @@ class TokenCache:
         self._clock = clock
         #: L2 shared by replicas (``SharedTokenCache``), asked on a miss or a due refresh only.
         self.shared = shared
-        self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
+        # key -> the result alone (an entry capped by its assertion) or an _Entry (timing)
+        self._entries: OrderedDict[Hashable, TokenResult | _Entry] = OrderedDict()
         self._inflight: dict[Hashable, concurrent.futures.Future[TokenResult | None]] = {}
         self._lock = threading.Lock()
         self._hits = self._misses = self._refreshes = self._evictions = 0
@@ -196,6 +197,13 @@ class TokenCache:
             entry = self._entries.get(key)
             if entry is None:
                 return None, False
+            if isinstance(entry, TokenResult):  # capped: usable to its cap, never refreshed
+                if now >= entry.expires_on:
+                    del self._entries[key]
+                    return None, False
+                self._entries.move_to_end(key)
+                self._hits += 1
+                return entry, False
             if now >= entry.usable_until:
                 del self._entries[key]
                 return None, False
@@ -213,15 +221,19 @@ class TokenCache:
         now = self._clock()
         with self._lock:
             entry = self._entries.get(key)
-            if (
-                entry is None
-                or now >= entry.usable_until
-                or (now >= entry.refresh_at and not entry.refreshing)
-            ):
+            if entry is None:
                 return None
+            if isinstance(entry, TokenResult):
+                if now >= entry.expires_on:
+                    return None
+                result = entry
+            elif now >= entry.usable_until or (now >= entry.refresh_at and not entry.refreshing):
+                return None
+            else:
+                result = entry.result
             self._entries.move_to_end(key)
             self._hits += 1
-            return entry.result
+            return result
 
     def get(self, key: Hashable) -> TokenResult | None:
         """The cached, usable result for ``key`` (no refresh, no acquisition)."""
@@ -238,8 +250,11 @@ class TokenCache:
             result = dataclasses.replace(result, cache_key=key)
         if usable_until <= now:
             return result  # already (nearly) expired: hand it out once, do not keep it
+        # A capped entry needs no timing of its own (usable until ``expires_on``, which is the
+        # cap, and never refreshed): the result is stored alone, 64 B less per OBO entry.
+        capped = refresh_at == math.inf and usable_until == result.expires_on
         with self._lock:
-            self._entries[key] = _Entry(result, refresh_at, usable_until)
+            self._entries[key] = result if capped else _Entry(result, refresh_at, usable_until)
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
@@ -260,7 +275,7 @@ class TokenCache:
             if failed:
                 self._refresh_failures += 1
             entry = self._entries.get(key)
-            if entry is not None and entry.refreshing:
+            if isinstance(entry, _Entry) and entry.refreshing:
                 entry.refreshing = False
                 if failed:  # next attempt after half of what is left, not on the next request
                     now = self._clock()
