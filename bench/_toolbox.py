@@ -164,7 +164,7 @@ class Ours:
 
 
 def _platform_context(oid: str, call_id: str) -> Any:
-    from azure.ai.agentserver.core._request_context import (
+    from azure.ai.agentserver.core import (
         FoundryAgentRequestContext,
         set_request_context,
     )
@@ -188,7 +188,7 @@ class AfShared:
         self.tool = FoundryToolbox(self.credential, url=toolbox.url, name="toolbox")
 
     async def run(self, user: str, oid: str, call_id: str) -> str:
-        from azure.ai.agentserver.core._request_context import reset_request_context
+        from azure.ai.agentserver.core import reset_request_context
 
         token = _platform_context(oid, call_id)
         try:
@@ -217,7 +217,7 @@ class AfPerRequest:
 
     async def run(self, user: str, oid: str, call_id: str) -> str:
         from agent_framework_foundry_hosting import FoundryToolbox
-        from azure.ai.agentserver.core._request_context import reset_request_context
+        from azure.ai.agentserver.core import reset_request_context
 
         token = _platform_context(oid, call_id)
         try:
