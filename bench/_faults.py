@@ -9,7 +9,9 @@ fallbacks (a user's call answered with the app's identity: must be 0), and token
 token the emulator issued, searched as 24-character fragments in every log record at DEBUG of
 every logger: must be 0). The chain under test is ``TokenChain([OnBehalfOf, <an app source>],
 policy=USER_OR_APP)``: the most permissive policy that still names a user, so a fallback would
-show. MCP server faults (restart, slow, 401/403/404, -32000) are in tests/integration.
+show. The MCP server faults (restarted, slow, 401/403/404, -32000) run ``entra_mcp_tool``
+against a real MCP server (tests/faults/_mcp.py): also counted there, the tools that never
+served again (connections lost for good) and the calls the server ran twice.
 """
 
 from __future__ import annotations
@@ -351,6 +353,25 @@ async def developer_cli(idp: EntraEmulator, calls: int) -> list[Row]:
     return rows
 
 
+# -- MCP server ---------------------------------------------------------------------------------
+
+
+async def mcp_server(calls: int) -> list[Row]:
+    """The MCP scenarios live with their test (tests/faults/_mcp.py, which builds on the
+    integration tests' real MCP server)."""
+    import warnings
+
+    from mcp import MCPDeprecationWarning
+
+    tests = str(Path(__file__).resolve().parents[1] / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    from faults._mcp import mcp_faults
+
+    warnings.filterwarnings("ignore", message="ping is removed", category=MCPDeprecationWarning)
+    return [Row(r) for r in await mcp_faults(calls=calls)]
+
+
 # -- report -----------------------------------------------------------------------------------
 
 
@@ -368,25 +389,32 @@ def markdown(results: dict[str, Any]) -> str:
         "past the client's timeout is counted when its delay ends, possibly in a later row).",
         "",
         "| where | fault | calls | outcomes | requests seen by the emulator | app-identity "
-        "fallbacks | tokens logged |",
-        "|---|---|---|---|---|---|---|",
+        "fallbacks | MCP connections lost for good | tokens logged |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in results["rows"]:
         outcomes = ", ".join(f"{k} {v}" for k, v in sorted(row["outcomes"].items()))
+        if "outcomes_after" in row:
+            after = ", ".join(f"{k} {v}" for k, v in sorted(row["outcomes_after"].items()))
+            outcomes = f"during: {outcomes}; after: {after}"
         requests = ", ".join(f"{k} {v}" for k, v in sorted(row["requests"].items())) or "-"
+        lost = row.get("lost_for_good", "-")
         lines.append(
             f"| {row['group']} | {row['fault']} | {row['calls']} | {outcomes} | {requests} | "
-            f"{row['app_fallbacks']} | {row['tokens_logged']} |"
+            f"{row['app_fallbacks']} | {lost} | {row['tokens_logged']} |"
         )
     totals = results["totals"]
     lines += [
         "",
         f"Totals: {totals['calls']} calls, {totals['app_fallbacks']} app-identity fallbacks "
         f"(must be 0), {totals['tokens_logged']} tokens logged (must be 0), "
-        f"{totals['untyped']} untyped errors (must be 0).",
+        f"{totals['untyped']} untyped errors (must be 0), {totals['mcp_lost_for_good']} MCP "
+        f"connections lost for good (must be 0), {totals['mcp_ran_twice']} tool calls run "
+        "twice (must be 0).",
         "",
-        "MCP server faults (restart, slow, 401/403/404, -32000; connections lost for good: 0) "
-        "are exercised by tests/integration (test_failures.py, test_isolation.py).",
+        "MCP server rows: `entra_mcp_tool` against a real MCP server (EntraTokenVerifier), half "
+        "the calls while the fault lasts, half after; a call answered as someone else or run "
+        "twice by the server would count as a fallback (0 in every row).",
     ]
     return "\n".join(lines) + "\n"
 
@@ -401,6 +429,7 @@ TYPED = {
     "TokenVerificationError",
     "ConfigurationError",
     "PolicyViolation",
+    "ToolExecutionException",  # agent-framework's error for a tool call, with our message
 }
 
 
@@ -413,7 +442,9 @@ async def run(quick: bool) -> dict[str, Any]:
         rows += await jwks(idp, calls)
         rows += await developer_cli(idp, 2 if quick else 3)
         rows += await managed_identity(idp, 2 if quick else 5)
+    rows += await mcp_server(2 if quick else 10)
     untyped = sum(v for row in rows for k, v in row["outcomes"].items() if k not in TYPED)
+    lost = sum(row.get("lost_for_good", 0) for row in rows)
     return {
         "quick": quick,
         "calls": calls,
@@ -427,6 +458,8 @@ async def run(quick: bool) -> dict[str, Any]:
                 r["outcomes"].get("accepted", 0) for r in rows if r["group"] == "JWKS"
             ),
             "untyped": untyped,
+            "mcp_lost_for_good": lost,
+            "mcp_ran_twice": sum(row.get("ran_twice", 0) for row in rows),
         },
     }
 
@@ -444,7 +477,14 @@ def main(argv: list[str] | None = None) -> int:
     (out / "faults.md").write_text(text)
     print(text)
     t = results["totals"]
-    bad = t["app_fallbacks"] or t["tokens_logged"] or t["accepted_without_keys"] or t["untyped"]
+    bad = (
+        t["app_fallbacks"]
+        or t["tokens_logged"]
+        or t["accepted_without_keys"]
+        or t["untyped"]
+        or t["mcp_lost_for_good"]
+        or t["mcp_ran_twice"]
+    )
     return 1 if bad else 0
 
 

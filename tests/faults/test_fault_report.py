@@ -27,6 +27,9 @@ def test_fault_suite_quick(tmp_path: Path) -> None:
     assert totals["tokens_logged"] == 0
     assert totals["untyped"] == 0
     assert totals["accepted_without_keys"] == 0
+    assert totals["mcp_lost_for_good"] == 0
+    assert totals["mcp_ran_twice"] == 0
+    assert len([r for r in results["rows"] if r["group"] == "MCP server"]) == 6
     rows = {row["fault"]: row for row in results["rows"]}
     assert rows["429 Retry-After 30"]["outcomes"] == {"Throttled": results["calls"]}
     assert rows["503 once (transient)"]["outcomes"] == {"ok": results["calls"]}
