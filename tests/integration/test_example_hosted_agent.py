@@ -109,3 +109,45 @@ def test_local_run_as_written(local_run: tuple[dict[str, str], subprocess.Popen[
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0
     assert not Path(env["LOCAL_STATE_FILE"]).exists()  # removed on the way out
+
+
+def test_agent_id_from_the_variables_foundry_injects() -> None:
+    """Without an app registration configured, the example's chain is the Entra Agent ID that
+    Foundry injects (FOUNDRY_AGENT_*), its blueprint authenticated by the managed identity as a
+    federated credential: still no secret."""
+    import importlib.util
+
+    import jwt
+
+    from entra_passthrough import AgentIdentityOnBehalfOf, MemoryStore, bind_caller
+    from entra_passthrough.testing import EntraEmulator
+
+    spec = importlib.util.spec_from_file_location(
+        "hosted_agent_main_under_test", EXAMPLE / "src" / "agent" / "main.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    main = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = main
+    spec.loader.exec_module(main)
+    with EntraEmulator() as idp:
+        env = {
+            "FOUNDRY_AGENT_INSTANCE_CLIENT_ID": idp.agent_identity.client_id,
+            "FOUNDRY_AGENT_BLUEPRINT_CLIENT_ID": idp.blueprint.client_id,
+            "FOUNDRY_AGENT_TENANT_ID": idp.tenant_id,
+            "ENTRA_PASSTHROUGH_CLIENT_CREDENTIAL": "managed_identity",
+            "AZURE_CLIENT_ID": idp.managed_identity.client_id,
+            **idp.mi_env(),
+            "AZURE_AUTHORITY_HOST": idp.url,
+            "ENTRA_PASSTHROUGH_CA_FILE": idp.ca_file,
+        }
+        chain = main.make_chain(env, MemoryStore())
+        try:
+            assert [type(s) for s in chain.sources] == [AgentIdentityOnBehalfOf]
+            token = idp.user_token("alice", audience=idp.blueprint.client_id)
+            with bind_caller(token=token):
+                result = chain.get_token([f"{idp.mcp.app_id_uri}/.default"])
+            claims = jwt.decode(result.token, options={"verify_signature": False})
+            assert claims["oid"] == idp.users["alice"].oid
+        finally:
+            chain.close()
