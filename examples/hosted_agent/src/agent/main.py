@@ -121,14 +121,18 @@ def make_chain(env: Mapping[str, str], store: Any, *, http_client: Any = None) -
 
 
 def default_chat_client() -> Any:
-    """The model: ``FoundryChatClient`` in Foundry (``FOUNDRY_PROJECT_ENDPOINT`` and
+    """The model: ``FoundryChatClient`` in Foundry (``FOUNDRY_PROJECT_ENDPOINT``, injected, and
+    the deployment in ``MICROSOFT_FOUNDRY_MODEL_DEPLOYMENT_NAME``, or the older
     ``AZURE_AI_MODEL_DEPLOYMENT_NAME``); locally, without a model, a scripted client that calls
     ``whoami`` once and answers with what it said."""
-    if os.environ.get("FOUNDRY_PROJECT_ENDPOINT") and os.environ.get(
+    deployment = os.environ.get("MICROSOFT_FOUNDRY_MODEL_DEPLOYMENT_NAME") or os.environ.get(
         "AZURE_AI_MODEL_DEPLOYMENT_NAME"
-    ):
+    )
+    if os.environ.get("FOUNDRY_PROJECT_ENDPOINT") and deployment:
         from agent_framework.foundry import FoundryChatClient
 
+        # FoundryChatClient reads the deployment from AZURE_AI_MODEL_DEPLOYMENT_NAME.
+        os.environ.setdefault("AZURE_AI_MODEL_DEPLOYMENT_NAME", deployment)
         return FoundryChatClient()
     from entra_passthrough.agent_framework.testing import ScriptedChatClient
 
