@@ -25,6 +25,7 @@ from entra_passthrough.agent_framework import (
     entra_mcp_tool,
     entra_middleware,
 )
+from entra_passthrough.agent_framework._signals import _public_failure_type
 from entra_passthrough.agent_framework.testing import ScriptedChatClient
 from entra_passthrough.mcp import _CallGuard, call_attempt
 from entra_passthrough.testing import FOUNDRY_AUDIENCE, EntraEmulator
@@ -109,8 +110,15 @@ async def test_pool_keys_by_the_identity_entra_issued(
             scp="access_as_user",
         )
         async with bind_caller(token=forged):
-            with pytest.raises(TokenAcquisitionError):
-                await pool.tool()
+            lone = await pool.tool()
+            assert lone is not mine
+            assert lone._pool is None  # not pooled: its connect fails before any request
+            public = _public_failure_type()
+            assert public is not None
+            with pytest.raises(public) as refused:  # the shape the host shows its client
+                await lone.connect()
+            assert not lone.is_connected
+        assert isinstance(refused.value.__cause__, TokenAcquisitionError)
         assert len(pool) == 1
         assert mine._pending == 1  # only the victim's own hand-out
     finally:
@@ -290,3 +298,36 @@ async def test_no_call_runs_twice_when_the_server_restarts_under_load(
     assert len(results) == 30
     seen = [s for s in calls(recorder.snapshot()) if s.status == 200]
     assert all(s.oid == s.caller_tag for s in seen)
+
+
+async def test_pool_caller_without_consent_gets_a_consent_request_and_sends_nothing(
+    idp: EntraEmulator, users: list[User], mcp_server: Start
+) -> None:
+    server, recorder = mcp_server(stateful=True)
+    pool = entra_mcp_tool(
+        "records",
+        f"{server.base}/mcp",
+        chain=make_chain(idp),
+        scopes=mcp_scopes(idp),
+        per_user=True,
+    )
+
+    async def make_agent() -> Agent:
+        return _agent(await pool.tool())
+
+    host = serve_asgi(host_app(make_agent, close_on_shutdown=[pool]), name="host")
+    carol = idp.users["carol"]  # has not consented to the agent calling the MCP API
+    try:
+        async with httpx2.AsyncClient(base_url=host.base, timeout=60) as client:
+            payload = await respond(client, agent_token(idp, carol), carol.oid, store=True)
+            ok = await respond(client, agent_token(idp, users[15]), users[15].oid)
+            pooled = len(pool)
+    finally:
+        host.stop()
+    items = [i for i in payload["output"] if i.get("type") == "oauth_consent_request"]
+    assert payload["status"] == "incomplete"
+    assert len(items) == 1
+    assert "prompt=consent" in items[0]["consent_link"]
+    assert carol.oid not in {s.oid for s in recorder.snapshot()}
+    assert pooled == 1  # only users[15]'s connection
+    assert seen_oid(ok) == users[15].oid

@@ -203,7 +203,17 @@ def entra_mcp_tool(
         on_error="record",
         client_capabilities=client_capabilities,
     )
-    return EntraMCPToolPool(make, resolve=resolver.acquire_async, options=pool_options, name=name)
+
+    def unpooled() -> EntraMCPTool:
+        return EntraMCPTool(name, url, mode="per_user", **options)
+
+    return EntraMCPToolPool(
+        make,
+        resolve=resolver.acquire_async,
+        unpooled=unpooled,
+        options=pool_options,
+        name=name,
+    )
 
 
 def entra_middleware(*, server_label: str | None = None) -> list[Any]:

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from .._caller import Caller, active_caller
-from .._errors import ConfigurationError, NoCallerError
+from .._errors import ConfigurationError, EntraPassthroughError, NoCallerError
 from .._jwt import JwtDecodeError, UnverifiedClaims
 from .._types import IdentityKind, TokenResult
 from ._tool import EntraMCPTool
@@ -107,11 +107,13 @@ class EntraMCPToolPool:
         make_tool: Callable[[EntraMCPToolPool, str], EntraMCPTool],
         *,
         resolve: Callable[[], Awaitable[TokenResult | None]],
+        unpooled: Callable[[], EntraMCPTool] | None = None,
         options: PoolOptions | None = None,
         name: str = "mcp",
     ) -> None:
         self._make_tool = make_tool
         self._resolve = resolve
+        self._unpooled = unpooled
         self.options = options or PoolOptions()
         self.name = name
         self._tools: OrderedDict[str, EntraMCPTool] = OrderedDict()
@@ -128,15 +130,26 @@ class EntraMCPToolPool:
 
     async def tool(self) -> EntraMCPTool:
         """The current caller's connection (created on first use; connected when the agent
-        opens it). Resolves the caller's token first: its typed error (``ConsentRequired``, a
-        refused audience...) raises here and nothing is leased. Raises ``NoCallerError``
+        opens it). Resolves the caller's token first: when that fails (``ConsentRequired``, a
+        refused audience, a forged assertion...) nothing is leased, and the tool returned is a
+        lone one that sends nothing and fails the run with the explanation (or the consent
+        request). Raises ``NoCallerError``
         without an active caller whose token Entra issued for a user (or a verified one)."""
         if self._closed:
             raise ConfigurationError(f"the MCP connection pool {self.name!r} is closed")
         caller = active_caller()
         if caller is None:
             raise NoCallerError(f"The per-user MCP pool {self.name!r} needs an active caller.")
-        result = await self._resolve()
+        try:
+            result = await self._resolve()
+        except EntraPassthroughError:
+            if self._unpooled is None:
+                raise
+            # The caller gets no pooled connection. A lone tool, never connected, takes the
+            # same path as any connect: its preflight fails again before any request, and the
+            # host shows the consent request or the explanation to the client (an exception
+            # here, in the agent factory, would reach the client as a bare "server_error").
+            return self._unpooled()
         key = issued_pool_key(result, caller) if result is not None else None
         if key is None:
             raise NoCallerError(
