@@ -430,6 +430,7 @@ TYPED = {
     "ConfigurationError",
     "PolicyViolation",
     "ToolExecutionException",  # agent-framework's error for a tool call, with our message
+    "ToolException",  # agent-framework's error for a connection that is being re-established
 }
 
 
