@@ -34,7 +34,10 @@ EXTRAS = {
     "consent": ["entra_passthrough.consent"],
     "redis": ["entra_passthrough.redis"],
     "testing": ["entra_passthrough.testing"],
+    "otel": ["entra_passthrough", "opentelemetry.trace"],
+    "demo": ["entra_passthrough._demo", "entra_passthrough.consent"],
 }
+NOT_RUNTIME = {"all", "dev", "docs"}  # tool sets, not integrations
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +70,7 @@ def test_wheel_contents_and_metadata(dist: dict[str, Path]) -> None:
     assert {"Documentation", "Source", "Changelog"} <= urls
     assert "entra_emulator = _entra_passthrough_pytest" in entry_text
     extras = set(meta.get_all("Provides-Extra") or [])
-    assert set(EXTRAS) | {"demo", "all", "docs"} <= extras
+    assert extras - NOT_RUNTIME == set(EXTRAS), "add the new extra to EXTRAS"
 
 
 def test_sdist_builds_and_installs(dist: dict[str, Path], tmp_path: Path) -> None:
