@@ -439,6 +439,7 @@ class GuardedHttpClient:
             import requests
 
             inner = requests.Session()  # trust_env kept: proxies and corporate CAs work
+            size_pool(inner)
         self.inner = inner
         self.timeouts = timeouts
         self.throttle = throttle if throttle is not None else Throttle()
@@ -603,6 +604,22 @@ class GuardedHttpClient:
             if failure.kind != "timeout":
                 self.throttle.block_authority(authority, t.negative_ttl, failure)
         raise failure
+
+
+#: Connections kept per host by the sessions the library creates: as many as token requests can
+#: be in flight (the default worker pool). requests keeps 10: in a burst of 64 the other 54
+#: connections are closed after one use (urllib3 logs a warning for each) and the next burst
+#: pays their TLS handshakes again.
+POOL_SIZE = 64
+
+
+def size_pool(session: Any, size: int = POOL_SIZE) -> None:
+    """Mount HTTPS/HTTP adapters that keep ``size`` connections per host on a
+    ``requests.Session`` the library created (never on one the application passed)."""
+    from requests.adapters import HTTPAdapter
+
+    for prefix in ("https://", "http://"):
+        session.mount(prefix, HTTPAdapter(pool_connections=4, pool_maxsize=size))
 
 
 def _is_timeout(exc: BaseException) -> bool:

@@ -27,7 +27,7 @@ import msal
 
 from . import _redact
 from ._errors import ConfigurationError
-from ._http import DEFAULT_TIMEOUTS, GuardedHttpClient, Throttle, Timeouts
+from ._http import DEFAULT_TIMEOUTS, GuardedHttpClient, Throttle, Timeouts, size_pool
 
 if TYPE_CHECKING:
     from ._sources.managed_identity import ManagedIdentity
@@ -243,6 +243,7 @@ def http_session(ca_file: str | None) -> Any:
 
     session = CaFileSession()
     session.verify = ca_file
+    size_pool(session)
     return session
 
 
@@ -339,9 +340,7 @@ def load_certificate(
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     ).decode()
-    public_certificate = "".join(
-        c.public_bytes(serialization.Encoding.PEM).decode() for c in chain
-    )
+    public_certificate = "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in chain)
     return {"private_key": key_text, "public_certificate": public_certificate}
 
 
