@@ -305,7 +305,10 @@ def test_client_capabilities_reach_xms_cc(idp: EntraEmulator) -> None:
     )
     result = app.acquire_token_for_client([f"{idp.mcp.app_id_uri}/.default"])
     claims = jwt.decode(result["access_token"], options={"verify_signature": False})
-    assert claims["xms_cc"] == ["CP1"]
+    assert claims["xms_cc"] == ["cp1"]
+    # Only for a resource that asks for the optional claim xms_cc (legacy_api does not).
+    other = app.acquire_token_for_client([f"{idp.legacy_api.app_id_uri}/.default"])
+    assert "xms_cc" not in jwt.decode(other["access_token"], options={"verify_signature": False})
 
 
 # ---- errors ---------------------------------------------------------------------------------

@@ -359,7 +359,7 @@ def test_client_capabilities_reach_the_token(idp: EntraEmulator) -> None:
         idp.user_token("alice", audience=idp.agent.client_id), [f"{idp.mcp.app_id_uri}/.default"]
     )
     claims = jwt.decode(result["access_token"], options={"verify_signature": False})
-    assert claims["xms_cc"] == ["CP1"]
+    assert claims["xms_cc"] == ["cp1"]
 
 
 def test_raw_code_redemption_without_scope_gives_a_usable_refresh_token(idp: EntraEmulator) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import jwt
@@ -389,3 +390,106 @@ def test_device_code_pending_declined_and_azure_identity(idp: EntraEmulator) -> 
     )
     token = cred.get_token(f"{idp.agent.app_id_uri}/access_as_user")
     assert _claims(token.token)["oid"] == idp.users["bob"].oid
+
+
+# ---- the consent model -------------------------------------------------------------------------
+# https://learn.microsoft.com/entra/identity-platform/scopes-oidc#the-default-scope (".default"
+# consents the configured permissions; a resource not configured is 650057),
+# https://learn.microsoft.com/entra/identity/enterprise-apps/configure-user-consent (90094).
+
+CONSENT_WORLD = {
+    "tenants": [{"name": "locked", "user_consent": False}],
+    "apps": [
+        {
+            "name": "strict_api",
+            "api": True,
+            "multi_tenant": True,
+            "scope": "read",
+            "scopes": ["admin.write"],
+            "admin_scopes": ["admin.write"],
+        },
+        {"name": "other_api", "api": True, "scope": "read"},
+        {
+            "name": "strict_client",
+            "secret": True,
+            "multi_tenant": True,
+            "redirect_uris": ["http://localhost/callback"],
+            "required": ["strict_api/read"],
+        },
+    ],
+    "users": [{"name": "sam", "tenant": "locked"}],
+}
+
+
+@pytest.fixture(scope="module")
+def consent_idp() -> Iterator[EntraEmulator]:
+    from entra_passthrough.testing import World
+
+    with EntraEmulator(world=World.from_dict(CONSENT_WORLD)) as idp:
+        yield idp
+
+
+def _authorize(
+    idp: EntraEmulator, scopes: list[str], user: str, tenant: str | None = None
+) -> tuple[msal.ConfidentialClientApplication, dict, dict]:
+    import urllib.parse
+
+    client = idp.app("strict_client")
+    app = msal.ConfidentialClientApplication(
+        client.client_id,
+        client_credential=client.secret,
+        authority=f"{idp.url}/{tenant or idp.tenant_id}",
+        http_client=idp.msal_http_client(),
+        instance_discovery=False,
+    )
+    flow = app.initiate_auth_code_flow(
+        scopes, redirect_uri="http://localhost/callback", login_hint=user
+    )
+    with idp.msal_http_client() as http:
+        resp = http.get(flow["auth_uri"] + "&emulator_consent=accept", allow_redirects=False)
+    location = resp.headers.get("location", "")
+    return app, flow, dict(urllib.parse.parse_qsl(urllib.parse.urlparse(location).query))
+
+
+@pytest.mark.filterwarnings("ignore:response_mode='form_post' is recommended:UserWarning")
+def test_consent_model(consent_idp: EntraEmulator) -> None:
+    idp = consent_idp
+    api = idp.app("strict_api")
+    other = idp.app("other_api")
+    # An admin-only scope: a user cannot consent to it (AADSTS90094).
+    _, _, answer = _authorize(idp, [f"{api.app_id_uri}/admin.write"], "alice")
+    assert answer.get("error_description", "").startswith("AADSTS90094"), answer
+    # .default for a resource the client does not configure (AADSTS650057).
+    _, _, answer = _authorize(idp, [f"{other.app_id_uri}/.default"], "alice")
+    assert answer.get("error_description", "").startswith("AADSTS650057"), answer
+    # A tenant whose users may not consent: even a plain scope needs an administrator.
+    locked = idp._world.tenant("locked")
+    assert locked is not None
+    _, _, answer = _authorize(idp, [f"{api.app_id_uri}/read"], "sam", tenant=locked.id)
+    assert answer.get("error_description", "").startswith("AADSTS90094"), answer
+    # .default consents exactly the configured permissions: read, not the admin-only scope.
+    app, flow, answer = _authorize(idp, [f"{api.app_id_uri}/.default"], "alice")
+    assert "code" in answer, answer
+    result = app.acquire_token_by_auth_code_flow(flow, answer)
+    scp = _claims(result["access_token"])["scp"].split()
+    assert scp == ["read"], result
+
+
+def test_xms_cc_is_cp1_only_and_only_when_the_resource_asks(idp: EntraEmulator) -> None:
+    # claims-challenge: the claims request parameter is evaluated; xms_cc carries cp1 only.
+    with idp.msal_http_client() as http:
+
+        def ask(resource: str, values: list[str]) -> dict:
+            body = {
+                "grant_type": "client_credentials",
+                "client_id": idp.agent.client_id,
+                "client_secret": idp.agent.secret,
+                "scope": f"{resource}/.default",
+                "claims": json.dumps({"access_token": {"xms_cc": {"values": values}}}),
+            }
+            answer = http.post(f"{idp.url}/{idp.tenant_id}/oauth2/v2.0/token", data=body).json()
+            return _claims(answer["access_token"])
+
+        assert ask(idp.mcp.app_id_uri or "", ["CP1", "cp2"])["xms_cc"] == ["cp1"]
+        assert "xms_cc" not in ask(idp.mcp.app_id_uri or "", ["cp2"])
+        assert "xms_cc" not in ask(idp.legacy_api.app_id_uri or "", ["cp1"])

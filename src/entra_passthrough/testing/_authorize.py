@@ -246,7 +246,7 @@ def _authorize_for_client(
     wanted: list[str] = []
     if req.resource is not None:
         granted = rt.granted_scopes(user, client, req.resource)
-        wanted = list(req.resource.exposed_scopes) if req.is_default else list(req.names)
+        wanted = default_scopes(client, req.resource) if req.is_default else list(req.names)
         needed = [s for s in wanted if s not in granted]
         if req.is_default and granted:
             needed = []
@@ -262,6 +262,8 @@ def _authorize_for_client(
             # errors": "consent_required ... usually only returned on the /authorize endpoint").
             err = e.consent_required(client.client_id, client.name)
             raise e.StsError(err.code, "consent_required", err.text)
+        if req.resource is not None:
+            check_user_may_consent(rt, tid, req.resource, needed)
         if params.get("emulator_consent") == "accept" and req.resource is not None:
             rt.grant_consent(user.name, client.client_id, req.resource.client_id, needed)
         else:
@@ -269,6 +271,7 @@ def _authorize_for_client(
     if action == "consent" and req.resource is not None:
         if params.get("decision") != "accept":
             raise e.StsError(65004, "access_denied", "User declined to consent to access the app.")
+        check_user_may_consent(rt, tid, req.resource, wanted)
         rt.grant_consent(user.name, client.client_id, req.resource.client_id, wanted)
     amr: tuple[str, ...] = ("pwd",)
     if req.resource is not None and set(req.resource.identifiers) & set(user.mfa_required_for):
@@ -290,6 +293,47 @@ def _authorize_for_client(
     response = _to_client(params, {"code": code})
     response.set_cookie(SESSION_COOKIE, _session(rt, user), httponly=True, secure=True)
     return response
+
+
+def default_scopes(client: App, resource: App) -> list[str]:
+    """What ``.default`` asks for on ``resource``: the client's configured permissions for it
+    (``requiredResourceAccess``), or every exposed scope when the client configures none (an
+    emulator simplification). A configured client asking for a resource it does not list is
+    AADSTS650057 (https://learn.microsoft.com/entra/identity-platform/scopes-oidc#the-default-scope)."""
+    if not client.required:
+        return list(resource.exposed_scopes)
+    mine = []
+    for entry in client.required:
+        ident, _, scope = entry.rpartition("/")
+        if ident.rstrip("/").lower() in {
+            i.rstrip("/").lower() for i in (*resource.identifiers, resource.name)
+        }:
+            mine.append(scope)
+    if not mine:
+        raise e.StsError(
+            650057,
+            "invalid_client",
+            "Invalid resource. The client has requested access to a resource which is not listed "
+            "in the requested permissions in the client's application registration. Client app "
+            f"ID: {client.client_id}({client.name}). Resource value from request: "
+            f"{resource.app_id_uri or resource.client_id}.",
+        )
+    return mine
+
+
+def check_user_may_consent(rt: Runtime, tenant_id: str, resource: App, scopes: list[str]) -> None:
+    """AADSTS90094: a user cannot consent to an admin-only scope, nor to anything in a tenant
+    whose setting lets no user consent
+    (https://learn.microsoft.com/entra/identity/enterprise-apps/configure-user-consent)."""
+    tenant = rt.world.tenant(tenant_id)
+    admin_only = [s for s in scopes if s in resource.admin_scopes]
+    if admin_only or (tenant is not None and not tenant.user_consent):
+        raise e.StsError(
+            90094,
+            "consent_required",
+            "The grant requires admin permission. An administrator must consent to "
+            f"{', '.join(admin_only or scopes)[:200]} for this application.",
+        )
 
 
 def _session(rt: Runtime, user: User) -> str:

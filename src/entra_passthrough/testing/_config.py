@@ -35,6 +35,7 @@ def world_from_dict(data: Mapping[str, Any]) -> World:
             name=t["name"],
             id=t.get("id") or stable_id("tenant", t["name"]),
             domain=t.get("domain") or f"{t['name']}.onmicrosoft.com",
+            user_consent=bool(t.get("user_consent", True)),
         )
         world = replace(world, tenants=(*(x for x in world.tenants if x.name != t["name"]), tenant))
 
@@ -102,6 +103,8 @@ def world_from_dict(data: Mapping[str, Any]) -> World:
                     _app_id(world, str(x)) or str(x) for x in a.get("pre_authorized", ())
                 ),
                 first_party=bool(a.get("first_party", False)),
+                admin_scopes=_strs(a.get("admin_scopes")),
+                required=_strs(a.get("required")),
             )
         )
     for u in data.get("users", ()):

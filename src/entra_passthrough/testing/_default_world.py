@@ -83,7 +83,9 @@ def default_world() -> World:
         multi_tenant=True,
         # idtyp is an optional claim (access-token-claims-reference); the mcp API asks for it so
         # that tests see both shapes (legacy_api does not).
-        optional_claims=("idtyp",),
+        # xms_cc: the API handles claims challenges (CAE), so tokens for it say whether the
+        # client can (claims-challenge).
+        optional_claims=("idtyp", "xms_cc"),
     )
     legacy_id = stable_id("app", "legacy-api")
     legacy = App(

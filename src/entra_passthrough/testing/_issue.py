@@ -117,6 +117,16 @@ def check_self_token(req: ScopeRequest, client: App) -> None:
     )
 
 
+def emitted_capabilities(form: Mapping[str, str], resource: App) -> list[str]:
+    """The ``xms_cc`` claim Entra puts in a token for ``resource``: only ``cp1`` (the one
+    capability defined, CAE), and only when the resource asks for the optional claim ``xms_cc``
+    (https://learn.microsoft.com/entra/identity-platform/claims-challenge,
+    https://learn.microsoft.com/entra/identity-platform/optional-claims-reference)."""
+    if "xms_cc" not in resource.optional_claims:
+        return []
+    return ["cp1"] if any(v.lower() == "cp1" for v in client_capabilities(form)) else []
+
+
 def client_capabilities(form: Mapping[str, str]) -> list[str]:
     """``claims={"access_token":{"xms_cc":{"values":["CP1"]}}}``: the client declares it can handle
     claims challenges (CAE); Entra copies the values into the token's ``xms_cc`` claim
@@ -234,7 +244,7 @@ def user_token_response(
     if req.resource is not None:
         prefix = req.prefix()
         out["scope"] = " ".join(dict.fromkeys([prefix + s for s in scp] + sorted(req.oidc)))
-        caps = client_capabilities(form)
+        caps = emitted_capabilities(form, req.resource)
         out["access_token"] = mint_access(
             rt,
             resource=req.resource,

@@ -24,7 +24,7 @@ from ._issue import (
     ScopeRequest,
     app_roles,
     check_self_token,
-    client_capabilities,
+    emitted_capabilities,
     mint_access,
     parse_scopes,
     user_token_response,
@@ -133,7 +133,7 @@ def _client_credentials(
         )
     app = client.app
     extra: dict[str, Any] = {}
-    caps = client_capabilities(form)
+    caps = emitted_capabilities(form, req.resource)
     if caps:
         extra["xms_cc"] = caps
     subject_oid = app.object_id

@@ -48,6 +48,9 @@ class Tenant:
     name: str
     id: str
     domain: str
+    #: the tenant setting "users can consent to apps"; off: every consent needs an administrator
+    #: (AADSTS90094, https://learn.microsoft.com/entra/identity/enterprise-apps/configure-user-consent)
+    user_consent: bool = True
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,14 @@ class App:
     #: ``api.preAuthorizedApplications``): they need no consent for its delegated scopes.
     #: https://learn.microsoft.com/entra/identity-platform/permissions-consent-overview
     pre_authorized: tuple[str, ...] = ()
+    #: delegated scopes of this API that only an administrator may consent to
+    #: (``adminConsentRequired``; a user's consent answers AADSTS90094)
+    admin_scopes: tuple[str, ...] = ()
+    #: the client's configured permissions (``requiredResourceAccess``) as ``"<resource>/<scope>"``
+    #: (resource = client id or App ID URI). When set, ``.default`` consents exactly these, and a
+    #: resource not listed is AADSTS650057
+    #: (https://learn.microsoft.com/entra/identity-platform/scopes-oidc#the-default-scope).
+    required: tuple[str, ...] = ()
     #: a Microsoft first-party resource (Graph, Foundry, token exchange): Microsoft's own
     #: clients (Azure CLI, azd) are pre-consented to it in every tenant.
     first_party: bool = False
