@@ -138,11 +138,23 @@ def _client_with(
     client = httpx2.AsyncClient(
         follow_redirects=False,
         timeout=timeout,
-        transport=_CallGuard(httpx2.AsyncHTTPTransport(verify=verify)),
+        verify=verify,
         cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
     )
+    _guard(client)
     auth.install(client)
     return client
+
+
+def _guard(client: httpx2.AsyncClient) -> None:
+    """Wrap every transport the client may use (its own and the proxy mounts it built from the
+    environment) in ``_CallGuard``: a proxied request must not bypass it. httpx2 keeps them in
+    ``_transport``/``_mounts`` (tests guard this seam)."""
+    client._transport = _CallGuard(client._transport)
+    client._mounts = {
+        pattern: _CallGuard(transport) if transport is not None else None
+        for pattern, transport in client._mounts.items()
+    }
 
 
 # -- one call's requests: sent with its token or not at all, and what became of them ------------

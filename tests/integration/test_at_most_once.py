@@ -331,3 +331,21 @@ async def test_pool_caller_without_consent_gets_a_consent_request_and_sends_noth
     assert carol.oid not in {s.oid for s in recorder.snapshot()}
     assert pooled == 1  # only users[15]'s connection
     assert seen_oid(ok) == users[15].oid
+
+
+def test_every_transport_of_the_mcp_client_is_guarded(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A proxy from the environment adds a mount: it must not bypass the guard.
+    from entra_passthrough.mcp import entra_http_client
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    client = entra_http_client(
+        chain=_NoChain(), scopes=["api://x/.default"], origins=["https://mcp.contoso.com"]
+    )
+    assert isinstance(client._transport, _CallGuard)
+    assert client._mounts
+    assert all(isinstance(t, _CallGuard) for t in client._mounts.values() if t is not None)
+
+
+class _NoChain:
+    async def lifecycle_token_async(self, scopes: Any) -> None:
+        return None
