@@ -349,3 +349,19 @@ def test_every_transport_of_the_mcp_client_is_guarded(monkeypatch: pytest.Monkey
 class _NoChain:
     async def lifecycle_token_async(self, scopes: Any) -> None:
         return None
+
+
+def test_seams_of_at_most_once_still_exist() -> None:
+    """agent-framework resends a tool call after a closed connection through
+    ``_recover_connection_after_loss(operation="tool call")``, which EntraMCPTool refuses; the
+    host shows the message of ``_PublicResponseFailure``. Fail loudly if either moves."""
+    import inspect
+
+    from agent_framework import MCPStreamableHTTPTool
+
+    source = inspect.getsource(MCPStreamableHTTPTool._call_tool_with_retries)
+    assert "_recover_connection_after_loss" in source
+    assert 'operation="tool call"' in source
+    public = _public_failure_type()
+    assert public is not None
+    assert public(ValueError("x"), "shown").public_message == "shown"  # type: ignore[call-arg]
