@@ -260,7 +260,104 @@ async def overhead(
             "new_caller_us_httpx": _flow_cost(inproc, "httpx", subject="EntraAuth, new caller"),
         }
     await ours.aclose()
+    result["flow_cpu"] = await flow_cpu(batches=3 * rounds)
     return result
+
+
+async def flow_cpu(*, batches: int = 30, n: int = 2000) -> dict[str, Any]:
+    """The auth flow alone in **process CPU time** (a loaded shared machine inflates wall
+    time, not this): ``async_auth_flow`` driven directly on one request object, no client, no
+    transport; min over ``batches`` of ``n`` requests, µs per request, interleaved. A real
+    ``TokenChain`` + ``OnBehalfOf`` (only its network exchange replaced) at a cache hit, with
+    one ``Caller`` bound for the batch and with a new ``Caller`` from raw headers per request;
+    with the ``otel`` extra's tracing as installed and with it switched off."""
+    import base64
+    import contextlib
+    import json
+    import uuid
+
+    from entra_passthrough import Caller, EntraAuth, OnBehalfOf, TokenChain, TokenRequest, _otel
+    from entra_passthrough._caller import _current
+    from entra_passthrough._sources._base import result_from_msal
+    from entra_passthrough._types import IdentityKind, TokenResult
+
+    def seg(obj: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+    tenant, client_id = str(uuid.UUID(int=1)), str(uuid.UUID(int=2))
+    claims = {
+        "aud": client_id,
+        "iss": f"https://login.microsoftonline.com/{tenant}/v2.0",
+        "tid": tenant,
+        "oid": str(uuid.UUID(int=3)),
+        "scp": "access_as_user",
+        "exp": int(time.time()) + 3600,
+        "ver": "2.0",
+        "name": "Bench User",
+        "upn": "bench@contoso.com",
+    }
+    assertion = f"{seg({'alg': 'RS256', 'typ': 'JWT', 'kid': 'k'})}.{seg(claims)}.{'s' * 342}"
+    source = OnBehalfOf(client_id=client_id, tenant_id=tenant, client_secret="bench")
+
+    async def exchange(request: TokenRequest) -> TokenResult | None:
+        _, _, exp = source.preflight(request)
+        answer = {"access_token": "t." + "x" * 1500, "expires_in": 3600}
+        return result_from_msal(
+            answer, kind=IdentityKind.USER, source=source.name, scopes=request.scopes, cap=exp
+        )
+
+    source.get_token_async = exchange  # type: ignore[method-assign]
+    chain = TokenChain([source])
+    auth = EntraAuth(chain, scopes=["api://mcp/.default"], origins=["http://127.0.0.1:9"])
+    noop = NoOpAuth2()
+    raw = [(b"host", b"agent"), (b"authorization", f"Bearer {assertion}".encode())]
+    response = httpx2.Response(200)
+
+    async def batch(flow_auth: httpx2.Auth, new_caller: bool) -> float:
+        request = httpx2.Request("GET", "http://127.0.0.1:9/tool")
+        t0 = time.process_time()
+        for _ in range(n):
+            bound = None
+            caller = None
+            if new_caller:
+                caller = Caller.from_headers(raw)
+                bound = _current.set(caller)
+            flow = flow_auth.async_auth_flow(request)
+            await flow.__anext__()
+            with contextlib.suppress(StopAsyncIteration):
+                await flow.asend(response)
+            if bound is not None and caller is not None:
+                _current.reset(bound)
+                caller.end()
+            request.headers.pop("authorization", None)
+            request.extensions.pop("entra_passthrough.applied", None)
+        return (time.process_time() - t0) / n * 1e6
+
+    enabled = _otel.ENABLED
+    out: dict[str, Any] = {"batches": batches, "requests_per_batch": n}
+    bound = _current.set(Caller.from_headers(raw))
+    try:
+        await batch(auth, False)  # the one miss: warm
+        for tracing in (False, True) if enabled else (False,):
+            _otel.ENABLED = tracing
+            runs: dict[str, list[float]] = {"noop": [], "cached": [], "new": [], "capture": []}
+            for _ in range(batches):
+                runs["noop"].append(await batch(noop, False))
+                runs["cached"].append(await batch(auth, False))
+                runs["new"].append(await batch(auth, True))
+                runs["capture"].append(await batch(noop, True))
+            best = {k: min(v) for k, v in runs.items()}
+            out["tracing_on" if tracing else "tracing_off"] = {
+                "auth_flow_us": best["cached"] - best["noop"],
+                "new_caller_us": best["new"] - best["noop"],
+                "capture_only_us": best["capture"] - best["noop"],
+                "noop_us": best["noop"],
+            }
+    finally:
+        _otel.ENABLED = enabled
+        _current.reset(bound)
+        chain.close()
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -305,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("auth_flow_us_httpx2", "auth_flow_us_httpx", "new_caller_us_httpx2"):
         print(key, round(ip[key]["median"], 1), "min_batches", round(ip[key]["min_batches"], 1))
     print("new_caller_us_httpx", round(ip["new_caller_us_httpx"]["median"], 1))
+    print("flow_cpu", json.dumps(result["flow_cpu"]))
     return 0
 
 

@@ -153,6 +153,25 @@ def evaluate_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
                 f"overhead.in_process.new_caller_us_{kind}",
             )
         )
+    cpu = oh.get("flow_cpu", {})
+    off, on = cpu.get("tracing_off", {}), cpu.get("tracing_on", {})
+    for field, goal, label in (
+        ("auth_flow_us", 5.0, "auth flow alone at a hit"),
+        ("new_caller_us", 10.0, "new caller per request"),
+    ):
+        us = float(off.get(field, math.nan))
+        traced = on.get(field)
+        out.append(
+            _target(
+                f"{label}, CPU time, isolated (httpx2 flow)",
+                f"<= {goal:.0f} us over a no-op Auth",
+                us,
+                us <= goal,
+                (f"{us - goal:+.1f} us vs {goal:.0f} us" if not math.isnan(us) else "n/a")
+                + (f"; {traced:.1f} us with the otel extra's tracing on" if traced else ""),
+                f"overhead.flow_cpu.tracing_off.{field}",
+            )
+        )
     ratio = _med(r.get("end_to_end", {}), "ratio")
     out.append(
         _target(
@@ -501,6 +520,24 @@ def markdown(r: dict[str, Any]) -> str:
             f"{_fmt(ip.get('new_caller_us_httpx', {}).get('min_batches'), 1)} µs); the cached-"
             "caller figures above bind one `Caller` for the whole batch.",
         ]
+        cpu = oh.get("flow_cpu", {})
+        if "tracing_off" in cpu:
+            off, on = cpu["tracing_off"], cpu.get("tracing_on", {})
+            lines += [
+                "",
+                "The flow alone in process CPU time (`async_auth_flow` driven directly, min of "
+                f"{cpu['batches']} batches of {cpu['requests_per_batch']}; a loaded machine "
+                "inflates wall time, not this): over a no-op `Auth`, "
+                f"{_fmt(off['auth_flow_us'], 1)} µs at a hit with a cached `Caller`, "
+                f"{_fmt(off['new_caller_us'], 1)} µs with a new `Caller` per request (capture "
+                f"alone {_fmt(off['capture_only_us'], 1)} µs)"
+                + (
+                    f"; with the `otel` extra's tracing on: {_fmt(on['auth_flow_us'], 1)} and "
+                    f"{_fmt(on['new_caller_us'], 1)} µs."
+                    if on
+                    else "."
+                ),
+            ]
     mw = r.get("middleware", {})
     if "ratio" in mw:
         lines += [
