@@ -187,7 +187,7 @@ class CpuGate:
     worker holds (an app being built, a client assertion being fetched) never deadlocks.
     """
 
-    def __init__(self, slots: int = 1, *, regain: float = 0.05) -> None:
+    def __init__(self, slots: int = 1, *, regain: float = 0.25) -> None:
         if slots < 1:
             raise ConfigurationError("CpuGate needs at least one slot.")
         self._slots = threading.Semaphore(slots)
@@ -237,6 +237,19 @@ def network_wait() -> Iterator[None]:
         return
     with gate._released():
         yield
+
+
+@contextlib.contextmanager
+def locked(lock: threading.Lock) -> Iterator[None]:
+    """``with lock:``, giving up this worker's CPU slot while blocked on it (the holder may be
+    waiting for the network and need a slot back)."""
+    if not lock.acquire(blocking=False):
+        with network_wait():
+            lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 # -- throttling state, shared by every MSAL app of a source --------------------------------------
