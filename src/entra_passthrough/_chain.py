@@ -323,14 +323,14 @@ class TokenChain:
                 return None
             hit = self.cache.peek(self._key(source, partition, request))
             if hit is not None and hit.kind in allowed:
-                if _otel.ENABLED:
+                if _otel.metering():
                     _otel.count_hit(source.name, hit.kind.value)
                 return hit
             return None
         return None
 
     def _span(self, request: TokenRequest) -> Any:
-        if not _otel.ENABLED:
+        if not _otel.tracing():
             return None
         return _otel.start_span(
             "entra_passthrough.acquire",
@@ -588,7 +588,10 @@ class TokenChain:
         elif _env.get(env, "FOUNDRY_AGENT_INSTANCE_CLIENT_ID"):  # set by Foundry (hosted agent)
             sources.append(AgentIdentityOnBehalfOf.from_env(env, http_client=http_client))
         wants_app = chosen in (Policy.USER_OR_APP, Policy.APP_ONLY) or lifecycle_app
-        if wants_app and (_env.get(env, "IDENTITY_ENDPOINT") or _env.get(env, "AZURE_CLIENT_ID")):
+        from ._sources.managed_identity import detect_host
+
+        mi_host = detect_host(env) != "imds"  # a host that sets variables (IMDS sets none)
+        if wants_app and (mi_host or _env.get(env, "AZURE_CLIENT_ID")):
             sources.append(ManagedIdentity.from_env(env))
         if chosen is Policy.DEVELOPER:
             sources.append(AzureCli.from_env(env))

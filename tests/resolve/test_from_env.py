@@ -310,3 +310,25 @@ def _encrypted_pem_with_chain() -> tuple[bytes, str]:
     for c in (cert("client", "ca", key, ca_key), cert("ca", "ca", ca_key, ca_key)):
         pem += c.public_bytes(serialization.Encoding.PEM)
     return pem, password
+
+
+def test_chain_adds_the_managed_identity_on_every_host_that_sets_variables() -> None:
+    for host in (
+        {"MSI_ENDPOINT": "http://x"},
+        {"IDENTITY_ENDPOINT": "http://x", "IMDS_ENDPOINT": "y"},
+    ):
+        chain = TokenChain.from_env({**BASE, **host, "ENTRA_PASSTHROUGH_POLICY": "user_or_app"})
+        assert [s.name for s in chain.sources] == ["obo", "managed_identity"], host
+        chain.close()
+    chain = TokenChain.from_env({**BASE, "ENTRA_PASSTHROUGH_POLICY": "user_or_app"})
+    assert [s.name for s in chain.sources] == ["obo"]  # IMDS sets nothing: not guessed
+    chain.close()
+
+
+def test_azure_cli_from_env_picks_the_cli() -> None:
+    assert AzureCli.from_env({}).tool == "az"
+    azd = AzureCli.from_env({"ENTRA_PASSTHROUGH_DEVELOPER_CLI": "azd"})
+    assert azd.tool == "azd"
+    assert azd.name == "azure_developer_cli"
+    with pytest.raises(ConfigurationError):
+        AzureCli.from_env({"ENTRA_PASSTHROUGH_DEVELOPER_CLI": "powershell"})
