@@ -17,8 +17,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests examples bench
-	$(BIN)/ruff format --check src tests examples bench
+	$(BIN)/ruff check src tests examples bench noxfile.py mkdocs_hooks.py
+	$(BIN)/ruff format --check src tests examples bench noxfile.py mkdocs_hooks.py
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
