@@ -92,7 +92,10 @@ def main(argv: list[str]) -> int:
         sys.stderr.write(f"entra-passthrough broker: {exc}\n")
         return 2
     if not args.insecure_http and not (args.certfile and args.keyfile):
-        sys.stderr.write("entra-passthrough broker: --certfile and --keyfile are required\n")
+        sys.stderr.write(
+            "entra-passthrough broker: --certfile and --keyfile are required "
+            "(or --insecure-http on loopback, for development only)\n"
+        )
         return 2
     if args.insecure_http and args.host not in ("127.0.0.1", "localhost", "::1"):
         sys.stderr.write("entra-passthrough broker: --insecure-http is loopback only\n")
