@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import Any
 
 import requests
+from cryptography import x509
 from requests.adapters import HTTPAdapter
 
 from . import _ca
@@ -47,6 +48,7 @@ class EntraEmulator:
         self._dir: Path | None = None
         self._server: ServerThread | None = None
         self._ca_file = ""
+        self._server_thumbprint = ""
 
     # ---- lifecycle -----------------------------------------------------------------------
     def start(self) -> EntraEmulator:
@@ -60,6 +62,9 @@ class EntraEmulator:
         key.write_bytes(tls.server_key_pem)
         key.chmod(0o600)
         self._ca_file = str(ca)
+        self._server_thumbprint = _ca.thumbprint_sha1(
+            x509.load_pem_x509_certificate(tls.server_cert_pem)
+        ).lower()
         write_stand_in(self._dir / "bin")
         server = ServerThread(
             build_app(self._rt),
@@ -420,7 +425,8 @@ class EntraEmulator:
         MSAL's ``ManagedIdentityClient`` and azure-identity's ``ManagedIdentityCredential``
         detect that host: ``app_service`` (also Functions, Container Apps; api-version
         2019-08-01), ``app_service_2017`` (``MSI_ENDPOINT`` + ``MSI_SECRET``), ``imds`` (VMs,
-        AKS nodes), ``azure_arc`` (challenge file in /var/opt/azcmagent/tokens) or
+        AKS nodes), ``azure_arc`` (challenge file in /var/opt/azcmagent/tokens),
+        ``service_fabric`` (HTTPS pinned by the server certificate's thumbprint) or
         ``cloud_shell``. Clear ``MI_HOST_VARIABLES`` first: detection goes by presence."""
         base = self._rt.mi_url.rsplit("/msi/token", 1)[0]
         envs = {
@@ -435,6 +441,11 @@ class EntraEmulator:
                 "IMDS_ENDPOINT": base,
             },
             "cloud_shell": {"MSI_ENDPOINT": f"{base}/cloudshell/token"},
+            "service_fabric": {
+                "IDENTITY_ENDPOINT": f"{self.url}/servicefabric/token",
+                "IDENTITY_HEADER": self._rt.mi_header,
+                "IDENTITY_SERVER_THUMBPRINT": self._server_thumbprint,
+            },
         }
         if host not in envs:
             raise ValueError(f"unknown managed identity host {host!r}; one of {sorted(envs)}")

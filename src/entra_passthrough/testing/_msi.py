@@ -238,6 +238,9 @@ def _arc_challenge(rt: Runtime, request: Request) -> Response | None:
         return _imds_fail(500, "unavailable", f"cannot write the Arc challenge file in {folder}")
     with rt.lock:
         rt.arc_secret = secret
+        previous, rt.arc_file = rt.arc_file, str(path)
+    if previous:
+        Path(previous).unlink(missing_ok=True)
     return Response(
         status_code=401, headers={"WWW-Authenticate": f"Basic realm={path}"}, content=b""
     )
@@ -265,3 +268,45 @@ async def cloud_shell_token(rt: Runtime, request: Request) -> Response:
         return _imds_fail(400, "invalid_resource", _not_found(resource))
     token, lifetime = minted
     return JSONResponse(_imds_body(mi, token, lifetime, resource))
+
+
+async def service_fabric_token(rt: Runtime, request: Request) -> Response:
+    """Service Fabric: ``GET {IDENTITY_ENDPOINT}?api-version=2019-07-01-preview&resource=R`` with
+    header ``Secret: {IDENTITY_HEADER}``, over HTTPS pinned by ``IDENTITY_SERVER_THUMBPRINT``
+    (https://learn.microsoft.com/azure/service-fabric/how-to-managed-identity-service-fabric-app-code).
+    The application's identity is configured in the cluster, not selected per request."""
+    rt.count("msi")
+
+    def sf_error(status: int, code: str, message: str) -> JSONResponse:
+        return JSONResponse(
+            {"error": {"correlationId": str(uuid.uuid4()), "code": code, "message": message}},
+            status_code=status,
+        )
+
+    q = request.query_params
+    if q.get("api-version") != "2019-07-01-preview":
+        return sf_error(400, "InvalidApiVersion", "Use api-version 2019-07-01-preview.")
+    secret = request.headers.get("secret", "")
+    if not secret:
+        return sf_error(401, "SecretHeaderNotFound", "Secret is not found in the request headers.")
+    if not hmac.compare_digest(secret.encode(), rt.mi_header.encode()):
+        return sf_error(401, "SecretHeaderNotFound", "The Secret header value is not valid.")
+    resource = q.get("resource")
+    if not resource:
+        return sf_error(400, "ArgumentNullOrEmpty", "The resource parameter is required.")
+    try:
+        mi = select_identity(rt, {}, host="service_fabric")
+    except _NoIdentity as exc:
+        return sf_error(404, "ManagedIdentityNotFound", str(exc))
+    minted = _mint(rt, mi, resource)
+    if minted is None:
+        return sf_error(400, "ArgumentNullOrEmpty", _not_found(resource))
+    token, lifetime = minted
+    return JSONResponse(
+        {
+            "token_type": "Bearer",
+            "access_token": token,
+            "expires_on": int(time.time()) + lifetime,
+            "resource": resource,
+        }
+    )

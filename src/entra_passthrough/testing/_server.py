@@ -28,7 +28,7 @@ from ._authorize import authorize, logout
 from ._az import az_endpoint
 from ._device import device_code_endpoint, device_login_page, userinfo
 from ._discovery import discovery_v1, discovery_v2, instance, jwks, userrealm
-from ._msi import cloud_shell_token, imds_token, msi_token
+from ._msi import cloud_shell_token, imds_token, msi_token, service_fabric_token
 from ._state import Fault, Runtime
 from ._token_endpoint import handle_token, resolve_tenant
 
@@ -242,6 +242,7 @@ def build_app(rt: Runtime) -> ASGIApp:
         Route("/{tenant}/oauth2/v2.0/devicecode", handler(devicecode), methods=["POST"]),
         Route("/devicelogin", handler(device_login_page), methods=["GET", "POST"]),
         Route("/oidc/userinfo", handler(userinfo), methods=["GET", "POST"]),
+        Route("/servicefabric/token", handler(service_fabric_token)),  # HTTPS, thumbprint-pinned
     ]
     return FaultMiddleware(Starlette(routes=routes), rt)
 

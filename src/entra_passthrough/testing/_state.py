@@ -76,6 +76,8 @@ class Runtime:
     mi_header: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     #: the current Azure Arc challenge secret (written to a .key file on challenge)
     arc_secret: str = ""
+    #: the challenge file holding it (the previous one is removed at the next challenge)
+    arc_file: str = ""
     az_key: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     lock: threading.RLock = field(default_factory=threading.RLock)
     endpoints: Counter[str] = field(default_factory=Counter)
