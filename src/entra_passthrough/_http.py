@@ -171,87 +171,6 @@ def current_deadline(default_seconds: float) -> float:
     return when if when is not None else time.monotonic() + default_seconds
 
 
-# -- the CPU gate: few token workers compete with the event loop for the GIL ---------------------
-
-
-class CpuGate:
-    """At most ``slots`` worker threads run MSAL's Python code at once; a worker gives its slot
-    up while it waits on the network (``network_wait``) and takes it back after.
-
-    Why: a cold burst wakes dozens of workers at the same moment (their answers arrive
-    together). Every runnable thread competes for the GIL, and the event loop's thread waits
-    one switch interval (5 ms) per turn it loses, so its lag grows with the number of runnable
-    workers. The work is serialised by the GIL anyway: bounding the runnable workers costs no
-    throughput and bounds the loop's wait. Taking a slot back is bounded (``regain``): a worker
-    that cannot get one in time runs without it, so a slot holder blocked on a lock another
-    worker holds (an app being built, a client assertion being fetched) never deadlocks.
-    """
-
-    def __init__(self, slots: int = 1, *, regain: float = 0.25) -> None:
-        if slots < 1:
-            raise ConfigurationError("CpuGate needs at least one slot.")
-        self._slots = threading.Semaphore(slots)
-        self._regain = regain
-        self._held = threading.local()
-
-    @contextlib.contextmanager
-    def hold(self) -> Iterator[None]:
-        """Run the block with a slot (waiting at most ``regain`` for one); sets this gate as
-        the one ``network_wait`` gives up in this context."""
-        held = self._slots.acquire(timeout=self._regain)
-        outer = getattr(self._held, "value", None)
-        self._held.value = held
-        token = _GATE.set(self)
-        try:
-            yield
-        finally:
-            _GATE.reset(token)
-            if self._held.value:
-                self._slots.release()
-            self._held.value = outer
-
-    @contextlib.contextmanager
-    def _released(self) -> Iterator[None]:
-        if not getattr(self._held, "value", False):
-            yield
-            return
-        self._slots.release()
-        self._held.value = False
-        try:
-            yield
-        finally:
-            self._held.value = self._slots.acquire(timeout=self._regain)
-
-
-_GATE: contextvars.ContextVar[CpuGate | None] = contextvars.ContextVar(
-    "entra_passthrough_cpu_gate", default=None
-)
-
-
-@contextlib.contextmanager
-def network_wait() -> Iterator[None]:
-    """Give up this worker's CPU slot while it waits (network, backoff, Retry-After)."""
-    gate = _GATE.get()
-    if gate is None:
-        yield
-        return
-    with gate._released():
-        yield
-
-
-@contextlib.contextmanager
-def locked(lock: threading.Lock) -> Iterator[None]:
-    """``with lock:``, giving up this worker's CPU slot while blocked on it (the holder may be
-    waiting for the network and need a slot back)."""
-    if not lock.acquire(blocking=False):
-        with network_wait():
-            lock.acquire()
-    try:
-        yield
-    finally:
-        lock.release()
-
-
 # -- throttling state, shared by every MSAL app of a source --------------------------------------
 
 
@@ -490,15 +409,14 @@ class GuardedHttpClient:
         authority = _authority_of(url)
         key = _request_key(method, url, data, params)
         window = t.connect + t.read
-        with network_wait():  # may wait for a probe's answer or a short Retry-After
-            blocked, probe = self.throttle.admit(
-                authority,
-                key,
-                probe_window=window,
-                wait_until=end,
-                max_wait=t.max_retry_wait,
-                sleep=self._sleep,
-            )
+        blocked, probe = self.throttle.admit(
+            authority,
+            key,
+            probe_window=window,
+            wait_until=end,
+            max_wait=t.max_retry_wait,
+            sleep=self._sleep,
+        )
         if blocked is not None:
             raise blocked
         kwargs.pop("timeout", None)  # ours wins: MSAL passes none, a caller's could be unbounded
@@ -536,20 +454,12 @@ class GuardedHttpClient:
             failure: TransportFailure
             wait: float | None = None
             try:
-                with network_wait():
-                    if method == "POST":
-                        response = send(
-                            url,
-                            params=params,
-                            data=data,
-                            headers=headers,
-                            timeout=timeout,
-                            **kwargs,
-                        )
-                    else:
-                        response = send(
-                            url, params=params, headers=headers, timeout=timeout, **kwargs
-                        )
+                if method == "POST":
+                    response = send(
+                        url, params=params, data=data, headers=headers, timeout=timeout, **kwargs
+                    )
+                else:
+                    response = send(url, params=params, headers=headers, timeout=timeout, **kwargs)
             except Exception as exc:  # requests' Timeout/ConnectionError, OSError, ...
                 kind = "timeout" if _is_timeout(exc) else "connection"
                 if time.monotonic() >= end:
@@ -596,14 +506,12 @@ class GuardedHttpClient:
                 pause = base / 2 + self._random.uniform(0, base / 2)  # equal jitter
             if pause >= end - time.monotonic():
                 break
-            with network_wait():
-                self._sleep(pause)
+            self._sleep(pause)
             # After a Retry-After wait this request is the probe; after a backoff, a gate another
             # request set meanwhile (Retry-After, endpoint failing) is honoured.
-            with network_wait():
-                blocked, again = self.throttle.admit(
-                    authority, key, probe_window=t.connect + t.read, wait_until=end
-                )
+            blocked, again = self.throttle.admit(
+                authority, key, probe_window=t.connect + t.read, wait_until=end
+            )
             if again is not None:
                 probes.append(again)  # this retry probes the endpoint; released when it ends
             if blocked is not None:

@@ -27,7 +27,7 @@ import msal
 
 from . import _redact
 from ._errors import ConfigurationError
-from ._http import DEFAULT_TIMEOUTS, GuardedHttpClient, Throttle, Timeouts, locked, size_pool
+from ._http import DEFAULT_TIMEOUTS, GuardedHttpClient, Throttle, Timeouts, size_pool
 
 if TYPE_CHECKING:
     from ._sources.managed_identity import ManagedIdentity
@@ -210,7 +210,7 @@ class AppPool:
                 self._apps.move_to_end(key)
                 return app
             key_lock = self._locks.setdefault(key, threading.Lock())
-        with locked(key_lock):  # another worker may be building it (a discovery GET)
+        with key_lock:
             with self._lock:
                 app = self._apps.get(key)
             if app is None:

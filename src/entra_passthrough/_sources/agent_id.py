@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _env
 from .._errors import ConfigurationError
-from .._http import Throttle, Timeouts, locked
+from .._http import Throttle, Timeouts
 from .._msal import (
     DEFAULT_MAX_WORKERS,
     PUBLIC_AUTHORITY_HOST,
@@ -58,7 +58,7 @@ class _T1:
             app.http_client.close()
 
     def __call__(self) -> str:
-        with locked(self._lock):  # gives up the CPU slot while another worker fetches T1
+        with self._lock:
             token = self._token
             if token is not None and token.expires_on - _T1_MARGIN > time.time():
                 return token.token

@@ -18,7 +18,7 @@ from .._errors import (
     TenantNotAllowed,
     is_consent_required,
 )
-from .._http import CpuGate, Throttle, Timeouts, TransportFailure, deadline
+from .._http import Throttle, Timeouts, TransportFailure, deadline
 from .._jwt import fingerprint
 from .._msal import (
     DEFAULT_MAX_WORKERS,
@@ -105,7 +105,6 @@ class OnBehalfOf:
         self._http_client = http_client
         self.timeouts = timeouts or Timeouts()
         self._throttle = Throttle()  # Retry-After per authority, shared by this source's apps
-        self._cpu = CpuGate()  # one worker runs MSAL's Python at a time; waits give it up
         # MSAL builds its own session when none is given; close() closes sessions we own.
         self._owns_http = http_client is None
         self._created_http = False  # from_env built http_client itself (CA file)
@@ -229,9 +228,7 @@ class OnBehalfOf:
     ) -> TokenResult:
         scopes = request.scopes
         try:
-            # The deadline bounds discovery, client assertion, POST and retries; the CPU gate
-            # keeps the event loop's GIL wait short during a cold burst (_http.CpuGate).
-            with deadline(self.timeouts.deadline), self._cpu.hold():
+            with deadline(self.timeouts.deadline):  # discovery, client assertion, POST, retries
                 app = self._apps.get(tenant, request.client_capabilities)
                 response = app.acquire_token_on_behalf_of(
                     assertion, list(scopes), claims_challenge=request.claims
