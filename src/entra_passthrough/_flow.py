@@ -219,7 +219,7 @@ class FlowCore:
     # -- the generator --
 
     def flow(self, request: Request) -> Generator[Step, Any, None]:
-        if not _otel.ENABLED or not self.allows(request.url):
+        if not self.allows(request.url) or not _otel.tracing():
             return self._flow(request, None)
         return self._traced(request)
 

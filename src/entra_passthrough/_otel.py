@@ -1,8 +1,8 @@
 """OpenTelemetry spans and metrics, when ``opentelemetry-api`` is installed (the ``otel`` extra).
 
 Without the package every hook is a no-op: nothing is imported and nothing allocated. With it,
-the library uses the global tracer and meter providers the application configured (none
-configured: the API's no-op providers, a few hundred nanoseconds per hook).
+the library uses the global tracer and meter providers the application configured; while none
+is configured, the hot paths (a cache hit, an applied request) skip the bookkeeping entirely.
 
 What is recorded, never a token: the source name, the identity kind, cache hit or miss, the
 policy, the outcome (``ok`` or the error's type), the AADSTS code and correlation id of an
@@ -26,13 +26,44 @@ if TYPE_CHECKING:
 try:  # the otel extra
     from opentelemetry import metrics as _metrics
     from opentelemetry import trace as _trace
+    from opentelemetry.metrics import _internal as _metrics_internal
     from opentelemetry.trace import Status, StatusCode
 except ImportError:  # pragma: no cover - exercised without the extra
     _trace = None  # type: ignore[assignment]
     _metrics = None  # type: ignore[assignment]
+    _metrics_internal = None  # type: ignore[assignment]
 
 ENABLED = _trace is not None
 NAME = "entra_passthrough"
+_UNKNOWN = object()
+
+
+def tracing() -> bool:
+    """Whether the application configured a tracer provider (checked per call: it may do so
+    after import). Without one, the hot paths skip the span bookkeeping entirely. Reads the
+    API's global directly (``get_tracer_provider()`` also consults the environment, ~3 us);
+    falls back to the public call if a future API renames it."""
+    if not ENABLED:
+        return False
+    provider = getattr(_trace, "_TRACER_PROVIDER", _UNKNOWN)
+    if provider is _UNKNOWN:
+        provider = _trace.get_tracer_provider()
+        if isinstance(provider, _trace.ProxyTracerProvider):
+            return False
+    return provider is not None and not isinstance(provider, _trace.NoOpTracerProvider)
+
+
+def metering() -> bool:
+    """Whether the application configured a meter provider (the API's own are no-ops)."""
+    if not ENABLED:
+        return False
+    provider = getattr(_metrics_internal, "_METER_PROVIDER", _UNKNOWN)
+    if provider is _UNKNOWN:
+        provider = _metrics.get_meter_provider()
+        if type(provider).__name__ == "_ProxyMeterProvider":
+            return False
+    return provider is not None and not isinstance(provider, _metrics.NoOpMeterProvider)
+
 
 _SALT = (os.environ.get("ENTRA_PASSTHROUGH_TELEMETRY_SALT") or secrets.token_hex(16)).encode()
 

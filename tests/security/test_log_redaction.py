@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from entra_passthrough import Caller, EntraPassthroughError, OnBehalfOf, TokenChain
+from entra_passthrough import Caller, EntraPassthroughError, OnBehalfOf, Timeouts, TokenChain
 from entra_passthrough._redact import redact
 from entra_passthrough.testing import EntraEmulator
 
@@ -33,6 +33,8 @@ def _obo(idp: EntraEmulator, http: object) -> OnBehalfOf:
         client_secret=idp.agent.secret,
         authority_host=idp.url,
         http_client=http,
+        # no negative cache: each cut is a new failure, and the recovery is immediate
+        timeouts=Timeouts(negative_ttl=0, backoff=0),
     )
 
 
@@ -107,13 +109,14 @@ def test_msal_own_log_of_a_cut_response_is_redacted(
 _CHILD = textwrap.dedent(
     """
     import asyncio, json, sys
-    from entra_passthrough import Caller, OnBehalfOf, TokenChain
+    from entra_passthrough import Caller, OnBehalfOf, Timeouts, TokenChain
     from entra_passthrough.testing import EntraEmulator
 
     with EntraEmulator() as idp:
         http = idp.msal_http_client()
         chain = TokenChain([OnBehalfOf(client_id=idp.agent.client_id, tenant_id=idp.tenant_id,
-            client_secret=idp.agent.secret, authority_host=idp.url, http_client=http)])
+            client_secret=idp.agent.secret, authority_host=idp.url, http_client=http,
+            timeouts=Timeouts(negative_ttl=0, backoff=0))])
         scope = [idp.mcp.app_id_uri + "/.default"]
         for cut in (1, 7):
             idp.inject_fault("token", truncate=cut, count=50)
