@@ -18,6 +18,7 @@ except ImportError as _exc:
 
 from ._emulator import EntraEmulator
 from ._errors import StsError
+from ._toolbox import ToolboxRequest, ToolboxStandIn
 from ._world import (
     AZURE_CLI_CLIENT_ID,
     FOUNDRY_AUDIENCE,
@@ -47,6 +48,8 @@ __all__ = [
     "RoleAssignment",
     "StsError",
     "Tenant",
+    "ToolboxRequest",
+    "ToolboxStandIn",
     "User",
     "World",
     "stable_id",
