@@ -495,3 +495,64 @@ def test_xms_cc_is_cp1_only_and_only_when_the_resource_asks(idp: EntraEmulator) 
         assert ask(idp.mcp.app_id_uri or "", ["CP1", "cp2"])["xms_cc"] == ["cp1"]
         assert "xms_cc" not in ask(idp.mcp.app_id_uri or "", ["cp2"])
         assert "xms_cc" not in ask(idp.legacy_api.app_id_uri or "", ["cp1"])
+
+
+# ---- certificates as MSAL recommends them ------------------------------------------------------
+# https://learn.microsoft.com/entra/identity-platform/certificate-credentials (PS256, x5t#S256)
+
+
+@pytest.mark.parametrize("form", ["encrypted_pem", "pfx"])
+async def test_certificate_credential_ps256_with_password(
+    idp: EntraEmulator, tmp_path: Path, form: str
+) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    from entra_passthrough import TokenChain, bind_caller
+
+    pem = idp.agent.certificate_pem or b""
+    key = serialization.load_pem_private_key(pem, password=None)
+    cert = x509.load_pem_x509_certificate(pem)
+    password = "cert-password-1"
+    if form == "pfx":
+        data = pkcs12.serialize_key_and_certificates(
+            b"agent", key, cert, None, serialization.BestAvailableEncryption(password.encode())
+        )
+    else:
+        data = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(password.encode()),
+        ) + cert.public_bytes(serialization.Encoding.PEM)
+    path = tmp_path / f"agent.{'pfx' if form == 'pfx' else 'pem'}"
+    path.write_bytes(data)
+    with pytest.raises(ConfigurationError):
+        OnBehalfOf(
+            client_id=idp.agent.client_id, tenant_id=idp.tenant_id, client_certificate=str(path)
+        )
+    obo = OnBehalfOf(
+        client_id=idp.agent.client_id,
+        tenant_id=idp.tenant_id,
+        client_certificate=str(path),
+        certificate_password=password,
+        authority_host=idp.url,
+        http_client=idp.msal_http_client(),
+    )
+    chain = TokenChain([obo])
+    with bind_caller(token=idp.user_token("alice", audience=idp.agent.client_id)):
+        result = await chain.get_token_async([f"{idp.mcp.app_id_uri}/.default"])
+    assert _claims(result.token)["oid"] == idp.users["alice"].oid
+    # The client assertion MSAL signed (the emulator remembers every credential it was sent).
+    headers = []
+    for value in idp.issued():
+        try:
+            header = jwt.get_unverified_header(value)
+            claims = jwt.decode(value, options={"verify_signature": False})
+        except jwt.PyJWTError:
+            continue
+        if claims.get("iss") == idp.agent.client_id and claims.get("sub") == idp.agent.client_id:
+            headers.append(header)
+    assert headers, "no certificate assertion was sent"
+    assert any(h["alg"] == "PS256" and "x5t#S256" in h for h in headers), headers
+    chain.close()

@@ -332,3 +332,24 @@ def test_azure_cli_from_env_picks_the_cli() -> None:
     assert azd.name == "azure_developer_cli"
     with pytest.raises(ConfigurationError):
         AzureCli.from_env({"ENTRA_PASSTHROUGH_DEVELOPER_CLI": "powershell"})
+
+
+def test_azure_credential_from_env_certificate_password_chain_and_tenants(tmp_path: Path) -> None:
+    from entra_passthrough import AzureCredential
+
+    pem, password = _encrypted_pem_with_chain()
+    path = tmp_path / "app.pem"
+    path.write_bytes(pem)
+    env = {
+        "AZURE_TENANT_ID": "t",
+        "AZURE_CLIENT_ID": "c",
+        "AZURE_CLIENT_CERTIFICATE_PATH": str(path),
+        "AZURE_CLIENT_CERTIFICATE_PASSWORD": password,
+        "AZURE_CLIENT_SEND_CERTIFICATE_CHAIN": "true",
+        "AZURE_ADDITIONALLY_ALLOWED_TENANTS": "t2",
+    }
+    cred = AzureCredential.from_env(env)
+    assert type(cred.credential).__name__ == "CertificateCredential"
+    assert password not in repr(cred)
+    with pytest.raises(ValueError, match="password"):  # azure-identity opens the key now
+        AzureCredential.from_env({**env, "AZURE_CLIENT_CERTIFICATE_PASSWORD": "wrong"})

@@ -144,7 +144,10 @@ class AzureCredential:
     ) -> AzureCredential:
         """An app registration's client credentials from azure-identity's variables
         (``AZURE_TENANT_ID``, ``AZURE_CLIENT_ID``, ``AZURE_CLIENT_SECRET`` or
-        ``AZURE_CLIENT_CERTIFICATE_PATH``, ``AZURE_AUTHORITY_HOST``), as ``kind`` (app).
+        ``AZURE_CLIENT_CERTIFICATE_PATH`` with ``AZURE_CLIENT_CERTIFICATE_PASSWORD`` and
+        ``AZURE_CLIENT_SEND_CERTIFICATE_CHAIN``, ``AZURE_ADDITIONALLY_ALLOWED_TENANTS``,
+        ``AZURE_AUTHORITY_HOST``), as ``kind`` (app), the way azure-identity's
+        ``EnvironmentCredential`` reads them.
 
         Deliberately not ``DefaultAzureCredential``: it may end up as the Azure CLI's signed-in
         developer, which is not an app identity.
@@ -158,13 +161,23 @@ class AzureCredential:
         authority = _env.get(env, "AZURE_AUTHORITY_HOST")
         if authority:
             options["authority"] = authority
+        extra_tenants = _env.get_list(env, "AZURE_ADDITIONALLY_ALLOWED_TENANTS")
+        if extra_tenants:
+            options["additionally_allowed_tenants"] = list(extra_tenants)
         secret = _env.get(env, "AZURE_CLIENT_SECRET")
         cert = _env.get(env, "AZURE_CLIENT_CERTIFICATE_PATH")
         credential: Any
         if secret:
             credential = ClientSecretCredential(tenant, client, secret, **options)
         elif cert:
-            credential = CertificateCredential(tenant, client, certificate_path=cert, **options)
+            credential = CertificateCredential(
+                tenant,
+                client,
+                certificate_path=cert,
+                password=_env.get(env, "AZURE_CLIENT_CERTIFICATE_PASSWORD"),
+                send_certificate_chain=_env.get_bool(env, "AZURE_CLIENT_SEND_CERTIFICATE_CHAIN"),
+                **options,
+            )
         else:
             raise ConfigurationError(
                 "AzureCredential.from_env needs AZURE_CLIENT_SECRET or "
