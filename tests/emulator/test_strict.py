@@ -556,3 +556,23 @@ async def test_certificate_credential_ps256_with_password(
     assert headers, "no certificate assertion was sent"
     assert any(h["alg"] == "PS256" and "x5t#S256" in h for h in headers), headers
     chain.close()
+
+
+async def test_managed_identity_in_a_chain_uses_the_worker_pool_and_the_library_cache(
+    idp: EntraEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from entra_passthrough import Policy, TokenChain
+
+    for variable in EntraEmulator.MI_HOST_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    for variable, value in idp.mi_env("imds").items():
+        monkeypatch.setenv(variable, value)
+    source = ManagedIdentity(client_id=idp.managed_identity.client_id)
+    chain = TokenChain([source], policy=Policy.APP_ONLY)
+    before = idp.stats()["endpoints"].get("msi", 0)
+    scope = f"{idp.mcp.app_id_uri}/.default"
+    first, second = await chain.get_token_async([scope]), await chain.get_token_async([scope])
+    assert first.token == second.token
+    assert _claims(first.token)["azp"] == idp.managed_identity.client_id
+    assert idp.stats()["endpoints"].get("msi", 0) == before + 1  # the chain's cache served the 2nd
+    chain.close()
