@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import pytest
@@ -111,16 +112,8 @@ def test_local_run_as_written(local_run: tuple[dict[str, str], subprocess.Popen[
     assert not Path(env["LOCAL_STATE_FILE"]).exists()  # removed on the way out
 
 
-def test_agent_id_from_the_variables_foundry_injects() -> None:
-    """Without an app registration configured, the example's chain is the Entra Agent ID that
-    Foundry injects (FOUNDRY_AGENT_*), its blueprint authenticated by the managed identity as a
-    federated credential: still no secret."""
+def _main_module() -> Any:
     import importlib.util
-
-    import jwt
-
-    from entra_passthrough import AgentIdentityOnBehalfOf, MemoryStore, bind_caller
-    from entra_passthrough.testing import EntraEmulator
 
     spec = importlib.util.spec_from_file_location(
         "hosted_agent_main_under_test", EXAMPLE / "src" / "agent" / "main.py"
@@ -130,6 +123,30 @@ def test_agent_id_from_the_variables_foundry_injects() -> None:
     main = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = main
     spec.loader.exec_module(main)
+    return main
+
+
+def test_host_telemetry_is_explicit() -> None:
+    on = _main_module().telemetry_enabled
+    assert on({}) is False  # a laptop, even with a connection string around
+    assert on({"APPLICATIONINSIGHTS_CONNECTION_STRING": "InstrumentationKey=x"}) is False
+    assert on({"FOUNDRY_HOSTING_ENVIRONMENT": "1"}) is True  # inside Foundry
+    assert on({"FOUNDRY_HOSTING_ENVIRONMENT": "1", "HOST_TELEMETRY": "off"}) is False
+    assert on({"HOST_TELEMETRY": "on"}) is True
+    with pytest.raises(SystemExit):
+        on({"HOST_TELEMETRY": "maybe"})
+
+
+def test_agent_id_from_the_variables_foundry_injects() -> None:
+    """Without an app registration configured, the example's chain is the Entra Agent ID that
+    Foundry injects (FOUNDRY_AGENT_*), its blueprint authenticated by the managed identity as a
+    federated credential: still no secret."""
+    import jwt
+
+    from entra_passthrough import AgentIdentityOnBehalfOf, MemoryStore, bind_caller
+    from entra_passthrough.testing import EntraEmulator
+
+    main = _main_module()
     with EntraEmulator() as idp:
         env = {
             "FOUNDRY_AGENT_INSTANCE_CLIENT_ID": idp.agent_identity.client_id,
