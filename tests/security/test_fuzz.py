@@ -51,7 +51,7 @@ def _seg(data: bytes) -> str:
 numbers = st.one_of(
     st.integers(),
     st.integers(min_value=-(10**400), max_value=10**400).map(str),
-    st.sampled_from(["NaN", "Infinity", "-Infinity", "1e999", "-1e999", "1" * 5000, "-0"]),
+    st.sampled_from(["NaN", "Infinity", "-Infinity", "1e999", "-1e999", "1" * 4400, "-0"]),
     st.floats(allow_nan=False, allow_infinity=False).map(repr),
 )
 
@@ -75,7 +75,7 @@ raw_values = st.recursive(
     ),
     max_leaves=12,
 )
-deep = st.integers(1, 3000).map(lambda n: "[" * n + "]" * n)
+deep = st.integers(1, 1200).map(lambda n: "[" * n + "]" * n)
 CLAIM_NAMES = ["aud", "iss", "tid", "oid", "exp", "nbf", "iat", "ver", "scp", "roles", "azp", "x"]
 raw_payloads = st.dictionaries(
     st.sampled_from(CLAIM_NAMES), st.one_of(raw_values, deep), max_size=8
@@ -243,9 +243,18 @@ def test_capture_require_caller_without_verifier_is_401_or_passes_a_decodable_to
 
 # -- the emulator's endpoints: Entra's typed errors, never a 500 ---------------------------------
 
+#: Small hostile payloads for HTTP forms (a deep one would make hypothesis's reprs huge).
+small_scalars = st.one_of(
+    st.integers().map(json.dumps),
+    st.sampled_from(["NaN", "Infinity", "1e999", "9" * 30, "[[[[[[[[[[]]]]]]]]]]"]),
+    st.text(max_size=20).map(json.dumps),
+)
+small_payloads = st.dictionaries(st.sampled_from(CLAIM_NAMES), small_scalars, max_size=4).map(
+    lambda d: "{" + ",".join(f'"{k}":{v}' for k, v in d.items()) + "}"
+)
 form_values = st.one_of(
     st.text(max_size=40),
-    raw_payloads.map(unsigned_raw),
+    small_payloads.map(unsigned_raw),
     st.sampled_from(["", "openid", "api://x/.default offline_access", "\x00", "%ZZ"]),
 )
 GRANTS = [
