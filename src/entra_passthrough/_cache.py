@@ -3,8 +3,8 @@
 Decisions (docs/sources-and-policy.md explains them to users):
 
 * **Key.** Built by the chain: ``(source name, cache partition, sorted scopes, claims, client
-  capabilities)``; the partition is the source's (client, tenant, sha256 of the assertion or the
-  user key). The cache never sees an assertion, only its hash.
+  capabilities)``; the partition is the source's (e.g. client and sha256 of the assertion, or
+  client, tenant and user key). The cache never sees an assertion, only its hash.
 * **Lifetime.** An entry is *usable* until ``expires_on - skew`` (skew = min(30 s, 1/10 of the
   lifetime)) and never past the ``cap`` given when it is stored (the caller's assertion ``exp``).
 * **Capped entries live to the cap, with no refresh.** A downstream (OBO) token is issued after
@@ -23,7 +23,8 @@ Decisions (docs/sources-and-policy.md explains them to users):
   ``concurrent.futures.Future`` per key is awaitable from any loop and waitable from any thread).
   Waiters get the leader's result or its error; errors are never stored.
 * **Bounded.** ``max_entries`` (LRU). The hit path is a dict lookup under a lock: no I/O, no
-  hashing, no allocation beyond the key tuple the chain builds.
+  hashing, no allocation beyond the key tuple the chain builds. A capped entry is stored as its
+  result alone (no timing object: it is usable until ``expires_on`` and never refreshed).
 """
 
 from __future__ import annotations
