@@ -46,7 +46,7 @@ TOKEN_EXCHANGE_AUDIENCE="api://AzureADTokenExchange"
 
 run() {  # run a command, or print it with --dry-run; stdout is the command's output
   if [[ $DRY == 1 ]]; then
-    printf '+ %q ' "$@" >&2; echo >&2
+    { printf '+'; printf ' %q' "$@"; echo; } >&2
     echo "00000000-0000-0000-0000-000000000000"
   else
     "$@"
@@ -72,22 +72,25 @@ MCP_APP_ID="$(run az ad app create --display-name "$PREFIX-mcp" --sign-in-audien
 MCP_OBJECT_ID="$(run az ad app show --id "$MCP_APP_ID" --query id -o tsv)"
 MCP_SCOPE_ID="$(uuid)"
 MCP_ROLE_ID="$(uuid)"
+MCP_SCOPES="[{\"id\":\"$MCP_SCOPE_ID\",\"value\":\"$MCP_SCOPE_NAME\",
+  \"type\":\"User\",\"isEnabled\":true,
+  \"adminConsentDisplayName\":\"Call the MCP tools as the user\",
+  \"adminConsentDescription\":\"Lets the app call the MCP server's tools as the signed-in user.\",
+  \"userConsentDisplayName\":\"Call the MCP tools as you\",
+  \"userConsentDescription\":\"Lets the app call the MCP server's tools as you.\"}]"
 run az rest --method PATCH --uri "$GRAPH/applications/$MCP_OBJECT_ID" --headers Content-Type=application/json \
   --body "{\"identifierUris\":[\"api://$MCP_APP_ID\"],
-           \"api\":{\"requestedAccessTokenVersion\":2,
-                    \"oauth2PermissionScopes\":[{\"id\":\"$MCP_SCOPE_ID\",\"value\":\"$MCP_SCOPE_NAME\",
-                      \"type\":\"User\",\"isEnabled\":true,
-                      \"adminConsentDisplayName\":\"Call the MCP tools as the user\",
-                      \"adminConsentDescription\":\"Lets the app call the MCP server's tools as the signed-in user.\",
-                      \"userConsentDisplayName\":\"Call the MCP tools as you\",
-                      \"userConsentDescription\":\"Lets the app call the MCP server's tools as you.\"}]},
+           \"api\":{\"requestedAccessTokenVersion\":2,\"oauth2PermissionScopes\":$MCP_SCOPES},
            \"appRoles\":[{\"id\":\"$MCP_ROLE_ID\",\"value\":\"$MCP_ROLE\",\"isEnabled\":true,
                          \"allowedMemberTypes\":[\"Application\"],\"displayName\":\"$MCP_ROLE\",
                          \"description\":\"Call the MCP tools as the app itself.\"}]}" >/dev/null
 # Pre-authorize the Azure CLI's client (az and azd): without it, `az account get-access-token
 # --resource api://<mcp>` fails with AADSTS65001 naming 04b07795-... (developer policy, AzureCli).
+# A second PATCH (the scope must exist first) that repeats the whole `api` object: Graph replaces
+# a complex property as a whole.
 run az rest --method PATCH --uri "$GRAPH/applications/$MCP_OBJECT_ID" --headers Content-Type=application/json \
-  --body "{\"api\":{\"preAuthorizedApplications\":[{\"appId\":\"$AZURE_CLI_CLIENT_ID\",
+  --body "{\"api\":{\"requestedAccessTokenVersion\":2,\"oauth2PermissionScopes\":$MCP_SCOPES,
+           \"preAuthorizedApplications\":[{\"appId\":\"$AZURE_CLI_CLIENT_ID\",
            \"delegatedPermissionIds\":[\"$MCP_SCOPE_ID\"]}]}}" >/dev/null
 MCP_SP_ID="$(run az ad sp create --id "$MCP_APP_ID" --query id -o tsv)"
 
