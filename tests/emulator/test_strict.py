@@ -576,3 +576,39 @@ async def test_managed_identity_in_a_chain_uses_the_worker_pool_and_the_library_
     assert _claims(first.token)["azp"] == idp.managed_identity.client_id
     assert idp.stats()["endpoints"].get("msi", 0) == before + 1  # the chain's cache served the 2nd
     chain.close()
+
+
+async def test_foundry_hosted_agent_id_from_env_with_a_user_assigned_identity(
+    idp: EntraEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What Foundry injects (FOUNDRY_AGENT_*) plus the user-assigned identity as the blueprint's
+    # federated credential: Agent ID OBO works end to end; without AZURE_CLIENT_ID it refuses
+    # to start (the host would answer with its system-assigned identity).
+    from entra_passthrough import AgentIdentityOnBehalfOf, TokenChain, bind_caller
+
+    for variable in EntraEmulator.MI_HOST_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    env = {
+        **idp.mi_env("app_service"),
+        "FOUNDRY_AGENT_BLUEPRINT_CLIENT_ID": idp.blueprint.client_id,
+        "FOUNDRY_AGENT_INSTANCE_CLIENT_ID": idp.agent_identity.client_id,
+        "FOUNDRY_AGENT_TENANT_ID": idp.tenant_id,
+        "ENTRA_PASSTHROUGH_CLIENT_CREDENTIAL": "managed_identity",
+        "AZURE_AUTHORITY_HOST": idp.url,
+        "ENTRA_PASSTHROUGH_CA_FILE": idp.ca_file,
+    }
+    for variable, value in env.items():
+        monkeypatch.setenv(variable, value)
+    before = idp.stats()["endpoints"].get("msi", 0)
+    with pytest.raises(ConfigurationError, match="AZURE_CLIENT_ID"):
+        TokenChain.from_env()
+    assert idp.stats()["endpoints"].get("msi", 0) == before  # refused before any request
+    monkeypatch.setenv("AZURE_CLIENT_ID", idp.managed_identity.client_id)
+    chain = TokenChain.from_env()
+    assert isinstance(chain.sources[0], AgentIdentityOnBehalfOf)
+    with bind_caller(token=idp.user_token("alice", audience=idp.blueprint.client_id)):
+        result = await chain.get_token_async([f"{idp.mcp.app_id_uri}/.default"])
+    claims = _claims(result.token)
+    assert claims["oid"] == idp.users["alice"].oid
+    assert claims["azp"] == idp.agent_identity.client_id
+    chain.close()
