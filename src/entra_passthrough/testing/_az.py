@@ -90,6 +90,12 @@ def main(argv):
     except urllib.error.HTTPError as exc:
         err = json.loads(exc.read() or b"{{}}")
         sys.stderr.write("ERROR: " + err.get("error_description", "emulator error") + "\n")
+        if not azd and "AADSTS65001" in err.get("error_description", ""):
+            # What az adds to an interaction-required error (azure-cli's auth/util.py).
+            scope = (body.get("resource") or "").rstrip("/") + "/.default"
+            sys.stderr.write("Run the command below to authenticate interactively; additional "
+                             "arguments may be added as needed:\naz logout\n"
+                             "az login --scope " + scope + "\n")
         return 1
     if azd:
         import time
