@@ -64,8 +64,16 @@ async def acquire_async(
 
 def drive_sync(core: FlowCore, request: Any) -> Generator[Any, Any, None]:
     """``sync_auth_flow``: run the decisions, do the token I/O with the sync chain."""
-    flow = core.flow(request)
-    sent = False
+    hit = core.apply_hit(request)
+    if hit is None:
+        flow = core.flow(request)
+        sent = False
+    else:
+        response = yield request
+        if response.status_code != 401:
+            return
+        flow = core.after_401(request, hit[0], hit[1], response)
+        sent = True
     value: Any = None
     try:
         while (step := _advance(core, request, flow, value, sent=sent)) is not None:
@@ -82,9 +90,19 @@ def drive_sync(core: FlowCore, request: Any) -> Generator[Any, Any, None]:
 
 
 async def drive_async(core: FlowCore, request: Any) -> AsyncGenerator[Any, Any]:
-    """``async_auth_flow``: the same loop as ``drive_sync``; only the acquisition awaits."""
-    flow = core.flow(request)
-    sent = False
+    """``async_auth_flow``: the same loop as ``drive_sync``; only the acquisition awaits.
+    A fresh cache hit skips the decision generator (``FlowCore.apply_hit``); a 401 to it
+    continues in ``FlowCore.after_401``, the same step 5 as the full flow."""
+    hit = core.apply_hit(request)
+    if hit is None:
+        flow = core.flow(request)
+        sent = False
+    else:
+        response = yield request
+        if response.status_code != 401:
+            return
+        flow = core.after_401(request, hit[0], hit[1], response)
+        sent = True
     value: Any = None
     try:
         while (step := _advance(core, request, flow, value, sent=sent)) is not None:

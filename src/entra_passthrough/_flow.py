@@ -287,6 +287,37 @@ class FlowCore:
 
         if not applied or result is None or response.status_code != 401:
             return
+        yield from self.after_401(request, result, caller, response, note)
+
+    def apply_hit(self, request: Request) -> tuple[TokenResult, Caller] | None:
+        """The hot path, no generator: an origin of ours, no Authorization header yet, and the
+        active caller's token prefetched or a fresh cache hit already found fit for a header
+        -> attach it and return ``(result, caller)``. Anything else (tracing on
+        included) -> ``None`` with the request untouched: the full ``flow`` runs. After the
+        response, a 401 goes to ``after_401``, exactly as in ``flow``."""
+        if _otel.ENABLED or self._cached is None or not self.allows(request.url):
+            return None
+        caller = active_caller()
+        if caller is None or ("authorization" in request.headers):
+            return None  # no caller (lifecycle path) or a header to judge: the full flow
+        result = prefetched_for(caller, self._key) or self._cached(
+            self.scopes, caller=caller, client_capabilities=self.client_capabilities
+        )
+        if result is None or not result._header_safe:
+            return None
+        self._apply(request, result, caller)  # cannot fail: the token was found safe before
+        return result, caller
+
+    def after_401(
+        self,
+        request: Request,
+        result: TokenResult,
+        caller: Caller | None,
+        response: Response,
+        note: dict[str, Any] | None = None,
+    ) -> Generator[Step, Any, None]:
+        """Step 5, for a request sent with ``result`` that got a 401: a Bearer challenge from a
+        configured origin that allows a retry -> drop the entry, acquire again, resend once."""
         try:
             final_url = response.request.url
         except RuntimeError:

@@ -80,3 +80,40 @@ async def test_hits_skip_the_acquisition_step_and_a_401_still_reacquires() -> No
     assert retried.request.headers["authorization"] == "Bearer t2"
     assert chain.acquisitions == 2
     assert source.calls == 2
+
+
+class CountingSyncChain(TokenChain):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.acquisitions = 0
+
+    def get_token(self, scopes: Sequence[str], **kwargs: Any) -> TokenResult:
+        self.acquisitions += 1
+        return super().get_token(scopes, **kwargs)
+
+
+def test_sync_hits_skip_the_acquisition_step_and_a_claims_challenge_reacquires() -> None:
+    source = Source()
+    chain = CountingSyncChain([source])
+    auth = EntraAuth(chain, scopes=["api://mcp/.default"], origins=[ORIGIN], on_error="record")
+    statuses = iter([200] * 5 + [401, 200, 200])
+    challenge = 'Bearer error="insufficient_claims", claims="eyJhY2Nlc3NfdG9rZW4iOnt9fQ=="'
+
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        status = next(statuses)
+        return httpx2.Response(status, headers={"www-authenticate": challenge} if status else {})
+
+    with (
+        httpx2.Client(auth=auth, transport=httpx2.MockTransport(answer)) as client,
+        bind_caller(Caller.from_token(unsigned_jwt(oid="u1", aud="agent"))),
+    ):
+        sent = [client.get(f"{ORIGIN}/mcp").request for _ in range(5)]
+        assert {r.headers["authorization"] for r in sent} == {"Bearer t1"}
+        assert chain.acquisitions == 1
+        retried = client.get(f"{ORIGIN}/mcp")  # 401 with a claims challenge: one retry
+        assert retried.status_code == 200
+        assert retried.request.headers["authorization"] == "Bearer t2"
+        after = client.get(f"{ORIGIN}/mcp")  # the claims entry is its own; t1 was dropped
+    assert chain.acquisitions == 3
+    assert after.request.headers["authorization"] == "Bearer t3"
+    assert source.calls == 3
