@@ -292,9 +292,9 @@ class FlowCore:
     def apply_hit(self, request: Request) -> tuple[TokenResult, Caller] | None:
         """The hot path, no generator: an origin of ours, no Authorization header yet, and the
         active caller's token prefetched or a fresh cache hit already found fit for a header
-        -> attach it and return ``(result, caller)``. Anything else (a tracer
-        provider configured included) -> ``None`` with the request untouched: the full ``flow`` runs. After the
-        response, a 401 goes to ``after_401``, exactly as in ``flow``."""
+        -> attach it and return ``(result, caller)``. Anything else (a tracer provider
+        configured included) -> ``None`` with the request untouched: the full ``flow`` runs.
+        After the response, a 401 goes to ``after_401``, exactly as in ``flow``."""
         if self._cached is None or not self.allows(request.url) or _otel.tracing():
             return None
         caller = active_caller()
