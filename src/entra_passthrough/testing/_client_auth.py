@@ -67,7 +67,6 @@ def authenticate(
     assertion = form.get("client_assertion")
     unverified: dict[str, Any] = {}
     if assertion:
-        rt.remember(assertion)  # a credential the client built: leak scans look for it too
         if form.get("client_assertion_type") != ASSERTION_TYPE:
             raise e.StsError(
                 7000216,
@@ -80,6 +79,7 @@ def authenticate(
             unverified = jwt.decode(assertion, options={"verify_signature": False})
         except jwt.PyJWTError:
             raise e.bad_client_assertion("Client assertion is not a valid JWT.", 50027) from None
+        rt.remember(assertion)  # a credential the client built: leak scans look for it too
         client_id = client_id or str(unverified.get("sub") or "")
     if not client_id:
         raise e.missing_param("client_id")
