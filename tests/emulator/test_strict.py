@@ -418,8 +418,15 @@ CONSENT_WORLD = {
             "redirect_uris": ["http://localhost/callback"],
             "required": ["strict_api/read"],
         },
+        {
+            "name": "assigned_only",
+            "public_client": True,
+            "assignment_required": True,
+            "assigned": ["alice"],
+        },
     ],
     "users": [{"name": "sam", "tenant": "locked"}],
+    "grants": [{"client": "assigned_only", "resource": "graph", "scopes": ["User.Read"]}],
 }
 
 
@@ -612,3 +619,18 @@ async def test_foundry_hosted_agent_id_from_env_with_a_user_assigned_identity(
     assert claims["oid"] == idp.users["alice"].oid
     assert claims["azp"] == idp.agent_identity.client_id
     chain.close()
+
+
+def test_assignment_required_is_50105(consent_idp: EntraEmulator) -> None:
+    # An enterprise app with "Assignment required": only assigned users may sign in.
+    idp = consent_idp
+    app = msal.PublicClientApplication(
+        idp.app("assigned_only").client_id,
+        authority=f"{idp.url}/{idp.tenant_id}",
+        http_client=idp.msal_http_client(),
+        instance_discovery=False,
+    )
+    refused = app.acquire_token_by_username_password("bob", "bob-password", scopes=["User.Read"])
+    assert refused.get("error_codes") == [50105], refused
+    ok = app.acquire_token_by_username_password("alice", "alice-password", scopes=["User.Read"])
+    assert "access_token" in ok, ok

@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from . import _errors as e
-from ._issue import parse_scopes
+from ._issue import check_assignment, parse_scopes
 from ._state import CodeRecord, Runtime
 from ._token_endpoint import check_resource_param, resolve_tenant
 from ._world import App, User
@@ -236,6 +236,7 @@ def _authorize_for_client(
             f"User account '{user.upn}' from identity provider does not "
             "exist in tenant and cannot access the application.",
         )
+    check_assignment(client, user)
     req = parse_scopes(rt, params.get("scope"), tid)
     # RFC 8707 `resource` at /authorize is checked against the scopes too (AADSTS9010010; what
     # MCP clients that send it see, docs/platform-facts.md).

@@ -104,6 +104,8 @@ def world_from_dict(data: Mapping[str, Any]) -> World:
                 ),
                 first_party=bool(a.get("first_party", False)),
                 admin_scopes=_strs(a.get("admin_scopes")),
+                assignment_required=bool(a.get("assignment_required", False)),
+                assigned=_strs(a.get("assigned")),
                 required=_strs(a.get("required")),
             )
         )

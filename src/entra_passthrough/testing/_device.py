@@ -29,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from . import _errors as e
-from ._issue import parse_scopes, user_token_response
+from ._issue import check_assignment, parse_scopes, user_token_response
 from ._state import Runtime
 from ._tokens import verify
 from ._world import GRAPH_APP_ID, Tenant
@@ -132,6 +132,7 @@ def redeem(rt: Runtime, form: Mapping[str, str], client_id: str, client_acr: str
         raise e.StsError(70000, "invalid_grant", "The user of the device code does not exist.")
     with rt.lock:
         rt.device_codes.pop(code, None)  # one redemption
+    check_assignment(app, user)
     req = parse_scopes(rt, record.scope, record.tenant_id)
     return user_token_response(
         rt,

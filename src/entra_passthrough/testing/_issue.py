@@ -100,6 +100,20 @@ def parse_scopes(rt: Runtime, raw: str | None, tenant_id: str) -> ScopeRequest:
     )
 
 
+def check_assignment(client: App, user: User) -> None:
+    """AADSTS50105: the app requires user assignment and this user is not assigned."""
+    if client.assignment_required and user.name not in client.assigned:
+        raise e.StsError(
+            50105,
+            "invalid_grant",
+            f"Your administrator has configured the application {client.name} "
+            f"('{client.client_id}') to block users unless they are specifically granted "
+            "('assigned') access to the application. The signed in user "
+            f"'{user.upn}' is blocked because they are not a direct member of a group with "
+            "access, nor had access directly assigned by an administrator.",
+        )
+
+
 def check_self_token(req: ScopeRequest, client: App) -> None:
     """AADSTS90009: an app asking a token for itself must name itself by its client id GUID,
     not by an App ID URI (https://learn.microsoft.com/entra/identity-platform/

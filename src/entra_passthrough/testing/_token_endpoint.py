@@ -23,6 +23,7 @@ from ._client_auth import ClientAuth, authenticate
 from ._issue import (
     ScopeRequest,
     app_roles,
+    check_assignment,
     check_self_token,
     emitted_capabilities,
     mint_access,
@@ -375,6 +376,7 @@ def _password(
         raise e.invalid_grant(
             50126, "Error validating credentials due to invalid username or password."
         )
+    check_assignment(client.app, user)
     req = parse_scopes(rt, form.get("scope"), user.tenant_id)
     check_resource_param(form, req)
     # ROPC cannot satisfy MFA or consent interactively (v2-oauth-ropc).

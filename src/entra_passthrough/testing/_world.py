@@ -98,6 +98,11 @@ class App:
     #: ``api.preAuthorizedApplications``): they need no consent for its delegated scopes.
     #: https://learn.microsoft.com/entra/identity-platform/permissions-consent-overview
     pre_authorized: tuple[str, ...] = ()
+    #: "Assignment required" on the enterprise app: only ``assigned`` users (names) may sign in
+    #: to it (AADSTS50105, https://learn.microsoft.com/troubleshoot/entra/entra-id/app-integration/
+    #: error-code-aadsts50105-user-not-assigned-role)
+    assignment_required: bool = False
+    assigned: tuple[str, ...] = ()
     #: delegated scopes of this API that only an administrator may consent to
     #: (``adminConsentRequired``; a user's consent answers AADSTS90094)
     admin_scopes: tuple[str, ...] = ()
