@@ -38,7 +38,7 @@ from importlib import metadata
 from typing import Any
 from urllib.parse import urlsplit
 
-from ._caller import active_caller
+from ._caller import active_caller, current_caller
 from ._errors import (
     ConfigurationError,
     ConsentRequired,
@@ -55,7 +55,8 @@ except ImportError as _exc:  # pragma: no cover - exercised only without the ext
     raise require_extra("mcp", "mcp", _exc) from _exc
 
 from ._auth import EntraAuth
-from ._flow import Chain
+from ._flow import APPLIED, Chain
+from ._jwt import UnverifiedClaims
 
 __all__ = [
     "FOUNDRY_CONSENT_REQUIRED",
@@ -230,6 +231,30 @@ def _local_error(request: httpx2.Request, rpc_id: Any, message: str) -> httpx2.R
     )
 
 
+def _drop_ended_callers_token(request: httpx2.Request) -> None:
+    """A connection-lifetime request (GET stream, ping, DELETE...) whose token was applied for
+    a caller who has ended since (their response completed while this request waited for a
+    connection, e.g. after a restart on a saturated loop) goes out without it: no request carries
+    a user's token once that user's request is over."""
+    if APPLIED not in request.extensions:
+        return
+    caller = current_caller()
+    if caller is None or caller.active:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return
+    try:
+        oid = UnverifiedClaims.from_token(token).oid
+    except (ValueError, OverflowError):
+        return
+    claims = caller.claims
+    if oid and claims is not None and claims.oid == oid:
+        for name in request.extensions.pop(APPLIED, ()):
+            request.headers.pop(name, None)
+
+
 class _CallGuard(httpx2.AsyncBaseTransport):
     """The MCP client's transport: outside ``call_attempt`` it only forwards; inside, see
     ``call_attempt``."""
@@ -240,6 +265,7 @@ class _CallGuard(httpx2.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         attempt = _attempt.get()
         if attempt is None or request.method != "POST":
+            _drop_ended_callers_token(request)
             return await self._inner.handle_async_request(request)
         rpc_id, method = _rpc_of(request)
         if attempt.require_token and "authorization" not in request.headers:

@@ -365,3 +365,35 @@ def test_seams_of_at_most_once_still_exist() -> None:
     public = _public_failure_type()
     assert public is not None
     assert public(ValueError("x"), "shown").public_message == "shown"  # type: ignore[call-arg]
+
+
+async def test_a_lifecycle_request_drops_the_token_of_a_caller_who_ended_meanwhile() -> None:
+    from entra_passthrough._flow import APPLIED
+
+    sent: list[httpx2.Request] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        sent.append(request)
+        return httpx2.Response(200)
+
+    guard = _CallGuard(httpx2.MockTransport(handler))
+    user_token = _unsigned(tid="t", oid="o-1", aud="a", exp=4_000_000_000)
+    downstream = _unsigned(tid="t", oid="o-1", aud="mcp", exp=4_000_000_000)
+    async with (
+        httpx2.AsyncClient(transport=guard) as client,
+        bind_caller(token=user_token) as caller,
+    ):
+        request = client.build_request(
+            "GET", "https://mcp.example/mcp", headers={"Authorization": f"Bearer {downstream}"}
+        )
+        request.extensions[APPLIED] = ("authorization",)
+        caller.end()  # the user's response completed while the request waited
+        await client.send(request)
+        # An app token applied for the lifecycle identity is left alone.
+        app = client.build_request(
+            "GET", "https://mcp.example/mcp", headers={"Authorization": "Bearer app.x.y"}
+        )
+        app.extensions[APPLIED] = ("authorization",)
+        await client.send(app)
+    assert "authorization" not in sent[0].headers
+    assert sent[1].headers["authorization"] == "Bearer app.x.y"
