@@ -143,6 +143,7 @@ LOGGER_PREFIXES = (
     "httpx",
     "httpx2",
     "httpcore",
+    "httpcore2",
     "uvicorn",
     "mcp",
 )
@@ -161,6 +162,9 @@ _KNOWN = (
     "uvicorn.error",
     "httpcore.http11",
     "httpcore.connection",
+    "httpcore2.http11",
+    "httpcore2.http2",
+    "httpcore2.connection",
 )
 
 _FILTER = RedactingFilter()
