@@ -183,3 +183,43 @@ def test_redact_removes_secret_shapes(text: str, gone: str) -> None:
 def test_redact_keeps_ids_and_fingerprints() -> None:
     text = "tenant 6f1c7a2e-1111-2222-3333-444455556666 token sha256:0123456789ab AADSTS50013"
     assert redact(text) == text
+
+
+def test_the_filter_is_on_the_loggers_of_the_packages_the_library_drives() -> None:
+    import azure.identity  # noqa: F401  (module loggers are created at import)
+
+    from entra_passthrough._redact import RedactingFilter
+
+    TokenChain([])  # building a chain covers loggers created by later imports
+    names = [
+        "msal.oauth2cli.oauth2",
+        "msal.application",
+        "httpcore2.http11",
+        "httpx",
+        "uvicorn.access",
+        "azure.identity._internal.get_token_mixin",
+        "mcp",
+    ]
+    for name in names:
+        filters = logging.getLogger(name).filters
+        assert any(isinstance(f, RedactingFilter) for f in filters), name
+
+
+def test_uvicorn_access_records_keep_their_shape() -> None:
+    # uvicorn's access formatter unpacks record.args: redaction must keep the tuple.
+    record = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5000", "GET", "/callback?code=0.AUoAbcdefgh12345678&state=s", "1.1", 200),
+        None,
+    )
+    from entra_passthrough._redact import RedactingFilter
+
+    assert RedactingFilter().filter(record)
+    assert isinstance(record.args, tuple)
+    assert len(record.args) == 5
+    assert record.args[4] == 200
+    assert "0.AUoAbcdefgh12345678" not in record.getMessage()
