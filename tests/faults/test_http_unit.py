@@ -1,0 +1,68 @@
+"""Unit checks of the guarded HTTP layer's parsing and configuration (no network)."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+
+import pytest
+
+from entra_passthrough import ConfigurationError, Timeouts
+from entra_passthrough._http import Throttle, TransportFailure, retry_after_seconds
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("30", 30.0), (" 7 ", 7.0), ("0", 0.0), ("-5", 0.0), ("999999", 3600.0), ("soon", None)],
+)
+def test_retry_after_seconds(value: str, expected: float | None) -> None:
+    assert retry_after_seconds({"Retry-After": value}) == expected
+
+
+def test_retry_after_http_date_and_absent() -> None:
+    now = time.time()
+    date = email.utils.formatdate(now + 20, usegmt=True)
+    seconds = retry_after_seconds({"retry-after": date}, now=now)
+    assert seconds is not None
+    assert 18 <= seconds <= 21
+    assert retry_after_seconds({}) is None
+    assert retry_after_seconds({"Retry-After": "nan"}) is None
+
+
+def test_timeouts_validate_and_read_the_environment() -> None:
+    env = {
+        "ENTRA_PASSTHROUGH_CONNECT_TIMEOUT": "2",
+        "ENTRA_PASSTHROUGH_READ_TIMEOUT": "3.5",
+        "ENTRA_PASSTHROUGH_TOKEN_DEADLINE": "12",
+        "ENTRA_PASSTHROUGH_TOKEN_RETRIES": "1",
+    }
+    t = Timeouts.from_env(env)
+    assert (t.connect, t.read, t.deadline, t.retries) == (2.0, 3.5, 12.0, 1)
+    assert Timeouts.from_env({}) == Timeouts()
+    with pytest.raises(ConfigurationError, match="READ_TIMEOUT"):
+        Timeouts.from_env({"ENTRA_PASSTHROUGH_READ_TIMEOUT": "fast"})
+    with pytest.raises(ConfigurationError):
+        Timeouts(read=0)
+    with pytest.raises(ConfigurationError):
+        Timeouts(retries=11)
+
+
+def test_throttle_entries_are_bounded() -> None:
+    now = [0.0]
+    throttle = Throttle(clock=lambda: now[0])
+    failure = TransportFailure("status", status=503)
+    for i in range(Throttle.MAX_ENTRIES + 100):
+        throttle.block_key(f"k{i}", 60.0, failure)
+    assert len(throttle._keys) == Throttle.MAX_ENTRIES
+    blocked, probe = throttle.admit("a", "k4095", probe_window=1.0, wait_until=1e12)
+    assert blocked is not None
+    assert blocked.cached
+    assert probe is None
+    now[0] = 61.0  # lapsed: nothing blocks, nothing is probing (key entries have no probe)
+    assert throttle.admit("a", "k4095", probe_window=1.0, wait_until=1e12) == (None, None)
+
+
+def test_failure_text_names_no_url_or_body() -> None:
+    text = str(TransportFailure("throttled", status=429, retry_after=3.0, attempts=2))
+    assert "429" in text
+    assert "http" not in text.lower().replace("http 429", "")
