@@ -32,7 +32,7 @@ def _size() -> Size:
     if custom:
         users, calls, concurrency = (int(x) for x in custom.split(","))
         return Size(users, calls, concurrency, 2)
-    return Size(200, 100, 64, 2) if SOAK else Size(12, 5, 16, 2)
+    return Size(200, 100, 64, 2) if SOAK else Size(30, 2, 16, 2)
 
 
 #: Quick in ``make test`` (a few seconds each); full in ``make soak``.
