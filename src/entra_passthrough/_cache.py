@@ -32,13 +32,15 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import functools
 import logging
 import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Hashable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from ._errors import SourceUnavailable
 from ._l2 import SharedCache
@@ -65,6 +67,79 @@ def _loop_running_here() -> bool:
 def _retrieved(future: asyncio.Future[TokenResult | None]) -> None:
     if not future.cancelled():
         future.exception()
+
+
+_T = TypeVar("_T")
+_S = TypeVar("_S")
+
+
+def _resume(flow: Generator[_S, object, _T], value: object, error: BaseException | None) -> Any:
+    """``(True, return value)`` once ``flow`` ends, else ``(False, next step)``."""
+    try:
+        return False, (flow.send(value) if error is None else flow.throw(error))
+    except StopIteration as stop:
+        return True, stop.value
+
+
+def _call(do: Callable[[_S], object], step: _S) -> tuple[object, BaseException | None]:
+    try:
+        return do(step), None
+    except BaseException as exc:
+        return None, exc
+
+
+def drive(flow: Generator[_S, object, _T], do: Callable[[_S], object]) -> _T:
+    """Run a decision ``flow`` to its end: ``do`` each step it yields and send back what
+    ``do`` returned, or throw in what it raised. The sync driver; ``drive_async`` awaits."""
+    done, step = _resume(flow, None, None)
+    while not done:
+        done, step = _resume(flow, *_call(do, step))
+    return step  # type: ignore[no-any-return]
+
+
+async def drive_async(flow: Generator[_S, object, _T], do: Callable[[_S], Awaitable[object]]) -> _T:
+    """``drive`` for a ``do`` that is a coroutine function (the same flow, awaited)."""
+    done, step = _resume(flow, None, None)
+    while not done:
+        try:
+            value = await do(step)
+        except BaseException as exc:
+            done, step = _resume(flow, None, exc)
+        else:
+            done, step = _resume(flow, value, None)
+    return step  # type: ignore[no-any-return]
+
+
+class _Acquire:
+    """Step: call ``acquire`` and send back its result."""
+
+    __slots__ = ()
+
+
+_ACQUIRE = _Acquire()
+#: Sent back for a ``_Wait`` by a driver that must not block: the flow acquires on its own.
+_OWN = object()
+
+
+class _Wait:
+    """Step: wait for another caller's acquisition of the same key."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: concurrent.futures.Future[TokenResult | None]) -> None:
+        self.future = future
+
+
+class _Refresh:
+    """Step: start a background refresh of ``cached`` (no request waits on it)."""
+
+    __slots__ = ("cached",)
+
+    def __init__(self, cached: TokenResult) -> None:
+        self.cached = cached
+
+
+_Step = _Acquire | _Wait | _Refresh
 
 
 class _LeaderGone(Exception):
@@ -312,6 +387,47 @@ class TokenCache:
         else:
             fut.set_result(result)
 
+    # -- one decision flow, two drivers ----------------------------------------
+    #
+    # ``_flow`` makes every decision of a lookup (hit, refresh due, lead, wait, take over) and
+    # never does I/O: it yields steps and its driver does them (encode/httpx's ``auth_flow``
+    # idea, as the apply stage's ``_flow.py``). ``_ACQUIRE``: call ``acquire`` and send back
+    # its result (or throw its error in). ``_Wait``: wait for another caller's future and send
+    # back its result (or throw its error in); a sync driver that must not block sends
+    # ``_OWN`` instead. ``_Refresh``: start a background refresh, send back ``None``.
+
+    def _flow(
+        self, key: Hashable, cap: float | None
+    ) -> Generator[_Step, object, TokenResult | None]:
+        cached, refresh = self._lookup(key, self._clock())
+        if cached is not None:
+            if refresh:
+                yield _Refresh(cached)
+            return cached
+        for _ in range(_MAX_TAKEOVERS):
+            fut, leader = self._join(key)
+            if not leader:
+                try:
+                    shared = yield _Wait(fut)
+                except _LeaderGone:
+                    continue
+                if shared is not _OWN:
+                    return shared  # type: ignore[return-value]
+            try:
+                result = yield _ACQUIRE
+            except BaseException as exc:
+                if leader:
+                    gone = isinstance(exc, asyncio.CancelledError)
+                    self._finish(key, fut, error=_LeaderGone() if gone else exc)
+                raise
+            stored = self._store(key, result, cap) if result is not None else None  # type: ignore[arg-type]
+            if leader:
+                self._finish(key, fut, result=stored)
+            return stored
+        raise SourceUnavailable(
+            "Token acquisition was cancelled repeatedly by other requests for the same key."
+        )
+
     async def get_or_acquire_async(
         self,
         key: Hashable,
@@ -325,56 +441,76 @@ class TokenCache:
         """
         if self.shared is not None:  # no I/O here: the wrapped call runs only if L1 misses
             acquire = self.shared.wrap(self, key, acquire, cap)
-        cached, refresh = self._lookup(key, self._clock())
-        if cached is not None:
-            if refresh:
-                self._start_refresh_async(key, cached, acquire, cap)
-            return cached
-        for _ in range(_MAX_TAKEOVERS):
-            fut, leader = self._join(key)
-            if leader:
-                return await self._lead_async(key, fut, acquire, cap)
-            try:
+
+        async def do(step: _Step) -> object:
+            if isinstance(step, _Acquire):
+                return await acquire()
+            if isinstance(step, _Wait):
                 # shield: cancelling this waiter (a client went away) must not cancel the
                 # shared future, which would fail the leader and every other waiter.
-                shared = asyncio.wrap_future(fut)
+                shared = asyncio.wrap_future(step.future)
                 shared.add_done_callback(_retrieved)  # no "exception never retrieved" noise
                 return await asyncio.shield(shared)
-            except _LeaderGone:
-                continue
-        raise SourceUnavailable(
-            "Token acquisition was cancelled repeatedly by other requests for the same key."
-        )
+            flow = self._refresh_flow(key, step.cached, cap, in_thread=False)
+            self._start_refresh_async(drive_async(flow, do))
+            return None
 
-    async def _lead_async(
+        return await drive_async(self._flow(key, cap), do)
+
+    def get_or_acquire(
         self,
         key: Hashable,
-        fut: concurrent.futures.Future[TokenResult | None],
-        acquire: Callable[[], Awaitable[TokenResult | None]],
-        cap: float | None,
+        acquire: Callable[[], TokenResult | None],
+        *,
+        cap: float | None = None,
     ) -> TokenResult | None:
-        try:
-            result = await acquire()
-        except asyncio.CancelledError:
-            self._finish(key, fut, error=_LeaderGone())
-            raise
-        except BaseException as exc:
-            self._finish(key, fut, error=exc)
-            raise
-        stored = self._store(key, result, cap) if result is not None else None
-        self._finish(key, fut, result=stored)
-        return stored
+        """Sync driver of the same flow as ``get_or_acquire_async`` (threads wait for the
+        leading thread)."""
+        if self.shared is not None:  # no I/O here: the wrapped call runs only if L1 misses
+            acquire = self.shared.wrap_sync(self, key, acquire, cap)
 
-    def _start_refresh_async(
-        self,
-        key: Hashable,
-        cached: TokenResult,
-        acquire: Callable[[], Awaitable[TokenResult | None]],
-        cap: float | None,
-    ) -> None:
-        task = asyncio.get_running_loop().create_task(
-            self._refresh_async(key, cached, acquire, cap)
-        )
+        def do(step: _Step) -> object:
+            if isinstance(step, _Acquire):
+                return acquire()
+            if isinstance(step, _Wait):
+                if _loop_running_here():
+                    # Blocking this thread would stall the event loop that may be running
+                    # the leader (a sync call inside async code): acquire on our own instead.
+                    return _OWN
+                try:
+                    return step.future.result(timeout=_SYNC_WAIT_SECONDS)
+                except concurrent.futures.TimeoutError:
+                    raise SourceUnavailable(
+                        "Timed out waiting for another thread's token acquisition for the same key."
+                    ) from None
+            flow = self._refresh_flow(key, step.cached, cap, in_thread=True)
+            self._start_refresh_sync(key, functools.partial(drive, flow, do))
+            return None
+
+        return drive(self._flow(key, cap), do)
+
+    def _refresh_flow(
+        self, key: Hashable, cached: TokenResult, cap: float | None, *, in_thread: bool
+    ) -> Generator[_Step, object, None]:
+        """A background refresh of ``cached``: one ``_ACQUIRE`` step, then its bookkeeping."""
+        try:
+            result = yield _ACQUIRE
+        except Exception as exc:
+            self._refresh_failed(key, cached, exc)
+            return
+        except BaseException as exc:
+            if in_thread:  # nobody to raise it to in this thread
+                self._refresh_failed(key, cached, exc)
+                return
+            self._end_refresh(key, failed=False)  # cancelled (its loop is closing): the next
+            raise  # request may retry
+        if result is None:
+            self._end_refresh(key, failed=False)
+        else:
+            self._store(key, result, cap)  # type: ignore[arg-type]
+
+    def _start_refresh_async(self, refresh: Coroutine[object, object, None]) -> None:
+        task = asyncio.get_running_loop().create_task(refresh)
         with self._lock:
             self._refreshes += 1
             self._background.add(task)
@@ -384,29 +520,6 @@ class TokenCache:
         with self._lock:
             self._background.discard(done)
 
-    async def _refresh_async(
-        self,
-        key: Hashable,
-        cached: TokenResult,
-        acquire: Callable[[], Awaitable[TokenResult | None]],
-        cap: float | None,
-    ) -> None:
-        try:
-            result = await acquire()
-        except Exception as exc:
-            self._refresh_failed(key, cached, exc)
-            return
-        except BaseException:  # cancelled (its loop is closing): the next request may retry
-            self._end_refresh(key, failed=False)
-            raise
-        self._refreshed(key, result, cap)
-
-    def _refreshed(self, key: Hashable, result: TokenResult | None, cap: float | None) -> None:
-        if result is None:
-            self._end_refresh(key, failed=False)
-        else:
-            self._store(key, result, cap)
-
     def _refresh_failed(self, key: Hashable, cached: TokenResult, exc: BaseException) -> None:
         logger.warning(
             "refresh ahead failed (%s); serving the cached token %s until it expires",
@@ -415,59 +528,10 @@ class TokenCache:
         )
         self._end_refresh(key, failed=True)
 
-    def get_or_acquire(
-        self,
-        key: Hashable,
-        acquire: Callable[[], TokenResult | None],
-        *,
-        cap: float | None = None,
-    ) -> TokenResult | None:
-        """Sync twin of ``get_or_acquire_async`` (threads wait for the leading thread)."""
-        if self.shared is not None:  # no I/O here: the wrapped call runs only if L1 misses
-            acquire = self.shared.wrap_sync(self, key, acquire, cap)
-        cached, refresh = self._lookup(key, self._clock())
-        if cached is not None:
-            if refresh:
-                self._start_refresh_sync(key, cached, acquire, cap)
-            return cached
-        for _ in range(_MAX_TAKEOVERS):
-            fut, leader = self._join(key)
-            if leader:
-                try:
-                    result = acquire()
-                except BaseException as exc:
-                    self._finish(key, fut, error=exc)
-                    raise
-                stored = self._store(key, result, cap) if result is not None else None
-                self._finish(key, fut, result=stored)
-                return stored
-            if _loop_running_here():
-                # Blocking this thread would stall the event loop that may be running the
-                # leader (a sync call inside async code): acquire on our own instead.
-                result = acquire()
-                return self._store(key, result, cap) if result is not None else None
-            try:
-                return fut.result(timeout=_SYNC_WAIT_SECONDS)
-            except _LeaderGone:
-                continue
-            except concurrent.futures.TimeoutError:
-                raise SourceUnavailable(
-                    "Timed out waiting for another thread's token acquisition for the same key."
-                ) from None
-        raise SourceUnavailable(
-            "Token acquisition was cancelled repeatedly by other requests for the same key."
-        )
-
-    def _start_refresh_sync(
-        self,
-        key: Hashable,
-        cached: TokenResult,
-        acquire: Callable[[], TokenResult | None],
-        cap: float | None,
-    ) -> None:
+    def _start_refresh_sync(self, key: Hashable, refresh: Callable[[], None]) -> None:
         thread = threading.Thread(
-            target=self._refresh_sync,
-            args=(key, cached, acquire, cap),
+            target=self._in_thread,
+            args=(refresh,),
             name="entra-passthrough-refresh",
             daemon=True,
         )
@@ -481,22 +545,8 @@ class TokenCache:
             self._end_refresh(key, failed=False)
             raise
 
-    def _refresh_sync(
-        self,
-        key: Hashable,
-        cached: TokenResult,
-        acquire: Callable[[], TokenResult | None],
-        cap: float | None,
-    ) -> None:
+    def _in_thread(self, refresh: Callable[[], None]) -> None:
         try:
-            try:
-                result = acquire()
-            except Exception as exc:
-                self._refresh_failed(key, cached, exc)
-                return
-            except BaseException as exc:  # nobody to raise it to in this thread
-                self._refresh_failed(key, cached, exc)
-                return
-            self._refreshed(key, result, cap)
+            refresh()
         finally:
             self._background_done(threading.current_thread())
