@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from _support.servers import serve_in_thread
 from entra_passthrough import (
     CallerMiddleware,
     EntraAuth,
@@ -29,8 +30,6 @@ from entra_passthrough import (
 )
 from entra_passthrough.httpx import EntraAuth as ClassicEntraAuth
 from entra_passthrough.testing import FOUNDRY_AUDIENCE, EntraEmulator
-
-from ._serve import serve
 
 
 @dataclass
@@ -110,8 +109,8 @@ def agent_app(idp: EntraEmulator, api_url: str) -> CallerMiddleware:
 def stack() -> Iterator[Stack]:
     with (
         EntraEmulator() as idp,
-        serve(api_app(idp)) as api_url,
-        serve(agent_app(idp, api_url)) as agent_url,
+        serve_in_thread(api_app(idp), lifespan="off") as api_url,
+        serve_in_thread(agent_app(idp, api_url), lifespan="off") as agent_url,
     ):
         yield Stack(idp, agent_url, api_url)
 

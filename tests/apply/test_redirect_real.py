@@ -10,10 +10,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse
 from starlette.routing import Route
 
+from _support.servers import serve_in_thread
 from entra_passthrough import EntraAuth, bind_caller
 
 from ._fakes import FakeChain, user_caller
-from ._serve import serve
 
 
 def echo_app(seen: list[dict[str, Any]]) -> Starlette:
@@ -43,7 +43,10 @@ async def test_cross_origin_redirect_between_real_servers() -> None:
     other_seen: list[dict[str, Any]] = []
     api_seen: list[dict[str, Any]] = []
     chain = FakeChain(headers={"x-agent-foundry-call-id": "call-1"})
-    with serve(echo_app(other_seen)) as other, serve(redirecting_app(other, api_seen)) as api:
+    with (
+        serve_in_thread(echo_app(other_seen), lifespan="off") as other,
+        serve_in_thread(redirecting_app(other, api_seen), lifespan="off") as api,
+    ):
         auth = EntraAuth(chain, scopes=["api://api/.default"], origins=[api])
         async with httpx2.AsyncClient(follow_redirects=True) as client:
             auth.install(client)

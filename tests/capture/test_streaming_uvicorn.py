@@ -13,10 +13,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
+from _support.servers import serve_in_thread
 from entra_passthrough import CallerMiddleware, active_caller, current_caller
 
 from ._jwts import unsigned_jwt
-from ._serve import serve
 
 
 class Probe:
@@ -64,7 +64,7 @@ def build() -> tuple[Probe, list[Any]]:
 def test_streaming_body_sees_the_caller_and_it_ends_after() -> None:
     probe, callers = build()
     token = unsigned_jwt(oid="alice", tid="t")
-    with serve(probe) as url, httpx2.Client() as client:
+    with serve_in_thread(probe, lifespan="off") as url, httpx2.Client() as client:
         response = client.get(f"{url}/stream", headers={"authorization": f"Bearer {token}"})
         assert probe.done.wait(10)
         who = client.get(f"{url}/who", headers={"authorization": f"Bearer {token}"})
@@ -78,7 +78,7 @@ def test_streaming_body_sees_the_caller_and_it_ends_after() -> None:
 
 def test_401_shapes_on_the_wire() -> None:
     probe, _ = build()
-    with serve(probe) as url, httpx2.Client() as client:
+    with serve_in_thread(probe, lifespan="off") as url, httpx2.Client() as client:
         missing = client.get(f"{url}/who")
         junk = client.get(f"{url}/who", headers={"authorization": "Bearer junk"})
     assert missing.status_code == 401

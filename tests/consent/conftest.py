@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
+from _support.servers import serve_in_thread
 from entra_passthrough import Caller, ConsentRequired, TokenRequest, TokenVerificationError
 from entra_passthrough._sources.delegated import DelegatedConsent
 from entra_passthrough._store import Keyring, MemoryStore
@@ -32,7 +33,19 @@ from entra_passthrough.testing import EntraEmulator, World
 from entra_passthrough.testing._ca import make_tls_material
 from entra_passthrough.testing._world import App, Grant, User, stable_id
 
-from ._serve import Slot, serve_https
+
+class Slot:
+    """An ASGI app whose target is set after the server started (the port is needed first)."""
+
+    def __init__(self) -> None:
+        self.app: Any = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            return
+        assert self.app is not None, "no app mounted yet"
+        await self.app(scope, receive, send)
+
 
 #: Test users of this module only (revoking their refresh tokens affects no other test).
 EXTRA_USERS = ("pat", "quinn", "rita")
@@ -195,7 +208,11 @@ def consent_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsentEnv
     (tmp / "cert.pem").write_bytes(tls.server_cert_pem)
     (tmp / "key.pem").write_bytes(tls.server_key_pem)
     slot = Slot()
-    with serve_https(slot, certfile=str(tmp / "cert.pem"), keyfile=str(tmp / "key.pem")) as port:
+    with serve_in_thread(
+        slot, lifespan="off", certfile=str(tmp / "cert.pem"), keyfile=str(tmp / "key.pem")
+    ) as base:
+        port = urllib.parse.urlsplit(base).port
+        assert port is not None
         world = World.default()
         tenant = world.tenants[0].id
         mcp = next(a for a in world.apps if a.name == "mcp")

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import httpx2
 import pytest
-import uvicorn
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.mcpserver import MCPServer
 
+from _support.servers import serve_in_thread
 from entra_passthrough import ConsentRequired, EntraAuth, JwtVerifier, TokenChain, bind_caller
 from entra_passthrough.server import (
     EntraChallengeMiddleware,
@@ -49,19 +48,8 @@ def mcp_server(env: ConsentEnv) -> Iterator[str]:
         return {"oid": user.oid, "upn": user.upn}
 
     app = EntraChallengeMiddleware(server.streamable_http_app(stateless_http=True), settings=auth)
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    try:
-        for _ in range(2000):  # readiness poll, bounded
-            if uv.started or not thread.is_alive():
-                break
-            thread.join(0.01)
-        assert uv.started
-        yield f"http://127.0.0.1:{uv.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        uv.should_exit = True
-        thread.join(10)
+    with serve_in_thread(app, lifespan="auto") as base:
+        yield base
 
 
 async def test_mcp_server_sees_the_consenting_user(consent_env: ConsentEnv) -> None:

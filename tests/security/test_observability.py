@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from _support.servers import serve_in_thread
 from entra_passthrough import (
     Caller,
     ConsentRequired,
@@ -28,7 +29,6 @@ from entra_passthrough import (
     bind_caller,
 )
 from entra_passthrough.testing import EntraEmulator
-from server._serve import serve
 
 from ._hygiene import leaks
 
@@ -59,7 +59,7 @@ def resource() -> Iterator[str]:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
-    with serve(lambda base: app) as url:
+    with serve_in_thread(app) as url:
         yield url
 
 

@@ -12,10 +12,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from _support.servers import serve_in_thread
 from entra_passthrough import CallerMiddleware, JwtVerifier, current_caller
 from entra_passthrough.testing import EntraEmulator
-
-from ._serve import serve
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +42,7 @@ def api(entra_emulator: EntraEmulator) -> Iterator[str]:
             resource_metadata_url=f"{base}/.well-known/oauth-protected-resource",
         )
 
-    with serve(make) as url:
+    with serve_in_thread(make_app=make) as url:
         yield url
 
 

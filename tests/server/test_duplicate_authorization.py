@@ -9,7 +9,8 @@ from collections.abc import Iterator
 import httpx2
 import pytest
 
-from ._serve import serve
+from _support.servers import serve_in_thread
+
 from .test_mcp_server import ISSUER, build_app
 
 BODY = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
@@ -17,7 +18,7 @@ BODY = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
 
 @pytest.fixture(scope="module")
 def base_url() -> Iterator[str]:
-    with serve(lambda base: build_app(resource_url=f"{base}/mcp")) as url:
+    with serve_in_thread(make_app=lambda base: build_app(resource_url=f"{base}/mcp")) as url:
         yield url
 
 

@@ -13,10 +13,10 @@ import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
+from _support.servers import serve_in_thread
 from entra_passthrough.testing import EntraEmulator
 
 from ._example import load_example
-from ._serve import serve
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def server_url(example: ModuleType, entra_emulator: EntraEmulator) -> Iterator[s
         )
         return example.create_app(config)
 
-    with serve(make) as url:
+    with serve_in_thread(make_app=make) as url:
         yield url
 
 

@@ -13,6 +13,7 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.mcpserver import MCPServer
 
+from _support.servers import serve_in_thread
 from entra_passthrough import JwtVerifier
 from entra_passthrough.server import (
     EntraChallengeMiddleware,
@@ -21,7 +22,6 @@ from entra_passthrough.server import (
     current_user,
 )
 
-from ._serve import serve
 from ._tokens import API, API_URI, TENANT, USER_OID, Issuer
 
 ISSUER = Issuer()
@@ -49,7 +49,7 @@ def build_app(*, resource_url: str) -> Any:
 
 @pytest.fixture(scope="module")
 def base_url() -> Iterator[str]:
-    with serve(lambda base: build_app(resource_url=f"{base}/mcp")) as url:
+    with serve_in_thread(make_app=lambda base: build_app(resource_url=f"{base}/mcp")) as url:
         yield url
 
 
@@ -171,7 +171,7 @@ async def test_stateful_server_sees_the_caller() -> None:
 
         return EntraChallengeMiddleware(server.streamable_http_app(), settings=auth)
 
-    with serve(make) as url:
+    with serve_in_thread(make_app=make) as url:
         async with session(url, ISSUER.token()) as s:
             first = await s.call_tool("whoami", {})
             second = await s.call_tool("whoami", {})
@@ -193,7 +193,7 @@ async def test_unreachable_keys_give_503_not_401() -> None:
         server = MCPServer("down", token_verifier=EntraTokenVerifier(verifier), auth=auth)
         return EntraChallengeMiddleware(server.streamable_http_app(), settings=auth)
 
-    with serve(make) as url:
+    with serve_in_thread(make_app=make) as url:
         r = await _post(url, ISSUER.token())
     assert r.status_code == 503
     assert "www-authenticate" not in r.headers  # the token was not judged: keep it

@@ -10,10 +10,10 @@ from typing import Any
 import httpx2
 import pytest
 
+from _support.servers import serve_in_thread
 from entra_passthrough.testing import EntraEmulator
 
 from ._example import load_example
-from ._serve import serve
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def mcp_url(entra_emulator: EntraEmulator) -> Iterator[str]:
             )
         )
 
-    with serve(make) as url:
+    with serve_in_thread(make_app=make) as url:
         yield f"{url}/mcp"
 
 

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from _support.servers import serve_in_thread
 from entra_passthrough import ConfigurationError, JwtVerifier, NoCallerError
 from entra_passthrough._errors import InsufficientScope, TokenVerificationError
 from entra_passthrough.server import (
@@ -25,7 +26,6 @@ from entra_passthrough.server import (
     require_entra_auth,
 )
 
-from ._serve import serve
 from ._tokens import API, API_URI, TENANT, USER_OID, Issuer
 
 ISSUER = Issuer()
@@ -53,7 +53,7 @@ def build_api(base: str) -> Any:
 
 @pytest.fixture(scope="module")
 def api() -> Iterator[str]:
-    with serve(build_api) as url:
+    with serve_in_thread(make_app=build_api) as url:
         yield url
 
 

@@ -6,18 +6,15 @@ from __future__ import annotations
 
 import json
 import ssl
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx2
 import pytest
-import uvicorn
 from agent_framework import Agent
 from agent_framework_foundry_hosting import ResponsesHostServer
 
+from _support.servers import serve_in_thread
 from entra_passthrough import JwtVerifier
 from entra_passthrough.agent_framework import entra_mcp_tool, entra_middleware, install
 from entra_passthrough.agent_framework.testing import ScriptedChatClient
@@ -26,25 +23,6 @@ from entra_passthrough.testing import FOUNDRY_AUDIENCE, EntraEmulator, ToolboxSt
 from .conftest import toolbox_chain
 
 SCOPES = ["https://ai.azure.com/.default"]
-
-
-@contextmanager
-def serve(app: Any) -> Iterator[str]:
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(3000):  # bounded: ~30 s
-        if server.started or not thread.is_alive():
-            break
-        thread.join(0.01)
-    assert server.started, "the host did not start"
-    try:
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
 
 
 async def test_toolbox_consent_reaches_only_its_user(
@@ -77,7 +55,7 @@ async def test_toolbox_consent_reaches_only_its_user(
     app = install(host, verifier=verifier, close_on_shutdown=[pool, jwks])
     outcomes: dict[str, str] = {}
     try:
-        with serve(app) as base:
+        with serve_in_thread(app) as base:
             async with httpx2.AsyncClient(base_url=base, timeout=60, trust_env=False) as client:
                 for user in ("alice", "bob", "carol"):
                     person = idp.users[user]
