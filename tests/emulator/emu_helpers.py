@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 import httpx
+import httpx2
 import jwt
 import msal
 
 from entra_passthrough.testing import EntraEmulator
+
+UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+TIMESTAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ"
 
 
 def no_http_cache() -> dict[str, Any]:
@@ -83,3 +88,29 @@ def obo_form(idp: EntraEmulator, assertion: str) -> dict[str, str]:
         "requested_token_use": "on_behalf_of",
         "scope": f"{idp.mcp.app_id_uri}/.default",
     }
+
+
+def token_url(idp: EntraEmulator, tenant: str | None = None) -> str:
+    return f"{idp.url}/{tenant or idp.tenant_id}/oauth2/v2.0/token"
+
+
+def assert_entra_error(resp: httpx2.Response, code: int, error: str, status: int = 400) -> dict:
+    """The documented error body (reference-error-codes, "Sample error response")."""
+    # https://learn.microsoft.com/entra/identity-platform/reference-error-codes#handling-error-codes-in-your-application
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"].startswith("application/json")
+    body: dict[str, Any] = resp.json()
+    assert body["error"] == error
+    assert body["error_codes"] == [code]
+    desc = body["error_description"]
+    m = re.fullmatch(
+        rf"AADSTS{code}: (.+)\r\nTrace ID: ({UUID})\r\nCorrelation ID: ({UUID})\r\n"
+        rf"Timestamp: ({TIMESTAMP})",
+        desc,
+        flags=re.S,
+    )
+    assert m, desc
+    assert re.fullmatch(TIMESTAMP, body["timestamp"])
+    assert (m[2], m[3], m[4]) == (body["trace_id"], body["correlation_id"], body["timestamp"])
+    assert body["error_uri"] == f"https://login.microsoftonline.com/error?code={code}"
+    return body

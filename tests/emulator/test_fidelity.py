@@ -28,21 +28,15 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from entra_passthrough.testing import EntraEmulator
 
-from .emu_helpers import msal_app, no_http_cache
+from .emu_helpers import UUID, assert_entra_error, msal_app, no_http_cache, token_url
 
 ERRORS_DOC = "https://learn.microsoft.com/entra/identity-platform/reference-error-codes"
-UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-TIMESTAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ"
 
 
 @pytest.fixture
 def http(idp: EntraEmulator) -> Iterator[httpx2.Client]:
     with httpx2.Client(verify=ssl.create_default_context(cafile=idp.ca_file)) as client:
         yield client
-
-
-def token_url(idp: EntraEmulator, tenant: str | None = None) -> str:
-    return f"{idp.url}/{tenant or idp.tenant_id}/oauth2/v2.0/token"
 
 
 def b64json(part: str) -> dict[str, Any]:
@@ -99,28 +93,6 @@ def ropc(
             **extra,
         },
     )
-
-
-def assert_entra_error(resp: httpx2.Response, code: int, error: str, status: int = 400) -> dict:
-    """The documented error body (reference-error-codes, "Sample error response")."""
-    # https://learn.microsoft.com/entra/identity-platform/reference-error-codes#handling-error-codes-in-your-application
-    assert resp.status_code == status, resp.text
-    assert resp.headers["content-type"].startswith("application/json")
-    body: dict[str, Any] = resp.json()
-    assert body["error"] == error
-    assert body["error_codes"] == [code]
-    desc = body["error_description"]
-    m = re.fullmatch(
-        rf"AADSTS{code}: (.+)\r\nTrace ID: ({UUID})\r\nCorrelation ID: ({UUID})\r\n"
-        rf"Timestamp: ({TIMESTAMP})",
-        desc,
-        flags=re.S,
-    )
-    assert m, desc
-    assert re.fullmatch(TIMESTAMP, body["timestamp"])
-    assert (m[2], m[3], m[4]) == (body["trace_id"], body["correlation_id"], body["timestamp"])
-    assert body["error_uri"] == f"https://login.microsoftonline.com/error?code={code}"
-    return body
 
 
 # ---- token responses ------------------------------------------------------------------------

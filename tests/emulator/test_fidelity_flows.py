@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 
 from entra_passthrough.testing import EntraEmulator, Lifetimes, World
 
-from .test_fidelity import assert_entra_error, token_url
+from .emu_helpers import assert_entra_error, token_url
 
 AUTH_CODE_DOC = "https://learn.microsoft.com/entra/identity-platform/v2-oauth2-auth-code-flow"
 REDIRECT = "http://localhost/callback"

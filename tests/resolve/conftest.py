@@ -7,6 +7,7 @@ from typing import Any
 
 import jwt
 import pytest
+from azure.identity import ClientSecretCredential
 
 from entra_passthrough import ManagedIdentity, OnBehalfOf
 from entra_passthrough.testing import EntraEmulator
@@ -79,3 +80,14 @@ def idp(entra_emulator: EntraEmulator) -> Iterator[EntraEmulator]:
     entra_emulator.token_latency = 0.0
     while _SESSIONS:
         _SESSIONS.pop().close()
+
+
+def app_credential(idp: EntraEmulator) -> ClientSecretCredential:
+    return ClientSecretCredential(
+        idp.tenant_id,
+        idp.agent.client_id,
+        idp.agent.secret,
+        authority=idp.url,
+        connection_verify=idp.ca_file,
+        disable_instance_discovery=True,
+    )

@@ -18,8 +18,7 @@ from entra_passthrough import (
 )
 from entra_passthrough.testing import FOUNDRY_AUDIENCE, EntraEmulator
 
-from .conftest import make_mi, make_obo, mcp_scope, session
-from .test_sources_emulator import app_credential
+from .conftest import app_credential, make_mi, make_obo, mcp_scope, session
 
 
 async def test_no_secret_in_logs_reprs_or_errors(

@@ -29,18 +29,7 @@ from entra_passthrough import (
 )
 from entra_passthrough.testing import FOUNDRY_AUDIENCE, EntraEmulator
 
-from .conftest import decode, make_mi, make_obo, mcp_scope, session
-
-
-def app_credential(idp: EntraEmulator) -> ClientSecretCredential:
-    return ClientSecretCredential(
-        idp.tenant_id,
-        idp.agent.client_id,
-        idp.agent.secret,
-        authority=idp.url,
-        connection_verify=idp.ca_file,
-        disable_instance_discovery=True,
-    )
+from .conftest import app_credential, decode, make_mi, make_obo, mcp_scope, session
 
 
 def counts(idp: EntraEmulator) -> tuple[int, int]:

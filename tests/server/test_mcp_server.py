@@ -22,29 +22,8 @@ from entra_passthrough.server import (
     current_user,
 )
 
-from ._tokens import API, API_URI, TENANT, USER_OID, Issuer
-
-ISSUER = Issuer()
-
-
-def build_app(*, resource_url: str) -> Any:
-    verifier = JwtVerifier(
-        audiences=[API, API_URI], tenants=[TENANT], http_client=ISSUER.async_client()
-    )
-    auth = auth_settings(
-        resource_server_url=resource_url,
-        tenant_id=TENANT,
-        scopes=["access_as_user"],
-        app_id_uri=API_URI,
-    )
-    server = MCPServer("t", token_verifier=EntraTokenVerifier(verifier), auth=auth)
-
-    @server.tool()
-    async def whoami() -> dict[str, Any]:
-        user = current_user()
-        return {"oid": user.oid, "upn": user.upn, "scopes": list(user.scopes)}
-
-    return EntraChallengeMiddleware(server.streamable_http_app(stateless_http=True), settings=auth)
+from ._mcp_app import ISSUER, build_app
+from ._tokens import API, API_URI, TENANT, USER_OID
 
 
 @pytest.fixture(scope="module")

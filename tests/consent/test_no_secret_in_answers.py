@@ -1,5 +1,5 @@
-"""Regression tests from the security review of the consent broker: no code, state, PKCE
-verifier or refresh token in any answer the broker sends, success or failure."""
+"""No code, state, PKCE verifier or refresh token in any answer the consent broker sends,
+success or failure (regression tests from its security review)."""
 
 from __future__ import annotations
 

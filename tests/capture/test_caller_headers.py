@@ -1,4 +1,5 @@
-"""Regression tests from the security review of the capture stage."""
+"""Caller.from_headers and Caller.from_token at the edges (the capture stage's security review):
+ambiguous or junk platform headers, bearer detection, user keys only from verified claims."""
 
 from __future__ import annotations
 
