@@ -43,6 +43,7 @@ from entra_passthrough import (
     TokenResult,
     bind_caller,
 )
+from entra_passthrough._http import SHARED_THROTTLE
 from entra_passthrough.testing import EntraEmulator
 
 from ._util import machine
@@ -227,6 +228,7 @@ async def token_endpoint(idp: EntraEmulator, calls: int) -> list[Row]:
             )
         finally:
             idp.clear_faults()
+            SHARED_THROTTLE.clear()  # per authority, process-wide: each fault starts afresh
             chain.close()
             http.close()
     return rows
@@ -263,6 +265,7 @@ async def jwks(idp: EntraEmulator, calls: int) -> list[Row]:
             rows.append(await _measure(idp, "JWKS", label, calls, one))
         finally:
             idp.clear_faults()
+            SHARED_THROTTLE.clear()  # per authority, process-wide: each fault starts afresh
     return rows
 
 
@@ -303,6 +306,7 @@ async def managed_identity(idp: EntraEmulator, calls: int) -> list[Row]:
             )
         finally:
             idp.clear_faults()
+            SHARED_THROTTLE.clear()  # per authority, process-wide: each fault starts afresh
             chain.close()
     return rows
 

@@ -171,7 +171,7 @@ def current_deadline(default_seconds: float) -> float:
     return when if when is not None else time.monotonic() + default_seconds
 
 
-# -- throttling state, shared by every MSAL app of a source --------------------------------------
+# -- throttling state, shared by every source of the process ---------------------------------------
 
 
 @dataclass(slots=True)
@@ -295,6 +295,33 @@ class Throttle:
                 while len(table) > self.MAX_ENTRIES:
                     del table[next(iter(table))]
 
+    def clear(self) -> None:
+        """Forget every gate and negative entry (tests; an operator's "retry now")."""
+        with self._lock:
+            gates = [*self._authority.values(), *self._keys.values()]
+            self._authority.clear()
+            self._keys.clear()
+        for gate in gates:
+            gate.done.set()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._authority) + len(self._keys)
+
+
+#: The throttle every source uses unless given its own: one per process, on purpose.
+#:
+#: Entra throttles an application in a tenant, and a managed identity endpoint throttles the
+#: host; neither knows how many ``OnBehalfOf`` / ``AgentIdentityOnBehalfOf`` /
+#: ``ManagedIdentity`` objects the process built. State kept per source object let each of them
+#: take its own 429 before backing off (two sources for one tenant: two POSTs into a
+#: ``Retry-After``). The gates are keyed by token endpoint URL (tenant included), so unrelated
+#: authorities never block each other, and the state is bounded (``Throttle.MAX_ENTRIES`` gates
+#: and as many negative entries, expired ones dropped first). This is what MSAL.NET does too (a
+#: process-wide throttling manager). A source that must not share it (tests) gets its own
+#: through its ``_throttle`` attribute; ``SHARED_THROTTLE.clear()`` forgets every gate.
+SHARED_THROTTLE = Throttle()
+
 
 def _cached(gate: _Gate, now: float, hint: float | None = None) -> TransportFailure:
     remaining = max(gate.until - now, 0.0)
@@ -374,7 +401,7 @@ class GuardedHttpClient:
             size_pool(inner)
         self.inner = inner
         self.timeouts = timeouts
-        self.throttle = throttle if throttle is not None else Throttle()
+        self.throttle = throttle if throttle is not None else SHARED_THROTTLE
         self._sleep = sleep
         self._random = random.Random()  # noqa: S311 - backoff jitter, not a secret
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from entra_passthrough import OnBehalfOf, Timeouts, TokenChain
+from entra_passthrough._http import SHARED_THROTTLE
 from entra_passthrough.testing import EntraEmulator
 
 
@@ -64,11 +65,15 @@ class Rig:
 
 @pytest.fixture
 def idp(entra_emulator: EntraEmulator) -> Iterator[EntraEmulator]:
+    # The throttle is per authority for the whole process: a gate a test closed (a 30 s
+    # Retry-After) must not leak into the next test that uses this emulator.
+    SHARED_THROTTLE.clear()
     entra_emulator.clear_faults()
     entra_emulator.token_latency = 0.0
     yield entra_emulator
     entra_emulator.clear_faults()
     entra_emulator.token_latency = 0.0
+    SHARED_THROTTLE.clear()
 
 
 @pytest.fixture

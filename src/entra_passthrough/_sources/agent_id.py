@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _env
 from .._errors import ConfigurationError
-from .._http import Throttle, Timeouts
+from .._http import SHARED_THROTTLE, Timeouts
 from .._msal import (
     DEFAULT_MAX_WORKERS,
     PUBLIC_AUTHORITY_HOST,
@@ -140,7 +140,7 @@ class AgentIdentityOnBehalfOf:
         )
 
         timeouts = timeouts or Timeouts()
-        throttle = Throttle()  # the blueprint and the agent identity share one token endpoint
+        throttle = SHARED_THROTTLE  # per authority, for every source of the process
 
         def blueprint_app() -> Any:
             return confidential_app(

@@ -32,6 +32,7 @@ from typing import Any
 
 from .. import _env
 from .._errors import ConfigurationError, EntraError, SourceUnavailable
+from .._http import DEFAULT_TIMEOUTS, SHARED_THROTTLE, GuardedHttpClient, Timeouts, deadline
 from .._msal import NullTokenCache, WorkerPool
 from .._types import IdentityKind, TokenRequest, TokenResult
 from ._base import result_from_msal, unreachable
@@ -78,7 +79,9 @@ class _NoHttpCache(dict[str, Any]):
 
 def _timeout_session(timeout: float) -> Any:
     """A requests session whose requests time out (MSAL's managed identity calls set none: an
-    IMDS address that does not answer would block a worker for ever)."""
+    IMDS address that does not answer would block a worker for ever). Only for Service Fabric,
+    whose MSAL path needs a ``requests.Session`` (it derives a certificate-pinning session from
+    it); every other host goes through ``GuardedHttpClient``."""
     import requests
 
     class _Session(requests.Session):
@@ -120,6 +123,7 @@ class ManagedIdentity:
         http_client: Any = None,
         max_workers: int = 4,
         timeout: float = _TIMEOUT,
+        timeouts: Timeouts | None = None,
         name: str = "managed_identity",
     ) -> None:
         selectors = {
@@ -148,8 +152,17 @@ class ManagedIdentity:
         self.endpoint = endpoint
         self._header = header
         self.timeout = timeout
+        # Every request MSAL sends goes through the guarded layer (docs/reliability.md):
+        # connect/read timeouts, a deadline per acquisition, retries with backoff for 429/5xx
+        # and resets, Retry-After honoured per endpoint for the whole process (a 429 or 503 is
+        # ``Throttled`` / ``SourceUnavailable``, not an undecoded error).
+        self.timeouts = timeouts or Timeouts(
+            connect=min(DEFAULT_TIMEOUTS.connect, timeout), read=timeout
+        )
+        self._throttle = SHARED_THROTTLE
         self._http_client = http_client
         self._owns_http = http_client is None
+        self._guarded: GuardedHttpClient | None = None
         self._pool = WorkerPool(max_workers=max_workers, name=f"entra-{name}")
         self._lock = threading.Lock()
         self._tokens: dict[str, TokenResult] = {}
@@ -200,9 +213,13 @@ class ManagedIdentity:
         if self._cloud_shell is not None:
             self._cloud_shell.close()
             self._cloud_shell = None
-        if self._owns_http and self._http_client is not None:
-            self._http_client.close()
-            self._http_client = None
+        if self._owns_http:
+            if self._guarded is not None:
+                self._guarded.close()  # closes the session it created
+                self._guarded = None
+            if self._http_client is not None:
+                self._http_client.close()
+                self._http_client = None
 
     # -- TokenSource ----------------------------------------
 
@@ -237,12 +254,8 @@ class ManagedIdentity:
         resource = scope_to_resource(scopes)
         host = self.host
         try:
-            if self.endpoint is not None:
-                response = self._app_service(resource)
-            elif host == "cloud_shell":
-                response = self._via_cloud_shell(resource)
-            else:
-                response = self._msal(resource)
+            with deadline(self.timeouts.deadline):
+                response = self._request(host, resource)
         except ConfigurationError:
             raise
         except Exception as exc:
@@ -262,10 +275,23 @@ class ManagedIdentity:
             )
         return result_from_msal(response, kind=IdentityKind.APP, source=self.name, scopes=scopes)
 
+    def _request(self, host: str, resource: str) -> dict[str, Any]:
+        if self.endpoint is not None:
+            return self._app_service(resource)
+        if host == "cloud_shell":
+            return self._via_cloud_shell(resource)
+        return self._msal(resource)
+
     def _session(self) -> Any:
-        if self._http_client is None:
-            self._http_client = _timeout_session(self.timeout)
-        return self._http_client
+        """The guarded client every MSAL request of this source goes through."""
+        if self._guarded is None:
+            inner = self._http_client
+            if inner is None and self.host == "service_fabric":
+                inner = self._http_client = _timeout_session(self.timeout)
+            self._guarded = GuardedHttpClient(
+                inner, timeouts=self.timeouts, throttle=self._throttle
+            )
+        return self._guarded
 
     def _identity(self) -> Any:
         import msal
@@ -279,9 +305,13 @@ class ManagedIdentity:
         import msal
 
         if self._msal_client is None:
+            guarded = self._session()
             self._msal_client = msal.ManagedIdentityClient(
                 self._identity(),
-                http_client=self._session(),
+                # Service Fabric: MSAL derives a certificate-pinning requests.Session from the
+                # one it is given and refuses any other client, so that host gets the plain
+                # session (with its timeout) and MSAL's own handling of failures.
+                http_client=guarded.inner if self.host == "service_fabric" else guarded,
                 token_cache=NullTokenCache(),
                 http_cache=_NoHttpCache(),
             )

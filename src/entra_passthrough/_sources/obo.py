@@ -18,7 +18,7 @@ from .._errors import (
     TenantNotAllowed,
     is_consent_required,
 )
-from .._http import Throttle, Timeouts, TransportFailure, deadline
+from .._http import SHARED_THROTTLE, Timeouts, TransportFailure, deadline
 from .._jwt import fingerprint
 from .._msal import (
     DEFAULT_MAX_WORKERS,
@@ -104,7 +104,8 @@ class OnBehalfOf:
         )
         self._http_client = http_client
         self.timeouts = timeouts or Timeouts()
-        self._throttle = Throttle()  # Retry-After per authority, shared by this source's apps
+        # Retry-After per authority: shared by every source of the process (_http.SHARED_THROTTLE)
+        self._throttle = SHARED_THROTTLE
         # MSAL builds its own session when none is given; close() closes sessions we own.
         self._owns_http = http_client is None
         self._created_http = False  # from_env built http_client itself (CA file)

@@ -1,0 +1,109 @@
+"""The managed identity endpoint's faults go through the guarded HTTP layer: timeouts, a
+deadline, retries with backoff, ``Retry-After`` per endpoint for the whole process, typed
+errors (``Throttled`` / ``SourceUnavailable``), never an undecoded ``EntraError``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from entra_passthrough import (
+    ManagedIdentity,
+    Policy,
+    SourceUnavailable,
+    Throttled,
+    Timeouts,
+    TokenChain,
+)
+from entra_passthrough.testing import EntraEmulator
+
+from .conftest import mcp_scope
+
+FAST = Timeouts(connect=1.0, read=0.5, deadline=2.0, retries=2, backoff=0.01, max_backoff=0.02)
+
+
+def msi_requests(idp: EntraEmulator) -> int:
+    return int(idp.stats()["endpoints"]["msi"])
+
+
+@pytest.fixture(params=["app_service", "imds"])
+def make_mi(
+    request: pytest.FixtureRequest, idp: EntraEmulator, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[object]:
+    """ManagedIdentity objects for one host: an explicit App Service endpoint (MSAL's App
+    Service function) or IMDS detected by MSAL's ``ManagedIdentityClient`` itself."""
+    host = request.param
+    env = idp.mi_env(host)
+    if host == "imds":
+        for name in idp.MI_HOST_VARIABLES:
+            monkeypatch.delenv(name, raising=False)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+    chains: list[TokenChain] = []
+
+    def make(timeouts: Timeouts = FAST) -> TokenChain:
+        if host == "app_service":
+            mi = ManagedIdentity(
+                client_id=idp.managed_identity.client_id,
+                endpoint=env["IDENTITY_ENDPOINT"],
+                header=env["IDENTITY_HEADER"],
+                timeouts=timeouts,
+            )
+        else:
+            mi = ManagedIdentity(client_id=idp.managed_identity.client_id, timeouts=timeouts)
+        chain = TokenChain([mi], policy=Policy.APP_ONLY)
+        chains.append(chain)
+        return chain
+
+    yield make
+    for chain in chains:
+        chain.close()
+
+
+def test_mi_429_is_throttled_and_honoured_across_sources(
+    idp: EntraEmulator, make_mi: object
+) -> None:
+    first, second = make_mi(), make_mi()  # type: ignore[operator]
+    idp.inject_fault("msi", status=429, retry_after=30, count=100)
+    before = msi_requests(idp)
+    with pytest.raises(Throttled) as info:
+        first.get_token(mcp_scope(idp))
+    assert info.value.retry_after is not None
+    assert 25 < info.value.retry_after <= 30
+    assert info.value.status == 429
+    for chain in (first, second, second):
+        with pytest.raises(Throttled):
+            chain.get_token(mcp_scope(idp))
+    assert msi_requests(idp) - before == 1
+
+
+def test_mi_503_is_retried_then_source_unavailable(idp: EntraEmulator, make_mi: object) -> None:
+    chain = make_mi()  # type: ignore[operator]
+    idp.inject_fault("msi", status=503, count=100)
+    before = msi_requests(idp)
+    with pytest.raises(SourceUnavailable) as info:
+        chain.get_token(mcp_scope(idp))
+    assert "HTTP 503" in str(info.value)
+    assert msi_requests(idp) - before == 1 + FAST.retries  # bounded retries, then a typed error
+    # the negative cache: the same request right after fails fast, no request sent
+    with pytest.raises(SourceUnavailable) as again:
+        chain.get_token(mcp_scope(idp))
+    assert "no request was sent" in str(again.value)
+    assert msi_requests(idp) - before == 1 + FAST.retries
+
+
+def test_mi_transient_503_is_retried_and_served(idp: EntraEmulator, make_mi: object) -> None:
+    chain = make_mi()  # type: ignore[operator]
+    idp.inject_fault("msi", status=503, count=1)
+    before = msi_requests(idp)
+    assert chain.get_token(mcp_scope(idp)).token
+    assert msi_requests(idp) - before == 2
+
+
+def test_mi_endpoint_that_hangs_hits_the_timeout(idp: EntraEmulator, make_mi: object) -> None:
+    chain = make_mi(Timeouts(connect=1.0, read=0.3, deadline=1.0, retries=0))  # type: ignore[operator]
+    idp.inject_fault("msi", status=None, delay=3.0, count=1)
+    with pytest.raises(SourceUnavailable) as info:
+        chain.get_token(mcp_scope(idp))
+    assert "did not answer in time" in str(info.value) or "deadline" in str(info.value)
