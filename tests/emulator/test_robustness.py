@@ -205,3 +205,23 @@ def test_az_endpoint_needs_the_key(idp: EntraEmulator) -> None:
     with httpx.Client(verify=idp.ssl_context()) as http:
         resp = http.post(f"{idp.url}/_emulator/az", json={"user": "alice", "resource": "x"})
     assert resp.status_code == 401
+
+
+def test_a_value_too_short_to_be_a_secret_is_not_recorded_as_issued(idp: EntraEmulator) -> None:
+    # "e30.e30." is an 8-character JWT with empty claims: the emulator decodes it and remembers
+    # client assertions for leak scans. A short fuzzed value in issued() made every later scan
+    # (tests/resolve/test_no_leaks.py after this module) find it in unrelated text.
+    short = "e30.e30."
+    resp = post_token(
+        idp,
+        {
+            "grant_type": "client_credentials",
+            "client_id": idp.agent.client_id,
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion": short,
+            "scope": f"{idp.mcp.app_id_uri}/.default",
+        },
+    )
+    assert resp.status_code == 401, resp.text
+    assert short not in idp.issued()
+    assert all(len(value) >= 16 for value in idp._rt.issued)

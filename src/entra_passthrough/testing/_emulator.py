@@ -363,7 +363,8 @@ class EntraEmulator:
         return self._rt.keys.current.kid
 
     def issued(self) -> set[str]:
-        """Every token, code and refresh token issued, plus every secret held: for leak scans."""
+        """Every token, code and refresh token issued (16+ characters), plus every secret held:
+        for leak scans."""
         with self._rt.lock:
             out = set(self._rt.issued)
         out.update(a.secret for a in self._world.apps if a.secret)

@@ -20,6 +20,8 @@ from ._world import App, Grant, User, World
 #: Scopes OpenID Connect defines; they name no resource.
 #: https://learn.microsoft.com/entra/identity-platform/scopes-oidc#openid-connect-scopes
 OIDC_SCOPES = frozenset({"openid", "profile", "email", "offline_access"})
+#: What ``EntraEmulator.issued()`` records at the least (a PKCE verifier has 43 characters).
+MIN_SECRET_LENGTH = 16
 
 
 @dataclass
@@ -98,8 +100,10 @@ class Runtime:
         return f"{self.url}/{tenant_id}/v2.0" if version == 2 else f"{self.url}/{tenant_id}/"
 
     def remember(self, *values: str | None) -> None:
+        # Values shorter than any real token, code, verifier or assertion are left out: a fuzzer's
+        # one-character "assertion" would otherwise be a "secret" every later leak scan finds.
         with self.lock:
-            self.issued.update(v for v in values if v)
+            self.issued.update(v for v in values if v and len(v) >= MIN_SECRET_LENGTH)
 
     # ---- stats and faults ----------------------------------------------------------------
     def count(self, endpoint: str) -> None:
