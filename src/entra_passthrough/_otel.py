@@ -14,9 +14,14 @@ hash links the spans of one process and nothing across processes or to a user).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import re
 import secrets
-from collections.abc import Mapping
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -205,3 +210,111 @@ def describe(error: TokenAcquisitionError | BaseException) -> str:
     if "entra_passthrough.correlation_id" in attrs:
         parts.append(f"correlation_id {attrs['entra_passthrough.correlation_id']}")
     return type(error).__name__ + (f" ({', '.join(parts)})" if parts else "")
+
+
+# -- coalescing repeated warnings ---------------------------------------------------------------
+
+#: Seconds between two records of one repeated warning, after its first ``WARNING_BURST``
+#: (``ENTRA_PASSTHROUGH_WARNING_INTERVAL``; ``0`` logs every one). A throttled endpoint or an
+#: outage fails every acquisition the same way: without this, a 30 s ``Retry-After`` under load
+#: wrote one WARNING per call (~1,300 lines), each saying the same thing.
+WARNING_BURST = 5
+_UUID = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
+
+
+def _interval_from_env() -> float:
+    raw = os.environ.get("ENTRA_PASSTHROUGH_WARNING_INTERVAL")
+    try:
+        value = float(raw) if raw else 10.0
+    except ValueError:
+        return 10.0
+    return value if value >= 0 else 10.0
+
+
+class WarningCoalescer(logging.Filter):
+    """A filter on the library's loggers: identical WARNING/ERROR records (same logger, message
+    and arguments, correlation ids and other UUIDs aside) pass ``burst`` at once, then one per
+    ``interval`` seconds; the one that passes after a pause says how many were suppressed.
+    Records below WARNING pass untouched. Bounded: at most ``MAX_KEYS`` kinds are tracked (the
+    oldest forgotten first)."""
+
+    MAX_KEYS = 1024
+
+    def __init__(
+        self,
+        interval: float | None = None,
+        burst: int = WARNING_BURST,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self.interval = _interval_from_env() if interval is None else interval
+        self.burst = burst
+        self._clock = clock
+        self._lock = threading.Lock()
+        # key -> [tokens left, last refill time, suppressed since the last record that passed]
+        self._state: OrderedDict[tuple[Any, ...], list[float]] = OrderedDict()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or self.interval <= 0:
+            return True
+        key = _record_key(record)
+        now = self._clock()
+        with self._lock:
+            state = self._state.get(key)
+            if state is None:
+                state = self._state[key] = [float(self.burst), now, 0.0]
+                if len(self._state) > self.MAX_KEYS:
+                    self._state.popitem(last=False)
+            else:
+                self._state.move_to_end(key)
+                state[0] = min(float(self.burst), state[0] + (now - state[1]) / self.interval)
+                state[1] = now
+            if state[0] < 1.0:
+                state[2] += 1
+                return False
+            state[0] -= 1.0
+            suppressed = int(state[2])
+            state[2] = 0.0
+        if suppressed:
+            text = record.getMessage()
+            record.msg = f"{text} ({suppressed} identical warnings suppressed before this one)"
+            record.args = ()
+        return True
+
+    def reset(self) -> None:
+        with self._lock:
+            self._state.clear()
+
+
+def _record_key(record: logging.LogRecord) -> tuple[Any, ...]:
+    args = record.args
+    if isinstance(args, tuple):
+        parts: tuple[Any, ...] = tuple(
+            _UUID.sub("*", a) if isinstance(a, str) else a
+            for a in args
+            if isinstance(a, str | int | float | type(None))
+        )
+    else:
+        parts = ()
+    return (record.name, record.levelno, str(record.msg), parts)
+
+
+#: The library's loggers that write warnings; the filter is on each (a logger's filter does not
+#: see its children's records).
+COALESCED_LOGGERS = (
+    "entra_passthrough.chain",
+    "entra_passthrough.cache",
+    "entra_passthrough.cache.shared",
+    "entra_passthrough.verify",
+    "entra_passthrough.apply",
+    "entra_passthrough.capture",
+    "entra_passthrough.consent",
+    "entra_passthrough.obo",
+    "entra_passthrough.managed_identity",
+    "entra_passthrough.mcp",
+    "entra_passthrough.agent_framework",
+)
+COALESCER = WarningCoalescer()
+for _name in COALESCED_LOGGERS:
+    if COALESCER not in logging.getLogger(_name).filters:
+        logging.getLogger(_name).addFilter(COALESCER)
