@@ -25,12 +25,12 @@ import logging
 import math
 import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from . import _env, _otel, _redact
-from ._cache import TokenCache
+from ._cache import TokenCache, drive, drive_async
 from ._caller import Caller, current_caller
 from ._docs import see
 from ._errors import (
@@ -40,7 +40,15 @@ from ._errors import (
     TokenAcquisitionError,
 )
 from ._policy import Outcome, Policy, explain_failure
-from ._types import IdentityKind, TokenRequest, TokenResult, TokenSource
+from ._types import (
+    ClosingSource,
+    IdentityKind,
+    InvalidatingSource,
+    TokenRequest,
+    TokenResult,
+    TokenSource,
+    caches_results,
+)
 
 __all__ = ["Policy", "TokenChain"]
 
@@ -124,33 +132,31 @@ async def _acquire_async(
     source: TokenSource, request: TokenRequest, acquired: list[str] | None = None
 ) -> TokenResult | None:
     started = time.monotonic()
-    result = _checked(await source.get_token_async(request), source, request)
-    _acquired(source, request, result, time.monotonic() - started, acquired)
-    return result  # type: ignore[no-any-return]
+    return _acquired(source, request, await source.get_token_async(request), started, acquired)
 
 
 def _acquire(
     source: TokenSource, request: TokenRequest, acquired: list[str] | None = None
 ) -> TokenResult | None:
     started = time.monotonic()
-    result = _checked(source.get_token(request), source, request)
-    _acquired(source, request, result, time.monotonic() - started, acquired)
-    return result  # type: ignore[no-any-return]
+    return _acquired(source, request, source.get_token(request), started, acquired)
 
 
 def _acquired(
     source: TokenSource,
     request: TokenRequest,
-    result: TokenResult | None,
-    seconds: float,
+    answer: TokenResult | None,
+    started: float,
     acquired: list[str] | None,
-) -> None:
-    """A source answered with a new token (not a cache hit): INFO like azure-identity's."""
+) -> TokenResult | None:
+    """A source answered with a new token (not a cache hit): checked, then INFO like
+    azure-identity's."""
+    result = _checked(answer, source, request)
     if result is None:
-        return
+        return None
     if acquired is not None:
         acquired.append(source.name)
-    _otel.count_acquired(source.name, result.kind.value, seconds)
+    _otel.count_acquired(source.name, result.kind.value, time.monotonic() - started)
     if logger.isEnabledFor(logging.INFO):
         logger.info(
             "%s acquired a %s token for %s (expires in %d s)",
@@ -159,6 +165,28 @@ def _acquired(
             " ".join(request.scopes),
             int(result.expires_on - time.time()),
         )
+    return result  # type: ignore[no-any-return]
+
+
+class _Ask:
+    """The decision flow's one step: ask ``source`` (through the cache under ``key``, or
+    directly when ``key`` is ``None``) and send back its answer, or throw in its error."""
+
+    __slots__ = ("acquired", "cap", "key", "request", "source")
+
+    def __init__(
+        self,
+        source: TokenSource,
+        request: TokenRequest,
+        key: Any,
+        cap: float | None,
+        acquired: list[str],
+    ) -> None:
+        self.source = source
+        self.request = request
+        self.key = key
+        self.cap = cap
+        self.acquired = acquired
 
 
 class TokenChain:
@@ -222,7 +250,7 @@ class TokenChain:
                 _Candidate(
                     s,
                     s.kind is IdentityKind.USER,
-                    bool(getattr(s, "cache_results", True)),
+                    caches_results(s),
                 )
                 for s in self.sources
                 if s.kind in allowed
@@ -244,6 +272,16 @@ class TokenChain:
         if caller is not None and not caller.active:
             caller = None
         return TokenRequest(tuple(scopes), caller, claims, tuple(client_capabilities))
+
+    def _ask_for(
+        self,
+        scopes: Sequence[str],
+        caller: Caller | _Unset | None,
+        claims: str | None,
+        client_capabilities: Sequence[str],
+    ) -> tuple[TokenRequest, frozenset[IdentityKind]]:
+        request = self._request(scopes, caller, claims, client_capabilities)
+        return request, self._allowed[self._presented(request)]
 
     def _key(self, source: TokenSource, partition: tuple[str, ...], request: TokenRequest) -> Any:
         return (
@@ -304,8 +342,7 @@ class TokenChain:
         client_capabilities: Sequence[str] = (),
     ) -> TokenResult:
         """A token for ``scopes`` as the caller (default ``current_caller()``), or a typed error."""
-        request = self._request(scopes, caller, claims, client_capabilities)
-        allowed = self._allowed[self._presented(request)]
+        request, allowed = self._ask_for(scopes, caller, claims, client_capabilities)
         hit = self._hit(request, allowed)
         if hit is not None:
             return hit
@@ -379,35 +416,29 @@ class TokenChain:
             if not acquired:
                 _otel.count_hit(result.source, result.kind.value)
 
-    async def _resolve_async(
-        self, request: TokenRequest, allowed: frozenset[IdentityKind], *, lifecycle: bool = False
-    ) -> TokenResult:
+    # -- the decisions (no I/O) and their two drivers --------------------------------------
+    #
+    # ``_decide`` walks the candidates under the policy, serves fresh cache hits, and applies
+    # the fail-closed rule; for each source it must ask it yields an ``_Ask`` and its driver
+    # (``_resolve`` or ``_resolve_async``) does the I/O (encode/httpx's ``auth_flow`` idea, as
+    # the apply stage's ``_flow.py`` and the cache's ``_flow``).
+
+    def _decide(
+        self, request: TokenRequest, allowed: frozenset[IdentityKind], lifecycle: bool
+    ) -> Generator[_Ask, object, TokenResult]:
         span = self._span(request)
         acquired: list[str] = []
         try:
-            result = await self._resolve_async_inner(request, allowed, acquired)
+            result = yield from self._walk(request, allowed, acquired)
         except Exception as exc:
             self._done(span, request, None, exc, acquired, lifecycle)
             raise
         self._done(span, request, result, None, acquired, lifecycle)
         return result
 
-    def _resolve(
-        self, request: TokenRequest, allowed: frozenset[IdentityKind], *, lifecycle: bool = False
-    ) -> TokenResult:
-        span = self._span(request)
-        acquired: list[str] = []
-        try:
-            result = self._resolve_inner(request, allowed, acquired)
-        except Exception as exc:
-            self._done(span, request, None, exc, acquired, lifecycle)
-            raise
-        self._done(span, request, result, None, acquired, lifecycle)
-        return result
-
-    async def _resolve_async_inner(
+    def _walk(
         self, request: TokenRequest, allowed: frozenset[IdentityKind], acquired: list[str]
-    ) -> TokenResult:
+    ) -> Generator[_Ask, object, TokenResult]:
         outcome: Outcome | None = None
         cache = self.cache
         for candidate in self._candidates(allowed):
@@ -422,24 +453,42 @@ class TokenChain:
                 hit = cache.peek(key)  # the hot path: no refresh due, no I/O
                 if hit is not None and hit.kind in allowed:
                     return hit
+                ask = _Ask(source, request, key, self._cap(candidate, request), acquired)
+            else:
+                ask = _Ask(source, request, None, None, acquired)
             try:
-                if candidate.cached:
-                    result = await cache.get_or_acquire_async(
-                        key,
-                        functools.partial(_acquire_async, source, request, acquired),
-                        cap=self._cap(candidate, request),
-                    )
-                else:
-                    result = await _acquire_async(source, request, acquired)
+                result = yield ask
             except Exception as exc:
                 outcome = outcome or Outcome()
                 outcome.record(source.name, _redact.scrub(exc))
                 continue
             outcome = outcome or Outcome()
-            accepted = self._accept(source, key, result, allowed, outcome, request)
+            accepted = self._accept(source, key, result, allowed, outcome, request)  # type: ignore[arg-type]
             if accepted is not None:
                 return accepted
         raise explain_failure(self, request, allowed, outcome or Outcome())
+
+    def _ask(self, ask: _Ask) -> TokenResult | None:
+        acquire = functools.partial(_acquire, ask.source, ask.request, ask.acquired)
+        if ask.key is None:
+            return acquire()
+        return self.cache.get_or_acquire(ask.key, acquire, cap=ask.cap)
+
+    async def _ask_async(self, ask: _Ask) -> TokenResult | None:
+        acquire = functools.partial(_acquire_async, ask.source, ask.request, ask.acquired)
+        if ask.key is None:
+            return await acquire()
+        return await self.cache.get_or_acquire_async(ask.key, acquire, cap=ask.cap)
+
+    def _resolve(
+        self, request: TokenRequest, allowed: frozenset[IdentityKind], *, lifecycle: bool = False
+    ) -> TokenResult:
+        return drive(self._decide(request, allowed, lifecycle), self._ask)
+
+    async def _resolve_async(
+        self, request: TokenRequest, allowed: frozenset[IdentityKind], *, lifecycle: bool = False
+    ) -> TokenResult:
+        return await drive_async(self._decide(request, allowed, lifecycle), self._ask_async)
 
     def get_token(
         self,
@@ -450,45 +499,7 @@ class TokenChain:
         client_capabilities: Sequence[str] = (),
     ) -> TokenResult:
         """Sync twin of ``get_token_async`` (blocks the calling thread; not for event loops)."""
-        request = self._request(scopes, caller, claims, client_capabilities)
-        allowed = self._allowed[self._presented(request)]
-        return self._resolve(request, allowed)
-
-    def _resolve_inner(
-        self, request: TokenRequest, allowed: frozenset[IdentityKind], acquired: list[str]
-    ) -> TokenResult:
-        outcome: Outcome | None = None
-        cache = self.cache
-        for candidate in self._candidates(allowed):
-            source = candidate.source
-            if outcome is not None and outcome.error is not None and not candidate.is_user:
-                continue
-            partition = source.cache_partition(request)
-            if partition is None:
-                continue
-            key = self._key(source, partition, request)
-            if candidate.cached:
-                hit = cache.peek(key)
-                if hit is not None and hit.kind in allowed:
-                    return hit
-            try:
-                if candidate.cached:
-                    result = cache.get_or_acquire(
-                        key,
-                        functools.partial(_acquire, source, request, acquired),
-                        cap=self._cap(candidate, request),
-                    )
-                else:
-                    result = _acquire(source, request, acquired)
-            except Exception as exc:
-                outcome = outcome or Outcome()
-                outcome.record(source.name, _redact.scrub(exc))
-                continue
-            outcome = outcome or Outcome()
-            accepted = self._accept(source, key, result, allowed, outcome, request)
-            if accepted is not None:
-                return accepted
-        raise explain_failure(self, request, allowed, outcome or Outcome())
+        return self._resolve(*self._ask_for(scopes, caller, claims, client_capabilities))
 
     async def lifecycle_token_async(self, scopes: Sequence[str]) -> TokenResult | None:
         """A token for a request that has no active caller (connection set-up, discovery):
@@ -535,16 +546,14 @@ class TokenChain:
         if result.cache_key is not None:
             self.cache.invalidate(result.cache_key)
         for source in self.sources:
-            own = getattr(source, "invalidate", None)
-            if source.name == result.source and callable(own):
-                own(result)
+            if source.name == result.source and isinstance(source, InvalidatingSource):
+                source.invalidate(result)
 
     def close(self) -> None:
         """Stop the sources' worker threads."""
         for source in self.sources:
-            close = getattr(source, "close", None)
-            if callable(close):
-                close()
+            if isinstance(source, ClosingSource):
+                source.close()
 
     # -- configuration ----------------------------------------
 

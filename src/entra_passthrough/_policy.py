@@ -19,7 +19,7 @@ from ._errors import (
     SourceUnavailable,
     TokenAcquisitionError,
 )
-from ._types import IdentityKind, TokenRequest, TokenSource
+from ._types import IdentityKind, TokenRequest, TokenSource, explain
 
 if TYPE_CHECKING:
     from ._chain import TokenChain
@@ -110,8 +110,7 @@ def reasons(
         elif source.name in outcome.notes:
             why = outcome.notes[source.name]
         else:
-            explain = getattr(source, "explain", None)
-            why = explain(request) if callable(explain) else "not applicable"
+            why = explain(source, request)
         lines.append(f"{source.name}: {why}")
     return lines
 

@@ -86,3 +86,50 @@ class TokenSource(Protocol):
     def get_token(self, request: TokenRequest) -> TokenResult | None: ...
 
     async def get_token_async(self, request: TokenRequest) -> TokenResult | None: ...
+
+
+# -- the optional parts of a source ---------------------------------------------------------
+#
+# A source may have any of these; the chain uses them when it does (``isinstance`` against
+# these runtime-checkable protocols, never a bare ``getattr``).
+
+
+@runtime_checkable
+class ExplainingSource(Protocol):
+    """Says why it does not apply to ``request`` (shown in ``NoCallerError`` and
+    ``PolicyViolation``); without it the reason is "not applicable"."""
+
+    def explain(self, request: TokenRequest) -> str: ...
+
+
+@runtime_checkable
+class InvalidatingSource(Protocol):
+    """Forgets what it holds behind ``result`` (its own cache) when the chain invalidates it
+    after the resource answered 401."""
+
+    def invalidate(self, result: TokenResult) -> None: ...
+
+
+@runtime_checkable
+class ClosingSource(Protocol):
+    """Has worker threads or connections to release; ``TokenChain.close`` calls ``close``."""
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class SelectiveCachingSource(Protocol):
+    """Says whether the chain's cache may keep its results: ``cache_results = False`` for
+    results that differ per request (a per-call header); it caches what it can itself."""
+
+    cache_results: bool
+
+
+def caches_results(source: TokenSource) -> bool:
+    """Whether the chain's cache may keep ``source``'s results (default: yes)."""
+    return not isinstance(source, SelectiveCachingSource) or bool(source.cache_results)
+
+
+def explain(source: TokenSource, request: TokenRequest) -> str:
+    """Why ``source`` does not apply to ``request``, in its own words when it has them."""
+    return source.explain(request) if isinstance(source, ExplainingSource) else "not applicable"
