@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.installed-demo
 DOCS_STAMP := $(VENV)/.installed-docs
 
-.PHONY: test demo docs docs-serve lint typecheck pytest soak bench bench-quick clean
+.PHONY: test demo docs docs-serve lint typecheck pytest soak hygiene bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -32,6 +32,15 @@ test: lint typecheck pytest
 # mid-burst, short token lifetimes, small pools (tests/churn; the quick size runs in `make test`).
 soak: $(STAMP)
 	ENTRA_SOAK=1 $(BIN)/pytest -p no:cacheprovider -o timeout=3600 tests/churn
+	HYPOTHESIS_PROFILE=soak $(BIN)/pytest -p no:cacheprovider -o timeout=3600 tests/security/test_fuzz.py
+
+# Secret hygiene: the suites with every logger at DEBUG and spans captured; every token, secret,
+# assertion and code the emulator issued is searched for in logs, spans, errors and reprs
+# (tests/security/hygiene_plugin.py). Figures in bench/results/hygiene.json; a find fails.
+hygiene: $(STAMP)
+	PYTHONPATH=tests HYGIENE_REPORT=bench/results/hygiene.json $(BIN)/pytest -q -p no:cacheprovider \
+		-p security.hygiene_plugin tests/resolve tests/apply tests/consent tests/server \
+		tests/capture tests/security tests/emulator
 
 $(VENV)/bin/python:
 	@echo "==> creating $(VENV) with $(PY)"
