@@ -143,19 +143,46 @@ class Caller:
         # name costs more than the rest of it. ``bytes.lower`` (not ``raw_name.lower``) raises
         # on a name that is not bytes, so junk fails closed in the middleware instead of a str
         # "authorization" going unnoticed. Header names are ASCII tokens (RFC 9110 5.1).
-        wanted = {n.encode(): n for h in assertion_headers if (n := h.lower()).isascii()}
-        seen: dict[bytes, list[bytes]] = {}
-        platform: dict[bytes, list[bytes]] = {}
+        wanted = _wanted(assertion_headers)
+        seen: dict[bytes, list[bytes]] | None = None
+        platform: dict[bytes, list[bytes]] | None = None
         for raw_name, raw_value in headers:
             key = bytes.lower(raw_name)
             if key in wanted:
-                seen.setdefault(key, []).append(raw_value)
+                if seen is None:
+                    seen = {key: [raw_value]}
+                else:
+                    seen.setdefault(key, []).append(raw_value)
             elif key in _PLATFORM_HEADERS:
-                platform.setdefault(key, []).append(raw_value)
-        caller = cls(
-            user_id=_platform_value(platform.get(_USER_ID)),
-            call_id=_platform_value(platform.get(_CALL_ID)),
-        )
+                if platform is None:
+                    platform = {key: [raw_value]}
+                else:
+                    platform.setdefault(key, []).append(raw_value)
+        user_id = call_id = None
+        if platform is not None:
+            user_id = _platform_value(platform.get(_USER_ID))
+            call_id = _platform_value(platform.get(_CALL_ID))
+        if seen is None:
+            return cls(user_id=user_id, call_id=call_id)
+        if len(wanted) == 1:
+            # The usual request: one assertion header, sent once. The Caller is built with its
+            # assertion in one go (what ``_set_assertion`` does, without the intermediate dict).
+            ((key, name),) = wanted.items()
+            sent = seen[key]
+            if len(sent) == 1:
+                token = _bearer(name, sent[0])
+                if token is not None:
+                    caller = cls(
+                        assertion=token,
+                        assertions={name: token},
+                        presented=True,
+                        user_id=user_id,
+                        call_id=call_id,
+                    )
+                    del caller.claims  # decoded on first use, as in ``_set_assertion``
+                    del caller.decode_error
+                    return caller
+        caller = cls(user_id=user_id, call_id=call_id)
         for key, name in wanted.items():
             values = seen.get(key)
             if not values:
@@ -202,6 +229,25 @@ class Caller:
             self.decode_error = reason
 
 
+_WANTED: dict[tuple[str, ...], dict[bytes, str]] = {}
+_MAX_WANTED = 64
+
+
+def _wanted(assertion_headers: Iterable[str]) -> dict[bytes, str]:
+    """Lower-case header name (bytes) -> name, for ``from_headers``; memoised for the tuples a
+    middleware passes on every request (bounded: a memo, not a registry). Do not mutate."""
+    if isinstance(assertion_headers, tuple):
+        found = _WANTED.get(assertion_headers)
+        if found is not None:
+            return found
+    wanted = {n.encode(): n for h in assertion_headers if (n := h.lower()).isascii()}
+    if isinstance(assertion_headers, tuple):
+        if len(_WANTED) >= _MAX_WANTED:
+            _WANTED.clear()
+        _WANTED[assertion_headers] = wanted
+    return wanted
+
+
 def _platform_value(values: list[bytes] | None) -> str | None:
     # A platform header sent twice (a client's copy beside the ingress's) is ambiguous: the
     # user id keys consent grants, so neither copy is trusted.
@@ -218,6 +264,13 @@ def _bearer(header: str, raw: bytes) -> str | None:
     """The token in ``raw``; ``""`` for a bearer that is present but empty or unreadable."""
     if len(raw) > MAX_TOKEN_BYTES + 16:
         return ""  # presented, oversized: decoding will fail closed
+    if header == "authorization" and raw[:7].lower() == b"bearer ":
+        # The usual form, without the general path's split: the same result (the general path
+        # strips the whitespace after the scheme and around the token the same way), and the
+        # token is decoded on its own (ASCII, the usual case, is the cheaper codec and gives
+        # the same str as latin-1 for ASCII bytes).
+        rest = raw[7:]
+        return (rest.decode("ascii") if rest.isascii() else rest.decode("latin-1")).strip()
     value = raw.decode("latin-1").strip()
     if header == "authorization":
         # Split on any whitespace (not only SP): "Bearer\t<token>" is malformed but still a
