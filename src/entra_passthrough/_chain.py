@@ -343,10 +343,7 @@ class TokenChain:
     ) -> TokenResult:
         """A token for ``scopes`` as the caller (default ``current_caller()``), or a typed error."""
         request, allowed = self._ask_for(scopes, caller, claims, client_capabilities)
-        hit = self._hit(request, allowed)
-        if hit is not None:
-            return hit
-        return await self._resolve_async(request, allowed)
+        return self._hit(request, allowed) or await self._resolve_async(request, allowed)
 
     def _hit(self, request: TokenRequest, allowed: frozenset[IdentityKind]) -> TokenResult | None:
         """The hot path, without a coroutine frame: the first source that applies has a fresh
@@ -498,8 +495,10 @@ class TokenChain:
         claims: str | None = None,
         client_capabilities: Sequence[str] = (),
     ) -> TokenResult:
-        """Sync twin of ``get_token_async`` (blocks the calling thread; not for event loops)."""
-        return self._resolve(*self._ask_for(scopes, caller, claims, client_capabilities))
+        """Sync driver of the same decisions as ``get_token_async`` (blocks the calling thread;
+        not for event loops)."""
+        request, allowed = self._ask_for(scopes, caller, claims, client_capabilities)
+        return self._hit(request, allowed) or self._resolve(request, allowed)
 
     async def lifecycle_token_async(self, scopes: Sequence[str]) -> TokenResult | None:
         """A token for a request that has no active caller (connection set-up, discovery):
