@@ -144,16 +144,23 @@ class Run:
         if why is not None:
             self.results["errors"].append({"scenario": "setup", "error": why})
 
-    async def step(self, name: str, where: dict[str, Any], coro: Any) -> None:
+    async def step(self, name: str, where: dict[str, Any], coro: Any, label: str = "") -> None:
         t0 = time.perf_counter()
         print(f"  - {name} ...", file=sys.stderr, flush=True)
+        ok = True
         try:
             where[name] = await coro
         except Exception as exc:
+            ok = False
             where[name] = {"error": f"{type(exc).__name__}: {exc}"}
             self.results["errors"].append({"scenario": name, "error": traceback.format_exc()})
             print(f"    FAILED: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-        print(f"    ({time.perf_counter() - t0:.1f}s)", file=sys.stderr, flush=True)
+        seconds = time.perf_counter() - t0
+        # every step, in order, with its status: the report lists them all (bench/_report.STEPS)
+        self.results.setdefault("steps", []).append(
+            {"step": name, "latency": label or None, "ok": ok, "seconds": round(seconds, 1)}
+        )
+        print(f"    ({seconds:.1f}s)", file=sys.stderr, flush=True)
 
     async def run(self) -> dict[str, Any]:
         s = self.sizes
@@ -193,21 +200,25 @@ class Run:
                         concurrency=s.concurrency,
                         rounds=s.rounds,
                     ),
+                    label,
                 )
                 await self.step(
                     "cold_burst",
                     out,
                     _roundtrip.cold_burst(emu, factories, pool, calls=s.burst, rounds=s.rounds),
+                    label,
                 )
                 await self.step(
                     "loop_lag",
                     out,
                     _roundtrip.loop_lag(emu, factories, pool, users=s.lag_users, rounds=s.rounds),
+                    label,
                 )
                 await self.step(  # burst wall time and p95 next to loop lag, every pattern
                     "cold_start",
                     out,
                     _cold.cold(emu, factories, pool, users=s.lag_users, rounds=s.rounds),
+                    label,
                 )
                 if latency == s.latencies[0]:
                     await self.step(

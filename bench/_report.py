@@ -11,6 +11,20 @@ from ._patterns import BASELINES, Ours
 from ._roundtrip import OURS_IN_BURST
 
 OURS = Ours.name
+#: Every step ``python -m bench`` runs (bench/__main__.py): each appears in latest.md (its
+#: figures, or why there are none) and ``check_complete`` fails the run if one did not run.
+PER_LATENCY_STEPS = ("round_trips", "cold_burst", "loop_lag", "cold_start")
+FIRST_LATENCY_STEPS = ("sweep", "overhead", "memory_real_path", "end_to_end")
+RUN_STEPS = (
+    "middleware",
+    "memory_synthetic",
+    "memory_chain",
+    "toolbox",
+    "lifetime",
+    "replicas",
+    "throttle",
+)
+STEPS = (*PER_LATENCY_STEPS, *FIRST_LATENCY_STEPS, *RUN_STEPS)
 BASELINE_NAMES = [b.name for b in BASELINES]  # type: ignore[attr-defined]
 ALL_NAMES = [OURS, *BASELINE_NAMES]
 
@@ -261,7 +275,145 @@ def evaluate_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
             )
         )
     out += _lifetime_targets(r.get("lifetime", {}))
+    out += _cold_targets(r)
+    out += _toolbox_targets(_figures(r.get("toolbox")))
+    out += _replica_targets(_figures(r.get("replicas")))
+    out += _throttle_targets(_figures(r.get("throttle")))
     return out
+
+
+def _num(x: Any) -> float:
+    return float(x) if isinstance(x, (int, float)) else math.nan  # 0 is a figure, None is not
+
+
+def _figures(x: Any) -> dict[str, Any]:
+    """A step's result as a dict ({} when it failed or did not run)."""
+    return x if isinstance(x, dict) and "error" not in x else {}
+
+
+def _cold_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for label, sc in r.get("by_latency", {}).items():
+        t = _figures(sc.get("cold_start")).get("targets") or {}
+        users = _figures(sc.get("cold_start")).get("users", "?")
+        wall = float(t.get("wall_ratio_vs_best", math.nan))
+        out.append(
+            _target(
+                f"cold start wall, {users} cold users ({label})",
+                "<= 1.2x the best baseline",
+                wall,
+                wall <= 1.2,
+                f"{wall - 1.2:+.2f} vs 1.2x ({t.get('best_baseline')})"
+                if not math.isnan(wall)
+                else "n/a",
+                f"by_latency.{label}.cold_start.targets",
+            )
+        )
+    return out
+
+
+def _toolbox_targets(tb: dict[str, Any]) -> list[dict[str, Any]]:
+    from ._toolbox import OURS as TOOLBOX_OURS
+
+    levels = tb.get("by_users", {})
+    wrong = [_med(level, TOOLBOX_OURS, "wrong_user") for level in levels.values()]
+    errors = [_med(level, TOOLBOX_OURS, "errors") for level in levels.values()]
+    worst_wrong = max(wrong) if wrong else math.nan
+    worst_errors = max(errors) if errors else math.nan
+    return [
+        _target(
+            "toolbox: runs answered as another user (ours)",
+            "0 at every U",
+            worst_wrong,
+            worst_wrong == 0,
+            f"{worst_wrong:+.0f}" if not math.isnan(worst_wrong) else "n/a",
+            "toolbox.by_users",
+            invariant=True,
+        ),
+        _target(
+            "toolbox: errors (ours)",
+            "0 at every U",
+            worst_errors,
+            worst_errors == 0,
+            f"{worst_errors:+.0f}" if not math.isnan(worst_errors) else "n/a",
+            "toolbox.by_users",
+        ),
+    ]
+
+
+def _replica_targets(rep: dict[str, Any]) -> list[dict[str, Any]]:
+    rt = rep.get("round_trips", {})
+    posts = _med(rt, "shared")
+    users = float(rt.get("expected_with_l2", math.nan))
+    burst = _med(rep.get("cold_burst", {}), "shared")
+    commands = _num(rep.get("redis_commands_per_l1_hit"))
+    mem = rep.get("memory_per_entry", {})
+    over = _num(mem.get("over_sealed_value_bytes_max"))
+    n = rep.get("replicas", "?")
+    return [
+        _target(
+            f"replicas: POSTs with the shared cache ({n} replicas)",
+            f"== U = {rt.get('expected_with_l2', '?')}",
+            posts,
+            posts == users,
+            f"{posts - users:+.0f} POSTs" if not math.isnan(posts + users) else "n/a",
+            "replicas.round_trips",
+        ),
+        _target(
+            f"replicas: cold burst over {n} replicas",
+            "1 POST",
+            burst,
+            burst == 1,
+            f"{burst - 1:+.0f} POSTs" if not math.isnan(burst) else "n/a",
+            "replicas.cold_burst",
+        ),
+        _target(
+            "replicas: Redis commands per L1 hit",
+            "0",
+            commands,
+            commands == 0,
+            f"{commands:+.2f}" if not math.isnan(commands) else "n/a",
+            "replicas.redis_commands_per_l1_hit",
+        ),
+        _target(
+            "replicas: L2 entry over the sealed value",
+            "<= 512 B",
+            over,
+            over <= 512,
+            f"{over - 512:+.0f} B vs 512 B" if not math.isnan(over) else "n/a",
+            "replicas.memory_per_entry",
+            invariant=True,
+        ),
+    ]
+
+
+def _throttle_targets(th: dict[str, Any]) -> list[dict[str, Any]]:
+    t = th.get("throttle", {})
+    st = th.get("stall", {})
+    posts = float(t.get("posts_during_wait", math.nan))
+    ratio = float(st.get("ratio", math.nan))
+    return [
+        _target(
+            f"POSTs during a {t.get('retry_after_s', '?')} s Retry-After, "
+            f"{t.get('users', '?')} users",
+            "<= 1 per authority",
+            posts,
+            posts <= 1,
+            f"{posts - 1:+.0f} POSTs, {t.get('calls_during_wait')} calls"
+            if not math.isnan(posts)
+            else "n/a",
+            "throttle.throttle",
+            invariant=True,
+        ),
+        _target(
+            f"healthy user with {st.get('stalled', '?')} stalled",
+            "<= 1.1x no stall",
+            ratio,
+            ratio <= 1.1,
+            f"{ratio - 1.1:+.2f} vs 1.1x" if not math.isnan(ratio) else "n/a",
+            "throttle.stall",
+        ),
+    ]
 
 
 def _lifetime_targets(lt: dict[str, Any]) -> list[dict[str, Any]]:
@@ -339,11 +491,47 @@ def check_complete(r: dict[str, Any]) -> list[str]:
         problems.append("memory_chain: missing")
     if "posts_per_user_per_lifetime" not in r.get("lifetime", {}):
         problems.append("lifetime: missing")
+    problems += _missing_steps(r)
     # the invariants (counts and bounds, never a time): a miss fails the run, quick or full
     for t in r.get("targets", []):
         if t.get("invariant") and not t["pass"] and t["measured"] is not None:
             problems.append(f"invariant missed: {t['name']}: {t['target']} ({t['margin']})")
     return sorted(set(problems))
+
+
+def _missing_steps(r: dict[str, Any]) -> list[str]:
+    """Every step of STEPS ran and left its figures (per latency where it runs per latency)."""
+    problems = []
+    labels = [f"{round(x * 1000)}ms" for x in r["sizes"]["latencies"]]
+    for label in labels:
+        sc = r["by_latency"].get(label, {})
+        for name in PER_LATENCY_STEPS:
+            if name not in sc:
+                problems.append(f"{label} {name}: not run")
+        cold = _figures(sc.get("cold_start"))
+        for p in ALL_NAMES:
+            if cold and p not in cold.get("patterns", {}):
+                problems.append(f"{label} cold_start: no figure for {p!r}")
+    for name in (*FIRST_LATENCY_STEPS, *RUN_STEPS):
+        if name not in r:
+            problems.append(f"{name}: not run")
+    if "toolbox" in r:
+        tb = _figures(r["toolbox"])
+        try:
+            from ._toolbox import check_complete as toolbox_complete
+
+            problems += toolbox_complete(tb) if tb else ["toolbox: no figures"]
+        except (KeyError, TypeError) as exc:
+            problems.append(f"toolbox: figures incomplete ({exc!r})")
+    if "replicas" in r and "round_trips" not in _figures(r["replicas"]):
+        problems.append("replicas: no figures")
+    if "throttle" in r:
+        th = _figures(r["throttle"])
+        if "posts_during_wait" not in th.get("throttle", {}):
+            problems.append("throttle: no throttle figures")
+        if "ratio" not in th.get("stall", {}):
+            problems.append("throttle: no stall figures")
+    return problems
 
 
 # --- markdown ----------------------------------------------------------------------------------
@@ -594,7 +782,7 @@ def markdown(r: dict[str, Any]) -> str:
                 f"our cache {x.get('our_cache_entries')}, "
                 f"RSS {_fmt(x.get('rss_per_user_bytes', math.nan) / 1024, 1)} KiB/user"
             )
-    lines += _lifetime_markdown(r.get("lifetime", {}))
+    lines += _lifetime_markdown(r.get("lifetime"))
     e2e = r.get("end_to_end", {})
     lines += ["", "### End to end", ""]
     if "ratio" in e2e:
@@ -609,14 +797,139 @@ def markdown(r: dict[str, Any]) -> str:
         )
     else:
         lines.append(e2e.get("error", e2e.get("skipped", json.dumps(e2e))))
+    lines += _cold_markdown(r)
+    lines += _sweep_markdown(r.get("sweep"))
+    lines += _section("Foundry toolbox", r, "toolbox", _toolbox_markdown)
+    lines += _section("Replicas sharing one Redis (L2 cache)", r, "replicas", _replicas_markdown)
+    lines += _section("Throttling and stalled requests", r, "throttle", _throttle_markdown)
+    lines += _steps_markdown(r)
     if r.get("problems"):
         lines += ["", "### Incomplete", ""] + [f"- {p}" for p in r["problems"]]
     return "\n".join(lines) + "\n"
 
 
-def _lifetime_markdown(lt: dict[str, Any]) -> list[str]:
-    if "posts_per_user_per_lifetime" not in lt:
-        return []
+def _why_not(x: Any) -> str:
+    if x is None:
+        return "Not run."
+    if isinstance(x, dict) and "error" in x:
+        return f"Failed: {str(x['error']).splitlines()[0][:300]}"
+    return "No figures."
+
+
+def _section(title: str, r: dict[str, Any], key: str, render: Any) -> list[str]:
+    """A step's section: its figures, or why there are none (never left out)."""
+    lines = ["", f"### {title}", ""]
+    figures = _figures(r.get(key))
+    if not figures:
+        return [*lines, _why_not(r.get(key))]
+    try:
+        return [*lines, *render(figures)]
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+        return [*lines, f"Figures incomplete ({type(exc).__name__}: {exc}); see latest.json."]
+
+
+def _cold_markdown(r: dict[str, Any]) -> list[str]:
+    from ._cold import _table
+
+    lines = [
+        "",
+        "### Cold start: burst wall time, p95 and loop lag",
+        "",
+        "Every pattern: U new users at once (one call each), wall time of the burst, per-call "
+        "p50/p95, the event loop's max lag and the idle loop's floor in the same round.",
+        "",
+    ]
+    for label, sc in r.get("by_latency", {}).items():
+        cold = _figures(sc.get("cold_start"))
+        if not cold:
+            lines.append(f"{label}: {_why_not(sc.get('cold_start'))}")
+            continue
+        try:
+            lines += [_table({"by_latency": {label: cold}}), ""]
+        except (KeyError, TypeError) as exc:
+            lines.append(f"{label}: figures incomplete ({type(exc).__name__}: {exc}).")
+    return lines
+
+
+def _sweep_markdown(sw: Any) -> list[str]:
+    lines = ["", "### Token POSTs by users and by concurrency (sweep)", ""]
+    figures = _figures(sw)
+    if not figures.get("by_users"):
+        return [*lines, _why_not(sw)]
+    for axis, what in (
+        ("by_users", f"users (concurrency {figures.get('fixed_concurrency')})"),
+        ("by_concurrency", f"concurrency ({figures.get('fixed_users')} users)"),
+    ):
+        points = figures.get(axis, {})
+        xs = [x for x, _ in next(iter(points.values()), [])]
+        lines += [
+            f"POSTs for {figures.get('calls_per_user')} calls per user, by {what}:",
+            "",
+            "| pattern | " + " | ".join(str(x) for x in xs) + " |",
+            "|---|" + "---|" * len(xs),
+        ]
+        for name, pts in points.items():
+            lines.append(f"| {name} | " + " | ".join(str(p) for _, p in pts) + " |")
+        lines.append("")
+    return lines
+
+
+def _toolbox_markdown(tb: dict[str, Any]) -> list[str]:
+    from ._toolbox import markdown as toolbox_table
+
+    return [toolbox_table(tb)]
+
+
+def _throttle_markdown(th: dict[str, Any]) -> list[str]:
+    from ._throttle import _tables
+
+    return [_tables(th)]
+
+
+def _replicas_markdown(rep: dict[str, Any]) -> list[str]:
+    rt, cb, mem = rep["round_trips"], rep["cold_burst"], rep["memory_per_entry"]
+    return [
+        f"{rep['replicas']} agent replica processes, one `redis-server`; {rep['users']} users x "
+        f"{rep['calls_per_user']} calls spread over the replicas, {rep['rounds']} interleaved "
+        "rounds, with and without the shared (L2) cache.",
+        "",
+        "| figure | with the shared cache | without (local only) |",
+        "|---|---|---|",
+        f"| token POSTs (U = {rt['expected_with_l2']}) | {_miqr(rt['shared'], digits=0)} | "
+        f"{_miqr(rt['local'], digits=0)} |",
+        f"| cold burst POSTs ({cb['calls']} calls) | {_miqr(cb['shared'], digits=0)} | "
+        f"{_miqr(cb['local'], digits=0)} |",
+        f"| L2 hit µs / L1 hit µs | {_miqr(rep['l2_hit_us'], digits=0)} / "
+        f"{_miqr(rep['l1_hit_us'], digits=0)} (ratio {_fmt(rep.get('l2_over_l1_ratio'), 1)}) "
+        "| |",
+        f"| Redis commands per L1 hit | {_fmt(rep.get('redis_commands_per_l1_hit'))} | |",
+        f"| L2 entry: MEMORY USAGE / sealed value (bytes) | "
+        f"{_miqr(mem['memory_usage_bytes'], digits=0)} / "
+        f"{_miqr(mem['sealed_value_bytes'], digits=0)}; max over the value "
+        f"{mem.get('over_sealed_value_bytes_max')} B (bound {mem.get('bound_bytes')} B) | |",
+    ]
+
+
+def _steps_markdown(r: dict[str, Any]) -> list[str]:
+    """Every step of the run, in order, with its status and time."""
+    ran = r.get("steps") or []
+    lines = ["", "### Steps", "", "| step | latency | status | seconds |", "|---|---|---|---|"]
+    seen = set()
+    for st in ran:
+        seen.add(st["step"])
+        lines.append(
+            f"| {st['step']} | {st.get('latency') or ''} | "
+            f"{'ok' if st.get('ok') else 'FAILED'} | {st.get('seconds')} |"
+        )
+    for name in STEPS:
+        if name not in seen:
+            lines.append(f"| {name} | | not run | |")
+    return lines
+
+
+def _lifetime_markdown(lt: Any) -> list[str]:
+    if not isinstance(lt, dict) or "posts_per_user_per_lifetime" not in lt:
+        return ["", "### Over several token lifetimes (compressed)", "", _why_not(lt)]
     hit = lt.get("hit_latency_us", {})
     return [
         "",
