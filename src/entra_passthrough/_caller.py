@@ -144,44 +144,18 @@ class Caller:
         # on a name that is not bytes, so junk fails closed in the middleware instead of a str
         # "authorization" going unnoticed. Header names are ASCII tokens (RFC 9110 5.1).
         wanted = _wanted(assertion_headers)
-        seen: dict[bytes, list[bytes]] | None = None
-        platform: dict[bytes, list[bytes]] | None = None
+        if len(wanted) == 1:
+            return cls._from_headers_one(headers, wanted)
+        seen: dict[bytes, list[bytes]] = {}
+        platform: dict[bytes, list[bytes]] = {}
         for raw_name, raw_value in headers:
             key = bytes.lower(raw_name)
             if key in wanted:
-                if seen is None:
-                    seen = {key: [raw_value]}
-                else:
-                    seen.setdefault(key, []).append(raw_value)
+                seen.setdefault(key, []).append(raw_value)
             elif key in _PLATFORM_HEADERS:
-                if platform is None:
-                    platform = {key: [raw_value]}
-                else:
-                    platform.setdefault(key, []).append(raw_value)
-        user_id = call_id = None
-        if platform is not None:
-            user_id = _platform_value(platform.get(_USER_ID))
-            call_id = _platform_value(platform.get(_CALL_ID))
-        if seen is None:
-            return cls(user_id=user_id, call_id=call_id)
-        if len(wanted) == 1:
-            # The usual request: one assertion header, sent once. The Caller is built with its
-            # assertion in one go (what ``_set_assertion`` does, without the intermediate dict).
-            ((key, name),) = wanted.items()
-            sent = seen[key]
-            if len(sent) == 1:
-                token = _bearer(name, sent[0])
-                if token is not None:
-                    caller = cls(
-                        assertion=token,
-                        assertions={name: token},
-                        presented=True,
-                        user_id=user_id,
-                        call_id=call_id,
-                    )
-                    del caller.claims  # decoded on first use, as in ``_set_assertion``
-                    del caller.decode_error
-                    return caller
+                platform.setdefault(key, []).append(raw_value)
+        user_id = _platform_value(platform.get(_USER_ID))
+        call_id = _platform_value(platform.get(_CALL_ID))
         caller = cls(user_id=user_id, call_id=call_id)
         for key, name in wanted.items():
             values = seen.get(key)
@@ -194,6 +168,50 @@ class Caller:
             if token is None:
                 continue  # e.g. "Basic ..." — not an assertion at all
             caller._set_assertion(name, token)
+        return caller
+
+    @classmethod
+    def _from_headers_one(
+        cls, headers: Iterable[tuple[bytes, bytes]], wanted: dict[bytes, str]
+    ) -> Caller:
+        """``from_headers`` for one assertion header (the usual configuration): the same
+        decisions, counted in locals instead of lists, and the Caller built with its assertion
+        in one go (what ``_set_assertion`` does, without the intermediate dict)."""
+        ((want, name),) = wanted.items()
+        value: bytes | None = None
+        count = 0
+        platform: dict[bytes, list[bytes]] | None = None
+        for raw_name, raw_value in headers:
+            key = bytes.lower(raw_name)
+            if key == want:
+                value = raw_value
+                count += 1
+            elif key in _PLATFORM_HEADERS:
+                if platform is None:
+                    platform = {}
+                platform.setdefault(key, []).append(raw_value)
+        user_id = call_id = None
+        if platform is not None:
+            user_id = _platform_value(platform.get(_USER_ID))
+            call_id = _platform_value(platform.get(_CALL_ID))
+        if value is None:
+            return cls(user_id=user_id, call_id=call_id)
+        if count > 1:
+            caller = cls(user_id=user_id, call_id=call_id)
+            caller._mark_malformed(f"header {name!r} sent {count} times")
+            return caller
+        token = _bearer(name, value)
+        if token is None:  # e.g. "Basic ..." — not an assertion at all
+            return cls(user_id=user_id, call_id=call_id)
+        caller = cls(
+            assertion=token,
+            assertions={name: token},
+            presented=True,
+            user_id=user_id,
+            call_id=call_id,
+        )
+        del caller.claims  # decoded on first use, as in ``_set_assertion``
+        del caller.decode_error
         return caller
 
     def _set_assertion(self, header: str, token: str) -> None:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any, Protocol
 
-from ._caller import Caller, _reset_current, _set_current
+from ._caller import Caller, _current
 from ._challenge import bearer_challenge
 from ._errors import ConfigurationError, TokenVerificationError
 from ._www_auth import send_challenge
@@ -106,7 +106,15 @@ class CallerMiddleware:
         if kind not in ("http", "websocket"):
             await self.app(scope, receive, send)  # lifespan and others: nothing to capture
             return
-        caller = _capture(scope.get("headers"), self.assertion_headers)
+        headers = scope.get("headers")
+        try:  # ``_capture``, inlined: this runs on every request
+            caller = (
+                Caller.from_headers(headers, assertion_headers=self.assertion_headers)
+                if headers is not None
+                else Caller()
+            )
+        except Exception:
+            caller = _capture(headers, self.assertion_headers)  # fails closed, as always
         if self.require_caller or self.verifier is not None:  # else there is nothing to check
             try:
                 await self._check(caller)
@@ -115,18 +123,18 @@ class CallerMiddleware:
                 await self._refuse(scope, send, reject)
                 return
         state = scope.get("state")
-        if not isinstance(state, MutableMapping):
+        if type(state) is not dict and not isinstance(state, MutableMapping):
             state = {} if state is None else dict(state)
             scope["state"] = state
         state[STATE_KEY] = caller
-        reset = _set_current(caller)
+        reset = _current.set(caller)  # set without ending: ended below, or as the response ends
         try:
             if kind == "http":
                 send = _ending_on_complete(send, caller)
             await self.app(scope, receive, send)
         finally:
             caller.end()
-            _reset_current(reset)
+            _current.reset(reset)
 
     async def _check(self, caller: Caller) -> None:
         if (self.require_caller or self.verifier) and caller.decode_error is not None:
