@@ -126,8 +126,12 @@ def fingerprint(secret: str | bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()[:12]
 
 
+_sha256 = hashlib.sha256
+
+
 def sha256_hex(secret: str) -> str:
-    return hashlib.sha256(_utf8(secret)).hexdigest()
+    # ``_utf8`` inlined: once per new caller that calls out (the cache key)
+    return _sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _b64url_decode(segment: str) -> bytes:
