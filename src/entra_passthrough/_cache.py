@@ -397,13 +397,13 @@ class TokenCache:
     # ``_OWN`` instead. ``_Refresh``: start a background refresh, send back ``None``.
 
     def _flow(
-        self, key: Hashable, cap: float | None
+        self, key: Hashable, cap: float | None, due: TokenResult | None
     ) -> Generator[_Step, object, TokenResult | None]:
-        cached, refresh = self._lookup(key, self._clock())
-        if cached is not None:
-            if refresh:
-                yield _Refresh(cached)
-            return cached
+        """``due``: the cached result this caller must refresh (``_lookup`` claimed it for
+        this caller), else ``None``. A plain hit never gets here: the drivers return it."""
+        if due is not None:
+            yield _Refresh(due)
+            return due
         for _ in range(_MAX_TAKEOVERS):
             fut, leader = self._join(key)
             if not leader:
@@ -439,6 +439,9 @@ class TokenCache:
 
         ``acquire`` returns ``None`` when the source does not apply; that is not cached.
         """
+        cached, refresh = self._lookup(key, self._clock())
+        if cached is not None and not refresh:
+            return cached  # the hit: no flow
         if self.shared is not None:  # no I/O here: the wrapped call runs only if L1 misses
             acquire = self.shared.wrap(self, key, acquire, cap)
 
@@ -455,7 +458,7 @@ class TokenCache:
             self._start_refresh_async(drive_async(flow, do))
             return None
 
-        return await drive_async(self._flow(key, cap), do)
+        return await drive_async(self._flow(key, cap, cached), do)
 
     def get_or_acquire(
         self,
@@ -466,6 +469,9 @@ class TokenCache:
     ) -> TokenResult | None:
         """Sync driver of the same flow as ``get_or_acquire_async`` (threads wait for the
         leading thread)."""
+        cached, refresh = self._lookup(key, self._clock())
+        if cached is not None and not refresh:
+            return cached  # the hit: no flow
         if self.shared is not None:  # no I/O here: the wrapped call runs only if L1 misses
             acquire = self.shared.wrap_sync(self, key, acquire, cap)
 
@@ -487,7 +493,7 @@ class TokenCache:
             self._start_refresh_sync(key, functools.partial(drive, flow, do))
             return None
 
-        return drive(self._flow(key, cap), do)
+        return drive(self._flow(key, cap, cached), do)
 
     def _refresh_flow(
         self, key: Hashable, cached: TokenResult, cap: float | None, *, in_thread: bool

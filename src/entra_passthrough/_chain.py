@@ -425,56 +425,52 @@ class TokenChain:
     ) -> Generator[_Ask, object, TokenResult]:
         span = self._span(request)
         acquired: list[str] = []
+        outcome: Outcome | None = None
+        cache = self.cache
         try:
-            result = yield from self._walk(request, allowed, acquired)
+            for candidate in self._candidates(allowed):
+                source = candidate.source
+                if outcome is not None and outcome.error is not None and not candidate.is_user:
+                    continue  # fail closed: a user source failed, the app does not stand in
+                partition = source.cache_partition(request)
+                if partition is None:
+                    continue
+                key = self._key(source, partition, request)
+                if candidate.cached:
+                    result = cache.peek(key)  # the hot path: no refresh due, no I/O
+                    if result is not None and result.kind in allowed:
+                        break
+                    ask = _Ask(source, request, key, self._cap(candidate, request), acquired)
+                else:
+                    ask = _Ask(source, request, None, None, acquired)
+                try:
+                    answer = yield ask
+                except Exception as exc:
+                    outcome = outcome or Outcome()
+                    outcome.record(source.name, _redact.scrub(exc))
+                    continue
+                outcome = outcome or Outcome()
+                result = self._accept(source, key, answer, allowed, outcome, request)  # type: ignore[arg-type]
+                if result is not None:
+                    break
+            else:
+                raise explain_failure(self, request, allowed, outcome or Outcome())
         except Exception as exc:
             self._done(span, request, None, exc, acquired, lifecycle)
             raise
         self._done(span, request, result, None, acquired, lifecycle)
         return result
 
-    def _walk(
-        self, request: TokenRequest, allowed: frozenset[IdentityKind], acquired: list[str]
-    ) -> Generator[_Ask, object, TokenResult]:
-        outcome: Outcome | None = None
-        cache = self.cache
-        for candidate in self._candidates(allowed):
-            source = candidate.source
-            if outcome is not None and outcome.error is not None and not candidate.is_user:
-                continue  # fail closed: a user source failed, the app does not stand in
-            partition = source.cache_partition(request)
-            if partition is None:
-                continue
-            key = self._key(source, partition, request)
-            if candidate.cached:
-                hit = cache.peek(key)  # the hot path: no refresh due, no I/O
-                if hit is not None and hit.kind in allowed:
-                    return hit
-                ask = _Ask(source, request, key, self._cap(candidate, request), acquired)
-            else:
-                ask = _Ask(source, request, None, None, acquired)
-            try:
-                result = yield ask
-            except Exception as exc:
-                outcome = outcome or Outcome()
-                outcome.record(source.name, _redact.scrub(exc))
-                continue
-            outcome = outcome or Outcome()
-            accepted = self._accept(source, key, result, allowed, outcome, request)  # type: ignore[arg-type]
-            if accepted is not None:
-                return accepted
-        raise explain_failure(self, request, allowed, outcome or Outcome())
-
     def _ask(self, ask: _Ask) -> TokenResult | None:
-        acquire = functools.partial(_acquire, ask.source, ask.request, ask.acquired)
         if ask.key is None:
-            return acquire()
+            return _acquire(ask.source, ask.request, ask.acquired)
+        acquire = functools.partial(_acquire, ask.source, ask.request, ask.acquired)
         return self.cache.get_or_acquire(ask.key, acquire, cap=ask.cap)
 
     async def _ask_async(self, ask: _Ask) -> TokenResult | None:
-        acquire = functools.partial(_acquire_async, ask.source, ask.request, ask.acquired)
         if ask.key is None:
-            return await acquire()
+            return await _acquire_async(ask.source, ask.request, ask.acquired)
+        acquire = functools.partial(_acquire_async, ask.source, ask.request, ask.acquired)
         return await self.cache.get_or_acquire_async(ask.key, acquire, cap=ask.cap)
 
     def _resolve(
