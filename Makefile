@@ -17,14 +17,18 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests examples bench noxfile.py mkdocs_hooks.py
-	$(BIN)/ruff format --check src tests examples bench noxfile.py mkdocs_hooks.py
+	$(BIN)/ruff check src tests examples bench noxfile.py mkdocs_hooks.py conftest.py
+	$(BIN)/ruff format --check src tests examples bench noxfile.py mkdocs_hooks.py conftest.py
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# Parallel (pytest-xdist): most of the suite waits on sockets and subprocesses, so four workers
+# beat two even on two cores. Tests that share a machine-wide resource carry an xdist_group mark
+# (--dist loadgroup keeps each group on one worker); the `slow` ones start first (conftest.py).
+PYTEST_WORKERS ?= 4
 pytest: $(STAMP)
-	$(BIN)/pytest -p no:cacheprovider
+	$(BIN)/pytest -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadgroup
 
 test: lint typecheck pytest
 
