@@ -10,6 +10,11 @@ Refresh tokens rotate: every refresh returns a new one. Two refreshes racing wit
 refresh token could burn it, so refreshes of one user are coalesced in-process (one flight per
 user; waiters for the same scopes share its result) and leased across replicas with
 compare-and-set on the grant record.
+
+Like the chain and the cache, the decisions (read the grant, wait out another replica's lease,
+lease, refresh, write the rotated grant, classify Entra's refusal) are one generator with no
+I/O; ``get_token_async`` and ``get_token`` are its two drivers. The sync driver refreshes on the
+calling thread; the grant store is async-only, so its calls run on a private event loop.
 """
 
 from __future__ import annotations
@@ -21,10 +26,11 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping, Sequence
 from typing import Any, NoReturn
 from urllib.parse import urlencode
 
+from .._cache import drive, drive_async
 from .._consent_client import ConsentClient, check_https_url
 from .._errors import (
     ConfigurationError,
@@ -49,6 +55,43 @@ logger = logging.getLogger("entra_passthrough.consent")
 _DEAD_GRANT_CODES = frozenset({700082, 50173, 70000, 70008, 70043, 54005, 50089})
 LEASE_SECONDS = 20.0
 _MAX_ATTEMPTS = 60
+
+
+class _Grants:
+    """Step: call ``method`` of the grant store (a coroutine) and send back its result."""
+
+    __slots__ = ("args", "kwargs", "method")
+
+    def __init__(self, method: str, *args: Any, **kwargs: Any) -> None:
+        self.method = method
+        self.args = args
+        self.kwargs = kwargs
+
+    def call(self, grants: GrantStore) -> Coroutine[Any, Any, Any]:
+        return getattr(grants, self.method)(*self.args, **self.kwargs)  # type: ignore[no-any-return]
+
+
+class _Pause:
+    """Step: wait ``seconds`` (another replica holds the lease)."""
+
+    __slots__ = ("seconds",)
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+
+class _Redeem:
+    """Step: redeem the refresh token at Entra (MSAL, blocking) and send back its answer."""
+
+    __slots__ = ("claims", "refresh_token", "scopes")
+
+    def __init__(self, refresh_token: str, scopes: tuple[str, ...], claims: str | None) -> None:
+        self.refresh_token = refresh_token
+        self.scopes = scopes
+        self.claims = claims
+
+
+_Step = _Grants | _Pause | _Redeem
 
 
 class DelegatedConsent:
@@ -177,16 +220,31 @@ class DelegatedConsent:
         )
 
     def get_token(self, request: TokenRequest) -> TokenResult | None:
-        """Sync twin: runs the async path on a private event loop. Do not call it from a
-        thread that runs an event loop (use ``get_token_async`` there)."""
+        """Sync driver of the same decisions as ``get_token_async``: the refresh runs on this
+        thread. The grant store is async-only, so its calls run on a private event loop: do
+        not call this from a thread that runs an event loop (use ``get_token_async`` there)."""
+        key = UserKey.from_caller(request.caller)
+        if key is None:
+            return None  # no identity we can bind a grant to: not applicable
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return asyncio.run(self.get_token_async(request))
-        raise ConfigurationError(
-            "DelegatedConsent.get_token() was called on an event loop thread.",
-            fix="await get_token_async() instead.",
-        )
+            pass
+        else:
+            raise ConfigurationError(
+                "DelegatedConsent.get_token() was called on an event loop thread.",
+                fix="await get_token_async() instead.",
+            )
+        with asyncio.Runner() as runner:
+
+            def do(step: _Step) -> Any:
+                if isinstance(step, _Grants):
+                    return runner.run(step.call(self.grants))
+                if isinstance(step, _Pause):
+                    return time.sleep(step.seconds)
+                return self.client.refresh(step.refresh_token, step.scopes, step.claims)
+
+            return drive(self._decide(key, request), do)
 
     async def get_token_async(self, request: TokenRequest) -> TokenResult | None:
         key = UserKey.from_caller(request.caller)
@@ -194,7 +252,18 @@ class DelegatedConsent:
             return None  # no identity we can bind a grant to: not applicable
         scopes = tuple(request.scopes)
         flight = (scopes, request.claims)
-        return await self._coalesced(key.hashed, flight, lambda: self._acquire(key, request))
+
+        async def do(step: _Step) -> Any:
+            if isinstance(step, _Grants):
+                return await step.call(self.grants)
+            if isinstance(step, _Pause):
+                return await asyncio.sleep(step.seconds)
+            refresh = self.client.refresh
+            return await self.client.pool.run(refresh, step.refresh_token, step.scopes, step.claims)
+
+        return await self._coalesced(
+            key.hashed, flight, lambda: drive_async(self._decide(key, request), do)
+        )
 
     # --- links and revocation ---------------------------------------------------------------
     def consent_link(
@@ -301,17 +370,21 @@ class DelegatedConsent:
             work.exception()  # retrieved: no "never retrieved" warning when no one waits
 
     # --- refresh with a cross-replica lease -------------------------------------------------
-    async def _acquire(self, key: UserKey, request: TokenRequest) -> TokenResult:
+    # The decisions below do no I/O: each grant-store call, back-off pause and refresh at Entra
+    # is a step yielded to the driver (get_token or get_token_async), which sends its answer
+    # back or throws its error in.
+
+    def _decide(self, key: UserKey, request: TokenRequest) -> Generator[_Step, Any, TokenResult]:
         scopes = tuple(request.scopes)
         for attempt in range(_MAX_ATTEMPTS):
             unsaved = self._unsaved.get(key.hashed)
             if unsaved is not None:
                 # Raises while the store is still down. None: the record changed since (our
                 # lease ran out and another replica rotated, or the data was lost): theirs wins.
-                await self.grants.put_grant(key.hashed, unsaved[0], expect=unsaved[1])
+                yield _Grants("put_grant", key.hashed, unsaved[0], expect=unsaved[1])
                 if self._unsaved.get(key.hashed) is unsaved:
                     del self._unsaved[key.hashed]
-            found = await self.grants.get_grant(key.hashed)
+            found = yield _Grants("get_grant", key.hashed)
             if found is None:
                 raise self._consent_required(
                     key, scopes, "no consent is stored for this user", claims=request.claims
@@ -321,38 +394,36 @@ class DelegatedConsent:
             if grant.lease_owner and grant.lease_until > now:
                 # Another replica is rotating this user's refresh token: wait for its result
                 # rather than spend the same refresh token twice.
-                await asyncio.sleep(min(0.02 * (2**attempt), 0.5))
+                yield _Pause(min(0.02 * (2**attempt), 0.5))
                 continue
             lease = f"{self._replica}:{secrets.token_hex(4)}"
             leased = dataclasses.replace(grant, lease_owner=lease, lease_until=now + LEASE_SECONDS)
-            lease_version = await self.grants.put_grant(key.hashed, leased, expect=version)
+            lease_version = yield _Grants("put_grant", key.hashed, leased, expect=version)
             if lease_version is None:
                 continue  # changed under us (rotated or leased elsewhere): read again
-            return await self._refresh(key, request, grant, lease_version)
+            return (yield from self._refresh(key, request, grant, lease_version))
         raise EntraError(
             "could not refresh the user's grant: concurrent refreshes kept conflicting",
             source=self.name,
             scopes=scopes,
         )
 
-    async def _refresh(
+    def _refresh(
         self, key: UserKey, request: TokenRequest, grant: Grant, lease_version: str
-    ) -> TokenResult:
+    ) -> Generator[_Step, Any, TokenResult]:
         scopes = tuple(request.scopes)
         released = dataclasses.replace(grant, lease_owner=None, lease_until=0.0)
         try:
-            answer = await self.client.pool.run(
-                self.client.refresh, grant.refresh_token, scopes, request.claims
-            )
+            answer = yield _Redeem(grant.refresh_token, scopes, request.claims)
         except BaseException as exc:
-            await self.grants.put_grant(key.hashed, released, expect=lease_version)
+            yield _Grants("put_grant", key.hashed, released, expect=lease_version)
             if isinstance(exc, Exception):
                 raise unreachable(
                     exc, what="refreshing the stored grant", source=self.name, scopes=scopes
                 ) from None
             raise
         if "access_token" not in answer:
-            await self._on_error(key, request, answer, released, lease_version)
+            yield from self._on_error(key, request, answer, released, lease_version)
         now = time.time()
         new_rt = answer.get("refresh_token")
         updated = dataclasses.replace(
@@ -361,7 +432,7 @@ class DelegatedConsent:
             updated=now,
         )
         try:
-            written = await self.grants.put_grant(key.hashed, updated, expect=lease_version)
+            written = yield _Grants("put_grant", key.hashed, updated, expect=lease_version)
         except Exception as exc:
             # Entra has rotated the refresh token: the token it issued is good, so serve it, and
             # keep the successor until the store takes it (never redeem the old one again).
@@ -379,14 +450,14 @@ class DelegatedConsent:
         logger.debug("delegated token %s for a stored grant", fingerprint(result.token))
         return result
 
-    async def _on_error(
+    def _on_error(
         self,
         key: UserKey,
         request: TokenRequest,
         answer: dict[str, Any],
         released: Grant,
         lease_version: str,
-    ) -> NoReturn:
+    ) -> Generator[_Step, Any, NoReturn]:
         scopes = tuple(request.scopes)
         codes = answer.get("error_codes") or []
         code = codes[0] if isinstance(codes, list) and codes and isinstance(codes[0], int) else None
@@ -394,7 +465,7 @@ class DelegatedConsent:
         correlation_id = answer.get("correlation_id")
         cid = correlation_id if isinstance(correlation_id, str) else None
         if is_consent_required(answer):
-            await self.grants.put_grant(key.hashed, released, expect=lease_version)
+            yield _Grants("put_grant", key.hashed, released, expect=lease_version)
             raise self._consent_required(
                 key,
                 scopes,
@@ -403,7 +474,7 @@ class DelegatedConsent:
                 correlation_id=cid,
             )
         if error == "interaction_required":
-            await self.grants.put_grant(key.hashed, released, expect=lease_version)
+            yield _Grants("put_grant", key.hashed, released, expect=lease_version)
             claims = answer.get("claims")
             raise self._consent_required(
                 key,
@@ -417,7 +488,7 @@ class DelegatedConsent:
         # invalid_grant (the codes in _DEAD_GRANT_CODES, an unknown refresh token...) means
         # the refresh token is unusable and only the user can make a new one.
         if error == "invalid_grant" or code in _DEAD_GRANT_CODES:
-            await self.grants.delete_grant(key.hashed, expect=lease_version)
+            yield _Grants("delete_grant", key.hashed, expect=lease_version)
             raise self._consent_required(
                 key,
                 scopes,
@@ -425,6 +496,6 @@ class DelegatedConsent:
                 aadsts=code,
                 correlation_id=cid,
             )
-        await self.grants.put_grant(key.hashed, released, expect=lease_version)
+        yield _Grants("put_grant", key.hashed, released, expect=lease_version)
         err: TokenAcquisitionError = error_from_entra(answer, source=self.name, scopes=scopes)
         raise err
