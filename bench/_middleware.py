@@ -98,3 +98,151 @@ def middleware(assertion: str, *, rounds: int, duration: float, connections: int
         "server_cpu_us_per_request_with": summary(cpu_us["capture"]) if cpu_us["capture"] else None,
         "cpu_ratio": summary(cpu_ratios) if cpu_ratios else None,
     }
+
+
+def in_process_cpu(assertion: str, *, batches: int = 15, n: int = 2000) -> dict[str, Any]:
+    """The middleware's own cost in **process CPU time**, which machine load does not inflate:
+    the same two apps as the servers (``bench._server.build_app``) called directly with an
+    ASGI HTTP scope carrying the load's headers, ``n`` requests per batch, interleaved; min over
+    ``batches``, µs per request. ``projected_ratio`` = what that cost does to a server spending
+    ``server_cpu_us`` per request (uvicorn's parsing and the socket work are not in-process)."""
+    import asyncio
+    import time
+
+    from ._server import build_app
+
+    headers = [
+        (b"host", b"127.0.0.1:8000"),
+        (b"authorization", f"Bearer {assertion}".encode()),
+        (b"x-agent-user-id", b"bench-user"),
+    ]
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        return None
+
+    def scope() -> dict[str, Any]:
+        return {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": "/",
+            "raw_path": b"/",
+            "query_string": b"",
+            "root_path": "",
+            "headers": headers,
+            "server": ("127.0.0.1", 8000),
+            "client": ("127.0.0.1", 5000),
+            "state": {},
+        }
+
+    async def batch(app: Any, count: int) -> float:
+        t0 = time.process_time()
+        for _ in range(count):
+            await app(scope(), receive, send)
+        return (time.process_time() - t0) / count * 1e6
+
+    async def run() -> dict[str, float]:
+        apps = {"plain": build_app("plain"), "capture": build_app("capture")}
+        for app in apps.values():
+            await batch(app, max(10, n // 10))  # warm
+        runs: dict[str, list[float]] = {k: [] for k in apps}
+        for _ in range(batches):
+            for kind, app in apps.items():
+                runs[kind].append(await batch(app, n))
+        return {k: min(v) for k, v in runs.items()}
+
+    best = asyncio.run(run())
+    return {
+        "batches": batches,
+        "requests_per_batch": n,
+        "app_us": best["plain"],
+        "with_middleware_us": best["capture"],
+        "middleware_us": best["capture"] - best["plain"],
+    }
+
+
+def _synthetic_assertion() -> str:
+    """A JWT-shaped user token of an Entra access token's size (~1.5 KB); the middleware
+    scenario never verifies it (capture only), so no emulator is needed to run it alone."""
+    import base64
+    import json
+    import time
+    import uuid
+
+    def seg(obj: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+    tenant = str(uuid.UUID(int=1))
+    claims = {
+        "aud": str(uuid.UUID(int=2)),
+        "iss": f"https://login.microsoftonline.com/{tenant}/v2.0",
+        "tid": tenant,
+        "oid": str(uuid.UUID(int=3)),
+        "scp": "access_as_user",
+        "exp": int(time.time()) + 3600,
+        "ver": "2.0",
+        "name": "Bench User",
+        "upn": "bench@contoso.com",
+        "xms_pad": "p" * 700,  # Entra tokens carry more claims than these; ~1.5 KB in all
+    }
+    return f"{seg({'alg': 'RS256', 'typ': 'JWT', 'kid': 'k'})}.{seg(claims)}.{'s' * 342}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench._middleware [--quick] [--rounds N]``: this scenario alone, results to
+    ``bench/results/middleware.json`` (full size)."""
+    import argparse
+    import json
+
+    from .__main__ import FULL, QUICK
+    from ._util import machine
+
+    parser = argparse.ArgumentParser(prog="python -m bench._middleware")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--rounds", type=int)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    s = QUICK if args.quick else FULL
+    result = middleware(
+        _synthetic_assertion(),
+        rounds=args.rounds or s.mw_rounds,
+        duration=s.mw_duration,
+        connections=s.mw_connections,
+    )
+    result["load_average_at_end"] = list(os.getloadavg())
+    cost = in_process_cpu(_synthetic_assertion())
+    server = result["server_cpu_us_per_request_without"]
+    if server:
+        base = float(server["median"])
+        cost["server_cpu_us"] = base
+        cost["projected_ratio"] = base / (base + cost["middleware_us"])
+    result["in_process"] = cost
+    result["machine"] = machine()
+    out = args.out or (
+        None if args.quick else Path(__file__).resolve().parent / "results" / "middleware.json"
+    )
+    if out is not None:
+        out.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    cpu = result["cpu_ratio"]
+    print(
+        "throughput ratio",
+        round(result["ratio"]["median"], 3),
+        "IQR",
+        round(result["ratio"]["iqr"], 3),
+        "| server CPU ratio",
+        round(cpu["median"], 3) if cpu else None,
+        "IQR",
+        round(cpu["iqr"], 3) if cpu else None,
+        "| in process",
+        json.dumps(result["in_process"]),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
