@@ -204,10 +204,12 @@ def _ending_on_complete(send: Send, caller: Caller) -> Send:
     when the app returns: an app may go on after the client has its answer (cleanup, a
     saturated loop), and no request made then may act for this user."""
 
-    async def wrapped(message: Message) -> None:
+    def wrapped(message: Message) -> Awaitable[None]:
+        # A plain function handing back the server's own awaitable: the caller ends before the
+        # server gets the message, as an ``async def`` would, without a coroutine per message.
         if message.get("type") == "http.response.body" and not message.get("more_body", False):
             caller.end()
-        await send(message)
+        return send(message)
 
     return wrapped
 
