@@ -40,8 +40,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Hashable
 from dataclasses import dataclass
-from typing import Any, TypeVar
 
+from ._drive import drive, drive_async
 from ._errors import SourceUnavailable
 from ._l2 import SharedCache
 from ._types import TokenResult
@@ -67,47 +67,6 @@ def _loop_running_here() -> bool:
 def _retrieved(future: asyncio.Future[TokenResult | None]) -> None:
     if not future.cancelled():
         future.exception()
-
-
-_T = TypeVar("_T")
-_S = TypeVar("_S")
-
-
-def _resume(flow: Generator[_S, object, _T], value: object, error: BaseException | None) -> Any:
-    """``(True, return value)`` once ``flow`` ends, else ``(False, next step)``."""
-    try:
-        return False, (flow.send(value) if error is None else flow.throw(error))
-    except StopIteration as stop:
-        return True, stop.value
-
-
-def _call(do: Callable[[_S], object], step: _S) -> tuple[object, BaseException | None]:
-    try:
-        return do(step), None
-    except BaseException as exc:
-        return None, exc
-
-
-def drive(flow: Generator[_S, object, _T], do: Callable[[_S], object]) -> _T:
-    """Run a decision ``flow`` to its end: ``do`` each step it yields and send back what
-    ``do`` returned, or throw in what it raised. The sync driver; ``drive_async`` awaits."""
-    done, step = _resume(flow, None, None)
-    while not done:
-        done, step = _resume(flow, *_call(do, step))
-    return step  # type: ignore[no-any-return]
-
-
-async def drive_async(flow: Generator[_S, object, _T], do: Callable[[_S], Awaitable[object]]) -> _T:
-    """``drive`` for a ``do`` that is a coroutine function (the same flow, awaited)."""
-    done, step = _resume(flow, None, None)
-    while not done:
-        try:
-            value = await do(step)
-        except BaseException as exc:
-            done, step = _resume(flow, None, exc)
-        else:
-            done, step = _resume(flow, value, None)
-    return step  # type: ignore[no-any-return]
 
 
 class _Acquire:

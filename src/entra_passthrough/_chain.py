@@ -30,9 +30,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import _env, _otel, _redact
-from ._cache import TokenCache, drive, drive_async
+from ._cache import TokenCache
 from ._caller import Caller, current_caller
 from ._docs import see
+from ._drive import drive, drive_async
 from ._errors import (
     ConfigurationError,
     NoCallerError,

@@ -30,8 +30,8 @@ from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping, 
 from typing import Any, NoReturn
 from urllib.parse import urlencode
 
-from .._cache import drive, drive_async
 from .._consent_client import ConsentClient, check_https_url
+from .._drive import drive, drive_async
 from .._errors import (
     ConfigurationError,
     ConsentRequired,

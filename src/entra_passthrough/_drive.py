@@ -1,0 +1,55 @@
+"""Drivers of a decision flow: a generator with no I/O that yields steps.
+
+The chain's resolution, the cache's lookup and refresh, and ``DelegatedConsent``'s grant refresh
+are written once as such generators (encode/httpx's ``auth_flow`` idea; the apply stage's
+``_flow.py`` follows it too). ``drive`` runs one with a blocking ``do``, ``drive_async`` with a
+coroutine function: each step's result is sent back in, each error thrown in where it was
+yielded, and the generator's return value is the driver's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any, TypeVar
+
+__all__ = ["drive", "drive_async"]
+
+_T = TypeVar("_T")
+_S = TypeVar("_S")
+
+
+def _resume(flow: Generator[_S, object, _T], value: object, error: BaseException | None) -> Any:
+    """``(True, return value)`` once ``flow`` ends, else ``(False, next step)``."""
+    try:
+        return False, (flow.send(value) if error is None else flow.throw(error))
+    except StopIteration as stop:
+        return True, stop.value
+
+
+def _call(do: Callable[[_S], object], step: _S) -> tuple[object, BaseException | None]:
+    try:
+        return do(step), None
+    except BaseException as exc:
+        return None, exc
+
+
+def drive(flow: Generator[_S, object, _T], do: Callable[[_S], object]) -> _T:
+    """Run a decision ``flow`` to its end: ``do`` each step it yields and send back what
+    ``do`` returned, or throw in what it raised. The sync driver; ``drive_async`` awaits."""
+    done, step = _resume(flow, None, None)
+    while not done:
+        done, step = _resume(flow, *_call(do, step))
+    return step  # type: ignore[no-any-return]
+
+
+async def drive_async(flow: Generator[_S, object, _T], do: Callable[[_S], Awaitable[object]]) -> _T:
+    """``drive`` for a ``do`` that is a coroutine function (the same flow, awaited)."""
+    done, step = _resume(flow, None, None)
+    while not done:
+        try:
+            value = await do(step)
+        except BaseException as exc:
+            done, step = _resume(flow, None, exc)
+        else:
+            done, step = _resume(flow, value, None)
+    return step  # type: ignore[no-any-return]
