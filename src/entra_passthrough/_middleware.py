@@ -209,9 +209,25 @@ def _ending_on_complete(send: Send, caller: Caller) -> Send:
         # server gets the message, as an ``async def`` would, without a coroutine per message.
         if message.get("type") == "http.response.body" and not message.get("more_body", False):
             caller.end()
+            return _send_unbound(send, message)
         return send(message)
 
     return wrapped
+
+
+async def _send_unbound(send: Send, message: Message) -> None:
+    """Hand the response's last message to the server with no Caller bound. What the server
+    schedules while it handles that message (uvicorn: the connection's keep-alive timer, reads
+    resumed on the connection) copies the current context, and would keep this request's ended
+    Caller, and its token, alive until those handles are dropped: under load ~100 ended Callers
+    per server, each one more object for every garbage collection to walk (measured: 30x the
+    collections of the bare app, ~10 us of server CPU per request). The app sees its Caller
+    (ended) again once the message is sent."""
+    bound = _current.set(None)
+    try:
+        await send(message)
+    finally:
+        _current.reset(bound)
 
 
 def _capture(headers: object, assertion_headers: Iterable[str]) -> Caller:
