@@ -17,6 +17,7 @@ from typing import Any
 import jwt
 import pytest
 
+from _support.tokens import API, TENANT, Issuer
 from entra_passthrough import (
     AssertionMalformed,
     Caller,
@@ -29,7 +30,6 @@ from entra_passthrough import (
     bind_caller,
 )
 from entra_passthrough._jwt import JwtDecodeError, UnverifiedClaims, decode_unverified
-from server._tokens import API, TENANT, Issuer
 
 
 def _seg(raw: str) -> str:

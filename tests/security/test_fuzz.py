@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from _support.tokens import API, TENANT, Issuer
 from entra_passthrough import (
     Caller,
     CallerMiddleware,
@@ -29,7 +30,6 @@ from entra_passthrough import (
 )
 from entra_passthrough._jwt import MAX_TIMESTAMP, TIME_CLAIMS, JwtDecodeError, decode_unverified
 from entra_passthrough.testing import EntraEmulator
-from server._tokens import API, TENANT, Issuer
 
 SCALE = 10 if os.environ.get("HYPOTHESIS_PROFILE") == "soak" else 1
 

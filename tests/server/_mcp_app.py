@@ -7,6 +7,7 @@ from typing import Any
 
 from mcp.server.mcpserver import MCPServer
 
+from _support.tokens import API, API_URI, TENANT, Issuer
 from entra_passthrough import JwtVerifier
 from entra_passthrough.server import (
     EntraChallengeMiddleware,
@@ -14,8 +15,6 @@ from entra_passthrough.server import (
     auth_settings,
     current_user,
 )
-
-from ._tokens import API, API_URI, TENANT, Issuer
 
 ISSUER = Issuer()
 

@@ -15,11 +15,11 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from _support.servers import serve_in_thread
+from _support.tokens import API, TENANT
 from entra_passthrough import JwtVerifier
 from entra_passthrough.server import current_user, require_entra_auth
 
 from ._mcp_app import ISSUER, build_app
-from ._tokens import API, TENANT
 
 BODY = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
 

@@ -14,6 +14,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.server.mcpserver import MCPServer
 
 from _support.servers import serve_in_thread
+from _support.tokens import API, API_URI, TENANT, USER_OID
 from entra_passthrough import JwtVerifier
 from entra_passthrough.server import (
     EntraChallengeMiddleware,
@@ -23,7 +24,6 @@ from entra_passthrough.server import (
 )
 
 from ._mcp_app import ISSUER, build_app
-from ._tokens import API, API_URI, TENANT, USER_OID
 
 
 @pytest.fixture(scope="module")

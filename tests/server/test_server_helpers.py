@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from _support.servers import serve_in_thread
+from _support.tokens import API, API_URI, TENANT, USER_OID, Issuer
 from entra_passthrough import ConfigurationError, JwtVerifier, NoCallerError
 from entra_passthrough._errors import InsufficientScope, TokenVerificationError
 from entra_passthrough.server import (
@@ -25,8 +26,6 @@ from entra_passthrough.server import (
     current_user,
     require_entra_auth,
 )
-
-from ._tokens import API, API_URI, TENANT, USER_OID, Issuer
 
 ISSUER = Issuer()
 

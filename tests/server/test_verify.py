@@ -10,6 +10,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from _support.tokens import API, API_URI, CLIENT, OTHER_TENANT, TENANT, USER_OID, Issuer, unsigned
 from entra_passthrough import (
     ConfigurationError,
     InsufficientScope,
@@ -18,8 +19,6 @@ from entra_passthrough import (
     VerifiedToken,
 )
 from entra_passthrough._errors import SigningKeysUnavailable
-
-from ._tokens import API, API_URI, CLIENT, OTHER_TENANT, TENANT, USER_OID, Issuer, unsigned
 
 
 class Clock:

@@ -9,9 +9,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from _support.tokens import API, TENANT, Issuer, unsigned
 from entra_passthrough import JwtVerifier, TokenVerificationError, VerifiedToken
-
-from ._tokens import API, TENANT, Issuer, unsigned
 
 _ISSUER = Issuer()
 
