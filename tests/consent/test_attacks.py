@@ -9,13 +9,7 @@ import urllib.parse
 import httpx2
 import pytest
 
-from entra_passthrough import Caller
-from entra_passthrough._grants import UserKey
-from entra_passthrough._sources.delegated import DelegatedConsent
-from entra_passthrough._store import Keyring
-from entra_passthrough.consent._state import State
-
-from .conftest import (
+from _support.consent import (
     ConsentEnv,
     callback_url,
     code_and_state,
@@ -26,6 +20,11 @@ from .conftest import (
     verified_caller,
     with_login_hint,
 )
+from entra_passthrough import Caller
+from entra_passthrough._grants import UserKey
+from entra_passthrough._sources.delegated import DelegatedConsent
+from entra_passthrough._store import Keyring
+from entra_passthrough.consent._state import State
 
 
 async def _nothing_stored(source: DelegatedConsent, caller: Caller) -> None:

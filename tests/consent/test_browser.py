@@ -19,10 +19,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from _support.consent import ConsentEnv, platform_caller
 from entra_passthrough import ConsentRequired, TokenRequest
 from entra_passthrough._jwt import decode_unverified
-
-from .conftest import ConsentEnv, platform_caller
 
 CHROMIUM = "/usr/bin/chromium"
 

@@ -6,6 +6,7 @@ import logging
 
 import pytest
 
+from _support.consent import ConsentEnv, follow_link, platform_caller
 from entra_passthrough import (
     Caller,
     ConsentRequired,
@@ -14,8 +15,6 @@ from entra_passthrough import (
     UnverifiedClaims,
 )
 from entra_passthrough._jwt import decode_unverified
-
-from .conftest import ConsentEnv, follow_link, platform_caller
 
 
 async def test_chain_consent_then_cached(

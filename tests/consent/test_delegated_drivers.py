@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from _support.consent import ConsentEnv, follow_link, platform_caller
 from entra_passthrough import (
     ConfigurationError,
     ConsentRequired,
@@ -19,8 +20,6 @@ from entra_passthrough import (
     TokenResult,
 )
 from entra_passthrough._grants import UserKey
-
-from .conftest import ConsentEnv, follow_link, platform_caller
 
 
 async def _get(source: DelegatedConsent, request: TokenRequest, sync: bool) -> TokenResult | None:

@@ -9,11 +9,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from entra_passthrough import ConsentRequired, TokenRequest
-from entra_passthrough._grants import UserKey
-from entra_passthrough._jwt import decode_unverified
-
-from .conftest import (
+from _support.consent import (
     ConsentEnv,
     consent_link,
     follow_link,
@@ -22,6 +18,9 @@ from .conftest import (
     submit_form_post,
     verified_caller,
 )
+from entra_passthrough import ConsentRequired, TokenRequest
+from entra_passthrough._grants import UserKey
+from entra_passthrough._jwt import decode_unverified
 
 
 async def test_consent_then_silent_tokens_naming_the_user(consent_env: ConsentEnv) -> None:

@@ -9,10 +9,9 @@ from typing import Any
 import httpx2
 import pytest
 
+from _support.consent import ConsentEnv, follow_link
 from entra_passthrough import TokenChain
 from entra_passthrough.testing import FOUNDRY_AUDIENCE
-
-from .conftest import ConsentEnv, follow_link
 
 pytest.importorskip("agent_framework_foundry_hosting")
 

@@ -8,9 +8,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from _support.consent import ConsentEnv
 from entra_passthrough._consent_client import ConsentClient, IdTokenError
-
-from .conftest import ConsentEnv
 
 
 def _forged_id_token(env: ConsentEnv, kid: str) -> str:

@@ -13,6 +13,7 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.mcpserver import MCPServer
 
+from _support.consent import ConsentEnv, follow_link, platform_caller
 from _support.servers import serve_in_thread
 from entra_passthrough import ConsentRequired, EntraAuth, JwtVerifier, TokenChain, bind_caller
 from entra_passthrough.server import (
@@ -21,8 +22,6 @@ from entra_passthrough.server import (
     auth_settings,
     current_user,
 )
-
-from .conftest import ConsentEnv, follow_link, platform_caller
 
 
 @contextmanager

@@ -9,9 +9,7 @@ import urllib.parse
 
 import httpx2
 
-from entra_passthrough._grants import UserKey
-
-from .conftest import (
+from _support.consent import (
     ConsentEnv,
     callback_url,
     code_and_state,
@@ -20,6 +18,7 @@ from .conftest import (
     platform_caller,
     submit_form_post,
 )
+from entra_passthrough._grants import UserKey
 
 
 def _answer_text(response: httpx2.Response) -> str:

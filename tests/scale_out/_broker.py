@@ -8,7 +8,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from consent.conftest import ConsentEnv
+from _support.consent import ConsentEnv
 from entra_passthrough._store import Keyring
 from entra_passthrough.consent import ConsentBroker
 from entra_passthrough.redis import RedisStore

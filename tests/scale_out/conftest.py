@@ -24,4 +24,4 @@ def fresh_redis() -> Iterator[RedisServer]:
 
 # The consent tests' emulator + HTTPS slot, for grants shared through Redis (an instance of
 # its own: this directory's users do not collide with the consent tests').
-from consent.conftest import consent_env  # noqa: E402, F401
+from _support.consent import consent_env  # noqa: E402, F401

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from consent.conftest import ConsentEnv, follow_link, platform_caller
+from _support.consent import ConsentEnv, follow_link, platform_caller
 from entra_passthrough import ConsentRequired, SourceUnavailable, TokenRequest
 from entra_passthrough._grants import UserKey
 from entra_passthrough._store import Keyring

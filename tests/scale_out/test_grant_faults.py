@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from azure.core.credentials import AccessToken
 
-from consent.conftest import ConsentEnv, follow_link, platform_caller
+from _support.consent import ConsentEnv, follow_link, platform_caller
 from entra_passthrough import (
     AzureCredential,
     ConsentRequired,
