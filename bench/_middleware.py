@@ -85,7 +85,13 @@ def middleware(assertion: str, *, rounds: int, duration: float, connections: int
         finally:
             for proc, _ in servers.values():
                 stop(proc)
+    cost: dict[str, Any] = in_process_cpu(assertion)
+    if cpu_us["plain"]:
+        base = float(summary(cpu_us["plain"])["median"])
+        cost["server_cpu_us"] = base
+        cost["projected_ratio"] = base / (base + cost["middleware_us"])
     return {
+        "in_process": cost,
         "rounds": rounds,
         "duration_s": duration,
         "connections": connections,
@@ -215,13 +221,6 @@ def main(argv: list[str] | None = None) -> int:
         connections=s.mw_connections,
     )
     result["load_average_at_end"] = list(os.getloadavg())
-    cost = in_process_cpu(_synthetic_assertion())
-    server = result["server_cpu_us_per_request_without"]
-    if server:
-        base = float(server["median"])
-        cost["server_cpu_us"] = base
-        cost["projected_ratio"] = base / (base + cost["middleware_us"])
-    result["in_process"] = cost
     result["machine"] = machine()
     out = args.out or (
         None if args.quick else Path(__file__).resolve().parent / "results" / "middleware.json"
