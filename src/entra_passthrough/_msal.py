@@ -74,6 +74,30 @@ def normalize_authority_host(authority_host: str) -> str:
     return host
 
 
+def app_service_token(
+    session: Any, endpoint: str, header: str, identity: Any, resource: str
+) -> dict[str, Any]:
+    """A token from an App Service-shaped endpoint given explicitly, through MSAL's own code.
+
+    The one private name of MSAL the library touches (``tests/resolve/test_msal_seams.py`` fails
+    loudly when it moves): MSAL's public ``ManagedIdentityClient`` reads the endpoint from
+    ``os.environ`` only, and an explicit ``endpoint=``/``header=`` must not mutate the process
+    environment. The request and the parsing of the answer stay MSAL's.
+    """
+    from msal import managed_identity as msal_mi
+
+    obtain = getattr(msal_mi, "_obtain_token_on_app_service", None)
+    if obtain is None:
+        raise ConfigurationError(
+            f"This MSAL ({msal.__version__}) no longer has the App Service helper the explicit "
+            "managed identity endpoint uses.",
+            fix="set IDENTITY_ENDPOINT and IDENTITY_HEADER in the environment instead of passing "
+            "endpoint= and header=, or install a supported MSAL (msal>=1.37,<2).",
+        )
+    result: dict[str, Any] = obtain(session, endpoint, header, identity, resource)
+    return result
+
+
 class NullTokenCache(msal.TokenCache):  # type: ignore[misc]
     """An MSAL token cache that never stores anything (our ``TokenCache`` is above MSAL)."""
 

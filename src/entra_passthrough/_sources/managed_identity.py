@@ -320,16 +320,14 @@ class ManagedIdentity:
 
     def _app_service(self, resource: str) -> dict[str, Any]:
         # MSAL's public client reads the endpoint from os.environ only; an endpoint given
-        # explicitly goes through the same MSAL function (msal/managed_identity.py), so the
-        # request and the parsing of its answer are MSAL's, not ours.
-        from msal import managed_identity as msal_mi
+        # explicitly goes through the same MSAL function (the _msal adapter holds the seam).
+        from .._msal import app_service_token
 
         assert self.endpoint is not None
         assert self._header is not None
-        result: dict[str, Any] = msal_mi._obtain_token_on_app_service(
+        return app_service_token(
             self._session(), self.endpoint, self._header, self._identity(), resource
         )
-        return result
 
     def _via_cloud_shell(self, resource: str) -> dict[str, Any]:
         from azure.core.exceptions import ClientAuthenticationError
