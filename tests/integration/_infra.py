@@ -19,6 +19,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp_types import ElicitRequest, ElicitRequestURLParams, InputRequiredResult
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
+from _support.servers import ServerThread
 from entra_passthrough import JwtVerifier, OnBehalfOf, Policy, TokenChain, TokenVerificationError
 from entra_passthrough._jwt import JwtDecodeError, UnverifiedClaims
 from entra_passthrough.server import (
@@ -342,96 +343,7 @@ def host_app(agent: Any, *, close_on_shutdown: tuple[Any, ...] | list[Any] = ())
     return install(app, close_on_shutdown=close_on_shutdown)
 
 
-# --- uvicorn in a thread, restartable on the same port -------------------------------------------
-
-
-class ServerThread:
-    """uvicorn on 127.0.0.1 in a daemon thread. ``restart()`` keeps the port."""
-
-    def __init__(
-        self, make_app: Callable[[str], ASGI], *, name: str = "srv", graceful: float = 1.0
-    ) -> None:
-        self.graceful = graceful
-        self.make_app = make_app
-        self.name = name
-        self.port = 0
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
-        self._sock: Any = None
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> ServerThread:
-        import socket
-
-        import uvicorn
-
-        # Bind first so the app knows its own URL; SO_REUSEADDR so a restart gets the same port;
-        # TCP_NODELAY: else a hand-made socket stalls ~40 ms per answer (docs/platform-facts.md).
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        # SO_REUSEPORT: handover() starts the next server on the same port before stopping this.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind(("127.0.0.1", self.port))
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.make_app(self.base),
-            log_level="warning",
-            lifespan="on",
-            # Bounded: long-lived GET streams would hold a restart. A small value cuts the
-            # calls in flight off (a crash, as far as the client can tell).
-            timeout_graceful_shutdown=self.graceful,
-        )
-        server = uvicorn.Server(config)
-        thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, name=f"uvicorn-{self.name}", daemon=True
-        )
-        thread.start()
-        for _ in range(3000):  # bounded: at most ~30 s
-            if server.started or not thread.is_alive():
-                break
-            thread.join(0.01)
-        if not server.started:
-            server.should_exit = True
-            thread.join(5)
-            sock.close()
-            raise RuntimeError(f"uvicorn ({self.name}) did not start")
-        self._server, self._thread, self._sock = server, thread, sock
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-            assert self._thread is not None
-            self._thread.join(15)
-            self._sock.close()
-            self._server = self._thread = None
-
-    def restart(self) -> None:
-        """Stop, then start again on the same port: clients see a gap (connection refused)."""
-        self.stop()
-        self.start()
-
-    def handover(self) -> None:
-        """Start a fresh server (fresh state) on the same port, then stop this one: no gap,
-        but every session and keep-alive connection of the old one is gone."""
-        old_server, old_thread, old_sock = self._server, self._thread, self._sock
-        self._server = self._thread = self._sock = None
-        self.start()
-        if old_server is not None:
-            old_server.should_exit = True
-            assert old_thread is not None
-            old_thread.join(15)
-            old_sock.close()
-
-    def __enter__(self) -> ServerThread:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+# --- uvicorn in a thread, restartable on the same port (tests/_support/servers.py) ---------------
 
 
 def serve_asgi(app: ASGI, *, name: str) -> ServerThread:

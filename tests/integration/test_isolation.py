@@ -33,6 +33,7 @@ from ._infra import (
     respond,
     seen_oid,
     serve_asgi,
+    tool_outputs,
 )
 
 USERS = 50
@@ -99,7 +100,7 @@ def _split(
 
 def _check(results: list[tuple[User, dict[str, Any]]], recorder: Recorder) -> None:
     assert len(results) == USERS * CALLS_PER_USER
-    wrong = [(u.name, seen_oid(p)) for u, p in results if seen_oid(p) != u.oid]
+    wrong = [(u.name, seen_oid(p), tool_outputs(p)[:1]) for u, p in results if seen_oid(p) != u.oid]
     assert not wrong, f"{len(wrong)} responses name another user or none: {wrong[:5]}"
     tool_calls = [s for s in calls(recorder.snapshot()) if s.status == 200]
     assert len(tool_calls) >= USERS * CALLS_PER_USER
