@@ -16,6 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -146,3 +147,22 @@ class RedisServer:
     def stop(self) -> None:
         self.kill()
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def obo_chain(idp: Any, session: Any, cache: Any) -> Any:
+    """One replica's chain: the emulator's agent app doing OBO (user_only) over ``cache``."""
+    from entra_passthrough import OnBehalfOf, Policy, TokenChain
+
+    return TokenChain(
+        [
+            OnBehalfOf(
+                client_id=idp.agent.client_id,
+                tenant_id=idp.tenant_id,
+                client_secret=idp.agent.secret,
+                authority_host=idp.url,
+                http_client=session,
+            )
+        ],
+        policy=Policy.USER_ONLY,
+        cache=cache,
+    )

@@ -7,12 +7,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from entra_passthrough import OnBehalfOf, Policy, TokenCache, TokenChain
+from entra_passthrough import TokenCache
 from entra_passthrough._caller import Caller
 from entra_passthrough._store import Keyring
 from entra_passthrough.redis import RedisStore, SharedTokenCache
 
-from ._server import RedisServer
+from ._server import RedisServer, obo_chain
 
 ASSERTIONS_PER_WAVE = 3
 REPLICAS = 4
@@ -28,19 +28,7 @@ async def test_killed_and_restarted_under_load_loses_no_call(
     shared = [SharedTokenCache(s, keyring, retry_after=0.0) for s in stores]
     sessions = [idp.msal_http_client() for _ in stores]
     chains = [
-        TokenChain(
-            [
-                OnBehalfOf(
-                    client_id=idp.agent.client_id,
-                    tenant_id=idp.tenant_id,
-                    client_secret=idp.agent.secret,
-                    authority_host=idp.url,
-                    http_client=session,
-                )
-            ],
-            policy=Policy.USER_ONLY,
-            cache=TokenCache(shared=cache),
-        )
+        obo_chain(idp, session, TokenCache(shared=cache))
         for cache, session in zip(shared, sessions, strict=True)
     ]
     scopes = [f"{idp.mcp.app_id_uri}/.default"]

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from entra_passthrough import OnBehalfOf, Policy, TokenCache, TokenChain
+from entra_passthrough import TokenCache, TokenChain
 from entra_passthrough._caller import Caller
 from entra_passthrough._store import Keyring
 from entra_passthrough.redis import RedisStore, SharedTokenCache
 
-from ._server import RedisServer, free_port
+from ._server import RedisServer, free_port, obo_chain
 
 
 def _obo_posts(idp: Any) -> int:
@@ -32,18 +32,8 @@ async def chains(
     stores = [RedisStore.from_url(redis_server.url, namespace=namespace) for _ in range(4)]
     sessions = [idp.msal_http_client() for _ in stores]
     made = [
-        TokenChain(
-            [
-                OnBehalfOf(
-                    client_id=idp.agent.client_id,
-                    tenant_id=idp.tenant_id,
-                    client_secret=idp.agent.secret,
-                    authority_host=idp.url,
-                    http_client=session,
-                )
-            ],
-            policy=Policy.USER_ONLY,
-            cache=TokenCache(shared=SharedTokenCache(store, keyring) if shared else None),
+        obo_chain(
+            idp, session, TokenCache(shared=SharedTokenCache(store, keyring) if shared else None)
         )
         for store, session in zip(stores, sessions, strict=True)
     ]

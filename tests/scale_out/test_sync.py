@@ -14,17 +14,14 @@ import pytest
 from entra_passthrough import (
     ConfigurationError,
     IdentityKind,
-    OnBehalfOf,
-    Policy,
     TokenCache,
-    TokenChain,
     TokenResult,
 )
 from entra_passthrough._caller import Caller
 from entra_passthrough._store import Keyring
 from entra_passthrough.redis import RedisStore, SharedTokenCache, SyncRedisStore
 
-from ._server import RedisServer, free_port
+from ._server import RedisServer, free_port, obo_chain
 
 KEY = ("obo", ("client", "tenant", "sha256-of-assertion"), ("api://mcp/.default",), None, ())
 
@@ -125,18 +122,10 @@ def test_sync_chains_with_real_obo_make_one_post(
     stores = [RedisStore.from_url(redis_server.url, namespace=namespace) for _ in range(2)]
     sessions = [idp.msal_http_client() for _ in stores]
     chains = [
-        TokenChain(
-            [
-                OnBehalfOf(
-                    client_id=idp.agent.client_id,
-                    tenant_id=idp.tenant_id,
-                    client_secret=idp.agent.secret,
-                    authority_host=idp.url,
-                    http_client=session,
-                )
-            ],
-            policy=Policy.USER_ONLY,
-            cache=TokenCache(shared=SharedTokenCache(store, keyring, sync_store=store.sync())),
+        obo_chain(
+            idp,
+            session,
+            TokenCache(shared=SharedTokenCache(store, keyring, sync_store=store.sync())),
         )
         for store, session in zip(stores, sessions, strict=True)
     ]
