@@ -296,7 +296,7 @@ async def _foundry_token_refused(demo: Demo) -> None:
             scene="3 wrong audience",
             caller="alice via a Foundry token",
             agent="obo-agent",
-            outcome="refused, explained (AADSTS50013 avoided)" if explained else text[:80],
+            outcome="refused, explained (AADSTS500131 avoided)" if explained else text[:80],
             mcp_saw="nobody" if not reached else ", ".join(c["upn"] for c in reached),
             source="-",
             posts=_describe(delta),
