@@ -170,14 +170,26 @@ class AzureCredential:
         if secret:
             credential = ClientSecretCredential(tenant, client, secret, **options)
         elif cert:
-            credential = CertificateCredential(
-                tenant,
-                client,
-                certificate_path=cert,
-                password=_env.get(env, "AZURE_CLIENT_CERTIFICATE_PASSWORD"),
-                send_certificate_chain=_env.get_bool(env, "AZURE_CLIENT_SEND_CERTIFICATE_CHAIN"),
-                **options,
-            )
+            try:
+                credential = CertificateCredential(
+                    tenant,
+                    client,
+                    certificate_path=cert,
+                    password=_env.get(env, "AZURE_CLIENT_CERTIFICATE_PASSWORD"),
+                    send_certificate_chain=_env.get_bool(
+                        env, "AZURE_CLIENT_SEND_CERTIFICATE_CHAIN"
+                    ),
+                    **options,
+                )
+            except (ValueError, TypeError, OSError):
+                # azure-identity opens the key now. A wrong password on an encrypted PKCS#8 key
+                # surfaces as "bad decrypt" or, when the garbage happens to unpad, as an ASN.1
+                # parse error: either way the fix is the same, so one typed error names both.
+                raise ConfigurationError(
+                    "the client certificate at AZURE_CLIENT_CERTIFICATE_PATH cannot be opened: "
+                    "the file is not a PEM or PFX with a private key, or its password is wrong.",
+                    fix="check the file and AZURE_CLIENT_CERTIFICATE_PASSWORD.",
+                ) from None
         else:
             raise ConfigurationError(
                 "AzureCredential.from_env needs AZURE_CLIENT_SECRET or "
