@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from mcp import MCPDeprecationWarning
 
+from _support.mcp_world import Recorder, build_mcp_app, world_with_users
 from _support.servers import ServerThread
 from entra_passthrough.testing import EntraEmulator
 from entra_passthrough.testing._world import Lifetimes, User
-from integration._infra import Recorder, build_mcp_app, world_with_users
 
 SOAK = os.environ.get("ENTRA_SOAK", "") not in ("", "0")
 

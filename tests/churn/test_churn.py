@@ -28,11 +28,7 @@ import httpx2
 import pytest
 from agent_framework import Agent
 
-from entra_passthrough.agent_framework import PoolOptions, entra_mcp_tool, entra_middleware
-from entra_passthrough.agent_framework.testing import ScriptedChatClient
-from entra_passthrough.testing import EntraEmulator
-from entra_passthrough.testing._world import User
-from integration._infra import (
+from _support.mcp_world import (
     ServerThread,
     agent_token,
     calls,
@@ -43,6 +39,10 @@ from integration._infra import (
     serve_asgi,
     tool_outputs,
 )
+from entra_passthrough.agent_framework import PoolOptions, entra_mcp_tool, entra_middleware
+from entra_passthrough.agent_framework.testing import ScriptedChatClient
+from entra_passthrough.testing import EntraEmulator
+from entra_passthrough.testing._world import User
 
 from .conftest import SIZE, McpUnderTest
 

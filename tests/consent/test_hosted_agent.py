@@ -34,9 +34,7 @@ async def test_hosted_agent_consent_round_trip(
 ) -> None:
     from agent_framework import Agent
 
-    from entra_passthrough.agent_framework import entra_mcp_tool, entra_middleware
-    from entra_passthrough.agent_framework.testing import ScriptedChatClient
-    from integration._infra import (  # type: ignore[import-not-found]
+    from _support.mcp_world import (
         Recorder,
         ServerThread,
         build_mcp_app,
@@ -44,6 +42,8 @@ async def test_hosted_agent_consent_round_trip(
         seen_oid,
         serve_asgi,
     )
+    from entra_passthrough.agent_framework import entra_mcp_tool, entra_middleware
+    from entra_passthrough.agent_framework.testing import ScriptedChatClient
 
     monkeypatch.setenv("AGENTSERVER_STATE_ROOT", str(tmp_path))
     env = consent_env

@@ -17,10 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from entra_passthrough import bind_caller
-from entra_passthrough.agent_framework import entra_mcp_tool
-from entra_passthrough.testing import EntraEmulator
-from integration._infra import (
+from _support.mcp_world import (
     Recorder,
     ServerThread,
     agent_token,
@@ -29,6 +26,9 @@ from integration._infra import (
     mcp_scopes,
     world_with_users,
 )
+from entra_passthrough import bind_caller
+from entra_passthrough.agent_framework import entra_mcp_tool
+from entra_passthrough.testing import EntraEmulator
 
 ASGI = Any
 

@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 from mcp import MCPDeprecationWarning
 
+from _support.mcp_world import Recorder, ServerThread, build_mcp_app, world_with_users
 from entra_passthrough.testing import EntraEmulator
 from entra_passthrough.testing._world import User
-
-from ._infra import Recorder, ServerThread, build_mcp_app, world_with_users
 
 N_USERS = 56
 

@@ -17,6 +17,19 @@ import httpx2
 import pytest
 from agent_framework import Agent
 
+from _support.mcp_world import (
+    Recorder,
+    ServerThread,
+    agent_token,
+    calls,
+    host_app,
+    make_chain,
+    mcp_scopes,
+    respond,
+    seen_oid,
+    serve_asgi,
+    tool_outputs,
+)
 from entra_passthrough import TokenAcquisitionError, bind_caller
 from entra_passthrough._middleware import CallerMiddleware
 from entra_passthrough.agent_framework import (
@@ -30,20 +43,6 @@ from entra_passthrough.agent_framework.testing import ScriptedChatClient
 from entra_passthrough.mcp import _CallGuard, call_attempt
 from entra_passthrough.testing import FOUNDRY_AUDIENCE, EntraEmulator
 from entra_passthrough.testing._world import User
-
-from ._infra import (
-    Recorder,
-    ServerThread,
-    agent_token,
-    calls,
-    host_app,
-    make_chain,
-    mcp_scopes,
-    respond,
-    seen_oid,
-    serve_asgi,
-    tool_outputs,
-)
 
 Start = Callable[..., tuple[ServerThread, Recorder]]
 URL = "https://mcp.contoso.com/mcp"

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from _support.mcp_world import Recorder, ServerThread
 from entra_passthrough.testing import EntraEmulator
-
-from ._infra import Recorder, ServerThread
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "local_dev" / "dev_agent.py"
 

@@ -13,13 +13,7 @@ import pytest
 from agent_framework import Agent
 from agent_framework_foundry_hosting import ResponsesHostServer
 
-from entra_passthrough import CallerMiddleware, NoCallerError
-from entra_passthrough.agent_framework import entra_mcp_tool, entra_middleware
-from entra_passthrough.agent_framework.testing import ScriptedChatClient
-from entra_passthrough.testing import FOUNDRY_AUDIENCE, EntraEmulator
-from entra_passthrough.testing._world import User
-
-from ._infra import (
+from _support.mcp_world import (
     CONSENT_URL,
     Recorder,
     ServerThread,
@@ -33,6 +27,11 @@ from ._infra import (
     seen_oid,
     serve_asgi,
 )
+from entra_passthrough import CallerMiddleware, NoCallerError
+from entra_passthrough.agent_framework import entra_mcp_tool, entra_middleware
+from entra_passthrough.agent_framework.testing import ScriptedChatClient
+from entra_passthrough.testing import FOUNDRY_AUDIENCE, EntraEmulator
+from entra_passthrough.testing._world import User
 
 Start = Callable[..., tuple[ServerThread, Recorder]]
 

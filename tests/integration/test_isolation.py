@@ -16,12 +16,7 @@ import httpx2
 import pytest
 from agent_framework import Agent
 
-from entra_passthrough.agent_framework import entra_mcp_tool, entra_middleware
-from entra_passthrough.agent_framework.testing import ScriptedChatClient
-from entra_passthrough.testing import FOUNDRY_AUDIENCE, EntraEmulator
-from entra_passthrough.testing._world import User
-
-from ._infra import (
+from _support.mcp_world import (
     Recorder,
     ServerThread,
     agent_token,
@@ -35,6 +30,10 @@ from ._infra import (
     serve_asgi,
     tool_outputs,
 )
+from entra_passthrough.agent_framework import entra_mcp_tool, entra_middleware
+from entra_passthrough.agent_framework.testing import ScriptedChatClient
+from entra_passthrough.testing import FOUNDRY_AUDIENCE, EntraEmulator
+from entra_passthrough.testing._world import User
 
 USERS = 50
 CALLS_PER_USER = 20

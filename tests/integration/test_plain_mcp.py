@@ -9,6 +9,15 @@ import pytest
 from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
 
+from _support.mcp_world import (
+    CONSENT_URL,
+    Recorder,
+    ServerThread,
+    agent_token,
+    calls,
+    make_chain,
+    mcp_scopes,
+)
 from entra_passthrough import ConsentRequired, NoCallerError, bind_caller
 from entra_passthrough.mcp import (
     consent_from_exception,
@@ -18,16 +27,6 @@ from entra_passthrough.mcp import (
 )
 from entra_passthrough.testing import EntraEmulator
 from entra_passthrough.testing._world import User
-
-from ._infra import (
-    CONSENT_URL,
-    Recorder,
-    ServerThread,
-    agent_token,
-    calls,
-    make_chain,
-    mcp_scopes,
-)
 
 Start = Callable[..., tuple[ServerThread, Recorder]]
 

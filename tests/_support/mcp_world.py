@@ -1,6 +1,7 @@
-"""Real components for the integration tests: the Entra emulator with many users, a real mcp
-server (``MCPServer`` + ``EntraTokenVerifier``) on uvicorn that records every HTTP request it
-receives, and a real ``ResponsesHostServer`` on uvicorn. Readiness is polled, never slept for.
+"""Real components for the integration, churn, fault and consent tests: the Entra emulator
+with many users, a real mcp server (``MCPServer`` + ``EntraTokenVerifier``) on uvicorn that
+records every HTTP request it receives, and a real ``ResponsesHostServer`` on uvicorn.
+Readiness is polled, never slept for.
 """
 
 from __future__ import annotations
