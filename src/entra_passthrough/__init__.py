@@ -13,7 +13,7 @@ from __future__ import annotations
 # __all__ (sorted); tests/test_exported_members.py checks both against the docs.
 from ._auth import EntraAuth, use_token
 from ._cache import TokenCache
-from ._caller import Caller, active_caller, bind_caller, current_caller
+from ._caller import Caller, bind_caller, current_caller
 from ._chain import Policy, TokenChain
 from ._errors import (
     AppOnlyAssertion,
@@ -103,7 +103,6 @@ __all__ = [
     "UserKey",
     "VerifiedToken",
     "__version__",
-    "active_caller",
     "bind_caller",
     "current_caller",
     "use_token",

@@ -2,7 +2,7 @@
 
 The decisions live in ``_flow`` (one generator, no I/O); this module adds the drivers (the only
 code that does I/O: token acquisition), the httpx2 front and the pieces both fronts share:
-acquiring a token ahead of the transport (``acquire_async``, ``prefetch_async``), the redirect
+acquiring a token ahead of the transport (``acquire_async``, ``prefetch``), the redirect
 hook, and the error log for caller-less requests. The classic httpx front is
 ``entra_passthrough.httpx.EntraAuth``.
 """
@@ -18,11 +18,11 @@ import httpx2
 from ._caller import Caller, active_caller
 from ._flow import (
     APPLIED,
+    Acquired,
     Chain,
     FlowCore,
     OnError,
-    Outcome,
-    Send,
+    SendRequest,
     Step,
     UnsafeTokenValue,
 )
@@ -77,14 +77,14 @@ def drive_sync(core: FlowCore, request: Any) -> Generator[Any, Any, None]:
     value: Any = None
     try:
         while (step := _advance(core, request, flow, value, sent=sent)) is not None:
-            if isinstance(step, Send):
+            if isinstance(step, SendRequest):
                 sent = True
                 value = yield step.request
                 continue
             try:
-                value = Outcome(result=acquire_sync(core, step.caller, step.claims))
+                value = Acquired(result=acquire_sync(core, step.caller, step.claims))
             except Exception as exc:
-                value = Outcome(error=exc)
+                value = Acquired(error=exc)
     finally:
         flow.close()
 
@@ -106,14 +106,14 @@ async def drive_async(core: FlowCore, request: Any) -> AsyncGenerator[Any, Any]:
     value: Any = None
     try:
         while (step := _advance(core, request, flow, value, sent=sent)) is not None:
-            if isinstance(step, Send):
+            if isinstance(step, SendRequest):
                 sent = True
                 value = yield step.request
                 continue
             try:
-                value = Outcome(result=await acquire_async(core, step.caller, step.claims))
+                value = Acquired(result=await acquire_async(core, step.caller, step.claims))
             except Exception as exc:
-                value = Outcome(error=exc)
+                value = Acquired(error=exc)
     finally:
         flow.close()
 
@@ -133,7 +133,7 @@ def _advance(
             raise
         core.record(active_caller(), exc)
         FlowCore.strip(request)
-        return None if sent else Send(request)  # the finished flow then stops the loop
+        return None if sent else SendRequest(request)  # the finished flow then stops the loop
 
 
 class EntraAuthBase:
@@ -211,12 +211,8 @@ class EntraAuthBase:
         return use_token(result, scopes=self.scopes)
 
     def prefetch(self) -> _Prefetch:
-        """``with auth.prefetch():`` acquire now (errors raise here, in your task) and apply
-        that token to the requests made inside the block."""
-        return _Prefetch(self)
-
-    def prefetch_async(self) -> _Prefetch:
-        """``async with auth.prefetch_async():`` the async twin of ``prefetch``."""
+        """``with auth.prefetch():`` or ``async with auth.prefetch():`` acquire now (errors
+        raise here, in your task) and apply that token to the requests made inside the block."""
         return _Prefetch(self)
 
     # -- redirects --

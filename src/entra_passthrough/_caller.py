@@ -306,7 +306,8 @@ def current_caller() -> Caller | None:
 
 
 def active_caller() -> Caller | None:
-    """The Caller bound to this context if it is still active, else ``None``."""
+    """The Caller bound to this context if it is still active, else ``None``. Internal (the
+    library's integrations); the public API is ``current_caller()`` and ``Caller.active``."""
     caller = _current.get()
     return caller if caller is not None and caller.active else None
 

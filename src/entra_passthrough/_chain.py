@@ -40,7 +40,7 @@ from ._errors import (
     PolicyViolation,
     TokenAcquisitionError,
 )
-from ._policy import Outcome, Policy, explain_failure
+from ._policy import Attempts, Policy, explain_failure
 from ._types import (
     ClosingSource,
     IdentityKind,
@@ -306,7 +306,7 @@ class TokenChain:
         key: Any,
         result: TokenResult | None,
         allowed: frozenset[IdentityKind],
-        outcome: Outcome,
+        outcome: Attempts,
         request: TokenRequest,
     ) -> TokenResult | None:
         if result is None:
@@ -426,7 +426,7 @@ class TokenChain:
     ) -> Generator[_Ask, object, TokenResult]:
         span = self._span(request)
         acquired: list[str] = []
-        outcome: Outcome | None = None
+        outcome: Attempts | None = None
         cache = self.cache
         try:
             for candidate in self._candidates(allowed):
@@ -447,15 +447,15 @@ class TokenChain:
                 try:
                     answer = yield ask
                 except Exception as exc:
-                    outcome = outcome or Outcome()
+                    outcome = outcome or Attempts()
                     outcome.record(source.name, _redact.scrub(exc))
                     continue
-                outcome = outcome or Outcome()
+                outcome = outcome or Attempts()
                 result = self._accept(source, key, answer, allowed, outcome, request)  # type: ignore[arg-type]
                 if result is not None:
                     break
             else:
-                raise explain_failure(self, request, allowed, outcome or Outcome())
+                raise explain_failure(self, request, allowed, outcome or Attempts())
         except Exception as exc:
             self._done(span, request, None, exc, acquired, lifecycle)
             raise

@@ -1,7 +1,7 @@
 """Apply, the decisions: one generator with no I/O, shared by the httpx2 and httpx fronts.
 
 The generator yields *steps*: ``Acquire`` (the driver gets a token and sends back an
-``Outcome``) and ``Send`` (the driver yields the request to the client and sends back the
+``Acquired``) and ``SendRequest`` (the driver yields the request to the client and sends back the
 response). It never does I/O and never blocks (dropping a cache entry is an in-memory call it
 makes itself), so the same decisions run under ``sync_auth_flow`` and ``async_auth_flow``
 (encode/httpx's ``Auth`` pattern, with the drivers overridden because acquiring a token is I/O).
@@ -127,7 +127,7 @@ class Acquire:
         self.claims = claims
 
 
-class Outcome:
+class Acquired:
     __slots__ = ("error", "result")
 
     def __init__(self, result: TokenResult | None = None, error: Exception | None = None) -> None:
@@ -135,14 +135,14 @@ class Outcome:
         self.error = error
 
 
-class Send:
+class SendRequest:
     __slots__ = ("request",)
 
     def __init__(self, request: Any) -> None:
         self.request = request
 
 
-Step = Acquire | Send
+Step = Acquire | SendRequest
 
 
 class UnsafeTokenValue(TokenAcquisitionError):
@@ -251,7 +251,7 @@ class FlowCore:
 
     def _flow(self, request: Request, note: dict[str, Any] | None) -> Generator[Step, Any, None]:
         if not self.allows(request.url):
-            yield Send(request)
+            yield SendRequest(request)
             return
         headers = request.headers
         caller = active_caller()
@@ -266,7 +266,7 @@ class FlowCore:
                 raise conflict
             self.record(caller, conflict)
             headers.pop("authorization", None)
-            yield Send(request)
+            yield SendRequest(request)
             return
 
         result = prefetched_for(caller, self._key)
@@ -275,10 +275,10 @@ class FlowCore:
                 self.scopes, caller=caller, client_capabilities=self.client_capabilities
             )
         if result is None:
-            outcome: Outcome = yield Acquire(caller)
+            outcome: Acquired = yield Acquire(caller)
             result = self._accept(outcome, caller)
         applied = result is not None and self._apply(request, result, caller)
-        response: Response = yield Send(request)
+        response: Response = yield SendRequest(request)
         if note is not None:
             note["status"] = response.status_code
             note["entra_passthrough.applied"] = applied
@@ -362,12 +362,12 @@ class FlowCore:
         retry = self._accept(outcome, caller)
         if retry is None or not self._apply(request, retry, caller):
             return  # the client returns the 401 we already have
-        retried: Response = yield Send(request)
+        retried: Response = yield SendRequest(request)
         if note is not None:
             note["entra_passthrough.retried"] = True
             note["status"] = getattr(retried, "status_code", None)
 
-    def _accept(self, outcome: Outcome, caller: Caller | None) -> TokenResult | None:
+    def _accept(self, outcome: Acquired, caller: Caller | None) -> TokenResult | None:
         if outcome.error is not None:
             if self.on_error == "raise":
                 raise outcome.error

@@ -68,7 +68,7 @@ class Policy(enum.StrEnum):
 
 
 @dataclass(slots=True)
-class Outcome:
+class Attempts:
     """What happened to the sources a chain tried (built only when something failed)."""
 
     notes: dict[str, str] = field(default_factory=dict)
@@ -94,7 +94,7 @@ def reasons(
     sources: Sequence[TokenSource],
     request: TokenRequest,
     allowed: frozenset[IdentityKind],
-    outcome: Outcome,
+    attempts: Attempts,
 ) -> list[str]:
     """One line per source: why it gave no acceptable token. No token ever appears. Only
     called when no source raised (otherwise that error is what the chain raises)."""
@@ -107,8 +107,8 @@ def reasons(
             why = f"kind {kind.value} not allowed by policy {policy.value}"
             if presented and kind is not IdentityKind.USER:
                 why += " (an assertion was presented)"
-        elif source.name in outcome.notes:
-            why = outcome.notes[source.name]
+        elif source.name in attempts.notes:
+            why = attempts.notes[source.name]
         else:
             why = explain(source, request)
         lines.append(f"{source.name}: {why}")
@@ -119,12 +119,12 @@ def explain_failure(
     chain: TokenChain,
     request: TokenRequest,
     allowed: frozenset[IdentityKind],
-    outcome: Outcome,
+    attempts: Attempts,
 ) -> TokenAcquisitionError | NoCallerError:
     """The error a chain raises when no source gave an acceptable token."""
-    if outcome.error is not None:
-        return outcome.error
-    lines = reasons(chain.policy, chain.sources, request, allowed, outcome)
+    if attempts.error is not None:
+        return attempts.error
+    lines = reasons(chain.policy, chain.sources, request, allowed, attempts)
     if request.caller is None and chain.policy is Policy.USER_ONLY:
         return NoCallerError(
             "No active caller, and policy user_only needs the user's identity "

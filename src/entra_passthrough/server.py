@@ -124,13 +124,15 @@ class EntraAccessToken(AccessToken):
 
 
 @dataclass(eq=False, slots=True)
-class _Outcome:
+class _Verification:
     """What the verifier found for this request, for the challenge middleware."""
 
     error: TokenVerificationError | None = None
 
 
-_outcome: ContextVar[_Outcome | None] = ContextVar("entra_passthrough.server.outcome", default=None)
+_outcome: ContextVar[_Verification | None] = ContextVar(
+    "entra_passthrough.server.outcome", default=None
+)
 _verified: ContextVar[VerifiedToken | None] = ContextVar(
     "entra_passthrough.server.verified", default=None
 )
@@ -295,7 +297,7 @@ class EntraChallengeMiddleware:
             )
             await send_challenge(send, status, header, body, head=scope.get("method") == "HEAD")
             return
-        outcome = _Outcome()
+        outcome = _Verification()
         token = _outcome.set(outcome)
         replacing = False
 

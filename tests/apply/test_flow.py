@@ -440,12 +440,12 @@ async def test_use_token_other_scopes_or_caller_ignored() -> None:
         use_token(chain._make(user_caller("x"), None), scopes=SCOPES)  # no active caller
 
 
-async def test_prefetch_async_resolves_in_the_task_then_applies() -> None:
+async def test_prefetch_resolves_in_the_task_then_applies() -> None:
     chain = FakeChain()
     rec = Recorder()
     auth = EntraAuth(chain, scopes=SCOPES, origins=[MCP], on_error="record")
     async with client(auth, rec) as c, bind_caller(user_caller("alice")):
-        async with auth.prefetch_async() as result:
+        async with auth.prefetch() as result:
             await c.get(f"{MCP}/a")
             await c.get(f"{MCP}/b")
         assert result is not None
@@ -453,7 +453,7 @@ async def test_prefetch_async_resolves_in_the_task_then_applies() -> None:
     assert len(chain.calls) == 1
     chain.error = ConsentRequired("consent needed", link=None)
     with bind_caller(user_caller("carol")), pytest.raises(ConsentRequired):
-        async with auth.prefetch_async():
+        async with auth.prefetch():
             pass  # errors raise here, in the caller's task, whatever on_error says
 
 

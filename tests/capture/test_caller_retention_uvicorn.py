@@ -16,7 +16,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from _support.servers import serve_in_thread
-from entra_passthrough import Caller, CallerMiddleware, active_caller, current_caller
+from entra_passthrough import Caller, CallerMiddleware, current_caller
 
 from ._jwts import unsigned_jwt
 
@@ -32,7 +32,8 @@ async def test_ended_callers_are_not_kept_alive_by_the_server() -> None:
     seen: list[bool] = []
 
     async def tool(request: Request) -> PlainTextResponse:
-        seen.append(active_caller() is not None)
+        caller = current_caller()
+        seen.append(caller is not None and caller.active)
         return PlainTextResponse("ok")
 
     app = CallerMiddleware(Starlette(routes=[Route("/", tool)]))

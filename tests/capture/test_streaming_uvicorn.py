@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from _support.servers import serve_in_thread
-from entra_passthrough import CallerMiddleware, active_caller, current_caller
+from entra_passthrough import CallerMiddleware, current_caller
 
 from ._jwts import unsigned_jwt
 
@@ -40,7 +40,9 @@ def build() -> tuple[Probe, list[Any]]:
     async def stream(request: Request) -> StreamingResponse:
         async def body() -> AsyncIterator[bytes]:
             for i in range(3):
-                caller = active_caller()  # read inside the generator, chunk by chunk
+                caller = current_caller()  # read inside the generator, chunk by chunk
+                if caller is not None and not caller.active:
+                    caller = None
                 callers.append(caller)
                 oid = caller.claims.oid if caller is not None and caller.claims else None
                 yield f"{i}:{oid};".encode()

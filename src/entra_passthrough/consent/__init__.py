@@ -2,7 +2,8 @@
 
 Mount it in the agent app (``app.mount("/consent", broker.app)``) or run it alone
 (``entra-passthrough broker --config broker.json``) next to a hosted agent that cannot expose
-extra routes; either way it shares the ``TokenStore`` and ``Keyring`` with the source.
+extra routes; either way it shares the ``TokenStore`` and ``Keyring`` with the source (both
+live in ``entra_passthrough``: the source needs them without this extra).
 docs/consent.md explains the flow and its security model.
 """
 
@@ -15,8 +16,6 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 
     raise require_extra("consent", "consent", exc) from exc
 
-from .._grants import UserKey
-from .._store import Keyring, MemoryStore, TokenStore
 from ._broker import ConsentBroker
 
-__all__ = ["ConsentBroker", "Keyring", "MemoryStore", "TokenStore", "UserKey"]
+__all__ = ["ConsentBroker"]
