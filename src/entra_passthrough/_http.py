@@ -8,8 +8,9 @@ Why this layer exists (MSAL Python 1.39):
 * MSAL honours ``Retry-After`` (and caches HTTP 400 answers for 60 s) inside its ``http_cache``.
   The library neutralises that cache on purpose (the retry right after a user consents must be a
   real request), which also removes MSAL's throttling. The throttling is rebuilt here, without
-  caching any 400: a gate per authority (token endpoint) set by a ``Retry-After`` answer, and a
-  short gate per request key after a transient failure exhausted its retries.
+  caching any 400: a gate per client application and token endpoint (``gate_key``; per endpoint
+  for a managed identity host) set by a ``Retry-After`` answer, and a short gate per request key
+  after a transient failure exhausted its retries.
 
 ``GuardedHttpClient`` has MSAL's ``http_client`` interface (``post``/``get``/``close``) and wraps
 whatever session the application gave (or a ``requests.Session`` with ``trust_env`` kept).
@@ -183,15 +184,17 @@ class _Gate:
 
 
 class Throttle:
-    """``Retry-After`` gates per authority and short negative entries per request key.
+    """``Retry-After`` gates per gate key and short negative entries per request key.
 
-    An authority is the token endpoint URL (tenant included): Entra throttles per application
-    and tenant, and a ``Retry-After`` answer to one user's request applies to every request to
-    that endpoint until it lapses, so they fail fast with ``Throttled`` instead of each sending
-    a POST. When an authority's gate lapses, exactly one request goes out (the probe); requests
-    arriving meanwhile wait for its answer (within their deadline), then go out if the endpoint
-    answered or fail fast if it closed again: no herd of POSTs the moment a wait ends.
-    Bounded: expired entries are dropped as new ones are added.
+    A gate key (``gate_key``) is what Entra throttles: one client application at one token
+    endpoint (tenant included), or one managed identity endpoint. A ``Retry-After`` answer to
+    one user's request applies to every request of that application to that endpoint until it
+    lapses, so they fail fast with ``Throttled`` instead of each sending a POST; another
+    application of the same tenant, throttled separately by Entra, is not held back. When a
+    gate lapses, exactly one request goes out (the probe); requests arriving meanwhile wait for
+    its answer (within their deadline), then go out if the endpoint answered or fail fast if it
+    closed again: no herd of POSTs the moment a wait ends. Bounded: expired entries are dropped
+    as new ones are added. (The ``authority`` parameters below are gate keys.)
     """
 
     MAX_ENTRIES = 4096
@@ -315,11 +318,13 @@ class Throttle:
 #: host; neither knows how many ``OnBehalfOf`` / ``AgentIdentityOnBehalfOf`` /
 #: ``ManagedIdentity`` objects the process built. State kept per source object let each of them
 #: take its own 429 before backing off (two sources for one tenant: two POSTs into a
-#: ``Retry-After``). The gates are keyed by token endpoint URL (tenant included), so unrelated
-#: authorities never block each other, and the state is bounded (``Throttle.MAX_ENTRIES`` gates
-#: and as many negative entries, expired ones dropped first). This is what MSAL.NET does too (a
-#: process-wide throttling manager). A source that must not share it (tests) gets its own
-#: through its ``_throttle`` attribute; ``SHARED_THROTTLE.clear()`` forgets every gate.
+#: ``Retry-After``). The gates are keyed by client application and token endpoint URL (tenant
+#: included; ``gate_key``), so another application or another tenant is never blocked by this
+#: one's 429, and the state is bounded (``Throttle.MAX_ENTRIES`` gates and as many negative
+#: entries, expired ones dropped first). This is what MSAL.NET does too (a process-wide
+#: throttling manager; its keys name the client id and the authority). A source that must not
+#: share it (tests) gets its own through its ``_throttle`` attribute; ``SHARED_THROTTLE.clear()``
+#: forgets every gate.
 SHARED_THROTTLE = Throttle()
 
 
@@ -374,8 +379,18 @@ def _request_key(method: str, url: str, data: Any, params: Any) -> str:
     return hashlib.sha256("\x00".join(parts).encode("utf-8", "replace")).hexdigest()
 
 
-def _authority_of(url: str) -> str:
-    return url.split("?", 1)[0]
+def gate_key(url: str, data: Any = None) -> str:
+    """What one ``Retry-After`` closes: the endpoint (URL without its query) and, for a request
+    that names its client (every token POST MSAL sends has ``client_id`` in its form), that
+    client application. Entra throttles per application and tenant (AADSTS50196, HTTP 429 on
+    ``/token``): a 429 to the agent app must not stop another app of the same tenant. A managed
+    identity request (a GET whose identity is in the query) is keyed by its endpoint: the host
+    throttles the endpoint, whichever identity asked."""
+    endpoint = url.split("?", 1)[0]
+    client = data.get("client_id") if isinstance(data, Mapping) else None
+    if isinstance(client, str) and client:
+        return f"{endpoint} client_id={client[:128]}"
+    return endpoint
 
 
 class GuardedHttpClient:
@@ -433,7 +448,7 @@ class GuardedHttpClient:
     ) -> Any:
         t = self.timeouts
         end = current_deadline(t.deadline)
-        authority = _authority_of(url)
+        authority = gate_key(url, data)
         key = _request_key(method, url, data, params)
         window = t.connect + t.read
         blocked, probe = self.throttle.admit(

@@ -10,7 +10,7 @@ import pytest
 
 from entra_passthrough import OnBehalfOf, Timeouts, TokenChain
 from entra_passthrough._http import SHARED_THROTTLE
-from entra_passthrough.testing import EntraEmulator
+from entra_passthrough.testing import App, EntraEmulator
 
 
 def mcp_scope(idp: EntraEmulator) -> list[str]:
@@ -25,8 +25,15 @@ class Rig:
     """One OnBehalfOf + TokenChain per test, its MSAL app warmed up (discovery done) so that
     faults injected on ``token`` hit the OBO POSTs only."""
 
-    def __init__(self, idp: EntraEmulator, timeouts: Timeouts | None = None, **kw: Any) -> None:
+    def __init__(
+        self,
+        idp: EntraEmulator,
+        timeouts: Timeouts | None = None,
+        app: App | None = None,
+        **kw: Any,
+    ) -> None:
         self.idp = idp
+        self.app = app or idp.agent  # the confidential client (its id and secret)
         self.http = idp.msal_http_client()
         self.posts = 0  # POSTs this rig's MSAL apps sent (the emulator's count is shared, and
         # a request a test abandoned at its deadline is counted there when it ends)
@@ -41,10 +48,10 @@ class Rig:
 
         self.http.post = counting_post  # type: ignore[method-assign]
         self.obo = OnBehalfOf(
-            client_id=idp.agent.client_id,
+            client_id=self.app.client_id,
             tenant_id=idp.tenant_id,
             authority_host=idp.url,
-            client_secret=idp.agent.secret,
+            client_secret=self.app.secret,
             http_client=self.http,
             timeouts=timeouts,
             **kw,
@@ -55,7 +62,7 @@ class Rig:
     def user_token(self, user: str = "alice") -> str:
         self._n += 1
         return self.idp.user_token(
-            user, audience=self.idp.agent.client_id, extra_claims={"uti": f"f{self._n}"}
+            user, audience=self.app.client_id, extra_claims={"uti": f"f{self._n}"}
         )
 
     def close(self) -> None:
@@ -80,8 +87,8 @@ def idp(entra_emulator: EntraEmulator) -> Iterator[EntraEmulator]:
 def rig_factory(idp: EntraEmulator) -> Iterator[Any]:
     rigs: list[Rig] = []
 
-    def make(timeouts: Timeouts | None = None, **kw: Any) -> Rig:
-        rig = Rig(idp, timeouts, **kw)
+    def make(timeouts: Timeouts | None = None, app: App | None = None, **kw: Any) -> Rig:
+        rig = Rig(idp, timeouts, app, **kw)
         rigs.append(rig)
         from entra_passthrough import bind_caller
 

@@ -66,3 +66,19 @@ def test_failure_text_names_no_url_or_body() -> None:
     text = str(TransportFailure("throttled", status=429, retry_after=3.0, attempts=2))
     assert "429" in text
     assert "http" not in text.lower().replace("http 429", "")
+
+
+def test_gate_key_is_the_client_at_the_endpoint() -> None:
+    """A ``Retry-After`` closes one client application at one token endpoint (Entra throttles
+    per app and tenant); a managed identity endpoint is closed whichever identity asked."""
+    from entra_passthrough._http import gate_key
+
+    token = "https://login.example/tenant-a/oauth2/v2.0/token"
+    a = gate_key(token, {"client_id": "app-a", "grant_type": "x", "assertion": "secret-value"})
+    b = gate_key(token, {"client_id": "app-b", "grant_type": "x"})
+    other_tenant = gate_key(token.replace("tenant-a", "tenant-b"), {"client_id": "app-a"})
+    assert len({a, b, other_tenant}) == 3
+    assert a == gate_key(token, {"client_id": "app-a", "scope": "other"})  # per app, not scope
+    assert "secret-value" not in a
+    imds = "http://169.254.169.254/metadata/identity/oauth2/token"
+    assert gate_key(imds + "?api-version=2018-02-01&client_id=x") == gate_key(imds) == imds

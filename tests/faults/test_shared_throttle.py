@@ -58,3 +58,33 @@ def test_the_shared_throttle_is_bounded() -> None:
     assert len(throttle) <= Throttle.MAX_ENTRIES
     throttle.clear()
     assert len(throttle) == 0
+
+
+def test_a_throttled_client_does_not_block_another_client_of_the_tenant(
+    idp: EntraEmulator, rig_factory: Any
+) -> None:
+    """Entra throttles per application and tenant: a 429 with ``Retry-After: 30`` to client A
+    (the agent app) closes the tenant's token endpoint for A only. Client B (another app of
+    the same tenant, same token endpoint URL) keeps getting tokens, one POST each, while A's
+    calls fail fast: one POST from A during the whole ``Retry-After``."""
+    a = rig_factory()
+    b = rig_factory(app=idp.blueprint)
+    assert a.obo.client_id != b.obo.client_id
+    idp.inject_fault("token", status=429, retry_after=30, count=1)  # the next POST: A's
+    a_before, b_before = a.posts, b.posts
+    with bind_caller(token=a.user_token("alice")), pytest.raises(Throttled) as first:
+        a.chain.get_token(mcp_scope(idp))
+    assert first.value.status == 429
+    served = 0
+    for i in range(10):
+        user = "alice" if i % 2 == 0 else "bob"
+        with bind_caller(token=b.user_token(user)):
+            assert b.chain.get_token(mcp_scope(idp)).token
+            served += 1
+        with bind_caller(token=a.user_token(user)), pytest.raises(Throttled) as info:
+            a.chain.get_token(mcp_scope(idp))
+        assert info.value.retry_after is not None
+        assert 0 < info.value.retry_after <= 30
+    assert served == 10
+    assert b.posts - b_before == 10  # B: every call a real request, none refused
+    assert a.posts - a_before == 1  # A: the one 429, then nothing until Retry-After lapses
