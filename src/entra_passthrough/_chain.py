@@ -25,7 +25,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Generator, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +42,7 @@ from ._errors import (
 )
 from ._policy import Attempts, Policy, explain_failure
 from ._types import (
+    CallerPartitionSource,
     ClosingSource,
     IdentityKind,
     InvalidatingSource,
@@ -72,10 +73,18 @@ class _Candidate:
     #: False for sources whose results change per request (FoundryToolboxRoute's call id
     #: header); they cache what can be cached themselves.
     cached: bool
+    #: The source's ``caller_partition`` when it has one (the hit path then builds no
+    #: ``TokenRequest``), else ``None``.
+    partition_of: Callable[[Caller | None], tuple[str, ...] | None] | None
 
 
 def _scopes_key(scopes: tuple[str, ...]) -> tuple[str, ...]:
     return scopes if len(scopes) < 2 else tuple(sorted(scopes))
+
+
+#: ``cached_token``'s answer when a source has no ``caller_partition``: take the general path.
+_GENERAL = object()
+_MAX_TAILS = 64
 
 
 #: RFC 6750 b64token: what a bearer credential may contain (a JWT is base64url and dots).
@@ -232,6 +241,9 @@ class TokenChain:
         self._allowed = {
             presented: self.policy.allowed(presented=presented) for presented in (False, True)
         }
+        # (scopes, client capabilities) as the apply stage passes them -> the key's tail
+        # (sorted scopes, no claims, capabilities): a bounded memo for ``cached_token``.
+        self._tails: dict[tuple[Any, Any], tuple[tuple[str, ...], tuple[str, ...]]] = {}
 
     @property
     def policy(self) -> Policy:
@@ -252,6 +264,7 @@ class TokenChain:
                     s,
                     s.kind is IdentityKind.USER,
                     caches_results(s),
+                    s.caller_partition if isinstance(s, CallerPartitionSource) else None,
                 )
                 for s in self.sources
                 if s.kind in allowed
@@ -531,11 +544,59 @@ class TokenChain:
         """What ``get_token`` would return right now *if* it is a fresh cache hit, else
         ``None``: no I/O, no refresh, no error (the apply stage's hot path; anything else goes
         through ``get_token_async``, which raises what there is to raise)."""
-        request = self._request(scopes, caller, None, client_capabilities)
         try:
+            if (
+                caller is not None
+                and type(scopes) is tuple
+                and type(client_capabilities) is tuple
+                and caller.active
+            ):
+                # The apply stage's call: no ``TokenRequest``, the key's tail memoised.
+                tail = self._tails.get((scopes, client_capabilities))
+                if tail is None:
+                    tail = self._tail(scopes, client_capabilities)
+                hit = self._caller_hit(caller, tail)
+                if hit is not _GENERAL:
+                    return hit  # type: ignore[return-value]
+            request = self._request(scopes, caller, None, client_capabilities)
             return self._hit(request, self._allowed[self._presented(request)])
         except Exception:
             return None  # the full path will meet the same problem and explain it
+
+    def _tail(
+        self, scopes: tuple[str, ...], client_capabilities: tuple[str, ...]
+    ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        if len(self._tails) >= _MAX_TAILS:
+            self._tails.clear()
+        tail = self._tails[(scopes, client_capabilities)] = (
+            _scopes_key(scopes),
+            client_capabilities,
+        )
+        return tail
+
+    def _caller_hit(
+        self, caller: Caller, tail: tuple[tuple[str, ...], tuple[str, ...]]
+    ) -> TokenResult | object | None:
+        """``_hit`` for an active ``caller``, with no claims: the same key (``_key``) from
+        each source's ``caller_partition``. ``_GENERAL`` when a source has none."""
+        allowed = self._allowed[caller.presented]
+        for candidate in self._candidates(allowed):
+            partition_of = candidate.partition_of
+            if partition_of is None:
+                return _GENERAL
+            partition = partition_of(caller)
+            if partition is None:
+                continue
+            if not candidate.cached:
+                return None
+            source = candidate.source
+            hit = self.cache.peek((source.name, partition, tail[0], None, tail[1]))
+            if hit is not None and hit.kind in allowed:
+                if _otel.metering():
+                    _otel.count_hit(source.name, hit.kind.value)
+                return hit
+            return None
+        return None
 
     def invalidate(self, result: TokenResult) -> None:
         """Forget the cached entry behind ``result`` (after the resource answered 401)."""

@@ -436,6 +436,19 @@ def _has_authorization(headers: Any) -> bool:
     httpx2 pick the headers' encoding first, by decoding every name and value of a request whose
     encoding nobody asked for yet (a client's request: ~1 us more, and more with a large cookie
     or token). The stored names compare the same way lower-cased (RFC 9110 5.1)."""
+    items = getattr(headers, "_list", None)
+    if type(items) is list:
+        # httpx and httpx2 keep (raw name, lower-cased name, value) triples: read the stored
+        # lower-cased names (``raw`` builds a new list of pairs on every call, ~0.3 us).
+        try:
+            for _, lower, _ in items:
+                if lower == b"authorization":
+                    return True
+                if type(lower) is not bytes:
+                    raise TypeError  # not the layout we know: the public path below
+            return False
+        except (TypeError, ValueError):
+            pass
     raw = getattr(headers, "raw", None)
     if raw is None:
         return "authorization" in headers

@@ -125,6 +125,15 @@ class SelectiveCachingSource(Protocol):
     cache_results: bool
 
 
+@runtime_checkable
+class CallerPartitionSource(Protocol):
+    """Computes its cache partition from the caller alone: ``caller_partition(caller)`` equals
+    ``cache_partition(request)`` for every request of that caller (whatever the scopes, claims
+    or client capabilities). The chain's cache-hit path then builds no ``TokenRequest``."""
+
+    def caller_partition(self, caller: Caller | None) -> tuple[str, ...] | None: ...
+
+
 def caches_results(source: TokenSource) -> bool:
     """Whether the chain's cache may keep ``source``'s results (default: yes)."""
     return not isinstance(source, SelectiveCachingSource) or bool(source.cache_results)

@@ -24,6 +24,7 @@ from ._base import result_from_msal, unreachable
 from .obo import OnBehalfOf, options_from_env
 
 if TYPE_CHECKING:
+    from .._caller import Caller
     from .managed_identity import ManagedIdentity
 
 #: Refresh T1 this long before it expires.
@@ -197,6 +198,9 @@ class AgentIdentityOnBehalfOf:
 
     def cache_partition(self, request: TokenRequest) -> tuple[str, ...] | None:
         return self._obo.cache_partition(request)
+
+    def caller_partition(self, caller: Caller | None) -> tuple[str, ...] | None:
+        return self._obo.caller_partition(caller)
 
     def get_token(self, request: TokenRequest) -> TokenResult | None:
         return self._obo.get_token(request)

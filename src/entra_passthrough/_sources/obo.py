@@ -34,6 +34,7 @@ from .._types import IdentityKind, TokenRequest, TokenResult
 from ._base import result_from_msal, unreachable
 
 if TYPE_CHECKING:
+    from .._caller import Caller
     from .managed_identity import ManagedIdentity
 
 logger = logging.getLogger("entra_passthrough.obo")
@@ -153,7 +154,10 @@ class OnBehalfOf:
         return "the caller presented no assertion"
 
     def cache_partition(self, request: TokenRequest) -> tuple[str, ...] | None:
-        caller = request.caller
+        return self.caller_partition(request.caller)
+
+    def caller_partition(self, caller: Caller | None) -> tuple[str, ...] | None:
+        """``cache_partition`` from the caller alone (the chain's hit path builds no request)."""
         if caller is None or not caller.presented:
             return None
         # The assertion's hash alone says whose token this is (its tenant is part of the
