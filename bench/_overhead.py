@@ -71,12 +71,12 @@ class NewCallerClient:
 
     def __init__(self, client: Any, raw_headers: list[tuple[bytes, bytes]]) -> None:
         from entra_passthrough import Caller
-        from entra_passthrough._caller import _current
+        from entra_passthrough._caller import caller_var
 
         self._client = client
         self._headers = raw_headers
         self._from_headers = Caller.from_headers
-        self._current = _current
+        self._current = caller_var
 
     async def get(self, url: str) -> Any:
         caller = self._from_headers(self._headers)
@@ -279,7 +279,7 @@ async def flow_cpu(*, batches: int = 30, n: int = 2000) -> dict[str, Any]:
     import uuid
 
     from entra_passthrough import Caller, EntraAuth, OnBehalfOf, TokenChain, TokenRequest, _otel
-    from entra_passthrough._caller import _current
+    from entra_passthrough._caller import caller_var
     from entra_passthrough._sources._base import result_from_msal
     from entra_passthrough._types import IdentityKind, TokenResult
 
@@ -341,20 +341,20 @@ async def flow_cpu(*, batches: int = 30, n: int = 2000) -> dict[str, Any]:
             request.headers = fresh()
             if new_caller:
                 caller = Caller.from_headers(raw)
-                bound = _current.set(caller)
+                bound = caller_var.set(caller)
             flow = flow_auth.async_auth_flow(request)
             await flow.__anext__()
             with contextlib.suppress(StopAsyncIteration):
                 await flow.asend(response)
             if bound is not None and caller is not None:
-                _current.reset(bound)
+                caller_var.reset(bound)
                 caller.end()
             request.extensions.pop("entra_passthrough.applied", None)
         return (time.process_time() - t0) / n * 1e6
 
     enabled = _otel.ENABLED
     out: dict[str, Any] = {"batches": batches, "requests_per_batch": n}
-    bound = _current.set(Caller.from_headers(raw))
+    bound = caller_var.set(Caller.from_headers(raw))
     try:
         await batch(auth, False)  # the one miss: warm
         for otel in (True, False) if enabled else (False,):
@@ -374,7 +374,7 @@ async def flow_cpu(*, batches: int = 30, n: int = 2000) -> dict[str, Any]:
             }
     finally:
         _otel.ENABLED = enabled
-        _current.reset(bound)
+        caller_var.reset(bound)
         chain.close()
     return out
 

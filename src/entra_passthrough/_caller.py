@@ -24,7 +24,7 @@ _MAX_PLATFORM_VALUE = 256
 _USER_ID, _CALL_ID = USER_ID_HEADER.encode(), CALL_ID_HEADER.encode()
 _PLATFORM_HEADERS = (_USER_ID, _CALL_ID)
 
-_current: ContextVar[Caller | None] = ContextVar("entra_passthrough.caller", default=None)
+caller_var: ContextVar[Caller | None] = ContextVar("entra_passthrough.caller", default=None)
 
 
 @dataclass(eq=False, slots=True)
@@ -302,13 +302,13 @@ def _bearer(header: str, raw: bytes) -> str | None:
 
 def current_caller() -> Caller | None:
     """The Caller bound to this context, active or not (check ``.active``)."""
-    return _current.get()
+    return caller_var.get()
 
 
 def active_caller() -> Caller | None:
     """The Caller bound to this context if it is still active, else ``None``. Internal (the
     library's integrations); the public API is ``current_caller()`` and ``Caller.active``."""
-    caller = _current.get()
+    caller = caller_var.get()
     return caller if caller is not None and caller.active else None
 
 
@@ -343,7 +343,7 @@ class bind_caller:
         self._token: Token[Caller | None] | None = None
 
     def __enter__(self) -> Caller:
-        self._token = _current.set(self.caller)
+        self._token = caller_var.set(self.caller)
         return self.caller
 
     def __exit__(
@@ -354,7 +354,7 @@ class bind_caller:
     ) -> None:
         self.caller.end()
         if self._token is not None:
-            _current.reset(self._token)
+            caller_var.reset(self._token)
             self._token = None
 
     async def __aenter__(self) -> Caller:
@@ -369,10 +369,13 @@ class bind_caller:
         self.__exit__(exc_type, exc, tb)
 
 
-def _set_current(caller: Caller | None) -> Token[Caller | None]:
+def set_current(caller: Caller | None) -> Token[Caller | None]:
     """For the middleware: set without ending (the middleware ends the caller itself)."""
-    return _current.set(caller)
+    return caller_var.set(caller)
 
 
-def _reset_current(token: Token[Caller | None]) -> None:
-    _current.reset(token)
+def reset_current(token: Token[Caller | None]) -> None:
+    caller_var.reset(token)
+
+
+_set_current = set_current  # until agent_framework._tool uses set_current

@@ -30,7 +30,7 @@ from collections.abc import Generator, Iterable, Mapping, Sequence
 from typing import Any, Literal, Protocol
 
 from . import _otel
-from ._caller import Caller, _current, active_caller
+from ._caller import Caller, active_caller, caller_var
 from ._challenge import parse_bearer_challenges
 from ._errors import ConfigurationError, TokenAcquisitionError
 from ._origins import OriginKey, format_origin, origin_key, parse_origins
@@ -299,7 +299,7 @@ class FlowCore:
         cached = self._cached
         if cached is None or _otel.tracing():
             return None
-        caller = _current.get()
+        caller = caller_var.get()
         if caller is None or not caller.active:
             return None  # no caller (lifecycle path): the full flow decides
         url = request.url

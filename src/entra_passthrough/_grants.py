@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from ._store import ANY, Keyring, KeyringError, TokenStore, _Any, hash_key
+from ._store import ANY, AnyVersion, Keyring, KeyringError, TokenStore, hash_key
 
 if TYPE_CHECKING:
     from ._caller import Caller
@@ -186,7 +186,7 @@ class GrantStore:
         return plain, entry.version
 
     async def _put(
-        self, key: str, plain: bytes, *, ttl: float, expect: str | _Any | None = ANY
+        self, key: str, plain: bytes, *, ttl: float, expect: str | AnyVersion | None = ANY
     ) -> str | None:
         sealed = self.keyring.seal("store", plain, aad=key.encode()).encode("ascii")
         return await self.store.put(key, sealed, ttl=ttl, expect=expect)
@@ -202,13 +202,13 @@ class GrantStore:
             return None
 
     async def put_grant(
-        self, key_hash: str, grant: Grant, *, expect: str | _Any | None = ANY
+        self, key_hash: str, grant: Grant, *, expect: str | AnyVersion | None = ANY
     ) -> str | None:
         return await self._put(
             f"ep:v1:grant:{key_hash}", grant.to_json(), ttl=GRANT_TTL, expect=expect
         )
 
-    async def delete_grant(self, key_hash: str, *, expect: str | _Any = ANY) -> bool:
+    async def delete_grant(self, key_hash: str, *, expect: str | AnyVersion = ANY) -> bool:
         return await self.store.delete(f"ep:v1:grant:{key_hash}", expect=expect)
 
     # platform-id -> (tid, oid) bindings -----------------------------------------------------

@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from typing import TYPE_CHECKING, Final, Protocol
 
 from ._errors import EntraPassthroughError
-from ._store import ANY, Entry, Keyring, KeyringError, TokenStore, _Any
+from ._store import ANY, AnyVersion, Entry, Keyring, KeyringError, TokenStore
 from ._types import IdentityKind, TokenResult
 
 if TYPE_CHECKING:
@@ -71,10 +71,10 @@ class SyncTokenStore(Protocol):
     def get(self, key: str) -> Entry | None: ...
 
     def put(
-        self, key: str, value: bytes, *, ttl: float, expect: str | _Any | None = ANY
+        self, key: str, value: bytes, *, ttl: float, expect: str | AnyVersion | None = ANY
     ) -> str | None: ...
 
-    def delete(self, key: str, *, expect: str | _Any = ANY) -> bool: ...
+    def delete(self, key: str, *, expect: str | AnyVersion = ANY) -> bool: ...
 
 
 def _usable_ttl(expires_on: float, cap: float | None, now: float) -> float:

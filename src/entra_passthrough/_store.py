@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 
-class _Any:
+class AnyVersion:
     """Sentinel: write unconditionally (no compare-and-set)."""
 
     def __repr__(self) -> str:
@@ -57,7 +57,7 @@ class _Any:
 
 #: ``put(..., expect=ANY)`` writes whatever is there; ``expect=None`` writes only if absent;
 #: ``expect="<version>"`` writes only if the current version is that one.
-ANY: Final = _Any()
+ANY: Final = AnyVersion()
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,10 +87,10 @@ class TokenStore(Protocol):
     async def get(self, key: str) -> Entry | None: ...
 
     async def put(
-        self, key: str, value: bytes, *, ttl: float, expect: str | _Any | None = ANY
+        self, key: str, value: bytes, *, ttl: float, expect: str | AnyVersion | None = ANY
     ) -> str | None: ...
 
-    async def delete(self, key: str, *, expect: str | _Any = ANY) -> bool: ...
+    async def delete(self, key: str, *, expect: str | AnyVersion = ANY) -> bool: ...
 
 
 def hash_key(user_key: str) -> str:
@@ -160,14 +160,14 @@ class MemoryStore:
             return None if item is None else Entry(item[0], item[1])
 
     async def put(
-        self, key: str, value: bytes, *, ttl: float, expect: str | _Any | None = ANY
+        self, key: str, value: bytes, *, ttl: float, expect: str | AnyVersion | None = ANY
     ) -> str | None:
         if ttl <= 0:
             raise ValueError("ttl must be positive")
         with self._lock:
             now = time.monotonic()
             item = self._live(key, now)
-            if not isinstance(expect, _Any):
+            if not isinstance(expect, AnyVersion):
                 current = item[1] if item is not None else None
                 if current != expect:
                     return None
@@ -177,12 +177,12 @@ class MemoryStore:
             self._evict(now, limit=self._max)
             return version
 
-    async def delete(self, key: str, *, expect: str | _Any = ANY) -> bool:
+    async def delete(self, key: str, *, expect: str | AnyVersion = ANY) -> bool:
         with self._lock:
             item = self._live(key, time.monotonic())
             if item is None:
                 return False
-            if not isinstance(expect, _Any) and item[1] != expect:
+            if not isinstance(expect, AnyVersion) and item[1] != expect:
                 return False
             del self._data[key]
             return True

@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 from . import _env
 from ._errors import ConfigurationError, SourceUnavailable, require_extra
 from ._l2 import SharedTokenCache
-from ._store import ANY, Entry, _Any
+from ._store import ANY, AnyVersion, Entry
 
 if TYPE_CHECKING:
     from ._cache import TokenCache
@@ -252,7 +252,7 @@ class RedisStore:
         return _entry(raw)
 
     async def put(
-        self, key: str, value: bytes, *, ttl: float, expect: str | _Any | None = ANY
+        self, key: str, value: bytes, *, ttl: float, expect: str | AnyVersion | None = ANY
     ) -> str | None:
         if ttl <= 0:
             raise ValueError("ttl must be positive")
@@ -260,7 +260,7 @@ class RedisStore:
         ttl_ms = max(1, int(ttl * 1000))
         name = self.namespace + key
         try:
-            if isinstance(expect, _Any) or expect is None:
+            if isinstance(expect, AnyVersion) or expect is None:
                 done = await self.client.set(
                     name, version.encode() + b"." + value, px=ttl_ms, nx=expect is None
                 )
@@ -270,10 +270,10 @@ class RedisStore:
             raise _unavailable(exc) from None
         return version if done else None
 
-    async def delete(self, key: str, *, expect: str | _Any = ANY) -> bool:
+    async def delete(self, key: str, *, expect: str | AnyVersion = ANY) -> bool:
         name = self.namespace + key
         try:
-            if isinstance(expect, _Any):
+            if isinstance(expect, AnyVersion):
                 return bool(await self.client.delete(name))
             return bool(await self._cas_delete(keys=[name], args=[expect]))
         except RedisError as exc:
@@ -312,7 +312,7 @@ class SyncRedisStore:
         return _entry(raw)
 
     def put(
-        self, key: str, value: bytes, *, ttl: float, expect: str | _Any | None = ANY
+        self, key: str, value: bytes, *, ttl: float, expect: str | AnyVersion | None = ANY
     ) -> str | None:
         if ttl <= 0:
             raise ValueError("ttl must be positive")
@@ -320,7 +320,7 @@ class SyncRedisStore:
         ttl_ms = max(1, int(ttl * 1000))
         name = self.namespace + key
         try:
-            if isinstance(expect, _Any) or expect is None:
+            if isinstance(expect, AnyVersion) or expect is None:
                 done = self.client.set(
                     name, version.encode() + b"." + value, px=ttl_ms, nx=expect is None
                 )
@@ -330,10 +330,10 @@ class SyncRedisStore:
             raise _unavailable(exc) from None
         return version if done else None
 
-    def delete(self, key: str, *, expect: str | _Any = ANY) -> bool:
+    def delete(self, key: str, *, expect: str | AnyVersion = ANY) -> bool:
         name = self.namespace + key
         try:
-            if isinstance(expect, _Any):
+            if isinstance(expect, AnyVersion):
                 return bool(self.client.delete(name))
             return bool(self._cas_delete(keys=[name], args=[expect]))
         except RedisError as exc:

@@ -38,7 +38,7 @@ from entra_passthrough.agent_framework import (
     entra_mcp_tool,
     entra_middleware,
 )
-from entra_passthrough.agent_framework._signals import _public_failure_type
+from entra_passthrough.agent_framework._af_seams import public_failure_type
 from entra_passthrough.agent_framework.testing import ScriptedChatClient
 from entra_passthrough.mcp import _CallGuard, call_attempt
 from entra_passthrough.testing import FOUNDRY_AUDIENCE, EntraEmulator
@@ -112,7 +112,7 @@ async def test_pool_keys_by_the_identity_entra_issued(
             lone = await pool.tool()
             assert lone is not mine
             assert lone._pool is None  # not pooled: its connect fails before any request
-            public = _public_failure_type()
+            public = public_failure_type()
             assert public is not None
             with pytest.raises(public) as refused:  # the shape the host shows its client
                 await lone.connect()
@@ -348,22 +348,6 @@ def test_every_transport_of_the_mcp_client_is_guarded(monkeypatch: pytest.Monkey
 class _NoChain:
     async def lifecycle_token_async(self, scopes: Any) -> None:
         return None
-
-
-def test_seams_of_at_most_once_still_exist() -> None:
-    """agent-framework resends a tool call after a closed connection through
-    ``_recover_connection_after_loss(operation="tool call")``, which EntraMCPTool refuses; the
-    host shows the message of ``_PublicResponseFailure``. Fail loudly if either moves."""
-    import inspect
-
-    from agent_framework import MCPStreamableHTTPTool
-
-    source = inspect.getsource(MCPStreamableHTTPTool._call_tool_with_retries)
-    assert "_recover_connection_after_loss" in source
-    assert 'operation="tool call"' in source
-    public = _public_failure_type()
-    assert public is not None
-    assert public(ValueError("x"), "shown").public_message == "shown"  # type: ignore[call-arg]
 
 
 async def test_a_lifecycle_request_drops_the_token_of_a_caller_who_ended_meanwhile() -> None:

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .. import _env
+from .._azure_identity_seams import cli_contract
 from .._errors import ConfigurationError, EntraError, SourceUnavailable
 from .._msal import WorkerPool
 from .._types import IdentityKind, TokenRequest, TokenResult
@@ -158,21 +159,20 @@ class AzureCli:
     # -- async: the same command, our subprocess --------------------------------------------
 
     def _argv(self, scope: str, scopes: tuple[str, ...]) -> list[str]:
+        command_line = cli_contract(self.tool).command_line
         if self.tool == "az":
-            from azure.identity._credentials.azure_cli import COMMAND_LINE
-
-            args = [*COMMAND_LINE, "--resource", scope.removesuffix("/.default")]
+            args = [*command_line, "--resource", scope.removesuffix("/.default")]
             if self.tenant_id:
                 args += ["--tenant", self.tenant_id]
         else:
-            from azure.identity._credentials.azd_cli import COMMAND_LINE as AZD_COMMAND_LINE
-
-            args = [*AZD_COMMAND_LINE, "--scope", scope]
+            args = [*command_line, "--scope", scope]
             if self.tenant_id:
                 args += ["--tenant-id", self.tenant_id]
         path = shutil.which(self.executable)
         if path is None:
-            raise SourceUnavailable(self._module().CLI_NOT_FOUND, source=self.name, scopes=scopes)
+            raise SourceUnavailable(
+                cli_contract(self.tool).not_found, source=self.name, scopes=scopes
+            )
         argv = [path, *args]
         if sys.platform == "win32" and path.lower().endswith((".cmd", ".bat")):
             argv = ["cmd", "/c", *argv]
@@ -181,24 +181,14 @@ class AzureCli:
     def _env(self) -> dict[str, str]:
         return dict(os.environ, AZURE_CORE_NO_COLOR="true", NO_COLOR="true")
 
-    def _module(self) -> Any:
-        """azure-identity's module for this CLI: its texts, ``parse_token``, ``sanitize_output``."""
-        if self.tool == "az":
-            from azure.identity._credentials import azure_cli
-
-            return azure_cli
-        from azure.identity._credentials import azd_cli
-
-        return azd_cli
-
     def _parse(
         self, returncode: int, stdout: bytes, stderr: bytes, scopes: tuple[str, ...]
     ) -> TokenResult:
         out = stdout.decode(errors="replace")
         err = stderr.decode(errors="replace")
-        mod = self._module()
+        cli = cli_contract(self.tool)
         if returncode == 0:
-            info = mod.parse_token(out)
+            info = cli.parse_token(out)
             if info is None:
                 raise SourceUnavailable(
                     f"{self.tool} printed no token.", source=self.name, scopes=scopes
@@ -211,15 +201,15 @@ class AzureCli:
             )
         combined = f"{out}\n{err}"
         if returncode == 127:
-            raise SourceUnavailable(mod.CLI_NOT_FOUND, source=self.name, scopes=scopes)
+            raise SourceUnavailable(cli.not_found, source=self.name, scopes=scopes)
         logged_out = (
             ("az login" in combined or "az account set" in combined)
             if self.tool == "az"
             else "azd auth login" in combined
         )
         if logged_out and "AADSTS" not in combined:
-            raise SourceUnavailable(mod.NOT_LOGGED_IN, source=self.name, scopes=scopes)
-        raise self._entra_error(mod.sanitize_output(err or out), scopes)
+            raise SourceUnavailable(cli.not_logged_in, source=self.name, scopes=scopes)
+        raise self._entra_error(cli.sanitize_output(err or out), scopes)
 
     async def get_token_async(self, request: TokenRequest) -> TokenResult | None:
         scope = self._scope(request.scopes)

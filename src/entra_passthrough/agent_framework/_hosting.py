@@ -25,8 +25,9 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from contextvars import ContextVar
 from typing import Any
 
-from .._caller import Caller, _reset_current, _set_current, current_caller
+from .._caller import Caller, current_caller, reset_current, set_current
 from .._errors import ConfigurationError
+from ._af_seams import shutdown_handler_of
 
 __all__ = ["BackgroundRunCallers", "end_run_caller", "install"]
 
@@ -89,14 +90,14 @@ class BackgroundRunCallers:
             await self.app(scope, replay, send)
             return
         run_caller = _run_copy(caller, max_run_seconds=self.max_run_seconds)
-        reset = _set_current(run_caller)
+        reset = set_current(run_caller)
         marker = _run_caller.set(run_caller)
         try:
             await self.app(scope, replay, send)
         finally:
             # Not ended here: the run outlives this request (see the module docstring).
             _run_caller.reset(marker)
-            _reset_current(reset)
+            reset_current(reset)
 
 
 async def _peek(receive: Receive) -> tuple[list[Message], bool]:
@@ -173,13 +174,13 @@ def install(
 
 def _chain_shutdown(app: Any, closables: tuple[Any, ...]) -> None:
     register = getattr(app, "shutdown_handler", None)
-    # The host keeps one handler (ResponsesHostServer's closes the agent) in a private slot
-    # (azure-ai-agentserver-core 2.3): run it first. Refuse rather than drop it if it moved.
-    if register is None or not hasattr(app, "_shutdown_fn"):
+    # The host keeps one handler (ResponsesHostServer's closes the agent): run it first. Refuse
+    # rather than drop it if its slot moved.
+    found, previous = shutdown_handler_of(app)
+    if register is None or not found:
         raise ConfigurationError(
             "close_on_shutdown needs an AgentServerHost (shutdown_handler, _shutdown_fn)"
         )
-    previous = app._shutdown_fn
 
     async def shutdown() -> None:
         try:

@@ -13,6 +13,7 @@ from agent_framework.exceptions import ToolException, UserInputRequiredException
 
 from .._errors import ConsentRequired
 from ..mcp import FOUNDRY_CONSENT_REQUIRED, _walk
+from ._af_seams import public_failure_type
 
 __all__ = [
     "CallOutcomeUnknown",
@@ -76,28 +77,20 @@ def is_session_refused(exc: BaseException) -> bool:
     return False
 
 
-def _public_failure_type() -> type[Exception] | None:
-    try:  # azure-ai-agentserver / agent-framework-foundry-hosting: tests guard this seam
-        from agent_framework_foundry_hosting._responses import _PublicResponseFailure
-    except ImportError:  # pragma: no cover - hosting not installed
-        return None
-    return _PublicResponseFailure
-
-
 def public_failure(exc: Exception) -> Exception:
     """``exc`` in the shape ``ResponsesHostServer`` shows to its client (its message instead of
     a bare "server_error"), for failures raised while the agent connects its tools: a caller
     whose token cannot work (e.g. a token for https://ai.azure.com, refused by the policy).
     Without the hosting package, ``exc`` itself. The message of our typed errors never holds a
     token."""
-    kind = _public_failure_type()
+    kind = public_failure_type()
     if kind is None or isinstance(exc, kind):
         return exc
     return kind(exc, str(exc))
 
 
 def is_public_failure(exc: BaseException) -> bool:
-    kind = _public_failure_type()
+    kind = public_failure_type()
     return kind is not None and isinstance(exc, kind)
 
 

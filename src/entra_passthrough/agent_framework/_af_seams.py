@@ -1,0 +1,175 @@
+"""Every use of a private name of agent-framework and its hosting packages, in one place.
+
+The rest of the integration uses only what this module exposes, under public names. Each seam
+says which private name it touches, why, and the versions it was checked against; the tests in
+``tests/seams/test_af_seams.py`` fail with "<package> <version> moved <name>: update
+_af_seams.py" when an upgrade moves one, and ``docs/upstream-hooks.md`` proposes the public hook
+that would remove it.
+
+Checked against agent-framework-core 1.23.0, agent-framework-foundry-hosting 1.0.0b261022 and
+azure-ai-agentserver-core 2.3.0b2 (the ranges pinned in ``pyproject.toml``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import Awaitable, Callable
+from contextlib import _AsyncGeneratorContextManager
+from typing import Any, TypeAlias
+
+import httpx2
+from agent_framework import MCPStreamableHTTPTool
+from agent_framework._mcp import (
+    MCP_DEFAULT_SSE_READ_TIMEOUT,
+    MCP_DEFAULT_TIMEOUT,
+    _mcp_call_headers,
+)
+from agent_framework.exceptions import ToolExecutionException
+
+__all__ = [
+    "DEFAULT_SSE_READ_TIMEOUT",
+    "DEFAULT_TIMEOUT",
+    "HookedMCPTool",
+    "McpClientContext",
+    "public_failure_type",
+    "shutdown_handler_of",
+]
+
+#: agent-framework's own timeouts for an MCP connection (``agent_framework._mcp``, not
+#: re-exported by the package): a tool that brings its own HTTP client keeps the same defaults.
+DEFAULT_TIMEOUT: float = MCP_DEFAULT_TIMEOUT
+DEFAULT_SSE_READ_TIMEOUT: float = MCP_DEFAULT_SSE_READ_TIMEOUT
+
+#: What ``MCPStreamableHTTPTool.get_mcp_client`` is annotated to return (the standard library's
+#: private ``contextlib._AsyncGeneratorContextManager``): an override must return the same type.
+McpClientContext: TypeAlias = _AsyncGeneratorContextManager[Any, None]
+
+
+class HookedMCPTool(MCPStreamableHTTPTool):
+    """``MCPStreamableHTTPTool`` with its private lifecycle steps turned into public hooks.
+
+    A subclass overrides the hooks (``lifecycle_context``, ``session_opened``,
+    ``reconnects_after_loss``) and calls the helpers (``own_http_client``,
+    ``on_lifecycle_owner``, ``tools_loaded``); it never names a private attribute of
+    agent-framework itself. The overrides below replace:
+
+    * ``_ensure_lifecycle_owner``: the task that runs every connection-lifetime request is
+      created with ``asyncio.create_task(..., context=lifecycle_context())`` instead of a copy
+      of whoever connected first (that copy would act for the first caller forever). The body
+      is agent-framework 1.23's, with the context added; ``_lifecycle_lock``,
+      ``_lifecycle_owner_task``, ``_lifecycle_queue``, ``_run_lifecycle_owner`` and the
+      ``_mcp_call_headers`` context variable are read as 1.23 defines them.
+    * ``_connect_on_owner``: after every (re)connect, ``session_opened(session)`` gets the new
+      ``mcp.ClientSession`` (read from ``_connection.client.session``).
+    * ``_recover_connection_after_loss``: agent-framework reconnects and *resends* the operation
+      that lost its connection; ``reconnects_after_loss(operation)`` may refuse, and the loss is
+      raised instead (a tool call that may have reached the server must not run twice).
+    """
+
+    # -- hooks -------------------------------------------------------------------------------
+
+    def lifecycle_context(self) -> contextvars.Context:
+        """The context the lifecycle task runs in (default: a copy of the current one)."""
+        return contextvars.copy_context()
+
+    def session_opened(self, session: Any) -> None:
+        """Called on the lifecycle task with each new ``mcp.ClientSession``."""
+
+    def reconnects_after_loss(self, operation: str) -> bool:
+        """Whether agent-framework may reconnect and redo ``operation`` ("tool call",
+        "tools/list"...) after its connection was lost (default: yes, as upstream)."""
+        return True
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def own_http_client(self, make: Callable[[], httpx2.AsyncClient]) -> None:
+        """Give the next connection an HTTP client of ours (``make()``), owned and closed by
+        the tool like the one agent-framework would create: ``_httpx_client`` is set, and
+        ``_close_owned_http_client`` is registered on the connection's ``_exit_stack`` (it
+        clears the slot, so each connection gets a fresh client). A client passed to the
+        constructor (``http_client=``) would instead outlive every connection."""
+        if self._httpx_client is None:
+            client = make()
+            self._httpx_client = client
+            self._exit_stack.push_async_callback(self._close_owned_http_client, client)
+
+    def on_lifecycle_owner(self) -> bool:
+        """True when running on the lifecycle task (``_is_lifecycle_owner_task``)."""
+        return self._is_lifecycle_owner_task()
+
+    @property
+    def tools_loaded(self) -> bool:
+        """Whether the connected session's tool list is loaded (``_tools_loaded``):
+        ``is_connected`` turns true before it is."""
+        return self._tools_loaded
+
+    # -- the private overrides ---------------------------------------------------------------
+
+    async def _ensure_lifecycle_owner(self) -> None:
+        async with self._lifecycle_lock:
+            task = self._lifecycle_owner_task
+            if task is not None and not task.done():
+                return
+            self._lifecycle_queue = asyncio.Queue()
+            ctx = self.lifecycle_context()
+            # As upstream: connection-lifetime requests carry no tool call's headers.
+            ctx.run(_mcp_call_headers.set, None)
+            self._lifecycle_owner_task = asyncio.create_task(
+                self._run_lifecycle_owner(), name=f"mcp-lifecycle:{self.name}", context=ctx
+            )
+
+    async def _connect_on_owner(
+        self,
+        *,
+        reset: bool = False,
+        load_configured: bool = True,
+        reset_discovery: bool = False,
+    ) -> None:
+        await super()._connect_on_owner(
+            reset=reset, load_configured=load_configured, reset_discovery=reset_discovery
+        )
+        session = getattr(getattr(self._connection, "client", None), "session", None)
+        if session is not None:
+            self.session_opened(session)
+
+    async def _recover_connection_after_loss(
+        self,
+        *,
+        operation: str,
+        inner_exception: Exception,
+        load_configured: bool,
+    ) -> None:
+        if not self.reconnects_after_loss(operation):
+            raise ToolExecutionException(
+                f"MCP connection lost during {operation}.", inner_exception
+            ) from inner_exception
+        await super()._recover_connection_after_loss(
+            operation=operation,
+            inner_exception=inner_exception,
+            load_configured=load_configured,
+        )
+
+
+def public_failure_type() -> type[Exception] | None:
+    """``agent_framework_foundry_hosting._responses._PublicResponseFailure`` (``None`` without
+    the hosting package): ``ResponsesHostServer`` shows the message of this exception type to
+    its client, and only "server_error" for any other failure while the agent connects its
+    tools. Built as ``kind(error, public_message)``."""
+    try:
+        from agent_framework_foundry_hosting._responses import _PublicResponseFailure
+    except ImportError:  # pragma: no cover - hosting not installed
+        return None
+    return _PublicResponseFailure
+
+
+def shutdown_handler_of(app: Any) -> tuple[bool, Callable[[], Awaitable[None]] | None]:
+    """``(found, handler)``: the shutdown handler an ``AgentServerHost``
+    (azure-ai-agentserver-core) keeps in its private ``_shutdown_fn`` slot, which the public
+    ``shutdown_handler(fn)`` replaces rather than chains (``ResponsesHostServer``'s closes the
+    agent). ``found`` is false when the slot is not there: the caller must refuse rather than
+    drop the host's handler."""
+    if not hasattr(app, "_shutdown_fn"):
+        return False, None
+    handler: Callable[[], Awaitable[None]] | None = app._shutdown_fn
+    return True, handler

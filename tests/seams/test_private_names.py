@@ -1,0 +1,249 @@
+"""No module reaches into another module's private names; only the adapter modules reach into a
+framework's.
+
+* An import of ``_name`` (a name, not a private *module* of ours such as ``_caller``) from
+  another module of the library fails: the helper gets an underscore-free name in its private
+  module (``_caller.set_current``), which says "internal API, used across modules".
+* An import of a framework's private name or private module fails outside that framework's
+  adapter module (``ADAPTERS``).
+* A private attribute that the module does not define itself (``obj._x``, ``self._x`` inherited
+  from a framework, ``getattr(obj, "_x")``) fails outside the adapter modules, except the
+  remaining offenders listed in ``KNOWN_ATTRIBUTES`` (a ratchet: a listed one that is gone
+  fails too, so the list only shrinks).
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+PACKAGE = SRC / "entra_passthrough"
+
+#: The adapter modules, and the top-level packages whose private names each may use.
+ADAPTERS: dict[str, set[str]] = {
+    "entra_passthrough/agent_framework/_af_seams.py": {
+        "agent_framework",
+        "agent_framework_foundry_hosting",
+        "azure",
+        "contextlib",  # the type agent-framework's get_mcp_client is annotated with
+    },
+    "entra_passthrough/_mcp_seams.py": {"mcp"},
+    "entra_passthrough/_httpx2_seams.py": {"httpx2"},
+    "entra_passthrough/_azure_identity_seams.py": {"azure"},
+    "entra_passthrough/_msal.py": {"msal"},
+    "entra_passthrough/_otel.py": {"opentelemetry"},
+}
+
+#: Imports still to move (module, imported name).
+KNOWN_IMPORTS: set[tuple[str, str]] = {
+    ("entra_passthrough/agent_framework/_signals.py", "entra_passthrough.mcp._walk"),
+    ("entra_passthrough/agent_framework/_tool.py", "agent_framework._mcp._mcp_call_headers"),
+    ("entra_passthrough/agent_framework/_tool.py", "agent_framework._mcp.MCP_DEFAULT_TIMEOUT"),
+    (
+        "entra_passthrough/agent_framework/_tool.py",
+        "agent_framework._mcp.MCP_DEFAULT_SSE_READ_TIMEOUT",
+    ),
+    ("entra_passthrough/agent_framework/_tool.py", "contextlib._AsyncGeneratorContextManager"),
+    ("entra_passthrough/agent_framework/_tool.py", "entra_passthrough._caller._set_current"),
+    ("entra_passthrough/agent_framework/_tool.py", "entra_passthrough._prefetch._prefetched"),
+    ("entra_passthrough/agent_framework/_tool.py", "entra_passthrough.mcp._attempt"),
+    ("entra_passthrough/agent_framework/_tool.py", "entra_passthrough.mcp._client_with"),
+}
+
+#: Private attributes of other modules' objects still used (module, attribute).
+KNOWN_ATTRIBUTES: set[tuple[str, str]] = {
+    # The doctor inspects sources' internals to explain a configuration.
+    ("entra_passthrough/_doctor.py", "_build_app"),
+    ("entra_passthrough/_doctor.py", "_credential_kind"),
+    ("entra_passthrough/_doctor.py", "_http"),
+    ("entra_passthrough/_doctor.py", "_obo"),
+    ("entra_passthrough/_doctor.py", "_owns_http"),
+    ("entra_passthrough/_doctor.py", "_t1"),
+    # httpx/httpx2 Headers' raw triples (the hot path's "authorization" check).
+    ("entra_passthrough/_flow.py", "_list"),
+    # Friends of public classes (TokenResult, Keyring, Caller, EntraAuth, OnBehalfOf).
+    ("entra_passthrough/_flow.py", "_header_safe"),
+    ("entra_passthrough/_l2.py", "_subkey"),
+    ("entra_passthrough/_middleware.py", "_mark_malformed"),
+    ("entra_passthrough/httpx.py", "_core"),
+    ("entra_passthrough/_sources/agent_id.py", "_created_http"),
+    ("entra_passthrough/_sources/agent_id.py", "_throttle"),
+    # The pool and the tool; agent-framework's and mcp's privates, until moved.
+    ("entra_passthrough/agent_framework/_pool.py", "_busy"),
+    ("entra_passthrough/agent_framework/_pool.py", "_lease"),
+    ("entra_passthrough/agent_framework/_pool.py", "_pending"),
+    ("entra_passthrough/agent_framework/_pool.py", "_pending_until"),
+    ("entra_passthrough/agent_framework/_pool.py", "_retired"),
+    ("entra_passthrough/agent_framework/_tool.py", "_close_owned_http_client"),
+    ("entra_passthrough/agent_framework/_tool.py", "_connection"),
+    ("entra_passthrough/agent_framework/_tool.py", "_elicitation_callback"),
+    ("entra_passthrough/agent_framework/_tool.py", "_exit_stack"),
+    ("entra_passthrough/agent_framework/_tool.py", "_is_lifecycle_owner_task"),
+    ("entra_passthrough/agent_framework/_tool.py", "_lifecycle_lock"),
+    ("entra_passthrough/agent_framework/_tool.py", "_run_lifecycle_owner"),
+    ("entra_passthrough/agent_framework/_tool.py", "_tools_loaded"),
+    ("entra_passthrough/mcp.py", "_mounts"),
+    ("entra_passthrough/mcp.py", "_transport"),
+}
+
+#: namedtuple's public methods carry an underscore (so that they cannot clash with a field).
+NAMEDTUPLE = {"_replace", "_asdict", "_fields", "_make"}
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def _modules() -> Iterator[tuple[str, ast.Module]]:
+    for path in sorted(PACKAGE.rglob("*.py")):
+        yield path.relative_to(SRC).as_posix(), ast.parse(path.read_text(encoding="utf-8"))
+
+
+def _module_name(relative: str) -> str:
+    parts = relative.removesuffix(".py").split("/")
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _absolute(relative: str, node: ast.ImportFrom) -> str:
+    if not node.level:
+        return node.module or ""
+    package = _module_name(relative).split(".")
+    if not relative.endswith("__init__.py"):
+        package = package[:-1]
+    base = package[: len(package) - (node.level - 1)]
+    return ".".join([*base, *([node.module] if node.module else [])])
+
+
+def _is_ours(dotted: str) -> bool:
+    """A module of this distribution (``entra_passthrough``, ``_entra_passthrough_pytest``)."""
+    return _is_our_module(dotted.split(".")[0])
+
+
+def _is_our_module(dotted: str) -> bool:
+    path = SRC.joinpath(*dotted.split("."))
+    return path.with_suffix(".py").exists() or (path / "__init__.py").exists()
+
+
+def _private_imports(relative: str, tree: ast.Module) -> Iterator[str]:
+    """``module.name`` for each import of a private name (of ours or a framework's)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if not _is_ours(alias.name) and any(_private(p) for p in alias.name.split(".")):
+                    yield alias.name
+        elif isinstance(node, ast.ImportFrom):
+            module = _absolute(relative, node)
+            ours = _is_ours(module)
+            for alias in node.names:
+                dotted = f"{module}.{alias.name}"
+                if ours:
+                    if _private(alias.name) and not _is_our_module(dotted):
+                        yield dotted
+                elif any(_private(part) for part in dotted.split(".")):
+                    yield dotted
+
+
+def _defined(tree: ast.Module) -> set[str]:
+    """The names a module defines: functions, classes, variables, ``self.x = ...``, slots."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+        elif (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.ctx, ast.Store)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in ("self", "cls")
+        ):
+            names.add(node.attr)
+        elif isinstance(node, ast.Assign) and any(
+            isinstance(target, ast.Name) and target.id == "__slots__" for target in node.targets
+        ):
+            names.update(
+                c.value
+                for c in ast.walk(node.value)
+                if isinstance(c, ast.Constant) and isinstance(c.value, str)
+            )
+    return names
+
+
+def _private_attributes(tree: ast.Module) -> Iterator[str]:
+    """Private attributes used here but defined elsewhere (``x._y``, ``getattr(x, "_y")``)."""
+    defined = _defined(tree)
+    for node in ast.walk(tree):
+        name = None
+        if isinstance(node, ast.Attribute) and _private(node.attr):
+            name = node.attr
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("getattr", "hasattr", "setattr", "delattr")
+            and len(node.args) > 1
+            and isinstance(node.args[1], ast.Constant)
+            and isinstance(node.args[1].value, str)
+            and _private(node.args[1].value)
+        ):
+            name = node.args[1].value
+        if name is not None and name not in defined and name not in NAMEDTUPLE:
+            yield name
+
+
+def test_no_module_imports_a_private_name_outside_the_adapters() -> None:
+    found: set[tuple[str, str]] = set()
+    for relative, tree in _modules():
+        allowed = ADAPTERS.get(relative, set())
+        for dotted in _private_imports(relative, tree):
+            if dotted.split(".")[0] not in allowed:
+                found.add((relative, dotted))
+    new = sorted(found - KNOWN_IMPORTS)
+    assert not new, (
+        "private names imported across modules (give the helper an underscore-free name in its "
+        "private module, or move a framework's private name into its adapter module, "
+        f"{sorted(ADAPTERS)}):\n" + "\n".join(f"  {m}: {n}" for m, n in new)
+    )
+    gone = sorted(KNOWN_IMPORTS - found)
+    assert not gone, f"no longer imported: remove from KNOWN_IMPORTS: {gone}"
+
+
+def test_no_module_uses_a_private_attribute_defined_elsewhere() -> None:
+    found: set[tuple[str, str]] = set()
+    for relative, tree in _modules():
+        if relative in ADAPTERS:
+            continue
+        found.update((relative, name) for name in _private_attributes(tree))
+    new = sorted(found - KNOWN_ATTRIBUTES)
+    assert not new, (
+        "private attributes of another module's (or a framework's) objects; add a public method "
+        "to the owner, or move a framework's into its adapter module:\n"
+        + "\n".join(f"  {m}: {n}" for m, n in new)
+    )
+    gone = sorted(KNOWN_ATTRIBUTES - found)
+    assert not gone, f"no longer used: remove from KNOWN_ATTRIBUTES: {gone}"
+
+
+def test_the_checks_see_what_they_claim_to() -> None:
+    # The checks themselves: each rule finds a planted offender.
+    sample = ast.parse(
+        "from .._caller import _hidden, caller_var\n"
+        "from agent_framework._mcp import thing\n"
+        "from . import _hosting\n"
+        "import opentelemetry.metrics._internal\n"
+        "x = other._secret + getattr(other, '_also')\n"
+        "class C:\n"
+        "    def f(self):\n"
+        "        self._mine = 1\n"
+        "        return self._mine, self._inherited, t._replace()\n"
+    )
+    relative = "entra_passthrough/agent_framework/_tool.py"
+    assert sorted(_private_imports(relative, sample)) == [
+        "agent_framework._mcp.thing",
+        "entra_passthrough._caller._hidden",
+        "opentelemetry.metrics._internal",
+    ]
+    assert sorted(_private_attributes(sample)) == ["_also", "_inherited", "_secret"]
