@@ -79,8 +79,8 @@ def app_service_token(
 ) -> dict[str, Any]:
     """A token from an App Service-shaped endpoint given explicitly, through MSAL's own code.
 
-    The one private name of MSAL the library touches (``tests/resolve/test_msal_seams.py`` fails
-    loudly when it moves): MSAL's public ``ManagedIdentityClient`` reads the endpoint from
+    One of the two private names of MSAL the library touches (``tests/resolve/test_msal_seams.py``
+    fails loudly when one moves): MSAL's public ``ManagedIdentityClient`` reads the endpoint from
     ``os.environ`` only, and an explicit ``endpoint=``/``header=`` must not mutate the process
     environment. The request and the parsing of the answer stay MSAL's.
     """
@@ -96,6 +96,113 @@ def app_service_token(
         )
     result: dict[str, Any] = obtain(session, endpoint, header, identity, resource)
     return result
+
+
+#: Service Fabric's managed identity protocol version (the one MSAL and azure-identity send).
+SERVICE_FABRIC_API_VERSION = "2019-07-01-preview"
+
+#: Service Fabric's error codes as OAuth2 errors (MSAL's mapping, msal/managed_identity.py).
+_SERVICE_FABRIC_ERRORS = {
+    "SecretHeaderNotFound": "unauthorized_client",
+    "ManagedIdentityNotFound": "invalid_client",
+    "ArgumentNullOrEmpty": "invalid_scope",
+}
+
+
+def service_fabric_session(session: Any, endpoint: str, thumbprint: str) -> Any:
+    """The ``requests.Session`` that talks to a Service Fabric identity endpoint: MSAL's own,
+    which authenticates the endpoint by its certificate's SHA-1 thumbprint
+    (``IDENTITY_SERVER_THUMBPRINT``) at connect time, before the ``Secret`` header is sent.
+
+    The second private name of MSAL the library touches (``tests/resolve/test_msal_seams.py``
+    fails loudly when it moves). Why not MSAL's ``ManagedIdentityClient`` for this host: MSAL
+    derives this session *inside* each request from the ``requests.Session`` it was given and
+    refuses any other ``http_client``, so nothing the library wraps around a client (timeouts,
+    the acquisition deadline, retries, ``Retry-After``) reaches the request; a stalled endpoint
+    held the call and its worker thread for ever. The library derives the pinned session once
+    with MSAL's function, wraps it in ``GuardedHttpClient`` and sends the request itself
+    (``service_fabric_token``): the pinning stays MSAL's.
+    """
+    import requests
+    from msal import managed_identity as msal_mi
+
+    derive = getattr(msal_mi, "_create_service_fabric_http_client", None)
+    if derive is None:
+        raise ConfigurationError(
+            f"This MSAL ({msal.__version__}) cannot pin a Service Fabric identity endpoint by its "
+            "certificate thumbprint (MSAL 1.38 added it); the library does not send the "
+            "endpoint's secret without that check.",
+            fix="install msal>=1.38,<2 on Service Fabric.",
+        )
+    if not isinstance(session, requests.Session):
+        raise ConfigurationError(
+            "On Service Fabric, ManagedIdentity's http_client must be a requests.Session (the "
+            "certificate-pinning session is derived from it).",
+            fix="pass a requests.Session as http_client, or none.",
+        )
+    scheme, _, rest = endpoint.partition("://")
+    if scheme.lower() != "https" or not rest.split("/", 1)[0]:
+        raise ConfigurationError(
+            "IDENTITY_ENDPOINT must be an https:// URL on Service Fabric (the endpoint is "
+            "authenticated by its certificate).",
+            fix="check IDENTITY_ENDPOINT; Service Fabric sets it for the application.",
+        )
+    pin = "".join(c for c in thumbprint if c not in " \t\r\n:").lower()
+    if len(pin) != 40 or any(c not in "0123456789abcdef" for c in pin):
+        raise ConfigurationError(
+            "IDENTITY_SERVER_THUMBPRINT is not a SHA-1 certificate thumbprint (40 hex digits).",
+            fix="check IDENTITY_SERVER_THUMBPRINT; Service Fabric sets it for the application.",
+        )
+    return derive(session, endpoint, pin)
+
+
+def service_fabric_token(http_client: Any, endpoint: str, secret: str, resource: str) -> Any:
+    """A token from a Service Fabric identity endpoint through ``http_client`` (the guarded,
+    pinned session of ``service_fabric_session``), in MSAL's result shape.
+
+    The protocol (https://learn.microsoft.com/azure/service-fabric/how-to-managed-identity-service-fabric-app-code):
+    ``GET {IDENTITY_ENDPOINT}?api-version=2019-07-01-preview&resource=R`` with header
+    ``Secret: {IDENTITY_HEADER}``; the answer has ``access_token``, ``expires_on`` (epoch
+    seconds, a number or a string) and ``token_type``, or ``{"error": {"code", "message"}}``.
+    The normalisation is MSAL's (msal/managed_identity.py ``_obtain_token_on_service_fabric``).
+    Like MSAL, no identity selector is sent: the cluster assigns the application's identity.
+    """
+    import json
+    import time
+
+    from ._http import TransportFailure
+
+    response = http_client.get(
+        endpoint,
+        params={"api-version": SERVICE_FABRIC_API_VERSION, "resource": resource},
+        headers={"Secret": secret},
+    )
+    status = int(getattr(response, "status_code", 0) or 0)
+    try:
+        payload = json.loads(response.text)
+    except ValueError:
+        raise TransportFailure("malformed", status=status) from None
+    if not isinstance(payload, dict):
+        raise TransportFailure("malformed", status=status)
+    if payload.get("access_token") and payload.get("expires_on"):
+        try:
+            expires_in = int(payload["expires_on"]) - int(time.time())
+        except (TypeError, ValueError):
+            raise TransportFailure("malformed", status=status) from None
+        return {
+            "access_token": payload["access_token"],
+            "expires_in": expires_in,
+            "resource": payload.get("resource"),
+            "token_type": payload.get("token_type", "Bearer"),
+        }
+    error = payload.get("error")
+    code = error.get("code") if isinstance(error, dict) else None
+    return {
+        "error": _SERVICE_FABRIC_ERRORS.get(code, "invalid_request")
+        if isinstance(code, str)
+        else "invalid_request",
+        "error_description": response.text,
+    }
 
 
 class NullTokenCache(msal.TokenCache):  # type: ignore[misc]

@@ -27,15 +27,17 @@ def msi_requests(idp: EntraEmulator) -> int:
     return int(idp.stats()["endpoints"]["msi"])
 
 
-@pytest.fixture(params=["app_service", "imds"])
+@pytest.fixture(params=["app_service", "imds", "service_fabric"])
 def make_mi(
     request: pytest.FixtureRequest, idp: EntraEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[object]:
     """ManagedIdentity objects for one host: an explicit App Service endpoint (MSAL's App
-    Service function) or IMDS detected by MSAL's ``ManagedIdentityClient`` itself."""
+    Service function), IMDS detected by MSAL's ``ManagedIdentityClient`` itself, or Service
+    Fabric (HTTPS pinned by the endpoint certificate's thumbprint; the identity is the one the
+    cluster assigns, no selector)."""
     host = request.param
     env = idp.mi_env(host)
-    if host == "imds":
+    if host != "app_service":
         for name in idp.MI_HOST_VARIABLES:
             monkeypatch.delenv(name, raising=False)
         for name, value in env.items():
@@ -50,6 +52,8 @@ def make_mi(
                 header=env["IDENTITY_HEADER"],
                 timeouts=timeouts,
             )
+        elif host == "service_fabric":
+            mi = ManagedIdentity(timeouts=timeouts)
         else:
             mi = ManagedIdentity(client_id=idp.managed_identity.client_id, timeouts=timeouts)
         chain = TokenChain([mi], policy=Policy.APP_ONLY)

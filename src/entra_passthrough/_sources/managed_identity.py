@@ -32,7 +32,14 @@ from typing import Any
 
 from .. import _env
 from .._errors import ConfigurationError, EntraError, SourceUnavailable
-from .._http import DEFAULT_TIMEOUTS, SHARED_THROTTLE, GuardedHttpClient, Timeouts, deadline
+from .._http import (
+    DEFAULT_TIMEOUTS,
+    SHARED_THROTTLE,
+    GuardedHttpClient,
+    Timeouts,
+    deadline,
+    size_pool,
+)
 from .._msal import NullTokenCache, WorkerPool
 from .._types import IdentityKind, TokenRequest, TokenResult
 from ._base import result_from_msal, unreachable
@@ -75,21 +82,6 @@ class _NoHttpCache(dict[str, Any]):
 
     def __setitem__(self, key: str, value: Any) -> None:
         return None
-
-
-def _timeout_session(timeout: float) -> Any:
-    """A requests session whose requests time out (MSAL's managed identity calls set none: an
-    IMDS address that does not answer would block a worker for ever). Only for Service Fabric,
-    whose MSAL path needs a ``requests.Session`` (it derives a certificate-pinning session from
-    it); every other host goes through ``GuardedHttpClient``."""
-    import requests
-
-    class _Session(requests.Session):
-        def request(self, *args: Any, **kwargs: Any) -> Any:
-            kwargs.setdefault("timeout", timeout)
-            return super().request(*args, **kwargs)
-
-    return _Session()
 
 
 class ManagedIdentity:
@@ -163,6 +155,8 @@ class ManagedIdentity:
         self._http_client = http_client
         self._owns_http = http_client is None
         self._guarded: GuardedHttpClient | None = None
+        # Service Fabric: (endpoint, thumbprint) and the guarded certificate-pinning session.
+        self._fabric: tuple[tuple[str, str], GuardedHttpClient] | None = None
         self._pool = WorkerPool(max_workers=max_workers, name=f"entra-{name}")
         self._lock = threading.Lock()
         self._tokens: dict[str, TokenResult] = {}
@@ -210,6 +204,10 @@ class ManagedIdentity:
     def close(self) -> None:
         """Stop the worker threads and close the HTTP session this source created."""
         self._pool.close()
+        with self._lock:
+            fabric, self._fabric = self._fabric, None
+        if fabric is not None:
+            fabric[1].close()  # the pinned session is always this source's own
         if self._cloud_shell is not None:
             self._cloud_shell.close()
             self._cloud_shell = None
@@ -280,18 +278,52 @@ class ManagedIdentity:
             return self._app_service(resource)
         if host == "cloud_shell":
             return self._via_cloud_shell(resource)
+        if host == "service_fabric":
+            return self._service_fabric(resource)
         return self._msal(resource)
 
     def _session(self) -> Any:
         """The guarded client every MSAL request of this source goes through."""
         if self._guarded is None:
-            inner = self._http_client
-            if inner is None and self.host == "service_fabric":
-                inner = self._http_client = _timeout_session(self.timeout)
             self._guarded = GuardedHttpClient(
-                inner, timeouts=self.timeouts, throttle=self._throttle
+                self._http_client, timeouts=self.timeouts, throttle=self._throttle
             )
         return self._guarded
+
+    def _service_fabric(self, resource: str) -> dict[str, Any]:
+        """Service Fabric through the guarded layer too (timeouts, deadline, retries,
+        ``Retry-After`` per endpoint), on MSAL's certificate-pinning session: see
+        ``_msal.service_fabric_session`` for why MSAL's client does not send this request.
+        The variables are read per request from the process environment, as MSAL does."""
+        from .._msal import service_fabric_session, service_fabric_token
+
+        endpoint = os.environ.get("IDENTITY_ENDPOINT", "")
+        secret = os.environ.get("IDENTITY_HEADER", "")
+        thumbprint = os.environ.get("IDENTITY_SERVER_THUMBPRINT", "")
+        key = (endpoint, thumbprint)
+        with self._lock:
+            fabric = self._fabric
+            if fabric is None or fabric[0] != key:
+                base = self._http_client
+                if base is None:
+                    import requests
+
+                    base = requests.Session()  # trust_env kept (proxies), as MSAL's default
+                    size_pool(base)  # MSAL copies the adapter's pool size to the pinned one
+                try:
+                    pinned = service_fabric_session(base, endpoint, thumbprint)
+                finally:
+                    if base is not self._http_client:
+                        base.close()
+                # A previous session (the variables changed) is left to the garbage collector:
+                # another worker may still be reading from it.
+                fabric = (
+                    key,
+                    GuardedHttpClient(pinned, timeouts=self.timeouts, throttle=self._throttle),
+                )
+                self._fabric = fabric
+        result: dict[str, Any] = service_fabric_token(fabric[1], endpoint, secret, resource)
+        return result
 
     def _identity(self) -> Any:
         import msal
@@ -305,13 +337,9 @@ class ManagedIdentity:
         import msal
 
         if self._msal_client is None:
-            guarded = self._session()
             self._msal_client = msal.ManagedIdentityClient(
                 self._identity(),
-                # Service Fabric: MSAL derives a certificate-pinning requests.Session from the
-                # one it is given and refuses any other client, so that host gets the plain
-                # session (with its timeout) and MSAL's own handling of failures.
-                http_client=guarded.inner if self.host == "service_fabric" else guarded,
+                http_client=self._session(),
                 token_cache=NullTokenCache(),
                 http_cache=_NoHttpCache(),
             )

@@ -38,6 +38,8 @@ _NO_STORE = {"Cache-Control": "no-store, no-cache", "Pragma": "no-cache"}
 
 def _endpoint_name(path: str) -> str:
     """The name faults and stats use for a request path."""
+    if path == "/servicefabric/token":  # a managed identity endpoint, on the HTTPS port
+        return "msi"
     if path.endswith("/token"):
         return "token"
     if "/authorize" in path:
