@@ -7,6 +7,7 @@ inactive Caller and never uses its token (docs/platform-facts.md, Agent Framewor
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Iterable, Mapping
@@ -55,6 +56,10 @@ class Caller:
     # (assertion, sha256 hex) memo so a cache lookup hashes the assertion once per request;
     # keyed on the assertion object itself, so reassigning ``assertion`` recomputes it.
     _digest: tuple[str, str] | None = field(default=None, repr=False)
+    # ``from_headers``: (a copy of the headers, the wanted names) until they are read.
+    _pending: tuple[tuple[tuple[bytes, bytes], ...], dict[bytes, str]] | None = field(
+        default=None, init=False, repr=False
+    )
 
     @property
     def active(self) -> bool:
@@ -138,12 +143,31 @@ class Caller:
         counts as *presented* but unusable (fail closed). ``Authorization`` must use the
         ``Bearer`` scheme; other named headers (e.g. ``X-MS-TOKEN-AAD-ACCESS-TOKEN``) carry the
         bare token.
+
+        The headers are read on first use of what they carry (``assertion``, ``presented``,
+        ``user_id``...; the claims on first use of ``claims``): a request whose handler never
+        asks (health checks, tools/list, streams) pays no header scan. The Caller keeps a copy
+        of the header list, so a later change to the list (another middleware's) is never
+        seen; headers that cannot be read make a malformed caller (presented, unusable).
         """
+        wanted = _wanted(assertion_headers)
+        caller = cls.__new__(cls)
+        caller._pending = (tuple(headers), wanted)
+        caller.verified = None
+        caller.not_after = None
+        caller._active = True
+        caller._digest = None  # ``errors``: a list on first use (most requests record none)
+        return caller
+
+    @classmethod
+    def _read_headers(
+        cls, headers: Iterable[tuple[bytes, bytes]], wanted: dict[bytes, str]
+    ) -> Caller:
+        """``from_headers``, read now."""
         # Names are compared as bytes: this loop runs on every request, and decoding each
         # name costs more than the rest of it. ``bytes.lower`` (not ``raw_name.lower``) raises
         # on a name that is not bytes, so junk fails closed in the middleware instead of a str
         # "authorization" going unnoticed. Header names are ASCII tokens (RFC 9110 5.1).
-        wanted = _wanted(assertion_headers)
         if len(wanted) == 1:
             return cls._from_headers_one(headers, wanted)
         seen: dict[bytes, list[bytes]] = {}
@@ -227,10 +251,41 @@ class Caller:
         del self.claims
         del self.decode_error
 
+    def _read_pending(self) -> None:
+        """Read the headers ``from_headers`` kept: set every header-borne field still unset
+        (a field set by hand in the meantime keeps its value); the claims are left to decode
+        on first use."""
+        pending = self._pending
+        if pending is None:
+            return
+        try:
+            read = Caller._read_headers(*pending)
+        except Exception:
+            # Headers an ASGI server would never produce (wrong types...): fail closed.
+            read = Caller()
+            read._mark_malformed("request headers could not be read")
+        for slot in _HEADER_SLOTS:
+            try:
+                slot.__get__(self, Caller)
+            except AttributeError:  # unset: take the value read (unless it is pending in
+                # ``read`` too, i.e. the claims: decoded on first use)
+                with contextlib.suppress(AttributeError):
+                    slot.__set__(self, slot.__get__(read, Caller))
+        self._pending = None
+
     if not TYPE_CHECKING:  # hidden from mypy: a typed __getattr__ would make typos type-check
 
         def __getattr__(self, name: str) -> Any:
-            # Reached only for an unset slot, i.e. ``claims``/``decode_error`` while pending.
+            # Reached only for an unset slot: a header-borne field of a ``from_headers``
+            # Caller not read yet, or ``claims``/``decode_error`` not decoded yet.
+            if name not in _LAZY_FIELDS:
+                raise AttributeError(name)
+            if name == "errors":
+                self.errors = []
+                return self.errors
+            if self._pending is not None:
+                self._read_pending()
+                return getattr(self, name)
             if name not in ("claims", "decode_error"):
                 raise AttributeError(name)
             try:
@@ -246,6 +301,19 @@ class Caller:
         if self.decode_error is None:
             self.decode_error = reason
 
+
+#: The fields ``from_headers`` fills when they are first read, and their slots.
+_HEADER_FIELDS = (
+    "assertion",
+    "assertions",
+    "presented",
+    "user_id",
+    "call_id",
+    "claims",
+    "decode_error",
+)
+_HEADER_SLOTS = tuple(Caller.__dict__[name] for name in _HEADER_FIELDS)
+_LAZY_FIELDS = frozenset((*_HEADER_FIELDS, "errors"))
 
 _WANTED: dict[tuple[str, ...], dict[bytes, str]] = {}
 _MAX_WANTED = 64

@@ -1,0 +1,102 @@
+"""``Caller.from_headers`` reads the headers on first use of what they carry: a request whose
+handler never asks pays no header scan, and what the Caller holds is what the request carried
+when it arrived (a copy), whatever an inner middleware does to the header list afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from entra_passthrough import Caller, CallerMiddleware, current_caller
+
+TOKEN = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.sig"
+
+
+def _serve(app: Any, headers: list[tuple[bytes, bytes]]) -> list[Any]:
+    sent: list[Any] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request"}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    asyncio.run(CallerMiddleware(app)({"type": "http", "headers": headers}, receive, send))
+    return sent
+
+
+def test_a_handler_that_never_asks_costs_no_header_scan(monkeypatch: pytest.MonkeyPatch) -> None:
+    import entra_passthrough._caller as caller_module
+
+    reads = 0
+    real = caller_module.Caller._read_headers.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: Any, *args: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        return real(cls, *args)
+
+    monkeypatch.setattr(caller_module.Caller, "_read_headers", classmethod(counting))
+    seen: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        caller = current_caller()
+        seen.append(caller is not None and caller.active)  # what a health check asks
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    headers = [(b"authorization", f"Bearer {TOKEN}".encode()), (b"x-agent-user-id", b"u1")]
+    for _ in range(5):
+        _serve(app, headers)
+    assert seen == [True] * 5
+    assert reads == 0
+
+    async def asks(scope: Any, receive: Any, send: Any) -> None:
+        caller = current_caller()
+        assert caller is not None
+        seen.append((caller.assertion, caller.presented, caller.user_id, caller.user_id))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    _serve(asks, headers)
+    assert seen[-1] == (TOKEN, True, "u1", "u1")
+    assert reads == 1  # once, on the first field read
+
+
+def test_headers_changed_after_capture_are_never_seen() -> None:
+    """An inner middleware that rewrites the header list in place (Starlette's
+    ``MutableHeaders(scope=scope)`` does) cannot put a token into, or take one out of, the
+    Caller captured when the request arrived."""
+    seen: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        headers = scope["headers"]
+        headers[:] = [(b"authorization", b"Bearer injected.by.middleware")]
+        caller = current_caller()
+        assert caller is not None
+        seen.append((caller.presented, caller.assertion))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    _serve(app, [(b"host", b"a")])
+    _serve(app, [(b"authorization", f"Bearer {TOKEN}".encode())])
+    assert seen == [(False, None), (True, TOKEN)]
+
+
+def test_unreadable_headers_fail_closed_on_first_use() -> None:
+    caller = Caller.from_headers([(b"authorization", 7)])  # type: ignore[list-item]
+    assert caller.presented
+    assert caller.assertion is None
+    assert caller.decode_error == "request headers could not be read"
+
+
+def test_a_field_set_before_the_read_keeps_its_value() -> None:
+    caller = Caller.from_headers([(b"authorization", f"Bearer {TOKEN}".encode())])
+    caller.user_id = "set-by-hand"
+    assert caller.assertion == TOKEN
+    assert caller.user_id == "set-by-hand"
+    assert caller.errors == []
+    copy = caller.copy()
+    assert (copy.assertion, copy.presented, copy.user_id) == (TOKEN, True, "set-by-hand")
