@@ -1,7 +1,11 @@
-"""AzureCli: a cancelled call kills and reaps the `az` process it started."""
+"""AzureCli: a cancelled or timed-out call kills the `az` process it started, and what that
+process started."""
 
 from __future__ import annotations
 
+import asyncio
+import stat
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,3 +41,52 @@ async def test_a_cancelled_azure_cli_call_kills_the_az_process(tmp_path: Path) -
         await task
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # killed and reaped by the source, not left running
+
+
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie (a killed orphan may wait for its reaper)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return fields[0] != "Z"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="process groups; /proc")
+@pytest.mark.parametrize("driver", ["sync", "async"])
+async def test_a_timed_out_azure_cli_call_kills_what_the_cli_started(
+    tmp_path: Path, driver: str
+) -> None:
+    # `az` is a shell script that runs Python as its child: killing only the script left the
+    # child running and holding the output pipes, so the call waited for the child's whole run
+    # (60 s here) instead of its 1 s timeout, and the child ran to its end.
+    from entra_passthrough import AzureCli, SourceUnavailable, TokenRequest
+
+    started, finished = tmp_path / "pid", tmp_path / "finished"
+    child = (
+        "import os, pathlib, time; "
+        f"pathlib.Path({str(started)!r}).write_text(str(os.getpid())); "
+        "time.sleep(60); "
+        f"pathlib.Path({str(finished)!r}).write_text('ran to its end')"
+    )
+    script = tmp_path / "az"
+    script.write_text(f'#!/bin/sh\n"{sys.executable}" -c "{child}"\n')
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    az = AzureCli(executable=str(script), timeout=1.0)
+    request = TokenRequest(("api://x/.default",))
+    if driver == "sync":
+        call = asyncio.to_thread(az.get_token, request)
+    else:
+        call = az.get_token_async(request)
+    try:
+        with pytest.raises(SourceUnavailable):
+            await call
+    finally:
+        az.close()
+    assert not finished.exists()
+    pid = int(started.read_text())
+    for _ in range(2000):  # SIGKILL is delivered at once; the /proc entry may trail (bounded)
+        if not _running(pid):
+            break
+        await asyncio.sleep(0.005)
+    assert not _running(pid), "the CLI's child outlived the timed-out call"

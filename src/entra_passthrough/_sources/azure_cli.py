@@ -17,9 +17,11 @@ client applications" (pre-authorization); the error says how to do that with ``a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
+import signal
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -38,6 +40,21 @@ _TIMEOUT = 30
 _SAFE = re.compile(r"^[A-Za-z0-9_.:/\-]+$")
 _GUID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
 TOOLS = ("az", "azd")
+
+#: The CLI runs in a process group of its own, killed whole on timeout or cancel: ``az`` is a
+#: shell script that runs Python as its child, and that child keeps the output pipes open (and
+#: runs on) when only the script is killed (measured: a timed-out call waited for the child's
+#: whole run instead of its timeout).
+_GROUP: dict[str, Any] = {} if sys.platform == "win32" else {"start_new_session": True}
+
+
+def _kill_group(proc: Any) -> None:
+    """Kill the CLI and every process it started (its group; on Windows the process)."""
+    with contextlib.suppress(ProcessLookupError):  # already gone
+        if sys.platform == "win32":
+            proc.kill()
+        else:
+            os.killpg(proc.pid, signal.SIGKILL)  # the group's id is the CLI's pid
 
 
 def preauthorize_fix(scopes: tuple[str, ...], *, tool: str = "az") -> str:
@@ -145,16 +162,22 @@ class AzureCli:
 
         argv = self._argv(scope, scopes)
         try:
-            done = subprocess.run(
-                argv, capture_output=True, timeout=self.timeout, check=False, env=self._env()
-            )
+            with subprocess.Popen(
+                argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self._env(), **_GROUP
+            ) as proc:
+                try:
+                    stdout, stderr = proc.communicate(timeout=self.timeout)
+                except BaseException:
+                    _kill_group(proc)
+                    proc.communicate()  # the group is gone: the pipes close at once
+                    raise
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise SourceUnavailable(
                 f"{self.tool} could not run ({type(exc).__name__}).",
                 source=self.name,
                 scopes=scopes,
             ) from None
-        return self._parse(done.returncode, done.stdout, done.stderr, scopes)
+        return self._parse(proc.returncode, stdout, stderr, scopes)
 
     # -- async: the same command, our subprocess --------------------------------------------
 
@@ -221,6 +244,7 @@ class AzureCli:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 env=self._env(),
+                **_GROUP,
             )
         except OSError as exc:
             raise SourceUnavailable(
@@ -231,7 +255,7 @@ class AzureCli:
         try:
             stdout, stderr = await asyncio.wait_for(proc.communicate(), self.timeout)
         except TimeoutError:
-            proc.kill()
+            _kill_group(proc)
             await proc.wait()
             raise SourceUnavailable(
                 f"{self.tool} timed out.", source=self.name, scopes=request.scopes
@@ -239,7 +263,7 @@ class AzureCli:
         except BaseException:
             # Cancelled (the client went away): never leave the CLI running behind us.
             if proc.returncode is None:
-                proc.kill()
+                _kill_group(proc)
                 await asyncio.shield(proc.wait())
             raise
         return self._parse(proc.returncode or 0, stdout, stderr, request.scopes)
