@@ -199,6 +199,9 @@ class AppOnlyAssertion(AssertionNotUsable):
 
 
 class TenantNotAllowed(TokenAcquisitionError):
+    """The caller's tenant is not on the source's allow-list (``allowed_tenants``): nothing
+    was sent to Entra."""
+
     def __init__(
         self,
         *,

@@ -1,7 +1,8 @@
 """``EntraAuth`` for the classic ``httpx`` client (0.28).
 
 The same decisions as ``entra_passthrough.EntraAuth`` (httpx2): one flow in ``_flow``, only the
-base class differs.
+base class differs. Everything else (``use_token``, the chain, the sources) is client-agnostic
+and imported from ``entra_passthrough``.
 
 >>> from entra_passthrough.httpx import EntraAuth
 >>> auth = EntraAuth(chain, scopes=["api://api/.default"], origins=["https://api.contoso.com"])
@@ -14,9 +15,9 @@ from collections.abc import AsyncGenerator, Generator
 
 import httpx
 
-from ._auth import EntraAuthBase, drive_async, drive_sync, use_token
+from ._auth import EntraAuthBase, drive_async, drive_sync
 
-__all__ = ["EntraAuth", "use_token"]
+__all__ = ["EntraAuth"]
 
 
 class EntraAuth(EntraAuthBase, httpx.Auth):

@@ -57,12 +57,14 @@ def test_every_page_is_in_the_nav() -> None:
 @pytest.mark.parametrize(
     ("page", "module"),
     [
-        ("reference/index.html", "entra_passthrough"),
+        ("reference/core/index.html", "entra_passthrough"),
         ("reference/agent_framework/index.html", "entra_passthrough.agent_framework"),
         ("reference/mcp/index.html", "entra_passthrough.mcp"),
         ("reference/server/index.html", "entra_passthrough.server"),
         ("reference/consent/index.html", "entra_passthrough.consent"),
         ("reference/testing/index.html", "entra_passthrough.testing"),
+        ("reference/redis/index.html", "entra_passthrough.redis"),
+        ("reference/httpx/index.html", "entra_passthrough.httpx"),
     ],
 )
 def test_api_reference_matches_all(site: Path, page: str, module: str) -> None:

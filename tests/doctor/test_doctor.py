@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from entra_passthrough._doctor import Check, run, scope_problems, table
-from entra_passthrough.testing import EntraEmulator, ManagedIdentity, World, stable_id
+from entra_passthrough.testing import EntraEmulator, ManagedIdentityPrincipal, World, stable_id
 
 UNKNOWN = "00000000-0000-0000-0000-00000000dead"
 
@@ -27,7 +27,7 @@ def idp() -> Iterator[EntraEmulator]:
     world = World.default()
     tenant = world.tenants[0]
     world = world.with_managed_identity(
-        ManagedIdentity(
+        ManagedIdentityPrincipal(
             name="other-mi",
             client_id=stable_id("mi", "other-mi"),
             object_id=stable_id("mi-object", "other-mi"),

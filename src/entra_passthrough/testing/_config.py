@@ -13,7 +13,7 @@ from ._world import (
     FederatedCredential,
     Grant,
     Lifetimes,
-    ManagedIdentity,
+    ManagedIdentityPrincipal,
     RoleAssignment,
     Tenant,
     User,
@@ -49,7 +49,7 @@ def world_from_dict(data: Mapping[str, Any]) -> World:
     # Managed identities first: an app's federated credential may name one by name.
     for m in data.get("managed_identities", ()):
         world = world.with_managed_identity(
-            ManagedIdentity(
+            ManagedIdentityPrincipal(
                 name=m["name"],
                 client_id=m.get("client_id") or stable_id("mi", m["name"]),
                 object_id=m.get("object_id") or stable_id("mi-object", m["name"]),

@@ -13,7 +13,7 @@ from ._world import (
     App,
     FederatedCredential,
     Grant,
-    ManagedIdentity,
+    ManagedIdentityPrincipal,
     RoleAssignment,
     Tenant,
     User,
@@ -31,7 +31,7 @@ def _tenant(name: str) -> Tenant:
 def default_world() -> World:
     contoso, fabrikam = _tenant("contoso"), _tenant("fabrikam")
     tid = contoso.id
-    mi = ManagedIdentity(
+    mi = ManagedIdentityPrincipal(
         name="agent-mi",
         client_id=stable_id("mi", "agent-mi"),
         object_id=stable_id("mi-object", "agent-mi"),
@@ -41,7 +41,7 @@ def default_world() -> World:
     )
     # The host's own (system-assigned) identity: what every managed identity endpoint answers
     # with when the request names no identity. It cannot be a federated credential.
-    host_mi = ManagedIdentity(
+    host_mi = ManagedIdentityPrincipal(
         name="agent-host",
         client_id=stable_id("mi", "agent-host"),
         object_id=stable_id("mi-object", "agent-host"),

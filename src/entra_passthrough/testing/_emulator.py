@@ -22,7 +22,7 @@ from ._msi import HOST_VARIABLES
 from ._server import ServerThread, build_app, build_msi_app
 from ._state import Fault, Runtime
 from ._tokens import Subject
-from ._world import App, ManagedIdentity, User, World
+from ._world import App, ManagedIdentityPrincipal, User, World
 
 
 class EntraEmulator:
@@ -194,7 +194,7 @@ class EntraEmulator:
         return self.app("agent_identity")
 
     @property
-    def managed_identity(self) -> ManagedIdentity:
+    def managed_identity(self) -> ManagedIdentityPrincipal:
         """The first user-assigned managed identity (the one a federated credential can be)."""
         for mi in self._world.managed_identities:
             if not mi.system_assigned:
@@ -202,7 +202,7 @@ class EntraEmulator:
         raise KeyError("no user-assigned managed identity in this world")
 
     @property
-    def system_identity(self) -> ManagedIdentity:
+    def system_identity(self) -> ManagedIdentityPrincipal:
         """The host's system-assigned identity (what no selector gets)."""
         for mi in self._world.managed_identities:
             if mi.system_assigned:

@@ -43,7 +43,7 @@ from starlette.responses import JSONResponse, Response
 from ._issue import app_roles, mint_access
 from ._state import Runtime
 from ._tokens import Subject
-from ._world import ManagedIdentity
+from ._world import ManagedIdentityPrincipal
 
 #: Where the Azure Arc agent writes its challenge files (msal/managed_identity.py and
 #: azure-identity's azure_arc.py read only from there).
@@ -79,7 +79,9 @@ class _NoIdentity(Exception):
     pass
 
 
-def select_identity(rt: Runtime, selectors: dict[str, str], *, host: str) -> ManagedIdentity:
+def select_identity(
+    rt: Runtime, selectors: dict[str, str], *, host: str
+) -> ManagedIdentityPrincipal:
     """The identity a request selects, or ``_NoIdentity`` with the host's message."""
     given = {k: v for k, v in selectors.items() if v}
     if len(given) > 1:
@@ -106,7 +108,7 @@ def select_identity(rt: Runtime, selectors: dict[str, str], *, host: str) -> Man
     )
 
 
-def _mint(rt: Runtime, mi: ManagedIdentity, resource_name: str) -> tuple[str, int] | None:
+def _mint(rt: Runtime, mi: ManagedIdentityPrincipal, resource_name: str) -> tuple[str, int] | None:
     app = rt.world.resource(resource_name)
     if app is None:
         return None
@@ -172,7 +174,9 @@ async def msi_token(rt: Runtime, request: Request) -> Response:
     return JSONResponse(body)
 
 
-def _imds_body(mi: ManagedIdentity, token: str, lifetime: int, resource: str) -> dict[str, str]:
+def _imds_body(
+    mi: ManagedIdentityPrincipal, token: str, lifetime: int, resource: str
+) -> dict[str, str]:
     now = int(time.time())
     return {
         "access_token": token,

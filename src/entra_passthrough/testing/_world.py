@@ -147,8 +147,10 @@ class User:
 
 
 @dataclass(frozen=True)
-class ManagedIdentity:
-    """A managed identity. ``system_assigned``: the host's own identity, the one every managed
+class ManagedIdentityPrincipal:
+    """A managed identity of the emulated tenant (its service principal: client and object id;
+    the token source that uses one is ``entra_passthrough.ManagedIdentity``).
+    ``system_assigned``: the host's own identity, the one every managed
     identity endpoint answers with when the request names no identity; it cannot be a
     federated credential of an app (only user-assigned identities can:
     https://learn.microsoft.com/entra/workload-id/workload-identity-federation-config-app-trust-managed-identity).
@@ -204,7 +206,7 @@ class World:
     tenants: tuple[Tenant, ...]
     apps: tuple[App, ...] = ()
     users: tuple[User, ...] = ()
-    managed_identities: tuple[ManagedIdentity, ...] = ()
+    managed_identities: tuple[ManagedIdentityPrincipal, ...] = ()
     grants: tuple[Grant, ...] = ()
     role_assignments: tuple[RoleAssignment, ...] = ()
     lifetimes: Lifetimes = Lifetimes()
@@ -241,7 +243,7 @@ class World:
                 return u
         return None
 
-    def identity(self, ident: str) -> ManagedIdentity | None:
+    def identity(self, ident: str) -> ManagedIdentityPrincipal | None:
         for m in self.managed_identities:
             if ident in (m.name, m.client_id, m.object_id, m.resource_id):
                 return m
@@ -260,7 +262,7 @@ class World:
     def with_role_assignment(self, assignment: RoleAssignment) -> World:
         return replace(self, role_assignments=(*self.role_assignments, assignment))
 
-    def with_managed_identity(self, mi: ManagedIdentity) -> World:
+    def with_managed_identity(self, mi: ManagedIdentityPrincipal) -> World:
         return replace(self, managed_identities=(*self.managed_identities, mi))
 
     def with_lifetimes(self, lifetimes: Lifetimes) -> World:

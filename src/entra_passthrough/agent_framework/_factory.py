@@ -1,0 +1,186 @@
+"""``entra_mcp_tool`` and ``entra_middleware``: the integration's two front doors (re-exported
+by ``entra_passthrough.agent_framework``)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Collection, Sequence
+from typing import Any, Literal, overload
+from urllib.parse import urlsplit
+
+import httpx2
+
+from .._auth import EntraAuth
+from .._errors import ConfigurationError
+from .._flow import Chain
+from ._middleware import entra_function_middleware
+from ._pool import EntraMCPToolPool, PoolOptions
+from ._tool import EntraMCPTool
+
+__all__ = ["entra_mcp_tool", "entra_middleware"]
+
+_IGNORED = object()
+
+
+def _origin_of(url: str) -> str:
+    # The URL is never echoed: MCP URLs sometimes carry a key (query string or user info).
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ConfigurationError("the MCP url is not an absolute http(s) URL")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigurationError("the MCP url must not contain user info")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+@overload
+def entra_mcp_tool(
+    name: str,
+    url: str,
+    *,
+    chain: Chain,
+    scopes: Sequence[str],
+    origins: Sequence[str] | None = ...,
+    server_label: str | None = ...,
+    per_user: Literal[False] = ...,
+    description: str | None = ...,
+    approval_mode: Any = ...,
+    allowed_tools: Collection[str] | None = ...,
+    tool_name_prefix: str | None = ...,
+    load_prompts: bool = ...,
+    request_timeout: int | None = ...,
+    terminate_on_close: bool | None = ...,
+    timeout: httpx2.Timeout | None = ...,
+    verify: Any = ...,
+    client_capabilities: Sequence[str] = ...,
+    auth: Any = ...,
+    headers: Any = ...,
+) -> EntraMCPTool: ...
+
+
+@overload
+def entra_mcp_tool(
+    name: str,
+    url: str,
+    *,
+    chain: Chain,
+    scopes: Sequence[str],
+    origins: Sequence[str] | None = ...,
+    server_label: str | None = ...,
+    per_user: Literal[True] | PoolOptions,
+    description: str | None = ...,
+    approval_mode: Any = ...,
+    allowed_tools: Collection[str] | None = ...,
+    tool_name_prefix: str | None = ...,
+    load_prompts: bool = ...,
+    request_timeout: int | None = ...,
+    terminate_on_close: bool | None = ...,
+    timeout: httpx2.Timeout | None = ...,
+    verify: Any = ...,
+    client_capabilities: Sequence[str] = ...,
+    auth: Any = ...,
+    headers: Any = ...,
+) -> EntraMCPToolPool: ...
+
+
+def entra_mcp_tool(
+    name: str,
+    url: str,
+    *,
+    chain: Chain,
+    scopes: Sequence[str],
+    origins: Sequence[str] | None = None,
+    server_label: str | None = None,
+    per_user: bool | PoolOptions = False,
+    description: str | None = None,
+    approval_mode: Any = None,
+    allowed_tools: Collection[str] | None = None,
+    tool_name_prefix: str | None = None,
+    load_prompts: bool = False,
+    request_timeout: int | None = None,
+    terminate_on_close: bool | None = None,
+    timeout: httpx2.Timeout | None = None,
+    verify: Any = True,
+    client_capabilities: Sequence[str] = (),
+    auth: Any = _IGNORED,
+    headers: Any = _IGNORED,
+) -> EntraMCPTool | EntraMCPToolPool:
+    """A user-correct MCP tool for an Entra-protected server.
+
+    ``per_user=False`` (default): one shared connection for every user (servers that neither
+    bind sessions to a principal nor filter ``tools/list`` per user, e.g. stateless mcp 2.x).
+    ``per_user=True`` or ``PoolOptions(...)``: an ``EntraMCPToolPool`` of per-user connections
+    (principal-bound sessions, per-user tool lists); get the caller's tool with
+    ``await pool.tool()`` in a ``ResponsesHostServer(agent=<factory>)``.
+
+    ``origins`` default to the URL's origin: the only place the token is ever sent.
+    ``description``, ``approval_mode``, ``allowed_tools``, ``tool_name_prefix``,
+    ``load_prompts``, ``request_timeout`` and ``terminate_on_close`` are passed to
+    ``MCPStreamableHTTPTool``; ``timeout``/``verify`` configure its httpx2 client.
+    ``auth=``/``headers=`` are accepted only to warn: ``MCPStreamableHTTPTool`` silently ignores
+    them, and here the token comes from ``chain``.
+
+    >>> tool = entra_mcp_tool("files", "https://mcp.contoso.com/mcp", chain=chain,
+    ...                       scopes=["api://<mcp-app>/.default"])
+    """
+    for option, value in (("auth", auth), ("headers", headers)):
+        if value is not _IGNORED:
+            warnings.warn(
+                f"entra_mcp_tool({option}=...) is ignored: agent-framework's "
+                f"MCPStreamableHTTPTool silently drops {option}= (it only takes http_client, "
+                "static_headers or header_provider). The Entra token comes from chain=; pass "
+                "other fixed headers through a header-free design or your own tool.",
+                UserWarning,
+                stacklevel=2,
+            )
+    allowed = list(origins) if origins is not None else [_origin_of(url)]
+    options: dict[str, Any] = {
+        "chain": chain,
+        "scopes": scopes,
+        "origins": allowed,
+        "server_label": server_label,
+        "description": description,
+        "approval_mode": approval_mode,
+        "allowed_tools": allowed_tools,
+        "tool_name_prefix": tool_name_prefix,
+        "load_prompts": load_prompts,
+        "request_timeout": request_timeout,
+        "terminate_on_close": terminate_on_close,
+        "timeout": timeout,
+        "verify": verify,
+        "client_capabilities": client_capabilities,
+    }
+    if per_user is False:
+        return EntraMCPTool(name, url, mode="shared", **options)
+    pool_options = per_user if isinstance(per_user, PoolOptions) else PoolOptions()
+
+    def make(pool: EntraMCPToolPool, key: str) -> EntraMCPTool:
+        return EntraMCPTool(name, url, mode="per_user", pool=pool, pool_key=key, **options)
+
+    # The pool resolves each caller's token before leasing and keys by the identity Entra
+    # issued (see EntraMCPToolPool); record mode: nothing here raises inside a transport.
+    resolver = EntraAuth(
+        chain,
+        scopes=scopes,
+        origins=allowed,
+        on_error="record",
+        client_capabilities=client_capabilities,
+    )
+
+    def unpooled() -> EntraMCPTool:
+        return EntraMCPTool(name, url, mode="per_user", **options)
+
+    return EntraMCPToolPool(
+        make,
+        resolve=resolver.acquire_async,
+        unpooled=unpooled,
+        options=pool_options,
+        name=name,
+    )
+
+
+def entra_middleware(*, server_label: str | None = None) -> list[Any]:
+    """The middleware list for an ``Agent`` using Entra-protected tools.
+
+    >>> Agent(client=client, tools=[tool], middleware=entra_middleware())
+    """
+    return [entra_function_middleware(server_label=server_label)]
