@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any, Protocol
 
+from ._asgi import ASGIApp, Message, Receive, Scope, Send
 from ._caller import Caller, caller_var
 from ._challenge import bearer_challenge
 from ._errors import ConfigurationError, TokenVerificationError
@@ -21,11 +22,6 @@ from ._www_auth import send_challenge
 
 _log = logging.getLogger("entra_passthrough.capture")
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: Key of the Caller in ``scope["state"]`` (Starlette: ``request.state.entra_caller``).
 STATE_KEY = "entra_caller"

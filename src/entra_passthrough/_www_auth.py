@@ -7,15 +7,11 @@ No mcp or Starlette import: used by ``entra_passthrough.server``; the header its
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
+from ._asgi import Scope, Send
 from ._challenge import bearer_challenge
 from ._errors import InsufficientScope, TokenVerificationError
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Send = Callable[[Message], Awaitable[None]]
 
 _MAX_DESCRIPTION = 200
 

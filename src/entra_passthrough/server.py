@@ -25,11 +25,12 @@ docs/server.md explains the RFC 8707 ``resource`` pitfall (AADSTS9010010).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._asgi import ASGIApp, Message, Receive, Scope, Send
 from ._errors import (
     ConfigurationError,
     InsufficientScope,
@@ -59,12 +60,6 @@ __all__ = [
     "current_user",
     "require_entra_auth",
 ]
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)

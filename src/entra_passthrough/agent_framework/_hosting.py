@@ -21,21 +21,17 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Sequence
 from contextvars import ContextVar
 from typing import Any
 
+from .._asgi import ASGIApp, Message, Receive, Scope, Send
 from .._caller import Caller, current_caller, reset_current, set_current
 from .._errors import ConfigurationError
 from ._af_seams import shutdown_handler_of
 
 __all__ = ["BackgroundRunCallers", "end_run_caller", "install"]
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _MAX_PEEK = 1024 * 1024
 
