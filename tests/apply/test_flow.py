@@ -457,6 +457,25 @@ async def test_prefetch_resolves_in_the_task_then_applies() -> None:
             pass  # errors raise here, in the caller's task, whatever on_error says
 
 
+def test_prefetch_is_also_a_sync_context_manager() -> None:
+    # One name for both: ``with auth.prefetch()`` in sync code (there is no prefetch_async).
+    chain = FakeChain()
+    rec = Recorder()
+    auth = EntraAuth(chain, scopes=SCOPES, origins=[MCP], on_error="record")
+    assert not hasattr(auth, "prefetch_async")
+    with httpx2.Client(transport=httpx2.MockTransport(rec)) as c:
+        auth.install(c)
+        with bind_caller(user_caller("alice")), auth.prefetch() as result:
+            c.get(f"{MCP}/a")
+            c.get(f"{MCP}/b")
+    assert result is not None
+    assert rec.auths == [f"Bearer {result.token}"] * 2
+    assert len(chain.calls) == 1
+    chain.error = ConsentRequired("consent needed", link=None)
+    with bind_caller(user_caller("carol")), pytest.raises(ConsentRequired), auth.prefetch():
+        pass  # raises here, whatever on_error says
+
+
 def test_sync_client_flow() -> None:
     chain = FakeChain()
     rec = Recorder(
