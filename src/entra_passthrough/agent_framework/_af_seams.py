@@ -51,8 +51,8 @@ class HookedMCPTool(MCPStreamableHTTPTool):
 
     A subclass overrides the hooks (``lifecycle_context``, ``session_opened``,
     ``reconnects_after_loss``) and calls the helpers (``own_http_client``,
-    ``on_lifecycle_owner``, ``tools_loaded``); it never names a private attribute of
-    agent-framework itself. The overrides below replace:
+    ``start_lifecycle_task``, ``on_lifecycle_owner``, ``tools_loaded``); it never names a
+    private attribute of agent-framework itself. The overrides below replace:
 
     * ``_ensure_lifecycle_owner``: the task that runs every connection-lifetime request is
       created with ``asyncio.create_task(..., context=lifecycle_context())`` instead of a copy
@@ -93,6 +93,11 @@ class HookedMCPTool(MCPStreamableHTTPTool):
             client = make()
             self._httpx_client = client
             self._exit_stack.push_async_callback(self._close_owned_http_client, client)
+
+    async def start_lifecycle_task(self) -> None:
+        """Start the lifecycle task now (in ``lifecycle_context()``), if it is not running:
+        ``_ensure_lifecycle_owner``, which ``connect`` would otherwise call itself."""
+        await self._ensure_lifecycle_owner()
 
     def on_lifecycle_owner(self) -> bool:
         """True when running on the lifecycle task (``_is_lifecycle_owner_task``)."""
