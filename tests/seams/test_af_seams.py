@@ -117,6 +117,13 @@ def test_the_call_headers_variable_and_the_default_timeouts() -> None:
         assert value > 0, moved(AF, name, "DEFAULT_TIMEOUT")
 
 
+def test_get_mcp_client_returns_what_mcp_client_context_names() -> None:
+    annotation = inspect.signature(MCPStreamableHTTPTool.get_mcp_client).return_annotation
+    assert "_AsyncGeneratorContextManager" in str(annotation), moved(
+        AF, f"get_mcp_client's return type ({annotation})", "McpClientContext"
+    )
+
+
 def test_the_session_of_a_client_connection_is_where_session_opened_reads_it() -> None:
     from mcp import Client
 

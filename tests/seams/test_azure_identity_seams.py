@@ -8,7 +8,7 @@ from importlib import metadata
 
 import pytest
 
-from entra_passthrough._azure_identity_seams import cli_contract
+from entra_passthrough._azure_identity_seams import CliContract, cli_contract
 
 IDENTITY = f"azure-identity {metadata.version('azure-identity')}"
 
@@ -23,6 +23,7 @@ def test_the_cli_contract_is_where_the_seam_reads_it(tool: str, module: str, ver
         contract = cli_contract(tool)
     except (ImportError, AttributeError) as exc:
         pytest.fail(f"{IDENTITY} moved {where} ({exc}): update _azure_identity_seams.py.")
+    assert isinstance(contract, CliContract)
     assert verb in contract.command_line, (
         f"{IDENTITY} changed {where}.COMMAND_LINE to {contract.command_line}: update "
         "_azure_identity_seams.py and AzureCli._argv."
