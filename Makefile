@@ -32,10 +32,12 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
-# The MCP tool under churn at full size: 200 users x 100 calls at concurrency 64, restarts
-# mid-burst, short token lifetimes, small pools (tests/churn; the quick size runs in `make test`).
+# The load tests at full size (ENTRA_SOAK=1; the quick sizes run in `make test`): the MCP tool
+# under churn (200 users x 100 calls at concurrency 64, restarts mid-burst, short token lifetimes,
+# small pools) and per-user isolation (200 users x 100 calls, shared tool and per-user pool).
 soak: $(STAMP)
-	ENTRA_SOAK=1 $(BIN)/pytest -p no:cacheprovider -o timeout=3600 tests/churn
+	ENTRA_SOAK=1 $(BIN)/pytest -p no:cacheprovider -o timeout=3600 tests/churn \
+		tests/integration/test_isolation.py
 	HYPOTHESIS_PROFILE=soak $(BIN)/pytest -p no:cacheprovider -o timeout=3600 tests/security/test_fuzz.py
 
 # Secret hygiene: the suites with every logger at DEBUG and spans captured; every token, secret,

@@ -11,10 +11,12 @@ import pytest
 from mcp import MCPDeprecationWarning
 
 from _support.mcp_world import Recorder, ServerThread, build_mcp_app, world_with_users
+from _support.sizes import SOAK
 from entra_passthrough.testing import EntraEmulator
 from entra_passthrough.testing._world import User
 
-N_USERS = 56
+#: test_isolation.py uses USERS (32; 200 with ENTRA_SOAK=1) of them, and two more.
+N_USERS = 206 if SOAK else 38
 
 
 @pytest.fixture(scope="module")

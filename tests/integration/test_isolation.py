@@ -30,14 +30,17 @@ from _support.mcp_world import (
     serve_asgi,
     tool_outputs,
 )
+from _support.sizes import SOAK
 from entra_passthrough.agent_framework import entra_mcp_tool, entra_middleware
 from entra_passthrough.agent_framework.testing import ScriptedChatClient
 from entra_passthrough.testing import FOUNDRY_AUDIENCE, EntraEmulator
 from entra_passthrough.testing._world import User
 
-USERS = 50
-CALLS_PER_USER = 20
-CONCURRENCY = 32
+#: Quick in ``make test`` (every user in both halves of a run, interleaved); the full size with
+#: ``ENTRA_SOAK=1`` (``make soak``). The integration conftest makes USERS + 6 users.
+USERS = 200 if SOAK else 32
+CALLS_PER_USER = 100 if SOAK else 4
+CONCURRENCY = 64 if SOAK else 32
 
 pytestmark = pytest.mark.slow
 
