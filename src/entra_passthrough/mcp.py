@@ -128,6 +128,15 @@ def entra_http_client(
     )
 
 
+#: Seconds an idle keep-alive connection of the MCP client is kept for reuse. Well below the idle
+#: timeout of common servers (uvicorn, hypercorn, Node: 5 s; gunicorn: 2 s), because a request
+#: written onto a connection the server is closing at that very moment is reset unanswered, and
+#: for a ``tools/call`` nobody can tell whether the server read it first: it "may have run" and
+#: is never resent (``CallOutcomeUnknown``). httpx's default of 5 s equals uvicorn's timeout, and
+#: about one call in a thousand met that race under load. Measured in docs/agent-framework.md.
+KEEPALIVE_EXPIRY = 1.0
+
+
 def _client_with(
     auth: EntraAuth, *, timeout: httpx2.Timeout | float, verify: Any
 ) -> httpx2.AsyncClient:
@@ -135,12 +144,16 @@ def _client_with(
     builds its clients here too). Redirects are not followed: the mcp SDK follows same-origin
     redirects itself. Cookies are neither stored nor sent (as in agent-framework's own client):
     one connection serves every user, and a cookie set on one user's response would ride on the
-    next user's requests. The transport is wrapped in ``_CallGuard`` (see ``call_attempt``)."""
+    next user's requests. Idle connections are dropped after ``KEEPALIVE_EXPIRY``, before the server
+    closes them. The transport is wrapped in ``_CallGuard`` (see ``call_attempt``)."""
     client = httpx2.AsyncClient(
         follow_redirects=False,
         timeout=timeout,
         verify=verify,
         cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
+        limits=httpx2.Limits(
+            max_connections=100, max_keepalive_connections=20, keepalive_expiry=KEEPALIVE_EXPIRY
+        ),
     )
     _guard(client)
     auth.install(client)

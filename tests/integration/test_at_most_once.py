@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import socket
+import struct
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -21,6 +23,7 @@ from _support.mcp_world import (
     Recorder,
     ServerThread,
     agent_token,
+    build_mcp_app,
     calls,
     host_app,
     make_chain,
@@ -30,7 +33,7 @@ from _support.mcp_world import (
     serve_asgi,
     tool_outputs,
 )
-from entra_passthrough import TokenAcquisitionError, bind_caller
+from entra_passthrough import TokenAcquisitionError, UserKey, bind_caller
 from entra_passthrough._middleware import CallerMiddleware
 from entra_passthrough.agent_framework import (
     EntraMCPToolPool,
@@ -40,7 +43,7 @@ from entra_passthrough.agent_framework import (
 )
 from entra_passthrough.agent_framework._af_seams import public_failure_type
 from entra_passthrough.agent_framework.testing import ScriptedChatClient
-from entra_passthrough.mcp import _CallGuard, call_attempt
+from entra_passthrough.mcp import KEEPALIVE_EXPIRY, _CallGuard, call_attempt
 from entra_passthrough.testing import FOUNDRY_AUDIENCE, EntraEmulator
 from entra_passthrough.testing._world import User
 
@@ -97,7 +100,7 @@ async def test_pool_keys_by_the_identity_entra_issued(
         async with bind_caller(token=agent_token(idp, victim)) as caller:
             mine = await pool.tool()
             assert mine._lifecycle_caller is caller
-        assert mine._pool_key == f"entra:{victim.tenant_id}:{victim.oid}"
+        assert mine._pool_key == UserKey.for_entra_user(victim.tenant_id, victim.oid)
         # An unsigned token copying the victim's tid/oid: Entra refuses the exchange, so the
         # forger gets no token, no lease, and the victim's connection stays the victim's.
         forged = _unsigned(
@@ -380,3 +383,125 @@ async def test_a_lifecycle_request_drops_the_token_of_a_caller_who_ended_meanwhi
         await client.send(app)
     assert "authorization" not in sent[0].headers
     assert sent[1].headers["authorization"] == "Bearer app.x.y"
+
+
+class _IdleTimeoutHop:
+    """A TCP hop in front of the MCP server that behaves like a server (or load balancer) with an
+    idle timeout of ``idle`` seconds on keep-alive connections, at its worst moment: a request
+    that arrives on a connection idle that long is reset unread, as when the server's close and
+    the client's request cross on the wire (a real server's FIN only shortens the window). The
+    client cannot tell that reset from a server that read the request and died: a ``tools/call``
+    sent that way "may have run" and is lost. A client that drops idle connections before the
+    server does never meets it."""
+
+    def __init__(self, idle: float) -> None:
+        self.idle = idle
+        self.upstream = 0
+        self.port = 0
+        self.connections = 0
+        self.resets = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def aclose(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self.connections += 1
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        answers: asyncio.Task[None] | None = None
+        upstream: asyncio.StreamWriter | None = None
+
+        async def relay_answers(source: asyncio.StreamReader) -> None:
+            nonlocal last
+            try:
+                while data := await source.read(65536):
+                    last = loop.time()
+                    writer.write(data)
+                    await writer.drain()
+            except OSError:
+                pass  # the client went away
+            writer.close()
+
+        try:
+            up_reader, upstream = await asyncio.open_connection("127.0.0.1", self.upstream)
+            answers = asyncio.create_task(relay_answers(up_reader))
+            while data := await reader.read(65536):
+                if loop.time() - last >= self.idle:
+                    self.resets += 1
+                    sock = writer.get_extra_info("socket")
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    break  # closed below with SO_LINGER 0: a reset, the request never read
+                last = loop.time()
+                upstream.write(data)
+                await upstream.drain()
+        except (OSError, asyncio.CancelledError):
+            pass  # a side went away, or the test is over
+        finally:
+            if answers is not None:
+                answers.cancel()
+            if upstream is not None:
+                upstream.transport.abort()
+            writer.transport.abort()
+            self._tasks.discard(task)
+
+
+async def test_a_call_after_an_idle_pause_is_not_written_onto_a_connection_the_server_drops(
+    idp: EntraEmulator, users: list[User]
+) -> None:
+    """The remaining churn failure (about one call in a thousand under load, "may have run" for a
+    call that never ran): httpx keeps idle connections 5 s, exactly uvicorn's keep-alive timeout,
+    so a call made after a pause of ~5 s was written onto a connection the server was closing.
+    The MCP client now drops idle connections after ``KEEPALIVE_EXPIRY`` (1 s), well before a
+    server does (here: 3 s), so a call after a longer pause opens a new connection and runs."""
+    idle = 3.0
+    assert idle > KEEPALIVE_EXPIRY
+    hop = _IdleTimeoutHop(idle)
+    await hop.start()
+    executions: list[tuple[str, str]] = []
+    server = ServerThread(
+        lambda _base: build_mcp_app(
+            idp,
+            base_url=f"http://127.0.0.1:{hop.port}",
+            recorder=Recorder(),
+            executions=executions,
+        ),
+        name="mcp",
+    ).start()
+    hop.upstream = server.port
+    tool = entra_mcp_tool(
+        "records", f"http://127.0.0.1:{hop.port}/mcp", chain=make_chain(idp), scopes=mcp_scopes(idp)
+    )
+    user = users[20]
+    answers: list[str] = []
+    try:
+        for number in range(2):
+            if number:
+                # A pause between two calls (a user reading the first answer), longer than the
+                # server's idle timeout: modelled time, not a wait for a server.
+                await asyncio.sleep(idle + 0.5)
+            with bind_caller(token=agent_token(idp, user)):
+                result = await tool.call_tool("whoami", who=f"{user.oid}|{number}")
+            parts = result if isinstance(result, list) else [result]
+            answers.append(" ".join(str(getattr(part, "text", part)) for part in parts))
+    finally:
+        await tool.close()
+        server.stop()
+        await hop.aclose()
+    assert hop.resets == 0, "a request was written onto a connection idle past the timeout"
+    assert Counter(who for who, _ in executions) == {f"{user.oid}|0": 1, f"{user.oid}|1": 1}
+    assert all(user.oid in answer for answer in answers), answers
+    assert hop.connections >= 2  # the second call opened a new connection
