@@ -386,6 +386,14 @@ _TABLE: tuple[Aadsts, ...] = (
         "start again if the user wants to sign in",
     ),
     Aadsts(
+        50196,
+        "LoopDetected",
+        "Entra is throttling this app: it sent the same token request for a user too often in a "
+        "short time (a client request loop)",
+        "stop re-requesting: cache tokens until they expire (the chain's TokenCache does) and "
+        "do not retry a refused request in a loop; wait before the user's next attempt",
+    ),
+    Aadsts(
         90033,
         "MsodsServiceUnavailable",
         "a transient error in Entra",

@@ -82,3 +82,24 @@ def test_gate_key_is_the_client_at_the_endpoint() -> None:
     assert "secret-value" not in a
     imds = "http://169.254.169.254/metadata/identity/oauth2/token"
     assert gate_key(imds + "?api-version=2018-02-01&client_id=x") == gate_key(imds) == imds
+
+
+def test_aadsts50196_says_it_is_throttling() -> None:
+    """Entra's throttling of user-facing flows is a 400 with AADSTS50196, not a 429: the typed
+    error names it and says to stop re-requesting."""
+    from entra_passthrough._errors import error_from_entra
+
+    error = error_from_entra(
+        {
+            "error": "invalid_grant",
+            "error_description": "AADSTS50196: The server terminated an operation because it "
+            "encountered a client request loop.",
+            "error_codes": [50196],
+        },
+        source="obo",
+    )
+    assert error.code is not None
+    assert error.code.code == 50196
+    assert "LoopDetected" in str(error)
+    assert "throttling" in str(error)
+    assert "cache tokens" in str(error)
