@@ -7,7 +7,6 @@ inactive Caller and never uses its token (docs/platform-facts.md, Agent Framewor
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 from collections.abc import Iterable, Mapping
@@ -146,8 +145,9 @@ class Caller:
 
         The headers are read on first use of what they carry (``assertion``, ``presented``,
         ``user_id``...; the claims on first use of ``claims``): a request whose handler never
-        asks (health checks, tools/list, streams) pays no header scan. The Caller keeps a copy
-        of the header list, so a later change to the list (another middleware's) is never
+        asks (health checks, tools/list, streams) pays no header scan. The first read fills
+        all of these fields at once, so assign one only after reading one. The Caller keeps a
+        copy of the header list, so a later change to the list (another middleware's) is never
         seen; headers that cannot be read make a malformed caller (presented, unusable).
         """
         wanted = _wanted(assertion_headers)
@@ -159,48 +159,10 @@ class Caller:
         caller._digest = None  # ``errors``: a list on first use (most requests record none)
         return caller
 
-    @classmethod
-    def _read_headers(
-        cls, headers: Iterable[tuple[bytes, bytes]], wanted: dict[bytes, str]
-    ) -> Caller:
-        """``from_headers``, read now."""
-        # Names are compared as bytes: this loop runs on every request, and decoding each
-        # name costs more than the rest of it. ``bytes.lower`` (not ``raw_name.lower``) raises
-        # on a name that is not bytes, so junk fails closed in the middleware instead of a str
-        # "authorization" going unnoticed. Header names are ASCII tokens (RFC 9110 5.1).
-        if len(wanted) == 1:
-            return cls._from_headers_one(headers, wanted)
-        seen: dict[bytes, list[bytes]] = {}
-        platform: dict[bytes, list[bytes]] = {}
-        for raw_name, raw_value in headers:
-            key = bytes.lower(raw_name)
-            if key in wanted:
-                seen.setdefault(key, []).append(raw_value)
-            elif key in _PLATFORM_HEADERS:
-                platform.setdefault(key, []).append(raw_value)
-        user_id = _platform_value(platform.get(_USER_ID))
-        call_id = _platform_value(platform.get(_CALL_ID))
-        caller = cls(user_id=user_id, call_id=call_id)
-        for key, name in wanted.items():
-            values = seen.get(key)
-            if not values:
-                continue
-            if len(values) > 1:
-                caller._mark_malformed(f"header {name!r} sent {len(values)} times")
-                continue
-            token = _bearer(name, values[0])
-            if token is None:
-                continue  # e.g. "Basic ..." — not an assertion at all
-            caller._set_assertion(name, token)
-        return caller
-
-    @classmethod
-    def _from_headers_one(
-        cls, headers: Iterable[tuple[bytes, bytes]], wanted: dict[bytes, str]
-    ) -> Caller:
-        """``from_headers`` for one assertion header (the usual configuration): the same
-        decisions, counted in locals instead of lists, and the Caller built with its assertion
-        in one go (what ``_set_assertion`` does, without the intermediate dict)."""
+    def _fill_one(self, headers: Iterable[tuple[bytes, bytes]], wanted: dict[bytes, str]) -> None:
+        """Fill the header-borne fields for one assertion header (the usual configuration):
+        the general path's decisions (``_fill``), counted in locals instead of lists, the
+        assertion set in one go (what ``_set_assertion`` does, without the intermediate dict)."""
         ((want, name),) = wanted.items()
         value: bytes | None = None
         count = 0
@@ -218,25 +180,55 @@ class Caller:
         if platform is not None:
             user_id = _platform_value(platform.get(_USER_ID))
             call_id = _platform_value(platform.get(_CALL_ID))
-        if value is None:
-            return cls(user_id=user_id, call_id=call_id)
-        if count > 1:
-            caller = cls(user_id=user_id, call_id=call_id)
-            caller._mark_malformed(f"header {name!r} sent {count} times")
-            return caller
-        token = _bearer(name, value)
-        if token is None:  # e.g. "Basic ..." — not an assertion at all
-            return cls(user_id=user_id, call_id=call_id)
-        caller = cls(
-            assertion=token,
-            assertions={name: token},
-            presented=True,
-            user_id=user_id,
-            call_id=call_id,
-        )
-        del caller.claims  # decoded on first use, as in ``_set_assertion``
-        del caller.decode_error
-        return caller
+        self.user_id = user_id
+        self.call_id = call_id
+        token = None if value is None or count > 1 else _bearer(name, value)
+        if token is None:  # none, duplicated, or not a bearer (e.g. "Basic ...")
+            self.assertion = None
+            self.assertions = {}
+            self.presented = count > 1
+            self.claims = None
+            self.decode_error = f"header {name!r} sent {count} times" if count > 1 else None
+            return
+        self.assertion = token
+        self.assertions = {name: token}
+        self.presented = True  # ``claims``/``decode_error`` stay unset: decoded on first use
+
+    def _fill(self, headers: Iterable[tuple[bytes, bytes]], wanted: dict[bytes, str]) -> None:
+        """Fill the header-borne fields from ``headers`` (any number of assertion headers)."""
+        # Names are compared as bytes: this loop runs on every request that reads them, and
+        # decoding each name costs more than the rest of it. ``bytes.lower`` (not
+        # ``raw_name.lower``) raises on a name that is not bytes, so junk fails closed instead
+        # of a str "authorization" going unnoticed. Header names are ASCII tokens (RFC 9110).
+        if len(wanted) == 1:
+            self._fill_one(headers, wanted)
+            return
+        seen: dict[bytes, list[bytes]] = {}
+        platform: dict[bytes, list[bytes]] = {}
+        for raw_name, raw_value in headers:
+            key = bytes.lower(raw_name)
+            if key in wanted:
+                seen.setdefault(key, []).append(raw_value)
+            elif key in _PLATFORM_HEADERS:
+                platform.setdefault(key, []).append(raw_value)
+        self.user_id = _platform_value(platform.get(_USER_ID))
+        self.call_id = _platform_value(platform.get(_CALL_ID))
+        self.assertion = None
+        self.assertions = {}
+        self.presented = False
+        self.claims = None
+        self.decode_error = None
+        for key, name in wanted.items():
+            values = seen.get(key)
+            if not values:
+                continue
+            if len(values) > 1:
+                self._mark_malformed(f"header {name!r} sent {len(values)} times")
+                continue
+            token = _bearer(name, values[0])
+            if token is None:
+                continue  # e.g. "Basic ..." — not an assertion at all
+            self._set_assertion(name, token)
 
     def _set_assertion(self, header: str, token: str) -> None:
         self.presented = True
@@ -252,26 +244,22 @@ class Caller:
         del self.decode_error
 
     def _read_pending(self) -> None:
-        """Read the headers ``from_headers`` kept: set every header-borne field still unset
-        (a field set by hand in the meantime keeps its value); the claims are left to decode
-        on first use."""
+        """Fill every header-borne field from the headers ``from_headers`` kept (the claims
+        are left to decode on first use)."""
         pending = self._pending
         if pending is None:
             return
+        self._pending = None
         try:
-            read = Caller._read_headers(*pending)
+            self._fill(*pending)
         except Exception:
             # Headers an ASGI server would never produce (wrong types...): fail closed.
-            read = Caller()
-            read._mark_malformed("request headers could not be read")
-        for slot in _HEADER_SLOTS:
-            try:
-                slot.__get__(self, Caller)
-            except AttributeError:  # unset: take the value read (unless it is pending in
-                # ``read`` too, i.e. the claims: decoded on first use)
-                with contextlib.suppress(AttributeError):
-                    slot.__set__(self, slot.__get__(read, Caller))
-        self._pending = None
+            self.assertion = None
+            self.assertions = {}
+            self.presented = True
+            self.user_id = self.call_id = None
+            self.claims = None
+            self.decode_error = "request headers could not be read"
 
     if not TYPE_CHECKING:  # hidden from mypy: a typed __getattr__ would make typos type-check
 
@@ -302,7 +290,7 @@ class Caller:
             self.decode_error = reason
 
 
-#: The fields ``from_headers`` fills when they are first read, and their slots.
+#: The fields ``from_headers`` fills when one of them is first read.
 _HEADER_FIELDS = (
     "assertion",
     "assertions",
@@ -312,7 +300,6 @@ _HEADER_FIELDS = (
     "claims",
     "decode_error",
 )
-_HEADER_SLOTS = tuple(Caller.__dict__[name] for name in _HEADER_FIELDS)
 _LAZY_FIELDS = frozenset((*_HEADER_FIELDS, "errors"))
 
 _WANTED: dict[tuple[str, ...], dict[bytes, str]] = {}

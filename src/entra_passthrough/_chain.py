@@ -85,6 +85,19 @@ def _scopes_key(scopes: tuple[str, ...]) -> tuple[str, ...]:
 #: ``cached_token``'s answer when a source has no ``caller_partition``: take the general path.
 _GENERAL = object()
 _MAX_TAILS = 64
+_MAX_PREFIXES = 1024
+
+
+class _Tail:
+    """What the keys of one (scopes, client capabilities) share, for ``cached_token``."""
+
+    __slots__ = ("capabilities", "prefixes", "scopes_key")
+
+    def __init__(self, scopes_key: tuple[str, ...], capabilities: tuple[str, ...]) -> None:
+        self.scopes_key = scopes_key
+        self.capabilities = capabilities
+        #: source name -> its interned key prefix
+        self.prefixes: dict[str, tuple[Any, ...]] = {}
 
 
 #: RFC 6750 b64token: what a bearer credential may contain (a JWT is base64url and dots).
@@ -241,9 +254,12 @@ class TokenChain:
         self._allowed = {
             presented: self.policy.allowed(presented=presented) for presented in (False, True)
         }
-        # (scopes, client capabilities) as the apply stage passes them -> the key's tail
-        # (sorted scopes, no claims, capabilities): a bounded memo for ``cached_token``.
-        self._tails: dict[tuple[Any, Any], tuple[tuple[str, ...], tuple[str, ...]]] = {}
+        # (scopes, client capabilities) as the apply stage passes them -> what their keys
+        # share: a bounded memo for ``cached_token``.
+        self._tails: dict[tuple[Any, Any], _Tail] = {}
+        # Key prefixes (source, sorted scopes, claims, capabilities), one object per value: every
+        # entry of a source and audience shares it (a bounded intern table, not a registry).
+        self._prefixes: dict[tuple[Any, ...], tuple[Any, ...]] = {}
 
     @property
     def policy(self) -> Policy:
@@ -298,13 +314,24 @@ class TokenChain:
         return request, self._allowed[self._presented(request)]
 
     def _key(self, source: TokenSource, partition: tuple[str, ...], request: TokenRequest) -> Any:
-        return (
+        """``(prefix, *partition)``, prefix = (source name, sorted scopes, claims, client
+        capabilities): flat, with the prefix shared by every entry that has it (per entry one
+        tuple of three, not a key tuple and a partition tuple)."""
+        prefix = (
             source.name,
-            partition,
             _scopes_key(request.scopes),
             request.claims,
             request.client_capabilities,
         )
+        return (self._interned(prefix), *partition)
+
+    def _interned(self, prefix: tuple[Any, ...]) -> tuple[Any, ...]:
+        found = self._prefixes.get(prefix)
+        if found is None:
+            if len(self._prefixes) >= _MAX_PREFIXES:
+                self._prefixes.clear()  # equal prefixes still make equal keys
+            found = self._prefixes[prefix] = prefix
+        return found
 
     @staticmethod
     def _cap(candidate: _Candidate, request: TokenRequest) -> float | None:
@@ -551,7 +578,7 @@ class TokenChain:
                 and type(client_capabilities) is tuple
                 and caller.active
             ):
-                # The apply stage's call: no ``TokenRequest``, the key's tail memoised.
+                # The apply stage's call: no ``TokenRequest``, the key's prefix memoised.
                 tail = self._tails.get((scopes, client_capabilities))
                 if tail is None:
                     tail = self._tail(scopes, client_capabilities)
@@ -563,20 +590,15 @@ class TokenChain:
         except Exception:
             return None  # the full path will meet the same problem and explain it
 
-    def _tail(
-        self, scopes: tuple[str, ...], client_capabilities: tuple[str, ...]
-    ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    def _tail(self, scopes: tuple[str, ...], client_capabilities: tuple[str, ...]) -> _Tail:
         if len(self._tails) >= _MAX_TAILS:
             self._tails.clear()
-        tail = self._tails[(scopes, client_capabilities)] = (
-            _scopes_key(scopes),
-            client_capabilities,
+        tail = self._tails[(scopes, client_capabilities)] = _Tail(
+            _scopes_key(scopes), client_capabilities
         )
         return tail
 
-    def _caller_hit(
-        self, caller: Caller, tail: tuple[tuple[str, ...], tuple[str, ...]]
-    ) -> TokenResult | object | None:
+    def _caller_hit(self, caller: Caller, tail: _Tail) -> TokenResult | object | None:
         """``_hit`` for an active ``caller``, with no claims: the same key (``_key``) from
         each source's ``caller_partition``. ``_GENERAL`` when a source has none."""
         allowed = self._allowed[caller.presented]
@@ -590,7 +612,13 @@ class TokenChain:
             if not candidate.cached:
                 return None
             source = candidate.source
-            hit = self.cache.peek((source.name, partition, tail[0], None, tail[1]))
+            name = source.name
+            prefix = tail.prefixes.get(name)
+            if prefix is None:  # ``_key``'s prefix, for no claims
+                prefix = tail.prefixes[name] = self._interned(
+                    (name, tail.scopes_key, None, tail.capabilities)
+                )
+            hit = self.cache.peek((prefix,) + partition)  # noqa: RUF005 - ``_key``'s, cheaper (no list)
             if hit is not None and hit.kind in allowed:
                 if _otel.metering():
                     _otel.count_hit(source.name, hit.kind.value)

@@ -31,14 +31,14 @@ def test_a_handler_that_never_asks_costs_no_header_scan(monkeypatch: pytest.Monk
     import entra_passthrough._caller as caller_module
 
     reads = 0
-    real = caller_module.Caller._read_headers.__func__  # type: ignore[attr-defined]
+    real = caller_module.Caller._fill
 
-    def counting(cls: Any, *args: Any) -> Any:
+    def counting(self: Any, *args: Any) -> Any:
         nonlocal reads
         reads += 1
-        return real(cls, *args)
+        return real(self, *args)
 
-    monkeypatch.setattr(caller_module.Caller, "_read_headers", classmethod(counting))
+    monkeypatch.setattr(caller_module.Caller, "_fill", counting)
     seen: list[Any] = []
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -92,11 +92,13 @@ def test_unreadable_headers_fail_closed_on_first_use() -> None:
     assert caller.decode_error == "request headers could not be read"
 
 
-def test_a_field_set_before_the_read_keeps_its_value() -> None:
+def test_fields_read_once_then_plain_attributes() -> None:
     caller = Caller.from_headers([(b"authorization", f"Bearer {TOKEN}".encode())])
+    assert caller.user_id is None  # the first read fills every header-borne field
     caller.user_id = "set-by-hand"
-    assert caller.assertion == TOKEN
-    assert caller.user_id == "set-by-hand"
+    assert (caller.assertion, caller.presented, caller.user_id) == (TOKEN, True, "set-by-hand")
     assert caller.errors == []
     copy = caller.copy()
     assert (copy.assertion, copy.presented, copy.user_id) == (TOKEN, True, "set-by-hand")
+    assert repr(copy) == repr(caller)
+    assert TOKEN not in repr(caller)
