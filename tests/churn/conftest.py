@@ -3,11 +3,15 @@ every execution of its tool, and the quick/full sizes (``ENTRA_SOAK=1``: ``make 
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mcp import MCPDeprecationWarning
@@ -40,11 +44,76 @@ def _size() -> Size:
 SIZE = _size()
 
 
+class CrashPoint:
+    """Makes "a crash with calls in flight" certain, however loaded the machine: once armed,
+    the server instance running at that moment withholds its answers to the ``tools/call``
+    requests it has run (they ran, the client has no answer yet); ``crash_after_a_held_call``
+    then waits (bounded) until at least one is held and restarts the server without waiting for
+    them. The next instance answers normally."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._armed: int | None = None
+        self._held = threading.Event()
+        self.held = 0  # answers withheld, over every crash
+
+    def wrap(self, app: Any) -> Any:
+        """``app`` for one server instance (called on every start)."""
+        with self._lock:
+            self._generation += 1
+            generation = self._generation
+
+        async def wrapper(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            if scope["type"] != "http" or scope["method"] != "POST":
+                await app(scope, receive, send)
+                return
+            messages: list[dict[str, Any]] = []
+            body = b""
+            while True:
+                message = await receive()
+                messages.append(message)
+                body += message.get("body", b"")
+                if message["type"] != "http.request" or not message.get("more_body"):
+                    break
+            try:
+                parsed = json.loads(body) if body else None
+            except ValueError:
+                parsed = None
+            is_call = isinstance(parsed, dict) and parsed.get("method") == "tools/call"
+
+            async def replay() -> dict[str, Any]:
+                return messages.pop(0) if messages else await receive()
+
+            async def withholding(message: dict[str, Any]) -> None:
+                if is_call and message["type"] == "http.response.start":
+                    with self._lock:
+                        hold = self._armed == generation
+                        if hold:
+                            self.held += 1
+                    if hold:
+                        self._held.set()
+                        await asyncio.Event().wait()  # until the crash cancels this request
+                await send(message)
+
+            await app(scope, replay, withholding)
+
+        return wrapper
+
+    def crash_after_a_held_call(self, server: ServerThread, *, timeout: float = 60.0) -> None:
+        with self._lock:
+            self._held.clear()
+            self._armed = self._generation
+        self._held.wait(timeout)  # bounded: the test then fails on its count of cut-off calls
+        server.restart()  # the new instance is not armed
+
+
 @dataclass
 class McpUnderTest:
     server: ServerThread
     recorder: Recorder
     executions: list[tuple[str, str]] = field(default_factory=list)
+    crash: CrashPoint = field(default_factory=CrashPoint)
 
 
 @pytest.fixture(scope="module")
@@ -77,25 +146,25 @@ def _state_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def start_mcp() -> Iterator[Callable[..., McpUnderTest]]:
     started: list[ServerThread] = []
 
-    def start(
-        idp: EntraEmulator, *, stateful: bool = False, hold: float = 0.0, graceful: float = 1.0
-    ) -> McpUnderTest:
+    def start(idp: EntraEmulator, *, stateful: bool = False, graceful: float = 1.0) -> McpUnderTest:
         recorder = Recorder()
         executions: list[tuple[str, str]] = []
+        crash = CrashPoint()
         server = ServerThread(
-            lambda base: build_mcp_app(
-                idp,
-                base_url=base,
-                recorder=recorder,
-                stateful=stateful,
-                executions=executions,
-                hold=hold,
+            lambda base: crash.wrap(
+                build_mcp_app(
+                    idp,
+                    base_url=base,
+                    recorder=recorder,
+                    stateful=stateful,
+                    executions=executions,
+                )
             ),
             name="mcp",
             graceful=graceful,
         ).start()
         started.append(server)
-        return McpUnderTest(server, recorder, executions)
+        return McpUnderTest(server, recorder, executions, crash)
 
     yield start
     for server in started:
