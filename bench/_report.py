@@ -209,6 +209,19 @@ def evaluate_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
             "middleware.ratio",
         )
     )
+    cpu_ratio = _med(r.get("middleware", {}), "cpu_ratio")
+    out.append(
+        _target(
+            "capture middleware, server CPU per request",
+            ">= 0.97x (CPU per request without / with: less moved by machine load than req/s)",
+            cpu_ratio,
+            cpu_ratio >= 0.97,
+            f"{(cpu_ratio - 0.97) * 100:+.1f} points vs 0.97"
+            if not math.isnan(cpu_ratio)
+            else "n/a",
+            "middleware.cpu_ratio",
+        )
+    )
     for m in r.get("memory_synthetic", []) if isinstance(r.get("memory_synthetic"), list) else []:
         over = float(m.get("overhead_per_entry_bytes", math.nan))
         out.append(
