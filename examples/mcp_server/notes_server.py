@@ -28,7 +28,7 @@ from typing import Any
 import uvicorn
 from mcp.server.mcpserver import MCPServer
 
-from entra_passthrough import JwtVerifier
+from entra_passthrough import JwtVerifier, UserKey
 from entra_passthrough.server import (
     EntraChallengeMiddleware,
     EntraTokenVerifier,
@@ -68,9 +68,9 @@ class NotesStore:
     """Per-user notes, bounded (oldest users evicted). Keys come from verified tokens only."""
 
     def __init__(self) -> None:
-        self._notes: OrderedDict[str, list[str]] = OrderedDict()
+        self._notes: OrderedDict[UserKey, list[str]] = OrderedDict()
 
-    def add(self, user_key: str, text: str) -> None:
+    def add(self, user_key: UserKey, text: str) -> None:
         notes = self._notes.setdefault(user_key, [])
         self._notes.move_to_end(user_key)
         notes.append(text[:500])
@@ -78,7 +78,7 @@ class NotesStore:
         while len(self._notes) > MAX_USERS:
             self._notes.popitem(last=False)
 
-    def list(self, user_key: str) -> list[str]:
+    def list(self, user_key: UserKey) -> list[str]:
         return list(self._notes.get(user_key, ()))
 
 

@@ -37,7 +37,6 @@ from ._errors import (
     TokenAcquisitionError,
     TokenVerificationError,
 )
-from ._grants import UserKey
 from ._http import Timeouts
 from ._jwt import UnverifiedClaims
 from ._middleware import CallerMiddleware
@@ -52,6 +51,7 @@ from ._sources import (
 from ._sources.delegated import DelegatedConsent
 from ._store import Keyring, MemoryStore, TokenStore
 from ._types import IdentityKind, TokenRequest, TokenResult, TokenSource
+from ._user_key import UserKey
 from ._verify import JwtVerifier, VerifiedToken
 
 __version__ = "0.1.0"

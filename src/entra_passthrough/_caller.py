@@ -93,19 +93,6 @@ class Caller:
     def fingerprint(self) -> str | None:
         return fingerprint(self.assertion) if self.assertion else None
 
-    @property
-    def user_key(self) -> str | None:
-        """The strongest stable key for this user: ``tid:oid`` from a verified token, else
-        ``platform:<x-agent-user-id>``, else ``None``. Never built from unverified claims:
-        anyone can mint an unsigned token naming someone else's tid/oid."""
-        if self.verified is not None:
-            tid, oid = self.verified.get("tid"), self.verified.get("oid")
-            if isinstance(tid, str) and isinstance(oid, str) and tid and oid:
-                return f"{tid}:{oid}"
-        if self.user_id:
-            return f"platform:{self.user_id}"
-        return None
-
     def record(self, error: BaseException) -> None:
         """Keep an acquisition error for the integration to re-raise after the call."""
         if len(self.errors) < 16:

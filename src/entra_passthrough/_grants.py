@@ -1,4 +1,5 @@
-"""Consent grants on top of a ``TokenStore``: user keys, grant records, consent-link tickets.
+"""Consent grants on top of a ``TokenStore``: grant records, consent-link tickets (keyed by the
+hashed ``UserKey``).
 
 Shared by the ``DelegatedConsent`` source (reads and rotates grants, builds links) and the
 consent broker (verifies links, stores grants). Everything written to the store is sealed with
@@ -12,14 +13,10 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
-from ._store import ANY, AnyVersion, Keyring, KeyringError, TokenStore, hash_key
-
-if TYPE_CHECKING:
-    from ._caller import Caller
-
-KeyKind = Literal["entra", "platform"]
+from ._store import ANY, AnyVersion, Keyring, KeyringError, TokenStore
+from ._user_key import KeyKind
 
 #: Entra refresh tokens live up to 90 days (sliding); a grant unused that long is dead anyway.
 GRANT_TTL = 90 * 24 * 3600.0
@@ -28,77 +25,6 @@ GRANT_TTL = 90 * 24 * 3600.0
 BINDING_TTL = 400 * 24 * 3600.0
 _MAX_SCOPES = 20
 _MAX_SCOPE_CHARS = 256
-
-
-@dataclass(frozen=True, slots=True)
-class UserKey:
-    """Whose grant: ``entra`` = tid+oid of a *verified* token; ``platform`` = the hosting
-    platform's user id (``x-agent-user-id``), trusted only as far as the platform's ingress is.
-    ``login_hint``/``domain_hint`` come from unverified claims and only pre-fill the sign-in."""
-
-    value: str = field(repr=False)
-    kind: KeyKind
-    tid: str | None = None
-    oid: str | None = None
-    login_hint: str | None = field(default=None, repr=False)
-    domain_hint: str | None = None
-    #: For a platform key: the (unverified) tid/oid of the token that came with the request,
-    #: if any. Never a key - only a constraint: the sign-in must then be that account, so a
-    #: link forwarded to (or phished by) someone else cannot bind this chat user to them.
-    expected_tid: str | None = None
-    expected_oid: str | None = None
-
-    @property
-    def hashed(self) -> str:
-        return hash_key(self.value)
-
-    @classmethod
-    def for_entra_user(cls, tid: str, oid: str, *, upn: str | None = None) -> UserKey:
-        return cls(f"{tid}:{oid}", "entra", tid=tid, oid=oid, login_hint=upn, domain_hint=tid)
-
-    @classmethod
-    def for_platform_user(
-        cls,
-        user_id: str,
-        *,
-        login_hint: str | None = None,
-        expected_tid: str | None = None,
-        expected_oid: str | None = None,
-    ) -> UserKey:
-        return cls(
-            f"platform:{user_id}",
-            "platform",
-            login_hint=login_hint,
-            expected_tid=expected_tid,
-            expected_oid=expected_oid,
-        )
-
-    @classmethod
-    def from_caller(cls, caller: Caller | None) -> UserKey | None:
-        """The strongest identity available, or ``None``.
-
-        Unverified tid/oid are *not* a key: anyone who can reach the container can put any
-        tid/oid in an unsigned-checked token and would be served that user's grant. They are
-        used only as sign-in hints.
-        """
-        if caller is None or not caller.active:
-            return None
-        hint = caller.claims.upn if caller.claims is not None else None
-        if caller.verified is not None:
-            tid, oid = caller.verified.get("tid"), caller.verified.get("oid")
-            if isinstance(tid, str) and isinstance(oid, str) and tid and oid:
-                upn = caller.verified.get("upn") or caller.verified.get("preferred_username")
-                return cls.for_entra_user(tid, oid, upn=upn if isinstance(upn, str) else hint)
-        if caller.user_id:
-            claims = caller.claims
-            both = claims is not None and bool(claims.tid) and bool(claims.oid)
-            return cls.for_platform_user(
-                caller.user_id,
-                login_hint=hint,
-                expected_tid=claims.tid if both and claims is not None else None,
-                expected_oid=claims.oid if both and claims is not None else None,
-            )
-        return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from ._user_key import UserKey
+
 if TYPE_CHECKING:
     from ._caller import Caller
     from ._errors import TokenAcquisitionError
@@ -74,16 +76,15 @@ _SALT = (os.environ.get("ENTRA_PASSTHROUGH_TELEMETRY_SALT") or secrets.token_hex
 
 
 def user_hash(caller: Caller | None) -> str | None:
-    """A salted, truncated hash of who the caller is (verified tid/oid, the platform user id,
-    else the assertion's hash); ``None`` without a caller."""
+    """A salted, truncated hash of who the caller is (its ``UserKey``: verified tid/oid or the
+    platform user id, else the assertion's hash); ``None`` without a caller."""
     if caller is None:
         return None
-    if caller.verified is not None:
-        key = f"v:{caller.verified.get('tid')}:{caller.verified.get('oid')}"
-    elif caller.user_id:
-        key = f"p:{caller.user_id}"
-    elif caller.assertion:
-        key = "a:" + hashlib.sha256(caller.assertion.encode("utf-8", "surrogatepass")).hexdigest()
+    user = UserKey.from_caller(caller)
+    if user is not None:
+        key = user.value
+    elif caller.assertion_sha256 is not None:
+        key = f"assertion:{caller.assertion_sha256}"
     else:
         return None
     return hashlib.sha256(_SALT + key.encode("utf-8", "surrogatepass")).hexdigest()[:16]

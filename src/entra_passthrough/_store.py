@@ -5,7 +5,7 @@ wrong:
 
 * ``TokenStore`` - the protocol a backend implements: async get/put/delete of *opaque bytes* under
   *opaque keys*, with a TTL and an atomic compare-and-set on a version (an etag). Nothing a backend
-  sees is readable: keys are sha256 hashes of the user key and values are AES-GCM ciphertexts.
+  sees is readable: keys hold ``UserKey.hashed`` (sha256) and values are AES-GCM ciphertexts.
 * ``Keyring`` - the secret keys (by key id, the first is current) from which the AES-GCM store key
   and the HMAC state-signing key are derived (HKDF, one sub-key per purpose). Rotation: put a new
   key first, keep the old ones until what they sealed has expired; values are re-sealed with the
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import heapq
 import hmac
 import os
@@ -44,7 +43,6 @@ __all__ = [
     "KeyringError",
     "MemoryStore",
     "TokenStore",
-    "hash_key",
 ]
 
 
@@ -91,14 +89,6 @@ class TokenStore(Protocol):
     ) -> str | None: ...
 
     async def delete(self, key: str, *, expect: str | AnyVersion = ANY) -> bool: ...
-
-
-def hash_key(user_key: str) -> str:
-    """The hashed form of a user key (sha256 hex): what stores, links and states carry,
-    never the raw key (it names a person)."""
-    # surrogatepass: a key built by code (bind_caller(user_id=...)) may hold lone surrogates.
-    data = f"entra-passthrough/user\x00{user_key}".encode("utf-8", "surrogatepass")
-    return hashlib.sha256(data).hexdigest()
 
 
 class MemoryStore:

@@ -39,6 +39,7 @@ from ._errors import (
     require_extra,
 )
 from ._jwt import fingerprint
+from ._user_key import UserKey
 from ._verify import PUBLIC_AUTHORITY, JwtVerifier, VerifiedToken
 from ._www_auth import authorization_values, bearer_token, challenge, send_challenge
 
@@ -95,9 +96,10 @@ class EntraUser:
         )
 
     @property
-    def user_key(self) -> str:
-        """A stable per-user key (tenant + object id) for per-user data."""
-        return f"{self.tid}/{self.oid}"
+    def user_key(self) -> UserKey:
+        """The user's ``UserKey`` (tenant + object id, verified): the key for per-user data
+        (``user_key.value`` is ``"<tid>:<oid>"``, ``user_key.hashed`` its stored form)."""
+        return UserKey.for_entra_user(self.tid, self.oid)
 
 
 class EntraAccessToken(AccessToken):

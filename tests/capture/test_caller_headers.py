@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from entra_passthrough import Caller
+from entra_passthrough import Caller, UserKey
 
 
 @pytest.mark.parametrize(
@@ -27,7 +27,7 @@ def test_blank_or_junk_platform_values_are_none(raw: bytes) -> None:
     caller = Caller.from_headers([(b"x-agent-user-id", raw), (b"x-agent-foundry-call-id", raw)])
     assert caller.user_id is None
     assert caller.call_id is None
-    assert caller.user_key is None
+    assert UserKey.from_caller(caller) is None
 
 
 @pytest.mark.parametrize(
@@ -48,15 +48,16 @@ def test_other_schemes_are_not_assertions(value: bytes) -> None:
 
 def test_user_key_never_comes_from_unverified_claims() -> None:
     # Anyone can mint an unsigned token naming a victim's tid/oid: a key built from it would
-    # let a custom source's cache (docs: partition by caller.user_key) serve the victim's token.
+    # let a custom source's cache (docs: partition by UserKey.from_caller) serve the victim's
+    # token.
     from ._jwts import unsigned_jwt
 
     forged = Caller.from_token(unsigned_jwt(oid="victim-oid", tid="victim-tid"))
     assert forged.claims is not None
     assert forged.claims.oid == "victim-oid"  # still there for routing
-    assert forged.user_key is None
+    assert UserKey.from_caller(forged) is None
     with_platform = Caller.from_token(unsigned_jwt(oid="victim-oid", tid="t"), user_id="u-1")
-    assert with_platform.user_key == "platform:u-1"
+    assert UserKey.from_caller(with_platform) == UserKey.for_platform_user("u-1")
     verified = Caller.from_token(unsigned_jwt(oid="x", tid="t"))
     verified.verified = {"tid": "t", "oid": "alice"}
-    assert verified.user_key == "t:alice"
+    assert UserKey.from_caller(verified) == UserKey.for_entra_user("t", "alice")

@@ -13,6 +13,7 @@ from entra_passthrough import (
     CallerMiddleware,
     InsufficientScope,
     TokenVerificationError,
+    UserKey,
     current_caller,
 )
 from entra_passthrough._middleware import STATE_KEY
@@ -149,7 +150,9 @@ async def test_verifier_success_sets_verified_claims() -> None:
     (caller,) = app.seen
     assert stub.tokens == [token]
     assert caller.verified == {"oid": "alice-verified", "tid": "t"}
-    assert caller.user_key == "t:alice-verified"
+    assert UserKey.from_verified_claims(caller.verified) == UserKey.for_entra_user(
+        "t", "alice-verified"
+    )
 
 
 async def test_verifier_failures_map_to_401_403_and_503() -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from entra_passthrough import CallerMiddleware, JwtVerifier, current_caller
+from entra_passthrough import CallerMiddleware, JwtVerifier, UserKey, current_caller
 from entra_passthrough.testing import EntraEmulator
 
 
@@ -47,7 +47,9 @@ async def test_verified_claims_on_the_caller(entra_emulator: EntraEmulator) -> N
     status, _, caller = await run(verifier(idp), token)
     assert status == 200
     assert caller.verified["oid"] == idp.users["alice"].oid
-    assert caller.user_key == f"{idp.tenant_id}:{idp.users['alice'].oid}"
+    key = UserKey.from_verified_claims(caller.verified)
+    assert key is not None
+    assert key.value == f"{idp.tenant_id}:{idp.users['alice'].oid}"
 
 
 @pytest.mark.parametrize(

@@ -20,8 +20,7 @@ from _support.consent import (
     verified_caller,
     with_login_hint,
 )
-from entra_passthrough import Caller
-from entra_passthrough._grants import UserKey
+from entra_passthrough import Caller, UserKey
 from entra_passthrough._sources.delegated import DelegatedConsent
 from entra_passthrough._store import Keyring
 from entra_passthrough.consent._state import State

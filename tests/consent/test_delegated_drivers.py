@@ -18,8 +18,8 @@ from entra_passthrough import (
     DelegatedConsent,
     TokenRequest,
     TokenResult,
+    UserKey,
 )
-from entra_passthrough._grants import UserKey
 
 
 async def _get(source: DelegatedConsent, request: TokenRequest, sync: bool) -> TokenResult | None:

@@ -18,8 +18,7 @@ from _support.consent import (
     submit_form_post,
     verified_caller,
 )
-from entra_passthrough import ConsentRequired, TokenRequest
-from entra_passthrough._grants import UserKey
+from entra_passthrough import ConsentRequired, TokenRequest, UserKey
 from entra_passthrough._jwt import decode_unverified
 
 

@@ -18,7 +18,7 @@ from _support.consent import (
     platform_caller,
     submit_form_post,
 )
-from entra_passthrough._grants import UserKey
+from entra_passthrough import UserKey
 
 
 def _answer_text(response: httpx2.Response) -> str:

@@ -11,8 +11,7 @@ from __future__ import annotations
 import time
 
 from _support.consent import ConsentEnv, callback_url, code_and_state, consent_link, platform_caller
-from entra_passthrough import Caller
-from entra_passthrough._grants import UserKey
+from entra_passthrough import Caller, UserKey
 
 
 async def test_a_third_party_cannot_burn_the_state(consent_env: ConsentEnv) -> None:

@@ -8,10 +8,10 @@ import threading
 
 import pytest
 
-from entra_passthrough import ConfigurationError
-from entra_passthrough._grants import Grant, GrantStore, LinkTicket, UserKey
+from entra_passthrough import ConfigurationError, UserKey
+from entra_passthrough._grants import Grant, GrantStore, LinkTicket
 from entra_passthrough._sources.delegated import DelegatedConsent
-from entra_passthrough._store import ANY, Keyring, KeyringError, MemoryStore, TokenStore, hash_key
+from entra_passthrough._store import ANY, Keyring, KeyringError, MemoryStore, TokenStore
 from entra_passthrough.consent import ConsentBroker
 
 
@@ -127,7 +127,7 @@ async def test_grant_store_seals_values_and_hashes_keys() -> None:
     version = await grants.put_grant(key.hashed, grant)
     assert version is not None
     raw_keys = list(store._data)
-    assert raw_keys == [f"ep:v1:grant:{hash_key('tid-1:oid-1')}"]
+    assert raw_keys == [f"ep:v1:grant:{UserKey.for_entra_user('tid-1', 'oid-1').hashed}"]
     assert "oid-1" not in raw_keys[0]
     raw_value = store._data[raw_keys[0]][0]
     assert b"rt-secret-value" not in raw_value

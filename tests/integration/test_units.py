@@ -23,6 +23,7 @@ from entra_passthrough import (
     PolicyViolation,
     SourceUnavailable,
     TokenResult,
+    UserKey,
     bind_caller,
     current_caller,
 )
@@ -35,7 +36,7 @@ from entra_passthrough.agent_framework import (
     entra_mcp_tool,
     install,
     is_dead_connection,
-    pool_key,
+    issued_pool_key,
 )
 from entra_passthrough.agent_framework._tool import EntraMCPTool
 
@@ -186,13 +187,19 @@ def test_dead_connection_classification(error: BaseException, dead: bool) -> Non
     assert is_dead_connection(error) is dead
 
 
-def test_pool_key_uses_tenant_and_object_id() -> None:
-    token = unsigned_jwt(tid="t1", oid="o1", aud="a", exp=4_000_000_000)
-    caller = Caller.from_token(token)
-    assert pool_key(caller) == "claims:t1:o1"
-    caller.verified = {"tid": "t2", "oid": "o2"}
-    assert pool_key(caller) == "verified:t2:o2"
-    assert pool_key(Caller()) is None
+def test_the_pool_keys_by_the_user_entra_issued_or_a_verifier_checked() -> None:
+    # One key type, UserKey: the tid/oid of the token Entra issued for the MCP server, else the
+    # caller's verified tid/oid; never the caller's own (unverified) claims.
+    caller = Caller.from_token(unsigned_jwt(tid="t1", oid="o1", aud="a", exp=4_000_000_000))
+    issued = TokenResult(
+        unsigned_jwt(tid="t2", oid="o2"), time.time() + 600, IdentityKind.USER, "obo"
+    )
+    opaque = TokenResult("opaque", time.time() + 600, IdentityKind.USER, "obo")
+    assert issued_pool_key(issued, caller) == UserKey.for_entra_user("t2", "o2")
+    assert issued_pool_key(opaque, caller) is None
+    caller.verified = {"tid": "t3", "oid": "o3"}
+    assert issued_pool_key(opaque, caller) == UserKey.for_entra_user("t3", "o3")
+    assert issued_pool_key(opaque, Caller.from_token(None, user_id="chat-user")) is None
 
 
 def test_pool_options_are_validated() -> None:
@@ -326,7 +333,7 @@ async def test_shared_discovery_falls_back_to_the_user_only_on_token_errors() ->
 def test_pooled_call_refuses_a_token_for_another_user() -> None:
     tool = EntraMCPTool(
         "x", URL, chain=_NoChain(), scopes=SCOPES, origins=["https://mcp.contoso.com"],
-        mode="per_user", pool_key="claims:other-t:o",
+        mode="per_user", pool_key=UserKey.for_entra_user("other-t", "o"),
     )  # fmt: skip
 
     def issued(**claims: Any) -> TokenResult:

@@ -28,6 +28,7 @@ async def test_a_token_with_lone_surrogates_is_a_typed_error(token: str) -> None
 
 
 def test_a_user_key_with_lone_surrogates_hashes() -> None:
-    from entra_passthrough._store import hash_key
+    from entra_passthrough import UserKey
 
-    assert hash_key("platform:\ud800") != hash_key("platform:\ud801")
+    first, second = UserKey.for_platform_user("\ud800"), UserKey.for_platform_user("\ud801")
+    assert first.hashed != second.hashed

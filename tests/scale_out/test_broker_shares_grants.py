@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 
 from _support.consent import ConsentEnv, follow_link, platform_caller
-from entra_passthrough import ConsentRequired, SourceUnavailable, TokenRequest
-from entra_passthrough._grants import UserKey
+from entra_passthrough import ConsentRequired, SourceUnavailable, TokenRequest, UserKey
 from entra_passthrough._store import Keyring
 from entra_passthrough.consent._cli import build_store, main
 from entra_passthrough.redis import RedisStore

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import redis
 
-from entra_passthrough import ConfigurationError, SourceUnavailable
-from entra_passthrough._grants import Grant, GrantStore, UserKey
+from entra_passthrough import ConfigurationError, SourceUnavailable, UserKey
+from entra_passthrough._grants import Grant, GrantStore
 from entra_passthrough._store import ANY, Keyring, TokenStore
 from entra_passthrough.redis import RedisStore
 

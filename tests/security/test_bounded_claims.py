@@ -201,6 +201,9 @@ def test_verifier_still_accepts_a_good_token(issuer: Issuer) -> None:
 
 @pytest.mark.parametrize("token", TOKENS, ids=IDS)
 def test_pool_key_is_none_not_a_crash(token: str) -> None:
-    from entra_passthrough.agent_framework._pool import pool_key
+    from entra_passthrough import IdentityKind, TokenResult
+    from entra_passthrough.agent_framework import issued_pool_key
 
-    assert pool_key(Caller.from_token(token)) is None
+    result = TokenResult(token, time.time() + 600, IdentityKind.USER, "obo")
+    with bind_caller(token=token) as caller:
+        assert issued_pool_key(result, caller) is None

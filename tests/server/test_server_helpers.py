@@ -34,7 +34,7 @@ def build_api(base: str) -> Any:
     async def me(request: Request) -> JSONResponse:
         user = current_user()
         assert request.scope["state"]["entra_user"] == user
-        return JSONResponse({"oid": user.oid, "key": user.user_key})
+        return JSONResponse({"oid": user.oid, "key": user.user_key.value})
 
     verifier = JwtVerifier(
         audiences=[API, API_URI],
@@ -64,7 +64,7 @@ async def _get(url: str, headers: dict[str, str] | None = None) -> httpx2.Respon
 async def test_api_sees_the_verified_user(api: str) -> None:
     r = await _get(f"{api}/me", {"Authorization": f"Bearer {ISSUER.token()}"})
     assert r.status_code == 200
-    assert r.json() == {"oid": USER_OID, "key": f"{TENANT}/{USER_OID}"}
+    assert r.json() == {"oid": USER_OID, "key": f"{TENANT}:{USER_OID}"}
 
 
 async def test_api_without_token(api: str) -> None:

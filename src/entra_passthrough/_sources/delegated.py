@@ -40,11 +40,12 @@ from .._errors import (
     error_from_entra,
     is_consent_required,
 )
-from .._grants import Grant, GrantStore, LinkTicket, UserKey, seal_revoke_ticket
+from .._grants import Grant, GrantStore, LinkTicket, seal_revoke_ticket
 from .._jwt import fingerprint
 from .._msal import PUBLIC_AUTHORITY_HOST, http_session
 from .._store import Keyring, MemoryStore, TokenStore
 from .._types import IdentityKind, TokenRequest, TokenResult
+from .._user_key import UserKey
 from ._base import result_from_msal, unreachable
 
 logger = logging.getLogger("entra_passthrough.consent")

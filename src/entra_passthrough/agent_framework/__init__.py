@@ -29,7 +29,7 @@ except ImportError as _exc:  # pragma: no cover - exercised only without the ext
 from ._factory import entra_mcp_tool, entra_middleware
 from ._hosting import BackgroundRunCallers, end_run_caller, install
 from ._middleware import EntraToolMiddleware, entra_function_middleware
-from ._pool import EntraMCPToolPool, PoolOptions, issued_pool_key, pool_key
+from ._pool import EntraMCPToolPool, PoolOptions, issued_pool_key
 from ._signals import CallOutcomeUnknown, consent_exception, is_dead_connection
 from ._tool import EntraMCPTool
 
@@ -48,5 +48,4 @@ __all__ = [
     "install",
     "is_dead_connection",
     "issued_pool_key",
-    "pool_key",
 ]

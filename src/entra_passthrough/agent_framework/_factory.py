@@ -13,6 +13,7 @@ import httpx2
 from .._auth import EntraAuth
 from .._errors import ConfigurationError
 from .._flow import Chain
+from .._user_key import UserKey
 from ._middleware import entra_function_middleware
 from ._pool import EntraMCPToolPool, PoolOptions
 from ._tool import EntraMCPTool
@@ -153,7 +154,7 @@ def entra_mcp_tool(
         return EntraMCPTool(name, url, mode="shared", **options)
     pool_options = per_user if isinstance(per_user, PoolOptions) else PoolOptions()
 
-    def make(pool: EntraMCPToolPool, key: str) -> EntraMCPTool:
+    def make(pool: EntraMCPToolPool, key: UserKey) -> EntraMCPTool:
         return EntraMCPTool(name, url, mode="per_user", pool=pool, pool_key=key, **options)
 
     # The pool resolves each caller's token before leasing and keys by the identity Entra

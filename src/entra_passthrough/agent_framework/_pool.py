@@ -37,9 +37,10 @@ from .._caller import Caller, active_caller
 from .._errors import ConfigurationError, EntraPassthroughError, NoCallerError
 from .._jwt import JwtDecodeError, UnverifiedClaims
 from .._types import IdentityKind, TokenResult
+from .._user_key import UserKey
 from ._tool import EntraMCPTool
 
-__all__ = ["EntraMCPToolPool", "PoolOptions", "issued_pool_key", "pool_key"]
+__all__ = ["EntraMCPToolPool", "PoolOptions", "issued_pool_key"]
 
 #: A lease handed out but never entered (an agent factory that failed) stops pinning its
 #: connection after this long.
@@ -66,33 +67,20 @@ class PoolOptions:
             raise ConfigurationError("PoolOptions.idle_timeout must be > 0 seconds")
 
 
-def issued_pool_key(result: TokenResult, caller: Caller) -> str | None:
-    """``entra:<tid>:<oid>`` from the token Entra issued for the MCP server (a JWT), else
-    ``verified:<tid>:<oid>`` from the claims a verifier checked, else ``None`` (no pooling:
-    the caller's own claims are unverified and could copy another user's)."""
+def issued_pool_key(result: TokenResult, caller: Caller) -> UserKey | None:
+    """The ``UserKey`` the pool keys a connection by: the tid/oid of the token Entra issued for
+    the MCP server (a JWT: it came straight from Entra), else the caller's verified tid/oid (a
+    verifier checked them), else ``None`` (no pooling: the caller's own claims are unverified
+    and could copy another user's; a platform user id names no Entra user)."""
     if result.kind is IdentityKind.USER:
         try:
             claims = UnverifiedClaims.from_token(result.token)
         except (JwtDecodeError, ValueError, OverflowError):
             claims = None
         if claims is not None and claims.tid and claims.oid:
-            return f"entra:{claims.tid}:{claims.oid}"
-    key = pool_key(caller)
-    return key if key is not None and key.startswith("verified:") else None
-
-
-def pool_key(caller: Caller) -> str | None:
-    """``tid:oid`` of the caller: from verified claims when a verifier ran, else from the routing
-    claims. The pool itself keys by ``issued_pool_key`` (the identity Entra issued); this one
-    is for routing and logs only."""
-    if caller.verified is not None:
-        tid, oid = caller.verified.get("tid"), caller.verified.get("oid")
-        if isinstance(tid, str) and isinstance(oid, str) and tid and oid:
-            return f"verified:{tid}:{oid}"
-    claims = caller.claims
-    if claims is not None and claims.tid and claims.oid:
-        return f"claims:{claims.tid}:{claims.oid}"
-    return None
+            return UserKey.for_entra_user(claims.tid, claims.oid)
+    key = UserKey.from_caller(caller)
+    return key if key is not None and key.kind == "entra" else None
 
 
 class EntraMCPToolPool:
@@ -104,7 +92,7 @@ class EntraMCPToolPool:
 
     def __init__(
         self,
-        make_tool: Callable[[EntraMCPToolPool, str], EntraMCPTool],
+        make_tool: Callable[[EntraMCPToolPool, UserKey], EntraMCPTool],
         *,
         resolve: Callable[[], Awaitable[TokenResult | None]],
         unpooled: Callable[[], EntraMCPTool] | None = None,
@@ -116,7 +104,7 @@ class EntraMCPToolPool:
         self._unpooled = unpooled
         self.options = options or PoolOptions()
         self.name = name
-        self._tools: OrderedDict[str, EntraMCPTool] = OrderedDict()
+        self._tools: OrderedDict[UserKey, EntraMCPTool] = OrderedDict()
         self._lock = asyncio.Lock()  # guards the dict only; never held across I/O
         self._closing: set[asyncio.Task[None]] = set()
         self._reaper: asyncio.Task[None] | None = None

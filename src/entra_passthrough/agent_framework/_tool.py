@@ -69,6 +69,7 @@ from .._errors import (
 from .._flow import Chain
 from .._jwt import JwtDecodeError, UnverifiedClaims
 from .._types import IdentityKind, TokenResult
+from .._user_key import UserKey
 from ..mcp import (
     CallAttempt,
     _client_with,
@@ -123,7 +124,7 @@ class EntraMCPTool(MCPStreamableHTTPTool):
         server_label: str | None = None,
         mode: Mode = "shared",
         pool: EntraMCPToolPool | None = None,
-        pool_key: str | None = None,
+        pool_key: UserKey | None = None,
         verify: Any = True,
         timeout: httpx2.Timeout | None = None,
         client_capabilities: Sequence[str] = (),
@@ -668,9 +669,11 @@ class EntraMCPTool(MCPStreamableHTTPTool):
             claims = UnverifiedClaims.from_token(result.token)
         except JwtDecodeError:
             return  # opaque token: nothing to compare (the server binds its session itself)
-        # pool_key() is "<verified|claims>:<tid>:<oid>": compare the tid:oid part exactly.
-        key = f"{claims.tid}:{claims.oid}"
-        if claims.tid and claims.oid and (self._pool_key or "").partition(":")[2] != key:
+        if (
+            claims.tid
+            and claims.oid
+            and UserKey.for_entra_user(claims.tid, claims.oid) != self._pool_key
+        ):
             raise PolicyViolation(
                 "The token resolved for this call names another user than the pooled MCP "
                 "connection it would use; the call was not sent.",

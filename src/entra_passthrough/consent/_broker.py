@@ -41,7 +41,8 @@ from .._grants import (
 )
 from .._msal import PUBLIC_AUTHORITY_HOST
 from .._sources.delegated import DelegatedConsent
-from .._store import Keyring, KeyringError, TokenStore, hash_key
+from .._store import Keyring, KeyringError, TokenStore
+from .._user_key import UserKey
 from ._pages import (
     confirm_revoke_response,
     error_response,
@@ -361,7 +362,8 @@ class ConsentBroker:
         if flow["key_kind"] == "entra":
             # The link was minted for a verified tid+oid: only that user may complete it.
             same = claims["tid"] == flow.get("tid") and claims["oid"] == flow.get("oid")
-            if not same or hash_key(f"{claims['tid']}:{claims['oid']}") != flow["key_hash"]:
+            key = UserKey.from_verified_claims(claims)
+            if not same or key is None or key.hashed != flow["key_hash"]:
                 raise BadRequest(
                     "user_mismatch",
                     "You signed in as a different user than the one the agent asked for.",
