@@ -198,24 +198,29 @@ class Caller:
                 seen.setdefault(key, []).append(raw_value)
             elif key in _PLATFORM_HEADERS:
                 platform.setdefault(key, []).append(raw_value)
-        self.user_id = _platform_value(platform.get(_USER_ID))
-        self.call_id = _platform_value(platform.get(_CALL_ID))
-        self.assertion = None
-        self.assertions = {}
-        self.presented = False
-        self.claims = None
-        self.decode_error = None
+        # Decided on a Caller of its own, then copied: another thread reading this one
+        # meanwhile never sees a half-made decision (e.g. ``claims`` None before it is unset).
+        read = Caller(
+            user_id=_platform_value(platform.get(_USER_ID)),
+            call_id=_platform_value(platform.get(_CALL_ID)),
+        )
         for key, name in wanted.items():
             values = seen.get(key)
             if not values:
                 continue
             if len(values) > 1:
-                self._mark_malformed(f"header {name!r} sent {len(values)} times")
+                read._mark_malformed(f"header {name!r} sent {len(values)} times")
                 continue
             token = _bearer(name, values[0])
             if token is None:
                 continue  # e.g. "Basic ..." — not an assertion at all
-            self._set_assertion(name, token)
+            read._set_assertion(name, token)
+        for slot in _HEADER_SLOTS:
+            try:
+                value = slot.__get__(read, Caller)
+            except AttributeError:
+                continue  # the claims, pending: decoded from ``assertion`` on first use
+            slot.__set__(self, value)
 
     def _set_assertion(self, header: str, token: str) -> None:
         self.presented = True
@@ -236,7 +241,6 @@ class Caller:
         pending = self._pending
         if pending is None:
             return
-        self._pending = None
         try:
             self._fill(*pending)
         except Exception:
@@ -247,6 +251,9 @@ class Caller:
             self.user_id = self.call_id = None
             self.claims = None
             self.decode_error = "request headers could not be read"
+        # Cleared once every field is set: a thread reading meanwhile fills them too (the
+        # same values), never finds one unset with nothing left to fill it from.
+        self._pending = None
 
     if not TYPE_CHECKING:  # hidden from mypy: a typed __getattr__ would make typos type-check
 
@@ -277,7 +284,7 @@ class Caller:
             self.decode_error = reason
 
 
-#: The fields ``from_headers`` fills when one of them is first read.
+#: The fields ``from_headers`` fills when one of them is first read, and their slots.
 _HEADER_FIELDS = (
     "assertion",
     "assertions",
@@ -287,6 +294,7 @@ _HEADER_FIELDS = (
     "claims",
     "decode_error",
 )
+_HEADER_SLOTS = tuple(Caller.__dict__[name] for name in _HEADER_FIELDS)
 _LAZY_FIELDS = frozenset((*_HEADER_FIELDS, "errors"))
 
 _WANTED: dict[tuple[str, ...], dict[bytes, str]] = {}

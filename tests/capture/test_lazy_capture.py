@@ -102,3 +102,47 @@ def test_fields_read_once_then_plain_attributes() -> None:
     assert (copy.assertion, copy.presented, copy.user_id) == (TOKEN, True, "set-by-hand")
     assert repr(copy) == repr(caller)
     assert TOKEN not in repr(caller)
+
+
+def _read_in_threads(callers: list[Caller], threads: int = 4) -> list[tuple[Any, ...]]:
+    import threading
+
+    barrier = threading.Barrier(threads)
+    seen: list[tuple[Any, ...]] = []
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        barrier.wait()
+        try:
+            for caller in callers:
+                seen.append((caller.presented, caller.assertion, caller.user_id))
+                seen.append((caller.decode_error, caller.user_id, caller.presented))
+        except BaseException as exc:  # pragma: no cover - the failure being tested for
+            errors.append(exc)
+
+    started = [threading.Thread(target=read) for _ in range(threads)]
+    for thread in started:
+        thread.start()
+    for thread in started:
+        thread.join()
+    assert not errors
+    return seen
+
+
+def test_threads_reading_one_caller_at_once_all_see_the_headers() -> None:
+    """The first read may happen in two threads at once (a sync tool in a worker beside the
+    loop): each sees the filled fields, none an unset one."""
+    headers = [(b"authorization", f"Bearer {TOKEN}".encode()), (b"x-agent-user-id", b"u1")]
+    for assertion_headers in (("authorization",), ("authorization", "x-other")):
+        callers = [
+            Caller.from_headers(headers, assertion_headers=assertion_headers) for _ in range(200)
+        ]
+        seen = _read_in_threads(callers)
+        assert len(seen) == 4 * 200 * 2
+        reference = Caller.from_headers(headers, assertion_headers=assertion_headers)
+        expected = {
+            (reference.presented, reference.assertion, reference.user_id),
+            (reference.decode_error, reference.user_id, reference.presented),
+        }
+        assert expected == {(True, TOKEN, "u1"), (None, "u1", True)}
+        assert set(seen) == expected
