@@ -46,6 +46,7 @@ from ._errors import (
     NoCallerError,
     require_extra,
 )
+from ._tls import shared_verify
 from ._types import TokenResult
 
 try:
@@ -149,7 +150,7 @@ def _client_with(
     client = httpx2.AsyncClient(
         follow_redirects=False,
         timeout=timeout,
-        verify=verify,
+        verify=shared_verify(verify),  # one default TLS context per process (_tls.py)
         cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
         limits=httpx2.Limits(
             max_connections=100, max_keepalive_connections=20, keepalive_expiry=KEEPALIVE_EXPIRY
