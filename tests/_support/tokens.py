@@ -115,9 +115,24 @@ class Issuer:
 
 
 def unsigned(header: dict[str, Any], payload: dict[str, Any], signature: bytes = b"") -> str:
+    """A JWT-shaped string with this header and payload, and ``signature`` as its third part
+    (nothing signs it): for code that only decodes, or must refuse it."""
+
     def seg(data: bytes) -> str:
         return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
     return ".".join(
         [seg(json.dumps(header).encode()), seg(json.dumps(payload).encode()), seg(signature)]
     )
+
+
+def unsigned_jwt(**claims: Any) -> str:
+    """An unsigned user token for capture and routing tests (the middleware only decodes): valid
+    for an hour, ``scp`` access_as_user, then these claims (which override)."""
+    body = {"exp": time.time() + 3600, "scp": "access_as_user", **claims}
+    return unsigned({"alg": "RS256", "typ": "JWT"}, body, b"signature")
+
+
+def bare_jwt(**claims: Any) -> str:
+    """An unsigned JWT-shaped string with exactly these claims (none added)."""
+    return unsigned({"alg": "RS256", "typ": "JWT"}, claims, b"signature")

@@ -1,25 +1,13 @@
-"""A fake TokenChain (the TokenChain contract, in memory) and unsigned test JWTs."""
+"""A fake TokenChain (the TokenChain contract, in memory) and callers with unsigned tokens."""
 
 from __future__ import annotations
 
-import base64
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
+from _support.tokens import unsigned_jwt
 from entra_passthrough import Caller, IdentityKind, TokenResult
-
-
-def unsigned_jwt(**claims: Any) -> str:
-    """A JWT-shaped string with these claims (not signed: for capture/routing tests only)."""
-
-    def seg(obj: object) -> str:
-        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
-
-    body = {"exp": time.time() + 3600, "scp": "access_as_user", **claims}
-    return f"{seg({'alg': 'RS256', 'typ': 'JWT'})}.{seg(body)}.c2lnbmF0dXJl"
 
 
 def user_caller(oid: str) -> Caller:

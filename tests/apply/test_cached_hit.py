@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx2
 
+from _support.tokens import unsigned_jwt
 from entra_passthrough import (
     Caller,
     EntraAuth,
@@ -18,8 +19,6 @@ from entra_passthrough import (
     TokenResult,
     bind_caller,
 )
-
-from ._fakes import unsigned_jwt
 
 ORIGIN = "https://mcp.contoso.com"
 

@@ -8,9 +8,10 @@ import time
 
 import httpx2
 
+from _support.tokens import unsigned_jwt
 from entra_passthrough import EntraAuth, IdentityKind, TokenResult, bind_caller
 
-from ._fakes import FakeChain, unsigned_jwt
+from ._fakes import FakeChain
 
 ORIGIN = "https://mcp.contoso.com"
 

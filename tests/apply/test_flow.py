@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import httpx2
 import pytest
 
+from _support.tokens import unsigned_jwt
 from entra_passthrough import (
     Caller,
     ConfigurationError,
@@ -26,7 +27,7 @@ from entra_passthrough import (
 from entra_passthrough._auth import UnsafeTokenValue
 from entra_passthrough._flow import _replayable
 
-from ._fakes import FakeChain, app_result, unsigned_jwt, user_caller
+from ._fakes import FakeChain, app_result, user_caller
 
 MCP = "https://mcp.contoso.com"
 SCOPES = ["api://mcp/.default"]

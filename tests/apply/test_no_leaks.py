@@ -7,10 +7,11 @@ import logging
 import httpx2
 import pytest
 
+from _support.tokens import unsigned_jwt
 from entra_passthrough import EntraAuth, bind_caller, use_token
 from entra_passthrough._auth import UnsafeTokenValue
 
-from ._fakes import FakeChain, unsigned_jwt
+from ._fakes import FakeChain
 
 MCP = "https://mcp.contoso.com"
 

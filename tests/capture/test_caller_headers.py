@@ -50,7 +50,7 @@ def test_user_key_never_comes_from_unverified_claims() -> None:
     # Anyone can mint an unsigned token naming a victim's tid/oid: a key built from it would
     # let a custom source's cache (docs: partition by UserKey.from_caller) serve the victim's
     # token.
-    from ._jwts import unsigned_jwt
+    from _support.tokens import unsigned_jwt
 
     forged = Caller.from_token(unsigned_jwt(oid="victim-oid", tid="victim-tid"))
     assert forged.claims is not None

@@ -16,9 +16,8 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from _support.servers import serve_in_thread
+from _support.tokens import unsigned_jwt
 from entra_passthrough import Caller, CallerMiddleware, current_caller
-
-from ._jwts import unsigned_jwt
 
 REQUESTS = 100
 

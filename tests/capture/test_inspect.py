@@ -7,9 +7,8 @@ import time
 
 import pytest
 
+from _support.tokens import unsigned_jwt
 from entra_passthrough.cli import main
-
-from ._jwts import unsigned_jwt
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from _support.tokens import unsigned_jwt
 from entra_passthrough import (
     CallerMiddleware,
     InsufficientScope,
@@ -17,8 +18,6 @@ from entra_passthrough import (
     current_caller,
 )
 from entra_passthrough._middleware import STATE_KEY
-
-from ._jwts import unsigned_jwt
 
 
 class Stub:

@@ -14,9 +14,8 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from _support.servers import serve_in_thread
+from _support.tokens import unsigned_jwt
 from entra_passthrough import CallerMiddleware, current_caller
-
-from ._jwts import unsigned_jwt
 
 
 class Probe:

@@ -9,9 +9,8 @@ import time
 
 import pytest
 
+from _support.tokens import unsigned_jwt
 from entra_passthrough import Caller, IdentityKind, TokenResult, UserKey, bind_caller
-
-from ._jwts import unsigned_jwt
 
 
 def test_the_stored_form_never_changes() -> None:

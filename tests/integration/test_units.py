@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import time
@@ -15,6 +14,7 @@ from agent_framework import MCPStreamableHTTPTool
 from agent_framework.exceptions import ToolExecutionException, UserInputRequiredException
 from mcp import MCPError
 
+from _support.tokens import bare_jwt
 from entra_passthrough import (
     Caller,
     ConfigurationError,
@@ -39,13 +39,6 @@ from entra_passthrough.agent_framework import (
     issued_pool_key,
 )
 from entra_passthrough.agent_framework._tool import EntraMCPTool
-
-
-def unsigned_jwt(**claims: Any) -> str:
-    def seg(obj: object) -> str:
-        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
-
-    return f"{seg({'alg': 'RS256', 'typ': 'JWT'})}.{seg(claims)}.c2lnbmF0dXJl"
 
 
 class _NoChain:
@@ -190,10 +183,8 @@ def test_dead_connection_classification(error: BaseException, dead: bool) -> Non
 def test_the_pool_keys_by_the_user_entra_issued_or_a_verifier_checked() -> None:
     # One key type, UserKey: the tid/oid of the token Entra issued for the MCP server, else the
     # caller's verified tid/oid; never the caller's own (unverified) claims.
-    caller = Caller.from_token(unsigned_jwt(tid="t1", oid="o1", aud="a", exp=4_000_000_000))
-    issued = TokenResult(
-        unsigned_jwt(tid="t2", oid="o2"), time.time() + 600, IdentityKind.USER, "obo"
-    )
+    caller = Caller.from_token(bare_jwt(tid="t1", oid="o1", aud="a", exp=4_000_000_000))
+    issued = TokenResult(bare_jwt(tid="t2", oid="o2"), time.time() + 600, IdentityKind.USER, "obo")
     opaque = TokenResult("opaque", time.time() + 600, IdentityKind.USER, "obo")
     assert issued_pool_key(issued, caller) == UserKey.for_entra_user("t2", "o2")
     assert issued_pool_key(opaque, caller) is None
@@ -210,7 +201,7 @@ def test_pool_options_are_validated() -> None:
 
 
 async def _run_background_middleware(body: dict[str, Any]) -> tuple[Caller, Caller | None]:
-    token = unsigned_jwt(tid="t", oid="o", aud="a", exp=4_000_000_000)
+    token = bare_jwt(tid="t", oid="o", aud="a", exp=4_000_000_000)
     seen: dict[str, Caller | None] = {}
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -303,7 +294,7 @@ async def test_call_failure_keeps_the_original_cause() -> None:
     tool = entra_mcp_tool("x", URL, chain=_BrokenChain(), scopes=SCOPES)
     assert isinstance(tool, EntraMCPTool)
     with (
-        bind_caller(token=unsigned_jwt(tid="t", oid="o")),
+        bind_caller(token=bare_jwt(tid="t", oid="o")),
         pytest.raises(ConfigurationError) as caught,
     ):
         await tool.call_tool("whoami")
@@ -319,7 +310,7 @@ class _LifecycleFails(_NoChain):
 
 
 async def test_shared_discovery_falls_back_to_the_user_only_on_token_errors() -> None:
-    trigger = Caller.from_token(unsigned_jwt(tid="t", oid="o"))
+    trigger = Caller.from_token(bare_jwt(tid="t", oid="o"))
     unavailable = _LifecycleFails(SourceUnavailable("no MI"))
     tool = entra_mcp_tool("x", URL, chain=unavailable, scopes=SCOPES)
     assert isinstance(tool, EntraMCPTool)
@@ -337,7 +328,7 @@ def test_pooled_call_refuses_a_token_for_another_user() -> None:
     )  # fmt: skip
 
     def issued(**claims: Any) -> TokenResult:
-        token = unsigned_jwt(**claims)
+        token = bare_jwt(**claims)
         return TokenResult(token, time.time() + 600, IdentityKind.USER, "obo")
 
     tool._check_pool_identity(issued(tid="other-t", oid="o"))  # the pool's own user: accepted

@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import threading
 import time
 from typing import Any
 
+from _support.tokens import unsigned_jwt
 from entra_passthrough import IdentityKind, TokenRequest, TokenResult
 from entra_passthrough._errors import TokenAcquisitionError
 
 
 def make_jwt(**claims: Any) -> str:
-    def enc(obj: dict[str, Any]) -> str:
-        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
-
-    payload = {"exp": time.time() + 3600, "scp": "access_as_user", "tid": "t1", "oid": "u1"}
-    payload.update(claims)
-    return f"{enc({'alg': 'none'})}.{enc(payload)}.sig"
+    """An unsigned user token of tenant t1, user u1 (the claims given override)."""
+    return unsigned_jwt(**{"tid": "t1", "oid": "u1", **claims})
 
 
 class FakeSource:

@@ -3,13 +3,11 @@ never a crash, and never a request to Entra (nothing listens at its authority)."
 
 from __future__ import annotations
 
-import base64
-import json
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from _support.tokens import unsigned
 from entra_passthrough import (
     AssertionNotUsable,
     Caller,
@@ -28,10 +26,6 @@ OBO = OnBehalfOf(
     # Longer than any generated tid: every decodable token stops at the tenant check at last.
     allowed_tenants=["tenant-that-no-strategy-generates"],
 )
-
-
-def _segment(obj: object) -> str:
-    return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
 
 
 json_values = st.recursive(
@@ -53,7 +47,7 @@ claims = st.fixed_dictionaries(
 )
 tokens = (
     st.text(max_size=200)
-    | claims.map(lambda c: f"{_segment({'alg': 'RS256'})}.{_segment(c)}.sig")
+    | claims.map(lambda c: unsigned({"alg": "RS256"}, c, b"sig"))
     | st.binary(max_size=100).map(lambda b: b.decode("latin-1"))
 )
 
