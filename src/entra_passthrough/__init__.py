@@ -15,6 +15,7 @@ from ._auth import EntraAuth, use_token
 from ._cache import TokenCache
 from ._caller import Caller, bind_caller, current_caller
 from ._chain import Policy, TokenChain
+from ._credential import AppCredential
 from ._errors import (
     AppOnlyAssertion,
     AssertionAudienceMismatch,
@@ -58,6 +59,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AgentIdentityOnBehalfOf",
+    "AppCredential",
     "AppOnlyAssertion",
     "AssertionAudienceMismatch",
     "AssertionExpired",

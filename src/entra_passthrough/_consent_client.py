@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -18,6 +18,7 @@ import jwt
 import msal
 import requests
 
+from ._credential import AppCredential
 from ._errors import ConfigurationError, TokenVerificationError
 from ._jwks import MAX_DOCUMENT_BYTES, KeySet, KeySource, check_fetch_url
 from ._msal import (
@@ -25,7 +26,6 @@ from ._msal import (
     NullTokenCache,
     WorkerPool,
     client_credential,
-    normalize_authority_host,
 )
 
 #: Scopes MSAL adds itself and refuses to be given.
@@ -65,32 +65,18 @@ class ConsentClient:
 
     def __init__(
         self,
+        credential: AppCredential,
         *,
-        client_id: str,
-        tenant_id: str,
-        client_secret: str | None,
-        client_certificate: bytes | str | None,
-        client_assertion: Callable[[], str] | None,
-        authority_host: str,
         http_client: Any,
         max_workers: int,
         allowed_tenants: Sequence[str] | None = None,
     ) -> None:
-        if not client_id or not tenant_id:
-            raise ConfigurationError("client_id and tenant_id are required.")
-        self.client_id = client_id
-        self.tenant_id = tenant_id
-        self.authority_host = normalize_authority_host(authority_host)
-        self.allowed_tenants = tuple(allowed_tenants or (tenant_id,))
-        _, self._credential = client_credential(
-            owner="the consent app",
-            authority_host=self.authority_host,
-            client_secret=client_secret,
-            client_certificate=client_certificate,
-            client_assertion=client_assertion,
-            managed_identity=None,
-            federated_token_file=None,
-        )
+        self.credential = credential
+        self.client_id = credential.client_id
+        self.tenant_id = credential.tenant_id
+        self.authority_host = credential.authority_host
+        self.allowed_tenants = tuple(allowed_tenants or (self.tenant_id,))
+        self._credential = client_credential(credential)
         self._http = http_client
         self.pool = WorkerPool(max_workers=max_workers, name="entra-passthrough-consent")
         self._app: Any = None

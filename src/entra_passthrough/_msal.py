@@ -30,7 +30,7 @@ from ._errors import ConfigurationError
 from ._http import DEFAULT_TIMEOUTS, GuardedHttpClient, Throttle, Timeouts, size_pool
 
 if TYPE_CHECKING:
-    from ._sources.managed_identity import ManagedIdentity
+    from ._credential import AppCredential
 
 T = TypeVar("T")
 
@@ -523,51 +523,27 @@ class FederatedTokenFile:
             ) from None
 
 
-def client_credential(
-    *,
-    owner: str,
-    authority_host: str,
-    client_secret: str | None,
-    client_certificate: bytes | str | None,
-    client_assertion: Callable[[], str] | None,
-    managed_identity: ManagedIdentity | None,
-    federated_token_file: str | None,
-    certificate_password: str | None = None,
-    send_certificate_chain: bool = False,
-) -> tuple[str, Any]:
-    """(kind, MSAL ``client_credential``) for the one credential given. ``authority_host``
-    (normalised) picks the cloud's federation audience for a managed identity."""
-    given = sum(
-        c is not None
-        for c in (
-            client_secret,
-            client_certificate,
-            client_assertion,
-            managed_identity,
-            federated_token_file,
+def client_credential(credential: AppCredential) -> Any:
+    """MSAL's ``client_credential`` for an ``AppCredential`` (validated when it was built): the
+    one place it is built, for every confidential client of the library. A managed identity
+    becomes a client assertion for the cloud's federation audience (``authority_host``)."""
+    if credential.client_secret is not None:
+        return credential.client_secret
+    if credential.client_certificate is not None:
+        return load_certificate(
+            credential.client_certificate,
+            password=credential.certificate_password,
+            send_chain=credential.send_certificate_chain,
         )
-    )
-    if given != 1:
-        raise ConfigurationError(
-            f"{owner} needs exactly one client credential, got {given}.",
-            fix="pass one of client_secret, client_certificate, client_assertion, "
-            "managed_identity or federated_token_file.",
-        )
-    if client_secret is not None:
-        return "secret", client_secret
-    if client_certificate is not None:
-        return "certificate", load_certificate(
-            client_certificate, password=certificate_password, send_chain=send_certificate_chain
-        )
-    if client_assertion is not None:
-        return "client_assertion", {"client_assertion": client_assertion}
-    if managed_identity is not None:
-        audience = federation_audience(authority_host)
-        mi = managed_identity
+    if credential.client_assertion is not None:
+        return {"client_assertion": credential.client_assertion}
+    if credential.managed_identity is not None:
+        audience = federation_audience(credential.authority_host)
+        mi = credential.managed_identity
 
         def mi_assertion() -> str:
             return mi.token_for_resource(audience)
 
-        return "managed_identity", {"client_assertion": mi_assertion}
-    assert federated_token_file is not None
-    return "federated_token_file", {"client_assertion": FederatedTokenFile(federated_token_file)}
+        return {"client_assertion": mi_assertion}
+    assert credential.federated_token_file is not None
+    return {"client_assertion": FederatedTokenFile(credential.federated_token_file)}

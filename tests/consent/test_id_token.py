@@ -9,6 +9,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from _support.consent import ConsentEnv
+from entra_passthrough import AppCredential
 from entra_passthrough._consent_client import ConsentClient, IdTokenError
 
 
@@ -32,12 +33,12 @@ def test_an_id_token_signed_with_an_unpublished_key_is_refused_without_a_fetch_s
 ) -> None:
     env = consent_env
     client = ConsentClient(
-        client_id=env.app.client_id,
-        tenant_id=env.idp.tenant_id,
-        client_secret=env.app.secret,
-        client_certificate=None,
-        client_assertion=None,
-        authority_host=env.idp.url,
+        AppCredential(
+            client_id=env.app.client_id,
+            tenant_id=env.idp.tenant_id,
+            client_secret=env.app.secret,
+            authority_host=env.idp.url,
+        ),
         http_client=env.idp.msal_http_client(),
         max_workers=1,
     )

@@ -21,6 +21,7 @@ from azure.identity import (
 )
 
 from entra_passthrough import (
+    AppCredential,
     AzureCli,
     ConfigurationError,
     EntraError,
@@ -534,16 +535,16 @@ async def test_certificate_credential_ps256_with_password(
         ) + cert.public_bytes(serialization.Encoding.PEM)
     path = tmp_path / f"agent.{'pfx' if form == 'pfx' else 'pem'}"
     path.write_bytes(data)
+    app = {"client_id": idp.agent.client_id, "tenant_id": idp.tenant_id}
     with pytest.raises(ConfigurationError):
-        OnBehalfOf(
-            client_id=idp.agent.client_id, tenant_id=idp.tenant_id, client_certificate=str(path)
-        )
+        OnBehalfOf(credential=AppCredential(**app, client_certificate=str(path)))
     obo = OnBehalfOf(
-        client_id=idp.agent.client_id,
-        tenant_id=idp.tenant_id,
-        client_certificate=str(path),
-        certificate_password=password,
-        authority_host=idp.url,
+        credential=AppCredential(
+            **app,
+            client_certificate=str(path),
+            certificate_password=password,
+            authority_host=idp.url,
+        ),
         http_client=idp.msal_http_client(),
     )
     chain = TokenChain([obo])

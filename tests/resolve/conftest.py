@@ -9,7 +9,7 @@ import jwt
 import pytest
 from azure.identity import ClientSecretCredential
 
-from entra_passthrough import ManagedIdentity, OnBehalfOf
+from entra_passthrough import AppCredential, ManagedIdentity, OnBehalfOf
 from entra_passthrough.testing import EntraEmulator
 
 
@@ -58,6 +58,20 @@ def make_obo(idp: EntraEmulator, **kw: Any) -> OnBehalfOf:
         )
     ):
         options["client_secret"] = idp.agent.secret
+    full = {
+        k: kw.pop(k)
+        for k in (
+            "client_certificate",
+            "certificate_password",
+            "send_certificate_chain",
+            "client_assertion",
+            "federated_token_file",
+        )
+        if k in kw
+    }
+    if full:  # a credential beyond the simple path: an AppCredential
+        app = {k: options.pop(k) for k in ("client_id", "tenant_id", "authority_host")}
+        options["credential"] = AppCredential(**app, **full)
     options.update(kw)
     return OnBehalfOf(**options)
 

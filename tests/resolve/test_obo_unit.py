@@ -12,12 +12,14 @@ import msal
 import pytest
 
 from entra_passthrough import (
+    AppCredential,
     AppOnlyAssertion,
     AssertionAudienceMismatch,
     AssertionExpired,
     AssertionMalformed,
     Caller,
     ConfigurationError,
+    ManagedIdentity,
     OnBehalfOf,
     TenantNotAllowed,
     TokenRequest,
@@ -103,8 +105,8 @@ def test_accepted_audiences_and_allowed_tenants() -> None:
 def test_exactly_one_credential() -> None:
     with pytest.raises(ConfigurationError):
         obo(client_secret=None)
-    with pytest.raises(ConfigurationError):
-        obo(client_assertion=lambda: "x")
+    with pytest.raises(ConfigurationError, match="OnBehalfOf needs exactly one client credential"):
+        obo(managed_identity=ManagedIdentity(client_id="uami"))
     with pytest.raises(ConfigurationError):
         obo(authority_host="http://login.example")
 
@@ -116,8 +118,10 @@ def test_agent_identity_needs_exactly_one_blueprint_credential() -> None:
     with pytest.raises(ConfigurationError, match="exactly one client credential, got 0"):
         AgentIdentityOnBehalfOf(**ids)
     with pytest.raises(ConfigurationError, match="exactly one client credential, got 2"):
-        AgentIdentityOnBehalfOf(**ids, client_secret=SECRET, client_assertion=lambda: "x")
-    with pytest.raises(ConfigurationError, match="blueprint_client_id"):
+        AppCredential(
+            client_id="bp", tenant_id=TENANT, client_secret=SECRET, client_assertion=lambda: "x"
+        )
+    with pytest.raises(ConfigurationError, match=r"blueprint\) needs client_id and tenant_id"):
         AgentIdentityOnBehalfOf(**{**ids, "blueprint_client_id": ""}, client_secret=SECRET)
 
 

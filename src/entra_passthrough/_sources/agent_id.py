@@ -9,19 +9,18 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .. import _env
+from .._credential import AppCredential, app_credential
 from .._errors import ConfigurationError
 from .._http import SHARED_THROTTLE, Timeouts
 from .._msal import (
     DEFAULT_MAX_WORKERS,
-    PUBLIC_AUTHORITY_HOST,
     client_credential,
     confidential_app,
     federation_audience,
-    normalize_authority_host,
 )
 from .._types import IdentityKind, TokenRequest, TokenResult
 from ._base import result_from_msal, unreachable
-from .obo import OnBehalfOf, options_from_env
+from .obo import OnBehalfOf, credential_from_env, options_from_env
 
 if TYPE_CHECKING:
     from .._caller import Caller
@@ -83,8 +82,10 @@ class _T1:
 class AgentIdentityOnBehalfOf:
     """On-behalf-of as an Entra *agent identity* (Agent ID), ``kind=user``.
 
-    The blueprint authenticates with its own credential (secret, certificate, managed identity
-    as federated credential, token file or callable) and gets T1 for
+    The blueprint authenticates with its own credential (``credential=AppCredential(client_id=
+    <blueprint>, ...)``: secret, certificate, managed identity as federated credential, token
+    file or callable; or the simple path ``blueprint_client_id=``, ``tenant_id=`` and
+    ``client_secret=`` or ``managed_identity=``) and gets T1 for
     ``api://AzureADTokenExchange/.default`` with ``fmi_path=<agent identity>``; the agent identity
     then does OBO with ``client_assertion=T1``. The caller's token must be issued for the
     *blueprint* (its client id or App ID URI). Agent identities cannot be consented
@@ -100,17 +101,13 @@ class AgentIdentityOnBehalfOf:
     def __init__(
         self,
         *,
-        blueprint_client_id: str,
         agent_identity_id: str,
-        tenant_id: str,
+        credential: AppCredential | None = None,
+        blueprint_client_id: str | None = None,
+        tenant_id: str | None = None,
         client_secret: str | None = None,
-        client_certificate: bytes | str | None = None,
-        client_assertion: Callable[[], str] | None = None,
         managed_identity: ManagedIdentity | None = None,
-        federated_token_file: str | None = None,
-        certificate_password: str | None = None,
-        send_certificate_chain: bool = False,
-        authority_host: str = PUBLIC_AUTHORITY_HOST,
+        authority_host: str | None = None,
         allowed_tenants: Sequence[str] | None = None,
         accepted_audiences: Sequence[str] = (),
         http_client: Any = None,
@@ -119,26 +116,26 @@ class AgentIdentityOnBehalfOf:
         timeouts: Timeouts | None = None,
         name: str = "agent_id",
     ) -> None:
-        if not blueprint_client_id:
-            # An empty id would make "" and "api://" accepted assertion audiences.
-            raise ConfigurationError("AgentIdentityOnBehalfOf needs blueprint_client_id.")
-        self.name = name
-        self.blueprint_client_id = blueprint_client_id
-        self.agent_identity_id = agent_identity_id
-        host = normalize_authority_host(authority_host)
-        if managed_identity is not None:
-            managed_identity.require_user_assigned("AgentIdentityOnBehalfOf (the blueprint)")
-        _, credential = client_credential(
-            owner="AgentIdentityOnBehalfOf (the blueprint)",
-            authority_host=host,
+        # An empty blueprint id would make "" and "api://" accepted assertion audiences: the
+        # credential refuses it.
+        blueprint = app_credential(
+            "AgentIdentityOnBehalfOf (the blueprint)",
+            credential,
+            client_id=blueprint_client_id,
+            tenant_id=tenant_id,
             client_secret=client_secret,
-            client_certificate=client_certificate,
-            client_assertion=client_assertion,
             managed_identity=managed_identity,
-            federated_token_file=federated_token_file,
-            certificate_password=certificate_password,
-            send_certificate_chain=send_certificate_chain,
+            authority_host=authority_host,
         )
+        if not agent_identity_id:
+            raise ConfigurationError("AgentIdentityOnBehalfOf needs agent_identity_id.")
+        self.name = name
+        self.credential = blueprint
+        self.blueprint_client_id = blueprint_client_id = blueprint.client_id
+        self.agent_identity_id = agent_identity_id
+        tenant_id = blueprint.tenant_id
+        host = blueprint.authority_host
+        msal_credential = client_credential(blueprint)
 
         timeouts = timeouts or Timeouts()
         throttle = SHARED_THROTTLE  # per authority, for every source of the process
@@ -146,7 +143,7 @@ class AgentIdentityOnBehalfOf:
         def blueprint_app() -> Any:
             return confidential_app(
                 blueprint_client_id,
-                credential=credential,
+                credential=msal_credential,
                 authority=f"{host}/{tenant_id}",
                 http_client=http_client,
                 timeouts=timeouts,
@@ -161,10 +158,12 @@ class AgentIdentityOnBehalfOf:
             source=f"{name}.blueprint",
         )
         self._obo = OnBehalfOf(
-            client_id=agent_identity_id,
-            tenant_id=tenant_id,
-            client_assertion=self._t1,
-            authority_host=host,
+            credential=AppCredential(
+                client_id=agent_identity_id,
+                tenant_id=tenant_id,
+                client_assertion=self._t1,
+                authority_host=host,
+            ),
             allowed_tenants=allowed_tenants,
             http_client=http_client,
             max_workers=max_workers,
@@ -243,9 +242,13 @@ class AgentIdentityOnBehalfOf:
         )
         options, created = options_from_env(env, http_client=http_client)
         source = cls(
-            blueprint_client_id=blueprint_client_id,
+            credential=credential_from_env(
+                env,
+                client_id=blueprint_client_id,
+                tenant_id=tenant_id,
+                http_client=options["http_client"],
+            ),
             agent_identity_id=agent_identity_id,
-            tenant_id=tenant_id,
             name=name,
             **options,
         )

@@ -27,10 +27,11 @@ import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlencode
 
 from .._consent_client import ConsentClient, check_https_url
+from .._credential import AppCredential, app_credential
 from .._drive import drive, drive_async
 from .._errors import (
     ConfigurationError,
@@ -47,6 +48,9 @@ from .._store import Keyring, MemoryStore, TokenStore
 from .._types import IdentityKind, TokenRequest, TokenResult
 from .._user_key import UserKey
 from ._base import result_from_msal, unreachable
+
+if TYPE_CHECKING:
+    from .managed_identity import ManagedIdentity
 
 logger = logging.getLogger("entra_passthrough.consent")
 
@@ -115,15 +119,15 @@ class DelegatedConsent:
     def __init__(
         self,
         *,
-        client_id: str,
-        tenant_id: str,
         store: TokenStore,
         keyring: Keyring,
         broker_url: str,
+        credential: AppCredential | None = None,
+        client_id: str | None = None,
+        tenant_id: str | None = None,
         client_secret: str | None = None,
-        client_certificate: bytes | str | None = None,
-        client_assertion: Callable[[], str] | None = None,
-        authority_host: str = PUBLIC_AUTHORITY_HOST,
+        managed_identity: ManagedIdentity | None = None,
+        authority_host: str | None = None,
         allowed_tenants: Sequence[str] | None = None,
         http_client: Any = None,
         max_workers: int = 8,
@@ -134,12 +138,15 @@ class DelegatedConsent:
         check_https_url(broker_url, what="broker_url")
         self.name = name
         self.client = ConsentClient(
-            client_id=client_id,
-            tenant_id=tenant_id,
-            client_secret=client_secret,
-            client_certificate=client_certificate,
-            client_assertion=client_assertion,
-            authority_host=authority_host,
+            app_credential(
+                "DelegatedConsent",
+                credential,
+                client_id=client_id,
+                tenant_id=tenant_id,
+                client_secret=client_secret,
+                managed_identity=managed_identity,
+                authority_host=authority_host,
+            ),
             http_client=http_client,
             max_workers=max_workers,
             allowed_tenants=allowed_tenants,
@@ -183,18 +190,28 @@ class DelegatedConsent:
 
         ca_file = get("ENTRA_PASSTHROUGH_CA_FILE")
         allowed = get("ENTRA_PASSTHROUGH_ALLOWED_TENANTS")
+        secret = get("ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET")
+        certificate = get("ENTRA_PASSTHROUGH_CONSENT_CLIENT_CERTIFICATE_PATH")
+        if (secret is None) == (certificate is None):
+            raise ConfigurationError(
+                "Set exactly one of ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET and "
+                "ENTRA_PASSTHROUGH_CONSENT_CLIENT_CERTIFICATE_PATH (the consent app's client "
+                "credential)."
+            )
         return cls(
-            client_id=need("ENTRA_PASSTHROUGH_CONSENT_CLIENT_ID", "the consent app"),
-            tenant_id=get("ENTRA_PASSTHROUGH_CONSENT_TENANT_ID")
-            or need("AZURE_TENANT_ID", "the consent app's tenant"),
-            client_secret=get("ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET"),
-            client_certificate=get("ENTRA_PASSTHROUGH_CONSENT_CLIENT_CERTIFICATE_PATH"),
+            credential=AppCredential(
+                client_id=need("ENTRA_PASSTHROUGH_CONSENT_CLIENT_ID", "the consent app"),
+                tenant_id=get("ENTRA_PASSTHROUGH_CONSENT_TENANT_ID")
+                or need("AZURE_TENANT_ID", "the consent app's tenant"),
+                client_secret=secret,
+                client_certificate=certificate,
+                authority_host=get("AZURE_AUTHORITY_HOST") or PUBLIC_AUTHORITY_HOST,
+            ),
             store=store if store is not None else MemoryStore(),
             keyring=Keyring.from_string(
                 need("ENTRA_PASSTHROUGH_CONSENT_KEYS", "the consent keyring")
             ),
             broker_url=need("ENTRA_PASSTHROUGH_CONSENT_BROKER_URL", "the broker's public URL"),
-            authority_host=get("AZURE_AUTHORITY_HOST") or PUBLIC_AUTHORITY_HOST,
             allowed_tenants=allowed.replace(",", " ").split() if allowed else None,
             http_client=http_client if http_client is not None else http_session(ca_file),
             name=name,

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from .. import _env
+from .._credential import AppCredential, app_credential
 from .._errors import (
     AppOnlyAssertion,
     AssertionAudienceMismatch,
@@ -28,7 +29,6 @@ from .._msal import (
     client_credential,
     confidential_app,
     http_session,
-    normalize_authority_host,
 )
 from .._types import IdentityKind, TokenRequest, TokenResult
 from ._base import result_from_msal, unreachable
@@ -47,7 +47,9 @@ class OnBehalfOf:
 
     The result is the user's (``kind=user``). The assertion is checked before anything is sent
     (audience, expiry, app-only, tenant allow-list); MSAL runs in a bounded worker pool with its
-    token and HTTP caches neutralised. Exactly one client credential.
+    token and HTTP caches neutralised. The app and its client credential: ``credential=
+    AppCredential(...)`` (any credential), or the simple path ``client_id=``, ``tenant_id=``
+    and ``client_secret=`` or ``managed_identity=`` (``authority_host=`` for another cloud).
 
     >>> obo = OnBehalfOf(client_id=APP_ID, tenant_id=TENANT, client_secret=SECRET)
     >>> chain = TokenChain([obo])
@@ -60,16 +62,12 @@ class OnBehalfOf:
     def __init__(
         self,
         *,
-        client_id: str,
-        tenant_id: str,
+        credential: AppCredential | None = None,
+        client_id: str | None = None,
+        tenant_id: str | None = None,
         client_secret: str | None = None,
-        client_certificate: bytes | str | None = None,
-        client_assertion: Callable[[], str] | None = None,
         managed_identity: ManagedIdentity | None = None,
-        federated_token_file: str | None = None,
-        certificate_password: str | None = None,
-        send_certificate_chain: bool = False,
-        authority_host: str = PUBLIC_AUTHORITY_HOST,
+        authority_host: str | None = None,
         allowed_tenants: Sequence[str] | None = None,
         accepted_audiences: Sequence[str] = (),
         http_client: Any = None,
@@ -80,29 +78,26 @@ class OnBehalfOf:
         consent_redirect_uri: str | None = None,
         name: str = "obo",
     ) -> None:
-        if not client_id or not tenant_id:
-            raise ConfigurationError("OnBehalfOf needs client_id and tenant_id.")
+        app = app_credential(
+            "OnBehalfOf",
+            credential,
+            client_id=client_id,
+            tenant_id=tenant_id,
+            client_secret=client_secret,
+            managed_identity=managed_identity,
+            authority_host=authority_host,
+        )
         self.name = name
-        self.client_id = client_id
-        self.tenant_id = tenant_id
-        self.authority_host = normalize_authority_host(authority_host)
+        self.credential = app
+        self.client_id = client_id = app.client_id
+        self.tenant_id = tenant_id = app.tenant_id
+        self.authority_host = app.authority_host
         self.allowed_tenants = frozenset(allowed_tenants or (tenant_id,))
         self.accepted_audiences = frozenset((client_id, f"api://{client_id}", *accepted_audiences))
         self.consent_redirect_uri = consent_redirect_uri
         self._consent_link = consent_link
-        if managed_identity is not None:
-            managed_identity.require_user_assigned("OnBehalfOf")
-        self._credential_kind, self._credential = client_credential(
-            owner="OnBehalfOf",
-            authority_host=self.authority_host,
-            client_secret=client_secret,
-            client_certificate=client_certificate,
-            client_assertion=client_assertion,
-            managed_identity=managed_identity,
-            federated_token_file=federated_token_file,
-            certificate_password=certificate_password,
-            send_certificate_chain=send_certificate_chain,
-        )
+        self._credential_kind = app.kind
+        self._credential = client_credential(app)
         self._http_client = http_client
         self.timeouts = timeouts or Timeouts()
         # Retry-After per authority: shared by every source of the process (_http.SHARED_THROTTLE)
@@ -300,8 +295,9 @@ class OnBehalfOf:
         tenant_id = _env.require(env, "AZURE_TENANT_ID", what="the OBO app's tenant")
         options, created = options_from_env(env, http_client=http_client)
         source = cls(
-            client_id=client_id,
-            tenant_id=tenant_id,
+            credential=credential_from_env(
+                env, client_id=client_id, tenant_id=tenant_id, http_client=options["http_client"]
+            ),
             consent_redirect_uri=_env.get(env, "ENTRA_PASSTHROUGH_CONSENT_REDIRECT_URI"),
             name=name,
             **options,
@@ -311,21 +307,19 @@ class OnBehalfOf:
 
 
 def options_from_env(env: Mapping[str, str], *, http_client: Any) -> tuple[dict[str, Any], bool]:
-    """The constructor keywords both OBO sources read the same way (authority, tenants,
-    audiences, HTTP session, workers, client credential), and whether the HTTP session was
-    created here (from ``ENTRA_PASSTHROUGH_CA_FILE``: the source closes it)."""
+    """The constructor keywords both OBO sources read the same way (tenants, audiences, HTTP
+    session, workers; the credential is ``credential_from_env``'s), and whether the HTTP session
+    was created here (from ``ENTRA_PASSTHROUGH_CA_FILE``: the source closes it)."""
     ca_file = _env.get(env, "ENTRA_PASSTHROUGH_CA_FILE")
     created = http_client is None and ca_file is not None
     if http_client is None:
         http_client = http_session(ca_file)
     options = {
-        "authority_host": _env.get(env, "AZURE_AUTHORITY_HOST") or PUBLIC_AUTHORITY_HOST,
         "allowed_tenants": allowed_tenants_from_env(env),
         "accepted_audiences": _env.get_list(env, "ENTRA_PASSTHROUGH_ACCEPTED_AUDIENCES"),
         "http_client": http_client,
         "max_workers": _env.get_int(env, "ENTRA_PASSTHROUGH_MAX_WORKERS", DEFAULT_MAX_WORKERS),
         "timeouts": Timeouts.from_env(env),
-        **credential_from_env(env, http_client=http_client),
     }
     return options, created
 
@@ -351,9 +345,18 @@ def allowed_tenants_from_env(env: Mapping[str, str]) -> tuple[str, ...] | None:
     return None
 
 
-def credential_from_env(env: Mapping[str, str], *, http_client: Any) -> dict[str, Any]:
-    """The one client credential the environment configures, as constructor keywords."""
+def credential_from_env(
+    env: Mapping[str, str], *, client_id: str, tenant_id: str, http_client: Any
+) -> AppCredential:
+    """The app's ``AppCredential`` with the one client credential the environment configures
+    (and ``AZURE_AUTHORITY_HOST``)."""
     from .managed_identity import ManagedIdentity
+
+    def credential(**one: Any) -> AppCredential:
+        authority_host = _env.get(env, "AZURE_AUTHORITY_HOST") or PUBLIC_AUTHORITY_HOST
+        return AppCredential(
+            client_id=client_id, tenant_id=tenant_id, authority_host=authority_host, **one
+        )
 
     choice = (_env.get(env, "ENTRA_PASSTHROUGH_CLIENT_CREDENTIAL") or "").lower() or None
     secret = _env.get(env, "ENTRA_PASSTHROUGH_CLIENT_SECRET")
@@ -373,19 +376,19 @@ def credential_from_env(env: Mapping[str, str], *, http_client: Any) -> dict[str
             else None
         )
     if choice == "secret" and secret:
-        return {"client_secret": secret}
+        return credential(client_secret=secret)
     if choice == "certificate" and cert:
-        return {
-            "client_certificate": cert,
-            "certificate_password": _env.get(env, "AZURE_CLIENT_CERTIFICATE_PASSWORD"),
-            "send_certificate_chain": _env.get_bool(env, "AZURE_CLIENT_SEND_CERTIFICATE_CHAIN"),
-        }
+        return credential(
+            client_certificate=cert,
+            certificate_password=_env.get(env, "AZURE_CLIENT_CERTIFICATE_PASSWORD"),
+            send_certificate_chain=_env.get_bool(env, "AZURE_CLIENT_SEND_CERTIFICATE_CHAIN"),
+        )
     if choice == "federated_token_file" and token_file:
-        return {"federated_token_file": token_file}
+        return credential(federated_token_file=token_file)
     if choice == "managed_identity":
-        # A managed identity as federated credential must be user-assigned: the constructor
+        # A managed identity as federated credential must be user-assigned: AppCredential
         # checks it (ConfigurationError naming AZURE_CLIENT_ID) before any request.
-        return {"managed_identity": ManagedIdentity.from_env(env, http_client=http_client)}
+        return credential(managed_identity=ManagedIdentity.from_env(env, http_client=http_client))
     raise ConfigurationError(
         "No client credential for the OBO app in the environment"
         + (f" (ENTRA_PASSTHROUGH_CLIENT_CREDENTIAL={choice})." if choice else ".")

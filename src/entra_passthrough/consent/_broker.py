@@ -20,8 +20,8 @@ import hmac
 import logging
 import secrets
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
@@ -30,6 +30,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from .._consent_client import ConsentClient, IdTokenError, check_https_url
+from .._credential import AppCredential, app_credential
 from .._errors import ConfigurationError
 from .._grants import (
     Grant,
@@ -39,7 +40,6 @@ from .._grants import (
     open_revoke_ticket,
     seal_revoke_ticket,
 )
-from .._msal import PUBLIC_AUTHORITY_HOST
 from .._sources.delegated import DelegatedConsent
 from .._store import Keyring, KeyringError, TokenStore
 from .._user_key import UserKey
@@ -52,6 +52,9 @@ from ._pages import (
 )
 from ._params import CALLBACK_PARAMS, BadRequest, parse_params, read_form
 from ._state import State, StateError
+
+if TYPE_CHECKING:
+    from .._sources.managed_identity import ManagedIdentity
 
 logger = logging.getLogger("entra_passthrough.consent")
 
@@ -78,15 +81,15 @@ class ConsentBroker:
     def __init__(
         self,
         *,
-        client_id: str,
-        tenant_id: str,
         store: TokenStore,
         keyring: Keyring,
         redirect_uris: Sequence[str],
+        credential: AppCredential | None = None,
+        client_id: str | None = None,
+        tenant_id: str | None = None,
         client_secret: str | None = None,
-        client_certificate: bytes | str | None = None,
-        client_assertion: Callable[[], str] | None = None,
-        authority_host: str = PUBLIC_AUTHORITY_HOST,
+        managed_identity: ManagedIdentity | None = None,
+        authority_host: str | None = None,
         allowed_tenants: Sequence[str] | None = None,
         http_client: Any = None,
         max_workers: int = 4,
@@ -102,12 +105,15 @@ class ConsentBroker:
             raise ConfigurationError("state_lifetime must be between 30 s and 1 h.")
         self._owns_client = _client is None
         self.client = _client or ConsentClient(
-            client_id=client_id,
-            tenant_id=tenant_id,
-            client_secret=client_secret,
-            client_certificate=client_certificate,
-            client_assertion=client_assertion,
-            authority_host=authority_host,
+            app_credential(
+                "ConsentBroker",
+                credential,
+                client_id=client_id,
+                tenant_id=tenant_id,
+                client_secret=client_secret,
+                managed_identity=managed_identity,
+                authority_host=authority_host,
+            ),
             http_client=http_client,
             max_workers=max_workers,
             allowed_tenants=allowed_tenants,
@@ -139,8 +145,7 @@ class ConsentBroker:
     ) -> ConsentBroker:
         """A broker sharing ``source``'s app registration, credential, store and keyring."""
         return cls(
-            client_id=source.client.client_id,
-            tenant_id=source.client.tenant_id,
+            credential=source.client.credential,
             store=source.grants.store,
             keyring=source.keyring,
             redirect_uris=redirect_uris,

@@ -21,6 +21,7 @@ import os
 import sys
 from typing import Any
 
+from .._credential import AppCredential
 from .._errors import ConfigurationError, require_extra
 from .._msal import PUBLIC_AUTHORITY_HOST, http_session
 from .._store import Keyring, MemoryStore, TokenStore
@@ -63,14 +64,16 @@ def build_broker(
         )
     ca_file = config.get("ca_file")
     return ConsentBroker(
-        client_id=str(config["client_id"]),
-        tenant_id=str(config["tenant_id"]),
-        authority_host=str(config.get("authority_host") or PUBLIC_AUTHORITY_HOST),
+        credential=AppCredential(
+            client_id=str(config["client_id"]),
+            tenant_id=str(config["tenant_id"]),
+            authority_host=str(config.get("authority_host") or PUBLIC_AUTHORITY_HOST),
+            client_secret=secret,
+            client_certificate=cert,
+        ),
         redirect_uris=[str(u) for u in config["redirect_uris"]],
         allowed_tenants=config.get("allowed_tenants") or None,
         post_logout_redirect_uri=config.get("post_logout_redirect_uri"),
-        client_secret=secret,
-        client_certificate=cert,
         # A standalone broker must share the agents' store (Redis): with the memory store
         # this mode is for trying the flow only (docs/consent.md, docs/scale-out.md).
         store=store if store is not None else MemoryStore(),

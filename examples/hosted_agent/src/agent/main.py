@@ -35,6 +35,7 @@ from agent_framework import Agent
 from agent_framework_foundry_hosting import ResponsesHostServer
 
 from entra_passthrough import (
+    AppCredential,
     DelegatedConsent,
     Keyring,
     ManagedIdentity,
@@ -94,16 +95,18 @@ def consent_source(
     # Secretless: the managed identity is a federated credential of the consent app.
     identity = ManagedIdentity.from_env(env)
     return DelegatedConsent(
-        client_id=_need(env, "ENTRA_PASSTHROUGH_CONSENT_CLIENT_ID", "the consent app"),
-        tenant_id=_get(env, "ENTRA_PASSTHROUGH_CONSENT_TENANT_ID")
-        or _need(env, "AZURE_TENANT_ID", "the tenant"),
-        client_assertion=lambda: identity.token_for_resource(FEDERATION_AUDIENCE),
+        credential=AppCredential(
+            client_id=_need(env, "ENTRA_PASSTHROUGH_CONSENT_CLIENT_ID", "the consent app"),
+            tenant_id=_get(env, "ENTRA_PASSTHROUGH_CONSENT_TENANT_ID")
+            or _need(env, "AZURE_TENANT_ID", "the tenant"),
+            client_assertion=lambda: identity.token_for_resource(FEDERATION_AUDIENCE),
+            authority_host=_get(env, "AZURE_AUTHORITY_HOST") or "https://login.microsoftonline.com",
+        ),
         store=store,
         keyring=Keyring.from_string(
             _need(env, "ENTRA_PASSTHROUGH_CONSENT_KEYS", "the keys that seal stored grants")
         ),
         broker_url=_need(env, "ENTRA_PASSTHROUGH_CONSENT_BROKER_URL", "the broker's URL"),
-        authority_host=_get(env, "AZURE_AUTHORITY_HOST") or "https://login.microsoftonline.com",
         http_client=http_client,
         server_label=_get(env, "MCP_SERVER_LABEL") or "notes",
     )
