@@ -66,6 +66,16 @@ def test_auth_and_headers_are_refused_with_a_warning() -> None:
         entra_mcp_tool("x", URL, chain=_NoChain(), scopes=SCOPES, headers={"a": "b"})
 
 
+def test_tool_options_are_listed_once_and_checked() -> None:
+    # MCPToolOptions (a TypedDict) lists them; a misspelt option fails at once, not silently.
+    with pytest.raises(TypeError, match="descripton"):
+        entra_mcp_tool("x", URL, chain=_NoChain(), scopes=SCOPES, descripton="typo")  # type: ignore[call-overload]
+    tool = entra_mcp_tool(
+        "x", URL, chain=_NoChain(), scopes=SCOPES, description="notes", request_timeout=7
+    )
+    assert (tool.description, tool.request_timeout) == ("notes", 7)
+
+
 def test_token_goes_only_to_the_url_origin_by_default() -> None:
     tool = entra_mcp_tool("x", URL, chain=_NoChain(), scopes=SCOPES)
     assert isinstance(tool, EntraMCPTool)

@@ -26,7 +26,7 @@ except ImportError as _exc:  # pragma: no cover - exercised only without the ext
         raise
     raise require_extra("agent_framework", "agent-framework", _exc) from _exc
 
-from ._factory import entra_mcp_tool, entra_middleware
+from ._factory import MCPToolOptions, entra_mcp_tool, entra_middleware
 from ._hosting import BackgroundRunCallers, end_run_caller, install
 from ._middleware import EntraToolMiddleware, entra_function_middleware
 from ._pool import EntraMCPToolPool, PoolOptions, issued_pool_key
@@ -39,6 +39,7 @@ __all__ = [
     "EntraMCPTool",
     "EntraMCPToolPool",
     "EntraToolMiddleware",
+    "MCPToolOptions",
     "PoolOptions",
     "consent_exception",
     "end_run_caller",

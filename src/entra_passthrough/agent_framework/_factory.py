@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Collection, Sequence
-from typing import Any, Literal, overload
+from typing import Any, Literal, TypedDict, Unpack, overload
 from urllib.parse import urlsplit
 
 import httpx2
@@ -18,9 +18,29 @@ from ._middleware import entra_function_middleware
 from ._pool import EntraMCPToolPool, PoolOptions
 from ._tool import EntraMCPTool
 
-__all__ = ["entra_mcp_tool", "entra_middleware"]
+__all__ = ["MCPToolOptions", "entra_mcp_tool", "entra_middleware"]
 
-_IGNORED = object()
+
+class MCPToolOptions(TypedDict, total=False):
+    """The options of ``entra_mcp_tool`` beyond the Entra ones, listed once (the overloads and
+    the implementation take them as ``**options``). ``description`` to ``terminate_on_close``
+    go to agent-framework's ``MCPStreamableHTTPTool``; ``timeout``/``verify`` configure its
+    httpx2 client; ``client_capabilities`` are the client's CAE capabilities (``["cp1"]``).
+    ``auth``/``headers`` are accepted only to warn: ``MCPStreamableHTTPTool`` silently drops
+    them, and here the token comes from ``chain``."""
+
+    description: str | None
+    approval_mode: Any
+    allowed_tools: Collection[str] | None
+    tool_name_prefix: str | None
+    load_prompts: bool
+    request_timeout: int | None
+    terminate_on_close: bool | None
+    timeout: httpx2.Timeout | None
+    verify: Any
+    client_capabilities: Sequence[str]
+    auth: Any
+    headers: Any
 
 
 def _origin_of(url: str) -> str:
@@ -43,18 +63,7 @@ def entra_mcp_tool(
     origins: Sequence[str] | None = ...,
     server_label: str | None = ...,
     per_user: Literal[False] = ...,
-    description: str | None = ...,
-    approval_mode: Any = ...,
-    allowed_tools: Collection[str] | None = ...,
-    tool_name_prefix: str | None = ...,
-    load_prompts: bool = ...,
-    request_timeout: int | None = ...,
-    terminate_on_close: bool | None = ...,
-    timeout: httpx2.Timeout | None = ...,
-    verify: Any = ...,
-    client_capabilities: Sequence[str] = ...,
-    auth: Any = ...,
-    headers: Any = ...,
+    **options: Unpack[MCPToolOptions],
 ) -> EntraMCPTool: ...
 
 
@@ -68,18 +77,7 @@ def entra_mcp_tool(
     origins: Sequence[str] | None = ...,
     server_label: str | None = ...,
     per_user: Literal[True] | PoolOptions,
-    description: str | None = ...,
-    approval_mode: Any = ...,
-    allowed_tools: Collection[str] | None = ...,
-    tool_name_prefix: str | None = ...,
-    load_prompts: bool = ...,
-    request_timeout: int | None = ...,
-    terminate_on_close: bool | None = ...,
-    timeout: httpx2.Timeout | None = ...,
-    verify: Any = ...,
-    client_capabilities: Sequence[str] = ...,
-    auth: Any = ...,
-    headers: Any = ...,
+    **options: Unpack[MCPToolOptions],
 ) -> EntraMCPToolPool: ...
 
 
@@ -92,18 +90,7 @@ def entra_mcp_tool(
     origins: Sequence[str] | None = None,
     server_label: str | None = None,
     per_user: bool | PoolOptions = False,
-    description: str | None = None,
-    approval_mode: Any = None,
-    allowed_tools: Collection[str] | None = None,
-    tool_name_prefix: str | None = None,
-    load_prompts: bool = False,
-    request_timeout: int | None = None,
-    terminate_on_close: bool | None = None,
-    timeout: httpx2.Timeout | None = None,
-    verify: Any = True,
-    client_capabilities: Sequence[str] = (),
-    auth: Any = _IGNORED,
-    headers: Any = _IGNORED,
+    **options: Unpack[MCPToolOptions],
 ) -> EntraMCPTool | EntraMCPToolPool:
     """A user-correct MCP tool for an Entra-protected server.
 
@@ -113,18 +100,22 @@ def entra_mcp_tool(
     (principal-bound sessions, per-user tool lists); get the caller's tool with
     ``await pool.tool()`` in a ``ResponsesHostServer(agent=<factory>)``.
 
-    ``origins`` default to the URL's origin: the only place the token is ever sent.
-    ``description``, ``approval_mode``, ``allowed_tools``, ``tool_name_prefix``,
-    ``load_prompts``, ``request_timeout`` and ``terminate_on_close`` are passed to
-    ``MCPStreamableHTTPTool``; ``timeout``/``verify`` configure its httpx2 client.
-    ``auth=``/``headers=`` are accepted only to warn: ``MCPStreamableHTTPTool`` silently ignores
-    them, and here the token comes from ``chain``.
+    ``origins`` default to the URL's origin: the only place the token is ever sent. The other
+    options (``MCPToolOptions``): ``description``, ``approval_mode``, ``allowed_tools``,
+    ``tool_name_prefix``, ``load_prompts``, ``request_timeout`` and ``terminate_on_close`` are
+    passed to ``MCPStreamableHTTPTool``; ``timeout``/``verify`` configure its httpx2 client;
+    ``client_capabilities``. ``auth=``/``headers=`` are accepted only to warn:
+    ``MCPStreamableHTTPTool`` silently ignores them, and here the token comes from ``chain``.
 
     >>> tool = entra_mcp_tool("files", "https://mcp.contoso.com/mcp", chain=chain,
     ...                       scopes=["api://<mcp-app>/.default"])
     """
-    for option, value in (("auth", auth), ("headers", headers)):
-        if value is not _IGNORED:
+    unknown = sorted(set(options) - set(MCPToolOptions.__annotations__))
+    if unknown:
+        raise TypeError(f"entra_mcp_tool() got unexpected keyword arguments: {unknown}")
+    for option in ("auth", "headers"):
+        if option in options:
+            del options[option]
             warnings.warn(
                 f"entra_mcp_tool({option}=...) is ignored: agent-framework's "
                 f"MCPStreamableHTTPTool silently drops {option}= (it only takes http_client, "
@@ -134,28 +125,20 @@ def entra_mcp_tool(
                 stacklevel=2,
             )
     allowed = list(origins) if origins is not None else [_origin_of(url)]
-    options: dict[str, Any] = {
+    client_capabilities = options.get("client_capabilities", ())
+    common: dict[str, Any] = {
+        **options,
         "chain": chain,
         "scopes": scopes,
         "origins": allowed,
         "server_label": server_label,
-        "description": description,
-        "approval_mode": approval_mode,
-        "allowed_tools": allowed_tools,
-        "tool_name_prefix": tool_name_prefix,
-        "load_prompts": load_prompts,
-        "request_timeout": request_timeout,
-        "terminate_on_close": terminate_on_close,
-        "timeout": timeout,
-        "verify": verify,
-        "client_capabilities": client_capabilities,
     }
     if per_user is False:
-        return EntraMCPTool(name, url, mode="shared", **options)
+        return EntraMCPTool(name, url, mode="shared", **common)
     pool_options = per_user if isinstance(per_user, PoolOptions) else PoolOptions()
 
     def make(pool: EntraMCPToolPool, key: UserKey) -> EntraMCPTool:
-        return EntraMCPTool(name, url, mode="per_user", pool=pool, pool_key=key, **options)
+        return EntraMCPTool(name, url, mode="per_user", pool=pool, pool_key=key, **common)
 
     # The pool resolves each caller's token before leasing and keys by the identity Entra
     # issued (see EntraMCPToolPool); record mode: nothing here raises inside a transport.
@@ -168,7 +151,7 @@ def entra_mcp_tool(
     )
 
     def unpooled() -> EntraMCPTool:
-        return EntraMCPTool(name, url, mode="per_user", **options)
+        return EntraMCPTool(name, url, mode="per_user", **common)
 
     return EntraMCPToolPool(
         make,

@@ -38,7 +38,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Collection, Sequence
-from contextlib import _AsyncGeneratorContextManager, suppress
+from contextlib import _AsyncGeneratorContextManager
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
@@ -101,8 +101,6 @@ _RETRY_WINDOW = 15.0
 _MAX_ATTEMPTS = 6
 #: How long a call waits for a reconnect in progress before it is sent anyway.
 _RECONNECT_WAIT = 30.0
-#: How long a failed call waits for its requests to leave the transport before the verdict.
-_SETTLE_WAIT = 5.0
 
 
 class EntraMCPTool(MCPStreamableHTTPTool):
@@ -486,9 +484,6 @@ class EntraMCPTool(MCPStreamableHTTPTool):
             except UserInputRequiredException:
                 raise
             except Exception as exc:
-                with suppress(TimeoutError):  # its requests' own outcome, then the verdict
-                    async with asyncio.timeout(_SETTLE_WAIT):
-                        await attempt.settled()
                 verdict = self._verdict(exc, attempt, caller, generation)
                 if verdict == "raise":
                     raise
