@@ -26,6 +26,11 @@ BINDING_TTL = 400 * 24 * 3600.0
 _MAX_SCOPES = 20
 _MAX_SCOPE_CHARS = 256
 
+#: The store's key layout, in one place (a store shared with the L2 token cache, whose keys
+#: are ``ep:v1:tok:...``): ``ep:v1:<record>:<id>``, the id a hashed ``UserKey`` for grants and
+#: bindings, a random id for sign-in flows and used states. Changing it orphans stored grants.
+_GRANT, _BINDING, _FLOW, _USED = "ep:v1:grant:", "ep:v1:bind:", "ep:v1:flow:", "ep:v1:used:"
+
 
 @dataclass(frozen=True, slots=True)
 class Grant:
@@ -119,7 +124,7 @@ class GrantStore:
 
     # grants ---------------------------------------------------------------------------------
     async def get_grant(self, key_hash: str) -> tuple[Grant, str] | None:
-        found = await self._get(f"ep:v1:grant:{key_hash}")
+        found = await self._get(_GRANT + key_hash)
         if found is None:
             return None
         try:
@@ -130,16 +135,14 @@ class GrantStore:
     async def put_grant(
         self, key_hash: str, grant: Grant, *, expect: str | AnyVersion | None = ANY
     ) -> str | None:
-        return await self._put(
-            f"ep:v1:grant:{key_hash}", grant.to_json(), ttl=GRANT_TTL, expect=expect
-        )
+        return await self._put(_GRANT + key_hash, grant.to_json(), ttl=GRANT_TTL, expect=expect)
 
     async def delete_grant(self, key_hash: str, *, expect: str | AnyVersion = ANY) -> bool:
-        return await self.store.delete(f"ep:v1:grant:{key_hash}", expect=expect)
+        return await self.store.delete(_GRANT + key_hash, expect=expect)
 
     # platform-id -> (tid, oid) bindings -----------------------------------------------------
     async def get_binding(self, key_hash: str) -> tuple[str, str] | None:
-        found = await self._get(f"ep:v1:bind:{key_hash}")
+        found = await self._get(_BINDING + key_hash)
         if found is None:
             return None
         data = json.loads(found[0])
@@ -148,16 +151,16 @@ class GrantStore:
     async def bind(self, key_hash: str, tid: str, oid: str) -> bool:
         """Record the first binding; ``False`` if one exists already (check it)."""
         plain = json.dumps({"tid": tid, "oid": oid}).encode()
-        version = await self._put(f"ep:v1:bind:{key_hash}", plain, ttl=BINDING_TTL, expect=None)
+        version = await self._put(_BINDING + key_hash, plain, ttl=BINDING_TTL, expect=None)
         return version is not None
 
     # pending sign-ins (PKCE verifier, nonce) and used states --------------------------------
     async def put_flow(self, flow_id: str, data: Mapping[str, Any], *, ttl: float) -> None:
-        await self._put(f"ep:v1:flow:{flow_id}", json.dumps(data).encode(), ttl=ttl, expect=None)
+        await self._put(_FLOW + flow_id, json.dumps(data).encode(), ttl=ttl, expect=None)
 
     async def peek_flow(self, flow_id: str) -> dict[str, Any] | None:
         """Read without consuming (the broker checks the browser binding first)."""
-        found = await self._get(f"ep:v1:flow:{flow_id}")
+        found = await self._get(_FLOW + flow_id)
         if found is None:
             return None
         data = json.loads(found[0])
@@ -165,7 +168,7 @@ class GrantStore:
 
     async def take_flow(self, flow_id: str) -> dict[str, Any] | None:
         """Read and delete atomically (compare-and-delete): one caller wins, across replicas."""
-        key = f"ep:v1:flow:{flow_id}"
+        key = _FLOW + flow_id
         found = await self._get(key)
         if found is None or not await self.store.delete(key, expect=found[1]):
             return None
@@ -174,7 +177,7 @@ class GrantStore:
 
     async def mark_used(self, state_id: str, *, ttl: float) -> bool:
         """``True`` the first time only: a state is single-use until it expires."""
-        version = await self.store.put(f"ep:v1:used:{state_id}", b"1", ttl=ttl, expect=None)
+        version = await self.store.put(_USED + state_id, b"1", ttl=ttl, expect=None)
         return version is not None
 
 
