@@ -33,8 +33,10 @@ _GRANT, _BINDING, _FLOW, _USED = "ep:v1:grant:", "ep:v1:bind:", "ep:v1:flow:", "
 
 
 @dataclass(frozen=True, slots=True)
-class Grant:
-    """What the user granted: a refresh token (sealed at rest) and who signed in."""
+class StoredGrant:
+    """What the user granted, as the store keeps it: a refresh token (sealed at rest) and who
+    signed in. (``entra_passthrough.testing.Grant`` is another thing: a consent in the
+    emulated tenant.)"""
 
     refresh_token: str = field(repr=False)
     scopes: tuple[str, ...]
@@ -52,7 +54,7 @@ class Grant:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
 
     @classmethod
-    def from_json(cls, raw: bytes) -> Grant:
+    def from_json(cls, raw: bytes) -> StoredGrant:
         data = json.loads(raw)
         data["scopes"] = tuple(data["scopes"])
         return cls(**data)
@@ -123,17 +125,17 @@ class GrantStore:
         return await self.store.put(key, sealed, ttl=ttl, expect=expect)
 
     # grants ---------------------------------------------------------------------------------
-    async def get_grant(self, key_hash: str) -> tuple[Grant, str] | None:
+    async def get_grant(self, key_hash: str) -> tuple[StoredGrant, str] | None:
         found = await self._get(_GRANT + key_hash)
         if found is None:
             return None
         try:
-            return Grant.from_json(found[0]), found[1]
+            return StoredGrant.from_json(found[0]), found[1]
         except (ValueError, TypeError, KeyError):
             return None
 
     async def put_grant(
-        self, key_hash: str, grant: Grant, *, expect: str | AnyVersion | None = ANY
+        self, key_hash: str, grant: StoredGrant, *, expect: str | AnyVersion | None = ANY
     ) -> str | None:
         return await self._put(_GRANT + key_hash, grant.to_json(), ttl=GRANT_TTL, expect=expect)
 

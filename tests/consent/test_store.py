@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from entra_passthrough import ConfigurationError, UserKey
-from entra_passthrough._grants import Grant, GrantStore, LinkTicket
+from entra_passthrough._grants import GrantStore, LinkTicket, StoredGrant
 from entra_passthrough._sources.delegated import DelegatedConsent
 from entra_passthrough._store import ANY, Keyring, KeyringError, MemoryStore, TokenStore
 from entra_passthrough.consent import ConsentBroker
@@ -113,7 +113,7 @@ async def test_grant_store_seals_values_and_hashes_keys() -> None:
     store = MemoryStore()
     grants = GrantStore(store, Keyring.generate())
     key = UserKey.for_entra_user("tid-1", "oid-1", upn="alice@contoso.com")
-    grant = Grant(
+    grant = StoredGrant(
         refresh_token="rt-secret-value",
         scopes=("api://x/.default",),
         tid="tid-1",

@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from entra_passthrough import ConfigurationError, SourceUnavailable, UserKey
-from entra_passthrough._grants import Grant, GrantStore
+from entra_passthrough._grants import GrantStore, StoredGrant
 from entra_passthrough._store import ANY, Keyring, TokenStore
 from entra_passthrough.redis import RedisStore
 
@@ -99,7 +99,7 @@ async def test_a_keyspace_scan_shows_no_token_and_no_identity(
 ) -> None:
     grants = GrantStore(store, Keyring.generate())
     key = UserKey.for_entra_user(SECRETS["tid"], SECRETS["oid"], upn=SECRETS["upn"])
-    grant = Grant(
+    grant = StoredGrant(
         refresh_token=SECRETS["refresh"],
         scopes=("api://mcp/access_as_user",),
         tid=SECRETS["tid"],
@@ -124,7 +124,7 @@ async def test_rotation_old_keys_open_the_new_key_seals(store: RedisStore) -> No
     old = Keyring.generate("k1")
     new = Keyring({"k2": Keyring.generate("k2").keys["k2"], "k1": old.keys["k1"]}, current="k2")
     key = UserKey.for_entra_user("t", "o").hashed
-    grant = Grant("rt-1", ("s",), "t", "o", None, "entra", 1.0, 1.0)
+    grant = StoredGrant("rt-1", ("s",), "t", "o", None, "entra", 1.0, 1.0)
     await GrantStore(store, old).put_grant(key, grant)
     found = await GrantStore(store, new).get_grant(key)
     assert found is not None

@@ -41,7 +41,7 @@ from .._errors import (
     error_from_entra,
     is_consent_required,
 )
-from .._grants import Grant, GrantStore, LinkTicket, seal_revoke_ticket
+from .._grants import GrantStore, LinkTicket, StoredGrant, seal_revoke_ticket
 from .._jwt import fingerprint
 from .._msal import PUBLIC_AUTHORITY_HOST, http_session
 from .._store import Keyring, MemoryStore, TokenStore
@@ -160,7 +160,7 @@ class DelegatedConsent:
         #: Rotated grants the store refused after Entra had redeemed the old refresh token
         #: (store down mid-refresh): written before this user's next refresh, so the redeemed
         #: refresh token is never used again. Key hash -> (grant, version of our lease).
-        self._unsaved: dict[str, tuple[Grant, str]] = {}
+        self._unsaved: dict[str, tuple[StoredGrant, str]] = {}
         self._flights: dict[tuple[int, str], tuple[tuple[Any, ...], asyncio.Future[Any]]] = {}
 
     def __repr__(self) -> str:
@@ -427,7 +427,7 @@ class DelegatedConsent:
         )
 
     def _refresh(
-        self, key: UserKey, request: TokenRequest, grant: Grant, lease_version: str
+        self, key: UserKey, request: TokenRequest, grant: StoredGrant, lease_version: str
     ) -> Generator[_Step, Any, TokenResult]:
         scopes = tuple(request.scopes)
         released = dataclasses.replace(grant, lease_owner=None, lease_until=0.0)
@@ -473,7 +473,7 @@ class DelegatedConsent:
         key: UserKey,
         request: TokenRequest,
         answer: dict[str, Any],
-        released: Grant,
+        released: StoredGrant,
         lease_version: str,
     ) -> Generator[_Step, Any, NoReturn]:
         scopes = tuple(request.scopes)

@@ -33,9 +33,9 @@ from .._consent_client import ConsentClient, IdTokenError, check_https_url
 from .._credential import AppCredential, app_credential
 from .._errors import ConfigurationError
 from .._grants import (
-    Grant,
     GrantStore,
     LinkTicket,
+    StoredGrant,
     check_scopes,
     open_revoke_ticket,
     seal_revoke_ticket,
@@ -301,7 +301,7 @@ class ConsentBroker:
         await self._bind(flow, claims)
         now = time.time()
         upn = claims.get("preferred_username") or claims.get("upn")
-        grant = Grant(
+        grant = StoredGrant(
             refresh_token=refresh_token,
             scopes=tuple(flow["scopes"]),
             tid=str(claims["tid"]),
