@@ -243,3 +243,27 @@ def test_the_parsers_see_what_they_must() -> None:
     assert _ROW.match("| Name | What it is |") is None
     sample = "from entra_passthrough.mcp import (\n    entra_call,  # c\n    auth_of as a,\n)\n"
     assert _documented_imports(sample) == {"entra_passthrough.mcp": {"entra_call", "auth_of"}}
+
+
+def test_no_two_classes_or_aliases_share_a_name() -> None:
+    # Distinct names for distinct things, inside the package too (there were two ``Outcome``
+    # classes and two ``Send``s with different meanings). EntraAuth's classic-httpx twin is the
+    # one allowed pair: the same idea for another client.
+    import ast
+
+    homes: dict[str, list[str]] = defaultdict(list)
+    for path in sorted((ROOT / "src" / "entra_passthrough").rglob("*.py")):
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.ClassDef):
+                names = [node.name]
+            elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Subscript):
+                names = [t.id for t in node.targets if isinstance(t, ast.Name)]  # type aliases
+            else:
+                continue
+            for name in names:
+                if not name.startswith("_"):  # a private name stays in its module
+                    homes[name].append(str(path.relative_to(ROOT / "src")))
+    shared = {name: paths for name, paths in homes.items() if len(paths) > 1}
+    assert shared == {
+        "EntraAuth": ["entra_passthrough/_auth.py", "entra_passthrough/httpx.py"],
+    }

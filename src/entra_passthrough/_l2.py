@@ -42,8 +42,8 @@ __all__ = ["SharedCache", "SharedTokenCache", "SyncTokenStore"]
 
 logger = logging.getLogger("entra_passthrough.cache.shared")
 
-Acquire = Callable[[], Awaitable[TokenResult | None]]
-AcquireSync = Callable[[], TokenResult | None]
+AcquireFn = Callable[[], Awaitable[TokenResult | None]]
+AcquireFnSync = Callable[[], TokenResult | None]
 
 _KEY_PREFIX: Final = "ep:v1:tok:"
 _LEASE_PREFIX: Final = "ep:v1:tokl:"
@@ -57,12 +57,12 @@ class SharedCache(Protocol):
     ``wrap_sync`` is the same for the sync API (it may return ``acquire`` unchanged)."""
 
     def wrap(
-        self, cache: TokenCache, key: Hashable, acquire: Acquire, cap: float | None
-    ) -> Acquire: ...
+        self, cache: TokenCache, key: Hashable, acquire: AcquireFn, cap: float | None
+    ) -> AcquireFn: ...
 
     def wrap_sync(
-        self, cache: TokenCache, key: Hashable, acquire: AcquireSync, cap: float | None
-    ) -> AcquireSync: ...
+        self, cache: TokenCache, key: Hashable, acquire: AcquireFnSync, cap: float | None
+    ) -> AcquireFnSync: ...
 
 
 class SyncTokenStore(Protocol):
@@ -222,8 +222,8 @@ class SharedTokenCache:
     # -- the wrapped acquisition -------------------------------------------------------------
 
     def wrap(
-        self, cache: TokenCache, key: Hashable, acquire: Acquire, cap: float | None
-    ) -> Acquire:
+        self, cache: TokenCache, key: Hashable, acquire: AcquireFn, cap: float | None
+    ) -> AcquireFn:
         async def shared() -> TokenResult | None:
             if not self._up():
                 return await acquire()
@@ -237,7 +237,7 @@ class SharedTokenCache:
         return shared
 
     async def _fetch(
-        self, digest: str, floor: float, acquire: Acquire, cap: float | None
+        self, digest: str, floor: float, acquire: AcquireFn, cap: float | None
     ) -> TokenResult | None:
         name, lease_name = _KEY_PREFIX + digest, _LEASE_PREFIX + digest
         deadline = time.monotonic() + self.wait  # real time, whatever clock tokens use
@@ -289,8 +289,8 @@ class SharedTokenCache:
     # -- the same, blocking (sync API: threads) -----------------------------------------------
 
     def wrap_sync(
-        self, cache: TokenCache, key: Hashable, acquire: AcquireSync, cap: float | None
-    ) -> AcquireSync:
+        self, cache: TokenCache, key: Hashable, acquire: AcquireFnSync, cap: float | None
+    ) -> AcquireFnSync:
         store = self.sync_store
         if store is None:
             return acquire
@@ -312,7 +312,7 @@ class SharedTokenCache:
         store: SyncTokenStore,
         digest: str,
         floor: float,
-        acquire: AcquireSync,
+        acquire: AcquireFnSync,
         cap: float | None,
     ) -> TokenResult | None:
         name, lease_name = _KEY_PREFIX + digest, _LEASE_PREFIX + digest
