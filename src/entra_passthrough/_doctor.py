@@ -222,10 +222,6 @@ class Doctor:
         from ._msal import federation_audience
         from ._sources.managed_identity import ManagedIdentity
 
-        kinds = {getattr(s, "_credential_kind", None) for s in chain.sources}
-        kinds |= {
-            getattr(getattr(s, "_obo", None), "_credential_kind", None) for s in chain.sources
-        }
         wants = _get(self.env, "ENTRA_PASSTHROUGH_CLIENT_CREDENTIAL") == "managed_identity"
         configured = _get(self.env, "IDENTITY_ENDPOINT") or wants
         if not configured and not any(isinstance(s, ManagedIdentity) for s in chain.sources):
@@ -273,7 +269,7 @@ class Doctor:
                     finally:
                         if obo._owns_http:
                             app.http_client.close()
-                    what = f"the {obo._credential_kind} of app {obo.client_id}"
+                    what = f"the {obo.credential.kind} of app {obo.client_id}"
                     return _from_msal(response, what)
 
                 self.guard("client credential", credential)

@@ -56,7 +56,6 @@ KNOWN_IMPORTS: set[tuple[str, str]] = {
 KNOWN_ATTRIBUTES: set[tuple[str, str]] = {
     # The doctor inspects sources' internals to explain a configuration.
     ("entra_passthrough/_doctor.py", "_build_app"),
-    ("entra_passthrough/_doctor.py", "_credential_kind"),
     ("entra_passthrough/_doctor.py", "_http"),
     ("entra_passthrough/_doctor.py", "_obo"),
     ("entra_passthrough/_doctor.py", "_owns_http"),

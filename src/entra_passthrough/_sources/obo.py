@@ -96,7 +96,6 @@ class OnBehalfOf:
         self.accepted_audiences = frozenset((client_id, f"api://{client_id}", *accepted_audiences))
         self.consent_redirect_uri = consent_redirect_uri
         self._consent_link = consent_link
-        self._credential_kind = app.kind
         self._credential = client_credential(app)
         self._http_client = http_client
         self.timeouts = timeouts or Timeouts()
@@ -112,7 +111,7 @@ class OnBehalfOf:
     def __repr__(self) -> str:
         return (
             f"OnBehalfOf(name={self.name!r}, client_id={self.client_id!r}, "
-            f"tenant_id={self.tenant_id!r}, credential={self._credential_kind}, "
+            f"tenant_id={self.tenant_id!r}, credential={self.credential.kind}, "
             f"allowed_tenants={sorted(self.allowed_tenants)!r})"
         )
 
