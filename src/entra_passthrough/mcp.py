@@ -26,13 +26,14 @@ stale (ended) caller's token is never sent.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from importlib import metadata
 from typing import Any
@@ -188,11 +189,35 @@ class CallAttempt:
     transport_error: str | None = None
     #: HTTP status of the last ``tools/call`` answer (a 5xx: the server may have run it).
     status: int | None = None
+    #: ``tools/call`` requests of this attempt still inside the transport.
+    in_flight: int = field(default=0, repr=False)
+    _idle: asyncio.Event | None = field(default=None, repr=False)
 
     @property
     def never_left(self) -> bool:
         """True when no ``tools/call`` of this attempt can have reached the server."""
         return not self.sent
+
+    def _begin(self) -> None:
+        self.in_flight += 1
+        if self._idle is not None:
+            self._idle.clear()
+
+    def _end(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def settled(self) -> None:
+        """Return once no ``tools/call`` of this attempt is still inside the transport (bound it
+        with ``asyncio.timeout``). When the mcp client tears a connection down, the call learns
+        "Connection closed" before its request's task has unwound, and whether that request was
+        written is known only then (``sent`` stays true meanwhile: it "may have run")."""
+        if self.in_flight == 0:
+            return
+        if self._idle is None:
+            self._idle = asyncio.Event()
+        await self._idle.wait()
 
 
 _attempt: ContextVar[CallAttempt | None] = ContextVar("entra_passthrough.mcp_attempt", default=None)
@@ -269,12 +294,36 @@ def _drop_ended_callers_token(request: httpx2.Request) -> None:
             request.headers.pop(name, None)
 
 
+class _WriteWatch:
+    """Whether httpcore began writing a request: its ``trace`` extension reports
+    ``*.send_request_headers.started`` before the first byte of a request is written (a proxy's
+    CONNECT counts too: earlier, never later). Until then the request was waiting for a
+    connection, connecting or in TLS, and a failure or a cancellation there (the connection torn
+    down under the call by a reconnect) provably sent nothing. Only for httpx2's own transport,
+    which hands the extensions to httpcore: with another transport nothing is inferred."""
+
+    __slots__ = ("_outer", "started")
+
+    def __init__(self, request: httpx2.Request) -> None:
+        self.started = False
+        self._outer = request.extensions.get("trace")
+        request.extensions["trace"] = self._trace
+
+    async def _trace(self, name: str, info: dict[str, Any]) -> None:
+        if name.endswith("send_request_headers.started"):
+            self.started = True
+        if self._outer is not None:
+            await self._outer(name, info)
+
+
 class _CallGuard(httpx2.AsyncBaseTransport):
     """The MCP client's transport: outside ``call_attempt`` it only forwards; inside, see
     ``call_attempt``."""
 
     def __init__(self, inner: httpx2.AsyncBaseTransport) -> None:
         self._inner = inner
+        # httpx2's own transport passes request.extensions (the trace hook) to httpcore.
+        self._traced = type(inner) is httpx2.AsyncHTTPTransport
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         attempt = _attempt.get()
@@ -292,8 +341,10 @@ class _CallGuard(httpx2.AsyncBaseTransport):
             )
         is_call = method == "tools/call"
         was_sent = attempt.sent
+        watch = _WriteWatch(request) if is_call and self._traced else None
         if is_call:
             attempt.sent = True  # from here on it may reach the server
+            attempt._begin()
         try:
             response = await self._inner.handle_async_request(request)
         except _NOT_SENT_ERRORS as exc:
@@ -305,12 +356,32 @@ class _CallGuard(httpx2.AsyncBaseTransport):
                 request, rpc_id, f"entra_passthrough: not sent ({type(exc).__name__})"
             )
         except httpx2.TransportError as exc:
+            if watch is not None and not watch.started:
+                # Failed before a byte of it was written (e.g. TLS to a server going away).
+                attempt.sent = was_sent
+                attempt.not_sent = attempt.not_sent or "connect"
+                if rpc_id is None:
+                    raise
+                return _local_error(
+                    request, rpc_id, f"entra_passthrough: not sent ({type(exc).__name__})"
+                )
             attempt.transport_error = type(exc).__name__
             if rpc_id is None:
                 raise
             return _local_error(
                 request, rpc_id, f"entra_passthrough: connection lost ({type(exc).__name__})"
             )
+        except BaseException:
+            # Cancelled: the mcp client tears the connection down under its requests (a
+            # reconnect, a dead stream). The call fails "Connection closed"; it is retried only
+            # if this request was still waiting for a connection or connecting.
+            if watch is not None and not watch.started:
+                attempt.sent = was_sent
+                attempt.not_sent = attempt.not_sent or "connect"
+            raise
+        finally:
+            if is_call:
+                attempt._end()
         if is_call:
             attempt.status = response.status_code
         return response

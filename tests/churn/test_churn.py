@@ -40,12 +40,17 @@ from _support.mcp_world import (
     serve_asgi,
     tool_outputs,
 )
-from entra_passthrough.agent_framework import PoolOptions, entra_mcp_tool, entra_middleware
+from entra_passthrough.agent_framework import (
+    EntraMCPToolPool,
+    PoolOptions,
+    entra_mcp_tool,
+    entra_middleware,
+)
 from entra_passthrough.agent_framework.testing import ScriptedChatClient
 from entra_passthrough.testing import EntraEmulator
 from entra_passthrough.testing._world import User
 
-from .conftest import SIZE, McpUnderTest
+from .conftest import SIZE, SOAK, McpUnderTest
 
 pytestmark = [
     pytest.mark.slow,
@@ -268,14 +273,9 @@ async def test_shared_tool_short_tokens_slow_token_endpoint(
     _check(results, mcp, allowed=frozenset({"ok", "token"}))
 
 
-@pytest.mark.parametrize("bound", [1, 4])
-async def test_pool_small_bounds_with_restarts(
-    idp_users: tuple[EntraEmulator, list[User]],
-    start_mcp: Callable[..., McpUnderTest],
-    bound: int,
-) -> None:
-    idp, users = idp_users
-    mcp = start_mcp(idp, stateful=True)
+def _pooled_host(
+    idp: EntraEmulator, mcp: McpUnderTest, *, bound: int
+) -> tuple[ServerThread, EntraMCPToolPool]:
     pool = entra_mcp_tool(
         "records",
         f"{mcp.server.base}/mcp",
@@ -287,15 +287,61 @@ async def test_pool_small_bounds_with_restarts(
     async def make_agent() -> Agent:
         return Agent(client=_client(), tools=[await pool.tool()], middleware=entra_middleware())
 
-    host = serve_asgi(host_app(make_agent, close_on_shutdown=[pool]), name="host")
-    try:
-        results = await _drive(host.base, idp, users, events=_restarts(mcp.server, handover=False))
-    finally:
-        host.stop()
-    outcomes = _check(results, mcp, allowed=frozenset({"ok", "unknown"}))
-    assert outcomes["unknown"] <= SIZE.concurrency * SIZE.restarts, outcomes
-    # Every request on a legacy session carries the token of the user who opened it, or none.
+    return serve_asgi(host_app(make_agent, close_on_shutdown=[pool]), name="host"), pool
+
+
+def _sessions_carry_only_their_owner(mcp: McpUnderTest) -> None:
+    """Every request on a legacy session carries the token of the user who opened it, or none."""
     seen = mcp.recorder.snapshot()
     owners = {s.session: s.oid for s in seen if s.rpc == "initialize" and s.session}
     foreign = [s for s in seen if s.session and s.oid and s.oid != owners.get(s.session)]
     assert not foreign, f"another user's token on a session: {foreign[:3]}"
+
+
+#: Pool bound x restart kind: two of the four in ``make test``, all four in ``make soak``.
+_POOL_CASES = [(1, False), (4, True), (1, True), (4, False)] if SOAK else [(1, False), (4, True)]
+
+
+@pytest.mark.parametrize(
+    ("bound", "handover"),
+    _POOL_CASES,
+    ids=[f"{b}-{'handover' if h else 'gap'}" for b, h in _POOL_CASES],
+)
+async def test_pool_small_bounds_with_restarts(
+    idp_users: tuple[EntraEmulator, list[User]],
+    start_mcp: Callable[..., McpUnderTest],
+    bound: int,
+    handover: bool,
+) -> None:
+    idp, users = idp_users
+    mcp = start_mcp(idp, stateful=True)
+    host, _ = _pooled_host(idp, mcp, bound=bound)
+    try:
+        results = await _drive(
+            host.base, idp, users, events=_restarts(mcp.server, handover=handover)
+        )
+    finally:
+        host.stop()
+    outcomes = _check(results, mcp, allowed=frozenset({"ok", "unknown"}))
+    assert outcomes["unknown"] <= SIZE.concurrency * SIZE.restarts, outcomes
+    _sessions_carry_only_their_owner(mcp)
+
+
+async def test_pool_short_tokens_slow_token_endpoint(
+    short_idp_users: tuple[EntraEmulator, list[User]],
+    start_mcp: Callable[..., McpUnderTest],
+) -> None:
+    """The per-user pool (bound 4) with 3 s MCP tokens, 4 s assertions and a slow token
+    endpoint: a pooled connection outlives many of its user's tokens; each call carries the one
+    resolved for it, or is not sent."""
+    idp, users = short_idp_users
+    mcp = start_mcp(idp, stateful=True)
+    host, _ = _pooled_host(idp, mcp, bound=4)
+    idp.inject_fault("token", status=None, delay=0.2, count=SIZE.users)
+    try:
+        results = await _drive(host.base, idp, users, assertion_lifetime=4)
+    finally:
+        idp.clear_faults()
+        host.stop()
+    _check(results, mcp, allowed=frozenset({"ok", "token"}))
+    _sessions_carry_only_their_owner(mcp)

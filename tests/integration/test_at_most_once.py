@@ -505,3 +505,114 @@ async def test_a_call_after_an_idle_pause_is_not_written_onto_a_connection_the_s
     assert Counter(who for who, _ in executions) == {f"{user.oid}|0": 1, f"{user.oid}|1": 1}
     assert all(user.oid in answer for answer in answers), answers
     assert hop.connections >= 2  # the second call opened a new connection
+
+
+class _Silent:
+    """A TCP server that accepts, reads and never answers: a request to it hangs where the test
+    wants it (in the TLS handshake for https, waiting for the answer for http)."""
+
+    def __init__(self) -> None:
+        self.accepted = asyncio.Event()
+        self.received = asyncio.Event()
+        self._writers: list[asyncio.StreamWriter] = []
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    async def __aenter__(self) -> _Silent:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.transport.abort()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
+        self.accepted.set()
+        try:
+            while data := await reader.read(65536):
+                if b"tools/call" in data:
+                    self.received.set()
+        except (OSError, asyncio.CancelledError):
+            pass
+
+
+async def _call_then_cancel(url: str, reached: asyncio.Event) -> Any:
+    """A tools/call through the guard over httpx2's own transport, cancelled (as the mcp client
+    cancels the requests of a connection it tears down) once ``reached`` is set."""
+    from entra_passthrough.mcp import CallAttempt
+
+    body = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "x"}}
+    attempt: CallAttempt
+    async with httpx2.AsyncClient(transport=_CallGuard(httpx2.AsyncHTTPTransport())) as client:
+        with call_attempt() as attempt:
+            request = asyncio.create_task(
+                client.post(url, json=body, headers={"Authorization": "Bearer t"})
+            )
+            async with asyncio.timeout(30):  # bounded
+                await reached.wait()
+            assert attempt.in_flight == 1
+            settled = asyncio.create_task(attempt.settled())
+            await asyncio.sleep(0)
+            assert not settled.done()  # the request is still in the transport
+            request.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await request
+            async with asyncio.timeout(30):
+                await settled
+    return attempt
+
+
+async def test_a_call_cancelled_before_a_byte_was_written_never_left() -> None:
+    """The mcp client cancels the requests of a connection it tears down (a reconnect): one still
+    connecting (here: in the TLS handshake) provably never left and may be retried. Before: it
+    counted as sent and came back "may have run" (1 to 4 calls per gap restart in tests/churn)."""
+    async with _Silent() as server:
+        attempt = await _call_then_cancel(f"https://127.0.0.1:{server.port}/mcp", server.accepted)
+    assert not attempt.sent
+    assert attempt.not_sent == "connect"
+    assert attempt.in_flight == 0
+
+
+async def test_a_call_cancelled_after_it_was_written_may_have_run() -> None:
+    async with _Silent() as server:
+        attempt = await _call_then_cancel(f"http://127.0.0.1:{server.port}/mcp", server.received)
+    assert attempt.sent
+    assert attempt.not_sent is None
+    assert attempt.in_flight == 0
+
+
+async def test_a_pooled_connect_that_lost_its_token_is_explained_to_the_client(
+    idp: EntraEmulator, users: list[User], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pooled connection connects when the agent opens it ("agent initialization", where
+    ResponsesHostServer shows only "server_error" unless the failure is public). When its
+    connection-lifetime requests could get no token (the user's assertion expired while it
+    connected: seen in tests/churn with 4 s assertions), the client is told why."""
+    from entra_passthrough import AssertionExpired
+
+    pool = _pool(idp)
+    try:
+        async with bind_caller(token=agent_token(idp, users[21])) as caller:
+            tool = await pool.tool()
+
+            async def connect_without_a_token() -> None:
+                # What the connect meets: its requests went out without a token (the transport
+                # recorded why) and the server refused them.
+                caller.record(AssertionExpired(expired_at=time.time() - 1))
+                raise tool._connect_failure(RuntimeError("Server returned an error"), caller)
+
+            monkeypatch.setattr(tool, "_connect_retrying", connect_without_a_token)
+            public = public_failure_type()
+            assert public is not None
+            with pytest.raises(public) as failure:
+                await tool.__aenter__()
+        assert "expired" in str(failure.value)
+        assert isinstance(failure.value.__cause__, Exception)
+        assert tool._leases == 0
+    finally:
+        await pool.aclose()

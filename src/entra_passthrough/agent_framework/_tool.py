@@ -38,7 +38,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Collection, Sequence
-from contextlib import _AsyncGeneratorContextManager
+from contextlib import _AsyncGeneratorContextManager, suppress
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
@@ -101,6 +101,8 @@ _RETRY_WINDOW = 15.0
 _MAX_ATTEMPTS = 6
 #: How long a call waits for a reconnect in progress before it is sent anyway.
 _RECONNECT_WAIT = 30.0
+#: How long a failed call waits for its requests to leave the transport before the verdict.
+_SETTLE_WAIT = 5.0
 
 
 class EntraMCPTool(MCPStreamableHTTPTool):
@@ -406,8 +408,13 @@ class EntraMCPTool(MCPStreamableHTTPTool):
             # Always through the connect lock: is_connected turns true before the tools are
             # loaded, and a concurrent lease must not expose an empty tool list.
             await self._connect_retrying()
-        except BaseException:
+        except BaseException as exc:
             self._leases -= 1
+            why = _token_error_of(exc)
+            if why is not None:
+                # The connect failed for want of the user's token (e.g. their assertion expired
+                # while it ran): the host shows this explanation, not a bare "server_error".
+                raise public_failure(why) from exc
             raise
         return self
 
@@ -484,6 +491,9 @@ class EntraMCPTool(MCPStreamableHTTPTool):
             except UserInputRequiredException:
                 raise
             except Exception as exc:
+                with suppress(TimeoutError):  # its requests' own outcome, then the verdict
+                    async with asyncio.timeout(_SETTLE_WAIT):
+                        await attempt.settled()
                 verdict = self._verdict(exc, attempt, caller, generation)
                 if verdict == "raise":
                     raise
@@ -714,6 +724,17 @@ async def _not_cancelled_by_transport(operation: Awaitable[None]) -> None:
         raise ToolException(
             "the MCP connection was lost while connecting", anyio.ClosedResourceError()
         ) from cancelled
+
+
+def _token_error_of(exc: BaseException) -> EntraPassthroughError | None:
+    """The typed token error that made a connect fail (``_connect_failure`` puts it inside its
+    ``ToolException``), unless the failure is already in a shape the host shows (a consent, or
+    a public failure)."""
+    if not isinstance(exc, ToolException) or consent_from_exception(exc) is not None:
+        return None
+    # ToolException(message, inner): agent-framework keeps the inner exception in args.
+    inner = exc.args[1] if len(exc.args) > 1 else None
+    return inner if isinstance(inner, EntraPassthroughError) else None
 
 
 def _oid_of(caller: Caller | None) -> str | None:
