@@ -28,7 +28,7 @@ except ImportError as _exc:  # pragma: no cover - exercised only without the ext
 
 from ._factory import MCPToolOptions, entra_mcp_tool, entra_middleware
 from ._hosting import BackgroundRunCallers, end_run_caller, install
-from ._middleware import EntraToolMiddleware, entra_function_middleware
+from ._middleware import EntraToolMiddleware
 from ._pool import EntraMCPToolPool, PoolOptions, issued_pool_key
 from ._signals import CallOutcomeUnknown, consent_exception, is_dead_connection
 from ._tool import EntraMCPTool
@@ -43,7 +43,6 @@ __all__ = [
     "PoolOptions",
     "consent_exception",
     "end_run_caller",
-    "entra_function_middleware",
     "entra_mcp_tool",
     "entra_middleware",
     "install",

@@ -14,7 +14,7 @@ from .._auth import EntraAuth
 from .._errors import ConfigurationError
 from .._flow import Chain
 from .._user_key import UserKey
-from ._middleware import entra_function_middleware
+from ._middleware import EntraToolMiddleware
 from ._pool import EntraMCPToolPool, PoolOptions
 from ._tool import EntraMCPTool
 
@@ -167,4 +167,4 @@ def entra_middleware(*, server_label: str | None = None) -> list[Any]:
 
     >>> Agent(client=client, tools=[tool], middleware=entra_middleware())
     """
-    return [entra_function_middleware(server_label=server_label)]
+    return [EntraToolMiddleware(server_label=server_label)]

@@ -17,7 +17,7 @@ from agent_framework.exceptions import UserInputRequiredException
 from ..mcp import consent_from_exception
 from ._signals import consent_exception
 
-__all__ = ["EntraToolMiddleware", "entra_function_middleware"]
+__all__ = ["EntraToolMiddleware"]
 
 
 class EntraToolMiddleware(FunctionMiddleware):
@@ -44,11 +44,3 @@ class EntraToolMiddleware(FunctionMiddleware):
             if consent is None:
                 raise
             raise consent_exception(consent, server_label=label) from exc
-
-
-def entra_function_middleware(*, server_label: str | None = None) -> EntraToolMiddleware:
-    """The function middleware to add to an ``Agent`` that uses Entra-protected tools.
-
-    >>> Agent(client=client, tools=[tool], middleware=[entra_function_middleware()])
-    """
-    return EntraToolMiddleware(server_label=server_label)
