@@ -7,6 +7,9 @@ setting in pyproject.toml), never in another test module; the worker groups are 
 
 from __future__ import annotations
 
+import atexit
+import os
+import sys
 from typing import Any
 
 import pytest
@@ -27,3 +30,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if not hasattr(config, "workerinput"):  # not an xdist worker: keep the collection order
         return
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config, "workerinput"):  # an xdist worker: see _exit_without_finalizing
+        atexit.register(_exit_without_finalizing)
+
+
+def _exit_without_finalizing() -> None:
+    """A worker's last act (its results are with the controller by then): leave without the
+    interpreter's finalization, a full garbage collection of everything the worker's tests left
+    behind (seconds per worker, measured; the controller waits for every worker to exit, up to
+    xdist's 10 s before it kills one). Runs after the atexit handlers registered later than it
+    (pytest's, the tests'), and after non-daemon threads were joined."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
