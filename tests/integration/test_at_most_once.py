@@ -607,6 +607,13 @@ async def test_a_pooled_connect_that_lost_its_token_is_explained_to_the_client(
                 raise tool._connect_failure(RuntimeError("Server returned an error"), caller)
 
             monkeypatch.setattr(tool, "_connect_retrying", connect_without_a_token)
+            # Opened with the agent: left unconnected (the host would show "server_error"
+            # here); the run's call meets the token error itself.
+            assert await tool.__aenter__() is tool
+            assert not tool.is_connected
+            assert tool._leases == 1
+            await tool.__aexit__(None, None, None)
+            # Opened again in the same request: the explanation, in the host's public shape.
             public = public_failure_type()
             assert public is not None
             with pytest.raises(public) as failure:

@@ -409,11 +409,17 @@ class EntraMCPTool(MCPStreamableHTTPTool):
             # loaded, and a concurrent lease must not expose an empty tool list.
             await self._connect_retrying()
         except BaseException as exc:
-            self._leases -= 1
             why = _token_error_of(exc)
-            if why is not None:
+            caller = active_caller()
+            if why is not None and caller is not None and self._deferred_for is not caller:
                 # The connect failed for want of the user's token (e.g. their assertion expired
-                # while it ran): the host shows this explanation, not a bare "server_error".
+                # while it ran). Here, as the agent opens its tools, the host would show only
+                # "server_error": as in shared mode, the tool stays unconnected (still leased)
+                # and the run's call meets the token error itself, which the client sees.
+                self._deferred_for = caller
+                return self
+            self._leases -= 1
+            if why is not None:
                 raise public_failure(why) from exc
             raise
         return self
