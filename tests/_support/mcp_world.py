@@ -11,11 +11,15 @@ import json
 import ssl
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import httpx2
+import pytest
+from mcp import MCPDeprecationWarning
 from mcp.server.mcpserver import MCPServer
 from mcp_types import ElicitRequest, ElicitRequestURLParams, InputRequiredResult
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
@@ -35,6 +39,26 @@ from entra_passthrough.testing._world import Grant, User, stable_id
 ASGI = Callable[..., Any]
 
 CONSENT_URL = "https://notes.example.com/connect?user=me"
+
+
+# --- autouse fixtures for the packages that run agents against MCP servers ----------------------
+# A package's conftest imports them (``from _support.mcp_world import ...``): pytest registers the
+# fixtures a conftest holds, imported or not.
+
+
+@pytest.fixture(autouse=True)
+def legacy_ping_is_expected() -> None:
+    """agent-framework pings legacy (mcp 1.x-style) sessions and mcp 2.3 warns that ping is
+    gone in protocol 2026-07-28. Under filterwarnings=error that warning would fail every ping
+    (in the host's thread too) and force a reconnect: ignore it, it is not ours (pytest restores
+    the filters after each test)."""
+    warnings.filterwarnings("ignore", message="ping is removed", category=MCPDeprecationWarning)
+
+
+@pytest.fixture(autouse=True)
+def agentserver_state_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hosted agents' state (ResponsesHostServer) goes to the test's tmp_path."""
+    monkeypatch.setenv("AGENTSERVER_STATE_ROOT", str(tmp_path / "agentserver"))
 
 
 # --- the world ------------------------------------------------------------------------------

@@ -7,16 +7,19 @@ import asyncio
 import json
 import os
 import threading
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
-from mcp import MCPDeprecationWarning
 
-from _support.mcp_world import Recorder, build_mcp_app, world_with_users
+from _support.mcp_world import (  # the autouse fixtures apply to this package
+    Recorder,
+    agentserver_state_root,  # noqa: F401
+    build_mcp_app,
+    legacy_ping_is_expected,  # noqa: F401
+    world_with_users,
+)
 from _support.servers import ServerThread
 from entra_passthrough.testing import EntraEmulator
 from entra_passthrough.testing._world import Lifetimes, User
@@ -129,17 +132,6 @@ def short_idp_users() -> Iterator[tuple[EntraEmulator, list[User]]]:
     world, users = world_with_users(SIZE.users)
     with EntraEmulator(world=world.with_lifetimes(Lifetimes(access_token=3))) as idp:
         yield idp, users
-
-
-@pytest.fixture(autouse=True)
-def _legacy_ping_is_expected() -> None:
-    # As in tests/integration: mcp 2.3 warns that ping is gone in protocol 2026-07-28.
-    warnings.filterwarnings("ignore", message="ping is removed", category=MCPDeprecationWarning)
-
-
-@pytest.fixture(autouse=True)
-def _state_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AGENTSERVER_STATE_ROOT", str(tmp_path / "agentserver"))
 
 
 @pytest.fixture

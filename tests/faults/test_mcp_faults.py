@@ -3,17 +3,9 @@ call run twice, and every tool serves again once the fault is gone (nothing lost
 
 from __future__ import annotations
 
-import warnings
-
-import pytest
-from mcp import MCPDeprecationWarning
+from _support.mcp_world import legacy_ping_is_expected  # noqa: F401 (autouse here)
 
 from ._mcp import mcp_faults
-
-
-@pytest.fixture(autouse=True)
-def _legacy_ping_is_expected() -> None:
-    warnings.filterwarnings("ignore", message="ping is removed", category=MCPDeprecationWarning)
 
 
 async def test_mcp_server_faults() -> None:

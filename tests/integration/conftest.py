@@ -3,14 +3,18 @@ and a ResponsesHostServer factory whose state goes to the test's tmp_path."""
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
-from mcp import MCPDeprecationWarning
 
-from _support.mcp_world import Recorder, ServerThread, build_mcp_app, world_with_users
+from _support.mcp_world import (  # the autouse fixtures apply to this package
+    Recorder,
+    ServerThread,
+    agentserver_state_root,  # noqa: F401
+    build_mcp_app,
+    legacy_ping_is_expected,  # noqa: F401
+    world_with_users,
+)
 from _support.sizes import SOAK
 from entra_passthrough.testing import EntraEmulator
 from entra_passthrough.testing._world import User
@@ -34,19 +38,6 @@ def idp(idp_users: tuple[EntraEmulator, list[User]]) -> EntraEmulator:
 @pytest.fixture
 def users(idp_users: tuple[EntraEmulator, list[User]]) -> list[User]:
     return idp_users[1]
-
-
-@pytest.fixture(autouse=True)
-def _legacy_ping_is_expected() -> None:
-    # agent-framework pings legacy (mcp 1.x-style) sessions and mcp 2.3 warns that ping is gone
-    # in protocol 2026-07-28. Under filterwarnings=error that warning would fail every ping
-    # (in the host's thread too) and force a reconnect: ignore it, it is not ours.
-    warnings.filterwarnings("ignore", message="ping is removed", category=MCPDeprecationWarning)
-
-
-@pytest.fixture(autouse=True)
-def _state_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AGENTSERVER_STATE_ROOT", str(tmp_path / "agentserver"))
 
 
 @pytest.fixture

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 
 import pytest
-from mcp import MCPDeprecationWarning
 
+from _support.mcp_world import legacy_ping_is_expected  # noqa: F401 (autouse here)
 from entra_passthrough import Caller, FoundryToolboxRoute, ManagedIdentity, Policy, TokenChain
 from entra_passthrough.testing import FOUNDRY_AUDIENCE, EntraEmulator, ToolboxStandIn
 
@@ -22,12 +21,6 @@ def idp() -> Iterator[EntraEmulator]:
 def toolbox(idp: EntraEmulator) -> Iterator[ToolboxStandIn]:
     with ToolboxStandIn(idp) as standin:
         yield standin
-
-
-@pytest.fixture(autouse=True)
-def _legacy_ping_is_expected() -> None:
-    # agent-framework pings legacy sessions; mcp 2.3 warns that ping is gone (not ours).
-    warnings.filterwarnings("ignore", message="ping is removed", category=MCPDeprecationWarning)
 
 
 def agent_mi(idp: EntraEmulator) -> ManagedIdentity:
