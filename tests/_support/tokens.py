@@ -114,15 +114,20 @@ class Issuer:
         return httpx.Client(transport=httpx.MockTransport(handle))
 
 
+def b64url(data: bytes) -> str:
+    """base64url without padding, as in a JWT."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
 def unsigned(header: dict[str, Any], payload: dict[str, Any], signature: bytes = b"") -> str:
     """A JWT-shaped string with this header and payload, and ``signature`` as its third part
     (nothing signs it): for code that only decodes, or must refuse it."""
-
-    def seg(data: bytes) -> str:
-        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
     return ".".join(
-        [seg(json.dumps(header).encode()), seg(json.dumps(payload).encode()), seg(signature)]
+        [
+            b64url(json.dumps(header).encode()),
+            b64url(json.dumps(payload).encode()),
+            b64url(signature),
+        ]
     )
 
 

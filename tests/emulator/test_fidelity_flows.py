@@ -7,7 +7,6 @@ hands to other loopback servers. Each check names the page it follows.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import hashlib
 import json
@@ -31,6 +30,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
+from _support.tokens import b64url
 from entra_passthrough.testing import EntraEmulator, Lifetimes, World
 
 from .emu_helpers import assert_entra_error, token_url
@@ -43,10 +43,6 @@ REDIRECT = "http://localhost/callback"
 def http(idp: EntraEmulator) -> Iterator[httpx2.Client]:
     with httpx2.Client(verify=ssl.create_default_context(cafile=idp.ca_file)) as client:
         yield client
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def authorize(http: httpx2.Client, idp: EntraEmulator, **params: str) -> dict[str, str]:

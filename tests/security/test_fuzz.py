@@ -8,7 +8,6 @@ Sizes: ``HYPOTHESIS_PROFILE=soak`` runs ten times as many examples.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import time
@@ -21,6 +20,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from _support.tokens import API, TENANT, Issuer
+from _support.tokens import b64url as _seg
 from entra_passthrough import (
     Caller,
     CallerMiddleware,
@@ -40,10 +40,6 @@ def examples(n: int) -> Any:
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
     )
-
-
-def _seg(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 # -- hostile JSON, as raw text (json.dumps cannot write NaN-free huge/deep shapes on purpose) --

@@ -4,7 +4,6 @@ through whatever the second said (and a proxy or a later reader may pick the oth
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx2
@@ -14,20 +13,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from _support.servers import serve_in_thread
 from _support.tokens import API, TENANT
 from entra_passthrough import JwtVerifier
 from entra_passthrough.server import current_user, require_entra_auth
 
-from ._mcp_app import ISSUER, build_app
+from ._mcp_app import ISSUER
 
 BODY = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
-
-
-@pytest.fixture(scope="module")
-def base_url() -> Iterator[str]:
-    with serve_in_thread(make_app=lambda base: build_app(resource_url=f"{base}/mcp")) as url:
-        yield url
 
 
 async def _post(url: str, authorizations: list[str]) -> httpx2.Response:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx2
-import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.mcpserver import MCPServer
@@ -23,13 +22,7 @@ from entra_passthrough.server import (
     current_user,
 )
 
-from ._mcp_app import ISSUER, build_app
-
-
-@pytest.fixture(scope="module")
-def base_url() -> Iterator[str]:
-    with serve_in_thread(make_app=lambda base: build_app(resource_url=f"{base}/mcp")) as url:
-        yield url
+from ._mcp_app import ISSUER
 
 
 @asynccontextmanager

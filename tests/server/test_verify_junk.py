@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 
 import pytest
@@ -10,6 +9,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from _support.tokens import API, TENANT, Issuer, unsigned
+from _support.tokens import b64url as _seg
 from entra_passthrough import JwtVerifier, TokenVerificationError, VerifiedToken
 
 _ISSUER = Issuer()
@@ -20,10 +20,6 @@ def _verifier() -> JwtVerifier:
 
 
 VERIFIER = _verifier()
-
-
-def _seg(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 json_values = st.recursive(
