@@ -50,7 +50,7 @@ from entra_passthrough.agent_framework.testing import ScriptedChatClient
 from entra_passthrough.testing import EntraEmulator
 from entra_passthrough.testing._world import User
 
-from .conftest import SIZE, SOAK, McpUnderTest
+from .conftest import POOL_SIZE, SIZE, SOAK, McpUnderTest, Size
 
 pytestmark = [
     pytest.mark.slow,
@@ -107,16 +107,17 @@ async def _drive(
     *,
     assertion_lifetime: int = 3600,
     events: dict[int, Callable[[], None]] | None = None,
+    size: Size = SIZE,
 ) -> list[Result]:
     """Every user makes ``calls_per_user`` requests, interleaved, at ``concurrency``.
     ``events[n]`` runs (in a thread, while the burst goes on) once ``n`` responses are in."""
-    jobs = [u for _ in range(SIZE.calls_per_user) for u in users]
-    semaphore = asyncio.Semaphore(SIZE.concurrency)
+    jobs = [u for _ in range(size.calls_per_user) for u in users]
+    semaphore = asyncio.Semaphore(size.concurrency)
     results: list[Result] = []
     pending_events = dict(events or {})
     background: list[asyncio.Task[None]] = []
     limits = httpx2.Limits(
-        max_connections=SIZE.concurrency, max_keepalive_connections=SIZE.concurrency
+        max_connections=size.concurrency, max_keepalive_connections=size.concurrency
     )
     async with httpx2.AsyncClient(base_url=base, timeout=120, limits=limits) as client:
 
@@ -157,8 +158,9 @@ def _check(
     mcp: McpUnderTest,
     *,
     allowed: frozenset[str] = frozenset({"ok"}),
+    size: Size = SIZE,
 ) -> Counter[str]:
-    assert len(results) == SIZE.users * SIZE.calls_per_user
+    assert len(results) == size.users * size.calls_per_user
     outcomes = Counter(r.status for r in results)
     unexplained = [r for r in results if r.status not in allowed]
     assert not unexplained, f"{outcomes}: {[r.text for r in unexplained[:3]]}"
@@ -190,12 +192,14 @@ def _check(
     return outcomes
 
 
-def _restarts(server: ServerThread, *, handover: bool) -> dict[int, Callable[[], None]]:
+def _restarts(
+    server: ServerThread, *, handover: bool, size: Size = SIZE
+) -> dict[int, Callable[[], None]]:
     """Restarts in the middle of the burst (spread over the run)."""
-    total = SIZE.users * SIZE.calls_per_user
-    step = total // (SIZE.restarts + 1)
+    total = size.users * size.calls_per_user
+    step = total // (size.restarts + 1)
     action = server.handover if handover else server.restart
-    return {step * (i + 1): action for i in range(SIZE.restarts)}
+    return {step * (i + 1): action for i in range(size.restarts)}
 
 
 def _shared_host(idp: EntraEmulator, mcp: McpUnderTest) -> ServerThread:
@@ -318,11 +322,15 @@ async def test_pool_small_bounds_with_restarts(
     host, _ = _pooled_host(idp, mcp, bound=bound)
     try:
         results = await _drive(
-            host.base, idp, users, events=_restarts(mcp.server, handover=handover)
+            host.base,
+            idp,
+            users,
+            events=_restarts(mcp.server, handover=handover, size=POOL_SIZE),
+            size=POOL_SIZE,
         )
     finally:
         host.stop()
-    outcomes = _check(results, mcp, allowed=frozenset({"ok", "unknown"}))
+    outcomes = _check(results, mcp, allowed=frozenset({"ok", "unknown"}), size=POOL_SIZE)
     assert outcomes["unknown"] <= SIZE.concurrency * SIZE.restarts, outcomes
     _sessions_carry_only_their_owner(mcp)
 
@@ -339,9 +347,9 @@ async def test_pool_short_tokens_slow_token_endpoint(
     host, _ = _pooled_host(idp, mcp, bound=4)
     idp.inject_fault("token", status=None, delay=0.2, count=SIZE.users)
     try:
-        results = await _drive(host.base, idp, users, assertion_lifetime=4)
+        results = await _drive(host.base, idp, users, assertion_lifetime=4, size=POOL_SIZE)
     finally:
         idp.clear_faults()
         host.stop()
-    _check(results, mcp, allowed=frozenset({"ok", "token"}))
+    _check(results, mcp, allowed=frozenset({"ok", "token"}), size=POOL_SIZE)
     _sessions_carry_only_their_owner(mcp)
