@@ -313,6 +313,7 @@ async def test_call_with_no_caller_fails_closed(idp: EntraEmulator, mcp_server: 
     assert not calls(recorder.snapshot())
 
 
+@pytest.mark.slow  # the call made while the server is down retries for the tool's 15 s window
 async def test_tool_recovers_after_the_server_was_unreachable(
     idp: EntraEmulator, users: list[User], mcp_server: Start
 ) -> None:
