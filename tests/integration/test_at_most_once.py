@@ -18,6 +18,7 @@ from typing import Any
 import httpx2
 import pytest
 from agent_framework import Agent
+from agent_framework.exceptions import ToolException
 
 from _support.mcp_world import (
     Recorder,
@@ -607,19 +608,28 @@ async def test_a_pooled_connect_that_lost_its_token_is_explained_to_the_client(
                 raise tool._connect_failure(RuntimeError("Server returned an error"), caller)
 
             monkeypatch.setattr(tool, "_connect_retrying", connect_without_a_token)
-            # Opened with the agent: left unconnected (the host would show "server_error"
-            # here); the run's call meets the token error itself.
-            assert await tool.__aenter__() is tool
-            assert not tool.is_connected
-            assert tool._leases == 1
-            await tool.__aexit__(None, None, None)
-            # Opened again in the same request: the explanation, in the host's public shape.
             public = public_failure_type()
             assert public is not None
-            with pytest.raises(public) as failure:
+            with pytest.raises(public) as failure:  # the host shows its message
                 await tool.__aenter__()
         assert "expired" in str(failure.value)
         assert isinstance(failure.value.__cause__, Exception)
         assert tool._leases == 0
+
+        async def refused() -> None:
+            # The server refused a connect whose requests had no token, and the reason was
+            # recorded elsewhere (another request of the same user leased the connection).
+            raise ToolException("Could not connect to MCP server 'records': refused")
+
+        monkeypatch.setattr(tool, "_connect_retrying", refused)
+        # A request in progress whose assertion has expired meanwhile (nothing cached for it).
+        expired = agent_token(idp, users[22], lifetime=-60)
+        async with bind_caller(token=expired, cap_at_expiry=False):
+            with pytest.raises(public) as failure:
+                await tool.__aenter__()
+        assert "AADSTS500133" in str(failure.value)
+        async with bind_caller(token=agent_token(idp, users[21])):
+            with pytest.raises(ToolException):  # the token is fine: the connect's own failure
+                await tool.__aenter__()
     finally:
         await pool.aclose()

@@ -61,6 +61,7 @@ from .._caller import Caller, _set_current, active_caller
 from .._docs import see
 from .._errors import (
     ConfigurationError,
+    ConsentRequired,
     EntraPassthroughError,
     NoCallerError,
     PolicyViolation,
@@ -408,21 +409,31 @@ class EntraMCPTool(MCPStreamableHTTPTool):
             # Always through the connect lock: is_connected turns true before the tools are
             # loaded, and a concurrent lease must not expose an empty tool list.
             await self._connect_retrying()
-        except BaseException as exc:
-            why = _token_error_of(exc)
-            caller = active_caller()
-            if why is not None and caller is not None and self._deferred_for is not caller:
-                # The connect failed for want of the user's token (e.g. their assertion expired
-                # while it ran). Here, as the agent opens its tools, the host would show only
-                # "server_error": as in shared mode, the tool stays unconnected (still leased)
-                # and the run's call meets the token error itself, which the client sees.
-                self._deferred_for = caller
-                return self
+        except Exception as exc:
             self._leases -= 1
-            if why is not None:
-                raise public_failure(why) from exc
+            # The host shows only "server_error" for a failure while the agent opens its tools,
+            # unless it is public (or a consent): when the connect failed for want of the user's
+            # token (e.g. their assertion expired while it ran, so its requests went out without
+            # one), the client is told that.
+            if consent_from_exception(exc) is None and not is_public_failure(exc):
+                why = _token_error_of(exc) or await self._token_error_now()
+                if isinstance(why, ConsentRequired):
+                    raise gateway_shaped(why, server_label=self.server_label) from exc
+                if why is not None:
+                    raise public_failure(why) from exc
+            raise
+        except BaseException:
+            self._leases -= 1
             raise
         return self
+
+    async def _token_error_now(self) -> EntraPassthroughError | None:
+        """Why the active caller's token cannot be had now, if it cannot."""
+        try:
+            await self._entra_auth.acquire_async()
+        except EntraPassthroughError as exc:
+            return exc
+        return None
 
     async def _connect_retrying(self) -> None:
         """Connect; while the server cannot be reached (a restart's gap), back off and try
