@@ -633,3 +633,48 @@ async def test_a_pooled_connect_that_lost_its_token_is_explained_to_the_client(
                 await tool.__aenter__()
     finally:
         await pool.aclose()
+
+
+async def test_the_host_shows_why_a_pooled_connection_could_not_connect(
+    idp: EntraEmulator, users: list[User], mcp_server: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through a real ResponsesHostServer: a pooled connection whose connect lost the user's
+    token fails the response with the explanation, not "An internal server error occurred"."""
+    from entra_passthrough import AssertionExpired, current_caller
+    from entra_passthrough.agent_framework import EntraMCPTool
+
+    server, recorder = mcp_server(stateful=True)
+    pool = entra_mcp_tool(
+        "records",
+        f"{server.base}/mcp",
+        chain=make_chain(idp),
+        scopes=mcp_scopes(idp),
+        per_user=True,
+    )
+
+    async def connect_without_a_token(tool: EntraMCPTool) -> None:
+        caller = current_caller()
+        assert caller is not None
+        caller.record(AssertionExpired(expired_at=time.time() - 1))
+        raise tool._connect_failure(RuntimeError("Server returned an error"), caller)
+
+    monkeypatch.setattr(EntraMCPTool, "_connect_retrying", connect_without_a_token)
+
+    async def make_agent() -> Agent:
+        return _agent(await pool.tool())
+
+    host = serve_asgi(host_app(make_agent, close_on_shutdown=[pool]), name="host")
+    try:
+        async with httpx2.AsyncClient(base_url=host.base, timeout=60) as client:
+            answer = await client.post(
+                "/responses",
+                json={"input": users[23].oid, "store": False},
+                headers={"Authorization": f"Bearer {agent_token(idp, users[23])}"},
+            )
+    finally:
+        host.stop()
+    assert answer.status_code == 200
+    assert answer.json()["status"] == "failed"
+    message = str((answer.json().get("error") or {}).get("message", ""))
+    assert "AADSTS500133" in message, message
+    assert not calls(recorder.snapshot())

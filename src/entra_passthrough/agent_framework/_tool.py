@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
 import random
 import time
@@ -78,6 +79,7 @@ from ..mcp import (
     consent_from_exception,
     url_elicitation_as_error,
 )
+from ._af_seams import public_failure_type
 from ._signals import (
     CallOutcomeUnknown,
     consent_exception,
@@ -415,12 +417,13 @@ class EntraMCPTool(MCPStreamableHTTPTool):
             # unless it is public (or a consent): when the connect failed for want of the user's
             # token (e.g. their assertion expired while it ran, so its requests went out without
             # one), the client is told that.
-            if consent_from_exception(exc) is None and not is_public_failure(exc):
-                why = _token_error_of(exc) or await self._token_error_now()
+            if consent_from_exception(exc) is None:
+                public = getattr(exc, "error", None) if is_public_failure(exc) else None
+                why = public or _token_error_of(exc) or await self._token_error_now()
                 if isinstance(why, ConsentRequired):
                     raise gateway_shaped(why, server_label=self.server_label) from exc
-                if why is not None:
-                    raise public_failure(why) from exc
+                if isinstance(why, Exception):
+                    raise _shown_at_agent_init(why) from exc
             raise
         except BaseException:
             self._leases -= 1
@@ -741,6 +744,30 @@ async def _not_cancelled_by_transport(operation: Awaitable[None]) -> None:
         raise ToolException(
             "the MCP connection was lost while connecting", anyio.ClosedResourceError()
         ) from cancelled
+
+
+@functools.cache
+def _public_tool_failure_type() -> type[Exception] | None:
+    public = public_failure_type()
+    if public is None:
+        return None
+
+    def init(self: Any, error: Exception) -> None:
+        ToolException.__init__(self, str(error), error)
+        self.error = error
+        self.public_message = str(error)
+
+    kind: type[Exception] = type("PublicToolFailure", (ToolException, public), {"__init__": init})
+    return kind
+
+
+def _shown_at_agent_init(error: Exception) -> Exception:
+    """``error`` in the shape ``ResponsesHostServer`` shows its client when the agent's tools
+    fail to open: there it catches agent-framework's exceptions only, and shows the message of
+    its public failure type alone (anything else is "server_error"). A pooled connection opens
+    there. Without the hosting package, ``public_failure(error)``."""
+    kind = _public_tool_failure_type()
+    return public_failure(error) if kind is None else kind(error)
 
 
 def _token_error_of(exc: BaseException) -> EntraPassthroughError | None:
