@@ -111,3 +111,40 @@ def test_mi_endpoint_that_hangs_hits_the_timeout(idp: EntraEmulator, make_mi: ob
     with pytest.raises(SourceUnavailable) as info:
         chain.get_token(mcp_scope(idp))
     assert "did not answer in time" in str(info.value) or "deadline" in str(info.value)
+
+
+def test_mi_429_closes_that_endpoint_only(
+    idp: EntraEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A managed identity endpoint is throttled as a whole (whichever identity asks it), and
+    only that endpoint: IMDS answering 429 with ``Retry-After: 30`` does not hold back a source
+    that talks to an App Service endpoint, and IMDS gets no second request meanwhile."""
+    for name in idp.MI_HOST_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in idp.mi_env("imds").items():
+        monkeypatch.setenv(name, value)
+    app_service = idp.mi_env("app_service")
+    imds_user = ManagedIdentity(client_id=idp.managed_identity.client_id, timeouts=FAST)
+    imds_system = ManagedIdentity(timeouts=FAST)
+    explicit = ManagedIdentity(
+        client_id=idp.managed_identity.client_id,
+        endpoint=app_service["IDENTITY_ENDPOINT"],
+        header=app_service["IDENTITY_HEADER"],
+        timeouts=FAST,
+    )
+    chains = [TokenChain([mi], policy=Policy.APP_ONLY) for mi in (imds_user, imds_system)]
+    other = TokenChain([explicit], policy=Policy.APP_ONLY)
+    try:
+        idp.inject_fault("msi", status=429, retry_after=30, count=1)  # the next MI request
+        before = msi_requests(idp)
+        with pytest.raises(Throttled):
+            chains[0].get_token(mcp_scope(idp))
+        for chain in (*chains, *chains):
+            with pytest.raises(Throttled):
+                chain.get_token(mcp_scope(idp))
+        assert msi_requests(idp) - before == 1  # IMDS: the 429, then nothing
+        assert other.get_token(mcp_scope(idp)).token  # App Service's endpoint: served
+        assert msi_requests(idp) - before == 2
+    finally:
+        for chain in (*chains, other):
+            chain.close()
