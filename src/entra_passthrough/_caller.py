@@ -426,6 +426,3 @@ def set_current(caller: Caller | None) -> Token[Caller | None]:
 
 def reset_current(token: Token[Caller | None]) -> None:
     caller_var.reset(token)
-
-
-_set_current = set_current  # until agent_framework._tool uses set_current

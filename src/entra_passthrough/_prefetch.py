@@ -46,7 +46,7 @@ def _own_expiry(result: TokenResult) -> float:
     return max(result.expires_on, exp) if exp is not None else result.expires_on
 
 
-_prefetched: ContextVar[_Prefetched | None] = ContextVar(
+prefetched_var: ContextVar[_Prefetched | None] = ContextVar(
     "entra_passthrough.prefetched", default=None
 )
 
@@ -77,7 +77,7 @@ class use_token:
                 "owner and could reach another user's request",
                 fix="bind the caller first (CallerMiddleware or bind_caller)",
             )
-        outer = _prefetched.get()
+        outer = prefetched_var.get()
         tokens: dict[tuple[str, ...], TokenResult] = {}
         until: dict[tuple[str, ...], float] = {}
         if outer is not None and outer.active and outer.caller is caller:
@@ -91,7 +91,7 @@ class use_token:
         self._reset: Token[_Prefetched | None] | None = None
 
     def __enter__(self) -> TokenResult:
-        self._reset = _prefetched.set(self._binding)
+        self._reset = prefetched_var.set(self._binding)
         return self._result
 
     def __exit__(
@@ -102,7 +102,7 @@ class use_token:
     ) -> None:
         self._binding.active = False
         if self._reset is not None:
-            _prefetched.reset(self._reset)
+            prefetched_var.reset(self._reset)
             self._reset = None
 
     def __repr__(self) -> str:
@@ -110,7 +110,7 @@ class use_token:
 
 
 def prefetched_for(caller: Caller | None, key: tuple[str, ...]) -> TokenResult | None:
-    binding = _prefetched.get()
+    binding = prefetched_var.get()
     if binding is None or not binding.active or binding.caller is not caller:
         return None
     result = binding.tokens.get(key)

@@ -58,6 +58,7 @@ except ImportError as _exc:  # pragma: no cover - exercised only without the ext
 
 from ._auth import EntraAuth
 from ._flow import APPLIED, Chain
+from ._httpx2_seams import wrap_transports
 from ._jwt import UnverifiedClaims
 
 __all__ = [
@@ -123,7 +124,7 @@ def entra_http_client(
         on_error="record",
         client_capabilities=client_capabilities,
     )
-    return _client_with(
+    return http_client_for(
         auth,
         timeout=timeout if timeout is not None else httpx2.Timeout(30.0, read=300.0),
         verify=verify,
@@ -139,7 +140,7 @@ def entra_http_client(
 KEEPALIVE_EXPIRY = 1.0
 
 
-def _client_with(
+def http_client_for(
     auth: EntraAuth, *, timeout: httpx2.Timeout | float, verify: Any
 ) -> httpx2.AsyncClient:
     """The MCP connection's ``httpx2.AsyncClient`` with ``auth`` installed (``EntraMCPTool``
@@ -147,7 +148,9 @@ def _client_with(
     redirects itself. Cookies are neither stored nor sent (as in agent-framework's own client):
     one connection serves every user, and a cookie set on one user's response would ride on the
     next user's requests. Idle connections are dropped after ``KEEPALIVE_EXPIRY``, before the server
-    closes them. The transport is wrapped in ``_CallGuard`` (see ``call_attempt``)."""
+    closes them. Every transport it may use (its own, and the proxy mounts built from the
+    environment) is wrapped in ``_CallGuard`` (see ``call_attempt``): a proxied request must not
+    bypass it."""
     client = httpx2.AsyncClient(
         follow_redirects=False,
         timeout=timeout,
@@ -157,20 +160,9 @@ def _client_with(
             max_connections=100, max_keepalive_connections=20, keepalive_expiry=KEEPALIVE_EXPIRY
         ),
     )
-    _guard(client)
+    wrap_transports(client, _CallGuard)
     auth.install(client)
     return client
-
-
-def _guard(client: httpx2.AsyncClient) -> None:
-    """Wrap every transport the client may use (its own and the proxy mounts it built from the
-    environment) in ``_CallGuard``: a proxied request must not bypass it. httpx2 keeps them in
-    ``_transport``/``_mounts`` (tests guard this seam)."""
-    client._transport = _CallGuard(client._transport)
-    client._mounts = {
-        pattern: _CallGuard(transport) if transport is not None else None
-        for pattern, transport in client._mounts.items()
-    }
 
 
 # -- one call's requests: sent with its token or not at all, and what became of them ------------
@@ -220,7 +212,9 @@ class CallAttempt:
         await self._idle.wait()
 
 
-_attempt: ContextVar[CallAttempt | None] = ContextVar("entra_passthrough.mcp_attempt", default=None)
+attempt_var: ContextVar[CallAttempt | None] = ContextVar(
+    "entra_passthrough.mcp_attempt", default=None
+)
 
 #: Raised by httpx2 before a byte of the request was written.
 _NOT_SENT_ERRORS = (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout)
@@ -240,11 +234,11 @@ def call_attempt(*, require_token: bool = True) -> Iterator[CallAttempt]:
       call in flight.
     """
     attempt = CallAttempt(require_token=require_token)
-    reset = _attempt.set(attempt)
+    reset = attempt_var.set(attempt)
     try:
         yield attempt
     finally:
-        _attempt.reset(reset)
+        attempt_var.reset(reset)
 
 
 def _rpc_of(request: httpx2.Request) -> tuple[Any, str | None]:
@@ -326,7 +320,7 @@ class _CallGuard(httpx2.AsyncBaseTransport):
         self._traced = type(inner) is httpx2.AsyncHTTPTransport
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        attempt = _attempt.get()
+        attempt = attempt_var.get()
         if attempt is None or request.method != "POST":
             _drop_ended_callers_token(request)
             return await self._inner.handle_async_request(request)
@@ -454,7 +448,7 @@ def _https_link(link: object) -> str | None:
     return link
 
 
-def _walk(exc: BaseException) -> Iterable[BaseException]:
+def exception_chain(exc: BaseException) -> Iterable[BaseException]:
     seen: set[int] = set()
     stack = [exc]
     while stack and len(seen) < 32:
@@ -512,7 +506,7 @@ def consent_from_exception(
     gateway consent error (-32006). ``None`` if there is none. Links must be HTTPS."""
     from mcp import MCPError
 
-    for current in _walk(exc):
+    for current in exception_chain(exc):
         if isinstance(current, ConsentRequired):
             if server_label and not current.server_label:
                 current.server_label = server_label

@@ -85,8 +85,8 @@ async def test_pool_never_evicts_a_connection_it_handed_out(
         async with bind_caller(token=agent_token(idp, users[1])):
             second = await pool.tool()
         # Over the bound for a moment rather than closing a connection about to be used.
-        assert not first._retired
-        assert not second._retired
+        assert not first.retired
+        assert not second.retired
         assert len(pool) == 2
     finally:
         await pool.aclose()

@@ -37,20 +37,7 @@ ADAPTERS: dict[str, set[str]] = {
 }
 
 #: Imports still to move (module, imported name).
-KNOWN_IMPORTS: set[tuple[str, str]] = {
-    ("entra_passthrough/agent_framework/_signals.py", "entra_passthrough.mcp._walk"),
-    ("entra_passthrough/agent_framework/_tool.py", "agent_framework._mcp._mcp_call_headers"),
-    ("entra_passthrough/agent_framework/_tool.py", "agent_framework._mcp.MCP_DEFAULT_TIMEOUT"),
-    (
-        "entra_passthrough/agent_framework/_tool.py",
-        "agent_framework._mcp.MCP_DEFAULT_SSE_READ_TIMEOUT",
-    ),
-    ("entra_passthrough/agent_framework/_tool.py", "contextlib._AsyncGeneratorContextManager"),
-    ("entra_passthrough/agent_framework/_tool.py", "entra_passthrough._caller._set_current"),
-    ("entra_passthrough/agent_framework/_tool.py", "entra_passthrough._prefetch._prefetched"),
-    ("entra_passthrough/agent_framework/_tool.py", "entra_passthrough.mcp._attempt"),
-    ("entra_passthrough/agent_framework/_tool.py", "entra_passthrough.mcp._client_with"),
-}
+KNOWN_IMPORTS: set[tuple[str, str]] = set()
 
 #: Private attributes of other modules' objects still used (module, attribute).
 KNOWN_ATTRIBUTES: set[tuple[str, str]] = {
@@ -69,22 +56,6 @@ KNOWN_ATTRIBUTES: set[tuple[str, str]] = {
     ("entra_passthrough/httpx.py", "_core"),
     ("entra_passthrough/_sources/agent_id.py", "_created_http"),
     ("entra_passthrough/_sources/agent_id.py", "_throttle"),
-    # The pool and the tool; agent-framework's and mcp's privates, until moved.
-    ("entra_passthrough/agent_framework/_pool.py", "_busy"),
-    ("entra_passthrough/agent_framework/_pool.py", "_lease"),
-    ("entra_passthrough/agent_framework/_pool.py", "_pending"),
-    ("entra_passthrough/agent_framework/_pool.py", "_pending_until"),
-    ("entra_passthrough/agent_framework/_pool.py", "_retired"),
-    ("entra_passthrough/agent_framework/_tool.py", "_close_owned_http_client"),
-    ("entra_passthrough/agent_framework/_tool.py", "_connection"),
-    ("entra_passthrough/agent_framework/_tool.py", "_elicitation_callback"),
-    ("entra_passthrough/agent_framework/_tool.py", "_exit_stack"),
-    ("entra_passthrough/agent_framework/_tool.py", "_is_lifecycle_owner_task"),
-    ("entra_passthrough/agent_framework/_tool.py", "_lifecycle_lock"),
-    ("entra_passthrough/agent_framework/_tool.py", "_run_lifecycle_owner"),
-    ("entra_passthrough/agent_framework/_tool.py", "_tools_loaded"),
-    ("entra_passthrough/mcp.py", "_mounts"),
-    ("entra_passthrough/mcp.py", "_transport"),
 }
 
 #: namedtuple's public methods carry an underscore (so that they cannot clash with a field).

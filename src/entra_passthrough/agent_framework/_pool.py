@@ -157,9 +157,7 @@ class EntraMCPToolPool:
             self._tools.move_to_end(key)
             # Counted as leased from this moment (the agent enters it later): neither the
             # victims below nor the reaper can pick it.
-            tool._pending += 1
-            tool._pending_until = time.monotonic() + _PENDING_LEASE_SECONDS
-            tool._lease(caller)
+            tool.hand_out(caller, pending_for=_PENDING_LEASE_SECONDS)
             victims = self._select_victims()
         for victim in victims:
             self._close_later(victim)
@@ -170,7 +168,7 @@ class EntraMCPToolPool:
         now = time.monotonic()
         victims: list[EntraMCPTool] = []
         for key, tool in list(self._tools.items()):
-            idle = not tool._busy(now) and now - tool.last_used >= self.options.idle_timeout
+            idle = not tool.busy(now) and now - tool.last_used >= self.options.idle_timeout
             if idle:
                 victims.append(self._tools.pop(key))
         # Over the bound: the least recently used idle connections go first.
@@ -178,14 +176,14 @@ class EntraMCPToolPool:
         for key, tool in list(self._tools.items()):
             if over <= 0:
                 break
-            if not tool._busy(now):
+            if not tool.busy(now):
                 victims.append(self._tools.pop(key))
                 over -= 1
         return victims
 
     def _close_later(self, tool: EntraMCPTool) -> None:
-        tool._retired = True
-        if tool._busy(time.monotonic()):
+        tool.retire()
+        if tool.busy(time.monotonic()):
             return  # the last lease's __aexit__ closes it
         task = asyncio.create_task(self._close_tool(tool), name=f"mcp-pool-close:{self.name}")
         self._closing.add(task)
@@ -225,7 +223,7 @@ class EntraMCPToolPool:
             tools = list(self._tools.values())
             self._tools.clear()
         for tool in tools:
-            tool._retired = True
+            tool.retire()
             await self._close_tool(tool)
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)

@@ -12,7 +12,7 @@ from agent_framework import Content
 from agent_framework.exceptions import ToolException, UserInputRequiredException
 
 from .._errors import ConsentRequired
-from ..mcp import FOUNDRY_CONSENT_REQUIRED, _walk
+from ..mcp import FOUNDRY_CONSENT_REQUIRED, exception_chain
 from ._af_seams import public_failure_type
 
 __all__ = [
@@ -48,7 +48,7 @@ def is_dead_connection(exc: BaseException) -> bool:
     from mcp import MCPError
     from mcp_types import CONNECTION_CLOSED
 
-    for current in _walk(exc):
+    for current in exception_chain(exc):
         if isinstance(current, MCPError):
             message = current.error.message.lower()
             # The SDK's own CONNECTION_CLOSED: code *and* message, since a server may answer
@@ -69,7 +69,7 @@ def is_session_refused(exc: BaseException) -> bool:
     session: the server refused the session before running the request."""
     from mcp import MCPError
 
-    for current in _walk(exc):
+    for current in exception_chain(exc):
         if isinstance(current, MCPError):
             message = current.error.message.lower()
             if "session not found" in message or "session terminated" in message:

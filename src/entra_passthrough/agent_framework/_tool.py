@@ -39,18 +39,13 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Collection, Sequence
-from contextlib import _AsyncGeneratorContextManager, suppress
+from contextlib import suppress
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 import anyio
 import httpx2
-from agent_framework import Content, MCPStreamableHTTPTool
-from agent_framework._mcp import (  # pinned agent-framework-core 1.23 (tests guard the seams)
-    MCP_DEFAULT_SSE_READ_TIMEOUT,
-    MCP_DEFAULT_TIMEOUT,
-    _mcp_call_headers,
-)
+from agent_framework import Content
 from agent_framework.exceptions import (
     ToolException,
     ToolExecutionException,
@@ -58,7 +53,7 @@ from agent_framework.exceptions import (
 )
 
 from .._auth import EntraAuth
-from .._caller import Caller, _set_current, active_caller
+from .._caller import Caller, active_caller, set_current
 from .._docs import see
 from .._errors import (
     ConfigurationError,
@@ -70,16 +65,25 @@ from .._errors import (
 )
 from .._flow import Chain
 from .._jwt import JwtDecodeError, UnverifiedClaims
+from .._mcp_seams import set_elicitation_callback
+from .._prefetch import prefetched_var
 from .._types import IdentityKind, TokenResult
 from .._user_key import UserKey
 from ..mcp import (
     CallAttempt,
-    _client_with,
+    attempt_var,
     call_attempt,
     consent_from_exception,
+    http_client_for,
     url_elicitation_as_error,
 )
-from ._af_seams import public_failure_type
+from ._af_seams import (
+    DEFAULT_SSE_READ_TIMEOUT,
+    DEFAULT_TIMEOUT,
+    HookedMCPTool,
+    McpClientContext,
+    public_failure_type,
+)
 from ._signals import (
     CallOutcomeUnknown,
     consent_exception,
@@ -108,7 +112,7 @@ _RECONNECT_WAIT = 30.0
 _SETTLE_WAIT = 5.0
 
 
-class EntraMCPTool(MCPStreamableHTTPTool):
+class EntraMCPTool(HookedMCPTool):
     """An ``MCPStreamableHTTPTool`` that sends each ``tools/call`` with the token of the user
     whose run made it, never leaks a user's token onto connection-lifetime requests, survives
     auth failures and reconnects by itself. Build it with ``entra_mcp_tool(...)``.
@@ -166,9 +170,7 @@ class EntraMCPTool(MCPStreamableHTTPTool):
         self._pool = pool
         self._pool_key = pool_key
         self._verify = verify
-        self._timeout = timeout or httpx2.Timeout(
-            MCP_DEFAULT_TIMEOUT, read=MCP_DEFAULT_SSE_READ_TIMEOUT
-        )
+        self._timeout = timeout or httpx2.Timeout(DEFAULT_TIMEOUT, read=DEFAULT_SSE_READ_TIMEOUT)
         self._lifecycle_ctx: contextvars.Context | None = None
         # The caller connection-lifetime requests act for (see the module docstring).
         self._lifecycle_caller: Caller | None = None
@@ -202,62 +204,40 @@ class EntraMCPTool(MCPStreamableHTTPTool):
 
     # -- the HTTP client: ours, with EntraAuth, one per connection -------------------------
 
-    def get_mcp_client(self) -> _AsyncGeneratorContextManager[Any, None]:
-        if self._httpx_client is None:
-            client = _client_with(self._entra_auth, timeout=self._timeout, verify=self._verify)
-            self._httpx_client = client
-            self._exit_stack.push_async_callback(self._close_owned_http_client, client)
+    def get_mcp_client(self) -> McpClientContext:
+        self.own_http_client(
+            lambda: http_client_for(self._entra_auth, timeout=self._timeout, verify=self._verify)
+        )
         return super().get_mcp_client()
 
     # -- the lifecycle task runs in a context we own -----------------------------------------
 
-    async def _ensure_lifecycle_owner(self) -> None:
-        # Same as MCPTool._ensure_lifecycle_owner, except that the owner task runs in a context
-        # we keep, so that we (not whoever connected first) decide which caller it acts for.
-        async with self._lifecycle_lock:
-            if self._lifecycle_owner_task is not None and not self._lifecycle_owner_task.done():
-                return
-            self._lifecycle_queue = asyncio.Queue()
-            ctx = contextvars.copy_context()
-            ctx.run(self._reset_lifecycle_vars)
-            self._lifecycle_ctx = ctx
-            self._lifecycle_owner_task = asyncio.create_task(
-                self._run_lifecycle_owner(), name=f"mcp-lifecycle:{self.name}", context=ctx
-            )
+    def lifecycle_context(self) -> contextvars.Context:
+        """The lifecycle task's context: one we keep, so that we (not whoever connected first)
+        decide which caller it acts for; none of a tool call's bindings leak into it."""
+        ctx = contextvars.copy_context()
+        ctx.run(self._reset_lifecycle_vars)
+        self._lifecycle_ctx = ctx
+        return ctx
 
     def _reset_lifecycle_vars(self) -> None:
-        from .._prefetch import _prefetched
-        from ..mcp import _attempt
+        prefetched_var.set(None)
+        attempt_var.set(None)
+        set_current(self._lifecycle_caller)
 
-        _mcp_call_headers.set(None)
-        _prefetched.set(None)
-        _attempt.set(None)
-        _set_current(self._lifecycle_caller)
-
-    async def _connect_on_owner(
-        self,
-        *,
-        reset: bool = False,
-        load_configured: bool = True,
-        reset_discovery: bool = False,
-    ) -> None:
-        await super()._connect_on_owner(
-            reset=reset, load_configured=load_configured, reset_discovery=reset_discovery
-        )
-        # Every new session (reconnects included) maps URL elicitations to a consent error.
-        session = getattr(getattr(self._connection, "client", None), "session", None)
-        if session is not None and hasattr(session, "_elicitation_callback"):
-            session._elicitation_callback = url_elicitation_as_error
+    def session_opened(self, session: Any) -> None:
+        """Every new session (reconnects included) maps URL elicitations to a consent error."""
+        set_elicitation_callback(session, url_elicitation_as_error)
 
     def _set_lifecycle_caller(self, caller: Caller | None) -> None:
         self._lifecycle_caller = caller
         ctx = self._lifecycle_ctx
         if ctx is None:
             return
-        if self._is_lifecycle_owner_task():
-            _set_current(caller)  # we are running in ctx right now
+        if self.on_lifecycle_owner():
+            set_current(caller)  # we are running in ctx right now
         else:
-            ctx.run(_set_current, caller)
+            ctx.run(set_current, caller)
 
     async def _discovery_caller(self, trigger: Caller | None) -> Caller | None:
         """Who connection-lifetime requests act for while ``trigger`` (re)connects."""
@@ -281,7 +261,7 @@ class EntraMCPTool(MCPStreamableHTTPTool):
         return None if lifecycle is not None else trigger
 
     async def connect(self, *, reset: bool = False) -> None:
-        if self._is_lifecycle_owner_task():
+        if self.on_lifecycle_owner():
             # Nested reconnect from inside the owner (e.g. a lost connection during discovery):
             # the outer connect already chose the caller.
             await super().connect(reset=reset)
@@ -296,7 +276,7 @@ class EntraMCPTool(MCPStreamableHTTPTool):
         async with self._connect_lock:
             if generation is not None and generation != self._generation:
                 return  # another call already replaced the dead connection
-            if not reset and self.is_connected and self._tools_loaded:
+            if not reset and self.is_connected and self.tools_loaded:
                 return  # e.g. a second lease while the first one's connect was in flight
             chosen = await self._discovery_caller(trigger)
             if chosen is not None:
@@ -316,7 +296,7 @@ class EntraMCPTool(MCPStreamableHTTPTool):
                 # stream, subscriptions) snapshot the context, and must not keep acting for the
                 # triggering user once the connect is over, even while that user's run goes on.
                 chosen = chosen.copy()
-            await self._ensure_lifecycle_owner()
+            await self.start_lifecycle_task()
             self._set_lifecycle_caller(chosen)
             self._entra_auth.take_errors()
             try:
@@ -339,7 +319,7 @@ class EntraMCPTool(MCPStreamableHTTPTool):
     async def _preflight(self, chosen: Caller) -> None:
         # Resolved as ``chosen`` (the trigger, or a pooled connection's own user).
         ctx = contextvars.copy_context()
-        ctx.run(_set_current, chosen)
+        ctx.run(set_current, chosen)
         try:
             result = await asyncio.create_task(self._entra_auth.acquire_async(), context=ctx)
         except Exception as exc:
@@ -376,7 +356,28 @@ class EntraMCPTool(MCPStreamableHTTPTool):
             why if why is not None else exc,
         )
 
-    # -- per-user pool leases ------------------------------------------------------------------
+    # -- per-user pool leases (EntraMCPToolPool calls these) ------------------------------------
+
+    def hand_out(self, caller: Caller, *, pending_for: float) -> None:
+        """The pool hands this connection to ``caller``'s run: it counts as leased from now
+        (the agent enters it later), for at most ``pending_for`` seconds, so that neither the
+        pool's eviction nor its reaper picks it meanwhile."""
+        self._pending += 1
+        self._pending_until = time.monotonic() + pending_for
+        self._lease(caller)
+
+    def busy(self, now: float) -> bool:
+        """Leased, or handed out by the pool and about to be entered."""
+        return self._leases > 0 or (self._pending > 0 and now < self._pending_until)
+
+    def retire(self) -> None:
+        """The pool dropped this connection: the last lease's exit closes it."""
+        self._retired = True
+
+    @property
+    def retired(self) -> bool:
+        """Dropped by its pool (closed when its last lease ends)."""
+        return self._retired
 
     def _lease(self, caller: Caller) -> None:
         self.last_used = time.monotonic()
@@ -454,10 +455,6 @@ class EntraMCPTool(MCPStreamableHTTPTool):
             await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311 (jitter)
             delay = min(delay * 2, 1.0)
 
-    def _busy(self, now: float) -> bool:
-        """Leased, or handed out by the pool and about to be entered."""
-        return self._leases > 0 or (self._pending > 0 and now < self._pending_until)
-
     async def __aexit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
         if self._pool is None:
             await super().__aexit__(exc_type, exc_value, traceback)
@@ -470,7 +467,7 @@ class EntraMCPTool(MCPStreamableHTTPTool):
         self._leases = max(0, self._leases - 1)
         self.last_used = time.monotonic()
         end_run_caller()
-        if self._leases == 0 and not self._busy(time.monotonic()):
+        if self._leases == 0 and not self.busy(time.monotonic()):
             self._set_lifecycle_caller(None)
             if self._retired:
                 await self.close()
@@ -659,24 +656,10 @@ class EntraMCPTool(MCPStreamableHTTPTool):
             "applied to it."
         )
 
-    async def _recover_connection_after_loss(
-        self,
-        *,
-        operation: str,
-        inner_exception: Exception,
-        load_configured: bool,
-    ) -> None:
-        if operation == "tool call":
-            # agent-framework would reconnect and resend the call: a call that may have
-            # reached the server would run twice. ``_call_at_most_once`` decides instead.
-            raise ToolExecutionException(
-                "MCP connection lost during tool call.", inner_exception
-            ) from inner_exception
-        await super()._recover_connection_after_loss(
-            operation=operation,
-            inner_exception=inner_exception,
-            load_configured=load_configured,
-        )
+    def reconnects_after_loss(self, operation: str) -> bool:
+        """Not for a tool call: agent-framework would reconnect and resend it, and a call that
+        may have reached the server would run twice (``_call_at_most_once`` decides instead)."""
+        return operation != "tool call"
 
     async def _resolve(self, caller: Caller | None) -> TokenResult:
         """The token for this call, resolved here in the tool call's task (errors raise here,
