@@ -8,7 +8,7 @@ context per process, built exactly as httpx builds it (``httpx2.create_ssl_conte
 ``SSL_CERT_FILE`` and ``SSL_CERT_DIR``, which httpx reads for it, are part of the cache key, so
 setting them later still takes effect (a CA file rewritten in place is read at the next process
 start). Sharing one client-side context between clients and threads is safe: it is what httpx
-itself advises for many clients. Every client that shares it is built by ``mcp._client_with``
+itself advises for many clients. Every client that shares it is built by ``mcp.http_client_for``
 with the same settings (HTTP/1.1, so the ALPN list httpcore sets on it is always the same).
 """
 
