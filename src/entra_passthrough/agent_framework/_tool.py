@@ -3,8 +3,9 @@
 What the plain tool gets wrong (docs/platform-facts.md) and what this subclass does about it:
 
 * One connection serves every run and user, and its connection-lifetime requests run in a
-  lifecycle task holding a copy of the *first* caller's context. We create that task ourselves,
-  in a context we keep (``_lifecycle_ctx``) and whose caller *we* set: nobody by default; the
+  lifecycle task holding a copy of the *first* caller's context. That task runs in a context we
+  keep (``lifecycle_context``, a hook of ``_af_seams.HookedMCPTool``, which holds every private
+  name of agent-framework the tool relies on) and whose caller *we* set: nobody by default; the
   caller whose call triggers a connect or reconnect, for the duration of that connect (shared
   mode); or the user a pooled connection belongs to (pool mode). ``EntraAuth`` then applies
   that caller's token while it is active, else the policy's lifecycle identity, else none.
