@@ -24,7 +24,9 @@ async def test_killed_and_restarted_under_load_loses_no_call(
     idp = consent_env.idp
     fresh_redis.start()
     keyring = Keyring.generate()
-    stores = [RedisStore.from_url(fresh_redis.url, timeout=0.5) for _ in range(REPLICAS)]
+    # A killed Redis refuses connections at once, so the timeout only bounds a slow answer: a
+    # short one (0.5 s) made a loaded machine's slow reads count as Redis down (9 POSTs for 3).
+    stores = [RedisStore.from_url(fresh_redis.url, timeout=5.0) for _ in range(REPLICAS)]
     shared = [SharedTokenCache(s, keyring, retry_after=0.0) for s in stores]
     sessions = [idp.msal_http_client() for _ in stores]
     chains = [
