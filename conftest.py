@@ -46,3 +46,13 @@ def _exit_without_finalizing() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_warning_coalescer() -> None:
+    """The library coalesces repeated warnings process-wide (a burst, then one per interval).
+    A worker runs many tests in one process: without a reset, a test asserting that a failure
+    is logged as a warning depends on which tests ran before it in that worker."""
+    from entra_passthrough._otel import COALESCER
+
+    COALESCER.reset()
