@@ -118,8 +118,10 @@ class TransportFailure(Exception):
         retry_after: float | None = None,
         attempts: int = 1,
         cached: bool = False,
+        peer: str = "Entra",
     ) -> None:
         self.kind = kind
+        self.peer = peer
         self.status = status
         self.retry_after = retry_after
         self.attempts = attempts
@@ -127,18 +129,19 @@ class TransportFailure(Exception):
         super().__init__(self.describe())
 
     def describe(self) -> str:
+        peer = self.peer
         if self.kind == "throttled":
-            what = f"Entra answered HTTP {self.status} asking to retry later"
+            what = f"{peer} answered HTTP {self.status} asking to retry later"
         elif self.kind == "status":
-            what = f"Entra answered HTTP {self.status}"
+            what = f"{peer} answered HTTP {self.status}"
         elif self.kind == "timeout":
-            what = "Entra did not answer in time (connect or read timeout)"
+            what = f"{peer} did not answer in time (connect or read timeout)"
         elif self.kind == "malformed":
-            what = "Entra's answer was not valid JSON (cut short, or a proxy's page)"
+            what = f"{peer}'s answer was not valid JSON (cut short, or a proxy's page)"
         elif self.kind == "deadline":
-            what = "the acquisition's deadline passed before Entra answered"
+            what = f"the acquisition's deadline passed before {peer} answered"
         else:
-            what = "the connection to Entra failed"
+            what = f"the connection to {peer} failed"
         if self.cached:
             what += " (a recent identical failure; no request was sent)"
         elif self.attempts > 1:
@@ -335,6 +338,7 @@ def _cached(gate: _Gate, now: float, hint: float | None = None) -> TransportFail
         status=gate.failure.status,
         retry_after=min(remaining, hint) if hint is not None else remaining,
         cached=True,
+        peer=gate.failure.peer,
     )
 
 
@@ -408,6 +412,7 @@ class GuardedHttpClient:
         timeouts: Timeouts = DEFAULT_TIMEOUTS,
         throttle: Throttle | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        peer: str = "Entra",
     ) -> None:
         if inner is None:
             import requests
@@ -418,6 +423,7 @@ class GuardedHttpClient:
         self.timeouts = timeouts
         self.throttle = throttle if throttle is not None else SHARED_THROTTLE
         self._sleep = sleep
+        self.peer = peer  # who the errors name: Entra, or the host's managed identity endpoint
         self._random = random.Random()  # noqa: S311 - backoff jitter, not a secret
 
     def __repr__(self) -> str:
@@ -460,6 +466,14 @@ class GuardedHttpClient:
             sleep=self._sleep,
         )
         if blocked is not None:
+            if blocked.peer != self.peer:
+                blocked = TransportFailure(
+                    blocked.kind,
+                    status=blocked.status,
+                    retry_after=blocked.retry_after,
+                    cached=blocked.cached,
+                    peer=self.peer,
+                )
             raise blocked
         kwargs.pop("timeout", None)  # ours wins: MSAL passes none, a caller's could be unbounded
         probes = [probe] if probe is not None else []
@@ -491,7 +505,7 @@ class GuardedHttpClient:
             attempt += 1
             remaining = end - time.monotonic()
             if remaining <= 0:
-                raise TransportFailure("deadline", attempts=attempt - 1 or 1)
+                raise TransportFailure("deadline", attempts=attempt - 1 or 1, peer=self.peer)
             timeout = (min(t.connect, remaining), min(t.read, remaining))
             failure: TransportFailure
             wait: float | None = None
@@ -506,7 +520,7 @@ class GuardedHttpClient:
                 kind = "timeout" if _is_timeout(exc) else "connection"
                 if time.monotonic() >= end:
                     kind = "deadline"
-                failure = TransportFailure(kind, attempts=attempt)
+                failure = TransportFailure(kind, attempts=attempt, peer=self.peer)
             else:
                 status = int(getattr(response, "status_code", 0) or 0)
                 if status not in RETRYABLE_STATUSES and not (
@@ -530,6 +544,7 @@ class GuardedHttpClient:
                     status=status,
                     retry_after=wait,
                     attempts=attempt,
+                    peer=self.peer,
                 )
                 _close_quietly(response)
                 if throttled:

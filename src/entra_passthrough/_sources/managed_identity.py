@@ -46,6 +46,9 @@ from ._base import result_from_msal, unreachable
 
 logger = logging.getLogger("entra_passthrough.managed_identity")
 
+#: Who a transport failure names: the host's endpoint, not Entra, answers (or stalls) here.
+_PEER = "the managed identity endpoint"
+
 _TIMEOUT = 10.0
 #: Managed identity tokens live ~24 h; refresh the assertion copy this long before expiry.
 _MARGIN = 300.0
@@ -286,7 +289,7 @@ class ManagedIdentity:
         """The guarded client every MSAL request of this source goes through."""
         if self._guarded is None:
             self._guarded = GuardedHttpClient(
-                self._http_client, timeouts=self.timeouts, throttle=self._throttle
+                self._http_client, timeouts=self.timeouts, throttle=self._throttle, peer=_PEER
             )
         return self._guarded
 
@@ -319,7 +322,9 @@ class ManagedIdentity:
                 # another worker may still be reading from it.
                 fabric = (
                     key,
-                    GuardedHttpClient(pinned, timeouts=self.timeouts, throttle=self._throttle),
+                    GuardedHttpClient(
+                        pinned, timeouts=self.timeouts, throttle=self._throttle, peer=_PEER
+                    ),
                 )
                 self._fabric = fabric
         result: dict[str, Any] = service_fabric_token(fabric[1], endpoint, secret, resource)
