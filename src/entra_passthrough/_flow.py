@@ -33,6 +33,7 @@ from . import _otel
 from ._caller import Caller, active_caller, caller_var
 from ._challenge import parse_bearer_challenges
 from ._errors import ConfigurationError, TokenAcquisitionError
+from ._httpx_seams import has_authorization
 from ._origins import OriginKey, format_origin, origin_key, parse_origins
 from ._prefetch import prefetched_for, scope_key
 from ._types import TokenResult
@@ -255,7 +256,7 @@ class FlowCore:
             return
         headers = request.headers
         caller = active_caller()
-        if _has_authorization(headers) and APPLIED not in request.extensions:
+        if has_authorization(headers) and APPLIED not in request.extensions:
             conflict = ConfigurationError(
                 "the request already has an Authorization header; EntraAuth does not send a "
                 "user's token beside (or instead of) a credential it did not choose",
@@ -307,7 +308,7 @@ class FlowCore:
         if not (allowed or (allowed is None and self.allows(url))):
             return None  # not our origin: the full flow sends it untouched
         headers = request.headers
-        if _has_authorization(headers):
+        if has_authorization(headers):
             return None  # a header to judge: the full flow
         result = prefetched_for(caller, self._key) or cached(
             self.scopes, caller=caller, client_capabilities=self.client_capabilities
@@ -429,33 +430,6 @@ class FlowCore:
             self.strip(request)
             if _log.isEnabledFor(logging.DEBUG):
                 _log.debug("redirect to a foreign origin: token headers removed")
-
-
-def _has_authorization(headers: Any) -> bool:
-    """``"authorization" in headers``, read from the raw names: a lookup by name makes httpx and
-    httpx2 pick the headers' encoding first, by decoding every name and value of a request whose
-    encoding nobody asked for yet (a client's request: ~1 us more, and more with a large cookie
-    or token). The stored names compare the same way lower-cased (RFC 9110 5.1)."""
-    items = getattr(headers, "_list", None)
-    if type(items) is list:
-        # httpx and httpx2 keep (raw name, lower-cased name, value) triples: read the stored
-        # lower-cased names (``raw`` builds a new list of pairs on every call, ~0.3 us).
-        try:
-            for _, lower, _ in items:
-                if lower == b"authorization":
-                    return True
-                if type(lower) is not bytes:
-                    raise TypeError  # not the layout we know: the public path below
-            return False
-        except (TypeError, ValueError):
-            pass
-    raw = getattr(headers, "raw", None)
-    if raw is None:
-        return "authorization" in headers
-    for name, _ in raw:  # noqa: SIM110 - a plain loop: any() over a generator costs more
-        if len(name) == 13 and name.lower() == b"authorization":
-            return True
-    return False
 
 
 def _mark_header_safe(result: TokenResult) -> bool:

@@ -58,7 +58,7 @@ except ImportError as _exc:  # pragma: no cover - exercised only without the ext
 
 from ._auth import EntraAuth
 from ._flow import APPLIED, Chain
-from ._httpx2_seams import wrap_transports
+from ._httpx_seams import wrap_transports
 from ._jwt import UnverifiedClaims
 
 __all__ = [

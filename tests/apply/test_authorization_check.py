@@ -10,7 +10,7 @@ import httpx
 import httpx2
 import pytest
 
-from entra_passthrough._flow import _has_authorization
+from entra_passthrough._httpx_seams import has_authorization
 
 CASES = [
     ({}, False),
@@ -29,7 +29,7 @@ def test_the_stored_names_answer_as_the_public_lookup(
     with module.Client(headers=given) as client:
         request = client.build_request("GET", "http://127.0.0.1:9/")
     assert ("authorization" in request.headers) is expected
-    assert _has_authorization(request.headers) is expected
+    assert has_authorization(request.headers) is expected
 
 
 class _OtherLayout:
@@ -45,7 +45,7 @@ class _OtherLayout:
 
 @pytest.mark.parametrize("triples", [False, True])
 def test_an_unknown_layout_takes_the_public_path(triples: bool) -> None:
-    assert _has_authorization(_OtherLayout(["Authorization"], triples=triples)) is True
-    assert _has_authorization(_OtherLayout(["host", "Authorization"], triples=triples)) is True
-    assert _has_authorization(_OtherLayout(["host"], triples=triples)) is False
-    assert _has_authorization({"authorization": "x"}) is True
+    assert has_authorization(_OtherLayout(["Authorization"], triples=triples)) is True
+    assert has_authorization(_OtherLayout(["host", "Authorization"], triples=triples)) is True
+    assert has_authorization(_OtherLayout(["host"], triples=triples)) is False
+    assert has_authorization({"authorization": "x"}) is True

@@ -30,7 +30,7 @@ ADAPTERS: dict[str, set[str]] = {
         "contextlib",  # the type agent-framework's get_mcp_client is annotated with
     },
     "entra_passthrough/_mcp_seams.py": {"mcp"},
-    "entra_passthrough/_httpx2_seams.py": {"httpx2"},
+    "entra_passthrough/_httpx_seams.py": {"httpx2", "httpx"},
     "entra_passthrough/_azure_identity_seams.py": {"azure"},
     "entra_passthrough/_msal.py": {"msal"},
     "entra_passthrough/_otel.py": {"opentelemetry"},
@@ -47,8 +47,6 @@ KNOWN_ATTRIBUTES: set[tuple[str, str]] = {
     ("entra_passthrough/_doctor.py", "_obo"),
     ("entra_passthrough/_doctor.py", "_owns_http"),
     ("entra_passthrough/_doctor.py", "_t1"),
-    # httpx/httpx2 Headers' raw triples (the hot path's "authorization" check).
-    ("entra_passthrough/_flow.py", "_list"),
     # Friends of public classes (TokenResult, Keyring, Caller, EntraAuth, OnBehalfOf).
     ("entra_passthrough/_flow.py", "_header_safe"),
     ("entra_passthrough/_l2.py", "_subkey"),
