@@ -183,7 +183,16 @@ class CallAttempt:
     status: int | None = None
     #: ``tools/call`` requests of this attempt still inside the transport.
     in_flight: int = field(default=0, repr=False)
+    #: Decided (``close()``): a request of this attempt that reaches the transport only now is
+    #: answered locally and never sent.
+    closed: bool = field(default=False, repr=False)
     _idle: asyncio.Event | None = field(default=None, repr=False)
+
+    def close(self) -> None:
+        """The call's outcome is being decided: nothing more of this attempt may leave. (The
+        mcp client can report "Connection closed" to the caller before the task that POSTs the
+        call has reached the transport; a retry must not race that task onto the wire.)"""
+        self.closed = True
 
     @property
     def never_left(self) -> bool:
@@ -325,6 +334,11 @@ class _CallGuard(httpx2.AsyncBaseTransport):
             _drop_ended_callers_token(request)
             return await self._inner.handle_async_request(request)
         rpc_id, method = _rpc_of(request)
+        if attempt.closed:
+            attempt.not_sent = attempt.not_sent or "closed"
+            if rpc_id is None:
+                return httpx2.Response(202, request=request)
+            return _local_error(request, rpc_id, "entra_passthrough: not sent, call already over")
         if attempt.require_token and "authorization" not in request.headers:
             attempt.not_sent = attempt.not_sent or "no_token"
             if rpc_id is None:

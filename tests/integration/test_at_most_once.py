@@ -678,3 +678,26 @@ async def test_the_host_shows_why_a_pooled_connection_could_not_connect(
     message = str((answer.json().get("error") or {}).get("message", ""))
     assert "AADSTS500133" in message, message
     assert not calls(recorder.snapshot())
+
+
+async def test_a_call_request_that_reaches_the_transport_after_the_verdict_is_not_sent() -> None:
+    """The mcp client can report "Connection closed" to the caller before the task that POSTs
+    the call has reached the transport. Once the call's outcome is being decided (and it may be
+    retried), that late request must not leave: it would run the call a second time."""
+    sent: list[httpx2.Request] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        sent.append(request)
+        return httpx2.Response(200, json={"jsonrpc": "2.0", "id": 9, "result": {}})
+
+    body = {"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": "x"}}
+    async with httpx2.AsyncClient(transport=_CallGuard(httpx2.MockTransport(handler))) as client:
+        with call_attempt() as attempt:
+            attempt.close()
+            answer = await client.post(
+                "https://mcp.example/mcp", json=body, headers={"Authorization": "Bearer t"}
+            )
+    assert sent == []
+    assert not attempt.sent
+    assert answer.json()["id"] == 9
+    assert answer.json()["error"]["message"].startswith("entra_passthrough: not sent")

@@ -509,6 +509,7 @@ class EntraMCPTool(HookedMCPTool):
             except UserInputRequiredException:
                 raise
             except Exception as exc:
+                attempt.close()  # a request of it not yet in the transport never leaves now
                 with suppress(TimeoutError):  # its requests' own outcome, then the verdict
                     async with asyncio.timeout(_SETTLE_WAIT):
                         await attempt.settled()
