@@ -322,14 +322,17 @@ class FlowCore:
         headers["Authorization"] = "Bearer " + result.token
         request.extensions[APPLIED] = _AUTHORIZATION_ONLY
         if _log.isEnabledFor(logging.DEBUG):
-            _log.debug(
-                "token %s (%s, source %s) attached for %s",
-                result.fingerprint,
-                result.kind.value,
-                result.source,
-                list(self.scopes),
-            )
+            self._log_attached(result)
         return result, caller
+
+    def _log_attached(self, result: TokenResult) -> None:
+        _log.debug(
+            "token %s (%s, source %s) attached for %s",
+            result.fingerprint,
+            result.kind.value,
+            result.source,
+            list(self.scopes),
+        )
 
     def after_401(
         self,
@@ -408,13 +411,7 @@ class FlowCore:
             names += tuple(extra)
         request.extensions[APPLIED] = names
         if _log.isEnabledFor(logging.DEBUG):
-            _log.debug(
-                "token %s (%s, source %s) attached for %s",
-                result.fingerprint,
-                result.kind.value,
-                result.source,
-                list(self.scopes),
-            )
+            self._log_attached(result)
         return True
 
     @staticmethod
