@@ -12,7 +12,7 @@ import ssl
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -174,6 +174,28 @@ def _header(headers: list[tuple[bytes, bytes]], wanted: bytes) -> str | None:
     return None
 
 
+async def read_json_request(receive: Any) -> tuple[Any, Callable[[], Awaitable[Any]]]:
+    """Read a request's whole body ahead of the app: its JSON (``None`` if empty or not JSON)
+    and a ``receive`` for the app that replays the messages read, then reads on."""
+    messages: list[dict[str, Any]] = []
+    body = b""
+    while True:
+        message = await receive()
+        messages.append(message)
+        body += message.get("body", b"")
+        if message["type"] != "http.request" or not message.get("more_body"):
+            break
+    try:
+        parsed = json.loads(body) if body else None
+    except ValueError:
+        parsed = None
+
+    async def replay() -> Any:
+        return messages.pop(0) if messages else await receive()
+
+    return parsed, replay
+
+
 def recording(app: ASGI, recorder: Recorder) -> ASGI:
     """Outermost ASGI wrapper: records (method, JSON-RPC method, token oid, status) for every
     HTTP request, whatever the app answers."""
@@ -182,19 +204,8 @@ def recording(app: ASGI, recorder: Recorder) -> ASGI:
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
-        messages: list[dict[str, Any]] = []
-        body = b""
-        while True:
-            message = await receive()
-            messages.append(message)
-            body += message.get("body", b"")
-            if message["type"] != "http.request" or not message.get("more_body"):
-                break
+        parsed, replay = await read_json_request(receive)
         rpc = tool = tag = None
-        try:
-            parsed = json.loads(body) if body else None
-        except ValueError:
-            parsed = None
         if isinstance(parsed, dict):
             rpc = parsed.get("method") if isinstance(parsed.get("method"), str) else None
             params = parsed.get("params") if isinstance(parsed.get("params"), dict) else {}
@@ -203,11 +214,6 @@ def recording(app: ASGI, recorder: Recorder) -> ASGI:
                 args = params.get("arguments") or {}
                 tag = args.get("who") if isinstance(args, dict) else None
         status = {"code": 0}
-
-        async def replay() -> dict[str, Any]:
-            if messages:
-                return messages.pop(0)
-            return await receive()
 
         session = _header(scope.get("headers") or [], b"mcp-session-id")
 

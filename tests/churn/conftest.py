@@ -4,7 +4,6 @@ every execution of its tool, and the quick/full sizes (``ENTRA_SOAK=1``: ``make 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -18,6 +17,7 @@ from _support.mcp_world import (  # the autouse fixtures apply to this package
     agentserver_state_root,  # noqa: F401
     build_mcp_app,
     legacy_ping_is_expected,  # noqa: F401
+    read_json_request,
     world_with_users,
 )
 from _support.servers import ServerThread
@@ -79,22 +79,8 @@ class CrashPoint:
             if scope["type"] != "http" or scope["method"] != "POST":
                 await app(scope, receive, send)
                 return
-            messages: list[dict[str, Any]] = []
-            body = b""
-            while True:
-                message = await receive()
-                messages.append(message)
-                body += message.get("body", b"")
-                if message["type"] != "http.request" or not message.get("more_body"):
-                    break
-            try:
-                parsed = json.loads(body) if body else None
-            except ValueError:
-                parsed = None
+            parsed, replay = await read_json_request(receive)
             is_call = isinstance(parsed, dict) and parsed.get("method") == "tools/call"
-
-            async def replay() -> dict[str, Any]:
-                return messages.pop(0) if messages else await receive()
 
             async def withholding(message: dict[str, Any]) -> None:
                 if is_call and message["type"] == "http.response.start":
