@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _env
+from ._docs import see
 from ._errors import ConfigurationError, EntraPassthroughError, error_from_entra
 
 __all__ = ["Check", "main", "run"]
@@ -111,7 +112,11 @@ class Doctor:
     def failed(self, name: str) -> bool:
         return any(c.name == name and c.status == FAIL for c in self.checks)
 
-    def guard(self, name: str, probe: Callable[[], tuple[bool, str, str]]) -> bool:
+    def guard(
+        self, name: str, probe: Callable[[], tuple[bool, str, str]], *, fallback_fix: str = ""
+    ) -> bool:
+        """Run one probe; a failure always carries a fix: the error's own, else (the discovery
+        failure above, else) ``fallback_fix``, what this check's failures usually need."""
         try:
             ok, detail, fix = probe()
         except Exception as exc:
@@ -119,6 +124,8 @@ class Doctor:
             ok = False
             if not fix and self.failed("discovery"):
                 fix = "fix the discovery failure above first (tenant id, authority host)."
+        if not ok and not fix:
+            fix = fallback_fix
         self.add(name, PASS if ok else FAIL, detail, fix)
         return ok
 
@@ -131,12 +138,12 @@ class Doctor:
             chain = TokenChain.from_env(self.env)
         except ConfigurationError as exc:
             detail, fix = _explain(exc)
-            self.add("configuration", FAIL, detail, fix)
+            self.add("configuration", FAIL, detail, fix or _CONFIGURATION_FIX)
             self.check_scopes(None)
             return self.checks
         try:
             names = ", ".join(repr(s) for s in chain.sources)
-            self.add("configuration", PASS, f"policy {chain.policy.value}: {names}")
+            self.add("configuration", PASS, f"policy {chain.policy.value}: {names}{self.chosen()}")
             self.check_ids()
             self.check_discovery(chain)
             self.check_managed_identity(chain)
@@ -148,6 +155,22 @@ class Doctor:
         finally:
             chain.close()
         return self.checks
+
+    def chosen(self) -> str:
+        """Which of several client credentials set for the OBO app ``from_env()`` uses."""
+        if _get(self.env, "ENTRA_PASSTHROUGH_CLIENT_CREDENTIAL") or not _get(
+            self.env, "ENTRA_PASSTHROUGH_CLIENT_ID"
+        ):
+            return ""
+        # In from_env()'s order of precedence (the platform's IDENTITY_ENDPOINT is left out:
+        # an Azure host sets it whether or not the app uses it).
+        present = [variable for variable in _CREDENTIAL_VARIABLES if _get(self.env, variable)]
+        if len(present) < 2:
+            return ""
+        return (
+            f" (several client credentials are set: {', '.join(present)}; from_env() uses "
+            f"{present[0]}, set ENTRA_PASSTHROUGH_CLIENT_CREDENTIAL to choose)"
+        )
 
     def check_ids(self) -> None:
         bad: list[str] = []
@@ -216,7 +239,7 @@ class Doctor:
                     return False, f"{url}: {detail}", fix or _TENANT_FIX
                 return False, f"{url}: HTTP {answer.status_code}", _TENANT_FIX
 
-            self.guard("discovery", probe)
+            self.guard("discovery", probe, fallback_fix=_TENANT_FIX)
 
     def check_managed_identity(self, chain: Any) -> None:
         from ._msal import federation_audience
@@ -238,7 +261,28 @@ class Doctor:
                 identity.close()
             return True, f"{identity!r} gave a token for {audience}", ""
 
-        self.guard("managed identity", probe)
+        self.guard("managed identity", probe, fallback_fix=self.managed_identity_fix())
+
+    def managed_identity_fix(self) -> str:
+        """What a managed identity failure usually needs, for the host the variables name."""
+        if not any(
+            _get(self.env, v) for v in ("IDENTITY_ENDPOINT", "MSI_ENDPOINT", "IMDS_ENDPOINT")
+        ):
+            where = (
+                "no managed identity endpoint is set (IDENTITY_ENDPOINT, MSI_ENDPOINT), so the "
+                "instance metadata service (IMDS) was asked: this check passes only on an "
+                "Azure host with the identity assigned (a VM, AKS node, App Service, Container "
+                "Apps, a Foundry hosted agent); elsewhere (a laptop, CI) use "
+                "ENTRA_PASSTHROUGH_CLIENT_SECRET or a certificate instead"
+            )
+        else:
+            where = (
+                "the host's managed identity endpoint refused or did not answer: check that the "
+                "identity is enabled on this host, that IDENTITY_HEADER is the one the platform "
+                "set, and that AZURE_CLIENT_ID is the client id of a user-assigned identity "
+                "assigned to this host"
+            )
+        return f"{where} ({see('configuration', 'managed-identity-hosts')})."
 
     def check_credentials(self, chain: Any) -> None:
         from ._sources.agent_id import AgentIdentityOnBehalfOf
@@ -258,7 +302,7 @@ class Doctor:
                         "",
                     )
 
-                self.guard("agent id blueprint", blueprint)
+                self.guard("agent id blueprint", blueprint, fallback_fix=_CONFIGURATION_FIX)
             elif isinstance(source, OnBehalfOf):
                 checked = True
 
@@ -272,7 +316,12 @@ class Doctor:
                     what = f"the {obo.credential.kind} of app {obo.client_id}"
                     return _from_msal(response, what)
 
-                self.guard("client credential", credential)
+                fallback = (
+                    self.managed_identity_fix()
+                    if source.credential.kind == "managed_identity"
+                    else _CONFIGURATION_FIX
+                )
+                self.guard("client credential", credential, fallback_fix=fallback)
         if not checked:
             self.add("client credential", SKIP, "no on-behalf-of source configured")
 
@@ -293,7 +342,7 @@ class Doctor:
                     http.close()
             return _from_msal(response, f"consent app {source.client.client_id}")
 
-        self.guard("consent app", probe)
+        self.guard("consent app", probe, fallback_fix=_CONFIGURATION_FIX)
 
     def check_scopes(self, chain: Any) -> None:
         if not self.scopes:
@@ -352,7 +401,7 @@ class Doctor:
                 "",
             )
 
-        self.guard("consent", probe)
+        self.guard("consent", probe, fallback_fix=_CONFIGURATION_FIX)
 
     def check_developer(self, chain: Any) -> None:
         from ._sources.azure_cli import AzureCli
@@ -363,20 +412,56 @@ class Doctor:
             self.add("developer sign-in", SKIP, "policy is not developer")
             return
         scopes = self.scopes or ("https://management.azure.com/.default",)
+        cli = clis[0]
+        tenant = _get(self.env, "AZURE_TENANT_ID") or "<tenant id>"
+        if cli.tool == "az":
+            fix = (
+                f"install the Azure CLI (https://aka.ms/installazurecli) and sign in: az login "
+                f"--tenant {tenant}"
+            )
+        else:
+            fix = (
+                f"install the Azure Developer CLI (https://aka.ms/azure-dev/install) and sign "
+                f"in: azd auth login --tenant-id {tenant}"
+            )
 
         def probe() -> tuple[bool, str, str]:
-            result = clis[0].get_token(TokenRequest(tuple(scopes)))
+            result = cli.get_token(TokenRequest(tuple(scopes)))
             if result is None:
-                return False, "the CLI gave no token", "sign in: az login (or azd auth login)"
-            return True, f"{clis[0]!r} is signed in", ""
+                return False, "the CLI gave no token", fix
+            return True, f"{cli!r} is signed in", ""
 
-        self.guard("developer sign-in", probe)
+        self.guard("developer sign-in", probe, fallback_fix=fix)
 
 
+_CREDENTIAL_VARIABLES = (
+    "ENTRA_PASSTHROUGH_CLIENT_SECRET",
+    "ENTRA_PASSTHROUGH_CLIENT_CERTIFICATE_PATH",
+    "AZURE_FEDERATED_TOKEN_FILE",
+)
+_CONFIGURATION_FIX = (
+    "check the variable or file named above; every variable from_env() reads: "
+    + see("configuration", "variables")
+    + "."
+)
 _TENANT_FIX = (
     "check AZURE_TENANT_ID (the Directory (tenant) ID) and AZURE_AUTHORITY_HOST (your cloud's "
     "login host); behind a TLS-inspecting proxy set ENTRA_PASSTHROUGH_CA_FILE."
 )
+
+
+def _split_scope(scope: str) -> tuple[str, str]:
+    """``(resource, permission)``: ``api://x/perm``, ``https://host/path/.default`` (the
+    permission is the last segment) or ``<app id GUID>/perm``; no permission gives ``""``."""
+    stripped = scope.rstrip("/")
+    scheme, separator, rest = stripped.partition("://")
+    if not separator:  # <app id>[/permission]: the resource is the first segment
+        resource, _, permission = stripped.partition("/")
+        return resource, permission
+    path, slash, permission = rest.rpartition("/")
+    if not slash or not path:
+        return stripped, ""
+    return f"{scheme}://{path}", permission
 
 
 def scope_problems(scopes: Sequence[str], *, own_audiences: Collection[str] = ()) -> list[str]:
@@ -392,11 +477,11 @@ def scope_problems(scopes: Sequence[str], *, own_audiences: Collection[str] = ()
                 f"{scope!r} names no resource (write api://<app id>/{scope} or <resource>/.default)"
             )
             continue
-        resource, _, permission = scope.rstrip("/").rpartition("/")
-        if not resource or "://" not in scope or resource.endswith(":/"):
-            resource, permission = scope.rstrip("/"), ""
+        resource, permission = _split_scope(scope)
         if not permission:
-            problems.append(f"{scope!r} names a resource but no permission: use {scope}/.default")
+            problems.append(
+                f"{scope!r} names a resource but no permission: use {scope.rstrip('/')}/.default"
+            )
             continue
         resources.setdefault(resource.rstrip("/"), []).append(permission)
     for resource, permissions in resources.items():
@@ -460,20 +545,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     token = None
+    unreadable: Check | None = None
     if args.user_token_file is not None:
         try:
             token = args.user_token_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            sys.stderr.write(f"entra-passthrough doctor: cannot read the token file: {exc}\n")
-            return 2
-    # The report says what failed; the library's own warnings would repeat it on stderr.
-    library = logging.getLogger("entra_passthrough")
-    level = library.level
-    library.setLevel(logging.ERROR)
+        except (OSError, UnicodeDecodeError) as exc:
+            # A check like the others (the --json report stays one JSON document); the file's
+            # content is never read into the message, only its name and the error's type.
+            unreadable = Check(
+                "user token file",
+                FAIL,
+                f"cannot read {args.user_token_file} ({type(exc).__name__})",
+                "pass a readable file holding one user's access token for the agent app "
+                "(--user-token-file), or leave the option out to skip the consent check.",
+            )
+    # The report says what failed; the library's and azure-identity's own warnings would
+    # repeat it on stderr.
+    loggers = [logging.getLogger(name) for name in ("entra_passthrough", "azure.identity")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         checks = run(scopes=args.scope, user_token=token)
     finally:
-        library.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+    if unreadable is not None:
+        checks.insert(0, unreadable)
     failed = any(c.status == FAIL for c in checks)
     if args.json:
         out = json.dumps({"ok": not failed, "checks": [asdict(c) for c in checks]}, indent=2)

@@ -402,7 +402,10 @@ def load_certificate(
                 data = handle.read()
         except OSError as exc:
             raise ConfigurationError(
-                f"cannot read the client certificate file ({type(exc).__name__})."
+                f"cannot read the client certificate file ({type(exc).__name__}).",
+                fix="point the certificate path (ENTRA_PASSTHROUGH_CLIENT_CERTIFICATE_PATH, "
+                "AZURE_CLIENT_CERTIFICATE_PATH or certificate=...) at a PEM or PFX file this "
+                "process can read.",
             ) from None
     else:
         data = certificate

@@ -279,3 +279,126 @@ def test_user_token_for_foundry_instead_of_the_agent(idp: EntraEmulator) -> None
     assert "https://ai.azure.com" in check.detail
     assert check.fix
     assert_clean([check], token)
+
+
+def test_app_id_scope_is_well_formed(idp: EntraEmulator) -> None:
+    # '<app id>/.default' is how Entra names a resource by its client id (no App ID URI).
+    assert scope_problems([f"{idp.mcp.client_id}/.default"]) == []
+    assert scope_problems([f"{idp.mcp.client_id}/access_as_user"]) == []
+    assert any("no permission" in p for p in scope_problems([idp.mcp.client_id]))
+    assert scope_problems(["https://management.core.windows.net//.default"]) == []
+    (problem,) = scope_problems(["api://x/"])
+    assert "use api://x/.default" in problem
+    checks = by_name(run(secretless(idp), scopes=[f"{idp.mcp.client_id}/.default"]))
+    assert checks["scope"].status == "pass"
+
+
+def _broken_configurations(idp: EntraEmulator, tmp_path: Path) -> dict[str, dict[str, str]]:
+    from entra_passthrough.testing._world import new_certificate
+
+    secret = {**base(idp), "ENTRA_PASSTHROUGH_CLIENT_ID": idp.agent.client_id}
+    secret["ENTRA_PASSTHROUGH_CLIENT_SECRET"] = idp.agent.secret or ""
+    certificate = {**base(idp), "ENTRA_PASSTHROUGH_CLIENT_ID": idp.agent.client_id}
+    pem = tmp_path / "other.pem"
+    pem.write_bytes(new_certificate("not-uploaded")[0])
+    no_endpoint = {
+        k: v
+        for k, v in secretless(idp).items()
+        if k not in ("IDENTITY_ENDPOINT", "IDENTITY_HEADER")
+    }
+    # The IMDS host (VMs, AKS) moved to a port nothing listens on: no endpoint variable is set.
+    no_endpoint["AZURE_POD_IDENTITY_AUTHORITY_HOST"] = "http://127.0.0.1:9"
+    return {
+        "certificate file missing": {
+            **certificate,
+            "ENTRA_PASSTHROUGH_CLIENT_CERTIFICATE_PATH": str(tmp_path / "missing.pem"),
+        },
+        "certificate not uploaded": {
+            **certificate,
+            "ENTRA_PASSTHROUGH_CLIENT_CERTIFICATE_PATH": str(pem),
+        },
+        "managed identity endpoint absent": no_endpoint,
+        "managed identity header wrong": {**secretless(idp), "IDENTITY_HEADER": "wrong-header"},
+        "managed identity not on this host": {**secretless(idp), "AZURE_CLIENT_ID": UNKNOWN},
+        "authority unreachable": {**secret, "AZURE_AUTHORITY_HOST": "https://127.0.0.1:9"},
+        "authority not trusted": {
+            k: v for k, v in secret.items() if k != "ENTRA_PASSTHROUGH_CA_FILE"
+        },
+        "blueprint not the agent identity's": {
+            **base(idp),
+            "ENTRA_PASSTHROUGH_BLUEPRINT_CLIENT_ID": idp.agent.client_id,
+            "ENTRA_PASSTHROUGH_AGENT_IDENTITY_ID": idp.agent_identity.client_id,
+            "ENTRA_PASSTHROUGH_CLIENT_SECRET": idp.blueprint.secret or "",
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "certificate file missing",
+        "certificate not uploaded",
+        "managed identity endpoint absent",
+        "managed identity header wrong",
+        "managed identity not on this host",
+        "authority unreachable",
+        "authority not trusted",
+        "blueprint not the agent identity's",
+    ],
+)
+def test_every_failure_has_a_fix(idp: EntraEmulator, tmp_path: Path, name: str) -> None:
+    env = _broken_configurations(idp, tmp_path)[name]
+    checks = run(env)
+    failed = [c for c in checks if c.status == "fail"]
+    assert failed, table(checks)
+    assert all(c.fix for c in failed), table(checks)
+    assert_clean(checks, idp.agent.secret or "-", idp.blueprint.secret or "-", "wrong-header")
+
+
+def test_managed_identity_fix_names_the_host(idp: EntraEmulator, tmp_path: Path) -> None:
+    broken = _broken_configurations(idp, tmp_path)
+    absent = by_name(run(broken["managed identity endpoint absent"]))["managed identity"]
+    assert "no managed identity endpoint is set" in absent.fix
+    refused = by_name(run(broken["managed identity header wrong"]))["managed identity"]
+    assert "IDENTITY_HEADER" in refused.fix
+
+
+@pytest.mark.parametrize(("tool", "login"), [("az", "az login"), ("azd", "azd auth login")])
+def test_developer_cli_missing(idp: EntraEmulator, tool: str, login: str, tmp_path: Path) -> None:
+    env = {
+        **base(idp),
+        "ENTRA_PASSTHROUGH_POLICY": "developer",
+        "ENTRA_PASSTHROUGH_DEVELOPER_CLI": tool,
+        "PATH": str(tmp_path),  # neither az nor azd on it
+    }
+    check = by_name(run(env, scopes=[scope(idp)]))["developer sign-in"]
+    assert check.status == "fail"
+    assert login in check.fix
+    assert "install" in check.fix
+
+
+def test_several_credentials_say_which_is_used(idp: EntraEmulator) -> None:
+    env = {
+        **base(idp),
+        "ENTRA_PASSTHROUGH_CLIENT_ID": idp.agent.client_id,
+        "ENTRA_PASSTHROUGH_CLIENT_SECRET": idp.agent.secret or "",
+        "ENTRA_PASSTHROUGH_CLIENT_CERTIFICATE_PATH": "/nonexistent.pem",
+    }
+    check = by_name(run(env))["configuration"]
+    assert "uses ENTRA_PASSTHROUGH_CLIENT_SECRET" in check.detail
+    assert "ENTRA_PASSTHROUGH_CLIENT_CREDENTIAL" in check.detail
+
+
+def test_cli_unreadable_user_token_file_is_a_check(idp: EntraEmulator, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ENTRA_", "AZURE_"))}
+    env.update(secretless(idp))
+    missing = tmp_path / "alice.jwt"
+    cli = [sys.executable, "-m", "entra_passthrough.cli", "doctor", "--json"]
+    cli += ["--scope", scope(idp), "--user-token-file", str(missing)]
+    done = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    report = json.loads(done.stdout)  # still one JSON document
+    first = report["checks"][0]
+    assert (first["name"], first["status"]) == ("user token file", "fail")
+    assert first["fix"]
+    assert done.stderr == ""
