@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from . import _env
+from . import __version__, _env
 from ._docs import see
 from ._errors import ConfigurationError, EntraPassthroughError, error_from_entra
 
@@ -531,6 +531,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "against Entra or the emulator, path by path; exit 1 if any check fails.",
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--version", action="version", version=f"entra-passthrough {__version__}")
     parser.add_argument(
         "--scope",
         action="append",

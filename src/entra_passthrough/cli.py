@@ -101,7 +101,19 @@ def parser_for(command: str) -> argparse.ArgumentParser:
     """The argument parser of ``entra-passthrough <command>`` (built with the core only)."""
     parser = argparse.ArgumentParser(prog=f"entra-passthrough {command}")
     _ARGUMENTS[command](parser)
+    _version_argument(parser)
     return parser
+
+
+def _version_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--version", action="version", version=f"entra-passthrough {_version()}")
+
+
+def _asks_version(rest: Sequence[str]) -> bool:
+    """``--version`` among a subcommand's options (before a ``--``): every subcommand answers
+    it the way the top level does, before anything optional is imported."""
+    options = rest[: rest.index("--")] if "--" in rest else rest
+    return "--version" in options and "-h" not in options and "--help" not in options
 
 
 def _version() -> str:
@@ -121,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Per-user Entra identity from agents to MCP servers and APIs.",
         epilog="Run 'entra-passthrough COMMAND --help' for a command's options.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    _version_argument(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, command in _COMMANDS.items():
         needs = f" (needs the '{command.extra}' extra)" if command.extra else ""
@@ -135,6 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     name, rest = args[0], args[1:]
     command = _COMMANDS[name]
+    if _asks_version(rest):
+        sys.stdout.write(f"entra-passthrough {_version()}\n")
+        return 0
     if name in _ARGUMENTS:
         # --help and usage errors before anything optional is imported.
         try:

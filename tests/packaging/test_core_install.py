@@ -112,6 +112,15 @@ def test_version(core_venv: Venv) -> None:
     assert init.strip() == meta.strip()
 
 
+@pytest.mark.parametrize("name", list(_COMMANDS))
+def test_every_subcommand_answers_version_without_extras(core_venv: Venv, name: str) -> None:
+    proc = run([core_venv.bin("entra-passthrough"), name, "--version"])
+    assert proc.returncode == 0, proc.stderr
+    top = check([core_venv.bin("entra-passthrough"), "--version"])
+    assert proc.stdout == top
+    assert proc.stderr == ""
+
+
 @pytest.mark.parametrize(
     ("argv", "extra"),
     [
