@@ -402,7 +402,7 @@ _WORD = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _MAX_UNDECODED = 160
 
 
-def _safe_word(value: object) -> str | None:
+def safe_word(value: object) -> str | None:
     """A short identifier from an error body (``error``, ids), or ``None`` if it is not one."""
     text = str(value or "")
     return text if _WORD.fullmatch(text) else None
@@ -419,17 +419,25 @@ def _undecoded_line(description: str) -> str:
     return line if len(line) <= _MAX_UNDECODED else line[: _MAX_UNDECODED - 3] + "..."
 
 
-def _first_code(body: Mapping[str, Any]) -> int | None:
+#: AADSTS codes have 4 to 7 digits (as ``_CODE_IN_TEXT`` reads them from a description).
+_CODE_RANGE = range(1000, 10_000_000)
+
+
+def first_code(body: Mapping[str, Any]) -> int | None:
+    """The first of ``error_codes`` when it can be an AADSTS code. The body is the endpoint's
+    text: a bool, a negative or a 400-digit number is no code (and never reaches a message)."""
     codes = body.get("error_codes")
-    if isinstance(codes, list) and codes and isinstance(codes[0], int):
-        return codes[0]
+    if isinstance(codes, list) and codes:
+        first = codes[0]
+        if type(first) is int and first in _CODE_RANGE:
+            return first
     return None
 
 
 def is_consent_required(body: Mapping[str, Any]) -> bool:
     """Whether ``error_from_entra(body)`` is a ``ConsentRequired`` (AADSTS65001 or suberror
     ``consent_required``): a source builds the consent link only then."""
-    return _first_code(body) == 65001 or body.get("suberror") == "consent_required"
+    return first_code(body) == 65001 or body.get("suberror") == "consent_required"
 
 
 def error_from_entra(
@@ -446,13 +454,13 @@ def error_from_entra(
     and ``error``/``correlation_id``/``trace_id`` are kept only when they are short
     identifiers.
     """
-    code = _first_code(body)
+    code = first_code(body)
     # Every field of the body is the endpoint's text (a proxy's, a gateway's): only short
     # identifiers are kept, and a description only as a redacted first line.
-    error = _safe_word(body.get("error"))
-    suberror = _safe_word(body.get("suberror"))
-    correlation_id = _safe_word(body.get("correlation_id"))
-    trace_id = _safe_word(body.get("trace_id"))
+    error = safe_word(body.get("error"))
+    suberror = safe_word(body.get("suberror"))
+    correlation_id = safe_word(body.get("correlation_id"))
+    trace_id = safe_word(body.get("trace_id"))
     raw_description = str(body.get("error_description") or "")
     if code is None:
         found = _CODE_IN_TEXT.match(raw_description)

@@ -129,3 +129,34 @@ async def test_revoke_answers_json_only_to_a_json_client(consent_env: ConsentEnv
     assert api.json() == {"status": "ok", "revoked": "False"}
     assert mixed.status_code == 303
     assert "/oauth2/v2.0/logout" in mixed.headers["location"]
+
+
+async def test_a_redeem_error_shows_no_text_of_the_endpoint(consent_env: ConsentEnv) -> None:
+    """The token endpoint's error body is its text (a gateway may echo the request form): the
+    broker's page names the error only when it is a short identifier, and a code only when it
+    can be an AADSTS code."""
+    env = consent_env
+    source, broker = env.make()
+    secret = "Qx8~s3cr3tVALUEthatIsLong1234"
+    hostile = {
+        "error": f"client_secret={secret}",
+        "error_description": f"echo client_secret={secret}",
+        "error_codes": [int("9" * 400)],
+    }
+    real = broker.client.redeem
+    broker.client.redeem = lambda flow, response: hostile  # type: ignore[method-assign]
+    try:
+        caller = platform_caller(f"redeem-{time.monotonic_ns()}", upn=env.idp.users["alice"].upn)
+        link = await consent_link(source, env, caller)
+        async with env.browser() as browser:
+            start = await browser.get(link, follow_redirects=False)
+            authorize = await browser.get(start.headers["location"], follow_redirects=False)
+            page = await submit_form_post(browser, authorize)
+    finally:
+        broker.client.redeem = real  # type: ignore[method-assign]
+    assert page.status_code == 400, page.text
+    text = _answer_text(page)
+    assert "redeem_failed" in text or "could not be redeemed" in text
+    assert secret not in text
+    assert "client_secret" not in text
+    assert "9" * 20 not in text

@@ -87,3 +87,30 @@ def test_a_known_code_keeps_its_decoded_meaning() -> None:
     )
     assert err.code is not None
     assert err.code.code == 50013
+
+
+@pytest.mark.parametrize(
+    ("codes", "text_code"),
+    [
+        ([int("9" * 400)], None),  # a 400-digit "code" went whole into the message
+        ([-50013], None),
+        ([True], None),  # a bool is an int to Python, not an AADSTS code
+        ([0], None),
+        ([int("9" * 400)], 50013),  # the code in the text is used instead
+    ],
+    ids=["huge", "negative", "bool", "zero", "huge-with-text-code"],
+)
+def test_error_codes_out_of_range_are_not_a_code(codes: list[int], text_code: int | None) -> None:
+    """``error_codes`` is the endpoint's text too: only a number an AADSTS code can be counts."""
+    description = f"AADSTS{text_code}: x" if text_code else "no code here"
+    err = error_from_entra(
+        {"error": "invalid_grant", "error_description": description, "error_codes": codes}
+    )
+    assert "9" * 20 not in str(err)
+    assert len(str(err)) < 1000
+    if text_code is None:
+        assert err.code is None
+        assert "AADSTS" not in str(err)
+    else:
+        assert err.code is not None
+        assert err.code.code == text_code

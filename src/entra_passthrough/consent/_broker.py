@@ -31,7 +31,7 @@ from starlette.routing import Route
 
 from .._consent_client import ConsentClient, IdTokenError, check_https_url
 from .._credential import AppCredential, app_credential
-from .._errors import ConfigurationError
+from .._errors import ConfigurationError, first_code, safe_word
 from .._grants import (
     GrantStore,
     LinkTicket,
@@ -344,9 +344,12 @@ class ConsentBroker:
                 "id_token_invalid", "The sign-in answer does not match this sign-in."
             ) from None
         if "error" in answer or "id_token" not in answer:
-            codes = answer.get("error_codes") or []
-            aadsts = f" (AADSTS{codes[0]})" if codes and isinstance(codes[0], int) else ""
-            error = str(answer.get("error") or "no id_token")[:64]
+            # The error body is the endpoint's text (a gateway may echo the request form,
+            # client_secret included): only a short identifier and an AADSTS code are shown.
+            code = first_code(answer)
+            aadsts = f" (AADSTS{code})" if code is not None else ""
+            error = "no id_token" if "error" not in answer else safe_word(answer["error"])
+            error = error or "an error the page does not show"
             raise BadRequest(
                 "redeem_failed",
                 f"The authorization code could not be redeemed: {error}{aadsts}.",
