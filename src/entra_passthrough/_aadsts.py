@@ -117,11 +117,36 @@ _TABLE: tuple[Aadsts, ...] = (
     ),
     Aadsts(
         700211,
-        "NoMatchingFederatedIdentityCredential",
-        "no federated identity credential on the app matches the client assertion's issuer, "
-        "subject and audience",
-        "add a federated credential whose issuer and subject are the managed identity's (or the "
-        "workload's) and whose audience is the cloud's api://AzureADTokenExchange",
+        "NoMatchingFederatedIdentityRecordIssuer",
+        "no federated identity credential of the app names the client assertion's issuer",
+        "add a federated credential to the app whose issuer is the assertion's (a managed "
+        "identity's: https://login.microsoftonline.com/<tenant id>/v2.0), with its subject and "
+        "the audience api://AzureADTokenExchange",
+    ),
+    Aadsts(
+        700212,
+        "NoMatchingFederatedIdentityRecordAudience",
+        "the app's federated credentials for the assertion's issuer and subject do not list the "
+        "assertion's audience",
+        "list api://AzureADTokenExchange (the cloud's token exchange audience) in the federated "
+        "credential's audiences, and request the managed identity token for that resource",
+    ),
+    Aadsts(
+        700213,
+        "NoMatchingFederatedIdentityRecordSubject",
+        "no federated identity credential of the app names the client assertion's subject: with "
+        "a managed identity, the token came from another identity than the one the credential "
+        "names (a system-assigned identity can never be one)",
+        "select the user-assigned managed identity the credential names (AZURE_CLIENT_ID = its "
+        "client id; the credential's subject is its object id), or add a credential for this "
+        "subject",
+    ),
+    Aadsts(
+        7002138,
+        "NoMatchingFederatedIdentityRecordSubjectCase",
+        "the assertion's subject matches a federated credential only when case is ignored; "
+        "Entra compares subjects case-sensitively",
+        "write the federated credential's subject exactly as the assertion spells it",
     ),
     Aadsts(
         700024,
@@ -295,7 +320,7 @@ _TABLE: tuple[Aadsts, ...] = (
         70021,
         "NoMatchingFederatedIdentityRecordFound",
         "no federated identity credential of the app matches the assertion's issuer, subject "
-        "and audience",
+        "and audience (the older, undivided form of AADSTS700211/700212/700213)",
         "add a federated credential to the app for exactly that issuer/subject; a managed "
         "identity must be user-assigned (select it with AZURE_CLIENT_ID), its object id is the "
         "subject, audience api://AzureADTokenExchange",
@@ -335,6 +360,20 @@ _TABLE: tuple[Aadsts, ...] = (
         "InvalidClientAssertionIssuer",
         "the client assertion's iss/sub is not the client id of the request",
         "sign the assertion with iss = sub = the app's client id",
+    ),
+    Aadsts(
+        700023,
+        "InvalidClientAssertionIssuerOrSubject",
+        "the certificate assertion's iss or sub is not the app's client id",
+        "sign the assertion with iss = sub = the app's client id (MSAL does, from the "
+        "client_id it was given)",
+    ),
+    Aadsts(
+        7000274,
+        "InvalidClientAssertionSignature",
+        "the client assertion's signature does not verify with the certificate it names",
+        "sign with the private key of the certificate whose thumbprint the assertion names; "
+        "check that the PEM/PFX key and certificate belong together",
     ),
     Aadsts(
         7000216,

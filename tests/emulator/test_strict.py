@@ -27,7 +27,10 @@ from entra_passthrough import (
     EntraError,
     ManagedIdentity,
     OnBehalfOf,
+    SourceUnavailable,
+    TokenChain,
     TokenRequest,
+    bind_caller,
 )
 from entra_passthrough.testing import EntraEmulator
 
@@ -178,6 +181,98 @@ def test_msal_azure_identity_and_the_library_on_each_host(idp: EntraEmulator, ho
         selected.close()
 
 
+def _on_host(idp: EntraEmulator, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    if name == "azure_arc" and not _arc_writable():
+        pytest.skip("Azure Arc's challenge folder /var/opt/azcmagent/tokens is not writable here")
+    for variable in EntraEmulator.MI_HOST_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    for variable, value in idp.mi_env(name).items():
+        monkeypatch.setenv(variable, value)
+
+
+@pytest.mark.parametrize(
+    ("host_name", "selector"),
+    [
+        ("service_fabric", "client_id"),
+        ("service_fabric", "object_id"),
+        ("cloud_shell", "client_id"),
+        ("cloud_shell", "resource_id"),
+        ("app_service_2017", "object_id"),
+        ("app_service_2017", "resource_id"),
+    ],
+)
+def test_a_selector_the_host_cannot_carry_is_refused_before_any_request(
+    idp: EntraEmulator, monkeypatch: pytest.MonkeyPatch, host_name: str, selector: str
+) -> None:
+    # Service Fabric and Machine Learning's 2017-09-01 API drop these selectors on the way (MSAL
+    # sends no selector to Service Fabric and only `clientid` to 2017-09-01): the host answers
+    # with its system-assigned identity. The library refuses instead, before any request, and
+    # a managed identity used as an app's federated credential is refused at construction.
+    _on_host(idp, monkeypatch, host_name)
+    mi = idp.managed_identity
+    value = {"client_id": mi.client_id, "object_id": mi.object_id, "resource_id": mi.resource_id}
+    before = idp.stats()["endpoints"].get("msi", 0)
+    if host_name != "cloud_shell":
+        # Why: unmodified MSAL gets a token for the *system-assigned* identity here.
+        ident = msal.UserAssignedManagedIdentity(**{selector: value[selector]})
+        with requests.Session() as session:
+            answer = msal.ManagedIdentityClient(
+                ident, http_client=session
+            ).acquire_token_for_client(resource=idp.mcp.app_id_uri or "")
+        assert _claims(answer["access_token"])["azp"] == idp.system_identity.client_id
+        before = idp.stats()["endpoints"].get("msi", 0)
+    with pytest.raises(ConfigurationError) as info:
+        ManagedIdentity(**{selector: value[selector]})
+    assert selector in str(info.value)
+    assert "another identity" in str(info.value) or "system-assigned" in str(info.value)
+    with pytest.raises(ConfigurationError):
+        OnBehalfOf(
+            client_id=idp.agent.client_id,
+            tenant_id=idp.tenant_id,
+            managed_identity=ManagedIdentity(**{selector: value[selector]}),
+            authority_host=idp.url,
+        )
+    assert idp.stats()["endpoints"].get("msi", 0) == before
+
+
+@pytest.mark.parametrize("host_name", ["azure_arc"])
+def test_arc_serves_its_system_assigned_identity_only(
+    idp: EntraEmulator, monkeypatch: pytest.MonkeyPatch, host_name: str
+) -> None:
+    # The documented Arc agent ignores a selector and names no identity in its answer: MSAL and
+    # azure-identity refuse the token for a user-assigned request, and so does the library,
+    # with MSAL's reason and the fix (not "failed unexpectedly"), also as OBO's credential.
+    _on_host(idp, monkeypatch, host_name)
+    user_assigned = idp.managed_identity.client_id
+    with requests.Session() as session, pytest.raises(ValueError, match="did not confirm"):
+        msal.ManagedIdentityClient(
+            msal.UserAssignedManagedIdentity(client_id=user_assigned), http_client=session
+        ).acquire_token_for_client(resource=idp.mcp.app_id_uri or "")
+    with pytest.raises(ClientAuthenticationError):
+        ManagedIdentityCredential(client_id=user_assigned).get_token(
+            f"{idp.mcp.app_id_uri}/.default"
+        )
+    source = ManagedIdentity(client_id=user_assigned)
+    with pytest.raises(SourceUnavailable) as info:
+        source.get_token(TokenRequest((f"{idp.mcp.app_id_uri}/.default",)))
+    source.close()
+    assert "did not confirm" in str(info.value)
+    assert "AZURE_CLIENT_ID" in str(info.value)
+    obo = OnBehalfOf(
+        client_id=idp.agent.client_id,
+        tenant_id=idp.tenant_id,
+        managed_identity=ManagedIdentity(client_id=user_assigned),
+        authority_host=idp.url,
+        http_client=idp.msal_http_client(),
+    )
+    chain = TokenChain([obo])
+    alice = idp.user_token("alice", audience=idp.agent.client_id)
+    with bind_caller(token=alice), pytest.raises(SourceUnavailable) as chained:
+        chain.get_token([f"{idp.mcp.app_id_uri}/.default"])
+    chain.close()
+    assert "did not confirm" in str(chained.value)
+
+
 def test_managed_identity_selectors_are_exclusive_and_must_exist(idp: EntraEmulator) -> None:
     env = idp.mi_env("app_service")
     params = {"api-version": "2019-08-01", "resource": idp.mcp.app_id_uri or ""}
@@ -249,25 +344,126 @@ def test_system_assigned_identity_is_no_federated_credential(
     answer = app.acquire_token_for_client([f"{idp.mcp.app_id_uri}/.default"])
     assert "access_token" not in answer
     assert answer.get("error") == "invalid_client"
-    assert json.dumps(answer.get("error_codes"))  # an AADSTS code, as Entra sends
+    # Its issuer is the tenant's, as the credential's; its subject (the system-assigned
+    # identity's object id) is named by no credential: Entra's AADSTS700213.
+    assert answer.get("error_codes") == [700213], answer
+    assert idp.system_identity.object_id in answer["error_description"]
+    assert json.dumps(answer.get("error_codes"))
+
+
+def test_federated_credential_mismatch_names_the_field(
+    idp: EntraEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The user-assigned identity the agent trusts, but its token for another audience than
+    # api://AzureADTokenExchange: AADSTS700212 (audience); no credential of the app trusts
+    # that issuer at all (legacy_api has none): AADSTS700211.
+    for variable in EntraEmulator.MI_HOST_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    for variable, value in idp.mi_env("imds").items():
+        monkeypatch.setenv(variable, value)
+    with requests.Session() as session:
+        wrong_audience = msal.ManagedIdentityClient(
+            msal.UserAssignedManagedIdentity(client_id=idp.managed_identity.client_id),
+            http_client=session,
+        ).acquire_token_for_client(resource=idp.mcp.app_id_uri or "")["access_token"]
+        exchange = msal.ManagedIdentityClient(
+            msal.UserAssignedManagedIdentity(client_id=idp.managed_identity.client_id),
+            http_client=session,
+        ).acquire_token_for_client(resource="api://AzureADTokenExchange")["access_token"]
+
+    def answer(client_id: str, assertion: str) -> dict:
+        return msal.ConfidentialClientApplication(
+            client_id,
+            client_credential={"client_assertion": lambda: assertion},
+            authority=f"{idp.url}/{idp.tenant_id}",
+            http_client=idp.msal_http_client(),
+            instance_discovery=False,
+        ).acquire_token_for_client([f"{idp.mcp.app_id_uri}/.default"])
+
+    assert answer(idp.agent.client_id, wrong_audience).get("error_codes") == [700212]
+    assert answer(idp.legacy_api.client_id, exchange).get("error_codes") == [700211]
+    assert "access_token" in answer(idp.agent.client_id, exchange)
+
+
+def test_federated_credential_subject_is_case_sensitive() -> None:
+    # reference-breaking-changes: federated credentials match case-sensitively; a subject that
+    # matches only ignoring case is AADSTS7002138.
+    from dataclasses import replace
+
+    from entra_passthrough.testing import World
+
+    world = World.default()
+    agent = world.app("agent")
+    mi = world.identity("agent-mi")
+    assert agent is not None
+    assert mi is not None
+    upper = replace(agent.federated_credentials[0], subject=mi.object_id.upper())
+    world = world.with_app(replace(agent, federated_credentials=(upper,)))
+    with EntraEmulator(world=world) as idp:
+        assertion = idp.app_token(
+            client_id=idp.managed_identity.client_id, audience="api://AzureADTokenExchange"
+        )
+        answer = msal.ConfidentialClientApplication(
+            idp.agent.client_id,
+            client_credential={"client_assertion": lambda: assertion},
+            authority=f"{idp.url}/{idp.tenant_id}",
+            http_client=idp.msal_http_client(),
+            instance_discovery=False,
+        ).acquire_token_for_client([f"{idp.mcp.app_id_uri}/.default"])
+    assert answer.get("error_codes") == [7002138], answer
+
+
+def _emulator_codes() -> set[int]:
+    """Every AADSTS code the emulator's source can answer with: each integer of 5 to 8 digits
+    passed to a callable of its ``_errors`` module (``StsError(code, ...)``,
+    ``e.bad_client_assertion(text, code)``, ``e.invalid_grant(code, ...)``, ...) and each
+    ``AADSTS<code>`` in a string, in every module of ``entra_passthrough.testing``."""
+    import ast
+    import re
+
+    import entra_passthrough.testing as testing
+    from entra_passthrough.testing import _errors
+
+    folder = Path(testing.__file__).parent
+    helpers = {name for name, value in vars(_errors).items() if callable(value)}
+    codes: set[int] = set()
+    for path in folder.glob("*.py"):
+        text = path.read_text()
+        codes |= {int(c) for c in re.findall(r"AADSTS(\d{5,8})", text)}
+        for node in ast.walk(ast.parse(text)):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if name not in helpers:
+                continue
+            values = [*node.args, *(k.value for k in node.keywords)]
+            for value in values:
+                for inner in ast.walk(value):
+                    if (
+                        isinstance(inner, ast.Constant)
+                        and type(inner.value) is int
+                        and 10_000 <= inner.value < 100_000_000
+                    ):
+                        codes.add(inner.value)
+    return codes
 
 
 def test_every_code_the_emulator_returns_is_decoded() -> None:
     # The library explains (with a fix) every AADSTS code the emulator can answer with.
-    import re
-
-    import entra_passthrough.testing as testing
     from entra_passthrough._aadsts import AADSTS
 
-    folder = Path(testing.__file__).parent
-    source = "\n".join(p.read_text() for p in folder.glob("*.py"))
-    codes = {int(c) for c in re.findall(r"StsError\(\s*(\d{5,7})", source)}
-    codes |= {int(c) for c in re.findall(r"AADSTS(\d{5,7})", source)}
-    assert codes, "the emulator's codes were not found"
+    codes = _emulator_codes()
+    # The enumeration finds codes passed as a helper's argument, not only StsError's first one.
+    assert {700023, 7000274, 700024, 50027, 700213, 700212, 7002138} <= codes
     missing = sorted(codes - set(AADSTS))
     assert not missing, (
         f"AADSTS codes the emulator returns but _aadsts.py does not decode: {missing}"
     )
+    for code in sorted(codes):
+        entry = AADSTS[code]
+        assert entry.meaning, code
+        assert entry.fix, code
     for code in (
         500131,
         90009,

@@ -8,9 +8,9 @@ from typing import Any
 
 from .._errors import (
     EntraError,
+    EntraPassthroughError,
     SourceUnavailable,
     Throttled,
-    TokenAcquisitionError,
     error_from_entra,
 )
 from .._http import TransportFailure
@@ -47,10 +47,12 @@ def result_from_msal(
 
 def unreachable(
     exc: BaseException, *, what: str, source: str, scopes: tuple[str, ...]
-) -> TokenAcquisitionError:
+) -> EntraPassthroughError:
     """A typed error for a transport failure; never includes the exception text (URLs with
-    query strings, response bodies)."""
-    if isinstance(exc, TokenAcquisitionError):
+    query strings, response bodies). The library's own errors pass unchanged: a
+    ``ConfigurationError`` raised while MSAL builds a client assertion (a managed identity that
+    cannot be selected on this host) keeps its message and fix."""
+    if isinstance(exc, EntraPassthroughError):
         return exc
     if isinstance(exc, TransportFailure):
         if exc.kind == "throttled":

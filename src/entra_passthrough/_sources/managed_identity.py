@@ -41,6 +41,7 @@ from .._http import (
     size_pool,
 )
 from .._msal import NullTokenCache, WorkerPool
+from .._redact import redact
 from .._types import IdentityKind, TokenRequest, TokenResult
 from ._base import result_from_msal, unreachable
 
@@ -55,6 +56,56 @@ _MARGIN = 300.0
 
 #: The host names ``detect_host`` returns (what ``repr`` and errors show).
 HOSTS = ("service_fabric", "app_service", "machine_learning", "azure_arc", "cloud_shell", "imds")
+
+
+#: Which user-assigned selectors each host's protocol carries. A selector a host does not carry
+#: is dropped on the way (MSAL sends Machine Learning's 2017-09-01 API only ``clientid``, and
+#: Service Fabric nothing), and the host answers with *another* identity (its system-assigned
+#: one); azure-identity refuses selectors on Service Fabric and Cloud Shell for that reason
+#: (azure/identity/_credentials/service_fabric.py, cloud_shell.py). The library refuses them
+#: all before any request. Azure Arc carries all three; MSAL refuses a token whose identity the
+#: Arc agent did not confirm (an agent that serves only the machine's system-assigned identity).
+SELECTORS_BY_HOST: dict[str, tuple[str, ...]] = {
+    "app_service": ("client_id", "object_id", "resource_id"),
+    "imds": ("client_id", "object_id", "resource_id"),
+    "azure_arc": ("client_id", "object_id", "resource_id"),
+    "machine_learning": ("client_id",),
+    "service_fabric": (),
+    "cloud_shell": (),
+}
+
+_HOST_NAMES = {
+    "app_service": "App Service / Functions / Container Apps",
+    "imds": "IMDS (VMs, scale sets, AKS nodes)",
+    "azure_arc": "Azure Arc",
+    "machine_learning": "Azure Machine Learning (MSI_ENDPOINT + MSI_SECRET)",
+    "service_fabric": "Service Fabric",
+    "cloud_shell": "Cloud Shell",
+}
+
+
+def _unsupported_selector(host: str, kind: str) -> tuple[str, str]:
+    """(message, fix) for a selector the host cannot carry."""
+    carried = SELECTORS_BY_HOST[host]
+    if not carried:
+        why = (
+            "the application's identity is configured in the cluster, not selected per request"
+            if host == "service_fabric"
+            else "it has only the signed-in user's identity"
+        )
+        return (
+            f"ManagedIdentity got {kind}, but {_HOST_NAMES[host]} cannot select a user-assigned "
+            f"identity ({why}): the request would be answered with another identity.",
+            "unset AZURE_CLIENT_ID and pass no client_id/object_id/resource_id on this host; "
+            "where a federated credential needs a user-assigned identity, use a host that "
+            "selects one (App Service, Container Apps, a VM, AKS) or a certificate.",
+        )
+    return (
+        f"ManagedIdentity got {kind}, but {_HOST_NAMES[host]} selects a user-assigned identity "
+        f"only by {' or '.join(carried)}: the {kind} would be dropped and the request answered "
+        "with the host's system-assigned identity.",
+        f"select the identity by {' or '.join(carried)} (AZURE_CLIENT_ID for from_env()).",
+    )
 
 
 def scope_to_resource(scopes: tuple[str, ...]) -> str:
@@ -78,6 +129,26 @@ def detect_host(environ: Mapping[str, str] | None = None) -> str:
     if "IDENTITY_ENDPOINT" in env and "IMDS_ENDPOINT" in env:
         return "azure_arc"
     return "imds"
+
+
+def _msal_refused(
+    exc: ValueError, *, host: str, user_assigned: bool, source: str, scopes: tuple[str, ...]
+) -> SourceUnavailable:
+    text = redact(" ".join(str(exc).split()))[:300]
+    if host == "azure_arc" and user_assigned:
+        fix = (
+            "this Azure Arc agent serves only the machine's system-assigned identity: unset "
+            "AZURE_CLIENT_ID (pass no selector), or update the Connected Machine agent to a "
+            "version that serves user-assigned identities."
+        )
+    else:
+        fix = f"check the variables {_HOST_NAMES[host]} sets (docs/sources-and-policy.md)."
+    return SourceUnavailable(
+        f"MSAL refused the managed identity request on {_HOST_NAMES[host]}: {text}",
+        source=source,
+        scopes=scopes,
+        fix=fix,
+    )
 
 
 class _NoHttpCache(dict[str, Any]):
@@ -165,6 +236,7 @@ class ManagedIdentity:
         self._tokens: dict[str, TokenResult] = {}
         self._msal_client: Any = None
         self._cloud_shell: Any = None
+        self.check_host()
 
     @property
     def selector(self) -> tuple[str, str] | None:
@@ -184,6 +256,21 @@ class ManagedIdentity:
         """The host this identity's requests go to (``app_service`` when an endpoint is given)."""
         return "app_service" if self.endpoint is not None else detect_host()
 
+    def check_host(self, scopes: tuple[str, ...] | None = None) -> None:
+        """Refuse a selector the host the environment describes cannot carry (see
+        ``SELECTORS_BY_HOST``), so that a selector is never dropped and another identity
+        answered: ``ConfigurationError`` at construction, ``SourceUnavailable`` before a
+        request (``scopes`` given) if the environment changed since."""
+        selector = self.selector
+        if selector is None:
+            return
+        host = self.host
+        if selector[0] not in SELECTORS_BY_HOST[host]:
+            message, fix = _unsupported_selector(host, selector[0])
+            if scopes is None:
+                raise ConfigurationError(message, fix=fix)
+            raise SourceUnavailable(message, source=self.name, scopes=scopes, fix=fix)
+
     def require_user_assigned(self, owner: str) -> None:
         """Raise ``ConfigurationError`` (before any request) unless a user-assigned identity is
         selected: only user-assigned identities can be federated credentials of an app."""
@@ -193,7 +280,7 @@ class ManagedIdentity:
             f"{owner} uses a managed identity as its federated credential, but no user-assigned "
             "identity is selected: with no selector the host answers with its system-assigned "
             "identity, which cannot be a federated credential of an app registration (Entra "
-            "answers AADSTS70021).",
+            "answers AADSTS700213: no federated credential names its subject).",
             fix="set AZURE_CLIENT_ID to the client id of the user-assigned managed identity "
             "configured as the app's federated credential (or pass "
             "ManagedIdentity(client_id=...)); scripts/tenant-setup.sh creates both.",
@@ -253,12 +340,32 @@ class ManagedIdentity:
 
     def _fetch(self, scopes: tuple[str, ...]) -> TokenResult:
         resource = scope_to_resource(scopes)
+        self.check_host(scopes)  # the environment may have changed since construction
         host = self.host
         try:
             with deadline(self.timeouts.deadline):
                 response = self._request(host, resource)
         except ConfigurationError:
             raise
+        except ValueError as exc:
+            # msal.ManagedIdentityError (a ValueError): MSAL refused what the host answered or
+            # what it was asked (Azure Arc not confirming a user-assigned identity, a Service
+            # Fabric endpoint that is not HTTPS, a malformed thumbprint). Its text is MSAL's own,
+            # about the configuration, never a token.
+            if type(exc).__module__.startswith("msal"):
+                raise _msal_refused(
+                    exc,
+                    host=host,
+                    user_assigned=self.user_assigned,
+                    source=self.name,
+                    scopes=scopes,
+                ) from None
+            raise unreachable(
+                exc,
+                what=f"managed identity token request ({host})",
+                source=self.name,
+                scopes=scopes,
+            ) from None
         except Exception as exc:
             raise unreachable(
                 exc,

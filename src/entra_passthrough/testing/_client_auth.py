@@ -7,7 +7,8 @@ Rules:
   app, signature RS256/PS256, ``aud`` the token endpoint, ``iss`` = ``sub`` = client id, ``exp``
   in the future (https://learn.microsoft.com/entra/identity-platform/certificate-credentials).
 - Federated assertions: a token whose issuer, subject and audience match a federated identity
-  credential of the app, else AADSTS700211 (https://learn.microsoft.com/entra/workload-id/
+  credential of the app, else AADSTS700211 (issuer), 700213 (subject; 7002138 when only the case
+  differs) or 700212 (audience) (https://learn.microsoft.com/entra/workload-id/
   workload-identity-federation-config-app-trust-managed-identity). A managed identity's token for
   api://AzureADTokenExchange carries the MI's object id as ``sub`` and the v2 issuer.
 - Entra Agent ID: an agent identity authenticates with T1, the token its blueprint obtained with
@@ -131,14 +132,32 @@ def _check_assertion(
         ):
             return "2"
         raise e.no_matching_fic(iss, sub, aud_s)
-    for fic in app.federated_credentials:
-        fic_issuer = fic.issuer or rt.issuer(app.tenant_id, 2)
+    return _match_federated_credential(rt, app, iss, sub, aud_s)
+
+
+def _match_federated_credential(rt: Runtime, app: App, iss: str, sub: str, aud: str) -> str:
+    """ "2" when a federated credential of ``app`` names the assertion's issuer, subject and
+    audience (exact, case-sensitive), else Entra's error for the first field that matches none
+    (``e.no_matching_fic``). A system-assigned managed identity's token has the right issuer but
+    a subject (its object id) no credential names: AADSTS700213."""
+    by_issuer = [
+        fic
+        for fic in app.federated_credentials
+        if (fic.issuer or rt.issuer(app.tenant_id, 2)) == iss
+    ]
+    if not by_issuer:
+        raise e.no_matching_fic(iss, sub, aud, field="issuer")
+    by_subject = [fic for fic in by_issuer if fic.subject == sub]
+    if not by_subject:
+        case_only = any(fic.subject.lower() == sub.lower() for fic in by_issuer)
+        raise e.no_matching_fic(iss, sub, aud, field="subject", case_only=case_only)
+    for fic in by_subject:
         audiences = set(fic.audiences)
         if TOKEN_EXCHANGE_AUDIENCE in audiences:
             audiences.add(TOKEN_EXCHANGE_APP_ID)
-        if iss == fic_issuer and sub == fic.subject and aud_s in audiences:
+        if aud in audiences:
             return "2"
-    raise e.no_matching_fic(iss, sub, aud_s)
+    raise e.no_matching_fic(iss, sub, aud, field="audience")
 
 
 def _check_certificate(

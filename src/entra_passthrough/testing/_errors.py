@@ -132,16 +132,41 @@ def bad_client_assertion(text: str, code: int = 700027) -> StsError:
     return StsError(code, "invalid_client", text, status=401)
 
 
-def no_matching_fic(issuer: str, subject: str, audience: str) -> StsError:
-    # AADSTS700211/700212/700213: no federated identity credential matches
-    # https://learn.microsoft.com/entra/workload-id/workload-identity-federation-considerations
+def no_matching_fic(
+    issuer: str, subject: str, audience: str, *, field: str = "issuer", case_only: bool = False
+) -> StsError:
+    """No federated identity credential of the app matches the assertion. Entra names the first
+    field that matches no credential, in this order: the issuer (AADSTS700211), then the subject
+    among the credentials of that issuer (AADSTS700213; AADSTS7002138 when it matches only
+    ignoring case, since matching became case-sensitive), then the audience (AADSTS700212).
+    Texts as Entra sends them (quoted in Azure/login#482 and #515, Azure/azure-workload-identity
+    troubleshooting); https://learn.microsoft.com/entra/workload-id/workload-identity-federation
+    and https://learn.microsoft.com/entra/identity-platform/reference-breaking-changes
+    (case-sensitive matching)."""
+    check = (
+        "Please check your federated identity credential Subject, Audience and Issuer against "
+        "the presented assertion. https://learn.microsoft.com/entra/workload-id/"
+        "workload-identity-federation"
+    )
+    if field == "subject" and case_only:
+        return StsError(
+            7002138,
+            "invalid_client",
+            f"No matching federated identity record found for presented assertion subject "
+            f"'{subject[:200]}'. The subject matches with case-insensitive comparison, but not "
+            f"with case-sensitive comparison. {check}",
+            status=401,
+        )
+    code, value = {
+        "issuer": (700211, issuer),
+        "subject": (700213, subject),
+        "audience": (700212, audience),
+    }[field]
     return StsError(
-        700211,
+        code,
         "invalid_client",
-        f"No matching federated identity record found for presented assertion issuer "
-        f"'{issuer[:200]}'. Please check your federated identity credential Subject, Audience and "
-        f"Issuer against the presented assertion (subject '{subject[:80]}', audience "
-        f"'{audience[:120]}').",
+        f"No matching federated identity record found for presented assertion {field} "
+        f"'{value[:200]}'. {check}",
         status=401,
     )
 

@@ -19,7 +19,9 @@ unmodified:
   ``WWW-Authenticate: Basic realm=<path of a .key file>``; the client reads the file and retries
   with ``Authorization: Basic <content>``. The file lives where the Arc agent puts it
   (``/var/opt/azcmagent/tokens`` on Linux), so this host works only where that folder is
-  writable. https://learn.microsoft.com/azure/azure-arc/servers/managed-identity-authentication
+  writable. It serves the machine's system-assigned identity only (a selector is ignored and
+  the answer names no identity, so MSAL refuses it for a user-assigned request).
+  https://learn.microsoft.com/azure/azure-arc/servers/managed-identity-authentication
 * ``cloud_shell`` - ``MSI_ENDPOINT`` alone: ``POST`` form ``resource=R`` with ``Metadata: true``.
 
 Selection, as Entra's hosts do it: no selector means the host's **system-assigned** identity
@@ -212,14 +214,23 @@ async def imds_token(rt: Runtime, request: Request) -> Response:
         "msi_res_id": q.get("msi_res_id") or q.get("mi_res_id") or "",
     }
     try:
-        mi = select_identity(rt, selectors, host="azure_arc" if arc else "imds")
+        # Azure Arc: "every Azure Arc-enabled server has a system-assigned managed identity"
+        # (https://learn.microsoft.com/azure/azure-arc/servers/security-identity-authorization),
+        # and the documented agent serves that one only: it ignores a selector and does not say
+        # which identity answered, so MSAL refuses the token when a user-assigned identity was
+        # asked (msal/managed_identity.py, _raise_if_arc_did_not_honor_user_assigned_identity).
+        mi = select_identity(rt, {} if arc else selectors, host="azure_arc" if arc else "imds")
     except _NoIdentity as exc:
         return _imds_fail(400, "invalid_request", f"Identity not found. {exc}")
     minted = _mint(rt, mi, resource)
     if minted is None:
         return _imds_fail(400, "invalid_resource", _not_found(resource))
     token, lifetime = minted
-    return JSONResponse(_imds_body(mi, token, lifetime, resource))
+    body = _imds_body(mi, token, lifetime, resource)
+    if arc:
+        # The Arc answer of managed-identity-authentication names no identity.
+        del body["client_id"]
+    return JSONResponse(body)
 
 
 def _arc_challenge(rt: Runtime, request: Request) -> Response | None:
