@@ -183,7 +183,34 @@ TOKEN_FAULTS: list[tuple[str, dict[str, Any]]] = [
     ("slow (answer within read)", {"status": None, "delay": 0.3}),
     ("connection reset", {"drop": True}),
     ("truncated body (not JSON)", {"truncate": 9}),
+    # Not the emulator's: a proxy or captive portal in the path answers the token POST itself.
+    ("non-JSON body (a proxy's HTML page)", {"proxy_page": True}),
 ]
+
+#: What a captive portal or a misconfigured proxy answers instead of the token endpoint (a 200).
+PROXY_PAGE = b"<html><body><h1>Sign in to the network</h1><p>Access denied.</p></body></html>"
+
+
+def _proxy_page_client(http: Any) -> Any:
+    """Wrap ``http`` (MSAL's ``http_client``) so that every token POST is answered by a proxy's
+    HTML page with status 200 (it never reaches the emulator); discovery still goes through."""
+    import requests
+
+    send = http.post
+
+    def post(url: str, *args: Any, **kwargs: Any) -> Any:
+        if "/oauth2/" not in url:
+            return send(url, *args, **kwargs)
+        page = requests.Response()
+        page.status_code = 200
+        page._content = PROXY_PAGE
+        page.headers["Content-Type"] = "text/html"
+        page.encoding = "utf-8"
+        page.url = url
+        return page
+
+    http.post = post
+    return http
 
 
 async def token_endpoint(idp: EntraEmulator, calls: int) -> list[Row]:
@@ -213,7 +240,10 @@ async def token_endpoint(idp: EntraEmulator, calls: int) -> list[Row]:
                 await chain.get_token_async(scopes)  # discovery, before the fault
             idp.clear_faults()
             spec = {"count": 1_000_000, **spec}
-            idp.inject_fault("token", **spec)
+            if spec.pop("proxy_page", False):
+                _proxy_page_client(http)
+            else:
+                idp.inject_fault("token", **spec)
 
             async def one(
                 i: int, chain: TokenChain = chain, tokens: list[str] = tokens
@@ -317,13 +347,16 @@ async def managed_identity(idp: EntraEmulator, calls: int) -> list[Row]:
 async def developer_cli(idp: EntraEmulator, calls: int) -> list[Row]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-faults-") as tmp:
-        hang = Path(tmp) / "az"
-        hang.write_text("#!/bin/sh\nsleep 30\n")
-        hang.chmod(hang.stat().st_mode | stat.S_IXUSR)
+        hangs = {}
+        for name in ("az", "azd"):
+            hang = hangs[name] = Path(tmp) / name
+            hang.write_text("#!/bin/sh\nsleep 30\n")
+            hang.chmod(hang.stat().st_mode | stat.S_IXUSR)
         for label, tool, executable in (
             ("az missing", "az", str(Path(tmp) / "missing" / "az")),
             ("azd missing", "azd", str(Path(tmp) / "missing" / "azd")),
-            ("az hangs", "az", str(hang)),
+            ("az hangs", "az", str(hangs["az"])),
+            ("azd hangs", "azd", str(hangs["azd"])),
         ):
             try:
                 cli = AzureCli(tool=tool, executable=executable, timeout=1.0)

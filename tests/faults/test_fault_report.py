@@ -39,3 +39,25 @@ def test_fault_suite_quick(tmp_path: Path) -> None:
     assert rows["503 once (transient)"]["outcomes"] == {"ok": results["calls"]}
     assert rows["slow (answer within read)"]["outcomes"] == {"ok": results["calls"]}
     assert "| token endpoint | 503, every request |" in (tmp_path / "faults.md").read_text()
+    # every fault the suite promises has its row, each ending in a typed failure
+    for fault in (
+        "500, every request",
+        "502, every request",
+        "504, every request",
+        "timeout (no answer within read)",
+        "connection reset",
+        "truncated body (not JSON)",
+        "non-JSON body (a proxy's HTML page)",
+        "MI endpoint 503",
+        "MI endpoint reset",
+        "MI endpoint hangs",
+        "az missing",
+        "azd missing",
+        "az hangs",
+        "azd hangs",
+    ):
+        assert set(rows[fault]["outcomes"]) == {"SourceUnavailable"}, (fault, rows[fault])
+    for fault in ("JWKS 503", "JWKS connection reset"):
+        assert set(rows[fault]["outcomes"]) == {"SigningKeysUnavailable"}, rows[fault]
+    # the proxy's page is answered in the path: the emulator's token endpoint sees nothing
+    assert "token" not in rows["non-JSON body (a proxy's HTML page)"]["requests"]
