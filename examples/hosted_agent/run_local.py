@@ -114,6 +114,7 @@ def main() -> int:
                 "AZURE_CLIENT_ID": idp.managed_identity.client_id,
                 **idp.mi_env(),  # IDENTITY_ENDPOINT, IDENTITY_HEADER: set by the platform
                 "ENTRA_PASSTHROUGH_CONSENT_CLIENT_ID": idp.agent.client_id,
+                "ENTRA_PASSTHROUGH_CONSENT_CLIENT_CREDENTIAL": "managed_identity",
                 "ENTRA_PASSTHROUGH_CONSENT_KEYS": _keys(),
                 "ENTRA_PASSTHROUGH_CONSENT_BROKER_URL": broker_url,
                 "HOST_TELEMETRY": "off",
@@ -121,7 +122,12 @@ def main() -> int:
                 "AZURE_AUTHORITY_HOST": idp.url,
                 "ENTRA_PASSTHROUGH_CA_FILE": idp.ca_file,
             }
-            for name in ("ENTRA_PASSTHROUGH_CLIENT_SECRET", "ENTRA_PASSTHROUGH_REDIS_URL"):
+            for name in (
+                "ENTRA_PASSTHROUGH_CLIENT_SECRET",
+                "ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET",
+                "ENTRA_PASSTHROUGH_CONSENT_CLIENT_CERTIFICATE_PATH",
+                "ENTRA_PASSTHROUGH_REDIS_URL",
+            ):
                 env.pop(name, None)
             # One process: the agent and the broker share an in-memory store (several
             # processes share Redis: ENTRA_PASSTHROUGH_REDIS_URL).

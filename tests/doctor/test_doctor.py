@@ -402,3 +402,34 @@ def test_cli_unreadable_user_token_file_is_a_check(idp: EntraEmulator, tmp_path:
     assert (first["name"], first["status"]) == ("user token file", "fail")
     assert first["fix"]
     assert done.stderr == ""
+
+
+def test_secretless_consent_app(idp: EntraEmulator) -> None:
+    # The hosted agent's configuration (examples/hosted_agent/azure.yaml): the consent app's
+    # client credential is the same user-assigned managed identity, read by from_env().
+    import base64
+
+    key = base64.urlsafe_b64encode(bytes(range(32))).decode().rstrip("=")
+    env = {
+        **secretless(idp),
+        "ENTRA_PASSTHROUGH_CONSENT_CLIENT_ID": idp.agent.client_id,
+        "ENTRA_PASSTHROUGH_CONSENT_CLIENT_CREDENTIAL": "managed_identity",
+        "ENTRA_PASSTHROUGH_CONSENT_KEYS": f"k1:{key}",
+        "ENTRA_PASSTHROUGH_CONSENT_BROKER_URL": "https://agent.contoso.com/consent",
+    }
+    checks = by_name(run(env))
+    assert checks["consent app"].status == "pass", table(list(checks.values()))
+    # Chosen without the variable too, as OnBehalfOf chooses: the host has an endpoint.
+    implicit = {k: v for k, v in env.items() if k != "ENTRA_PASSTHROUGH_CONSENT_CLIENT_CREDENTIAL"}
+    assert by_name(run(implicit))["consent app"].status == "pass"
+    # A system-assigned identity cannot be a federated credential: refused before any request.
+    system = {
+        k: v
+        for k, v in env.items()
+        if k not in ("AZURE_CLIENT_ID", "ENTRA_PASSTHROUGH_CLIENT_CREDENTIAL")
+    }
+    system["ENTRA_PASSTHROUGH_CLIENT_SECRET"] = idp.agent.secret or ""  # the OBO app's
+    check = by_name(run(system))["consent app"]
+    assert check.status == "fail"
+    assert "AZURE_CLIENT_ID" in check.fix
+    assert_clean([check], env["IDENTITY_HEADER"], key)

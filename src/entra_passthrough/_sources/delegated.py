@@ -174,9 +174,17 @@ class DelegatedConsent:
         store: TokenStore | None = None,
         http_client: Any = None,
         name: str = "delegated",
+        server_label: str | None = None,
     ) -> DelegatedConsent:
         """Build from the environment (docs/consent.md lists the variables). The default
-        store is a ``MemoryStore``: pass a shared one when the broker runs elsewhere."""
+        store is a ``MemoryStore``: pass a shared one when the broker runs elsewhere.
+
+        The consent app's client credential: ``ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET``, or
+        ``..._CLIENT_CERTIFICATE_PATH``, or (secretless) the host's user-assigned managed
+        identity as a federated credential of the app (``AZURE_CLIENT_ID``), chosen with
+        ``ENTRA_PASSTHROUGH_CONSENT_CLIENT_CREDENTIAL=managed_identity`` or, when neither
+        secret nor certificate is set, because the host has a managed identity endpoint
+        (``IDENTITY_ENDPOINT``), as ``OnBehalfOf.from_env()`` chooses."""
         env = os.environ if environ is None else environ
 
         def get(variable: str) -> str | None:
@@ -192,20 +200,52 @@ class DelegatedConsent:
         allowed = get("ENTRA_PASSTHROUGH_ALLOWED_TENANTS")
         secret = get("ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET")
         certificate = get("ENTRA_PASSTHROUGH_CONSENT_CLIENT_CERTIFICATE_PATH")
-        if (secret is None) == (certificate is None):
+        choice = (get("ENTRA_PASSTHROUGH_CONSENT_CLIENT_CREDENTIAL") or "").lower() or None
+        one: dict[str, Any]
+        if choice is None and secret is not None and certificate is not None:
             raise ConfigurationError(
-                "Set exactly one of ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET and "
-                "ENTRA_PASSTHROUGH_CONSENT_CLIENT_CERTIFICATE_PATH (the consent app's client "
-                "credential)."
+                "Both ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET and "
+                "ENTRA_PASSTHROUGH_CONSENT_CLIENT_CERTIFICATE_PATH are set (the consent app's "
+                "client credential).",
+                fix="remove one, or choose with ENTRA_PASSTHROUGH_CONSENT_CLIENT_CREDENTIAL="
+                "secret|certificate.",
+            )
+        if choice is None:
+            choice = (
+                "secret"
+                if secret
+                else "certificate"
+                if certificate
+                else "managed_identity"
+                if get("IDENTITY_ENDPOINT")
+                else None
+            )
+        if choice == "secret" and secret:
+            one = {"client_secret": secret}
+        elif choice == "certificate" and certificate:
+            one = {"client_certificate": certificate}
+        elif choice == "managed_identity":
+            from .managed_identity import ManagedIdentity
+
+            one = {"managed_identity": ManagedIdentity.from_env(env, http_client=http_client)}
+        else:
+            raise ConfigurationError(
+                "The consent app needs exactly one client credential, and the environment "
+                "configures none"
+                + (f" (ENTRA_PASSTHROUGH_CONSENT_CLIENT_CREDENTIAL={choice})." if choice else "."),
+                fix="set ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET or "
+                "ENTRA_PASSTHROUGH_CONSENT_CLIENT_CERTIFICATE_PATH, or "
+                "ENTRA_PASSTHROUGH_CONSENT_CLIENT_CREDENTIAL=managed_identity with AZURE_CLIENT_ID "
+                "naming the user-assigned managed identity that is a federated credential of the "
+                "consent app.",
             )
         return cls(
             credential=AppCredential(
                 client_id=need("ENTRA_PASSTHROUGH_CONSENT_CLIENT_ID", "the consent app"),
                 tenant_id=get("ENTRA_PASSTHROUGH_CONSENT_TENANT_ID")
                 or need("AZURE_TENANT_ID", "the consent app's tenant"),
-                client_secret=secret,
-                client_certificate=certificate,
                 authority_host=get("AZURE_AUTHORITY_HOST") or PUBLIC_AUTHORITY_HOST,
+                **one,
             ),
             store=store if store is not None else MemoryStore(),
             keyring=Keyring.from_string(
@@ -215,6 +255,7 @@ class DelegatedConsent:
             allowed_tenants=allowed.replace(",", " ").split() if allowed else None,
             http_client=http_client if http_client is not None else http_session(ca_file),
             name=name,
+            server_label=server_label,
         )
 
     def close(self) -> None:

@@ -16,8 +16,9 @@ read from the environment: what ``azure.yaml`` sets (``env:``) and what Foundry 
   ``ENTRA_PASSTHROUGH_CONSENT_CLIENT_ID`` is set. The user signs in once through the consent
   broker (its own small web app, ``entra-passthrough broker``); the grant lives, sealed, in the
   store both share (``ENTRA_PASSTHROUGH_REDIS_URL``; in-process memory otherwise, which only a
-  single process with the broker mounted can use). Its client credential is the same managed
-  identity unless ``ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET``/``_CERTIFICATE_PATH`` is set.
+  single process with the broker mounted can use). ``DelegatedConsent.from_env()``: its client
+  credential is the same managed identity unless
+  ``ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET``/``_CERTIFICATE_PATH`` is set.
 * **Host telemetry is explicit**: ``HOST_TELEMETRY=on`` exports (Application Insights / OTLP,
   as the platform configures them), ``off`` disables the host's observability set-up entirely.
   Default: on only inside Foundry (``FOUNDRY_HOSTING_ENVIRONMENT`` is set), so a laptop never
@@ -35,10 +36,7 @@ from agent_framework import Agent
 from agent_framework_foundry_hosting import ResponsesHostServer
 
 from entra_passthrough import (
-    AppCredential,
     DelegatedConsent,
-    Keyring,
-    ManagedIdentity,
     MemoryStore,
     Policy,
     TokenChain,
@@ -46,9 +44,6 @@ from entra_passthrough import (
 from entra_passthrough.agent_framework import entra_mcp_tool, entra_middleware, install
 
 INSTRUCTIONS = "Answer with what the whoami tool says."
-#: The audience of a managed identity's token used as a federated credential (public cloud;
-#: US Government: api://AzureADTokenExchangeUSGov, China: api://AzureADTokenExchangeChina).
-FEDERATION_AUDIENCE = "api://AzureADTokenExchange"
 
 
 def _get(env: Mapping[str, str], name: str) -> str | None:
@@ -85,28 +80,15 @@ def shared_store(env: Mapping[str, str]) -> Any:
 def consent_source(
     env: Mapping[str, str], store: Any, *, http_client: Any = None
 ) -> DelegatedConsent | None:
-    """``DelegatedConsent`` when a consent app is configured, else ``None``."""
+    """``DelegatedConsent.from_env()`` when a consent app is configured, else ``None``. Its
+    client credential, secretless: the managed identity as a federated credential of the
+    consent app (``ENTRA_PASSTHROUGH_CONSENT_CLIENT_CREDENTIAL=managed_identity``, or chosen
+    because the host has a managed identity endpoint), unless a secret or certificate is set."""
     if not _get(env, "ENTRA_PASSTHROUGH_CONSENT_CLIENT_ID"):
         return None
-    if _get(env, "ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET") or _get(
-        env, "ENTRA_PASSTHROUGH_CONSENT_CLIENT_CERTIFICATE_PATH"
-    ):
-        return DelegatedConsent.from_env(env, store=store, http_client=http_client)
-    # Secretless: the managed identity is a federated credential of the consent app.
-    identity = ManagedIdentity.from_env(env)
-    return DelegatedConsent(
-        credential=AppCredential(
-            client_id=_need(env, "ENTRA_PASSTHROUGH_CONSENT_CLIENT_ID", "the consent app"),
-            tenant_id=_get(env, "ENTRA_PASSTHROUGH_CONSENT_TENANT_ID")
-            or _need(env, "AZURE_TENANT_ID", "the tenant"),
-            client_assertion=lambda: identity.token_for_resource(FEDERATION_AUDIENCE),
-            authority_host=_get(env, "AZURE_AUTHORITY_HOST") or "https://login.microsoftonline.com",
-        ),
+    return DelegatedConsent.from_env(
+        env,
         store=store,
-        keyring=Keyring.from_string(
-            _need(env, "ENTRA_PASSTHROUGH_CONSENT_KEYS", "the keys that seal stored grants")
-        ),
-        broker_url=_need(env, "ENTRA_PASSTHROUGH_CONSENT_BROKER_URL", "the broker's URL"),
         http_client=http_client,
         server_label=_get(env, "MCP_SERVER_LABEL") or "notes",
     )
