@@ -173,3 +173,82 @@ async def test_a_failure_is_a_warning_and_an_error_span_with_the_code(
     blob = repr(attrs) + caplog.text
     assert leaks(blob, idp.issued() | {wrong_audience}) == []
     assert "alice" not in caplog.text  # no PII: no upn, no name
+
+
+async def test_a_tool_call_through_the_mcp_client_traces_as_documented(
+    entra_emulator: EntraEmulator,
+) -> None:
+    """The trace of docs/observability.md ("A trace of one tool call"), recorded from a real
+    tool call: the plain mcp SDK client through ``entra_http_client`` to an MCP server that
+    verifies Entra tokens. One acquisition (a miss, in the connect's first request), then one
+    ``entra_passthrough.request`` span per HTTP request, each the child of the mcp SDK's span
+    for that request, all under the host's span, one user hash, no token."""
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    from _support.mcp_world import Recorder, agent_token, build_mcp_app, make_chain, mcp_scopes
+    from _support.servers import ServerThread
+    from entra_passthrough.mcp import entra_call, entra_http_client
+
+    idp = entra_emulator
+    SPANS.clear()
+    recorder = Recorder()
+    server = ServerThread(
+        lambda base: build_mcp_app(idp, base_url=base, recorder=recorder), name="otel-mcp"
+    ).start()
+    user_token = agent_token(idp, idp.users["alice"])
+    host = trace.get_tracer("the-host")
+    try:
+        http = entra_http_client(
+            chain=make_chain(idp), scopes=mcp_scopes(idp), origins=[server.base]
+        )
+        try:
+            with host.start_as_current_span("agent POST /responses") as root:
+                async with (
+                    bind_caller(token=user_token),
+                    Client(streamable_http_client(f"{server.base}/mcp", http_client=http)) as c,
+                    entra_call(http),
+                ):
+                    result = await c.call_tool("whoami", {"who": "alice"})
+        finally:
+            await http.aclose()
+    finally:
+        server.stop()
+    assert not result.is_error, result
+    spans = SPANS.get_finished_spans()
+    by_id = {s.context.span_id: s for s in spans}
+
+    def ancestors(span: Any) -> list[str]:
+        names, parent = [], span.parent
+        while parent is not None and parent.span_id in by_id:
+            names.append(by_id[parent.span_id].name)
+            parent = by_id[parent.span_id].parent
+        return names
+
+    root_id = root.get_span_context().span_id
+    ours = [s for s in spans if s.name.startswith("entra_passthrough.")]
+    for span in ours:  # every span of the library is in the host's trace, under its span
+        assert span.context.trace_id == root.get_span_context().trace_id
+        assert "agent POST /responses" in ancestors(span), (span.name, ancestors(span))
+        assert by_id[span.parent.span_id].name.startswith("MCP send ")  # the SDK's span
+    acquire = [s for s in ours if s.name == "entra_passthrough.acquire"]
+    requests = [s for s in ours if s.name == "entra_passthrough.request"]
+    assert len(acquire) == 1  # every later request is a hit on the apply path
+    a = dict(acquire[0].attributes or {})
+    assert (a["entra_passthrough.source"], a["entra_passthrough.kind"]) == ("obo", "user")
+    assert (a["entra_passthrough.cache"], a["entra_passthrough.decision"]) == ("miss", "user")
+    assert a["entra_passthrough.presented"] is True
+    seen = recorder.snapshot()
+    assert len(requests) == len(seen)  # one span per HTTP request the server got
+    assert "tools/call" in [s.rpc for s in seen]
+    for span in requests:
+        r = dict(span.attributes or {})
+        assert r["entra_passthrough.applied"] is True
+        assert r["entra_passthrough.source"] == "obo"
+        assert r["http.response.status_code"] == 200
+        assert r["server.address"] == server.base
+    users = {dict(s.attributes or {})["entra_passthrough.user"] for s in ours}
+    assert len(users) == 1
+    assert root_id not in {s.context.span_id for s in ours}
+    blob = repr([(s.name, dict(s.attributes or {})) for s in spans])
+    assert leaks(blob, idp.issued() | {user_token}) == []
