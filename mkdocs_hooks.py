@@ -1,18 +1,56 @@
-"""MkDocs hooks (mkdocs.yml ``hooks:``): publish the benchmark charts with the site.
+"""MkDocs hooks (mkdocs.yml ``hooks:``).
 
-The charts are generated into ``bench/results/`` by ``make bench``; the performance page shows
-them from ``assets/bench/`` without a copy in ``docs/``.
+* Publish the benchmark charts with the site: they are generated into ``bench/results/`` by
+  ``make bench``; the performance page shows them from ``assets/bench/`` without a copy in
+  ``docs/``.
+* Links from a page to a file of the repository outside ``docs/`` (``../examples/...``,
+  ``../README.md``) work in the repository but not on the published site: they are rewritten
+  to the file on the repository's host (the ``Source`` project URL in ``pyproject.toml``).
 """
 
 from __future__ import annotations
 
+import posixpath
+import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
 from mkdocs.structure.files import File, Files
 
-BENCH_RESULTS = Path(__file__).resolve().parent / "bench" / "results"
+ROOT = Path(__file__).resolve().parent
+BENCH_RESULTS = ROOT / "bench" / "results"
 CHARTS = ("token_posts.png", "overhead.png", "loop_lag.png")
+#: A Markdown link or image target that is relative and climbs out of its page's directory.
+_OUTWARD = re.compile(r"(\]\()(\.\./[^)\s#]*)(#[^)\s]*)?(\))")
+
+
+def _source_url() -> str:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    return str(project["urls"]["Source"]).rstrip("/")
+
+
+def outside_docs_link(page_path: str, target: str, docs_dir: str = "docs") -> str | None:
+    """The repository-relative path of ``target`` (a link on the page ``page_path``, relative
+    to ``docs_dir``) when it leaves ``docs_dir``, else ``None``."""
+    joined = posixpath.normpath(posixpath.join(docs_dir, posixpath.dirname(page_path), target))
+    if joined == docs_dir or joined.startswith((f"{docs_dir}/", "../")) or joined == "..":
+        return None
+    return joined
+
+
+def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str:
+    source = _source_url()
+
+    def rewrite(match: re.Match[str]) -> str:
+        path = outside_docs_link(page.file.src_uri, match.group(2))
+        if path is None:
+            return match.group(0)
+        kind = "tree" if (ROOT / path).is_dir() else "blob"
+        anchor = match.group(3) or ""
+        return f"{match.group(1)}{source}/{kind}/main/{path}{anchor}{match.group(4)}"
+
+    return _OUTWARD.sub(rewrite, markdown)
 
 
 def on_files(files: Files, config: Any) -> Files:

@@ -72,3 +72,28 @@ def test_api_reference_matches_all(site: Path, page: str, module: str) -> None:
     shown = set(re.findall(rf'id="{re.escape(module)}\.([A-Za-z_][A-Za-z0-9_]*)"', html))
     public = set(importlib.import_module(module).__all__)
     assert shown == public
+
+
+def test_no_link_leaves_the_site_relatively(site: Path) -> None:
+    # A page's link to a repository file outside docs/ (../examples/..., ../README.md) would be
+    # a 404 on the published site: the hook sends it to the file on the repository's host.
+    broken: list[str] = []
+    for page in site.rglob("*.html"):
+        html = page.read_text(encoding="utf-8")
+        for target in re.findall(r'href="([^"#:]+\.(?:md|py|yaml|json|toml))(?:#[^"]*)?"', html):
+            broken.append(f"{page.relative_to(site)} -> {target}")
+    assert broken == []
+    hosted = (site / "hosted-agent" / "index.html").read_text(encoding="utf-8")
+    assert "/blob/main/examples/hosted_agent/README.md" in hosted
+
+
+def test_outside_docs_link() -> None:
+    sys.path.insert(0, str(ROOT))
+    try:
+        from mkdocs_hooks import outside_docs_link
+    finally:
+        sys.path.remove(str(ROOT))
+    assert outside_docs_link("hosted-agent.md", "../examples/x/README.md") == "examples/x/README.md"
+    assert outside_docs_link("quickstarts/a.md", "../../README.md") == "README.md"
+    assert outside_docs_link("quickstarts/a.md", "../consent.md") is None  # a page of the site
+    assert outside_docs_link("a.md", "../../elsewhere.md") is None  # not in the repository
