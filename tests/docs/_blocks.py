@@ -55,4 +55,40 @@ def blocks(page: Path) -> list[Block]:
 
 
 def pages() -> list[Path]:
-    return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    """Every page a reader follows: the README, the site, the examples' and the benchmarks'
+    READMEs."""
+    return [
+        ROOT / "README.md",
+        *sorted((ROOT / "docs").rglob("*.md")),
+        *sorted((ROOT / "examples").glob("*/README.md")),
+        ROOT / "bench" / "README.md",
+    ]
+
+
+#: Fence languages that are Python under another name: never used, so that no block escapes the
+#: check by its spelling.
+PYTHON_ALIASES = ("py", "python3", "py3", "pycon", "ipython", "pyi", "sage")
+
+
+def fences(page: Path) -> list[tuple[int, str]]:
+    """(line, info string) of every opening fence of ``page``."""
+    found: list[tuple[int, str]] = []
+    lines = page.read_text(encoding="utf-8").splitlines()
+    i = 0
+    while i < len(lines):
+        m = _FENCE.match(lines[i])
+        if not m:
+            i += 1
+            continue
+        found.append((i + 1, m.group("info").strip()))
+        j = i + 1
+        while j < len(lines) and lines[j].strip() != "```":
+            j += 1
+        i = j + 1
+    return found
+
+
+def title(info: str) -> str | None:
+    """The ``title="..."`` of a fence's info string."""
+    m = re.search(r'title="([^"]*)"', info)
+    return m.group(1) if m else None

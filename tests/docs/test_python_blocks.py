@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import inspect
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import pytest
 
 from entra_passthrough.testing import EntraEmulator
 
-from ._blocks import ROOT, blocks, pages
+from ._blocks import PYTHON_ALIASES, ROOT, blocks, fences, pages, title
 
 PAGES = [p for p in pages() if any(b.runnable for b in blocks(p))]
 
@@ -74,3 +75,35 @@ def test_page_blocks_run(
                 _run(block.code, block.label, namespace)
             except Exception as exc:
                 raise AssertionError(f"{block.label}: {type(exc).__name__}: {exc}") from exc
+
+
+#: What a non-run block's title must say (the convention of docs/index.md, "Code in these
+#: pages"): why it is not run.
+NOT_RUN = ("not run", "fragment", "proposal")
+
+
+def test_no_python_block_escapes_the_check() -> None:
+    # A block is either run (exactly ```python) or titled with the reason it is not: a block
+    # spelled ```py, ```python3, ~~~ or with another info string would be skipped silently.
+    escaped: list[str] = []
+    for page in pages():
+        where = page.relative_to(ROOT)
+        for line, info in fences(page):
+            language = info.split(" ", 1)[0].lower() if info else ""
+            if language in PYTHON_ALIASES or (language == "python" and info != "python"):
+                if language != "python" or title(info) is None:
+                    escaped.append(f"{where}:{line}: ```{info}")
+                    continue
+                if not any(word in (title(info) or "").lower() for word in NOT_RUN):
+                    escaped.append(f"{where}:{line}: title does not say why it is not run")
+        text = page.read_text(encoding="utf-8")
+        if re.search(r"^\s*~~~", text, re.MULTILINE):
+            escaped.append(f"{where}: a ~~~ fence (use ```)")
+    assert escaped == []
+
+
+def test_the_readers_pages_are_covered() -> None:
+    covered = {str(p.relative_to(ROOT)) for p in pages()}
+    assert "examples/hosted_agent/README.md" in covered
+    assert "bench/README.md" in covered
+    assert "docs/quickstarts/own-api-obo.md" in covered
