@@ -57,7 +57,8 @@ _TABLE: tuple[Aadsts, ...] = (
         "InvalidScope",
         "the scope is malformed or not valid for this grant",
         "use '<resource>/.default' for client credentials and managed identity, and exposed "
-        "delegated scopes (api://<app>/<scope>) for user flows",
+        "delegated scopes (api://<app>/<scope>) for user flows; '.default' stands alone (never "
+        "with the same resource's named scopes)",
     ),
     Aadsts(
         700016,

@@ -616,6 +616,12 @@ CONSENT_WORLD = {
             "required": ["strict_api/read"],
         },
         {
+            # Configures no permission at all: ".default" has nothing to consent to.
+            "name": "bare_client",
+            "secret": True,
+            "redirect_uris": ["http://localhost/callback"],
+        },
+        {
             "name": "assigned_only",
             "public_client": True,
             "assignment_required": True,
@@ -623,7 +629,11 @@ CONSENT_WORLD = {
         },
     ],
     "users": [{"name": "sam", "tenant": "locked"}],
-    "grants": [{"client": "assigned_only", "resource": "graph", "scopes": ["User.Read"]}],
+    "grants": [
+        {"client": "assigned_only", "resource": "graph", "scopes": ["User.Read"]},
+        # Admin consent given earlier (dynamically) to bare_client for other_api's read.
+        {"client": "bare_client", "resource": "other_api", "scopes": ["read"]},
+    ],
 }
 
 
@@ -636,11 +646,15 @@ def consent_idp() -> Iterator[EntraEmulator]:
 
 
 def _authorize(
-    idp: EntraEmulator, scopes: list[str], user: str, tenant: str | None = None
+    idp: EntraEmulator,
+    scopes: list[str],
+    user: str,
+    tenant: str | None = None,
+    client_name: str = "strict_client",
 ) -> tuple[msal.ConfidentialClientApplication, dict, dict]:
     import urllib.parse
 
-    client = idp.app("strict_client")
+    client = idp.app(client_name)
     app = msal.ConfidentialClientApplication(
         client.client_id,
         client_credential=client.secret,
@@ -679,6 +693,30 @@ def test_consent_model(consent_idp: EntraEmulator) -> None:
     result = app.acquire_token_by_auth_code_flow(flow, answer)
     scp = _claims(result["access_token"])["scp"].split()
     assert scp == ["read"], result
+
+
+@pytest.mark.filterwarnings("ignore:response_mode='form_post' is recommended:UserWarning")
+def test_default_with_no_configured_permission_is_650057(consent_idp: EntraEmulator) -> None:
+    # scopes-oidc, "The .default scope" (static consent): a client that configures no
+    # permission has nothing for .default to consent to (AADSTS650057), unless a grant for that
+    # resource already exists; its named scopes still work (dynamic consent).
+    idp = consent_idp
+    api = idp.app("strict_api")
+    other = idp.app("other_api")
+    _, _, answer = _authorize(
+        idp, [f"{api.app_id_uri}/.default"], "alice", client_name="bare_client"
+    )
+    assert answer.get("error_description", "").startswith("AADSTS650057"), answer
+    app, flow, answer = _authorize(
+        idp, [f"{other.app_id_uri}/.default"], "alice", client_name="bare_client"
+    )
+    assert "code" in answer, answer
+    result = app.acquire_token_by_auth_code_flow(flow, answer)
+    assert _claims(result["access_token"])["scp"] == "read"
+    app, flow, answer = _authorize(
+        idp, [f"{api.app_id_uri}/read"], "alice", client_name="bare_client"
+    )
+    assert "code" in answer, answer
 
 
 def test_xms_cc_is_cp1_only_and_only_when_the_resource_asks(idp: EntraEmulator) -> None:

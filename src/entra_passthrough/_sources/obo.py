@@ -16,6 +16,7 @@ from .._errors import (
     AssertionExpired,
     AssertionMalformed,
     ConfigurationError,
+    EntraError,
     TenantNotAllowed,
     is_consent_required,
 )
@@ -164,6 +165,15 @@ class OnBehalfOf:
         """(tenant, assertion, assertion exp), or the typed error; no I/O."""
         caller = request.caller
         scopes = request.scopes
+        refused = scope_refusal(scopes, own_client_id=self.client_id)
+        if refused is not None:
+            code, why = refused
+            raise EntraError(
+                f"{why}: Entra would answer AADSTS{code}. Nothing was sent.",
+                aadsts=code,
+                source=self.name,
+                scopes=scopes,
+            )
         assert caller is not None
         claims = caller.claims
         assertion = caller.assertion
@@ -303,6 +313,42 @@ class OnBehalfOf:
         )
         source._created_http = created
         return source
+
+
+#: Scopes that name no resource (OpenID Connect); Entra adds them to any request.
+_OIDC_SCOPES = frozenset({"openid", "profile", "email", "offline_access"})
+
+
+def scope_refusal(scopes: Sequence[str], *, own_client_id: str) -> tuple[int, str] | None:
+    """(AADSTS code, why) when Entra refuses these delegated scopes whatever the token, so that
+    the request is never sent (https://learn.microsoft.com/entra/identity-platform/scopes-oidc):
+    ``.default`` combined with the same resource's named scopes (AADSTS70011), scopes of more
+    than one resource (AADSTS28000), or the app asking for itself by its App ID URI
+    ``api://<own client id>`` (AADSTS90009; the client id GUID form is what Entra accepts, and
+    on-behalf-of is for a *downstream* API)."""
+    resources: dict[str, list[str]] = {}
+    for scope in scopes:
+        if scope.lower() in _OIDC_SCOPES:
+            continue
+        resource, _, permission = scope.rpartition("/")
+        if not resource:
+            continue  # a bare scope (User.Read: Microsoft Graph's)
+        resources.setdefault(resource.rstrip("/").lower(), []).append(permission)
+    for resource, permissions in resources.items():
+        if ".default" in permissions and len(permissions) > 1:
+            return 70011, (
+                f"'{resource}/.default' is combined with named scopes of the same resource "
+                f"({', '.join(p for p in permissions if p != '.default')[:120]}); .default "
+                "stands for every configured permission and cannot be mixed with them"
+            )
+        if resource == f"api://{own_client_id}".lower():
+            return 90009, (
+                f"The scopes ask for the OBO app itself by its App ID URI ({resource}); "
+                "on-behalf-of is for the downstream API"
+            )
+    if len(resources) > 1:
+        return 28000, f"The scopes name {len(resources)} resources; one token is for one resource"
+    return None
 
 
 def options_from_env(env: Mapping[str, str], *, http_client: Any) -> tuple[dict[str, Any], bool]:

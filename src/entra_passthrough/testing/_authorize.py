@@ -247,10 +247,13 @@ def _authorize_for_client(
     wanted: list[str] = []
     if req.resource is not None:
         granted = rt.granted_scopes(user, client, req.resource)
-        wanted = default_scopes(client, req.resource) if req.is_default else list(req.names)
+        if req.is_default and granted and prompt != "consent" and action != "consent":
+            # Static consent already given (by the user or an administrator): .default is the
+            # granted permissions, nothing to ask (scopes-oidc, "The .default scope").
+            wanted = []
+        else:
+            wanted = default_scopes(client, req.resource) if req.is_default else list(req.names)
         needed = [s for s in wanted if s not in granted]
-        if req.is_default and granted:
-            needed = []
         if prompt == "consent" and action != "consent":
             needed = wanted or needed
         ids = set(req.resource.identifiers)
@@ -297,12 +300,11 @@ def _authorize_for_client(
 
 
 def default_scopes(client: App, resource: App) -> list[str]:
-    """What ``.default`` asks for on ``resource``: the client's configured permissions for it
-    (``requiredResourceAccess``), or every exposed scope when the client configures none (an
-    emulator simplification). A configured client asking for a resource it does not list is
-    AADSTS650057 (https://learn.microsoft.com/entra/identity-platform/scopes-oidc#the-default-scope)."""
-    if not client.required:
-        return list(resource.exposed_scopes)
+    """What ``.default`` asks the user to consent to on ``resource``: the client's configured
+    permissions for it (``requiredResourceAccess``, static consent). A client that configures
+    none for that resource (none at all included) gets AADSTS650057
+    (https://learn.microsoft.com/entra/identity-platform/scopes-oidc#the-default-scope,
+    https://learn.microsoft.com/entra/identity-platform/consent-types-developer)."""
     mine = []
     for entry in client.required:
         ident, _, scope = entry.rpartition("/")

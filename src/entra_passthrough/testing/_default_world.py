@@ -66,6 +66,8 @@ def default_world() -> World:
         redirect_uris=("http://localhost/callback", "http://127.0.0.1/callback"),
         multi_tenant=True,
         federated_credentials=(mi_fic,),
+        # Configured permissions (requiredResourceAccess): what ".default" consents to.
+        required=("mcp/access_as_user", "legacy_api/user_impersonation", "graph/User.Read"),
     )
     mcp_id = stable_id("app", "mcp")
     mcp = App(
@@ -131,6 +133,7 @@ def default_world() -> World:
         scope="access_as_user",
         federated_credentials=(mi_fic,),
         kind="agent_blueprint",
+        required=("mcp/access_as_user", "graph/User.Read"),
     )
     agent_identity = App(
         name="agent_identity",
@@ -149,6 +152,7 @@ def default_world() -> World:
         redirect_uris=("http://localhost", "http://localhost/callback"),
         public_client=True,
         multi_tenant=True,
+        required=("agent/access_as_user", "mcp/access_as_user", "graph/User.Read"),
     )
     # Microsoft Graph stands for "the resource of bare scopes" (User.Read) and of sign-ins that ask
     # only for OIDC scopes (Entra then returns a Graph token: scopes-oidc).

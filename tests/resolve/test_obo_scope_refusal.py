@@ -1,0 +1,58 @@
+"""On-behalf-of refuses, before any request, the scopes Entra refuses whatever the token
+(scopes-oidc): ``.default`` mixed with the same resource's named scopes (AADSTS70011), scopes of
+two resources (AADSTS28000), the OBO app's own App ID URI (AADSTS90009). The GUID form of a
+self-token is Entra's to answer."""
+
+from __future__ import annotations
+
+import pytest
+
+from entra_passthrough import ConsentRequired, EntraError, TokenChain, bind_caller
+from entra_passthrough.testing import EntraEmulator
+
+from .conftest import make_obo, obo_posts
+
+
+@pytest.mark.parametrize(
+    ("code", "scopes"),
+    [
+        (70011, ["{mcp}/.default", "{mcp}/access_as_user"]),
+        (70011, ["{mcp}/access_as_user", "{mcp_upper}/.default"]),
+        (28000, ["{mcp}/access_as_user", "{legacy}/user_impersonation"]),
+        (90009, ["{agent}/.default"]),
+        (90009, ["{agent}/access_as_user", "offline_access"]),
+    ],
+)
+def test_scopes_entra_always_refuses_are_never_sent(
+    idp: EntraEmulator, code: int, scopes: list[str]
+) -> None:
+    names = {
+        "mcp": idp.mcp.app_id_uri,
+        "mcp_upper": (idp.mcp.app_id_uri or "").upper().replace("API://", "api://"),
+        "legacy": idp.legacy_api.app_id_uri,
+        "agent": idp.agent.app_id_uri,
+    }
+    chain = TokenChain([make_obo(idp)])
+    before = obo_posts(idp)
+    alice = idp.user_token("alice", audience=idp.agent.client_id)
+    with bind_caller(token=alice), pytest.raises(EntraError) as info:
+        chain.get_token([s.format(**names) for s in scopes])
+    chain.close()
+    assert info.value.code is not None
+    assert info.value.code.code == code
+    assert "Nothing was sent" in str(info.value)
+    assert info.value.fix
+    assert obo_posts(idp) == before
+
+
+def test_the_guid_form_of_the_app_itself_is_sent(idp: EntraEmulator) -> None:
+    # Entra accepts an app's token for itself by its client id GUID (AADSTS90009 names that
+    # form); whether OBO makes sense there is the caller's business, not a scope error.
+    chain = TokenChain([make_obo(idp)])
+    before = obo_posts(idp)
+    alice = idp.user_token("alice", audience=idp.agent.client_id)
+    # Entra's answer here: nobody consented to the agent calling itself (AADSTS65001).
+    with bind_caller(token=alice), pytest.raises(ConsentRequired):
+        chain.get_token([f"{idp.agent.client_id}/.default"])
+    chain.close()
+    assert obo_posts(idp) == before + 1
