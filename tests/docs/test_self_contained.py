@@ -8,10 +8,26 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCANNED = ["src", "docs", "examples", "tests", "bench", "pyproject.toml", "README.md", "Makefile"]
-SUFFIXES = {".py", ".md", ".toml", ".yaml", ".yml", ".json", ".txt", ""}
+SCANNED = [
+    "src",
+    "docs",
+    "examples",
+    "tests",
+    "bench",
+    "scripts",
+    ".ci",
+    "pyproject.toml",
+    "README.md",
+    "CHANGELOG.md",
+    "Makefile",
+    "mkdocs.yml",
+    "mkdocs_hooks.py",
+    "noxfile.py",
+    "conftest.py",
+]
+SUFFIXES = {".py", ".md", ".toml", ".yaml", ".yml", ".json", ".txt", ".sh", ""}
 # Built by concatenation so that this file does not match itself.
-FOREIGN = ["FACTS" + ".md", "DESIGN" + ".md"]
+FOREIGN = ["FACTS" + ".md", "DESIGN" + ".md", "STYLE" + ".md"]
 
 
 def _files() -> list[Path]:
@@ -87,6 +103,24 @@ def test_error_messages_link_to_pages_that_exist() -> None:
     assert ("configuration", "") in cited  # the pattern finds the calls
     missing = [page for page, _ in cited if not (ROOT / "docs" / f"{page}.md").exists()]
     assert missing == []
+    # ...and the anchor is on that page (a heading's id, or an explicit one).
+    lost = [
+        f"{page}#{anchor}"
+        for page, anchor in cited
+        if anchor and "{" not in anchor and anchor not in _anchors(ROOT / "docs" / f"{page}.md")
+    ]
+    assert lost == []
+
+
+def _anchors(page: Path) -> set[str]:
+    """The ids a page's headings get (MkDocs' default slugs) and its explicit ids."""
+    text = page.read_text(encoding="utf-8")
+    found = set(re.findall(r'id="([^"]+)"', text)) | set(re.findall(r"\{#([\w-]+)\}", text))
+    for heading in re.findall(r"^#{1,6}\s+(.+?)\s*$", text, re.MULTILINE):
+        plain = re.sub(r"`|\*|\[([^\]]*)\]\([^)]*\)", r"\1", heading)
+        slug = re.sub(r"[^\w\s-]", "", plain.lower()).strip()
+        found.add(re.sub(r"[\s-]+", "-", slug))
+    return found
 
 
 def test_every_aadsts_code_has_an_anchor_its_errors_link_to() -> None:
