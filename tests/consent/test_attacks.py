@@ -239,6 +239,44 @@ async def test_oversized_duplicated_and_garbage_parameters(
     await _nothing_stored(source, alice_caller)
 
 
+@pytest.mark.parametrize(
+    ("error", "code", "words"),
+    [
+        ("consent_required", 90094, "administrator"),
+        ("invalid_client", 650057, "API permissions"),
+        ("access_denied", 65004, "declined"),
+    ],
+)
+async def test_identity_provider_aadsts_is_decoded_with_the_fix(
+    consent_env: ConsentEnv, alice_caller: Caller, error: str, code: int, words: str
+) -> None:
+    # What Entra sends to the redirect URI when the user may not consent (admin-only scope or
+    # a tenant without user consent: 90094), the app does not configure the permission
+    # (650057) or the user pressed Cancel (65004): the page names the code, its meaning and the
+    # fix from the library's table, and nothing else of the description.
+    env = consent_env
+    source, _ = env.make()
+    link = await consent_link(source, env, alice_caller)
+    async with env.browser() as browser:
+        _, state = await code_and_state(browser, link)
+        denied = await browser.get(
+            callback_url(
+                env,
+                {
+                    "error": error,
+                    "error_description": f"AADSTS{code}: <b>unshown</b> text",
+                    "state": state,
+                },
+            )
+        )
+    _rejected(denied, "sign_in_refused")
+    assert f"AADSTS{code}" in denied.text
+    assert words in denied.text
+    assert "Fix:" in denied.text
+    assert "unshown" not in denied.text
+    await _nothing_stored(source, alice_caller)
+
+
 async def test_identity_provider_error_is_shown_and_consumes_the_state(
     consent_env: ConsentEnv,
     alice_caller: Caller,

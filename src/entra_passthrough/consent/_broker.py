@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 import secrets
 import time
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from .._aadsts import describe
 from .._consent_client import ConsentClient, IdTokenError, check_https_url
 from .._credential import AppCredential, app_credential
 from .._errors import ConfigurationError, first_code, safe_word
@@ -57,6 +59,9 @@ if TYPE_CHECKING:
     from .._sources.managed_identity import ManagedIdentity
 
 logger = logging.getLogger("entra_passthrough.consent")
+
+#: "AADSTS<code>:" at the start of an authorize error's description.
+_AADSTS_AT_START = re.compile(r"AADSTS(\d{4,7})\b")
 
 
 def _cookie_name(flow_id: str, secure: bool) -> str:
@@ -287,6 +292,17 @@ class ConsentBroker:
             raise BadRequest("state_used", "This sign-in is unknown, expired or already used.")
         if "error" in params:
             code = "".join(c for c in params["error"][:64] if c.isalnum() or c == "_")
+            # Entra's description starts with the AADSTS code (90094 admin consent needed,
+            # 650057 permission not configured, 65004 declined...): shown decoded, from the
+            # library's own table; nothing else of the description reaches the page.
+            found = _AADSTS_AT_START.match(params.get("error_description", "")[:16])
+            if found is not None:
+                entry = describe(int(found.group(1)))
+                raise BadRequest(
+                    "sign_in_refused",
+                    f"The identity provider answered {code!r}: {entry} - {entry.meaning}. "
+                    f"Fix: {entry.fix}.",
+                )
             raise BadRequest("sign_in_refused", f"The identity provider answered {code!r}.")
         if not params.get("code"):
             raise BadRequest("bad_request", "The callback has no authorization code.")
