@@ -87,11 +87,10 @@ def _is_modern(version: str | None) -> bool:
     return version in MODERN_PROTOCOL_VERSIONS
 
 
-def _has_feature(value: str | None) -> bool:
-    if not value:
-        return False
-    wanted = TOOLBOX_FEATURE.casefold()
-    return any(part.strip().casefold() == wanted for part in value.split(","))
+def _missing_features(value: str | None, required: Collection[str]) -> list[str]:
+    """The flags of ``required`` that a ``Foundry-Features`` value does not name."""
+    sent = {part.strip().casefold() for part in (value or "").split(",")}
+    return [flag for flag in required if flag.casefold() not in sent]
 
 
 async def _answer(send: Any, status: int, body: dict[str, Any], **headers: str) -> None:
@@ -158,7 +157,10 @@ class ToolboxStandIn:
     call id (``{"user", "oid", "call_id", "who"}``).
 
     ``require_features=False`` turns the ``Foundry-Features`` check off (to show what a client
-    that omits it would run into, compare ``stats()["missing_features"]``). ``legacy=True``
+    that omits it would run into, compare ``stats()["missing_features"]``).
+    ``platform_features=("Agents=V2Preview", ...)``: the flags the platform enabled for the agent
+    (what it injects in ``FOUNDRY_AGENT_TOOLSET_FEATURES``), required on every request beside
+    ``Toolboxes=V1Preview``. ``legacy=True``
     refuses the 2026 protocol (HTTP 400), so that clients fall back to ``initialize`` and an
     ``mcp-session-id`` session with its lifecycle requests (``notifications/initialized``, the
     GET stream, the closing DELETE); it implies ``stateful``.
@@ -170,12 +172,15 @@ class ToolboxStandIn:
         *,
         name: str = "standin",
         require_features: bool = True,
+        platform_features: Collection[str] = (),
         stateful: bool = False,
         legacy: bool = False,
     ) -> None:
         self.idp = idp
         self.name = name
         self.require_features = require_features
+        #: Every flag a request's ``Foundry-Features`` must name.
+        self.features = (TOOLBOX_FEATURE, *(f.strip() for f in platform_features if f.strip()))
         self.stateful = stateful or legacy
         self.legacy = legacy
         self._lock = threading.Lock()
@@ -329,7 +334,8 @@ class ToolboxStandIn:
         if isinstance(parsed, dict) and isinstance(parsed.get("method"), str):
             rpc, rpc_id = parsed["method"], parsed.get("id")
         call = _header(scope, CALL_ID_HEADER.encode())
-        features = _has_feature(_header(scope, FEATURES_HEADER.lower().encode()))
+        missing = _missing_features(_header(scope, FEATURES_HEADER.lower().encode()), self.features)
+        features = not missing
         method = scope["method"]
 
         def record(status: int, *counters: str, user: str | None = None) -> None:
@@ -346,8 +352,8 @@ class ToolboxStandIn:
                 {
                     "error": {
                         "code": "preview_feature_required",
-                        "message": f"Toolboxes is a preview feature: send the header "
-                        f"'{FEATURES_HEADER}: {TOOLBOX_FEATURE}'.",
+                        "message": f"A preview feature is not enabled on the request: send the "
+                        f"header '{FEATURES_HEADER}' naming {', '.join(missing)}.",
                     }
                 },
             )
@@ -491,4 +497,7 @@ class ToolboxStandIn:
         self.stop()
 
     def __repr__(self) -> str:
-        return f"ToolboxStandIn(url={self.url!r}, require_features={self.require_features})"
+        return (
+            f"ToolboxStandIn(url={self.url!r}, require_features={self.require_features}, "
+            f"features={','.join(self.features)!r})"
+        )
