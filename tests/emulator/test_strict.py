@@ -554,6 +554,30 @@ def test_msal_device_code_flow(idp: EntraEmulator) -> None:
         assert refused.status_code == 401
 
 
+def test_userinfo_over_a_real_sign_in_with_the_email_scope(idp: EntraEmulator) -> None:
+    # userinfo: "the information returned is dictated by the scopes in the access token"; a
+    # Graph token of a sign-in that asked for openid/profile/email carries them in scp (they
+    # are Graph's delegated permissions), so userinfo answers the email (not only a minted one).
+    app = msal.PublicClientApplication(
+        idp.frontend.client_id,
+        authority=f"{idp.url}/{idp.tenant_id}",
+        http_client=idp.msal_http_client(),
+        instance_discovery=False,
+    )
+    flow = app.initiate_device_flow(scopes=["User.Read", "email"])
+    idp.approve_device_code(flow["user_code"], "alice")
+    result = app.acquire_token_by_device_flow(flow)
+    scp = _claims(result["access_token"])["scp"].split()
+    assert {"User.Read", "email", "openid", "profile"} <= set(scp), scp
+    with idp.msal_http_client() as http:
+        doc = http.get(f"{idp.url}/{idp.tenant_id}/v2.0/.well-known/openid-configuration").json()
+        info = http.get(
+            doc["userinfo_endpoint"],
+            headers={"Authorization": f"Bearer {result['access_token']}"},
+        ).json()
+    assert info["email"] == idp.users["alice"].upn
+
+
 def test_device_code_pending_declined_and_azure_identity(idp: EntraEmulator) -> None:
     from azure.identity import DeviceCodeCredential
 

@@ -255,6 +255,11 @@ def user_token_response(
         # Only OIDC scopes: Entra returns a Graph token carrying them (scopes-oidc, "openid").
         req = ScopeRequest(resource=graph, names=(), oidc=req.oidc)
         scp = tuple(sorted(req.oidc - {"offline_access"}))
+    elif req.resource is not None and req.resource.client_id == GRAPH_APP_ID:
+        # openid, profile and email are Microsoft Graph's delegated permissions: a Graph token
+        # of a sign-in that asked for them carries them in scp (scopes-oidc), which is what
+        # the userinfo endpoint reads (https://learn.microsoft.com/entra/identity-platform/userinfo).
+        scp = tuple(dict.fromkeys((*scp, *sorted(req.oidc - {"offline_access"}))))
     if req.resource is not None:
         prefix = req.prefix()
         out["scope"] = " ".join(dict.fromkeys([prefix + s for s in scp] + sorted(req.oidc)))
