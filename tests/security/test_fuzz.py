@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import time
 from typing import Any
 
@@ -369,3 +370,58 @@ def test_emulator_managed_identity_endpoint_never_500(
     with httpx2.Client(timeout=30) as http:
         answer = http.get(env["IDENTITY_ENDPOINT"], params=query, headers=headers)
     assert answer.status_code < 500, answer.text[:300]
+
+
+# -- an error body from the token endpoint (or a gateway in front of it) -------------------------
+
+_ECHO_SECRET = "Qx8~fuzzSECRETvalue0123456789abcdef"
+_ECHO_JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJmdXp6In0.c2lnbmF0dXJlLWZ1enotc2lnbmF0dXJl"
+echoes = st.sampled_from(
+    [
+        f"client_secret={_ECHO_SECRET}",
+        f"assertion={_ECHO_JWT}&grant_type=x",
+        f'{{"client_secret": "{_ECHO_SECRET}"}}',
+        f"token {_ECHO_JWT}",
+        f"password={_ECHO_SECRET}",
+    ]
+)
+# No "~" in free text: the secret's fragments cannot appear by chance (a bare short secret in
+# free text is the documented limit of pattern-based redaction, docs/security.md).
+free_text = st.text(alphabet=st.characters(blacklist_characters="~"), max_size=40)
+body_values = st.one_of(
+    st.integers(min_value=-(10**400), max_value=10**400),
+    st.floats(),
+    st.booleans(),
+    st.none(),
+    free_text,
+    echoes,
+    st.lists(st.one_of(st.integers(min_value=-(10**400), max_value=10**400), echoes), max_size=3),
+    st.builds(lambda e, n: f"AADSTS{n}: {e}", echoes, st.integers(0, 10**30)),
+)
+ERROR_FIELDS = [
+    "error",
+    "error_description",
+    "error_codes",
+    "correlation_id",
+    "trace_id",
+    "suberror",
+    "claims",
+    "timestamp",
+]
+
+
+@examples(300)
+@given(st.dictionaries(st.sampled_from(ERROR_FIELDS), body_values, max_size=8))
+def test_error_body_is_typed_bounded_and_never_echoes_a_secret(body: dict[str, Any]) -> None:
+    """Whatever an error body holds, the typed error's message is bounded and shows no secret
+    and no huge number (a 400-digit ``error_codes`` once went whole into it)."""
+    from entra_passthrough import TokenAcquisitionError
+    from entra_passthrough._errors import error_from_entra
+
+    err = error_from_entra(body, source="obo", scopes=["api://x/.default"])
+    assert isinstance(err, TokenAcquisitionError)
+    text = str(err) + repr(err)
+    assert _ECHO_SECRET[:16] not in text
+    assert _ECHO_JWT[12:28] not in text
+    assert re.search(r"\d{65}", text) is None  # no huge number (identifiers: 64 at most)
+    assert len(str(err)) < 2000
