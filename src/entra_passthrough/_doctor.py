@@ -201,9 +201,8 @@ class Doctor:
     def _authorities(self, chain: Any) -> list[tuple[str, str]]:
         seen: list[tuple[str, str]] = []
         for source in chain.sources:
-            inner = getattr(source, "_obo", source)
-            host = getattr(inner, "authority_host", None)
-            tenant = getattr(inner, "tenant_id", None)
+            host = getattr(source, "authority_host", None)
+            tenant = getattr(source, "tenant_id", None)
             if host and tenant and (host, tenant) not in seen:
                 seen.append((host, tenant))
         return seen
@@ -294,7 +293,7 @@ class Doctor:
                 checked = True
 
                 def blueprint(agent: AgentIdentityOnBehalfOf = source) -> tuple[bool, str, str]:
-                    agent._t1()  # the blueprint's exchange token for the agent identity
+                    agent.check_blueprint()  # its exchange token for the agent identity
                     return (
                         True,
                         f"blueprint {agent.blueprint_client_id} got the exchange token for "
@@ -307,12 +306,7 @@ class Doctor:
                 checked = True
 
                 def credential(obo: OnBehalfOf = source) -> tuple[bool, str, str]:
-                    app = obo._build_app(obo.tenant_id, ())
-                    try:
-                        response = app.acquire_token_for_client([_PROBE_RESOURCE])
-                    finally:
-                        if obo._owns_http:
-                            app.http_client.close()
+                    response = obo.check_client_credential([_PROBE_RESOURCE])
                     what = f"the {obo.credential.kind} of app {obo.client_id}"
                     return _from_msal(response, what)
 
@@ -329,17 +323,21 @@ class Doctor:
         """``DelegatedConsent.from_env()`` (the consent broker's app), when configured."""
         if not _get(self.env, "ENTRA_PASSTHROUGH_CONSENT_CLIENT_ID"):
             return
+        from ._msal import http_session
         from ._sources.delegated import DelegatedConsent
 
         def probe() -> tuple[bool, str, str]:
-            source = DelegatedConsent.from_env(self.env)
+            # The session from_env() would build (the CA file), made here so that it is closed.
+            session = http_session(_get(self.env, "ENTRA_PASSTHROUGH_CA_FILE"))
             try:
-                response = source.client.app().acquire_token_for_client([_PROBE_RESOURCE])
+                source = DelegatedConsent.from_env(self.env, http_client=session)
+                try:
+                    response = source.client.app().acquire_token_for_client([_PROBE_RESOURCE])
+                finally:
+                    source.close()
             finally:
-                source.close()
-                http = getattr(source.client, "_http", None)
-                if http is not None:
-                    http.close()
+                if session is not None:
+                    session.close()
             return _from_msal(response, f"consent app {source.client.client_id}")
 
         self.guard("consent app", probe, fallback_fix=_CONFIGURATION_FIX)
@@ -355,8 +353,7 @@ class Doctor:
             return
         own: set[str] = set()
         for source in chain.sources if chain is not None else ():
-            inner = getattr(source, "_obo", source)
-            for audience in getattr(inner, "accepted_audiences", ()):
+            for audience in getattr(source, "accepted_audiences", ()):
                 own.add(str(audience).rstrip("/"))
         problems = scope_problems(self.scopes, own_audiences=own)
         if problems:

@@ -42,12 +42,6 @@ KNOWN_IMPORTS: set[tuple[str, str]] = set()
 
 #: Private attributes of other modules' objects still used (module, attribute).
 KNOWN_ATTRIBUTES: set[tuple[str, str]] = {
-    # The doctor inspects sources' internals to explain a configuration.
-    ("entra_passthrough/_doctor.py", "_build_app"),
-    ("entra_passthrough/_doctor.py", "_http"),
-    ("entra_passthrough/_doctor.py", "_obo"),
-    ("entra_passthrough/_doctor.py", "_owns_http"),
-    ("entra_passthrough/_doctor.py", "_t1"),
     # Friends of public classes (TokenResult, Keyring, Caller, OnBehalfOf).
     ("entra_passthrough/_flow.py", "_header_safe"),
     ("entra_passthrough/_l2.py", "_subkey"),

@@ -192,6 +192,25 @@ class AgentIdentityOnBehalfOf:
     def msal_apps(self) -> list[Any]:
         return self._obo.msal_apps()
 
+    # Diagnostics (``entra-passthrough doctor``): where the exchange goes, and its first step.
+    @property
+    def tenant_id(self) -> str:
+        return self._obo.tenant_id
+
+    @property
+    def authority_host(self) -> str:
+        return self._obo.authority_host
+
+    @property
+    def accepted_audiences(self) -> frozenset[str]:
+        """The audiences a user's token may have: the blueprint's."""
+        return self._obo.accepted_audiences
+
+    def check_blueprint(self) -> None:
+        """The blueprint's exchange token for the agent identity (``fmi_path``), the first step
+        of every exchange: raises the typed error Entra's refusal maps to."""
+        self._t1()
+
     def explain(self, request: TokenRequest) -> str:
         return self._obo.explain(request)
 

@@ -132,6 +132,19 @@ class OnBehalfOf:
         """The pooled MSAL applications (diagnostics and tests)."""
         return self._apps.apps()
 
+    def check_client_credential(self, scopes: Sequence[str]) -> dict[str, Any]:
+        """Diagnostics (``entra-passthrough doctor``): MSAL's answer to a client-credentials
+        request for ``scopes`` with this app's credential in its home tenant, on an MSAL
+        application of its own (nothing pooled or cached here; the caller discards any token).
+        Entra must authenticate the app to answer with a token, so it proves the credential."""
+        app = self._build_app(self.tenant_id, ())
+        try:
+            response: dict[str, Any] = app.acquire_token_for_client(list(scopes))
+        finally:
+            if self._owns_http:
+                app.http_client.close()
+        return response
+
     def close(self) -> None:
         """Stop the worker threads and close the HTTP sessions this source owns (idempotent)."""
         self._pool.close()
