@@ -290,11 +290,13 @@ def build_mcp_app(
     allow_app: bool = False,
     executions: list[tuple[str, str]] | None = None,
     hold: float = 0.0,
+    gate: threading.Event | None = None,
 ) -> ASGI:
     """The recording MCP server. ``executions``, when given, gets ``(who, oid)`` each time the
     ``whoami`` tool body runs: what ran on the server, by whom, however often it was sent.
     ``hold`` keeps each ``whoami`` call running that long after it was recorded (so that a
-    restart finds calls in flight)."""
+    restart finds calls in flight); ``gate``, when given, keeps it running until the test sets
+    it (bounded: 30 s)."""
     jwks_client = httpx2.AsyncClient(
         verify=ssl.create_default_context(cafile=idp.ca_file), trust_env=False
     )
@@ -329,6 +331,8 @@ def build_mcp_app(
             executions.append((who, user.oid))  # list.append is atomic: no lock needed
         if hold:
             await asyncio.sleep(hold)
+        if gate is not None:
+            await asyncio.to_thread(gate.wait, 30)
         return json.dumps({"oid": user.oid, "upn": user.upn, "who": who})
 
     @server.tool()

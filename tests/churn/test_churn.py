@@ -189,6 +189,7 @@ def _check(
         if s.oid is not None and not any(a <= s.at <= b for a, b in runs.get(s.oid, []))
     ]
     assert not outside, f"{len(outside)} lifecycle requests with a user's token outside their run"
+    print(f"churn outcomes: {dict(outcomes)}")  # shown with -rP / on failure
     return outcomes
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import socket
+import threading
 import struct
 import time
 from collections import Counter
@@ -301,6 +303,112 @@ async def test_no_call_runs_twice_when_the_server_restarts_under_load(
     assert len(results) == 30
     seen = [s for s in calls(recorder.snapshot()) if s.status == 200]
     assert all(s.oid == s.caller_tag for s in seen)
+
+
+async def test_a_call_the_old_server_still_answers_is_not_cut_off_by_a_restart_gap(
+    idp: EntraEmulator, users: list[User], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server restarting gracefully (a gap: connection refused) while it still runs a call:
+    a second call, refused at connect, waits and is sent again on the same connection instead
+    of replacing it, so the first call's answer still arrives. Replacing the connection (the
+    old behaviour) cut the first call off after it ran: "may have run" for a call the server
+    answered. Both run exactly once."""
+    recorder, executions, gate = Recorder(), list[tuple[str, str]](), threading.Event()
+    server = ServerThread(
+        lambda base: build_mcp_app(
+            idp, base_url=base, recorder=recorder, executions=executions, gate=gate
+        ),
+        name="mcp",
+        graceful=5,  # the old server waits (bounded) for the call it runs
+    ).start()
+    tool = entra_mcp_tool(
+        "records", f"{server.base}/mcp", chain=make_chain(idp), scopes=mcp_scopes(idp)
+    )
+    restart: asyncio.Task[None] | None = None
+    try:
+        async with bind_caller(token=agent_token(idp, users[0])):
+            await tool.connect()
+            first = asyncio.create_task(tool.call_tool("whoami", who="first"))
+            for _ in range(3000):  # bounded: until the server runs the first call
+                if executions:
+                    break
+                await asyncio.sleep(0.01)
+            assert executions == [("first", users[0].oid)]
+            restart = asyncio.create_task(asyncio.to_thread(server.restart))
+            for _ in range(3000):  # until the old server stopped listening (the gap)
+                if not _listening(server.port):
+                    break
+                await asyncio.sleep(0.01)
+            caplog.set_level(logging.INFO, logger="entra_passthrough")
+            second = asyncio.create_task(tool.call_tool("whoami", who="second"))
+            for _ in range(3000):  # until the second call was refused at connect once
+                if any("call not sent" in r.getMessage() for r in caplog.records):
+                    break
+                await asyncio.sleep(0.01)
+            assert not first.done()
+            gate.set()  # the old server answers the first call, stops, and starts again
+            answers = [_text(await first), _text(await second)]
+            await restart
+    finally:
+        gate.set()
+        if restart is not None:
+            await asyncio.gather(restart, return_exceptions=True)
+        await tool.close()
+        server.stop()
+    assert [json.loads(json.loads(a)["result"])["who"] for a in answers] == ["first", "second"]
+    assert sorted(executions) == [("first", users[0].oid), ("second", users[0].oid)]
+
+
+async def test_a_reconnect_lets_the_calls_in_flight_finish_first(
+    idp: EntraEmulator, users: list[User]
+) -> None:
+    """A reconnect (here asked for directly; in production another call found the connection
+    dead) waits, bounded, for the calls whose requests are still on the old connection:
+    closing it under them would cut off a call the server is answering ("may have run")."""
+    recorder, executions, gate = Recorder(), list[tuple[str, str]](), threading.Event()
+    server = ServerThread(
+        lambda base: build_mcp_app(
+            idp, base_url=base, recorder=recorder, executions=executions, gate=gate
+        ),
+        name="mcp",
+    ).start()
+    tool = entra_mcp_tool(
+        "records", f"{server.base}/mcp", chain=make_chain(idp), scopes=mcp_scopes(idp)
+    )
+    try:
+        async with bind_caller(token=agent_token(idp, users[1])):
+            await tool.connect()
+            call = asyncio.create_task(tool.call_tool("whoami", who="in-flight"))
+            for _ in range(3000):  # bounded: until the server runs it
+                if executions:
+                    break
+                await asyncio.sleep(0.01)
+            reconnect = asyncio.create_task(tool.connect(reset=True))
+            for _ in range(50):  # the reconnect is waiting for the call, not closing under it
+                await asyncio.sleep(0.01)
+            assert not call.done()
+            assert not reconnect.done()
+            gate.set()
+            answer = _text(await call)
+            await reconnect
+            assert tool.is_connected
+    finally:
+        gate.set()
+        await tool.close()
+        server.stop()
+    assert json.loads(json.loads(answer)["result"])["who"] == "in-flight"
+    assert executions == [("in-flight", users[1].oid)]
+
+
+def _text(result: Any) -> str:
+    parts = result if isinstance(result, list) else [result]
+    return " ".join(str(getattr(part, "text", part)) for part in parts)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(1)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 async def test_pool_caller_without_consent_gets_a_consent_request_and_sends_nothing(

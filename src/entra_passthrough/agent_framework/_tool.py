@@ -104,13 +104,19 @@ _log = logging.getLogger("entra_passthrough.agent_framework")
 
 Mode = Literal["shared", "per_user"]
 
-#: A call that provably never left is tried again within this window, at most this many times.
+#: A call that provably never left is tried again within this window, at most this many times
+#: (and at most ``_MAX_RECONNECTS`` times on a replaced connection).
 _RETRY_WINDOW = 15.0
-_MAX_ATTEMPTS = 6
+_MAX_ATTEMPTS = 40
+_MAX_RECONNECTS = 6
 #: How long a call waits for a reconnect in progress before it is sent anyway.
 _RECONNECT_WAIT = 30.0
 #: How long a failed call waits for its requests to leave the transport before the verdict.
 _SETTLE_WAIT = 5.0
+#: How long a reconnect lets the calls still in flight on the old connection finish (their
+#: requests reached a server that may still answer them, e.g. one shutting down gracefully)
+#: before it closes that connection under them.
+_DRAIN_WAIT = 10.0
 
 
 class EntraMCPTool(HookedMCPTool):
@@ -177,6 +183,9 @@ class EntraMCPTool(HookedMCPTool):
         self._lifecycle_caller: Caller | None = None
         self._connect_lock = asyncio.Lock()
         self._generation = 0
+        # The calls in progress (their attempt, set once the call returns or fails): a
+        # reconnect lets those whose request was sent finish first.
+        self._calls: dict[CallAttempt, asyncio.Event] = {}
         self._leases = 0
         # Leases handed out by the pool but not yet entered (the agent factory runs between):
         # counted from the moment the pool hands the tool out, so eviction never picks it.
@@ -286,6 +295,10 @@ class EntraMCPTool(HookedMCPTool):
                 # no request at all, and gets the explanation.
                 await self._preflight(chosen)
             if reset:
+                # The calls whose requests are still on the old connection finish first
+                # (bounded): closing it would cut off calls the server is still answering, and
+                # each would end "may have run".
+                await self._drain()
                 # Close the old connection first, acting for nobody (shared) or its own user
                 # (pooled): its DELETE must not carry the token of whoever triggered the reset.
                 if self.mode == "shared":
@@ -316,6 +329,17 @@ class EntraMCPTool(HookedMCPTool):
             # die with the old generation cannot tear this one down.
             self._generation += 1
             self._session_owner = _oid_of(chosen)
+
+    async def _drain(self) -> None:
+        """Wait (at most ``_DRAIN_WAIT``) until every call whose ``tools/call`` was sent has
+        its answer (the response's body is read after its headers leave the transport). Calls
+        not sent yet do not count: they wait for a connection, perhaps for this reconnect."""
+        busy = [done.wait() for attempt, done in self._calls.items() if attempt.sent]
+        if not busy:
+            return
+        with suppress(TimeoutError):
+            async with asyncio.timeout(_DRAIN_WAIT):
+                await asyncio.gather(*busy)
 
     async def _preflight(self, chosen: Caller) -> None:
         # Resolved as ``chosen`` (the trigger, or a pooled connection's own user).
@@ -494,6 +518,8 @@ class EntraMCPTool(HookedMCPTool):
     ) -> str | list[Content]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _RETRY_WINDOW
+        delay = 0.05  # backoff while the server cannot be reached on a live connection
+        reconnects = 0
         for number in range(1, _MAX_ATTEMPTS + 1):
             if self._principal_bound:
                 raise self._bound_error()
@@ -503,9 +529,14 @@ class EntraMCPTool(HookedMCPTool):
             attempt: CallAttempt
             try:
                 with self._entra_auth.use(result), call_attempt() as attempt:
-                    if self._pool is not None and caller is not None:
-                        self._lease(caller)
-                    outcome = await super().call_tool(tool_name, **kwargs)
+                    self._calls[attempt] = done = asyncio.Event()
+                    try:
+                        if self._pool is not None and caller is not None:
+                            self._lease(caller)
+                        outcome = await super().call_tool(tool_name, **kwargs)
+                    finally:
+                        del self._calls[attempt]
+                        done.set()
             except UserInputRequiredException:
                 raise
             except Exception as exc:
@@ -535,18 +566,35 @@ class EntraMCPTool(HookedMCPTool):
                     ) from exc
                 # "retry": the request provably never reached the server (or the server
                 # refused the session before running anything).
-                if number == _MAX_ATTEMPTS or loop.time() >= deadline:
+                if (
+                    number == _MAX_ATTEMPTS
+                    or reconnects == _MAX_RECONNECTS
+                    or loop.time() >= deadline
+                ):
                     raise ToolException(
                         f"The call to tool {tool_name!r} could not be sent to MCP server "
                         f"{self.server_label!r} (it did not run): the server was unreachable "
                         f"after {number} attempts.",
                         exc,
                     ) from exc
+                if not is_dead_connection(exc) and self.is_connected:
+                    # The server could not be reached (a restart's gap) but the connection is
+                    # alive: back off and send again on it. Replacing it would cut off the calls
+                    # still in flight on it, which the server may yet answer.
+                    _log.info(
+                        "MCP server %r: call not sent (%s), retrying",
+                        self.server_label,
+                        type(exc).__name__,
+                    )
+                    await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311 (jitter)
+                    delay = min(delay * 2, 1.0)
+                    continue
                 _log.info(
                     "MCP server %r: call not sent (%s), reconnecting and retrying",
                     self.server_label,
                     type(exc).__name__,
                 )
+                reconnects += 1
                 await self._recover(generation, deadline)
                 continue
             if (
