@@ -10,8 +10,8 @@ import base64
 import json
 import logging
 import socket
-import threading
 import struct
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
