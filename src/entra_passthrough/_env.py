@@ -122,16 +122,28 @@ def require(
 
 def azure_app_hint(environ: Mapping[str, str]) -> str:
     """A sentence for an error when azure-identity's app-registration variables are set but
-    this library's are not; empty otherwise. Names only, never values."""
+    this library does not read them for the on-behalf-of app; empty otherwise. Names only,
+    never values. ``AZURE_CLIENT_SECRET`` / ``AZURE_CLIENT_CERTIFICATE_PATH`` are named even
+    when ``ENTRA_PASSTHROUGH_CLIENT_ID`` is set (the client id is right, the credential is in
+    the variable this library does not read for that app)."""
     seen = [name for name in AZURE_APP_VARIABLES if get(environ, name)]
-    if not seen or get(environ, "ENTRA_PASSTHROUGH_CLIENT_ID"):
+    credentials = [name for name in seen if name != "AZURE_CLIENT_ID"]
+    if not seen or (get(environ, "ENTRA_PASSTHROUGH_CLIENT_ID") and not credentials):
         return ""
+    ours = {
+        "AZURE_CLIENT_SECRET": "ENTRA_PASSTHROUGH_CLIENT_SECRET",
+        "AZURE_CLIENT_CERTIFICATE_PATH": "ENTRA_PASSTHROUGH_CLIENT_CERTIFICATE_PATH",
+    }
+    wanted = [ours[name] for name in credentials] or [
+        "ENTRA_PASSTHROUGH_CLIENT_SECRET or ENTRA_PASSTHROUGH_CLIENT_CERTIFICATE_PATH"
+    ]
+    if not get(environ, "ENTRA_PASSTHROUGH_CLIENT_ID"):
+        wanted.insert(0, "ENTRA_PASSTHROUGH_CLIENT_ID (the app's client id)")
     return (
         f" The environment sets {', '.join(seen)} (azure-identity's names for an app "
         "registration); this library reads AZURE_CLIENT_ID only as the user-assigned managed "
-        "identity. For the on-behalf-of app set ENTRA_PASSTHROUGH_CLIENT_ID (the app's client "
-        "id) and ENTRA_PASSTHROUGH_CLIENT_SECRET or ENTRA_PASSTHROUGH_CLIENT_CERTIFICATE_PATH "
-        f"({see('configuration')})."
+        "identity, and the on-behalf-of app's credential from its own variables. For the "
+        f"on-behalf-of app set {' and '.join(wanted)} ({see('configuration')})."
     )
 
 

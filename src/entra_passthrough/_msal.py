@@ -390,7 +390,7 @@ def load_certificate(
     it signs with PS256 and names the certificate with ``x5t#S256``
     (https://learn.microsoft.com/entra/identity-platform/certificate-credentials). The header
     ``x5c`` carries the leaf certificate, or the whole chain with ``send_chain`` (subject
-    name/issuer authentication).
+    name/issuer authentication; that assertion is RS256 with ``x5t``, see below).
     """
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
@@ -475,6 +475,21 @@ def load_certificate(
         serialization.NoEncryption(),
     ).decode()
     public_certificate = "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in chain)
+    if len(chain) > 1:
+        # Measured with MSAL 1.39: given a PEM string as public_certificate, MSAL computes the
+        # SHA-256 thumbprint from its *first* certificate and sets x5c to that one alone, so
+        # the chain never leaves (msal/application.py, _extract_cert_and_thumbprints). With a
+        # SHA-1 thumbprint given, MSAL sends x5c from the whole PEM (extract_certs): the chain
+        # that subject name/issuer authentication needs, signed RS256 with x5t, which Entra
+        # accepts. Without a chain to send, PS256 + x5t#S256 stays.
+        from cryptography.hazmat.primitives import hashes
+
+        thumbprint = leaf.fingerprint(hashes.SHA1()).hex()  # noqa: S303 - Entra's x5t
+        return {
+            "private_key": key_text,
+            "thumbprint": thumbprint,
+            "public_certificate": public_certificate,
+        }
     return {"private_key": key_text, "public_certificate": public_certificate}
 
 

@@ -218,6 +218,30 @@ def test_azure_identity_app_variables_are_named_in_the_error() -> None:
     assert "ENTRA_PASSTHROUGH_CLIENT_SECRET" in str(info.value)
 
 
+def test_azure_identity_credential_variables_are_named_with_our_client_id_set() -> None:
+    # The client id is right (ENTRA_PASSTHROUGH_CLIENT_ID) but the credential is in
+    # azure-identity's variable: the error names what it saw and the variable to set instead.
+    env = {
+        "AZURE_TENANT_ID": "t",
+        "ENTRA_PASSTHROUGH_CLIENT_ID": "app",
+        "AZURE_CLIENT_CERTIFICATE_PATH": "/secret/path.pem",
+    }
+    with pytest.raises(ConfigurationError) as info:
+        OnBehalfOf.from_env(env)
+    text = str(info.value)
+    assert "The environment sets AZURE_CLIENT_CERTIFICATE_PATH" in text
+    assert "set ENTRA_PASSTHROUGH_CLIENT_CERTIFICATE_PATH" in text
+    assert "/secret/path.pem" not in text
+    with pytest.raises(ConfigurationError) as info:
+        OnBehalfOf.from_env(
+            {**env, "AZURE_CLIENT_CERTIFICATE_PATH": "", "AZURE_CLIENT_SECRET": "s3cr3t-value"}
+        )
+    text = str(info.value)
+    assert "The environment sets AZURE_CLIENT_SECRET" in text
+    assert "set ENTRA_PASSTHROUGH_CLIENT_SECRET" in text
+    assert "s3cr3t-value" not in text
+
+
 def test_foundry_agent_variables_feed_agent_identity() -> None:
     foundry = {
         "FOUNDRY_AGENT_BLUEPRINT_CLIENT_ID": "bp-from-foundry",
