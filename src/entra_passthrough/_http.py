@@ -593,11 +593,12 @@ POOL_SIZE = 64
 
 def size_pool(session: Any, size: int = POOL_SIZE) -> None:
     """Mount HTTPS/HTTP adapters that keep ``size`` connections per host on a
-    ``requests.Session`` the library created (never on one the application passed)."""
-    from requests.adapters import HTTPAdapter
+    ``requests.Session`` the library created (never on one the application passed), and load
+    each CA bundle once per process instead of once per new connection (``_requests_tls``)."""
+    from ._requests_tls import SharedTlsAdapter
 
     for prefix in ("https://", "http://"):
-        session.mount(prefix, HTTPAdapter(pool_connections=4, pool_maxsize=size))
+        session.mount(prefix, SharedTlsAdapter(pool_connections=4, pool_maxsize=size))
 
 
 def _is_timeout(exc: BaseException) -> bool:
