@@ -328,10 +328,16 @@ class Throttled(TokenAcquisitionError):
         self.retry_after = retry_after
         self.retry_at = time.time() + retry_after if retry_after is not None else None
         self.status = status
-        when = f"retry in {retry_after:.3g} s" if retry_after is not None else "retry later"
+        if retry_after is None:
+            when = "retry later"
+        elif retry_after >= 10:  # "retry in 3600 s", not "3.6e+03 s"
+            when = f"retry in {retry_after:.0f} s"
+        else:
+            when = f"retry in {retry_after:.2g} s"
+        # ``message`` names who throttles (Entra, or the host's managed identity endpoint).
         super().__init__(
-            f"{message}: Entra is throttling requests (HTTP {status or 'error'}, AADSTS90033 "
-            f"or a rate limit); {when}.",
+            f"{message}: throttling (HTTP {status or 'error'}: a rate limit, or "
+            f"AADSTS90033 from Entra); {when}.",
             source=source,
             scopes=scopes,
             aadsts=None,

@@ -103,3 +103,30 @@ def test_aadsts50196_says_it_is_throttling() -> None:
     assert "LoopDetected" in str(error)
     assert "throttling" in str(error)
     assert "cache tokens" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "shown"),
+    [
+        (3600.0, "retry in 3600 s"),
+        (30.0, "retry in 30 s"),
+        (1.5, "retry in 1.5 s"),
+        (None, "retry later"),
+    ],
+)
+def test_throttled_says_when_in_plain_seconds_and_blames_no_one_it_did_not_ask(
+    retry_after: float | None, shown: str
+) -> None:
+    """A managed identity endpoint's 429 said "Entra is throttling requests", and an hour was
+    "retry in 3.6e+03 s"."""
+    from entra_passthrough import Throttled
+
+    err = Throttled(
+        "managed identity token request failed: the managed identity endpoint answered HTTP 429",
+        retry_after=retry_after,
+        status=429,
+        source="managed_identity",
+    )
+    assert shown in str(err)
+    assert "e+" not in str(err)
+    assert "Entra is throttling" not in str(err)
