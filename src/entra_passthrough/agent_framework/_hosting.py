@@ -124,7 +124,9 @@ def _replay(buffered: list[Message], receive: Receive) -> Receive:
 def _is_background(body: bytes) -> bool:
     try:
         parsed = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
+        # Not JSON, or nested past the parser's recursion limit (a body built to crash it):
+        # not a background request; the host answers it as it sees fit, never a crash here.
         return False
     return isinstance(parsed, dict) and parsed.get("background") is True
 
