@@ -743,6 +743,55 @@ def test_default_with_no_configured_permission_is_650057(consent_idp: EntraEmula
     assert "code" in answer, answer
 
 
+@pytest.mark.filterwarnings("ignore:response_mode='form_post' is recommended:UserWarning")
+def test_mfa_step_up_completes_over_the_wire(idp: EntraEmulator) -> None:
+    # v2-oauth2-on-behalf-of-flow, "Error response example": OBO answers AADSTS50076 with a
+    # claims challenge; the client signs the user in again with those claims (MFA performed);
+    # OBO with the new v2 assertion succeeds. v2 access tokens carry no amr: the session's MFA
+    # travels in an opaque claim, as in Entra. Unmodified MSAL on both sides.
+    frontend = msal.PublicClientApplication(
+        idp.frontend.client_id,
+        authority=f"{idp.url}/{idp.tenant_id}",
+        http_client=idp.msal_http_client(),
+        instance_discovery=False,
+    )
+    agent = msal.ConfidentialClientApplication(
+        idp.agent.client_id,
+        client_credential=idp.agent.secret,
+        authority=f"{idp.url}/{idp.tenant_id}",
+        http_client=idp.msal_http_client(),
+        instance_discovery=False,
+    )
+    scope = [f"{idp.agent.app_id_uri}/access_as_user"]
+    downstream = [f"{idp.mcp.app_id_uri}/.default"]
+
+    def sign_in(claims: str | None = None) -> str:
+        flow = frontend.initiate_auth_code_flow(
+            scope,
+            redirect_uri="http://localhost/callback",
+            login_hint="dave",
+            claims_challenge=claims,
+        )
+        with idp.msal_http_client() as http:
+            resp = http.get(flow["auth_uri"], allow_redirects=False)
+        import urllib.parse
+
+        answer = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(resp.headers["location"]).query))
+        result = frontend.acquire_token_by_auth_code_flow(flow, answer)
+        assert "access_token" in result, result
+        return result["access_token"]
+
+    first = sign_in()
+    assert "amr" not in _claims(first)  # a v2 access token
+    challenge = agent.acquire_token_on_behalf_of(first, downstream)
+    assert challenge.get("error_codes") == [50076], challenge
+    stepped_up = sign_in(challenge["claims"])
+    assert "amr" not in _claims(stepped_up)
+    answer = agent.acquire_token_on_behalf_of(stepped_up, downstream)
+    assert "access_token" in answer, answer
+    assert _claims(answer["access_token"])["oid"] == idp.users["dave"].oid
+
+
 def test_xms_cc_is_cp1_only_and_only_when_the_resource_asks(idp: EntraEmulator) -> None:
     # claims-challenge: the claims request parameter is evaluated; xms_cc carries cp1 only.
     with idp.msal_http_client() as http:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hmac
 import html
+import json
 import secrets
 import time
 from collections.abc import Mapping
@@ -278,8 +279,13 @@ def _authorize_for_client(
         check_user_may_consent(rt, tid, req.resource, wanted)
         rt.grant_consent(user.name, client.client_id, req.resource.client_id, wanted)
     amr: tuple[str, ...] = ("pwd",)
-    if req.resource is not None and set(req.resource.identifiers) & set(user.mfa_required_for):
-        amr = ("pwd", "mfa")  # the interactive sign-in performs the MFA the policy asks for
+    if (
+        req.resource is not None and set(req.resource.identifiers) & set(user.mfa_required_for)
+    ) or _asks_for_step_up(params.get("claims")):
+        # The interactive sign-in performs the MFA the policy asks for, also when the client
+        # comes back with the claims challenge an OBO answer carried (AADSTS50076 + claims:
+        # v2-oauth2-on-behalf-of-flow, "Error response example"; claims-challenge).
+        amr = ("pwd", "mfa")
     code = rt.new_code(
         CodeRecord(
             user=user.name,
@@ -297,6 +303,19 @@ def _authorize_for_client(
     response = _to_client(params, {"code": code})
     response.set_cookie(SESSION_COOKIE, _session(rt, user), httponly=True, secure=True)
     return response
+
+
+def _asks_for_step_up(raw: str | None) -> bool:
+    """Whether an authorize request's ``claims`` asks for Conditional Access policies or an
+    authentication context (``capolids``, ``acrs``, ``amr``): the sign-in then performs MFA."""
+    if not raw:
+        return False
+    try:
+        claims = json.loads(raw)
+    except ValueError:
+        return False
+    token = claims.get("access_token") if isinstance(claims, dict) else None
+    return isinstance(token, dict) and bool({"capolids", "polids", "acrs", "amr"} & set(token))
 
 
 def default_scopes(client: App, resource: App) -> list[str]:

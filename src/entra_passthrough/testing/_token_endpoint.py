@@ -31,7 +31,7 @@ from ._issue import (
     user_token_response,
 )
 from ._state import Runtime
-from ._tokens import Subject, numeric_claim, verify
+from ._tokens import Subject, numeric_claim, performed_mfa, verify
 from ._world import TOKEN_EXCHANGE_APP_ID, App, Tenant, User
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -234,6 +234,8 @@ def _on_behalf_of(
     check_self_token(req, app)
     raw_amr = claims.get("amr")
     amr = tuple(str(x) for x in raw_amr) if isinstance(raw_amr, list) else ("pwd",)
+    if performed_mfa(claims) and "mfa" not in amr:
+        amr = (*amr, "mfa")  # a v2 assertion of a stepped-up sign-in (its aio says so)
     _check_user_policies(user, req.resource, amr)
     return user_token_response(
         rt,

@@ -145,6 +145,28 @@ def opaque(n: int = 16) -> str:
     return secrets.token_urlsafe(n)
 
 
+#: Marks an ``aio`` (Entra's opaque session claim) whose sign-in performed MFA. v2 access
+#: tokens carry no ``amr``; in Entra the session's MFA travels in opaque claims, so an OBO
+#: assertion from a stepped-up sign-in satisfies the MFA policy. ``!`` never occurs in
+#: ``opaque()`` (URL-safe base64), so an ordinary ``aio`` never carries the mark.
+MFA_AIO_MARK = "!m"
+
+
+def session_aio(amr: Sequence[str]) -> str:
+    """An ``aio`` value: opaque, with ``MFA_AIO_MARK`` when ``amr`` has ``mfa``."""
+    return opaque(24) + (MFA_AIO_MARK if "mfa" in amr else "")
+
+
+def performed_mfa(claims: Mapping[str, Any]) -> bool:
+    """Whether a (signature-verified) token's sign-in performed MFA: ``amr`` (v1, ID tokens) or
+    the emulator's ``aio`` mark (v2 access tokens)."""
+    amr = claims.get("amr")
+    if isinstance(amr, list) and "mfa" in amr:
+        return True
+    aio = claims.get("aio")
+    return isinstance(aio, str) and aio.endswith(MFA_AIO_MARK)
+
+
 def pairwise_sub(oid: str, client_id: str) -> str:
     """``sub`` is pairwise: unique per user per application (access-token-claims-reference)."""
     return _ca.b64url(hashlib.sha256(f"{oid}|{client_id}".encode()).digest())
@@ -191,7 +213,7 @@ def access_token_claims(
         "iat": now,
         "nbf": now,
         "exp": now + lifetime,
-        "aio": opaque(24),
+        "aio": opaque(24) if app_only else session_aio(subject.amr),
         "oid": subject.oid,
         "rh": "0." + opaque(24),
         "sub": subject.oid if app_only else pairwise_sub(subject.oid, client_id),
