@@ -350,6 +350,14 @@ def _bearer(header: str, raw: bytes) -> str | None:
     return value
 
 
+def malformed_caller(reason: str) -> Caller:
+    """A Caller for a request whose headers could not be read at all: presented and
+    undecodable, so that it fails closed everywhere (capture's last resort)."""
+    caller = Caller()
+    caller._mark_malformed(reason)
+    return caller
+
+
 def current_caller() -> Caller | None:
     """The Caller bound to this context, active or not (check ``.active``)."""
     return caller_var.get()

@@ -36,7 +36,7 @@ from ._errors import ConfigurationError, TokenAcquisitionError
 from ._httpx_seams import has_authorization
 from ._origins import OriginKey, format_origin, origin_key, parse_origins
 from ._prefetch import prefetched_for, scope_key
-from ._types import TokenResult
+from ._types import TokenResult, header_safe, mark_header_safe
 
 _log = logging.getLogger("entra_passthrough.apply")
 
@@ -313,7 +313,7 @@ class FlowCore:
         result = prefetched_for(caller, self._key) or cached(
             self.scopes, caller=caller, client_capabilities=self.client_capabilities
         )
-        if result is None or not result._header_safe:
+        if result is None or not header_safe(result):
             return None
         if result.headers:
             self._apply(request, result, caller)  # cannot fail: the token was found safe before
@@ -389,7 +389,7 @@ class FlowCore:
 
     def _apply(self, request: Request, result: TokenResult, caller: Caller | None) -> bool:
         token = result.token
-        if not result._header_safe and not _mark_header_safe(result):
+        if not header_safe(result) and not _mark_header_safe(result):
             error = UnsafeTokenValue(
                 "the token source returned a value that is not a valid bearer token; it was "
                 "not sent",
@@ -441,7 +441,7 @@ def _mark_header_safe(result: TokenResult) -> bool:
     token = result.token
     if not (token and token.isascii() and token.isprintable() and " " not in token):
         return False
-    object.__setattr__(result, "_header_safe", True)  # frozen: a one-way internal mark
+    mark_header_safe(result)
     return True
 
 

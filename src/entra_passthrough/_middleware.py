@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Iterable, Mapping, MutableMapping, Sequen
 from typing import Any, Protocol
 
 from ._asgi import ASGIApp, Message, Receive, Scope, Send
-from ._caller import Caller, caller_var
+from ._caller import Caller, caller_var, malformed_caller
 from ._challenge import bearer_challenge
 from ._errors import ConfigurationError, TokenVerificationError
 from ._www_auth import send_challenge
@@ -233,6 +233,4 @@ def _capture(headers: object, assertion_headers: Iterable[str]) -> Caller:
         return Caller.from_headers(headers, assertion_headers=assertion_headers)  # type: ignore[arg-type]
     except Exception:
         # Headers an ASGI server would never produce (wrong types...): fail closed, never crash.
-        caller = Caller()
-        caller._mark_malformed("request headers could not be read")
-        return caller
+        return malformed_caller("request headers could not be read")

@@ -67,6 +67,17 @@ class TokenResult:
         return self.expires_on - (time.time() if now is None else now)
 
 
+def header_safe(result: TokenResult) -> bool:
+    """Whether the apply stage found ``result.token`` fit for an HTTP header."""
+    return result._header_safe
+
+
+def mark_header_safe(result: TokenResult) -> None:
+    """Remember on ``result`` that its token is fit for an HTTP header (a one-way mark on a
+    frozen result, for the apply stage)."""
+    object.__setattr__(result, "_header_safe", True)
+
+
 @runtime_checkable
 class TokenSource(Protocol):
     """A way to obtain a token. Implementations: ``OnBehalfOf``, ``ManagedIdentity``, ...

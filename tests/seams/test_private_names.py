@@ -43,9 +43,7 @@ KNOWN_IMPORTS: set[tuple[str, str]] = set()
 #: Private attributes of other modules' objects still used (module, attribute).
 KNOWN_ATTRIBUTES: set[tuple[str, str]] = {
     # Friends of public classes (TokenResult, Keyring, Caller, OnBehalfOf).
-    ("entra_passthrough/_flow.py", "_header_safe"),
     ("entra_passthrough/_l2.py", "_subkey"),
-    ("entra_passthrough/_middleware.py", "_mark_malformed"),
     ("entra_passthrough/_sources/agent_id.py", "_created_http"),
     ("entra_passthrough/_sources/agent_id.py", "_throttle"),
 }
