@@ -10,10 +10,11 @@ slot by whoever administers the backend.
 from __future__ import annotations
 
 import json
+import math
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from ._store import ANY, AnyVersion, Keyring, KeyringError, TokenStore
 from ._user_key import KeyKind
@@ -30,6 +31,8 @@ _MAX_SCOPE_CHARS = 256
 #: are ``ep:v1:tok:...``): ``ep:v1:<record>:<id>``, the id a hashed ``UserKey`` for grants and
 #: bindings, a random id for sign-in flows and used states. Changing it orphans stored grants.
 _GRANT, _BINDING, _FLOW, _USED = "ep:v1:grant:", "ep:v1:bind:", "ep:v1:flow:", "ep:v1:used:"
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,9 +110,23 @@ class GrantStore:
     def __init__(self, store: TokenStore, keyring: Keyring) -> None:
         self.store = store
         self.keyring = keyring
+        #: When (``time.monotonic()``) a call to the store last failed (down, timeout, full).
+        self.failed_at = -math.inf
+
+    def failed_within(self, seconds: float) -> bool:
+        """Whether a store call failed in the last ``seconds``: after an outage the refresh
+        leases of other replicas are honoured that long (``DelegatedConsent``)."""
+        return time.monotonic() - self.failed_at < seconds
+
+    async def _call(self, call: Awaitable[_T]) -> _T:
+        try:
+            return await call
+        except Exception:
+            self.failed_at = time.monotonic()
+            raise
 
     async def _get(self, key: str) -> tuple[bytes, str] | None:
-        entry = await self.store.get(key)
+        entry = await self._call(self.store.get(key))
         if entry is None:
             return None
         try:
@@ -122,7 +139,7 @@ class GrantStore:
         self, key: str, plain: bytes, *, ttl: float, expect: str | AnyVersion | None = ANY
     ) -> str | None:
         sealed = self.keyring.seal("store", plain, aad=key.encode()).encode("ascii")
-        return await self.store.put(key, sealed, ttl=ttl, expect=expect)
+        return await self._call(self.store.put(key, sealed, ttl=ttl, expect=expect))
 
     # grants ---------------------------------------------------------------------------------
     async def get_grant(self, key_hash: str) -> tuple[StoredGrant, str] | None:
@@ -140,7 +157,7 @@ class GrantStore:
         return await self._put(_GRANT + key_hash, grant.to_json(), ttl=GRANT_TTL, expect=expect)
 
     async def delete_grant(self, key_hash: str, *, expect: str | AnyVersion = ANY) -> bool:
-        return await self.store.delete(_GRANT + key_hash, expect=expect)
+        return await self._call(self.store.delete(_GRANT + key_hash, expect=expect))
 
     # platform-id -> (tid, oid) bindings -----------------------------------------------------
     async def get_binding(self, key_hash: str) -> tuple[str, str] | None:
@@ -172,14 +189,14 @@ class GrantStore:
         """Read and delete atomically (compare-and-delete): one caller wins, across replicas."""
         key = _FLOW + flow_id
         found = await self._get(key)
-        if found is None or not await self.store.delete(key, expect=found[1]):
+        if found is None or not await self._call(self.store.delete(key, expect=found[1])):
             return None
         data = json.loads(found[0])
         return data if isinstance(data, dict) else None
 
     async def mark_used(self, state_id: str, *, ttl: float) -> bool:
         """``True`` the first time only: a state is single-use until it expires."""
-        version = await self.store.put(_USED + state_id, b"1", ttl=ttl, expect=None)
+        version = await self._call(self.store.put(_USED + state_id, b"1", ttl=ttl, expect=None))
         return version is not None
 
 

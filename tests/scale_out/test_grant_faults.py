@@ -154,3 +154,56 @@ async def test_restarted_with_its_data_lost_asks_for_consent_again(
     finally:
         await store.aclose()
         await broker.aclose()
+
+
+async def test_after_an_outage_longer_than_the_lease_the_holder_writes_back_first(
+    consent_env: ConsentEnv, fresh_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replica 0 redeems user A's refresh token, then Redis dies before it stores the successor.
+    Redis stays down longer than the refresh lease. Afterwards replica 1 is asked for user A
+    first (the lease has run out) and replica 0 only for user B: replica 1 must honour the lease
+    while replica 0, whose first store call writes back every rotated grant it holds, puts A's
+    successor in place; A's redeemed refresh token is never redeemed again."""
+    from entra_passthrough._sources import delegated
+
+    env = consent_env
+    fresh_redis.start()
+    keyring = Keyring.generate()
+    stores = [RedisStore.from_url(fresh_redis.url, timeout=0.5) for _ in range(2)]
+    broker: StandaloneBroker | None = None
+    try:
+        replicas = [env.make(store=s, keyring=keyring)[0] for s in stores]  # type: ignore[arg-type]
+        broker = StandaloneBroker(env, RedisStore.from_url(fresh_redis.url), keyring)
+        user_a = await _consent(env, replicas[1], "rita", "chat-rita-outage")
+        user_b = await _consent(env, replicas[1], "pat", "chat-pat-outage")
+        redeemed: list[str] = []
+        killed: list[bool] = []
+
+        def kill_once() -> None:
+            if not killed:
+                killed.append(True)
+                fresh_redis.kill()
+
+        _spy_refreshes(replicas[0], redeemed, kill_once)
+        _spy_refreshes(replicas[1], redeemed)
+        monkeypatch.setattr(delegated, "LEASE_SECONDS", 0.5)  # the lease A's refresh takes
+        assert await replicas[0].get_token_async(user_a) is not None  # redeemed; Redis died
+        assert killed
+        monkeypatch.setattr(delegated, "LEASE_SECONDS", 20.0)
+        lease_over = time.time() + 0.6
+        while time.time() < lease_over:  # bounded: the outage outlasts A's lease
+            with pytest.raises(SourceUnavailable):  # replica 1 sees the outage
+                await replicas[1].get_token_async(user_a)
+            await asyncio.sleep(0.1)
+        fresh_redis.start()  # data kept: A's record still holds the redeemed refresh token
+        first = asyncio.create_task(replicas[1].get_token_async(user_a))
+        await asyncio.wait({first}, timeout=2.0)  # without the fix it redeems at once
+        assert await replicas[0].get_token_async(user_b) is not None  # writes A's back first
+        assert (await asyncio.wait_for(first, 60)) is not None
+        twice = sum(n > 1 for n in Counter(redeemed).values())  # counts only: no token shown
+        assert twice == 0, f"{twice} refresh token(s) redeemed twice"
+    finally:
+        for store in stores:
+            await store.aclose()
+        if broker is not None:
+            await broker.aclose()

@@ -436,13 +436,15 @@ class DelegatedConsent:
     def _decide(self, key: UserKey, request: TokenRequest) -> Generator[_Step, Any, TokenResult]:
         scopes = tuple(request.scopes)
         for attempt in range(_MAX_ATTEMPTS):
-            unsaved = self._unsaved.get(key.hashed)
-            if unsaved is not None:
+            # Every rotated grant the store refused, whichever user's: this replica's first
+            # call after an outage writes them all back, while the other replicas honour its
+            # leases (below), so a redeemed refresh token is never redeemed again.
+            for hashed, unsaved in list(self._unsaved.items()):
                 # Raises while the store is still down. None: the record changed since (our
                 # lease ran out and another replica rotated, or the data was lost): theirs wins.
-                yield _Grants("put_grant", key.hashed, unsaved[0], expect=unsaved[1])
-                if self._unsaved.get(key.hashed) is unsaved:
-                    del self._unsaved[key.hashed]
+                yield _Grants("put_grant", hashed, unsaved[0], expect=unsaved[1])
+                if self._unsaved.get(hashed) is unsaved:
+                    del self._unsaved[hashed]
             found = yield _Grants("get_grant", key.hashed)
             if found is None:
                 raise self._consent_required(
@@ -450,9 +452,13 @@ class DelegatedConsent:
                 )
             grant, version = found
             now = time.time()
-            if grant.lease_owner and grant.lease_until > now:
+            if grant.lease_owner and (
+                grant.lease_until > now or self.grants.failed_within(LEASE_SECONDS)
+            ):
                 # Another replica is rotating this user's refresh token: wait for its result
-                # rather than spend the same refresh token twice.
+                # rather than spend the same refresh token twice. After a store outage its
+                # lease may have run out while it could not write the rotated grant: honour
+                # the lease until the store has been back for a lease's length.
                 yield _Pause(min(0.02 * (2**attempt), 0.5))
                 continue
             lease = f"{self._replica}:{secrets.token_hex(4)}"
