@@ -42,10 +42,8 @@ KNOWN_IMPORTS: set[tuple[str, str]] = set()
 
 #: Private attributes of other modules' objects still used (module, attribute).
 KNOWN_ATTRIBUTES: set[tuple[str, str]] = {
-    # Friends of public classes (TokenResult, Keyring, Caller, OnBehalfOf).
+    # Friends of public classes (TokenResult, Keyring, Caller).
     ("entra_passthrough/_l2.py", "_subkey"),
-    ("entra_passthrough/_sources/agent_id.py", "_created_http"),
-    ("entra_passthrough/_sources/agent_id.py", "_throttle"),
 }
 
 #: namedtuple's public methods carry an underscore (so that they cannot clash with a field).

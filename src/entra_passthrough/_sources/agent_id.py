@@ -20,7 +20,7 @@ from .._msal import (
 )
 from .._types import IdentityKind, TokenRequest, TokenResult
 from ._base import result_from_msal, unreachable
-from .obo import OnBehalfOf, credential_from_env, options_from_env
+from .obo import OnBehalfOf, close_session_with, credential_from_env, options_from_env
 
 if TYPE_CHECKING:
     from .._caller import Caller
@@ -138,7 +138,9 @@ class AgentIdentityOnBehalfOf:
         msal_credential = client_credential(blueprint)
 
         timeouts = timeouts or Timeouts()
-        throttle = SHARED_THROTTLE  # per authority, for every source of the process
+        # Retry-After per authority, for every source of the process: the blueprint's T1
+        # requests and the agent identity's OBO (OnBehalfOf uses the same SHARED_THROTTLE).
+        throttle = SHARED_THROTTLE
 
         def blueprint_app() -> Any:
             return confidential_app(
@@ -172,7 +174,6 @@ class AgentIdentityOnBehalfOf:
             consent_link=_no_interactive_consent,
             name=name,
         )
-        self._obo._throttle = throttle
         # The user's token is for the blueprint, not for the agent identity.
         self._obo.accepted_audiences = frozenset(
             (blueprint_client_id, f"api://{blueprint_client_id}", *accepted_audiences)
@@ -271,7 +272,8 @@ class AgentIdentityOnBehalfOf:
             name=name,
             **options,
         )
-        source._obo._created_http = created  # closed with the source
+        if created:
+            close_session_with(source._obo)  # closed with the source
         return source
 
 

@@ -324,7 +324,8 @@ class OnBehalfOf:
             name=name,
             **options,
         )
-        source._created_http = created
+        if created:
+            close_session_with(source)
         return source
 
 
@@ -362,6 +363,13 @@ def scope_refusal(scopes: Sequence[str], *, own_client_id: str) -> tuple[int, st
     if len(resources) > 1:
         return 28000, f"The scopes name {len(resources)} resources; one token is for one resource"
     return None
+
+
+def close_session_with(source: OnBehalfOf) -> None:
+    """``source.close()`` closes the HTTP session it was given: ``from_env`` built that session
+    itself (from ``ENTRA_PASSTHROUGH_CA_FILE``), so nobody else holds or closes it. Used by
+    ``OnBehalfOf.from_env`` and ``AgentIdentityOnBehalfOf.from_env`` (its inner OBO)."""
+    source._created_http = True
 
 
 def options_from_env(env: Mapping[str, str], *, http_client: Any) -> tuple[dict[str, Any], bool]:
