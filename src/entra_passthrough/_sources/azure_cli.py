@@ -65,12 +65,12 @@ def preauthorize_fix(scopes: tuple[str, ...], *, tool: str = "az") -> str:
         f"the API must pre-authorize the Azure CLI's client {AZURE_CLI_CLIENT_ID} (used by az "
         "and azd) for its scope: in the portal, App registrations > the API > Expose an API > "
         "Add a client application; or with az: "
-        f'SCOPE_ID=$(az ad app show --id {api} --query "api.oauth2PermissionScopes[0].id" '
-        f"-o tsv); az ad app update --id {api} --set "
-        f'api.preAuthorizedApplications=\'[{{"appId":"{AZURE_CLI_CLIENT_ID}",'
-        f'"delegatedPermissionIds":["\'$SCOPE_ID\'"]}}]\' '
-        f"(scripts/tenant-setup.sh does it); then {login} again. Alternatively use OnBehalfOf "
-        "with your own app registration."
+        f'SCOPE_IDS=$(az ad app show --id {api} --query "api.oauth2PermissionScopes[].id" '
+        f"-o json | tr -d ' \\n'); az ad app update --id {api} --add "
+        f'api.preAuthorizedApplications "{{\\"appId\\":\\"{AZURE_CLI_CLIENT_ID}\\",'
+        f'\\"delegatedPermissionIds\\":$SCOPE_IDS}}" (every scope of the API; --add keeps the '
+        f"clients already pre-authorized; scripts/tenant-setup.sh does it); then {login} again. "
+        "Alternatively use OnBehalfOf with your own app registration."
     )
 
 
