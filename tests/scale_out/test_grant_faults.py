@@ -10,6 +10,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
+import redis
 from azure.core.credentials import AccessToken
 
 from _support.consent import ConsentEnv, follow_link, platform_caller
@@ -23,7 +24,7 @@ from entra_passthrough import (
 )
 from entra_passthrough._sources.delegated import DelegatedConsent
 from entra_passthrough._store import Keyring
-from entra_passthrough.redis import RedisStore
+from entra_passthrough.redis import RedisStore, SharedTokenCache
 
 from ._broker import StandaloneBroker
 from ._server import RedisServer, free_port
@@ -207,3 +208,114 @@ async def test_after_an_outage_longer_than_the_lease_the_holder_writes_back_firs
             await store.aclose()
         if broker is not None:
             await broker.aclose()
+
+
+def _documented_acl() -> list[str]:
+    """The least-privilege ACL line docs/scale-out.md gives, as ACL SETUSER arguments."""
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parents[2] / "docs" / "scale-out.md"
+    line = next(x for x in docs.read_text().splitlines() if x.startswith("ACL SETUSER agent "))
+    return line.split()[3:]  # after "ACL SETUSER agent"
+
+
+async def test_the_documented_acl_serves_grants_and_the_shared_cache(
+    consent_env: ConsentEnv, redis_server: RedisServer
+) -> None:
+    """The ACL docs/scale-out.md gives is enough for everything the library does: consent
+    through the broker, a refresh (its lease is a compare-and-set script), the shared cache's
+    lease, write and release, async and blocking; a user without the scripting commands gets a
+    typed error naming the ACL, never the app identity."""
+    from entra_passthrough import Caller, TokenCache
+
+    from ._server import obo_chain
+
+    env = consent_env
+    admin = redis_server.client()
+    try:
+        admin.execute_command("SCRIPT", "FLUSH")  # the scripts are loaded by this user
+        args = _documented_acl()
+        admin.execute_command("ACL", "SETUSER", "agent", *args)
+        no_scripts = [a for a in args if not a.startswith(("+eval", "+script"))]
+        admin.execute_command("ACL", "SETUSER", "agent-ro", *no_scripts)
+    finally:
+        admin.close()
+    password = next(a for a in args if a.startswith(">"))[1:]
+    url = f"redis://agent:{password}@127.0.0.1:{redis_server.port}/0"
+    keyring = Keyring.generate()
+    store, l2 = RedisStore.from_url(url), RedisStore.from_url(url)
+    limited = RedisStore.from_url(url.replace("agent:", "agent-ro:"))
+    broker = StandaloneBroker(env, RedisStore.from_url(url), keyring)
+    shared = SharedTokenCache(l2, keyring, sync_store=l2.sync())
+    chain = obo_chain(env.idp, env.idp.msal_http_client(), TokenCache(shared=shared))
+    try:
+        source = env.make(store=store, keyring=keyring)[0]  # type: ignore[arg-type]
+        broker = StandaloneBroker(env, broker.store, keyring)  # env.make took the slot
+        request = await _consent(env, source, "pat", "chat-pat-acl")
+        assert await source.get_token_async(request) is not None  # lease, refresh, write
+        scopes = [f"{env.idp.mcp.app_id_uri}/.default"]
+        for name in ("alice", "bob"):
+            caller = Caller.from_token(env.idp.user_token(name, audience=env.idp.agent.client_id))
+            assert await chain.get_token_async(scopes, caller=caller) is not None
+        caller = Caller.from_token(env.idp.user_token("alice", audience=env.idp.agent.client_id))
+        assert await asyncio.to_thread(chain.get_token, scopes, caller=caller) is not None
+        assert (shared.misses, shared.failures) == (3, 0)
+        without = env.make(store=limited, keyring=keyring)[0]  # type: ignore[arg-type]
+        app = _AppCredential()
+        fallback = TokenChain([without, AzureCredential(app)], policy=Policy.USER_OR_APP)
+        with pytest.raises(SourceUnavailable, match="ACL does not allow"):
+            await fallback.get_token_async([env.mcp_scope], caller=request.caller)
+        assert app.calls == 0
+    finally:
+        chain.close()
+        for made in (store, l2, limited):
+            await made.aclose()
+        await broker.aclose()
+
+
+async def test_a_full_or_slow_grant_store_fails_typed_before_any_refresh(
+    consent_env: ConsentEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis full (maxmemory, noeviction) or slow (every client paused): a call fails with the
+    typed error that says which, the app identity never stands in, and no refresh token is
+    redeemed (taking the refresh lease is a write: it fails first)."""
+    env = consent_env
+    server = RedisServer(maxmemory="4mb").start()
+    keyring = Keyring.generate()
+    store = RedisStore.from_url(server.url, timeout=0.5)
+    broker = StandaloneBroker(env, RedisStore.from_url(server.url), keyring)
+    # Paused, Redis answers none (CLIENT UNPAUSE included) until the pause ends: a long timeout.
+    admin = redis.Redis.from_url(server.url, socket_timeout=30)
+    try:
+        source = env.make(store=store, keyring=keyring)[0]  # type: ignore[arg-type]
+        broker = StandaloneBroker(env, broker.store, keyring)
+        request = await _consent(env, source, "quinn", "chat-quinn-full")
+        redeemed: list[str] = []
+        _spy_refreshes(source, redeemed)
+        app = _AppCredential()
+        chain = TokenChain([source, AzureCredential(app)], policy=Policy.USER_OR_APP)
+        admin.execute_command("CLIENT", "PAUSE", "3000", "ALL")
+        try:
+            with pytest.raises(SourceUnavailable, match="did not answer in time"):
+                await chain.get_token_async([env.mcp_scope], caller=request.caller)
+        finally:
+            admin.execute_command("CLIENT", "UNPAUSE")
+        for i in range(2000):  # bounded: 2000 x 10 kB > 4 MB
+            try:
+                admin.set(f"filler:{i}", b"z" * 10_000)
+            except redis.exceptions.OutOfMemoryError:
+                break
+        else:
+            pytest.fail("maxmemory never refused a write")
+        with pytest.raises(SourceUnavailable, match="full"):
+            await chain.get_token_async([env.mcp_scope], caller=request.caller)
+        assert (redeemed, app.calls) == ([], 0)
+        admin.delete(*(f"filler:{j}" for j in range(i)))  # room again: served, the grant
+        # untouched by the failures
+        assert await chain.get_token_async([env.mcp_scope], caller=request.caller) is not None
+        assert len(redeemed) == 1
+    finally:
+        admin.close()
+        await store.aclose()
+        await broker.aclose()
+        server.stop()
