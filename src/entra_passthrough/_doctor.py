@@ -180,13 +180,21 @@ class Doctor:
             "ENTRA_PASSTHROUGH_BLUEPRINT_CLIENT_ID",
             "ENTRA_PASSTHROUGH_AGENT_IDENTITY_ID",
             "ENTRA_PASSTHROUGH_CONSENT_CLIENT_ID",
+            # What Foundry injects into a hosted agent (Agent ID's fallbacks).
+            "FOUNDRY_AGENT_BLUEPRINT_CLIENT_ID",
+            "FOUNDRY_AGENT_INSTANCE_CLIENT_ID",
         ):
             value = _get(self.env, variable)
             if value and not _GUID.match(value):
                 bad.append(f"{variable} is not a client id (a GUID)")
-        tenant = _get(self.env, "AZURE_TENANT_ID")
-        if tenant and not (_GUID.match(tenant) or _DOMAIN.match(tenant)):
-            bad.append("AZURE_TENANT_ID is neither a tenant id (GUID) nor a domain")
+        for variable in (
+            "AZURE_TENANT_ID",
+            "ENTRA_PASSTHROUGH_CONSENT_TENANT_ID",
+            "FOUNDRY_AGENT_TENANT_ID",
+        ):
+            tenant = _get(self.env, variable)
+            if tenant and not (_GUID.match(tenant) or _DOMAIN.match(tenant)):
+                bad.append(f"{variable} is neither a tenant id (GUID) nor a domain")
         if bad:
             self.add(
                 "ids",
