@@ -159,3 +159,155 @@ async def test_with_the_shared_cache_two_replicas_make_one_refresh(
             await store.aclose()
         if broker is not None:
             await broker.aclose()
+
+
+async def test_the_broker_command_over_rediss_with_an_acl_user_serves_two_replicas(
+    tmp_path: Path,
+) -> None:
+    """`entra-passthrough broker` as its own process, its store from the environment
+    (``rediss://`` with a private CA, an ACL user in the URL): a user consents through it once
+    and two agent replicas with stores of their own serve them without asking again; the
+    broker says it shares its grants, never warns, never prints the password."""
+    import os
+    import secrets
+    import socket
+    import ssl
+    import subprocess
+    import sys
+    import time
+
+    import httpx2
+
+    from _support.consent import submit_form_post
+    from entra_passthrough._sources.delegated import DelegatedConsent
+    from entra_passthrough.testing import EntraEmulator, World
+    from entra_passthrough.testing._ca import make_tls_material
+    from entra_passthrough.testing._world import App, Grant, stable_id
+
+    port = free_port()
+    base = f"https://127.0.0.1:{port}"
+    world = World.default()
+    tenant = world.tenants[0].id
+    mcp = next(a for a in world.apps if a.name == "mcp")
+    app = App(
+        name="broker-command",
+        client_id=stable_id("app", "broker-command"),
+        tenant_id=tenant,
+        object_id=stable_id("sp", "broker-command"),
+        secret="broker-command-" + secrets.token_hex(8),
+        redirect_uris=(f"{base}/callback",),
+        multi_tenant=False,
+    )
+    world = world.with_app(app).with_grant(
+        Grant(app.client_id, mcp.client_id, ("access_as_user",), user="alice")
+    )
+    tls = make_tls_material()
+    (tmp_path / "cert.pem").write_bytes(tls.server_cert_pem)
+    (tmp_path / "key.pem").write_bytes(tls.server_key_pem)
+    redis_tls = RedisServer(tls=True).start()
+    admin = redis_tls.client()
+    try:
+        admin.execute_command(
+            "ACL", "SETUSER", "agent", "on", ">agent-pw-77", "resetkeys", "~ep:*", "-@all",
+            "+get", "+set", "+del", "+eval", "+evalsha", "+script|load", "+ping",
+        )  # fmt: skip
+    finally:
+        admin.close()
+    url = f"rediss://agent:agent-pw-77@127.0.0.1:{redis_tls.port}/0"
+    keys = "k1:" + base64_key()
+    proc: subprocess.Popen[str] | None = None
+    stores: list[RedisStore] = []
+    try:
+        with EntraEmulator(world=world) as idp:
+            bundle = tmp_path / "bundle.pem"
+            bundle.write_bytes(Path(idp.ca_file).read_bytes() + b"\n" + tls.ca_cert_pem)
+            config = tmp_path / "broker.json"
+            config.write_text(
+                json.dumps(
+                    {
+                        "client_id": app.client_id,
+                        "tenant_id": tenant,
+                        "authority_host": idp.url,
+                        "redirect_uris": [f"{base}/callback"],
+                        "ca_file": idp.ca_file,
+                    }
+                )
+            )
+            assert redis_tls.ca_file is not None
+            environ = {
+                **os.environ,
+                "ENTRA_PASSTHROUGH_CONSENT_KEYS": keys,
+                "ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET": app.secret,
+                "ENTRA_PASSTHROUGH_REDIS_URL": url,
+                "ENTRA_PASSTHROUGH_REDIS_CA_FILE": redis_tls.ca_file,
+            }
+            proc = subprocess.Popen(
+                [
+                    sys.executable, "-m", "entra_passthrough.cli", "broker",
+                    "--config", str(config), "--port", str(port),
+                    "--certfile", str(tmp_path / "cert.pem"),
+                    "--keyfile", str(tmp_path / "key.pem"),
+                ],
+                env=environ,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )  # fmt: skip
+            for _ in range(600):  # bounded readiness poll
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    time.sleep(0.05)
+            else:
+                pytest.fail("the broker never listened")
+            keyring = Keyring.from_string(keys)
+            stores = [RedisStore.from_url(url, ca_file=redis_tls.ca_file) for _ in range(2)]
+            replicas = [
+                DelegatedConsent(
+                    client_id=app.client_id,
+                    tenant_id=tenant,
+                    client_secret=app.secret,
+                    store=store,
+                    keyring=keyring,
+                    broker_url=base,
+                    authority_host=idp.url,
+                    http_client=idp.msal_http_client(),
+                )
+                for store in stores
+            ]
+            user = idp.users["alice"]
+            request = TokenRequest(
+                scopes=(f"{idp.mcp.app_id_uri}/access_as_user",),
+                caller=platform_caller("chat-alice-command", upn=user.upn),
+            )
+            with pytest.raises(ConsentRequired) as info:
+                await replicas[0].get_token_async(request)
+            assert info.value.link is not None
+            trust = ssl.create_default_context(cafile=str(bundle))
+            async with httpx2.AsyncClient(verify=trust, follow_redirects=True) as browser:
+                done = await submit_form_post(browser, await browser.get(info.value.link))
+            assert done.status_code == 200, done.text[:300]
+            for replica in replicas:
+                assert await replica.get_token_async(request) is not None
+                replica.close()
+            proc.terminate()
+            _, err = proc.communicate(timeout=30)
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        for store in stores:
+            await store.aclose()
+        redis_tls.stop()
+    assert "grants are shared through RedisStore(rediss://127.0.0.1:" in err
+    assert "WARNING" not in err
+    assert "agent-pw-77" not in err
+
+
+def base64_key() -> str:
+    import base64
+    import secrets
+
+    return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
