@@ -452,8 +452,13 @@ def error_from_entra(
     source: str | None = None,
     scopes: Sequence[str] = (),
     consent_link: str | None = None,
+    who: str = "Entra",
+    fix: str | None = None,
 ) -> TokenAcquisitionError:
     """Map an Entra error body (as MSAL returns it) to the matching typed error.
+
+    ``who`` names the endpoint that answered (a managed identity endpoint is not Entra);
+    ``fix`` is the fix when the body carries no AADSTS code the library decodes.
 
     The body may not be Entra's (a proxy or gateway can answer, and echo the request): the
     description of a code the library does not decode is reduced to a redacted first line,
@@ -474,18 +479,20 @@ def error_from_entra(
     entry: Aadsts | None = describe(code) if code is not None else None
     description = _undecoded_line(raw_description) if raw_description else ""
     what = (
-        f"Entra refused the token request: {entry}: {entry.meaning}."
+        f"{who} refused the token request: {entry}: {entry.meaning}."
         if entry
-        else (f"Entra refused the token request: {error or 'unknown error'}.")
+        else (f"{who} refused the token request: {error or 'unknown error'}.")
     )
     if description and (entry is None or entry.name == "Unknown"):
-        what = f"{what} Entra said: {description}"
+        what = f"{what} {'It' if who != 'Entra' else who} said: {description}"
     common: dict[str, Any] = {
         "source": source,
         "scopes": scopes,
         "correlation_id": correlation_id,
         "trace_id": trace_id,
     }
+    if fix is not None and entry is None:
+        common["fix"] = fix
     if is_consent_required(body):
         return ConsentRequired(what, link=consent_link, aadsts=code, **common)
     if error == "interaction_required" or code in (50076, 50079, 53003):

@@ -273,6 +273,34 @@ def test_arc_serves_its_system_assigned_identity_only(
     assert "did not confirm" in str(chained.value)
 
 
+@pytest.mark.parametrize("host_name", ["app_service", "service_fabric", "cloud_shell"])
+def test_no_system_assigned_identity_names_the_endpoint_and_the_fix(
+    monkeypatch: pytest.MonkeyPatch, host_name: str
+) -> None:
+    # A host without a system-assigned identity, asked with no selector: the managed identity
+    # endpoint refuses (not Entra), and the error says so with what to enable or select.
+    from dataclasses import replace
+
+    from entra_passthrough.testing import World
+
+    world = World.default()
+    world = replace(
+        world,
+        managed_identities=tuple(m for m in world.managed_identities if not m.system_assigned),
+    )
+    with EntraEmulator(world=world) as idp:
+        _on_host(idp, monkeypatch, host_name)
+        source = ManagedIdentity()
+        with pytest.raises(EntraError) as info:
+            source.get_token(TokenRequest((f"{idp.mcp.app_id_uri}/.default",)))
+        source.close()
+    text = str(info.value)
+    assert text.startswith(f"The managed identity endpoint ({host_name}) refused"), text
+    assert "Entra" not in text.split("Fix:")[0]
+    assert "system-assigned identity" in info.value.fix
+    assert "AZURE_CLIENT_ID" in info.value.fix
+
+
 def test_managed_identity_selectors_are_exclusive_and_must_exist(idp: EntraEmulator) -> None:
     env = idp.mi_env("app_service")
     params = {"api-version": "2019-08-01", "resource": idp.mcp.app_id_uri or ""}

@@ -25,13 +25,21 @@ def result_from_msal(
     scopes: tuple[str, ...],
     cap: float | None = None,
     consent_link: str | None = None,
+    who: str = "Entra",
+    fix: str | None = None,
 ) -> TokenResult:
-    """A ``TokenResult`` from an MSAL answer, or the typed error for an Entra error body."""
+    """A ``TokenResult`` from an MSAL answer, or the typed error for an Entra error body
+    (``who`` answered it; ``fix`` when it carries no AADSTS code: ``error_from_entra``)."""
     token = response.get("access_token")
     if not isinstance(token, str) or not token:
         if response.get("error"):
             raise error_from_entra(
-                response, source=source, scopes=scopes, consent_link=consent_link
+                response,
+                source=source,
+                scopes=scopes,
+                consent_link=consent_link,
+                who=who,
+                fix=fix,
             )
         raise EntraError("Entra's answer carried no access token.", source=source, scopes=scopes)
     now = time.time()

@@ -84,6 +84,17 @@ _HOST_NAMES = {
 }
 
 
+#: The variables each host sets for its managed identity endpoint (what a refusal may be about).
+_HOST_VARIABLES = {
+    "app_service": "IDENTITY_ENDPOINT and IDENTITY_HEADER",
+    "machine_learning": "MSI_ENDPOINT and MSI_SECRET",
+    "service_fabric": "IDENTITY_ENDPOINT, IDENTITY_HEADER and IDENTITY_SERVER_THUMBPRINT",
+    "azure_arc": "IDENTITY_ENDPOINT and IMDS_ENDPOINT",
+    "cloud_shell": "MSI_ENDPOINT",
+    "imds": "",
+}
+
+
 def _unsupported_selector(host: str, kind: str) -> tuple[str, str]:
     """(message, fix) for a selector the host cannot carry."""
     carried = SELECTORS_BY_HOST[host]
@@ -381,7 +392,24 @@ class ManagedIdentity:
                 source=self.name,
                 scopes=scopes,
             )
-        return result_from_msal(response, kind=IdentityKind.APP, source=self.name, scopes=scopes)
+        selector = self.selector
+        variables = _HOST_VARIABLES[host if self.endpoint is None else "app_service"]
+        identity = (
+            f"that the user-assigned identity ({selector[0]} {selector[1]}) is assigned to this "
+            "host (Identity > User assigned)"
+            if selector
+            else "that the host's system-assigned identity is enabled (Identity > System "
+            "assigned), or select a user-assigned identity assigned to it (AZURE_CLIENT_ID)"
+        )
+        return result_from_msal(
+            response,
+            kind=IdentityKind.APP,
+            source=self.name,
+            scopes=scopes,
+            who=f"The managed identity endpoint ({host})",
+            fix=(f"check {variables} (the host sets them), " if variables else "check ")
+            + f"{identity}, and that the resource exists",
+        )
 
     def _request(self, host: str, resource: str) -> dict[str, Any]:
         if self.endpoint is not None:
