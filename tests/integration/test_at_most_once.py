@@ -20,7 +20,7 @@ from typing import Any
 import httpx2
 import pytest
 from agent_framework import Agent
-from agent_framework.exceptions import ToolException
+from agent_framework.exceptions import ToolException, ToolExecutionException
 
 from _support.mcp_world import (
     Recorder,
@@ -229,6 +229,31 @@ async def test_connect_failure_is_never_sent_and_other_errors_may_have_reached()
         assert answer.json()["id"] == 1
         assert attempt.sent is sent
         assert attempt.not_sent == why
+
+
+def test_a_call_answered_404_is_retried_even_when_the_sdk_says_connection_closed(
+    idp: EntraEmulator,
+) -> None:
+    """The server refused the call's session (404) before running anything, but the SDK, whose
+    connection the refusal closed, reports "Connection closed": the 404 the transport recorded
+    for this very call decides (retry), not the SDK's wording (which alone means "may have
+    run"). A transport error after the request was written stays "may have run"."""
+    from mcp import MCPError
+    from mcp_types import CONNECTION_CLOSED, ErrorData
+
+    from entra_passthrough.mcp import CallAttempt
+
+    tool = entra_mcp_tool("records", URL, chain=make_chain(idp), scopes=mcp_scopes(idp))
+    closed = ToolExecutionException(
+        "Connection closed",
+        MCPError.from_error_data(ErrorData(code=CONNECTION_CLOSED, message="Connection closed")),
+    )
+    refused = CallAttempt(sent=True, status=404)
+    assert tool._verdict(closed, refused, None, tool._generation) == "retry"
+    cut = CallAttempt(sent=True, status=None, transport_error="ReadError")
+    assert tool._verdict(closed, cut, None, tool._generation) == "maybe_ran"
+    answered = CallAttempt(sent=True, status=200)
+    assert tool._verdict(closed, answered, None, tool._generation) == "maybe_ran"
 
 
 async def test_a_request_caller_ends_when_its_response_is_complete() -> None:

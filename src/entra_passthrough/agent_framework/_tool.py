@@ -614,7 +614,13 @@ class EntraMCPTool(HookedMCPTool):
         applied), ``retry`` (provably never reached the server), ``maybe_ran``."""
         if attempt.not_sent == "no_token" and not attempt.sent:
             return "no_token"
-        if is_session_refused(exc):
+        # 404 on the session: the SDK reports "Session not found", or, when the refusal closed
+        # its connection first, "Connection closed" (then the 404 answer to this very call,
+        # recorded by the transport, says it).
+        refused = is_session_refused(exc) or (
+            attempt.status == 404 and attempt.transport_error is None
+        )
+        if refused:
             # 404 on the session: refused before anything ran, so a retry is safe. In shared
             # mode: a session refused another user than its opener; if the session opened after
             # that (by that user) refuses yet another user, the server binds sessions to
