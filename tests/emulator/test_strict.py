@@ -301,6 +301,42 @@ def test_no_system_assigned_identity_names_the_endpoint_and_the_fix(
     assert "AZURE_CLIENT_ID" in info.value.fix
 
 
+def test_imds_with_several_user_assigned_identities_needs_a_selector(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # how-to-use-vm-token: with no system-assigned identity, IMDS answers for the only
+    # user-assigned one; with several it needs a selector (IMDS's own text), through MSAL.
+    from dataclasses import replace
+
+    from entra_passthrough.testing import World
+
+    world = World.default()
+    (ua,) = (m for m in world.managed_identities if not m.system_assigned)
+    second = replace(
+        ua,
+        name="second-mi",
+        client_id="11111111-1111-4111-8111-111111111111",
+        object_id="22222222-2222-4222-8222-222222222222",
+        resource_id=ua.resource_id.replace("agent-mi", "second-mi"),
+    )
+    one = replace(world, managed_identities=(ua,))
+    two = replace(world, managed_identities=(ua, second))
+    resource = ""
+    for current, expected in ((one, ua.client_id), (two, None)):
+        with EntraEmulator(world=current) as idp:
+            _on_host(idp, monkeypatch, "imds")
+            resource = idp.mcp.app_id_uri or ""
+            with requests.Session() as session:
+                answer = msal.ManagedIdentityClient(
+                    msal.SystemAssignedManagedIdentity(), http_client=session
+                ).acquire_token_for_client(resource=resource)
+        if expected is not None:
+            assert _claims(answer["access_token"])["azp"] == expected
+        else:
+            assert "access_token" not in answer
+            assert "Multiple user assigned identities exist" in answer["error_description"]
+
+
 def test_managed_identity_selectors_are_exclusive_and_must_exist(idp: EntraEmulator) -> None:
     env = idp.mi_env("app_service")
     params = {"api-version": "2019-08-01", "resource": idp.mcp.app_id_uri or ""}

@@ -104,6 +104,13 @@ def select_identity(
     user_assigned = [m for m in world.managed_identities if not m.system_assigned]
     if host == "imds" and len(user_assigned) == 1:
         return user_assigned[0]
+    if host == "imds" and user_assigned:
+        # IMDS's own text (a VM or node with several user-assigned identities and no
+        # system-assigned one, quoted in client issue reports).
+        raise _NoIdentity(
+            "Multiple user assigned identities exist, please specify the clientId / resourceId "
+            "of the identity in the token request"
+        )
     raise _NoIdentity(
         "No system-assigned managed identity is enabled on this host, and the request names no "
         "user-assigned identity."
@@ -221,7 +228,10 @@ async def imds_token(rt: Runtime, request: Request) -> Response:
         # asked (msal/managed_identity.py, _raise_if_arc_did_not_honor_user_assigned_identity).
         mi = select_identity(rt, {} if arc else selectors, host="azure_arc" if arc else "imds")
     except _NoIdentity as exc:
-        return _imds_fail(400, "invalid_request", f"Identity not found. {exc}")
+        text = str(exc)
+        if not text.startswith("Multiple"):
+            text = f"Identity not found. {text}"
+        return _imds_fail(400, "invalid_request", text)
     minted = _mint(rt, mi, resource)
     if minted is None:
         return _imds_fail(400, "invalid_resource", _not_found(resource))
