@@ -50,6 +50,11 @@ _JSON_FIELD = re.compile(rf'("(?:{_FIELDS})"\s*:\s*")(?:[^"\\]|\\.)*("|$)', re.I
 # field=value in a form body or a query string
 _FORM_FIELD = re.compile(rf"(?<![A-Za-z0-9_])((?:{_FIELDS})=)[^&\s\"'<>]+", re.IGNORECASE)
 _BEARER = re.compile(r"(?i)(\bbearer\s+)[A-Za-z0-9._~+/=-]+")
+# JWTs are looked for in runs of the base64url alphabet and dots, each run matched once from
+# its start (the look-behind): a pattern starting at every "eyJ" rescanned a long run without a
+# dot from each of them (quadratic: 48 KB of "eyJ" took 1.8 s; a 16 KB request path in
+# uvicorn's access log, ~0.2 s of the event loop per request). ``_jwts`` finds the JWTs inside.
+_TOKEN_RUN = re.compile(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]*)+")
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]*)?")
 _OPAQUE = re.compile(r"(?<![A-Za-z0-9_~.-])[A-Za-z0-9_~.+/=-]{40,}")
 
@@ -61,8 +66,33 @@ def redact(text: str) -> str:
     text = _JSON_FIELD.sub(lambda m: m.group(1) + REDACTED + m.group(2), text)
     text = _FORM_FIELD.sub(lambda m: m.group(1) + REDACTED, text)
     text = _BEARER.sub(lambda m: m.group(1) + REDACTED, text)
-    text = _JWT.sub(REDACTED, text)
+    text = _TOKEN_RUN.sub(_jwts, text)
     return _OPAQUE.sub(_opaque, text)
+
+
+def _jwts(match: re.Match[str]) -> str:
+    """The run with every JWT in it (from its ``eyJ``) replaced; linear in the run's length:
+    after a failed try, the next ``eyJ`` looked at is past the next dot (one inside the same
+    segment would stop at the same dot and fail the same way)."""
+    run = match.group(0)
+    if "eyJ" not in run:
+        return run
+    out: list[str] = []
+    done = 0
+    at = run.find("eyJ")
+    while at >= 0:
+        found = _JWT.match(run, at)
+        if found is not None:
+            out += (run[done:at], REDACTED)
+            done = found.end()
+            at = run.find("eyJ", done)
+            continue
+        dot = run.find(".", at)
+        if dot < 0:
+            break
+        at = run.find("eyJ", dot)
+    out.append(run[done:])
+    return "".join(out)
 
 
 def _opaque(match: re.Match[str]) -> str:

@@ -223,3 +223,17 @@ def test_uvicorn_access_records_keep_their_shape() -> None:
     assert len(record.args) == 5
     assert record.args[4] == 200
     assert "0.AUoAbcdefgh12345678" not in record.getMessage()
+
+
+def test_redaction_is_linear_in_its_input() -> None:
+    """The JWT pattern was tried from every "eyJ" of a run without a dot, each try scanning to
+    the run's end: 1 MB of "eyJ" took minutes (48 KB: 1.8 s), and a 16 KB request path in
+    uvicorn's access log cost ~0.2 s of the event loop per request. No timing is asserted: before
+    the fix this test runs into the suite's timeout."""
+    for text in ("eyJ" * 350_000, "eyJ" * 350_000 + "..x", "x" + "eyJ" * 350_000 + ".a.b"):
+        redact(text)
+    jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
+    for text in (f"x{jwt}", f"prefix1{jwt}", f"a.b.{jwt}", f"{jwt}.{jwt}", f"t1 {jwt} t2"):
+        assert "eyJzdWIiOiJ4In0" not in redact(text), text
+        assert "c2lnbmF0dXJl" not in redact(text), text
+    assert redact("entra_passthrough.chain x.eyJabc.") == "entra_passthrough.chain x.eyJabc."
