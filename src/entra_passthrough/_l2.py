@@ -7,7 +7,9 @@ its acquisition to ``SharedTokenCache.wrap``, which:
 1. reads L2: a usable entry (newer than what L1 holds) is the answer, no request to Entra;
 2. otherwise takes a short **lease** on the key (``put(expect=None)`` with a TTL: one holder
    across all replicas; the version it gets back is its fencing token) and acquires, writes L2,
-   releases the lease (``delete(expect=version)``: never someone else's);
+   releases the lease (``delete(expect=version)``: never someone else's). While it acquires it
+   renews the lease every third of its length (``put(expect=version)``), so a slow Entra does
+   not let another replica in; a holder that died stops renewing;
 3. replicas that did not get the lease poll L2 with a bounded backoff until the holder wrote
    it; if the holder died, its lease runs out and one of them takes over.
 
@@ -27,6 +29,7 @@ import asyncio
 import hmac
 import json
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Hashable
 from typing import TYPE_CHECKING, Final, Protocol
@@ -269,6 +272,7 @@ class SharedTokenCache:
         except Exception as exc:
             self._failed("read", exc)
             return await acquire()
+        lease = _Lease(lease_name, version)
         try:
             # The holder before us may have written just before our lease: read once more.
             try:
@@ -280,11 +284,35 @@ class SharedTokenCache:
                 self.hits += 1
                 return found
             self.misses += 1
-            result = await acquire()
+            done = asyncio.Event()
+            renewing = asyncio.ensure_future(self._renew(lease, done))
+            try:
+                result = await acquire()
+            finally:
+                done.set()
+                await renewing  # never cancelled mid-write: its last version is the lease's
             await self._write(name, result, cap)
             return result
         finally:
-            await self._release(lease_name, version)
+            await self._release(lease_name, lease.version)
+
+    async def _renew(self, lease: _Lease, done: asyncio.Event) -> None:
+        """Keep the lease while the acquisition runs; stop when it is done or lost."""
+        while True:
+            try:
+                await asyncio.wait_for(done.wait(), self.lease / 3)
+                return
+            except TimeoutError:
+                pass
+            try:
+                renewed = await self.store.put(
+                    lease.name, b"1", ttl=self.lease, expect=lease.version
+                )
+            except Exception:
+                return  # the store failed: the lease runs out by itself
+            if renewed is None:
+                return  # it ran out and another replica holds it now
+            lease.version = renewed
 
     # -- the same, blocking (sync API: threads) -----------------------------------------------
 
@@ -340,6 +368,7 @@ class SharedTokenCache:
         except Exception as exc:
             self._failed("read", exc)
             return acquire()
+        lease = _Lease(lease_name, version)
         try:
             try:
                 found = self._usable(name, store.get(name), floor)
@@ -350,7 +379,16 @@ class SharedTokenCache:
                 self.hits += 1
                 return found
             self.misses += 1
-            result = acquire()
+            done = threading.Event()
+            renewing = threading.Thread(
+                target=self._renew_sync, args=(store, lease, done), name="ep-l2-lease", daemon=True
+            )
+            renewing.start()
+            try:
+                result = acquire()
+            finally:
+                done.set()
+                renewing.join()
             sealed = self._to_write(name, result, cap)
             if sealed is not None:
                 try:
@@ -360,6 +398,27 @@ class SharedTokenCache:
             return result
         finally:
             try:
-                store.delete(lease_name, expect=version)
+                store.delete(lease_name, expect=lease.version)
             except Exception as exc:
                 self._failed("lease release", exc)
+
+    def _renew_sync(self, store: SyncTokenStore, lease: _Lease, done: threading.Event) -> None:
+        while not done.wait(self.lease / 3):
+            try:
+                renewed = store.put(lease.name, b"1", ttl=self.lease, expect=lease.version)
+            except Exception:
+                return
+            if renewed is None:
+                return
+            lease.version = renewed
+
+
+class _Lease:
+    """A held lease: its key and its current version (the fencing token; each renewal makes a
+    new one, the release compares with the last)."""
+
+    __slots__ = ("name", "version")
+
+    def __init__(self, name: str, version: str) -> None:
+        self.name = name
+        self.version = version

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis
@@ -333,3 +334,43 @@ async def test_a_replica_waits_for_the_lease_holder_with_a_bound(stores: list[Re
     )
     assert result is not None
     assert frozen.waits == 1
+
+
+def _count_renewals(stores: list[RedisStore]) -> list[int]:
+    """Wrap each store's put: counts compare-and-set writes of a lease (its renewals)."""
+    renewals = [0]
+    for store in stores:
+        put = store.put
+
+        async def counting(key: str, value: bytes, *, put: Any = put, **kw: Any) -> str | None:
+            if key.startswith("ep:v1:tokl:") and isinstance(kw.get("expect"), str):
+                renewals[0] += 1
+            return await put(key, value, **kw)  # type: ignore[no-any-return]
+
+        store.put = counting  # type: ignore[method-assign]
+    return renewals
+
+
+async def test_a_slow_holder_keeps_its_lease_while_it_acquires(stores: list[RedisStore]) -> None:
+    """Entra answers after more than the lease's length: the holder renews its lease while it
+    acquires, so the other replicas keep waiting and a cold burst still makes one acquisition
+    (a lease runs out only when its holder died)."""
+    caches = replicas(stores, Keyring.generate(), lease=3.0)
+    renewals = _count_renewals(stores)
+    calls = 0
+
+    async def slow() -> TokenResult:
+        nonlocal calls
+        calls += 1
+        for _ in range(240):  # bounded (12 s): until the lease was renewed past its length
+            if renewals[0] >= 4:
+                break
+            await asyncio.sleep(0.05)
+        return TokenResult("slow-token", time.time() + 3600, IdentityKind.USER, "obo")
+
+    results = await asyncio.gather(
+        *(caches[i % 4].get_or_acquire_async(KEY, slow) for i in range(16))
+    )
+    assert calls == 1
+    assert renewals[0] >= 4
+    assert {r.token for r in results if r is not None} == {"slow-token"}

@@ -143,3 +143,39 @@ def test_sync_chains_with_real_obo_make_one_post(
             session.close()
     assert idp.stats()["grants"].get("on_behalf_of", 0) - before == 1
     assert len(tokens) == 1
+
+
+def test_a_slow_holder_keeps_its_lease_in_the_sync_api_too(
+    sync_stores: list[SyncRedisStore], redis_server: RedisServer
+) -> None:
+    """Threads: the holder renews its lease from a thread of its own while it acquires."""
+    keyring = Keyring.generate()
+    async_store = RedisStore.from_url(redis_server.url)  # unused by the sync path
+    renewals = [0]
+    for store in sync_stores:
+        put = store.put
+
+        def counting(key: str, value: bytes, *, put: Any = put, **kw: Any) -> str | None:
+            if key.startswith("ep:v1:tokl:") and isinstance(kw.get("expect"), str):
+                renewals[0] += 1
+            return put(key, value, **kw)  # type: ignore[no-any-return]
+
+        store.put = counting  # type: ignore[method-assign]
+    caches = [
+        TokenCache(shared=SharedTokenCache(async_store, keyring, lease=3.0, sync_store=s))
+        for s in sync_stores
+    ]
+    calls = [0]
+
+    def slow() -> TokenResult:
+        calls[0] += 1
+        for _ in range(240):  # bounded (12 s): until the lease was renewed past its length
+            if renewals[0] >= 4:
+                break
+            time.sleep(0.05)
+        return TokenResult("slow-token", time.time() + 3600, IdentityKind.USER, "obo")
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda i: caches[i % 4].get_or_acquire(KEY, slow), range(8)))
+    assert calls[0] == 1
+    assert {r.token for r in results if r is not None} == {"slow-token"}
