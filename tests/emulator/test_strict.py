@@ -1006,3 +1006,31 @@ def test_assignment_required_is_50105(consent_idp: EntraEmulator) -> None:
     assert refused.get("error_codes") == [50105], refused
     ok = app.acquire_token_by_username_password("alice", "alice-password", scopes=["User.Read"])
     assert "access_token" in ok, ok
+
+
+def test_device_code_sign_in_consents_as_the_authorize_page_does(
+    consent_idp: EntraEmulator,
+) -> None:
+    # v2-oauth2-device-code: at the verification page the user signs in and consents. A
+    # permission the user may consent to is granted there; an admin-only one is AADSTS90094 and
+    # '.default' of a resource the client does not configure AADSTS650057, at the poll.
+    idp = consent_idp
+    api = idp.app("strict_api")
+    app = msal.PublicClientApplication(
+        idp.app("assigned_only").client_id,
+        authority=f"{idp.url}/{idp.tenant_id}",
+        http_client=idp.msal_http_client(),
+        instance_discovery=False,
+    )
+
+    def device(scope: str) -> dict:
+        flow = app.initiate_device_flow(scopes=[scope])
+        idp.approve_device_code(flow["user_code"], "alice")
+        return app.acquire_token_by_device_flow(flow)
+
+    assert device(f"{api.app_id_uri}/.default").get("error_codes") == [650057]
+    granted = device(f"{api.app_id_uri}/read")
+    assert _claims(granted["access_token"])["scp"] == "read", granted
+    assert device(f"{api.app_id_uri}/admin.write").get("error_codes") == [90094]
+    # Once a grant exists, '.default' is that grant (nothing left to consent to).
+    assert _claims(device(f"{api.app_id_uri}/.default")["access_token"])["scp"] == "read"

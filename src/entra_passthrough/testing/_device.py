@@ -49,6 +49,9 @@ class DeviceRecord:
     expires: float
     user: str | None = None
     declined: bool = False
+    #: What the verification page could not complete (the user may not consent): the poll's
+    #: answer instead of a token.
+    error: e.StsError | None = None
 
 
 def _user_code() -> str:
@@ -93,16 +96,56 @@ def start(rt: Runtime, form: Mapping[str, str], tenant: Tenant | None) -> dict[s
 
 
 def approve(rt: Runtime, user_code: str, user: str | None, *, decline: bool = False) -> bool:
-    """The user at the verification page: signs in as ``user`` (or declines)."""
+    """The user at the verification page: signs in as ``user`` and answers the consent prompt
+    the page shows for permissions not yet granted (Continue accepts it), or declines."""
+    now = time.time()
     with rt.lock:
-        for record in rt.device_codes.values():
-            if record.user_code == user_code.strip().upper() and record.expires > time.time():
-                if decline:
-                    record.declined = True
-                else:
-                    record.user = user
-                return True
-    return False
+        record = next(
+            (
+                r
+                for r in rt.device_codes.values()
+                if r.user_code == user_code.strip().upper() and r.expires > now
+            ),
+            None,
+        )
+        if record is None:
+            return False
+        if decline:
+            record.declined = True
+            return True
+    problem = _consent_on_the_page(rt, record, user) if user is not None else None
+    with rt.lock:
+        record.user = user
+        record.error = problem
+    return True
+
+
+def _consent_on_the_page(rt: Runtime, record: DeviceRecord, name: str) -> e.StsError | None:
+    """The device login page signs the user in and, as /authorize does, asks for consent to the
+    permissions not yet granted (v2-oauth2-device-code: the user "signs in and consents"); the
+    same rules: .default is the client's configured permissions (AADSTS650057), an admin-only
+    scope or a tenant without user consent needs an administrator (AADSTS90094)."""
+    from ._authorize import check_user_may_consent, default_scopes
+
+    user = rt.world.user(name)
+    app = rt.world.app(record.client_id)
+    if user is None or app is None:
+        return None  # the poll answers for an unknown user
+    try:
+        req = parse_scopes(rt, record.scope, record.tenant_id)
+        if req.resource is None:
+            return None
+        granted = rt.granted_scopes(user, app, req.resource)
+        if req.is_default and granted:
+            return None
+        wanted = default_scopes(app, req.resource) if req.is_default else list(req.names)
+        needed = [s for s in wanted if s not in granted]
+        if needed:
+            check_user_may_consent(rt, record.tenant_id, req.resource, needed)
+            rt.grant_consent(user.name, app.client_id, req.resource.client_id, needed)
+    except e.StsError as err:
+        return err
+    return None
 
 
 def redeem(rt: Runtime, form: Mapping[str, str], client_id: str, client_acr: str) -> dict[str, Any]:
@@ -119,6 +162,10 @@ def redeem(rt: Runtime, form: Mapping[str, str], client_id: str, client_acr: str
         with rt.lock:
             rt.device_codes.pop(code, None)
         raise e.StsError(70020, "authorization_declined", "The user declined the authorization.")
+    if record.error is not None:
+        with rt.lock:
+            rt.device_codes.pop(code, None)
+        raise record.error
     if record.user is None:
         raise e.StsError(
             70016,
