@@ -26,7 +26,6 @@ assertion's ``exp``, as in L1). The core never imports Redis: any ``TokenStore``
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import threading
@@ -135,8 +134,7 @@ class SharedTokenCache:
             text = json.dumps(key, separators=(",", ":"), sort_keys=True)
         except (TypeError, ValueError):
             return None  # not a key the chain builds: keep it in L1 only
-        secret = self.keyring._subkey(self.keyring.current, "l2-key")
-        return hmac.new(secret, text.encode("utf-8", "surrogatepass"), "sha256").hexdigest()
+        return self.keyring.digest("l2-key", text.encode("utf-8", "surrogatepass"))
 
     def _seal(self, name: str, result: TokenResult) -> bytes:
         plain = json.dumps(

@@ -306,6 +306,12 @@ class Keyring:
         )
         return f"{self.current}.{body}.{_b64e(mac.digest())}"
 
+    def digest(self, purpose: str, data: bytes) -> str:
+        """HMAC-SHA256 (hex) of ``data`` under the current key's sub-key for ``purpose``: a
+        stable name that reveals nothing without the key, and changes when the current key
+        does (the shared token cache's record names)."""
+        return hmac.new(self._subkey(self.current, purpose), data, "sha256").hexdigest()
+
     def verify(self, purpose: str, signed: str) -> bytes:
         parts = signed.split(".")
         if len(parts) != 3 or parts[0] not in self.keys:

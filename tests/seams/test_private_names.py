@@ -41,10 +41,7 @@ ADAPTERS: dict[str, set[str]] = {
 KNOWN_IMPORTS: set[tuple[str, str]] = set()
 
 #: Private attributes of other modules' objects still used (module, attribute).
-KNOWN_ATTRIBUTES: set[tuple[str, str]] = {
-    # Friends of public classes (TokenResult, Keyring, Caller).
-    ("entra_passthrough/_l2.py", "_subkey"),
-}
+KNOWN_ATTRIBUTES: set[tuple[str, str]] = set()
 
 #: namedtuple's public methods carry an underscore (so that they cannot clash with a field).
 NAMEDTUPLE = {"_replace", "_asdict", "_fields", "_make"}
