@@ -111,6 +111,12 @@ class Caller:
         call_id: str | None = None,
         not_after: float | None = None,
     ) -> Caller:
+        if token is not None and not isinstance(token, str):
+            # bytes from a raw header, say: the decode would fail with a TypeError about str
+            raise TypeError(
+                f"token must be the bearer token as a str, not {type(token).__name__} "
+                "(decode a header's bytes as latin-1 first)."
+            )
         caller = cls(user_id=user_id, call_id=call_id, not_after=not_after)
         if token is not None:
             caller._set_assertion("authorization", token)

@@ -207,3 +207,13 @@ def test_pool_key_is_none_not_a_crash(token: str) -> None:
     result = TokenResult(token, time.time() + 600, IdentityKind.USER, "obo")
     with bind_caller(token=token) as caller:
         assert issued_pool_key(result, caller) is None
+
+
+@pytest.mark.parametrize("token", [b"abc.def.ghi", 123, ["a.b.c"]], ids=["bytes", "int", "list"])
+def test_bind_caller_with_a_token_that_is_not_a_str_says_so(token: Any) -> None:
+    """A bytes token (straight from a raw header) failed deep in the decoder with "a bytes-like
+    object is required, not 'str'"; a list with an AttributeError."""
+    with pytest.raises(TypeError, match="must be the bearer token as a str"):
+        bind_caller(token=token)
+    with pytest.raises(TypeError, match="must be the bearer token as a str"):
+        Caller.from_token(token)
