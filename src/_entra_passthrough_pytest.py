@@ -32,11 +32,14 @@ def _start() -> EntraEmulator:
 
 @pytest.fixture(scope="session")
 def entra_emulator() -> Iterator[EntraEmulator]:
+    """A local Entra ID emulator for the session (entra-passthrough; the 'testing' extra),
+    shared by every test: diff ``idp.stats()`` and undo the consents and faults you change."""
     with _start() as idp:
         yield idp
 
 
 @pytest.fixture
 def entra_emulator_fresh() -> Iterator[EntraEmulator]:
+    """A new local Entra ID emulator for this test alone (its own keys, consents and stats)."""
     with _start() as idp:
         yield idp

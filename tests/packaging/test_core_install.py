@@ -68,6 +68,17 @@ def test_pytest_runs_in_an_unrelated_project(core_venv: Venv, tmp_path: Path) ->
     assert "2 passed" in proc.stdout
 
 
+def test_the_fixtures_say_what_they_are(core_venv: Venv, tmp_path: Path) -> None:
+    # `pytest --fixtures` in someone else's project lists the plugin's fixtures with a line
+    # each, not "no docstring available".
+    project = _project(tmp_path, "def test_nothing():\n    pass\n")
+    proc = run([core_venv.python, "-m", "pytest", "--fixtures"], cwd=project)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    listing = proc.stdout[proc.stdout.index("entra_emulator") :]
+    assert "local Entra ID emulator" in listing.split("entra_emulator_fresh")[0]
+    assert "no docstring available" not in listing.split("\n\n", 2)[0]
+
+
 def test_the_fixture_without_the_extra_names_it(core_venv: Venv, tmp_path: Path) -> None:
     project = _project(
         tmp_path,
