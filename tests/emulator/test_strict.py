@@ -1034,3 +1034,47 @@ def test_device_code_sign_in_consents_as_the_authorize_page_does(
     assert device(f"{api.app_id_uri}/admin.write").get("error_codes") == [90094]
     # Once a grant exists, '.default' is that grant (nothing left to consent to).
     assert _claims(device(f"{api.app_id_uri}/.default")["access_token"])["scp"] == "read"
+
+
+def test_arc_challenge_file_unreadable_says_which_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    # managed-identity-authentication: the key file the Arc agent writes is readable by the
+    # himds group only; a process outside it cannot answer the challenge. The library says so
+    # (it said "failed: FileNotFoundError").
+    import http.server
+    import sys
+    import threading
+
+    if sys.platform != "linux":
+        pytest.skip("MSAL reads Arc's challenge file from the Linux folder here")
+
+    class Challenge(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(401)
+            self.send_header(
+                "WWW-Authenticate", "Basic realm=/var/opt/azcmagent/tokens/absent-0000.key"
+            )
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            return None
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Challenge)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        for variable in EntraEmulator.MI_HOST_VARIABLES:
+            monkeypatch.delenv(variable, raising=False)
+        base = f"http://127.0.0.1:{server.server_port}"
+        monkeypatch.setenv("IDENTITY_ENDPOINT", f"{base}/metadata/identity/oauth2/token")
+        monkeypatch.setenv("IMDS_ENDPOINT", base)
+        source = ManagedIdentity()
+        with pytest.raises(SourceUnavailable) as info:
+            source.get_token(TokenRequest(("https://management.azure.com/.default",)))
+        source.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+    assert "challenge file" in str(info.value)
+    assert "himds" in (info.value.fix or "")
