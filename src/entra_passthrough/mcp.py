@@ -30,6 +30,7 @@ import asyncio
 import json
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
@@ -173,7 +174,9 @@ class CallAttempt:
     """What happened to the requests one call made (``call_attempt``): whether a ``tools/call``
     may have reached the server (``sent``), or why none left (``not_sent``: ``"no_token"`` when
     a request had no ``Authorization`` and was not sent, ``"connect"`` when the connection to
-    the server could not be opened), and the type of a transport error after sending."""
+    the server could not be opened, ``"reset"`` when the server reset the connection without
+    reading the request, see ``_WriteWatch.reset_unread``), and the type of a transport error
+    after sending."""
 
     require_token: bool = True
     sent: bool = False
@@ -227,6 +230,11 @@ attempt_var: ContextVar[CallAttempt | None] = ContextVar(
 
 #: Raised by httpx2 before a byte of the request was written.
 _NOT_SENT_ERRORS = (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout)
+
+#: How soon after its first byte a reset must come to say the server never read a request
+#: (``_WriteWatch.reset_unread``). Far below any idle timeout that resets connections (load
+#: balancers: minutes), far above a loaded loop's delay in reading a reset.
+RESET_WINDOW = 1.0
 
 
 @contextmanager
@@ -305,18 +313,43 @@ class _WriteWatch:
     down under the call by a reconnect) provably sent nothing. Only for httpx2's own transport,
     which hands the extensions to httpcore: with another transport nothing is inferred."""
 
-    __slots__ = ("_outer", "started")
+    __slots__ = ("_at", "_outer", "started")
 
     def __init__(self, request: httpx2.Request) -> None:
         self.started = False
+        self._at = 0.0
         self._outer = request.extensions.get("trace")
         request.extensions["trace"] = self._trace
 
     async def _trace(self, name: str, info: dict[str, Any]) -> None:
         if name.endswith("send_request_headers.started"):
             self.started = True
+            self._at = time.monotonic()
         if self._outer is not None:
             await self._outer(name, info)
+
+    def reset_unread(self, exc: BaseException) -> bool:
+        """Whether ``exc`` (raised by the transport, so before the answer's headers were read)
+        is the server resetting the connection within ``RESET_WINDOW`` of the request's first
+        byte (``ECONNRESET`` on reading, or ``EPIPE`` on writing the rest of it).
+
+        A peer resets (RST) instead of closing (FIN) when it closes a socket with bytes it
+        never read: the request, or its end. A server that read the whole request and ran it
+        closes with FIN ("Server disconnected without sending a response"), never this. That is
+        the race of a server closing an idle keep-alive connection (a graceful restart closes
+        them all at once) just as a request is written onto it: the server never read it, and
+        it is sent again. The window leaves out the one reset that can follow a request that
+        ran: a load balancer's idle timeout during a long call (minutes)."""
+        if not self.started or time.monotonic() - self._at > RESET_WINDOW:
+            return False
+        current: BaseException | None = exc
+        for _ in range(8):  # bounded walk down the cause chain (httpx2 -> httpcore2 -> anyio)
+            if current is None:
+                return False
+            if isinstance(current, ConnectionResetError | BrokenPipeError):
+                return True
+            current = current.__cause__ or current.__context__
+        return False
 
 
 class _CallGuard(httpx2.AsyncBaseTransport):
@@ -372,6 +405,14 @@ class _CallGuard(httpx2.AsyncBaseTransport):
                     raise
                 return _local_error(
                     request, rpc_id, f"entra_passthrough: not sent ({type(exc).__name__})"
+                )
+            if watch is not None and watch.reset_unread(exc):
+                attempt.sent = was_sent
+                attempt.not_sent = attempt.not_sent or "reset"
+                if rpc_id is None:
+                    raise
+                return _local_error(
+                    request, rpc_id, "entra_passthrough: not read by the server (reset)"
                 )
             attempt.transport_error = type(exc).__name__
             if rpc_id is None:

@@ -9,6 +9,7 @@ import asyncio
 import base64
 import json
 import logging
+import select
 import socket
 import struct
 import threading
@@ -46,7 +47,7 @@ from entra_passthrough.agent_framework import (
 )
 from entra_passthrough.agent_framework._af_seams import public_failure_type
 from entra_passthrough.agent_framework.testing import ScriptedChatClient
-from entra_passthrough.mcp import KEEPALIVE_EXPIRY, _CallGuard, call_attempt
+from entra_passthrough.mcp import KEEPALIVE_EXPIRY, RESET_WINDOW, _CallGuard, call_attempt
 from entra_passthrough.testing import FOUNDRY_AUDIENCE, EntraEmulator
 from entra_passthrough.testing._world import User
 
@@ -639,6 +640,67 @@ async def test_a_call_after_an_idle_pause_is_not_written_onto_a_connection_the_s
     assert Counter(who for who, _ in executions) == {f"{user.oid}|0": 1, f"{user.oid}|1": 1}
     assert all(user.oid in answer for answer in answers), answers
     assert hop.connections >= 2  # the second call opened a new connection
+
+
+class _Closing:
+    """A TCP server (a thread, blocking sockets) that takes one connection and, once a request
+    is there: ``reset`` closes without reading it (the kernel answers unread bytes with a
+    reset: a server closing an idle keep-alive connection as the request arrives);
+    ``late_reset`` does the same after ``RESET_WINDOW``; ``read_then_close`` reads it and closes
+    without answering (a server that may have run it, then died)."""
+
+    def __init__(self, behaviour: str) -> None:
+        self.behaviour = behaviour
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        self._listener.settimeout(30)  # bounded
+        connection, _ = self._listener.accept()
+        with connection:
+            readable, _, _ = select.select([connection], [], [], 30)
+            assert readable
+            if self.behaviour == "late_reset":
+                time.sleep(RESET_WINDOW + 0.5)
+            elif self.behaviour == "read_then_close":
+                connection.recv(65536)
+        self._listener.close()
+
+    def join(self) -> None:
+        self._thread.join(30)
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "sent", "not_sent"),
+    [("reset", False, "reset"), ("late_reset", True, None), ("read_then_close", True, None)],
+)
+async def test_a_call_the_server_reset_unread_never_left(
+    behaviour: str, sent: bool, not_sent: str | None
+) -> None:
+    """A server that resets the connection right after a ``tools/call`` reached it, without
+    reading it (a graceful restart closing its idle keep-alive connections as the request is
+    written), never ran it: the call is "not sent" and may be retried. A server that read the
+    request and closed without answering, or a reset long after the request (a load
+    balancer's idle timeout during a long call), may have run it."""
+    from entra_passthrough.mcp import CallAttempt
+
+    server = _Closing(behaviour)
+    body = {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "x"}}
+    attempt: CallAttempt
+    async with httpx2.AsyncClient(transport=_CallGuard(httpx2.AsyncHTTPTransport())) as client:
+        with call_attempt() as attempt:
+            answer = await client.post(
+                f"http://127.0.0.1:{server.port}/mcp",
+                json=body,
+                headers={"Authorization": "Bearer t"},
+            )
+    server.join()
+    assert answer.json()["id"] == 5  # a JSON-RPC error for this request: the connection lives
+    assert attempt.sent is sent
+    assert attempt.not_sent == not_sent
+    assert (attempt.transport_error is None) is (not sent)
 
 
 class _Silent:

@@ -15,7 +15,8 @@ What the plain tool gets wrong (docs/platform-facts.md) and what this subclass d
   and never raises (an exception there kills the connection for every user).
 * At most once. A ``tools/call`` is sent again only when it provably never left: the
   connection was dead before it was written (closed stream, "not connected"), the TCP connect
-  failed, or it was refused locally for want of a token it would have had after re-resolving.
+  failed, the server reset the connection without reading it (``mcp._WriteWatch.reset_unread``),
+  or it was refused locally for want of a token it would have had after re-resolving.
   A call whose request may have reached the server is never resent: it fails with
   ``CallOutcomeUnknown`` (the model can check and decide). agent-framework's own retry on a
   closed connection is switched off for tool calls. A 404 "Session not found"/"Session
@@ -636,7 +637,9 @@ class EntraMCPTool(HookedMCPTool):
                 else:
                     self._bound_suspect = None
             return "retry"
-        if attempt.never_left and (is_dead_connection(exc) or attempt.not_sent == "connect"):
+        if attempt.never_left and (
+            is_dead_connection(exc) or attempt.not_sent in ("connect", "reset")
+        ):
             return "retry"
         if attempt.sent and (
             is_dead_connection(exc)
