@@ -85,6 +85,8 @@ VARIABLES: dict[str, str] = {
     "certificate",
     "ENTRA_PASSTHROUGH_REDIS_NAMESPACE": "RedisStore.from_env: prefix of every key (several "
     "deployments in one Redis database)",
+    "ENTRA_PASSTHROUGH_REDIS_ALLOW_PLAINTEXT": "RedisStore.from_env: true to allow redis:// (no "
+    "TLS) to a host other than loopback",
 }
 
 #: azure-identity's variables for an *app registration* (EnvironmentCredential). This library

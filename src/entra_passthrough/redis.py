@@ -30,7 +30,7 @@ import secrets
 import ssl
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from . import _env
 from ._errors import ConfigurationError, SourceUnavailable, require_extra
@@ -157,18 +157,16 @@ class RedisStore:
         credential_provider: Any = None,
         timeout: float = 2.0,
         max_connections: int = 64,
+        allow_plaintext: bool = False,
     ) -> RedisStore:
         """A store for ``url``. ``ca_file`` trusts a private CA for ``rediss://``;
         ``credential_provider`` (redis-py ``CredentialProvider``) supplies user/password
         per connection, e.g. Entra tokens. ``timeout`` bounds every command and connect, so a
-        slow or dead Redis costs at most that before the typed error."""
+        slow or dead Redis costs at most that before the typed error. ``redis://`` (no TLS) is
+        refused for a host other than loopback unless ``allow_plaintext``; a URL option that
+        turns certificate or host name checks off is always refused."""
+        _check_url(url, allow_plaintext=allow_plaintext)
         parts = urlsplit(url)
-        if parts.scheme not in ("redis", "rediss"):
-            raise ConfigurationError(
-                f"the Redis URL's scheme is {parts.scheme!r}; expected redis:// or rediss://.",
-                fix="use rediss://host:6380 for TLS (Azure Cache for Redis), redis:// on "
-                "loopback only.",
-            )
         if credential_provider is not None and parts.password:
             raise ConfigurationError(
                 "the Redis URL has a password and a credential_provider is given.",
@@ -208,7 +206,7 @@ class RedisStore:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RedisStore:
         """``ENTRA_PASSTHROUGH_REDIS_URL`` (required), ``ENTRA_PASSTHROUGH_REDIS_AUTH``
         (``password`` (default, from the URL) or ``entra``), ``ENTRA_PASSTHROUGH_REDIS_CA_FILE``,
-        ``ENTRA_PASSTHROUGH_REDIS_NAMESPACE``."""
+        ``ENTRA_PASSTHROUGH_REDIS_NAMESPACE``, ``ENTRA_PASSTHROUGH_REDIS_ALLOW_PLAINTEXT``."""
         env = _env.environ_or(environ)
         url = _env.require(env, "ENTRA_PASSTHROUGH_REDIS_URL", what="the shared Redis store")
         auth = (_env.get(env, "ENTRA_PASSTHROUGH_REDIS_AUTH") or "password").lower()
@@ -223,6 +221,7 @@ class RedisStore:
             namespace=_env.get(env, "ENTRA_PASSTHROUGH_REDIS_NAMESPACE") or "",
             ca_file=_env.get(env, "ENTRA_PASSTHROUGH_REDIS_CA_FILE"),
             credential_provider=provider,
+            allow_plaintext=_env.get_bool(env, "ENTRA_PASSTHROUGH_REDIS_ALLOW_PLAINTEXT"),
         )
 
     async def aclose(self) -> None:
@@ -338,6 +337,42 @@ class SyncRedisStore:
             return bool(self._cas_delete(keys=[name], args=[expect]))
         except RedisError as exc:
             raise _unavailable(exc) from None
+
+
+_LOOPBACK: Final = ("127.0.0.1", "localhost", "::1")
+_OFF: Final = ("", "0", "false", "no", "off", "n", "f")
+
+
+def _check_url(url: str, *, allow_plaintext: bool) -> None:
+    """Fail closed on a URL that would send the password (or Entra token) and the sealed
+    records where others can read or intercept them. Never echoes the URL (it may hold a
+    password)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ConfigurationError(
+            f"the Redis URL's scheme is {parts.scheme!r}; expected redis:// or rediss://.",
+            fix="use rediss://host:6380 for TLS (Azure Cache for Redis), redis:// on "
+            "loopback only.",
+        )
+    if parts.scheme == "redis" and parts.hostname not in _LOOPBACK and not allow_plaintext:
+        raise ConfigurationError(
+            f"the Redis URL is redis:// (no TLS) to {parts.hostname!r}, not loopback: the "
+            "password or token and every record would cross the network unencrypted.",
+            fix="use rediss:// (Azure Cache for Redis: port 6380, Azure Managed Redis: 10000); "
+            "on a network you trust, allow_plaintext=True "
+            "(ENTRA_PASSTHROUGH_REDIS_ALLOW_PLAINTEXT=true).",
+        )
+    options = {k.lower(): v[-1].strip().lower() for k, v in parse_qs(parts.query).items()}
+    reqs = options.get("ssl_cert_reqs")
+    if (reqs is not None and reqs not in ("required", "cert_required")) or (
+        options.get("ssl_check_hostname") in _OFF
+    ):
+        raise ConfigurationError(
+            "the Redis URL turns TLS certificate or host name verification off "
+            "(ssl_cert_reqs / ssl_check_hostname).",
+            fix="remove the option; trust a private CA with ca_file "
+            "(ENTRA_PASSTHROUGH_REDIS_CA_FILE) instead.",
+        )
 
 
 def _unavailable(exc: BaseException) -> SourceUnavailable:

@@ -255,6 +255,36 @@ def test_from_url_and_from_env_refuse_what_cannot_work() -> None:
     assert "pw" not in repr(store)
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:secret-pw-1@cache.contoso.com:6379/0",  # the password in clear on the network
+        "redis://:secret-pw-1@10.0.0.5:6379/0",
+        "rediss://:secret-pw-1@cache.contoso.com:6380/0?ssl_cert_reqs=none",
+        "rediss://:secret-pw-1@cache.contoso.com:6380/0?ssl_cert_reqs=optional",
+        "rediss://:secret-pw-1@cache.contoso.com:6380/0?ssl_check_hostname=false",
+        "rediss://:secret-pw-1@127.0.0.1:6380/0?SSL_CHECK_HOSTNAME=0",
+    ],
+)
+def test_a_url_that_would_expose_the_password_or_records_is_refused(url: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        RedisStore.from_url(url)
+    assert "secret-pw-1" not in str(info.value)
+    with pytest.raises(ConfigurationError):
+        RedisStore.from_env({"ENTRA_PASSTHROUGH_REDIS_URL": url})
+
+
+def test_plaintext_to_another_host_only_when_allowed() -> None:
+    url = f"redis://:pw@redis.internal:{free_port()}/0"
+    assert RedisStore.from_url(url, allow_plaintext=True).namespace == ""
+    env = {"ENTRA_PASSTHROUGH_REDIS_URL": url, "ENTRA_PASSTHROUGH_REDIS_ALLOW_PLAINTEXT": "true"}
+    assert isinstance(RedisStore.from_env(env), RedisStore)
+    for loopback in ("127.0.0.1", "localhost", "[::1]"):  # a sidecar: no network crossed
+        assert isinstance(RedisStore.from_url(f"redis://:pw@{loopback}:6379/0"), RedisStore)
+    checked = "rediss://:pw@cache.contoso.com:6380/0?ssl_cert_reqs=required"
+    assert isinstance(RedisStore.from_url(checked), RedisStore)
+
+
 def test_redis_package_is_the_one_the_extra_declares() -> None:
     assert int(redis.__version__.split(".")[0]) >= 5
 
