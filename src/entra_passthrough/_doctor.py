@@ -41,6 +41,7 @@ from typing import Any
 from . import __version__, _env
 from ._docs import see
 from ._errors import ConfigurationError, EntraPassthroughError, error_from_entra
+from ._jwt import fingerprint
 
 __all__ = ["Check", "main", "run"]
 
@@ -132,6 +133,39 @@ class Doctor:
     # -- the checks ----------------------------------------------------------------------
 
     def run(self) -> list[Check]:
+        self._checks()
+        hidden = self.hidden()
+        if hidden:
+            self.checks = [_redacted(check, hidden) for check in self.checks]
+        return self.checks
+
+    def hidden(self) -> dict[str, str]:
+        """Configured values never to print, each with what is shown instead: every secret
+        variable's value, and an id variable's value that is not an id (a secret pasted as
+        an id is the mistake the ids check exists for; its value must not be echoed by the
+        lines that name the id, such as a source's repr)."""
+        hidden: dict[str, str] = {}
+        if self.user_token:
+            hidden[self.user_token] = "<the user token>"
+        for variable in _SECRET_VARIABLES:
+            value = _get(self.env, variable)
+            if value and len(value) >= _MIN_HIDDEN:
+                hidden[value] = f"<{variable}>"
+        for variable in _ID_VARIABLES:
+            value = _get(self.env, variable)
+            if value and len(value) >= _MIN_HIDDEN and not _GUID.match(value):
+                hidden[value] = f"<{variable}: not shown, {fingerprint(value)}>"
+        for variable in _TENANT_VARIABLES:
+            value = _get(self.env, variable)
+            if (
+                value
+                and len(value) >= _MIN_HIDDEN
+                and not (_GUID.match(value) or _DOMAIN.match(value))
+            ):
+                hidden[value] = f"<{variable}: not shown, {fingerprint(value)}>"
+        return hidden
+
+    def _checks(self) -> list[Check]:
         from ._chain import TokenChain
 
         try:
@@ -174,24 +208,11 @@ class Doctor:
 
     def check_ids(self) -> None:
         bad: list[str] = []
-        for variable in (
-            "ENTRA_PASSTHROUGH_CLIENT_ID",
-            "AZURE_CLIENT_ID",
-            "ENTRA_PASSTHROUGH_BLUEPRINT_CLIENT_ID",
-            "ENTRA_PASSTHROUGH_AGENT_IDENTITY_ID",
-            "ENTRA_PASSTHROUGH_CONSENT_CLIENT_ID",
-            # What Foundry injects into a hosted agent (Agent ID's fallbacks).
-            "FOUNDRY_AGENT_BLUEPRINT_CLIENT_ID",
-            "FOUNDRY_AGENT_INSTANCE_CLIENT_ID",
-        ):
+        for variable in _ID_VARIABLES:
             value = _get(self.env, variable)
             if value and not _GUID.match(value):
                 bad.append(f"{variable} is not a client id (a GUID)")
-        for variable in (
-            "AZURE_TENANT_ID",
-            "ENTRA_PASSTHROUGH_CONSENT_TENANT_ID",
-            "FOUNDRY_AGENT_TENANT_ID",
-        ):
+        for variable in _TENANT_VARIABLES:
             tenant = _get(self.env, variable)
             if tenant and not (_GUID.match(tenant) or _DOMAIN.match(tenant)):
                 bad.append(f"{variable} is neither a tenant id (GUID) nor a domain")
@@ -437,6 +458,44 @@ class Doctor:
             return True, f"{cli!r} is signed in", ""
 
         self.guard("developer sign-in", probe, fallback_fix=fix)
+
+
+#: Variables naming a client id (what Foundry injects into a hosted agent included).
+_ID_VARIABLES = (
+    "ENTRA_PASSTHROUGH_CLIENT_ID",
+    "AZURE_CLIENT_ID",
+    "ENTRA_PASSTHROUGH_BLUEPRINT_CLIENT_ID",
+    "ENTRA_PASSTHROUGH_AGENT_IDENTITY_ID",
+    "ENTRA_PASSTHROUGH_CONSENT_CLIENT_ID",
+    "FOUNDRY_AGENT_BLUEPRINT_CLIENT_ID",
+    "FOUNDRY_AGENT_INSTANCE_CLIENT_ID",
+)
+_TENANT_VARIABLES = (
+    "AZURE_TENANT_ID",
+    "ENTRA_PASSTHROUGH_CONSENT_TENANT_ID",
+    "FOUNDRY_AGENT_TENANT_ID",
+)
+#: Variables holding a secret: their values never appear in the report, whatever echoes them.
+_SECRET_VARIABLES = (
+    "ENTRA_PASSTHROUGH_CLIENT_SECRET",
+    "ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET",
+    "ENTRA_PASSTHROUGH_CONSENT_KEYS",
+    "AZURE_CLIENT_SECRET",
+    "AZURE_CLIENT_CERTIFICATE_PASSWORD",
+    "IDENTITY_HEADER",
+    "MSI_SECRET",
+    "ENTRA_PASSTHROUGH_REDIS_URL",  # may carry a password
+)
+#: Shorter values are not redacted (they would match inside ordinary words).
+_MIN_HIDDEN = 8
+
+
+def _redacted(check: Check, hidden: Mapping[str, str]) -> Check:
+    detail, fix = check.detail, check.fix
+    for value in sorted(hidden, key=len, reverse=True):  # a value inside another: longest first
+        detail = detail.replace(value, hidden[value])
+        fix = fix.replace(value, hidden[value])
+    return Check(check.name, check.status, detail, fix)
 
 
 _CREDENTIAL_VARIABLES = (

@@ -460,3 +460,35 @@ def test_foundry_injected_agent_id_variables(idp: EntraEmulator) -> None:
     tenant = by_name(run({**env, "FOUNDRY_AGENT_TENANT_ID": "not a tenant"}))["ids"]
     assert tenant.status == "fail"
     assert "FOUNDRY_AGENT_TENANT_ID" in tenant.detail
+
+
+PASTED = "Qx8Q~abcDEFghiJKLmnoPQRstuVWXyz0123456789"  # a client secret's shape
+
+
+@pytest.mark.parametrize(
+    "variable",
+    [
+        "ENTRA_PASSTHROUGH_CLIENT_ID",
+        "AZURE_TENANT_ID",
+        "AZURE_CLIENT_ID",
+        "ENTRA_PASSTHROUGH_CONSENT_CLIENT_ID",
+    ],
+)
+def test_a_secret_pasted_as_an_id_is_never_echoed(idp: EntraEmulator, variable: str) -> None:
+    # The ids check says which variable is not an id; the lines that name the id (a source's
+    # repr, 'the secret of app ...', the discovery URL, the managed identity) must not print it.
+    import base64
+
+    key = base64.urlsafe_b64encode(bytes(range(32))).decode().rstrip("=")
+    env = {
+        **secretless(idp),
+        "ENTRA_PASSTHROUGH_CONSENT_CLIENT_ID": idp.agent.client_id,
+        "ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET": idp.agent.secret or "",
+        "ENTRA_PASSTHROUGH_CONSENT_KEYS": f"k1:{key}",
+        "ENTRA_PASSTHROUGH_CONSENT_BROKER_URL": "https://agent.contoso.com/consent",
+        variable: PASTED,
+    }
+    checks = run(env, scopes=[scope(idp)])
+    assert by_name(checks)["ids"].status == "fail"
+    assert variable in by_name(checks)["ids"].detail
+    assert_clean(checks, PASTED, key, idp.agent.secret or "-", env["IDENTITY_HEADER"])
