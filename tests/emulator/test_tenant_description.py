@@ -64,6 +64,31 @@ async def test_the_described_tenant_serves_every_path(
     az.close()
 
 
+def test_the_description_configures_what_the_script_configures(tenant: EntraEmulator) -> None:
+    # The script gives the agent app (-> mcp) and the frontend (-> agent) their API permissions
+    # (requiredResourceAccess); the description says the same ("required"), so that ".default"
+    # for a user who has not consented yet consents those, as in the real tenant.
+    import msal
+
+    idp = tenant
+    agent = idp.app("agent")
+    script = (ROOT / "scripts" / "tenant-setup.sh").read_text()
+    assert '\\"resourceAppId\\":\\"$MCP_APP_ID\\"' in script
+    assert '\\"resourceAppId\\":\\"$AGENT_APP_ID\\"' in script
+    assert agent.required == ("mcp/access_as_user",)
+    assert idp.app("frontend").required == ("agent/access_as_user",)
+    frontend = msal.PublicClientApplication(
+        idp.app("frontend").client_id,
+        authority=f"{idp.url}/{idp.tenant_id}",
+        http_client=idp.msal_http_client(),
+        instance_discovery=False,
+    )
+    flow = frontend.initiate_device_flow(scopes=[f"{agent.app_id_uri}/.default"])
+    idp.approve_device_code(flow["user_code"], "bob")
+    result = frontend.acquire_token_by_device_flow(flow)
+    assert "access_token" in result, result
+
+
 def test_the_setup_script_reads_the_same_description(tmp_path: Path) -> None:
     # --dry-run with a stand-in `az`: the script parses tenant.json and prints every variable.
     fake = tmp_path / "az"
