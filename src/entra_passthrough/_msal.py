@@ -440,6 +440,13 @@ def load_certificate(
         try:
             key, leaf, extra = pkcs12.load_key_and_certificates(data, secret)
         except (ValueError, TypeError):
+            if secret is None:
+                raise ConfigurationError(
+                    "the client certificate is not a PEM, and not a PFX that opens without a "
+                    "password (a password-protected PFX needs its password).",
+                    fix="set AZURE_CLIENT_CERTIFICATE_PASSWORD (certificate_password=...) for a "
+                    "password-protected PFX; otherwise check that the file is the PEM or PFX.",
+                ) from None
             raise ConfigurationError(
                 "the client certificate is neither a PEM nor a PFX that opens with the given "
                 "password.",

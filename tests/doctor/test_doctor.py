@@ -492,3 +492,36 @@ def test_a_secret_pasted_as_an_id_is_never_echoed(idp: EntraEmulator, variable: 
     assert by_name(checks)["ids"].status == "fail"
     assert variable in by_name(checks)["ids"].detail
     assert_clean(checks, PASTED, key, idp.agent.secret or "-", env["IDENTITY_HEADER"])
+
+
+def test_password_protected_pfx_without_its_password(idp: EntraEmulator, tmp_path: Path) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    pem = idp.agent.certificate_pem or b""
+    key = serialization.load_pem_private_key(pem, password=None)
+    cert = x509.load_pem_x509_certificate(pem)
+    password = "pfx-password-123"
+    pfx = tmp_path / "agent.pfx"
+    pfx.write_bytes(
+        pkcs12.serialize_key_and_certificates(
+            b"agent",
+            key,  # type: ignore[arg-type]
+            cert,
+            None,
+            serialization.BestAvailableEncryption(password.encode()),
+        )
+    )
+    env = {**base(idp), "ENTRA_PASSTHROUGH_CLIENT_ID": idp.agent.client_id}
+    env["ENTRA_PASSTHROUGH_CLIENT_CERTIFICATE_PATH"] = str(pfx)
+    check = run(env)[0]
+    assert (check.name, check.status) == ("configuration", "fail")
+    assert "password-protected PFX needs its password" in check.detail  # none was given
+    assert "AZURE_CLIENT_CERTIFICATE_PASSWORD" in check.fix
+    env["AZURE_CLIENT_CERTIFICATE_PASSWORD"] = password
+    assert by_name(run(env))["client credential"].status == "pass"
+    env["AZURE_CLIENT_CERTIFICATE_PASSWORD"] = "not-the-pfx-password"
+    wrong = run(env)[0]
+    assert wrong.status == "fail"
+    assert_clean([check, wrong], password, "not-the-pfx-password", "PRIVATE KEY")
