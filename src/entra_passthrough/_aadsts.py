@@ -25,10 +25,12 @@ _TABLE: tuple[Aadsts, ...] = (
     Aadsts(
         50013,
         "InvalidAssertion",
-        "the user assertion is not valid for this client: its audience is not the OBO app, "
-        "or its signature or issuer does not match",
-        "send OBO a token issued for the OBO app itself (its client id or App ID URI); a token "
-        "for another audience (e.g. https://ai.azure.com) cannot be exchanged",
+        "the user assertion is not valid: its signature, issuer or tenant does not match (a "
+        "token of another tenant or cloud, or an altered one); a token for another audience is "
+        "AADSTS500131",
+        "send OBO the user's token unchanged, issued by this tenant's Entra for the OBO app "
+        "itself (its client id or App ID URI); a token for another audience (e.g. "
+        "https://ai.azure.com) cannot be exchanged",
     ),
     Aadsts(
         500011,
