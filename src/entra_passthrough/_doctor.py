@@ -181,6 +181,7 @@ class Doctor:
             self.check_ids()
             self.check_discovery(chain)
             self.check_managed_identity(chain)
+            self.check_certificates()
             self.check_credentials(chain)
             self.check_consent_app()
             self.check_scopes(chain)
@@ -311,6 +312,21 @@ class Doctor:
                 "assigned to this host"
             )
         return f"{where} ({see('configuration', 'managed-identity-hosts')})."
+
+    def check_certificates(self) -> None:
+        """A client certificate's validity period: Entra refuses an expired one (AADSTS700027,
+        "the key used is expired") and one not valid yet; checked locally, with the date."""
+        for variable in _CERTIFICATE_VARIABLES:
+            path = _get(self.env, variable)
+            if path is None:
+                continue
+
+            def probe(path: str = path, variable: str = variable) -> tuple[bool, str, str]:
+                return _certificate_validity(
+                    path, _get(self.env, "AZURE_CLIENT_CERTIFICATE_PASSWORD"), variable
+                )
+
+            self.guard("certificate", probe, fallback_fix=_CONFIGURATION_FIX)
 
     def check_credentials(self, chain: Any) -> None:
         from ._sources.agent_id import AgentIdentityOnBehalfOf
@@ -486,6 +502,43 @@ _SECRET_VARIABLES = (
     "MSI_SECRET",
     "ENTRA_PASSTHROUGH_REDIS_URL",  # may carry a password
 )
+_CERTIFICATE_VARIABLES = (
+    "ENTRA_PASSTHROUGH_CLIENT_CERTIFICATE_PATH",
+    "ENTRA_PASSTHROUGH_CONSENT_CLIENT_CERTIFICATE_PATH",
+)
+#: A certificate that expires sooner is reported (still a pass) with its date.
+_EXPIRY_WARNING_DAYS = 30
+
+
+def _certificate_validity(path: str, password: str | None, variable: str) -> tuple[bool, str, str]:
+    """(ok, detail, fix) for the validity period of the certificate the library would send."""
+    import datetime as dt
+
+    from cryptography import x509
+
+    from ._msal import load_certificate
+
+    credential = load_certificate(path, password=password)  # ConfigurationError: its own fix
+    leaf = x509.load_pem_x509_certificate(credential["public_certificate"].encode())
+    now = dt.datetime.now(dt.UTC)
+    start, end = leaf.not_valid_before_utc, leaf.not_valid_after_utc
+    renew = (
+        "create a new certificate, upload its public key to the app registration "
+        f"(Certificates & secrets) and point {variable} at it."
+    )
+    if end <= now:
+        return False, f"{variable}: the certificate expired on {end:%Y-%m-%d %H:%M} UTC", renew
+    if start > now:
+        return (
+            False,
+            f"{variable}: the certificate is not valid before {start:%Y-%m-%d %H:%M} UTC",
+            "use a certificate that is valid now (check the clock of the machine that made it).",
+        )
+    left = (end - now).days
+    soon = f" (expires in {left} days: renew it)" if left < _EXPIRY_WARNING_DAYS else ""
+    return True, f"{variable}: valid until {end:%Y-%m-%d} UTC{soon}", ""
+
+
 #: Shorter values are not redacted (they would match inside ordinary words).
 _MIN_HIDDEN = 8
 

@@ -525,3 +525,59 @@ def test_password_protected_pfx_without_its_password(idp: EntraEmulator, tmp_pat
     wrong = run(env)[0]
     assert wrong.status == "fail"
     assert_clean([check, wrong], password, "not-the-pfx-password", "PRIVATE KEY")
+
+
+def _certificate_file(path: Path, *, days_from: int, days_to: int) -> Path:
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "agent")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now + dt.timedelta(days=days_from))
+        .not_valid_after(now + dt.timedelta(days=days_to))
+        .sign(key, hashes.SHA256())
+    )
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        + cert.public_bytes(serialization.Encoding.PEM)
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    ("days_from", "days_to", "status", "said"),
+    [
+        (-400, -2, "fail", "expired on"),
+        (3, 400, "fail", "not valid before"),
+        (-10, 10, "pass", "expires in"),
+        (-10, 400, "pass", "valid until"),
+    ],
+)
+def test_certificate_validity(
+    idp: EntraEmulator, tmp_path: Path, days_from: int, days_to: int, status: str, said: str
+) -> None:
+    pem = _certificate_file(tmp_path / "agent.pem", days_from=days_from, days_to=days_to)
+    env = {**base(idp), "ENTRA_PASSTHROUGH_CLIENT_ID": idp.agent.client_id}
+    env["ENTRA_PASSTHROUGH_CLIENT_CERTIFICATE_PATH"] = str(pem)
+    checks = by_name(run(env))
+    check = checks["certificate"]
+    assert check.status == status, check
+    assert said in check.detail
+    if status == "fail":
+        assert "upload" in check.fix or "valid now" in check.fix
+    assert_clean([check], "PRIVATE KEY")
