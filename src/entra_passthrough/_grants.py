@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from collections.abc import Awaitable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
-from ._store import ANY, AnyVersion, Keyring, KeyringError, TokenStore
+from ._store import ANY, AnyVersion, Entry, Keyring, KeyringError, TokenStore
 from ._user_key import KeyKind
 
 #: Entra refresh tokens live up to 90 days (sliding); a grant unused that long is dead anyway.
@@ -104,25 +105,77 @@ def check_scopes(scopes: tuple[str, ...]) -> tuple[str, ...]:
     return scopes
 
 
+class _Failures:
+    """When (``time.monotonic()``) a call to the store last failed (down, timeout, full)."""
+
+    __slots__ = ("at",)
+
+    def __init__(self) -> None:
+        self.at = -math.inf
+
+
+class BlockingStore:
+    """A blocking store (``RedisStore.sync()``) behind the async ``TokenStore`` methods. Its
+    coroutines never await, so they finish on whatever event loop runs them: what a sync
+    driver needs, which runs each call on a loop of its own (redis-py's asyncio connections
+    belong to the loop that opened them)."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def __repr__(self) -> str:
+        return f"BlockingStore({self.store!r})"
+
+    async def get(self, key: str) -> Entry | None:
+        entry: Entry | None = self.store.get(key)
+        return entry
+
+    async def put(
+        self, key: str, value: bytes, *, ttl: float, expect: str | AnyVersion | None = ANY
+    ) -> str | None:
+        version: str | None = self.store.put(key, value, ttl=ttl, expect=expect)
+        return version
+
+    async def delete(self, key: str, *, expect: str | AnyVersion = ANY) -> bool:
+        return bool(self.store.delete(key, expect=expect))
+
+
 class GrantStore:
     """Typed, sealed records over a ``TokenStore``. Internal to the source and the broker."""
 
     def __init__(self, store: TokenStore, keyring: Keyring) -> None:
         self.store = store
         self.keyring = keyring
-        #: When (``time.monotonic()``) a call to the store last failed (down, timeout, full).
-        self.failed_at = -math.inf
+        self._failures = _Failures()
+        self._blocking: GrantStore | None = None
+        self._lock = threading.Lock()
 
     def failed_within(self, seconds: float) -> bool:
-        """Whether a store call failed in the last ``seconds``: after an outage the refresh
-        leases of other replicas are honoured that long (``DelegatedConsent``)."""
-        return time.monotonic() - self.failed_at < seconds
+        """Whether a store call (this one's or its blocking twin's) failed in the last
+        ``seconds``: after an outage the refresh leases of other replicas are honoured that
+        long (``DelegatedConsent``)."""
+        return time.monotonic() - self._failures.at < seconds
+
+    def blocking(self) -> GrantStore:
+        """The same records for a sync driver (each call on an event loop of its own): through
+        the store's blocking twin when it has one (``RedisStore.sync()``), else this store
+        (``MemoryStore`` works on any loop). Failures are counted for both."""
+        with self._lock:
+            if self._blocking is None:
+                twin = getattr(self.store, "sync", None)
+                if not callable(twin):
+                    self._blocking = self
+                else:
+                    blocking = GrantStore(BlockingStore(twin()), self.keyring)
+                    blocking._failures = self._failures
+                    self._blocking = blocking
+            return self._blocking
 
     async def _call(self, call: Awaitable[_T]) -> _T:
         try:
             return await call
         except Exception:
-            self.failed_at = time.monotonic()
+            self._failures.at = time.monotonic()
             raise
 
     async def _get(self, key: str) -> tuple[bytes, str] | None:

@@ -179,3 +179,45 @@ def test_a_slow_holder_keeps_its_lease_in_the_sync_api_too(
         results = list(pool.map(lambda i: caches[i % 4].get_or_acquire(KEY, slow), range(8)))
     assert calls[0] == 1
     assert {r.token for r in results if r is not None} == {"slow-token"}
+
+
+async def test_delegated_consent_sync_api_over_redis(
+    consent_env: Any, redis_server: RedisServer
+) -> None:
+    """``DelegatedConsent.get_token`` and ``TokenChain.get_token`` (threads) over a RedisStore
+    the async API uses too: every call served (its grant-store calls go through the store's
+    blocking twin: the asyncio connections belong to the loop that opened them, and the sync
+    driver runs each call on a loop of its own), a dead Redis a typed error."""
+    import asyncio
+
+    from entra_passthrough import Policy, SourceUnavailable, TokenChain
+
+    from ._broker import StandaloneBroker
+    from .test_grant_faults import _consent
+
+    env = consent_env
+    keyring = Keyring.generate()
+    namespace = f"dsync{free_port()}:"
+    store = RedisStore.from_url(redis_server.url, namespace=namespace, timeout=0.5)
+    source = env.make(store=store, keyring=keyring)[0]
+    broker_store = RedisStore.from_url(redis_server.url, namespace=namespace)
+    broker = StandaloneBroker(env, broker_store, keyring)
+    try:
+        request = await _consent(env, source, "rita", "chat-rita-sync")
+        chain = TokenChain([source], policy=Policy.USER_ONLY)
+
+        def calls() -> list[bool]:
+            served = [source.get_token(request) is not None for _ in range(3)]
+            return [*served, chain.get_token([env.mcp_scope], caller=request.caller) is not None]
+
+        assert await asyncio.to_thread(calls) == [True] * 4
+        assert await source.get_token_async(request) is not None  # the async API still works
+        assert await asyncio.to_thread(calls) == [True] * 4
+        dead = RedisStore.from_url(f"redis://:pw@127.0.0.1:{free_port()}/0", timeout=0.5)
+        down = env.make(store=dead, keyring=keyring)[0]
+        with pytest.raises(SourceUnavailable, match="cannot be reached"):
+            await asyncio.to_thread(down.get_token, request)
+        await dead.aclose()
+    finally:
+        await store.aclose()
+        await broker.aclose()

@@ -14,7 +14,8 @@ compare-and-set on the grant record.
 Like the chain and the cache, the decisions (read the grant, wait out another replica's lease,
 lease, refresh, write the rotated grant, classify Entra's refusal) are one generator with no
 I/O; ``get_token_async`` and ``get_token`` are its two drivers. The sync driver refreshes on the
-calling thread; the grant store is async-only, so its calls run on a private event loop.
+calling thread; the grant store's calls run on a private event loop, through the store's
+blocking twin when it has one (``RedisStore.sync()``: asyncio connections belong to one loop).
 """
 
 from __future__ import annotations
@@ -280,8 +281,9 @@ class DelegatedConsent:
 
     def get_token(self, request: TokenRequest) -> TokenResult | None:
         """Sync driver of the same decisions as ``get_token_async``: the refresh runs on this
-        thread. The grant store is async-only, so its calls run on a private event loop: do
-        not call this from a thread that runs an event loop (use ``get_token_async`` there)."""
+        thread. The grant store's calls run on a private event loop (through the store's
+        blocking twin when it has one): do not call this from a thread that runs an event loop
+        (use ``get_token_async`` there)."""
         key = UserKey.from_caller(request.caller)
         if key is None:
             return None  # no identity we can bind a grant to: not applicable
@@ -297,8 +299,8 @@ class DelegatedConsent:
         with asyncio.Runner() as runner:
 
             def do(step: _Step) -> Any:
-                if isinstance(step, _Grants):
-                    return runner.run(step.call(self.grants))
+                if isinstance(step, _Grants):  # the store's blocking twin, if it has one
+                    return runner.run(step.call(self.grants.blocking()))
                 if isinstance(step, _Pause):
                     return time.sleep(step.seconds)
                 return self.client.refresh(step.refresh_token, step.scopes, step.claims)
