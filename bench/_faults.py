@@ -6,12 +6,13 @@ and ``faults.md`` to ``bench/results/`` (quick: ``bench/results/quick/``).
 
 Per fault: the calls made, the outcomes by type, the POSTs the emulator saw, app-identity
 fallbacks (a user's call answered with the app's identity: must be 0), and tokens logged (every
-token the emulator issued, searched as 24-character fragments in every log record at DEBUG of
-every logger: must be 0). The chain under test is ``TokenChain([OnBehalfOf, <an app source>],
-policy=USER_OR_APP)``: the most permissive policy that still names a user, so a fallback would
-show. The MCP server faults (restarted, slow, 401/403/404, -32000) run ``entra_mcp_tool``
-against a real MCP server (tests/faults/_mcp.py): also counted there, the tools that never
-served again (connections lost for good) and the calls the server ran twice.
+token the emulator issued, any 35-character piece of it searched for in every log record at
+DEBUG of every logger: must be 0). The chain under test is
+``TokenChain([OnBehalfOf, <an app source>], policy=USER_OR_APP)``: the most permissive policy
+that still names a user, so a fallback would show. The MCP server faults (restarted, slow,
+401/403/404, -32000) run ``entra_mcp_tool`` against a real MCP server (tests/faults/_mcp.py):
+also counted there, the tools that never served again (connections lost for good) and the calls
+the server ran twice.
 """
 
 from __future__ import annotations
@@ -101,17 +102,30 @@ class LogTrap(logging.Handler):
         root.setLevel(self._level)
 
 
+#: Fragment length and stride: every WINDOW-character window of every issued token at STRIDE
+#: steps is looked for in the text, so any piece of a token of WINDOW + STRIDE - 1 characters or
+#: more that reached a log record is found (a whole token, or a cut body's share of one).
+WINDOW, STRIDE = 24, 12
+
+
 def tokens_in(idp: EntraEmulator, text: str) -> int:
+    """How many issued tokens have a piece (35+ characters) in ``text``: one pass over the
+    text's windows against a table of the tokens' windows (it used to try five windows per
+    token, which missed a piece that fell between them)."""
     with idp._rt.lock:
         issued = list(idp._rt.issued)
-    found = 0
-    for token in issued:
-        if len(token) < 24:
+    table: dict[str, int] = {}
+    for index, token in enumerate(issued):
+        if len(token) < WINDOW:
             continue
-        step = max(1, (len(token) - 24) // 4)
-        if any(token[i : i + 24] in text for i in range(0, len(token) - 23, step)):
-            found += 1
-    return found
+        for start in range(0, len(token) - WINDOW + 1, STRIDE):
+            table.setdefault(token[start : start + WINDOW], index)
+    found = {
+        table[piece]
+        for start in range(len(text) - WINDOW + 1)
+        if (piece := text[start : start + WINDOW]) in table
+    }
+    return len(found)
 
 
 class Row(dict[str, Any]):

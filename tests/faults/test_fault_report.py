@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,3 +62,18 @@ def test_fault_suite_quick(tmp_path: Path) -> None:
         assert set(rows[fault]["outcomes"]) == {"SigningKeysUnavailable"}, rows[fault]
     # the proxy's page is answered in the path: the emulator's token endpoint sees nothing
     assert "token" not in rows["non-JSON body (a proxy's HTML page)"]["requests"]
+
+
+def test_the_suite_finds_any_piece_of_a_token_in_the_logs(
+    monkeypatch: pytest.MonkeyPatch, entra_emulator: Any
+) -> None:
+    """``tokens logged`` counts a token when any 35-character piece of it is in the text: it
+    tried five windows per token, and a piece between them (a cut body's share) went unseen."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from bench._faults import tokens_in
+
+    idp = entra_emulator
+    token = idp.user_token("alice", audience=idp.agent.client_id)
+    assert tokens_in(idp, "no secret here") == 0
+    for start in range(0, len(token) - 35, 7):
+        assert tokens_in(idp, f"log: ...{token[start : start + 35]}... end") == 1, start
