@@ -45,6 +45,17 @@ def test_scopes_entra_always_refuses_are_never_sent(
     assert obo_posts(idp) == before
 
 
+def test_a_repeated_default_is_sent(idp: EntraEmulator) -> None:
+    # The same '.default' twice is no mix of '.default' and named scopes.
+    chain = TokenChain([make_obo(idp)])
+    alice = idp.user_token("alice", audience=idp.agent.client_id)
+    scope = f"{idp.mcp.app_id_uri}/.default"
+    with bind_caller(token=alice):
+        result = chain.get_token([scope, scope])
+    chain.close()
+    assert result.token
+
+
 def test_the_guid_form_of_the_app_itself_is_sent(idp: EntraEmulator) -> None:
     # Entra accepts an app's token for itself by its client id GUID (AADSTS90009 names that
     # form); whether OBO makes sense there is the caller's business, not a scope error.

@@ -349,7 +349,7 @@ def scope_refusal(scopes: Sequence[str], *, own_client_id: str) -> tuple[int, st
             continue  # a bare scope (User.Read: Microsoft Graph's)
         resources.setdefault(resource.rstrip("/").lower(), []).append(permission)
     for resource, permissions in resources.items():
-        if ".default" in permissions and len(permissions) > 1:
+        if ".default" in permissions and len(set(permissions)) > 1:
             return 70011, (
                 f"'{resource}/.default' is combined with named scopes of the same resource "
                 f"({', '.join(p for p in permissions if p != '.default')[:120]}); .default "
