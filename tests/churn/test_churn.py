@@ -226,10 +226,11 @@ async def test_shared_tool_restarts_mid_burst(
         )
     finally:
         host.stop()
-    # A call cut off while the old server was running it "may have run" (never resent); every
-    # other call succeeds: calls that never left are retried on the new connection.
+    # A graceful restart answers the calls it runs, and a call it reset unread is sent again:
+    # every call succeeds. (At most one per restart may end "may have run": a server whose
+    # graceful timeout, 1 s here, cuts off a call it was still running on a loaded machine.)
     outcomes = _check(results, mcp, allowed=frozenset({"ok", "unknown"}))
-    assert outcomes["unknown"] <= SIZE.concurrency * SIZE.restarts, outcomes
+    assert outcomes["unknown"] <= SIZE.restarts, outcomes
 
 
 async def test_calls_cut_off_by_a_crash_never_run_twice(
@@ -332,7 +333,7 @@ async def test_pool_small_bounds_with_restarts(
     finally:
         host.stop()
     outcomes = _check(results, mcp, allowed=frozenset({"ok", "unknown"}), size=POOL_SIZE)
-    assert outcomes["unknown"] <= SIZE.concurrency * SIZE.restarts, outcomes
+    assert outcomes["unknown"] <= SIZE.restarts, outcomes  # as for the shared tool
     _sessions_carry_only_their_owner(mcp)
 
 
