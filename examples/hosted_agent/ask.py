@@ -53,13 +53,20 @@ def main(argv: list[str]) -> int:
     if not state_file.exists():
         raise SystemExit(f"{state_file} not found: start python examples/hosted_agent/run_local.py")
     state = json.loads(state_file.read_text(encoding="utf-8"))
-    token = sign_in(state["emulator"], user)
-    with httpx2.Client(base_url=state["agent"], trust_env=False, timeout=60) as client:
-        answer = client.post(
-            "/responses",
-            json={"input": question, "store": True},
-            headers={"Authorization": f"Bearer {token}"},
-        )
+    try:
+        token = sign_in(state["emulator"], user)
+        with httpx2.Client(base_url=state["agent"], trust_env=False, timeout=60) as client:
+            answer = client.post(
+                "/responses",
+                json={"input": question, "store": True},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+    except (OSError, httpx2.TransportError) as exc:
+        # A state file left by a local run that is gone (killed): its CA file and ports too.
+        raise SystemExit(
+            f"the local run in {state_file} does not answer ({type(exc).__name__}): start "
+            "python examples/hosted_agent/run_local.py (again)"
+        ) from None
     if answer.status_code != 200:
         print(f"HTTP {answer.status_code}: {answer.text[:500]}")
         return 1

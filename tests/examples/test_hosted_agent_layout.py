@@ -65,3 +65,41 @@ def test_the_image_installs_the_repository_wheel_only() -> None:
         # From wheels/ (the build context), never by name from a registry.
         assert not re.search(r"\bentra[-_]passthrough\b(?!-\*\.whl)", line), line
     assert "COPY wheels/" in dockerfile
+
+
+def test_ask_with_a_stale_state_file_says_so(tmp_path: Path) -> None:
+    # A local run killed without cleaning up leaves its state: ask.py says to start it again
+    # (it raised a FileNotFoundError traceback for the vanished CA file).
+    import json
+    import os
+    import subprocess
+    import sys
+
+    state = tmp_path / "state.json"
+    state.write_text(
+        json.dumps(
+            {
+                "agent": "http://127.0.0.1:9",
+                "emulator": {
+                    "url": "https://127.0.0.1:9",
+                    "tenant_id": "t",
+                    "ca_file": str(tmp_path / "gone-ca.pem"),
+                    "users": {"alice": {"upn": "alice@contoso.example", "password": "p"}},
+                    "apps": {
+                        "frontend": {"client_id": "f"},
+                        "agent": {"app_id_uri": "api://a", "scope": "access_as_user"},
+                    },
+                },
+            }
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLE / "ask.py"), "alice"],
+        env={**os.environ, "LOCAL_STATE_FILE": str(state)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert "run_local.py" in done.stderr
