@@ -173,6 +173,10 @@ def test_managed_identity_credential_must_be_user_assigned(
         source_class.from_env(env)
     assert "AZURE_CLIENT_ID" in str(info.value)
     assert "user-assigned" in str(info.value)
+    # It names the source being built and why a managed identity was chosen.
+    assert str(info.value).startswith(f"{source_class.__name__}.from_env()")
+    assert "ENTRA_PASSTHROUGH_CLIENT_CREDENTIAL=managed_identity" in str(info.value)
+    assert "AADSTS700213" in str(info.value)  # what Entra would answer
     with pytest.raises(ConfigurationError, match="user-assigned"):
         OnBehalfOf(client_id="a", tenant_id="t", managed_identity=ManagedIdentity())
     source_class.from_env({**env, "AZURE_CLIENT_ID": "uami"}).close()

@@ -267,6 +267,7 @@ class AgentIdentityOnBehalfOf:
                 client_id=blueprint_client_id,
                 tenant_id=tenant_id,
                 http_client=options["http_client"],
+                owner="AgentIdentityOnBehalfOf.from_env() (the blueprint)",
             ),
             agent_identity_id=agent_identity_id,
             name=name,

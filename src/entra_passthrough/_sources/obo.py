@@ -412,7 +412,12 @@ def allowed_tenants_from_env(env: Mapping[str, str]) -> tuple[str, ...] | None:
 
 
 def credential_from_env(
-    env: Mapping[str, str], *, client_id: str, tenant_id: str, http_client: Any
+    env: Mapping[str, str],
+    *,
+    client_id: str,
+    tenant_id: str,
+    http_client: Any,
+    owner: str = "OnBehalfOf.from_env()",
 ) -> AppCredential:
     """The app's ``AppCredential`` with the one client credential the environment configures
     (and ``AZURE_AUTHORITY_HOST``)."""
@@ -452,9 +457,17 @@ def credential_from_env(
     if choice == "federated_token_file" and token_file:
         return credential(federated_token_file=token_file)
     if choice == "managed_identity":
-        # A managed identity as federated credential must be user-assigned: AppCredential
-        # checks it (ConfigurationError naming AZURE_CLIENT_ID) before any request.
-        return credential(managed_identity=ManagedIdentity.from_env(env, http_client=http_client))
+        # A managed identity as federated credential must be user-assigned: refused here
+        # (ConfigurationError naming AZURE_CLIENT_ID) before any request, naming the source
+        # being built and why a managed identity was chosen.
+        mi = ManagedIdentity.from_env(env, http_client=http_client)
+        why = (
+            "ENTRA_PASSTHROUGH_CLIENT_CREDENTIAL=managed_identity"
+            if _env.get(env, "ENTRA_PASSTHROUGH_CLIENT_CREDENTIAL")
+            else "IDENTITY_ENDPOINT is set and no secret, certificate or token file is"
+        )
+        mi.require_user_assigned(f"{owner} ({why})")
+        return credential(managed_identity=mi)
     raise ConfigurationError(
         "No client credential for the OBO app in the environment"
         + (f" (ENTRA_PASSTHROUGH_CLIENT_CREDENTIAL={choice})." if choice else ".")
