@@ -26,8 +26,10 @@ deployment, the keys and TTLs, and the failure behaviour.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import ssl
+import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs, urlsplit
@@ -134,13 +136,20 @@ class RedisStore:
         *,
         namespace: str = "",
         sync_client: Callable[[], redis_sync.Redis] | None = None,
+        client_factory: Callable[[], redis_asyncio.Redis] | None = None,
     ) -> None:
+        #: The first event loop's client (redis-py asyncio connections belong to one loop).
         self.client = client
         self.namespace = namespace
-        self._cas_put = client.register_script(_CAS_PUT)
-        self._cas_delete = client.register_script(_CAS_DELETE)
         self._sync_client = sync_client
         self._sync: SyncRedisStore | None = None
+        # One client per event loop that uses the store (``asyncio.run`` twice, a broker on a
+        # thread of its own...): ``client`` goes to the first, ``client_factory`` makes the
+        # others. Closed loops are dropped when another loop arrives.
+        self._factory = client_factory
+        self._unclaimed: _Bound | None = _Bound(client)
+        self._loops: dict[asyncio.AbstractEventLoop, _Bound] = {}
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         kwargs = self.client.connection_pool.connection_kwargs
@@ -187,11 +196,14 @@ class RedisStore:
                 options["ssl_ca_certs"] = ca_file
         if credential_provider is not None:
             options["credential_provider"] = credential_provider
-        # A blocking pool: a burst of more concurrent calls than connections waits (up to
-        # ``timeout``) for a free one instead of failing with "Too many connections".
-        pool = redis_asyncio.BlockingConnectionPool.from_url(url, timeout=timeout, **options)
-        client = redis_asyncio.Redis(connection_pool=pool)
-        client.auto_close_connection_pool = True  # aclose() closes the pool: it is ours
+
+        def make_client() -> redis_asyncio.Redis:
+            # A blocking pool: a burst of more concurrent calls than connections waits (up to
+            # ``timeout``) for a free one instead of failing with "Too many connections".
+            pool = redis_asyncio.BlockingConnectionPool.from_url(url, timeout=timeout, **options)
+            client = redis_asyncio.Redis(connection_pool=pool)
+            client.auto_close_connection_pool = True  # aclose() closes the pool: it is ours
+            return client
 
         def sync_client() -> redis_sync.Redis:
             sync_options = {**options, "retry": SyncRetry(ExponentialBackoff(0.2, 0.02), 1)}
@@ -200,7 +212,12 @@ class RedisStore:
             )
             return redis_sync.Redis(connection_pool=sync_pool)
 
-        return cls(client, namespace=namespace, sync_client=sync_client)
+        return cls(
+            make_client(),
+            namespace=namespace,
+            sync_client=sync_client,
+            client_factory=make_client,
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RedisStore:
@@ -224,8 +241,41 @@ class RedisStore:
             allow_plaintext=_env.get_bool(env, "ENTRA_PASSTHROUGH_REDIS_ALLOW_PLAINTEXT"),
         )
 
+    def _bound(self) -> _Bound:
+        """This event loop's client and scripts."""
+        loop = asyncio.get_running_loop()
+        bound = self._loops.get(loop)
+        if bound is not None:
+            return bound
+        with self._lock:
+            bound = self._loops.get(loop)
+            if bound is None:
+                for old in [lp for lp in self._loops if lp.is_closed()]:
+                    del self._loops[old]  # its connections died with it
+                if self._unclaimed is not None:
+                    bound, self._unclaimed = self._unclaimed, None
+                elif self._factory is not None:
+                    bound = _Bound(self._factory())
+                else:
+                    raise ConfigurationError(
+                        "this RedisStore was built from a redis client, which serves one event "
+                        "loop, and it is used on another.",
+                        fix="build it with RedisStore.from_url (it opens connections per event "
+                        "loop), or make one RedisStore per event loop.",
+                    )
+                self._loops[loop] = bound
+            return bound
+
     async def aclose(self) -> None:
-        await self.client.aclose()
+        """Close this event loop's connections (a later call opens new ones) and the blocking
+        twin's. A store used on several loops is closed on each."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            bound = self._loops.pop(loop, None)
+            if bound is None:
+                bound, self._unclaimed = self._unclaimed, None
+        if bound is not None:
+            await bound.client.aclose()
         if self._sync is not None:
             self._sync.close()
 
@@ -244,8 +294,9 @@ class RedisStore:
     # -- TokenStore ---------------------------------------------------------------------------
 
     async def get(self, key: str) -> Entry | None:
+        bound = self._bound()
         try:
-            raw = await self.client.get(self.namespace + key)
+            raw = await bound.client.get(self.namespace + key)
         except RedisError as exc:
             raise _unavailable(exc) from None
         return _entry(raw)
@@ -255,35 +306,48 @@ class RedisStore:
     ) -> str | None:
         if ttl <= 0:
             raise ValueError("ttl must be positive")
+        bound = self._bound()
         version = secrets.token_hex(_VERSION_CHARS // 2)
         ttl_ms = max(1, int(ttl * 1000))
         name = self.namespace + key
         try:
             if isinstance(expect, AnyVersion) or expect is None:
-                done = await self.client.set(
+                done = await bound.client.set(
                     name, version.encode() + b"." + value, px=ttl_ms, nx=expect is None
                 )
             else:
-                done = await self._cas_put(keys=[name], args=[expect, version, value, ttl_ms])
+                done = await bound.cas_put(keys=[name], args=[expect, version, value, ttl_ms])
         except RedisError as exc:
             raise _unavailable(exc) from None
         return version if done else None
 
     async def delete(self, key: str, *, expect: str | AnyVersion = ANY) -> bool:
+        bound = self._bound()
         name = self.namespace + key
         try:
             if isinstance(expect, AnyVersion):
-                return bool(await self.client.delete(name))
-            return bool(await self._cas_delete(keys=[name], args=[expect]))
+                return bool(await bound.client.delete(name))
+            return bool(await bound.cas_delete(keys=[name], args=[expect]))
         except RedisError as exc:
             raise _unavailable(exc) from None
 
     async def ping(self) -> bool:
         """``True`` if Redis answers (readiness probes); never raises."""
         try:
-            return bool(await self.client.ping())
-        except RedisError:
+            return bool(await self._bound().client.ping())
+        except (RedisError, ConfigurationError):
             return False
+
+
+class _Bound:
+    """One event loop's client and its scripts."""
+
+    __slots__ = ("cas_delete", "cas_put", "client")
+
+    def __init__(self, client: redis_asyncio.Redis) -> None:
+        self.client = client
+        self.cas_put = client.register_script(_CAS_PUT)
+        self.cas_delete = client.register_script(_CAS_DELETE)
 
 
 class SyncRedisStore:

@@ -360,3 +360,41 @@ def test_from_env_with_entra_auth_uses_redis_entraid() -> None:
     )
     provider = store.client.connection_pool.connection_kwargs["credential_provider"]
     assert type(provider).__name__ == "EntraIdCredentialsProvider"
+
+
+def test_one_store_serves_several_event_loops(redis_server: RedisServer) -> None:
+    """redis-py's asyncio connections belong to the loop that opened them: a store used by two
+    ``asyncio.run`` in a row, or by a thread's loop while another loop uses it, opens
+    connections per loop (closed with ``aclose`` on each); built from a client, it refuses a
+    second loop with a typed error instead of redis-py's RuntimeError."""
+    store = RedisStore.from_url(redis_server.url, namespace=f"loops{free_port()}:")
+
+    async def use(value: bytes, *, close: bool = True) -> bytes:
+        await store.put("k", value, ttl=30)
+        entry = await store.get("k")
+        assert entry is not None
+        if close:
+            await store.aclose()
+        return entry.value
+
+    assert asyncio.run(use(b"first")) == b"first"
+    assert asyncio.run(use(b"second")) == b"second"
+
+    async def alongside() -> bytes:
+        mine = await use(b"main", close=False)  # this loop keeps a connection in its pool
+        other = await asyncio.to_thread(asyncio.run, use(b"thread"))  # another loop meanwhile
+        again = await use(b"again")
+        return b",".join((mine, other, again))
+
+    assert asyncio.run(alongside()) == b"main,thread,again"
+
+    built = RedisStore(redis.asyncio.Redis.from_url(redis_server.url))
+
+    async def ping_then_close() -> bool:
+        answered = await built.ping()
+        await built.aclose()
+        return answered
+
+    assert asyncio.run(ping_then_close())
+    with pytest.raises(ConfigurationError, match="one event loop"):
+        asyncio.run(built.get("k"))
