@@ -170,8 +170,9 @@ class RedisStore:
     ) -> RedisStore:
         """A store for ``url``. ``ca_file`` trusts a private CA for ``rediss://``;
         ``credential_provider`` (redis-py ``CredentialProvider``) supplies user/password
-        per connection, e.g. Entra tokens. ``timeout`` bounds every command and connect, so a
-        slow or dead Redis costs at most that before the typed error. ``redis://`` (no TLS) is
+        per connection, e.g. Entra tokens. ``timeout`` bounds every command and connect, and a
+        failed one is retried once on a fresh connection, so a slow or dead Redis costs at most
+        about twice that before the typed error. ``redis://`` (no TLS) is
         refused for a host other than loopback unless ``allow_plaintext``; a URL option that
         turns certificate or host name checks off is always refused."""
         _check_url(url, allow_plaintext=allow_plaintext)

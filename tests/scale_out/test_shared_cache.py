@@ -224,10 +224,12 @@ async def test_a_slow_redis_costs_one_timeout_then_entra_serves(fresh_redis: Red
     shared = SharedTokenCache(store, Keyring.generate(), retry_after=60)
     caches = [TokenCache(shared=shared) for _ in range(3)]
     entra = Entra(delay=0)
-    admin = fresh_redis.client()
+    # Paused, Redis answers nothing (CLIENT UNPAUSE included) until the pause ends: the admin
+    # waits it out. 4 s: the calls below take about 2 x 0.6 s, with room for a loaded machine.
+    admin = redis.Redis.from_url(fresh_redis.url, socket_timeout=30)
     try:
         assert await store.ping()
-        admin.client_pause(1500, all=True)  # Redis answers nothing for 1.5 s
+        admin.client_pause(4000, all=True)
         for cache in caches:
             assert await cache.get_or_acquire_async(KEY, entra.acquire) is not None
         assert entra.calls == 3  # each went to Entra, none waited for Redis again
