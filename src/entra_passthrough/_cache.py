@@ -12,6 +12,8 @@ Decisions (docs/sources-and-policy.md explains them to users):
   Every token acquired later for that assertion would end at the same cap, so nothing fresher can
   be had: such an entry is served until the cap (the token itself is still valid then) and is
   never refreshed ahead nor dropped early. One round trip per assertion, over its whole life.
+  A token that ends just short of the cap (an identity provider that caps it at the assertion
+  itself, in whole seconds) counts as capped too, served to its own expiry.
 * **Refresh ahead**, for the other entries (an app token, a downstream token that expires before
   its assertion): once less than min(5 min, 1/2 of the lifetime) is left, the *first* request
   that sees the entry starts a refresh in the background (a task on its loop, or a daemon thread
@@ -54,6 +56,10 @@ _SYNC_WAIT_SECONDS = 120.0
 _MAX_TAKEOVERS = 3
 #: After a failed refresh, the next one is due after this share of the time the token has left.
 _RETRY_SHARE = 0.5
+#: A token that ends this close to its cap (or within its own expiry margin of it) counts as
+#: capped: whole-second ``expires_in`` and the answer's time on the wire put an identity
+#: provider's own cap a second or two short of the assertion's ``exp``.
+_CAP_SLACK = 5.0
 
 
 def _loop_running_here() -> bool:
@@ -131,13 +137,18 @@ class CacheStats:
 def _timing(expires_on: float, cap: float | None, now: float) -> tuple[float, float]:
     """(refresh_at, usable_until) of a token that expires at ``expires_on`` (its own expiry,
     before any cap) stored at ``now`` under ``cap``."""
-    if cap is not None and expires_on >= cap:
-        # The assertion's expiry ends this entry, and every token acquired later for the same
-        # assertion would end there too: no refresh ahead, no early expiry (the token itself
-        # is valid at least until the cap, so no request carries an expired token).
-        return math.inf, cap
     lifetime = max(expires_on - now, 0.0)
-    usable_until = expires_on - min(30.0, lifetime / 10)
+    skew = min(30.0, lifetime / 10)
+    if cap is not None and expires_on >= cap - max(skew, _CAP_SLACK):
+        # The assertion's expiry ends this entry, and every token acquired later for the same
+        # assertion would end there too: no refresh ahead, no early expiry. Also when the token
+        # ends just short of the cap, as when the identity provider caps it at the assertion
+        # itself (``expires_in`` is whole seconds, counted from before the answer arrived): a
+        # refresh would gain less than the margin an entry gives up anyway, and it would get
+        # the same capped token again, and again. Served to its own expiry or the cap,
+        # whichever comes first: no request carries an expired token.
+        return math.inf, min(expires_on, cap)
+    usable_until = expires_on - skew
     refresh_at = expires_on - min(300.0, lifetime / 2)
     return refresh_at, usable_until
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -281,6 +282,55 @@ def test_capped_entry_is_served_to_the_cap_and_never_refreshed() -> None:
     assert cache.stats().refreshes == 0
     clock.offset = 601  # past the assertion's expiry: never served
     assert cache.get("k") is None
+
+
+def test_token_the_identity_provider_capped_is_served_to_its_expiry_not_refreshed() -> None:
+    """An identity provider that caps the token at the assertion itself answers ``expires_in``
+    in whole seconds: the token ends up to a second short of the cap. A refresh would bring the
+    same capped token back (and again, at half the time left each time): it is served to its
+    own expiry instead, one acquisition per assertion."""
+    clock = Clock()
+    cache = TokenCache(clock=clock)
+    cap = time.time() + 600.5
+    calls: list[int] = []
+
+    def acquire() -> TokenResult:
+        calls.append(1)
+        now = clock()
+        expires_in = math.floor(cap - now)  # the assertion's remaining life, rounded down
+        return TokenResult(f"t{len(calls)}", now + expires_in, IdentityKind.USER, "s")
+
+    stored = cache.get_or_acquire("k", acquire, cap=cap)
+    assert stored is not None
+    assert cap - 2 < stored.expires_on < cap
+    for offset in (0, 300, 450, 550, 590, 598):  # refresh window, then the expiry margin
+        clock.offset = offset
+        got = cache.get_or_acquire("k", acquire, cap=cap)
+        assert got is not None
+        assert got.token == "t1"
+    assert cache.wait_refreshes(10)
+    assert len(calls) == 1
+    assert cache.stats().refreshes == 0
+    clock.offset = stored.expires_on - time.time() + 0.01  # past the token's own expiry
+    assert cache.get("k") is None
+
+
+def test_entry_that_expires_well_before_its_cap_is_still_refreshed_ahead() -> None:
+    clock = Clock()
+    cache = TokenCache(clock=clock)
+    cap = time.time() + 3600 + 60  # the token ends a minute before its assertion
+    n = 0
+
+    def acquire() -> TokenResult:
+        nonlocal n
+        n += 1
+        return result(f"t{n}", lifetime=3600)
+
+    cache.get_or_acquire("k", acquire, cap=cap)
+    clock.offset = 3400
+    assert cache.get_or_acquire("k", acquire, cap=cap).token == "t1"  # type: ignore[union-attr]
+    assert cache.wait_refreshes(10)
+    assert cache.get("k").token == "t2"  # type: ignore[union-attr]
 
 
 def test_entry_that_expires_before_its_cap_is_still_refreshed_ahead() -> None:
