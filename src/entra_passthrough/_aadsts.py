@@ -292,6 +292,13 @@ _TABLE: tuple[Aadsts, ...] = (
         "<client app id> --api <API app id> --api-permissions <scope id>=Scope), then consent",
     ),
     Aadsts(
+        650053,
+        "ScopeDoesNotExistOnResource",
+        "a sign-in asked for a scope the resource (API) does not expose",
+        "ask for a scope the API exposes (Expose an API > Scopes: api://<api>/<scope>), or "
+        "add the scope to the API; check its spelling and case",
+    ),
+    Aadsts(
         65004,
         "UserDeclinedConsent",
         "the user declined to consent to the app",

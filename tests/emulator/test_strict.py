@@ -1078,3 +1078,32 @@ def test_arc_challenge_file_unreadable_says_which_group(monkeypatch: pytest.Monk
         thread.join(timeout=10)
     assert "challenge file" in str(info.value)
     assert "himds" in (info.value.fix or "")
+
+
+@pytest.mark.filterwarnings("ignore:response_mode='form_post' is recommended:UserWarning")
+def test_a_scope_the_api_does_not_expose(idp: EntraEmulator, cca) -> None:
+    # A sign-in asking for a scope the API does not expose: AADSTS650053 naming the client, to
+    # the redirect URI (as Entra answers, quoted in MicrosoftDocs/azure-docs#37280); the token
+    # endpoint answers AADSTS70011 ("The scope ... isn't valid", reference-error-codes).
+    import urllib.parse
+
+    app = msal.PublicClientApplication(
+        idp.frontend.client_id,
+        authority=f"{idp.url}/{idp.tenant_id}",
+        http_client=idp.msal_http_client(),
+        instance_discovery=False,
+    )
+    flow = app.initiate_auth_code_flow(
+        [f"{idp.mcp.app_id_uri}/Tools.Write"],
+        redirect_uri="http://localhost/callback",
+        login_hint="alice",
+    )
+    with idp.msal_http_client() as http:
+        resp = http.get(flow["auth_uri"], allow_redirects=False)
+    answer = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(resp.headers["location"]).query))
+    assert answer["error"] == "invalid_client", answer
+    assert answer["error_description"].startswith("AADSTS650053"), answer
+    assert "'frontend'" in answer["error_description"]
+    assertion = idp.user_token("alice", audience=idp.agent.client_id)
+    refused = cca().acquire_token_on_behalf_of(assertion, [f"{idp.mcp.app_id_uri}/Tools.Write"])
+    assert refused.get("error_codes") == [70011], refused

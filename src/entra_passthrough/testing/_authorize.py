@@ -238,7 +238,7 @@ def _authorize_for_client(
             "exist in tenant and cannot access the application.",
         )
     check_assignment(client, user)
-    req = parse_scopes(rt, params.get("scope"), tid)
+    req = parse_scopes(rt, params.get("scope"), tid, interactive_client=client)
     # RFC 8707 `resource` at /authorize is checked against the scopes too (AADSTS9010010; what
     # MCP clients that send it see, docs/platform-facts.md).
     check_resource_param(params, req)

@@ -50,7 +50,13 @@ class ScopeRequest:
         return (self.resource.app_id_uri or self.resource.client_id).rstrip("/") + "/"
 
 
-def parse_scopes(rt: Runtime, raw: str | None, tenant_id: str) -> ScopeRequest:
+def parse_scopes(
+    rt: Runtime, raw: str | None, tenant_id: str, *, interactive_client: App | None = None
+) -> ScopeRequest:
+    """The scopes of a request. A named scope the resource does not expose is AADSTS70011 at
+    the token endpoint and, at /authorize (``interactive_client``), AADSTS650053 naming the
+    client, as Entra answers a sign-in (quoted in MicrosoftDocs/azure-docs#37280, #67211;
+    https://learn.microsoft.com/entra/identity-platform/reference-error-codes)."""
     if not raw or not raw.split():
         raise e.missing_param("scope")
     resources: dict[str, App] = {}
@@ -94,6 +100,14 @@ def parse_scopes(rt: Runtime, raw: str | None, tenant_id: str) -> ScopeRequest:
         )
     for n in names:
         if n != ".default" and resource is not None and n not in resource.exposed_scopes:
+            if interactive_client is not None:
+                raise e.StsError(
+                    650053,
+                    "invalid_client",
+                    f"The application '{interactive_client.name}' asked for scope '{n[:120]}' "
+                    f"that doesn't exist on the resource '{resource.client_id}'. Contact the "
+                    "app vendor.",
+                )
             raise e.invalid_scope(f"{resource.app_id_uri or resource.client_id}/{n}")
     return ScopeRequest(
         resource=resource, names=tuple(names), oidc=frozenset(oidc), requested=requested
