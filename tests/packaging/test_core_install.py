@@ -117,6 +117,8 @@ def test_version(core_venv: Venv) -> None:
         ]
     )
     assert out.strip() == f"entra-passthrough {meta.strip()}"
+    # The same command where the script is not on PATH.
+    assert check([core_venv.python, "-m", "entra_passthrough", "--version"]) == out
     init = check(
         [core_venv.python, "-c", "import entra_passthrough; print(entra_passthrough.__version__)"]
     )
