@@ -54,6 +54,7 @@ class RedisServer:
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="ep-redis-")))
     proc: subprocess.Popen[bytes] | None = None
     ca_file: str | None = None
+    started: bool = False
 
     def __post_init__(self) -> None:
         if self.tls:
@@ -101,33 +102,47 @@ class RedisServer:
         return redis.Redis.from_url(self.url, socket_timeout=2, **extra)
 
     def start(self) -> RedisServer:
-        self.proc = subprocess.Popen(self.args(), stdout=subprocess.DEVNULL)
-        try:
-            return self._wait_ready()
-        except BaseException:
-            self.kill()
-            raise
+        """Start (or restart, on the same port and data). A first start whose free port was
+        taken meanwhile (another test's server or client socket) moves to another port."""
+        first = not self.started
+        for _ in range(5):  # bounded: a port taken between free_port() and redis' bind
+            log = self.workdir / "redis.log"
+            log.unlink(missing_ok=True)
+            self.proc = subprocess.Popen(self.args(), stdout=subprocess.DEVNULL)
+            try:
+                if self._wait_ready():
+                    self.started = True
+                    return self
+            except BaseException:
+                self.kill()
+                raise
+            text = log.read_text(errors="replace") if log.exists() else ""
+            if not (first and "Address already in use" in text):
+                message = f"redis-server exited with {self.proc.returncode}: {text[-500:]}"
+                self.proc = None
+                if os.environ.get("CI"):
+                    pytest.fail(message)
+                pytest.skip(message)
+            self.proc = None
+            self.port = free_port()
+        pytest.fail("redis-server found no free port in 5 tries")
 
-    def _wait_ready(self) -> RedisServer:
+    def _wait_ready(self) -> bool:
+        """``True`` once it answers PING; ``False`` if it exited."""
         assert self.proc is not None
         client = self.client()
         try:
             for _ in range(500):  # bounded readiness poll (~10 s)
                 if self.proc.poll() is not None:
-                    log = (self.workdir / "redis.log").read_text(errors="replace")
-                    message = f"redis-server exited with {self.proc.returncode}: {log[-500:]}"
-                    if os.environ.get("CI"):
-                        pytest.fail(message)
-                    pytest.skip(message)
+                    return False
                 try:
                     if client.ping():
-                        return self
+                        return True
                 except redis.exceptions.ConnectionError:
                     time.sleep(0.02)
             pytest.fail("redis-server did not answer PING in time")
         finally:
             client.close()
-        return self
 
     def kill(self) -> None:
         """SIGKILL: no chance to save anything (the AOF written so far stays)."""

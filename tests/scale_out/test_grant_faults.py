@@ -280,7 +280,7 @@ async def test_a_full_or_slow_grant_store_fails_typed_before_any_refresh(
     typed error that says which, the app identity never stands in, and no refresh token is
     redeemed (taking the refresh lease is a write: it fails first)."""
     env = consent_env
-    server = RedisServer(maxmemory="4mb").start()
+    server = RedisServer().start()
     keyring = Keyring.generate()
     store = RedisStore.from_url(server.url, timeout=0.5)
     broker = StandaloneBroker(env, RedisStore.from_url(server.url), keyring)
@@ -300,18 +300,16 @@ async def test_a_full_or_slow_grant_store_fails_typed_before_any_refresh(
                 await chain.get_token_async([env.mcp_scope], caller=request.caller)
         finally:
             admin.execute_command("CLIENT", "UNPAUSE")
-        for i in range(2000):  # bounded: 2000 x 10 kB > 4 MB
-            try:
-                admin.set(f"filler:{i}", b"z" * 10_000)
-            except redis.exceptions.OutOfMemoryError:
-                break
-        else:
-            pytest.fail("maxmemory never refused a write")
+        # Full: over maxmemory (noeviction) by far, so no freed buffer lets a write through.
+        admin.set("ballast", b"z" * 3_000_000)
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", "2mb")
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            admin.set("probe", b"x")
         with pytest.raises(SourceUnavailable, match="full"):
             await chain.get_token_async([env.mcp_scope], caller=request.caller)
         assert (redeemed, app.calls) == ([], 0)
-        admin.delete(*(f"filler:{j}" for j in range(i)))  # room again: served, the grant
-        # untouched by the failures
+        admin.config_set("maxmemory", "0")  # room again: served, the grant untouched
         assert await chain.get_token_async([env.mcp_scope], caller=request.caller) is not None
         assert len(redeemed) == 1
     finally:
