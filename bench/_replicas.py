@@ -56,25 +56,35 @@ class RedisServer:
             raise RuntimeError(
                 "redis-server is not installed (Debian: apt-get install redis-server)"
             )
+        self._dir = tempfile.TemporaryDirectory(prefix="bench-redis-")
+        # A free port can be taken before redis binds it (another process' client socket):
+        # a server that exits at once is started again on another port (bounded).
+        for _ in range(5):
+            if self._start(binary):
+                return
+        self.close()
+        raise RuntimeError("redis-server did not start (5 ports tried)")
+
+    def _start(self, binary: str) -> bool:
+        import redis
+
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = int(sock.getsockname()[1])
-        self._dir = tempfile.TemporaryDirectory(prefix="bench-redis-")
         self.url = f"redis://:{_PASSWORD}@127.0.0.1:{self.port}/0"
         self.proc = subprocess.Popen(
             [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--requirepass", _PASSWORD,
              "--save", "", "--appendonly", "no", "--dir", self._dir.name, "--loglevel", "warning"],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
-        import redis
-
         self.client = redis.Redis.from_url(self.url, socket_timeout=5)
         for _ in range(500):  # bounded readiness poll
             if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+                self.client.close()
+                return False
             try:
                 if self.client.ping():
-                    return
+                    return True
             except redis.exceptions.ConnectionError:
                 time.sleep(0.02)
         self.close()
