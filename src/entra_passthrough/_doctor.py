@@ -123,7 +123,9 @@ class Doctor:
         except Exception as exc:
             detail, fix = _explain(exc)
             ok = False
-            if not fix and self.failed("discovery"):
+            if not fix and self.failed("CA file"):
+                fix = "fix the CA file above first (ENTRA_PASSTHROUGH_CA_FILE)."
+            elif not fix and self.failed("discovery"):
                 fix = "fix the discovery failure above first (tenant id, authority host)."
         if not ok and not fix:
             fix = fallback_fix
@@ -179,6 +181,7 @@ class Doctor:
             names = ", ".join(repr(s) for s in chain.sources)
             self.add("configuration", PASS, f"policy {chain.policy.value}: {names}{self.chosen()}")
             self.check_ids()
+            self.check_ca_file()
             self.check_discovery(chain)
             self.check_managed_identity(chain)
             self.check_certificates()
@@ -227,6 +230,30 @@ class Doctor:
             )
         else:
             self.add("ids", PASS, "client and tenant ids are well formed")
+
+    def check_ca_file(self) -> None:
+        """``ENTRA_PASSTHROUGH_CA_FILE``, when set: a PEM bundle this process can read (every
+        HTTPS request to Entra trusts it alone)."""
+        path = _get(self.env, "ENTRA_PASSTHROUGH_CA_FILE")
+        if path is None:
+            return
+        import ssl
+
+        def probe() -> tuple[bool, str, str]:
+            try:
+                context = ssl.create_default_context(cafile=path)
+            except (OSError, ssl.SSLError) as exc:
+                return (
+                    False,
+                    f"ENTRA_PASSTHROUGH_CA_FILE ({path}) cannot be used: {type(exc).__name__}",
+                    "point ENTRA_PASSTHROUGH_CA_FILE at a readable PEM bundle of the CA that "
+                    "signs the authority's certificate (a TLS-inspecting proxy's), or unset it "
+                    "to trust the system's CAs.",
+                )
+            count = len(context.get_ca_certs())
+            return True, f"ENTRA_PASSTHROUGH_CA_FILE ({path}): {count} CA certificate(s)", ""
+
+        self.guard("CA file", probe)
 
     def _authorities(self, chain: Any) -> list[tuple[str, str]]:
         seen: list[tuple[str, str]] = []

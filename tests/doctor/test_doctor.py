@@ -81,6 +81,7 @@ def test_secretless_obo_passes(idp: EntraEmulator) -> None:
     assert status == {
         "configuration": "pass",
         "ids": "pass",
+        "CA file": "pass",
         "discovery": "pass",
         "managed identity": "pass",
         "client credential": "pass",
@@ -581,3 +582,15 @@ def test_certificate_validity(
     if status == "fail":
         assert "upload" in check.fix or "valid now" in check.fix
     assert_clean([check], "PRIVATE KEY")
+
+
+def test_a_ca_file_that_cannot_be_used(idp: EntraEmulator, tmp_path: Path) -> None:
+    # It failed as a discovery error whose fix talked about the tenant id.
+    garbage = tmp_path / "ca.pem"
+    garbage.write_text("not a certificate")
+    for path in (str(tmp_path / "missing.pem"), str(garbage)):
+        env = {**secretless(idp), "ENTRA_PASSTHROUGH_CA_FILE": path}
+        checks = by_name(run(env))
+        assert checks["CA file"].status == "fail"
+        assert "ENTRA_PASSTHROUGH_CA_FILE" in checks["CA file"].fix
+        assert "CA file above" in checks["discovery"].fix
