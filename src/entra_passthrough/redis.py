@@ -59,6 +59,19 @@ try:
     from redis.retry import Retry as SyncRetry
 except ImportError as _exc:  # pragma: no cover - exercised without the extra
     raise require_extra("redis", "redis", _exc) from _exc
+try:  # redis-py's token errors (Entra ID auth; redis-entraid raises them), redis >= 5.3
+    from redis.auth.err import InvalidTokenSchemaErr, RequestTokenErr, TokenRenewalErr
+
+    _TOKEN_ERRORS: tuple[type[Exception], ...] = (
+        RequestTokenErr,
+        InvalidTokenSchemaErr,
+        TokenRenewalErr,
+    )
+except ImportError:  # pragma: no cover - an older redis-py
+    _TOKEN_ERRORS = ()
+#: What a store call turns into the typed ``SourceUnavailable``.
+_STORE_ERRORS: tuple[type[Exception], ...] = (RedisError, *_TOKEN_ERRORS)
+_PING_ERRORS: tuple[type[Exception], ...] = (*_STORE_ERRORS, ConfigurationError)
 
 __all__ = [
     "RedisStore",
@@ -91,6 +104,13 @@ return redis.call('DEL', KEYS[1])
 
 def _describe(exc: BaseException) -> tuple[str, str]:
     """(what happened, what to do) for a Redis failure; never echoes the URL or a password."""
+    if isinstance(exc, (*_TOKEN_ERRORS, _EntraTokenError)):
+        return (
+            "Microsoft Entra ID gave no token to sign in to Redis",
+            f"check that the identity can get a token for {REDIS_SCOPE} (a managed identity "
+            "assigned to the app, or az login locally) and that the cache has Microsoft Entra "
+            "authentication enabled; or drop ENTRA_PASSTHROUGH_REDIS_AUTH=entra.",
+        )
     if isinstance(exc, (AuthenticationError, AuthorizationError)):
         return (
             "Redis refused our credentials",
@@ -298,7 +318,7 @@ class RedisStore:
         bound = self._bound()
         try:
             raw = await bound.client.get(self.namespace + key)
-        except RedisError as exc:
+        except _STORE_ERRORS as exc:
             raise _unavailable(exc) from None
         return _entry(raw)
 
@@ -318,7 +338,7 @@ class RedisStore:
                 )
             else:
                 done = await bound.cas_put(keys=[name], args=[expect, version, value, ttl_ms])
-        except RedisError as exc:
+        except _STORE_ERRORS as exc:
             raise _unavailable(exc) from None
         return version if done else None
 
@@ -329,14 +349,14 @@ class RedisStore:
             if isinstance(expect, AnyVersion):
                 return bool(await bound.client.delete(name))
             return bool(await bound.cas_delete(keys=[name], args=[expect]))
-        except RedisError as exc:
+        except _STORE_ERRORS as exc:
             raise _unavailable(exc) from None
 
     async def ping(self) -> bool:
         """``True`` if Redis answers (readiness probes); never raises."""
         try:
             return bool(await self._bound().client.ping())
-        except (RedisError, ConfigurationError):
+        except _PING_ERRORS:
             return False
 
 
@@ -371,7 +391,7 @@ class SyncRedisStore:
     def get(self, key: str) -> Entry | None:
         try:
             raw = self.client.get(self.namespace + key)
-        except RedisError as exc:
+        except _STORE_ERRORS as exc:
             raise _unavailable(exc) from None
         return _entry(raw)
 
@@ -390,7 +410,7 @@ class SyncRedisStore:
                 )
             else:
                 done = self._cas_put(keys=[name], args=[expect, version, value, ttl_ms])
-        except RedisError as exc:
+        except _STORE_ERRORS as exc:
             raise _unavailable(exc) from None
         return version if done else None
 
@@ -400,7 +420,7 @@ class SyncRedisStore:
             if isinstance(expect, AnyVersion):
                 return bool(self.client.delete(name))
             return bool(self._cas_delete(keys=[name], args=[expect]))
-        except RedisError as exc:
+        except _STORE_ERRORS as exc:
             raise _unavailable(exc) from None
 
 
@@ -497,6 +517,11 @@ def entra_credential_provider(
     return _AzureIdentityCredentials(credential, scopes)
 
 
+class _EntraTokenError(ConnectionError):
+    """The azure-identity credential gave no token for Redis (a redis-py connection error, so
+    the store reports it typed)."""
+
+
 class _AzureIdentityCredentials:
     """(object id, token) from an azure-identity credential, fetched per new connection."""
 
@@ -510,7 +535,10 @@ class _AzureIdentityCredentials:
     def get_credentials(self) -> tuple[str, str]:
         from ._jwt import decode_unverified
 
-        token = self._credential.get_token(*self._scopes).token
+        try:
+            token = self._credential.get_token(*self._scopes).token
+        except Exception as exc:  # the credential's own error: its type only (no detail)
+            raise _EntraTokenError(type(exc).__name__) from None
         oid = decode_unverified(token).get("oid")
         if not isinstance(oid, str) or not oid:
             raise ConfigurationError(

@@ -398,3 +398,45 @@ def test_one_store_serves_several_event_loops(redis_server: RedisServer) -> None
     assert asyncio.run(ping_then_close())
     with pytest.raises(ConfigurationError, match="one event loop"):
         asyncio.run(built.get("k"))
+
+
+class _NoToken:
+    def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+        from azure.core.exceptions import ClientAuthenticationError
+
+        raise ClientAuthenticationError("DefaultAzureCredential failed to retrieve a token")
+
+
+class _EntraidNoToken:
+    """What redis-entraid's provider raises when Entra gives no token."""
+
+    def get_credentials(self) -> tuple[str, str]:
+        from redis.auth.err import RequestTokenErr
+
+        raise RequestTokenErr("AADSTS7000215: Invalid client secret provided.")
+
+    async def get_credentials_async(self) -> tuple[str, str]:
+        return self.get_credentials()
+
+
+@pytest.mark.parametrize("provider", ["azure-identity", "redis-entraid"])
+async def test_entra_auth_without_a_token_is_a_typed_error(
+    redis_server: RedisServer, provider: str
+) -> None:
+    """The identity gets no token for Redis (no managed identity, no az login, a bad secret):
+    a typed error that says so and what to check, never the credential's own exception."""
+    from entra_passthrough.redis import entra_credential_provider
+
+    made = entra_credential_provider(_NoToken()) if provider == "azure-identity" else None
+    store = RedisStore.from_url(
+        f"redis://127.0.0.1:{redis_server.port}/0",
+        credential_provider=made or _EntraidNoToken(),
+        timeout=1.0,
+    )
+    try:
+        with pytest.raises(SourceUnavailable, match="gave no token") as info:
+            await store.get("k")
+        assert "redis.azure.com" in str(info.value)
+        assert not await store.ping()
+    finally:
+        await store.aclose()
