@@ -10,6 +10,7 @@ slot by whoever administers the backend.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import threading
 import time
@@ -19,6 +20,8 @@ from typing import Any, TypeVar
 
 from ._store import ANY, AnyVersion, Entry, Keyring, KeyringError, TokenStore
 from ._user_key import KeyKind
+
+logger = logging.getLogger("entra_passthrough.consent")
 
 #: Entra refresh tokens live up to 90 days (sliding); a grant unused that long is dead anyway.
 GRANT_TTL = 90 * 24 * 3600.0
@@ -185,6 +188,7 @@ class GrantStore:
         try:
             plain = self.keyring.open("store", entry.value.decode("ascii"), aad=key.encode())
         except (KeyringError, UnicodeDecodeError):
+            _cannot_open(self.keyring, entry.value)
             return None  # sealed under a retired key or tampered: as good as absent
         return plain, entry.version
 
@@ -251,6 +255,26 @@ class GrantStore:
         """``True`` the first time only: a state is single-use until it expires."""
         version = await self._call(self.store.put(_USED + state_id, b"1", ttl=ttl, expect=None))
         return version is not None
+
+
+def _cannot_open(keyring: Keyring, value: bytes) -> None:
+    """Say why a stored record is treated as absent: most often the replicas (or the broker)
+    do not share the same keys. Names the key id only (not secret)."""
+    kid = value.split(b".", 1)[0].decode("ascii", "replace")[:32]
+    if kid and kid not in keyring.keys:
+        logger.warning(
+            "a consent record is sealed with key id %r, which this keyring does not hold: it "
+            "is treated as absent (the user is asked again). Give every replica and the broker "
+            "the same ENTRA_PASSTHROUGH_CONSENT_KEYS; when rotating, list a new key second "
+            "everywhere before making it first.",
+            kid,
+        )
+    else:
+        logger.warning(
+            "a consent record did not verify (tampered, or sealed by another keyring with the "
+            "same key id %r): it is treated as absent.",
+            kid,
+        )
 
 
 def seal_revoke_ticket(keyring: Keyring, key_hash: str, *, lifetime: float) -> str:

@@ -440,3 +440,28 @@ async def test_entra_auth_without_a_token_is_a_typed_error(
         assert not await store.ping()
     finally:
         await store.aclose()
+
+
+async def test_a_record_sealed_with_a_key_this_replica_lacks_is_named_in_a_warning(
+    store: RedisStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rolling rotation done in one step (the new key first on some replicas while others
+    still have only the old one): the others treat the record as absent and say which key id
+    they lack and how to rotate; a record that does not verify says so."""
+    import logging
+
+    old = Keyring.generate("k1")
+    new = Keyring({"k2": Keyring.generate("k2").keys["k2"], "k1": old.keys["k1"]}, current="k2")
+    key = UserKey.for_entra_user("t", "o").hashed
+    grant = StoredGrant("rt-9", ("s",), "t", "o", None, "entra", 1.0, 1.0)
+    await GrantStore(store, new).put_grant(key, grant)
+    with caplog.at_level(logging.WARNING, logger="entra_passthrough.consent"):
+        assert await GrantStore(store, old).get_grant(key) is None
+    assert "key id 'k2'" in caplog.text
+    assert "list a new key second" in caplog.text
+    caplog.clear()
+    other = Keyring.generate("k2")  # the same key id, another secret
+    with caplog.at_level(logging.WARNING, logger="entra_passthrough.consent"):
+        assert await GrantStore(store, other).get_grant(key) is None
+    assert "did not verify" in caplog.text
+    assert "rt-9" not in caplog.text
