@@ -104,8 +104,11 @@ def test_local_run_as_written(local_run: tuple[dict[str, str], subprocess.Popen[
     assert "alice" not in bob.stdout
     carol = _ask(env, "python examples/hosted_agent/ask.py carol")
     assert "consent needed: open https://" in carol.stdout, carol.stdout + carol.stderr
+    # dave's tenant requires MFA for the MCP API: the answer says so (not only "Function failed").
+    dave = _ask(env, "python examples/hosted_agent/ask.py dave")
+    assert "multi-factor authentication" in dave.stdout, dave.stdout + dave.stderr
     # Never a token in what the commands print.
-    for out in (alice.stdout + alice.stderr, bob.stdout, carol.stdout):
+    for out in (alice.stdout + alice.stderr, bob.stdout, carol.stdout, dave.stdout):
         assert "eyJ" not in out
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0

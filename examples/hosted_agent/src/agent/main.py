@@ -118,10 +118,21 @@ def default_chat_client() -> Any:
 
         # FoundryChatClient reads the deployment from AZURE_AI_MODEL_DEPLOYMENT_NAME.
         os.environ.setdefault("AZURE_AI_MODEL_DEPLOYMENT_NAME", deployment)
-        return FoundryChatClient()
+        return _shows_tool_errors(FoundryChatClient())
     from entra_passthrough.agent_framework.testing import ScriptedChatClient
 
-    return ScriptedChatClient(tool="whoami")
+    return _shows_tool_errors(ScriptedChatClient(tool="whoami"))
+
+
+def _shows_tool_errors(client: Any) -> Any:
+    """agent-framework shows the model only "Error: Function failed." for a tool's exception
+    unless detailed errors are on. This agent's only tool is the library's MCP tool, whose
+    errors carry no token or secret and say what to do (sign in again with MFA, the call may
+    have run, the server is unreachable): the model, and so the user, should see them."""
+    config = getattr(client, "function_invocation_configuration", None)
+    if isinstance(config, dict):
+        config["include_detailed_errors"] = True
+    return client
 
 
 def create_app(
