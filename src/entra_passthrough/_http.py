@@ -26,6 +26,7 @@ import email.utils
 import hashlib
 import json
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -476,6 +477,9 @@ class GuardedHttpClient:
                 )
             raise blocked
         kwargs.pop("timeout", None)  # ours wins: MSAL passes none, a caller's could be unbounded
+        if _is_requests_session(self.inner):
+            # The body is read here, under the deadline (``_read_within``), not inside requests.
+            kwargs["stream"] = True
         probes = [probe] if probe is not None else []
         try:
             return self._attempts(
@@ -516,6 +520,8 @@ class GuardedHttpClient:
                     )
                 else:
                     response = send(url, params=params, headers=headers, timeout=timeout, **kwargs)
+                if kwargs.get("stream"):
+                    _read_within(response, end)
             except Exception as exc:  # requests' Timeout/ConnectionError, OSError, ...
                 kind = "timeout" if _is_timeout(exc) else "connection"
                 if time.monotonic() >= end:
@@ -599,6 +605,57 @@ def size_pool(session: Any, size: int = POOL_SIZE) -> None:
 
     for prefix in ("https://", "http://"):
         session.mount(prefix, SharedTlsAdapter(pool_connections=4, pool_maxsize=size))
+
+
+def _is_requests_session(inner: Any) -> bool:
+    try:
+        import requests
+    except ImportError:  # pragma: no cover - requests comes with MSAL
+        return False
+    return isinstance(inner, requests.Session)
+
+
+def _read_within(response: Any, end: float) -> None:
+    """Read a streamed ``requests`` response's body, cut off at ``end`` (``time.monotonic()``).
+
+    The read timeout is per read: an answer trickling in a byte at a time under it never times
+    out, and held the call and its worker thread for as long as it trickled. A timer shuts the
+    connection's socket down at the deadline; the blocked read then fails, the request counts as
+    failed at its deadline, and urllib3 discards the connection. (The status line and headers
+    are read before this, each read bounded by the read timeout.)"""
+    sock = _socket_of(response)
+    if sock is None:
+        response.content  # noqa: B018 - reads the body (no socket to watch: as before)
+        return
+    lock = threading.Lock()
+    read = False
+
+    def cut() -> None:
+        with lock:
+            if read:
+                return  # the body was read in time: the connection may be back in the pool
+            with contextlib.suppress(OSError):
+                # socket.socket's own shutdown, on the descriptor: an SSLSocket's would drop
+                # its SSL object under the thread that is reading
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    timer = threading.Timer(max(end - time.monotonic(), 0.0), cut)
+    timer.daemon = True
+    timer.start()
+    try:
+        response.content  # noqa: B018 - reads the body
+    finally:
+        with lock:
+            read = True
+        timer.cancel()
+
+
+def _socket_of(response: Any) -> Any:
+    """The socket under a streamed ``requests`` response (urllib3 2), or ``None``."""
+    raw = getattr(response, "raw", None)
+    connection = getattr(raw, "connection", None)  # urllib3's HTTPResponse.connection
+    sock = getattr(connection, "sock", None)
+    return sock if isinstance(sock, socket.socket) else None
 
 
 def _is_timeout(exc: BaseException) -> bool:

@@ -1,0 +1,154 @@
+"""An answer that trickles in under the read timeout is cut off at the acquisition's deadline.
+
+The read timeout is per read: a token endpoint (or a proxy) sending its body a byte at a time,
+each byte within the read timeout, never timed out. The deadline was checked only between
+attempts, so such an answer held a sync caller and the worker thread for as long as it
+trickled (60 s in a 6 s deadline). Counted, not timed: the trickling server records how many
+bytes it could send before the client closed the connection.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+
+from entra_passthrough import Caller, OnBehalfOf, SourceUnavailable, Timeouts, TokenChain
+from entra_passthrough._http import GuardedHttpClient, Throttle, TransportFailure
+from entra_passthrough.testing import EntraEmulator
+
+from .conftest import mcp_scope
+
+PLANNED = 200  # bytes of body the server trickles, one every INTERVAL: 10 s in all
+INTERVAL = 0.05
+
+
+class Trickle:
+    """A plain-HTTP server on loopback: headers at once, then the body one byte at a time."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sent: list[int] = []
+        self.done = threading.Event()
+        self.closed = False
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while not self.closed:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        sent = 0
+        try:
+            conn.recv(65536)
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 100000\r\n\r\n"
+            )
+            for _ in range(PLANNED):  # bounded
+                conn.sendall(b" ")
+                sent += 1
+                time.sleep(INTERVAL)
+        except OSError:
+            pass  # the client closed the connection
+        finally:
+            conn.close()
+            self.sent.append(sent)
+            self.done.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self.listener.close()
+
+
+@pytest.fixture
+def trickle() -> Iterator[Trickle]:
+    server = Trickle()
+    yield server
+    server.close()
+
+
+def _wait_for_answer(server: Trickle) -> int:
+    assert server.done.wait(30), "the trickling answer never ended"  # bounded wait
+    return server.sent[-1]
+
+
+def test_the_guarded_layer_cuts_a_trickling_body_at_the_deadline(trickle: Trickle) -> None:
+    client = GuardedHttpClient(
+        requests.Session(),
+        timeouts=Timeouts(read=2.0, deadline=0.5, retries=0),
+        throttle=Throttle(),
+    )
+    try:
+        with pytest.raises(TransportFailure) as info:
+            client.post(f"http://127.0.0.1:{trickle.port}/token", data={"client_id": "x"})
+    finally:
+        client.close()
+    assert info.value.kind == "deadline"
+    assert _wait_for_answer(trickle) < PLANNED  # cut off, not read to its end
+
+
+class _RoutedSession(requests.Session):
+    """The emulator's session, with the token POSTs sent to the trickling server."""
+
+    def __init__(self, idp: EntraEmulator, port: int) -> None:
+        super().__init__()
+        self.verify = idp.ca_file
+        self.trust_env = False
+        self.port = port
+        self.route = False
+
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        if self.route and "/oauth2/" in url:
+            url = f"http://127.0.0.1:{self.port}/token"
+        return super().request(method, url, *args, **kwargs)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_trickling_token_endpoint_fails_the_call_at_its_deadline(
+    idp: EntraEmulator, trickle: Trickle, mode: str
+) -> None:
+    import asyncio
+
+    http = _RoutedSession(idp, trickle.port)
+    chain = TokenChain(
+        [
+            OnBehalfOf(
+                client_id=idp.agent.client_id,
+                tenant_id=idp.tenant_id,
+                client_secret=idp.agent.secret,
+                authority_host=idp.url,
+                http_client=http,
+                timeouts=Timeouts(read=2.0, deadline=1.0, retries=0),
+            )
+        ]
+    )
+    try:
+        warm = Caller.from_token(idp.user_token("alice", audience=idp.agent.client_id))
+        chain.get_token(mcp_scope(idp), caller=warm)  # discovery, before the trickle
+        http.route = True
+        caller = Caller.from_token(
+            idp.user_token("bob", audience=idp.agent.client_id, extra_claims={"uti": mode})
+        )
+
+        def get() -> Any:
+            if mode == "sync":
+                return chain.get_token(mcp_scope(idp), caller=caller)
+            return asyncio.run(chain.get_token_async(mcp_scope(idp), caller=caller))
+
+        with pytest.raises(SourceUnavailable, match="deadline"):
+            get()
+    finally:
+        chain.close()
+        http.close()
+    assert _wait_for_answer(trickle) < PLANNED  # the worker let go of the connection
