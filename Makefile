@@ -52,7 +52,7 @@ soak: $(STAMP)
 hygiene: $(STAMP)
 	PYTHONPATH=tests HYGIENE_REPORT=bench/results/hygiene.json $(BIN)/pytest -q -p no:cacheprovider \
 		-p security.hygiene_plugin tests/resolve tests/apply tests/consent tests/server \
-		tests/capture tests/security tests/emulator tests/doctor tests/toolbox
+		tests/capture tests/security tests/emulator tests/doctor tests/toolbox tests/scale_out
 
 $(VENV)/bin/python:
 	@echo "==> creating $(VENV) with $(PY)"

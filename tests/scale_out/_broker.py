@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from _support.consent import ConsentEnv
+from _support.consent import ConsentEnv, follow_link, platform_caller
+from entra_passthrough import ConsentRequired, TokenRequest
+from entra_passthrough._sources.delegated import DelegatedConsent
 from entra_passthrough._store import Keyring
 from entra_passthrough.consent import ConsentBroker
 from entra_passthrough.redis import RedisStore
@@ -44,3 +47,16 @@ class StandaloneBroker:
         if self._loops:
             closing = asyncio.run_coroutine_threadsafe(self.store.aclose(), self._loops[0])
             await asyncio.wrap_future(closing)
+
+
+async def consent(env: ConsentEnv, source: DelegatedConsent, user: str, chat_id: str) -> Any:
+    """Walk ``user`` through consent for the platform chat ``chat_id`` (ConsentRequired, then
+    the link); the request that will now be served."""
+    u = env.idp.users[user]
+    request = TokenRequest(scopes=(env.mcp_scope,), caller=platform_caller(chat_id, upn=u.upn))
+    with pytest.raises(ConsentRequired) as info:
+        await source.get_token_async(request)
+    assert info.value.link is not None
+    page = await follow_link(env, info.value.link)
+    assert page.status_code == 200, page.text
+    return request

@@ -13,20 +13,19 @@ import pytest
 import redis
 from azure.core.credentials import AccessToken
 
-from _support.consent import ConsentEnv, follow_link, platform_caller
+from _support.consent import ConsentEnv, platform_caller
 from entra_passthrough import (
     AzureCredential,
     ConsentRequired,
     Policy,
     SourceUnavailable,
     TokenChain,
-    TokenRequest,
 )
 from entra_passthrough._sources.delegated import DelegatedConsent
 from entra_passthrough._store import Keyring
 from entra_passthrough.redis import RedisStore, SharedTokenCache
 
-from ._broker import StandaloneBroker
+from ._broker import StandaloneBroker, consent
 from ._server import RedisServer, free_port
 
 
@@ -44,17 +43,6 @@ def _spy_refreshes(source: DelegatedConsent, redeemed: list[str], hook: Any = No
     source.client.refresh = refresh  # type: ignore[method-assign]
 
 
-async def _consent(env: ConsentEnv, source: DelegatedConsent, user: str, chat_id: str) -> Any:
-    u = env.idp.users[user]
-    request = TokenRequest(scopes=(env.mcp_scope,), caller=platform_caller(chat_id, upn=u.upn))
-    with pytest.raises(ConsentRequired) as info:
-        await source.get_token_async(request)
-    assert info.value.link is not None
-    page = await follow_link(env, info.value.link)
-    assert page.status_code == 200, page.text
-    return request
-
-
 async def test_killed_and_restarted_under_load_no_refresh_token_twice(
     consent_env: ConsentEnv, fresh_redis: RedisServer
 ) -> None:
@@ -66,7 +54,7 @@ async def test_killed_and_restarted_under_load_no_refresh_token_twice(
     try:
         replicas = [env.make(store=s, keyring=keyring)[0] for s in stores]  # type: ignore[arg-type]
         broker = StandaloneBroker(env, RedisStore.from_url(fresh_redis.url), keyring)
-        request = await _consent(env, replicas[1], "pat", "chat-pat-faults")
+        request = await consent(env, replicas[1], "pat", "chat-pat-faults")
         redeemed: list[str] = []
         killed: list[bool] = []
 
@@ -145,7 +133,7 @@ async def test_restarted_with_its_data_lost_asks_for_consent_again(
     source, _ = env.make(store=store, keyring=keyring)  # type: ignore[arg-type]
     broker = StandaloneBroker(env, RedisStore.from_url(fresh_redis.url), keyring)
     try:
-        request = await _consent(env, source, "quinn", "chat-quinn-lost")
+        request = await consent(env, source, "quinn", "chat-quinn-lost")
         assert await source.get_token_async(request) is not None
         fresh_redis.kill()
         fresh_redis.wipe()
@@ -175,8 +163,8 @@ async def test_after_an_outage_longer_than_the_lease_the_holder_writes_back_firs
     try:
         replicas = [env.make(store=s, keyring=keyring)[0] for s in stores]  # type: ignore[arg-type]
         broker = StandaloneBroker(env, RedisStore.from_url(fresh_redis.url), keyring)
-        user_a = await _consent(env, replicas[1], "rita", "chat-rita-outage")
-        user_b = await _consent(env, replicas[1], "pat", "chat-pat-outage")
+        user_a = await consent(env, replicas[1], "rita", "chat-rita-outage")
+        user_b = await consent(env, replicas[1], "pat", "chat-pat-outage")
         redeemed: list[str] = []
         killed: list[bool] = []
 
@@ -251,7 +239,7 @@ async def test_the_documented_acl_serves_grants_and_the_shared_cache(
     try:
         source = env.make(store=store, keyring=keyring)[0]  # type: ignore[arg-type]
         broker = StandaloneBroker(env, broker.store, keyring)  # env.make took the slot
-        request = await _consent(env, source, "pat", "chat-pat-acl")
+        request = await consent(env, source, "pat", "chat-pat-acl")
         assert await source.get_token_async(request) is not None  # lease, refresh, write
         scopes = [f"{env.idp.mcp.app_id_uri}/.default"]
         for name in ("alice", "bob"):
@@ -289,7 +277,7 @@ async def test_a_full_or_slow_grant_store_fails_typed_before_any_refresh(
     try:
         source = env.make(store=store, keyring=keyring)[0]  # type: ignore[arg-type]
         broker = StandaloneBroker(env, broker.store, keyring)
-        request = await _consent(env, source, "quinn", "chat-quinn-full")
+        request = await consent(env, source, "quinn", "chat-quinn-full")
         redeemed: list[str] = []
         _spy_refreshes(source, redeemed)
         app = _AppCredential()

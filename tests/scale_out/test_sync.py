@@ -192,8 +192,7 @@ async def test_delegated_consent_sync_api_over_redis(
 
     from entra_passthrough import Policy, SourceUnavailable, TokenChain
 
-    from ._broker import StandaloneBroker
-    from .test_grant_faults import _consent
+    from ._broker import StandaloneBroker, consent
 
     env = consent_env
     keyring = Keyring.generate()
@@ -203,7 +202,7 @@ async def test_delegated_consent_sync_api_over_redis(
     broker_store = RedisStore.from_url(redis_server.url, namespace=namespace)
     broker = StandaloneBroker(env, broker_store, keyring)
     try:
-        request = await _consent(env, source, "rita", "chat-rita-sync")
+        request = await consent(env, source, "rita", "chat-rita-sync")
         chain = TokenChain([source], policy=Policy.USER_ONLY)
 
         def calls() -> list[bool]:
