@@ -199,7 +199,63 @@ TOKEN_FAULTS: list[tuple[str, dict[str, Any]]] = [
     ("truncated body (not JSON)", {"truncate": 9}),
     # Not the emulator's: a proxy or captive portal in the path answers the token POST itself.
     ("non-JSON body (a proxy's HTML page)", {"proxy_page": True}),
+    # Not the emulator's either: an answer whose body drips a byte every 0.2 s, each read well
+    # within the read timeout (only the deadline can end it).
+    ("trickling body (a byte every 0.2 s)", {"trickle": True}),
 ]
+
+
+class _Trickle:
+    """A loopback HTTP server answering every request with headers at once, then its body one
+    byte every 0.2 s (for at most 30 s); it counts the answers it could finish."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.finished = 0
+        self._threading = threading
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self._threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: Any) -> None:
+        try:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+            for _ in range(150):  # bounded: 30 s
+                conn.sendall(b" ")
+                time.sleep(0.2)
+            self.finished += 1
+        except OSError:
+            pass  # the client cut it
+        finally:
+            conn.close()
+
+    def route(self, http: Any) -> Any:
+        """Send ``http``'s token POSTs here (still a requests.Session: read as the library
+        reads any session's answers)."""
+        import requests
+
+        def post(url: str, *args: Any, **kwargs: Any) -> Any:
+            if "/oauth2/" in url:
+                url = f"http://127.0.0.1:{self.port}/token"
+            return requests.Session.post(http, url, *args, **kwargs)
+
+        http.post = post
+        return http
+
+    def close(self) -> None:
+        self.listener.close()
+
 
 #: What a captive portal or a misconfigured proxy answers instead of the token endpoint (a 200).
 PROXY_PAGE = b"<html><body><h1>Sign in to the network</h1><p>Access denied.</p></body></html>"
@@ -230,6 +286,7 @@ def _proxy_page_client(http: Any) -> Any:
 async def token_endpoint(idp: EntraEmulator, calls: int) -> list[Row]:
     rows = []
     scopes = [f"{idp.mcp.app_id_uri}/.default"]
+    trickle: _Trickle | None = None
     for label, spec in TOKEN_FAULTS:
         http = idp.msal_http_client()
         obo = OnBehalfOf(
@@ -256,6 +313,9 @@ async def token_endpoint(idp: EntraEmulator, calls: int) -> list[Row]:
             spec = {"count": 1_000_000, **spec}
             if spec.pop("proxy_page", False):
                 _proxy_page_client(http)
+            elif spec.pop("trickle", False):
+                trickle = _Trickle()
+                trickle.route(http)
             else:
                 idp.inject_fault("token", **spec)
 
@@ -275,6 +335,9 @@ async def token_endpoint(idp: EntraEmulator, calls: int) -> list[Row]:
             SHARED_THROTTLE.clear()  # per authority, process-wide: each fault starts afresh
             chain.close()
             http.close()
+            if trickle is not None:
+                trickle.close()
+                trickle = None
     return rows
 
 

@@ -49,6 +49,7 @@ def test_fault_suite_quick(tmp_path: Path) -> None:
         "connection reset",
         "truncated body (not JSON)",
         "non-JSON body (a proxy's HTML page)",
+        "trickling body (a byte every 0.2 s)",
         "MI endpoint 503",
         "MI endpoint reset",
         "MI endpoint hangs",
