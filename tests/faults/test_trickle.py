@@ -24,8 +24,8 @@ from entra_passthrough.testing import EntraEmulator
 
 from .conftest import mcp_scope
 
-PLANNED = 200  # bytes of body the server trickles, one every INTERVAL: 10 s in all
-INTERVAL = 0.05
+PLANNED = 200  # bytes of body the server trickles, one every INTERVAL: 20 s in all
+INTERVAL = 0.1
 
 
 class Trickle:
@@ -79,14 +79,15 @@ def trickle() -> Iterator[Trickle]:
 
 
 def _wait_for_answer(server: Trickle) -> int:
-    assert server.done.wait(30), "the trickling answer never ended"  # bounded wait
+    # bounded wait: cut at the deadline (2-3 s), else the whole drip (20 s) ends it
+    assert server.done.wait(60), "no trickling answer ended"
     return server.sent[-1]
 
 
 def test_the_guarded_layer_cuts_a_trickling_body_at_the_deadline(trickle: Trickle) -> None:
     client = GuardedHttpClient(
         requests.Session(),
-        timeouts=Timeouts(read=2.0, deadline=0.5, retries=0),
+        timeouts=Timeouts(read=2.0, deadline=2.0, retries=0),
         throttle=Throttle(),
     )
     try:
@@ -129,7 +130,7 @@ def test_a_trickling_token_endpoint_fails_the_call_at_its_deadline(
                 client_secret=idp.agent.secret,
                 authority_host=idp.url,
                 http_client=http,
-                timeouts=Timeouts(read=2.0, deadline=1.0, retries=0),
+                timeouts=Timeouts(read=2.0, deadline=3.0, retries=0),
             )
         ]
     )
