@@ -425,6 +425,18 @@ def _undecoded_line(description: str) -> str:
     return line if len(line) <= _MAX_UNDECODED else line[: _MAX_UNDECODED - 3] + "..."
 
 
+def safe_text(text: str, limit: int = 400) -> str:
+    """Text from outside the library (a CLI's stderr, an endpoint's answer) made safe for a
+    message: never a form echo, a JWT-shaped or long opaque value, nor a secret field's value;
+    one printable line, bounded by ``limit``."""
+    text = text[: limit * 8]  # bounded work on a huge text
+    if _FORM_ECHO.search(text):
+        return "(not shown: the text echoes a token request)"
+    text = " ".join(redact(text).split())
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 #: AADSTS codes have 4 to 7 digits (as ``_CODE_IN_TEXT`` reads them from a description).
 _CODE_RANGE = range(1000, 10_000_000)
 

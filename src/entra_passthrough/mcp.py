@@ -535,7 +535,7 @@ def _links_from_mcp_error(code: int, message: str, data: Any) -> list[str]:
         start = message.find("{")
         try:
             details = json.loads(message[start:]) if start >= 0 else data
-        except ValueError:
+        except (ValueError, RecursionError):  # the server's text: not JSON, or nested too deep
             details = data
         if isinstance(details, dict):
             for item in details.get("errors") or []:

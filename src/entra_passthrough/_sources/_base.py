@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -15,6 +16,9 @@ from .._errors import (
 )
 from .._http import TransportFailure
 from .._types import IdentityKind, TokenResult
+
+#: The longest lifetime believed from a token endpoint's ``expires_in`` (seconds): a day.
+MAX_LIFETIME = 86_400.0
 
 
 def result_from_msal(
@@ -45,9 +49,13 @@ def result_from_msal(
     now = time.time()
     try:
         expires_in = float(response.get("expires_in", 0))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # a 400-digit number overflows a float
         expires_in = 0.0
-    expires_on = now + (expires_in if expires_in > 0 else 300.0)
+    if not 0 < expires_in < math.inf:  # NaN, negative, zero or infinite: not a lifetime
+        expires_in = 300.0
+    # Entra's access tokens live at most a day (configurable token lifetimes): a longer claim
+    # from the endpoint is not believed.
+    expires_on = now + min(expires_in, MAX_LIFETIME)
     if cap is not None:
         expires_on = min(expires_on, cap)
     return TokenResult(token=token, expires_on=expires_on, kind=kind, source=source)

@@ -28,7 +28,7 @@ from typing import Any
 
 from .. import _env
 from .._azure_identity_seams import cli_contract
-from .._errors import ConfigurationError, EntraError, SourceUnavailable
+from .._errors import ConfigurationError, EntraError, SourceUnavailable, safe_text
 from .._msal import WorkerPool
 from .._types import IdentityKind, TokenRequest, TokenResult
 from .managed_identity import scope_to_resource
@@ -276,7 +276,7 @@ class AzureCli:
 
         text = str(getattr(exc, "message", "") or exc)
         if isinstance(exc, CredentialUnavailableError):
-            return SourceUnavailable(text[:400], source=self.name, scopes=scopes)
+            return SourceUnavailable(safe_text(text), source=self.name, scopes=scopes)
         if isinstance(exc, ClientAuthenticationError):
             return self._entra_error(text, scopes)
         return SourceUnavailable(
@@ -284,13 +284,14 @@ class AzureCli:
         )
 
     def _entra_error(self, text: str, scopes: tuple[str, ...]) -> EntraError:
-        match = re.search(r"AADSTS(\d+)", text)
+        match = re.search(r"AADSTS(\d{4,7})\b", text)  # bounded: not a 5,000-digit number
         code = int(match.group(1)) if match else None
         fix = None
         if code == 65001 and AZURE_CLI_CLIENT_ID in text:
             fix = preauthorize_fix(scopes, tool=self.tool)
         return EntraError(
-            f"{self.tool} could not get a token: {text.strip()[:400]}",
+            # The CLI's own text (its stderr): redacted and bounded, it may echo anything.
+            f"{self.tool} could not get a token: {safe_text(text)}",
             source=self.name,
             scopes=scopes,
             aadsts=code,

@@ -40,6 +40,7 @@ from .._errors import (
     EntraError,
     TokenAcquisitionError,
     error_from_entra,
+    first_code,
     is_consent_required,
 )
 from .._grants import GrantStore, LinkTicket, StoredGrant, seal_revoke_ticket
@@ -526,8 +527,7 @@ class DelegatedConsent:
         lease_version: str,
     ) -> Generator[_Step, Any, NoReturn]:
         scopes = tuple(request.scopes)
-        codes = answer.get("error_codes") or []
-        code = codes[0] if isinstance(codes, list) and codes and isinstance(codes[0], int) else None
+        code = first_code(answer)  # bounded: a 400-digit number is no code
         error = answer.get("error")
         correlation_id = answer.get("correlation_id")
         cid = correlation_id if isinstance(correlation_id, str) else None

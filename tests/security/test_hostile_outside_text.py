@@ -1,0 +1,86 @@
+"""Text and numbers from outside the library that reached exceptions raw: a developer CLI's
+stderr (a JWT, ``client_secret=`` echoed by a wrapper script), an ``expires_in`` too large for a
+float, an MCP server's error message nested past the JSON parser's limit. Each becomes a typed
+error or a sane value, never a crash and never the secret."""
+
+from __future__ import annotations
+
+import stat
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from entra_passthrough import AzureCli, EntraError, TokenRequest
+from entra_passthrough._sources._base import MAX_LIFETIME, result_from_msal
+from entra_passthrough._types import IdentityKind
+
+_JWT = (
+    "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.eyJvaWQiOiIxMjM0NTY3OC0xMjM0LTEyMzQtMTIzNC0xMjM0NTY3"
+    "ODkwMTIiLCJzY3AiOiJyZWFkIn0.c2lnbmF0dXJlLXRoYXQtaXMtbG9uZy1lbm91Z2gtdG8tbG9vay1yZWFs"
+)
+_SECRET = "s3cr3t-Value-0123456789-abcdefghij"
+
+
+def _fake_cli(tmp_path: Path, stderr: str) -> str:
+    script = tmp_path / "az"
+    script.write_text(
+        f"#!{sys.executable}\nimport sys\nsys.stderr.write({stderr!r})\nsys.exit(1)\n"
+    )
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return str(script)
+
+
+@pytest.mark.parametrize(
+    "stderr",
+    [
+        f"ERROR: AADSTS50000: failed for token {_JWT}\nTrace ID: x",
+        f"ERROR: AADSTS7000215: request was grant_type=x&client_secret={_SECRET}&scope=y",
+        f"ERROR: something else: Bearer {_JWT} and client_secret={_SECRET}",
+    ],
+    ids=["jwt", "form-echo", "bearer"],
+)
+async def test_a_cli_stderr_never_puts_a_token_or_secret_in_the_error(
+    tmp_path: Path, stderr: str
+) -> None:
+    az = AzureCli(executable=_fake_cli(tmp_path, stderr))
+    with pytest.raises(EntraError) as raised:
+        await az.get_token_async(TokenRequest(("api://x/.default",)))
+    for text in (str(raised.value), repr(raised.value)):
+        assert _JWT not in text
+        assert _JWT[:40] not in text
+        assert _SECRET not in text
+
+
+async def test_a_huge_code_in_a_cli_stderr_is_no_code(tmp_path: Path) -> None:
+    az = AzureCli(executable=_fake_cli(tmp_path, "ERROR: AADSTS" + "9" * 5000 + ": boom"))
+    with pytest.raises(EntraError) as raised:
+        await az.get_token_async(TokenRequest(("api://x/.default",)))
+    assert raised.value.code is None
+    assert len(str(raised.value)) < 2000
+
+
+@pytest.mark.parametrize(
+    "expires_in", [10**400, "1" + "0" * 400, "1e999", "nan", float("inf"), -5, 0, "soon"]
+)
+def test_an_expires_in_that_is_no_lifetime_gives_a_bounded_one(expires_in: object) -> None:
+    before = time.time()
+    result = result_from_msal(
+        {"access_token": "t", "expires_in": expires_in},
+        source="obo",
+        scopes=("api://x/.default",),
+        kind=IdentityKind.USER,
+    )
+    assert before < result.expires_on <= time.time() + MAX_LIFETIME
+
+
+def test_an_mcp_consent_error_nested_too_deep_is_no_consent() -> None:
+    from mcp import MCPError
+    from mcp_types import ErrorData
+
+    from entra_passthrough.mcp import FOUNDRY_CONSENT_REQUIRED, consent_from_exception
+
+    message = "consent " + '{"a":' * 100_000 + "1" + "}" * 100_000
+    exc = MCPError.from_error_data(ErrorData(code=FOUNDRY_CONSENT_REQUIRED, message=message))
+    assert consent_from_exception(exc) is None
