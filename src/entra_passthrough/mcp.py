@@ -342,14 +342,11 @@ class _WriteWatch:
         ran: a load balancer's idle timeout during a long call (minutes)."""
         if not self.started or time.monotonic() - self._at > RESET_WINDOW:
             return False
-        current: BaseException | None = exc
-        for _ in range(8):  # bounded walk down the cause chain (httpx2 -> httpcore2 -> anyio)
-            if current is None:
-                return False
-            if isinstance(current, ConnectionResetError | BrokenPipeError):
-                return True
-            current = current.__cause__ or current.__context__
-        return False
+        # httpx2 -> httpcore2 -> anyio -> the OSError
+        return any(
+            isinstance(cause, ConnectionResetError | BrokenPipeError)
+            for cause in exception_chain(exc)
+        )
 
 
 class _CallGuard(httpx2.AsyncBaseTransport):
@@ -388,31 +385,23 @@ class _CallGuard(httpx2.AsyncBaseTransport):
             attempt._begin()
         try:
             response = await self._inner.handle_async_request(request)
-        except _NOT_SENT_ERRORS as exc:
-            attempt.sent = was_sent
-            attempt.not_sent = attempt.not_sent or "connect"
-            if rpc_id is None:
-                raise
-            return _local_error(
-                request, rpc_id, f"entra_passthrough: not sent ({type(exc).__name__})"
-            )
         except httpx2.TransportError as exc:
-            if watch is not None and not watch.started:
-                # Failed before a byte of it was written (e.g. TLS to a server going away).
+            why = (
+                # Failed before a byte of it was written (connect, or e.g. TLS to a server
+                # going away), or the server reset it unread.
+                "connect"
+                if isinstance(exc, _NOT_SENT_ERRORS) or (watch is not None and not watch.started)
+                else "reset"
+                if watch is not None and watch.reset_unread(exc)
+                else None
+            )
+            if why is not None:
                 attempt.sent = was_sent
-                attempt.not_sent = attempt.not_sent or "connect"
+                attempt.not_sent = attempt.not_sent or why
                 if rpc_id is None:
                     raise
                 return _local_error(
-                    request, rpc_id, f"entra_passthrough: not sent ({type(exc).__name__})"
-                )
-            if watch is not None and watch.reset_unread(exc):
-                attempt.sent = was_sent
-                attempt.not_sent = attempt.not_sent or "reset"
-                if rpc_id is None:
-                    raise
-                return _local_error(
-                    request, rpc_id, "entra_passthrough: not read by the server (reset)"
+                    request, rpc_id, f"entra_passthrough: not sent ({why}, {type(exc).__name__})"
                 )
             attempt.transport_error = type(exc).__name__
             if rpc_id is None:

@@ -40,7 +40,7 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Awaitable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
@@ -468,18 +468,8 @@ class EntraMCPTool(HookedMCPTool):
     async def _connect_retrying(self) -> None:
         """Connect; while the server cannot be reached (a restart's gap), back off and try
         again, bounded. Any other failure (auth, consent, a server error) raises at once."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + _RETRY_WINDOW
-        delay = 0.05
-        while True:
-            try:
-                await self.connect()
-                return
-            except Exception as exc:
-                if not is_dead_connection(exc) or loop.time() + delay >= deadline:
-                    raise
-            await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311 (jitter)
-            delay = min(delay * 2, 1.0)
+        deadline = asyncio.get_running_loop().time() + _RETRY_WINDOW
+        await _while_unreachable(self.connect, deadline)
 
     async def __aexit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
         if self._pool is None:
@@ -587,8 +577,7 @@ class EntraMCPTool(HookedMCPTool):
                         self.server_label,
                         type(exc).__name__,
                     )
-                    await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311 (jitter)
-                    delay = min(delay * 2, 1.0)
+                    delay = await _back_off(delay)
                     continue
                 _log.info(
                     "MCP server %r: call not sent (%s), reconnecting and retrying",
@@ -664,17 +653,7 @@ class EntraMCPTool(HookedMCPTool):
     async def _recover(self, generation: int, deadline: float) -> None:
         """Replace the connection of ``generation`` (once, however many calls saw it die); if the
         server cannot be reached yet, back off (bounded by ``deadline``)."""
-        loop = asyncio.get_running_loop()
-        delay = 0.05
-        while True:
-            try:
-                await self._reconnect(generation)
-                return
-            except Exception as exc:
-                if not is_dead_connection(exc) or loop.time() + delay >= deadline:
-                    raise
-            await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311 (jitter)
-            delay = min(delay * 2, 1.0)
+        await _while_unreachable(functools.partial(self._reconnect, generation), deadline)
 
     def _reconnect_soon(self, generation: int) -> None:
         """After a call that may have run: replace the dead connection for the next calls, in
@@ -770,6 +749,27 @@ class EntraMCPTool(HookedMCPTool):
         if typed is not None:
             return typed
         return exc
+
+
+async def _back_off(delay: float) -> float:
+    """Sleep ``delay`` with jitter (0.5x to 1.5x); the next delay (doubled, at most 1 s)."""
+    await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311 (jitter)
+    return min(delay * 2, 1.0)
+
+
+async def _while_unreachable(operation: Callable[[], Awaitable[None]], deadline: float) -> None:
+    """Run ``operation`` (a connect); while the server cannot be reached (a restart's gap),
+    back off and run it again, until ``deadline`` (loop time). Any other failure raises."""
+    loop = asyncio.get_running_loop()
+    delay = 0.05
+    while True:
+        try:
+            await operation()
+            return
+        except Exception as exc:
+            if not is_dead_connection(exc) or loop.time() + delay >= deadline:
+                raise
+        delay = await _back_off(delay)
 
 
 async def _not_cancelled_by_transport(operation: Awaitable[None]) -> None:
