@@ -412,7 +412,6 @@ def test_system_assigned_identity_is_no_federated_credential(
     # identity's object id) is named by no credential: Entra's AADSTS700213.
     assert answer.get("error_codes") == [700213], answer
     assert idp.system_identity.object_id in answer["error_description"]
-    assert json.dumps(answer.get("error_codes"))
 
 
 def test_federated_credential_mismatch_names_the_field(

@@ -178,6 +178,7 @@ def test_a_slow_holder_keeps_its_lease_in_the_sync_api_too(
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(lambda i: caches[i % 4].get_or_acquire(KEY, slow), range(8)))
     assert calls[0] == 1
+    assert renewals[0] >= 4  # the lease (3 s) was renewed while the holder acquired
     assert {r.token for r in results if r is not None} == {"slow-token"}
 
 
