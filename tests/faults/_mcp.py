@@ -17,6 +17,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench._faults import tokens_in
+
 from _support.mcp_world import (
     Recorder,
     ServerThread,
@@ -136,25 +138,6 @@ class _Trap(logging.Handler):
             self.lines.append(record.name)
 
 
-def _leaked(idp: EntraEmulator, text: str, window: int = 24, stride: int = 12) -> int:
-    """How many issued tokens have a piece of ``window + stride - 1`` characters or more in
-    ``text`` (as bench._faults.tokens_in; the first and last 24 characters alone missed a piece
-    from the middle)."""
-    with idp._rt.lock:
-        issued = list(idp._rt.issued)
-    table: dict[str, int] = {}
-    for index, token in enumerate(issued):
-        for start in range(0, len(token) - window + 1, stride):
-            table.setdefault(token[start : start + window], index)
-    return len(
-        {
-            table[piece]
-            for start in range(len(text) - window + 1)
-            if (piece := text[start : start + window]) in table
-        }
-    )
-
-
 FAULTS = ("restart", "slow", "401", "403", "404", "-32000")
 
 
@@ -252,7 +235,7 @@ async def _one_fault(
         "answered_as_someone_else": mismatched,
         "ran_twice": sum(1 for n in ran.values() if n > 1),
         "lost_for_good": 1 if after.get("ok", 0) != calls else 0,
-        "tokens_logged": _leaked(idp, "\n".join(trap.lines[start_lines:])),
+        "tokens_logged": tokens_in(idp, "\n".join(trap.lines[start_lines:])),
         "app_fallbacks": mismatched,
         "requests": {},
     }
