@@ -503,8 +503,6 @@ def error_from_entra(
         "correlation_id": correlation_id,
         "trace_id": trace_id,
     }
-    if fix is not None and entry is None:
-        common["fix"] = fix
     if is_consent_required(body):
         return ConsentRequired(what, link=consent_link, aadsts=code, **common)
     if error == "interaction_required" or code in (50076, 50079, 53003):
@@ -521,4 +519,7 @@ def error_from_entra(
         500133: AssertionNotUsable,
         7000114: AssertionNotUsable,
     }.get(code or 0, EntraError)
-    return cls(what, aadsts=code, error=error, suberror=suberror, **common)
+    # ``fix`` only here: a consent or an interaction carries its own way out (the link, the
+    # claims), and their constructors take no fix.
+    own_fix = {"fix": fix} if fix is not None and entry is None else {}
+    return cls(what, aadsts=code, error=error, suberror=suberror, **common, **own_fix)

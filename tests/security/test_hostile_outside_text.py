@@ -84,3 +84,19 @@ def test_an_mcp_consent_error_nested_too_deep_is_no_consent() -> None:
     message = "consent " + '{"a":' * 100_000 + "1" + "}" * 100_000
     exc = MCPError.from_error_data(ErrorData(code=FOUNDRY_CONSENT_REQUIRED, message=message))
     assert consent_from_exception(exc) is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"error": "interaction_required"}, {"error": "invalid_grant", "suberror": "consent_required"}],
+    ids=["interaction", "consent"],
+)
+def test_an_error_body_without_a_code_and_a_fix_is_typed(body: dict[str, str]) -> None:
+    """A managed identity endpoint (or a proxy) answering a consent or interaction error with
+    no AADSTS code: the source's fallback fix must not crash the typed error (it raised
+    TypeError: the consent and interaction errors take no fix)."""
+    from entra_passthrough import TokenAcquisitionError
+    from entra_passthrough._errors import error_from_entra
+
+    error = error_from_entra(body, source="managed_identity", scopes=("x",), fix="check it")
+    assert isinstance(error, TokenAcquisitionError)
