@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .. import _env
-from .._errors import ConfigurationError, EntraError, SourceUnavailable
+from .._errors import ConfigurationError, EntraError, SourceUnavailable, safe_text
 from .._http import (
     DEFAULT_TIMEOUTS,
     SHARED_THROTTLE,
@@ -41,7 +41,6 @@ from .._http import (
     size_pool,
 )
 from .._msal import NullTokenCache, WorkerPool
-from .._redact import redact
 from .._types import IdentityKind, TokenRequest, TokenResult
 from ._base import result_from_msal, unreachable
 
@@ -145,7 +144,7 @@ def detect_host(environ: Mapping[str, str] | None = None) -> str:
 def _msal_refused(
     exc: ValueError, *, host: str, user_assigned: bool, source: str, scopes: tuple[str, ...]
 ) -> SourceUnavailable:
-    text = redact(" ".join(str(exc).split()))[:300]
+    text = safe_text(str(exc), 300)
     if host == "azure_arc" and user_assigned:
         fix = (
             "this Azure Arc agent serves only the machine's system-assigned identity: unset "
@@ -414,7 +413,7 @@ class ManagedIdentity:
                 scopes=scopes,
             )
         selector = self.selector
-        variables = _HOST_VARIABLES[host if self.endpoint is None else "app_service"]
+        variables = _HOST_VARIABLES[host]  # ``self.host``: app_service when an endpoint is given
         identity = (
             f"that the user-assigned identity ({selector[0]} {selector[1]}) is assigned to this "
             "host (Identity > User assigned)"
