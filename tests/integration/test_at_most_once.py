@@ -665,7 +665,15 @@ class _Closing:
             if self.behaviour == "late_reset":
                 time.sleep(RESET_WINDOW + 0.5)
             elif self.behaviour == "read_then_close":
-                connection.recv(65536)
+                # The whole request: headers and body may arrive in two segments, and bytes
+                # left unread would make the close a reset (which is the "reset" case).
+                connection.settimeout(30)  # bounded
+                received = b""
+                while not received.endswith(b'"x"}}'):
+                    chunk = connection.recv(65536)
+                    if not chunk:
+                        break
+                    received += chunk
         self._listener.close()
 
     def join(self) -> None:
