@@ -47,6 +47,19 @@ VARIABLES: dict[str, str] = {
     "and certificate",
     "ENTRA_PASSTHROUGH_CLIENT_CREDENTIAL": "which credential the OBO app uses: secret, "
     "certificate, managed_identity or federated_token_file (default: the first configured)",
+    "ENTRA_PASSTHROUGH_CONSENT_CLIENT_ID": "DelegatedConsent: the consent app's client id",
+    "ENTRA_PASSTHROUGH_CONSENT_TENANT_ID": "DelegatedConsent: the consent app's tenant "
+    "(default AZURE_TENANT_ID)",
+    "ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET": "the consent app's client secret",
+    "ENTRA_PASSTHROUGH_CONSENT_CLIENT_CERTIFICATE_PATH": "PEM or PFX with the consent app's "
+    "private key and certificate (AZURE_CLIENT_CERTIFICATE_PASSWORD applies)",
+    "ENTRA_PASSTHROUGH_CONSENT_CLIENT_CREDENTIAL": "which credential the consent app uses: "
+    "secret, certificate, managed_identity or federated_token_file (default: the one configured, "
+    "as for the OBO app)",
+    "ENTRA_PASSTHROUGH_CONSENT_KEYS": "DelegatedConsent and the broker: the keyring sealing "
+    "grants ('kid:<base64url 32 bytes>[,old-kid:...]')",
+    "ENTRA_PASSTHROUGH_CONSENT_BROKER_URL": "DelegatedConsent: the consent broker's public "
+    "HTTPS URL, put in consent links",
     "ENTRA_PASSTHROUGH_ALLOWED_TENANTS": "comma-separated tenant ids OBO may use as authority",
     "ENTRA_PASSTHROUGH_ACCEPTED_AUDIENCES": "comma-separated extra App ID URIs accepted as the "
     "assertion's aud",

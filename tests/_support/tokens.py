@@ -141,3 +141,43 @@ def unsigned_jwt(**claims: Any) -> str:
 def bare_jwt(**claims: Any) -> str:
     """An unsigned JWT-shaped string with exactly these claims (none added)."""
     return unsigned({"alg": "RS256", "typ": "JWT"}, claims, b"signature")
+
+
+def encrypted_pem_with_chain() -> tuple[bytes, str]:
+    """A client key encrypted with a password (returned) followed by its certificate and the
+    certificate of the CA that signed it: what ``AZURE_CLIENT_CERTIFICATE_PASSWORD`` and
+    ``AZURE_CLIENT_SEND_CERTIFICATE_CHAIN`` apply to."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+
+    def cert(
+        subject: str, issuer: str, key: rsa.RSAPrivateKey, signer: rsa.RSAPrivateKey
+    ) -> x509.Certificate:
+        return (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now)
+            .not_valid_after(now + dt.timedelta(days=1))
+            .sign(signer, hashes.SHA256())
+        )
+
+    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    password = "pem-password-1"
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(password.encode()),
+    )
+    for c in (cert("client", "ca", key, ca_key), cert("ca", "ca", ca_key, ca_key)):
+        pem += c.public_bytes(serialization.Encoding.PEM)
+    return pem, password

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from _support.tokens import encrypted_pem_with_chain
 from entra_passthrough import ConfigurationError
 from entra_passthrough.consent import ConsentBroker
 from entra_passthrough.consent._cli import build_broker, main
@@ -92,3 +93,65 @@ def test_delegated_consent_from_env() -> None:
         )
     with pytest.raises(ConfigurationError, match="exactly one"):
         DelegatedConsent.from_env({**env, "ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET": ""})
+
+
+def test_the_consent_app_credential_is_read_as_the_obo_apps(tmp_path: Path) -> None:
+    """The consent app's client credential is read by the code that reads the OBO app's, for
+    ``DelegatedConsent.from_env()`` and the standalone broker alike: an encrypted certificate
+    takes ``AZURE_CLIENT_CERTIFICATE_PASSWORD`` (it was loaded without it), the broker can be
+    secretless (the host's user-assigned managed identity), a system-assigned one is refused
+    before any request naming why it was chosen, and several credentials are chosen between
+    in the same order."""
+    from entra_passthrough import DelegatedConsent
+
+    key_and_chain, password = encrypted_pem_with_chain()
+    pem = tmp_path / "consent.pem"
+    pem.write_bytes(key_and_chain)
+    env = {
+        "ENTRA_PASSTHROUGH_CONSENT_CLIENT_ID": "11111111-1111-1111-1111-111111111111",
+        "AZURE_TENANT_ID": "22222222-2222-2222-2222-222222222222",
+        "ENTRA_PASSTHROUGH_CONSENT_CLIENT_CERTIFICATE_PATH": str(pem),
+        "ENTRA_PASSTHROUGH_CONSENT_KEYS": KEYS,
+        "ENTRA_PASSTHROUGH_CONSENT_BROKER_URL": "https://agent.contoso.com/consent",
+    }
+    config = json.loads(_config(tmp_path).read_text())
+    with pytest.raises(ConfigurationError, match="AZURE_CLIENT_CERTIFICATE_PASSWORD"):
+        DelegatedConsent.from_env(env)
+    with_password = {**env, "AZURE_CLIENT_CERTIFICATE_PASSWORD": password}
+    source = DelegatedConsent.from_env(with_password)
+    assert password not in repr(source)
+    source.close()
+    assert isinstance(build_broker(config, with_password), ConsentBroker)
+
+    # A secret beside the certificate: the first configured, as for the OBO app, unless
+    # ENTRA_PASSTHROUGH_CONSENT_CLIENT_CREDENTIAL chooses.
+    both = {**with_password, "ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET": "s3cret"}
+    assert build_broker(config, both).client.credential.client_secret == "s3cret"
+    chosen = {**both, "ENTRA_PASSTHROUGH_CONSENT_CLIENT_CREDENTIAL": "certificate"}
+    assert build_broker(config, chosen).client.credential.client_secret is None
+    source = DelegatedConsent.from_env(chosen)
+    assert source.client.credential.client_certificate == str(pem)
+    source.close()
+
+    host = {
+        "ENTRA_PASSTHROUGH_CONSENT_KEYS": KEYS,
+        "IDENTITY_ENDPOINT": "http://127.0.0.1:1/msi",
+        "IDENTITY_HEADER": "h",
+    }
+    with pytest.raises(ConfigurationError) as refused:
+        build_broker(config, host)  # the system-assigned identity cannot be a credential
+    assert str(refused.value).startswith("entra-passthrough broker (IDENTITY_ENDPOINT is set")
+    assert "AZURE_CLIENT_ID" in str(refused.value)
+    broker = build_broker(config, {**host, "AZURE_CLIENT_ID": "uami-client-id"})
+    assert broker.client.credential.managed_identity is not None
+    consent = {k: v for k, v in env.items() if "CERTIFICATE" not in k}
+    chosen_mi = {
+        **consent,
+        **host,
+        "ENTRA_PASSTHROUGH_CONSENT_CLIENT_CREDENTIAL": "managed_identity",
+    }
+    with pytest.raises(ConfigurationError) as refused:
+        DelegatedConsent.from_env(chosen_mi)
+    assert str(refused.value).startswith(
+        "DelegatedConsent.from_env() (ENTRA_PASSTHROUGH_CONSENT_CLIENT_CREDENTIAL=managed_identity)"
+    )

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from _support.tokens import encrypted_pem_with_chain
 from entra_passthrough import (
     AgentIdentityOnBehalfOf,
     AzureCli,
@@ -276,7 +277,7 @@ def test_additionally_allowed_tenants_and_certificate_variables(tmp_path: Path) 
     obo.close()
     with pytest.raises(ConfigurationError, match="any tenant"):
         OnBehalfOf.from_env({**BASE, "AZURE_ADDITIONALLY_ALLOWED_TENANTS": "*"})
-    key_and_chain, password = _encrypted_pem_with_chain()
+    key_and_chain, password = encrypted_pem_with_chain()
     path = tmp_path / "client.pem"
     path.write_bytes(key_and_chain)
     env = {
@@ -301,43 +302,6 @@ def test_additionally_allowed_tenants_and_certificate_variables(tmp_path: Path) 
     )
     assert chained._credential["public_certificate"].count("BEGIN CERTIFICATE") == 2
     chained.close()
-
-
-def _encrypted_pem_with_chain() -> tuple[bytes, str]:
-    import datetime as dt
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import NameOID
-
-    now = dt.datetime.now(dt.UTC)
-
-    def cert(
-        subject: str, issuer: str, key: rsa.RSAPrivateKey, signer: rsa.RSAPrivateKey
-    ) -> x509.Certificate:
-        return (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now)
-            .not_valid_after(now + dt.timedelta(days=1))
-            .sign(signer, hashes.SHA256())
-        )
-
-    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    password = "pem-password-1"
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(password.encode()),
-    )
-    for c in (cert("client", "ca", key, ca_key), cert("ca", "ca", ca_key, ca_key)):
-        pem += c.public_bytes(serialization.Encoding.PEM)
-    return pem, password
 
 
 def test_chain_adds_the_managed_identity_on_every_host_that_sets_variables() -> None:
@@ -365,7 +329,7 @@ def test_azure_cli_from_env_picks_the_cli() -> None:
 def test_azure_credential_from_env_certificate_password_chain_and_tenants(tmp_path: Path) -> None:
     from entra_passthrough import AzureCredential
 
-    pem, password = _encrypted_pem_with_chain()
+    pem, password = encrypted_pem_with_chain()
     path = tmp_path / "app.pem"
     path.write_bytes(pem)
     env = {

@@ -24,13 +24,13 @@ import asyncio
 import dataclasses
 import functools
 import logging
-import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlencode
 
+from .. import _env
 from .._consent_client import ConsentClient, check_https_url
 from .._credential import AppCredential, app_credential
 from .._drive import drive, drive_async
@@ -45,11 +45,12 @@ from .._errors import (
 )
 from .._grants import GrantStore, LinkTicket, StoredGrant, seal_revoke_ticket
 from .._jwt import fingerprint
-from .._msal import PUBLIC_AUTHORITY_HOST, http_session
+from .._msal import http_session
 from .._store import Keyring, MemoryStore, TokenStore
 from .._types import IdentityKind, TokenRequest, TokenResult
 from .._user_key import UserKey
 from ._base import result_from_msal, unreachable
+from .obo import credential_from_env
 
 if TYPE_CHECKING:
     from .managed_identity import ManagedIdentity
@@ -164,6 +165,7 @@ class DelegatedConsent:
         #: refresh token is never used again. Key hash -> (grant, version of our lease).
         self._unsaved: dict[str, tuple[StoredGrant, str]] = {}
         self._flights: dict[tuple[int, str], tuple[tuple[Any, ...], asyncio.Future[Any]]] = {}
+        self._created_http: Any = None  # from_env built the HTTP session (CA file)
 
     def __repr__(self) -> str:
         return f"DelegatedConsent(name={self.name!r}, client_id={self.client.client_id!r})"
@@ -181,87 +183,51 @@ class DelegatedConsent:
         """Build from the environment (docs/consent.md lists the variables). The default
         store is a ``MemoryStore``: pass a shared one when the broker runs elsewhere.
 
-        The consent app's client credential: ``ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET``, or
-        ``..._CLIENT_CERTIFICATE_PATH``, or (secretless) the host's user-assigned managed
-        identity as a federated credential of the app (``AZURE_CLIENT_ID``), chosen with
-        ``ENTRA_PASSTHROUGH_CONSENT_CLIENT_CREDENTIAL=managed_identity`` or, when neither
-        secret nor certificate is set, because the host has a managed identity endpoint
-        (``IDENTITY_ENDPOINT``), as ``OnBehalfOf.from_env()`` chooses."""
-        env = os.environ if environ is None else environ
-
-        def get(variable: str) -> str | None:
-            return (env.get(variable) or "").strip() or None
-
-        def need(variable: str, what: str) -> str:
-            value = get(variable)
-            if value is None:
-                raise ConfigurationError(f"{variable} is not set; it names {what}.")
-            return value
-
-        ca_file = get("ENTRA_PASSTHROUGH_CA_FILE")
-        allowed = get("ENTRA_PASSTHROUGH_ALLOWED_TENANTS")
-        secret = get("ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET")
-        certificate = get("ENTRA_PASSTHROUGH_CONSENT_CLIENT_CERTIFICATE_PATH")
-        choice = (get("ENTRA_PASSTHROUGH_CONSENT_CLIENT_CREDENTIAL") or "").lower() or None
-        one: dict[str, Any]
-        if choice is None and secret is not None and certificate is not None:
-            raise ConfigurationError(
-                "Both ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET and "
-                "ENTRA_PASSTHROUGH_CONSENT_CLIENT_CERTIFICATE_PATH are set (the consent app's "
-                "client credential).",
-                fix="remove one, or choose with ENTRA_PASSTHROUGH_CONSENT_CLIENT_CREDENTIAL="
-                "secret|certificate.",
-            )
-        if choice is None:
-            choice = (
-                "secret"
-                if secret
-                else "certificate"
-                if certificate
-                else "managed_identity"
-                if get("IDENTITY_ENDPOINT")
-                else None
-            )
-        if choice == "secret" and secret:
-            one = {"client_secret": secret}
-        elif choice == "certificate" and certificate:
-            one = {"client_certificate": certificate}
-        elif choice == "managed_identity":
-            from .managed_identity import ManagedIdentity
-
-            one = {"managed_identity": ManagedIdentity.from_env(env, http_client=http_client)}
-        else:
-            raise ConfigurationError(
-                "The consent app needs exactly one client credential, and the environment "
-                "configures none"
-                + (f" (ENTRA_PASSTHROUGH_CONSENT_CLIENT_CREDENTIAL={choice})." if choice else "."),
-                fix="set ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET or "
-                "ENTRA_PASSTHROUGH_CONSENT_CLIENT_CERTIFICATE_PATH, or "
-                "ENTRA_PASSTHROUGH_CONSENT_CLIENT_CREDENTIAL=managed_identity with AZURE_CLIENT_ID "
-                "naming the user-assigned managed identity that is a federated credential of the "
-                "consent app.",
-            )
-        return cls(
-            credential=AppCredential(
-                client_id=need("ENTRA_PASSTHROUGH_CONSENT_CLIENT_ID", "the consent app"),
-                tenant_id=get("ENTRA_PASSTHROUGH_CONSENT_TENANT_ID")
-                or need("AZURE_TENANT_ID", "the consent app's tenant"),
-                authority_host=get("AZURE_AUTHORITY_HOST") or PUBLIC_AUTHORITY_HOST,
-                **one,
+        The consent app's client credential is read by the code that reads the OBO app's,
+        from ``ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET``, ``..._CLIENT_CERTIFICATE_PATH`` (with
+        ``AZURE_CLIENT_CERTIFICATE_PASSWORD`` and ``AZURE_CLIENT_SEND_CERTIFICATE_CHAIN``),
+        ``AZURE_FEDERATED_TOKEN_FILE`` or (secretless) the host's user-assigned managed identity
+        (``AZURE_CLIENT_ID``) as a federated credential of the app, in that order, or as
+        ``ENTRA_PASSTHROUGH_CONSENT_CLIENT_CREDENTIAL`` chooses."""
+        env = _env.environ_or(environ)
+        tenant_id = _env.get(env, "ENTRA_PASSTHROUGH_CONSENT_TENANT_ID") or _env.require(
+            env, "AZURE_TENANT_ID", what="the consent app's tenant"
+        )
+        ca_file = _env.get(env, "ENTRA_PASSTHROUGH_CA_FILE")
+        created = http_client is None and ca_file is not None
+        if http_client is None:
+            http_client = http_session(ca_file)
+        source = cls(
+            credential=credential_from_env(
+                env,
+                client_id=_env.require(
+                    env, "ENTRA_PASSTHROUGH_CONSENT_CLIENT_ID", what="the consent app"
+                ),
+                tenant_id=tenant_id,
+                http_client=http_client,
+                owner="DelegatedConsent.from_env()",
+                app="consent",
             ),
             store=store if store is not None else MemoryStore(),
             keyring=Keyring.from_string(
-                need("ENTRA_PASSTHROUGH_CONSENT_KEYS", "the consent keyring")
+                _env.require(env, "ENTRA_PASSTHROUGH_CONSENT_KEYS", what="the consent keyring")
             ),
-            broker_url=need("ENTRA_PASSTHROUGH_CONSENT_BROKER_URL", "the broker's public URL"),
-            allowed_tenants=allowed.replace(",", " ").split() if allowed else None,
-            http_client=http_client if http_client is not None else http_session(ca_file),
+            broker_url=_env.require(
+                env, "ENTRA_PASSTHROUGH_CONSENT_BROKER_URL", what="the broker's public URL"
+            ),
+            allowed_tenants=_env.get_list(env, "ENTRA_PASSTHROUGH_ALLOWED_TENANTS") or None,
+            http_client=http_client,
             name=name,
             server_label=server_label,
         )
+        # The session made here from ENTRA_PASSTHROUGH_CA_FILE: nobody else holds it.
+        source._created_http = http_client if created else None
+        return source
 
     def close(self) -> None:
         self.client.pool.close()
+        if self._created_http is not None:
+            self._created_http.close()
 
     # --- TokenSource ------------------------------------------------------------------------
     def cache_partition(self, request: TokenRequest) -> tuple[str, ...] | None:

@@ -411,6 +411,14 @@ def allowed_tenants_from_env(env: Mapping[str, str]) -> tuple[str, ...] | None:
     return None
 
 
+#: The variables naming each app's client credential: the OBO app (and the Agent ID
+#: blueprint) and the consent app. One reader for both, so they cannot drift apart.
+_CREDENTIAL_VARIABLES = {
+    "obo": ("the OBO app", "ENTRA_PASSTHROUGH_CLIENT_"),
+    "consent": ("the consent app", "ENTRA_PASSTHROUGH_CONSENT_CLIENT_"),
+}
+
+
 def credential_from_env(
     env: Mapping[str, str],
     *,
@@ -418,20 +426,36 @@ def credential_from_env(
     tenant_id: str,
     http_client: Any,
     owner: str = "OnBehalfOf.from_env()",
+    app: str = "obo",
+    authority_host: str | None = None,
 ) -> AppCredential:
-    """The app's ``AppCredential`` with the one client credential the environment configures
-    (and ``AZURE_AUTHORITY_HOST``)."""
+    """The ``AppCredential`` of ``app`` (``"obo"``: ``ENTRA_PASSTHROUGH_CLIENT_*``;
+    ``"consent"``: ``ENTRA_PASSTHROUGH_CONSENT_CLIENT_*``) with the one client credential the
+    environment configures: ``..._CREDENTIAL`` chooses, else the secret, the certificate
+    (``AZURE_CLIENT_CERTIFICATE_PASSWORD``, ``AZURE_CLIENT_SEND_CERTIFICATE_CHAIN``), the
+    workload identity token file, the host's user-assigned managed identity: the first
+    configured, in that order (``doctor`` says which when several are). ``authority_host``
+    (else ``AZURE_AUTHORITY_HOST``)."""
     from .managed_identity import ManagedIdentity
 
+    what, prefix = _CREDENTIAL_VARIABLES[app]
+    secret_variable = f"{prefix}SECRET"
+    cert_variable = f"{prefix}CERTIFICATE_PATH"
+    choice_variable = f"{prefix}CREDENTIAL"
+
     def credential(**one: Any) -> AppCredential:
-        authority_host = _env.get(env, "AZURE_AUTHORITY_HOST") or PUBLIC_AUTHORITY_HOST
         return AppCredential(
-            client_id=client_id, tenant_id=tenant_id, authority_host=authority_host, **one
+            client_id=client_id,
+            tenant_id=tenant_id,
+            authority_host=authority_host
+            or _env.get(env, "AZURE_AUTHORITY_HOST")
+            or PUBLIC_AUTHORITY_HOST,
+            **one,
         )
 
-    choice = (_env.get(env, "ENTRA_PASSTHROUGH_CLIENT_CREDENTIAL") or "").lower() or None
-    secret = _env.get(env, "ENTRA_PASSTHROUGH_CLIENT_SECRET")
-    cert = _env.get(env, "ENTRA_PASSTHROUGH_CLIENT_CERTIFICATE_PATH")
+    choice = (_env.get(env, choice_variable) or "").lower() or None
+    secret = _env.get(env, secret_variable)
+    cert = _env.get(env, cert_variable)
     token_file = _env.get(env, "AZURE_FEDERATED_TOKEN_FILE")
     has_mi = _env.get(env, "IDENTITY_ENDPOINT") is not None
     if choice is None:
@@ -462,17 +486,17 @@ def credential_from_env(
         # being built and why a managed identity was chosen.
         mi = ManagedIdentity.from_env(env, http_client=http_client)
         why = (
-            "ENTRA_PASSTHROUGH_CLIENT_CREDENTIAL=managed_identity"
-            if _env.get(env, "ENTRA_PASSTHROUGH_CLIENT_CREDENTIAL")
+            f"{choice_variable}=managed_identity"
+            if _env.get(env, choice_variable)
             else "IDENTITY_ENDPOINT is set and no secret, certificate or token file is"
         )
         mi.require_user_assigned(f"{owner} ({why})")
         return credential(managed_identity=mi)
     raise ConfigurationError(
-        "No client credential for the OBO app in the environment"
-        + (f" (ENTRA_PASSTHROUGH_CLIENT_CREDENTIAL={choice})." if choice else ".")
-        + _env.azure_app_hint(env),
-        fix="set ENTRA_PASSTHROUGH_CLIENT_SECRET, ENTRA_PASSTHROUGH_CLIENT_CERTIFICATE_PATH, "
-        "AZURE_FEDERATED_TOKEN_FILE, or IDENTITY_ENDPOINT/IDENTITY_HEADER (managed identity as "
-        "a federated credential).",
+        f"{owner}: no client credential for {what} in the environment (it needs exactly one)"
+        + (f"; {choice_variable}={choice} names none that is configured." if choice else ".")
+        + (_env.azure_app_hint(env) if app == "obo" else ""),
+        fix=f"set {secret_variable}, {cert_variable}, AZURE_FEDERATED_TOKEN_FILE, or "
+        "IDENTITY_ENDPOINT/IDENTITY_HEADER with AZURE_CLIENT_ID (a user-assigned managed "
+        f"identity as a federated credential of {what}).",
     )

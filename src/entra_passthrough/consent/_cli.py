@@ -9,7 +9,11 @@ Configuration is a JSON file with no secrets in it; secrets come from the enviro
 
     ENTRA_PASSTHROUGH_CONSENT_KEYS          "kid:<base64url 32 bytes>[,old-kid:...]"
     ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET the consent app's secret, or
-    ENTRA_PASSTHROUGH_CONSENT_CLIENT_CERTIFICATE_PATH  a PEM with its key and certificate
+    ENTRA_PASSTHROUGH_CONSENT_CLIENT_CERTIFICATE_PATH  a PEM or PFX with its key and certificate
+                                            (AZURE_CLIENT_CERTIFICATE_PASSWORD), or the host's
+                                            user-assigned managed identity (AZURE_CLIENT_ID)
+                                            as its federated credential; choose with
+                                            ENTRA_PASSTHROUGH_CONSENT_CLIENT_CREDENTIAL
     ENTRA_PASSTHROUGH_REDIS_URL             the store shared with the agents (or --store);
                                             ENTRA_PASSTHROUGH_REDIS_AUTH=entra etc. apply
 """
@@ -21,14 +25,12 @@ import os
 import sys
 from typing import Any
 
-from .._credential import AppCredential
 from .._errors import ConfigurationError, require_extra
-from .._msal import PUBLIC_AUTHORITY_HOST, http_session
+from .._msal import http_session
+from .._sources.obo import credential_from_env
 from .._store import Keyring, MemoryStore, TokenStore
 from ..cli import parser_for
 
-_SECRET_ENV = "ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET"
-_CERT_ENV = "ENTRA_PASSTHROUGH_CONSENT_CLIENT_CERTIFICATE_PATH"
 _KEYS_ENV = "ENTRA_PASSTHROUGH_CONSENT_KEYS"
 
 
@@ -56,20 +58,20 @@ def build_broker(
     for required in ("client_id", "tenant_id", "redirect_uris"):
         if not config.get(required):
             raise ConfigurationError(f"the broker config has no {required!r}.")
-    secret = env.get(_SECRET_ENV) or None
-    cert = env.get(_CERT_ENV) or None
-    if bool(secret) == bool(cert):
-        raise ConfigurationError(
-            f"set exactly one of {_SECRET_ENV} or {_CERT_ENV} for the consent app."
-        )
     ca_file = config.get("ca_file")
+    http_client = http_session(str(ca_file)) if ca_file else None
     return ConsentBroker(
-        credential=AppCredential(
+        # The consent app's credential, read by the code DelegatedConsent.from_env() and
+        # OnBehalfOf.from_env() use: secret, certificate (with its password), token file or
+        # the host's user-assigned managed identity.
+        credential=credential_from_env(
+            env,
             client_id=str(config["client_id"]),
             tenant_id=str(config["tenant_id"]),
-            authority_host=str(config.get("authority_host") or PUBLIC_AUTHORITY_HOST),
-            client_secret=secret,
-            client_certificate=cert,
+            http_client=http_client,
+            owner="entra-passthrough broker",
+            app="consent",
+            authority_host=str(config.get("authority_host") or "") or None,
         ),
         redirect_uris=[str(u) for u in config["redirect_uris"]],
         allowed_tenants=config.get("allowed_tenants") or None,
@@ -78,7 +80,7 @@ def build_broker(
         # this mode is for trying the flow only (docs/consent.md, docs/scale-out.md).
         store=store if store is not None else MemoryStore(),
         keyring=Keyring.from_env(_KEYS_ENV, environ=env),
-        http_client=http_session(str(ca_file)) if ca_file else None,
+        http_client=http_client,
     )
 
 
