@@ -9,7 +9,12 @@ its acquisition to ``SharedTokenCache.wrap``, which:
    across all replicas; the version it gets back is its fencing token) and acquires, writes L2,
    releases the lease (``delete(expect=version)``: never someone else's). While it acquires it
    renews the lease every third of its length (``put(expect=version)``), so a slow Entra does
-   not let another replica in; a holder that died stops renewing;
+   not let another replica in; a renewal the store fails is retried (sooner) while the lease
+   may still be ours, a holder that died stops renewing. **Fencing**: before writing L2 the
+   holder renews its lease once more, and a holder that lost it (it ran out and another replica
+   took over) does not write: the new holder's result wins. The write itself is a
+   compare-and-set on the L2 entry's version as the holder saw it when it took the lease, so
+   nothing written meanwhile is overwritten;
 3. replicas that did not get the lease poll L2 with a bounded backoff until the holder wrote
    it; if the holder died, its lease runs out and one of them takes over.
 
@@ -121,8 +126,10 @@ class SharedTokenCache:
         self.kinds = kinds
         self._clock = clock
         self._down_until = 0.0
-        #: Counters for benchmarks and diagnostics.
+        #: Counters for benchmarks and diagnostics (``fenced``: acquisitions whose holder had
+        #: lost its lease, so their result was not shared).
         self.hits = self.misses = self.waits = self.takeovers = self.failures = 0
+        self.fenced = 0
 
     def __repr__(self) -> str:
         return f"SharedTokenCache(store={self.store!r}, lease={self.lease})"
@@ -173,7 +180,8 @@ class SharedTokenCache:
         # Our typed errors say what failed and carry no secret; anything else: its type only.
         why = str(exc) if isinstance(exc, EntraPassthroughError) else type(exc).__name__
         logger.warning(
-            "shared token cache: %s failed (%s); acquiring directly, L2 skipped for %.0f s",
+            "shared token cache: %s failed (%s); acquisitions go straight to Entra, L2 "
+            "skipped for %.0f s",
             what,
             why,
             self.retry_after,
@@ -205,14 +213,54 @@ class SharedTokenCache:
         ttl = _usable_ttl(result.expires_on, None, self._clock())
         return None if ttl < 1.0 else (self._seal(name, result), ttl)
 
-    async def _write(self, name: str, result: TokenResult | None, cap: float | None) -> None:
+    async def _write(
+        self, name: str, result: TokenResult | None, cap: float | None, seen: str | None
+    ) -> None:
+        """Share ``result`` unless the entry changed since the holder saw it (version
+        ``seen``, ``None``: absent). An entry that merely expired meanwhile is written."""
         sealed = self._to_write(name, result, cap)
         if sealed is None:
             return
         try:
-            await self.store.put(name, sealed[0], ttl=sealed[1])
+            done = await self.store.put(name, sealed[0], ttl=sealed[1], expect=seen)
+            if done is None and seen is not None and await self.store.get(name) is None:
+                done = await self.store.put(name, sealed[0], ttl=sealed[1], expect=None)
         except Exception as exc:  # full, down: the token is still good for this call
             self._failed("write", exc)
+            return
+        if done is None:
+            self._lost()
+
+    def _lost(self) -> None:
+        self.fenced += 1
+        logger.warning(
+            "shared token cache: an acquisition lost its lease before it finished (it outlasted "
+            "the lease of %.0f s while the store failed, or the store lost its data) and "
+            "another replica acquired the same token; its result is returned to its caller but "
+            "not shared: the other replica's wins.",
+            self.lease,
+        )
+
+    async def _hold(self, lease: _Lease) -> bool:
+        """Fencing, right before the write: renew the lease (or take it again if it ran out
+        and nobody took it). ``False``: another replica holds it, or the store failed."""
+        try:
+            if not lease.lost:
+                renewed = await self.store.put(
+                    lease.name, b"1", ttl=self.lease, expect=lease.version
+                )
+                if renewed is not None:
+                    lease.version = renewed
+                    return True
+            retaken = await self.store.put(lease.name, b"1", ttl=self.lease, expect=None)
+        except Exception as exc:
+            self._failed("lease check", exc)
+            return False
+        if retaken is None:
+            self._lost()
+            return False
+        lease.version = retaken  # free: whoever held it meanwhile wrote (the write's CAS sees)
+        return True
 
     async def _release(self, lease_name: str, version: str) -> None:
         try:
@@ -274,10 +322,11 @@ class SharedTokenCache:
         try:
             # The holder before us may have written just before our lease: read once more.
             try:
-                found = await self._read(name, floor)
+                entry = await self.store.get(name)
             except Exception as exc:
                 self._failed("read", exc)
-                found = None
+                entry = None
+            found = self._usable(name, entry, floor)
             if found is not None:
                 self.hits += 1
                 return found
@@ -289,16 +338,20 @@ class SharedTokenCache:
             finally:
                 done.set()
                 await renewing  # never cancelled mid-write: its last version is the lease's
-            await self._write(name, result, cap)
+            if await self._hold(lease):
+                await self._write(name, result, cap, None if entry is None else entry.version)
             return result
         finally:
             await self._release(lease_name, lease.version)
 
     async def _renew(self, lease: _Lease, done: asyncio.Event) -> None:
-        """Keep the lease while the acquisition runs; stop when it is done or lost."""
+        """Keep the lease while the acquisition runs; stop when it is done or lost. A renewal
+        the store fails is retried every tenth of the lease: the lease is still ours until it
+        runs out, and giving up would let a second replica acquire the same token."""
+        interval = self.lease / 3
         while True:
             try:
-                await asyncio.wait_for(done.wait(), self.lease / 3)
+                await asyncio.wait_for(done.wait(), interval)
                 return
             except TimeoutError:
                 pass
@@ -306,11 +359,19 @@ class SharedTokenCache:
                 renewed = await self.store.put(
                     lease.name, b"1", ttl=self.lease, expect=lease.version
                 )
-            except Exception:
-                return  # the store failed: the lease runs out by itself
+            except Exception as exc:
+                interval = self._renewal_failed(interval, exc)
+                continue
             if renewed is None:
-                return  # it ran out and another replica holds it now
-            lease.version = renewed
+                lease.lost = True  # it ran out and another replica holds it now
+                return
+            lease.version, interval = renewed, self.lease / 3
+
+    def _renewal_failed(self, interval: float, exc: BaseException) -> float:
+        """Count and log the first failure in a row; the next interval."""
+        if interval == self.lease / 3:
+            self._failed("lease renewal", exc)
+        return self.lease / 10
 
     # -- the same, blocking (sync API: threads) -----------------------------------------------
 
@@ -369,10 +430,11 @@ class SharedTokenCache:
         lease = _Lease(lease_name, version)
         try:
             try:
-                found = self._usable(name, store.get(name), floor)
+                entry = store.get(name)
             except Exception as exc:
                 self._failed("read", exc)
-                found = None
+                entry = None
+            found = self._usable(name, entry, floor)
             if found is not None:
                 self.hits += 1
                 return found
@@ -387,12 +449,8 @@ class SharedTokenCache:
             finally:
                 done.set()
                 renewing.join()
-            sealed = self._to_write(name, result, cap)
-            if sealed is not None:
-                try:
-                    store.put(name, sealed[0], ttl=sealed[1])
-                except Exception as exc:
-                    self._failed("write", exc)
+            if self._hold_sync(store, lease):
+                self._write_sync(store, name, result, cap, None if entry is None else entry.version)
             return result
         finally:
             try:
@@ -401,22 +459,64 @@ class SharedTokenCache:
                 self._failed("lease release", exc)
 
     def _renew_sync(self, store: SyncTokenStore, lease: _Lease, done: threading.Event) -> None:
-        while not done.wait(self.lease / 3):
+        interval = self.lease / 3
+        while not done.wait(interval):
             try:
                 renewed = store.put(lease.name, b"1", ttl=self.lease, expect=lease.version)
-            except Exception:
-                return
+            except Exception as exc:
+                interval = self._renewal_failed(interval, exc)
+                continue
             if renewed is None:
+                lease.lost = True
                 return
-            lease.version = renewed
+            lease.version, interval = renewed, self.lease / 3
+
+    def _hold_sync(self, store: SyncTokenStore, lease: _Lease) -> bool:
+        try:
+            if not lease.lost:
+                renewed = store.put(lease.name, b"1", ttl=self.lease, expect=lease.version)
+                if renewed is not None:
+                    lease.version = renewed
+                    return True
+            retaken = store.put(lease.name, b"1", ttl=self.lease, expect=None)
+        except Exception as exc:
+            self._failed("lease check", exc)
+            return False
+        if retaken is None:
+            self._lost()
+            return False
+        lease.version = retaken
+        return True
+
+    def _write_sync(
+        self,
+        store: SyncTokenStore,
+        name: str,
+        result: TokenResult | None,
+        cap: float | None,
+        seen: str | None,
+    ) -> None:
+        sealed = self._to_write(name, result, cap)
+        if sealed is None:
+            return
+        try:
+            done = store.put(name, sealed[0], ttl=sealed[1], expect=seen)
+            if done is None and seen is not None and store.get(name) is None:
+                done = store.put(name, sealed[0], ttl=sealed[1], expect=None)
+        except Exception as exc:
+            self._failed("write", exc)
+            return
+        if done is None:
+            self._lost()
 
 
 class _Lease:
     """A held lease: its key and its current version (the fencing token; each renewal makes a
-    new one, the release compares with the last)."""
+    new one, the release compares with the last); ``lost`` once a renewal found it gone."""
 
-    __slots__ = ("name", "version")
+    __slots__ = ("lost", "name", "version")
 
     def __init__(self, name: str, version: str) -> None:
         self.name = name
         self.version = version
+        self.lost = False
