@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hmac
 import html
-import json
 import secrets
 import time
 from collections.abc import Mapping
@@ -28,9 +27,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from . import _errors as e
-from ._issue import check_assignment, parse_scopes
+from ._signin import sign_in
 from ._state import CodeRecord, Runtime
-from ._token_endpoint import check_resource_param, resolve_tenant
+from ._token_endpoint import resolve_tenant
 from ._world import App, User
 
 SESSION_COOKIE = "emu_session"
@@ -228,134 +227,51 @@ def _authorize_for_client(
                 "A silent sign-in request was sent but no user is signed in.",
             )
         return _signin_page(rt, params)
-    tid = tenant.id if tenant else user.tenant_id
-    if tid != user.tenant_id and not user.guest:
-        # AADSTS50020: the user is not a member (or guest) of this tenant.
-        raise e.StsError(
-            50020,
-            "invalid_request",
-            f"User account '{user.upn}' from identity provider does not "
-            "exist in tenant and cannot access the application.",
-        )
-    check_assignment(client, user)
-    req = parse_scopes(rt, params.get("scope"), tid, interactive_client=client)
-    # RFC 8707 `resource` at /authorize is checked against the scopes too (AADSTS9010010; what
-    # MCP clients that send it see, docs/platform-facts.md).
-    check_resource_param(params, req)
-    if "openid" not in req.oidc and req.resource is None:
-        raise e.missing_param("scope")
-    needed: list[str] = []
-    wanted: list[str] = []
-    if req.resource is not None:
-        granted = rt.granted_scopes(user, client, req.resource)
-        if req.is_default and granted and prompt != "consent" and action != "consent":
-            # Static consent already given (by the user or an administrator): .default is the
-            # granted permissions, nothing to ask (scopes-oidc, "The .default scope").
-            wanted = []
-        else:
-            wanted = default_scopes(client, req.resource) if req.is_default else list(req.names)
-        needed = [s for s in wanted if s not in granted]
-        if prompt == "consent" and action != "consent":
-            needed = wanted or needed
-        ids = set(req.resource.identifiers)
-        if ids & set(user.blocked_for):
-            raise e.StsError(53003, "access_denied", e.blocked_by_ca().text)
-    if needed and action != "consent":
+    # The sign-in checks and the consent decision are the device code page's too (_signin).
+    signin = sign_in(
+        rt,
+        client=client,
+        user=user,
+        tenant=tenant,
+        params=params,
+        force_consent=prompt == "consent",
+    )
+    req = signin.req
+    if signin.prompt and action != "consent":
         if prompt == "none":
             # At /authorize, prompt=none with consent missing answers error=consent_required
             # (OIDC Core 3.1.2.6; v2-oauth2-auth-code-flow "Error codes for authorization endpoint
             # errors": "consent_required ... usually only returned on the /authorize endpoint").
             err = e.consent_required(client.client_id, client.name)
             raise e.StsError(err.code, "consent_required", err.text)
-        if req.resource is not None:
-            check_user_may_consent(rt, tid, req.resource, needed)
-        if params.get("emulator_consent") == "accept" and req.resource is not None:
-            rt.grant_consent(user.name, client.client_id, req.resource.client_id, needed)
+        signin.check_may_consent(rt)
+        if params.get("emulator_consent") == "accept":
+            signin.accept(rt)
         else:
-            return _consent_page(params, rt.new_pending(user.name), client, req.resource, needed)
+            return _consent_page(
+                params, rt.new_pending(user.name), client, req.resource, list(signin.prompt)
+            )
     if action == "consent" and req.resource is not None:
         if params.get("decision") != "accept":
             raise e.StsError(65004, "access_denied", "User declined to consent to access the app.")
-        check_user_may_consent(rt, tid, req.resource, wanted)
-        rt.grant_consent(user.name, client.client_id, req.resource.client_id, wanted)
-    amr: tuple[str, ...] = ("pwd",)
-    if (
-        req.resource is not None and set(req.resource.identifiers) & set(user.mfa_required_for)
-    ) or _asks_for_step_up(params.get("claims")):
-        # The interactive sign-in performs the MFA the policy asks for, also when the client
-        # comes back with the claims challenge an OBO answer carried (AADSTS50076 + claims:
-        # v2-oauth2-on-behalf-of-flow, "Error response example"; claims-challenge).
-        amr = ("pwd", "mfa")
+        signin.accept(rt)
     code = rt.new_code(
         CodeRecord(
             user=user.name,
             client_id=client.client_id,
             redirect_uri=params["redirect_uri"],
             scopes=tuple(params.get("scope", "").split()),
-            tenant_id=tid,
+            tenant_id=signin.tenant_id,
             challenge=params.get("code_challenge") or None,
             method=(method or "plain") if params.get("code_challenge") else None,
             nonce=params.get("nonce"),
             expires=time.time() + rt.world.lifetimes.code,
-            amr=amr,
+            amr=signin.amr,
         )
     )
     response = _to_client(params, {"code": code})
     response.set_cookie(SESSION_COOKIE, _session(rt, user), httponly=True, secure=True)
     return response
-
-
-def _asks_for_step_up(raw: str | None) -> bool:
-    """Whether an authorize request's ``claims`` asks for Conditional Access policies or an
-    authentication context (``capolids``, ``acrs``, ``amr``): the sign-in then performs MFA."""
-    if not raw:
-        return False
-    try:
-        claims = json.loads(raw)
-    except ValueError:
-        return False
-    token = claims.get("access_token") if isinstance(claims, dict) else None
-    return isinstance(token, dict) and bool({"capolids", "polids", "acrs", "amr"} & set(token))
-
-
-def default_scopes(client: App, resource: App) -> list[str]:
-    """What ``.default`` asks the user to consent to on ``resource``: the client's configured
-    permissions for it (``requiredResourceAccess``, static consent). A client that configures
-    none for that resource (none at all included) gets AADSTS650057
-    (https://learn.microsoft.com/entra/identity-platform/scopes-oidc#the-default-scope,
-    https://learn.microsoft.com/entra/identity-platform/consent-types-developer)."""
-    mine = []
-    for entry in client.required:
-        ident, _, scope = entry.rpartition("/")
-        if ident.rstrip("/").lower() in {
-            i.rstrip("/").lower() for i in (*resource.identifiers, resource.name)
-        }:
-            mine.append(scope)
-    if not mine:
-        raise e.StsError(
-            650057,
-            "invalid_client",
-            "Invalid resource. The client has requested access to a resource which is not listed "
-            "in the requested permissions in the client's application registration. Client app "
-            f"ID: {client.client_id}({client.name}). Resource value from request: "
-            f"{resource.app_id_uri or resource.client_id}.",
-        )
-    return mine
-
-
-def check_user_may_consent(rt: Runtime, tenant_id: str, resource: App, scopes: list[str]) -> None:
-    """AADSTS90094: a user cannot consent to an admin-only scope, nor to anything in a tenant
-    whose setting lets no user consent
-    (https://learn.microsoft.com/entra/identity/enterprise-apps/configure-user-consent)."""
-    tenant = rt.world.tenant(tenant_id)
-    admin_only = [s for s in scopes if s in resource.admin_scopes]
-    if admin_only or (tenant is not None and not tenant.user_consent):
-        raise e.StsError(
-            90094,
-            "consent_required",
-            "The grant requires admin permission. An administrator must consent to "
-            f"{', '.join(admin_only or scopes)[:200]} for this application.",
-        )
 
 
 def _session(rt: Runtime, user: User) -> str:

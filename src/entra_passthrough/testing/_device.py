@@ -7,7 +7,8 @@ the token endpoint with ``grant_type=urn:ietf:params:oauth:grant-type:device_cod
 ``authorization_pending`` until the user signs in at the verification page (here
 ``EntraEmulator.approve_device_code(user_code, user)`` or the ``/devicelogin`` form), then the
 user's tokens; ``authorization_declined``, ``expired_token`` and ``bad_verification_code`` as the
-page lists them. Consent is checked when the tokens are issued (AADSTS65001).
+page lists them. The verification page is Entra's sign-in page: the same checks and consent
+decision as ``/authorize`` (``_signin.sign_in``); what it refuses is the poll's answer.
 
 ``userinfo`` (https://learn.microsoft.com/entra/identity-platform/userinfo): ``GET`` with a token
 for Microsoft Graph (``openid``); answers ``sub``, ``name``, ``family_name``, ``given_name``,
@@ -21,7 +22,7 @@ import secrets
 import string
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
@@ -29,7 +30,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from . import _errors as e
-from ._issue import check_assignment, parse_scopes, user_token_response
+from ._issue import parse_scopes, user_token_response
+from ._signin import SignIn, sign_in
 from ._state import Runtime
 from ._tokens import verify
 from ._world import GRAPH_APP_ID, Tenant
@@ -49,9 +51,16 @@ class DeviceRecord:
     expires: float
     user: str | None = None
     declined: bool = False
-    #: What the verification page could not complete (the user may not consent): the poll's
-    #: answer instead of a token.
+    #: The tenant of the authority the flow started at (``None``: common/organizations, the
+    #: user's home tenant).
+    path_tenant: str | None = None
+    #: What the client asked for at the devicecode endpoint (``scope``, ``claims``, ``resource``).
+    params: Mapping[str, str] = field(default_factory=dict)
+    #: What the verification page refused (the sign-in checks, the consent): the poll's answer
+    #: instead of a token.
     error: e.StsError | None = None
+    #: The sign-in at the verification page, once the user signed in.
+    signin: SignIn | None = None
 
 
 def _user_code() -> str:
@@ -81,6 +90,8 @@ def start(rt: Runtime, form: Mapping[str, str], tenant: Tenant | None) -> dict[s
             tenant_id=tid,
             user_code=user_code,
             expires=time.time() + LIFETIME,
+            path_tenant=tenant.id if tenant else None,
+            params={k: form[k] for k in ("scope", "claims", "resource") if form.get(k)},
         )
         rt.issued.add(device_code)
     uri = f"{rt.url}/devicelogin"
@@ -113,39 +124,34 @@ def approve(rt: Runtime, user_code: str, user: str | None, *, decline: bool = Fa
         if decline:
             record.declined = True
             return True
-    problem = _consent_on_the_page(rt, record, user) if user is not None else None
+    problem: e.StsError | None = None
+    signin: SignIn | None = None
+    if user is not None:
+        try:
+            signin = _sign_in_on_the_page(rt, record, user)
+        except e.StsError as err:
+            problem = err
     with rt.lock:
         record.user = user
         record.error = problem
+        record.signin = signin
     return True
 
 
-def _consent_on_the_page(rt: Runtime, record: DeviceRecord, name: str) -> e.StsError | None:
-    """The device login page signs the user in and, as /authorize does, asks for consent to the
-    permissions not yet granted (v2-oauth2-device-code: the user "signs in and consents"); the
-    same rules: .default is the client's configured permissions (AADSTS650057), an admin-only
-    scope or a tenant without user consent needs an administrator (AADSTS90094)."""
-    from ._authorize import check_user_may_consent, default_scopes
-
+def _sign_in_on_the_page(rt: Runtime, record: DeviceRecord, name: str) -> SignIn | None:
+    """The device login page is Entra's sign-in page (v2-oauth2-device-code: the user "signs
+    in" and is "asked to consent"): the same checks and consent decision as /authorize
+    (``_signin.sign_in``: tenant membership 50020, assignment 50105, Conditional Access 53003,
+    the MFA a policy requires, consent 650057/90094), Continue accepting the prompt. ``None``
+    for an unknown user (the poll answers for it)."""
     user = rt.world.user(name)
     app = rt.world.app(record.client_id)
     if user is None or app is None:
-        return None  # the poll answers for an unknown user
-    try:
-        req = parse_scopes(rt, record.scope, record.tenant_id)
-        if req.resource is None:
-            return None
-        granted = rt.granted_scopes(user, app, req.resource)
-        if req.is_default and granted:
-            return None
-        wanted = default_scopes(app, req.resource) if req.is_default else list(req.names)
-        needed = [s for s in wanted if s not in granted]
-        if needed:
-            check_user_may_consent(rt, record.tenant_id, req.resource, needed)
-            rt.grant_consent(user.name, app.client_id, req.resource.client_id, needed)
-    except e.StsError as err:
-        return err
-    return None
+        return None
+    tenant = rt.world.tenant(record.path_tenant) if record.path_tenant else None
+    signin = sign_in(rt, client=app, user=user, tenant=tenant, params=record.params)
+    signin.accept(rt)
+    return signin
 
 
 def redeem(rt: Runtime, form: Mapping[str, str], client_id: str, client_acr: str) -> dict[str, Any]:
@@ -172,23 +178,20 @@ def redeem(rt: Runtime, form: Mapping[str, str], client_id: str, client_acr: str
             "authorization_pending",
             "OAuth 2.0 device flow error. Authorization is pending. Continue polling.",
         )
-    user = rt.world.user(record.user)
-    app = rt.world.app(record.client_id)
-    assert app is not None
-    if user is None:
-        raise e.StsError(70000, "invalid_grant", "The user of the device code does not exist.")
     with rt.lock:
         rt.device_codes.pop(code, None)  # one redemption
-    check_assignment(app, user)
-    req = parse_scopes(rt, record.scope, record.tenant_id)
+    signin = record.signin
+    if signin is None:
+        raise e.StsError(70000, "invalid_grant", "The user of the device code does not exist.")
     return user_token_response(
         rt,
-        req=req,
-        client=app,
+        req=signin.req,
+        client=signin.client,
         client_acr=client_acr,
-        user=user,
-        tenant_id=record.tenant_id,
-        form=form,
+        user=signin.user,
+        tenant_id=signin.tenant_id,
+        form={**record.params, **form},
+        amr=signin.amr,
     )
 
 
