@@ -27,10 +27,12 @@ deployment, the keys and TTLs, and the failure behaviour.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import secrets
 import ssl
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs, urlsplit
 
@@ -73,6 +75,8 @@ except ImportError:  # pragma: no cover - an older redis-py
 _STORE_ERRORS: tuple[type[Exception], ...] = (RedisError, *_TOKEN_ERRORS)
 _PING_ERRORS: tuple[type[Exception], ...] = (*_STORE_ERRORS, ConfigurationError)
 
+logger = logging.getLogger("entra_passthrough.redis")
+
 __all__ = [
     "RedisStore",
     "SharedTokenCache",
@@ -85,6 +89,8 @@ __all__ = [
 REDIS_SCOPE: Final = "https://redis.azure.com/.default"
 
 _VERSION_CHARS = 16  # secrets.token_hex(8)
+#: How long ``aclose`` waits for another running event loop to close its connections.
+_CLOSE_WAIT = 5.0
 
 # KEYS[1]; ARGV: expected version, new version, sealed value, ttl in ms.
 # Compare-and-set: write only if the current version is the expected one.
@@ -165,11 +171,13 @@ class RedisStore:
         self._sync: SyncRedisStore | None = None
         # One client per event loop that uses the store (``asyncio.run`` twice, a broker on a
         # thread of its own...): ``client`` goes to the first, ``client_factory`` makes the
-        # others. Closed loops are dropped when another loop arrives.
+        # others. Each client is closed when its loop shuts down (see ``_close_at_shutdown``);
+        # closed loops are dropped when another loop arrives.
         self._factory = client_factory
         self._unclaimed: _Bound | None = _Bound(client)
         self._loops: dict[asyncio.AbstractEventLoop, _Bound] = {}
         self._lock = threading.Lock()
+        self._warned = False
 
     def __repr__(self) -> str:
         kwargs = self.client.connection_pool.connection_kwargs
@@ -262,7 +270,7 @@ class RedisStore:
             allow_plaintext=_env.get_bool(env, "ENTRA_PASSTHROUGH_REDIS_ALLOW_PLAINTEXT"),
         )
 
-    def _bound(self) -> _Bound:
+    async def _bound(self) -> _Bound:
         """This event loop's client and scripts."""
         loop = asyncio.get_running_loop()
         bound = self._loops.get(loop)
@@ -270,33 +278,88 @@ class RedisStore:
             return bound
         with self._lock:
             bound = self._loops.get(loop)
-            if bound is None:
-                for old in [lp for lp in self._loops if lp.is_closed()]:
-                    del self._loops[old]  # its connections died with it
-                if self._unclaimed is not None:
-                    bound, self._unclaimed = self._unclaimed, None
-                elif self._factory is not None:
-                    bound = _Bound(self._factory())
-                else:
-                    raise ConfigurationError(
-                        "this RedisStore was built from a redis client, which serves one event "
-                        "loop, and it is used on another.",
-                        fix="build it with RedisStore.from_url (it opens connections per event "
-                        "loop), or make one RedisStore per event loop.",
-                    )
-                self._loops[loop] = bound
-            return bound
+            if bound is not None:
+                return bound
+            for old in [lp for lp in self._loops if lp.is_closed()]:
+                self._abandon(self._loops.pop(old))
+            if self._unclaimed is not None:
+                bound, self._unclaimed = self._unclaimed, None
+            elif self._factory is not None:
+                bound = _Bound(self._factory())
+            else:
+                raise ConfigurationError(
+                    "this RedisStore was built from a redis client, which serves one event "
+                    "loop, and it is used on another.",
+                    fix="build it with RedisStore.from_url (it opens connections per event "
+                    "loop), or make one RedisStore per event loop.",
+                )
+            self._loops[loop] = bound
+        # Started here (it runs to its ``yield`` without suspending), so the loop tracks it.
+        closer = self._close_at_shutdown(loop, bound)
+        await anext(closer)
+        bound.closer = closer
+        return bound
+
+    async def _close_at_shutdown(
+        self, loop: asyncio.AbstractEventLoop, bound: _Bound
+    ) -> AsyncIterator[None]:
+        """Close ``bound``'s connections when ``loop`` shuts down. A loop's async generators
+        are closed (``shutdown_asyncgens``) before the loop is, by ``asyncio.run``,
+        ``asyncio.Runner``, anyio, uvicorn and pytest-asyncio; afterwards the connections
+        could not be closed any more (they belong to the closed loop): without this, every
+        short-lived loop (``asyncio.run`` per request) left its connections open in Redis
+        until the garbage collector found them, with a ResourceWarning each."""
+        try:
+            yield
+        finally:
+            bound.closer = None  # it is running: ``bound.aclose`` must not close it again
+            with self._lock:
+                if self._loops.get(loop) is bound:
+                    del self._loops[loop]
+            await bound.aclose()
+
+    def _abandon(self, bound: _Bound) -> None:
+        """A closed loop's client that was not closed with it: the loop was closed by hand
+        without ``shutdown_asyncgens``. Its connections belong to the closed loop, so the
+        garbage collector closes them; say how to avoid it (once)."""
+        if bound.closed or self._warned:
+            return
+        self._warned = True
+        logger.warning(
+            "a RedisStore was used on an event loop that was closed without closing its async "
+            "generators, so its Redis connections could not be closed with it and wait for the "
+            "garbage collector. Run the loop with asyncio.run or asyncio.Runner, call "
+            "loop.run_until_complete(loop.shutdown_asyncgens()) before loop.close(), or "
+            "await store.aclose() on that loop before closing it."
+        )
 
     async def aclose(self) -> None:
-        """Close this event loop's connections (a later call opens new ones) and the blocking
-        twin's. A store used on several loops is closed on each."""
+        """Close every connection of the store: this event loop's, those of other loops that
+        are running (a broker on a thread of its own: closed on that loop, waited for up to
+        5 s), and the blocking twin's. A later call opens new ones (a store built from a
+        client: on its loop only). A loop that is open but not running closes its
+        connections when it shuts down."""
         loop = asyncio.get_running_loop()
         with self._lock:
-            bound = self._loops.pop(loop, None)
-            if bound is None:
-                bound, self._unclaimed = self._unclaimed, None
-        if bound is not None:
-            await bound.client.aclose()
+            bounds = list(self._loops.items())
+            self._loops.clear()
+            unclaimed, self._unclaimed = self._unclaimed, None
+        mine: list[_Bound] = [] if unclaimed is None else [unclaimed]
+        others: list[asyncio.Future[None]] = []
+        for owner, bound in bounds:
+            if owner is loop:
+                mine.append(bound)
+            elif owner.is_closed():
+                self._abandon(bound)
+            elif owner.is_running():
+                with contextlib.suppress(RuntimeError):  # it closed meanwhile
+                    others.append(
+                        asyncio.wrap_future(asyncio.run_coroutine_threadsafe(bound.aclose(), owner))
+                    )
+        for bound in mine:
+            await bound.aclose()
+        if others:
+            await asyncio.wait(others, timeout=_CLOSE_WAIT)
         if self._sync is not None:
             self._sync.close()
 
@@ -315,7 +378,7 @@ class RedisStore:
     # -- TokenStore ---------------------------------------------------------------------------
 
     async def get(self, key: str) -> Entry | None:
-        bound = self._bound()
+        bound = await self._bound()
         try:
             raw = await bound.client.get(self.namespace + key)
         except _STORE_ERRORS as exc:
@@ -327,7 +390,7 @@ class RedisStore:
     ) -> str | None:
         if ttl <= 0:
             raise ValueError("ttl must be positive")
-        bound = self._bound()
+        bound = await self._bound()
         version = secrets.token_hex(_VERSION_CHARS // 2)
         ttl_ms = max(1, int(ttl * 1000))
         name = self.namespace + key
@@ -343,7 +406,7 @@ class RedisStore:
         return version if done else None
 
     async def delete(self, key: str, *, expect: str | AnyVersion = ANY) -> bool:
-        bound = self._bound()
+        bound = await self._bound()
         name = self.namespace + key
         try:
             if isinstance(expect, AnyVersion):
@@ -355,20 +418,34 @@ class RedisStore:
     async def ping(self) -> bool:
         """``True`` if Redis answers (readiness probes); never raises."""
         try:
-            return bool(await self._bound().client.ping())
+            return bool(await (await self._bound()).client.ping())
         except _PING_ERRORS:
             return False
 
 
 class _Bound:
-    """One event loop's client and its scripts."""
+    """One event loop's client and its scripts; ``closer`` closes them when the loop shuts
+    down (``RedisStore._close_at_shutdown``)."""
 
-    __slots__ = ("cas_delete", "cas_put", "client")
+    __slots__ = ("cas_delete", "cas_put", "client", "closed", "closer")
 
     def __init__(self, client: redis_asyncio.Redis) -> None:
         self.client = client
         self.cas_put = client.register_script(_CAS_PUT)
         self.cas_delete = client.register_script(_CAS_DELETE)
+        self.closed = False
+        self.closer: Any = None
+
+    async def aclose(self) -> None:
+        """Close the connections (quietly: a Redis that is down has nothing to close), then
+        the shutdown hook, which has nothing left to do."""
+        closer, self.closer = self.closer, None
+        if not self.closed:
+            self.closed = True
+            with contextlib.suppress(RedisError, OSError):
+                await self.client.aclose()
+        if closer is not None:
+            await closer.aclose()
 
 
 class SyncRedisStore:
