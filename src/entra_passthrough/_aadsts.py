@@ -37,7 +37,8 @@ _TABLE: tuple[Aadsts, ...] = (
         "InvalidResourceServicePrincipalNotFound",
         "the resource (scope) named in the request does not exist in the tenant",
         "check the scope's App ID URI (api://<app-id>/.default) and that the API's service "
-        "principal exists in the user's tenant (admin consent creates it)",
+        "principal exists in the tenant: the user's (admin consent creates it), or for an app "
+        "or managed identity token its own; retrying does not help",
     ),
     Aadsts(
         65001,
@@ -470,3 +471,19 @@ def describe(code: int) -> Aadsts:
         "Entra returned an error this library does not decode",
         f"look up AADSTS{code} at https://login.microsoftonline.com/error?code={code}",
     )
+
+
+#: Codes of a transient failure in Entra's service, answered with HTTP 5xx: the request is worth
+#: sending again (reference-error-codes: AADSTS90033 "a transient error has occurred",
+#: 90006 ExternalServerRetryableError, 90055 TenantThrottlingError, 50000 TokenIssuanceError
+#: "an issue with the sign-in service").
+TRANSIENT = frozenset({50000, 90006, 90033, 90055})
+
+
+def is_answer(code: int) -> bool:
+    """Whether an AADSTS code is a definite answer about the request (a resource that does not
+    exist, a scope that is not valid, consent...) rather than an outage: a code this library
+    decodes and that is not ``TRANSIENT``. Such an answer is the same on every retry, also
+    when an endpoint sends it with HTTP 500 (App Service's managed identity endpoint answers
+    an unknown resource so, as MSAL notes); an unknown code is not assumed to be one."""
+    return code in AADSTS and code not in TRANSIENT

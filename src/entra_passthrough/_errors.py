@@ -452,6 +452,28 @@ def first_code(body: Mapping[str, Any]) -> int | None:
     return None
 
 
+_CODE_ANYWHERE = re.compile(r"\bAADSTS(\d{4,7})\b")
+
+
+def code_in_body(body: Mapping[str, Any]) -> int | None:
+    """The AADSTS code an error body names: ``error_codes``, else the first ``AADSTSnnnn`` in
+    its text, wherever the endpoint put it: Entra's ``error_description``, App Service's
+    managed identity ``{"statusCode", "message"}``, Service Fabric's ``{"error": {"message"}}``,
+    or MSAL's rewording of those (``"500, AADSTS500011: ..."``)."""
+    code = first_code(body)
+    if code is not None:
+        return code
+    nested = body.get("error")
+    texts = [body.get("error_description"), body.get("message")]
+    if isinstance(nested, Mapping):
+        texts.append(nested.get("message"))
+    for text in texts:
+        found = _CODE_ANYWHERE.search(text[:2000]) if isinstance(text, str) else None
+        if found is not None:
+            return int(found.group(1))
+    return None
+
+
 def is_consent_required(body: Mapping[str, Any]) -> bool:
     """Whether ``error_from_entra(body)`` is a ``ConsentRequired`` (AADSTS65001 or suberror
     ``consent_required``): a source builds the consent link only then."""

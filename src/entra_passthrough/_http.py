@@ -35,10 +35,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _env
-from ._errors import ConfigurationError
+from ._aadsts import is_answer
+from ._errors import ConfigurationError, code_in_body
 
 #: HTTP statuses worth retrying: throttling and the gateway/server errors Entra documents as
-#: transient (AADSTS90033 and friends). Nothing else is retried (a 400 is an answer).
+#: transient (AADSTS90033 and friends). Nothing else is retried (a 400 is an answer), nor is a
+#: 5xx whose body names a definite AADSTS answer (``_definite_answer``).
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
@@ -537,6 +539,14 @@ class GuardedHttpClient:
                     return response
                 wait = retry_after_seconds(getattr(response, "headers", None) or {})
                 throttled = status in RETRYABLE_STATUSES and (status == 429 or wait is not None)
+                if status in RETRYABLE_STATUSES and not throttled and _definite_answer(response):
+                    # A 5xx whose body names a definite AADSTS answer is the same on every retry
+                    # (App Service's managed identity endpoint answers an unknown resource with
+                    # HTTP 500 + AADSTS500011, as MSAL notes): it goes back as an answer, is not
+                    # retried and pauses no one. 5xx without a code, or with a transient one
+                    # (AADSTS90033...), are retried.
+                    self.throttle.answered(authority, key)
+                    return response
                 if status not in RETRYABLE_STATUSES:
                     # A success whose body is not a JSON object (cut short, or a proxy's page):
                     # retried like a reset. MSAL never sees it, so it never logs it (its parser
@@ -708,6 +718,17 @@ def _is_timeout(exc: BaseException) -> bool:
 
 def _is_timeout_shallow(exc: BaseException) -> bool:
     return "Timeout" in type(exc).__name__ or isinstance(exc, TimeoutError)
+
+
+def _definite_answer(response: Any) -> bool:
+    """Whether an error response's body names an AADSTS code that is an answer, not an outage
+    (``_aadsts.is_answer``)."""
+    try:
+        body = json.loads(response.text)
+    except Exception:  # ValueError, a text that cannot be decoded, no .text at all
+        return False
+    code = code_in_body(body) if isinstance(body, dict) else None
+    return code is not None and is_answer(code)
 
 
 def _json_object(response: Any) -> bool:

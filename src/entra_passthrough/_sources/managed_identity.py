@@ -31,7 +31,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from .. import _env
-from .._errors import ConfigurationError, EntraError, SourceUnavailable, safe_text
+from .._errors import (
+    ConfigurationError,
+    EntraError,
+    SourceUnavailable,
+    code_in_body,
+    first_code,
+    safe_text,
+)
 from .._http import (
     DEFAULT_TIMEOUTS,
     SHARED_THROTTLE,
@@ -412,6 +419,13 @@ class ManagedIdentity:
                 source=self.name,
                 scopes=scopes,
             )
+        if response.get("error") and first_code(response) is None:
+            # MSAL rewords the hosts' error bodies ("500, AADSTS500011: ..." for App Service,
+            # the body's text for Machine Learning and Service Fabric) and azure-identity's
+            # Cloud Shell text quotes it: the AADSTS code they carry is decoded as Entra's own.
+            code = code_in_body(response)
+            if code is not None:
+                response = {**response, "error_codes": [code]}
         selector = self.selector
         variables = _HOST_VARIABLES[host]  # ``self.host``: app_service when an endpoint is given
         identity = (
