@@ -9,6 +9,7 @@ slot by whoever administers the backend.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -182,6 +183,11 @@ class GrantStore:
             raise
 
     async def _get(self, key: str) -> tuple[bytes, str] | None:
+        found = await self._get_sealed(key)
+        return None if found is None else (found[0], found[1])
+
+    async def _get_sealed(self, key: str) -> tuple[bytes, str, bool] | None:
+        """(plain, version, whether it is sealed with a key other than the current one)."""
         entry = await self._call(self.store.get(key))
         if entry is None:
             return None
@@ -190,7 +196,8 @@ class GrantStore:
         except (KeyringError, UnicodeDecodeError):
             _cannot_open(self.keyring, entry.value)
             return None  # sealed under a retired key or tampered: as good as absent
-        return plain, entry.version
+        stale = not entry.value.startswith(self.keyring.current.encode() + b".")
+        return plain, entry.version, stale
 
     async def _put(
         self, key: str, plain: bytes, *, ttl: float, expect: str | AnyVersion | None = ANY
@@ -200,13 +207,20 @@ class GrantStore:
 
     # grants ---------------------------------------------------------------------------------
     async def get_grant(self, key_hash: str) -> tuple[StoredGrant, str] | None:
-        found = await self._get(_GRANT + key_hash)
+        found = await self._get_sealed(_GRANT + key_hash)
         if found is None:
             return None
         try:
-            return StoredGrant.from_json(found[0]), found[1]
+            grant = StoredGrant.from_json(found[0])
         except (ValueError, TypeError, KeyError):
             return None
+        if found[2] and grant.key_kind == "platform":
+            # The grant is re-sealed with the current key on its next refresh; its user's
+            # binding is written once and would stay sealed with the old key: re-seal it now,
+            # while the old key is still listed (once per user and rotation).
+            with contextlib.suppress(Exception):  # the grant is served either way
+                await self.get_binding(key_hash)
+        return grant, found[1]
 
     async def put_grant(
         self, key_hash: str, grant: StoredGrant, *, expect: str | AnyVersion | None = ANY
@@ -218,10 +232,19 @@ class GrantStore:
 
     # platform-id -> (tid, oid) bindings -----------------------------------------------------
     async def get_binding(self, key_hash: str) -> tuple[str, str] | None:
-        found = await self._get(_BINDING + key_hash)
+        """The (tid, oid) a platform user is bound to. A binding sealed with an older key is
+        re-sealed with the current one (compare-and-set on its version), so it stays readable
+        once the old key is dropped: a binding is written once, and one that no longer opens
+        would refuse its user's every sign-in (it exists: ``bind`` cannot replace it)."""
+        key = _BINDING + key_hash
+        found = await self._get_sealed(key)
         if found is None:
             return None
-        data = json.loads(found[0])
+        plain, version, stale = found
+        data = json.loads(plain)
+        if stale:
+            with contextlib.suppress(Exception):  # best effort: the next read tries again
+                await self._put(key, plain, ttl=BINDING_TTL, expect=version)
         return str(data["tid"]), str(data["oid"])
 
     async def bind(self, key_hash: str, tid: str, oid: str) -> bool:

@@ -137,6 +137,57 @@ async def test_rotation_old_keys_open_the_new_key_seals(store: RedisStore) -> No
     assert await GrantStore(store, new).get_grant(key) is not None
 
 
+async def test_a_full_rotation_keeps_grants_and_bindings_of_active_users_reachable(
+    store: RedisStore,
+) -> None:
+    """The three deployments of a rotation (list the new key second, switch, drop the old
+    one). Record names do not depend on the keyring (docs/scale-out.md says why they are not
+    keyed), so every grant and binding written before is found at every step. A grant is
+    re-sealed with the new key by its refresh; a platform user's binding, written once, is
+    re-sealed when it is read or when its user's grant is (a token request, a sign-in): after
+    the drop both still open, and the user is not refused as 'a different account'."""
+    k1, k2 = Keyring.generate("k1").keys["k1"], Keyring.generate("k2").keys["k2"]
+    steps = [
+        Keyring({"k1": k1}, current="k1"),  # before
+        Keyring({"k1": k1, "k2": k2}, current="k1"),  # 1. list the new key second
+        Keyring({"k2": k2, "k1": k1}, current="k2"),  # 2. switch
+    ]
+    dropped = Keyring({"k2": k2}, current="k2")  # 3. drop the old key
+    chats = {
+        name: UserKey.for_platform_user(f"chat-user-rot-{name}-{free_port()}").hashed
+        for name in ("signs-in", "calls", "away")
+    }
+    for chat in chats.values():
+        grant = StoredGrant("rt-a", ("s",), "t", "o", None, "platform", 1.0, 1.0)
+        assert await GrantStore(store, steps[0]).put_grant(chat, grant)
+        assert await GrantStore(store, steps[0]).bind(chat, "t", "o")
+    for keyring in steps[:2]:
+        for chat in chats.values():
+            found = await GrantStore(store, keyring).get_grant(chat)
+            assert found is not None
+            assert found[0].refresh_token == "rt-a"
+            assert await GrantStore(store, keyring).get_binding(chat) == ("t", "o")
+            assert not await GrantStore(store, keyring).bind(chat, "t2", "o2")  # the first
+    switched = GrantStore(store, steps[2])
+    # after the switch: one user signs in again (the broker reads the binding), another
+    # makes a call (its grant is read, then refreshed: re-sealed with k2)
+    assert await switched.get_binding(chats["signs-in"]) == ("t", "o")
+    found = await switched.get_grant(chats["calls"])
+    assert found is not None
+    rotated = StoredGrant("rt-b", ("s",), "t", "o", None, "platform", 1.0, 2.0)
+    assert await switched.put_grant(chats["calls"], rotated, expect=found[1])
+    after = GrantStore(store, dropped)
+    for name in ("signs-in", "calls"):
+        assert await after.get_binding(chats[name]) == ("t", "o"), name
+    found = await after.get_grant(chats["calls"])
+    assert found is not None
+    assert found[0].refresh_token == "rt-b"
+    # a user not seen between the switch and the drop: what the old key sealed no longer
+    # opens (docs/scale-out.md: keep the old key listed while such users matter)
+    assert await after.get_binding(chats["away"]) is None
+    assert not await after.bind(chats["away"], "t", "o")
+
+
 async def test_tls_rediss_with_a_private_ca() -> None:
     server = RedisServer(tls=True).start()
     try:
