@@ -37,9 +37,10 @@ from ._tokens import verify
 from ._world import GRAPH_APP_ID, Tenant
 
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
-#: Entra's device codes live 15 minutes.
-LIFETIME = 900
+#: Seconds between polls the answer asks for (Entra answers 5).
 INTERVAL = 5
+#: An expired code is answered ``expired_token`` this long after it expired, then forgotten.
+_KEEP_EXPIRED = 900
 
 
 @dataclass
@@ -83,13 +84,17 @@ def start(rt: Runtime, form: Mapping[str, str], tenant: Tenant | None) -> dict[s
     parse_scopes(rt, form.get("scope"), tid)  # the resource must exist (AADSTS500011, 70011...)
     device_code = "emu-dc." + secrets.token_urlsafe(32)
     user_code = _user_code()
+    lifetime = rt.world.lifetimes.device_code
+    now = time.time()
     with rt.lock:
+        for stale in [c for c, r in rt.device_codes.items() if r.expires < now - _KEEP_EXPIRED]:
+            del rt.device_codes[stale]
         rt.device_codes[device_code] = DeviceRecord(
             client_id=app.client_id,
             scope=form.get("scope", ""),
             tenant_id=tid,
             user_code=user_code,
-            expires=time.time() + LIFETIME,
+            expires=now + lifetime,
             path_tenant=tenant.id if tenant else None,
             params={k: form[k] for k in ("scope", "claims", "resource") if form.get(k)},
         )
@@ -99,7 +104,7 @@ def start(rt: Runtime, form: Mapping[str, str], tenant: Tenant | None) -> dict[s
         "user_code": user_code,
         "device_code": device_code,
         "verification_uri": uri,
-        "expires_in": LIFETIME,
+        "expires_in": lifetime,
         "interval": INTERVAL,
         "message": f"To sign in, use a web browser to open the page {uri} and enter the code "
         f"{user_code} to authenticate.",
@@ -154,13 +159,25 @@ def _sign_in_on_the_page(rt: Runtime, record: DeviceRecord, name: str) -> SignIn
     return signin
 
 
-def redeem(rt: Runtime, form: Mapping[str, str], client_id: str, client_acr: str) -> dict[str, Any]:
+def redeem(
+    rt: Runtime,
+    form: Mapping[str, str],
+    client_id: str,
+    client_acr: str,
+    *,
+    tenant_id: str | None,
+) -> dict[str, Any]:
+    """A poll of the token endpoint at ``tenant_id`` (``None``: common/organizations). The
+    poll's ``client_id`` "must match the client_id used in the initial request" and its tenant
+    is "the same tenant or tenant alias used in the initial request" (v2-oauth2-device-code,
+    "Authenticating the user"): a code polled by another client or at another tenant is not
+    recognised there (``bad_verification_code``)."""
     code = form.get("device_code") or ""
     if not code:
         raise e.missing_param("device_code")
     with rt.lock:
         record = rt.device_codes.get(code)
-    if record is None or record.client_id != client_id:
+    if record is None or record.client_id != client_id or record.path_tenant != tenant_id:
         raise e.StsError(70000, "bad_verification_code", "The provided device code is not valid.")
     if record.expires <= time.time():
         raise e.StsError(70019, "expired_token", "Verification code expired.")

@@ -101,7 +101,9 @@ def handle_token(
     if GRANT_NAMES[grant] == "device_code":
         from ._device import redeem
 
-        return redeem(rt, form, client.app.client_id, client.acr)
+        return redeem(
+            rt, form, client.app.client_id, client.acr, tenant_id=tenant.id if tenant else None
+        )
     return _password(rt, form, client, tenant)
 
 

@@ -191,6 +191,9 @@ class Lifetimes:
     access_token: int = 3600
     refresh_token: int = 90 * 24 * 3600
     code: int = 600
+    #: A device code's and its user code's ``expires_in`` (Entra: 15 minutes,
+    #: v2-oauth2-device-code); 0 makes every code expired at its first poll (tests).
+    device_code: int = 900
 
 
 @dataclass(frozen=True)
