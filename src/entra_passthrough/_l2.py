@@ -214,10 +214,17 @@ class SharedTokenCache:
         return None if ttl < 1.0 else (self._seal(name, result), ttl)
 
     async def _write(
-        self, name: str, result: TokenResult | None, cap: float | None, seen: str | None
+        self,
+        name: str,
+        result: TokenResult | None,
+        cap: float | None,
+        seen: str | None,
+        *,
+        read: bool = True,
     ) -> None:
         """Share ``result`` unless the entry changed since the holder saw it (version
-        ``seen``, ``None``: absent). An entry that merely expired meanwhile is written."""
+        ``seen``, ``None``: absent). An entry that merely expired meanwhile is written.
+        ``read=False``: the holder's read failed, so ``seen`` is a guess (no entry)."""
         sealed = self._to_write(name, result, cap)
         if sealed is None:
             return
@@ -228,7 +235,7 @@ class SharedTokenCache:
         except Exception as exc:  # full, down: the token is still good for this call
             self._failed("write", exc)
             return
-        if done is None:
+        if done is None and read:
             self._lost()
 
     def _lost(self) -> None:
@@ -321,11 +328,14 @@ class SharedTokenCache:
         lease = _Lease(lease_name, version)
         try:
             # The holder before us may have written just before our lease: read once more.
+            # Its version is what the write compares with (after a failed read: written only
+            # if there is no entry).
+            read = True
             try:
                 entry = await self.store.get(name)
             except Exception as exc:
                 self._failed("read", exc)
-                entry = None
+                entry, read = None, False
             found = self._usable(name, entry, floor)
             if found is not None:
                 self.hits += 1
@@ -339,7 +349,8 @@ class SharedTokenCache:
                 done.set()
                 await renewing  # never cancelled mid-write: its last version is the lease's
             if await self._hold(lease):
-                await self._write(name, result, cap, None if entry is None else entry.version)
+                seen = None if entry is None else entry.version
+                await self._write(name, result, cap, seen, read=read)
             return result
         finally:
             await self._release(lease_name, lease.version)
@@ -429,11 +440,12 @@ class SharedTokenCache:
             return acquire()
         lease = _Lease(lease_name, version)
         try:
+            read = True
             try:
                 entry = store.get(name)
             except Exception as exc:
                 self._failed("read", exc)
-                entry = None
+                entry, read = None, False
             found = self._usable(name, entry, floor)
             if found is not None:
                 self.hits += 1
@@ -450,7 +462,8 @@ class SharedTokenCache:
                 done.set()
                 renewing.join()
             if self._hold_sync(store, lease):
-                self._write_sync(store, name, result, cap, None if entry is None else entry.version)
+                seen = None if entry is None else entry.version
+                self._write_sync(store, name, result, cap, seen, read=read)
             return result
         finally:
             try:
@@ -495,6 +508,8 @@ class SharedTokenCache:
         result: TokenResult | None,
         cap: float | None,
         seen: str | None,
+        *,
+        read: bool = True,
     ) -> None:
         sealed = self._to_write(name, result, cap)
         if sealed is None:
@@ -506,7 +521,7 @@ class SharedTokenCache:
         except Exception as exc:
             self._failed("write", exc)
             return
-        if done is None:
+        if done is None and read:
             self._lost()
 
 
