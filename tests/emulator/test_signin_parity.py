@@ -312,3 +312,18 @@ def test_claims_challenge_step_up_in_every_flow(idp: EntraEmulator, flow: str) -
     )
     answer = agent.acquire_token_on_behalf_of(again.result["access_token"], downstream)
     assert "access_token" in answer, answer
+
+
+def test_the_verification_page_shows_what_refused_the_sign_in(idp: EntraEmulator) -> None:
+    # The HTML form (a browser or Playwright drives it) says why, as Entra's page does; the
+    # device's poll gets the same refusal.
+    app = _public(idp, "client", idp.tenant_id)
+    started = app.initiate_device_flow(scopes=[_api(idp, "read")])
+    with httpx.Client(verify=idp.ssl_context()) as browser:
+        page = browser.post(
+            started["verification_uri"],
+            data={"user_code": started["user_code"], "user": "outsider", "action": "continue"},
+        )
+    assert page.status_code == 400
+    assert "AADSTS50020" in page.text
+    assert app.acquire_token_by_device_flow(started).get("error_codes") == [50020]

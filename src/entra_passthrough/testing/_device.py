@@ -111,12 +111,16 @@ def start(rt: Runtime, form: Mapping[str, str], tenant: Tenant | None) -> dict[s
     }
 
 
-def approve(rt: Runtime, user_code: str, user: str | None, *, decline: bool = False) -> bool:
+def approve(
+    rt: Runtime, user_code: str, user: str | None, *, decline: bool = False
+) -> DeviceRecord | None:
     """The user at the verification page: signs in as ``user`` and answers the consent prompt
-    the page shows for permissions not yet granted (Continue accepts it), or declines."""
+    the page shows for permissions not yet granted (Continue accepts it), or declines. The
+    code's record (its ``error``: what the sign-in refused), ``None`` for an unknown or expired
+    user code."""
     now = time.time()
     with rt.lock:
-        record = next(
+        record: DeviceRecord | None = next(
             (
                 r
                 for r in rt.device_codes.values()
@@ -125,10 +129,10 @@ def approve(rt: Runtime, user_code: str, user: str | None, *, decline: bool = Fa
             None,
         )
         if record is None:
-            return False
+            return None
         if decline:
             record.declined = True
-            return True
+            return record
     problem: e.StsError | None = None
     signin: SignIn | None = None
     if user is not None:
@@ -140,7 +144,7 @@ def approve(rt: Runtime, user_code: str, user: str | None, *, decline: bool = Fa
         record.user = user
         record.error = problem
         record.signin = signin
-    return True
+    return record
 
 
 def _sign_in_on_the_page(rt: Runtime, record: DeviceRecord, name: str) -> SignIn | None:
@@ -225,13 +229,20 @@ async def device_login_page(rt: Runtime, request: Request) -> Response:
     """The verification page: a user code, a test user and Continue / Cancel."""
     if request.method == "POST":
         form = await request.form()
-        ok = approve(
+        record = approve(
             rt,
             str(form.get("user_code", "")),
             str(form.get("user", "")) or None,
             decline=form.get("action") == "cancel",
         )
-        text = "You have signed in; you may close this window." if ok else "Code not recognised."
+        if record is None:
+            text = "Code not recognised."
+        elif record.error is not None:
+            # Entra shows what refused the sign-in on its page; the device's poll gets it too.
+            text = f"AADSTS{record.error.code}: {record.error.text}"
+        else:
+            text = "You have signed in; you may close this window."
+        ok = record is not None and record.error is None
         return HTMLResponse(
             f"<p id='result'>{html.escape(text)}</p>", status_code=200 if ok else 400
         )

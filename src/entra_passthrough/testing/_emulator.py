@@ -355,7 +355,7 @@ class EntraEmulator:
         """The user signs in at the device code verification page (or presses Cancel)."""
         from ._device import approve
 
-        if not approve(self._rt, user_code, self._user(user).name, decline=decline):
+        if approve(self._rt, user_code, self._user(user).name, decline=decline) is None:
             raise KeyError("no pending device code with that user code")
 
     @property
