@@ -107,3 +107,18 @@ def test_declined_ends_the_flow(entra_emulator: EntraEmulator) -> None:
         # The flow is over: the code is not recognised any more.
         after = _poll(http, idp, idp.tenant_id, client, start["device_code"])
         assert after.get("error") == "bad_verification_code", after
+
+
+def test_an_agent_identity_cannot_start_a_device_code_flow(entra_emulator: EntraEmulator) -> None:
+    # As at /authorize (AADSTS82014): an agent identity signs no user in interactively.
+    idp = entra_emulator
+    with httpx.Client(verify=idp.ssl_context()) as http:
+        answer = http.post(
+            f"{idp.url}/{idp.tenant_id}/oauth2/v2.0/devicecode",
+            data={
+                "client_id": idp.agent_identity.client_id,
+                "scope": f"{idp.mcp.app_id_uri}/access_as_user",
+            },
+        )
+    assert answer.status_code == 400
+    assert answer.json()["error_codes"] == [82014]

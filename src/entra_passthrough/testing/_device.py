@@ -80,6 +80,11 @@ def start(rt: Runtime, form: Mapping[str, str], tenant: Tenant | None) -> dict[s
             "unauthorized_client",
             f"Application with identifier '{client_id[:80]}' was not found in the directory.",
         )
+    if app.kind == "agent_identity":
+        # As at /authorize: a child agent identity signs no user in interactively and cannot be
+        # consented to (AADSTS82014, https://learn.microsoft.com/entra/agent-id/
+        # agent-on-behalf-of-oauth-flow); its delegated permissions come from its blueprint.
+        raise e.agent_interactive_consent()
     tid = tenant.id if tenant else app.tenant_id
     parse_scopes(rt, form.get("scope"), tid)  # the resource must exist (AADSTS500011, 70011...)
     device_code = "emu-dc." + secrets.token_urlsafe(32)
