@@ -414,6 +414,14 @@ class ConsentBroker:
         if bound is None and await self.grants.bind(flow["key_hash"], tid, oid):
             return
         bound = bound or await self.grants.get_binding(flow["key_hash"])
+        if bound is None:  # it exists (bind refused) but does not open: fail closed, say why
+            raise BadRequest(
+                "binding_unreadable",
+                "This chat user's earlier sign-in is sealed with a key this service no longer "
+                "holds, so it cannot check that you are the same account. Ask the "
+                "administrator to list the previous key again in "
+                "ENTRA_PASSTHROUGH_CONSENT_KEYS (second, after the current one).",
+            )
         if bound != (tid, oid):
             raise BadRequest(
                 "user_mismatch",
