@@ -111,7 +111,9 @@ class TransportFailure(Exception):
     ``kind``: ``throttled`` (429, or a 5xx with ``Retry-After``), ``status`` (another retryable
     status), ``timeout``, ``connection``, ``malformed`` (a 2xx body that is not JSON) or
     ``deadline``. ``retry_after``: seconds until a
-    request may be sent again (``None`` if unknown). Carries no URL, body or header value.
+    request may be sent again (``None`` if unknown). ``phase``: for ``deadline``, the part of
+    the exchange the deadline cut (``PHASES``), when known. Carries no URL, body or header
+    value.
     """
 
     def __init__(
@@ -123,9 +125,11 @@ class TransportFailure(Exception):
         attempts: int = 1,
         cached: bool = False,
         peer: str = "Entra",
+        phase: str | None = None,
     ) -> None:
         self.kind = kind
         self.peer = peer
+        self.phase = phase
         self.status = status
         self.retry_after = retry_after
         self.attempts = attempts
@@ -144,6 +148,8 @@ class TransportFailure(Exception):
             what = f"{peer}'s answer was not valid JSON (cut short, or a proxy's page)"
         elif self.kind == "deadline":
             what = f"the acquisition's deadline passed before {peer} answered"
+            if self.phase is not None:
+                what += f" (phase: {self.phase})"
         else:
             what = f"the connection to {peer} failed"
         if self.cached:
@@ -423,6 +429,12 @@ class GuardedHttpClient:
 
             inner = requests.Session()  # trust_env kept: proxies and corporate CAs work
             size_pool(inner)
+        elif _is_requests_session(inner):
+            from ._requests_tls import watch_session
+
+            # The application's session: its adapters' connections are watched, so that the
+            # deadline bounds every phase of a token request sent through it too.
+            watch_session(inner)
         self.inner = inner
         self.timeouts = timeouts
         self.throttle = throttle if throttle is not None else SHARED_THROTTLE
@@ -516,20 +528,43 @@ class GuardedHttpClient:
             timeout = (min(t.connect, remaining), min(t.read, remaining))
             failure: TransportFailure
             wait: float | None = None
+            # The attempt's watch: the connection classes the layer installs hold its socket
+            # from the first phase to the body's end, and the watchdog shuts it down at the
+            # deadline (the timeouts above are per read or write, never a total).
+            watch = _WATCHDOG.arm(end)
+            scope = _CURRENT_WATCH.set(watch)
             try:
-                if method == "POST":
-                    response = send(
-                        url, params=params, data=data, headers=headers, timeout=timeout, **kwargs
-                    )
-                else:
-                    response = send(url, params=params, headers=headers, timeout=timeout, **kwargs)
-                if kwargs.get("stream"):
-                    _read_within(response, end)
+                try:
+                    if method == "POST":
+                        response = send(
+                            url,
+                            params=params,
+                            data=data,
+                            headers=headers,
+                            timeout=timeout,
+                            **kwargs,
+                        )
+                    else:
+                        response = send(
+                            url, params=params, headers=headers, timeout=timeout, **kwargs
+                        )
+                    if kwargs.get("stream"):
+                        _read_within(response, watch)
+                    if watch.fired is not None:
+                        # Cut at the deadline: what arrived (headers ended by the shutdown, a
+                        # body cut short) is no answer.
+                        _close_quietly(response)
+                        raise TimeoutError
+                finally:
+                    _CURRENT_WATCH.reset(scope)
+                    watch.finish()
             except Exception as exc:  # requests' Timeout/ConnectionError, OSError, ...
                 kind = "timeout" if _is_timeout(exc) else "connection"
-                if time.monotonic() >= end:
+                phase = None
+                if watch.fired is not None or time.monotonic() >= end:
                     kind = "deadline"
-                failure = TransportFailure(kind, attempts=attempt, peer=self.peer)
+                    phase = watch.fired or (watch.phase if watch.bound else None)
+                failure = TransportFailure(kind, attempts=attempt, peer=self.peer, phase=phase)
             else:
                 status = int(getattr(response, "status_code", 0) or 0)
                 if status not in RETRYABLE_STATUSES and not (
@@ -626,75 +661,186 @@ def _is_requests_session(inner: Any) -> bool:
     return isinstance(inner, requests.Session)
 
 
-def _read_within(response: Any, end: float) -> None:
-    """Read a streamed ``requests`` response's body, cut off at ``end`` (``time.monotonic()``).
+#: The parts of an exchange, in order, as ``TransportFailure.phase`` names the one a deadline
+#: cut: opening the TCP connection (every address the name resolves to shares the time left),
+#: the TLS handshake (and a proxy's tunnel), writing the request, the status line, the headers,
+#: the body.
+PHASES = ("connect", "TLS handshake", "sending the request", "status line", "headers", "body")
 
-    The read timeout is per read: an answer trickling in a byte at a time under it never times
-    out, and held the call and its worker thread for as long as it trickled. A timer shuts the
-    connection's socket down at the deadline; the blocked read then fails, the request counts as
-    failed at its deadline, and urllib3 discards the connection. (The status line and headers
-    are read before this, each read bounded by the read timeout.)"""
+
+class RequestWatch:
+    """One attempt's deadline, bound to the connection that attempt uses.
+
+    The connect and read timeouts are per socket operation: a peer that keeps every read (or
+    write) within them, a byte at a time, never times out, whatever the phase. The watch is the
+    one bound on the whole attempt: the connection classes the guarded layer installs
+    (``_requests_tls``) ``hold`` the attempt's socket from the moment it exists (a duplicate of
+    it during the TLS handshake) and name each ``phase``; at ``end`` the watchdog shuts that
+    socket down, the blocked read or write fails, and the attempt fails as ``deadline`` naming
+    the phase.
+
+    The watch is bound to the response, not to the connection: the response ``release``\\ s it
+    when its body has been read, before urllib3 puts the connection back into its pool, and the
+    watchdog acts only under the lock ``release`` takes. A connection another request took from
+    the pool is never shut down by this request's deadline.
+    """
+
+    __slots__ = ("_done", "_expired", "_idle", "_own", "_sock", "bound", "end", "fired", "phase")
+
+    def __init__(self, end: float) -> None:
+        self.end = end
+        self.phase = "connect"
+        self.fired: str | None = None  # the phase the deadline cut
+        self.bound = False  # a watched connection (or the fallback) carries this attempt
+        self._sock: socket.socket | None = None
+        self._own = False  # _sock is a duplicate this watch closes
+        self._idle = False  # between two exchanges (a response read whole, no request yet)
+        self._expired = False  # the deadline passed
+        self._done = False  # the attempt ended
+
+    def enter(self, phase: str) -> None:
+        self.phase = phase
+
+    def hold(self, sock: socket.socket, *, own: bool = False) -> None:
+        """Watch ``sock`` (``own``: a duplicate the watch closes when it lets go of it)."""
+        drop: list[socket.socket] = []
+        with _WATCHDOG.lock:
+            self.bound = True
+            if self._own and self._sock is not None and self._sock is not sock:
+                drop.append(self._sock)
+            if self._done:
+                self._sock, self._own = None, False
+                if own:
+                    drop.append(sock)
+            else:
+                self._sock, self._own, self._idle = sock, own, False
+                if self._expired:  # the deadline passed: no phase starts after it
+                    self.fired = self.fired or self.phase
+                    _shutdown(sock)
+        for extra in drop:
+            extra.close()
+
+    def release(self) -> None:
+        """The exchange is over: its response was read whole. Called by the response before
+        urllib3 puts its connection back into the pool: after this the watchdog never touches
+        that socket, and a deadline passing now cuts nothing (the answer is complete)."""
+        with _WATCHDOG.lock:
+            sock, own = self._sock, self._own
+            self._sock, self._own, self._idle = None, False, True
+        if own and sock is not None:
+            sock.close()
+
+    def finish(self) -> None:
+        """The attempt ended: the watch lets go of everything for good."""
+        with _WATCHDOG.lock:
+            self._done = True
+        self.release()
+
+    def _fire(self) -> None:  # the watchdog, holding the lock
+        if self._done:
+            return
+        self._expired = True
+        if self._idle:
+            return
+        self.fired = self.phase
+        if self._sock is not None:
+            _shutdown(self._sock)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        # socket.socket's own shutdown, on the descriptor: an SSLSocket's would drop its SSL
+        # object under the thread that is reading. A socket already closed has no descriptor
+        # (OSError): a closed socket's number, reused by another, is never acted on.
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+_CURRENT_WATCH: contextvars.ContextVar[RequestWatch | None] = contextvars.ContextVar(
+    "entra_passthrough_request_watch", default=None
+)
+
+
+def current_watch() -> RequestWatch | None:
+    """The watch of the attempt this thread is sending (``None`` outside the guarded layer)."""
+    return _CURRENT_WATCH.get()
+
+
+def _read_within(response: Any, watch: RequestWatch) -> None:
+    """Read a streamed ``requests`` response's body under the attempt's watch.
+
+    A watched connection holds the socket already (and releases it when the body is read). For
+    another connection (an adapter whose pools the layer could not watch) the watch holds the
+    socket under the response from here on, released by the response the same way; if that
+    cannot be arranged the body is read as before, each read bounded by the read timeout."""
+    if not watch.bound:
+        _watch_foreign_response(response, watch)
+    response.content  # noqa: B018 - reads the body
+
+
+def _watch_foreign_response(response: Any, watch: RequestWatch) -> None:
+    raw = getattr(response, "raw", None)
+    original = getattr(raw, "_original_response", None)  # urllib3 2: http.client's response
     sock = _socket_of(response)
-    if sock is None:
-        response.content  # noqa: B018 - reads the body (no socket to watch: as before)
-        return
-    watch = _WATCHDOG.watch(end, sock)
-    try:
-        response.content  # noqa: B018 - reads the body
-    finally:
-        _WATCHDOG.done(watch)
+    close_conn = getattr(original, "_close_conn", None)
+    if (
+        original is None
+        or sock is None
+        or not callable(close_conn)
+        or getattr(original, "fp", None) is None
+    ):
+        return  # the body has been read already, or a response we do not know
+
+    def release_then_close() -> None:
+        watch.release()  # before urllib3 returns the connection to its pool
+        close_conn()
+
+    original._close_conn = release_then_close
+    watch.enter("body")
+    watch.hold(sock)
 
 
 class _Watchdog:
-    """One daemon thread that shuts down the sockets of bodies still being read at their
-    deadline (a thread per request cost ~0.13 ms of CPU; this costs a heap push)."""
+    """One daemon thread that fires the watches of attempts still running at their deadline (a
+    thread per request cost ~0.13 ms of CPU; this costs a heap push). ``lock`` orders it with
+    ``RequestWatch.hold``/``release``."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._heap: list[tuple[float, int, list[Any]]] = []
+        self.lock = threading.Condition()
+        self._heap: list[tuple[float, int, RequestWatch]] = []
         self._seq = 0
         self._thread: threading.Thread | None = None
 
-    def watch(self, end: float, sock: socket.socket) -> list[Any]:
-        entry: list[Any] = [sock]  # emptied when the body was read in time
-        with self._cond:
+    def arm(self, end: float) -> RequestWatch:
+        watch = RequestWatch(end)
+        with self.lock:
             self._seq += 1
-            heapq.heappush(self._heap, (end, self._seq, entry))
+            heapq.heappush(self._heap, (end, self._seq, watch))
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._run, name="entra-passthrough-deadline", daemon=True
                 )
                 self._thread.start()
-            elif self._heap[0][2] is entry:
-                self._cond.notify()  # the new entry is the next to come due
-        return entry
-
-    def done(self, entry: list[Any]) -> None:
-        with self._cond:  # after this, the socket (back in the pool, maybe) is never touched
-            entry.clear()
+            elif self._heap[0][2] is watch:
+                self.lock.notify()  # the new watch is the next to come due
+        return watch
 
     def _run(self) -> None:
-        with self._cond:
+        with self.lock:
             while True:
-                while self._heap and not self._heap[0][2]:
-                    heapq.heappop(self._heap)  # read in time
+                while self._heap and self._heap[0][2]._done:
+                    heapq.heappop(self._heap)  # ended in time
                 if not self._heap:
-                    self._cond.wait(60.0)
+                    self.lock.wait(60.0)
                     if not self._heap:
                         self._thread = None  # idle: the next watch starts a new thread
                         return
                     continue
                 wait = self._heap[0][0] - time.monotonic()
                 if wait > 0:
-                    self._cond.wait(wait)
+                    self.lock.wait(wait)
                     continue
-                _, _, entry = heapq.heappop(self._heap)
-                if entry:
-                    with contextlib.suppress(OSError):
-                        # socket.socket's own shutdown, on the descriptor: an SSLSocket's would
-                        # drop its SSL object under the thread that is reading
-                        socket.socket.shutdown(entry[0], socket.SHUT_RDWR)
-                    entry.clear()
+                _, _, watch = heapq.heappop(self._heap)
+                watch._fire()
 
 
 _WATCHDOG = _Watchdog()
