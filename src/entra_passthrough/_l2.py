@@ -215,6 +215,7 @@ class SharedTokenCache:
 
     async def _write(
         self,
+        lease: _Lease,
         name: str,
         result: TokenResult | None,
         cap: float | None,
@@ -222,11 +223,12 @@ class SharedTokenCache:
         *,
         read: bool = True,
     ) -> None:
-        """Share ``result`` unless the entry changed since the holder saw it (version
-        ``seen``, ``None``: absent). An entry that merely expired meanwhile is written.
-        ``read=False``: the holder's read failed, so ``seen`` is a guess (no entry)."""
+        """Share ``result`` if the holder still holds ``lease`` and the entry did not change
+        since it saw it (version ``seen``, ``None``: absent). An entry that merely expired
+        meanwhile is written. ``read=False``: the holder's read failed, so ``seen`` is a
+        guess (no entry)."""
         sealed = self._to_write(name, result, cap)
-        if sealed is None:
+        if sealed is None or not await self._hold(lease):
             return
         try:
             done = await self.store.put(name, sealed[0], ttl=sealed[1], expect=seen)
@@ -348,9 +350,8 @@ class SharedTokenCache:
             finally:
                 done.set()
                 await renewing  # never cancelled mid-write: its last version is the lease's
-            if await self._hold(lease):
-                seen = None if entry is None else entry.version
-                await self._write(name, result, cap, seen, read=read)
+            seen = None if entry is None else entry.version
+            await self._write(lease, name, result, cap, seen, read=read)
             return result
         finally:
             await self._release(lease_name, lease.version)
@@ -461,9 +462,8 @@ class SharedTokenCache:
             finally:
                 done.set()
                 renewing.join()
-            if self._hold_sync(store, lease):
-                seen = None if entry is None else entry.version
-                self._write_sync(store, name, result, cap, seen, read=read)
+            seen = None if entry is None else entry.version
+            self._write_sync(store, lease, name, result, cap, seen, read=read)
             return result
         finally:
             try:
@@ -504,6 +504,7 @@ class SharedTokenCache:
     def _write_sync(
         self,
         store: SyncTokenStore,
+        lease: _Lease,
         name: str,
         result: TokenResult | None,
         cap: float | None,
@@ -512,7 +513,7 @@ class SharedTokenCache:
         read: bool = True,
     ) -> None:
         sealed = self._to_write(name, result, cap)
-        if sealed is None:
+        if sealed is None or not self._hold_sync(store, lease):
             return
         try:
             done = store.put(name, sealed[0], ttl=sealed[1], expect=seen)
