@@ -336,8 +336,8 @@ class RedisStore:
     async def aclose(self) -> None:
         """Close every connection of the store: this event loop's, those of other loops that
         are running (a broker on a thread of its own: closed on that loop, waited for up to
-        5 s), and the blocking twin's. A later call opens new ones (a store built from a
-        client: on its loop only). A loop that is open but not running closes its
+        5 s), and the blocking twin's. A later call opens new ones (but a store built from a
+        client is closed for good). A loop that is open but not running closes its
         connections when it shuts down."""
         loop = asyncio.get_running_loop()
         with self._lock:
