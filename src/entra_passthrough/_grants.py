@@ -207,25 +207,26 @@ class GrantStore:
 
     # grants ---------------------------------------------------------------------------------
     async def get_grant(self, key_hash: str) -> tuple[StoredGrant, str] | None:
-        found = await self._get_sealed(_GRANT + key_hash)
+        found = await self._get(_GRANT + key_hash)
         if found is None:
             return None
         try:
-            grant = StoredGrant.from_json(found[0])
+            return StoredGrant.from_json(found[0]), found[1]
         except (ValueError, TypeError, KeyError):
             return None
-        if found[2] and grant.key_kind == "platform":
-            # The grant is re-sealed with the current key on its next refresh; its user's
-            # binding is written once and would stay sealed with the old key: re-seal it now,
-            # while the old key is still listed (once per user and rotation).
-            with contextlib.suppress(Exception):  # the grant is served either way
-                await self.get_binding(key_hash)
-        return grant, found[1]
 
     async def put_grant(
         self, key_hash: str, grant: StoredGrant, *, expect: str | AnyVersion | None = ANY
     ) -> str | None:
-        return await self._put(_GRANT + key_hash, grant.to_json(), ttl=GRANT_TTL, expect=expect)
+        version = await self._put(_GRANT + key_hash, grant.to_json(), ttl=GRANT_TTL, expect=expect)
+        if version is not None and grant.key_kind == "platform" and grant.lease_owner is None:
+            # A grant is re-sealed with the current key by each refresh (this write, the lease
+            # released); its user's binding is written once: re-seal it with the grant (one
+            # read; a write only after a key switch), so it follows the keyring as the grant
+            # does, whichever replica refreshes after a rolling switch.
+            with contextlib.suppress(Exception):  # the grant is written either way
+                await self.get_binding(key_hash)
+        return version
 
     async def delete_grant(self, key_hash: str, *, expect: str | AnyVersion = ANY) -> bool:
         return await self._call(self.store.delete(_GRANT + key_hash, expect=expect))
