@@ -124,9 +124,37 @@ class CallerMiddleware:
             scope["state"] = state
         state[STATE_KEY] = caller
         reset = caller_var.set(caller)  # set without ending: ended below, or as the response ends
+        if kind == "http":
+
+            def ending(message: Message) -> Awaitable[None]:
+                """The server's ``send``, ending the caller as its response completes (before
+                the last body chunk goes out), not when the app returns: an app may go on
+                after the client has its answer (cleanup, a saturated loop), and no request
+                made then may act for this user. The last message also goes out with no Caller
+                bound (``None``, which stays: an ended Caller and none are the same to every
+                reader). What the server schedules while it handles that message (uvicorn: the
+                keep-alive timer, reads resumed) copies the current context, and would keep
+                the ended Caller, and its token, alive until those handles are dropped: under
+                load ~100 ended Callers per server, each one more object for every garbage
+                collection to walk (tests/capture/test_caller_retention_uvicorn.py).
+
+                A plain function handing back the server's own awaitable (no coroutine per
+                message), defined here (no factory call per request): this runs on every
+                message of every response."""
+                if message.get("type") == "http.response.body" and not message.get(
+                    "more_body", False
+                ):
+                    caller.end()
+                    caller_var.set(None)
+                return send(message)
+
+            try:
+                await self.app(scope, receive, ending)
+            finally:
+                caller.end()
+                caller_var.reset(reset)
+            return
         try:
-            if kind == "http":
-                send = _ending_on_complete(send, caller)
             await self.app(scope, receive, send)
         finally:
             caller.end()
@@ -193,37 +221,6 @@ class CallerMiddleware:
             json.dumps(body).encode(),
             head=scope.get("method") == "HEAD",
         )
-
-
-def _ending_on_complete(send: Send, caller: Caller) -> Send:
-    """The caller ends as its response completes (before the last body chunk goes out), not
-    when the app returns: an app may go on after the client has its answer (cleanup, a
-    saturated loop), and no request made then may act for this user."""
-
-    def wrapped(message: Message) -> Awaitable[None]:
-        # A plain function handing back the server's own awaitable: the caller ends before the
-        # server gets the message, as an ``async def`` would, without a coroutine per message.
-        if message.get("type") == "http.response.body" and not message.get("more_body", False):
-            caller.end()
-            return _send_unbound(send, message)
-        return send(message)
-
-    return wrapped
-
-
-async def _send_unbound(send: Send, message: Message) -> None:
-    """Hand the response's last message to the server with no Caller bound. What the server
-    schedules while it handles that message (uvicorn: the connection's keep-alive timer, reads
-    resumed on the connection) copies the current context, and would keep this request's ended
-    Caller, and its token, alive until those handles are dropped: under load ~100 ended Callers
-    per server, each one more object for every garbage collection to walk (measured: 30x the
-    collections of the bare app, ~10 us of server CPU per request). The app sees its Caller
-    (ended) again once the message is sent."""
-    bound = caller_var.set(None)
-    try:
-        await send(message)
-    finally:
-        caller_var.reset(bound)
 
 
 def _capture(headers: object, assertion_headers: Iterable[str]) -> Caller:
