@@ -229,8 +229,8 @@ def _connect_within(conn: Any, watch: RequestWatch) -> socket.socket:
         ]
     except (OSError, UnicodeError):
         addresses = []
-    if len(addresses) <= 1:
-        addresses = [host]  # urllib3 resolves (and names a resolution failure) itself
+    if not addresses:
+        addresses = [host]  # urllib3 resolves again, and names the failure its own way
     failure: Exception | None = None
     try:
         for address in addresses:

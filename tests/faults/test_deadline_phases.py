@@ -23,7 +23,15 @@ from typing import Any
 import pytest
 import requests
 
-from entra_passthrough import Caller, OnBehalfOf, SourceUnavailable, Timeouts, TokenChain
+from entra_passthrough import (
+    Caller,
+    ManagedIdentity,
+    OnBehalfOf,
+    Policy,
+    SourceUnavailable,
+    Timeouts,
+    TokenChain,
+)
 from entra_passthrough._http import GuardedHttpClient, Throttle, TransportFailure, size_pool
 from entra_passthrough.testing import EntraEmulator
 
@@ -40,6 +48,7 @@ TIMEOUTS = Timeouts(connect=5.0, read=5.0, deadline=DEADLINE, retries=0)
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n"
 #: the phase each mode trickles, as the error names it
 PHASES = {
+    "connect": "connect",
     "tls": "TLS handshake",
     "write": "sending the request",
     "status": "status line",
@@ -62,7 +71,9 @@ class PhaseServer:
 
     def __init__(self, mode: str) -> None:
         self.mode = mode
-        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener = socket.create_server(
+            ("127.0.0.1", 0), backlog=0 if mode == "connect" else 16
+        )
         if mode == "write":
             self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         self.port = self.listener.getsockname()[1]
@@ -71,6 +82,12 @@ class PhaseServer:
         self.done = threading.Event()
         self.release = threading.Event()  # ends every trickle (teardown)
         self.drain = threading.Event()  # "write": read what is left at once
+        self.filler: socket.socket | None = None
+        if mode == "connect":
+            # Never accepted: one connection fills the backlog, and the kernel drops every
+            # later SYN (the connect hangs, as behind a firewall that drops them).
+            self.filler = socket.create_connection(("127.0.0.1", self.port), timeout=30)
+            return
         threading.Thread(target=self._serve, daemon=True).start()
 
     @property
@@ -163,11 +180,15 @@ class PhaseServer:
         self.release.set()
         self.drain.set()
         self.listener.close()
+        if self.filler is not None:
+            self.filler.close()
 
     def dropped_early(self) -> bool:
         """The client dropped the connection before the trickle's planned end (bounded wait).
         For the request write: the server drains what the client's kernel still had buffered
         (it is sent after the client let go) and finds less than the whole body."""
+        if self.mode == "connect":
+            return True  # no connection was ever made
         if self.mode == "write":
             self.drain.set()
         assert self.done.wait(PLANNED * INTERVAL * 2), "the trickling answer never ended"
@@ -315,3 +336,67 @@ def test_a_deadline_passing_after_the_answer_never_touches_the_pooled_connection
         server.close()
     assert put_back == [True]
     assert server.connections == 1  # the connection was never shut down and opened again
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("host", ["app_service", "imds"])
+def test_the_managed_identity_endpoint_gets_the_same_deadline(
+    host: str, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests to the managed identity endpoint (App Service's, and IMDS through MSAL's
+    ``ManagedIdentityClient``) go through the same guarded layer: an endpoint trickling its
+    headers fails the call at the deadline, naming the phase, for a sync and an async caller
+    (before: the call, sync or async, was still running after 25 s for a 2 s deadline)."""
+    import asyncio
+
+    for name in EntraEmulator.MI_HOST_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    server = PhaseServer("headers")
+    base = f"http://127.0.0.1:{server.port}"
+    client_id = "11111111-1111-1111-1111-111111111111"
+    if host == "imds":
+        monkeypatch.setenv("AZURE_POD_IDENTITY_AUTHORITY_HOST", base)  # IMDS at this address
+        mi = ManagedIdentity(client_id=client_id, timeouts=TIMEOUTS)
+    else:
+        mi = ManagedIdentity(
+            client_id=client_id, endpoint=f"{base}/msi/token", header="h", timeouts=TIMEOUTS
+        )
+    chain = TokenChain([mi], policy=Policy.APP_ONLY)
+    scopes = ["api://resource/.default"]
+
+    def get() -> Any:
+        if mode == "sync":
+            return chain.get_token(scopes)
+        return asyncio.run(chain.get_token_async(scopes))
+
+    started = time.monotonic()
+    try:
+        with pytest.raises(SourceUnavailable, match=r"deadline passed .*phase: headers"):
+            get()
+        elapsed = time.monotonic() - started
+        assert elapsed < BOUND, f"the call lasted {elapsed:.1f} s"
+        assert server.dropped_early()  # the worker let go of the connection
+    finally:
+        chain.close()
+        server.close()
+
+
+def test_an_adapter_the_layer_does_not_watch_still_has_its_body_cut() -> None:
+    """An adapter mounted on the application's session after the layer wrapped it is not
+    watched: its body is still cut at the deadline (the earlier bound), released by the
+    response the same way."""
+    from requests.adapters import HTTPAdapter
+
+    server = PhaseServer("body")
+    session = _session("application")
+    client = GuardedHttpClient(session, timeouts=TIMEOUTS, throttle=Throttle())
+    session.mount("http://", HTTPAdapter())  # after the layer wrapped the session
+    try:
+        with pytest.raises(TransportFailure) as info:
+            client.post(server.url, data=_body("body"))
+        assert info.value.kind == "deadline"
+        assert info.value.phase == "body"
+        assert server.dropped_early()  # before the teardown ends the trickle
+    finally:
+        client.close()
+        server.close()

@@ -44,6 +44,7 @@ from .._http import (
     SHARED_THROTTLE,
     GuardedHttpClient,
     Timeouts,
+    TransportFailure,
     deadline,
     size_pool,
 )
@@ -339,7 +340,19 @@ class ManagedIdentity:
         return self._fetch(request.scopes)
 
     async def get_token_async(self, request: TokenRequest) -> TokenResult | None:
-        return await self._pool.run(self._fetch, request.scopes)
+        try:
+            # The worker ends each request at the deadline; this bounds the wait even so (as
+            # OnBehalfOf does): an async caller never waits longer than the deadline.
+            return await self._pool.run(
+                self._fetch, request.scopes, wait_at_most=self.timeouts.deadline + 1.0
+            )
+        except TimeoutError:
+            raise unreachable(
+                TransportFailure("deadline", peer=_PEER),
+                what=f"managed identity token request ({self.host})",
+                source=self.name,
+                scopes=request.scopes,
+            ) from None
 
     def token_for_resource(self, resource: str) -> str:
         """A token for ``resource`` (sync, cached here): the client assertion when this managed
