@@ -266,6 +266,15 @@ def _overrides_new_conn(conn: Any) -> bool:
     return True
 
 
+def _watchable(cls: Any) -> bool:
+    """A urllib3 connection class not watched yet (anything else is left as it is)."""
+    return (
+        isinstance(cls, type)
+        and issubclass(cls, urllib3.connection.HTTPConnection)
+        and not issubclass(cls, WatchedConnection)
+    )
+
+
 @functools.lru_cache(maxsize=64)
 def watched_connection(cls: type) -> type:
     """``cls`` (a urllib3 connection class) with ``WatchedConnection`` mixed in."""
@@ -277,7 +286,7 @@ def watched_connection(cls: type) -> type:
 @functools.lru_cache(maxsize=64)
 def _watched_pool(cls: type) -> type:
     connection_cls = getattr(cls, "ConnectionCls", None)
-    if connection_cls is None or issubclass(connection_cls, WatchedConnection):
+    if not _watchable(connection_cls):
         return cls
     return type(cls.__name__, (cls,), {"ConnectionCls": watched_connection(connection_cls)})
 
@@ -296,7 +305,7 @@ def watch_pool_manager(manager: Any) -> None:
         for key in list(pools.keys()):
             pool = pools.get(key)
             connection_cls = getattr(pool, "ConnectionCls", None)
-            if isinstance(connection_cls, type):
+            if _watchable(connection_cls):
                 pool.ConnectionCls = watched_connection(connection_cls)
 
 

@@ -239,6 +239,23 @@ def test_every_phase_of_a_token_request_ends_at_the_deadline(
     assert server.dropped_early()  # the connection was let go, not read to its end
 
 
+class _RoutedSession(requests.Session):
+    """The emulator's session (the application's, to the library), with the token POSTs sent
+    to the trickling server once ``route`` is set."""
+
+    def __init__(self, idp: EntraEmulator, port: int) -> None:
+        super().__init__()
+        self.verify = idp.ca_file
+        self.trust_env = False
+        self.port = port
+        self.route = False
+
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        if self.route and "/oauth2/" in url:
+            url = f"http://127.0.0.1:{self.port}/token"
+        return super().request(method, url, *args, **kwargs)
+
+
 @pytest.mark.parametrize("mode", ["sync", "async"])
 @pytest.mark.parametrize("phase", ["status", "headers"])
 def test_a_token_endpoint_trickling_its_head_fails_the_call_at_its_deadline(
@@ -247,8 +264,6 @@ def test_a_token_endpoint_trickling_its_head_fails_the_call_at_its_deadline(
     """Through the public API: OBO with the application's session, the POST routed to a
     server trickling its status line or headers."""
     import asyncio
-
-    from .test_trickle import _RoutedSession
 
     server = PhaseServer(phase)
     http = _RoutedSession(idp, server.port)
@@ -330,6 +345,8 @@ def test_a_deadline_passing_after_the_answer_never_touches_the_pooled_connection
         for _ in range(3):  # sequential, over one pooled connection
             response = client.post(server.url, data={"client_id": "x"})
             assert response.json() == {"answer": 1}
+        # the application's own use of its session, outside a token request: as before
+        assert session.post(server.url, data={"q": "1"}).json() == {"answer": 1}
     finally:
         client.close()
         session.close()
