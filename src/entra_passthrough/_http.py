@@ -48,13 +48,15 @@ RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 class Timeouts:
     """Time limits for the token requests a source sends (docs/reliability.md).
 
-    ``connect``/``read``: per HTTP request (seconds to open the connection, to wait for each
-    read). ``deadline``: the whole acquisition (every request, retry and wait inside one
-    ``get_token``), after which the caller gets a typed error. ``retries``: extra attempts for a
-    retryable failure (429/5xx, connection reset, timeout), with exponential ``backoff`` and
-    jitter, capped at ``max_backoff``. A ``Retry-After`` up to ``max_retry_wait`` is waited
-    for within the call; a longer one raises ``Throttled`` at once. ``negative_ttl``: after a
-    request failed for good, the same request fails fast for that long (no POST).
+    ``connect``/``read``: per socket operation (seconds to open the connection, to wait for
+    each read). ``deadline``: the whole acquisition (every request, retry and wait inside one
+    ``get_token``, and every phase of each request, from the connect to the body's last byte:
+    ``RequestWatch``), after which the caller gets a typed error naming the phase.
+    ``retries``: extra attempts for a retryable failure (429/5xx, connection reset, timeout),
+    with exponential ``backoff`` and jitter, capped at ``max_backoff``. A ``Retry-After`` up
+    to ``max_retry_wait`` is waited for within the call; a longer one raises ``Throttled`` at
+    once. ``negative_ttl``: after a request failed for good, the same request fails fast for
+    that long (no POST).
 
     >>> OnBehalfOf(..., timeouts=Timeouts(read=5.0, deadline=10.0))  # doctest: +SKIP
     """
@@ -669,7 +671,7 @@ PHASES = ("connect", "TLS handshake", "sending the request", "status line", "hea
 
 
 class RequestWatch:
-    """One attempt's deadline, bound to the connection that attempt uses.
+    """One attempt's deadline, bound to the exchange that attempt is in.
 
     The connect and read timeouts are per socket operation: a peer that keeps every read (or
     write) within them, a byte at a time, never times out, whatever the phase. The watch is the
@@ -679,10 +681,10 @@ class RequestWatch:
     socket down, the blocked read or write fails, and the attempt fails as ``deadline`` naming
     the phase.
 
-    The watch is bound to the response, not to the connection: the response ``release``\\ s it
-    when its body has been read, before urllib3 puts the connection back into its pool, and the
-    watchdog acts only under the lock ``release`` takes. A connection another request took from
-    the pool is never shut down by this request's deadline.
+    The watch is bound to the response, not to the connection: the response releases it
+    (``release``) when its body has been read, before urllib3 puts the connection back into
+    its pool, and the watchdog acts only under the lock ``release`` takes. A connection another
+    request took from the pool is never shut down by this request's deadline.
     """
 
     __slots__ = ("_done", "_expired", "_idle", "_own", "_sock", "bound", "end", "fired", "phase")
