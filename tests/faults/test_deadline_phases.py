@@ -42,7 +42,8 @@ BOUND = 8 * DEADLINE  # the call ends well inside this; every trickle lasts 60 s
 INTERVAL = 0.2  # one byte (or one block, for the request write) per INTERVAL
 PLANNED = 300  # units each trickle sends: 60 s in all
 BLOCK = 32768  # "write": the server reads a block per INTERVAL ...
-WRITE_BYTES = 256 * BLOCK  # ... of an 8 MiB request body: 50 s
+# ... of a 64 MiB request body (more than any kernel's send and receive buffers hold): minutes
+WRITE_BYTES = 2048 * BLOCK
 TIMEOUTS = Timeouts(connect=5.0, read=5.0, deadline=DEADLINE, retries=0)
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n"
@@ -212,8 +213,8 @@ def _session(kind: str, ca_file: str | None = None) -> requests.Session:
 
 def _body(mode: str) -> Any:
     if mode == "write":
-        # 8 MiB in blocks: each block's send completes within the timeouts, the whole write
-        # lasts 50 s (a form MSAL sends is a few KiB: this is a proxy that reads slowly)
+        # 64 MiB in blocks: each block's send completes within the timeouts, the whole write
+        # lasts minutes (a form MSAL sends is a few KiB: this is a proxy that reads slowly)
         return (b"a" * BLOCK for _ in range(WRITE_BYTES // BLOCK))
     return {"client_id": "x", "grant_type": "client_credentials"}
 
