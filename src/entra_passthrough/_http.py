@@ -552,7 +552,7 @@ class GuardedHttpClient:
                         )
                     if kwargs.get("stream"):
                         _read_within(response, watch)
-                    if watch.fired is not None:
+                    if watch.cut:
                         # Cut at the deadline: what arrived (headers ended by the shutdown, a
                         # body cut short) is no answer.
                         _close_quietly(response)
@@ -563,9 +563,9 @@ class GuardedHttpClient:
             except Exception as exc:  # requests' Timeout/ConnectionError, OSError, ...
                 kind = "timeout" if _is_timeout(exc) else "connection"
                 phase = None
-                if watch.fired is not None or time.monotonic() >= end:
+                if watch.cut or time.monotonic() >= end:
                     kind = "deadline"
-                    phase = watch.fired or (watch.phase if watch.bound else None)
+                    phase = watch.fired if watch.cut else (watch.phase if watch.bound else None)
                 failure = TransportFailure(kind, attempts=attempt, peer=self.peer, phase=phase)
             else:
                 status = int(getattr(response, "status_code", 0) or 0)
@@ -687,12 +687,24 @@ class RequestWatch:
     request took from the pool is never shut down by this request's deadline.
     """
 
-    __slots__ = ("_done", "_expired", "_idle", "_own", "_sock", "bound", "end", "fired", "phase")
+    __slots__ = (
+        "_done",
+        "_expired",
+        "_idle",
+        "_own",
+        "_sock",
+        "bound",
+        "cut",
+        "end",
+        "fired",
+        "phase",
+    )
 
     def __init__(self, end: float) -> None:
         self.end = end
         self.phase = "connect"
-        self.fired: str | None = None  # the phase the deadline cut
+        self.cut = False  # the deadline passed during an exchange
+        self.fired: str | None = None  # the phase it cut (None: not a watched connection)
         self.bound = False  # a watched connection (or the fallback) carries this attempt
         self._sock: socket.socket | None = None
         self._own = False  # _sock is a duplicate this watch closes
@@ -702,6 +714,7 @@ class RequestWatch:
 
     def enter(self, phase: str) -> None:
         self.phase = phase
+        self.bound = True
 
     def hold(self, sock: socket.socket, *, own: bool = False) -> None:
         """Watch ``sock`` (``own``: a duplicate the watch closes when it lets go of it)."""
@@ -717,7 +730,8 @@ class RequestWatch:
             else:
                 self._sock, self._own, self._idle = sock, own, False
                 if self._expired:  # the deadline passed: no phase starts after it
-                    self.fired = self.fired or self.phase
+                    if not self.cut:  # (it passed between two exchanges: this one is cut)
+                        self.cut, self.fired = True, self.phase
                     _shutdown(sock)
         for extra in drop:
             extra.close()
@@ -744,7 +758,8 @@ class RequestWatch:
         self._expired = True
         if self._idle:
             return
-        self.fired = self.phase
+        self.cut = True
+        self.fired = self.phase if self.bound else None
         if self._sock is not None:
             _shutdown(self._sock)
 

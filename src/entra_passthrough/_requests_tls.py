@@ -130,7 +130,10 @@ class _WatchedResponse(http.client.HTTPResponse):
 
     def __init__(self, sock: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(sock, *args, **kwargs)
-        self._ep_watch = current_watch()
+        watch = current_watch()
+        # The answer to the request (not a proxy's answer to CONNECT, read inside ``connect``:
+        # the tunnel's socket stays watched through the TLS handshake that follows).
+        self._ep_watch = watch if watch is not None and watch.phase == "status line" else None
 
     def _read_status(self) -> Any:
         watch = self._ep_watch
@@ -323,5 +326,22 @@ def watch_session(session: Any) -> None:
         manager = getattr(adapter, "poolmanager", None)
         if manager is not None:
             watch_pool_manager(manager)
-        for proxy_manager in list(getattr(adapter, "proxy_manager", {}).values()):
-            watch_pool_manager(proxy_manager)
+        proxy_managers = getattr(adapter, "proxy_manager", None)
+        if type(proxy_managers) is dict:
+            # requests keeps a manager per proxy URL in this dict, created at the first request
+            # through that proxy: those are watched as they are added.
+            adapter.proxy_manager = _WatchingManagers(proxy_managers)
+
+
+class _WatchingManagers(dict[Any, Any]):
+    """An ``HTTPAdapter``'s proxy managers, each watched (``watch_pool_manager``) as it is
+    added."""
+
+    def __init__(self, managers: Mapping[Any, Any]) -> None:
+        super().__init__(managers)
+        for manager in self.values():
+            watch_pool_manager(manager)
+
+    def __setitem__(self, key: Any, manager: Any) -> None:
+        watch_pool_manager(manager)
+        super().__setitem__(key, manager)

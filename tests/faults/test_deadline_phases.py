@@ -14,6 +14,7 @@ planned end (counted, not timed).
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -418,3 +419,80 @@ def test_an_adapter_the_layer_does_not_watch_still_has_its_body_cut() -> None:
     finally:
         client.close()
         server.close()
+
+
+class ConnectProxy:
+    """A loopback HTTP proxy that answers CONNECT and relays both ways (no inspection)."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.tunnels = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._tunnel, args=(client,), daemon=True).start()
+
+    def _tunnel(self, client: socket.socket) -> None:
+        try:
+            head = b""
+            while b"\r\n\r\n" not in head:  # bounded by the client's CONNECT request
+                chunk = client.recv(4096)
+                if not chunk:
+                    return
+                head += chunk
+            host, _, port = head.split()[1].decode().rpartition(":")
+            upstream = socket.create_connection((host, int(port)), timeout=30)
+        except OSError:
+            client.close()
+            return
+        self.tunnels += 1
+        client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        for a, b in ((client, upstream), (upstream, client)):
+            threading.Thread(target=_relay, args=(a, b), daemon=True).start()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def _relay(source: socket.socket, sink: socket.socket) -> None:
+    try:
+        while chunk := source.recv(65536):  # ends when either side closes
+            sink.sendall(chunk)
+    except OSError:
+        pass
+    finally:
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        source.close()  # each socket is the source of one relay: closed once
+
+
+@pytest.mark.parametrize("session_kind", ["library", "application"])
+def test_the_deadline_holds_through_a_proxy_tunnel(session_kind: str) -> None:
+    """Through an HTTPS proxy's CONNECT tunnel (the proxy manager requests creates at the
+    first request through that proxy): the TLS handshake trickled behind the tunnel is cut at
+    the deadline and named."""
+    proxy = ConnectProxy()
+    server = PhaseServer("tls")
+    session = _session(session_kind)
+    session.proxies = {"https": f"http://127.0.0.1:{proxy.port}"}
+    client = GuardedHttpClient(session, timeouts=TIMEOUTS, throttle=Throttle())
+    started = time.monotonic()
+    try:
+        with pytest.raises(TransportFailure) as info:
+            client.post(server.url, data=_body("tls"))
+        elapsed = time.monotonic() - started
+        assert proxy.tunnels == 1
+        assert (info.value.kind, info.value.phase) == ("deadline", "TLS handshake")
+        assert elapsed < BOUND, f"the call lasted {elapsed:.1f} s"
+        assert server.dropped_early()
+    finally:
+        client.close()
+        server.close()
+        proxy.close()
