@@ -790,30 +790,10 @@ def _read_within(response: Any, watch: RequestWatch) -> None:
     socket under the response from here on, released by the response the same way; if that
     cannot be arranged the body is read as before, each read bounded by the read timeout."""
     if not watch.bound:
-        _watch_foreign_response(response, watch)
+        from ._requests_tls import watch_response
+
+        watch_response(response, watch)
     response.content  # noqa: B018 - reads the body
-
-
-def _watch_foreign_response(response: Any, watch: RequestWatch) -> None:
-    raw = getattr(response, "raw", None)
-    original = getattr(raw, "_original_response", None)  # urllib3 2: http.client's response
-    sock = _socket_of(response)
-    close_conn = getattr(original, "_close_conn", None)
-    if (
-        original is None
-        or sock is None
-        or not callable(close_conn)
-        or getattr(original, "fp", None) is None
-    ):
-        return  # the body has been read already, or a response we do not know
-
-    def release_then_close() -> None:
-        watch.release()  # before urllib3 returns the connection to its pool
-        close_conn()
-
-    original._close_conn = release_then_close
-    watch.enter("body")
-    watch.hold(sock)
 
 
 class _Watchdog:
@@ -861,14 +841,6 @@ class _Watchdog:
 
 
 _WATCHDOG = _Watchdog()
-
-
-def _socket_of(response: Any) -> Any:
-    """The socket under a streamed ``requests`` response (urllib3 2), or ``None``."""
-    raw = getattr(response, "raw", None)
-    connection = getattr(raw, "connection", None)  # urllib3's HTTPResponse.connection
-    sock = getattr(connection, "sock", None)
-    return sock if isinstance(sock, socket.socket) else None
 
 
 def _is_timeout(exc: BaseException) -> bool:

@@ -345,3 +345,31 @@ class _WatchingManagers(dict[Any, Any]):
     def __setitem__(self, key: Any, manager: Any) -> None:
         watch_pool_manager(manager)
         super().__setitem__(key, manager)
+
+
+def watch_response(response: Any, watch: RequestWatch) -> None:
+    """Watch the body of a streamed ``requests`` response whose connection is not watched (an
+    adapter the layer could not reach): the watch holds its socket from here on and is
+    released by http.client's response when the body has been read, before urllib3 puts the
+    connection back into its pool. A response this cannot be arranged for (no socket, not
+    urllib3's, read already) is left alone: each read is bounded by the read timeout."""
+    raw = getattr(response, "raw", None)
+    original = getattr(raw, "_original_response", None)  # urllib3 2: http.client's response
+    connection = getattr(raw, "connection", None)
+    sock = getattr(connection, "sock", None)
+    close_conn = getattr(original, "_close_conn", None)
+    if (
+        not isinstance(original, http.client.HTTPResponse)
+        or not isinstance(sock, socket.socket)
+        or not callable(close_conn)
+        or original.fp is None
+    ):
+        return
+
+    def release_then_close() -> None:
+        watch.release()  # before urllib3 returns the connection to its pool
+        close_conn()
+
+    original._close_conn = release_then_close  # type: ignore[attr-defined]
+    watch.enter("body")
+    watch.hold(sock)

@@ -34,6 +34,7 @@ ADAPTERS: dict[str, set[str]] = {
     "entra_passthrough/_httpx_seams.py": {"httpx2", "httpx"},
     "entra_passthrough/_azure_identity_seams.py": {"azure"},
     "entra_passthrough/_msal.py": {"msal"},
+    "entra_passthrough/_requests_tls.py": {"requests", "urllib3", "http"},
     "entra_passthrough/_otel.py": {"opentelemetry"},
 }
 
