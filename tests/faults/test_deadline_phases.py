@@ -204,7 +204,7 @@ def server(request: pytest.FixtureRequest) -> Iterator[PhaseServer]:
     srv.close()
 
 
-def _session(kind: str, ca_file: str | None = None) -> requests.Session:
+def _session(kind: str) -> requests.Session:
     session = requests.Session()
     session.trust_env = False
     if kind == "library":
