@@ -177,12 +177,11 @@ class WatchedConnection:
 
     def connect(self) -> None:
         watch = current_watch()
-        try:
-            super().connect()  # type: ignore[misc]
-        finally:
-            if watch is not None and isinstance(self.sock, socket.socket):
-                watch.hold(self.sock)  # the TLS socket now (and the duplicate closed)
-                watch.enter("sending the request")
+        super().connect()  # type: ignore[misc]
+        # (a failure keeps the phase it failed in; the watch closes a duplicate when it ends)
+        if watch is not None and isinstance(self.sock, socket.socket):
+            watch.hold(self.sock)  # the TLS socket now (and the duplicate closed)
+            watch.enter("sending the request")
 
     def request(self, *args: Any, **kwargs: Any) -> None:
         watch = current_watch()
