@@ -10,10 +10,16 @@ DOCS_STAMP := $(VENV)/.installed-docs
 
 .PHONY: test demo docs docs-serve lint typecheck pytest soak hygiene bench bench-quick clean
 
+# The test environment is installed with uv (from PyPI, into the venv): ~6 s where pip takes
+# ~35 s on a fresh clone (measured), a third of `make test`'s time budget. Both resolvers give a
+# valid set that passes the suite; they differ where pip takes a pre-release of a dependency a
+# pre-release asks for (azure-ai-agentserver-core 2.3.0b2 under pip, 2.2.0 under uv, today).
+# `make demo` keeps pip: it is what users run. --compile-bytecode: eight test workers would
+# otherwise each compile the site-packages they import.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[all,dev,docs]'
+	$(BIN)/python -m pip install --quiet uv
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --compile-bytecode -e '.[all,dev,docs]'
 	touch $(STAMP)
 
 lint: $(STAMP)
