@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import requests
 
 from entra_passthrough import OnBehalfOf, Timeouts, TokenChain
 from entra_passthrough._http import SHARED_THROTTLE
@@ -99,3 +100,20 @@ def rig_factory(idp: EntraEmulator) -> Iterator[Any]:
     yield make
     for rig in rigs:
         rig.close()
+
+
+class RoutedSession(requests.Session):
+    """The emulator's session (the application's, to the library), with the token POSTs sent
+    to the trickling server once ``route`` is set."""
+
+    def __init__(self, idp: EntraEmulator, port: int) -> None:
+        super().__init__()
+        self.verify = idp.ca_file
+        self.trust_env = False
+        self.port = port
+        self.route = False
+
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        if self.route and "/oauth2/" in url:
+            url = f"http://127.0.0.1:{self.port}/token"
+        return super().request(method, url, *args, **kwargs)

@@ -36,7 +36,7 @@ from entra_passthrough import (
 from entra_passthrough._http import GuardedHttpClient, Throttle, TransportFailure, size_pool
 from entra_passthrough.testing import EntraEmulator
 
-from .conftest import mcp_scope
+from .conftest import RoutedSession, mcp_scope
 
 DEADLINE = 2.0
 BOUND = 8 * DEADLINE  # the call ends well inside this; every trickle lasts 60 s or more
@@ -241,23 +241,6 @@ def test_every_phase_of_a_token_request_ends_at_the_deadline(
     assert server.dropped_early()  # the connection was let go, not read to its end
 
 
-class _RoutedSession(requests.Session):
-    """The emulator's session (the application's, to the library), with the token POSTs sent
-    to the trickling server once ``route`` is set."""
-
-    def __init__(self, idp: EntraEmulator, port: int) -> None:
-        super().__init__()
-        self.verify = idp.ca_file
-        self.trust_env = False
-        self.port = port
-        self.route = False
-
-    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        if self.route and "/oauth2/" in url:
-            url = f"http://127.0.0.1:{self.port}/token"
-        return super().request(method, url, *args, **kwargs)
-
-
 @pytest.mark.parametrize("mode", ["sync", "async"])
 @pytest.mark.parametrize("phase", ["status", "headers"])
 def test_a_token_endpoint_trickling_its_head_fails_the_call_at_its_deadline(
@@ -268,7 +251,7 @@ def test_a_token_endpoint_trickling_its_head_fails_the_call_at_its_deadline(
     import asyncio
 
     server = PhaseServer(phase)
-    http = _RoutedSession(idp, server.port)
+    http = RoutedSession(idp, server.port)
     chain = TokenChain(
         [
             OnBehalfOf(

@@ -22,7 +22,7 @@ from entra_passthrough import Caller, OnBehalfOf, SourceUnavailable, Timeouts, T
 from entra_passthrough._http import GuardedHttpClient, Throttle, TransportFailure
 from entra_passthrough.testing import EntraEmulator
 
-from .conftest import mcp_scope
+from .conftest import RoutedSession, mcp_scope
 
 PLANNED = 200  # bytes of body the server trickles, one every INTERVAL: 20 s in all
 INTERVAL = 0.1
@@ -99,29 +99,13 @@ def test_the_guarded_layer_cuts_a_trickling_body_at_the_deadline(trickle: Trickl
     assert _wait_for_answer(trickle) < PLANNED  # cut off, not read to its end
 
 
-class _RoutedSession(requests.Session):
-    """The emulator's session, with the token POSTs sent to the trickling server."""
-
-    def __init__(self, idp: EntraEmulator, port: int) -> None:
-        super().__init__()
-        self.verify = idp.ca_file
-        self.trust_env = False
-        self.port = port
-        self.route = False
-
-    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        if self.route and "/oauth2/" in url:
-            url = f"http://127.0.0.1:{self.port}/token"
-        return super().request(method, url, *args, **kwargs)
-
-
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_a_trickling_token_endpoint_fails_the_call_at_its_deadline(
     idp: EntraEmulator, trickle: Trickle, mode: str
 ) -> None:
     import asyncio
 
-    http = _RoutedSession(idp, trickle.port)
+    http = RoutedSession(idp, trickle.port)
     chain = TokenChain(
         [
             OnBehalfOf(
