@@ -5,8 +5,11 @@ ever redeemed twice - even when Redis dies between redeeming one and storing its
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -43,29 +46,48 @@ def _spy_refreshes(source: DelegatedConsent, redeemed: list[str], hook: Any = No
     source.client.refresh = refresh  # type: ignore[method-assign]
 
 
+@dataclass
+class _Replicas:
+    replicas: list[DelegatedConsent]
+    redeemed: list[str]  # every refresh token either replica redeemed
+    killed: list[bool]  # non-empty once replica 0's first refresh killed Redis
+
+
+@contextlib.asynccontextmanager
+async def _two_replicas(env: ConsentEnv, server: RedisServer) -> AsyncIterator[_Replicas]:
+    """Two replicas over one real Redis, and a broker; the first refresh token replica 0
+    redeems kills Redis right after Entra answered, before the successor is stored."""
+    keyring = Keyring.generate()
+    stores = [RedisStore.from_url(server.url, timeout=0.5) for _ in range(2)]
+    broker: StandaloneBroker | None = None
+    try:
+        replicas = [env.make(store=s, keyring=keyring)[0] for s in stores]  # type: ignore[arg-type]
+        broker = StandaloneBroker(env, RedisStore.from_url(server.url), keyring)
+        found = _Replicas(replicas, [], [])
+
+        def kill_once() -> None:
+            if not found.killed:
+                found.killed.append(True)
+                server.kill()
+
+        _spy_refreshes(replicas[0], found.redeemed, kill_once)
+        _spy_refreshes(replicas[1], found.redeemed)
+        yield found
+    finally:
+        for store in stores:
+            await store.aclose()
+        if broker is not None:
+            await broker.aclose()
+
+
 async def test_killed_and_restarted_under_load_no_refresh_token_twice(
     consent_env: ConsentEnv, fresh_redis: RedisServer
 ) -> None:
     env = consent_env
     fresh_redis.start()
-    keyring = Keyring.generate()
-    stores = [RedisStore.from_url(fresh_redis.url, timeout=0.5) for _ in range(2)]
-    broker: StandaloneBroker | None = None
-    try:
-        replicas = [env.make(store=s, keyring=keyring)[0] for s in stores]  # type: ignore[arg-type]
-        broker = StandaloneBroker(env, RedisStore.from_url(fresh_redis.url), keyring)
+    async with _two_replicas(env, fresh_redis) as two:
+        replicas, redeemed, killed = two.replicas, two.redeemed, two.killed
         request = await consent(env, replicas[1], "pat", "chat-pat-faults")
-        redeemed: list[str] = []
-        killed: list[bool] = []
-
-        def kill_once() -> None:
-            # Redis dies after Entra rotated the refresh token, before the new one is stored.
-            if not killed:
-                killed.append(True)
-                fresh_redis.kill()
-
-        _spy_refreshes(replicas[0], redeemed, kill_once)
-        _spy_refreshes(replicas[1], redeemed)
         outcomes: Counter[str] = Counter()
 
         async def burst() -> list[Any]:
@@ -89,11 +111,6 @@ async def test_killed_and_restarted_under_load_no_refresh_token_twice(
         assert set(outcomes) == {"SourceUnavailable", "TokenResult"}
         assert len(redeemed) == len(set(redeemed)), "a refresh token was redeemed twice"
         assert len(redeemed) >= 4
-    finally:
-        for store in stores:
-            await store.aclose()
-        if broker is not None:
-            await broker.aclose()
 
 
 class _AppCredential:
@@ -157,24 +174,10 @@ async def test_after_an_outage_longer_than_the_lease_the_holder_writes_back_firs
 
     env = consent_env
     fresh_redis.start()
-    keyring = Keyring.generate()
-    stores = [RedisStore.from_url(fresh_redis.url, timeout=0.5) for _ in range(2)]
-    broker: StandaloneBroker | None = None
-    try:
-        replicas = [env.make(store=s, keyring=keyring)[0] for s in stores]  # type: ignore[arg-type]
-        broker = StandaloneBroker(env, RedisStore.from_url(fresh_redis.url), keyring)
+    async with _two_replicas(env, fresh_redis) as two:
+        replicas, redeemed, killed = two.replicas, two.redeemed, two.killed
         user_a = await consent(env, replicas[1], "rita", "chat-rita-outage")
         user_b = await consent(env, replicas[1], "pat", "chat-pat-outage")
-        redeemed: list[str] = []
-        killed: list[bool] = []
-
-        def kill_once() -> None:
-            if not killed:
-                killed.append(True)
-                fresh_redis.kill()
-
-        _spy_refreshes(replicas[0], redeemed, kill_once)
-        _spy_refreshes(replicas[1], redeemed)
         monkeypatch.setattr(delegated, "LEASE_SECONDS", 0.5)  # the lease A's refresh takes
         assert await replicas[0].get_token_async(user_a) is not None  # redeemed; Redis died
         assert killed
@@ -191,11 +194,6 @@ async def test_after_an_outage_longer_than_the_lease_the_holder_writes_back_firs
         assert (await asyncio.wait_for(first, 60)) is not None
         twice = sum(n > 1 for n in Counter(redeemed).values())  # counts only: no token shown
         assert twice == 0, f"{twice} refresh token(s) redeemed twice"
-    finally:
-        for store in stores:
-            await store.aclose()
-        if broker is not None:
-            await broker.aclose()
 
 
 def _documented_acl() -> list[str]:
