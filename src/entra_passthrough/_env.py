@@ -37,8 +37,8 @@ VARIABLES: dict[str, str] = {
     "http://169.254.169.254 (read by MSAL from the process environment)",
     "IDENTITY_SERVER_THUMBPRINT": "Service Fabric: the managed identity endpoint's certificate "
     "thumbprint (read by MSAL from the process environment)",
-    "AZURE_FEDERATED_TOKEN_FILE": "workload identity token file used as the OBO app's "
-    "client assertion",
+    "AZURE_FEDERATED_TOKEN_FILE": "workload identity token file used as the OBO app's (or "
+    "the consent app's) client assertion",
     "IDENTITY_ENDPOINT": "managed identity endpoint (App Service / Container Apps)",
     "IDENTITY_HEADER": "secret header value for IDENTITY_ENDPOINT",
     "ENTRA_PASSTHROUGH_CLIENT_ID": "the OBO app's client id",
