@@ -78,7 +78,12 @@ def _imds_fail(status: int, error: str, description: str) -> JSONResponse:
 
 
 class _NoIdentity(Exception):
-    pass
+    """No identity for the request; ``str()`` is the host's message. ``verbatim``: the host's
+    own complete text (IMDS answers it as it is, without its "Identity not found." prefix)."""
+
+    def __init__(self, text: str, *, verbatim: bool = False) -> None:
+        super().__init__(text)
+        self.verbatim = verbatim
 
 
 def select_identity(
@@ -109,7 +114,8 @@ def select_identity(
         # system-assigned one, quoted in client issue reports).
         raise _NoIdentity(
             "Multiple user assigned identities exist, please specify the clientId / resourceId "
-            "of the identity in the token request"
+            "of the identity in the token request",
+            verbatim=True,
         )
     raise _NoIdentity(
         "No system-assigned managed identity is enabled on this host, and the request names no "
@@ -228,9 +234,7 @@ async def imds_token(rt: Runtime, request: Request) -> Response:
         # asked (msal/managed_identity.py, _raise_if_arc_did_not_honor_user_assigned_identity).
         mi = select_identity(rt, {} if arc else selectors, host="azure_arc" if arc else "imds")
     except _NoIdentity as exc:
-        text = str(exc)
-        if not text.startswith("Multiple"):
-            text = f"Identity not found. {text}"
+        text = str(exc) if exc.verbatim else f"Identity not found. {exc}"
         return _imds_fail(400, "invalid_request", text)
     minted = _mint(rt, mi, resource)
     if minted is None:
