@@ -35,9 +35,10 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Hashable
-from typing import TYPE_CHECKING, Final, Protocol
+from collections.abc import Awaitable, Callable, Generator, Hashable
+from typing import TYPE_CHECKING, Final, NamedTuple, Protocol
 
+from ._drive import drive, drive_async
 from ._errors import EntraPassthroughError
 from ._store import ANY, AnyVersion, Entry, Keyring, KeyringError, TokenStore
 from ._types import IdentityKind, TokenResult
@@ -213,6 +214,33 @@ class SharedTokenCache:
         ttl = _usable_ttl(result.expires_on, None, self._clock())
         return None if ttl < 1.0 else (self._seal(name, result), ttl)
 
+    def _write_flow(
+        self,
+        lease: _Lease,
+        name: str,
+        result: TokenResult | None,
+        cap: float | None,
+        seen: str | None,
+        read: bool,
+    ) -> Generator[_Op, object, None]:
+        """Share ``result`` if the holder still holds ``lease`` and the entry did not change
+        since it saw it (version ``seen``, ``None``: absent). An entry that merely expired
+        meanwhile is written. ``read=False``: the holder's read failed, so ``seen`` is a
+        guess (no entry). The store calls are yielded (``_Op``): ``_write`` and
+        ``_write_sync`` run them on the async store and on the blocking one."""
+        sealed = self._to_write(name, result, cap)
+        if sealed is None or not (yield from self._hold_flow(lease)):
+            return
+        try:
+            done = yield _Op(name, sealed[0], sealed[1], seen)
+            if done is None and seen is not None and (yield _Op(name)) is None:
+                done = yield _Op(name, sealed[0], sealed[1], None)
+        except Exception as exc:  # full, down: the token is still good for this call
+            self._failed("write", exc)
+            return
+        if done is None and read:
+            self._lost()
+
     async def _write(
         self,
         lease: _Lease,
@@ -223,22 +251,12 @@ class SharedTokenCache:
         *,
         read: bool = True,
     ) -> None:
-        """Share ``result`` if the holder still holds ``lease`` and the entry did not change
-        since it saw it (version ``seen``, ``None``: absent). An entry that merely expired
-        meanwhile is written. ``read=False``: the holder's read failed, so ``seen`` is a
-        guess (no entry)."""
-        sealed = self._to_write(name, result, cap)
-        if sealed is None or not await self._hold(lease):
-            return
-        try:
-            done = await self.store.put(name, sealed[0], ttl=sealed[1], expect=seen)
-            if done is None and seen is not None and await self.store.get(name) is None:
-                done = await self.store.put(name, sealed[0], ttl=sealed[1], expect=None)
-        except Exception as exc:  # full, down: the token is still good for this call
-            self._failed("write", exc)
-            return
-        if done is None and read:
-            self._lost()
+        async def do(op: _Op) -> Entry | str | None:
+            if op.value is None:
+                return await self.store.get(op.key)
+            return await self.store.put(op.key, op.value, ttl=op.ttl, expect=op.expect)
+
+        await drive_async(self._write_flow(lease, name, result, cap, seen, read), do)
 
     def _lost(self) -> None:
         self.fenced += 1
@@ -250,22 +268,20 @@ class SharedTokenCache:
             self.lease,
         )
 
-    async def _hold(self, lease: _Lease) -> bool:
+    def _hold_flow(self, lease: _Lease) -> Generator[_Op, object, bool]:
         """Fencing, right before the write: renew the lease (or take it again if it ran out
         and nobody took it). ``False``: another replica holds it, or the store failed."""
         try:
             if not lease.lost:
-                renewed = await self.store.put(
-                    lease.name, b"1", ttl=self.lease, expect=lease.version
-                )
-                if renewed is not None:
+                renewed = yield _Op(lease.name, b"1", self.lease, lease.version)
+                if isinstance(renewed, str):
                     lease.version = renewed
                     return True
-            retaken = await self.store.put(lease.name, b"1", ttl=self.lease, expect=None)
+            retaken = yield _Op(lease.name, b"1", self.lease, None)
         except Exception as exc:
             self._failed("lease check", exc)
             return False
-        if retaken is None:
+        if not isinstance(retaken, str):
             self._lost()
             return False
         lease.version = retaken  # free: whoever held it meanwhile wrote (the write's CAS sees)
@@ -484,23 +500,6 @@ class SharedTokenCache:
                 return
             lease.version, interval = renewed, self.lease / 3
 
-    def _hold_sync(self, store: SyncTokenStore, lease: _Lease) -> bool:
-        try:
-            if not lease.lost:
-                renewed = store.put(lease.name, b"1", ttl=self.lease, expect=lease.version)
-                if renewed is not None:
-                    lease.version = renewed
-                    return True
-            retaken = store.put(lease.name, b"1", ttl=self.lease, expect=None)
-        except Exception as exc:
-            self._failed("lease check", exc)
-            return False
-        if retaken is None:
-            self._lost()
-            return False
-        lease.version = retaken
-        return True
-
     def _write_sync(
         self,
         store: SyncTokenStore,
@@ -512,18 +511,12 @@ class SharedTokenCache:
         *,
         read: bool = True,
     ) -> None:
-        sealed = self._to_write(name, result, cap)
-        if sealed is None or not self._hold_sync(store, lease):
-            return
-        try:
-            done = store.put(name, sealed[0], ttl=sealed[1], expect=seen)
-            if done is None and seen is not None and store.get(name) is None:
-                done = store.put(name, sealed[0], ttl=sealed[1], expect=None)
-        except Exception as exc:
-            self._failed("write", exc)
-            return
-        if done is None and read:
-            self._lost()
+        def do(op: _Op) -> Entry | str | None:
+            if op.value is None:
+                return store.get(op.key)
+            return store.put(op.key, op.value, ttl=op.ttl, expect=op.expect)
+
+        drive(self._write_flow(lease, name, result, cap, seen, read), do)
 
 
 class _Lease:
@@ -536,3 +529,12 @@ class _Lease:
         self.name = name
         self.version = version
         self.lost = False
+
+
+class _Op(NamedTuple):
+    """One store call of ``_write_flow``: a ``put`` of ``value``, or a ``get`` (no value)."""
+
+    key: str
+    value: bytes | None = None
+    ttl: float = 0.0
+    expect: str | None = None
