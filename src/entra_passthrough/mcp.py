@@ -386,15 +386,11 @@ class _CallGuard(httpx2.AsyncBaseTransport):
         try:
             response = await self._inner.handle_async_request(request)
         except httpx2.TransportError as exc:
-            why = (
-                # Failed before a byte of it was written (connect, or e.g. TLS to a server
-                # going away), or the server reset it unread.
-                "connect"
-                if isinstance(exc, _NOT_SENT_ERRORS) or (watch is not None and not watch.started)
-                else "reset"
-                if watch is not None and watch.reset_unread(exc)
-                else None
-            )
+            why: str | None = None
+            if isinstance(exc, _NOT_SENT_ERRORS) or (watch is not None and not watch.started):
+                why = "connect"  # before a byte was written (connect, TLS to a server going away)
+            elif watch is not None and watch.reset_unread(exc):
+                why = "reset"  # the server reset it unread
             if why is not None:
                 attempt.sent = was_sent
                 attempt.not_sent = attempt.not_sent or why
