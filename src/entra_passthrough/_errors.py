@@ -417,12 +417,7 @@ def safe_word(value: object) -> str | None:
 def _undecoded_line(description: str) -> str:
     """The first line of a description the library cannot decode, safe to show: never a form
     echo, a JWT-shaped or long opaque value, nor a secret field's value; printable, bounded."""
-    line = _first_line(description)
-    if _FORM_ECHO.search(line):
-        return "(not shown: the text echoes the token request)"
-    line = redact(line)
-    line = "".join(c if c.isprintable() else "?" for c in line)
-    return line if len(line) <= _MAX_UNDECODED else line[: _MAX_UNDECODED - 3] + "..."
+    return safe_text(_first_line(description), _MAX_UNDECODED)
 
 
 def safe_text(text: str, limit: int = 400) -> str:
@@ -431,7 +426,7 @@ def safe_text(text: str, limit: int = 400) -> str:
     one printable line, bounded by ``limit``."""
     text = text[: limit * 8]  # bounded work on a huge text
     if _FORM_ECHO.search(text):
-        return "(not shown: the text echoes a token request)"
+        return "(not shown: the text echoes the token request)"
     text = " ".join(redact(text).split())
     text = "".join(c if c.isprintable() else "?" for c in text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
