@@ -463,10 +463,16 @@ def code_in_body(body: Mapping[str, Any]) -> int | None:
     if isinstance(nested, Mapping):
         texts.append(nested.get("message"))
     for text in texts:
-        found = _CODE_ANYWHERE.search(text[:2000]) if isinstance(text, str) else None
-        if found is not None:
-            return int(found.group(1))
+        code = code_in_text(text[:2000]) if isinstance(text, str) else None
+        if code is not None:
+            return code
     return None
+
+
+def code_in_text(text: str) -> int | None:
+    """The first ``AADSTSnnnn`` (4 to 7 digits) in a text: a 5,000-digit number is no code."""
+    found = _CODE_ANYWHERE.search(text)
+    return int(found.group(1)) if found is not None else None
 
 
 def is_consent_required(body: Mapping[str, Any]) -> bool:

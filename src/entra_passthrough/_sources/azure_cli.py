@@ -28,7 +28,13 @@ from typing import Any
 
 from .. import _env
 from .._azure_identity_seams import cli_contract
-from .._errors import ConfigurationError, EntraError, SourceUnavailable, safe_text
+from .._errors import (
+    ConfigurationError,
+    EntraError,
+    SourceUnavailable,
+    code_in_text,
+    safe_text,
+)
 from .._msal import WorkerPool
 from .._types import IdentityKind, TokenRequest, TokenResult
 from .managed_identity import scope_to_resource
@@ -284,8 +290,7 @@ class AzureCli:
         )
 
     def _entra_error(self, text: str, scopes: tuple[str, ...]) -> EntraError:
-        match = re.search(r"AADSTS(\d{4,7})\b", text)  # bounded: not a 5,000-digit number
-        code = int(match.group(1)) if match else None
+        code = code_in_text(text)
         fix = None
         if code == 65001 and AZURE_CLI_CLIENT_ID in text:
             fix = preauthorize_fix(scopes, tool=self.tool)
