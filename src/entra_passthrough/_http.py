@@ -426,12 +426,14 @@ class GuardedHttpClient:
         sleep: Callable[[float], None] = time.sleep,
         peer: str = "Entra",
     ) -> None:
+        # A requests session's body is read by the layer, under the deadline (``_read_within``).
+        self._stream = inner is None or _is_requests_session(inner)
         if inner is None:
             import requests
 
             inner = requests.Session()  # trust_env kept: proxies and corporate CAs work
             size_pool(inner)
-        elif _is_requests_session(inner):
+        elif self._stream:
             from ._requests_tls import watch_session
 
             # The application's session: its adapters' connections are watched, so that the
@@ -494,7 +496,7 @@ class GuardedHttpClient:
                 )
             raise blocked
         kwargs.pop("timeout", None)  # ours wins: MSAL passes none, a caller's could be unbounded
-        if _is_requests_session(self.inner):
+        if self._stream:
             # The body is read here, under the deadline (``_read_within``), not inside requests.
             kwargs["stream"] = True
         probes = [probe] if probe is not None else []
