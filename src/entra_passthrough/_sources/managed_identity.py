@@ -377,33 +377,12 @@ class ManagedIdentity:
                 response = self._request(host, resource)
         except ConfigurationError:
             raise
-        except (FileNotFoundError, PermissionError) as exc:
-            if host != "azure_arc":
-                raise unreachable(
-                    exc,
-                    what=f"managed identity token request ({host})",
-                    source=self.name,
-                    scopes=scopes,
-                ) from None
-            # Azure Arc's challenge: the key file the agent wrote is readable only by members of
-            # the himds group (Linux) or of "Hybrid agent extension applications" / the
-            # administrators (Windows) (https://learn.microsoft.com/azure/azure-arc/servers/
-            # managed-identity-authentication).
-            raise SourceUnavailable(
-                f"Azure Arc's challenge file could not be read ({type(exc).__name__}): this "
-                "process may not read the agent's token folder (/var/opt/azcmagent/tokens).",
-                source=self.name,
-                scopes=scopes,
-                fix="run the process as a member of the himds group on Linux (sudo usermod -aG "
-                "himds <user>), or of the 'Hybrid agent extension applications' group or the "
-                "administrators on Windows.",
-            ) from None
-        except ValueError as exc:
-            # msal.ManagedIdentityError (a ValueError): MSAL refused what the host answered or
-            # what it was asked (Azure Arc not confirming a user-assigned identity, a Service
-            # Fabric endpoint that is not HTTPS, a malformed thumbprint). Its text is MSAL's own,
-            # about the configuration, never a token.
-            if type(exc).__module__.startswith("msal"):
+        except Exception as exc:
+            if isinstance(exc, ValueError) and type(exc).__module__.startswith("msal"):
+                # msal.ManagedIdentityError: MSAL refused what the host answered or what it was
+                # asked (Azure Arc not confirming a user-assigned identity, a Service Fabric
+                # endpoint that is not HTTPS, a malformed thumbprint). Its text is MSAL's own,
+                # about the configuration, never a token.
                 raise _msal_refused(
                     exc,
                     host=host,
@@ -411,13 +390,20 @@ class ManagedIdentity:
                     source=self.name,
                     scopes=scopes,
                 ) from None
-            raise unreachable(
-                exc,
-                what=f"managed identity token request ({host})",
-                source=self.name,
-                scopes=scopes,
-            ) from None
-        except Exception as exc:
+            if host == "azure_arc" and isinstance(exc, (FileNotFoundError, PermissionError)):
+                # Azure Arc's challenge: the key file the agent wrote is readable only by members
+                # of the himds group (Linux) or of "Hybrid agent extension applications" / the
+                # administrators (Windows) (https://learn.microsoft.com/azure/azure-arc/servers/
+                # managed-identity-authentication).
+                raise SourceUnavailable(
+                    f"Azure Arc's challenge file could not be read ({type(exc).__name__}): this "
+                    "process may not read the agent's token folder (/var/opt/azcmagent/tokens).",
+                    source=self.name,
+                    scopes=scopes,
+                    fix="run the process as a member of the himds group on Linux (sudo usermod "
+                    "-aG himds <user>), or of the 'Hybrid agent extension applications' group or "
+                    "the administrators on Windows.",
+                ) from None
             raise unreachable(
                 exc,
                 what=f"managed identity token request ({host})",
