@@ -39,9 +39,11 @@ from entra_passthrough.testing import EntraEmulator
 from .conftest import RoutedSession, mcp_scope
 
 DEADLINE = 2.0
-BOUND = 8 * DEADLINE  # the call ends well inside this; every trickle lasts 60 s or more
 INTERVAL = 0.2  # one byte (or one block, for the request write) per INTERVAL
 PLANNED = 300  # units each trickle sends: 60 s in all
+#: Not a timing target: the invariant is that the call is cut, not read to the trickle's end, so
+#: the bound is half the trickle (the deadline is 2 s; a loaded machine may stretch it, never 15x).
+BOUND = PLANNED * INTERVAL / 2
 BLOCK = 32768  # "write": the server reads a block per INTERVAL ...
 # ... of a 64 MiB request body (more than any kernel's send and receive buffers hold): minutes
 WRITE_BYTES = 2048 * BLOCK
