@@ -18,6 +18,7 @@ import asyncio
 import functools
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
@@ -264,8 +265,58 @@ def confidential_app(
     )
 
 
+class _GilSchedule:
+    """When the next blocking token call may start, for the whole process.
+
+    A cold token request costs its worker thread ~1-2 ms of Python under the GIL (MSAL building
+    the request, requests/urllib3/http.client, parsing the answer). A burst of new users started
+    all at once puts dozens of such threads in the GIL's queue together, and the event loop,
+    which must take the GIL back each time ``epoll`` returns, waits behind them: tens of ms of
+    loop lag for every coroutine of the process (bench/README.md, "Event-loop lag"). Spacing the
+    starts by the CPU one call costs keeps about one worker running Python at a time while the
+    others wait on the network without the GIL, so the burst still goes out at the speed of one
+    core (the most the GIL allows anyway) and the loop gets the GIL as soon as it asks.
+
+    One schedule per process (the GIL is per process); each pool books its own learned cost on it.
+    A call is never held back more than ``MAX_DELAY``: past that the machine is saturated, and
+    queueing longer would add latency without saving the loop anything.
+    """
+
+    #: Slots are a little wider than the measured CPU, for the loop's own share of each call.
+    HEADROOM = 1.5
+    MAX_DELAY = 1.0
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def book(self, cost: float) -> float:
+        """Reserve the next slot for a call costing ``cost`` s of CPU; seconds to wait for it."""
+        now = self._clock()
+        with self._lock:
+            slot = self._next if self._next > now else now
+            delay = slot - now
+            if delay > self.MAX_DELAY:
+                return 0.0  # saturated: start now rather than queue without bound
+            self._next = slot + cost * self.HEADROOM
+        return delay
+
+
+_SCHEDULE = _GilSchedule()
+
+
 class WorkerPool:
-    """A dedicated, bounded thread pool for blocking token calls, created on first use."""
+    """A dedicated, bounded thread pool for blocking token calls, created on first use.
+
+    Calls from the event loop (``run``) start spaced on the process' GIL schedule by the CPU a
+    call of this pool costs (its worker's ``time.thread_time()``, averaged); blocking I/O and
+    subprocesses cost their thread no CPU, so a pool of those is hardly spaced at all.
+    """
+
+    #: Before a pool has measured a call: a cold OBO exchange over a new TLS connection.
+    INITIAL_COST = 0.0015
+    _ALPHA = 0.2
 
     def __init__(
         self, *, max_workers: int = DEFAULT_MAX_WORKERS, name: str = "entra-passthrough"
@@ -276,6 +327,9 @@ class WorkerPool:
         self._name = name
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+        self.schedule = _SCHEDULE
+        #: CPU seconds one call costs its worker (moving average of ``time.thread_time()``)
+        self.cost = self.INITIAL_COST
 
     def start(self) -> None:
         """Create the executor and start every worker now (call it at start-up).
@@ -306,11 +360,28 @@ class WorkerPool:
     ) -> T:
         """``fn(*args)`` in a worker. With ``wait_at_most``, the caller stops waiting then
         (``TimeoutError``) even if the thread is still blocked; a job still queued is dropped."""
+        delay = self.schedule.book(self.cost)
+        if wait_at_most is not None:
+            if delay >= wait_at_most:
+                raise TimeoutError  # never submitted: nothing is left running
+            wait_at_most -= delay
+        # Even a call due now starts on the loop's next iteration: a worker woken in this one
+        # would take the GIL from the loop while it is still running the other tasks' steps.
+        await asyncio.sleep(delay)
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._get(), functools.partial(fn, *args))
+        future = loop.run_in_executor(self._get(), functools.partial(self._timed, fn, args))
         if wait_at_most is None:
             return await future
         return await asyncio.wait_for(future, wait_at_most)
+
+    def _timed(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        start = time.thread_time()
+        try:
+            return fn(*args)
+        finally:
+            # a float store is atomic under the GIL; a lost update between two workers only
+            # drops one sample of an average
+            self.cost += (time.thread_time() - start - self.cost) * self._ALPHA
 
     def close(self) -> None:
         with self._lock:
