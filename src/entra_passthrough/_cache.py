@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from ._drive import drive, drive_async
 from ._errors import SourceUnavailable
 from ._l2 import SharedCache
-from ._types import TokenResult
+from ._types import Cap, TokenResult, cap_value
 
 logger = logging.getLogger("entra_passthrough.cache")
 
@@ -287,7 +287,8 @@ class TokenCache:
 
     # -- storing ----------------------------------------
 
-    def _store(self, key: Hashable, result: TokenResult, cap: float | None) -> TokenResult:
+    def _store(self, key: Hashable, result: TokenResult, cap: Cap) -> TokenResult:
+        cap = cap_value(cap)
         now = self._clock()
         refresh_at, usable_until = _timing(result.expires_on, cap, now)
         if cap is not None and result.expires_on > cap:
@@ -367,7 +368,7 @@ class TokenCache:
     # ``_OWN`` instead. ``_Refresh``: start a background refresh, send back ``None``.
 
     def _flow(
-        self, key: Hashable, cap: float | None, due: TokenResult | None
+        self, key: Hashable, cap: Cap, due: TokenResult | None
     ) -> Generator[_Step, object, TokenResult | None]:
         """``due``: the cached result this caller must refresh (``_lookup`` claimed it for
         this caller), else ``None``. A plain hit never gets here: the drivers return it."""
@@ -403,7 +404,7 @@ class TokenCache:
         key: Hashable,
         acquire: Callable[[], Awaitable[TokenResult | None]],
         *,
-        cap: float | None = None,
+        cap: Cap = None,
     ) -> TokenResult | None:
         """The cached result, or one acquisition shared by every concurrent caller of ``key``.
 
@@ -435,7 +436,7 @@ class TokenCache:
         key: Hashable,
         acquire: Callable[[], TokenResult | None],
         *,
-        cap: float | None = None,
+        cap: Cap = None,
     ) -> TokenResult | None:
         """Sync driver of the same flow as ``get_or_acquire_async`` (threads wait for the
         leading thread)."""
@@ -466,7 +467,7 @@ class TokenCache:
         return drive(self._flow(key, cap, cached), do)
 
     def _refresh_flow(
-        self, key: Hashable, cached: TokenResult, cap: float | None, *, in_thread: bool
+        self, key: Hashable, cached: TokenResult, cap: Cap, *, in_thread: bool
     ) -> Generator[_Step, object, None]:
         """A background refresh of ``cached``: one ``_ACQUIRE`` step, then its bookkeeping."""
         try:

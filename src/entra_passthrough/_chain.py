@@ -43,6 +43,7 @@ from ._errors import (
 from ._policy import Attempts, Policy, explain_failure
 from ._types import (
     CallerPartitionSource,
+    Cap,
     ClosingSource,
     IdentityKind,
     InvalidatingSource,
@@ -191,6 +192,11 @@ def _acquired(
     return result  # type: ignore[no-any-return]
 
 
+def _assertion_exp(caller: Caller) -> float | None:
+    claims = caller.claims
+    return claims.exp if claims is not None else None
+
+
 class _Ask:
     """The decision flow's one step: ask ``source`` (through the cache under ``key``, or
     directly when ``key`` is ``None``) and send back its answer, or throw in its error."""
@@ -202,7 +208,7 @@ class _Ask:
         source: TokenSource,
         request: TokenRequest,
         key: Any,
-        cap: float | None,
+        cap: Cap,
         acquired: list[str],
     ) -> None:
         self.source = source
@@ -334,10 +340,11 @@ class TokenChain:
         return found
 
     @staticmethod
-    def _cap(candidate: _Candidate, request: TokenRequest) -> float | None:
+    def _cap(candidate: _Candidate, request: TokenRequest) -> Cap:
         caller = request.caller
-        if candidate.is_user and caller is not None and caller.claims is not None:
-            return caller.claims.exp
+        if candidate.is_user and caller is not None:
+            # read once the token is acquired (the source has decoded the claims by then)
+            return functools.partial(_assertion_exp, caller)
         return None
 
     def _accept(

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Final, NamedTuple, Protocol
 from ._drive import drive, drive_async
 from ._errors import EntraPassthroughError
 from ._store import ANY, AnyVersion, Entry, Keyring, KeyringError, TokenStore
-from ._types import IdentityKind, TokenResult
+from ._types import Cap, IdentityKind, TokenResult, cap_value
 
 if TYPE_CHECKING:
     from ._cache import TokenCache
@@ -65,11 +65,11 @@ class SharedCache(Protocol):
     ``wrap_sync`` is the same for the sync API (it may return ``acquire`` unchanged)."""
 
     def wrap(
-        self, cache: TokenCache, key: Hashable, acquire: AcquireFn, cap: float | None
+        self, cache: TokenCache, key: Hashable, acquire: AcquireFn, cap: Cap
     ) -> AcquireFn: ...
 
     def wrap_sync(
-        self, cache: TokenCache, key: Hashable, acquire: AcquireFnSync, cap: float | None
+        self, cache: TokenCache, key: Hashable, acquire: AcquireFnSync, cap: Cap
     ) -> AcquireFnSync: ...
 
 
@@ -202,11 +202,12 @@ class SharedTokenCache:
         return result
 
     def _to_write(
-        self, name: str, result: TokenResult | None, cap: float | None
+        self, name: str, result: TokenResult | None, cap: Cap
     ) -> tuple[bytes, float] | None:
         """(sealed value, ttl) of a result worth sharing, else ``None``."""
         if result is None or result.kind not in self.kinds:
             return None
+        cap = cap_value(cap)
         if cap is not None and result.expires_on > cap:
             result = TokenResult(
                 result.token, cap, result.kind, result.source, dict(result.headers)
@@ -219,7 +220,7 @@ class SharedTokenCache:
         lease: _Lease,
         name: str,
         result: TokenResult | None,
-        cap: float | None,
+        cap: Cap,
         seen: str | None,
         read: bool,
     ) -> Generator[_Op, object, None]:
@@ -246,7 +247,7 @@ class SharedTokenCache:
         lease: _Lease,
         name: str,
         result: TokenResult | None,
-        cap: float | None,
+        cap: Cap,
         seen: str | None,
         *,
         read: bool = True,
@@ -296,7 +297,7 @@ class SharedTokenCache:
     # -- the wrapped acquisition -------------------------------------------------------------
 
     def wrap(
-        self, cache: TokenCache, key: Hashable, acquire: AcquireFn, cap: float | None
+        self, cache: TokenCache, key: Hashable, acquire: AcquireFn, cap: Cap
     ) -> AcquireFn:
         async def shared() -> TokenResult | None:
             if not self._up():
@@ -311,7 +312,7 @@ class SharedTokenCache:
         return shared
 
     async def _fetch(
-        self, digest: str, floor: float, acquire: AcquireFn, cap: float | None
+        self, digest: str, floor: float, acquire: AcquireFn, cap: Cap
     ) -> TokenResult | None:
         name, lease_name = _KEY_PREFIX + digest, _LEASE_PREFIX + digest
         deadline = time.monotonic() + self.wait  # real time, whatever clock tokens use
@@ -404,7 +405,7 @@ class SharedTokenCache:
     # -- the same, blocking (sync API: threads) -----------------------------------------------
 
     def wrap_sync(
-        self, cache: TokenCache, key: Hashable, acquire: AcquireFnSync, cap: float | None
+        self, cache: TokenCache, key: Hashable, acquire: AcquireFnSync, cap: Cap
     ) -> AcquireFnSync:
         store = self.sync_store
         if store is None:
@@ -428,7 +429,7 @@ class SharedTokenCache:
         digest: str,
         floor: float,
         acquire: AcquireFnSync,
-        cap: float | None,
+        cap: Cap,
     ) -> TokenResult | None:
         name, lease_name = _KEY_PREFIX + digest, _LEASE_PREFIX + digest
         deadline = time.monotonic() + self.wait
@@ -506,7 +507,7 @@ class SharedTokenCache:
         lease: _Lease,
         name: str,
         result: TokenResult | None,
-        cap: float | None,
+        cap: Cap,
         seen: str | None,
         *,
         read: bool = True,

@@ -355,24 +355,38 @@ class WorkerPool:
                 executor = self._executor
         return executor
 
+    async def pace(self) -> None:
+        """Wait for this call's slot on the GIL schedule (at most ``_GilSchedule.MAX_DELAY``).
+
+        Even a call due now starts on the loop's next iteration: a worker woken in this one
+        would take the GIL from the loop while it is still running the other tasks' steps.
+        """
+        await asyncio.sleep(self.schedule.book(self.cost))
+
     async def run(
-        self, fn: Callable[..., T], /, *args: Any, wait_at_most: float | None = None
+        self,
+        fn: Callable[..., T],
+        /,
+        *args: Any,
+        wait_at_most: float | None = None,
+        paced: bool = False,
     ) -> T:
-        """``fn(*args)`` in a worker. With ``wait_at_most``, the caller stops waiting then
-        (``TimeoutError``) even if the thread is still blocked; a job still queued is dropped."""
-        delay = self.schedule.book(self.cost)
-        if wait_at_most is not None:
-            if delay >= wait_at_most:
-                raise TimeoutError  # never submitted: nothing is left running
-            wait_at_most -= delay
-        # Even a call due now starts on the loop's next iteration: a worker woken in this one
-        # would take the GIL from the loop while it is still running the other tasks' steps.
-        await asyncio.sleep(delay)
+        """``fn(*args)`` in a worker, once its slot on the GIL schedule has come (``paced``:
+        the caller awaited ``pace()`` itself, e.g. to check its input after the wait). With
+        ``wait_at_most``, the caller stops waiting for the worker then (``TimeoutError``) even
+        if the thread is still blocked; a job still queued is dropped."""
+        if not paced:
+            await self.pace()
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._get(), functools.partial(self._timed, fn, args))
         if wait_at_most is None:
             return await future
         return await asyncio.wait_for(future, wait_at_most)
+
+    def respace(self) -> None:
+        """In a worker held back together with others (a shared build they all waited for):
+        wait for a fresh slot, so that they do not all resume running Python at once."""
+        time.sleep(self.schedule.book(self.cost))
 
     def _timed(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         start = time.thread_time()
@@ -394,11 +408,20 @@ class AppPool:
     """MSAL applications per (tenant, client capabilities), bounded (LRU).
 
     Building an MSAL app does the authority discovery GET, so ``get`` runs in a worker thread;
-    a per-key lock makes concurrent first requests of one tenant build it once.
+    a per-key lock makes concurrent first requests of one tenant build it once. The threads that
+    waited for that build are released together: ``after_wait`` (``WorkerPool.respace``) spreads
+    them out again instead of letting them all run MSAL at once.
     """
 
-    def __init__(self, factory: Callable[[str, tuple[str, ...]], Any], *, max_apps: int) -> None:
+    def __init__(
+        self,
+        factory: Callable[[str, tuple[str, ...]], Any],
+        *,
+        max_apps: int,
+        after_wait: Callable[[], None] | None = None,
+    ) -> None:
         self._factory = factory
+        self._after_wait = after_wait
         self._max_apps = max_apps
         self._apps: OrderedDict[Hashable, Any] = OrderedDict()
         self._locks: dict[Hashable, threading.Lock] = {}
@@ -422,6 +445,9 @@ class AppPool:
                     self._locks.pop(key, None)
                     while len(self._apps) > self._max_apps:
                         self._apps.popitem(last=False)
+                return app
+        if self._after_wait is not None:
+            self._after_wait()  # another thread built it while this one waited
         return app
 
     def apps(self) -> list[Any]:

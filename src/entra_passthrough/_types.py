@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -18,6 +18,16 @@ if TYPE_CHECKING:
 #: The headers of a result that has none (shared, read-only).
 NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
+
+#: The latest a cached token may be used (the caller's assertion ``exp``), or how to read it: the
+#: cache and the shared cache read a callable only once the token is acquired, so a cold call
+#: decodes its caller's claims when its token request starts, not in the loop iteration that made
+#: it (a burst of new users runs all their first steps in one).
+Cap = float | Callable[[], float | None] | None
+
+
+def cap_value(cap: Cap) -> float | None:
+    return cap() if callable(cap) else cap
 
 class IdentityKind(enum.StrEnum):
     """Whose identity a token represents, as *declared* by the source that produced it."""

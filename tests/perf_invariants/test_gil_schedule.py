@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from entra_passthrough import _msal
+from _support.tokens import unsigned_jwt
+from entra_passthrough import Caller, OnBehalfOf, Policy, TokenChain, _msal
 from entra_passthrough._msal import WorkerPool, _GilSchedule
 
 
@@ -125,15 +126,68 @@ async def test_a_failing_call_is_still_measured_and_its_error_raised(pool: Any) 
     assert pool.cost < 1.0
 
 
-async def test_a_slot_beyond_the_callers_wait_is_refused_before_submitting(pool: Any) -> None:
+async def test_a_call_that_paced_itself_books_one_slot(pool: Any) -> None:
     pool, executor = pool
     clock = FakeClock()
     pool.schedule = _GilSchedule(clock)
-    pool.cost = 0.5 / _GilSchedule.HEADROOM  # slots 0.5 s wide
-    pool.schedule.book(pool.cost)  # the next free slot is 0.5 s away
-    with pytest.raises(TimeoutError):
-        await pool.run(lambda: 1, wait_at_most=0.25)
-    assert executor.submitted == 0  # nothing left running in a worker
+    pool.cost = 0.0001
+    await pool.pace()
+    assert await pool.run(lambda: 2, paced=True) == 2
+    assert executor.submitted == 1
+    # one slot booked: the next call is due one slot after the first
+    assert pool.schedule.book(0.0) == pytest.approx(0.0001 * _GilSchedule.HEADROOM)
+
+
+def test_threads_that_waited_for_a_shared_app_build_are_spread_again() -> None:
+    # The first request of a tenant builds its MSAL app (discovery, a GET); the burst's other
+    # workers wait for it on a lock and would all resume at once: each that waited takes a new
+    # slot (after_wait), the builder does not.
+    building = threading.Event()
+    release = threading.Event()
+    waited: list[str] = []
+
+    def factory(tenant: str, capabilities: tuple[str, ...]) -> object:
+        building.set()
+        release.wait(5)
+        return object()
+
+    apps = _msal.AppPool(
+        factory, max_apps=4, after_wait=lambda: waited.append(threading.current_thread().name)
+    )
+    entered = threading.Semaphore(0)
+
+    class CountingLock:  # the build's lock, counting the threads that reach it
+        def __init__(self) -> None:
+            self._lock = threading.Lock()
+
+        def __enter__(self) -> None:
+            entered.release()
+            self._lock.acquire()
+
+        def __exit__(self, *exc: object) -> None:
+            self._lock.release()
+
+    apps._locks[("t", ())] = CountingLock()  # type: ignore[assignment]
+    results: list[object] = []
+    builder = threading.Thread(target=lambda: results.append(apps.get("t", ())), name="builder")
+    builder.start()
+    assert building.wait(5)
+    waiters = [
+        threading.Thread(target=lambda: results.append(apps.get("t", ())), name=f"w{i}")
+        for i in range(3)
+    ]
+    for t in waiters:
+        t.start()
+    for _ in range(4):  # the builder and the three waiters have reached the build's lock
+        assert entered.acquire(timeout=5)
+    release.set()
+    for t in [builder, *waiters]:
+        t.join(5)
+    assert len(results) == 4
+    assert len({id(r) for r in results}) == 1  # built once
+    assert sorted(waited) == ["w0", "w1", "w2"]
+    apps.get("t", ())  # built: no wait, no new slot
+    assert len(waited) == 3
 
 
 def test_one_schedule_per_process() -> None:
@@ -141,3 +195,41 @@ def test_one_schedule_per_process() -> None:
     a = WorkerPool(max_workers=1, name="a")
     b = WorkerPool(max_workers=1, name="b")
     assert a.schedule is b.schedule is _msal._SCHEDULE
+
+
+async def test_a_cold_burst_decodes_no_claims_in_the_iteration_that_made_it() -> None:
+    # asyncio.gather of a burst runs every call's first step in one loop iteration: decoding
+    # each new caller's claims there (the preflight, the entry's cap) would be one long
+    # iteration. Each call decodes them when its slot comes.
+    source = OnBehalfOf(
+        client_id="11111111-1111-1111-1111-111111111111",
+        tenant_id="t1",
+        client_secret="super-secret-value-123",
+        authority_host="https://127.0.0.1:9",  # nothing listens; no call gets that far
+    )
+    chain = TokenChain([source], policy=Policy.USER_ONLY)
+    source._pool.schedule = _GilSchedule()  # this test's own timeline
+    source._pool.cost = 10.0  # every slot but the first is 1 s away (MAX_DELAY)
+    callers = [
+        Caller.from_token(unsigned_jwt(aud="11111111-1111-1111-1111-111111111111", tid="t1"))
+        for _ in range(20)
+    ]
+    tasks = [
+        asyncio.ensure_future(chain.get_token_async(["api://mcp/.default"], caller=c))
+        for c in callers
+    ]
+    try:
+        await asyncio.sleep(0)
+        decoded = 0
+        for caller in callers:
+            try:
+                object.__getattribute__(caller, "claims")
+                decoded += 1
+            except AttributeError:
+                pass
+        assert decoded == 0
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        chain.close()

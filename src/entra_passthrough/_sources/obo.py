@@ -107,7 +107,9 @@ class OnBehalfOf:
         self._created_http = False  # from_env built http_client itself (CA file)
         self._pool = WorkerPool(max_workers=max_workers, name=f"entra-{name}")
         self._pool.start()  # at construction (start-up), not inside the first burst
-        self._apps = AppPool(self._build_app, max_apps=max_tenants)
+        self._apps = AppPool(
+            self._build_app, max_apps=max_tenants, after_wait=self._pool.respace
+        )
 
     def __repr__(self) -> str:
         return (
@@ -225,6 +227,9 @@ class OnBehalfOf:
     async def get_token_async(self, request: TokenRequest) -> TokenResult | None:
         if self.cache_partition(request) is None:
             return None
+        # The slot first, then the checks: a burst of new users decodes each caller's claims
+        # when its request starts, not all of them in the loop iteration that made the calls.
+        await self._pool.pace()
         tenant, assertion, exp = self.preflight(request)
         try:
             # The worker enforces the deadline on every request; this bounds the wait even for
@@ -236,6 +241,7 @@ class OnBehalfOf:
                 assertion,
                 exp,
                 wait_at_most=self.timeouts.deadline + 1.0,
+                paced=True,
             )
         except TimeoutError:
             raise unreachable(
