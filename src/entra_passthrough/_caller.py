@@ -143,7 +143,12 @@ class Caller:
         copy of the header list, so a later change to the list (another middleware's) is never
         seen; headers that cannot be read make a malformed caller (presented, unusable).
         """
-        wanted = _wanted(assertion_headers)
+        return cls._from_asgi(headers, _wanted(assertion_headers))
+
+    @classmethod
+    def _from_asgi(cls, headers: Iterable[tuple[bytes, bytes]], wanted: dict[bytes, str]) -> Caller:
+        """``from_headers`` with the names already lower-cased (``_wanted``): the middleware's
+        per-request path."""
         caller = cls.__new__(cls)
         caller._pending = (tuple(headers), wanted)
         caller.verified = None

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Iterable, Mapping, MutableMapping, Sequen
 from typing import Any, Protocol
 
 from ._asgi import ASGIApp, Message, Receive, Scope, Send
-from ._caller import Caller, caller_var, malformed_caller
+from ._caller import Caller, _wanted, caller_var, malformed_caller
 from ._challenge import bearer_challenge
 from ._errors import ConfigurationError, TokenVerificationError
 from ._www_auth import send_challenge
@@ -85,6 +85,7 @@ class CallerMiddleware:
             raise ConfigurationError("assertion_headers needs at least one header name")
         self.app = app
         self.assertion_headers = names
+        self._wanted = _wanted(names)
         self.require_caller = require_caller
         self.verifier = verifier
         self.resource_metadata_url = resource_metadata_url
@@ -104,11 +105,7 @@ class CallerMiddleware:
             return
         headers = scope.get("headers")
         try:  # ``_capture``, inlined: this runs on every request
-            caller = (
-                Caller.from_headers(headers, assertion_headers=self.assertion_headers)
-                if headers is not None
-                else Caller()
-            )
+            caller = Caller._from_asgi(headers, self._wanted) if headers is not None else Caller()
         except Exception:
             caller = _capture(headers, self.assertion_headers)  # fails closed, as always
         if self.require_caller or self.verifier is not None:  # else there is nothing to check
@@ -141,10 +138,8 @@ class CallerMiddleware:
                 A plain function handing back the server's own awaitable (no coroutine per
                 message), defined here (no factory call per request): this runs on every
                 message of every response."""
-                if message.get("type") == "http.response.body" and not message.get(
-                    "more_body", False
-                ):
-                    caller.end()
+                if message.get("type") == "http.response.body" and not message.get("more_body"):
+                    caller._active = False  # caller.end(), inlined
                     caller_var.set(None)
                 return send(message)
 
