@@ -70,6 +70,9 @@ VARIABLES: dict[str, str] = {
     "ENTRA_PASSTHROUGH_CA_FILE": "CA bundle for Entra and managed identity HTTPS (the emulator's "
     "CA in tests)",
     "ENTRA_PASSTHROUGH_MAX_WORKERS": "worker threads for blocking token calls (default 64)",
+    "ENTRA_PASSTHROUGH_MCP_RESEND_ON_RESET": "false: a tools/call the MCP server reset unread "
+    "within 1 s is CallOutcomeUnknown, not sent again (a proxy that may reset after "
+    "forwarding; default true, never through HTTP(S)_PROXY)",
     "ENTRA_PASSTHROUGH_CONNECT_TIMEOUT": "seconds to connect to Entra per token request "
     "(default 5)",
     "ENTRA_PASSTHROUGH_READ_TIMEOUT": "seconds to wait for each read of Entra's answer "

@@ -20,15 +20,19 @@ __all__ = ["has_authorization", "wrap_transports"]
 def wrap_transports(
     client: httpx2.AsyncClient,
     wrap: Callable[[httpx2.AsyncBaseTransport], httpx2.AsyncBaseTransport],
+    *,
+    wrap_proxy: Callable[[httpx2.AsyncBaseTransport], httpx2.AsyncBaseTransport] | None = None,
 ) -> None:
     """Wrap every transport ``client`` may send through: its own (private ``_transport``) and
     the proxy mounts it built from the environment (private ``_mounts``, pattern -> transport or
-    ``None``). The public ``transport=``/``mounts=`` arguments replace the transports httpx2
-    would build (proxies from ``HTTPS_PROXY``, ``verify``, limits) instead of wrapping them: a
-    proxied request would bypass a wrapper installed only on ``transport=``."""
+    ``None``), those with ``wrap_proxy`` when given. The public ``transport=``/``mounts=``
+    arguments replace the transports httpx2 would build (proxies from ``HTTPS_PROXY``,
+    ``verify``, limits) instead of wrapping them: a proxied request would bypass a wrapper
+    installed only on ``transport=``."""
+    proxy = wrap if wrap_proxy is None else wrap_proxy
     client._transport = wrap(client._transport)
     client._mounts = {
-        pattern: wrap(transport) if transport is not None else None
+        pattern: proxy(transport) if transport is not None else None
         for pattern, transport in client._mounts.items()
     }
 

@@ -27,8 +27,10 @@ stale (ended) caller's token is never sent.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
@@ -40,6 +42,7 @@ from importlib import metadata
 from typing import Any
 from urllib.parse import urlsplit
 
+from . import _env
 from ._caller import active_caller, current_caller
 from ._errors import (
     ConfigurationError,
@@ -161,7 +164,16 @@ def http_client_for(
             max_connections=100, max_keepalive_connections=20, keepalive_expiry=KEEPALIVE_EXPIRY
         ),
     )
-    wrap_transports(client, _CallGuard)
+    resend = _env.get(os.environ, RESEND_ON_RESET_VARIABLE) is None or _env.get_bool(
+        os.environ, RESEND_ON_RESET_VARIABLE
+    )
+    wrap_transports(
+        client,
+        functools.partial(_CallGuard, resend_on_reset=resend),
+        # A proxy (HTTP_PROXY/HTTPS_PROXY) may reset the connection after it forwarded the
+        # request: through one, a reset never says the server did not read it.
+        wrap_proxy=functools.partial(_CallGuard, resend_on_reset=False),
+    )
     auth.install(client)
     return client
 
@@ -235,6 +247,13 @@ _NOT_SENT_ERRORS = (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeo
 #: (``_WriteWatch.reset_unread``). Far below any idle timeout that resets connections (load
 #: balancers: minutes), far above a loaded loop's delay in reading a reset.
 RESET_WINDOW = 1.0
+
+#: ``false`` turns the resend off: a reset within ``RESET_WINDOW`` is then
+#: ``CallOutcomeUnknown`` like any other. For a device between the agent and the MCP server
+#: that reads a request, forwards it and may then reset the client's connection (an L7 load
+#: balancer, a service mesh sidecar, a TLS-terminating gateway that answers an upstream failure
+#: with a reset instead of a 502): there a prompt reset no longer says the server never read it.
+RESEND_ON_RESET_VARIABLE = "ENTRA_PASSTHROUGH_MCP_RESEND_ON_RESET"
 
 
 @contextmanager
@@ -353,10 +372,11 @@ class _CallGuard(httpx2.AsyncBaseTransport):
     """The MCP client's transport: outside ``call_attempt`` it only forwards; inside, see
     ``call_attempt``."""
 
-    def __init__(self, inner: httpx2.AsyncBaseTransport) -> None:
+    def __init__(self, inner: httpx2.AsyncBaseTransport, *, resend_on_reset: bool = True) -> None:
         self._inner = inner
         # httpx2's own transport passes request.extensions (the trace hook) to httpcore.
         self._traced = type(inner) is httpx2.AsyncHTTPTransport
+        self._resend_on_reset = resend_on_reset
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         attempt = attempt_var.get()
@@ -389,7 +409,7 @@ class _CallGuard(httpx2.AsyncBaseTransport):
             why: str | None = None
             if isinstance(exc, _NOT_SENT_ERRORS) or (watch is not None and not watch.started):
                 why = "connect"  # before a byte was written (connect, TLS to a server going away)
-            elif watch is not None and watch.reset_unread(exc):
+            elif watch is not None and self._resend_on_reset and watch.reset_unread(exc):
                 why = "reset"  # the server reset it unread
             if why is not None:
                 attempt.sent = was_sent

@@ -717,6 +717,77 @@ async def test_a_call_the_server_reset_unread_never_left(
     assert (attempt.transport_error is None) is (not sent)
 
 
+async def _reset_through(
+    client_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, *, proxied: bool
+) -> Any:
+    """One ``tools/call`` through ``entra_http_client`` (the MCP connection's client, built
+    under ``client_env``) to a server, or an HTTP proxy, that resets the connection unread."""
+    from entra_passthrough import mcp
+    from entra_passthrough.mcp import CallAttempt, entra_http_client
+
+    monkeypatch.setattr(mcp, "RESET_WINDOW", 60.0)  # prompt however loaded the machine is
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    server = _Closing("reset")
+    url = f"http://127.0.0.1:{server.port}/mcp"
+    if proxied:
+        client_env = {**client_env, "HTTP_PROXY": f"http://127.0.0.1:{server.port}"}
+        url = "http://mcp.invalid/mcp"  # only the proxy can reach it
+    for name, value in client_env.items():
+        monkeypatch.setenv(name, value)
+    body = {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "x"}}
+    attempt: CallAttempt
+    # No token for these URLs (another origin): the reset, not the token, is under test.
+    client = entra_http_client(
+        chain=_NoChain(), scopes=["api://mcp/.default"], origins=["https://mcp.contoso.com"]
+    )
+    async with client:
+        with call_attempt(require_token=False) as attempt:
+            answer = await client.post(url, json=body)
+    server.join()
+    assert answer.json()["id"] == 5
+    return attempt
+
+
+async def test_the_resend_on_a_prompt_reset_can_be_turned_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``ENTRA_PASSTHROUGH_MCP_RESEND_ON_RESET=false``: for a device between the agent and the
+    server that may reset after forwarding, a prompt reset is an unknown outcome, never "not
+    sent" (so never sent again). By default, the same reset is "not sent"."""
+    default = await _reset_through({}, monkeypatch, proxied=False)
+    assert default.sent is False
+    assert default.not_sent == "reset"
+    off = await _reset_through(
+        {"ENTRA_PASSTHROUGH_MCP_RESEND_ON_RESET": "false"}, monkeypatch, proxied=False
+    )
+    assert off.sent is True
+    assert off.not_sent is None
+    assert off.transport_error is not None
+
+
+async def test_a_reset_through_an_http_proxy_is_never_taken_as_unread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Through ``HTTP_PROXY`` the reset comes from the proxy, which may have forwarded the
+    request: the call may have run, whatever the setting."""
+    attempt = await _reset_through({}, monkeypatch, proxied=True)
+    assert attempt.sent is True
+    assert attempt.not_sent is None
+
+
+def test_a_bad_resend_setting_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from entra_passthrough import ConfigurationError
+    from entra_passthrough.mcp import entra_http_client
+
+    monkeypatch.setenv("ENTRA_PASSTHROUGH_MCP_RESEND_ON_RESET", "maybe")
+    with pytest.raises(ConfigurationError, match="ENTRA_PASSTHROUGH_MCP_RESEND_ON_RESET"):
+        entra_http_client(
+            chain=_NoChain(), scopes=["api://mcp/.default"], origins=["https://mcp.contoso.com"]
+        )
+
+
 class _Silent:
     """A TCP server that accepts, reads and never answers: a request to it hangs where the test
     wants it (in the TLS handshake for https, waiting for the answer for http)."""
