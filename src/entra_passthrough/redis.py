@@ -178,6 +178,7 @@ class RedisStore:
         self._loops: dict[asyncio.AbstractEventLoop, _Bound] = {}
         self._lock = threading.Lock()
         self._warned = False
+        self._closed = False  # a store built from a client, closed by aclose(): for good
 
     def __repr__(self) -> str:
         kwargs = self.client.connection_pool.connection_kwargs
@@ -286,6 +287,13 @@ class RedisStore:
                 bound, self._unclaimed = self._unclaimed, None
             elif self._factory is not None:
                 bound = _Bound(self._factory())
+            elif self._closed:
+                raise ConfigurationError(
+                    "this RedisStore was built from a redis client and has been closed "
+                    "(aclose()); it cannot open new connections.",
+                    fix="build it with RedisStore.from_url (a closed store opens new connections "
+                    "on its next use), or build a new RedisStore after closing this one.",
+                )
             else:
                 raise ConfigurationError(
                     "this RedisStore was built from a redis client, which serves one event "
@@ -344,6 +352,7 @@ class RedisStore:
             bounds = list(self._loops.items())
             self._loops.clear()
             unclaimed, self._unclaimed = self._unclaimed, None
+            self._closed = self._factory is None
         mine: list[_Bound] = [] if unclaimed is None else [unclaimed]
         others: list[asyncio.Future[None]] = []
         for owner, bound in bounds:

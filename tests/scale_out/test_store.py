@@ -452,8 +452,14 @@ def test_one_store_serves_several_event_loops(redis_server: RedisServer) -> None
         return answered
 
     assert asyncio.run(ping_then_close())
+    with pytest.raises(ConfigurationError, match="has been closed"):
+        asyncio.run(built.get("k"))  # not "another event loop": it was closed
+
+    client = redis.asyncio.Redis.from_url(redis_server.url)
+    unclosed = RedisStore(client)
+    assert asyncio.run(unclosed.ping())
     with pytest.raises(ConfigurationError, match="one event loop"):
-        asyncio.run(built.get("k"))
+        asyncio.run(unclosed.get("k"))  # a second loop, the first never closed it
 
 
 class _NoToken:
