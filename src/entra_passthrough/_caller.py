@@ -143,19 +143,7 @@ class Caller:
         copy of the header list, so a later change to the list (another middleware's) is never
         seen; headers that cannot be read make a malformed caller (presented, unusable).
         """
-        return cls._from_asgi(headers, _wanted(assertion_headers))
-
-    @classmethod
-    def _from_asgi(cls, headers: Iterable[tuple[bytes, bytes]], wanted: dict[bytes, str]) -> Caller:
-        """``from_headers`` with the names already lower-cased (``_wanted``): the middleware's
-        per-request path."""
-        caller = cls.__new__(cls)
-        caller._pending = (tuple(headers), wanted)
-        caller.verified = None
-        caller.not_after = None
-        caller._active = True
-        caller._digest = None  # ``errors``: a list on first use (most requests record none)
-        return caller
+        return caller_from_asgi(cls, headers, wanted_headers(assertion_headers))
 
     def _fill_one(self, headers: Iterable[tuple[bytes, bytes]], wanted: dict[bytes, str]) -> None:
         """Fill the header-borne fields for one assertion header (the usual configuration):
@@ -312,7 +300,21 @@ _WANTED: dict[tuple[str, ...], dict[bytes, str]] = {}
 _MAX_WANTED = 64
 
 
-def _wanted(assertion_headers: Iterable[str]) -> dict[bytes, str]:
+def caller_from_asgi(
+    cls: type[Caller], headers: Iterable[tuple[bytes, bytes]], wanted: dict[bytes, str]
+) -> Caller:
+    """``Caller.from_headers`` with the names already looked up (``wanted_headers``): the
+    middleware's per-request path. The headers are copied, read on first use."""
+    caller = cls.__new__(cls)
+    caller._pending = (tuple(headers), wanted)
+    caller.verified = None
+    caller.not_after = None
+    caller._active = True
+    caller._digest = None  # ``errors``: a list on first use (most requests record none)
+    return caller
+
+
+def wanted_headers(assertion_headers: Iterable[str]) -> dict[bytes, str]:
     """Lower-case header name (bytes) -> name, for ``from_headers``; memoised for the tuples a
     middleware passes on every request (bounded: a memo, not a registry). Do not mutate."""
     if isinstance(assertion_headers, tuple):

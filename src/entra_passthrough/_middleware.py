@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Iterable, Mapping, MutableMapping, Sequen
 from typing import Any, Protocol
 
 from ._asgi import ASGIApp, Message, Receive, Scope, Send
-from ._caller import Caller, _wanted, caller_var, malformed_caller
+from ._caller import Caller, caller_from_asgi, caller_var, malformed_caller, wanted_headers
 from ._challenge import bearer_challenge
 from ._errors import ConfigurationError, TokenVerificationError
 from ._www_auth import send_challenge
@@ -85,7 +85,7 @@ class CallerMiddleware:
             raise ConfigurationError("assertion_headers needs at least one header name")
         self.app = app
         self.assertion_headers = names
-        self._wanted = _wanted(names)
+        self._wanted = wanted_headers(names)
         self.require_caller = require_caller
         self.verifier = verifier
         self.resource_metadata_url = resource_metadata_url
@@ -105,7 +105,9 @@ class CallerMiddleware:
             return
         headers = scope.get("headers")
         try:  # ``_capture``, inlined: this runs on every request
-            caller = Caller._from_asgi(headers, self._wanted) if headers is not None else Caller()
+            caller = (
+                caller_from_asgi(Caller, headers, self._wanted) if headers is not None else Caller()
+            )
         except Exception:
             caller = _capture(headers, self.assertion_headers)  # fails closed, as always
         if self.require_caller or self.verifier is not None:  # else there is nothing to check
@@ -139,7 +141,7 @@ class CallerMiddleware:
                 message), defined here (no factory call per request): this runs on every
                 message of every response."""
                 if message.get("type") == "http.response.body" and not message.get("more_body"):
-                    caller._active = False  # caller.end(), inlined
+                    caller.end()
                     caller_var.set(None)
                 return send(message)
 
