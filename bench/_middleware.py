@@ -51,17 +51,26 @@ def _cpu_seconds(pid: int) -> float | None:
 
 
 def middleware(assertion: str, *, rounds: int, duration: float, connections: int) -> dict[str, Any]:
+    """Per round, both servers are started afresh (then warmed): two processes running the same
+    code differ by 1-2 % in CPU per request (their hash seeds, their memory layout), which one
+    pair kept for the whole run would turn into a bias of the ratio; new pairs average it out."""
     headers = [f"Authorization: Bearer {assertion}", "x-agent-user-id: bench-user"]
+    rps: dict[str, list[float]] = {"plain": [], "capture": []}
+    cpu_us: dict[str, list[float]] = {"plain": [], "capture": []}
+    ratios = []
+    cpu_ratios = []
+    tool = ""
+    errors = 0
     with tempfile.TemporaryDirectory(prefix="bench-mw-") as tmp:
-        servers = {kind: start_server(kind, Path(tmp)) for kind in ("plain", "capture")}
-        try:
-            rps: dict[str, list[float]] = {"plain": [], "capture": []}
-            cpu_us: dict[str, list[float]] = {"plain": [], "capture": []}
-            ratios = []
-            cpu_ratios = []
-            tool = ""
-            errors = 0
-            for r in range(rounds):
+        for r in range(rounds):
+            workdir = Path(tmp) / f"round{r}"
+            workdir.mkdir()
+            servers: dict[str, tuple[subprocess.Popen[str], str]] = {}
+            try:
+                for kind in ("plain", "capture"):
+                    servers[kind] = start_server(kind, workdir)
+                for _, url in servers.values():  # warm: first requests, lazy imports
+                    load(url, connections=connections, duration=min(0.5, duration), headers=headers)
                 order = ["plain", "capture"] if r % 2 == 0 else ["capture", "plain"]
                 for kind in order:
                     pid = servers[kind][0].pid
@@ -82,9 +91,9 @@ def middleware(assertion: str, *, rounds: int, duration: float, connections: int
                 ratios.append(rps["capture"][-1] / rps["plain"][-1])
                 if len(cpu_us["plain"]) == len(cpu_us["capture"]) == r + 1:
                     cpu_ratios.append(cpu_us["plain"][-1] / cpu_us["capture"][-1])
-        finally:
-            for proc, _ in servers.values():
-                stop(proc)
+            finally:
+                for proc, _ in servers.values():
+                    stop(proc)
     cost: dict[str, Any] = in_process_cpu(assertion)
     if cpu_us["plain"]:
         base = float(summary(cpu_us["plain"])["median"])
