@@ -64,9 +64,7 @@ class SharedCache(Protocol):
     acquisition so that it is answered from, and shared through, a store other replicas see.
     ``wrap_sync`` is the same for the sync API (it may return ``acquire`` unchanged)."""
 
-    def wrap(
-        self, cache: TokenCache, key: Hashable, acquire: AcquireFn, cap: Cap
-    ) -> AcquireFn: ...
+    def wrap(self, cache: TokenCache, key: Hashable, acquire: AcquireFn, cap: Cap) -> AcquireFn: ...
 
     def wrap_sync(
         self, cache: TokenCache, key: Hashable, acquire: AcquireFnSync, cap: Cap
@@ -296,9 +294,7 @@ class SharedTokenCache:
 
     # -- the wrapped acquisition -------------------------------------------------------------
 
-    def wrap(
-        self, cache: TokenCache, key: Hashable, acquire: AcquireFn, cap: Cap
-    ) -> AcquireFn:
+    def wrap(self, cache: TokenCache, key: Hashable, acquire: AcquireFn, cap: Cap) -> AcquireFn:
         async def shared() -> TokenResult | None:
             if not self._up():
                 return await acquire()

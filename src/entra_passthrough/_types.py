@@ -29,6 +29,7 @@ Cap = float | Callable[[], float | None] | None
 def cap_value(cap: Cap) -> float | None:
     return cap() if callable(cap) else cap
 
+
 class IdentityKind(enum.StrEnum):
     """Whose identity a token represents, as *declared* by the source that produced it."""
 

@@ -107,9 +107,7 @@ class OnBehalfOf:
         self._created_http = False  # from_env built http_client itself (CA file)
         self._pool = WorkerPool(max_workers=max_workers, name=f"entra-{name}")
         self._pool.start()  # at construction (start-up), not inside the first burst
-        self._apps = AppPool(
-            self._build_app, max_apps=max_tenants, after_wait=self._pool.respace
-        )
+        self._apps = AppPool(self._build_app, max_apps=max_tenants, after_wait=self._pool.respace)
 
     def __repr__(self) -> str:
         return (
