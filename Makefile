@@ -79,9 +79,14 @@ demo: $(DEMO_STAMP)
 	@echo "==> running the demo: emulator, MCP server, two hosted agents and a consent broker on loopback"
 	$(BIN)/entra-passthrough demo
 
+# The test environment (`make test`) already has the docs extra: installed again only without it.
 $(DOCS_STAMP): pyproject.toml | $(VENV)/bin/python
-	@echo "==> installing the 'docs' extra (mkdocs-material, mkdocstrings)"
-	$(BIN)/python -m pip install -e '.[docs]'
+	@if [ -f $(STAMP) ] && [ $(STAMP) -nt pyproject.toml ]; then \
+		echo "==> the 'docs' extra is in the test environment"; \
+	else \
+		echo "==> installing the 'docs' extra (mkdocs-material, mkdocstrings)"; \
+		$(BIN)/python -m pip install -e '.[docs]'; \
+	fi
 	touch $@
 
 docs: $(DOCS_STAMP)
