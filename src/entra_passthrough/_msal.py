@@ -42,8 +42,9 @@ _redact.install()
 PUBLIC_AUTHORITY_HOST = "https://login.microsoftonline.com"
 
 #: Worker threads per source. A thread waiting on Entra holds no GIL, so idle capacity is cheap;
-#: 64 lets a cold burst go out at once (8 capped it at 8 requests per round trip) and keeps
-#: room for healthy users while a few requests stall up to their deadline.
+#: 64 lets a cold burst be on the wire together (8 capped it at 8 requests per round trip; the
+#: starts are spaced by ``_GilSchedule``) and keeps room for healthy users while a few requests
+#: stall up to their deadline.
 DEFAULT_MAX_WORKERS = 64
 
 #: The federated-credential audience per cloud, from the authority host (docs/platform-facts.md).
