@@ -123,6 +123,7 @@ class CallerMiddleware:
             scope["state"] = state
         state[STATE_KEY] = caller
         reset = caller_var.set(caller)  # set without ending: ended below, or as the response ends
+        to_server = send
         if kind == "http":
 
             def ending(message: Message) -> Awaitable[None]:
@@ -145,14 +146,9 @@ class CallerMiddleware:
                     caller_var.set(None)
                 return send(message)
 
-            try:
-                await self.app(scope, receive, ending)
-            finally:
-                caller.end()
-                caller_var.reset(reset)
-            return
+            to_server = ending
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, to_server)
         finally:
             caller.end()
             caller_var.reset(reset)
