@@ -79,7 +79,6 @@ def _parse_constant(text: str) -> Any:
 _DECODER = json.JSONDecoder(
     parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant
 )
-_OPENERS = (ord("{"), ord("["))
 
 
 def _loads(data: bytes) -> Any:
@@ -92,7 +91,7 @@ def _loads(data: bytes) -> Any:
     except (UnicodeDecodeError, ValueError, RecursionError, OverflowError) as exc:
         # JSONDecodeError is a ValueError
         raise JwtDecodeError("a segment is not JSON") from exc
-    if data.count(_OPENERS[0]) + data.count(_OPENERS[1]) < MAX_DEPTH:
+    if data.count(b"{") + data.count(b"[") < MAX_DEPTH:
         return value  # fewer openers than the bound: it cannot nest deeper (the usual token)
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
