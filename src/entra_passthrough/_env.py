@@ -170,9 +170,11 @@ def get_list(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(part for part in value.replace(",", " ").split() if part)
 
 
-def get_bool(environ: Mapping[str, str], name: str) -> bool:
+def get_bool(environ: Mapping[str, str], name: str, *, default: bool = False) -> bool:
     value = (get(environ, name) or "").lower()
-    if value in ("", "0", "false", "no", "off"):
+    if not value:
+        return default
+    if value in ("0", "false", "no", "off"):
         return False
     if value in ("1", "true", "yes", "on"):
         return True

@@ -164,9 +164,7 @@ def http_client_for(
             max_connections=100, max_keepalive_connections=20, keepalive_expiry=KEEPALIVE_EXPIRY
         ),
     )
-    resend = _env.get(os.environ, RESEND_ON_RESET_VARIABLE) is None or _env.get_bool(
-        os.environ, RESEND_ON_RESET_VARIABLE
-    )
+    resend = _env.get_bool(os.environ, RESEND_ON_RESET_VARIABLE, default=True)
     wrap_transports(
         client,
         functools.partial(_CallGuard, resend_on_reset=resend),
