@@ -31,8 +31,9 @@ typecheck: $(STAMP)
 
 # Parallel (pytest-xdist): most of the suite waits on sockets and subprocesses, so eight workers
 # beat four even on two cores (measured on the two-core machine, warm: 96 s with 4 workers, 90 s
-# with 6, 80-92 s with 8; beyond that the suite is bound by its CPU, ~140 s of it). Tests that share a machine-wide resource carry an xdist_group mark
-# (--dist loadgroup keeps each group on one worker); the `slow` ones start first (conftest.py).
+# with 6, 80-92 s with 8; beyond that the suite is bound by its CPU, ~140 s of it). Tests that
+# share a machine-wide resource carry an xdist_group mark (--dist loadgroup keeps each group on
+# one worker); the `slow` ones start first (conftest.py).
 # Bytecode is written (Python's default): with PYTHONDONTWRITEBYTECODE set, every worker of every
 # run rewrites and compiles the whole suite again (measured: 19 s of CPU to collect on four
 # workers, 10 s once the rewritten modules are cached).
