@@ -32,7 +32,7 @@ import logging
 import secrets
 import ssl
 import threading
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs, urlsplit
 
@@ -310,7 +310,7 @@ class RedisStore:
 
     async def _close_at_shutdown(
         self, loop: asyncio.AbstractEventLoop, bound: _Bound
-    ) -> AsyncIterator[None]:
+    ) -> AsyncGenerator[None, None]:
         """Close ``bound``'s connections when ``loop`` shuts down. A loop's async generators
         are closed (``shutdown_asyncgens``) before the loop is, by ``asyncio.run``,
         ``asyncio.Runner``, anyio, uvicorn and pytest-asyncio; afterwards the connections
@@ -443,7 +443,7 @@ class _Bound:
         self.cas_put = client.register_script(_CAS_PUT)
         self.cas_delete = client.register_script(_CAS_DELETE)
         self.closed = False
-        self.closer: Any = None
+        self.closer: AsyncGenerator[None, None] | None = None
 
     async def aclose(self) -> None:
         """Close the connections (quietly: a Redis that is down has nothing to close), then
