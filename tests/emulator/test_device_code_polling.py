@@ -54,7 +54,7 @@ def _poll(
 def test_the_poll_must_be_at_the_tenant_of_the_request(entra_emulator: EntraEmulator) -> None:
     idp = entra_emulator
     client = idp.frontend.client_id
-    domain = idp._world.tenants[0].domain
+    domain = idp.world.tenants[0].domain
     with httpx.Client(verify=idp.ssl_context()) as http:
         start = _start(http, idp, idp.tenant_id, client)
         idp.approve_device_code(start["user_code"], "alice")

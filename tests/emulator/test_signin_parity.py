@@ -178,7 +178,7 @@ def _api(idp: EntraEmulator, name: str) -> str:
 
 
 def _tenant(idp: EntraEmulator, name: str) -> str:
-    tenant = idp._world.tenant(name)
+    tenant = idp.world.tenant(name)
     assert tenant is not None
     return tenant.id
 

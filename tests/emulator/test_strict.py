@@ -770,7 +770,7 @@ def test_consent_model(consent_idp: EntraEmulator) -> None:
     _, _, answer = _authorize(idp, [f"{other.app_id_uri}/.default"], "alice")
     assert answer.get("error_description", "").startswith("AADSTS650057"), answer
     # A tenant whose users may not consent: even a plain scope needs an administrator.
-    locked = idp._world.tenant("locked")
+    locked = idp.world.tenant("locked")
     assert locked is not None
     _, _, answer = _authorize(idp, [f"{api.app_id_uri}/read"], "sam", tenant=locked.id)
     assert answer.get("error_description", "").startswith("AADSTS90094"), answer
