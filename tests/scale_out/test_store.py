@@ -144,8 +144,9 @@ async def test_a_full_rotation_keeps_grants_and_bindings_of_active_users_reachab
     one). Record names do not depend on the keyring (docs/scale-out.md says why they are not
     keyed), so every grant and binding written before is found at every step. A grant is
     re-sealed with the new key by its refresh; a platform user's binding, written once, is
-    re-sealed when it is read or when its user's grant is (a token request, a sign-in): after
-    the drop both still open, and the user is not refused as 'a different account'."""
+    re-sealed when it is read (a sign-in) or when its user's grant is refreshed (a token
+    request): after the drop both still open, and the user is not refused as 'a different
+    account'."""
     k1, k2 = Keyring.generate("k1").keys["k1"], Keyring.generate("k2").keys["k2"]
     steps = [
         Keyring({"k1": k1}, current="k1"),  # before
