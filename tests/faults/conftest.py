@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
 import requests
 
-from entra_passthrough import OnBehalfOf, Timeouts, TokenChain
+from entra_passthrough import Caller, OnBehalfOf, Timeouts, TokenChain
 from entra_passthrough._http import SHARED_THROTTLE
 from entra_passthrough.testing import App, EntraEmulator
 
@@ -117,3 +119,37 @@ class RoutedSession(requests.Session):
         if self.route and "/oauth2/" in url:
             url = f"http://127.0.0.1:{self.port}/token"
         return super().request(method, url, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def routed_obo_chain(idp: EntraEmulator, port: int, timeouts: Timeouts) -> Iterator[TokenChain]:
+    """OBO through the application's session (a ``RoutedSession``), its MSAL app warmed up
+    (discovery done, one POST answered by the emulator); then the token POSTs go to the test
+    server on ``port``. The chain and the session are closed on exit."""
+    with RoutedSession(idp, port) as http:
+        chain = TokenChain(
+            [
+                OnBehalfOf(
+                    client_id=idp.agent.client_id,
+                    tenant_id=idp.tenant_id,
+                    client_secret=idp.agent.secret,
+                    authority_host=idp.url,
+                    http_client=http,
+                    timeouts=timeouts,
+                )
+            ]
+        )
+        try:
+            warm = Caller.from_token(idp.user_token("alice", audience=idp.agent.client_id))
+            chain.get_token(mcp_scope(idp), caller=warm)  # discovery, before the route
+            http.route = True
+            yield chain
+        finally:
+            chain.close()
+
+
+def get_token_as(mode: str, chain: TokenChain, scopes: Sequence[str], **kw: Any) -> Any:
+    """``chain.get_token`` for a ``sync`` caller, ``get_token_async`` for an ``async`` one."""
+    if mode == "sync":
+        return chain.get_token(scopes, **kw)
+    return asyncio.run(chain.get_token_async(scopes, **kw))

@@ -13,16 +13,15 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import requests
 
-from entra_passthrough import Caller, OnBehalfOf, SourceUnavailable, Timeouts, TokenChain
+from entra_passthrough import Caller, SourceUnavailable, Timeouts
 from entra_passthrough._http import GuardedHttpClient, Throttle, TransportFailure
 from entra_passthrough.testing import EntraEmulator
 
-from .conftest import RoutedSession, mcp_scope
+from .conftest import get_token_as, mcp_scope, routed_obo_chain
 
 PLANNED = 200  # bytes of body the server trickles, one every INTERVAL: 20 s in all
 INTERVAL = 0.1
@@ -103,37 +102,10 @@ def test_the_guarded_layer_cuts_a_trickling_body_at_the_deadline(trickle: Trickl
 def test_a_trickling_token_endpoint_fails_the_call_at_its_deadline(
     idp: EntraEmulator, trickle: Trickle, mode: str
 ) -> None:
-    import asyncio
-
-    http = RoutedSession(idp, trickle.port)
-    chain = TokenChain(
-        [
-            OnBehalfOf(
-                client_id=idp.agent.client_id,
-                tenant_id=idp.tenant_id,
-                client_secret=idp.agent.secret,
-                authority_host=idp.url,
-                http_client=http,
-                timeouts=Timeouts(read=2.0, deadline=3.0, retries=0),
-            )
-        ]
-    )
-    try:
-        warm = Caller.from_token(idp.user_token("alice", audience=idp.agent.client_id))
-        chain.get_token(mcp_scope(idp), caller=warm)  # discovery, before the trickle
-        http.route = True
+    with routed_obo_chain(idp, trickle.port, Timeouts(read=2.0, deadline=3.0, retries=0)) as chain:
         caller = Caller.from_token(
             idp.user_token("bob", audience=idp.agent.client_id, extra_claims={"uti": mode})
         )
-
-        def get() -> Any:
-            if mode == "sync":
-                return chain.get_token(mcp_scope(idp), caller=caller)
-            return asyncio.run(chain.get_token_async(mcp_scope(idp), caller=caller))
-
         with pytest.raises(SourceUnavailable, match="deadline"):
-            get()
-    finally:
-        chain.close()
-        http.close()
+            get_token_as(mode, chain, mcp_scope(idp), caller=caller)
     assert _wait_for_answer(trickle) < PLANNED  # the worker let go of the connection
