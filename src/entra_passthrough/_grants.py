@@ -192,12 +192,12 @@ class GrantStore:
         if entry is None:
             return None
         try:
-            plain = self.keyring.open("store", entry.value.decode("ascii"), aad=key.encode())
+            sealed = entry.value.decode("ascii")
+            plain = self.keyring.open("store", sealed, aad=key.encode())
         except (KeyringError, UnicodeDecodeError):
             _cannot_open(self.keyring, entry.value)
             return None  # sealed under a retired key or tampered: as good as absent
-        stale = not entry.value.startswith(self.keyring.current.encode() + b".")
-        return plain, entry.version, stale
+        return plain, entry.version, not self.keyring.sealed_with_current(sealed)
 
     async def _put(
         self, key: str, plain: bytes, *, ttl: float, expect: str | AnyVersion | None = ANY

@@ -286,6 +286,10 @@ class Keyring:
         ct = AESGCM(self._subkey(self.current, purpose)).encrypt(nonce, plaintext, aad)
         return f"{self.current}.{_b64e(nonce + ct)}"
 
+    def sealed_with_current(self, sealed: str) -> bool:
+        """Whether ``sealed`` (from ``seal``) names the current key: else it is re-sealed."""
+        return sealed.partition(".")[0] == self.current
+
     def open(self, purpose: str, sealed: str, *, aad: bytes = b"") -> bytes:
         kid, sep, body = sealed.partition(".")
         if not sep or kid not in self.keys:
