@@ -307,6 +307,12 @@ class SharedTokenCache:
 
         return shared
 
+    def _waited_too_long(self) -> None:
+        logger.warning(
+            "shared token cache: another replica held the lease for %.0f s; acquiring directly",
+            self.wait,
+        )
+
     async def _fetch(
         self, digest: str, floor: float, acquire: AcquireFn, cap: Cap
     ) -> TokenResult | None:
@@ -326,11 +332,7 @@ class SharedTokenCache:
                         self.takeovers += 1
                     break
                 if time.monotonic() >= deadline:
-                    logger.warning(
-                        "shared token cache: another replica held the lease for %.0f s; "
-                        "acquiring directly",
-                        self.wait,
-                    )
+                    self._waited_too_long()
                     return await acquire()
                 if not waited:
                     self.waits += 1
@@ -443,6 +445,7 @@ class SharedTokenCache:
                         self.takeovers += 1
                     break
                 if time.monotonic() >= deadline:
+                    self._waited_too_long()
                     return acquire()
                 if not waited:
                     self.waits += 1
