@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -153,3 +154,18 @@ def get_token_as(mode: str, chain: TokenChain, scopes: Sequence[str], **kw: Any)
     if mode == "sync":
         return chain.get_token(scopes, **kw)
     return asyncio.run(chain.get_token_async(scopes, **kw))
+
+
+def accept_each(listener: socket.socket, handle: Callable[[socket.socket], None]) -> None:
+    """Accept connections on ``listener`` (a daemon thread), each handled by ``handle`` in a
+    daemon thread of its own, until the listener is closed."""
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()

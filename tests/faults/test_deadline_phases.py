@@ -35,7 +35,7 @@ from entra_passthrough import (
 from entra_passthrough._http import GuardedHttpClient, Throttle, TransportFailure, size_pool
 from entra_passthrough.testing import EntraEmulator
 
-from .conftest import get_token_as, mcp_scope, routed_obo_chain
+from .conftest import accept_each, get_token_as, mcp_scope, routed_obo_chain
 
 DEADLINE = 2.0
 INTERVAL = 0.2  # one byte (or one block, for the request write) per INTERVAL
@@ -91,20 +91,12 @@ class PhaseServer:
             # later SYN (the connect hangs, as behind a firewall that drops them).
             self.filler = socket.create_connection(("127.0.0.1", self.port), timeout=30)
             return
-        threading.Thread(target=self._serve, daemon=True).start()
+        accept_each(self.listener, self._answer)
 
     @property
     def url(self) -> str:
         scheme = "https" if self.mode == "tls" else "http"
         return f"{scheme}://127.0.0.1:{self.port}/tenant/oauth2/v2.0/token"
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
 
     def _trickle(self, conn: socket.socket, data: bytes) -> int:
         sent = 0
@@ -380,15 +372,7 @@ class ConnectProxy:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.tunnels = 0
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._tunnel, args=(client,), daemon=True).start()
+        accept_each(self.listener, self._tunnel)
 
     def _tunnel(self, client: socket.socket) -> None:
         try:

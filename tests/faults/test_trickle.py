@@ -21,7 +21,7 @@ from entra_passthrough import Caller, SourceUnavailable, Timeouts
 from entra_passthrough._http import GuardedHttpClient, Throttle, TransportFailure
 from entra_passthrough.testing import EntraEmulator
 
-from .conftest import get_token_as, mcp_scope, routed_obo_chain
+from .conftest import accept_each, get_token_as, mcp_scope, routed_obo_chain
 
 PLANNED = 200  # bytes of body the server trickles, one every INTERVAL: 20 s in all
 INTERVAL = 0.1
@@ -35,16 +35,7 @@ class Trickle:
         self.port = self.listener.getsockname()[1]
         self.sent: list[int] = []
         self.done = threading.Event()
-        self.closed = False
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while not self.closed:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+        accept_each(self.listener, self._answer)
 
     def _answer(self, conn: socket.socket) -> None:
         sent = 0
@@ -66,7 +57,6 @@ class Trickle:
             self.done.set()
 
     def close(self) -> None:
-        self.closed = True
         self.listener.close()
 
 
