@@ -270,8 +270,11 @@ def test_a_deadline_passing_after_the_answer_never_touches_the_pooled_connection
 
     server = PhaseServer("ok")
     session = _session("library")
+    # Long enough for a loopback answer on a loaded machine (the answer must be read before
+    # the deadline for the case to arise); each second here is waited out once, in _put_conn.
+    deadline = 3.0
     client = GuardedHttpClient(
-        session, timeouts=Timeouts(deadline=1.0, retries=0), throttle=Throttle()
+        session, timeouts=Timeouts(deadline=deadline, retries=0), throttle=Throttle()
     )
     manager = session.get_adapter(server.url).poolmanager
     base = manager.pool_classes_by_scheme["http"]
@@ -282,10 +285,10 @@ def test_a_deadline_passing_after_the_answer_never_touches_the_pooled_connection
         if put_back:
             return  # the first answer only
         limit = time.monotonic() + 60
-        # bounded: the attempt's deadline (1 s after it started) passes, and the watchdog has
-        # dealt with every entry that came due (it pops each one when it acts on it)
+        # bounded: the attempt's deadline (``deadline`` after it started) passes, and the
+        # watchdog has dealt with every entry that came due (it pops each one when it acts on it)
         while time.monotonic() < limit and (
-            time.monotonic() < started + 1.2
+            time.monotonic() < started + deadline + 0.2
             or any(entry[0] <= time.monotonic() for entry in list(_http._WATCHDOG._heap))
         ):
             time.sleep(0.05)
