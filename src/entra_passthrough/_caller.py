@@ -23,6 +23,8 @@ CALL_ID_HEADER = "x-agent-foundry-call-id"
 _MAX_PLATFORM_VALUE = 256
 _USER_ID, _CALL_ID = USER_ID_HEADER.encode(), CALL_ID_HEADER.encode()
 _PLATFORM_HEADERS = (_USER_ID, _CALL_ID)
+_PLATFORM_LENGTHS = frozenset(len(name) for name in _PLATFORM_HEADERS)
+_BEARER_PREFIXES = (b"Bearer ", b"bearer ")
 
 caller_var: ContextVar[Caller | None] = ContextVar("entra_passthrough.caller", default=None)
 
@@ -150,15 +152,24 @@ class Caller:
         the general path's decisions (``_fill``), counted in locals instead of lists, the
         assertion set in one go (what ``_set_assertion`` does, without the intermediate dict)."""
         ((want, name),) = wanted.items()
+        size = len(want)
         value: bytes | None = None
         count = 0
         platform: dict[bytes, list[bytes]] | None = None
         for raw_name, raw_value in headers:
+            # Only a name of a length we look for is lower-cased (a new bytes per name, the
+            # loop's main cost): any other name is none of ours, whatever its case or type.
+            length = len(raw_name)
+            if length == size:
+                key = bytes.lower(raw_name)
+                if key == want:
+                    value = raw_value
+                    count += 1
+                    continue
+            elif length not in _PLATFORM_LENGTHS:
+                continue
             key = bytes.lower(raw_name)
-            if key == want:
-                value = raw_value
-                count += 1
-            elif key in _PLATFORM_HEADERS:
+            if key in _PLATFORM_HEADERS:
                 if platform is None:
                     platform = {}
                 platform.setdefault(key, []).append(raw_value)
@@ -168,7 +179,20 @@ class Caller:
             call_id = _platform_value(platform.get(_CALL_ID))
         self.user_id = user_id
         self.call_id = call_id
-        token = None if value is None or count > 1 else _bearer(name, value)
+        if value is None or count > 1:
+            token = None
+        elif (
+            want == b"authorization"
+            and len(value) <= MAX_TOKEN_BYTES + 16
+            and value.startswith(_BEARER_PREFIXES)
+        ):
+            # ``_bearer``'s usual case, inlined (this runs once per request that calls out)
+            try:
+                token = value[7:].decode("ascii").strip()
+            except UnicodeDecodeError:
+                token = _bearer(name, value)
+        else:
+            token = _bearer(name, value)
         if token is None:  # none, duplicated, or not a bearer (e.g. "Basic ...")
             self.assertion = None
             self.assertions = {}
@@ -234,14 +258,19 @@ class Caller:
         del self.claims
         del self.decode_error
 
-    def _read_pending(self) -> None:
-        """Fill every header-borne field from the headers ``from_headers`` kept (the claims
-        are left to decode on first use)."""
+    def read_headers(self) -> None:
+        """Read the headers ``from_headers`` kept, now: every header-borne field is filled (the
+        claims decode on first use). Otherwise the first read of a field does it; a no-op for
+        a Caller already read or not built from headers."""
         pending = self._pending
         if pending is None:
             return
+        headers, wanted = pending
         try:
-            self._fill(*pending)
+            if len(wanted) == 1:
+                self._fill_one(headers, wanted)  # the usual configuration, one call less
+            else:
+                self._fill(headers, wanted)
         except Exception:
             # Headers an ASGI server would never produce (wrong types...): fail closed.
             self.assertion = None
@@ -265,7 +294,7 @@ class Caller:
                 self.errors = []
                 return self.errors
             if self._pending is not None:
-                self._read_pending()
+                self.read_headers()
                 return getattr(self, name)
             if name not in ("claims", "decode_error"):
                 raise AttributeError(name)

@@ -35,7 +35,7 @@ from ._challenge import parse_bearer_challenges
 from ._errors import ConfigurationError, TokenAcquisitionError
 from ._httpx_seams import has_authorization
 from ._origins import OriginKey, format_origin, origin_key, parse_origins
-from ._prefetch import prefetched_for, scope_key
+from ._prefetch import prefetched_for, prefetched_var, scope_key
 from ._types import TokenResult, header_safe, mark_header_safe
 
 _log = logging.getLogger("entra_passthrough.apply")
@@ -310,7 +310,8 @@ class FlowCore:
         headers = request.headers
         if has_authorization(headers):
             return None  # a header to judge: the full flow
-        result = prefetched_for(caller, self._key) or cached(
+        # ``prefetched_for`` only inside a ``use_token`` block (rare): a call saved per request
+        result = (prefetched_var.get() is not None and prefetched_for(caller, self._key)) or cached(
             self.scopes, caller=caller, client_capabilities=self.client_capabilities
         )
         if result is None or not header_safe(result):

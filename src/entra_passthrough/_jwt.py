@@ -131,12 +131,17 @@ def fingerprint(secret: str | bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()[:12]
 
 
-_sha256 = hashlib.sha256
+#: An empty sha256 that ``sha256_hex`` copies: ``hashlib.sha256()`` looks the digest up in
+#: OpenSSL 3 on every call, and a copy does not (~0.3 us of the ~2 us a 1.2 KB assertion
+#: costs through a client, measured). ``copy()`` only reads the original: safe from any thread.
+_SHA256_EMPTY = hashlib.sha256()
 
 
 def sha256_hex(secret: str) -> str:
     # ``_utf8`` inlined: once per new caller that calls out (the cache key)
-    return _sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
+    digest = _SHA256_EMPTY.copy()
+    digest.update(secret.encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()
 
 
 def _b64url_decode(segment: str) -> bytes:

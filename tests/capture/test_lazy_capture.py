@@ -31,14 +31,20 @@ def test_a_handler_that_never_asks_costs_no_header_scan(monkeypatch: pytest.Monk
     import entra_passthrough._caller as caller_module
 
     reads = 0
-    real = caller_module.Caller._fill
 
-    def counting(self: Any, *args: Any) -> Any:
-        nonlocal reads
-        reads += 1
-        return real(self, *args)
+    def counted(real: Any) -> Any:
+        def counting(self: Any, *args: Any) -> Any:
+            nonlocal reads
+            reads += 1
+            return real(self, *args)
 
-    monkeypatch.setattr(caller_module.Caller, "_fill", counting)
+        return counting
+
+    # the general scan and the one-header scan (the configuration below) are both counted
+    for name in ("_fill", "_fill_one"):
+        monkeypatch.setattr(
+            caller_module.Caller, name, counted(getattr(caller_module.Caller, name))
+        )
     seen: list[Any] = []
 
     async def app(scope: Any, receive: Any, send: Any) -> None:

@@ -152,3 +152,63 @@ async def test_a_source_without_caller_partition_is_served_from_the_cache_too(
     finally:
         chain.close()
         obo.close()
+
+
+async def test_the_hit_path_reads_a_new_callers_headers_without_the_slot_miss(
+    entra_emulator: EntraEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Caller from raw headers (the middleware's) is read by the hit path itself
+    (``read_headers``), not by the first field read missing its slot (an AttributeError and
+    ``__getattr__``, ~1.5 us per request through a client); the read is the same: each user's
+    own token, one header scan per Caller, and a duplicated header still fails closed."""
+    import entra_passthrough._caller as caller_module
+
+    idp = entra_emulator
+    chain = TokenChain([_obo(idp)])
+    mcp = (f"{idp.mcp.app_id_uri}/.default",)
+    headers = {
+        name: [
+            (b"host", b"agent.contoso.com"),
+            (b"Authorization", f"Bearer {idp.user_token(name)}".encode()),
+            (b"x-agent-user-id", name.encode()),
+        ]
+        for name in ("alice", "bob")
+    }
+    try:
+        issued = {}
+        for name, raw in headers.items():
+            with bind_caller(Caller.from_headers(raw), cap_at_expiry=False):
+                issued[name] = (await chain.get_token_async(mcp)).token
+        missed = scans = 0
+        real_getattr = caller_module.Caller.__getattr__
+        real_fill = caller_module.Caller._fill_one
+
+        def counting_getattr(self: Any, name: str) -> Any:
+            nonlocal missed
+            missed += 1
+            return real_getattr(self, name)
+
+        def counting_fill(self: Any, *args: Any) -> Any:
+            nonlocal scans
+            scans += 1
+            return real_fill(self, *args)
+
+        monkeypatch.setattr(caller_module.Caller, "__getattr__", counting_getattr)
+        monkeypatch.setattr(caller_module.Caller, "_fill_one", counting_fill)
+        for _ in range(3):
+            for name, raw in headers.items():
+                caller = Caller.from_headers(raw)
+                hit = chain.cached_token(mcp, caller=caller)
+                assert hit is not None
+                assert hit.token == issued[name]
+                assert chain.cached_token(mcp, caller=caller) is hit
+                assert caller.user_id == name  # filled by the same read
+        assert missed == 0
+        assert scans == 6  # one per Caller
+        twice = [*headers["alice"], (b"authorization", f"Bearer {idp.user_token('bob')}".encode())]
+        caller = Caller.from_headers(twice)
+        assert chain.cached_token(mcp, caller=caller) is None
+        assert caller.presented
+        assert caller.assertion is None
+    finally:
+        chain.close()
