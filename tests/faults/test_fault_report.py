@@ -77,4 +77,6 @@ def test_the_suite_finds_any_piece_of_a_token_in_the_logs(
     token = idp.user_token("alice", audience=idp.agent.client_id)
     assert tokens_in(idp, "no secret here") == 0
     for start in range(0, len(token) - 35, 7):
-        assert tokens_in(idp, f"log: ...{token[start : start + 35]}... end") == 1, start
+        # >= 1: a piece can also be in a token an earlier test had this emulator issue (two
+        # tokens of one user and audience share most of their payload), which counts it too
+        assert tokens_in(idp, f"log: ...{token[start : start + 35]}... end") >= 1, start

@@ -20,7 +20,8 @@ from entra_passthrough.redis import RedisStore, SyncRedisStore
 from ._server import PASSWORD, RedisServer, free_port
 
 KEY = ("obo", ("client", "tenant", "sha256-of-assertion"), ("api://mcp/.default",), None, ())
-LEASE = 3.0  # renewals every 1 s; a refused one is retried every 0.3 s
+LEASE = 6.0  # renewals every 2 s; a refused one is retried every 0.3 s: ~4 s of slack for a
+# loaded machine (at 3 s, a loop stalled for ~2 s on a busy CI host could lose the lease by chance)
 
 
 def _token(name: str) -> TokenResult:
