@@ -62,8 +62,10 @@ async def acquire_async(
     return await core.chain.lifecycle_token_async(core.scopes)
 
 
-def drive_sync(core: FlowCore, request: Any) -> Generator[Any, Any, None]:
-    """``sync_auth_flow``: run the decisions, do the token I/O with the sync chain."""
+def drive_sync(auth: EntraAuthBase, request: Any) -> Generator[Any, Any, None]:
+    """``sync_auth_flow`` of both fronts (assigned as the method: no call in between): run the
+    decisions, do the token I/O with the sync chain."""
+    core = auth._core
     hit = core.apply_hit(request)
     if hit is None:
         flow = core.flow(request)
@@ -89,10 +91,13 @@ def drive_sync(core: FlowCore, request: Any) -> Generator[Any, Any, None]:
         flow.close()
 
 
-async def drive_async(core: FlowCore, request: Any) -> AsyncGenerator[Any, Any]:
-    """``async_auth_flow``: the same loop as ``drive_sync``; only the acquisition awaits.
-    A fresh cache hit skips the decision generator (``FlowCore.apply_hit``); a 401 to it
-    continues in ``FlowCore.after_401``, the same step 5 as the full flow."""
+async def drive_async(auth: EntraAuthBase, request: Any) -> AsyncGenerator[Any, Any]:
+    """``async_auth_flow`` of both fronts (assigned as the method: the client's call creates
+    this generator, with no call in between): the same loop as ``drive_sync``; only the
+    acquisition awaits. A fresh cache hit skips the decision generator
+    (``FlowCore.apply_hit``); a 401 to it continues in ``FlowCore.after_401``, the same step 5
+    as the full flow."""
+    core = auth._core
     hit = core.apply_hit(request)
     if hit is None:
         flow = core.flow(request)
@@ -286,13 +291,5 @@ class EntraAuth(EntraAuthBase, httpx2.Auth):
 
     _async_client = httpx2.AsyncClient
 
-    def sync_auth_flow(
-        self, request: httpx2.Request
-    ) -> Generator[httpx2.Request, httpx2.Response, None]:
-        return drive_sync(self._core, request)
-
-    def async_auth_flow(
-        self, request: httpx2.Request
-    ) -> AsyncGenerator[httpx2.Request, httpx2.Response]:
-        flow: AsyncGenerator[httpx2.Request, httpx2.Response] = drive_async(self._core, request)
-        return flow
+    sync_auth_flow = drive_sync
+    async_auth_flow = drive_async

@@ -597,6 +597,30 @@ class TokenChain:
         except Exception:
             return None  # the full path will meet the same problem and explain it
 
+    def hit_lookup(
+        self, scopes: Sequence[str], client_capabilities: Sequence[str] = ()
+    ) -> Callable[[Caller], TokenResult | None]:
+        """``cached_token`` for these scopes and capabilities, bound once (the apply stage
+        asks for it when it is built): ``lookup(caller)`` for a caller the caller has already
+        found active. The per-call work of ``cached_token`` that never changes for one
+        ``EntraAuth`` (the argument checks, the key's memoised prefix) is done here, once."""
+        scopes = tuple(scopes)
+        client_capabilities = tuple(client_capabilities)
+        tail = _Tail(_scopes_key(scopes), client_capabilities)  # its own: never cleared
+        caller_hit = self._caller_hit
+        general = self.cached_token
+
+        def lookup(caller: Caller) -> TokenResult | None:
+            try:
+                hit = caller_hit(caller, tail)
+            except Exception:
+                return None  # the full path will meet the same problem and explain it
+            if hit is not _GENERAL:
+                return hit  # type: ignore[return-value]
+            return general(scopes, caller=caller, client_capabilities=client_capabilities)
+
+        return lookup
+
     def _tail(self, scopes: tuple[str, ...], client_capabilities: tuple[str, ...]) -> _Tail:
         if len(self._tails) >= _MAX_TAILS:
             self._tails.clear()

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Generator, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from typing import Any, Literal, Protocol
 
 from . import _otel
@@ -81,6 +81,8 @@ class Chain(Protocol):
     # Optional (TokenChain has it): a fresh cache hit without I/O, else None. The flow then
     # attaches the token without an acquisition step (no coroutine, no driver round trip).
     # def cached_token(self, scopes, *, caller, client_capabilities=()) -> TokenResult | None
+    # And, with it, the same bound to one (scopes, capabilities), for an active caller:
+    # def hit_lookup(self, scopes, client_capabilities=()) -> Callable[[Caller], TokenResult | None]
 
     async def lifecycle_token_async(self, scopes: Sequence[str]) -> TokenResult | None: ...
 
@@ -183,6 +185,14 @@ class FlowCore:
         self.client_capabilities: tuple[str, ...] = tuple(client_capabilities)
         self._key = scope_key(self.scopes)
         self._cached = getattr(chain, "cached_token", None)
+        # Optional too (TokenChain has it): ``cached_token`` bound to these scopes, for the hot
+        # path (``apply_hit``), with what never changes per request worked out once.
+        hit_lookup = getattr(chain, "hit_lookup", None)
+        self._lookup: Callable[[Caller], TokenResult | None] | None = (
+            hit_lookup(self.scopes, self.client_capabilities)
+            if hit_lookup is not None and self._cached is not None
+            else None
+        )
         self._seen: dict[tuple[str, bytes, int | None], bool] = {}
         self._errors: deque[BaseException] = deque(maxlen=_MAX_ERRORS)
 
@@ -297,8 +307,8 @@ class FlowCore:
         -> attach it and return ``(result, caller)``. Anything else (a tracer provider
         configured included) -> ``None`` with the request untouched: the full ``flow`` runs.
         After the response, a 401 goes to ``after_401``, exactly as in ``flow``."""
-        cached = self._cached
-        if cached is None or _otel.tracing():
+        lookup = self._lookup
+        if lookup is None or _otel.tracing():
             return None
         caller = caller_var.get()
         if caller is None or not caller.active:
@@ -311,8 +321,8 @@ class FlowCore:
         if has_authorization(headers):
             return None  # a header to judge: the full flow
         # ``prefetched_for`` only inside a ``use_token`` block (rare): a call saved per request
-        result = (prefetched_var.get() is not None and prefetched_for(caller, self._key)) or cached(
-            self.scopes, caller=caller, client_capabilities=self.client_capabilities
+        result = (prefetched_var.get() is not None and prefetched_for(caller, self._key)) or lookup(
+            caller
         )
         if result is None or not header_safe(result):
             return None

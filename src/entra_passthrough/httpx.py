@@ -11,8 +11,6 @@ and imported from ``entra_passthrough``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Generator
-
 import httpx
 
 from ._auth import EntraAuthBase, drive_async, drive_sync
@@ -34,13 +32,5 @@ class EntraAuth(EntraAuthBase, httpx.Auth):
 
     _async_client = httpx.AsyncClient
 
-    def sync_auth_flow(
-        self, request: httpx.Request
-    ) -> Generator[httpx.Request, httpx.Response, None]:
-        return drive_sync(self._core, request)
-
-    def async_auth_flow(
-        self, request: httpx.Request
-    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        flow: AsyncGenerator[httpx.Request, httpx.Response] = drive_async(self._core, request)
-        return flow
+    sync_auth_flow = drive_sync
+    async_auth_flow = drive_async

@@ -102,6 +102,14 @@ async def test_the_hit_path_builds_no_request_and_serves_only_its_user_and_audie
                 hit = chain.cached_token(legacy, caller=caller)
                 assert (hit.token if hit else None) == issued.get((name, legacy))
         assert built == 0
+        # the apply stage's lookup, bound once per EntraAuth, answers what cached_token does
+        lookups = {scopes: chain.hit_lookup(list(scopes)) for scopes in (mcp, legacy)}
+        for name, raw in headers.items():
+            for scopes, lookup in lookups.items():
+                hit = lookup(Caller.from_headers(raw))
+                assert (hit.token if hit else None) == issued.get((name, scopes))
+        assert lookups[mcp](Caller.from_token(idp.user_token("carol"))) is None
+        assert built == 0
         for raw in headers.values():
             caller = Caller.from_headers(raw)
             caller.end()
@@ -149,6 +157,10 @@ async def test_a_source_without_caller_partition_is_served_from_the_cache_too(
         assert hit.token == token
         other = [(b"authorization", f"Bearer {idp.user_token('bob')}".encode())]
         assert chain.cached_token(scopes, caller=Caller.from_headers(other)) is None
+        # the apply stage's bound lookup falls back the same way
+        lookup = chain.hit_lookup(scopes)
+        assert lookup(Caller.from_headers(raw)) is hit
+        assert lookup(Caller.from_headers(other)) is None
     finally:
         chain.close()
         obo.close()
