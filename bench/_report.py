@@ -160,7 +160,7 @@ def evaluate_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         out.append(
             _target(
                 f"new caller per request, {kind} (in-process)",
-                "<= 10 us over a no-op Auth (capture + decode + hash + auth flow)",
+                "<= 10 us over a no-op Auth (capture + bind + header read + hash + auth flow)",
                 us,
                 us <= 10.0,
                 f"{us - 10.0:+.1f} us vs 10 us" if not math.isnan(us) else "n/a",
@@ -714,7 +714,7 @@ def markdown(r: dict[str, Any]) -> str:
             f"httpx {_fmt(ip['auth_flow_us_httpx'].get('min_batches'), 1)} µs over a no-op Auth.",
             "",
             "A new caller per request (what `CallerMiddleware` does when a request arrives: a "
-            "`Caller` from the raw headers, bound, ended after; then the claims decoded and the "
+            "`Caller` from the raw headers, bound, ended after; then its headers read and the "
             "token hashed on the chain's first look, and the auth flow at a cache hit) over a "
             f"no-op Auth: httpx2 {_miqr(ip.get('new_caller_us_httpx2'), digits=1)} µs, httpx "
             f"{_miqr(ip.get('new_caller_us_httpx'), digits=1)} µs (fastest batches differenced: "
