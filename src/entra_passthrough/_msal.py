@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import os
 import threading
 import time
@@ -28,7 +29,14 @@ import msal
 
 from . import _redact
 from ._errors import ConfigurationError
-from ._http import DEFAULT_TIMEOUTS, GuardedHttpClient, Throttle, Timeouts, size_pool
+from ._http import (
+    DEFAULT_TIMEOUTS,
+    GuardedHttpClient,
+    Throttle,
+    Timeouts,
+    current_deadline,
+    size_pool,
+)
 
 if TYPE_CHECKING:
     from ._credential import AppCredential
@@ -384,10 +392,20 @@ class WorkerPool:
             return await future
         return await asyncio.wait_for(future, wait_at_most)
 
+    #: ``respace`` takes at most this share of what is left of the token request's deadline
+    #: (a user-set 2 s deadline keeps 1.8 s for the POST, not half of it).
+    RESPACE_SHARE = 0.1
+
     def respace(self) -> None:
         """In a worker held back together with others (a shared build they all waited for):
-        wait for a fresh slot, so that they do not all resume running Python at once."""
-        time.sleep(self.schedule.book(self.cost))
+        wait for a fresh slot, so that they do not all resume running Python at once. The wait
+        is scheduling, not network: it takes at most ``RESPACE_SHARE`` of the time left before
+        the request's deadline (``_http.deadline``), which it runs under."""
+        delay = self.schedule.book(self.cost)
+        if delay <= 0.0:
+            return
+        left = current_deadline(math.inf) - time.monotonic()
+        time.sleep(min(delay, max(0.0, left) * self.RESPACE_SHARE))
 
     def _timed(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         start = time.thread_time()

@@ -190,6 +190,28 @@ def test_threads_that_waited_for_a_shared_app_build_are_spread_again() -> None:
     assert len(waited) == 3
 
 
+def test_a_respaced_worker_waits_at_most_a_tenth_of_its_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The respace wait is scheduling, not network: under a short deadline it takes a tenth of
+    what is left (a user-set 2 s deadline keeps 1.8 s for the POST), never the whole slot."""
+    from entra_passthrough._http import deadline
+
+    slept: list[float] = []
+    monkeypatch.setattr(_msal.time, "sleep", slept.append)
+    pool = WorkerPool(max_workers=1, name="respace")
+    clock = FakeClock()
+    pool.schedule = _GilSchedule(clock)
+    pool.cost = 0.2  # slots of 0.3 s (the clock stands still)
+    pool.respace()  # due now: no wait at all
+    with deadline(2.0):
+        pool.respace()  # due in 0.3 s; 2 s left: at most 0.2 s
+    pool.respace()  # due in 0.6 s, no deadline set: the whole slot
+    assert slept[0] == pytest.approx(0.2, abs=0.01)
+    assert slept[1] == pytest.approx(0.6)
+    assert len(slept) == 2
+
+
 def test_one_schedule_per_process() -> None:
     # the GIL is per process: every pool books on the same timeline
     a = WorkerPool(max_workers=1, name="a")
