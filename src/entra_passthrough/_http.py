@@ -803,17 +803,32 @@ class _Watchdog:
     thread per request cost ~0.13 ms of CPU; this costs a heap push). ``lock`` orders it with
     ``RequestWatch.hold``/``release``."""
 
+    #: The heap is compacted (finished watches dropped) when it reaches twice the size it had
+    #: after the last compaction, and at least this many entries: O(1) per watch, amortised.
+    COMPACT_FROM = 64
+
     def __init__(self) -> None:
         self.lock = threading.Condition()
         self._heap: list[tuple[float, int, RequestWatch]] = []
         self._seq = 0
+        self._compact_at = self.COMPACT_FROM
         self._thread: threading.Thread | None = None
 
     def arm(self, end: float) -> RequestWatch:
         watch = RequestWatch(end)
         with self.lock:
             self._seq += 1
-            heapq.heappush(self._heap, (end, self._seq, watch))
+            heap = self._heap
+            # Attempts end long before their deadline: drop the finished ones at the top (the
+            # oldest, usually), and all of them now and then, so that the heap holds about the
+            # attempts in flight, not every attempt of the last deadline's length.
+            while heap and heap[0][2]._done:
+                heapq.heappop(heap)
+            if len(heap) >= self._compact_at:
+                heap[:] = [entry for entry in heap if not entry[2]._done]
+                heapq.heapify(heap)
+                self._compact_at = max(self.COMPACT_FROM, 2 * len(heap))
+            heapq.heappush(heap, (end, self._seq, watch))
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._run, name="entra-passthrough-deadline", daemon=True
