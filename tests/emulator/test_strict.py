@@ -1028,11 +1028,15 @@ def test_device_code_sign_in_consents_as_the_authorize_page_does(
         return app.acquire_token_by_device_flow(flow)
 
     assert device(f"{api.app_id_uri}/.default").get("error_codes") == [650057]
-    granted = device(f"{api.app_id_uri}/read")
-    assert _claims(granted["access_token"])["scp"] == "read", granted
-    assert device(f"{api.app_id_uri}/admin.write").get("error_codes") == [90094]
-    # Once a grant exists, '.default' is that grant (nothing left to consent to).
-    assert _claims(device(f"{api.app_id_uri}/.default")["access_token"])["scp"] == "read"
+    try:
+        granted = device(f"{api.app_id_uri}/read")
+        assert _claims(granted["access_token"])["scp"] == "read", granted
+        assert device(f"{api.app_id_uri}/admin.write").get("error_codes") == [90094]
+        # Once a grant exists, '.default' is that grant (nothing left to consent to).
+        assert _claims(device(f"{api.app_id_uri}/.default")["access_token"])["scp"] == "read"
+    finally:  # the module's emulator is shared: leave no grant behind for the next test
+        idp.revoke_consent("alice", idp.app("assigned_only").client_id)
+    assert device(f"{api.app_id_uri}/.default").get("error_codes") == [650057]
 
 
 def test_arc_challenge_file_unreadable_says_which_group(monkeypatch: pytest.MonkeyPatch) -> None:
