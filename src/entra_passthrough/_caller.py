@@ -15,7 +15,14 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from ._jwt import MAX_TOKEN_BYTES, JwtDecodeError, UnverifiedClaims, fingerprint, sha256_hex
+from ._jwt import (
+    MAX_TOKEN_BYTES,
+    JwtDecodeError,
+    UnverifiedClaims,
+    fingerprint,
+    sha256_hex,
+    sha256_hex_of,
+)
 
 #: Foundry's platform headers (azure-ai-agentserver-core).
 USER_ID_HEADER = "x-agent-user-id"
@@ -147,72 +154,12 @@ class Caller:
         """
         return caller_from_asgi(cls, headers, wanted_headers(assertion_headers))
 
-    def _fill_one(self, headers: Iterable[tuple[bytes, bytes]], wanted: dict[bytes, str]) -> None:
-        """Fill the header-borne fields for one assertion header (the usual configuration):
-        the general path's decisions (``_fill``), counted in locals instead of lists, the
-        assertion set in one go (what ``_set_assertion`` does, without the intermediate dict)."""
-        ((want, name),) = wanted.items()
-        size = len(want)
-        value: bytes | None = None
-        count = 0
-        platform: dict[bytes, list[bytes]] | None = None
-        for raw_name, raw_value in headers:
-            # Only a name of a length we look for is lower-cased (a new bytes per name, the
-            # loop's main cost): any other name is none of ours, whatever its case or type.
-            length = len(raw_name)
-            if length == size:
-                key = bytes.lower(raw_name)
-                if key == want:
-                    value = raw_value
-                    count += 1
-                    continue
-            elif length not in _PLATFORM_LENGTHS:
-                continue
-            key = bytes.lower(raw_name)
-            if key in _PLATFORM_HEADERS:
-                if platform is None:
-                    platform = {}
-                platform.setdefault(key, []).append(raw_value)
-        user_id = call_id = None
-        if platform is not None:
-            user_id = _platform_value(platform.get(_USER_ID))
-            call_id = _platform_value(platform.get(_CALL_ID))
-        self.user_id = user_id
-        self.call_id = call_id
-        if value is None or count > 1:
-            token = None
-        elif (
-            want == b"authorization"
-            and len(value) <= MAX_TOKEN_BYTES + 16
-            and value.startswith(_BEARER_PREFIXES)
-        ):
-            # ``_bearer``'s usual case, inlined (this runs once per request that calls out)
-            try:
-                token = value[7:].decode("ascii").strip()
-            except UnicodeDecodeError:
-                token = _bearer(name, value)
-        else:
-            token = _bearer(name, value)
-        if token is None:  # none, duplicated, or not a bearer (e.g. "Basic ...")
-            self.assertion = None
-            self.assertions = {}
-            self.presented = count > 1
-            self.claims = None
-            self.decode_error = f"header {name!r} sent {count} times" if count > 1 else None
-            return
-        self.assertion = token
-        self.assertions = {name: token}
-        self.presented = True  # ``claims``/``decode_error`` stay unset: decoded on first use
-
     def _fill(self, headers: Iterable[tuple[bytes, bytes]], wanted: dict[bytes, str]) -> None:
         """Fill the header-borne fields from ``headers`` (any number of assertion headers)."""
         # Names are compared as bytes: this loop runs on every request that reads them, and
         # decoding each name costs more than the rest of it. ``bytes.lower`` (not
         # ``raw_name.lower``) raises on a name that is not bytes, so junk fails closed instead
         # of a str "authorization" going unnoticed. Header names are ASCII tokens (RFC 9110).
-        if len(wanted) == 1:
-            self._fill_one(headers, wanted)
-            return
         seen: dict[bytes, list[bytes]] = {}
         platform: dict[bytes, list[bytes]] = {}
         for raw_name, raw_value in headers:
@@ -260,17 +207,81 @@ class Caller:
 
     def read_headers(self) -> None:
         """Read the headers ``from_headers`` kept, now: every header-borne field is filled (the
-        claims decode on first use). Otherwise the first read of a field does it; a no-op for
-        a Caller already read or not built from headers."""
+        claims decode on first use), and the usual ``Bearer`` assertion hashed for the cache
+        key (``assertion_sha256``) from the header's bytes. The first read of a field does the
+        same; the token lookup calls this first. A no-op for a Caller already read or not
+        built from headers."""
         pending = self._pending
         if pending is None:
             return
         headers, wanted = pending
         try:
-            if len(wanted) == 1:
-                self._fill_one(headers, wanted)  # the usual configuration, one call less
-            else:
+            if len(wanted) != 1:
                 self._fill(headers, wanted)
+            else:
+                # One assertion header (the usual configuration): ``_fill``'s decisions,
+                # counted in locals instead of lists, in this one frame (this runs once per
+                # request that calls out; calls and lists here cost it ~1 us through a client).
+                ((want, name),) = wanted.items()
+                size = len(want)
+                value: bytes | None = None
+                count = 0
+                platform: dict[bytes, list[bytes]] | None = None
+                for raw_name, raw_value in headers:
+                    # Only a name of a length we look for is lower-cased (a new bytes per name):
+                    # any other name is none of ours, whatever its case or type. ``bytes.lower``
+                    # raises on a name that is not bytes: junk fails closed (below).
+                    length = len(raw_name)
+                    if length == size:
+                        key = bytes.lower(raw_name)
+                        if key == want:
+                            value = raw_value
+                            count += 1
+                            continue
+                    elif length not in _PLATFORM_LENGTHS:
+                        continue
+                    key = bytes.lower(raw_name)
+                    if key in _PLATFORM_HEADERS:
+                        if platform is None:
+                            platform = {}
+                        platform.setdefault(key, []).append(raw_value)
+                if platform is None:
+                    self.user_id = self.call_id = None
+                else:
+                    self.user_id = _platform_value(platform.get(_USER_ID))
+                    self.call_id = _platform_value(platform.get(_CALL_ID))
+                rest = None
+                if value is None or count > 1:
+                    token = None
+                elif (
+                    want == b"authorization"
+                    and len(value) <= MAX_TOKEN_BYTES + 16
+                    and value.startswith(_BEARER_PREFIXES)
+                ):
+                    rest = value[7:]  # ``_bearer``'s usual case, inlined
+                    try:
+                        token = rest.decode("ascii").strip()
+                    except UnicodeDecodeError:
+                        token, rest = _bearer(name, value), None
+                else:
+                    token = _bearer(name, value)
+                if token is None:  # none, duplicated, or not a bearer (e.g. "Basic ...")
+                    self.assertion = None
+                    self.assertions = {}
+                    self.presented = count > 1
+                    self.claims = None
+                    self.decode_error = f"header {name!r} sent {count} times" if count > 1 else None
+                else:
+                    # what ``_set_assertion`` does, in one go; ``claims``/``decode_error`` stay
+                    # unset: decoded on first use
+                    self.assertion = token
+                    self.assertions = {name: token}
+                    self.presented = True
+                    if rest is not None and len(rest) == len(token):
+                        # ASCII, nothing stripped: the bytes are the token's UTF-8. Keyed on
+                        # this str, as ``assertion_sha256``'s memo is (a later assignment is
+                        # hashed anew).
+                        self._digest = (token, sha256_hex_of(rest))
         except Exception:
             # Headers an ASGI server would never produce (wrong types...): fail closed.
             self.assertion = None

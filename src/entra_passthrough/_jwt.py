@@ -139,8 +139,13 @@ _SHA256_EMPTY = hashlib.sha256()
 
 def sha256_hex(secret: str) -> str:
     # ``_utf8`` inlined: once per new caller that calls out (the cache key)
+    return sha256_hex_of(secret.encode("utf-8", "surrogatepass"))
+
+
+def sha256_hex_of(data: bytes) -> str:
+    """``sha256_hex`` of a str whose UTF-8 is ``data``."""
     digest = _SHA256_EMPTY.copy()
-    digest.update(secret.encode("utf-8", "surrogatepass"))
+    digest.update(data)
     return digest.hexdigest()
 
 

@@ -31,20 +31,14 @@ def test_a_handler_that_never_asks_costs_no_header_scan(monkeypatch: pytest.Monk
     import entra_passthrough._caller as caller_module
 
     reads = 0
+    real = caller_module.sha256_hex_of
 
-    def counted(real: Any) -> Any:
-        def counting(self: Any, *args: Any) -> Any:
-            nonlocal reads
-            reads += 1
-            return real(self, *args)
+    def counting(data: bytes) -> str:  # the one-header read hashes the bearer it found
+        nonlocal reads
+        reads += 1
+        return real(data)
 
-        return counting
-
-    # the general scan and the one-header scan (the configuration below) are both counted
-    for name in ("_fill", "_fill_one"):
-        monkeypatch.setattr(
-            caller_module.Caller, name, counted(getattr(caller_module.Caller, name))
-        )
+    monkeypatch.setattr(caller_module, "sha256_hex_of", counting)
     seen: list[Any] = []
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -152,3 +146,30 @@ def test_threads_reading_one_caller_at_once_all_see_the_headers() -> None:
         }
         assert expected == {(True, TOKEN, "u1"), (None, "u1", True)}
         assert set(seen) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        f"Bearer {TOKEN}",  # the usual case: hashed from the header's bytes
+        f"bearer {TOKEN}",
+        f"Bearer  {TOKEN} ",  # whitespace stripped: hashed from the str
+        f"BEARER {TOKEN}",  # the general path
+        "Bearer " + TOKEN[:-3] + "\u00e9\u00e8x",  # not ASCII: latin-1, hashed from the str
+    ],
+)
+def test_the_reads_hash_is_the_assertions_sha256(value: str) -> None:
+    """The read hashes the usual bearer from the header's bytes; whatever the path, the cache
+    key is sha256 of the assertion's UTF-8, as for a Caller from a token, and an assertion
+    assigned afterwards is hashed anew."""
+    import hashlib
+
+    caller = Caller.from_headers([(b"authorization", value.encode("latin-1"))])
+    caller.read_headers()
+    assertion = caller.assertion
+    assert assertion is not None
+    expected = hashlib.sha256(assertion.encode("utf-8", "surrogatepass")).hexdigest()
+    assert caller.assertion_sha256 == expected
+    assert Caller.from_token(assertion).assertion_sha256 == expected
+    caller.assertion = "another.token.value"
+    assert caller.assertion_sha256 == hashlib.sha256(b"another.token.value").hexdigest()

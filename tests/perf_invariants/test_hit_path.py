@@ -193,20 +193,25 @@ async def test_the_hit_path_reads_a_new_callers_headers_without_the_slot_miss(
                 issued[name] = (await chain.get_token_async(mcp)).token
         missed = scans = 0
         real_getattr = caller_module.Caller.__getattr__
-        real_fill = caller_module.Caller._fill_one
+        real_digest = caller_module.sha256_hex_of
+        real_hash = caller_module.sha256_hex
 
         def counting_getattr(self: Any, name: str) -> Any:
             nonlocal missed
             missed += 1
             return real_getattr(self, name)
 
-        def counting_fill(self: Any, *args: Any) -> Any:
+        def counting_digest(data: bytes) -> str:  # the read hashes the bearer it found
             nonlocal scans
             scans += 1
-            return real_fill(self, *args)
+            return real_digest(data)
+
+        def no_second_hash(secret: str) -> str:
+            raise AssertionError("the read's digest is used, not a second hash of the str")
 
         monkeypatch.setattr(caller_module.Caller, "__getattr__", counting_getattr)
-        monkeypatch.setattr(caller_module.Caller, "_fill_one", counting_fill)
+        monkeypatch.setattr(caller_module, "sha256_hex_of", counting_digest)
+        monkeypatch.setattr(caller_module, "sha256_hex", no_second_hash)
         for _ in range(3):
             for name, raw in headers.items():
                 caller = Caller.from_headers(raw)
@@ -216,7 +221,8 @@ async def test_the_hit_path_reads_a_new_callers_headers_without_the_slot_miss(
                 assert chain.cached_token(mcp, caller=caller) is hit
                 assert caller.user_id == name  # filled by the same read
         assert missed == 0
-        assert scans == 6  # one per Caller
+        assert scans == 6  # one read (and hash) per Caller
+        monkeypatch.setattr(caller_module, "sha256_hex", real_hash)
         twice = [*headers["alice"], (b"authorization", f"Bearer {idp.user_token('bob')}".encode())]
         caller = Caller.from_headers(twice)
         assert chain.cached_token(mcp, caller=caller) is None
