@@ -42,7 +42,12 @@ except ImportError:  # pragma: no cover - exercised without the extra
 
 ENABLED = _trace is not None
 NAME = "entra_passthrough"
-_UNKNOWN = object()
+
+
+#: Whether the API keeps its providers in the module globals read below (checked once: the
+#: hot paths then read them as plain attributes, no ``getattr`` call per request).
+_TRACE_GLOBAL = _trace is not None and hasattr(_trace, "_TRACER_PROVIDER")
+_METER_GLOBAL = _metrics_internal is not None and hasattr(_metrics_internal, "_METER_PROVIDER")
 
 
 def tracing() -> bool:
@@ -50,26 +55,32 @@ def tracing() -> bool:
     after import). Without one, the hot paths skip the span bookkeeping entirely. Reads the
     API's global directly (``get_tracer_provider()`` also consults the environment, ~3 us);
     falls back to the public call if a future API renames it."""
-    if not ENABLED:
+    if not ENABLED:  # the switch (the benchmark turns it off)
         return False
-    provider = getattr(_trace, "_TRACER_PROVIDER", _UNKNOWN)
-    if provider is _UNKNOWN:
+    if _TRACE_GLOBAL:
+        provider = _trace._TRACER_PROVIDER
+        if provider is None:
+            return False  # none configured (the usual case on the hot path)
+    else:
         provider = _trace.get_tracer_provider()
         if isinstance(provider, _trace.ProxyTracerProvider):
             return False
-    return provider is not None and not isinstance(provider, _trace.NoOpTracerProvider)
+    return not isinstance(provider, _trace.NoOpTracerProvider)
 
 
 def metering() -> bool:
     """Whether the application configured a meter provider (the API's own are no-ops)."""
-    if not ENABLED:
+    if not ENABLED:  # the switch (the benchmark turns it off)
         return False
-    provider = getattr(_metrics_internal, "_METER_PROVIDER", _UNKNOWN)
-    if provider is _UNKNOWN:
+    if _METER_GLOBAL:
+        provider = _metrics_internal._METER_PROVIDER
+        if provider is None:
+            return False
+    else:
         provider = _metrics.get_meter_provider()
         if type(provider).__name__ == "_ProxyMeterProvider":
             return False
-    return provider is not None and not isinstance(provider, _metrics.NoOpMeterProvider)
+    return not isinstance(provider, _metrics.NoOpMeterProvider)
 
 
 _SALT = (os.environ.get("ENTRA_PASSTHROUGH_TELEMETRY_SALT") or secrets.token_hex(16)).encode()
