@@ -186,15 +186,23 @@ class FlowCore:
         self._key = scope_key(self.scopes)
         self._cached = getattr(chain, "cached_token", None)
         # Optional too (TokenChain has it): ``cached_token`` bound to these scopes, for the hot
-        # path (``apply_hit``), with what never changes per request worked out once.
+        # path (``apply_hit``), with what never changes per request worked out once. A chain
+        # with ``cached_token`` alone gets the same hot path through a plain call of it.
+        self._lookup: Callable[[Caller], TokenResult | None] | None = None
         hit_lookup = getattr(chain, "hit_lookup", None)
-        self._lookup: Callable[[Caller], TokenResult | None] | None = (
-            hit_lookup(self.scopes, self.client_capabilities)
-            if hit_lookup is not None and self._cached is not None
-            else None
-        )
+        if hit_lookup is not None and self._cached is not None:
+            self._lookup = hit_lookup(self.scopes, self.client_capabilities)
+        elif self._cached is not None:
+            self._lookup = self._cached_lookup
         self._seen: dict[tuple[str, bytes, int | None], bool] = {}
         self._errors: deque[BaseException] = deque(maxlen=_MAX_ERRORS)
+
+    def _cached_lookup(self, caller: Caller) -> TokenResult | None:
+        assert self._cached is not None
+        result: TokenResult | None = self._cached(
+            self.scopes, caller=caller, client_capabilities=self.client_capabilities
+        )
+        return result
 
     # -- small pure helpers --
 

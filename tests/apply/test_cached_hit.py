@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import httpx2
+import pytest
 
 from _support.tokens import unsigned_jwt
 from entra_passthrough import (
@@ -116,3 +117,65 @@ def test_sync_hits_skip_the_acquisition_step_and_a_claims_challenge_reacquires()
     assert chain.acquisitions == 3
     assert after.request.headers["authorization"] == "Bearer t3"
     assert source.calls == 3
+
+
+class OwnChain:
+    """A chain of the application's own: the protocol's methods and ``cached_token``, no
+    ``hit_lookup`` (``TokenChain``'s bound form of it)."""
+
+    def __init__(self) -> None:
+        self._inner = TokenChain([Source()])
+        self.acquisitions = 0
+        self.lookups = 0
+
+    async def get_token_async(self, scopes: Sequence[str], **kwargs: Any) -> TokenResult:
+        self.acquisitions += 1
+        return await self._inner.get_token_async(scopes, **kwargs)
+
+    def get_token(self, scopes: Sequence[str], **kwargs: Any) -> TokenResult:
+        self.acquisitions += 1
+        return self._inner.get_token(scopes, **kwargs)
+
+    def cached_token(self, scopes: Sequence[str], **kwargs: Any) -> TokenResult | None:
+        self.lookups += 1
+        return self._inner.cached_token(scopes, **kwargs)
+
+    def invalidate(self, result: TokenResult) -> None:
+        self._inner.invalidate(result)
+
+    async def lifecycle_token_async(self, scopes: Sequence[str]) -> TokenResult | None:
+        return None
+
+    def lifecycle_token(self, scopes: Sequence[str]) -> TokenResult | None:
+        return None
+
+
+async def test_a_chain_with_cached_token_alone_takes_the_hit_path_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its hits skip the decision generator (``FlowCore.flow``) as ``TokenChain``'s do, and
+    each user is served their own token."""
+    from entra_passthrough._flow import FlowCore
+
+    full_flows = 0
+    real_flow = FlowCore.flow
+
+    def counting(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal full_flows
+        full_flows += 1
+        return real_flow(self, request, *args, **kwargs)
+
+    monkeypatch.setattr(FlowCore, "flow", counting)
+    chain = OwnChain()
+    auth = EntraAuth(chain, scopes=["api://mcp/.default"], origins=[ORIGIN])
+    transport = httpx2.MockTransport(lambda request: httpx2.Response(200))
+    async with httpx2.AsyncClient(auth=auth, transport=transport) as client:
+        with bind_caller(Caller.from_token(unsigned_jwt(oid="u1", aud="agent"))):
+            sent = [(await client.get(f"{ORIGIN}/mcp")).request for _ in range(5)]
+        with bind_caller(Caller.from_token(unsigned_jwt(oid="u2", aud="agent"))):
+            other = (await client.get(f"{ORIGIN}/mcp")).request
+    assert {r.headers["authorization"] for r in sent} == {"Bearer t1"}
+    assert other.headers["authorization"] == "Bearer t2"  # its own user's token
+    assert chain.acquisitions == 2  # a miss per user
+    assert full_flows == 2  # the misses; the four hits took the hot path
+    assert chain.lookups >= 4
