@@ -601,8 +601,8 @@ class TokenChain:
         self, scopes: Sequence[str], client_capabilities: Sequence[str] = ()
     ) -> Callable[[Caller], TokenResult | None]:
         """``cached_token`` for these scopes and capabilities, bound once (the apply stage
-        asks for it when it is built): ``lookup(caller)`` for a caller the caller has already
-        found active. The per-call work of ``cached_token`` that never changes for one
+        asks for it when it is built): ``lookup(caller)`` for a caller the apply stage has
+        already found active. The per-call work of ``cached_token`` that never changes for one
         ``EntraAuth`` (the argument checks, the key's memoised prefix) is done here, once."""
         scopes = tuple(scopes)
         client_capabilities = tuple(client_capabilities)
