@@ -822,8 +822,7 @@ class _Watchdog:
             # Attempts end long before their deadline: drop the finished ones at the top (the
             # oldest, usually), and all of them now and then, so that the heap holds about the
             # attempts in flight, not every attempt of the last deadline's length.
-            while heap and heap[0][2]._done:
-                heapq.heappop(heap)
+            self._pop_finished()
             if len(heap) >= self._compact_at:
                 heap[:] = [entry for entry in heap if not entry[2]._done]
                 heapq.heapify(heap)
@@ -838,11 +837,17 @@ class _Watchdog:
                 self.lock.notify()  # the new watch is the next to come due
         return watch
 
+    def _pop_finished(self) -> None:
+        """Drop the watches at the top of the heap whose attempts ended in time (under
+        ``lock``)."""
+        heap = self._heap
+        while heap and heap[0][2]._done:
+            heapq.heappop(heap)
+
     def _run(self) -> None:
         with self.lock:
             while True:
-                while self._heap and self._heap[0][2]._done:
-                    heapq.heappop(self._heap)  # ended in time
+                self._pop_finished()
                 if not self._heap:
                     self.lock.wait(60.0)
                     if not self._heap:
