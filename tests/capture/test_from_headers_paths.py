@@ -60,3 +60,15 @@ def test_bearer_fast_path_matches_general_split() -> None:
         assert _bearer("authorization", raw) == general(raw), raw
         checked += 1
     assert checked == len(SCHEMES) * len(TAILS)
+
+
+@pytest.mark.parametrize(("scheme", "tail"), list(itertools.product(SCHEMES, TAILS)))
+def test_the_reads_inline_bearer_matches_the_general_path(scheme: bytes, tail: bytes) -> None:
+    """The one-header read decodes the usual ``Bearer `` value inline (and hashes its bytes):
+    every scheme and tail above gives the fields, and the cache key, the general path gives."""
+    headers = [(b"authorization", scheme + tail)]
+    fast = Caller.from_headers(headers)
+    general = Caller.from_headers(headers, assertion_headers=("authorization", "x-never-sent"))
+    fast.read_headers()
+    assert _fields(fast) == _fields(general)
+    assert fast.assertion_sha256 == general.assertion_sha256
