@@ -33,7 +33,7 @@ from . import _otel
 from ._caller import Caller, active_caller, caller_var
 from ._challenge import parse_bearer_challenges
 from ._errors import ConfigurationError, TokenAcquisitionError
-from ._httpx_seams import has_authorization
+from ._httpx_seams import append_authorization, has_authorization
 from ._origins import OriginKey, format_origin, origin_key, parse_origins
 from ._prefetch import prefetched_for, prefetched_var, scope_key
 from ._types import TokenResult, header_safe, mark_header_safe
@@ -337,8 +337,9 @@ class FlowCore:
         if result.headers:
             self._apply(request, result, caller)  # cannot fail: the token was found safe before
             return result, caller
-        # ``_apply`` for the usual result (a bearer, no extra headers), already found safe.
-        headers["Authorization"] = "Bearer " + result.token
+        # ``_apply`` for the usual result (a bearer, no extra headers), already found safe
+        # (ASCII), on headers found without an Authorization header above.
+        append_authorization(headers, "Bearer " + result.token)
         request.extensions[APPLIED] = _AUTHORIZATION_ONLY
         if _log.isEnabledFor(logging.DEBUG):
             self._log_attached(result)

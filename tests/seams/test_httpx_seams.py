@@ -10,7 +10,7 @@ import httpx
 import httpx2
 import pytest
 
-from entra_passthrough._httpx_seams import has_authorization, wrap_transports
+from entra_passthrough._httpx_seams import append_authorization, has_authorization, wrap_transports
 
 HTTPX2 = f"httpx2 {metadata.version('httpx2')}"
 
@@ -71,3 +71,39 @@ def test_headers_keep_raw_lower_value_triples(module: Any) -> None:
         package, "Headers._list's (raw, lower, value) triples", "has_authorization"
     )
     assert has_authorization(headers) is True
+
+
+@pytest.mark.parametrize("module", [httpx, httpx2])
+@pytest.mark.parametrize(
+    "initial", [{}, {"X-Other": "1"}, {"Accept": "*/*", "X-Trace": b"\xe9t\xe9"}]
+)
+def test_append_authorization_leaves_what_setitem_leaves(module: Any, initial: Any) -> None:
+    # The hit path appends the Authorization triple itself (no second scan, no name encoding):
+    # the headers must then be exactly what ``headers["Authorization"] = value`` gives.
+    package = f"{module.__name__} {metadata.version(module.__name__)}"
+    ours, theirs = module.Headers(initial), module.Headers(initial)
+    append_authorization(ours, "Bearer abc.def")
+    theirs["Authorization"] = "Bearer abc.def"
+    assert ours._list == theirs._list, moved(
+        package,
+        "Headers.__setitem__ (appends a (raw, lower, value) triple)",
+        "append_authorization",
+    )
+    assert ours.raw == theirs.raw
+    assert ours["authorization"] == "Bearer abc.def"
+    assert has_authorization(ours) is True
+
+
+def test_append_authorization_takes_the_public_path_for_another_layout() -> None:
+    class Other(dict[str, str]):
+        """Headers kept some other way (a mapping, or triples of another shape)."""
+
+        def __init__(self, items: list[Any]) -> None:
+            super().__init__()
+            self._list = items
+
+    for items in ([("a", "b")], [(b"A", "a", b"1")], [[b"A", b"a", b"1"]]):
+        headers = Other(list(items))
+        append_authorization(headers, "Bearer x")
+        assert headers == {"Authorization": "Bearer x"}
+        assert headers._list == items  # not touched
