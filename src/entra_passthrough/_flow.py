@@ -193,16 +193,9 @@ class FlowCore:
         if hit_lookup is not None and self._cached is not None:
             self._lookup = hit_lookup(self.scopes, self.client_capabilities)
         elif self._cached is not None:
-            self._lookup = self._cached_lookup
+            self._lookup = _bound_lookup(self._cached, self.scopes, self.client_capabilities)
         self._seen: dict[tuple[str, bytes, int | None], bool] = {}
         self._errors: deque[BaseException] = deque(maxlen=_MAX_ERRORS)
-
-    def _cached_lookup(self, caller: Caller) -> TokenResult | None:
-        assert self._cached is not None
-        result: TokenResult | None = self._cached(
-            self.scopes, caller=caller, client_capabilities=self.client_capabilities
-        )
-        return result
 
     # -- small pure helpers --
 
@@ -447,6 +440,20 @@ class FlowCore:
             self.strip(request)
             if _log.isEnabledFor(logging.DEBUG):
                 _log.debug("redirect to a foreign origin: token headers removed")
+
+
+def _bound_lookup(
+    cached_token: Callable[..., TokenResult | None],
+    scopes: tuple[str, ...],
+    client_capabilities: tuple[str, ...],
+) -> Callable[[Caller], TokenResult | None]:
+    """``cached_token`` bound to one ``EntraAuth``'s scopes, for a chain without
+    ``hit_lookup``."""
+
+    def lookup(caller: Caller) -> TokenResult | None:
+        return cached_token(scopes, caller=caller, client_capabilities=client_capabilities)
+
+    return lookup
 
 
 def _mark_header_safe(result: TokenResult) -> bool:
