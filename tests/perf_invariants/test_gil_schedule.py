@@ -201,11 +201,11 @@ def test_a_respaced_worker_waits_at_most_a_tenth_of_its_deadline(
     slept: list[float] = []
     # ``_msal``'s view of ``time`` only: another thread of this process sleeping meanwhile must
     # not be recorded (or held up)
-    clock = types.SimpleNamespace(
+    msal_time = types.SimpleNamespace(
         **{name: getattr(time, name) for name in dir(time) if not name.startswith("_")}
     )
-    clock.sleep = slept.append
-    monkeypatch.setattr(_msal, "time", clock)
+    msal_time.sleep = slept.append
+    monkeypatch.setattr(_msal, "time", msal_time)
     pool = WorkerPool(max_workers=1, name="respace")
     clock = FakeClock()
     pool.schedule = _GilSchedule(clock)
