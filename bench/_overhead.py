@@ -18,6 +18,7 @@ The chain's cache is warmed first (one OBO POST), so every measured request is a
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 from collections.abc import Callable, Generator
@@ -254,43 +255,37 @@ async def _in_process(emu: Emulator, assertion: str, *, batch: int, batches: int
     scopes = [emu.mcp_scope]
     url = "http://127.0.0.1:9/tool"
     origins = ["http://127.0.0.1:9"]
-    t2, t1 = httpx2.MockTransport(_ok2), httpx.MockTransport(_ok)
     try:
         async with bind_caller(token=assertion):
             token = (await ours.chain.get_token_async(scopes)).token
             static = {"Authorization": f"Bearer {token}"}
-            async with (
-                httpx2.AsyncClient(transport=t2, auth=NoOpAuth2()) as n2,
-                httpx2.AsyncClient(transport=t2, headers=static) as s2,
-                httpx2.AsyncClient(transport=t2, auth=StaticAuth2(token)) as b2,
-                httpx2.AsyncClient(
-                    transport=t2, auth=EntraAuth(ours.chain, scopes=scopes, origins=origins)
-                ) as a2,
-                httpx.AsyncClient(transport=t1, auth=NoOpAuth()) as n1,
-                httpx.AsyncClient(transport=t1, headers=static) as s1,
-                httpx.AsyncClient(transport=t1, auth=StaticAuth(token)) as b1,
-                httpx.AsyncClient(
-                    transport=t1, auth=HttpxEntraAuth(ours.chain, scopes=scopes, origins=origins)
-                ) as a1,
-            ):
-                raw = [
-                    (b"host", b"agent.contoso.com"),
-                    (b"authorization", f"Bearer {assertion}".encode()),
-                    (b"content-type", b"application/json"),
-                    (b"accept", b"application/json, text/event-stream"),
-                ]
-                variants = {
-                    "httpx2 no-op Auth": n2,
-                    "httpx2 static header": s2,
-                    "httpx2 static Auth": b2,
-                    "httpx2 EntraAuth": a2,
-                    "httpx2 EntraAuth, new caller": NewCallerClient(a2, raw),
-                    "httpx no-op Auth": n1,
-                    "httpx static header": s1,
-                    "httpx static Auth": b1,
-                    "httpx EntraAuth": a1,
-                    "httpx EntraAuth, new caller": NewCallerClient(a1, raw),
-                }
+            raw = [
+                (b"host", b"agent.contoso.com"),
+                (b"authorization", f"Bearer {assertion}".encode()),
+                (b"content-type", b"application/json"),
+                (b"accept", b"application/json, text/event-stream"),
+            ]
+            kinds = (
+                ("httpx2", httpx2, httpx2.MockTransport(_ok2), NoOpAuth2, StaticAuth2, EntraAuth),
+                ("httpx", httpx, httpx.MockTransport(_ok), NoOpAuth, StaticAuth, HttpxEntraAuth),
+            )
+            async with contextlib.AsyncExitStack() as stack:
+                variants: dict[str, Any] = {}
+                for kind, module, transport, noop, bearer, entra in kinds:
+                    clients = {
+                        "no-op Auth": module.AsyncClient(transport=transport, auth=noop()),
+                        "static header": module.AsyncClient(transport=transport, headers=static),
+                        "static Auth": module.AsyncClient(transport=transport, auth=bearer(token)),
+                        "EntraAuth": module.AsyncClient(
+                            transport=transport,
+                            auth=entra(ours.chain, scopes=scopes, origins=origins),
+                        ),
+                    }
+                    for name, client in clients.items():
+                        variants[f"{kind} {name}"] = await stack.enter_async_context(client)
+                    variants[f"{kind} EntraAuth, new caller"] = NewCallerClient(
+                        variants[f"{kind} EntraAuth"], raw
+                    )
                 return await _interleave(variants, url, batch, batches, _batch_mean)
     finally:
         await ours.aclose()
@@ -360,7 +355,6 @@ async def flow_cpu(*, batches: int = 30, n: int = 2000) -> dict[str, Any]:
     the default for anyone who does not export traces) and, when it is installed, with it
     switched off entirely."""
     import base64
-    import contextlib
     import json
     import uuid
 
