@@ -537,10 +537,22 @@ class _IdleTimeoutHop:
         self.resets = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
+
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # A plain callback, run as the connection is accepted: every accepted transport is
+        # known at once, so ``aclose`` aborts it even if its task never got to start (a
+        # cancelled task that never started runs no ``finally``; Python 3.11's
+        # ``Server.close`` leaves accepted connections open, and the garbage collector's
+        # ResourceWarning would then fail whichever test runs next).
+        self._writers.append(writer)
+        task = asyncio.get_running_loop().create_task(self._serve(reader, writer))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def aclose(self) -> None:
         assert self._server is not None
@@ -548,12 +560,11 @@ class _IdleTimeoutHop:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for writer in self._writers:
+            writer.transport.abort()
         await self._server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
         self.connections += 1
         loop = asyncio.get_running_loop()
         last = loop.time()
@@ -591,7 +602,6 @@ class _IdleTimeoutHop:
             if upstream is not None:
                 upstream.transport.abort()
             writer.transport.abort()
-            self._tasks.discard(task)
 
 
 async def test_a_call_after_an_idle_pause_is_not_written_onto_a_connection_the_server_drops(
@@ -796,23 +806,32 @@ class _Silent:
         self.accepted = asyncio.Event()
         self.received = asyncio.Event()
         self._writers: list[asyncio.StreamWriter] = []
+        self._tasks: list[asyncio.Task[None]] = []
         self._server: asyncio.Server | None = None
         self.port = 0
 
     async def __aenter__(self) -> _Silent:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         assert self._server is not None
         self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         for writer in self._writers:
             writer.transport.abort()
         await self._server.wait_closed()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # As the idle-dropping proxy's: every accepted transport is known at once and
+        # aborted on exit, whether or not its task started.
         self._writers.append(writer)
+        self._tasks.append(asyncio.get_running_loop().create_task(self._serve(reader)))
+
+    async def _serve(self, reader: asyncio.StreamReader) -> None:
         self.accepted.set()
         try:
             while data := await reader.read(65536):
