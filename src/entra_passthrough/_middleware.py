@@ -15,12 +15,13 @@ from collections.abc import Awaitable, Iterable, Mapping, MutableMapping, Sequen
 from typing import Any, Protocol
 
 from ._asgi import ASGIApp, Message, Receive, Scope, Send
-from ._caller import Caller, caller_from_asgi, caller_var, malformed_caller, wanted_headers
+from ._caller import Caller, caller_var, malformed_caller, wanted_headers
 from ._challenge import bearer_challenge
 from ._errors import ConfigurationError, TokenVerificationError
 from ._www_auth import send_challenge
 
 _log = logging.getLogger("entra_passthrough.capture")
+_new_caller = object.__new__
 
 
 #: Key of the Caller in ``scope["state"]`` (Starlette: ``request.state.entra_caller``).
@@ -104,10 +105,17 @@ class CallerMiddleware:
             await self.app(scope, receive, send)  # lifespan and others: nothing to capture
             return
         headers = scope.get("headers")
-        try:  # ``_capture``, inlined: this runs on every request
-            caller = (
-                caller_from_asgi(Caller, headers, self._wanted) if headers is not None else Caller()
-            )
+        try:
+            # ``caller_from_asgi``, inlined (``test_middleware_builds_what_caller_from_asgi_
+            # builds`` compares the two): this runs on every request, and under a real server
+            # a call costs more than its instructions, the called code being cold in the CPU's
+            # caches by the next request (docs/performance.md, "Capture middleware").
+            caller = _new_caller(Caller)
+            caller._pending = (tuple(headers), self._wanted)  # type: ignore[arg-type]  # None: below
+            caller.verified = None
+            caller.not_after = None
+            caller._active = True
+            caller._digest = None
         except Exception:
             caller = _capture(headers, self.assertion_headers)  # fails closed, as always
         if self.require_caller or self.verifier is not None:  # else there is nothing to check
@@ -141,8 +149,8 @@ class CallerMiddleware:
                 A plain function handing back the server's own awaitable (no coroutine per
                 message), defined here (no factory call per request): this runs on every
                 message of every response."""
-                if message.get("type") == "http.response.body" and not message.get("more_body"):
-                    caller.end()
+                if message["type"] == "http.response.body" and not message.get("more_body"):
+                    caller._active = False  # ``caller.end()``, inlined
                     caller_var.set(None)
                 return send(message)
 
@@ -150,7 +158,7 @@ class CallerMiddleware:
         try:
             await self.app(scope, receive, to_server)
         finally:
-            caller.end()
+            caller._active = False  # ``caller.end()``, inlined
             caller_var.reset(reset)
 
     async def _check(self, caller: Caller) -> None:
