@@ -72,6 +72,7 @@ async def cold(
                     "max_lag_ms": max(ticker.lags, default=0.0) * 1e3,
                     "p99_lag_ms": percentile(ticker.lags, 99) * 1e3,
                     "posts": emu.obo_posts() - before,
+                    **ticker.gc_figures(),
                 }
             )
         async with Ticker() as idle:
@@ -87,7 +88,16 @@ async def cold(
     for name, runs in per.items():
         out["patterns"][name] = {
             key: summary([x[key] for x in runs])
-            for key in ("wall_s", "p50_s", "p95_s", "max_lag_ms", "p99_lag_ms", "posts")
+            for key in (
+                "wall_s",
+                "p50_s",
+                "p95_s",
+                "max_lag_ms",
+                "p99_lag_ms",
+                "posts",
+                "gc_max_ms",
+                "gc_full",
+            )
         }
     ours = out["patterns"].get(OURS_NAME)
     baselines = {n: p for n, p in out["patterns"].items() if n != OURS_NAME}
