@@ -109,7 +109,8 @@ class CallerMiddleware:
             # ``caller_from_asgi``, inlined (``test_middleware_builds_what_caller_from_asgi_
             # builds`` compares the two): this runs on every request, and under a real server
             # a call costs more than its instructions, the called code being cold in the CPU's
-            # caches by the next request (docs/performance.md, "Capture middleware").
+            # caches by the next request (docs/performance.md, "The middleware under a real
+            # server").
             caller = _new_caller(Caller)
             caller._pending = (tuple(headers), self._wanted)  # type: ignore[arg-type]  # None: below
             caller.verified = None

@@ -248,8 +248,9 @@ def test_caller_copy_has_its_own_lifetime_and_no_errors() -> None:
         [("authorization", "Bearer str-not-bytes")],  # junk: read on first use, fails closed
     ],
 )
+@pytest.mark.parametrize("names", [("authorization",), ("authorization", "x-other")])
 async def test_middleware_builds_what_caller_from_asgi_builds(
-    headers: list[tuple[bytes, bytes]] | None,
+    headers: list[tuple[bytes, bytes]] | None, names: tuple[str, ...]
 ) -> None:
     """The middleware builds its Caller inline (``caller_from_asgi``'s body, for speed): every
     slot must be what ``caller_from_asgi`` (or, without headers, ``Caller()``) gives, before
@@ -257,11 +258,11 @@ async def test_middleware_builds_what_caller_from_asgi_builds(
     from entra_passthrough._caller import Caller, caller_from_asgi, wanted_headers
 
     app = App()
-    mw = CallerMiddleware(app, assertion_headers=("authorization", "x-other"))
+    mw = CallerMiddleware(app, assertion_headers=names)  # one header: read_headers' inline path
     await call(mw, headers)  # type: ignore[arg-type]
     (built,) = app.seen
     expected = (
-        caller_from_asgi(Caller, headers, wanted_headers(("authorization", "x-other")))
+        caller_from_asgi(Caller, headers, wanted_headers(names))
         if headers is not None
         else Caller()
     )
