@@ -15,13 +15,12 @@ from collections.abc import Awaitable, Iterable, Mapping, MutableMapping, Sequen
 from typing import Any, Protocol
 
 from ._asgi import ASGIApp, Message, Receive, Scope, Send
-from ._caller import Caller, caller_var, malformed_caller, wanted_headers
+from ._caller import Caller, caller_from_asgi, caller_var, malformed_caller, wanted_headers
 from ._challenge import bearer_challenge
 from ._errors import ConfigurationError, TokenVerificationError
 from ._www_auth import send_challenge
 
 _log = logging.getLogger("entra_passthrough.capture")
-_new_caller = object.__new__
 
 
 #: Key of the Caller in ``scope["state"]`` (Starlette: ``request.state.entra_caller``).
@@ -105,18 +104,10 @@ class CallerMiddleware:
             await self.app(scope, receive, send)  # lifespan and others: nothing to capture
             return
         headers = scope.get("headers")
-        try:
-            # ``caller_from_asgi``, inlined (``test_middleware_builds_what_caller_from_asgi_
-            # builds`` compares the two): this runs on every request, and under a real server
-            # a call costs more than its instructions, the called code being cold in the CPU's
-            # caches by the next request (docs/performance.md, "The middleware under a real
-            # server").
-            caller = _new_caller(Caller)
-            caller._pending = (tuple(headers), self._wanted)  # type: ignore[arg-type]  # None: below
-            caller.verified = None
-            caller.not_after = None
-            caller._active = True
-            caller._digest = None
+        try:  # ``_capture``, inlined: this runs on every request
+            caller = (
+                caller_from_asgi(Caller, headers, self._wanted) if headers is not None else Caller()
+            )
         except Exception:
             caller = _capture(headers, self.assertion_headers)  # fails closed, as always
         if self.require_caller or self.verifier is not None:  # else there is nothing to check
@@ -150,8 +141,8 @@ class CallerMiddleware:
                 A plain function handing back the server's own awaitable (no coroutine per
                 message), defined here (no factory call per request): this runs on every
                 message of every response."""
-                if message["type"] == "http.response.body" and not message.get("more_body"):
-                    caller._active = False  # ``caller.end()``, inlined
+                if message.get("type") == "http.response.body" and not message.get("more_body"):
+                    caller.end()
                     caller_var.set(None)
                 return send(message)
 
@@ -159,7 +150,7 @@ class CallerMiddleware:
         try:
             await self.app(scope, receive, to_server)
         finally:
-            caller._active = False  # ``caller.end()``, inlined
+            caller.end()
             caller_var.reset(reset)
 
     async def _check(self, caller: Caller) -> None:
