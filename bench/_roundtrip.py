@@ -228,16 +228,17 @@ class Ticker:
         self.settle = settle
         self.lags: list[float] = []
         self.gc_pauses: list[tuple[int, float]] = []
-        self._gc_start = 0.0
+        self._gc_start: float | None = None
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def _on_gc(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             self._gc_start = time.perf_counter()
-        else:
+        elif self._gc_start is not None:  # not a collection already under way on entry
             pause = (time.perf_counter() - self._gc_start) * 1e3
             self.gc_pauses.append((info["generation"], pause))
+            self._gc_start = None
 
     def gc_figures(self) -> dict[str, float]:
         """The longest collection during the run (ms) and how many were full ones."""
