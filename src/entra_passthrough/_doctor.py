@@ -151,7 +151,7 @@ class Doctor:
             hidden[self.user_token] = "<the user token>"
         for variable in _SECRET_VARIABLES:
             value = _get(self.env, variable)
-            if value and len(value) >= _MIN_HIDDEN:
+            if value:  # a secret of any length (a short one only where it stands alone)
                 hidden[value] = f"<{variable}>"
         for variable in _ID_VARIABLES:
             value = _get(self.env, variable)
@@ -566,15 +566,22 @@ def _certificate_validity(path: str, password: str | None, variable: str) -> tup
     return True, f"{variable}: valid until {end:%Y-%m-%d} UTC{soon}", ""
 
 
-#: Shorter values are not redacted (they would match inside ordinary words).
+#: Ids shorter than this are not redacted; a secret this short is redacted only where it stands
+#: alone, not inside a longer word (replaced everywhere, "abc" would garble every "abcd").
 _MIN_HIDDEN = 8
 
 
 def _redacted(check: Check, hidden: Mapping[str, str]) -> Check:
     detail, fix = check.detail, check.fix
     for value in sorted(hidden, key=len, reverse=True):  # a value inside another: longest first
-        detail = detail.replace(value, hidden[value])
-        fix = fix.replace(value, hidden[value])
+        shown = hidden[value]
+        if len(value) >= _MIN_HIDDEN:
+            detail = detail.replace(value, shown)
+            fix = fix.replace(value, shown)
+        else:
+            alone = re.compile(rf"(?<![A-Za-z0-9]){re.escape(value)}(?![A-Za-z0-9])")
+            detail = alone.sub(lambda _: shown, detail)  # noqa: B023 - used at once
+            fix = alone.sub(lambda _: shown, fix)  # noqa: B023
     return Check(check.name, check.status, detail, fix)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from entra_passthrough._doctor import Check, run, scope_problems, table
+from entra_passthrough._doctor import FAIL, Check, Doctor, run, scope_problems, table
 from entra_passthrough.testing import EntraEmulator, ManagedIdentityPrincipal, World, stable_id
 
 UNKNOWN = "00000000-0000-0000-0000-00000000dead"
@@ -100,6 +100,40 @@ def test_wrong_secret(idp: EntraEmulator) -> None:
     assert "AADSTS7000215" in check.detail
     assert "secret's value" in check.fix
     assert_clean([check], "not-the-secret-value-123")
+
+
+class _Echo(Doctor):
+    """A doctor whose one check echoes what it is given: what a library's error message quoting
+    a configured value would do."""
+
+    def __init__(self, env: dict[str, str], echo: str) -> None:
+        super().__init__(env)
+        self.echo = echo
+
+    def _checks(self) -> list[Check]:
+        self.add("echo", FAIL, f"refused: {self.echo}", f"set {self.echo!r} again")
+        return self.checks
+
+
+@pytest.mark.parametrize("secret", ["k9!", "Zq7-x", "a1b2c3d"])
+def test_short_secret_is_hidden_where_it_stands_alone(secret: str) -> None:
+    """A secret shorter than eight characters is still never printed where it stands alone,
+    and the words around it that merely contain it are left readable."""
+    env = {"ENTRA_PASSTHROUGH_CLIENT_SECRET": secret}
+    (check,) = _Echo(env, f"{secret} (value), x{secret}y").run()
+    shown = check.detail + check.fix
+    assert "<ENTRA_PASSTHROUGH_CLIENT_SECRET> (value)" in check.detail
+    assert check.fix.startswith("set '<ENTRA_PASSTHROUGH_CLIENT_SECRET> (value)")
+    assert f"x{secret}y" in shown  # inside a longer word: not the secret standing alone
+    assert shown.count(secret) == 2
+
+
+def test_long_secret_is_hidden_everywhere() -> None:
+    secret = "not-the-secret-value-123"
+    env = {"AZURE_CLIENT_SECRET": secret}
+    (check,) = _Echo(env, f"x{secret}y").run()
+    assert secret not in check.detail + check.fix
+    assert "x<AZURE_CLIENT_SECRET>y" in check.detail
 
 
 def test_unknown_tenant(idp: EntraEmulator) -> None:
