@@ -194,20 +194,21 @@ class Doctor:
             chain.close()
         return self.checks
 
-    def chosen(self) -> str:
-        """Which of several client credentials set for the OBO app ``from_env()`` uses."""
-        if _get(self.env, "ENTRA_PASSTHROUGH_CLIENT_CREDENTIAL") or not _get(
-            self.env, "ENTRA_PASSTHROUGH_CLIENT_ID"
-        ):
+    def chosen(self, app: str = "obo") -> str:
+        """Which of several client credentials set for the OBO app (``"obo"``) or the consent
+        app (``"consent"``) ``from_env()`` uses."""
+        prefix = _APP_PREFIXES[app]
+        if _get(self.env, f"{prefix}CREDENTIAL") or not _get(self.env, f"{prefix}ID"):
             return ""
         # In from_env()'s order of precedence (the platform's IDENTITY_ENDPOINT is left out:
         # an Azure host sets it whether or not the app uses it).
-        present = [variable for variable in _CREDENTIAL_VARIABLES if _get(self.env, variable)]
+        variables = (f"{prefix}SECRET", f"{prefix}CERTIFICATE_PATH", "AZURE_FEDERATED_TOKEN_FILE")
+        present = [variable for variable in variables if _get(self.env, variable)]
         if len(present) < 2:
             return ""
         return (
             f" (several client credentials are set: {', '.join(present)}; from_env() uses "
-            f"{present[0]}, set ENTRA_PASSTHROUGH_CLIENT_CREDENTIAL to choose)"
+            f"{present[0]}, set {prefix}CREDENTIAL to choose)"
         )
 
     def check_ids(self) -> None:
@@ -410,7 +411,8 @@ class Doctor:
             finally:
                 if session is not None:
                     session.close()
-            return _from_msal(response, f"consent app {source.client.client_id}")
+            ok, detail, fix = _from_msal(response, f"consent app {source.client.client_id}")
+            return ok, detail + self.chosen("consent"), fix
 
         self.guard("consent app", probe, fallback_fix=_CONFIGURATION_FIX)
 
@@ -585,11 +587,11 @@ def _redacted(check: Check, hidden: Mapping[str, str]) -> Check:
     return Check(check.name, check.status, detail, fix)
 
 
-_CREDENTIAL_VARIABLES = (
-    "ENTRA_PASSTHROUGH_CLIENT_SECRET",
-    "ENTRA_PASSTHROUGH_CLIENT_CERTIFICATE_PATH",
-    "AZURE_FEDERATED_TOKEN_FILE",
-)
+#: The prefix of each app's client variables (``..._ID``, ``..._SECRET``, ``..._CREDENTIAL``).
+_APP_PREFIXES = {
+    "obo": "ENTRA_PASSTHROUGH_CLIENT_",
+    "consent": "ENTRA_PASSTHROUGH_CONSENT_CLIENT_",
+}
 _CONFIGURATION_FIX = (
     "check the variable or file named above; every variable from_env() reads: "
     + see("configuration", "variables")

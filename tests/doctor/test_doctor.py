@@ -427,6 +427,22 @@ def test_several_credentials_say_which_is_used(idp: EntraEmulator) -> None:
     check = by_name(run(env))["configuration"]
     assert "uses ENTRA_PASSTHROUGH_CLIENT_SECRET" in check.detail
     assert "ENTRA_PASSTHROUGH_CLIENT_CREDENTIAL" in check.detail
+    # The consent app's check says the same of its own credentials.
+    consent = {
+        **env,
+        "ENTRA_PASSTHROUGH_CONSENT_CLIENT_ID": idp.agent.client_id,
+        "ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET": idp.agent.secret or "",
+        "ENTRA_PASSTHROUGH_CONSENT_CLIENT_CERTIFICATE_PATH": "/nonexistent.pem",
+        "ENTRA_PASSTHROUGH_CONSENT_KEYS": "k1:" + "A" * 43,
+        "ENTRA_PASSTHROUGH_CONSENT_BROKER_URL": "https://agent.contoso.com/consent",
+    }
+    check = by_name(run(consent))["consent app"]
+    assert check.status == "pass", check
+    assert "uses ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET" in check.detail
+    assert "set ENTRA_PASSTHROUGH_CONSENT_CLIENT_CREDENTIAL to choose" in check.detail
+    assert_clean([check], idp.agent.secret or "-")
+    chosen = {**consent, "ENTRA_PASSTHROUGH_CONSENT_CLIENT_CREDENTIAL": "secret"}
+    assert "several" not in by_name(run(chosen))["consent app"].detail
 
 
 def test_cli_unreadable_user_token_file_is_a_check(idp: EntraEmulator, tmp_path: Path) -> None:
