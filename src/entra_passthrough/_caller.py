@@ -8,6 +8,7 @@ inactive Caller and never uses its token (docs/platform-facts.md, Agent Framewor
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from contextvars import ContextVar, Token
@@ -299,14 +300,27 @@ class Caller:
         def __getattr__(self, name: str) -> Any:
             # Reached only for an unset slot: a header-borne field of a ``from_headers``
             # Caller not read yet, or ``claims``/``decode_error`` not decoded yet.
-            if name not in _LAZY_FIELDS:
+            slot = _LAZY_SLOTS.get(name)
+            if slot is None:
                 raise AttributeError(name)
             if name == "errors":
-                self.errors = []
-                return self.errors
+                with _ERRORS_LOCK:  # two first records at once: one list, neither error lost
+                    try:
+                        return slot.__get__(self, Caller)
+                    except AttributeError:
+                        self.errors = []
+                        return self.errors
             if self._pending is not None:
                 self.read_headers()
                 return getattr(self, name)
+            # Another thread may have filled the slot since it was found unset here: it clears
+            # ``_pending`` only once every field is set, so the slot is read again before
+            # anything is concluded from the headers being read (a sync tool in a worker
+            # reading the caller beside the loop).
+            try:
+                return slot.__get__(self, Caller)
+            except AttributeError:
+                pass
             if name not in ("claims", "decode_error"):
                 raise AttributeError(name)
             try:
@@ -334,7 +348,8 @@ _HEADER_FIELDS = (
     "decode_error",
 )
 _HEADER_SLOTS = tuple(Caller.__dict__[name] for name in _HEADER_FIELDS)
-_LAZY_FIELDS = frozenset((*_HEADER_FIELDS, "errors"))
+_LAZY_SLOTS = {name: Caller.__dict__[name] for name in (*_HEADER_FIELDS, "errors")}
+_ERRORS_LOCK = threading.Lock()
 
 _WANTED: dict[tuple[str, ...], dict[bytes, str]] = {}
 _MAX_WANTED = 64

@@ -5,6 +5,7 @@ when it arrived (a copy), whatever an inner middleware does to the header list a
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import Any
 
 import pytest
@@ -121,19 +122,25 @@ def _read_in_threads(callers: list[Caller], threads: int = 4) -> list[tuple[Any,
             errors.append(exc)
 
     started = [threading.Thread(target=read) for _ in range(threads)]
-    for thread in started:
-        thread.start()
-    for thread in started:
-        thread.join()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: every race window open
+    try:
+        for thread in started:
+            thread.start()
+        for thread in started:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
     assert not errors
     return seen
 
 
 def test_threads_reading_one_caller_at_once_all_see_the_headers() -> None:
     """The first read may happen in two threads at once (a sync tool in a worker beside the
-    loop): each sees the filled fields, none an unset one."""
+    loop): each sees the filled fields, none an unset one (a thread that found a field unset
+    while another was filling it once raised ``AttributeError``)."""
     headers = [(b"authorization", f"Bearer {TOKEN}".encode()), (b"x-agent-user-id", b"u1")]
-    for assertion_headers in (("authorization",), ("authorization", "x-other")):
+    for assertion_headers in 5 * [("authorization",), ("authorization", "x-other")]:
         callers = [
             Caller.from_headers(headers, assertion_headers=assertion_headers) for _ in range(200)
         ]
@@ -173,3 +180,22 @@ def test_the_reads_hash_is_the_assertions_sha256(value: str) -> None:
     assert Caller.from_token(assertion).assertion_sha256 == expected
     caller.assertion = "another.token.value"
     assert caller.assertion_sha256 == hashlib.sha256(b"another.token.value").hexdigest()
+
+
+def test_a_slot_filled_by_another_thread_meanwhile_is_read_not_refilled() -> None:
+    """The interleaving behind the races above, made deterministic: a thread finds a lazy
+    field unset, then another fills it before the first reaches ``__getattr__``. The first
+    must read what is there: not fail on a header field whose headers were read meanwhile,
+    and not replace the errors list (losing the error another thread recorded into it)."""
+    caller = Caller.from_headers(
+        [(b"authorization", f"Bearer {TOKEN}".encode()), (b"x-agent-user-id", b"u1")]
+    )
+    caller.read_headers()  # "another thread" read them
+    for name, value in (("presented", True), ("assertion", TOKEN), ("user_id", "u1")):
+        assert caller.__getattr__(name) == value  # type: ignore[attr-defined]
+    caller.record(RuntimeError("first"))  # "another thread" recorded
+    errors = caller.__getattr__("errors")  # type: ignore[attr-defined]
+    assert [str(e) for e in errors] == ["first"]
+    assert caller.errors is errors
+    with pytest.raises(AttributeError):
+        caller.__getattr__("not_a_field")  # type: ignore[attr-defined]
