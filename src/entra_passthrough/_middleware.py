@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from ._asgi import ASGIApp, Message, Receive, Scope, Send
-from ._caller import Caller, caller_from_asgi, caller_var, malformed_caller, wanted_headers
+from ._asgi import ASGIApp, Scope, Send
+from ._caller import STATE_KEY, Caller, CaptureASGI, wanted_headers
 from ._challenge import bearer_challenge
 from ._errors import ConfigurationError, TokenVerificationError
 from ._www_auth import send_challenge
@@ -23,8 +23,8 @@ from ._www_auth import send_challenge
 _log = logging.getLogger("entra_passthrough.capture")
 
 
-#: Key of the Caller in ``scope["state"]`` (Starlette: ``request.state.entra_caller``).
-STATE_KEY = "entra_caller"
+__all__ = ["STATE_KEY", "CallerMiddleware", "Verified", "Verifier"]
+
 _LEEWAY = 60.0
 
 
@@ -55,7 +55,7 @@ class _Reject(Exception):
         self.scope = scope
 
 
-class CallerMiddleware:
+class CallerMiddleware(CaptureASGI):
     """Bind a ``Caller`` (who is calling) to every HTTP and WebSocket request.
 
     The caller's token(s) come from ``assertion_headers`` (default ``Authorization: Bearer``;
@@ -98,60 +98,16 @@ class CallerMiddleware:
             f"require_caller={self.require_caller}, verifier={verifier})"
         )
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope.get("type")
-        if kind not in ("http", "websocket"):
-            await self.app(scope, receive, send)  # lifespan and others: nothing to capture
-            return
-        headers = scope.get("headers")
-        try:  # ``_capture``, inlined: this runs on every request
-            caller = (
-                caller_from_asgi(Caller, headers, self._wanted) if headers is not None else Caller()
-            )
-        except Exception:
-            caller = _capture(headers, self.assertion_headers)  # fails closed, as always
-        if self.require_caller or self.verifier is not None:  # else there is nothing to check
-            try:
-                await self._check(caller)
-            except _Reject as reject:
-                caller.end()
-                await self._refuse(scope, send, reject)
-                return
-        state = scope.get("state")
-        if type(state) is not dict and not isinstance(state, MutableMapping):
-            state = {} if state is None else dict(state)
-            scope["state"] = state
-        state[STATE_KEY] = caller
-        reset = caller_var.set(caller)  # set without ending: ended below, or as the response ends
-        to_server = send
-        if kind == "http":
+    # ``__call__``, the per-request path, is ``CaptureASGI``'s.
 
-            def ending(message: Message) -> Awaitable[None]:
-                """The server's ``send``, ending the caller as its response completes (before
-                the last body chunk goes out), not when the app returns: an app may go on
-                after the client has its answer (cleanup, a saturated loop), and no request
-                made then may act for this user. The last message also goes out with no Caller
-                bound (``None``, which stays: an ended Caller and none are the same to every
-                reader). What the server schedules while it handles that message (uvicorn: the
-                keep-alive timer, reads resumed) copies the current context, and would keep
-                the ended Caller, and its token, alive until those handles are dropped: under
-                load ~100 ended Callers per server, each one more object for every garbage
-                collection to walk (tests/capture/test_caller_retention_uvicorn.py).
-
-                A plain function handing back the server's own awaitable (no coroutine per
-                message), defined here (no factory call per request): this runs on every
-                message of every response."""
-                if message.get("type") == "http.response.body" and not message.get("more_body"):
-                    caller.end()
-                    caller_var.set(None)
-                return send(message)
-
-            to_server = ending
+    async def _admit(self, caller: Caller, scope: Scope, send: Send) -> bool:
         try:
-            await self.app(scope, receive, to_server)
-        finally:
+            await self._check(caller)
+        except _Reject as reject:
             caller.end()
-            caller_var.reset(reset)
+            await self._refuse(scope, send, reject)
+            return False
+        return True
 
     async def _check(self, caller: Caller) -> None:
         if (self.require_caller or self.verifier) and caller.decode_error is not None:
@@ -214,13 +170,3 @@ class CallerMiddleware:
             json.dumps(body).encode(),
             head=scope.get("method") == "HEAD",
         )
-
-
-def _capture(headers: object, assertion_headers: Iterable[str]) -> Caller:
-    try:
-        if headers is None:
-            return Caller()
-        return Caller.from_headers(headers, assertion_headers=assertion_headers)  # type: ignore[arg-type]
-    except Exception:
-        # Headers an ASGI server would never produce (wrong types...): fail closed, never crash.
-        return malformed_caller("request headers could not be read")

@@ -235,3 +235,57 @@ def test_caller_copy_has_its_own_lifetime_and_no_errors() -> None:
     copy.end()
     assert not copy.active
     assert original.active
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(b"authorization", b"Bearer " + unsigned_jwt(oid="alice", tid="t").encode())],
+        [(b"x-agent-user-id", b"u1"), (b"Authorization", b"Basic abc")],
+        [(b"authorization", b"Bearer a"), (b"authorization", b"Bearer b")],
+        [],
+        None,  # a scope without headers
+        [("authorization", "Bearer str-not-bytes")],  # junk: read on first use, fails closed
+        5,  # junk that cannot even be copied: a malformed caller at once
+    ],
+)
+async def test_middleware_builds_what_caller_from_asgi_builds(headers: Any) -> None:
+    """The middleware builds its Caller inline (``caller_from_asgi``'s body, for speed): every
+    slot must be what ``caller_from_asgi`` gives (``Caller()`` without headers, the malformed
+    caller for headers that cannot be copied), before and after the headers are read."""
+    from entra_passthrough._caller import Caller, caller_from_asgi, malformed_caller, wanted_headers
+
+    app = App()
+    mw = CallerMiddleware(app, assertion_headers=("authorization", "x-other"))
+    await call(mw, headers)
+    (built,) = app.seen
+    if headers is None:
+        expected = Caller()
+    elif headers == 5:
+        expected = malformed_caller("request headers could not be read")
+    else:
+        expected = caller_from_asgi(Caller, headers, wanted_headers(("authorization", "x-other")))
+    expected.end()  # the middleware's has ended with its response
+
+    def slots(caller: Caller) -> dict[str, Any]:
+        out = {}
+        for name in Caller.__slots__:
+            try:
+                out[name] = object.__getattribute__(caller, name)
+            except AttributeError:
+                out[name] = "<unset>"
+        return out
+
+    assert slots(built) == slots(expected)
+    for caller in (built, expected):
+        caller.read_headers()
+    assert slots(built) == slots(expected)
+    assert (built.presented, built.assertion, built.decode_error, built.user_id) == (
+        expected.presented,
+        expected.assertion,
+        expected.decode_error,
+        expected.user_id,
+    )
+    if headers == 5 or (headers and isinstance(headers[0][0], str)):
+        assert built.presented  # fails closed
+        assert built.decode_error
