@@ -36,9 +36,10 @@ def build_app(kind: str) -> Any:
     return app
 
 
-async def serve(kind: str, port_file: Path) -> None:
+async def serve(kind: str, port_file: Path, *, app: Any = None) -> None:
+    """Serve ``build_app(kind)`` (or ``app``) until killed; the port goes to ``port_file``."""
     config = uvicorn.Config(
-        build_app(kind),
+        build_app(kind) if app is None else app,
         host="127.0.0.1",
         port=0,
         log_level="warning",
