@@ -18,20 +18,28 @@ import time
 from urllib.parse import urlsplit
 
 
+async def exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> bytes:
+    """One request on a keep-alive connection: write it, read the answer; its head."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:].strip())
+    if length:
+        await reader.readexactly(length)
+    return head
+
+
 async def _connection(
     host: str, port: int, request: bytes, stop_at: float, counts: list[int]
 ) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     try:
         while time.perf_counter() < stop_at:
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:].strip())
-            if length:
-                await reader.readexactly(length)
+            head = await exchange(reader, writer, request)
             if not head.startswith(b"HTTP/1.1 200"):
                 counts[1] += 1
             counts[0] += 1

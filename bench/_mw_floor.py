@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ._load import exchange
 from ._util import machine, stop, wait_for_file_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -136,14 +137,7 @@ async def _connection(port: int, request: bytes, count: int) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         for _ in range(count):
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:].strip())
-            if length:
-                await reader.readexactly(length)
+            head = await exchange(reader, writer, request)
             if not head.startswith(b"HTTP/1.1 200"):
                 raise RuntimeError(f"the server answered {head[:40]!r}")
     finally:

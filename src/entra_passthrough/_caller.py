@@ -348,8 +348,8 @@ _HEADER_FIELDS = (
     "claims",
     "decode_error",
 )
-_HEADER_SLOTS = tuple(Caller.__dict__[name] for name in _HEADER_FIELDS)
 _LAZY_SLOTS = {name: Caller.__dict__[name] for name in (*_HEADER_FIELDS, "errors")}
+_HEADER_SLOTS = tuple(_LAZY_SLOTS[name] for name in _HEADER_FIELDS)
 _ERRORS_LOCK = threading.Lock()
 
 _WANTED: dict[tuple[str, ...], dict[bytes, str]] = {}

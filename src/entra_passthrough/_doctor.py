@@ -197,7 +197,9 @@ class Doctor:
     def chosen(self, app: str = "obo") -> str:
         """Which of several client credentials set for the OBO app (``"obo"``) or the consent
         app (``"consent"``) ``from_env()`` uses."""
-        prefix = _APP_PREFIXES[app]
+        from ._sources.obo import CLIENT_VARIABLES
+
+        _, prefix = CLIENT_VARIABLES[app]
         if _get(self.env, f"{prefix}CREDENTIAL") or not _get(self.env, f"{prefix}ID"):
             return ""
         # In from_env()'s order of precedence (the platform's IDENTITY_ENDPOINT is left out:
@@ -587,11 +589,6 @@ def _redacted(check: Check, hidden: Mapping[str, str]) -> Check:
     return Check(check.name, check.status, detail, fix)
 
 
-#: The prefix of each app's client variables (``..._ID``, ``..._SECRET``, ``..._CREDENTIAL``).
-_APP_PREFIXES = {
-    "obo": "ENTRA_PASSTHROUGH_CLIENT_",
-    "consent": "ENTRA_PASSTHROUGH_CONSENT_CLIENT_",
-}
 _CONFIGURATION_FIX = (
     "check the variable or file named above; every variable from_env() reads: "
     + see("configuration", "variables")

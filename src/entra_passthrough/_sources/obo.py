@@ -417,7 +417,9 @@ def allowed_tenants_from_env(env: Mapping[str, str]) -> tuple[str, ...] | None:
 
 #: The variables naming each app's client credential: the OBO app (and the Agent ID
 #: blueprint) and the consent app. One reader for both, so they cannot drift apart.
-_CREDENTIAL_VARIABLES = {
+#: Per app: what to call it, the prefix of its client variables (``..._ID``, ``..._SECRET``,
+#: ``..._CERTIFICATE_PATH``, ``..._CREDENTIAL``).
+CLIENT_VARIABLES = {
     "obo": ("the OBO app", "ENTRA_PASSTHROUGH_CLIENT_"),
     "consent": ("the consent app", "ENTRA_PASSTHROUGH_CONSENT_CLIENT_"),
 }
@@ -442,7 +444,7 @@ def credential_from_env(
     (else ``AZURE_AUTHORITY_HOST``)."""
     from .managed_identity import ManagedIdentity
 
-    what, prefix = _CREDENTIAL_VARIABLES[app]
+    what, prefix = CLIENT_VARIABLES[app]
     secret_variable = f"{prefix}SECRET"
     cert_variable = f"{prefix}CERTIFICATE_PATH"
     choice_variable = f"{prefix}CREDENTIAL"
