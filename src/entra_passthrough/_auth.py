@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx2
 
-from ._caller import Caller, active_caller
+from ._caller import Caller, active_caller, current_caller
 from ._flow import (
     APPLIED,
     Acquired,
@@ -49,9 +49,11 @@ def acquire_sync(core: FlowCore, caller: Caller | None, claims: str | None) -> T
 
 
 async def acquire_async(
-    core: FlowCore, caller: Caller | None, claims: str | None
+    core: FlowCore, caller: Caller | None, claims: str | None, *, call: bool = False
 ) -> TokenResult | None:
-    """The token for ``caller`` (or the lifecycle identity when no caller is active). Raises."""
+    """The token for ``caller`` while it is active; else the lifecycle identity, or for a
+    ``call`` only what the policy allows a call with no active caller
+    (``chain.call_token_async``, told about ``caller`` if it has ended). Raises."""
     if caller is not None and caller.active:
         return await core.chain.get_token_async(
             core.scopes,
@@ -59,6 +61,8 @@ async def acquire_async(
             claims=claims,
             client_capabilities=core.client_capabilities,
         )
+    if call:
+        return await core.chain.call_token_async(core.scopes, ended=caller)
     return await core.chain.lifecycle_token_async(core.scopes)
 
 
@@ -206,9 +210,17 @@ class EntraAuthBase:
         error (whatever ``on_error`` says): meant for code that can handle it."""
         return acquire_sync(self._core, active_caller(), claims)
 
-    async def acquire_async(self, *, claims: str | None = None) -> TokenResult | None:
-        """Async twin of ``acquire``."""
-        return await acquire_async(self._core, active_caller(), claims)
+    async def acquire_async(
+        self, *, claims: str | None = None, call: bool = False
+    ) -> TokenResult | None:
+        """Async twin of ``acquire``. ``call=True`` for a call made for someone (an MCP
+        ``tools/call``): with no active caller it gets only what the policy allows a call
+        (``Policy.call_kinds``: the app under ``app_only``, or ``user_or_app`` when no user
+        was ever bound or the ended one presented nothing), never the allowance of
+        ``TokenChain(lifecycle_app=True)``, which is for connection-lifetime requests."""
+        return await acquire_async(
+            self._core, current_caller() if call else active_caller(), claims, call=call
+        )
 
     def use(self, result: TokenResult) -> use_token:
         """``with auth.use(result):`` requests in this block carry ``result`` (this caller,

@@ -568,6 +568,23 @@ class TokenChain:
         except (PolicyViolation, NoCallerError):
             return None
 
+    async def call_token_async(
+        self, scopes: Sequence[str], *, ended: Caller | None = None
+    ) -> TokenResult | None:
+        """A token for a *call* (an MCP ``tools/call``: work done for someone) made with no
+        active caller (``ended``: the caller bound to the context that has since ended, if
+        any), else ``None``: ``Policy.call_kinds``. Never ``lifecycle_app``'s allowance, which
+        covers connection-lifetime requests only, and never the app for a call of a user whose
+        caller ended (a background run outliving its assertion): such a call fails closed."""
+        allowed = self.policy.call_kinds(ended_presented=None if ended is None else ended.presented)
+        if not allowed:
+            return None
+        request = self._request(scopes, None, None, ())
+        try:
+            return await self._resolve_async(request, allowed)
+        except (PolicyViolation, NoCallerError):
+            return None
+
     def cached_token(
         self,
         scopes: Sequence[str],

@@ -32,11 +32,11 @@ from typing import Any, Literal, Protocol
 from . import _otel
 from ._caller import Caller, active_caller, caller_var
 from ._challenge import parse_bearer_challenges
-from ._errors import ConfigurationError, TokenAcquisitionError
+from ._errors import ConfigurationError, NoCallerError, TokenAcquisitionError
 from ._httpx_seams import append_authorization, has_authorization
 from ._origins import OriginKey, format_origin, origin_key, parse_origins
-from ._prefetch import prefetched_for, prefetched_var, scope_key
-from ._types import TokenResult, header_safe, mark_header_safe
+from ._prefetch import orphaned, prefetched_for, prefetched_var, scope_key
+from ._types import IdentityKind, TokenResult, header_safe, mark_header_safe
 
 _log = logging.getLogger("entra_passthrough.apply")
 
@@ -87,6 +87,10 @@ class Chain(Protocol):
     async def lifecycle_token_async(self, scopes: Sequence[str]) -> TokenResult | None: ...
 
     def lifecycle_token(self, scopes: Sequence[str]) -> TokenResult | None: ...
+
+    async def call_token_async(
+        self, scopes: Sequence[str], *, ended: Caller | None = None
+    ) -> TokenResult | None: ...
 
 
 class _URL(Protocol):
@@ -286,6 +290,22 @@ class FlowCore:
             result = self._cached(
                 self.scopes, caller=caller, client_capabilities=self.client_capabilities
             )
+        if result is None and orphaned(caller):
+            # A request of a call whose caller ended after its token was resolved: it carries
+            # that caller's identity or none, never the one a request without a caller gets.
+            ended = NoCallerError(
+                "the caller this call was made for ended before its request was sent; the "
+                "request carries no token rather than another identity"
+            )
+            if self.on_error == "raise":
+                raise ended
+            self.record(caller, ended)
+            self.strip(request)
+            answer: Response = yield SendRequest(request)
+            if note is not None:
+                note["status"] = answer.status_code
+                note["entra_passthrough.applied"] = False
+            return
         if result is None:
             outcome: Acquired = yield Acquire(caller)
             result = self._accept(outcome, caller)
@@ -366,6 +386,11 @@ class FlowCore:
         challenge = parse_bearer_challenges(response.headers.get_list("www-authenticate"))
         if challenge is None or not challenge.retryable or not _replayable(request):
             return
+        if result.kind is IdentityKind.USER and (caller is None or not caller.active):
+            # The user's caller ended while the request was out: a token acquired now would be
+            # another identity's (the app, under ``lifecycle_app``). The 401 stands.
+            self._invalidate(result, caller)
+            return
         self._invalidate(result, caller)
         self.strip(request)  # the retry carries only what the new result brings
         if _log.isEnabledFor(logging.DEBUG):
@@ -377,8 +402,14 @@ class FlowCore:
             )
         outcome = yield Acquire(caller, challenge.claims)
         retry = self._accept(outcome, caller)
-        if retry is None or not self._apply(request, retry, caller):
-            return  # the client returns the 401 we already have
+        if (
+            retry is None
+            or retry.kind is not result.kind
+            or not self._apply(request, retry, caller)
+        ):
+            # No token, or one of another kind of identity than the one refused (a retry never
+            # changes who the request acts for): the client returns the 401 we already have.
+            return
         retried: Response = yield SendRequest(request)
         if note is not None:
             note["entra_passthrough.retried"] = True

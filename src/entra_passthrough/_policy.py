@@ -58,6 +58,18 @@ class Policy(enum.StrEnum):
             return _USER_OR_APP
         return _USER_OR_DEVELOPER
 
+    def call_kinds(self, *, ended_presented: bool | None) -> frozenset[IdentityKind]:
+        """The kinds allowed for a call (work done for someone: an MCP ``tools/call``) made
+        with no active caller. ``ended_presented``: ``None`` when no caller was ever bound,
+        else whether the caller that has since ended presented an assertion. A call of an
+        ended caller gets only what that caller could have had besides the user (under
+        ``user_or_app``, the app only if it presented nothing); a call with no caller at all,
+        what the policy allows it, never ``lifecycle_app``'s allowance (connection-lifetime
+        requests only)."""
+        if ended_presented is None:
+            return self.lifecycle_kinds(lifecycle_app=False)
+        return self.allowed(presented=ended_presented) - _USER
+
     def lifecycle_kinds(self, *, lifecycle_app: bool) -> frozenset[IdentityKind]:
         """The kinds allowed for requests with no caller (connection set-up, discovery)."""
         if self in (Policy.USER_OR_APP, Policy.APP_ONLY) or lifecycle_app:

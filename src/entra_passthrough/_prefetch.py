@@ -109,6 +109,17 @@ class use_token:
         return f"use_token(scopes={list(self._binding.tokens)!r}, active={self._binding.active})"
 
 
+def orphaned(caller: Caller | None) -> bool:
+    """Whether a request with no active caller (``caller`` is ``None``) is made inside a
+    ``use_token`` block resolved for a caller who has since ended: it belongs to that caller's
+    call (a tool call whose run ended, whose request ended first), so it must not be given the
+    identity of a request that never had a caller (the app under ``lifecycle_app=True``)."""
+    if caller is not None:
+        return False
+    binding = prefetched_var.get()
+    return binding is not None and binding.active and binding.caller is not None
+
+
 def prefetched_for(caller: Caller | None, key: tuple[str, ...]) -> TokenResult | None:
     binding = prefetched_var.get()
     if binding is None or not binding.active or binding.caller is not caller:

@@ -473,7 +473,7 @@ async def entra_call(target: httpx2.AsyncClient | EntraAuth) -> AsyncIterator[To
     caller = active_caller()
     if caller is not None:
         caller.take_errors()  # errors of earlier calls are not this call's
-    result = await auth.acquire_async()
+    result = await auth.acquire_async(call=True)
     if result is None:
         # No active caller and the policy names no identity for it: fail closed here rather
         # than send the call without a token.

@@ -218,6 +218,43 @@ async def test_lifecycle_token() -> None:
     assert chain_of(obo, mi, policy=Policy.USER_OR_APP).lifecycle_token(SCOPES) is not None
 
 
+@pytest.mark.parametrize(
+    ("policy", "ended_presented", "kinds"),
+    [
+        (Policy.USER_ONLY, None, set()),
+        (Policy.USER_ONLY, True, set()),
+        (Policy.USER_OR_APP, None, {APP}),
+        (Policy.USER_OR_APP, False, {APP}),
+        (Policy.USER_OR_APP, True, set()),  # the user presented one: no stand-in
+        (Policy.APP_ONLY, None, {APP}),
+        (Policy.APP_ONLY, True, {APP}),
+        (Policy.DEVELOPER, None, {DEV}),
+        (Policy.DEVELOPER, True, set()),
+    ],
+)
+def test_call_kinds(policy: Policy, ended_presented: bool | None, kinds: set[IdentityKind]) -> None:
+    assert policy.call_kinds(ended_presented=ended_presented) == kinds
+
+
+async def test_call_token_never_takes_the_lifecycle_allowance() -> None:
+    """``lifecycle_app=True`` lets connection-lifetime requests go as the app; a call with no
+    caller (or whose caller ended) is not one of them."""
+    mi = FakeSource("mi", APP)
+    obo = FakeSource("obo", USER, needs_caller=True)
+    chain = chain_of(obo, mi, lifecycle_app=True)
+    assert await chain.lifecycle_token_async(SCOPES) is not None
+    assert await chain.call_token_async(SCOPES) is None
+    with bind_caller(token=make_jwt()) as caller:
+        pass
+    assert await chain.call_token_async(SCOPES, ended=caller) is None
+    either = chain_of(obo, mi, policy=Policy.USER_OR_APP)
+    assert await either.call_token_async(SCOPES, ended=caller) is None
+    found = await either.call_token_async(SCOPES)
+    assert found is not None
+    assert found.kind is APP
+    assert obo.calls == 0
+
+
 def test_bad_configuration() -> None:
     from entra_passthrough import ConfigurationError
 

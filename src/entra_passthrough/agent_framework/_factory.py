@@ -3,6 +3,7 @@ by ``entra_passthrough.agent_framework``)."""
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Collection, Sequence
 from typing import Any, Literal, TypedDict, Unpack, overload
@@ -155,7 +156,7 @@ def entra_mcp_tool(
 
     return EntraMCPToolPool(
         make,
-        resolve=resolver.acquire_async,
+        resolve=functools.partial(resolver.acquire_async, call=True),
         unpooled=unpooled,
         options=pool_options,
         name=name,

@@ -702,7 +702,7 @@ class EntraMCPTool(HookedMCPTool):
     async def _resolve(self, caller: Caller | None) -> TokenResult:
         """The token for this call, resolved here in the tool call's task (errors raise here,
         in the agent run, never in the transport)."""
-        result = await self._entra_auth.acquire_async()
+        result = await self._entra_auth.acquire_async(call=True)
         if result is None:
             raise NoCallerError(
                 f"The call to MCP server {self.server_label!r} has no active caller and the "
