@@ -14,11 +14,11 @@ The steps add, in order, what ``CallerMiddleware`` does on every request: an ASG
 passes the call on; a ``send`` wrapper that looks for the last body chunk; the ``Caller`` (from
 the raw headers, read on first use); its ``scope["state"]`` entry; binding the context variable
 (reset on return; the app then reads ``Caller.active``); ending the ``Caller`` at the last chunk
-and on return, and unbinding it at the last chunk. ``inlined`` is the whole path written as one
-function, every call inlined and the ``Caller``'s fields set directly: the floor of this
-behaviour (``CaptureASGI``, the library's, is the same path with its class and its checks).
-``capture`` is ``CallerMiddleware`` as shipped. The reading is in ``bench/README.md`` ("Capture
-middleware", sixth pass).
+and on return, and unbinding it at the last chunk (the reset done there, not on return).
+``inlined`` is the whole path written as one function, every call inlined and the ``Caller``'s
+fields set directly: the floor of this behaviour (``CaptureASGI``, the library's, is the same
+path with its class and its checks). ``capture`` is ``CallerMiddleware`` as shipped. The
+reading is in ``bench/README.md`` ("Capture middleware", seventh pass).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ STEPS = {
     "caller": "+ the Caller from the raw headers",
     "state": '+ its scope["state"] entry',
     "bind": "+ the context variable bound, reset on return (the app reads Caller.active)",
-    "end": "+ the Caller ended at the last chunk and on return, unbound at the last chunk",
+    "end": "+ the Caller ended at the last chunk and on return, unbound (reset) at the last chunk",
     "inlined": "all of it in one function, every call inlined (the floor of this behaviour)",
     "capture": "CallerMiddleware",
 }
@@ -93,7 +93,8 @@ def build(kind: str) -> Any:
                 and caller is not None
             ):
                 caller.end()
-                caller_var.set(None)
+                if reset is not None:
+                    caller_var.reset(reset)  # unbound here: nothing left for the return
             return send(message)
 
         try:
@@ -101,7 +102,7 @@ def build(kind: str) -> Any:
         finally:
             if step >= end_at and caller is not None:
                 caller.end()
-            if reset is not None:
+            if reset is not None and caller_var.get() is caller:
                 caller_var.reset(reset)
 
     async def inlined(scope: Any, receive: Any, send: Any) -> None:
@@ -120,14 +121,15 @@ def build(kind: str) -> Any:
         def ending(message: Any) -> Any:
             if message["type"] == "http.response.body" and not message.get("more_body"):
                 caller._active = False
-                caller_var.set(None)
+                caller_var.reset(reset)
             return send(message)
 
         try:
             await app(scope, receive, ending)
         finally:
             caller._active = False
-            caller_var.reset(reset)
+            if caller_var.get() is caller:
+                caller_var.reset(reset)
 
     return inlined if kind == "inlined" else stepped
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Mapping
@@ -11,12 +12,15 @@ import pytest
 
 from _support.tokens import unsigned_jwt
 from entra_passthrough import (
+    Caller,
     CallerMiddleware,
     InsufficientScope,
     TokenVerificationError,
     UserKey,
+    bind_caller,
     current_caller,
 )
+from entra_passthrough._caller import set_current
 from entra_passthrough._middleware import STATE_KEY
 
 
@@ -89,6 +93,55 @@ async def test_binds_then_ends_and_resets() -> None:
     assert current_caller() is None  # reset
     assert scope["state"][STATE_KEY] is caller
     assert sent[0]["status"] == 200
+
+
+class _Unbinding:
+    """Sends its answer (from ``sender``), then records what is bound afterwards."""
+
+    def __init__(self, sender: str) -> None:
+        self.sender = sender
+        self.during: Any = "unset"
+        self.after: Any = "unset"
+        self.after_in_sender: Any = "unset"
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.during = current_caller()
+
+        async def answer() -> None:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+            self.after_in_sender = current_caller()
+
+        if self.sender == "task":  # a task of its own: another context
+            await asyncio.create_task(answer())
+        else:
+            await answer()
+        if self.sender == "rebind":  # the app binds the ended Caller again, and leaves it
+            set_current(self.during)
+        self.after = current_caller()
+
+
+@pytest.mark.parametrize("sender", ["app", "task", "rebind"])
+async def test_unbound_at_the_last_chunk_and_reset_on_return(sender: str) -> None:
+    """Unbound as the last chunk goes out, in the app's context (the variable reset there) or
+    in a task of the app's own (``None`` there); the request's context is reset on return in
+    every case, with no error, and what was bound before the request is bound again."""
+    outer = Caller()
+    app = _Unbinding(sender)
+    token = unsigned_jwt(oid="alice", tid="t")
+    with bind_caller(outer):
+        sent, _ = await call(
+            CallerMiddleware(app), [(b"authorization", b"Bearer " + token.encode())]
+        )
+        assert current_caller() is outer
+    assert sent[-1]["body"] == b"ok"
+    assert app.during is not None
+    assert app.during.assertion == token
+    assert not app.during.active
+    assert app.after_in_sender is (None if sender == "task" else outer)
+    # Sent from a task of its own: the app's context keeps the ended Caller until return.
+    assert app.after is (outer if sender == "app" else app.during)
+    assert current_caller() is None
 
 
 async def test_lifespan_passes_through_untouched() -> None:
