@@ -184,6 +184,8 @@ class TokenCache:
         # Background refreshes in flight (strong references: a task is otherwise only weakly
         # held by its loop); one per key at most.
         self._background: set[asyncio.Task[None] | threading.Thread] = set()
+        # Invalidations reaching the shared cache (L2) in the background (strong references).
+        self._dropping: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return f"TokenCache(size={len(self._entries)}, max_entries={self.max_entries})"
@@ -219,13 +221,14 @@ class TokenCache:
             threads[0].join(left)
 
     async def wait_refreshes_async(self) -> None:
-        """Await the background refreshes started on this event loop (tests, shutdown)."""
+        """Await the background refreshes started on this event loop, and the invalidations
+        on their way to the shared cache (tests, shutdown)."""
         loop = asyncio.get_running_loop()
         while True:
             with self._lock:
                 tasks = [
                     t
-                    for t in self._background
+                    for t in (*self._background, *self._dropping)
                     if isinstance(t, asyncio.Task) and t.get_loop() is loop and not t.done()
                 ]
             if not tasks:
@@ -308,10 +311,40 @@ class TokenCache:
                 self._evictions += 1
         return result
 
-    def invalidate(self, key: Hashable) -> None:
-        """Drop the entry (e.g. after the resource answered 401 to its token)."""
+    def invalidate(self, key: Hashable, *, rejected: TokenResult | None = None) -> None:
+        """Drop the entry (e.g. after the resource answered 401 to its token).
+
+        With a shared cache (L2), the refused token (``rejected``; by default the entry
+        dropped here) is dropped there too while L2 still holds it (never a newer token
+        another replica wrote), so that no replica is served it again; this replica never
+        takes it from L2 again even if the store fails. On an event loop the store call runs
+        as a task (``wait_refreshes_async`` awaits it): no I/O here. Never raises."""
         with self._lock:
-            self._entries.pop(key, None)
+            entry = self._entries.pop(key, None)
+        shared = self.shared
+        if shared is None:
+            return
+        if rejected is None and entry is not None:
+            rejected = entry if isinstance(entry, TokenResult) else entry.result
+        if rejected is None:
+            return  # nothing cached here: no token to tell L2 about
+        try:
+            pending = shared.invalidate(key, rejected)
+            if pending is not None:
+                task = asyncio.get_running_loop().create_task(pending)
+                with self._lock:
+                    self._dropping.add(task)
+                task.add_done_callback(self._dropped)
+        except Exception as exc:  # the 401 retry goes on; the L2 entry expires by itself
+            logger.warning(
+                "could not drop the refused token %s from the shared cache (%s)",
+                rejected.fingerprint,
+                type(exc).__name__,
+            )
+
+    def _dropped(self, task: asyncio.Task[None]) -> None:
+        with self._lock:
+            self._dropping.discard(task)
 
     def clear(self) -> None:
         with self._lock:

@@ -681,7 +681,7 @@ class TokenChain:
     def invalidate(self, result: TokenResult) -> None:
         """Forget the cached entry behind ``result`` (after the resource answered 401)."""
         if result.cache_key is not None:
-            self.cache.invalidate(result.cache_key)
+            self.cache.invalidate(result.cache_key, rejected=result)
         for source in self.sources:
             if source.name == result.source and isinstance(source, InvalidatingSource):
                 source.invalidate(result)

@@ -18,6 +18,12 @@ its acquisition to ``SharedTokenCache.wrap``, which:
 3. replicas that did not get the lease poll L2 with a bounded backoff until the holder wrote
    it; if the holder died, its lease runs out and one of them takes over.
 
+``invalidate`` (the resource answered 401 to a token, ``TokenCache.invalidate``) drops the L2
+entry too, but only while it still holds the rejected token (read, then a compare-and-delete on
+the version that held it: a newer token another replica wrote meanwhile stays), and remembers
+the rejected token's sha256 so that this replica never takes it from L2 again, even when the
+store failed the delete.
+
 The shared cache is an optimisation: when the store fails (down, slow, full, refused), the
 acquisition goes straight to Entra and L2 is skipped for ``retry_after`` seconds, so a dead
 Redis costs one timeout, not one per request. Entries are sealed (AES-GCM, the consent keyring,
@@ -35,18 +41,19 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Generator, Hashable
-from typing import TYPE_CHECKING, Final, NamedTuple, Protocol
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Hashable
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
 
 from ._drive import drive, drive_async
 from ._errors import EntraPassthroughError
+from ._jwt import sha256_hex
 from ._store import ANY, AnyVersion, Entry, Keyring, KeyringError, TokenStore
 from ._types import Cap, IdentityKind, TokenResult, cap_value
 
 if TYPE_CHECKING:
     from ._cache import TokenCache
 
-__all__ = ["SharedCache", "SharedTokenCache", "SyncTokenStore"]
+__all__ = ["SharedCache", "SharedTokenCache", "SyncTokenStore", "renew_until", "renew_until_sync"]
 
 logger = logging.getLogger("entra_passthrough.cache.shared")
 
@@ -57,6 +64,8 @@ _KEY_PREFIX: Final = "ep:v1:tok:"
 _LEASE_PREFIX: Final = "ep:v1:tokl:"
 _FIRST_POLL: Final = 0.01
 _MAX_POLL: Final = 0.1
+#: Rejected tokens remembered per ``SharedTokenCache`` (until they expire; oldest out first).
+_MAX_REJECTED: Final = 10_000
 
 
 class SharedCache(Protocol):
@@ -69,6 +78,12 @@ class SharedCache(Protocol):
     def wrap_sync(
         self, cache: TokenCache, key: Hashable, acquire: AcquireFnSync, cap: Cap
     ) -> AcquireFnSync: ...
+
+    def invalidate(self, key: Hashable, rejected: TokenResult) -> Coroutine[Any, Any, None] | None:
+        """The resource refused ``rejected`` (cached under ``key``): never serve it again.
+        No I/O on an event loop: the store call is returned, to run as a task; without a
+        running loop, done here (blocking) or not at all. Never raises."""
+        ...
 
 
 class SyncTokenStore(Protocol):
@@ -129,6 +144,12 @@ class SharedTokenCache:
         #: lost its lease, so their result was not shared).
         self.hits = self.misses = self.waits = self.takeovers = self.failures = 0
         self.fenced = 0
+        #: Entries dropped from L2 after the resource refused their token (``invalidate``).
+        self.invalidated = 0
+        # (entry name, sha256 of a token a resource refused) -> that token's expiry: never
+        # served from L2 again by this replica, whatever became of the delete.
+        self._rejected: dict[tuple[str, str], float] = {}
+        self._rejected_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"SharedTokenCache(store={self.store!r}, lease={self.lease})"
@@ -197,7 +218,76 @@ class SharedTokenCache:
             return None
         if _usable_ttl(result.expires_on, None, self._clock()) <= 0:
             return None
+        if self._rejected and (name, sha256_hex(result.token)) in self._rejected:
+            return None  # the token a resource refused (invalidate): acquire a new one
         return result
+
+    # -- invalidation (the resource refused a token) -----------------------------------------
+
+    def invalidate(self, key: Hashable, rejected: TokenResult) -> Coroutine[Any, Any, None] | None:
+        """The resource answered 401 to ``rejected``, cached under ``key``. Remember it (this
+        replica never takes it from L2 again, even if the store fails the delete), then drop
+        the L2 entry if it still holds that token: on an event loop the returned coroutine
+        does it (run it as a task: no I/O here), without one the blocking twin does it now
+        (none: the mark alone). Never raises: a store that fails is counted and skipped."""
+        digest = self._hash(key)
+        if digest is None:
+            return None
+        name = _KEY_PREFIX + digest
+        mark = sha256_hex(rejected.token)
+        self._remember(name, mark, rejected.expires_on)
+        if not self._up():
+            return None  # L2 is skipped for now; the mark keeps the token out afterwards
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            if self.sync_store is not None:
+                self._drop_sync(self.sync_store, name, mark)
+            return None
+        return self._drop(name, mark)
+
+    def _remember(self, name: str, mark: str, expires_on: float) -> None:
+        now = self._clock()
+        with self._rejected_lock:
+            rejected = self._rejected
+            if len(rejected) >= _MAX_REJECTED:
+                for gone in [k for k, until in rejected.items() if until <= now]:
+                    del rejected[gone]
+                while len(rejected) >= _MAX_REJECTED:
+                    del rejected[next(iter(rejected))]  # the oldest
+            rejected.pop((name, mark), None)
+            rejected[(name, mark)] = expires_on
+
+    def _drop_flow(self, name: str, mark: str) -> Generator[_Op, object, None]:
+        """Read the entry; delete it only if it holds the rejected token, compare-and-delete
+        on the version read (a token written meanwhile by another replica stays)."""
+        try:
+            entry = yield _Op(name)
+            if not isinstance(entry, Entry):
+                return
+            held = self._open(name, entry.value)
+            if held is None or sha256_hex(held.token) != mark:
+                return  # another replica's newer token (or nothing we can open): kept
+            if (yield _Op(name, expect=entry.version, delete=True)):
+                self.invalidated += 1
+        except Exception as exc:  # the mark keeps the token out of this replica
+            self._failed("invalidate", exc)
+
+    async def _drop(self, name: str, mark: str) -> None:
+        async def do(op: _Op) -> Entry | bool | None:
+            if op.delete and op.expect is not None:
+                return await self.store.delete(op.key, expect=op.expect)
+            return await self.store.get(op.key)
+
+        await drive_async(self._drop_flow(name, mark), do)
+
+    def _drop_sync(self, store: SyncTokenStore, name: str, mark: str) -> None:
+        def do(op: _Op) -> Entry | bool | None:
+            if op.delete and op.expect is not None:
+                return store.delete(op.key, expect=op.expect)
+            return store.get(op.key)
+
+        drive(self._drop_flow(name, mark), do)
 
     def _to_write(
         self, name: str, result: TokenResult | None, cap: Cap
@@ -372,33 +462,26 @@ class SharedTokenCache:
             await self._release(lease_name, lease.version)
 
     async def _renew(self, lease: _Lease, done: asyncio.Event) -> None:
-        """Keep the lease while the acquisition runs; stop when it is done or lost. A renewal
-        the store fails is retried every tenth of the lease: the lease is still ours until it
-        runs out, and giving up would let a second replica acquire the same token."""
-        interval = self.lease / 3
-        while True:
-            try:
-                await asyncio.wait_for(done.wait(), interval)
-                return
-            except TimeoutError:
-                pass
-            try:
-                renewed = await self.store.put(
-                    lease.name, b"1", ttl=self.lease, expect=lease.version
-                )
-            except Exception as exc:
-                interval = self._renewal_failed(interval, exc)
-                continue
-            if renewed is None:
-                lease.lost = True  # it ran out and another replica holds it now
-                return
-            lease.version, interval = renewed, self.lease / 3
+        """Keep the lease while the acquisition runs; stop when it is done or lost
+        (``renew_until``)."""
 
-    def _renewal_failed(self, interval: float, exc: BaseException) -> float:
-        """Count and log the first failure in a row; the next interval."""
-        if interval == self.lease / 3:
+        async def renew() -> bool:
+            renewed = await self.store.put(lease.name, b"1", ttl=self.lease, expect=lease.version)
+            return self._renewed(lease, renewed)
+
+        await renew_until(done, self.lease, renew, self._renewal_failed)
+
+    def _renewed(self, lease: _Lease, renewed: str | None) -> bool:
+        if renewed is None:
+            lease.lost = True  # it ran out and another replica holds it now
+            return False
+        lease.version = renewed
+        return True
+
+    def _renewal_failed(self, exc: BaseException, first: bool) -> None:
+        """Count and log the first failure in a row."""
+        if first:
             self._failed("lease renewal", exc)
-        return self.lease / 10
 
     # -- the same, blocking (sync API: threads) -----------------------------------------------
 
@@ -488,17 +571,11 @@ class SharedTokenCache:
                 self._failed("lease release", exc)
 
     def _renew_sync(self, store: SyncTokenStore, lease: _Lease, done: threading.Event) -> None:
-        interval = self.lease / 3
-        while not done.wait(interval):
-            try:
-                renewed = store.put(lease.name, b"1", ttl=self.lease, expect=lease.version)
-            except Exception as exc:
-                interval = self._renewal_failed(interval, exc)
-                continue
-            if renewed is None:
-                lease.lost = True
-                return
-            lease.version, interval = renewed, self.lease / 3
+        def renew() -> bool:
+            renewed = store.put(lease.name, b"1", ttl=self.lease, expect=lease.version)
+            return self._renewed(lease, renewed)
+
+        renew_until_sync(done, self.lease, renew, self._renewal_failed)
 
     def _write_sync(
         self,
@@ -532,9 +609,62 @@ class _Lease:
 
 
 class _Op(NamedTuple):
-    """One store call of ``_write_flow``: a ``put`` of ``value``, or a ``get`` (no value)."""
+    """One store call of ``_write_flow`` or ``_drop_flow``: a ``put`` of ``value``, a ``get``
+    (no value), or a compare-and-delete (``delete``, on version ``expect``)."""
 
     key: str
     value: bytes | None = None
     ttl: float = 0.0
     expect: str | None = None
+    delete: bool = False
+
+
+# -- lease renewal, shared by this cache's lease and the consent grants' refresh lease ---------
+
+RenewalFailed = Callable[[BaseException, bool], None]
+
+
+async def renew_until(
+    done: asyncio.Event,
+    length: float,
+    renew: Callable[[], Awaitable[bool]],
+    failed: RenewalFailed,
+) -> None:
+    """Keep a lease of ``length`` seconds: ``renew()`` every third of it until ``done`` is set
+    or ``renew`` returns ``False`` (lost: another holder has it). A renewal that raises (the
+    store failed) is reported to ``failed(exc, first_in_a_row)`` and retried every tenth of the
+    lease: the lease is still ours until it runs out, and giving up would let another holder
+    in."""
+    interval = length / 3
+    while True:
+        try:
+            await asyncio.wait_for(done.wait(), interval)
+            return
+        except TimeoutError:
+            pass
+        try:
+            held = await renew()
+        except Exception as exc:
+            failed(exc, interval == length / 3)
+            interval = length / 10
+            continue
+        if not held:
+            return
+        interval = length / 3
+
+
+def renew_until_sync(
+    done: threading.Event, length: float, renew: Callable[[], bool], failed: RenewalFailed
+) -> None:
+    """``renew_until`` in a thread (``done`` a ``threading.Event``, ``renew`` blocking)."""
+    interval = length / 3
+    while not done.wait(interval):
+        try:
+            held = renew()
+        except Exception as exc:
+            failed(exc, interval == length / 3)
+            interval = length / 10
+            continue
+        if not held:
+            return
+        interval = length / 3

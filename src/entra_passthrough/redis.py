@@ -34,7 +34,7 @@ import ssl
 import threading
 from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from . import _env
 from ._errors import ConfigurationError, SourceUnavailable, require_extra
@@ -512,6 +512,7 @@ class SyncRedisStore:
 
 _LOOPBACK: Final = ("127.0.0.1", "localhost", "::1")
 _OFF: Final = ("", "0", "false", "no", "off", "n", "f")
+_REQUIRED: Final = ("required", "cert_required")
 
 
 def _check_url(url: str, *, allow_plaintext: bool) -> None:
@@ -533,10 +534,24 @@ def _check_url(url: str, *, allow_plaintext: bool) -> None:
             "on a network you trust, allow_plaintext=True "
             "(ENTRA_PASSTHROUGH_REDIS_ALLOW_PLAINTEXT=true).",
         )
-    options = {k.lower(): v[-1].strip().lower() for k, v in parse_qs(parts.query).items()}
-    reqs = options.get("ssl_cert_reqs")
-    if (reqs is not None and reqs not in ("required", "cert_required")) or (
-        options.get("ssl_check_hostname") in _OFF
+    options: dict[str, list[str]] = {}
+    for name, values in parse_qs(parts.query).items():
+        options.setdefault(name.strip().lower(), []).extend(values)
+    repeated = sorted(name for name, values in options.items() if len(values) > 1)
+    if repeated:
+        # redis-py reads the first value of a repeated option and ignores the others: a check
+        # of any one value could be bypassed (``ssl_cert_reqs=none&ssl_cert_reqs=required``).
+        raise ConfigurationError(
+            f"the Redis URL repeats the query option(s) {', '.join(map(repr, repeated))}; "
+            "which value applies is ambiguous, so the URL is refused.",
+            fix="give each query option once (e.g. ?ssl_cert_reqs=required, or leave it out: "
+            "rediss:// verifies certificates and host names by default).",
+        )
+    # Every value, as given and decoded once more (older redis-py versions unquote again).
+    reqs = [_option(v) for v in options.get("ssl_cert_reqs", [])]
+    hostname = [_option(v) for v in options.get("ssl_check_hostname", [])]
+    if any(form not in _REQUIRED for forms in reqs for form in forms) or any(
+        form in _OFF for forms in hostname for form in forms
     ):
         raise ConfigurationError(
             "the Redis URL turns TLS certificate or host name verification off "
@@ -544,6 +559,11 @@ def _check_url(url: str, *, allow_plaintext: bool) -> None:
             fix="remove the option; trust a private CA with ca_file "
             "(ENTRA_PASSTHROUGH_REDIS_CA_FILE) instead.",
         )
+
+
+def _option(value: str) -> tuple[str, str]:
+    """A query value as parse_qs gives it and decoded once more, normalised."""
+    return value.strip().lower(), unquote(value).strip().lower()
 
 
 def _unavailable(exc: BaseException) -> SourceUnavailable:

@@ -209,6 +209,39 @@ async def test_tls_rediss_with_a_private_ca() -> None:
         server.stop()
 
 
+@pytest.mark.parametrize(
+    "query",
+    [
+        "ssl_cert_reqs=none&ssl_cert_reqs=required",  # redis-py applies the first value
+        "ssl_cert_reqs=required&ssl_cert_reqs=none",
+        "ssl_check_hostname=false&ssl_check_hostname=true",
+        "ssl_check_hostname=true&ssl_check_hostname=false",
+        "SSL_CERT_REQS=none&ssl_cert_reqs=required",  # the same option in another case
+        "ssl_cert_reqs=required&ssl_cert_reqs=required",  # harmless, but refused alike
+        "db=0&db=1",
+    ],
+)
+async def test_a_repeated_url_option_is_refused_before_any_connection(query: str) -> None:
+    """A repeated query option is ambiguous (redis-py uses its first value): refused with a
+    typed error, before anything connects to a TLS server whose certificate is not trusted."""
+    server = RedisServer(tls=True).start()  # its CA is not given to the store
+    try:
+        url = f"{server.url}?{query}"
+        with pytest.raises(ConfigurationError, match="repeats the query option") as info:
+            RedisStore.from_url(url, timeout=1.0)
+        assert "give each query option once" in str(info.value)
+        assert PASSWORD not in str(info.value)
+        with pytest.raises(ConfigurationError, match="repeats the query option"):
+            RedisStore.from_env({"ENTRA_PASSTHROUGH_REDIS_URL": url})
+        # Once, verification on: the untrusted certificate is refused (typed), never used.
+        checked = RedisStore.from_url(f"{server.url}?ssl_cert_reqs=required", timeout=1.0)
+        with pytest.raises(SourceUnavailable, match="cannot be reached"):
+            await checked.put("ep:v1:x", b"sealed", ttl=10)
+        await checked.aclose()
+    finally:
+        server.stop()
+
+
 async def test_acl_user_and_wrong_password_is_a_typed_error(redis_server: RedisServer) -> None:
     admin = redis_server.client()
     try:
@@ -321,6 +354,8 @@ def test_from_url_and_from_env_refuse_what_cannot_work() -> None:
         "rediss://:secret-pw-1@cache.contoso.com:6380/0?ssl_cert_reqs=optional",
         "rediss://:secret-pw-1@cache.contoso.com:6380/0?ssl_check_hostname=false",
         "rediss://:secret-pw-1@127.0.0.1:6380/0?SSL_CHECK_HOSTNAME=0",
+        "rediss://:secret-pw-1@cache.contoso.com:6380/0?ssl_check_hostname=%2546alse",
+        "rediss://:secret-pw-1@cache.contoso.com:6380/0?ssl_cert_reqs=%256Eone",
     ],
 )
 def test_a_url_that_would_expose_the_password_or_records_is_refused(url: str) -> None:

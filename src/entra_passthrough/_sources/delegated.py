@@ -9,7 +9,12 @@ revoked one, or a claims challenge that needs the user -> ``ConsentRequired(link
 Refresh tokens rotate: every refresh returns a new one. Two refreshes racing with the same
 refresh token could burn it, so refreshes of one user are coalesced in-process (one flight per
 user; waiters for the same scopes share its result) and leased across replicas with
-compare-and-set on the grant record.
+compare-and-set on the grant record. The lease is taken before the redemption waits for a
+worker, renewed every third of its length until the redemption is done (``renew_until``, the
+shared token cache's renewal), and extended once more, compare-and-set, in the worker right
+before the POST: a lease that ran out and was taken by another replica meanwhile means no POST
+(the refresh token is not redeemed twice), and the POST (``HTTP_TIMEOUT``) ends well within
+the fresh lease.
 
 Like the chain and the cache, the decisions (read the grant, wait out another replica's lease,
 lease, refresh, write the rotated grant, classify Entra's refusal) are one generator with no
@@ -25,6 +30,7 @@ import dataclasses
 import functools
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -45,6 +51,7 @@ from .._errors import (
 )
 from .._grants import GrantStore, LinkTicket, StoredGrant, seal_revoke_ticket
 from .._jwt import fingerprint
+from .._l2 import renew_until, renew_until_sync
 from .._msal import http_session
 from .._store import Keyring, MemoryStore, TokenStore
 from .._types import IdentityKind, TokenRequest, TokenResult
@@ -61,6 +68,9 @@ logger = logging.getLogger("entra_passthrough.consent")
 #: 700082 expired (90 days idle), 50173 revoked (password change, revokeSignInSessions),
 #: 70000/70008/70043 invalid/expired grant, 54005 code/token already redeemed.
 _DEAD_GRANT_CODES = frozenset({700082, 50173, 70000, 70008, 70043, 54005, 50089})
+#: The cross-replica refresh lease on a grant (seconds): renewed every third of it while a
+#: redemption waits and runs, and extended right before the POST, which MSAL bounds below it
+#: (``_consent_client.HTTP_TIMEOUT``).
 LEASE_SECONDS = 20.0
 _MAX_ATTEMPTS = 60
 
@@ -88,15 +98,39 @@ class _Pause:
         self.seconds = seconds
 
 
+class _Held:
+    """A refresh lease this replica holds on one user's grant: the leased record, its version
+    (the fencing token: each renewal makes a new one, every later write compares with the
+    last) and whether a renewal found it taken by another replica."""
+
+    __slots__ = ("grant", "key_hash", "lost", "version")
+
+    def __init__(self, key_hash: str, grant: StoredGrant, version: str) -> None:
+        self.key_hash = key_hash
+        self.grant = grant
+        self.version = version
+        self.lost = False
+
+
+class _LeaseLost(Exception):
+    """The refresh lease ran out and another replica took it before the redemption started:
+    the refresh token was not redeemed here."""
+
+
 class _Redeem:
-    """Step: redeem the refresh token at Entra (MSAL, blocking) and send back its answer."""
+    """Step: redeem the refresh token at Entra (MSAL, blocking) under ``lease`` (renewed while
+    the step runs, extended right before the POST) and send back its answer; ``_LeaseLost``
+    if the lease was taken over first."""
 
-    __slots__ = ("claims", "refresh_token", "scopes")
+    __slots__ = ("claims", "lease", "refresh_token", "scopes")
 
-    def __init__(self, refresh_token: str, scopes: tuple[str, ...], claims: str | None) -> None:
+    def __init__(
+        self, refresh_token: str, scopes: tuple[str, ...], claims: str | None, lease: _Held
+    ) -> None:
         self.refresh_token = refresh_token
         self.scopes = scopes
         self.claims = claims
+        self.lease = lease
 
 
 _Step = _Grants | _Pause | _Redeem
@@ -270,7 +304,7 @@ class DelegatedConsent:
                     return runner.run(step.call(self.grants.blocking()))
                 if isinstance(step, _Pause):
                     return time.sleep(step.seconds)
-                return self.client.refresh(step.refresh_token, step.scopes, step.claims)
+                return self._redeem_blocking(step, runner)
 
             return drive(self._decide(key, request), do)
 
@@ -286,12 +320,92 @@ class DelegatedConsent:
                 return await step.call(self.grants)
             if isinstance(step, _Pause):
                 return await asyncio.sleep(step.seconds)
-            refresh = self.client.refresh
-            return await self.client.pool.run(refresh, step.refresh_token, step.scopes, step.claims)
+            return await self._redeem_async(step)
 
         return await self._coalesced(
             key.hashed, flight, lambda: drive_async(self._decide(key, request), do)
         )
+
+    # --- redemption under the lease -----------------------------------------------------------
+    async def _extend(self, grants: GrantStore, held: _Held) -> bool:
+        """Renew the lease for ``LEASE_SECONDS`` from now (compare-and-set on its version);
+        ``False``: another replica holds it now."""
+        if held.lost:
+            return False
+        until = time.time() + LEASE_SECONDS
+        renewed = dataclasses.replace(held.grant, lease_until=until)
+        version = await grants.put_grant(held.key_hash, renewed, expect=held.version)
+        if version is None:
+            held.lost = True
+            return False
+        held.version = version
+        return True
+
+    def _renewal_failed(self, exc: BaseException, first: bool) -> None:
+        if first:  # the grant store counted it (other replicas' leases are honoured longer)
+            logger.warning(
+                "the grant store failed to renew a refresh lease (%s); retrying while the "
+                "lease lasts",
+                type(exc).__name__,
+            )
+
+    def _redeem_under(self, step: _Redeem, extend: Callable[[], bool]) -> dict[str, Any]:
+        """In the thread that POSTs: the authority's discovery first (MSAL's app), then extend
+        the lease; a lease taken over meanwhile means no POST."""
+        self.client.app()
+        if not extend():
+            raise _LeaseLost
+        return self.client.refresh(step.refresh_token, step.scopes, step.claims)
+
+    async def _redeem_async(self, step: _Redeem) -> dict[str, Any]:
+        """The redemption in the worker pool (it may wait there for a worker, unbounded):
+        the lease is renewed on this loop until it is done."""
+        loop = asyncio.get_running_loop()
+        lock = asyncio.Lock()  # the renewals and the extension: one compare-and-set at a time
+
+        async def renew() -> bool:
+            async with lock:
+                return await self._extend(self.grants, step.lease)
+
+        def extend() -> bool:  # in the worker, right before the POST
+            return asyncio.run_coroutine_threadsafe(renew(), loop).result(LEASE_SECONDS)
+
+        done = asyncio.Event()
+        renewing = asyncio.ensure_future(
+            renew_until(done, LEASE_SECONDS, renew, self._renewal_failed)
+        )
+        try:
+            return await self.client.pool.run(self._redeem_under, step, extend)
+        finally:
+            done.set()
+            await renewing  # never cancelled mid-write: its last version is the lease's
+
+    def _redeem_blocking(self, step: _Redeem, runner: asyncio.Runner) -> dict[str, Any]:
+        """The sync driver's redemption, on this thread; a thread renews the lease."""
+        grants = self.grants.blocking()
+        lock = threading.Lock()
+
+        def renew() -> bool:  # the renewing thread: an event loop of its own per call
+            with lock:
+                return asyncio.run(self._extend(grants, step.lease))
+
+        def extend() -> bool:  # this thread, right before the POST
+            with lock:
+                return runner.run(self._extend(grants, step.lease))
+
+        done = threading.Event()
+        renewing = threading.Thread(
+            target=renew_until_sync,
+            args=(done, LEASE_SECONDS, renew, self._renewal_failed),
+            name="ep-grant-lease",
+            daemon=True,
+        )
+        renewing.start()
+        try:
+            return self._redeem_under(step, extend)
+        finally:
+            done.set()
+            renewing.join()
 
     # --- links and revocation ---------------------------------------------------------------
     def consent_link(
@@ -435,7 +549,11 @@ class DelegatedConsent:
             lease_version = yield _Grants("put_grant", key.hashed, leased, expect=version)
             if lease_version is None:
                 continue  # changed under us (rotated or leased elsewhere): read again
-            return (yield from self._refresh(key, request, grant, lease_version))
+            held = _Held(key.hashed, leased, lease_version)
+            result = yield from self._refresh(key, request, grant, held)
+            if result is None:
+                continue  # the lease was taken over before the redemption: read again
+            return result
         raise EntraError(
             "could not refresh the user's grant: concurrent refreshes kept conflicting",
             source=self.name,
@@ -443,19 +561,29 @@ class DelegatedConsent:
         )
 
     def _refresh(
-        self, key: UserKey, request: TokenRequest, grant: StoredGrant, lease_version: str
-    ) -> Generator[_Step, Any, TokenResult]:
+        self, key: UserKey, request: TokenRequest, grant: StoredGrant, held: _Held
+    ) -> Generator[_Step, Any, TokenResult | None]:
+        """Redeem under ``held`` and store the rotated grant; ``None``: the lease was taken
+        over before the POST (nothing redeemed, nothing to release)."""
         scopes = tuple(request.scopes)
         released = dataclasses.replace(grant, lease_owner=None, lease_until=0.0)
         try:
-            answer = yield _Redeem(grant.refresh_token, scopes, request.claims)
+            answer = yield _Redeem(grant.refresh_token, scopes, request.claims, held)
+        except _LeaseLost:
+            logger.warning(
+                "a refresh lease ran out before its redemption started (the grant store did "
+                "not renew it in time) and another replica took it; this replica did not "
+                "redeem the refresh token and reads the grant again"
+            )
+            return None
         except BaseException as exc:
-            yield _Grants("put_grant", key.hashed, released, expect=lease_version)
+            yield _Grants("put_grant", key.hashed, released, expect=held.version)
             if isinstance(exc, Exception):
                 raise unreachable(
                     exc, what="refreshing the stored grant", source=self.name, scopes=scopes
                 ) from None
             raise
+        lease_version = held.version  # the last renewal's: what the writes compare with
         if "access_token" not in answer:
             yield from self._on_error(key, request, answer, released, lease_version)
         now = time.time()
