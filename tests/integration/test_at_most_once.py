@@ -32,6 +32,7 @@ from _support.mcp_world import (
     host_app,
     make_chain,
     mcp_scopes,
+    read_json_request,
     respond,
     seen_oid,
     serve_asgi,
@@ -1000,3 +1001,58 @@ async def test_a_call_request_that_reaches_the_transport_after_the_verdict_is_no
     assert not attempt.sent
     assert answer.json()["id"] == 9
     assert answer.json()["error"]["message"].startswith("entra_passthrough: not sent")
+
+
+async def test_a_call_with_no_answer_in_time_may_have_run_and_is_not_resent(
+    idp: EntraEmulator, users: list[User]
+) -> None:
+    """The tool's ``request_timeout`` passes while the server is still running the call: the
+    model is told the call may have run (``CallOutcomeUnknown``), nothing is re-sent, the call
+    runs once, and the connection goes on serving."""
+    from entra_passthrough.agent_framework import CallOutcomeUnknown
+
+    ran: list[tuple[str, str]] = []
+    recorder = Recorder()
+
+    def slow_calls(app: Any) -> Any:
+        async def wrapped(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            if scope["type"] == "http" and scope["method"] == "POST":
+                parsed, replay = await read_json_request(receive)
+                params = parsed.get("params") if isinstance(parsed, dict) else None
+                if ((params or {}).get("arguments") or {}).get("who") == "slow":
+                    await asyncio.sleep(2.0)  # past the 1 s request timeout
+                await app(scope, replay, send)
+                return
+            await app(scope, receive, send)
+
+        return wrapped
+
+    server = ServerThread(
+        lambda base: slow_calls(
+            build_mcp_app(idp, base_url=base, recorder=recorder, executions=ran)
+        ),
+        name="mcp",
+    ).start()
+    tool = entra_mcp_tool(
+        "records",
+        f"{server.base}/mcp",
+        chain=make_chain(idp),
+        scopes=mcp_scopes(idp),
+        request_timeout=1,
+    )
+    try:
+        async with bind_caller(token=agent_token(idp, users[0])):
+            with pytest.raises(CallOutcomeUnknown, match="may have run"):
+                await tool.call_tool("whoami", who="slow")
+        for _ in range(60):  # bounded: the server finishes the slow call (~1 s)
+            if any(who == "slow" for who, _ in ran):
+                break
+            await asyncio.sleep(0.05)
+        async with bind_caller(token=agent_token(idp, users[1])):
+            await tool.call_tool("whoami", who="after")
+    finally:
+        await tool.close()
+        server.stop()
+    assert [oid for who, oid in ran if who == "slow"] == [users[0].oid]
+    assert [oid for who, oid in ran if who == "after"] == [users[1].oid]
+    assert len([s for s in calls(recorder.snapshot()) if s.caller_tag == "slow"]) == 1

@@ -64,6 +64,20 @@ def is_dead_connection(exc: BaseException) -> bool:
     return False
 
 
+def is_request_timeout(exc: BaseException) -> bool:
+    """True when the mcp SDK gave up waiting for the answer (``request_timeout``: REQUEST_TIMEOUT,
+    -32001, "... timed out"): the request was sent and may be running on the server still."""
+    from mcp import MCPError
+    from mcp_types import REQUEST_TIMEOUT
+
+    return any(
+        isinstance(current, MCPError)
+        and current.error.code == REQUEST_TIMEOUT
+        and "timed out" in current.error.message.lower()
+        for current in exception_chain(exc)
+    )
+
+
 def is_session_refused(exc: BaseException) -> bool:
     """True for a 404 "Session not found"/"Session terminated" on a legacy (mcp 1.x-style)
     session: the server refused the session before running the request."""

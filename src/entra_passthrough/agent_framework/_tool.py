@@ -92,6 +92,7 @@ from ._signals import (
     gateway_shaped,
     is_dead_connection,
     is_public_failure,
+    is_request_timeout,
     is_session_refused,
     public_failure,
 )
@@ -543,11 +544,12 @@ class EntraMCPTool(HookedMCPTool):
                 if verdict == "maybe_ran":
                     if is_dead_connection(exc):
                         self._reconnect_soon(generation)
-                    why = (
-                        f"the server answered HTTP {attempt.status}"
-                        if attempt.status is not None and attempt.status >= 500
-                        else "the connection was lost after the request was sent"
-                    )
+                    if attempt.status is not None and attempt.status >= 500:
+                        why = f"the server answered HTTP {attempt.status}"
+                    elif is_request_timeout(exc):
+                        why = "no answer came within the tool's request timeout"
+                    else:
+                        why = "the connection was lost after the request was sent"
                     raise CallOutcomeUnknown(
                         f"The call to tool {tool_name!r} on MCP server {self.server_label!r} "
                         f"may have run: {why}, and it is not retried automatically so that it "
@@ -634,6 +636,7 @@ class EntraMCPTool(HookedMCPTool):
             is_dead_connection(exc)
             or attempt.transport_error is not None
             or (attempt.status is not None and attempt.status >= 500)
+            or is_request_timeout(exc)  # no answer in time: it may be running still
         ):
             return "maybe_ran"
         return "raise"
