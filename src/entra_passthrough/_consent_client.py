@@ -20,6 +20,7 @@ import requests
 
 from ._credential import AppCredential
 from ._errors import ConfigurationError, TokenVerificationError
+from ._http import OAuthBodies
 from ._jwks import MAX_DOCUMENT_BYTES, KeySet, KeySource, check_fetch_url
 from ._msal import (
     DiscoveryOnlyHttpCache,
@@ -103,11 +104,12 @@ class ConsentClient:
                     client_credential=self._credential,
                     authority=self.authority,
                     instance_discovery=host in _PUBLIC_HOSTS,
-                    http_client=self._http,
+                    # Every token answer with a safe ``error`` (one malformed answer would
+                    # otherwise stop every later request of this app: ``OAuthBodies``), each
+                    # request bounded, and shorter than a refresh lease (delegated.LEASE_SECONDS).
+                    http_client=OAuthBodies(self._http, timeout=HTTP_TIMEOUT),
                     token_cache=NullTokenCache(),
                     http_cache=DiscoveryOnlyHttpCache(),
-                    # Bounded, and shorter than a refresh lease (delegated.LEASE_SECONDS).
-                    timeout=HTTP_TIMEOUT,
                 )
             return self._app
 

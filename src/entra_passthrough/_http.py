@@ -27,6 +27,7 @@ import hashlib
 import heapq
 import json
 import random
+import re
 import socket
 import threading
 import time
@@ -111,8 +112,9 @@ class TransportFailure(Exception):
     """A token request that failed for good (raised through MSAL to the source).
 
     ``kind``: ``throttled`` (429, or a 5xx with ``Retry-After``), ``status`` (another retryable
-    status), ``timeout``, ``connection``, ``malformed`` (a 2xx body that is not JSON) or
-    ``deadline``. ``retry_after``: seconds until a
+    status), ``timeout``, ``connection``, ``malformed`` (a 2xx body that is not JSON), ``page``
+    (a 3xx/4xx answer to a token request whose body is no OAuth error object: a proxy's,
+    firewall's or gateway's page; not retried) or ``deadline``. ``retry_after``: seconds until a
     request may be sent again (``None`` if unknown). ``phase``: for ``deadline``, the part of
     the exchange the deadline cut (``PHASES``), when known. Carries no URL, body or header
     value.
@@ -148,6 +150,11 @@ class TransportFailure(Exception):
             what = f"{peer} did not answer in time (connect or read timeout)"
         elif self.kind == "malformed":
             what = f"{peer}'s answer was not valid JSON (cut short, or a proxy's page)"
+        elif self.kind == "page":
+            what = (
+                f"HTTP {self.status} came back without {peer}'s OAuth error body (a page from "
+                "a proxy, firewall or gateway on the way?)"
+            )
         elif self.kind == "deadline":
             what = f"the acquisition's deadline passed before {peer} answered"
             if self.phase is not None:
@@ -414,7 +421,8 @@ class GuardedHttpClient:
     backoff and jitter for retryable failures only, ``Retry-After`` and a negative cache.
 
     Nothing is cached from an answer: a 400 (consent missing, bad assertion) goes back to MSAL
-    as it came, so the request right after the user fixes it is sent.
+    (its ``error`` made safe for MSAL's telemetry: ``oauth_error_body``), so the request right
+    after the user fixes it is sent.
     """
 
     def __init__(
@@ -571,10 +579,15 @@ class GuardedHttpClient:
                 failure = TransportFailure(kind, attempts=attempt, peer=self.peer, phase=phase)
             else:
                 status = int(getattr(response, "status_code", 0) or 0)
+                body: Any = _UNREAD
+                if method == "POST" and 200 <= status < 300:
+                    body = _json_body(response)
                 if status not in RETRYABLE_STATUSES and not (
-                    method == "POST" and 200 <= status < 300 and not _json_object(response)
+                    method == "POST" and 200 <= status < 300 and body is None
                 ):
                     self.throttle.answered(authority, key)
+                    if method == "POST" and _is_token_request(data):
+                        return self._oauth_answer(response, status, body)
                     return response
                 wait = retry_after_seconds(getattr(response, "headers", None) or {})
                 throttled = status in RETRYABLE_STATUSES and (status == 429 or wait is not None)
@@ -585,6 +598,8 @@ class GuardedHttpClient:
                     # retried and pauses no one. 5xx without a code, or with a transient one
                     # (AADSTS90033...), are retried.
                     self.throttle.answered(authority, key)
+                    if method == "POST" and _is_token_request(data):
+                        return self._oauth_answer(response, status, _UNREAD)
                     return response
                 if status not in RETRYABLE_STATUSES:
                     # A success whose body is not a JSON object (cut short, or a proxy's page):
@@ -638,6 +653,148 @@ class GuardedHttpClient:
             if failure.kind != "timeout":
                 self.throttle.block_authority(authority, t.negative_ttl, failure)
         raise failure
+
+    def _oauth_answer(self, response: Any, status: int, body: Any) -> Any:
+        """A token endpoint's answer as MSAL may read it (``oauth_error_body``): the response
+        itself when its body is sane (every answer Entra sends), else one whose ``error`` is
+        normalised. A 3xx/4xx whose body is no JSON object (an HTML page, text, a list) is no
+        OAuth answer: ``TransportFailure("page")`` with the status, not retried (MSAL would
+        raise its parser's error, or log the body)."""
+        if body is _UNREAD:
+            body = _json_body(response)
+        if body is None:
+            if 300 <= status < 500:
+                _close_quietly(response)
+                raise TransportFailure("page", status=status, peer=self.peer)
+            return response  # 5xx: MSAL raises "HTTP Error" before reading any body
+        fixed = oauth_error_body(body, status)
+        if fixed is body:
+            return response
+        return OAuthAnswer(response, json.dumps(fixed))
+
+
+class OAuthBodies:
+    """An MSAL ``http_client`` for applications that do not go through ``GuardedHttpClient``
+    (the consent app's: interactive flows, one user at a time): every token endpoint answer is
+    handed to MSAL with its ``error`` made safe (``oauth_error_body``: one malformed answer
+    must not stop the application for good), and a ``requests`` session's requests are bounded
+    by ``timeout`` (MSAL applies its own ``timeout`` only to a session it makes itself)."""
+
+    def __init__(self, inner: Any, *, timeout: float) -> None:
+        if inner is None:
+            import requests
+
+            inner = requests.Session()  # trust_env kept: proxies and corporate CAs work
+        self._inner = inner
+        self._timeout = timeout if _is_requests_session(inner) else None
+
+    def post(
+        self, url: str, params: Any = None, data: Any = None, headers: Any = None, **kwargs: Any
+    ) -> Any:
+        if self._timeout is not None:
+            kwargs.setdefault("timeout", self._timeout)
+        response = self._inner.post(url, params=params, data=data, headers=headers, **kwargs)
+        if not _is_token_request(data):
+            return response
+        body = _json_body(response)
+        if body is None:
+            return response  # not JSON: MSAL's own error, typed by the caller
+        fixed = oauth_error_body(body, int(getattr(response, "status_code", 0) or 0))
+        return response if fixed is body else OAuthAnswer(response, json.dumps(fixed))
+
+    def get(self, url: str, params: Any = None, headers: Any = None, **kwargs: Any) -> Any:
+        if self._timeout is not None:
+            kwargs.setdefault("timeout", self._timeout)
+        return self._inner.get(url, params=params, headers=headers, **kwargs)
+
+    def close(self) -> None:
+        close = getattr(self._inner, "close", None)
+        if close is not None:
+            close()
+
+    def __repr__(self) -> str:
+        return f"OAuthBodies({type(self._inner).__name__})"
+
+
+#: An OAuth 2.0 error code as it may travel on (RFC 6749 section 5.2: ASCII, no spaces or
+#: separators), bounded. Entra's are such words (``invalid_grant``, ``interaction_required``).
+_OAUTH_WORD = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+
+
+def _oauth_word(value: object) -> bool:
+    return isinstance(value, str) and _OAUTH_WORD.fullmatch(value) is not None
+
+
+def oauth_error_body(body: dict[str, Any], status: int) -> dict[str, Any]:
+    """``body`` (a token endpoint's JSON object) with ``error`` and ``suberror`` made safe for
+    MSAL; ``body`` itself (the same object) when they already are.
+
+    Why: MSAL keeps the ``error`` of a failed answer in its application's telemetry buffer and
+    puts it into the ``x-client-last-telemetry`` header of every later request of that
+    application, clearing it only after a success (msal/telemetry.py). An ``error`` that is not
+    a string (``{"code": ..}``, a number, ``null``) made every later request raise
+    ``TypeError`` before sending; one with CR/LF or outside Latin-1 made requests refuse the
+    header: one bad answer (a gateway's JSON, a proxy's rewrite) stopped every user of that
+    app for good, since the success that clears the buffer could no longer come.
+
+    So ``error`` is always a short ASCII word: kept when it is one, else ``invalid_request``
+    (4xx) or ``server_error`` (any other status). A 2xx with an empty ``error`` (``null``,
+    ``""``) says no error: the key is dropped. ``suberror`` that is not such a word is dropped
+    (MSAL maps it through a dict). The other fields stay as they came (the typed errors keep
+    only short identifiers and a redacted first line of them: ``_errors.error_from_entra``),
+    except a description that is not a string (dropped) and, for an ``error`` that was an object
+    (``{"code", "message"}``) without a description beside it, its ``message`` as the
+    description, so that an AADSTS code in it is still decoded.
+    """
+    fixed: dict[str, Any] | None = None
+    success = 200 <= status < 300
+    if "error" in body or not success:
+        error = body.get("error")
+        if not _oauth_word(error):
+            fixed = dict(body)
+            if success and not error:
+                del fixed["error"]
+            else:
+                fixed["error"] = "invalid_request" if 400 <= status < 500 else "server_error"
+                message = error.get("message") if isinstance(error, Mapping) else None
+                if isinstance(message, str) and "error_description" not in body:
+                    fixed["error_description"] = message
+    if "suberror" in body and not _oauth_word(body["suberror"]):
+        fixed = fixed if fixed is not None else dict(body)
+        del fixed["suberror"]
+    if "error_description" in body and not isinstance(body["error_description"], str):
+        fixed = fixed if fixed is not None else dict(body)
+        del fixed["error_description"]
+    return fixed if fixed is not None else body
+
+
+class OAuthAnswer:
+    """A token endpoint's response with a normalised body (``oauth_error_body``): what MSAL
+    reads of a response (``status_code``, ``headers``, ``text``), the rest from the original."""
+
+    __slots__ = ("_raw", "headers", "status_code", "text")
+
+    def __init__(self, raw: Any, text: str) -> None:
+        self._raw = raw
+        self.status_code = int(getattr(raw, "status_code", 0) or 0)
+        self.headers = getattr(raw, "headers", None) or {}
+        self.text = text
+
+    def __repr__(self) -> str:
+        return f"OAuthAnswer(HTTP {self.status_code})"
+
+    @property
+    def content(self) -> bytes:
+        return self.text.encode("utf-8")
+
+    def json(self) -> Any:
+        return json.loads(self.text)
+
+    def raise_for_status(self) -> None:
+        self._raw.raise_for_status()
+
+    def close(self) -> None:
+        _close_quietly(self._raw)
 
 
 #: Connections kept per host by the sessions the library creates: as many as token requests can
@@ -888,11 +1045,23 @@ def _definite_answer(response: Any) -> bool:
     return code is not None and is_answer(code)
 
 
-def _json_object(response: Any) -> bool:
+#: ``_attempts``: a response body not parsed yet.
+_UNREAD: Any = object()
+
+
+def _json_body(response: Any) -> dict[str, Any] | None:
+    """The response's body when it is a JSON object, else ``None``."""
     try:
-        return isinstance(json.loads(response.text), dict)
+        body = json.loads(response.text)
     except Exception:  # ValueError, a text that cannot be decoded, no .text at all
-        return False
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _is_token_request(data: Any) -> bool:
+    """An OAuth 2.0 token request (every POST MSAL sends to a token endpoint names its grant;
+    a managed identity endpoint's requests do not)."""
+    return isinstance(data, Mapping) and "grant_type" in data
 
 
 def _close_quietly(response: Any) -> None:

@@ -130,3 +130,59 @@ def test_throttled_says_when_in_plain_seconds_and_blames_no_one_it_did_not_ask(
     assert shown in str(err)
     assert "e+" not in str(err)
     assert "Entra is throttling" not in str(err)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "error"),
+    [
+        (400, {"error": {"code": "BadRequest", "message": "gateway"}}, "invalid_request"),
+        (400, {"error": 400}, "invalid_request"),
+        (400, {"error": None}, "invalid_request"),
+        (400, {}, "invalid_request"),
+        (401, {"error": "invalid_grant\r\nX-Evil: 1"}, "invalid_request"),
+        (400, {"error": "invalid_grant\u2713"}, "invalid_request"),
+        (400, {"error": "a,b|c"}, "invalid_request"),  # MSAL's header separators
+        (400, {"error": "x" * 65}, "invalid_request"),
+        (400, {"error": "\uff11"}, "invalid_request"),  # a fullwidth digit: no ASCII word
+        (500, {"error": ["server"]}, "server_error"),
+        (200, {"error": {"code": "x"}, "access_token": "t"}, "server_error"),
+    ],
+)
+def test_oauth_error_body_makes_error_a_short_ascii_word(
+    status: int, body: dict[str, object], error: str
+) -> None:
+    from entra_passthrough._http import oauth_error_body
+
+    before = dict(body)
+    fixed = oauth_error_body(body, status)
+    assert fixed["error"] == error
+    assert body == before  # a new body: the parsed answer is not changed in place
+
+
+def test_oauth_error_body_keeps_sane_bodies_and_usable_fields() -> None:
+    from entra_passthrough._errors import code_in_body
+    from entra_passthrough._http import oauth_error_body
+
+    entra = {
+        "error": "invalid_grant",
+        "error_description": "AADSTS50013: Assertion failed signature validation.",
+        "error_codes": [50013],
+        "suberror": "bad_token",
+        "correlation_id": "1c2d",
+    }
+    assert oauth_error_body(entra, 400) is entra  # Entra's answers go to MSAL as they came
+    token = {"access_token": "t", "token_type": "Bearer", "expires_in": 3600}
+    assert oauth_error_body(token, 200) is token
+    # A 2xx saying no error: the key goes (MSAL would record a failure of ``None``).
+    assert oauth_error_body({"access_token": "t", "error": None}, 200) == {"access_token": "t"}
+    # An error object's message becomes the description: its AADSTS code is still decoded.
+    nested = {"error": {"code": "x", "message": "AADSTS65001: consent"}}
+    fixed = oauth_error_body(nested, 400)
+    assert fixed == {"error": "invalid_request", "error_description": "AADSTS65001: consent"}
+    assert code_in_body(fixed) == 65001
+    # ... unless the body has a description of its own; one that is no string is dropped.
+    assert oauth_error_body({**nested, "error_description": "d"}, 400)["error_description"] == "d"
+    assert "error_description" not in oauth_error_body({**nested, "error_description": 5}, 400)
+    # A suberror that is no word is dropped, the rest kept.
+    odd = {**entra, "suberror": {"x": 1}}
+    assert oauth_error_body(odd, 400) == {k: v for k, v in entra.items() if k != "suberror"}

@@ -181,3 +181,27 @@ def obo_chain(idp: Any, session: Any, cache: Any) -> Any:
         policy=Policy.USER_ONLY,
         cache=cache,
     )
+
+
+class AclUser:
+    """A Redis ACL user of its own for replica A, whose script calls (the lease's
+    compare-and-set) can be refused and allowed again: a store that fails one renewal."""
+
+    def __init__(self, server: RedisServer) -> None:
+        self.name = f"replica-a-{free_port()}"
+        self.server = server
+        self.admin = server.client()
+        self.admin.acl_setuser(
+            self.name, enabled=True, passwords=[f"+{PASSWORD}"], keys=["*"], commands=["+@all"]
+        )
+        self.url = f"redis://{self.name}:{PASSWORD}@127.0.0.1:{server.port}/0"
+
+    def refuse_scripts(self) -> None:
+        self.admin.acl_setuser(self.name, commands=["-eval", "-evalsha"])
+
+    def allow_scripts(self) -> None:
+        self.admin.acl_setuser(self.name, commands=["+eval", "+evalsha"])
+
+    def close(self) -> None:
+        self.admin.acl_deluser(self.name)
+        self.admin.close()

@@ -25,8 +25,7 @@ from entra_passthrough._store import Keyring
 from entra_passthrough.redis import RedisStore
 
 from ._broker import consent
-from ._server import RedisServer, free_port
-from .test_lease_fencing import AclUser
+from ._server import AclUser, RedisServer, free_port
 
 LEASE = 1.5  # renewed every 0.5 s; the pool is held for several leases
 

@@ -17,7 +17,7 @@ from entra_passthrough._l2 import SharedTokenCache
 from entra_passthrough._store import Keyring
 from entra_passthrough.redis import RedisStore, SyncRedisStore
 
-from ._server import PASSWORD, RedisServer, free_port
+from ._server import AclUser, RedisServer, free_port
 
 KEY = ("obo", ("client", "tenant", "sha256-of-assertion"), ("api://mcp/.default",), None, ())
 LEASE = 6.0  # renewals every 2 s; a refused one is retried every 0.3 s: ~4 s of slack for a
@@ -85,30 +85,6 @@ async def _apoll(done: Callable[[], bool], *, tries: int = 1500) -> None:
         if done():
             return
         await asyncio.sleep(0.01)
-
-
-class AclUser:
-    """A Redis ACL user of its own for replica A, whose script calls (the lease's
-    compare-and-set) can be refused and allowed again: a store that fails one renewal."""
-
-    def __init__(self, server: RedisServer) -> None:
-        self.name = f"replica-a-{free_port()}"
-        self.server = server
-        self.admin = server.client()
-        self.admin.acl_setuser(
-            self.name, enabled=True, passwords=[f"+{PASSWORD}"], keys=["*"], commands=["+@all"]
-        )
-        self.url = f"redis://{self.name}:{PASSWORD}@127.0.0.1:{server.port}/0"
-
-    def refuse_scripts(self) -> None:
-        self.admin.acl_setuser(self.name, commands=["-eval", "-evalsha"])
-
-    def allow_scripts(self) -> None:
-        self.admin.acl_setuser(self.name, commands=["+eval", "+evalsha"])
-
-    def close(self) -> None:
-        self.admin.acl_deluser(self.name)
-        self.admin.close()
 
 
 @pytest.fixture

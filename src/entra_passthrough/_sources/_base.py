@@ -61,6 +61,15 @@ def result_from_msal(
     return TokenResult(token=token, expires_on=expires_on, kind=kind, source=source)
 
 
+#: The fix for a token request answered by a page (``TransportFailure`` kind ``page``).
+PAGE_FIX = (
+    "check what answers for the authority host from this machine: an HTTP proxy "
+    "(HTTPS_PROXY / NO_PROXY; HTTP 407 means it wants credentials), a firewall or a "
+    "TLS-inspecting gateway that blocks or rewrites requests to it, and the authority host "
+    "setting (authority_host / AZURE_AUTHORITY_HOST: Entra's login host for your cloud)."
+)
+
+
 def unreachable(
     exc: BaseException, *, what: str, source: str, scopes: tuple[str, ...]
 ) -> EntraPassthroughError:
@@ -78,6 +87,15 @@ def unreachable(
                 status=exc.status,
                 source=source,
                 scopes=scopes,
+            )
+        if exc.kind == "page":
+            # A 3xx/4xx page instead of an OAuth error: something between here and Entra
+            # answered (or the authority host is not Entra's). Not retried: it is an answer.
+            return SourceUnavailable(
+                f"{what} failed: {exc.describe()}.",
+                source=source,
+                scopes=scopes,
+                fix=PAGE_FIX,
             )
         return SourceUnavailable(
             f"{what} failed: {exc.describe()}.",
