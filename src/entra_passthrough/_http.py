@@ -507,6 +507,11 @@ class GuardedHttpClient:
         if self._stream:
             # The body is read here, under the deadline (``_read_within``), not inside requests.
             kwargs["stream"] = True
+            # Never followed: requests re-sends a POST's body on a 307/308 to wherever the
+            # Location points (a client secret, an assertion, a user's token) and keeps custom
+            # headers (the managed identity secret) across hosts. Entra never redirects these
+            # requests; a 3xx comes back as an answer (``page``).
+            kwargs["allow_redirects"] = False
         probes = [probe] if probe is not None else []
         try:
             return self._attempts(
@@ -678,7 +683,8 @@ class OAuthBodies:
     (the consent app's: interactive flows, one user at a time): every token endpoint answer is
     handed to MSAL with its ``error`` made safe (``oauth_error_body``: one malformed answer
     must not stop the application for good), and a ``requests`` session's requests are bounded
-    by ``timeout`` (MSAL applies its own ``timeout`` only to a session it makes itself)."""
+    by ``timeout`` (MSAL applies its own ``timeout`` only to a session it makes itself), its
+    POSTs never redirected (a 307 would re-send the form, secret and code, elsewhere)."""
 
     def __init__(self, inner: Any, *, timeout: float) -> None:
         if inner is None:
@@ -686,13 +692,15 @@ class OAuthBodies:
 
             inner = requests.Session()  # trust_env kept: proxies and corporate CAs work
         self._inner = inner
-        self._timeout = timeout if _is_requests_session(inner) else None
+        self._session = _is_requests_session(inner)
+        self._timeout = timeout
 
     def post(
         self, url: str, params: Any = None, data: Any = None, headers: Any = None, **kwargs: Any
     ) -> Any:
-        if self._timeout is not None:
+        if self._session:
             kwargs.setdefault("timeout", self._timeout)
+            kwargs["allow_redirects"] = False  # a 307 would re-send the form elsewhere
         response = self._inner.post(url, params=params, data=data, headers=headers, **kwargs)
         if not _is_token_request(data):
             return response
@@ -703,7 +711,7 @@ class OAuthBodies:
         return response if fixed is body else OAuthAnswer(response, json.dumps(fixed))
 
     def get(self, url: str, params: Any = None, headers: Any = None, **kwargs: Any) -> Any:
-        if self._timeout is not None:
+        if self._session:
             kwargs.setdefault("timeout", self._timeout)
         return self._inner.get(url, params=params, headers=headers, **kwargs)
 
