@@ -320,7 +320,16 @@ class TokenCache:
         takes it from L2 again even if the store fails. On an event loop the store call runs
         as a task (``wait_refreshes_async`` awaits it): no I/O here. Never raises."""
         with self._lock:
-            entry = self._entries.pop(key, None)
+            entry = self._entries.get(key)
+            held = (
+                None if entry is None else entry if isinstance(entry, TokenResult) else entry.result
+            )
+            if held is not None and rejected is not None and held.token != rejected.token:
+                # A newer token already replaced the refused one (another request's retry, a
+                # refresh): it stays. Requests that still carried the old one must not evict it.
+                entry = None
+            elif entry is not None:
+                del self._entries[key]
         shared = self.shared
         if shared is None:
             return

@@ -176,12 +176,18 @@ class Caller:
             user_id=_platform_value(platform.get(_USER_ID)),
             call_id=_platform_value(platform.get(_CALL_ID)),
         )
+        repeated = [
+            (name, len(seen[key])) for key, name in wanted.items() if len(seen.get(key, ())) > 1
+        ]
+        if repeated:
+            # Any assertion header sent twice makes the whole request ambiguous: no assertion
+            # from another header stands in for it (presented, unusable: fail closed).
+            name, count = repeated[0]
+            read._mark_malformed(f"header {name!r} sent {count} times")
+            wanted = {}
         for key, name in wanted.items():
             values = seen.get(key)
             if not values:
-                continue
-            if len(values) > 1:
-                read._mark_malformed(f"header {name!r} sent {len(values)} times")
                 continue
             token = _bearer(name, values[0])
             if token is None:

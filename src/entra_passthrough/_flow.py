@@ -35,7 +35,7 @@ from ._challenge import parse_bearer_challenges
 from ._errors import ConfigurationError, NoCallerError, TokenAcquisitionError
 from ._httpx_seams import append_authorization, has_authorization
 from ._origins import OriginKey, format_origin, origin_key, parse_origins
-from ._prefetch import orphaned, prefetched_for, prefetched_var, scope_key
+from ._prefetch import orphaned, prefetched_for, prefetched_var, refused, scope_key
 from ._types import IdentityKind, TokenResult, header_safe, mark_header_safe
 
 _log = logging.getLogger("entra_passthrough.apply")
@@ -271,6 +271,10 @@ class FlowCore:
             return
         headers = request.headers
         caller = active_caller()
+        if APPLIED in request.extensions:
+            # A request sent again (the same object, built once): what an earlier send applied
+            # was decided for that send's caller; this one decides afresh, from nothing.
+            self.strip(request)
         if has_authorization(headers) and APPLIED not in request.extensions:
             conflict = ConfigurationError(
                 "the request already has an Authorization header; EntraAuth does not send a "
@@ -384,7 +388,10 @@ class FlowCore:
         if not self.allows(final_url):
             return  # a 401 from another origin (after a redirect) says nothing about our token
         challenge = parse_bearer_challenges(response.headers.get_list("www-authenticate"))
-        if challenge is None or not challenge.retryable or not _replayable(request):
+        if challenge is None or not challenge.retryable:
+            return
+        if not _replayable(request):
+            self._invalidate(result, caller)  # no retry (a stream), but the token is refused
             return
         if result.kind is IdentityKind.USER and (caller is None or not caller.active):
             # The user's caller ended while the request was out: a token acquired now would be
@@ -424,6 +431,7 @@ class FlowCore:
         return outcome.result
 
     def _invalidate(self, result: TokenResult, caller: Caller | None) -> None:
+        refused(result)
         try:
             self.chain.invalidate(result)
         except Exception as exc:

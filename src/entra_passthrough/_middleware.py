@@ -130,7 +130,11 @@ class CallerMiddleware(CaptureASGI):
         try:
             verified = await self.verifier.verify_async(caller.assertion)
         except TokenVerificationError as exc:
-            status = exc.status_code if exc.status_code in (401, 403) else 401
+            if exc.status_code not in (401, 403):
+                # Not a judgement of the token (the signing keys could not be fetched: 503):
+                # refused, with no Bearer error, so that clients keep their token and retry.
+                raise _Reject(503, error=None, description=None) from None
+            status = exc.status_code
             required = getattr(exc, "required", ())
             raise _Reject(
                 status,

@@ -58,8 +58,14 @@ def parse_origin(text: str, *, allow_insecure_loopback: bool) -> OriginKey:
         raise ConfigurationError(f"origin {text!r} has no host (wildcards are not supported)")
     try:
         port = parts.port
-        host = host.encode("idna").decode("ascii") if not host.isascii() else host
-    except (ValueError, UnicodeError) as exc:
+        if not host.isascii():
+            # As httpx and httpx2 encode a URL's host (the ``idna`` package: IDNA 2008), not
+            # Python's "idna" codec (IDNA 2003, which maps "straße.de" to "strasse.de", another
+            # domain): the origin configured is the host requests go to, byte for byte.
+            import idna  # requests' dependency, so always installed with MSAL
+
+            host = idna.encode(host.lower()).decode("ascii")
+    except (ValueError, UnicodeError) as exc:  # idna.IDNAError is a UnicodeError
         raise ConfigurationError(f"origin {text!r} is not a valid URL origin") from exc
     host = host.lower()
     if scheme == "http" and not (allow_insecure_loopback and is_loopback(host)):

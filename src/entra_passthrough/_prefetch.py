@@ -10,7 +10,7 @@ connection's lifecycle task) can never use it afterwards.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from types import TracebackType
@@ -24,9 +24,9 @@ from ._types import IdentityKind, TokenResult
 @dataclass(eq=False, slots=True)
 class _Prefetched:
     caller: Caller | None
-    tokens: Mapping[tuple[str, ...], TokenResult]
+    tokens: dict[tuple[str, ...], TokenResult]
     #: Until when each token may be applied: its own expiry (see ``_own_expiry``).
-    until: Mapping[tuple[str, ...], float]
+    until: dict[tuple[str, ...], float]
     active: bool = True
 
 
@@ -118,6 +118,18 @@ def orphaned(caller: Caller | None) -> bool:
         return False
     binding = prefetched_var.get()
     return binding is not None and binding.active and binding.caller is not None
+
+
+def refused(result: TokenResult) -> None:
+    """The resource answered 401 to ``result``: if this context's ``use_token`` block handed
+    it out, it hands it out no more (the block's later requests acquire, from the cache the
+    retry refilled, instead of sending the refused token again)."""
+    binding = prefetched_var.get()
+    if binding is None or not binding.active:
+        return
+    for key, held in list(binding.tokens.items()):
+        if held is result:
+            binding.until[key] = 0.0  # lapsed: ``prefetched_for`` no longer returns it
 
 
 def prefetched_for(caller: Caller | None, key: tuple[str, ...]) -> TokenResult | None:

@@ -159,6 +159,9 @@ class EntraTokenVerifier:
         # None is the protocol's only "no" (an exception here becomes a 500); the reason goes
         # to the challenge middleware through the request's context.
         outcome = _outcome.get()
+        # The SDK hands over ``Authorization[7:]``: "Bearer  <token>" (RFC 6750 allows one or
+        # more spaces after the scheme) arrives with the extra spaces still in front.
+        token = token.strip()
         try:
             vt = await self.verifier.verify_async(token)
         except TokenVerificationError as err:

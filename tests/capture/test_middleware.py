@@ -15,6 +15,7 @@ from entra_passthrough import (
     Caller,
     CallerMiddleware,
     InsufficientScope,
+    SigningKeysUnavailable,
     TokenVerificationError,
     UserKey,
     bind_caller,
@@ -223,11 +224,15 @@ async def test_verifier_failures_map_to_401_403_and_503() -> None:
         assert needle in challenge
         assert token not in challenge
         assert app.seen == []
-    app = App()
-    sent, _ = await call(CallerMiddleware(app, verifier=Stub(RuntimeError("jwks down"))), headers)
-    assert sent[0]["status"] == 503
-    assert dict(sent[0]["headers"])[b"retry-after"] == b"5"
-    assert app.seen == []
+    outages = [RuntimeError("jwks down"), SigningKeysUnavailable("the keys could not be fetched")]
+    for outage in outages:  # the verifier failed, or could not fetch the keys: not the token's
+        app = App()
+        sent, _ = await call(CallerMiddleware(app, verifier=Stub(outage)), headers)
+        assert sent[0]["status"] == 503
+        answered = dict(sent[0]["headers"])
+        assert answered[b"retry-after"] == b"5"
+        assert b"www-authenticate" not in answered  # no Bearer error: clients keep the token
+        assert app.seen == []
 
 
 async def test_refusal_is_not_cached_and_head_gets_no_body() -> None:

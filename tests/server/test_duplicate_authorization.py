@@ -104,3 +104,37 @@ async def test_require_entra_auth_refuses_two_authorization_headers() -> None:
         status, response_headers = await _asgi_get(app, headers)
         assert status == 401
         assert b"invalid_token" in response_headers[b"www-authenticate"]
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        ("authorization", "x-ms-token-aad-access-token"),
+        ("x-ms-token-aad-access-token", "authorization"),
+    ],
+)
+async def test_a_repeated_assertion_header_is_not_rescued_by_another_one(
+    order: tuple[str, str],
+) -> None:
+    """Authorization sent twice beside one valid ``x-ms-token-aad-access-token``: the request
+    is ambiguous whatever order the headers are configured in (fail closed: 401)."""
+    from entra_passthrough import CallerMiddleware
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await JSONResponse({"ok": True})(scope, receive, send)
+
+    token = ISSUER.token()
+    headers = [
+        (b"authorization", f"Bearer {token}".encode()),
+        (b"authorization", f"Bearer {token}".encode()),
+        (b"x-ms-token-aad-access-token", token.encode()),
+    ]
+    middleware = CallerMiddleware(app, assertion_headers=order, require_caller=True)
+    status, _ = await _asgi_get(middleware, headers)
+    assert status == 401
+
+
+async def test_the_mcp_verifier_accepts_more_than_one_space_after_bearer(base_url: str) -> None:
+    # RFC 6750: "Bearer" 1*SP b64token. The mcp SDK hands over ``header[7:]``.
+    response = await _post(base_url, [f"Bearer   {ISSUER.token()}"])
+    assert response.status_code == 200, response.text

@@ -130,6 +130,10 @@ class ConsentBroker:
         self.post_logout_redirect_uri = post_logout_redirect_uri
         authority = urlsplit(self.client.authority_host)
         self._form_action = f"'self' {authority.scheme}://{authority.netloc}"
+        if post_logout_redirect_uri is not None:
+            # The sign-out form posts here, is redirected to Entra's logout, then to this URI:
+            # browsers check ``form-action`` against every hop, so its origin is allowed too.
+            self._form_action += " " + _logout_origin(post_logout_redirect_uri)
         self.app = Starlette(
             routes=[
                 Route("/start", self._start, methods=["GET"]),
@@ -463,3 +467,20 @@ class ConsentBroker:
             status_code=303,
             headers=security_headers(),
         )
+
+
+def _logout_origin(uri: str) -> str:
+    """The origin of ``post_logout_redirect_uri``, for the pages' ``form-action``; HTTPS (HTTP
+    only on loopback), a plain host[:port], else ``ConfigurationError``."""
+    parts = urlsplit(uri)
+    loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
+    if not (parts.scheme == "https" or (parts.scheme == "http" and loopback)) or not re.fullmatch(
+        r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?", parts.netloc
+    ):
+        raise ConfigurationError(
+            f"post_logout_redirect_uri {uri!r} must be an HTTPS URL (HTTP only on loopback) "
+            "with a plain host name.",
+            fix="set it to the page users land on after signing out, e.g. "
+            "'https://agent.contoso.com/signed-out'",
+        )
+    return f"{parts.scheme}://{parts.netloc}"

@@ -1,0 +1,187 @@
+"""A request object sent twice, and a token the resource refused: a send never keeps what an
+earlier send applied for another caller, and a refused token is not sent again, nor does its
+refusal evict the token that replaced it. The real TokenChain and TokenCache, a user source in
+memory, httpx and httpx2 clients on a MockTransport (the auth flow's own unit tests)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import httpx2
+import pytest
+
+from _support.tokens import unsigned_jwt
+from entra_passthrough import (
+    Caller,
+    EntraAuth,
+    IdentityKind,
+    TokenChain,
+    TokenRequest,
+    TokenResult,
+    bind_caller,
+)
+from entra_passthrough.httpx import EntraAuth as ClassicEntraAuth
+
+ORIGIN = "https://mcp.contoso.com"
+SCOPES = ["api://mcp/.default"]
+REFUSED = httpx2.Response(401, headers={"www-authenticate": 'Bearer error="invalid_token"'})
+
+
+def _caller(oid: str) -> Caller:
+    return Caller.from_token(unsigned_jwt(oid=oid, tid="contoso", aud="agent"))
+
+
+class Users:
+    """A user source: ``user-<oid>-<n>``, one more each acquisition."""
+
+    name = "users"
+    kind = IdentityKind.USER
+
+    def __init__(self) -> None:
+        self.made = 0
+        self._lock = threading.Lock()
+
+    def cache_partition(self, request: TokenRequest) -> Any:
+        caller = request.caller
+        return None if caller is None or not caller.presented else caller.assertion_sha256
+
+    def get_token(self, request: TokenRequest) -> TokenResult | None:
+        caller = request.caller
+        if caller is None or not caller.presented or caller.claims is None:
+            return None
+        with self._lock:
+            self.made += 1
+            made = self.made
+        return TokenResult(
+            token=f"user-{caller.claims.oid}-{made}",
+            expires_on=time.time() + 3600,
+            kind=IdentityKind.USER,
+            source=self.name,
+        )
+
+    async def get_token_async(self, request: TokenRequest) -> TokenResult | None:
+        return self.get_token(request)
+
+
+@pytest.mark.parametrize("on_error", ["raise", "record"])
+@pytest.mark.parametrize("lib", ["httpx", "httpx2"])
+def test_a_request_sent_again_never_keeps_the_earlier_callers_token(
+    lib: str, on_error: str
+) -> None:
+    module: Any = httpx if lib == "httpx" else httpx2
+    front: Any = ClassicEntraAuth if lib == "httpx" else EntraAuth
+    seen: list[str | None] = []
+
+    def answer(request: Any) -> Any:
+        seen.append(request.headers.get("authorization"))
+        return module.Response(200)
+
+    auth = front(TokenChain([Users()]), scopes=SCOPES, origins=[ORIGIN], on_error=on_error)
+    with module.Client(transport=module.MockTransport(answer), auth=auth) as client:
+        request = client.build_request("GET", f"{ORIGIN}/x")
+        with bind_caller(_caller("alice")):
+            client.send(request)
+        client.send(request)  # no caller: user_only gives no token at all
+        with bind_caller(_caller("bob")):
+            client.send(request)
+    assert seen[0] is not None
+    assert seen[0].startswith("Bearer user-alice-")
+    assert seen[1] is None
+    assert seen[2] is not None
+    assert seen[2].startswith("Bearer user-bob-")
+
+
+async def test_a_refused_token_in_a_prefetch_block_is_not_sent_again() -> None:
+    """Inside ``auth.prefetch()`` the refused token stops being handed out; its refusal, seen
+    again on a request that still carried it, never evicts the token that replaced it."""
+    refused: set[str] = set()
+    sent: list[str] = []
+
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        token = request.headers.get("authorization", "")[7:]
+        sent.append(token)
+        return REFUSED if token in refused else httpx2.Response(200)
+
+    users = Users()
+    chain = TokenChain([users])
+    auth = EntraAuth(chain, scopes=SCOPES, origins=[ORIGIN])
+    async with httpx2.AsyncClient(transport=httpx2.MockTransport(answer)) as client:
+        auth.install(client)
+        async with bind_caller(_caller("alice")), auth.prefetch() as first:
+            assert first is not None
+            refused.add(first.token)
+            statuses = [(await client.get(f"{ORIGIN}/{i}")).status_code for i in range(5)]
+    assert statuses == [200] * 5
+    assert sent.count(first.token) == 1  # refused once, never sent again
+    assert users.made == 2  # the refused token and its one replacement
+
+
+async def test_a_stale_refusal_does_not_evict_the_newer_token() -> None:
+    users = Users()
+    chain = TokenChain([users])
+    caller = _caller("alice")
+    with bind_caller(caller):
+        old = await chain.get_token_async(SCOPES, caller=caller)
+        chain.invalidate(old)  # the first 401: dropped
+        new = await chain.get_token_async(SCOPES, caller=caller)
+        assert new.token != old.token
+        chain.invalidate(old)  # a second request that carried the old token: the new stays
+        assert (await chain.get_token_async(SCOPES, caller=caller)).token == new.token
+    assert users.made == 2
+
+
+async def test_a_refused_token_on_a_stream_is_dropped_though_not_retried() -> None:
+    refused: set[str] = set()
+    sent: list[tuple[str, str]] = []
+
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        token = request.headers.get("authorization", "")[7:]
+        sent.append((request.url.path, token))
+        return REFUSED if token in refused else httpx2.Response(200)
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"chunk"
+
+    class Unread(httpx2.AsyncBaseTransport):
+        """Answers without reading the body (MockTransport reads it, which makes it replayable)."""
+
+        async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+            return answer(request)
+
+    auth = EntraAuth(TokenChain([Users()]), scopes=SCOPES, origins=[ORIGIN])
+    async with httpx2.AsyncClient(transport=Unread()) as client:
+        auth.install(client)
+        async with bind_caller(_caller("alice")):
+            await client.get(f"{ORIGIN}/a")
+            refused.add(sent[-1][1])
+            upload = await client.post(f"{ORIGIN}/upload", content=body())
+            after = await client.get(f"{ORIGIN}/b")
+    assert upload.status_code == 401  # a stream cannot be sent again
+    assert after.status_code == 200
+    assert [path for path, token in sent if token in refused] == ["/a", "/upload"]
+
+
+@pytest.mark.parametrize("lib", ["httpx", "httpx2"])
+def test_an_internationalised_origin_is_the_host_the_client_sends_to(lib: str) -> None:
+    """``straße.de`` is ``xn--strae-oqa.de`` to httpx (IDNA 2008); Python's own codec (IDNA
+    2003) made it ``strasse.de``, another domain, which then got the token."""
+    module: Any = httpx if lib == "httpx" else httpx2
+    front: Any = ClassicEntraAuth if lib == "httpx" else EntraAuth
+    seen: dict[str, str | None] = {}
+
+    def answer(request: Any) -> Any:
+        seen[request.url.raw_host.decode("ascii")] = request.headers.get("authorization")
+        return module.Response(200)
+
+    auth = front(TokenChain([Users()]), scopes=SCOPES, origins=["https://straße.de"])
+    assert auth.origins == ("https://xn--strae-oqa.de",)
+    client = module.Client(transport=module.MockTransport(answer), auth=auth)
+    with client, bind_caller(_caller("alice")):
+        client.get("https://straße.de/x")
+        client.get("https://strasse.de/x")
+    assert seen["xn--strae-oqa.de"] is not None
+    assert seen["strasse.de"] is None
