@@ -127,9 +127,10 @@ class KeySource:
 class _State:
     keys: dict[str, Any] | None = None
     fetched_at: float = -math.inf
-    retry_after: float = -math.inf  # after a failed refresh with stale keys
+    retry_after: float = -math.inf  # after a failed refresh: no fetch before (old keys, or none)
     last_refetch: float = -math.inf  # last unknown-kid refetch (rate limit)
-    generation: int = 0
+    generation: int = 0  # one more per fetch, failed or not (sync waiters: it happened)
+    failure: str = ""  # the last failed fetch's exception type
     inflight: tuple[asyncio.AbstractEventLoop, asyncio.Task[None]] | None = None
     sync_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -168,15 +169,18 @@ class KeySet:
 
     # --- decisions (no I/O) ---
 
-    def _lookup(self, state: _State, kid: str) -> tuple[Any | None, bool, int]:
-        """(key or None, needs a TTL refresh, generation of the keys looked at)."""
+    def _lookup(self, state: _State, kid: str) -> tuple[Any | None, bool, int, bool]:
+        """(key or None, needs a refresh, generation looked at, whether any keys are held)."""
         with self._lock:
             now = self._clock()
             keys = state.keys
             stale = keys is None or now - state.fetched_at >= self._ttl
-            if stale and keys is not None and now < state.retry_after:
-                stale = False  # the last refresh failed: keep the old keys for a while
-            return (keys.get(kid) if keys else None), stale, state.generation
+            if stale and now < state.retry_after:
+                # The last fetch failed: for a while, the old keys, or no keys and no fetch
+                # (every request meanwhile is refused at once: an endpoint that fails is not
+                # asked again per request, whoever sends tokens).
+                stale = False
+            return (keys.get(kid) if keys else None), stale, state.generation, keys is not None
 
     def _claim_refetch(self, state: _State) -> bool:
         """May an unknown kid trigger a refetch now? Claims the slot if so."""
@@ -197,7 +201,12 @@ class KeySet:
     def _failed(self, state: _State, source: KeySource, exc: BaseException) -> None:
         with self._lock:
             has_keys = state.keys is not None
-            state.retry_after = self._clock() + self._min_refetch
+            # With no keys the server refuses everything until a fetch works: ask again sooner
+            # (what the 503's Retry-After says), but not once per request.
+            wait = self._min_refetch if has_keys else min(self._min_refetch, _RETRY_WITHOUT_KEYS)
+            state.retry_after = self._clock() + wait
+            state.generation += 1
+            state.failure = type(exc).__name__
         logger.warning(
             "fetching signing keys from %s failed (%s)%s",
             source.url,
@@ -205,31 +214,36 @@ class KeySet:
             "; keeping the cached keys" if has_keys else "",
         )
         if not has_keys:
-            raise SigningKeysUnavailable(
-                f"the signing keys could not be fetched from {source.url} "
-                f"({type(exc).__name__}); no token can be verified until they are.",
-                fix="check that the server can reach the authority host over HTTPS.",
-            ) from exc
+            raise self._down(state, source) from exc
+
+    def _down(self, state: _State, source: KeySource) -> SigningKeysUnavailable:
+        return SigningKeysUnavailable(
+            f"the signing keys could not be fetched from {source.url} "
+            f"({state.failure or 'no answer'}); no token can be verified until they are.",
+            fix="check that the server can reach the authority host over HTTPS.",
+        )
 
     # --- async driver ---
 
     async def get_key_async(self, source: KeySource, kid: str) -> Any:
         state = self._state(source)
-        key, stale, _ = self._lookup(state, kid)
+        key, stale, _, held = self._lookup(state, kid)
         if key is not None and not stale:
             return key
+        if not held and not stale:
+            raise self._down(state, source)  # a fetch just failed: no other one yet
         refreshed = False
         if stale:
             await self._refresh_async(state, source)
             refreshed = True
-            key, _, _ = self._lookup(state, kid)
+            key, _, _, _ = self._lookup(state, kid)
         if key is None and not refreshed:
             inflight = self._joinable(state)
             if inflight is not None:
                 await asyncio.shield(inflight)
             elif self._claim_refetch(state):
                 await self._refresh_async(state, source)
-            key, _, _ = self._lookup(state, kid)
+            key, _, _, _ = self._lookup(state, kid)
         if key is None:
             raise _unknown_kid(kid)
         return key
@@ -283,20 +297,24 @@ class KeySet:
 
     def get_key(self, source: KeySource, kid: str) -> Any:
         state = self._state(source)
-        key, stale, seen = self._lookup(state, kid)
+        key, stale, seen, held = self._lookup(state, kid)
         if key is not None and not stale:
             return key
+        if not held and not stale:
+            raise self._down(state, source)  # a fetch just failed: no other one yet
         self._refresh_sync(state, source, seen, unknown_kid=not stale)
-        key, _, _ = self._lookup(state, kid)
+        key, _, _, held = self._lookup(state, kid)
         if key is None:
-            raise _unknown_kid(kid)
+            # Another thread's fetch, done while this one waited, may have failed: no keys.
+            raise _unknown_kid(kid) if held else self._down(state, source)
         return key
 
     def _refresh_sync(
         self, state: _State, source: KeySource, seen: int, *, unknown_kid: bool
     ) -> None:
         # The lock makes threads that need the same refresh wait for the one doing it; the
-        # generation tells them it happened since they looked.
+        # generation tells them it happened since they looked (worked or failed: either way
+        # not again now).
         with state.sync_lock:
             with self._lock:
                 if state.generation != seen:
@@ -321,6 +339,11 @@ class KeySet:
         if source.discovery:
             url = _jwks_uri_from_discovery(_ok(client.get(url, timeout=FETCH_TIMEOUT)))
         return parse_jwks(_ok(client.get(url, timeout=FETCH_TIMEOUT)))
+
+
+#: After a failed fetch with no keys held, the next fetch waits this long (seconds, at most
+#: ``min_refetch_interval``): the refusals meanwhile say ``Retry-After: 5``.
+_RETRY_WITHOUT_KEYS = 5.0
 
 
 def _retrieve(task: asyncio.Task[None]) -> None:

@@ -305,6 +305,64 @@ async def test_jwks_unreachable_fails_closed() -> None:
     assert isinstance(e.value, TokenVerificationError)  # still a refusal everywhere
 
 
+async def test_a_failing_jwks_endpoint_is_not_asked_again_per_request(issuer: Issuer) -> None:
+    """No keys held and the endpoint failing: the requests after a failed fetch are refused at
+    once (503), with no fetch of their own, until the retry time (5 s); then one fetch."""
+    clock = Clock()
+    verifier = make(issuer, clock=clock)
+    token = issuer.token()
+    keys, issuer.keys = issuer.keys, []  # an empty set: the fetch fails
+    for _ in range(10):
+        with pytest.raises(SigningKeysUnavailable):
+            await verifier.verify_async(token)
+        with pytest.raises(SigningKeysUnavailable):
+            verifier.verify(token)
+    assert issuer.jwks_requests == 1
+    issuer.keys = keys
+    clock.now += 5.1
+    assert (await verifier.verify_async(token)).oid == USER_OID
+    assert issuer.jwks_requests == 2
+
+
+def test_sync_threads_share_one_failed_fetch() -> None:
+    """Threads that queued behind a fetch that failed do not fetch again one after another."""
+    import threading
+
+    import httpx
+
+    fetched = 0
+    gate = threading.Lock()
+
+    def down(request: httpx.Request) -> httpx.Response:
+        nonlocal fetched
+        with gate:
+            fetched += 1
+        time.sleep(0.2)  # every thread is waiting on the lock by then
+        return httpx.Response(503)
+
+    verifier = JwtVerifier(
+        audiences=[API],
+        tenants=[TENANT],
+        sync_http_client=httpx.Client(transport=httpx.MockTransport(down)),
+    )
+    token = Issuer().token()
+    failures: list[BaseException] = []
+
+    def verify() -> None:
+        try:
+            verifier.verify(token)
+        except SigningKeysUnavailable as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=verify) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(failures) == 6
+    assert fetched == 1
+
+
 async def test_stale_keys_survive_a_failed_refresh(issuer: Issuer) -> None:
     clock = Clock()
     verifier = make(issuer, clock=clock, jwks_ttl=100)
