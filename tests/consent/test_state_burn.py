@@ -52,3 +52,35 @@ async def test_the_state_is_still_single_use_after_the_checks(consent_env: Conse
         again = await browser.get(callback_url(env, {"code": code, "state": state}))
     assert again.status_code == 400
     assert "<code>state_used</code>" in again.text
+
+
+async def test_a_page_elsewhere_cannot_post_a_state_from_the_users_browser(
+    consent_env: ConsentEnv,
+) -> None:
+    """The binding cookie is SameSite=None (the form post is cross-site), so the user's own
+    browser sends it with a post from any page: a post whose Origin is another site than the
+    identity provider is refused before the state is consumed, and the real answer still
+    completes the sign-in."""
+    env = consent_env
+    caller = platform_caller(f"csrf-carol-{time.monotonic_ns()}", upn=env.idp.users["alice"].upn)
+    source, _ = env.make()
+    link = await consent_link(source, env, caller)
+    async with env.browser() as browser:
+        code, state = await code_and_state(browser, link)
+        for params in ({"error": "access_denied", "state": state}, {"code": code, "state": state}):
+            forged = await browser.post(
+                env.redirect_uri,
+                data=params,
+                headers={"Origin": "https://attacker.example"},
+            )
+            assert forged.status_code == 400
+            assert "<code>cross_site_callback</code>" in forged.text
+        answer = await browser.post(
+            env.redirect_uri,
+            data={"code": code, "state": state},
+            headers={"Origin": env.idp.url},
+        )
+    assert answer.status_code == 200, answer.text
+    key = UserKey.from_caller(caller)
+    assert key is not None
+    assert await source.grants.get_grant(key.hashed) is not None

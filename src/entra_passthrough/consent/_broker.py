@@ -129,6 +129,7 @@ class ConsentBroker:
         self.state_lifetime = state_lifetime
         self.post_logout_redirect_uri = post_logout_redirect_uri
         authority = urlsplit(self.client.authority_host)
+        self._authority_origin = f"{authority.scheme}://{authority.netloc}".lower()
         self._form_action = f"'self' {authority.scheme}://{authority.netloc}"
         if post_logout_redirect_uri is not None:
             # The sign-out form posts here, is redirected to Entra's logout, then to this URI:
@@ -281,6 +282,17 @@ class ConsentBroker:
         if pending is None or pending.get("key_hash") != state.key_hash:
             raise BadRequest("state_used", "This sign-in is unknown, expired or already used.")
         secure = urlsplit(str(pending["msal"].get("redirect_uri", ""))).scheme == "https"
+        origin = request.headers.get("origin")
+        if origin and origin != "null" and origin.rstrip("/").lower() != self._authority_origin:
+            # The binding cookie is SameSite=None (the identity provider's form post is
+            # cross-site), so a page elsewhere could post a state it saw, with a code of its
+            # own, from the user's browser (login CSRF): a browser that names the page a POST
+            # came from must name the identity provider.
+            raise BadRequest(
+                "cross_site_callback",
+                "This sign-in answer was not sent by the identity provider; open the link from "
+                "the chat again.",
+            )
         cookie = request.cookies.get(_cookie_name(state.flow_id, secure), "")
         if not cookie or not hmac.compare_digest(_digest(cookie), str(pending["browser"])):
             raise BadRequest(
