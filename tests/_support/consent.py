@@ -8,6 +8,8 @@ server certificate); the trust bundle holds both CAs.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 import re
 import ssl
@@ -19,6 +21,8 @@ from typing import Any
 
 import httpx2
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -258,3 +262,16 @@ def consent_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsentEnv
             finally:
                 for source, _ in env.made:
                     source.close()
+
+
+def spki(pem: bytes) -> str:
+    """The base64 SHA-256 of a certificate's public key (Chromium's SPKI pin)."""
+    cert = x509.load_pem_x509_certificate(pem)
+    der = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(der).digest()).decode()
+
+
+def server_pem(url: str) -> bytes:
+    """The PEM certificate a loopback HTTPS server presents."""
+    host, port = url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)
+    return ssl.get_server_certificate((host, int(port))).encode()

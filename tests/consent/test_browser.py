@@ -8,18 +8,13 @@ accept any certificate; every other certificate check stays on (``ignore_https_e
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
-import ssl
 import time
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from _support.consent import ConsentEnv, platform_caller
+from _support.consent import ConsentEnv, platform_caller, server_pem, spki
 from entra_passthrough import ConsentRequired, TokenRequest
 from entra_passthrough._jwt import decode_unverified
 
@@ -32,17 +27,6 @@ pytestmark = [
         reason=f"{CHROMIUM} is missing (apt-get install chromium; CI installs it)",
     ),
 ]
-
-
-def _spki(pem: bytes) -> str:
-    cert = x509.load_pem_x509_certificate(pem)
-    der = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-    return base64.b64encode(hashlib.sha256(der).digest()).decode()
-
-
-def _server_pem(url: str) -> bytes:
-    host, port = url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)
-    return ssl.get_server_certificate((host, int(port))).encode()
 
 
 async def test_consent_in_a_real_browser(consent_env: ConsentEnv, tmp_path: Path) -> None:
@@ -60,7 +44,7 @@ async def test_consent_in_a_real_browser(consent_env: ConsentEnv, tmp_path: Path
     assert link is not None
 
     pins = ",".join(
-        {_spki(_server_pem(env.idp.url)), _spki(_server_pem(f"https://127.0.0.1:{env.port}"))}
+        {spki(server_pem(env.idp.url)), spki(server_pem(f"https://127.0.0.1:{env.port}"))}
     )
     async with async_playwright() as pw:
         context = await pw.chromium.launch_persistent_context(

@@ -237,16 +237,19 @@ class ConsentBroker:
         )
         # Binds the sign-in to this browser: a state lured into another browser (login CSRF)
         # arrives without the cookie. SameSite=None because the identity provider's form_post
-        # is a cross-site POST; the cookie only proves "this browser started this flow", so
-        # sending it cross-site gives an attacker nothing.
+        # is a cross-site POST; the cookie only proves "this browser started this flow" (the
+        # callback also refuses a post whose Origin is another site: ``_do_callback``).
+        # Over plain HTTP (loopback only, for development) the cookie is still ``Secure;
+        # SameSite=None``: browsers treat loopback as a secure context and keep it, whereas a
+        # ``Lax`` cookie never came back with the form post, so the flow could not complete.
         response.set_cookie(
             _cookie_name(state.flow_id, secure),
             browser,
             max_age=int(self.state_lifetime),
             path="/",
-            secure=secure,
+            secure=True,
             httponly=True,
-            samesite="none" if secure else "lax",
+            samesite="none",
         )
         return response
 
@@ -355,9 +358,9 @@ class ConsentBroker:
         response.delete_cookie(
             _cookie_name(state.flow_id, secure),
             path="/",
-            secure=secure,
+            secure=True,
             httponly=True,
-            samesite="none" if secure else "lax",
+            samesite="none",
         )
         return response
 
