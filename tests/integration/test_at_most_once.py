@@ -1056,3 +1056,53 @@ async def test_a_call_with_no_answer_in_time_may_have_run_and_is_not_resent(
     assert [oid for who, oid in ran if who == "slow"] == [users[0].oid]
     assert [oid for who, oid in ran if who == "after"] == [users[1].oid]
     assert len([s for s in calls(recorder.snapshot()) if s.caller_tag == "slow"]) == 1
+
+
+async def test_a_server_that_shares_sessions_is_never_taken_for_principal_bound(
+    idp: EntraEmulator, users: list[User]
+) -> None:
+    """A stateful server that lets any user use any session, restarted twice, each time first
+    reached by another user than the session's opener: two 404s for non-openers in a row, as a
+    principal-bound server gives. A call by a non-opener already ran on a session, so the tool
+    knows sessions are shared: it reconnects and every later call runs."""
+    from mcp.server.mcpserver import MCPServer
+
+    from _support.mcp_world import legacy_only, recording
+
+    recorder = Recorder()
+
+    def build(base: str) -> Any:
+        server = MCPServer("shared-sessions")
+
+        @server.tool()
+        async def whoami(who: str = "") -> str:
+            return json.dumps({"who": who})
+
+        return recording(
+            legacy_only(server.streamable_http_app(stateless_http=False, json_response=True)),
+            recorder,
+        )
+
+    server = ServerThread(build, name="shared-sessions").start()
+    tool = entra_mcp_tool(
+        "records", f"{server.base}/mcp", chain=make_chain(idp), scopes=mcp_scopes(idp)
+    )
+    a, b, c = users[20], users[21], users[22]
+
+    async def call(user: User, who: str) -> Any:
+        async with bind_caller(token=agent_token(idp, user)):
+            return await tool.call_tool("whoami", who=who)
+
+    try:
+        await call(a, "a")
+        await call(b, "b")  # another user on a's session: it runs
+        server.restart()
+        await call(b, "b-after-restart")  # 404 for a non-opener: reconnect as b
+        server.restart()
+        for user, who in ((c, "c-after-restart"), (a, "a-later"), (b, "b-later")):
+            await call(user, who)  # c's 404 is a restart, not a principal-bound server
+    finally:
+        await tool.close()
+        server.stop()
+    ran = {s.caller_tag for s in calls(recorder.snapshot()) if s.status == 200}
+    assert {"a", "b", "b-after-restart", "c-after-restart", "a-later", "b-later"} <= ran

@@ -102,6 +102,40 @@ def test_accepted_audiences_and_allowed_tenants() -> None:
     assert tenant == "t2"
 
 
+def test_ids_configured_in_upper_case_accept_entras_lower_case_claims() -> None:
+    """GUIDs and identifier URIs are case-insensitive in Entra, which writes them in lower
+    case: an upper-case client id, tenant or allow-list entry must not refuse every caller."""
+    source = obo(
+        client_id=CLIENT.upper().replace("1", "A"),
+        tenant_id="T1",
+        allowed_tenants=["T1", "T2"],
+        accepted_audiences=["API://Contoso.com/Agent"],
+    )
+    for aud in (
+        CLIENT.replace("1", "a"),
+        f"api://{CLIENT.replace('1', 'a')}",
+        "api://contoso.com/agent",
+    ):
+        tenant, _, _ = source.preflight(request(make_jwt(aud=aud, tid="t2")))
+        assert tenant == "t2"
+    with pytest.raises(TenantNotAllowed):
+        source.preflight(request(make_jwt(aud=f"api://{CLIENT.replace('1', 'a')}", tid="t3")))
+
+
+def test_a_secret_pasted_as_the_credential_choice_is_not_shown() -> None:
+    pasted = "xq8Q~AbCdEfGhIjKlMnOpQrStUvWxYz0123456789"
+    env = {
+        "ENTRA_PASSTHROUGH_CLIENT_ID": CLIENT,
+        "AZURE_TENANT_ID": TENANT,
+        "ENTRA_PASSTHROUGH_CLIENT_CREDENTIAL": pasted,
+    }
+    with pytest.raises(ConfigurationError) as info:
+        OnBehalfOf.from_env(env)
+    text = str(info.value).lower()
+    assert pasted.lower()[:12] not in text
+    assert "entra_passthrough_client_credential" in text
+
+
 def test_exactly_one_credential() -> None:
     with pytest.raises(ConfigurationError):
         obo(client_secret=None)

@@ -280,6 +280,21 @@ async def test_azure_cli_developer_policy(
     chain.close()
 
 
+def test_azure_cli_sync_with_a_sub_second_timeout(
+    idp: EntraEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """azure-identity takes whole seconds: 0.9 became 0 and every sync call timed out at once."""
+    for name, value in idp.az_env("alice").items():
+        monkeypatch.setenv(name, value)
+    az = AzureCli(timeout=0.9)
+    try:
+        result = az.get_token(TokenRequest(tuple(mcp_scope(idp)), None))
+    finally:
+        az.close()
+    assert result is not None
+    assert decode(result.token)["oid"] == idp.users["alice"].oid
+
+
 async def test_obo_from_env_against_the_emulator(idp: EntraEmulator) -> None:
     env = {
         "ENTRA_PASSTHROUGH_CLIENT_ID": idp.agent.client_id,

@@ -20,7 +20,13 @@ from .._msal import (
 )
 from .._types import IdentityKind, TokenRequest, TokenResult
 from ._base import result_from_msal, unreachable
-from .obo import OnBehalfOf, close_session_with, credential_from_env, options_from_env
+from .obo import (
+    OnBehalfOf,
+    audiences_for,
+    close_session_with,
+    credential_from_env,
+    options_from_env,
+)
 
 if TYPE_CHECKING:
     from .._caller import Caller
@@ -175,9 +181,7 @@ class AgentIdentityOnBehalfOf:
             name=name,
         )
         # The user's token is for the blueprint, not for the agent identity.
-        self._obo.accepted_audiences = frozenset(
-            (blueprint_client_id, f"api://{blueprint_client_id}", *accepted_audiences)
-        )
+        self._obo.accepted_audiences = audiences_for(blueprint_client_id, accepted_audiences)
 
     def __repr__(self) -> str:
         return (

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import re
 import shutil
@@ -141,7 +142,10 @@ class AzureCli:
 
             cls = AzureCliCredential if self.tool == "az" else AzureDeveloperCliCredential
             self._credential = cls(
-                tenant_id=self.tenant_id or "", process_timeout=int(self.timeout)
+                # Whole seconds (azure-identity's type), rounded up: int(0.9) is 0, which
+                # timed every call out at once.
+                tenant_id=self.tenant_id or "",
+                process_timeout=max(1, math.ceil(self.timeout)),
             )
         return self._credential
 

@@ -93,8 +93,11 @@ class OnBehalfOf:
         self.client_id = client_id = app.client_id
         self.tenant_id = tenant_id = app.tenant_id
         self.authority_host = app.authority_host
-        self.allowed_tenants = frozenset(allowed_tenants or (tenant_id,))
-        self.accepted_audiences = frozenset((client_id, f"api://{client_id}", *accepted_audiences))
+        # Compared without regard to case (GUIDs and identifier URIs are case-insensitive in
+        # Entra, which writes them in lower case): an id configured in upper case must not
+        # refuse every caller.
+        self.allowed_tenants = frozenset(t.lower() for t in allowed_tenants or (tenant_id,))
+        self.accepted_audiences = audiences_for(client_id, accepted_audiences)
         self.consent_redirect_uri = consent_redirect_uri
         self._consent_link = consent_link
         self._credential = client_credential(app)
@@ -194,7 +197,7 @@ class OnBehalfOf:
             raise AssertionMalformed(
                 reason=caller.decode_error or "empty bearer", source=self.name, scopes=scopes
             )
-        if claims.aud is None or claims.aud not in self.accepted_audiences:
+        if claims.aud is None or claims.aud.lower() not in self.accepted_audiences:
             raise AssertionAudienceMismatch(
                 audience=claims.aud,
                 expected=sorted(self.accepted_audiences),
@@ -207,7 +210,7 @@ class OnBehalfOf:
             raise AssertionExpired(expired_at=claims.exp, source=self.name, scopes=scopes)
         if claims.is_app_only:
             raise AppOnlyAssertion(source=self.name, scopes=scopes)
-        if claims.tid is None or claims.tid not in self.allowed_tenants:
+        if claims.tid is None or claims.tid.lower() not in self.allowed_tenants:
             raise TenantNotAllowed(
                 tenant=claims.tid,
                 allowed=sorted(self.allowed_tenants),
@@ -299,7 +302,11 @@ class OnBehalfOf:
             params["redirect_uri"] = self.consent_redirect_uri
         if claims is not None and claims.upn:
             params["login_hint"] = claims.upn
-        if tenant is None and claims is not None and claims.tid in self.allowed_tenants:
+        if (
+            tenant is None
+            and claims is not None
+            and (claims.tid or "").lower() in self.allowed_tenants
+        ):
             tenant = claims.tid  # unverified: it may pick the authority only once allowed
         tid = tenant or self.tenant_id
         return f"{self.authority_host}/{tid}/oauth2/v2.0/authorize?{urlencode(params)}"
@@ -392,6 +399,21 @@ def options_from_env(env: Mapping[str, str], *, http_client: Any) -> tuple[dict[
         "timeouts": Timeouts.from_env(env),
     }
     return options, created
+
+
+_CHOICES = frozenset({"secret", "certificate", "federated_token_file", "managed_identity"})
+
+
+def _shown_choice(choice: str) -> str:
+    """The credential choice as it may be shown: one of the names, else not its value (a
+    secret pasted into the variable by mistake must not reach an error message or doctor)."""
+    return choice if choice in _CHOICES else "<not one of " + "|".join(sorted(_CHOICES)) + ">"
+
+
+def audiences_for(client_id: str, extra: Sequence[str] = ()) -> frozenset[str]:
+    """The assertion audiences an app accepts, lower-cased: its client id, ``api://`` + it,
+    and ``extra``."""
+    return frozenset(a.lower() for a in (client_id, f"api://{client_id}", *extra))
 
 
 def allowed_tenants_from_env(env: Mapping[str, str]) -> tuple[str, ...] | None:
@@ -500,7 +522,11 @@ def credential_from_env(
         return credential(managed_identity=mi)
     raise ConfigurationError(
         f"{owner}: no client credential for {what} in the environment (it needs exactly one)"
-        + (f"; {choice_variable}={choice} names none that is configured." if choice else ".")
+        + (
+            f"; {choice_variable}={_shown_choice(choice)} names none that is configured."
+            if choice
+            else "."
+        )
         + (_env.azure_app_hint(env) if app == "obo" else ""),
         fix=f"set {secret_variable}, {cert_variable}, AZURE_FEDERATED_TOKEN_FILE, or "
         "IDENTITY_ENDPOINT/IDENTITY_HEADER with AZURE_CLIENT_ID (a user-assigned managed "

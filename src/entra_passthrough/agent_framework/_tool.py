@@ -119,6 +119,11 @@ _SETTLE_WAIT = 5.0
 #: requests reached a server that may still answer them, e.g. one shutting down gracefully)
 #: before it closes that connection under them.
 _DRAIN_WAIT = 10.0
+#: How long a "this server binds sessions to their opener" verdict stands (seconds) before the
+#: tool tries again: a server that only restarted twice, each time first reached by another
+#: user than the session's opener, looks the same from here, and must not stay refused for
+#: the process's life.
+_BOUND_VERDICT_SECONDS = 60.0
 
 
 class EntraMCPTool(HookedMCPTool):
@@ -201,6 +206,10 @@ class EntraMCPTool(HookedMCPTool):
         # Generation of the session that first refused a user other than its opener (404).
         self._bound_suspect: int | None = None
         self._principal_bound = False
+        self._bound_at = 0.0  # when ``_principal_bound`` was concluded (monotonic)
+        # A call by another user than a session's opener ran on that session: this server does
+        # not bind sessions to principals (a 404 later is a restart or an expiry, not that).
+        self._sessions_shared = False
         self._background: set[asyncio.Task[None]] = set()
         self._deferred_for: Caller | None = None
 
@@ -514,7 +523,12 @@ class EntraMCPTool(HookedMCPTool):
         reconnects = 0
         for number in range(1, _MAX_ATTEMPTS + 1):
             if self._principal_bound:
-                raise self._bound_error()
+                if time.monotonic() - self._bound_at < _BOUND_VERDICT_SECONDS:
+                    raise self._bound_error()
+                # The verdict lapsed: try again (a real principal-bound server is found again
+                # within two user switches).
+                self._principal_bound = False
+                self._bound_suspect = None
             await self._await_reconnect()
             result = await self._resolve(caller)  # again before every attempt
             generation = self._generation
@@ -591,11 +605,11 @@ class EntraMCPTool(HookedMCPTool):
                 continue
             if (
                 self.mode == "shared"
-                and self._bound_suspect is not None
                 and generation == self._generation
                 and _oid_of(caller) not in (None, self._session_owner)
             ):
                 self._bound_suspect = None  # another user's call ran on this session
+                self._sessions_shared = True
             return outcome
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -620,8 +634,13 @@ class EntraMCPTool(HookedMCPTool):
             if self.mode == "shared" and generation == self._generation:
                 user = _oid_of(caller)
                 if user is not None and user != self._session_owner:
-                    if self._bound_suspect is not None and self._bound_suspect < generation:
+                    if (
+                        self._bound_suspect is not None
+                        and self._bound_suspect < generation
+                        and not self._sessions_shared
+                    ):
                         self._principal_bound = True
+                        self._bound_at = time.monotonic()
                         return "raise"
                     if self._bound_suspect is None:
                         self._bound_suspect = generation
