@@ -4,6 +4,7 @@ process started."""
 from __future__ import annotations
 
 import asyncio
+import os
 import stat
 import sys
 from pathlib import Path
@@ -53,9 +54,10 @@ def _running(pid: int) -> bool:
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="process groups; /proc")
+@pytest.mark.parametrize("found", ["executable", "on_path"])
 @pytest.mark.parametrize("driver", ["sync", "async"])
 async def test_a_timed_out_azure_cli_call_kills_what_the_cli_started(
-    tmp_path: Path, driver: str
+    tmp_path: Path, driver: str, found: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # `az` is a shell script that runs Python as its child: killing only the script left the
     # child running and holding the output pipes, so the call waited for the child's whole run
@@ -72,14 +74,19 @@ async def test_a_timed_out_azure_cli_call_kills_what_the_cli_started(
     script = tmp_path / "az"
     script.write_text(f'#!/bin/sh\n"{sys.executable}" -c "{child}"\n')
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
-    az = AzureCli(executable=str(script), timeout=1.0)
+    if found == "on_path":  # the default: `az` looked up on PATH (the sync path went through
+        # azure-identity there, whose timeout killed only the script, and said nothing of it)
+        monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ.get('PATH', '')}")
+        az = AzureCli(timeout=1.0)
+    else:
+        az = AzureCli(executable=str(script), timeout=1.0)
     request = TokenRequest(("api://x/.default",))
     if driver == "sync":
         call = asyncio.to_thread(az.get_token, request)
     else:
         call = az.get_token_async(request)
     try:
-        with pytest.raises(SourceUnavailable):
+        with pytest.raises(SourceUnavailable, match="timed out"):
             await call
     finally:
         az.close()

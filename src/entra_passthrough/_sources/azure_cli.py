@@ -1,12 +1,14 @@
 """``AzureCli``: the developer signed in with ``az login`` or ``azd auth login`` (kind
 ``developer``), through azure-identity's ``AzureCliCredential`` / ``AzureDeveloperCliCredential``.
 
-The sync path is the public credential itself. The async path runs the same command line
-(azure-identity's ``COMMAND_LINE``), parses the output with azure-identity's ``parse_token`` and
-raises azure-identity's texts, but owns the subprocess: azure-identity's aio ``_run_command``
-leaves the CLI running when the awaiting task is cancelled (measured: the process outlives a
-cancelled call by the CLI's whole run), and a client that goes away must not leave ``az``
-behind.
+Both paths run the same command line (azure-identity's ``COMMAND_LINE``), parse the output
+with azure-identity's ``parse_token`` and raise azure-identity's texts, but own the subprocess,
+in a process group of its own that a timeout or a cancellation kills whole: azure-identity's
+aio ``_run_command`` leaves the CLI running when the awaiting task is cancelled (measured: the
+process outlives a cancelled call by the CLI's whole run), and its sync ``process_timeout``
+kills only the process it started, while ``az`` is a script whose Python child runs on (and
+reports the timeout as a generic failure, and takes whole seconds: 0.9 became 0). A client
+that goes away, or a call that times out, must not leave ``az`` behind.
 
 Both CLIs sign in as the Azure CLI's first-party client ``04b07795-8ddb-461a-bbee-02f9e1bf7b46``
 (azd reuses it: Azure/azure-dev ``cli/azd/pkg/auth/manager.go`` ``azdClientID``). Entra refuses
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import os
 import re
 import shutil
@@ -85,10 +86,10 @@ class AzureCli:
     """The Azure CLI's (``tool="az"``) or the Azure Developer CLI's (``tool="azd"``) signed-in
     account, for local development only (``kind=developer``).
 
-    Tokens come from azure-identity's ``AzureCliCredential`` / ``AzureDeveloperCliCredential``
-    (their error texts are kept); the async path runs the CLI as an asynchronous subprocess and
-    kills it when the call is cancelled. Only the ``developer`` policy ever uses it, and only
-    when the request presented no assertion.
+    Tokens come from the CLI's command line as azure-identity's ``AzureCliCredential`` /
+    ``AzureDeveloperCliCredential`` run it (their error texts are kept), in a subprocess this
+    source owns: a timeout or a cancelled call kills the CLI with everything it started. Only
+    the ``developer`` policy ever uses it, and only when the request presented no assertion.
 
     >>> chain = TokenChain([AzureCli()], policy=Policy.DEVELOPER)
     >>> chain = TokenChain([AzureCli(tool="azd")], policy=Policy.DEVELOPER)  # azd auth login
@@ -120,7 +121,6 @@ class AzureCli:
         self.executable = executable or tool
         self.timeout = timeout
         self._pool = WorkerPool(max_workers=max_workers, name=f"entra-{self.name}")
-        self._credential: Any = None
 
     def __repr__(self) -> str:
         return f"AzureCli(name={self.name!r}, tool={self.tool}, tenant_id={self.tenant_id!r})"
@@ -136,19 +136,6 @@ class AzureCli:
 
     # -- sync: azure-identity's credential ------------------------------------------------
 
-    def _sync_credential(self) -> Any:
-        if self._credential is None:
-            from azure.identity import AzureCliCredential, AzureDeveloperCliCredential
-
-            cls = AzureCliCredential if self.tool == "az" else AzureDeveloperCliCredential
-            self._credential = cls(
-                # Whole seconds (azure-identity's type), rounded up: int(0.9) is 0, which
-                # timed every call out at once.
-                tenant_id=self.tenant_id or "",
-                process_timeout=max(1, math.ceil(self.timeout)),
-            )
-        return self._credential
-
     def _scope(self, scopes: tuple[str, ...]) -> str:
         resource = scope_to_resource(scopes)  # one resource, as both CLIs require
         if not _SAFE.match(resource):
@@ -157,23 +144,20 @@ class AzureCli:
 
     def get_token(self, request: TokenRequest) -> TokenResult | None:
         scope = self._scope(request.scopes)
-        if self.executable != self.tool:
-            return self._run_sync_custom(scope, request.scopes)
-        try:
-            info = self._sync_credential().get_token_info(scope)
-        except Exception as exc:
-            raise self._error(exc, request.scopes) from None
-        return TokenResult(
-            token=info.token, expires_on=float(info.expires_on), kind=self.kind, source=self.name
-        )
+        return self._run_sync(scope, request.scopes)
 
-    def _run_sync_custom(self, scope: str, scopes: tuple[str, ...]) -> TokenResult:
+    def _run_sync(self, scope: str, scopes: tuple[str, ...]) -> TokenResult:
         import subprocess
 
         argv = self._argv(scope, scopes)
         try:
             with subprocess.Popen(
-                argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self._env(), **_GROUP
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=self._env(),
+                **_GROUP,
             ) as proc:
                 try:
                     stdout, stderr = proc.communicate(timeout=self.timeout)
@@ -181,7 +165,11 @@ class AzureCli:
                     _kill_group(proc)
                     proc.communicate()  # the group is gone: the pipes close at once
                     raise
-        except (OSError, subprocess.TimeoutExpired) as exc:
+        except subprocess.TimeoutExpired:
+            raise SourceUnavailable(
+                f"{self.tool} timed out.", source=self.name, scopes=scopes
+            ) from None
+        except OSError as exc:
             raise SourceUnavailable(
                 f"{self.tool} could not run ({type(exc).__name__}).",
                 source=self.name,
@@ -279,19 +267,6 @@ class AzureCli:
         return self._parse(proc.returncode or 0, stdout, stderr, request.scopes)
 
     # -- errors ------------------------------------------------------------------------------
-
-    def _error(self, exc: BaseException, scopes: tuple[str, ...]) -> Exception:
-        from azure.core.exceptions import ClientAuthenticationError
-        from azure.identity import CredentialUnavailableError
-
-        text = str(getattr(exc, "message", "") or exc)
-        if isinstance(exc, CredentialUnavailableError):
-            return SourceUnavailable(safe_text(text), source=self.name, scopes=scopes)
-        if isinstance(exc, ClientAuthenticationError):
-            return self._entra_error(text, scopes)
-        return SourceUnavailable(
-            f"{self.tool} failed ({type(exc).__name__}).", source=self.name, scopes=scopes
-        )
 
     def _entra_error(self, text: str, scopes: tuple[str, ...]) -> EntraError:
         code = code_in_text(text)
