@@ -76,7 +76,9 @@ def normalize_authority_host(authority_host: str) -> str:
     host = authority_host.strip().rstrip("/")
     if "://" not in host:
         host = f"https://{host}"
-    if not host.startswith("https://"):
+    scheme, rest = host.split("://", 1)
+    host = f"{scheme.lower()}://{rest}"  # "HTTPS://..." is HTTPS (schemes ignore case)
+    if scheme.lower() != "https":
         raise ConfigurationError(
             f"authority host {host!r} is not HTTPS; MSAL and Entra require HTTPS.",
             fix="use https://login.microsoftonline.com (or your cloud's / the emulator's URL).",
@@ -647,6 +649,12 @@ class FederatedTokenFile:
         return f"FederatedTokenFile({self.path!r})"
 
     def __call__(self) -> str:
+        from ._errors import SourceUnavailable
+
+        fix = (
+            "check AZURE_FEDERATED_TOKEN_FILE: the path the platform projects the workload "
+            "identity token to (Kubernetes: the azure-workload-identity webhook's volume)"
+        )
         try:
             stat = os.stat(self.path)
             stamp = (stat.st_mtime_ns, stat.st_size)
@@ -655,13 +663,19 @@ class FederatedTokenFile:
                     with open(self.path, encoding="ascii") as handle:
                         self._value = handle.read().strip()
                     self._stamp = stamp
-                return self._value
+                value = self._value
         except (OSError, UnicodeDecodeError) as exc:
-            from ._errors import SourceUnavailable
-
             raise SourceUnavailable(
-                f"cannot read the federated token file {self.path!r} ({type(exc).__name__})."
+                f"cannot read the federated token file {self.path!r} ({type(exc).__name__}).",
+                fix=fix,
             ) from None
+        if not value:
+            # Sent as it is, Entra would see no credential at all (AADSTS7000218, whose fix
+            # names a secret): say what is wrong, before any request.
+            raise SourceUnavailable(
+                f"the federated token file {self.path!r} is empty (not written yet?).", fix=fix
+            )
+        return value
 
 
 def client_credential(credential: AppCredential) -> Any:

@@ -21,6 +21,7 @@ from entra_passthrough import (
     ConfigurationError,
     ManagedIdentity,
     OnBehalfOf,
+    SourceUnavailable,
     TenantNotAllowed,
     TokenRequest,
 )
@@ -264,6 +265,31 @@ def _self_signed_pem() -> tuple[bytes, str]:
         serialization.NoEncryption(),
     ) + cert.public_bytes(serialization.Encoding.PEM)
     return pem, cert.fingerprint(hashes.SHA1()).hex().upper()
+
+
+@pytest.mark.parametrize("content", ["", " \n"])
+def test_an_empty_federated_token_file_is_refused_before_any_request(
+    tmp_path: Path, content: str
+) -> None:
+    """Sent as it is, Entra sees no credential at all (AADSTS7000218, whose fix names a
+    secret): the error names the file and the variable instead."""
+    path = tmp_path / "azure-identity-token"
+    path.write_text(content)
+    with pytest.raises(SourceUnavailable, match="is empty") as info:
+        FederatedTokenFile(str(path))()
+    assert "AZURE_FEDERATED_TOKEN_FILE" in str(info.value)
+    path.write_text("eyJ.header.signature")
+    assert FederatedTokenFile(str(path))() == "eyJ.header.signature"
+
+
+def test_authority_host_scheme_ignores_case() -> None:
+    from entra_passthrough._msal import normalize_authority_host
+
+    assert normalize_authority_host("HTTPS://login.microsoftonline.us/") == (
+        "https://login.microsoftonline.us"
+    )
+    with pytest.raises(ConfigurationError, match="not HTTPS"):
+        normalize_authority_host("HTTP://login.microsoftonline.com")
 
 
 def test_load_certificate_bytes_and_path(tmp_path: Path) -> None:
