@@ -1106,3 +1106,55 @@ async def test_a_server_that_shares_sessions_is_never_taken_for_principal_bound(
         server.stop()
     ran = {s.caller_tag for s in calls(recorder.snapshot()) if s.status == 200}
     assert {"a", "b", "b-after-restart", "c-after-restart", "a-later", "b-later"} <= ran
+
+
+async def test_a_pooled_connection_keeps_a_live_caller_while_one_of_two_runs_goes_on(
+    idp: EntraEmulator, users: list[User], mcp_server: Start
+) -> None:
+    """One user, two runs on the same pooled connection: the second ends first. Its caller must
+    not stay the one behind the connection's own requests (the GET stream, a reconnect's
+    DELETE) while the first run goes on: those would go out with no token."""
+    server, _ = mcp_server(stateful=True)
+    pool = entra_mcp_tool(
+        "records",
+        f"{server.base}/mcp",
+        chain=make_chain(idp),
+        scopes=mcp_scopes(idp),
+        per_user=True,
+    )
+    release = threading.Event()
+    held = {"runs": 0}
+    tools: list[Any] = []
+
+    async def hold_the_first() -> None:
+        held["runs"] += 1
+        if held["runs"] == 1:
+            assert await asyncio.to_thread(release.wait, 20)
+
+    async def make() -> Agent:
+        tool = await pool.tool()
+        tools.append(tool)
+        client = ScriptedChatClient(tool="whoami", input_argument="who", before_call=hold_the_first)
+        return Agent(client=client, tools=[tool], middleware=entra_middleware())
+
+    host = serve_asgi(host_app(make, close_on_shutdown=[pool]), name="host")
+    user = users[14]
+    try:
+        async with httpx2.AsyncClient(base_url=host.base, timeout=30) as client:
+            first = asyncio.create_task(respond(client, agent_token(idp, user), user.oid))
+            for _ in range(400):  # bounded: until the first run holds its connection
+                if held["runs"]:
+                    break
+                await asyncio.sleep(0.01)
+            second = await respond(client, agent_token(idp, user), user.oid)
+            assert tools[0] is tools[-1]  # one connection for the user
+            backing = tools[0]._lifecycle_caller
+            assert backing is not None
+            assert backing.active  # the first run's caller, not the ended second one's
+            release.set()
+            payload = await first
+    finally:
+        release.set()
+        host.stop()
+    assert seen_oid(second) == user.oid
+    assert seen_oid(payload) == user.oid

@@ -55,7 +55,7 @@ from agent_framework.exceptions import (
 )
 
 from .._auth import EntraAuth
-from .._caller import Caller, active_caller, set_current
+from .._caller import Caller, active_caller, current_caller, set_current
 from .._docs import see
 from .._errors import (
     ConfigurationError,
@@ -119,6 +119,8 @@ _SETTLE_WAIT = 5.0
 #: requests reached a server that may still answer them, e.g. one shutting down gracefully)
 #: before it closes that connection under them.
 _DRAIN_WAIT = 10.0
+#: Callers remembered per pooled connection (the runs holding it at once; bounded).
+_MAX_LESSEES = 8
 #: How long a "this server binds sessions to their opener" verdict stands (seconds) before the
 #: tool tries again: a server that only restarted twice, each time first reached by another
 #: user than the session's opener, looks the same from here, and must not stay refused for
@@ -194,6 +196,10 @@ class EntraMCPTool(HookedMCPTool):
         # reconnect lets those whose request was sent finish first.
         self._calls: dict[CallAttempt, asyncio.Event] = {}
         self._leases = 0
+        # The callers of the runs that hold this pooled connection, latest last (bounded): when
+        # one run ends while another of the same user goes on, the other one's caller backs
+        # the connection-lifetime requests.
+        self._lessees: list[Caller] = []
         # Leases handed out by the pool but not yet entered (the agent factory runs between):
         # counted from the moment the pool hands the tool out, so eviction never picks it.
         self._pending = 0
@@ -417,6 +423,8 @@ class EntraMCPTool(HookedMCPTool):
 
     def _lease(self, caller: Caller) -> None:
         self.last_used = time.monotonic()
+        others = [c for c in self._lessees if c is not caller and c.active]
+        self._lessees = [*others[-(_MAX_LESSEES - 1) :], caller]
         self._set_lifecycle_caller(caller)
 
     async def __aenter__(self) -> EntraMCPTool:
@@ -492,11 +500,20 @@ class EntraMCPTool(HookedMCPTool):
 
         self._leases = max(0, self._leases - 1)
         self.last_used = time.monotonic()
+        ending = current_caller()
         end_run_caller()
+        self._lessees = [c for c in self._lessees if c is not ending and c.active]
         if self._leases == 0 and not self.busy(time.monotonic()):
+            self._lessees = []
             self._set_lifecycle_caller(None)
             if self._retired:
                 await self.close()
+        elif self._lifecycle_caller is ending or (
+            self._lifecycle_caller is not None and not self._lifecycle_caller.active
+        ):
+            # Another run of the connection's user goes on: its caller backs the
+            # connection-lifetime requests from now (else they would go out with no token).
+            self._set_lifecycle_caller(self._lessees[-1] if self._lessees else None)
 
     # -- tool calls ------------------------------------------------------------------------------
 
