@@ -475,6 +475,11 @@ def code_in_text(text: str) -> int | None:
     return int(found.group(1)) if found is not None else None
 
 
+#: AADSTS codes that need the user (MFA, conditional access) whatever ``error`` says beside
+#: them: 50076/50079 MFA, 53003 blocked by conditional access.
+INTERACTION_CODES = frozenset({50076, 50079, 53003})
+
+
 def is_consent_required(body: Mapping[str, Any]) -> bool:
     """Whether ``error_from_entra(body)`` is a ``ConsentRequired`` (AADSTS65001 or suberror
     ``consent_required``): a source builds the consent link only then."""
@@ -528,7 +533,7 @@ def error_from_entra(
     }
     if is_consent_required(body):
         return ConsentRequired(what, link=consent_link, aadsts=code, **common)
-    if error == "interaction_required" or code in (50076, 50079, 53003):
+    if error == "interaction_required" or code in INTERACTION_CODES:
         raw_claims = body.get("claims")
         return InteractionRequired(
             what,

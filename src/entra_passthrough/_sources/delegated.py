@@ -41,6 +41,7 @@ from .._consent_client import ConsentClient, check_https_url
 from .._credential import AppCredential, app_credential
 from .._drive import drive, drive_async
 from .._errors import (
+    INTERACTION_CODES,
     ConfigurationError,
     ConsentRequired,
     EntraError,
@@ -634,7 +635,9 @@ class DelegatedConsent:
                 aadsts=code,
                 correlation_id=cid,
             )
-        if error == "interaction_required":
+        if error == "interaction_required" or code in INTERACTION_CODES:
+            # MFA or conditional access (with ``invalid_grant`` beside the code too): the grant
+            # stays good, the user signs in again with the claims; never deleted for this.
             yield _Grants("put_grant", key.hashed, released, expect=lease_version)
             claims = answer.get("claims")
             raise self._consent_required(
