@@ -355,6 +355,15 @@ class TokenCache:
         with self._lock:
             self._dropping.discard(task)
 
+    def adopt(self, key: Hashable, result: TokenResult) -> None:
+        """Serve ``result`` (a token for the same caller and scopes, acquired with a claims
+        challenge) under ``key``, whose own token the resource refused for want of those
+        claims: until ``result`` expires, the requests that look ``key`` up carry it instead
+        of acquiring a token the resource refuses again, and the claims retry each time. No
+        refresh ahead (a refresh without the claims would get a refused token back); once it
+        expires, one request meets the challenge again."""
+        self._store(key, result, result.expires_on)
+
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()

@@ -686,6 +686,19 @@ class TokenChain:
             if source.name == result.source and isinstance(source, InvalidatingSource):
                 source.invalidate(result)
 
+    def adopt(self, refused: TokenResult, satisfying: TokenResult) -> None:
+        """The resource refused ``refused`` with a claims challenge and accepted
+        ``satisfying``, acquired for the same caller and scopes with those claims: the
+        requests that would look ``refused``'s entry up get ``satisfying`` (``TokenCache.adopt``),
+        not a token without the claims (one OBO POST and one more 401 per request)."""
+        if (
+            refused.cache_key is not None
+            and satisfying.cache_key is not None
+            and refused.cache_key != satisfying.cache_key
+            and refused.kind is satisfying.kind
+        ):
+            self.cache.adopt(refused.cache_key, satisfying)
+
     def close(self) -> None:
         """Stop the sources' worker threads."""
         for source in self.sources:

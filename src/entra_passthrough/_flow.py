@@ -418,6 +418,12 @@ class FlowCore:
             # changes who the request acts for): the client returns the 401 we already have.
             return
         retried: Response = yield SendRequest(request)
+        if challenge.claims and getattr(retried, "status_code", 401) != 401:
+            # The claims satisfied the resource: later requests carry that token, not one
+            # without the claims that it would refuse again (``TokenChain.adopt``).
+            adopt = getattr(self.chain, "adopt", None)
+            if adopt is not None:
+                adopt(result, retry)
         if note is not None:
             note["entra_passthrough.retried"] = True
             note["status"] = getattr(retried, "status_code", None)

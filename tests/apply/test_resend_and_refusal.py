@@ -185,3 +185,47 @@ def test_an_internationalised_origin_is_the_host_the_client_sends_to(lib: str) -
         client.get("https://strasse.de/x")
     assert seen["xn--strae-oqa.de"] is not None
     assert seen["strasse.de"] is None
+
+
+async def test_after_a_claims_challenge_is_met_requests_carry_that_token() -> None:
+    """A resource that requires claims (step-up, CAE): once the claims retry is accepted,
+    later requests carry the token acquired with them, not one without them that the resource
+    refuses again (one acquisition and one more 401 per request)."""
+    import base64
+    import json
+
+    claims = base64.b64encode(
+        json.dumps({"access_token": {"acrs": {"essential": True, "value": "c1"}}}).encode()
+    ).decode()
+
+    class WithClaims(Users):
+        def get_token(self, request: TokenRequest) -> TokenResult | None:
+            result = super().get_token(request)
+            if result is None or not request.claims:
+                return result
+            return TokenResult(
+                token=result.token + "-claims",
+                expires_on=result.expires_on,
+                kind=result.kind,
+                source=result.source,
+            )
+
+    sent: list[str] = []
+
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        token = request.headers.get("authorization", "")[7:]
+        sent.append(token)
+        if token.endswith("-claims"):
+            return httpx2.Response(200)
+        challenge = f'Bearer error="insufficient_claims", claims="{claims}"'
+        return httpx2.Response(401, headers={"www-authenticate": challenge})
+
+    users = WithClaims()
+    auth = EntraAuth(TokenChain([users]), scopes=SCOPES, origins=[ORIGIN])
+    async with httpx2.AsyncClient(transport=httpx2.MockTransport(answer)) as client:
+        auth.install(client)
+        async with bind_caller(_caller("alice")):
+            statuses = [(await client.get(f"{ORIGIN}/{i}")).status_code for i in range(5)]
+    assert statuses == [200] * 5
+    assert users.made == 2  # the token without the claims, then the one with them
+    assert len(sent) == 6  # one refusal, then every request accepted at once
