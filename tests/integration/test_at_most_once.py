@@ -1158,3 +1158,36 @@ async def test_a_pooled_connection_keeps_a_live_caller_while_one_of_two_runs_goe
         host.stop()
     assert seen_oid(second) == user.oid
     assert seen_oid(payload) == user.oid
+
+
+async def test_a_principal_bound_verdict_lapses_and_the_tool_tries_again(
+    idp: EntraEmulator, users: list[User], mcp_server: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The verdict stands a while (60 s), then the tool tries again: a call after it lapses is
+    sent (and, on a server that does bind sessions, runs after one reconnect as its user)."""
+    from entra_passthrough.agent_framework import _tool
+
+    server, recorder = mcp_server(stateful=True)
+    tool = entra_mcp_tool(
+        "records", f"{server.base}/mcp", chain=make_chain(idp), scopes=mcp_scopes(idp)
+    )
+
+    async def call(user: User) -> Any:
+        async with bind_caller(token=agent_token(idp, user)):
+            return await tool.call_tool("whoami", who=user.oid)
+
+    try:
+        await call(users[6])
+        await call(users[7])  # 404, one reconnect as users[7]
+        with pytest.raises(Exception, match="per_user=True"):
+            await call(users[8])
+        with pytest.raises(Exception, match="per_user=True"):
+            await call(users[6])  # at once, nothing sent
+        connects = Counter(s.rpc for s in recorder.snapshot())["initialize"]
+        monkeypatch.setattr(_tool, "_BOUND_VERDICT_SECONDS", 0.0)
+        await call(users[6])  # the verdict lapsed: tried again, and it runs
+    finally:
+        await tool.close()
+    assert Counter(s.rpc for s in recorder.snapshot())["initialize"] == connects + 1
+    ran = [s.caller_tag for s in calls(recorder.snapshot()) if s.status == 200]
+    assert ran.count(users[6].oid) == 2
