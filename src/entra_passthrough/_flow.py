@@ -275,7 +275,7 @@ class FlowCore:
             # A request sent again (the same object, built once): what an earlier send applied
             # was decided for that send's caller; this one decides afresh, from nothing.
             self.strip(request)
-        if has_authorization(headers) and APPLIED not in request.extensions:
+        if has_authorization(headers):  # not ours (what we applied was just stripped)
             conflict = ConfigurationError(
                 "the request already has an Authorization header; EntraAuth does not send a "
                 "user's token beside (or instead of) a credential it did not choose",

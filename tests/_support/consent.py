@@ -275,3 +275,29 @@ def server_pem(url: str) -> bytes:
     """The PEM certificate a loopback HTTPS server presents."""
     host, port = url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)
     return ssl.get_server_certificate((host, int(port))).encode()
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+async def launch_chromium(playwright: Any, profile: Path, pins: str) -> Any:
+    """Debian's headless Chromium, trusting exactly the certificate keys ``pins`` (SPKI
+    hashes, comma-separated: honoured only with a user data dir, hence a persistent context);
+    every other certificate check stays on."""
+    return await playwright.chromium.launch_persistent_context(
+        str(profile),
+        executable_path=CHROMIUM,
+        headless=True,
+        ignore_https_errors=False,
+        args=[
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--ignore-certificate-errors-spki-list={pins}",
+        ],
+    )

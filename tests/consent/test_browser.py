@@ -14,11 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from _support.consent import ConsentEnv, platform_caller, server_pem, spki
+from _support.consent import (
+    CHROMIUM,
+    ConsentEnv,
+    launch_chromium,
+    platform_caller,
+    server_pem,
+    spki,
+)
 from entra_passthrough import ConsentRequired, TokenRequest
 from entra_passthrough._jwt import decode_unverified
-
-CHROMIUM = "/usr/bin/chromium"
 
 pytestmark = [
     pytest.mark.browser,
@@ -47,23 +52,7 @@ async def test_consent_in_a_real_browser(consent_env: ConsentEnv, tmp_path: Path
         {spki(server_pem(env.idp.url)), spki(server_pem(f"https://127.0.0.1:{env.port}"))}
     )
     async with async_playwright() as pw:
-        context = await pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"),
-            executable_path=CHROMIUM,
-            headless=True,
-            ignore_https_errors=False,
-            args=[
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                f"--ignore-certificate-errors-spki-list={pins}",
-            ],
-        )
+        context = await launch_chromium(pw, tmp_path / "profile", pins)
         try:
             page = await context.new_page()
             # the chat shows the link; the user clicks it

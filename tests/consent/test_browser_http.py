@@ -14,7 +14,7 @@ import pytest
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from _support.consent import Slot, platform_caller, server_pem, spki
+from _support.consent import CHROMIUM, Slot, launch_chromium, platform_caller, server_pem, spki
 from _support.servers import serve_in_thread
 from entra_passthrough import ConsentRequired, TokenRequest
 from entra_passthrough._jwt import decode_unverified
@@ -23,8 +23,6 @@ from entra_passthrough._store import Keyring, MemoryStore
 from entra_passthrough.consent import ConsentBroker
 from entra_passthrough.testing import EntraEmulator, World
 from entra_passthrough.testing._world import App, Grant, stable_id
-
-CHROMIUM = "/usr/bin/chromium"
 
 pytestmark = [
     pytest.mark.browser,
@@ -87,22 +85,8 @@ async def test_consent_over_http_on_loopback_completes(host: str, tmp_path: Path
                 link = info.value.link
                 assert link is not None
                 async with async_playwright() as pw:
-                    context = await pw.chromium.launch_persistent_context(
-                        str(tmp_path / "profile"),
-                        executable_path=CHROMIUM,
-                        headless=True,
-                        ignore_https_errors=False,
-                        args=[
-                            "--headless",
-                            "--no-sandbox",
-                            "--disable-gpu",
-                            "--disable-quic",
-                            "--no-first-run",
-                            "--disable-background-networking",
-                            "--disable-component-update",
-                            "--disable-sync",
-                            f"--ignore-certificate-errors-spki-list={spki(server_pem(idp.url))}",
-                        ],
+                    context = await launch_chromium(
+                        pw, tmp_path / "profile", spki(server_pem(idp.url))
                     )
                     try:
                         page = await context.new_page()

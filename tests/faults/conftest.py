@@ -122,24 +122,29 @@ class RoutedSession(requests.Session):
         return super().request(method, url, *args, **kwargs)
 
 
+def agent_obo_chain(idp: EntraEmulator, http: Any, timeouts: Timeouts) -> TokenChain:
+    """OBO as the emulator's agent app through the application's session ``http``."""
+    return TokenChain(
+        [
+            OnBehalfOf(
+                client_id=idp.agent.client_id,
+                tenant_id=idp.tenant_id,
+                client_secret=idp.agent.secret,
+                authority_host=idp.url,
+                http_client=http,
+                timeouts=timeouts,
+            )
+        ]
+    )
+
+
 @contextlib.contextmanager
 def routed_obo_chain(idp: EntraEmulator, port: int, timeouts: Timeouts) -> Iterator[TokenChain]:
     """OBO through the application's session (a ``RoutedSession``), its MSAL app warmed up
     (discovery done, one POST answered by the emulator); then the token POSTs go to the test
     server on ``port``. The chain and the session are closed on exit."""
     with RoutedSession(idp, port) as http:
-        chain = TokenChain(
-            [
-                OnBehalfOf(
-                    client_id=idp.agent.client_id,
-                    tenant_id=idp.tenant_id,
-                    client_secret=idp.agent.secret,
-                    authority_host=idp.url,
-                    http_client=http,
-                    timeouts=timeouts,
-                )
-            ]
-        )
+        chain = agent_obo_chain(idp, http, timeouts)
         try:
             warm = Caller.from_token(idp.user_token("alice", audience=idp.agent.client_id))
             # discovery, before the route; under the test's own short deadline, so a machine

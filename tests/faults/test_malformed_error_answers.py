@@ -35,7 +35,6 @@ from entra_passthrough import (
     AgentIdentityOnBehalfOf,
     AssertionNotUsable,
     EntraError,
-    OnBehalfOf,
     SourceUnavailable,
     Timeouts,
     TokenAcquisitionError,
@@ -45,7 +44,7 @@ from entra_passthrough import (
 from entra_passthrough._http import GuardedHttpClient, Throttle, TransportFailure
 from entra_passthrough.testing import EntraEmulator
 
-from .conftest import mcp_scope, token_posts
+from .conftest import agent_obo_chain, mcp_scope, token_posts
 
 TIMEOUTS = Timeouts(connect=2.0, read=5.0, deadline=20.0, retries=1, backoff=0.01, max_backoff=0.02)
 
@@ -187,18 +186,7 @@ def assert_sane_telemetry(session: ArmedSession) -> None:
 def obo(idp: EntraEmulator, bad: BadAnswers) -> Iterator[tuple[TokenChain, ArmedSession]]:
     bad.hits = 0
     with ArmedSession(idp, bad) as http:
-        chain = TokenChain(
-            [
-                OnBehalfOf(
-                    client_id=idp.agent.client_id,
-                    tenant_id=idp.tenant_id,
-                    client_secret=idp.agent.secret,
-                    authority_host=idp.url,
-                    http_client=http,
-                    timeouts=TIMEOUTS,
-                )
-            ]
-        )
+        chain = agent_obo_chain(idp, http, TIMEOUTS)
         try:
             yield chain, http
         finally:
