@@ -10,6 +10,7 @@ hook, and the error log for caller-less requests. The classic httpx front is
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Generator, Iterable, Sequence
+from http.cookiejar import Cookie, CookieJar, DefaultCookiePolicy
 from types import TracebackType
 from typing import Any
 
@@ -37,7 +38,7 @@ __all__ = ["APPLIED", "EntraAuth", "EntraAuthBase", "UnsafeTokenValue", "use_tok
 
 
 def acquire_sync(core: FlowCore, caller: Caller | None, claims: str | None) -> TokenResult | None:
-    """The token for ``caller`` (or the lifecycle identity when no caller is active). Raises."""
+    """The token for ``caller``; with none active, what ``acquire_async`` says. Raises."""
     if caller is not None and caller.active:
         return core.chain.get_token(
             core.scopes,
@@ -45,15 +46,39 @@ def acquire_sync(core: FlowCore, caller: Caller | None, claims: str | None) -> T
             claims=claims,
             client_capabilities=core.client_capabilities,
         )
+    ended = None if core.connection else _ended_presenter()
+    if ended is not None:  # the chain refuses it with a typed error (or allows the app)
+        return core.chain.get_token(
+            core.scopes, caller=ended, claims=claims, client_capabilities=core.client_capabilities
+        )
     return core.chain.lifecycle_token(core.scopes)
+
+
+def _ended_presenter() -> Caller | None:
+    """The caller bound to this context if it has ended and had presented an assertion: its
+    user's work (a task that outlived the request, a bound run past its token's expiry), which
+    never goes on as the lifecycle identity. ``None`` otherwise."""
+    caller = current_caller()
+    if caller is None or caller.active or not caller.presented:
+        return None
+    return caller
 
 
 async def acquire_async(
     core: FlowCore, caller: Caller | None, claims: str | None, *, call: bool = False
 ) -> TokenResult | None:
-    """The token for ``caller`` while it is active; else the lifecycle identity, or for a
-    ``call`` only what the policy allows a call with no active caller
-    (``chain.call_token_async``, told about ``caller`` if it has ended). Raises."""
+    """The token for ``caller`` while it is active. With none active:
+
+    * a ``call`` (an MCP ``tools/call``): what the policy allows a call with no active caller
+      (``chain.call_token_async``, told about ``caller`` if it has ended);
+    * a request whose context holds an ended caller that presented an assertion (a task that
+      outlived its request, a bound run past its token's expiry) is that user's work: the
+      chain refuses it with a typed error (under ``app_only``, the app), unless the auth serves
+      an MCP connection (``core.connection``), whose requests outside a call are
+      connection-lifetime ones;
+    * anything else: the lifecycle identity (``chain.lifecycle_token_async``).
+
+    Raises."""
     if caller is not None and caller.active:
         return await core.chain.get_token_async(
             core.scopes,
@@ -63,6 +88,11 @@ async def acquire_async(
         )
     if call:
         return await core.chain.call_token_async(core.scopes, ended=caller)
+    ended = None if core.connection else _ended_presenter()
+    if ended is not None:
+        return await core.chain.get_token_async(
+            core.scopes, caller=ended, claims=claims, client_capabilities=core.client_capabilities
+        )
     return await core.chain.lifecycle_token_async(core.scopes)
 
 
@@ -145,6 +175,13 @@ def _advance(
         return None if sent else SendRequest(request)  # the finished flow then stops the loop
 
 
+class _KeepNothingNew(DefaultCookiePolicy):
+    """A cookie policy that sends what the jar holds and stores nothing a response sets."""
+
+    def set_ok(self, cookie: Cookie, request: Any) -> bool:
+        return False
+
+
 class EntraAuthBase:
     """What the httpx2 and httpx fronts of ``EntraAuth`` share (everything but the base class)."""
 
@@ -161,6 +198,7 @@ class EntraAuthBase:
         on_error: OnError = "raise",
         client_capabilities: Sequence[str] = (),
         allow_insecure_loopback: bool = True,
+        connection: bool = False,
     ) -> None:
         self._core = FlowCore(
             chain,
@@ -169,6 +207,7 @@ class EntraAuthBase:
             on_error=on_error,
             client_capabilities=client_capabilities,
             allow_insecure_loopback=allow_insecure_loopback,
+            connection=connection,
         )
 
     @property
@@ -190,7 +229,15 @@ class EntraAuthBase:
 
     def install(self, client: Any) -> None:
         """Make ``client`` (sync or async, of this front's library) use this auth and the
-        redirect hook that strips our headers from a redirect to another origin."""
+        redirect hook that strips our headers from a redirect to another origin, and stop it
+        storing cookies: one client serves every user, and a cookie set on one user's response
+        would ride on the next user's requests (an API that reads its session cookie before
+        the bearer would serve them as the first user). Cookies the client was given are kept
+        and sent as before."""
+        jar = CookieJar(policy=_KeepNothingNew())
+        for cookie in client.cookies.jar:
+            jar.set_cookie(cookie)
+        client.cookies = jar
         hooks = dict(client.event_hooks)
         async_client = isinstance(client, self._async_client)
         hook: Any = self.async_request_hook if async_client else self.request_hook
@@ -289,10 +336,14 @@ class EntraAuth(EntraAuthBase, httpx2.Auth):
     """``httpx2.Auth`` that attaches the right Entra token to every request.
 
     For each request to one of ``origins``: the active caller's token for ``scopes`` from
-    ``chain`` (cached there), or, when no caller is active, the lifecycle identity the chain's
-    policy allows (often none). 401 with a claims challenge or ``invalid_token``: the token is
-    dropped and the request retried once. ``on_error="record"`` never raises inside the
-    transport: the error goes to ``Caller.record`` and the request goes out without a token.
+    ``chain`` (cached there). With no active caller, the lifecycle identity the chain's policy
+    allows (often none), except for a user's work whose caller ended (a task that outlived its
+    request, a bound run past its token's expiry): a typed error, never the app.
+    ``connection=True`` (the MCP integrations set it): every request outside a call is a
+    connection-lifetime one and gets the lifecycle identity. 401 with a claims challenge or
+    ``invalid_token``: the token is dropped and the request retried once.
+    ``on_error="record"`` never raises inside the transport: the error goes to
+    ``Caller.record`` and the request goes out without a token.
 
     >>> auth = EntraAuth(chain, scopes=["api://mcp/.default"], origins=["https://mcp.contoso.com"])
     >>> client = httpx2.AsyncClient(auth=auth, event_hooks={"request": [auth.async_request_hook]})

@@ -35,6 +35,7 @@ from ._caller import Caller, current_caller
 from ._docs import see
 from ._drive import drive, drive_async
 from ._errors import (
+    AssertionExpired,
     ConfigurationError,
     NoCallerError,
     PolicyViolation,
@@ -109,6 +110,14 @@ _HEADER_VALUE = re.compile(r"[\x21-\x7e]+(?:[ \t]+[\x21-\x7e]+)*")
 _MAX_TOKEN_CHARS = 64 * 1024
 
 
+_EXPIRED = "a token that has already expired (its expires_on is in the past)"
+_EXPIRED_FIX = (
+    "the resource would refuse it (401) and every request would ask the source again: check "
+    "this host's clock and the token endpoint's; a custom TokenSource returns expires_on as the "
+    "Unix time (seconds) the token expires at"
+)
+
+
 def _value_problem(result: TokenResult) -> str | None:
     """Why ``result`` cannot be sent as an Authorization header, or ``None`` if it can."""
     token = result.token
@@ -126,6 +135,8 @@ def _value_problem(result: TokenResult) -> str | None:
         return "a token without a numeric expiry"
     if not math.isfinite(expires_on):
         return "a token whose expiry is not a finite number"
+    if expires_on <= time.time():
+        return _EXPIRED
     for name, value in result.headers.items():
         if not isinstance(name, str) or _HEADER_NAME.fullmatch(name) is None:
             return "an extra header whose name is not a valid header name"
@@ -145,7 +156,9 @@ def _checked(result: TokenResult | None, source: TokenSource, request: TokenRequ
             f"the source returned {problem}; it was not cached and not sent.",
             source=source.name,
             scopes=request.scopes,
-            fix="a custom TokenSource must return the token exactly as issued (no surrounding "
+            fix=_EXPIRED_FIX
+            if problem is _EXPIRED
+            else "a custom TokenSource must return the token exactly as issued (no surrounding "
             "whitespace or line breaks); for a built-in source, report it: the token endpoint "
             "answered something that is not a token.",
         )
@@ -317,7 +330,36 @@ class TokenChain:
         client_capabilities: Sequence[str],
     ) -> tuple[TokenRequest, frozenset[IdentityKind]]:
         request = self._request(scopes, caller, claims, client_capabilities)
+        if request.caller is None:
+            bound = current_caller() if caller is _UNSET else caller
+            if bound is not None:  # bound (or given) but no longer active
+                return request, self._ended_kinds(bound, request)
         return request, self._allowed[self._presented(request)]
+
+    def _ended_kinds(self, ended: Caller, request: TokenRequest) -> frozenset[IdentityKind]:
+        """What a request gets whose caller has ended (its request completed, its run passed
+        its assertion's expiry): no caller, and if it presented an assertion, only what it could
+        have had besides the user (``Policy.call_kinds``, as for a call). The user's work never
+        goes on as the app because the user's token ran out: a typed error instead."""
+        allowed = self.policy.call_kinds(ended_presented=ended.presented)
+        if allowed:
+            return allowed
+        if ended.presented:
+            try:
+                claims = ended.claims
+            except Exception:
+                claims = None
+            exp = claims.exp if claims is not None else None
+            if exp is not None and exp <= time.time():
+                raise AssertionExpired(expired_at=exp, scopes=request.scopes)
+            raise NoCallerError(
+                "the caller bound to this context has ended (its request completed, or its "
+                "run was unbound or passed its deadline); work done for that user is never "
+                "continued as another identity",
+                fix="bind the caller for the whole run (bind_caller(caller.copy()) in the task "
+                "that does the work), or finish the work inside the request",
+            )
+        raise NoCallerError()
 
     def _key(self, source: TokenSource, partition: tuple[str, ...], request: TokenRequest) -> Any:
         """``(prefix, *partition)``, prefix = (source name, sorted scopes, claims, client
@@ -359,10 +401,15 @@ class TokenChain:
         if result is None:
             outcome.notes[source.name] = "not applicable"
             return None
-        if result.kind not in allowed:
-            # A source answered with a kind other than the one it declared: never hand it out.
+        if result.kind is not source.kind or result.kind not in allowed:
+            # A source answered with a kind other than the one it declared (or one the policy
+            # does not allow here): never hand it out.
             self.cache.invalidate(key)
-            outcome.notes[source.name] = f"returned kind {result.kind.value}, not allowed"
+            outcome.notes[source.name] = (
+                f"returned kind {result.kind.value}, not allowed"
+                if result.kind is source.kind
+                else f"returned kind {result.kind.value}, declared {source.kind.value}"
+            )
             return None
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(

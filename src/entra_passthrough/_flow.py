@@ -171,6 +171,7 @@ class FlowCore:
         on_error: OnError = "raise",
         client_capabilities: Sequence[str] = (),
         allow_insecure_loopback: bool = True,
+        connection: bool = False,
     ) -> None:
         if isinstance(scopes, str):
             scopes = (scopes,)
@@ -187,6 +188,11 @@ class FlowCore:
         )
         self.on_error: OnError = on_error
         self.client_capabilities: tuple[str, ...] = tuple(client_capabilities)
+        #: Serves an MCP connection (the integrations): a request with no active caller is a
+        #: connection-lifetime one (``chain.lifecycle_token``) even when its context holds a
+        #: caller that ended. Elsewhere such a request is that user's work: refused, never the
+        #: app.
+        self.connection = connection
         self._key = scope_key(self.scopes)
         self._cached = getattr(chain, "cached_token", None)
         # Optional too (TokenChain has it): ``cached_token`` bound to these scopes, for the hot

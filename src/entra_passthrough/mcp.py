@@ -127,6 +127,7 @@ def entra_http_client(
         origins=origins,
         on_error="record",
         client_capabilities=client_capabilities,
+        connection=True,
     )
     return http_client_for(
         auth,

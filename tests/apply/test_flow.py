@@ -192,8 +192,11 @@ async def test_no_caller_gets_lifecycle_identity_or_nothing() -> None:
 
 
 async def test_inactive_caller_never_gets_its_token() -> None:
+    # An MCP connection's auth: a request outside a call is a connection-lifetime one, which
+    # gets the lifecycle identity even from a stale context (elsewhere the ended caller's work
+    # is refused: tests/resolve/test_ended_caller.py).
     chain = FakeChain()
-    auth = EntraAuth(chain, scopes=SCOPES, origins=[MCP])
+    auth = EntraAuth(chain, scopes=SCOPES, origins=[MCP], connection=True)
     rec = Recorder()
     async with client(auth, rec) as c:
         with bind_caller(user_caller("alice")):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import inspect
+import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,6 +62,27 @@ def _run(code: str, label: str, namespace: dict[str, Any]) -> None:
         asyncio.run(result)
 
 
+@pytest.fixture
+def logging_restored() -> Iterator[None]:
+    """A page's blocks configure logging as a reader would (``basicConfig``, a logger's level):
+    put it back, or a later test in this process sees, say, ``entra_passthrough`` at INFO and
+    its DEBUG lines never run (``tests/apply/test_no_leaks.py`` once failed that way)."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    levels = {
+        name: logger.level
+        for name, logger in logging.Logger.manager.loggerDict.items()
+        if isinstance(logger, logging.Logger)
+    }
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, logger in logging.Logger.manager.loggerDict.items():
+        if isinstance(logger, logging.Logger):
+            logger.setLevel(levels.get(name, logging.NOTSET))
+
+
+@pytest.mark.usefixtures("logging_restored")
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_page_blocks_run(
     page: Path, idp: EntraEmulator, monkeypatch: pytest.MonkeyPatch, tmp_path: Path

@@ -168,6 +168,7 @@ class EntraMCPTool(HookedMCPTool):
             origins=origins,
             on_error="record",
             client_capabilities=client_capabilities,
+            connection=True,
         )
         super().__init__(
             name,

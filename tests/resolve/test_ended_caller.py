@@ -1,0 +1,254 @@
+"""A user's work whose caller has ended never goes on as the app; sources that lie about their
+kind or hand out expired tokens are refused; a client shared by users keeps no one's cookies.
+
+Real components: the Entra emulator over HTTPS, real MSAL on-behalf-of and managed identity, a
+real uvicorn server recording whom each request's token names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx2
+import pytest
+
+from _support.servers import serve_in_thread
+from entra_passthrough import (
+    AssertionExpired,
+    Caller,
+    EntraAuth,
+    IdentityKind,
+    NoCallerError,
+    Policy,
+    PolicyViolation,
+    TokenAcquisitionError,
+    TokenChain,
+    TokenResult,
+    bind_caller,
+)
+from entra_passthrough.testing import EntraEmulator
+
+from .conftest import decode, make_mi, make_obo, mcp_scope
+
+
+class _Recorder:
+    """An ASGI app that records the oid of each request's bearer (None: no token) and sets a
+    cookie naming it, as an API with a session cookie would."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str | None, str | None]] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        headers = dict(scope["headers"])
+        auth = headers.get(b"authorization", b"").decode()
+        oid = decode(auth[7:]).get("oid") if auth.startswith("Bearer ") else None
+        cookie = headers.get(b"cookie", b"").decode() or None
+        self.seen.append((scope["path"], oid, cookie))
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"set-cookie", f"session=for-{oid}; Path=/".encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+@pytest.fixture
+def api() -> Iterator[tuple[str, _Recorder]]:
+    recorder = _Recorder()
+    with serve_in_thread(recorder, lifespan="off") as url:
+        yield url, recorder
+
+
+def _chain(idp: EntraEmulator, policy: Policy, **kw: Any) -> TokenChain:
+    return TokenChain([make_obo(idp), make_mi(idp)], policy=policy, **kw)
+
+
+async def test_a_bound_run_past_its_tokens_expiry_is_refused_never_the_app(
+    idp: EntraEmulator, api: tuple[str, _Recorder]
+) -> None:
+    url, recorder = api
+    scopes = mcp_scope(idp)
+    expired = idp.user_token("alice", audience=idp.agent.client_id, lifetime=-120)
+    for policy, extra in ((Policy.USER_OR_APP, {}), (Policy.USER_ONLY, {"lifecycle_app": True})):
+        chain = _chain(idp, policy, **extra)
+        try:
+            with bind_caller(token=expired):
+                with pytest.raises(AssertionExpired):
+                    await chain.get_token_async(scopes)
+                with pytest.raises(AssertionExpired):
+                    chain.get_token(scopes)
+                auth = EntraAuth(chain, scopes=scopes, origins=[url])
+                async with httpx2.AsyncClient(auth=auth) as client:
+                    with pytest.raises(AssertionExpired):
+                        await client.get(f"{url}/async")
+                with httpx2.Client(auth=auth) as sync_client, pytest.raises(AssertionExpired):
+                    sync_client.get(f"{url}/sync")
+        finally:
+            chain.close()
+    assert recorder.seen == []  # nothing went out, as the app or otherwise
+
+
+async def test_a_run_whose_token_expires_mid_run_does_not_go_on_as_the_app(
+    idp: EntraEmulator,
+) -> None:
+    scopes = mcp_scope(idp)
+    chain = _chain(idp, Policy.USER_OR_APP)
+    short = idp.user_token("alice", audience=idp.agent.client_id, lifetime=2)
+    try:
+        with bind_caller(token=short):
+            first = await chain.get_token_async(scopes)
+            assert first.kind is IdentityKind.USER
+            await asyncio.sleep(max(0.0, decode(short)["exp"] - time.time()) + 0.2)
+            with pytest.raises(AssertionExpired):
+                await chain.get_token_async(scopes)
+    finally:
+        chain.close()
+
+
+async def test_a_task_that_outlives_its_callers_request_is_refused_unless_it_is_a_connection(
+    idp: EntraEmulator, api: tuple[str, _Recorder]
+) -> None:
+    url, recorder = api
+    scopes = mcp_scope(idp)
+    chain = _chain(idp, Policy.USER_OR_APP)
+    plain = EntraAuth(chain, scopes=scopes, origins=[url])
+    connection = EntraAuth(chain, scopes=scopes, origins=[url], connection=True)
+    token = idp.user_token("alice", audience=idp.agent.client_id)
+    gate = asyncio.Event()
+
+    async def later(auth: EntraAuth, path: str) -> BaseException | None:
+        await gate.wait()
+        async with httpx2.AsyncClient(auth=auth) as client:
+            try:
+                await client.get(f"{url}{path}")
+            except Exception as exc:
+                return exc
+        return None
+
+    try:
+        caller = Caller.from_token(token)
+        with bind_caller(caller):  # the request: tasks started in it copy its context
+            work = asyncio.create_task(later(plain, "/work"))
+            lifecycle = asyncio.create_task(later(connection, "/lifecycle"))
+        assert not caller.active  # the request ended; the tasks go on
+        gate.set()
+        refused, connected = await asyncio.gather(work, lifecycle)
+    finally:
+        chain.close()
+    assert isinstance(refused, NoCallerError)
+    assert connected is None
+    # The user's work sent nothing; the connection's lifetime request went as the app.
+    assert [(path, oid) for path, oid, _ in recorder.seen] == [
+        ("/lifecycle", idp.managed_identity.object_id)
+    ]
+
+
+async def test_app_only_still_serves_the_app_after_the_caller_ended(idp: EntraEmulator) -> None:
+    chain = TokenChain([make_mi(idp)], policy=Policy.APP_ONLY)
+    expired = idp.user_token("alice", audience=idp.agent.client_id, lifetime=-60)
+    try:
+        with bind_caller(token=expired):
+            result = await chain.get_token_async(mcp_scope(idp))
+    finally:
+        chain.close()
+    assert result.kind is IdentityKind.APP
+
+
+class _Lying:
+    """Declares one kind, answers with another."""
+
+    name = "liar"
+
+    def __init__(self, declared: IdentityKind, answers: IdentityKind) -> None:
+        self.kind = declared
+        self._answers = answers
+        self.calls = 0
+
+    def cache_partition(self, request: Any) -> tuple[str, ...]:
+        return ("one",)
+
+    def get_token(self, request: Any) -> TokenResult:
+        self.calls += 1
+        return TokenResult(
+            token=f"t{self.calls}", expires_on=time.time() + 3600, kind=self._answers, source="liar"
+        )
+
+    async def get_token_async(self, request: Any) -> TokenResult:
+        return self.get_token(request)
+
+
+@pytest.mark.parametrize(
+    ("declared", "answers"),
+    [(IdentityKind.USER, IdentityKind.APP), (IdentityKind.APP, IdentityKind.USER)],
+)
+async def test_a_source_answering_with_a_kind_it_did_not_declare_is_refused(
+    declared: IdentityKind, answers: IdentityKind
+) -> None:
+    # user_or_app allows both kinds, so only the declaration can catch it.
+    source = _Lying(declared, answers)
+    chain = TokenChain([source], policy=Policy.USER_OR_APP)  # type: ignore[list-item]
+    with bind_caller(Caller(user_id="platform-user")), pytest.raises(PolicyViolation) as info:
+        await chain.get_token_async(["api://x/.default"])
+    assert f"returned kind {answers.value}, declared {declared.value}" in str(info.value)
+    with bind_caller(Caller(user_id="platform-user")), pytest.raises(PolicyViolation):
+        chain.get_token(["api://x/.default"])
+
+
+async def test_an_expired_token_from_a_source_is_refused_not_sent(
+    api: tuple[str, _Recorder],
+) -> None:
+    url, recorder = api
+
+    class Stale:
+        name = "stale"
+        kind = IdentityKind.APP
+
+        def cache_partition(self, request: Any) -> tuple[str, ...]:
+            return ("app",)
+
+        def get_token(self, request: Any) -> TokenResult:
+            return TokenResult(
+                token="stale-token", expires_on=time.time() - 600, kind=self.kind, source="stale"
+            )
+
+        async def get_token_async(self, request: Any) -> TokenResult:
+            return self.get_token(request)
+
+    chain = TokenChain([Stale()], policy=Policy.APP_ONLY)  # type: ignore[list-item]
+    with pytest.raises(TokenAcquisitionError, match="already expired"):
+        await chain.get_token_async(["api://x/.default"])
+    auth = EntraAuth(chain, scopes=["api://x/.default"], origins=[url])
+    async with httpx2.AsyncClient(auth=auth) as client:
+        with pytest.raises(TokenAcquisitionError, match="already expired"):
+            await client.get(f"{url}/")
+    assert recorder.seen == []
+
+
+async def test_a_client_shared_by_users_never_sends_one_users_cookie_for_another(
+    idp: EntraEmulator, api: tuple[str, _Recorder]
+) -> None:
+    url, recorder = api
+    scopes = mcp_scope(idp)
+    chain = TokenChain([make_obo(idp)])
+    auth = EntraAuth(chain, scopes=scopes, origins=[url])
+    try:
+        async with httpx2.AsyncClient(cookies={"affinity": "given"}) as client:
+            auth.install(client)
+            for name in ("alice", "bob"):
+                token = idp.user_token(name, audience=idp.agent.client_id)
+                with bind_caller(token=token):
+                    await client.get(f"{url}/{name}")
+    finally:
+        chain.close()
+    (_, alice, alice_cookie), (_, bob, bob_cookie) = recorder.seen
+    assert alice == idp.users["alice"].oid
+    assert bob == idp.users["bob"].oid
+    # The cookie the client was given still goes out; the one alice's answer set does not.
+    assert alice_cookie == bob_cookie == "affinity=given"
