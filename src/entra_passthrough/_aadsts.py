@@ -337,6 +337,33 @@ _TABLE: tuple[Aadsts, ...] = (
         "subject, audience api://AzureADTokenExchange",
     ),
     Aadsts(
+        501051,
+        "AppNotAssignedToRole",
+        "the resource requires assignment ('Assignment required' on its enterprise app) and the "
+        "calling app or managed identity holds no app role on it, so no app-only token is "
+        "issued for it",
+        "assign the caller an app role of the resource (Enterprise applications > the "
+        "resource > Users and groups, or an appRoleAssignment for the caller's service "
+        "principal), or turn off 'Assignment required' on the resource",
+    ),
+    Aadsts(
+        700005,
+        "InvalidGrantRedeemAgainstWrongTenant",
+        "an authorization code was redeemed at another tenant's token endpoint than the one "
+        "it was issued for (e.g. a sign-in at /organizations, the user's home tenant, redeemed "
+        "at the app's own tenant)",
+        "redeem the code at the authority that issued it (the same tenant, or common/"
+        "organizations); to get tokens of another tenant, sign in at that tenant's authority",
+    ),
+    Aadsts(
+        9000411,
+        "InvalidRequestFormatDuplicatedParameter",
+        "the request names the same parameter twice (e.g. 'scope' in the body twice, or "
+        "'prompt' appended to an authorize URL that already has one)",
+        "send each parameter once: do not append parameters that the library (MSAL) already "
+        "sets; pass them through its own options instead",
+    ),
+    Aadsts(
         9002313,
         "InvalidRequest",
         "the request is malformed (often a mangled or truncated token or parameter)",

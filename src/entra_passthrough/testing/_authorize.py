@@ -139,9 +139,21 @@ def _consent_page(
 async def authorize(rt: Runtime, request: Request) -> Response:
     rt.count("authorize")
     params: dict[str, str] = dict(request.query_params)
+    # A parameter named twice in the query, or twice in the form, is AADSTS9000411. The
+    # emulator's own pages post hidden copies of the query's parameters to the same URL, so a
+    # name in both the query and the form is no duplicate (the form's value wins).
+    sources: list[list[tuple[str, Any]]] = [request.query_params.multi_items()]
     if request.method == "POST":
         form = await request.form()
+        sources.append([(k, v) for k, v in form.multi_items() if isinstance(v, str)])
         params.update({k: v for k, v in form.items() if isinstance(v, str)})
+    try:
+        for pairs in sources:
+            e.check_no_duplicates(pairs)
+    except e.StsError as err:
+        # Refused before anything else is read, on the error page: a malformed request names
+        # no redirect URI to trust with the answer.
+        return _error_page(err)
     segment = request.path_params["tenant"]
     try:
         tenant = resolve_tenant(rt, segment)

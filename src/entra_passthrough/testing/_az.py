@@ -33,7 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from . import _errors as e
-from ._issue import mint_access, user_subject
+from ._issue import check_member, mint_access, parse_scopes, user_subject
 from ._state import Runtime
 from ._world import AZURE_CLI_CLIENT_ID, App, User, stable_id
 
@@ -166,10 +166,16 @@ async def az_endpoint(rt: Runtime, request: Request) -> Response:
         if body.get("tenant") and tenant is None:
             raise e.StsError(90002, "invalid_request", f"Tenant '{body['tenant'][:80]}' not found.")
         tid = tenant.id if tenant else user.tenant_id
-        app = rt.world.resource(str(resource))
+        cli = _cli_app(rt, user)
+        # `--tenant` names a tenant the user must belong to (member or guest): real az fails
+        # with Entra's AADSTS50020 otherwise, naming the Azure CLI's client.
+        check_member(rt, user, tid, cli, client_name=AZURE_CLI_NAME)
+        # The resource must exist in that tenant (a single-tenant API of another: AADSTS500011).
+        req = parse_scopes(rt, f"{resource}/.default", tid)
+        app = req.resource
         if app is None:
             raise e.resource_not_found(str(resource), tid)
-        scopes = _cli_scopes(rt, user, app)
+        scopes = _cli_scopes(rt, user, cli, app, tid)
     except e.StsError as err:
         return JSONResponse(err.body(), status_code=400)
     lifetime = rt.world.lifetimes.access_token
@@ -183,6 +189,8 @@ async def az_endpoint(rt: Runtime, request: Request) -> Response:
         scopes=scopes,
         app_only=False,
         lifetime=lifetime,
+        # A v1 aud is the identifier named (--resource), as at the token endpoint.
+        audience=req.v1_audience(),
     )
     expires = int(time.time()) + lifetime
     return JSONResponse(
@@ -201,13 +209,9 @@ async def az_endpoint(rt: Runtime, request: Request) -> Response:
 AZURE_CLI_NAME = "Microsoft Azure CLI"
 
 
-def _cli_scopes(rt: Runtime, user: User, app: App) -> tuple[str, ...]:
-    """The scopes the Azure CLI's client may have on ``app`` for ``user``: every scope of a
-    first-party resource (Microsoft pre-consents its own clients), else what the API
-    pre-authorizes or was consented; nothing is AADSTS65001 naming the CLI's client."""
-    if app.first_party:
-        return app.exposed_scopes or ("user_impersonation",)
-    cli = rt.world.app(AZURE_CLI_CLIENT_ID) or App(
+def _cli_app(rt: Runtime, user: User) -> App:
+    """The Azure CLI's client (the world's, or a stand-in when the world has none)."""
+    return rt.world.app(AZURE_CLI_CLIENT_ID) or App(
         name="azure_cli",
         client_id=AZURE_CLI_CLIENT_ID,
         tenant_id=user.tenant_id,
@@ -216,7 +220,16 @@ def _cli_scopes(rt: Runtime, user: User, app: App) -> tuple[str, ...]:
         multi_tenant=True,
         first_party=True,
     )
-    granted = rt.granted_scopes(user, cli, app) & set(app.exposed_scopes)
+
+
+def _cli_scopes(rt: Runtime, user: User, cli: App, app: App, tenant_id: str) -> tuple[str, ...]:
+    """The scopes the Azure CLI's client may have on ``app`` for ``user`` in ``tenant_id``:
+    every scope of a first-party resource (Microsoft pre-consents its own clients), else what
+    the API pre-authorizes or was consented there; nothing is AADSTS65001 naming the CLI's
+    client."""
+    if app.first_party:
+        return app.exposed_scopes or ("user_impersonation",)
+    granted = rt.granted_scopes(user, cli, app, tenant_id=tenant_id) & set(app.exposed_scopes)
     if not granted:
         raise e.consent_required(AZURE_CLI_CLIENT_ID, AZURE_CLI_NAME)
     return tuple(sorted(granted))

@@ -128,6 +128,11 @@ def world_from_dict(data: Mapping[str, Any]) -> World:
                 guest=bool(u.get("guest", False)),
             )
         )
+
+    def grant_tenant(raw: Mapping[str, Any]) -> str | None:
+        # Grants and role assignments hold in one tenant; none named: the client's home tenant.
+        return tenant_id(raw) if raw.get("tenant") else None
+
     for g in data.get("grants", ()):
         world = world.with_grant(
             Grant(
@@ -135,12 +140,18 @@ def world_from_dict(data: Mapping[str, Any]) -> World:
                 resource_id=_app_id(world, g["resource"]) or g["resource"],
                 scopes=_strs(g.get("scopes")),
                 user=g.get("user"),
+                tenant_id=grant_tenant(g),
             )
         )
     for r in data.get("role_assignments", ()):
         client = _app_id(world, r["client"]) or _mi_client(world, r["client"]) or r["client"]
         world = world.with_role_assignment(
-            RoleAssignment(client, _app_id(world, r["resource"]) or r["resource"], r["role"])
+            RoleAssignment(
+                client,
+                _app_id(world, r["resource"]) or r["resource"],
+                r["role"],
+                tenant_id=grant_tenant(r),
+            )
         )
     _check_federated_credentials(world)
     if "lifetimes" in data:

@@ -201,6 +201,18 @@ def default_world() -> World:
     for name in consented:
         grants.append(Grant(agent.client_id, mcp.client_id, ("access_as_user",), user=name))
         grants.append(Grant(blueprint.client_id, mcp.client_id, ("access_as_user",), user=name))
+    # Grants hold in one tenant (default: the client's home tenant, contoso). The guest also
+    # consented at home, in fabrikam, where their own tokens are issued.
+    for client in (agent, blueprint):
+        grants.append(
+            Grant(
+                client.client_id,
+                mcp.client_id,
+                ("access_as_user",),
+                user="guest",
+                tenant_id=fabrikam.id,
+            )
+        )
     # Tenant-wide admin consent: the agent may call the legacy API for everyone, and Foundry
     # (a first-party app in reality) may be signed into by anyone. The Azure CLI has no grant:
     # the APIs it may call pre-authorize it (mcp, legacy_api), first-party ones consent it.

@@ -222,8 +222,10 @@ def redeem(
 
 
 async def device_code_endpoint(rt: Runtime, request: Request, tenant: Tenant | None) -> Response:
-    form = dict(await request.form())
+    raw = await request.form()
+    form = dict(raw)
     try:
+        e.check_no_duplicates(raw.multi_items())  # AADSTS9000411, as at the token endpoint
         body = start(rt, {k: str(v) for k, v in form.items()}, tenant)
     except e.StsError as err:
         return JSONResponse(err.body(request.headers.get("client-request-id")), err.status)

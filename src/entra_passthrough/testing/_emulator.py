@@ -379,9 +379,11 @@ class EntraEmulator:
         scopes: Sequence[str],
         *,
         resource: str | None = None,
+        tenant_id: str | None = None,
     ) -> None:
         """Record consent. Scopes are full (``api://<app>/access_as_user``) or bare names on
-        ``resource`` (default: the mcp app). ``user=None`` is an admin consent."""
+        ``resource`` (default: the mcp app). ``user=None`` is an admin consent. Consent holds in
+        one tenant: ``tenant_id`` (default: the client's home tenant)."""
         by_resource: dict[str, list[str]] = {}
         for s in scopes:
             if "/" in s:
@@ -394,7 +396,7 @@ class EntraEmulator:
             by_resource.setdefault(app.client_id, []).append(name)
         name_of = self._user(user).name if user else None
         for rid, names in by_resource.items():
-            self._rt.grant_consent(name_of, client_id, rid, names)
+            self._rt.grant_consent(name_of, client_id, rid, names, tenant_id=tenant_id)
 
     def revoke_consent(self, user: str, client_id: str) -> None:
         self._rt.revoke_consent(self._user(user).name, client_id)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -71,6 +72,26 @@ def missing_param(name: str) -> StsError:
         "invalid_request",
         f"The request body must contain the following parameter: '{name}'.",
     )
+
+
+def duplicated_param(name: str) -> StsError:
+    # AADSTS9000411 InvalidRequestFormatDuplicatedParameter: a parameter named twice, at the token
+    # endpoint and at /authorize (quoted in MicrosoftDocs/azure-dev-docs#934 for `scope` in a
+    # token request, AzureAD/microsoft-authentication-library-for-android#688 for `login_hint`).
+    return StsError(
+        9000411,
+        "invalid_request",
+        f"The request is not properly formatted. The parameter '{name[:80]}' is duplicated.",
+    )
+
+
+def check_no_duplicates(pairs: Iterable[tuple[str, Any]]) -> None:
+    """AADSTS9000411 for the first name that occurs twice (whatever its values)."""
+    seen: set[str] = set()
+    for name, _ in pairs:
+        if name in seen:
+            raise duplicated_param(name)
+        seen.add(name)
 
 
 def unsupported_grant(grant: str) -> StsError:

@@ -34,9 +34,7 @@ class ScopeRequest:
             return None
         if self.resource.access_token_version == 2:
             return None
-        if self.requested.rstrip("/").lower() == self.resource.client_id:
-            return self.resource.client_id
-        return self.resource.app_id_uri or self.resource.client_id
+        return requested_audience(self.resource, self.requested)
 
     @property
     def is_default(self) -> bool:
@@ -48,6 +46,24 @@ class ScopeRequest:
         if self.resource.client_id == GRAPH_APP_ID:
             return ""  # Graph's scopes are returned bare ("User.Read")
         return (self.resource.app_id_uri or self.resource.client_id).rstrip("/") + "/"
+
+
+def requested_audience(resource: App, requested: str) -> str:
+    """A v1 ``aud``: the identifier the request named (client id, or the App ID URI with the
+    trailing slash as requested: ``resource=https://ai.azure.com/`` gives that ``aud``), as the
+    token endpoint, the managed identity endpoints and ``az`` all answer
+    (access-token-claims-reference, "aud": "the client ID or the resource URI used in the
+    request")."""
+    if requested.rstrip("/").lower() == resource.client_id or not resource.app_id_uri:
+        return resource.client_id
+    uri = resource.app_id_uri.rstrip("/")
+    return uri + "/" if requested.endswith("/") else uri
+
+
+def v1_audience(resource: App, requested: str) -> str | None:
+    """``mint_access``'s ``audience`` for a request that named ``resource`` as ``requested``:
+    the identifier requested for a v1 resource, ``None`` (the client id) for a v2 one."""
+    return ScopeRequest(resource, (".default",), frozenset(), requested).v1_audience()
 
 
 def parse_scopes(
@@ -128,6 +144,41 @@ def check_assignment(client: App, user: User) -> None:
         )
 
 
+def check_member(
+    rt: Runtime, user: User, tenant_id: str, client: App, *, client_name: str | None = None
+) -> None:
+    """AADSTS50020: ``user`` is neither a member of ``tenant_id`` nor a guest there (a sign-in,
+    a refresh token redeemed at that tenant's endpoint, ``az --tenant``)
+    (https://learn.microsoft.com/entra/identity-platform/reference-error-codes)."""
+    if tenant_id == user.tenant_id or user.guest:
+        return
+    tenant = rt.world.tenant(tenant_id)
+    raise e.StsError(
+        50020,
+        "invalid_request",
+        f"User account '{user.upn}' from identity provider '{rt.issuer(user.tenant_id)}' does "
+        f"not exist in tenant '{tenant.name if tenant else tenant_id}' and cannot access the "
+        f"application '{client.client_id}'({client_name or client.name}) in that tenant. The "
+        "account needs to be added as an external user in the tenant first.",
+    )
+
+
+def check_app_assignment(
+    client_id: str, client_name: str, resource: App, roles: Sequence[str]
+) -> None:
+    """AADSTS501051: an app-only token (client credentials, managed identity) for a resource
+    whose service principal requires assignment (``assignment_required``,
+    appRoleAssignmentRequired) when the caller holds no app role on it
+    (https://learn.microsoft.com/entra/identity-platform/reference-error-codes,
+    https://learn.microsoft.com/entra/identity-platform/howto-restrict-your-app-to-a-set-of-users)."""
+    if resource.assignment_required and not roles:
+        raise e.invalid_grant(
+            501051,
+            f"Application '{client_id}'({client_name}) is not assigned to a role for the "
+            f"application '{resource.app_id_uri or resource.client_id}'({resource.name}).",
+        )
+
+
 def check_self_token(req: ScopeRequest, client: App) -> None:
     """AADSTS90009: an app asking a token for itself must name itself by its client id GUID,
     not by an App ID URI (https://learn.microsoft.com/entra/identity-platform/
@@ -167,10 +218,13 @@ def client_capabilities(form: Mapping[str, str]) -> list[str]:
     return [str(v) for v in values] if isinstance(values, list) else []
 
 
-def delegated_scopes(rt: Runtime, req: ScopeRequest, client: App, user: User) -> tuple[str, ...]:
-    """The ``scp`` the user may delegate, or AADSTS65001 when consent is missing."""
+def delegated_scopes(
+    rt: Runtime, req: ScopeRequest, client: App, user: User, tenant_id: str
+) -> tuple[str, ...]:
+    """The ``scp`` the user may delegate in ``tenant_id`` (the tenant the token is issued in),
+    or AADSTS65001 when consent is missing there."""
     assert req.resource is not None
-    granted = rt.granted_scopes(user, client, req.resource)
+    granted = rt.granted_scopes(user, client, req.resource, tenant_id=tenant_id)
     if req.is_default:
         if not granted:
             raise e.consent_required(client.client_id, client.name)
@@ -181,13 +235,17 @@ def delegated_scopes(rt: Runtime, req: ScopeRequest, client: App, user: User) ->
     return tuple(sorted(set(req.names)))
 
 
-def app_roles(rt: Runtime, client_id: str, resource: App) -> tuple[str, ...]:
+def app_roles(rt: Runtime, client_id: str, resource: App, tenant_id: str) -> tuple[str, ...]:
+    """The app roles ``client_id`` holds on ``resource`` in ``tenant_id`` (the tenant the
+    app-only token is issued in)."""
     return tuple(
         sorted(
             {
                 r.role
                 for r in rt.world.role_assignments
-                if r.client_id == client_id and r.resource_id == resource.client_id
+                if r.client_id == client_id
+                and r.resource_id == resource.client_id
+                and rt.world.grant_tenant(r) == tenant_id
             }
         )
     )
@@ -260,7 +318,9 @@ def user_token_response(
     amr: Sequence[str] = ("pwd",),
 ) -> dict[str, Any]:
     """A delegated token response as Entra's v2 endpoint returns it (65001 if not consented)."""
-    scp: tuple[str, ...] = delegated_scopes(rt, req, client, user) if req.resource else ()
+    scp: tuple[str, ...] = (
+        delegated_scopes(rt, req, client, user, tenant_id) if req.resource else ()
+    )
     subject = user_subject(rt, user, tenant_id, amr)
     lifetime = rt.world.lifetimes.access_token
     out: dict[str, Any] = {"token_type": "Bearer"}

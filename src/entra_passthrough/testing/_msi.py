@@ -42,7 +42,8 @@ from pathlib import Path
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ._issue import app_roles, mint_access
+from . import _errors as e
+from ._issue import app_roles, check_app_assignment, mint_access, v1_audience
 from ._state import Runtime
 from ._tokens import Subject
 from ._world import ManagedIdentityPrincipal
@@ -124,20 +125,31 @@ def select_identity(
 
 
 def _mint(rt: Runtime, mi: ManagedIdentityPrincipal, resource_name: str) -> tuple[str, int] | None:
+    """The identity's token for ``resource_name``; ``None`` for an unknown resource, and
+    ``StsError`` for what Entra refuses (AADSTS501051: the resource requires assignment and the
+    identity holds no app role on it)."""
     app = rt.world.resource(resource_name)
     if app is None:
         return None
     lifetime = rt.world.lifetimes.access_token
+    roles = app_roles(rt, mi.client_id, app, mi.tenant_id)
+    check_app_assignment(mi.client_id, mi.name, app, roles)
     token = mint_access(
         rt,
         resource=app,
         client_id=mi.client_id,
         client_acr="2",
         subject=Subject(oid=mi.object_id, tid=mi.tenant_id),
-        roles=app_roles(rt, mi.client_id, app),
+        roles=roles,
         app_only=True,
+        # A v1 aud is the identifier the request named, as at the token endpoint.
+        audience=v1_audience(app, resource_name),
     )
     return token, lifetime
+
+
+def _refused(err: e.StsError) -> str:
+    return f"AADSTS{err.code}: {err.text}"
 
 
 def _not_found(resource: str) -> str:
@@ -173,7 +185,10 @@ async def msi_token(rt: Runtime, request: Request) -> Response:
         mi = select_identity(rt, selectors, host="app_service")
     except _NoIdentity as exc:
         return _fail(400, str(exc))
-    minted = _mint(rt, mi, resource)
+    try:
+        minted = _mint(rt, mi, resource)
+    except e.StsError as err:
+        return _fail(400, _refused(err))
     if minted is None:
         # MSAL notes an unknown resource "empirically ends up with a vague statusCode=500".
         return _fail(500, _not_found(resource))
@@ -236,7 +251,10 @@ async def imds_token(rt: Runtime, request: Request) -> Response:
     except _NoIdentity as exc:
         text = str(exc) if exc.verbatim else f"Identity not found. {exc}"
         return _imds_fail(400, "invalid_request", text)
-    minted = _mint(rt, mi, resource)
+    try:
+        minted = _mint(rt, mi, resource)
+    except e.StsError as err:
+        return _imds_fail(400, err.error, _refused(err))
     if minted is None:
         return _imds_fail(400, "invalid_resource", _not_found(resource))
     token, lifetime = minted
@@ -292,7 +310,10 @@ async def cloud_shell_token(rt: Runtime, request: Request) -> Response:
         mi = select_identity(rt, {}, host="cloud_shell")
     except _NoIdentity as exc:
         return _imds_fail(400, "invalid_request", str(exc))
-    minted = _mint(rt, mi, resource)
+    try:
+        minted = _mint(rt, mi, resource)
+    except e.StsError as err:
+        return _imds_fail(400, err.error, _refused(err))
     if minted is None:
         return _imds_fail(400, "invalid_resource", _not_found(resource))
     token, lifetime = minted
@@ -327,7 +348,10 @@ async def service_fabric_token(rt: Runtime, request: Request) -> Response:
         mi = select_identity(rt, {}, host="service_fabric")
     except _NoIdentity as exc:
         return sf_error(404, "ManagedIdentityNotFound", str(exc))
-    minted = _mint(rt, mi, resource)
+    try:
+        minted = _mint(rt, mi, resource)
+    except e.StsError as err:
+        return sf_error(400, err.error, _refused(err))
     if minted is None:
         return sf_error(400, "ArgumentNullOrEmpty", _not_found(resource))
     token, lifetime = minted

@@ -177,9 +177,12 @@ def build_app(rt: Runtime) -> ASGIApp:
         if rt.token_latency:
             await asyncio.sleep(rt.token_latency)
         body = (await request.body()).decode("utf-8", "replace")
-        form = dict(urllib.parse.parse_qsl(body, keep_blank_values=False))
+        pairs = urllib.parse.parse_qsl(body, keep_blank_values=True)
+        form = {k: v for k, v in pairs if v}
         headers = {k.lower(): v for k, v in request.headers.items()}
         try:
+            # A parameter named twice is refused, not resolved to one of its values.
+            e.check_no_duplicates(pairs)
             result = handle_token(
                 rt,
                 request.path_params["tenant"],

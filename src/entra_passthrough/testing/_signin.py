@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from . import _errors as e
-from ._issue import ScopeRequest, check_assignment, parse_scopes
+from ._issue import ScopeRequest, check_assignment, check_member, parse_scopes
 from ._state import Runtime
 from ._world import App, Tenant, User
 
@@ -65,7 +65,11 @@ class SignIn:
             return
         self.check_may_consent(rt)
         rt.grant_consent(
-            self.user.name, self.client.client_id, self.req.resource.client_id, self.prompt
+            self.user.name,
+            self.client.client_id,
+            self.req.resource.client_id,
+            self.prompt,
+            tenant_id=self.tenant_id,  # consent is given in the tenant signed in to
         )
 
 
@@ -84,14 +88,8 @@ def sign_in(
     from ._token_endpoint import check_resource_param
 
     tid = tenant.id if tenant else user.tenant_id
-    if tid != user.tenant_id and not user.guest:
-        # AADSTS50020: the user is not a member (or guest) of this tenant.
-        raise e.StsError(
-            50020,
-            "invalid_request",
-            f"User account '{user.upn}' from identity provider does not "
-            "exist in tenant and cannot access the application.",
-        )
+    # AADSTS50020: the user is not a member (or guest) of this tenant.
+    check_member(rt, user, tid, client)
     check_assignment(client, user)
     req = parse_scopes(rt, params.get("scope"), tid, interactive_client=client)
     # RFC 8707 `resource` is checked against the scopes too (AADSTS9010010; what MCP clients
@@ -101,7 +99,7 @@ def sign_in(
         raise e.missing_param("scope")
     prompt: list[str] = []
     if req.resource is not None:
-        granted = rt.granted_scopes(user, client, req.resource)
+        granted = rt.granted_scopes(user, client, req.resource, tenant_id=tid)
         if req.is_default and granted and not force_consent:
             # Static consent already given (by the user or an administrator): .default is the
             # granted permissions, nothing to ask (scopes-oidc, "The .default scope").

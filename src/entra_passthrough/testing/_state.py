@@ -151,8 +151,12 @@ class Runtime:
                 continue
             yield g
 
-    def granted_scopes(self, user: User | None, client: App, resource: App) -> set[str]:
-        """Scopes ``client`` may use on ``resource`` for ``user`` (user grants + admin grants)."""
+    def granted_scopes(
+        self, user: User | None, client: App, resource: App, *, tenant_id: str
+    ) -> set[str]:
+        """Scopes ``client`` may use on ``resource`` for ``user`` in tenant ``tenant_id`` (user
+        grants + admin grants given in that tenant; pre-authorization, a property of the API's
+        registration, holds in every tenant)."""
         out: set[str] = set()
         # A child agent identity inherits the delegated permissions granted to its blueprint
         # ("inheritable permissions", https://learn.microsoft.com/entra/agent-id/
@@ -167,18 +171,29 @@ class Runtime:
         for g in self.all_grants():
             if g.client_id not in clients or g.resource_id not in (resource.client_id, "*"):
                 continue
+            if self.world.grant_tenant(g) != tenant_id:
+                continue
             if g.user is not None and (user is None or g.user not in (user.name, user.upn)):
                 continue
             out.update(resource.exposed_scopes if "*" in g.scopes else g.scopes)
         return out
 
     def grant_consent(
-        self, user: str | None, client_id: str, resource_id: str, scopes: Iterable[str]
+        self,
+        user: str | None,
+        client_id: str,
+        resource_id: str,
+        scopes: Iterable[str],
+        *,
+        tenant_id: str | None = None,
     ) -> None:
+        """Record consent given in ``tenant_id`` (``None``: the client's home tenant)."""
         with self.lock:
             if user is not None:
                 self.revoked_consents.discard((user, client_id))
-            self.consents.append(Grant(client_id, resource_id, tuple(scopes), user=user))
+            self.consents.append(
+                Grant(client_id, resource_id, tuple(scopes), user=user, tenant_id=tenant_id)
+            )
 
     def revoke_consent(self, user: str, client_id: str) -> None:
         with self.lock:

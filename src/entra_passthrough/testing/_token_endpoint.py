@@ -23,7 +23,9 @@ from ._client_auth import ClientAuth, authenticate
 from ._issue import (
     ScopeRequest,
     app_roles,
+    check_app_assignment,
     check_assignment,
+    check_member,
     check_self_token,
     emitted_capabilities,
     mint_access,
@@ -74,8 +76,9 @@ def handle_token(
     rt.count_grant(GRANT_NAMES[grant])
     form = dict(form)
     if v1 and form.get("resource") and not form.get("scope"):
-        # The v1 endpoint names the resource instead of scopes.
-        form["scope"] = form["resource"].rstrip("/") + "/.default"
+        # The v1 endpoint names the resource instead of scopes (a trailing slash is kept: it
+        # is part of the identifier a v1 token's aud repeats).
+        form["scope"] = form["resource"] + "/.default"
         form.pop("resource")
     path_tid = tenant.id if tenant else rt.world.tenants[0].id
     endpoints = tuple(
@@ -95,9 +98,9 @@ def handle_token(
     if grant == JWT_BEARER:
         return _on_behalf_of(rt, form, client, tenant)
     if grant == "authorization_code":
-        return _authorization_code(rt, form, client)
+        return _authorization_code(rt, form, client, tenant)
     if grant == "refresh_token":
-        return _refresh(rt, form, client)
+        return _refresh(rt, form, client, tenant)
     if GRANT_NAMES[grant] == "device_code":
         from ._device import redeem
 
@@ -152,13 +155,15 @@ def _client_credentials(
         ):
             raise e.agent_identity_not_found(fmi_path)
         extra["sub"] = child.client_id
+    roles = app_roles(rt, app.client_id, req.resource, tenant_id)
+    check_app_assignment(app.client_id, app.name, req.resource, roles)
     token = mint_access(
         rt,
         resource=req.resource,
         client_id=app.client_id,
         client_acr=client.acr,
         subject=Subject(oid=subject_oid, tid=tenant_id),
-        roles=app_roles(rt, app.client_id, req.resource),
+        roles=roles,
         app_only=True,
         audience=req.v1_audience(),
         extra=extra,
@@ -251,7 +256,9 @@ def _on_behalf_of(
     )
 
 
-def _authorization_code(rt: Runtime, form: Mapping[str, str], client: ClientAuth) -> dict[str, Any]:
+def _authorization_code(
+    rt: Runtime, form: Mapping[str, str], client: ClientAuth, tenant: Tenant | None
+) -> dict[str, Any]:
     code = form.get("code")
     if not code:
         raise e.missing_param("code")
@@ -277,6 +284,15 @@ def _authorization_code(rt: Runtime, form: Mapping[str, str], client: ClientAuth
             )
         if rec.client_id != client.app.client_id:
             raise e.invalid_grant(70000, "Provided grant is invalid or malformed.")
+        if tenant is not None and tenant.id != rec.tenant_id:
+            # A code is issued for one tenant (the authority's, or at common/organizations the
+            # user's home tenant) and redeemed at that tenant's endpoint or common/organizations:
+            # AADSTS700005 InvalidGrantRedeemAgainstWrongTenant (reference-error-codes).
+            raise e.invalid_grant(
+                700005,
+                "Provided Authorization Code is intended to use against other tenant, thus "
+                "rejected.",
+            )
         if form.get("redirect_uri") != rec.redirect_uri:
             # The redirect_uri of the redemption must be the one the code was issued to.
             raise e.invalid_grant(
@@ -319,7 +335,9 @@ def _authorization_code(rt: Runtime, form: Mapping[str, str], client: ClientAuth
     )
 
 
-def _refresh(rt: Runtime, form: Mapping[str, str], client: ClientAuth) -> dict[str, Any]:
+def _refresh(
+    rt: Runtime, form: Mapping[str, str], client: ClientAuth, tenant: Tenant | None
+) -> dict[str, Any]:
     token = form.get("refresh_token")
     if not token:
         raise e.missing_param("refresh_token")
@@ -347,10 +365,17 @@ def _refresh(rt: Runtime, form: Mapping[str, str], client: ClientAuth) -> dict[s
     # (refresh-tokens page). A new refresh token is returned each time; Entra does NOT revoke
     # the one just used ("The Microsoft identity platform doesn't revoke old refresh tokens when
     # used to fetch new access tokens", refresh-tokens page), so the old one stays valid here too.
+    # At common/organizations a refresh token is redeemed in the tenant it was issued in; at a
+    # tenant's own endpoint the new tokens are issued by that tenant, which the user must belong
+    # to (member or guest; else AADSTS50020), as a sign-in there would be.
+    tid = rec.tenant_id
+    if tenant is not None:
+        check_member(rt, user, tenant.id, client.app)
+        tid = tenant.id
     scope = form.get("scope") or " ".join(rec.scopes)
     if "offline_access" not in scope.split():
         scope += " offline_access"
-    req = parse_scopes(rt, scope, rec.tenant_id)
+    req = parse_scopes(rt, scope, tid)
     _check_user_policies(user, req.resource, rec.amr)
     return user_token_response(
         rt,
@@ -358,7 +383,7 @@ def _refresh(rt: Runtime, form: Mapping[str, str], client: ClientAuth) -> dict[s
         client=client.app,
         client_acr=client.acr,
         user=user,
-        tenant_id=rec.tenant_id,
+        tenant_id=tid,
         form={**form, "scope": scope},
         amr=rec.amr,
     )

@@ -168,22 +168,29 @@ class ManagedIdentityPrincipal:
 class Grant:
     """Delegated consent: ``client_id`` may call ``resource_id`` (client id) with ``scopes``.
 
-    ``user=None`` is an admin (tenant-wide) consent.
+    ``user=None`` is an admin (tenant-wide) consent. A grant holds in one tenant, as in Entra
+    (an ``oauth2PermissionGrant`` is an object of the tenant where the consent was given):
+    ``tenant_id``, or when ``None`` the client app's home tenant. A multi-tenant client used in
+    another tenant needs a grant there.
     """
 
     client_id: str
     resource_id: str
     scopes: tuple[str, ...]
     user: str | None = None
+    tenant_id: str | None = None
 
 
 @dataclass(frozen=True)
 class RoleAssignment:
-    """An application permission (app role) granted to a client or managed identity."""
+    """An application permission (app role) granted to a client or managed identity, in one
+    tenant (an ``appRoleAssignment`` belongs to the client's service principal in that tenant):
+    ``tenant_id``, or when ``None`` the client's home tenant."""
 
     client_id: str
     resource_id: str
     role: str
+    tenant_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -245,6 +252,21 @@ class World:
             if key in (u.name.lower(), u.upn.lower(), u.oid):
                 return u
         return None
+
+    def home_tenant(self, client_id: str) -> str:
+        """The tenant an app or managed identity (by client id) is registered in: where its
+        grants and role assignments hold unless they name another tenant."""
+        for a in self.apps:
+            if a.client_id == client_id:
+                return a.tenant_id
+        for m in self.managed_identities:
+            if m.client_id == client_id:
+                return m.tenant_id
+        return self.tenants[0].id
+
+    def grant_tenant(self, grant: Grant | RoleAssignment) -> str:
+        """The tenant a grant or role assignment holds in."""
+        return grant.tenant_id or self.home_tenant(grant.client_id)
 
     def identity(self, ident: str) -> ManagedIdentityPrincipal | None:
         for m in self.managed_identities:
