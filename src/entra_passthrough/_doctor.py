@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -123,7 +124,15 @@ class Doctor:
         except Exception as exc:
             detail, fix = _explain(exc)
             ok = False
-            if not fix and self.failed("CA file"):
+            proxy = _proxy_in(self.env)
+            if not fix and proxy and _is_transport_error(exc):
+                # No answer at all, through a proxy the environment names: the proxy first,
+                # not the tenant id.
+                fix = (
+                    f"the request went through the proxy in {proxy}: check that it runs and "
+                    "lets this host reach the authority host, or exempt the host in NO_PROXY."
+                )
+            elif not fix and self.failed("CA file"):
                 fix = "fix the CA file above first (ENTRA_PASSTHROUGH_CA_FILE)."
             elif not fix and self.failed("discovery"):
                 fix = "fix the discovery failure above first (tenant id, authority host)."
@@ -280,6 +289,11 @@ class Doctor:
         if not authorities:
             self.add("discovery", SKIP, "no Entra authority in the chain")
             return
+        # The tenants that are an allow-list too (a source's own tenant, with no
+        # allowed_tenants): compared with each caller's tid claim, a GUID.
+        listed = {
+            t.lower() for source in chain.sources for t in getattr(source, "allowed_tenants", ())
+        }
         for host, tenant in authorities:
             url = f"{host}/{tenant}/v2.0/.well-known/openid-configuration"
 
@@ -288,6 +302,15 @@ class Doctor:
                     answer = client.get(url)
                 if answer.status_code == 200:
                     issuer = str(answer.json().get("issuer", ""))
+                    found = _GUID_IN.search(issuer)
+                    if tenant.lower() in listed and found and found.group(0) != tenant.lower():
+                        return (
+                            False,
+                            f"{url} -> issuer {issuer}: {tenant!r} names tenant "
+                            f"{found.group(0)}, and every caller's tid claim is a GUID, so "
+                            "on-behalf-of would refuse every caller (TenantNotAllowed)",
+                            f"set AZURE_TENANT_ID (tenant_id) to {found.group(0)}",
+                        )
                     return True, f"{url} -> issuer {issuer}", ""
                 try:
                     body = answer.json()
@@ -594,6 +617,25 @@ _CONFIGURATION_FIX = (
     + see("configuration", "variables")
     + "."
 )
+
+
+def _proxy_in(env: Mapping[str, str]) -> str | None:
+    """The proxy variable httpx and requests would use for an https URL, if one is set."""
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        if env.get(name) or os.environ.get(name):
+            return name
+    return None
+
+
+def _is_transport_error(exc: BaseException) -> bool:
+    """No answer came back (connect, proxy, read): httpx's and requests' transport errors."""
+    names = {c.__name__ for c in type(exc).__mro__}
+    return bool(names & {"TransportError", "ConnectionError", "ProxyError", "ConnectError"})
+
+
+#: A tenant GUID inside a URL (an issuer).
+_GUID_IN = re.compile(r"[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}")
+
 _TENANT_FIX = (
     "check AZURE_TENANT_ID (the Directory (tenant) ID) and AZURE_AUTHORITY_HOST (your cloud's "
     "login host); behind a TLS-inspecting proxy set ENTRA_PASSTHROUGH_CA_FILE."

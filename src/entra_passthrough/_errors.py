@@ -6,7 +6,7 @@
     ├── NoCallerError                 a user token was needed but no caller is bound / it ended
     ├── TokenAcquisitionError         no acceptable token for (caller, scopes)
     │   ├── AssertionNotUsable        the caller presented a token that cannot be exchanged
-    │   │   ├── AssertionAudienceMismatch   aud is not the OBO client      (AADSTS50013)
+    │   │   ├── AssertionAudienceMismatch   aud is not the OBO client      (AADSTS500131)
     │   │   ├── AssertionExpired            exp is in the past             (AADSTS500133)
     │   │   ├── AssertionMalformed          not a decodable JWT            (AADSTS50027)
     │   │   └── AppOnlyAssertion            app token, no user             (AADSTS7000114)
@@ -198,6 +198,9 @@ class AppOnlyAssertion(AssertionNotUsable):
         )
 
 
+_TENANT_GUID = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
+
+
 class TenantNotAllowed(TokenAcquisitionError):
     """The caller's tenant is not on the source's allow-list (``allowed_tenants``): nothing
     was sent to Entra."""
@@ -212,14 +215,33 @@ class TenantNotAllowed(TokenAcquisitionError):
     ) -> None:
         self.tenant = tenant
         self.allowed = tuple(allowed)
-        super().__init__(
-            f"The caller's tenant {tenant!r} is not on the allow-list "
-            f"({', '.join(self.allowed) or 'empty'}); no request was sent to Entra.",
-            source=source,
-            scopes=scopes,
-            fix="add the tenant to allowed_tenants (or ENTRA_PASSTHROUGH_ALLOWED_TENANTS) if "
-            "your app is multi-tenant and you trust users from it.",
-        )
+        names = [a for a in self.allowed if not _TENANT_GUID.fullmatch(a)]
+        if names:
+            # A token's tid is always a GUID: a domain (contoso.onmicrosoft.com) or an alias
+            # (organizations) on the list matches no caller, and a single-tenant app configured
+            # with its domain refuses everyone. Say so, not "add the tenant".
+            message = (
+                f"The caller's tenant {tenant!r} is not on the allow-list "
+                f"({', '.join(self.allowed)}); no request was sent to Entra. "
+                f"{', '.join(repr(n) for n in names)} is not a tenant GUID, and a token's tid "
+                "always is: it matches no caller."
+            )
+            fix = (
+                "configure tenants by GUID: AZURE_TENANT_ID / tenant_id (Entra admin center > "
+                "Overview > Tenant ID; or the GUID in the issuer of https://login."
+                "microsoftonline.com/<domain>/v2.0/.well-known/openid-configuration), and "
+                "allowed_tenants / ENTRA_PASSTHROUGH_ALLOWED_TENANTS for a multi-tenant app."
+            )
+        else:
+            message = (
+                f"The caller's tenant {tenant!r} is not on the allow-list "
+                f"({', '.join(self.allowed) or 'empty'}); no request was sent to Entra."
+            )
+            fix = (
+                "add the tenant to allowed_tenants (or ENTRA_PASSTHROUGH_ALLOWED_TENANTS) if "
+                "your app is multi-tenant and you trust users from it."
+            )
+        super().__init__(message, source=source, scopes=scopes, fix=fix)
 
 
 class PolicyViolation(TokenAcquisitionError):
@@ -544,6 +566,7 @@ def error_from_entra(
         )
     cls: type[TokenAcquisitionError] = {
         50013: AssertionNotUsable,
+        500131: AssertionNotUsable,
         500133: AssertionNotUsable,
         7000114: AssertionNotUsable,
     }.get(code or 0, EntraError)

@@ -54,6 +54,8 @@ PUBLIC_AUTHORITY_HOST = "https://login.microsoftonline.com"
 #: starts are spaced by ``_GilSchedule``) and keeps room for healthy users while a few requests
 #: stall up to their deadline.
 DEFAULT_MAX_WORKERS = 64
+#: The most worker threads one pool may have (more is a typo, not a deployment).
+MAX_WORKERS_LIMIT = 1024
 
 #: The federated-credential audience per cloud, from the authority host (docs/platform-facts.md).
 _FEDERATION_AUDIENCES = {
@@ -332,8 +334,15 @@ class WorkerPool:
     def __init__(
         self, *, max_workers: int = DEFAULT_MAX_WORKERS, name: str = "entra-passthrough"
     ) -> None:
-        if max_workers < 1:
-            raise ConfigurationError("max_workers must be at least 1")
+        if isinstance(max_workers, bool) or not isinstance(max_workers, int):
+            raise ConfigurationError(f"max_workers must be an integer, not {max_workers!r}")
+        if not 1 <= max_workers <= MAX_WORKERS_LIMIT:
+            raise ConfigurationError(
+                f"max_workers must be between 1 and {MAX_WORKERS_LIMIT}, not {max_workers}",
+                fix="a pool's threads wait on the network, so a few dozen serve hundreds of "
+                f"cold users at once (default {DEFAULT_MAX_WORKERS}); set "
+                "ENTRA_PASSTHROUGH_MAX_WORKERS / max_workers= accordingly",
+            )
         self.max_workers = max_workers
         self._name = name
         self._executor: ThreadPoolExecutor | None = None
@@ -352,8 +361,16 @@ class WorkerPool:
         """
         executor = self._get()
         barrier = threading.Barrier(self.max_workers)
-        for _ in range(self.max_workers):
-            executor.submit(barrier.wait, 10.0)  # N concurrent jobs force N threads
+        try:
+            for _ in range(self.max_workers):
+                executor.submit(barrier.wait, 10.0)  # N concurrent jobs force N threads
+        except RuntimeError as exc:  # "can't start new thread": the host's thread limit
+            barrier.abort()
+            raise ConfigurationError(
+                f"could not start the {self.max_workers} worker threads of {self._name} ({exc})",
+                fix="lower max_workers / ENTRA_PASSTHROUGH_MAX_WORKERS, or raise the host's "
+                "thread limit (ulimit -u, the container's pids limit)",
+            ) from None
 
     def _get(self) -> ThreadPoolExecutor:
         executor = self._executor

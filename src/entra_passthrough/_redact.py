@@ -109,11 +109,18 @@ def scrub(exc: BaseException) -> BaseException:
     A library's own error is raised ``from None`` over a third party's (MSAL's
     ``JSONDecodeError`` keeps the whole token response in ``.doc``): the hidden context is
     dropped, and text in the third-party exceptions that remain is redacted.
+
+    Every traceback in the chain is dropped too: the frames of a source, MSAL and requests hold
+    the user's assertion and the POST body (client secret included) as local variables, and
+    error reporters that capture locals (Sentry's default, ``traceback`` with
+    ``capture_locals``, ``pytest --showlocals``) would send them on. Raised again, the error
+    gets a traceback from where it is raised (the chain) outwards.
     """
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen and len(seen) < 32:
         seen.add(id(current))
+        current.__traceback__ = None
         if current.__suppress_context__:
             current.__context__ = None
         if isinstance(current, json.JSONDecodeError):

@@ -644,3 +644,47 @@ def test_a_ca_file_that_cannot_be_used(idp: EntraEmulator, tmp_path: Path) -> No
         assert checks["CA file"].status == "fail"
         assert "ENTRA_PASSTHROUGH_CA_FILE" in checks["CA file"].fix
         assert "CA file above" in checks["discovery"].fix
+
+
+def test_a_tenant_domain_where_the_tid_claim_is_compared_fails_with_the_guid(
+    idp: EntraEmulator,
+) -> None:
+    """AZURE_TENANT_ID = the tenant's domain: Entra serves it, but on-behalf-of compares it with
+    every caller's tid claim (a GUID) and would refuse everyone; doctor says so, with the GUID,
+    and the refusal at run time says why instead of "add the tenant"."""
+    from entra_passthrough import Caller, TenantNotAllowed, TokenChain
+
+    domain = idp.world.tenants[0].domain
+    env = {**secretless(idp), "AZURE_TENANT_ID": domain}
+    checks = by_name(run(env, scopes=[scope(idp)]))
+    assert checks["discovery"].status == "fail"
+    assert idp.tenant_id in checks["discovery"].fix
+    assert "tid" in checks["discovery"].detail
+    chain = TokenChain.from_env(env)
+    try:
+        caller = Caller.from_token(idp.user_token("alice", audience=idp.agent.client_id))
+        with pytest.raises(TenantNotAllowed) as info:
+            chain.get_token([scope(idp)], caller=caller)
+    finally:
+        chain.close()
+    assert "not a tenant GUID" in str(info.value)
+    assert "add the tenant" not in (info.value.fix or "")
+    # The GUID passes discovery.
+    assert by_name(run(secretless(idp), scopes=[scope(idp)]))["discovery"].status == "pass"
+
+
+def test_a_dead_proxy_is_named_not_the_tenant_id(
+    idp: EntraEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{port}")
+    checks = by_name(run(secretless(idp)))
+    assert checks["discovery"].status == "fail"
+    assert "HTTPS_PROXY" in checks["discovery"].fix
+    assert "AZURE_TENANT_ID" not in checks["discovery"].fix

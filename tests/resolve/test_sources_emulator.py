@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 from azure.identity import ClientSecretCredential
@@ -345,3 +346,71 @@ async def test_managed_identity_detected_by_msal_from_the_environment(
     assert decode(result.token)["oid"] == idp.managed_identity.object_id
     assert result.kind is IdentityKind.APP
     chain.close()
+
+
+@pytest.mark.parametrize("aio", [False, True])
+async def test_azure_credential_transport_failures_are_not_entras_verdict(
+    idp: EntraEmulator, aio: bool
+) -> None:
+    """azure-identity raises ClientAuthenticationError for a 503, a 429 and an unreachable
+    endpoint alike: the source tells them apart (the docs promise SourceUnavailable and
+    Throttled with retry_after for them, EntraError for Entra's answers)."""
+    import socket
+
+    from azure.identity.aio import ClientSecretCredential as AioClientSecretCredential
+
+    from entra_passthrough import EntraError, EntraPassthroughError, SourceUnavailable, Throttled
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"https://127.0.0.1:{s.getsockname()[1]}"
+
+    def credential(authority: str, secret: str | None = None) -> Any:
+        kind = AioClientSecretCredential if aio else ClientSecretCredential
+        return kind(
+            idp.tenant_id,
+            idp.agent.client_id,
+            secret or idp.agent.secret or "",
+            authority=authority,
+            connection_verify=idp.ca_file,
+            disable_instance_discovery=True,
+            retry_total=0,
+        )
+
+    async def attempt(authority: str, fault: dict[str, Any] | None) -> BaseException:
+        if fault:
+            idp.inject_fault("token", count=10, **fault)
+        cred = credential(authority)
+        chain = TokenChain([AzureCredential(cred)], policy=Policy.APP_ONLY)
+        try:
+            with pytest.raises(EntraPassthroughError) as info:
+                await chain.get_token_async(mcp_scope(idp))
+            return info.value
+        finally:
+            idp.clear_faults()
+            chain.close()
+            if aio:
+                await cred.close()
+
+    unreachable = await attempt(closed, None)
+    assert type(unreachable) is SourceUnavailable
+    assert "HTTPS_PROXY" in (unreachable.fix or "")
+    failing = await attempt(idp.url, {"status": 503})
+    assert type(failing) is SourceUnavailable
+    throttled = await attempt(idp.url, {"status": 429, "retry_after": 7})
+    if aio:  # the aio credentials keep the response: its status and Retry-After
+        assert type(throttled) is Throttled
+        assert throttled.retry_after is not None
+        assert 5 <= throttled.retry_after <= 7
+    else:  # MSAL's text names only AADSTS90033: a transient failure, not Entra's verdict
+        assert type(throttled) is SourceUnavailable
+    # Entra's own refusal stays EntraError, code decoded.
+    cred = credential(idp.url, secret="not-the-secret")
+    chain = TokenChain([AzureCredential(cred)], policy=Policy.APP_ONLY)
+    with pytest.raises(EntraError) as info:
+        await chain.get_token_async(mcp_scope(idp))
+    chain.close()
+    if aio:
+        await cred.close()
+    assert info.value.code is not None
+    assert info.value.code.code == 7000215

@@ -9,9 +9,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from .. import _env
-from .._errors import ConfigurationError, EntraError, SourceUnavailable
+from .._errors import ConfigurationError, EntraError, SourceUnavailable, Throttled
+from .._http import retry_after_seconds
 from .._msal import WorkerPool
 from .._types import IdentityKind, TokenRequest, TokenResult
+
+_NETWORK_FIX = (
+    "check the network path to the authority host (AZURE_AUTHORITY_HOST; a proxy: HTTPS_PROXY / "
+    "NO_PROXY) or to the managed identity endpoint; nothing to configure if it is transient"
+)
 
 
 class AzureCredential:
@@ -119,19 +125,60 @@ class AzureCredential:
         if isinstance(exc, CredentialUnavailableError):
             self._unavailable = type(exc).__name__
             return None
+        what = type(self.credential).__name__
         if isinstance(exc, ClientAuthenticationError):
+            # azure-identity raises it for Entra's answers and for the transport alike: only an
+            # answer that is not a throttle or a server failure is Entra's verdict. The aio
+            # credentials keep the HTTP response; the MSAL-based sync ones only its text.
+            text = str(getattr(exc, "message", "") or exc)
+            match = re.search(r"AADSTS(\d+)", text)
+            response = getattr(exc, "response", None)
+            status = getattr(response, "status_code", None)
+            if not isinstance(status, int):
+                http = re.search(r"HTTP Error: (\d{3})", text)
+                status = int(http.group(1)) if http else None
+            if status is None and match is None:
+                raise SourceUnavailable(
+                    f"{what} could not reach the token endpoint (no answer).",
+                    source=self.name,
+                    scopes=request.scopes,
+                    fix=_NETWORK_FIX,
+                ) from None
+            code = int(match.group(1)) if match else None
+            if status == 429 or (status or 0) >= 500 or (status is None and code == 90033):
+                # 90033 with no status: MSAL's text of a transient failure (a 429 or a 5xx).
+                wait = retry_after_seconds(getattr(response, "headers", None) or {})
+                if status == 429 or wait is not None:
+                    raise Throttled(
+                        f"{what}: the token endpoint",
+                        retry_after=wait,
+                        status=status,
+                        source=self.name,
+                        scopes=request.scopes,
+                    ) from None
+                raise SourceUnavailable(
+                    f"{what}: the token endpoint failed "
+                    f"({f'HTTP {status}' if status else 'AADSTS90033, transient'}).",
+                    source=self.name,
+                    scopes=request.scopes,
+                    fix="nothing to configure if it is transient (azure-identity retried "
+                    "it); check the authority host if it persists.",
+                ) from None
             # azure-identity messages carry Entra's description; keep only the AADSTS code.
-            match = re.search(r"AADSTS(\d+)", str(getattr(exc, "message", "") or exc))
             raise EntraError(
-                f"{type(self.credential).__name__} failed to authenticate.",
+                f"{what} failed to authenticate.",
                 source=self.name,
                 scopes=request.scopes,
-                aadsts=int(match.group(1)) if match else None,
+                aadsts=code,
             ) from None
+        from azure.core.exceptions import ServiceRequestError, ServiceResponseError
+
+        network = isinstance(exc, ServiceRequestError | ServiceResponseError)
         raise SourceUnavailable(
-            f"{type(self.credential).__name__}.get_token failed ({type(exc).__name__}).",
+            f"{what}.get_token failed ({type(exc).__name__}).",
             source=self.name,
             scopes=request.scopes,
+            fix=_NETWORK_FIX if network else None,
         ) from None
 
     @classmethod
