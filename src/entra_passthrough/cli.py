@@ -83,6 +83,15 @@ def _broker_args(parser: argparse.ArgumentParser) -> None:
         "--insecure-http", action="store_true", help="plain HTTP on loopback (development only)"
     )
     parser.add_argument(
+        "--forwarded-allow-ips",
+        metavar="IPS",
+        help="behind a TLS-terminating front end (Container Apps / App Service ingress): its "
+        "addresses, comma-separated IPs or networks, or '*' when nothing else can reach the "
+        "port; plain HTTP on any interface, and only HTTPS requests through those proxies are "
+        "served (default $ENTRA_PASSTHROUGH_CONSENT_FORWARDED_ALLOW_IPS, else the config's "
+        "'forwarded_allow_ips')",
+    )
+    parser.add_argument(
         "--store",
         help="grant store shared with the agents: redis://... or rediss://... (default "
         "$ENTRA_PASSTHROUGH_REDIS_URL, else memory: not shared); keep passwords in the "

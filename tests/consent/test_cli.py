@@ -68,6 +68,61 @@ def test_main_refuses_unsafe_or_broken_setups(
     assert "s3cret" not in err
 
 
+def test_main_refuses_plain_http_unless_a_front_end_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Plain HTTP off loopback only with the front end's addresses named (IP addresses or
+    networks, or '*' alone), never with --insecure-http; each refusal says what to do. (The
+    broker it then serves: test_front_end.py.)"""
+    monkeypatch.setenv("ENTRA_PASSTHROUGH_CONSENT_KEYS", KEYS)
+    monkeypatch.setenv("ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET", "s3cret")
+    monkeypatch.delenv("ENTRA_PASSTHROUGH_CONSENT_FORWARDED_ALLOW_IPS", raising=False)
+    config = str(_config(tmp_path))
+    public = ["--config", config, "--host", "0.0.0.0"]
+    # No front end named: the refusals stand, and name the way out.
+    assert main(public) == 2
+    assert "ENTRA_PASSTHROUGH_CONSENT_FORWARDED_ALLOW_IPS" in capsys.readouterr().err
+    assert main([*public, "--insecure-http"]) == 2
+    err = capsys.readouterr().err
+    assert "loopback only" in err
+    assert "ENTRA_PASSTHROUGH_CONSENT_FORWARDED_ALLOW_IPS" in err
+    monkeypatch.setenv("ENTRA_PASSTHROUGH_CONSENT_FORWARDED_ALLOW_IPS", " ")
+    assert main(public) == 2  # blank: not set
+    assert "--certfile" in capsys.readouterr().err
+
+    refused = {
+        "proxy.contoso.com": "is not an IP address or network",
+        "10.0.0.1/8": "is not an IP address or network",  # host bits set: a typo
+        "*, 10.0.0.4": "'*' stands alone",
+        ",": "names no proxy address",
+    }
+    for value, why in refused.items():
+        monkeypatch.setenv("ENTRA_PASSTHROUGH_CONSENT_FORWARDED_ALLOW_IPS", value)
+        assert main(public) == 2, value
+        err = capsys.readouterr().err
+        assert why in err, err
+        assert "ENTRA_PASSTHROUGH_CONSENT_FORWARDED_ALLOW_IPS" in err
+    monkeypatch.setenv("ENTRA_PASSTHROUGH_CONSENT_FORWARDED_ALLOW_IPS", "10.0.0.0/23")
+    assert main([*public, "--insecure-http"]) == 2
+    assert "do not go together" in capsys.readouterr().err
+    assert main([*public, "--certfile", str(tmp_path / "cert.pem")]) == 2
+    assert "go together" in capsys.readouterr().err
+
+    # The flag names the front end too, and wins over the variable.
+    assert main([*public, "--forwarded-allow-ips", "proxy.contoso.com"]) == 2
+    err = capsys.readouterr().err
+    assert "--forwarded-allow-ips" in err
+    assert "is not an IP address or network" in err
+    assert main([*public, "--forwarded-allow-ips", "10.0.0.0/23", "--insecure-http"]) == 2
+    assert "do not go together" in capsys.readouterr().err
+
+    monkeypatch.delenv("ENTRA_PASSTHROUGH_CONSENT_FORWARDED_ALLOW_IPS")
+    for value, why in ((42, "a list of strings"), ([], "names no proxy address")):
+        in_config = str(_config(tmp_path, forwarded_allow_ips=value))
+        assert main(["--config", in_config, "--host", "0.0.0.0"]) == 2
+        assert why in capsys.readouterr().err
+
+
 def test_delegated_consent_from_env() -> None:
     from entra_passthrough import DelegatedConsent
 

@@ -126,6 +126,9 @@ class ConsentBroker:
         self.grants = GrantStore(store, keyring)
         self.keyring = keyring
         self.redirect_uris = tuple(redirect_uris)
+        # The broker's public origins: its pages are served where its callbacks are, whatever
+        # Host a front end passes on (Application Gateway, Front Door may rewrite it).
+        self._own_origins = frozenset(_origin(uri) for uri in self.redirect_uris)
         self.state_lifetime = state_lifetime
         self.post_logout_redirect_uri = post_logout_redirect_uri
         authority = urlsplit(self.client.authority_host)
@@ -464,7 +467,12 @@ class ConsentBroker:
         if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
             return error_response(request, "csrf", "Cross-site sign-out requests are refused.")
         origin = request.headers.get("origin")
-        if origin and origin != "null" and urlsplit(origin).netloc != request.url.netloc:
+        if (
+            origin
+            and origin != "null"
+            and _origin(origin) not in self._own_origins
+            and urlsplit(origin).netloc != request.url.netloc
+        ):
             return error_response(request, "csrf", "Cross-site sign-out requests are refused.")
         try:
             params = parse_params(await read_form(request))
@@ -482,6 +490,12 @@ class ConsentBroker:
             status_code=303,
             headers=security_headers(),
         )
+
+
+def _origin(uri: str) -> str:
+    """``scheme://host[:port]`` of a URL or an ``Origin`` header, lower case."""
+    parts = urlsplit(uri.strip())
+    return f"{parts.scheme}://{parts.netloc}".lower()
 
 
 def _logout_origin(uri: str) -> str:

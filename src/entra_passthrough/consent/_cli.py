@@ -16,6 +16,12 @@ Configuration is a JSON file with no secrets in it; secrets come from the enviro
                                             ENTRA_PASSTHROUGH_CONSENT_CLIENT_CREDENTIAL
     ENTRA_PASSTHROUGH_REDIS_URL             the store shared with the agents (or --store);
                                             ENTRA_PASSTHROUGH_REDIS_AUTH=entra etc. apply
+    ENTRA_PASSTHROUGH_CONSENT_FORWARDED_ALLOW_IPS
+                                            behind a TLS-terminating front end: the proxy
+                                            addresses to trust, comma-separated IPs or
+                                            networks (or "*"); or "forwarded_allow_ips" in the
+                                            config. Plain HTTP on any interface, HTTPS
+                                            requests through those proxies only (_front_end)
 """
 
 from __future__ import annotations
@@ -30,8 +36,11 @@ from .._msal import http_session
 from .._sources.obo import credential_from_env
 from .._store import Keyring, MemoryStore, TokenStore
 from ..cli import parser_for
+from ._front_end import FrontEnd, TrustedProxies
 
 _KEYS_ENV = "ENTRA_PASSTHROUGH_CONSENT_KEYS"
+_FORWARDED_ENV = "ENTRA_PASSTHROUGH_CONSENT_FORWARDED_ALLOW_IPS"
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def build_store(url: str | None, environ: dict[str, str] | None = None) -> TokenStore:
@@ -84,6 +93,50 @@ def build_broker(
     )
 
 
+def trusted_proxies(
+    config: dict[str, Any], environ: dict[str, str] | None = None, *, flag: str | None = None
+) -> TrustedProxies | None:
+    """The front end's addresses: ``--forwarded-allow-ips`` (``flag``), else
+    ``ENTRA_PASSTHROUGH_CONSENT_FORWARDED_ALLOW_IPS``, else the config's
+    ``forwarded_allow_ips``; None when none is set (no forwarded header is trusted)."""
+    env = os.environ if environ is None else environ
+    if flag is not None:
+        return TrustedProxies.parse(flag, where="--forwarded-allow-ips")
+    if env.get(_FORWARDED_ENV, "").strip():
+        return TrustedProxies.parse(env[_FORWARDED_ENV], where=_FORWARDED_ENV)
+    if config.get("forwarded_allow_ips") is not None:
+        return TrustedProxies.parse(
+            config["forwarded_allow_ips"], where="the broker config's 'forwarded_allow_ips'"
+        )
+    return None
+
+
+def _refusal(args: Any, trusted: TrustedProxies | None) -> str | None:
+    """Why this way of serving is unsafe, or None."""
+    if trusted is not None:
+        if args.insecure_http:
+            return (
+                "--insecure-http (loopback development) and trusted proxies do not go together; "
+                "behind a TLS front end, name its addresses only"
+            )
+        if bool(args.certfile) != bool(args.keyfile):
+            return "--certfile and --keyfile go together"
+        return None
+    if not args.insecure_http and not (args.certfile and args.keyfile):
+        return (
+            "--certfile and --keyfile are required, or, behind a TLS-terminating front end, "
+            f"its addresses (--forwarded-allow-ips or {_FORWARDED_ENV}; or --insecure-http "
+            "on loopback, for "
+            "development only)"
+        )
+    if args.insecure_http and args.host not in _LOOPBACK:
+        return (
+            "--insecure-http is loopback only; behind a TLS-terminating front end, name its "
+            f"addresses (--forwarded-allow-ips or {_FORWARDED_ENV})"
+        )
+    return None
+
+
 def main(argv: list[str]) -> int:
     args = parser_for("broker").parse_args(argv)  # defined with the core only (--help works)
     try:
@@ -91,19 +144,15 @@ def main(argv: list[str]) -> int:
             config = json.load(handle)
         if not isinstance(config, dict):
             raise ConfigurationError("the broker config must be a JSON object.")
+        trusted = trusted_proxies(config, flag=args.forwarded_allow_ips)
+        refusal = _refusal(args, trusted)
+        if refusal is not None:
+            sys.stderr.write(f"entra-passthrough broker: {refusal}\n")
+            return 2
         store = build_store(args.store or os.environ.get("ENTRA_PASSTHROUGH_REDIS_URL"))
         broker = build_broker(config, store=store)
     except (OSError, ValueError) as exc:
         sys.stderr.write(f"entra-passthrough broker: {exc}\n")
-        return 2
-    if not args.insecure_http and not (args.certfile and args.keyfile):
-        sys.stderr.write(
-            "entra-passthrough broker: --certfile and --keyfile are required "
-            "(or --insecure-http on loopback, for development only)\n"
-        )
-        return 2
-    if args.insecure_http and args.host not in ("127.0.0.1", "localhost", "::1"):
-        sys.stderr.write("entra-passthrough broker: --insecure-http is loopback only\n")
         return 2
     try:
         import uvicorn
@@ -118,12 +167,24 @@ def main(argv: list[str]) -> int:
         )
     else:
         sys.stderr.write(f"consent broker: grants are shared through {store!r}\n")
+    tls = bool(args.certfile and args.keyfile) and not args.insecure_http
+    app = broker.app
+    if trusted is not None:
+        app = FrontEnd(app, trusted)
+        sys.stderr.write(
+            f"consent broker: behind a front end: {'HTTPS' if tls else 'plain HTTP'} on "
+            f"{args.host}, X-Forwarded-Proto/-For trusted from {trusted} only; a request that "
+            "did not reach the front end over HTTPS is refused\n"
+        )
     uvicorn.run(
-        broker.app,
+        app,
         host=args.host,
         port=args.port,
-        ssl_certfile=None if args.insecure_http else args.certfile,
-        ssl_keyfile=None if args.insecure_http else args.keyfile,
+        ssl_certfile=args.certfile if tls else None,
+        ssl_keyfile=args.keyfile if tls else None,
+        # Forwarded headers are trusted from the named front end only (FrontEnd), never from
+        # uvicorn's default (127.0.0.1, or $FORWARDED_ALLOW_IPS).
+        proxy_headers=False,
         log_level="info",
     )
     return 0
