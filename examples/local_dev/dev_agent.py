@@ -6,6 +6,11 @@
 
     python examples/local_dev/dev_agent.py --emulator     # no tenant: the emulator's az stand-in
 
+With ``FOUNDRY_PROJECT_ENDPOINT`` and ``FOUNDRY_MODEL`` (a deployment of that project) set, the
+model is ``FoundryChatClient``, also as you (the Azure CLI's credential); it needs
+``pip install 'agent-framework-foundry>=1.15,<1.16'`` (the range the hosted agent's image pins).
+Without them, a scripted client calls the tool once and answers with what it said.
+
 ``Policy.DEVELOPER`` is an explicit opt-in: the Azure CLI token (kind ``developer``) stands in for
 a user, so the MCP server sees the developer who ran ``az login``. It is never inferred from the
 environment, and a deployed agent keeps ``Policy.USER_ONLY`` (docs/sources-and-policy.md).
@@ -42,11 +47,30 @@ class Config:
         )
 
 
-def chat_client() -> Any:
-    if os.environ.get("FOUNDRY_PROJECT_ENDPOINT"):
+#: The model deployment's name, first found wins: agent-framework-foundry's own variable, then
+#: the hosted agent's (examples/hosted_agent/azure.yaml) and the older name.
+MODEL_VARIABLES = (
+    "FOUNDRY_MODEL",
+    "MICROSOFT_FOUNDRY_MODEL_DEPLOYMENT_NAME",
+    "AZURE_AI_MODEL_DEPLOYMENT_NAME",
+)
+
+
+def chat_client(credential: Any = None) -> Any:
+    """``FoundryChatClient`` when ``FOUNDRY_PROJECT_ENDPOINT`` is set, with the deployment and
+    ``credential`` (async) passed explicitly: agent-framework-foundry 1.15 finds no credential
+    itself and refuses to start without one. Else a scripted client (no model)."""
+    endpoint = os.environ.get("FOUNDRY_PROJECT_ENDPOINT")
+    if endpoint:
+        model = next((v for name in MODEL_VARIABLES if (v := os.environ.get(name))), None)
+        if not model:
+            raise SystemExit(
+                "FOUNDRY_PROJECT_ENDPOINT is set but FOUNDRY_MODEL is not: set it to the name "
+                "of the project's model deployment."
+            )
         from agent_framework.foundry import FoundryChatClient
 
-        return FoundryChatClient()
+        return FoundryChatClient(project_endpoint=endpoint, model=model, credential=credential)
     from entra_passthrough.agent_framework.testing import ScriptedChatClient
 
     return ScriptedChatClient(tool="whoami")
@@ -54,13 +78,17 @@ def chat_client() -> Any:
 
 async def ask(config: Config, question: str = "Who am I?") -> str:
     """One agent run as the developer; returns the answer."""
+    from azure.identity.aio import AzureCliCredential
+
     chain = TokenChain([AzureCli(tenant_id=config.tenant_id)], policy=Policy.DEVELOPER)
     tool = entra_mcp_tool(
         "notes", config.mcp_url, chain=chain, scopes=[config.mcp_scope], verify=config.verify
     )
-    agent = Agent(client=chat_client(), tools=[tool], middleware=entra_middleware())
-    async with agent:
-        response = await agent.run(question)
+    # The model, when there is one, as you too: the Azure CLI's credential (async).
+    async with AzureCliCredential(tenant_id=config.tenant_id) as credential:
+        agent = Agent(client=chat_client(credential), tools=[tool], middleware=entra_middleware())
+        async with agent:
+            response = await agent.run(question)
     return response.text
 
 

@@ -19,6 +19,9 @@ read from the environment: what ``azure.yaml`` sets (``env:``) and what Foundry 
   single process with the broker mounted can use). ``DelegatedConsent.from_env()``: its client
   credential is the same managed identity unless
   ``ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET``/``_CERTIFICATE_PATH`` is set.
+* **The model**: ``FoundryChatClient`` (``agent-framework-foundry``, pinned in the Dockerfile)
+  with the project endpoint Foundry injects, the deployment ``azure.yaml`` names and the
+  managed identity as its credential, all passed explicitly (``default_chat_client``).
 * **Host telemetry is explicit**: ``HOST_TELEMETRY=on`` exports (Application Insights / OTLP,
   as the platform configures them), ``off`` disables the host's observability set-up entirely.
   Default: on only inside Foundry (``FOUNDRY_HOSTING_ENVIRONMENT`` is set), so a laptop never
@@ -105,20 +108,55 @@ def make_chain(env: Mapping[str, str], store: Any, *, http_client: Any = None) -
     return TokenChain(sources, policy=Policy.USER_ONLY)
 
 
-def default_chat_client() -> Any:
+#: Where the model deployment's name is read, first found wins: what ``azure.yaml`` sets, then
+#: ``FOUNDRY_MODEL`` (what agent-framework-foundry 1.15 reads itself) and
+#: ``AZURE_AI_MODEL_DEPLOYMENT_NAME`` (what earlier versions of this template set).
+MODEL_VARIABLES = (
+    "MICROSOFT_FOUNDRY_MODEL_DEPLOYMENT_NAME",
+    "FOUNDRY_MODEL",
+    "AZURE_AI_MODEL_DEPLOYMENT_NAME",
+)
+
+
+def model_deployment(env: Mapping[str, str]) -> str | None:
+    return next((value for name in MODEL_VARIABLES if (value := _get(env, name))), None)
+
+
+def model_credential(env: Mapping[str, str]) -> Any:
+    """The model client's credential: the container's managed identity, async (the client's
+    ``AIProjectClient`` is the ``aio`` one), the user-assigned identity ``AZURE_CLIENT_ID`` names
+    (the one ``DefaultAzureCredential`` would pick there), else the system-assigned one. That
+    identity needs a data-plane role on the Foundry project to call its deployments."""
+    from azure.identity.aio import ManagedIdentityCredential
+
+    return ManagedIdentityCredential(client_id=_get(env, "AZURE_CLIENT_ID"))
+
+
+def default_chat_client(env: Mapping[str, str] | None = None) -> Any:
     """The model: ``FoundryChatClient`` in Foundry (``FOUNDRY_PROJECT_ENDPOINT``, injected, and
-    the deployment in ``MICROSOFT_FOUNDRY_MODEL_DEPLOYMENT_NAME``, or the older
-    ``AZURE_AI_MODEL_DEPLOYMENT_NAME``); locally, without a model, a scripted client that calls
-    ``whoami`` once and answers with what it said."""
-    deployment = os.environ.get("MICROSOFT_FOUNDRY_MODEL_DEPLOYMENT_NAME") or os.environ.get(
-        "AZURE_AI_MODEL_DEPLOYMENT_NAME"
-    )
-    if os.environ.get("FOUNDRY_PROJECT_ENDPOINT") and deployment:
+    the deployment in ``MICROSOFT_FOUNDRY_MODEL_DEPLOYMENT_NAME``, see ``MODEL_VARIABLES``);
+    locally, without a model, a scripted client that calls ``whoami`` once and answers with what
+    it said. Inside Foundry (``FOUNDRY_HOSTING_ENVIRONMENT``) a missing deployment stops the
+    start rather than answer users from the scripted client."""
+    env = os.environ if env is None else env
+    endpoint = _get(env, "FOUNDRY_PROJECT_ENDPOINT")
+    model = model_deployment(env)
+    if endpoint and model:
         from agent_framework.foundry import FoundryChatClient
 
-        # FoundryChatClient reads the deployment from AZURE_AI_MODEL_DEPLOYMENT_NAME.
-        os.environ.setdefault("AZURE_AI_MODEL_DEPLOYMENT_NAME", deployment)
-        return _shows_tool_errors(FoundryChatClient())
+        # Everything explicit: agent-framework-foundry 1.15 reads the model only from model=
+        # or FOUNDRY_MODEL and refuses to start without a credential (a bare
+        # FoundryChatClient() stopped the container). The Dockerfile pins the range this call
+        # is tested with (tests/examples/test_hosted_agent_startup.py).
+        client = FoundryChatClient(
+            project_endpoint=endpoint, model=model, credential=model_credential(env)
+        )
+        return _shows_tool_errors(client)
+    if endpoint and _get(env, "FOUNDRY_HOSTING_ENVIRONMENT"):
+        raise SystemExit(
+            f"{MODEL_VARIABLES[0]} is not set: it names the model deployment the agent uses "
+            "(azure.yaml's env:, from `azd env set`; see README.md)."
+        )
     from entra_passthrough.agent_framework.testing import ScriptedChatClient
 
     return _shows_tool_errors(ScriptedChatClient(tool="whoami"))
@@ -141,10 +179,13 @@ def create_app(
     store: Any = None,
     http_client: Any = None,
     verify: Any = True,
-    chat_client: Callable[[], Any] = default_chat_client,
+    chat_client: Callable[[], Any] | None = None,
 ) -> Any:
-    """The ASGI app (a ``ResponsesHostServer`` with the capture middleware installed)."""
+    """The ASGI app (a ``ResponsesHostServer`` with the capture middleware installed).
+    ``chat_client`` makes the model client (``default_chat_client(env)`` unless given), once:
+    every agent of the app shares it (one credential, one connection pool)."""
     env = os.environ if env is None else env
+    client = default_chat_client(env) if chat_client is None else chat_client()
     store = shared_store(env) if store is None else store
     chain = make_chain(env, store, http_client=http_client)
     mcp_url = _need(env, "MCP_URL", "the MCP server's endpoint")
@@ -159,7 +200,7 @@ def create_app(
         async def make_agent() -> Agent:
             # Per request, in its context: the pool hands out the caller's own connection.
             return Agent(
-                client=chat_client(),
+                client=client,
                 instructions=INSTRUCTIONS,
                 tools=[await pool.tool()],
                 middleware=entra_middleware(),
@@ -169,7 +210,7 @@ def create_app(
     else:
         tool = entra_mcp_tool("notes", mcp_url, chain=chain, scopes=scopes, verify=verify)
         agent = Agent(
-            client=chat_client(),
+            client=client,
             instructions=INSTRUCTIONS,
             tools=[tool],
             middleware=entra_middleware(),
