@@ -508,6 +508,10 @@ def is_consent_required(body: Mapping[str, Any]) -> bool:
     return first_code(body) == 65001 or body.get("suberror") == "consent_required"
 
 
+#: MSAL's text for an App Service identity endpoint failure: "<statusCode>, <message>".
+_MSAL_PLACEHOLDER = re.compile(r"(\d{3}), ")
+
+
 def error_from_entra(
     body: Mapping[str, Any],
     *,
@@ -540,10 +544,16 @@ def error_from_entra(
         code = int(found.group(1)) if found else None
     entry: Aadsts | None = describe(code) if code is not None else None
     description = _undecoded_line(raw_description) if raw_description else ""
+    label = error or "unknown error"
+    placeholder = _MSAL_PLACEHOLDER.match(raw_description) if who != "Entra" else None
+    if placeholder is not None and error == "invalid_scope":
+        # MSAL reports every App Service identity endpoint failure as ``invalid_scope`` with
+        # "<status>, <message>": the status is what happened, not a scope.
+        label = f"HTTP {placeholder.group(1)}"
     what = (
         f"{who} refused the token request: {entry}: {entry.meaning}."
         if entry
-        else (f"{who} refused the token request: {error or 'unknown error'}.")
+        else (f"{who} refused the token request: {label}.")
     )
     if description and (entry is None or entry.name == "Unknown"):
         what = f"{what} {'It' if who != 'Entra' else who} said: {description}"

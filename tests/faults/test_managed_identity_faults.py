@@ -151,3 +151,44 @@ def test_mi_429_closes_that_endpoint_only(
     finally:
         for chain in (*chains, other):
             chain.close()
+
+
+def test_mi_failures_say_what_happened_at_the_identity_endpoint(idp: EntraEmulator) -> None:
+    """A wrong identity header is a 401 from the host's endpoint (MSAL words every App Service
+    failure as ``invalid_scope``); an endpoint that keeps failing is the host's, not Entra's."""
+    from entra_passthrough import EntraError
+
+    env = idp.mi_env()
+    wrong = ManagedIdentity(
+        client_id=idp.managed_identity.client_id,
+        endpoint=env["IDENTITY_ENDPOINT"],
+        header="not-the-header",
+        timeouts=FAST,
+    )
+    chain = TokenChain([wrong], policy=Policy.APP_ONLY)
+    try:
+        with pytest.raises(EntraError) as refused:
+            chain.get_token(mcp_scope(idp))
+    finally:
+        chain.close()
+    assert "HTTP 401" in str(refused.value)
+    assert "invalid_scope" not in str(refused.value)
+    assert "IDENTITY_HEADER" in (refused.value.fix or "")
+
+    right = ManagedIdentity(
+        client_id=idp.managed_identity.client_id,
+        endpoint=env["IDENTITY_ENDPOINT"],
+        header=env["IDENTITY_HEADER"],
+        timeouts=FAST,
+    )
+    chain = TokenChain([right], policy=Policy.APP_ONLY)
+    idp.inject_fault("msi", status=500, count=100)
+    try:
+        with pytest.raises(SourceUnavailable) as failing:
+            chain.get_token(mcp_scope(idp))
+    finally:
+        idp.clear_faults()
+        chain.close()
+    fix = failing.value.fix or ""
+    assert "identity endpoint" in fix
+    assert "Entra is slow" not in fix

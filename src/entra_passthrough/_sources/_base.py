@@ -70,6 +70,16 @@ PAGE_FIX = (
 )
 
 
+#: The fix for a managed identity endpoint that failed or did not answer (not Entra: the host's).
+_MI_TRANSIENT_FIX = (
+    "nothing to configure if it is transient (the request was retried with backoff); if it "
+    "persists, the host's identity endpoint is down or unreachable: check that this host has a "
+    "managed identity (and the user-assigned one is assigned to it), IDENTITY_ENDPOINT (App "
+    "Service, Container Apps, Functions) or the IMDS address 169.254.169.254 (VMs, AKS), and "
+    "the host's status page."
+)
+
+
 def unreachable(
     exc: BaseException, *, what: str, source: str, scopes: tuple[str, ...]
 ) -> EntraPassthroughError:
@@ -101,7 +111,9 @@ def unreachable(
             f"{what} failed: {exc.describe()}.",
             source=source,
             scopes=scopes,
-            fix="nothing to configure if it is transient (the request was retried with "
+            fix=_MI_TRANSIENT_FIX
+            if what.startswith("managed identity")
+            else "nothing to configure if it is transient (the request was retried with "
             "backoff); check the network path to the authority host, or raise the timeouts "
             "(Timeouts / ENTRA_PASSTHROUGH_READ_TIMEOUT) if Entra is slow from here.",
         )
