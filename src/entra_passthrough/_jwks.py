@@ -9,6 +9,11 @@ caller awaits; sync: a lock plus a generation counter).
 
 A failed TTL refresh keeps the previous keys (Entra publishes keys weeks before using them), and
 retries after ``min_refetch_interval``. With no keys at all, verification fails closed.
+
+A TTL refresh never holds a request whose ``kid`` the cached keys have: the key is served and the
+refresh runs in the background (stale-while-revalidate; async: a task on the loop, sync: a
+thread), so a slow or hanging endpoint costs no request its fetch timeout. Only a request that
+needs keys the cache does not have (none yet, or an unknown ``kid``) waits for a fetch.
 """
 
 from __future__ import annotations
@@ -133,6 +138,7 @@ class _State:
     failure: str = ""  # the last failed fetch's exception type
     inflight: tuple[asyncio.AbstractEventLoop, asyncio.Task[None]] | None = None
     sync_lock: threading.Lock = field(default_factory=threading.Lock)
+    background: bool = False  # a sync background refresh is running
 
 
 class KeySet:
@@ -228,7 +234,9 @@ class KeySet:
     async def get_key_async(self, source: KeySource, kid: str) -> Any:
         state = self._state(source)
         key, stale, _, held = self._lookup(state, kid)
-        if key is not None and not stale:
+        if key is not None:
+            if stale:  # served now, refreshed behind it
+                self._start_refresh(state, source)
             return key
         if not held and not stale:
             raise self._down(state, source)  # a fetch just failed: no other one yet
@@ -256,16 +264,19 @@ class KeySet:
         return None
 
     async def _refresh_async(self, state: _State, source: KeySource) -> None:
+        # shield: a cancelled caller must not cancel the fetch the others wait for.
+        await asyncio.shield(self._start_refresh(state, source))
+
+    def _start_refresh(self, state: _State, source: KeySource) -> asyncio.Task[None]:
+        """The refresh task of this loop: the one in flight, else a new one."""
         loop = asyncio.get_running_loop()
         with self._lock:
             if state.inflight is not None and state.inflight[0] is loop:
-                task = state.inflight[1]
-            else:
-                task = loop.create_task(self._fetch_task(state, source))
-                task.add_done_callback(_retrieve)
-                state.inflight = (loop, task)
-        # shield: a cancelled caller must not cancel the fetch the others wait for.
-        await asyncio.shield(task)
+                return state.inflight[1]
+            task = loop.create_task(self._fetch_task(state, source))
+            task.add_done_callback(_retrieve)
+            state.inflight = (loop, task)
+            return task
 
     async def _fetch_task(self, state: _State, source: KeySource) -> None:
         try:
@@ -298,7 +309,9 @@ class KeySet:
     def get_key(self, source: KeySource, kid: str) -> Any:
         state = self._state(source)
         key, stale, seen, held = self._lookup(state, kid)
-        if key is not None and not stale:
+        if key is not None:
+            if stale:  # served now, refreshed behind it
+                self._refresh_in_thread(state, source, seen)
             return key
         if not held and not stale:
             raise self._down(state, source)  # a fetch just failed: no other one yet
@@ -327,6 +340,24 @@ class KeySet:
                 self._failed(state, source, exc)
             else:
                 self._install(state, keys)
+
+    def _refresh_in_thread(self, state: _State, source: KeySource, seen: int) -> None:
+        """One background thread per source refreshes the keys (the others are served)."""
+        with self._lock:
+            if state.background:
+                return
+            state.background = True
+
+        def run() -> None:
+            try:
+                self._refresh_sync(state, source, seen, unknown_kid=False)
+            except SigningKeysUnavailable:  # pragma: no cover - raised only with no keys held
+                pass
+            finally:
+                with self._lock:
+                    state.background = False
+
+        threading.Thread(target=run, name="entra-passthrough-jwks", daemon=True).start()
 
     def _fetch_sync(self, source: KeySource) -> dict[str, Any]:
         if self._sync_http_client is not None:

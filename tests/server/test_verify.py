@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from _support.servers import serve_in_thread
 from _support.tokens import API, API_URI, CLIENT, OTHER_TENANT, TENANT, USER_OID, Issuer, unsigned
 from entra_passthrough import (
     ConfigurationError,
@@ -257,7 +261,13 @@ async def test_retired_key_stops_verifying_after_refresh(issuer: Issuer) -> None
     old = issuer.token()
     await verifier.verify_async(old)
     issuer.rotate(retire_old=True)
-    clock.now += 101  # TTL refresh drops the retired key
+    clock.now += 101  # past the TTL: served from the cache once, refreshed behind it
+    await verifier.verify_async(old)
+    for _ in range(200):  # bounded: the background refresh is one in-process round trip
+        if issuer.jwks_requests >= 2:
+            break
+        await asyncio.sleep(0.005)
+    await asyncio.sleep(0)
     with pytest.raises(TokenVerificationError, match="does not publish"):
         await verifier.verify_async(old)
 
@@ -465,3 +475,109 @@ async def test_upper_case_tenant_allow_list(issuer: Issuer) -> None:
     verifier = make(issuer, tenants=[tenant.upper()])
     vt = await verifier.verify_async(issuer.token(tenant=tenant))
     assert vt.tid == tenant
+
+
+class _HeldJwks:
+    """A real JWKS endpoint (uvicorn, loopback) whose answers can be held: a refresh that
+    hangs, as a slow or stalled identity provider does."""
+
+    def __init__(self, issuer: Issuer) -> None:
+        self.issuer = issuer
+        self.requests = 0
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.release.set()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        self.requests += 1
+        self.entered.set()
+        while not self.release.is_set():
+            await asyncio.sleep(0.01)
+        body = json.dumps(self.issuer.jwks()).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+@pytest.fixture
+def held_jwks(issuer: Issuer) -> Iterator[tuple[str, _HeldJwks]]:
+    app = _HeldJwks(issuer)
+    with serve_in_thread(app, lifespan="off") as url:
+        yield f"{url}/keys", app
+    app.release.set()
+
+
+async def test_a_ttl_refresh_never_holds_a_request_whose_key_is_cached(
+    issuer: Issuer, held_jwks: tuple[str, _HeldJwks]
+) -> None:
+    url, endpoint = held_jwks
+    clock = Clock()
+    verifier = make_real(url, clock=clock, jwks_ttl=100)
+    token = issuer.token()
+    assert (await verifier.verify_async(token)).oid == USER_OID
+    endpoint.release.clear()
+    endpoint.entered.clear()
+    clock.now += 101
+    # The refresh hangs at the endpoint; requests are answered from the cached keys meanwhile,
+    # and the hanging refresh is the only one.
+    for _ in range(5):
+        assert (await verifier.verify_async(token)).oid == USER_OID
+    assert await asyncio.to_thread(endpoint.entered.wait, 10)
+    for _ in range(5):
+        assert (await verifier.verify_async(token)).oid == USER_OID
+    assert endpoint.requests == 2
+    # Released, the one refresh completes (it did not time out for a request that waited on
+    # it): the keys it brings are in place, and a key they retire is refused.
+    issuer.rotate(retire_old=True)
+    endpoint.release.set()
+    for _ in range(200):  # bounded: the background refresh finishes once released
+        try:
+            await verifier.verify_async(token)
+        except TokenVerificationError:
+            break
+        await asyncio.sleep(0.01)
+    with pytest.raises(TokenVerificationError, match="does not publish"):
+        await verifier.verify_async(token)
+    assert (await verifier.verify_async(issuer.token())).oid == USER_OID
+
+
+def test_a_sync_ttl_refresh_never_holds_a_request_whose_key_is_cached(
+    issuer: Issuer, held_jwks: tuple[str, _HeldJwks]
+) -> None:
+    url, endpoint = held_jwks
+    clock = Clock()
+    verifier = make_real(url, clock=clock, jwks_ttl=100)
+    token = issuer.token()
+    assert verifier.verify(token).oid == USER_OID
+    endpoint.release.clear()
+    endpoint.entered.clear()
+    clock.now += 101
+    for _ in range(5):
+        assert verifier.verify(token).oid == USER_OID
+    assert endpoint.entered.wait(10)
+    for _ in range(5):
+        assert verifier.verify(token).oid == USER_OID
+    assert endpoint.requests == 2
+    issuer.rotate(retire_old=True)
+    endpoint.release.set()
+    for _ in range(200):  # bounded: the background refresh finishes once released
+        try:
+            verifier.verify(token)
+        except TokenVerificationError:
+            break
+        time.sleep(0.01)
+    with pytest.raises(TokenVerificationError, match="does not publish"):
+        verifier.verify(token)  # the refreshed keys are in place: the retired key is gone
+
+
+def make_real(jwks_uri: str, **options: Any) -> JwtVerifier:
+    options.setdefault("audiences", [API, API_URI])
+    options.setdefault("tenants", [TENANT])
+    return JwtVerifier(jwks_uri=jwks_uri, **options)
