@@ -493,9 +493,23 @@ class ConsentBroker:
 
 
 def _origin(uri: str) -> str:
-    """``scheme://host[:port]`` of a URL or an ``Origin`` header, lower case."""
-    parts = urlsplit(uri.strip())
-    return f"{parts.scheme}://{parts.netloc}".lower()
+    """``scheme://host[:port]`` of a URL or an ``Origin`` header, as browsers serialise an
+    origin: lower case, no userinfo, no trailing dot, the scheme's default port left out
+    (``https://x:443/callback`` is the origin ``https://x``). ``""`` for what is not a URL."""
+    try:
+        parts = urlsplit(uri.strip())
+        host = (parts.hostname or "").rstrip(".")
+        port = parts.port
+    except ValueError:
+        return ""
+    scheme = parts.scheme.lower()
+    if not scheme or not host:
+        return ""
+    if ":" in host:
+        host = f"[{host}]"
+    if port is None or (scheme, port) in (("https", 443), ("http", 80)):
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
 
 
 def _logout_origin(uri: str) -> str:

@@ -111,6 +111,31 @@ def trusted_proxies(
     return None
 
 
+def _unloadable(args: Any) -> str | None:
+    """Why the TLS certificate and key cannot be served, or None: checked before the server
+    starts (uvicorn would stop with a traceback)."""
+    if args.insecure_http or not (args.certfile and args.keyfile):
+        return None
+    import ssl
+
+    for flag, path in (("--certfile", args.certfile), ("--keyfile", args.keyfile)):
+        if not os.path.isfile(path):
+            return f"{flag} {str(path)[:200]!r} is not a file"
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            args.certfile, args.keyfile
+        )
+    except FileNotFoundError as exc:
+        return f"--certfile/--keyfile: {exc.filename or 'a file'} does not exist"
+    except (OSError, ssl.SSLError) as exc:
+        why = getattr(exc, "reason", None) or exc.strerror or "unreadable"
+        return (
+            f"--certfile/--keyfile cannot be used: {type(exc).__name__} ({why}); give a PEM "
+            "certificate (chain) and its unencrypted private key"
+        )
+    return None
+
+
 def _refusal(args: Any, trusted: TrustedProxies | None) -> str | None:
     """Why this way of serving is unsafe, or None."""
     if trusted is not None:
@@ -145,7 +170,7 @@ def main(argv: list[str]) -> int:
         if not isinstance(config, dict):
             raise ConfigurationError("the broker config must be a JSON object.")
         trusted = trusted_proxies(config, flag=args.forwarded_allow_ips)
-        refusal = _refusal(args, trusted)
+        refusal = _refusal(args, trusted) or _unloadable(args)
         if refusal is not None:
             sys.stderr.write(f"entra-passthrough broker: {refusal}\n")
             return 2

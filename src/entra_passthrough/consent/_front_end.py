@@ -61,11 +61,12 @@ class TrustedProxies:
         networks: list[Network] = []
         for item in items:
             try:
-                networks.append(ipaddress.ip_network(item, strict=True))
+                network = ipaddress.ip_network(item, strict=True)
             except ValueError:
                 raise ConfigurationError(
                     f"{where}: {item[:64]!r} is not an IP address or network.", fix=_FIX
                 ) from None
+            networks.append(_unmapped(network))
         return cls(networks)
 
     def __contains__(self, host: object) -> bool:
@@ -74,10 +75,25 @@ class TrustedProxies:
         if not isinstance(host, str):
             return False
         address = _address(host)
-        return address is not None and any(address in network for network in self.networks)
+        return address is not None and self.holds(address)
+
+    def holds(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        return self.any_peer or any(address in network for network in self.networks)
 
     def __str__(self) -> str:
         return "*" if self.any_peer else ",".join(str(network) for network in self.networks)
+
+
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+def _unmapped(network: Network) -> Network:
+    """An IPv4-mapped IPv6 network (``::ffff:10.0.0.0/120``, as dual-stack logs write them) as
+    the IPv4 network it maps: peers are compared as IPv4 addresses (``_address``)."""
+    if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_MAPPED):
+        base = ipaddress.IPv4Address(int(network.network_address) & 0xFFFFFFFF)
+        return ipaddress.IPv4Network(f"{base}/{network.prefixlen - 96}")
+    return network
 
 
 def _address(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -120,7 +136,10 @@ class FrontEnd:
         # In place, as uvicorn's ProxyHeadersMiddleware does: the server's access log reads
         # the client from this scope.
         peer = scope.get("client")
-        secure = scope.get("scheme") in ("https", "wss")
+        # With a front end named, only what came through it over HTTPS is served, whatever the
+        # connection: a peer that reaches the port directly (over TLS too, when the front end
+        # re-encrypts) would skip the front end's rules.
+        secure = False
         if peer and peer[0] in self.trusted:
             headers = scope.get("headers", [])
             protos = _values(headers, b"x-forwarded-proto")
@@ -150,17 +169,22 @@ class FrontEnd:
         await self.app(scope, receive, send)
 
 
+#: ``X-Forwarded-For`` entries looked at, from the right: each proxy of a chain adds one, and a
+#: client can send any number of its own (bounded work per request).
+_MAX_HOPS = 16
+
+
 def _forwarded_client(entries: list[str], trusted: TrustedProxies) -> str | None:
-    """The client as the trusted proxies saw it: the last ``X-Forwarded-For`` entry that is
-    not itself a trusted proxy (each proxy appends the address it received from; entries
-    before it are the client's own claims). None when an entry is not an address. Only the
-    access log shows it: nothing in the broker decides on the client address."""
-    addresses = [_address(entry) for entry in entries]
-    if not addresses or any(address is None for address in addresses):
-        return None
-    if trusted.any_peer:  # every entry would be "trusted": the one the front end appended
-        return str(addresses[-1])
-    for address in reversed(addresses):
-        if str(address) not in trusted:
+    """The client as the trusted proxies saw it: walking from the right (each proxy appends
+    the address it received from), the first entry that is not itself a trusted proxy; the
+    entries left of it are the client's own claims and are never read. None when the entry at
+    that position is not an address (nothing better is known than the peer). Only the access
+    log shows it: nothing in the broker decides on the client address."""
+    for seen, entry in enumerate(reversed(entries), start=1):
+        address = _address(entry)
+        if address is None:
+            return None
+        if trusted.any_peer or not trusted.holds(address) or seen >= _MAX_HOPS:
+            # With '*' every entry is "trusted": the one the front end appended is the client.
             return str(address)
-    return str(addresses[0])
+    return None
