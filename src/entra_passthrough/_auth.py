@@ -46,7 +46,7 @@ def acquire_sync(core: FlowCore, caller: Caller | None, claims: str | None) -> T
             claims=claims,
             client_capabilities=core.client_capabilities,
         )
-    ended = None if core.connection else _ended_presenter()
+    ended = None if core.connection else _ended_caller()
     if ended is not None:  # the chain refuses it with a typed error (or allows the app)
         return core.chain.get_token(
             core.scopes, caller=ended, claims=claims, client_capabilities=core.client_capabilities
@@ -54,12 +54,13 @@ def acquire_sync(core: FlowCore, caller: Caller | None, claims: str | None) -> T
     return core.chain.lifecycle_token(core.scopes)
 
 
-def _ended_presenter() -> Caller | None:
-    """The caller bound to this context if it has ended and had presented an assertion: its
-    user's work (a task that outlived the request, a bound run past its token's expiry), which
-    never goes on as the lifecycle identity. ``None`` otherwise."""
+def _ended_caller() -> Caller | None:
+    """The caller bound to this context if it has ended: its user's work (a task that outlived
+    the request, a bound run past its token's expiry), which never takes the lifecycle
+    identity's allowance (``lifecycle_app=True``): the chain gives it only what a call of an
+    ended caller gets (``Policy.call_kinds``). ``None`` when nothing is bound."""
     caller = current_caller()
-    if caller is None or caller.active or not caller.presented:
+    if caller is None or caller.active:
         return None
     return caller
 
@@ -88,7 +89,7 @@ async def acquire_async(
         )
     if call:
         return await core.chain.call_token_async(core.scopes, ended=caller)
-    ended = None if core.connection else _ended_presenter()
+    ended = None if core.connection else _ended_caller()
     if ended is not None:
         return await core.chain.get_token_async(
             core.scopes, caller=ended, claims=claims, client_capabilities=core.client_capabilities
@@ -170,7 +171,7 @@ def _advance(
     except Exception as exc:
         if core.on_error == "raise":
             raise
-        core.record(active_caller(), exc)
+        core.record(current_caller(), exc)
         FlowCore.strip(request)
         return None if sent else SendRequest(request)  # the finished flow then stops the loop
 

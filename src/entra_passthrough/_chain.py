@@ -110,6 +110,14 @@ _HEADER_VALUE = re.compile(r"[\x21-\x7e]+(?:[ \t]+[\x21-\x7e]+)*")
 _MAX_TOKEN_CHARS = 64 * 1024
 
 
+#: How work that outlives its request keeps its user (``Caller.copy()`` of an ended caller is
+#: ended too: the copy must be taken while the request runs).
+_ENDED_FIX = (
+    "take caller = current_caller().copy() in the request, before starting the background "
+    "work, and run the work inside bind_caller(caller) (capped at the token's expiry); or "
+    "finish the work inside the request"
+)
+
 _EXPIRED = "a token that has already expired (its expires_on is in the past)"
 _EXPIRED_FIX = (
     "the resource would refuse it (401) and every request would ask the source again: check "
@@ -356,10 +364,13 @@ class TokenChain:
                 "the caller bound to this context has ended (its request completed, or its "
                 "run was unbound or passed its deadline); work done for that user is never "
                 "continued as another identity",
-                fix="bind the caller for the whole run (bind_caller(caller.copy()) in the task "
-                "that does the work), or finish the work inside the request",
+                fix=_ENDED_FIX,
             )
-        raise NoCallerError()
+        raise NoCallerError(
+            "the caller bound to this context has ended, and this policy gives its work no "
+            "other identity (lifecycle_app=True covers connection-lifetime requests only)",
+            fix=_ENDED_FIX,
+        )
 
     def _key(self, source: TokenSource, partition: tuple[str, ...], request: TokenRequest) -> Any:
         """``(prefix, *partition)``, prefix = (source name, sorted scopes, claims, client
@@ -642,6 +653,8 @@ class TokenChain:
         """What ``get_token`` would return right now *if* it is a fresh cache hit, else
         ``None``: no I/O, no refresh, no error (the apply stage's hot path; anything else goes
         through ``get_token_async``, which raises what there is to raise)."""
+        if caller is not None and not caller.active:
+            return None  # an ended caller: get_token decides (never the app in its place)
         try:
             if (
                 caller is not None

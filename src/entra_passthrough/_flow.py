@@ -30,7 +30,7 @@ from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from typing import Any, Literal, Protocol
 
 from . import _otel
-from ._caller import Caller, active_caller, caller_var
+from ._caller import Caller, active_caller, caller_var, current_caller
 from ._challenge import parse_bearer_challenges
 from ._errors import ConfigurationError, NoCallerError, TokenAcquisitionError
 from ._httpx_seams import append_authorization, has_authorization
@@ -225,8 +225,11 @@ class FlowCore:
         return errors
 
     def record(self, caller: Caller | None, error: BaseException) -> None:
-        if caller is not None and caller.active:
-            caller.record(error)
+        """On ``caller`` (or the one bound to this context, ended or not: its task can take
+        its errors), else on this auth, for requests with no caller at all."""
+        target = caller if caller is not None else current_caller()
+        if target is not None:
+            target.record(error)
         else:
             self._errors.append(error)
         if _log.isEnabledFor(logging.DEBUG):

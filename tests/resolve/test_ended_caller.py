@@ -252,3 +252,70 @@ async def test_a_client_shared_by_users_never_sends_one_users_cookie_for_another
     assert bob == idp.users["bob"].oid
     # The cookie the client was given still goes out; the one alice's answer set does not.
     assert alice_cookie == bob_cookie == "affinity=given"
+
+
+async def test_an_ended_platform_identified_caller_never_takes_lifecycle_apps_allowance(
+    idp: EntraEmulator, api: tuple[str, _Recorder]
+) -> None:
+    """A user known only by the platform's id (no bearer) whose request ended: under user_only
+    with lifecycle_app=True (set for MCP connections) their work is refused, not sent as the
+    app; the connection's own requests still get the app."""
+    url, recorder = api
+    scopes = mcp_scope(idp)
+    chain = TokenChain([make_mi(idp)], policy=Policy.USER_ONLY, lifecycle_app=True)
+    plain = EntraAuth(chain, scopes=scopes, origins=[url])
+    recording = EntraAuth(chain, scopes=scopes, origins=[url], on_error="record")
+    connection = EntraAuth(chain, scopes=scopes, origins=[url], connection=True)
+    caller = Caller(user_id="alice-platform-id")
+    try:
+        with bind_caller(caller):
+            pass  # the request ended; what follows runs in its context
+        caller_var_token = _bind_ended(caller)
+        try:
+            with pytest.raises(NoCallerError):
+                await chain.get_token_async(scopes)
+            assert chain.cached_token(tuple(scopes), caller=caller) is None
+            async with httpx2.AsyncClient(auth=plain) as client:
+                with pytest.raises(NoCallerError):
+                    await client.get(f"{url}/work")
+            async with httpx2.AsyncClient(auth=recording) as client:
+                await client.get(f"{url}/recorded")  # sent with no token, error on the caller
+            assert [type(e) for e in caller.take_errors()] == [NoCallerError]
+            assert recording.take_errors() == []
+            async with httpx2.AsyncClient(auth=connection) as client:
+                await client.get(f"{url}/lifecycle")
+        finally:
+            _unbind(caller_var_token)
+    finally:
+        chain.close()
+    assert [(path, oid) for path, oid, _ in recorder.seen] == [
+        ("/recorded", None),
+        ("/lifecycle", idp.managed_identity.object_id),
+    ]
+
+
+async def test_cached_token_never_answers_for_an_ended_caller(idp: EntraEmulator) -> None:
+    scopes = mcp_scope(idp)
+    chain = TokenChain([make_obo(idp), make_mi(idp)], policy=Policy.USER_OR_APP)
+    try:
+        assert (await chain.lifecycle_token_async(scopes)) is not None  # the app entry is warm
+        caller = Caller.from_token(idp.user_token("alice", audience=idp.agent.client_id))
+        caller.end()
+        assert chain.cached_token(tuple(scopes), caller=caller) is None
+        with pytest.raises(NoCallerError):
+            await chain.get_token_async(scopes, caller=caller)
+    finally:
+        chain.close()
+
+
+def _bind_ended(caller: Caller) -> Any:
+    from entra_passthrough._caller import caller_var
+
+    caller.end()
+    return caller_var.set(caller)
+
+
+def _unbind(token: Any) -> None:
+    from entra_passthrough._caller import caller_var
+
+    caller_var.reset(token)
