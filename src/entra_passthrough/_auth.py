@@ -72,11 +72,12 @@ async def acquire_async(
 
     * a ``call`` (an MCP ``tools/call``): what the policy allows a call with no active caller
       (``chain.call_token_async``, told about ``caller`` if it has ended);
-    * a request whose context holds an ended caller that presented an assertion (a task that
-      outlived its request, a bound run past its token's expiry) is that user's work: the
-      chain refuses it with a typed error (under ``app_only``, the app), unless the auth serves
-      an MCP connection (``core.connection``), whose requests outside a call are
-      connection-lifetime ones;
+    * a request whose context holds an ended caller (a task that outlived its request, a
+      bound run past its token's expiry) is that user's work: the chain gives it what a call of
+      an ended caller gets (``Policy.call_kinds``: under ``app_only`` the app, under
+      ``user_or_app`` the app if it presented no assertion) or refuses it with a typed error,
+      unless the auth serves an MCP connection (``core.connection``), whose requests outside a
+      call are connection-lifetime ones;
     * anything else: the lifecycle identity (``chain.lifecycle_token_async``).
 
     Raises."""
@@ -247,8 +248,9 @@ class EntraAuthBase:
         client.auth = self
 
     def take_errors(self) -> list[BaseException]:
-        """Acquisition errors recorded (``on_error="record"``) for requests with no active
-        caller; errors of requests with a caller are on that ``Caller`` (``take_errors()``)."""
+        """Acquisition errors recorded (``on_error="record"``) for requests with no caller at
+        all; errors of requests with a caller, active or ended, are on that ``Caller``
+        (``take_errors()``)."""
         return self._core.take_errors()
 
     # -- ahead of the transport --
