@@ -337,11 +337,11 @@ class TokenChain:
         claims: str | None,
         client_capabilities: Sequence[str],
     ) -> tuple[TokenRequest, frozenset[IdentityKind]]:
+        if caller is _UNSET:
+            caller = current_caller()
         request = self._request(scopes, caller, claims, client_capabilities)
-        if request.caller is None:
-            bound = current_caller() if caller is _UNSET else caller
-            if bound is not None:  # bound (or given) but no longer active
-                return request, self._ended_kinds(bound, request)
+        if caller is not None and request.caller is None:  # bound (or given), ended
+            return request, self._ended_kinds(caller, request)
         return request, self._allowed[self._presented(request)]
 
     def _ended_kinds(self, ended: Caller, request: TokenRequest) -> frozenset[IdentityKind]:
@@ -656,12 +656,7 @@ class TokenChain:
         if caller is not None and not caller.active:
             return None  # an ended caller: get_token decides (never the app in its place)
         try:
-            if (
-                caller is not None
-                and type(scopes) is tuple
-                and type(client_capabilities) is tuple
-                and caller.active
-            ):
+            if caller is not None and type(scopes) is tuple and type(client_capabilities) is tuple:
                 # The apply stage's call: no ``TokenRequest``, the key's prefix memoised.
                 tail = self._tails.get((scopes, client_capabilities))
                 if tail is None:

@@ -41,7 +41,7 @@ from typing import Any
 
 from . import __version__, _env
 from ._docs import see
-from ._errors import ConfigurationError, EntraPassthroughError, error_from_entra
+from ._errors import GUID, ConfigurationError, EntraPassthroughError, error_from_entra
 from ._jwt import fingerprint
 
 __all__ = ["Check", "main", "run"]
@@ -50,7 +50,6 @@ PASS, FAIL, SKIP = "pass", "fail", "skip"
 #: A resource any app may ask a client-credentials token for (no roles needed): the check
 #: proves only that Entra authenticated the app's credential.
 _PROBE_RESOURCE = "https://graph.microsoft.com/.default"
-_GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 _DOMAIN = re.compile(r"^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 
 
@@ -164,14 +163,14 @@ class Doctor:
                 hidden[value] = f"<{variable}>"
         for variable in _ID_VARIABLES:
             value = _get(self.env, variable)
-            if value and len(value) >= _MIN_HIDDEN and not _GUID.match(value):
+            if value and len(value) >= _MIN_HIDDEN and not GUID.fullmatch(value):
                 hidden[value] = f"<{variable}: not shown, {fingerprint(value)}>"
         for variable in _TENANT_VARIABLES:
             value = _get(self.env, variable)
             if (
                 value
                 and len(value) >= _MIN_HIDDEN
-                and not (_GUID.match(value) or _DOMAIN.match(value))
+                and not (GUID.fullmatch(value) or _DOMAIN.match(value))
             ):
                 hidden[value] = f"<{variable}: not shown, {fingerprint(value)}>"
         return hidden
@@ -226,11 +225,11 @@ class Doctor:
         bad: list[str] = []
         for variable in _ID_VARIABLES:
             value = _get(self.env, variable)
-            if value and not _GUID.match(value):
+            if value and not GUID.fullmatch(value):
                 bad.append(f"{variable} is not a client id (a GUID)")
         for variable in _TENANT_VARIABLES:
             tenant = _get(self.env, variable)
-            if tenant and not (_GUID.match(tenant) or _DOMAIN.match(tenant)):
+            if tenant and not (GUID.fullmatch(tenant) or _DOMAIN.match(tenant)):
                 bad.append(f"{variable} is neither a tenant id (GUID) nor a domain")
         if bad:
             self.add(
@@ -302,14 +301,15 @@ class Doctor:
                     answer = client.get(url)
                 if answer.status_code == 200:
                     issuer = str(answer.json().get("issuer", ""))
-                    found = _GUID_IN.search(issuer)
-                    if tenant.lower() in listed and found and found.group(0) != tenant.lower():
+                    found = GUID.search(issuer)
+                    named = found.group(0).lower() if found else None
+                    if tenant.lower() in listed and named and named != tenant.lower():
                         return (
                             False,
                             f"{url} -> issuer {issuer}: {tenant!r} names tenant "
-                            f"{found.group(0)}, and every caller's tid claim is a GUID, so "
+                            f"{named}, and every caller's tid claim is a GUID, so "
                             "on-behalf-of would refuse every caller (TenantNotAllowed)",
-                            f"set AZURE_TENANT_ID (tenant_id) to {found.group(0)}",
+                            f"set AZURE_TENANT_ID (tenant_id) to {named}",
                         )
                     return True, f"{url} -> issuer {issuer}", ""
                 try:
@@ -633,9 +633,6 @@ def _is_transport_error(exc: BaseException) -> bool:
     return bool(names & {"TransportError", "ConnectionError", "ProxyError", "ConnectError"})
 
 
-#: A tenant GUID inside a URL (an issuer).
-_GUID_IN = re.compile(r"[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}")
-
 _TENANT_FIX = (
     "check AZURE_TENANT_ID (the Directory (tenant) ID) and AZURE_AUTHORITY_HOST (your cloud's "
     "login host); behind a TLS-inspecting proxy set ENTRA_PASSTHROUGH_CA_FILE."
@@ -664,7 +661,7 @@ def scope_problems(scopes: Sequence[str], *, own_audiences: Collection[str] = ()
         if not scope or any(c.isspace() for c in scope):
             problems.append(f"{scope!r} is empty or has spaces (one scope per --scope)")
             continue
-        if "://" not in scope and not _GUID.match(scope.split("/", 1)[0]):
+        if "://" not in scope and not GUID.fullmatch(scope.split("/", 1)[0]):
             problems.append(
                 f"{scope!r} names no resource (write api://<app id>/{scope} or <resource>/.default)"
             )

@@ -198,7 +198,9 @@ class AppOnlyAssertion(AssertionNotUsable):
         )
 
 
-_TENANT_GUID = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
+#: A GUID (tenant, client, object ids), either case; ``fullmatch`` for "is one", ``search``
+#: and ``findall`` for one inside a URL or scope. The package's one pattern for it.
+GUID = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
 
 
 class TenantNotAllowed(TokenAcquisitionError):
@@ -215,7 +217,7 @@ class TenantNotAllowed(TokenAcquisitionError):
     ) -> None:
         self.tenant = tenant
         self.allowed = tuple(allowed)
-        names = [a for a in self.allowed if not _TENANT_GUID.fullmatch(a)]
+        names = [a for a in self.allowed if not GUID.fullmatch(a)]
         if names:
             # A token's tid is always a GUID: a domain (contoso.onmicrosoft.com) or an alias
             # (organizations) on the list matches no caller, and a single-tenant app configured

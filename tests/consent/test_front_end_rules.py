@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from _support.asgi import asgi_get
 from entra_passthrough.consent._broker import _origin
 from entra_passthrough.consent._cli import main
 from entra_passthrough.consent._front_end import FrontEnd, TrustedProxies, _forwarded_client
@@ -28,30 +29,15 @@ class _App:
 async def _status(
     front: FrontEnd, scheme: str, peer: str, headers: list[tuple[bytes, bytes]]
 ) -> int:
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": scheme,
-        "path": "/start",
-        "raw_path": b"/start",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"consent.contoso.com"), *headers],
-        "client": (peer, 5000),
-        "server": ("10.0.0.5", 8443),
-    }
-    await front(scope, receive, send)
-    return int(sent[0]["status"])
+    status, _ = await asgi_get(
+        front,
+        [(b"host", b"consent.contoso.com"), *headers],
+        path="/start",
+        scheme=scheme,
+        client=(peer, 5000),
+        server=("10.0.0.5", 8443),
+    )
+    return status
 
 
 async def test_with_a_front_end_named_only_its_https_requests_are_served_even_over_tls() -> None:

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from _support.asgi import asgi_get
 from _support.tokens import API, TENANT
 from entra_passthrough import JwtVerifier
 from entra_passthrough.server import current_user, require_entra_auth
@@ -55,34 +56,6 @@ async def test_one_valid_header_still_passes(base_url: str) -> None:
 # --- the same rule on require_entra_auth (plain ASGI, no server needed) ---
 
 
-async def _asgi_get(app: Any, headers: list[tuple[bytes, bytes]]) -> tuple[int, dict[bytes, bytes]]:
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "https",
-        "path": "/me",
-        "raw_path": b"/me",
-        "query_string": b"",
-        "root_path": "",
-        "headers": headers,
-        "server": ("api.test", 443),
-        "client": ("127.0.0.1", 5000),
-    }
-    await app(scope, receive, send)
-    start = next(m for m in sent if m["type"] == "http.response.start")
-    return start["status"], dict(start.get("headers") or [])
-
-
 def _api() -> Any:
     async def me(request: Request) -> JSONResponse:
         return JSONResponse({"oid": current_user().oid})
@@ -97,11 +70,11 @@ async def test_require_entra_auth_refuses_two_authorization_headers() -> None:
     app = _api()
     alice = ISSUER.token(oid="alice-oid")
     bob = ISSUER.token(oid="bob-oid")
-    status, _ = await _asgi_get(app, [(b"authorization", f"Bearer {alice}".encode())])
+    status, _ = await asgi_get(app, [(b"authorization", f"Bearer {alice}".encode())])
     assert status == 200
     for pair in ((alice, bob), (alice, alice), (alice, "junk")):
         headers = [(b"authorization", f"Bearer {t}".encode()) for t in pair]
-        status, response_headers = await _asgi_get(app, headers)
+        status, response_headers = await asgi_get(app, headers)
         assert status == 401
         assert b"invalid_token" in response_headers[b"www-authenticate"]
 
@@ -130,7 +103,7 @@ async def test_a_repeated_assertion_header_is_not_rescued_by_another_one(
         (b"x-ms-token-aad-access-token", token.encode()),
     ]
     middleware = CallerMiddleware(app, assertion_headers=order, require_caller=True)
-    status, _ = await _asgi_get(middleware, headers)
+    status, _ = await asgi_get(middleware, headers)
     assert status == 401
 
 

@@ -31,6 +31,7 @@ from typing import Any
 from .. import _env
 from .._azure_identity_seams import cli_contract
 from .._errors import (
+    GUID,
     ConfigurationError,
     EntraError,
     SourceUnavailable,
@@ -46,7 +47,6 @@ AZURE_CLI_CLIENT_ID = "04b07795-8ddb-461a-bbee-02f9e1bf7b46"
 
 _TIMEOUT = 30
 _SAFE = re.compile(r"^[A-Za-z0-9_.:/\-]+$")
-_GUID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
 TOOLS = ("az", "azd")
 
 #: The CLI runs in a process group of its own, killed whole on timeout or cancel: ``az`` is a
@@ -67,7 +67,7 @@ def _kill_group(proc: Any) -> None:
 
 def preauthorize_fix(scopes: tuple[str, ...], *, tool: str = "az") -> str:
     """How to pre-authorize the Azure CLI's client on the API named by ``scopes``."""
-    api = next(iter(_GUID.findall(" ".join(scopes))), "<api-app-client-id>")
+    api = next(iter(GUID.findall(" ".join(scopes))), "<api-app-client-id>")
     login = "az login" if tool == "az" else "azd auth login"
     return (
         f"the API must pre-authorize the Azure CLI's client {AZURE_CLI_CLIENT_ID} (used by az "
