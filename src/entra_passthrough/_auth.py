@@ -27,6 +27,7 @@ from ._flow import (
     Step,
     UnsafeTokenValue,
 )
+from ._httpx_seams import skip_cookie_extraction_without_set_cookie
 from ._origins import format_origin
 from ._prefetch import use_token
 from ._types import TokenResult
@@ -235,11 +236,13 @@ class EntraAuthBase:
         storing cookies: one client serves every user, and a cookie set on one user's response
         would ride on the next user's requests (an API that reads its session cookie before
         the bearer would serve them as the first user). Cookies the client was given are kept
-        and sent as before."""
+        and sent as before. A classic httpx client also skips the jar for a response that sets
+        no cookie, as httpx2 does itself (``skip_cookie_extraction_without_set_cookie``)."""
         jar = CookieJar(policy=_KeepNothingNew())
         for cookie in client.cookies.jar:
             jar.set_cookie(cookie)
         client.cookies = jar
+        skip_cookie_extraction_without_set_cookie(client)
         hooks = dict(client.event_hooks)
         async_client = isinstance(client, self._async_client)
         hook: Any = self.async_request_hook if async_client else self.request_hook

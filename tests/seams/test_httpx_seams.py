@@ -3,6 +3,7 @@ them. Each failure names the package, its version, what moved, and the seam to u
 
 from __future__ import annotations
 
+from http.cookiejar import CookieJar
 from importlib import metadata
 from typing import Any
 
@@ -10,7 +11,12 @@ import httpx
 import httpx2
 import pytest
 
-from entra_passthrough._httpx_seams import append_authorization, has_authorization, wrap_transports
+from entra_passthrough._httpx_seams import (
+    append_authorization,
+    has_authorization,
+    skip_cookie_extraction_without_set_cookie,
+    wrap_transports,
+)
 
 HTTPX2 = f"httpx2 {metadata.version('httpx2')}"
 
@@ -107,3 +113,70 @@ def test_append_authorization_takes_the_public_path_for_another_layout() -> None
         append_authorization(headers, "Bearer x")
         assert headers == {"Authorization": "Bearer x"}
         assert headers._list == items  # not touched
+
+
+class _CountingJar(CookieJar):
+    def __init__(self) -> None:
+        super().__init__()
+        self.extractions = 0
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        self.extractions += 1
+        super().extract_cookies(response, request)
+
+
+def _cookie_setting(request: httpx.Request) -> httpx.Response:
+    headers = {"set-cookie": "s=1; Path=/"} if request.url.path == "/set" else {}
+    return httpx.Response(200, headers=headers)
+
+
+@pytest.mark.parametrize("client_class", [httpx.Client, httpx.AsyncClient])
+async def test_classic_httpx_keeps_its_cookies_where_the_seam_replaces_them(
+    client_class: Any,
+) -> None:
+    # skip_cookie_extraction_without_set_cookie swaps the client's private ``_cookies`` (what
+    # the public property returns) for a subclass whose ``extract_cookies`` httpx must call on
+    # every response; if httpx moves either, the ~40 us a request it saves is silently lost.
+    package = f"httpx {metadata.version('httpx')}"
+    jar = _CountingJar()
+    client = client_class(transport=httpx.MockTransport(_cookie_setting), cookies=jar)
+    assert getattr(client, "_cookies", None) is client.cookies, moved(
+        package, "Client._cookies", "skip_cookie_extraction_without_set_cookie"
+    )
+    skip_cookie_extraction_without_set_cookie(client)
+    assert type(client.cookies) is not httpx.Cookies, moved(
+        package, "Client._cookies", "skip_cookie_extraction_without_set_cookie"
+    )
+    assert isinstance(client.cookies, httpx.Cookies)
+    assert client.cookies.jar is jar  # the same jar, policy and cookies
+    for path in ("/none", "/set", "/none"):
+        if client_class is httpx.Client:
+            client.get(f"https://api.contoso.com{path}")
+        else:
+            await client.get(f"https://api.contoso.com{path}")
+    assert jar.extractions == 1, moved(
+        package,
+        "Client._send_single_request (calls self.cookies.extract_cookies per response)",
+        "skip_cookie_extraction_without_set_cookie",
+    )
+    assert client.cookies.get("s") == "1"  # a response that sets one still goes to the jar
+    if client_class is httpx.AsyncClient:
+        await client.aclose()
+    else:
+        client.close()
+
+
+def test_the_cookie_seam_leaves_other_clients_alone() -> None:
+    with httpx2.Client() as modern:
+        before = modern.cookies
+        skip_cookie_extraction_without_set_cookie(modern)  # httpx2 skips by itself
+        assert modern.cookies is before
+    with httpx.Client() as classic:
+
+        class Own(httpx.Cookies):
+            pass
+
+        own = Own()
+        classic._cookies = own
+        skip_cookie_extraction_without_set_cookie(classic)
+        assert classic.cookies is own  # a user's own Cookies class is theirs
