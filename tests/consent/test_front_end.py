@@ -34,7 +34,12 @@ _RUNNING = re.compile(r"Uvicorn running on http://0\.0\.0\.0:(\d+)")
 
 @contextmanager
 def broker_process(
-    env: ConsentEnv, tmp: Path, *, forwarded: str | None, config_forwarded: object = None
+    env: ConsentEnv,
+    tmp: Path,
+    *,
+    forwarded: str | None,
+    config_forwarded: object = None,
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[tuple[str, Path]]:
     """``python -m entra_passthrough broker --host 0.0.0.0 --port 0`` with no certificate; yields
     its loopback URL and the file its access log goes to."""
@@ -62,6 +67,7 @@ def broker_process(
     )
     if forwarded is not None:
         environ[FORWARDED_ENV] = forwarded
+    environ.update(extra_env or {})
     out, err = tmp / "stdout.log", tmp / "stderr.log"
     argv = [sys.executable, "-m", "entra_passthrough", "broker", "--config"]
     argv += [str(tmp / "broker.json"), "--host", "0.0.0.0", "--port", "0"]
@@ -236,3 +242,18 @@ async def test_forwarded_headers_from_an_untrusted_peer_are_ignored(
         log = access_log.read_text(errors="replace")
         assert "203.0.113.7" not in log
         assert "127.0.0.1:" in log
+
+
+async def test_the_broker_runs_where_the_host_sets_web_concurrency(
+    consent_env: ConsentEnv, tmp_path: Path
+) -> None:
+    """Some hosts set ``WEB_CONCURRENCY``; uvicorn takes it as a worker count when none is given
+    and exits for more than one with an app object. The broker is one process per replica."""
+    env = consent_env
+    ticket = await _ticket(env, "web-concurrency-user")
+    with broker_process(
+        env, tmp_path, forwarded="127.0.0.1", extra_env={"WEB_CONCURRENCY": "4"}
+    ) as (base, _):
+        async with httpx2.AsyncClient(timeout=30) as front_end:
+            start = await front_end.get(f"{base}/start", params={"t": ticket}, headers=PROXIED)
+    assert start.status_code == 302, start.text

@@ -211,5 +211,9 @@ def main(argv: list[str]) -> int:
         # uvicorn's default (127.0.0.1, or $FORWARDED_ALLOW_IPS).
         proxy_headers=False,
         log_level="info",
+        # One process: uvicorn reads $WEB_CONCURRENCY (set by some hosts) when no count is
+        # given, and exits at once for more than one with an app object. The broker scales by
+        # replicas sharing the store, not by workers.
+        workers=1,
     )
     return 0
