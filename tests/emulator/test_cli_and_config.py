@@ -217,3 +217,31 @@ def test_port_in_use_fails_clearly(entra_emulator: EntraEmulator) -> None:
     port = int(entra_emulator.url.rsplit(":", 1)[1])
     with pytest.raises(RuntimeError, match="did not start"):
         EntraEmulator(port=port).start()
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["--port", "99999"], "--port must be 0-65535"),
+        (["--token-latency", "nan"], "--token-latency must be 0-3600"),
+        (["--state-file", "/nonexistent-folder/state.json"], "does not exist"),
+        (["--config", "{list}"], "cannot load"),  # a JSON world that is not an object
+        (["--port", "{taken}"], "is not free"),
+    ],
+)
+def test_cli_refuses_bad_arguments_with_a_line_not_a_traceback(
+    argv: list[str], said: str, tmp_path: Path, entra_emulator: EntraEmulator
+) -> None:
+    listed = tmp_path / "list.json"
+    listed.write_text("[1]")
+    taken = entra_emulator.url.rsplit(":", 1)[1]
+    argv = [a.format(list=listed, taken=taken) for a in argv]
+    run = subprocess.run(
+        [sys.executable, "-m", "entra_passthrough", "emulator", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2, run.stderr
+    assert said in run.stderr
+    assert "Traceback" not in run.stderr

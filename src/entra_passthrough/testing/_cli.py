@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -141,14 +142,37 @@ def _az_state(idp: EntraEmulator) -> dict[str, Any]:
     return {"bin_dir": bin_dir, "env": env}
 
 
+def _refusal(port: int, latency: float, state_file: Path | None) -> str | None:
+    """What is wrong with the arguments, before anything starts (a line, not a traceback)."""
+    if not 0 <= port <= 65535:
+        return f"--port must be 0-65535 (0: any free port), got {port}"
+    if not 0 <= latency <= 3600:  # NaN fails both
+        return f"--token-latency must be 0-3600 seconds, got {latency}"
+    if port:
+        with socket.socket() as probe:  # uvicorn's own failure is a log line and sys.exit
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError as exc:
+                return f"--port: 127.0.0.1:{port} is not free ({exc.strerror}); pick another, or 0"
+    if state_file is not None and not state_file.parent.is_dir():
+        return f"--state-file: the folder {state_file.parent} does not exist"
+    return None
+
+
 def main(argv: list[str]) -> int:
     args = parser_for("emulator").parse_args(argv)  # defined with the core only (--help works)
     config = Path(args.config) if args.config else None
     state_file = Path(args.state_file) if args.state_file else None
     try:
         world = World.from_file(config) if config else World.default()
-    except (OSError, ValueError, KeyError, TypeError) as exc:  # TOMLDecodeError is a ValueError
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        # TOMLDecodeError is a ValueError; a file whose top level is not a table, AttributeError
         sys.stderr.write(f"entra-passthrough emulator: cannot load {config}: {exc!r}\n")
+        return 2
+    refusal = _refusal(args.port, args.token_latency, state_file)
+    if refusal:
+        sys.stderr.write(f"entra-passthrough emulator: {refusal}\n")
         return 2
     stop = threading.Event()
 
@@ -158,7 +182,16 @@ def main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    with EntraEmulator(world=world, port=args.port, token_latency=args.token_latency) as idp:
+    emulator = EntraEmulator(world=world, port=args.port, token_latency=args.token_latency)
+    try:
+        emulator.start()
+    except (OSError, RuntimeError) as exc:  # a port taken since the check above
+        sys.stderr.write(
+            f"entra-passthrough emulator: could not listen on 127.0.0.1:{args.port} "
+            f"({type(exc).__name__}); pick a free port, or 0 for any\n"
+        )
+        return 2
+    with emulator as idp:
         _say(describe(idp, show_secrets=not args.hide_secrets))
         if state_file:
             tmp = state_file.with_suffix(state_file.suffix + ".tmp")
