@@ -37,6 +37,7 @@ from ._drive import drive, drive_async
 from ._errors import (
     AssertionExpired,
     ConfigurationError,
+    EntraPassthroughError,
     NoCallerError,
     PolicyViolation,
     TokenAcquisitionError,
@@ -117,6 +118,31 @@ _ENDED_FIX = (
     "work, and run the work inside bind_caller(caller) (capped at the token's expiry); or "
     "finish the work inside the request"
 )
+
+
+def ended_caller_error(ended: Caller, scopes: Sequence[str]) -> EntraPassthroughError:
+    """The typed error for work of a caller that has ended and gets no other identity:
+    ``AssertionExpired`` when its assertion has expired, else ``NoCallerError``."""
+    if ended.presented:
+        try:
+            claims = ended.claims
+        except Exception:
+            claims = None
+        exp = claims.exp if claims is not None else None
+        if exp is not None and exp <= time.time():
+            return AssertionExpired(expired_at=exp, scopes=tuple(scopes))
+        return NoCallerError(
+            "the caller bound to this context has ended (its request completed, or its "
+            "run was unbound or passed its deadline); work done for that user is never "
+            "continued as another identity",
+            fix=_ENDED_FIX,
+        )
+    return NoCallerError(
+        "the caller bound to this context has ended, and this policy gives its work no "
+        "other identity (lifecycle_app=True covers connection-lifetime requests only)",
+        fix=_ENDED_FIX,
+    )
+
 
 _EXPIRED = "a token that has already expired (its expires_on is in the past)"
 _EXPIRED_FIX = (
@@ -352,25 +378,7 @@ class TokenChain:
         allowed = self.policy.call_kinds(ended_presented=ended.presented)
         if allowed:
             return allowed
-        if ended.presented:
-            try:
-                claims = ended.claims
-            except Exception:
-                claims = None
-            exp = claims.exp if claims is not None else None
-            if exp is not None and exp <= time.time():
-                raise AssertionExpired(expired_at=exp, scopes=request.scopes)
-            raise NoCallerError(
-                "the caller bound to this context has ended (its request completed, or its "
-                "run was unbound or passed its deadline); work done for that user is never "
-                "continued as another identity",
-                fix=_ENDED_FIX,
-            )
-        raise NoCallerError(
-            "the caller bound to this context has ended, and this policy gives its work no "
-            "other identity (lifecycle_app=True covers connection-lifetime requests only)",
-            fix=_ENDED_FIX,
-        )
+        raise ended_caller_error(ended, request.scopes)
 
     def _key(self, source: TokenSource, partition: tuple[str, ...], request: TokenRequest) -> Any:
         """``(prefix, *partition)``, prefix = (source name, sorted scopes, claims, client

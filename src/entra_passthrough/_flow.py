@@ -31,6 +31,7 @@ from typing import Any, Literal, Protocol
 
 from . import _otel
 from ._caller import Caller, active_caller, caller_var, current_caller
+from ._chain import ended_caller_error
 from ._challenge import parse_bearer_challenges
 from ._errors import ConfigurationError, NoCallerError, TokenAcquisitionError
 from ._httpx_seams import append_authorization, has_authorization
@@ -404,8 +405,15 @@ class FlowCore:
             return
         if result.kind is IdentityKind.USER and (caller is None or not caller.active):
             # The user's caller ended while the request was out: a token acquired now would be
-            # another identity's (the app, under ``lifecycle_app``). The 401 stands.
+            # another identity's (the app, under ``lifecycle_app``). The 401 stands, with the
+            # typed error the chain gives that caller's work (``AssertionExpired`` when its
+            # assertion ran out): an MCP tool call raises it instead of a bare 401.
             self._invalidate(result, caller)
+            if caller is not None:
+                error = ended_caller_error(caller, self.scopes)
+                if self.on_error == "raise":
+                    raise error
+                self.record(caller, error)
             return
         self._invalidate(result, caller)
         self.strip(request)  # the retry carries only what the new result brings

@@ -319,3 +319,51 @@ def _unbind(token: Any) -> None:
     from entra_passthrough._caller import caller_var
 
     caller_var.reset(token)
+
+
+class _LateRefusal:
+    """An API that answers every request with 401 invalid_token, after ``delay`` seconds."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.seen: list[str | None] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        auth = dict(scope["headers"]).get(b"authorization", b"").decode()
+        self.seen.append(decode(auth[7:]).get("oid") if auth.startswith("Bearer ") else None)
+        await asyncio.sleep(self.delay)
+        challenge = (b"www-authenticate", b'Bearer error="invalid_token"')
+        await send({"type": "http.response.start", "status": 401, "headers": [challenge]})
+        await send({"type": "http.response.body", "body": b""})
+
+
+async def test_a_401_after_the_callers_token_expired_mid_request_is_that_typed_error(
+    idp: EntraEmulator,
+) -> None:
+    """The request went out as the user; the run passed its token's expiry while it was out and
+    the resource then refused the token: the 401 is not retried as anyone, and the caller's work
+    gets ``AssertionExpired`` (raised, or recorded on the caller), not a bare 401."""
+    scopes = mcp_scope(idp)
+    api = _LateRefusal(delay=0.0)
+    chain = _chain(idp, Policy.USER_OR_APP)
+    try:
+        with serve_in_thread(api, lifespan="off") as url:
+            for mode in ("raise", "record"):
+                short = idp.user_token("alice", audience=idp.agent.client_id, lifetime=3)
+                api.delay = max(0.0, decode(short)["exp"] - time.time()) + 0.5
+                auth = EntraAuth(chain, scopes=scopes, origins=[url], on_error=mode)  # type: ignore[arg-type]
+                with bind_caller(token=short) as caller:
+                    async with httpx2.AsyncClient(auth=auth, timeout=30) as client:
+                        if mode == "raise":
+                            with pytest.raises(AssertionExpired):
+                                await client.get(f"{url}/late")
+                        else:
+                            response = await client.get(f"{url}/late")
+                            assert response.status_code == 401
+                            assert [type(e) for e in caller.take_errors()] == [AssertionExpired]
+    finally:
+        chain.close()
+    alice = idp.users["alice"].oid
+    assert api.seen == [alice, alice]  # one request each, as the user; no retry, never the app
