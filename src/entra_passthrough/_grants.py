@@ -10,6 +10,8 @@ slot by whoever administers the backend.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -33,9 +35,13 @@ _MAX_SCOPES = 20
 _MAX_SCOPE_CHARS = 256
 
 #: The store's key layout, in one place (a store shared with the L2 token cache, whose keys
-#: are ``ep:v1:tok:...``): ``ep:v1:<record>:<id>``, the id a hashed ``UserKey`` for grants and
-#: bindings, a random id for sign-in flows and used states. Changing it orphans stored grants.
-_GRANT, _BINDING, _FLOW, _USED = "ep:v1:grant:", "ep:v1:bind:", "ep:v1:flow:", "ep:v1:used:"
+#: are ``ep:v1:tok:...``): ``ep:<v>:<record>:<id>``; for grants and bindings the id is the
+#: sha256 of the consent app's client id and the hashed ``UserKey`` (``_app_id``), for sign-in
+#: flows and used states a random id. Changing it orphans stored grants.
+_GRANT, _BINDING, _FLOW, _USED = "ep:v2:grant:", "ep:v2:bind:", "ep:v1:flow:", "ep:v1:used:"
+#: Bindings written before they were per app (0.x): still honoured (read, then copied to the
+#: app's own key), so an upgrade does not let a platform user be bound to another account.
+_LEGACY_BINDING = "ep:v1:bind:"
 
 _T = TypeVar("_T")
 
@@ -57,6 +63,9 @@ class StoredGrant:
     #: Cross-replica refresh lease: the replica rotating the refresh token right now.
     lease_owner: str | None = None
     lease_until: float = 0.0
+    #: The consent app the refresh token was issued to (``GrantStore.put_grant`` sets it): a
+    #: grant of another app is never redeemed, rotated or deleted by this one.
+    client_id: str = ""
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
@@ -144,12 +153,30 @@ class BlockingStore:
         return bool(self.store.delete(key, expect=expect))
 
 
-class GrantStore:
-    """Typed, sealed records over a ``TokenStore``. Internal to the source and the broker."""
+def _app_id(client_id: str, key_hash: str) -> str:
+    """A grant's or binding's id: per consent app, so that two agents (two app registrations)
+    sharing one store and keyring without a namespace never read each other's grants (the
+    other app cannot redeem the refresh token, and its refusal would delete the grant). An app
+    id (client id) is unique across tenants: the tenant, which the broker and an agent may
+    spell differently (GUID, domain name), is not part of it."""
+    return hashlib.sha256(f"{client_id.strip().lower()}\x00{key_hash}".encode()).hexdigest()
 
-    def __init__(self, store: TokenStore, keyring: Keyring) -> None:
+
+def grant_key(client_id: str, key_hash: str) -> str:
+    """The store key of a user's grant for one consent app."""
+    return _GRANT + _app_id(client_id, key_hash)
+
+
+class GrantStore:
+    """Typed, sealed records over a ``TokenStore``, for one consent app (``client_id``): its
+    grants and bindings are keyed by the app too. Internal to the source and the broker."""
+
+    def __init__(self, store: TokenStore, keyring: Keyring, *, client_id: str) -> None:
+        if not client_id:
+            raise ValueError("GrantStore needs the consent app's client id")
         self.store = store
         self.keyring = keyring
+        self.client_id = client_id
         self._failures = _Failures()
         self._blocking: GrantStore | None = None
         self._lock = threading.Lock()
@@ -159,6 +186,10 @@ class GrantStore:
         ``seconds``: after an outage the refresh leases of other replicas are honoured that
         long (``DelegatedConsent``)."""
         return time.monotonic() - self._failures.at < seconds
+
+    def failed_since(self, moment: float) -> bool:
+        """Whether a store call failed at or after ``moment`` (``time.monotonic()``)."""
+        return self._failures.at >= moment
 
     def blocking(self) -> GrantStore:
         """The same records for a sync driver (each call on an event loop of its own): through
@@ -170,7 +201,9 @@ class GrantStore:
                 if not callable(twin):
                     self._blocking = self
                 else:
-                    blocking = GrantStore(BlockingStore(twin()), self.keyring)
+                    blocking = GrantStore(
+                        BlockingStore(twin()), self.keyring, client_id=self.client_id
+                    )
                     blocking._failures = self._failures
                     self._blocking = blocking
             return self._blocking
@@ -207,18 +240,23 @@ class GrantStore:
 
     # grants ---------------------------------------------------------------------------------
     async def get_grant(self, key_hash: str) -> tuple[StoredGrant, str] | None:
-        found = await self._get(_GRANT + key_hash)
+        found = await self._get(grant_key(self.client_id, key_hash))
         if found is None:
             return None
         try:
-            return StoredGrant.from_json(found[0]), found[1]
+            grant = StoredGrant.from_json(found[0])
         except (ValueError, TypeError, KeyError):
             return None
+        if grant.client_id.lower() != self.client_id.lower():
+            return None  # another app's grant: absent for this one (and never deleted by it)
+        return grant, found[1]
 
     async def put_grant(
         self, key_hash: str, grant: StoredGrant, *, expect: str | AnyVersion | None = ANY
     ) -> str | None:
-        version = await self._put(_GRANT + key_hash, grant.to_json(), ttl=GRANT_TTL, expect=expect)
+        grant = dataclasses.replace(grant, client_id=self.client_id)
+        key = grant_key(self.client_id, key_hash)
+        version = await self._put(key, grant.to_json(), ttl=GRANT_TTL, expect=expect)
         if version is not None and grant.key_kind == "platform" and grant.lease_owner is None:
             # A grant is re-sealed with the current key by each refresh (this write, the lease
             # released); its user's binding is written once: re-seal it with the grant (one
@@ -229,7 +267,8 @@ class GrantStore:
         return version
 
     async def delete_grant(self, key_hash: str, *, expect: str | AnyVersion = ANY) -> bool:
-        return await self._call(self.store.delete(_GRANT + key_hash, expect=expect))
+        key = grant_key(self.client_id, key_hash)
+        return await self._call(self.store.delete(key, expect=expect))
 
     # platform-id -> (tid, oid) bindings -----------------------------------------------------
     async def get_binding(self, key_hash: str) -> tuple[str, str] | None:
@@ -237,21 +276,30 @@ class GrantStore:
         re-sealed with the current one (compare-and-set on its version), so it stays readable
         once the old key is dropped: a binding is written once, and one that no longer opens
         would refuse its user's every sign-in (it exists: ``bind`` cannot replace it)."""
-        key = _BINDING + key_hash
+        key = _BINDING + _app_id(self.client_id, key_hash)
         found = await self._get_sealed(key)
         if found is None:
-            return None
-        plain, version, stale = found
+            legacy = await self._get_sealed(_LEGACY_BINDING + key_hash)
+            if legacy is None:
+                return None
+            # A binding from before bindings were per app: copied to this app's key (once;
+            # best effort, the next read tries again), so it keeps constraining the sign-in.
+            plain = legacy[0]
+            with contextlib.suppress(Exception):
+                await self._put(key, plain, ttl=BINDING_TTL, expect=None)
+        else:
+            plain, version, stale = found
+            if stale:
+                with contextlib.suppress(Exception):  # best effort: the next read tries again
+                    await self._put(key, plain, ttl=BINDING_TTL, expect=version)
         data = json.loads(plain)
-        if stale:
-            with contextlib.suppress(Exception):  # best effort: the next read tries again
-                await self._put(key, plain, ttl=BINDING_TTL, expect=version)
         return str(data["tid"]), str(data["oid"])
 
     async def bind(self, key_hash: str, tid: str, oid: str) -> bool:
         """Record the first binding; ``False`` if one exists already (check it)."""
         plain = json.dumps({"tid": tid, "oid": oid}).encode()
-        version = await self._put(_BINDING + key_hash, plain, ttl=BINDING_TTL, expect=None)
+        key = _BINDING + _app_id(self.client_id, key_hash)
+        version = await self._put(key, plain, ttl=BINDING_TTL, expect=None)
         return version is not None
 
     # pending sign-ins (PKCE verifier, nonce) and used states --------------------------------

@@ -325,6 +325,7 @@ class SharedTokenCache:
             if done is None and seen is not None and (yield _Op(name)) is None:
                 done = yield _Op(name, sealed[0], sealed[1], None)
         except Exception as exc:  # full, down: the token is still good for this call
+            lease.failed = True
             self._failed("write", exc)
             return
         if done is None and read:
@@ -368,6 +369,7 @@ class SharedTokenCache:
                     return True
             retaken = yield _Op(lease.name, b"1", self.lease, None)
         except Exception as exc:
+            lease.failed = True
             self._failed("lease check", exc)
             return False
         if not isinstance(retaken, str):
@@ -376,9 +378,14 @@ class SharedTokenCache:
         lease.version = retaken  # free: whoever held it meanwhile wrote (the write's CAS sees)
         return True
 
-    async def _release(self, lease_name: str, version: str) -> None:
+    async def _release(self, lease: _Lease) -> None:
+        if lease.failed:
+            # The store just failed this holder (down, stalled): a release would cost its
+            # caller, who has the token, another timeout or two for nothing; the lease
+            # expires by itself.
+            return
         try:
-            await self.store.delete(lease_name, expect=version)
+            await self.store.delete(lease.name, expect=lease.version)
         except Exception as exc:  # the lease expires by itself
             self._failed("lease release", exc)
 
@@ -459,7 +466,7 @@ class SharedTokenCache:
             await self._write(lease, name, result, cap, seen, read=read)
             return result
         finally:
-            await self._release(lease_name, lease.version)
+            await self._release(lease)
 
     async def _renew(self, lease: _Lease, done: asyncio.Event) -> None:
         """Keep the lease while the acquisition runs; stop when it is done or lost
@@ -565,10 +572,11 @@ class SharedTokenCache:
             self._write_sync(store, lease, name, result, cap, seen, read=read)
             return result
         finally:
-            try:
-                store.delete(lease_name, expect=lease.version)
-            except Exception as exc:
-                self._failed("lease release", exc)
+            if not lease.failed:  # as ``_release``: after a failure the lease expires by itself
+                try:
+                    store.delete(lease_name, expect=lease.version)
+                except Exception as exc:
+                    self._failed("lease release", exc)
 
     def _renew_sync(self, store: SyncTokenStore, lease: _Lease, done: threading.Event) -> None:
         def renew() -> bool:
@@ -598,14 +606,16 @@ class SharedTokenCache:
 
 class _Lease:
     """A held lease: its key and its current version (the fencing token; each renewal makes a
-    new one, the release compares with the last); ``lost`` once a renewal found it gone."""
+    new one, the release compares with the last); ``lost`` once a renewal found it gone;
+    ``failed`` once the store failed the fencing check or the write (no release then)."""
 
-    __slots__ = ("lost", "name", "version")
+    __slots__ = ("failed", "lost", "name", "version")
 
     def __init__(self, name: str, version: str) -> None:
         self.name = name
         self.version = version
         self.lost = False
+        self.failed = False
 
 
 class _Op(NamedTuple):

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
 import ssl
 import threading
@@ -56,6 +57,7 @@ try:
         NoPermissionError,
         OutOfMemoryError,
         RedisError,
+        ResponseError,
         TimeoutError,
     )
     from redis.retry import Retry as SyncRetry
@@ -92,20 +94,63 @@ _VERSION_CHARS = 16  # secrets.token_hex(8)
 #: How long ``aclose`` waits for another running event loop to close its connections.
 _CLOSE_WAIT = 5.0
 
+# A record is ``<16 hex version>.<sealed>`` in a string key. Anything else at one of our names
+# (another program's value, a list, a truncated write) is malformed: a miss for ``get``, and
+# absent for a write-if-absent, which overwrites it (as good as absent, and never a reason to
+# turn the shared store off). ``_RECORD_LUA`` is the Lua pattern, ``_entry`` its Python twin.
+_RECORD_LUA: Final = "^" + "%x" * _VERSION_CHARS + "%."
+# redis-py re-sends a command whose reply was lost or late (``retry_on_error``): Redis ran the
+# first one, so the retry finds our own write and, unless it recognises its version, answers
+# "not written" and leaves this replica waiting on its own lease. The new version is random
+# and made before the first send, so finding it means the write was ours.
+# ``pcall``: a GET of a key of another type (a list...) answers WRONGTYPE, which is not a
+# record of ours; any other error is raised as is. Only GET, SET and DEL: what the documented
+# minimal ACL allows (docs/scale-out.md).
+_GET_RECORD: Final = """
+local cur = redis.pcall('GET', KEYS[1])
+if type(cur) == 'table' and cur.err then
+  if string.sub(cur.err, 1, 9) ~= 'WRONGTYPE' then return cur end
+  cur = 'wrong type'
+end
+"""
+# KEYS[1]; ARGV: new version, sealed value, ttl in ms. Write only if absent (or malformed:
+# SET replaces a key of any type).
+_PUT_ABSENT: Final = (
+    _GET_RECORD
+    + f"""
+if cur then
+  if string.sub(cur, 1, 17) == ARGV[1] .. '.' then return 1 end
+  if string.find(cur, '{_RECORD_LUA}') then return false end
+end
+redis.call('SET', KEYS[1], ARGV[1] .. '.' .. ARGV[2], 'PX', ARGV[3])
+return 1
+"""
+)
 # KEYS[1]; ARGV: expected version, new version, sealed value, ttl in ms.
-# Compare-and-set: write only if the current version is the expected one.
-_CAS_PUT: Final = """
-local cur = redis.call('GET', KEYS[1])
-if not cur or string.sub(cur, 1, 16) ~= ARGV[1] then return false end
+# Compare-and-set: write only if the current version is the expected one (or is already the
+# new one: this very write, re-sent).
+_CAS_PUT: Final = (
+    _GET_RECORD
+    + """
+if not cur then return false end
+cur = string.sub(cur, 1, 17)
+if cur == ARGV[2] .. '.' then return 1 end
+if cur ~= ARGV[1] .. '.' then return false end
 redis.call('SET', KEYS[1], ARGV[2] .. '.' .. ARGV[3], 'PX', ARGV[4])
 return 1
 """
+)
 # KEYS[1]; ARGV: expected version. Compare-and-delete.
-_CAS_DELETE: Final = """
-local cur = redis.call('GET', KEYS[1])
-if not cur or string.sub(cur, 1, 16) ~= ARGV[1] then return 0 end
+_CAS_DELETE: Final = (
+    _GET_RECORD
+    + """
+if not cur or string.sub(cur, 1, 17) ~= ARGV[1] .. '.' then return 0 end
 return redis.call('DEL', KEYS[1])
 """
+)
+_HEX: Final = frozenset(b"0123456789abcdefABCDEF")
+#: The env variable that names a private CA (what the TLS errors point to).
+_CA_FILE_VAR: Final = "ENTRA_PASSTHROUGH_REDIS_CA_FILE"
 
 
 def _describe(exc: BaseException) -> tuple[str, str]:
@@ -135,6 +180,12 @@ def _describe(exc: BaseException) -> tuple[str, str]:
         )
     if isinstance(exc, TimeoutError):
         return ("Redis did not answer in time", "check the Redis server's load and network.")
+    if isinstance(exc, ConnectionError) and _certificate_refused(exc):
+        return (
+            "Redis' TLS certificate did not pass certificate verification",
+            f"trust the CA that issued the Redis server's certificate with ca_file "
+            f"({_CA_FILE_VAR}, a PEM file), and connect to a host name the certificate names.",
+        )
     if isinstance(exc, ConnectionError):
         return (
             "Redis cannot be reached",
@@ -223,6 +274,7 @@ class RedisStore:
         if parts.scheme == "rediss":
             options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
             if ca_file:
+                _check_ca_file(ca_file)
                 options["ssl_ca_certs"] = ca_file
         if credential_provider is not None:
             options["credential_provider"] = credential_provider
@@ -390,6 +442,10 @@ class RedisStore:
         bound = await self._bound()
         try:
             raw = await bound.client.get(self.namespace + key)
+        except ResponseError as exc:
+            if _wrong_type(exc):
+                return None  # not a record of ours: a miss (a write replaces it)
+            raise _unavailable(exc) from None
         except _STORE_ERRORS as exc:
             raise _unavailable(exc) from None
         return _entry(raw)
@@ -404,10 +460,10 @@ class RedisStore:
         ttl_ms = max(1, int(ttl * 1000))
         name = self.namespace + key
         try:
-            if isinstance(expect, AnyVersion) or expect is None:
-                done = await bound.client.set(
-                    name, version.encode() + b"." + value, px=ttl_ms, nx=expect is None
-                )
+            if isinstance(expect, AnyVersion):
+                done = await bound.client.set(name, version.encode() + b"." + value, px=ttl_ms)
+            elif expect is None:
+                done = await bound.put_absent(keys=[name], args=[version, value, ttl_ms])
             else:
                 done = await bound.cas_put(keys=[name], args=[expect, version, value, ttl_ms])
         except _STORE_ERRORS as exc:
@@ -436,10 +492,11 @@ class _Bound:
     """One event loop's client and its scripts; ``closer`` closes them when the loop shuts
     down (``RedisStore._close_at_shutdown``)."""
 
-    __slots__ = ("cas_delete", "cas_put", "client", "closed", "closer")
+    __slots__ = ("cas_delete", "cas_put", "client", "closed", "closer", "put_absent")
 
     def __init__(self, client: redis_asyncio.Redis) -> None:
         self.client = client
+        self.put_absent = client.register_script(_PUT_ABSENT)
         self.cas_put = client.register_script(_CAS_PUT)
         self.cas_delete = client.register_script(_CAS_DELETE)
         self.closed = False
@@ -463,6 +520,7 @@ class SyncRedisStore:
     def __init__(self, client: redis_sync.Redis, *, namespace: str = "") -> None:
         self.client = client
         self.namespace = namespace
+        self._put_absent = client.register_script(_PUT_ABSENT)
         self._cas_put = client.register_script(_CAS_PUT)
         self._cas_delete = client.register_script(_CAS_DELETE)
 
@@ -477,6 +535,10 @@ class SyncRedisStore:
     def get(self, key: str) -> Entry | None:
         try:
             raw = self.client.get(self.namespace + key)
+        except ResponseError as exc:
+            if _wrong_type(exc):
+                return None  # not a record of ours: a miss (a write replaces it)
+            raise _unavailable(exc) from None
         except _STORE_ERRORS as exc:
             raise _unavailable(exc) from None
         return _entry(raw)
@@ -490,10 +552,10 @@ class SyncRedisStore:
         ttl_ms = max(1, int(ttl * 1000))
         name = self.namespace + key
         try:
-            if isinstance(expect, AnyVersion) or expect is None:
-                done = self.client.set(
-                    name, version.encode() + b"." + value, px=ttl_ms, nx=expect is None
-                )
+            if isinstance(expect, AnyVersion):
+                done = self.client.set(name, version.encode() + b"." + value, px=ttl_ms)
+            elif expect is None:
+                done = self._put_absent(keys=[name], args=[version, value, ttl_ms])
             else:
                 done = self._cas_put(keys=[name], args=[expect, version, value, ttl_ms])
         except _STORE_ERRORS as exc:
@@ -561,6 +623,33 @@ def _check_url(url: str, *, allow_plaintext: bool) -> None:
         )
 
 
+def _check_ca_file(ca_file: str) -> None:
+    """A CA file that cannot be read would fail every connection as "cannot be reached": say so
+    at construction instead, naming the setting."""
+    if not os.path.isfile(ca_file) or not os.access(ca_file, os.R_OK):
+        raise ConfigurationError(
+            f"the Redis CA file {ca_file!r} (ca_file, {_CA_FILE_VAR}) does not exist or cannot "
+            "be read.",
+            fix=f"set {_CA_FILE_VAR} to the path of a readable PEM file with the CA that issued "
+            "the Redis server's certificate (or unset it to trust the system's CAs).",
+        )
+
+
+def _certificate_refused(exc: BaseException) -> bool:
+    """Whether a connection failed because the server's certificate did not verify (redis-py
+    wraps the ``ssl`` error: its cause, or only its text, depending on the version)."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # bounded walk of the cause chain
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        if "CERTIFICATE_VERIFY_FAILED" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _option(value: str) -> tuple[str, str]:
     """A query value as parse_qs gives it and decoded once more, normalised."""
     return value.strip().lower(), unquote(value).strip().lower()
@@ -572,11 +661,22 @@ def _unavailable(exc: BaseException) -> SourceUnavailable:
 
 
 def _entry(raw: Any) -> Entry | None:
+    """The record in ``raw``, or ``None`` for a malformed one (not ``<16 hex>.<value>``: another
+    program's value, tampered): as good as absent, for this key only; never an exception, which
+    the shared cache would take for a store that is down, for every key."""
     if isinstance(raw, str):  # a client built with decode_responses=True
-        raw = raw.encode("latin-1")
+        raw = raw.encode("utf-8", "surrogateescape")
     if not isinstance(raw, bytes) or len(raw) < _VERSION_CHARS + 1:
         return None
-    return Entry(raw[_VERSION_CHARS + 1 :], raw[:_VERSION_CHARS].decode("ascii"))
+    version = raw[:_VERSION_CHARS]
+    if raw[_VERSION_CHARS] != ord(".") or not set(version) <= _HEX:
+        return None
+    return Entry(raw[_VERSION_CHARS + 1 :], version.decode("ascii"))
+
+
+def _wrong_type(exc: ResponseError) -> bool:
+    """Redis' answer to a GET of a key that holds a list, hash...: not a record of ours."""
+    return str(exc).startswith("WRONGTYPE")
 
 
 def shared_token_cache(

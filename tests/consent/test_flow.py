@@ -19,6 +19,7 @@ from _support.consent import (
     verified_caller,
 )
 from entra_passthrough import ConsentRequired, TokenRequest, UserKey
+from entra_passthrough._grants import grant_key
 from entra_passthrough._jwt import decode_unverified
 
 
@@ -290,7 +291,7 @@ async def test_key_rotation_keeps_links_and_grants_working(consent_env: ConsentE
     assert await source2.get_token_async(request) is not None
     key = UserKey.from_caller(request.caller)
     assert key is not None
-    raw = await store.get(f"ep:v1:grant:{key.hashed}")
+    raw = await store.get(grant_key(source2.client.client_id, key.hashed))
     assert raw is not None
     assert raw.value.startswith(b"new.")
     # a link minted before the rotation still works

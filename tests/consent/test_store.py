@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import threading
 
 import pytest
 
 from entra_passthrough import ConfigurationError, UserKey
-from entra_passthrough._grants import GrantStore, LinkTicket, StoredGrant
+from entra_passthrough._grants import GrantStore, LinkTicket, StoredGrant, grant_key
 from entra_passthrough._sources.delegated import DelegatedConsent
 from entra_passthrough._store import ANY, Keyring, KeyringError, MemoryStore, TokenStore
 from entra_passthrough.consent import ConsentBroker
+
+APP = "00000000-0000-0000-0000-00000000c0de"  # the consent app
 
 
 async def test_memory_store_is_a_token_store_with_cas() -> None:
@@ -111,7 +114,7 @@ def test_keyring_rejects_weak_configuration() -> None:
 
 async def test_grant_store_seals_values_and_hashes_keys() -> None:
     store = MemoryStore()
-    grants = GrantStore(store, Keyring.generate())
+    grants = GrantStore(store, Keyring.generate(), client_id=APP)
     key = UserKey.for_entra_user("tid-1", "oid-1", upn="alice@contoso.com")
     grant = StoredGrant(
         refresh_token="rt-secret-value",
@@ -127,21 +130,21 @@ async def test_grant_store_seals_values_and_hashes_keys() -> None:
     version = await grants.put_grant(key.hashed, grant)
     assert version is not None
     raw_keys = list(store._data)
-    assert raw_keys == [f"ep:v1:grant:{UserKey.for_entra_user('tid-1', 'oid-1').hashed}"]
+    assert raw_keys == [grant_key(APP, UserKey.for_entra_user("tid-1", "oid-1").hashed)]
     assert "oid-1" not in raw_keys[0]
     raw_value = store._data[raw_keys[0]][0]
     assert b"rt-secret-value" not in raw_value
     assert b"alice" not in raw_value
     found = await grants.get_grant(key.hashed)
     assert found is not None
-    assert found[0] == grant
+    assert found[0] == dataclasses.replace(grant, client_id=APP)
     # a grant sealed under a key no longer on the keyring reads as absent
-    other = GrantStore(store, Keyring.generate())
+    other = GrantStore(store, Keyring.generate(), client_id=APP)
     assert await other.get_grant(key.hashed) is None
 
 
 async def test_flows_are_taken_once_and_states_marked_once() -> None:
-    grants = GrantStore(MemoryStore(), Keyring.generate())
+    grants = GrantStore(MemoryStore(), Keyring.generate(), client_id=APP)
     await grants.put_flow("f1", {"a": 1}, ttl=60)
     taken = await asyncio.gather(*(grants.take_flow("f1") for _ in range(10)))
     assert [t for t in taken if t is not None] == [{"a": 1}]

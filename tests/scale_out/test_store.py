@@ -10,11 +10,13 @@ import pytest
 import redis
 
 from entra_passthrough import ConfigurationError, SourceUnavailable, UserKey
-from entra_passthrough._grants import GrantStore, StoredGrant
+from entra_passthrough._grants import GrantStore, StoredGrant, grant_key
 from entra_passthrough._store import ANY, Keyring, TokenStore
 from entra_passthrough.redis import RedisStore
 
 from ._server import PASSWORD, RedisServer, free_port
+
+APP = "00000000-0000-0000-0000-00000000c0de"  # the consent app
 
 SECRETS = {
     "refresh": "0.AAAArefresh-token-of-avery-1234567890",
@@ -97,7 +99,7 @@ async def test_cas_lets_exactly_one_replica_win(redis_server: RedisServer) -> No
 async def test_a_keyspace_scan_shows_no_token_and_no_identity(
     store: RedisStore, redis_server: RedisServer
 ) -> None:
-    grants = GrantStore(store, Keyring.generate())
+    grants = GrantStore(store, Keyring.generate(), client_id=APP)
     key = UserKey.for_entra_user(SECRETS["tid"], SECRETS["oid"], upn=SECRETS["upn"])
     grant = StoredGrant(
         refresh_token=SECRETS["refresh"],
@@ -125,16 +127,17 @@ async def test_rotation_old_keys_open_the_new_key_seals(store: RedisStore) -> No
     new = Keyring({"k2": Keyring.generate("k2").keys["k2"], "k1": old.keys["k1"]}, current="k2")
     key = UserKey.for_entra_user("t", "o").hashed
     grant = StoredGrant("rt-1", ("s",), "t", "o", None, "entra", 1.0, 1.0)
-    await GrantStore(store, old).put_grant(key, grant)
-    found = await GrantStore(store, new).get_grant(key)
+    await GrantStore(store, old, client_id=APP).put_grant(key, grant)
+    found = await GrantStore(store, new, client_id=APP).get_grant(key)
     assert found is not None
     assert found[0].refresh_token == "rt-1"
-    await GrantStore(store, new).put_grant(key, grant, expect=found[1])
-    entry = await store.get(f"ep:v1:grant:{key}")
+    await GrantStore(store, new, client_id=APP).put_grant(key, grant, expect=found[1])
+    entry = await store.get(grant_key(APP, key))
     assert entry is not None
     assert entry.value.startswith(b"k2.")
-    assert await GrantStore(store, old).get_grant(key) is None  # k1 alone cannot read k2
-    assert await GrantStore(store, new).get_grant(key) is not None
+    # k1 alone cannot read k2
+    assert await GrantStore(store, old, client_id=APP).get_grant(key) is None
+    assert await GrantStore(store, new, client_id=APP).get_grant(key) is not None
 
 
 async def test_a_full_rotation_keeps_grants_and_bindings_of_active_users_reachable(
@@ -160,16 +163,18 @@ async def test_a_full_rotation_keeps_grants_and_bindings_of_active_users_reachab
     }
     for chat in chats.values():
         grant = StoredGrant("rt-a", ("s",), "t", "o", None, "platform", 1.0, 1.0)
-        assert await GrantStore(store, steps[0]).put_grant(chat, grant)
-        assert await GrantStore(store, steps[0]).bind(chat, "t", "o")
+        assert await GrantStore(store, steps[0], client_id=APP).put_grant(chat, grant)
+        assert await GrantStore(store, steps[0], client_id=APP).bind(chat, "t", "o")
     for keyring in steps[:2]:
         for chat in chats.values():
-            found = await GrantStore(store, keyring).get_grant(chat)
+            found = await GrantStore(store, keyring, client_id=APP).get_grant(chat)
             assert found is not None
             assert found[0].refresh_token == "rt-a"
-            assert await GrantStore(store, keyring).get_binding(chat) == ("t", "o")
-            assert not await GrantStore(store, keyring).bind(chat, "t2", "o2")  # the first
-    switched, lagging = GrantStore(store, steps[2]), GrantStore(store, steps[1])
+            assert await GrantStore(store, keyring, client_id=APP).get_binding(chat) == ("t", "o")
+            # the first binding stays
+            assert not await GrantStore(store, keyring, client_id=APP).bind(chat, "t2", "o2")
+    switched = GrantStore(store, steps[2], client_id=APP)
+    lagging = GrantStore(store, steps[1], client_id=APP)
     # after the switch: one user signs in again (the broker reads the binding), another
     # makes calls: its grant is refreshed (re-sealed with k2) by a switched replica, read by a
     # replica the rolling switch has not reached yet, refreshed by a switched one again
@@ -182,7 +187,7 @@ async def test_a_full_rotation_keeps_grants_and_bindings_of_active_users_reachab
             assert await replica.get_binding(chats["calls"]) == ("t", "o")  # re-sealed: k1
         else:
             assert await replica.put_grant(chats["calls"], rotated, expect=found[1])
-    after = GrantStore(store, dropped)
+    after = GrantStore(store, dropped, client_id=APP)
     for name in ("signs-in", "calls"):
         assert await after.get_binding(chats[name]) == ("t", "o"), name
     found = await after.get_grant(chats["calls"])
@@ -202,8 +207,9 @@ async def test_tls_rediss_with_a_private_ca() -> None:
         assert repr(store).startswith("RedisStore(rediss://127.0.0.1:")
         await store.aclose()
         untrusted = RedisStore.from_url(server.url, timeout=1.0)
-        with pytest.raises(SourceUnavailable, match="cannot be reached"):
+        with pytest.raises(SourceUnavailable, match="certificate verification") as info:
             await untrusted.get("tls")
+        assert "ENTRA_PASSTHROUGH_REDIS_CA_FILE" in str(info.value)
         await untrusted.aclose()
     finally:
         server.stop()
@@ -235,7 +241,7 @@ async def test_a_repeated_url_option_is_refused_before_any_connection(query: str
             RedisStore.from_env({"ENTRA_PASSTHROUGH_REDIS_URL": url})
         # Once, verification on: the untrusted certificate is refused (typed), never used.
         checked = RedisStore.from_url(f"{server.url}?ssl_cert_reqs=required", timeout=1.0)
-        with pytest.raises(SourceUnavailable, match="cannot be reached"):
+        with pytest.raises(SourceUnavailable, match="certificate verification"):
             await checked.put("ep:v1:x", b"sealed", ttl=10)
         await checked.aclose()
     finally:
@@ -552,14 +558,14 @@ async def test_a_record_sealed_with_a_key_this_replica_lacks_is_named_in_a_warni
     new = Keyring({"k2": Keyring.generate("k2").keys["k2"], "k1": old.keys["k1"]}, current="k2")
     key = UserKey.for_entra_user("t", "o").hashed
     grant = StoredGrant("rt-9", ("s",), "t", "o", None, "entra", 1.0, 1.0)
-    await GrantStore(store, new).put_grant(key, grant)
+    await GrantStore(store, new, client_id=APP).put_grant(key, grant)
     with caplog.at_level(logging.WARNING, logger="entra_passthrough.consent"):
-        assert await GrantStore(store, old).get_grant(key) is None
+        assert await GrantStore(store, old, client_id=APP).get_grant(key) is None
     assert "key id 'k2'" in caplog.text
     assert "list a new key second" in caplog.text
     caplog.clear()
     other = Keyring.generate("k2")  # the same key id, another secret
     with caplog.at_level(logging.WARNING, logger="entra_passthrough.consent"):
-        assert await GrantStore(store, other).get_grant(key) is None
+        assert await GrantStore(store, other, client_id=APP).get_grant(key) is None
     assert "did not verify" in caplog.text
     assert "rt-9" not in caplog.text

@@ -45,6 +45,7 @@ from .._errors import (
     ConfigurationError,
     ConsentRequired,
     EntraError,
+    SourceUnavailable,
     TokenAcquisitionError,
     error_from_entra,
     first_code,
@@ -189,7 +190,7 @@ class DelegatedConsent:
             max_workers=max_workers,
             allowed_tenants=allowed_tenants,
         )
-        self.grants = GrantStore(store, keyring)
+        self.grants = GrantStore(store, keyring, client_id=self.client.client_id)
         self.keyring = keyring
         self.broker_url = broker_url.rstrip("/")
         self.link_lifetime = link_lifetime
@@ -199,6 +200,11 @@ class DelegatedConsent:
         #: (store down mid-refresh): written before this user's next refresh, so the redeemed
         #: refresh token is never used again. Key hash -> (grant, version of our lease).
         self._unsaved: dict[str, tuple[StoredGrant, str]] = {}
+        #: The refresh leases of this instance whose refresh is under way (``_decide``): a
+        #: lease of ours in a grant that is not among them was written by a write whose answer
+        #: never reached us (lost or late reply, re-sent by the client), and nobody redeems
+        #: under it: it is taken over rather than waited out.
+        self._active: set[str] = set()
         self._flights: dict[tuple[int, str], tuple[tuple[Any, ...], asyncio.Future[Any]]] = {}
         self._created_http: Any = None  # from_env built the HTTP session (CA file)
 
@@ -536,6 +542,11 @@ class DelegatedConsent:
                 )
             grant, version = found
             now = time.time()
+            if self._abandoned(grant.lease_owner):
+                # Our own lease, from a write whose answer we did not get: nothing runs under
+                # it, so waiting for it would only wait for ourselves. Taken over (below, a
+                # compare-and-set on the version just read, like any free grant).
+                grant = dataclasses.replace(grant, lease_owner=None, lease_until=0.0)
             if grant.lease_owner and (
                 grant.lease_until > now or self.grants.failed_within(LEASE_SECONDS)
             ):
@@ -547,11 +558,15 @@ class DelegatedConsent:
                 continue
             lease = f"{self._replica}:{secrets.token_hex(4)}"
             leased = dataclasses.replace(grant, lease_owner=lease, lease_until=now + LEASE_SECONDS)
-            lease_version = yield _Grants("put_grant", key.hashed, leased, expect=version)
-            if lease_version is None:
-                continue  # changed under us (rotated or leased elsewhere): read again
-            held = _Held(key.hashed, leased, lease_version)
-            result = yield from self._refresh(key, request, grant, held)
+            self._active.add(lease)
+            try:
+                lease_version = yield _Grants("put_grant", key.hashed, leased, expect=version)
+                if lease_version is None:
+                    continue  # changed under us (rotated or leased elsewhere): read again
+                held = _Held(key.hashed, leased, lease_version)
+                result = yield from self._refresh(key, request, grant, held)
+            finally:
+                self._active.discard(lease)
             if result is None:
                 continue  # the lease was taken over before the redemption: read again
             return result
@@ -561,6 +576,14 @@ class DelegatedConsent:
             scopes=scopes,
         )
 
+    def _abandoned(self, owner: str | None) -> bool:
+        """Whether ``owner`` is a lease this instance wrote but no refresh of it holds."""
+        return (
+            owner is not None
+            and owner.startswith(f"{self._replica}:")
+            and owner not in self._active
+        )
+
     def _refresh(
         self, key: UserKey, request: TokenRequest, grant: StoredGrant, held: _Held
     ) -> Generator[_Step, Any, TokenResult | None]:
@@ -568,6 +591,7 @@ class DelegatedConsent:
         over before the POST (nothing redeemed, nothing to release)."""
         scopes = tuple(request.scopes)
         released = dataclasses.replace(grant, lease_owner=None, lease_until=0.0)
+        started = time.monotonic()
         try:
             answer = yield _Redeem(grant.refresh_token, scopes, request.claims, held)
         except _LeaseLost:
@@ -578,7 +602,10 @@ class DelegatedConsent:
             )
             return None
         except BaseException as exc:
-            yield _Grants("put_grant", key.hashed, released, expect=held.version)
+            if not isinstance(exc, SourceUnavailable) or not self.grants.failed_since(started):
+                yield _Grants("put_grant", key.hashed, released, expect=held.version)
+            # else: the grant store itself failed (down, stalled) keeping the lease: a release
+            # would cost the caller another timeout or two; the lease expires by itself.
             if isinstance(exc, Exception):
                 raise unreachable(
                     exc, what="refreshing the stored grant", source=self.name, scopes=scopes

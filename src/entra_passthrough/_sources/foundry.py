@@ -4,6 +4,7 @@ the toolbox feature flags, on every request."""
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Mapping
 from typing import Any
 
@@ -85,6 +86,7 @@ class FoundryToolboxRoute:
             os.environ.get(FEATURES_ENV) if features is None else features
         )
         self._cache = TokenCache(max_entries=16)
+        self._instance = secrets.token_hex(8)
 
     def __repr__(self) -> str:
         return f"FoundryToolboxRoute(name={self.name!r}, inner={self.inner.name!r})"
@@ -103,7 +105,9 @@ class FoundryToolboxRoute:
     def cache_partition(self, request: TokenRequest) -> tuple[str, ...] | None:
         caller = request.caller
         if caller is None:
-            return ("agent",)
+            # The agent's own token, of whichever identity ``inner`` is: a per-instance tag, so
+            # that no cache shared beyond this process gives it to another deployment.
+            return ("agent", self._instance)
         if not caller.call_id:
             return None
         return ("call", caller.call_id)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import threading
 import time
 from collections.abc import Mapping
@@ -254,6 +255,7 @@ class ManagedIdentity:
         self._tokens: dict[str, TokenResult] = {}
         self._msal_client: Any = None
         self._cloud_shell: Any = None
+        self._instance = secrets.token_hex(8)
         self.check_host()
 
     @property
@@ -334,7 +336,13 @@ class ManagedIdentity:
 
     def cache_partition(self, request: TokenRequest) -> tuple[str, ...] | None:
         selector = self.selector
-        return (selector[1] if selector else "system-assigned",)
+        if selector is not None:
+            return (selector[1],)  # names the identity: every replica may share its tokens
+        # "The host's own identity" is a different identity on every host: a constant would let
+        # a shared token cache (L2) serve one deployment's token to another sharing its Redis.
+        # A per-instance tag keeps them apart (replicas then do not share it either: a token
+        # from the local identity endpoint costs little).
+        return ("system-assigned", self._instance)
 
     def get_token(self, request: TokenRequest) -> TokenResult | None:
         return self._fetch(request.scopes)

@@ -123,7 +123,7 @@ class ConsentBroker:
             max_workers=max_workers,
             allowed_tenants=allowed_tenants,
         )
-        self.grants = GrantStore(store, keyring)
+        self.grants = GrantStore(store, keyring, client_id=self.client.client_id)
         self.keyring = keyring
         self.redirect_uris = tuple(redirect_uris)
         # The broker's public origins: its pages are served where its callbacks are, whatever
