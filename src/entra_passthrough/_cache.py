@@ -60,6 +60,11 @@ _RETRY_SHARE = 0.5
 #: capped: whole-second ``expires_in`` and the answer's time on the wire put an identity
 #: provider's own cap a second or two short of the assertion's ``exp``.
 _CAP_SLACK = 5.0
+#: A new token for a capped key (one bound to an assertion) that ends no later than this past
+#: the one it replaces gained nothing: the identity provider ends this assertion's tokens
+#: there (it caps them itself, and this host's clock is behind its clock by more than the
+#: slack above, so the cap did not show). Refreshing again would get the same end again.
+_NO_GAIN = 1.0
 
 
 def _loop_running_here() -> bool:
@@ -304,6 +309,13 @@ class TokenCache:
         # cap, and never refreshed): the result is stored alone, 64 B less per OBO entry.
         capped = refresh_at == math.inf and usable_until == result.expires_on
         with self._lock:
+            if not capped and cap is not None:
+                before = self._entries.get(key)
+                if (
+                    isinstance(before, _Entry)
+                    and before.result.expires_on >= result.expires_on - _NO_GAIN
+                ):
+                    capped = True  # served to its own end, never refreshed ahead again
             self._entries[key] = result if capped else _Entry(result, refresh_at, usable_until)
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:

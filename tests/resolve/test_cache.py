@@ -315,6 +315,34 @@ def test_token_the_identity_provider_capped_is_served_to_its_expiry_not_refreshe
     assert cache.get("k") is None
 
 
+def test_a_refresh_that_gained_nothing_is_not_repeated() -> None:
+    """An identity provider that caps its tokens at the assertion, on a clock this host's runs
+    a minute behind: every token ends a minute before the cap as this host reads it, so the cap
+    does not show. The first refresh ahead brings the same end back; after it the token is
+    served to its own end, not refreshed again at half the time left each time."""
+    clock = Clock()
+    cache = TokenCache(clock=clock)
+    cap = time.time() + 3600
+    calls: list[int] = []
+
+    def acquire() -> TokenResult:
+        calls.append(1)
+        return TokenResult(f"t{len(calls)}", cap - 60, IdentityKind.USER, "s")
+
+    offset = 0.0
+    while offset < 3540:  # a call every 5 s over the token's life
+        clock.offset = offset
+        got = cache.get_or_acquire("k", acquire, cap=cap)
+        assert got is not None
+        assert cache.wait_refreshes(10)
+        offset += 5
+    assert len(calls) == 2  # the first token, and the one refresh that showed it gains nothing
+    clock.offset = 3540 - 0.5  # half a second before its end: still served
+    assert cache.get("k") is not None
+    clock.offset = 3540 + 0.01
+    assert cache.get("k") is None
+
+
 @pytest.mark.parametrize(
     "cap_after", [3600 + 60, 7200], ids=["a-minute-before-its-cap", "an-hour-before-its-cap"]
 )
