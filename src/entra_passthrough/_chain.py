@@ -797,9 +797,11 @@ class TokenChain:
         try:
             chosen = Policy(str(raw).lower())
         except ValueError:
+            # Not the value: it may be a secret pasted into the wrong variable.
             raise ConfigurationError(
-                f"ENTRA_PASSTHROUGH_POLICY={raw!r} is not a policy.",
-                fix=f"use one of {', '.join(p.value for p in Policy)}.",
+                "ENTRA_PASSTHROUGH_POLICY (or policy=) is not one of "
+                f"{', '.join(p.value for p in Policy)}.",
+                fix=f"set ENTRA_PASSTHROUGH_POLICY to one of {', '.join(p.value for p in Policy)}.",
             ) from None
         lifecycle_app = _env.get_bool(env, "ENTRA_PASSTHROUGH_LIFECYCLE_APP")
         sources: list[TokenSource] = []

@@ -603,8 +603,11 @@ def _redacted(check: Check, hidden: Mapping[str, str]) -> Check:
     for value in sorted(hidden, key=len, reverse=True):  # a value inside another: longest first
         shown = hidden[value]
         if len(value) >= _MIN_HIDDEN:
-            detail = detail.replace(value, shown)
-            fix = fix.replace(value, shown)
+            # In any case: a message that lower-cases what it echoes (a boolean's, once) must
+            # not slip past an exact-copy match.
+            anycase = re.compile(re.escape(value), re.IGNORECASE)
+            detail = anycase.sub(lambda _: shown, detail)  # noqa: B023 - used at once
+            fix = anycase.sub(lambda _: shown, fix)  # noqa: B023
         else:
             alone = re.compile(rf"(?<![A-Za-z0-9]){re.escape(value)}(?![A-Za-z0-9])")
             detail = alone.sub(lambda _: shown, detail)  # noqa: B023 - used at once

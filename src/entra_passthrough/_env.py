@@ -170,6 +170,10 @@ def get_list(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(part for part in value.replace(",", " ").split() if part)
 
 
+# A value that is not one of the accepted words or numbers is never shown in an error: it may
+# be a secret pasted into the wrong variable (the message names the variable and what it takes).
+
+
 def get_bool(environ: Mapping[str, str], name: str, *, default: bool = False) -> bool:
     value = (get(environ, name) or "").lower()
     if not value:
@@ -178,7 +182,10 @@ def get_bool(environ: Mapping[str, str], name: str, *, default: bool = False) ->
         return False
     if value in ("1", "true", "yes", "on"):
         return True
-    raise ConfigurationError(f"{name}={value!r} is not a boolean.", fix="use true or false.")
+    raise ConfigurationError(
+        f"{name} is not a boolean (true/false, yes/no, on/off, 1/0).",
+        fix=f"set {name} to true or false.",
+    )
 
 
 def get_int(environ: Mapping[str, str], name: str, default: int) -> int:
@@ -188,7 +195,13 @@ def get_int(environ: Mapping[str, str], name: str, default: int) -> int:
     try:
         number = int(value)
     except ValueError:
-        raise ConfigurationError(f"{name}={value!r} is not an integer.") from None
+        raise ConfigurationError(
+            f"{name} is not a whole number.",
+            fix=f"set {name} to a whole number, at least 1 (or unset it for {default}).",
+        ) from None
     if number < 1:
-        raise ConfigurationError(f"{name} must be at least 1.")
+        raise ConfigurationError(
+            f"{name} must be at least 1.",
+            fix=f"set {name} to a whole number, at least 1 (or unset it for {default}).",
+        )
     return number

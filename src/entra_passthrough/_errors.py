@@ -422,11 +422,13 @@ def _first_line(description: str) -> str:
     return text[:_MAX_DESCRIPTION]
 
 
-#: A line that echoes a token request's form (a gateway or proxy answering with what it got).
+#: A line that echoes a token request's form (a gateway or proxy answering with what it got),
+#: also URL-encoded once more (``client_secret%3D...``). Other shapes (a dict's repr, XML,
+#: ``field: value``) have their secret values redacted (``_redact.redact``).
 _CODE_IN_TEXT = re.compile(r"\s*AADSTS(\d{4,7})\b")
 _FORM_ECHO = re.compile(
     r"(?i)\b(grant_type|client_id|client_secret|client_assertion|client_assertion_type|"
-    r"requested_token_use|assertion|refresh_token|code_verifier|redirect_uri|scope)="
+    r"requested_token_use|assertion|refresh_token|code_verifier|redirect_uri|scope)(=|%3D)"
 )
 _WORD = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _MAX_UNDECODED = 160

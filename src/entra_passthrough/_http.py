@@ -44,6 +44,10 @@ from ._errors import ConfigurationError, code_in_body
 #: 5xx whose body names a definite AADSTS answer (``_definite_answer``).
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 
+#: The longest time limit ``Timeouts`` takes (seconds): a day. Longer is a typo or "no limit",
+#: and an infinite one overflowed the deadline watchdog's wait.
+MAX_SECONDS = 86_400.0
+
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
@@ -72,12 +76,22 @@ class Timeouts:
     negative_ttl: float = 2.0
 
     def __post_init__(self) -> None:
+        # A bound of its own too: "inf" (or 1e10) passed the positivity checks, and the
+        # deadline watchdog's wait overflowed on it (every acquisition then had no deadline).
         for name in ("connect", "read", "deadline"):
-            if not getattr(self, name) > 0:
-                raise ConfigurationError(f"Timeouts.{name} must be a positive number of seconds.")
+            if not 0 < getattr(self, name) <= MAX_SECONDS:
+                raise ConfigurationError(
+                    f"Timeouts.{name} must be a positive number of seconds, at most "
+                    f"{MAX_SECONDS:g} (a day).",
+                    fix=f"use a finite number of seconds up to {MAX_SECONDS:g}.",
+                )
         for name in ("backoff", "max_backoff", "max_retry_wait", "negative_ttl"):
-            if not getattr(self, name) >= 0:
-                raise ConfigurationError(f"Timeouts.{name} must not be negative.")
+            if not 0 <= getattr(self, name) <= MAX_SECONDS:
+                raise ConfigurationError(
+                    f"Timeouts.{name} must not be negative, and at most {MAX_SECONDS:g} "
+                    "seconds (a day).",
+                    fix=f"use a finite number of seconds from 0 to {MAX_SECONDS:g}.",
+                )
         if not 0 <= self.retries <= 10:
             raise ConfigurationError("Timeouts.retries must be between 0 and 10.")
 
@@ -95,13 +109,24 @@ class Timeouts:
             raw = _env.get(env, var)
             if raw is None:
                 continue
+            seconds = field_name != "retries"
+            wanted = (
+                f"a number of seconds, more than 0 and at most {MAX_SECONDS:g} (a day)"
+                if seconds
+                else "a whole number of retries from 0 to 10"
+            )
             try:
-                values[field_name] = int(raw) if field_name == "retries" else float(raw)
+                number = float(raw) if seconds else int(raw)
             except ValueError:
+                number = None
+            if number is None or not (0 < number <= MAX_SECONDS if seconds else 0 <= number <= 10):
+                # Never the value, nor its start: a secret pasted into the wrong variable must
+                # not reach an error message (or doctor's output).
                 raise ConfigurationError(
-                    f"{var} must be a number, got {raw[:20]!r}.",
-                    fix=f"set {var} to a number of seconds (or unset it for the default).",
-                ) from None
+                    f"{var} is not {wanted}.",
+                    fix=f"set {var} to {wanted} (or unset it for the default).",
+                )
+            values[field_name] = number
         return cls(**values)
 
 
@@ -1021,13 +1046,17 @@ class _Watchdog:
                     continue
                 wait = self._heap[0][0] - time.monotonic()
                 if wait > 0:
-                    self.lock.wait(wait)
+                    # Clamped: a wait past threading's limit (an end at inf, or 1e10 s away)
+                    # raised OverflowError and ended this thread; the loop looks again.
+                    self.lock.wait(min(wait, _WATCHDOG_MAX_WAIT))
                     continue
                 _, _, watch = heapq.heappop(self._heap)
                 watch._fire()
 
 
 _WATCHDOG = _Watchdog()
+#: The longest single wait of the watchdog (seconds; it waits again while a deadline is ahead).
+_WATCHDOG_MAX_WAIT = 3600.0
 
 
 def _is_timeout(exc: BaseException) -> bool:

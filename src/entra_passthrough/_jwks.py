@@ -14,11 +14,18 @@ A TTL refresh never holds a request whose ``kid`` the cached keys have: the key 
 refresh runs in the background (stale-while-revalidate; async: a task on the loop, sync: a
 thread), so a slow or hanging endpoint costs no request its fetch timeout. Only a request that
 needs keys the cache does not have (none yet, or an unknown ``kid``) waits for a fetch.
+
+Every fetch (the discovery document and the keys it names, together) ends within
+``FETCH_TIMEOUT`` whatever the endpoint does, and no body is read past ``MAX_DOCUMENT_BYTES``: a
+client's timeout is per read, so a body trickling a byte at a time held the fetch (and every
+request waiting for keys) for as long as it trickled, and an endless body was read whole into
+memory before its size was checked.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
 import math
@@ -43,7 +50,11 @@ logger = logging.getLogger("entra_passthrough.verify")
 #: A JWKS document is a few KiB; refuse anything absurd.
 MAX_DOCUMENT_BYTES = 1024 * 1024
 MAX_KEYS = 64
+#: Seconds one fetch may take in all (discovery and keys, connect to last byte); each socket
+#: operation gets what is left of it.
 FETCH_TIMEOUT = 10.0
+#: Bytes asked of a ``requests`` response per read (``read1`` returns what has arrived).
+_READ_SIZE = 64 * 1024
 
 
 class _Response(Protocol):
@@ -299,10 +310,16 @@ class KeySet:
             return await self._fetch_with_async(client, source)
 
     async def _fetch_with_async(self, client: AsyncGetter, source: KeySource) -> dict[str, Any]:
-        url = source.url
-        if source.discovery:
-            url = _jwks_uri_from_discovery(_ok(await client.get(url, timeout=FETCH_TIMEOUT)))
-        return parse_jwks(_ok(await client.get(url, timeout=FETCH_TIMEOUT)))
+        deadline = time.monotonic() + FETCH_TIMEOUT
+        try:
+            # The one bound on the whole fetch: the client's own timeout is per read.
+            async with asyncio.timeout(FETCH_TIMEOUT):
+                url = source.url
+                if source.discovery:
+                    url = _jwks_uri_from_discovery(await _read_async(client, url, deadline))
+                return parse_jwks(await _read_async(client, url, deadline))
+        except TimeoutError:
+            raise _past_deadline() from None
 
     # --- sync driver ---
 
@@ -360,16 +377,36 @@ class KeySet:
         threading.Thread(target=run, name="entra-passthrough-jwks", daemon=True).start()
 
     def _fetch_sync(self, source: KeySource) -> dict[str, Any]:
+        """The fetch, run in a thread of its own so that the caller has its answer at the
+        deadline: a blocking read cannot be cut short from here, only waited for. The thread
+        ends by itself soon after (each read waits at most the time the fetch had left, and no
+        read starts past the deadline)."""
+        outcome: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                outcome.set_result(self._fetch_sync_unbounded(source))
+            except BaseException as exc:  # handed to the caller (who may have stopped waiting)
+                outcome.set_exception(exc)
+
+        threading.Thread(target=run, name="entra-passthrough-jwks-fetch", daemon=True).start()
+        try:
+            return outcome.result(timeout=FETCH_TIMEOUT)
+        except concurrent.futures.TimeoutError:
+            raise _past_deadline() from None
+
+    def _fetch_sync_unbounded(self, source: KeySource) -> dict[str, Any]:
         if self._sync_http_client is not None:
             return self._fetch_with_sync(self._sync_http_client, source)
         with httpx.Client(verify=self._verify, follow_redirects=False, trust_env=True) as client:
             return self._fetch_with_sync(client, source)
 
     def _fetch_with_sync(self, client: SyncGetter, source: KeySource) -> dict[str, Any]:
+        deadline = time.monotonic() + FETCH_TIMEOUT
         url = source.url
         if source.discovery:
-            url = _jwks_uri_from_discovery(_ok(client.get(url, timeout=FETCH_TIMEOUT)))
-        return parse_jwks(_ok(client.get(url, timeout=FETCH_TIMEOUT)))
+            url = _jwks_uri_from_discovery(_read_sync(client, url, deadline))
+        return parse_jwks(_read_sync(client, url, deadline))
 
 
 #: After a failed fetch with no keys held, the next fetch waits this long (seconds, at most
@@ -385,9 +422,88 @@ def _retrieve(task: asyncio.Task[None]) -> None:
 
 
 def _ok(response: _Response) -> bytes:
+    """The body of a getter that offers no streaming (``get`` only): read by the getter itself,
+    bounded in time by the fetch's deadline, in size only afterwards (``parse_jwks``)."""
     if response.status_code != 200:
         raise ValueError(f"HTTP {response.status_code}")
     return response.content
+
+
+def _past_deadline() -> TimeoutError:
+    # Only the type reaches the log and the 503's message (``KeySet._failed``).
+    return TimeoutError(f"no complete answer within {FETCH_TIMEOUT:g} s")
+
+
+def _left(deadline: float) -> float:
+    """Seconds left before ``deadline``; ``TimeoutError`` when none are (no read starts late)."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise _past_deadline()
+    return left
+
+
+def _head(response: Any) -> None:
+    """Refuse an answer before its body is read: not a 200, or announcing too large a body."""
+    if response.status_code != 200:
+        raise ValueError(f"HTTP {response.status_code}")
+    length = response.headers.get("content-length")
+    if length is not None and length.strip().isdigit() and int(length) > MAX_DOCUMENT_BYTES:
+        raise ValueError("key document larger than 1 MiB")
+
+
+def _gather(body: bytearray, chunk: bytes, deadline: float) -> None:
+    """Add a chunk; stop past the size cap or the deadline (a body may be endless, or come a
+    byte at a time: neither is read on)."""
+    body += chunk
+    if len(body) > MAX_DOCUMENT_BYTES:
+        raise ValueError("key document larger than 1 MiB")
+    _left(deadline)
+
+
+async def _read_async(client: AsyncGetter, url: str, deadline: float) -> bytes:
+    stream = getattr(client, "stream", None)
+    if not callable(stream):
+        return _ok(await client.get(url, timeout=_left(deadline)))
+    body = bytearray()
+    async with stream("GET", url, timeout=_left(deadline)) as response:
+        _head(response)
+        async for chunk in response.aiter_bytes():
+            _gather(body, chunk, deadline)
+    return bytes(body)
+
+
+def _read_sync(client: SyncGetter, url: str, deadline: float) -> bytes:
+    body = bytearray()
+    if _is_requests(client):
+        # requests: ``stream=True`` and ``read1`` (what has arrived, at most _READ_SIZE):
+        # ``iter_content(n)`` blocks until n bytes have come, however slowly.
+        response = client.get(url, timeout=_left(deadline), stream=True)  # type: ignore[call-arg]
+        with response:
+            _head(response)
+            read1 = getattr(response.raw, "read1", None)
+            chunks: Any = (
+                iter(lambda: read1(_READ_SIZE, decode_content=True), b"")
+                if callable(read1)
+                else response.iter_content(1024)  # urllib3 1.x: no read1
+            )
+            for chunk in chunks:
+                _gather(body, chunk, deadline)
+        return bytes(body)
+    stream = getattr(client, "stream", None)
+    if not callable(stream):
+        return _ok(client.get(url, timeout=_left(deadline)))
+    with stream("GET", url, timeout=_left(deadline)) as response:
+        _head(response)
+        for chunk in response.iter_bytes():
+            _gather(body, chunk, deadline)
+    return bytes(body)
+
+
+def _is_requests(client: object) -> bool:
+    """The ``requests`` module or a ``requests.Session`` (the consent client's getters)."""
+    import requests
+
+    return client is requests or isinstance(client, requests.Session)
 
 
 def _unknown_kid(kid: str) -> TokenVerificationError:

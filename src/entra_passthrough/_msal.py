@@ -24,6 +24,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
 
 import msal
 
@@ -74,18 +75,67 @@ def federation_audience(authority_host: str) -> str:
     return _FEDERATION_AUDIENCES.get(host, PUBLIC_FEDERATION_AUDIENCE)
 
 
-def normalize_authority_host(authority_host: str) -> str:
-    host = authority_host.strip().rstrip("/")
+#: The fix for an authority host that is not a bare ``https://host[:port]``.
+AUTHORITY_HOST_FIX = (
+    "set AZURE_AUTHORITY_HOST (or authority_host=) to the host only, e.g. "
+    "https://login.microsoftonline.com (your cloud's login host, or the emulator's URL); the "
+    "tenant is AZURE_TENANT_ID."
+)
+
+
+def normalize_authority_host(authority_host: str, *, what: str = "authority host") -> str:
+    """``https://host[:port]`` (lower-case scheme, no trailing ``/``), or a
+    ``ConfigurationError`` (``what`` names the setting): the library appends ``/{tenant}`` to
+    it, so anything else (a tenant or ``/organizations`` path, a query, a fragment, user info,
+    no host) built a URL MSAL refused on every call with a bare ``ValueError``."""
+    host = authority_host.strip()
     if "://" not in host:
         host = f"https://{host}"
     scheme, rest = host.split("://", 1)
+    rest = rest.rstrip("/")  # after the split: "https://" is no host, not the host "https:"
     host = f"{scheme.lower()}://{rest}"  # "HTTPS://..." is HTTPS (schemes ignore case)
+    netloc = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    if "@" in netloc:
+        # Not echoed: user info may carry a password.
+        raise ConfigurationError(
+            f"the {what} has user info (user@ or user:password@); it is a host, not a URL "
+            "with credentials.",
+            fix=AUTHORITY_HOST_FIX,
+        )
     if scheme.lower() != "https":
         raise ConfigurationError(
-            f"authority host {host!r} is not HTTPS; MSAL and Entra require HTTPS.",
+            f"{what} {host!r} is not HTTPS; MSAL and Entra require HTTPS.",
             fix="use https://login.microsoftonline.com (or your cloud's / the emulator's URL).",
         )
+    problem = _authority_host_problem(host, netloc)
+    if problem:
+        raise ConfigurationError(
+            f"{what} {host[:200]!r} {problem}; it must be the host only.",
+            fix=AUTHORITY_HOST_FIX,
+        )
     return host
+
+
+def _authority_host_problem(host: str, netloc: str) -> str | None:
+    """What makes ``host`` (``https://...``, no user info) more or less than a host."""
+    parts = urlsplit(host)
+    if not netloc or not parts.hostname:
+        return "names no host"
+    if not netloc.isascii() or any(c.isspace() or not c.isprintable() for c in netloc):
+        return "has spaces or characters outside ASCII in its host (use the punycode form)"
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return "has a port that is not a number"
+    if netloc.endswith(":"):
+        return "has an empty port"
+    if parts.path not in ("", "/"):
+        return f"has a path ({parts.path[:64]!r}; a tenant goes in AZURE_TENANT_ID)"
+    if "?" in host:
+        return "has a query"
+    if "#" in host:
+        return "has a fragment"
+    return None
 
 
 def app_service_token(

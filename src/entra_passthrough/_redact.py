@@ -9,10 +9,12 @@ and it rewrites the record in place: the message, its arguments, the formatted e
 stack text. What it removes:
 
 * JWT-shaped values (three base64url segments; a JOSE header always starts ``eyJ``);
-* the value of every secret-bearing field, in JSON (``"refresh_token": "..."``, a cut string
-  too) and in forms or query strings (``client_secret=...&``): access, refresh and id tokens,
-  client secrets and assertions, OBO assertions, authorization codes, PKCE verifiers,
-  passwords;
+* the value of every secret-bearing field, in JSON or a Python dict's repr
+  (``"refresh_token": "..."``, ``'client_secret': '...'``, a cut string too), in forms or query
+  strings (``client_secret=...&``, URL-encoded once more: ``client_secret%3D...``), in XML
+  (``<client_secret>...</client_secret>``) and as ``field: value`` (a header dump): access,
+  refresh and id tokens, client secrets and assertions, OBO assertions, authorization codes,
+  PKCE verifiers, passwords;
 * ``Bearer <value>`` in header dumps;
 * long opaque runs (40+ characters of a token alphabet, as refresh tokens and client secrets
   are), which leaves GUIDs (36) and the library's 12-character fingerprints readable.
@@ -45,10 +47,29 @@ _SECRET_FIELDS = (
     "x-identity-header",
 )
 _FIELDS = "|".join(re.escape(f) for f in _SECRET_FIELDS)
-# "field": "value"  (a value cut by a truncated body has no closing quote)
-_JSON_FIELD = re.compile(rf'("(?:{_FIELDS})"\s*:\s*")(?:[^"\\]|\\.)*("|$)', re.IGNORECASE)
-# field=value in a form body or a query string
+# "field": "value", and 'field': 'value' (a Python dict's repr, a gateway echoing one), either
+# quote on either side; a value cut by a truncated body has no closing quote.
+_JSON_FIELD = re.compile(
+    rf"""(["'](?:{_FIELDS})["']\s*:\s*)(["'])(?:(?!\2)[^\\]|\\.)*(\2|$)""", re.IGNORECASE
+)
+# field=value in a form body or a query string, and field%3Dvalue (the same, URL-encoded once
+# more: a body echoed inside a query string or a log of one)
 _FORM_FIELD = re.compile(rf"(?<![A-Za-z0-9_])((?:{_FIELDS})=)[^&\s\"'<>]+", re.IGNORECASE)
+_ENCODED_FIELD = re.compile(
+    rf"(?:(?<![A-Za-z0-9_])|(?<=%26)|(?<=%3F))((?:{_FIELDS})%3D)(?:(?!%26)[^&\s\"'<>])+",
+    re.IGNORECASE,
+)
+# <field>value</field> (an XML or SOAP echo)
+_XML_FIELD = re.compile(rf"(<(?:{_FIELDS})(?:\s[^<>]*)?>)[^<]+", re.IGNORECASE)
+#: Fields whose unquoted ``field: value`` (a header dump, YAML, a gateway's "field: value"
+#: text) is redacted. Not the bare ``token``/``secret``: "could not get a token: <reason>" is
+#: prose. A value of digits only (``code: 400``) is a status, not a secret.
+_COLON_FIELDS = "|".join(re.escape(f) for f in _SECRET_FIELDS if f not in ("token", "secret"))
+_COLON_FIELD = re.compile(
+    rf"(?<![A-Za-z0-9_\"'-])((?:{_COLON_FIELDS})\s*:[ \t]*)(?![0-9]+(?![^\s,;&<>\"'}}\]]))"
+    rf"[^\s,;&<>\"'}}\]]+",
+    re.IGNORECASE,
+)
 _BEARER = re.compile(r"(?i)(\bbearer\s+)[A-Za-z0-9._~+/=-]+")
 # JWTs are looked for in runs of the base64url alphabet and dots, each run matched once from
 # its start (the look-behind): a pattern starting at every "eyJ" rescanned a long run without a
@@ -63,8 +84,11 @@ def redact(text: str) -> str:
     """``text`` with every secret-looking value replaced by ``[redacted]``."""
     if not text:
         return text
-    text = _JSON_FIELD.sub(lambda m: m.group(1) + REDACTED + m.group(2), text)
+    text = _JSON_FIELD.sub(lambda m: m.group(1) + m.group(2) + REDACTED + m.group(3), text)
     text = _FORM_FIELD.sub(lambda m: m.group(1) + REDACTED, text)
+    text = _ENCODED_FIELD.sub(lambda m: m.group(1) + REDACTED, text)
+    text = _XML_FIELD.sub(lambda m: m.group(1) + REDACTED, text)
+    text = _COLON_FIELD.sub(lambda m: m.group(1) + REDACTED, text)
     text = _BEARER.sub(lambda m: m.group(1) + REDACTED, text)
     text = _TOKEN_RUN.sub(_jwts, text)
     return _OPAQUE.sub(_opaque, text)

@@ -80,6 +80,27 @@ _MI_TRANSIENT_FIX = (
 )
 
 
+#: The fix for an authority MSAL refused (``unreachable``).
+AUTHORITY_FIX = (
+    "check AZURE_AUTHORITY_HOST / authority_host= (the host only, e.g. "
+    "https://login.microsoftonline.com: no tenant path, query or fragment) and AZURE_TENANT_ID "
+    "(the Directory (tenant) ID), and that {host}/{tenant}/v2.0/.well-known/openid-configuration "
+    "answers from this machine."
+)
+
+
+def _raised_in(exc: BaseException, module: str) -> bool:
+    """Whether ``exc`` was raised by code of ``module`` (its traceback's innermost frame)."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    for _ in range(1000):  # bounded walk to the innermost frame
+        if tb.tb_next is None:
+            break
+        tb = tb.tb_next
+    return tb.tb_frame.f_globals.get("__name__") == module
+
+
 def unreachable(
     exc: BaseException, *, what: str, source: str, scopes: tuple[str, ...]
 ) -> EntraPassthroughError:
@@ -116,6 +137,17 @@ def unreachable(
             else "nothing to configure if it is transient (the request was retried with "
             "backoff); check the network path to the authority host, or raise the timeouts "
             "(Timeouts / ENTRA_PASSTHROUGH_READ_TIMEOUT) if Entra is slow from here.",
+        )
+    if isinstance(exc, ValueError) and _raised_in(exc, "msal.authority"):
+        # Every ValueError of MSAL's authority module is about the authority URL it was given
+        # ({authority host}/{tenant}) or the OpenID configuration fetched from it. Its text is
+        # not shown (it may carry the discovery endpoint's answer).
+        return SourceUnavailable(
+            f"{what} failed: MSAL could not use the authority (the authority host and tenant) "
+            "or fetch its OpenID configuration (ValueError).",
+            source=source,
+            scopes=scopes,
+            fix=AUTHORITY_FIX,
         )
     detail = type(exc).__name__
     text = str(exc)

@@ -11,8 +11,11 @@ from typing import Any
 from .. import _env
 from .._errors import ConfigurationError, EntraError, SourceUnavailable, Throttled
 from .._http import retry_after_seconds
-from .._msal import WorkerPool
+from .._msal import WorkerPool, normalize_authority_host
 from .._types import IdentityKind, TokenRequest, TokenResult
+
+#: azure-identity's tenant id characters (``validate_tenant_id``), ASCII only.
+_TENANT = re.compile(r"[A-Za-z0-9.-]+")
 
 _NETWORK_FIX = (
     "check the network path to the authority host (AZURE_AUTHORITY_HOST; a proxy: HTTPS_PROXY / "
@@ -204,10 +207,19 @@ class AzureCredential:
         env = _env.environ_or(environ)
         tenant = _env.require(env, "AZURE_TENANT_ID", what="the app's tenant")
         client = _env.require(env, "AZURE_CLIENT_ID", what="the app registration")
+        # Checked here, with the library's rules, so that azure-identity's constructors raise
+        # no bare ValueError for them (an app catching ConfigurationError at start-up would not
+        # catch it) and the certificate branch's ValueError can only be the certificate's.
+        if not _TENANT.fullmatch(tenant):
+            raise ConfigurationError(
+                "AZURE_TENANT_ID is not a tenant id: letters, digits, '-' and '.' only.",
+                fix="set AZURE_TENANT_ID to the Directory (tenant) ID (a GUID) or the tenant's "
+                "domain (contoso.onmicrosoft.com).",
+            )
         options: dict[str, Any] = {}
         authority = _env.get(env, "AZURE_AUTHORITY_HOST")
         if authority:
-            options["authority"] = authority
+            options["authority"] = normalize_authority_host(authority, what="AZURE_AUTHORITY_HOST")
         extra_tenants = _env.get_list(env, "AZURE_ADDITIONALLY_ALLOWED_TENANTS")
         if extra_tenants:
             options["additionally_allowed_tenants"] = list(extra_tenants)
@@ -215,17 +227,26 @@ class AzureCredential:
         cert = _env.get(env, "AZURE_CLIENT_CERTIFICATE_PATH")
         credential: Any
         if secret:
-            credential = ClientSecretCredential(tenant, client, secret, **options)
+            try:
+                credential = ClientSecretCredential(tenant, client, secret, **options)
+            except ValueError:
+                # Whatever else azure-identity refuses: typed, its text not shown.
+                raise ConfigurationError(
+                    "azure-identity refused the client secret credential's settings.",
+                    fix="check AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_AUTHORITY_HOST and "
+                    "AZURE_ADDITIONALLY_ALLOWED_TENANTS.",
+                ) from None
         elif cert:
+            # Read before the try: its ConfigurationError is a ValueError, and must not turn
+            # into "the certificate cannot be opened".
+            send_chain = _env.get_bool(env, "AZURE_CLIENT_SEND_CERTIFICATE_CHAIN")
             try:
                 credential = CertificateCredential(
                     tenant,
                     client,
                     certificate_path=cert,
                     password=_env.get(env, "AZURE_CLIENT_CERTIFICATE_PASSWORD"),
-                    send_certificate_chain=_env.get_bool(
-                        env, "AZURE_CLIENT_SEND_CERTIFICATE_CHAIN"
-                    ),
+                    send_certificate_chain=send_chain,
                     **options,
                 )
             except (ValueError, TypeError, OSError):
