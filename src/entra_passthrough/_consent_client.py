@@ -9,7 +9,9 @@ JWKS, iss, aud, nonce, exp, tid), with PyJWT, because MSAL only decodes them.
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,7 +23,7 @@ import requests
 from ._credential import AppCredential
 from ._errors import ConfigurationError, TokenVerificationError
 from ._http import OAuthBodies
-from ._jwks import MAX_DOCUMENT_BYTES, KeySet, KeySource, check_fetch_url
+from ._jwks import KeySet, KeySource, check_fetch_url, read_bounded
 from ._msal import (
     DiscoveryOnlyHttpCache,
     NullTokenCache,
@@ -173,13 +175,13 @@ class ConsentClient:
             if self._oidc is not None:
                 return self._oidc
         session = self._http if self._http is not None else requests
-        response = session.get(
-            f"{self.authority}/v2.0/.well-known/openid-configuration", timeout=HTTP_TIMEOUT
-        )
-        response.raise_for_status()
-        if len(response.content) > MAX_DOCUMENT_BYTES:
-            raise IdTokenError("discovery document too large")
-        data = response.json()
+        # One deadline for the whole answer and a streamed size cap, as for the signing keys:
+        # ``timeout=`` is per read, and a body trickling in (or endless) would hold the
+        # callback, or fill memory, for as long as it came.
+        # Its failures (a status other than 200, too large, past the deadline) are the
+        # identity provider's, not the sign-in's: the broker answers 503, start again.
+        url = f"{self.authority}/v2.0/.well-known/openid-configuration"
+        data = json.loads(read_bounded(session, url, time.monotonic() + HTTP_TIMEOUT))
         if not isinstance(data, dict) or not isinstance(data.get("jwks_uri"), str):
             raise ValueError("discovery document has no jwks_uri")
         check_fetch_url(data["jwks_uri"], what="jwks_uri")

@@ -405,8 +405,8 @@ class KeySet:
         deadline = time.monotonic() + FETCH_TIMEOUT
         url = source.url
         if source.discovery:
-            url = _jwks_uri_from_discovery(_read_sync(client, url, deadline))
-        return parse_jwks(_read_sync(client, url, deadline))
+            url = _jwks_uri_from_discovery(read_bounded(client, url, deadline))
+        return parse_jwks(read_bounded(client, url, deadline))
 
 
 #: After a failed fetch with no keys held, the next fetch waits this long (seconds, at most
@@ -472,7 +472,7 @@ async def _read_async(client: AsyncGetter, url: str, deadline: float) -> bytes:
     return bytes(body)
 
 
-def _read_sync(client: SyncGetter, url: str, deadline: float) -> bytes:
+def read_bounded(client: SyncGetter, url: str, deadline: float) -> bytes:
     body = bytearray()
     if _is_requests(client):
         # requests: ``stream=True`` and ``read1`` (what has arrived, at most _READ_SIZE):

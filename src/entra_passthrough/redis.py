@@ -311,8 +311,10 @@ class RedisStore:
         auth = (_env.get(env, "ENTRA_PASSTHROUGH_REDIS_AUTH") or "password").lower()
         if auth not in ("password", "entra"):
             raise ConfigurationError(
-                f"ENTRA_PASSTHROUGH_REDIS_AUTH={auth!r} is not password or entra.",
-                fix="set it to entra for Azure Cache for Redis with Microsoft Entra auth.",
+                # Not the value: it may be a secret pasted into the wrong variable.
+                "ENTRA_PASSTHROUGH_REDIS_AUTH is not password or entra.",
+                fix="set it to entra for Azure Cache for Redis with Microsoft Entra auth, or "
+                "to password (the default: the password from the URL).",
             )
         provider = entra_credential_provider() if auth == "entra" else None
         return cls.from_url(

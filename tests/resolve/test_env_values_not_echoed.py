@@ -120,3 +120,27 @@ def test_doctor_masks_a_secret_echoed_in_another_case() -> None:
     masked = _redacted(check, {SECRET: "<ENTRA_PASSTHROUGH_CLIENT_SECRET>"})
     assert_not_shown(masked.detail + masked.fix)
     assert "<ENTRA_PASSTHROUGH_CLIENT_SECRET>" in masked.detail
+
+
+@pytest.mark.parametrize(
+    ("variable", "build"),
+    [
+        ("ENTRA_PASSTHROUGH_DEVELOPER_CLI", "azure_cli"),
+        ("ENTRA_PASSTHROUGH_REDIS_AUTH", "redis"),
+    ],
+)
+def test_the_other_from_envs_never_echo(variable: str, build: str) -> None:
+    env = {variable: SECRET, "ENTRA_PASSTHROUGH_REDIS_URL": "redis://127.0.0.1:1/0"}
+    if build == "azure_cli":
+        from entra_passthrough import AzureCli
+
+        with pytest.raises(ConfigurationError) as info:
+            AzureCli.from_env(env)
+    else:
+        from entra_passthrough.redis import RedisStore
+
+        with pytest.raises(ConfigurationError) as info:
+            RedisStore.from_env(env)
+    text = f"{info.value}\n{info.value!r}\n{info.value.fix}"
+    assert variable in text
+    assert_not_shown(text)

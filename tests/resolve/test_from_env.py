@@ -71,6 +71,33 @@ def test_managed_identity_from_env() -> None:
         ManagedIdentity.from_env({"IDENTITY_ENDPOINT": "http://x"})
 
 
+H = "hdr-s3cret-4141x"
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "header", "said"),
+    [
+        ("localhost:4141/msi/token", H, "not an http"),
+        ("ftp://localhost/msi/token", H, "not an http"),
+        ("::::", H, "not an http"),
+        ("http://localhost:port/msi/token", H, "port that is not a number"),
+        ("http:///msi/token", H, "names no host"),
+        ("http://localhost:4141/msi/token", H + "\r\nX-Injected: 1", "control characters"),
+        ("http://localhost:4141/msi/token", "  ", "IDENTITY_HEADER"),
+    ],
+)
+def test_a_malformed_managed_identity_endpoint_is_refused_at_build(
+    endpoint: str, header: str, said: str
+) -> None:
+    # Built, each would fail every token request as "the endpoint failed ... nothing to
+    # configure if it is transient", after three retries.
+    with pytest.raises(ConfigurationError) as info:
+        ManagedIdentity.from_env({"IDENTITY_ENDPOINT": endpoint, "IDENTITY_HEADER": header})
+    assert said in str(info.value)
+    assert info.value.fix
+    assert H not in f"{info.value}{info.value!r}"  # the header is a secret
+
+
 def test_chain_from_env_policies() -> None:
     chain = TokenChain.from_env(BASE)
     assert chain.policy is Policy.USER_ONLY

@@ -285,3 +285,25 @@ def test_the_protected_request_gets_its_503_in_time(
     second = httpx.get(url + "/", headers=headers, timeout=TRICKLE_FOR + 10)
     assert second.status_code == 503
     assert second.headers.get("retry-after")
+
+
+def test_the_consent_clients_discovery_fetch_is_bounded(
+    issuer: Issuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The consent broker's id-token check reads the tenant's discovery document first: one
+    deadline for it too (its callback answers 503, not after the trickle ends)."""
+    from entra_passthrough import _consent_client
+    from entra_passthrough._credential import AppCredential
+
+    monkeypatch.setattr(_consent_client, "HTTP_TIMEOUT", DEADLINE)
+    with endpoint(issuer, "trickle") as keys:
+        keys.body = lambda _path: json.dumps({"jwks_uri": f"{keys.url}/keys"}).encode()
+        credential = AppCredential(client_id=API, tenant_id=TENANT, client_secret="not-used")
+        client = _consent_client.ConsentClient(credential, http_client=None, max_workers=1)
+        client.authority_host = keys.url  # plain HTTP: a test endpoint
+        try:
+            took, error = timed_sync(client._discovery)
+        finally:
+            client.pool.close()
+    assert isinstance(error, TimeoutError), (took, error)
+    assert took < DEADLINE + SLACK, took

@@ -290,4 +290,9 @@ class AzureCli:
         ``ENTRA_PASSTHROUGH_AZ_TENANT_ID``."""
         env = _env.environ_or(environ)
         tool = (_env.get(env, "ENTRA_PASSTHROUGH_DEVELOPER_CLI") or "az").lower()
+        if tool not in TOOLS:
+            raise ConfigurationError(  # not the value: it may be a secret in the wrong variable
+                "ENTRA_PASSTHROUGH_DEVELOPER_CLI is not a developer CLI.",
+                fix="set it to az (az login) or azd (azd auth login), or unset it (az).",
+            )
         return cls(tool=tool, tenant_id=_env.get(env, "ENTRA_PASSTHROUGH_AZ_TENANT_ID"), name=name)

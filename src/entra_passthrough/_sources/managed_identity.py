@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from .. import _env
 from .._errors import (
@@ -177,6 +178,24 @@ class _NoHttpCache(dict[str, Any]):
         return None
 
 
+def _endpoint_problem(endpoint: str, header: str) -> str | None:
+    """What makes an explicit endpoint and header unusable, before any request is made."""
+    parts = urlsplit(endpoint.strip())
+    if parts.scheme.lower() not in ("http", "https"):
+        return "is not an http:// or https:// URL"
+    try:
+        host, _ = parts.hostname, parts.port
+    except ValueError:
+        return "has a port that is not a number"
+    if not host:
+        return "names no host"
+    if not header.strip():
+        return "has an empty header value"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in header):
+        return "has a header value with control characters (a line break?)"
+    return None
+
+
 class ManagedIdentity:
     """The managed identity of the host, ``kind=app``, through MSAL's ``ManagedIdentityClient``.
 
@@ -230,6 +249,18 @@ class ManagedIdentity:
                 fix="set both variables (App Service and Container Apps set them for you), or "
                 "neither to let MSAL detect the host.",
             )
+        if endpoint is not None and header is not None:
+            problem = _endpoint_problem(endpoint, header)
+            if problem is not None:
+                # Neither value is shown: the header is a secret, and either may be one pasted
+                # into the wrong variable.
+                raise ConfigurationError(
+                    f"the managed identity endpoint (IDENTITY_ENDPOINT / IDENTITY_HEADER) "
+                    f"{problem}: every token request would fail as if the endpoint were down.",
+                    fix="leave IDENTITY_ENDPOINT and IDENTITY_HEADER as the host sets them (App "
+                    "Service and Container Apps: http://localhost:<port>/msi/token or similar, "
+                    "and a header value), or unset both to let MSAL detect the host.",
+                )
         self.name = name
         self.client_id = client_id or None
         self.object_id = object_id or None
