@@ -473,6 +473,9 @@ async def _read_async(client: AsyncGetter, url: str, deadline: float) -> bytes:
 
 
 def read_bounded(client: SyncGetter, url: str, deadline: float) -> bytes:
+    """The 200 body of ``GET url`` (``client``: httpx, ``requests`` or a session of either),
+    read by ``deadline`` (``time.monotonic()``; ``TimeoutError`` past it) and at most
+    ``MAX_DOCUMENT_BYTES`` (``ValueError``, as for a status other than 200)."""
     body = bytearray()
     if _is_requests(client):
         # requests: ``stream=True`` and ``read1`` (what has arrived, at most _READ_SIZE):
