@@ -95,8 +95,18 @@ class Attempts:
         # The first error wins, except that one the user can act on (sign in, consent, MFA)
         # outranks an earlier dead end: with [OnBehalfOf, DelegatedConsent] a Foundry token is
         # refused by OBO, and the consent link is what the user needs to see.
-        if self.error is None or (
-            isinstance(exc, _ACTIONABLE) and not isinstance(self.error, _ACTIONABLE)
+        # Between two consent requests, a later source's link outranks an earlier one's: the
+        # chain's consent fallback comes last ([OnBehalfOf, DelegatedConsent]), and its link
+        # (the consent broker's) is the sign-in that stores a grant the fallback then uses;
+        # OBO's own link (Entra's authorize page) leads back to no flow of this agent.
+        if (
+            self.error is None
+            or (isinstance(exc, _ACTIONABLE) and not isinstance(self.error, _ACTIONABLE))
+            or (
+                isinstance(exc, ConsentRequired)
+                and isinstance(self.error, ConsentRequired)
+                and exc.link
+            )
         ):
             self.error = exc
 
