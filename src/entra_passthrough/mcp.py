@@ -33,7 +33,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -187,7 +187,7 @@ class CallAttempt:
     a request had no ``Authorization`` and was not sent, ``"connect"`` when the connection to
     the server could not be opened, ``"reset"`` when the server reset the connection without
     reading the request, see ``_WriteWatch.reset_unread``), and the type of a transport error
-    after sending."""
+    after sending (while waiting for the answer's headers, or reading its body)."""
 
     require_token: bool = True
     sent: bool = False
@@ -195,6 +195,8 @@ class CallAttempt:
     transport_error: str | None = None
     #: HTTP status of the last ``tools/call`` answer (a 5xx: the server may have run it).
     status: int | None = None
+    #: Whether the last ``tools/call`` carried an ``Mcp-Session-Id`` (a legacy session).
+    on_session: bool = False
     #: ``tools/call`` requests of this attempt still inside the transport.
     in_flight: int = field(default=0, repr=False)
     #: Decided (``close()``): a request of this attempt that reaches the transport only now is
@@ -212,6 +214,16 @@ class CallAttempt:
     def never_left(self) -> bool:
         """True when no ``tools/call`` of this attempt can have reached the server."""
         return not self.sent
+
+    @property
+    def session_refused(self) -> bool:
+        """True when the server answered this attempt's ``tools/call`` on a legacy session with
+        HTTP 404: the session was refused (unknown, expired, or bound to another principal)
+        before anything ran. Decided from the status alone, never from an error's text: a tool
+        may fail with a message that says "Session not found" (its own notion of a session) in
+        a 200 answer after it ran. Only on a session: a modern (2026-07-28) server answers a
+        handler's METHOD_NOT_FOUND with 404 too, after running it."""
+        return self.status == 404 and self.on_session and self.transport_error is None
 
     def _begin(self) -> None:
         self.in_flight += 1
@@ -401,6 +413,7 @@ class _CallGuard(httpx2.AsyncBaseTransport):
         watch = _WriteWatch(request) if is_call and self._traced else None
         if is_call:
             attempt.sent = True  # from here on it may reach the server
+            attempt.on_session = "mcp-session-id" in request.headers
             attempt._begin()
         try:
             response = await self._inner.handle_async_request(request)
@@ -437,7 +450,39 @@ class _CallGuard(httpx2.AsyncBaseTransport):
                 attempt._end()
         if is_call:
             attempt.status = response.status_code
+            if isinstance(response.stream, httpx2.AsyncByteStream):
+                response.stream = _BodyWatch(response.stream, attempt)
         return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class _BodyWatch(httpx2.AsyncByteStream):
+    """The body of a ``tools/call`` answer, read after ``handle_async_request`` returned (an SSE
+    answer streams for as long as the tool runs): a transport error while reading it (the
+    server gone mid-call, a read timeout shorter than the tool) is recorded on the attempt.
+    The mcp SDK swallows it and resolves the call with a stand-in error of its own ("SSE
+    stream ended without a response"), so without this record a call that ran and lost its
+    answer would look like the tool's own failure."""
+
+    __slots__ = ("_attempt", "_inner")
+
+    def __init__(self, inner: httpx2.AsyncByteStream, attempt: CallAttempt) -> None:
+        self._inner = inner
+        self._attempt = attempt
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        stream = self._inner.__aiter__()
+        try:
+            async for chunk in stream:
+                yield chunk
+        except httpx2.TransportError as exc:
+            self._attempt.transport_error = self._attempt.transport_error or type(exc).__name__
+            raise
+        finally:
+            if isinstance(stream, AsyncGenerator):  # closed with us, as httpx2 closes its own
+                await stream.aclose()
 
     async def aclose(self) -> None:
         await self._inner.aclose()

@@ -291,12 +291,16 @@ def build_mcp_app(
     executions: list[tuple[str, str]] | None = None,
     hold: float = 0.0,
     gate: threading.Event | None = None,
+    json_response: bool = True,
+    extra_tools: Callable[[MCPServer], None] | None = None,
 ) -> ASGI:
     """The recording MCP server. ``executions``, when given, gets ``(who, oid)`` each time the
     ``whoami`` tool body runs: what ran on the server, by whom, however often it was sent.
     ``hold`` keeps each ``whoami`` call running that long after it was recorded (so that a
     restart finds calls in flight); ``gate``, when given, keeps it running until the test sets
-    it (bounded: 30 s)."""
+    it (bounded: 30 s). ``json_response=False`` answers with SSE streams (the mcp SDK's
+    default; a legacy session's answers are then always SSE, a modern server's only for a
+    handler that runs past its deferral window). ``extra_tools(server)`` registers more tools."""
     jwks_client = httpx2.AsyncClient(
         verify=ssl.create_default_context(cafile=idp.ca_file), trust_env=False
     )
@@ -343,7 +347,10 @@ def build_mcp_app(
         )
         return InputRequiredResult(input_requests={"consent": ElicitRequest(params=params)})
 
-    app = server.streamable_http_app(stateless_http=not stateful, json_response=True)
+    if extra_tools is not None:
+        extra_tools(server)
+
+    app = server.streamable_http_app(stateless_http=not stateful, json_response=json_response)
     wrapped: ASGI = EntraChallengeMiddleware(app, settings=auth)
     if stateful:
         wrapped = legacy_only(wrapped)

@@ -60,9 +60,11 @@ class CrashPoint:
     the server instance running at that moment withholds its answers to the ``tools/call``
     requests it has run (they ran, the client has no answer yet); ``crash_after_a_held_call``
     then waits (bounded) until at least one is held and restarts the server without waiting for
-    them. The next instance answers normally."""
+    them. The next instance answers normally. ``after_headers``: the answers' headers go out
+    and their bodies are withheld (an SSE answer cut off mid-stream, after the tool ran)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, after_headers: bool = False) -> None:
+        self._withheld = "http.response.body" if after_headers else "http.response.start"
         self._lock = threading.Lock()
         self._generation = 0
         self._armed: int | None = None
@@ -81,9 +83,15 @@ class CrashPoint:
                 return
             parsed, replay = await read_json_request(receive)
             is_call = isinstance(parsed, dict) and parsed.get("method") == "tools/call"
+            first = {"http.response.start": True, "http.response.body": True}
 
             async def withholding(message: dict[str, Any]) -> None:
-                if is_call and message["type"] == "http.response.start":
+                # Only an answer's first message of the kind: a later body message (the end of
+                # a stream whose result already went out) withheld would count as a held call
+                # that the client has its answer for.
+                is_first = first.get(message["type"], False)
+                first[message["type"]] = False
+                if is_call and is_first and message["type"] == self._withheld:
                     with self._lock:
                         hold = self._armed == generation
                         if hold:
@@ -132,10 +140,17 @@ def short_idp_users() -> Iterator[tuple[EntraEmulator, list[User]]]:
 def start_mcp() -> Iterator[Callable[..., McpUnderTest]]:
     started: list[ServerThread] = []
 
-    def start(idp: EntraEmulator, *, stateful: bool = False, graceful: float = 1.0) -> McpUnderTest:
+    def start(
+        idp: EntraEmulator,
+        *,
+        stateful: bool = False,
+        graceful: float = 1.0,
+        json_response: bool = True,
+        crash_after_headers: bool = False,
+    ) -> McpUnderTest:
         recorder = Recorder()
         executions: list[tuple[str, str]] = []
-        crash = CrashPoint()
+        crash = CrashPoint(after_headers=crash_after_headers)
         server = ServerThread(
             lambda base: crash.wrap(
                 build_mcp_app(
@@ -144,6 +159,7 @@ def start_mcp() -> Iterator[Callable[..., McpUnderTest]]:
                     recorder=recorder,
                     stateful=stateful,
                     executions=executions,
+                    json_response=json_response,
                 )
             ),
             name="mcp",

@@ -15,42 +15,16 @@ concurrency 64.
 
 from __future__ import annotations
 
-import asyncio
-import itertools
-import json
-import time
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
-import httpx2
 import pytest
-from agent_framework import Agent
 
-from _support.mcp_world import (
-    ServerThread,
-    agent_token,
-    calls,
-    host_app,
-    lifecycle,
-    make_chain,
-    mcp_scopes,
-    serve_asgi,
-    tool_outputs,
-)
-from entra_passthrough.agent_framework import (
-    EntraMCPToolPool,
-    PoolOptions,
-    entra_mcp_tool,
-    entra_middleware,
-)
-from entra_passthrough.agent_framework.testing import ScriptedChatClient
 from entra_passthrough.testing import EntraEmulator
 from entra_passthrough.testing._world import User
 
-from .conftest import POOL_SIZE, SIZE, SOAK, McpUnderTest, Size
+from ._churn import _check, _drive, _pooled_host, _restarts, _shared_host
+from .conftest import POOL_SIZE, SIZE, SOAK, McpUnderTest
 
 pytestmark = [
     pytest.mark.slow,
@@ -60,155 +34,6 @@ pytestmark = [
         "ignore:Exception ignored in:pytest.PytestUnraisableExceptionWarning"
     ),
 ]
-
-_nonces = itertools.count()
-
-
-@dataclass
-class Result:
-    user: User
-    who: str
-    status: str  # "ok", "unknown" (may have run), "token" (explained token error), "other"
-    text: str
-    start: float = 0.0  # time.monotonic() before the request was sent
-    end: float = 0.0  # ... and once its response was complete
-
-
-def _client() -> ScriptedChatClient:
-    client = ScriptedChatClient(tool="whoami", input_argument="who")
-    client.function_invocation_configuration["include_detailed_errors"] = True
-    return client
-
-
-def _classify(user: User, who: str, payload: dict[str, Any]) -> Result:
-    outputs = tool_outputs(payload)
-    for raw in outputs:
-        try:
-            outer = json.loads(raw)
-            inner = json.loads(outer["result"]) if isinstance(outer, dict) else None
-        except (ValueError, KeyError, TypeError):
-            continue
-        if isinstance(inner, dict) and inner.get("who") == who and inner.get("oid") == user.oid:
-            return Result(user, who, "ok", "")
-    text = " ".join(outputs) or json.dumps(payload.get("error"))[:500]
-    if "may have run" in text:
-        status = "unknown"
-    elif any(k in text for k in ("Expired", "expired", "AADSTS500133", "ConsentRequired")):
-        status = "token"
-    else:
-        status = "other"
-    return Result(user, who, status, text[:500])
-
-
-async def _drive(
-    base: str,
-    idp: EntraEmulator,
-    users: list[User],
-    *,
-    assertion_lifetime: int = 3600,
-    events: dict[int, Callable[[], None]] | None = None,
-    size: Size = SIZE,
-) -> list[Result]:
-    """Every user makes ``calls_per_user`` requests, interleaved, at ``concurrency``.
-    ``events[n]`` runs (in a thread, while the burst goes on) once ``n`` responses are in."""
-    jobs = [u for _ in range(size.calls_per_user) for u in users]
-    semaphore = asyncio.Semaphore(size.concurrency)
-    results: list[Result] = []
-    pending_events = dict(events or {})
-    background: list[asyncio.Task[None]] = []
-    limits = httpx2.Limits(
-        max_connections=size.concurrency, max_keepalive_connections=size.concurrency
-    )
-    async with httpx2.AsyncClient(base_url=base, timeout=120, limits=limits) as client:
-
-        async def one(user: User) -> None:
-            async with semaphore:
-                who = f"{user.oid}|{next(_nonces)}"
-                token = agent_token(idp, user, lifetime=assertion_lifetime)
-                start = time.monotonic()
-                response = await client.post(
-                    "/responses",
-                    json={"input": who, "store": False},
-                    headers={"Authorization": f"Bearer {token}"},
-                )
-                end = time.monotonic()
-                assert response.status_code == 200, response.text[:300]
-                result = _classify(user, who, response.json())
-                result.start, result.end = start, end
-                results.append(result)
-            event = pending_events.pop(len(results), None)
-            if event is not None:
-                # One after the other: a restart never overlaps the previous one.
-                previous = background[-1] if background else None
-                background.append(asyncio.create_task(_after(previous, event)))
-
-        await asyncio.gather(*(one(u) for u in jobs))
-        await asyncio.gather(*background)
-    return results
-
-
-async def _after(previous: asyncio.Task[None] | None, event: Callable[[], None]) -> None:
-    if previous is not None:
-        await previous
-    await asyncio.to_thread(event)
-
-
-def _check(
-    results: list[Result],
-    mcp: McpUnderTest,
-    *,
-    allowed: frozenset[str] = frozenset({"ok"}),
-    size: Size = SIZE,
-) -> Counter[str]:
-    assert len(results) == size.users * size.calls_per_user
-    outcomes = Counter(r.status for r in results)
-    unexplained = [r for r in results if r.status not in allowed]
-    assert not unexplained, f"{outcomes}: {[r.text for r in unexplained[:3]]}"
-    # Executed at most once, by its own user; exactly once when the response has the result.
-    executed = Counter(who for who, _ in mcp.executions)
-    twice = {who: n for who, n in executed.items() if n > 1}
-    assert not twice, f"tool calls executed more than once: {list(twice.items())[:5]}"
-    assert all(who.partition("|")[0] == oid for who, oid in mcp.executions)
-    assert all(executed[r.who] == 1 for r in results if r.status == "ok")
-    # Nothing ran for a call whose token expired before its exchange.
-    assert all(executed[r.who] == 0 for r in results if r.status == "token")
-    # Every tools/call that reached the server carried its own user's token.
-    seen = calls(mcp.recorder.snapshot())
-    tokenless = [s for s in seen if s.oid is None]
-    assert not tokenless, f"{len(tokenless)} tools/call sent without a token"
-    foreign = [s for s in seen if s.oid != (s.caller_tag or "").partition("|")[0]]
-    assert not foreign, f"tools/call with another user's token: {foreign[:3]}"
-    # Connection-lifetime requests (discover, initialize, tools/list, GET, DELETE...) carry a
-    # user's token only while one of that user's requests is in progress.
-    runs: dict[str, list[tuple[float, float]]] = {}
-    for r in results:
-        runs.setdefault(r.user.oid, []).append((r.start, r.end))
-    outside = [
-        s
-        for s in lifecycle(mcp.recorder.snapshot())
-        if s.oid is not None and not any(a <= s.at <= b for a, b in runs.get(s.oid, []))
-    ]
-    assert not outside, f"{len(outside)} lifecycle requests with a user's token outside their run"
-    print(f"churn outcomes: {dict(outcomes)}")  # shown with -rP / on failure
-    return outcomes
-
-
-def _restarts(
-    server: ServerThread, *, handover: bool, size: Size = SIZE
-) -> dict[int, Callable[[], None]]:
-    """Restarts in the middle of the burst (spread over the run)."""
-    total = size.users * size.calls_per_user
-    step = total // (size.restarts + 1)
-    action = server.handover if handover else server.restart
-    return {step * (i + 1): action for i in range(size.restarts)}
-
-
-def _shared_host(idp: EntraEmulator, mcp: McpUnderTest) -> ServerThread:
-    tool = entra_mcp_tool(
-        "records", f"{mcp.server.base}/mcp", chain=make_chain(idp), scopes=mcp_scopes(idp)
-    )
-    agent = Agent(client=_client(), tools=[tool], middleware=entra_middleware())
-    return serve_asgi(host_app(agent), name="host")
 
 
 @pytest.mark.parametrize("handover", [False, True], ids=["gap", "handover"])
@@ -277,23 +102,6 @@ async def test_shared_tool_short_tokens_slow_token_endpoint(
         idp.clear_faults()
         host.stop()
     _check(results, mcp, allowed=frozenset({"ok", "token"}))
-
-
-def _pooled_host(
-    idp: EntraEmulator, mcp: McpUnderTest, *, bound: int
-) -> tuple[ServerThread, EntraMCPToolPool]:
-    pool = entra_mcp_tool(
-        "records",
-        f"{mcp.server.base}/mcp",
-        chain=make_chain(idp),
-        scopes=mcp_scopes(idp),
-        per_user=PoolOptions(max_connections=bound, idle_timeout=60),
-    )
-
-    async def make_agent() -> Agent:
-        return Agent(client=_client(), tools=[await pool.tool()], middleware=entra_middleware())
-
-    return serve_asgi(host_app(make_agent, close_on_shutdown=[pool]), name="host"), pool
 
 
 def _sessions_carry_only_their_owner(mcp: McpUnderTest) -> None:

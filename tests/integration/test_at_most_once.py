@@ -250,8 +250,12 @@ def test_a_call_answered_404_is_retried_even_when_the_sdk_says_connection_closed
         "Connection closed",
         MCPError.from_error_data(ErrorData(code=CONNECTION_CLOSED, message="Connection closed")),
     )
-    refused = CallAttempt(sent=True, status=404)
-    assert tool._verdict(closed, refused, None, tool._generation) == "retry"
+    refused = CallAttempt(sent=True, status=404, on_session=True)
+    assert tool._verdict(closed, refused, None, tool._generation) == "refused"
+    # A 404 without a session is no session refusal: a modern server answers a handler's
+    # METHOD_NOT_FOUND with 404 after running it.
+    sessionless = CallAttempt(sent=True, status=404)
+    assert tool._verdict(closed, sessionless, None, tool._generation) == "maybe_ran"
     cut = CallAttempt(sent=True, status=None, transport_error="ReadError")
     assert tool._verdict(closed, cut, None, tool._generation) == "maybe_ran"
     answered = CallAttempt(sent=True, status=200)

@@ -177,7 +177,10 @@ def test_consent_becomes_an_oauth_consent_request() -> None:
     ("error", "dead"),
     [
         (MCPError(-32000, "Connection closed"), True),
-        (MCPError(-32600, "Session not found"), True),
+        # A server's error text says nothing about the connection: a tool may fail "Session
+        # not found" after it ran (a refused session is the 404 the transport records).
+        (MCPError(-32600, "Session not found"), False),
+        (MCPError(-32602, "Session terminated by the browser"), False),
         (ToolExecutionException("x", MCPError(-32000, "Connection closed")), True),
         (httpx2.ConnectError("refused"), True),
         (MCPError(-32602, "Invalid params"), False),

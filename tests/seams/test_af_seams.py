@@ -91,6 +91,7 @@ def test_the_private_attributes_of_a_new_tool() -> None:
         "_connection": None,
         "_httpx_client": None,
         "_tools_loaded": False,
+        "_tool_param_names_by_name": {},  # listed_tools: keyed by remote name once loaded
     }.items():
         assert hasattr(tool, name), moved(AF, name, "HookedMCPTool")
         assert getattr(tool, name) == value, moved(AF, f"{name} (initially {value!r})", "")
@@ -237,3 +238,12 @@ def test_shutdown_handler_of_reads_the_handler_the_host_registered() -> None:
         HOST_CORE, "the shutdown path's `await self._shutdown_fn()`", "shutdown_handler_of"
     )
     assert _af_seams.shutdown_handler_of(object()) == (False, None)
+
+
+def test_a_calls_arguments_are_filtered_by_the_loaded_tool_list() -> None:
+    # listed_tools reads the allowlist _prepare_call_kwargs filters a call's arguments with:
+    # before it is loaded, a call would go out with none (EntraMCPTool waits for it).
+    source = inspect.getsource(MCPStreamableHTTPTool._prepare_call_kwargs)
+    assert "self._tool_param_names_by_name.get(tool_name" in source, moved(
+        AF, "_prepare_call_kwargs (filters by _tool_param_names_by_name)", "listed_tools"
+    )

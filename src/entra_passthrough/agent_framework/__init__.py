@@ -30,7 +30,7 @@ from ._factory import MCPToolOptions, entra_mcp_tool, entra_middleware
 from ._hosting import BackgroundRunCallers, end_run_caller, install
 from ._middleware import EntraToolMiddleware
 from ._pool import EntraMCPToolPool, PoolOptions, issued_pool_key
-from ._signals import CallOutcomeUnknown, consent_exception, is_dead_connection
+from ._signals import CallOutcomeUnknown, ToolNotListed, consent_exception, is_dead_connection
 from ._tool import EntraMCPTool
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "EntraToolMiddleware",
     "MCPToolOptions",
     "PoolOptions",
+    "ToolNotListed",
     "consent_exception",
     "end_run_caller",
     "entra_mcp_tool",

@@ -51,8 +51,8 @@ class HookedMCPTool(MCPStreamableHTTPTool):
 
     A subclass overrides the hooks (``lifecycle_context``, ``session_opened``,
     ``reconnects_after_loss``) and calls the helpers (``own_http_client``,
-    ``start_lifecycle_task``, ``on_lifecycle_owner``, ``tools_loaded``); it never names a
-    private attribute of agent-framework itself. The overrides below replace:
+    ``start_lifecycle_task``, ``on_lifecycle_owner``, ``tools_loaded``, ``listed_tools``); it
+    never names a private attribute of agent-framework itself. The overrides below replace:
 
     * ``_ensure_lifecycle_owner``: the task that runs every connection-lifetime request is
       created with ``asyncio.create_task(..., context=lifecycle_context())`` instead of a copy
@@ -108,6 +108,14 @@ class HookedMCPTool(MCPStreamableHTTPTool):
         """Whether the connected session's tool list is loaded (``_tools_loaded``):
         ``is_connected`` turns true before it is."""
         return self._tools_loaded
+
+    def listed_tools(self) -> list[str]:
+        """The (remote) names of the tools whose schemas are loaded: the keys of
+        ``_tool_param_names_by_name``, the allowlist ``_prepare_call_kwargs`` filters a call's
+        arguments with. A call to a name not in it goes out with no arguments at all. It
+        outlives a reconnect (only ``reset_discovery`` clears it) and is empty until the first
+        ``tools/list`` of the tool's life has been answered."""
+        return list(self._tool_param_names_by_name)
 
     # -- the private overrides ---------------------------------------------------------------
 

@@ -17,10 +17,12 @@ from ._af_seams import public_failure_type
 
 __all__ = [
     "CallOutcomeUnknown",
+    "ToolNotListed",
+    "connect_lost",
     "consent_exception",
     "gateway_shaped",
     "is_dead_connection",
-    "is_session_refused",
+    "is_lost_response",
     "public_failure",
 ]
 
@@ -29,6 +31,22 @@ class CallOutcomeUnknown(ToolException):
     """A ``tools/call`` whose request may have reached the MCP server when the connection was
     lost: it may have run. It is never resent automatically (that could run it twice); the
     message tells the model to check before calling again."""
+
+
+class ToolNotListed(ToolException):
+    """A call names a tool that the MCP server's loaded tool list does not have. Not sent:
+    agent-framework keeps only the arguments the loaded schema declares, so the call would go
+    out with its arguments stripped and the tool would run with its defaults."""
+
+    def __init__(self, tool_name: str, server_label: str, listed: list[str]) -> None:
+        shown = ", ".join(repr(name) for name in listed[:20]) or "none"
+        super().__init__(
+            f"The call to tool {tool_name!r} was not sent (it did not run): MCP server "
+            f"{server_label!r} does not list it (its tools: {shown}). Fix: call one of the "
+            "listed tools; if the server added it since, reconnect the tool (close and enter "
+            "it again) so that its tool list is loaded again."
+        )
+        self.tool_name = tool_name
 
 
 _DEAD_TRANSPORT = (
@@ -41,10 +59,13 @@ _DEAD_TRANSPORT = (
 
 
 def is_dead_connection(exc: BaseException) -> bool:
-    """True when ``exc`` says the MCP connection (or its legacy session) is gone: the SDK's
-    "Connection closed" (-32000), a closed/broken stream, a transport error, a 404 "Session not
-    found"/"Session terminated", or a tool that is no longer connected. A call that was in
-    flight when the connection dropped may still have run on the server."""
+    """True when ``exc`` says the MCP connection is gone: the SDK's "Connection closed"
+    (-32000), a closed/broken stream, a transport error, or a tool that is no longer connected.
+    A call that was in flight when the connection dropped may still have run on the server.
+
+    Not from the text of an error a server answered: a tool may fail with "Session not found"
+    (its own notion of a session) after it ran. Whether the server refused a legacy session is
+    the HTTP status of the call's answer (``CallAttempt.session_refused``)."""
     from mcp import MCPError
     from mcp_types import CONNECTION_CLOSED
 
@@ -55,13 +76,46 @@ def is_dead_connection(exc: BaseException) -> bool:
             # a call it ran with -32000 ("Server error" range) and a retry would run it twice.
             if current.error.code == CONNECTION_CLOSED and "connection closed" in message:
                 return True
-            if "session not found" in message or "session terminated" in message:
-                return True
         elif isinstance(current, _DEAD_TRANSPORT) or (
             isinstance(current, RuntimeError) and "not connected" in str(current).lower()
         ):
             return True
     return False
+
+
+def connect_lost(exc: BaseException) -> bool:
+    """For a failed *connect* (discovery, initialize, tools/list) only: a dead connection, or
+    the server refusing the session the connect just opened (a restart between initialize
+    and tools/list: "Session not found"/"Session terminated"). Read from the error's text,
+    which is safe here and nowhere else: a connect runs no tool, so connecting again cannot
+    run one twice."""
+    from mcp import MCPError
+
+    if is_dead_connection(exc):
+        return True
+    for current in exception_chain(exc):
+        if isinstance(current, MCPError):
+            message = current.error.message.lower()
+            if "session not found" in message or "session terminated" in message:
+                return True
+    return False
+
+
+def is_lost_response(exc: BaseException) -> bool:
+    """True for the mcp SDK's stand-ins for the answer of a request whose response stream was
+    lost after its headers arrived (CONNECTION_CLOSED, "SSE stream ended without a response",
+    "SSE stream failed: ...", "SSE stream ended and reconnection attempts were exhausted"):
+    the request was received, so it may have run. Only ever read as "may have run", never as
+    a reason to send again."""
+    from mcp import MCPError
+    from mcp_types import CONNECTION_CLOSED
+
+    return any(
+        isinstance(current, MCPError)
+        and current.error.code == CONNECTION_CLOSED
+        and current.error.message.lower().startswith("sse stream")
+        for current in exception_chain(exc)
+    )
 
 
 def is_request_timeout(exc: BaseException) -> bool:
@@ -76,19 +130,6 @@ def is_request_timeout(exc: BaseException) -> bool:
         and "timed out" in current.error.message.lower()
         for current in exception_chain(exc)
     )
-
-
-def is_session_refused(exc: BaseException) -> bool:
-    """True for a 404 "Session not found"/"Session terminated" on a legacy (mcp 1.x-style)
-    session: the server refused the session before running the request."""
-    from mcp import MCPError
-
-    for current in exception_chain(exc):
-        if isinstance(current, MCPError):
-            message = current.error.message.lower()
-            if "session not found" in message or "session terminated" in message:
-                return True
-    return False
 
 
 def public_failure(exc: Exception) -> Exception:

@@ -18,9 +18,17 @@ What the plain tool gets wrong (docs/platform-facts.md) and what this subclass d
   failed, the server reset the connection without reading it (``mcp._WriteWatch.reset_unread``),
   or it was refused locally for want of a token it would have had after re-resolving.
   A call whose request may have reached the server is never resent: it fails with
-  ``CallOutcomeUnknown`` (the model can check and decide). agent-framework's own retry on a
-  closed connection is switched off for tool calls. A 404 "Session not found"/"Session
-  terminated" is the server refusing the session before running anything: reconnect, retry.
+  ``CallOutcomeUnknown`` (the model can check and decide), and so does a call whose answer's
+  body was lost after its headers arrived (an SSE answer cut off mid-run, a read timeout
+  shorter than the tool). agent-framework's own retry on a closed connection is switched off
+  for tool calls. An HTTP 404 to a ``tools/call`` on a legacy session is the server refusing
+  the session before running anything: reconnect, retry. Decided from the status the
+  transport recorded, never from an error's text: a tool's own error that says "Session not
+  found" is the tool's result, raised once.
+* A call is sent only once the tool list is loaded: agent-framework sends only the arguments
+  the loaded schema declares, so a call sent while a connect is still listing the tools would
+  go out with none (the tool would run with its defaults). A call naming a tool the loaded
+  list does not have is refused (``ToolNotListed``), not sent without its arguments.
 * Reconnects converge: one reconnect per dead connection (a generation counter, bumped only
   once the new connection is up), and calls that arrive while it runs wait for it (bounded).
 * Every ``tools/call`` carries its user's token or is not sent: resolved in the call's task
@@ -88,12 +96,14 @@ from ._af_seams import (
 )
 from ._signals import (
     CallOutcomeUnknown,
+    ToolNotListed,
+    connect_lost,
     consent_exception,
     gateway_shaped,
     is_dead_connection,
+    is_lost_response,
     is_public_failure,
     is_request_timeout,
-    is_session_refused,
     public_failure,
 )
 
@@ -549,6 +559,9 @@ class EntraMCPTool(HookedMCPTool):
                 self._bound_suspect = None
             await self._await_reconnect()
             result = await self._resolve(caller)  # again before every attempt
+            # Resolving may have taken a while (a token exchange): a connect may have started
+            # meanwhile, and may have a session but no tool list yet.
+            await self._until_sendable(tool_name)
             generation = self._generation
             attempt: CallAttempt
             try:
@@ -571,6 +584,8 @@ class EntraMCPTool(HookedMCPTool):
                 verdict = self._verdict(exc, attempt, caller, generation)
                 if verdict == "raise":
                     raise
+                if verdict == "bound":
+                    raise self._bound_error() from exc
                 if verdict == "no_token":
                     raise self._no_token_error(exc, caller) from exc
                 if verdict == "maybe_ran":
@@ -580,6 +595,8 @@ class EntraMCPTool(HookedMCPTool):
                         why = f"the server answered HTTP {attempt.status}"
                     elif is_request_timeout(exc):
                         why = "no answer came within the tool's request timeout"
+                    elif attempt.transport_error == "ReadTimeout":
+                        why = "its answer did not arrive within the HTTP client's read timeout"
                     else:
                         why = "the connection was lost after the request was sent"
                     raise CallOutcomeUnknown(
@@ -589,8 +606,8 @@ class EntraMCPTool(HookedMCPTool):
                         "again.",
                         exc,
                     ) from exc
-                # "retry": the request provably never reached the server (or the server
-                # refused the session before running anything).
+                # "retry"/"refused": the request provably never reached the server, or the
+                # server refused the session (404) before running anything.
                 if (
                     number == _MAX_ATTEMPTS
                     or reconnects == _MAX_RECONNECTS
@@ -602,7 +619,7 @@ class EntraMCPTool(HookedMCPTool):
                         f"after {number} attempts.",
                         exc,
                     ) from exc
-                if not is_dead_connection(exc) and self.is_connected:
+                if verdict != "refused" and not is_dead_connection(exc) and self.is_connected:
                     # The server could not be reached (a restart's gap) but the connection is
                     # alive: back off and send again on it. Replacing it would cut off the calls
                     # still in flight on it, which the server may yet answer.
@@ -634,17 +651,18 @@ class EntraMCPTool(HookedMCPTool):
     def _verdict(
         self, exc: Exception, attempt: CallAttempt, caller: Caller | None, generation: int
     ) -> str:
-        """``raise`` (not about the connection), ``no_token`` (nothing sent: no token could be
-        applied), ``retry`` (provably never reached the server), ``maybe_ran``."""
+        """``raise`` (not about the connection: e.g. the tool's own error), ``no_token``
+        (nothing sent: no token could be applied), ``retry`` (provably never reached the
+        server), ``refused`` (the server refused the session, 404, before running anything),
+        ``bound`` (the server binds sessions to principals), ``maybe_ran``."""
         if attempt.not_sent == "no_token" and not attempt.sent:
             return "no_token"
-        # 404 on the session: the SDK reports "Session not found", or, when the refusal closed
-        # its connection first, "Connection closed" (then the 404 answer to this very call,
-        # recorded by the transport, says it).
-        refused = is_session_refused(exc) or (
-            attempt.status == 404 and attempt.transport_error is None
-        )
-        if refused:
+        # 404 to this very call on a legacy session, as the transport recorded it: the SDK
+        # then reports "Session not found", or "Connection closed" when the refusal closed its
+        # connection first. Never from the error's text: a tool that ran may fail with a
+        # message that says "Session not found" (HTTP 200, or 400 from a modern server), and
+        # resending it would run it again.
+        if attempt.session_refused:
             # 404 on the session: refused before anything ran, so a retry is safe. In shared
             # mode: a session refused another user than its opener; if the session opened after
             # that (by that user) refuses yet another user, the server binds sessions to
@@ -659,24 +677,50 @@ class EntraMCPTool(HookedMCPTool):
                     ):
                         self._principal_bound = True
                         self._bound_at = time.monotonic()
-                        return "raise"
+                        return "bound"
                     if self._bound_suspect is None:
                         self._bound_suspect = generation
                 else:
                     self._bound_suspect = None
-            return "retry"
+            return "refused"
         if attempt.never_left and (
             is_dead_connection(exc) or attempt.not_sent in ("connect", "reset")
         ):
             return "retry"
         if attempt.sent and (
             is_dead_connection(exc)
+            # Lost before the answer's headers, or while reading its body (an SSE answer
+            # streams for as long as the tool runs).
             or attempt.transport_error is not None
             or (attempt.status is not None and attempt.status >= 500)
             or is_request_timeout(exc)  # no answer in time: it may be running still
+            or is_lost_response(exc)  # the SDK's stand-in for a body it could not read
         ):
             return "maybe_ran"
         return "raise"
+
+    async def _until_sendable(self, tool_name: str) -> None:
+        """Return once a call to ``tool_name`` can go out with its arguments: no connect of
+        ours in progress, and the tool's schema loaded (agent-framework keeps only the
+        arguments the loaded schema declares: before the first ``tools/list`` is answered,
+        none). Not connected: return, the send fails "not connected" before anything leaves
+        and the call reconnects. A loaded list without the tool: ``ToolNotListed``."""
+        for _ in range(3):  # bounded: a connect that keeps failing is the call's error
+            await self._await_reconnect()
+            if not self.is_connected or tool_name in self.listed_tools():
+                return
+            if self.tools_loaded:
+                raise ToolNotListed(tool_name, self.server_label, self.listed_tools())
+            if self._connect_lock.locked():
+                break  # a connect still running after the wait (bounded): not sent, below
+            # Connected, no connect of ours running and no tool list (agent-framework
+            # reconnected by itself without loading one): load it now, as the caller.
+            await self._connect_as(active_caller(), reset=False)
+        raise ToolException(
+            f"The call to tool {tool_name!r} was not sent to MCP server {self.server_label!r} "
+            "(it did not run): the server's tool list could not be loaded. Fix: check that "
+            "the server answers tools/list, then call the tool again."
+        )
 
     async def _await_reconnect(self) -> None:
         """A call that arrives during a reconnect waits for it (bounded) instead of failing on
@@ -781,10 +825,8 @@ class EntraMCPTool(HookedMCPTool):
             consent = consent_from_exception(error, server_label=self.server_label)
             if consent is not None:
                 return consent_exception(consent, server_label=self.server_label)
-        if isinstance(exc, (EntraPassthroughError, CallOutcomeUnknown)):
+        if isinstance(exc, (EntraPassthroughError, CallOutcomeUnknown, ToolNotListed)):
             return exc
-        if self._principal_bound and is_session_refused(exc):
-            return self._bound_error()
         typed = next((e for e in recorded if isinstance(e, TokenAcquisitionError)), None)
         if typed is not None:
             return typed
@@ -807,7 +849,7 @@ async def _while_unreachable(operation: Callable[[], Awaitable[None]], deadline:
             await operation()
             return
         except Exception as exc:
-            if not is_dead_connection(exc) or loop.time() + delay >= deadline:
+            if not connect_lost(exc) or loop.time() + delay >= deadline:
                 raise
         delay = await _back_off(delay)
 
