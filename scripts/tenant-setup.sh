@@ -11,8 +11,9 @@
 #   --resource-group RG    resource group for the user-assigned managed identity (created if
 #                          missing); without it no managed identity is created
 #   --location LOCATION    Azure region for the resource group / identity (default: westeurope)
-#   --agent-id             also create an Entra Agent ID blueprint + agent identity (preview:
-#                          needs Microsoft Graph beta and the Agent ID roles)
+#   --agent-id             also create an Entra Agent ID blueprint (App ID URI and scope, admin
+#                          grants, inheritable permissions) + agent identity (preview: needs
+#                          Microsoft Graph beta and the Agent ID roles)
 #   --dry-run              print the az commands instead of running them
 #
 # Everything goes through `az` and `az rest` to Microsoft Graph; nothing else is needed. Re-running
@@ -32,7 +33,7 @@ while [[ $# -gt 0 ]]; do
     --location) LOCATION="$2"; shift 2 ;;
     --agent-id) AGENT_ID=1; shift ;;
     --dry-run) DRY=1; shift ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "unknown option: $1" >&2; exit 2 ;;
   esac
 done
@@ -158,8 +159,88 @@ if [[ $AGENT_ID == 1 ]]; then
              \"sponsors@odata.bind\":[\"$GRAPH/users/$ME\"],\"owners@odata.bind\":[\"$GRAPH/users/$ME\"]}" \
     --query appId -o tsv)"
   BLUEPRINT_OBJECT_ID="$(run az ad app show --id "$BLUEPRINT_APP_ID" --query id -o tsv)"
-  run az rest --method POST --uri "$GRAPH_BETA/serviceprincipals/microsoft.graph.agentIdentityBlueprintPrincipal" \
-    --headers Content-Type=application/json --body "{\"appId\":\"$BLUEPRINT_APP_ID\"}" >/dev/null
+  BLUEPRINT_SP_ID="$(run az rest --method POST --uri "$GRAPH_BETA/serviceprincipals/microsoft.graph.agentIdentityBlueprintPrincipal" \
+    --headers Content-Type=application/json --body "{\"appId\":\"$BLUEPRINT_APP_ID\"}" --query id -o tsv)"
+  # Users' tokens for an agent identity are issued for its blueprint (aud = the blueprint): the
+  # blueprint exposes an API (App ID URI + delegated scope) like the agent app, and configures the
+  # MCP scope (requiredResourceAccess: "required" in tenant.json). One PATCH, the whole `api`.
+  BLUEPRINT_SCOPE_NAME="$(desc "next(a for a in d['apps'] if a['name']=='blueprint')['scope']")"
+  BLUEPRINT_SCOPE_ID="$(uuid)"
+  run az rest --method PATCH --uri "$GRAPH_BETA/applications/$BLUEPRINT_OBJECT_ID" --headers Content-Type=application/json \
+    --body "{\"identifierUris\":[\"api://$BLUEPRINT_APP_ID\"],
+             \"api\":{\"requestedAccessTokenVersion\":2,
+                      \"oauth2PermissionScopes\":[{\"id\":\"$BLUEPRINT_SCOPE_ID\",\"value\":\"$BLUEPRINT_SCOPE_NAME\",
+                        \"type\":\"User\",\"isEnabled\":true,
+                        \"adminConsentDisplayName\":\"Use the agent as the user\",
+                        \"adminConsentDescription\":\"Lets a client call the agent as the signed-in user.\",
+                        \"userConsentDisplayName\":\"Use the agent as you\",
+                        \"userConsentDescription\":\"Lets a client call the agent as you.\"}]},
+             \"requiredResourceAccess\":[{\"resourceAppId\":\"$MCP_APP_ID\",
+                      \"resourceAccess\":[{\"id\":\"$MCP_SCOPE_ID\",\"type\":\"Scope\"}]}]}" >/dev/null
+  # Tenant-wide (admin) consent for the "grants" of tenant.json that name the blueprint:
+  # blueprint -> mcp (what its agent identities inherit) and frontend -> blueprint (users sign in
+  # for the blueprint). Agent identities cannot be consented interactively (AADSTS82014).
+  sp_of() {  # the service principal id of an app of tenant.json, by name
+    case "$1" in
+      mcp) echo "$MCP_SP_ID" ;;
+      agent) echo "$AGENT_SP_ID" ;;
+      frontend) echo "$FRONTEND_SP_ID" ;;
+      blueprint) echo "$BLUEPRINT_SP_ID" ;;
+      *) echo "tenant.json: no service principal for '$1' in this script" >&2; return 1 ;;
+    esac
+  }
+  BLUEPRINT_GRANTS="$(desc "'\\n'.join(g['client']+' '+g['resource']+' '+' '.join(g['scopes'])
+    for g in d['grants'] if 'blueprint' in (g['client'], g['resource']) and not g.get('user'))")"
+  while read -r client resource scopes <&3; do
+    [[ -n "$client" ]] || continue
+    CLIENT_SP="$(sp_of "$client")"; RESOURCE_SP="$(sp_of "$resource")"
+    run az rest --method POST --uri "$GRAPH/oauth2PermissionGrants" --headers Content-Type=application/json \
+      --body "{\"clientId\":\"$CLIENT_SP\",\"consentType\":\"AllPrincipals\",
+               \"resourceId\":\"$RESOURCE_SP\",\"scope\":\"$scopes\"}" >/dev/null
+  done 3<<<"$BLUEPRINT_GRANTS"
+  # Inheritable permissions ("inheritable" in tenant.json): an agent identity inherits a delegated
+  # scope only if the blueprint lists its resource as inheritable AND holds the grant; otherwise
+  # OBO for the agent identity answers AADSTS65001. "<resource>/*" is allAllowedScopes, a list of
+  # scopes enumeratedScopes. POST creates the entry of a resource; one that exists already
+  # (409 Conflict) is replaced with PATCH .../inheritablePermissions/{resourceAppId}.
+  # https://learn.microsoft.com/entra/agent-id/configure-inheritable-permissions-blueprints
+  app_id_of() {  # the appId of a resource named in tenant.json
+    case "$1" in
+      mcp) echo "$MCP_APP_ID" ;;
+      agent) echo "$AGENT_APP_ID" ;;
+      graph|00000003-0000-0000-c000-000000000000) echo "00000003-0000-0000-c000-000000000000" ;;
+      *) echo "tenant.json: inheritable resource '$1' is not created by this script" >&2; return 1 ;;
+    esac
+  }
+  INHERITABLE="$(python3 - "$DESCRIPTION" <<'PY'
+import json, sys
+bp = next(a for a in json.load(open(sys.argv[1]))["apps"] if a["name"] == "blueprint")
+raw = bp.get("inheritable") or []
+if isinstance(raw, dict):
+    raw = [f"{r}/*" if s in ("*", "all", True) else f"{r}/{x}"
+           for r, s in raw.items() for x in ([s] if isinstance(s, str) else s)]
+by_resource = {}
+for entry in ([raw] if isinstance(raw, str) else raw):
+    resource, _, scope = entry.rpartition("/")
+    by_resource.setdefault(resource, []).append(scope)
+for resource, scopes in by_resource.items():
+    if "*" in scopes:
+        body = {"@odata.type": "#microsoft.graph.allAllowedScopes", "kind": "allAllowed"}
+    else:
+        body = {"@odata.type": "#microsoft.graph.enumeratedScopes", "kind": "enumerated",
+                "scopes": list(dict.fromkeys(scopes))}
+    print(resource, json.dumps(body, separators=(",", ":")))
+PY
+)"
+  INHERITABLE_URI="$GRAPH_BETA/applications/$BLUEPRINT_OBJECT_ID/microsoft.graph.agentIdentityBlueprint/inheritablePermissions"
+  while read -r resource scopes_json <&3; do
+    [[ -n "$resource" ]] || continue
+    RESOURCE_APP_ID="$(app_id_of "$resource")"
+    run az rest --method POST --uri "$INHERITABLE_URI" --headers Content-Type=application/json \
+      --body "{\"resourceAppId\":\"$RESOURCE_APP_ID\",\"inheritableScopes\":$scopes_json}" >/dev/null \
+    || run az rest --method PATCH --uri "$INHERITABLE_URI/$RESOURCE_APP_ID" --headers Content-Type=application/json \
+      --body "{\"inheritableScopes\":$scopes_json}" >/dev/null
+  done 3<<<"$INHERITABLE"
   if [[ -n "$MI_CLIENT_ID" ]]; then
     run az rest --method POST --uri "$GRAPH_BETA/applications/$BLUEPRINT_OBJECT_ID/federatedIdentityCredentials" \
       --headers Content-Type=application/json \
@@ -214,7 +295,7 @@ ENV
 fi
 if [[ -n "$BLUEPRINT_APP_ID" ]]; then
 cat <<ENV
-# --- Entra Agent ID ---
+# --- Entra Agent ID (users' tokens are for the blueprint: scope api://$BLUEPRINT_APP_ID/$BLUEPRINT_SCOPE_NAME) ---
 ENTRA_PASSTHROUGH_BLUEPRINT_CLIENT_ID=$BLUEPRINT_APP_ID
 ENTRA_PASSTHROUGH_AGENT_IDENTITY_ID=$AGENT_IDENTITY_ID
 ENV

@@ -107,6 +107,7 @@ def world_from_dict(data: Mapping[str, Any]) -> World:
                 assignment_required=bool(a.get("assignment_required", False)),
                 assigned=_strs(a.get("assigned")),
                 required=_strs(a.get("required")),
+                inheritable=_inheritable(a),
             )
         )
     for u in data.get("users", ()):
@@ -157,6 +158,42 @@ def world_from_dict(data: Mapping[str, Any]) -> World:
     if "lifetimes" in data:
         world = world.with_lifetimes(Lifetimes(**{k: int(v) for k, v in data["lifetimes"].items()}))
     return world
+
+
+def _inheritable(raw: Mapping[str, Any]) -> tuple[str, ...]:
+    """A blueprint's inheritable permissions: ``["mcp/*", "graph/User.Read"]``, or per resource
+    ``{"mcp": "*", "graph": ["User.Read"]}`` (``"*"``/``"all"``: every scope, Graph's
+    ``allAllowedScopes``; a list: ``enumeratedScopes``)."""
+    value = raw.get("inheritable")
+    if not value:
+        return ()
+    if raw.get("kind", "app") != "agent_blueprint":
+        raise ValueError(
+            f'app {raw["name"]!r}: only an agent blueprint (kind = "agent_blueprint") has '
+            "inheritable permissions"
+        )
+    if isinstance(value, Mapping):
+        out: list[str] = []
+        for resource, scopes in value.items():
+            if scopes in ("*", "all", True):
+                out.append(f"{resource}/*")
+            elif isinstance(scopes, str):
+                out.append(f"{resource}/{scopes}")
+            else:
+                out.extend(f"{resource}/{s}" for s in _strs(scopes))
+        entries = tuple(out)
+    elif isinstance(value, str):
+        entries = (value,)
+    else:
+        entries = _strs(value)
+    for entry in entries:
+        resource, _, scope = entry.rpartition("/")
+        if not resource or not scope:
+            raise ValueError(
+                f'app {raw["name"]!r}: inheritable entry {entry!r} is not "<resource>/<scope>" '
+                'or "<resource>/*"'
+            )
+    return entries
 
 
 def _app_id(world: World, ident: str | None) -> str | None:

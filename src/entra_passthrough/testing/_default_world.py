@@ -134,6 +134,10 @@ def default_world() -> World:
         federated_credentials=(mi_fic,),
         kind="agent_blueprint",
         required=("mcp/access_as_user", "graph/User.Read"),
+        # What its agent identities inherit (inheritablePermissions, allAllowedScopes for the
+        # MCP API): the blueprint's grants on mcp, not its Graph grant (AADSTS65001 for an
+        # agent identity asking Graph, as in Entra when Graph is not inheritable).
+        inheritable=("mcp/*",),
     )
     agent_identity = App(
         name="agent_identity",

@@ -156,20 +156,34 @@ class Runtime:
     ) -> set[str]:
         """Scopes ``client`` may use on ``resource`` for ``user`` in tenant ``tenant_id`` (user
         grants + admin grants given in that tenant; pre-authorization, a property of the API's
-        registration, holds in every tenant)."""
+        registration, holds in every tenant; for an agent identity, what it inherits)."""
         out: set[str] = set()
-        # A child agent identity inherits the delegated permissions granted to its blueprint
-        # ("inheritable permissions", https://learn.microsoft.com/entra/agent-id/
-        # agent-on-behalf-of-oauth-flow).
-        clients = {client.client_id}
-        if client.kind == "agent_identity" and client.blueprint_id:
-            clients.add(client.blueprint_id)
         # Pre-authorized clients need no consent for the API's delegated scopes
         # (https://learn.microsoft.com/entra/identity-platform/permissions-consent-overview).
-        if clients & set(resource.pre_authorized):
+        if client.client_id in resource.pre_authorized:
             out.update(resource.exposed_scopes)
+        out |= self._held_scopes(user, client.client_id, resource, tenant_id)
+        # A child agent identity inherits a delegated scope of its blueprint only if both hold:
+        # the blueprint lists it (or the resource, "*") as inheritable, and the blueprint holds
+        # a grant for it in this tenant (a pre-authorization is no grant). Otherwise Entra
+        # answers AADSTS65001 (https://learn.microsoft.com/entra/agent-id/
+        # concept-inheritable-permissions, configure-inheritable-permissions-blueprints).
+        if client.kind == "agent_identity" and client.blueprint_id:
+            blueprint = self.world.app(client.blueprint_id)
+            inheritable = blueprint.inheritable_scopes(resource) if blueprint else frozenset()
+            if inheritable:
+                held = self._held_scopes(user, client.blueprint_id, resource, tenant_id)
+                out |= held if "*" in inheritable else held & inheritable
+        return out
+
+    def _held_scopes(
+        self, user: User | None, client_id: str, resource: App, tenant_id: str
+    ) -> set[str]:
+        """The scopes on ``resource`` the grants of ``client_id`` (for ``user``, or tenant-wide)
+        give in ``tenant_id``."""
+        out: set[str] = set()
         for g in self.all_grants():
-            if g.client_id not in clients or g.resource_id not in (resource.client_id, "*"):
+            if g.client_id != client_id or g.resource_id not in (resource.client_id, "*"):
                 continue
             if self.world.grant_tenant(g) != tenant_id:
                 continue

@@ -114,6 +114,13 @@ class App:
     #: a Microsoft first-party resource (Graph, Foundry, token exchange): Microsoft's own
     #: clients (Azure CLI, azd) are pre-consented to it in every tenant.
     first_party: bool = False
+    #: Agent ID, on a blueprint: its inheritable permissions (``inheritablePermissions``) as
+    #: ``"<resource>/<scope>"`` (``enumeratedScopes``) or ``"<resource>/*"`` (every scope,
+    #: ``allAllowedScopes``); resource = name, client id or App ID URI. A child agent identity
+    #: inherits a delegated scope only if it is listed here AND the blueprint holds a grant for
+    #: it (otherwise AADSTS65001, as in Entra:
+    #: https://learn.microsoft.com/entra/agent-id/concept-inheritable-permissions).
+    inheritable: tuple[str, ...] = ()
 
     def __repr__(self) -> str:  # never show the secret
         return f"App(name={self.name!r}, client_id={self.client_id!r})"
@@ -129,6 +136,21 @@ class App:
     @property
     def exposed_scopes(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(([self.scope] if self.scope else []) + list(self.scopes)))
+
+    def names_resource(self, ident: str) -> bool:
+        """Whether ``ident`` (a name, client id or App ID URI, as in ``required`` and
+        ``inheritable``) names this app (case and a trailing slash ignored)."""
+        key = ident.rstrip("/").lower()
+        return key in {i.rstrip("/").lower() for i in (*self.identifiers, self.name)}
+
+    def inheritable_scopes(self, resource: App) -> frozenset[str]:
+        """The scopes of ``resource`` this blueprint makes inheritable (``"*"``: all of them;
+        empty: none, the resource is not listed)."""
+        return frozenset(
+            scope
+            for ident, _, scope in (entry.rpartition("/") for entry in self.inheritable)
+            if ident and scope and resource.names_resource(ident)
+        )
 
 
 @dataclass(frozen=True)
