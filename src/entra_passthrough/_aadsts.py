@@ -233,8 +233,11 @@ _TABLE: tuple[Aadsts, ...] = (
     Aadsts(
         700027,
         "InvalidClientAssertionSignature",
-        "the client assertion's signature does not match a registered certificate",
-        "upload the certificate's public key to the app registration",
+        "the client assertion's signature does not match a registered certificate, or the "
+        "certificate it names has expired ('The key used is expired')",
+        "upload the certificate's public key to the app registration; if the key used is "
+        "expired, create a new certificate, upload its public key and point the certificate "
+        "path at it",
     ),
     Aadsts(
         50011,

@@ -183,6 +183,7 @@ class Doctor:
         except ConfigurationError as exc:
             detail, fix = _explain(exc)
             self.add("configuration", FAIL, detail, fix or _CONFIGURATION_FIX)
+            self.check_certificates()  # an expired certificate refuses the build: say which
             self.check_scopes(None)
             return self.checks
         try:

@@ -264,11 +264,15 @@ class PolicyViolation(TokenAcquisitionError):
         super().__init__(f"{message}{tried}", scopes=scopes, fix=fix)
 
 
+_CONSENT_LINK_FIX = "show the user the consent link; once they consent, retry the call."
+
+
 class ConsentRequired(TokenAcquisitionError):
     """The user (or an admin) must consent before a token can be issued.
 
     ``link`` is an HTTPS URL to show the user (an authorize URL with ``prompt=consent``, or
-    the consent broker's start URL). It contains no secret.
+    the consent broker's start URL). It contains no secret. ``fix`` replaces the code's fix
+    when no user can consent (an Entra agent identity: only an administrator can grant it).
     """
 
     def __init__(
@@ -282,6 +286,7 @@ class ConsentRequired(TokenAcquisitionError):
         aadsts: int | None = None,
         correlation_id: str | None = None,
         trace_id: str | None = None,
+        fix: str | None = None,
     ) -> None:
         self.link = link
         self.server_label = server_label
@@ -294,9 +299,7 @@ class ConsentRequired(TokenAcquisitionError):
             suberror="consent_required" if aadsts else None,
             correlation_id=correlation_id,
             trace_id=trace_id,
-            fix="show the user the consent link; once they consent, retry the call."
-            if link
-            else None,
+            fix=fix or (_CONSENT_LINK_FIX if link else None),
         )
 
 
@@ -561,6 +564,11 @@ def error_from_entra(
     )
     if description and (entry is None or entry.name == "Unknown"):
         what = f"{what} {'It' if who != 'Entra' else who} said: {description}"
+    reason = _assertion_reason(raw_description) if code == 700027 else None
+    if reason is not None:
+        # Entra's reason tells the causes of AADSTS700027 apart (a key never uploaded, or
+        # one that expired): no secret in it, only the thumbprint and the key's dates.
+        what = f"{what} Entra said: {reason}"
     common: dict[str, Any] = {
         "source": source,
         "scopes": scopes,
@@ -585,6 +593,38 @@ def error_from_entra(
         7000114: AssertionNotUsable,
     }.get(code or 0, EntraError)
     # ``fix`` only here: a consent or an interaction carries its own way out (the link, the
-    # claims), and their constructors take no fix.
+    # claims; a source with no link gives ConsentRequired its own fix, as Agent ID does).
     own_fix = {"fix": fix} if fix is not None and entry is None else {}
+    if reason is not None and "expired" in reason.lower():
+        own_fix = {"fix": f"{EXPIRED_KEY_FIX} ({see('errors', 'aadsts700027')})"}
     return cls(what, aadsts=code, error=error, suberror=suberror, **common, **own_fix)
+
+
+#: The fix for AADSTS700027 when Entra's reason is "The key used is expired".
+EXPIRED_KEY_FIX = (
+    "the app's certificate (the key Entra has for it) has expired: create a new certificate "
+    "with an RSA key, upload its public key to the app registration (Certificates & secrets) "
+    "and point the certificate path (ENTRA_PASSTHROUGH_CLIENT_CERTIFICATE_PATH, "
+    "AZURE_CLIENT_CERTIFICATE_PATH or client_certificate=) at it"
+)
+
+_REASON = re.compile(r"\[Reason - ([^\]\r\n]{1,600})\]")
+_THUMBPRINT = re.compile(r"Thumbprint of key used by client: '([0-9A-Fa-f]{40})'")
+
+
+def _assertion_reason(description: str) -> str | None:
+    """Entra's ``[Reason - ...]`` of an AADSTS700027 description, bounded and redacted, with
+    the SHA-1 thumbprint kept (a public hash of the certificate, which the redaction would
+    hide as a long opaque value): ``None`` when there is none."""
+    found = _REASON.search(description[:4000])
+    if found is None:
+        return None
+    text = safe_text(found.group(1), 300)
+    thumbprint = _THUMBPRINT.search(found.group(1))
+    if thumbprint is not None:
+        text = text.replace(
+            "Thumbprint of key used by client: '[redacted]'",
+            f"Thumbprint of key used by client: '{thumbprint.group(1)}'",
+            1,
+        )
+    return f"[Reason - {text}]"

@@ -15,7 +15,9 @@ Why each piece exists (docs/platform-facts.md, MSAL Python 1.39):
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import functools
+import logging
 import math
 import os
 import threading
@@ -44,6 +46,20 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+logger = logging.getLogger("entra_passthrough.credential")
+
+#: A client certificate this close to its end date is logged at start-up (WARNING): once it
+#: has expired, Entra refuses every assertion it signs (AADSTS700027, "The key used is expired").
+CERTIFICATE_WARNING_DAYS = 14
+
+#: How to replace a client certificate (expired, or with a key Entra cannot use).
+_NEW_CERTIFICATE = (
+    "create a new certificate with an RSA key (2048 bits or more), upload its public key to the "
+    "app registration (Certificates & secrets) and point the certificate path "
+    "(ENTRA_PASSTHROUGH_CLIENT_CERTIFICATE_PATH, AZURE_CLIENT_CERTIFICATE_PATH or "
+    "client_certificate=) at it."
+)
+
 # MSAL logs a token response it cannot parse whole (tokens included) at ERROR: every logger of
 # the packages the library drives gets the redacting filter, before any request goes out.
 _redact.install()
@@ -70,8 +86,15 @@ PUBLIC_FEDERATION_AUDIENCE = "api://AzureADTokenExchange"
 
 def federation_audience(authority_host: str) -> str:
     """``api://AzureADTokenExchange`` for the public cloud (and any other host, e.g. the
-    emulator), the USGov/China variants for those clouds' authority hosts."""
-    host = authority_host.split("://", 1)[-1].split("/", 1)[0].lower()
+    emulator), the USGov/China variants for those clouds' authority hosts.
+
+    The host is compared without its default port (``:443``) and without a trailing dot (the
+    fully qualified form): both name the same cloud, and the public audience for a sovereign
+    cloud made every managed identity assertion fail (AADSTS700212)."""
+    host = authority_host.strip().split("://", 1)[-1].split("/", 1)[0].lower()
+    if host.endswith(":443"):
+        host = host[: -len(":443")]
+    host = host.rstrip(".")
     return _FEDERATION_AUDIENCES.get(host, PUBLIC_FEDERATION_AUDIENCE)
 
 
@@ -570,9 +593,10 @@ def load_certificate(
 
     ``certificate`` is a path to, or the bytes of, a PEM (private key + certificate, the key
     possibly encrypted) or a PFX/PKCS#12 file; ``password`` opens an encrypted key or a PFX.
-    The key is loaded here, so a wrong password or a missing key is a ``ConfigurationError`` at
-    start-up, before any request. MSAL gets the public certificate (not a SHA-1 thumbprint), so
-    it signs with PS256 and names the certificate with ``x5t#S256``
+    The key is loaded here, so a wrong password, a missing key, a key that is not RSA or an
+    expired certificate is a ``ConfigurationError`` at start-up, before any request (one that
+    expires within ``CERTIFICATE_WARNING_DAYS`` is logged). MSAL gets the public certificate
+    (not a SHA-1 thumbprint), so it signs with PS256 and names the certificate with ``x5t#S256``
     (https://learn.microsoft.com/entra/identity-platform/certificate-credentials). The header
     ``x5c`` carries the leaf certificate, or the whole chain with ``send_chain`` (subject
     name/issuer authentication; that assertion is RS256 with ``x5t``, see below).
@@ -643,6 +667,7 @@ def load_certificate(
                 fix="export the PFX with its private key (openssl pkcs12 -export -inkey ...).",
             )
         certs = [leaf, *extra]
+    _require_rsa(key)
     public = key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -660,6 +685,7 @@ def load_certificate(
             fix="put the key's own certificate in the file (first), then any chain.",
         )
     leaf = matching[0]
+    _check_validity(leaf)
     chain = [leaf] + ([c for c in certs if c is not leaf] if send_chain else [])
     key_text = key.private_bytes(
         serialization.Encoding.PEM,
@@ -683,6 +709,48 @@ def load_certificate(
             "public_certificate": public_certificate,
         }
     return {"private_key": key_text, "public_certificate": public_certificate}
+
+
+def _require_rsa(key: Any) -> None:
+    """Entra's certificate credentials are RSA: MSAL signs the assertion with RS256/PS256, and
+    with another key every request failed (``InvalidKeyError`` from PyJWT, no fix)."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    if isinstance(key, rsa.RSAPrivateKey):
+        return
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    kind = (
+        f"an EC key ({key.curve.name})"
+        if isinstance(key, ec.EllipticCurvePrivateKey)
+        else f"a {type(key).__name__.removeprefix('_').replace('PrivateKey', '')} key"
+    )
+    raise ConfigurationError(
+        f"the client certificate has {kind}; Entra's certificate credentials need an RSA key "
+        "(the client assertion is signed RS256/PS256).",
+        fix=_NEW_CERTIFICATE,
+    )
+
+
+def _check_validity(leaf: Any) -> None:
+    """Refuse an expired certificate before any request (Entra answers AADSTS700027, "The key
+    used is expired", on every one); log one that expires soon. A certificate not valid yet is
+    left to Entra (and ``doctor``): the clock of the machine that made it may be ahead."""
+    end = leaf.not_valid_after_utc
+    now = dt.datetime.now(dt.UTC)
+    if end <= now:
+        raise ConfigurationError(
+            f"the client certificate expired on {end:%Y-%m-%d %H:%M} UTC: Entra refuses every "
+            "assertion it signs (AADSTS700027, 'The key used is expired').",
+            fix=_NEW_CERTIFICATE,
+        )
+    if end - now < dt.timedelta(days=CERTIFICATE_WARNING_DAYS):
+        logger.warning(
+            "the client certificate expires on %s UTC (in %d days): Entra refuses it from then "
+            "on; create a new one and upload its public key before that",
+            f"{end:%Y-%m-%d %H:%M}",
+            (end - now).days,
+        )
 
 
 def _pem_block(text: str, label: str) -> str | None:
@@ -745,6 +813,38 @@ class FederatedTokenFile:
         return value
 
 
+class CheckedAssertion:
+    """A ``client_assertion`` callable whose empty answer is refused before anything is sent:
+    MSAL posted ``None`` or ``""`` as no client credential at all, and Entra's AADSTS7000218
+    ("send client_secret or client_assertion") pointed away from the callable."""
+
+    def __init__(self, get: Callable[[], Any]) -> None:
+        self._get = get
+
+    def __repr__(self) -> str:
+        return f"CheckedAssertion({self._get!r})"
+
+    def __call__(self) -> Any:
+        from ._errors import SourceUnavailable
+
+        value = self._get()
+        if isinstance(value, (str, bytes)) and value.strip():
+            return value
+        if value is None:
+            what = "None"
+        elif isinstance(value, (str, bytes)):
+            what = "an empty value"
+        else:
+            what = f"a value of type {type(value).__name__}"
+        # The value itself is not shown: a callable may return a secret in the wrong shape.
+        raise SourceUnavailable(
+            f"the client_assertion callable returned {what}, not a signed assertion: sent as "
+            "it is, Entra would see no client credential.",
+            fix="make the callable return the signed client assertion (a JWT, as a string); it "
+            "is called for every token request, so it must return a current one each time.",
+        )
+
+
 def client_credential(credential: AppCredential) -> Any:
     """MSAL's ``client_credential`` for an ``AppCredential`` (validated when it was built): the
     one place it is built, for every confidential client of the library. A managed identity
@@ -758,7 +858,7 @@ def client_credential(credential: AppCredential) -> Any:
             send_chain=credential.send_certificate_chain,
         )
     if credential.client_assertion is not None:
-        return {"client_assertion": credential.client_assertion}
+        return {"client_assertion": CheckedAssertion(credential.client_assertion)}
     if credential.managed_identity is not None:
         audience = federation_audience(credential.authority_host)
         mi = credential.managed_identity

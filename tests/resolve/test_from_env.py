@@ -98,6 +98,26 @@ def test_a_malformed_managed_identity_endpoint_is_refused_at_build(
     assert H not in f"{info.value}{info.value!r}"  # the header is a secret
 
 
+def test_managed_identity_reads_the_reliability_variables() -> None:
+    mi_env = {"IDENTITY_ENDPOINT": "http://127.0.0.1:9/msi/token", "IDENTITY_HEADER": H}
+    tuned = {
+        **mi_env,
+        "ENTRA_PASSTHROUGH_TOKEN_DEADLINE": "3",
+        "ENTRA_PASSTHROUGH_TOKEN_RETRIES": "0",
+        "ENTRA_PASSTHROUGH_MAX_WORKERS": "100",
+    }
+    chain = TokenChain.from_env({**BASE, **tuned, "ENTRA_PASSTHROUGH_POLICY": "user_or_app"})
+    for mi in (ManagedIdentity.from_env(tuned), chain.sources[-1]):
+        assert isinstance(mi, ManagedIdentity)
+        assert (mi.timeouts.deadline, mi.timeouts.retries) == (3.0, 0)
+        assert mi._pool.max_workers == 100
+    plain = ManagedIdentity.from_env(mi_env)  # none set: the managed identity's own defaults
+    assert (
+        plain.timeouts == ManagedIdentity(endpoint=mi_env["IDENTITY_ENDPOINT"], header=H).timeouts
+    )
+    assert plain._pool.max_workers == 4
+
+
 def test_chain_from_env_policies() -> None:
     chain = TokenChain.from_env(BASE)
     assert chain.policy is Policy.USER_ONLY

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _env
 from .._credential import AppCredential, app_credential
-from .._errors import ConfigurationError
+from .._errors import ConfigurationError, ConsentRequired
 from .._http import SHARED_THROTTLE, Timeouts
 from .._msal import (
     DEFAULT_MAX_WORKERS,
@@ -34,6 +34,17 @@ if TYPE_CHECKING:
 
 #: Refresh T1 this long before it expires.
 _T1_MARGIN = 300.0
+
+#: The way out of AADSTS65001 for an agent identity. No user can consent for it (AADSTS82014),
+#: so the generic fix (a consent link, knownClientApplications) leads nowhere: an administrator
+#: grants the blueprint's delegated permission and makes it inheritable by its agent identities.
+AGENT_CONSENT_FIX = (
+    "agent identities cannot be consented interactively (AADSTS82014): an administrator grants "
+    "the blueprint's delegated permission to the resource (admin consent: an "
+    "oauth2PermissionGrant for the blueprint's service principal and the resource's scope) and "
+    "configures it as an inheritable permission of the blueprint (inheritablePermissions), so "
+    "that its agent identities inherit it; then retry"
+)
 
 
 class _T1:
@@ -135,6 +146,7 @@ class AgentIdentityOnBehalfOf:
         )
         if not agent_identity_id:
             raise ConfigurationError("AgentIdentityOnBehalfOf needs agent_identity_id.")
+        _check_single_tenant(blueprint.tenant_id, allowed_tenants)
         self.name = name
         self.credential = blueprint
         self.blueprint_client_id = blueprint_client_id = blueprint.client_id
@@ -226,10 +238,16 @@ class AgentIdentityOnBehalfOf:
         return self._obo.caller_partition(caller)
 
     def get_token(self, request: TokenRequest) -> TokenResult | None:
-        return self._obo.get_token(request)
+        try:
+            return self._obo.get_token(request)
+        except ConsentRequired as exc:
+            raise _admin_consent(exc) from None
 
     async def get_token_async(self, request: TokenRequest) -> TokenResult | None:
-        return await self._obo.get_token_async(request)
+        try:
+            return await self._obo.get_token_async(request)
+        except ConsentRequired as exc:
+            raise _admin_consent(exc) from None
 
     @classmethod
     def from_env(
@@ -285,3 +303,40 @@ class AgentIdentityOnBehalfOf:
 def _no_interactive_consent(request: TokenRequest) -> str | None:
     # Agent identities cannot be consented interactively (AADSTS82014); an admin grants it.
     return None
+
+
+def _admin_consent(exc: ConsentRequired) -> ConsentRequired:
+    """The same refusal with the agent identity's way out (``AGENT_CONSENT_FIX``): the OBO
+    error's fix is the one for an app a user can consent to."""
+    code = exc.code
+    message = (
+        f"Entra refused the token request: {code}: {code.meaning}."
+        if code is not None
+        else "Entra refused the token request: consent is required."
+    )
+    return ConsentRequired(
+        f"{message} The agent identity has no delegated permission for this user and scope.",
+        link=None,
+        source=exc.source,
+        scopes=exc.scopes,
+        aadsts=code.code if code is not None else None,
+        correlation_id=exc.correlation_id,
+        trace_id=exc.trace_id,
+        fix=AGENT_CONSENT_FIX,
+    )
+
+
+def _check_single_tenant(tenant_id: str, allowed_tenants: Sequence[str] | None) -> None:
+    """Agent identities are single-tenant: a user of another tenant cost a T1 request and an
+    OBO request, and Entra refused it (AADSTS700016). Refused at build instead."""
+    others = sorted({t.lower() for t in allowed_tenants or ()} - {tenant_id.lower()})
+    if others:
+        raise ConfigurationError(
+            f"AgentIdentityOnBehalfOf allows tenants other than the agent identity's own "
+            f"({len(others)} more); an agent identity exists only in its blueprint's tenant, so "
+            "Entra refuses every user of another tenant (AADSTS700016).",
+            fix="leave allowed_tenants unset (ENTRA_PASSTHROUGH_ALLOWED_TENANTS and "
+            "AZURE_ADDITIONALLY_ALLOWED_TENANTS) or set it to the blueprint's tenant only "
+            "(AZURE_TENANT_ID); for users of another tenant, create a blueprint and agent "
+            "identity in that tenant and use a second source.",
+        )

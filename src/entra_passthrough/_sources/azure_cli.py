@@ -209,14 +209,31 @@ class AzureCli:
         err = stderr.decode(errors="replace")
         cli = cli_contract(self.tool)
         if returncode == 0:
-            info = cli.parse_token(out)
-            if info is None:
+            try:
+                # azure-identity's parser indexes what json.loads returned: JSON that is not an
+                # object ([], null, "x") is a TypeError, an expiry of 1e400 an OverflowError.
+                info = cli.parse_token(out)
+                expires_on = float(info.expires_on) if info is not None else None
+            except (TypeError, ValueError, KeyError, AttributeError, OverflowError):
+                info = expires_on = None
+            if info is None or expires_on is None:
+                command = (
+                    "az account get-access-token --output json"
+                    if self.tool == "az"
+                    else "azd auth token --output json"
+                )
                 raise SourceUnavailable(
-                    f"{self.tool} printed no token.", source=self.name, scopes=scopes
+                    f"{self.tool} printed no token (its output is not the JSON object with a "
+                    "token and its expiry that it prints when it works).",
+                    source=self.name,
+                    scopes=scopes,
+                    fix=f"run '{command}' on this host: it must print a JSON object with the "
+                    f"token; update {self.tool} if it prints anything else, and check that no "
+                    f"wrapper script named {self.tool} comes first on PATH.",
                 )
             return TokenResult(
                 token=info.token,
-                expires_on=float(info.expires_on),
+                expires_on=expires_on,
                 kind=self.kind,
                 source=self.name,
             )

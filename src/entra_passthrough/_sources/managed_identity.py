@@ -36,6 +36,7 @@ from .. import _env
 from .._errors import (
     ConfigurationError,
     EntraError,
+    EntraPassthroughError,
     SourceUnavailable,
     code_in_body,
     first_code,
@@ -47,6 +48,7 @@ from .._http import (
     GuardedHttpClient,
     Timeouts,
     TransportFailure,
+    current_deadline,
     deadline,
     size_pool,
 )
@@ -60,8 +62,38 @@ logger = logging.getLogger("entra_passthrough.managed_identity")
 _PEER = "the managed identity endpoint"
 
 _TIMEOUT = 10.0
-#: Managed identity tokens live ~24 h; refresh the assertion copy this long before expiry.
+_MAX_WORKERS = 4
+#: What ``Timeouts.from_env`` reads (``from_env`` uses the defaults above when none is set).
+_TIMEOUT_VARIABLES = (
+    "ENTRA_PASSTHROUGH_CONNECT_TIMEOUT",
+    "ENTRA_PASSTHROUGH_READ_TIMEOUT",
+    "ENTRA_PASSTHROUGH_TOKEN_DEADLINE",
+    "ENTRA_PASSTHROUGH_TOKEN_RETRIES",
+)
+#: Managed identity tokens live ~24 h; the assertion copy is never used this close to expiry.
 _MARGIN = 300.0
+#: A token living at least this long is renewed at half its life (MSAL's and azure-identity's
+#: ``refresh_in`` for managed identity tokens); a shorter one ``_REFRESH_AHEAD`` before the
+#: margin. Renewing ahead, by one caller while the others keep the valid token, means a burst
+#: that arrives later finds a fresh token instead of all waiting on the endpoint.
+_HALF_LIFE_FROM = 7200.0
+_REFRESH_AHEAD = 300.0
+#: The most resources ``token_for_resource`` keeps a token and a flight lock for (one per
+#: cloud's federation audience in practice).
+_MAX_RESOURCES = 16
+
+
+def _usable(result: TokenResult, now: float) -> bool:
+    return result.expires_on - _MARGIN > now
+
+
+def _refresh_at(result: TokenResult, now: float) -> float:
+    """When a cached assertion token is renewed ahead of need (see ``_HALF_LIFE_FROM``)."""
+    lifetime = result.expires_on - now
+    if lifetime >= _HALF_LIFE_FROM:
+        return now + lifetime / 2
+    return max(now, result.expires_on - _MARGIN - _REFRESH_AHEAD)
+
 
 #: The host names ``detect_host`` returns (what ``repr`` and errors show).
 HOSTS = ("service_fabric", "app_service", "machine_learning", "azure_arc", "cloud_shell", "imds")
@@ -225,7 +257,7 @@ class ManagedIdentity:
         endpoint: str | None = None,
         header: str | None = None,
         http_client: Any = None,
-        max_workers: int = 4,
+        max_workers: int = _MAX_WORKERS,
         timeout: float = _TIMEOUT,
         timeouts: Timeouts | None = None,
         name: str = "managed_identity",
@@ -283,7 +315,10 @@ class ManagedIdentity:
         self._fabric: tuple[tuple[str, str], GuardedHttpClient] | None = None
         self._pool = WorkerPool(max_workers=max_workers, name=f"entra-{name}")
         self._lock = threading.Lock()
-        self._tokens: dict[str, TokenResult] = {}
+        # token_for_resource: resource -> (token, when to renew it ahead), and one flight lock
+        # per resource so that one request per resource is on the wire at a time.
+        self._tokens: dict[str, tuple[TokenResult, float]] = {}
+        self._flights: dict[str, threading.Lock] = {}
         self._msal_client: Any = None
         self._cloud_shell: Any = None
         self._instance = secrets.token_hex(8)
@@ -395,17 +430,70 @@ class ManagedIdentity:
 
     def token_for_resource(self, resource: str) -> str:
         """A token for ``resource`` (sync, cached here): the client assertion when this managed
-        identity is a federated credential of an app (``OnBehalfOf(managed_identity=...)``)."""
+        identity is a federated credential of an app (``OnBehalfOf(managed_identity=...)``).
+
+        Single flight per resource: a cold burst of users (each OBO exchange asks for the
+        assertion) sends one request to the identity endpoint, the others wait for its token
+        (within their deadline) instead of each sending their own; a throttling endpoint (IMDS
+        answers a burst with 429) then costs one caller, not many. A cached token is renewed
+        ahead of need by one caller while the others keep using it (``_refresh_at``)."""
+        scopes = (f"{resource}/.default",)
         with self._lock:
-            cached = self._tokens.get(resource)
-        if cached is not None and cached.expires_on - _MARGIN > time.time():
-            return cached.token
-        result = self._fetch((f"{resource}/.default",))
+            entry = self._tokens.get(resource)
+            flight = self._flights.get(resource)
+            if flight is None:
+                if len(self._flights) >= _MAX_RESOURCES:
+                    for key in [k for k, lock in self._flights.items() if not lock.locked()]:
+                        del self._flights[key]
+                flight = self._flights[resource] = threading.Lock()
+        now = time.time()
+        if entry is not None and _usable(entry[0], now):
+            if now < entry[1] or not flight.acquire(blocking=False):
+                return entry[0].token  # fresh, or another caller is renewing it
+            try:
+                with self._lock:
+                    current = self._tokens.get(resource)
+                if current is not None and time.time() < current[1]:
+                    return current[0].token  # renewed while this caller looked
+                try:
+                    return self._store(resource, self._fetch(scopes)).token
+                except EntraPassthroughError as exc:
+                    # The token in hand is still valid for a while: use it, and let a later
+                    # caller try again (the failure is logged, not raised to this user).
+                    logger.warning(
+                        "renewing the managed identity token ahead of expiry failed (%s); the "
+                        "cached one stays in use until %.0f s before it expires",
+                        type(exc).__name__,
+                        _MARGIN,
+                    )
+                    return entry[0].token
+            finally:
+                flight.release()
+        # No usable token: wait for the request in flight, if any, within this call's deadline
+        # (an OBO exchange's, else the source's own), then look again before sending one.
+        wait = current_deadline(self.timeouts.deadline) - time.monotonic()
+        if wait <= 0 or not flight.acquire(timeout=wait):
+            raise unreachable(
+                TransportFailure("deadline", peer=_PEER),
+                what=f"managed identity token request ({self.host})",
+                source=self.name,
+                scopes=scopes,
+            )
+        try:
+            with self._lock:
+                entry = self._tokens.get(resource)
+            if entry is not None and _usable(entry[0], time.time()):
+                return entry[0].token  # fetched by the caller this one waited for
+            return self._store(resource, self._fetch(scopes)).token
+        finally:
+            flight.release()
+
+    def _store(self, resource: str, result: TokenResult) -> TokenResult:
         with self._lock:
-            if len(self._tokens) > 16:
+            if len(self._tokens) >= _MAX_RESOURCES and resource not in self._tokens:
                 self._tokens.clear()
-            self._tokens[resource] = result
-        return result.token
+            self._tokens[resource] = (result, _refresh_at(result, time.time()))
+        return result
 
     def _fetch(self, scopes: tuple[str, ...]) -> TokenResult:
         resource = scope_to_resource(scopes)
@@ -613,10 +701,15 @@ class ManagedIdentity:
                 "set both) or IMDS_ENDPOINT (Azure Arc sets both).",
                 fix="set IDENTITY_HEADER as well, or unset IDENTITY_ENDPOINT.",
             )
+        # The reliability variables, as every Entra source reads them; without any, the
+        # managed identity's own defaults (a 10 s read, 4 workers: a local endpoint).
+        tuned = any(_env.get(env, var) is not None for var in _TIMEOUT_VARIABLES)
         return cls(
             client_id=_env.get(env, "AZURE_CLIENT_ID"),
             endpoint=endpoint if explicit else None,
             header=header if explicit else None,
             http_client=http_client,
+            max_workers=_env.get_int(env, "ENTRA_PASSTHROUGH_MAX_WORKERS", _MAX_WORKERS),
+            timeouts=Timeouts.from_env(env) if tuned else None,
             name=name,
         )

@@ -6,6 +6,8 @@ Rules:
 - Certificate assertions: header ``x5t`` (or ``x5t#S256``) names a certificate registered on the
   app, signature RS256/PS256, ``aud`` the token endpoint, ``iss`` = ``sub`` = client id, ``exp``
   in the future (https://learn.microsoft.com/entra/identity-platform/certificate-credentials).
+  A certificate past its end date (the registered one, or the leaf presented in ``x5c``) is
+  AADSTS700027 with Entra's "[Reason - The key used is expired., ...]", before the signature.
 - Federated assertions: a token whose issuer, subject and audience match a federated identity
   credential of the app, else AADSTS700211 (issuer), 700213 (subject; 7002138 when only the case
   differs) or 700212 (audience) (https://learn.microsoft.com/entra/workload-id/
@@ -19,6 +21,7 @@ Rules:
 from __future__ import annotations
 
 import base64
+import contextlib
 import hmac
 import time
 from collections.abc import Mapping
@@ -190,6 +193,9 @@ def _check_certificate(
             "on application. [Reason - The key was not found.]",
             700027,
         )
+    expired = _expired_key(cert, header, now)
+    if expired is not None:
+        raise e.bad_client_assertion(expired, 700027)
     try:
         verified = jwt.decode(
             assertion,
@@ -218,3 +224,24 @@ def _check_certificate(
     if numeric_claim(verified, "exp") < now:
         raise e.bad_client_assertion("Client assertion is not within its valid time range.", 700024)
     return "2"
+
+
+def _expired_key(cert: x509.Certificate, header: Mapping[str, Any], now: float) -> str | None:
+    """Entra's AADSTS700027 text when the registered certificate (its key credential ends with
+    the certificate), or the leaf the assertion presents in ``x5c``, is past its end date: the
+    signature is never checked then. ``None`` while both are valid."""
+    presented = [cert]
+    x5c = header.get("x5c")
+    if isinstance(x5c, list) and x5c and isinstance(x5c[0], str):
+        # Not a certificate: the signature check answers for it.
+        with contextlib.suppress(ValueError):
+            presented.append(x509.load_der_x509_certificate(base64.b64decode(x5c[0])))
+    for item in presented:
+        start, end = item.not_valid_before_utc, item.not_valid_after_utc
+        if end.timestamp() <= now:
+            return (
+                "Client assertion contains an invalid signature. [Reason - The key used is "
+                f"expired., Thumbprint of key used by client: '{_ca.thumbprint_sha1(item)}', "
+                f"Found key 'Start={start:%m/%d/%Y %H:%M:%S}, End={end:%m/%d/%Y %H:%M:%S}']"
+            )
+    return None
