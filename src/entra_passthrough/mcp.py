@@ -197,6 +197,11 @@ class CallAttempt:
     status: int | None = None
     #: Whether the last ``tools/call`` carried an ``Mcp-Session-Id`` (a legacy session).
     on_session: bool = False
+    #: Whether the server's own answers say what it did: no proxy in between and resends not
+    #: switched off (``RESEND_ON_RESET_VARIABLE``). Otherwise a 404 on the session may be a
+    #: device's (a load balancer that retried the POST on another replica after the first ran
+    #: it), and a call refused that way may have run.
+    direct: bool = True
     #: ``tools/call`` requests of this attempt still inside the transport.
     in_flight: int = field(default=0, repr=False)
     #: Decided (``close()``): a request of this attempt that reaches the transport only now is
@@ -223,6 +228,12 @@ class CallAttempt:
         may fail with a message that says "Session not found" (its own notion of a session) in
         a 200 answer after it ran. Only on a session: a modern (2026-07-28) server answers a
         handler's METHOD_NOT_FOUND with 404 too, after running it."""
+        return self.session_lost and self.direct
+
+    @property
+    def session_lost(self) -> bool:
+        """HTTP 404 to this attempt's ``tools/call`` on a legacy session: the session is gone
+        (refused before anything ran, when ``direct``)."""
         return self.status == 404 and self.on_session and self.transport_error is None
 
     def _begin(self) -> None:
@@ -414,6 +425,7 @@ class _CallGuard(httpx2.AsyncBaseTransport):
         if is_call:
             attempt.sent = True  # from here on it may reach the server
             attempt.on_session = "mcp-session-id" in request.headers
+            attempt.direct = self._resend_on_reset
             attempt._begin()
         try:
             response = await self._inner.handle_async_request(request)
@@ -478,8 +490,12 @@ class _BodyWatch(httpx2.AsyncByteStream):
             async for chunk in stream:
                 yield chunk
         except httpx2.TransportError as exc:
+            # Recorded, and the body ends here instead of raising: the mcp SDK reads a JSON
+            # answer outside any handler that would keep the error to this request, and a
+            # transport error there tore the whole connection down under every other call in
+            # flight on it. Ended, the body fails this request alone (a truncated JSON, an SSE
+            # stream with no answer), and the recorded error makes it "may have run".
             self._attempt.transport_error = self._attempt.transport_error or type(exc).__name__
-            raise
         finally:
             if isinstance(stream, AsyncGenerator):  # closed with us, as httpx2 closes its own
                 await stream.aclose()

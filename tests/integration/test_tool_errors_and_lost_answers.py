@@ -350,3 +350,159 @@ async def test_an_sse_answer_slower_than_the_read_timeout_may_have_run(
     assert "read timeout" in str(raised.value)
     assert mcp.ran("slow") == 1
     assert len([s for s in calls(mcp.recorder.snapshot()) if s.caller_tag == "slow"]) == 1
+
+
+# --- 4. one answer cut off mid-body fails that call alone ----------------------------------------
+
+
+class _Died(Exception):
+    """The server's handler dying after half of one answer's body went out."""
+
+
+def _slow_tool(executions: list[tuple[str, str]]) -> Any:
+    def register(server: MCPServer) -> None:
+        @server.tool()
+        async def slow_whoami(who: str = "", hold: float = 0.0) -> str:
+            """Says who called, after ``hold`` seconds."""
+            executions.append((who, current_user().oid))
+            await asyncio.sleep(min(hold, GATE_BOUND))
+            return f"{who} {current_user().oid}"
+
+    return register
+
+
+def _cut_bodies(prefix: str) -> Callable[[ASGI], ASGI]:
+    """The answer to a ``tools/call`` whose ``who`` starts with ``prefix`` stops after half its
+    body (the handler dies, the connection is cut): headers sent, body short."""
+
+    def wrap(app: ASGI) -> ASGI:
+        async def wrapper(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            if scope["type"] != "http" or scope["method"] != "POST":
+                await app(scope, receive, send)
+                return
+            parsed, replay = await read_json_request(receive)
+            params = parsed.get("params") if isinstance(parsed, dict) else None
+            who = str(((params or {}).get("arguments") or {}).get("who", ""))
+            if not who.startswith(prefix):
+                await app(scope, replay, send)
+                return
+
+            async def cutting(message: dict[str, Any]) -> None:
+                if message["type"] == "http.response.body":
+                    body = message.get("body", b"")
+                    half = {"type": "http.response.body", "body": body[: len(body) // 2]}
+                    await send({**half, "more_body": True})
+                    raise _Died
+                await send(message)
+
+            await app(scope, replay, cutting)
+
+        return wrapper
+
+    return wrap
+
+
+@pytest.mark.parametrize("stateful", [False, True], ids=["modern-json", "legacy-json"])
+async def test_one_answer_cut_mid_body_fails_that_call_alone(
+    idp: EntraEmulator, users: list[User], start: Callable[..., Mcp], stateful: bool
+) -> None:
+    """Three calls are running on the shared connection when a fourth's JSON answer is cut off
+    after its headers. The fourth may have run (``CallOutcomeUnknown``); the three others, which
+    the server ran and answered, get their results: the mcp SDK read a JSON answer outside any
+    handler, so the cut tore the connection down under all four."""
+    executions: list[tuple[str, str]] = []
+    mcp = start(stateful=stateful, extra_tools=_slow_tool(executions), wrap=_cut_bodies("cut"))
+    tool = entra_mcp_tool("records", mcp.url, chain=make_chain(idp), scopes=mcp_scopes(idp))
+    # A legacy session belongs to the user who opened it: one user there.
+    callers = [users[0]] * 4 if stateful else users[:4]
+
+    async def call(user: User, who: str, hold: float) -> Any:
+        async with bind_caller(token=agent_token(idp, user)):
+            return await tool.call_tool("slow_whoami", who=who, hold=hold)
+
+    try:
+        async with bind_caller(token=agent_token(idp, callers[0])):
+            await tool.call_tool("whoami", who="warm")
+        others = [
+            asyncio.create_task(call(user, f"other-{i}", 3.0)) for i, user in enumerate(callers[:3])
+        ]
+        assert await _until(lambda: len(executions) == 3)  # all three running on the server
+        cut = await asyncio.gather(call(callers[3], "cut-3", 0.0), return_exceptions=True)
+        answered = await asyncio.gather(*others, return_exceptions=True)
+    finally:
+        await tool.close()
+    assert isinstance(cut[0], CallOutcomeUnknown), repr(cut[0])
+    lost = [a for a in answered if isinstance(a, BaseException)]
+    assert not lost, lost
+    assert Counter(who for who, _ in executions) == {
+        "other-0": 1,
+        "other-1": 1,
+        "other-2": 1,
+        "cut-3": 1,
+    }
+
+
+# --- 5. a 404 on the session where it may come after the call ran ------------------------------
+
+
+def _404_after_running(prefix: str) -> Callable[[ASGI], ASGI]:
+    """A device in front of the server (a load balancer that retried the POST on a replica that
+    does not know the session): the call runs, then the answer is a 404 "Session not found"."""
+
+    def wrap(app: ASGI) -> ASGI:
+        async def wrapper(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            if scope["type"] != "http" or scope["method"] != "POST":
+                await app(scope, receive, send)
+                return
+            parsed, replay = await read_json_request(receive)
+            params = parsed.get("params") if isinstance(parsed, dict) else None
+            who = str(((params or {}).get("arguments") or {}).get("who", ""))
+            if not who.startswith(prefix):
+                await app(scope, replay, send)
+                return
+
+            async def swallow(message: dict[str, Any]) -> None:
+                return None
+
+            await app(scope, replay, swallow)  # the call runs; its answer is dropped
+            body = (
+                b'{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"Session not found"}}'
+            )
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 404,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+
+        return wrapper
+
+    return wrap
+
+
+async def test_a_404_on_the_session_is_not_resent_where_resends_are_off(
+    idp: EntraEmulator,
+    users: list[User],
+    start: Callable[..., Mcp],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With ``ENTRA_PASSTHROUGH_MCP_RESEND_ON_RESET=false`` (a device between the agent and the
+    server), a 404 on the session is not taken for "refused before it ran": the call may have
+    run, and the tool reconnects for the next one."""
+    monkeypatch.setenv("ENTRA_PASSTHROUGH_MCP_RESEND_ON_RESET", "false")
+    mcp = start(stateful=True, wrap=_404_after_running("lb"))
+    tool = entra_mcp_tool("records", mcp.url, chain=make_chain(idp), scopes=mcp_scopes(idp))
+    try:
+        async with bind_caller(token=agent_token(idp, users[0])):
+            await tool.call_tool("whoami", who="warm")
+            with pytest.raises(ToolException) as raised:
+                await tool.call_tool("whoami", who="lb-once")
+            after = await tool.call_tool("whoami", who="after")
+    finally:
+        await tool.close()
+    assert isinstance(raised.value, CallOutcomeUnknown), repr(raised.value)
+    assert "404" in str(raised.value)
+    assert mcp.ran("lb-once") == 1
+    assert mcp.ran("after") == 1, after

@@ -80,6 +80,7 @@ from .._prefetch import prefetched_var
 from .._types import IdentityKind, TokenResult
 from .._user_key import UserKey
 from ..mcp import (
+    RESEND_ON_RESET_VARIABLE,
     CallAttempt,
     attempt_var,
     call_attempt,
@@ -588,10 +589,21 @@ class EntraMCPTool(HookedMCPTool):
                     raise self._bound_error() from exc
                 if verdict == "no_token":
                     raise self._no_token_error(exc, caller) from exc
-                if verdict == "maybe_ran":
-                    if is_dead_connection(exc):
+                if verdict in ("maybe_ran", "session_lost"):
+                    if verdict == "session_lost":
+                        # The connection is alive, its session is not: replaced before this
+                        # call answers (bounded), so that the next call does not go out on it.
+                        with suppress(Exception):
+                            await self._recover(generation, deadline)
+                    elif is_dead_connection(exc):
                         self._reconnect_soon(generation)
-                    if attempt.status is not None and attempt.status >= 500:
+                    if verdict == "session_lost":
+                        why = (
+                            "the session was refused (HTTP 404) through a proxy, or with "
+                            f"{RESEND_ON_RESET_VARIABLE}=false, where a 404 may come after the "
+                            "call ran"
+                        )
+                    elif attempt.status is not None and attempt.status >= 500:
                         why = f"the server answered HTTP {attempt.status}"
                     elif is_request_timeout(exc):
                         why = "no answer came within the tool's request timeout"
@@ -683,6 +695,10 @@ class EntraMCPTool(HookedMCPTool):
                 else:
                     self._bound_suspect = None
             return "refused"
+        if attempt.session_lost:
+            # A 404 on the session through a proxy, or with resends switched off: a device may
+            # have answered it after the server ran the call. Not sent again; reconnected.
+            return "session_lost"
         if attempt.never_left and (
             is_dead_connection(exc) or attempt.not_sent in ("connect", "reset")
         ):
