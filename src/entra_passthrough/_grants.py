@@ -296,7 +296,12 @@ class GrantStore:
         return str(data["tid"]), str(data["oid"])
 
     async def bind(self, key_hash: str, tid: str, oid: str) -> bool:
-        """Record the first binding; ``False`` if one exists already (check it)."""
+        """Record the first binding; ``False`` if one exists already (check it). A binding
+        written before bindings were per app exists too, whether it opens or not: one sealed
+        under a key since dropped must refuse the sign-in (``binding_unreadable``) as the
+        per-app one does, never let the platform user be bound to another account."""
+        if await self._call(self.store.get(_LEGACY_BINDING + key_hash)) is not None:
+            return False
         plain = json.dumps({"tid": tid, "oid": oid}).encode()
         key = _BINDING + _app_id(self.client_id, key_hash)
         version = await self._put(key, plain, ttl=BINDING_TTL, expect=None)

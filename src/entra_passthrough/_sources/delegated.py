@@ -29,6 +29,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import os
 import secrets
 import threading
 import time
@@ -138,6 +139,11 @@ class _Redeem:
 _Step = _Grants | _Pause | _Redeem
 
 
+#: The most leases ``DelegatedConsent`` remembers as written without an answer (a store that
+#: keeps failing: beyond it, such leases are waited out as another's).
+_MAX_UNCERTAIN = 1024
+
+
 class DelegatedConsent:
     """A ``TokenSource`` (kind ``user``) serving tokens from grants made in the consent broker.
 
@@ -205,6 +211,11 @@ class DelegatedConsent:
         #: never reached us (lost or late reply, re-sent by the client), and nobody redeems
         #: under it: it is taken over rather than waited out.
         self._active: set[str] = set()
+        #: Leases of this process whose write raised (its answer lost or late): the store may
+        #: hold one with nobody redeeming under it. Only these are ever taken over as our own:
+        #: a lease of ours merely missing from ``_active`` may be another process's (a worker
+        #: forked after this instance was built shares its tag; ``_lease_tag`` adds the pid).
+        self._uncertain: set[str] = set()
         self._flights: dict[tuple[int, str], tuple[tuple[Any, ...], asyncio.Future[Any]]] = {}
         self._created_http: Any = None  # from_env built the HTTP session (CA file)
 
@@ -556,11 +567,16 @@ class DelegatedConsent:
                 # the lease until the store has been back for a lease's length.
                 yield _Pause(min(0.02 * (2**attempt), 0.5))
                 continue
-            lease = f"{self._replica}:{secrets.token_hex(4)}"
+            lease = f"{self._replica}:{os.getpid()}:{secrets.token_hex(4)}"
             leased = dataclasses.replace(grant, lease_owner=lease, lease_until=now + LEASE_SECONDS)
             self._active.add(lease)
             try:
-                lease_version = yield _Grants("put_grant", key.hashed, leased, expect=version)
+                try:
+                    lease_version = yield _Grants("put_grant", key.hashed, leased, expect=version)
+                except BaseException:
+                    if len(self._uncertain) < _MAX_UNCERTAIN:
+                        self._uncertain.add(lease)
+                    raise
                 if lease_version is None:
                     continue  # changed under us (rotated or leased elsewhere): read again
                 held = _Held(key.hashed, leased, lease_version)
@@ -577,12 +593,14 @@ class DelegatedConsent:
         )
 
     def _abandoned(self, owner: str | None) -> bool:
-        """Whether ``owner`` is a lease this instance wrote but no refresh of it holds."""
-        return (
-            owner is not None
-            and owner.startswith(f"{self._replica}:")
-            and owner not in self._active
-        )
+        """Whether ``owner`` is a lease this process wrote without getting the answer, and no
+        refresh of it holds (one taken over is forgotten)."""
+        if owner is None or owner not in self._uncertain or owner in self._active:
+            return False
+        if not owner.startswith(f"{self._replica}:{os.getpid()}:"):
+            return False  # inherited across a fork: the parent's, not this process's
+        self._uncertain.discard(owner)
+        return True
 
     def _refresh(
         self, key: UserKey, request: TokenRequest, grant: StoredGrant, held: _Held
