@@ -230,6 +230,8 @@ class EntraMCPTool(HookedMCPTool):
         self._sessions_shared = False
         self._background: set[asyncio.Task[None]] = set()
         self._deferred_for: Caller | None = None
+        #: Entered before (``__aenter__``): the first enter is the host's agent initialization.
+        self._entered = False
 
     @property
     def auth(self) -> EntraAuth:
@@ -441,18 +443,33 @@ class EntraMCPTool(HookedMCPTool):
 
     async def __aenter__(self) -> EntraMCPTool:
         if self._pool is None:
+            # The first enter is the host's "agent initialization" (ResponsesHostServer enters
+            # the agent once per server); every later one is a run's own (agent-framework
+            # enters a tool that is not connected when a run starts).
+            first = not self._entered
+            self._entered = True
             try:
                 await self._connect_retrying()
-            except ToolException:
+            except ToolException as exc:
+                consent = (
+                    None if first else consent_from_exception(exc, server_label=self.server_label)
+                )
+                if consent is not None:
+                    # A run's enter: the host turns a consent into an oauth_consent_request
+                    # only at agent initialization (the gateway's shape); a run surfaces it as
+                    # a user input request, as a tool call does.
+                    raise consent_exception(consent, server_label=self.server_label) from exc
                 raise
             except Exception as exc:
                 if is_public_failure(exc):
                     caller = active_caller()
-                    if caller is not None and self._deferred_for is not caller:
+                    if first and caller is not None:
                         # The caller's token cannot work and nothing was sent. Opened with the
                         # agent (ResponsesHostServer: "agent initialization", where the host
                         # shows only "server_error"): not connected, the run opens the tool again
-                        # and fails there, where the host shows the explanation.
+                        # and fails there, where the host shows the explanation. Only then: a
+                        # run's enter that defers too would leave the run with no tools at all
+                        # (the host enters the agent once; later requests come here from runs).
                         self._deferred_for = caller
                         return self
                     raise  # the host's public shape: the client sees the explanation

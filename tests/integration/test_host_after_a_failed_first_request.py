@@ -1,0 +1,64 @@
+"""A shared tool on a real ``ResponsesHostServer`` whose very first request failed (its caller's
+token could not work, so the tool did not connect): the host enters the agent only once, so
+every later request reaches the tool through its run. A later caller whose token cannot work
+gets the explanation too, never an empty "completed" answer with a dangling tool call (the
+run's enter deferred as the host's first one does, and the run had no tools).
+
+Real components: the emulator over HTTPS, OBO through MSAL, the recording MCP server under
+uvicorn, ``ResponsesHostServer`` through ``install``."""
+
+from __future__ import annotations
+
+import httpx2
+import pytest
+from agent_framework import Agent
+
+from _support.mcp_world import Recorder, ServerThread, build_mcp_app, host_app, serve_asgi
+from entra_passthrough import OnBehalfOf, Policy, TokenChain
+from entra_passthrough.agent_framework import entra_mcp_tool, entra_middleware
+from entra_passthrough.agent_framework.testing import ScriptedChatClient
+from entra_passthrough.testing import EntraEmulator
+
+pytestmark = pytest.mark.slow
+
+
+async def test_every_failing_caller_after_the_first_is_explained(idp: EntraEmulator) -> None:
+    obo = OnBehalfOf(
+        client_id=idp.agent.client_id,
+        tenant_id=idp.tenant_id,
+        client_secret=idp.agent.secret,
+        authority_host=idp.url,
+        http_client=idp.msal_http_client(),
+    )
+    chain = TokenChain([obo], policy=Policy.USER_ONLY)
+    recorder = Recorder()
+    scope = f"{idp.mcp.app_id_uri}/.default"
+    expired = {
+        name: idp.user_token(name, audience=idp.agent.client_id, lifetime=-120)
+        for name in ("bob", "alice")
+    }
+    answers = []
+    with ServerThread(
+        lambda base: build_mcp_app(idp, base_url=base, recorder=recorder), name="mcp"
+    ) as mcp:
+        client = ScriptedChatClient(tool="whoami", input_argument="who")
+        tool = entra_mcp_tool("records", f"{mcp.base}/mcp", chain=chain, scopes=[scope])
+        host = serve_asgi(
+            host_app(Agent(client=client, tools=[tool], middleware=entra_middleware())),
+            name="host",
+        )
+        try:
+            async with httpx2.AsyncClient(base_url=host.base, timeout=60) as http:
+                for name in ("bob", "alice", "bob"):
+                    response = await http.post(
+                        "/responses",
+                        json={"input": "who am I", "store": True},
+                        headers={"Authorization": f"Bearer {expired[name]}"},
+                    )
+                    answers.append(response.json())
+        finally:
+            host.stop()
+    for body in answers:
+        assert body["status"] == "failed", body
+        assert "AADSTS500133" in (body.get("error") or {}).get("message", ""), body
+    assert not [s for s in recorder.snapshot() if s.rpc == "tools/call"]  # nothing was sent
