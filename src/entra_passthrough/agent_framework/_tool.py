@@ -64,6 +64,7 @@ from agent_framework.exceptions import (
 
 from .._auth import EntraAuth
 from .._caller import Caller, active_caller, current_caller, set_current
+from .._chain import ended_caller_error
 from .._docs import see
 from .._errors import (
     ConfigurationError,
@@ -821,6 +822,11 @@ class EntraMCPTool(HookedMCPTool):
         in the agent run, never in the transport)."""
         result = await self._entra_auth.acquire_async(call=True)
         if result is None:
+            bound = current_caller()
+            if bound is not None and not bound.active:
+                # The run's caller has ended (a background run past its user's token, capped at
+                # its expiry): the error that says so, not "install CallerMiddleware".
+                raise ended_caller_error(bound, self.auth.scopes)
             raise NoCallerError(
                 f"The call to MCP server {self.server_label!r} has no active caller and the "
                 "policy names no identity for it (a background run resumed after a restart, or "
