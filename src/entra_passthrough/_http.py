@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from . import _env
 from ._aadsts import is_answer
@@ -47,6 +47,15 @@ RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 #: The longest time limit ``Timeouts`` takes (seconds): a day. Longer is a typo or "no limit",
 #: and an infinite one overflowed the deadline watchdog's wait.
 MAX_SECONDS = 86_400.0
+
+
+#: ``Timeouts`` field -> the environment variable ``Timeouts.from_env`` reads it from.
+TIMEOUT_VARIABLES: Final = {
+    "connect": "ENTRA_PASSTHROUGH_CONNECT_TIMEOUT",
+    "read": "ENTRA_PASSTHROUGH_READ_TIMEOUT",
+    "deadline": "ENTRA_PASSTHROUGH_TOKEN_DEADLINE",
+    "retries": "ENTRA_PASSTHROUGH_TOKEN_RETRIES",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,12 +109,7 @@ class Timeouts:
         """``ENTRA_PASSTHROUGH_CONNECT_TIMEOUT``, ``..._READ_TIMEOUT``, ``..._TOKEN_DEADLINE``
         and ``..._TOKEN_RETRIES`` over the defaults (docs/configuration.md)."""
         values: dict[str, Any] = {}
-        for field_name, var in (
-            ("connect", "ENTRA_PASSTHROUGH_CONNECT_TIMEOUT"),
-            ("read", "ENTRA_PASSTHROUGH_READ_TIMEOUT"),
-            ("deadline", "ENTRA_PASSTHROUGH_TOKEN_DEADLINE"),
-            ("retries", "ENTRA_PASSTHROUGH_TOKEN_RETRIES"),
-        ):
+        for field_name, var in TIMEOUT_VARIABLES.items():
             raw = _env.get(env, var)
             if raw is None:
                 continue

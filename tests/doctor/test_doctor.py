@@ -579,34 +579,10 @@ def test_password_protected_pfx_without_its_password(idp: EntraEmulator, tmp_pat
 
 
 def _certificate_file(path: Path, *, days_from: int, days_to: int) -> Path:
-    import datetime as dt
+    from _support.certificates import pem, rsa_key, self_signed
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import NameOID
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "agent")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now + dt.timedelta(days=days_from))
-        .not_valid_after(now + dt.timedelta(days=days_to))
-        .sign(key, hashes.SHA256())
-    )
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        + cert.public_bytes(serialization.Encoding.PEM)
-    )
+    key = rsa_key()
+    path.write_bytes(pem(key, self_signed(key, days_from=days_from, days_to=days_to, name="agent")))
     return path
 
 

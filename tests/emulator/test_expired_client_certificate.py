@@ -12,9 +12,9 @@ from dataclasses import replace
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 
+from _support.certificates import pem as certificate_pem
+from _support.certificates import rsa_key, self_signed
 from entra_passthrough.testing import EntraEmulator, World
 
 from .emu_helpers import aadsts, msal_app
@@ -22,22 +22,9 @@ from .emu_helpers import aadsts, msal_app
 
 def _registered(days_to: float) -> tuple[World, bytes, x509.Certificate]:
     """The default world whose agent app has a certificate ending ``days_to`` days from now."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "agent.contoso.com")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=400))
-        .not_valid_after(now + dt.timedelta(days=days_to))
-        .sign(key, hashes.SHA256())
-    )
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ) + cert.public_bytes(serialization.Encoding.PEM)
+    key = rsa_key()
+    cert = self_signed(key, days_from=-400, days_to=days_to)
+    pem = certificate_pem(key, cert)
     world = World.default()
     agent = world.app("agent")
     assert agent is not None

@@ -11,9 +11,10 @@ under uvicorn that counts every execution of its tools, and agent-framework's
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import httpx2
@@ -371,9 +372,13 @@ def _slow_tool(executions: list[tuple[str, str]]) -> Any:
     return register
 
 
-def _cut_bodies(prefix: str) -> Callable[[ASGI], ASGI]:
-    """The answer to a ``tools/call`` whose ``who`` starts with ``prefix`` stops after half its
-    body (the handler dies, the connection is cut): headers sent, body short."""
+Handler = Callable[[ASGI, dict[str, Any], Any, Any], Awaitable[None]]
+
+
+def _for_who(prefix: str, handle: Handler) -> Callable[[ASGI], ASGI]:
+    """Hand a POST whose ``tools/call`` argument ``who`` starts with ``prefix`` to ``handle``
+    (the app, the scope, a ``receive`` replaying the body, the server's ``send``); the server
+    answers every other request as usual."""
 
     def wrap(app: ASGI) -> ASGI:
         async def wrapper(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -383,23 +388,32 @@ def _cut_bodies(prefix: str) -> Callable[[ASGI], ASGI]:
             parsed, replay = await read_json_request(receive)
             params = parsed.get("params") if isinstance(parsed, dict) else None
             who = str(((params or {}).get("arguments") or {}).get("who", ""))
-            if not who.startswith(prefix):
+            if who.startswith(prefix):
+                await handle(app, scope, replay, send)
+            else:
                 await app(scope, replay, send)
-                return
-
-            async def cutting(message: dict[str, Any]) -> None:
-                if message["type"] == "http.response.body":
-                    body = message.get("body", b"")
-                    half = {"type": "http.response.body", "body": body[: len(body) // 2]}
-                    await send({**half, "more_body": True})
-                    raise _Died
-                await send(message)
-
-            await app(scope, replay, cutting)
 
         return wrapper
 
     return wrap
+
+
+def _cut_bodies(prefix: str) -> Callable[[ASGI], ASGI]:
+    """The answer to a ``tools/call`` whose ``who`` starts with ``prefix`` stops after half its
+    body (the handler dies, the connection is cut): headers sent, body short."""
+
+    async def cut(app: ASGI, scope: dict[str, Any], replay: Any, send: Any) -> None:
+        async def cutting(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.body":
+                body = message.get("body", b"")
+                half = {"type": "http.response.body", "body": body[: len(body) // 2]}
+                await send({**half, "more_body": True})
+                raise _Died
+            await send(message)
+
+        await app(scope, replay, cutting)
+
+    return _for_who(prefix, cut)
 
 
 @pytest.mark.parametrize("stateful", [False, True], ids=["modern-json", "legacy-json"])
@@ -449,37 +463,20 @@ def _404_after_running(prefix: str) -> Callable[[ASGI], ASGI]:
     """A device in front of the server (a load balancer that retried the POST on a replica that
     does not know the session): the call runs, then the answer is a 404 "Session not found"."""
 
-    def wrap(app: ASGI) -> ASGI:
-        async def wrapper(scope: dict[str, Any], receive: Any, send: Any) -> None:
-            if scope["type"] != "http" or scope["method"] != "POST":
-                await app(scope, receive, send)
-                return
-            parsed, replay = await read_json_request(receive)
-            params = parsed.get("params") if isinstance(parsed, dict) else None
-            who = str(((params or {}).get("arguments") or {}).get("who", ""))
-            if not who.startswith(prefix):
-                await app(scope, replay, send)
-                return
+    async def refuse_after_running(
+        app: ASGI, scope: dict[str, Any], replay: Any, send: Any
+    ) -> None:
+        async def swallow(message: dict[str, Any]) -> None:
+            return None
 
-            async def swallow(message: dict[str, Any]) -> None:
-                return None
+        await app(scope, replay, swallow)  # the call runs; its answer is dropped
+        error = {"code": -32600, "message": "Session not found"}
+        body = json.dumps({"jsonrpc": "2.0", "id": None, "error": error}).encode()
+        headers = [(b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": 404, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
-            await app(scope, replay, swallow)  # the call runs; its answer is dropped
-            body = (
-                b'{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"Session not found"}}'
-            )
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 404,
-                    "headers": [(b"content-type", b"application/json")],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
-
-        return wrapper
-
-    return wrap
+    return _for_who(prefix, refuse_after_running)
 
 
 async def test_a_404_on_the_session_is_not_resent_where_resends_are_off(

@@ -6,7 +6,6 @@ the typed error keeps Entra's reason and says to replace the certificate."""
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import time
 import uuid
@@ -20,8 +19,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
-from cryptography.x509.oid import NameOID
 
+from _support.certificates import pem, rsa_key, self_signed
 from entra_passthrough import (
     AppCredential,
     ConfigurationError,
@@ -34,34 +33,6 @@ from entra_passthrough.testing import EntraEmulator, World
 
 from .conftest import make_obo, mcp_scope, session, token_posts
 
-_Key = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
-
-
-def _certificate(key: _Key, *, days_from: float, days_to: float) -> x509.Certificate:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "agent.contoso.com")])
-    now = dt.datetime.now(dt.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now + dt.timedelta(days=days_from))
-        .not_valid_after(now + dt.timedelta(days=days_to))
-    )
-    algorithm = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
-    return builder.sign(key, algorithm)
-
-
-def _pem(key: _Key, cert: x509.Certificate) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ) + cert.public_bytes(serialization.Encoding.PEM)
-
-
-def _rsa() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
 
 def _with_certificate(key: rsa.RSAPrivateKey, cert: x509.Certificate) -> World:
     """The default world, with the OBO app's registered certificate replaced by ``cert``."""
@@ -71,7 +42,7 @@ def _with_certificate(key: rsa.RSAPrivateKey, cert: x509.Certificate) -> World:
     return world.with_app(
         replace(
             agent,
-            certificate_pem=_pem(key, cert),
+            certificate_pem=pem(key, cert),
             certificate_thumbprint=cert.fingerprint(hashes.SHA1()).hex(),
         )
     )
@@ -81,10 +52,10 @@ def _with_certificate(key: rsa.RSAPrivateKey, cert: x509.Certificate) -> World:
 def test_an_expired_certificate_is_refused_before_any_request(
     idp: EntraEmulator, form: str
 ) -> None:
-    key = _rsa()
-    cert = _certificate(key, days_from=-400, days_to=-1)
+    key = rsa_key()
+    cert = self_signed(key, days_from=-400, days_to=-1)
     data = (
-        _pem(key, cert)
+        pem(key, cert)
         if form == "pem"
         else pkcs12.serialize_key_and_certificates(
             b"agent", key, cert, None, serialization.NoEncryption()
@@ -114,10 +85,10 @@ def test_a_certificate_with_a_key_that_is_not_rsa_is_refused_naming_the_key_type
     idp: EntraEmulator, key: Any, named: str
 ) -> None:
     private = key()
-    cert = _certificate(private, days_from=-1, days_to=30)
+    cert = self_signed(private, days_from=-1, days_to=30)
     before = token_posts(idp)
     with pytest.raises(ConfigurationError) as info:
-        make_obo(idp, client_certificate=_pem(private, cert))
+        make_obo(idp, client_certificate=pem(private, cert))
     assert named in str(info.value)
     assert "RSA" in str(info.value)
     assert info.value.fix is not None
@@ -127,10 +98,10 @@ def test_a_certificate_with_a_key_that_is_not_rsa_is_refused_naming_the_key_type
 
 @pytest.fixture(scope="module")
 def expiring_soon() -> Iterator[tuple[EntraEmulator, bytes]]:
-    key = _rsa()
-    cert = _certificate(key, days_from=-300, days_to=5)
+    key = rsa_key()
+    cert = self_signed(key, days_from=-300, days_to=5)
     with EntraEmulator(world=_with_certificate(key, cert)) as emulator:
-        yield emulator, _pem(key, cert)
+        yield emulator, pem(key, cert)
 
 
 def test_a_certificate_that_expires_soon_works_and_is_logged(
@@ -160,8 +131,8 @@ def test_a_certificate_that_expires_soon_works_and_is_logged(
 
 @pytest.fixture(scope="module")
 def expired_registration() -> Iterator[tuple[EntraEmulator, rsa.RSAPrivateKey, x509.Certificate]]:
-    key = _rsa()
-    cert = _certificate(key, days_from=-400, days_to=-1)
+    key = rsa_key()
+    cert = self_signed(key, days_from=-400, days_to=-1)
     with EntraEmulator(world=_with_certificate(key, cert)) as emulator:
         yield emulator, key, cert
 

@@ -45,6 +45,7 @@ from .._errors import (
 from .._http import (
     DEFAULT_TIMEOUTS,
     SHARED_THROTTLE,
+    TIMEOUT_VARIABLES,
     GuardedHttpClient,
     Timeouts,
     TransportFailure,
@@ -63,13 +64,6 @@ _PEER = "the managed identity endpoint"
 
 _TIMEOUT = 10.0
 _MAX_WORKERS = 4
-#: What ``Timeouts.from_env`` reads (``from_env`` uses the defaults above when none is set).
-_TIMEOUT_VARIABLES = (
-    "ENTRA_PASSTHROUGH_CONNECT_TIMEOUT",
-    "ENTRA_PASSTHROUGH_READ_TIMEOUT",
-    "ENTRA_PASSTHROUGH_TOKEN_DEADLINE",
-    "ENTRA_PASSTHROUGH_TOKEN_RETRIES",
-)
 #: Managed identity tokens live ~24 h; the assertion copy is never used this close to expiry.
 _MARGIN = 300.0
 #: A token living at least this long is renewed at half its life (MSAL's and azure-identity's
@@ -703,7 +697,7 @@ class ManagedIdentity:
             )
         # The reliability variables, as every Entra source reads them; without any, the
         # managed identity's own defaults (a 10 s read, 4 workers: a local endpoint).
-        tuned = any(_env.get(env, var) is not None for var in _TIMEOUT_VARIABLES)
+        tuned = any(_env.get(env, var) is not None for var in TIMEOUT_VARIABLES.values())
         return cls(
             client_id=_env.get(env, "AZURE_CLIENT_ID"),
             endpoint=endpoint if explicit else None,
