@@ -392,11 +392,16 @@ class FlowCore:
         """Step 5, for a request sent with ``result`` that got a 401: a Bearer challenge from a
         configured origin that allows a retry -> drop the entry, acquire again, resend once."""
         try:
-            final_url = response.request.url
+            final = response.request
         except RuntimeError:
-            final_url = request.url
-        if not self.allows(final_url):
+            final = request
+        if not self.allows(final.url):
             return  # a 401 from another origin (after a redirect) says nothing about our token
+        if final is not request and final.headers.get("authorization") != "Bearer " + result.token:
+            # Nor does a 401 to a hop that did not carry it: the client drops Authorization on a
+            # redirect to another origin, even one we are configured for. The token the first
+            # origin accepted stays cached, and the request is not sent again.
+            return
         challenge = parse_bearer_challenges(response.headers.get_list("www-authenticate"))
         if challenge is None or not challenge.retryable:
             return

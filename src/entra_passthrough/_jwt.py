@@ -11,6 +11,7 @@ import binascii
 import hashlib
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -149,12 +150,24 @@ def sha256_hex_of(data: bytes) -> str:
     return digest.hexdigest()
 
 
+#: A JWS signature segment (never verified here, but a bearer whose signature is no base64url is
+#: no token Entra issued, and Entra refuses it as malformed).
+_SIGNATURE = re.compile(r"[A-Za-z0-9_-]*")
+
+
 def _b64url_decode(segment: str) -> bytes:
     pad = -len(segment) % 4
+    if "+" in segment or "/" in segment:  # base64, not base64url: Entra refuses it (50027)
+        raise JwtDecodeError("a segment is not base64url")
     try:
-        return base64.urlsafe_b64decode(segment + "=" * pad)
+        data = base64.urlsafe_b64decode(segment + "=" * pad)
     except (binascii.Error, ValueError) as exc:
         raise JwtDecodeError("a segment is not base64url") from exc
+    if len(data) != len(segment) * 3 // 4:
+        # The decoder skips what is not in the alphabet (spaces, tabs, '!', '*', '='): a
+        # segment that had any decodes to fewer bytes than its length gives.
+        raise JwtDecodeError("a segment is not base64url")
+    return data
 
 
 def decode_unverified(token: str) -> dict[str, Any]:
@@ -164,6 +177,8 @@ def decode_unverified(token: str) -> dict[str, Any]:
     parts = token.split(".")
     if len(parts) != 3:
         raise JwtDecodeError("not three dot-separated segments")
+    if not _SIGNATURE.fullmatch(parts[2]):
+        raise JwtDecodeError("the signature segment is not base64url")
     header = _loads(_b64url_decode(parts[0]))
     payload = _loads(_b64url_decode(parts[1]))
     if not isinstance(header, dict) or not isinstance(payload, dict):

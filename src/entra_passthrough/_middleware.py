@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
@@ -26,6 +27,8 @@ _log = logging.getLogger("entra_passthrough.capture")
 __all__ = ["STATE_KEY", "CallerMiddleware", "Verified", "Verifier"]
 
 _LEEWAY = 60.0
+#: An HTTP header name (RFC 9110 ``token``), lower case.
+_HEADER_NAME = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")
 
 
 class Verified(Protocol):
@@ -83,6 +86,17 @@ class CallerMiddleware(CaptureASGI):
         names = tuple(h.strip().lower() for h in assertion_headers)
         if not names or not all(names):
             raise ConfigurationError("assertion_headers needs at least one header name")
+        bad = [i for i, n in enumerate(names) if not _HEADER_NAME.fullmatch(n)]
+        if bad:
+            # A name no request can carry (non-ASCII, a space, a colon) would match nothing, and
+            # every request would quietly have no caller from it. Positions, not values: no
+            # configuration error echoes what was configured.
+            raise ConfigurationError(
+                f"assertion_headers: the name at position {', '.join(map(str, bad))} cannot be "
+                "an HTTP header name",
+                fix="name headers as they are sent, e.g. 'authorization' or "
+                "'x-ms-token-aad-access-token' (letters, digits and !#$%&'*+-.^_`|~ only)",
+            )
         self.app = app
         self.assertion_headers = names
         self._wanted = wanted_headers(names)
