@@ -448,6 +448,22 @@ _TABLE: tuple[Aadsts, ...] = (
         "use the authorization code flow with PKCE (MSAL does), not response_type=token",
     ),
     Aadsts(
+        700054,
+        "ResponseTypeIdTokenNotEnabled",
+        "the authorization request asked for an ID token (response_type id_token) and the app "
+        "does not enable ID tokens for the implicit or hybrid flow",
+        "use the authorization code flow with PKCE (MSAL does), or enable ID tokens (Implicit "
+        "grant and hybrid flows) on the app registration's Authentication page",
+    ),
+    Aadsts(
+        50059,
+        "MissingTenantRealmAndNoUserInformationProvided",
+        "the request names no tenant (the authority is common or organizations) and nothing in "
+        "it implies one; client credentials need the tenant the app operates in",
+        "use the tenant's authority (https://login.microsoftonline.com/<tenant id>) for client "
+        "credentials, e.g. AZURE_TENANT_ID=<tenant id>, not common or organizations",
+    ),
+    Aadsts(
         70016,
         "AuthorizationPending",
         "device code flow: the user has not finished signing in yet",

@@ -29,8 +29,8 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from . import _errors as e
 from ._signin import sign_in
 from ._state import CodeRecord, Runtime
-from ._token_endpoint import resolve_tenant
-from ._world import App, User
+from ._token_endpoint import personal_accounts, resolve_tenant
+from ._world import MSA_DIRECTORY, App, User
 
 SESSION_COOKIE = "emu_session"
 _OWN = {"emu_action", "username", "password", "pending", "decision"}
@@ -160,6 +160,10 @@ async def authorize(rt: Runtime, request: Request) -> Response:
         client_id = params.get("client_id")
         if not client_id:
             raise e.missing_param("client_id")
+        if personal_accounts(segment):
+            # consumers: personal Microsoft accounts only, a directory without the world's
+            # apps. Entra's error page for an app it does not find there.
+            raise e.unknown_client(client_id, MSA_DIRECTORY)
         client = rt.world.app(client_id)
         if client is None or client.client_id != client_id:
             raise e.unknown_client(client_id, tenant.id if tenant else segment)
@@ -188,15 +192,12 @@ async def authorize(rt: Runtime, request: Request) -> Response:
 def _authorize_for_client(
     rt: Runtime, request: Request, params: dict[str, str], client: App, tenant: Any
 ) -> Response:
-    if "code" not in params.get("response_type", "").split():
-        return _to_client(
-            params,
-            {
-                "error": "unsupported_response_type",
-                "error_description": "AADSTS70005: response_type 'token' is not enabled for the "
-                "application.",
-            },
-        )
+    response_type = params.get("response_type", "")
+    if not response_type.split():
+        raise e.missing_param("response_type")
+    if "code" not in response_type.split():
+        # Implicit flows are not emulated: the app enables neither token in them.
+        raise e.unsupported_response_type(response_type)
     method = params.get("code_challenge_method")
     challenge = params.get("code_challenge")
     if challenge and method not in (None, "S256", "plain"):

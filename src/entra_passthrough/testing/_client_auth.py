@@ -2,7 +2,10 @@
 
 Rules:
 - Unknown client -> AADSTS700016; no credential on a confidential client -> AADSTS7000218;
-  wrong secret -> AADSTS7000215 (https://learn.microsoft.com/entra/identity-platform/reference-error-codes).
+  wrong secret -> AADSTS7000215, even beside a client assertion; a secret past its end
+  (``App.secret_expires``) -> AADSTS7000222
+  (https://learn.microsoft.com/entra/identity-platform/reference-error-codes). At ``consumers``
+  every client is unknown (AADSTS700016 in 'Microsoft Accounts').
 - Certificate assertions: header ``x5t`` (or ``x5t#S256``) names a certificate registered on the
   app, signature RS256/PS256, ``aud`` the token endpoint, ``iss`` = ``sub`` = client id, ``exp``
   in the future (https://learn.microsoft.com/entra/identity-platform/certificate-credentials).
@@ -35,7 +38,7 @@ from . import _ca
 from . import _errors as e
 from ._state import Runtime
 from ._tokens import numeric_claim, verify
-from ._world import TOKEN_EXCHANGE_APP_ID, TOKEN_EXCHANGE_AUDIENCE, App
+from ._world import MSA_DIRECTORY, TOKEN_EXCHANGE_APP_ID, TOKEN_EXCHANGE_AUDIENCE, App
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
@@ -65,7 +68,13 @@ def authenticate(
     tenant_id: str | None,
     token_endpoints: tuple[str, ...],
     confidential_only: bool,
+    personal_accounts: bool = False,
 ) -> ClientAuth:
+    """The client of a token request. ``tenant_id``: the tenant the request runs in (the
+    path's, or for OBO at common/organizations the assertion's; ``None``: none known), where a
+    single-tenant app of another tenant is not found (AADSTS700016). ``personal_accounts``: the
+    ``consumers`` authority, whose directory holds no app of the world (AADSTS700016 in
+    'Microsoft Accounts')."""
     basic = _basic(headers)
     client_id = form.get("client_id") or (basic[0] if basic else "")
     assertion = form.get("client_assertion")
@@ -87,22 +96,36 @@ def authenticate(
         client_id = client_id or str(unverified.get("sub") or "")
     if not client_id:
         raise e.missing_param("client_id")
+    if personal_accounts:
+        # consumers serves personal Microsoft accounts only; the world's apps are organisational.
+        raise e.unknown_client(client_id, MSA_DIRECTORY)
     app = rt.world.app(client_id)
     if app is None or app.client_id != client_id:
         raise e.unknown_client(client_id, tenant_id or "common")
     if tenant_id is not None and not app.multi_tenant and app.tenant_id != tenant_id:
         # A single-tenant app has no service principal in another tenant: AADSTS700016.
         raise e.unknown_client(client_id, tenant_id)
-    if assertion:
-        return ClientAuth(app, _check_assertion(rt, app, assertion, unverified, token_endpoints))
     secret = form.get("client_secret") or (basic[1] if basic else None)
     if secret:
-        if not app.secret or not hmac.compare_digest(secret.encode(), app.secret.encode()):
-            raise e.bad_secret(app.client_id)
+        # Checked even beside an assertion: a wrong secret is never ignored (RFC 6749 2.3.1 allows
+        # one method a request; what Entra answers to two valid ones is not documented).
+        _check_secret(app, secret)
+    if assertion:
+        return ClientAuth(app, _check_assertion(rt, app, assertion, unverified, token_endpoints))
+    if secret:
         return ClientAuth(app, "1")
     if app.public_client and not confidential_only:
         return ClientAuth(app, "0")
     raise e.missing_credential()
+
+
+def _check_secret(app: App, secret: str) -> None:
+    """AADSTS7000215 for a secret the app does not hold; AADSTS7000222 for its secret past the
+    credential's end (``App.secret_expires``)."""
+    if not app.secret or not hmac.compare_digest(secret.encode(), app.secret.encode()):
+        raise e.bad_secret(app.client_id)
+    if app.secret_expires is not None and app.secret_expires.timestamp() <= time.time():
+        raise e.expired_secret(app.client_id)
 
 
 def _check_assertion(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
@@ -85,6 +86,7 @@ def world_from_dict(data: Mapping[str, Any]) -> World:
                 tenant_id=tenant_id(a),
                 object_id=a.get("object_id") or stable_id("sp", a["name"]),
                 secret=secret or None,
+                secret_expires=_instant(a, "secret_expires"),
                 certificate_pem=pem,
                 certificate_thumbprint=thumb,
                 app_id_uri=app_id_uri,
@@ -158,6 +160,26 @@ def world_from_dict(data: Mapping[str, Any]) -> World:
     if "lifetimes" in data:
         world = world.with_lifetimes(Lifetimes(**{k: int(v) for k, v in data["lifetimes"].items()}))
     return world
+
+
+def _instant(raw: Mapping[str, Any], key: str) -> dt.datetime | None:
+    """A point in time, UTC: a TOML date or date-time, or an ISO 8601 string (JSON); without
+    an offset it is UTC, a date alone is its midnight."""
+    value = raw.get(key)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(
+                f"app {raw.get('name')!r}: {key} {value!r} is not an ISO 8601 date or date-time"
+            ) from None
+    if isinstance(value, dt.datetime):
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+    if isinstance(value, dt.date):
+        return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
+    raise ValueError(f"app {raw.get('name')!r}: {key} must be a date or date-time")
 
 
 def _inheritable(raw: Mapping[str, Any]) -> tuple[str, ...]:

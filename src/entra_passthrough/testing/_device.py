@@ -34,7 +34,7 @@ from ._issue import parse_scopes, user_token_response
 from ._signin import SignIn, sign_in
 from ._state import Runtime
 from ._tokens import verify
-from ._world import GRAPH_APP_ID, Tenant
+from ._world import GRAPH_APP_ID, MSA_DIRECTORY, Tenant
 
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 #: Seconds between polls the answer asks for (Entra answers 5).
@@ -69,10 +69,16 @@ def _user_code() -> str:
     return "".join(secrets.choice(alphabet) for _ in range(9))
 
 
-def start(rt: Runtime, form: Mapping[str, str], tenant: Tenant | None) -> dict[str, Any]:
+def start(
+    rt: Runtime, form: Mapping[str, str], tenant: Tenant | None, *, personal: bool = False
+) -> dict[str, Any]:
+    """A device code for the request at ``tenant`` (``None``: common/organizations, or with
+    ``personal`` consumers, where no app of the world exists: AADSTS700016)."""
     client_id = form.get("client_id") or ""
     if not client_id:
         raise e.missing_param("client_id")
+    if personal:
+        raise e.unknown_client(client_id, MSA_DIRECTORY)
     app = rt.world.app(client_id)
     if app is None:
         raise e.StsError(
@@ -221,12 +227,14 @@ def redeem(
     )
 
 
-async def device_code_endpoint(rt: Runtime, request: Request, tenant: Tenant | None) -> Response:
+async def device_code_endpoint(
+    rt: Runtime, request: Request, tenant: Tenant | None, *, personal: bool = False
+) -> Response:
     raw = await request.form()
     form = dict(raw)
     try:
         e.check_no_duplicates(raw.multi_items())  # AADSTS9000411, as at the token endpoint
-        body = start(rt, {k: str(v) for k, v in form.items()}, tenant)
+        body = start(rt, {k: str(v) for k, v in form.items()}, tenant, personal=personal)
     except e.StsError as err:
         return JSONResponse(err.body(request.headers.get("client-request-id")), err.status)
     return JSONResponse(body, headers={"Cache-Control": "no-store"})

@@ -13,9 +13,19 @@ from starlette.responses import JSONResponse, Response
 
 from . import _errors as e
 from ._state import Runtime
-from ._token_endpoint import resolve_tenant
+from ._token_endpoint import personal_accounts, resolve_tenant
+from ._world import MSA_TENANT_ID, Tenant
 
 _NO_STORE = {"Cache-Control": "no-store, no-cache", "Pragma": "no-cache"}
+
+
+def _issuer_tenant(tenant: Tenant | None, segment: str) -> str:
+    """The tenant part of the issuer an authority publishes: its tenant's id; at ``consumers``
+    the fixed tenant of personal Microsoft accounts (its tokens' issuer); at
+    common/organizations the ``{tenantid}`` template (v2-protocols-oidc)."""
+    if tenant is not None:
+        return tenant.id
+    return MSA_TENANT_ID if personal_accounts(segment) else "{tenantid}"
 
 
 def _json(data: dict[str, Any], status: int = 200) -> JSONResponse:
@@ -31,7 +41,7 @@ async def discovery_v2(rt: Runtime, request: Request) -> Response:
         return _json(err.body(), 400)
     tid = tenant.id if tenant else seg
     base = f"{rt.url}/{tid}"
-    issuer = rt.issuer(tenant.id if tenant else "{tenantid}", 2)
+    issuer = rt.issuer(_issuer_tenant(tenant, seg), 2)
     return _json(
         {
             "token_endpoint": f"{base}/oauth2/v2.0/token",
@@ -92,7 +102,7 @@ async def discovery_v1(rt: Runtime, request: Request) -> Response:
         {
             "token_endpoint": f"{base}/oauth2/token",
             "jwks_uri": f"{base}/discovery/keys",
-            "issuer": rt.issuer(tenant.id if tenant else "{tenantid}", 1),
+            "issuer": rt.issuer(_issuer_tenant(tenant, seg), 1),
             "authorization_endpoint": f"{base}/oauth2/authorize",
             "end_session_endpoint": f"{base}/oauth2/logout",
             "id_token_signing_alg_values_supported": ["RS256"],
@@ -107,7 +117,7 @@ async def jwks(rt: Runtime, request: Request) -> Response:
     seg = request.path_params["tenant"]
     v2 = "/v2.0/" in request.url.path
     tenant = rt.world.tenant(seg)
-    issuer = rt.issuer(tenant.id if tenant else "{tenantid}", 2) if v2 else None
+    issuer = rt.issuer(_issuer_tenant(tenant, seg), 2) if v2 else None
     return _json({"keys": [k.jwk(issuer) for k in rt.keys.published]})
 
 

@@ -136,6 +136,31 @@ def bad_secret(client_id: str) -> StsError:
     )
 
 
+def expired_secret(client_id: str) -> StsError:
+    # AADSTS7000222 InvalidClientSecretExpiredKeysProvided
+    # https://learn.microsoft.com/entra/identity-platform/reference-error-codes
+    return StsError(
+        7000222,
+        "invalid_client",
+        f"The provided client secret keys for app '{client_id}' are expired. Visit the Azure "
+        "portal to create new keys for your app: https://aka.ms/NewClientSecret, or consider "
+        "using certificate credentials for added security: https://aka.ms/certCreds.",
+        status=401,
+    )
+
+
+def no_tenant() -> StsError:
+    # AADSTS50059 MissingTenantRealmAndNoUserInformationProvided: a request at common or
+    # organizations that names no tenant (client credentials there)
+    # https://learn.microsoft.com/entra/identity-platform/reference-error-codes
+    return StsError(
+        50059,
+        "invalid_request",
+        "No tenant-identifying information found in either the request or implied by any "
+        "provided credentials.",
+    )
+
+
 def missing_credential() -> StsError:
     # AADSTS7000218 https://learn.microsoft.com/entra/identity-platform/reference-error-codes
     return StsError(
@@ -222,6 +247,42 @@ def assertion_expired(now: int, exp: int) -> StsError:
         "Assertion is not within its valid time range. Ensure that the access token is not "
         "expired before using it for user assertion, or request a new token. Current time: "
         f"{fmt(now)}, expiry time of assertion {fmt(exp)}.",
+    )
+
+
+def assertion_not_yet_valid(now: int, nbf: int) -> StsError:
+    """AADSTS500133 for an assertion whose ``nbf`` is still ahead (beyond the clock skew): the
+    same code and text opening as an expired one."""
+
+    def fmt(t: int) -> str:
+        return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%m/%d/%Y %H:%M:%S")
+
+    return StsError(
+        500133,
+        "invalid_grant",
+        "Assertion is not within its valid time range. Ensure that the access token is valid "
+        f"before using it for user assertion. Current time: {fmt(now)}, not-before time of "
+        f"assertion {fmt(nbf)}.",
+    )
+
+
+def unsupported_response_type(response_type: str) -> StsError:
+    """``/authorize`` with a response type the app does not enable (implicit and hybrid flows
+    are not emulated): AADSTS70005 for an access token ("response_type 'token' is not enabled
+    for the application."), AADSTS700054 for an ID token (the same text naming 'id_token'; both
+    as quoted in public issue reports, e.g. microsoft/azure-devops-auth-samples#14,
+    microsoftgraph/msgraph-sample-reactspa#39), AADSTS70005 naming any other value."""
+    types = response_type.split()
+    if "token" in types:
+        code, named = 70005, "token"
+    elif "id_token" in types:
+        code, named = 700054, "id_token"
+    else:
+        code, named = 70005, response_type[:80]
+    return StsError(
+        code,
+        "unsupported_response_type",
+        f"response_type '{named}' is not enabled for the application.",
     )
 
 

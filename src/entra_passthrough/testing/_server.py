@@ -30,7 +30,7 @@ from ._device import device_code_endpoint, device_login_page, userinfo
 from ._discovery import discovery_v1, discovery_v2, instance, jwks, userrealm
 from ._msi import cloud_shell_token, imds_token, msi_token, service_fabric_token
 from ._state import Fault, Runtime
-from ._token_endpoint import handle_token, resolve_tenant
+from ._token_endpoint import handle_token, personal_accounts, resolve_tenant
 
 logger = logging.getLogger("entra_passthrough.testing")
 _NO_STORE = {"Cache-Control": "no-store, no-cache", "Pragma": "no-cache"}
@@ -202,11 +202,12 @@ def build_app(rt: Runtime) -> ASGIApp:
 
     async def devicecode(rt: Runtime, request: Request) -> Response:
         rt.count("devicecode")
+        segment = request.path_params["tenant"]
         try:
-            tenant = resolve_tenant(rt, request.path_params["tenant"])
+            tenant = resolve_tenant(rt, segment)
         except e.StsError as err:
             return _json(err.body(request.headers.get("client-request-id")), err.status)
-        return await device_code_endpoint(rt, request, tenant)
+        return await device_code_endpoint(rt, request, tenant, personal=personal_accounts(segment))
 
     async def stats(rt: Runtime, request: Request) -> Response:
         return _json(dict(rt.snapshot()))

@@ -34,7 +34,7 @@ from ._issue import (
 )
 from ._state import Runtime
 from ._tokens import Subject, numeric_claim, performed_mfa, verify
-from ._world import TOKEN_EXCHANGE_APP_ID, App, Tenant, User
+from ._world import MSA_TENANT_ID, TOKEN_EXCHANGE_APP_ID, App, Tenant, User
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 GRANT_NAMES = {
@@ -45,11 +45,23 @@ GRANT_NAMES = {
     "password": "password",
     "urn:ietf:params:oauth:grant-type:device_code": "device_code",
 }
-_GENERIC_TENANTS = ("common", "organizations", "consumers")
+#: Seconds a user assertion's ``nbf`` may lie ahead of the emulator's clock (Entra allows five
+#: minutes of clock skew).
+CLOCK_SKEW = 300
+_PERSONAL_ACCOUNTS = ("consumers", MSA_TENANT_ID)
+_GENERIC_TENANTS = ("common", "organizations", *_PERSONAL_ACCOUNTS)
+
+
+def personal_accounts(segment: str) -> bool:
+    """Whether the path's tenant is ``consumers`` (or the MSA tenant's own id): personal
+    Microsoft accounts only. The world holds none, nor any app of that directory, so every flow
+    there is AADSTS700016 in 'Microsoft Accounts'."""
+    return segment.lower() in _PERSONAL_ACCOUNTS
 
 
 def resolve_tenant(rt: Runtime, segment: str) -> Tenant | None:
-    """A tenant path segment: GUID, domain, or common/organizations (None = decided by the user)."""
+    """A tenant path segment: GUID, domain, or common/organizations/consumers (None = no tenant
+    of the world: decided by the user, or for consumers none at all, ``personal_accounts``)."""
     if segment.lower() in _GENERIC_TENANTS:
         return None
     tenant = rt.world.tenant(segment)
@@ -80,21 +92,37 @@ def handle_token(
         # is part of the identifier a v1 token's aud repeats).
         form["scope"] = form["resource"] + "/.default"
         form.pop("resource")
-    path_tid = tenant.id if tenant else rt.world.tenants[0].id
+    personal = personal_accounts(segment)
+    if grant == "client_credentials" and tenant is None and not personal:
+        # Client credentials need "the directory tenant the application plans to operate
+        # against" (v2-oauth2-client-creds-grant-flow): at common/organizations nothing names
+        # one, and no tenant of the world may stand in for it.
+        raise e.no_tenant()
+    # The tenant the request runs in: the path's; for OBO at common/organizations the
+    # assertion's (its tokens are issued there), where the client must exist as at that
+    # tenant's own endpoint.
+    run_tid = tenant.id if tenant else None
+    if run_tid is None and grant == JWT_BEARER and not personal:
+        run_tid = _assertion_tenant(rt, form.get("assertion"))
     endpoints = tuple(
-        f"{rt.url}/{seg}/oauth2/{v}token" for seg in {segment, path_tid} for v in ("v2.0/", "")
+        f"{rt.url}/{seg}/oauth2/{v}token"
+        for seg in dict.fromkeys(s for s in (segment, run_tid) if s)
+        for v in ("v2.0/", "")
     )
     confidential_only = grant in ("client_credentials", JWT_BEARER)
     client = authenticate(
         rt,
         form,
         headers,
-        tenant_id=tenant.id if tenant else None,
+        tenant_id=run_tid,
         token_endpoints=endpoints,
         confidential_only=confidential_only,
+        personal_accounts=personal,
     )
     if grant == "client_credentials":
-        return _client_credentials(rt, form, client, path_tid)
+        if tenant is None:  # consumers: authenticate refused the client already
+            raise e.no_tenant()
+        return _client_credentials(rt, form, client, tenant.id)
     if grant == JWT_BEARER:
         return _on_behalf_of(rt, form, client, tenant)
     if grant == "authorization_code":
@@ -108,6 +136,22 @@ def handle_token(
             rt, form, client.app.client_id, client.acr, tenant_id=tenant.id if tenant else None
         )
     return _password(rt, form, client, tenant)
+
+
+def _assertion_tenant(rt: Runtime, assertion: str | None) -> str | None:
+    """The ``tid`` of an OBO assertion when it names a tenant of the world (unverified: the
+    assertion's own checks come later and answer for a forged one), else ``None``."""
+    if not assertion:
+        return None
+    try:
+        claims = jwt.decode(assertion, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return None
+    tid = claims.get("tid") if isinstance(claims, dict) else None
+    if not isinstance(tid, str):
+        return None
+    found = rt.world.tenant(tid)
+    return found.id if found is not None and found.id == tid else None
 
 
 def check_resource_param(form: Mapping[str, str], req: ScopeRequest) -> None:
@@ -220,6 +264,10 @@ def _on_behalf_of(
     exp = numeric_claim(claims, "exp")
     if exp < now:
         raise e.assertion_expired(now, exp)
+    nbf = numeric_claim(claims, "nbf")
+    if nbf > now + CLOCK_SKEW:
+        # Not yet valid, beyond the skew Entra allows: the same AADSTS500133.
+        raise e.assertion_not_yet_valid(now, nbf)
     app = client.app
     # The assertion's aud must be the OBO client (its client id or an App ID URI); for an agent
     # identity, the user token is for its blueprint (Agent ID OBO flow).
@@ -421,4 +469,10 @@ def _password(
     )
 
 
-__all__ = ["GRANT_NAMES", "TOKEN_EXCHANGE_APP_ID", "handle_token", "resolve_tenant"]
+__all__ = [
+    "GRANT_NAMES",
+    "TOKEN_EXCHANGE_APP_ID",
+    "handle_token",
+    "personal_accounts",
+    "resolve_tenant",
+]

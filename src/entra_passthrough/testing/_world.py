@@ -11,6 +11,7 @@ file can name them; secrets and certificates are generated per emulator.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import secrets
 import tomllib
@@ -36,6 +37,12 @@ TOKEN_EXCHANGE_APP_ID = "fb60f99c-7a34-4190-8149-302f77469936"
 GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
 #: The Azure CLI's public client id (the ``appid`` of tokens ``az`` obtains).
 AZURE_CLI_CLIENT_ID = "04b07795-8ddb-461a-bbee-02f9e1bf7b46"
+#: The fixed tenant of personal Microsoft accounts, what the ``consumers`` authority stands for
+#: (its discovery document's issuer: https://login.microsoftonline.com/<this>/v2.0;
+#: https://learn.microsoft.com/entra/identity-platform/id-token-claims-reference, ``tid``).
+MSA_TENANT_ID = "9188040d-6c67-4c5b-b112-36a304b66dad"
+#: The directory Entra's errors name for that tenant.
+MSA_DIRECTORY = "Microsoft Accounts"
 
 
 def stable_id(*parts: str) -> str:
@@ -80,6 +87,9 @@ class App:
     tenant_id: str
     object_id: str
     secret: str | None = None
+    #: the end of the secret's validity (a password credential's ``endDateTime``, UTC); past
+    #: it the secret is refused with AADSTS7000222. ``None``: it never expires.
+    secret_expires: dt.datetime | None = None
     certificate_pem: bytes | None = field(default=None, repr=False)
     certificate_thumbprint: str | None = None
     app_id_uri: str | None = None
