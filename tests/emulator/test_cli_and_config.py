@@ -225,6 +225,8 @@ def test_port_in_use_fails_clearly(entra_emulator: EntraEmulator) -> None:
         (["--port", "99999"], "--port must be 0-65535"),
         (["--token-latency", "nan"], "--token-latency must be 0-3600"),
         (["--state-file", "/nonexistent-folder/state.json"], "does not exist"),
+        (["--state-file", "{folder}"], "is a folder"),
+        (["--state-file", "/proc/state.json"], "--state-file: "),  # a folder nobody can write in
         (["--config", "{list}"], "cannot load"),  # a JSON world that is not an object
         (["--port", "{taken}"], "is not free"),
     ],
@@ -235,7 +237,7 @@ def test_cli_refuses_bad_arguments_with_a_line_not_a_traceback(
     listed = tmp_path / "list.json"
     listed.write_text("[1]")
     taken = entra_emulator.url.rsplit(":", 1)[1]
-    argv = [a.format(list=listed, taken=taken) for a in argv]
+    argv = [a.format(list=listed, taken=taken, folder=tmp_path) for a in argv]
     run = subprocess.run(
         [sys.executable, "-m", "entra_passthrough", "emulator", *argv],
         capture_output=True,

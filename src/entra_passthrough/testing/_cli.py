@@ -155,8 +155,13 @@ def _refusal(port: int, latency: float, state_file: Path | None) -> str | None:
                 probe.bind(("127.0.0.1", port))
             except OSError as exc:
                 return f"--port: 127.0.0.1:{port} is not free ({exc.strerror}); pick another, or 0"
-    if state_file is not None and not state_file.parent.is_dir():
-        return f"--state-file: the folder {state_file.parent} does not exist"
+    if state_file is not None:
+        if not state_file.parent.is_dir():
+            return f"--state-file: the folder {state_file.parent} does not exist"
+        if state_file.is_dir():
+            return f"--state-file: {state_file} is a folder; name a file in it"
+        if not os.access(state_file.parent, os.W_OK):
+            return f"--state-file: the folder {state_file.parent} cannot be written"
     return None
 
 
@@ -195,9 +200,16 @@ def main(argv: list[str]) -> int:
         _say(describe(idp, show_secrets=not args.hide_secrets))
         if state_file:
             tmp = state_file.with_suffix(state_file.suffix + ".tmp")
-            tmp.write_text(json.dumps(state(idp), indent=2), encoding="utf-8")
-            os.chmod(tmp, 0o600)
-            tmp.replace(state_file)  # atomic: readers never see a partial file
+            try:
+                tmp.write_text(json.dumps(state(idp), indent=2), encoding="utf-8")
+                os.chmod(tmp, 0o600)
+                tmp.replace(state_file)  # atomic: readers never see a partial file
+            except OSError as exc:  # written meanwhile, or a file system that refuses it
+                sys.stderr.write(
+                    f"entra-passthrough emulator: --state-file: cannot write {state_file} "
+                    f"({exc.strerror or type(exc).__name__})\n"
+                )
+                return 2
         _say("\nReady. Ctrl+C to stop.")
         while not stop.wait(3600):
             pass
