@@ -78,7 +78,17 @@ class ConsentClient:
         self.client_id = credential.client_id
         self.tenant_id = credential.tenant_id
         self.authority_host = credential.authority_host
-        self.allowed_tenants = tuple(allowed_tenants or (self.tenant_id,))
+        if isinstance(allowed_tenants, str):
+            raise ConfigurationError(
+                "allowed_tenants must be a list of tenant ids, not one string",
+                fix='write ["<tenant id>"] (a JSON list in broker.json)',
+            )
+        #: the tenants whose users may consent, lower case; none given: the consent app's own
+        #: tenant, however it is spelled (a domain name is matched through discovery's issuer)
+        self.allowed_tenants = tuple(t.strip().lower() for t in allowed_tenants or ())
+        self._default_tenants = not self.allowed_tenants
+        if self._default_tenants:
+            self.allowed_tenants = (self.tenant_id.lower(),)
         self._credential = client_credential(credential)
         self._http = http_client
         self.pool = WorkerPool(max_workers=max_workers, name="entra-passthrough-consent")
@@ -195,6 +205,20 @@ class ConsentClient:
         except TokenVerificationError:  # unknown kid (after one rate-limited refetch)
             raise IdTokenError("the id token's signing key is not in the tenant's JWKS") from None
 
+    def _tenant_allowed(self, tid: str, oidc: Mapping[str, Any]) -> bool:
+        if tid.lower() in self.allowed_tenants:
+            return True
+        if not self._default_tenants:
+            return False
+        # The consent app's tenant, spelled as a domain (or any case): its discovery document's
+        # issuer names it by id (``https://login.microsoftonline.com/<tid>/v2.0``). A tenant-less
+        # authority's issuer is a template, which names none.
+        issuer = str(oidc.get("issuer", ""))
+        if "{tenantid}" in issuer:
+            return False
+        segments = urlsplit(issuer).path.strip("/").split("/")
+        return bool(segments) and segments[0].lower() == tid.lower()
+
     def verify_id_token(self, id_token: str, *, flow_nonce: str) -> dict[str, Any]:
         """Signature (JWKS), issuer, audience (this client), expiry, nonce, tenant."""
         try:
@@ -218,7 +242,7 @@ class ConsentClient:
         except jwt.PyJWTError as exc:
             raise IdTokenError(f"the id token does not verify ({type(exc).__name__})") from exc
         tid = claims.get("tid")
-        if not isinstance(tid, str) or tid not in self.allowed_tenants:
+        if not isinstance(tid, str) or not self._tenant_allowed(tid, oidc):
             raise IdTokenError("the id token's tenant is not allowed")
         expected_iss = str(oidc.get("issuer", "")).replace("{tenantid}", tid)
         if claims.get("iss") != expected_iss:

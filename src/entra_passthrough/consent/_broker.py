@@ -132,7 +132,9 @@ class ConsentBroker:
         self.state_lifetime = state_lifetime
         self.post_logout_redirect_uri = post_logout_redirect_uri
         authority = urlsplit(self.client.authority_host)
-        self._authority_origin = f"{authority.scheme}://{authority.netloc}".lower()
+        # As browsers write an Origin: no default port (an authority host written with ":443"
+        # must still match Entra's form post).
+        self._authority_origin = _origin(self.client.authority_host)
         self._form_action = f"'self' {authority.scheme}://{authority.netloc}"
         if post_logout_redirect_uri is not None:
             # The sign-out form posts here, is redirected to Entra's logout, then to this URI:
@@ -288,8 +290,22 @@ class ConsentBroker:
         if pending is None or pending.get("key_hash") != state.key_hash:
             raise BadRequest("state_used", "This sign-in is unknown, expired or already used.")
         secure = urlsplit(str(pending["msal"].get("redirect_uri", ""))).scheme == "https"
+        if (
+            request.method == "GET"
+            and params.get("code")
+            and request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none")
+        ):
+            # The broker asks for response_mode=form_post, so Entra never answers it with a GET
+            # carrying a code; a browser sends no Origin on a navigation, but says where it
+            # came from here: a page elsewhere leading the user's browser to a callback with a
+            # state it saw and a code of its own (login CSRF) is refused like its POST.
+            raise BadRequest(
+                "cross_site_callback",
+                "This sign-in answer was not sent by the identity provider; open the link from "
+                "the chat again.",
+            )
         origin = request.headers.get("origin")
-        if origin and origin != "null" and origin.rstrip("/").lower() != self._authority_origin:
+        if origin and origin != "null" and _origin(origin) != self._authority_origin:
             # The binding cookie is SameSite=None (the identity provider's form post is
             # cross-site), so a page elsewhere could post a state it saw, with a code of its
             # own, from the user's browser (login CSRF): a browser that names the page a POST
@@ -479,11 +495,20 @@ class ConsentBroker:
             key_hash = open_revoke_ticket(self.keyring, params.get("t", ""))
         except (BadRequest, KeyringError, ValueError, KeyError, TypeError):
             return error_response(request, "invalid_link", "This sign-out request is not valid.")
-        deleted = await self.grants.delete_grant(key_hash)
+        try:
+            deleted = await self.grants.delete_grant(key_hash)
+        except Exception as exc:  # the store is down: a typed answer, never a crash page
+            logger.warning("consent revoke failed: %s", type(exc).__name__)
+            return error_response(
+                request,
+                "temporarily_unavailable",
+                "The sign-out could not be completed; try again.",
+                status=503,
+            )
         logger.info("consent revoked (grant existed: %s)", deleted)
         if wants_json(request):
             return JSONResponse(
-                {"status": "ok", "revoked": str(deleted)}, headers=security_headers()
+                {"status": "ok", "revoked": bool(deleted)}, headers=security_headers()
             )
         return RedirectResponse(
             self.client.logout_url(self.post_logout_redirect_uri),
