@@ -50,11 +50,58 @@ PASS, FAIL, SKIP = "pass", "fail", "skip"
 #: A resource any app may ask a client-credentials token for (no roles needed): the check
 #: proves only that Entra authenticated the app's credential.
 _PROBE_RESOURCE = "https://graph.microsoft.com/.default"
-_DOMAIN = re.compile(r"^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+_DOMAIN = re.compile(r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+#: A JWT (three base64url segments, the JOSE header's ``eyJ``): without a ``_`` it also passes
+#: for a domain, and pasted into a tenant variable it is a secret in the wrong place.
+_JWT_SHAPE = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+#: A tenant id written without its dashes: no caller's ``tid`` claim (always with dashes)
+#: equals it.
+_DASHLESS_GUID = re.compile(r"[0-9a-fA-F]{32}")
+#: The variables listing the tenants whose callers on-behalf-of serves (compared with ``tid``).
+_TENANT_LIST_VARIABLES = (
+    "ENTRA_PASSTHROUGH_ALLOWED_TENANTS",
+    "AZURE_ADDITIONALLY_ALLOWED_TENANTS",
+)
+_CA_FILE = "ENTRA_PASSTHROUGH_CA_FILE"
+#: What an authority host looks like, rightly or not (a URL, a domain with or without a path):
+#: another value (a secret, a key, a JWT) is not shown, whatever message quotes it.
+_AUTHORITY = re.compile(
+    r"(?:https?://[A-Za-z0-9.:\[\]-]+|[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+(?::[0-9]+)?)"
+    r"(?:/[A-Za-z0-9._~%-]*)*"
+)
 
 
 def _get(env: Mapping[str, str], name: str) -> str | None:
     return (env.get(name) or "").strip() or None
+
+
+def _tenant_entries(env: Mapping[str, str], name: str) -> list[str]:
+    """The entries of a tenant list variable, split as ``from_env()`` splits them."""
+    return (_get(env, name) or "").replace(",", " ").split()
+
+
+def _is_tenant(value: str) -> bool:
+    """A tenant id (GUID) or a domain; not a JWT, which can look like a domain."""
+    if GUID.fullmatch(value):
+        return True
+    return bool(_DOMAIN.fullmatch(value)) and not _JWT_SHAPE.fullmatch(value)
+
+
+def _unprintable(value: str) -> bool:
+    """A line break, a space, a tab or another control or invisible character: in an id, the
+    sign of a value copied with more than the id (two lines, a wrapped terminal)."""
+    return any(c.isspace() or not c.isprintable() for c in value)
+
+
+def _looks_like_path(value: str) -> bool:
+    """What a CA file's value normally is, so it may be shown: a path with a folder in it, or
+    a certificate file's name."""
+    return "/" in value or "\\" in value or value.lower().endswith((".pem", ".crt", ".cer"))
+
+
+def _masked(variable: str, value: str) -> str:
+    """What is shown instead of a value that must not be echoed."""
+    return f"<{variable}: not shown, {fingerprint(value)}>"
 
 
 @dataclass(frozen=True)
@@ -154,25 +201,45 @@ class Doctor:
         variable's value, and an id variable's value that is not an id (a secret pasted as
         an id is the mistake the ids check exists for; its value must not be echoed by the
         lines that name the id, such as a source's repr)."""
-        hidden: dict[str, str] = {}
+        found: dict[str, str] = {}
         if self.user_token:
-            hidden[self.user_token] = "<the user token>"
+            found[self.user_token] = "<the user token>"
         for variable in _SECRET_VARIABLES:
             value = _get(self.env, variable)
             if value:  # a secret of any length (a short one only where it stands alone)
-                hidden[value] = f"<{variable}>"
+                found.setdefault(value, f"<{variable}>")
         for variable in _ID_VARIABLES:
             value = _get(self.env, variable)
             if value and len(value) >= _MIN_HIDDEN and not GUID.fullmatch(value):
-                hidden[value] = f"<{variable}: not shown, {fingerprint(value)}>"
+                found.setdefault(value, _masked(variable, value))
         for variable in _TENANT_VARIABLES:
             value = _get(self.env, variable)
-            if (
-                value
-                and len(value) >= _MIN_HIDDEN
-                and not (GUID.fullmatch(value) or _DOMAIN.match(value))
-            ):
-                hidden[value] = f"<{variable}: not shown, {fingerprint(value)}>"
+            if value and len(value) >= _MIN_HIDDEN and not _is_tenant(value):
+                found.setdefault(value, _masked(variable, value))
+        for variable in _TENANT_LIST_VARIABLES:
+            # An entry no caller's tid can match (no dashes, not a tenant at all): the ids
+            # check names the variable; a source's repr (allowed_tenants=[...]) must not echo it.
+            for entry in _tenant_entries(self.env, variable):
+                if len(entry) >= _MIN_HIDDEN and not _is_tenant(entry):  # dashless included
+                    found.setdefault(entry, _masked(variable, entry))
+        ca_file = _get(self.env, _CA_FILE)
+        if ca_file and not _looks_like_path(ca_file):
+            found.setdefault(ca_file, _masked(_CA_FILE, ca_file))
+        host = _get(self.env, "AZURE_AUTHORITY_HOST")
+        if (
+            host
+            and len(host) >= _MIN_HIDDEN
+            and (not _AUTHORITY.fullmatch(host) or _JWT_SHAPE.search(host))
+        ):
+            found.setdefault(host, _masked("AZURE_AUTHORITY_HOST", host))
+        # Every form a line may give a value: as set, inside a repr or an ascii() (its line
+        # breaks, tabs, quotes, backslashes and other characters escaped), inside JSON, and each
+        # of its lines (a message quoting the first line of an error). Case is ignored where
+        # they are looked for (_redacted).
+        hidden: dict[str, str] = {}
+        for value, shown in found.items():
+            for form in _forms(value):
+                hidden.setdefault(form, shown)
         return hidden
 
     def _checks(self) -> list[Check]:
@@ -223,23 +290,44 @@ class Doctor:
         )
 
     def check_ids(self) -> None:
-        bad: list[str] = []
-        for variable in _ID_VARIABLES:
+        """Client ids are GUIDs, tenants GUIDs or domains, tenant lists GUIDs; a value that is
+        not is named by its variable, never shown."""
+        problems: list[tuple[str, str]] = []  # (what is wrong, how to fix it)
+        for variable in (*_ID_VARIABLES, *_TENANT_VARIABLES):
             value = _get(self.env, variable)
-            if value and not GUID.fullmatch(value):
-                bad.append(f"{variable} is not a client id (a GUID)")
-        for variable in _TENANT_VARIABLES:
-            tenant = _get(self.env, variable)
-            if tenant and not (GUID.fullmatch(tenant) or _DOMAIN.match(tenant)):
-                bad.append(f"{variable} is neither a tenant id (GUID) nor a domain")
-        if bad:
-            self.add(
-                "ids",
-                FAIL,
-                "; ".join(bad),
-                "use the Application (client) ID and Directory (tenant) ID from the app "
-                "registration's Overview page (not an object id, a secret or a name).",
-            )
+            if not value:
+                continue
+            if _unprintable(value):
+                problems.append(
+                    (
+                        f"{variable} has a line break, space or control character in it (its "
+                        "value is not shown)",
+                        _ONE_LINE_FIX,
+                    )
+                )
+            elif variable in _ID_VARIABLES and not GUID.fullmatch(value):
+                problems.append((f"{variable} is not a client id (a GUID)", _IDS_FIX))
+            elif variable in _TENANT_VARIABLES and not _is_tenant(value):
+                problems.append(
+                    (f"{variable} is neither a tenant id (GUID) nor a domain", _IDS_FIX)
+                )
+        for variable in _TENANT_LIST_VARIABLES:
+            entries = [e for e in _tenant_entries(self.env, variable) if e != "*"]
+            if any(_DASHLESS_GUID.fullmatch(e) for e in entries):  # ('*' is from_env's error)
+                problems.append(
+                    (
+                        f"{variable} lists a tenant id without dashes, which no caller's tid "
+                        "claim (always written with them) matches",
+                        _DASHES_FIX,
+                    )
+                )
+            if any(not (_is_tenant(e) or _DASHLESS_GUID.fullmatch(e)) for e in entries):
+                problems.append(
+                    (f"{variable} lists an entry that is not a tenant id (not shown)", _LIST_FIX)
+                )
+        if problems:
+            fixes = dict.fromkeys(fix.rstrip(".") for _, fix in problems)
+            self.add("ids", FAIL, "; ".join(what for what, _ in problems), "; ".join(fixes) + ".")
         else:
             self.add("ids", PASS, "client and tenant ids are well formed")
 
@@ -251,19 +339,23 @@ class Doctor:
             return
         import ssl
 
+        # A path is shown; a value that does not look like one may be a secret pasted into the
+        # wrong variable (docs/configuration.md), and is not.
+        shown = path if _looks_like_path(path) else _masked(_CA_FILE, path)
+
         def probe() -> tuple[bool, str, str]:
             try:
                 context = ssl.create_default_context(cafile=path)
             except (OSError, ssl.SSLError) as exc:
                 return (
                     False,
-                    f"ENTRA_PASSTHROUGH_CA_FILE ({path}) cannot be used: {type(exc).__name__}",
+                    f"ENTRA_PASSTHROUGH_CA_FILE ({shown}) cannot be used: {type(exc).__name__}",
                     "point ENTRA_PASSTHROUGH_CA_FILE at a readable PEM bundle of the CA that "
                     "signs the authority's certificate (a TLS-inspecting proxy's), or unset it "
                     "to trust the system's CAs.",
                 )
             count = len(context.get_ca_certs())
-            return True, f"ENTRA_PASSTHROUGH_CA_FILE ({path}): {count} CA certificate(s)", ""
+            return True, f"ENTRA_PASSTHROUGH_CA_FILE ({shown}): {count} CA certificate(s)", ""
 
         self.guard("CA file", probe)
 
@@ -531,6 +623,23 @@ class Doctor:
         self.guard("developer sign-in", probe, fallback_fix=fix)
 
 
+_IDS_FIX = (
+    "use the Application (client) ID and Directory (tenant) ID from the app registration's "
+    "Overview page (not an object id, a secret or a name)."
+)
+_ONE_LINE_FIX = (
+    "set each variable named to the id alone, on one line: no line break, space, quote or "
+    "invisible character copied with it."
+)
+_DASHES_FIX = (
+    "write each tenant id with dashes (8-4-4-4-12 hex digits), as the Entra admin center "
+    "shows the Directory (tenant) ID."
+)
+_LIST_FIX = (
+    "list tenant ids (GUIDs), comma-separated: the Directory (tenant) ID of each tenant's "
+    "Overview page in the Entra admin center."
+)
+
 #: Variables naming a client id (what Foundry injects into a hosted agent included).
 _ID_VARIABLES = (
     "ENTRA_PASSTHROUGH_CLIENT_ID",
@@ -597,6 +706,23 @@ def _certificate_validity(path: str, password: str | None, variable: str) -> tup
 #: Ids shorter than this are not redacted; a secret this short is redacted only where it stands
 #: alone, not inside a longer word (replaced everywhere, "abc" would garble every "abcd").
 _MIN_HIDDEN = 8
+
+
+def _forms(value: str) -> list[str]:
+    """``value`` as a line may show it: as is, the inside of its ``repr()`` and ``ascii()``
+    (either quote), of its JSON string (ASCII or not), and each of its lines long enough to be
+    looked for anywhere."""
+    forms = [
+        value,
+        repr(value)[1:-1],
+        ascii(value)[1:-1],
+        json.dumps(value)[1:-1],
+        json.dumps(value, ensure_ascii=False)[1:-1],
+    ]
+    lines = value.splitlines()
+    if len(lines) > 1:
+        forms += [line.strip() for line in lines if len(line.strip()) >= _MIN_HIDDEN]
+    return list(dict.fromkeys(forms))
 
 
 def _redacted(check: Check, hidden: Mapping[str, str]) -> Check:

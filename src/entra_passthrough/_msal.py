@@ -127,13 +127,16 @@ def normalize_authority_host(authority_host: str, *, what: str = "authority host
         )
     if scheme.lower() != "https":
         raise ConfigurationError(
-            f"{what} {host!r} is not HTTPS; MSAL and Entra require HTTPS.",
+            f"the {what} is not HTTPS ({scheme.lower()[:16]}://...); MSAL and Entra require "
+            "HTTPS.",
             fix="use https://login.microsoftonline.com (or your cloud's / the emulator's URL).",
         )
     problem = _authority_host_problem(host, netloc)
     if problem:
         raise ConfigurationError(
-            f"{what} {host[:200]!r} {problem}; it must be the host only.",
+            # The value is not echoed: a secret pasted into the wrong variable must not reach a
+            # log line (the problem names what is wrong, not what was written).
+            f"the {what} {problem}; it must be the host only.",
             fix=AUTHORITY_HOST_FIX,
         )
     return host
@@ -153,7 +156,7 @@ def _authority_host_problem(host: str, netloc: str) -> str | None:
     if netloc.endswith(":"):
         return "has an empty port"
     if parts.path not in ("", "/"):
-        return f"has a path ({parts.path[:64]!r}; a tenant goes in AZURE_TENANT_ID)"
+        return "has a path (a tenant goes in AZURE_TENANT_ID)"
     if "?" in host:
         return "has a query"
     if "#" in host:

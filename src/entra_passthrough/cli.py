@@ -4,13 +4,15 @@ Each subcommand lives next to the feature it runs and is imported only when used
 ``entra-passthrough inspect`` does not import the emulator. The argument parsers of the commands
 that need an extra are defined here, with the core only, so ``--help`` and usage errors work on a
 core install; a missing extra is one line on stderr naming the extra to install (exit 2), never a
-traceback.
+traceback. Output into a pipe whose reader has gone (``entra-passthrough inspect T | head -1``)
+ends the command quietly with status 141, as SIGPIPE would end another program.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -60,7 +62,28 @@ def _demo_args(parser: argparse.ArgumentParser) -> None:
         "concurrently and the demo checks what the MCP server saw. Exit 0 only if every check "
         "passed."
     )
-    parser.add_argument("--calls", type=int, default=3, help="requests per user (default 3)")
+    parser.add_argument(
+        "--calls",
+        type=_calls,
+        default=3,
+        metavar="N",
+        help=f"requests per user, {_CALLS[0]}-{_CALLS[1]} (default 3)",
+    )
+
+
+#: The range of ``demo --calls`` (more would only make the demo slower, not prove more).
+_CALLS = (1, 50)
+
+
+def _calls(text: str) -> int:
+    """``--calls``: a whole number in range (argparse turns the error into usage and exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text[:20]!r}") from None
+    if not _CALLS[0] <= value <= _CALLS[1]:
+        raise argparse.ArgumentTypeError(f"must be {_CALLS[0]}-{_CALLS[1]}, got {value}")
+    return value
 
 
 def _emulator_args(parser: argparse.ArgumentParser) -> None:
@@ -135,7 +158,36 @@ def _install_hint(extra: str) -> str:
     return f"pip install 'entra-passthrough[{extra}]'"
 
 
+#: The exit status of a command whose reader went away (``entra-passthrough inspect T | head -1``):
+#: what a shell reports for a process ended by SIGPIPE (128 + 13), distinct from the commands' own
+#: 0, 1 (doctor: a check failed) and 2 (bad input).
+EXIT_BROKEN_PIPE = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its output going into a pipe that was closed (``| head``) ends it
+    quietly with ``EXIT_BROKEN_PIPE``, not a traceback."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # what is still buffered fails here, not at interpreter exit
+    except BrokenPipeError:
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
+    return code
+
+
+def _discard_stdout() -> None:
+    """Point stdout at the null device: Python flushes it again at exit, and that would print
+    "Exception ignored ... BrokenPipeError" (the usual recipe of the signal module's docs)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no file descriptor (a replaced sys.stdout): nothing to do
+        pass
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
         prog="entra-passthrough",

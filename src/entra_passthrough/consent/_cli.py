@@ -137,7 +137,9 @@ def _unloadable(args: Any) -> str | None:
 
 
 def _refusal(args: Any, trusted: TrustedProxies | None) -> str | None:
-    """Why this way of serving is unsafe, or None."""
+    """Why this way of serving is unsafe or cannot start, or None."""
+    if not 0 <= args.port <= 65535:  # uvicorn would stop with a traceback (as the emulator says)
+        return f"--port must be 0-65535 (0: any free port), got {args.port}"
     if trusted is not None:
         if args.insecure_http:
             return (
@@ -162,6 +164,15 @@ def _refusal(args: Any, trusted: TrustedProxies | None) -> str | None:
     return None
 
 
+_PREFIX = "entra-passthrough broker: "
+
+
+def _say(message: str) -> None:
+    """One line on stderr, prefixed with the command once (the consent app's credential errors
+    already name it: ``credential_from_env(owner="entra-passthrough broker")``)."""
+    sys.stderr.write(f"{'' if message.startswith(_PREFIX) else _PREFIX}{message}\n")
+
+
 def main(argv: list[str]) -> int:
     args = parser_for("broker").parse_args(argv)  # defined with the core only (--help works)
     try:
@@ -172,12 +183,12 @@ def main(argv: list[str]) -> int:
         trusted = trusted_proxies(config, flag=args.forwarded_allow_ips)
         refusal = _refusal(args, trusted) or _unloadable(args)
         if refusal is not None:
-            sys.stderr.write(f"entra-passthrough broker: {refusal}\n")
+            _say(refusal)
             return 2
         store = build_store(args.store or os.environ.get("ENTRA_PASSTHROUGH_REDIS_URL"))
         broker = build_broker(config, store=store)
     except (OSError, ValueError) as exc:
-        sys.stderr.write(f"entra-passthrough broker: {exc}\n")
+        _say(str(exc))
         return 2
     try:
         import uvicorn

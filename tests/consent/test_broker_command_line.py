@@ -1,0 +1,69 @@
+"""``entra-passthrough broker`` refuses bad input with one line on stderr and exit status 2, never
+a traceback, through the real command (``python -m entra_passthrough broker``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+KEYS = "k1:" + "A" * 43
+
+
+def _config(tmp_path: Path) -> Path:
+    path = tmp_path / "broker.json"
+    path.write_text(
+        json.dumps(
+            {
+                "client_id": "11111111-1111-1111-1111-111111111111",
+                "tenant_id": "22222222-2222-2222-2222-222222222222",
+                "redirect_uris": ["https://consent.contoso.com/callback"],
+            }
+        )
+    )
+    return path
+
+
+def _broker(tmp_path: Path, *argv: str, **variables: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("ENTRA_", "AZURE_", "IDENTITY_", "MSI_"))
+    }
+    env.update(variables)
+    cli = [sys.executable, "-m", "entra_passthrough", "broker", "--config", str(_config(tmp_path))]
+    return subprocess.run(
+        [*cli, *argv], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+@pytest.mark.parametrize("port", ["99999", "65536", "-1"])
+def test_a_port_out_of_range_is_one_line(tmp_path: Path, port: str) -> None:
+    """uvicorn would start and stop with OverflowError's traceback; the emulator already says
+    this in one line."""
+    done = _broker(
+        tmp_path,
+        "--insecure-http",
+        "--port",
+        port,
+        ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET="s3cret-value",
+        ENTRA_PASSTHROUGH_CONSENT_KEYS=KEYS,
+    )
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == [
+        f"entra-passthrough broker: --port must be 0-65535 (0: any free port), got {port}"
+    ]
+
+
+def test_a_missing_credential_names_the_command_once(tmp_path: Path) -> None:
+    done = _broker(tmp_path, "--insecure-http", ENTRA_PASSTHROUGH_CONSENT_KEYS=KEYS)
+    assert done.returncode == 2
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("entra-passthrough broker: no client credential")
+    assert lines[0].count("entra-passthrough broker") == 1
