@@ -127,8 +127,7 @@ def normalize_authority_host(authority_host: str, *, what: str = "authority host
         )
     if scheme.lower() != "https":
         raise ConfigurationError(
-            f"the {what} is not HTTPS ({scheme.lower()[:16]}://...); MSAL and Entra require "
-            "HTTPS.",
+            f"the {what} is not HTTPS ({scheme.lower()[:16]}://...); MSAL and Entra require HTTPS.",
             fix="use https://login.microsoftonline.com (or your cloud's / the emulator's URL).",
         )
     problem = _authority_host_problem(host, netloc)
