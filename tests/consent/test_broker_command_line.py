@@ -67,3 +67,57 @@ def test_a_missing_credential_names_the_command_once(tmp_path: Path) -> None:
     assert len(lines) == 1
     assert lines[0].startswith("entra-passthrough broker: no client credential")
     assert lines[0].count("entra-passthrough broker") == 1
+
+
+BASE = {
+    "client_id": "11111111-1111-1111-1111-111111111111",
+    "tenant_id": "22222222-2222-2222-2222-222222222222",
+    "redirect_uris": ["https://consent.contoso.com/callback"],
+}
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "said"),
+    [
+        ("redirect_uris", 5, "'redirect_uris' must be a list of strings"),
+        ("redirect_uris", "https://consent.contoso.com/callback", "must be a list of strings"),
+        ("redirect_uris", ["https://consent.contoso.com/callback", 7], "non-empty strings"),
+        ("post_logout_redirect_uri", 5, "'post_logout_redirect_uri' must be a string"),
+        ("allowed_tenants", "22222222-2222-2222-2222-222222222222", "must be a list of strings"),
+        ("tenant_id", ["a"], "'tenant_id' must be a string"),
+        ("authority_host", 5, "'authority_host' must be a string"),
+        ("ca_file", "/nonexistent/ca.pem", "'ca_file' is not a readable file"),
+    ],
+)
+def test_a_config_value_of_the_wrong_kind_is_one_line(
+    tmp_path: Path, key: str, value: object, said: str
+) -> None:
+    """Before: an int crashed with a traceback, a string was iterated letter by letter, a list
+    became its repr, and a missing CA file made every sign-in a 503 'try again'."""
+    path = tmp_path / "broker.json"
+    path.write_text(json.dumps({**BASE, key: value}))
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("ENTRA_", "AZURE_", "IDENTITY_", "MSI_"))
+    }
+    env.update(
+        ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET="s3cret-value",
+        ENTRA_PASSTHROUGH_CONSENT_KEYS=KEYS,
+    )
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "entra_passthrough", "broker", "--config", str(path)),
+            *("--insecure-http", "--port", "0"),  # past the serving checks: the config's turn
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert said in done.stderr
+    assert "s3cret-value" not in done.stderr

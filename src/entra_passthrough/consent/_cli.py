@@ -67,7 +67,16 @@ def build_broker(
     for required in ("client_id", "tenant_id", "redirect_uris"):
         if not config.get(required):
             raise ConfigurationError(f"the broker config has no {required!r}.")
+    _check_types(config)
     ca_file = config.get("ca_file")
+    if ca_file and not os.path.isfile(ca_file):
+        # Found at start, not as a 503 on every sign-in ("try again") with only the error's
+        # type in the log.
+        raise ConfigurationError(
+            "the broker config's 'ca_file' is not a readable file.",
+            fix="point ca_file at the PEM bundle of the CAs that sign the identity provider's "
+            "certificate, or remove it to use the system's",
+        )
     http_client = http_session(str(ca_file)) if ca_file else None
     return ConsentBroker(
         # The consent app's credential, read by the code DelegatedConsent.from_env() and
@@ -91,6 +100,34 @@ def build_broker(
         keyring=Keyring.from_env(_KEYS_ENV, environ=env),
         http_client=http_client,
     )
+
+
+#: The broker config's keys and the JSON type each must have (values are never echoed).
+_TYPES: dict[str, tuple[type, ...]] = {
+    "client_id": (str,),
+    "tenant_id": (str,),
+    "authority_host": (str,),
+    "ca_file": (str,),
+    "post_logout_redirect_uri": (str,),
+    "redirect_uris": (list,),
+    "allowed_tenants": (list,),
+}
+
+
+def _check_types(config: dict[str, Any]) -> None:
+    """A value of the wrong JSON type is a one-line refusal, not a traceback, nor a string
+    iterated letter by letter (``"redirect_uris": "https://..."``)."""
+    for key, types in _TYPES.items():
+        value = config.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, types):
+            kind = "a list of strings" if types == (list,) else "a string"
+            raise ConfigurationError(f"the broker config's {key!r} must be {kind}.")
+        if types == (list,) and not all(isinstance(v, str) and v.strip() for v in value):
+            raise ConfigurationError(
+                f"the broker config's {key!r} must be a list of non-empty strings."
+            )
 
 
 def trusted_proxies(
