@@ -124,7 +124,7 @@ def _check_types(config: dict[str, Any]) -> None:
         if not isinstance(value, types):
             kind = "a list of strings" if types == (list,) else "a string"
             raise ConfigurationError(f"the broker config's {key!r} must be {kind}.")
-        if types == (list,) and not all(isinstance(v, str) and v.strip() for v in value):
+        if isinstance(value, list) and not all(isinstance(v, str) and v.strip() for v in value):
             raise ConfigurationError(
                 f"the broker config's {key!r} must be a list of non-empty strings."
             )
