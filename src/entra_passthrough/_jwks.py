@@ -5,7 +5,9 @@ cached for ``ttl`` seconds. A token whose ``kid`` is unknown triggers *one* refe
 happened), but at most one per ``min_refetch_interval``: forged tokens with random ``kid`` values
 must not turn the server into a JWKS fetch amplifier. Refreshes are single-flight: 100 concurrent
 tokens that need a refresh cause one HTTP request (async: one task per event loop that every
-caller awaits; sync: a lock plus a generation counter).
+caller awaits; sync: a lock plus a generation counter). A caller with an unknown ``kid`` also
+waits for a fetch that the other driver or another event loop has in flight (``_State.fetching``,
+awaited without holding a thread), rather than answering "unknown kid" while it runs.
 
 A failed TTL refresh keeps the previous keys (Entra publishes keys weeks before using them), and
 retries after ``min_refetch_interval``. With no keys at all, verification fails closed.
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import logging
 import math
@@ -39,11 +42,13 @@ from urllib.parse import urlsplit
 
 import httpx
 import httpx2
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from jwt import PyJWK
-from jwt.exceptions import PyJWKError
+from jwt.exceptions import PyJWTError
 
 from ._errors import ConfigurationError, SigningKeysUnavailable, TokenVerificationError
 from ._origins import is_loopback
+from ._redact import REDACTED
 
 logger = logging.getLogger("entra_passthrough.verify")
 
@@ -76,24 +81,89 @@ class SyncGetter(Protocol):
     def get(self, url: str, *, timeout: float) -> Any: ...
 
 
+#: What a caller is told while no key can be fetched (the 503's description): the key URL is
+#: the operator's business (it may carry a secret), and it is in the log line and ``str(error)``.
+KEYS_UNAVAILABLE = "the signing keys could not be fetched; no token can be verified until they are."
+
+
+def shown_url(url: object, *, path: bool = True) -> str | None:
+    """``url`` as it may be shown to an operator: no userinfo, every query value redacted
+    (``?code=[redacted]``: an Azure Functions or API Management key), no fragment; its origin
+    only without ``path``. ``None`` for a value with no scheme and host: it may not be a URL at
+    all (a secret pasted in the wrong place), so it is not shown."""
+    if not isinstance(url, str):
+        return None
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        port = parts.port
+    except (ValueError, TypeError, AttributeError):  # a bad port, an unclosed IPv6 bracket
+        return None
+    if not parts.scheme or not host:
+        return None
+    if ":" in host:
+        host = f"[{host}]"
+    shown = f"{parts.scheme}://{host}{f':{port}' if port is not None else ''}"
+    if not path:
+        return shown
+    shown += parts.path
+    if parts.query:
+        names = (field.split("=", 1)[0] for field in parts.query.split("&"))
+        shown += "?" + "&".join(f"{name}={REDACTED}" if name else REDACTED for name in names)
+    return shown
+
+
 def check_fetch_url(url: str, *, what: str) -> str:
-    """Keys only over HTTPS (plain HTTP only on loopback, for tests)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.scheme == "https" and host:
-        return url
-    if parts.scheme == "http" and is_loopback(host):
-        return url
+    """Keys only over HTTPS (plain HTTP only on loopback, for tests). The refusal names the
+    URL's origin at most (its path and query may carry a secret)."""
+    shown = shown_url(url, path=False)
+    if shown is not None:
+        parts = urlsplit(url)
+        if parts.scheme == "https" or (
+            parts.scheme == "http" and is_loopback(parts.hostname or "")
+        ):
+            return url
     raise ConfigurationError(
-        f"{what} {url!r} must be an https:// URL (http:// only on loopback).",
+        f"{what}{f' {shown!r}' if shown else ''} must be an https:// URL with a host "
+        "(http:// only on loopback).",
         fix="use the authority host's https URL (AZURE_AUTHORITY_HOST).",
     )
+
+
+def seconds(value: object, *, what: str, low: float, high: float, above_low: bool = False) -> float:
+    """A configured duration: a finite number (not a bool) from ``low`` to ``high`` (above
+    ``low`` when ``above_low``), else a ``ConfigurationError`` naming ``what`` (a string such as
+    ``"60"`` used to end in a ``TypeError``, NaN was accepted)."""
+    number = value if isinstance(value, int | float) and not isinstance(value, bool) else None
+    if (
+        number is None
+        or not math.isfinite(number)
+        or number < low
+        or number > high
+        or (above_low and number == low)
+    ):
+        bound = "above" if above_low else "at least"
+        upper = "" if math.isinf(high) else f" and at most {high:g}"
+        raise ConfigurationError(
+            f"{what} must be a number of seconds, {bound} {low:g}{upper}.",
+            fix=f"pass {what}= a number of seconds in that range (an int or a float).",
+        )
+    return float(number)
 
 
 def ssl_context(verify: ssl.SSLContext | str | bool) -> ssl.SSLContext | bool:
     """A CA bundle path becomes an SSLContext (httpx deprecates ``verify=<path>``)."""
     if isinstance(verify, str):
-        return ssl.create_default_context(cafile=verify)
+        try:
+            return ssl.create_default_context(cafile=verify)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            # The path is not shown (it is the caller's to know); the failure's type says
+            # which of missing, unreadable or not PEM certificates it is.
+            raise ConfigurationError(
+                f"verify names a CA bundle that cannot be loaded ({type(exc).__name__}).",
+                fix="pass verify= the path of a readable PEM file of CA certificates (the "
+                "emulator's is idp.ca_file), an ssl.SSLContext, or True for the system CAs.",
+            ) from None
     return verify
 
 
@@ -113,9 +183,18 @@ def parse_jwks(content: bytes) -> dict[str, Any]:
         if not isinstance(kid, str) or jwk.get("kty") != "RSA" or jwk.get("use", "sig") != "sig":
             continue
         try:
-            keys[kid] = PyJWK(jwk, algorithm="RS256").key
-        except (PyJWKError, ValueError, TypeError):  # one bad key does not void the others
+            key = PyJWK(jwk, algorithm="RS256").key
+        except (PyJWTError, ValueError, TypeError):  # one bad key does not void the others
+            # PyJWTError: PyJWK raises InvalidKeyError (not a PyJWKError) for an RSA key with
+            # no 'n', an 'n' that is not base64url, or an x5c chain only.
             logger.warning("ignoring an unusable JWKS key (kid %r)", kid[:64])
+            continue
+        if not isinstance(key, RSAPublicKey):
+            # A JWK with private members ('d'...) becomes a private key: a leaked one (anyone
+            # who read the document can sign with it), and PyJWT cannot verify with it.
+            logger.warning("ignoring a JWKS key that carries a private key (kid %r)", kid[:64])
+            continue
+        keys[kid] = key
     if not keys:
         raise ValueError("JWKS document has no usable RSA signing key")
     return keys
@@ -150,6 +229,13 @@ class _State:
     inflight: tuple[asyncio.AbstractEventLoop, asyncio.Task[None]] | None = None
     sync_lock: threading.Lock = field(default_factory=threading.Lock)
     background: bool = False  # a sync background refresh is running
+    # The latest fetch in flight, whichever driver runs it: resolved when it ends, so that a
+    # caller of the other driver (or of another event loop) waits for it instead of answering
+    # "unknown kid" (its own refetch would be rate limited). ``fetching_loop`` is the loop of an
+    # async fetch (None: a thread's); ``fetching_since`` is ``time.monotonic()`` at its start.
+    fetching: concurrent.futures.Future[None] | None = None
+    fetching_loop: asyncio.AbstractEventLoop | None = None
+    fetching_since: float = 0.0
 
 
 class KeySet:
@@ -165,8 +251,8 @@ class KeySet:
         min_refetch_interval: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if ttl <= 0 or min_refetch_interval < 0:
-            raise ConfigurationError("jwks ttl must be > 0 and min_refetch_interval >= 0.")
+        seconds(ttl, what="jwks_ttl", low=0, high=math.inf, above_low=True)
+        seconds(min_refetch_interval, what="min_refetch_interval", low=0, high=math.inf)
         self._verify = ssl_context(verify)
         self._http_client = http_client
         self._sync_http_client = sync_http_client
@@ -199,14 +285,38 @@ class KeySet:
                 stale = False
             return (keys.get(kid) if keys else None), stale, state.generation, keys is not None
 
-    def _claim_refetch(self, state: _State) -> bool:
-        """May an unknown kid trigger a refetch now? Claims the slot if so."""
+    def _claim_refetch_locked(self, state: _State) -> bool:
+        """May an unknown kid trigger a refetch now? Claims the slot if so (lock held)."""
+        now = self._clock()
+        if now - state.last_refetch < self._min_refetch:
+            return False
+        state.last_refetch = now
+        return True
+
+    def _begin_locked(
+        self, state: _State, loop: asyncio.AbstractEventLoop | None
+    ) -> concurrent.futures.Future[None]:
+        """Mark a fetch in flight (lock held); whoever runs it calls ``_end`` when it ends."""
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        done.set_running_or_notify_cancel()  # no waiter can cancel it
+        state.fetching, state.fetching_loop, state.fetching_since = done, loop, time.monotonic()
+        return done
+
+    def _end(self, state: _State, done: concurrent.futures.Future[None]) -> None:
         with self._lock:
-            now = self._clock()
-            if now - state.last_refetch < self._min_refetch:
-                return False
-            state.last_refetch = now
-            return True
+            if state.fetching is done:
+                state.fetching = state.fetching_loop = None
+        done.set_result(None)
+
+    @staticmethod
+    def _elsewhere_locked(state: _State) -> tuple[concurrent.futures.Future[None], float] | None:
+        """The fetch in flight and the seconds to wait for it at most (lock held). A fetch
+        ends within ``FETCH_TIMEOUT``; one older than that (and a grace) never will (its loop
+        stopped with it pending), and is not waited for."""
+        if state.fetching is None:
+            return None
+        left = state.fetching_since + FETCH_TIMEOUT + _GRACE - time.monotonic()
+        return (state.fetching, left) if left > 0 else None
 
     def _install(self, state: _State, keys: dict[str, Any]) -> None:
         with self._lock:
@@ -226,7 +336,7 @@ class KeySet:
             state.failure = type(exc).__name__
         logger.warning(
             "fetching signing keys from %s failed (%s)%s",
-            source.url,
+            shown_url(source.url) or "(the key URL)",
             type(exc).__name__,
             "; keeping the cached keys" if has_keys else "",
         )
@@ -234,11 +344,15 @@ class KeySet:
             raise self._down(state, source) from exc
 
     def _down(self, state: _State, source: KeySource) -> SigningKeysUnavailable:
-        return SigningKeysUnavailable(
-            f"the signing keys could not be fetched from {source.url} "
+        # The operator's text names the endpoint (redacted) and the failure; ``reason``, what a
+        # caller is told (the 503's description), names neither.
+        error = SigningKeysUnavailable(
+            f"the signing keys could not be fetched from {shown_url(source.url) or 'the key URL'} "
             f"({state.failure or 'no answer'}); no token can be verified until they are.",
             fix="check that the server can reach the authority host over HTTPS.",
         )
+        error.reason = KEYS_UNAVAILABLE
+        return error
 
     # --- async driver ---
 
@@ -257,22 +371,38 @@ class KeySet:
             refreshed = True
             key, _, _, _ = self._lookup(state, kid)
         if key is None and not refreshed:
-            inflight = self._joinable(state)
-            if inflight is not None:
-                await asyncio.shield(inflight)
-            elif self._claim_refetch(state):
-                await self._refresh_async(state, source)
+            await self._refetch_async(state, source)
             key, _, _, _ = self._lookup(state, kid)
         if key is None:
             raise _unknown_kid(kid)
         return key
 
-    def _joinable(self, state: _State) -> asyncio.Task[None] | None:
+    async def _refetch_async(self, state: _State, source: KeySource) -> None:
+        """An unknown kid: join this loop's fetch in flight, else wait for the one another
+        driver or loop runs, else one rate-limited refetch. Decided under the lock, so that a
+        refetch claimed elsewhere is seen from the moment its slot is taken."""
         loop = asyncio.get_running_loop()
+        join: asyncio.Task[None] | None = None
+        elsewhere: tuple[concurrent.futures.Future[None], float] | None = None
+        done: concurrent.futures.Future[None] | None = None
         with self._lock:
             if state.inflight is not None and state.inflight[0] is loop:
-                return state.inflight[1]
-        return None
+                join = state.inflight[1]
+            elif (elsewhere := self._elsewhere_locked(state)) is None:
+                if not self._claim_refetch_locked(state):
+                    return  # rate limited
+                done = self._begin_locked(state, loop)
+        if done is not None:
+            join = self._spawn(state, source, loop, done)
+        if join is not None:
+            # shield: a cancelled caller must not cancel the fetch the others wait for.
+            await asyncio.shield(join)
+        elif elsewhere is not None:
+            fetch, left = elsewhere
+            # Awaited on this loop, no thread held. A cancelled waiter cancels only its own
+            # wrapper (the fetch's future is running: it cannot be cancelled).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.wrap_future(fetch), left)
 
     async def _refresh_async(self, state: _State, source: KeySource) -> None:
         # shield: a cancelled caller must not cancel the fetch the others wait for.
@@ -284,10 +414,37 @@ class KeySet:
         with self._lock:
             if state.inflight is not None and state.inflight[0] is loop:
                 return state.inflight[1]
+            done = self._begin_locked(state, loop)
+        return self._spawn(state, source, loop, done)
+
+    def _spawn(
+        self,
+        state: _State,
+        source: KeySource,
+        loop: asyncio.AbstractEventLoop,
+        done: concurrent.futures.Future[None],
+    ) -> asyncio.Task[None]:
+        # Created outside the lock: an eager task factory runs the fetch (and ``_install``,
+        # which takes the lock) inside ``create_task``.
+        try:
             task = loop.create_task(self._fetch_task(state, source))
-            task.add_done_callback(_retrieve)
+        except BaseException:  # a closed loop: no fetch, and nobody may wait for one
+            self._end(state, done)
+            raise
+        with self._lock:
             state.inflight = (loop, task)
-            return task
+
+        def finished(task: asyncio.Task[None]) -> None:
+            # A callback, not the task's ``finally``: a task cancelled before it ever ran
+            # (its loop shut down) runs no ``finally``, and the waiters must still be told.
+            _retrieve(task)
+            with self._lock:
+                if state.inflight is not None and state.inflight[1] is task:
+                    state.inflight = None
+            self._end(state, done)
+
+        task.add_done_callback(finished)
+        return task
 
     async def _fetch_task(self, state: _State, source: KeySource) -> None:
         try:
@@ -296,10 +453,6 @@ class KeySet:
             self._failed(state, source, exc)
         else:
             self._install(state, keys)
-        finally:
-            with self._lock:
-                if state.inflight is not None and state.inflight[1] is asyncio.current_task():
-                    state.inflight = None
 
     async def _fetch_async(self, source: KeySource) -> dict[str, Any]:
         if self._http_client is not None:
@@ -346,17 +499,31 @@ class KeySet:
         # generation tells them it happened since they looked (worked or failed: either way
         # not again now).
         with state.sync_lock:
+            elsewhere: tuple[concurrent.futures.Future[None], float] | None = None
             with self._lock:
                 if state.generation != seen:
                     return
-            if unknown_kid and not self._claim_refetch(state):
-                return  # rate limited
+                if unknown_kid:
+                    # An async fetch in flight (sync ones hold ``sync_lock``): wait for it,
+                    # unless it runs on the loop this thread is blocking.
+                    elsewhere = self._elsewhere_locked(state)
+                    if elsewhere is not None and _running_here(state.fetching_loop):
+                        elsewhere = None
+                    if elsewhere is None and not self._claim_refetch_locked(state):
+                        return  # rate limited
+                if elsewhere is None:
+                    done = self._begin_locked(state, None)
+            if elsewhere is not None:
+                concurrent.futures.wait([elsewhere[0]], timeout=elsewhere[1])
+                return
             try:
                 keys = self._fetch_sync(source)
             except Exception as exc:
                 self._failed(state, source, exc)
             else:
                 self._install(state, keys)
+            finally:
+                self._end(state, done)
 
     def _refresh_in_thread(self, state: _State, source: KeySource, seen: int) -> None:
         """One background thread per source refreshes the keys (the others are served)."""
@@ -412,6 +579,21 @@ class KeySet:
 #: After a failed fetch with no keys held, the next fetch waits this long (seconds, at most
 #: ``min_refetch_interval``): the refusals meanwhile say ``Retry-After: 5``.
 _RETRY_WITHOUT_KEYS = 5.0
+
+
+#: How long past ``FETCH_TIMEOUT`` a caller of another driver waits for a fetch in flight (its
+#: end reaches the waiter a loop iteration or a thread switch later).
+_GRACE = 1.0
+
+
+def _running_here(loop: asyncio.AbstractEventLoop | None) -> bool:
+    """Is ``loop`` the event loop running in this thread (which a blocking wait would stop)?"""
+    if loop is None:
+        return False
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
 
 
 def _retrieve(task: asyncio.Task[None]) -> None:

@@ -21,17 +21,17 @@ from __future__ import annotations
 
 import ssl
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import jwt
 from jwt import exceptions as jwt_errors
 
 from ._errors import ConfigurationError, InsufficientScope, TokenVerificationError
-from ._jwks import AsyncGetter, KeySet, KeySource, SyncGetter, check_fetch_url
+from ._jwks import AsyncGetter, KeySet, KeySource, SyncGetter, check_fetch_url, seconds
 from ._jwt import (
     MAX_TOKEN_BYTES,
     JwtDecodeError,
@@ -50,6 +50,42 @@ _V1_ISSUERS = {
 }
 _REQUIRED = ["exp", "iat", "aud", "iss", "tid"]
 _MAX_KID = 128
+
+
+def names(value: object, *, what: str, example: str, spaces: bool = False) -> tuple[str, ...]:
+    """A configured list of names (scopes, roles, tenants, issuers) as a tuple, or a
+    ``ConfigurationError`` naming ``what``: one string (it was split into characters: every
+    caller refused, one-letter scopes advertised), an empty, blank or non-string entry
+    (``""`` silently required nothing), or an entry holding whitespace unless ``spaces`` (a
+    scope or app role never does: it would match no token). ``None`` is no names."""
+    if value is None:
+        return ()
+    if isinstance(value, str | bytes):
+        raise ConfigurationError(
+            f"{what} must be a list of names, not one string.",
+            fix=f"pass a list, one name per entry: {what}=[{example!r}].",
+        )
+    try:
+        items: tuple[object, ...] = tuple(cast("Iterable[object]", value))
+    except TypeError:
+        raise ConfigurationError(
+            f"{what} must be a list of names ({type(value).__name__} given).",
+            fix=f"pass a list, one name per entry: {what}=[{example!r}].",
+        ) from None
+    for item in items:
+        if not isinstance(item, str):
+            why = f"an entry that is not a string ({type(item).__name__})"
+        elif not item.strip():
+            why = "an empty or blank entry"
+        elif not spaces and any(c.isspace() for c in item):
+            why = "an entry holding whitespace (no name does)"
+        else:
+            continue
+        raise ConfigurationError(
+            f"{what} has {why}.",
+            fix=f"pass one name per entry, each a non-empty string: {what}=[{example!r}].",
+        )
+    return cast("tuple[str, ...]", items)
 
 
 def _show(value: object) -> str:
@@ -129,32 +165,45 @@ class JwtVerifier:
                 "'api://<client_id>'].",
             )
         if isinstance(tenants, str):
-            raise ConfigurationError("tenants must be a list of tenant ids, not one string.")
-        if not any_tenant and not tenants:
+            raise ConfigurationError(
+                "tenants must be a list of tenant ids, not one string.",
+                fix="pass tenants=[<your tenant id>].",
+            )
+        allowed = names(tenants, what="tenants", example="<tenant id>", spaces=True)
+        scopes = names(required_scopes, what="required_scopes", example="access_as_user")
+        roles = names(required_roles, what="required_roles", example="Notes.Read")
+        exact_issuers: tuple[str, ...] | None = None
+        if issuers is not None:
+            exact_issuers = names(issuers, what="issuers", example="https://<issuer>/<tid>/v2.0")
+            if not exact_issuers:
+                raise ConfigurationError(
+                    "issuers=[] accepts no issuer: every token would be refused.",
+                    fix="name the accepted issuers, or leave issuers out to derive them.",
+                )
+        if not any_tenant and not allowed:
             raise ConfigurationError(
                 "no tenant allow-list: a single-tenant API names its tenant.",
                 fix="pass tenants=[<your tenant id>] (or any_tenant=True for a multi-tenant API "
                 "that accepts every Entra tenant, deliberately).",
             )
-        if any_tenant and tenants:
+        if any_tenant and allowed:
             raise ConfigurationError("pass either tenants=[...] or any_tenant=True, not both.")
-        if allow_app_only and not required_roles:
+        if allow_app_only and not roles:
             raise ConfigurationError(
                 "allow_app_only without required_roles would accept a client-credentials token "
                 "from any app in the tenant.",
                 fix="name the app roles app-only callers must hold: required_roles=[...].",
             )
-        if leeway < 0 or leeway > 600:
-            raise ConfigurationError("leeway must be between 0 and 600 seconds.")
+        leeway = seconds(leeway, what="leeway", low=0, high=600)
         host = authority_host.rstrip("/")
         check_fetch_url(host + "/", what="authority_host")
         self.audiences = tuple(audiences)
         # Entra writes tenant GUIDs in lower case; an upper-case allow-list must not lock out
         # every caller.
-        self.tenants = tuple(t.strip().lower() for t in tenants or ())
+        self.tenants = tuple(t.strip().lower() for t in allowed)
         self.any_tenant = any_tenant
         self.authority_host = host
-        self.issuers = tuple(issuers) if issuers is not None else None
+        self.issuers = exact_issuers
         self.v2_issuer = v2_issuer or host + "/{tid}/v2.0"
         self.v1_issuer = v1_issuer or _V1_ISSUERS.get(
             urlsplit(host).hostname or "", host + "/{tid}/"
@@ -168,8 +217,8 @@ class JwtVerifier:
                 raise ConfigurationError(
                     f"issuer template {template!r} must contain '{{tid}}' and no other field."
                 )
-        self.required_scopes = tuple(required_scopes)
-        self.required_roles = tuple(required_roles)
+        self.required_scopes = scopes
+        self.required_roles = roles
         self.allow_app_only = allow_app_only
         self.leeway = leeway
         self._jwks_uri = check_fetch_url(jwks_uri, what="jwks_uri") if jwks_uri else None

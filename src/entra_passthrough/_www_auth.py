@@ -14,6 +14,10 @@ from ._challenge import bearer_challenge
 from ._errors import InsufficientScope, TokenVerificationError
 
 _MAX_DESCRIPTION = 200
+#: The description of an answer that did not judge the token (``SigningKeysUnavailable``,
+#: 503). Fixed text: the error's own message names the key endpoint (which may carry a secret
+#: in its query) for the operator, and whoever sends a token is not the operator.
+_NOT_JUDGED = "the signing keys could not be fetched; no token can be verified until they are."
 
 
 def _clean(text: str) -> str:
@@ -30,10 +34,11 @@ def challenge(
     """(status, WWW-Authenticate value, JSON body) for a refused request.
 
     No token: 401 with no error code (RFC 6750 3.1). The header is empty for a non-401/403
-    error (``SigningKeysUnavailable``, 503): the token was not judged, the client keeps it.
+    error (``SigningKeysUnavailable``, 503): the token was not judged, the client keeps it, and
+    the description is a fixed text (never the error's, which names the key endpoint).
     """
     if error is not None and error.status_code not in (401, 403):
-        payload = {"error": error.error, "error_description": _clean(error.reason)}
+        payload = {"error": error.error, "error_description": _NOT_JUDGED}
         return error.status_code, "", json.dumps(payload).encode()
     scope = " ".join(scopes) if scopes else None
     if error is None:

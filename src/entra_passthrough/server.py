@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from ._asgi import ASGIApp, Message, Receive, Scope, Send
 from ._errors import (
@@ -38,9 +39,11 @@ from ._errors import (
     TokenVerificationError,
     require_extra,
 )
+from ._jwks import shown_url
 from ._jwt import fingerprint
+from ._origins import is_loopback
 from ._user_key import UserKey
-from ._verify import PUBLIC_AUTHORITY, JwtVerifier, VerifiedToken
+from ._verify import PUBLIC_AUTHORITY, JwtVerifier, VerifiedToken, names
 from ._www_auth import authorization_values, bearer_token, challenge, send_challenge
 
 try:
@@ -48,7 +51,7 @@ try:
     from mcp.server.auth.provider import AccessToken
     from mcp.server.auth.routes import build_resource_metadata_url
     from mcp.server.auth.settings import AuthSettings
-    from pydantic import AnyHttpUrl, PrivateAttr
+    from pydantic import AnyHttpUrl, PrivateAttr, ValidationError
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise require_extra("server", "mcp", exc) from exc
 
@@ -229,14 +232,31 @@ def auth_settings(
     in the verifier (``validate_token_resource=False``): Entra's ``aud`` is the client id or App
     ID URI, not the server URL.
     """
-    if not resource_server_url.startswith(("https://", "http://")):
-        raise ConfigurationError(
-            f"resource_server_url {resource_server_url!r} is not an http(s) URL.",
-            fix="use the MCP endpoint's URL (https://mcp.contoso.com/mcp); the App ID URI "
-            "(api://...) belongs in JwtVerifier(audiences=...) and app_id_uri=.",
+    resource = _http_url(
+        resource_server_url,
+        what="resource_server_url",
+        fix="use the MCP endpoint's URL (https://mcp.contoso.com/mcp); the App ID URI "
+        "(api://...) belongs in JwtVerifier(audiences=...) and app_id_uri=.",
+    )
+    authority = _http_url(
+        authority_host,
+        what="authority_host",
+        fix="use the authority host's https URL (https://login.microsoftonline.com, or "
+        "AZURE_AUTHORITY_HOST); plain http only on loopback (the emulator).",
+        authority=True,
+    )
+    documentation = (
+        _http_url(
+            service_documentation_url,
+            what="service_documentation_url",
+            fix="pass the documentation page's full http(s) URL, or leave it out.",
         )
+        if service_documentation_url  # "" (an unset variable) is no page, as before
+        else None
+    )
+    tenant = _tenant_id(tenant_id)
     qualified: list[str] = []
-    for scope in scopes:
+    for scope in names(scopes, what="scopes", example="access_as_user"):
         if "/" in scope:
             qualified.append(scope)
         elif app_id_uri:
@@ -248,14 +268,66 @@ def auth_settings(
                 "'api://<client-id>/<scope>'.",
             )
     return AuthSettings(
-        issuer_url=AnyHttpUrl(f"{authority_host.rstrip('/')}/{tenant_id}/v2.0"),
-        resource_server_url=AnyHttpUrl(resource_server_url),
+        issuer_url=AnyHttpUrl(f"{authority.rstrip('/')}/{tenant}/v2.0"),
+        resource_server_url=AnyHttpUrl(resource),
         required_scopes=qualified or None,
         validate_token_resource=False,
-        service_documentation_url=AnyHttpUrl(service_documentation_url)
-        if service_documentation_url
-        else None,
+        service_documentation_url=AnyHttpUrl(documentation) if documentation else None,
     )
+
+
+#: Characters a tenant id (a GUID or a domain name) never holds: each would change the issuer
+#: URL it is put into.
+_NOT_IN_TENANT = frozenset("/?#@:%\\")
+
+
+def _tenant_id(value: object) -> str:
+    if (
+        not isinstance(value, str)
+        or not value.strip()
+        or any(c in _NOT_IN_TENANT or c.isspace() or not c.isprintable() for c in value)
+    ):
+        raise ConfigurationError(
+            "tenant_id must be your tenant's id (a GUID) or its domain name "
+            "(contoso.onmicrosoft.com): not empty, no spaces, slashes or query.",
+            fix="pass tenant_id=<the Directory (tenant) ID of your app registration>.",
+        )
+    return value
+
+
+def _http_url(value: object, *, what: str, fix: str, authority: bool = False) -> str:
+    """``value`` if it is an http(s) URL with a host that pydantic's ``AnyHttpUrl`` (which the
+    SDK's settings use) takes, else a ``ConfigurationError`` naming ``what`` and at most the
+    URL's origin (its path and query may carry a secret; pydantic's own error quotes the whole
+    value). An ``authority`` is https (plain http only on loopback, as ``JwtVerifier`` has it)
+    with no query or fragment."""
+    shown = shown_url(value, path=False)
+    problem = ""
+    if not isinstance(value, str) or shown is None:
+        problem = "is not an http(s) URL with a host"
+    elif any(c.isspace() or not c.isprintable() for c in value):
+        problem = "holds whitespace or control characters"
+    else:
+        parts = urlsplit(value)
+        if parts.scheme not in ("https", "http"):
+            problem = "is not an http(s) URL"
+        elif parts.username is not None or parts.password is not None:
+            problem = "carries a user name or password"
+        elif authority and parts.scheme == "http" and not is_loopback(parts.hostname or ""):
+            problem = "must be an https:// URL (http:// only on loopback)"
+        elif authority and (parts.query or parts.fragment):
+            problem = "must have no query or fragment"
+    if not problem and isinstance(value, str):
+        try:
+            AnyHttpUrl(value)
+        except ValidationError:
+            problem = "is not a valid URL"
+        else:
+            return value
+    # ``from None``: pydantic's error quotes the value.
+    raise ConfigurationError(
+        f"{what}{f' ({shown})' if shown else ''} {problem}.", fix=fix
+    ) from None
 
 
 class EntraChallengeMiddleware:
@@ -351,6 +423,8 @@ def require_entra_auth(
     the ``scope`` parameter of a challenge names). A WebSocket handshake without a valid token is
     closed (policy violation). Lifespan events pass through.
     """
+
+    scopes = names(scopes, what="scopes", example="api://<client-id>/access_as_user")
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
