@@ -152,6 +152,16 @@ class EntraTokenVerifier:
     """
 
     def __init__(self, verifier: JwtVerifier, *, app_id_uri: str | None = None) -> None:
+        if not isinstance(verifier, JwtVerifier):
+            raise ConfigurationError(
+                f"EntraTokenVerifier needs a JwtVerifier, not {type(verifier).__name__}",
+                fix="EntraTokenVerifier(JwtVerifier(audiences=[...], tenants=[...]))",
+            )
+        if app_id_uri is not None and (not isinstance(app_id_uri, str) or not app_id_uri.strip()):
+            raise ConfigurationError(
+                "app_id_uri must be the API's Application ID URI (a non-empty string)",
+                fix="leave it out (the first audience that is a URI), or pass e.g. 'api://<id>'",
+            )
         self.verifier = verifier
         self.app_id_uri = (app_id_uri or _default_app_id_uri(verifier.audiences)).rstrip("/")
 

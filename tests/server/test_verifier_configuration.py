@@ -209,3 +209,11 @@ def test_numbers_must_be_numbers(parameter: str, value: Any) -> None:
 def test_numbers_that_are_numbers_still_work() -> None:
     v = verifier(leeway=0, jwks_ttl=60, min_refetch_interval=0.0)
     assert v.leeway == 0
+
+
+@pytest.mark.parametrize("verifier", [None, "https://login.microsoftonline.com", object()])
+def test_entra_token_verifier_needs_a_jwt_verifier(verifier: object) -> None:
+    # was a bare AttributeError ('NoneType' object has no attribute 'audiences')
+    with pytest.raises(ConfigurationError, match="needs a JwtVerifier") as raised:
+        EntraTokenVerifier(verifier)  # type: ignore[arg-type]
+    assert raised.value.fix
