@@ -108,8 +108,12 @@ def shown_url(url: object, *, path: bool = True) -> str | None:
         return shown
     shown += parts.path
     if parts.query:
-        names = (field.split("=", 1)[0] for field in parts.query.split("&"))
-        shown += "?" + "&".join(f"{name}={REDACTED}" if name else REDACTED for name in names)
+        fields = parts.query.split("&")
+        # a part with no '=' (``?<key>``) may be the secret itself: redacted whole
+        shown += "?" + "&".join(
+            f"{field.split('=', 1)[0]}={REDACTED}" if "=" in field and field[0] != "=" else REDACTED
+            for field in fields
+        )
     return shown
 
 
@@ -119,6 +123,12 @@ def check_fetch_url(url: str, *, what: str) -> str:
     shown = shown_url(url, path=False)
     if shown is not None:
         parts = urlsplit(url)
+        if what == "authority_host" and (parts.query or parts.fragment):
+            # the library appends /<tenant>/... to it: a query would swallow that path
+            raise ConfigurationError(
+                f"{what} {shown!r} must have no query or fragment.",
+                fix="use the authority host alone, e.g. https://login.microsoftonline.com.",
+            )
         if parts.scheme == "https" or (
             parts.scheme == "http" and is_loopback(parts.hostname or "")
         ):
@@ -316,7 +326,14 @@ class KeySet:
         if state.fetching is None:
             return None
         left = state.fetching_since + FETCH_TIMEOUT + _GRACE - time.monotonic()
-        return (state.fetching, left) if left > 0 else None
+        if left > 0:
+            return state.fetching, left
+        # Dead: its loop stopped with it pending. It fetched nothing, so it gives back the
+        # refetch it claimed (a rotated key is not refused for min_refetch_interval because of
+        # it), and nobody waits for it again.
+        state.fetching = state.fetching_loop = None
+        state.last_refetch = -math.inf
+        return None
 
     def _install(self, state: _State, keys: dict[str, Any]) -> None:
         with self._lock:
@@ -441,6 +458,10 @@ class KeySet:
             with self._lock:
                 if state.inflight is not None and state.inflight[1] is task:
                     state.inflight = None
+                if task.cancelled():
+                    # Its loop ended mid-fetch: nothing was fetched, so the refetch it claimed
+                    # is given back (the next unknown kid may fetch at once).
+                    state.last_refetch = -math.inf
             self._end(state, done)
 
         task.add_done_callback(finished)
@@ -495,27 +516,36 @@ class KeySet:
     def _refresh_sync(
         self, state: _State, source: KeySource, seen: int, *, unknown_kid: bool
     ) -> None:
-        # The lock makes threads that need the same refresh wait for the one doing it; the
-        # generation tells them it happened since they looked (worked or failed: either way
-        # not again now).
-        with state.sync_lock:
-            elsewhere: tuple[concurrent.futures.Future[None], float] | None = None
+        # ``sync_lock`` makes threads that need the same refresh wait for the one doing it;
+        # the generation tells them it happened since they looked (worked or failed: either
+        # way not again now). A thread that runs an event loop (a sync verify() called from
+        # async code) never waits for a fetch another thread or loop runs: its loop, and every
+        # request on it, would stop meanwhile (and with it a fetch that loop runs). It is
+        # answered from the keys it finds, or fetches itself when nobody else is.
+        on_loop = _loop_running_here()
+        if unknown_kid:
+            with self._lock:
+                if state.generation != seen:
+                    return
+                elsewhere = self._elsewhere_locked(state)
+            if elsewhere is not None:
+                # An async fetch in flight (a sync one holds ``sync_lock``): waited for
+                # outside ``sync_lock``, so that no thread queues behind a waiter.
+                if not on_loop:
+                    concurrent.futures.wait([elsewhere[0]], timeout=elsewhere[1])
+                return
+        if not state.sync_lock.acquire(blocking=not on_loop):
+            return  # another thread is fetching: a loop's thread does not wait for it
+        try:
             with self._lock:
                 if state.generation != seen:
                     return
                 if unknown_kid:
-                    # An async fetch in flight (sync ones hold ``sync_lock``): wait for it,
-                    # unless it runs on the loop this thread is blocking.
-                    elsewhere = self._elsewhere_locked(state)
-                    if elsewhere is not None and _running_here(state.fetching_loop):
-                        elsewhere = None
-                    if elsewhere is None and not self._claim_refetch_locked(state):
+                    if self._elsewhere_locked(state) is not None:
+                        return  # an async fetch began meanwhile: not a second one now
+                    if not self._claim_refetch_locked(state):
                         return  # rate limited
-                if elsewhere is None:
-                    done = self._begin_locked(state, None)
-            if elsewhere is not None:
-                concurrent.futures.wait([elsewhere[0]], timeout=elsewhere[1])
-                return
+                done = self._begin_locked(state, None)
             try:
                 keys = self._fetch_sync(source)
             except Exception as exc:
@@ -524,6 +554,8 @@ class KeySet:
                 self._install(state, keys)
             finally:
                 self._end(state, done)
+        finally:
+            state.sync_lock.release()
 
     def _refresh_in_thread(self, state: _State, source: KeySource, seen: int) -> None:
         """One background thread per source refreshes the keys (the others are served)."""
@@ -584,6 +616,15 @@ _RETRY_WITHOUT_KEYS = 5.0
 #: How long past ``FETCH_TIMEOUT`` a caller of another driver waits for a fetch in flight (its
 #: end reaches the waiter a loop iteration or a thread switch later).
 _GRACE = 1.0
+
+
+def _loop_running_here() -> bool:
+    """Does this thread run an event loop (which a blocking wait would stop)?"""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _running_here(loop: asyncio.AbstractEventLoop | None) -> bool:

@@ -15,7 +15,9 @@ stack text. What it removes:
   (``<client_secret>...</client_secret>``) and as ``field: value`` (a header dump): access,
   refresh and id tokens, client secrets and assertions, OBO assertions, authorization codes,
   PKCE verifiers, passwords;
-* ``Bearer <value>`` in header dumps;
+* ``Bearer <value>`` in header dumps, and the user info of a URL (``https://user:pass@``);
+* keys carried in URLs (``sig=``, ``subscription-key=``, ``api-key=``, ``key=``: a SAS URL, API
+  Management, Functions), which httpx logs with every request;
 * long opaque runs (40+ characters of a token alphabet, as refresh tokens and client secrets
   are), which leaves GUIDs (36) and the library's 12-character fingerprints readable.
 """
@@ -45,7 +47,18 @@ _SECRET_FIELDS = (
     "secret",
     "requested_token",
     "x-identity-header",
+    # keys carried in URLs (a signing-key document behind a SAS URL, API Management, Functions):
+    # httpx logs every request's URL at INFO
+    "sig",
+    "subscription-key",
+    "api-key",
+    "api_key",
+    "apikey",
+    "x-functions-key",
+    "key",
 )
+#: Not redacted as unquoted ``field: value``: prose says "token: ...", "cache key: ...".
+_PROSE_FIELDS = ("token", "secret", "key", "sig")
 _FIELDS = "|".join(re.escape(f) for f in _SECRET_FIELDS)
 # "field": "value", and 'field': 'value' (a Python dict's repr, a gateway echoing one), either
 # quote on either side; a value cut by a truncated body has no closing quote.
@@ -64,13 +77,23 @@ _XML_FIELD = re.compile(rf"(<(?:{_FIELDS})(?:\s[^<>]*)?>)[^<]+", re.IGNORECASE)
 #: Fields whose unquoted ``field: value`` (a header dump, YAML, a gateway's "field: value"
 #: text) is redacted. Not the bare ``token``/``secret``: "could not get a token: <reason>" is
 #: prose. A value of digits only (``code: 400``) is a status, not a secret.
-_COLON_FIELDS = "|".join(re.escape(f) for f in _SECRET_FIELDS if f not in ("token", "secret"))
+_COLON_FIELDS = "|".join(re.escape(f) for f in _SECRET_FIELDS if f not in _PROSE_FIELDS)
 _COLON_FIELD = re.compile(
     rf"(?<![A-Za-z0-9_\"'-])((?:{_COLON_FIELDS})\s*:[ \t]*)(?![0-9]+(?![^\s,;&<>\"'}}\]]))"
     rf"[^\s,;&<>\"'}}\]]+",
     re.IGNORECASE,
 )
 _BEARER = re.compile(r"(?i)(\bbearer\s+)[A-Za-z0-9._~+/=-]+")
+# user info in a URL (``https://user:password@host``): a credential wherever it is written
+# Matched from the start of a scheme only (the look-behind, not ``\b``: "a.a.a..." would be a
+# start at every letter, each scanning to the end of the run, quadratic in its length).
+_USERINFO = re.compile(r"(?i)(?<![a-z0-9+.-])([a-z][a-z0-9+.-]*://)[^/\s@?#]+@")
+# a URL's query (httpx logs every request's URL): a part with no ``=`` (a bare key,
+# ``?<key>``) is redacted whole; named values are the fields'. The fragment (a page's anchor in
+# a documentation link) is kept.
+_URL_QUERY = re.compile(
+    r"(?i)((?<![a-z0-9+.-])[a-z][a-z0-9+.-]*://[^\s?#\"'<>]{0,1024}\?)([^\s#\"'<>]*)"
+)
 # JWTs are looked for in runs of the base64url alphabet and dots, each run matched once from
 # its start (the look-behind): a pattern starting at every "eyJ" rescanned a long run without a
 # dot from each of them (quadratic: 48 KB of "eyJ" took 1.8 s; a 16 KB request path in
@@ -90,8 +113,15 @@ def redact(text: str) -> str:
     text = _XML_FIELD.sub(lambda m: m.group(1) + REDACTED, text)
     text = _COLON_FIELD.sub(lambda m: m.group(1) + REDACTED, text)
     text = _BEARER.sub(lambda m: m.group(1) + REDACTED, text)
+    text = _USERINFO.sub(lambda m: m.group(1) + REDACTED + "@", text)
+    text = _URL_QUERY.sub(_url_query, text)
     text = _TOKEN_RUN.sub(_jwts, text)
     return _OPAQUE.sub(_opaque, text)
+
+
+def _url_query(match: re.Match[str]) -> str:
+    parts = match.group(2).split("&")
+    return match.group(1) + "&".join(p if not p or "=" in p[1:] else REDACTED for p in parts)
 
 
 def _jwts(match: re.Match[str]) -> str:

@@ -159,3 +159,42 @@ async def test_a_forged_kid_still_costs_no_fetch_of_its_own(
     with pytest.raises(TokenVerificationError, match="does not publish"):
         await verifier.verify_async(Issuer().token())
     assert keys.requests == 2
+
+
+async def test_a_sync_verify_on_the_loop_thread_never_waits_behind_a_sync_waiter(
+    issuer: Issuer, keys: KeyEndpoint, verifier: JwtVerifier
+) -> None:
+    """An async route that calls ``verify()`` by mistake, while a sync caller waits for this
+    loop's fetch: it used to queue behind that waiter's lock, stopping the loop, so the loop's
+    own fetch could not finish and timed out (every request 401, the rotation lost)."""
+    token = refetch_in_flight(issuer, keys)
+    loop_fetch = asyncio.ensure_future(verifier.verify_async(token))
+    assert await asyncio.to_thread(keys.entered.wait, WAIT), "the refetch never started"
+    sync = Background(lambda: verifier.verify(token))  # waits for this loop's fetch
+    sync.thread.join(0.3)
+    assert not sync.outcome, sync.outcome
+    with pytest.raises(TokenVerificationError, match="does not publish"):
+        verifier.verify(token)  # on the loop's thread: answered from the keys held, at once
+    keys.release.set()
+    assert (await asyncio.wait_for(loop_fetch, WAIT)).oid == USER_OID
+    assert sync.result().oid == USER_OID
+    assert verifier.verify(token).oid == USER_OID
+    assert keys.requests == 2
+
+
+def test_a_fetch_that_died_with_its_loop_gives_back_its_refetch(
+    issuer: Issuer, keys: KeyEndpoint, verifier: JwtVerifier
+) -> None:
+    """A loop that ends mid-fetch (``asyncio.run`` of a call that timed out) cancels the fetch:
+    it fetched nothing, so the next caller may fetch at once (it was rate limited for
+    ``min_refetch_interval``, and the rotated key refused meanwhile)."""
+    token = refetch_in_flight(issuer, keys)
+
+    async def give_up() -> None:
+        await asyncio.wait_for(verifier.verify_async(token), 0.3)
+
+    with pytest.raises(TimeoutError):
+        asyncio.run(give_up())
+    keys.release.set()
+    assert verifier.verify(token).oid == USER_OID
+    assert keys.requests == 3  # the cached keys, the fetch that died, this one

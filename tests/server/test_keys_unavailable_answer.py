@@ -125,3 +125,36 @@ async def test_the_exception_text_keeps_the_url_for_the_operator(keys: KeyEndpoi
         verifier.verify(Issuer().token())
     assert again.value.reason == GENERIC
     assert SECRET not in str(again.value)
+
+
+def test_a_bare_query_part_of_the_key_url_is_not_shown() -> None:
+    from entra_passthrough._jwks import shown_url
+
+    shown = shown_url("https://keys.contoso.com/k?code=abc&S3CR3T-bare&=x&v=1")
+    assert shown == "https://keys.contoso.com/k?code=[redacted]&[redacted]&[redacted]&v=[redacted]"
+
+
+@pytest.mark.parametrize("driver", ["async", "sync"])
+async def test_the_http_clients_request_log_shows_no_secret_of_the_key_url(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, driver: str
+) -> None:
+    """httpx and httpx2 log every request's URL at INFO (what docs/observability.md suggests
+    enabling): a key URL behind a SAS signature, API Management or with user info must not
+    reach a handler whole, on a fetch that works as on one that fails."""
+    issuer = Issuer()
+    with https_key_endpoint(issuer, tmp_path) as keys:
+        base = keys.keys_url.replace("https://", "https://keyreader:P4ssw0rd-S3CR3T@")
+        url = (
+            f"{base}?sv=2022-11-02&sig=SAS-S3CR3T-SIG&subscription-key=APIM-S3CR3T-KEY&BARE-S3CR3T"
+        )
+        verifier = verifier_for(url, keys.ca_file)
+        with caplog.at_level(logging.INFO):
+            if driver == "async":
+                assert (await verifier.verify_async(issuer.token())).oid
+            else:
+                assert verifier.verify(issuer.token()).oid
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith(("httpx", "httpcore"))]
+    assert any("HTTP Request" in line for line in lines), lines
+    text = "\n".join(lines)
+    leaked = [s for s in ("P4ssw0rd", "SAS-S3CR3T", "APIM-S3CR3T", "BARE-S3CR3T") if s in text]
+    assert leaked == []

@@ -217,3 +217,12 @@ def test_entra_token_verifier_needs_a_jwt_verifier(verifier: object) -> None:
     with pytest.raises(ConfigurationError, match="needs a JwtVerifier") as raised:
         EntraTokenVerifier(verifier)  # type: ignore[arg-type]
     assert raised.value.fix
+
+
+@pytest.mark.parametrize(
+    "host", ["https://login.microsoftonline.com?x=1", "https://login.microsoftonline.com#f"]
+)
+def test_jwt_verifier_refuses_an_authority_host_with_a_query(host: str) -> None:
+    # the key URL is built by appending /<tenant>/...: after a query, every fetch fails
+    with pytest.raises(ConfigurationError, match="no query or fragment"):
+        JwtVerifier(audiences=[API], tenants=[TENANT], authority_host=host)

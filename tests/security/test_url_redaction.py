@@ -1,0 +1,43 @@
+"""URLs in log records: httpx logs every request's URL, so a key carried in one (user info, a
+SAS signature, an API Management or Functions key, a bare ``?<key>``) is redacted, and what is
+not a secret (a documentation link's anchor, a query value with an ordinary name, prose) stays
+readable."""
+
+from __future__ import annotations
+
+import pytest
+
+from entra_passthrough._redact import REDACTED, redact
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("GET https://reader:P4ss@keys.contoso.com/k", "reader:P4ss"),
+        ("GET https://keys.contoso.com/k?sv=1&sig=SAS-SIG", "SAS-SIG"),
+        ("GET https://apim.contoso.com/k?subscription-key=APIM-KEY", "APIM-KEY"),
+        ("GET https://f.azurewebsites.net/k?code=FN-KEY", "FN-KEY"),
+        ("GET https://f.azurewebsites.net/k?x-functions-key=FN-KEY", "FN-KEY"),
+        ("GET https://maps.example/k?key=AIzaKEY&v=3", "AIzaKEY"),
+        ("GET https://keys.contoso.com/k?BARE-KEY", "BARE-KEY"),
+        ("GET https://keys.contoso.com/k?a=1&BARE-KEY&b=2", "BARE-KEY"),
+        ('HTTP Request: GET https://u:p@h/k?api-key=K1 "HTTP/1.1 200 OK"', "K1"),
+    ],
+)
+def test_a_key_in_a_url_is_redacted(text: str, secret: str) -> None:
+    shown = redact(text)
+    assert secret not in shown
+    assert REDACTED in shown
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "see https://docs.example.com/errors/#aadsts65001",
+        "GET https://graph.microsoft.com/v1.0/me?$select=displayName",
+        "cache key: abc, token: expired",
+        "a question? and a # mark",
+    ],
+)
+def test_what_is_not_a_secret_stays_readable(text: str) -> None:
+    assert redact(text) == text
