@@ -85,10 +85,9 @@ class ConsentClient:
             )
         #: the tenants whose users may consent, lower case; none given: the consent app's own
         #: tenant, however it is spelled (a domain name is matched through discovery's issuer)
-        self.allowed_tenants = tuple(t.strip().lower() for t in allowed_tenants or ())
-        self._default_tenants = not self.allowed_tenants
-        if self._default_tenants:
-            self.allowed_tenants = (self.tenant_id.lower(),)
+        self.allowed_tenants = tuple(t.strip().lower() for t in allowed_tenants or ()) or (
+            self.tenant_id.lower(),
+        )
         self._credential = client_credential(credential)
         self._http = http_client
         self.pool = WorkerPool(max_workers=max_workers, name="entra-passthrough-consent")
@@ -208,11 +207,12 @@ class ConsentClient:
     def _tenant_allowed(self, tid: str, oidc: Mapping[str, Any]) -> bool:
         if tid.lower() in self.allowed_tenants:
             return True
-        if not self._default_tenants:
+        if self.tenant_id.lower() not in self.allowed_tenants:
             return False
-        # The consent app's tenant, spelled as a domain (or any case): its discovery document's
-        # issuer names it by id (``https://login.microsoftonline.com/<tid>/v2.0``). A tenant-less
-        # authority's issuer is a template, which names none.
+        # The consent app's own tenant is allowed (by default, or listed as it is configured),
+        # spelled as a domain: its discovery document's issuer names it by id
+        # (``https://login.microsoftonline.com/<tid>/v2.0``). A tenant-less authority's issuer
+        # is a template, which names none.
         issuer = str(oidc.get("issuer", ""))
         if "{tenantid}" in issuer:
             return False

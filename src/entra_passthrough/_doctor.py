@@ -80,9 +80,16 @@ def _tenant_entries(env: Mapping[str, str], name: str) -> list[str]:
     return (_get(env, name) or "").replace(",", " ").split()
 
 
+#: The tenant-less authorities: words, not secrets (each has its own check where it matters).
+_TENANTLESS = ("common", "organizations", "consumers")
+#: The personal Microsoft accounts' tenant (``consumers``): no organisational app lives there.
+_MSA_TENANT = "9188040d-6c67-4c5b-b112-36a304b66dad"
+
+
 def _is_tenant(value: str) -> bool:
-    """A tenant id (GUID) or a domain; not a JWT, which can look like a domain."""
-    if GUID.fullmatch(value):
+    """A tenant id (GUID), a domain or a tenant-less authority; not a JWT, which can look like
+    a domain."""
+    if GUID.fullmatch(value) or value.lower() in _TENANTLESS:
         return True
     return bool(_DOMAIN.fullmatch(value)) and not _JWT_SHAPE.fullmatch(value)
 
@@ -325,6 +332,16 @@ class Doctor:
                 problems.append(
                     (f"{variable} lists an entry that is not a tenant id (not shown)", _LIST_FIX)
                 )
+            elif any(not GUID.fullmatch(e) and not _DASHLESS_GUID.fullmatch(e) for e in entries):
+                # a domain (or common/organizations): each caller's tid claim is a GUID, which
+                # never equals it
+                problems.append(
+                    (
+                        f"{variable} lists a domain name or a tenant-less authority, which no "
+                        "caller's tid claim (a tenant id, a GUID) matches",
+                        _LIST_FIX,
+                    )
+                )
         if problems:
             fixes = dict.fromkeys(fix.rstrip(".") for _, fix in problems)
             self.add("ids", FAIL, "; ".join(what for what, _ in problems), "; ".join(fixes) + ".")
@@ -396,6 +413,15 @@ class Doctor:
                     issuer = str(answer.json().get("issuer", ""))
                     found = GUID.search(issuer)
                     named = found.group(0).lower() if found else None
+                    if tenant.lower() in ("consumers", _MSA_TENANT):
+                        return (
+                            False,
+                            f"{url} -> issuer {issuer}: the tenant is the personal Microsoft "
+                            "accounts' (consumers), where no organisational app exists "
+                            "(AADSTS700016) and no work account signs in",
+                            "set AZURE_TENANT_ID (tenant_id) to your organisation's tenant id: "
+                            "Directory (tenant) ID on the app registration's Overview page",
+                        )
                     if tenant.lower() in listed and named and named != tenant.lower():
                         return (
                             False,

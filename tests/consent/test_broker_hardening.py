@@ -181,3 +181,57 @@ def test_an_authority_host_with_its_default_port_matches_the_browsers_origin(
         assert broker._authority_origin == "https://login.microsoftonline.com"
     finally:
         broker.close()
+
+
+async def test_an_explicit_allow_list_naming_the_consent_tenant_by_domain_still_signs_in(
+    consent_env: ConsentEnv,
+) -> None:
+    env = consent_env
+    tenant = env.idp.world.tenants[0]
+    source = DelegatedConsent(
+        client_id=env.app.client_id,
+        tenant_id=tenant.domain,
+        client_secret=env.app.secret,
+        store=MemoryStore(),
+        keyring=Keyring.generate(),
+        broker_url=env.base,
+        authority_host=env.idp.url,
+        http_client=env.idp.msal_http_client(),
+        allowed_tenants=[tenant.domain.upper()],
+        server_label="mcp",
+    )
+    broker = ConsentBroker.for_source(source, redirect_uris=[env.redirect_uri])
+    env.slot.app = Starlette(routes=[Mount("/consent", broker.app)])
+    env.made.append((source, broker))
+    caller = platform_caller(f"listed-{time.monotonic_ns()}", upn=env.idp.users["alice"].upn)
+    page = await follow_link(env, await consent_link(source, env, caller))
+    assert page.status_code == 200, page.text
+
+
+async def test_a_head_or_an_error_navigation_from_another_site_spends_nothing(
+    consent_env: ConsentEnv,
+) -> None:
+    # HEAD (Starlette serves it on a GET route; a no-cors fetch sends the cookie and no Origin)
+    # and a cross-site navigation carrying an error instead of a code used to be processed:
+    # the first redeemed the code, the second spent the user's pending sign-in.
+    env = consent_env
+    source, _ = env.make()
+    caller = platform_caller(f"head-{time.monotonic_ns()}", upn=env.idp.users["alice"].upn)
+    link = await consent_link(source, env, caller)
+    async with env.browser() as browser:
+        code, state = await code_and_state(browser, link)
+        url = callback_url(env, {"code": code, "state": state})
+        head = await browser.head(url, headers={"Sec-Fetch-Site": "cross-site"})
+        assert head.status_code == 405
+        head_plain = await browser.head(url)
+        assert head_plain.status_code == 405
+        error = callback_url(env, {"state": state, "error": "access_denied"})
+        lured = await browser.get(error, headers={"Sec-Fetch-Site": "cross-site"})
+        assert lured.status_code == 400, lured.text
+        assert "cross_site_callback" in lured.text
+        key = UserKey.from_caller(caller)
+        assert key is not None
+        assert await source.grants.get_grant(key.hashed) is None
+        own = await browser.get(url)  # the user's own answer still completes
+    assert own.status_code == 200, own.text
+    assert await source.grants.get_grant(key.hashed) is not None

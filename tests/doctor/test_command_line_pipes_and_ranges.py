@@ -92,3 +92,19 @@ def test_demo_help_states_the_range_of_calls() -> None:
     )
     assert done.returncode == 0
     assert "requests per user, 1-50 (default 3)" in " ".join(done.stdout.split())
+
+
+def test_a_closed_stdout_is_not_a_traceback() -> None:
+    """``entra-passthrough inspect T >&-``: Python starts with ``sys.stdout`` None."""
+
+    done = subprocess.run(
+        [sys.executable, "-m", "entra_passthrough", "inspect", "not-a-token"],
+        capture_output=False,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: os.close(1),
+        check=False,
+    )
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode in (0, 2), done.stderr

@@ -225,3 +225,29 @@ def test_a_jwt_in_the_tenant_variable_is_not_taken_for_a_domain(
     assert echoed == []
     missing = _missing(printed, "AZURE_TENANT_ID is neither a tenant id (GUID) nor a domain")
     assert missing == []
+
+
+def test_a_domain_in_an_allow_list_fails_the_ids_check(idp: EntraEmulator) -> None:
+    # on-behalf-of compares each caller's tid claim (a GUID) with the list: a domain never
+    # matches, and every caller of that tenant would be refused
+    domain = idp.world.tenants[0].domain
+    check = _id_check(idp, "ENTRA_PASSTHROUGH_ALLOWED_TENANTS", f"{idp.tenant_id} {domain}")
+    assert check.status == "fail"
+    assert "domain name" in check.detail
+
+
+@pytest.mark.parametrize("tenant", ["organizations", "common"])
+def test_a_tenantless_authority_is_named_not_hidden(idp: EntraEmulator, tenant: str) -> None:
+    _, printed, _ = _doctor(_env(idp, AZURE_TENANT_ID=tenant), as_json=False)
+    assert "AZURE_TENANT_ID: not shown" not in printed
+    assert tenant in printed
+
+
+def test_the_consumers_tenant_is_explained_not_replaced_by_its_id(idp: EntraEmulator) -> None:
+    code, _, checks = _doctor(_env(idp, AZURE_TENANT_ID="consumers"), as_json=True)
+    assert code == 1
+    discovery = checks["discovery"]
+    assert discovery.status == "fail"
+    assert "personal Microsoft accounts" in discovery.detail
+    assert "9188040d" not in discovery.fix  # the MSA tenant is not the fix
+    assert "your organisation's tenant id" in discovery.fix

@@ -259,6 +259,10 @@ class ConsentBroker:
         return response
 
     async def _callback(self, request: Request) -> Response:
+        if request.method == "HEAD":
+            # Starlette serves HEAD on a GET route; a callback is never a HEAD (a no-cors
+            # fetch from another page could send one with the user's cookie): no side effect.
+            return Response(status_code=405, headers={"Allow": "GET, POST", **security_headers()})
         try:
             # response_mode=form_post: the identity provider's page POSTs code and state; a GET
             # with a query is accepted too (providers that ignore form_post), same checks.
@@ -290,15 +294,15 @@ class ConsentBroker:
         if pending is None or pending.get("key_hash") != state.key_hash:
             raise BadRequest("state_used", "This sign-in is unknown, expired or already used.")
         secure = urlsplit(str(pending["msal"].get("redirect_uri", ""))).scheme == "https"
-        if (
-            request.method == "GET"
-            and params.get("code")
-            and request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none")
-        ):
+        if request.method != "POST" and request.headers.get(
+            "sec-fetch-site", "same-origin"
+        ) not in ("same-origin", "none"):
             # The broker asks for response_mode=form_post, so Entra never answers it with a GET
-            # carrying a code; a browser sends no Origin on a navigation, but says where it
-            # came from here: a page elsewhere leading the user's browser to a callback with a
-            # state it saw and a code of its own (login CSRF) is refused like its POST.
+            # (nor a HEAD, which Starlette serves on a GET route); a browser sends no Origin on
+            # a navigation or a no-cors fetch, but says where it came from here: a page
+            # elsewhere leading the user's browser to a callback with a state it saw, and a code
+            # of its own (login CSRF) or an error (spending the user's sign-in), is refused like
+            # its POST.
             raise BadRequest(
                 "cross_site_callback",
                 "This sign-in answer was not sent by the identity provider; open the link from "
