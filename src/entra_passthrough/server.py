@@ -152,10 +152,15 @@ class EntraTokenVerifier:
     """
 
     def __init__(self, verifier: JwtVerifier, *, app_id_uri: str | None = None) -> None:
-        if not isinstance(verifier, JwtVerifier):
+        # A JwtVerifier, or an object with its interface (a wrapper adding a policy of its own).
+        audiences = getattr(verifier, "audiences", None)
+        if not callable(getattr(verifier, "verify_async", None)) or (
+            app_id_uri is None and not isinstance(audiences, tuple | list)
+        ):
             raise ConfigurationError(
                 f"EntraTokenVerifier needs a JwtVerifier, not {type(verifier).__name__}",
-                fix="EntraTokenVerifier(JwtVerifier(audiences=[...], tenants=[...]))",
+                fix="EntraTokenVerifier(JwtVerifier(audiences=[...], tenants=[...])); a verifier "
+                "of your own needs verify_async(token), and audiences or app_id_uri=",
             )
         if app_id_uri is not None and (not isinstance(app_id_uri, str) or not app_id_uri.strip()):
             raise ConfigurationError(
