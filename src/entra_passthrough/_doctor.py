@@ -337,8 +337,9 @@ class Doctor:
                 # never equals it
                 problems.append(
                     (
-                        f"{variable} lists a domain name or a tenant-less authority, which no "
-                        "caller's tid claim (a tenant id, a GUID) matches",
+                        f"{variable} lists a domain name or a tenant-less authority, which "
+                        "on-behalf-of never matches with a caller's tid claim (a tenant id, a "
+                        "GUID; only a consent broker matches its own tenant's domain)",
                         _LIST_FIX,
                     )
                 )

@@ -129,6 +129,13 @@ def check_fetch_url(url: str, *, what: str) -> str:
                 f"{what} {shown!r} must have no query or fragment.",
                 fix="use the authority host alone, e.g. https://login.microsoftonline.com.",
             )
+        if what == "authority_host" and ("@" in parts.netloc or "\\" in url):
+            # user info (a password would be in every issuer the verifier names, in answers to
+            # callers) or a backslash (clients disagree on where the host begins)
+            raise ConfigurationError(
+                f"{what} must be a host only, with no user info or backslash.",
+                fix="use the authority host alone, e.g. https://login.microsoftonline.com.",
+            )
         if parts.scheme == "https" or (
             parts.scheme == "http" and is_loopback(parts.hostname or "")
         ):

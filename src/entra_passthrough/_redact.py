@@ -56,6 +56,9 @@ _SECRET_FIELDS = (
     "apikey",
     "x-functions-key",
     "key",
+    # the same keys as request headers (a header dump, a dict of headers)
+    "ocp-apim-subscription-key",
+    "x-api-key",
 )
 #: Not redacted as unquoted ``field: value``: prose says "token: ...", "cache key: ...".
 _PROSE_FIELDS = ("token", "secret", "key", "sig")
@@ -90,7 +93,8 @@ _BEARER = re.compile(r"(?i)(\bbearer\s+)[A-Za-z0-9._~+/=-]+")
 _USERINFO = re.compile(r"(?i)(?<![a-z0-9+.-])([a-z][a-z0-9+.-]*://)[^/\s@?#]+@")
 # a URL's query (httpx logs every request's URL): a part with no ``=`` (a bare key,
 # ``?<key>``) is redacted whole; named values are the fields'. The fragment (a page's anchor in
-# a documentation link) is kept.
+# a documentation link) is kept. Looked for within 1 KB of the scheme (bounded: a line of many
+# "a://" would otherwise cost its length squared); a bare key after a longer path is not.
 _URL_QUERY = re.compile(
     r"(?i)((?<![a-z0-9+.-])[a-z][a-z0-9+.-]*://[^\s?#\"'<>]{0,1024}\?)([^\s#\"'<>]*)"
 )

@@ -167,8 +167,14 @@ EXIT_BROKEN_PIPE = 141
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; its output going into a pipe that was closed (``| head``) ends it
     quietly with ``EXIT_BROKEN_PIPE``, not a traceback."""
-    if sys.stdout is None:  # started with stdout closed (``>&-``): output goes nowhere
+    # Started with a standard stream closed (``>&-``, ``2>&-``, ``0<&-``): Python sets it to
+    # None. Output goes nowhere and input is empty, instead of an AttributeError's traceback.
+    if sys.stdout is None:
         sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - for the process
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - for the process
+    if sys.stdin is None:
+        sys.stdin = open(os.devnull, encoding="utf-8")  # noqa: SIM115 - for the process
     try:
         code = _main(argv)
         sys.stdout.flush()  # what is still buffered fails here, not at interpreter exit

@@ -108,3 +108,17 @@ def test_a_closed_stdout_is_not_a_traceback() -> None:
     )
     assert "Traceback" not in done.stderr, done.stderr
     assert done.returncode in (0, 2), done.stderr
+
+
+@pytest.mark.parametrize("closed", [0, 2])
+def test_a_closed_stdin_or_stderr_is_not_a_traceback(closed: int) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "entra_passthrough", "inspect", "-"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: os.close(closed),
+        check=False,
+    )
+    assert "Traceback" not in done.stdout + done.stderr
+    assert done.returncode == 2

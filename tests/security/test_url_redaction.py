@@ -41,3 +41,18 @@ def test_a_key_in_a_url_is_redacted(text: str, secret: str) -> None:
 )
 def test_what_is_not_a_secret_stays_readable(text: str) -> None:
     assert redact(text) == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Ocp-Apim-Subscription-Key: 0123456789abcdef0123456789abcdef",
+        "x-api-key: K-12345",
+        "{'Ocp-Apim-Subscription-Key': 'K-12345', 'accept': 'json'}",
+        '{"x-api-key": "K-12345"}',
+    ],
+)
+def test_a_key_in_a_header_dump_is_redacted(text: str) -> None:
+    shown = redact(text)
+    assert "0123456789abcdef" not in shown
+    assert "K-12345" not in shown

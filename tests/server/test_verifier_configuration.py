@@ -226,3 +226,17 @@ def test_jwt_verifier_refuses_an_authority_host_with_a_query(host: str) -> None:
     # the key URL is built by appending /<tenant>/...: after a query, every fetch fails
     with pytest.raises(ConfigurationError, match="no query or fragment"):
         JwtVerifier(audiences=[API], tenants=[TENANT], authority_host=host)
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "https://svc:Hunter2pw@login.microsoftonline.com",
+        "https://login.microsoftonline.com\\@evil.com",
+    ],
+)
+def test_jwt_verifier_refuses_an_authority_host_with_user_info(host: str) -> None:
+    # the expected issuer, built from it, is named in the 401 every caller gets
+    with pytest.raises(ConfigurationError, match="host only") as raised:
+        JwtVerifier(audiences=[API], tenants=[TENANT], authority_host=host)
+    assert "Hunter2pw" not in str(raised.value)
