@@ -67,7 +67,8 @@ _CAP_SLACK = 5.0
 _NO_GAIN = 1.0
 
 
-def _loop_running_here() -> bool:
+def loop_running_here() -> bool:
+    """Does this thread run an event loop (which a blocking wait would stop)?"""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -513,7 +514,7 @@ class TokenCache:
             if isinstance(step, _Acquire):
                 return acquire()
             if isinstance(step, _Wait):
-                if _loop_running_here():
+                if loop_running_here():
                     # Blocking this thread would stall the event loop that may be running
                     # the leader (a sync call inside async code): acquire on our own instead.
                     return _OWN

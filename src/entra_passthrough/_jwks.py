@@ -46,6 +46,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from jwt import PyJWK
 from jwt.exceptions import PyJWTError
 
+from ._cache import loop_running_here
 from ._errors import ConfigurationError, SigningKeysUnavailable, TokenVerificationError
 from ._origins import is_loopback
 from ._redact import REDACTED
@@ -529,7 +530,7 @@ class KeySet:
         # async code) never waits for a fetch another thread or loop runs: its loop, and every
         # request on it, would stop meanwhile (and with it a fetch that loop runs). It is
         # answered from the keys it finds, or fetches itself when nobody else is.
-        on_loop = _loop_running_here()
+        on_loop = loop_running_here()
         if unknown_kid:
             with self._lock:
                 if state.generation != seen:
@@ -623,25 +624,6 @@ _RETRY_WITHOUT_KEYS = 5.0
 #: How long past ``FETCH_TIMEOUT`` a caller of another driver waits for a fetch in flight (its
 #: end reaches the waiter a loop iteration or a thread switch later).
 _GRACE = 1.0
-
-
-def _loop_running_here() -> bool:
-    """Does this thread run an event loop (which a blocking wait would stop)?"""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
-
-
-def _running_here(loop: asyncio.AbstractEventLoop | None) -> bool:
-    """Is ``loop`` the event loop running in this thread (which a blocking wait would stop)?"""
-    if loop is None:
-        return False
-    try:
-        return asyncio.get_running_loop() is loop
-    except RuntimeError:
-        return False
 
 
 def _retrieve(task: asyncio.Task[None]) -> None:

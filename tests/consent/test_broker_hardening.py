@@ -26,7 +26,12 @@ from entra_passthrough._store import ANY, Keyring, MemoryStore
 from entra_passthrough.consent import ConsentBroker
 
 
-def _make(env: ConsentEnv, tenant: str, store: MemoryStore | None = None) -> DelegatedConsent:
+def _make(
+    env: ConsentEnv,
+    tenant: str,
+    store: MemoryStore | None = None,
+    allowed_tenants: list[str] | None = None,
+) -> DelegatedConsent:
     source = DelegatedConsent(
         client_id=env.app.client_id,
         tenant_id=tenant,
@@ -36,6 +41,7 @@ def _make(env: ConsentEnv, tenant: str, store: MemoryStore | None = None) -> Del
         broker_url=env.base,
         authority_host=env.idp.url,
         http_client=env.idp.msal_http_client(),
+        allowed_tenants=allowed_tenants,
         server_label="mcp",
     )
     broker = ConsentBroker.for_source(source, redirect_uris=[env.redirect_uri])
@@ -141,27 +147,6 @@ async def test_sign_out_json_says_revoked_as_a_boolean(consent_env: ConsentEnv) 
     ]
 
 
-async def test_a_callback_navigation_from_another_site_is_refused(
-    consent_env: ConsentEnv,
-) -> None:
-    # The broker asks Entra for form_post, so a GET carrying a code is never Entra's answer. A
-    # page elsewhere that saw the state could lead the user's browser to the callback with a
-    # code of its own (login CSRF): a navigation has no Origin, but the browser says it came
-    # from another site. Refused before the state is used: the user's own sign-in still works.
-    env = consent_env
-    source, _ = env.make()
-    caller = platform_caller(f"nav-csrf-{time.monotonic_ns()}", upn=env.idp.users["alice"].upn)
-    link = await consent_link(source, env, caller)
-    async with env.browser() as browser:
-        code, state = await code_and_state(browser, link)
-        url = callback_url(env, {"code": code, "state": state})
-        lured = await browser.get(url, headers={"Sec-Fetch-Site": "cross-site"})
-        assert lured.status_code == 400, lured.text
-        assert "cross_site_callback" in lured.text
-        own = await browser.get(url)  # no Sec-Fetch-Site: a client that is not a browser
-    assert own.status_code == 200, own.text
-
-
 def test_an_authority_host_with_its_default_port_matches_the_browsers_origin(
     consent_env: ConsentEnv,
 ) -> None:
@@ -187,33 +172,22 @@ async def test_an_explicit_allow_list_naming_the_consent_tenant_by_domain_still_
     consent_env: ConsentEnv,
 ) -> None:
     env = consent_env
-    tenant = env.idp.world.tenants[0]
-    source = DelegatedConsent(
-        client_id=env.app.client_id,
-        tenant_id=tenant.domain,
-        client_secret=env.app.secret,
-        store=MemoryStore(),
-        keyring=Keyring.generate(),
-        broker_url=env.base,
-        authority_host=env.idp.url,
-        http_client=env.idp.msal_http_client(),
-        allowed_tenants=[tenant.domain.upper()],
-        server_label="mcp",
-    )
-    broker = ConsentBroker.for_source(source, redirect_uris=[env.redirect_uri])
-    env.slot.app = Starlette(routes=[Mount("/consent", broker.app)])
-    env.made.append((source, broker))
+    domain = env.idp.world.tenants[0].domain
+    source = _make(env, domain, allowed_tenants=[domain.upper()])
     caller = platform_caller(f"listed-{time.monotonic_ns()}", upn=env.idp.users["alice"].upn)
     page = await follow_link(env, await consent_link(source, env, caller))
     assert page.status_code == 200, page.text
 
 
-async def test_a_head_or_an_error_navigation_from_another_site_spends_nothing(
+async def test_a_callback_from_another_site_by_navigation_or_head_spends_nothing(
     consent_env: ConsentEnv,
 ) -> None:
-    # HEAD (Starlette serves it on a GET route; a no-cors fetch sends the cookie and no Origin)
-    # and a cross-site navigation carrying an error instead of a code used to be processed:
-    # the first redeemed the code, the second spent the user's pending sign-in.
+    # The broker asks Entra for form_post, so a GET is never Entra's answer. A page elsewhere
+    # that saw the state could lead the user's browser to the callback with a code of its own
+    # (login CSRF) or an error (spending the user's pending sign-in): a navigation has no
+    # Origin, but the browser says it came from another site. HEAD (Starlette serves it on a
+    # GET route; a no-cors fetch sends the cookie and no Origin) redeemed the code. All are
+    # refused before the state is used: the user's own answer still completes.
     env = consent_env
     source, _ = env.make()
     caller = platform_caller(f"head-{time.monotonic_ns()}", upn=env.idp.users["alice"].upn)
@@ -221,6 +195,9 @@ async def test_a_head_or_an_error_navigation_from_another_site_spends_nothing(
     async with env.browser() as browser:
         code, state = await code_and_state(browser, link)
         url = callback_url(env, {"code": code, "state": state})
+        lured_code = await browser.get(url, headers={"Sec-Fetch-Site": "cross-site"})
+        assert lured_code.status_code == 400, lured_code.text  # login CSRF by navigation
+        assert "cross_site_callback" in lured_code.text
         head = await browser.head(url, headers={"Sec-Fetch-Site": "cross-site"})
         assert head.status_code == 405
         head_plain = await browser.head(url)
