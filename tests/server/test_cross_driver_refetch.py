@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import httpx2
@@ -26,20 +25,9 @@ from _support.tokens import API, API_URI, TENANT, USER_OID, Issuer
 from entra_passthrough import JwtVerifier, TokenVerificationError
 from entra_passthrough.server import current_user, require_entra_auth
 
-from ._https_keys import KeyEndpoint, https_key_endpoint
+from ._https_keys import KeyEndpoint
 
 WAIT = 10.0
-
-
-@pytest.fixture
-def issuer() -> Issuer:
-    return Issuer()
-
-
-@pytest.fixture
-def keys(issuer: Issuer, tmp_path: Path) -> Iterator[KeyEndpoint]:
-    with https_key_endpoint(issuer, tmp_path) as endpoint:
-        yield endpoint
 
 
 @pytest.fixture

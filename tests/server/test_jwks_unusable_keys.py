@@ -7,8 +7,6 @@ void the whole document."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -28,24 +26,13 @@ from entra_passthrough._errors import SigningKeysUnavailable
 from entra_passthrough._jwks import parse_jwks
 from entra_passthrough.server import current_user, require_entra_auth
 
-from ._https_keys import KeyEndpoint, https_key_endpoint
+from ._https_keys import KeyEndpoint
 
 UNUSABLE = {
     "no n": {"kty": "RSA", "use": "sig", "kid": "bad", "e": "AQAB"},
     "n not base64url": {"kty": "RSA", "use": "sig", "kid": "bad", "n": "!!!", "e": "AQAB"},
     "x5c only": {"kty": "RSA", "use": "sig", "kid": "bad", "x5c": ["MIIB"]},
 }
-
-
-@pytest.fixture
-def issuer() -> Issuer:
-    return Issuer()
-
-
-@pytest.fixture
-def keys(issuer: Issuer, tmp_path: Path) -> Iterator[KeyEndpoint]:
-    with https_key_endpoint(issuer, tmp_path) as endpoint:
-        yield endpoint
 
 
 def verifier_for(endpoint: KeyEndpoint) -> JwtVerifier:
