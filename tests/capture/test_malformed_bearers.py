@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from _support.asgi import asgi_get
 from _support.tokens import unsigned_jwt
 from entra_passthrough import (
     AssertionMalformed,
@@ -77,7 +78,8 @@ def test_every_segment_length_of_real_base64url_decodes() -> None:
 
 
 def _serve(token: str) -> tuple[int, Any]:
-    statuses: list[int] = []
+    """The status ``CallerMiddleware(require_caller=True)`` answers for ``token``, and the
+    caller the app saw (``None``: the app never ran)."""
     seen: list[Any] = []
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -85,17 +87,9 @@ def _serve(token: str) -> tuple[int, Any]:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            statuses.append(message["status"])
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request"}
-
-    mw = CallerMiddleware(app, require_caller=True)
     headers = [(b"authorization", f"Bearer {token}".encode())]
-    asyncio.run(mw({"type": "http", "headers": headers}, receive, send))
-    return statuses[0], seen[0] if seen else None
+    status, _ = asyncio.run(asgi_get(CallerMiddleware(app, require_caller=True), headers))
+    return status, seen[0] if seen else None
 
 
 @pytest.mark.parametrize(("segment", "junk"), SPOILED)
