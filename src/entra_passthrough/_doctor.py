@@ -82,8 +82,6 @@ def _tenant_entries(env: Mapping[str, str], name: str) -> list[str]:
 
 #: The tenant-less authorities: words, not secrets (each has its own check where it matters).
 _TENANTLESS = ("common", "organizations", "consumers")
-#: The personal Microsoft accounts' tenant (``consumers``): no organisational app lives there.
-_MSA_TENANT = "9188040d-6c67-4c5b-b112-36a304b66dad"
 
 
 def _is_tenant(value: str) -> bool:
@@ -395,6 +393,8 @@ class Doctor:
     def check_discovery(self, chain: Any) -> None:
         import httpx2
 
+        from ._msal import MSA_TENANT_ID
+
         authorities = self._authorities(chain)
         if not authorities:
             self.add("discovery", SKIP, "no Entra authority in the chain")
@@ -414,7 +414,7 @@ class Doctor:
                     issuer = str(answer.json().get("issuer", ""))
                     found = GUID.search(issuer)
                     named = found.group(0).lower() if found else None
-                    if tenant.lower() in ("consumers", _MSA_TENANT):
+                    if tenant.lower() in ("consumers", MSA_TENANT_ID):
                         return (
                             False,
                             f"{url} -> issuer {issuer}: the tenant is the personal Microsoft "

@@ -65,6 +65,10 @@ _NEW_CERTIFICATE = (
 _redact.install()
 
 PUBLIC_AUTHORITY_HOST = "https://login.microsoftonline.com"
+#: The fixed tenant of personal Microsoft accounts, what the ``consumers`` authority stands for
+#: (its discovery document's issuer: https://login.microsoftonline.com/<this>/v2.0;
+#: https://learn.microsoft.com/entra/identity-platform/id-token-claims-reference, ``tid``).
+MSA_TENANT_ID = "9188040d-6c67-4c5b-b112-36a304b66dad"
 
 #: Worker threads per source. A thread waiting on Entra holds no GIL, so idle capacity is cheap;
 #: 64 lets a cold burst be on the wire together (8 capped it at 8 requests per round trip; the

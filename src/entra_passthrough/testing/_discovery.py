@@ -11,10 +11,11 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from .._msal import MSA_TENANT_ID
 from . import _errors as e
 from ._state import Runtime
 from ._token_endpoint import personal_accounts, resolve_tenant
-from ._world import MSA_TENANT_ID, Tenant
+from ._world import Tenant
 
 _NO_STORE = {"Cache-Control": "no-store, no-cache", "Pragma": "no-cache"}
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import jwt
 
+from .._msal import MSA_TENANT_ID
 from . import _errors as e
 from ._ca import b64url
 from ._client_auth import ClientAuth, authenticate
@@ -34,7 +35,7 @@ from ._issue import (
 )
 from ._state import Runtime
 from ._tokens import Subject, numeric_claim, performed_mfa, verify
-from ._world import MSA_TENANT_ID, TOKEN_EXCHANGE_APP_ID, App, Tenant, User
+from ._world import TOKEN_EXCHANGE_APP_ID, App, Tenant, User
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 GRANT_NAMES = {

@@ -37,10 +37,6 @@ TOKEN_EXCHANGE_APP_ID = "fb60f99c-7a34-4190-8149-302f77469936"
 GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
 #: The Azure CLI's public client id (the ``appid`` of tokens ``az`` obtains).
 AZURE_CLI_CLIENT_ID = "04b07795-8ddb-461a-bbee-02f9e1bf7b46"
-#: The fixed tenant of personal Microsoft accounts, what the ``consumers`` authority stands for
-#: (its discovery document's issuer: https://login.microsoftonline.com/<this>/v2.0;
-#: https://learn.microsoft.com/entra/identity-platform/id-token-claims-reference, ``tid``).
-MSA_TENANT_ID = "9188040d-6c67-4c5b-b112-36a304b66dad"
 #: The directory Entra's errors name for that tenant.
 MSA_DIRECTORY = "Microsoft Accounts"
 
