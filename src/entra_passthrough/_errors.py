@@ -600,12 +600,16 @@ def error_from_entra(
     return cls(what, aadsts=code, error=error, suberror=suberror, **common, **own_fix)
 
 
+#: How to replace a client certificate (expired, or with a key Entra cannot use).
+NEW_CERTIFICATE_FIX = (
+    "create a new certificate with an RSA key (2048 bits or more), upload its public key to the "
+    "app registration (Certificates & secrets) and point the certificate path "
+    "(ENTRA_PASSTHROUGH_CLIENT_CERTIFICATE_PATH, AZURE_CLIENT_CERTIFICATE_PATH or "
+    "client_certificate=) at it"
+)
 #: The fix for AADSTS700027 when Entra's reason is "The key used is expired".
 EXPIRED_KEY_FIX = (
-    "the app's certificate (the key Entra has for it) has expired: create a new certificate "
-    "with an RSA key, upload its public key to the app registration (Certificates & secrets) "
-    "and point the certificate path (ENTRA_PASSTHROUGH_CLIENT_CERTIFICATE_PATH, "
-    "AZURE_CLIENT_CERTIFICATE_PATH or client_certificate=) at it"
+    f"the app's certificate (the key Entra has for it) has expired: {NEW_CERTIFICATE_FIX}"
 )
 
 _REASON = re.compile(r"\[Reason - ([^\]\r\n]{1,600})\]")

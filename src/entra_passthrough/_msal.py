@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 import msal
 
 from . import _redact
-from ._errors import ConfigurationError
+from ._errors import NEW_CERTIFICATE_FIX, ConfigurationError
 from ._http import (
     DEFAULT_TIMEOUTS,
     GuardedHttpClient,
@@ -52,13 +52,6 @@ logger = logging.getLogger("entra_passthrough.credential")
 #: has expired, Entra refuses every assertion it signs (AADSTS700027, "The key used is expired").
 CERTIFICATE_WARNING_DAYS = 14
 
-#: How to replace a client certificate (expired, or with a key Entra cannot use).
-_NEW_CERTIFICATE = (
-    "create a new certificate with an RSA key (2048 bits or more), upload its public key to the "
-    "app registration (Certificates & secrets) and point the certificate path "
-    "(ENTRA_PASSTHROUGH_CLIENT_CERTIFICATE_PATH, AZURE_CLIENT_CERTIFICATE_PATH or "
-    "client_certificate=) at it."
-)
 
 # MSAL logs a token response it cannot parse whole (tokens included) at ERROR: every logger of
 # the packages the library drives gets the redacting filter, before any request goes out.
@@ -734,7 +727,7 @@ def _require_rsa(key: Any) -> None:
     raise ConfigurationError(
         f"the client certificate has {kind}; Entra's certificate credentials need an RSA key "
         "(the client assertion is signed RS256/PS256).",
-        fix=_NEW_CERTIFICATE,
+        fix=NEW_CERTIFICATE_FIX + ".",
     )
 
 
@@ -748,7 +741,7 @@ def _check_validity(leaf: Any) -> None:
         raise ConfigurationError(
             f"the client certificate expired on {end:%Y-%m-%d %H:%M} UTC: Entra refuses every "
             "assertion it signs (AADSTS700027, 'The key used is expired').",
-            fix=_NEW_CERTIFICATE,
+            fix=NEW_CERTIFICATE_FIX + ".",
         )
     if end - now < dt.timedelta(days=CERTIFICATE_WARNING_DAYS):
         logger.warning(
