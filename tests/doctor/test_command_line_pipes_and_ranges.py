@@ -110,10 +110,19 @@ def test_a_closed_stdout_is_not_a_traceback() -> None:
     assert done.returncode in (0, 2), done.stderr
 
 
-@pytest.mark.parametrize("closed", [0, 2])
-def test_a_closed_stdin_or_stderr_is_not_a_traceback(closed: int) -> None:
+@pytest.mark.parametrize(
+    ("closed", "argv"),
+    [
+        (0, ["inspect", "-"]),  # stdin closed: read as empty, refused in one line
+        # stderr closed: the refusal has nowhere to go, and still exits 2, not 1 (an
+        # AttributeError on sys.stderr, which Python sets to None)
+        (2, ["broker", "--config", "/nonexistent/broker.json"]),
+        (2, ["emulator", "--port", "99999"]),
+    ],
+)
+def test_a_closed_stdin_or_stderr_is_not_a_traceback(closed: int, argv: list[str]) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "entra_passthrough", "inspect", "-"],
+        [sys.executable, "-m", "entra_passthrough", *argv],
         capture_output=True,
         text=True,
         timeout=60,
