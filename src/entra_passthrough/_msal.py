@@ -821,7 +821,9 @@ class CheckedAssertion:
         self._get = get
 
     def __repr__(self) -> str:
-        return f"CheckedAssertion({self._get!r})"
+        # The callable's type only: its repr may show what it was built with (a
+        # ``functools.partial`` lists its arguments, a key among them), as AppCredential hides it.
+        return f"CheckedAssertion({type(self._get).__name__})"
 
     def __call__(self) -> Any:
         from ._errors import SourceUnavailable

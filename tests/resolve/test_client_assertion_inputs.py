@@ -107,3 +107,16 @@ def test_a_managed_identity_assertion_is_for_the_clouds_audience_however_the_hos
     assert http.urls
     asked = {parse_qs(urlsplit(url).query).get("resource", [""])[0] for url in http.urls}
     assert asked == {audience}
+
+
+def test_the_checked_assertion_repr_names_no_argument_of_the_callable() -> None:
+    import functools
+
+    from entra_passthrough._msal import CheckedAssertion
+
+    def sign(key: str) -> str:
+        return "a.b.c"
+
+    checked = CheckedAssertion(functools.partial(sign, "PRIVATE-KEY-MATERIAL"))
+    assert "PRIVATE-KEY-MATERIAL" not in repr(checked)
+    assert checked() == "a.b.c"
