@@ -14,28 +14,28 @@ import pytest
 KEYS = "k1:" + "A" * 43
 
 
-def _config(tmp_path: Path) -> Path:
+#: A broker.json that would start (with a credential and keys in the environment).
+BASE = {
+    "client_id": "11111111-1111-1111-1111-111111111111",
+    "tenant_id": "22222222-2222-2222-2222-222222222222",
+    "redirect_uris": ["https://consent.contoso.com/callback"],
+}
+
+
+def _broker(
+    tmp_path: Path, *argv: str, config: dict[str, object] | None = None, **variables: str
+) -> subprocess.CompletedProcess[str]:
+    """``entra-passthrough broker --config <config> *argv`` with none of the runner's
+    configuration, plus ``variables``."""
     path = tmp_path / "broker.json"
-    path.write_text(
-        json.dumps(
-            {
-                "client_id": "11111111-1111-1111-1111-111111111111",
-                "tenant_id": "22222222-2222-2222-2222-222222222222",
-                "redirect_uris": ["https://consent.contoso.com/callback"],
-            }
-        )
-    )
-    return path
-
-
-def _broker(tmp_path: Path, *argv: str, **variables: str) -> subprocess.CompletedProcess[str]:
+    path.write_text(json.dumps(BASE if config is None else config))
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("ENTRA_", "AZURE_", "IDENTITY_", "MSI_"))
     }
     env.update(variables)
-    cli = [sys.executable, "-m", "entra_passthrough", "broker", "--config", str(_config(tmp_path))]
+    cli = [sys.executable, "-m", "entra_passthrough", "broker", "--config", str(path)]
     return subprocess.run(
         [*cli, *argv], env=env, capture_output=True, text=True, timeout=60, check=False
     )
@@ -69,13 +69,6 @@ def test_a_missing_credential_names_the_command_once(tmp_path: Path) -> None:
     assert lines[0].count("entra-passthrough broker") == 1
 
 
-BASE = {
-    "client_id": "11111111-1111-1111-1111-111111111111",
-    "tenant_id": "22222222-2222-2222-2222-222222222222",
-    "redirect_uris": ["https://consent.contoso.com/callback"],
-}
-
-
 @pytest.mark.parametrize(
     ("key", "value", "said"),
     [
@@ -94,27 +87,12 @@ def test_a_config_value_of_the_wrong_kind_is_one_line(
 ) -> None:
     """Before: an int crashed with a traceback, a string was iterated letter by letter, a list
     became its repr, and a missing CA file made every sign-in a 503 'try again'."""
-    path = tmp_path / "broker.json"
-    path.write_text(json.dumps({**BASE, key: value}))
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("ENTRA_", "AZURE_", "IDENTITY_", "MSI_"))
-    }
-    env.update(
+    done = _broker(
+        tmp_path,
+        *("--insecure-http", "--port", "0"),  # past the serving checks: the config's turn
+        config={**BASE, key: value},
         ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET="s3cret-value",
         ENTRA_PASSTHROUGH_CONSENT_KEYS=KEYS,
-    )
-    done = subprocess.run(
-        [
-            *(sys.executable, "-m", "entra_passthrough", "broker", "--config", str(path)),
-            *("--insecure-http", "--port", "0"),  # past the serving checks: the config's turn
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=20,
-        check=False,
     )
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
