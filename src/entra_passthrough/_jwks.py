@@ -124,19 +124,6 @@ def check_fetch_url(url: str, *, what: str) -> str:
     shown = shown_url(url, path=False)
     if shown is not None:
         parts = urlsplit(url)
-        if what == "authority_host" and (parts.query or parts.fragment):
-            # the library appends /<tenant>/... to it: a query would swallow that path
-            raise ConfigurationError(
-                f"{what} {shown!r} must have no query or fragment.",
-                fix="use the authority host alone, e.g. https://login.microsoftonline.com.",
-            )
-        if what == "authority_host" and ("@" in parts.netloc or "\\" in url):
-            # user info (a password would be in every issuer the verifier names, in answers to
-            # callers) or a backslash (clients disagree on where the host begins)
-            raise ConfigurationError(
-                f"{what} must be a host only, with no user info or backslash.",
-                fix="use the authority host alone, e.g. https://login.microsoftonline.com.",
-            )
         if parts.scheme == "https" or (
             parts.scheme == "http" and is_loopback(parts.hostname or "")
         ):
@@ -146,6 +133,26 @@ def check_fetch_url(url: str, *, what: str) -> str:
         "(http:// only on loopback).",
         fix="use the authority host's https URL (AZURE_AUTHORITY_HOST).",
     )
+
+
+def check_authority_host(url: str) -> str:
+    """``check_fetch_url`` for an authority host, which the library extends with
+    ``/<tenant>/...``: the host alone. A query or fragment would swallow that path; user info
+    (a password would be in every issuer the verifier names, in answers to callers) or a
+    backslash (clients disagree on where the host begins) is no host."""
+    fix = "use the authority host alone, e.g. https://login.microsoftonline.com."
+    shown = shown_url(url, path=False)
+    if shown is not None:
+        parts = urlsplit(url)
+        if parts.query or parts.fragment:
+            raise ConfigurationError(
+                f"authority_host {shown!r} must have no query or fragment.", fix=fix
+            )
+        if "@" in parts.netloc or "\\" in url:
+            raise ConfigurationError(
+                "authority_host must be a host only, with no user info or backslash.", fix=fix
+            )
+    return check_fetch_url(url, what="authority_host")
 
 
 def seconds(value: object, *, what: str, low: float, high: float, above_low: bool = False) -> float:

@@ -31,7 +31,15 @@ import jwt
 from jwt import exceptions as jwt_errors
 
 from ._errors import ConfigurationError, InsufficientScope, TokenVerificationError
-from ._jwks import AsyncGetter, KeySet, KeySource, SyncGetter, check_fetch_url, seconds
+from ._jwks import (
+    AsyncGetter,
+    KeySet,
+    KeySource,
+    SyncGetter,
+    check_authority_host,
+    check_fetch_url,
+    seconds,
+)
 from ._jwt import (
     MAX_TOKEN_BYTES,
     JwtDecodeError,
@@ -196,7 +204,7 @@ class JwtVerifier:
             )
         leeway = seconds(leeway, what="leeway", low=0, high=600)
         host = authority_host.rstrip("/")
-        check_fetch_url(host + "/", what="authority_host")
+        check_authority_host(host + "/")
         self.audiences = tuple(audiences)
         # Entra writes tenant GUIDs in lower case; an upper-case allow-list must not lock out
         # every caller.
