@@ -91,6 +91,10 @@ async def test_a_timed_out_azure_cli_call_kills_what_the_cli_started(
     finally:
         az.close()
     assert not finished.exists()
+    if not started.exists():
+        # A loaded machine: the group was killed before the child wrote its pid (a child that
+        # had not started yet was killed with its group). Nothing is left to outlive the call.
+        return
     pid = int(started.read_text())
     for _ in range(2000):  # SIGKILL is delivered at once; the /proc entry may trail (bounded)
         if not _running(pid):
