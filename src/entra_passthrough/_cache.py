@@ -65,6 +65,13 @@ _CAP_SLACK = 5.0
 #: there (it caps them itself, and this host's clock is behind its clock by more than the
 #: slack above, so the cap did not show). Refreshing again would get the same end again.
 _NO_GAIN = 1.0
+#: A resource that refuses the token acquired to replace one it refused, within this many
+#: seconds, refuses every token of that caller (a wrong audience or issuer in its checks, a key
+#: set it cannot fetch): a third token would be refused too. Until the window ends that refusal
+#: stands (no entry dropped, no token request), so a misconfigured resource costs one token
+#: request per caller and scopes per window, not one per request (a POST storm that gets the
+#: tenant throttled for every user).
+REFUSAL_WINDOW = 30.0
 
 
 def loop_running_here() -> bool:
@@ -174,11 +181,20 @@ class TokenCache:
         max_entries: int = 10_000,
         clock: Callable[[], float] = time.time,
         shared: SharedCache | None = None,
+        refusal_window: float = REFUSAL_WINDOW,
     ) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
+        if isinstance(refusal_window, bool) or not isinstance(refusal_window, (int, float)):
+            raise ValueError("refusal_window must be a number of seconds")
+        if not refusal_window >= 0:
+            raise ValueError("refusal_window must be 0 or more seconds")
         self.max_entries = max_entries
         self._clock = clock
+        self.refusal_window = refusal_window
+        # key -> (when the resource last refused that key's token, hash of the refused token):
+        # a refusal of the token that replaced it, within ``refusal_window``, is not retried.
+        self._refusals: OrderedDict[Hashable, tuple[float, int]] = OrderedDict()
         #: L2 shared by replicas (``SharedTokenCache``), asked on a miss or a due refresh only.
         self.shared = shared
         # key -> the result alone (an entry capped by its assertion) or an _Entry (timing)
@@ -324,8 +340,11 @@ class TokenCache:
                 self._evictions += 1
         return result
 
-    def invalidate(self, key: Hashable, *, rejected: TokenResult | None = None) -> None:
-        """Drop the entry (e.g. after the resource answered 401 to its token).
+    def invalidate(self, key: Hashable, *, rejected: TokenResult | None = None) -> bool:
+        """Drop the entry (e.g. after the resource answered 401 to its token). Returns
+        ``False``, and drops nothing, when the resource refuses ``rejected`` although it is the
+        token that replaced one it refused less than ``refusal_window`` seconds ago: the
+        resource refuses this caller's every token, and the 401 is not worth a token request.
 
         With a shared cache (L2), the refused token (``rejected``; by default the entry
         dropped here) is dropped there too while L2 still holds it (never a newer token
@@ -333,6 +352,8 @@ class TokenCache:
         takes it from L2 again even if the store fails. On an event loop the store call runs
         as a task (``wait_refreshes_async`` awaits it): no I/O here. Never raises."""
         with self._lock:
+            if rejected is not None and self._refused_again(key, rejected):
+                return False
             entry = self._entries.get(key)
             held = (
                 None if entry is None else entry if isinstance(entry, TokenResult) else entry.result
@@ -345,11 +366,11 @@ class TokenCache:
                 del self._entries[key]
         shared = self.shared
         if shared is None:
-            return
+            return True
         if rejected is None and entry is not None:
             rejected = entry if isinstance(entry, TokenResult) else entry.result
         if rejected is None:
-            return  # nothing cached here: no token to tell L2 about
+            return True  # nothing cached here: no token to tell L2 about
         try:
             pending = shared.invalidate(key, rejected)
             if pending is not None:
@@ -363,6 +384,27 @@ class TokenCache:
                 rejected.fingerprint,
                 type(exc).__name__,
             )
+        return True
+
+    def _refused_again(self, key: Hashable, rejected: TokenResult) -> bool:
+        """Under the lock: whether the resource refuses the token that replaced the one it
+        refused last for ``key``, within the window, while that token is still the entry.
+        Otherwise this refusal is recorded (the next one is measured from it)."""
+        now = self._clock()
+        mark = hash(rejected.token)
+        last = self._refusals.get(key)
+        if last is not None and last[1] != mark and now - last[0] < self.refusal_window:
+            entry = self._entries.get(key)
+            held = entry if isinstance(entry, TokenResult) else getattr(entry, "result", None)
+            if held is not None and held.token == rejected.token:
+                return True
+        if last is not None and last[1] == mark:
+            return False  # another request that carried the same refused token
+        self._refusals[key] = (now, mark)
+        self._refusals.move_to_end(key)
+        while len(self._refusals) > self.max_entries:
+            self._refusals.popitem(last=False)
+        return False
 
     def _dropped(self, task: asyncio.Task[None]) -> None:
         with self._lock:

@@ -741,13 +741,20 @@ class TokenChain:
             return None
         return None
 
-    def invalidate(self, result: TokenResult) -> None:
-        """Forget the cached entry behind ``result`` (after the resource answered 401)."""
-        if result.cache_key is not None:
-            self.cache.invalidate(result.cache_key, rejected=result)
+    def invalidate(self, result: TokenResult) -> bool:
+        """Forget the cached entry behind ``result`` (after the resource answered 401).
+
+        Returns ``False``, and forgets nothing, when ``result`` is the token that replaced one
+        the resource refused moments ago (``TokenCache.refusal_window``): the resource refuses
+        every token of this caller, and the 401 is not retried."""
+        if result.cache_key is not None and not self.cache.invalidate(
+            result.cache_key, rejected=result
+        ):
+            return False
         for source in self.sources:
             if source.name == result.source and isinstance(source, InvalidatingSource):
                 source.invalidate(result)
+        return True
 
     def adopt(self, refused: TokenResult, satisfying: TokenResult) -> None:
         """The resource refused ``refused`` with a claims challenge and accepted

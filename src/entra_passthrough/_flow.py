@@ -77,7 +77,7 @@ class Chain(Protocol):
         client_capabilities: Sequence[str] = (),
     ) -> TokenResult: ...
 
-    def invalidate(self, result: TokenResult) -> None: ...
+    def invalidate(self, result: TokenResult) -> bool | None: ...
 
     # Optional (TokenChain has it): a fresh cache hit without I/O, else None. The flow then
     # attaches the token without an acquisition step (no coroutine, no driver round trip).
@@ -420,7 +420,12 @@ class FlowCore:
                     raise error
                 self.record(caller, error)
             return
-        self._invalidate(result, caller)
+        if not self._invalidate(result, caller):
+            # The token that replaced one this resource refused moments ago is refused too: it
+            # refuses every token of this caller (TokenCache.refusal_window). The 401 stands,
+            # without a token request that would be refused again.
+            _log.debug("401 from the resource again: token %s not replaced", result.fingerprint)
+            return
         self.strip(request)  # the retry carries only what the new result brings
         if _log.isEnabledFor(logging.DEBUG):
             _log.debug(
@@ -458,14 +463,17 @@ class FlowCore:
             return None
         return outcome.result
 
-    def _invalidate(self, result: TokenResult, caller: Caller | None) -> None:
+    def _invalidate(self, result: TokenResult, caller: Caller | None) -> bool:
+        """Drop ``result`` (refused by the resource); ``False`` when the chain keeps it: the
+        resource refused the token that replaced a refused one (no retry)."""
         refused(result)
         try:
-            self.chain.invalidate(result)
+            return self.chain.invalidate(result) is not False
         except Exception as exc:
             if self.on_error == "raise":
                 raise
             self.record(caller, exc)
+            return True
 
     def _apply(self, request: Request, result: TokenResult, caller: Caller | None) -> bool:
         token = result.token

@@ -1,0 +1,232 @@
+"""A resource that refuses every token of a caller (a wrong audience or issuer in its checks, a
+key set it cannot fetch) must cost one token request per caller and window, not one per
+request: before, every request met the 401, dropped the cached token, acquired a new one and
+was refused again (one OBO POST per request, a storm that gets the tenant throttled for every
+user). The auth flow's unit cases on a MockTransport, then end to end against the emulator and
+a real verifying API that expects another audience."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import httpx2
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from _support.servers import serve_in_thread
+from _support.tokens import unsigned_jwt
+from entra_passthrough import (
+    Caller,
+    CallerMiddleware,
+    EntraAuth,
+    IdentityKind,
+    JwtVerifier,
+    OnBehalfOf,
+    TokenCache,
+    TokenChain,
+    TokenRequest,
+    TokenResult,
+    bind_caller,
+)
+from entra_passthrough.httpx import EntraAuth as ClassicEntraAuth
+from entra_passthrough.testing import EntraEmulator
+
+ORIGIN = "https://mcp.contoso.com"
+SCOPES = ["api://mcp/.default"]
+CHALLENGE = {"www-authenticate": 'Bearer error="invalid_token"'}
+
+
+class Users:
+    """A user source: ``user-<oid>-<n>``, one more each acquisition."""
+
+    name = "users"
+    kind = IdentityKind.USER
+
+    def __init__(self) -> None:
+        self.made = 0
+        self._lock = threading.Lock()
+
+    def cache_partition(self, request: TokenRequest) -> Any:
+        caller = request.caller
+        return None if caller is None or not caller.presented else caller.assertion_sha256
+
+    def get_token(self, request: TokenRequest) -> TokenResult | None:
+        caller = request.caller
+        if caller is None or not caller.presented or caller.claims is None:
+            return None
+        with self._lock:
+            self.made += 1
+            made = self.made
+        return TokenResult(
+            token=f"user-{caller.claims.oid}-{made}",
+            expires_on=time.time() + 3600,
+            kind=IdentityKind.USER,
+            source=self.name,
+        )
+
+    async def get_token_async(self, request: TokenRequest) -> TokenResult | None:
+        return self.get_token(request)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _caller(oid: str) -> Caller:
+    return Caller.from_token(unsigned_jwt(oid=oid, tid="contoso", aud="agent"))
+
+
+def _world(refuse: Any, module: Any = httpx2) -> tuple[Users, Clock, TokenChain, Any, list[str]]:
+    """A user source, a fake clock for the cache, and a resource (a MockTransport) that
+    answers 401 ``invalid_token`` to every bearer ``refuse`` says it refuses."""
+    users, clock = Users(), Clock()
+    chain = TokenChain([users], cache=TokenCache(clock=clock))
+    seen: list[str] = []
+
+    def answer(request: Any) -> Any:
+        token = request.headers.get("authorization", "")
+        seen.append(token)
+        if refuse(token):
+            return module.Response(401, headers=CHALLENGE)
+        return module.Response(200)
+
+    return users, clock, chain, module.MockTransport(answer), seen
+
+
+@pytest.mark.parametrize("lib", ["httpx", "httpx2"])
+def test_a_resource_refusing_every_token_costs_one_new_token_per_window(lib: str) -> None:
+    module: Any = httpx if lib == "httpx" else httpx2
+    front: Any = ClassicEntraAuth if lib == "httpx" else EntraAuth
+    users, clock, chain, transport, seen = _world(lambda token: True, module)
+    auth = front(chain, scopes=SCOPES, origins=[ORIGIN], on_error="raise")
+    with module.Client(transport=transport, auth=auth) as client:
+        with bind_caller(_caller("a")):
+            statuses = [client.get(f"{ORIGIN}/tools").status_code for _ in range(10)]
+            assert statuses == [401] * 10
+            # the first token, then the one that replaced it; never a third within the window
+            assert users.made == 2
+            assert seen[:3] == ["Bearer user-a-1", "Bearer user-a-2", "Bearer user-a-2"]
+            assert len(seen) == 11  # one retry in all, for the first refusal
+            clock.now += chain.cache.refusal_window + 1
+            assert client.get(f"{ORIGIN}/tools").status_code == 401
+            assert users.made == 3  # a new window: one new token, one retry
+        with bind_caller(_caller("b")):  # another caller is not held back by a's refusals
+            assert client.get(f"{ORIGIN}/tools").status_code == 401
+            assert users.made == 5
+            assert seen[-2:] == ["Bearer user-b-4", "Bearer user-b-5"]
+
+
+async def test_concurrent_requests_refused_together_cost_one_new_token() -> None:
+    users, _clock, chain, transport, _seen = _world(lambda token: True)
+    auth = EntraAuth(chain, scopes=SCOPES, origins=[ORIGIN], on_error="raise")
+    async with httpx2.AsyncClient(transport=transport, auth=auth) as client:
+        with bind_caller(_caller("a")):
+            await client.get(f"{ORIGIN}/warm")  # token 1 refused, token 2 refused: the window
+            first = users.made
+            answers = await asyncio.gather(*(client.get(f"{ORIGIN}/tools") for _ in range(16)))
+    assert first == 2
+    assert [a.status_code for a in answers] == [401] * 16
+    assert users.made == 2
+
+
+async def test_a_token_refused_once_is_still_replaced_and_the_retry_accepted() -> None:
+    # The refusal the retry exists for: an expired or revoked token, refused once.
+    users, _clock, chain, transport, _seen = _world(lambda token: token == "Bearer user-a-1")
+    auth = EntraAuth(chain, scopes=SCOPES, origins=[ORIGIN], on_error="raise")
+    async with httpx2.AsyncClient(transport=transport, auth=auth) as client:
+        with bind_caller(_caller("a")):
+            assert (await client.get(f"{ORIGIN}/tools")).status_code == 200
+            assert (await client.get(f"{ORIGIN}/tools")).status_code == 200
+    assert users.made == 2
+
+
+async def test_a_later_refusal_outside_the_window_is_retried() -> None:
+    refused = {"Bearer user-a-1"}
+    users, clock, chain, transport, _seen = _world(lambda token: token in refused)
+    auth = EntraAuth(chain, scopes=SCOPES, origins=[ORIGIN], on_error="raise")
+    async with httpx2.AsyncClient(transport=transport, auth=auth) as client:
+        with bind_caller(_caller("a")):
+            assert (await client.get(f"{ORIGIN}/tools")).status_code == 200  # 1 refused, 2 ok
+            clock.now += chain.cache.refusal_window + 1
+            refused.update({"Bearer user-a-2", "Bearer user-a-3"})  # revoked later
+            assert (await client.get(f"{ORIGIN}/tools")).status_code == 401  # 2 -> 3, refused
+            assert users.made == 3
+            assert (await client.get(f"{ORIGIN}/tools")).status_code == 401
+            assert users.made == 3  # 3 replaced 2 moments ago and is refused: no fourth
+            refused.discard("Bearer user-a-3")  # the resource is fixed: 3 is accepted again
+            assert (await client.get(f"{ORIGIN}/tools")).status_code == 200
+            assert users.made == 3
+
+
+@pytest.mark.parametrize("window", [-1, "30", True, float("nan")])
+def test_the_refusal_window_is_checked(window: Any) -> None:
+    with pytest.raises(ValueError, match="refusal_window"):
+        TokenCache(refusal_window=window)
+
+
+# -- end to end: the emulator, real MSAL, a real API whose verifier expects another audience --
+
+
+@pytest.fixture(scope="module")
+def refusing_api() -> Iterator[tuple[EntraEmulator, str]]:
+    async def tools(request: Request) -> JSONResponse:
+        return JSONResponse({"ok": True})
+
+    with EntraEmulator() as idp:
+        verifier = JwtVerifier(
+            audiences=["api://some-other-api"],  # the misconfiguration: every token refused
+            tenants=[idp.tenant_id],
+            authority_host=idp.url,
+            verify=idp.ca_file,
+        )
+        app = CallerMiddleware(
+            Starlette(routes=[Route("/tools", tools)]), require_caller=True, verifier=verifier
+        )
+        with serve_in_thread(app, lifespan="off") as url:
+            yield idp, url
+
+
+def _token_posts(idp: EntraEmulator) -> int:
+    return idp.stats()["grants"]["on_behalf_of"]
+
+
+async def test_end_to_end_a_misconfigured_api_gets_two_token_requests_not_one_per_call(
+    refusing_api: tuple[EntraEmulator, str],
+) -> None:
+    idp, url = refusing_api
+    http = idp.msal_http_client()
+    chain = TokenChain(
+        [
+            OnBehalfOf(
+                client_id=idp.agent.client_id,
+                tenant_id=idp.tenant_id,
+                client_secret=idp.agent.secret,
+                authority_host=idp.url,
+                http_client=http,
+            )
+        ]
+    )
+    auth = EntraAuth(chain, scopes=[f"{idp.mcp.app_id_uri}/.default"], origins=[url])
+    try:
+        caller = Caller.from_token(idp.user_token("alice", audience=idp.agent.client_id))
+        idp.reset_stats()
+        async with httpx2.AsyncClient(auth=auth) as client:
+            with bind_caller(caller):
+                statuses = [(await client.get(f"{url}/tools")).status_code for _ in range(12)]
+        assert statuses == [401] * 12
+        assert _token_posts(idp) == 2, idp.stats()
+    finally:
+        chain.close()
+        http.close()
