@@ -1,13 +1,13 @@
 """Framework compatibility: the integration tests against the oldest and the newest supported
-agent-framework-core and mcp (docs/compatibility.md).
+agent-framework-core, mcp and redis-py (docs/compatibility.md).
 
     nox -s compat            # both ends
     nox -s "compat(end='newest')"
     nox -s compat -- -x -k isolation   # arguments after -- go to pytest
     nox -s next              # the newest releases beyond the pins (may fail: not supported)
 
-Each session is a fresh venv with this repository (editable) and its 'agent-framework', 'mcp' and
-'testing' extras, then the framework versions of that end pinned exactly. Widen a range in
+Each session is a fresh venv with this repository (editable) and its 'agent-framework', 'mcp',
+'redis' and 'testing' extras, then the versions of that end pinned exactly. Widen a range in
 pyproject.toml only after its new end passes here, and update the table in the docs.
 """
 
@@ -21,16 +21,17 @@ nox.options.reuse_existing_virtualenvs = True
 
 # The ends of each supported range (pyproject.toml's extras), exact versions from PyPI.
 ENDS = {
-    "oldest": {"agent-framework-core": "1.23.0", "mcp": "2.2.0"},
-    "newest": {"agent-framework-core": "1.23.0", "mcp": "2.3.0"},
+    "oldest": {"agent-framework-core": "1.23.0", "mcp": "2.2.0", "redis": "5.3.0"},
+    "newest": {"agent-framework-core": "1.23.0", "mcp": "2.3.0", "redis": "8.2.0"},
 }
 # The newest releases on PyPI beyond the pins: `nox -s next` shows whether a range can widen.
 # agent-framework-core 1.26.0 (checked December 2026) removed the private MCP seams the tool
 # subclass builds on (MCP_DEFAULT_TIMEOUT in agent_framework._mcp): the range stays <1.24.
 NEXT = {"agent-framework-core": "1.26.0", "mcp": "2.3.0"}
 # The tests that exercise agent-framework and mcp end to end (against the emulator, real MCP
-# servers on loopback, real ResponsesHostServer hosts).
-TESTS = ["tests/integration", "tests/server", "tests/demo"]
+# servers on loopback, real ResponsesHostServer hosts), and redis-py against real redis-server
+# processes (redis-py before 6.0 had other TLS defaults: tests/scale_out/test_tls_errors.py).
+TESTS = ["tests/integration", "tests/server", "tests/demo", "tests/scale_out"]
 TEST_DEPS = ["pytest>=8", "pytest-asyncio>=0.24", "pytest-timeout>=2.3", "hypothesis>=6.100"]
 
 
@@ -47,7 +48,7 @@ def next(session: nox.Session) -> None:  # the session's name on the command lin
 
 def _run(session: nox.Session, versions: dict[str, str]) -> None:
     pins = [f"{name}=={version}" for name, version in versions.items()]
-    session.install("-e", ".[agent-framework,mcp,testing]", *TEST_DEPS)
+    session.install("-e", ".[agent-framework,mcp,redis,testing]", *TEST_DEPS)
     # Second step: an end outside the current pins (a candidate for widening) replaces the
     # resolved version; pip reports the conflict with the pin and installs it.
     session.install(*pins)

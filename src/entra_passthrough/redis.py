@@ -272,7 +272,12 @@ class RedisStore:
             "retry_on_error": [ConnectionError, TimeoutError],
         }
         if parts.scheme == "rediss":
-            options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
+            # Both spelled out, as strings: redis-py 5.x checks no host name unless told
+            # (``ssl_check_hostname`` defaulted to False before 6.0), and its asyncio TLS
+            # context takes ``ssl_cert_reqs`` only as a string (an ``ssl.VerifyMode`` left it
+            # unset: no connection at all).
+            options["ssl_cert_reqs"] = "required"
+            options["ssl_check_hostname"] = True
             if ca_file:
                 _check_ca_file(ca_file)
                 options["ssl_ca_certs"] = ca_file
@@ -294,8 +299,19 @@ class RedisStore:
             )
             return redis_sync.Redis(connection_pool=sync_pool)
 
+        try:
+            client = make_client()
+        except ValueError:
+            # redis-py's URL parser: a query option it cannot read (``socket_timeout=abc``,
+            # ``ssl_min_version=TLSv1``). Its text is not repeated: it may quote the URL.
+            raise ConfigurationError(
+                "the Redis URL has a query option redis-py cannot read (a number that is not "
+                "a number, a TLS version it does not know).",
+                fix="fix or remove the URL's query options (after '?'); timeouts are set with "
+                "timeout=..., TLS trust with ca_file (ENTRA_PASSTHROUGH_REDIS_CA_FILE).",
+            ) from None
         return cls(
-            make_client(),
+            client,
             namespace=namespace,
             sync_client=sync_client,
             client_factory=make_client,
@@ -583,7 +599,19 @@ def _check_url(url: str, *, allow_plaintext: bool) -> None:
     """Fail closed on a URL that would send the password (or Entra token) and the sealed
     records where others can read or intercept them. Never echoes the URL (it may hold a
     password)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - urllib parses the port here, and its error quotes it
+    except ValueError:
+        # urllib's message quotes the text after the netloc's last ':', which is the password
+        # when it holds an unescaped '/', '#' or '?' (Azure access keys are base64).
+        raise ConfigurationError(
+            "the Redis URL's host or port cannot be read (the port is not a number from 0 to "
+            "65535, or an IPv6 address is not closed with ']').",
+            fix="write it as rediss://:<password>@<host>:<port>/0, with a password that holds "
+            "'/', '#', '?', '@' or ':' percent-encoded (urllib.parse.quote(password, safe=''))."
+            " Keep it in ENTRA_PASSTHROUGH_REDIS_URL.",
+        ) from None
     if parts.scheme not in ("redis", "rediss"):
         raise ConfigurationError(
             f"the Redis URL's scheme is {parts.scheme!r}; expected redis:// or rediss://.",

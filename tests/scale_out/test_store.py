@@ -569,3 +569,35 @@ async def test_a_record_sealed_with_a_key_this_replica_lacks_is_named_in_a_warni
         assert await GrantStore(store, other, client_id=APP).get_grant(key) is None
     assert "did not verify" in caplog.text
     assert "rt-9" not in caplog.text
+
+
+# An Azure Cache for Redis access key is base64: a '/' in it is common, and pasting it into the
+# URL unescaped made urllib's port error (which redis-py repeated) quote the key up to the '/'.
+_KEY = "Xy7Qm2Lk9Pz4Rt6Vb8Nc1Ds3Fg5Hj0Kl"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"rediss://:{_KEY}/AbCdEfGh=@contoso.redis.cache.windows.net:6380/0",
+        f"rediss://:{_KEY}#AbCd@contoso.redis.cache.windows.net:6380/0",
+        f"rediss://:{_KEY}?AbCd@contoso.redis.cache.windows.net:6380/0",
+        f"rediss://:{_KEY}@contoso.redis.cache.windows.net:notaport/0",
+        f"rediss://:{_KEY}@contoso.redis.cache.windows.net:99999/0",
+        f"rediss://user:{_KEY}@[::1/0",
+        f"redis://:{_KEY}@127.0.0.1:6379/0?socket_timeout=abc",
+        f"redis://:{_KEY}@127.0.0.1:6379/0?health_check_interval=x",
+        f"rediss://:{_KEY}@127.0.0.1:6380/0?ssl_min_version=TLSv1",
+    ],
+)
+def test_a_url_redis_py_cannot_read_is_typed_and_quotes_no_part_of_the_password(url: str) -> None:
+    for build in (
+        lambda: RedisStore.from_url(url),
+        lambda: RedisStore.from_env({"ENTRA_PASSTHROUGH_REDIS_URL": url}),
+    ):
+        with pytest.raises(ConfigurationError) as info:
+            build()
+        text = str(info.value)
+        assert _KEY[:8] not in text
+        assert "AbCd" not in text
+        assert "Redis URL" in text
