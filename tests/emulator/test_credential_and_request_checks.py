@@ -59,6 +59,20 @@ def test_an_obo_assertion_valid_only_in_the_future_is_aadsts500133(idp: EntraEmu
     assert "access_token" in ok, ok.get("error_description")
 
 
+@pytest.mark.parametrize("ahead", [{"iat": 60, "nbf": 60}, {"iat": 60}, {"iat": 240, "nbf": 240}])
+def test_an_assertion_from_an_issuer_clock_ahead_within_the_skew_is_accepted(
+    idp: EntraEmulator, cca, ahead: dict[str, int]
+) -> None:
+    """An issuer whose clock runs ahead stamps iat (and nbf) in this machine's future; Entra
+    accepts it within its five minutes of skew. The emulator refused it as AADSTS50013 "The key
+    was not found" (PyJWT's iat check in its signature verification)."""
+    now = int(time.time())
+    claims = {name: now + seconds for name, seconds in ahead.items()}
+    assertion = idp.user_token("alice", extra_claims=claims)
+    ok = cca().acquire_token_on_behalf_of(assertion, [f"{idp.mcp.app_id_uri}/.default"])
+    assert "access_token" in ok, ok.get("error_description")
+
+
 # ---- 5. a wrong secret beside a valid assertion: AADSTS7000215 ------------------------------
 
 
