@@ -21,7 +21,7 @@ nox.options.reuse_existing_virtualenvs = True
 
 # The ends of each supported range (pyproject.toml's extras), exact versions from PyPI.
 ENDS = {
-    "oldest": {"agent-framework-core": "1.23.0", "mcp": "2.2.0", "redis": "5.3.0"},
+    "oldest": {"agent-framework-core": "1.23.0", "mcp": "2.2.0", "redis": "5.3.1"},
     "newest": {"agent-framework-core": "1.23.0", "mcp": "2.3.0", "redis": "8.2.0"},
 }
 # The newest releases on PyPI beyond the pins: `nox -s next` shows whether a range can widen.
