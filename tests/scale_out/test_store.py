@@ -587,7 +587,6 @@ _KEY = "Xy7Qm2Lk9Pz4Rt6Vb8Nc1Ds3Fg5Hj0Kl"
         f"rediss://user:{_KEY}@[::1/0",
         f"redis://:{_KEY}@127.0.0.1:6379/0?socket_timeout=abc",
         f"redis://:{_KEY}@127.0.0.1:6379/0?health_check_interval=x",
-        f"rediss://:{_KEY}@127.0.0.1:6380/0?ssl_min_version=TLSv1",
     ],
 )
 def test_a_url_redis_py_cannot_read_is_typed_and_quotes_no_part_of_the_password(url: str) -> None:
