@@ -244,8 +244,10 @@ class Throttle:
     application of the same tenant, throttled separately by Entra, is not held back. When a
     gate lapses, exactly one request goes out (the probe); requests arriving meanwhile wait for
     its answer (within their deadline), then go out if the endpoint answered or fail fast if it
-    closed again: no herd of POSTs the moment a wait ends. Bounded: expired entries are dropped
-    as new ones are added. (The ``authority`` parameters below are gate keys.)
+    closed again: no herd of POSTs the moment a wait ends. Only a request that will be sent
+    takes the probe (one refused by its own negative entry does not), and the probe's own
+    retries go out without waiting for it. Bounded: expired entries are dropped as new ones are
+    added. (The ``authority`` parameters below are gate keys.)
     """
 
     MAX_ENTRIES = 4096
@@ -265,22 +267,37 @@ class Throttle:
         wait_until: float,
         max_wait: float = 0.0,
         sleep: Callable[[float], None] = time.sleep,
+        held: object | None = None,
     ) -> tuple[TransportFailure | None, object | None]:
         """``(failure, None)``: raise it, no request. ``(None, probe)``: send; ``probe`` is not
-        ``None`` when this request is the endpoint's probe (``release`` it when done).
+        ``None`` when this request is the endpoint's probe (``release`` it when done). Never
+        both: a request refused here holds no probe.
         ``wait_until`` (``time.monotonic()``) bounds every wait: for another request's probe,
-        and for a gate that lapses within ``max_wait`` (a short ``Retry-After``, waited out)."""
+        and for a gate that lapses within ``max_wait`` (a short ``Retry-After``, waited out).
+        ``held``: the probe this request already holds (its retry): it is sent at once."""
         for _ in range(8):  # bounded: each turn ends a wait, a probe or a gate
             now = self._clock()
             with self._lock:
                 gate = self._authority.get(authority)
                 if gate is None:
                     return self._key_failure(key, now), None
+                if held is not None and gate.probe is held:
+                    # The probe's own retry (its attempt failed without closing the gate again):
+                    # waiting for the probe's answer would be waiting for itself, for the whole
+                    # window. It goes out; the others keep waiting for its answer.
+                    gate.until = now + probe_window
+                    return None, None
                 left = gate.until - now
-                if gate.probe is None and left <= 0:  # lapsed: this request probes
+                if gate.probe is None and left <= 0:  # lapsed: the next request sent probes
+                    failure = self._key_failure(key, now)
+                    if failure is not None:
+                        # Refused by its own negative entry, this request sends nothing: had it
+                        # taken the probe, no one would release it, and every other user of the
+                        # endpoint would wait out the window, then fail with no request sent.
+                        return failure, None
                     gate.probe = object()
                     gate.until = now + probe_window
-                    return self._key_failure(key, now), gate.probe
+                    return None, gate.probe
                 if gate.probe is not None and left <= 0:  # the probe never answered
                     del self._authority[authority]
                     gate.done.set()
@@ -523,6 +540,8 @@ class GuardedHttpClient:
             sleep=self._sleep,
         )
         if blocked is not None:
+            if probe is not None:  # not sent: a probe held here would stall the endpoint
+                self.throttle.release(authority, probe)
             if blocked.peer != self.peer:
                 blocked = TransportFailure(
                     blocked.kind,
@@ -624,6 +643,12 @@ class GuardedHttpClient:
                         return self._oauth_answer(response, status, body)
                     return response
                 wait = retry_after_seconds(getattr(response, "headers", None) or {})
+                if wait is not None and wait <= 0:
+                    # "Retry-After: 0", or an HTTP date already past (a server clock behind
+                    # ours): no wait to honour, so as if absent: backoff with jitter, the
+                    # negative cache, a 429's gate for negative_ttl. Honoured as 0 it closed
+                    # nothing and every retry went out at once (three POSTs per call).
+                    wait = None
                 throttled = status in RETRYABLE_STATUSES and (status == 429 or wait is not None)
                 if status in RETRYABLE_STATUSES and not throttled and _definite_answer(response):
                     # A 5xx whose body names a definite AADSTS answer is the same on every retry
@@ -672,12 +697,27 @@ class GuardedHttpClient:
             # After a Retry-After wait this request is the probe; after a backoff, a gate another
             # request set meanwhile (Retry-After, endpoint failing) is honoured.
             blocked, again = self.throttle.admit(
-                authority, key, probe_window=t.connect + t.read, wait_until=end
+                authority,
+                key,
+                probe_window=t.connect + t.read,
+                wait_until=end,
+                held=probes[-1] if probes else None,
             )
             if again is not None:
                 probes.append(again)  # this retry probes the endpoint; released when it ends
             if blocked is not None:
-                raise blocked
+                # Not "a recent identical failure; no request was sent": this request sent
+                # ``attempt`` of them, and only its retry is refused. A throttling gate wins
+                # (the caller gets Throttled and when to retry), else this request's own failure.
+                own = failure.kind != "throttled" and blocked.kind != "throttled"
+                raise TransportFailure(
+                    failure.kind if own else "throttled",
+                    status=failure.status if own or failure.kind == "throttled" else blocked.status,
+                    retry_after=blocked.retry_after,
+                    attempts=attempt,
+                    peer=self.peer,
+                    phase=failure.phase if own else None,
+                )
         if failure.kind in ("status", "timeout", "connection", "malformed"):
             # A short negative cache: the same request fails fast for a moment. A server error,
             # reset or broken body that outlived every retry also pauses the endpoint for
