@@ -152,16 +152,26 @@ def azure_app_hint(environ: Mapping[str, str]) -> str:
         "AZURE_CLIENT_SECRET": "ENTRA_PASSTHROUGH_CLIENT_SECRET",
         "AZURE_CLIENT_CERTIFICATE_PATH": "ENTRA_PASSTHROUGH_CLIENT_CERTIFICATE_PATH",
     }
-    wanted = [ours[name] for name in credentials] or [
-        "ENTRA_PASSTHROUGH_CLIENT_SECRET or ENTRA_PASSTHROUGH_CLIENT_CERTIFICATE_PATH"
-    ]
+    token_file = bool(get(environ, "AZURE_FEDERATED_TOKEN_FILE"))
+    wanted = [ours[name] for name in credentials]
+    if not wanted and not token_file:
+        # With a workload identity token file (AKS) the file is the credential: asking for a
+        # secret too would send the user after one they do not need.
+        wanted = ["ENTRA_PASSTHROUGH_CLIENT_SECRET or ENTRA_PASSTHROUGH_CLIENT_CERTIFICATE_PATH"]
     if not get(environ, "ENTRA_PASSTHROUGH_CLIENT_ID"):
         wanted.insert(0, "ENTRA_PASSTHROUGH_CLIENT_ID (the app's client id)")
+    credential = (
+        " (AZURE_FEDERATED_TOKEN_FILE is its credential: the app needs a federated identity "
+        "credential for this workload's service account)"
+        if token_file and not credentials
+        else ""
+    )
     return (
         f" The environment sets {', '.join(seen)} (azure-identity's names for an app "
-        "registration); this library reads AZURE_CLIENT_ID only as the user-assigned managed "
-        "identity, and the on-behalf-of app's credential from its own variables. For the "
-        f"on-behalf-of app set {' and '.join(wanted)} ({see('configuration')})."
+        "registration); this library reads AZURE_CLIENT_ID only as the managed identity (on "
+        "AKS: the workload identity), and the on-behalf-of app's credential from its own "
+        f"variables. For the on-behalf-of app set {' and '.join(wanted)}{credential} "
+        f"({see('configuration')})."
     )
 
 

@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _env
 from .._credential import AppCredential, app_credential
-from .._errors import ConfigurationError, ConsentRequired
+from .._errors import (
+    GUID,
+    ConfigurationError,
+    ConsentRequired,
+    TenantNotAllowed,
+    TokenAcquisitionError,
+)
 from .._http import SHARED_THROTTLE, Timeouts
 from .._msal import (
     DEFAULT_MAX_WORKERS,
@@ -25,6 +31,7 @@ from .obo import (
     audiences_for,
     close_session_with,
     credential_from_env,
+    name_lists,
     options_from_env,
 )
 
@@ -146,6 +153,7 @@ class AgentIdentityOnBehalfOf:
         )
         if not agent_identity_id:
             raise ConfigurationError("AgentIdentityOnBehalfOf needs agent_identity_id.")
+        allowed_tenants, accepted_audiences = name_lists(allowed_tenants, accepted_audiences)
         _check_single_tenant(blueprint.tenant_id, allowed_tenants)
         self.name = name
         self.credential = blueprint
@@ -242,12 +250,16 @@ class AgentIdentityOnBehalfOf:
             return self._obo.get_token(request)
         except ConsentRequired as exc:
             raise _admin_consent(exc) from None
+        except TenantNotAllowed as exc:
+            raise _single_tenant(exc) from None
 
     async def get_token_async(self, request: TokenRequest) -> TokenResult | None:
         try:
             return await self._obo.get_token_async(request)
         except ConsentRequired as exc:
             raise _admin_consent(exc) from None
+        except TenantNotAllowed as exc:
+            raise _single_tenant(exc) from None
 
     @classmethod
     def from_env(
@@ -324,6 +336,32 @@ def _admin_consent(exc: ConsentRequired) -> ConsentRequired:
         trace_id=exc.trace_id,
         fix=AGENT_CONSENT_FIX,
     )
+
+
+def _single_tenant(exc: TenantNotAllowed) -> TenantNotAllowed:
+    """The same refusal with the agent identity's way out: the generic fix ("add the tenant to
+    allowed_tenants") is refused at build here (``_check_single_tenant``). A tenant configured
+    by name keeps its own fix (configure the GUID)."""
+    if any(not GUID.fullmatch(tenant) for tenant in exc.allowed):
+        return exc
+    # The same class (handlers and logs name TenantNotAllowed), its own message and fix.
+    err = TenantNotAllowed.__new__(TenantNotAllowed)
+    err.tenant = exc.tenant
+    err.allowed = exc.allowed
+    TokenAcquisitionError.__init__(
+        err,
+        f"The caller's tenant {exc.tenant!r} is not the agent identity's tenant "
+        f"({', '.join(exc.allowed)}); no request was sent to Entra. An agent identity exists "
+        "only in its blueprint's tenant and serves only tokens that tenant issued.",
+        source=exc.source,
+        scopes=exc.scopes,
+        fix="this agent identity cannot serve users of another tenant (allowed_tenants cannot "
+        "name one: agent identities are single-tenant). Invite the user as a guest of the "
+        "agent's tenant and have them sign in there (their token's tid is then that tenant), "
+        "or create a blueprint and agent identity in their tenant and use a second source for "
+        "it.",
+    )
+    return err
 
 
 def _check_single_tenant(tenant_id: str, allowed_tenants: Sequence[str] | None) -> None:

@@ -217,11 +217,7 @@ class AzureCli:
             except (TypeError, ValueError, KeyError, AttributeError, OverflowError):
                 info = expires_on = None
             if info is None or expires_on is None:
-                command = (
-                    "az account get-access-token --output json"
-                    if self.tool == "az"
-                    else "azd auth token --output json"
-                )
+                command = self._command()
                 raise SourceUnavailable(
                     f"{self.tool} printed no token (its output is not the JSON object with a "
                     "token and its expiry that it prints when it works).",
@@ -247,7 +243,30 @@ class AzureCli:
         )
         if logged_out and "AADSTS" not in combined:
             raise SourceUnavailable(cli.not_logged_in, source=self.name, scopes=scopes)
-        raise self._entra_error(cli.sanitize_output(err or out), scopes)
+        text = cli.sanitize_output(err or out)
+        if not text.strip():
+            # Nothing from Entra to decode: the CLI crashed or was killed (out of memory, a
+            # signal), which says nothing about the account or the scope.
+            how = (
+                f"was killed by signal {-returncode}"
+                if returncode < 0
+                else f"exited with status {returncode}"
+            )
+            raise SourceUnavailable(
+                f"{self.tool} {how} and printed nothing.",
+                source=self.name,
+                scopes=scopes,
+                fix=f"run '{self._command()}' by hand on this host to see why it fails (a "
+                f"crash, or the process killed: out of memory?); reinstall or update {self.tool} "
+                "if it fails there too.",
+            )
+        raise self._entra_error(text, scopes)
+
+    def _command(self) -> str:
+        """The command line a user runs by hand to see what this source runs."""
+        if self.tool == "az":
+            return "az account get-access-token --output json"
+        return "azd auth token --output json"
 
     async def get_token_async(self, request: TokenRequest) -> TokenResult | None:
         scope = self._scope(request.scopes)

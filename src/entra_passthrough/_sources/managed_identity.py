@@ -12,6 +12,12 @@ Which host MSAL talks to is decided by the variables the host sets in the proces
 * Cloud Shell: ``MSI_ENDPOINT`` without ``MSI_SECRET``. MSAL's ``ManagedIdentityClient`` has no
   Cloud Shell protocol (it would fall through to IMDS), so this host goes through
   azure-identity's ``ManagedIdentityCredential``, which speaks it.
+* AKS workload identity: ``AZURE_FEDERATED_TOKEN_FILE`` + ``AZURE_TENANT_ID`` +
+  ``AZURE_AUTHORITY_HOST`` (azure-identity's ``ManagedIdentityCredential`` takes its
+  ``WorkloadIdentityCredential`` there; MSAL's client has no such branch). The pod's identity is
+  the one ``AZURE_CLIENT_ID`` names, not one the node's IMDS has: a client-credentials request
+  to Entra with the token file as the client assertion, as ``AppCredential(federated_token_file=
+  ...)`` does for an app.
 * otherwise IMDS (VMs, VM scale sets, AKS nodes): ``http://169.254.169.254`` or
   ``AZURE_POD_IDENTITY_AUTHORITY_HOST``.
 
@@ -90,7 +96,23 @@ def _refresh_at(result: TokenResult, now: float) -> float:
 
 
 #: The host names ``detect_host`` returns (what ``repr`` and errors show).
-HOSTS = ("service_fabric", "app_service", "machine_learning", "azure_arc", "cloud_shell", "imds")
+HOSTS = (
+    "service_fabric",
+    "app_service",
+    "machine_learning",
+    "azure_arc",
+    "cloud_shell",
+    "workload_identity",
+    "imds",
+)
+
+#: The variables the AKS workload identity webhook injects that make a pod a workload identity
+#: host (azure-identity's ``WORKLOAD_IDENTITY_VARS``; ``AZURE_CLIENT_ID`` names the identity).
+WORKLOAD_IDENTITY_VARIABLES = (
+    "AZURE_FEDERATED_TOKEN_FILE",
+    "AZURE_TENANT_ID",
+    "AZURE_AUTHORITY_HOST",
+)
 
 
 #: Which user-assigned selectors each host's protocol carries. A selector a host does not carry
@@ -105,6 +127,8 @@ SELECTORS_BY_HOST: dict[str, tuple[str, ...]] = {
     "imds": ("client_id", "object_id", "resource_id"),
     "azure_arc": ("client_id", "object_id", "resource_id"),
     "machine_learning": ("client_id",),
+    # The identity is an app (or user-assigned identity) Entra knows by its client id alone.
+    "workload_identity": ("client_id",),
     "service_fabric": (),
     "cloud_shell": (),
 }
@@ -114,6 +138,7 @@ _HOST_NAMES = {
     "imds": "IMDS (VMs, scale sets, AKS nodes)",
     "azure_arc": "Azure Arc",
     "machine_learning": "Azure Machine Learning (MSI_ENDPOINT + MSI_SECRET)",
+    "workload_identity": "AKS workload identity (AZURE_FEDERATED_TOKEN_FILE)",
     "service_fabric": "Service Fabric",
     "cloud_shell": "Cloud Shell",
 }
@@ -126,6 +151,7 @@ _HOST_VARIABLES = {
     "service_fabric": "IDENTITY_ENDPOINT, IDENTITY_HEADER and IDENTITY_SERVER_THUMBPRINT",
     "azure_arc": "IDENTITY_ENDPOINT and IMDS_ENDPOINT",
     "cloud_shell": "MSI_ENDPOINT",
+    "workload_identity": "AZURE_FEDERATED_TOKEN_FILE, AZURE_TENANT_ID and AZURE_AUTHORITY_HOST",
     "imds": "",
 }
 
@@ -145,6 +171,14 @@ def _unsupported_selector(host: str, kind: str) -> tuple[str, str]:
             "unset AZURE_CLIENT_ID and pass no client_id/object_id/resource_id on this host; "
             "where a federated credential needs a user-assigned identity, use a host that "
             "selects one (App Service, Container Apps, a VM, AKS) or a certificate.",
+        )
+    if host == "workload_identity":
+        return (
+            f"ManagedIdentity got {kind}, but {_HOST_NAMES[host]} authenticates as an identity "
+            "named by its client id (a client-credentials request to Entra): it cannot select "
+            f"one by {kind}.",
+            "select the identity by client_id (AZURE_CLIENT_ID for from_env(); the AKS webhook "
+            "sets it from the service account's azure.workload.identity/client-id annotation).",
         )
     return (
         f"ManagedIdentity got {kind}, but {_HOST_NAMES[host]} selects a user-assigned identity "
@@ -174,7 +208,19 @@ def detect_host(environ: Mapping[str, str] | None = None) -> str:
         return "machine_learning" if "MSI_SECRET" in env else "cloud_shell"
     if "IDENTITY_ENDPOINT" in env and "IMDS_ENDPOINT" in env:
         return "azure_arc"
+    # azure-identity's order: after every host that sets an endpoint, before IMDS. On an AKS
+    # workload identity pod the node's IMDS does not know the pod's identity ("Identity not
+    # found").
+    if all(env.get(name) for name in WORKLOAD_IDENTITY_VARIABLES):
+        return "workload_identity"
     return "imds"
+
+
+def _workload_settings(env: Mapping[str, str]) -> tuple[str | None, str, str, str]:
+    """(``AZURE_CLIENT_ID``, token file, tenant, authority host) of a workload identity host."""
+    client_id = env.get("AZURE_CLIENT_ID") or None
+    token_file, tenant, authority = (env.get(name, "") for name in WORKLOAD_IDENTITY_VARIABLES)
+    return client_id, token_file, tenant, authority
 
 
 def _msal_refused(
@@ -315,6 +361,12 @@ class ManagedIdentity:
         self._flights: dict[str, threading.Lock] = {}
         self._msal_client: Any = None
         self._cloud_shell: Any = None
+        # Workload identity: the settings from_env() read (else os.environ's, per request) and
+        # the confidential client built for them (key, app); its own lock, as its build fetches
+        # the tenant's discovery document.
+        self._workload: tuple[str | None, str, str, str] | None = None
+        self._workload_app: tuple[tuple[str, ...], Any] | None = None
+        self._workload_lock = threading.Lock()
         self._instance = secrets.token_hex(8)
         self.check_host()
 
@@ -333,8 +385,13 @@ class ManagedIdentity:
 
     @property
     def host(self) -> str:
-        """The host this identity's requests go to (``app_service`` when an endpoint is given)."""
-        return "app_service" if self.endpoint is not None else detect_host()
+        """The host this identity's requests go to (``app_service`` when an endpoint is given,
+        ``workload_identity`` when ``from_env`` read a workload identity's variables)."""
+        if self.endpoint is not None:
+            return "app_service"
+        if self._workload is not None:
+            return "workload_identity"
+        return detect_host()
 
     def check_host(self, scopes: tuple[str, ...] | None = None) -> None:
         """Refuse a selector the host the environment describes cannot carry (see
@@ -342,20 +399,49 @@ class ManagedIdentity:
         answered: ``ConfigurationError`` at construction, ``SourceUnavailable`` before a
         request (``scopes`` given) if the environment changed since."""
         selector = self.selector
+        host = self.host
+        if host == "workload_identity" and selector is None and not self._workload_settings()[0]:
+            # azure-identity's ManagedIdentityCredential refuses this too (ValueError).
+            message = (
+                "This host is an AKS workload identity pod (AZURE_FEDERATED_TOKEN_FILE, "
+                "AZURE_TENANT_ID and AZURE_AUTHORITY_HOST are set), but no identity is named: "
+                "AZURE_CLIENT_ID is not set and no client_id was passed."
+            )
+            fix = (
+                "annotate the pod's service account with azure.workload.identity/client-id "
+                "(the webhook then sets AZURE_CLIENT_ID), or pass ManagedIdentity(client_id=...)."
+            )
+            if scopes is None:
+                raise ConfigurationError(message, fix=fix)
+            raise SourceUnavailable(message, source=self.name, scopes=scopes, fix=fix)
         if selector is None:
             return
-        host = self.host
         if selector[0] not in SELECTORS_BY_HOST[host]:
             message, fix = _unsupported_selector(host, selector[0])
             if scopes is None:
                 raise ConfigurationError(message, fix=fix)
             raise SourceUnavailable(message, source=self.name, scopes=scopes, fix=fix)
 
-    def require_user_assigned(self, owner: str) -> None:
+    def require_user_assigned(
+        self, owner: str, *, instead: str = "client_secret= or client_certificate="
+    ) -> None:
         """Raise ``ConfigurationError`` (before any request) unless a user-assigned identity is
-        selected: only user-assigned identities can be federated credentials of an app."""
+        selected: only user-assigned identities can be federated credentials of an app.
+        ``instead`` names the other credentials, for a host that cannot select one."""
         if self.user_assigned:
             return
+        host = self.host
+        if not SELECTORS_BY_HOST[host]:
+            # "Set AZURE_CLIENT_ID" would be refused next (check_host): the way out is another
+            # credential, not a selector.
+            raise ConfigurationError(
+                f"{owner} uses a managed identity as its federated credential, but "
+                f"{_HOST_NAMES[host]} cannot select a user-assigned identity, and only a "
+                "user-assigned identity can be a federated credential of an app registration.",
+                fix=f"give the app a client secret or certificate instead ({instead}), or run "
+                "it on a host that selects a user-assigned identity (App Service, Container "
+                "Apps, a VM, AKS).",
+            )
         raise ConfigurationError(
             f"{owner} uses a managed identity as its federated credential, but no user-assigned "
             "identity is selected: with no selector the host answers with its system-assigned "
@@ -381,6 +467,10 @@ class ManagedIdentity:
         if self._cloud_shell is not None:
             self._cloud_shell.close()
             self._cloud_shell = None
+        with self._workload_lock:
+            workload, self._workload_app = self._workload_app, None
+        if workload is not None and self._owns_http:
+            workload[1].http_client.close()  # a given http_client is its owner's to close
         if self._owns_http:
             if self._guarded is not None:
                 self._guarded.close()  # closes the session it created
@@ -546,6 +636,18 @@ class ManagedIdentity:
             code = code_in_body(response)
             if code is not None:
                 response = {**response, "error_codes": [code]}
+        if host == "workload_identity":
+            # Entra answered, not a host endpoint: an AADSTS code carries its own fix
+            # (700213: no federated credential names this service account).
+            return result_from_msal(
+                response,
+                kind=IdentityKind.APP,
+                source=self.name,
+                scopes=scopes,
+                fix="check that the identity AZURE_CLIENT_ID names has a federated identity "
+                "credential for this pod's service account (the cluster's OIDC issuer, subject "
+                "system:serviceaccount:<namespace>:<name>), and that the resource exists",
+            )
         selector = self.selector
         variables = _HOST_VARIABLES[host]  # ``self.host``: app_service when an endpoint is given
         identity = (
@@ -572,7 +674,47 @@ class ManagedIdentity:
             return self._via_cloud_shell(resource)
         if host == "service_fabric":
             return self._service_fabric(resource)
+        if host == "workload_identity":
+            return self._workload_identity(resource)
         return self._msal(resource)
+
+    def _workload_settings(self) -> tuple[str | None, str, str, str]:
+        """What ``from_env`` read, else the process environment's (as MSAL reads the others)."""
+        return self._workload or _workload_settings(os.environ)
+
+    def _workload_identity(self, resource: str) -> dict[str, Any]:
+        """AKS workload identity: client credentials as the identity ``AZURE_CLIENT_ID`` (or
+        ``client_id``) names, with the projected token file as the client assertion: the same
+        credential an app gets from ``AppCredential(federated_token_file=...)``."""
+        from .._credential import AppCredential
+        from .._msal import client_credential, confidential_app
+
+        env_client_id, token_file, tenant, authority = self._workload_settings()
+        client_id = self.client_id or env_client_id
+        assert client_id is not None  # check_host refused the request otherwise
+        key = (client_id, token_file, tenant, authority)
+        with self._workload_lock:
+            built = self._workload_app
+            if built is None or built[0] != key:
+                credential = AppCredential(
+                    client_id=client_id,
+                    tenant_id=tenant,
+                    authority_host=authority,
+                    federated_token_file=token_file,
+                )
+                app = confidential_app(
+                    client_id,
+                    credential=client_credential(credential),
+                    authority=f"{credential.authority_host}/{tenant}",
+                    http_client=self._http_client,
+                    timeouts=self.timeouts,
+                    throttle=self._throttle,
+                )
+                if built is not None and self._owns_http:
+                    built[1].http_client.close()
+                built = self._workload_app = (key, app)
+        result: dict[str, Any] = built[1].acquire_token_for_client([f"{resource}/.default"])
+        return result
 
     def _session(self) -> Any:
         """The guarded client every MSAL request of this source goes through."""
@@ -682,8 +824,11 @@ class ManagedIdentity:
         """``AZURE_CLIENT_ID`` selects a user-assigned identity (none: system-assigned).
 
         ``IDENTITY_ENDPOINT`` + ``IDENTITY_HEADER`` in ``environ`` (App Service, Container
-        Apps) are used as given; every other host is detected by MSAL from the process
-        environment, where the host sets its variables.
+        Apps) are used as given, and so are an AKS workload identity's variables
+        (``AZURE_FEDERATED_TOKEN_FILE``, ``AZURE_TENANT_ID``, ``AZURE_AUTHORITY_HOST``; the
+        identity is ``AZURE_CLIENT_ID``'s; ``ENTRA_PASSTHROUGH_CA_FILE`` for its HTTPS requests
+        to Entra); every other host is detected by MSAL from the process environment, where the
+        host sets its variables.
         """
         env = _env.environ_or(environ)
         endpoint = _env.get(env, "IDENTITY_ENDPOINT")
@@ -698,12 +843,38 @@ class ManagedIdentity:
         # The reliability variables, as every Entra source reads them; without any, the
         # managed identity's own defaults (a 10 s read, 4 workers: a local endpoint).
         tuned = any(_env.get(env, var) is not None for var in TIMEOUT_VARIABLES.values())
-        return cls(
-            client_id=_env.get(env, "AZURE_CLIENT_ID"),
-            endpoint=endpoint if explicit else None,
-            header=header if explicit else None,
-            http_client=http_client,
-            max_workers=_env.get_int(env, "ENTRA_PASSTHROUGH_MAX_WORKERS", _MAX_WORKERS),
-            timeouts=Timeouts.from_env(env) if tuned else None,
-            name=name,
-        )
+        workload = not explicit and detect_host(env) == "workload_identity"
+        if workload:
+            from .._msal import normalize_authority_host
+
+            # At start-up, not as every request's failure.
+            normalize_authority_host(_workload_settings(env)[3], what="AZURE_AUTHORITY_HOST")
+        ca_file = _env.get(env, "ENTRA_PASSTHROUGH_CA_FILE") if workload else None
+        created = http_client is None and ca_file is not None
+        if created:
+            from .._msal import http_session
+
+            http_client = http_session(ca_file)  # Entra over HTTPS, as OnBehalfOf.from_env
+        try:
+            source = cls(
+                client_id=_env.get(env, "AZURE_CLIENT_ID"),
+                endpoint=endpoint if explicit else None,
+                header=header if explicit else None,
+                http_client=http_client,
+                max_workers=_env.get_int(env, "ENTRA_PASSTHROUGH_MAX_WORKERS", _MAX_WORKERS),
+                timeouts=Timeouts.from_env(env) if tuned else None,
+                name=name,
+            )
+        except BaseException:
+            if created:
+                http_client.close()
+            raise
+        if workload:
+            source._workload = _workload_settings(env)
+            source._owns_http = source._owns_http or created
+            try:
+                source.check_host()  # the pod's own variables, not the process environment's
+            except ConfigurationError:
+                source.close()
+                raise
+        return source

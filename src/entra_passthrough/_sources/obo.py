@@ -32,6 +32,7 @@ from .._msal import (
     http_session,
 )
 from .._types import IdentityKind, TokenRequest, TokenResult
+from .._verify import names
 from ._base import result_from_msal, unreachable
 
 if TYPE_CHECKING:
@@ -96,8 +97,9 @@ class OnBehalfOf:
         # Compared without regard to case (GUIDs and identifier URIs are case-insensitive in
         # Entra, which writes them in lower case): an id configured in upper case must not
         # refuse every caller.
-        self.allowed_tenants = frozenset(t.lower() for t in allowed_tenants or (tenant_id,))
-        self.accepted_audiences = audiences_for(client_id, accepted_audiences)
+        tenants, audiences = name_lists(allowed_tenants, accepted_audiences)
+        self.allowed_tenants = frozenset(t.lower() for t in tenants or (tenant_id,))
+        self.accepted_audiences = audiences_for(client_id, audiences)
         self.consent_redirect_uri = consent_redirect_uri
         self._consent_link = consent_link
         self._credential = client_credential(app)
@@ -410,6 +412,18 @@ def _shown_choice(choice: str) -> str:
     return choice if choice in _CHOICES else "<not one of " + "|".join(sorted(_CHOICES)) + ">"
 
 
+def name_lists(
+    allowed_tenants: Sequence[str] | None, accepted_audiences: Sequence[str]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Both OBO sources' ``allowed_tenants`` and ``accepted_audiences`` as tuples, or a
+    ``ConfigurationError``: one string given for either was split into characters (every caller
+    refused as of a tenant '-', '0', ...; one-letter audiences accepted), as ``JwtVerifier``'s
+    lists were."""
+    tenants = names(allowed_tenants, what="allowed_tenants", example="<tenant id>", spaces=True)
+    audiences = names(accepted_audiences, what="accepted_audiences", example="api://<alias>")
+    return tenants, audiences
+
+
 def audiences_for(client_id: str, extra: Sequence[str] = ()) -> frozenset[str]:
     """The assertion audiences an app accepts, lower-cased: its client id, ``api://`` + it,
     and ``extra``."""
@@ -518,7 +532,9 @@ def credential_from_env(
             if _env.get(env, choice_variable)
             else "IDENTITY_ENDPOINT is set and no secret, certificate or token file is"
         )
-        mi.require_user_assigned(f"{owner} ({why})")
+        mi.require_user_assigned(
+            f"{owner} ({why})", instead=f"{secret_variable} or {cert_variable}"
+        )
         return credential(managed_identity=mi)
     raise ConfigurationError(
         f"{owner}: no client credential for {what} in the environment (it needs exactly one)"
@@ -528,7 +544,26 @@ def credential_from_env(
             else "."
         )
         + (_env.azure_app_hint(env) if app == "obo" else ""),
-        fix=f"set {secret_variable}, {cert_variable}, AZURE_FEDERATED_TOKEN_FILE, or "
-        "IDENTITY_ENDPOINT/IDENTITY_HEADER with AZURE_CLIENT_ID (a user-assigned managed "
-        f"identity as a federated credential of {what}).",
+        fix=f"set {secret_variable}, {cert_variable} or AZURE_FEDERATED_TOKEN_FILE"
+        + _managed_identity_option(env, choice_variable, what)
+        + ".",
+    )
+
+
+def _managed_identity_option(env: Mapping[str, str], choice_variable: str, what: str) -> str:
+    """The managed identity way to a client credential, as this host gets it: the variables the
+    host itself sets (IDENTITY_ENDPOINT/IDENTITY_HEADER, MSI_*) cannot be set by the user, and
+    a host that cannot select a user-assigned identity has no such way at all."""
+    from .managed_identity import _HOST_NAMES, SELECTORS_BY_HOST, detect_host
+
+    host = detect_host(env)
+    if not SELECTORS_BY_HOST[host]:
+        return (
+            f" (a managed identity cannot be {what}'s federated credential on "
+            f"{_HOST_NAMES[host]}: it cannot select a user-assigned identity)"
+        )
+    return (
+        f", or {choice_variable}=managed_identity with AZURE_CLIENT_ID naming a user-assigned "
+        f"managed identity assigned to this host and configured as a federated credential of "
+        f"{what} (needed where the host sets no IDENTITY_ENDPOINT: a VM, Azure Machine Learning)"
     )
