@@ -19,6 +19,8 @@ from .._types import IdentityKind, TokenResult
 
 #: The longest lifetime believed from a token endpoint's ``expires_in`` (seconds): a day.
 MAX_LIFETIME = 86_400.0
+#: ``expires_in`` is whole seconds: up to one more than the token has left when it is sent.
+_ROUNDING = 1.0
 
 
 def result_from_msal(
@@ -31,9 +33,17 @@ def result_from_msal(
     consent_link: str | None = None,
     who: str = "Entra",
     fix: str | None = None,
+    started: float | None = None,
 ) -> TokenResult:
     """A ``TokenResult`` from an MSAL answer, or the typed error for an Entra error body
-    (``who`` answered it; ``fix`` when it carries no AADSTS code: ``error_from_entra``)."""
+    (``who`` answered it; ``fix`` when it carries no AADSTS code: ``error_from_entra``).
+
+    ``started``: when the request that got the answer was sent (``time.time()`` before the
+    exchange). ``expires_in`` counts from when Entra issued the token, so the expiry counted
+    from the answer's arrival (MSAL's ``expires_on``) runs past the token's own ``exp`` by the
+    answer's time on the wire, and a token served to that expiry reaches the resource expired.
+    Counted from ``started``, less a second for the endpoint's whole-second rounding, it ends
+    before ``exp``."""
     token = response.get("access_token")
     if not isinstance(token, str) or not token:
         if response.get("error"):
@@ -55,7 +65,11 @@ def result_from_msal(
         expires_in = 300.0
     # Entra's access tokens live at most a day (configurable token lifetimes): a longer claim
     # from the endpoint is not believed.
-    expires_on = now + min(expires_in, MAX_LIFETIME)
+    lifetime = min(expires_in, MAX_LIFETIME)
+    if started is not None and started <= now:
+        expires_on = started + lifetime - min(_ROUNDING, lifetime / 2)
+    else:
+        expires_on = now + lifetime
     if cap is not None:
         expires_on = min(expires_on, cap)
     return TokenResult(token=token, expires_on=expires_on, kind=kind, source=source)

@@ -86,6 +86,7 @@ class _T1:
             token = self._token
             if token is not None and token.expires_on - _T1_MARGIN > time.time():
                 return token.token
+            started = time.time()  # expires_in counts from issuance: _base.result_from_msal
             try:
                 if self._app is None:
                     self._app = self._factory()
@@ -97,7 +98,11 @@ class _T1:
                     exc, what="the blueprint's T1 request", source=self._source, scopes=()
                 ) from None
             token = result_from_msal(
-                response, kind=IdentityKind.APP, source=self._source, scopes=(self._scope,)
+                response,
+                kind=IdentityKind.APP,
+                source=self._source,
+                scopes=(self._scope,),
+                started=started,
             )
             self._token = token
             return token.token

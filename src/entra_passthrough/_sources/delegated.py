@@ -610,6 +610,7 @@ class DelegatedConsent:
         scopes = tuple(request.scopes)
         released = dataclasses.replace(grant, lease_owner=None, lease_until=0.0)
         started = time.monotonic()
+        sent = time.time()  # expires_in counts from issuance: _base.result_from_msal
         try:
             answer = yield _Redeem(grant.refresh_token, scopes, request.claims, held)
         except _LeaseLost:
@@ -654,7 +655,9 @@ class DelegatedConsent:
             if written is None:
                 # Our lease expired and another replica took over; its refresh token is newer.
                 logger.warning("consent grant changed during a refresh; keeping the newer one")
-        result = result_from_msal(answer, kind=IdentityKind.USER, source=self.name, scopes=scopes)
+        result = result_from_msal(
+            answer, kind=IdentityKind.USER, source=self.name, scopes=scopes, started=sent
+        )
         logger.debug("delegated token %s for a stored grant", fingerprint(result.token))
         return result
 

@@ -584,6 +584,7 @@ class ManagedIdentity:
         self.check_host(scopes)  # the environment may have changed since construction
         host = self.host
         try:
+            started = time.time()  # expires_in counts from issuance: _base.result_from_msal
             with deadline(self.timeouts.deadline):
                 response = self._request(host, resource)
         except ConfigurationError:
@@ -644,6 +645,7 @@ class ManagedIdentity:
                 kind=IdentityKind.APP,
                 source=self.name,
                 scopes=scopes,
+                started=started,
                 fix="check that the identity AZURE_CLIENT_ID names has a federated identity "
                 "credential for this pod's service account (the cluster's OIDC issuer, subject "
                 "system:serviceaccount:<namespace>:<name>), and that the resource exists",
@@ -663,6 +665,7 @@ class ManagedIdentity:
             source=self.name,
             scopes=scopes,
             who=f"The managed identity endpoint ({host})",
+            started=started,
             fix=(f"check {variables} (the host sets them), " if variables else "check ")
             + f"{identity}, and that the resource exists",
         )

@@ -258,6 +258,7 @@ class OnBehalfOf:
         self, request: TokenRequest, tenant: str, assertion: str, exp: float
     ) -> TokenResult:
         scopes = request.scopes
+        started = time.time()  # expires_in counts from issuance: _base.result_from_msal
         try:
             with deadline(self.timeouts.deadline):  # discovery, client assertion, POST, retries
                 app = self._apps.get(tenant, request.client_capabilities)
@@ -278,6 +279,7 @@ class OnBehalfOf:
             scopes=scopes,
             cap=exp,
             consent_link=link,
+            started=started,
         )
         logger.debug(
             "obo %s: assertion %s -> token %s (tenant %s)",
