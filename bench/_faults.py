@@ -540,7 +540,8 @@ TYPED = {
     "Throttled",
     "EntraError",
     "SigningKeysUnavailable",
-    "TokenVerificationError",
+    "TokenVerificationError",  # also a tool call the MCP server refused with 401
+    "InsufficientScope",  # a tool call the MCP server refused with 403 insufficient_scope
     "ConfigurationError",
     "PolicyViolation",
     "ToolExecutionException",  # agent-framework's error for a tool call, with our message

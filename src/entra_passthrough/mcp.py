@@ -33,8 +33,9 @@ import logging
 import os
 import re
 import time
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, suppress
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from http.cookiejar import CookieJar, DefaultCookiePolicy
@@ -61,6 +62,7 @@ except ImportError as _exc:  # pragma: no cover - exercised only without the ext
     raise require_extra("mcp", "mcp", _exc) from _exc
 
 from ._auth import EntraAuth
+from ._challenge import parse_bearer_challenges
 from ._flow import APPLIED, Chain
 from ._httpx_seams import wrap_transports
 from ._jwt import UnverifiedClaims
@@ -195,6 +197,10 @@ class CallAttempt:
     transport_error: str | None = None
     #: HTTP status of the last ``tools/call`` answer (a 5xx: the server may have run it).
     status: int | None = None
+    #: The ``error`` of the Bearer challenge (``WWW-Authenticate``) of that answer when it is a
+    #: 401 or 403 (``insufficient_scope``, ``invalid_token``...): a bare RFC 6750 code, or
+    #: ``None`` (no challenge, none understood, or not a code).
+    challenge_error: str | None = None
     #: Whether the last ``tools/call`` carried an ``Mcp-Session-Id`` (a legacy session).
     on_session: bool = False
     #: Whether the server's own answers say what it did: no proxy in between and resends not
@@ -322,6 +328,17 @@ def _local_error(request: httpx2.Request, rpc_id: Any, message: str) -> httpx2.R
     )
 
 
+#: An RFC 6750 error code as the MCP server's challenge may name it (it is quoted in messages the
+#: model and the user see: anything else, which the server chose freely, is left out).
+_ERROR_CODE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+
+
+def _challenge_error(response: httpx2.Response) -> str | None:
+    challenge = parse_bearer_challenges(response.headers.get_list("www-authenticate"))
+    error = challenge.error if challenge is not None else None
+    return error if error is not None and _ERROR_CODE.fullmatch(error) else None
+
+
 def _drop_ended_callers_token(request: httpx2.Request) -> None:
     """A connection-lifetime request (GET stream, ping, DELETE...) whose token was applied for
     a caller who has ended since (their response completed while this request waited for a
@@ -352,12 +369,20 @@ class _WriteWatch:
     CONNECT counts too: earlier, never later). Until then the request was waiting for a
     connection, connecting or in TLS, and a failure or a cancellation there (the connection torn
     down under the call by a reconnect) provably sent nothing. Only for httpx2's own transport,
-    which hands the extensions to httpcore: with another transport nothing is inferred."""
+    which hands the extensions to httpcore: with another transport nothing is inferred.
 
-    __slots__ = ("_at", "_outer", "started")
+    It also learns whether a byte of the answer arrived (``answered``), from the reads of a
+    watched connection (``_watch_reads``) while this request is in the transport
+    (``_answer_watch``): ``observed`` once such a read ran for it. A connection this request
+    opens is watched from its trace (``*.connect_tcp.complete``, ``*.start_tls.complete``), one
+    it reuses since the answer that left it idle (``_CallGuard``)."""
+
+    __slots__ = ("_at", "_outer", "answered", "observed", "started")
 
     def __init__(self, request: httpx2.Request) -> None:
         self.started = False
+        self.observed = False
+        self.answered = False
         self._at = 0.0
         self._outer = request.extensions.get("trace")
         request.extensions["trace"] = self._trace
@@ -366,28 +391,90 @@ class _WriteWatch:
         if name.endswith("send_request_headers.started"):
             self.started = True
             self._at = time.monotonic()
+        elif name.endswith(_NEW_STREAM_EVENTS):
+            _watch_reads(info.get("return_value"))
         if self._outer is not None:
             await self._outer(name, info)
 
     def reset_unread(self, exc: BaseException) -> bool:
-        """Whether ``exc`` (raised by the transport, so before the answer's headers were read)
-        is the server resetting the connection within ``RESET_WINDOW`` of the request's first
-        byte (``ECONNRESET`` on reading, or ``EPIPE`` on writing the rest of it).
+        """Whether ``exc`` (raised by the transport, so before the answer's headers were all
+        read) is the server resetting the connection within ``RESET_WINDOW`` of the request's
+        first byte (``ECONNRESET`` on reading, or ``EPIPE`` on writing the rest of it), with no
+        byte of an answer received before it.
 
         A peer resets (RST) instead of closing (FIN) when it closes a socket with bytes it
         never read: the request, or its end. A server that read the whole request and ran it
-        closes with FIN ("Server disconnected without sending a response"), never this. That is
-        the race of a server closing an idle keep-alive connection (a graceful restart closes
-        them all at once) just as a request is written onto it: the server never read it, and
-        it is sent again. The window leaves out the one reset that can follow a request that
-        ran: a load balancer's idle timeout during a long call (minutes)."""
+        closes with FIN ("Server disconnected without sending a response"), unless it aborts
+        the connection (``SO_LINGER`` 0: Node's ``resetAndDestroy``, Go's ``SetLinger(0)``).
+        Such a server that began its answer (a status line, some headers) read the request and
+        may have run it, so a byte of an answer rules "unread" out; where the reads could not be
+        watched, nothing rules it out, and the reset is not taken for unread either. What is
+        left is the race of a server closing an idle keep-alive connection (a graceful restart
+        closes them all at once) just as a request is written onto it: the server never read
+        it, and it is sent again. The window leaves out the one reset that can follow a request
+        that ran: a load balancer's idle timeout during a long call (minutes)."""
         if not self.started or time.monotonic() - self._at > RESET_WINDOW:
+            return False
+        if not self.observed or self.answered:
             return False
         # httpx2 -> httpcore2 -> anyio -> the OSError
         return any(
             isinstance(cause, ConnectionResetError | BrokenPipeError)
             for cause in exception_chain(exc)
         )
+
+
+#: httpcore's trace events whose ``return_value`` is a new connection's network stream (the
+#: stream its HTTP/1.1 connection reads from is the last of them: TLS wraps the TCP one).
+_NEW_STREAM_EVENTS = (
+    ".connect_tcp.complete",
+    ".connect_unix_socket.complete",
+    ".start_tls.complete",
+)
+
+#: The ``_WriteWatch`` of the ``tools/call`` this task is sending through ``_CallGuard``:
+#: httpcore reads an HTTP/1.1 answer's headers in the task that sent the request, so a read of
+#: a watched connection in this context is that request's.
+_answer_watch: ContextVar[_WriteWatch | None] = ContextVar(
+    "entra_passthrough.mcp_answer_watch", default=None
+)
+
+
+class _ObservedRead:
+    """A network stream's ``read`` that records, on the ``tools/call`` this task is sending
+    (``_answer_watch``), that a read ran for it and whether it returned a byte. It holds its
+    stream weakly: stored on that stream, a strong reference would make a cycle, and the
+    stream (and its socket) would wait for the garbage collector instead of going at once."""
+
+    __slots__ = ("_function", "_stream")
+
+    def __init__(self, function: Any, stream: Any) -> None:
+        self._function = function
+        self._stream = weakref.ref(stream)
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        stream = self._stream()  # alive: it is being read
+        watch = _answer_watch.get()
+        if watch is None:
+            return await self._function(stream, *args, **kwargs)
+        watch.observed = True
+        data = await self._function(stream, *args, **kwargs)
+        if data:
+            watch.answered = True
+        return data
+
+
+def _watch_reads(stream: Any) -> None:
+    """Record the reads of ``stream`` (httpcore's network stream of a connection) on the
+    ``tools/call`` that makes them (``_ObservedRead``), once per stream. A stream whose ``read``
+    is not a plain method, or that takes no new attribute, stays unwatched: a reset on it is
+    then never taken for unread (``_WriteWatch.reset_unread``)."""
+    read = getattr(stream, "read", None)
+    function = getattr(read, "__func__", None)
+    if function is None or getattr(read, "__self__", None) is not stream:
+        return  # already watched (an _ObservedRead), or not a method we know how to wrap
+    with suppress(AttributeError, TypeError):  # __slots__, no weak reference to it
+        setattr(stream, "read", _ObservedRead(function, stream))  # noqa: B010 (mypy narrows stream to None)
 
 
 class _CallGuard(httpx2.AsyncBaseTransport):
@@ -399,12 +486,20 @@ class _CallGuard(httpx2.AsyncBaseTransport):
         # httpx2's own transport passes request.extensions (the trace hook) to httpcore.
         self._traced = type(inner) is httpx2.AsyncHTTPTransport
         self._resend_on_reset = resend_on_reset
+        # Whose connections' reads are watched for answer bytes: only where a reset may be
+        # taken for unread (``_WriteWatch.reset_unread``).
+        self._watching = self._traced and resend_on_reset
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         attempt = attempt_var.get()
         if attempt is None or request.method != "POST":
             _drop_ended_callers_token(request)
-            return await self._inner.handle_async_request(request)
+            response = await self._inner.handle_async_request(request)
+            if self._watching:
+                # A connection is reused only after an answer left it idle: watched from that
+                # answer on, whichever request opened it (a later tools/call may reuse it).
+                _watch_reads(response.extensions.get("network_stream"))
+            return response
         rpc_id, method = _rpc_of(request)
         if attempt.closed:
             attempt.not_sent = attempt.not_sent or "closed"
@@ -427,6 +522,7 @@ class _CallGuard(httpx2.AsyncBaseTransport):
             attempt.on_session = "mcp-session-id" in request.headers
             attempt.direct = self._resend_on_reset
             attempt._begin()
+        reading = _answer_watch.set(watch) if watch is not None and self._watching else None
         try:
             response = await self._inner.handle_async_request(request)
         except httpx2.TransportError as exc:
@@ -458,10 +554,17 @@ class _CallGuard(httpx2.AsyncBaseTransport):
                 attempt.not_sent = attempt.not_sent or "connect"
             raise
         finally:
+            if reading is not None:
+                _answer_watch.reset(reading)
             if is_call:
                 attempt._end()
+        if self._watching:
+            _watch_reads(response.extensions.get("network_stream"))
         if is_call:
             attempt.status = response.status_code
+            attempt.challenge_error = (
+                _challenge_error(response) if response.status_code in (401, 403) else None
+            )
             if isinstance(response.stream, httpx2.AsyncByteStream):
                 response.stream = _BodyWatch(response.stream, attempt)
         return response

@@ -70,9 +70,11 @@ from .._errors import (
     ConfigurationError,
     ConsentRequired,
     EntraPassthroughError,
+    InsufficientScope,
     NoCallerError,
     PolicyViolation,
     TokenAcquisitionError,
+    TokenVerificationError,
 )
 from .._flow import Chain
 from .._jwt import JwtDecodeError, UnverifiedClaims
@@ -602,6 +604,9 @@ class EntraMCPTool(HookedMCPTool):
                         await attempt.settled()
                 verdict = self._verdict(exc, attempt, caller, generation)
                 if verdict == "raise":
+                    refused = self._refusal(attempt, tool_name, caller)
+                    if refused is not None:
+                        raise refused from exc
                     raise
                 if verdict == "bound":
                     raise self._bound_error() from exc
@@ -732,6 +737,41 @@ class EntraMCPTool(HookedMCPTool):
         ):
             return "maybe_ran"
         return "raise"
+
+    def _refusal(
+        self, attempt: CallAttempt, tool_name: str, caller: Caller | None
+    ) -> TokenVerificationError | None:
+        """The MCP server's 401/403 to this call (after the auth's one retry on a claims
+        challenge or ``invalid_token``), typed: the mcp SDK reports only "Server returned an
+        error response", which tells neither the model nor the user that the token was refused
+        nor why. Named from the status and the challenge's error code alone: the server's own
+        description is its free text, and no part of the token is quoted."""
+        status = attempt.status
+        if status not in (401, 403) or attempt.transport_error is not None:
+            return None
+        if caller is not None and not caller.active:
+            # The run's caller ended while the call was out (a background run is capped at its
+            # user's token expiry, about when a server starts refusing that token): the 401 is
+            # that expiry, and "check the scopes" would send the operator the wrong way.
+            return None
+        error = attempt.challenge_error
+        answer = f"HTTP {status}" + (f' error="{error}"' if error else "")
+        refused = (
+            f"MCP server {self.server_label!r} refused the token of the call to tool "
+            f"{tool_name!r} ({answer})."
+        )
+        if status == 403 or error == "insufficient_scope":
+            return InsufficientScope(
+                f"{refused} The token is valid but lacks a scope or app role the server "
+                "requires. Fix: grant the user (or the agent app, with admin consent) what the "
+                f"server requires, and request it in the tool's scopes ({see('errors')})."
+            )
+        return TokenVerificationError(
+            f"{refused} The server does not accept the token.",
+            fix="check that the tool's scopes name the MCP server's app (its App ID URI + "
+            "/.default), that the server trusts the user's tenant, and that the user may call "
+            f"it ({see('errors')})",
+        )
 
     async def _until_sendable(self, tool_name: str) -> None:
         """Return once a call to ``tool_name`` can go out with its arguments: no connect of

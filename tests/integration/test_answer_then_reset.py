@@ -1,0 +1,307 @@
+"""A reset that comes after the server began its answer: the server read the ``tools/call`` and
+may have run it, so the call is never sent again (``CallOutcomeUnknown``). Only a reset before
+any byte of an answer (the race of a server closing an idle keep-alive connection as the request
+is written) says the call was never read, and that one is still sent again, once.
+
+Real sockets on 127.0.0.1 (plain and TLS, on a new and on a reused connection) under the MCP
+client's own transport, and end to end: a real MCP server behind a TCP hop, the emulator and
+MSAL behind ``EntraMCPTool``, the tool's executions counted on the server."""
+
+from __future__ import annotations
+
+import asyncio
+import select
+import socket
+import ssl
+import struct
+import threading
+from collections import Counter
+from contextlib import suppress
+from typing import Any
+
+import httpx2
+import pytest
+
+from _support.mcp_world import Recorder, ServerThread, agent_token, build_mcp_app, make_chain
+from _support.mcp_world import mcp_scopes as scopes_of
+from entra_passthrough import bind_caller
+from entra_passthrough.agent_framework import CallOutcomeUnknown, entra_mcp_tool
+from entra_passthrough.mcp import CallAttempt, _CallGuard, call_attempt
+from entra_passthrough.testing import EntraEmulator
+from entra_passthrough.testing._world import User
+
+CALL = {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "x"}}
+LIST = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+#: Where each request's body ends (httpx2 serialises ``json=`` with these last bytes).
+CALL_END = b'"x"}}'
+LIST_END = b'"tools/list"}'
+
+#: What the server writes of its answer before it resets (``None``: it resets unread).
+ANSWERS = {
+    "unread": None,
+    "status_begun": b"HTTP/1.1 2",
+    "headers_begun": b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n",
+}
+
+
+def _abort(connection: socket.socket) -> None:
+    """Close with SO_LINGER 0: the peer gets a reset (RST), not a FIN."""
+    connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    connection.close()
+
+
+def _read_until(connection: socket.socket, end: bytes) -> bytes:
+    received = b""
+    for _ in range(1000):  # bounded; each recv is bounded by the socket's timeout
+        if received.endswith(end):
+            break
+        chunk = connection.recv(65536)
+        if not chunk:
+            break
+        received += chunk
+    return received
+
+
+class _AnswerThenReset:
+    """A server (a thread, blocking sockets, TLS when ``tls`` is given) that takes one
+    connection. With ``reuse`` it first answers a ``tools/list`` in full on it (keep-alive), so
+    the ``tools/call`` reuses a connection opened by another request. Then, once the call is
+    there, it resets: unread (``answer`` None: it closes without reading the call, as a server
+    closing an idle keep-alive connection as the request arrives), or after reading it whole and
+    writing ``answer``, the beginning of an answer (a server that aborts the connection with
+    SO_LINGER 0 part-way through its answer: it read the call and may have run it)."""
+
+    def __init__(self, answer: bytes | None, *, reuse: bool, tls: ssl.SSLContext | None) -> None:
+        self.answer = answer
+        self.reuse = reuse
+        self.tls = tls
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        self._listener.settimeout(30)  # bounded
+        try:
+            raw, _ = self._listener.accept()
+            self.connections += 1
+            raw.settimeout(30)  # bounded
+            # Written at once: under Nagle, the partial answer could wait for the ACK of the
+            # TLS handshake's last bytes, and the reset would discard it unsent.
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            connection = (
+                self.tls.wrap_socket(raw, server_side=True) if self.tls is not None else raw
+            )
+            if self.reuse:
+                self.requests.append(_read_until(connection, LIST_END))
+                connection.sendall(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                    b"content-length: 2\r\n\r\n{}"
+                )
+            if self.answer is None:
+                readable, _, _ = select.select([connection], [], [], 30)
+                assert readable
+                _abort(connection)  # the call unread
+                return
+            self.requests.append(_read_until(connection, CALL_END))
+            connection.sendall(self.answer)
+            _abort(connection)
+        finally:
+            self._listener.close()
+
+    def join(self) -> None:
+        self._thread.join(30)
+
+
+@pytest.mark.parametrize("reuse", [False, True], ids=["new_connection", "reused_connection"])
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+@pytest.mark.parametrize("answer", list(ANSWERS))
+async def test_a_reset_after_the_answer_began_may_have_run_and_only_an_unread_one_never_left(
+    answer: str, tls: bool, reuse: bool, idp: EntraEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server read the ``tools/call``, began its answer (part of the status line, or some
+    headers) and reset the connection within ``RESET_WINDOW``: that is no unread request, the
+    call may have run (``sent``, a transport error recorded). The same reset before any byte of
+    an answer is the server closing without reading the call: "not sent (reset)". Both on a
+    connection the call opened and on one it reused, over HTTP and TLS."""
+    from entra_passthrough import mcp
+
+    # Prompt however long a loaded machine takes to schedule the server thread: the verdict
+    # under test must not rest on the clock.
+    monkeypatch.setattr(mcp, "RESET_WINDOW", 60.0)
+    server_tls: ssl.SSLContext | None = None
+    verify: Any = True
+    if tls:
+        server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server_tls.load_cert_chain(idp.server_cert_file, idp.server_key_file)
+        verify = ssl.create_default_context(cafile=idp.ca_file)
+    server = _AnswerThenReset(ANSWERS[answer], reuse=reuse, tls=server_tls)
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{server.port}/mcp"
+    attempt: CallAttempt
+    transport = _CallGuard(httpx2.AsyncHTTPTransport(verify=verify))
+    async with httpx2.AsyncClient(transport=transport, timeout=30) as client:
+        if reuse:
+            # A connection-lifetime request (outside any call) opens the connection.
+            listed = await client.post(url, json=LIST, headers={"Authorization": "Bearer t"})
+            assert listed.status_code == 200
+        with call_attempt() as attempt:
+            reply = await client.post(url, json=CALL, headers={"Authorization": "Bearer t"})
+    server.join()
+    assert server.connections == 1  # reused when asked to: one connection only
+    assert reply.json()["id"] == 5  # a JSON-RPC error for this request: the connection lives
+    if ANSWERS[answer] is None:
+        assert attempt.sent is False
+        assert attempt.not_sent == "reset"
+        assert attempt.transport_error is None
+    else:
+        assert server.requests[-1].endswith(CALL_END)  # the server read the whole call
+        assert attempt.sent is True
+        assert attempt.not_sent is None
+        assert attempt.never_left is False
+        assert attempt.transport_error is not None
+
+
+class _CuttingHop:
+    """A TCP hop in front of the MCP server that forwards every byte both ways, except for the
+    first ``tools/call``: ``unread`` resets the client's connection as that call arrives, before
+    forwarding it (the server never reads it); ``answer_begun`` forwards it, lets the server run
+    it, passes on the first ``keep`` bytes of the server's answer, then resets the client's
+    connection (what a server that aborts with SO_LINGER 0 part-way through its answer does)."""
+
+    def __init__(self, behaviour: str, *, keep: int = 12) -> None:
+        self.behaviour = behaviour
+        self.keep = keep
+        self.upstream = 0
+        self.port = 0
+        self.cuts = 0
+        self.passed_on = b""  # the part of an answer the client got before its reset
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Known at once, so that ``aclose`` aborts it even if its task never started.
+        self._writers.append(writer)
+        task = asyncio.get_running_loop().create_task(self._serve(reader, writer))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def aclose(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for writer in self._writers:
+            writer.transport.abort()
+        await self._server.wait_closed()
+
+    def _reset(self, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        cut = asyncio.Event()  # this connection carries the call whose answer is cut
+        answers: asyncio.Task[None] | None = None
+        upstream: asyncio.StreamWriter | None = None
+
+        async def relay_answers(source: asyncio.StreamReader) -> None:
+            try:
+                while data := await source.read(65536):
+                    if cut.is_set():
+                        self.passed_on = data[: self.keep]
+                        writer.write(self.passed_on)
+                        await writer.drain()
+                        self._reset(writer)
+                        return
+                    writer.write(data)
+                    await writer.drain()
+            except OSError:
+                pass  # the client went away
+            writer.close()
+
+        try:
+            up_reader, upstream = await asyncio.open_connection("127.0.0.1", self.upstream)
+            answers = asyncio.create_task(relay_answers(up_reader))
+            while data := await reader.read(65536):
+                if self.cuts == 0 and b"tools/call" in data:
+                    self.cuts += 1
+                    if self.behaviour == "unread":
+                        self._reset(writer)  # the call is never forwarded
+                        break
+                    cut.set()
+                upstream.write(data)
+                await upstream.drain()
+        except (OSError, asyncio.CancelledError):
+            pass  # a side went away, or the test is over
+        finally:
+            if answers is not None:
+                if cut.is_set():
+                    # The cut answer's relay ends by itself once it passed its bytes on.
+                    with suppress(asyncio.CancelledError, TimeoutError, OSError):
+                        await asyncio.wait_for(answers, 10)
+                else:
+                    answers.cancel()
+            if upstream is not None:
+                upstream.transport.abort()
+            writer.transport.abort()
+
+
+@pytest.mark.parametrize("behaviour", ["answer_begun", "unread"])
+async def test_a_call_whose_answer_began_before_a_reset_runs_once_and_is_never_resent(
+    behaviour: str, idp: EntraEmulator, users: list[User], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """End to end, the tool's executions counted on the server. The server ran the call and
+    began answering when the connection was reset: the call ran once and fails
+    ``CallOutcomeUnknown`` ("may have run"), never sent again. A reset before the server read
+    the call: sent again once, it runs once and answers."""
+    from entra_passthrough import mcp
+
+    monkeypatch.setattr(mcp, "RESET_WINDOW", 60.0)  # prompt however loaded the machine is
+    hop = _CuttingHop(behaviour)
+    await hop.start()
+    executions: list[tuple[str, str]] = []
+    server = ServerThread(
+        lambda _base: build_mcp_app(
+            idp,
+            base_url=f"http://127.0.0.1:{hop.port}",
+            recorder=Recorder(),
+            executions=executions,
+        ),
+        name="mcp",
+    ).start()
+    hop.upstream = server.port
+    tool = entra_mcp_tool(
+        "records", f"http://127.0.0.1:{hop.port}/mcp", chain=make_chain(idp), scopes=scopes_of(idp)
+    )
+    user = users[21]
+    who = f"{user.oid}|cut"
+    outcome: Any = None
+    failure: BaseException | None = None
+    try:
+        with bind_caller(token=agent_token(idp, user)):
+            try:
+                outcome = await tool.call_tool("whoami", who=who)
+            except CallOutcomeUnknown as exc:
+                failure = exc
+    finally:
+        await tool.close()
+        server.stop()
+        await hop.aclose()
+    assert hop.cuts == 1
+    assert Counter(name for name, _ in executions) == {who: 1}  # never twice
+    if behaviour == "answer_begun":
+        assert hop.passed_on.startswith(b"HTTP/1.1 ")  # the client got part of an answer
+        assert failure is not None, f"the call was sent again and answered: {outcome!r}"
+        assert "may have run" in str(failure)
+    else:
+        assert failure is None
+        parts = outcome if isinstance(outcome, list) else [outcome]
+        assert user.oid in " ".join(str(getattr(part, "text", part)) for part in parts)

@@ -1,0 +1,109 @@
+"""A ``tools/call`` the MCP server refuses with 401 or 403: the tool fails with a typed error
+(``InsufficientScope`` / ``TokenVerificationError``) that names the status and the challenge's
+error code, never the SDK's bare "Server returned an error response", and never a token.
+
+Real components: the emulator and MSAL behind ``EntraMCPTool``, a real MCP server behind an
+ASGI wrapper that refuses ``tools/call`` with the library's own challenge."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from _support.mcp_world import (
+    Recorder,
+    ServerThread,
+    agent_token,
+    build_mcp_app,
+    make_chain,
+    mcp_scopes,
+    read_json_request,
+)
+from entra_passthrough import InsufficientScope, TokenVerificationError, bind_caller
+from entra_passthrough._www_auth import challenge, send_challenge
+from entra_passthrough.agent_framework import entra_mcp_tool
+from entra_passthrough.testing import EntraEmulator
+from entra_passthrough.testing._world import User
+
+#: The refusals: (what the wrapper answers with, the type the tool raises, what it names).
+REFUSALS = {
+    "403_insufficient_scope": (
+        InsufficientScope("the token lacks Files.Write", required=["Files.Write"]),
+        InsufficientScope,
+        ("HTTP 403", 'error="insufficient_scope"'),
+    ),
+    "401_invalid_token": (
+        TokenVerificationError("the token has expired"),
+        TokenVerificationError,
+        ("HTTP 401", 'error="invalid_token"'),
+    ),
+    "401_no_error": (None, TokenVerificationError, ("HTTP 401",)),
+}
+
+
+def _refusing(app: Any, refusal: TokenVerificationError | None, base: str, seen: list[str]) -> Any:
+    """Answers every ``tools/call`` with the refusal's 401/403 challenge; the rest goes on."""
+
+    async def wrapper(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await app(scope, receive, send)
+            return
+        body, replay = await read_json_request(receive)
+        method = body.get("method") if isinstance(body, dict) else None
+        if method != "tools/call":
+            await app(scope, replay, send)
+            return
+        seen.append(method)
+        status, header, payload = challenge(
+            error=refusal,
+            resource_metadata=f"{base}/.well-known/oauth-protected-resource/mcp",
+            scopes=["api://other-app/Files.Write"],
+        )
+        await send_challenge(send, status, header, payload)
+
+    return wrapper
+
+
+@pytest.mark.parametrize("refusal", list(REFUSALS))
+async def test_a_refused_call_is_a_typed_error_naming_the_status_and_the_challenge(
+    refusal: str, idp: EntraEmulator, users: list[User]
+) -> None:
+    answer, kind, named = REFUSALS[refusal]
+    refused: list[str] = []
+    executions: list[tuple[str, str]] = []
+    server = ServerThread(
+        lambda base: _refusing(
+            build_mcp_app(idp, base_url=base, recorder=Recorder(), executions=executions),
+            answer,
+            base,
+            refused,
+        ),
+        name="mcp",
+    ).start()
+    tool = entra_mcp_tool(
+        "records", f"{server.base}/mcp", chain=make_chain(idp), scopes=mcp_scopes(idp)
+    )
+    user = users[22]
+    token = agent_token(idp, user)
+    failure: BaseException | None = None
+    try:
+        with bind_caller(token=token):
+            try:
+                await tool.call_tool("whoami", who=user.oid)
+            except Exception as exc:
+                failure = exc
+    finally:
+        await tool.close()
+        server.stop()
+    assert refused, "the call never reached the refusing server"
+    assert executions == []
+    assert type(failure) is kind, repr(failure)
+    message = str(failure)
+    for part in named:
+        assert part in message
+    assert "'records'" in message
+    assert "'whoami'" in message
+    assert "Fix:" in message
+    assert "eyJ" not in message  # no JWT (the user's, or the MCP token) in the message
+    assert token not in message
