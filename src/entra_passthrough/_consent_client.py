@@ -23,13 +23,14 @@ import requests
 from ._credential import AppCredential
 from ._errors import ConfigurationError, TokenVerificationError
 from ._http import OAuthBodies
-from ._jwks import KeySet, KeySource, check_fetch_url, read_bounded
+from ._jwks import KeySet, KeySource, check_fetch_url, read_bounded, shown_url
 from ._msal import (
     DiscoveryOnlyHttpCache,
     NullTokenCache,
     WorkerPool,
     client_credential,
 )
+from ._origins import is_loopback
 
 #: Scopes MSAL adds itself and refuses to be given.
 RESERVED_SCOPES = frozenset({"openid", "profile", "offline_access"})
@@ -50,15 +51,37 @@ class IdTokenError(ValueError):
     """The id token is not acceptable. The message names the check, never the token."""
 
 
+#: What to write instead, per URL ``check_https_url`` is given.
+_URL_FIX = {
+    "broker_url": "set broker_url (ENTRA_PASSTHROUGH_CONSENT_BROKER_URL) to the consent broker's "
+    "public address alone, e.g. https://agent.contoso.com/consent.",
+    "redirect URI": "use the broker's callback URL as registered on the consent app, e.g. "
+    "https://agent.contoso.com/consent/callback.",
+}
+
+
 def check_https_url(url: str, *, what: str) -> str:
-    """A browser-facing URL of the consent flow: HTTPS (HTTP only on loopback), no query or
-    fragment (hosts reject non-HTTPS consent links; a query would be appended to)."""
+    """A browser-facing URL of the consent flow: HTTPS (HTTP only on loopback), a host, no user
+    info, query or fragment (hosts reject non-HTTPS consent links; a query would be appended to;
+    a password would be in every consent link shown to users). The refusal shows the URL's
+    origin at most: its user info, path, query or fragment may hold a secret."""
+    fix = _URL_FIX.get(what, f"set {what} to an https:// URL with no user info, query or fragment.")
+    shown = shown_url(url, path=False)
+    # Another scheme's "host" may be anything pasted there (a secret): not shown.
+    if shown is None or not shown.startswith(("https://", "http://")):
+        raise ConfigurationError(
+            f"{what} must be an https:// URL with a host (and a numeric port, if any).", fix=fix
+        )
     parts = urlsplit(url)
-    loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
-    if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
-        raise ConfigurationError(f"{what} {url!r} must be HTTPS.")
-    if parts.query or parts.fragment:
-        raise ConfigurationError(f"{what} {url!r} must have no query or fragment.")
+    named = f"{what} ({shown})"
+    if parts.scheme != "https" and not (
+        parts.scheme == "http" and is_loopback(parts.hostname or "")
+    ):
+        raise ConfigurationError(f"{named} must be HTTPS (HTTP only on loopback).", fix=fix)
+    if "@" in parts.netloc:
+        raise ConfigurationError(f"{named} must have no user name or password.", fix=fix)
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        raise ConfigurationError(f"{named} must have no query or fragment.", fix=fix)
     return url
 
 

@@ -161,6 +161,19 @@ def _read_token(arg: str) -> str:
     return text
 
 
+#: What a bearer that cannot be decoded still does.
+_NOT_A_JWT = (
+    "A bearer that is not a JWT still counts as presented: it blocks any app-identity "
+    "fallback, and OBO cannot use it (AADSTS50027)."
+)
+
+
+def _version() -> str:
+    from . import __version__
+
+    return f"entra-passthrough {__version__}"
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="entra-passthrough inspect",
@@ -176,18 +189,38 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--tenant", action="append", default=[], help="allowed tenant id (repeatable)"
     )
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="machine-readable output on stdout, an error object too (exit 2) when the token "
+        "cannot be decoded",
+    )
+    # Answered by the command line before this parser runs; listed so --help shows it, as every
+    # other command's does.
+    parser.add_argument("--version", action="version", version=_version())
     args = parser.parse_args(argv)
     token = _read_token(args.token)
     try:
         payload = decode_unverified(token)
     except JwtDecodeError as exc:
+        if args.json:
+            # A script reading stdout gets JSON whatever the token: the same keys as a decoded
+            # token's answer, with ``error`` instead of the claims.
+            _out(
+                json.dumps(
+                    {
+                        "fingerprint": fingerprint(token),
+                        "verified": False,
+                        "error": f"not a decodable JWT: {exc}",
+                        "presented": True,
+                        "why": _NOT_A_JWT,
+                    },
+                    indent=2,
+                )
+            )
+            return 2
         _out(f"not a decodable JWT: {exc} (fingerprint {fingerprint(token)})", file=sys.stderr)
-        _out(
-            "A bearer that is not a JWT still counts as presented: it blocks any app-identity "
-            "fallback, and OBO cannot use it (AADSTS50027).",
-            file=sys.stderr,
-        )
+        _out(_NOT_A_JWT, file=sys.stderr)
         return 2
     claims = UnverifiedClaims.from_payload(payload)
     found = verdicts(claims, client_ids=args.client_id, tenants=args.tenant)

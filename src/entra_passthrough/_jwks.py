@@ -139,7 +139,9 @@ def check_authority_host(url: str) -> str:
     """``check_fetch_url`` for an authority host, which the library extends with
     ``/<tenant>/...``: the host alone. A query or fragment would swallow that path; user info
     (a password would be in every issuer the verifier names, in answers to callers) or a
-    backslash (clients disagree on where the host begins) is no host."""
+    backslash (clients disagree on where the host begins) is no host. A path (``/<tenant>``,
+    ``/v2.0``) would be doubled in every issuer and key URL: each request a 503 whose fix
+    points at the network, where ``OnBehalfOf`` refuses the same value at build."""
     fix = "use the authority host alone, e.g. https://login.microsoftonline.com."
     shown = shown_url(url, path=False)
     if shown is not None:
@@ -151,6 +153,12 @@ def check_authority_host(url: str) -> str:
         if "@" in parts.netloc or "\\" in url:
             raise ConfigurationError(
                 "authority_host must be a host only, with no user info or backslash.", fix=fix
+            )
+        if parts.path not in ("", "/"):
+            raise ConfigurationError(
+                f"authority_host {shown!r} has a path; it must be the host only (the tenant "
+                "goes in tenants=, and the library adds /<tenant>/v2.0 itself).",
+                fix=fix,
             )
     return check_fetch_url(url, what="authority_host")
 
@@ -178,6 +186,14 @@ def seconds(value: object, *, what: str, low: float, high: float, above_low: boo
 
 def ssl_context(verify: ssl.SSLContext | str | bool) -> ssl.SSLContext | bool:
     """A CA bundle path becomes an SSLContext (httpx deprecates ``verify=<path>``)."""
+    if not isinstance(verify, ssl.SSLContext | str | bool):
+        # Anything else would fail only at the first key fetch, as a 503 for every request.
+        raise ConfigurationError(
+            f"verify must be an ssl.SSLContext, a CA bundle path or a bool, not "
+            f"{type(verify).__name__}.",
+            fix="pass verify= the path of a PEM file of CA certificates (the emulator's is "
+            "idp.ca_file), an ssl.SSLContext, or True for the system CAs.",
+        )
     if isinstance(verify, str):
         try:
             return ssl.create_default_context(cafile=verify)

@@ -407,7 +407,11 @@ class WorkerPool:
         self, *, max_workers: int = DEFAULT_MAX_WORKERS, name: str = "entra-passthrough"
     ) -> None:
         if isinstance(max_workers, bool) or not isinstance(max_workers, int):
-            raise ConfigurationError(f"max_workers must be an integer, not {max_workers!r}")
+            raise ConfigurationError(
+                f"max_workers must be an integer, not {type(max_workers).__name__}",
+                fix=f"pass max_workers= a whole number from 1 to {MAX_WORKERS_LIMIT} "
+                f"(default {DEFAULT_MAX_WORKERS})",
+            )
         if not 1 <= max_workers <= MAX_WORKERS_LIMIT:
             raise ConfigurationError(
                 f"max_workers must be between 1 and {MAX_WORKERS_LIMIT}, not {max_workers}",
@@ -611,9 +615,10 @@ def load_certificate(
         except OSError as exc:
             raise ConfigurationError(
                 f"cannot read the client certificate file ({type(exc).__name__}).",
-                fix="point the certificate path (ENTRA_PASSTHROUGH_CLIENT_CERTIFICATE_PATH, "
-                "AZURE_CLIENT_CERTIFICATE_PATH or certificate=...) at a PEM or PFX file this "
-                "process can read.",
+                fix="point the certificate path (AppCredential(client_certificate=...), "
+                "ENTRA_PASSTHROUGH_CLIENT_CERTIFICATE_PATH or AZURE_CLIENT_CERTIFICATE_PATH; for "
+                "the consent app ENTRA_PASSTHROUGH_CONSENT_CLIENT_CERTIFICATE_PATH) at a PEM or "
+                "PFX file this process can read.",
             ) from None
     else:
         data = certificate

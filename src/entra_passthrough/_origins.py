@@ -34,28 +34,68 @@ def origin_key(scheme: str, raw_host: bytes | str, port: int | None) -> OriginKe
     return (scheme, host.lower(), default if port is None else port)
 
 
+def _shown(text: str) -> str:
+    """`` 'scheme://host[:port]'`` of a configured origin for an error, or ``""``: never its
+    user info, path, query or fragment (a password or key may be in any of them), nor what is
+    not an http(s) URL with a host (a secret pasted into the wrong place)."""
+    try:
+        parts = urlsplit(text.strip())
+        host = parts.hostname
+        port = parts.port
+    except ValueError:  # a port that is not a number, an unclosed IPv6 bracket
+        return ""
+    if parts.scheme.lower() not in _DEFAULT_PORTS or not host:
+        return ""
+    if any(c.isspace() or not c.isprintable() for c in host):
+        return ""
+    shown = f"[{host}]" if ":" in host else host
+    return f" {parts.scheme.lower()}://{shown}{'' if port is None else f':{port}'}"
+
+
 def parse_origin(text: str, *, allow_insecure_loopback: bool) -> OriginKey:
     """Parse a configured origin such as ``https://mcp.contoso.com`` (a trailing ``/`` is
     allowed; paths, queries, user info and wildcards are not: an origin is a security
-    boundary, not a prefix)."""
+    boundary, not a prefix). Errors name the origin as scheme, host and port only."""
     if not isinstance(text, str) or not text:
-        raise ConfigurationError(f"origin {text!r} is not a non-empty string")
-    parts = urlsplit(text.strip())
+        raise ConfigurationError(
+            f"an origin must be a non-empty string, not {type(text).__name__}"
+            f"{' (empty)' if isinstance(text, str) else ''}",
+            fix="origins=['https://mcp.contoso.com']",
+        )
+    shown = _shown(text)
+    try:
+        parts = urlsplit(text.strip())
+    except ValueError:  # an unclosed IPv6 bracket
+        raise ConfigurationError(
+            "an origin is not a valid URL", fix="origins=['https://mcp.contoso.com']"
+        ) from None
     scheme = parts.scheme.lower()
     if scheme not in _DEFAULT_PORTS:
         raise ConfigurationError(
-            f"origin {text!r} must start with https:// (or http:// on loopback)"
+            "an origin must start with https:// (or http:// on loopback)",
+            fix="origins=['https://mcp.contoso.com']",
         )
-    if parts.username or parts.password or parts.query or parts.fragment:
-        raise ConfigurationError(f"origin {text!r} must not contain user info, query or fragment")
+    if parts.username or parts.password or "@" in parts.netloc:
+        raise ConfigurationError(
+            f"origin{shown} must not contain a user name or password",
+            fix="pass the origin only, e.g. 'https://mcp.contoso.com'",
+        )
+    if parts.query or parts.fragment or "?" in text or "#" in text:
+        raise ConfigurationError(
+            f"origin{shown} must not contain a query or fragment",
+            fix="pass the origin only, e.g. 'https://mcp.contoso.com'",
+        )
     if parts.path not in ("", "/"):
         raise ConfigurationError(
-            f"origin {text!r} has a path; tokens are bound to whole origins (scheme, host, port)",
+            f"origin{shown} has a path; tokens are bound to whole origins (scheme, host, port)",
             fix="pass the origin only, e.g. 'https://mcp.contoso.com'",
         )
     host = parts.hostname
     if not host or "*" in host:
-        raise ConfigurationError(f"origin {text!r} has no host (wildcards are not supported)")
+        raise ConfigurationError(
+            f"origin{shown} has no host (wildcards are not supported)",
+            fix="name each origin in full, e.g. 'https://mcp.contoso.com'",
+        )
     try:
         port = parts.port
         if not host.isascii():
@@ -65,12 +105,15 @@ def parse_origin(text: str, *, allow_insecure_loopback: bool) -> OriginKey:
             import idna  # requests' dependency, so always installed with MSAL
 
             host = idna.encode(host.lower()).decode("ascii")
-    except (ValueError, UnicodeError) as exc:  # idna.IDNAError is a UnicodeError
-        raise ConfigurationError(f"origin {text!r} is not a valid URL origin") from exc
+    except (ValueError, UnicodeError):  # idna.IDNAError is a UnicodeError
+        raise ConfigurationError(
+            f"origin{shown} is not a valid URL origin (its port or host cannot be read)",
+            fix="write it as https://<host>[:<port>], a non-ASCII host in its punycode form",
+        ) from None
     host = host.lower()
     if scheme == "http" and not (allow_insecure_loopback and is_loopback(host)):
         raise ConfigurationError(
-            f"origin {text!r} is plain HTTP; a bearer token is only sent over HTTPS "
+            f"origin{shown} is plain HTTP; a bearer token is only sent over HTTPS "
             "(except to a loopback address when allow_insecure_loopback=True)",
             fix="use the https:// origin of the service",
         )

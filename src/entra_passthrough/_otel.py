@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import re
 import secrets
@@ -234,13 +235,35 @@ WARNING_BURST = 5
 _UUID = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
 
 
-def _interval_from_env() -> float:
-    raw = os.environ.get("ENTRA_PASSTHROUGH_WARNING_INTERVAL")
+#: ``ENTRA_PASSTHROUGH_WARNING_INTERVAL`` unset, or not a number it takes.
+DEFAULT_WARNING_INTERVAL = 10.0
+#: Its largest value: a day, as the timeout variables (``inf`` would hold back an identical
+#: warning for the process's life after its first ``WARNING_BURST``).
+MAX_WARNING_INTERVAL = 86400.0
+
+
+def _interval_from_env(environ: Mapping[str, str] | None = None) -> float:
+    raw = (os.environ if environ is None else environ).get("ENTRA_PASSTHROUGH_WARNING_INTERVAL")
+    text = (raw or "").strip()
+    if not text:
+        return DEFAULT_WARNING_INTERVAL
     try:
-        value = float(raw) if raw else 10.0
+        value = float(text)
     except ValueError:
-        return 10.0
-    return value if value >= 0 else 10.0
+        value = math.nan
+    if math.isfinite(value) and 0 <= value <= MAX_WARNING_INTERVAL:
+        return value
+    # Read when the library is imported, where a ConfigurationError would stop every import
+    # (``doctor`` included): a warning instead, naming the variable, never the value (a secret
+    # pasted into the wrong variable must not reach a log).
+    logging.getLogger("entra_passthrough").warning(
+        "ENTRA_PASSTHROUGH_WARNING_INTERVAL is not a number of seconds from 0 to %g; repeated "
+        "warnings are coalesced every %g s instead. Fix: set it to a number in that range "
+        "(0 logs every warning), or unset it.",
+        MAX_WARNING_INTERVAL,
+        DEFAULT_WARNING_INTERVAL,
+    )
+    return DEFAULT_WARNING_INTERVAL
 
 
 class WarningCoalescer(logging.Filter):

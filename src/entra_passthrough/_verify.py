@@ -166,7 +166,11 @@ class JwtVerifier:
         min_refetch_interval: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if isinstance(audiences, str) or not audiences or not all(audiences):
+        try:
+            listed = () if isinstance(audiences, str | bytes) else tuple(audiences)
+        except TypeError:
+            listed = ()
+        if not listed or not all(isinstance(a, str) and a.strip() for a in listed):
             raise ConfigurationError(
                 "audiences must be a non-empty list of strings.",
                 fix="pass your API's client id and App ID URI: audiences=[client_id, "
@@ -203,9 +207,10 @@ class JwtVerifier:
                 fix="name the app roles app-only callers must hold: required_roles=[...].",
             )
         leeway = seconds(leeway, what="leeway", low=0, high=600)
-        host = authority_host.rstrip("/")
+        # Not a string: refused by the check below as no URL, not an AttributeError here.
+        host = authority_host.rstrip("/") if isinstance(authority_host, str) else ""
         check_authority_host(host + "/")
-        self.audiences = tuple(audiences)
+        self.audiences = listed
         # Entra writes tenant GUIDs in lower case; an upper-case allow-list must not lock out
         # every caller.
         self.tenants = tuple(t.strip().lower() for t in allowed)
@@ -218,12 +223,15 @@ class JwtVerifier:
         )
         for template in (self.v1_issuer, self.v2_issuer):
             try:
-                usable = template.format(tid="t") != template
-            except (KeyError, IndexError, ValueError):
+                usable = isinstance(template, str) and template.format(tid="t") != template
+            except (KeyError, IndexError, ValueError, AttributeError):  # "{tid.x}", "{x}"
                 usable = False
             if not usable:
                 raise ConfigurationError(
-                    f"issuer template {template!r} must contain '{{tid}}' and no other field."
+                    f"issuer template {_show(template)} must be a string containing '{{tid}}' "
+                    "and no other field.",
+                    fix="pass v1_issuer= / v2_issuer= such as "
+                    "'https://<authority host>/{tid}/v2.0'.",
                 )
         self.required_scopes = scopes
         self.required_roles = roles

@@ -270,6 +270,11 @@ def auth_settings(
         else None
     )
     tenant = _tenant_id(tenant_id)
+    if app_id_uri is not None and (not isinstance(app_id_uri, str) or not app_id_uri.strip()):
+        raise ConfigurationError(
+            "app_id_uri must be the API's Application ID URI (a non-empty string).",
+            fix="pass app_id_uri='api://<client-id>', or qualify every scope yourself.",
+        )
     qualified: list[str] = []
     for scope in names(scopes, what="scopes", example="access_as_user"):
         if "/" in scope:
@@ -315,7 +320,7 @@ def _http_url(value: object, *, what: str, fix: str, authority: bool = False) ->
     SDK's settings use) takes, else a ``ConfigurationError`` naming ``what`` and at most the
     URL's origin (its path and query may carry a secret; pydantic's own error quotes the whole
     value). An ``authority`` is https (plain http only on loopback, as ``JwtVerifier`` has it)
-    with no query or fragment."""
+    with no path, query or fragment."""
     shown = shown_url(value, path=False)
     problem = ""
     if not isinstance(value, str) or shown is None:
@@ -332,6 +337,10 @@ def _http_url(value: object, *, what: str, fix: str, authority: bool = False) ->
             problem = "must be an https:// URL (http:// only on loopback)"
         elif authority and (parts.query or parts.fragment):
             problem = "must have no query or fragment"
+        elif authority and parts.path not in ("", "/"):
+            # The issuer is {authority_host}/{tenant_id}/v2.0: a path would be advertised in
+            # authorization_servers and refused by JwtVerifier and OnBehalfOf.
+            problem = "has a path; it must be the host only (the tenant goes in tenant_id=)"
     if not problem and isinstance(value, str):
         try:
             AnyHttpUrl(value)
@@ -440,6 +449,12 @@ def require_entra_auth(
     """
 
     scopes = names(scopes, what="scopes", example="api://<client-id>/access_as_user")
+    if not callable(getattr(verifier, "verify_async", None)):
+        # Without it every request would end in an AttributeError, at the first caller.
+        raise ConfigurationError(
+            f"require_entra_auth needs a JwtVerifier, not {type(verifier).__name__}.",
+            fix="require_entra_auth(app, verifier=JwtVerifier(audiences=[...], tenants=[...])).",
+        )
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):

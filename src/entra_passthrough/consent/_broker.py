@@ -42,6 +42,8 @@ from .._grants import (
     open_revoke_ticket,
     seal_revoke_ticket,
 )
+from .._jwks import seconds, shown_url
+from .._origins import is_loopback
 from .._sources.delegated import DelegatedConsent
 from .._store import Keyring, KeyringError, TokenStore
 from .._user_key import UserKey
@@ -102,12 +104,17 @@ class ConsentBroker:
         post_logout_redirect_uri: str | None = None,
         _client: ConsentClient | None = None,
     ) -> None:
+        if isinstance(redirect_uris, str):
+            # One string would be checked character by character: "h" is no URL.
+            raise ConfigurationError(
+                "redirect_uris must be a list of URLs, not one string.",
+                fix='pass redirect_uris=["https://agent.contoso.com/consent/callback"].',
+            )
         if not redirect_uris:
             raise ConfigurationError("ConsentBroker needs at least one redirect URI.")
         for uri in redirect_uris:
             check_https_url(uri, what="redirect URI")
-        if not 30 <= state_lifetime <= 3600:
-            raise ConfigurationError("state_lifetime must be between 30 s and 1 h.")
+        state_lifetime = seconds(state_lifetime, what="state_lifetime", low=30, high=3600)
         self._owns_client = _client is None
         self.client = _client or ConsentClient(
             app_credential(
@@ -544,14 +551,25 @@ def _origin(uri: str) -> str:
 def _logout_origin(uri: str) -> str:
     """The origin of ``post_logout_redirect_uri``, for the pages' ``form-action``; HTTPS (HTTP
     only on loopback), a plain host[:port], else ``ConfigurationError``."""
-    parts = urlsplit(uri)
-    loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
-    if not (parts.scheme == "https" or (parts.scheme == "http" and loopback)) or not re.fullmatch(
-        r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?", parts.netloc
+    # Shown as its origin at most: user info, a query or a fragment may hold a secret, and
+    # another scheme's "host" may be anything pasted there.
+    shown = shown_url(uri, path=False)
+    if shown is not None and not shown.startswith(("https://", "http://")):
+        shown = None
+    parts = urlsplit(uri) if shown else None
+    if (
+        parts is None
+        or not (
+            parts.scheme == "https"
+            or (parts.scheme == "http" and is_loopback(parts.hostname or ""))
+        )
+        or not re.fullmatch(
+            r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?", parts.netloc
+        )
     ):
         raise ConfigurationError(
-            f"post_logout_redirect_uri {uri!r} must be an HTTPS URL (HTTP only on loopback) "
-            "with a plain host name.",
+            f"post_logout_redirect_uri{f' ({shown})' if shown else ''} must be an HTTPS URL "
+            "(HTTP only on loopback) with a plain host name and no user name or password.",
             fix="set it to the page users land on after signing out, e.g. "
             "'https://agent.contoso.com/signed-out'",
         )
