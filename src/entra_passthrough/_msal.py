@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import functools
 import logging
 import math
 import os
@@ -24,7 +23,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -397,11 +396,23 @@ class WorkerPool:
     Calls from the event loop (``run``) start spaced on the process' GIL schedule by the CPU a
     call of this pool costs (its worker's ``time.thread_time()``, averaged); blocking I/O and
     subprocesses cost their thread no CPU, so a pool of those is hardly spaced at all.
+
+    Stalled calls do not hold healthy ones back. When every worker is busy, a call that would
+    queue behind calls in flight for longer than ``STALL_AFTER`` (an endpoint that accepts and
+    never answers, up to the deadline) runs on an overflow thread instead, one per stalled call
+    and at most ``max_workers`` of them: the healthy users of the source (another tenant, a
+    request that is answered) keep ``max_workers`` threads between them. A burst of healthy
+    calls that merely outnumbers the workers queues as before (nothing there is stalled).
     """
 
     #: Before a pool has measured a call: a cold OBO exchange over a new TLS connection.
     INITIAL_COST = 0.0015
     _ALPHA = 0.2
+    #: A call in flight this long is taken for stalled: Entra answers a token request in well
+    #: under a second, a slow one in one or two; a stalled one holds its thread to the deadline.
+    STALL_AFTER = 2.0
+    #: How often a call queued behind a full pool looks again for a stalled worker to replace.
+    STALL_CHECK = 0.25
 
     def __init__(
         self, *, max_workers: int = DEFAULT_MAX_WORKERS, name: str = "entra-passthrough"
@@ -422,7 +433,13 @@ class WorkerPool:
         self.max_workers = max_workers
         self._name = name
         self._executor: ThreadPoolExecutor | None = None
+        self._overflow: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+        # Under ``_lock``: the pool's calls submitted and not started, its running calls (their
+        # worker's id -> when they started), and the overflow's calls not finished.
+        self._queued = 0
+        self._running: dict[int, float] = {}
+        self._lent = 0
         self.schedule = _SCHEDULE
         #: CPU seconds one call costs its worker (moving average of ``time.thread_time()``)
         self.cost = self.INITIAL_COST
@@ -478,14 +495,98 @@ class WorkerPool:
         """``fn(*args)`` in a worker, once its slot on the GIL schedule has come (``paced``:
         the caller awaited ``pace()`` itself, e.g. to check its input after the wait). With
         ``wait_at_most``, the caller stops waiting for the worker then (``TimeoutError``) even
-        if the thread is still blocked; a job still queued is dropped."""
+        if the thread is still blocked; a job still queued is dropped. Behind a pool full of
+        stalled calls, it runs on an overflow thread (see the class)."""
         if not paced:
             await self.pace()
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._get(), functools.partial(self._timed, fn, args))
-        if wait_at_most is None:
+        end = None if wait_at_most is None else loop.time() + wait_at_most
+        with self._lock:
+            full = self._queued + len(self._running) >= self.max_workers
+            lend = full and self._may_lend(time.monotonic())
+        if lend:
+            return await self._until(self._lend(fn, args), end)
+        queued = self._submit(fn, args)
+        if not full:
+            return await self._until(asyncio.wrap_future(queued), end)
+        return await self._behind_a_full_pool(queued, fn, args, end)
+
+    def _submit(self, fn: Callable[..., T], args: tuple[Any, ...]) -> Future[T]:
+        executor = self._get()
+        with self._lock:
+            self._queued += 1
+        try:
+            future = executor.submit(self._timed, fn, args, True)
+        except BaseException:
+            with self._lock:
+                self._queued -= 1
+            raise
+        future.add_done_callback(self._dropped)
+        return future
+
+    def _dropped(self, future: Future[Any]) -> None:
+        if future.cancelled():  # never started: it is no longer queued
+            with self._lock:
+                self._queued -= 1
+
+    def _may_lend(self, now: float) -> bool:
+        """Under ``_lock``: a stalled call's place is free for an overflow thread."""
+        if self._lent >= self.max_workers:
+            return False
+        stalled = sum(1 for start in self._running.values() if now - start > self.STALL_AFTER)
+        return stalled > self._lent
+
+    def _lend(self, fn: Callable[..., T], args: tuple[Any, ...]) -> asyncio.Future[T]:
+        with self._lock:
+            self._lent += 1
+            overflow = self._overflow
+            if overflow is None:
+                overflow = self._overflow = ThreadPoolExecutor(
+                    max_workers=self.max_workers, thread_name_prefix=f"{self._name}-overflow"
+                )
+        try:
+            future = overflow.submit(self._timed, fn, args, False)
+        except BaseException:
+            with self._lock:
+                self._lent -= 1
+            raise
+        future.add_done_callback(self._returned)
+        return asyncio.wrap_future(future)
+
+    def _returned(self, _future: Future[Any]) -> None:
+        with self._lock:
+            self._lent -= 1
+
+    @staticmethod
+    async def _until(future: asyncio.Future[T], end: float | None) -> T:
+        if end is None:
             return await future
-        return await asyncio.wait_for(future, wait_at_most)
+        return await asyncio.wait_for(future, end - asyncio.get_running_loop().time())
+
+    async def _behind_a_full_pool(
+        self, queued: Future[T], fn: Callable[..., T], args: tuple[Any, ...], end: float | None
+    ) -> T:
+        """Wait for a call queued behind a full pool; if the calls ahead of it stall, move it
+        to an overflow thread (while it has not started)."""
+        loop = asyncio.get_running_loop()
+        future = asyncio.wrap_future(queued)
+        try:
+            while True:
+                left = math.inf if end is None else end - loop.time()
+                if left <= 0:
+                    raise TimeoutError
+                done, _ = await asyncio.wait({future}, timeout=min(self.STALL_CHECK, left))
+                if done:
+                    return future.result()
+                if queued.running():
+                    return await self._until(future, end)
+                with self._lock:
+                    lend = self._may_lend(time.monotonic())
+                if lend and queued.cancel():
+                    return await self._until(self._lend(fn, args), end)
+        except BaseException:
+            future.cancel()  # still queued: dropped (a running call cannot be stopped)
+            raise
 
     #: ``respace`` takes at most this share of what is left of the token request's deadline
     #: (a user-set 2 s deadline keeps 1.8 s for the POST, not half of it).
@@ -502,7 +603,12 @@ class WorkerPool:
         left = current_deadline(math.inf) - time.monotonic()
         time.sleep(min(delay, max(0.0, left) * self.RESPACE_SHARE))
 
-    def _timed(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+    def _timed(self, fn: Callable[..., T], args: tuple[Any, ...], main: bool = True) -> T:
+        worker = threading.get_ident()
+        if main:  # the overflow's calls never count as stalled: they stand in for stalled ones
+            with self._lock:
+                self._queued -= 1
+                self._running[worker] = time.monotonic()
         start = time.thread_time()
         try:
             return fn(*args)
@@ -510,12 +616,17 @@ class WorkerPool:
             # a float store is atomic under the GIL; a lost update between two workers only
             # drops one sample of an average
             self.cost += (time.thread_time() - start - self.cost) * self._ALPHA
+            if main:
+                with self._lock:
+                    self._running.pop(worker, None)
 
     def close(self) -> None:
         with self._lock:
             executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=False, cancel_futures=True)
+            overflow, self._overflow = self._overflow, None
+        for each in (executor, overflow):
+            if each is not None:
+                each.shutdown(wait=False, cancel_futures=True)
 
 
 class AppPool:
