@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from ._drive import drive, drive_async
 from ._errors import SourceUnavailable
 from ._l2 import SharedCache
+from ._store import whole_number
 from ._types import Cap, TokenResult, cap_value
 
 logger = logging.getLogger("entra_passthrough.cache")
@@ -183,15 +184,18 @@ class TokenCache:
         shared: SharedCache | None = None,
         refusal_window: float = REFUSAL_WINDOW,
     ) -> None:
-        if max_entries < 1:
-            raise ValueError("max_entries must be at least 1")
-        if isinstance(refusal_window, bool) or not isinstance(refusal_window, (int, float)):
-            raise ValueError("refusal_window must be a number of seconds")
-        if not refusal_window >= 0:
-            raise ValueError("refusal_window must be 0 or more seconds")
-        self.max_entries = max_entries
+        # Imported here: _jwks imports this module. ConfigurationError is a ValueError, which
+        # these checks raised before they were typed.
+        from ._jwks import seconds
+
+        self.max_entries = whole_number(
+            max_entries,
+            what="TokenCache(max_entries=...)",
+            low=1,
+            fix="pass max_entries= how many tokens the cache may hold (default 10000).",
+        )
+        self.refusal_window = seconds(refusal_window, what="refusal_window", low=0, high=86_400)
         self._clock = clock
-        self.refusal_window = refusal_window
         # key -> (when the resource last refused that key's token, hash of the refused token):
         # a refusal of the token that replaced it, within ``refusal_window``, is not retried.
         self._refusals: OrderedDict[Hashable, tuple[float, int]] = OrderedDict()
@@ -340,11 +344,19 @@ class TokenCache:
                 self._evictions += 1
         return result
 
-    def invalidate(self, key: Hashable, *, rejected: TokenResult | None = None) -> bool:
+    def invalidate(
+        self,
+        key: Hashable,
+        *,
+        rejected: TokenResult | None = None,
+        where: Hashable | None = None,
+    ) -> bool:
         """Drop the entry (e.g. after the resource answered 401 to its token). Returns
-        ``False``, and drops nothing, when the resource refuses ``rejected`` although it is the
-        token that replaced one it refused less than ``refusal_window`` seconds ago: the
-        resource refuses this caller's every token, and the 401 is not worth a token request.
+        ``False``, and drops nothing, when the resource at ``where`` refuses ``rejected``
+        although it is the token that replaced one it refused less than ``refusal_window``
+        seconds ago, and it has not accepted it since (``accepted``): that resource refuses
+        this caller's every token, and the 401 is not worth a token request. Without
+        ``where`` (a claims challenge, or a caller that names no resource) nothing is weighed.
 
         With a shared cache (L2), the refused token (``rejected``; by default the entry
         dropped here) is dropped there too while L2 still holds it (never a newer token
@@ -352,7 +364,11 @@ class TokenCache:
         takes it from L2 again even if the store fails. On an event loop the store call runs
         as a task (``wait_refreshes_async`` awaits it): no I/O here. Never raises."""
         with self._lock:
-            if rejected is not None and self._refused_again(key, rejected):
+            if (
+                rejected is not None
+                and where is not None
+                and self._refused_again((key, where), key, rejected)
+            ):
                 return False
             entry = self._entries.get(key)
             held = (
@@ -386,25 +402,33 @@ class TokenCache:
             )
         return True
 
-    def _refused_again(self, key: Hashable, rejected: TokenResult) -> bool:
-        """Under the lock: whether the resource refuses the token that replaced the one it
-        refused last for ``key``, within the window, while that token is still the entry.
-        Otherwise this refusal is recorded (the next one is measured from it)."""
+    def _refused_again(self, slot: Hashable, key: Hashable, rejected: TokenResult) -> bool:
+        """Under the lock: whether the resource (``slot``: the entry's key and the resource)
+        refuses the token that replaced the one it refused last, within the window, while that
+        token is still the entry. Otherwise this refusal is recorded (the next one is measured
+        from it)."""
         now = self._clock()
         mark = hash(rejected.token)
-        last = self._refusals.get(key)
-        if last is not None and last[1] != mark and now - last[0] < self.refusal_window:
+        last = self._refusals.get(slot)
+        # (a clock stepped back counts as the window over: it never lasts longer than set)
+        if last is not None and last[1] != mark and 0 <= now - last[0] < self.refusal_window:
             entry = self._entries.get(key)
             held = entry if isinstance(entry, TokenResult) else getattr(entry, "result", None)
             if held is not None and held.token == rejected.token:
                 return True
         if last is not None and last[1] == mark:
             return False  # another request that carried the same refused token
-        self._refusals[key] = (now, mark)
-        self._refusals.move_to_end(key)
+        self._refusals[slot] = (now, mark)
+        self._refusals.move_to_end(slot)
         while len(self._refusals) > self.max_entries:
             self._refusals.popitem(last=False)
         return False
+
+    def accepted(self, key: Hashable, *, where: Hashable) -> None:
+        """The resource at ``where`` accepted the token that replaced one it refused: it does
+        not refuse every token of this caller, and its next refusal is retried."""
+        with self._lock:
+            self._refusals.pop((key, where), None)
 
     def _dropped(self, task: asyncio.Task[None]) -> None:
         with self._lock:

@@ -25,7 +25,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -283,7 +283,15 @@ class TokenChain:
         cache: TokenCache | None = None,
         lifecycle_app: bool = False,
     ) -> None:
-        self.sources: tuple[TokenSource, ...] = tuple(sources)
+        try:
+            self.sources: tuple[TokenSource, ...] = tuple(sources)
+        except TypeError:
+            # None, or one source not in a list: "'NoneType' object is not iterable".
+            raise ConfigurationError(
+                f"TokenChain takes a list of sources, not {type(sources).__name__}.",
+                fix="pass the sources in a list, in the order to try them: "
+                "TokenChain([OnBehalfOf.from_env()]).",
+            ) from None
         _redact.install()  # loggers created by imports since (azure-identity's) get the filter
         try:
             self._policy = Policy(policy)
@@ -292,14 +300,31 @@ class TokenChain:
                 f"unknown policy {policy!r}.",
                 fix=f"use one of {', '.join(p.value for p in Policy)}.",
             ) from None
+        # Before the names are read: TokenChain([None]) raised an AttributeError there.
+        given: tuple[object, ...] = self.sources  # as passed, whatever the annotation says
+        for source in given:
+            if not isinstance(source, TokenSource):
+                what = (
+                    f"the class {source.__name__}"
+                    if isinstance(source, type)
+                    else f"a {type(source).__name__}"
+                )
+                raise ConfigurationError(
+                    f"TokenChain got {what}, which does not implement TokenSource.",
+                    fix="pass built sources: TokenChain([OnBehalfOf(...), ManagedIdentity()]).",
+                )
         names = [s.name for s in self.sources]
         if len(set(names)) != len(names):
             raise ConfigurationError(
                 f"source names must be unique (they partition the cache): {names}."
             )
-        for source in self.sources:
-            if not isinstance(source, TokenSource):
-                raise ConfigurationError(f"{source!r} does not implement TokenSource.")
+        if cache is not None and not isinstance(cache, TokenCache):
+            # Else an AttributeError at the first request.
+            raise ConfigurationError(
+                f"cache must be a TokenCache, not {type(cache).__name__}.",
+                fix="pass cache=TokenCache(...) (shared by chains that should share tokens), "
+                "or leave it out for one of the chain's own.",
+            )
         self.cache = cache if cache is not None else TokenCache()
         self.lifecycle_app = lifecycle_app
         # Which sources each allowed-kinds set may use; a handful of entries per chain.
@@ -741,20 +766,27 @@ class TokenChain:
             return None
         return None
 
-    def invalidate(self, result: TokenResult) -> bool:
+    def invalidate(self, result: TokenResult, *, where: Hashable | None = None) -> bool:
         """Forget the cached entry behind ``result`` (after the resource answered 401).
 
-        Returns ``False``, and forgets nothing, when ``result`` is the token that replaced one
-        the resource refused moments ago (``TokenCache.refusal_window``): the resource refuses
-        every token of this caller, and the 401 is not retried."""
+        With ``where`` (the refusing resource's origin), returns ``False`` and forgets nothing
+        when ``result`` is the token that replaced one that resource refused moments ago, and
+        it never accepted it (``TokenCache.refusal_window``): it refuses every token of this
+        caller, and the 401 is not retried."""
         if result.cache_key is not None and not self.cache.invalidate(
-            result.cache_key, rejected=result
+            result.cache_key, rejected=result, where=where
         ):
             return False
         for source in self.sources:
             if source.name == result.source and isinstance(source, InvalidatingSource):
                 source.invalidate(result)
         return True
+
+    def accepted(self, result: TokenResult, *, where: Hashable) -> None:
+        """The resource at ``where`` accepted the token that replaced ``result``: its next
+        refusal of this caller's token is retried (``TokenCache.refusal_window``)."""
+        if result.cache_key is not None:
+            self.cache.accepted(result.cache_key, where=where)
 
     def adopt(self, refused: TokenResult, satisfying: TokenResult) -> None:
         """The resource refused ``refused`` with a claims challenge and accepted

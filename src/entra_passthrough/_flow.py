@@ -79,6 +79,11 @@ class Chain(Protocol):
 
     def invalidate(self, result: TokenResult) -> bool | None: ...
 
+    # Optional (TokenChain has them): the refusal window (``TokenCache.refusal_window``).
+    # def invalidate(self, result, *, where=None) -> bool: ``where`` (the refusing origin)
+    #     makes a refusal of a token that replaced a refused one, within the window, stand.
+    # def accepted(self, result, *, where) -> None: the replacement was accepted there.
+
     # Optional (TokenChain has it): a fresh cache hit without I/O, else None. The flow then
     # attaches the token without an acquisition step (no coroutine, no driver round trip).
     # def cached_token(self, scopes, *, caller, client_capabilities=()) -> TokenResult | None
@@ -420,10 +425,18 @@ class FlowCore:
                     raise error
                 self.record(caller, error)
             return
-        if not self._invalidate(result, caller):
-            # The token that replaced one this resource refused moments ago is refused too: it
-            # refuses every token of this caller (TokenCache.refusal_window). The 401 stands,
-            # without a token request that would be refused again.
+        # A claims challenge names what a new token must carry: always met (a token with the
+        # claims is another entry). A bare refusal is weighed against this origin's last one.
+        where = (
+            None
+            if challenge.claims
+            else origin_key(final.url.scheme, final.url.raw_host, final.url.port)
+        )
+        if not self._invalidate(result, caller, where=where):
+            # The token that replaced one this resource refused moments ago, never accepted
+            # since, is refused too: it refuses every token of this caller
+            # (TokenCache.refusal_window). The 401 stands, with no token request that it would
+            # refuse again.
             _log.debug("401 from the resource again: token %s not replaced", result.fingerprint)
             return
         self.strip(request)  # the retry carries only what the new result brings
@@ -445,6 +458,12 @@ class FlowCore:
             # changes who the request acts for): the client returns the 401 we already have.
             return
         retried: Response = yield SendRequest(request)
+        if where is not None and getattr(retried, "status_code", 401) != 401:
+            # Accepted: this resource does not refuse every token; its next refusal (a revoked
+            # token) is retried as the first one was.
+            accepted = getattr(self.chain, "accepted", None)
+            if accepted is not None:
+                accepted(result, where=where)
         if challenge.claims and getattr(retried, "status_code", 401) != 401:
             # The claims satisfied the resource: later requests carry that token, not one
             # without the claims that it would refuse again (``TokenChain.adopt``).
@@ -463,12 +482,16 @@ class FlowCore:
             return None
         return outcome.result
 
-    def _invalidate(self, result: TokenResult, caller: Caller | None) -> bool:
+    def _invalidate(
+        self, result: TokenResult, caller: Caller | None, *, where: OriginKey | None = None
+    ) -> bool:
         """Drop ``result`` (refused by the resource); ``False`` when the chain keeps it: the
-        resource refused the token that replaced a refused one (no retry)."""
+        resource at ``where`` refused the token that replaced one it refused (no retry)."""
         refused(result)
         try:
-            return self.chain.invalidate(result) is not False
+            if where is None:
+                return self.chain.invalidate(result) is not False
+            return self.chain.invalidate(result, where=where) is not False  # type: ignore[call-arg]
         except Exception as exc:
             if self.on_error == "raise":
                 raise

@@ -230,3 +230,84 @@ async def test_end_to_end_a_misconfigured_api_gets_two_token_requests_not_one_pe
     finally:
         chain.close()
         http.close()
+
+
+# -- what the window must never hold back (a probe of the first version found each) ----------
+
+
+class ClaimsUsers(Users):
+    """``user-<oid>-<n>``, or ``user-<oid>-<n>-claims`` when asked with claims."""
+
+    def get_token(self, request: TokenRequest) -> TokenResult | None:
+        result = super().get_token(request)
+        if result is not None and request.claims:
+            result = TokenResult(
+                token=result.token + "-claims",
+                expires_on=result.expires_on,
+                kind=result.kind,
+                source=result.source,
+            )
+        return result
+
+
+STEP_UP = {
+    "www-authenticate": 'Bearer error="insufficient_claims", '
+    'claims="eyJhY2Nlc3NfdG9rZW4iOnsiYWNycyI6eyJlc3NlbnRpYWwiOnRydWUsInZhbHVlIjoiYzEifX19"'
+}
+
+
+async def test_a_claims_challenge_within_the_window_is_still_met() -> None:
+    users = ClaimsUsers()
+    chain = TokenChain([users], cache=TokenCache(clock=Clock()))
+
+    def answer(r: Any) -> Any:
+        token = r.headers.get("authorization", "")
+        if token == "Bearer user-a-1":
+            return httpx2.Response(401, headers=CHALLENGE)  # expired: replaced by token 2
+        if r.url.path == "/step-up" and not token.endswith("-claims"):
+            return httpx2.Response(401, headers=STEP_UP)
+        return httpx2.Response(200)
+
+    auth = EntraAuth(chain, scopes=SCOPES, origins=[ORIGIN], on_error="raise")
+    async with httpx2.AsyncClient(transport=httpx2.MockTransport(answer), auth=auth) as client:
+        with bind_caller(_caller("a")):
+            assert (await client.get(f"{ORIGIN}/tools")).status_code == 200
+            assert (await client.get(f"{ORIGIN}/step-up")).status_code == 200
+    assert users.made == 3  # token 1, its replacement, and the one with the claims
+
+
+async def test_a_replacement_the_resource_accepted_is_replaced_when_revoked() -> None:
+    refused = {"Bearer user-a-1"}
+    users, _clock, chain, transport, _seen = _world(lambda token: token in refused)
+    auth = EntraAuth(chain, scopes=SCOPES, origins=[ORIGIN], on_error="raise")
+    async with httpx2.AsyncClient(transport=transport, auth=auth) as client:
+        with bind_caller(_caller("a")):
+            for _ in range(3):  # 1 refused and replaced; 2 accepted, three times
+                assert (await client.get(f"{ORIGIN}/tools")).status_code == 200
+            refused.add("Bearer user-a-2")  # revoked moments later, within the window
+            assert (await client.get(f"{ORIGIN}/tools")).status_code == 200
+    assert users.made == 3
+
+
+async def test_one_resource_refusing_every_token_does_not_hold_back_another() -> None:
+    other = "https://other.contoso.com"
+    users = Users()
+    chain = TokenChain([users], cache=TokenCache(clock=Clock()))
+    accepted_by_b = {"Bearer user-a-1"}  # B accepts only the first token...
+
+    def answer(r: Any) -> Any:
+        token = r.headers.get("authorization", "")
+        if r.url.host == "mcp.contoso.com":  # A: misconfigured, refuses everything
+            return httpx2.Response(401, headers=CHALLENGE)
+        return httpx2.Response(200 if token in accepted_by_b else 401, headers=CHALLENGE)
+
+    auth = EntraAuth(chain, scopes=SCOPES, origins=[ORIGIN, other], on_error="raise")
+    async with httpx2.AsyncClient(transport=httpx2.MockTransport(answer), auth=auth) as client:
+        with bind_caller(_caller("a")):
+            assert (await client.get(f"{other}/tools")).status_code == 200
+            for _ in range(3):
+                assert (await client.get(f"{ORIGIN}/tools")).status_code == 401
+            made = users.made  # A's refusals: the first token and one replacement
+            accepted_by_b.add(f"Bearer user-a-{made + 1}")  # ... and, revoking, the next one
+            assert (await client.get(f"{other}/tools")).status_code == 200  # B's own retry
+    assert users.made == made + 1
