@@ -39,8 +39,10 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from . import _env
 from ._errors import ConfigurationError, SourceUnavailable, require_extra
+from ._http import MAX_SECONDS
+from ._jwks import seconds
 from ._l2 import SharedTokenCache
-from ._store import ANY, AnyVersion, Entry
+from ._store import ANY, AnyVersion, Entry, whole_number
 
 if TYPE_CHECKING:
     from ._cache import TokenCache
@@ -256,6 +258,16 @@ class RedisStore:
         refused for a host other than loopback unless ``allow_plaintext``; a URL option that
         turns certificate or host name checks off is always refused."""
         _check_url(url, allow_plaintext=allow_plaintext)
+        # Checked here: redis-py takes a NaN timeout or 0 connections, and they fail only at
+        # the first command, on every request.
+        timeout = seconds(timeout, what="timeout", low=0, high=MAX_SECONDS, above_low=True)
+        whole_number(
+            max_connections,
+            what="max_connections",
+            low=1,
+            fix="pass max_connections= the most connections per event loop, at least 1 "
+            "(default 64; more calls than that wait for a free one).",
+        )
         parts = urlsplit(url)
         if credential_provider is not None and parts.password:
             raise ConfigurationError(
@@ -595,6 +607,22 @@ _OFF: Final = ("", "0", "false", "no", "off", "n", "f")
 _REQUIRED: Final = ("required", "cert_required")
 
 
+#: The query options a Redis URL may carry (redis-py's own names, exact case). Timeouts, the pool
+#: size and retries are from_url's checked arguments: in the URL they would replace them.
+_URL_OPTIONS = frozenset(
+    {
+        "db",
+        "protocol",
+        "client_name",
+        "ssl_cert_reqs",
+        "ssl_check_hostname",
+        "ssl_min_version",
+        "ssl_validate_ocsp",
+        "ssl_validate_ocsp_stapled",
+    }
+)
+
+
 def _check_url(url: str, *, allow_plaintext: bool) -> None:
     """Fail closed on a URL that would send the password (or Entra token) and the sealed
     records where others can read or intercept them. Never echoes the URL (it may hold a
@@ -612,6 +640,15 @@ def _check_url(url: str, *, allow_plaintext: bool) -> None:
             "'/', '#', '?', '@' or ':' percent-encoded (urllib.parse.quote(password, safe=''))."
             " Keep it in ENTRA_PASSTHROUGH_REDIS_URL.",
         ) from None
+    if parts.scheme in ("redis", "rediss") and not parts.hostname:
+        # e.g. a password starting with an unescaped '/': the netloc ends before it, and
+        # redis-py would connect to localhost with no password.
+        raise ConfigurationError(
+            "the Redis URL names no host (a password with '/', '#', '?', '@' or ':' written "
+            "as is ends the host part early).",
+            fix="write it as rediss://:<password>@<host>:<port>/0, with the password "
+            "percent-encoded (urllib.parse.quote(password, safe='')).",
+        )
     if parts.scheme not in ("redis", "rediss"):
         raise ConfigurationError(
             f"the Redis URL's scheme is {parts.scheme!r}; expected redis:// or rediss://.",
@@ -626,18 +663,32 @@ def _check_url(url: str, *, allow_plaintext: bool) -> None:
             "on a network you trust, allow_plaintext=True "
             "(ENTRA_PASSTHROUGH_REDIS_ALLOW_PLAINTEXT=true).",
         )
+    given = parse_qs(parts.query, keep_blank_values=True)
     options: dict[str, list[str]] = {}
-    for name, values in parse_qs(parts.query).items():
+    for name, values in given.items():
         options.setdefault(name.strip().lower(), []).extend(values)
     repeated = sorted(name for name, values in options.items() if len(values) > 1)
     if repeated:
         # redis-py reads the first value of a repeated option and ignores the others: a check
         # of any one value could be bypassed (``ssl_cert_reqs=none&ssl_cert_reqs=required``).
+        # (names this library knows are shown; another may be part of a password)
+        shown = ", ".join(repr(n) for n in repeated if n in _URL_OPTIONS) or "(not shown)"
         raise ConfigurationError(
-            f"the Redis URL repeats the query option(s) {', '.join(map(repr, repeated))}; "
+            f"the Redis URL repeats the query option(s) {shown}; "
             "which value applies is ambiguous, so the URL is refused.",
             fix="give each query option once (e.g. ?ssl_cert_reqs=required, or leave it out: "
             "rediss:// verifies certificates and host names by default).",
+        )
+    if any(name not in _URL_OPTIONS for name in given):
+        # redis-py passes a name it does not know to the connection as a keyword: every call
+        # then fails with a bare TypeError that quotes it (a typo, or the rest of a password
+        # after an unescaped '?'), and its timing options would replace the checked ones.
+        raise ConfigurationError(
+            "the Redis URL has a query option this library does not accept (it is not "
+            "repeated here: it may be part of a password).",
+            fix=f"keep only {', '.join(sorted(_URL_OPTIONS))} after '?'; timeouts and the "
+            "pool are from_url(timeout=..., max_connections=...), TLS trust is ca_file "
+            "(ENTRA_PASSTHROUGH_REDIS_CA_FILE); percent-encode a password that holds '?'.",
         )
     # Every value, as given and decoded once more (older redis-py versions unquote again).
     reqs = [_option(v) for v in options.get("ssl_cert_reqs", [])]

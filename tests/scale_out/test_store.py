@@ -587,6 +587,17 @@ _KEY = "Xy7Qm2Lk9Pz4Rt6Vb8Nc1Ds3Fg5Hj0Kl"
         f"rediss://user:{_KEY}@[::1/0",
         f"redis://:{_KEY}@127.0.0.1:6379/0?socket_timeout=abc",
         f"redis://:{_KEY}@127.0.0.1:6379/0?health_check_interval=x",
+        # a name redis-py would hand the connection as a keyword (a TypeError on every call)
+        f"rediss://:{_KEY}@contoso.redis.cache.windows.net:6380/0?ssl_certreqs=required",
+        f"rediss://:2024?{_KEY}AbCd@contoso.redis.cache.windows.net:6380/0",
+        # a password whose '/' or '#' comes first, or after digits: no host at all
+        f"rediss://:/{_KEY}AbCd@contoso.redis.cache.windows.net:6380/0",
+        f"rediss://:12/{_KEY}AbCd@contoso.redis.cache.windows.net:6380/0",
+        f"rediss://:#{_KEY}AbCd@contoso.redis.cache.windows.net:6380/0",
+        # URL options that would replace the checked timeout and pool size
+        f"redis://:{_KEY}@127.0.0.1:6379/0?socket_timeout=nan",
+        f"redis://:{_KEY}@127.0.0.1:6379/0?timeout=inf",
+        f"redis://:{_KEY}@127.0.0.1:6379/0?max_connections=0",
     ],
 )
 def test_a_url_redis_py_cannot_read_is_typed_and_quotes_no_part_of_the_password(url: str) -> None:
