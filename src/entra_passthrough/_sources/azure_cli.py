@@ -38,6 +38,8 @@ from .._errors import (
     code_in_text,
     safe_text,
 )
+from .._http import MAX_SECONDS
+from .._jwks import seconds
 from .._msal import WorkerPool
 from .._types import IdentityKind, TokenRequest, TokenResult
 from .managed_identity import scope_to_resource
@@ -119,7 +121,9 @@ class AzureCli:
         self.tenant_id = tenant_id
         #: The program run; default: ``tool`` found on PATH, as azure-identity looks it up.
         self.executable = executable or tool
-        self.timeout = timeout
+        # NaN or -1 was taken and every call then timed out at once; "30" failed at the
+        # first call. The subprocess is killed when it runs out.
+        self.timeout = seconds(timeout, what="timeout", low=0, high=MAX_SECONDS, above_low=True)
         self._pool = WorkerPool(max_workers=max_workers, name=f"entra-{self.name}")
 
     def __repr__(self) -> str:

@@ -53,6 +53,7 @@ from .._errors import (
     is_consent_required,
 )
 from .._grants import GrantStore, LinkTicket, StoredGrant, seal_revoke_ticket
+from .._jwks import seconds
 from .._jwt import fingerprint
 from .._l2 import renew_until, renew_until_sync
 from .._msal import http_session
@@ -181,6 +182,9 @@ class DelegatedConsent:
         name: str = "delegated",
     ) -> None:
         check_https_url(broker_url, what="broker_url")
+        # NaN or -1 was taken: every consent link was born expired. A day at most: a link is
+        # sensitive for as long as it lives (the hosting layer logs it).
+        link_lifetime = seconds(link_lifetime, what="link_lifetime", low=60, high=86_400)
         self.name = name
         self.client = ConsentClient(
             app_credential(

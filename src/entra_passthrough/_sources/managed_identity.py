@@ -50,15 +50,18 @@ from .._errors import (
 )
 from .._http import (
     DEFAULT_TIMEOUTS,
+    MAX_SECONDS,
     SHARED_THROTTLE,
     TIMEOUT_VARIABLES,
     GuardedHttpClient,
     Timeouts,
     TransportFailure,
+    check_timeouts,
     current_deadline,
     deadline,
     size_pool,
 )
+from .._jwks import seconds
 from .._msal import NullTokenCache, WorkerPool
 from .._types import IdentityKind, TokenRequest, TokenResult
 from ._base import result_from_msal, unreachable
@@ -133,7 +136,7 @@ SELECTORS_BY_HOST: dict[str, tuple[str, ...]] = {
     "cloud_shell": (),
 }
 
-_HOST_NAMES = {
+HOST_NAMES = {
     "app_service": "App Service / Functions / Container Apps",
     "imds": "IMDS (VMs, scale sets, AKS nodes)",
     "azure_arc": "Azure Arc",
@@ -166,7 +169,7 @@ def _unsupported_selector(host: str, kind: str) -> tuple[str, str]:
             else "it has only the signed-in user's identity"
         )
         return (
-            f"ManagedIdentity got {kind}, but {_HOST_NAMES[host]} cannot select a user-assigned "
+            f"ManagedIdentity got {kind}, but {HOST_NAMES[host]} cannot select a user-assigned "
             f"identity ({why}): the request would be answered with another identity.",
             "unset AZURE_CLIENT_ID and pass no client_id/object_id/resource_id on this host; "
             "where a federated credential needs a user-assigned identity, use a host that "
@@ -174,14 +177,14 @@ def _unsupported_selector(host: str, kind: str) -> tuple[str, str]:
         )
     if host == "workload_identity":
         return (
-            f"ManagedIdentity got {kind}, but {_HOST_NAMES[host]} authenticates as an identity "
+            f"ManagedIdentity got {kind}, but {HOST_NAMES[host]} authenticates as an identity "
             "named by its client id (a client-credentials request to Entra): it cannot select "
             f"one by {kind}.",
             "select the identity by client_id (AZURE_CLIENT_ID for from_env(); the AKS webhook "
             "sets it from the service account's azure.workload.identity/client-id annotation).",
         )
     return (
-        f"ManagedIdentity got {kind}, but {_HOST_NAMES[host]} selects a user-assigned identity "
+        f"ManagedIdentity got {kind}, but {HOST_NAMES[host]} selects a user-assigned identity "
         f"only by {' or '.join(carried)}: the {kind} would be dropped and the request answered "
         "with the host's system-assigned identity.",
         f"select the identity by {' or '.join(carried)} (AZURE_CLIENT_ID for from_env()).",
@@ -234,9 +237,9 @@ def _msal_refused(
             "version that serves user-assigned identities."
         )
     else:
-        fix = f"check the variables {_HOST_NAMES[host]} sets (docs/sources-and-policy.md)."
+        fix = f"check the variables {HOST_NAMES[host]} sets (docs/sources-and-policy.md)."
     return SourceUnavailable(
-        f"MSAL refused the managed identity request on {_HOST_NAMES[host]}: {text}",
+        f"MSAL refused the managed identity request on {HOST_NAMES[host]}: {text}",
         source=source,
         scopes=scopes,
         fix=fix,
@@ -302,6 +305,10 @@ class ManagedIdentity:
         timeouts: Timeouts | None = None,
         name: str = "managed_identity",
     ) -> None:
+        # "10" ended in a TypeError inside Timeouts, NaN in an error naming Timeouts.read, and
+        # timeouts=5 failed at every request.
+        timeout = seconds(timeout, what="timeout", low=0, high=MAX_SECONDS, above_low=True)
+        timeouts = check_timeouts(timeouts)
         selectors = {
             "client_id": client_id,
             "object_id": object_id,
@@ -436,7 +443,7 @@ class ManagedIdentity:
             # credential, not a selector.
             raise ConfigurationError(
                 f"{owner} uses a managed identity as its federated credential, but "
-                f"{_HOST_NAMES[host]} cannot select a user-assigned identity, and only a "
+                f"{HOST_NAMES[host]} cannot select a user-assigned identity, and only a "
                 "user-assigned identity can be a federated credential of an app registration.",
                 fix=f"give the app a client secret or certificate instead ({instead}), or run "
                 "it on a host that selects a user-assigned identity (App Service, Container "

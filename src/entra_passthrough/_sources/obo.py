@@ -20,7 +20,7 @@ from .._errors import (
     TenantNotAllowed,
     is_consent_required,
 )
-from .._http import SHARED_THROTTLE, Timeouts, TransportFailure, deadline
+from .._http import SHARED_THROTTLE, Timeouts, TransportFailure, check_timeouts, deadline
 from .._jwt import fingerprint
 from .._msal import (
     DEFAULT_MAX_WORKERS,
@@ -31,6 +31,7 @@ from .._msal import (
     confidential_app,
     http_session,
 )
+from .._store import whole_number
 from .._types import IdentityKind, TokenRequest, TokenResult
 from .._verify import names
 from ._base import result_from_msal, unreachable
@@ -80,6 +81,16 @@ class OnBehalfOf:
         consent_redirect_uri: str | None = None,
         name: str = "obo",
     ) -> None:
+        # Both were used only by the first request, where a wrong type became an "outage"
+        # (SourceUnavailable) for every user; refused at build, before any thread starts.
+        timeouts = check_timeouts(timeouts)
+        whole_number(
+            max_tenants,
+            what="max_tenants",
+            low=1,
+            fix="pass max_tenants= how many tenants' MSAL applications to keep, at least 1 "
+            "(default 64).",
+        )
         app = app_credential(
             "OnBehalfOf",
             credential,
@@ -104,7 +115,7 @@ class OnBehalfOf:
         self._consent_link = consent_link
         self._credential = client_credential(app)
         self._http_client = http_client
-        self.timeouts = timeouts or Timeouts()
+        self.timeouts = Timeouts() if timeouts is None else timeouts
         # Retry-After per authority: shared by every source of the process (_http.SHARED_THROTTLE)
         self._throttle = SHARED_THROTTLE
         # MSAL builds its own session when none is given; close() closes sessions we own.
@@ -556,13 +567,13 @@ def _managed_identity_option(env: Mapping[str, str], choice_variable: str, what:
     """The managed identity way to a client credential, as this host gets it: the variables the
     host itself sets (IDENTITY_ENDPOINT/IDENTITY_HEADER, MSI_*) cannot be set by the user, and
     a host that cannot select a user-assigned identity has no such way at all."""
-    from .managed_identity import _HOST_NAMES, SELECTORS_BY_HOST, detect_host
+    from .managed_identity import HOST_NAMES, SELECTORS_BY_HOST, detect_host
 
     host = detect_host(env)
     if not SELECTORS_BY_HOST[host]:
         return (
             f" (a managed identity cannot be {what}'s federated credential on "
-            f"{_HOST_NAMES[host]}: it cannot select a user-assigned identity)"
+            f"{HOST_NAMES[host]}: it cannot select a user-assigned identity)"
         )
     return (
         f", or {choice_variable}=managed_identity with AZURE_CLIENT_ID naming a user-assigned "
