@@ -134,6 +134,13 @@ def entra_mcp_tool(
         "origins": allowed,
         "server_label": server_label,
     }
+    if not isinstance(per_user, bool | PoolOptions):
+        # ``per_user is False`` below: None or 0 would otherwise have built a pool.
+        raise ConfigurationError(
+            f"per_user must be True, False or a PoolOptions, not {type(per_user).__name__}.",
+            fix="pass per_user=False (one shared connection), True (a per-user pool with the "
+            "default bounds) or PoolOptions(max_connections=..., idle_timeout=...).",
+        )
     if per_user is False:
         return EntraMCPTool(name, url, mode="shared", **common)
     pool_options = per_user if isinstance(per_user, PoolOptions) else PoolOptions()

@@ -8,7 +8,9 @@
   active after the POST returns and ends when the run releases its pooled connection, and at
   the latest at the assertion's expiry (``bind_caller``'s cap) or after ``max_run_seconds``.
   A run resumed after a restart (``resilient_background``) has no request at all, hence no
-  Caller: its tool calls fail closed with ``NoCallerError``.
+  Caller: its tool calls fail closed with ``NoCallerError``. It also notes a request sent with
+  ``"store": false`` (``unstored_request()``): the host cannot continue a consent there, and
+  a consent met in its run fails it with an explanation instead (``_signals``).
 
 The documented alternative, for hosts you assemble yourself::
 
@@ -20,6 +22,7 @@ The documented alternative, for hosts you assemble yourself::
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Sequence
 from contextvars import ContextVar
@@ -28,15 +31,25 @@ from typing import Any
 from .._asgi import ASGIApp, Message, Receive, Scope, Send
 from .._caller import Caller, current_caller, reset_current, set_current
 from .._errors import ConfigurationError
+from .._jwks import seconds
 from ._af_seams import shutdown_handler_of
 
-__all__ = ["BackgroundRunCallers", "end_run_caller", "install"]
+__all__ = ["BackgroundRunCallers", "end_run_caller", "install", "unstored_request"]
 
 
 _MAX_PEEK = 1024 * 1024
 
 #: The run-bound Caller of a background response, visible to the run's task.
 _run_caller: ContextVar[Caller | None] = ContextVar("entra_passthrough.run_caller", default=None)
+#: Whether the Responses request being served was sent with ``"store": false``.
+_unstored: ContextVar[bool] = ContextVar("entra_passthrough.unstored_request", default=False)
+
+
+def unstored_request() -> bool:
+    """True while serving a ``POST .../responses`` sent with ``"store": false`` (as noted by
+    ``BackgroundRunCallers``; false where it is not installed). ``ResponsesHostServer`` cannot
+    continue a consent (``oauth_consent_request``) in such a response."""
+    return _unstored.get()
 
 
 def end_run_caller() -> None:
@@ -64,10 +77,8 @@ class BackgroundRunCallers:
     """
 
     def __init__(self, app: ASGIApp, *, max_run_seconds: float = 3600.0) -> None:
-        if max_run_seconds <= 0:
-            raise ConfigurationError("max_run_seconds must be > 0")
         self.app = app
-        self.max_run_seconds = max_run_seconds
+        self.max_run_seconds = _run_seconds(max_run_seconds)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         caller = current_caller()
@@ -82,18 +93,31 @@ class BackgroundRunCallers:
             return
         buffered, complete = await _peek(receive)
         replay = _replay(buffered, receive)
-        if not (complete and _is_background(b"".join(m.get("body", b"") for m in buffered))):
-            await self.app(scope, replay, send)
-            return
-        run_caller = _run_copy(caller, max_run_seconds=self.max_run_seconds)
-        reset = set_current(run_caller)
-        marker = _run_caller.set(run_caller)
+        background, unstored = (
+            _flags(b"".join(m.get("body", b"") for m in buffered)) if complete else (False, False)
+        )
+        noted = _unstored.set(unstored)
         try:
-            await self.app(scope, replay, send)
+            if not background:
+                await self.app(scope, replay, send)
+                return
+            run_caller = _run_copy(caller, max_run_seconds=self.max_run_seconds)
+            reset = set_current(run_caller)
+            marker = _run_caller.set(run_caller)
+            try:
+                await self.app(scope, replay, send)
+            finally:
+                # Not ended here: the run outlives this request (see the module docstring).
+                _run_caller.reset(marker)
+                reset_current(reset)
         finally:
-            # Not ended here: the run outlives this request (see the module docstring).
-            _run_caller.reset(marker)
-            reset_current(reset)
+            _unstored.reset(noted)
+
+
+def _run_seconds(value: object) -> float:
+    # Checked where it is given: a string was an untyped TypeError (from install(), only when
+    # the app starts), and NaN was accepted (a deadline that compares false with every time).
+    return seconds(value, what="max_run_seconds", low=0, high=math.inf, above_low=True)
 
 
 async def _peek(receive: Receive) -> tuple[list[Message], bool]:
@@ -121,14 +145,18 @@ def _replay(buffered: list[Message], receive: Receive) -> Receive:
     return replay
 
 
-def _is_background(body: bytes) -> bool:
+def _flags(body: bytes) -> tuple[bool, bool]:
+    """``(background, unstored)``: whether the body asks for ``"background": true`` and for
+    ``"store": false``."""
     try:
         parsed = json.loads(body)
     except (ValueError, RecursionError):
         # Not JSON, or nested past the parser's recursion limit (a body built to crash it):
-        # not a background request; the host answers it as it sees fit, never a crash here.
-        return False
-    return isinstance(parsed, dict) and parsed.get("background") is True
+        # neither; the host answers it as it sees fit, never a crash here.
+        return False, False
+    if not isinstance(parsed, dict):
+        return False, False
+    return parsed.get("background") is True, parsed.get("store") is False
 
 
 def install(
@@ -157,6 +185,8 @@ def install(
             "install(app) needs an app with add_middleware (ResponsesHostServer, Starlette); "
             "wrap other ASGI apps yourself: CallerMiddleware(BackgroundRunCallers(app))."
         )
+    # Starlette builds its middleware only when the app first starts: checked now, not then.
+    max_run_seconds = _run_seconds(max_run_seconds)
     # Starlette prepends: the last one added is the outermost.
     add(BackgroundRunCallers, max_run_seconds=max_run_seconds)
     add(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from agent_framework import FunctionInvocationContext, FunctionMiddleware
+from agent_framework import FunctionInvocationContext, FunctionMiddleware, MiddlewareFailure
 from agent_framework.exceptions import UserInputRequiredException
 
 from ..mcp import consent_from_exception
@@ -37,7 +37,8 @@ class EntraToolMiddleware(FunctionMiddleware):
         label = self.server_label or context.function.name
         try:
             await call_next()
-        except UserInputRequiredException:
+        except (UserInputRequiredException, MiddlewareFailure):
+            # Already in the shape that ends the run (a consent, or its explained failure).
             raise
         except Exception as exc:
             consent = consent_from_exception(exc, server_label=label)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -35,6 +36,7 @@ from types import TracebackType
 
 from .._caller import Caller, active_caller
 from .._errors import ConfigurationError, EntraPassthroughError, NoCallerError
+from .._jwks import seconds
 from .._jwt import JwtDecodeError, UnverifiedClaims
 from .._types import IdentityKind, TokenResult
 from .._user_key import UserKey
@@ -61,10 +63,26 @@ class PoolOptions:
     idle_timeout: float = 300.0
 
     def __post_init__(self) -> None:
-        if self.max_connections < 1:
-            raise ConfigurationError("PoolOptions.max_connections must be >= 1")
-        if self.idle_timeout <= 0:
-            raise ConfigurationError("PoolOptions.idle_timeout must be > 0 seconds")
+        # Typed, with a fix: a string used to fail as a bare TypeError, and NaN was accepted
+        # (no connection would ever count as idle, so none would be closed).
+        count = self.max_connections
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise ConfigurationError(
+                "PoolOptions.max_connections must be a whole number, at least 1.",
+                fix="pass PoolOptions(max_connections=) an int such as 256 (the default).",
+            )
+        # frozen: the checked value (a float) is stored through object.__setattr__.
+        object.__setattr__(
+            self,
+            "idle_timeout",
+            seconds(
+                self.idle_timeout,
+                what="PoolOptions.idle_timeout",
+                low=0,
+                high=math.inf,
+                above_low=True,
+            ),
+        )
 
 
 def issued_pool_key(result: TokenResult, caller: Caller) -> UserKey | None:

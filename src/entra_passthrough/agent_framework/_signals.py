@@ -4,16 +4,21 @@ hosted agent's client must see."""
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
+from typing import Any
 
 import anyio
 import httpx2
-from agent_framework import Content
+from agent_framework import Content, MiddlewareFailure
 from agent_framework.exceptions import ToolException, UserInputRequiredException
 
+from .._docs import see
 from .._errors import ConsentRequired
 from ..mcp import FOUNDRY_CONSENT_REQUIRED, exception_chain
 from ._af_seams import public_failure_type
+from ._hosting import unstored_request
 
 __all__ = [
     "CallOutcomeUnknown",
@@ -151,15 +156,19 @@ def is_public_failure(exc: BaseException) -> bool:
 
 def consent_exception(
     consent: ConsentRequired, *, server_label: str
-) -> UserInputRequiredException | ConsentRequired:
+) -> UserInputRequiredException | ConsentRequired | MiddlewareFailure:
     """``UserInputRequiredException([oauth_consent_request])`` for a consent with an HTTPS link
     (what ``ResponsesHostServer`` turns into an ``oauth_consent_request`` item); the
     ``ConsentRequired`` itself when there is no usable link (the run sees the explained
-    error)."""
+    error). In a request sent with ``"store": false`` (noted by ``install(app)``), where the
+    host cannot continue a consent, a ``MiddlewareFailure`` that fails the response with the
+    explanation (``unstored_consent``)."""
     link = consent.link
     if not link or not link.startswith("https://"):
         return consent
     label = consent.server_label or server_label
+    if unstored_request():
+        return unstored_consent(consent, server_label=label)
     content = Content.from_oauth_consent_request(
         link, additional_properties={"server_label": label}
     )
@@ -173,6 +182,8 @@ def gateway_shaped(consent: ConsentRequired, *, server_label: str) -> Exception:
 
     if not consent.link or not consent.link.startswith("https://"):
         return consent
+    if unstored_request():
+        return unstored_consent(consent, server_label=consent.server_label or server_label)
     details = {
         "errors": [
             {
@@ -189,3 +200,51 @@ def gateway_shaped(consent: ConsentRequired, *, server_label: str) -> Exception:
     return ToolException(
         f"MCP server {server_label!r}: the user must consent before the tool can connect.", inner
     )
+
+
+def unstored_consent(consent: ConsentRequired, *, server_label: str) -> MiddlewareFailure:
+    """The failure of a response whose request was sent with ``"store": false`` when its user
+    must consent: ``ResponsesHostServer`` continues a consent (``oauth_consent_request``) only
+    in a stored response, and otherwise fails it with "An internal server error occurred." (a
+    tool call) or a bare "requires store=true" (agent initialisation). Raised instead, the
+    same on every path: a ``MiddlewareFailure`` (agent-framework ends the run with it rather
+    than handing it to the model as a tool result), in the host's public failure shape (its
+    client sees the message). ``.error`` is a ``ConsentRequired`` that says what happened, why
+    and what to send. The link is left out of the message: the host shows consent links only as
+    an ``oauth_consent_request``, after checking them against its
+    ``allowed_oauth_consent_origins``."""
+    error = ConsentRequired(
+        f"The user must consent before {server_label!r} can be used for them, and this "
+        "response cannot ask for it: the request was sent with store=false, and the consent "
+        "request (an oauth_consent_request item that the client answers in a follow-up "
+        "request) needs a stored response.",
+        link=consent.link,
+        source=consent.source,
+        scopes=consent.scopes,
+        server_label=server_label,
+        correlation_id=consent.correlation_id,
+        trace_id=consent.trace_id,
+        fix="send the request again with store=true (the Responses API default); the response "
+        "then ends incomplete with an oauth_consent_request holding the link to show the user "
+        f"({see('agent-framework')})",
+    )
+    failure = _unstored_failure_type()(error)
+    failure.__cause__ = consent
+    return failure
+
+
+@functools.cache
+def _unstored_failure_type() -> Callable[[ConsentRequired], MiddlewareFailure]:
+    public = public_failure_type()
+
+    def init(self: Any, error: ConsentRequired) -> None:
+        MiddlewareFailure.__init__(self, str(error))
+        self.error = error
+        self.public_message = str(error)
+
+    bases = (MiddlewareFailure,) if public is None else (MiddlewareFailure, public)
+    # Built here: the host's public failure type is private to it (``_af_seams``).
+    kind: Callable[[ConsentRequired], MiddlewareFailure] = type(
+        "ConsentNeedsStoredResponse", bases, {"__init__": init}
+    )
+    return kind
