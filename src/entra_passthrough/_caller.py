@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ._asgi import ASGIApp, Message, Receive, Scope, Send
+from ._errors import ConfigurationError
 from ._jwt import (
     MAX_TOKEN_BYTES,
     JwtDecodeError,
@@ -36,6 +37,12 @@ _PLATFORM_LENGTHS = frozenset(len(name) for name in _PLATFORM_HEADERS)
 _BEARER_PREFIXES = (b"Bearer ", b"bearer ")
 
 caller_var: ContextVar[Caller | None] = ContextVar("entra_passthrough.caller", default=None)
+
+
+class _CallerTypeError(ConfigurationError, TypeError):
+    """``bind_caller``/``Caller.from_token`` got an argument of the wrong type. A
+    ``ConfigurationError`` like every configuration mistake, and still the ``TypeError``
+    these calls raised before, for code that catches that."""
 
 
 @dataclass(eq=False, slots=True)
@@ -124,9 +131,10 @@ class Caller:
     ) -> Caller:
         if token is not None and not isinstance(token, str):
             # bytes from a raw header, say: the decode would fail with a TypeError about str
-            raise TypeError(
-                f"token must be the bearer token as a str, not {type(token).__name__} "
-                "(decode a header's bytes as latin-1 first)."
+            raise _CallerTypeError(
+                f"token must be the bearer token as a str, not {type(token).__name__}.",
+                fix="pass the token without its 'Bearer ' prefix, as a str (decode a header's "
+                "bytes as latin-1 first).",
             )
         caller = cls(user_id=user_id, call_id=call_id, not_after=not_after)
         if token is not None:
@@ -576,8 +584,17 @@ class bind_caller:
     ) -> None:
         if caller is None:
             caller = Caller.from_token(token, user_id=user_id, call_id=call_id)
+        elif not isinstance(caller, Caller):
+            # A token passed positionally: an AttributeError on .claims below.
+            raise _CallerTypeError(
+                f"bind_caller's first argument must be a Caller, not {type(caller).__name__}.",
+                fix="pass the bearer token by keyword: bind_caller(token=...).",
+            )
         elif token is not None or user_id is not None or call_id is not None:
-            raise TypeError("pass either a Caller or token/user_id/call_id, not both")
+            raise _CallerTypeError(
+                "bind_caller got both a Caller and token/user_id/call_id.",
+                fix="pass either a Caller or token/user_id/call_id, not both.",
+            )
         if cap_at_expiry and caller.claims is not None and caller.claims.exp is not None:
             cap = caller.claims.exp
             caller.not_after = cap if caller.not_after is None else min(caller.not_after, cap)

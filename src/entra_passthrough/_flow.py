@@ -489,7 +489,8 @@ class FlowCore:
         resource at ``where`` refused the token that replaced one it refused (no retry)."""
         refused(result)
         try:
-            if where is None:
+            if where is None or getattr(self.chain, "accepted", None) is None:
+                # (a chain without the refusal window takes no ``where``)
                 return self.chain.invalidate(result) is not False
             return self.chain.invalidate(result, where=where) is not False  # type: ignore[call-arg]
         except Exception as exc:

@@ -38,6 +38,7 @@ from typing import Any, Final
 from . import _env
 from ._aadsts import is_answer
 from ._errors import ConfigurationError, code_in_body
+from ._store import whole_number
 
 #: HTTP statuses worth retrying: throttling and the gateway/server errors Entra documents as
 #: transient (AADSTS90033 and friends). Nothing else is retried (a 400 is an answer), nor is a
@@ -56,6 +57,11 @@ TIMEOUT_VARIABLES: Final = {
     "deadline": "ENTRA_PASSTHROUGH_TOKEN_DEADLINE",
     "retries": "ENTRA_PASSTHROUGH_TOKEN_RETRIES",
 }
+
+
+def _number(value: object) -> bool:
+    """An int or a float, not a bool (``True`` is not one second)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,22 +93,30 @@ class Timeouts:
     def __post_init__(self) -> None:
         # A bound of its own too: "inf" (or 1e10) passed the positivity checks, and the
         # deadline watchdog's wait overflowed on it (every acquisition then had no deadline).
+        # A string ("5") is refused by type: it ended in a TypeError from the comparison.
         for name in ("connect", "read", "deadline"):
-            if not 0 < getattr(self, name) <= MAX_SECONDS:
+            if not _number(getattr(self, name)) or not 0 < getattr(self, name) <= MAX_SECONDS:
                 raise ConfigurationError(
                     f"Timeouts.{name} must be a positive number of seconds, at most "
                     f"{MAX_SECONDS:g} (a day).",
                     fix=f"use a finite number of seconds up to {MAX_SECONDS:g}.",
                 )
         for name in ("backoff", "max_backoff", "max_retry_wait", "negative_ttl"):
-            if not 0 <= getattr(self, name) <= MAX_SECONDS:
+            if not _number(getattr(self, name)) or not 0 <= getattr(self, name) <= MAX_SECONDS:
                 raise ConfigurationError(
                     f"Timeouts.{name} must not be negative, and at most {MAX_SECONDS:g} "
                     "seconds (a day).",
                     fix=f"use a finite number of seconds from 0 to {MAX_SECONDS:g}.",
                 )
-        if not 0 <= self.retries <= 10:
-            raise ConfigurationError("Timeouts.retries must be between 0 and 10.")
+        # A whole number: "2" ended in a TypeError, and 2.5 was taken (as if it were 2).
+        whole_number(
+            self.retries,
+            what="Timeouts.retries",
+            low=0,
+            high=10,
+            fix="pass Timeouts(retries=...) the extra attempts after the first: a whole number "
+            "from 0 to 10 (default 2; ENTRA_PASSTHROUGH_TOKEN_RETRIES for from_env).",
+        )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Timeouts:
@@ -132,6 +146,19 @@ class Timeouts:
                 )
             values[field_name] = number
         return cls(**values)
+
+
+def check_timeouts(value: object) -> Timeouts | None:
+    """A source's ``timeouts=``: ``None`` (the defaults) or a ``Timeouts``, else a
+    ``ConfigurationError`` at build (``timeouts=5`` failed at every request, as an
+    ``AttributeError`` turned into ``SourceUnavailable``)."""
+    if value is None or isinstance(value, Timeouts):
+        return value
+    raise ConfigurationError(
+        f"timeouts must be a Timeouts, not {type(value).__name__}.",
+        fix="pass timeouts=Timeouts(connect=..., read=..., deadline=...) (seconds each), or "
+        "leave it out for the defaults.",
+    )
 
 
 DEFAULT_TIMEOUTS = Timeouts()

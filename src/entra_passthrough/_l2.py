@@ -98,6 +98,10 @@ class SyncTokenStore(Protocol):
     def delete(self, key: str, *, expect: str | AnyVersion = ANY) -> bool: ...
 
 
+#: The longest ``lease``, ``wait`` or ``retry_after`` taken (seconds): longer is a typo.
+_DAY: Final = 86_400.0
+
+
 def _usable_ttl(expires_on: float, cap: float | None, now: float) -> float:
     """Seconds an entry is usable from ``now``: expiry capped, less L1's skew."""
     expires = expires_on if cap is None else min(expires_on, cap)
@@ -127,8 +131,13 @@ class SharedTokenCache:
         clock: Callable[[], float] = time.time,
         sync_store: SyncTokenStore | None = None,
     ) -> None:
-        if lease <= 0 or wait <= 0 or retry_after < 0:
-            raise ValueError("lease and wait must be positive, retry_after not negative")
+        # Imported here: _jwks imports _cache, which imports this module. The check raised a
+        # bare ValueError (ConfigurationError is one), and NaN passed it.
+        from ._jwks import seconds
+
+        lease = seconds(lease, what="lease", low=0, high=_DAY, above_low=True)
+        wait = seconds(wait, what="wait", low=0, high=_DAY, above_low=True)
+        retry_after = seconds(retry_after, what="retry_after", low=0, high=_DAY)
         self.store = store
         #: The same store, blocking, for ``TokenChain.get_token`` (without it the sync API
         #: uses L1 only).

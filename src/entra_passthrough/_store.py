@@ -46,6 +46,21 @@ __all__ = [
 ]
 
 
+def whole_number(value: object, *, what: str, low: int, high: int | None = None, fix: str) -> int:
+    """A configured count (entries, connections, tenants, retries): an ``int`` (not a bool)
+    from ``low`` to ``high``, else a ``ConfigurationError`` naming ``what``. A string such as
+    ``"10"`` used to end in a ``TypeError`` from a comparison, and a float such as ``2.5`` or
+    a count of 0 was kept until the first request that used it."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigurationError(
+            f"{what} must be a whole number, not {type(value).__name__}.", fix=fix
+        )
+    if value < low or (high is not None and value > high):
+        bounds = f"from {low} to {high}" if high is not None else f"at least {low}"
+        raise ConfigurationError(f"{what} must be {bounds}, not {value}.", fix=fix)
+    return value
+
+
 class AnyVersion:
     """Sentinel: write unconditionally (no compare-and-set)."""
 
@@ -103,9 +118,12 @@ class MemoryStore:
     """
 
     def __init__(self, *, max_entries: int = 10_000) -> None:
-        if max_entries < 1:
-            raise ConfigurationError("MemoryStore(max_entries=...) must be at least 1.")
-        self._max = max_entries
+        self._max = whole_number(
+            max_entries,
+            what="MemoryStore(max_entries=...)",
+            low=1,
+            fix="pass max_entries= how many entries the store may hold (default 10000).",
+        )
         self._data: dict[str, tuple[bytes, str, float]] = {}
         # (expiry, key, version); stale items (overwritten or deleted) are skipped lazily.
         self._heap: list[tuple[float, str, str]] = []

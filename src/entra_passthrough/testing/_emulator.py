@@ -15,6 +15,7 @@ import requests
 from cryptography import x509
 from requests.adapters import HTTPAdapter
 
+from .._jwks import seconds
 from . import _ca
 from ._az import az_env, write_stand_in
 from ._issue import mint_access, user_subject
@@ -23,6 +24,12 @@ from ._server import ServerThread, build_app, build_msi_app
 from ._state import Fault, Runtime
 from ._tokens import Subject
 from ._world import App, ManagedIdentityPrincipal, User, World
+
+
+def _latency(value: object) -> float:
+    """``token_latency`` as the command line takes it (``--token-latency``): 0 to 3600 s. NaN
+    was taken and silently added no latency, so a benchmark measured something else."""
+    return seconds(value, what="token_latency", low=0, high=3600)
 
 
 class EntraEmulator:
@@ -44,7 +51,7 @@ class EntraEmulator:
     ) -> None:
         self._world = world or World.default()
         self._port = port
-        self._rt = Runtime(world=self._world, token_latency=token_latency)
+        self._rt = Runtime(world=self._world, token_latency=_latency(token_latency))
         self._dir: Path | None = None
         self._server: ServerThread | None = None
         self._ca_file = ""
@@ -342,7 +349,7 @@ class EntraEmulator:
 
     @token_latency.setter
     def token_latency(self, seconds: float) -> None:
-        self._rt.token_latency = float(seconds)
+        self._rt.token_latency = _latency(seconds)
 
     def rotate_keys(self, *, retire_old: bool = False) -> str:
         """Publish a new signing key first (old ones stay published) or retire the old ones.
