@@ -311,17 +311,19 @@ class RedisStore:
             )
             return redis_sync.Redis(connection_pool=sync_pool)
 
-        try:
+        client = None
+        with contextlib.suppress(ValueError):
             client = make_client()
-        except ValueError:
-            # redis-py's URL parser: a query option it cannot read (``socket_timeout=abc``,
-            # ``ssl_min_version=TLSv1``). Its text is not repeated: it may quote the URL.
+        if client is None:
+            # redis-py's URL parser: a query option it cannot read (``db=x``,
+            # ``ssl_min_version=TLSv1``). Its text is not repeated (it may quote the URL), nor
+            # kept as this error's context (raised outside the handler).
             raise ConfigurationError(
                 "the Redis URL has a query option redis-py cannot read (a number that is not "
                 "a number, a TLS version it does not know).",
                 fix="fix or remove the URL's query options (after '?'); timeouts are set with "
                 "timeout=..., TLS trust with ca_file (ENTRA_PASSTHROUGH_REDIS_CA_FILE).",
-            ) from None
+            )
         return cls(
             client,
             namespace=namespace,
@@ -617,8 +619,6 @@ _URL_OPTIONS = frozenset(
         "ssl_cert_reqs",
         "ssl_check_hostname",
         "ssl_min_version",
-        "ssl_validate_ocsp",
-        "ssl_validate_ocsp_stapled",
     }
 )
 
@@ -627,25 +627,37 @@ def _check_url(url: str, *, allow_plaintext: bool) -> None:
     """Fail closed on a URL that would send the password (or Entra token) and the sealed
     records where others can read or intercept them. Never echoes the URL (it may hold a
     password)."""
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - urllib parses the port here, and its error quotes it
-    except ValueError:
+    if not isinstance(url, str):
+        raise ConfigurationError(
+            f"the Redis URL must be a string, not {type(url).__name__}.",
+            fix="pass rediss://:<password>@<host>:<port>/0 (ENTRA_PASSTHROUGH_REDIS_URL).",
+        )
+    parts = None
+    with contextlib.suppress(ValueError):
+        split = urlsplit(url)
+        split.port  # noqa: B018 - urllib parses the port here, and its error quotes it
+        parts = split
+    if parts is None:
         # urllib's message quotes the text after the netloc's last ':', which is the password
-        # when it holds an unescaped '/', '#' or '?' (Azure access keys are base64).
+        # when it holds an unescaped '/', '#' or '?' (Azure access keys are base64). Raised
+        # outside the handler: that error is not even this one's context.
         raise ConfigurationError(
             "the Redis URL's host or port cannot be read (the port is not a number from 0 to "
             "65535, or an IPv6 address is not closed with ']').",
             fix="write it as rediss://:<password>@<host>:<port>/0, with a password that holds "
             "'/', '#', '?', '@' or ':' percent-encoded (urllib.parse.quote(password, safe=''))."
             " Keep it in ENTRA_PASSTHROUGH_REDIS_URL.",
-        ) from None
-    if parts.scheme in ("redis", "rediss") and not parts.hostname:
-        # e.g. a password starting with an unescaped '/': the netloc ends before it, and
-        # redis-py would connect to localhost with no password.
+        )
+    if parts.scheme in ("redis", "rediss") and (
+        not parts.hostname or "@" in parts.path + parts.query + parts.fragment
+    ):
+        # A password starting with an unescaped '/' leaves no host (redis-py would connect to
+        # localhost with no password); one with '@' then '/', '#' or '?' makes the part after
+        # that '@' the "host" (shown in errors and reprs, looked up in DNS). No Redis URL has
+        # an '@' after its host.
         raise ConfigurationError(
-            "the Redis URL names no host (a password with '/', '#', '?', '@' or ':' written "
-            "as is ends the host part early).",
+            "the Redis URL names no host, or not where one belongs (a password with '/', '#', "
+            "'?', '@' or ':' written as is ends the host part early).",
             fix="write it as rediss://:<password>@<host>:<port>/0, with the password "
             "percent-encoded (urllib.parse.quote(password, safe='')).",
         )

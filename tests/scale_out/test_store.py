@@ -594,6 +594,10 @@ _KEY = "Xy7Qm2Lk9Pz4Rt6Vb8Nc1Ds3Fg5Hj0Kl"
         f"rediss://:/{_KEY}AbCd@contoso.redis.cache.windows.net:6380/0",
         f"rediss://:12/{_KEY}AbCd@contoso.redis.cache.windows.net:6380/0",
         f"rediss://:#{_KEY}AbCd@contoso.redis.cache.windows.net:6380/0",
+        # an ACL password with '@' then '/', '#' or '?': the part after '@' read as the host
+        f"rediss://app:{_KEY}@AbCd/x@contoso.redis.cache.windows.net:6380/0",
+        f"rediss://app:{_KEY}@AbCd#x@contoso.redis.cache.windows.net:6380/0",
+        f"redis://app:{_KEY}@AbCd?x@127.0.0.1:6379/0",
         # URL options that would replace the checked timeout and pool size
         f"redis://:{_KEY}@127.0.0.1:6379/0?socket_timeout=nan",
         f"redis://:{_KEY}@127.0.0.1:6379/0?timeout=inf",
@@ -609,5 +613,13 @@ def test_a_url_redis_py_cannot_read_is_typed_and_quotes_no_part_of_the_password(
             build()
         text = str(info.value)
         assert _KEY[:8] not in text
-        assert "AbCd" not in text
+        assert "abcd" not in text.lower()  # the part after an '@' in the password either
         assert "Redis URL" in text
+        # nor kept where a traceback or a logger would find it (urllib's error quotes it)
+        assert info.value.__cause__ is None
+        assert info.value.__context__ is None
+
+
+def test_a_redis_url_that_is_not_a_string_is_typed() -> None:
+    with pytest.raises(ConfigurationError, match="must be a string"):
+        RedisStore.from_url(12345)  # type: ignore[arg-type]
