@@ -417,7 +417,17 @@ class TokenCache:
             if held is not None and held.token == rejected.token:
                 return True
         if last is not None and last[1] == mark:
-            return False  # another request that carried the same refused token
+            # Another request that carried the same refused token (the entry holds its
+            # replacement, or nothing yet: it goes on), or a source that handed the very same
+            # token back (azure-identity, a managed identity endpoint, az cache their own):
+            # refused again, and nothing new to be had within the window.
+            entry = self._entries.get(key)
+            held = entry if isinstance(entry, TokenResult) else getattr(entry, "result", None)
+            return (
+                held is not None
+                and held.token == rejected.token
+                and 0 <= now - last[0] < self.refusal_window
+            )
         self._refusals[slot] = (now, mark)
         self._refusals.move_to_end(slot)
         while len(self._refusals) > self.max_entries:

@@ -24,6 +24,7 @@ Decisions, in order:
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
@@ -188,6 +189,7 @@ class FlowCore:
         if on_error not in ("raise", "record"):
             raise ConfigurationError(f"on_error must be 'raise' or 'record', not {on_error!r}")
         self.chain = chain
+        self._takes_where: bool | None = None  # _weighs_refusals
         self.scopes: tuple[str, ...] = tuple(scopes)
         self.origins: frozenset[OriginKey] = parse_origins(
             origins, allow_insecure_loopback=allow_insecure_loopback
@@ -410,8 +412,17 @@ class FlowCore:
         challenge = parse_bearer_challenges(response.headers.get_list("www-authenticate"))
         if challenge is None or not challenge.retryable:
             return
+        # A claims challenge names what a new token must carry: always met (a token with the
+        # claims is another entry). A bare refusal is weighed against this origin's last one.
+        where = (
+            None
+            if challenge.claims
+            else origin_key(final.url.scheme, final.url.raw_host, final.url.port)
+        )
         if not _replayable(request):
-            self._invalidate(result, caller)  # no retry (a stream), but the token is refused
+            # No retry (a stream), but the token is refused: dropped, unless this resource
+            # refuses every token of this caller (the window: no new token for each request).
+            self._invalidate(result, caller, where=where)
             return
         if result.kind is IdentityKind.USER and (caller is None or not caller.active):
             # The user's caller ended while the request was out: a token acquired now would be
@@ -425,13 +436,6 @@ class FlowCore:
                     raise error
                 self.record(caller, error)
             return
-        # A claims challenge names what a new token must carry: always met (a token with the
-        # claims is another entry). A bare refusal is weighed against this origin's last one.
-        where = (
-            None
-            if challenge.claims
-            else origin_key(final.url.scheme, final.url.raw_host, final.url.port)
-        )
         if not self._invalidate(result, caller, where=where):
             # The token that replaced one this resource refused moments ago, never accepted
             # since, is refused too: it refuses every token of this caller
@@ -482,6 +486,20 @@ class FlowCore:
             return None
         return outcome.result
 
+    def _weighs_refusals(self) -> bool:
+        """Whether the chain's ``invalidate`` takes ``where`` (``TokenChain``'s does; the
+        ``Chain`` protocol's, a test double's or a subclass's override may not). Read once."""
+        takes = self._takes_where
+        if takes is None:
+            try:
+                parameters = list(inspect.signature(self.chain.invalidate).parameters.values())
+            except (TypeError, ValueError):  # no signature to read: do not pass it
+                parameters = []
+            takes = self._takes_where = any(
+                p.name == "where" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters
+            )
+        return takes
+
     def _invalidate(
         self, result: TokenResult, caller: Caller | None, *, where: OriginKey | None = None
     ) -> bool:
@@ -489,8 +507,9 @@ class FlowCore:
         resource at ``where`` refused the token that replaced one it refused (no retry)."""
         refused(result)
         try:
-            if where is None or getattr(self.chain, "accepted", None) is None:
-                # (a chain without the refusal window takes no ``where``)
+            if where is None or not self._weighs_refusals():
+                # (a chain without the refusal window, or a subclass's own invalidate(result),
+                # takes no ``where``)
                 return self.chain.invalidate(result) is not False
             return self.chain.invalidate(result, where=where) is not False  # type: ignore[call-arg]
         except Exception as exc:

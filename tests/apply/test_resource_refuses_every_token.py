@@ -311,3 +311,102 @@ async def test_one_resource_refusing_every_token_does_not_hold_back_another() ->
             accepted_by_b.add(f"Bearer user-a-{made + 1}")  # ... and, revoking, the next one
             assert (await client.get(f"{other}/tools")).status_code == 200  # B's own retry
     assert users.made == made + 1
+
+
+class OwnInvalidate(TokenChain):
+    """A subclass that overrides ``invalidate`` with the signature of the releases before the
+    window (``invalidate(self, result)``), as the ``Chain`` protocol still declares it."""
+
+    dropped = 0
+
+    def invalidate(self, result: TokenResult) -> bool:  # type: ignore[override]
+        OwnInvalidate.dropped += 1
+        return super().invalidate(result)
+
+
+async def test_a_chain_whose_invalidate_takes_no_where_still_retries() -> None:
+    users = Users()
+    chain = OwnInvalidate([users], cache=TokenCache(clock=Clock()))
+    refused = {"Bearer user-a-1"}
+    transport = httpx2.MockTransport(
+        lambda r: (
+            httpx2.Response(401, headers=CHALLENGE)
+            if r.headers.get("authorization") in refused
+            else httpx2.Response(200)
+        )
+    )
+    auth = EntraAuth(chain, scopes=SCOPES, origins=[ORIGIN], on_error="raise")
+    async with httpx2.AsyncClient(transport=transport, auth=auth) as client:
+        with bind_caller(_caller("a")):
+            assert (await client.get(f"{ORIGIN}/tools")).status_code == 200
+    assert OwnInvalidate.dropped == 1
+    assert users.made == 2
+
+
+class SameToken(Users):
+    """A source that hands the same token back until it expires (azure-identity, a managed
+    identity endpoint and az cache their own)."""
+
+    def get_token(self, request: TokenRequest) -> TokenResult | None:
+        result = super().get_token(request)
+        if result is None:
+            return None
+        return TokenResult(
+            token="app-token", expires_on=result.expires_on, kind=result.kind, source=self.name
+        )
+
+
+async def test_a_source_that_hands_the_refused_token_back_is_not_asked_again() -> None:
+    users = SameToken()
+    chain = TokenChain([users], cache=TokenCache(clock=Clock()))
+    sent: list[str] = []
+
+    def answer(r: Any) -> Any:
+        sent.append(r.headers.get("authorization", ""))
+        return httpx2.Response(401, headers=CHALLENGE)
+
+    auth = EntraAuth(chain, scopes=SCOPES, origins=[ORIGIN], on_error="raise")
+    async with httpx2.AsyncClient(transport=httpx2.MockTransport(answer), auth=auth) as client:
+        with bind_caller(_caller("a")):
+            for _ in range(10):
+                assert (await client.get(f"{ORIGIN}/tools")).status_code == 401
+    assert users.made == 2  # the first, and the one retry that brought the same token back
+    assert len(sent) == 11  # one retry in all, not one per request
+
+
+async def test_end_to_end_streamed_requests_share_the_window(
+    refusing_api: tuple[EntraEmulator, str],
+) -> None:
+    """A streamed body (over a real connection it is not kept) is never sent again, but its
+    refusal still counts: the refused token is dropped once, and the token that replaced it
+    stays while the window lasts, not a new token request for each request."""
+    idp, url = refusing_api
+    http = idp.msal_http_client()
+    chain = TokenChain(
+        [
+            OnBehalfOf(
+                client_id=idp.agent.client_id,
+                tenant_id=idp.tenant_id,
+                client_secret=idp.agent.secret,
+                authority_host=idp.url,
+                http_client=http,
+            )
+        ]
+    )
+    auth = EntraAuth(chain, scopes=[f"{idp.mcp.app_id_uri}/.default"], origins=[url])
+
+    async def body() -> Any:
+        yield b'{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}'
+
+    try:
+        caller = Caller.from_token(idp.user_token("bob", audience=idp.agent.client_id))
+        idp.reset_stats()
+        async with httpx2.AsyncClient(auth=auth) as client:
+            with bind_caller(caller):
+                for _ in range(8):
+                    answer = await client.post(f"{url}/tools", content=body())
+                    assert answer.status_code == 401
+        assert _token_posts(idp) == 2, idp.stats()
+    finally:
+        chain.close()
+        http.close()
