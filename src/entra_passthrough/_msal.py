@@ -529,6 +529,16 @@ class WorkerPool:
             with self._lock:
                 self._queued -= 1
 
+    def _next_stall(self, now: float) -> float:
+        """Under ``_lock``: how long a queued call may sleep before a worker can have stalled
+        that is not lent out yet (the oldest running call beyond those already replaced), at
+        least ``STALL_CHECK``: a queue of thousands behind a healthy pool wakes each call about
+        once per ``STALL_AFTER``, not four times a second."""
+        starts = sorted(self._running.values())
+        if self._lent < len(starts):
+            return max(self.STALL_CHECK, starts[self._lent] + self.STALL_AFTER - now)
+        return max(self.STALL_CHECK, self.STALL_AFTER)
+
     def _may_lend(self, now: float) -> bool:
         """Under ``_lock``: a stalled call's place is free for an overflow thread."""
         if self._lent >= self.max_workers:
@@ -575,7 +585,9 @@ class WorkerPool:
                 left = math.inf if end is None else end - loop.time()
                 if left <= 0:
                     raise TimeoutError
-                done, _ = await asyncio.wait({future}, timeout=min(self.STALL_CHECK, left))
+                with self._lock:
+                    pause = self._next_stall(time.monotonic())
+                done, _ = await asyncio.wait({future}, timeout=min(pause, left))
                 if done:
                     return future.result()
                 if queued.running():
