@@ -328,15 +328,18 @@ def _local_error(request: httpx2.Request, rpc_id: Any, message: str) -> httpx2.R
     )
 
 
-#: An RFC 6750 error code as the MCP server's challenge may name it (it is quoted in messages the
-#: model and the user see: anything else, which the server chose freely, is left out).
-_ERROR_CODE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+#: The Bearer challenge error codes the library names in its messages (RFC 6750, and Entra's
+#: claims challenge): anything else a server puts there, chosen freely (it could echo the token
+#: it refused), is left out of the messages the model and the user see.
+_ERROR_CODES = frozenset(
+    {"invalid_request", "invalid_token", "insufficient_scope", "insufficient_claims"}
+)
 
 
 def _challenge_error(response: httpx2.Response) -> str | None:
     challenge = parse_bearer_challenges(response.headers.get_list("www-authenticate"))
     error = challenge.error if challenge is not None else None
-    return error if error is not None and _ERROR_CODE.fullmatch(error) else None
+    return error if error in _ERROR_CODES else None
 
 
 def _drop_ended_callers_token(request: httpx2.Request) -> None:

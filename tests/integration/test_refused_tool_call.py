@@ -107,3 +107,19 @@ async def test_a_refused_call_is_a_typed_error_naming_the_status_and_the_challen
     assert "Fix:" in message
     assert "eyJ" not in message  # no JWT (the user's, or the MCP token) in the message
     assert token not in message
+
+
+@pytest.mark.parametrize(
+    "code", ["eyJ0eXAiOiJKV1QifQ.eyJzdWIiOiJ4In0.c2ln", "AAD-secret-value", "Bearer"]
+)
+def test_a_challenge_error_the_library_does_not_know_is_never_quoted(code: str) -> None:
+    """The error code is the server's free text: one that echoes the refused token (or any
+    other value) is left out; only the RFC 6750 codes and Entra's claims challenge are named."""
+    import httpx2
+
+    from entra_passthrough.mcp import _challenge_error
+
+    answer = httpx2.Response(401, headers={"www-authenticate": f'Bearer error="{code}"'})
+    assert _challenge_error(answer) is None
+    known = httpx2.Response(403, headers={"www-authenticate": 'Bearer error="insufficient_scope"'})
+    assert _challenge_error(known) == "insufficient_scope"

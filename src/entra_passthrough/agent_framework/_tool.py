@@ -606,7 +606,9 @@ class EntraMCPTool(HookedMCPTool):
                 if verdict == "raise":
                     refused = self._refusal(attempt, tool_name, caller)
                     if refused is not None:
-                        raise refused from exc
+                        # Not chained: the mcp SDK's error may carry the server's answer, which
+                        # can echo the token it refused. The typed error says what it said.
+                        raise refused from None
                     raise
                 if verdict == "bound":
                     raise self._bound_error() from exc
