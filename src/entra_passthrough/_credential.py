@@ -75,6 +75,15 @@ class AppCredential:
             certificate=self.client_certificate is not None,
             managed_identity=self.managed_identity,
         )
+        if self.client_assertion is not None and not callable(self.client_assertion):
+            # A signed assertion given as a value (bytes, a str) was taken and failed every
+            # request as "TypeError": it expires, so the credential takes what makes a new one.
+            raise ConfigurationError(
+                f"AppCredential(client_assertion=) must be a callable that returns a signed "
+                f"assertion, not {type(self.client_assertion).__name__}.",
+                fix="pass a function (e.g. lambda: read_token()) that returns a fresh JWT each "
+                "time it is called; a token file is federated_token_file=.",
+            )
         object.__setattr__(self, "authority_host", normalize_authority_host(self.authority_host))
 
     @property

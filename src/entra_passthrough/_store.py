@@ -51,6 +51,8 @@ def whole_number(value: object, *, what: str, low: int, high: int | None = None,
     from ``low`` to ``high``, else a ``ConfigurationError`` naming ``what``. A string such as
     ``"10"`` used to end in a ``TypeError`` from a comparison, and a float such as ``2.5`` or
     a count of 0 was kept until the first request that used it."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # 1e6 is a whole number (and was taken before these checks)
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigurationError(
             f"{what} must be a whole number, not {type(value).__name__}.", fix=fix

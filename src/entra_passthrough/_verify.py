@@ -208,7 +208,8 @@ class JwtVerifier:
             )
         leeway = seconds(leeway, what="leeway", low=0, high=600)
         # Not a string: refused by the check below as no URL, not an AttributeError here.
-        host = authority_host.rstrip("/") if isinstance(authority_host, str) else ""
+        # (surrounding blanks, a .env line's trailing space, are dropped as OnBehalfOf does)
+        host = authority_host.strip().rstrip("/") if isinstance(authority_host, str) else ""
         check_authority_host(host + "/")
         self.audiences = listed
         # Entra writes tenant GUIDs in lower case; an upper-case allow-list must not lock out

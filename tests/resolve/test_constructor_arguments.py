@@ -90,7 +90,25 @@ CASES: list[tuple[str, Build, str]] = [
     ("emulator-latency-neg", lambda idp: EntraEmulator(token_latency=-1), "token_latency"),
     ("emulator-latency-str", lambda idp: EntraEmulator(token_latency="0.1"), "token_latency"),  # type: ignore[arg-type]
     ("emulator-latency-setter-nan", lambda idp: _latency(idp, math.nan), "token_latency"),
+    ("credential-assertion-bytes", lambda idp: _assertion(idp, b"eyJ.a.b"), "client_assertion"),
+    ("credential-assertion-str", lambda idp: _assertion(idp, "eyJ.a.b"), "client_assertion"),
+    ("mi-header-bytes", lambda idp: _mi_endpoint(idp, b"secret"), "IDENTITY_HEADER"),
+    ("mi-header-int", lambda idp: _mi_endpoint(idp, 5), "IDENTITY_HEADER"),
 ]
+
+
+def _assertion(idp: EntraEmulator, value: Any) -> Any:
+    from entra_passthrough import AppCredential
+
+    return AppCredential(
+        client_id=idp.agent.client_id, tenant_id=idp.tenant_id, client_assertion=value
+    )
+
+
+def _mi_endpoint(idp: EntraEmulator, header: Any) -> Any:
+    from entra_passthrough import ManagedIdentity
+
+    return ManagedIdentity(endpoint="http://127.0.0.1:1/msi/token", header=header)
 
 
 @pytest.mark.parametrize(("build", "name"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])

@@ -253,8 +253,12 @@ class _NoHttpCache(dict[str, Any]):
         return None
 
 
-def _endpoint_problem(endpoint: str, header: str) -> str | None:
+def _endpoint_problem(endpoint: object, header: object) -> str | None:
     """What makes an explicit endpoint and header unusable, before any request is made."""
+    if not isinstance(endpoint, str):
+        return "is not a string"
+    if not isinstance(header, str):
+        return "has a header value that is not a string"
     parts = urlsplit(endpoint.strip())
     if parts.scheme.lower() not in ("http", "https"):
         return "is not an http:// or https:// URL"
