@@ -148,3 +148,8 @@ async def test_obo_built_with_good_arguments_works_against_the_emulator(
     finally:
         chain.close()
     assert obo_posts(idp) == before + 1
+
+
+def test_a_count_written_as_a_whole_float_is_taken_as_before() -> None:
+    assert TokenCache(max_entries=1e6).max_entries == 1_000_000  # type: ignore[arg-type]
+    assert "max_entries=50000" in repr(MemoryStore(max_entries=5e4))  # type: ignore[arg-type]

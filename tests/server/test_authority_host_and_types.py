@@ -51,7 +51,7 @@ def test_verifier_refuses_an_authority_host_with_a_path(idp: Any, path: str) -> 
     assert idp.tenant_id not in str(error)  # the origin at most
 
 
-@pytest.mark.parametrize("host", ["{url}", "{url}/"])
+@pytest.mark.parametrize("host", ["{url}", "{url}/", "{url}/ ", " {url}"])
 def test_the_host_alone_still_verifies_a_real_token(idp: Any, host: str) -> None:
     verifier = JwtVerifier(
         audiences=[idp.mcp.client_id],
