@@ -5,8 +5,6 @@ memory, httpx and httpx2 clients on a MockTransport (the auth flow's own unit te
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,10 +13,10 @@ import httpx2
 import pytest
 
 from _support.tokens import unsigned_jwt
+from _support.users import Users
 from entra_passthrough import (
     Caller,
     EntraAuth,
-    IdentityKind,
     TokenChain,
     TokenRequest,
     TokenResult,
@@ -33,38 +31,6 @@ REFUSED = httpx2.Response(401, headers={"www-authenticate": 'Bearer error="inval
 
 def _caller(oid: str) -> Caller:
     return Caller.from_token(unsigned_jwt(oid=oid, tid="contoso", aud="agent"))
-
-
-class Users:
-    """A user source: ``user-<oid>-<n>``, one more each acquisition."""
-
-    name = "users"
-    kind = IdentityKind.USER
-
-    def __init__(self) -> None:
-        self.made = 0
-        self._lock = threading.Lock()
-
-    def cache_partition(self, request: TokenRequest) -> Any:
-        caller = request.caller
-        return None if caller is None or not caller.presented else caller.assertion_sha256
-
-    def get_token(self, request: TokenRequest) -> TokenResult | None:
-        caller = request.caller
-        if caller is None or not caller.presented or caller.claims is None:
-            return None
-        with self._lock:
-            self.made += 1
-            made = self.made
-        return TokenResult(
-            token=f"user-{caller.claims.oid}-{made}",
-            expires_on=time.time() + 3600,
-            kind=IdentityKind.USER,
-            source=self.name,
-        )
-
-    async def get_token_async(self, request: TokenRequest) -> TokenResult | None:
-        return self.get_token(request)
 
 
 @pytest.mark.parametrize("on_error", ["raise", "record"])

@@ -8,7 +8,6 @@ a real verifying API that expects another audience."""
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -23,11 +22,11 @@ from starlette.routing import Route
 
 from _support.servers import serve_in_thread
 from _support.tokens import unsigned_jwt
+from _support.users import Users
 from entra_passthrough import (
     Caller,
     CallerMiddleware,
     EntraAuth,
-    IdentityKind,
     JwtVerifier,
     OnBehalfOf,
     TokenCache,
@@ -42,38 +41,6 @@ from entra_passthrough.testing import EntraEmulator
 ORIGIN = "https://mcp.contoso.com"
 SCOPES = ["api://mcp/.default"]
 CHALLENGE = {"www-authenticate": 'Bearer error="invalid_token"'}
-
-
-class Users:
-    """A user source: ``user-<oid>-<n>``, one more each acquisition."""
-
-    name = "users"
-    kind = IdentityKind.USER
-
-    def __init__(self) -> None:
-        self.made = 0
-        self._lock = threading.Lock()
-
-    def cache_partition(self, request: TokenRequest) -> Any:
-        caller = request.caller
-        return None if caller is None or not caller.presented else caller.assertion_sha256
-
-    def get_token(self, request: TokenRequest) -> TokenResult | None:
-        caller = request.caller
-        if caller is None or not caller.presented or caller.claims is None:
-            return None
-        with self._lock:
-            self.made += 1
-            made = self.made
-        return TokenResult(
-            token=f"user-{caller.claims.oid}-{made}",
-            expires_on=time.time() + 3600,
-            kind=IdentityKind.USER,
-            source=self.name,
-        )
-
-    async def get_token_async(self, request: TokenRequest) -> TokenResult | None:
-        return self.get_token(request)
 
 
 class Clock:
@@ -198,16 +165,8 @@ def refusing_api() -> Iterator[tuple[EntraEmulator, str]]:
             yield idp, url
 
 
-def _token_posts(idp: EntraEmulator) -> int:
-    return idp.stats()["grants"]["on_behalf_of"]
-
-
-async def test_end_to_end_a_misconfigured_api_gets_two_token_requests_not_one_per_call(
-    refusing_api: tuple[EntraEmulator, str],
-) -> None:
-    idp, url = refusing_api
-    http = idp.msal_http_client()
-    chain = TokenChain(
+def _obo_chain(idp: EntraEmulator, http: Any) -> TokenChain:
+    return TokenChain(
         [
             OnBehalfOf(
                 client_id=idp.agent.client_id,
@@ -218,6 +177,18 @@ async def test_end_to_end_a_misconfigured_api_gets_two_token_requests_not_one_pe
             )
         ]
     )
+
+
+def _token_posts(idp: EntraEmulator) -> int:
+    return idp.stats()["grants"]["on_behalf_of"]
+
+
+async def test_end_to_end_a_misconfigured_api_gets_two_token_requests_not_one_per_call(
+    refusing_api: tuple[EntraEmulator, str],
+) -> None:
+    idp, url = refusing_api
+    http = idp.msal_http_client()
+    chain = _obo_chain(idp, http)
     auth = EntraAuth(chain, scopes=[f"{idp.mcp.app_id_uri}/.default"], origins=[url])
     try:
         caller = Caller.from_token(idp.user_token("alice", audience=idp.agent.client_id))
@@ -382,17 +353,7 @@ async def test_end_to_end_streamed_requests_share_the_window(
     stays while the window lasts, not a new token request for each request."""
     idp, url = refusing_api
     http = idp.msal_http_client()
-    chain = TokenChain(
-        [
-            OnBehalfOf(
-                client_id=idp.agent.client_id,
-                tenant_id=idp.tenant_id,
-                client_secret=idp.agent.secret,
-                authority_host=idp.url,
-                http_client=http,
-            )
-        ]
-    )
+    chain = _obo_chain(idp, http)
     auth = EntraAuth(chain, scopes=[f"{idp.mcp.app_id_uri}/.default"], origins=[url])
 
     async def body() -> Any:
