@@ -177,3 +177,40 @@ def serve_in_thread(
         reuse_port=False,
     ) as server:
         yield server.base
+
+
+class LoopbackHop:
+    """An asyncio TCP server on 127.0.0.1 whose connections ``_serve`` handles (a subclass's
+    proxy behaviour). ``aclose`` aborts every accepted connection, also one whose task never
+    started (Python 3.11's ``Server.close`` leaves accepted connections open, and the garbage
+    collector's ResourceWarning would then fail whichever test runs next)."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # A plain callback, run as the connection is accepted: known at once to ``aclose``.
+        self._writers.append(writer)
+        task = asyncio.get_running_loop().create_task(self._serve(reader, writer))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def aclose(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for writer in self._writers:
+            writer.transport.abort()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError

@@ -24,6 +24,7 @@ import pytest
 
 from _support.mcp_world import Recorder, ServerThread, agent_token, build_mcp_app, make_chain
 from _support.mcp_world import mcp_scopes as scopes_of
+from _support.servers import LoopbackHop
 from entra_passthrough import bind_caller
 from entra_passthrough.agent_framework import CallOutcomeUnknown, entra_mcp_tool
 from entra_passthrough.mcp import CallAttempt, _CallGuard, call_attempt
@@ -163,7 +164,7 @@ async def test_a_reset_after_the_answer_began_may_have_run_and_only_an_unread_on
         assert attempt.transport_error is not None
 
 
-class _CuttingHop:
+class _CuttingHop(LoopbackHop):
     """A TCP hop in front of the MCP server that forwards every byte both ways, except for the
     first ``tools/call``: ``unread`` resets the client's connection as that call arrives, before
     forwarding it (the server never reads it); ``answer_begun`` forwards it, lets the server run
@@ -171,36 +172,12 @@ class _CuttingHop:
     connection (what a server that aborts with SO_LINGER 0 part-way through its answer does)."""
 
     def __init__(self, behaviour: str, *, keep: int = 12) -> None:
+        super().__init__()
         self.behaviour = behaviour
         self.keep = keep
         self.upstream = 0
-        self.port = 0
         self.cuts = 0
         self.passed_on = b""  # the part of an answer the client got before its reset
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._writers: list[asyncio.StreamWriter] = []
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        # Known at once, so that ``aclose`` aborts it even if its task never started.
-        self._writers.append(writer)
-        task = asyncio.get_running_loop().create_task(self._serve(reader, writer))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def aclose(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for writer in self._writers:
-            writer.transport.abort()
-        await self._server.wait_closed()
 
     def _reset(self, writer: asyncio.StreamWriter) -> None:
         sock = writer.get_extra_info("socket")

@@ -38,6 +38,7 @@ from _support.mcp_world import (
     serve_asgi,
     tool_outputs,
 )
+from _support.servers import LoopbackHop
 from entra_passthrough import TokenAcquisitionError, UserKey, bind_caller
 from entra_passthrough._middleware import CallerMiddleware
 from entra_passthrough.agent_framework import (
@@ -525,7 +526,7 @@ async def test_a_lifecycle_request_drops_the_token_of_a_caller_who_ended_meanwhi
     assert sent[1].headers["authorization"] == "Bearer app.x.y"
 
 
-class _IdleTimeoutHop:
+class _IdleTimeoutHop(LoopbackHop):
     """A TCP hop in front of the MCP server that behaves like a server (or load balancer) with an
     idle timeout of ``idle`` seconds on keep-alive connections, at its worst moment: a request
     that arrives on a connection idle that long is reset unread, as when the server's close and
@@ -535,39 +536,11 @@ class _IdleTimeoutHop:
     server does never meets it."""
 
     def __init__(self, idle: float) -> None:
+        super().__init__()
         self.idle = idle
         self.upstream = 0
-        self.port = 0
         self.connections = 0
         self.resets = 0
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._writers: list[asyncio.StreamWriter] = []
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        # A plain callback, run as the connection is accepted: every accepted transport is
-        # known at once, so ``aclose`` aborts it even if its task never got to start (a
-        # cancelled task that never started runs no ``finally``; Python 3.11's
-        # ``Server.close`` leaves accepted connections open, and the garbage collector's
-        # ResourceWarning would then fail whichever test runs next).
-        self._writers.append(writer)
-        task = asyncio.get_running_loop().create_task(self._serve(reader, writer))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def aclose(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for writer in self._writers:
-            writer.transport.abort()
-        await self._server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
