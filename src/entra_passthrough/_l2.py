@@ -159,6 +159,9 @@ class SharedTokenCache:
         # served from L2 again by this replica, whatever became of the delete.
         self._rejected: dict[tuple[str, str], float] = {}
         self._rejected_lock = threading.Lock()
+        # Lease releases in the background after a failed write (strong references: a task is
+        # otherwise only weakly held by its loop).
+        self._releasing: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return f"SharedTokenCache(store={self.store!r}, lease={self.lease})"
@@ -389,10 +392,18 @@ class SharedTokenCache:
 
     async def _release(self, lease: _Lease) -> None:
         if lease.failed:
-            # The store just failed this holder (down, stalled): a release would cost its
-            # caller, who has the token, another timeout or two for nothing; the lease
-            # expires by itself.
+            # The store just failed this holder (down, stalled, a reply lost): a release would
+            # cost its caller, who has the token, another timeout or two. It is tried in the
+            # background instead: the other replicas' callers, waiting on this lease, then
+            # acquire at once rather than wait it out (10 s by default). If it fails too, the
+            # lease expires by itself.
+            task = asyncio.get_running_loop().create_task(self._release_now(lease))
+            self._releasing.add(task)
+            task.add_done_callback(self._releasing.discard)
             return
+        await self._release_now(lease)
+
+    async def _release_now(self, lease: _Lease) -> None:
         try:
             await self.store.delete(lease.name, expect=lease.version)
         except Exception as exc:  # the lease expires by itself
