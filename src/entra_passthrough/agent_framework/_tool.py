@@ -88,6 +88,7 @@ from ..mcp import (
     attempt_var,
     call_attempt,
     consent_from_exception,
+    exception_chain,
     http_client_for,
     url_elicitation_as_error,
 )
@@ -124,6 +125,8 @@ Mode = Literal["shared", "per_user"]
 #: (and at most ``_MAX_RECONNECTS`` times on a replaced connection).
 _RETRY_WINDOW = 15.0
 _MAX_ATTEMPTS = 40
+#: How long a connect tries again while the server refuses TCP connections (a restart).
+_REFUSED_CONNECT_WAIT = 5.0
 _MAX_RECONNECTS = 6
 #: How long a call waits for a reconnect in progress before it is sent anyway.
 _RECONNECT_WAIT = 30.0
@@ -348,7 +351,7 @@ class EntraMCPTool(HookedMCPTool):
             self._set_lifecycle_caller(chosen)
             self._entra_auth.take_errors()
             try:
-                await _not_cancelled_by_transport(super().connect(reset=reset))
+                await self._connect_through_refusals(reset)
             except Exception as exc:
                 failure = self._connect_failure(exc, chosen)
                 if failure is exc:
@@ -363,6 +366,24 @@ class EntraMCPTool(HookedMCPTool):
             # die with the old generation cannot tear this one down.
             self._generation += 1
             self._session_owner = _oid_of(chosen)
+
+    async def _connect_through_refusals(self, reset: bool) -> None:
+        """``connect``, again while the server refuses the TCP connection: a restart's gap,
+        in which a run that opens its tool failed at once ("An internal server error occurred"
+        from the host). Refused, nothing was sent, so trying again is safe; for at most
+        ``_REFUSED_CONNECT_WAIT`` seconds, then the refusal stands."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + _REFUSED_CONNECT_WAIT
+        delay = 0.1
+        while True:
+            try:
+                await _not_cancelled_by_transport(super().connect(reset=reset))
+                return
+            except Exception as exc:
+                if not _connection_refused(exc) or loop.time() + delay > give_up:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     async def _drain(self) -> None:
         """Wait (at most ``_DRAIN_WAIT``) until every call whose ``tools/call`` was sent has
@@ -995,3 +1016,11 @@ def _oid_of(caller: Caller | None) -> str | None:
             return oid
     claims = caller.claims
     return claims.oid if claims is not None and claims.oid else None
+
+
+def _connection_refused(exc: BaseException) -> bool:
+    """The MCP server refused the TCP connection (nothing was sent): httpx2's ``ConnectError``
+    or the OS's refusal, anywhere in the chain agent-framework wraps it in."""
+    return any(
+        isinstance(e, httpx2.ConnectError | ConnectionRefusedError) for e in exception_chain(exc)
+    )
