@@ -43,10 +43,10 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Hashable
 from dataclasses import dataclass
 
+from ._checks import seconds, whole_number
 from ._drive import drive, drive_async
 from ._errors import SourceUnavailable
 from ._l2 import SharedCache
-from ._store import whole_number
 from ._types import Cap, TokenResult, cap_value
 
 logger = logging.getLogger("entra_passthrough.cache")
@@ -184,9 +184,6 @@ class TokenCache:
         shared: SharedCache | None = None,
         refusal_window: float = REFUSAL_WINDOW,
     ) -> None:
-        # Imported here: _jwks imports this module. ConfigurationError is a ValueError, which
-        # these checks raised before they were typed.
-        from ._jwks import seconds
 
         self.max_entries = whole_number(
             max_entries,

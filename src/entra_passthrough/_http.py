@@ -37,8 +37,8 @@ from typing import Any, Final
 
 from . import _env
 from ._aadsts import is_answer
+from ._checks import whole_number
 from ._errors import ConfigurationError, code_in_body
-from ._store import whole_number
 
 #: HTTP statuses worth retrying: throttling and the gateway/server errors Entra documents as
 #: transient (AADSTS90033 and friends). Nothing else is retried (a 400 is an answer), nor is a

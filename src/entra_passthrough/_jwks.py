@@ -47,6 +47,7 @@ from jwt import PyJWK
 from jwt.exceptions import PyJWTError
 
 from ._cache import loop_running_here
+from ._checks import seconds
 from ._errors import ConfigurationError, SigningKeysUnavailable, TokenVerificationError
 from ._origins import is_loopback
 from ._redact import REDACTED
@@ -161,27 +162,6 @@ def check_authority_host(url: str) -> str:
                 fix=fix,
             )
     return check_fetch_url(url, what="authority_host")
-
-
-def seconds(value: object, *, what: str, low: float, high: float, above_low: bool = False) -> float:
-    """A configured duration: a finite number (not a bool) from ``low`` to ``high`` (above
-    ``low`` when ``above_low``), else a ``ConfigurationError`` naming ``what`` (a string such as
-    ``"60"`` used to end in a ``TypeError``, NaN was accepted)."""
-    number = value if isinstance(value, int | float) and not isinstance(value, bool) else None
-    if (
-        number is None
-        or not math.isfinite(number)
-        or number < low
-        or number > high
-        or (above_low and number == low)
-    ):
-        bound = "above" if above_low else "at least"
-        upper = "" if math.isinf(high) else f" and at most {high:g}"
-        raise ConfigurationError(
-            f"{what} must be a number of seconds, {bound} {low:g}{upper}.",
-            fix=f"pass {what}= a number of seconds in that range (an int or a float).",
-        )
-    return float(number)
 
 
 def ssl_context(verify: ssl.SSLContext | str | bool) -> ssl.SSLContext | bool:

@@ -44,6 +44,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Hashable
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
 
+from ._checks import seconds
 from ._drive import drive, drive_async
 from ._errors import EntraPassthroughError
 from ._jwt import sha256_hex
@@ -131,9 +132,6 @@ class SharedTokenCache:
         clock: Callable[[], float] = time.time,
         sync_store: SyncTokenStore | None = None,
     ) -> None:
-        # Imported here: _jwks imports _cache, which imports this module. The check raised a
-        # bare ValueError (ConfigurationError is one), and NaN passed it.
-        from ._jwks import seconds
 
         lease = seconds(lease, what="lease", low=0, high=_DAY, above_low=True)
         wait = seconds(wait, what="wait", low=0, high=_DAY, above_low=True)

@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from ._checks import whole_number
 from ._errors import ConfigurationError
 
 __all__ = [
@@ -44,23 +45,6 @@ __all__ = [
     "MemoryStore",
     "TokenStore",
 ]
-
-
-def whole_number(value: object, *, what: str, low: int, high: int | None = None, fix: str) -> int:
-    """A configured count (entries, connections, tenants, retries): an ``int`` (not a bool)
-    from ``low`` to ``high``, else a ``ConfigurationError`` naming ``what``. A string such as
-    ``"10"`` used to end in a ``TypeError`` from a comparison, and a float such as ``2.5`` or
-    a count of 0 was kept until the first request that used it."""
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)  # 1e6 is a whole number (and was taken before these checks)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigurationError(
-            f"{what} must be a whole number, not {type(value).__name__}.", fix=fix
-        )
-    if value < low or (high is not None and value > high):
-        bounds = f"from {low} to {high}" if high is not None else f"at least {low}"
-        raise ConfigurationError(f"{what} must be {bounds}, not {value}.", fix=fix)
-    return value
 
 
 class AnyVersion:

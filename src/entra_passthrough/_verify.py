@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 import jwt
 from jwt import exceptions as jwt_errors
 
+from ._checks import seconds
 from ._errors import ConfigurationError, InsufficientScope, TokenVerificationError
 from ._jwks import (
     AsyncGetter,
@@ -38,7 +39,6 @@ from ._jwks import (
     SyncGetter,
     check_authority_host,
     check_fetch_url,
-    seconds,
 )
 from ._jwt import (
     MAX_TOKEN_BYTES,

@@ -38,11 +38,11 @@ from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from . import _env
+from ._checks import seconds, whole_number
 from ._errors import ConfigurationError, SourceUnavailable, require_extra
 from ._http import MAX_SECONDS
-from ._jwks import seconds
 from ._l2 import SharedTokenCache
-from ._store import ANY, AnyVersion, Entry, whole_number
+from ._store import ANY, AnyVersion, Entry
 
 if TYPE_CHECKING:
     from ._cache import TokenCache

@@ -30,6 +30,7 @@ from typing import Any
 
 from .. import _env
 from .._azure_identity_seams import cli_contract
+from .._checks import seconds
 from .._errors import (
     GUID,
     ConfigurationError,
@@ -39,7 +40,6 @@ from .._errors import (
     safe_text,
 )
 from .._http import MAX_SECONDS
-from .._jwks import seconds
 from .._msal import WorkerPool
 from .._types import IdentityKind, TokenRequest, TokenResult
 from .managed_identity import scope_to_resource

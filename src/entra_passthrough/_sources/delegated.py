@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlencode
 
 from .. import _env
+from .._checks import seconds
 from .._consent_client import ConsentClient, check_https_url
 from .._credential import AppCredential, app_credential
 from .._drive import drive, drive_async
@@ -53,7 +54,6 @@ from .._errors import (
     is_consent_required,
 )
 from .._grants import GrantStore, LinkTicket, StoredGrant, seal_revoke_ticket
-from .._jwks import seconds
 from .._jwt import fingerprint
 from .._l2 import renew_until, renew_until_sync
 from .._msal import http_session

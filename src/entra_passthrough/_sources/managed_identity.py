@@ -39,6 +39,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .. import _env
+from .._checks import seconds
 from .._errors import (
     ConfigurationError,
     EntraError,
@@ -61,7 +62,6 @@ from .._http import (
     deadline,
     size_pool,
 )
-from .._jwks import seconds
 from .._msal import NullTokenCache, WorkerPool
 from .._types import IdentityKind, TokenRequest, TokenResult
 from ._base import result_from_msal, unreachable

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from .. import _env
+from .._checks import whole_number
 from .._credential import AppCredential, app_credential
 from .._errors import (
     AppOnlyAssertion,
@@ -31,7 +32,6 @@ from .._msal import (
     confidential_app,
     http_session,
 )
-from .._store import whole_number
 from .._types import IdentityKind, TokenRequest, TokenResult
 from .._verify import names
 from ._base import result_from_msal, unreachable

@@ -30,8 +30,8 @@ from typing import Any
 
 from .._asgi import ASGIApp, Message, Receive, Scope, Send
 from .._caller import Caller, current_caller, reset_current, set_current
+from .._checks import seconds
 from .._errors import ConfigurationError
-from .._jwks import seconds
 from ._af_seams import shutdown_handler_of
 
 __all__ = ["BackgroundRunCallers", "end_run_caller", "install", "unstored_request"]

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from .._caller import Caller, active_caller
+from .._checks import seconds
 from .._errors import ConfigurationError, EntraPassthroughError, NoCallerError
-from .._jwks import seconds
 from .._jwt import JwtDecodeError, UnverifiedClaims
 from .._types import IdentityKind, TokenResult
 from .._user_key import UserKey

@@ -31,6 +31,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from .._aadsts import describe
+from .._checks import seconds
 from .._consent_client import ConsentClient, IdTokenError, check_https_url
 from .._credential import AppCredential, app_credential
 from .._errors import ConfigurationError, first_code, safe_word
@@ -42,7 +43,7 @@ from .._grants import (
     open_revoke_ticket,
     seal_revoke_ticket,
 )
-from .._jwks import seconds, shown_url
+from .._jwks import shown_url
 from .._origins import is_loopback
 from .._sources.delegated import DelegatedConsent
 from .._store import Keyring, KeyringError, TokenStore

@@ -15,7 +15,7 @@ import requests
 from cryptography import x509
 from requests.adapters import HTTPAdapter
 
-from .._jwks import seconds
+from .._checks import seconds
 from . import _ca
 from ._az import az_env, write_stand_in
 from ._issue import mint_access, user_subject
