@@ -75,6 +75,13 @@ def _digest(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
+def _unavailable(request: Request, what: str, exc: Exception, message: str) -> Response:
+    """A failure of the broker's own (the store down, Entra unreachable): logged by its type,
+    answered with a typed 503 (``temporarily_unavailable``), never a crash page."""
+    logger.warning("%s failed: %s", what, type(exc).__name__)
+    return error_response(request, "temporarily_unavailable", message, status=503)
+
+
 class ConsentBroker:
     """The consent broker. Mount ``broker.app`` in the agent app or serve it alone.
 
@@ -191,12 +198,8 @@ class ConsentBroker:
         except BadRequest as exc:
             return error_response(request, exc.code, str(exc))
         except Exception as exc:  # never a crash page; nothing was stored
-            logger.warning("consent start failed: %s", type(exc).__name__)
-            return error_response(
-                request,
-                "temporarily_unavailable",
-                "The sign-in could not be started; try again.",
-                status=503,
+            return _unavailable(
+                request, "consent start", exc, "The sign-in could not be started; try again."
             )
 
     async def _do_start(self, request: Request, params: dict[str, str]) -> Response:
@@ -285,12 +288,11 @@ class ConsentBroker:
             logger.info("consent callback rejected: %s", exc.code)
             return error_response(request, exc.code, str(exc))
         except Exception as exc:
-            logger.warning("consent callback failed: %s", type(exc).__name__)
-            return error_response(
+            return _unavailable(
                 request,
-                "temporarily_unavailable",
+                "consent callback",
+                exc,
                 "The sign-in could not be completed; start again.",
-                status=503,
             )
 
     async def _do_callback(self, request: Request, params: dict[str, str]) -> Response:
@@ -510,12 +512,11 @@ class ConsentBroker:
         try:
             deleted = await self.grants.delete_grant(key_hash)
         except Exception as exc:  # the store is down: a typed answer, never a crash page
-            logger.warning("consent revoke failed: %s", type(exc).__name__)
-            return error_response(
+            return _unavailable(
                 request,
-                "temporarily_unavailable",
+                "consent revoke",
+                exc,
                 "The sign-out could not be completed; try again.",
-                status=503,
             )
         logger.info("consent revoked (grant existed: %s)", deleted)
         if wants_json(request):
