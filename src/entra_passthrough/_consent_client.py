@@ -23,14 +23,14 @@ import requests
 from ._credential import AppCredential
 from ._errors import ConfigurationError, TokenVerificationError
 from ._http import OAuthBodies
-from ._jwks import KeySet, KeySource, check_fetch_url, read_bounded, shown_url
+from ._jwks import KeySet, KeySource, check_fetch_url, read_bounded
 from ._msal import (
     DiscoveryOnlyHttpCache,
     NullTokenCache,
     WorkerPool,
     client_credential,
 )
-from ._origins import is_loopback
+from ._origins import is_loopback, shown_url
 
 #: Scopes MSAL adds itself and refuses to be given.
 RESERVED_SCOPES = frozenset({"openid", "profile", "offline_access"})

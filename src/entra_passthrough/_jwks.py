@@ -49,8 +49,7 @@ from jwt.exceptions import PyJWTError
 from ._cache import loop_running_here
 from ._checks import seconds
 from ._errors import ConfigurationError, SigningKeysUnavailable, TokenVerificationError
-from ._origins import is_loopback
-from ._redact import REDACTED
+from ._origins import is_loopback, shown_url
 
 logger = logging.getLogger("entra_passthrough.verify")
 
@@ -86,37 +85,6 @@ class SyncGetter(Protocol):
 #: What a caller is told while no key can be fetched (the 503's description): the key URL is
 #: the operator's business (it may carry a secret), and it is in the log line and ``str(error)``.
 KEYS_UNAVAILABLE = "the signing keys could not be fetched; no token can be verified until they are."
-
-
-def shown_url(url: object, *, path: bool = True) -> str | None:
-    """``url`` as it may be shown to an operator: no userinfo, every query value redacted
-    (``?code=[redacted]``: an Azure Functions or API Management key), no fragment; its origin
-    only without ``path``. ``None`` for a value with no scheme and host: it may not be a URL at
-    all (a secret pasted in the wrong place), so it is not shown."""
-    if not isinstance(url, str):
-        return None
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        port = parts.port
-    except (ValueError, TypeError, AttributeError):  # a bad port, an unclosed IPv6 bracket
-        return None
-    if not parts.scheme or not host:
-        return None
-    if ":" in host:
-        host = f"[{host}]"
-    shown = f"{parts.scheme}://{host}{f':{port}' if port is not None else ''}"
-    if not path:
-        return shown
-    shown += parts.path
-    if parts.query:
-        fields = parts.query.split("&")
-        # a part with no '=' (``?<key>``) may be the secret itself: redacted whole
-        shown += "?" + "&".join(
-            f"{field.split('=', 1)[0]}={REDACTED}" if "=" in field and field[0] != "=" else REDACTED
-            for field in fields
-        )
-    return shown
 
 
 def check_fetch_url(url: str, *, what: str) -> str:

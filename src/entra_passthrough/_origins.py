@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from ._errors import ConfigurationError
+from ._redact import REDACTED
 
 _DEFAULT_PORTS = {"https": 443, "http": 80}
 
@@ -34,22 +35,47 @@ def origin_key(scheme: str, raw_host: bytes | str, port: int | None) -> OriginKe
     return (scheme, host.lower(), default if port is None else port)
 
 
-def _shown(text: str) -> str:
-    """`` 'scheme://host[:port]'`` of a configured origin for an error, or ``""``: never its
-    user info, path, query or fragment (a password or key may be in any of them), nor what is
-    not an http(s) URL with a host (a secret pasted into the wrong place)."""
+def shown_url(url: object, *, path: bool = True) -> str | None:
+    """``url`` as it may be shown to an operator: no userinfo, every query value redacted
+    (``?code=[redacted]``: an Azure Functions or API Management key), no fragment; its origin
+    only without ``path``. ``None`` for a value with no scheme and host: it may not be a URL at
+    all (a secret pasted in the wrong place), so it is not shown."""
+    if not isinstance(url, str):
+        return None
     try:
-        parts = urlsplit(text.strip())
+        parts = urlsplit(url)
         host = parts.hostname
         port = parts.port
-    except ValueError:  # a port that is not a number, an unclosed IPv6 bracket
+    except (ValueError, TypeError, AttributeError):  # a bad port, an unclosed IPv6 bracket
+        return None
+    if not parts.scheme or not host:
+        return None
+    if ":" in host:
+        host = f"[{host}]"
+    shown = f"{parts.scheme}://{host}{f':{port}' if port is not None else ''}"
+    if not path:
+        return shown
+    shown += parts.path
+    if parts.query:
+        fields = parts.query.split("&")
+        # a part with no '=' (``?<key>``) may be the secret itself: redacted whole
+        shown += "?" + "&".join(
+            f"{field.split('=', 1)[0]}={REDACTED}" if "=" in field and field[0] != "=" else REDACTED
+            for field in fields
+        )
+    return shown
+
+
+def _shown(text: str) -> str:
+    """`` 'scheme://host[:port]'`` of a configured origin for an error, or ``""``: never its
+    user info, path, query or fragment (``shown_url``), nor what is not an http(s) URL with a
+    host, or a host with blanks or control characters (a secret pasted into the wrong place)."""
+    shown = shown_url(text.strip(), path=False)
+    if shown is None or not shown.startswith(("https://", "http://")):
         return ""
-    if parts.scheme.lower() not in _DEFAULT_PORTS or not host:
+    if any(c.isspace() or not c.isprintable() for c in shown):
         return ""
-    if any(c.isspace() or not c.isprintable() for c in host):
-        return ""
-    shown = f"[{host}]" if ":" in host else host
-    return f" {parts.scheme.lower()}://{shown}{'' if port is None else f':{port}'}"
+    return f" {shown}"
 
 
 def parse_origin(text: str, *, allow_insecure_loopback: bool) -> OriginKey:

@@ -39,9 +39,8 @@ from ._errors import (
     TokenVerificationError,
     require_extra,
 )
-from ._jwks import shown_url
 from ._jwt import fingerprint
-from ._origins import is_loopback
+from ._origins import is_loopback, shown_url
 from ._user_key import UserKey
 from ._verify import PUBLIC_AUTHORITY, JwtVerifier, VerifiedToken, names
 from ._www_auth import authorization_values, bearer_token, challenge, send_challenge

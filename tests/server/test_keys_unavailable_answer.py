@@ -128,7 +128,7 @@ async def test_the_exception_text_keeps_the_url_for_the_operator(keys: KeyEndpoi
 
 
 def test_a_bare_query_part_of_the_key_url_is_not_shown() -> None:
-    from entra_passthrough._jwks import shown_url
+    from entra_passthrough._origins import shown_url
 
     shown = shown_url("https://keys.contoso.com/k?code=abc&S3CR3T-bare&=x&v=1")
     assert shown == "https://keys.contoso.com/k?code=[redacted]&[redacted]&[redacted]&v=[redacted]"

@@ -43,8 +43,7 @@ from .._grants import (
     open_revoke_ticket,
     seal_revoke_ticket,
 )
-from .._jwks import shown_url
-from .._origins import is_loopback
+from .._origins import is_loopback, shown_url
 from .._sources.delegated import DelegatedConsent
 from .._store import Keyring, KeyringError, TokenStore
 from .._user_key import UserKey
