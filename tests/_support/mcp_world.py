@@ -388,6 +388,23 @@ def host_app(agent: Any, *, close_on_shutdown: tuple[Any, ...] | list[Any] = ())
 # --- uvicorn in a thread, restartable on the same port (tests/_support/servers.py) ---------------
 
 
+def mcp_behind(
+    idp: EntraEmulator, hop_port: int, executions: list[tuple[str, str]]
+) -> ServerThread:
+    """A real MCP server that clients reach through a TCP hop on ``hop_port`` (its advertised
+    base URL is the hop's); ``executions`` records every tool run. Set the hop's ``upstream``
+    to the returned server's port."""
+    return ServerThread(
+        lambda _base: build_mcp_app(
+            idp,
+            base_url=f"http://127.0.0.1:{hop_port}",
+            recorder=Recorder(),
+            executions=executions,
+        ),
+        name="mcp",
+    ).start()
+
+
 def serve_asgi(app: ASGI, *, name: str) -> ServerThread:
     return ServerThread(lambda _base: app, name=name).start()
 

@@ -22,7 +22,11 @@ from typing import Any
 import httpx2
 import pytest
 
-from _support.mcp_world import Recorder, ServerThread, agent_token, build_mcp_app, make_chain
+from _support.mcp_world import (
+    agent_token,
+    make_chain,
+    mcp_behind,
+)
 from _support.mcp_world import mcp_scopes as scopes_of
 from _support.servers import LoopbackHop
 from entra_passthrough import bind_caller
@@ -245,15 +249,7 @@ async def test_a_call_whose_answer_began_before_a_reset_runs_once_and_is_never_r
     hop = _CuttingHop(behaviour)
     await hop.start()
     executions: list[tuple[str, str]] = []
-    server = ServerThread(
-        lambda _base: build_mcp_app(
-            idp,
-            base_url=f"http://127.0.0.1:{hop.port}",
-            recorder=Recorder(),
-            executions=executions,
-        ),
-        name="mcp",
-    ).start()
+    server = mcp_behind(idp, hop.port, executions)
     hop.upstream = server.port
     tool = entra_mcp_tool(
         "records", f"http://127.0.0.1:{hop.port}/mcp", chain=make_chain(idp), scopes=scopes_of(idp)

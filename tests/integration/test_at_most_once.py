@@ -31,6 +31,7 @@ from _support.mcp_world import (
     calls,
     host_app,
     make_chain,
+    mcp_behind,
     mcp_scopes,
     read_json_request,
     respond,
@@ -595,15 +596,7 @@ async def test_a_call_after_an_idle_pause_is_not_written_onto_a_connection_the_s
     hop = _IdleTimeoutHop(idle)
     await hop.start()
     executions: list[tuple[str, str]] = []
-    server = ServerThread(
-        lambda _base: build_mcp_app(
-            idp,
-            base_url=f"http://127.0.0.1:{hop.port}",
-            recorder=Recorder(),
-            executions=executions,
-        ),
-        name="mcp",
-    ).start()
+    server = mcp_behind(idp, hop.port, executions)
     hop.upstream = server.port
     tool = entra_mcp_tool(
         "records", f"http://127.0.0.1:{hop.port}/mcp", chain=make_chain(idp), scopes=mcp_scopes(idp)
