@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
@@ -19,6 +21,7 @@ from .._errors import (
     ConfigurationError,
     EntraError,
     TenantNotAllowed,
+    TokenAcquisitionError,
     is_consent_required,
 )
 from .._http import SHARED_THROTTLE, Timeouts, TransportFailure, check_timeouts, deadline
@@ -43,6 +46,80 @@ if TYPE_CHECKING:
 logger = logging.getLogger("entra_passthrough.obo")
 
 ConsentLink = Callable[[TokenRequest], "str | None"]
+
+#: Entra's refusals of the caller's token itself: its signature, issuer or tenant (50013), its
+#: form (50027), its audience (500131), its expiry (500133), an app-only token (7000114). The
+#: same token is refused every time, whatever the scope; only a new token from the user helps.
+ASSERTION_REFUSALS = frozenset({50013, 50027, 500131, 500133, 7000114})
+
+
+class RefusedAssertions:
+    """The caller tokens Entra refused for what they are (``ASSERTION_REFUSALS``), by tenant
+    and sha256, until the token expires and for at most ``hold`` seconds.
+
+    Without it every request carrying such a token (an altered or foreign one, which an agent
+    that does not verify its callers accepts) is one POST to Entra: a caller that repeats it
+    gets the app throttled for every user. A consent or interaction answer is never held (the
+    user can fix those with the same token). Bounded: the oldest entries go first.
+    """
+
+    def __init__(
+        self,
+        *,
+        hold: float = 300.0,
+        max_entries: int = 4096,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.hold = hold
+        self.max_entries = max_entries
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._refused: OrderedDict[tuple[str, str], tuple[float, float, TokenAcquisitionError]]
+        self._refused = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._refused)
+
+    def remember(self, tenant: str, digest: str, exp: float, error: TokenAcquisitionError) -> None:
+        if error.code is None or error.code.code not in ASSERTION_REFUSALS:
+            return
+        now = self._clock()
+        until = min(exp, now + self.hold)
+        if until <= now:
+            return
+        with self._lock:
+            self._refused[(tenant, digest)] = (now, until, error)
+            self._refused.move_to_end((tenant, digest))
+            while len(self._refused) > self.max_entries:
+                self._refused.popitem(last=False)
+
+    def check(self, tenant: str, digest: str, request: TokenRequest, source: str) -> None:
+        """Raise the remembered refusal again (nothing is sent), if there is one."""
+        key = (tenant, digest)
+        held = self._refused.get(key)
+        if held is None:
+            return
+        at, until, first = held
+        now = self._clock()
+        if now >= until:
+            with self._lock:
+                if self._refused.get(key) is held:
+                    del self._refused[key]
+            return
+        code = first.code
+        assert code is not None  # remember() keeps only coded refusals
+        raise type(first)(
+            f"Entra refused this same token {max(0.0, now - at):.0f} s ago: {code}: "
+            f"{code.meaning}. It was not sent again: Entra refuses it every time, and each "
+            "POST counts against the app's throttling limits. The caller needs a new token",
+            source=source,
+            scopes=request.scopes,
+            aadsts=code.code,
+            error=first.error,
+            suberror=first.suberror,
+            correlation_id=first.correlation_id,
+            trace_id=first.trace_id,
+        )
 
 
 class OnBehalfOf:
@@ -124,6 +201,7 @@ class OnBehalfOf:
         self._pool = WorkerPool(max_workers=max_workers, name=f"entra-{name}")
         self._pool.start()  # at construction (start-up), not inside the first burst
         self._apps = AppPool(self._build_app, max_apps=max_tenants, after_wait=self._pool.respace)
+        self.refused = RefusedAssertions()
 
     def __repr__(self) -> str:
         return (
@@ -236,7 +314,14 @@ class OnBehalfOf:
         if self.cache_partition(request) is None:
             return None
         tenant, assertion, exp = self.preflight(request)
+        self._check_refused(request, tenant)
         return self._exchange(request, tenant, assertion, exp)
+
+    def _check_refused(self, request: TokenRequest, tenant: str) -> None:
+        caller = request.caller
+        digest = caller.assertion_sha256 if caller is not None else None
+        if digest is not None:
+            self.refused.check(tenant, digest, request, self.name)
 
     async def get_token_async(self, request: TokenRequest) -> TokenResult | None:
         if self.cache_partition(request) is None:
@@ -245,6 +330,7 @@ class OnBehalfOf:
         # when its request starts, not all of them in the loop iteration that made the calls.
         await self._pool.pace()
         tenant, assertion, exp = self.preflight(request)
+        self._check_refused(request, tenant)
         try:
             # The worker enforces the deadline on every request; this bounds the wait even for
             # an answer that trickles in under the read timeout.
@@ -283,15 +369,22 @@ class OnBehalfOf:
         link = None
         if is_consent_required(response):
             link = self.consent_link(request, tenant)
-        result = result_from_msal(
-            response,
-            kind=IdentityKind.USER,
-            source=self.name,
-            scopes=scopes,
-            cap=exp,
-            consent_link=link,
-            started=started,
-        )
+        try:
+            result = result_from_msal(
+                response,
+                kind=IdentityKind.USER,
+                source=self.name,
+                scopes=scopes,
+                cap=exp,
+                consent_link=link,
+                started=started,
+            )
+        except TokenAcquisitionError as refusal:
+            caller = request.caller
+            digest = caller.assertion_sha256 if caller is not None else None
+            if digest is not None:
+                self.refused.remember(tenant, digest, exp, refusal)
+            raise
         logger.debug(
             "obo %s: assertion %s -> token %s (tenant %s)",
             self.name,
