@@ -236,8 +236,11 @@ class EntraMCPTool(HookedMCPTool):
         self._sessions_shared = False
         self._background: set[asyncio.Task[None]] = set()
         self._deferred_for: Caller | None = None
-        #: Entered before (``__aenter__``): the first enter is the host's agent initialization.
-        self._entered = False
+        #: The agent that holds this tool opened it (an enter returned, and no exit since). An
+        #: enter while it is not is the agent opening (``ResponsesHostServer``: "agent
+        #: initialization", which it repeats on every request until it succeeds); one while it
+        #: is, a run's (agent-framework enters a tool that is not connected when a run starts).
+        self._opened_by_agent = False
 
     @property
     def auth(self) -> EntraAuth:
@@ -467,11 +470,13 @@ class EntraMCPTool(HookedMCPTool):
 
     async def __aenter__(self) -> EntraMCPTool:
         if self._pool is None:
-            # The first enter is the host's "agent initialization" (ResponsesHostServer enters
-            # the agent once per server); every later one is a run's own (agent-framework
-            # enters a tool that is not connected when a run starts).
-            first = not self._entered
-            self._entered = True
+            # An enter before the agent holds the tool open is the host's "agent
+            # initialization": ResponsesHostServer opens the agent until that succeeds, again on
+            # each request after a failed one (a consent met there must become that request's
+            # own oauth_consent_request, not the host's bare server_error). Every later enter
+            # is a run's own: agent-framework enters a tool that is not connected when a run
+            # starts, into the agent's stack, so the exit comes when the agent closes.
+            first = not self._opened_by_agent
             try:
                 await self._connect_retrying()
             except ToolException as exc:
@@ -495,12 +500,14 @@ class EntraMCPTool(HookedMCPTool):
                         # run's enter that defers too would leave the run with no tools at all
                         # (the host enters the agent once; later requests come here from runs).
                         self._deferred_for = caller
+                        self._opened_by_agent = True
                         return self
                     raise  # the host's public shape: the client sees the explanation
                 await self.close()
                 raise ToolExecutionException(
                     "Failed to enter context manager.", inner_exception=exc
                 ) from exc
+            self._opened_by_agent = True
             return self
         self._leases += 1
         if self._pending:
@@ -544,6 +551,7 @@ class EntraMCPTool(HookedMCPTool):
 
     async def __aexit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
         if self._pool is None:
+            self._opened_by_agent = False  # the agent closed (or failed to open after it)
             await super().__aexit__(exc_type, exc_value, traceback)
             return
         # A pooled connection outlives the run: the pool closes it when idle. The run is over:
