@@ -33,6 +33,9 @@ GRANT_TTL = 90 * 24 * 3600.0
 BINDING_TTL = 400 * 24 * 3600.0
 _MAX_SCOPES = 20
 _MAX_SCOPE_CHARS = 256
+#: The longest sealed link ticket the broker accepts (every parameter of its requests is bounded
+#: by it): a link whose ticket is longer is refused when it is made, not at the broker.
+MAX_TICKET_CHARS = 4096
 
 #: The store's key layout, in one place (a store shared with the L2 token cache, whose keys
 #: are ``ep:v1:tok:...``): ``ep:<v>:<record>:<id>``; for grants and bindings the id is the

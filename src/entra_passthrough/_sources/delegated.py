@@ -53,7 +53,14 @@ from .._errors import (
     first_code,
     is_consent_required,
 )
-from .._grants import GrantStore, LinkTicket, StoredGrant, seal_revoke_ticket
+from .._grants import (
+    MAX_TICKET_CHARS,
+    GrantStore,
+    LinkTicket,
+    StoredGrant,
+    check_scopes,
+    seal_revoke_ticket,
+)
 from .._jwt import fingerprint
 from .._l2 import renew_until, renew_until_sync
 from .._msal import http_session
@@ -437,7 +444,23 @@ class DelegatedConsent:
         *,
         claims: str | None = None,
     ) -> str:
-        """The broker start URL for this user and scopes: a sealed ticket, no secret in it."""
+        """The broker start URL for this user and scopes: a sealed ticket, no secret in it.
+
+        A link the broker would refuse (more than 20 scopes, a scope it cannot carry, a ticket
+        longer than it reads) is a ``TokenAcquisitionError`` here: the user would otherwise be
+        told to ask the agent for a new link, and be given the same one."""
+        try:
+            check_scopes(tuple(scopes))
+        except ValueError:
+            raise TokenAcquisitionError(
+                f"No consent link can be made for these {len(scopes)} scope(s): the consent "
+                "broker signs a user in for 1 to 20 scopes, each at most 256 printable "
+                "characters without spaces.",
+                source=self.name,
+                scopes=scopes,
+                fix="ask for fewer scopes in the tool's scopes= (an API's "
+                "'api://<app>/.default' covers every scope the user consented to)",
+            ) from None
         ticket = LinkTicket(
             key_hash=key.hashed,
             key_kind=key.kind,
@@ -451,7 +474,19 @@ class DelegatedConsent:
             expected_tid=key.expected_tid,
             expected_oid=key.expected_oid,
         )
-        return f"{self.broker_url}/start?" + urlencode({"t": ticket.seal(self.keyring)})
+        sealed = ticket.seal(self.keyring)
+        if len(sealed) > MAX_TICKET_CHARS:
+            raise TokenAcquisitionError(
+                f"No consent link can be made: its ticket would be {len(sealed)} characters, "
+                f"and the consent broker reads at most {MAX_TICKET_CHARS} (the claims challenge "
+                f"is {len(claims or '')} characters, {len(scopes)} scope(s)).",
+                source=self.name,
+                scopes=scopes,
+                fix="ask for fewer scopes in the tool's scopes=; a claims challenge this long "
+                "comes from the resource (Entra's are a few hundred characters): check what "
+                "the MCP server or API sends in its WWW-Authenticate claims",
+            )
+        return f"{self.broker_url}/start?" + urlencode({"t": sealed})
 
     def signout_link(self, key: UserKey, *, lifetime: float = 3600.0) -> str:
         """A broker link that asks the user to confirm sign-out (the page POSTs it)."""

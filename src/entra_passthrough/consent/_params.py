@@ -10,9 +10,11 @@ from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 
+from .._grants import MAX_TICKET_CHARS
+
 MAX_QUERY_BYTES = 8192
 MAX_PARAMS = 12
-MAX_VALUE_CHARS = 4096
+MAX_VALUE_CHARS = MAX_TICKET_CHARS  # a link's ticket is the longest value the broker reads
 MAX_FORM_BYTES = 8192
 CALLBACK_PARAMS = frozenset(
     {
