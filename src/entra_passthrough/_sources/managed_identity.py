@@ -232,9 +232,12 @@ def _msal_refused(
     text = safe_text(str(exc), 300)
     if host == "azure_arc" and user_assigned:
         fix = (
-            "this Azure Arc agent serves only the machine's system-assigned identity: unset "
-            "AZURE_CLIENT_ID (pass no selector), or update the Connected Machine agent to a "
-            "version that serves user-assigned identities."
+            "this Azure Arc agent serves only the machine's system-assigned identity: update "
+            "the Connected Machine agent to a version that serves user-assigned identities; or, "
+            "where the system-assigned identity will do, unset AZURE_CLIENT_ID (pass no "
+            "selector). An app's federated credential must be user-assigned: with this agent, "
+            "give the app a client secret or certificate instead "
+            "(ENTRA_PASSTHROUGH_CLIENT_SECRET or ENTRA_PASSTHROUGH_CLIENT_CERTIFICATE_PATH)."
         )
     else:
         fix = f"check the variables {HOST_NAMES[host]} sets (docs/sources-and-policy.md)."
@@ -460,7 +463,16 @@ class ManagedIdentity:
             "answers AADSTS700213: no federated credential names its subject).",
             fix="set AZURE_CLIENT_ID to the client id of the user-assigned managed identity "
             "configured as the app's federated credential (or pass "
-            "ManagedIdentity(client_id=...)); scripts/tenant-setup.sh creates both.",
+            "ManagedIdentity(client_id=...)); scripts/tenant-setup.sh creates both."
+            + (
+                # An Arc agent that serves only the system-assigned identity refuses the
+                # selector next: say where that leads instead of sending the user back here.
+                " On Azure Arc this needs a Connected Machine agent that serves user-assigned "
+                f"identities; with one that does not, give the app a client secret or "
+                f"certificate instead ({instead})."
+                if host == "azure_arc"
+                else ""
+            ),
         )
 
     def __repr__(self) -> str:
