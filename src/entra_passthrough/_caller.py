@@ -338,8 +338,14 @@ class Caller:
                 pass
             if name not in ("claims", "decode_error"):
                 raise AttributeError(name)
+            if not self.assertion:
+                # ``_bearer``'s presented-but-unusable: nothing after "Bearer", or a header
+                # that is not "Bearer <token>" at all (a raw token, "Bearer:<token>").
+                self.claims = None
+                self.decode_error = "no token in the form 'Authorization: Bearer <token>'"
+                return getattr(self, name)
             try:
-                self.claims = UnverifiedClaims.from_token(self.assertion or "")
+                self.claims = UnverifiedClaims.from_token(self.assertion)
                 self.decode_error = None
             except JwtDecodeError as exc:
                 self.claims = None
@@ -536,10 +542,36 @@ def _bearer(header: str, raw: bytes) -> str | None:
         # Split on any whitespace (not only SP): "Bearer\t<token>" is malformed but still a
         # bearer, so it counts as presented and can never let an app identity stand in.
         parts = value.split(None, 1)
-        if not parts or parts[0].lower() != "bearer":
-            return None
+        if not parts:
+            return None  # an empty header: no credential at all
+        scheme = parts[0].lower()
+        if scheme != "bearer":
+            # Another scheme that carries no user token (Basic, Negotiate, ...) is no
+            # assertion. Anything else is a token the client meant to present, malformed:
+            # the raw token ("Authorization: eyJ..."), "Bearer:<token>", "Token <token>",
+            # DPoP: presented and unusable, so that the user's own token behind a client's
+            # typo fails closed instead of letting the app's identity act for the request.
+            return None if scheme in _OTHER_SCHEMES else ""
         value = parts[1].strip() if len(parts) > 1 else ""
     return value
+
+
+#: HTTP authentication schemes that carry no bearer token (the IANA registry's, but for
+#: token schemes such as DPoP): such a header is no assertion.
+_OTHER_SCHEMES = frozenset(
+    {
+        "basic",
+        "digest",
+        "negotiate",
+        "ntlm",
+        "hoba",
+        "mutual",
+        "scram-sha-1",
+        "scram-sha-256",
+        "vapid",
+        "aws4-hmac-sha256",
+    }
+)
 
 
 def malformed_caller(reason: str) -> Caller:

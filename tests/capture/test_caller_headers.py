@@ -41,9 +41,21 @@ def test_a_bearer_with_other_whitespace_still_counts_as_presented(value: bytes) 
     assert caller.presented
 
 
-@pytest.mark.parametrize("value", [b"Basic dXNlcjpwYXNz", b"Negotiate abc", b"Bearerx abc"])
-def test_other_schemes_are_not_assertions(value: bytes) -> None:
+@pytest.mark.parametrize(
+    "value", [b"Basic dXNlcjpwYXNz", b"Negotiate abc", b"NTLM abc", b"Digest a=b", b"", b"  "]
+)
+def test_schemes_that_carry_no_user_token_are_not_assertions(value: bytes) -> None:
     assert not Caller.from_headers([(b"authorization", value)]).presented
+
+
+@pytest.mark.parametrize("value", [b"Bearerx abc", b"eyJ.a.b", b"Bearer:eyJ.a.b", b"DPoP eyJ.a.b"])
+def test_any_other_authorization_is_a_presented_malformed_bearer(value: bytes) -> None:
+    # A token behind a malformed scheme is the user's all the same: never "no assertion"
+    # (tests/capture/test_schemeless_bearer.py has the policy side, with real servers).
+    caller = Caller.from_headers([(b"authorization", value)])
+    assert caller.presented
+    assert caller.claims is None
+    assert caller.decode_error == "no token in the form 'Authorization: Bearer <token>'"
 
 
 def test_user_key_never_comes_from_unverified_claims() -> None:
