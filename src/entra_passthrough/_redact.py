@@ -241,6 +241,11 @@ LOGGER_PREFIXES = (
     "httpcore2",
     "uvicorn",
     "mcp",
+    # HTTP/2 servers (hypercorn, which the Foundry hosting packages run on, serves HTTP/2 by
+    # default): hpack logs every decoded header at DEBUG, the caller's Authorization included.
+    "hypercorn",
+    "h2",
+    "hpack",
 )
 
 #: Loggers created late (MSAL's OAuth2 client makes its logger in ``__init__``): made here so
@@ -260,6 +265,10 @@ _KNOWN = (
     "httpcore2.http11",
     "httpcore2.http2",
     "httpcore2.connection",
+    "hpack.hpack",
+    "hpack.table",
+    "hypercorn.error",
+    "hypercorn.access",
 )
 
 _FILTER = RedactingFilter()
