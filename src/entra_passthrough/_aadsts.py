@@ -79,8 +79,11 @@ _TABLE: tuple[Aadsts, ...] = (
     Aadsts(
         500133,
         "TokenExpired",
-        "the user assertion has expired",
-        "obtain a fresh user token; an OBO token can never outlive the assertion it came from",
+        "the user assertion is not within its valid time range: it has expired, or it is not "
+        "valid yet (its nbf is ahead of Entra's clock beyond the allowed skew)",
+        "obtain a fresh user token (an OBO token can never outlive the assertion it came "
+        "from); a token that is not valid yet means a clock is wrong: check the clocks of "
+        "the machine that issued or forwarded it",
     ),
     Aadsts(
         50076,

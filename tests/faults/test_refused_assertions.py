@@ -12,6 +12,7 @@ Real MSAL against the emulator over HTTPS (``Rig`` counts the POSTs its session 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -147,3 +148,22 @@ def test_held_until_the_token_expires_and_at_most_hold_seconds() -> None:
     assert held("d4")
     with pytest.raises(EntraError, match="not sent again"):
         refused.check("t", "d4", request, "obo")
+
+
+def test_a_token_not_valid_yet_is_not_sent_and_not_called_expired(
+    idp: EntraEmulator, rig_factory: Any
+) -> None:
+    rig = rig_factory()
+    now = int(time.time())
+    ahead = idp.user_token("alice", audience=rig.app.client_id, extra_claims={"nbf": now + 3600})
+    before = rig.posts
+    with pytest.raises(AssertionNotUsable) as info:
+        rig.chain.get_token(mcp_scope(idp), caller=Caller.from_token(ahead))
+    assert rig.posts == before  # nothing sent
+    assert "not valid yet" in str(info.value)
+    assert info.value.code is not None
+    assert info.value.code.code == 500133
+    # Within Entra's five minutes of skew it goes out, and Entra (the emulator) accepts it.
+    near = idp.user_token("alice", audience=rig.app.client_id, extra_claims={"nbf": now + 120})
+    assert rig.chain.get_token(mcp_scope(idp), caller=Caller.from_token(near)).token
+    assert rig.posts == before + 1

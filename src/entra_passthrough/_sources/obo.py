@@ -18,6 +18,7 @@ from .._errors import (
     AssertionAudienceMismatch,
     AssertionExpired,
     AssertionMalformed,
+    AssertionNotUsable,
     ConfigurationError,
     EntraError,
     TenantNotAllowed,
@@ -51,6 +52,9 @@ ConsentLink = Callable[[TokenRequest], "str | None"]
 #: form (50027), its audience (500131), its expiry (500133), an app-only token (7000114). The
 #: same token is refused every time, whatever the scope; only a new token from the user helps.
 ASSERTION_REFUSALS = frozenset({50013, 50027, 500131, 500133, 7000114})
+
+#: The clock skew Entra allows on an assertion's ``nbf`` (five minutes).
+NBF_SKEW = 300.0
 
 
 class RefusedAssertions:
@@ -297,8 +301,22 @@ class OnBehalfOf:
             )
         if claims.exp is None:
             raise AssertionMalformed(reason="no exp claim", source=self.name, scopes=scopes)
-        if claims.exp <= time.time():
+        now = time.time()
+        if claims.exp <= now:
             raise AssertionExpired(expired_at=claims.exp, source=self.name, scopes=scopes)
+        if claims.nbf is not None and claims.nbf > now + NBF_SKEW:
+            # Not valid yet beyond the skew Entra allows: it answers AADSTS500133, which the
+            # table would explain as "expired"; a clock is wrong, not the token's age.
+            raise AssertionNotUsable(
+                f"The caller's token is not valid yet: its nbf is {claims.nbf - now:.0f} s "
+                "ahead of this machine's clock, more than the 5 minutes of skew Entra allows; "
+                "Entra would answer AADSTS500133. Nothing was sent.",
+                aadsts=500133,
+                source=self.name,
+                scopes=scopes,
+                fix="check the clocks: this machine's (NTP) and the one that issued or "
+                "forwarded the token; the token is usable once its nbf has passed",
+            )
         if claims.is_app_only:
             raise AppOnlyAssertion(source=self.name, scopes=scopes)
         if claims.tid is None or claims.tid.lower() not in self.allowed_tenants:
