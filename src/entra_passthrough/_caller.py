@@ -26,6 +26,7 @@ from ._jwt import (
     sha256_hex,
     sha256_hex_of,
 )
+from ._www_auth import NO_TOKEN_SCHEMES
 
 #: Foundry's platform headers (azure-ai-agentserver-core).
 USER_ID_HEADER = "x-agent-user-id"
@@ -551,27 +552,9 @@ def _bearer(header: str, raw: bytes) -> str | None:
             # the raw token ("Authorization: eyJ..."), "Bearer:<token>", "Token <token>",
             # DPoP: presented and unusable, so that the user's own token behind a client's
             # typo fails closed instead of letting the app's identity act for the request.
-            return None if scheme in _OTHER_SCHEMES else ""
+            return None if scheme in NO_TOKEN_SCHEMES else ""
         value = parts[1].strip() if len(parts) > 1 else ""
     return value
-
-
-#: HTTP authentication schemes that carry no bearer token (the IANA registry's, but for
-#: token schemes such as DPoP): such a header is no assertion.
-_OTHER_SCHEMES = frozenset(
-    {
-        "basic",
-        "digest",
-        "negotiate",
-        "ntlm",
-        "hoba",
-        "mutual",
-        "scram-sha-1",
-        "scram-sha-256",
-        "vapid",
-        "aws4-hmac-sha256",
-    }
-)
 
 
 def malformed_caller(reason: str) -> Caller:

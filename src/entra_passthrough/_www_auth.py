@@ -81,6 +81,42 @@ def authorization_values(scope: Scope) -> list[bytes]:
     return values
 
 
+#: HTTP authentication schemes that carry no bearer token (the IANA registry's, but for token
+#: schemes such as DPoP): an ``Authorization`` header in one of them presents no user token.
+#: Any other header that is not ``Bearer <token>`` is a token presented in a malformed header.
+NO_TOKEN_SCHEMES = frozenset(
+    {
+        "basic",
+        "digest",
+        "negotiate",
+        "ntlm",
+        "hoba",
+        "mutual",
+        "scram-sha-1",
+        "scram-sha-256",
+        "vapid",
+        "aws4-hmac-sha256",
+    }
+)
+
+
+def malformed_authorization(scope: Scope) -> bool:
+    """Whether the request's one ``Authorization`` header presents a token in a form that is
+    not ``Bearer <token>`` (``Bearer\t<token>``, the raw token, ``Bearer:<token>``, DPoP): a
+    401 for it says ``invalid_token``, not "no token was sent"."""
+    values = authorization_values(scope)
+    if len(values) != 1 or bearer_token(scope) is not None:
+        return False
+    text = values[0].decode("latin-1").strip() if isinstance(values[0], bytes) else ""
+    if not text:
+        return False
+    parts = text.split(None, 1)
+    scheme = parts[0].lower()
+    if scheme == "bearer":
+        return len(parts) > 1  # "Bearer<TAB><token>"; "Bearer" alone presents nothing
+    return scheme not in NO_TOKEN_SCHEMES
+
+
 def bearer_token(scope: Scope) -> str | None:
     """The token of the request's one ``Authorization: Bearer`` header, or None (none, not
     Bearer, or the header sent more than once: ambiguous, never resolved by picking one)."""

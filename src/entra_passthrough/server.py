@@ -43,7 +43,13 @@ from ._jwt import fingerprint
 from ._origins import is_loopback, shown_url
 from ._user_key import UserKey
 from ._verify import PUBLIC_AUTHORITY, JwtVerifier, VerifiedToken, names
-from ._www_auth import authorization_values, bearer_token, challenge, send_challenge
+from ._www_auth import (
+    authorization_values,
+    bearer_token,
+    challenge,
+    malformed_authorization,
+    send_challenge,
+)
 
 try:
     from mcp.server.auth.middleware.auth_context import get_access_token
@@ -411,6 +417,8 @@ class EntraChallengeMiddleware:
                         # The verifier accepted it (within its clock leeway) but the SDK checks
                         # expires_at with none.
                         outcome.error = TokenVerificationError("the token has expired.")
+                    elif outcome.error is None and malformed_authorization(scope):
+                        outcome.error = _malformed()
                     status, header, body = challenge(
                         error=outcome.error,
                         resource_metadata=self.resource_metadata,
@@ -428,6 +436,12 @@ class EntraChallengeMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             _outcome.reset(token)
+
+
+def _malformed() -> TokenVerificationError:
+    # A token presented in a header that is not "Bearer <token>": invalid_token, not the
+    # challenge for a request that sent none.
+    return TokenVerificationError("the Authorization header is not 'Bearer <token>'.")
 
 
 def require_entra_auth(
@@ -464,6 +478,8 @@ def require_entra_auth(
         vt: VerifiedToken | None = None
         if len(authorization_values(scope)) > 1:
             error = TokenVerificationError("the request has more than one Authorization header.")
+        elif malformed_authorization(scope):
+            error = _malformed()
         elif bearer is not None:
             try:
                 vt = await verifier.verify_async(bearer)

@@ -9,7 +9,8 @@ import itertools
 import pytest
 
 from entra_passthrough import Caller
-from entra_passthrough._caller import _OTHER_SCHEMES, _bearer
+from entra_passthrough._caller import _bearer
+from entra_passthrough._www_auth import NO_TOKEN_SCHEMES
 
 TOKEN = b"eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.sig"
 
@@ -55,7 +56,7 @@ def test_bearer_fast_path_matches_general_split() -> None:
         if parts[0].lower() != "bearer":
             # a scheme that carries no user token is no assertion; any other value is a token
             # presented in a malformed header ("" : presented, unusable)
-            return None if parts[0].lower() in _OTHER_SCHEMES else ""
+            return None if parts[0].lower() in NO_TOKEN_SCHEMES else ""
         return parts[1].strip() if len(parts) > 1 else ""
 
     checked = 0

@@ -6,31 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx2
 import pytest
-from starlette.applications import Starlette
-from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 from _support.asgi import asgi_get
-from _support.tokens import API, TENANT
-from entra_passthrough import JwtVerifier
-from entra_passthrough.server import current_user, require_entra_auth
 
-from ._mcp_app import ISSUER
-
-BODY = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
-
-
-async def _post(url: str, authorizations: list[str]) -> httpx2.Response:
-    headers = [
-        ("Accept", "application/json, text/event-stream"),
-        ("Content-Type", "application/json"),
-        *(("Authorization", value) for value in authorizations),
-    ]
-    async with httpx2.AsyncClient() as http:
-        return await http.post(f"{url}/mcp", json=BODY, headers=headers)
+from ._mcp_app import ISSUER, guarded_api, post_mcp
 
 
 @pytest.mark.parametrize(
@@ -40,7 +21,7 @@ async def _post(url: str, authorizations: list[str]) -> httpx2.Response:
 async def test_two_authorization_headers_are_refused(base_url: str, second: str) -> None:
     valid = f"Bearer {ISSUER.token()}"
     other = valid if second == "valid-again" else second
-    response = await _post(base_url, [valid, other])
+    response = await post_mcp(base_url, [valid, other])
     assert response.status_code == 401, response.text
     header = response.headers["www-authenticate"]
     assert header.startswith("Bearer")
@@ -49,25 +30,17 @@ async def test_two_authorization_headers_are_refused(base_url: str, second: str)
 
 
 async def test_one_valid_header_still_passes(base_url: str) -> None:
-    response = await _post(base_url, [f"Bearer {ISSUER.token()}"])
+    response = await post_mcp(base_url, [f"Bearer {ISSUER.token()}"])
     assert response.status_code == 200, response.text
 
 
 # --- the same rule on require_entra_auth (plain ASGI, no server needed) ---
 
 
-def _api() -> Any:
-    async def me(request: Request) -> JSONResponse:
-        return JSONResponse({"oid": current_user().oid})
-
-    verifier = JwtVerifier(audiences=[API], tenants=[TENANT], http_client=ISSUER.async_client())
-    return require_entra_auth(Starlette(routes=[Route("/me", me)]), verifier=verifier)
-
-
 async def test_require_entra_auth_refuses_two_authorization_headers() -> None:
     # Two bearers (two users, or a valid one beside junk): which one counts would depend on
     # who reads the headers; refuse the request instead of picking one.
-    app = _api()
+    app = guarded_api()
     alice = ISSUER.token(oid="alice-oid")
     bob = ISSUER.token(oid="bob-oid")
     status, _ = await asgi_get(app, [(b"authorization", f"Bearer {alice}".encode())])
@@ -109,5 +82,5 @@ async def test_a_repeated_assertion_header_is_not_rescued_by_another_one(
 
 async def test_the_mcp_verifier_accepts_more_than_one_space_after_bearer(base_url: str) -> None:
     # RFC 6750: "Bearer" 1*SP b64token. The mcp SDK hands over ``header[7:]``.
-    response = await _post(base_url, [f"Bearer   {ISSUER.token()}"])
+    response = await post_mcp(base_url, [f"Bearer   {ISSUER.token()}"])
     assert response.status_code == 200, response.text
