@@ -459,6 +459,15 @@ _TABLE: tuple[Aadsts, ...] = (
         "grant and hybrid flows) on the app registration's Authentication page",
     ),
     Aadsts(
+        50194,
+        "NonMultiTenantAppAtCommon",  # our label; Entra's internal name is not published
+        "a single-tenant app (Accounts in this organizational directory only) used the common or "
+        "organizations authority: Entra signs no user in there and redeems no code or refresh "
+        "token of it",
+        "use the app's tenant authority (https://login.microsoftonline.com/<tenant id>), e.g. "
+        "AZURE_TENANT_ID=<tenant id>, or make the registration multi-tenant",
+    ),
+    Aadsts(
         50059,
         "MissingTenantRealmAndNoUserInformationProvided",
         "the request names no tenant (the authority is common or organizations) and nothing in "

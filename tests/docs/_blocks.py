@@ -1,10 +1,11 @@
 """Python code blocks of the documentation, as the docs check sees them.
 
 Convention (docs/index.md, "Code in these pages"): every fenced block opened with exactly
-```` ```python ```` is executed, the blocks of one page in order and in one namespace, against a
-running emulator (the prelude below). A block whose fence carries a title
-(```` ```python title="app.py (fragment)" ````) is a named file or a fragment and is not executed;
-its title says why.
+```` ```python ```` is executed, the blocks of one page in order and in one namespace, in a
+fresh interpreter whose only setup is the reader's configuration (``ENTRA_PASSTHROUGH_*`` and
+``AZURE_*`` naming an emulator): a page starts the emulator it uses itself. A block whose fence
+carries a title (```` ```python title="app.py (fragment)" ````) is a named file or a fragment
+and is not executed; its title says why.
 """
 
 from __future__ import annotations

@@ -172,6 +172,11 @@ async def authorize(rt: Runtime, request: Request) -> Response:
             # consent to them interactively (AADSTS82014, agent-on-behalf-of-oauth-flow); their
             # permissions are inherited from the blueprint.
             raise e.agent_interactive_consent()
+        if tenant is None and not client.multi_tenant:
+            # A single-tenant app at common/organizations: AADSTS50194 on Entra's error page
+            # ("Sorry, but we're having trouble signing you in", MicrosoftDocs/azure-docs#19346),
+            # never a sign-in in the user's home tenant.
+            raise e.single_tenant_at_common(client.client_id, client.name)
         redirect_uri = params.get("redirect_uri")
         if not redirect_uri or not _redirect_uri_ok(client, redirect_uri):
             # AADSTS50011: shown to the user, never redirected to an unregistered URI.

@@ -91,6 +91,12 @@ def start(
         # consented to (AADSTS82014, https://learn.microsoft.com/entra/agent-id/
         # agent-on-behalf-of-oauth-flow); its delegated permissions come from its blueprint.
         raise e.agent_interactive_consent()
+    if tenant is None and not app.multi_tenant:
+        # A single-tenant app at common/organizations: Entra's devicecode endpoint answers
+        # AADSTS50059 (no tenant named), not a sign-in in the app's or the user's tenant
+        # (nospor/teams-tui-go#2, verified against a single-tenant registration;
+        # microsoftgraph/msgraph-training-dotnet#44, a Microsoft maintainer's explanation).
+        raise e.no_tenant()
     tid = tenant.id if tenant else app.tenant_id
     parse_scopes(rt, form.get("scope"), tid)  # the resource must exist (AADSTS500011, 70011...)
     device_code = "emu-dc." + secrets.token_urlsafe(32)

@@ -161,6 +161,50 @@ def no_tenant() -> StsError:
     )
 
 
+def single_tenant_at_common(client_id: str, client_name: str) -> StsError:
+    # AADSTS50194: a single-tenant app at common/organizations, where no tenant names the
+    # directory its only service principal lives in. Text as Entra sends it, quoted in public
+    # reports: at /authorize (MicrosoftDocs/azure-docs#19346, microsoftgraph/aspnetcore-connect-
+    # sample#65, `invalid_request`), redeeming a code (microsoftgraph/msgraph-training-
+    # aspnetmvcapp#54) and a refresh token (robocorp/rpaframework#736,
+    # BingAds/BingAds-dotNet-SDK#142) at /common. The text names /common for both authorities.
+    return StsError(
+        50194,
+        "invalid_request",
+        f"Application '{client_id[:80]}'({client_name[:120]}) is not configured as a "
+        "multi-tenant application. Usage of the /common endpoint is not supported for such "
+        "applications created after '10/15/2018'. Use a tenant-specific endpoint or configure "
+        "the application to be multi-tenant.",
+    )
+
+
+def client_credentials_scope(scope: str) -> StsError:
+    # AADSTS1002012: client credentials need <resource>/.default (v2-oauth2-client-creds-grant-
+    # flow; the text as quoted in MicrosoftDocs/azure-docs#99862 and
+    # rakhesh.com/azure/specifying-the-oauth2-authentication-token-scope).
+    return StsError(
+        1002012,
+        "invalid_scope",
+        f"The provided value for scope {scope[:200]} is not valid. Client credential flows "
+        "must have a scope value with /.default suffixed to the resource identifier "
+        "(application ID URI).",
+    )
+
+
+def scope_format(raw: str) -> StsError:
+    # AADSTS70011 for a scope that names a resource but no permission (`api://<guid>`,
+    # `https://host`): Entra's format check, quoted for a URI without a permission path in
+    # microsoft/TinyBlazorAdmin#73 (at sign-in) and for other malformed scopes in
+    # microsoftgraph/msgraph-sample-android#11 and Azure/azure-powershell#22180.
+    return StsError(
+        70011,
+        "invalid_scope",
+        f"The provided value for the input parameter 'scope' is not valid. The scope "
+        f"{raw[:200]} is not valid. The scope format is invalid. Scope must be in a valid URI "
+        "form <https://example/scope> or a valid Guid <guid/scope>.",
+    )
+
+
 def missing_credential() -> StsError:
     # AADSTS7000218 https://learn.microsoft.com/entra/identity-platform/reference-error-codes
     return StsError(

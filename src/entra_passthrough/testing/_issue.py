@@ -66,13 +66,34 @@ def v1_audience(resource: App, requested: str) -> str | None:
     return ScopeRequest(resource, (".default",), frozenset(), requested).v1_audience()
 
 
+def split_scope(scope: str) -> tuple[str, str]:
+    """``(resource identifier, permission)`` of one scope: ``<resource>/<permission>``
+    (scopes-oidc), split at the last slash **after** a URI's authority, so that ``api://<guid>``
+    is the resource ``api://<guid>`` with no permission (``""``), not a permission ``<guid>`` of
+    a resource ``api:/``. A bare permission (``User.Read``) is Microsoft Graph's (scopes-oidc)."""
+    _, sep, rest = scope.partition("://")
+    if sep and "/" not in rest:
+        return scope, ""
+    if "/" in scope:
+        ident, _, name = scope.rpartition("/")
+        return ident, name
+    return GRAPH_APP_ID, scope
+
+
 def parse_scopes(
-    rt: Runtime, raw: str | None, tenant_id: str, *, interactive_client: App | None = None
+    rt: Runtime,
+    raw: str | None,
+    tenant_id: str,
+    *,
+    interactive_client: App | None = None,
+    app_only: bool = False,
 ) -> ScopeRequest:
     """The scopes of a request. A named scope the resource does not expose is AADSTS70011 at
     the token endpoint and, at /authorize (``interactive_client``), AADSTS650053 naming the
     client, as Entra answers a sign-in (quoted in MicrosoftDocs/azure-docs#37280, #67211;
-    https://learn.microsoft.com/entra/identity-platform/reference-error-codes)."""
+    https://learn.microsoft.com/entra/identity-platform/reference-error-codes). A scope that
+    names a resource but no permission (``api://<guid>``) is AADSTS1002012 for client
+    credentials (``app_only``) and the format error AADSTS70011 in every delegated flow."""
     if not raw or not raw.split():
         raise e.missing_param("scope")
     resources: dict[str, App] = {}
@@ -83,11 +104,12 @@ def parse_scopes(
         if s in OIDC_SCOPES:
             oidc.add(s)
             continue
-        if "/" in s:
-            ident, _, name = s.rpartition("/")
-        else:
-            # A bare permission ("User.Read") is Microsoft Graph's (scopes-oidc).
-            ident, name = GRAPH_APP_ID, s
+        ident, name = split_scope(s)
+        if not name:
+            # Refused on its shape, before the resource is looked up: the most common
+            # client credentials mistake gets Entra's "/.default suffixed" answer, not an
+            # unknown resource (e.client_credentials_scope, e.scope_format cite the quotes).
+            raise e.client_credentials_scope(raw) if app_only else e.scope_format(raw)
         app = rt.world.resource(ident)
         if app is None or not (app.multi_tenant or app.tenant_id == tenant_id):
             raise e.resource_not_found(ident, tenant_id)

@@ -120,6 +120,16 @@ def handle_token(
         confidential_only=confidential_only,
         personal_accounts=personal,
     )
+    if (
+        tenant is None
+        and not personal
+        and grant in ("authorization_code", "refresh_token")
+        and not client.app.multi_tenant
+    ):
+        # A single-tenant app redeeming a code or a refresh token at common/organizations:
+        # AADSTS50194, as Entra answers both (e.single_tenant_at_common cites the reports). What
+        # Entra answers OBO and ROPC there is not documented: they keep their rules below.
+        raise e.single_tenant_at_common(client.app.client_id, client.app.name)
     if grant == "client_credentials":
         if tenant is None:  # consumers: authenticate refused the client already
             raise e.no_tenant()
@@ -170,18 +180,12 @@ def check_resource_param(form: Mapping[str, str], req: ScopeRequest) -> None:
 def _client_credentials(
     rt: Runtime, form: Mapping[str, str], client: ClientAuth, tenant_id: str
 ) -> dict[str, Any]:
-    req = parse_scopes(rt, form.get("scope"), tenant_id)
+    req = parse_scopes(rt, form.get("scope"), tenant_id, app_only=True)
     check_resource_param(form, req)
     check_self_token(req, client.app)
     if req.resource is None or req.names != (".default",):
         # AADSTS1002012: client credentials need <resource>/.default (client-creds flow page).
-        raise e.StsError(
-            1002012,
-            "invalid_scope",
-            f"The provided value for scope {form.get('scope', '')[:200]} is not valid. Client "
-            "credential flows must have a scope value with /.default suffixed to the resource "
-            "identifier (application ID URI).",
-        )
+        raise e.client_credentials_scope(form.get("scope", ""))
     app = client.app
     extra: dict[str, Any] = {}
     caps = emitted_capabilities(form, req.resource)
