@@ -47,7 +47,7 @@ from ._checks import seconds, whole_number
 from ._drive import drive, drive_async
 from ._errors import SourceUnavailable
 from ._l2 import SharedCache
-from ._types import Cap, TokenResult, cap_value
+from ._types import Cap, TokenResult, cap_value, entry_timing
 
 logger = logging.getLogger("entra_passthrough.cache")
 
@@ -57,10 +57,6 @@ _SYNC_WAIT_SECONDS = 120.0
 _MAX_TAKEOVERS = 3
 #: After a failed refresh, the next one is due after this share of the time the token has left.
 _RETRY_SHARE = 0.5
-#: A token that ends this close to its cap (or within its own expiry margin of it) counts as
-#: capped: whole-second ``expires_in`` and the answer's time on the wire put an identity
-#: provider's own cap a second or two short of the assertion's ``exp``.
-_CAP_SLACK = 5.0
 #: A new token for a capped key (one bound to an assertion) that ends no later than this past
 #: the one it replaces gained nothing: the identity provider ends this assertion's tokens
 #: there (it caps them itself, and this host's clock is behind its clock by more than the
@@ -146,25 +142,6 @@ class CacheStats:
     refreshing: int = 0
     #: Refreshes that failed (the cached token was served on).
     refresh_failures: int = 0
-
-
-def _timing(expires_on: float, cap: float | None, now: float) -> tuple[float, float]:
-    """(refresh_at, usable_until) of a token that expires at ``expires_on`` (its own expiry,
-    before any cap) stored at ``now`` under ``cap``."""
-    lifetime = max(expires_on - now, 0.0)
-    skew = min(30.0, lifetime / 10)
-    if cap is not None and expires_on >= cap - max(skew, _CAP_SLACK):
-        # The assertion's expiry ends this entry, and every token acquired later for the same
-        # assertion would end there too: no refresh ahead, no early expiry. Also when the token
-        # ends just short of the cap, as when the identity provider caps it at the assertion
-        # itself (``expires_in`` is whole seconds, counted from before the answer arrived): a
-        # refresh would gain less than the margin an entry gives up anyway, and it would get
-        # the same capped token again, and again. Served to its own expiry or the cap,
-        # whichever comes first: no request carries an expired token.
-        return math.inf, min(expires_on, cap)
-    usable_until = expires_on - skew
-    refresh_at = expires_on - min(300.0, lifetime / 2)
-    return refresh_at, usable_until
 
 
 class TokenCache:
@@ -316,7 +293,7 @@ class TokenCache:
     def _store(self, key: Hashable, result: TokenResult, cap: Cap) -> TokenResult:
         cap = cap_value(cap)
         now = self._clock()
-        refresh_at, usable_until = _timing(result.expires_on, cap, now)
+        refresh_at, usable_until = entry_timing(result.expires_on, cap, now)
         if cap is not None and result.expires_on > cap:
             result = dataclasses.replace(result, expires_on=cap, cache_key=key)
         else:

@@ -49,7 +49,7 @@ from ._drive import drive, drive_async
 from ._errors import EntraPassthroughError
 from ._jwt import sha256_hex
 from ._store import ANY, AnyVersion, Entry, Keyring, KeyringError, TokenStore
-from ._types import Cap, IdentityKind, TokenResult, cap_value
+from ._types import Cap, IdentityKind, TokenResult, cap_value, entry_timing
 
 if TYPE_CHECKING:
     from ._cache import TokenCache
@@ -104,10 +104,12 @@ _DAY: Final = 86_400.0
 
 
 def _usable_ttl(expires_on: float, cap: float | None, now: float) -> float:
-    """Seconds an entry is usable from ``now``: expiry capped, less L1's skew."""
-    expires = expires_on if cap is None else min(expires_on, cap)
-    lifetime = expires - now
-    return lifetime - min(30.0, lifetime / 10)
+    """Seconds an entry is usable from ``now``, by the in-process cache's rule
+    (``entry_timing``): an entry the assertion's expiry caps is usable to the cap, any other
+    less the skew. A replica that reads a capped entry in its last tenth (a new replica, a
+    restart, a request routed elsewhere) serves it instead of acquiring it again: nothing
+    fresher can be had for that assertion."""
+    return entry_timing(expires_on, cap, now)[1] - now
 
 
 class SharedTokenCache:
@@ -217,16 +219,18 @@ class SharedTokenCache:
             self.retry_after,
         )
 
-    async def _read(self, name: str, floor: float) -> TokenResult | None:
-        return self._usable(name, await self.store.get(name), floor)
+    async def _read(self, name: str, floor: float, cap: Cap) -> TokenResult | None:
+        return self._usable(name, await self.store.get(name), floor, cap)
 
-    def _usable(self, name: str, entry: Entry | None, floor: float) -> TokenResult | None:
+    def _usable(self, name: str, entry: Entry | None, floor: float, cap: Cap) -> TokenResult | None:
         if entry is None:
             return None
         result = self._open(name, entry.value)
         if result is None or result.expires_on <= floor:
             return None
-        if _usable_ttl(result.expires_on, None, self._clock()) <= 0:
+        # The reader's cap is the writer's (the key is the assertion's): read only now, once an
+        # entry is found (a callable decodes the caller's claims).
+        if _usable_ttl(result.expires_on, cap_value(cap), self._clock()) <= 0:
             return None
         if self._rejected and (name, sha256_hex(result.token)) in self._rejected:
             return None  # the token a resource refused (invalidate): acquire a new one
@@ -306,11 +310,11 @@ class SharedTokenCache:
         if result is None or result.kind not in self.kinds:
             return None
         cap = cap_value(cap)
+        ttl = _usable_ttl(result.expires_on, cap, self._clock())
         if cap is not None and result.expires_on > cap:
             result = TokenResult(
                 result.token, cap, result.kind, result.source, dict(result.headers)
             )
-        ttl = _usable_ttl(result.expires_on, None, self._clock())
         return None if ttl < 1.0 else (self._seal(name, result), ttl)
 
     def _write_flow(
@@ -437,7 +441,7 @@ class SharedTokenCache:
         waited = False
         try:
             while True:
-                found = await self._read(name, floor)
+                found = await self._read(name, floor, cap)
                 if found is not None:
                     self.hits += 1
                     return found
@@ -468,7 +472,7 @@ class SharedTokenCache:
             except Exception as exc:
                 self._failed("read", exc)
                 entry, read = None, False
-            found = self._usable(name, entry, floor)
+            found = self._usable(name, entry, floor, cap)
             if found is not None:
                 self.hits += 1
                 return found
@@ -543,7 +547,7 @@ class SharedTokenCache:
         waited = False
         try:
             while True:
-                found = self._usable(name, store.get(name), floor)
+                found = self._usable(name, store.get(name), floor, cap)
                 if found is not None:
                     self.hits += 1
                     return found
@@ -571,7 +575,7 @@ class SharedTokenCache:
             except Exception as exc:
                 self._failed("read", exc)
                 entry, read = None, False
-            found = self._usable(name, entry, floor)
+            found = self._usable(name, entry, floor, cap)
             if found is not None:
                 self.hits += 1
                 return found

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +29,33 @@ Cap = float | Callable[[], float | None] | None
 
 def cap_value(cap: Cap) -> float | None:
     return cap() if callable(cap) else cap
+
+
+#: A token that ends this close to its cap (or within its own expiry margin of it) counts as
+#: capped: whole-second ``expires_in`` and the answer's time on the wire put an identity
+#: provider's own cap a second or two short of the assertion's ``exp``.
+CAP_SLACK = 5.0
+
+
+def entry_timing(expires_on: float, cap: float | None, now: float) -> tuple[float, float]:
+    """(refresh_at, usable_until) of a token that expires at ``expires_on`` (its own expiry,
+    before any cap) stored at ``now`` under ``cap``: the one rule of the in-process cache and
+    the shared cache, so that a replica reading a capped entry serves it as long as the one
+    that wrote it."""
+    lifetime = max(expires_on - now, 0.0)
+    skew = min(30.0, lifetime / 10)
+    if cap is not None and expires_on >= cap - max(skew, CAP_SLACK):
+        # The assertion's expiry ends this entry, and every token acquired later for the same
+        # assertion would end there too: no refresh ahead, no early expiry. Also when the token
+        # ends just short of the cap, as when the identity provider caps it at the assertion
+        # itself (``expires_in`` is whole seconds, counted from before the answer arrived): a
+        # refresh would gain less than the margin an entry gives up anyway, and it would get
+        # the same capped token again, and again. Served to its own expiry or the cap,
+        # whichever comes first: no request carries an expired token.
+        return math.inf, min(expires_on, cap)
+    usable_until = expires_on - skew
+    refresh_at = expires_on - min(300.0, lifetime / 2)
+    return refresh_at, usable_until
 
 
 class IdentityKind(enum.StrEnum):
