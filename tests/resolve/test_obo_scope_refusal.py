@@ -7,7 +7,15 @@ from __future__ import annotations
 
 import pytest
 
-from entra_passthrough import ConsentRequired, EntraError, TokenChain, bind_caller
+from entra_passthrough import (
+    ConsentRequired,
+    EntraError,
+    ManagedIdentity,
+    Policy,
+    TokenAcquisitionError,
+    TokenChain,
+    bind_caller,
+)
 from entra_passthrough.testing import EntraEmulator
 
 from .conftest import make_obo, obo_posts
@@ -67,3 +75,34 @@ def test_the_guid_form_of_the_app_itself_is_sent(idp: EntraEmulator) -> None:
         chain.get_token([f"{idp.agent.client_id}/.default"])
     chain.close()
     assert obo_posts(idp) == before + 1
+
+
+@pytest.mark.parametrize("extra", ["offline_access", "openid", "Profile"])
+def test_scopes_msal_adds_itself_are_a_typed_refusal(idp: EntraEmulator, extra: str) -> None:
+    # MSAL refuses them with a bare ValueError, which read as an outage ("on-behalf-of request
+    # to Entra failed: ValueError", no fix).
+    chain = TokenChain([make_obo(idp)])
+    before = obo_posts(idp)
+    alice = idp.user_token("alice", audience=idp.agent.client_id)
+    with bind_caller(token=alice), pytest.raises(TokenAcquisitionError) as info:
+        chain.get_token([f"{idp.mcp.app_id_uri}/.default", extra])
+    chain.close()
+    assert type(info.value) is TokenAcquisitionError
+    assert extra in str(info.value)
+    assert "nothing was sent" in str(info.value)
+    assert info.value.fix
+    assert obo_posts(idp) == before
+
+
+def test_a_managed_identity_asked_for_two_scopes_is_a_typed_refusal(idp: EntraEmulator) -> None:
+    env = idp.mi_env()
+    chain = TokenChain(
+        [ManagedIdentity(endpoint=env["IDENTITY_ENDPOINT"], header=env["IDENTITY_HEADER"])],
+        policy=Policy.APP_ONLY,
+    )
+    with pytest.raises(TokenAcquisitionError) as info:
+        chain.get_token([f"{idp.mcp.app_id_uri}/.default", f"{idp.legacy_api.app_id_uri}/.default"])
+    chain.close()
+    assert not isinstance(info.value, EntraError)  # Entra said nothing: nothing was sent
+    assert "nothing was sent" in str(info.value)
+    assert info.value.fix

@@ -42,9 +42,9 @@ from .. import _env
 from .._checks import seconds
 from .._errors import (
     ConfigurationError,
-    EntraError,
     EntraPassthroughError,
     SourceUnavailable,
+    TokenAcquisitionError,
     code_in_body,
     first_code,
     safe_text,
@@ -193,10 +193,13 @@ def _unsupported_selector(host: str, kind: str) -> tuple[str, str]:
 
 def scope_to_resource(scopes: tuple[str, ...]) -> str:
     if len(scopes) != 1:
-        raise EntraError(
-            "A managed identity token is for one resource; pass exactly one '<resource>/.default' "
-            "scope.",
+        # Nothing was sent: a configuration mistake, not an answer from Entra.
+        raise TokenAcquisitionError(
+            f"A managed identity (or developer CLI) token is for one resource, and {len(scopes)} "
+            "scopes were asked for; nothing was sent.",
             scopes=scopes,
+            fix="pass exactly one '<resource>/.default' scope (a managed identity has no "
+            "per-scope consent: its token carries every role granted to it on that resource)",
         )
     scope = scopes[0]
     return scope[: -len("/.default")] if scope.endswith("/.default") else scope

@@ -285,6 +285,7 @@ class OnBehalfOf:
                 source=self.name,
                 scopes=scopes,
             )
+        check_no_reserved_scopes(scopes, source=self.name)
         assert caller is not None
         claims = caller.claims
         assertion = caller.assertion
@@ -468,6 +469,27 @@ class OnBehalfOf:
 
 #: Scopes that name no resource (OpenID Connect); Entra adds them to any request.
 _OIDC_SCOPES = frozenset({"openid", "profile", "email", "offline_access"})
+
+
+#: The scopes MSAL adds to every user token request itself and refuses to be given
+#: (``ValueError``, before anything is sent).
+MSAL_RESERVED_SCOPES = frozenset({"openid", "profile", "offline_access"})
+
+
+def check_no_reserved_scopes(scopes: Sequence[str], *, source: str) -> None:
+    """Refuse ``openid``/``profile``/``offline_access`` among a token request's scopes with a
+    typed error and a fix (MSAL refused them with a bare ``ValueError``, which read as an
+    outage: "on-behalf-of request to Entra failed: ValueError")."""
+    reserved = sorted({s for s in scopes if s.lower() in MSAL_RESERVED_SCOPES})
+    if reserved:
+        raise TokenAcquisitionError(
+            f"The scopes include {', '.join(reserved)}, which MSAL adds to every user token "
+            "request itself and refuses to be given; nothing was sent.",
+            source=source,
+            scopes=scopes,
+            fix="ask only for the resource's scopes (e.g. 'api://<app>/.default'): the "
+            "resource's access token never carries the OpenID Connect scopes",
+        )
 
 
 def scope_refusal(scopes: Sequence[str], *, own_client_id: str) -> tuple[int, str] | None:
