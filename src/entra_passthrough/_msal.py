@@ -597,7 +597,11 @@ class WorkerPool:
                 if lend and queued.cancel():
                     return await self._until(self._lend(fn, args), end)
         except BaseException:
-            future.cancel()  # still queued: dropped (a running call cannot be stopped)
+            # Still queued: dropped now (a running call cannot be stopped). Cancelling only the
+            # asyncio wrapper reaches the queued job at the loop's next iteration, and a worker
+            # freed meanwhile could start the call whose caller had given up.
+            queued.cancel()
+            future.cancel()
             raise
 
     #: ``respace`` takes at most this share of what is left of the token request's deadline

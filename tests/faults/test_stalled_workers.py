@@ -92,10 +92,23 @@ async def test_a_burst_larger_than_the_pool_queues_without_overflow(quick_stalls
 async def test_a_queued_call_whose_caller_gives_up_is_dropped(quick_stalls: None) -> None:
     pool = WorkerPool(max_workers=1, name="drop-test")
     release = threading.Event()
+    started = threading.Event()
     ran: list[str] = []
+
+    def block() -> None:
+        started.set()
+        release.wait(BOUND)
+
     try:
-        first = asyncio.ensure_future(pool.run(release.wait, BOUND, paced=True))
-        await asyncio.sleep(0.05)  # not stalled yet: the next call queues behind it
+        first = asyncio.ensure_future(pool.run(block, paced=True))
+        # Running (a paced call may wait for its slot first), and not stalled yet: the next
+        # call queues behind it. A fixed sleep here let the next call find the worker free
+        # when the first was still waiting for its slot, after another test's bookings.
+        for _ in range(int(BOUND / 0.005)):
+            if started.is_set():
+                break
+            await asyncio.sleep(0.005)
+        assert started.is_set()
         with pytest.raises(TimeoutError):
             await pool.run(ran.append, "late", paced=True, wait_at_most=0.1)
         release.set()
