@@ -26,7 +26,7 @@ from ._jwt import (
     sha256_hex,
     sha256_hex_of,
 )
-from ._www_auth import NO_TOKEN_SCHEMES
+from ._www_auth import presents_token
 
 #: Foundry's platform headers (azure-ai-agentserver-core).
 USER_ID_HEADER = "x-agent-user-id"
@@ -547,12 +547,11 @@ def _bearer(header: str, raw: bytes) -> str | None:
             return None  # an empty header: no credential at all
         scheme = parts[0].lower()
         if scheme != "bearer":
-            # Another scheme that carries no user token (Basic, Negotiate, ...) is no
-            # assertion. Anything else is a token the client meant to present, malformed:
-            # the raw token ("Authorization: eyJ..."), "Bearer:<token>", "Token <token>",
-            # DPoP: presented and unusable, so that the user's own token behind a client's
-            # typo fails closed instead of letting the app's identity act for the request.
-            return None if scheme in NO_TOKEN_SCHEMES else ""
+            # A user's token in a malformed header (the raw token, "Bearer:<token>", DPoP:
+            # ``presents_token``) is presented and unusable, so that it fails closed instead
+            # of letting the app's identity act for the request; another scheme (Basic, an API
+            # key) carries no user token: no assertion.
+            return "" if presents_token(scheme, value) else None
         value = parts[1].strip() if len(parts) > 1 else ""
     return value
 

@@ -81,40 +81,39 @@ def authorization_values(scope: Scope) -> list[bytes]:
     return values
 
 
-#: HTTP authentication schemes that carry no bearer token (the IANA registry's, but for token
-#: schemes such as DPoP): an ``Authorization`` header in one of them presents no user token.
-#: Any other header that is not ``Bearer <token>`` is a token presented in a malformed header.
-NO_TOKEN_SCHEMES = frozenset(
-    {
-        "basic",
-        "digest",
-        "negotiate",
-        "ntlm",
-        "hoba",
-        "mutual",
-        "scram-sha-1",
-        "scram-sha-256",
-        "vapid",
-        "aws4-hmac-sha256",
-    }
-)
+#: Schemes that carry an OAuth access token, other than ``Bearer`` (RFC 9449's DPoP, and the
+#: names clients put in place of ``Bearer``).
+TOKEN_SCHEMES = frozenset({"dpop", "pop", "token", "jwt", "access_token", "oauth"})
+
+
+def presents_token(scheme: str, value: str) -> bool:
+    """Whether an ``Authorization`` value that is not ``Bearer <token>`` still presents a
+    user's token: a bearer-like scheme (``Bearer:<token>``, ``Bearer=<token>``,
+    ``Bearer<TAB><token>``), a token scheme (``DPoP``, ``Token``, ``JWT``), or a JWT-shaped
+    value (the raw token). Then it is the user's token in a malformed header: presented and
+    unusable, never "no token", so that the app's identity does not stand in for it and the
+    401 says ``invalid_token``. Any other scheme (Basic, Negotiate, an API key, a signature)
+    carries no user token. ``scheme`` is the value's first word, lower-cased."""
+    if scheme.startswith("bearer") or scheme in TOKEN_SCHEMES:
+        return True
+    return any(part.startswith("eyJ") and part.count(".") >= 2 for part in value.split())
 
 
 def malformed_authorization(scope: Scope) -> bool:
     """Whether the request's one ``Authorization`` header presents a token in a form that is
-    not ``Bearer <token>`` (``Bearer\t<token>``, the raw token, ``Bearer:<token>``, DPoP): a
-    401 for it says ``invalid_token``, not "no token was sent"."""
+    not ``Bearer <token>`` (``presents_token``): a 401 for it says ``invalid_token``, not "no
+    token was sent"."""
     values = authorization_values(scope)
     if len(values) != 1 or bearer_token(scope) is not None:
         return False
     text = values[0].decode("latin-1").strip() if isinstance(values[0], bytes) else ""
-    if not text:
-        return False
     parts = text.split(None, 1)
+    if not parts:
+        return False
     scheme = parts[0].lower()
     if scheme == "bearer":
         return len(parts) > 1  # "Bearer<TAB><token>"; "Bearer" alone presents nothing
-    return scheme not in NO_TOKEN_SCHEMES
+    return presents_token(scheme, text)
 
 
 def bearer_token(scope: Scope) -> str | None:

@@ -42,7 +42,17 @@ def test_a_bearer_with_other_whitespace_still_counts_as_presented(value: bytes) 
 
 
 @pytest.mark.parametrize(
-    "value", [b"Basic dXNlcjpwYXNz", b"Negotiate abc", b"NTLM abc", b"Digest a=b", b"", b"  "]
+    "value",
+    [
+        b"Basic dXNlcjpwYXNz",
+        b"Negotiate abc",
+        b"NTLM abc",
+        b"Digest a=b",
+        b"ApiKey 0123456789abcdef",  # an API key, a signature: no user token either
+        b"SharedKey acct:c2ln",
+        b"",
+        b"  ",
+    ],
 )
 def test_schemes_that_carry_no_user_token_are_not_assertions(value: bytes) -> None:
     assert not Caller.from_headers([(b"authorization", value)]).presented

@@ -10,7 +10,7 @@ import pytest
 
 from entra_passthrough import Caller
 from entra_passthrough._caller import _bearer
-from entra_passthrough._www_auth import NO_TOKEN_SCHEMES
+from entra_passthrough._www_auth import presents_token
 
 TOKEN = b"eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.sig"
 
@@ -56,7 +56,7 @@ def test_bearer_fast_path_matches_general_split() -> None:
         if parts[0].lower() != "bearer":
             # a scheme that carries no user token is no assertion; any other value is a token
             # presented in a malformed header ("" : presented, unusable)
-            return None if parts[0].lower() in NO_TOKEN_SCHEMES else ""
+            return "" if presents_token(parts[0].lower(), value) else None
         return parts[1].strip() if len(parts) > 1 else ""
 
     checked = 0
