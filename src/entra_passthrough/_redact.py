@@ -191,9 +191,14 @@ def scrub(exc: BaseException) -> BaseException:
 
 
 class RedactingFilter(logging.Filter):
-    """Rewrites a record so that no secret reaches a handler; never drops a record."""
+    """Rewrites a record so that no secret reaches a handler; drops only hpack's (below)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("hpack"):
+            # hpack logs every header it encodes or decodes at DEBUG, also as the raw header
+            # block: Huffman-coded bytes, in which no pattern can find a token, and from which
+            # any hpack decoder gets the Authorization header back. Nothing else is in them.
+            return False
         args = record.args
         if isinstance(args, tuple):
             # Arguments are redacted one by one and the record keeps its shape: some formatters

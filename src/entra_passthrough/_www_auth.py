@@ -81,16 +81,17 @@ def authorization_values(scope: Scope) -> list[bytes]:
     return values
 
 
-#: Schemes that carry an OAuth access token, other than ``Bearer`` (RFC 9449's DPoP, and the
-#: names clients put in place of ``Bearer``).
-TOKEN_SCHEMES = frozenset({"dpop", "pop", "token", "jwt", "access_token", "oauth"})
+#: Schemes that carry an OAuth access token by definition, other than ``Bearer`` (RFC 9449's
+#: DPoP, the PoP drafts'). Not ``Token`` or ``OAuth``: API keys (``Token <key>``) and OAuth 1.0a
+#: signatures use those; a user's token behind them is found by its shape.
+TOKEN_SCHEMES = frozenset({"dpop", "pop"})
 
 
 def presents_token(scheme: str, value: str) -> bool:
     """Whether an ``Authorization`` value that is not ``Bearer <token>`` still presents a
     user's token: a bearer-like scheme (``Bearer:<token>``, ``Bearer=<token>``,
-    ``Bearer<TAB><token>``), a token scheme (``DPoP``, ``Token``, ``JWT``), or a JWT-shaped
-    value (the raw token). Then it is the user's token in a malformed header: presented and
+    ``Bearer<TAB><token>``), a token scheme (``DPoP``), or a JWT-shaped value (the raw
+    token, ``Token <jwt>``). Then it is the user's token in a malformed header: presented and
     unusable, never "no token", so that the app's identity does not stand in for it and the
     401 says ``invalid_token``. Any other scheme (Basic, Negotiate, an API key, a signature)
     carries no user token. ``scheme`` is the value's first word, lower-cased."""

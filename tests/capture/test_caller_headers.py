@@ -50,6 +50,9 @@ def test_a_bearer_with_other_whitespace_still_counts_as_presented(value: bytes) 
         b"Digest a=b",
         b"ApiKey 0123456789abcdef",  # an API key, a signature: no user token either
         b"SharedKey acct:c2ln",
+        b"Token 9944b09199c62bcf9418ad846dd0e4bbdfc6ee4b",  # Django REST framework's API key
+        b"token ghp_16C7e42F292c6912E7710c838347Ae178B4a",  # a GitHub personal access token
+        b'OAuth oauth_consumer_key="k", oauth_signature="s%3D"',  # OAuth 1.0a
         b"",
         b"  ",
     ],

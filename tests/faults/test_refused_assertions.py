@@ -167,3 +167,19 @@ def test_a_token_not_valid_yet_is_not_sent_and_not_called_expired(
     near = idp.user_token("alice", audience=rig.app.client_id, extra_claims={"nbf": now + 120})
     assert rig.chain.get_token(mcp_scope(idp), caller=Caller.from_token(near)).token
     assert rig.posts == before + 1
+
+
+def test_a_consent_or_interaction_with_an_assertion_code_is_not_held() -> None:
+    # A gateway's body may pair such a code with consent_required or interaction_required:
+    # those the user fixes with the same token, and replaying them crashed (TypeError).
+    from entra_passthrough._errors import error_from_entra
+
+    request = TokenRequest(("api://x/.default",), None)
+    for body in (
+        {"error": "interaction_required", "error_codes": [50013], "claims": "{}"},
+        {"error": "invalid_grant", "suberror": "consent_required", "error_codes": [500131]},
+    ):
+        refused = RefusedAssertions()
+        refused.remember("t", "d", 9e9, error_from_entra(body, source="obo", scopes=["x"]))
+        assert len(refused) == 0
+        refused.check("t", "d", request, "obo")  # nothing held: no error

@@ -87,6 +87,8 @@ class RefusedAssertions:
     def remember(self, tenant: str, digest: str, exp: float, error: TokenAcquisitionError) -> None:
         if error.code is None or error.code.code not in ASSERTION_REFUSALS:
             return
+        if type(error) not in (AssertionNotUsable, EntraError):
+            return  # a consent or an interaction (a gateway's odd body): the user can fix it
         now = self._clock()
         until = min(exp, now + self.hold)
         if until <= now:
