@@ -203,14 +203,24 @@ async def _acquire_async(
     source: TokenSource, request: TokenRequest, acquired: list[str] | None = None
 ) -> TokenResult | None:
     started = time.monotonic()
-    return _acquired(source, request, await source.get_token_async(request), started, acquired)
+    try:
+        answer = await source.get_token_async(request)
+    except Exception:
+        _otel.time_failed(source.name, time.monotonic() - started)
+        raise
+    return _acquired(source, request, answer, started, acquired)
 
 
 def _acquire(
     source: TokenSource, request: TokenRequest, acquired: list[str] | None = None
 ) -> TokenResult | None:
     started = time.monotonic()
-    return _acquired(source, request, source.get_token(request), started, acquired)
+    try:
+        answer = source.get_token(request)
+    except Exception:
+        _otel.time_failed(source.name, time.monotonic() - started)
+        raise
+    return _acquired(source, request, answer, started, acquired)
 
 
 def _acquired(

@@ -35,7 +35,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ._aadsts import Aadsts, describe
+from ._aadsts import AADSTS, Aadsts, describe
 from ._docs import see
 from ._redact import redact
 
@@ -93,7 +93,10 @@ class TokenAcquisitionError(EntraPassthroughError):
     """No token acceptable under the policy could be obtained.
 
     ``aadsts`` is set when Entra answered; ``correlation_id``/``trace_id`` identify the request
-    for Microsoft support and are safe to log.
+    for Microsoft support and are safe to log. ``failure``: for an endpoint that failed rather
+    than answered (``SourceUnavailable``, ``Throttled``), what failed in a few bounded words
+    (``HTTP 503``, ``timeout``, ``deadline in headers``, ``HTTP 407 page``): the WARNING names
+    it, so one failure's line is never coalesced into another's.
     """
 
     def __init__(
@@ -108,6 +111,7 @@ class TokenAcquisitionError(EntraPassthroughError):
         correlation_id: str | None = None,
         trace_id: str | None = None,
         fix: str | None = None,
+        failure: str | None = None,
     ) -> None:
         self.source = source
         self.scopes = tuple(scopes)
@@ -116,9 +120,16 @@ class TokenAcquisitionError(EntraPassthroughError):
         self.suberror = suberror
         self.correlation_id = correlation_id
         self.trace_id = trace_id
+        self.failure = failure
         if fix is None and self.code is not None:
-            # Each code has an anchor on the errors page (the AADSTS table).
-            fix = f"{self.code.fix} ({see('errors', f'aadsts{self.code.code}')})"
+            # Each decoded code has an anchor on the errors page (the AADSTS table); a code
+            # the library does not decode has none, and links the section that says so.
+            link = (
+                see("errors", f"aadsts{self.code.code}")
+                if self.code.code in AADSTS
+                else see("errors", "aadsts-codes")
+            )
+            fix = f"{self.code.fix} ({link})"
         where = f" [source {source}]" if source else ""
         ids = f" (correlation_id {correlation_id})" if correlation_id else ""
         super().__init__(f"{message}{where}{ids}", fix=fix)
@@ -351,6 +362,10 @@ class Throttled(TokenAcquisitionError):
         status: int | None = None,
         source: str | None = None,
         scopes: Sequence[str] = (),
+        aadsts: int | None = None,
+        correlation_id: str | None = None,
+        trace_id: str | None = None,
+        failure: str | None = None,
     ) -> None:
         self.retry_after = retry_after
         self.retry_at = time.time() + retry_after if retry_after is not None else None
@@ -361,13 +376,17 @@ class Throttled(TokenAcquisitionError):
             when = f"retry in {retry_after:.0f} s"
         else:
             when = f"retry in {retry_after:.2g} s"
+        # The answer's code when its body named one, else what a 429 usually is.
+        why = f"AADSTS{aadsts}" if aadsts is not None else "a rate limit, or AADSTS90033 from Entra"
         # ``message`` names who throttles (Entra, or the host's managed identity endpoint).
         super().__init__(
-            f"{message}: throttling (HTTP {status or 'error'}: a rate limit, or "
-            f"AADSTS90033 from Entra); {when}.",
+            f"{message}: throttling (HTTP {status or 'error'}: {why}); {when}.",
             source=source,
             scopes=scopes,
-            aadsts=None,
+            aadsts=aadsts,
+            correlation_id=correlation_id,
+            trace_id=trace_id,
+            failure=failure if failure is not None else f"HTTP {status or 'error'}",
             error="temporarily_unavailable",
             fix="wait retry_after seconds before calling again (the library already retried "
             "where the wait was short); if it persists, reduce the request rate per app and "
@@ -399,9 +418,11 @@ class InsufficientScope(TokenVerificationError):
     status_code = 403
     error = "insufficient_scope"
 
-    def __init__(self, reason: str, *, required: Sequence[str] = ()) -> None:
+    def __init__(
+        self, reason: str, *, required: Sequence[str] = (), fix: str | None = None
+    ) -> None:
         self.required = tuple(required)
-        super().__init__(reason)
+        super().__init__(reason, fix=fix)
 
 
 class SigningKeysUnavailable(TokenVerificationError):

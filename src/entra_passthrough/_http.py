@@ -38,11 +38,11 @@ from typing import Any, Final
 from . import _env
 from ._aadsts import is_answer
 from ._checks import whole_number
-from ._errors import ConfigurationError, code_in_body
+from ._errors import ConfigurationError, code_in_body, safe_word
 
 #: HTTP statuses worth retrying: throttling and the gateway/server errors Entra documents as
 #: transient (AADSTS90033 and friends). Nothing else is retried (a 400 is an answer), nor is a
-#: 5xx whose body names a definite AADSTS answer (``_definite_answer``).
+#: 5xx whose body names a definite AADSTS answer (``_aadsts.is_answer``).
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 #: The longest time limit ``Timeouts`` takes (seconds): a day. Longer is a typo or "no limit",
@@ -172,8 +172,10 @@ class TransportFailure(Exception):
     (a 3xx/4xx answer to a token request whose body is no OAuth error object: a proxy's,
     firewall's or gateway's page; not retried) or ``deadline``. ``retry_after``: seconds until a
     request may be sent again (``None`` if unknown). ``phase``: for ``deadline``, the part of
-    the exchange the deadline cut (``PHASES``), when known. Carries no URL, body or header
-    value.
+    the exchange the deadline cut (``PHASES``), when known. ``aadsts``, ``correlation_id``,
+    ``trace_id``: what a 429/5xx answer's body named (Entra's ``error_codes``, its request ids),
+    kept only as a code in range and short identifiers (``answer_ids``), for support and
+    telemetry. Carries no URL, body or header value.
     """
 
     def __init__(
@@ -186,6 +188,9 @@ class TransportFailure(Exception):
         cached: bool = False,
         peer: str = "Entra",
         phase: str | None = None,
+        aadsts: int | None = None,
+        correlation_id: str | None = None,
+        trace_id: str | None = None,
     ) -> None:
         self.kind = kind
         self.peer = peer
@@ -194,7 +199,28 @@ class TransportFailure(Exception):
         self.retry_after = retry_after
         self.attempts = attempts
         self.cached = cached
+        self.aadsts = aadsts
+        self.correlation_id = correlation_id
+        self.trace_id = trace_id
         super().__init__(self.describe())
+
+    def summary(self) -> str:
+        """The failure in a few bounded words (``HTTP 503``, ``timeout``, ``deadline in
+        headers``, ``connection failed``, ``not JSON``, ``HTTP 407 page``): what a WARNING line
+        names so that an outage, a timeout and a proxy's page are told apart, and are not
+        coalesced into one another (``_otel.WarningCoalescer``)."""
+        status = f"HTTP {self.status}" if self.status else None
+        if self.kind in ("throttled", "status"):
+            return status or "throttled"
+        if self.kind == "page":
+            return f"{status or 'HTTP'} page"
+        if self.kind == "malformed":
+            return "not JSON"
+        if self.kind == "timeout":
+            return "timeout"
+        if self.kind == "deadline":
+            return f"deadline in {self.phase}" if self.phase in PHASES else "deadline"
+        return "connection failed"
 
     def describe(self) -> str:
         peer = self.peer
@@ -425,12 +451,15 @@ SHARED_THROTTLE = Throttle()
 
 def _cached(gate: _Gate, now: float, hint: float | None = None) -> TransportFailure:
     remaining = max(gate.until - now, 0.0)
+    # The code the endpoint gave stays (it is why the gate is closed); the request ids do not:
+    # no request was sent, and another request's correlation id would send support astray.
     return TransportFailure(
         gate.failure.kind,
         status=gate.failure.status,
         retry_after=min(remaining, hint) if hint is not None else remaining,
         cached=True,
         peer=gate.failure.peer,
+        aadsts=gate.failure.aadsts,
     )
 
 
@@ -576,6 +605,7 @@ class GuardedHttpClient:
                     retry_after=blocked.retry_after,
                     cached=blocked.cached,
                     peer=self.peer,
+                    aadsts=blocked.aadsts,
                 )
             raise blocked
         kwargs.pop("timeout", None)  # ours wins: MSAL passes none, a caller's could be unbounded
@@ -660,6 +690,7 @@ class GuardedHttpClient:
             else:
                 status = int(getattr(response, "status_code", 0) or 0)
                 body: Any = _UNREAD
+                ids: dict[str, Any] = {}
                 if method == "POST" and 200 <= status < 300:
                     body = _json_body(response)
                 if status not in RETRYABLE_STATUSES and not (
@@ -677,7 +708,18 @@ class GuardedHttpClient:
                     # nothing and every retry went out at once (three POSTs per call).
                     wait = None
                 throttled = status in RETRYABLE_STATUSES and (status == 429 or wait is not None)
-                if status in RETRYABLE_STATUSES and not throttled and _definite_answer(response):
+                error_body = _json_body(response) if status in RETRYABLE_STATUSES else None
+                if error_body is not None:
+                    # Entra's 429/5xx carry the code (AADSTS90033...) and the request's ids:
+                    # what Microsoft support asks for during an outage.
+                    ids = answer_ids(error_body)
+                code = ids.get("aadsts")
+                if (
+                    status in RETRYABLE_STATUSES
+                    and not throttled
+                    and code is not None
+                    and is_answer(code)
+                ):
                     # A 5xx whose body names a definite AADSTS answer is the same on every retry
                     # (App Service's managed identity endpoint answers an unknown resource with
                     # HTTP 500 + AADSTS500011, as MSAL notes): it goes back as an answer, is not
@@ -685,7 +727,7 @@ class GuardedHttpClient:
                     # (AADSTS90033...), are retried.
                     self.throttle.answered(authority, key)
                     if method == "POST" and _is_token_request(data):
-                        return self._oauth_answer(response, status, _UNREAD)
+                        return self._oauth_answer(response, status, error_body)
                     return response
                 if status not in RETRYABLE_STATUSES:
                     # A success whose body is not a JSON object (cut short, or a proxy's page):
@@ -702,6 +744,7 @@ class GuardedHttpClient:
                     retry_after=wait,
                     attempts=attempt,
                     peer=self.peer,
+                    **ids,
                 )
                 _close_quietly(response)
                 if throttled:
@@ -737,13 +780,17 @@ class GuardedHttpClient:
                 # ``attempt`` of them, and only its retry is refused. A throttling gate wins
                 # (the caller gets Throttled and when to retry), else this request's own failure.
                 own = failure.kind != "throttled" and blocked.kind != "throttled"
+                mine = own or failure.kind == "throttled"  # this request's answer is reported
                 raise TransportFailure(
                     failure.kind if own else "throttled",
-                    status=failure.status if own or failure.kind == "throttled" else blocked.status,
+                    status=failure.status if mine else blocked.status,
                     retry_after=blocked.retry_after,
                     attempts=attempt,
                     peer=self.peer,
                     phase=failure.phase if own else None,
+                    aadsts=failure.aadsts if mine else blocked.aadsts,
+                    correlation_id=failure.correlation_id if mine else None,
+                    trace_id=failure.trace_id if mine else None,
                 )
         if failure.kind in ("status", "timeout", "connection", "malformed"):
             # A short negative cache: the same request fails fast for a moment. A server error,
@@ -1142,15 +1189,20 @@ def _is_timeout_shallow(exc: BaseException) -> bool:
     return "Timeout" in type(exc).__name__ or isinstance(exc, TimeoutError)
 
 
-def _definite_answer(response: Any) -> bool:
-    """Whether an error response's body names an AADSTS code that is an answer, not an outage
-    (``_aadsts.is_answer``)."""
-    try:
-        body = json.loads(response.text)
-    except Exception:  # ValueError, a text that cannot be decoded, no .text at all
-        return False
-    code = code_in_body(body) if isinstance(body, dict) else None
-    return code is not None and is_answer(code)
+def answer_ids(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The AADSTS code and request ids of a 429/5xx answer's body, as ``TransportFailure``
+    keywords: the code only in range (``code_in_body``), the ids only when they are short
+    identifiers (``safe_word``, as ``error_from_entra`` keeps them). The body may be a proxy's:
+    nothing else of it is kept, no description, no free text."""
+    ids: dict[str, Any] = {}
+    code = code_in_body(body)
+    if code is not None:
+        ids["aadsts"] = code
+    for field_name in ("correlation_id", "trace_id"):
+        value = safe_word(body.get(field_name))
+        if value is not None:
+            ids[field_name] = value
+    return ids
 
 
 #: ``_attempts``: a response body not parsed yet.

@@ -192,6 +192,14 @@ def count_acquired(source: str, kind: str, seconds: float) -> None:
         inst.duration.record(seconds, {"source": source, "outcome": "ok"})
 
 
+def time_failed(source: str, seconds: float) -> None:
+    """A source asked for a token and failed after ``seconds``: the time lost to timeouts,
+    stalls and retries belongs in the latency histogram as much as a success's."""
+    inst = instruments()
+    if inst is not None:
+        inst.duration.record(seconds, {"source": source, "outcome": "error"})
+
+
 def count_failed(source: str | None, error: BaseException) -> None:
     inst = instruments()
     if inst is None:
@@ -214,10 +222,19 @@ def count_request(applied: bool, status: int | None) -> None:
         )
 
 
+#: What ``describe`` takes of an error's ``failure``: a few words, never free text.
+_FAILURE = re.compile(r"[A-Za-z0-9 .:_-]{1,48}")
+
+
 def describe(error: TokenAcquisitionError | BaseException) -> str:
-    """``Type (AADSTS<code>, correlation <id>)``: the safe summary logs and spans use."""
+    """``Type (<failure>, AADSTS<code>, correlation_id <id>)``: the safe summary a WARNING
+    carries. ``failure`` (``HTTP 503``, ``timeout``...) is in it so that two different failures
+    of one source are two different records, never coalesced into one another."""
     attrs = error_attributes(error)
     parts = []
+    failure = getattr(error, "failure", None)
+    if isinstance(failure, str) and _FAILURE.fullmatch(failure):
+        parts.append(failure)
     if "entra_passthrough.aadsts" in attrs:
         parts.append(f"AADSTS{attrs['entra_passthrough.aadsts']}")
     if "entra_passthrough.correlation_id" in attrs:
@@ -233,6 +250,9 @@ def describe(error: TokenAcquisitionError | BaseException) -> str:
 #: wrote one WARNING per call (~1,300 lines), each saying the same thing.
 WARNING_BURST = 5
 _UUID = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
+#: A request id as ``describe`` writes it: a failure refused without a request (the fast-fail
+#: window) has none, the one that was sent has one; they are the same warning.
+_REQUEST_ID = re.compile(r"(?:, )?(?:correlation_id|trace_id) [A-Za-z0-9_.:-]{1,64}")
 
 
 #: ``ENTRA_PASSTHROUGH_WARNING_INTERVAL`` unset, or not a number it takes.
@@ -268,7 +288,7 @@ def _interval_from_env(environ: Mapping[str, str] | None = None) -> float:
 
 class WarningCoalescer(logging.Filter):
     """A filter on the library's loggers: identical WARNING/ERROR records (same logger, message
-    and arguments, correlation ids and other UUIDs aside) pass ``burst`` at once, then one per
+    and arguments, request ids and other UUIDs aside) pass ``burst`` at once, then one per
     ``interval`` seconds; the one that passes after a pause says how many were suppressed.
     Records below WARNING pass untouched. Bounded: at most ``MAX_KEYS`` kinds are tracked (the
     oldest forgotten first)."""
@@ -325,7 +345,7 @@ def _record_key(record: logging.LogRecord) -> tuple[Any, ...]:
     args = record.args
     if isinstance(args, tuple):
         parts: tuple[Any, ...] = tuple(
-            _UUID.sub("*", a) if isinstance(a, str) else a
+            _UUID.sub("*", _REQUEST_ID.sub("", a).replace(" ()", "")) if isinstance(a, str) else a
             for a in args
             if isinstance(a, str | int | float | type(None))
         )

@@ -147,6 +147,14 @@ def unreachable(
     if isinstance(exc, EntraPassthroughError):
         return exc
     if isinstance(exc, TransportFailure):
+        # What the answer's body named (code, request ids) and what failed, for the error's
+        # attributes, its WARNING and its span: never the body itself.
+        named: dict[str, Any] = {
+            "aadsts": exc.aadsts,
+            "correlation_id": exc.correlation_id,
+            "trace_id": exc.trace_id,
+            "failure": exc.summary(),
+        }
         if exc.kind == "throttled":
             return Throttled(
                 f"{what} failed: {exc.describe()}",
@@ -154,6 +162,7 @@ def unreachable(
                 status=exc.status,
                 source=source,
                 scopes=scopes,
+                **named,
             )
         if exc.kind == "page":
             # A 3xx/4xx page instead of an OAuth error: something between here and Entra
@@ -163,11 +172,13 @@ def unreachable(
                 source=source,
                 scopes=scopes,
                 fix=PAGE_FIX,
+                **named,
             )
         return SourceUnavailable(
             f"{what} failed: {exc.describe()}.",
             source=source,
             scopes=scopes,
+            **named,
             fix=_MI_TRANSIENT_FIX
             if what.startswith("managed identity")
             else "nothing to configure if it is transient (the request was retried with "
@@ -184,6 +195,7 @@ def unreachable(
             source=source,
             scopes=scopes,
             fix=AUTHORITY_FIX,
+            failure="authority",
         )
     detail = type(exc).__name__
     text = str(exc)
@@ -192,4 +204,9 @@ def unreachable(
         # its text is only the status line.
         status = text[len("HTTP Error: ") :][:12].strip()
         detail = f"Entra answered HTTP {status} without an error body"
-    return SourceUnavailable(f"{what} failed: {detail}.", source=source, scopes=scopes)
+        failure = f"HTTP {status}" if status.isdigit() else "HTTP error"
+    else:
+        failure = detail  # an exception type's name: bounded, and never its text
+    return SourceUnavailable(
+        f"{what} failed: {detail}.", source=source, scopes=scopes, failure=failure
+    )

@@ -793,9 +793,9 @@ class EntraMCPTool(HookedMCPTool):
         )
         if status == 403 or error == "insufficient_scope":
             return InsufficientScope(
-                f"{refused} The token is valid but lacks a scope or app role the server "
-                "requires. Fix: grant the user (or the agent app, with admin consent) what the "
-                f"server requires, and request it in the tool's scopes ({see('errors')})."
+                f"{refused} The token is valid but lacks a scope or app role the server requires.",
+                fix="grant the user (or the agent app, with admin consent) what the server "
+                f"requires, and request it in the tool's scopes ({see('errors')})",
             )
         return TokenVerificationError(
             f"{refused} The server does not accept the token.",

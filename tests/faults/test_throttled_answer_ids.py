@@ -1,0 +1,190 @@
+"""``Throttled`` and ``SourceUnavailable`` built from a 429/5xx answer keep what Entra's body
+names for support: the AADSTS code (``error_codes``), the correlation id and the trace id, on
+the error, in the WARNING and on the span; only a code in range and short identifiers, never the
+body's free text.
+
+Real MSAL against the emulator over HTTPS (its 429/503 bodies are Entra's shape), the SDK's
+in-memory span exporter, and for bodies that are no Entra's a plain HTTP server on 127.0.0.1
+that answers the token POSTs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from _support.servers import serve_in_thread
+from entra_passthrough import (
+    Caller,
+    SourceUnavailable,
+    Throttled,
+    Timeouts,
+    TokenAcquisitionError,
+    _otel,
+    bind_caller,
+)
+from entra_passthrough.testing import EntraEmulator
+
+from .conftest import mcp_scope, routed_obo_chain
+
+GUID = re.compile(r"[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}")
+SPANS = InMemorySpanExporter()
+ONCE = Timeouts(connect=2.0, read=5.0, deadline=20.0, retries=0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _tracer() -> None:
+    # The global provider can be set once per process: add to an SDK provider already there.
+    current = trace.get_tracer_provider()
+    if isinstance(current, TracerProvider):
+        current.add_span_processor(SimpleSpanProcessor(SPANS))
+    else:
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(SPANS))
+        trace.set_tracer_provider(provider)
+
+
+def _failed_span() -> dict[str, Any]:
+    spans = [s for s in SPANS.get_finished_spans() if s.name == "entra_passthrough.acquire"]
+    assert spans
+    return dict(spans[-1].attributes or {})
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after", "kind"),
+    [(429, 30.0, Throttled), (503, None, SourceUnavailable)],
+    ids=["429", "503"],
+)
+def test_an_entra_429_or_5xx_keeps_its_code_and_ids(
+    idp: EntraEmulator,
+    rig_factory: Any,
+    caplog: pytest.LogCaptureFixture,
+    status: int,
+    retry_after: float | None,
+    kind: type[TokenAcquisitionError],
+) -> None:
+    rig = rig_factory(ONCE)
+    _otel.COALESCER.reset()
+    SPANS.clear()
+    caplog.set_level(logging.INFO, logger="entra_passthrough")
+    idp.inject_fault("token", status=status, retry_after=retry_after)
+    with bind_caller(token=rig.user_token()), pytest.raises(kind) as info:
+        rig.chain.get_token(mcp_scope(idp))
+    error = info.value
+    assert error.code is not None
+    assert error.code.code == 90033  # the emulator's, as Entra's: MsodsServiceUnavailable
+    assert error.correlation_id is not None
+    assert GUID.fullmatch(error.correlation_id)
+    assert f"correlation_id {error.correlation_id}" in str(error)
+    assert error.failure == f"HTTP {status}"
+    attrs = _failed_span()
+    assert attrs["entra_passthrough.aadsts"] == 90033
+    assert attrs["entra_passthrough.correlation_id"] == error.correlation_id
+    (line,) = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and r.name == "entra_passthrough.chain"
+    ]
+    assert (
+        f"{kind.__name__} (HTTP {status}, AADSTS90033, correlation_id {error.correlation_id})"
+        in line
+    )
+    if status == 429:
+        assert "HTTP 429: AADSTS90033" in str(error)
+        # The fast-fail refusal that follows sent nothing: Entra's code (why the endpoint is
+        # closed) stays, another request's correlation id does not.
+        with bind_caller(token=rig.user_token()), pytest.raises(Throttled) as again:
+            rig.chain.get_token(mcp_scope(idp))
+        assert again.value.code is not None
+        assert again.value.code.code == 90033
+        assert again.value.correlation_id is None
+
+
+#: Planted in the bodies below: never on an error, in a log line or a span.
+PLANTED = "S3cr3tValue_" + "Q7w9" * 8
+
+
+class Answers:
+    def __init__(self) -> None:
+        self.body: Any = {}
+        self.hits = 0
+
+    async def handle(self, request: Request) -> Response:
+        await request.body()
+        self.hits += 1
+        return Response(
+            json.dumps(self.body), status_code=503, headers={"Content-Type": "application/json"}
+        )
+
+
+@pytest.fixture(scope="module")
+def answers() -> Iterator[tuple[Answers, int]]:
+    server = Answers()
+    app = Starlette(routes=[Route("/token", server.handle, methods=["POST"])])
+    with serve_in_thread(app, name="503-answers") as url:
+        yield server, int(url.rsplit(":", 1)[1])
+
+
+BODIES = {
+    "free_text_ids": {
+        "error": "temporarily_unavailable",
+        "error_codes": [90033],
+        "correlation_id": f"see {PLANTED} for details",
+        "trace_id": f"client_secret={PLANTED}",
+    },
+    "overlong_ids": {
+        "error": "server_error",
+        "error_codes": [90033],
+        "correlation_id": PLANTED * 3,
+        "trace_id": "x" * 65,
+    },
+    "code_out_of_range": {
+        "error": "server_error",
+        "error_codes": [10**40],
+        "error_description": f"AADSTS{PLANTED}",
+        "correlation_id": ["a", "b"],
+    },
+}
+
+
+@pytest.mark.parametrize("shape", sorted(BODIES))
+def test_ids_that_are_not_short_identifiers_are_dropped(
+    idp: EntraEmulator,
+    answers: tuple[Answers, int],
+    caplog: pytest.LogCaptureFixture,
+    shape: str,
+) -> None:
+    server, port = answers
+    server.body, server.hits = BODIES[shape], 0
+    _otel.COALESCER.reset()
+    SPANS.clear()
+    caplog.set_level(logging.INFO, logger="entra_passthrough")
+    with routed_obo_chain(idp, port, ONCE) as chain:
+        caller = Caller.from_token(
+            idp.user_token("bob", audience=idp.agent.client_id, extra_claims={"uti": shape})
+        )
+        with pytest.raises(SourceUnavailable) as info:
+            chain.get_token(mcp_scope(idp), caller=caller)
+    assert server.hits == 1
+    error = info.value
+    assert error.correlation_id is None
+    assert error.trace_id is None
+    expected = None if shape == "code_out_of_range" else 90033
+    assert (error.code.code if error.code is not None else None) == expected
+    attrs = _failed_span()
+    assert "entra_passthrough.correlation_id" not in attrs
+    blob = "\n".join([str(error), repr(error), repr(vars(error)), caplog.text, repr(attrs)])
+    assert PLANTED not in blob
+    assert PLANTED[:16] not in blob
