@@ -6,6 +6,7 @@ import asyncio
 import shutil
 import ssl
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -304,6 +305,19 @@ class EntraEmulator:
     def stats(self) -> dict[str, dict[str, int]]:
         """Requests per endpoint and per grant since start (or ``reset_stats()``)."""
         return self._rt.snapshot()
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Wait (at most ``timeout`` seconds) until no request is being answered: a request
+        held by an injected delay or ``token_latency``, which its client may have given up on,
+        is counted in ``stats()`` when it ends. Call it before taking a count that a previous
+        test's straggler must not land in. ``False`` if requests were still in flight."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            with self._rt.lock:
+                if self._rt.in_flight <= 0:
+                    return True
+            time.sleep(0.02)
+        return False
 
     def reset_stats(self) -> None:
         with self._rt.lock:

@@ -74,6 +74,15 @@ class FaultMiddleware:
         ):
             await self.app(scope, receive, send)
             return
+        with self.rt.lock:
+            self.rt.in_flight += 1
+        try:
+            await self._answer(path, scope, receive, send)
+        finally:
+            with self.rt.lock:
+                self.rt.in_flight -= 1
+
+    async def _answer(self, path: str, scope: Scope, receive: Receive, send: Send) -> None:
         name = self.name or _endpoint_name(path)
         fault = self.rt.take_fault(name)
         if fault is None:

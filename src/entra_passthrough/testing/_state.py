@@ -94,6 +94,9 @@ class Runtime:
     #: device codes of the device code grant (``_device.DeviceRecord``)
     device_codes: dict[str, Any] = field(default_factory=dict)
     sessions: dict[str, str] = field(default_factory=dict)
+    #: requests being answered now (``FaultMiddleware``): a request held by an injected delay
+    #: or ``token_latency`` is counted in ``stats`` only when it ends (``EntraEmulator.wait_idle``)
+    in_flight: int = 0
 
     # ---- identities ----------------------------------------------------------------------
     def issuer(self, tenant_id: str, version: int = 2) -> str:
