@@ -61,7 +61,7 @@ from .._grants import (
     check_scopes,
     seal_revoke_ticket,
 )
-from .._jwt import fingerprint
+from .._jwt import fingerprint, sha256_hex
 from .._l2 import renew_until, renew_until_sync
 from .._msal import http_session
 from .._store import Keyring, MemoryStore, TokenStore
@@ -150,6 +150,12 @@ _Step = _Grants | _Pause | _Redeem
 #: The most leases ``DelegatedConsent`` remembers as written without an answer (a store that
 #: keeps failing: beyond it, such leases are waited out as another's).
 _MAX_UNCERTAIN = 1024
+
+
+def _account(tid: str | None, oid: str | None) -> str:
+    """A short digest of an account (tenant and object id, without regard to case): what a
+    cache partition and the mismatch check compare, without carrying the ids themselves."""
+    return sha256_hex(f"{(tid or '').lower()}:{(oid or '').lower()}")[:16]
 
 
 class DelegatedConsent:
@@ -297,7 +303,13 @@ class DelegatedConsent:
         key = UserKey.from_caller(request.caller)
         if key is None:
             return None
-        return (self.name, self.client.client_id, self.client.tenant_id, key.hashed)
+        partition = (self.name, self.client.client_id, self.client.tenant_id, key.hashed)
+        if key.expected_oid is not None:
+            # A platform user whose request also names an account: a token cached for the
+            # account the grant belongs to is never served to a request naming another one
+            # (``_decide`` refuses that mismatch; the cache must not bypass it).
+            return (*partition, _account(key.expected_tid, key.expected_oid))
+        return partition
 
     def explain(self, request: TokenRequest) -> str:
         """Why the source does not apply (for the chain's error message)."""
@@ -517,6 +529,21 @@ class DelegatedConsent:
             correlation_id=correlation_id,
         )
 
+    def _another_account(self, key: UserKey, scopes: Sequence[str]) -> TokenAcquisitionError:
+        # The platform user id is trusted as far as the platform's ingress is; a request whose
+        # token names another account than the one that consented under that id is either a
+        # header that did not come from the ingress or a token of someone else: never served.
+        return TokenAcquisitionError(
+            "The consent stored for this platform user belongs to another account than the "
+            "one the request's token names; the user's token was not used.",
+            source=self.name,
+            scopes=scopes,
+            fix="the platform user id header (x-agent-user-id) must come from the platform's "
+            "ingress only, with the same user's token (docs/security.md); if the account "
+            "behind this chat user really changed, sign the user out (signout_link) and have "
+            "them consent again",
+        )
+
     # --- single flight ----------------------------------------------------------------------
     async def _coalesced(
         self,
@@ -591,6 +618,10 @@ class DelegatedConsent:
                     key, scopes, "no consent is stored for this user", claims=request.claims
                 )
             grant, version = found
+            if key.expected_oid is not None and _account(grant.tid, grant.oid) != _account(
+                key.expected_tid, key.expected_oid
+            ):
+                raise self._another_account(key, scopes)
             now = time.time()
             if self._abandoned(grant.lease_owner):
                 # Our own lease, from a write whose answer we did not get: nothing runs under
