@@ -20,7 +20,9 @@ Decisions (docs/sources-and-policy.md explains them to users):
   for a sync caller) and, like every other request, gets the cached token without waiting. If
   that refresh fails, the still-valid token keeps being served and the failure is logged; the
   next attempt waits half of the time the token has left (a refresh never turns a working token
-  into an error, and a failing Entra is not asked once per request). One refresh per key at a time.
+  into an error, and a failing Entra is not asked once per request). When it failed because the
+  provider throttles or is down, the entry is served past the skew, to its token's own expiry
+  less ``_UNAVAILABLE_MARGIN``. One refresh per key at a time.
 * **Single-flight.** One acquisition per key at a time, in threads and in tasks (one
   ``concurrent.futures.Future`` per key is awaitable from any loop and waitable from any thread).
   Waiters get the leader's result or its error; errors are never stored.
@@ -45,7 +47,7 @@ from dataclasses import dataclass
 
 from ._checks import seconds, whole_number
 from ._drive import drive, drive_async
-from ._errors import SourceUnavailable
+from ._errors import SourceUnavailable, Throttled
 from ._l2 import SharedCache
 from ._types import Cap, TokenResult, cap_value, entry_timing
 
@@ -57,6 +59,9 @@ _SYNC_WAIT_SECONDS = 120.0
 _MAX_TAKEOVERS = 3
 #: After a failed refresh, the next one is due after this share of the time the token has left.
 _RETRY_SHARE = 0.5
+#: While refreshes fail because the identity provider is throttling or down, an entry is served
+#: to its token's own expiry less this (a resource's clock a little ahead, a request in flight).
+_UNAVAILABLE_MARGIN = 5.0
 #: A new token for a capped key (one bound to an assertion) that ends no later than this past
 #: the one it replaces gained nothing: the identity provider ends this assertion's tokens
 #: there (it caps them itself, and this host's clock is behind its clock by more than the
@@ -431,7 +436,7 @@ class TokenCache:
         with self._lock:
             self._entries.clear()
 
-    def _end_refresh(self, key: Hashable, *, failed: bool) -> None:
+    def _end_refresh(self, key: Hashable, *, failed: bool, unavailable: bool = False) -> None:
         with self._lock:
             if failed:
                 self._refresh_failures += 1
@@ -440,6 +445,14 @@ class TokenCache:
                 entry.refreshing = False
                 if failed:  # next attempt after half of what is left, not on the next request
                     now = self._clock()
+                    if unavailable:
+                        # The identity provider is throttling or down (nothing about this
+                        # token): serve it on to its own expiry, less a margin, rather than
+                        # turn a working token into ``Throttled`` for the skew's last seconds
+                        # (up to 30 s of errors for every request of the key).
+                        entry.usable_until = max(
+                            entry.usable_until, entry.result.expires_on - _UNAVAILABLE_MARGIN
+                        )
                     entry.refresh_at = now + (entry.usable_until - now) * _RETRY_SHARE
 
     # -- single flight ----------------------------------------
@@ -617,7 +630,8 @@ class TokenCache:
             type(exc).__name__,
             cached.fingerprint,
         )
-        self._end_refresh(key, failed=True)
+        unavailable = isinstance(exc, SourceUnavailable | Throttled)
+        self._end_refresh(key, failed=True, unavailable=unavailable)
 
     def _start_refresh_sync(self, key: Hashable, refresh: Callable[[], None]) -> None:
         thread = threading.Thread(

@@ -13,6 +13,7 @@ import pytest
 from entra_passthrough import (
     EntraError,
     IdentityKind,
+    Throttled,
     TokenCache,
     TokenChain,
     TokenResult,
@@ -254,6 +255,44 @@ def test_refresh_failure_serves_the_still_valid_token_and_backs_off() -> None:
     assert cache.get_or_acquire("k", failing).token == "t1"  # type: ignore[union-attr]
     assert cache.wait_refreshes(10)
     assert calls == 2
+
+
+def test_while_the_provider_throttles_a_token_is_served_to_its_own_expiry() -> None:
+    # A refresh refused by throttling (or an outage) says nothing about the token: it is served
+    # past the skew, to its expiry less a margin, instead of Throttled for every request of the
+    # key during the skew's last seconds (30 s for an hour-long token).
+    clock = Clock()
+    cache = TokenCache(clock=clock)
+    cache.get_or_acquire("k", lambda: result("t1"))  # expires at +3600, usable to +3570
+    clock.offset = 3400
+
+    def throttled() -> TokenResult:
+        raise Throttled("token request refused", retry_after=60.0, status=429)
+
+    assert cache.get_or_acquire("k", throttled).token == "t1"  # type: ignore[union-attr]
+    assert cache.wait_refreshes(10)
+    assert cache.stats().refresh_failures == 1
+    clock.offset = 3580  # past the skew
+    assert cache.get_or_acquire("k", throttled).token == "t1"  # type: ignore[union-attr]
+    assert cache.wait_refreshes(10)
+    clock.offset = 3596  # within the margin of its expiry: acquired, and the error stands
+    with pytest.raises(Throttled):
+        cache.get_or_acquire("k", throttled)
+
+    # Any other failure (the user's consent revoked, a bad credential) keeps the skew.
+    other = TokenCache(clock=clock)
+    clock.offset = 0
+    other.get_or_acquire("k", lambda: result("t1"))
+    clock.offset = 3400
+
+    def refused() -> TokenResult:
+        raise EntraError("refused")
+
+    assert other.get_or_acquire("k", refused).token == "t1"  # type: ignore[union-attr]
+    assert other.wait_refreshes(10)
+    clock.offset = 3580
+    with pytest.raises(EntraError):
+        other.get_or_acquire("k", refused)
 
 
 def test_capped_entry_is_served_to_the_cap_and_never_refreshed() -> None:
