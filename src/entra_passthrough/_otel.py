@@ -92,7 +92,15 @@ def user_hash(caller: Caller | None) -> str | None:
     platform user id, else the assertion's hash); ``None`` without a caller."""
     if caller is None:
         return None
-    user = UserKey.from_caller(caller)
+    # ``UserKey.from_caller``'s choice of key, without its sign-in hints: those decode the
+    # caller's claims, and a span starts in the iteration that made the call (a burst of new
+    # users would decode them all there, the very iteration the cold path keeps short).
+    user = None
+    if caller.active:
+        if caller.verified is not None:
+            user = UserKey.from_verified_claims(caller.verified)
+        if user is None and caller.user_id:
+            user = UserKey.for_platform_user(caller.user_id)
     if user is not None:
         key = user.value
     elif caller.assertion_sha256 is not None:

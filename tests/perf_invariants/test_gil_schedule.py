@@ -226,10 +226,20 @@ def test_one_schedule_per_process() -> None:
     assert a.schedule is b.schedule is _msal._SCHEDULE
 
 
-async def test_a_cold_burst_decodes_no_claims_in_the_iteration_that_made_it() -> None:
+@pytest.mark.parametrize("tracing", [False, True])
+async def test_a_cold_burst_decodes_no_claims_in_the_iteration_that_made_it(
+    tracing: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # asyncio.gather of a burst runs every call's first step in one loop iteration: decoding
     # each new caller's claims there (the preflight, the entry's cap) would be one long
-    # iteration. Each call decodes them when its slot comes.
+    # iteration. Each call decodes them when its slot comes. With a tracer provider configured
+    # the acquisition's span starts in that iteration too, and its user hash decoded the
+    # claims (for sign-in hints it does not use).
+    if tracing:
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+
+        monkeypatch.setattr(trace, "_TRACER_PROVIDER", TracerProvider())
     source = OnBehalfOf(
         client_id="11111111-1111-1111-1111-111111111111",
         tenant_id="t1",
