@@ -232,7 +232,12 @@ def _acquired(
 ) -> TokenResult | None:
     """A source answered with a new token (not a cache hit): checked, then INFO like
     azure-identity's."""
-    result = _checked(answer, source, request)
+    try:
+        result = _checked(answer, source, request)
+    except Exception:
+        # A value that cannot be a bearer credential: a failed acquisition, timed as one.
+        _otel.time_failed(source.name, time.monotonic() - started)
+        raise
     if result is None:
         return None
     if acquired is not None:

@@ -464,6 +464,18 @@ def safe_word(value: object) -> str | None:
     return text if _WORD.fullmatch(text) else None
 
 
+#: A request id as Entra writes them (a GUID; hex and dashes at most): anything else in a
+#: ``correlation_id``/``trace_id`` field is a gateway's text, possibly a token or a key.
+_REQUEST_ID = re.compile(r"[0-9A-Fa-f-]{8,64}")
+
+
+def safe_request_id(value: object) -> str | None:
+    """A ``correlation_id``/``trace_id`` from an error body when it looks like one (hex and
+    dashes), else ``None``: it is shown in messages and spans, never redacted there."""
+    text = str(value or "")
+    return text if _REQUEST_ID.fullmatch(text) else None
+
+
 def _undecoded_line(description: str) -> str:
     """The first line of a description the library cannot decode, safe to show: never a form
     echo, a JWT-shaped or long opaque value, nor a secret field's value; printable, bounded."""
@@ -564,8 +576,8 @@ def error_from_entra(
     # identifiers are kept, and a description only as a redacted first line.
     error = safe_word(body.get("error"))
     suberror = safe_word(body.get("suberror"))
-    correlation_id = safe_word(body.get("correlation_id"))
-    trace_id = safe_word(body.get("trace_id"))
+    correlation_id = safe_request_id(body.get("correlation_id"))
+    trace_id = safe_request_id(body.get("trace_id"))
     raw_description = str(body.get("error_description") or "")
     if code is None:
         found = _CODE_IN_TEXT.match(raw_description)

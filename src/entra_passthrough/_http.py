@@ -38,7 +38,7 @@ from typing import Any, Final
 from . import _env
 from ._aadsts import is_answer
 from ._checks import whole_number
-from ._errors import ConfigurationError, code_in_body, safe_word
+from ._errors import ConfigurationError, code_in_body, safe_request_id
 
 #: HTTP statuses worth retrying: throttling and the gateway/server errors Entra documents as
 #: transient (AADSTS90033 and friends). Nothing else is retried (a 400 is an answer), nor is a
@@ -816,6 +816,11 @@ class GuardedHttpClient:
                 raise TransportFailure("page", status=status, peer=self.peer)
             return response  # 5xx: MSAL raises "HTTP Error" before reading any body
         fixed = oauth_error_body(body, status)
+        if status >= 500:
+            # A 5xx that names a definite answer (the caller checked): MSAL's token client
+            # raises "HTTP Error" on any 5xx before reading its body, so the code, its fix and
+            # the request ids would be lost. Handed over as the OAuth error it is (400).
+            return OAuthAnswer(response, json.dumps(fixed), status_code=400)
         if fixed is body:
             return response
         return OAuthAnswer(response, json.dumps(fixed))
@@ -925,9 +930,11 @@ class OAuthAnswer:
 
     __slots__ = ("_raw", "headers", "status_code", "text")
 
-    def __init__(self, raw: Any, text: str) -> None:
+    def __init__(self, raw: Any, text: str, *, status_code: int | None = None) -> None:
         self._raw = raw
-        self.status_code = int(getattr(raw, "status_code", 0) or 0)
+        self.status_code = (
+            int(getattr(raw, "status_code", 0) or 0) if status_code is None else status_code
+        )
         self.headers = getattr(raw, "headers", None) or {}
         self.text = text
 
@@ -1199,7 +1206,7 @@ def answer_ids(body: Mapping[str, Any]) -> dict[str, Any]:
     if code is not None:
         ids["aadsts"] = code
     for field_name in ("correlation_id", "trace_id"):
-        value = safe_word(body.get(field_name))
+        value = safe_request_id(body.get(field_name))
         if value is not None:
             ids[field_name] = value
     return ids

@@ -7,6 +7,7 @@ No mcp or Starlette import: used by ``entra_passthrough.server``; the header its
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 
 from ._asgi import Scope, Send
@@ -87,6 +88,11 @@ def authorization_values(scope: Scope) -> list[bytes]:
 TOKEN_SCHEMES = frozenset({"dpop", "pop"})
 
 
+#: A JWT anywhere in a value (quoted, after ``Token:``, ``access_token=``...): a JSON header
+#: segment (base64url of ``{"``), then two dot-separated segments.
+_JWT_SHAPED = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.")
+
+
 def presents_token(scheme: str, value: str) -> bool:
     """Whether an ``Authorization`` value that is not ``Bearer <token>`` still presents a
     user's token: a bearer-like scheme (``Bearer:<token>``, ``Bearer=<token>``,
@@ -97,7 +103,7 @@ def presents_token(scheme: str, value: str) -> bool:
     carries no user token. ``scheme`` is the value's first word, lower-cased."""
     if scheme.startswith("bearer") or scheme in TOKEN_SCHEMES:
         return True
-    return any(part.startswith("eyJ") and part.count(".") >= 2 for part in value.split())
+    return _JWT_SHAPED.search(value) is not None
 
 
 def malformed_authorization(scope: Scope) -> bool:

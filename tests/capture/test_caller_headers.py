@@ -61,7 +61,19 @@ def test_schemes_that_carry_no_user_token_are_not_assertions(value: bytes) -> No
     assert not Caller.from_headers([(b"authorization", value)]).presented
 
 
-@pytest.mark.parametrize("value", [b"Bearerx abc", b"eyJ.a.b", b"Bearer:eyJ.a.b", b"DPoP eyJ.a.b"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"Bearerx abc",
+        b"eyJ.a.b",
+        b"Bearer:eyJ.a.b",
+        b"DPoP eyJ.a.b",
+        b'"eyJhbGciOiJub25lIn0.e30.sig"',
+        b"Token:eyJhbGciOiJub25lIn0.e30.sig",
+        b"JWT=eyJhbGciOiJub25lIn0.e30.sig",
+        b"access_token=eyJhbGciOiJub25lIn0.e30.sig",
+    ],
+)
 def test_any_other_authorization_is_a_presented_malformed_bearer(value: bytes) -> None:
     # A token behind a malformed scheme is the user's all the same: never "no assertion"
     # (tests/capture/test_schemeless_bearer.py has the policy side, with real servers).

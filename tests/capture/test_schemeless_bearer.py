@@ -85,6 +85,9 @@ MALFORMED = {
     "Token scheme": "Token {jwt}",
     "JWT scheme": "JWT {jwt}",
     "DPoP": "DPoP {jwt}",
+    "quoted": '"{jwt}"',
+    "Token colon": "Token:{jwt}",
+    "form field": "access_token={jwt}",
 }
 
 

@@ -26,3 +26,8 @@ def test_a_straggler_is_counted_before_wait_idle_returns(entra_emulator: EntraEm
     assert idp.wait_idle(15.0)
     assert idp.stats()["endpoints"]["discovery"] == before + 1
     idp.clear_faults()
+
+
+def test_wait_idle_with_no_time_left_still_says_idle(entra_emulator: EntraEmulator) -> None:
+    assert entra_emulator.wait_idle(15.0)
+    assert entra_emulator.wait_idle(0)

@@ -15,7 +15,18 @@ import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from entra_passthrough import Caller, SourceUnavailable, Timeouts, _otel
+from entra_passthrough import (
+    Caller,
+    IdentityKind,
+    Policy,
+    SourceUnavailable,
+    Timeouts,
+    TokenAcquisitionError,
+    TokenChain,
+    TokenRequest,
+    TokenResult,
+    _otel,
+)
 from entra_passthrough.testing import EntraEmulator
 
 from .conftest import get_token_as, mcp_scope, token_posts
@@ -74,3 +85,34 @@ def test_a_failed_acquisition_is_in_the_latency_histogram(
     count, total = points[("obo", "error")]
     assert count == 1
     assert total > 0.5  # the time the deadline took, not a zero entry
+
+
+def test_a_value_that_is_no_bearer_credential_is_a_timed_failure(
+    reader: InMemoryMetricReader,
+) -> None:
+    # The source answered, but with a token that cannot be sent (CR/LF in it): refused where it
+    # is checked, which ran outside the timing of failures.
+    class Broken:
+        name = "broken"
+        kind = IdentityKind.APP
+
+        def cache_partition(self, request: TokenRequest) -> tuple[str, ...]:
+            return ("broken",)
+
+        def explain(self, request: TokenRequest) -> str:
+            return ""
+
+        def get_token(self, request: TokenRequest) -> TokenResult:
+            return TokenResult("a\r\nb", time.time() + 3600, IdentityKind.APP, "broken")
+
+        async def get_token_async(self, request: TokenRequest) -> TokenResult:
+            return self.get_token(request)
+
+        def close(self) -> None:
+            pass
+
+    chain = TokenChain([Broken()], policy=Policy.APP_ONLY)
+    with pytest.raises(TokenAcquisitionError):
+        chain.get_token(["api://x/.default"])
+    chain.close()
+    assert _durations(reader)[("broken", "error")][0] == 1

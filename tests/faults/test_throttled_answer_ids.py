@@ -28,6 +28,7 @@ from starlette.routing import Route
 from _support.servers import serve_in_thread
 from entra_passthrough import (
     Caller,
+    EntraError,
     SourceUnavailable,
     Throttled,
     Timeouts,
@@ -120,12 +121,15 @@ class Answers:
     def __init__(self) -> None:
         self.body: Any = {}
         self.hits = 0
+        self.status = 503
 
     async def handle(self, request: Request) -> Response:
         await request.body()
         self.hits += 1
         return Response(
-            json.dumps(self.body), status_code=503, headers={"Content-Type": "application/json"}
+            json.dumps(self.body),
+            status_code=self.status,
+            headers={"Content-Type": "application/json"},
         )
 
 
@@ -149,6 +153,14 @@ BODIES = {
         "error_codes": [90033],
         "correlation_id": PLANTED * 3,
         "trace_id": "x" * 65,
+    },
+    "token_shaped_ids": {
+        # Short enough for a "word": a JWT-shaped value and a 44-character opaque one. Request
+        # ids are GUIDs; these would be shown in messages and spans, unredacted.
+        "error": "temporarily_unavailable",
+        "error_codes": [90033],
+        "correlation_id": "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln",
+        "trace_id": "Zm9vYmFyYmF6cXV4UzNjcjN0VmFsdWVfUTd3OVE3dzk=",
     },
     "code_out_of_range": {
         "error": "server_error",
@@ -188,3 +200,38 @@ def test_ids_that_are_not_short_identifiers_are_dropped(
     blob = "\n".join([str(error), repr(error), repr(vars(error)), caplog.text, repr(attrs)])
     assert PLANTED not in blob
     assert PLANTED[:16] not in blob
+    assert "eyJhbGciOiJSUzI1NiJ9" not in blob
+    assert "Zm9vYmFyYmF6" not in blob
+
+
+@pytest.mark.parametrize("status", [500, 503])
+def test_a_5xx_that_names_a_definite_answer_is_that_answer_on_obo(
+    idp: EntraEmulator, answers: tuple[Answers, int], status: int
+) -> None:
+    # MSAL's token client raises "HTTP Error" on any 5xx before reading its body: the code,
+    # its fix and the ids were lost ("Entra answered HTTP 503 without an error body").
+    server, port = answers
+    server.hits = 0
+    server.body = {
+        "error": "invalid_resource",
+        "error_codes": [500011],
+        "error_description": "AADSTS500011: The resource principal named x was not found.",
+        "correlation_id": "27e9b5a1-1111-2222-3333-444444444444",
+        "trace_id": "9f1d2c3b-1111-2222-3333-444444444444",
+    }
+    server.status = status
+    try:
+        with routed_obo_chain(idp, port, ONCE) as chain:
+            caller = Caller.from_token(
+                idp.user_token("bob", audience=idp.agent.client_id, extra_claims={"uti": "d5"})
+            )
+            with pytest.raises(EntraError) as info:
+                chain.get_token(mcp_scope(idp), caller=caller)
+    finally:
+        server.status = 503
+    assert server.hits == 1  # an answer: not retried
+    error = info.value
+    assert error.code is not None
+    assert error.code.code == 500011
+    assert error.correlation_id == "27e9b5a1-1111-2222-3333-444444444444"
+    assert "App ID URI" in str(error.fix)

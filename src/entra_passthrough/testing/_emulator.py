@@ -312,12 +312,13 @@ class EntraEmulator:
         is counted in ``stats()`` when it ends. Call it before taking a count that a previous
         test's straggler must not land in. ``False`` if requests were still in flight."""
         end = time.monotonic() + timeout
-        while time.monotonic() < end:
+        while True:
             with self._rt.lock:
                 if self._rt.in_flight <= 0:
                     return True
+            if time.monotonic() >= end:
+                return False
             time.sleep(0.02)
-        return False
 
     def reset_stats(self) -> None:
         with self._rt.lock:
