@@ -8,7 +8,6 @@ the library's own (``_otel.COALESCER``), reset per test."""
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import pytest
@@ -17,7 +16,7 @@ from entra_passthrough import SourceUnavailable, Timeouts, _otel, bind_caller
 from entra_passthrough._http import SHARED_THROTTLE
 from entra_passthrough.testing import EntraEmulator
 
-from .conftest import mcp_scope, token_posts
+from .conftest import mcp_scope
 
 #: One attempt per call, a deadline short enough for a stalled answer, a negative cache short
 #: enough that each call after it is sent.
@@ -37,15 +36,6 @@ def _fail(rig: Any, idp: EntraEmulator) -> SourceUnavailable:
     with bind_caller(token=rig.user_token()), pytest.raises(SourceUnavailable) as info:
         rig.chain.get_token(mcp_scope(idp))
     return info.value
-
-
-def _landed(idp: EntraEmulator, posts: int) -> None:
-    """Wait (bounded) until the stalled request reaches the emulator's token endpoint, where it
-    is counted when its delay ends: else it lands in the next test's count of POSTs."""
-    for _ in range(300):
-        if token_posts(idp) > posts:
-            return
-        time.sleep(0.05)
 
 
 def test_a_different_failure_after_a_storm_is_its_own_warning(
@@ -68,10 +58,9 @@ def test_a_different_failure_after_a_storm_is_its_own_warning(
     reset = _fail(rig, idp)
     assert reset.failure == "connection failed"
     idp.clear_faults()
-    posts = token_posts(idp)
     idp.inject_fault("token", status=None, delay=3.0)  # Entra stalls past the deadline
     stalled = _fail(rig, idp)
-    _landed(idp, posts)
+    idp.wait_idle(15.0)  # the stalled request is counted when it ends: not in the next test
     assert stalled.failure in ("timeout", "deadline") or str(stalled.failure).startswith(
         "deadline in "
     )
