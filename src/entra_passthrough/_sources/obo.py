@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from .. import _env
+from .._aadsts import describe
 from .._checks import whole_number
 from .._credential import AppCredential, app_credential
 from .._errors import (
@@ -78,8 +79,7 @@ class RefusedAssertions:
         self.max_entries = max_entries
         self._clock = clock
         self._lock = threading.Lock()
-        self._refused: OrderedDict[tuple[str, str], tuple[float, float, TokenAcquisitionError]]
-        self._refused = OrderedDict()
+        self._refused: OrderedDict[tuple[str, str], _Refusal] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._refused)
@@ -93,8 +93,13 @@ class RefusedAssertions:
         until = min(exp, now + self.hold)
         if until <= now:
             return
+        # What the refusal said, not the exception: its traceback would keep the frames (the
+        # MSAL app, the answer) alive for as long as the entry.
+        held = _Refusal(now, until, type(error), error.error, error.suberror)
+        held.correlation_id, held.trace_id = error.correlation_id, error.trace_id
+        held.code = error.code.code
         with self._lock:
-            self._refused[(tenant, digest)] = (now, until, error)
+            self._refused[(tenant, digest)] = held
             self._refused.move_to_end((tenant, digest))
             while len(self._refused) > self.max_entries:
                 self._refused.popitem(last=False)
@@ -105,27 +110,48 @@ class RefusedAssertions:
         held = self._refused.get(key)
         if held is None:
             return
-        at, until, first = held
         now = self._clock()
-        if now >= until:
+        if now >= held.until:
             with self._lock:
                 if self._refused.get(key) is held:
                     del self._refused[key]
             return
-        code = first.code
-        assert code is not None  # remember() keeps only coded refusals
-        raise type(first)(
-            f"Entra refused this same token {max(0.0, now - at):.0f} s ago: {code}: "
+        code = describe(held.code)
+        raise held.kind(
+            f"Entra refused this same token {max(0.0, now - held.at):.0f} s ago: {code}: "
             f"{code.meaning}. It was not sent again: Entra refuses it every time, and each "
             "POST counts against the app's throttling limits. The caller needs a new token",
             source=source,
             scopes=request.scopes,
-            aadsts=code.code,
-            error=first.error,
-            suberror=first.suberror,
-            correlation_id=first.correlation_id,
-            trace_id=first.trace_id,
+            aadsts=held.code,
+            error=held.error,
+            suberror=held.suberror,
+            correlation_id=held.correlation_id,
+            trace_id=held.trace_id,
         )
+
+
+class _Refusal:
+    """One held refusal: when, until when, and what Entra said (never the exception)."""
+
+    __slots__ = ("at", "code", "correlation_id", "error", "kind", "suberror", "trace_id", "until")
+
+    def __init__(
+        self,
+        at: float,
+        until: float,
+        kind: type[TokenAcquisitionError],
+        error: str | None,
+        suberror: str | None,
+    ) -> None:
+        self.at = at
+        self.until = until
+        self.kind = kind
+        self.error = error
+        self.suberror = suberror
+        self.code = 0
+        self.correlation_id: str | None = None
+        self.trace_id: str | None = None
 
 
 class OnBehalfOf:
