@@ -132,6 +132,9 @@ class _Entry:
     refresh_at: float
     usable_until: float
     refreshing: bool = False
+    #: ``usable_until`` as stored (with the skew): what a failure other than throttling or an
+    #: outage brings it back to, after refreshes that failed for those had extended it.
+    skewed_until: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,7 +319,9 @@ class TokenCache:
                     and before.result.expires_on >= result.expires_on - _NO_GAIN
                 ):
                     capped = True  # served to its own end, never refreshed ahead again
-            self._entries[key] = result if capped else _Entry(result, refresh_at, usable_until)
+            self._entries[key] = (
+                result if capped else _Entry(result, refresh_at, usable_until, False, usable_until)
+            )
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
@@ -453,6 +458,8 @@ class TokenCache:
                         entry.usable_until = max(
                             entry.usable_until, entry.result.expires_on - _UNAVAILABLE_MARGIN
                         )
+                    else:  # any other failure: the skew stands again
+                        entry.usable_until = min(entry.usable_until, entry.skewed_until)
                     entry.refresh_at = now + (entry.usable_until - now) * _RETRY_SHARE
 
     # -- single flight ----------------------------------------

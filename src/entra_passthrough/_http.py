@@ -727,7 +727,7 @@ class GuardedHttpClient:
                     # (AADSTS90033...), are retried.
                     self.throttle.answered(authority, key)
                     if method == "POST" and _is_token_request(data):
-                        return self._oauth_answer(response, status, error_body)
+                        return self._oauth_answer(response, status, error_body, definite=True)
                     return response
                 if status not in RETRYABLE_STATUSES:
                     # A success whose body is not a JSON object (cut short, or a proxy's page):
@@ -802,7 +802,9 @@ class GuardedHttpClient:
                 self.throttle.block_authority(authority, t.negative_ttl, failure)
         raise failure
 
-    def _oauth_answer(self, response: Any, status: int, body: Any) -> Any:
+    def _oauth_answer(
+        self, response: Any, status: int, body: Any, *, definite: bool = False
+    ) -> Any:
         """A token endpoint's answer as MSAL may read it (``oauth_error_body``): the response
         itself when its body is sane (every answer Entra sends), else one whose ``error`` is
         normalised. A 3xx/4xx whose body is no JSON object (an HTML page, text, a list) is no
@@ -816,11 +818,13 @@ class GuardedHttpClient:
                 raise TransportFailure("page", status=status, peer=self.peer)
             return response  # 5xx: MSAL raises "HTTP Error" before reading any body
         fixed = oauth_error_body(body, status)
-        if status >= 500:
-            # A 5xx that names a definite answer (the caller checked): MSAL's token client
-            # raises "HTTP Error" on any 5xx before reading its body, so the code, its fix and
-            # the request ids would be lost. Handed over as the OAuth error it is (400).
-            return OAuthAnswer(response, json.dumps(fixed), status_code=400)
+        if definite and status >= 500:
+            # A 5xx whose body names a definite AADSTS answer: MSAL's token client raises
+            # "HTTP Error" on any 5xx before reading its body, so the code, its fix and the
+            # request ids would be lost. Handed over as the OAuth error it is (400), never with
+            # a token beside the error (no error answer carries one).
+            error_only = {k: v for k, v in fixed.items() if k not in _TOKEN_FIELDS}
+            return OAuthAnswer(response, json.dumps(error_only), status_code=400)
         if fixed is body:
             return response
         return OAuthAnswer(response, json.dumps(fixed))
@@ -879,6 +883,10 @@ _OAUTH_WORD = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 def _oauth_word(value: object) -> bool:
     return isinstance(value, str) and _OAUTH_WORD.fullmatch(value) is not None
+
+
+#: What an error answer handed to MSAL as one never carries.
+_TOKEN_FIELDS = frozenset({"access_token", "refresh_token", "id_token", "client_info"})
 
 
 def oauth_error_body(body: dict[str, Any], status: int) -> dict[str, Any]:

@@ -63,6 +63,21 @@ async def test_a_grant_is_served_only_to_its_own_account(consent_env: ConsentEnv
             assert info.value.fix
             assert served.token not in str(info.value)
 
+        # A token naming only part of an account (an oid, or a tenant) is held to that part.
+        for claims in (
+            UnverifiedClaims(oid=guest.oid, aud="https://ai.azure.com"),
+            UnverifiedClaims(tid=guest.tenant_id, aud="https://ai.azure.com"),
+        ):
+            with pytest.raises(TokenAcquisitionError, match="another account"):
+                await chain.get_token_async(
+                    [env.mcp_scope], caller=Caller(user_id=platform_id, claims=claims)
+                )
+        own = UnverifiedClaims(oid=alice.oid.upper(), aud="https://ai.azure.com")
+        served_part = await chain.get_token_async(
+            [env.mcp_scope], caller=Caller(user_id=platform_id, claims=own)
+        )
+        assert decode_unverified(served_part.token)["oid"] == alice.oid
+
         # The platform id alone (no token naming anyone) is trusted as before.
         alone = await chain.get_token_async([env.mcp_scope], caller=Caller(user_id=platform_id))
         assert decode_unverified(alone.token)["oid"] == alice.oid

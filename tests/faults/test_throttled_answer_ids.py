@@ -235,3 +235,44 @@ def test_a_5xx_that_names_a_definite_answer_is_that_answer_on_obo(
     assert error.code.code == 500011
     assert error.correlation_id == "27e9b5a1-1111-2222-3333-444444444444"
     assert "App ID URI" in str(error.fix)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        # A 5xx with a JSON body and no AADSTS code is an outage, as before (not retried: 501
+        # is not a retryable status), never "Entra refused the token request".
+        (501, {"error": "server_error", "error_description": "gateway says no"}, "outage"),
+        (520, {"error": "server_error"}, "outage"),
+        # A definite answer never comes with a token served from it.
+        (
+            500,
+            {"error": "invalid_resource", "error_codes": [500011], "access_token": "eyJ.e30.x"},
+            "refusal",
+        ),
+    ],
+)
+def test_only_a_definite_5xx_is_an_answer_and_never_a_token(
+    idp: EntraEmulator,
+    answers: tuple[Answers, int],
+    status: int,
+    body: dict[str, Any],
+    expected: str,
+) -> None:
+    server, port = answers
+    server.hits, server.body, server.status = 0, body, status
+    try:
+        with routed_obo_chain(idp, port, ONCE) as chain:
+            caller = Caller.from_token(
+                idp.user_token("bob", audience=idp.agent.client_id, extra_claims={"uti": "d6"})
+            )
+            with pytest.raises(TokenAcquisitionError) as info:
+                chain.get_token(mcp_scope(idp), caller=caller)
+    finally:
+        server.status = 503
+    if expected == "outage":
+        assert isinstance(info.value, SourceUnavailable), info.value
+    else:
+        assert isinstance(info.value, EntraError), info.value
+        assert info.value.code is not None
+        assert info.value.code.code == 500011

@@ -279,6 +279,24 @@ def test_while_the_provider_throttles_a_token_is_served_to_its_own_expiry() -> N
     with pytest.raises(Throttled):
         cache.get_or_acquire("k", throttled)
 
+    # A later failure of another kind brings the skew back.
+    again = TokenCache(clock=clock)
+    clock.offset = 0
+    again.get_or_acquire("k", lambda: result("t1"))
+    clock.offset = 3400
+    assert again.get_or_acquire("k", throttled).token == "t1"  # type: ignore[union-attr]
+    assert again.wait_refreshes(10)
+    clock.offset = 3500  # the retry is due: refused for good this time
+
+    def refused_now() -> TokenResult:
+        raise EntraError("refused")
+
+    assert again.get_or_acquire("k", refused_now).token == "t1"  # type: ignore[union-attr]
+    assert again.wait_refreshes(10)
+    clock.offset = 3580
+    with pytest.raises(EntraError):
+        again.get_or_acquire("k", refused_now)
+
     # Any other failure (the user's consent revoked, a bad credential) keeps the skew.
     other = TokenCache(clock=clock)
     clock.offset = 0

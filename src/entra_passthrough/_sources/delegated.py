@@ -71,6 +71,7 @@ from ._base import result_from_msal, unreachable
 from .obo import credential_from_env
 
 if TYPE_CHECKING:
+    from .._caller import Caller
     from .managed_identity import ManagedIdentity
 
 logger = logging.getLogger("entra_passthrough.consent")
@@ -152,10 +153,28 @@ _Step = _Grants | _Pause | _Redeem
 _MAX_UNCERTAIN = 1024
 
 
-def _account(tid: str | None, oid: str | None) -> str:
-    """A short digest of an account (tenant and object id, without regard to case): what a
-    cache partition and the mismatch check compare, without carrying the ids themselves."""
-    return sha256_hex(f"{(tid or '').lower()}:{(oid or '').lower()}")[:16]
+def _named_account(key: UserKey, caller: Caller | None) -> tuple[str, str] | None:
+    """The account a platform user's request names in its token (tenant and object id, lower
+    case, either may be empty), or ``None`` when it names none or the key is not a platform
+    one. Unverified: only ever compared with the account that consented under the id."""
+    if key.kind != "platform" or caller is None:
+        return None
+    claims = caller.claims
+    if claims is None:
+        return None
+    tid, oid = (claims.tid or "").lower(), (claims.oid or "").lower()
+    return (tid, oid) if tid or oid else None
+
+
+def _named_digest(named: tuple[str, str]) -> str:
+    """A short digest of a named account: what a cache partition carries, not the ids."""
+    return sha256_hex(f"{named[0]}:{named[1]}")[:16]
+
+
+def _same_account(named: tuple[str, str], grant: StoredGrant) -> bool:
+    """Whether every part of the account a request names is the grant's."""
+    tid, oid = named
+    return (not tid or tid == grant.tid.lower()) and (not oid or oid == grant.oid.lower())
 
 
 class DelegatedConsent:
@@ -304,11 +323,12 @@ class DelegatedConsent:
         if key is None:
             return None
         partition = (self.name, self.client.client_id, self.client.tenant_id, key.hashed)
-        if key.expected_oid is not None:
+        named = _named_account(key, request.caller)
+        if named is not None:
             # A platform user whose request also names an account: a token cached for the
             # account the grant belongs to is never served to a request naming another one
             # (``_decide`` refuses that mismatch; the cache must not bypass it).
-            return (*partition, _account(key.expected_tid, key.expected_oid))
+            return (*partition, _named_digest(named))
         return partition
 
     def explain(self, request: TokenRequest) -> str:
@@ -618,9 +638,8 @@ class DelegatedConsent:
                     key, scopes, "no consent is stored for this user", claims=request.claims
                 )
             grant, version = found
-            if key.expected_oid is not None and _account(grant.tid, grant.oid) != _account(
-                key.expected_tid, key.expected_oid
-            ):
+            named = _named_account(key, request.caller)
+            if named is not None and not _same_account(named, grant):
                 raise self._another_account(key, scopes)
             now = time.time()
             if self._abandoned(grant.lease_owner):
