@@ -698,7 +698,14 @@ class GuardedHttpClient:
                 ):
                     self.throttle.answered(authority, key)
                     if method == "POST" and _is_token_request(data):
-                        return self._oauth_answer(response, status, body)
+                        definite = False
+                        if status >= 500:
+                            # A 501/505/5xx not retried: still an answer when its body names a
+                            # definite code (as a retryable 5xx's is), else an outage.
+                            body = _json_body(response)
+                            code = code_in_body(body) if body is not None else None
+                            definite = code is not None and is_answer(code)
+                        return self._oauth_answer(response, status, body, definite=definite)
                     return response
                 wait = retry_after_seconds(getattr(response, "headers", None) or {})
                 if wait is not None and wait <= 0:

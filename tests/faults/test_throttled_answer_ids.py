@@ -244,6 +244,8 @@ def test_a_5xx_that_names_a_definite_answer_is_that_answer_on_obo(
         # is not a retryable status), never "Entra refused the token request".
         (501, {"error": "server_error", "error_description": "gateway says no"}, "outage"),
         (520, {"error": "server_error"}, "outage"),
+        # A 5xx that is not retried is still an answer when it names a definite code.
+        (501, {"error": "invalid_resource", "error_codes": [500011]}, "refusal"),
         # A definite answer never comes with a token served from it.
         (
             500,
