@@ -478,13 +478,13 @@ def require_entra_auth(
         vt: VerifiedToken | None = None
         if len(authorization_values(scope)) > 1:
             error = TokenVerificationError("the request has more than one Authorization header.")
-        elif malformed_authorization(scope):
-            error = _malformed()
         elif bearer is not None:
             try:
                 vt = await verifier.verify_async(bearer)
             except TokenVerificationError as err:
                 error = err
+        elif malformed_authorization(scope):  # only for a request without a usable bearer
+            error = _malformed()
         if vt is None and scope["type"] == "websocket":
             # Closing before accept makes the server answer the handshake with 403.
             await send({"type": "websocket.close", "code": 1008})

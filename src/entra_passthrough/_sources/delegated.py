@@ -61,7 +61,7 @@ from .._grants import (
     check_scopes,
     seal_revoke_ticket,
 )
-from .._jwt import fingerprint, sha256_hex
+from .._jwt import fingerprint
 from .._l2 import renew_until, renew_until_sync
 from .._msal import http_session
 from .._store import Keyring, MemoryStore, TokenStore
@@ -164,11 +164,6 @@ def _named_account(key: UserKey, caller: Caller | None) -> tuple[str, str] | Non
         return None
     tid, oid = (claims.tid or "").lower(), (claims.oid or "").lower()
     return (tid, oid) if tid or oid else None
-
-
-def _named_digest(named: tuple[str, str]) -> str:
-    """A short digest of a named account: what a cache partition carries, not the ids."""
-    return sha256_hex(f"{named[0]}:{named[1]}")[:16]
 
 
 def _same_account(named: tuple[str, str], grant: StoredGrant) -> bool:
@@ -328,7 +323,7 @@ class DelegatedConsent:
             # A platform user whose request also names an account: a token cached for the
             # account the grant belongs to is never served to a request naming another one
             # (``_decide`` refuses that mismatch; the cache must not bypass it).
-            return (*partition, _named_digest(named))
+            return (*partition, *named)
         return partition
 
     def explain(self, request: TokenRequest) -> str:
