@@ -703,8 +703,7 @@ class GuardedHttpClient:
                             # A 501/505/5xx not retried: still an answer when its body names a
                             # definite code (as a retryable 5xx's is), else an outage.
                             body = _json_body(response)
-                            code = code_in_body(body) if body is not None else None
-                            definite = code is not None and is_answer(code)
+                            definite = body is not None and _names_answer(answer_ids(body))
                         return self._oauth_answer(response, status, body, definite=definite)
                     return response
                 wait = retry_after_seconds(getattr(response, "headers", None) or {})
@@ -720,13 +719,7 @@ class GuardedHttpClient:
                     # Entra's 429/5xx carry the code (AADSTS90033...) and the request's ids:
                     # what Microsoft support asks for during an outage.
                     ids = answer_ids(error_body)
-                code = ids.get("aadsts")
-                if (
-                    status in RETRYABLE_STATUSES
-                    and not throttled
-                    and code is not None
-                    and is_answer(code)
-                ):
+                if status in RETRYABLE_STATUSES and not throttled and _names_answer(ids):
                     # A 5xx whose body names a definite AADSTS answer is the same on every retry
                     # (App Service's managed identity endpoint answers an unknown resource with
                     # HTTP 500 + AADSTS500011, as MSAL notes): it goes back as an answer, is not
@@ -1211,11 +1204,18 @@ def _is_timeout_shallow(exc: BaseException) -> bool:
     return "Timeout" in type(exc).__name__ or isinstance(exc, TimeoutError)
 
 
+def _names_answer(ids: Mapping[str, Any]) -> bool:
+    """Whether a 5xx body's code (``answer_ids``) is a definite answer, not an outage
+    (``_aadsts.is_answer``)."""
+    code = ids.get("aadsts")
+    return code is not None and is_answer(code)
+
+
 def answer_ids(body: Mapping[str, Any]) -> dict[str, Any]:
     """The AADSTS code and request ids of a 429/5xx answer's body, as ``TransportFailure``
-    keywords: the code only in range (``code_in_body``), the ids only when they are short
-    identifiers (``safe_word``, as ``error_from_entra`` keeps them). The body may be a proxy's:
-    nothing else of it is kept, no description, no free text."""
+    keywords: the code only in range (``code_in_body``), the ids only when they look like
+    request ids (``safe_request_id``, as ``error_from_entra`` keeps them). The body may be a
+    proxy's: nothing else of it is kept, no description, no free text."""
     ids: dict[str, Any] = {}
     code = code_in_body(body)
     if code is not None:
