@@ -544,7 +544,7 @@ class DelegatedConsent:
             correlation_id=correlation_id,
         )
 
-    def _another_account(self, key: UserKey, scopes: Sequence[str]) -> TokenAcquisitionError:
+    def _another_account(self, scopes: Sequence[str]) -> TokenAcquisitionError:
         # The platform user id is trusted as far as the platform's ingress is; a request whose
         # token names another account than the one that consented under that id is either a
         # header that did not come from the ingress or a token of someone else: never served.
@@ -635,7 +635,7 @@ class DelegatedConsent:
             grant, version = found
             named = _named_account(key, request.caller)
             if named is not None and not _same_account(named, grant):
-                raise self._another_account(key, scopes)
+                raise self._another_account(scopes)
             now = time.time()
             if self._abandoned(grant.lease_owner):
                 # Our own lease, from a write whose answer we did not get: nothing runs under
