@@ -16,15 +16,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from _support.otel import export_spans_to
 from _support.servers import serve_in_thread
 from entra_passthrough import (
     Caller,
@@ -47,14 +45,7 @@ ONCE = Timeouts(connect=2.0, read=5.0, deadline=20.0, retries=0)
 
 @pytest.fixture(scope="module", autouse=True)
 def _tracer() -> None:
-    # The global provider can be set once per process: add to an SDK provider already there.
-    current = trace.get_tracer_provider()
-    if isinstance(current, TracerProvider):
-        current.add_span_processor(SimpleSpanProcessor(SPANS))
-    else:
-        provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(SPANS))
-        trace.set_tracer_provider(provider)
+    export_spans_to(SPANS)
 
 
 def _failed_span() -> dict[str, Any]:

@@ -10,13 +10,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from _support.otel import export_spans_to
 from entra_passthrough import Caller, OnBehalfOf, TokenChain, _otel
 from entra_passthrough.testing import EntraEmulator
 
@@ -25,14 +23,7 @@ SPANS = InMemorySpanExporter()
 
 @pytest.fixture(scope="module", autouse=True)
 def _tracer() -> None:
-    # The global provider can be set once per process: add to an SDK provider already there.
-    current = trace.get_tracer_provider()
-    if isinstance(current, TracerProvider):
-        current.add_span_processor(SimpleSpanProcessor(SPANS))
-    else:
-        provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(SPANS))
-        trace.set_tracer_provider(provider)
+    export_spans_to(SPANS)
 
 
 @pytest.fixture

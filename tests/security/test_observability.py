@@ -14,10 +14,9 @@ import pytest
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from _support.otel import export_spans_to
 from _support.servers import serve_in_thread
 from entra_passthrough import (
     Caller,
@@ -41,13 +40,7 @@ READER = InMemoryMetricReader()
 def _providers() -> None:
     # The global providers can be set once per process: reuse an SDK provider already there
     # (the hygiene harness sets one), else install ours.
-    current = trace.get_tracer_provider()
-    if isinstance(current, TracerProvider):
-        current.add_span_processor(SimpleSpanProcessor(SPANS))
-    else:
-        provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(SPANS))
-        trace.set_tracer_provider(provider)
+    export_spans_to(SPANS)
     if not isinstance(metrics.get_meter_provider(), MeterProvider):
         metrics.set_meter_provider(MeterProvider(metric_readers=[READER]))
 
