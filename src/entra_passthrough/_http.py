@@ -705,7 +705,7 @@ class GuardedHttpClient:
                             body = _json_body(response)
                             definite = body is not None and _names_answer(answer_ids(body))
                         return self._oauth_answer(response, status, body, definite=definite)
-                    return response
+                    return _without_tokens(response, status)
                 wait = retry_after_seconds(getattr(response, "headers", None) or {})
                 if wait is not None and wait <= 0:
                     # "Retry-After: 0", or an HTTP date already past (a server clock behind
@@ -728,7 +728,7 @@ class GuardedHttpClient:
                     self.throttle.answered(authority, key)
                     if method == "POST" and _is_token_request(data):
                         return self._oauth_answer(response, status, error_body, definite=True)
-                    return response
+                    return _without_tokens(response, status, error_body)
                 if status not in RETRYABLE_STATUSES:
                     # A success whose body is not a JSON object (cut short, or a proxy's page):
                     # retried like a reset. MSAL never sees it, so it never logs it (its parser
@@ -821,10 +821,9 @@ class GuardedHttpClient:
         if definite and status >= 500:
             # A 5xx whose body names a definite AADSTS answer: MSAL's token client raises
             # "HTTP Error" on any 5xx before reading its body, so the code, its fix and the
-            # request ids would be lost. Handed over as the OAuth error it is (400), never with
-            # a token beside the error (no error answer carries one).
-            error_only = {k: v for k, v in fixed.items() if k not in _TOKEN_FIELDS}
-            return OAuthAnswer(response, json.dumps(error_only), status_code=400)
+            # request ids would be lost. Handed over as the OAuth error it is (400), without a
+            # token beside the error (``oauth_error_body`` drops it from any error status).
+            return OAuthAnswer(response, json.dumps(fixed), status_code=400)
         if fixed is body:
             return response
         return OAuthAnswer(response, json.dumps(fixed))
@@ -908,7 +907,8 @@ def oauth_error_body(body: dict[str, Any], status: int) -> dict[str, Any]:
     only short identifiers and a redacted first line of them: ``_errors.error_from_entra``),
     except a description that is not a string (dropped) and, for an ``error`` that was an object
     (``{"code", "message"}``) without a description beside it, its ``message`` as the
-    description, so that an AADSTS code in it is still decoded.
+    description, so that an AADSTS code in it is still decoded, and on an error status any
+    token field (``_TOKEN_FIELDS``: dropped).
     """
     fixed: dict[str, Any] | None = None
     success = 200 <= status < 300
@@ -929,6 +929,11 @@ def oauth_error_body(body: dict[str, Any], status: int) -> dict[str, Any]:
     if "error_description" in body and not isinstance(body["error_description"], str):
         fixed = fixed if fixed is not None else dict(body)
         del fixed["error_description"]
+    if not success and not _TOKEN_FIELDS.isdisjoint(body):
+        # An error status with a token beside it: MSAL reads ``access_token`` whatever the
+        # status. No error answer of Entra's carries one; served, a gateway's or a proxy's body
+        # would become a bearer token. Handed over without it.
+        fixed = {k: v for k, v in (fixed or body).items() if k not in _TOKEN_FIELDS}
     return fixed if fixed is not None else body
 
 
@@ -1238,6 +1243,21 @@ def _json_body(response: Any) -> dict[str, Any] | None:
     except Exception:  # ValueError, a text that cannot be decoded, no .text at all
         return None
     return body if isinstance(body, dict) else None
+
+
+def _without_tokens(response: Any, status: int, body: Any = _UNREAD) -> Any:
+    """A non-token-request answer (a managed identity endpoint's, a discovery document) as MSAL
+    may read it: an error status never with a token in its body. MSAL's managed identity client
+    returns the ``access_token`` of an App Service answer whatever its status (HTTP 400, 500,
+    501 beside an error): an error status whose body carries a token goes over without it."""
+    if 200 <= status < 300:
+        return response
+    if body is _UNREAD:
+        body = _json_body(response)
+    if body is None or _TOKEN_FIELDS.isdisjoint(body):
+        return response
+    kept = {k: v for k, v in body.items() if k not in _TOKEN_FIELDS}
+    return OAuthAnswer(response, json.dumps(kept))
 
 
 def _is_token_request(data: Any) -> bool:

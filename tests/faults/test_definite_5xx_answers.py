@@ -27,6 +27,7 @@ from entra_passthrough import (
     Policy,
     SourceUnavailable,
     Timeouts,
+    TokenAcquisitionError,
     TokenChain,
 )
 from entra_passthrough._http import GuardedHttpClient, Throttle, TransportFailure
@@ -183,3 +184,53 @@ def test_guarded_client_returns_definite_answers_and_retries_the_rest(
                 assert seen[name] - before == 1 + FAST.retries
     finally:
         client.close()
+
+
+# ---- an error status never yields a token ------------------------------------------------
+
+#: A token beside an error: no answer of Entra's or of a managed identity endpoint carries one,
+#: but MSAL's App Service client returns ``access_token`` whatever the status.
+TOKEN_BESIDE = {
+    "access_token": "eyJhbGciOiJub25lIn0.eyJ4IjoxfQ.bm90LWEtdG9rZW4",
+    "token_type": "Bearer",
+    "resource": "api://x",
+}
+
+
+@pytest.mark.parametrize(
+    ("status", "message"),
+    [
+        (400, "AADSTS500011: The resource principal named api://x was not found."),
+        (500, "AADSTS500011: The resource principal named api://x was not found."),
+        (501, "AADSTS500011: The resource principal named api://x was not found."),
+        (403, "the identity is not assigned to this resource"),
+    ],
+)
+def test_managed_identity_error_status_with_a_token_beside_it_is_never_served(
+    status: int, message: str
+) -> None:
+    hits: Counter[str] = Counter()
+    body = {
+        "statusCode": status,
+        "message": message,
+        "expires_on": "9999999999",
+        **TOKEN_BESIDE,
+    }
+
+    async def answer(_request: Request) -> Response:
+        hits["msi"] += 1
+        return Response(json.dumps(body), status_code=status, media_type="application/json")
+
+    app = Starlette(routes=[Route("/msi/token", answer, methods=["GET"])])
+    with serve_in_thread(app, name="msi-token-beside") as base:
+        mi = ManagedIdentity(endpoint=f"{base}/msi/token", header="not-a-secret", timeouts=FAST)
+        made = TokenChain([mi], policy=Policy.APP_ONLY)
+        try:
+            with pytest.raises(TokenAcquisitionError) as info:
+                made.get_token(["api://x/.default"])
+        finally:
+            made.close()
+    assert TOKEN_BESIDE["access_token"] not in f"{info.value} {info.value!r}"
+    if "AADSTS" in message:
+        assert isinstance(info.value, EntraError), info.value
+        assert hits["msi"] == 1  # a definite answer: not retried

@@ -186,3 +186,22 @@ def test_oauth_error_body_keeps_sane_bodies_and_usable_fields() -> None:
     # A suberror that is no word is dropped, the rest kept.
     odd = {**entra, "suberror": {"x": 1}}
     assert oauth_error_body(odd, 400) == {k: v for k, v in entra.items() if k != "suberror"}
+
+
+def test_oauth_error_body_never_keeps_a_token_beside_an_error_status() -> None:
+    # MSAL reads ``access_token`` whatever the status: an error status's token is dropped (the
+    # consent app's ``OAuthBodies`` and the guarded layer both hand MSAL this body).
+    from entra_passthrough._http import oauth_error_body
+
+    fields = {"access_token": "a", "refresh_token": "r", "id_token": "i", "client_info": "c"}
+    entra = {"error": "invalid_grant", "error_codes": [50013], **fields}
+    assert oauth_error_body(entra, 400) == {"error": "invalid_grant", "error_codes": [50013]}
+    success_shaped = {"token_type": "Bearer", "expires_in": 60, **fields}
+    for status in (302, 401, 403, 500):
+        fixed = oauth_error_body(success_shaped, status)
+        assert not set(fields) & set(fixed), status
+        assert fixed["error"] in ("invalid_request", "server_error")
+    odd = {"error": {"code": "x"}, **fields}
+    assert not set(fields) & set(oauth_error_body(odd, 400))
+    token = {"token_type": "Bearer", "expires_in": 60, **fields}
+    assert oauth_error_body(token, 200) is token  # a success keeps its token

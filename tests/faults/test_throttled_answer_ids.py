@@ -243,6 +243,22 @@ def test_a_5xx_that_names_a_definite_answer_is_that_answer_on_obo(
             {"error": "invalid_resource", "error_codes": [500011], "access_token": "eyJ.e30.x"},
             "refusal",
         ),
+        # Nor an error status of any kind: MSAL reads a 4xx body's access_token as a token.
+        (
+            400,
+            {"error": "invalid_resource", "error_codes": [500011], "access_token": "eyJ.e30.x"},
+            "refusal",
+        ),
+        (
+            401,
+            {"access_token": "eyJ.e30.x", "token_type": "Bearer", "expires_in": 3600},
+            "refused",
+        ),
+        (
+            403,
+            {"error": "", "access_token": "eyJ.e30.x", "token_type": "Bearer", "expires_in": 60},
+            "refused",
+        ),
     ],
 )
 def test_only_a_definite_5xx_is_an_answer_and_never_a_token(
@@ -265,6 +281,8 @@ def test_only_a_definite_5xx_is_an_answer_and_never_a_token(
         server.status = 503
     if expected == "outage":
         assert isinstance(info.value, SourceUnavailable), info.value
+    elif expected == "refused":
+        assert "eyJ.e30.x" not in f"{info.value} {info.value!r}"
     else:
         assert isinstance(info.value, EntraError), info.value
         assert info.value.code is not None
