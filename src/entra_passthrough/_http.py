@@ -234,8 +234,8 @@ class TransportFailure(Exception):
             what = f"{peer}'s answer was not valid JSON (cut short, or a proxy's page)"
         elif self.kind == "page":
             what = (
-                f"HTTP {self.status} came back without {peer}'s OAuth error body (a page from "
-                "a proxy, firewall or gateway on the way?)"
+                f"HTTP {self.status} came back without {peer}'s JSON error body (a page from "
+                "a proxy, firewall or gateway on the way, or another server at that address?)"
             )
         elif self.kind == "deadline":
             what = f"the acquisition's deadline passed before {peer} answered"
@@ -691,11 +691,11 @@ class GuardedHttpClient:
                 status = int(getattr(response, "status_code", 0) or 0)
                 body: Any = _UNREAD
                 ids: dict[str, Any] = {}
-                if method == "POST" and 200 <= status < 300:
+                if 200 <= status < 300:
+                    # Every answer MSAL asks for through this layer is a JSON object: a token,
+                    # a managed identity endpoint's token, a discovery document.
                     body = _json_body(response)
-                if status not in RETRYABLE_STATUSES and not (
-                    method == "POST" and 200 <= status < 300 and body is None
-                ):
+                if status not in RETRYABLE_STATUSES and not (200 <= status < 300 and body is None):
                     self.throttle.answered(authority, key)
                     if method == "POST" and _is_token_request(data):
                         definite = False
@@ -705,7 +705,7 @@ class GuardedHttpClient:
                             body = _json_body(response)
                             definite = body is not None and _names_answer(answer_ids(body))
                         return self._oauth_answer(response, status, body, definite=definite)
-                    return _without_tokens(response, status)
+                    return self._other_answer(response, status, body)
                 wait = retry_after_seconds(getattr(response, "headers", None) or {})
                 if wait is not None and wait <= 0:
                     # "Retry-After: 0", or an HTTP date already past (a server clock behind
@@ -728,7 +728,7 @@ class GuardedHttpClient:
                     self.throttle.answered(authority, key)
                     if method == "POST" and _is_token_request(data):
                         return self._oauth_answer(response, status, error_body, definite=True)
-                    return _without_tokens(response, status, error_body)
+                    return self._other_answer(response, status, error_body)
                 if status not in RETRYABLE_STATUSES:
                     # A success whose body is not a JSON object (cut short, or a proxy's page):
                     # retried like a reset. MSAL never sees it, so it never logs it (its parser
@@ -827,6 +827,33 @@ class GuardedHttpClient:
         if fixed is body:
             return response
         return OAuthAnswer(response, json.dumps(fixed))
+
+
+    def _other_answer(self, response: Any, status: int, body: Any) -> Any:
+        """A managed identity endpoint's (or a discovery document's) answer as MSAL may read
+        it. An error status whose body is no JSON object (an HTML page, text, a list, nothing)
+        is no answer of the endpoint's: ``TransportFailure("page")`` with the status, not
+        retried (MSAL's ``json.loads`` raised ``JSONDecodeError``, an error with no status and
+        no fix), except a challenge (``WWW-Authenticate``: Azure Arc's 401 names its key file
+        there, with no body).
+
+        An error status never carries a token: MSAL's managed identity client returns the
+        ``access_token`` of an App Service answer whatever its status (HTTP 400, 500, 501
+        beside an error), so one whose body has a token goes over without it."""
+        if 200 <= status < 300:
+            return response
+        if body is _UNREAD:
+            body = _json_body(response)
+        if body is None:
+            headers = getattr(response, "headers", None) or {}
+            if "www-authenticate" in headers or "WWW-Authenticate" in headers:
+                return response
+            _close_quietly(response)
+            raise TransportFailure("page", status=status, peer=self.peer)
+        if _TOKEN_FIELDS.isdisjoint(body):
+            return response
+        kept = {k: v for k, v in body.items() if k not in _TOKEN_FIELDS}
+        return OAuthAnswer(response, json.dumps(kept))
 
 
 class OAuthBodies:
@@ -1243,21 +1270,6 @@ def _json_body(response: Any) -> dict[str, Any] | None:
     except Exception:  # ValueError, a text that cannot be decoded, no .text at all
         return None
     return body if isinstance(body, dict) else None
-
-
-def _without_tokens(response: Any, status: int, body: Any = _UNREAD) -> Any:
-    """A non-token-request answer (a managed identity endpoint's, a discovery document) as MSAL
-    may read it: an error status never with a token in its body. MSAL's managed identity client
-    returns the ``access_token`` of an App Service answer whatever its status (HTTP 400, 500,
-    501 beside an error): an error status whose body carries a token goes over without it."""
-    if 200 <= status < 300:
-        return response
-    if body is _UNREAD:
-        body = _json_body(response)
-    if body is None or _TOKEN_FIELDS.isdisjoint(body):
-        return response
-    kept = {k: v for k, v in body.items() if k not in _TOKEN_FIELDS}
-    return OAuthAnswer(response, json.dumps(kept))
 
 
 def _is_token_request(data: Any) -> bool:

@@ -234,3 +234,47 @@ def test_managed_identity_error_status_with_a_token_beside_it_is_never_served(
     if "AADSTS" in message:
         assert isinstance(info.value, EntraError), info.value
         assert hits["msi"] == 1  # a definite answer: not retried
+
+
+# ---- an answer that is not the endpoint's JSON ------------------------------------------
+
+PAGE = "<html><body>Welcome to nginx</body></html>"
+
+
+@pytest.mark.parametrize(
+    ("status", "text", "failure", "requests"),
+    [
+        # An error status with a page: an answer (another server, a proxy), not retried.
+        (404, PAGE, "HTTP 404 page", 1),
+        (403, "", "HTTP 403 page", 1),
+        (400, "[1, 2]", "HTTP 400 page", 1),
+        # A success that is no JSON object: retried as a reset, then "not JSON".
+        (200, PAGE, "not JSON", 1 + FAST.retries),
+        (200, '["eyJ.e30.x"]', "not JSON", 1 + FAST.retries),
+    ],
+)
+def test_managed_identity_answer_that_is_no_json_object_is_typed_with_a_fix(
+    status: int, text: str, failure: str, requests: int
+) -> None:
+    # MSAL's json.loads raised JSONDecodeError (or AttributeError on a list): an error named
+    # after an exception type, with no status and no fix.
+    hits: Counter[str] = Counter()
+
+    async def answer(_request: Request) -> Response:
+        hits["msi"] += 1
+        return Response(text, status_code=status, media_type="text/html")
+
+    app = Starlette(routes=[Route("/msi/token", answer, methods=["GET"])])
+    with serve_in_thread(app, name="msi-page") as base:
+        mi = ManagedIdentity(endpoint=f"{base}/msi/token", header="not-a-secret", timeouts=FAST)
+        made = TokenChain([mi], policy=Policy.APP_ONLY)
+        try:
+            with pytest.raises(SourceUnavailable) as info:
+                made.get_token(["api://x/.default"])
+        finally:
+            made.close()
+    error = info.value
+    assert error.failure == failure, str(error)
+    assert "IDENTITY_ENDPOINT" in str(error.fix)
+    assert hits["msi"] == requests
+    assert "eyJ.e30.x" not in f"{error} {error!r}"

@@ -311,7 +311,9 @@ def test_a_page_instead_of_an_oauth_error_names_the_status_and_what_to_check(
 
 def test_only_token_requests_are_read_as_oauth_answers(idp: EntraEmulator, bad: BadAnswers) -> None:
     """A managed identity endpoint's answers (no ``grant_type``) go back as they came: their
-    sources read their own error shapes."""
+    sources read their own error shapes. A page is no answer of theirs either (MSAL's
+    ``json.loads`` raised), except a challenge: Azure Arc's 401 names its key file in
+    ``WWW-Authenticate``, with no body."""
     bad.hits = 0
     bad.answer = (400, JSON, {"error": {"code": "ManagedIdentityNotFound", "message": "m"}})
     session = requests.Session()
@@ -329,7 +331,11 @@ def test_only_token_requests_are_read_as_oauth_answers(idp: EntraEmulator, bad: 
         with pytest.raises(TransportFailure) as info:
             client.post(bad.url, data={"grant_type": "client_credentials"})
         assert (info.value.kind, info.value.status) == ("page", 403)
-        assert client.post(bad.url, data={"resource": "r"}).status_code == 403
-        assert bad.hits == 4
+        with pytest.raises(TransportFailure) as info:
+            client.post(bad.url, data={"resource": "r"})
+        assert (info.value.kind, info.value.status) == ("page", 403)
+        bad.answer = (401, {"WWW-Authenticate": "Basic realm=/var/opt/key"}, "")
+        assert client.post(bad.url, data={"resource": "r"}).status_code == 401
+        assert bad.hits == 5
     finally:
         client.close()

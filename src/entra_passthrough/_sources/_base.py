@@ -106,6 +106,16 @@ PAGE_FIX = (
 )
 
 
+#: The fix for a managed identity endpoint answered by a page instead of its JSON.
+_MI_PAGE_FIX = (
+    "check what answers at the managed identity endpoint from this process: IDENTITY_ENDPOINT "
+    "(App Service, Container Apps, Functions), MSI_ENDPOINT or the IMDS address "
+    "169.254.169.254 (VMs, AKS) must be the host's own endpoint, not another server on that "
+    "address; and an HTTP proxy must not take these requests (NO_PROXY must name "
+    "169.254.169.254 and the endpoint's host)."
+)
+
+
 #: The fix for a managed identity endpoint that failed or did not answer (not Entra: the host's).
 _MI_TRANSIENT_FIX = (
     "nothing to configure if it is transient (the request was retried with backoff); if it "
@@ -171,7 +181,7 @@ def unreachable(
                 f"{what} failed: {exc.describe()}.",
                 source=source,
                 scopes=scopes,
-                fix=PAGE_FIX,
+                fix=_MI_PAGE_FIX if what.startswith("managed identity") else PAGE_FIX,
                 **named,
             )
         return SourceUnavailable(
