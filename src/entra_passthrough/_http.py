@@ -828,7 +828,6 @@ class GuardedHttpClient:
             return response
         return OAuthAnswer(response, json.dumps(fixed))
 
-
     def _other_answer(self, response: Any, status: int, body: Any) -> Any:
         """A managed identity endpoint's (or a discovery document's) answer as MSAL may read
         it. An error status whose body is no JSON object (an HTML page, text, a list, nothing)
