@@ -155,10 +155,19 @@ def _jwts(match: re.Match[str]) -> str:
 
 def _opaque(match: re.Match[str]) -> str:
     value = match.group(0)
-    # A URL path or a dotted name is not a secret; a run with both letters and digits is.
-    if value.count("/") > 2 or not any(c.isdigit() for c in value):
+    # A URL path or a dotted name is not a secret; a run with both letters and digits is. A
+    # URL's port starts the run after "host:" ("57143/.well-known/oauth-protected-resource"):
+    # its digits alone do not make the path a secret.
+    if value.count("/") > 2:
+        return value
+    port = _PORT_PATH.match(value)
+    rest = value[port.end() :] if port is not None else value
+    if not any(c.isdigit() for c in rest):
         return value
     return REDACTED
+
+
+_PORT_PATH = re.compile(r"\d{1,5}/")
 
 
 def scrub(exc: BaseException) -> BaseException:

@@ -22,6 +22,11 @@ from entra_passthrough._redact import REDACTED, redact
         ("GET https://keys.contoso.com/k?BARE-KEY", "BARE-KEY"),
         ("GET https://keys.contoso.com/k?a=1&BARE-KEY&b=2", "BARE-KEY"),
         ('HTTP Request: GET https://u:p@h/k?api-key=K1 "HTTP/1.1 200 OK"', "K1"),
+        # After a port, a path segment that is itself opaque is still redacted.
+        (
+            "GET https://h:8443/k/Zq9vT3xw8Lr2mN5pQ7sU1yB4cE6gH0jKaB3dE5fG7h",
+            "Zq9vT3xw8Lr2mN5pQ7sU1yB4cE6gH0jKaB3dE5fG7h",
+        ),
     ],
 )
 def test_a_key_in_a_url_is_redacted(text: str, secret: str) -> None:
@@ -37,6 +42,11 @@ def test_a_key_in_a_url_is_redacted(text: str, secret: str) -> None:
         "GET https://graph.microsoft.com/v1.0/me?$select=displayName",
         "cache key: abc, token: expired",
         "a question? and a # mark",
+        # A port and a path (MCP's resource metadata, the request that fails when a resource
+        # URL is wrong): the port's digits do not make the path a secret.
+        'HTTP Request: GET https://127.0.0.1:57143/.well-known/oauth-protected-resource "HTTP/1.1'
+        ' 404 Not Found"',
+        "GET https://mcp.contoso.com:8443/.well-known/oauth-authorization-server",
     ],
 )
 def test_what_is_not_a_secret_stays_readable(text: str) -> None:
