@@ -41,7 +41,13 @@ from typing import Any
 
 from . import __version__, _env
 from ._docs import see
-from ._errors import GUID, ConfigurationError, EntraPassthroughError, error_from_entra
+from ._errors import (
+    GUID,
+    ConfigurationError,
+    EntraPassthroughError,
+    SourceUnavailable,
+    error_from_entra,
+)
 from ._jwt import fingerprint
 
 __all__ = ["Check", "main", "run"]
@@ -459,17 +465,28 @@ class Doctor:
             identity = ManagedIdentity.from_env(self.env)
             try:
                 identity.token_for_resource(audience)
+            except SourceUnavailable as exc:
+                if self.names_an_endpoint():
+                    raise
+                # No endpoint variable: IMDS was asked, and whatever answered there (nothing,
+                # or another server's page) says this is no Azure host with an identity: the
+                # doctor's fix says that, not the error's (check the endpoint's address).
+                return False, _explain(exc)[0], self.managed_identity_fix()
             finally:
                 identity.close()
             return True, f"{identity!r} gave a token for {audience}", ""
 
         self.guard("managed identity", probe, fallback_fix=self.managed_identity_fix())
 
+    def names_an_endpoint(self) -> bool:
+        """Whether a variable names the host's managed identity endpoint (else IMDS is asked)."""
+        return any(
+            _get(self.env, v) for v in ("IDENTITY_ENDPOINT", "MSI_ENDPOINT", "IMDS_ENDPOINT")
+        )
+
     def managed_identity_fix(self) -> str:
         """What a managed identity failure usually needs, for the host the variables name."""
-        if not any(
-            _get(self.env, v) for v in ("IDENTITY_ENDPOINT", "MSI_ENDPOINT", "IMDS_ENDPOINT")
-        ):
+        if not self.names_an_endpoint():
             where = (
                 "no managed identity endpoint is set (IDENTITY_ENDPOINT, MSI_ENDPOINT), so the "
                 "instance metadata service (IMDS) was asked: this check passes only on an "
