@@ -26,7 +26,8 @@ unmodified:
 
 Selection, as Entra's hosts do it: no selector means the host's **system-assigned** identity
 (IMDS: or the only user-assigned one when there is no system-assigned identity, the documented
-VM behaviour); a selector names a user-assigned identity; two selectors are an error.
+VM behaviour); a selector names a user-assigned identity by the one identifier its parameter
+carries (``_SELECTOR_FIELDS``); two selectors are an error.
 """
 
 from __future__ import annotations
@@ -87,6 +88,24 @@ class _NoIdentity(Exception):
         self.verbatim = verbatim
 
 
+#: The identifier each selector parameter is compared with. Azure's hosts read each parameter as
+#: one kind of id: ``client_id`` (2017-09-01: ``clientid``) the client (application) id,
+#: ``object_id`` / ``principal_id`` the object (principal) id, ``mi_res_id`` (IMDS:
+#: ``msi_res_id``) the ARM resource id
+#: (https://learn.microsoft.com/azure/app-service/overview-managed-identity#rest-endpoint-reference,
+#: https://learn.microsoft.com/entra/identity/managed-identities-azure-resources/how-to-use-vm-token).
+#: An id of another kind, or the identity's name, matches nothing: a misconfigured
+#: ``AZURE_CLIENT_ID`` holding an object id must fail here as it fails in Azure.
+_SELECTOR_FIELDS = {
+    "client_id": "client_id",
+    "clientid": "client_id",
+    "object_id": "object_id",
+    "principal_id": "object_id",
+    "mi_res_id": "resource_id",
+    "msi_res_id": "resource_id",
+}
+
+
 def select_identity(
     rt: Runtime, selectors: dict[str, str], *, host: str
 ) -> ManagedIdentityPrincipal:
@@ -100,7 +119,8 @@ def select_identity(
     world = rt.world
     if given:
         kind, value = next(iter(given.items()))
-        mi = world.identity(value)
+        field = _SELECTOR_FIELDS[kind]
+        mi = next((m for m in world.managed_identities if getattr(m, field) == value), None)
         if mi is None or mi.system_assigned:
             raise _NoIdentity(f"No user-assigned managed identity matches the {kind}.")
         return mi
