@@ -201,8 +201,11 @@ class AssertionMalformed(AssertionNotUsable):
 class AppOnlyAssertion(AssertionNotUsable):
     def __init__(self, *, source: str | None = None, scopes: Sequence[str] = ()) -> None:
         super().__init__(
-            "The caller's token is app-only (no user, 'roles' but no 'scp'); on-behalf-of "
-            "needs a user token (AADSTS7000114). The token was not sent.",
+            # An app's token carries 'roles' only when the app was granted some: the text
+            # names what every app-only token lacks, not what some have.
+            "The caller's token is app-only (no delegated scopes 'scp': an app's token, no "
+            "signed-in user); on-behalf-of needs a user token (AADSTS7000114). The token was "
+            "not sent.",
             source=source,
             scopes=scopes,
             aadsts=7000114,

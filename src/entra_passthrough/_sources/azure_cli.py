@@ -313,6 +313,11 @@ class AzureCli:
         fix = None
         if code == 65001 and AZURE_CLI_CLIENT_ID in text:
             fix = preauthorize_fix(scopes, tool=self.tool)
+        elif code == 50020:
+            # The table's fix (make the app multi-tenant, ENTRA_PASSTHROUGH_ALLOWED_TENANTS) is
+            # for an app of the user's own: the CLI's client is Microsoft's, and the CLI signs
+            # in to the tenant it is asked for.
+            fix = self._other_tenant_fix()
         return EntraError(
             # The CLI's own text (its stderr): redacted and bounded, it may echo anything.
             f"{self.tool} could not get a token: {safe_text(text)}",
@@ -320,6 +325,27 @@ class AzureCli:
             scopes=scopes,
             aadsts=code,
             fix=fix,
+        )
+
+    def _other_tenant_fix(self) -> str:
+        """AADSTS50020 from the CLI: the signed-in account is not in the tenant asked for."""
+        tenant = self.tenant_id or "<tenant id>"
+        login = (
+            f"az login --tenant {tenant}"
+            if self.tool == "az"
+            else f"azd auth login --tenant-id {tenant}"
+        )
+        where = (
+            f"the tenant this source asks for ({self.tenant_id}: tenant_id= / "
+            "ENTRA_PASSTHROUGH_AZ_TENANT_ID)"
+            if self.tenant_id
+            else "the tenant the CLI asked for (its default)"
+        )
+        return (
+            f"the account signed in to {self.tool} is not a member or guest of {where}: sign in "
+            f"with an account of that tenant ({login}), have the account invited there as a "
+            "guest, or set ENTRA_PASSTHROUGH_AZ_TENANT_ID (tenant_id=) to a tenant the account "
+            "is in (unset: the CLI's own default)"
         )
 
     @classmethod

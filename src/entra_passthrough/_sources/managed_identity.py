@@ -29,6 +29,7 @@ with no selector every host answers with the *system-assigned* identity, so ``On
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -64,7 +65,7 @@ from .._http import (
 )
 from .._msal import NullTokenCache, WorkerPool
 from .._types import IdentityKind, TokenRequest, TokenResult
-from ._base import result_from_msal, unreachable
+from ._base import _raised_in, result_from_msal, unreachable
 
 logger = logging.getLogger("entra_passthrough.managed_identity")
 
@@ -159,6 +160,10 @@ _HOST_VARIABLES = {
 }
 
 
+#: The variable holding each host's identity endpoint URL.
+_ENDPOINT_VARIABLES = {"machine_learning": "MSI_ENDPOINT", "cloud_shell": "MSI_ENDPOINT"}
+
+
 def _unsupported_selector(host: str, kind: str) -> tuple[str, str]:
     """(message, fix) for a selector the host cannot carry."""
     carried = SELECTORS_BY_HOST[host]
@@ -250,6 +255,68 @@ def _msal_refused(
         scopes=scopes,
         fix=fix,
     )
+
+
+#: The fields of an identity endpoint's JSON error body kept for a message: the hosts' own
+#: (App Service ``statusCode``/``message``, IMDS and Container Apps ``error``/
+#: ``error_description``). Never a token field.
+_ERROR_FIELDS = ("error", "error_description", "message")
+
+
+class _Answers:
+    """The identity endpoint's HTTP client (the guarded one) as MSAL is given it, remembering
+    per thread the status of the last answer and the text fields of an error answer's JSON body.
+
+    MSAL rewords the answers it parses: App Service's error as "<statusCode>, <message>"
+    ("None, None" for an ``{"error", "error_description"}`` body), and an IMDS body with neither
+    a token nor ``error`` comes back with no status at all. What the host said is read here
+    instead. The guarded client has already dropped any token field from an error answer."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self._local = threading.local()
+
+    def forget(self) -> None:
+        self._local.answer = None
+
+    def last(self) -> tuple[int, dict[str, str]] | None:
+        """(HTTP status, the error body's text fields) of this thread's last answer."""
+        answer: tuple[int, dict[str, str]] | None = getattr(self._local, "answer", None)
+        return answer
+
+    def get(self, *args: Any, **kwargs: Any) -> Any:
+        return self._remember(self.client.get(*args, **kwargs))
+
+    def post(self, *args: Any, **kwargs: Any) -> Any:
+        return self._remember(self.client.post(*args, **kwargs))
+
+    def close(self) -> None:
+        self.client.close()
+
+    def _remember(self, response: Any) -> Any:
+        status = int(getattr(response, "status_code", 0) or 0)
+        fields: dict[str, str] = {}
+        if status >= 300:
+            try:
+                body = json.loads(getattr(response, "text", "") or "")
+            except (TypeError, ValueError):
+                body = None
+            if isinstance(body, dict):
+                fields = {
+                    k: body[k][:2000]
+                    for k in _ERROR_FIELDS
+                    if isinstance(body.get(k), str) and body[k].strip()
+                }
+        self._local.answer = (status, fields)
+        return response
+
+
+def _host_said(status: int, fields: Mapping[str, str]) -> str:
+    """An identity endpoint's error as MSAL words App Service's ("<status>, <text>", which
+    ``error_from_entra`` shows as "HTTP <status>. It said: ..."), from the body's own fields."""
+    text = fields.get("error_description") or fields.get("message") or ""
+    said = ": ".join(part for part in (fields.get("error"), text) if part)
+    return f"{status}, {said}"
 
 
 class _NoHttpCache(dict[str, Any]):
@@ -368,6 +435,7 @@ class ManagedIdentity:
         self._http_client = http_client
         self._owns_http = http_client is None
         self._guarded: GuardedHttpClient | None = None
+        self._answers: _Answers | None = None
         # Service Fabric: (endpoint, thumbprint) and the guarded certificate-pinning session.
         self._fabric: tuple[tuple[str, str], GuardedHttpClient] | None = None
         self._pool = WorkerPool(max_workers=max_workers, name=f"entra-{name}")
@@ -501,6 +569,7 @@ class ManagedIdentity:
             if self._guarded is not None:
                 self._guarded.close()  # closes the session it created
                 self._guarded = None
+                self._answers = None
             if self._http_client is not None:
                 self._http_client.close()
                 self._http_client = None
@@ -609,6 +678,9 @@ class ManagedIdentity:
         resource = scope_to_resource(scopes)
         self.check_host(scopes)  # the environment may have changed since construction
         host = self.host
+        answers = self._answers
+        if answers is not None:
+            answers.forget()  # this thread's previous request answered something else
         try:
             started = time.time()  # expires_in counts from issuance: _base.result_from_msal
             with deadline(self.timeouts.deadline):
@@ -642,20 +714,61 @@ class ManagedIdentity:
                     "-aG himds <user>), or of the 'Hybrid agent extension applications' group or "
                     "the administrators on Windows.",
                 ) from None
+            if isinstance(exc, (ValueError, TypeError)) and _raised_in(
+                exc, "msal.managed_identity"
+            ):
+                # MSAL's int() of the answer's expires_on / expires_in: a 200 with a token
+                # whose expiry is not a number, which no platform endpoint sends.
+                raise SourceUnavailable(
+                    f"The managed identity endpoint ({host}) answered with a token whose expiry "
+                    "(expires_on / expires_in) is not a number: not an answer the platform's "
+                    "identity endpoint gives. The token was not used.",
+                    source=self.name,
+                    scopes=scopes,
+                    failure="malformed token answer",
+                    fix=self._not_the_endpoint_fix(host),
+                ) from None
             raise unreachable(
                 exc,
                 what=f"managed identity token request ({host})",
                 source=self.name,
                 scopes=scopes,
             ) from None
+        answer = self._answers.last() if self._answers is not None else None
         if not isinstance(response, dict) or (
             "access_token" not in response and not response.get("error")
         ):
+            # IMDS's body is handed back as it came: one with neither a token nor "error" (a
+            # 404 while IMDS updates, another server at its address) said nothing MSAL reads.
+            status, fields = answer if answer is not None else (0, {})
+            said = fields.get("error_description") or fields.get("message")
             raise SourceUnavailable(
-                f"The managed identity endpoint ({host}) answered without a token.",
+                f"The managed identity endpoint ({host}) answered"
+                + (f" HTTP {status}" if status else "")
+                + " without a token or an error code."
+                + (f" It said: {safe_text(said, 300)}" if said else ""),
                 source=self.name,
                 scopes=scopes,
+                failure=f"HTTP {status}" if status else "no token",
+                fix=(
+                    "IMDS answers 404 while it is being updated: nothing to configure if a "
+                    "retry in a minute works; if it persists, "
+                    if host == "imds" and status == 404
+                    else ""
+                )
+                + self._not_the_endpoint_fix(host),
             )
+        if (
+            host in ("app_service", "machine_learning")
+            and response.get("error")
+            and answer is not None
+            and answer[0] >= 400
+            and answer[1]
+        ):
+            # MSAL words these hosts' errors itself: App Service's as "<statusCode>,
+            # <message>" ("None, None" for an {"error", "error_description"} body), Machine
+            # Learning's as the body's repr. The host's own words, with the HTTP status.
+            response = {**response, "error_description": _host_said(*answer)}
         if response.get("error") and first_code(response) is None:
             # MSAL rewords the hosts' error bodies ("500, AADSTS500011: ..." for App Service,
             # the body's text for Machine Learning and Service Fabric) and azure-identity's
@@ -678,13 +791,21 @@ class ManagedIdentity:
             )
         selector = self.selector
         variables = _HOST_VARIABLES[host]  # ``self.host``: app_service when an endpoint is given
-        identity = (
-            f"that the user-assigned identity ({selector[0]} {selector[1]}) is assigned to this "
-            "host (Identity > User assigned)"
-            if selector
-            else "that the host's system-assigned identity is enabled (Identity > System "
-            "assigned), or select a user-assigned identity assigned to it (AZURE_CLIENT_ID)"
-        )
+        if selector:
+            identity = (
+                f"that the user-assigned identity ({selector[0]} {selector[1]}) is assigned to "
+                "this host (Identity > User assigned)"
+            )
+        elif host == "cloud_shell":
+            # Cloud Shell's identity is the signed-in user's; a selector is refused there.
+            identity = "that you are signed in to Cloud Shell (its token is the signed-in user's)"
+        elif not SELECTORS_BY_HOST[host]:
+            identity = "that the application has a managed identity in the cluster"
+        else:
+            identity = (
+                "that the host's system-assigned identity is enabled (Identity > System "
+                "assigned), or select a user-assigned identity assigned to it (AZURE_CLIENT_ID)"
+            )
         return result_from_msal(
             response,
             kind=IdentityKind.APP,
@@ -692,8 +813,29 @@ class ManagedIdentity:
             scopes=scopes,
             who=f"The managed identity endpoint ({host})",
             started=started,
-            fix=(f"check {variables} (the host sets them), " if variables else "check ")
+            fix=(
+                f"check {variables} (the host sets {'them' if ' and ' in variables else 'it'}), "
+                if variables
+                else "check "
+            )
             + f"{identity}, and that the resource exists",
+        )
+
+    def _not_the_endpoint_fix(self, host: str) -> str:
+        """The fix for an answer the platform's identity endpoint does not give: something else
+        answers at its address, or rewrote the answer on the way."""
+        if self.endpoint is not None:
+            where = "the endpoint (IDENTITY_ENDPOINT, or endpoint=)"
+        elif host == "imds":
+            where = (
+                "the IMDS address (AZURE_POD_IDENTITY_AUTHORITY_HOST if set, else 169.254.169.254)"
+            )
+        else:
+            where = f"the endpoint in {_ENDPOINT_VARIABLES.get(host, 'IDENTITY_ENDPOINT')}"
+        return (
+            f"check that {where} is the platform's own identity endpoint as the host sets it, "
+            "with no other server or sidecar answering at that address, and that no HTTP proxy "
+            "takes these requests (NO_PROXY must name 169.254.169.254 and the endpoint's host)."
         )
 
     def _request(self, host: str, resource: str) -> dict[str, Any]:
@@ -746,12 +888,16 @@ class ManagedIdentity:
         return result
 
     def _session(self) -> Any:
-        """The guarded client every MSAL request of this source goes through."""
-        if self._guarded is None:
-            self._guarded = GuardedHttpClient(
-                self._http_client, timeouts=self.timeouts, throttle=self._throttle, peer=_PEER
-            )
-        return self._guarded
+        """The guarded client every MSAL request of this source goes through (wrapped to read
+        what the endpoint answered: ``_Answers``)."""
+        with self._lock:  # one of each: _fetch reads the answers MSAL's requests went through
+            if self._guarded is None:
+                self._guarded = GuardedHttpClient(
+                    self._http_client, timeouts=self.timeouts, throttle=self._throttle, peer=_PEER
+                )
+            if self._answers is None or self._answers.client is not self._guarded:
+                self._answers = _Answers(self._guarded)
+            return self._answers
 
     def _service_fabric(self, resource: str) -> dict[str, Any]:
         """Service Fabric through the guarded layer too (timeouts, deadline, retries,
@@ -868,6 +1014,17 @@ class ManagedIdentity:
                 "IDENTITY_ENDPOINT is set without IDENTITY_HEADER (App Service / Container Apps "
                 "set both) or IMDS_ENDPOINT (Azure Arc sets both).",
                 fix="set IDENTITY_HEADER as well, or unset IDENTITY_ENDPOINT.",
+            )
+        if header is not None and endpoint is None:
+            # MSAL would go to IMDS (169.254.169.254), which App Service and Container Apps do
+            # not have: every request would fail as an unreachable endpoint, with no word of
+            # the missing variable. The header's value is a secret: never shown.
+            raise ConfigurationError(
+                "IDENTITY_HEADER is set without IDENTITY_ENDPOINT (App Service, Functions and "
+                "Container Apps set both): the request would go to IMDS instead, which this "
+                "host may not have.",
+                fix="set IDENTITY_ENDPOINT as well (the host's identity endpoint URL), or unset "
+                "IDENTITY_HEADER on a host that has none (a VM or AKS node: IMDS).",
             )
         # The reliability variables, as every Entra source reads them; without any, the
         # managed identity's own defaults (a 10 s read, 4 workers: a local endpoint).

@@ -15,6 +15,7 @@ from .._aadsts import describe
 from .._checks import whole_number
 from .._credential import AppCredential, app_credential
 from .._errors import (
+    GUID,
     AppOnlyAssertion,
     AssertionAudienceMismatch,
     AssertionExpired,
@@ -520,35 +521,67 @@ def check_no_reserved_scopes(scopes: Sequence[str], *, source: str) -> None:
         )
 
 
+def _resource_key(resource: str) -> tuple[str, bool]:
+    """(key, known) of a scope's resource: an app's client id GUID and its ``api://<GUID>``
+    App ID URI are one resource (Entra resolves both to the app; the emulator does too), so
+    both key to the GUID (``known``). Any other App ID URI may be some app's, of whatever
+    GUID: only the tenant knows, so it keys to its own text (``known`` False)."""
+    key = resource.rstrip("/").lower()
+    guid = key.removeprefix("api://")
+    if GUID.fullmatch(guid):
+        return guid, True
+    return key, False
+
+
 def scope_refusal(scopes: Sequence[str], *, own_client_id: str) -> tuple[int, str] | None:
     """(AADSTS code, why) when Entra refuses these delegated scopes whatever the token, so that
     the request is never sent (https://learn.microsoft.com/entra/identity-platform/scopes-oidc):
     ``.default`` combined with the same resource's named scopes (AADSTS70011), scopes of more
     than one resource (AADSTS28000), or the app asking for itself by its App ID URI
     ``api://<own client id>`` (AADSTS90009; the client id GUID form is what Entra accepts, and
-    on-behalf-of is for a *downstream* API)."""
-    resources: dict[str, list[str]] = {}
+    on-behalf-of is for a *downstream* API).
+
+    A resource is one whichever way it is spelled: ``<GUID>`` and ``api://<GUID>`` are the
+    same app. An App ID URI of another form (``https://contoso.com/api``) may be the App ID
+    URI of one of the GUIDs asked for: with one such URI beside one GUID nothing is refused
+    as AADSTS28000 here, and Entra decides."""
+    own_uri = f"api://{own_client_id}".lower()
+    #: key -> [(the resource as this scope spells it, the permission)]
+    resources: dict[str, list[tuple[str, str]]] = {}
+    guids = 0
     for scope in scopes:
         if scope.lower() in _OIDC_SCOPES:
             continue
         resource, _, permission = scope.rpartition("/")
         if not resource:
             continue  # a bare scope (User.Read: Microsoft Graph's)
-        resources.setdefault(resource.rstrip("/").lower(), []).append(permission)
-    for resource, permissions in resources.items():
+        key, known = _resource_key(resource)
+        if key not in resources:
+            resources[key] = []
+            guids += known
+        resources[key].append((resource.rstrip("/").lower(), permission))
+    for asked in resources.values():
+        permissions = [permission for _, permission in asked]
         if ".default" in permissions and len(set(permissions)) > 1:
+            spelled = next(r for r, permission in asked if permission == ".default")
             return 70011, (
-                f"'{resource}/.default' is combined with named scopes of the same resource "
+                f"'{spelled}/.default' is combined with named scopes of the same resource "
                 f"({', '.join(p for p in permissions if p != '.default')[:120]}); .default "
                 "stands for every configured permission and cannot be mixed with them"
             )
-        if resource == f"api://{own_client_id}".lower():
+        if any(r == own_uri for r, _ in asked):
             return 90009, (
-                f"The scopes ask for the OBO app itself by its App ID URI ({resource}); "
+                f"The scopes ask for the OBO app itself by its App ID URI ({own_uri}); "
                 "on-behalf-of is for the downstream API"
             )
-    if len(resources) > 1:
-        return 28000, f"The scopes name {len(resources)} resources; one token is for one resource"
+    uris = len(resources) - guids
+    # Two GUIDs are two apps, and two other App ID URIs are taken as two. One GUID beside one
+    # other URI may be one app (the URI its App ID URI): Entra's to answer.
+    if guids > 1 or uris > 1:
+        named = ", ".join(asked[0][0] for asked in resources.values())
+        return 28000, (
+            f"The scopes name more than one resource ({named[:200]}); one token is for one resource"
+        )
     return None
 
 
