@@ -28,9 +28,17 @@ logger = logging.getLogger("entra_passthrough.consent")
 
 #: Entra refresh tokens live up to 90 days (sliding); a grant unused that long is dead anyway.
 GRANT_TTL = 90 * 24 * 3600.0
-#: A platform-id -> (tid, oid) binding outlives grants: signing out must not let the platform id
-#: be bound to someone else afterwards.
-BINDING_TTL = 400 * 24 * 3600.0
+#: A platform-id -> (tid, oid) binding never expires (``None``: no TTL). Signing out must not let
+#: the platform id be bound to someone else afterwards, and neither may memory pressure: Redis'
+#: ``volatile-*`` maxmemory policies evict only keys that have an expiry
+#: (https://redis.io/docs/latest/develop/reference/eviction/), so under ``volatile-lru`` (Azure
+#: Cache for Redis' default) a binding with a TTL went before the shared cache's tokens. The
+#: cost: one small record per platform user and consent app, kept until an operator deletes it
+#: (docs/consent.md names the key).
+BINDING_TTL: float | None = None
+#: In a binding's record: written without a TTL. One without it (an earlier version wrote
+#: bindings with a 400-day TTL) is rewritten once, without one, when it is next read.
+_NO_TTL_MARK = "persist"
 _MAX_SCOPES = 20
 _MAX_SCOPE_CHARS = 256
 #: The longest sealed link ticket the broker accepts (every parameter of its requests is bounded
@@ -147,7 +155,7 @@ class BlockingStore:
         return entry
 
     async def put(
-        self, key: str, value: bytes, *, ttl: float, expect: str | AnyVersion | None = ANY
+        self, key: str, value: bytes, *, ttl: float | None, expect: str | AnyVersion | None = ANY
     ) -> str | None:
         version: str | None = self.store.put(key, value, ttl=ttl, expect=expect)
         return version
@@ -236,7 +244,7 @@ class GrantStore:
         return plain, entry.version, not self.keyring.sealed_with_current(sealed)
 
     async def _put(
-        self, key: str, plain: bytes, *, ttl: float, expect: str | AnyVersion | None = ANY
+        self, key: str, plain: bytes, *, ttl: float | None, expect: str | AnyVersion | None = ANY
     ) -> str | None:
         sealed = self.keyring.seal("store", plain, aad=key.encode()).encode("ascii")
         return await self._call(self.store.put(key, sealed, ttl=ttl, expect=expect))
@@ -278,7 +286,8 @@ class GrantStore:
         """The (tid, oid) a platform user is bound to. A binding sealed with an older key is
         re-sealed with the current one (compare-and-set on its version), so it stays readable
         once the old key is dropped: a binding is written once, and one that no longer opens
-        would refuse its user's every sign-in (it exists: ``bind`` cannot replace it)."""
+        would refuse its user's every sign-in (it exists: ``bind`` cannot replace it). One an
+        earlier version wrote with a TTL is rewritten without one (``BINDING_TTL``)."""
         key = _BINDING + _app_id(self.client_id, key_hash)
         found = await self._get_sealed(key)
         if found is None:
@@ -287,15 +296,17 @@ class GrantStore:
                 return None
             # A binding from before bindings were per app: copied to this app's key (once;
             # best effort, the next read tries again), so it keeps constraining the sign-in.
-            plain = legacy[0]
+            data = json.loads(legacy[0])
             with contextlib.suppress(Exception):
-                await self._put(key, plain, ttl=BINDING_TTL, expect=None)
+                await self._put(key, _binding(data), ttl=BINDING_TTL, expect=None)
         else:
             plain, version, stale = found
-            if stale:
-                with contextlib.suppress(Exception):  # best effort: the next read tries again
-                    await self._put(key, plain, ttl=BINDING_TTL, expect=version)
-        data = json.loads(plain)
+            data = json.loads(plain)
+            if stale or data.get(_NO_TTL_MARK) is not True:
+                # Re-sealed with the current key, and without the TTL an earlier version gave
+                # it (evictable); best effort: the next read tries again.
+                with contextlib.suppress(Exception):
+                    await self._put(key, _binding(data), ttl=BINDING_TTL, expect=version)
         return str(data["tid"]), str(data["oid"])
 
     async def bind(self, key_hash: str, tid: str, oid: str) -> bool:
@@ -305,7 +316,7 @@ class GrantStore:
         per-app one does, never let the platform user be bound to another account."""
         if await self._call(self.store.get(_LEGACY_BINDING + key_hash)) is not None:
             return False
-        plain = json.dumps({"tid": tid, "oid": oid}).encode()
+        plain = _binding({"tid": tid, "oid": oid})
         key = _BINDING + _app_id(self.client_id, key_hash)
         version = await self._put(key, plain, ttl=BINDING_TTL, expect=None)
         return version is not None
@@ -335,6 +346,13 @@ class GrantStore:
         """``True`` the first time only: a state is single-use until it expires."""
         version = await self._call(self.store.put(_USED + state_id, b"1", ttl=ttl, expect=None))
         return version is not None
+
+
+def _binding(data: Mapping[str, Any]) -> bytes:
+    """A binding's record: its (tid, oid), marked as written without a TTL."""
+    return json.dumps(
+        {"tid": str(data["tid"]), "oid": str(data["oid"]), _NO_TTL_MARK: True}
+    ).encode()
 
 
 def _cannot_open(keyring: Keyring, value: bytes) -> None:

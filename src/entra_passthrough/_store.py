@@ -21,6 +21,7 @@ import base64
 import binascii
 import heapq
 import hmac
+import math
 import os
 import secrets
 import threading
@@ -72,7 +73,10 @@ class TokenStore(Protocol):
     """What a grant store backend implements (memory, Redis...).
 
     Keys are already hashed and values already encrypted by the caller; a backend never needs
-    to understand them. Every write takes a TTL in seconds. ``expect`` makes a write atomic:
+    to understand them. Every write takes a TTL in seconds, or ``None``: the record never
+    expires and must not be evicted before records that do (a platform user's binding, whose
+    loss would let the platform user be bound to another account). ``expect`` makes a write
+    atomic:
     ``ANY`` (unconditional), ``None`` (only if absent) or a version (only if unchanged).
     ``put`` returns the new version, or ``None`` when the condition failed; ``delete`` returns
     whether it deleted something.
@@ -86,7 +90,7 @@ class TokenStore(Protocol):
     async def get(self, key: str) -> Entry | None: ...
 
     async def put(
-        self, key: str, value: bytes, *, ttl: float, expect: str | AnyVersion | None = ANY
+        self, key: str, value: bytes, *, ttl: float | None, expect: str | AnyVersion | None = ANY
     ) -> str | None: ...
 
     async def delete(self, key: str, *, expect: str | AnyVersion = ANY) -> bool: ...
@@ -97,8 +101,10 @@ class MemoryStore:
 
     When full, the entry that expires soonest goes first (like Redis' ``volatile-ttl``): the
     short-lived sign-in records go before 90-day grants, so a flood of sign-in starts cannot
-    push users' grants out. Thread-safe (one lock, no awaits under it), so sync and async
-    users can share it. Replicas in *different* processes need a shared backend (Redis).
+    push users' grants out. Entries written with ``ttl=None`` (bindings) never expire and go
+    only after every entry that does (size ``max_entries`` for them too: one per platform
+    user). Thread-safe (one lock, no awaits under it), so sync and async users can share it.
+    Replicas in *different* processes need a shared backend (Redis).
 
     >>> source = DelegatedConsent(..., store=MemoryStore(max_entries=50_000), keyring=keys)
     """
@@ -154,10 +160,10 @@ class MemoryStore:
             return None if item is None else Entry(item[0], item[1])
 
     async def put(
-        self, key: str, value: bytes, *, ttl: float, expect: str | AnyVersion | None = ANY
+        self, key: str, value: bytes, *, ttl: float | None, expect: str | AnyVersion | None = ANY
     ) -> str | None:
-        if ttl <= 0:
-            raise ValueError("ttl must be positive")
+        if ttl is not None and not ttl > 0:
+            raise ValueError("ttl must be positive (or None: no expiry)")
         with self._lock:
             now = time.monotonic()
             item = self._live(key, now)
@@ -166,8 +172,10 @@ class MemoryStore:
                 if current != expect:
                     return None
             version = secrets.token_hex(8)
-            self._data[key] = (bytes(value), version, now + ttl)
-            heapq.heappush(self._heap, (now + ttl, key, version))
+            # No expiry sorts after every expiry: evicted last, as with Redis' volatile-ttl.
+            expires = math.inf if ttl is None else now + ttl
+            self._data[key] = (bytes(value), version, expires)
+            heapq.heappush(self._heap, (expires, key, version))
             self._evict(now, limit=self._max)
             return version
 

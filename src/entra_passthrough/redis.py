@@ -4,8 +4,11 @@ It stays a dumb backend, as ``TokenStore`` asks: the keys it gets are already ha
 values already sealed (AES-GCM) by ``GrantStore`` / ``SharedTokenCache``, so a scan of the
 keyspace shows no token, refresh token, user id, tenant id or UPN. What it adds:
 
-* **TTLs** on every key (``PX``), so Redis drops what expired, and ``volatile-ttl`` eviction
-  picks short-lived records first if memory runs out.
+* **TTLs** on every key (``PX``) but platform users' bindings, so Redis drops what expired,
+  and ``volatile-ttl`` eviction picks short-lived records first if memory runs out. A binding
+  has no TTL, so that no ``volatile-*`` policy evicts it (its loss would let a forwarded consent
+  link bind the chat user to another account); under an ``allkeys-*`` policy, which can evict
+  it, the store logs a warning once (``INFO memory``).
 * **Compare-and-set** in one server-side script: a value is stored as ``<version>.<sealed>``
   and ``put(expect=version)`` / ``delete(expect=version)`` compare and write atomically. That is
   what keeps a replica from overwriting a newer refresh token with an older one and what makes
@@ -115,16 +118,25 @@ if type(cur) == 'table' and cur.err then
   cur = 'wrong type'
 end
 """
+# ttl in ms '0': no expiry (a binding). A SET without PX also drops a TTL the key had, so
+# rewriting a binding an earlier version wrote with one makes it persistent.
+_SET_RECORD: Final = """
+local function set_record(value, ttl)
+  if ttl == '0' then return redis.call('SET', KEYS[1], value) end
+  return redis.call('SET', KEYS[1], value, 'PX', ttl)
+end
+"""
 # KEYS[1]; ARGV: new version, sealed value, ttl in ms. Write only if absent (or malformed:
 # SET replaces a key of any type).
 _PUT_ABSENT: Final = (
-    _GET_RECORD
+    _SET_RECORD
+    + _GET_RECORD
     + f"""
 if cur then
   if string.sub(cur, 1, 17) == ARGV[1] .. '.' then return 1 end
   if string.find(cur, '{_RECORD_LUA}') then return false end
 end
-redis.call('SET', KEYS[1], ARGV[1] .. '.' .. ARGV[2], 'PX', ARGV[3])
+set_record(ARGV[1] .. '.' .. ARGV[2], ARGV[3])
 return 1
 """
 )
@@ -132,13 +144,14 @@ return 1
 # Compare-and-set: write only if the current version is the expected one (or is already the
 # new one: this very write, re-sent).
 _CAS_PUT: Final = (
-    _GET_RECORD
+    _SET_RECORD
+    + _GET_RECORD
     + """
 if not cur then return false end
 cur = string.sub(cur, 1, 17)
 if cur == ARGV[2] .. '.' then return 1 end
 if cur ~= ARGV[1] .. '.' then return false end
-redis.call('SET', KEYS[1], ARGV[2] .. '.' .. ARGV[3], 'PX', ARGV[4])
+set_record(ARGV[2] .. '.' .. ARGV[3], ARGV[4])
 return 1
 """
 )
@@ -155,8 +168,9 @@ _HEX: Final = frozenset(b"0123456789abcdefABCDEF")
 _CA_FILE_VAR: Final = "ENTRA_PASSTHROUGH_REDIS_CA_FILE"
 
 
-def _describe(exc: BaseException) -> tuple[str, str]:
-    """(what happened, what to do) for a Redis failure; never echoes the URL or a password."""
+def _describe(exc: BaseException, acl_extra: str = "") -> tuple[str, str]:
+    """(what happened, what to do) for a Redis failure; never echoes the URL or a password.
+    ``acl_extra``: the commands the store's URL options need besides (``_acl_extra``)."""
     if isinstance(exc, (*_TOKEN_ERRORS, _EntraTokenError)):
         return (
             "Microsoft Entra ID gave no token to sign in to Redis",
@@ -170,15 +184,17 @@ def _describe(exc: BaseException) -> tuple[str, str]:
             "check the user/password in the URL (ACL) or, with Entra auth, that the identity "
             "has a Redis data access policy assignment.",
         )
-    if isinstance(exc, NoPermissionError):
+    if isinstance(exc, NoPermissionError) or (isinstance(exc, ResponseError) and _acl_refused(exc)):
         return (
             "Redis' ACL does not allow this command or key",
-            "allow the user +@read +@write +@scripting on the keys ep:* (with the namespace).",
+            f"allow the user +get +set +del +eval +evalsha +script|load +ping{acl_extra} on the "
+            "keys ep:* (with the namespace).",
         )
     if isinstance(exc, OutOfMemoryError):
         return (
             "Redis is full (maxmemory) and refused the write",
-            "raise maxmemory or use maxmemory-policy volatile-ttl (every key we write has a TTL).",
+            "raise maxmemory or use maxmemory-policy volatile-ttl (every key we write but "
+            "platform users' bindings has a TTL).",
         )
     if isinstance(exc, TimeoutError):
         return ("Redis did not answer in time", "check the Redis server's load and network.")
@@ -232,6 +248,8 @@ class RedisStore:
         self._lock = threading.Lock()
         self._warned = False
         self._closed = False  # a store built from a client, closed by aclose(): for good
+        self._acl_extra = _acl_extra(client)
+        self._policy = _PolicyCheck()
 
     def __repr__(self) -> str:
         kwargs = self.client.connection_pool.connection_kwargs
@@ -466,6 +484,7 @@ class RedisStore:
                     fix="build it with RedisStore.from_url or pass sync_client=...",
                 )
             self._sync = SyncRedisStore(self._sync_client(), namespace=self.namespace)
+            self._sync._policy = self._policy  # one check (and warning) for both
         return self._sync
 
     # -- TokenStore ---------------------------------------------------------------------------
@@ -477,29 +496,30 @@ class RedisStore:
         except ResponseError as exc:
             if _wrong_type(exc):
                 return None  # not a record of ours: a miss (a write replaces it)
-            raise _unavailable(exc) from None
+            raise _unavailable(exc, self._acl_extra) from None
         except _STORE_ERRORS as exc:
-            raise _unavailable(exc) from None
+            raise _unavailable(exc, self._acl_extra) from None
+        await self._check_policy(bound)
         return _entry(raw)
 
     async def put(
-        self, key: str, value: bytes, *, ttl: float, expect: str | AnyVersion | None = ANY
+        self, key: str, value: bytes, *, ttl: float | None, expect: str | AnyVersion | None = ANY
     ) -> str | None:
-        if ttl <= 0:
-            raise ValueError("ttl must be positive")
+        ttl_ms = _ttl_ms(ttl)
         bound = await self._bound()
         version = secrets.token_hex(_VERSION_CHARS // 2)
-        ttl_ms = max(1, int(ttl * 1000))
         name = self.namespace + key
         try:
             if isinstance(expect, AnyVersion):
-                done = await bound.client.set(name, version.encode() + b"." + value, px=ttl_ms)
+                record = version.encode() + b"." + value
+                done = await bound.client.set(name, record, px=ttl_ms or None)
             elif expect is None:
                 done = await bound.put_absent(keys=[name], args=[version, value, ttl_ms])
             else:
                 done = await bound.cas_put(keys=[name], args=[expect, version, value, ttl_ms])
         except _STORE_ERRORS as exc:
-            raise _unavailable(exc) from None
+            raise _unavailable(exc, self._acl_extra) from None
+        await self._check_policy(bound)
         return version if done else None
 
     async def delete(self, key: str, *, expect: str | AnyVersion = ANY) -> bool:
@@ -507,10 +527,25 @@ class RedisStore:
         name = self.namespace + key
         try:
             if isinstance(expect, AnyVersion):
-                return bool(await bound.client.delete(name))
-            return bool(await bound.cas_delete(keys=[name], args=[expect]))
+                done = bool(await bound.client.delete(name))
+            else:
+                done = bool(await bound.cas_delete(keys=[name], args=[expect]))
         except _STORE_ERRORS as exc:
-            raise _unavailable(exc) from None
+            raise _unavailable(exc, self._acl_extra) from None
+        await self._check_policy(bound)
+        return done
+
+    async def _check_policy(self, bound: _Bound) -> None:
+        """Once per store, after its first call that worked (a Redis that is down costs no
+        extra wait): warn if Redis may evict a key that has no TTL (``_policy_warning``)."""
+        if not self._policy.claim():
+            return
+        try:
+            info = await bound.client.info("memory")
+        except Exception as exc:  # a diagnostic only: it never fails the call
+            _policy_unknown(exc)
+            return
+        _policy_warning(info)
 
     async def ping(self) -> bool:
         """``True`` if Redis answers (readiness probes); never raises."""
@@ -552,6 +587,8 @@ class SyncRedisStore:
     def __init__(self, client: redis_sync.Redis, *, namespace: str = "") -> None:
         self.client = client
         self.namespace = namespace
+        self._acl_extra = _acl_extra(client)
+        self._policy = _PolicyCheck()
         self._put_absent = client.register_script(_PUT_ABSENT)
         self._cas_put = client.register_script(_CAS_PUT)
         self._cas_delete = client.register_script(_CAS_DELETE)
@@ -570,38 +607,53 @@ class SyncRedisStore:
         except ResponseError as exc:
             if _wrong_type(exc):
                 return None  # not a record of ours: a miss (a write replaces it)
-            raise _unavailable(exc) from None
+            raise _unavailable(exc, self._acl_extra) from None
         except _STORE_ERRORS as exc:
-            raise _unavailable(exc) from None
+            raise _unavailable(exc, self._acl_extra) from None
+        self._check_policy()
         return _entry(raw)
 
     def put(
-        self, key: str, value: bytes, *, ttl: float, expect: str | AnyVersion | None = ANY
+        self, key: str, value: bytes, *, ttl: float | None, expect: str | AnyVersion | None = ANY
     ) -> str | None:
-        if ttl <= 0:
-            raise ValueError("ttl must be positive")
+        ttl_ms = _ttl_ms(ttl)
         version = secrets.token_hex(_VERSION_CHARS // 2)
-        ttl_ms = max(1, int(ttl * 1000))
         name = self.namespace + key
         try:
             if isinstance(expect, AnyVersion):
-                done = self.client.set(name, version.encode() + b"." + value, px=ttl_ms)
+                record = version.encode() + b"." + value
+                done = self.client.set(name, record, px=ttl_ms or None)
             elif expect is None:
                 done = self._put_absent(keys=[name], args=[version, value, ttl_ms])
             else:
                 done = self._cas_put(keys=[name], args=[expect, version, value, ttl_ms])
         except _STORE_ERRORS as exc:
-            raise _unavailable(exc) from None
+            raise _unavailable(exc, self._acl_extra) from None
+        self._check_policy()
         return version if done else None
 
     def delete(self, key: str, *, expect: str | AnyVersion = ANY) -> bool:
         name = self.namespace + key
         try:
             if isinstance(expect, AnyVersion):
-                return bool(self.client.delete(name))
-            return bool(self._cas_delete(keys=[name], args=[expect]))
+                done = bool(self.client.delete(name))
+            else:
+                done = bool(self._cas_delete(keys=[name], args=[expect]))
         except _STORE_ERRORS as exc:
-            raise _unavailable(exc) from None
+            raise _unavailable(exc, self._acl_extra) from None
+        self._check_policy()
+        return done
+
+    def _check_policy(self) -> None:
+        """``RedisStore._check_policy``, blocking (shared with the async store it twins)."""
+        if not self._policy.claim():
+            return
+        try:
+            info = self.client.info("memory")
+        except Exception as exc:  # a diagnostic only: it never fails the call
+            _policy_unknown(exc)
+            return
+        _policy_warning(info)
 
 
 _LOOPBACK: Final = ("127.0.0.1", "localhost", "::1")
@@ -717,8 +769,8 @@ def _check_url(url: str, *, allow_plaintext: bool) -> None:
 
 
 def _check_ca_file(ca_file: str) -> None:
-    """A CA file that cannot be read would fail every connection as "cannot be reached": say so
-    at construction instead, naming the setting."""
+    """A CA file that cannot be read, or holds no certificate (empty, not PEM), would fail every
+    connection as "cannot be reached": say so at construction instead, naming the setting."""
     if not os.path.isfile(ca_file) or not os.access(ca_file, os.R_OK):
         raise ConfigurationError(
             f"the Redis CA file {ca_file!r} (ca_file, {_CA_FILE_VAR}) does not exist or cannot "
@@ -726,6 +778,40 @@ def _check_ca_file(ca_file: str) -> None:
             fix=f"set {_CA_FILE_VAR} to the path of a readable PEM file with the CA that issued "
             "the Redis server's certificate (or unset it to trust the system's CAs).",
         )
+    loaded = False
+    with contextlib.suppress(ssl.SSLError, OSError, ValueError):
+        # What redis-py does with it at every connect; its error text is not repeated.
+        ssl.create_default_context().load_verify_locations(cafile=ca_file)
+        loaded = True
+    if not loaded:
+        raise ConfigurationError(
+            f"the Redis CA file {ca_file!r} (ca_file, {_CA_FILE_VAR}) holds no certificate "
+            "that can be read (it is empty, or not PEM).",
+            fix=f"set {_CA_FILE_VAR} to a PEM file (-----BEGIN CERTIFICATE-----) with the CA "
+            "that issued the Redis server's certificate (or unset it to trust the system's CAs).",
+        )
+
+
+def _acl_refused(exc: ResponseError) -> bool:
+    """Whether Redis refused a command for the ACL without a ``NOPERM`` error: a command denied
+    inside one of our scripts comes back as a plain script error ("The user executing the
+    script can't run this command or subcommand"), which no server log explains."""
+    text = str(exc).lower()
+    return "noperm" in text or "the user executing the script can't" in text
+
+
+def _acl_extra(client: Any) -> str:
+    """The commands the connection options need besides the documented ones: SELECT for a
+    ``db`` other than 0 and CLIENT SETNAME for ``client_name``, both sent at every connect, so
+    without them every call fails as an ACL refusal."""
+    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None) or {}
+    needs = []
+    with contextlib.suppress(TypeError, ValueError):
+        if int(kwargs.get("db") or 0) != 0:
+            needs.append("+select (the URL's db is not 0)")
+    if kwargs.get("client_name"):
+        needs.append("+client|setname (the URL sets client_name)")
+    return "".join(f", {need}" for need in needs)
 
 
 def _certificate_refused(exc: BaseException) -> bool:
@@ -748,8 +834,67 @@ def _option(value: str) -> tuple[str, str]:
     return value.strip().lower(), unquote(value).strip().lower()
 
 
-def _unavailable(exc: BaseException) -> SourceUnavailable:
-    what, fix = _describe(exc)
+def _ttl_ms(ttl: float | None) -> int:
+    """A ``put``'s TTL in milliseconds, ``0`` for none (the scripts' "no expiry")."""
+    if ttl is None:
+        return 0
+    if not ttl > 0:
+        raise ValueError("ttl must be positive (or None: no expiry)")
+    return max(1, int(ttl * 1000))
+
+
+class _PolicyCheck:
+    """Whether a store (with its blocking twin) has read Redis' eviction policy yet."""
+
+    __slots__ = ("_done", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._done = False
+
+    def claim(self) -> bool:
+        """``True`` for the one caller that makes the check."""
+        with self._lock:
+            done, self._done = self._done, True
+            return not done
+
+
+def _policy_warning(info: Any) -> None:
+    """Warn once if Redis, when full, may evict a key without a TTL: a platform user's binding
+    ("first binding wins"), after which a forwarded consent link can bind that chat user to
+    another account. Only ``allkeys-*`` policies do; ``volatile-*`` ones evict only keys with
+    an expiry (https://redis.io/docs/latest/develop/reference/eviction/). ``INFO memory``, not
+    ``CONFIG GET``: managed Redis (Azure) allows the first, not the second."""
+    if not isinstance(info, Mapping):
+        return
+    policy = info.get("maxmemory_policy")
+    if isinstance(policy, bytes):
+        policy = policy.decode("ascii", "replace")
+    if not isinstance(policy, str) or not policy.startswith("allkeys-"):
+        return
+    with contextlib.suppress(TypeError, ValueError):
+        if int(info.get("maxmemory") or 0) == 0:
+            return  # no memory limit: nothing is ever evicted
+    logger.warning(
+        "Redis' maxmemory-policy is %s: when Redis reaches maxmemory it may evict any key, "
+        "including a platform user's binding (after which a forwarded consent link can bind "
+        "that chat user to another account) and consent grants (users are asked to consent "
+        "again). Set maxmemory-policy to volatile-ttl or noeviction (docs/scale-out.md).",
+        policy[:32] if policy.isprintable() else "allkeys-(unprintable)",
+    )
+
+
+def _policy_unknown(exc: BaseException) -> None:
+    """The eviction policy could not be read (the least-privilege ACL has no INFO)."""
+    logger.debug(
+        "Redis' maxmemory-policy could not be read (%s); allow the user +info to have it "
+        "checked, and see docs/scale-out.md for the policy to set.",
+        type(exc).__name__,
+    )
+
+
+def _unavailable(exc: BaseException, acl_extra: str = "") -> SourceUnavailable:
+    what, fix = _describe(exc, acl_extra)
     return SourceUnavailable(f"The shared token store is unavailable: {what}.", fix=fix)
 
 
