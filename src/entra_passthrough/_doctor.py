@@ -139,9 +139,26 @@ def _explain(exc: BaseException) -> tuple[str, str]:
                 "Entra admin center: Enterprise applications > the app > Permissions)."
             ).strip()
         return detail, fix
+    names = {c.__name__ for c in type(exc).__mro__}
+    if names & {"SSLError", "SSLCertVerificationError"}:
+        # requests' SSLError text is urllib3's retry chain, cut mid-word at any bound: what
+        # failed, said once, and the variable that fixes it.
+        return (
+            f"{type(exc).__name__}: the TLS connection to the authority host failed (its "
+            "certificate was not trusted, or TLS could not be agreed)",
+            _TLS_FIX,
+        )
+    if _is_transport_error(exc):
+        return f"{type(exc).__name__}: no answer from the authority host", ""
     # Anything else: its type and first line, bounded (no request echo).
     first = str(exc).splitlines()[0][:200] if str(exc) else ""
     return f"{type(exc).__name__}: {first}", ""
+
+
+_TLS_FIX = (
+    "set ENTRA_PASSTHROUGH_CA_FILE to the CA bundle that signs the authority host's certificate "
+    "(a TLS-inspecting proxy's CA, or the emulator's CA file), or check AZURE_AUTHORITY_HOST."
+)
 
 
 def _from_msal(response: Mapping[str, Any], what: str) -> tuple[bool, str, str]:

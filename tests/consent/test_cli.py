@@ -60,6 +60,14 @@ def test_main_refuses_unsafe_or_broken_setups(
     assert main(["--config", config, "--insecure-http", "--host", "0.0.0.0"]) == 2
     assert "loopback" in capsys.readouterr().err
     assert main(["--config", str(tmp_path / "missing.json"), "--insecure-http"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read the config file" in err
+    assert "missing.json: No such file or directory" in err
+    passwd = tmp_path / "passwd"
+    passwd.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    assert main(["--config", str(passwd), "--insecure-http"]) == 2
+    # Not json's "Expecting value: line 1 column 1 (char 0)": the file, and what it must be.
+    assert "passwd is not JSON (line 1): it must be a JSON object" in capsys.readouterr().err
     bad = tmp_path / "bad.json"
     bad.write_text("[1, 2]")
     assert main(["--config", str(bad), "--insecure-http"]) == 2

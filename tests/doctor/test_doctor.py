@@ -279,6 +279,30 @@ def test_certificate(idp: EntraEmulator, tmp_path: Path) -> None:
     assert_clean([check], "PRIVATE KEY")
 
 
+def test_consent_app_behind_an_untrusted_certificate_says_which_variable(
+    idp: EntraEmulator,
+) -> None:
+    # The consent app's MSAL client is no guarded one: requests' SSLError came through as its
+    # text, urllib3's retry chain cut mid-word ("SSLError: HTTPSConnectionPool(host=...").
+    import base64
+
+    key = base64.urlsafe_b64encode(bytes(range(32))).decode().rstrip("=")
+    env = {
+        **{k: v for k, v in secretless(idp).items() if k != "ENTRA_PASSTHROUGH_CA_FILE"},
+        "ENTRA_PASSTHROUGH_CONSENT_CLIENT_ID": idp.agent.client_id,
+        "ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET": idp.agent.secret or "",
+        "ENTRA_PASSTHROUGH_CONSENT_KEYS": f"k1:{key}",
+        "ENTRA_PASSTHROUGH_CONSENT_BROKER_URL": "https://agent.contoso.com/consent",
+        # Another name for the emulator: no failure the other tests' requests left behind.
+        "AZURE_AUTHORITY_HOST": idp.url.replace("127.0.0.1", "localhost"),
+    }
+    check = by_name(run(env))["consent app"]
+    assert check.status == "fail"
+    assert "HTTPSConnectionPool" not in check.detail
+    assert "certificate was not trusted" in check.detail
+    assert "ENTRA_PASSTHROUGH_CA_FILE" in check.fix
+
+
 def test_consent_app(idp: EntraEmulator) -> None:
     import base64
 

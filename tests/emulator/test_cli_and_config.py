@@ -194,7 +194,12 @@ def test_cli_rejects_a_broken_config(tmp_path: Path, capsys: pytest.CaptureFixtu
     bad = tmp_path / "bad.toml"
     bad.write_text("[[apps]\nname = ")
     assert main(["--config", str(bad)]) == 2
-    assert "cannot load" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "cannot load" in err
+    assert "TOMLDecodeError (" in err
+    assert main(["--config", str(tmp_path / "missing.toml")]) == 2
+    # What happened to the file, not an exception's repr (FileNotFoundError(2, ...)).
+    assert "missing.toml: No such file or directory" in capsys.readouterr().err
 
 
 def test_the_documented_config_example_loads(tmp_path: Path) -> None:

@@ -171,6 +171,23 @@ def test_the_image_pins_agent_framework_foundry() -> None:
     )
 
 
+def _image_env() -> dict[str, str]:
+    """The ``ENV`` lines of the Dockerfile (``ENV A=1 B=2``), as the container gets them."""
+    found: dict[str, str] = {}
+    for line in DOCKERFILE.read_text().splitlines():
+        if line.startswith("ENV "):
+            found.update(pair.split("=", 1) for pair in line[4:].split())
+    return found
+
+
+def test_the_image_gives_its_user_a_writable_state_folder() -> None:
+    # uid 1000 has no passwd entry: with no HOME the agent host's local response store went to
+    # /.agentserver (PermissionError at start outside Foundry, e.g. a `docker run` on a laptop).
+    env = _image_env()
+    assert env.get("HOME", "").startswith("/tmp"), env
+    assert env.get("AGENTSERVER_STATE_ROOT", "").startswith("/tmp/"), env
+
+
 # --- the real start-up ------------------------------------------------------------------------
 
 
@@ -326,3 +343,45 @@ def test_main_starts_as_in_foundry(image_python: Path, tmp_path: Path) -> None:
                 proc.kill()
                 proc.wait(10)
     assert ready, f"main.py did not start (exit {proc.returncode}):\n{log.read_text()[-3000:]}"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("ENTRA_PASSTHROUGH_RELEASE_TESTS") != "1",
+    reason="builds the image's venv: set ENTRA_PASSTHROUGH_RELEASE_TESTS=1",
+)
+def test_main_builds_outside_foundry_with_the_image_environment(
+    image_python: Path, tmp_path: Path
+) -> None:
+    # A `docker run` of the image with its configuration, no Foundry: the host keeps its
+    # responses in the local store, under the image's AGENTSERVER_STATE_ROOT (moved into
+    # tmp_path here, as the Dockerfile's value names a folder of the machine's /tmp).
+    app = tmp_path / "app"
+    app.mkdir()
+    shutil.copy(MAIN, app / "main.py")
+    image = _image_env()
+    root = tmp_path / image["AGENTSERVER_STATE_ROOT"].lstrip("/")
+    env = {
+        **image,
+        "HOME": str(tmp_path / image["HOME"].lstrip("/")),
+        "AGENTSERVER_STATE_ROOT": str(root),
+        "PATH": "/usr/bin:/bin",
+        "MCP_URL": "https://mcp.contoso.com/mcp",
+        "MCP_SCOPE": "api://11111111-1111-1111-1111-111111111111/.default",
+        "AZURE_TENANT_ID": "22222222-2222-2222-2222-222222222222",
+        "ENTRA_PASSTHROUGH_CLIENT_ID": "33333333-3333-3333-3333-333333333333",
+        "ENTRA_PASSTHROUGH_CLIENT_SECRET": "not-a-secret",
+        "HOST_TELEMETRY": "off",
+    }
+    Path(env["HOME"]).mkdir(parents=True)
+    done = subprocess.run(
+        [str(image_python), "-c", "import main; main.create_app(); print('built')"],
+        cwd=app,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["built"]
+    assert root.is_dir()  # the local store is where the image puts it

@@ -213,8 +213,18 @@ def _say(message: str) -> None:
 def main(argv: list[str]) -> int:
     args = parser_for("broker").parse_args(argv)  # defined with the core only (--help works)
     try:
-        with open(args.config, encoding="utf-8") as handle:
-            config = json.load(handle)
+        try:
+            with open(args.config, encoding="utf-8") as handle:
+                config = json.load(handle)
+        except OSError as exc:
+            _say(
+                f"cannot read the config file {args.config}: {exc.strerror or type(exc).__name__}."
+            )
+            return 2
+        except ValueError as exc:  # JSONDecodeError, a file that is not UTF-8
+            where = f" (line {exc.lineno})" if isinstance(exc, json.JSONDecodeError) else ""
+            _say(f"the config file {args.config} is not JSON{where}: it must be a JSON object.")
+            return 2
         if not isinstance(config, dict):
             raise ConfigurationError("the broker config must be a JSON object.")
         trusted = trusted_proxies(config, flag=args.forwarded_allow_ips)

@@ -173,7 +173,13 @@ def main(argv: list[str]) -> int:
         world = World.from_file(config) if config else World.default()
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         # TOMLDecodeError is a ValueError; a file whose top level is not a table, AttributeError
-        sys.stderr.write(f"entra-passthrough emulator: cannot load {config}: {exc!r}\n")
+        # (an OSError says what happened to the file; anything else, which kind of problem)
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else None
+        sys.stderr.write(
+            f"entra-passthrough emulator: cannot load {config}: {why or type(exc).__name__}"
+            + ("" if why else f" ({str(exc)[:200]})")
+            + "\n"
+        )
         return 2
     refusal = _refusal(args.port, args.token_latency, state_file)
     if refusal:
