@@ -54,6 +54,7 @@ from ._store import Keyring, MemoryStore, TokenStore
 from ._types import IdentityKind, TokenRequest, TokenResult, TokenSource
 from ._user_key import UserKey
 from ._verify import JwtVerifier, VerifiedToken
+from ._www_auth import step_up_challenge
 
 __version__ = "0.1.0"
 
@@ -107,5 +108,6 @@ __all__ = [
     "__version__",
     "bind_caller",
     "current_caller",
+    "step_up_challenge",
     "use_token",
 ]

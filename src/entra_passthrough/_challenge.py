@@ -118,11 +118,13 @@ def bearer_challenge(
     error: str | None = None,
     error_description: str | None = None,
     scope: str | None = None,
+    claims: str | None = None,
 ) -> str:
     """Build a ``WWW-Authenticate`` value (RFC 6750 section 3, RFC 9728 section 5.1).
 
     Values are cleaned of quotes, backslashes and non-printable characters so that nothing
-    taken from a request can inject a header.
+    taken from a request can inject a header. ``claims`` is a claims challenge already in
+    base64 (``encode_claims``): kept whole (a cut challenge asks for nothing).
     """
     parts: list[str] = []
     for name, value in (
@@ -134,4 +136,15 @@ def bearer_challenge(
     ):
         if value:
             parts.append(f'{name}="{_UNSAFE.sub("", value)[:300]}"')
+    if claims:
+        parts.append(f'claims="{_UNSAFE.sub("", claims)}"')
     return "Bearer " + ", ".join(parts) if parts else "Bearer"
+
+
+def encode_claims(claims: str) -> str | None:
+    """A claims challenge (JSON text, as Entra's ``claims``) as a ``WWW-Authenticate`` carries
+    it: standard base64 (what MSAL's ``claims_challenge`` clients decode); ``None`` when it is
+    not a JSON object of at most 8 KB (``decode_claims``' bound), which no client could use."""
+    if len(claims) > 6144 or decode_claims(claims) is None:
+        return None
+    return base64.b64encode(claims.encode("utf-8")).decode("ascii")

@@ -11,8 +11,8 @@ import re
 from collections.abc import Sequence
 
 from ._asgi import Scope, Send
-from ._challenge import bearer_challenge
-from ._errors import InsufficientScope, TokenVerificationError
+from ._challenge import bearer_challenge, encode_claims
+from ._errors import InsufficientScope, InteractionRequired, TokenVerificationError
 
 _MAX_DESCRIPTION = 200
 #: The description of an answer that did not judge the token (``SigningKeysUnavailable``,
@@ -55,6 +55,47 @@ def challenge(
     )
     body = {"error": error.error, "error_description": description}
     return error.status_code, header, json.dumps(body).encode()
+
+
+#: The descriptions of a step-up answer: fixed texts (the error's own message is the
+#: operator's, and names the source and the scopes).
+_STEP_UP = (
+    "additional sign-in is required (multi-factor authentication or a conditional access policy)"
+)
+_BLOCKED = (
+    "a conditional access policy requires something a sign-in here cannot give (a compliant "
+    "device, a location, enrolment in multi-factor authentication)"
+)
+
+
+def step_up_challenge(
+    error: InteractionRequired, *, resource_metadata: str | None = None
+) -> tuple[int, str, bytes]:
+    """(status, ``WWW-Authenticate`` value, JSON body) that hands an ``InteractionRequired``
+    back to the client that called this service, so that the user can meet it.
+
+    Entra refused the on-behalf-of exchange for conditional access (AADSTS50076: MFA; a policy
+    with a claims challenge): the challenge (``error.claims``) must reach the client app that
+    signed the user in, which signs in again with it (MSAL: ``claims_challenge=``, MSAL.js:
+    ``claims``), then calls again with the new token
+    (https://learn.microsoft.com/entra/identity-platform/claims-challenge). So: HTTP 401 with
+    ``WWW-Authenticate: Bearer error="insufficient_claims", claims="<base64>"``. Without a usable
+    challenge (AADSTS53003, a block; 50079, MFA enrolment), a new sign-in with the same client
+    cannot help: 403 and no challenge, the body saying why. The body never carries the error's
+    message (it names sources and scopes, for the operator's log).
+    """
+    encoded = encode_claims(error.claims) if error.claims else None
+    if encoded is None:
+        body = {"error": "interaction_required", "error_description": _BLOCKED}
+        return 403, "", json.dumps(body).encode()
+    header = bearer_challenge(
+        resource_metadata=resource_metadata,
+        error="insufficient_claims",
+        error_description=_STEP_UP,
+        claims=encoded,
+    )
+    body = {"error": "insufficient_claims", "error_description": _STEP_UP}
+    return 401, header, json.dumps(body).encode()
 
 
 async def send_challenge(
