@@ -135,7 +135,7 @@ AUTHORITY_FIX = (
 )
 
 
-def _raised_in(exc: BaseException, module: str) -> bool:
+def raised_in(exc: BaseException, module: str) -> bool:
     """Whether ``exc`` was raised by code of ``module`` (its traceback's innermost frame)."""
     tb = exc.__traceback__
     if tb is None:
@@ -195,7 +195,7 @@ def unreachable(
             "backoff); check the network path to the authority host, or raise the timeouts "
             "(Timeouts / ENTRA_PASSTHROUGH_READ_TIMEOUT) if Entra is slow from here.",
         )
-    if isinstance(exc, ValueError) and _raised_in(exc, "msal.authority"):
+    if isinstance(exc, ValueError) and raised_in(exc, "msal.authority"):
         # Every ValueError of MSAL's authority module is about the authority URL it was given
         # ({authority host}/{tenant}) or the OpenID configuration fetched from it. Its text is
         # not shown (it may carry the discovery endpoint's answer).

@@ -65,7 +65,7 @@ from .._http import (
 )
 from .._msal import NullTokenCache, WorkerPool
 from .._types import IdentityKind, TokenRequest, TokenResult
-from ._base import _raised_in, result_from_msal, unreachable
+from ._base import raised_in, result_from_msal, unreachable
 
 logger = logging.getLogger("entra_passthrough.managed_identity")
 
@@ -714,7 +714,7 @@ class ManagedIdentity:
                     "-aG himds <user>), or of the 'Hybrid agent extension applications' group or "
                     "the administrators on Windows.",
                 ) from None
-            if isinstance(exc, (ValueError, TypeError)) and _raised_in(
+            if isinstance(exc, (ValueError, TypeError)) and raised_in(
                 exc, "msal.managed_identity"
             ):
                 # MSAL's int() of the answer's expires_on / expires_in: a 200 with a token
