@@ -714,9 +714,7 @@ class ManagedIdentity:
                     "-aG himds <user>), or of the 'Hybrid agent extension applications' group or "
                     "the administrators on Windows.",
                 ) from None
-            if isinstance(exc, (ValueError, TypeError)) and raised_in(
-                exc, "msal.managed_identity"
-            ):
+            if isinstance(exc, (ValueError, TypeError)) and raised_in(exc, "msal.managed_identity"):
                 # MSAL's int() of the answer's expires_on / expires_in: a 200 with a token
                 # whose expiry is not a number, which no platform endpoint sends.
                 raise SourceUnavailable(
