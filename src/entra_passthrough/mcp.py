@@ -62,8 +62,10 @@ except ImportError as _exc:  # pragma: no cover - exercised only without the ext
     raise require_extra("mcp", "mcp", _exc) from _exc
 
 from ._auth import EntraAuth
+from ._chain import ended_caller_error
 from ._challenge import parse_bearer_challenges
 from ._flow import APPLIED, Chain
+from ._http import retry_after_seconds
 from ._httpx_seams import wrap_transports
 from ._jwt import UnverifiedClaims
 
@@ -189,7 +191,9 @@ class CallAttempt:
     a request had no ``Authorization`` and was not sent, ``"connect"`` when the connection to
     the server could not be opened, ``"reset"`` when the server reset the connection without
     reading the request, see ``_WriteWatch.reset_unread``), and the type of a transport error
-    after sending (while waiting for the answer's headers, or reading its body)."""
+    after sending (while waiting for the answer's headers, or reading its body). ``held_back``
+    says why another request of the call (the mcp SDK's GET with ``Last-Event-ID`` that resumes
+    the answer's SSE stream) was answered locally and not sent: ``"no_token"`` or ``"closed"``."""
 
     require_token: bool = True
     sent: bool = False
@@ -197,6 +201,10 @@ class CallAttempt:
     transport_error: str | None = None
     #: HTTP status of the last ``tools/call`` answer (a 5xx: the server may have run it).
     status: int | None = None
+    #: The ``Retry-After`` of that answer when it is an error (429, 503...), in seconds.
+    retry_after: float | None = None
+    #: Why a request of the call that is not a POST was not sent (``_held_back``).
+    held_back: str | None = None
     #: The ``error`` of the Bearer challenge (``WWW-Authenticate``) of that answer when it is a
     #: 401 or 403 (``insufficient_scope``, ``invalid_token``...): a bare RFC 6750 code, or
     #: ``None`` (no challenge, none understood, or not a code).
@@ -225,6 +233,17 @@ class CallAttempt:
     def never_left(self) -> bool:
         """True when no ``tools/call`` of this attempt can have reached the server."""
         return not self.sent
+
+    @property
+    def may_have_run(self) -> bool:
+        """True when a ``tools/call`` of this attempt reached the server and its answer does not
+        say that it did not run (the token refused with 401/403, a legacy session refused with
+        404)."""
+        if not self.sent:
+            return False
+        if self.transport_error is not None:
+            return True
+        return self.status not in (401, 403) and not self.session_refused
 
     @property
     def session_refused(self) -> bool:
@@ -290,7 +309,10 @@ def call_attempt(*, require_token: bool = True) -> Iterator[CallAttempt]:
     for one call. Inside it, the transport (``_CallGuard``):
 
     * never sends a request without ``Authorization`` when ``require_token`` (the token could
-      not be applied: the request is answered locally with a JSON-RPC error, nothing leaves);
+      not be applied: the request is answered locally with a JSON-RPC error, nothing leaves),
+      whatever its method: the GET with which the mcp SDK resumes a call's answer after the
+      server closed its SSE stream (``Last-Event-ID``) runs in the call's task, and is refused
+      the same way (``held_back``);
     * records whether a ``tools/call`` was handed to the network (``sent``), so that a call whose
       request provably never left can be retried and any other never is;
     * answers a transport error of a JSON-RPC request with a JSON-RPC error for *that* request
@@ -497,6 +519,8 @@ class _CallGuard(httpx2.AsyncBaseTransport):
         attempt = attempt_var.get()
         if attempt is None or request.method != "POST":
             _drop_ended_callers_token(request)
+            if attempt is not None and (held := _held_back(request, attempt)) is not None:
+                return held
             response = await self._inner.handle_async_request(request)
             if self._watching:
                 # A connection is reused only after an answer left it idle: watched from that
@@ -568,12 +592,37 @@ class _CallGuard(httpx2.AsyncBaseTransport):
             attempt.challenge_error = (
                 _challenge_error(response) if response.status_code in (401, 403) else None
             )
+            attempt.retry_after = (
+                retry_after_seconds(response.headers) if response.status_code >= 400 else None
+            )
             if isinstance(response.stream, httpx2.AsyncByteStream):
                 response.stream = _BodyWatch(response.stream, attempt)
         return response
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+def _held_back(request: httpx2.Request, attempt: CallAttempt) -> httpx2.Response | None:
+    """The local answer to a request of ``attempt`` that is not a POST (the GET that resumes the
+    call's answer) and must not leave: the call is over, or no token could be applied to it.
+    ``None``: send it. The status is one no server sends (nginx's "client closed request"): a
+    401 would be taken by the auth flow for the server's and tried again, and a 403 or a 5xx
+    would read as the server's in the client's log."""
+    if attempt.closed:
+        why = "closed"
+    elif attempt.require_token and "authorization" not in request.headers:
+        why = "no_token"
+    else:
+        return None
+    attempt.held_back = attempt.held_back or why
+    text = "call already over" if why == "closed" else "no token could be applied"
+    return httpx2.Response(
+        499,
+        headers={"content-type": "text/plain"},
+        content=f"entra_passthrough: not sent, {text}".encode(),
+        request=request,
+    )
 
 
 class _BodyWatch(httpx2.AsyncByteStream):
@@ -631,9 +680,12 @@ def auth_of(target: httpx2.AsyncClient | EntraAuth) -> EntraAuth:
 async def entra_call(target: httpx2.AsyncClient | EntraAuth) -> AsyncIterator[TokenResult]:
     """Resolve the active caller's token in this task and use it for the requests inside.
 
-    Raises the chain's typed error (``ConsentRequired``, ``NoCallerError``, ...) *before* any
-    request is sent; after the block, re-raises the first error the transport recorded on the
-    caller during the call (e.g. a 401 retry that could not get a token). Consent signals that
+    Raises the chain's typed error (``ConsentRequired``, ``NoCallerError``, ``AssertionExpired``
+    for a caller whose token has expired, ...) *before* any request is sent; after the block,
+    re-raises the first error the transport recorded on the caller during the call (e.g. a 401
+    retry that could not get a token), unless the call's ``tools/call`` reached the server and
+    may have run: then the call's own error stands, with a note that says so (an error saying
+    "not sent" would invite sending it again). Consent signals that
     the *server* sends (URL elicitation -32042, Foundry -32006) come back as ``MCPError``:
     ``consent_from_exception(exc)`` maps them to ``ConsentRequired``.
     """
@@ -645,9 +697,14 @@ async def entra_call(target: httpx2.AsyncClient | EntraAuth) -> AsyncIterator[To
     if result is None:
         # No active caller and the policy names no identity for it: fail closed here rather
         # than send the call without a token.
+        bound = current_caller()
+        if bound is not None and not bound.active:
+            # Ended (bind_caller(token=...) ends at the token's expiry): say why, not "install
+            # CallerMiddleware".
+            raise ended_caller_error(bound, auth.scopes)
         raise NoCallerError()
     failure: BaseException | None = None
-    with auth.use(result), call_attempt():
+    with auth.use(result), call_attempt() as attempt:
         try:
             yield result
         except BaseException as exc:
@@ -655,7 +712,13 @@ async def entra_call(target: httpx2.AsyncClient | EntraAuth) -> AsyncIterator[To
             raise
         finally:
             recorded = caller.take_errors() if caller is not None else []
-            if recorded and (
+            if recorded and attempt.may_have_run:
+                # The tools/call reached the server: the recorded error (a later request of the
+                # call, such as the GET resuming its answer, got no token) says "not sent", and
+                # the user would send it again. The call's own error stands.
+                if failure is not None:
+                    failure.add_note(_may_have_run_note(attempt, recorded[0]))
+            elif recorded and (
                 failure is None
                 or (
                     isinstance(failure, Exception)
@@ -663,6 +726,20 @@ async def entra_call(target: httpx2.AsyncClient | EntraAuth) -> AsyncIterator[To
                 )
             ):
                 raise recorded[0] from failure
+
+
+def _may_have_run_note(attempt: CallAttempt, recorded: BaseException) -> str:
+    if attempt.held_back == "no_token":
+        what = (
+            "the request that resumes its answer (GET with Last-Event-ID) was not sent: no "
+            f"token could be applied to it ({type(recorded).__name__})"
+        )
+    else:
+        what = f"a later request of the call got no token ({type(recorded).__name__})"
+    return (
+        f"entra_passthrough: this tools/call reached the MCP server and may have run; {what}. "
+        "It is not sent again: check whether it took effect before calling it again."
+    )
 
 
 def _https_link(link: object) -> str | None:

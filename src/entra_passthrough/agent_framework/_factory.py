@@ -167,6 +167,7 @@ def entra_mcp_tool(
         unpooled=unpooled,
         options=pool_options,
         name=name,
+        scopes=scopes,
     )
 
 

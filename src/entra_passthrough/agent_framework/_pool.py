@@ -30,11 +30,12 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
-from .._caller import Caller, active_caller
+from .._caller import Caller, active_caller, current_caller
+from .._chain import ended_caller_error
 from .._checks import seconds
 from .._errors import ConfigurationError, EntraPassthroughError, NoCallerError
 from .._jwt import JwtDecodeError, UnverifiedClaims
@@ -116,12 +117,14 @@ class EntraMCPToolPool:
         unpooled: Callable[[], EntraMCPTool] | None = None,
         options: PoolOptions | None = None,
         name: str = "mcp",
+        scopes: Sequence[str] = (),
     ) -> None:
         self._make_tool = make_tool
         self._resolve = resolve
         self._unpooled = unpooled
         self.options = options or PoolOptions()
         self.name = name
+        self._scopes = tuple(scopes)
         self._tools: OrderedDict[UserKey, EntraMCPTool] = OrderedDict()
         self._lock = asyncio.Lock()  # guards the dict only; never held across I/O
         self._closing: set[asyncio.Task[None]] = set()
@@ -140,11 +143,17 @@ class EntraMCPToolPool:
         refused audience, a forged assertion...) nothing is leased, and the tool returned is a
         lone one that sends nothing and fails the run with the explanation (or the consent
         request). Raises ``NoCallerError``
-        without an active caller whose token Entra issued for a user (or a verified one)."""
+        without an active caller whose token Entra issued for a user (or a verified one), and
+        ``AssertionExpired`` when the caller ended because its token expired."""
         if self._closed:
             raise ConfigurationError(f"the MCP connection pool {self.name!r} is closed")
         caller = active_caller()
         if caller is None:
+            bound = current_caller()
+            if bound is not None and not bound.active:
+                # Ended (bind_caller(token=...) ends at the token's expiry): say why, not
+                # "install CallerMiddleware".
+                raise ended_caller_error(bound, self._scopes)
             raise NoCallerError(f"The per-user MCP pool {self.name!r} needs an active caller.")
         try:
             result = await self._resolve()

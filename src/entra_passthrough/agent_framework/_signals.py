@@ -34,8 +34,26 @@ __all__ = [
 
 class CallOutcomeUnknown(ToolException):
     """A ``tools/call`` whose request may have reached the MCP server when the connection was
-    lost: it may have run. It is never resent automatically (that could run it twice); the
-    message tells the model to check before calling again."""
+    lost, or that the server answered with an HTTP error that does not say it did not run (a
+    5xx, a 429, another 4xx without a JSON-RPC error): it may have run. It is never resent
+    automatically (that could run it twice); the message tells the model to check before
+    calling again. ``status`` is that HTTP status (``None`` when the connection was lost) and
+    ``retry_after`` the seconds its ``Retry-After`` asked to wait (``None`` without one)."""
+
+    status: int | None = None
+    retry_after: float | None = None
+
+    def __init__(
+        self,
+        message: str,
+        inner_exception: Exception | None = None,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, inner_exception)
+        self.status = status
+        self.retry_after = retry_after
 
 
 class ToolNotListed(ToolException):
@@ -119,6 +137,21 @@ def is_lost_response(exc: BaseException) -> bool:
         isinstance(current, MCPError)
         and current.error.code == CONNECTION_CLOSED
         and current.error.message.lower().startswith("sse stream")
+        for current in exception_chain(exc)
+    )
+
+
+def is_status_stand_in(exc: BaseException) -> bool:
+    """True for the mcp SDK's stand-in for an HTTP error answer that held no JSON-RPC error
+    (INTERNAL_ERROR, "Server returned an error response"): it carries neither the status nor
+    anything the server said (the transport recorded the status: ``CallAttempt.status``)."""
+    from mcp import MCPError
+    from mcp_types import INTERNAL_ERROR
+
+    return any(
+        isinstance(current, MCPError)
+        and current.error.code == INTERNAL_ERROR
+        and current.error.message == "Server returned an error response"
         for current in exception_chain(exc)
     )
 

@@ -34,7 +34,7 @@ What the plain tool gets wrong (docs/platform-facts.md) and what this subclass d
 * Every ``tools/call`` carries its user's token or is not sent: resolved in the call's task
   before each attempt (so after a reconnect too), applied until the token's own expiry, and
   the transport (``mcp.call_attempt``) answers locally, sending nothing, for a request in which
-  no token could be applied.
+  no token could be applied (any request of the call: the GET that resumes its answer too).
 * A shared tool notices a server that binds sessions to principals (404 on a session after an
   identity switch, twice in a row) and then fails every call at once with a message to use
   ``per_user=True``: never a reconnect per call.
@@ -109,6 +109,7 @@ from ._signals import (
     is_lost_response,
     is_public_failure,
     is_request_timeout,
+    is_status_stand_in,
     public_failure,
 )
 
@@ -599,6 +600,7 @@ class EntraMCPTool(HookedMCPTool):
         deadline = loop.time() + _RETRY_WINDOW
         delay = 0.05  # backoff while the server cannot be reached on a live connection
         reconnects = 0
+        refusals = 0  # attempts whose session the server refused (404)
         for number in range(1, _MAX_ATTEMPTS + 1):
             if self._principal_bound:
                 if time.monotonic() - self._bound_at < _BOUND_VERDICT_SECONDS:
@@ -651,29 +653,11 @@ class EntraMCPTool(HookedMCPTool):
                             await self._recover(generation, deadline)
                     elif is_dead_connection(exc):
                         self._reconnect_soon(generation)
-                    if verdict == "session_lost":
-                        why = (
-                            "the session was refused (HTTP 404) through a proxy, or with "
-                            f"{RESEND_ON_RESET_VARIABLE}=false, where a 404 may come after the "
-                            "call ran"
-                        )
-                    elif attempt.status is not None and attempt.status >= 500:
-                        why = f"the server answered HTTP {attempt.status}"
-                    elif is_request_timeout(exc):
-                        why = "no answer came within the tool's request timeout"
-                    elif attempt.transport_error == "ReadTimeout":
-                        why = "its answer did not arrive within the HTTP client's read timeout"
-                    else:
-                        why = "the connection was lost after the request was sent"
-                    raise CallOutcomeUnknown(
-                        f"The call to tool {tool_name!r} on MCP server {self.server_label!r} "
-                        f"may have run: {why}, and it is not retried automatically so that it "
-                        "never runs twice. Check whether it took effect before calling it "
-                        "again.",
-                        exc,
-                    ) from exc
+                    raise self._outcome_unknown(verdict, exc, attempt, tool_name) from exc
                 # "retry"/"refused": the request provably never reached the server, or the
                 # server refused the session (404) before running anything.
+                if verdict == "refused":
+                    refusals += 1
                 if (
                     number == _MAX_ATTEMPTS
                     or reconnects == _MAX_RECONNECTS
@@ -681,8 +665,7 @@ class EntraMCPTool(HookedMCPTool):
                 ):
                     raise ToolException(
                         f"The call to tool {tool_name!r} could not be sent to MCP server "
-                        f"{self.server_label!r} (it did not run): the server was unreachable "
-                        f"after {number} attempts.",
+                        f"{self.server_label!r} (it did not run): " + _gave_up(number, refusals),
                         exc,
                     ) from exc
                 if verdict != "refused" and not is_dead_connection(exc) and self.is_connected:
@@ -763,11 +746,76 @@ class EntraMCPTool(HookedMCPTool):
             # streams for as long as the tool runs).
             or attempt.transport_error is not None
             or (attempt.status is not None and attempt.status >= 500)
+            # Throttled: a rate limit in front of the tool, or the server after running it.
+            or attempt.status == 429
+            # Another HTTP error with no JSON-RPC error in it (the SDK's stand-in): nothing
+            # says it did not run. (401/403 are the token's refusal: ``_refusal``.)
+            or (
+                attempt.status is not None
+                and attempt.status >= 400
+                and attempt.status not in (401, 403)
+                and is_status_stand_in(exc)
+            )
             or is_request_timeout(exc)  # no answer in time: it may be running still
             or is_lost_response(exc)  # the SDK's stand-in for a body it could not read
         ):
             return "maybe_ran"
         return "raise"
+
+    def _outcome_unknown(
+        self, verdict: str, exc: Exception, attempt: CallAttempt, tool_name: str
+    ) -> CallOutcomeUnknown:
+        """The "may have run" error of a call that is not sent again: what happened, and what
+        to do (the server's own text is never quoted: it may echo what it was sent)."""
+        status = attempt.status
+        if attempt.transport_error is not None or status is None or status < 400:
+            status = None  # no HTTP error answered the call: the connection, or its body, lost
+        retry_after = attempt.retry_after if status is not None else None
+        fix = ""
+        if verdict == "session_lost":
+            why = (
+                "the session was refused (HTTP 404) through a proxy, or with "
+                f"{RESEND_ON_RESET_VARIABLE}=false, where a 404 may come after the call ran"
+            )
+        elif attempt.held_back == "no_token":
+            why = (
+                "the server closed its answer's stream, which could not be resumed: no token "
+                "could be applied to the request that resumes it (the user's token expired "
+                "during the call, say)"
+            )
+        elif status is not None:
+            why = f"the server answered HTTP {status}"
+            if status == 429:
+                why += " (too many requests), which does not say the tool did not run"
+                fix = (
+                    " Fix: wait as the server asks, check whether the call took effect, and "
+                    "call it again only if it did not; if the server throttles often, make "
+                    "fewer calls or raise its limit."
+                )
+            elif status < 500:
+                why += " without a JSON-RPC error, which does not say whether it ran"
+                fix = (
+                    f" Fix: look in the MCP server's log (or that of a proxy or gateway in "
+                    f"front of it) for why it answered HTTP {status} to this call."
+                )
+        elif is_request_timeout(exc):
+            why = "no answer came within the tool's request timeout"
+        elif attempt.transport_error == "ReadTimeout":
+            why = "its answer did not arrive within the HTTP client's read timeout"
+        else:
+            why = "the connection was lost after the request was sent"
+        wait = ""
+        if retry_after is not None:
+            shown = f"{retry_after:.0f}" if retry_after >= 10 else f"{retry_after:.2g}"
+            wait = f" The server asked to wait {shown} s (Retry-After) before calling again."
+        return CallOutcomeUnknown(
+            f"The call to tool {tool_name!r} on MCP server {self.server_label!r} may have run: "
+            f"{why}, and it is not retried automatically so that it never runs twice. Check "
+            f"whether it took effect before calling it again.{wait}{fix}",
+            exc,
+            status=status,
+            retry_after=retry_after,
+        )
 
     def _refusal(
         self, attempt: CallAttempt, tool_name: str, caller: Caller | None
@@ -941,6 +989,25 @@ class EntraMCPTool(HookedMCPTool):
         if typed is not None:
             return typed
         return exc
+
+
+def _gave_up(attempts: int, refusals: int) -> str:
+    """Why a call that never reached the server (or whose session was refused before it ran)
+    was given up: a server that refuses its sessions is not an unreachable one, and the
+    message must not send the operator looking for a network problem."""
+    if refusals:
+        return (
+            f"the server refused its session (HTTP 404 to the call) on {refusals} of "
+            f"{attempts} attempts, each time on a new session. Fix: check the MCP server's "
+            "sessions: one it has just opened is unknown when the call arrives (several "
+            "replicas without session affinity, sessions kept per process, a session store "
+            "that loses them); use session affinity or a shared store, or run the server "
+            "stateless."
+        )
+    return (
+        f"the server was unreachable after {attempts} attempts. Fix: check that the MCP server "
+        "is up and reachable from this host, then call the tool again."
+    )
 
 
 async def _back_off(delay: float) -> float:
