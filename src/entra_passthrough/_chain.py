@@ -368,7 +368,7 @@ class TokenChain:
     def _candidates(self, allowed: frozenset[IdentityKind]) -> tuple[_Candidate, ...]:
         plan = self._plans.get(allowed)
         if plan is None:
-            plan = tuple(
+            candidates = [
                 _Candidate(
                     s,
                     s.kind is IdentityKind.USER,
@@ -377,7 +377,14 @@ class TokenChain:
                 )
                 for s in self.sources
                 if s.kind in allowed
-            )
+            ]
+            # User sources first, each kind in the order given: where a stand-in is allowed
+            # (``user_or_app`` with no assertion presented), the app is the fallback for no
+            # user, never a choice over one. A caller known only by the platform's user id
+            # (a hosted agent's) with a grant got the app's token from ``[ManagedIdentity,
+            # DelegatedConsent]``, and the grant was never asked for.
+            candidates.sort(key=lambda c: not c.is_user)
+            plan = tuple(candidates)
             self._plans[allowed] = plan
         return plan
 

@@ -63,3 +63,34 @@ def test_sync_twin_from_a_worker_thread(consent_env: ConsentEnv) -> None:
     chain = TokenChain([source])
     with pytest.raises(ConsentRequired):
         chain.get_token([env.mcp_scope], caller=platform_caller("sync-user"))
+
+
+async def test_an_app_source_listed_first_never_stands_in_for_an_identified_user(
+    consent_env: ConsentEnv,
+) -> None:
+    # user_or_app with the managed identity listed before DelegatedConsent: a caller known by
+    # the platform's user id got the app's token and the grant was never asked for. User
+    # sources are asked first; the app answers only a request with no user.
+    from entra_passthrough import IdentityKind, ManagedIdentity, Policy
+
+    env = consent_env
+    source, _ = env.make()
+    mi = ManagedIdentity.from_env(env.idp.mi_env())
+    chain = TokenChain([mi, source], policy=Policy.USER_OR_APP)
+    try:
+        alice = env.idp.users["alice"]
+        caller = platform_caller("app-first-alice", upn=alice.upn)
+        # A scope both kinds can serve: the managed identity would answer it too.
+        resource = [f"{env.idp.mcp.app_id_uri}/.default"]
+        with pytest.raises(ConsentRequired) as info:  # no grant yet: the link, not the app
+            await chain.get_token_async(resource, caller=caller)
+        assert info.value.link is not None
+        page = await follow_link(env, info.value.link)
+        assert page.status_code == 200
+        served = await chain.get_token_async(resource, caller=caller)
+        assert served.kind is IdentityKind.USER
+        assert decode_unverified(served.token)["oid"] == alice.oid
+        nobody = await chain.get_token_async(resource, caller=None)
+        assert nobody.kind is IdentityKind.APP  # the stand-in, for a request with no user
+    finally:
+        chain.close()
