@@ -212,3 +212,29 @@ async def test_a_callback_from_another_site_by_navigation_or_head_spends_nothing
         own = await browser.get(url)  # the user's own answer still completes
     assert own.status_code == 200, own.text
     assert await source.grants.get_grant(key.hashed) is not None
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/start/?t=k1.ticket", 404),  # was a 307 to the request's Host, ticket included
+        ("GET", "/signout/", 404),
+        ("GET", "/nope", 404),
+        ("POST", "/start", 405),
+    ],
+)
+async def test_no_answer_builds_a_url_from_the_host_and_every_one_has_the_page_headers(
+    consent_env: ConsentEnv, method: str, path: str, status: int
+) -> None:
+    env = consent_env
+    env.make()  # the broker now served at env.base
+    async with env.browser() as browser:
+        answer = await browser.request(
+            method, f"{env.base}{path}", headers={"Host": "evil.example"}, follow_redirects=False
+        )
+    assert answer.status_code == status, answer.text
+    assert "location" not in answer.headers
+    assert "evil.example" not in answer.text
+    assert answer.headers["cache-control"] == "no-store"
+    assert answer.headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]

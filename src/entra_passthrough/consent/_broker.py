@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from .._aadsts import describe
@@ -79,6 +80,14 @@ def _unavailable(request: Request, what: str, exc: Exception, message: str) -> R
     answered with a typed 503 (``temporarily_unavailable``), never a crash page."""
     logger.warning("%s failed: %s", what, type(exc).__name__)
     return error_response(request, "temporarily_unavailable", message, status=503)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own answers (404 for a path the broker does not serve, 405 for a method),
+    with the headers of every broker page: not cached, not framed."""
+    assert isinstance(exc, HTTPException)
+    headers = {**security_headers(), **(exc.headers or {})}
+    return PlainTextResponse(str(exc.detail), status_code=exc.status_code, headers=headers)
 
 
 class ConsentBroker:
@@ -160,8 +169,13 @@ class ConsentBroker:
                 Route("/callback", self._callback, methods=["GET", "POST"]),
                 Route("/signout", self._signout, methods=["GET"]),
                 Route("/revoke", self._revoke, methods=["POST"]),
-            ]
+            ],
+            exception_handlers={HTTPException: _http_error},
         )
+        # Starlette answers "/start/" with a redirect to "/start" built from the request's Host
+        # (a link's ticket sent to whatever host a front end passed on, in a cacheable 307):
+        # the broker builds no URL from the request, so that path is a 404 like any other.
+        self.app.router.redirect_slashes = False
 
     @classmethod
     def for_source(
