@@ -271,6 +271,12 @@ def test_arc_serves_its_system_assigned_identity_only(
         chain.get_token([f"{idp.mcp.app_id_uri}/.default"])
     chain.close()
     assert "did not confirm" in str(chained.value)
+    # The challenge file's content is a secret of the host: leak scans look for it too.
+    from pathlib import Path
+
+    written = [p.read_text() for p in Path("/var/opt/azcmagent/tokens").glob("*.key")]
+    assert written
+    assert set(written) & idp.issued()
 
 
 @pytest.mark.parametrize("host_name", ["app_service", "service_fabric", "cloud_shell"])

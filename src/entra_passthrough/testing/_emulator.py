@@ -392,6 +392,8 @@ class EntraEmulator:
         out.update(a.secret for a in self._world.apps if a.secret)
         out.update(u.password for u in self._world.users)
         out.update((self._rt.mi_header, self._rt.az_key))
+        if self._rt.arc_secret:  # the Azure Arc challenge file's content, once written
+            out.add(self._rt.arc_secret)
         return out
 
     def grant_consent(
