@@ -145,6 +145,7 @@ def encode_claims(claims: str) -> str | None:
     """A claims challenge (JSON text, as Entra's ``claims``) as a ``WWW-Authenticate`` carries
     it: standard base64 (what MSAL's ``claims_challenge`` clients decode); ``None`` when it is
     not a JSON object of at most 8 KB (``decode_claims``' bound), which no client could use."""
-    if len(claims) > 6144 or decode_claims(claims) is None:
+    raw = claims.encode("utf-8")
+    if len(raw) > 6144 or decode_claims(claims) is None:  # base64 of 6144 bytes: 8192 chars
         return None
-    return base64.b64encode(claims.encode("utf-8")).decode("ascii")
+    return base64.b64encode(raw).decode("ascii")

@@ -36,8 +36,10 @@ GRANT_TTL = 90 * 24 * 3600.0
 #: cost: one small record per platform user and consent app, kept until an operator deletes it
 #: (docs/consent.md names the key).
 BINDING_TTL: float | None = None
-#: In a binding's record: written without a TTL. One without it (an earlier version wrote
-#: bindings with a 400-day TTL) is rewritten once, without one, when it is next read.
+#: In a binding's record: written without a TTL, and the key id it was sealed with then. One
+#: without it (an earlier version wrote bindings with a 400-day TTL), or naming another key id
+#: (an earlier version re-sealed it, with a TTL, after a key switch: a fleet mid-upgrade), is
+#: rewritten without a TTL when it is next read.
 _NO_TTL_MARK = "persist"
 _MAX_SCOPES = 20
 _MAX_SCOPE_CHARS = 256
@@ -298,15 +300,19 @@ class GrantStore:
             # best effort, the next read tries again), so it keeps constraining the sign-in.
             data = json.loads(legacy[0])
             with contextlib.suppress(Exception):
-                await self._put(key, _binding(data), ttl=BINDING_TTL, expect=None)
+                await self._put(
+                    key, _binding(data, self.keyring.current), ttl=BINDING_TTL, expect=None
+                )
         else:
             plain, version, stale = found
             data = json.loads(plain)
-            if stale or data.get(_NO_TTL_MARK) is not True:
+            if stale or data.get(_NO_TTL_MARK) != self.keyring.current:
                 # Re-sealed with the current key, and without the TTL an earlier version gave
                 # it (evictable); best effort: the next read tries again.
                 with contextlib.suppress(Exception):
-                    await self._put(key, _binding(data), ttl=BINDING_TTL, expect=version)
+                    await self._put(
+                        key, _binding(data, self.keyring.current), ttl=BINDING_TTL, expect=version
+                    )
         return str(data["tid"]), str(data["oid"])
 
     async def bind(self, key_hash: str, tid: str, oid: str) -> bool:
@@ -316,7 +322,7 @@ class GrantStore:
         per-app one does, never let the platform user be bound to another account."""
         if await self._call(self.store.get(_LEGACY_BINDING + key_hash)) is not None:
             return False
-        plain = _binding({"tid": tid, "oid": oid})
+        plain = _binding({"tid": tid, "oid": oid}, self.keyring.current)
         key = _BINDING + _app_id(self.client_id, key_hash)
         version = await self._put(key, plain, ttl=BINDING_TTL, expect=None)
         return version is not None
@@ -348,10 +354,11 @@ class GrantStore:
         return version is not None
 
 
-def _binding(data: Mapping[str, Any]) -> bytes:
-    """A binding's record: its (tid, oid), marked as written without a TTL."""
+def _binding(data: Mapping[str, Any], kid: str) -> bytes:
+    """A binding's record: its (tid, oid), marked as written without a TTL under key ``kid``
+    (the key it is sealed with: ``_NO_TTL_MARK``)."""
     return json.dumps(
-        {"tid": str(data["tid"]), "oid": str(data["oid"]), _NO_TTL_MARK: True}
+        {"tid": str(data["tid"]), "oid": str(data["oid"]), _NO_TTL_MARK: kid}
     ).encode()
 
 

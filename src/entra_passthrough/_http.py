@@ -844,8 +844,7 @@ class GuardedHttpClient:
         if body is _UNREAD:
             body = _json_body(response)
         if body is None:
-            headers = getattr(response, "headers", None) or {}
-            if "www-authenticate" in headers or "WWW-Authenticate" in headers:
+            if status == 401 and _arc_challenge(getattr(response, "headers", None) or {}):
                 return response
             _close_quietly(response)
             raise TransportFailure("page", status=status, peer=self.peer)
@@ -1269,6 +1268,13 @@ def _json_body(response: Any) -> dict[str, Any] | None:
     except Exception:  # ValueError, a text that cannot be decoded, no .text at all
         return None
     return body if isinstance(body, dict) else None
+
+
+def _arc_challenge(headers: Mapping[str, str]) -> bool:
+    """Azure Arc's challenge: ``WWW-Authenticate: Basic realm=<the key file's path>``, which
+    MSAL reads (its Arc client, and nothing else, handles a 401 without a body)."""
+    value = headers.get("www-authenticate") or headers.get("WWW-Authenticate") or ""
+    return isinstance(value, str) and value.lower().startswith("basic realm=")
 
 
 def _is_token_request(data: Any) -> bool:

@@ -158,7 +158,9 @@ def _opaque(match: re.Match[str]) -> str:
     # A URL path or a dotted name is not a secret; a run with both letters and digits is. A
     # URL's port starts the run after "host:" ("57143/.well-known/oauth-protected-resource"):
     # its digits alone do not make the path a secret.
-    if value.count("/") > 2:
+    if value.count("/") > 2 and "+" not in value and not value.endswith("="):
+        # A path, unless it has standard base64's "+" or padding: a 64-byte key (a storage
+        # account's, 88 characters ending "==") has three "/" or more about one time in seven.
         return value
     port = _PORT_PATH.match(value)
     rest = value[port.end() :] if port is not None else value

@@ -246,6 +246,8 @@ PAGE = "<html><body>Welcome to nginx</body></html>"
     [
         # An error status with a page: an answer (another server, a proxy), not retried.
         (404, PAGE, "HTTP 404 page", 1),
+        # A 401 with a challenge that is not Azure Arc's (which names its key file): a page.
+        (401, PAGE, "HTTP 401 page", 1),
         (403, "", "HTTP 403 page", 1),
         (400, "[1, 2]", "HTTP 400 page", 1),
         # A success that is no JSON object: retried as a reset, then "not JSON".
@@ -262,7 +264,8 @@ def test_managed_identity_answer_that_is_no_json_object_is_typed_with_a_fix(
 
     async def answer(_request: Request) -> Response:
         hits["msi"] += 1
-        return Response(text, status_code=status, media_type="text/html")
+        challenge = {"WWW-Authenticate": 'Bearer realm="gateway"'} if status == 401 else {}
+        return Response(text, status_code=status, media_type="text/html", headers=challenge)
 
     app = Starlette(routes=[Route("/msi/token", answer, methods=["GET"])])
     with serve_in_thread(app, name="msi-page") as base:

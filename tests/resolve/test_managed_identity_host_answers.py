@@ -40,6 +40,12 @@ ANSWERS: dict[str, tuple[int, Any]] = {
     "oauth_error": (400, {"error": "invalid_request", "error_description": "Identity not found"}),
     # A 404 with a JSON body that is neither a token nor an OAuth error.
     "not_found": (404, {"statusCode": 404, "message": "No managed identity found for it"}),
+    # Bodies with none of the fields MSAL's App Service parser reads.
+    "empty": (400, {}),
+    "detail": (404, {"detail": "no such identity"}),
+    "code": (401, {"code": "IdentityNotFound"}),
+    "capitalised": (403, {"Message": "forbidden by policy"}),
+    "token_only": (400, {"access_token": "opaque-token-value", "expires_on": "9999999999"}),
     # A token whose expiry is not a number (App Service: expires_on; IMDS: expires_in).
     "bad_expires_on": (
         200,
@@ -122,6 +128,29 @@ def test_an_oauth_error_from_an_app_service_endpoint_says_what_it_said(
     assert "HTTP 400" in text
     assert "Identity not found" in text
     assert error.fix
+
+
+@pytest.mark.parametrize(
+    ("name", "said"),
+    [
+        ("empty", "no error message"),
+        ("detail", "no such identity"),
+        ("code", "IdentityNotFound"),
+        ("capitalised", "forbidden by policy"),
+        ("token_only", "no error message"),  # the token dropped from an error status
+    ],
+)
+def test_an_app_service_error_body_without_the_usual_fields_names_the_status(
+    endpoint: tuple[str, Counter[str]], bare_host: pytest.MonkeyPatch, name: str, said: str
+) -> None:
+    base, _ = endpoint
+    mi = ManagedIdentity(endpoint=f"{base}/{name}/msi/token", header="h", timeouts=FAST)
+    error = _refusal(mi)
+    text = str(error)
+    assert "None, None" not in text
+    assert f"HTTP {ANSWERS[name][0]}" in text
+    assert said in text
+    assert "opaque-token-value" not in text
 
 
 def test_an_imds_404_without_a_token_names_the_status_and_a_fix(

@@ -108,7 +108,16 @@ def test_a_block_no_sign_in_can_meet_is_403_without_a_challenge(
 
 
 @pytest.mark.parametrize(
-    "claims", [None, "", "not json", "[1, 2]", '{"access_token":' + '"x"' * 4000 + "}"]
+    "claims",
+    [
+        None,
+        "",
+        "not json",
+        "[1, 2]",
+        '{"access_token":' + '"x"' * 4000 + "}",
+        # 6k characters, 18k bytes: its base64 is more than a client reads back.
+        '{"access_token":{"x":"' + "\u20ac" * 6000 + '"}}',
+    ],
 )
 def test_a_challenge_no_client_could_use_is_not_sent(claims: str | None) -> None:
     error = InteractionRequired("refused", claims=claims)

@@ -109,6 +109,17 @@ async def test_a_binding_written_with_a_ttl_loses_it_when_read(
         other = UserKey.for_platform_user(f"sync-{time.monotonic_ns()}").hashed
         assert await twin.bind(other, "tenant-3", "oid-3")
         assert admin.pttl(_BINDING + _app_id(grants.client_id, other)) == -1
+        # A fleet mid-upgrade, across a key switch: an earlier replica re-seals a marked record
+        # as it came, under the new key, with its TTL. The mark names the key it was written
+        # under, so the record is rewritten without a TTL when read.
+        for mark in ("k0", True):  # another key's id; a bare mark, whatever key sealed it
+            third = UserKey.for_platform_user(f"mixed-{time.monotonic_ns()}").hashed
+            name3 = _BINDING + _app_id(grants.client_id, third)
+            marked = json.dumps({"tid": "tenant-4", "oid": "oid-4", "persist": mark}).encode()
+            assert await grants._put(name3, marked, ttl=400 * 24 * 3600.0, expect=None)
+            assert admin.pttl(name3) > 0
+            assert await grants.get_binding(third) == ("tenant-4", "oid-4")
+            assert admin.pttl(name3) == -1, mark
     finally:
         admin.close()
         await store.aclose()

@@ -1,7 +1,8 @@
 """pytest plugin: the secret-hygiene harness.
 
-Runs any suites with every logger the library touches at DEBUG (the library's, MSAL's,
-azure's, httpx/httpx2/httpcore's, mcp's, uvicorn's, requests/urllib3's) and OpenTelemetry
+Runs any suites with every logger at DEBUG (the root's, and by name the library's, MSAL's,
+azure's, httpx/httpx2/httpcore's, mcp's, uvicorn's, hypercorn/h2/hpack's, requests/urllib3's,
+redis', asyncio's) and OpenTelemetry
 spans captured in memory, records the message and repr of every typed error the library
 constructs and of every ``TokenResult``/``Caller`` repr'd, then searches all of it for every
 token, refresh token, secret, client assertion, PKCE verifier and authorization code any
@@ -43,6 +44,14 @@ LOGGERS = (
     "urllib3",
     "agent_framework",
     "starlette",
+    # Servers and protocol layers the tests start (hypercorn's h2/hpack once logged whole
+    # Authorization headers), the Redis client, the event loop.
+    "hypercorn",
+    "h11",
+    "h2",
+    "hpack",
+    "redis",
+    "asyncio",
 )
 
 
@@ -79,6 +88,10 @@ class Harness:
             logger.setLevel(logging.DEBUG)
             self._undo.append(lambda lg=logger, lv=old: lg.setLevel(lv))
         root = logging.getLogger()
+        # Any other library's records too (a logger left at NOTSET takes the root's level).
+        old_root = root.level
+        root.setLevel(logging.DEBUG)
+        self._undo.append(lambda: root.setLevel(old_root))
         root.addHandler(self.capture)
         self._undo.append(lambda: root.removeHandler(self.capture))
         self._start_otel()

@@ -22,6 +22,12 @@ from entra_passthrough._redact import REDACTED, redact
         ("GET https://keys.contoso.com/k?BARE-KEY", "BARE-KEY"),
         ("GET https://keys.contoso.com/k?a=1&BARE-KEY&b=2", "BARE-KEY"),
         ('HTTP Request: GET https://u:p@h/k?api-key=K1 "HTTP/1.1 200 OK"', "K1"),
+        # A 64-byte key in standard base64 (a storage account's) with three "/" in it.
+        (
+            "storage key ILX0dRkz8Qp1/uhB3I8Wq9Zt/Tw5pXcV7mN2/aB4dE6fG8hJ0kL+3nP5rT7vX9zB1dF3hJ5"
+            "lN7pR9tV1xZ3bD5fH7jL9nP1rT3vX5zA== rejected",
+            "ILX0dRkz8Qp1/uhB3I8Wq9Zt/Tw5pXcV7mN2/aB4dE6fG8hJ0kL",
+        ),
         # After a port, a path segment that is itself opaque is still redacted.
         (
             "GET https://h:8443/k/Zq9vT3xw8Lr2mN5pQ7sU1yB4cE6gH0jKaB3dE5fG7h",
@@ -47,6 +53,9 @@ def test_a_key_in_a_url_is_redacted(text: str, secret: str) -> None:
         'HTTP Request: GET https://127.0.0.1:57143/.well-known/oauth-protected-resource "HTTP/1.1'
         ' 404 Not Found"',
         "GET https://mcp.contoso.com:8443/.well-known/oauth-authorization-server",
+        # An ARM resource id (a user-assigned identity's) is a path, not a secret.
+        "/subscriptions/0b1f6471-1bf0-4dda-aec3-111122223333/resourceGroups/rg-agent/providers/"
+        "Microsoft.ManagedIdentity/userAssignedIdentities/agent-mi",
     ],
 )
 def test_what_is_not_a_secret_stays_readable(text: str) -> None:

@@ -260,7 +260,7 @@ def _msal_refused(
 #: The fields of an identity endpoint's JSON error body kept for a message: the hosts' own
 #: (App Service ``statusCode``/``message``, IMDS and Container Apps ``error``/
 #: ``error_description``). Never a token field.
-_ERROR_FIELDS = ("error", "error_description", "message")
+_ERROR_FIELDS = ("error", "code", "error_description", "message", "Message", "detail")
 
 
 class _Answers:
@@ -314,9 +314,14 @@ class _Answers:
 def _host_said(status: int, fields: Mapping[str, str]) -> str:
     """An identity endpoint's error as MSAL words App Service's ("<status>, <text>", which
     ``error_from_entra`` shows as "HTTP <status>. It said: ..."), from the body's own fields."""
-    text = fields.get("error_description") or fields.get("message") or ""
-    said = ": ".join(part for part in (fields.get("error"), text) if part)
-    return f"{status}, {said}"
+    text = next(
+        (fields[k] for k in ("error_description", "message", "Message", "detail") if k in fields),
+        "",
+    )
+    said = ": ".join(part for part in (fields.get("error") or fields.get("code"), text) if part)
+    # A body with none of those fields ({}, {"detail": ...}, a token alone, dropped): MSAL
+    # would show "None, None"; the status is what the host said.
+    return f"{status}, {said or 'no error message'}"
 
 
 class _NoHttpCache(dict[str, Any]):
@@ -761,7 +766,6 @@ class ManagedIdentity:
             and response.get("error")
             and answer is not None
             and answer[0] >= 400
-            and answer[1]
         ):
             # MSAL words these hosts' errors itself: App Service's as "<statusCode>,
             # <message>" ("None, None" for an {"error", "error_description"} body), Machine
