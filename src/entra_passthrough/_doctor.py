@@ -139,8 +139,7 @@ def _explain(exc: BaseException) -> tuple[str, str]:
                 "Entra admin center: Enterprise applications > the app > Permissions)."
             ).strip()
         return detail, fix
-    names = {c.__name__ for c in type(exc).__mro__}
-    if names & {"SSLError", "SSLCertVerificationError"}:
+    if _is_tls_error(exc):
         # requests' SSLError text is urllib3's retry chain, cut mid-word at any bound: what
         # failed, said once, and the variable that fixes it.
         return (
@@ -199,7 +198,11 @@ class Doctor:
             detail, fix = _explain(exc)
             ok = False
             proxy = _proxy_in(self.env)
-            if not fix and proxy and _is_transport_error(exc):
+            if _is_tls_error(exc) and self.failed("CA file"):
+                # The TLS failure's own fix names the CA variable; the check above says what
+                # is wrong with the file it names.
+                fix = "fix the CA file above first (ENTRA_PASSTHROUGH_CA_FILE)."
+            elif not fix and proxy and _is_transport_error(exc):
                 # No answer at all, through a proxy the environment names: the proxy first,
                 # not the tenant id.
                 fix = (
@@ -816,6 +819,11 @@ def _proxy_in(env: Mapping[str, str]) -> str | None:
         if env.get(name) or os.environ.get(name):
             return name
     return None
+
+
+def _is_tls_error(exc: BaseException) -> bool:
+    """requests' (and ssl's) TLS failures: a certificate not trusted, no TLS agreed."""
+    return bool({c.__name__ for c in type(exc).__mro__} & {"SSLError", "SSLCertVerificationError"})
 
 
 def _is_transport_error(exc: BaseException) -> bool:
