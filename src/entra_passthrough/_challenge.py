@@ -35,21 +35,29 @@ class BearerChallenge:
         return self.claims is not None or self.error == "invalid_token"
 
 
+def bearer_parameters(values: Iterable[str]) -> dict[str, str] | None:
+    """The parameters (names lower-cased, values unquoted) of the first ``Bearer`` challenge in
+    these ``WWW-Authenticate`` values, or ``None``. Never raises; bounded as below."""
+    for value in values:
+        if not isinstance(value, str) or len(value) > _MAX_HEADER:
+            continue
+        for scheme, params in _challenges(value):
+            if scheme.lower() == "bearer":
+                return params
+    return None
+
+
 def parse_bearer_challenges(values: Iterable[str]) -> BearerChallenge | None:
     """The first ``Bearer`` challenge in these ``WWW-Authenticate`` values, or ``None``.
 
     Never raises: a value that is too large or not understood is ignored. A ``claims``
     parameter that is not base64 of a JSON object is dropped (no retry on garbage).
     """
-    for value in values:
-        if not isinstance(value, str) or len(value) > _MAX_HEADER:
-            continue
-        for scheme, params in _challenges(value):
-            if scheme.lower() != "bearer":
-                continue
-            claims = decode_claims(params["claims"]) if "claims" in params else None
-            return BearerChallenge(error=params.get("error"), claims=claims)
-    return None
+    params = bearer_parameters(values)
+    if params is None:
+        return None
+    claims = decode_claims(params["claims"]) if "claims" in params else None
+    return BearerChallenge(error=params.get("error"), claims=claims)
 
 
 def _challenges(value: str) -> list[tuple[str, dict[str, str]]]:

@@ -63,7 +63,7 @@ except ImportError as _exc:  # pragma: no cover - exercised only without the ext
 
 from ._auth import EntraAuth
 from ._chain import ended_caller_error
-from ._challenge import parse_bearer_challenges
+from ._challenge import bearer_parameters, parse_bearer_challenges
 from ._flow import APPLIED, Chain
 from ._http import retry_after_seconds
 from ._httpx_seams import wrap_transports
@@ -362,6 +362,23 @@ def _challenge_error(response: httpx2.Response) -> str | None:
     challenge = parse_bearer_challenges(response.headers.get_list("www-authenticate"))
     error = challenge.error if challenge is not None else None
     return error if error in _ERROR_CODES else None
+
+
+#: A scope as the library quotes it from a challenge: a short name or an App ID URI and a name,
+#: bounded. The server fills ``scope`` freely (it could echo the token it refused, which has
+#: none of ``/``, ``:`` in a JWT's place and is far longer): anything else is left out.
+_QUOTABLE_SCOPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~:/\-]{0,159}")
+_MAX_QUOTED_SCOPES = 16
+
+
+def challenge_of(response: httpx2.Response) -> tuple[str | None, tuple[str, ...]]:
+    """The ``error`` code (a bare RFC 6750 code, else ``None``) and the ``scope`` values of the
+    Bearer challenge of a 401/403 answer (``()`` when it names none the library may quote):
+    what a refusal at the connect, which no ``CallAttempt`` records, says."""
+    params = bearer_parameters(response.headers.get_list("www-authenticate")) or {}
+    raw = params.get("scope", "")
+    scopes = [s for s in raw.split() if _QUOTABLE_SCOPE.fullmatch(s) and "eyJ" not in s]
+    return _challenge_error(response), tuple(dict.fromkeys(scopes[:_MAX_QUOTED_SCOPES]))
 
 
 def _drop_ended_callers_token(request: httpx2.Request) -> None:

@@ -30,7 +30,13 @@ from ._factory import MCPToolOptions, entra_mcp_tool, entra_middleware
 from ._hosting import BackgroundRunCallers, end_run_caller, install
 from ._middleware import EntraToolMiddleware
 from ._pool import EntraMCPToolPool, PoolOptions, issued_pool_key
-from ._signals import CallOutcomeUnknown, ToolNotListed, consent_exception, is_dead_connection
+from ._signals import (
+    CallOutcomeUnknown,
+    MCPServerUnreachable,
+    ToolNotListed,
+    consent_exception,
+    is_dead_connection,
+)
 from ._tool import EntraMCPTool
 
 __all__ = [
@@ -39,6 +45,7 @@ __all__ = [
     "EntraMCPTool",
     "EntraMCPToolPool",
     "EntraToolMiddleware",
+    "MCPServerUnreachable",
     "MCPToolOptions",
     "PoolOptions",
     "ToolNotListed",

@@ -15,13 +15,14 @@ from agent_framework import Content, MiddlewareFailure
 from agent_framework.exceptions import ToolException, UserInputRequiredException
 
 from .._docs import see
-from .._errors import ConsentRequired
+from .._errors import ConsentRequired, EntraPassthroughError
 from ..mcp import FOUNDRY_CONSENT_REQUIRED, exception_chain
 from ._af_seams import public_failure_type
 from ._hosting import unstored_request
 
 __all__ = [
     "CallOutcomeUnknown",
+    "MCPServerUnreachable",
     "ToolNotListed",
     "connect_lost",
     "consent_exception",
@@ -70,6 +71,18 @@ class ToolNotListed(ToolException):
             "it again) so that its tool list is loaded again."
         )
         self.tool_name = tool_name
+
+
+class MCPServerUnreachable(EntraPassthroughError):
+    """An MCP tool could not connect: its server could not be reached (the TCP or TLS connection
+    could not be opened) however long the tool tried again. Nothing was sent, and it is not
+    about anyone's token. ``server_label`` names the tool's server and ``origin`` its URL's
+    scheme, host and port (no path, query or user information)."""
+
+    def __init__(self, message: str, *, server_label: str, origin: str, fix: str) -> None:
+        self.server_label = server_label
+        self.origin = origin
+        super().__init__(message, fix=fix)
 
 
 _DEAD_TRANSPORT = (

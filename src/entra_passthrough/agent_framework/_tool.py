@@ -45,11 +45,16 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import json
 import logging
 import random
+import re
+import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from contextlib import suppress
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
@@ -87,6 +92,7 @@ from ..mcp import (
     CallAttempt,
     attempt_var,
     call_attempt,
+    challenge_of,
     consent_from_exception,
     exception_chain,
     http_client_for,
@@ -101,6 +107,7 @@ from ._af_seams import (
 )
 from ._signals import (
     CallOutcomeUnknown,
+    MCPServerUnreachable,
     ToolNotListed,
     connect_lost,
     consent_exception,
@@ -237,6 +244,9 @@ class EntraMCPTool(HookedMCPTool):
         self._sessions_shared = False
         self._background: set[asyncio.Task[None]] = set()
         self._deferred_for: Caller | None = None
+        # The last 401/403 a connection-lifetime POST got (cleared by a later success): what a
+        # failed connect reports, since no ``CallAttempt`` records a connect's answers.
+        self._connect_refusal: _ConnectRefusal | None = None
         #: The agent that holds this tool opened it (an enter returned, and no exit since). An
         #: enter while it is not is the agent opening (``ResponsesHostServer``: "agent
         #: initialization", which it repeats on every request until it succeeds); one while it
@@ -256,10 +266,28 @@ class EntraMCPTool(HookedMCPTool):
     # -- the HTTP client: ours, with EntraAuth, one per connection -------------------------
 
     def get_mcp_client(self) -> McpClientContext:
-        self.own_http_client(
-            lambda: http_client_for(self._entra_auth, timeout=self._timeout, verify=self._verify)
-        )
+        self.own_http_client(self._make_http_client)
         return super().get_mcp_client()
+
+    def _make_http_client(self) -> httpx2.AsyncClient:
+        client = http_client_for(self._entra_auth, timeout=self._timeout, verify=self._verify)
+        hooks = dict(client.event_hooks)
+        hooks["response"] = [*hooks.get("response", []), self._note_connect_answer]
+        client.event_hooks = hooks
+        return client
+
+    async def _note_connect_answer(self, response: httpx2.Response) -> None:
+        """Keep the 401/403 of a connection-lifetime POST (discovery, initialize, tools/list):
+        the mcp SDK turns it into "Server returned an error response", and a connect that fails
+        on it must say that the server refused the token, and why. A ``tools/call`` (inside
+        ``call_attempt``) has its own record. The client runs this for every answer, the first
+        401 of the auth's one retry too: the retry's answer replaces it."""
+        if response.request.method != "POST" or attempt_var.get() is not None:
+            return
+        if response.status_code in (401, 403):
+            self._connect_refusal = _ConnectRefusal.of(response)
+        elif response.status_code < 400:
+            self._connect_refusal = None
 
     # -- the lifecycle task runs in a context we own -----------------------------------------
 
@@ -354,12 +382,17 @@ class EntraMCPTool(HookedMCPTool):
             await self.start_lifecycle_task()
             self._set_lifecycle_caller(chosen)
             self._entra_auth.take_errors()
+            self._connect_refusal = None
             try:
                 await self._connect_through_refusals(reset)
             except Exception as exc:
                 failure = self._connect_failure(exc, chosen)
                 if failure is exc:
                     raise
+                if isinstance(getattr(failure, "error", None), TokenVerificationError):
+                    # Not chained: the mcp SDK's error may carry the server's answer, which can
+                    # echo the token it refused. The typed error says what it said.
+                    raise failure from None
                 raise failure from exc
             finally:
                 if self.mode == "shared":
@@ -428,6 +461,18 @@ class EntraMCPTool(HookedMCPTool):
         if consent is not None:
             return gateway_shaped(consent, server_label=self.server_label)
         why = next((e for e in recorded if isinstance(e, EntraPassthroughError)), None)
+        refusal, self._connect_refusal = self._connect_refusal, None
+        if (
+            why is None
+            and refusal is not None
+            and refusal.with_token
+            and (chosen is None or chosen.active)
+        ):
+            # Typed and in the host's public shape: at the agent's open (the host shows only
+            # "server_error" for anything else) and on a run's reconnect alike.
+            return _shown_at_agent_init(self._connect_refused(refusal, chosen))
+        if why is None and _unreachable(exc):
+            return _shown_at_agent_init(self._unreachable_error(exc))
         who = (
             "the user whose call triggered it"
             if chosen is not None
@@ -438,6 +483,61 @@ class EntraMCPTool(HookedMCPTool):
             f"Could not connect to MCP server {self.server_label!r}: {exc}. Connection-lifetime "
             f"requests (discovery, tools/list) were authenticated as {who}.{detail}",
             why if why is not None else exc,
+        )
+
+    def _connect_refused(
+        self, refusal: _ConnectRefusal, chosen: Caller | None
+    ) -> TokenVerificationError:
+        """The MCP server's 401/403 to a connect, typed like a ``tools/call``'s (``_refusal``),
+        with the scopes its challenge says it requires and the refused token lacks. Named from
+        the status, the challenge's error code and scopes alone (``challenge_of``): the server's
+        own description is its free text, and no part of the token is quoted."""
+        whose = "the user's token" if chosen is not None else "the lifecycle identity's token"
+        answer = f"HTTP {refusal.status}" + (f' error="{refusal.error}"' if refusal.error else "")
+        request = f" to its {refusal.rpc} request" if refusal.rpc else ""
+        refused = (
+            f"MCP server {self.server_label!r} refused {whose} while the tool was connecting "
+            f"({answer}{request}), so none of its tools can be used for this request."
+        )
+        if refusal.status == 403 or refusal.error == "insufficient_scope":
+            missing = refusal.missing()
+            if missing:
+                lacks = f" The token lacks the scope(s) it requires: {', '.join(missing)}."
+            elif refusal.required:
+                lacks = (
+                    " The token lacks a scope or app role it requires (it requires: "
+                    f"{', '.join(refusal.required)})."
+                )
+            else:
+                lacks = " The token is valid but lacks a scope or app role the server requires."
+            named = ", ".join(missing or refusal.required) or "what the server requires"
+            return InsufficientScope(
+                refused + lacks,
+                required=refusal.required,
+                fix=f"grant {named} to the agent app for the MCP server's API (API "
+                "permissions, with consent: admin consent for the tenant, or the user's own), "
+                "and request it in the tool's scopes (the server's App ID URI + /.default "
+                "carries every scope granted); or, if the server should not require it, change "
+                f"the server's required scopes ({see('errors')})",
+            )
+        return TokenVerificationError(
+            f"{refused} The server does not accept the token.",
+            fix="check that the tool's scopes name the MCP server's app (its App ID URI + "
+            "/.default), that the server trusts the user's tenant, and that the user may call "
+            f"it ({see('errors')})",
+        )
+
+    def _unreachable_error(self, exc: Exception) -> MCPServerUnreachable:
+        origin = _origin_of(self.url or "")
+        return MCPServerUnreachable(
+            f"Could not connect to MCP server {self.server_label!r} ({origin}): it could not "
+            f"be reached ({_unreachable_why(exc)}), also when the tool tried again. Nothing "
+            "was sent to it, and this is not a problem with the user's token.",
+            server_label=self.server_label,
+            origin=origin,
+            fix="check that the MCP server is running and reachable from this host at that "
+            "address (the tool's URL and port, DNS, firewalls, a proxy, its TLS certificate), "
+            f"then send the request again ({see('agent-framework')})",
         )
 
     # -- per-user pool leases (EntraMCPToolPool calls these) ------------------------------------
@@ -1099,3 +1199,89 @@ def _connection_refused(exc: BaseException) -> bool:
     return any(
         isinstance(e, httpx2.ConnectError | ConnectionRefusedError) for e in exception_chain(exc)
     )
+
+
+#: A JSON-RPC method our client sent, as a message names it.
+_RPC_METHOD = re.compile(r"[a-z][a-z/_]{0,39}")
+
+
+@dataclass(frozen=True, slots=True)
+class _ConnectRefusal:
+    """A 401/403 to a connection-lifetime request, as a message may name it: the status, the
+    challenge's error code and required scopes (``challenge_of``), the request's method, and
+    the ``scp``/``roles`` of the token it refused (``None`` when it had none readable)."""
+
+    status: int
+    error: str | None
+    required: tuple[str, ...]
+    granted: tuple[str, ...] | None
+    rpc: str | None
+    with_token: bool
+
+    @classmethod
+    def of(cls, response: httpx2.Response) -> _ConnectRefusal:
+        error, required = challenge_of(response)
+        request = response.request
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        token = token.strip()
+        with_token = scheme.lower() == "bearer" and bool(token)
+        granted: tuple[str, ...] | None = None
+        if with_token:
+            try:
+                claims = UnverifiedClaims.from_token(token)
+            except (JwtDecodeError, ValueError, OverflowError):
+                pass  # opaque: which scope it lacks is unknown here
+            else:
+                granted = (*claims.scp, *claims.roles)
+        rpc: str | None = None
+        with suppress(ValueError, httpx2.RequestNotRead, RecursionError):
+            body = json.loads(request.content)
+            method = body.get("method") if isinstance(body, dict) else None
+            if isinstance(method, str) and _RPC_METHOD.fullmatch(method):
+                rpc = method
+        return cls(response.status_code, error, required, granted, rpc, with_token)
+
+    def missing(self) -> tuple[str, ...]:
+        """The required scopes the refused token does not carry (a required App ID URI scope
+        matches the short name Entra puts in ``scp``); ``()`` when that is unknown."""
+        if self.granted is None:
+            return ()
+        have = {g.lower() for g in self.granted}
+        return tuple(
+            s for s in self.required if s.lower() not in have and _short(s).lower() not in have
+        )
+
+
+def _short(scope: str) -> str:
+    return scope.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _origin_of(url: str) -> str:
+    """The URL's scheme, host and port: no user information, path or query (either may hold a
+    key)."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://{host}" if parts.scheme and host else "its URL"
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """The connect failed because the server could not be reached at all: the TCP or TLS
+    connection could not be opened (refused, no such host, timed out, handshake failed)."""
+    return any(
+        isinstance(e, httpx2.ConnectError | httpx2.ConnectTimeout | ConnectionRefusedError)
+        for e in exception_chain(exc)
+    )
+
+
+def _unreachable_why(exc: BaseException) -> str:
+    """Why, from the error's types alone (its text may name a proxy with its credentials)."""
+    chain = list(exception_chain(exc))
+    if any(isinstance(e, ConnectionRefusedError) for e in chain):
+        return "it refused the connection (nothing listens there: down, restarting, wrong port)"
+    if any(isinstance(e, socket.gaierror) for e in chain):
+        return "its host name could not be resolved (DNS)"
+    if any(isinstance(e, ssl.SSLError) for e in chain):
+        return "the TLS handshake failed (its certificate is not trusted here, or it is not TLS)"
+    if any(isinstance(e, httpx2.ConnectTimeout | TimeoutError) for e in chain):
+        return "the connection timed out (a firewall, or the host is down)"
+    return "the connection could not be opened"
