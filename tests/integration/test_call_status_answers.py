@@ -39,6 +39,8 @@ ANSWERS: dict[str, tuple[int, bytes, bytes, bytes | None, bool]] = {
     "429-after-running": (429, b"text/plain", b"slow down", b"2", True),
     "400-text": (400, b"text/plain", b"bad request", None, False),
     "503-retry-after": (503, b"text/html", b"<html>busy</html>", b"1", False),
+    # A server without sessions: the SDK's stand-in is METHOD_NOT_FOUND "Not Found", no status.
+    "404-text": (404, b"text/plain", b"not found", None, False),
 }
 
 
@@ -94,9 +96,15 @@ def _serve(idp: EntraEmulator, wrap: Any, *, stateful: bool, json_response: bool
     return server, recorder, executions
 
 
-@pytest.mark.parametrize("answer", list(ANSWERS))
 @pytest.mark.parametrize(
-    ("stateful", "json_response"), [(False, True), (True, False)], ids=["modern", "legacy-sse"]
+    ("answer", "stateful", "json_response"),
+    [
+        pytest.param(answer, stateful, not stateful, id=f"{kind}-{answer}")
+        for kind, stateful in (("modern", False), ("legacy-sse", True))
+        for answer in ANSWERS
+        # A 404 on a session is the session refused (test_a_session_refused_on_every_...).
+        if not (stateful and ANSWERS[answer][0] == 404)
+    ],
 )
 async def test_an_http_error_without_json_rpc_is_typed_and_never_resent(
     answer: str, stateful: bool, json_response: bool, idp: EntraEmulator, users: list[User]

@@ -155,16 +155,19 @@ def is_lost_response(exc: BaseException) -> bool:
 
 
 def is_status_stand_in(exc: BaseException) -> bool:
-    """True for the mcp SDK's stand-in for an HTTP error answer that held no JSON-RPC error
-    (INTERNAL_ERROR, "Server returned an error response"): it carries neither the status nor
-    anything the server said (the transport recorded the status: ``CallAttempt.status``)."""
+    """True for the mcp SDK's stand-ins for an HTTP error answer that held no JSON-RPC error
+    (INTERNAL_ERROR, "Server returned an error response"; for a 404 before any session,
+    METHOD_NOT_FOUND, "Not Found"): they carry neither the status nor anything the server said
+    (the transport recorded the status: ``CallAttempt.status``)."""
     from mcp import MCPError
-    from mcp_types import INTERNAL_ERROR
+    from mcp_types import INTERNAL_ERROR, METHOD_NOT_FOUND
 
+    stand_ins = {
+        (INTERNAL_ERROR, "Server returned an error response"),
+        (METHOD_NOT_FOUND, "Not Found"),
+    }
     return any(
-        isinstance(current, MCPError)
-        and current.error.code == INTERNAL_ERROR
-        and current.error.message == "Server returned an error response"
+        isinstance(current, MCPError) and (current.error.code, current.error.message) in stand_ins
         for current in exception_chain(exc)
     )
 
