@@ -256,3 +256,43 @@ async def test_the_tool_raises_the_typed_errors_at_its_open(
     for failure in failures:
         assert token not in str(failure)
         assert not JWT.search(str(failure))
+
+
+async def test_a_scope_of_another_api_in_the_challenge_is_not_quoted(idp: EntraEmulator) -> None:
+    """The challenge's ``scope`` is the server's to write: one of another API (a server asking
+    an administrator to grant something else) is never quoted in the message or the fix."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from _support.servers import serve_in_thread
+
+    own = f"{idp.mcp.app_id_uri}/Files.Write"
+    challenge = f'Bearer error="insufficient_scope", scope="api://evil/Phish.Me {own}"'
+
+    async def refuse(_request: Request) -> Response:
+        return Response(
+            '{"error": "insufficient_scope"}',
+            status_code=403,
+            headers={"WWW-Authenticate": challenge},
+            media_type="application/json",
+        )
+
+    app = Starlette(routes=[Route("/mcp", refuse, methods=["GET", "POST", "DELETE"])])
+    token = agent_token(idp, "alice")
+    with serve_in_thread(app, name="foreign-scope") as base:
+        tool = entra_mcp_tool(
+            "records", f"{base}/mcp", chain=make_chain(idp), scopes=mcp_scopes(idp)
+        )
+        try:
+            with bind_caller(token=token), pytest.raises(ToolException) as raised:
+                async with tool:
+                    pass
+        finally:
+            await tool.close()
+    refused = getattr(raised.value, "error", None)
+    assert isinstance(refused, InsufficientScope), raised.value
+    text = f"{refused} {refused.fix}"
+    assert "evil" not in text
+    assert own in text

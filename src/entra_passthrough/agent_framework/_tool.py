@@ -500,17 +500,26 @@ class EntraMCPTool(HookedMCPTool):
             f"({answer}{request}), so none of its tools can be used for this request."
         )
         if refusal.status == 403 or refusal.error == "insufficient_scope":
-            missing = refusal.missing()
+            # The challenge's scopes are the server's words: only those of the API the tool asks
+            # tokens for (or bare names) are quoted, so that a server cannot have the message
+            # tell an administrator to grant some other API's permission.
+            own = {s.rsplit("/", 1)[0].lower() for s in self.auth.scopes if "/" in s}
+
+            def quotable(scope: str) -> bool:
+                return "/" not in scope or scope.rsplit("/", 1)[0].lower() in own
+
+            missing = tuple(filter(quotable, refusal.missing()))
+            required = tuple(filter(quotable, refusal.required))
             if missing:
                 lacks = f" The token lacks the scope(s) it requires: {', '.join(missing)}."
-            elif refusal.required:
+            elif required:
                 lacks = (
                     " The token lacks a scope or app role it requires (it requires: "
-                    f"{', '.join(refusal.required)})."
+                    f"{', '.join(required)})."
                 )
             else:
                 lacks = " The token is valid but lacks a scope or app role the server requires."
-            named = ", ".join(missing or refusal.required) or "what the server requires"
+            named = ", ".join(missing or required) or "what the server requires"
             return InsufficientScope(
                 refused + lacks,
                 required=refusal.required,
