@@ -405,10 +405,13 @@ class EntraMCPTool(HookedMCPTool):
             self._session_owner = _oid_of(chosen)
 
     async def _connect_through_refusals(self, reset: bool) -> None:
-        """``connect``, again while the server refuses the TCP connection: a restart's gap,
-        in which a run that opens its tool failed at once ("An internal server error occurred"
-        from the host). Refused, nothing was sent, so trying again is safe; for at most
-        ``_REFUSED_CONNECT_WAIT`` seconds, then the refusal stands."""
+        """``connect``, again while the server refuses the TCP connection (a restart's gap, in
+        which a run that opens its tool failed at once: "An internal server error occurred"
+        from the host), or drops the connect's own connection or session mid-handshake (a
+        restart during initialize or tools/list, ``connect_lost``; an answer cut off after its
+        headers, ``is_lost_response``): a connect runs no tool, so trying again is safe (a lost
+        one again with ``reset``: its half-open session is closed first); for at most
+        ``_REFUSED_CONNECT_WAIT`` seconds, then the failure stands."""
         loop = asyncio.get_running_loop()
         give_up = loop.time() + _REFUSED_CONNECT_WAIT
         delay = 0.1
@@ -417,8 +420,10 @@ class EntraMCPTool(HookedMCPTool):
                 await _not_cancelled_by_transport(super().connect(reset=reset))
                 return
             except Exception as exc:
-                if not _connection_refused(exc) or loop.time() + delay > give_up:
+                lost = not _connection_refused(exc) and (connect_lost(exc) or is_lost_response(exc))
+                if not (lost or _connection_refused(exc)) or loop.time() + delay > give_up:
                     raise
+                reset = reset or lost
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 
