@@ -850,8 +850,7 @@ class GuardedHttpClient:
             raise TransportFailure("page", status=status, peer=self.peer)
         if _TOKEN_FIELDS.isdisjoint(body):
             return response
-        kept = {k: v for k, v in body.items() if k not in _TOKEN_FIELDS}
-        return OAuthAnswer(response, json.dumps(kept))
+        return OAuthAnswer(response, json.dumps(_without_tokens(body)))
 
 
 class OAuthBodies:
@@ -913,6 +912,11 @@ def _oauth_word(value: object) -> bool:
 _TOKEN_FIELDS = frozenset({"access_token", "refresh_token", "id_token", "client_info"})
 
 
+def _without_tokens(body: Mapping[str, Any]) -> dict[str, Any]:
+    """``body`` without ``_TOKEN_FIELDS``: what an error status is handed over with."""
+    return {k: v for k, v in body.items() if k not in _TOKEN_FIELDS}
+
+
 def oauth_error_body(body: dict[str, Any], status: int) -> dict[str, Any]:
     """``body`` (a token endpoint's JSON object) with ``error`` and ``suberror`` made safe for
     MSAL; ``body`` itself (the same object) when they already are.
@@ -958,7 +962,7 @@ def oauth_error_body(body: dict[str, Any], status: int) -> dict[str, Any]:
         # An error status with a token beside it: MSAL reads ``access_token`` whatever the
         # status. No error answer of Entra's carries one; served, a gateway's or a proxy's body
         # would become a bearer token. Handed over without it.
-        fixed = {k: v for k, v in (fixed or body).items() if k not in _TOKEN_FIELDS}
+        fixed = _without_tokens(fixed or body)
     return fixed if fixed is not None else body
 
 
