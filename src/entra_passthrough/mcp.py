@@ -45,11 +45,14 @@ from urllib.parse import urlsplit
 
 from . import _env
 from ._caller import active_caller, current_caller
+from ._docs import see
 from ._errors import (
     ConfigurationError,
     ConsentRequired,
     EntraPassthroughError,
+    InsufficientScope,
     NoCallerError,
+    TokenVerificationError,
     require_extra,
 )
 from ._tls import shared_verify
@@ -338,6 +341,23 @@ def _rpc_of(request: httpx2.Request) -> tuple[Any, str | None]:
     return body.get("id"), method if isinstance(method, str) else None
 
 
+def _not_sent_text(
+    attempt: CallAttempt, method: str | None, why: str, *, paren: bool = False
+) -> str:
+    """The text of the local answer to a request of a call that was not sent. Once the call's
+    ``tools/call`` has reached the server, a later request of the call (the ``tools/list`` with
+    which the mcp SDK fetches a tool's output schema after its first call) that is not sent
+    must not read as the call's "not sent": the SDK raises that answer as the call's error, and
+    the call may have run."""
+    detail = f" ({why})" if paren else f", {why}"
+    if method != "tools/call" and attempt.sent:
+        return (
+            f"entra_passthrough: the call's tools/call reached the MCP server and may have run; "
+            f"a later request of the call ({method or 'a response'}) was not sent{detail}"
+        )
+    return f"entra_passthrough: not sent{detail}"
+
+
 def _local_error(request: httpx2.Request, rpc_id: Any, message: str) -> httpx2.Response:
     from mcp_types import INTERNAL_ERROR
 
@@ -549,14 +569,16 @@ class _CallGuard(httpx2.AsyncBaseTransport):
             attempt.not_sent = attempt.not_sent or "closed"
             if rpc_id is None:
                 return httpx2.Response(202, request=request)
-            return _local_error(request, rpc_id, "entra_passthrough: not sent, call already over")
+            return _local_error(
+                request, rpc_id, _not_sent_text(attempt, method, "call already over")
+            )
         if attempt.require_token and "authorization" not in request.headers:
             attempt.not_sent = attempt.not_sent or "no_token"
             if rpc_id is None:
                 # A notification (e.g. a cancel): nothing to answer, nothing sent.
                 return httpx2.Response(202, request=request)
             return _local_error(
-                request, rpc_id, "entra_passthrough: not sent, no token could be applied"
+                request, rpc_id, _not_sent_text(attempt, method, "no token could be applied")
             )
         is_call = method == "tools/call"
         was_sent = attempt.sent
@@ -581,7 +603,9 @@ class _CallGuard(httpx2.AsyncBaseTransport):
                 if rpc_id is None:
                     raise
                 return _local_error(
-                    request, rpc_id, f"entra_passthrough: not sent ({why}, {type(exc).__name__})"
+                    request,
+                    rpc_id,
+                    _not_sent_text(attempt, method, f"{why}, {type(exc).__name__}", paren=True),
                 )
             attempt.transport_error = type(exc).__name__
             if rpc_id is None:
@@ -729,24 +753,71 @@ async def entra_call(target: httpx2.AsyncClient | EntraAuth) -> AsyncIterator[To
             raise
         finally:
             recorded = caller.take_errors() if caller is not None else []
+            foreign = isinstance(failure, Exception) and not isinstance(
+                failure, EntraPassthroughError
+            )
             if recorded and attempt.may_have_run:
                 # The tools/call reached the server: the recorded error (a later request of the
                 # call, such as the GET resuming its answer, got no token) says "not sent", and
                 # the user would send it again. The call's own error stands.
                 if failure is not None:
                     failure.add_note(_may_have_run_note(attempt, recorded[0]))
-            elif recorded and (
-                failure is None
-                or (
-                    isinstance(failure, Exception)
-                    and not isinstance(failure, EntraPassthroughError)
-                )
-            ):
+            elif recorded and (failure is None or foreign):
                 raise recorded[0] from failure
+            elif (
+                foreign
+                and (caller is None or caller.active)
+                and (refused := call_refusal(attempt, "the MCP server refused the call's token"))
+            ):
+                # The SDK says only "Server returned an error response" for a 401/403 as for a
+                # 503. Not chained: its error may carry the server's answer, which can echo the
+                # token it refused; the typed error says what the server said.
+                raise refused from None
+            elif foreign and failure is not None and attempt.may_have_run:
+                failure.add_note(_may_have_run_note(attempt, None))
 
 
-def _may_have_run_note(attempt: CallAttempt, recorded: BaseException) -> str:
-    if attempt.held_back == "no_token":
+def call_refusal(attempt: CallAttempt, refused: str) -> TokenVerificationError | None:
+    """The MCP server's 401/403 to a call's ``tools/call`` (after the auth's one retry on a
+    claims challenge or ``invalid_token``), typed: ``InsufficientScope`` for a 403 or an
+    ``insufficient_scope`` challenge, else ``TokenVerificationError``; ``None`` for any other
+    answer. Named from the status and the challenge's error code alone (``refused`` says who
+    refused what): the server's own description is its free text, and no part of the token is
+    quoted. The call did not run."""
+    status = attempt.status
+    if status not in (401, 403) or attempt.transport_error is not None:
+        return None
+    error = attempt.challenge_error
+    answer = f"HTTP {status}" + (f' error="{error}"' if error else "")
+    refused = f"{refused} ({answer}); the call did not run."
+    if status == 403 or error == "insufficient_scope":
+        return InsufficientScope(
+            f"{refused} The token is valid but lacks a scope or app role the server requires.",
+            fix="grant the user (or the agent app, with admin consent) what the server "
+            f"requires, and request it in the tool's scopes ({see('errors')})",
+        )
+    return TokenVerificationError(
+        f"{refused} The server does not accept the token.",
+        fix="check that the tool's scopes name the MCP server's app (its App ID URI + "
+        "/.default), that the server trusts the user's tenant, and that the user may call "
+        f"it ({see('errors')})",
+    )
+
+
+def _may_have_run_note(attempt: CallAttempt, recorded: BaseException | None) -> str:
+    if recorded is None:
+        status = attempt.status
+        if attempt.transport_error is not None:
+            what = f"then the connection was lost ({attempt.transport_error})"
+        elif status is not None and status >= 400:
+            what = f"the server answered HTTP {status}, which does not say it did not run"
+            if attempt.retry_after is not None:
+                what += f" (Retry-After: {attempt.retry_after:.3g} s)"
+        elif attempt.not_sent is not None:
+            what = f"a later request of the call was not sent ({attempt.not_sent})"
+        else:
+            what = "its error came after it was sent"
+    elif attempt.held_back == "no_token":
         what = (
             "the request that resumes its answer (GET with Last-Event-ID) was not sent: no "
             f"token could be applied to it ({type(recorded).__name__})"

@@ -92,6 +92,7 @@ from ..mcp import (
     CallAttempt,
     attempt_var,
     call_attempt,
+    call_refusal,
     challenge_of,
     consent_from_exception,
     exception_chain,
@@ -934,36 +935,17 @@ class EntraMCPTool(HookedMCPTool):
     def _refusal(
         self, attempt: CallAttempt, tool_name: str, caller: Caller | None
     ) -> TokenVerificationError | None:
-        """The MCP server's 401/403 to this call (after the auth's one retry on a claims
-        challenge or ``invalid_token``), typed: the mcp SDK reports only "Server returned an
-        error response", which tells neither the model nor the user that the token was refused
-        nor why. Named from the status and the challenge's error code alone: the server's own
-        description is its free text, and no part of the token is quoted."""
-        status = attempt.status
-        if status not in (401, 403) or attempt.transport_error is not None:
-            return None
+        """The MCP server's 401/403 to this call, typed (``call_refusal``): the mcp SDK reports
+        only "Server returned an error response", which tells neither the model nor the user
+        that the token was refused nor why."""
         if caller is not None and not caller.active:
             # The run's caller ended while the call was out (a background run is capped at its
             # user's token expiry, about when a server starts refusing that token): the 401 is
             # that expiry, and "check the scopes" would send the operator the wrong way.
             return None
-        error = attempt.challenge_error
-        answer = f"HTTP {status}" + (f' error="{error}"' if error else "")
-        refused = (
-            f"MCP server {self.server_label!r} refused the token of the call to tool "
-            f"{tool_name!r} ({answer})."
-        )
-        if status == 403 or error == "insufficient_scope":
-            return InsufficientScope(
-                f"{refused} The token is valid but lacks a scope or app role the server requires.",
-                fix="grant the user (or the agent app, with admin consent) what the server "
-                f"requires, and request it in the tool's scopes ({see('errors')})",
-            )
-        return TokenVerificationError(
-            f"{refused} The server does not accept the token.",
-            fix="check that the tool's scopes name the MCP server's app (its App ID URI + "
-            "/.default), that the server trusts the user's tenant, and that the user may call "
-            f"it ({see('errors')})",
+        return call_refusal(
+            attempt,
+            f"MCP server {self.server_label!r} refused the token of the call to tool {tool_name!r}",
         )
 
     async def _until_sendable(self, tool_name: str) -> None:
