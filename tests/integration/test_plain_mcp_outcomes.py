@@ -189,9 +189,11 @@ async def test_a_call_refused_for_its_token_is_a_typed_error_that_says_it_did_no
         await http.aclose()
     assert type(raised.value) is typed
     text = str(raised.value)
-    assert f"HTTP {status}" in text and "did not run" in text, text
+    assert f"HTTP {status}" in text, text
+    assert "did not run" in text, text
     assert raised.value.fix, text
-    assert raised.value.__cause__ is None and raised.value.__suppress_context__
+    assert raised.value.__cause__ is None
+    assert raised.value.__suppress_context__
     assert [w for w, _ in executions] == ["after"]
     assert json.loads(after.content[0].text)["who"] == "after"
 
@@ -216,6 +218,7 @@ async def test_a_call_answered_503_keeps_the_sdk_error_with_a_may_have_run_note(
         await http.aclose()
     notes = getattr(raised.value, "__notes__", [])
     assert len(notes) == 1, notes
-    assert "may have run" in notes[0] and "HTTP 503" in notes[0], notes
+    assert "may have run" in notes[0], notes
+    assert "HTTP 503" in notes[0], notes
     assert "Retry-After: 1 s" in notes[0], notes
     assert executions == []
