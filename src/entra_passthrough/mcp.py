@@ -52,6 +52,7 @@ from ._errors import (
     EntraPassthroughError,
     InsufficientScope,
     NoCallerError,
+    TokenAcquisitionError,
     TokenVerificationError,
     require_extra,
 )
@@ -839,7 +840,12 @@ def _https_link(link: object) -> str | None:
     return link
 
 
-def exception_chain(exc: BaseException) -> Iterable[BaseException]:
+def exception_chain(
+    exc: BaseException, *, decided: tuple[type[BaseException], ...] = ()
+) -> Iterable[BaseException]:
+    """``exc`` and what it carries (groups, wrapped args, causes and contexts), bounded.
+    ``decided``: exception types whose own causes and contexts are not walked (an error the
+    token chain chose over others it met, which its context still holds)."""
     seen: set[int] = set()
     stack = [exc]
     while stack and len(seen) < 32:
@@ -848,6 +854,8 @@ def exception_chain(exc: BaseException) -> Iterable[BaseException]:
             continue
         seen.add(id(current))
         yield current
+        if decided and isinstance(current, decided):
+            continue
         if isinstance(current, BaseExceptionGroup):
             stack.extend(current.exceptions)
         stack.extend(arg for arg in current.args if isinstance(arg, BaseException))
@@ -897,7 +905,10 @@ def consent_from_exception(
     gateway consent error (-32006). ``None`` if there is none. Links must be HTTPS."""
     from mcp import MCPError
 
-    for current in exception_chain(exc):
+    # A token error the chain raised is its decision: one it met first and outranked (say
+    # DelegatedConsent's ConsentRequired under OnBehalfOf's InteractionRequired, MFA) is still
+    # its context, and is not what the user must do.
+    for current in exception_chain(exc, decided=(TokenAcquisitionError,)):
         if isinstance(current, ConsentRequired):
             if server_label and not current.server_label:
                 current.server_label = server_label

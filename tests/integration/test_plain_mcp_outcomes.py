@@ -26,8 +26,14 @@ from _support.mcp_world import (
     mcp_scopes,
     read_json_request,
 )
-from entra_passthrough import InsufficientScope, TokenVerificationError, bind_caller
-from entra_passthrough.mcp import entra_call, entra_http_client
+from entra_passthrough import (
+    ConsentRequired,
+    InsufficientScope,
+    InteractionRequired,
+    TokenVerificationError,
+    bind_caller,
+)
+from entra_passthrough.mcp import consent_from_exception, entra_call, entra_http_client
 from entra_passthrough.testing import EntraEmulator
 from entra_passthrough.testing._world import User
 
@@ -222,3 +228,31 @@ async def test_a_call_answered_503_keeps_the_sdk_error_with_a_may_have_run_note(
     assert "HTTP 503" in notes[0], notes
     assert "Retry-After: 1 s" in notes[0], notes
     assert executions == []
+
+
+def test_a_consent_the_chain_outranked_is_not_taken_from_its_errors_context() -> None:
+    """The chain meets DelegatedConsent's ConsentRequired, then raises OnBehalfOf's
+    InteractionRequired (MFA), which it ranked first: the consent is that error's context
+    (raised while it was handled). The user must do what the chain chose, not sign in at the
+    broker; a consent the chain itself raised is still found inside a tool's error."""
+    broker = "https://broker.example/consent/start?t=1"
+
+    def chain_error() -> InteractionRequired:
+        try:
+            try:
+                raise ConsentRequired("no grant", link=broker)
+            except ConsentRequired:
+                raise InteractionRequired("MFA required", claims="{}") from None
+        except InteractionRequired as exc:
+            return exc
+
+    assert chain_error().__context__ is not None  # kept, though suppressed
+    assert consent_from_exception(chain_error()) is None
+    wrapped = RuntimeError("tool failed")
+    wrapped.__cause__ = chain_error()
+    assert consent_from_exception(wrapped) is None
+    chosen = RuntimeError("tool failed")
+    chosen.__cause__ = ConsentRequired("no grant", link=broker)
+    found = consent_from_exception(chosen)
+    assert found is not None
+    assert found.link == broker
