@@ -5,6 +5,12 @@
 Like a real client, it signs the user in first (here: the emulator's password grant for its test
 users, with the front-end app) and calls the agent with a token *for the agent app*: the
 client-supplied assertion the agent exchanges on-behalf-of. It never prints the token.
+
+It also plays Foundry's front door, which adds the platform's user id (``x-agent-user-id``) to
+every request it forwards to a hosted agent: here the user's object id (``oid``), a stable
+per-user value. ``DelegatedConsent`` binds a user's grant to that id (never to the claims of a
+token the agent has not verified), so a user with no consent yet (carol) gets the consent
+broker's link.
 """
 
 from __future__ import annotations
@@ -19,6 +25,17 @@ import httpx2
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_STATE = HERE / ".local" / "state.json"
+
+
+#: The header Foundry's front door adds to every request for a hosted agent (the platform's user
+#: id). A local run has no front door: this script adds it, as Foundry would.
+USER_ID_HEADER = "x-agent-user-id"
+
+
+def platform_user_id(emulator: dict[str, Any], user: str) -> str:
+    """The id Foundry's front door would send for ``user``: stable per user (here the user's
+    object id in the emulator's tenant)."""
+    return str(emulator["users"][user]["oid"])
 
 
 def sign_in(emulator: dict[str, Any], user: str) -> str:
@@ -55,11 +72,13 @@ def main(argv: list[str]) -> int:
     state = json.loads(state_file.read_text(encoding="utf-8"))
     try:
         token = sign_in(state["emulator"], user)
+        headers = {
+            "Authorization": f"Bearer {token}",
+            USER_ID_HEADER: platform_user_id(state["emulator"], user),  # Foundry's front door
+        }
         with httpx2.Client(base_url=state["agent"], trust_env=False, timeout=60) as client:
             answer = client.post(
-                "/responses",
-                json={"input": question, "store": True},
-                headers={"Authorization": f"Bearer {token}"},
+                "/responses", json={"input": question, "store": True}, headers=headers
             )
     except (OSError, httpx2.TransportError) as exc:
         # A state file left by a local run that is gone (killed): its CA file and ports too.

@@ -74,9 +74,11 @@ class Served:
 
 
 def main() -> int:
+    from dataclasses import replace
+
     from entra_passthrough import MemoryStore
     from entra_passthrough.consent import ConsentBroker
-    from entra_passthrough.testing import EntraEmulator
+    from entra_passthrough.testing import EntraEmulator, World
 
     state_file = Path(os.environ.get("LOCAL_STATE_FILE") or DEFAULT_STATE)
     port = int(os.environ.get("LOCAL_AGENT_PORT") or 8088)
@@ -86,12 +88,21 @@ def main() -> int:
     notes = _load("notes_server", HERE.parent / "mcp_server" / "notes_server.py")
     agent_main = _load("hosted_agent_main", HERE / "src" / "agent" / "main.py")
     served: list[Served] = []
-    with EntraEmulator() as idp:
+    mcp_sock, broker_sock, agent_sock = _socket(), _socket(), _socket(port)
+    mcp_url = f"http://127.0.0.1:{mcp_sock.getsockname()[1]}/mcp"
+    broker_url = f"https://127.0.0.1:{broker_sock.getsockname()[1]}/consent"
+    agent_url = f"http://127.0.0.1:{agent_sock.getsockname()[1]}"
+    # The agent app doubles as the consent broker's app registration: its redirect URIs include
+    # the broker's callback (an exact HTTPS URI, as Entra requires; README "Deploy", step 1).
+    world = World.default()
+    agent_app = world.app("agent")
+    if agent_app is None:
+        raise SystemExit("the emulator's default world has no agent app")
+    world = world.with_app(
+        replace(agent_app, redirect_uris=(*agent_app.redirect_uris, f"{broker_url}/callback"))
+    )
+    with EntraEmulator(world=world) as idp:
         try:
-            mcp_sock, broker_sock, agent_sock = _socket(), _socket(), _socket(port)
-            mcp_url = f"http://127.0.0.1:{mcp_sock.getsockname()[1]}/mcp"
-            broker_url = f"https://127.0.0.1:{broker_sock.getsockname()[1]}/consent"
-            agent_url = f"http://127.0.0.1:{agent_sock.getsockname()[1]}"
             mcp_app = notes.create_app(
                 notes.Config(
                     tenant_id=idp.tenant_id,
@@ -151,7 +162,10 @@ def main() -> int:
             )
             agent = agent_main.create_app(env, store=store, http_client=http)
             served.append(Served("agent", agent, agent_sock))
-            _write_state(state_file, {"agent": agent_url, "emulator": _emulator_state(idp)})
+            _write_state(
+                state_file,
+                {"agent": agent_url, "broker": broker_url, "emulator": _emulator_state(idp)},
+            )
             print(f"emulator   {idp.url}", flush=True)
             print(f"MCP server {mcp_url}", flush=True)
             print(f"broker     {broker_url}", flush=True)
@@ -164,6 +178,8 @@ def main() -> int:
         finally:
             for server in reversed(served):
                 server.stop()
+            for sock in (mcp_sock, broker_sock, agent_sock):
+                sock.close()  # idempotent: a server that never started still held its socket
             state_file.unlink(missing_ok=True)
     return 0
 
@@ -179,7 +195,11 @@ def _emulator_state(idp: Any) -> dict[str, Any]:
         }
         for name, app in (("frontend", idp.frontend), ("agent", idp.agent))
     }
-    users = {name: {"upn": user.upn, "password": user.password} for name, user in idp.users.items()}
+    # oid: the stable per-user id ask.py sends as Foundry's front door would (x-agent-user-id).
+    users = {
+        name: {"upn": user.upn, "password": user.password, "oid": user.oid}
+        for name, user in idp.users.items()
+    }
     return {
         "url": idp.url,
         "ca_file": idp.ca_file,

@@ -18,11 +18,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import socket
 import ssl
 import sys
 import tempfile
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import uvicorn
@@ -138,11 +139,21 @@ def create_app(config: Config) -> Any:
     )
 
 
-async def _serve(config: Config, port: int) -> None:
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(config), host=config.host, port=port, log_level="info")
-    )
-    await server.serve()
+def _bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before the app is built: with ``--port 0`` the system picks
+    the port, and the server's resource URL (and what it prints) must name the real one."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family)
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/mcp"
+
+
+async def _serve(config: Config, sock: socket.socket) -> None:
+    server = uvicorn.Server(uvicorn.Config(create_app(config), log_level="info"))
+    await server.serve(sockets=[sock])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,14 +164,18 @@ def main(argv: list[str] | None = None) -> int:
         "--emulator", action="store_true", help="start the local Entra emulator and use it"
     )
     args = parser.parse_args(argv)
-    url = f"http://{args.host}:{args.port}/mcp"
+    sock = _bind(args.host, args.port)
+    url = _url(sock)  # the bound port, also for --port 0
     if not args.emulator:
-        config = Config.from_env(resource_url=os.environ.get("MCP_RESOURCE_URL", url))
-        asyncio.run(_serve(config, args.port))
+        config = replace(
+            Config.from_env(resource_url=os.environ.get("MCP_RESOURCE_URL", url)), host=args.host
+        )
+        with sock:
+            asyncio.run(_serve(config, sock))
         return 0
     from entra_passthrough.testing import EntraEmulator
 
-    with EntraEmulator() as idp:
+    with sock, EntraEmulator() as idp:
         config = Config(
             tenant_id=idp.tenant_id,
             client_id=idp.mcp.client_id,
@@ -169,14 +184,17 @@ def main(argv: list[str] | None = None) -> int:
             verify=idp.ca_file,
             host=args.host,
         )
-        # Never print a token: write one for alice to a private file instead.
+        # Never print a token: write one for alice to a private file instead (removed on exit).
         fd, token_file = tempfile.mkstemp(prefix="alice-token-", suffix=".jwt")
-        with os.fdopen(fd, "w") as f:
-            f.write(idp.user_token(user="alice", audience=idp.mcp.client_id, scopes=(SCOPE,)))
-        print(f"emulator: {idp.url} (CA {idp.ca_file})")
-        print(f"MCP server: {url}")
-        print(f"a token for alice (1 h) is in {token_file} (mode 0600)")
-        asyncio.run(_serve(config, args.port))
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(idp.user_token(user="alice", audience=idp.mcp.client_id, scopes=(SCOPE,)))
+            print(f"emulator: {idp.url} (CA {idp.ca_file})")
+            print(f"MCP server: {url}", flush=True)
+            print(f"a token for alice (1 h) is in {token_file} (mode 0600)", flush=True)
+            asyncio.run(_serve(config, sock))
+        finally:
+            os.unlink(token_file)
     return 0
 
 

@@ -245,8 +245,9 @@ def _acquired(
     _otel.count_acquired(source.name, result.kind.value, time.monotonic() - started)
     if logger.isEnabledFor(logging.INFO):
         logger.info(
-            "%s acquired a %s token for %s (expires in %d s)",
+            "%s acquired %s %s token for %s (expires in %d s)",
             source.name,
+            "an" if result.kind.value == "app" else "a",  # a user, an app, a developer token
             result.kind.value,
             " ".join(request.scopes),
             int(result.expires_on - time.time()),

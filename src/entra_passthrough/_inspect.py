@@ -2,7 +2,7 @@
 sources could use it, and why not.
 
 Nothing is verified and nothing is sent anywhere: this reads the claims a token carries so that
-a developer can see at once why, say, on-behalf-of answers AADSTS50013. The token itself is
+a developer can see at once why, say, on-behalf-of answers AADSTS500131. The token itself is
 never printed, only its fingerprint.
 """
 
@@ -99,7 +99,7 @@ def _obo_verdict(
             "OnBehalfOf",
             False,
             f"aud is {aud}: this is the token Foundry gives hosted agents; it names the user "
-            "but is for Foundry, not for your app. OBO would fail with AADSTS50013. Use "
+            "but is for Foundry, not for your app. OBO would fail with AADSTS500131. Use "
             "FoundryToolboxRoute or DelegatedConsent, or have the client request your app's "
             "scope.",
         )
@@ -127,7 +127,7 @@ def _obo_verdict(
                 "OnBehalfOf",
                 False,
                 f"aud is {aud or '(none)'}, not the OBO app ({', '.join(sorted(accepted))}): "
-                "Entra would answer AADSTS50013",
+                "Entra would answer AADSTS500131",
             )
         return Verdict("OnBehalfOf", True, f"issued for the OBO app ({aud}), a user token")
     return Verdict(

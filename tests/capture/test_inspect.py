@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -23,7 +24,10 @@ def test_foundry_token_explains_why_obo_cannot(capsys: pytest.CaptureFixture[str
     assert code == 0
     assert "alice@contoso.com" in out
     assert "[no ] OnBehalfOf" in out
-    assert "AADSTS50013" in out
+    # Entra's code for a token issued for another audience is AADSTS500131, as OnBehalfOf and
+    # docs/errors.md say (AADSTS50013 is a bad signature, issuer or tenant).
+    assert "AADSTS500131" in out
+    assert not re.search(r"AADSTS50013\b", out)
     assert "[yes] FoundryToolboxRoute" in out
     assert token not in out
     assert "NOT verified" in out
@@ -41,7 +45,8 @@ def test_json_and_client_id_check(capsys: pytest.CaptureFixture[str]) -> None:
     _, out, _ = run(capsys, other, "--client-id", "agent", "--json")
     obo = next(s for s in json.loads(out)["sources"] if s["source"] == "OnBehalfOf")
     assert obo["usable"] is False
-    assert "AADSTS50013" in obo["why"]
+    assert "AADSTS500131" in obo["why"]
+    assert not re.search(r"AADSTS50013\b", obo["why"])
 
 
 @pytest.mark.parametrize(

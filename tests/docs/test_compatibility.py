@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
 import tomllib
 from importlib import metadata
 from pathlib import Path
@@ -57,18 +58,48 @@ def test_every_row_is_the_pin() -> None:
         assert pins.get(package.lower()) == {allowed}, (package, allowed, pins.get(package))
 
 
-def test_the_framework_ends_are_the_nox_sessions() -> None:
+def _ends() -> dict[str, dict[str, str]]:
     tree = ast.parse((ROOT / "noxfile.py").read_text(encoding="utf-8"))
-    ends = next(
+    ends: dict[str, dict[str, str]] = next(
         ast.literal_eval(node.value)
         for node in ast.walk(tree)
         if isinstance(node, ast.Assign)
         and any(isinstance(t, ast.Name) and t.id == "ENDS" for t in node.targets)
     )
+    return ends
+
+
+def test_the_framework_ends_are_the_nox_sessions() -> None:
+    ends = _ends()
     table = _table()
-    for package in ("agent-framework-core", "mcp"):
+    for package in ends["oldest"]:
         assert table[package]["Tested oldest"] == ends["oldest"][package]
         assert table[package]["Tested newest"] == ends["newest"][package]
+
+
+def _installed(package: str) -> str:
+    if package == "Python":
+        return "{}.{}".format(*sys.version_info[:2])
+    return metadata.version(package)
+
+
+def test_a_tested_oldest_is_a_version_a_session_installs() -> None:
+    # "Tested oldest" names a version only when a run installs it: a nox `compat` end, the one
+    # version an exact pin allows, or the installed version when it is the range's lower bound.
+    # Any other lower bound is declared but untested, and the table says "not tested".
+    oldest = _ends()["oldest"]
+    for package, row in _table().items():
+        tested, allowed = row["Tested oldest"], row["Allowed range"].strip("`")
+        if tested == "not tested":
+            continue
+        lower = re.search(r"(?:>=|==)\s*([0-9][^,]*)", allowed)
+        assert lower is not None, (package, allowed)
+        installs = {oldest.get(package)}
+        if allowed.startswith("=="):
+            installs.add(lower.group(1))
+        if _minor(_installed(package)) == _minor(lower.group(1)):
+            installs.add(_installed(package))
+        assert tested in installs, f"{package}: {tested} is tested by no session (not tested?)"
 
 
 #: Ranges that end before the next minor release: the suite runs on the table's newest minor.

@@ -84,10 +84,28 @@ def _run_page(page: Path, env: dict[str, str], cwd: Path) -> subprocess.Complete
     )
 
 
+#: ``print(...)  # what it prints``: a comment after a print names the line it prints.
+_PRINTS = re.compile(r"^\s*print\(.*\)\s+#\s*(?P<shown>\S.*?)\s*$")
+
+
+def promised_prints(code: str) -> list[str]:
+    """What the ``print(...)  # shown`` lines of a block say they print."""
+    return [m.group("shown") for line in code.splitlines() if (m := _PRINTS.match(line))]
+
+
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_page_blocks_run(page: Path, idp: EntraEmulator, tmp_path: Path) -> None:
     done = _run_page(page, _env(idp), tmp_path)
     assert done.returncode == 0, done.stderr[-4000:]
+    # What a page says a print shows is what it prints (a reader compares the two).
+    printed = {line.strip() for line in done.stdout.splitlines()}
+    promised = [shown for b in blocks(page) if b.runnable for shown in promised_prints(b.code)]
+    assert [shown for shown in promised if shown not in printed] == [], done.stdout[-2000:]
+
+
+def test_promised_prints_are_read_from_the_comment() -> None:
+    code = "x = 1\nprint(x)  # 1\n    print(y.kind)  # developer\nprint(z)\n"
+    assert promised_prints(code) == ["1", "developer"]
 
 
 def test_a_page_runs_without_the_test_process_state(idp: EntraEmulator, tmp_path: Path) -> None:

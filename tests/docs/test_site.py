@@ -87,6 +87,18 @@ def test_no_link_leaves_the_site_relatively(site: Path) -> None:
     assert "/blob/main/examples/hosted_agent/README.md" in hosted
 
 
+def test_performance_page_shows_the_charts_and_tables(site: Path) -> None:
+    # The page links the charts in bench/results/ (what the repository shows); the site shows
+    # its own copies, and the latest run's tables, included through the hidden include.
+    html = (site / "performance" / "index.html").read_text(encoding="utf-8")
+    for chart in ("token_posts.png", "overhead.png", "loop_lag.png"):
+        assert f'src="../assets/bench/{chart}"' in html
+        assert (site / "assets" / "bench" / chart).is_file()
+    assert "Results (full run" in html
+    assert "--8&lt;--" not in html
+    assert "--8<--" not in html
+
+
 def test_outside_docs_link() -> None:
     sys.path.insert(0, str(ROOT))
     try:

@@ -4,9 +4,12 @@ subprocesses from the repository root; readiness is polled, every wait is bounde
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -102,17 +105,67 @@ def test_local_run_as_written(local_run: tuple[dict[str, str], subprocess.Popen[
     assert bob.returncode == 0, bob.stdout + bob.stderr
     assert "bob@contoso.onmicrosoft.com" in bob.stdout
     assert "alice" not in bob.stdout
+    # carol never consented. ask.py sends the platform's user id as Foundry's front door does
+    # (x-agent-user-id), so DelegatedConsent can bind her grant: her link is the consent
+    # broker's (not OnBehalfOf's Entra authorize link, which has no redirect URI of this flow).
+    state = json.loads(Path(env["LOCAL_STATE_FILE"]).read_text())
     carol = _ask(env, "python examples/hosted_agent/ask.py carol")
-    assert "consent needed: open https://" in carol.stdout, carol.stdout + carol.stderr
-    # dave's tenant requires MFA for the MCP API: the answer says so (not only "Function failed").
+    prefix = "consent needed: open "
+    link = next(
+        (line[len(prefix) :] for line in carol.stdout.splitlines() if line.startswith(prefix)),
+        None,
+    )
+    assert link is not None, carol.stdout + carol.stderr
+    assert link.startswith(f"{state['broker']}/start?"), link
+    # She follows it (the emulator signs her in by the link's login hint; she accepts), and
+    # her next question reaches the MCP server as carol.
+    page = _follow(link, state)
+    assert page.status_code == 200, page.text[:500]
+    assert str(page.url).startswith(f"{state['broker']}/callback")
+    again = _ask(env, "python examples/hosted_agent/ask.py carol")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "carol@contoso.onmicrosoft.com" in again.stdout
+    # dave's tenant requires MFA for the MCP API: the answer says so (not only "Function failed",
+    # nor DelegatedConsent's link: OnBehalfOf's InteractionRequired is what the chain decided).
     dave = _ask(env, "python examples/hosted_agent/ask.py dave")
     assert "multi-factor authentication" in dave.stdout, dave.stdout + dave.stderr
+    assert "consent needed" not in dave.stdout
     # Never a token in what the commands print.
-    for out in (alice.stdout + alice.stderr, bob.stdout, carol.stdout, dave.stdout):
+    for out in (alice.stdout + alice.stderr, bob.stdout, carol.stdout, again.stdout, dave.stdout):
         assert "eyJ" not in out
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0
     assert not Path(env["LOCAL_STATE_FILE"]).exists()  # removed on the way out
+
+
+_FORM = re.compile(r"<form([^>]*)>(.*?)</form>", re.S | re.I)
+_ACTION = re.compile(r"action=['\"]([^'\"]+)['\"]", re.I)
+_INPUT = re.compile(
+    r"<input[^>]*type=['\"]hidden['\"][^>]*"
+    r"name=['\"]([^'\"]*)['\"][^>]*value=['\"]([^'\"]*)['\"]"
+)
+_ACCEPT = re.compile(r"<button[^>]*name=['\"]([^'\"]+)['\"][^>]*value=['\"](accept)['\"]")
+
+
+def _follow(link: str, state: dict[str, Any]) -> httpx2.Response:
+    """carol's browser: the broker, the emulator's sign-in (by the link's login hint), its
+    consent page (Accept) and its form_post page (what its script submits), back to the
+    broker. Bounded."""
+    emulator = state["emulator"]
+    tls = ssl.create_default_context(cafile=emulator["ca_file"])
+    with httpx2.Client(verify=tls, follow_redirects=True, trust_env=False, timeout=30) as browser:
+        page = browser.get(link)
+        for _ in range(8):
+            form = _FORM.search(page.text)
+            if not str(page.url).startswith(emulator["url"]) or form is None:
+                return page
+            attrs, body = form.groups()
+            fields = {html.unescape(k): html.unescape(v) for k, v in _INPUT.findall(body)}
+            fields.update(dict(_ACCEPT.findall(body)))
+            action = _ACTION.search(attrs)
+            target = page.url.join(html.unescape(action.group(1))) if action else page.url
+            page = browser.post(str(target), data=fields)
+        return page
 
 
 def _main_module() -> Any:

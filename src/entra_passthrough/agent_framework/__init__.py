@@ -27,7 +27,13 @@ except ImportError as _exc:  # pragma: no cover - exercised only without the ext
     raise require_extra("agent_framework", "agent-framework", _exc) from _exc
 
 from ._factory import MCPToolOptions, entra_mcp_tool, entra_middleware
-from ._hosting import BackgroundRunCallers, end_run_caller, install
+from ._hosting import (
+    RESPONSE_OWNER_SECONDS,
+    BackgroundRunCallers,
+    ResponseOwners,
+    end_run_caller,
+    install,
+)
 from ._middleware import EntraToolMiddleware
 from ._pool import EntraMCPToolPool, PoolOptions, issued_pool_key
 from ._signals import (
@@ -40,6 +46,7 @@ from ._signals import (
 from ._tool import EntraMCPTool
 
 __all__ = [
+    "RESPONSE_OWNER_SECONDS",
     "BackgroundRunCallers",
     "CallOutcomeUnknown",
     "EntraMCPTool",
@@ -48,6 +55,7 @@ __all__ = [
     "MCPServerUnreachable",
     "MCPToolOptions",
     "PoolOptions",
+    "ResponseOwners",
     "ToolNotListed",
     "consent_exception",
     "end_run_caller",

@@ -12,17 +12,25 @@
   ``"store": false`` (``unstored_request()``): the host cannot continue a consent there, and
   a consent met in its run fails it with an explanation instead (``_signals``).
 
+* ``ResponseOwners`` (between them, on a ``ResponsesHostServer``): a stored response, and a
+  conversation, is read, continued, cancelled or deleted only by the user who created it.
+
 The documented alternative, for hosts you assemble yourself::
 
     app = ResponsesHostServer(agent)
     app.add_middleware(BackgroundRunCallers)           # inner first: Starlette prepends
+    app.add_middleware(ResponseOwners)
     app.add_middleware(CallerMiddleware, verifier=verifier)
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import logging
 import math
+import re
 import time
 from collections.abc import Sequence
 from contextvars import ContextVar
@@ -32,9 +40,20 @@ from .._asgi import ASGIApp, Message, Receive, Scope, Send
 from .._caller import Caller, current_caller, reset_current, set_current
 from .._checks import seconds
 from .._errors import ConfigurationError
+from .._store import MemoryStore, TokenStore
+from .._user_key import UserKey
 from ._af_seams import shutdown_handler_of
 
-__all__ = ["BackgroundRunCallers", "end_run_caller", "install", "unstored_request"]
+__all__ = [
+    "RESPONSE_OWNER_SECONDS",
+    "BackgroundRunCallers",
+    "ResponseOwners",
+    "end_run_caller",
+    "install",
+    "unstored_request",
+]
+
+_log = logging.getLogger("entra_passthrough.agent_framework")
 
 
 _MAX_PEEK = 1024 * 1024
@@ -120,17 +139,17 @@ def _run_seconds(value: object) -> float:
     return seconds(value, what="max_run_seconds", low=0, high=math.inf, above_low=True)
 
 
-async def _peek(receive: Receive) -> tuple[list[Message], bool]:
+async def _peek(receive: Receive, limit: int = _MAX_PEEK) -> tuple[list[Message], bool]:
     buffered: list[Message] = []
     size = 0
-    while size <= _MAX_PEEK:
+    while size <= limit:
         message = await receive()
         buffered.append(message)
         if message.get("type") != "http.request":
             return buffered, False
         size += len(message.get("body", b""))
         if not message.get("more_body", False):
-            return buffered, size <= _MAX_PEEK
+            return buffered, size <= limit
     return buffered, False
 
 
@@ -159,6 +178,301 @@ def _flags(body: bytes) -> tuple[bool, bool]:
     return parsed.get("background") is True, parsed.get("store") is False
 
 
+#: How long the owner of a stored response (or conversation) is kept: 30 days, the retention
+#: of a stored response in the Responses API. A response whose owner is no longer known is
+#: refused to every caller but a platform user (below).
+RESPONSE_OWNER_SECONDS = 30 * 86400.0
+
+#: ``{prefix}/responses/{id}``, ``.../cancel``, ``.../input_items``: the routes that name a
+#: stored response by id (``ResponsesHostServer``), with the method each one answers.
+_BY_ID = re.compile(r"/responses/([^/]+)(/cancel|/input_items)?/?$")
+_BY_ID_METHODS = {None: ("GET", "DELETE"), "/cancel": ("POST",), "/input_items": ("GET",)}
+#: The largest create request whose ``previous_response_id`` and ``conversation`` are checked
+#: (a larger one is refused: it cannot be checked).
+_MAX_CHECKED_BODY = 32 * 1024 * 1024
+#: How much of a created response is read for its id before it goes out (its first SSE event,
+#: or the head of its JSON).
+_MAX_ID_SCAN = 256 * 1024
+_ID_AT_START = re.compile(rb'^\s*\{\s*"id"\s*:\s*"([^"\\]{1,256})"')
+_SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,256}")
+_ANONYMOUS = b"anonymous"
+
+
+class ResponseOwners:
+    """Pure ASGI middleware (inside ``CallerMiddleware``; ``install`` adds it to a
+    ``ResponsesHostServer``): a stored response is read (``GET /responses/{id}``, its
+    ``input_items``), cancelled, deleted or continued (``previous_response_id``) only by the
+    user who created it, and a ``conversation`` only by the user who first used it.
+
+    ``ResponsesHostServer`` serves a stored response by id to whoever sends the id (its own
+    check covers a response still running, by the ``x-agent-user-id`` header any client can
+    send outside Foundry). Here the owner is the creating request's user as the library knows
+    it (``UserKey``: the verified token's tenant and object id, else the platform's user id;
+    a request with neither is "anonymous"), recorded before the response's id goes out, and
+    every request naming that id must be the same user: another one gets the host's 404, as
+    for an id that does not exist.
+
+    An id whose owner is not recorded (created before this middleware, on a replica that does
+    not share ``store``, or evicted) is refused, except to a platform user: Foundry's storage
+    keeps each platform user's responses apart. For replicas, or to keep owners across
+    restarts, pass a shared ``store`` (``RedisStore``). Unreadable owners (the store down):
+    503, never served.
+
+    >>> app.add_middleware(ResponseOwners, store=RedisStore.from_url(url, namespace="owners:"))
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        store: TokenStore | None = None,
+        retention: float = RESPONSE_OWNER_SECONDS,
+    ) -> None:
+        if store is not None and not isinstance(store, TokenStore):
+            raise ConfigurationError(
+                f"ResponseOwners(store=...) needs a TokenStore, not {type(store).__name__}.",
+                fix="pass a MemoryStore or a RedisStore (entra_passthrough.redis), or leave it "
+                "out for an in-process store.",
+            )
+        self.app = app
+        self.store: TokenStore = store if store is not None else MemoryStore(max_entries=100_000)
+        self.retention = seconds(
+            retention, what="ResponseOwners(retention=...)", low=0, high=math.inf, above_low=True
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope.get("type") != "http":
+            await self.app(scope, receive, send)
+            return
+        method = scope.get("method")
+        path = str(scope.get("path", ""))
+        named = _BY_ID.search(path)
+        if named is not None and method in _BY_ID_METHODS.get(named.group(2), ()):
+            if await self._may_use("response", named.group(1), _owner(), send):
+                await self.app(scope, receive, send)
+            return
+        if method == "POST" and path.rstrip("/").endswith("/responses"):
+            await self._create(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    async def _create(self, scope: Scope, receive: Receive, send: Send) -> None:
+        buffered, complete = await _peek(receive, _MAX_CHECKED_BODY)
+        if not complete and buffered and buffered[-1].get("type") == "http.request":
+            await _answer(
+                send,
+                413,
+                "request_too_large",
+                "entra_passthrough: the request is too large to check which user's response "
+                "or conversation it continues.",
+                None,
+            )
+            return
+        owner = _owner()
+        previous, conversation = _continued(b"".join(m.get("body", b"") for m in buffered))
+        if previous is not None and not await self._may_use(
+            "response", previous, owner, send, param="previous_response_id"
+        ):
+            return
+        if conversation is not None and not await self._may_use(
+            "conversation", conversation, owner, send, param="conversation", claim=True
+        ):
+            return
+        await self.app(scope, _replay(buffered, receive), self._recording(owner, send))
+
+    async def _may_use(
+        self,
+        kind: str,
+        name: str,
+        owner: tuple[bytes, bool],
+        send: Send,
+        *,
+        param: str = "response_id",
+        claim: bool = False,
+    ) -> bool:
+        """Whether the user ``owner`` may use the response (or conversation) ``name``; if not,
+        the refusal is sent. ``claim``: an unknown name becomes this user's (first use wins)."""
+        key = _owner_key(kind, name)
+        try:
+            entry = await self.store.get(key)
+            if entry is None and claim:
+                if await self.store.put(key, owner[0], ttl=self.retention, expect=None) is None:
+                    entry = await self.store.get(key)  # claimed meanwhile by another request
+                else:
+                    return True
+        except Exception as exc:  # the store's own failure: never served
+            _log.warning(
+                "the response owner store failed (%s); the request was refused",
+                type(exc).__name__,
+            )
+            await _answer(
+                send,
+                503,
+                "server_error",
+                "entra_passthrough: the owner of this response could not be read; try again.",
+                None,
+                retry_after=True,
+            )
+            return False
+        # Unknown: a platform user only (the platform's storage keeps its users apart).
+        allowed = owner[1] if entry is None else hmac.compare_digest(entry.value, owner[0])
+        if not allowed:
+            what = (
+                "Conversation"
+                if kind == "conversation"
+                else ("Previous response" if param == "previous_response_id" else "Response")
+            )
+            shown = name if _SAFE_ID.fullmatch(name) else "(not shown)"
+            await _answer(
+                send, 404, "invalid_request_error", f"{what} with id '{shown}' not found.", param
+            )
+        return allowed
+
+    def _recording(self, owner: tuple[bytes, bool], send: Send) -> Send:
+        """``send``, holding a created response's first bytes until its id is read and its
+        owner recorded: a client that has the id can ask for it at once."""
+        held: list[Message] = []
+        body = bytearray()
+        state = {"done": False, "sse": False}
+
+        async def flush(more: bool) -> None:
+            state["done"] = True
+            for message in held:
+                await send(message)
+            held.clear()
+            await send({"type": "http.response.body", "body": bytes(body), "more_body": more})
+            body.clear()
+
+        async def recording(message: Message) -> None:
+            if state["done"]:
+                await send(message)
+                return
+            if message["type"] == "http.response.start":
+                if not 200 <= int(message.get("status", 500)) < 300:
+                    state["done"] = True  # nothing was stored
+                    await send(message)
+                    return
+                kind = dict(message.get("headers") or []).get(b"content-type", b"")
+                state["sse"] = kind.startswith(b"text/event-stream")
+                held.append(message)
+                return
+            if message["type"] != "http.response.body":
+                await send(message)
+                return
+            body.extend(message.get("body", b""))
+            more = bool(message.get("more_body", False))
+            found = _created_id(bytes(body), sse=state["sse"], complete=not more)
+            if found is None and more and len(body) < _MAX_ID_SCAN:
+                return  # not yet: hold on
+            if found:
+                try:
+                    await self.store.put(
+                        _owner_key("response", found), owner[0], ttl=self.retention
+                    )
+                except Exception as exc:
+                    # Unrecorded, the response is refused to everyone but a platform user:
+                    # it is lost to its creator, never served to another.
+                    _log.warning(
+                        "the response owner store failed (%s); the new response can be read "
+                        "by no one",
+                        type(exc).__name__,
+                    )
+            await flush(more)
+
+        return recording
+
+
+def _owner() -> tuple[bytes, bool]:
+    """The current request's user, as stored (hashed ``UserKey``, or ``anonymous``), and
+    whether it is a platform user."""
+    key = UserKey.from_caller(current_caller())
+    if key is None:
+        return _ANONYMOUS, False
+    return key.hashed.encode(), key.kind == "platform"
+
+
+def _owner_key(kind: str, name: str) -> str:
+    digest = hashlib.sha256(f"{kind}\x00{name}".encode("utf-8", "surrogatepass")).hexdigest()
+    return f"owner:{digest}"
+
+
+def _continued(body: bytes) -> tuple[str | None, str | None]:
+    """``(previous_response_id, conversation id)`` of a create request's body."""
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):
+        return None, None
+    if not isinstance(parsed, dict):
+        return None, None
+    previous = parsed.get("previous_response_id")
+    conversation = parsed.get("conversation")
+    if isinstance(conversation, dict):
+        conversation = conversation.get("id")
+    return (
+        previous if isinstance(previous, str) and previous else None,
+        conversation if isinstance(conversation, str) and conversation else None,
+    )
+
+
+def _created_id(body: bytes, *, sse: bool, complete: bool) -> str | None:
+    """The id of the response being created, from its first SSE event (``response.created``)
+    or its JSON; ``None`` while more is needed; ``""`` when it cannot be found."""
+    if sse:
+        end = body.find(b"\n\n")
+        if end < 0:
+            end = body.find(b"\r\n\r\n")
+        if end < 0:
+            return "" if complete else None
+        data = b"".join(
+            line[5:].strip() for line in body[:end].splitlines() if line.startswith(b"data:")
+        )
+        try:
+            event = json.loads(data)
+        except (ValueError, RecursionError):
+            return ""
+        response = event.get("response") if isinstance(event, dict) else None
+        found = response.get("id") if isinstance(response, dict) else None
+        return found if isinstance(found, str) and found else ""
+    if complete:
+        try:
+            parsed = json.loads(body)
+        except (ValueError, RecursionError):
+            parsed = None
+        if isinstance(parsed, dict):
+            found = parsed.get("id")
+            return found if isinstance(found, str) and found else ""
+    head = _ID_AT_START.match(body)
+    if head is not None:
+        return head.group(1).decode("utf-8", "replace")
+    return "" if complete or len(body) >= _MAX_ID_SCAN else None
+
+
+async def _answer(
+    send: Send,
+    status: int,
+    code: str,
+    message: str,
+    param: str | None,
+    *,
+    retry_after: bool = False,
+) -> None:
+    """An error in the Responses API's shape (``ResponsesHostServer``'s own 404)."""
+    error: dict[str, Any] = {"code": code, "message": message, "type": "invalid_request_error"}
+    if status >= 500:
+        error["type"] = "server_error"
+    if param is not None:
+        error["param"] = param
+    payload = json.dumps({"error": error}).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+    ]
+    if retry_after:
+        headers.append((b"retry-after", b"5"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
 def install(
     app: Any,
     *,
@@ -167,12 +481,18 @@ def install(
     verifier: Any = None,
     max_run_seconds: float = 3600.0,
     close_on_shutdown: Sequence[Any] = (),
+    response_owners: TokenStore | None = None,
 ) -> Any:
     """Add the capture middleware to a ``ResponsesHostServer`` (or any Starlette app) before
-    it starts: ``CallerMiddleware`` outermost, ``BackgroundRunCallers`` inside. Returns ``app``.
+    it starts: ``CallerMiddleware`` outermost, ``BackgroundRunCallers`` inside, and on a
+    ``ResponsesHostServer`` (an app with a route named ``get_response``) ``ResponseOwners``
+    between them: a stored response or conversation is used only by the user who created it.
+    Returns ``app``.
 
     ``close_on_shutdown``: objects with ``async aclose()`` (e.g. an ``EntraMCPToolPool``) to
     close when the host shuts down, after its own shutdown handler (which closes the agent).
+    ``response_owners``: where ``ResponseOwners`` keeps each response's owner (default: in
+    this process); a shared ``RedisStore`` for replicas, and to keep them across restarts.
 
     >>> app = install(ResponsesHostServer(agent=make_agent), verifier=JwtVerifier(...),
     ...               close_on_shutdown=[pool])
@@ -187,8 +507,16 @@ def install(
         )
     # Starlette builds its middleware only when the app first starts: checked now, not then.
     max_run_seconds = _run_seconds(max_run_seconds)
+    if response_owners is not None and not isinstance(response_owners, TokenStore):
+        raise ConfigurationError(
+            f"install(response_owners=...) needs a TokenStore, not "
+            f"{type(response_owners).__name__}.",
+            fix="pass a MemoryStore or a RedisStore (entra_passthrough.redis), or leave it out.",
+        )
     # Starlette prepends: the last one added is the outermost.
     add(BackgroundRunCallers, max_run_seconds=max_run_seconds)
+    if _serves_stored_responses(app):
+        add(ResponseOwners, store=response_owners)
     add(
         CallerMiddleware,
         assertion_headers=tuple(assertion_headers),
@@ -198,6 +526,12 @@ def install(
     if close_on_shutdown:
         _chain_shutdown(app, tuple(close_on_shutdown))
     return app
+
+
+def _serves_stored_responses(app: Any) -> bool:
+    """Whether ``app`` serves stored responses by id (``ResponsesHostServer``'s named route)."""
+    routes = getattr(app, "routes", None) or ()
+    return any(getattr(route, "name", None) == "get_response" for route in routes)
 
 
 def _chain_shutdown(app: Any, closables: tuple[Any, ...]) -> None:

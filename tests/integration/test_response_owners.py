@@ -1,0 +1,218 @@
+"""A stored response is the user's who created it (``ResponseOwners``, added by ``install``).
+
+``ResponsesHostServer`` serves a stored response by id to whoever sends the id, and continues
+it (``previous_response_id``) for them: another signed-in user with the id read the first
+user's answer, tool output included. Real components: the emulator's tokens, a real
+``ResponsesHostServer`` on uvicorn behind ``install(host, verifier=...)`` (verified users) or
+Foundry's ``x-agent-user-id`` (platform users)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx2
+import pytest
+from agent_framework import Agent, tool
+from agent_framework_foundry_hosting import ResponsesHostServer
+
+from _support.mcp_world import agent_token, serve_asgi
+from entra_passthrough import JwtVerifier, MemoryStore
+from entra_passthrough.agent_framework import ResponseOwners, install
+from entra_passthrough.agent_framework.testing import ScriptedChatClient
+from entra_passthrough.testing import EntraEmulator
+from entra_passthrough.testing._world import User
+
+
+@tool
+def secret_of(who: str = "") -> str:
+    """What only the asking user may read."""
+    return f"the secret of {who}"
+
+
+def _host(idp: EntraEmulator, store: Any, *, verified: bool) -> Any:
+    agent = Agent(
+        client=ScriptedChatClient(tool="secret_of", input_argument="who"), tools=[secret_of]
+    )
+    host = ResponsesHostServer(agent, configure_observability=None)
+    verifier = None
+    if verified:
+        verifier = JwtVerifier(
+            audiences=[idp.agent.client_id],
+            tenants=[idp.tenant_id],
+            authority_host=idp.url,
+            verify=idp.ca_file,
+        )
+    return install(host, verifier=verifier, response_owners=store)
+
+
+@asynccontextmanager
+async def _serving(app: Any) -> AsyncIterator[httpx2.AsyncClient]:
+    server = serve_asgi(app, name="host")
+    try:
+        async with httpx2.AsyncClient(base_url=server.base, timeout=60, trust_env=False) as client:
+            yield client
+    finally:
+        server.stop()
+
+
+def _as_verified(idp: EntraEmulator, user: User) -> dict[str, str]:
+    return {"Authorization": f"Bearer {agent_token(idp, user)}"}
+
+
+def _as_platform(idp: EntraEmulator, user: User) -> dict[str, str]:
+    # What Foundry's front door adds to every request: the platform's user id.
+    return {"x-agent-user-id": f"platform-{user.oid}"}
+
+
+def _created_id(answer: httpx2.Response) -> str:
+    assert answer.status_code == 200, answer.text[:300]
+    if answer.headers["content-type"].startswith("text/event-stream"):
+        for line in answer.text.splitlines():
+            if line.startswith("data:"):
+                return str(json.loads(line[5:])["response"]["id"])
+    return str(answer.json()["id"])
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+@pytest.mark.parametrize("who", [_as_verified, _as_platform], ids=["verified", "platform"])
+async def test_another_user_with_the_id_cannot_read_continue_cancel_or_delete_it(
+    idp: EntraEmulator,
+    users: list[User],
+    stream: bool,
+    who: Callable[[EntraEmulator, User], dict[str, str]],
+) -> None:
+    alice, bob = users[33], users[34]
+    app = _host(idp, MemoryStore(), verified=who is _as_verified)
+    async with _serving(app) as client:
+        created = await client.post(
+            "/responses",
+            json={"input": alice.oid, "store": True, "stream": stream},
+            headers=who(idp, alice),
+        )
+        rid = _created_id(created)
+        # Read at once by its creator: the owner was recorded before the id went out.
+        mine = await client.get(f"/responses/{rid}", headers=who(idp, alice))
+        assert mine.status_code == 200, mine.text[:300]
+        assert f"the secret of {alice.oid}" in mine.text
+
+        theirs = [
+            await client.get(f"/responses/{rid}", headers=who(idp, bob)),
+            await client.get(f"/responses/{rid}?stream=true", headers=who(idp, bob)),
+            await client.get(f"/responses/{rid}/input_items", headers=who(idp, bob)),
+            await client.post(f"/responses/{rid}/cancel", headers=who(idp, bob)),
+            await client.delete(f"/responses/{rid}", headers=who(idp, bob)),
+            await client.get(f"/responses/{rid}"),  # no user at all
+        ]
+        continued = await client.post(
+            "/responses",
+            json={"input": bob.oid, "previous_response_id": rid, "store": True},
+            headers=who(idp, bob),
+        )
+        still = await client.get(f"/responses/{rid}", headers=who(idp, alice))
+        own_continuation = await client.post(
+            "/responses",
+            json={"input": alice.oid, "previous_response_id": rid, "store": True},
+            headers=who(idp, alice),
+        )
+    for answer in theirs:
+        assert answer.status_code == 404, (answer.request.url, answer.text[:300])
+        assert alice.oid not in answer.text
+        assert answer.json()["error"]["message"] == f"Response with id '{rid}' not found."
+    assert continued.status_code == 404, continued.text[:300]
+    assert continued.json()["error"]["param"] == "previous_response_id"
+    assert alice.oid not in continued.text
+    assert still.status_code == 200  # bob's DELETE deleted nothing
+    assert own_continuation.status_code == 200, own_continuation.text[:300]
+
+
+async def test_a_conversation_is_the_user_who_used_it_first(
+    idp: EntraEmulator, users: list[User]
+) -> None:
+    alice, bob = users[35], users[36]
+    app = _host(idp, MemoryStore(), verified=True)
+    async with _serving(app) as client:
+        first = await client.post(
+            "/responses",
+            json={"input": alice.oid, "conversation": "conv_shared_name", "store": True},
+            headers=_as_verified(idp, alice),
+        )
+        again = await client.post(
+            "/responses",
+            json={"input": alice.oid, "conversation": {"id": "conv_shared_name"}, "store": True},
+            headers=_as_verified(idp, alice),
+        )
+        other = await client.post(
+            "/responses",
+            json={"input": bob.oid, "conversation": "conv_shared_name", "store": True},
+            headers=_as_verified(idp, bob),
+        )
+    assert first.status_code == 200, first.text[:300]
+    assert again.status_code == 200, again.text[:300]
+    assert other.status_code == 404, other.text[:300]
+    assert other.json()["error"]["param"] == "conversation"
+
+
+async def test_an_id_whose_owner_is_unknown_is_served_to_a_platform_user_only(
+    idp: EntraEmulator, users: list[User]
+) -> None:
+    """The owner record is gone (a replica that does not share the store, a restart): a
+    verified or anonymous caller is refused; a platform user is left to the platform's storage,
+    which keeps its users apart."""
+    alice = users[37]
+    store = MemoryStore()
+    app = _host(idp, store, verified=True)
+    async with _serving(app) as client:
+        created = await client.post(
+            "/responses", json={"input": alice.oid, "store": True}, headers=_as_verified(idp, alice)
+        )
+        rid = _created_id(created)
+        for key in list(store._data):  # the owner records: gone
+            await store.delete(key)
+        verified = await client.get(f"/responses/{rid}", headers=_as_verified(idp, alice))
+        anonymous = await client.get(f"/responses/{rid}")
+        platform = await client.get(f"/responses/{rid}", headers=_as_platform(idp, alice))
+    assert verified.status_code == 404
+    assert anonymous.status_code == 404
+    assert platform.status_code == 200, platform.text[:300]
+
+
+class _DownStore(MemoryStore):
+    """A store that stops answering once ``down`` is set."""
+
+    down = False
+
+    async def get(self, key: str) -> Any:
+        if self.down:
+            raise ConnectionError("store down")
+        return await super().get(key)
+
+
+async def test_a_store_that_does_not_answer_serves_nothing(
+    idp: EntraEmulator, users: list[User]
+) -> None:
+    alice = users[37]
+    store = _DownStore()
+    app = _host(idp, store, verified=True)
+    async with _serving(app) as client:
+        rid = _created_id(
+            await client.post(
+                "/responses",
+                json={"input": alice.oid, "store": True},
+                headers=_as_verified(idp, alice),
+            )
+        )
+        store.down = True
+        answer = await client.get(f"/responses/{rid}", headers=_as_verified(idp, alice))
+    assert answer.status_code == 503
+    assert answer.headers["retry-after"] == "5"
+    assert alice.oid not in answer.text
+
+
+def test_a_store_that_is_not_a_token_store_is_refused() -> None:
+    from entra_passthrough import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="TokenStore"):
+        ResponseOwners(lambda *a: None, store={})  # type: ignore[arg-type]
