@@ -17,6 +17,7 @@ from typing import Any
 import httpx2
 
 from ._caller import Caller, active_caller, current_caller
+from ._errors import ConfigurationError
 from ._flow import (
     APPLIED,
     Acquired,
@@ -31,6 +32,7 @@ from ._httpx_seams import skip_cookie_extraction_without_set_cookie
 from ._origins import format_origin
 from ._prefetch import use_token
 from ._types import TokenResult
+from ._verify import names
 
 __all__ = ["APPLIED", "EntraAuth", "EntraAuthBase", "UnsafeTokenValue", "use_token"]
 
@@ -185,6 +187,20 @@ class _KeepNothingNew(DefaultCookiePolicy):
         return False
 
 
+_SCOPE = "api://<app>/.default"
+
+
+def _check_chain(chain: object) -> None:
+    """A ``TokenChain`` (or a chain of the application's own with ``get_token`` and
+    ``get_token_async``), else a ``ConfigurationError``: ``None`` or a string was taken and the
+    first request through the client raised ``AttributeError`` inside the application."""
+    if not all(callable(getattr(chain, m, None)) for m in ("get_token", "get_token_async")):
+        raise ConfigurationError(
+            f"EntraAuth needs a TokenChain as its first argument, not {type(chain).__name__}.",
+            fix=f"EntraAuth(TokenChain([...]), scopes=[{_SCOPE!r}], origins=[...]).",
+        )
+
+
 class EntraAuthBase:
     """What the httpx2 and httpx fronts of ``EntraAuth`` share (everything but the base class)."""
 
@@ -203,6 +219,10 @@ class EntraAuthBase:
         allow_insecure_loopback: bool = True,
         connection: bool = False,
     ) -> None:
+        _check_chain(chain)
+        # One string is one scope (FlowCore wraps it). A scope holding a space was sent as two
+        # scopes; a number was a bare TypeError: refused as JwtVerifier refuses them.
+        names((scopes,) if isinstance(scopes, str) else scopes, what="scopes", example=_SCOPE)
         self._core = FlowCore(
             chain,
             scopes=scopes,

@@ -281,6 +281,7 @@ class Doctor:
         except ConfigurationError as exc:
             detail, fix = _explain(exc)
             self.add("configuration", FAIL, detail, fix or _CONFIGURATION_FIX)
+            self.check_ids()  # the build refuses an id no caller can match: say which, how
             self.check_certificates()  # an expired certificate refuses the build: say which
             self.check_scopes(None)
             return self.checks

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from ._checks import tenant_id
 from ._docs import see
 from ._errors import ConfigurationError
 
@@ -115,9 +116,29 @@ def environ_or(environ: Mapping[str, str] | None) -> Mapping[str, str]:
     return os.environ if environ is None else environ
 
 
+#: The variables naming a tenant, checked when read so that the error names the variable: a
+#: GUID or a domain name; a tenant-less authority (``common``...) only where ``True`` (``az
+#: --tenant`` takes one; no caller's ``tid`` and no client credential request does).
+TENANT_VARIABLES: dict[str, bool] = {
+    "AZURE_TENANT_ID": False,
+    "ENTRA_PASSTHROUGH_CONSENT_TENANT_ID": False,
+    "FOUNDRY_AGENT_TENANT_ID": False,
+    "ENTRA_PASSTHROUGH_AZ_TENANT_ID": True,
+}
+
+
 def get(environ: Mapping[str, str], name: str) -> str | None:
+    """``name``'s value (stripped; ``None`` when unset or blank). A tenant variable or
+    ``AZURE_AUTHORITY_HOST`` that cannot be one is a ``ConfigurationError`` naming ``name``
+    here, whichever ``from_env()`` reads it (the sources' own checks named the keyword)."""
     assert name in VARIABLES, name  # every variable read is documented
     value = environ.get(name, "").strip()
+    if value and name in TENANT_VARIABLES:
+        tenant_id(value, what=name, tenantless=TENANT_VARIABLES[name])
+    elif value and name == "AZURE_AUTHORITY_HOST":
+        from ._msal import normalize_authority_host  # MSAL is imported on first use only
+
+        normalize_authority_host(value, what=name)
     return value or None
 
 

@@ -97,6 +97,13 @@ class CallerMiddleware(CaptureASGI):
                 fix="name headers as they are sent, e.g. 'authorization' or "
                 "'x-ms-token-aad-access-token' (letters, digits and !#$%&'*+-.^_`|~ only)",
             )
+        if verifier is not None and not callable(getattr(verifier, "verify_async", None)):
+            # A string (or any non-verifier) was taken, and every request with a bearer then
+            # answered 503 with an AttributeError in the log.
+            raise ConfigurationError(
+                f"CallerMiddleware(verifier=) needs a JwtVerifier, not {type(verifier).__name__}.",
+                fix="pass verifier=JwtVerifier(audiences=[...], tenants=[...]), or leave it out.",
+            )
         self.app = app
         self.assertion_headers = names
         self._wanted = wanted_headers(names)

@@ -198,6 +198,13 @@ _MIN_KEY_BYTES = 32
 _KID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 
 
+_KEYRING_FIX = (
+    "build it with Keyring.generate() or Keyring.from_string('kid:<base64url of 32 bytes>'); "
+    'make a key with `python -c "import secrets,base64;print(base64.urlsafe_b64encode('
+    'secrets.token_bytes(32)).decode())"`.'
+)
+
+
 def _b64e(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
@@ -229,11 +236,24 @@ class Keyring:
     )
 
     def __post_init__(self) -> None:
-        if self.current not in self.keys:
+        if not isinstance(self.keys, Mapping):
+            raise ConfigurationError(
+                f"Keyring: keys must be a mapping of key id to bytes, not "
+                f"{type(self.keys).__name__}.",
+                fix=_KEYRING_FIX,
+            )
+        if not isinstance(self.current, str) or self.current not in self.keys:
             raise ConfigurationError(f"Keyring: the current key id {self.current!r} has no key.")
         for kid, key in self.keys.items():
-            if not kid or len(kid) > 32 or not set(kid) <= _KID_CHARS:
+            if not isinstance(kid, str) or not kid or len(kid) > 32 or not set(kid) <= _KID_CHARS:
                 raise ConfigurationError("Keyring: key ids are 1-32 characters of [A-Za-z0-9_-].")
+            if not isinstance(key, bytes | bytearray):
+                # A str was taken and every seal or signature then raised a bare TypeError.
+                raise ConfigurationError(
+                    f"Keyring: key {kid!r} must be bytes (random bytes, not text), not "
+                    f"{type(key).__name__}.",
+                    fix=_KEYRING_FIX,
+                )
             if len(key) < _MIN_KEY_BYTES:
                 raise ConfigurationError(
                     f"Keyring: key {kid!r} is shorter than {_MIN_KEY_BYTES} bytes.",
@@ -278,7 +298,7 @@ class Keyring:
             raise ConfigurationError(
                 f"{variable} is not set.", fix=f"set {variable}='kid:<base64url of 32 bytes>'."
             )
-        return cls.from_string(value)
+        return keyring_from(value, variable=variable)
 
     def _subkey(self, kid: str, purpose: str) -> bytes:
         cached = self._derived.get((kid, purpose))
@@ -337,3 +357,20 @@ class Keyring:
         if not hmac.compare_digest(expected.digest(), _b64d(mac)):
             raise KeyringError("bad signature")
         return _b64d(body)
+
+
+def keyring_from(text: str, *, variable: str) -> Keyring:
+    """``Keyring.from_string(text)`` for the value of the environment variable ``variable``:
+    its refusals name the variable (they said "Keyring: ..." and left the reader to guess
+    where the value came from). The value is never echoed."""
+    try:
+        return Keyring.from_string(text)
+    except ConfigurationError as exc:
+        message = str(exc).split(" Fix: ", 1)[0].removeprefix("Keyring: ")
+        raise ConfigurationError(
+            f"{variable}: {message}",
+            fix=f"set {variable}='kid:<base64url of 32 bytes>[,older-kid:...]' (the first key "
+            "seals; keep old ones listed until what they sealed expired); make a key with "
+            '`python -c "import secrets,base64;print(base64.urlsafe_b64encode(secrets.'
+            'token_bytes(32)).decode())"`.',
+        ) from None

@@ -289,7 +289,8 @@ class RedisStore:
         parts = urlsplit(url)
         if credential_provider is not None and parts.password:
             raise ConfigurationError(
-                "the Redis URL has a password and a credential_provider is given.",
+                "the Redis URL (url, ENTRA_PASSTHROUGH_REDIS_URL) has a password and a "
+                "credential_provider is given.",
                 fix="drop the password from the URL when Entra ID auth supplies it.",
             )
         options: dict[str, Any] = {
@@ -337,7 +338,8 @@ class RedisStore:
             # ``ssl_min_version=TLSv1``). Its text is not repeated (it may quote the URL), nor
             # kept as this error's context (raised outside the handler).
             raise ConfigurationError(
-                "the Redis URL has a query option redis-py cannot read (a number that is not "
+                "the Redis URL (url, ENTRA_PASSTHROUGH_REDIS_URL) has a query option redis-py "
+                "cannot read (a number that is not "
                 "a number, a TLS version it does not know).",
                 fix="fix or remove the URL's query options (after '?'); timeouts are set with "
                 "timeout=..., TLS trust with ca_file (ENTRA_PASSTHROUGH_REDIS_CA_FILE).",
@@ -681,7 +683,8 @@ def _check_url(url: str, *, allow_plaintext: bool) -> None:
     password)."""
     if not isinstance(url, str):
         raise ConfigurationError(
-            f"the Redis URL must be a string, not {type(url).__name__}.",
+            "the Redis URL (url, ENTRA_PASSTHROUGH_REDIS_URL) must be a string, not "
+            f"{type(url).__name__}.",
             fix="pass rediss://:<password>@<host>:<port>/0 (ENTRA_PASSTHROUGH_REDIS_URL).",
         )
     parts = None
@@ -694,8 +697,9 @@ def _check_url(url: str, *, allow_plaintext: bool) -> None:
         # when it holds an unescaped '/', '#' or '?' (Azure access keys are base64). Raised
         # outside the handler: that error is not even this one's context.
         raise ConfigurationError(
-            "the Redis URL's host or port cannot be read (the port is not a number from 0 to "
-            "65535, or an IPv6 address is not closed with ']').",
+            "the host or port of the Redis URL (url, ENTRA_PASSTHROUGH_REDIS_URL) cannot be read "
+            "(the port is not a number from 0 to 65535, or an IPv6 address is not closed with "
+            "']').",
             fix="write it as rediss://:<password>@<host>:<port>/0, with a password that holds "
             "'/', '#', '?', '@' or ':' percent-encoded (urllib.parse.quote(password, safe=''))."
             " Keep it in ENTRA_PASSTHROUGH_REDIS_URL.",
@@ -708,21 +712,24 @@ def _check_url(url: str, *, allow_plaintext: bool) -> None:
         # that '@' the "host" (shown in errors and reprs, looked up in DNS). No Redis URL has
         # an '@' after its host.
         raise ConfigurationError(
-            "the Redis URL names no host, or not where one belongs (a password with '/', '#', "
-            "'?', '@' or ':' written as is ends the host part early).",
+            "the Redis URL (url, ENTRA_PASSTHROUGH_REDIS_URL) names no host, or not where one "
+            "belongs (a password with '/', '#', '?', '@' or ':' written as is ends the host "
+            "part early).",
             fix="write it as rediss://:<password>@<host>:<port>/0, with the password "
             "percent-encoded (urllib.parse.quote(password, safe='')).",
         )
     if parts.scheme not in ("redis", "rediss"):
         raise ConfigurationError(
-            f"the Redis URL's scheme is {parts.scheme!r}; expected redis:// or rediss://.",
+            f"the scheme of the Redis URL (url, ENTRA_PASSTHROUGH_REDIS_URL) is {parts.scheme!r}; "
+            "expected redis:// or rediss://.",
             fix="use rediss://host:6380 for TLS (Azure Cache for Redis), redis:// on "
             "loopback only.",
         )
     if parts.scheme == "redis" and parts.hostname not in _LOOPBACK and not allow_plaintext:
         raise ConfigurationError(
-            f"the Redis URL is redis:// (no TLS) to {parts.hostname!r}, not loopback: the "
-            "password or token and every record would cross the network unencrypted.",
+            "the Redis URL (url, ENTRA_PASSTHROUGH_REDIS_URL) is redis:// (no TLS) to "
+            f"{parts.hostname!r}, not loopback: the password or token and every record would "
+            "cross the network unencrypted.",
             fix="use rediss:// (Azure Cache for Redis: port 6380, Azure Managed Redis: 10000); "
             "on a network you trust, allow_plaintext=True "
             "(ENTRA_PASSTHROUGH_REDIS_ALLOW_PLAINTEXT=true).",
@@ -738,7 +745,8 @@ def _check_url(url: str, *, allow_plaintext: bool) -> None:
         # (names this library knows are shown; another may be part of a password)
         shown = ", ".join(repr(n) for n in repeated if n in _URL_OPTIONS) or "(not shown)"
         raise ConfigurationError(
-            f"the Redis URL repeats the query option(s) {shown}; "
+            "the Redis URL (url, ENTRA_PASSTHROUGH_REDIS_URL) repeats the query option(s) "
+            f"{shown}; "
             "which value applies is ambiguous, so the URL is refused.",
             fix="give each query option once (e.g. ?ssl_cert_reqs=required, or leave it out: "
             "rediss:// verifies certificates and host names by default).",
@@ -748,7 +756,8 @@ def _check_url(url: str, *, allow_plaintext: bool) -> None:
         # then fails with a bare TypeError that quotes it (a typo, or the rest of a password
         # after an unescaped '?'), and its timing options would replace the checked ones.
         raise ConfigurationError(
-            "the Redis URL has a query option this library does not accept (it is not "
+            "the Redis URL (url, ENTRA_PASSTHROUGH_REDIS_URL) has a query option this library does "
+            "not accept (it is not "
             "repeated here: it may be part of a password).",
             fix=f"keep only {', '.join(sorted(_URL_OPTIONS))} after '?'; timeouts and the "
             "pool are from_url(timeout=..., max_connections=...), TLS trust is ca_file "
@@ -761,7 +770,8 @@ def _check_url(url: str, *, allow_plaintext: bool) -> None:
         form in _OFF for forms in hostname for form in forms
     ):
         raise ConfigurationError(
-            "the Redis URL turns TLS certificate or host name verification off "
+            "the Redis URL (url, ENTRA_PASSTHROUGH_REDIS_URL) turns TLS certificate or host name "
+            "verification off "
             "(ssl_cert_reqs / ssl_check_hostname).",
             fix="remove the option; trust a private CA with ca_file "
             "(ENTRA_PASSTHROUGH_REDIS_CA_FILE) instead.",

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .. import _env
+from .._checks import client_id, registration
 from .._credential import AppCredential, app_credential
 from .._errors import (
     GUID,
@@ -158,6 +159,19 @@ class AgentIdentityOnBehalfOf:
         )
         if not agent_identity_id:
             raise ConfigurationError("AgentIdentityOnBehalfOf needs agent_identity_id.")
+        registration(
+            "AgentIdentityOnBehalfOf (the blueprint)",
+            blueprint,
+            tenant_variable="AZURE_TENANT_ID",
+            client_variable="ENTRA_PASSTHROUGH_BLUEPRINT_CLIENT_ID",
+            secret_variable="ENTRA_PASSTHROUGH_CLIENT_SECRET",
+        )
+        client_id(
+            agent_identity_id,
+            what="agent_identity_id",
+            variable="ENTRA_PASSTHROUGH_AGENT_IDENTITY_ID",
+            owner="AgentIdentityOnBehalfOf",
+        )
         allowed_tenants, accepted_audiences = name_lists(allowed_tenants, accepted_audiences)
         _check_single_tenant(blueprint.tenant_id, allowed_tenants)
         self.name = name

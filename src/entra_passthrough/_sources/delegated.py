@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlencode
 
 from .. import _env
-from .._checks import seconds
+from .._checks import registration, seconds
 from .._consent_client import ConsentClient, check_https_url
 from .._credential import AppCredential, app_credential
 from .._drive import drive, drive_async
@@ -64,7 +64,7 @@ from .._grants import (
 from .._jwt import fingerprint
 from .._l2 import renew_until, renew_until_sync
 from .._msal import http_session
-from .._store import Keyring, MemoryStore, TokenStore
+from .._store import Keyring, MemoryStore, TokenStore, keyring_from
 from .._types import IdentityKind, TokenRequest, TokenResult
 from .._user_key import UserKey
 from ._base import result_from_msal, unreachable
@@ -213,16 +213,26 @@ class DelegatedConsent:
         # sensitive for as long as it lives (the hosting layer logs it).
         link_lifetime = seconds(link_lifetime, what="link_lifetime", low=60, high=86_400)
         self.name = name
+        app = app_credential(
+            "DelegatedConsent",
+            credential,
+            client_id=client_id,
+            tenant_id=tenant_id,
+            client_secret=client_secret,
+            managed_identity=managed_identity,
+            authority_host=authority_host,
+        )
+        # As for OnBehalfOf: a tenant no caller can have, a client id with a space, an empty
+        # secret are refused here, not at every user's first consent.
+        registration(
+            "DelegatedConsent",
+            app,
+            tenant_variable="ENTRA_PASSTHROUGH_CONSENT_TENANT_ID or AZURE_TENANT_ID",
+            client_variable="ENTRA_PASSTHROUGH_CONSENT_CLIENT_ID",
+            secret_variable="ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET",
+        )
         self.client = ConsentClient(
-            app_credential(
-                "DelegatedConsent",
-                credential,
-                client_id=client_id,
-                tenant_id=tenant_id,
-                client_secret=client_secret,
-                managed_identity=managed_identity,
-                authority_host=authority_host,
-            ),
+            app,
             http_client=http_client,
             max_workers=max_workers,
             allowed_tenants=allowed_tenants,
@@ -292,8 +302,9 @@ class DelegatedConsent:
                 app="consent",
             ),
             store=store if store is not None else MemoryStore(),
-            keyring=Keyring.from_string(
-                _env.require(env, "ENTRA_PASSTHROUGH_CONSENT_KEYS", what="the consent keyring")
+            keyring=keyring_from(
+                _env.require(env, "ENTRA_PASSTHROUGH_CONSENT_KEYS", what="the consent keyring"),
+                variable="ENTRA_PASSTHROUGH_CONSENT_KEYS",
             ),
             broker_url=_env.require(
                 env, "ENTRA_PASSTHROUGH_CONSENT_BROKER_URL", what="the broker's public URL"

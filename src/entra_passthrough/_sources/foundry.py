@@ -73,6 +73,14 @@ class FoundryToolboxRoute:
         name: str = "foundry_toolbox",
         features: str | None = None,
     ) -> None:
+        if not callable(getattr(inner, "get_token", None)) or not isinstance(
+            getattr(inner, "kind", None), IdentityKind
+        ):
+            # None was a bare AttributeError ('NoneType' object has no attribute 'kind').
+            raise ConfigurationError(
+                f"FoundryToolboxRoute(inner) needs a token source, not {type(inner).__name__}.",
+                fix="pass the agent's app identity, e.g. FoundryToolboxRoute(ManagedIdentity()).",
+            )
         if inner.kind is not IdentityKind.APP:
             raise ConfigurationError(
                 "FoundryToolboxRoute authenticates as the agent: its inner source must be an app "

@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 
 from .. import _env
 from .._aadsts import describe
-from .._checks import whole_number
+from .._checks import registration, whole_number
 from .._credential import AppCredential, app_credential
 from .._errors import (
     GUID,
@@ -209,6 +209,16 @@ class OnBehalfOf:
             client_secret=client_secret,
             managed_identity=managed_identity,
             authority_host=authority_host,
+        )
+        # A tenant no caller's tid can equal (common, braces, a path), a client id of another
+        # type or with a space around it, an empty secret: each was taken here and refused
+        # every caller at the first request (or went to Entra for AADSTS7000218).
+        registration(
+            "OnBehalfOf",
+            app,
+            tenant_variable="AZURE_TENANT_ID",
+            client_variable="ENTRA_PASSTHROUGH_CLIENT_ID",
+            secret_variable="ENTRA_PASSTHROUGH_CLIENT_SECRET",
         )
         self.name = name
         self.credential = app

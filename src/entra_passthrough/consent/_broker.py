@@ -514,7 +514,7 @@ class ConsentBroker:
             origin
             and origin != "null"
             and _origin(origin) not in self._own_origins
-            and urlsplit(origin).netloc != request.url.netloc
+            and _netloc(origin) != request.url.netloc
         ):
             return error_response(request, "csrf", "Cross-site sign-out requests are refused.")
         try:
@@ -561,6 +561,16 @@ def _origin(uri: str) -> str:
     if port is None or (scheme, port) in (("https", 443), ("http", 80)):
         return f"{scheme}://{host}"
     return f"{scheme}://{host}:{port}"
+
+
+def _netloc(origin: str) -> str | None:
+    """The ``host[:port]`` of an ``Origin`` header, ``None`` for one urllib cannot split (an
+    unclosed IPv6 bracket such as ``http://[::1`` raised ``ValueError`` here: a 500, not the
+    400 csrf page every other bad sign-out request gets)."""
+    try:
+        return urlsplit(origin).netloc
+    except ValueError:
+        return None
 
 
 def _logout_origin(uri: str) -> str:

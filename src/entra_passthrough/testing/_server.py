@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import threading
 import time
 import urllib.parse
@@ -153,6 +154,57 @@ async def _apply_fault(fault: Fault, send: Send) -> None:
     await send({"type": "http.response.body", "body": raw})
 
 
+_FAULT_BODY = (
+    'the body must be a JSON object such as {"endpoint": "token", "status": 503, '
+    '"retry_after": 2, "delay": 0, "drop": false, "count": 1}'
+)
+
+
+def _parse_fault(body: bytes) -> tuple[Fault, str]:
+    """``POST /_emulator/faults``'s body as a ``Fault`` and its endpoint name, else a
+    ``ValueError`` saying which field is wrong."""
+    try:
+        data = json.loads(body or b"{}")
+    except ValueError:
+        raise ValueError(f"{_FAULT_BODY}; it is not JSON.") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{_FAULT_BODY}; it is a JSON {type(data).__name__}.")
+
+    def number(key: str, default: float | None, *, low: float, high: float) -> float | None:
+        value = data.get(key, default)
+        if value is None and key in ("status", "retry_after"):
+            return None  # status null: only the delay (as inject_fault(status=None))
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or not low <= value <= high
+            or (key in ("status", "count") and value != int(value))
+        ):
+            kind = "a whole number" if key in ("status", "count") else "a number"
+            raise ValueError(f"{key!r} must be {kind} from {low:g} to {high:g}.")
+        return float(value)
+
+    status = number("status", 503, low=100, high=599)
+    retry_after = number("retry_after", None, low=0, high=86_400)
+    delay = number("delay", 0.0, low=0, high=3600) or 0.0
+    count = number("count", 1, low=1, high=1_000_000) or 1
+    drop = data.get("drop", False)
+    endpoint = data.get("endpoint", "token")
+    if not isinstance(drop, bool):
+        raise ValueError("'drop' must be true or false.")
+    if not isinstance(endpoint, str) or not endpoint:
+        raise ValueError("'endpoint' must be an endpoint name such as \"token\".")
+    fault = Fault(
+        status=None if status is None else int(status),
+        retry_after=retry_after,
+        delay=delay,
+        drop=drop,
+        count=int(count),
+    )
+    return fault, endpoint
+
+
 def _json(data: dict[str, Any], status: int = 200) -> JSONResponse:
     return JSONResponse(data, status_code=status, headers=_NO_STORE)
 
@@ -222,16 +274,14 @@ def build_app(rt: Runtime) -> ASGIApp:
         return _json(dict(rt.snapshot()))
 
     async def faults(rt: Runtime, request: Request) -> Response:
-        data = json.loads(await request.body() or b"{}")
-        fault = Fault(
-            status=int(data.get("status", 503)),
-            retry_after=data.get("retry_after"),
-            delay=float(data.get("delay", 0.0)),
-            drop=bool(data.get("drop", False)),
-            count=int(data.get("count", 1)),
-        )
+        # A body that is not a JSON object, or a field of the wrong type, is a 400 saying what
+        # the body must be (it was a 500 and a closed connection).
+        try:
+            fault, endpoint = _parse_fault(await request.body())
+        except ValueError as exc:
+            return _json({"error": "invalid_request", "error_description": str(exc)}, 400)
         with rt.lock:
-            rt.faults.setdefault(str(data.get("endpoint", "token")), []).append(fault)
+            rt.faults.setdefault(endpoint, []).append(fault)
         return _json({"ok": True})
 
     async def rotate(rt: Runtime, request: Request) -> Response:
