@@ -19,8 +19,8 @@ from agent_framework import Agent, tool
 from agent_framework_foundry_hosting import ResponsesHostServer
 
 from _support.mcp_world import agent_token, serve_asgi
-from entra_passthrough import JwtVerifier, MemoryStore
-from entra_passthrough.agent_framework import ResponseOwners, install
+from entra_passthrough import CallerMiddleware, JwtVerifier, MemoryStore
+from entra_passthrough.agent_framework import BackgroundRunCallers, ResponseOwners, install
 from entra_passthrough.agent_framework.testing import ScriptedChatClient
 from entra_passthrough.testing import EntraEmulator
 from entra_passthrough.testing._world import User
@@ -32,7 +32,9 @@ def secret_of(who: str = "") -> str:
     return f"the secret of {who}"
 
 
-def _host(idp: EntraEmulator, store: Any, *, verified: bool) -> Any:
+def _host(
+    idp: EntraEmulator, store: Any, *, verified: bool, platform_storage: bool | None = None
+) -> Any:
     agent = Agent(
         client=ScriptedChatClient(tool="secret_of", input_argument="who"), tools=[secret_of]
     )
@@ -45,7 +47,14 @@ def _host(idp: EntraEmulator, store: Any, *, verified: bool) -> Any:
             authority_host=idp.url,
             verify=idp.ca_file,
         )
-    return install(host, verifier=verifier, response_owners=store)
+    if platform_storage is None:
+        return install(host, verifier=verifier, response_owners=store)
+    # What install() adds, with the platform's storage said explicitly (inside Foundry the
+    # host itself switches to Foundry's storage, which needs the platform).
+    host.add_middleware(BackgroundRunCallers)
+    host.add_middleware(ResponseOwners, store=store, platform_storage=platform_storage)
+    host.add_middleware(CallerMiddleware, verifier=verifier)
+    return host
 
 
 @asynccontextmanager
@@ -155,15 +164,17 @@ async def test_a_conversation_is_the_user_who_used_it_first(
     assert other.json()["error"]["param"] == "conversation"
 
 
-async def test_an_id_whose_owner_is_unknown_is_served_to_a_platform_user_only(
-    idp: EntraEmulator, users: list[User]
+@pytest.mark.parametrize("platform_storage", [False, True], ids=["own-storage", "foundry"])
+async def test_an_id_whose_owner_is_unknown_is_served_to_a_platform_user_in_foundry_only(
+    idp: EntraEmulator, users: list[User], platform_storage: bool
 ) -> None:
     """The owner record is gone (a replica that does not share the store, a restart): a
-    verified or anonymous caller is refused; a platform user is left to the platform's storage,
-    which keeps its users apart."""
+    verified or anonymous caller is refused; a platform user is left to the platform's storage
+    inside Foundry, which keeps its users apart, and refused elsewhere (the host's own store
+    keeps nobody apart, and any client can send x-agent-user-id)."""
     alice = users[37]
     store = MemoryStore()
-    app = _host(idp, store, verified=True)
+    app = _host(idp, store, verified=True, platform_storage=platform_storage)
     async with _serving(app) as client:
         created = await client.post(
             "/responses", json={"input": alice.oid, "store": True}, headers=_as_verified(idp, alice)
@@ -176,7 +187,50 @@ async def test_an_id_whose_owner_is_unknown_is_served_to_a_platform_user_only(
         platform = await client.get(f"/responses/{rid}", headers=_as_platform(idp, alice))
     assert verified.status_code == 404
     assert anonymous.status_code == 404
-    assert platform.status_code == 200, platform.text[:300]
+    assert platform.status_code == (200 if platform_storage else 404), platform.text[:300]
+
+
+async def test_the_ways_around_the_check_are_closed(idp: EntraEmulator, users: list[User]) -> None:
+    """HEAD (Starlette answers it with the GET route's handler), a create path ending in a line
+    break (Starlette's route pattern ends in ``$``, which matches before it), and a new response
+    given the id of another user's (the host takes a client's id, header or body, checking only
+    its format): none reaches another user's response."""
+    alice, bob = users[10], users[11]
+    app = _host(idp, MemoryStore(), verified=True)
+    async with _serving(app) as client:
+        rid = _created_id(
+            await client.post(
+                "/responses",
+                json={"input": alice.oid, "store": True},
+                headers=_as_verified(idp, alice),
+            )
+        )
+        bob_headers = _as_verified(idp, bob)
+        head = await client.head(f"/responses/{rid}", headers=bob_headers)
+        head_items = await client.head(f"/responses/{rid}/input_items", headers=bob_headers)
+        newline = await client.post(
+            "/responses%0A",
+            json={"input": bob.oid, "previous_response_id": rid, "store": True},
+            headers=bob_headers,
+        )
+        by_body = await client.post(
+            "/responses",
+            json={"input": bob.oid, "response_id": rid, "store": True},
+            headers=bob_headers,
+        )
+        by_header = await client.post(
+            "/responses",
+            json={"input": bob.oid, "store": True},
+            headers={**bob_headers, "x-agent-response-id": rid},
+        )
+        mine = await client.get(f"/responses/{rid}", headers=_as_verified(idp, alice))
+    assert head.status_code == 404
+    assert head_items.status_code == 404
+    assert newline.status_code == 404, newline.text[:300]
+    assert by_body.status_code == 404, by_body.text[:300]
+    assert by_header.status_code == 404, by_header.text[:300]
+    assert mine.status_code == 200, mine.text[:300]
+    assert f"the secret of {alice.oid}" in mine.text
 
 
 class _DownStore(MemoryStore):

@@ -30,6 +30,7 @@ import hmac
 import json
 import logging
 import math
+import os
 import re
 import time
 from collections.abc import Sequence
@@ -104,7 +105,7 @@ class BackgroundRunCallers:
         if (
             scope.get("type") != "http"
             or scope.get("method") != "POST"
-            or not str(scope.get("path", "")).rstrip("/").endswith("/responses")
+            or not _is_create_path(str(scope.get("path", "")))
             or caller is None
             or not caller.active
         ):
@@ -131,6 +132,13 @@ class BackgroundRunCallers:
                 reset_current(reset)
         finally:
             _unstored.reset(noted)
+
+
+def _is_create_path(path: str) -> bool:
+    """Whether ``path`` is ``{prefix}/responses`` as the host's router matches it: Starlette's
+    route patterns end in ``$``, which also matches before a final line break (``POST
+    /responses%0A``), and a trailing slash is redirected to it."""
+    return path.rstrip("\n").rstrip("/").endswith("/responses")
 
 
 def _run_seconds(value: object) -> float:
@@ -185,8 +193,12 @@ RESPONSE_OWNER_SECONDS = 30 * 86400.0
 
 #: ``{prefix}/responses/{id}``, ``.../cancel``, ``.../input_items``: the routes that name a
 #: stored response by id (``ResponsesHostServer``), with the method each one answers.
-_BY_ID = re.compile(r"/responses/([^/]+)(/cancel|/input_items)?/?$")
-_BY_ID_METHODS = {None: ("GET", "DELETE"), "/cancel": ("POST",), "/input_items": ("GET",)}
+_BY_ID = re.compile(r"/responses/([^/]+?)(/cancel|/input_items)?/?\n?\Z")
+_BY_ID_METHODS = {
+    None: ("GET", "HEAD", "DELETE"),  # Starlette answers HEAD with the GET route's handler
+    "/cancel": ("POST",),
+    "/input_items": ("GET", "HEAD"),
+}
 #: The largest create request whose ``previous_response_id`` and ``conversation`` are checked
 #: (a larger one is refused: it cannot be checked).
 _MAX_CHECKED_BODY = 32 * 1024 * 1024
@@ -213,10 +225,13 @@ class ResponseOwners:
     for an id that does not exist.
 
     An id whose owner is not recorded (created before this middleware, on a replica that does
-    not share ``store``, or evicted) is refused, except to a platform user: Foundry's storage
-    keeps each platform user's responses apart. For replicas, or to keep owners across
-    restarts, pass a shared ``store`` (``RedisStore``). Unreadable owners (the store down):
-    503, never served.
+    not share ``store``, or evicted) is refused, except to a platform user inside Foundry
+    (``FOUNDRY_HOSTING_ENVIRONMENT`` set: the host then keeps responses in Foundry's storage,
+    which keeps each platform user's apart; ``platform_storage`` says so explicitly). An id
+    the client chooses for a new response
+    (``x-agent-response-id``, ``response_id``) is claimed like a conversation. For replicas,
+    or to keep owners across restarts, pass a shared ``store`` (``RedisStore``). Unreadable
+    owners (the store down): 503, never served.
 
     >>> app.add_middleware(ResponseOwners, store=RedisStore.from_url(url, namespace="owners:"))
     """
@@ -227,6 +242,7 @@ class ResponseOwners:
         *,
         store: TokenStore | None = None,
         retention: float = RESPONSE_OWNER_SECONDS,
+        platform_storage: bool | None = None,
     ) -> None:
         if store is not None and not isinstance(store, TokenStore):
             raise ConfigurationError(
@@ -235,6 +251,13 @@ class ResponseOwners:
                 "out for an in-process store.",
             )
         self.app = app
+        # Inside Foundry (FOUNDRY_HOSTING_ENVIRONMENT, as the host itself decides) its storage
+        # partitions responses by the platform's user id: a platform user may be left to it
+        # for an id whose owner is not recorded here. Elsewhere (the host's file or memory
+        # store) nothing else keeps users apart, and any client can send that header.
+        if platform_storage is None:
+            platform_storage = bool(os.environ.get("FOUNDRY_HOSTING_ENVIRONMENT", ""))
+        self.platform_storage = platform_storage
         self.store: TokenStore = store if store is not None else MemoryStore(max_entries=100_000)
         self.retention = seconds(
             retention, what="ResponseOwners(retention=...)", low=0, high=math.inf, above_low=True
@@ -251,7 +274,7 @@ class ResponseOwners:
             if await self._may_use("response", named.group(1), _owner(), send):
                 await self.app(scope, receive, send)
             return
-        if method == "POST" and path.rstrip("/").endswith("/responses"):
+        if method == "POST" and _is_create_path(path):
             await self._create(scope, receive, send)
             return
         await self.app(scope, receive, send)
@@ -269,11 +292,20 @@ class ResponseOwners:
             )
             return
         owner = _owner()
-        previous, conversation = _continued(b"".join(m.get("body", b"") for m in buffered))
+        previous, conversation, chosen = _continued(b"".join(m.get("body", b"") for m in buffered))
         if previous is not None and not await self._may_use(
             "response", previous, owner, send, param="previous_response_id"
         ):
             return
+        # The host takes the new response's id from the client when it names one (header or
+        # body), checking only its format: naming another user's id would store the new
+        # response under it (and record its owner over the first). Claimed here, first use
+        # wins, like a conversation.
+        for name in dict.fromkeys((*_header_values(scope, b"x-agent-response-id"), chosen)):
+            if name is not None and not await self._may_use(
+                "response", name, owner, send, param="response_id", claim=True
+            ):
+                return
         if conversation is not None and not await self._may_use(
             "conversation", conversation, owner, send, param="conversation", claim=True
         ):
@@ -314,8 +346,11 @@ class ResponseOwners:
                 retry_after=True,
             )
             return False
-        # Unknown: a platform user only (the platform's storage keeps its users apart).
-        allowed = owner[1] if entry is None else hmac.compare_digest(entry.value, owner[0])
+        if entry is None:
+            # Unknown: a platform user only, inside Foundry (its storage keeps them apart).
+            allowed = owner[1] and self.platform_storage
+        else:
+            allowed = hmac.compare_digest(entry.value, owner[0])
         if not allowed:
             what = (
                 "Conversation"
@@ -396,22 +431,33 @@ def _owner_key(kind: str, name: str) -> str:
     return f"owner:{digest}"
 
 
-def _continued(body: bytes) -> tuple[str | None, str | None]:
-    """``(previous_response_id, conversation id)`` of a create request's body."""
+def _continued(body: bytes) -> tuple[str | None, str | None, str | None]:
+    """``(previous_response_id, conversation id, response_id)`` of a create request's body
+    (the last, an id the client chose for the new response)."""
     try:
         parsed = json.loads(body)
     except (ValueError, RecursionError):
-        return None, None
+        return None, None, None
     if not isinstance(parsed, dict):
-        return None, None
+        return None, None, None
     previous = parsed.get("previous_response_id")
     conversation = parsed.get("conversation")
     if isinstance(conversation, dict):
         conversation = conversation.get("id")
+    chosen = parsed.get("response_id")
     return (
         previous if isinstance(previous, str) and previous else None,
         conversation if isinstance(conversation, str) and conversation else None,
+        chosen if isinstance(chosen, str) and chosen else None,
     )
+
+
+def _header_values(scope: Scope, name: bytes) -> list[str]:
+    return [
+        value.decode("latin-1")
+        for key, value in scope.get("headers") or ()
+        if key.lower() == name and value
+    ]
 
 
 def _created_id(body: bytes, *, sse: bool, complete: bool) -> str | None:
