@@ -83,7 +83,8 @@ _TABLE: tuple[Aadsts, ...] = (
         "valid yet (its nbf is ahead of Entra's clock beyond the allowed skew)",
         "obtain a fresh user token (an OBO token can never outlive the assertion it came "
         "from); a token that is not valid yet means a clock is wrong: check the clocks of "
-        "the machine that issued or forwarded it",
+        "the machine that issued or forwarded it; one that by this host's clock had not "
+        "expired yet means this host's clock is behind Entra's: synchronise it (NTP)",
     ),
     Aadsts(
         50076,

@@ -49,7 +49,7 @@ from ._checks import seconds, whole_number
 from ._drive import drive, drive_async
 from ._errors import SourceUnavailable, Throttled
 from ._l2 import SharedCache
-from ._types import Cap, TokenResult, cap_value, entry_timing
+from ._types import Cap, TokenResult, cap_value, entry_timing, token_exp
 
 logger = logging.getLogger("entra_passthrough.cache")
 
@@ -302,6 +302,13 @@ class TokenCache:
         cap = cap_value(cap)
         now = self._clock()
         refresh_at, usable_until = entry_timing(result.expires_on, cap, now)
+        if cap is not None and refresh_at != math.inf:
+            # Not capped on this host's clock: compared on the issuer's (the token's own
+            # ``exp`` against the assertion's), it may be, when this host's clock is behind
+            # (``entry_timing``). Decoded here only, once per token acquired.
+            own = token_exp(result.token)
+            if own is not None:
+                refresh_at, usable_until = entry_timing(result.expires_on, cap, now, own_exp=own)
         if cap is not None and result.expires_on > cap:
             result = dataclasses.replace(result, expires_on=cap, cache_key=key)
         else:

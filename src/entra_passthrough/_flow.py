@@ -20,6 +20,9 @@ Decisions, in order:
    ``EntraAuth.request_hook`` can strip them again on a redirect to another origin.
 5. 401 with a Bearer claims challenge or ``invalid_token`` from a configured origin ->
    invalidate the entry, acquire again (with the decoded claims), resend once. Never twice.
+   A claims challenge to the token acquired with its claims -> ``ClaimsNotAccepted`` (an
+   ``InteractionRequired``), and that origin's claims challenges to this caller are held for
+   the refusal window (no token request for each request).
 """
 
 from __future__ import annotations
@@ -27,14 +30,19 @@ from __future__ import annotations
 import inspect
 import logging
 from collections import deque
-from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Hashable, Iterable, Mapping, Sequence
 from typing import Any, Literal, Protocol
 
 from . import _otel
 from ._caller import Caller, active_caller, caller_var, current_caller
 from ._chain import ended_caller_error
 from ._challenge import parse_bearer_challenges
-from ._errors import ConfigurationError, NoCallerError, TokenAcquisitionError
+from ._errors import (
+    ConfigurationError,
+    InteractionRequired,
+    NoCallerError,
+    TokenAcquisitionError,
+)
 from ._httpx_seams import append_authorization, has_authorization
 from ._origins import OriginKey, format_origin, origin_key, parse_origins
 from ._prefetch import orphaned, prefetched_for, prefetched_var, refused, scope_key
@@ -81,8 +89,9 @@ class Chain(Protocol):
     def invalidate(self, result: TokenResult) -> bool | None: ...
 
     # Optional (TokenChain has them): the refusal window (``TokenCache.refusal_window``).
-    # def invalidate(self, result, *, where=None) -> bool: ``where`` (the refusing origin)
-    #     makes a refusal of a token that replaced a refused one, within the window, stand.
+    # def invalidate(self, result, *, where=None) -> bool: ``where`` (the refusing origin, or
+    #     (origin, "insufficient_claims") for a claims challenge) makes a refusal of a token
+    #     that replaced a refused one, within the window, stand.
     # def accepted(self, result, *, where) -> None: the replacement was accepted there.
 
     # Optional (TokenChain has it): a fresh cache hit without I/O, else None. The flow then
@@ -161,6 +170,24 @@ Step = Acquire | SendRequest
 
 class UnsafeTokenValue(TokenAcquisitionError):
     """A source returned a token or header value that cannot go into an HTTP header."""
+
+
+class ClaimsNotAccepted(InteractionRequired):
+    """A resource answered a claims challenge (401 ``insufficient_claims``) to the token
+    acquired with the claims it asked for, or asks again within the refusal window. ``claims``
+    is its latest challenge, for ``step_up_challenge``."""
+
+    fix = (
+        "have the user sign in again with these claims (step_up_challenge(error) hands them to "
+        "the client); if a fresh sign-in is refused too, the resource does not accept the "
+        "tokens Entra issues with its claims: check its token checks and its conditional "
+        "access settings."
+    )
+
+
+#: The refusal-window slot of an origin's claims challenges (``where`` = (origin, this)): apart
+#: from its bare refusals, so a claims challenge to a bare refusal's replacement is met at once.
+_CLAIMS_SLOT = "insufficient_claims"
 
 
 # --- the flow ----------------------------------------------------------------------------
@@ -412,12 +439,13 @@ class FlowCore:
         challenge = parse_bearer_challenges(response.headers.get_list("www-authenticate"))
         if challenge is None or not challenge.retryable:
             return
-        # A claims challenge names what a new token must carry: always met (a token with the
-        # claims is another entry). A bare refusal is weighed against this origin's last one.
-        where = (
-            None
-            if challenge.claims
-            else origin_key(final.url.scheme, final.url.raw_host, final.url.port)
+        # A bare refusal is weighed against this origin's last one. A claims challenge names
+        # what a new token must carry (a token with the claims is another entry): met at once,
+        # unless this origin refused the token acquired with its claims moments ago and asks
+        # again (its own slot: then no token request per request, see ``ClaimsNotAccepted``).
+        origin = origin_key(final.url.scheme, final.url.raw_host, final.url.port)
+        where: Hashable | None = (
+            (origin, _CLAIMS_SLOT) if challenge.claims and origin is not None else origin
         )
         if not _replayable(request):
             # No retry (a stream), but the token is refused: dropped, unless this resource
@@ -442,6 +470,8 @@ class FlowCore:
             # (TokenCache.refusal_window). The 401 stands, with no token request that it would
             # refuse again.
             _log.debug("401 from the resource again: token %s not replaced", result.fingerprint)
+            if challenge.claims and origin is not None:
+                self._claims_not_accepted(caller, origin, challenge.claims, held=True)
             return
         self.strip(request)  # the retry carries only what the new result brings
         if _log.isEnabledFor(logging.DEBUG):
@@ -452,6 +482,16 @@ class FlowCore:
                 " with a claims challenge" if challenge.claims else "",
             )
         outcome = yield Acquire(caller, challenge.claims)
+        if (
+            challenge.claims
+            and where is not None
+            and outcome.error is not None
+            and not isinstance(outcome.error, InteractionRequired)
+        ):
+            # No token with the claims could be had (Entra down, throttling...): the resource
+            # refused none, and its next claims challenge is met at once again. (Entra asking
+            # for the user, InteractionRequired, stands for the window: so would its answer.)
+            self._accepted(result, where)
         retry = self._accept(outcome, caller)
         if (
             retry is None
@@ -462,13 +502,12 @@ class FlowCore:
             # changes who the request acts for): the client returns the 401 we already have.
             return
         retried: Response = yield SendRequest(request)
-        if where is not None and getattr(retried, "status_code", 401) != 401:
+        status = getattr(retried, "status_code", 401)
+        if where is not None and status != 401:
             # Accepted: this resource does not refuse every token; its next refusal (a revoked
             # token) is retried as the first one was.
-            accepted = getattr(self.chain, "accepted", None)
-            if accepted is not None:
-                accepted(result, where=where)
-        if challenge.claims and getattr(retried, "status_code", 401) != 401:
+            self._accepted(result, where)
+        if challenge.claims and status != 401:
             # The claims satisfied the resource: later requests carry that token, not one
             # without the claims that it would refuse again (``TokenChain.adopt``).
             adopt = getattr(self.chain, "adopt", None)
@@ -477,6 +516,38 @@ class FlowCore:
         if note is not None:
             note["entra_passthrough.retried"] = True
             note["status"] = getattr(retried, "status_code", None)
+        if challenge.claims and status == 401 and origin is not None:
+            # The token with the claims is refused with a claims challenge again: only the user
+            # (a new sign-in with them) or the resource can change that. The 401 stands, typed;
+            # the refusal window (``where``) holds this origin's next claims challenges.
+            again = parse_bearer_challenges(_challenges_of(retried))
+            if again is not None and again.claims:
+                self._claims_not_accepted(caller, origin, again.claims, held=False)
+
+    def _claims_not_accepted(
+        self, caller: Caller | None, origin: OriginKey, claims: str, *, held: bool
+    ) -> None:
+        what = (
+            "the token acquired with its claims moments ago was refused or could not be had; "
+            "no token is requested for it until the refusal window ends"
+            if held
+            else "it refused the token acquired with the claims it asked for"
+        )
+        error = ClaimsNotAccepted(
+            f"{format_origin(origin)} asks again for claims (401 insufficient_claims): {what}.",
+            claims=claims,
+            scopes=self.scopes,
+        )
+        if self.on_error == "raise":
+            raise error
+        self.record(caller, error)
+
+    def _accepted(self, result: TokenResult, where: Hashable) -> None:
+        """The refusal at ``where`` needs no window (``TokenChain.accepted``), if the chain
+        keeps one."""
+        accepted = getattr(self.chain, "accepted", None)
+        if accepted is not None:
+            accepted(result, where=where)
 
     def _accept(self, outcome: Acquired, caller: Caller | None) -> TokenResult | None:
         if outcome.error is not None:
@@ -501,7 +572,7 @@ class FlowCore:
         return takes
 
     def _invalidate(
-        self, result: TokenResult, caller: Caller | None, *, where: OriginKey | None = None
+        self, result: TokenResult, caller: Caller | None, *, where: Hashable | None = None
     ) -> bool:
         """Drop ``result`` (refused by the resource); ``False`` when the chain keeps it: the
         resource at ``where`` refused the token that replaced one it refused (no retry)."""
@@ -606,6 +677,13 @@ def _safe_headers(headers: Mapping[str, str]) -> dict[str, str]:
             continue  # dropped, never half-applied
         out[lname] = value
     return out
+
+
+def _challenges_of(response: Response) -> list[str]:
+    """The ``WWW-Authenticate`` values of ``response`` (none when it has no headers)."""
+    headers = getattr(response, "headers", None)
+    get_list = getattr(headers, "get_list", None)
+    return list(get_list("www-authenticate")) if get_list is not None else []
 
 
 def _replayable(request: Request) -> bool:

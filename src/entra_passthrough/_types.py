@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from ._jwt import fingerprint
+from ._jwt import JwtDecodeError, decode_unverified, fingerprint
 
 if TYPE_CHECKING:
     from ._caller import Caller
@@ -37,21 +37,46 @@ def cap_value(cap: Cap) -> float | None:
 CAP_SLACK = 5.0
 
 
-def entry_timing(expires_on: float, cap: float | None, now: float) -> tuple[float, float]:
+def token_exp(token: str) -> float | None:
+    """The ``exp`` of an access token that is a JWT (Entra's are), on its issuer's clock, else
+    ``None`` (an opaque or encrypted token). Read to bound or compare an expiry, never trusted
+    for anything else."""
+    try:
+        exp = decode_unverified(token).get("exp")
+    except JwtDecodeError:
+        return None
+    if isinstance(exp, bool) or not isinstance(exp, (int, float)) or not exp > 0:
+        return None
+    return float(exp)
+
+
+def entry_timing(
+    expires_on: float, cap: float | None, now: float, *, own_exp: float | None = None
+) -> tuple[float, float]:
     """(refresh_at, usable_until) of a token that expires at ``expires_on`` (its own expiry,
-    before any cap) stored at ``now`` under ``cap``: the one rule of the in-process cache and
-    the shared cache, so that a replica reading a capped entry serves it as long as the one
-    that wrote it."""
+    before any cap, on this host's clock) stored at ``now`` under ``cap``: the one rule of the
+    in-process cache and the shared cache, so that a replica reading a capped entry serves it
+    as long as the one that wrote it.
+
+    ``own_exp``: the token's own ``exp`` when it is a JWT (``token_exp``). The cap (the
+    assertion's ``exp``) is on the issuer's clock, like ``own_exp``; ``expires_on`` is counted
+    on this host's clock. With this host behind the issuer's, ``expires_on`` falls short of the
+    cap by the difference although the token outlives its assertion: compared on one clock,
+    it is capped all the same (one token request per assertion, whatever the skew)."""
     lifetime = max(expires_on - now, 0.0)
     skew = min(30.0, lifetime / 10)
-    if cap is not None and expires_on >= cap - max(skew, CAP_SLACK):
+    if cap is not None and (
+        expires_on >= cap - max(skew, CAP_SLACK)
+        or (own_exp is not None and own_exp >= cap - max(skew, CAP_SLACK))
+    ):
         # The assertion's expiry ends this entry, and every token acquired later for the same
         # assertion would end there too: no refresh ahead, no early expiry. Also when the token
         # ends just short of the cap, as when the identity provider caps it at the assertion
         # itself (``expires_in`` is whole seconds, counted from before the answer arrived): a
         # refresh would gain less than the margin an entry gives up anyway, and it would get
-        # the same capped token again, and again. Served to its own expiry or the cap,
-        # whichever comes first: no request carries an expired token.
+        # the same capped token again, and again. Served to its own expiry (``expires_on``,
+        # on this host's clock: the host's view of ``own_exp``) or the cap, whichever comes
+        # first: no request carries an expired token.
         return math.inf, min(expires_on, cap)
     usable_until = expires_on - skew
     refresh_at = expires_on - min(300.0, lifetime / 2)

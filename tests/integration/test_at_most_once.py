@@ -491,6 +491,15 @@ def test_every_transport_of_the_mcp_client_is_guarded(monkeypatch: pytest.Monkey
 
 
 class _NoChain:
+    """A chain (``get_token``/``get_token_async``, as ``EntraAuth`` requires) with no token
+    for anyone."""
+
+    def get_token(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    async def get_token_async(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
     async def lifecycle_token_async(self, scopes: Any) -> None:
         return None
 

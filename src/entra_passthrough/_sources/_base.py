@@ -15,26 +15,12 @@ from .._errors import (
     error_from_entra,
 )
 from .._http import TransportFailure
-from .._jwt import JwtDecodeError, decode_unverified
-from .._types import IdentityKind, TokenResult
+from .._types import IdentityKind, TokenResult, token_exp
 
 #: The longest lifetime believed from a token endpoint's ``expires_in`` (seconds): a day.
 MAX_LIFETIME = 86_400.0
 #: ``expires_in`` is whole seconds: up to one more than the token has left when it is sent.
 _ROUNDING = 1.0
-
-
-def _own_exp(token: str) -> float | None:
-    """The ``exp`` of an access token that is a JWT (Entra's are), else ``None`` (an opaque or
-    encrypted token: its ``expires_in`` is all there is). Read to bound an expiry, never
-    trusted for anything else."""
-    try:
-        exp = decode_unverified(token).get("exp")
-    except JwtDecodeError:
-        return None
-    if isinstance(exp, bool) or not isinstance(exp, (int, float)) or not exp > 0:
-        return None
-    return float(exp)
 
 
 def result_from_msal(
@@ -82,11 +68,12 @@ def result_from_msal(
     lifetime = min(expires_in, MAX_LIFETIME)
     if started is not None and started <= now:
         expires_on = started + lifetime
-        exp = _own_exp(token)
+        exp = token_exp(token)  # an opaque token: its expires_in is all there is
         if exp is not None:
-            # The token's own end, on the issuer's clock like the assertion's cap it is compared
-            # with: a token that ends at or past the cap stays capped (one request per
-            # assertion), and none is served past its exp.
+            # The token's own end, on the issuer's clock: with this host ahead of it, the
+            # earlier of the two, and none is served past its exp. (With this host behind,
+            # ``started + lifetime`` is the earlier, short of the assertion's cap by the clock
+            # difference: the cache compares ``exp`` itself with the cap, ``entry_timing``.)
             expires_on = min(expires_on, exp)
         else:
             expires_on -= min(_ROUNDING, lifetime / 2)

@@ -29,6 +29,7 @@ with no selector every host answers with the *system-assigned* identity, so ``On
 
 from __future__ import annotations
 
+import calendar
 import json
 import logging
 import os
@@ -56,6 +57,7 @@ from .._http import (
     SHARED_THROTTLE,
     TIMEOUT_VARIABLES,
     GuardedHttpClient,
+    OAuthAnswer,
     Timeouts,
     TransportFailure,
     check_timeouts,
@@ -295,6 +297,8 @@ class _Answers:
 
     def _remember(self, response: Any) -> Any:
         status = int(getattr(response, "status_code", 0) or 0)
+        if 200 <= status < 300:
+            response = _with_epoch_expiry(response)
         fields: dict[str, str] = {}
         if status >= 300:
             try:
@@ -309,6 +313,48 @@ class _Answers:
                 }
         self._local.answer = (status, fields)
         return response
+
+
+#: The date formats of ``expires_on`` in App Service's 2017-09-01 API (``MSI_ENDPOINT`` +
+#: ``MSI_SECRET``), always UTC (" +00:00"): Linux "06/20/2019 02:57:58", Windows
+#: "1/16/2020 5:24:12 AM".
+_DATE_FORMATS = ("%m/%d/%Y %H:%M:%S", "%m/%d/%Y %I:%M:%S %p")
+_UTC_SUFFIX = " +00:00"
+
+
+def epoch_from_date(value: object) -> int | None:
+    """Epoch seconds of an ``expires_on`` that is the 2017-09-01 API's date string, else
+    ``None``. Parsed as azure-identity parses it (``azure/identity/_credentials/azure_ml.py``,
+    ``_parse_expires_on``: "App Service MSI version 2017-09-01 ... returns expires_on as a UTC
+    datetime string rather than epoch seconds"): the same two formats, the same UTC suffix."""
+    if not isinstance(value, str) or len(value) > 64 or not value.endswith(_UTC_SUFFIX):
+        return None
+    date = value[: -len(_UTC_SUFFIX)]
+    for layout in _DATE_FORMATS:
+        try:
+            return calendar.timegm(time.strptime(date, layout))
+        except ValueError:
+            continue
+    return None
+
+
+def _with_epoch_expiry(response: Any) -> Any:
+    """``response`` (a 2xx of an identity endpoint), or the same answer with a date-string
+    ``expires_on`` (``epoch_from_date``) in epoch seconds: MSAL takes ``int(expires_on)``,
+    which refuses the date, and no token would ever be had on such a host."""
+    text = getattr(response, "text", None)
+    if not isinstance(text, str) or "expires_on" not in text or len(text) > 65_536:
+        return response
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return response
+    if not isinstance(body, dict):
+        return response
+    epoch = epoch_from_date(body.get("expires_on"))
+    if epoch is None:
+        return response
+    return OAuthAnswer(response, json.dumps({**body, "expires_on": epoch}))
 
 
 def _host_said(status: int, fields: Mapping[str, str]) -> str:
@@ -721,11 +767,13 @@ class ManagedIdentity:
                 ) from None
             if isinstance(exc, (ValueError, TypeError)) and raised_in(exc, "msal.managed_identity"):
                 # MSAL's int() of the answer's expires_on / expires_in: a 200 with a token
-                # whose expiry is not a number, which no platform endpoint sends.
+                # whose expiry is neither a number nor the 2017-09-01 API's date string
+                # (``epoch_from_date``, read before MSAL sees it).
                 raise SourceUnavailable(
                     f"The managed identity endpoint ({host}) answered with a token whose expiry "
-                    "(expires_on / expires_in) is not a number: not an answer the platform's "
-                    "identity endpoint gives. The token was not used.",
+                    "(expires_on / expires_in) is neither a number nor a UTC date as the "
+                    '2017-09-01 API sends it ("1/16/2027 5:24:12 AM +00:00"). The token was '
+                    "not used.",
                     source=self.name,
                     scopes=scopes,
                     failure="malformed token answer",
