@@ -163,10 +163,18 @@ def registration(
     tenant_variable: str | None,
     client_variable: str | None,
     secret_variable: str | None,
+    tenantless: bool = False,
 ) -> None:
     """The tenant, client id and client secret of an ``AppCredential`` (built from the simple
     path's keywords or given): each checked above, the errors naming ``owner``'s keyword and
-    the variable ``from_env()`` reads it from."""
-    tenant_id(getattr(credential, "tenant_id", None), variable=tenant_variable, owner=owner)
+    the variable ``from_env()`` reads it from. ``tenantless``: ``common``/``organizations``
+    are accepted (a multi-tenant app with ``allowed_tenants``: each caller's token is requested
+    in its own tenant)."""
+    tenant_id(
+        getattr(credential, "tenant_id", None),
+        variable=tenant_variable,
+        owner=owner,
+        tenantless=tenantless,
+    )
     client_id(getattr(credential, "client_id", None), variable=client_variable, owner=owner)
     client_secret(getattr(credential, "client_secret", None), variable=secret_variable, owner=owner)

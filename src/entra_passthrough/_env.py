@@ -118,10 +118,12 @@ def environ_or(environ: Mapping[str, str] | None) -> Mapping[str, str]:
 
 #: The variables naming a tenant, checked when read so that the error names the variable: a
 #: GUID or a domain name; a tenant-less authority (``common``...) only where ``True`` (``az
-#: --tenant`` takes one; no caller's ``tid`` and no client credential request does).
+#: --tenant`` takes one; a multi-tenant source checks it again with its allowed tenants).
 TENANT_VARIABLES: dict[str, bool] = {
-    "AZURE_TENANT_ID": False,
-    "ENTRA_PASSTHROUGH_CONSENT_TENANT_ID": False,
+    # A multi-tenant app (``organizations`` with ENTRA_PASSTHROUGH_ALLOWED_TENANTS): the source
+    # that reads it decides, knowing its allowed tenants.
+    "AZURE_TENANT_ID": True,
+    "ENTRA_PASSTHROUGH_CONSENT_TENANT_ID": True,
     "FOUNDRY_AGENT_TENANT_ID": False,
     "ENTRA_PASSTHROUGH_AZ_TENANT_ID": True,
 }

@@ -789,6 +789,11 @@ def call_refusal(attempt: CallAttempt, refused: str) -> TokenVerificationError |
     if status not in (401, 403) or attempt.transport_error is not None:
         return None
     error = attempt.challenge_error
+    if error == "insufficient_claims" and status == 401:
+        # A claims challenge the auth could not meet: its own error (``InteractionRequired``,
+        # with the claims for ``step_up_challenge``) is recorded on the caller and says what
+        # to do; "check the scopes" would not.
+        return None
     answer = f"HTTP {status}" + (f' error="{error}"' if error else "")
     refused = f"{refused} ({answer}); the call did not run."
     if status == 403 or error == "insufficient_scope":

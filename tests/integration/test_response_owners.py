@@ -270,3 +270,30 @@ def test_a_store_that_is_not_a_token_store_is_refused() -> None:
 
     with pytest.raises(ConfigurationError, match="TokenStore"):
         ResponseOwners(lambda *a: None, store={})  # type: ignore[arg-type]
+
+
+async def test_names_claimed_by_a_request_the_host_refuses_are_released(
+    idp: EntraEmulator, users: list[User]
+) -> None:
+    """A create that names a conversation (or its own id) claims it before the host runs; a
+    request the host refuses (400) stores nothing and keeps no claim, so refused requests
+    cannot fill a bounded store and push real owners out."""
+    alice = users[13]
+    store = MemoryStore()
+    app = _host(idp, store, verified=True)
+    async with _serving(app) as client:
+        for i in range(5):
+            refused = await client.post(
+                "/responses",
+                json={"input": alice.oid, "conversation": f"conv_{i}", "response_id": "bad!"},
+                headers=_as_verified(idp, alice),
+            )
+            assert refused.status_code == 400, refused.text[:300]
+        assert len(store) == 0
+        kept = await client.post(
+            "/responses",
+            json={"input": alice.oid, "conversation": "conv_0", "store": True},
+            headers=_as_verified(idp, alice),
+        )
+    assert kept.status_code == 200, kept.text[:300]
+    assert len(store) == 2  # the conversation and the response

@@ -111,6 +111,16 @@ def test_a_guid_or_a_domain_is_still_accepted(owner: str, tenant: str) -> None:
     _close(BUILDERS[owner](tenant_id=tenant))
 
 
+@pytest.mark.parametrize("owner", ["OnBehalfOf", "DelegatedConsent"])
+@pytest.mark.parametrize("tenant", ["organizations", "common"])
+def test_a_multi_tenant_app_names_no_tenant_and_lists_the_allowed_ones(
+    owner: str, tenant: str
+) -> None:
+    """A multi-tenant app: each caller's token is requested in the caller's own tenant, one of
+    ``allowed_tenants``; its authority names none. Built before, and still."""
+    _close(BUILDERS[owner](tenant_id=tenant, allowed_tenants=[TENANT]))
+
+
 @pytest.mark.parametrize("owner", list(BUILDERS))
 @pytest.mark.parametrize(
     ("over", "argument"),

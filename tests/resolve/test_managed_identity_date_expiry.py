@@ -23,7 +23,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from _support.servers import serve_in_thread
-from entra_passthrough import ManagedIdentity, Policy, SourceUnavailable, TokenChain
+from entra_passthrough import (
+    ManagedIdentity,
+    Policy,
+    SourceUnavailable,
+    TokenAcquisitionError,
+    TokenChain,
+)
 from entra_passthrough.testing import EntraEmulator
 
 SCOPE = ["https://vault.azure.net/.default"]
@@ -39,7 +45,13 @@ def _linux(moment: dt.datetime) -> str:
     return f"{moment:%m/%d/%Y %H:%M:%S} +00:00"
 
 
-SHAPES = {"windows": _windows, "linux": _linux, "garbled": lambda moment: "tomorrow +00:00"}
+SHAPES = {
+    "windows": _windows,
+    "linux": _linux,
+    "garbled": lambda moment: "tomorrow +00:00",
+    "past-windows": _windows,
+    "past-epoch": lambda moment: str(int(moment.timestamp())),
+}
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +60,8 @@ def endpoint() -> Iterator[tuple[str, dict[str, Any]]]:
 
     async def answer(request: Request) -> Response:
         state["gets"] += 1
-        expires_at = int(time.time()) + LIFETIME
+        lifetime = -LIFETIME if request.path_params["shape"].startswith("past-") else LIFETIME
+        expires_at = int(time.time()) + lifetime
         state["expires_at"] = expires_at
         moment = dt.datetime.fromtimestamp(expires_at, dt.UTC)
         body = {
@@ -117,3 +130,22 @@ def test_an_expiry_neither_a_number_nor_that_date_is_refused_saying_so(
     assert "2017-09-01" in str(error)
     assert "not an answer the platform" not in str(error)
     assert "opaque-mi-token" not in f"{error} {error!r} {error.fix}"
+
+
+@pytest.mark.parametrize("shape", ["past-windows", "past-epoch"])
+def test_an_opaque_token_that_expired_already_is_never_served(
+    endpoint: tuple[str, dict[str, Any]], bare_host: pytest.MonkeyPatch, shape: str
+) -> None:
+    """``expires_on`` an hour in the past (MSAL's negative ``expires_in``) on a token that is
+    not a JWT (no ``exp`` to bound it): refused as expired, not served for an unknown lifetime
+    of 300 s."""
+    base, _ = endpoint
+    _set_host(bare_host, "machine_learning", f"{base}/{shape}/msi/token")
+    chain = TokenChain([ManagedIdentity.from_env()], policy=Policy.APP_ONLY)
+    try:
+        with pytest.raises(TokenAcquisitionError) as info:
+            chain.get_token(SCOPE)
+    finally:
+        chain.close()
+    assert "already expired" in str(info.value)
+    assert "opaque-mi-token" not in f"{info.value} {info.value!r}"

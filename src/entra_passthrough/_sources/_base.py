@@ -57,11 +57,17 @@ def result_from_msal(
             )
         raise EntraError("Entra's answer carried no access token.", source=source, scopes=scopes)
     now = time.time()
+    raw = response.get("expires_in")
     try:
-        expires_in = float(response.get("expires_in", 0))
+        expires_in = float(raw) if raw is not None and not isinstance(raw, bool) else math.nan
     except (TypeError, ValueError, OverflowError):  # a 400-digit number overflows a float
-        expires_in = 0.0
-    if not 0 < expires_in < math.inf:  # NaN, negative, zero or infinite: not a lifetime
+        expires_in = math.nan
+    if math.isfinite(expires_in) and expires_in <= 0:
+        # Expired already by this host's clock (an identity endpoint's expires_on in the past,
+        # which MSAL turns into a negative expires_in): kept expired, so the chain refuses it
+        # (never served), not read as an unknown lifetime of 300 s.
+        return TokenResult(token=token, expires_on=now + expires_in, kind=kind, source=source)
+    if not 0 < expires_in < math.inf:  # missing, NaN or infinite: not a lifetime
         expires_in = 300.0
     # Entra's access tokens live at most a day (configurable token lifetimes): a longer claim
     # from the endpoint is not believed.

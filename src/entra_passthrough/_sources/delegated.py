@@ -230,6 +230,7 @@ class DelegatedConsent:
             tenant_variable="ENTRA_PASSTHROUGH_CONSENT_TENANT_ID or AZURE_TENANT_ID",
             client_variable="ENTRA_PASSTHROUGH_CONSENT_CLIENT_ID",
             secret_variable="ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET",
+            tenantless=bool(allowed_tenants),
         )
         self.client = ConsentClient(
             app,

@@ -219,6 +219,7 @@ class OnBehalfOf:
             tenant_variable="AZURE_TENANT_ID",
             client_variable="ENTRA_PASSTHROUGH_CLIENT_ID",
             secret_variable="ENTRA_PASSTHROUGH_CLIENT_SECRET",
+            tenantless=bool(allowed_tenants),  # multi-tenant: each caller's own tenant
         )
         self.name = name
         self.credential = app

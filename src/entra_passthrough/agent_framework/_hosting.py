@@ -33,7 +33,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from typing import Any
 
@@ -301,16 +301,43 @@ class ResponseOwners:
         # body), checking only its format: naming another user's id would store the new
         # response under it (and record its owner over the first). Claimed here, first use
         # wins, like a conversation.
-        for name in dict.fromkeys((*_header_values(scope, b"x-agent-response-id"), chosen)):
-            if name is not None and not await self._may_use(
-                "response", name, owner, send, param="response_id", claim=True
+        # A name claimed here is released again unless the host stores a response (a 2xx):
+        # requests the host refuses must not fill the store with claims, pushing real owners
+        # out of a bounded one.
+        claimed: list[tuple[str, str]] = []
+        wanted = [
+            ("response", name, "response_id")
+            for name in dict.fromkeys((*_header_values(scope, b"x-agent-response-id"), chosen))
+            if name is not None
+        ]
+        if conversation is not None:
+            wanted.append(("conversation", conversation, "conversation"))
+        for kind, name, param in wanted:
+            if not await self._may_use(
+                kind, name, owner, send, param=param, claim=True, claimed=claimed
             ):
+                await self._release(claimed)
                 return
-        if conversation is not None and not await self._may_use(
-            "conversation", conversation, owner, send, param="conversation", claim=True
-        ):
-            return
-        await self.app(scope, _replay(buffered, receive), self._recording(owner, send))
+        stored = False
+
+        def started(status: int) -> None:
+            nonlocal stored
+            stored = 200 <= status < 300
+
+        try:
+            await self.app(scope, _replay(buffered, receive), self._recording(owner, send, started))
+        finally:
+            if claimed and not stored:
+                await self._release(claimed)
+
+    async def _release(self, claimed: list[tuple[str, str]]) -> None:
+        for key, version in claimed:
+            try:
+                await self.store.delete(key, expect=version)
+            except Exception as exc:  # the claim then lapses with its retention
+                _log.warning(
+                    "the response owner store failed (%s) releasing a claim", type(exc).__name__
+                )
 
     async def _may_use(
         self,
@@ -321,6 +348,7 @@ class ResponseOwners:
         *,
         param: str = "response_id",
         claim: bool = False,
+        claimed: list[tuple[str, str]] | None = None,
     ) -> bool:
         """Whether the user ``owner`` may use the response (or conversation) ``name``; if not,
         the refusal is sent. ``claim``: an unknown name becomes this user's (first use wins)."""
@@ -328,9 +356,12 @@ class ResponseOwners:
         try:
             entry = await self.store.get(key)
             if entry is None and claim:
-                if await self.store.put(key, owner[0], ttl=self.retention, expect=None) is None:
+                version = await self.store.put(key, owner[0], ttl=self.retention, expect=None)
+                if version is None:
                     entry = await self.store.get(key)  # claimed meanwhile by another request
                 else:
+                    if claimed is not None:
+                        claimed.append((key, version))
                     return True
         except Exception as exc:  # the store's own failure: never served
             _log.warning(
@@ -363,7 +394,9 @@ class ResponseOwners:
             )
         return allowed
 
-    def _recording(self, owner: tuple[bytes, bool], send: Send) -> Send:
+    def _recording(
+        self, owner: tuple[bytes, bool], send: Send, started: Callable[[int], None]
+    ) -> Send:
         """``send``, holding a created response's first bytes until its id is read and its
         owner recorded: a client that has the id can ask for it at once."""
         held: list[Message] = []
@@ -383,6 +416,7 @@ class ResponseOwners:
                 await send(message)
                 return
             if message["type"] == "http.response.start":
+                started(int(message.get("status", 500)))
                 if not 200 <= int(message.get("status", 500)) < 300:
                     state["done"] = True  # nothing was stored
                     await send(message)
