@@ -176,8 +176,10 @@ async def test_an_id_whose_owner_is_unknown_is_served_to_a_platform_user_in_foun
     store = MemoryStore()
     app = _host(idp, store, verified=True, platform_storage=platform_storage)
     async with _serving(app) as client:
+        # Created by the platform user (the host's own check, by x-agent-user-id, then lets
+        # that user through in every version of it).
         created = await client.post(
-            "/responses", json={"input": alice.oid, "store": True}, headers=_as_verified(idp, alice)
+            "/responses", json={"input": alice.oid, "store": True}, headers=_as_platform(idp, alice)
         )
         rid = _created_id(created)
         for key in list(store._data):  # the owner records: gone
