@@ -778,21 +778,25 @@ async def entra_call(target: httpx2.AsyncClient | EntraAuth) -> AsyncIterator[To
                 failure.add_note(_may_have_run_note(attempt, None))
 
 
-def call_refusal(attempt: CallAttempt, refused: str) -> TokenVerificationError | None:
+def call_refusal(
+    attempt: CallAttempt, refused: str, *, claims_recorded: bool = False
+) -> TokenVerificationError | None:
     """The MCP server's 401/403 to a call's ``tools/call`` (after the auth's one retry on a
     claims challenge or ``invalid_token``), typed: ``InsufficientScope`` for a 403 or an
     ``insufficient_scope`` challenge, else ``TokenVerificationError``; ``None`` for any other
     answer. Named from the status and the challenge's error code alone (``refused`` says who
     refused what): the server's own description is its free text, and no part of the token is
-    quoted. The call did not run."""
+    quoted. The call did not run. ``claims_recorded``: the auth recorded why a claims challenge
+    could not be met (``InteractionRequired``, with the claims), which then stands."""
     status = attempt.status
     if status not in (401, 403) or attempt.transport_error is not None:
         return None
     error = attempt.challenge_error
-    if error == "insufficient_claims" and status == 401:
+    if error == "insufficient_claims" and status == 401 and claims_recorded:
         # A claims challenge the auth could not meet: its own error (``InteractionRequired``,
         # with the claims for ``step_up_challenge``) is recorded on the caller and says what
-        # to do; "check the scopes" would not.
+        # to do; "check the scopes" would not. (A challenge whose claims could not be read, or
+        # met after an ``invalid_token`` retry, records nothing: refused as any 401.)
         return None
     answer = f"HTTP {status}" + (f' error="{error}"' if error else "")
     refused = f"{refused} ({answer}); the call did not run."

@@ -76,6 +76,7 @@ from .._errors import (
     ConsentRequired,
     EntraPassthroughError,
     InsufficientScope,
+    InteractionRequired,
     NoCallerError,
     PolicyViolation,
     TokenAcquisitionError,
@@ -468,6 +469,11 @@ class EntraMCPTool(HookedMCPTool):
             return gateway_shaped(consent, server_label=self.server_label)
         why = next((e for e in recorded if isinstance(e, EntraPassthroughError)), None)
         refusal, self._connect_refusal = self._connect_refusal, None
+        if isinstance(why, TokenAcquisitionError) and (chosen is None or chosen.active):
+            # The user's token could not be had or was not accepted as it was (a claims
+            # challenge it cannot meet, say): typed, in the host's public shape, as a pooled
+            # connection's open shows it (the host shows only "server_error" otherwise).
+            return _shown_at_agent_init(why)
         if (
             why is None
             and refusal is not None
@@ -946,6 +952,8 @@ class EntraMCPTool(HookedMCPTool):
         return call_refusal(
             attempt,
             f"MCP server {self.server_label!r} refused the token of the call to tool {tool_name!r}",
+            claims_recorded=caller is not None
+            and any(isinstance(e, InteractionRequired) for e in caller.errors),
         )
 
     async def _until_sendable(self, tool_name: str) -> None:
