@@ -62,7 +62,7 @@ async def test_a_huge_code_in_a_cli_stderr_is_no_code(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "expires_in", [10**400, "1" + "0" * 400, "1e999", "nan", float("inf"), -5, 0, "soon"]
+    "expires_in", [10**400, "1" + "0" * 400, "1e999", "nan", float("inf"), "soon", None]
 )
 def test_an_expires_in_that_is_no_lifetime_gives_a_bounded_one(expires_in: object) -> None:
     before = time.time()
@@ -73,6 +73,19 @@ def test_an_expires_in_that_is_no_lifetime_gives_a_bounded_one(expires_in: objec
         kind=IdentityKind.USER,
     )
     assert before < result.expires_on <= time.time() + MAX_LIFETIME
+
+
+@pytest.mark.parametrize("expires_in", [-5, 0, "-3600"])
+def test_an_expires_in_that_says_expired_stays_expired(expires_in: object) -> None:
+    """An identity endpoint's ``expires_on`` in the past (MSAL's negative ``expires_in``): the
+    result is expired, so the chain refuses it (never served), not given 300 s."""
+    result = result_from_msal(
+        {"access_token": "t", "expires_in": expires_in},
+        source="managed_identity",
+        scopes=("api://x/.default",),
+        kind=IdentityKind.APP,
+    )
+    assert result.expires_on <= time.time()
 
 
 def test_an_mcp_consent_error_nested_too_deep_is_no_consent() -> None:
