@@ -25,10 +25,13 @@ from entra_passthrough.agent_framework.testing import ScriptedChatClient
 from entra_passthrough.testing import EntraEmulator
 from entra_passthrough.testing._world import User
 
+RUNS: list[str] = []
+
 
 @tool
 def secret_of(who: str = "") -> str:
     """What only the asking user may read."""
+    RUNS.append(who)
     return f"the secret of {who}"
 
 
@@ -299,3 +302,25 @@ async def test_names_claimed_by_a_request_the_host_refuses_are_released(
         )
     assert kept.status_code == 200, kept.text[:300]
     assert len(store) == 2  # the conversation and the response
+
+
+@pytest.mark.parametrize("background", [True, False], ids=["background", "foreground"])
+async def test_nothing_is_created_while_the_store_does_not_answer(
+    idp: EntraEmulator, users: list[User], background: bool
+) -> None:
+    """The new response's owner could not be recorded: its creator could never read it (a
+    background run that ran, its result lost to them, and sent again it runs twice). Refused
+    before the host runs anything."""
+    alice = users[14]
+    store = _DownStore()
+    store.down = True
+    app = _host(idp, store, verified=True)
+    async with _serving(app) as client:
+        refused = await client.post(
+            "/responses",
+            json={"input": f"down-{alice.oid}", "store": True, "background": background},
+            headers=_as_verified(idp, alice),
+        )
+    assert refused.status_code == 503, refused.text[:300]
+    assert refused.headers["retry-after"] == "5"
+    assert f"down-{alice.oid}" not in RUNS

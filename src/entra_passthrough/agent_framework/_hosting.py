@@ -318,6 +318,11 @@ class ResponseOwners:
             ):
                 await self._release(claimed)
                 return
+        if previous is None and not wanted and not await self._answers(send):
+            # Nothing above read the store: it must answer before the host runs anything, or
+            # the new response's owner could not be recorded and its creator could never read
+            # it (a background run that ran, its result lost to them).
+            return
         stored = False
 
         def started(status: int) -> None:
@@ -329,6 +334,28 @@ class ResponseOwners:
         finally:
             if claimed and not stored:
                 await self._release(claimed)
+
+    async def _answers(self, send: Send) -> bool:
+        """Whether the store answers (one read); if not, the 503 is sent."""
+        try:
+            await self.store.get(_owner_key("response", ""))
+        except Exception as exc:  # the store's own failure: nothing is created
+            await self._unavailable(send, exc)
+            return False
+        return True
+
+    async def _unavailable(self, send: Send, exc: BaseException) -> None:
+        _log.warning(
+            "the response owner store failed (%s); the request was refused", type(exc).__name__
+        )
+        await _answer(
+            send,
+            503,
+            "server_error",
+            "entra_passthrough: the owners of responses could not be read; try again.",
+            None,
+            retry_after=True,
+        )
 
     async def _release(self, claimed: list[tuple[str, str]]) -> None:
         for key, version in claimed:
@@ -364,18 +391,7 @@ class ResponseOwners:
                         claimed.append((key, version))
                     return True
         except Exception as exc:  # the store's own failure: never served
-            _log.warning(
-                "the response owner store failed (%s); the request was refused",
-                type(exc).__name__,
-            )
-            await _answer(
-                send,
-                503,
-                "server_error",
-                "entra_passthrough: the owner of this response could not be read; try again.",
-                None,
-                retry_after=True,
-            )
+            await self._unavailable(send, exc)
             return False
         if entry is None:
             # Unknown: a platform user only, inside Foundry (its storage keeps them apart).
