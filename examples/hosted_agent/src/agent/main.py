@@ -219,7 +219,10 @@ def create_app(
     if not telemetry_enabled(env):
         options["configure_observability"] = None  # no exporters, no log handlers
     host = ResponsesHostServer(agent, **options)
-    return install(host, close_on_shutdown=closables)
+    # Who created each stored response (ResponseOwners): in the shared Redis when there is one,
+    # so that every replica, and the agent after a restart, knows them.
+    owners = store if _get(env, "ENTRA_PASSTHROUGH_REDIS_URL") else None
+    return install(host, close_on_shutdown=closables, response_owners=owners)
 
 
 def main() -> int:
