@@ -800,6 +800,15 @@ def call_refusal(
         return None
     answer = f"HTTP {status}" + (f' error="{error}"' if error else "")
     refused = f"{refused} ({answer}); the call did not run."
+    if error == "insufficient_claims":
+        # Claims it asks for (conditional access), whatever the status: not a scope.
+        return TokenVerificationError(
+            f"{refused} The server asks for claims the token does not carry (a conditional "
+            "access step-up).",
+            fix="have the user sign in again meeting the server's conditional access (the "
+            "claims come in its 401 WWW-Authenticate challenge; a 403 carrying them does not "
+            f"follow RFC 6750: ask the server's owner) ({see('errors')})",
+        )
     if status == 403 or error == "insufficient_scope":
         return InsufficientScope(
             f"{refused} The token is valid but lacks a scope or app role the server requires.",

@@ -185,5 +185,6 @@ async def test_a_claims_challenge_at_a_shared_tools_connect_is_explained_to_the_
     assert payload.get("status") == "failed", payload
     assert "internal server error" not in message.lower(), message
     assert "asks again for claims" in message, message
+    assert "MCP server 'records'" in message, message  # which server, as other refusals say
     assert "sign in again" in message, message
     assert executions == []

@@ -46,6 +46,11 @@ REFUSALS: dict[str, tuple[int, list[tuple[bytes, bytes]]]] = {
         [(b"www-authenticate", b'Bearer error="insufficient_scope", scope="Notes.Write"')],
     ),
     "refused-401": (401, [(b"www-authenticate", b'Bearer error="invalid_token"')]),
+    # Claims in a 403 (not RFC 6750): not a missing scope.
+    "refused-403-claims": (
+        403,
+        [(b"www-authenticate", b'Bearer error="insufficient_claims", claims="e30="')],
+    ),
     "busy-503": (503, [(b"retry-after", b"1")]),
 }
 
@@ -167,6 +172,7 @@ async def test_a_call_that_ran_never_reads_not_sent_when_the_next_request_cannot
     [
         ("refused-403", InsufficientScope, 403),
         ("refused-401", TokenVerificationError, 401),
+        ("refused-403-claims", TokenVerificationError, 403),
     ],
 )
 async def test_a_call_refused_for_its_token_is_a_typed_error_that_says_it_did_not_run(

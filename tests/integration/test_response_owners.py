@@ -248,6 +248,19 @@ class _DownStore(MemoryStore):
             raise ConnectionError("store down")
         return await super().get(key)
 
+    async def put(self, key: str, value: bytes, **options: Any) -> Any:
+        if self.down:
+            raise ConnectionError("store down")
+        return await super().put(key, value, **options)
+
+
+class _ReadOnlyStore(MemoryStore):
+    """A store that answers reads and refuses writes (a read-only replica, a full Redis under
+    noeviction)."""
+
+    async def put(self, key: str, value: bytes, **options: Any) -> Any:
+        raise ConnectionError("READONLY You can't write against a read only replica.")
+
 
 async def test_a_store_that_does_not_answer_serves_nothing(
     idp: EntraEmulator, users: list[User]
@@ -277,43 +290,60 @@ def test_a_store_that_is_not_a_token_store_is_refused() -> None:
         ResponseOwners(lambda *a: None, store={})  # type: ignore[arg-type]
 
 
-async def test_names_claimed_by_a_request_the_host_refuses_are_released(
+async def test_claims_of_requests_the_host_refuses_never_push_an_owner_out(
     idp: EntraEmulator, users: list[User]
 ) -> None:
     """A create that names a conversation (or its own id) claims it before the host runs; a
-    request the host refuses (400) stores nothing and keeps no claim, so refused requests
-    cannot fill a bounded store and push real owners out."""
+    request the host refuses (400) stores nothing, and its claim is short-lived: in a bounded
+    store it goes before any owner, so refused requests cannot push a user's response out. A
+    name another create of the same user is using is never taken away meanwhile."""
     alice = users[13]
-    store = MemoryStore()
+    store = MemoryStore(max_entries=6)
     app = _host(idp, store, verified=True)
     async with _serving(app) as client:
-        for i in range(5):
+        rid = _created_id(
+            await client.post(
+                "/responses",
+                json={"input": alice.oid, "conversation": "conv_kept", "store": True},
+                headers=_as_verified(idp, alice),
+            )
+        )
+        for i in range(20):
             refused = await client.post(
                 "/responses",
                 json={"input": alice.oid, "conversation": f"conv_{i}", "response_id": "bad!"},
                 headers=_as_verified(idp, alice),
             )
             assert refused.status_code == 400, refused.text[:300]
-        assert len(store) == 0
-        kept = await client.post(
+        mine = await client.get(f"/responses/{rid}", headers=_as_verified(idp, alice))
+        again = await client.post(
             "/responses",
-            json={"input": alice.oid, "conversation": "conv_0", "store": True},
+            json={"input": alice.oid, "conversation": "conv_kept", "store": True},
             headers=_as_verified(idp, alice),
         )
-    assert kept.status_code == 200, kept.text[:300]
-    assert len(store) == 2  # the conversation and the response
+        theirs = await client.post(
+            "/responses",
+            json={"input": "x", "conversation": "conv_kept", "store": True},
+            headers=_as_verified(idp, users[14]),
+        )
+    assert mine.status_code == 200, mine.text[:300]
+    assert again.status_code == 200, again.text[:300]
+    assert theirs.status_code == 404, theirs.text[:300]
 
 
+@pytest.mark.parametrize("read_only", [False, True], ids=["down", "read-only"])
 @pytest.mark.parametrize("background", [True, False], ids=["background", "foreground"])
 async def test_nothing_is_created_while_the_store_does_not_answer(
-    idp: EntraEmulator, users: list[User], background: bool
+    idp: EntraEmulator, users: list[User], background: bool, read_only: bool
 ) -> None:
     """The new response's owner could not be recorded: its creator could never read it (a
     background run that ran, its result lost to them, and sent again it runs twice). Refused
     before the host runs anything."""
     alice = users[14]
-    store = _DownStore()
-    store.down = True
+    store: MemoryStore = _DownStore()
+    store.down = True  # type: ignore[attr-defined]
+    if read_only:
+        store = _ReadOnlyStore()
     app = _host(idp, store, verified=True)
     async with _serving(app) as client:
         refused = await client.post(

@@ -33,7 +33,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextvars import ContextVar
 from typing import Any
 
@@ -207,6 +207,9 @@ _MAX_CHECKED_BODY = 32 * 1024 * 1024
 _MAX_ID_SCAN = 256 * 1024
 _ID_AT_START = re.compile(rb'^\s*\{\s*"id"\s*:\s*"([^"\\]{1,256})"')
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,256}")
+#: How long a name (a conversation, an id the client chose) claimed by a create request is kept
+#: before the host has stored a response under it; then ``retention``.
+CLAIM_SECONDS = 3600.0
 _ANONYMOUS = b"anonymous"
 
 
@@ -300,11 +303,11 @@ class ResponseOwners:
         # The host takes the new response's id from the client when it names one (header or
         # body), checking only its format: naming another user's id would store the new
         # response under it (and record its owner over the first). Claimed here, first use
-        # wins, like a conversation.
-        # A name claimed here is released again unless the host stores a response (a 2xx):
-        # requests the host refuses must not fill the store with claims, pushing real owners
-        # out of a bounded one.
-        claimed: list[tuple[str, str]] = []
+        # wins, like a conversation. A claim lives ``CLAIM_SECONDS`` until the host stores a
+        # response (a 2xx) under this user, which keeps it ``retention``: requests the host
+        # refuses leave only short claims, which a bounded store (and Redis' volatile-ttl)
+        # evicts before any owner. Never deleted: another request of the same user may be
+        # using the name meanwhile.
         wanted = [
             ("response", name, "response_id")
             for name in dict.fromkeys((*_header_values(scope, b"x-agent-response-id"), chosen))
@@ -313,32 +316,20 @@ class ResponseOwners:
         if conversation is not None:
             wanted.append(("conversation", conversation, "conversation"))
         for kind, name, param in wanted:
-            if not await self._may_use(
-                kind, name, owner, send, param=param, claim=True, claimed=claimed
-            ):
-                await self._release(claimed)
+            if not await self._may_use(kind, name, owner, send, param=param, claim=True):
                 return
-        if previous is None and not wanted and not await self._answers(send):
-            # Nothing above read the store: it must answer before the host runs anything, or
-            # the new response's owner could not be recorded and its creator could never read
-            # it (a background run that ran, its result lost to them).
+        # The store must take a write before the host runs anything: else the new response's
+        # owner could not be recorded, and its creator could never read it (a background run
+        # that ran, its result lost to them).
+        if not await self._writable(send):
             return
-        stored = False
+        names = [_owner_key(kind, name) for kind, name, _ in wanted]
+        await self.app(scope, _replay(buffered, receive), self._recording(owner, send, names))
 
-        def started(status: int) -> None:
-            nonlocal stored
-            stored = 200 <= status < 300
-
+    async def _writable(self, send: Send) -> bool:
+        """Whether the store takes a write (a short-lived probe); if not, the 503 is sent."""
         try:
-            await self.app(scope, _replay(buffered, receive), self._recording(owner, send, started))
-        finally:
-            if claimed and not stored:
-                await self._release(claimed)
-
-    async def _answers(self, send: Send) -> bool:
-        """Whether the store answers (one read); if not, the 503 is sent."""
-        try:
-            await self.store.get(_owner_key("response", ""))
+            await self.store.put(_owner_key("probe", ""), b"", ttl=60.0)
         except Exception as exc:  # the store's own failure: nothing is created
             await self._unavailable(send, exc)
             return False
@@ -357,15 +348,6 @@ class ResponseOwners:
             retry_after=True,
         )
 
-    async def _release(self, claimed: list[tuple[str, str]]) -> None:
-        for key, version in claimed:
-            try:
-                await self.store.delete(key, expect=version)
-            except Exception as exc:  # the claim then lapses with its retention
-                _log.warning(
-                    "the response owner store failed (%s) releasing a claim", type(exc).__name__
-                )
-
     async def _may_use(
         self,
         kind: str,
@@ -375,7 +357,6 @@ class ResponseOwners:
         *,
         param: str = "response_id",
         claim: bool = False,
-        claimed: list[tuple[str, str]] | None = None,
     ) -> bool:
         """Whether the user ``owner`` may use the response (or conversation) ``name``; if not,
         the refusal is sent. ``claim``: an unknown name becomes this user's (first use wins)."""
@@ -383,12 +364,10 @@ class ResponseOwners:
         try:
             entry = await self.store.get(key)
             if entry is None and claim:
-                version = await self.store.put(key, owner[0], ttl=self.retention, expect=None)
-                if version is None:
+                ttl = min(CLAIM_SECONDS, self.retention)
+                if await self.store.put(key, owner[0], ttl=ttl, expect=None) is None:
                     entry = await self.store.get(key)  # claimed meanwhile by another request
                 else:
-                    if claimed is not None:
-                        claimed.append((key, version))
                     return True
         except Exception as exc:  # the store's own failure: never served
             await self._unavailable(send, exc)
@@ -410,9 +389,7 @@ class ResponseOwners:
             )
         return allowed
 
-    def _recording(
-        self, owner: tuple[bytes, bool], send: Send, started: Callable[[int], None]
-    ) -> Send:
+    def _recording(self, owner: tuple[bytes, bool], send: Send, names: list[str]) -> Send:
         """``send``, holding a created response's first bytes until its id is read and its
         owner recorded: a client that has the id can ask for it at once."""
         held: list[Message] = []
@@ -432,7 +409,6 @@ class ResponseOwners:
                 await send(message)
                 return
             if message["type"] == "http.response.start":
-                started(int(message.get("status", 500)))
                 if not 200 <= int(message.get("status", 500)) < 300:
                     state["done"] = True  # nothing was stored
                     await send(message)
@@ -451,9 +427,10 @@ class ResponseOwners:
                 return  # not yet: hold on
             if found:
                 try:
-                    await self.store.put(
-                        _owner_key("response", found), owner[0], ttl=self.retention
-                    )
+                    # The response, and the names it was created under (its conversation, an
+                    # id the client chose): this user's for ``retention`` from now.
+                    for key in dict.fromkeys((_owner_key("response", found), *names)):
+                        await self.store.put(key, owner[0], ttl=self.retention)
                 except Exception as exc:
                     # Unrecorded, the response is refused to everyone but a platform user:
                     # it is lost to its creator, never served to another.

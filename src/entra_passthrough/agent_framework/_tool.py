@@ -472,8 +472,11 @@ class EntraMCPTool(HookedMCPTool):
         if isinstance(why, TokenAcquisitionError) and (chosen is None or chosen.active):
             # The user's token could not be had or was not accepted as it was (a claims
             # challenge it cannot meet, say): typed, in the host's public shape, as a pooled
-            # connection's open shows it (the host shows only "server_error" otherwise).
-            return _shown_at_agent_init(why)
+            # connection's open shows it (the host shows only "server_error" otherwise), and
+            # naming the server, as the connect's other refusals do.
+            return _shown_at_agent_init(
+                why, f"MCP server {self.server_label!r} could not be opened for this user: "
+            )
         if (
             why is None
             and refusal is not None
@@ -1166,13 +1169,20 @@ def _public_tool_failure_type() -> type[Exception] | None:
     return kind
 
 
-def _shown_at_agent_init(error: Exception) -> Exception:
+def _shown_at_agent_init(error: Exception, prefix: str = "") -> Exception:
     """``error`` in the shape ``ResponsesHostServer`` shows its client when the agent's tools
     fail to open: there it catches agent-framework's exceptions only, and shows the message of
     its public failure type alone (anything else is "server_error"). A pooled connection opens
-    there. Without the hosting package, ``public_failure(error)``."""
+    there. Without the hosting package, ``public_failure(error)``. ``prefix`` goes before the
+    error's own message in what the client is shown."""
     kind = _public_tool_failure_type()
-    return public_failure(error) if kind is None else kind(error)
+    shown = public_failure(error) if kind is None else kind(error)
+    if prefix and shown is not error:
+        message = prefix + str(error)
+        shown.args = (message, *shown.args[1:])
+        if hasattr(shown, "public_message"):
+            shown.public_message = message
+    return shown
 
 
 def _token_error_of(exc: BaseException) -> EntraPassthroughError | None:
