@@ -158,18 +158,38 @@ async def test_a_claims_challenge_the_auth_could_not_act_on_is_a_typed_refusal(
         assert "did not run" in str(outcome) or isinstance(outcome, InteractionRequired)
 
 
-async def test_a_claims_challenge_at_a_shared_tools_connect_is_explained_to_the_user(
-    idp: EntraEmulator, users: list[User]
+@pytest.mark.parametrize("per_user", [False, True], ids=["shared", "pool"])
+async def test_a_claims_challenge_at_a_tools_connect_is_explained_to_the_user(
+    idp: EntraEmulator, users: list[User], per_user: bool
 ) -> None:
     executions: list[tuple[str, str]] = []
     server = _server(idp, "tools/list", lambda n: WITH_CLAIMS, executions)
     tool = entra_mcp_tool(
-        "records", f"{server.base}/mcp", chain=make_chain(idp), scopes=mcp_scopes(idp)
+        "records",
+        f"{server.base}/mcp",
+        chain=make_chain(idp),
+        scopes=mcp_scopes(idp),
+        per_user=per_user,
     )
-    agent = Agent(
-        client=ScriptedChatClient(tool="whoami"), tools=[tool], middleware=entra_middleware()
-    )
-    host = serve_asgi(host_app(agent), name="host")
+    if per_user:
+
+        async def agent() -> Agent:
+            return Agent(
+                client=ScriptedChatClient(tool="whoami"),
+                tools=[await tool.tool()],
+                middleware=entra_middleware(),
+            )
+
+        app = host_app(agent, close_on_shutdown=[tool])
+    else:
+        app = host_app(
+            Agent(
+                client=ScriptedChatClient(tool="whoami"),
+                tools=[tool],
+                middleware=entra_middleware(),
+            )
+        )
+    host = serve_asgi(app, name="host")
     try:
         async with httpx2.AsyncClient(base_url=host.base, timeout=90, trust_env=False) as client:
             answer = await client.post(

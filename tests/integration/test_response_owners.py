@@ -8,6 +8,7 @@ Foundry's ``x-agent-user-id`` (platform users)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -20,7 +21,12 @@ from agent_framework_foundry_hosting import ResponsesHostServer
 
 from _support.mcp_world import agent_token, serve_asgi
 from entra_passthrough import CallerMiddleware, JwtVerifier, MemoryStore
-from entra_passthrough.agent_framework import BackgroundRunCallers, ResponseOwners, install
+from entra_passthrough.agent_framework import (
+    BackgroundRunCallers,
+    ResponseOwners,
+    _hosting,
+    install,
+)
 from entra_passthrough.agent_framework.testing import ScriptedChatClient
 from entra_passthrough.testing import EntraEmulator
 from entra_passthrough.testing._world import User
@@ -29,9 +35,11 @@ RUNS: list[str] = []
 
 
 @tool
-def secret_of(who: str = "") -> str:
-    """What only the asking user may read."""
+async def secret_of(who: str = "") -> str:
+    """What only the asking user may read (a run asked for "slow" takes 2.5 s)."""
     RUNS.append(who)
+    if who == "slow":
+        await asyncio.sleep(2.5)
     return f"the secret of {who}"
 
 
@@ -354,3 +362,61 @@ async def test_nothing_is_created_while_the_store_does_not_answer(
     assert refused.status_code == 503, refused.text[:300]
     assert refused.headers["retry-after"] == "5"
     assert f"down-{alice.oid}" not in RUNS
+
+
+async def test_owner_keys_fit_the_documented_redis_acl(
+    idp: EntraEmulator, users: list[User]
+) -> None:
+    """docs/scale-out.md's least-privilege Redis user may touch ``ep:*`` only: every key the
+    owners write is under it (else every create is a 503 there)."""
+    store = MemoryStore()
+    app = _host(idp, store, verified=True)
+    async with _serving(app) as client:
+        created = await client.post(
+            "/responses",
+            json={"input": "acl", "conversation": "conv_acl", "store": True},
+            headers=_as_verified(idp, users[15]),
+        )
+    assert created.status_code == 200, created.text[:300]
+    assert store._data
+    assert all(key.startswith("ep:") for key in store._data), list(store._data)
+
+
+async def test_a_late_success_never_takes_a_conversation_from_another_user(
+    idp: EntraEmulator, users: list[User], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A's claim on a conversation lapses during A's long run; B claims it and stores a turn.
+    When A's run ends, A's response is A's, and the conversation stays B's."""
+    monkeypatch.setattr(_hosting, "CLAIM_SECONDS", 1.0)
+    alice, bob = users[16], users[17]
+    store = MemoryStore()
+    app = _host(idp, store, verified=True)
+    async with _serving(app) as client:
+        slow = asyncio.create_task(
+            client.post(
+                "/responses",
+                json={"input": "slow", "conversation": "conv_lapse", "store": True},
+                headers=_as_verified(idp, alice),
+            )
+        )
+        await asyncio.sleep(1.5)  # alice's claim has lapsed; her run is still going
+        bob_first = await client.post(
+            "/responses",
+            json={"input": bob.oid, "conversation": "conv_lapse", "store": True},
+            headers=_as_verified(idp, bob),
+        )
+        alice_first = await slow
+        bob_again = await client.post(
+            "/responses",
+            json={"input": bob.oid, "conversation": "conv_lapse", "store": True},
+            headers=_as_verified(idp, bob),
+        )
+        alice_again = await client.post(
+            "/responses",
+            json={"input": alice.oid, "conversation": "conv_lapse", "store": True},
+            headers=_as_verified(idp, alice),
+        )
+    assert alice_first.status_code == 200, alice_first.text[:300]
+    assert bob_first.status_code == 200, bob_first.text[:300]
+    assert bob_again.status_code == 200, bob_again.text[:300]
+    assert alice_again.status_code == 404, alice_again.text[:300]

@@ -41,6 +41,7 @@ from .._asgi import ASGIApp, Message, Receive, Scope, Send
 from .._caller import Caller, current_caller, reset_current, set_current
 from .._checks import seconds
 from .._errors import ConfigurationError
+from .._redact import redact
 from .._store import MemoryStore, TokenStore
 from .._user_key import UserKey
 from ._af_seams import shutdown_handler_of
@@ -326,6 +327,15 @@ class ResponseOwners:
         names = [_owner_key(kind, name) for kind, name, _ in wanted]
         await self.app(scope, _replay(buffered, receive), self._recording(owner, send, names))
 
+    async def _keep(self, key: str, owner: bytes) -> None:
+        """``key`` this owner's for ``retention``: written if absent or theirs (compare-and-set
+        on its version), left alone if another user's."""
+        entry = await self.store.get(key)
+        if entry is None:
+            await self.store.put(key, owner, ttl=self.retention, expect=None)
+        elif hmac.compare_digest(entry.value, owner):
+            await self.store.put(key, owner, ttl=self.retention, expect=entry.version)
+
     async def _writable(self, send: Send) -> bool:
         """Whether the store takes a write (a short-lived probe); if not, the 503 is sent."""
         try:
@@ -337,13 +347,15 @@ class ResponseOwners:
 
     async def _unavailable(self, send: Send, exc: BaseException) -> None:
         _log.warning(
-            "the response owner store failed (%s); the request was refused", type(exc).__name__
+            "the response owner store failed (%s: %s); the request was refused",
+            type(exc).__name__,
+            redact(str(exc))[:500],
         )
         await _answer(
             send,
             503,
             "server_error",
-            "entra_passthrough: the owners of responses could not be read; try again.",
+            "entra_passthrough: the owners of responses could not be read or written; try again.",
             None,
             retry_after=True,
         )
@@ -427,10 +439,14 @@ class ResponseOwners:
                 return  # not yet: hold on
             if found:
                 try:
-                    # The response, and the names it was created under (its conversation, an
-                    # id the client chose): this user's for ``retention`` from now.
-                    for key in dict.fromkeys((_owner_key("response", found), *names)):
-                        await self.store.put(key, owner[0], ttl=self.retention)
+                    await self.store.put(
+                        _owner_key("response", found), owner[0], ttl=self.retention
+                    )
+                    # The names it was created under (its conversation, an id the client
+                    # chose): this user's for ``retention`` from now, if still this user's
+                    # (a claim that lapsed during a long run may be another user's now).
+                    for key in dict.fromkeys(names):
+                        await self._keep(key, owner[0])
                 except Exception as exc:
                     # Unrecorded, the response is refused to everyone but a platform user:
                     # it is lost to its creator, never served to another.
@@ -454,8 +470,9 @@ def _owner() -> tuple[bytes, bool]:
 
 
 def _owner_key(kind: str, name: str) -> str:
+    # Under the library's key prefix (``ep:``), which the documented Redis ACL allows.
     digest = hashlib.sha256(f"{kind}\x00{name}".encode("utf-8", "surrogatepass")).hexdigest()
-    return f"owner:{digest}"
+    return f"ep:v1:owner:{digest}"
 
 
 def _continued(body: bytes) -> tuple[str | None, str | None, str | None]:

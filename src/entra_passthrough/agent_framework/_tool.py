@@ -474,9 +474,7 @@ class EntraMCPTool(HookedMCPTool):
             # challenge it cannot meet, say): typed, in the host's public shape, as a pooled
             # connection's open shows it (the host shows only "server_error" otherwise), and
             # naming the server, as the connect's other refusals do.
-            return _shown_at_agent_init(
-                why, f"MCP server {self.server_label!r} could not be opened for this user: "
-            )
+            return _shown_at_agent_init(why, server_label=self.server_label)
         if (
             why is None
             and refusal is not None
@@ -653,7 +651,7 @@ class EntraMCPTool(HookedMCPTool):
                 if isinstance(why, ConsentRequired):
                     raise gateway_shaped(why, server_label=self.server_label) from exc
                 if isinstance(why, Exception):
-                    raise _shown_at_agent_init(why) from exc
+                    raise _shown_at_agent_init(why, server_label=self.server_label) from exc
             raise
         except BaseException:
             self._leases -= 1
@@ -1169,16 +1167,17 @@ def _public_tool_failure_type() -> type[Exception] | None:
     return kind
 
 
-def _shown_at_agent_init(error: Exception, prefix: str = "") -> Exception:
+def _shown_at_agent_init(error: Exception, *, server_label: str | None = None) -> Exception:
     """``error`` in the shape ``ResponsesHostServer`` shows its client when the agent's tools
     fail to open: there it catches agent-framework's exceptions only, and shows the message of
     its public failure type alone (anything else is "server_error"). A pooled connection opens
-    there. Without the hosting package, ``public_failure(error)``. ``prefix`` goes before the
-    error's own message in what the client is shown."""
+    there. Without the hosting package, ``public_failure(error)``. ``server_label``: the
+    message names that MCP server, unless the error's own message does."""
     kind = _public_tool_failure_type()
     shown = public_failure(error) if kind is None else kind(error)
-    if prefix and shown is not error:
-        message = prefix + str(error)
+    named = f"MCP server {server_label!r}"
+    if server_label and shown is not error and named not in str(error):
+        message = f"{named} could not be opened for this user: {error}"
         shown.args = (message, *shown.args[1:])
         if hasattr(shown, "public_message"):
             shown.public_message = message
