@@ -46,10 +46,14 @@ async def drive_async(flow: Generator[_S, object, _T], do: Callable[[_S], Awaita
     """``drive`` for a ``do`` that is a coroutine function (the same flow, awaited)."""
     done, step = _resume(flow, None, None)
     while not done:
+        # Resumed outside the ``except``, as ``drive`` does: resumed inside it, an error the
+        # flow raises later (the chain's chosen error) took the one being handled (an error the
+        # chain outranked, another source's) as its ``__context__``.
+        error: BaseException | None = None
+        value: object = None
         try:
             value = await do(step)
         except BaseException as exc:
-            done, step = _resume(flow, None, exc)
-        else:
-            done, step = _resume(flow, value, None)
+            error = exc
+        done, step = _resume(flow, value, error)
     return step  # type: ignore[no-any-return]

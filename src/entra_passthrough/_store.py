@@ -198,10 +198,13 @@ _MIN_KEY_BYTES = 32
 _KID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 
 
-_KEYRING_FIX = (
-    "build it with Keyring.generate() or Keyring.from_string('kid:<base64url of 32 bytes>'); "
+_MAKE_KEY = (
     'make a key with `python -c "import secrets,base64;print(base64.urlsafe_b64encode('
     'secrets.token_bytes(32)).decode())"`.'
+)
+_KEYRING_FIX = (
+    "build it with Keyring.generate() or Keyring.from_string('kid:<base64url of 32 bytes>'); "
+    + _MAKE_KEY
 )
 
 
@@ -370,7 +373,5 @@ def keyring_from(text: str, *, variable: str) -> Keyring:
         raise ConfigurationError(
             f"{variable}: {message}",
             fix=f"set {variable}='kid:<base64url of 32 bytes>[,older-kid:...]' (the first key "
-            "seals; keep old ones listed until what they sealed expired); make a key with "
-            '`python -c "import secrets,base64;print(base64.urlsafe_b64encode(secrets.'
-            'token_bytes(32)).decode())"`.',
+            f"seals; keep old ones listed until what they sealed expired); {_MAKE_KEY}",
         ) from None

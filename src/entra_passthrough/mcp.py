@@ -816,10 +816,16 @@ def call_refusal(
             f"requires, and request it in the tool's scopes ({see('errors')})",
         )
     return TokenVerificationError(
-        f"{refused} The server does not accept the token.",
-        fix="check that the tool's scopes name the MCP server's app (its App ID URI + "
-        "/.default), that the server trusts the user's tenant, and that the user may call "
-        f"it ({see('errors')})",
+        f"{refused} The server does not accept the token.", fix=token_refused_fix()
+    )
+
+
+def token_refused_fix() -> str:
+    """The fix of an MCP server's 401 to a user's token (a call's or a connect's)."""
+    return (
+        "check that the tool's scopes name the MCP server's app (its App ID URI + /.default), "
+        f"that the server trusts the user's tenant, and that the user may call it "
+        f"({see('errors')})"
     )
 
 

@@ -92,6 +92,9 @@ __all__ = [
     "shared_token_cache",
 ]
 
+#: How a refusal names the Redis URL: the keyword and the variable it comes from.
+_URL = "the Redis URL (url, ENTRA_PASSTHROUGH_REDIS_URL)"
+
 #: Scope of Microsoft Entra tokens for Azure Cache for Redis / Azure Managed Redis.
 REDIS_SCOPE: Final = "https://redis.azure.com/.default"
 
@@ -289,8 +292,7 @@ class RedisStore:
         parts = urlsplit(url)
         if credential_provider is not None and parts.password:
             raise ConfigurationError(
-                "the Redis URL (url, ENTRA_PASSTHROUGH_REDIS_URL) has a password and a "
-                "credential_provider is given.",
+                f"{_URL} has a password and a credential_provider is given.",
                 fix="drop the password from the URL when Entra ID auth supplies it.",
             )
         options: dict[str, Any] = {
@@ -338,7 +340,7 @@ class RedisStore:
             # ``ssl_min_version=TLSv1``). Its text is not repeated (it may quote the URL), nor
             # kept as this error's context (raised outside the handler).
             raise ConfigurationError(
-                "the Redis URL (url, ENTRA_PASSTHROUGH_REDIS_URL) has a query option redis-py "
+                f"{_URL} has a query option redis-py "
                 "cannot read (a number that is not "
                 "a number, a TLS version it does not know).",
                 fix="fix or remove the URL's query options (after '?'); timeouts are set with "
@@ -683,8 +685,7 @@ def _check_url(url: str, *, allow_plaintext: bool) -> None:
     password)."""
     if not isinstance(url, str):
         raise ConfigurationError(
-            "the Redis URL (url, ENTRA_PASSTHROUGH_REDIS_URL) must be a string, not "
-            f"{type(url).__name__}.",
+            f"{_URL} must be a string, not {type(url).__name__}.",
             fix="pass rediss://:<password>@<host>:<port>/0 (ENTRA_PASSTHROUGH_REDIS_URL).",
         )
     parts = None
@@ -697,7 +698,7 @@ def _check_url(url: str, *, allow_plaintext: bool) -> None:
         # when it holds an unescaped '/', '#' or '?' (Azure access keys are base64). Raised
         # outside the handler: that error is not even this one's context.
         raise ConfigurationError(
-            "the host or port of the Redis URL (url, ENTRA_PASSTHROUGH_REDIS_URL) cannot be read "
+            f"the host or port of {_URL} cannot be read "
             "(the port is not a number from 0 to 65535, or an IPv6 address is not closed with "
             "']').",
             fix="write it as rediss://:<password>@<host>:<port>/0, with a password that holds "
@@ -712,7 +713,7 @@ def _check_url(url: str, *, allow_plaintext: bool) -> None:
         # that '@' the "host" (shown in errors and reprs, looked up in DNS). No Redis URL has
         # an '@' after its host.
         raise ConfigurationError(
-            "the Redis URL (url, ENTRA_PASSTHROUGH_REDIS_URL) names no host, or not where one "
+            f"{_URL} names no host, or not where one "
             "belongs (a password with '/', '#', '?', '@' or ':' written as is ends the host "
             "part early).",
             fix="write it as rediss://:<password>@<host>:<port>/0, with the password "
@@ -720,14 +721,13 @@ def _check_url(url: str, *, allow_plaintext: bool) -> None:
         )
     if parts.scheme not in ("redis", "rediss"):
         raise ConfigurationError(
-            f"the scheme of the Redis URL (url, ENTRA_PASSTHROUGH_REDIS_URL) is {parts.scheme!r}; "
-            "expected redis:// or rediss://.",
+            f"the scheme of {_URL} is {parts.scheme!r}; expected redis:// or rediss://.",
             fix="use rediss://host:6380 for TLS (Azure Cache for Redis), redis:// on "
             "loopback only.",
         )
     if parts.scheme == "redis" and parts.hostname not in _LOOPBACK and not allow_plaintext:
         raise ConfigurationError(
-            "the Redis URL (url, ENTRA_PASSTHROUGH_REDIS_URL) is redis:// (no TLS) to "
+            f"{_URL} is redis:// (no TLS) to "
             f"{parts.hostname!r}, not loopback: the password or token and every record would "
             "cross the network unencrypted.",
             fix="use rediss:// (Azure Cache for Redis: port 6380, Azure Managed Redis: 10000); "
@@ -745,7 +745,7 @@ def _check_url(url: str, *, allow_plaintext: bool) -> None:
         # (names this library knows are shown; another may be part of a password)
         shown = ", ".join(repr(n) for n in repeated if n in _URL_OPTIONS) or "(not shown)"
         raise ConfigurationError(
-            "the Redis URL (url, ENTRA_PASSTHROUGH_REDIS_URL) repeats the query option(s) "
+            f"{_URL} repeats the query option(s) "
             f"{shown}; "
             "which value applies is ambiguous, so the URL is refused.",
             fix="give each query option once (e.g. ?ssl_cert_reqs=required, or leave it out: "
@@ -756,7 +756,7 @@ def _check_url(url: str, *, allow_plaintext: bool) -> None:
         # then fails with a bare TypeError that quotes it (a typo, or the rest of a password
         # after an unescaped '?'), and its timing options would replace the checked ones.
         raise ConfigurationError(
-            "the Redis URL (url, ENTRA_PASSTHROUGH_REDIS_URL) has a query option this library does "
+            f"{_URL} has a query option this library does "
             "not accept (it is not "
             "repeated here: it may be part of a password).",
             fix=f"keep only {', '.join(sorted(_URL_OPTIONS))} after '?'; timeouts and the "
@@ -770,7 +770,7 @@ def _check_url(url: str, *, allow_plaintext: bool) -> None:
         form in _OFF for forms in hostname for form in forms
     ):
         raise ConfigurationError(
-            "the Redis URL (url, ENTRA_PASSTHROUGH_REDIS_URL) turns TLS certificate or host name "
+            f"{_URL} turns TLS certificate or host name "
             "verification off "
             "(ssl_cert_reqs / ssl_check_hostname).",
             fix="remove the option; trust a private CA with ca_file "

@@ -98,6 +98,7 @@ from ..mcp import (
     consent_from_exception,
     exception_chain,
     http_client_for,
+    token_refused_fix,
     url_elicitation_as_error,
 )
 from ._af_seams import (
@@ -543,10 +544,7 @@ class EntraMCPTool(HookedMCPTool):
                 f"the server's required scopes ({see('errors')})",
             )
         return TokenVerificationError(
-            f"{refused} The server does not accept the token.",
-            fix="check that the tool's scopes name the MCP server's app (its App ID URI + "
-            "/.default), that the server trusts the user's tenant, and that the user may call "
-            f"it ({see('errors')})",
+            f"{refused} The server does not accept the token.", fix=token_refused_fix()
         )
 
     def _unreachable_error(self, exc: Exception) -> MCPServerUnreachable:
