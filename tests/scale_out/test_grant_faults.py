@@ -58,7 +58,9 @@ async def _two_replicas(env: ConsentEnv, server: RedisServer) -> AsyncIterator[_
     """Two replicas over one real Redis, and a broker; the first refresh token replica 0
     redeems kills Redis right after Entra answered, before the successor is stored."""
     keyring = Keyring.generate()
-    stores = [RedisStore.from_url(server.url, timeout=0.5) for _ in range(2)]
+    # A killed server refuses connections at once, so the timeout only bounds a slow answer: a
+    # loaded CI machine's fsync (appendfsync always) took more than 0.5 s after the restart.
+    stores = [RedisStore.from_url(server.url, timeout=3.0) for _ in range(2)]
     broker: StandaloneBroker | None = None
     try:
         replicas = [env.make(store=s, keyring=keyring)[0] for s in stores]  # type: ignore[arg-type]

@@ -156,7 +156,7 @@ async def test_a_store_that_fails_the_drop_never_gets_the_refused_token_served_a
     its new token replaces it in L2 for the others."""
     idp = consent_env.idp
     fresh_redis.start()
-    stores = [RedisStore.from_url(fresh_redis.url, timeout=0.5) for _ in range(2)]
+    stores = [RedisStore.from_url(fresh_redis.url, timeout=3.0) for _ in range(2)]
     # retry_after=0: A tries L2 again at once after the failed drop (the worst case)
     (a, b), sessions = _replicas(idp, stores, Keyring.generate(), retry_after=0)
     scopes = [f"{idp.mcp.app_id_uri}/.default"]
