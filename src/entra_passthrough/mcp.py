@@ -564,6 +564,8 @@ class _CallGuard(httpx2.AsyncBaseTransport):
                 # A connection is reused only after an answer left it idle: watched from that
                 # answer on, whichever request opened it (a later tools/call may reuse it).
                 _watch_reads(response.extensions.get("network_stream"))
+            if attempt is None and response.status_code == 401:
+                return await _tokenless_refusal(request, response)
             return response
         rpc_id, method = _rpc_of(request)
         if attempt.closed:
@@ -643,6 +645,51 @@ class _CallGuard(httpx2.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+#: A JSON-RPC method as the library quotes it in its own messages (the client's, never a server's).
+_QUOTABLE_METHOD = re.compile(r"[A-Za-z0-9_./-]{1,64}")
+
+
+async def _tokenless_refusal(request: httpx2.Request, response: httpx2.Response) -> httpx2.Response:
+    """A connection-lifetime JSON-RPC request (``initialize`` at connect, a call made outside
+    ``entra_call``) that went out without a token, by the rules of docs/mcp-client.md, and that
+    the server refused with 401: answered with a JSON-RPC error that says why no token was sent
+    and what to change. The mcp SDK turns the bare 401 into "Server returned an error response"
+    (raised from the ``Client`` as an ``ExceptionGroup`` at connect), which names neither. A
+    request that carried a token, or a server that lets tokenless ones through, is untouched."""
+    if request.method != "POST" or "authorization" in request.headers:
+        return response
+    rpc_id, method = _rpc_of(request)
+    if rpc_id is None:
+        return response
+    await response.aclose()
+    name = method if method is not None and _QUOTABLE_METHOD.fullmatch(method) else "request"
+    if current_caller() is None:
+        why = (
+            "no caller was active (the Client was opened, or the request made, outside the "
+            "user's request) and the policy names no identity for connection-lifetime requests"
+        )
+        fix = (
+            "open the Client inside the user's request, while its caller is active, and make "
+            "calls inside entra_call(...); or let the app identity connect "
+            "(TokenChain(..., lifecycle_app=True))"
+        )
+    else:
+        why = (
+            "no token could be acquired for the active caller (the error is recorded on it: "
+            "current_caller().take_errors())"
+        )
+        fix = (
+            "handle that error before connecting (entra_call(...) and the client's "
+            "EntraAuth.acquire_async() raise it, e.g. ConsentRequired with its link)"
+        )
+    return _local_error(
+        request,
+        rpc_id,
+        f"entra_passthrough: the MCP server refused {name} (401): it was sent without a token, "
+        f"because {why}. Fix: {fix}. {see('mcp-client', 'connection-lifetime-requests')}",
+    )
 
 
 def _held_back(request: httpx2.Request, attempt: CallAttempt) -> httpx2.Response | None:
