@@ -10,7 +10,9 @@ waits for a fetch that the other driver or another event loop has in flight (``_
 awaited without holding a thread), rather than answering "unknown kid" while it runs.
 
 A failed TTL refresh keeps the previous keys (Entra publishes keys weeks before using them), and
-retries after ``min_refetch_interval``. With no keys at all, verification fails closed.
+retries after ``min_refetch_interval``. With no keys at all, verification fails closed. While
+the latest fetch has failed, a ``kid`` the held keys lack is not judged either
+(``SigningKeysUnavailable``, 503): the issuer may have published it since.
 
 A TTL refresh never holds a request whose ``kid`` the cached keys have: the key is served and the
 refresh runs in the background (stale-while-revalidate; async: a task on the loop, sync: a
@@ -215,6 +217,9 @@ class _State:
     last_refetch: float = -math.inf  # last unknown-kid refetch (rate limit)
     generation: int = 0  # one more per fetch, failed or not (sync waiters: it happened)
     failure: str = ""  # the last failed fetch's exception type
+    # The latest fetch failed: what the issuer publishes now is unknown, so a kid missing from
+    # the keys held is not judged (503), not called unpublished (401).
+    last_failed: bool = False
     inflight: tuple[asyncio.AbstractEventLoop, asyncio.Task[None]] | None = None
     sync_lock: threading.Lock = field(default_factory=threading.Lock)
     background: bool = False  # a sync background refresh is running
@@ -319,6 +324,7 @@ class KeySet:
             state.keys = keys
             state.fetched_at = self._clock()
             state.generation += 1
+            state.last_failed = False
             self.fetches += 1
 
     def _failed(self, state: _State, source: KeySource, exc: BaseException) -> None:
@@ -330,6 +336,7 @@ class KeySet:
             state.retry_after = self._clock() + wait
             state.generation += 1
             state.failure = type(exc).__name__
+            state.last_failed = True
         logger.warning(
             "fetching signing keys from %s failed (%s)%s",
             shown_url(source.url) or "(the key URL)",
@@ -349,6 +356,15 @@ class KeySet:
         )
         error.reason = KEYS_UNAVAILABLE
         return error
+
+    def _missing(self, state: _State, source: KeySource, kid: str) -> TokenVerificationError:
+        """The answer for a ``kid`` the keys held lack, once the refetch (or the rate limit)
+        has had its say: unpublished (401) if the latest fetch worked; not judged (503) if it
+        failed, or no keys are held: the token may be signed with a key the issuer published
+        since (a rotation while the endpoint is down), and a 401 makes its client drop it."""
+        with self._lock:
+            unknown = state.keys is not None and not state.last_failed
+        return _unknown_kid(kid) if unknown else self._down(state, source)
 
     # --- async driver ---
 
@@ -370,7 +386,7 @@ class KeySet:
             await self._refetch_async(state, source)
             key, _, _, _ = self._lookup(state, kid)
         if key is None:
-            raise _unknown_kid(kid)
+            raise self._missing(state, source, kid)
         return key
 
     async def _refetch_async(self, state: _State, source: KeySource) -> None:
@@ -486,10 +502,11 @@ class KeySet:
         if not held and not stale:
             raise self._down(state, source)  # a fetch just failed: no other one yet
         self._refresh_sync(state, source, seen, unknown_kid=not stale)
-        key, _, _, held = self._lookup(state, kid)
+        key, _, _, _ = self._lookup(state, kid)
         if key is None:
-            # Another thread's fetch, done while this one waited, may have failed: no keys.
-            raise _unknown_kid(kid) if held else self._down(state, source)
+            # The latest fetch (this one's, or another thread's done meanwhile) may have
+            # failed: then the kid is not judged.
+            raise self._missing(state, source, kid)
         return key
 
     def _refresh_sync(

@@ -10,7 +10,8 @@
    unknown ``kid``), ``exp``/``nbf``/``iat`` with ``leeway``, ``aud`` among ``audiences``;
 4. the verified ``tid`` on the allow-list, ``iss`` exactly the issuer of that tenant for the
    token's ``ver`` (v1 ``https://sts.windows.net/{tid}/``, v2 ``{authority}/{tid}/v2.0``), the
-   client claim of that version (v1 ``appid``, v2 ``azp``), an ``oid``;
+   client claim of that version (v1 ``appid``, v2 ``azp``), an ``oid``, no ``cnf`` (a token
+   bound to a proof-of-possession key is not a bearer token);
 5. authorization: delegated tokens (``scp``) need *all* ``required_scopes``; app-only tokens (no
    ``scp``) are refused unless ``allow_app_only`` and then need *all* ``required_roles``
    (``required_roles`` applies to delegated tokens too). Failing here is ``InsufficientScope``
@@ -31,7 +32,7 @@ import jwt
 from jwt import exceptions as jwt_errors
 
 from ._checks import seconds
-from ._errors import ConfigurationError, InsufficientScope, TokenVerificationError
+from ._errors import GUID, ConfigurationError, InsufficientScope, TokenVerificationError
 from ._jwks import (
     AsyncGetter,
     KeySet,
@@ -57,6 +58,11 @@ _V1_ISSUERS = {
     "login.chinacloudapi.cn": "https://sts.chinacloudapi.cn/{tid}/",
 }
 _REQUIRED = ["exp", "iat", "aud", "iss", "tid"]
+#: Where to find a tenant's GUID (for ``tenants=`` and ``auth_settings(tenant_id=)``).
+TENANT_GUID_FIX = (
+    "use the Directory (tenant) ID, a GUID: `az account show --query tenantId`, or Entra admin "
+    "center > Overview > Tenant ID."
+)
 _MAX_KID = 128
 
 
@@ -200,6 +206,16 @@ class JwtVerifier:
             )
         if any_tenant and allowed:
             raise ConfigurationError("pass either tenants=[...] or any_tenant=True, not both.")
+        if not all(GUID.fullmatch(t.strip()) for t in allowed):
+            # A token's tid is always its tenant's GUID: a domain or an alias (common,
+            # organizations) matches no token. The entry is not shown (it may be a secret
+            # pasted into the wrong place).
+            raise ConfigurationError(
+                "tenants has an entry that is not a tenant GUID (a domain name, common or "
+                "organizations?): a token's tid is always a GUID, so every token would be "
+                "refused.",
+                fix=TENANT_GUID_FIX + " For every tenant, pass any_tenant=True instead.",
+            )
         if allow_app_only and not roles:
             raise ConfigurationError(
                 "allow_app_only without required_roles would accept a client-credentials token "
@@ -366,6 +382,14 @@ class JwtVerifier:
         if not self._tenant_allowed(tid):
             raise TokenVerificationError(self._tenant_reason(tid))
         assert isinstance(tid, str)
+        if "cnf" in claims:
+            # RFC 7800: the presenter must prove it holds the key. Accepted as a bearer token,
+            # a PoP token copied from a cache or a signed-request envelope would work as is.
+            raise TokenVerificationError(
+                "the token is bound to a proof-of-possession key ('cnf' claim): a PoP-bound "
+                "token cannot be used as a bearer token.",
+                fix="request a bearer token for this API (no proof of possession).",
+            )
         aud = claims.get("aud")
         if not isinstance(aud, str):
             raise TokenVerificationError("the token's 'aud' is not a single string.")

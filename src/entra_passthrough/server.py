@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 
 from ._asgi import ASGIApp, Message, Receive, Scope, Send
 from ._errors import (
+    GUID,
     ConfigurationError,
     InsufficientScope,
     NoCallerError,
@@ -42,7 +43,7 @@ from ._errors import (
 from ._jwt import fingerprint
 from ._origins import is_loopback, shown_url
 from ._user_key import UserKey
-from ._verify import PUBLIC_AUTHORITY, JwtVerifier, VerifiedToken, names
+from ._verify import PUBLIC_AUTHORITY, TENANT_GUID_FIX, JwtVerifier, VerifiedToken, names
 from ._www_auth import (
     authorization_values,
     bearer_token,
@@ -130,9 +131,11 @@ class EntraAccessToken(AccessToken):
 
 @dataclass(eq=False, slots=True)
 class _Verification:
-    """What the verifier found for this request, for the challenge middleware."""
+    """What the verifier found for this request, for the challenge middleware; and the scopes
+    the SDK requires of every token (``AuthSettings.required_scopes``), for the verifier."""
 
     error: TokenVerificationError | None = None
+    required: tuple[str, ...] = ()
 
 
 _outcome: ContextVar[_Verification | None] = ContextVar(
@@ -153,7 +156,10 @@ class EntraTokenVerifier:
     (``access_as_user``) and qualified with ``app_id_uri`` (``api://<id>/access_as_user``), so
     ``AuthSettings.required_scopes`` can name the scopes clients must request from Entra (what the
     protected-resource metadata advertises). ``app_id_uri`` defaults to the first audience that is
-    a URI, else ``api://<first audience>``. App roles are never put in ``scopes``.
+    a URI, else ``api://<first audience>``. App roles are never put in ``scopes``. An app-only
+    token the verifier accepted (``allow_app_only``, ``required_roles``) has no ``scp``; under
+    ``EntraChallengeMiddleware`` its ``AccessToken.scopes`` are the server's required scopes,
+    which the SDK requires of every token (``current_user().scopes`` stays empty).
     """
 
     def __init__(self, verifier: JwtVerifier, *, app_id_uri: str | None = None) -> None:
@@ -191,11 +197,17 @@ class EntraTokenVerifier:
             if outcome is not None:
                 outcome.error = err
             return None
-        qualified = [f"{self.app_id_uri}/{s}" for s in vt.scopes]
+        scopes = [*vt.scopes, *(f"{self.app_id_uri}/{s}" for s in vt.scopes)]
+        if vt.app_only and outcome is not None:
+            # The SDK requires AuthSettings.required_scopes of every token, and an app-only
+            # token has no scp: it was judged by the verifier's rules instead (allow_app_only
+            # and required_roles; JwtVerifier returns no app-only token otherwise), so it
+            # carries the scopes this server requires (never more).
+            scopes += [s for s in outcome.required if s not in scopes]
         access = EntraAccessToken(
             token=token,
             client_id=vt.client_id,
-            scopes=[*vt.scopes, *qualified],
+            scopes=scopes,
             expires_at=int(vt.expires_at),
             resource=vt.audience,
             subject=vt.subject or vt.oid,
@@ -247,8 +259,12 @@ def auth_settings(
     ``resource_server_url`` is the MCP endpoint's own https URL (RFC 9728 ``resource``; the SDK
     and clients require http(s), and clients check it against the URL they connect to), never
     the ``api://`` App ID URI. ``scopes`` are required of every delegated token (all of them);
-    short names are qualified with ``app_id_uri`` so the metadata advertises scopes a client can
-    request from Entra. The issuer is ``{authority_host}/{tenant_id}/v2.0``. Audience checks stay
+    an app-only token is judged by the verifier's ``allow_app_only`` and ``required_roles``
+    instead (under ``EntraChallengeMiddleware``). Short names are qualified with ``app_id_uri``
+    so the metadata advertises scopes a client can request from Entra. ``tenant_id`` is the
+    tenant's GUID (a domain, ``common`` or ``organizations`` is refused: MCP clients would refuse
+    the authorization server advertised there). The issuer is
+    ``{authority_host}/{tenant_id}/v2.0``. Audience checks stay
     in the verifier (``validate_token_resource=False``): Entra's ``aud`` is the client id or App
     ID URI, not the server URL.
     """
@@ -301,23 +317,20 @@ def auth_settings(
     )
 
 
-#: Characters a tenant id (a GUID or a domain name) never holds: each would change the issuer
-#: URL it is put into.
-_NOT_IN_TENANT = frozenset("/?#@:%\\")
-
-
 def _tenant_id(value: object) -> str:
-    if (
-        not isinstance(value, str)
-        or not value.strip()
-        or any(c in _NOT_IN_TENANT or c.isspace() or not c.isprintable() for c in value)
-    ):
+    """The tenant's GUID, in lower case (as Entra's issuers write it). A domain name, ``common``
+    or ``organizations`` is refused: the OpenID configuration there names the tenant by GUID
+    (or a ``{tenantid}`` template) in its ``issuer``, so MCP clients refuse the advertised
+    authorization server (issuer mismatch). The value is not shown (it may be a secret pasted
+    into the wrong place)."""
+    if not isinstance(value, str) or not GUID.fullmatch(value):
         raise ConfigurationError(
-            "tenant_id must be your tenant's id (a GUID) or its domain name "
-            "(contoso.onmicrosoft.com): not empty, no spaces, slashes or query.",
-            fix="pass tenant_id=<the Directory (tenant) ID of your app registration>.",
+            "tenant_id is not a tenant GUID (a domain name, common or organizations, or not "
+            "an id at all?): the authorization server advertised at it would name the tenant "
+            "by GUID in its issuer, and MCP clients would refuse it.",
+            fix=TENANT_GUID_FIX,
         )
-    return value
+    return value.lower()
 
 
 def _http_url(value: object, *, what: str, fix: str, authority: bool = False) -> str:
@@ -398,7 +411,7 @@ class EntraChallengeMiddleware:
             )
             await send_challenge(send, status, header, body, head=scope.get("method") == "HEAD")
             return
-        outcome = _Verification()
+        outcome = _Verification(required=self.scopes)
         token = _outcome.set(outcome)
         replacing = False
 

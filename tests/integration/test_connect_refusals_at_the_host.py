@@ -17,6 +17,7 @@ import re
 import socket
 import ssl
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx2
@@ -100,11 +101,13 @@ def scoped(idp: EntraEmulator) -> Iterator[tuple[str, Recorder]]:
         yield f"{server.base}/mcp", recorder
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
+@contextmanager
+def _refusing_port() -> Iterator[int]:
+    """A loopback port that refuses connections while it is held: bound, so that no other
+    test's server can take it meanwhile (a port merely found free can be), and never listening."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield held.getsockname()[1]
 
 
 def _host(idp: EntraEmulator, url: str, *, per_user: bool) -> ServerThread:
@@ -208,14 +211,14 @@ async def test_a_token_the_server_does_not_accept_is_explained_to_the_end_user(
 async def test_a_server_that_is_down_is_explained_to_the_end_user(
     idp: EntraEmulator, per_user: bool, stream: bool
 ) -> None:
-    port = _free_port()
-    host = _host(idp, f"http://127.0.0.1:{port}/mcp", per_user=per_user)
-    try:
-        # Bounded: the connect's retries end, and the answer comes within the client's timeout.
-        async with httpx2.AsyncClient(base_url=host.base, timeout=120) as client:
-            message = await _failure(client, agent_token(idp, "alice"), stream=stream)
-    finally:
-        host.stop()
+    with _refusing_port() as port:
+        host = _host(idp, f"http://127.0.0.1:{port}/mcp", per_user=per_user)
+        try:
+            # Bounded: the connect's retries end, and the answer comes within the client's timeout.
+            async with httpx2.AsyncClient(base_url=host.base, timeout=120) as client:
+                message = await _failure(client, agent_token(idp, "alice"), stream=stream)
+        finally:
+            host.stop()
     assert BARE not in message
     assert f"MCP server 'records' (http://127.0.0.1:{port}):" in message
     assert "could not be reached" in message
@@ -236,15 +239,16 @@ async def test_the_tool_raises_the_typed_errors_at_its_open(
     url, _ = scoped
     token = agent_token(idp, "alice")
     failures: list[BaseException] = []
-    for target in (url, f"http://127.0.0.1:{_free_port()}/mcp"):
-        tool = entra_mcp_tool("records", target, chain=make_chain(idp), scopes=mcp_scopes(idp))
-        try:
-            with bind_caller(token=token), pytest.raises(ToolException) as raised:
-                async with tool:
-                    pass
-            failures.append(raised.value)
-        finally:
-            await tool.close()
+    with _refusing_port() as port:
+        for target in (url, f"http://127.0.0.1:{port}/mcp"):
+            tool = entra_mcp_tool("records", target, chain=make_chain(idp), scopes=mcp_scopes(idp))
+            try:
+                with bind_caller(token=token), pytest.raises(ToolException) as raised:
+                    async with tool:
+                        pass
+                failures.append(raised.value)
+            finally:
+                await tool.close()
     refused, down = (getattr(f, "error", None) for f in failures)
     assert isinstance(refused, InsufficientScope), failures[0]
     assert isinstance(refused, TokenVerificationError)

@@ -168,10 +168,8 @@ def test_auth_settings_accepts_loopback_http_and_https() -> None:
     )
     assert str(local.issuer_url) == f"http://127.0.0.1:9443/{TENANT}/v2.0"
     assert str(local.service_documentation_url) == "https://docs.contoso.com/mcp"
-    public = auth_settings(resource_server_url=MCP_URL, tenant_id="contoso.onmicrosoft.com")
-    assert (
-        str(public.issuer_url) == "https://login.microsoftonline.com/contoso.onmicrosoft.com/v2.0"
-    )
+    public = auth_settings(resource_server_url=MCP_URL, tenant_id=TENANT.upper())
+    assert str(public.issuer_url) == f"https://login.microsoftonline.com/{TENANT}/v2.0"
 
 
 # --- JwtVerifier: CA bundle and numbers ------------------------------------------------------
