@@ -235,6 +235,15 @@ _TABLE: tuple[Aadsts, ...] = (
         "send client_secret or client_assertion (confidential clients must authenticate)",
     ),
     Aadsts(
+        700025,
+        "InvalidClientPublicClientWithCredential",
+        "the app is registered as a public client (a Mobile and desktop or SPA redirect URI, or "
+        "'Allow public client flows'), and a public client presents no secret or certificate",
+        "a confidential client (OnBehalfOf, a secret or certificate) needs a Web registration: "
+        "App registrations > the app > Authentication: a Web redirect URI and 'Allow public "
+        "client flows' = No; a public client (device code, az login) sends no credential",
+    ),
+    Aadsts(
         700027,
         "InvalidClientAssertionSignature",
         "the client assertion's signature does not match a registered certificate, or the "

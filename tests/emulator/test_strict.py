@@ -1014,9 +1014,11 @@ def test_assignment_required_is_50105(consent_idp: EntraEmulator) -> None:
         http_client=idp.msal_http_client(),
         instance_discovery=False,
     )
-    refused = app.acquire_token_by_username_password("bob", "bob-password", scopes=["User.Read"])
+    # ROPC names users by UPN, as Entra does (a short name is AADSTS50034).
+    bob, alice = idp.users["bob"], idp.users["alice"]
+    refused = app.acquire_token_by_username_password(bob.upn, bob.password, scopes=["User.Read"])
     assert refused.get("error_codes") == [50105], refused
-    ok = app.acquire_token_by_username_password("alice", "alice-password", scopes=["User.Read"])
+    ok = app.acquire_token_by_username_password(alice.upn, alice.password, scopes=["User.Read"])
     assert "access_token" in ok, ok
 
 

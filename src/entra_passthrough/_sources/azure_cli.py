@@ -35,6 +35,7 @@ from .._errors import (
     GUID,
     ConfigurationError,
     EntraError,
+    EntraPassthroughError,
     SourceUnavailable,
     code_in_text,
     safe_text,
@@ -50,6 +51,20 @@ AZURE_CLI_CLIENT_ID = "04b07795-8ddb-461a-bbee-02f9e1bf7b46"
 _TIMEOUT = 30
 _SAFE = re.compile(r"^[A-Za-z0-9_.:/\-]+$")
 TOOLS = ("az", "azd")
+
+#: Where a CLI's own advice begins after Entra's text: az's recommendation (azure-cli
+#: ``auth/util.py`` ``aad_error_handler``, in its wordings since 2.30) and azd's suggestion
+#: (Azure/azure-dev ``pkg/auth/errors.go``, printed "Suggestion: ...").
+_CLI_ADVICE = re.compile(
+    r"(?mi)^[ \t]*(?:Run the command below to authenticate|Interactive authentication is "
+    r"needed|To re-authenticate, please|Please explicitly log in with|Suggestion:)"
+)
+#: Entra's codes for multi-factor authentication the CLI's sign-in did not perform: 50076 MFA
+#: required by Conditional Access, 50079 MFA registration required, 50074 strong authentication
+#: required (https://learn.microsoft.com/entra/identity-platform/reference-error-codes).
+_MFA_CODES = frozenset({50074, 50076, 50079})
+#: AADSTS53003: a Conditional Access policy blocks the token (no sign-in meets it).
+_BLOCKED = 53003
 
 #: The CLI runs in a process group of its own, killed whole on timeout or cancel: ``az`` is a
 #: shell script that runs Python as its child, and that child keeps the output pipes open (and
@@ -310,6 +325,12 @@ class AzureCli:
 
     def _entra_error(self, text: str, scopes: tuple[str, ...]) -> EntraError:
         code = code_in_text(text)
+        # Entra's answer, and after it the CLI's own advice ("Run the command below ...: az
+        # logout / az login ...", azd's "Suggestion: ..."), each bounded on its own so that
+        # neither is cut in the middle by the other.
+        advice_at = _CLI_ADVICE.search(text)
+        entra = text[: advice_at.start()] if advice_at else text
+        advice = text[advice_at.start() :] if advice_at else ""
         fix = None
         if code == 65001 and AZURE_CLI_CLIENT_ID in text:
             fix = preauthorize_fix(scopes, tool=self.tool)
@@ -318,14 +339,63 @@ class AzureCli:
             # for an app of the user's own: the CLI's client is Microsoft's, and the CLI signs
             # in to the tenant it is asked for.
             fix = self._other_tenant_fix()
+        elif code in _MFA_CODES:
+            # The table's fix (hand the claims challenge back to the client) is on-behalf-of's:
+            # here the developer signs in to the CLI again, for this resource, with MFA.
+            fix = self._mfa_fix(scopes, enrol=code == 50079)
+        elif code == _BLOCKED:
+            fix = self._blocked_fix(scopes)
+        message = f"{self.tool} could not get a token: {safe_text(entra)}"
+        if advice and fix is None:
+            # No fix of ours for the CLI: its own advice is the next step (bounded, whole).
+            message += f" {self.tool} says: {safe_text(advice, limit=300)}"
         return EntraError(
             # The CLI's own text (its stderr): redacted and bounded, it may echo anything.
-            f"{self.tool} could not get a token: {safe_text(text)}",
+            message,
             source=self.name,
             scopes=scopes,
             aadsts=code,
             fix=fix,
         )
+
+    def _login_scope(self, scopes: tuple[str, ...]) -> str:
+        """The CLI's sign-in command for the resource of ``scopes`` (and this source's tenant):
+        the sign-in that meets the resource's Conditional Access policy (az login --scope:
+        Azure/azure-cli#17778, "for Conditional Access MFA support")."""
+        try:
+            scope = self._scope(scopes)
+        except EntraPassthroughError:
+            scope = "<resource>/.default"
+        if self.tool == "az":
+            tenant = f" --tenant {self.tenant_id}" if self.tenant_id else ""
+            return f"az login{tenant} --scope {scope}"
+        tenant = f" --tenant-id {self.tenant_id}" if self.tenant_id else ""
+        return f"azd auth login{tenant} --scope {scope}"
+
+    def _mfa_fix(self, scopes: tuple[str, ...], *, enrol: bool) -> str:
+        """AADSTS50076/50079/50074 from the CLI: the resource requires MFA, and the CLI's
+        sign-in did not perform it."""
+        enrolment = " (registering a method when asked)" if enrol else ""
+        return (
+            f"Entra requires multi-factor authentication for {self._resource_name(scopes)} and "
+            f"the {self.tool} sign-in did not perform it: run '{self._login_scope(scopes)}' to "
+            f"sign in for that resource with MFA{enrolment}, then retry"
+        )
+
+    def _blocked_fix(self, scopes: tuple[str, ...]) -> str:
+        """AADSTS53003 from the CLI: a Conditional Access policy blocks the token."""
+        return (
+            f"a Conditional Access policy blocks this sign-in to {self._resource_name(scopes)}, "
+            "and signing in again does not help: ask your tenant administrator which policy "
+            "applies (the sign-in logs show it, by the correlation id), or sign in from a device "
+            "or network it allows (e.g. a compliant device)"
+        )
+
+    def _resource_name(self, scopes: tuple[str, ...]) -> str:
+        try:
+            return self._scope(scopes).removesuffix("/.default")
+        except EntraPassthroughError:
+            return "the resource"
 
     def _other_tenant_fix(self) -> str:
         """AADSTS50020 from the CLI: the signed-in account is not in the tenant asked for."""

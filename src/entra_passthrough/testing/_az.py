@@ -16,6 +16,19 @@ parses ``accessToken`` and ``expires_on`` (else ``expiresOn``). A stderr mention
 without an AADSTS code becomes CredentialUnavailableError. The stand-in asks the emulator (HTTPS,
 verified against its CA) for a token of the signed-in developer user, authenticated by a
 per-emulator key so that nothing else can mint tokens this way.
+
+The resource's per-user policies hold for the CLI's token requests as for every other grant
+(Entra evaluates Conditional Access for the resource a token is asked for; ``az login --scope``
+exists "for Conditional Access MFA support", Azure/azure-cli#17778): a block is AADSTS53003, MFA
+required is AADSTS50076 unless the CLI's sign-in performed MFA (``az_env(user, mfa=True)``: what
+``az login --scope <resource>/.default`` / ``azd auth login --scope ...`` does for such a user).
+On an Entra error the stand-ins print what the CLIs print: az (azure-cli ``auth/util.py``
+``aad_error_handler``) the description, then "Run the command below to authenticate
+interactively; additional arguments may be added as needed:", ``az logout`` and
+``az login --tenant "<tenant>" --scope "<scope>"``; azd (Azure/azure-dev ``pkg/auth/errors.go``
+``ReLoginRequiredError``, for ``invalid_grant`` and ``interaction_required``) the description, then
+"Suggestion: reauthentication required, run `azd auth login --scope <scope>` to acquire a new
+token."
 """
 
 from __future__ import annotations
@@ -33,7 +46,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from . import _errors as e
-from ._issue import check_member, mint_access, parse_scopes, user_subject
+from ._issue import (
+    ScopeRequest,
+    check_member,
+    check_user_policies,
+    mint_access,
+    parse_scopes,
+    user_subject,
+)
 from ._state import Runtime
 from ._world import AZURE_CLI_CLIENT_ID, App, User, stable_id
 
@@ -55,23 +75,39 @@ def main(argv):
             sys.stderr.write("ERROR: Please run 'az login' to setup account.\n")
         return 1
     opts = {{}}
+    scopes = []
     cmd = []
-    it = iter(argv)
-    for a in it:
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        i += 1
         if a in ("--no-prompt",):  # flags without a value
             opts[a[2:]] = "true"
+        elif a == "--scope":
+            # az: `--scope S [S ...]`; azd: `--scope S`, repeated. Every one is kept.
+            while i < len(argv) and not argv[i].startswith("--"):
+                scopes.append(argv[i])
+                i += 1
         elif a.startswith("--"):
-            opts[a[2:]] = next(it, "")
+            opts[a[2:]] = argv[i] if i < len(argv) else ""
+            i += 1
         else:
             cmd.append(a)
     if azd and cmd == ["auth", "token"]:
-        body = {{"command": "token", "resource": None, "scope": opts.get("scope"),
+        # azd's default scope is Azure Resource Manager's.
+        scopes = scopes or ["https://management.azure.com//.default"]
+        body = {{"command": "token", "resource": None, "scope": " ".join(scopes),
                 "tenant": opts.get("tenant-id")}}
     elif azd:
         sys.stderr.write("ERROR: the emulator's azd stand-in supports only 'auth token'\n")
         return 2
     elif cmd == ["account", "get-access-token"]:
-        body = {{"command": "token", "resource": opts.get("resource"), "scope": opts.get("scope"),
+        resource = opts.get("resource")
+        if not resource and not scopes:
+            resource = "https://management.core.windows.net/"  # az's default (ARM)
+        if resource:
+            scopes = [resource + "/.default"]  # az's resource_to_scopes: the slash is kept
+        body = {{"command": "token", "resource": resource, "scope": " ".join(scopes),
                 "tenant": opts.get("tenant")}}
     elif cmd == ["account", "show"]:
         body = {{"command": "show"}}
@@ -80,6 +116,8 @@ def main(argv):
                          "'account get-access-token' and 'account show'\n")
         return 2
     body["user"] = user
+    # The sign-in behind this session performed MFA (az login --scope <resource>/.default).
+    body["mfa"] = "true" if os.environ.get("ENTRA_EMULATOR_AZ_MFA") == "1" else ""
     req = urllib.request.Request(url + "/_emulator/az", data=json.dumps(body).encode(),
         headers={{"Content-Type": "application/json",
                  "Authorization": "Emulator " + os.environ.get("ENTRA_EMULATOR_AZ_KEY", "")}})
@@ -89,13 +127,27 @@ def main(argv):
             out = json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         err = json.loads(exc.read() or b"{{}}")
-        sys.stderr.write("ERROR: " + err.get("error_description", "emulator error") + "\n")
-        if not azd and "AADSTS65001" in err.get("error_description", ""):
-            # What az adds to an interaction-required error (azure-cli's auth/util.py).
-            scope = (body.get("resource") or "").rstrip("/") + "/.default"
+        text = err.get("error_description", "emulator error")
+        sys.stderr.write("ERROR: " + text + "\n")
+        if "AADSTS" not in text:
+            return 1
+        if azd:
+            # azd's ReLoginRequiredError (pkg/auth/errors.go) for these two errors only.
+            if err.get("error") in ("invalid_grant", "interaction_required"):
+                # Without azd's own login scope (Azure Resource Manager's), as azd leaves it out.
+                login = "azd auth login" + "".join(
+                    " --scope " + s for s in scopes
+                    if s != "https://management.azure.com//.default")
+                sys.stderr.write("\nSuggestion: reauthentication required, run `" + login
+                                 + "` to acquire a new token.\n")
+        elif 7000215 not in (err.get("error_codes") or []):
+            # What az adds to every Entra error (azure-cli's auth/util.py aad_error_handler).
+            login = "az login"
+            if err.get("cli_tenant"):
+                login += ' --tenant "' + err["cli_tenant"] + '"'
+            login += " --scope" + "".join(' "' + s + '"' for s in scopes)
             sys.stderr.write("Run the command below to authenticate interactively; additional "
-                             "arguments may be added as needed:\naz logout\n"
-                             "az login --scope " + scope + "\n")
+                             "arguments may be added as needed:\naz logout\n" + login + "\n")
         return 1
     if azd:
         import time
@@ -118,13 +170,16 @@ def write_stand_in(folder: Path) -> Path:
     return path
 
 
-def az_env(rt: Runtime, *, bin_dir: Path, ca_file: str, user: str | None) -> dict[str, str]:
+def az_env(
+    rt: Runtime, *, bin_dir: Path, ca_file: str, user: str | None, mfa: bool = False
+) -> dict[str, str]:
     return {
         "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
         "ENTRA_EMULATOR_URL": rt.url,
         "ENTRA_EMULATOR_CA_FILE": ca_file,
         "ENTRA_EMULATOR_AZ_KEY": rt.az_key,
         "ENTRA_EMULATOR_AZ_USER": user or "",
+        "ENTRA_EMULATOR_AZ_MFA": "1" if mfa and user else "",
     }
 
 
@@ -160,24 +215,31 @@ async def az_endpoint(rt: Runtime, request: Request) -> Response:
                 "user": {"name": user.upn, "type": "user"},
             }
         )
-    resource = body.get("resource") or (body.get("scope") or "").removesuffix("/.default")
+    # The scopes az/azd asked for (az's --resource R is "R/.default"), several allowed: two
+    # resources are AADSTS28000 and a named permission is one, as at the token endpoint.
+    raw_scope = (body["resource"] + "/.default") if body.get("resource") else body.get("scope")
     tenant = rt.world.tenant(body["tenant"]) if body.get("tenant") else None
+    tid = tenant.id if tenant else (body.get("tenant") or user.tenant_id)
+    # The CLI's sign-in performed MFA only when the session says so (az login --scope ...).
+    amr = ("pwd", "mfa") if body.get("mfa") == "true" else ("pwd",)
     try:
         if body.get("tenant") and tenant is None:
             raise e.StsError(90002, "invalid_request", f"Tenant '{body['tenant'][:80]}' not found.")
-        tid = tenant.id if tenant else user.tenant_id
         cli = _cli_app(rt, user)
         # `--tenant` names a tenant the user must belong to (member or guest): real az fails
         # with Entra's AADSTS50020 otherwise, naming the Azure CLI's client.
         check_member(rt, user, tid, cli, client_name=AZURE_CLI_NAME)
         # The resource must exist in that tenant (a single-tenant API of another: AADSTS500011).
-        req = parse_scopes(rt, f"{resource}/.default", tid)
+        req = parse_scopes(rt, raw_scope, tid)
         app = req.resource
         if app is None:
-            raise e.resource_not_found(str(resource), tid)
-        scopes = _cli_scopes(rt, user, cli, app, tid)
+            raise e.resource_not_found(str(raw_scope or "")[:200], tid)
+        # The resource's Conditional Access and MFA policies, as for every delegated token.
+        check_user_policies(user, app, amr)
+        scopes = _cli_scopes(rt, user, cli, app, tid, req)
     except e.StsError as err:
-        return JSONResponse(err.body(), status_code=400)
+        # What az knows beside Entra's answer: the tenant it asked (its `az login --tenant`).
+        return JSONResponse({**err.body(), "cli_tenant": tid[:80]}, status_code=400)
     lifetime = rt.world.lifetimes.access_token
     # az asks for a v1-style resource; the token is a delegated token of the Azure CLI client.
     token = mint_access(
@@ -185,7 +247,7 @@ async def az_endpoint(rt: Runtime, request: Request) -> Response:
         resource=app,
         client_id=AZURE_CLI_CLIENT_ID,
         client_acr="0",
-        subject=user_subject(rt, user, tid),
+        subject=user_subject(rt, user, tid, amr),
         scopes=scopes,
         app_only=False,
         lifetime=lifetime,
@@ -222,14 +284,19 @@ def _cli_app(rt: Runtime, user: User) -> App:
     )
 
 
-def _cli_scopes(rt: Runtime, user: User, cli: App, app: App, tenant_id: str) -> tuple[str, ...]:
-    """The scopes the Azure CLI's client may have on ``app`` for ``user`` in ``tenant_id``:
-    every scope of a first-party resource (Microsoft pre-consents its own clients), else what
-    the API pre-authorizes or was consented there; nothing is AADSTS65001 naming the CLI's
-    client."""
+def _cli_scopes(
+    rt: Runtime, user: User, cli: App, app: App, tenant_id: str, req: ScopeRequest
+) -> tuple[str, ...]:
+    """The scopes the Azure CLI's client gets on ``app`` for ``user`` in ``tenant_id``: of
+    what it may have (every scope of a first-party resource: Microsoft pre-consents its own
+    clients; else what the API pre-authorizes or was consented there), all for ``.default``,
+    else the named ones. Nothing, or a named scope it may not have, is AADSTS65001 naming the
+    CLI's client."""
     if app.first_party:
-        return app.exposed_scopes or ("user_impersonation",)
-    granted = rt.granted_scopes(user, cli, app, tenant_id=tenant_id) & set(app.exposed_scopes)
-    if not granted:
+        allowed = set(app.exposed_scopes or ("user_impersonation",))
+    else:
+        allowed = rt.granted_scopes(user, cli, app, tenant_id=tenant_id) & set(app.exposed_scopes)
+    wanted = allowed if req.is_default else set(req.names)
+    if not wanted or not wanted <= allowed:
         raise e.consent_required(AZURE_CLI_CLIENT_ID, AZURE_CLI_NAME)
-    return tuple(sorted(granted))
+    return tuple(sorted(wanted))

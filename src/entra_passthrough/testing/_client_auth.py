@@ -2,6 +2,7 @@
 
 Rules:
 - Unknown client -> AADSTS700016; no credential on a confidential client -> AADSTS7000218;
+  a secret or an assertion from a public client -> AADSTS700025, before either is checked;
   wrong secret -> AADSTS7000215, even beside a client assertion; a secret past its end
   (``App.secret_expires``) -> AADSTS7000222
   (https://learn.microsoft.com/entra/identity-platform/reference-error-codes). At ``consumers``
@@ -106,6 +107,9 @@ def authenticate(
         # A single-tenant app has no service principal in another tenant: AADSTS700016.
         raise e.unknown_client(client_id, tenant_id)
     secret = form.get("client_secret") or (basic[1] if basic else None)
+    if app.public_client and (secret or assertion):
+        # AADSTS700025, before the credential is checked: a right or wrong secret alike.
+        raise e.public_client_credential()
     if secret:
         # Checked even beside an assertion: a wrong secret is never ignored (RFC 6749 2.3.1 allows
         # one method a request; what Entra answers to two valid ones is not documented).

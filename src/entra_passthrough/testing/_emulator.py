@@ -478,13 +478,18 @@ class EntraEmulator:
             raise ValueError(f"unknown managed identity host {host!r}; one of {sorted(envs)}")
         return envs[host]
 
-    def az_env(self, user: str | None = "alice") -> dict[str, str]:
-        """Environment for AzureCliCredential: the ``az`` stand-in first on PATH, signed in as
-        ``user`` (``None``: not logged in)."""
+    def az_env(self, user: str | None = "alice", *, mfa: bool = False) -> dict[str, str]:
+        """Environment for AzureCliCredential / AzureDeveloperCliCredential: the ``az`` and
+        ``azd`` stand-ins first on PATH, signed in as ``user`` (``None``: not logged in).
+
+        The user's per-resource policies hold for the CLI's tokens as for every grant: a
+        resource that blocks the user is AADSTS53003, one that requires MFA is AADSTS50076
+        unless ``mfa=True``: the sign-in performed MFA, as ``az login --scope
+        <resource>/.default`` (``azd auth login --scope ...``) does for such a user."""
         if self._dir is None:
             raise RuntimeError("the emulator is not running")
         name = self._user(user).name if user else None
-        return az_env(self._rt, bin_dir=self._dir / "bin", ca_file=self.ca_file, user=name)
+        return az_env(self._rt, bin_dir=self._dir / "bin", ca_file=self.ca_file, user=name, mfa=mfa)
 
 
 class _PortAdapter(HTTPAdapter):

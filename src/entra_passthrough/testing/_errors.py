@@ -136,6 +136,19 @@ def bad_secret(client_id: str) -> StsError:
     )
 
 
+def public_client_credential() -> StsError:
+    # AADSTS700025 InvalidClientPublicClientWithCredential: a public client (mobile and desktop,
+    # "allow public client flows") presents no credential; one that sends a secret or an
+    # assertion is refused before the credential is looked at
+    # (https://learn.microsoft.com/entra/identity-platform/reference-error-codes).
+    return StsError(
+        700025,
+        "invalid_client",
+        "Client is public so neither 'client_assertion' nor 'client_secret' should be presented.",
+        status=401,
+    )
+
+
 def expired_secret(client_id: str) -> StsError:
     # AADSTS7000222 InvalidClientSecretExpiredKeysProvided
     # https://learn.microsoft.com/entra/identity-platform/reference-error-codes

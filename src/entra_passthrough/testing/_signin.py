@@ -152,7 +152,7 @@ def default_scopes(client: App, resource: App) -> list[str]:
         if ident.rstrip("/").lower() in {
             i.rstrip("/").lower() for i in (*resource.identifiers, resource.name)
         }:
-            mine.append(scope)
+            mine.append(resource.registered_scope(scope) or scope)
     if not mine:
         raise e.StsError(
             650057,

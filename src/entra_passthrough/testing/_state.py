@@ -192,7 +192,10 @@ class Runtime:
                 continue
             if g.user is not None and (user is None or g.user not in (user.name, user.upn)):
                 continue
-            out.update(resource.exposed_scopes if "*" in g.scopes else g.scopes)
+            if "*" in g.scopes:
+                out.update(resource.exposed_scopes)
+            else:  # as registered: a grant may spell a scope in another case (Entra ignores it)
+                out.update(resource.registered_scope(s) or s for s in g.scopes)
         return out
 
     def grant_consent(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -28,6 +27,7 @@ from ._issue import (
     check_assignment,
     check_member,
     check_self_token,
+    check_user_policies,
     emitted_capabilities,
     mint_access,
     parse_scopes,
@@ -35,7 +35,7 @@ from ._issue import (
 )
 from ._state import Runtime
 from ._tokens import Subject, numeric_claim, performed_mfa, verify
-from ._world import TOKEN_EXCHANGE_APP_ID, App, Tenant, User
+from ._world import TOKEN_EXCHANGE_APP_ID, Tenant
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 GRANT_NAMES = {
@@ -226,25 +226,6 @@ def _client_credentials(
     }
 
 
-def _check_user_policies(user: User, resource: App | None, amr: tuple[str, ...]) -> None:
-    if resource is None:
-        return
-    ids = set(resource.identifiers)
-    if ids & set(user.blocked_for):
-        raise e.blocked_by_ca()
-    if ids & set(user.mfa_required_for) and "mfa" not in amr:
-        # Claims challenge for MFA (v2-oauth2-on-behalf-of-flow#error-response-example:
-        # interaction_required + claims). The page's example names the policies "polids"; current
-        # answers (as quoted by client code that handles them) use "capolids", which we send. The
-        # client must redo an interactive sign-in with these claims. Stable per user and resource.
-        polid = hashlib.sha256(f"{user.oid}|{resource.client_id}".encode()).hexdigest()[:32]
-        claims = json.dumps(
-            {"access_token": {"capolids": {"essential": True, "values": [polid]}}},
-            separators=(",", ":"),
-        )
-        raise e.mfa_required(resource.client_id, claims)
-
-
 def _on_behalf_of(
     rt: Runtime, form: Mapping[str, str], client: ClientAuth, tenant: Tenant | None
 ) -> dict[str, Any]:
@@ -296,7 +277,7 @@ def _on_behalf_of(
     amr = tuple(str(x) for x in raw_amr) if isinstance(raw_amr, list) else ("pwd",)
     if performed_mfa(claims) and "mfa" not in amr:
         amr = (*amr, "mfa")  # a v2 assertion of a stepped-up sign-in (its aio says so)
-    _check_user_policies(user, req.resource, amr)
+    check_user_policies(user, req.resource, amr)
     return user_token_response(
         rt,
         req=req,
@@ -429,7 +410,7 @@ def _refresh(
     if "offline_access" not in scope.split():
         scope += " offline_access"
     req = parse_scopes(rt, scope, tid)
-    _check_user_policies(user, req.resource, rec.amr)
+    check_user_policies(user, req.resource, rec.amr)
     return user_token_response(
         rt,
         req=req,
@@ -448,7 +429,11 @@ def _password(
     for name in ("username", "password"):
         if not form.get(name):
             raise e.missing_param(name)
-    user = rt.world.user(form["username"])
+    # The username is the user's sign-in name (UPN; v2-oauth-ropc: "The user's email
+    # address"), case-insensitive: never the emulator's short names or an object id, which
+    # World.user() also matches for login_hint.
+    upn = form["username"].lower()
+    user = next((u for u in rt.world.users if u.upn.lower() == upn), None)
     if user is None or (tenant is not None and user.tenant_id != tenant.id):
         # AADSTS50034 https://learn.microsoft.com/entra/identity-platform/reference-error-codes
         raise e.invalid_grant(
@@ -462,7 +447,7 @@ def _password(
     req = parse_scopes(rt, form.get("scope"), user.tenant_id)
     check_resource_param(form, req)
     # ROPC cannot satisfy MFA or consent interactively (v2-oauth-ropc).
-    _check_user_policies(user, req.resource, ("pwd",))
+    check_user_policies(user, req.resource, ("pwd",))
     return user_token_response(
         rt,
         req=req,

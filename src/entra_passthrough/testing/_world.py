@@ -143,6 +143,14 @@ class App:
     def exposed_scopes(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(([self.scope] if self.scope else []) + list(self.scopes)))
 
+    def registered_scope(self, name: str) -> str | None:
+        """The exposed scope ``name`` names, spelled as registered (``None``: none). Entra
+        compares scope names case-insensitively and answers with the registered case
+        (AzureAD/microsoft-authentication-library-for-go#214: "AAD itself treats scopes as case
+        insensitive ... AAD will return it back in a 'corrected' case")."""
+        key = name.lower()
+        return next((s for s in self.exposed_scopes if s.lower() == key), None)
+
     def names_resource(self, ident: str) -> bool:
         """Whether ``ident`` (a name, client id or App ID URI, as in ``required`` and
         ``inheritable``) names this app (case and a trailing slash ignored)."""
