@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from ._docs import see
 from ._errors import (
     ConsentRequired,
+    EntraPassthroughError,
     InteractionRequired,
     NoCallerError,
     PolicyViolation,
@@ -87,7 +88,17 @@ class Attempts:
     error: TokenAcquisitionError | None = None
 
     def record(self, source: str, exc: BaseException) -> None:
-        if not isinstance(exc, TokenAcquisitionError):
+        if isinstance(exc, EntraPassthroughError) and not isinstance(exc, TokenAcquisitionError):
+            # Ours, met only when the source runs (a ConfigurationError: a managed identity
+            # host's variables, MSAL's version, a client of the wrong type): its text says what
+            # to configure and never holds a secret, so it is kept, not reduced to its type.
+            full = str(exc)
+            tail = f" Fix: {exc.fix}" if exc.fix else ""
+            message = full[: -len(tail)] if tail and full.endswith(tail) else full
+            kept = SourceUnavailable(message, source=source, fix=exc.fix)
+            kept.__cause__ = exc
+            exc = kept
+        elif not isinstance(exc, TokenAcquisitionError):
             exc = SourceUnavailable(
                 f"source failed unexpectedly: {type(exc).__name__}.", source=source
             )
