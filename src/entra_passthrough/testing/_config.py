@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
@@ -29,7 +30,127 @@ def _strs(value: Iterable[Any] | None) -> tuple[str, ...]:
     return tuple(str(v) for v in (value or ()))
 
 
+#: The keys of each table of a world file (docs/emulator.md). A key outside them is refused: a
+#: misspelt one ("pre_authorised", "scops") would be ignored, and the emulator would refuse what
+#: its author believes configured.
+_SECTIONS: dict[str, frozenset[str]] = {
+    "tenants": frozenset({"name", "id", "domain", "user_consent"}),
+    "managed_identities": frozenset(
+        {"name", "client_id", "object_id", "tenant", "resource_id", "system_assigned"}
+    ),
+    "apps": frozenset(
+        {
+            "name",
+            "client_id",
+            "tenant",
+            "object_id",
+            "secret",
+            "secret_expires",
+            "confidential",
+            "certificate",
+            "api",
+            "app_id_uri",
+            "scope",
+            "scopes",
+            "roles",
+            "access_token_version",
+            "redirect_uris",
+            "public_client",
+            "multi_tenant",
+            "federated_credentials",
+            "optional_claims",
+            "kind",
+            "blueprint",
+            "pre_authorized",
+            "first_party",
+            "admin_scopes",
+            "assignment_required",
+            "assigned",
+            "required",
+            "inheritable",
+        }
+    ),
+    "users": frozenset(
+        {
+            "name",
+            "upn",
+            "oid",
+            "tenant",
+            "password",
+            "display_name",
+            "mfa_required_for",
+            "blocked_for",
+            "guest",
+        }
+    ),
+    "grants": frozenset({"client", "resource", "scopes", "user", "tenant"}),
+    "role_assignments": frozenset({"client", "resource", "role", "tenant"}),
+}
+_REQUIRED: dict[str, tuple[str, ...]] = {
+    "tenants": ("name",),
+    "managed_identities": ("name",),
+    "apps": ("name",),
+    "users": ("name",),
+    "grants": ("client", "resource"),
+    "role_assignments": ("client", "resource", "role"),
+}
+_FEDERATED = frozenset({"name", "subject", "issuer", "audiences"})
+_LIFETIMES = frozenset(Lifetimes.__dataclass_fields__)
+_TOP = frozenset({"include_defaults", "lifetimes", *_SECTIONS})
+
+
+def _unknown(where: str, keys: Iterable[Any], known: frozenset[str]) -> None:
+    for key in keys:
+        if key not in known and not str(key).startswith("_"):  # "_comment": JSON's comments
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(
+                f"emulator config: {where}: unknown key {str(key)[:64]!r}{hint}; the keys are "
+                f"{', '.join(sorted(known))} (docs/emulator.md, 'Config file format')"
+            )
+
+
+def _check_shape(data: Any) -> None:
+    """Every table and key of a world file known, each section a list of tables with its
+    required keys: a misspelt key or a wrong shape is named, never ignored or a bare TypeError."""
+    if not isinstance(data, Mapping):
+        raise ValueError("emulator config: the top level must be a table (TOML) or object (JSON)")
+    _unknown("the top level", data, _TOP)
+    for section, known in _SECTIONS.items():
+        entries = data.get(section, ())
+        if not isinstance(entries, list | tuple):
+            raise ValueError(
+                f"emulator config: {section} must be a list of tables ([[{section}]] in TOML, "
+                f"an array of objects in JSON), not {type(entries).__name__}"
+            )
+        for i, entry in enumerate(entries):
+            where = f"{section}[{i}]"
+            if not isinstance(entry, Mapping):
+                raise ValueError(
+                    f"emulator config: {where} must be a table, not {type(entry).__name__}"
+                )
+            _unknown(where, entry, known)
+            missing = [k for k in _REQUIRED[section] if k not in entry]
+            if missing:
+                raise ValueError(f"emulator config: {where} needs {', '.join(missing)}")
+            for j, fic in enumerate(entry.get("federated_credentials", ()) or ()):
+                if not isinstance(fic, Mapping) or "subject" not in fic:
+                    raise ValueError(
+                        f"emulator config: {where}.federated_credentials[{j}] must be a table "
+                        "with a subject"
+                    )
+                _unknown(f"{where}.federated_credentials[{j}]", fic, _FEDERATED)
+    lifetimes = data.get("lifetimes", {})
+    if not isinstance(lifetimes, Mapping):
+        raise ValueError("emulator config: lifetimes must be a table of seconds")
+    _unknown("lifetimes", lifetimes, _LIFETIMES)
+    for key, value in lifetimes.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ValueError(f"emulator config: lifetimes.{key} must be a number of seconds >= 0")
+
+
 def world_from_dict(data: Mapping[str, Any]) -> World:
+    _check_shape(data)
     world = default_world() if data.get("include_defaults", True) else World(tenants=())
     for t in data.get("tenants", ()):
         tenant = Tenant(
