@@ -3,8 +3,10 @@ hashed ``UserKey``).
 
 Shared by the ``DelegatedConsent`` source (reads and rotates grants, builds links) and the
 consent broker (verifies links, stores grants). Everything written to the store is sealed with
-AES-GCM, with the store key as associated data so a value cannot be moved to another user's
-slot by whoever administers the backend.
+AES-GCM, with the record's whole name (the store's namespace and the key: ``record_aad``) as
+associated data so a value cannot be moved to another user's slot, or to another deployment's
+namespace, by whoever administers the backend. Records sealed before with the key alone still
+open and are re-sealed at their next write.
 """
 
 from __future__ import annotations
@@ -21,7 +23,16 @@ from collections.abc import Awaitable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
-from ._store import ANY, AnyVersion, Entry, Keyring, KeyringError, TokenStore
+from ._store import (
+    ANY,
+    AnyVersion,
+    Entry,
+    Keyring,
+    KeyringError,
+    TokenStore,
+    open_record,
+    record_aad,
+)
 from ._user_key import KeyKind
 
 logger = logging.getLogger("entra_passthrough.consent")
@@ -152,6 +163,12 @@ class BlockingStore:
     def __repr__(self) -> str:
         return f"BlockingStore({self.store!r})"
 
+    @property
+    def namespace(self) -> str:
+        """The twin's key prefix (sealed records bind it: ``record_aad``)."""
+        namespace = getattr(self.store, "namespace", "")
+        return namespace if isinstance(namespace, str) else ""
+
     async def get(self, key: str) -> Entry | None:
         entry: Entry | None = self.store.get(key)
         return entry
@@ -233,22 +250,24 @@ class GrantStore:
         return None if found is None else (found[0], found[1])
 
     async def _get_sealed(self, key: str) -> tuple[bytes, str, bool] | None:
-        """(plain, version, whether it is sealed with a key other than the current one)."""
+        """(plain, version, whether it is stale: sealed with a key other than the current one,
+        or the earlier way, without the namespace: ``legacy_aad``)."""
         entry = await self._call(self.store.get(key))
         if entry is None:
             return None
         try:
             sealed = entry.value.decode("ascii")
-            plain = self.keyring.open("store", sealed, aad=key.encode())
+            plain, legacy = open_record(self.keyring, "store", sealed, self.store, key)
         except (KeyringError, UnicodeDecodeError):
             _cannot_open(self.keyring, entry.value)
             return None  # sealed under a retired key or tampered: as good as absent
-        return plain, entry.version, not self.keyring.sealed_with_current(sealed)
+        return plain, entry.version, legacy or not self.keyring.sealed_with_current(sealed)
 
     async def _put(
         self, key: str, plain: bytes, *, ttl: float | None, expect: str | AnyVersion | None = ANY
     ) -> str | None:
-        sealed = self.keyring.seal("store", plain, aad=key.encode()).encode("ascii")
+        aad = record_aad(self.store, key)
+        sealed = self.keyring.seal("store", plain, aad=aad).encode("ascii")
         return await self._call(self.store.put(key, sealed, ttl=ttl, expect=expect))
 
     # grants ---------------------------------------------------------------------------------

@@ -24,10 +24,19 @@ the version that held it: a newer token another replica wrote meanwhile stays), 
 the rejected token's sha256 so that this replica never takes it from L2 again, even when the
 store failed the delete.
 
+A source that had to wait for another replica's refresh of the same user (``DelegatedConsent``
+waiting out a consent grant's refresh lease) asks, before redeeming, whether that replica shared
+a token for this acquisition meanwhile (``shared_result_async`` / ``shared_result_sync``): the
+holder of the L2 lease reads L2 once; a replica that stopped waiting for the lease (``wait``
+ran out, so it acquires on its own) also waits, while another replica holds the lease, for
+that replica's entry. So after a replica died mid-refresh the survivors make one redemption,
+not one each. Nothing is read unless the source waited: an L1 or L2 hit costs nothing more.
+
 The shared cache is an optimisation: when the store fails (down, slow, full, refused), the
 acquisition goes straight to Entra and L2 is skipped for ``retry_after`` seconds, so a dead
 Redis costs one timeout, not one per request. Entries are sealed (AES-GCM, the consent keyring,
-purpose ``l2``) with the hashed key as associated data; keys are an HMAC of the L1 key (source,
+purpose ``l2``) with the entry's whole name (the store's namespace too: ``record_aad``) as
+associated data; keys are an HMAC of the L1 key (source,
 partition = client, tenant and sha256 of the assertion or user key, scopes, claims): a keyspace
 scan shows neither a token nor whose it is. TTL = the entry's usable life (expiry capped by the
 assertion's ``exp``, as in L1). The core never imports Redis: any ``TokenStore`` works
@@ -42,13 +51,23 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Hashable
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
 
 from ._checks import seconds
 from ._drive import drive, drive_async
 from ._errors import EntraPassthroughError
 from ._jwt import sha256_hex
-from ._store import ANY, AnyVersion, Entry, Keyring, KeyringError, TokenStore
+from ._store import (
+    ANY,
+    AnyVersion,
+    Entry,
+    Keyring,
+    KeyringError,
+    TokenStore,
+    open_record,
+    record_aad,
+)
 from ._types import Cap, IdentityKind, TokenResult, cap_value, entry_timing
 
 if TYPE_CHECKING:
@@ -101,6 +120,29 @@ class SyncTokenStore(Protocol):
 
 #: The longest ``lease``, ``wait`` or ``retry_after`` taken (seconds): longer is a typo.
 _DAY: Final = 86_400.0
+
+Recheck = Callable[[], Awaitable[TokenResult | None]]
+RecheckSync = Callable[[], TokenResult | None]
+#: The acquisition ``SharedTokenCache`` is running in this context: how to read again what
+#: another replica shared for it (``shared_result_async``, ``shared_result_sync``).
+_RECHECK: ContextVar[Recheck | None] = ContextVar("entra_passthrough_l2_recheck", default=None)
+_RECHECK_SYNC: ContextVar[RecheckSync | None] = ContextVar(
+    "entra_passthrough_l2_recheck_sync", default=None
+)
+
+
+async def shared_result_async() -> TokenResult | None:
+    """For a source that just waited for another replica's refresh of the same user: the
+    token that replica shared for the acquisition under way (the shared cache's entry), if
+    any; ``None`` outside a shared cache's acquisition. Never raises."""
+    recheck = _RECHECK.get()
+    return None if recheck is None else await recheck()
+
+
+def shared_result_sync() -> TokenResult | None:
+    """``shared_result_async`` for the sync API (a blocking read)."""
+    recheck = _RECHECK_SYNC.get()
+    return None if recheck is None else recheck()
 
 
 def _usable_ttl(expires_on: float, cap: float | None, now: float) -> float:
@@ -186,11 +228,12 @@ class SharedTokenCache:
             },
             separators=(",", ":"),
         ).encode()
-        return self.keyring.seal("l2", plain, aad=name.encode()).encode("ascii")
+        return self.keyring.seal("l2", plain, aad=record_aad(self.store, name)).encode("ascii")
 
     def _open(self, name: str, raw: bytes) -> TokenResult | None:
         try:
-            data = json.loads(self.keyring.open("l2", raw.decode("ascii"), aad=name.encode()))
+            plain = open_record(self.keyring, "l2", raw.decode("ascii"), self.store, name)[0]
+            data = json.loads(plain)
             return TokenResult(
                 token=str(data["t"]),
                 expires_on=float(data["e"]),
@@ -439,6 +482,7 @@ class SharedTokenCache:
         deadline = time.monotonic() + self.wait  # real time, whatever clock tokens use
         delay = _FIRST_POLL
         waited = False
+        version: str | None = None
         try:
             while True:
                 found = await self._read(name, floor, cap)
@@ -452,7 +496,7 @@ class SharedTokenCache:
                     break
                 if time.monotonic() >= deadline:
                     self._waited_too_long()
-                    return await acquire()
+                    break
                 if not waited:
                     self.waits += 1
                     waited = True
@@ -461,6 +505,9 @@ class SharedTokenCache:
         except Exception as exc:
             self._failed("read", exc)
             return await acquire()
+        served: list[TokenResult] = []
+        if version is None:  # outside the try: an error of the acquisition is not the store's
+            return await self._acquire(acquire, name, lease_name, floor, cap, served)
         lease = _Lease(lease_name, version)
         try:
             # The holder before us may have written just before our lease: read once more.
@@ -480,15 +527,65 @@ class SharedTokenCache:
             done = asyncio.Event()
             renewing = asyncio.ensure_future(self._renew(lease, done))
             try:
-                result = await acquire()
+                result = await self._acquire(acquire, name, None, floor, cap, served)
             finally:
                 done.set()
                 await renewing  # never cancelled mid-write: its last version is the lease's
+            if _from_l2(result, served):
+                return result  # another replica's entry, read again by the source: in L2
             seen = None if entry is None else entry.version
             await self._write(lease, name, result, cap, seen, read=read)
             return result
         finally:
             await self._release(lease)
+
+    async def _acquire(
+        self,
+        acquire: AcquireFn,
+        name: str,
+        lease_name: str | None,
+        floor: float,
+        cap: Cap,
+        served: list[TokenResult],
+    ) -> TokenResult | None:
+        """``acquire()``, with ``shared_result_async`` reading L2 again for it (``lease_name``:
+        the lease another replica may hold, for a replica that does not hold it); what the
+        source took from there is appended to ``served``."""
+
+        async def recheck() -> TokenResult | None:
+            found = await self._recheck(name, lease_name, floor, cap)
+            if found is not None:
+                served.append(found)
+            return found
+
+        context = _RECHECK.set(recheck)
+        try:
+            return await acquire()
+        finally:
+            _RECHECK.reset(context)
+
+    async def _recheck(
+        self, name: str, lease_name: str | None, floor: float, cap: Cap
+    ) -> TokenResult | None:
+        """The entry another replica wrote for ``name``; while that replica holds
+        ``lease_name`` (``None``: we hold it), wait for it, up to ``wait``."""
+        deadline = time.monotonic() + self.wait
+        delay = _FIRST_POLL
+        try:
+            while True:
+                found = await self._read(name, floor, cap)
+                if found is not None:
+                    self.hits += 1
+                    return found
+                if lease_name is None or time.monotonic() >= deadline:
+                    return None
+                if await self.store.get(lease_name) is None:
+                    return None  # nobody is acquiring it: the source goes on
+                await asyncio.sleep(delay)
+                delay = min(delay * 1.5, _MAX_POLL)
+        except Exception as exc:  # the source goes on as it would have
+            self._failed("read", exc)
+            return None
 
     async def _renew(self, lease: _Lease, done: asyncio.Event) -> None:
         """Keep the lease while the acquisition runs; stop when it is done or lost
@@ -545,6 +642,7 @@ class SharedTokenCache:
         deadline = time.monotonic() + self.wait
         delay = _FIRST_POLL
         waited = False
+        version: str | None = None
         try:
             while True:
                 found = self._usable(name, store.get(name), floor, cap)
@@ -558,7 +656,7 @@ class SharedTokenCache:
                     break
                 if time.monotonic() >= deadline:
                     self._waited_too_long()
-                    return acquire()
+                    break
                 if not waited:
                     self.waits += 1
                     waited = True
@@ -567,6 +665,9 @@ class SharedTokenCache:
         except Exception as exc:
             self._failed("read", exc)
             return acquire()
+        served: list[TokenResult] = []
+        if version is None:  # outside the try: an error of the acquisition is not the store's
+            return self._acquire_sync(store, acquire, name, lease_name, floor, cap, served)
         lease = _Lease(lease_name, version)
         try:
             read = True
@@ -586,10 +687,12 @@ class SharedTokenCache:
             )
             renewing.start()
             try:
-                result = acquire()
+                result = self._acquire_sync(store, acquire, name, None, floor, cap, served)
             finally:
                 done.set()
                 renewing.join()
+            if _from_l2(result, served):
+                return result  # another replica's entry, read again by the source: in L2
             seen = None if entry is None else entry.version
             self._write_sync(store, lease, name, result, cap, seen, read=read)
             return result
@@ -599,6 +702,52 @@ class SharedTokenCache:
                     store.delete(lease_name, expect=lease.version)
                 except Exception as exc:
                     self._failed("lease release", exc)
+
+    def _acquire_sync(
+        self,
+        store: SyncTokenStore,
+        acquire: AcquireFnSync,
+        name: str,
+        lease_name: str | None,
+        floor: float,
+        cap: Cap,
+        served: list[TokenResult],
+    ) -> TokenResult | None:
+        """``_acquire``, blocking."""
+
+        def recheck() -> TokenResult | None:
+            found = self._recheck_sync(store, name, lease_name, floor, cap)
+            if found is not None:
+                served.append(found)
+            return found
+
+        context = _RECHECK_SYNC.set(recheck)
+        try:
+            return acquire()
+        finally:
+            _RECHECK_SYNC.reset(context)
+
+    def _recheck_sync(
+        self, store: SyncTokenStore, name: str, lease_name: str | None, floor: float, cap: Cap
+    ) -> TokenResult | None:
+        """``_recheck``, blocking."""
+        deadline = time.monotonic() + self.wait
+        delay = _FIRST_POLL
+        try:
+            while True:
+                found = self._usable(name, store.get(name), floor, cap)
+                if found is not None:
+                    self.hits += 1
+                    return found
+                if lease_name is None or time.monotonic() >= deadline:
+                    return None
+                if store.get(lease_name) is None:
+                    return None
+                time.sleep(delay)  # a thread waiting on another replica, bounded by `wait`
+                delay = min(delay * 1.5, _MAX_POLL)
+        except Exception as exc:
+            self._failed("read", exc)
+            return None
 
     def _renew_sync(self, store: SyncTokenStore, lease: _Lease, done: threading.Event) -> None:
         def renew() -> bool:
@@ -624,6 +773,11 @@ class SharedTokenCache:
             return store.put(op.key, op.value, ttl=op.ttl, expect=op.expect)
 
         drive(self._write_flow(lease, name, result, cap, seen, read), do)
+
+
+def _from_l2(result: TokenResult | None, served: list[TokenResult]) -> bool:
+    """Whether the source returned the entry it read from L2 again (nothing to write)."""
+    return result is not None and any(result.token == found.token for found in served)
 
 
 class _Lease:

@@ -362,6 +362,36 @@ class Keyring:
         return _b64d(body)
 
 
+def record_aad(store: object, key: str) -> bytes:
+    """The associated data a record at ``key`` in ``store`` is sealed with: its whole name in
+    the backend, the store's ``namespace`` (``RedisStore``) included, so that a value moved to
+    another key, or to another deployment's namespace, does not open. Length-prefixed and
+    tagged, so it is never the bare key that records written before were sealed with
+    (``legacy_aad``)."""
+    namespace = getattr(store, "namespace", "")
+    if not isinstance(namespace, str):
+        namespace = ""
+    return f"ep-record/2:{len(namespace)}:{namespace}{key}".encode("utf-8", "surrogatepass")
+
+
+def legacy_aad(key: str) -> bytes:
+    """What records written by earlier versions were sealed with: the key without the store's
+    namespace. Still opened (re-sealed with ``record_aad`` at their next write); a record
+    sealed with ``record_aad`` never opens with it."""
+    return key.encode()
+
+
+def open_record(
+    keyring: Keyring, purpose: str, sealed: str, store: object, key: str
+) -> tuple[bytes, bool]:
+    """(plain, whether it was sealed the earlier way, ``legacy_aad``). Raises
+    ``KeyringError`` when it opens neither way."""
+    try:
+        return keyring.open(purpose, sealed, aad=record_aad(store, key)), False
+    except KeyringError:
+        return keyring.open(purpose, sealed, aad=legacy_aad(key)), True
+
+
 def keyring_from(text: str, *, variable: str) -> Keyring:
     """``Keyring.from_string(text)`` for the value of the environment variable ``variable``:
     its refusals name the variable (they said "Keyring: ..." and left the reader to guess

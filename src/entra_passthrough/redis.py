@@ -30,6 +30,7 @@ deployment, the keys and TTLs, and the failure behaviour.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import logging
 import os
@@ -56,14 +57,20 @@ try:
     from redis.asyncio.retry import Retry
     from redis.backoff import ExponentialBackoff
     from redis.exceptions import (
+        AskError,
         AuthenticationError,
         AuthorizationError,
+        ClusterDownError,
         ConnectionError,
+        MovedError,
         NoPermissionError,
         OutOfMemoryError,
+        ReadOnlyError,
+        RedisClusterException,
         RedisError,
         ResponseError,
         TimeoutError,
+        TryAgainError,
     )
     from redis.retry import Retry as SyncRetry
 except ImportError as _exc:  # pragma: no cover - exercised without the extra
@@ -78,11 +85,16 @@ try:  # redis-py's token errors (Entra ID auth; redis-entraid raises them), redi
     )
 except ImportError:  # pragma: no cover - an older redis-py
     _TOKEN_ERRORS = ()
-#: What a store call turns into the typed ``SourceUnavailable``.
-_STORE_ERRORS: tuple[type[Exception], ...] = (RedisError, *_TOKEN_ERRORS)
+#: What a store call turns into the typed ``SourceUnavailable`` (a cluster client's own errors,
+#: ``RedisClusterException``, are not ``RedisError``s).
+_STORE_ERRORS: tuple[type[Exception], ...] = (RedisError, RedisClusterException, *_TOKEN_ERRORS)
 _PING_ERRORS: tuple[type[Exception], ...] = (*_STORE_ERRORS, ConfigurationError)
 
 logger = logging.getLogger("entra_passthrough.redis")
+
+#: The clients a store runs on: one Redis server, or a Redis Cluster (``from_url(cluster=True)``).
+_AsyncClient = redis_asyncio.Redis | redis_asyncio.RedisCluster
+_SyncClient = redis_sync.Redis | redis_sync.RedisCluster
 
 __all__ = [
     "RedisStore",
@@ -171,9 +183,34 @@ _HEX: Final = frozenset(b"0123456789abcdefABCDEF")
 _CA_FILE_VAR: Final = "ENTRA_PASSTHROUGH_REDIS_CA_FILE"
 
 
-def _describe(exc: BaseException, acl_extra: str = "") -> tuple[str, str]:
+def _describe(exc: BaseException, acl_extra: str = "", *, cluster: bool = False) -> tuple[str, str]:
     """(what happened, what to do) for a Redis failure; never echoes the URL or a password.
-    ``acl_extra``: the commands the store's URL options need besides (``_acl_extra``)."""
+    ``acl_extra``: the commands the store's URL options need besides (``_acl_extra``);
+    ``cluster``: the store uses a cluster client (``from_url(cluster=True)``)."""
+    if isinstance(exc, RedisClusterException):
+        return _describe_cluster(exc, acl_extra)
+    word = None if cluster else _cluster_reply(exc)
+    if word is not None:
+        # MOVED / ASK / CLUSTERDOWN / TRYAGAIN: only a cluster node answers these, and a
+        # single-node client cannot follow them (each user's keys hash to a slot: some work,
+        # the others fail).
+        return (
+            f"Redis is a cluster (it answered {word}), which the store's single-node client "
+            "cannot follow",
+            _CLUSTER_FIX,
+        )
+    if isinstance(exc, ClusterDownError):
+        return (
+            "the Redis Cluster is down or does not serve this key's slot (CLUSTERDOWN)",
+            "check that every node is up and every slot is served (CLUSTER INFO: "
+            "cluster_state:ok); the client reads the slot map again on the next call.",
+        )
+    if isinstance(exc, ReadOnlyError) or (isinstance(exc, ResponseError) and _read_only(exc)):
+        return (
+            "the Redis endpoint is a read-only replica (READONLY) and refused the write",
+            "point the URL at the primary's read-write endpoint (Azure: the cache's host name, "
+            "not a replica's or a geo-secondary's): every replica writes leases and grants.",
+        )
     if isinstance(exc, (*_TOKEN_ERRORS, _EntraTokenError)):
         return (
             "Microsoft Entra ID gave no token to sign in to Redis",
@@ -216,6 +253,87 @@ def _describe(exc: BaseException, acl_extra: str = "") -> tuple[str, str]:
     return (f"Redis failed ({type(exc).__name__})", "check the Redis server's log.")
 
 
+#: What to do about a cluster endpoint reached with a single-node client.
+_CLUSTER_FIX: Final = (
+    "build the store with RedisStore.from_url(url, cluster=True) (Azure Managed Redis with the "
+    "OSS clustering policy, a Redis Cluster), or use a cache with the Enterprise or "
+    "Non-clustered clustering policy, which any client can use."
+)
+
+
+def _describe_cluster(exc: RedisClusterException, acl_extra: str) -> tuple[str, str]:
+    """A cluster client's own error. It wraps what went wrong on the node it asked (an ACL that
+    refuses CLUSTER SLOTS, a wrong password, a node down, a certificate) in a text that may
+    blame something else ("Cluster mode is not enabled"): the cause is described when there
+    is one."""
+    seen: BaseException | None = exc.__cause__ or exc.__context__
+    for _ in range(8):  # bounded walk of the cause chain
+        if seen is None:
+            break
+        if isinstance(seen, (RedisError, *_TOKEN_ERRORS)) and not _not_a_cluster(seen):
+            return _describe(seen, acl_extra, cluster=True)
+        seen = seen.__cause__ or seen.__context__
+    if _not_a_cluster(exc) or _not_a_cluster(exc.__cause__ or exc.__context__):
+        return (
+            "the store is set up for a Redis Cluster (cluster=True) but Redis at the URL is "
+            "not one",
+            "drop cluster=True for a single Redis server (Azure Cache for Redis without "
+            "clustering, or an Azure Managed Redis cache with the Enterprise or Non-clustered "
+            "clustering policy).",
+        )
+    return (
+        f"the Redis Cluster failed ({type(exc).__name__})",
+        "check that its nodes are up and every slot is served (CLUSTER INFO: cluster_state:ok); "
+        "the client reads the slot map again on the next call.",
+    )
+
+
+def _cluster_reply(exc: BaseException) -> str | None:
+    """The cluster redirection or state a node answered (redis-py 6+ raises ``MovedError``
+    and its kin; 5.x a plain ``ResponseError`` with the reply's text), as the message says it;
+    ``None`` for anything else."""
+    if isinstance(exc, MovedError):
+        return "MOVED: this key is served by another node"
+    if isinstance(exc, AskError):
+        return "ASK: this key is moving to another node"
+    if isinstance(exc, TryAgainError):
+        return "TRYAGAIN"
+    if isinstance(exc, ClusterDownError):
+        return "CLUSTERDOWN"
+    if type(exc) is ResponseError:
+        first = str(exc).split(" ", 1)[0]
+        if first == "MOVED":
+            return "MOVED: this key is served by another node"
+        if first == "ASK":
+            return "ASK: this key is moving to another node"
+        if first in ("TRYAGAIN", "CLUSTERDOWN"):
+            return first
+    return None
+
+
+def _not_a_cluster(exc: BaseException | None) -> bool:
+    """Redis' answer to CLUSTER SLOTS on a server that is not a cluster node ("ERR This
+    instance has cluster support disabled"), and redis-py's "Cluster mode is not enabled" when
+    it is the whole story (not when an ACL refusal or a wrong password is its cause)."""
+    if exc is None:
+        return False
+    text = str(exc).lower()
+    if type(exc) is ResponseError:
+        return "cluster support disabled" in text
+    return (
+        isinstance(exc, RedisClusterException)
+        and "cluster mode is not enabled" in text
+        and (exc.__cause__ is None or _not_a_cluster(exc.__cause__))
+    )
+
+
+def _read_only(exc: ResponseError) -> bool:
+    """A write refused by a read-only replica, also from inside one of our scripts (older
+    redis-py versions or servers report it as a plain script error)."""
+    text = str(exc)
+    return text.startswith("READONLY") or "-READONLY" in text or "read only replica" in text
+
+
 class RedisStore:
     """A ``TokenStore`` in Redis, shared by every replica and the consent broker.
 
@@ -230,11 +348,11 @@ class RedisStore:
 
     def __init__(
         self,
-        client: redis_asyncio.Redis,
+        client: _AsyncClient,
         *,
         namespace: str = "",
-        sync_client: Callable[[], redis_sync.Redis] | None = None,
-        client_factory: Callable[[], redis_asyncio.Redis] | None = None,
+        sync_client: Callable[[], _SyncClient] | None = None,
+        client_factory: Callable[[], _AsyncClient] | None = None,
     ) -> None:
         #: The first event loop's client (redis-py asyncio connections belong to one loop).
         self.client = client
@@ -252,12 +370,14 @@ class RedisStore:
         self._warned = False
         self._closed = False  # a store built from a client, closed by aclose(): for good
         self._acl_extra = _acl_extra(client)
+        self._cluster = _is_cluster(client)
         self._policy = _PolicyCheck()
 
     def __repr__(self) -> str:
-        kwargs = self.client.connection_pool.connection_kwargs
-        tls = "rediss" if "ssl_cert_reqs" in kwargs else "redis"
-        return f"RedisStore({tls}://{kwargs.get('host')}:{kwargs.get('port')})"
+        return f"RedisStore({_where(self.client)})"
+
+    def _failure(self, exc: BaseException) -> SourceUnavailable:
+        return _unavailable(exc, self._acl_extra, cluster=self._cluster)
 
     @classmethod
     def from_url(
@@ -270,6 +390,7 @@ class RedisStore:
         timeout: float = 2.0,
         max_connections: int = 64,
         allow_plaintext: bool = False,
+        cluster: bool = False,
     ) -> RedisStore:
         """A store for ``url``. ``ca_file`` trusts a private CA for ``rediss://``;
         ``credential_provider`` (redis-py ``CredentialProvider``) supplies user/password
@@ -277,8 +398,14 @@ class RedisStore:
         failed one is retried once on a fresh connection, so a slow or dead Redis costs at most
         about twice that before the typed error. ``redis://`` (no TLS) is
         refused for a host other than loopback unless ``allow_plaintext``; a URL option that
-        turns certificate or host name checks off is always refused."""
+        turns certificate or host name checks off is always refused. ``cluster=True``: Redis
+        is a Redis Cluster (Azure Managed Redis with its default OSS clustering policy, Azure
+        Cache for Redis with clustering): the URL names one node, the client finds the others
+        and sends each key to the node that serves its slot (every store call is on one key).
+        ``max_connections`` is then per node, and the URL's database must be 0."""
         _check_url(url, allow_plaintext=allow_plaintext)
+        if cluster:
+            _check_cluster_url(url)
         # Checked here: redis-py takes a NaN timeout or 0 connections, and they fail only at
         # the first command, on every request.
         timeout = seconds(timeout, what="timeout", low=0, high=MAX_SECONDS, above_low=True)
@@ -317,7 +444,11 @@ class RedisStore:
         if credential_provider is not None:
             options["credential_provider"] = credential_provider
 
-        def make_client() -> redis_asyncio.Redis:
+        def make_client() -> _AsyncClient:
+            if cluster:
+                # No blocking pool in redis-py's asyncio cluster client (past max_connections
+                # per node it fails): ``_Bound`` makes a burst wait for a turn instead.
+                return redis_asyncio.RedisCluster.from_url(url, **options)
             # A blocking pool: a burst of more concurrent calls than connections waits (up to
             # ``timeout``) for a free one instead of failing with "Too many connections".
             pool = redis_asyncio.BlockingConnectionPool.from_url(url, timeout=timeout, **options)
@@ -325,8 +456,18 @@ class RedisStore:
             client.auto_close_connection_pool = True  # aclose() closes the pool: it is ours
             return client
 
-        def sync_client() -> redis_sync.Redis:
+        def sync_client() -> _SyncClient:
             sync_options = {**options, "retry": SyncRetry(ExponentialBackoff(0.2, 0.02), 1)}
+            if cluster:
+                # It reads the slot map when built: ``SyncRedisStore`` builds it at its first
+                # call, so that a Redis that is down then fails that call, typed.
+                del sync_options["retry_on_error"]  # not a cluster client's keyword
+                return redis_sync.RedisCluster.from_url(
+                    url,
+                    connection_pool_class=redis_sync.BlockingConnectionPool,
+                    timeout=timeout,
+                    **sync_options,
+                )
             sync_pool = redis_sync.BlockingConnectionPool.from_url(
                 url, timeout=timeout, **sync_options
             )
@@ -354,10 +495,13 @@ class RedisStore:
         )
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> RedisStore:
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, cluster: bool = False
+    ) -> RedisStore:
         """``ENTRA_PASSTHROUGH_REDIS_URL`` (required), ``ENTRA_PASSTHROUGH_REDIS_AUTH``
         (``password`` (default, from the URL) or ``entra``), ``ENTRA_PASSTHROUGH_REDIS_CA_FILE``,
-        ``ENTRA_PASSTHROUGH_REDIS_NAMESPACE``, ``ENTRA_PASSTHROUGH_REDIS_ALLOW_PLAINTEXT``."""
+        ``ENTRA_PASSTHROUGH_REDIS_NAMESPACE``, ``ENTRA_PASSTHROUGH_REDIS_ALLOW_PLAINTEXT``;
+        ``cluster=True`` for a Redis Cluster (``from_url``)."""
         env = _env.environ_or(environ)
         url = _env.require(env, "ENTRA_PASSTHROUGH_REDIS_URL", what="the shared Redis store")
         auth = (_env.get(env, "ENTRA_PASSTHROUGH_REDIS_AUTH") or "password").lower()
@@ -375,6 +519,7 @@ class RedisStore:
             ca_file=_env.get(env, "ENTRA_PASSTHROUGH_REDIS_CA_FILE"),
             credential_provider=provider,
             allow_plaintext=_env.get_bool(env, "ENTRA_PASSTHROUGH_REDIS_ALLOW_PLAINTEXT"),
+            cluster=cluster,
         )
 
     async def _bound(self) -> _Bound:
@@ -487,7 +632,10 @@ class RedisStore:
                     "this RedisStore was built from a client, so it has no blocking twin.",
                     fix="build it with RedisStore.from_url or pass sync_client=...",
                 )
-            self._sync = SyncRedisStore(self._sync_client(), namespace=self.namespace)
+            if self._cluster:  # built at its first call (a cluster client connects when built)
+                self._sync = SyncRedisStore(connect=self._sync_client, namespace=self.namespace)
+            else:
+                self._sync = SyncRedisStore(self._sync_client(), namespace=self.namespace)
             self._sync._policy = self._policy  # one check (and warning) for both
         return self._sync
 
@@ -496,13 +644,14 @@ class RedisStore:
     async def get(self, key: str) -> Entry | None:
         bound = await self._bound()
         try:
-            raw = await bound.client.get(self.namespace + key)
+            async with bound.turn():
+                raw = await bound.client.get(self.namespace + key)
         except ResponseError as exc:
             if _wrong_type(exc):
                 return None  # not a record of ours: a miss (a write replaces it)
-            raise _unavailable(exc, self._acl_extra) from None
+            raise self._failure(exc) from None
         except _STORE_ERRORS as exc:
-            raise _unavailable(exc, self._acl_extra) from None
+            raise self._failure(exc) from None
         await self._check_policy(bound)
         return _entry(raw)
 
@@ -514,15 +663,16 @@ class RedisStore:
         version = secrets.token_hex(_VERSION_CHARS // 2)
         name = self.namespace + key
         try:
-            if isinstance(expect, AnyVersion):
-                record = version.encode() + b"." + value
-                done = await bound.client.set(name, record, px=ttl_ms or None)
-            elif expect is None:
-                done = await bound.put_absent(keys=[name], args=[version, value, ttl_ms])
-            else:
-                done = await bound.cas_put(keys=[name], args=[expect, version, value, ttl_ms])
+            async with bound.turn():
+                if isinstance(expect, AnyVersion):
+                    record = version.encode() + b"." + value
+                    done = await bound.client.set(name, record, px=ttl_ms or None)
+                elif expect is None:
+                    done = await bound.put_absent(keys=[name], args=[version, value, ttl_ms])
+                else:
+                    done = await bound.cas_put(keys=[name], args=[expect, version, value, ttl_ms])
         except _STORE_ERRORS as exc:
-            raise _unavailable(exc, self._acl_extra) from None
+            raise self._failure(exc) from None
         await self._check_policy(bound)
         return version if done else None
 
@@ -530,12 +680,13 @@ class RedisStore:
         bound = await self._bound()
         name = self.namespace + key
         try:
-            if isinstance(expect, AnyVersion):
-                done = bool(await bound.client.delete(name))
-            else:
-                done = bool(await bound.cas_delete(keys=[name], args=[expect]))
+            async with bound.turn():
+                if isinstance(expect, AnyVersion):
+                    done = bool(await bound.client.delete(name))
+                else:
+                    done = bool(await bound.cas_delete(keys=[name], args=[expect]))
         except _STORE_ERRORS as exc:
-            raise _unavailable(exc, self._acl_extra) from None
+            raise self._failure(exc) from None
         await self._check_policy(bound)
         return done
 
@@ -545,7 +696,8 @@ class RedisStore:
         if not self._policy.claim():
             return
         try:
-            info = await bound.client.info("memory")
+            async with bound.turn():
+                info = await bound.client.info("memory")
         except Exception as exc:  # a diagnostic only: it never fails the call
             _policy_unknown(exc)
             return
@@ -554,24 +706,62 @@ class RedisStore:
     async def ping(self) -> bool:
         """``True`` if Redis answers (readiness probes); never raises."""
         try:
-            return bool(await (await self._bound()).client.ping())
+            bound = await self._bound()
+            async with bound.turn():
+                return bool(await bound.client.ping())
         except _PING_ERRORS:
             return False
 
 
 class _Bound:
     """One event loop's client and its scripts; ``closer`` closes them when the loop shuts
-    down (``RedisStore._close_at_shutdown``)."""
+    down (``RedisStore._close_at_shutdown``). A cluster client has no blocking pool (past
+    ``max_connections`` per node it fails at once): ``turn`` makes calls beyond that many wait
+    for one to end, up to the command timeout, as the single-node client's pool does."""
 
-    __slots__ = ("cas_delete", "cas_put", "client", "closed", "closer", "put_absent")
+    __slots__ = (
+        "cas_delete",
+        "cas_put",
+        "client",
+        "closed",
+        "closer",
+        "put_absent",
+        "slot_wait",
+        "slots",
+    )
 
-    def __init__(self, client: redis_asyncio.Redis) -> None:
+    def __init__(self, client: _AsyncClient) -> None:
         self.client = client
         self.put_absent = client.register_script(_PUT_ABSENT)
         self.cas_put = client.register_script(_CAS_PUT)
         self.cas_delete = client.register_script(_CAS_DELETE)
         self.closed = False
         self.closer: AsyncGenerator[None, None] | None = None
+        self.slots: asyncio.Semaphore | None = None
+        self.slot_wait = 0.0
+        if isinstance(client, redis_asyncio.RedisCluster):
+            kwargs = _connection_kwargs(client)
+            limit, wait = kwargs.get("max_connections"), kwargs.get("socket_timeout")
+            self.slots = asyncio.Semaphore(limit if isinstance(limit, int) and limit > 0 else 100)
+            self.slot_wait = float(wait) if isinstance(wait, int | float) and wait > 0 else 5.0
+
+    def turn(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Hold one of the cluster client's connections for a call (nothing to hold for a
+        single-node client: its pool waits by itself)."""
+        if self.slots is None:
+            return contextlib.nullcontext()
+        return self._turn(self.slots)
+
+    @contextlib.asynccontextmanager
+    async def _turn(self, slots: asyncio.Semaphore) -> AsyncGenerator[None, None]:
+        try:
+            await asyncio.wait_for(slots.acquire(), self.slot_wait)
+        except builtins.TimeoutError:  # (``TimeoutError`` here is redis-py's)
+            raise ConnectionError("No connection available.") from None  # as redis-py's pool
+        try:
+            yield
+        finally:
+            slots.release()
 
     async def aclose(self) -> None:
         """Close the connections (quietly: a Redis that is down has nothing to close), then
@@ -579,41 +769,91 @@ class _Bound:
         closer, self.closer = self.closer, None
         if not self.closed:
             self.closed = True
-            with contextlib.suppress(RedisError, OSError):
+            with contextlib.suppress(RedisError, RedisClusterException, OSError):
                 await self.client.aclose()
         if closer is not None:
             await closer.aclose()
 
 
 class SyncRedisStore:
-    """``RedisStore``'s blocking twin (same keys, values and scripts): ``RedisStore.sync()``."""
+    """``RedisStore``'s blocking twin (same keys, values and scripts): ``RedisStore.sync()``.
 
-    def __init__(self, client: redis_sync.Redis, *, namespace: str = "") -> None:
-        self.client = client
+    ``connect`` (instead of ``client``) builds the client at the first call: a cluster client
+    reads the slot map when it is built, and a Redis that is down then fails that call, typed,
+    not the code that builds the store."""
+
+    def __init__(
+        self,
+        client: _SyncClient | None = None,
+        *,
+        namespace: str = "",
+        connect: Callable[[], _SyncClient] | None = None,
+    ) -> None:
+        if (client is None) == (connect is None):
+            raise ConfigurationError(
+                "SyncRedisStore takes a redis client or a connect function, one of the two.",
+                fix="use RedisStore.from_url(...).sync().",
+            )
         self.namespace = namespace
-        self._acl_extra = _acl_extra(client)
+        self._connect = connect
+        self._lock = threading.Lock()
         self._policy = _PolicyCheck()
+        self._client: _SyncClient | None = None
+        self._acl_extra = ""
+        self._cluster = connect is not None
+        if client is not None:
+            self._use(client)
+
+    def _use(self, client: _SyncClient) -> None:
+        self._acl_extra = _acl_extra(client)
+        self._cluster = _is_cluster(client)
         self._put_absent = client.register_script(_PUT_ABSENT)
         self._cas_put = client.register_script(_CAS_PUT)
         self._cas_delete = client.register_script(_CAS_DELETE)
+        self._client = client
+
+    @property
+    def client(self) -> _SyncClient:
+        """The redis-py client (built now if the store was given a ``connect`` function)."""
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    assert self._connect is not None
+                    try:
+                        built = self._connect()
+                    except _STORE_ERRORS as exc:
+                        raise self._failure(exc) from None
+                    self._use(built)
+        assert self._client is not None
+        return self._client
 
     def __repr__(self) -> str:
-        kwargs = self.client.connection_pool.connection_kwargs
-        return f"SyncRedisStore({kwargs.get('host')}:{kwargs.get('port')})"
+        if self._client is None:
+            return "SyncRedisStore(not connected yet)"
+        return f"SyncRedisStore({_where(self._client)})"
+
+    def _failure(self, exc: BaseException) -> SourceUnavailable:
+        return _unavailable(exc, self._acl_extra, cluster=self._cluster)
 
     def close(self) -> None:
-        self.client.close()
-        self.client.connection_pool.disconnect()
+        client = self._client
+        if client is None:
+            return
+        client.close()
+        pool = getattr(client, "connection_pool", None)
+        if pool is not None:
+            pool.disconnect()
 
     def get(self, key: str) -> Entry | None:
+        client = self.client
         try:
-            raw = self.client.get(self.namespace + key)
+            raw = client.get(self.namespace + key)
         except ResponseError as exc:
             if _wrong_type(exc):
                 return None  # not a record of ours: a miss (a write replaces it)
-            raise _unavailable(exc, self._acl_extra) from None
+            raise self._failure(exc) from None
         except _STORE_ERRORS as exc:
-            raise _unavailable(exc, self._acl_extra) from None
+            raise self._failure(exc) from None
         self._check_policy()
         return _entry(raw)
 
@@ -621,30 +861,32 @@ class SyncRedisStore:
         self, key: str, value: bytes, *, ttl: float | None, expect: str | AnyVersion | None = ANY
     ) -> str | None:
         ttl_ms = _ttl_ms(ttl)
+        client = self.client
         version = secrets.token_hex(_VERSION_CHARS // 2)
         name = self.namespace + key
         try:
             if isinstance(expect, AnyVersion):
                 record = version.encode() + b"." + value
-                done = self.client.set(name, record, px=ttl_ms or None)
+                done = client.set(name, record, px=ttl_ms or None)
             elif expect is None:
                 done = self._put_absent(keys=[name], args=[version, value, ttl_ms])
             else:
                 done = self._cas_put(keys=[name], args=[expect, version, value, ttl_ms])
         except _STORE_ERRORS as exc:
-            raise _unavailable(exc, self._acl_extra) from None
+            raise self._failure(exc) from None
         self._check_policy()
         return version if done else None
 
     def delete(self, key: str, *, expect: str | AnyVersion = ANY) -> bool:
+        client = self.client
         name = self.namespace + key
         try:
             if isinstance(expect, AnyVersion):
-                done = bool(self.client.delete(name))
+                done = bool(client.delete(name))
             else:
                 done = bool(self._cas_delete(keys=[name], args=[expect]))
         except _STORE_ERRORS as exc:
-            raise _unavailable(exc, self._acl_extra) from None
+            raise self._failure(exc) from None
         self._check_policy()
         return done
 
@@ -813,15 +1055,66 @@ def _acl_refused(exc: ResponseError) -> bool:
 def _acl_extra(client: Any) -> str:
     """The commands the connection options need besides the documented ones: SELECT for a
     ``db`` other than 0 and CLIENT SETNAME for ``client_name``, both sent at every connect, so
-    without them every call fails as an ACL refusal."""
-    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None) or {}
+    without them every call fails as an ACL refusal; a cluster client reads the slot map
+    (CLUSTER SLOTS) and the commands' key positions (COMMAND) when it starts."""
+    kwargs = _connection_kwargs(client)
     needs = []
+    if _is_cluster(client):
+        needs.append("+cluster|slots +command (a cluster client reads the slot map)")
     with contextlib.suppress(TypeError, ValueError):
         if int(kwargs.get("db") or 0) != 0:
             needs.append("+select (the URL's db is not 0)")
     if kwargs.get("client_name"):
         needs.append("+client|setname (the URL sets client_name)")
     return "".join(f", {need}" for need in needs)
+
+
+def _is_cluster(client: Any) -> bool:
+    return isinstance(client, (redis_asyncio.RedisCluster, redis_sync.RedisCluster))
+
+
+def _connection_kwargs(client: Any) -> Mapping[str, Any]:
+    """The options the client's connections are made with (a cluster client keeps them
+    itself, or in its nodes manager: no single pool)."""
+    for holder in (
+        getattr(client, "connection_pool", None),
+        client,
+        getattr(client, "nodes_manager", None),
+    ):
+        kwargs = getattr(holder, "connection_kwargs", None)
+        if isinstance(kwargs, Mapping):
+            return kwargs
+    return {}
+
+
+def _where(client: Any) -> str:
+    """``redis://host:port`` (``rediss``: TLS) of a client, for reprs; a cluster client's is
+    the node it was given first. Never the password."""
+    kwargs = _connection_kwargs(client)
+    connection = getattr(kwargs.get("connection_class"), "__name__", "")
+    tls = "rediss" if "ssl_cert_reqs" in kwargs or "SSL" in connection else "redis"
+    host, port = kwargs.get("host"), kwargs.get("port")
+    if not _is_cluster(client):
+        return f"{tls}://{host}:{port}"
+    nodes = getattr(getattr(client, "nodes_manager", None), "startup_nodes", None)
+    with contextlib.suppress(TypeError, StopIteration):
+        node = next(iter(nodes.values())) if isinstance(nodes, Mapping) else None
+        host, port = getattr(node, "host", host), getattr(node, "port", port)
+    return f"{tls}://{host}:{port}, cluster"
+
+
+def _check_cluster_url(url: str) -> None:
+    """A Redis Cluster has database 0 only: redis-py refuses another when the client is
+    built, with a text about its keyword; say which setting instead."""
+    parts = urlsplit(url)
+    dbs = [parts.path.strip("/") or "0", *parse_qs(parts.query).get("db", [])]
+    if any(db.strip() not in ("", "0") for db in dbs):
+        raise ConfigurationError(
+            f"{_URL} names a database other than 0, and a Redis Cluster (cluster=True) has "
+            "only database 0.",
+            fix="end the URL with /0 (or no path) and drop ?db=; keep deployments apart with "
+            "a namespace (ENTRA_PASSTHROUGH_REDIS_NAMESPACE) instead.",
+        )
 
 
 def _certificate_refused(exc: BaseException) -> bool:
@@ -903,8 +1196,10 @@ def _policy_unknown(exc: BaseException) -> None:
     )
 
 
-def _unavailable(exc: BaseException, acl_extra: str = "") -> SourceUnavailable:
-    what, fix = _describe(exc, acl_extra)
+def _unavailable(
+    exc: BaseException, acl_extra: str = "", *, cluster: bool = False
+) -> SourceUnavailable:
+    what, fix = _describe(exc, acl_extra, cluster=cluster)
     return SourceUnavailable(f"The shared token store is unavailable: {what}.", fix=fix)
 
 
@@ -928,11 +1223,11 @@ def _wrong_type(exc: ResponseError) -> bool:
 
 
 def shared_token_cache(
-    environ: Mapping[str, str] | None = None, *, max_entries: int = 10_000
+    environ: Mapping[str, str] | None = None, *, max_entries: int = 10_000, cluster: bool = False
 ) -> TokenCache:
     """A ``TokenCache`` whose L2 is the Redis of ``RedisStore.from_env`` and whose entries are
     sealed with ``Keyring.from_env`` (``ENTRA_PASSTHROUGH_CONSENT_KEYS``): what every replica
-    passes to its ``TokenChain``.
+    passes to its ``TokenChain``. ``cluster=True`` for a Redis Cluster (``from_url``).
 
     >>> chain = TokenChain([OnBehalfOf.from_env()], cache=shared_token_cache())
     """
@@ -940,7 +1235,7 @@ def shared_token_cache(
     from ._store import Keyring
 
     env = _env.environ_or(environ)
-    store = RedisStore.from_env(env)
+    store = RedisStore.from_env(env, cluster=cluster)
     keyring = Keyring.from_env(environ=env)
     shared = SharedTokenCache(store, keyring, sync_store=store.sync())
     return TokenCache(max_entries=max_entries, shared=shared)

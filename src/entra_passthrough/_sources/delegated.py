@@ -62,7 +62,7 @@ from .._grants import (
     seal_revoke_ticket,
 )
 from .._jwt import fingerprint
-from .._l2 import renew_until, renew_until_sync
+from .._l2 import renew_until, renew_until_sync, shared_result_async, shared_result_sync
 from .._msal import http_session
 from .._store import Keyring, MemoryStore, TokenStore, keyring_from
 from .._types import IdentityKind, TokenRequest, TokenResult
@@ -110,6 +110,14 @@ class _Pause:
         self.seconds = seconds
 
 
+class _Shared:
+    """Step: this replica waited for another replica's refresh of the user; send back the
+    token the shared token cache holds for this request now (``shared_result_async``), or
+    ``None`` (no shared cache, or nothing there)."""
+
+    __slots__ = ()
+
+
 class _Held:
     """A refresh lease this replica holds on one user's grant: the leased record, its version
     (the fencing token: each renewal makes a new one, every later write compares with the
@@ -145,7 +153,7 @@ class _Redeem:
         self.lease = lease
 
 
-_Step = _Grants | _Pause | _Redeem
+_Step = _Grants | _Pause | _Shared | _Redeem
 
 
 #: The most leases ``DelegatedConsent`` remembers as written without an answer (a store that
@@ -372,6 +380,8 @@ class DelegatedConsent:
                     return runner.run(step.call(self.grants.blocking()))
                 if isinstance(step, _Pause):
                     return time.sleep(step.seconds)
+                if isinstance(step, _Shared):
+                    return shared_result_sync()
                 return self._redeem_blocking(step, runner)
 
             return drive(self._decide(key, request), do)
@@ -388,6 +398,8 @@ class DelegatedConsent:
                 return await step.call(self.grants)
             if isinstance(step, _Pause):
                 return await asyncio.sleep(step.seconds)
+            if isinstance(step, _Shared):
+                return await shared_result_async()
             return await self._redeem_async(step)
 
         return await self._coalesced(
@@ -629,6 +641,7 @@ class DelegatedConsent:
 
     def _decide(self, key: UserKey, request: TokenRequest) -> Generator[_Step, Any, TokenResult]:
         scopes = tuple(request.scopes)
+        paused = False
         for attempt in range(_MAX_ATTEMPTS):
             # Every rotated grant the store refused, whichever user's: this replica's first
             # call after an outage writes them all back, while the other replicas honour its
@@ -662,7 +675,17 @@ class DelegatedConsent:
                 # lease may have run out while it could not write the rotated grant: honour
                 # the lease until the store has been back for a lease's length.
                 yield _Pause(min(0.02 * (2**attempt), 0.5))
+                paused = True
                 continue
+            if paused:
+                # The replica we waited for has just got a token for this user: if this request
+                # runs under the shared token cache and that replica shared one for it, it is
+                # the answer (a second redemption would be a second token POST for the same
+                # lifetime; after a replica died mid-refresh, every survivor made one).
+                paused = False
+                shared = yield _Shared()
+                if isinstance(shared, TokenResult):
+                    return shared
             lease = f"{self._replica}:{os.getpid()}:{secrets.token_hex(4)}"
             leased = dataclasses.replace(grant, lease_owner=lease, lease_until=now + LEASE_SECONDS)
             self._active.add(lease)
