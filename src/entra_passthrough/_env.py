@@ -104,6 +104,8 @@ VARIABLES: dict[str, str] = {
     "deployments in one Redis database)",
     "ENTRA_PASSTHROUGH_REDIS_ALLOW_PLAINTEXT": "RedisStore.from_env: true to allow redis:// (no "
     "TLS) to a host other than loopback",
+    "ENTRA_PASSTHROUGH_REDIS_CLUSTER": "RedisStore.from_env: true for a Redis Cluster (Azure "
+    "Managed Redis with the OSS clustering policy)",
 }
 
 #: azure-identity's variables for an *app registration* (EnvironmentCredential). This library

@@ -255,7 +255,8 @@ def _describe(exc: BaseException, acl_extra: str = "", *, cluster: bool = False)
 
 #: What to do about a cluster endpoint reached with a single-node client.
 _CLUSTER_FIX: Final = (
-    "build the store with RedisStore.from_url(url, cluster=True) (Azure Managed Redis with the "
+    "build the store with RedisStore.from_url(url, cluster=True), or set "
+    "ENTRA_PASSTHROUGH_REDIS_CLUSTER=true for RedisStore.from_env (Azure Managed Redis with the "
     "OSS clustering policy, a Redis Cluster), or use a cache with the Enterprise or "
     "Non-clustered clustering policy, which any client can use."
 )
@@ -277,7 +278,8 @@ def _describe_cluster(exc: RedisClusterException, acl_extra: str) -> tuple[str, 
         return (
             "the store is set up for a Redis Cluster (cluster=True) but Redis at the URL is "
             "not one",
-            "drop cluster=True for a single Redis server (Azure Cache for Redis without "
+            "drop cluster=True (ENTRA_PASSTHROUGH_REDIS_CLUSTER) for a single Redis server "
+            "(Azure Cache for Redis without "
             "clustering, or an Azure Managed Redis cache with the Enterprise or Non-clustered "
             "clustering policy).",
         )
@@ -496,13 +498,16 @@ class RedisStore:
 
     @classmethod
     def from_env(
-        cls, environ: Mapping[str, str] | None = None, *, cluster: bool = False
+        cls, environ: Mapping[str, str] | None = None, *, cluster: bool | None = None
     ) -> RedisStore:
         """``ENTRA_PASSTHROUGH_REDIS_URL`` (required), ``ENTRA_PASSTHROUGH_REDIS_AUTH``
         (``password`` (default, from the URL) or ``entra``), ``ENTRA_PASSTHROUGH_REDIS_CA_FILE``,
-        ``ENTRA_PASSTHROUGH_REDIS_NAMESPACE``, ``ENTRA_PASSTHROUGH_REDIS_ALLOW_PLAINTEXT``;
-        ``cluster=True`` for a Redis Cluster (``from_url``)."""
+        ``ENTRA_PASSTHROUGH_REDIS_NAMESPACE``, ``ENTRA_PASSTHROUGH_REDIS_ALLOW_PLAINTEXT``,
+        ``ENTRA_PASSTHROUGH_REDIS_CLUSTER`` (``true`` for a Redis Cluster, ``from_url``'s
+        ``cluster``; the ``cluster`` argument, when given, wins)."""
         env = _env.environ_or(environ)
+        if cluster is None:
+            cluster = _env.get_bool(env, "ENTRA_PASSTHROUGH_REDIS_CLUSTER")
         url = _env.require(env, "ENTRA_PASSTHROUGH_REDIS_URL", what="the shared Redis store")
         auth = (_env.get(env, "ENTRA_PASSTHROUGH_REDIS_AUTH") or "password").lower()
         if auth not in ("password", "entra"):
@@ -1223,11 +1228,15 @@ def _wrong_type(exc: ResponseError) -> bool:
 
 
 def shared_token_cache(
-    environ: Mapping[str, str] | None = None, *, max_entries: int = 10_000, cluster: bool = False
+    environ: Mapping[str, str] | None = None,
+    *,
+    max_entries: int = 10_000,
+    cluster: bool | None = None,
 ) -> TokenCache:
     """A ``TokenCache`` whose L2 is the Redis of ``RedisStore.from_env`` and whose entries are
     sealed with ``Keyring.from_env`` (``ENTRA_PASSTHROUGH_CONSENT_KEYS``): what every replica
-    passes to its ``TokenChain``. ``cluster=True`` for a Redis Cluster (``from_url``).
+    passes to its ``TokenChain``. ``cluster``: as ``RedisStore.from_env`` (``None``: from
+    ``ENTRA_PASSTHROUGH_REDIS_CLUSTER``).
 
     >>> chain = TokenChain([OnBehalfOf.from_env()], cache=shared_token_cache())
     """
