@@ -168,11 +168,13 @@ class ConsentClient:
         login_hint: str | None,
         domain_hint: str | None,
         claims: str | None,
+        prompt: str | None = None,
     ) -> dict[str, Any]:
         flow: dict[str, Any] = self.app().initiate_auth_code_flow(
             [s for s in scopes if s not in RESERVED_SCOPES],
             redirect_uri=redirect_uri,
             state=state,
+            prompt=prompt,
             login_hint=login_hint,
             domain_hint=domain_hint,
             claims_challenge=claims,

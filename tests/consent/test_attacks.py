@@ -80,7 +80,12 @@ async def test_replayed_state(consent_env: ConsentEnv, alice_caller: Caller) -> 
         key = UserKey.from_caller(alice_caller)
         assert key is not None
         await source.grants.delete_grant(key.hashed)
-        replay = await browser.get(callback)
+        # The browser that completed it is told that access was revoked since.
+        again = await browser.get(callback)
+        assert again.status_code == 400
+        assert "revoked since" in again.text
+    async with env.browser() as other:
+        replay = await other.get(callback)
     _rejected(replay, "state_used")
     assert await source.grants.get_grant(key.hashed) is None
 

@@ -49,9 +49,16 @@ async def test_the_state_is_still_single_use_after_the_checks(consent_env: Conse
         code, state = await code_and_state(browser, link)
         first = await browser.get(callback_url(env, {"code": code, "state": state}))
         assert first.status_code == 200, first.text
+        redeemed = env.idp.stats()["grants"]["authorization_code"]
+        # The browser that completed it is told so (a reload); nothing is redeemed again.
         again = await browser.get(callback_url(env, {"code": code, "state": state}))
-    assert again.status_code == 400
-    assert "<code>state_used</code>" in again.text
+        assert again.status_code == 200, again.text
+        assert "You are already signed in" in again.text
+        assert env.idp.stats()["grants"]["authorization_code"] == redeemed
+    async with env.browser() as other:
+        elsewhere = await other.get(callback_url(env, {"code": code, "state": state}))
+    assert elsewhere.status_code == 400
+    assert "<code>state_used</code>" in elsewhere.text
 
 
 async def test_a_page_elsewhere_cannot_post_a_state_from_the_users_browser(

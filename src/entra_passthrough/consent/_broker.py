@@ -35,7 +35,7 @@ from .._aadsts import describe
 from .._checks import seconds
 from .._consent_client import ConsentClient, IdTokenError, check_https_url
 from .._credential import AppCredential, app_credential
-from .._errors import ConfigurationError, first_code, safe_word
+from .._errors import ConfigurationError, first_code, safe_request_id, safe_word
 from .._grants import (
     GrantStore,
     LinkTicket,
@@ -52,6 +52,8 @@ from ._pages import (
     confirm_revoke_response,
     error_response,
     security_headers,
+    signed_out_since_response,
+    signout_error_response,
     success_response,
     wants_json,
 )
@@ -67,6 +69,34 @@ logger = logging.getLogger("entra_passthrough.consent")
 _AADSTS_AT_START = re.compile(r"AADSTS(\d{4,7})\b")
 
 
+def _prompt(ticket: LinkTicket) -> str | None:
+    """``select_account`` unless the link names the account (``login_hint``).
+
+    Without ``prompt`` Entra completes the sign-in silently from the browser's session (SSO):
+    one navigation to someone else's link (a platform id not yet bound, no hint) would bind it
+    to whoever is signed in in that browser, with no click. ``select_account`` "interrupts
+    single sign-on" (learn.microsoft.com/entra/identity-platform/msal-js-prompt-behavior): the
+    user sees the account picker and chooses. With a ``login_hint`` it is left out: Entra's SSO
+    then completes only for a session of the hinted account, and Entra refuses
+    ``select_account`` together with an account hint (MSAL.js leaves hints out with it for that
+    reason: AzureAD/microsoft-authentication-library-for-js#3315)."""
+    return None if ticket.login_hint else "select_account"
+
+
+#: A state whose flow is gone (used, expired, unknown), to a browser that did not show that it
+#: completed it: the sign-in may have completed all the same (a reload after the cookie's end).
+_STATE_USED = "This sign-in is unknown, expired or already used."
+_STATE_USED_NEXT = (
+    "If you completed this sign-in earlier, that sign-in stands: return to the chat. "
+    "Otherwise go back to the chat and use the sign-in link again."
+)
+
+
+def _done_id(flow_id: str) -> str:
+    """The record of a completed sign-in (flow ids are URL-safe base64: no dot)."""
+    return f"{flow_id}.done"
+
+
 def _cookie_name(flow_id: str, secure: bool) -> str:
     return f"__Host-epc-{flow_id}" if secure else f"epc-{flow_id}"
 
@@ -75,11 +105,14 @@ def _digest(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
-def _unavailable(request: Request, what: str, exc: Exception, message: str) -> Response:
+def _unavailable(
+    request: Request, what: str, exc: Exception, message: str, *, signout: bool = False
+) -> Response:
     """A failure of the broker's own (the store down, Entra unreachable): logged by its type,
     answered with a typed 503 (``temporarily_unavailable``), never a crash page."""
     logger.warning("%s failed: %s", what, type(exc).__name__)
-    return error_response(request, "temporarily_unavailable", message, status=503)
+    page = signout_error_response if signout else error_response
+    return page(request, "temporarily_unavailable", message, status=503)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -242,6 +275,7 @@ class ConsentBroker:
                 login_hint=ticket.login_hint,
                 domain_hint=ticket.domain_hint,
                 claims=ticket.claims,
+                prompt=_prompt(ticket),
             )
         )
         secure = urlsplit(redirect_uri).scheme == "https"
@@ -299,7 +333,11 @@ class ConsentBroker:
             return await self._do_callback(request, params)
         except (BadRequest, StateError) as exc:
             logger.info("consent callback rejected: %s", exc.code)
-            return error_response(request, exc.code, str(exc))
+            if isinstance(exc, BadRequest):
+                next_step = exc.next_step
+            else:  # an expired state: a reload of a success page long after, too
+                next_step = _STATE_USED_NEXT if exc.code == "state_expired" else None
+            return error_response(request, exc.code, str(exc), next_step=next_step)
         except Exception as exc:
             return _unavailable(
                 request,
@@ -314,8 +352,14 @@ class ConsentBroker:
         # saw the state (it is in the sign-in URL) must not be able to cancel the user's
         # sign-in by sending it first from another browser.
         pending = await self.grants.peek_flow(state.flow_id)
+        if pending is None:
+            # A reload of the success page (or Back to the identity provider's page) sends the
+            # completed sign-in's answer again: said so to the browser that completed it.
+            reloaded = await self._completed(request, state)
+            if reloaded is not None:
+                return reloaded
         if pending is None or pending.get("key_hash") != state.key_hash:
-            raise BadRequest("state_used", "This sign-in is unknown, expired or already used.")
+            raise BadRequest("state_used", _STATE_USED, next_step=_STATE_USED_NEXT)
         secure = urlsplit(str(pending["msal"].get("redirect_uri", ""))).scheme == "https"
         if request.method != "POST" and request.headers.get(
             "sec-fetch-site", "same-origin"
@@ -351,10 +395,10 @@ class ConsentBroker:
             )
         ttl = max(state.exp - time.time(), 1.0) + 60.0
         if not await self.grants.mark_used(state.flow_id, ttl=ttl):
-            raise BadRequest("state_used", "This sign-in was already completed or cancelled.")
+            raise BadRequest("state_used", _STATE_USED, next_step=_STATE_USED_NEXT)
         flow = await self.grants.take_flow(state.flow_id)  # atomic: one callback wins
         if flow is None or flow != pending:
-            raise BadRequest("state_used", "This sign-in is unknown, expired or already used.")
+            raise BadRequest("state_used", _STATE_USED, next_step=_STATE_USED_NEXT)
         if "error" in params:
             code = "".join(c for c in params["error"][:64] if c.isalnum() or c == "_")
             # Entra's description starts with the AADSTS code (90094 admin consent needed,
@@ -401,14 +445,52 @@ class ConsentBroker:
             revoke_path="revoke",
             form_action=self._form_action,
         )
-        response.delete_cookie(
+        # The browser's cookie now proves "this browser completed this sign-in" (a new value:
+        # the one that started it is spent), for as long as the state's used-marker lives: a
+        # reload is then answered "already signed in" (``_completed``), to this browser only.
+        done = secrets.token_urlsafe(24)
+        try:
+            await self.grants.put_flow(
+                _done_id(state.flow_id),
+                {"browser": _digest(done), "key_hash": state.key_hash, "upn": grant.upn},
+                ttl=ttl,
+            )
+        except Exception as exc:  # the grant is stored: a reload is merely not recognised
+            logger.warning("consent completion record not written: %s", type(exc).__name__)
+        response.set_cookie(
             _cookie_name(state.flow_id, secure),
+            done,
+            max_age=int(ttl),
             path="/",
             secure=True,
             httponly=True,
             samesite="none",
         )
         return response
+
+    async def _completed(self, request: Request, state: State) -> Response | None:
+        """The page for a completed sign-in's answer sent again by the browser that completed
+        it (its cookie matches the completion record), else ``None``. Nothing is redeemed or
+        stored: the answer's code is not even read."""
+        done = await self.grants.peek_flow(_done_id(state.flow_id))
+        if done is None or done.get("key_hash") != state.key_hash:
+            return None
+        cookie = request.cookies.get(_cookie_name(state.flow_id, True)) or request.cookies.get(
+            _cookie_name(state.flow_id, False), ""
+        )
+        if not cookie or not hmac.compare_digest(_digest(cookie), str(done.get("browser"))):
+            return None
+        if await self.grants.get_grant(state.key_hash) is None:
+            return signed_out_since_response(request)
+        upn = done.get("upn")
+        return success_response(
+            request,
+            who=upn if isinstance(upn, str) else None,
+            revoke_ticket=seal_revoke_ticket(self.keyring, state.key_hash, lifetime=3600),
+            revoke_path="revoke",
+            form_action=self._form_action,
+            reloaded=True,
+        )
 
     async def _redeem(self, flow: dict[str, Any], params: dict[str, str]) -> dict[str, Any]:
         response = {
@@ -425,16 +507,7 @@ class ConsentBroker:
                 "id_token_invalid", "The sign-in answer does not match this sign-in."
             ) from None
         if "error" in answer or "id_token" not in answer:
-            # The error body is the endpoint's text (a gateway may echo the request form,
-            # client_secret included): only a short identifier and an AADSTS code are shown.
-            code = first_code(answer)
-            aadsts = f" (AADSTS{code})" if code is not None else ""
-            error = "no id_token" if "error" not in answer else safe_word(answer["error"])
-            error = error or "an error the page does not show"
-            raise BadRequest(
-                "redeem_failed",
-                f"The authorization code could not be redeemed: {error}{aadsts}.",
-            )
+            raise _redeem_refused(answer)
         return dict(answer)
 
     async def _verified_identity(
@@ -498,8 +571,8 @@ class ConsentBroker:
         try:
             params = parse_params(request.scope.get("query_string", b""))
             open_revoke_ticket(self.keyring, params.get("t", ""))
-        except (BadRequest, KeyringError, ValueError, KeyError, TypeError):
-            return error_response(request, "invalid_link", "This sign-out link is not valid.")
+        except (BadRequest, KeyringError, ValueError, KeyError, TypeError) as exc:
+            return _signout_refused(request, exc, "link")
         return confirm_revoke_response(
             ticket=params["t"], revoke_path="revoke", form_action=self._form_action
         )
@@ -508,7 +581,7 @@ class ConsentBroker:
         # CSRF: the form carries a sealed ticket only the user's own pages hold, and a
         # cross-site POST is refused outright when the browser says so.
         if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
-            return error_response(request, "csrf", "Cross-site sign-out requests are refused.")
+            return signout_error_response(request, "csrf", _CROSS_SITE_SIGNOUT)
         origin = request.headers.get("origin")
         if (
             origin
@@ -516,12 +589,12 @@ class ConsentBroker:
             and _origin(origin) not in self._own_origins
             and _netloc(origin) != request.url.netloc
         ):
-            return error_response(request, "csrf", "Cross-site sign-out requests are refused.")
+            return signout_error_response(request, "csrf", _CROSS_SITE_SIGNOUT)
         try:
             params = parse_params(await read_form(request))
             key_hash = open_revoke_ticket(self.keyring, params.get("t", ""))
-        except (BadRequest, KeyringError, ValueError, KeyError, TypeError):
-            return error_response(request, "invalid_link", "This sign-out request is not valid.")
+        except (BadRequest, KeyringError, ValueError, KeyError, TypeError) as exc:
+            return _signout_refused(request, exc, "page")
         try:
             deleted = await self.grants.delete_grant(key_hash)
         except Exception as exc:  # the store is down: a typed answer, never a crash page
@@ -529,7 +602,8 @@ class ConsentBroker:
                 request,
                 "consent revoke",
                 exc,
-                "The sign-out could not be completed; try again.",
+                "The sign-out could not be completed (the service is unavailable); try again.",
+                signout=True,
             )
         logger.info("consent revoked (grant existed: %s)", deleted)
         if wants_json(request):
@@ -541,6 +615,98 @@ class ConsentBroker:
             status_code=303,
             headers=security_headers(),
         )
+
+
+#: AADSTS codes of a code redemption that only the operator can fix (the consent app's
+#: credential or registration): every sign-in fails the same way, so the user is told to tell
+#: the operator, not to sign in again.
+_OPERATOR_CODES = frozenset(
+    {
+        7000215,  # wrong client secret
+        7000222,  # expired client secret
+        7000218,  # no client credential
+        700016,  # app not found in the tenant
+        700027,  # client assertion signature / certificate
+        700024,  # client assertion expired
+        700025,  # registered as a public client
+        7000112,  # app disabled
+        50011,  # redirect URI not registered
+        500113,  # no reply address registered
+        90002,  # tenant not found
+        900023,  # tenant id malformed
+        50148,  # PKCE verifier missing
+    }
+)
+#: The code itself was spent or too old: a new sign-in gets a new one.
+_CODE_SPENT = frozenset({54005, 70008})
+
+
+def _redeem_refused(answer: dict[str, Any]) -> BadRequest:
+    """The refusal of a code redemption, decoded with the AADSTS table (as an authorize error
+    is): the page says what it means and what to do; the WARNING log line gives the operator
+    the code, the correlation id and the fix. The error body is the endpoint's text (a gateway
+    may echo the request form, client_secret included): only a short identifier, the AADSTS
+    code and a request id are read from it."""
+    code = first_code(answer)
+    error = "no id_token" if "error" not in answer else safe_word(answer["error"])
+    error = error or "an error the page does not show"
+    suberror = safe_word(answer.get("suberror"))
+    correlation_id = safe_request_id(answer.get("correlation_id"))
+    entry = describe(code) if code is not None else None
+    named = f"{entry}: {entry.meaning}" if entry is not None else error
+    if suberror:
+        named += f" (suberror {suberror})"
+    fix = (
+        entry.fix
+        if entry is not None
+        else "look the correlation id up in the tenant's sign-in logs; check the consent "
+        "app's client id, tenant and credential"
+    )
+    logger.warning(
+        "consent code redemption refused: %s (error %s, correlation_id %s). Fix: %s",
+        named,
+        error,
+        correlation_id or "none",
+        fix,
+    )
+    ids = f" (correlation id {correlation_id})" if correlation_id else ""
+    if code in _OPERATOR_CODES or (
+        code is None and error in ("invalid_client", "unauthorized_client")
+    ):
+        return BadRequest(
+            "broker_misconfigured",
+            "This agent's sign-in is misconfigured: the identity provider refused the agent's "
+            f"own registration or credentials. {named}. No sign-in can complete until its "
+            "operator fixes it.",
+            next_step=f"Signing in again will not help: tell the agent's operator{ids}.",
+        )
+    if code in _CODE_SPENT:
+        return BadRequest(
+            "redeem_failed",
+            f"This sign-in's authorization code was already used or has expired ({named}).",
+        )
+    shown = f"{named}. Fix: {fix}" if entry is not None else named
+    return BadRequest(
+        "redeem_failed",
+        f"The authorization code could not be redeemed: {shown}.",
+        next_step="Go back to the chat and use the sign-in link again; if this page comes "
+        f"back, tell the agent's operator{ids}.",
+    )
+
+
+_CROSS_SITE_SIGNOUT = "Cross-site sign-out requests are refused."
+
+
+def _signout_refused(request: Request, exc: Exception, what: str) -> Response:
+    """A sign-out ticket that does not open: expired (``open_revoke_ticket``'s ``ValueError``
+    "expired") or not valid (damaged, sealed with a key this broker does not hold, malformed)."""
+    if isinstance(exc, ValueError) and str(exc) == "expired":
+        return signout_error_response(request, "expired_link", f"This sign-out {what} has expired.")
+    return signout_error_response(
+        request,
+        "invalid_link",
+        f"This sign-out {what} is not valid (damaged, or not made by this agent).",
+    )
 
 
 def _origin(uri: str) -> str:

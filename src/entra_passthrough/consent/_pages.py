@@ -42,22 +42,62 @@ def wants_json(request: Request) -> bool:
     return "application/json" in accept and "text/html" not in accept
 
 
-def error_response(request: Request, code: str, message: str, *, status: int = 400) -> Response:
-    """A clear error; nothing was stored. ``message`` must be safe to show (no secrets)."""
+#: What a refused sign-in's page tells the user to do, unless the refusal says otherwise.
+SIGN_IN_AGAIN = "Go back to the chat and use the sign-in link again."
+
+
+def error_response(
+    request: Request,
+    code: str,
+    message: str,
+    *,
+    status: int = 400,
+    next_step: str | None = None,
+) -> Response:
+    """A clear error; nothing was stored. ``message`` must be safe to show (no secrets);
+    ``next_step`` (default: use the sign-in link again) what the user can do about it."""
+    if wants_json(request):
+        answer = {"error": code, "error_description": message, "stored": False}
+        if next_step:
+            answer["next_step"] = next_step
+        return JSONResponse(answer, status_code=status, headers=security_headers())
+    body = (
+        '<h1 class="err">Sign-in could not be completed</h1>'
+        f"<p>{html.escape(message)}</p>"
+        f"<p>Error: <code>{html.escape(code)}</code>. Nothing was stored. "
+        f"{html.escape(next_step or SIGN_IN_AGAIN)}</p>"
+    )
+    return HTMLResponse(
+        _page("Sign-in failed", body), status_code=status, headers=security_headers()
+    )
+
+
+#: What a refused sign-out leaves, and how the user can still revoke the access (docs/consent.md,
+#: "Sign-out").
+SIGNOUT_NOT_DONE = (
+    "Nothing was deleted: the agent can still act on your behalf with the access you granted. "
+    "To revoke it, ask the agent for a new sign-out link, or ask its operator; changing your "
+    "password also ends it."
+)
+
+
+def signout_error_response(
+    request: Request, code: str, message: str, *, status: int = 400
+) -> Response:
+    """A refused sign-out: what happened, that the access still stands, how to revoke it."""
     if wants_json(request):
         return JSONResponse(
-            {"error": code, "error_description": message, "stored": False},
+            {"error": code, "error_description": message, "revoked": False},
             status_code=status,
             headers=security_headers(),
         )
     body = (
-        '<h1 class="err">Sign-in could not be completed</h1>'
+        '<h1 class="err">Sign-out could not be completed</h1>'
         f"<p>{html.escape(message)}</p>"
-        f"<p>Error: <code>{html.escape(code)}</code>. Nothing was stored. Go back to the chat "
-        "and use the sign-in link again.</p>"
+        f"<p>Error: <code>{html.escape(code)}</code>. {html.escape(SIGNOUT_NOT_DONE)}</p>"
     )
     return HTMLResponse(
-        _page("Sign-in failed", body), status_code=status, headers=security_headers()
+        _page("Sign-out failed", body), status_code=status, headers=security_headers()
     )
 
 
@@ -68,19 +108,57 @@ def success_response(
     revoke_ticket: str,
     revoke_path: str,
     form_action: str,
+    reloaded: bool = False,
 ) -> Response:
+    """The signed-in page; ``reloaded``: the same browser sent the completed sign-in's answer
+    again (a reload, Back), which changed nothing."""
     if wants_json(request):
-        return JSONResponse({"status": "ok", "user": who}, headers=security_headers())
+        answer: dict[str, object] = {"status": "ok", "user": who}
+        if reloaded:
+            answer["already_signed_in"] = True
+        return JSONResponse(answer, headers=security_headers())
     name = html.escape(who or "your account")
+    if reloaded:
+        said = (
+            "<h1>You are already signed in</h1>"
+            f"<p>This page was reloaded: you signed in as <strong>{name}</strong> earlier, and "
+            "nothing was changed now. You can return to the chat; the agent can act on your "
+            "behalf for the access you granted.</p>"
+        )
+    else:
+        said = (
+            "<h1>You are signed in</h1>"
+            f"<p>Signed in as <strong>{name}</strong>. You can return to the chat; the agent "
+            "can now act on your behalf for the access you granted.</p>"
+        )
     body = (
-        "<h1>You are signed in</h1>"
-        f"<p>Signed in as <strong>{name}</strong>. You can return to the chat; the agent "
-        "can now act on your behalf for the access you granted.</p>"
+        f"{said}"
         f'<form method="post" action="{html.escape(revoke_path)}">'
         f'<input type="hidden" name="t" value="{html.escape(revoke_ticket)}">'
         '<button type="submit">Sign out and revoke this access</button></form>'
     )
     return HTMLResponse(_page("Signed in", body), headers=security_headers(form_action=form_action))
+
+
+def signed_out_since_response(request: Request) -> Response:
+    """The same browser sent a completed sign-in's answer again, and its grant is gone since
+    (signed out, or revoked at Entra): say so, change nothing."""
+    message = (
+        "This page was reloaded: you signed in here earlier, but that access has been revoked "
+        "since (signed out). Nothing was changed."
+    )
+    if wants_json(request):
+        return JSONResponse(
+            {"error": "signed_out", "error_description": message, "stored": False},
+            status_code=400,
+            headers=security_headers(),
+        )
+    body = (
+        "<h1>You are signed out</h1>"
+        f"<p>{html.escape(message)}</p><p>To sign in again, use a new sign-in link from the "
+        "chat.</p>"
+    )
+    return HTMLResponse(_page("Signed out", body), status_code=400, headers=security_headers())
 
 
 def confirm_revoke_response(*, ticket: str, revoke_path: str, form_action: str) -> Response:

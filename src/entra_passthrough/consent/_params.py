@@ -32,8 +32,12 @@ CALLBACK_PARAMS = frozenset(
 
 
 class BadRequest(Exception):
-    def __init__(self, code: str, message: str) -> None:
+    """A refused request: ``code`` and the message are shown; ``next_step`` replaces the page's
+    "use the sign-in link again" when that would not help (the broker is misconfigured)."""
+
+    def __init__(self, code: str, message: str, *, next_step: str | None = None) -> None:
         self.code = code
+        self.next_step = next_step
         super().__init__(message)
 
 
