@@ -250,6 +250,11 @@ class EntraAuthBase:
     def on_error(self) -> OnError:
         return self._core.on_error
 
+    def allows(self, url: Any) -> bool:
+        """Whether a request to ``url`` (an ``httpx2``/``httpx`` URL) may carry a token: its
+        origin is one of ``origins``."""
+        return self._core.allows(url)
+
     def install(self, client: Any) -> None:
         """Make ``client`` (sync or async, of this front's library) use this auth and the
         redirect hook that strips our headers from a redirect to another origin, and stop it

@@ -72,6 +72,8 @@ from ._flow import APPLIED, Chain
 from ._http import retry_after_seconds
 from ._httpx_seams import wrap_transports
 from ._jwt import UnverifiedClaims
+from ._origins import format_origin, origin_key
+from ._policy import Policy
 
 __all__ = [
     "FOUNDRY_CONSENT_REQUIRED",
@@ -176,10 +178,10 @@ def http_client_for(
     resend = _env.get_bool(os.environ, RESEND_ON_RESET_VARIABLE, default=True)
     wrap_transports(
         client,
-        functools.partial(_CallGuard, resend_on_reset=resend),
+        functools.partial(_CallGuard, resend_on_reset=resend, auth=auth),
         # A proxy (HTTP_PROXY/HTTPS_PROXY) may reset the connection after it forwarded the
         # request: through one, a reset never says the server did not read it.
-        wrap_proxy=functools.partial(_CallGuard, resend_on_reset=False),
+        wrap_proxy=functools.partial(_CallGuard, resend_on_reset=False, auth=auth),
     )
     auth.install(client)
     return client
@@ -544,8 +546,15 @@ class _CallGuard(httpx2.AsyncBaseTransport):
     """The MCP client's transport: outside ``call_attempt`` it only forwards; inside, see
     ``call_attempt``."""
 
-    def __init__(self, inner: httpx2.AsyncBaseTransport, *, resend_on_reset: bool = True) -> None:
+    def __init__(
+        self,
+        inner: httpx2.AsyncBaseTransport,
+        *,
+        resend_on_reset: bool = True,
+        auth: EntraAuth | None = None,
+    ) -> None:
         self._inner = inner
+        self._auth = auth  # the client's: why a request went out without a token
         # httpx2's own transport passes request.extensions (the trace hook) to httpcore.
         self._traced = type(inner) is httpx2.AsyncHTTPTransport
         self._resend_on_reset = resend_on_reset
@@ -565,7 +574,7 @@ class _CallGuard(httpx2.AsyncBaseTransport):
                 # answer on, whichever request opened it (a later tools/call may reuse it).
                 _watch_reads(response.extensions.get("network_stream"))
             if attempt is None and response.status_code == 401:
-                return await _tokenless_refusal(request, response)
+                return await _tokenless_refusal(request, response, self._auth)
             return response
         rpc_id, method = _rpc_of(request)
         if attempt.closed:
@@ -651,7 +660,9 @@ class _CallGuard(httpx2.AsyncBaseTransport):
 _QUOTABLE_METHOD = re.compile(r"[A-Za-z0-9_./-]{1,64}")
 
 
-async def _tokenless_refusal(request: httpx2.Request, response: httpx2.Response) -> httpx2.Response:
+async def _tokenless_refusal(
+    request: httpx2.Request, response: httpx2.Response, auth: EntraAuth | None
+) -> httpx2.Response:
     """A connection-lifetime JSON-RPC request (``initialize`` at connect, a call made outside
     ``entra_call``) that went out without a token, by the rules of docs/mcp-client.md, and that
     the server refused with 401: answered with a JSON-RPC error that says why no token was sent
@@ -665,7 +676,29 @@ async def _tokenless_refusal(request: httpx2.Request, response: httpx2.Response)
         return response
     await response.aclose()
     name = method if method is not None and _QUOTABLE_METHOD.fullmatch(method) else "request"
-    if current_caller() is None:
+    chain = auth.chain if auth is not None else None
+    policy = getattr(chain, "policy", None)
+    lifecycle = (
+        policy.lifecycle_kinds(lifecycle_app=bool(getattr(chain, "lifecycle_app", False)))
+        if isinstance(policy, Policy)
+        else frozenset()
+    )
+    if auth is not None and not auth.allows(request.url):
+        key = origin_key(request.url.scheme, request.url.raw_host, request.url.port)
+        origin = format_origin(key) if key is not None else request.url.scheme
+        why = (
+            f"its origin ({origin}) is not one of the client's origins, the only ones a token "
+            "is ever sent to"
+        )
+        fix = "add the MCP server's origin to entra_http_client(origins=[...])"
+    elif current_caller() is None and lifecycle:
+        why = (
+            "no caller was active, and the identity the policy gives connection-lifetime "
+            "requests could not be acquired (the error is recorded on the client's EntraAuth: "
+            "auth_of(client).take_errors())"
+        )
+        fix = "read that error: it says what to configure"
+    elif current_caller() is None:
         why = (
             "no caller was active (the Client was opened, or the request made, outside the "
             "user's request) and the policy names no identity for connection-lifetime requests"
