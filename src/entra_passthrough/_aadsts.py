@@ -118,6 +118,15 @@ _TABLE: tuple[Aadsts, ...] = (
         "check the agent identity's id and that it was created from this blueprint",
     ),
     Aadsts(
+        82008,
+        "AgenticFmiPathRequired",
+        "an agent identity blueprint asked for a token exchange token (api://AzureADTokenExchange) "
+        "without fmi_path",
+        "send fmi_path=<agent identity client id> with the blueprint's client_credentials "
+        "request (MSAL: acquire_token_for_client(..., fmi_path=...)); AgentIdentityOnBehalfOf "
+        "does",
+    ),
+    Aadsts(
         82014,
         "AgentIdentityInteractiveConsentNotAllowed",
         "child agent identities cannot be consented interactively",

@@ -637,11 +637,20 @@ class Doctor:
             self.add("consent", SKIP, "needs --scope")
             return
         if not self.user_token:
+            # Agent ID: the user's token is for the blueprint, not for an agent app.
+            blueprint = next(
+                (b for s in users if (b := getattr(s, "blueprint_client_id", None))), None
+            )
+            whose = (
+                f"for the agent identity blueprint (api://{blueprint}/<scope> or {blueprint})"
+                if blueprint
+                else "for the agent app"
+            )
             self.add(
                 "consent",
                 SKIP,
                 "consent can only be known for a user: pass --user-token-file with a token "
-                "for the agent app",
+                + whose,
             )
             return
         caller = Caller.from_token(self.user_token)

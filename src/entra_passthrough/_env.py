@@ -147,20 +147,45 @@ def get(environ: Mapping[str, str], name: str) -> str | None:
 
 
 def require(
-    environ: Mapping[str, str], name: str, *, what: str, fallback: str | None = None
+    environ: Mapping[str, str],
+    name: str,
+    *,
+    what: str,
+    fallback: str | None = None,
+    app_hint: bool = True,
 ) -> str:
     """``name`` (else ``fallback``, a variable a host sets for the same thing), or a
-    ``ConfigurationError`` naming it, and naming azure-identity's app variables when they are
-    set instead (their values never appear)."""
+    ``ConfigurationError`` naming it (and the fallback), and naming azure-identity's app
+    variables when they are set instead (their values never appear; ``app_hint=False`` where
+    the on-behalf-of app is not what is being configured)."""
+    return require_from(environ, name, what=what, fallback=fallback, app_hint=app_hint)[0]
+
+
+def require_from(
+    environ: Mapping[str, str],
+    name: str,
+    *,
+    what: str,
+    fallback: str | None = None,
+    app_hint: bool = True,
+) -> tuple[str, str]:
+    """``require`` and the variable the value came from (``name`` or ``fallback``), for the
+    errors about the value to name the one that was read."""
     value = get(environ, name)
-    if value is None and fallback is not None:
+    if value is not None:
+        return value, name
+    if fallback is not None:
         value = get(environ, fallback)
-    if value is None:
-        raise ConfigurationError(
-            f"{name} is not set; it names {what}.{azure_app_hint(environ)}",
-            fix=f"set {name}.",
-        )
-    return value
+        if value is not None:
+            return value, fallback
+    hint = azure_app_hint(environ) if app_hint else ""
+    if fallback is None:
+        raise ConfigurationError(f"{name} is not set; it names {what}.{hint}", fix=f"set {name}.")
+    raise ConfigurationError(
+        f"neither {name} nor {fallback} is set; they name {what} ({name} wins when both "
+        f"are set).{hint}",
+        fix=f"set {name} (or {fallback}).",
+    )
 
 
 def azure_app_hint(environ: Mapping[str, str]) -> str:

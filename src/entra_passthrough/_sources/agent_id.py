@@ -3,6 +3,7 @@ as the agent identity with T1 as its client assertion (kind ``user``)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -13,14 +14,17 @@ from .._checks import client_id, registration
 from .._credential import AppCredential, app_credential
 from .._errors import (
     GUID,
+    AssertionAudienceMismatch,
     ConfigurationError,
     ConsentRequired,
+    EntraPassthroughError,
     TenantNotAllowed,
     TokenAcquisitionError,
 )
 from .._http import SHARED_THROTTLE, Timeouts
 from .._msal import (
     DEFAULT_MAX_WORKERS,
+    PUBLIC_AUTHORITY_HOST,
     client_credential,
     confidential_app,
     federation_audience,
@@ -36,12 +40,21 @@ from .obo import (
     options_from_env,
 )
 
+logger = logging.getLogger("entra_passthrough.agent_id")
+
 if TYPE_CHECKING:
     from .._caller import Caller
     from .managed_identity import ManagedIdentity
 
-#: Refresh T1 this long before it expires.
+#: Renew T1 this long before it expires, at most: a T1 is renewed ``min(_T1_MARGIN, lifetime / 2)``
+#: before its end (a short-lived T1 is not renewed for every exchange).
 _T1_MARGIN = 300.0
+#: A held T1 is still sent while it has this long left (an exchange on the wire, clock skew):
+#: a renewal that fails before then leaves it in use; after, the failure is raised.
+_T1_SAFETY = 60.0
+#: After a failed renewal, the held T1 is used without another request for this long (an
+#: Entra outage costs one request per back-off, not one per user).
+_T1_RETRY = 15.0
 
 #: The way out of AADSTS65001 for an agent identity. No user can consent for it (AADSTS82014),
 #: so the generic fix (a consent link, knownClientApplications) leads nowhere: an administrator
@@ -59,6 +72,9 @@ class _T1:
     """The blueprint's token for the agent identity (``fmi_path``), cached until near expiry.
 
     Called by MSAL (in a worker thread) whenever the agent identity's OBO request goes out.
+    One request at a time (a cold burst waits for the first caller's T1). A T1 due for renewal
+    is renewed by one caller while the others keep sending it; a renewal that fails leaves it
+    in use (logged) until ``_T1_SAFETY`` before it expires, retried after ``_T1_RETRY``.
     """
 
     def __init__(
@@ -70,7 +86,9 @@ class _T1:
         self._scope = scope
         self._fmi_path = agent_identity_id
         self._token: TokenResult | None = None
-        self._lock = threading.Lock()
+        self._renew_at = 0.0  # when the held T1 is due for renewal
+        self._retry_at = 0.0  # after a failed renewal: no request before this
+        self._lock = threading.Lock()  # the single flight (and ``_app``)
 
     def __repr__(self) -> str:
         return f"AgentIdentityT1(fmi_path={self._fmi_path!r})"
@@ -82,31 +100,78 @@ class _T1:
         if app is not None:
             app.http_client.close()
 
+    def _held(self, now: float) -> TokenResult | None:
+        """The held T1 while it may still be sent (more than ``_T1_SAFETY`` left)."""
+        token = self._token
+        if token is not None and token.expires_on - _T1_SAFETY > now:
+            return token
+        return None
+
     def __call__(self) -> str:
-        with self._lock:
-            token = self._token
-            if token is not None and token.expires_on - _T1_MARGIN > time.time():
-                return token.token
-            started = time.time()  # expires_in counts from issuance: _base.result_from_msal
-            try:
-                if self._app is None:
-                    self._app = self._factory()
-                response = self._app.acquire_token_for_client(
-                    [self._scope], fmi_path=self._fmi_path
-                )
-            except Exception as exc:
-                raise unreachable(
-                    exc, what="the blueprint's T1 request", source=self._source, scopes=()
-                ) from None
-            token = result_from_msal(
-                response,
-                kind=IdentityKind.APP,
-                source=self._source,
-                scopes=(self._scope,),
-                started=started,
-            )
-            self._token = token
+        now = time.time()
+        token = self._token
+        if token is not None and now < self._renew_at:
             return token.token
+        held = self._held(now)
+        if held is not None:
+            # Due for renewal but still valid: one caller renews, the others keep sending it;
+            # after a failed renewal, nobody asks again before the back-off ends.
+            if now < self._retry_at or not self._lock.acquire(blocking=False):
+                return held.token
+        else:
+            self._lock.acquire()  # no T1 to send: wait for the request in flight, if any
+        try:
+            token = self._token
+            if token is not None and time.time() < self._renew_at:
+                return token.token  # renewed by the caller this one waited for
+            try:
+                fresh = self._fetch()
+            except EntraPassthroughError as exc:
+                held = self._held(time.time())
+                if held is None:
+                    raise
+                self._retry_at = time.time() + _T1_RETRY
+                code = getattr(exc, "code", None)
+                detail = getattr(exc, "failure", None) or (
+                    f"AADSTS{code.code}" if code is not None else None
+                )
+                logger.warning(
+                    "renewing the blueprint's T1 for agent identity %s failed (%s%s); the held "
+                    "T1 stays in use (%.0f s left), next attempt in %.0f s",
+                    self._fmi_path,
+                    type(exc).__name__,
+                    f": {detail}" if detail else "",
+                    held.expires_on - time.time(),
+                    _T1_RETRY,
+                )
+                return held.token
+            return fresh.token
+        finally:
+            self._lock.release()
+
+    def _fetch(self) -> TokenResult:
+        """Request T1 and hold it (called with the flight lock held)."""
+        started = time.time()  # expires_in counts from issuance: _base.result_from_msal
+        try:
+            if self._app is None:
+                self._app = self._factory()
+            response = self._app.acquire_token_for_client([self._scope], fmi_path=self._fmi_path)
+        except Exception as exc:
+            raise unreachable(
+                exc, what="the blueprint's T1 request", source=self._source, scopes=()
+            ) from None
+        token = result_from_msal(
+            response,
+            kind=IdentityKind.APP,
+            source=self._source,
+            scopes=(self._scope,),
+            started=started,
+        )
+        margin = min(_T1_MARGIN, max(token.expires_on - started, 0.0) / 2)
+        self._token = token
+        self._renew_at = token.expires_on - margin
+        self._retry_at = 0.0
+        return token
 
 
 class AgentIdentityOnBehalfOf:
@@ -166,11 +231,8 @@ class AgentIdentityOnBehalfOf:
             client_variable="ENTRA_PASSTHROUGH_BLUEPRINT_CLIENT_ID",
             secret_variable="ENTRA_PASSTHROUGH_CLIENT_SECRET",
         )
-        client_id(
-            agent_identity_id,
-            what="agent_identity_id",
-            variable="ENTRA_PASSTHROUGH_AGENT_IDENTITY_ID",
-            owner="AgentIdentityOnBehalfOf",
+        _check_agent_identity_id(
+            agent_identity_id, variable="ENTRA_PASSTHROUGH_AGENT_IDENTITY_ID", keyword=True
         )
         allowed_tenants, accepted_audiences = name_lists(allowed_tenants, accepted_audiences)
         _check_single_tenant(blueprint.tenant_id, allowed_tenants)
@@ -267,6 +329,8 @@ class AgentIdentityOnBehalfOf:
     def get_token(self, request: TokenRequest) -> TokenResult | None:
         try:
             return self._obo.get_token(request)
+        except AssertionAudienceMismatch as exc:
+            raise _for_the_blueprint(exc, self.blueprint_client_id) from None
         except ConsentRequired as exc:
             raise _admin_consent(exc) from None
         except TenantNotAllowed as exc:
@@ -275,6 +339,8 @@ class AgentIdentityOnBehalfOf:
     async def get_token_async(self, request: TokenRequest) -> TokenResult | None:
         try:
             return await self._obo.get_token_async(request)
+        except AssertionAudienceMismatch as exc:
+            raise _for_the_blueprint(exc, self.blueprint_client_id) from None
         except ConsentRequired as exc:
             raise _admin_consent(exc) from None
         except TenantNotAllowed as exc:
@@ -295,33 +361,63 @@ class AgentIdentityOnBehalfOf:
         ``FOUNDRY_AGENT_INSTANCE_CLIENT_ID`` and ``FOUNDRY_AGENT_TENANT_ID``; they are used when
         the library's own variables are not set."""
         env = _env.environ_or(environ)
-        blueprint_client_id = _env.require(
+        # The errors name the variable each value was read from (Foundry's or the library's),
+        # and no azure-identity hint: its fix (ENTRA_PASSTHROUGH_CLIENT_ID) builds OnBehalfOf.
+        blueprint_client_id, blueprint_variable = _env.require_from(
             env,
             "ENTRA_PASSTHROUGH_BLUEPRINT_CLIENT_ID",
             what="the agent identity blueprint",
             fallback="FOUNDRY_AGENT_BLUEPRINT_CLIENT_ID",
+            app_hint=False,
         )
-        agent_identity_id = _env.require(
+        agent_identity_id, agent_variable = _env.require_from(
             env,
             "ENTRA_PASSTHROUGH_AGENT_IDENTITY_ID",
             what="the agent identity",
             fallback="FOUNDRY_AGENT_INSTANCE_CLIENT_ID",
+            app_hint=False,
         )
         tenant_id = _env.require(
             env,
             "AZURE_TENANT_ID",
             what="the blueprint's tenant",
             fallback="FOUNDRY_AGENT_TENANT_ID",
+            app_hint=False,
         )
+        client_id(
+            blueprint_client_id,
+            what=blueprint_variable,
+            owner="AgentIdentityOnBehalfOf.from_env() (the blueprint)",
+        )
+        _check_agent_identity_id(agent_identity_id, variable=agent_variable, keyword=False)
         options, created = options_from_env(env, http_client=http_client)
-        source = cls(
-            credential=credential_from_env(
+        if _foundry_platform_credential(env, blueprint_variable):
+            # Inside a Foundry hosted agent: the blueprint's credential is the hosted-agent
+            # token service's token for it (api://AzureADTokenExchange, the blueprint's client
+            # id as the managed identity), which the blueprint trusts as its platform-managed
+            # federated credential (docs/hosted-agent.md).
+            from .managed_identity import ManagedIdentity
+
+            credential = AppCredential(
+                client_id=blueprint_client_id,
+                tenant_id=tenant_id,
+                authority_host=_env.get(env, "AZURE_AUTHORITY_HOST") or PUBLIC_AUTHORITY_HOST,
+                managed_identity=ManagedIdentity.from_env(
+                    {**env, "AZURE_CLIENT_ID": blueprint_client_id},
+                    http_client=options["http_client"],
+                    name=f"{name}.foundry_token_service",
+                ),
+            )
+        else:
+            credential = credential_from_env(
                 env,
                 client_id=blueprint_client_id,
                 tenant_id=tenant_id,
                 http_client=options["http_client"],
                 owner="AgentIdentityOnBehalfOf.from_env() (the blueprint)",
-            ),
+            )
+        source = cls(
+            credential=credential,
             agent_identity_id=agent_identity_id,
             name=name,
             **options,
@@ -329,6 +425,59 @@ class AgentIdentityOnBehalfOf:
         if created:
             close_session_with(source._obo)  # closed with the source
         return source
+
+
+#: The variables that configure the blueprint's credential (``credential_from_env``): with none
+#: of them set inside a Foundry hosted agent, Foundry's own credential is used.
+_BLUEPRINT_CREDENTIAL_VARIABLES = (
+    "ENTRA_PASSTHROUGH_CLIENT_SECRET",
+    "ENTRA_PASSTHROUGH_CLIENT_CERTIFICATE_PATH",
+    "ENTRA_PASSTHROUGH_CLIENT_CREDENTIAL",
+    "AZURE_CLIENT_ID",
+    "AZURE_FEDERATED_TOKEN_FILE",
+)
+
+
+def _foundry_platform_credential(env: Mapping[str, str], blueprint_variable: str) -> bool:
+    """Inside a Foundry hosted agent (the blueprint is Foundry's, the container has a managed
+    identity endpoint: Foundry's hosted-agent token service) with no blueprint credential of
+    the developer's."""
+    return (
+        blueprint_variable == "FOUNDRY_AGENT_BLUEPRINT_CLIENT_ID"
+        and _env.get(env, "IDENTITY_ENDPOINT") is not None
+        and not any(_env.get(env, variable) for variable in _BLUEPRINT_CREDENTIAL_VARIABLES)
+    )
+
+
+def _check_agent_identity_id(value: object, *, variable: str, keyword: bool) -> None:
+    """The agent identity's client id: a string with no whitespace or control character (as
+    ``_checks.client_id``), the error naming the variable it was read from (``keyword``: the
+    constructor's ``agent_identity_id=``), with the agent identity's own fix: it is a service
+    principal with no app registration."""
+    if keyword:
+        name = f"AgentIdentityOnBehalfOf: agent_identity_id ({variable})"
+        where = f"pass agent_identity_id= (or set {variable})"
+    else:
+        name = f"AgentIdentityOnBehalfOf.from_env(): {variable}"
+        where = f"set {variable} to"
+    fix = (
+        f"{where} the agent identity's client id, a GUID: the appId of its service principal "
+        "(an agent identity has no app registration)"
+    )
+    fix += (
+        "; Foundry sets it in a hosted agent: check what overwrote it."
+        if variable == "FOUNDRY_AGENT_INSTANCE_CLIENT_ID"
+        else "; in a Foundry hosted agent, Foundry sets FOUNDRY_AGENT_INSTANCE_CLIENT_ID to it."
+    )
+    if not isinstance(value, str):
+        raise ConfigurationError(f"{name} must be a string, not {type(value).__name__}.", fix=fix)
+    if not value:
+        raise ConfigurationError(f"{name} is empty.", fix=fix)
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise ConfigurationError(
+            f"{name} holds whitespace or a control character (copied with more than the id?).",
+            fix=fix + " Remove the spaces or line breaks around it.",
+        )
 
 
 def _no_interactive_consent(request: TokenRequest) -> str | None:
@@ -355,6 +504,35 @@ def _admin_consent(exc: ConsentRequired) -> ConsentRequired:
         trace_id=exc.trace_id,
         fix=AGENT_CONSENT_FIX,
     )
+
+
+def _for_the_blueprint(exc: AssertionAudienceMismatch, blueprint: str) -> AssertionAudienceMismatch:
+    """The same refusal saying what an agent identity needs: the user's token for the
+    *blueprint* (its App ID URI or client id), not "the OBO app"."""
+    err = AssertionAudienceMismatch.__new__(AssertionAudienceMismatch)
+    err.audience = exc.audience
+    err.expected = exc.expected
+    foundry = (
+        " This is the token Microsoft Foundry sends to hosted agents; it names the user but is "
+        "for Foundry, not for the blueprint."
+        if exc.audience
+        and exc.audience.rstrip("/") in ("https://ai.azure.com", "https://ml.azure.com")
+        else ""
+    )
+    TokenAcquisitionError.__init__(
+        err,
+        f"The caller's token is for audience {exc.audience!r}; an agent identity's on-behalf-of "
+        f"needs the user's token for its blueprint ({' or '.join(exc.expected)}), so Entra "
+        f"would answer AADSTS500131.{foundry} The token was not sent.",
+        source=exc.source,
+        scopes=exc.scopes,
+        aadsts=500131,
+        fix=f"have the client request a token for the blueprint's scope "
+        f"(api://{blueprint}/<scope>, e.g. access_as_user, or {blueprint}/.default); use "
+        "DelegatedConsent or, for Foundry, FoundryToolboxRoute otherwise; do not forward this "
+        "token.",
+    )
+    return err
 
 
 def _single_tenant(exc: TenantNotAllowed) -> TenantNotAllowed:

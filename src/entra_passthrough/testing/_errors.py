@@ -423,6 +423,18 @@ def agent_identity_not_found(ident: str) -> StsError:
     )
 
 
+def agentic_fmi_path_required() -> StsError:
+    # AADSTS82008: a blueprint's client_credentials for api://AzureADTokenExchange without
+    # fmi_path (or an empty one), Entra's text as reported verbatim (microsoft/Agent365-Samples
+    # #230, #116). The error field is not documented: invalid_request, as for a missing parameter.
+    return StsError(
+        82008,
+        "invalid_request",
+        "All agentic applications requesting a token exchange token must include the fmipath "
+        "parameter on the token request.",
+    )
+
+
 def agent_interactive_consent() -> StsError:
     # AADSTS82014: child agent identities cannot be consented interactively (Entra Agent ID docs)
     return StsError(

@@ -193,6 +193,14 @@ def _client_credentials(
         extra["xms_cc"] = caps
     subject_oid = app.object_id
     fmi_path = form.get("fmi_path")
+    if (
+        not fmi_path
+        and app.kind == "agent_blueprint"
+        and req.resource.client_id == TOKEN_EXCHANGE_APP_ID
+    ):
+        # A blueprint's exchange token is always for one agent identity: Entra refuses the
+        # request without fmi_path, or with an empty one (AADSTS82008).
+        raise e.agentic_fmi_path_required()
     if fmi_path:
         # Agent ID: only a blueprint may ask for its child agent identity's T1 (82001 otherwise).
         child = rt.world.resource(fmi_path)

@@ -329,6 +329,35 @@ class World:
     def with_lifetimes(self, lifetimes: Lifetimes) -> World:
         return replace(self, lifetimes=lifetimes)
 
+    def with_foundry_platform_credential(
+        self, blueprint: str = "blueprint", *, trusted: bool = True
+    ) -> World:
+        """A Foundry hosted agent's blueprint credential, as Microsoft describes it (not verified
+        against a live Foundry): inside the container the managed identity endpoint is Foundry's
+        hosted-agent token service, which answers for the blueprint's client id
+        (``FOUNDRY_AGENT_BLUEPRINT_CLIENT_ID``, "the managed identity client ID of the agent
+        blueprint"), and the blueprint trusts that token as a platform-managed federated
+        credential. Modelled as a user-assigned identity whose client id is the blueprint's and,
+        when ``trusted``, a federated credential of the blueprint naming it (without it Entra
+        refuses the blueprint's T1 request: AADSTS700213)."""
+        app = self.app(blueprint)
+        if app is None or app.kind != "agent_blueprint":
+            raise ValueError(f"{blueprint!r} is not an agent blueprint of this world")
+        platform = ManagedIdentityPrincipal(
+            name=f"foundry-platform-{app.name}",
+            client_id=app.client_id,
+            object_id=stable_id("foundry-platform", app.client_id),
+            tenant_id=app.tenant_id,
+            resource_id=f"/providers/Microsoft.CognitiveServices/agents/{app.name}",
+        )
+        world = self.with_managed_identity(platform)
+        if trusted:
+            fic = FederatedCredential(name="foundry-platform", subject=platform.object_id)
+            world = world.with_app(
+                replace(app, federated_credentials=(*app.federated_credentials, fic))
+            )
+        return world
+
     # ---- construction --------------------------------------------------------------------
     @classmethod
     def default(cls) -> World:
