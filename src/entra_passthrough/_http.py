@@ -490,10 +490,15 @@ def retry_after_seconds(
 
 def _request_key(method: str, url: str, data: Any, params: Any) -> str:
     # What identifies "the same request" for the negative cache: the URL, the client, the scope
-    # and the user's part (assertion, refresh token, code). Hashed: never kept in clear.
+    # and the user's part (assertion, refresh token, code), the agent identity a blueprint asks
+    # for (``fmi_path``: one identity's failed T1 request is not another's) and the claims asked
+    # for. Hashed: never kept in clear.
     parts = [method, url]
     if isinstance(data, Mapping):
-        for name in ("client_id", "scope", "grant_type", "assertion", "refresh_token", "code"):
+        for name in (
+            "client_id", "scope", "grant_type", "assertion", "refresh_token", "code", "fmi_path",
+            "claims",
+        ):  # fmt: skip
             value = data.get(name)
             if value is not None:
                 parts.append(f"{name}={value}")

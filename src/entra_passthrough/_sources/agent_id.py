@@ -86,7 +86,9 @@ class _T1:
         self._scope = scope
         self._fmi_path = agent_identity_id
         self._token: TokenResult | None = None
-        self._renew_at = 0.0  # when the held T1 is due for renewal
+        # The held T1 with the time it is due for renewal, one attribute: a reader never pairs
+        # an old T1 with a new renewal time.
+        self._fresh: tuple[TokenResult, float] | None = None
         self._retry_at = 0.0  # after a failed renewal: no request before this
         self._lock = threading.Lock()  # the single flight (and ``_app``)
 
@@ -109,9 +111,9 @@ class _T1:
 
     def __call__(self) -> str:
         now = time.time()
-        token = self._token
-        if token is not None and now < self._renew_at:
-            return token.token
+        fresh = self._fresh  # the T1 and its renewal time, read together (one attribute)
+        if fresh is not None and now < fresh[1]:
+            return fresh[0].token
         held = self._held(now)
         if held is not None:
             # Due for renewal but still valid: one caller renews, the others keep sending it;
@@ -121,11 +123,11 @@ class _T1:
         else:
             self._lock.acquire()  # no T1 to send: wait for the request in flight, if any
         try:
-            token = self._token
-            if token is not None and time.time() < self._renew_at:
-                return token.token  # renewed by the caller this one waited for
+            renewed = self._fresh
+            if renewed is not None and time.time() < renewed[1]:
+                return renewed[0].token  # renewed by the caller this one waited for
             try:
-                fresh = self._fetch()
+                fetched = self._fetch()
             except EntraPassthroughError as exc:
                 held = self._held(time.time())
                 if held is None:
@@ -145,7 +147,7 @@ class _T1:
                     _T1_RETRY,
                 )
                 return held.token
-            return fresh.token
+            return fetched.token
         finally:
             self._lock.release()
 
@@ -169,7 +171,7 @@ class _T1:
         )
         margin = min(_T1_MARGIN, max(token.expires_on - started, 0.0) / 2)
         self._token = token
-        self._renew_at = token.expires_on - margin
+        self._fresh = (token, token.expires_on - margin)
         self._retry_at = 0.0
         return token
 
@@ -409,13 +411,31 @@ class AgentIdentityOnBehalfOf:
                 ),
             )
         else:
-            credential = credential_from_env(
-                env,
-                client_id=blueprint_client_id,
-                tenant_id=tenant_id,
-                http_client=options["http_client"],
-                owner="AgentIdentityOnBehalfOf.from_env() (the blueprint)",
-            )
+            try:
+                credential = credential_from_env(
+                    env,
+                    client_id=blueprint_client_id,
+                    tenant_id=tenant_id,
+                    http_client=options["http_client"],
+                    owner="AgentIdentityOnBehalfOf.from_env() (the blueprint)",
+                )
+            except ConfigurationError as exc:
+                if not _foundry_platform_credential(env, "FOUNDRY_AGENT_BLUEPRINT_CLIENT_ID") or (
+                    _env.get(env, "FOUNDRY_AGENT_BLUEPRINT_CLIENT_ID") is None
+                ):
+                    raise
+                # Inside Foundry, but the library's own blueprint variable is set: that turns
+                # Foundry's platform credential off, and the refusal alone does not say so.
+                full = str(exc)
+                tail = f" Fix: {exc.fix}" if exc.fix else ""
+                message = full[: -len(tail)] if tail and full.endswith(tail) else full
+                raise ConfigurationError(
+                    message,
+                    fix=(exc.fix or "configure the blueprint's credential")
+                    + f" Inside a Foundry hosted agent, leave {blueprint_variable} unset instead: "
+                    "the blueprint (FOUNDRY_AGENT_BLUEPRINT_CLIENT_ID) then uses Foundry's "
+                    "platform credential (docs/hosted-agent.md).",
+                ) from None
         source = cls(
             credential=credential,
             agent_identity_id=agent_identity_id,
