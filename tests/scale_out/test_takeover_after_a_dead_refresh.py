@@ -28,9 +28,12 @@ from entra_passthrough.redis import RedisStore, SharedTokenCache
 from ._broker import consent
 from ._server import AclUser, RedisServer, free_port
 
-GRANT_LEASE = 3.0  # delegated.LEASE_SECONDS (20 s by default)
+GRANT_LEASE = 6.0  # delegated.LEASE_SECONDS (20 s by default)
 L2_LEASE = 1.0  # SharedTokenCache(lease=...) (10 s by default)
-L2_WAIT = 1.5  # SharedTokenCache(wait=...) (15 s by default): shorter than the grant's lease
+# SharedTokenCache(wait=...) (15 s by default): shorter than the grant's lease, and long enough
+# for the survivor holding the shared lease to redeem and write on a loaded CI machine with every
+# logger at DEBUG (at 1.5 s the other survivor stopped waiting for it there and redeemed too).
+L2_WAIT = 4.0
 
 
 class _Hang:
