@@ -52,6 +52,14 @@ class EntraPassthroughError(Exception):
         super().__init__(full)
 
 
+def without_fix(exc: EntraPassthroughError) -> str:
+    """The message of ``exc`` without its " Fix: ..." tail (``exc.fix``): for an error that
+    carries another's message with a fix of its own, or the same fix, once."""
+    full = str(exc)
+    tail = f" Fix: {exc.fix}" if exc.fix else ""
+    return full[: -len(tail)] if tail and full.endswith(tail) else full
+
+
 class ConfigurationError(EntraPassthroughError, ValueError):
     """The library was configured in a way that cannot work or would be unsafe."""
 

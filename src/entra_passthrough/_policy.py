@@ -19,6 +19,7 @@ from ._errors import (
     PolicyViolation,
     SourceUnavailable,
     TokenAcquisitionError,
+    without_fix,
 )
 from ._types import IdentityKind, TokenRequest, TokenSource, explain
 
@@ -92,10 +93,7 @@ class Attempts:
             # Ours, met only when the source runs (a ConfigurationError: a managed identity
             # host's variables, MSAL's version, a client of the wrong type): its text says what
             # to configure and never holds a secret, so it is kept, not reduced to its type.
-            full = str(exc)
-            tail = f" Fix: {exc.fix}" if exc.fix else ""
-            message = full[: -len(tail)] if tail and full.endswith(tail) else full
-            kept = SourceUnavailable(message, source=source, fix=exc.fix)
+            kept = SourceUnavailable(without_fix(exc), source=source, fix=exc.fix)
             kept.__cause__ = exc
             exc = kept
         elif not isinstance(exc, TokenAcquisitionError):

@@ -20,6 +20,7 @@ from .._errors import (
     EntraPassthroughError,
     TenantNotAllowed,
     TokenAcquisitionError,
+    without_fix,
 )
 from .._http import SHARED_THROTTLE, Timeouts
 from .._msal import (
@@ -426,11 +427,8 @@ class AgentIdentityOnBehalfOf:
                     raise
                 # Inside Foundry, but the library's own blueprint variable is set: that turns
                 # Foundry's platform credential off, and the refusal alone does not say so.
-                full = str(exc)
-                tail = f" Fix: {exc.fix}" if exc.fix else ""
-                message = full[: -len(tail)] if tail and full.endswith(tail) else full
                 raise ConfigurationError(
-                    message,
+                    without_fix(exc),
                     fix=(exc.fix or "configure the blueprint's credential")
                     + f" Inside a Foundry hosted agent, leave {blueprint_variable} unset instead: "
                     "the blueprint (FOUNDRY_AGENT_BLUEPRINT_CLIENT_ID) then uses Foundry's "
