@@ -89,17 +89,18 @@ class Attempts:
     error: TokenAcquisitionError | None = None
 
     def record(self, source: str, exc: BaseException) -> None:
-        if isinstance(exc, EntraPassthroughError) and not isinstance(exc, TokenAcquisitionError):
-            # Ours, met only when the source runs (a ConfigurationError: a managed identity
-            # host's variables, MSAL's version, a client of the wrong type): its text says what
-            # to configure and never holds a secret, so it is kept, not reduced to its type.
-            kept = SourceUnavailable(without_fix(exc), source=source, fix=exc.fix)
-            kept.__cause__ = exc
+        if not isinstance(exc, TokenAcquisitionError):
+            if isinstance(exc, EntraPassthroughError):
+                # Ours, met only when the source runs (a ConfigurationError: a managed identity
+                # host's variables, MSAL's version, a client of the wrong type): its text says
+                # what to configure and never holds a secret, so it is kept, not its type alone.
+                kept = SourceUnavailable(without_fix(exc), source=source, fix=exc.fix)
+                kept.__cause__ = exc
+            else:
+                kept = SourceUnavailable(
+                    f"source failed unexpectedly: {type(exc).__name__}.", source=source
+                )
             exc = kept
-        elif not isinstance(exc, TokenAcquisitionError):
-            exc = SourceUnavailable(
-                f"source failed unexpectedly: {type(exc).__name__}.", source=source
-            )
         self.notes[source] = type(exc).__name__
         # The first error wins, except that one the user can act on (sign in, consent, MFA)
         # outranks an earlier dead end: with [OnBehalfOf, DelegatedConsent] a Foundry token is

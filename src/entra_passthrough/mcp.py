@@ -676,52 +676,49 @@ async def _tokenless_refusal(
         return response
     await response.aclose()
     name = method if method is not None and _QUOTABLE_METHOD.fullmatch(method) else "request"
-    chain = auth.chain if auth is not None else None
-    policy = getattr(chain, "policy", None)
-    lifecycle = (
-        policy.lifecycle_kinds(lifecycle_app=bool(getattr(chain, "lifecycle_app", False)))
-        if isinstance(policy, Policy)
-        else frozenset()
-    )
-    if auth is not None and not auth.allows(request.url):
-        key = origin_key(request.url.scheme, request.url.raw_host, request.url.port)
-        origin = format_origin(key) if key is not None else request.url.scheme
-        why = (
-            f"its origin ({origin}) is not one of the client's origins, the only ones a token "
-            "is ever sent to"
-        )
-        fix = "add the MCP server's origin to entra_http_client(origins=[...])"
-    elif current_caller() is None and lifecycle:
-        why = (
-            "no caller was active, and the identity the policy gives connection-lifetime "
-            "requests could not be acquired (the error is recorded on the client's EntraAuth: "
-            "auth_of(client).take_errors())"
-        )
-        fix = "read that error: it says what to configure"
-    elif current_caller() is None:
-        why = (
-            "no caller was active (the Client was opened, or the request made, outside the "
-            "user's request) and the policy names no identity for connection-lifetime requests"
-        )
-        fix = (
-            "open the Client inside the user's request, while its caller is active, and make "
-            "calls inside entra_call(...); or let the app identity connect "
-            "(TokenChain(..., lifecycle_app=True))"
-        )
-    else:
-        why = (
-            "no token could be acquired for the active caller (the error is recorded on it: "
-            "current_caller().take_errors())"
-        )
-        fix = (
-            "handle that error before connecting (entra_call(...) and the client's "
-            "EntraAuth.acquire_async() raise it, e.g. ConsentRequired with its link)"
-        )
+    why, fix = _no_token_reason(request, auth)
     return _local_error(
         request,
         rpc_id,
         f"entra_passthrough: the MCP server refused {name} (401): it was sent without a token, "
         f"because {why}. Fix: {fix}. {see('mcp-client', 'connection-lifetime-requests')}",
+    )
+
+
+def _no_token_reason(request: httpx2.Request, auth: EntraAuth | None) -> tuple[str, str]:
+    """(why a connection-lifetime request went out without a token, what to change)."""
+    if auth is not None and not auth.allows(request.url):
+        key = origin_key(request.url.scheme, request.url.raw_host, request.url.port)
+        origin = format_origin(key) if key is not None else request.url.scheme
+        return (
+            f"its origin ({origin}) is not one of the client's origins, the only ones a token "
+            "is ever sent to",
+            "add the MCP server's origin to entra_http_client(origins=[...])",
+        )
+    if current_caller() is not None:
+        return (
+            "no token could be acquired for the active caller (the error is recorded on it: "
+            "current_caller().take_errors())",
+            "handle that error before connecting (entra_call(...) and the client's "
+            "EntraAuth.acquire_async() raise it, e.g. ConsentRequired with its link)",
+        )
+    chain = auth.chain if auth is not None else None
+    policy = getattr(chain, "policy", None)
+    if isinstance(policy, Policy) and policy.lifecycle_kinds(
+        lifecycle_app=bool(getattr(chain, "lifecycle_app", False))
+    ):
+        return (
+            "no caller was active, and the identity the policy gives connection-lifetime "
+            "requests could not be acquired (the error is recorded on the client's EntraAuth: "
+            "auth_of(client).take_errors())",
+            "read that error: it says what to configure",
+        )
+    return (
+        "no caller was active (the Client was opened, or the request made, outside the "
+        "user's request) and the policy names no identity for connection-lifetime requests",
+        "open the Client inside the user's request, while its caller is active, and make "
+        "calls inside entra_call(...); or let the app identity connect "
+        "(TokenChain(..., lifecycle_app=True))",
     )
 
 

@@ -294,23 +294,27 @@ def _cluster_reply(exc: BaseException) -> str | None:
     """The cluster redirection or state a node answered (redis-py 6+ raises ``MovedError``
     and its kin; 5.x a plain ``ResponseError`` with the reply's text), as the message says it;
     ``None`` for anything else."""
-    if isinstance(exc, MovedError):
-        return "MOVED: this key is served by another node"
-    if isinstance(exc, AskError):
-        return "ASK: this key is moving to another node"
-    if isinstance(exc, TryAgainError):
-        return "TRYAGAIN"
-    if isinstance(exc, ClusterDownError):
-        return "CLUSTERDOWN"
+    for kind, reply in _CLUSTER_ERRORS:
+        if isinstance(exc, kind):
+            return _CLUSTER_REPLIES[reply]
     if type(exc) is ResponseError:
-        first = str(exc).split(" ", 1)[0]
-        if first == "MOVED":
-            return "MOVED: this key is served by another node"
-        if first == "ASK":
-            return "ASK: this key is moving to another node"
-        if first in ("TRYAGAIN", "CLUSTERDOWN"):
-            return first
+        return _CLUSTER_REPLIES.get(str(exc).split(" ", 1)[0])
     return None
+
+
+#: A cluster node's redirection or state replies, as the messages say them.
+_CLUSTER_REPLIES: Final = {
+    "MOVED": "MOVED: this key is served by another node",
+    "ASK": "ASK: this key is moving to another node",
+    "TRYAGAIN": "TRYAGAIN",
+    "CLUSTERDOWN": "CLUSTERDOWN",
+}
+_CLUSTER_ERRORS: Final = (
+    (MovedError, "MOVED"),
+    (AskError, "ASK"),
+    (TryAgainError, "TRYAGAIN"),
+    (ClusterDownError, "CLUSTERDOWN"),
+)
 
 
 def _not_a_cluster(exc: BaseException | None) -> bool:

@@ -56,20 +56,38 @@ def error_response(
 ) -> Response:
     """A clear error; nothing was stored. ``message`` must be safe to show (no secrets);
     ``next_step`` (default: use the sign-in link again) what the user can do about it."""
+    answer: dict[str, object] = {"error": code, "error_description": message, "stored": False}
+    if next_step:
+        answer["next_step"] = next_step
+    return _refusal(
+        request,
+        answer,
+        title="Sign-in failed",
+        heading="Sign-in could not be completed",
+        tail=f"Nothing was stored. {next_step or SIGN_IN_AGAIN}",
+        status=status,
+    )
+
+
+def _refusal(
+    request: Request,
+    answer: dict[str, object],
+    *,
+    title: str,
+    heading: str,
+    tail: str,
+    status: int,
+) -> Response:
+    """A refusal page (or ``answer`` as JSON): the heading, the message, the error code and
+    ``tail`` (what it left, what to do)."""
     if wants_json(request):
-        answer = {"error": code, "error_description": message, "stored": False}
-        if next_step:
-            answer["next_step"] = next_step
         return JSONResponse(answer, status_code=status, headers=security_headers())
     body = (
-        '<h1 class="err">Sign-in could not be completed</h1>'
-        f"<p>{html.escape(message)}</p>"
-        f"<p>Error: <code>{html.escape(code)}</code>. Nothing was stored. "
-        f"{html.escape(next_step or SIGN_IN_AGAIN)}</p>"
+        f'<h1 class="err">{html.escape(heading)}</h1>'
+        f"<p>{html.escape(str(answer['error_description']))}</p>"
+        f"<p>Error: <code>{html.escape(str(answer['error']))}</code>. {html.escape(tail)}</p>"
     )
-    return HTMLResponse(
-        _page("Sign-in failed", body), status_code=status, headers=security_headers()
-    )
+    return HTMLResponse(_page(title, body), status_code=status, headers=security_headers())
 
 
 #: What a refused sign-out leaves, and how the user can still revoke the access (docs/consent.md,
@@ -85,19 +103,13 @@ def signout_error_response(
     request: Request, code: str, message: str, *, status: int = 400
 ) -> Response:
     """A refused sign-out: what happened, that the access still stands, how to revoke it."""
-    if wants_json(request):
-        return JSONResponse(
-            {"error": code, "error_description": message, "revoked": False},
-            status_code=status,
-            headers=security_headers(),
-        )
-    body = (
-        '<h1 class="err">Sign-out could not be completed</h1>'
-        f"<p>{html.escape(message)}</p>"
-        f"<p>Error: <code>{html.escape(code)}</code>. {html.escape(SIGNOUT_NOT_DONE)}</p>"
-    )
-    return HTMLResponse(
-        _page("Sign-out failed", body), status_code=status, headers=security_headers()
+    return _refusal(
+        request,
+        {"error": code, "error_description": message, "revoked": False},
+        title="Sign-out failed",
+        heading="Sign-out could not be completed",
+        tail=SIGNOUT_NOT_DONE,
+        status=status,
     )
 
 
