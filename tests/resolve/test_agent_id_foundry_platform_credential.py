@@ -17,7 +17,6 @@ from entra_passthrough import (
     AgentIdentityOnBehalfOf,
     EntraError,
     IdentityKind,
-    TokenAcquisitionError,
     TokenChain,
     bind_caller,
 )
@@ -88,12 +87,22 @@ def test_a_blueprint_that_does_not_trust_the_token_service_is_refused() -> None:
 
 
 def test_no_token_service_identity_for_the_blueprint_is_a_typed_error() -> None:
-    # Outside the model (a host whose identity endpoint knows no such identity): typed.
+    # Outside the model (Foundry's variables copied to a host whose identity endpoint knows no
+    # identity with the blueprint's client id): typed, and it says which path was taken. The
+    # managed identity's own fix ("assign the user-assigned identity to this host") pointed at
+    # the wrong thing: a blueprint is not a managed identity.
     with EntraEmulator() as idp:
         chain = TokenChain.from_env(_foundry_env(idp))
         try:
-            with pytest.raises(TokenAcquisitionError):
+            with pytest.raises(EntraError) as info:
                 _serve(idp, chain, "alice")
+            error = info.value
+            message = str(error)
+            assert "FOUNDRY_AGENT_BLUEPRINT_CLIENT_ID" in message
+            assert "HTTP 400" in message  # what the endpoint said is kept
+            assert error.fix is not None
+            assert "ENTRA_PASSTHROUGH_CLIENT_SECRET" in error.fix
+            assert "User assigned" not in error.fix
         finally:
             chain.close()
 

@@ -17,6 +17,7 @@ from .._errors import (
     AssertionAudienceMismatch,
     ConfigurationError,
     ConsentRequired,
+    EntraError,
     EntraPassthroughError,
     TenantNotAllowed,
     TokenAcquisitionError,
@@ -32,6 +33,7 @@ from .._msal import (
 )
 from .._types import IdentityKind, TokenRequest, TokenResult
 from ._base import result_from_msal, unreachable
+from .managed_identity import ManagedIdentity
 from .obo import (
     OnBehalfOf,
     audiences_for,
@@ -45,7 +47,6 @@ logger = logging.getLogger("entra_passthrough.agent_id")
 
 if TYPE_CHECKING:
     from .._caller import Caller
-    from .managed_identity import ManagedIdentity
 
 #: Renew T1 this long before it expires, at most: a T1 is renewed ``min(_T1_MARGIN, lifetime / 2)``
 #: before its end (a short-lived T1 is not renewed for every exchange).
@@ -399,13 +400,11 @@ class AgentIdentityOnBehalfOf:
             # token service's token for it (api://AzureADTokenExchange, the blueprint's client
             # id as the managed identity), which the blueprint trusts as its platform-managed
             # federated credential (docs/hosted-agent.md).
-            from .managed_identity import ManagedIdentity
-
             credential = AppCredential(
                 client_id=blueprint_client_id,
                 tenant_id=tenant_id,
                 authority_host=_env.get(env, "AZURE_AUTHORITY_HOST") or PUBLIC_AUTHORITY_HOST,
-                managed_identity=ManagedIdentity.from_env(
+                managed_identity=_FoundryTokenService.from_env(
                     {**env, "AZURE_CLIENT_ID": blueprint_client_id},
                     http_client=options["http_client"],
                     name=f"{name}.foundry_token_service",
@@ -454,6 +453,36 @@ _BLUEPRINT_CREDENTIAL_VARIABLES = (
     "AZURE_CLIENT_ID",
     "AZURE_FEDERATED_TOKEN_FILE",
 )
+
+
+class _FoundryTokenService(ManagedIdentity):
+    """Foundry's hosted-agent token service as the blueprint's credential. Its refusal says
+    which path the library took and why: taken outside a Foundry hosted agent (a host whose
+    identity endpoint knows no identity with the blueprint's client id), the managed identity's
+    own fix ("assign the user-assigned identity to this host") would point at the wrong thing:
+    a blueprint is not a managed identity."""
+
+    def token_for_resource(self, resource: str) -> str:
+        try:
+            return super().token_for_resource(resource)
+        except EntraError as exc:
+            raise EntraError(
+                "The identity endpoint (IDENTITY_ENDPOINT, Foundry's hosted-agent token service "
+                "in a hosted agent) gave no token for the agent identity blueprint "
+                "(FOUNDRY_AGENT_BLUEPRINT_CLIENT_ID), which is the blueprint's credential when "
+                f"no other is configured. {without_fix(exc)}",
+                aadsts=exc.code.code if exc.code is not None else None,
+                error=exc.error,
+                suberror=exc.suberror,
+                correlation_id=exc.correlation_id,
+                trace_id=exc.trace_id,
+                fix="outside a Foundry hosted agent (these variables copied to another host), "
+                "configure the blueprint's credential: ENTRA_PASSTHROUGH_CLIENT_SECRET, "
+                "ENTRA_PASSTHROUGH_CLIENT_CERTIFICATE_PATH, or AZURE_CLIENT_ID naming a "
+                "user-assigned identity that is a federated credential of the blueprint; in a "
+                "hosted agent, check that the agent was deployed with its agent identity "
+                "(docs/hosted-agent.md).",
+            ) from None
 
 
 def _foundry_platform_credential(env: Mapping[str, str], blueprint_variable: str) -> bool:
