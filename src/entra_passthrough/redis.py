@@ -713,10 +713,14 @@ class RedisStore:
         _policy_warning(info)
 
     async def ping(self) -> bool:
-        """``True`` if Redis answers (readiness probes); never raises."""
+        """``True`` if Redis answers (readiness probes); never raises. On a cluster, every
+        primary must answer: redis-py sends PING to one node, which answers while another
+        primary (and every key in its slots) is down."""
         try:
             bound = await self._bound()
             async with bound.turn():
+                if self._cluster:
+                    return bool(await bound.client.ping(target_nodes="primaries"))
                 return bool(await bound.client.ping())
         except _PING_ERRORS:
             return False

@@ -237,3 +237,28 @@ def test_a_cluster_url_with_another_database_is_refused() -> None:
         RedisStore.from_url("redis://:pw@127.0.0.1:7000/2", cluster=True)
     with pytest.raises(ConfigurationError, match="only database 0"):
         RedisStore.from_url("redis://:pw@127.0.0.1:7000/0?db=1", cluster=True)
+
+
+async def test_ping_is_false_while_any_primary_is_down() -> None:
+    """A readiness probe on a cluster answers for every primary: redis-py sends PING to one
+    node, which answered PONG while another primary, and every key in its slots, was down."""
+    servers = RedisClusterServers(masters=3)
+    try:
+        servers.start()
+        store = RedisStore.from_url(servers.url, cluster=True, timeout=2)
+        try:
+            assert await store.ping()
+            # Each of two primaries in turn (one of them is not the node redis-py pings).
+            for node in servers.nodes[1:]:
+                node.kill()
+                assert not await store.ping()
+                node.start()  # same port and data: the cluster is whole again
+                for _ in range(100):  # bounded (~10 s): the client reconnects
+                    if await store.ping():
+                        break
+                    await asyncio.sleep(0.1)
+                assert await store.ping()
+        finally:
+            await store.aclose()
+    finally:
+        servers.stop()
