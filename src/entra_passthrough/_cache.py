@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -57,6 +58,9 @@ logger = logging.getLogger("entra_passthrough.cache")
 _SYNC_WAIT_SECONDS = 120.0
 #: A waiter whose leader was cancelled takes over; bounded.
 _MAX_TAKEOVERS = 3
+#: How often a waiter looks whether its leader's event loop is still there (a loop closed
+#: without cancelling its tasks strands the leader: it never finishes).
+_LEADER_CHECK = 0.5
 #: After a failed refresh, the next one is due after this share of the time the token has left.
 _RETRY_SHARE = 0.5
 #: While refreshes fail because the identity provider is throttling or down, an entry is served
@@ -88,6 +92,14 @@ def loop_running_here() -> bool:
 def _retrieved(future: asyncio.Future[TokenResult | None]) -> None:
     if not future.cancelled():
         future.exception()
+
+
+def _leader_stranded(future: concurrent.futures.Future[TokenResult | None]) -> bool:
+    """The acquisition ``future`` was led from an event loop that is now closed: closed without
+    cancelling its tasks (a loop managed by hand, a thread's loop stopped and dropped), so the
+    leader never runs again and never finishes it."""
+    loop: asyncio.AbstractEventLoop | None = getattr(future, "leader_loop", None)
+    return loop is not None and loop.is_closed() and not future.done()
 
 
 class _Acquire:
@@ -471,16 +483,30 @@ class TokenCache:
 
     # -- single flight ----------------------------------------
 
-    def _join(self, key: Hashable) -> tuple[concurrent.futures.Future[TokenResult | None], bool]:
-        """The in-flight future for ``key`` and whether the caller leads the acquisition."""
+    def _join(
+        self, key: Hashable, loop: asyncio.AbstractEventLoop | None = None
+    ) -> tuple[concurrent.futures.Future[TokenResult | None], bool]:
+        """The in-flight future for ``key`` and whether the caller leads the acquisition
+        (``loop``: the leader's event loop, for its waiters to see it closed)."""
         with self._lock:
             fut = self._inflight.get(key)
             if fut is not None:
                 return fut, False
             fut = concurrent.futures.Future()
+            fut.leader_loop = loop  # type: ignore[attr-defined]
             self._inflight[key] = fut
             self._misses += 1
             return fut, True
+
+    def _abandon(self, key: Hashable, fut: concurrent.futures.Future[TokenResult | None]) -> None:
+        """A waiter found ``fut``'s leader stranded (``_leader_stranded``): the key is free for a
+        new leader, and every waiter of ``fut`` takes over (``_LeaderGone``) instead of waiting
+        for a leader that will never finish."""
+        with self._lock:
+            if self._inflight.get(key) is fut:
+                del self._inflight[key]
+        with contextlib.suppress(concurrent.futures.InvalidStateError):
+            fut.set_exception(_LeaderGone())
 
     def _finish(
         self,
@@ -509,15 +535,20 @@ class TokenCache:
     # ``_OWN`` instead. ``_Refresh``: start a background refresh, send back ``None``.
 
     def _flow(
-        self, key: Hashable, cap: Cap, due: TokenResult | None
+        self,
+        key: Hashable,
+        cap: Cap,
+        due: TokenResult | None,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> Generator[_Step, object, TokenResult | None]:
         """``due``: the cached result this caller must refresh (``_lookup`` claimed it for
-        this caller), else ``None``. A plain hit never gets here: the drivers return it."""
+        this caller), else ``None``. A plain hit never gets here: the drivers return it.
+        ``loop``: the async driver's event loop."""
         if due is not None:
             yield _Refresh(due)
             return due
         for _ in range(_MAX_TAKEOVERS):
-            fut, leader = self._join(key)
+            fut, leader = self._join(key, loop)
             if not leader:
                 try:
                     shared = yield _Wait(fut)
@@ -529,7 +560,9 @@ class TokenCache:
                 result = yield _ACQUIRE
             except BaseException as exc:
                 if leader:
-                    gone = isinstance(exc, asyncio.CancelledError)
+                    # Cancelled, or finalized where it stood (GeneratorExit: its loop was
+                    # closed under it): the waiters take over, never handed a BaseException.
+                    gone = not isinstance(exc, Exception)
                     self._finish(key, fut, error=_LeaderGone() if gone else exc)
                 raise
             stored = self._store(key, result, cap) if result is not None else None  # type: ignore[arg-type]
@@ -561,16 +594,23 @@ class TokenCache:
             if isinstance(step, _Acquire):
                 return await acquire()
             if isinstance(step, _Wait):
-                # shield: cancelling this waiter (a client went away) must not cancel the
-                # shared future, which would fail the leader and every other waiter.
+                # Not cancelled with this waiter (a client went away): cancelling the shared
+                # future would fail the leader and every other waiter (``asyncio.wait`` leaves
+                # it alone).
                 shared = asyncio.wrap_future(step.future)
                 shared.add_done_callback(_retrieved)  # no "exception never retrieved" noise
-                return await asyncio.shield(shared)
+                while True:
+                    done, _ = await asyncio.wait((shared,), timeout=_LEADER_CHECK)
+                    if done:
+                        return shared.result()
+                    if _leader_stranded(step.future):
+                        self._abandon(key, step.future)
             flow = self._refresh_flow(key, step.cached, cap, in_thread=False)
             self._start_refresh_async(drive_async(flow, do))
             return None
 
-        return await drive_async(self._flow(key, cap, cached), do)
+        loop = asyncio.get_running_loop()
+        return await drive_async(self._flow(key, cap, cached, loop), do)
 
     def get_or_acquire(
         self,
@@ -595,12 +635,18 @@ class TokenCache:
                     # Blocking this thread would stall the event loop that may be running
                     # the leader (a sync call inside async code): acquire on our own instead.
                     return _OWN
-                try:
-                    return step.future.result(timeout=_SYNC_WAIT_SECONDS)
-                except concurrent.futures.TimeoutError:
-                    raise SourceUnavailable(
-                        "Timed out waiting for another thread's token acquisition for the same key."
-                    ) from None
+                end = time.monotonic() + _SYNC_WAIT_SECONDS
+                while True:
+                    try:
+                        return step.future.result(timeout=_LEADER_CHECK)
+                    except concurrent.futures.TimeoutError:
+                        if _leader_stranded(step.future):
+                            self._abandon(key, step.future)
+                        elif time.monotonic() >= end:
+                            raise SourceUnavailable(
+                                "Timed out waiting for another thread's token acquisition for "
+                                "the same key."
+                            ) from None
             flow = self._refresh_flow(key, step.cached, cap, in_thread=True)
             self._start_refresh_sync(key, functools.partial(drive, flow, do))
             return None

@@ -21,6 +21,7 @@ import math
 import os
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -389,6 +390,24 @@ class _GilSchedule:
 
 _SCHEDULE = _GilSchedule()
 
+#: Every ``WorkerPool`` of the process, for ``_after_fork_in_child``.
+_POOLS: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child (gunicorn ``--preload``, multiprocessing's ``fork``) inherits each pool's
+    executor without its threads: ``ThreadPoolExecutor`` still counts the parent's idle workers,
+    so it starts none, and every job submitted in the child waited out its deadline. The
+    child's pools start afresh (their workers started again on first use), with fresh locks (a
+    parent thread may have held one at the fork)."""
+    _SCHEDULE._lock = threading.Lock()
+    for pool in list(_POOLS):
+        pool._forked()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
 
 class WorkerPool:
     """A dedicated, bounded thread pool for blocking token calls, created on first use.
@@ -443,6 +462,18 @@ class WorkerPool:
         self.schedule = _SCHEDULE
         #: CPU seconds one call costs its worker (moving average of ``time.thread_time()``)
         self.cost = self.INITIAL_COST
+        self._started = False  # ``start()`` ran: a forked child starts its workers again
+        _POOLS.add(self)
+
+    def _forked(self) -> None:
+        """In a forked child: the parent's executors have no threads here (see
+        ``_after_fork_in_child``); drop them, uncounted, and start again on first use."""
+        self._lock = threading.Lock()
+        self._executor = None
+        self._overflow = None
+        self._queued = 0
+        self._running = {}
+        self._lent = 0
 
     def start(self) -> None:
         """Create the executor and start every worker now (call it at start-up).
@@ -453,6 +484,7 @@ class WorkerPool:
         (bench/README.md, "where the time goes").
         """
         executor = self._get()
+        self._started = True
         barrier = threading.Barrier(self.max_workers)
         try:
             for _ in range(self.max_workers):
@@ -469,11 +501,16 @@ class WorkerPool:
         executor = self._executor
         if executor is None:
             with self._lock:
-                if self._executor is None:
-                    self._executor = ThreadPoolExecutor(
+                executor = self._executor
+                created = executor is None
+                if executor is None:
+                    executor = self._executor = ThreadPoolExecutor(
                         max_workers=self.max_workers, thread_name_prefix=self._name
                     )
-                executor = self._executor
+            if created and self._started:
+                # A forked child's first use of a pool its parent started: start every worker
+                # now, as the parent did, not one per call of the first burst.
+                self.start()
         return executor
 
     async def pace(self) -> None:

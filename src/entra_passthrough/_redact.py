@@ -87,6 +87,14 @@ _COLON_FIELD = re.compile(
     re.IGNORECASE,
 )
 _BEARER = re.compile(r"(?i)(\bbearer\s+)[A-Za-z0-9._~+/=-]+")
+# An Authorization header's credential whatever its scheme (``Basic <key>``: Azure Arc's
+# challenge key as azure-core's network trace logs it; SharedKey, PoP): in a header
+# dump (``Authorization: Basic ...``) or a dict's repr (``'Authorization': 'Basic ...'``). The
+# scheme is kept; the credential up to the end of the value goes.
+_AUTHORIZATION = re.compile(
+    r"(?i)(\b(?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?(?:[A-Za-z][A-Za-z0-9-]*[ \t]+)?)"
+    r"[^\s\"',;&<>}\]]+"
+)
 # user info in a URL (``https://user:password@host``): a credential wherever it is written
 # Matched from the start of a scheme only (the look-behind, not ``\b``: "a.a.a..." would be a
 # start at every letter, each scanning to the end of the run, quadratic in its length).
@@ -116,6 +124,7 @@ def redact(text: str) -> str:
     text = _ENCODED_FIELD.sub(lambda m: m.group(1) + REDACTED, text)
     text = _XML_FIELD.sub(lambda m: m.group(1) + REDACTED, text)
     text = _COLON_FIELD.sub(lambda m: m.group(1) + REDACTED, text)
+    text = _AUTHORIZATION.sub(lambda m: m.group(1) + REDACTED, text)
     text = _BEARER.sub(lambda m: m.group(1) + REDACTED, text)
     text = _USERINFO.sub(lambda m: m.group(1) + REDACTED + "@", text)
     text = _URL_QUERY.sub(_url_query, text)

@@ -76,6 +76,19 @@ class SharedTlsAdapter(HTTPAdapter):
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
         watch_pool_manager(self.poolmanager)
+        self._pid = os.getpid()
+
+    def send(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        if self._pid != os.getpid():
+            # A forked child (gunicorn --preload) inherits the parent's open connections: two
+            # processes writing and reading one connection could each read the answer to the
+            # other's request (another user's token; over TLS both hold the same keys). The
+            # child drops them unused (closing its copies only) and opens its own.
+            self._pid = os.getpid()
+            self.poolmanager.clear()
+            for manager in self.proxy_manager.values():
+                manager.clear()
+        return super().send(request, *args, **kwargs)
 
     def proxy_manager_for(self, proxy: Any, **proxy_kwargs: Any) -> Any:
         manager = super().proxy_manager_for(proxy, **proxy_kwargs)

@@ -614,10 +614,16 @@ class _CallGuard(httpx2.AsyncBaseTransport):
                 attempt.not_sent = attempt.not_sent or why
                 if rpc_id is None:
                     raise
+                detail = f"{why}, {type(exc).__name__}"
+                if why == "reset":
+                    # What the client saw, and the assumption "not sent" rests on.
+                    detail += (
+                        ": the connection was reset before the server read the call; behind a "
+                        "device that forwards a call and then resets, it may have run: set "
+                        f"{RESEND_ON_RESET_VARIABLE}=false there"
+                    )
                 return _local_error(
-                    request,
-                    rpc_id,
-                    _not_sent_text(attempt, method, f"{why}, {type(exc).__name__}", paren=True),
+                    request, rpc_id, _not_sent_text(attempt, method, detail, paren=True)
                 )
             attempt.transport_error = type(exc).__name__
             if rpc_id is None:

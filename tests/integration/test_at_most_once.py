@@ -709,7 +709,7 @@ async def test_a_call_the_server_reset_unread_never_left(
 
 async def _reset_through(
     client_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, *, proxied: bool
-) -> Any:
+) -> tuple[Any, str]:
     """One ``tools/call`` through ``entra_http_client`` (the MCP connection's client, built
     under ``client_env``) to a server, or an HTTP proxy, that resets the connection unread."""
     from entra_passthrough import mcp
@@ -737,7 +737,7 @@ async def _reset_through(
             answer = await client.post(url, json=body)
     server.join()
     assert answer.json()["id"] == 5
-    return attempt
+    return attempt, answer.json()["error"]["message"]
 
 
 async def test_the_resend_on_a_prompt_reset_can_be_turned_off(
@@ -746,10 +746,14 @@ async def test_the_resend_on_a_prompt_reset_can_be_turned_off(
     """``ENTRA_PASSTHROUGH_MCP_RESEND_ON_RESET=false``: for a device between the agent and the
     server that may reset after forwarding, a prompt reset is an unknown outcome, never "not
     sent" (so never sent again). By default, the same reset is "not sent"."""
-    default = await _reset_through({}, monkeypatch, proxied=False)
+    default, said = await _reset_through({}, monkeypatch, proxied=False)
     assert default.sent is False
     assert default.not_sent == "reset"
-    off = await _reset_through(
+    # The answer says what "not sent" rests on, and the setting for a device that breaks it.
+    assert said.startswith("entra_passthrough: not sent (reset"), said
+    assert "may have run" in said
+    assert "ENTRA_PASSTHROUGH_MCP_RESEND_ON_RESET=false" in said
+    off, _ = await _reset_through(
         {"ENTRA_PASSTHROUGH_MCP_RESEND_ON_RESET": "false"}, monkeypatch, proxied=False
     )
     assert off.sent is True
@@ -762,7 +766,7 @@ async def test_a_reset_through_an_http_proxy_is_never_taken_as_unread(
 ) -> None:
     """Through ``HTTP_PROXY`` the reset comes from the proxy, which may have forwarded the
     request: the call may have run, whatever the setting."""
-    attempt = await _reset_through({}, monkeypatch, proxied=True)
+    attempt, _ = await _reset_through({}, monkeypatch, proxied=True)
     assert attempt.sent is True
     assert attempt.not_sent is None
 
