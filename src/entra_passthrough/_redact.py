@@ -285,6 +285,9 @@ _KNOWN = (
     "msal.token_cache",
     "uvicorn.access",
     "uvicorn.error",
+    # made by uvicorn's ``Config.load()`` at ``--log-level trace``, after the app (and this
+    # library) is imported: it logs each ASGI scope, its query string with it
+    "uvicorn.asgi",
     "httpcore.http11",
     "httpcore.connection",
     "httpcore2.http11",

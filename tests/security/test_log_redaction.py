@@ -303,3 +303,31 @@ def test_azure_arc_challenge_key_never_reaches_a_log() -> None:
         check=False,
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
+
+
+def test_uvicorn_trace_logger_made_after_import_is_filtered() -> None:
+    """uvicorn makes ``uvicorn.asgi`` (``--log-level trace``: every ASGI scope, its query
+    string with it) in ``Config.load()``, after the app imported the library: the logger had
+    no filter, and a GET callback's ``code=`` reached it whole."""
+    child = textwrap.dedent(
+        """
+        import logging
+        from entra_passthrough import TokenChain
+        TokenChain([]).close()
+        records = []
+        class Keep(logging.Handler):
+            def emit(self, record):
+                records.append(record.getMessage())
+        asgi = logging.getLogger("uvicorn.asgi")  # as uvicorn makes it, later
+        asgi.addHandler(Keep())
+        asgi.setLevel(5)
+        asgi.log(5, "ASGI [1] Started scope=%s", {"query_string": b"code=0.AUoAsecretcode&state=s1"})
+        print(records[0])
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", child], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "0.AUoAsecretcode" not in proc.stdout
+    assert "[redacted]" in proc.stdout
