@@ -321,7 +321,8 @@ def test_uvicorn_trace_logger_made_after_import_is_filtered() -> None:
         asgi = logging.getLogger("uvicorn.asgi")  # as uvicorn makes it, later
         asgi.addHandler(Keep())
         asgi.setLevel(5)
-        asgi.log(5, "ASGI [1] Started scope=%s", {"query_string": b"code=0.AUoAsecretcode&state=s1"})
+        scope = {"query_string": b"code=0.AUoAsecretcode&state=s1"}
+        asgi.log(5, "ASGI [1] Started scope=%s", scope)
         print(records[0])
         """
     )
