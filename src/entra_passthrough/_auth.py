@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Generator, Iterable, Sequence
 from http.cookiejar import Cookie, CookieJar, DefaultCookiePolicy
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import httpx2
 
@@ -201,6 +201,37 @@ def _check_chain(chain: object) -> None:
         )
 
 
+_ORIGIN = "https://mcp.contoso.com"
+
+
+def _origin_list(origins: object) -> tuple[str, ...]:
+    """``origins=`` as a tuple (one string is one origin), else a ``ConfigurationError``:
+    ``None`` or a number ended in a bare ``TypeError``, and bytes were read as numbers."""
+    if isinstance(origins, str):
+        return (origins,)
+    if not isinstance(origins, bytes | bytearray):
+        try:
+            return tuple(cast("Iterable[str]", origins))
+        except TypeError:
+            pass
+    raise ConfigurationError(
+        f"origins must be a list of origins ({type(origins).__name__} given).",
+        fix=f"pass the origins that may receive a token as strings: origins=[{_ORIGIN!r}].",
+    )
+
+
+def _capabilities(value: object) -> tuple[str, ...]:
+    """``client_capabilities=`` as a tuple of names, else a ``ConfigurationError``: one string
+    (``"CP1"`` was declared as the capabilities C, P and 1), ``None`` or a number."""
+    if value is None:
+        raise ConfigurationError(
+            "client_capabilities must be a list of names (None given).",
+            fix="pass client_capabilities=['CP1'] for continuous access evaluation, or leave "
+            "it out (no capabilities).",
+        )
+    return names(value, what="client_capabilities", example="CP1")
+
+
 class EntraAuthBase:
     """What the httpx2 and httpx fronts of ``EntraAuth`` share (everything but the base class)."""
 
@@ -226,9 +257,9 @@ class EntraAuthBase:
         self._core = FlowCore(
             chain,
             scopes=scopes,
-            origins=origins,
+            origins=_origin_list(origins),
             on_error=on_error,
-            client_capabilities=client_capabilities,
+            client_capabilities=_capabilities(client_capabilities),
             allow_insecure_loopback=allow_insecure_loopback,
             connection=connection,
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+from urllib.parse import urlsplit
 
 from ._errors import GUID, ConfigurationError
 
@@ -83,13 +84,17 @@ def tenant_id(
     variable: str | None = None,
     owner: str = "",
     tenantless: bool = False,
+    entry: bool = False,
 ) -> str:
     """A configured tenant: a GUID or a domain name, else a ``ConfigurationError`` naming
     ``what`` (and ``variable``, the environment variable ``from_env()`` reads it from). A
     tenant-less authority (``common``, ``organizations``, ``consumers``) too, unless
     ``tenantless``: no caller's ``tid`` ever equals it, so every request would be refused.
-    The value is never echoed (a secret pasted into the wrong variable), only an alias."""
+    The value is never echoed (a secret pasted into the wrong variable), only an alias.
+    ``entry``: the value is one entry of the list ``what``."""
     name = _named(what, variable, owner)
+    if entry:
+        name = f"an entry of {name}"
     if not isinstance(value, str):
         raise ConfigurationError(
             f"{name} must be a string, not {type(value).__name__}.",
@@ -133,6 +138,116 @@ def client_id(
         raise ConfigurationError(
             f"{name} holds whitespace or a control character (copied with more than the id?).",
             fix=fix + " Remove the spaces or line breaks around it.",
+        )
+    wrapped = wrapping(value)
+    if wrapped:
+        raise ConfigurationError(f"{name} is {wrapped}.", fix=fix + " Remove them.")
+    return value
+
+
+def wrapping(value: str) -> str | None:
+    """What wraps an id that no Entra id has around it: quotes a .env file or a shell kept
+    (``"<guid>"``), or braces (``{<guid>}``, the registry's form). Every caller's token was then
+    refused as for another audience, the quotes visible but the variable not named."""
+    if value[:1] in ("'", '"') or value[-1:] in ("'", '"'):
+        return "wrapped in quotes (a .env file or a shell kept them)"
+    if value[:1] == "{" or value[-1:] == "}":
+        return "wrapped in braces (the registry's form of a GUID)"
+    return None
+
+
+#: A tenant id written without its dashes: a caller's ``tid`` claim always has them.
+_DASHLESS_GUID = re.compile(r"[0-9A-Fa-f]{32}")
+_CALLER_TENANT_FIX = (
+    "the tenant's Directory (tenant) ID, a GUID (Entra admin center > Overview; for a domain, "
+    "`entra-passthrough doctor` prints it, from the issuer of "
+    "<authority host>/<domain>/v2.0/.well-known/openid-configuration)"
+)
+
+
+def caller_tenant(
+    value: object, *, what: str, variable: str | None = None, owner: str = "", entry: bool = False
+) -> str:
+    """A tenant compared with each caller's ``tid`` claim (an entry of an on-behalf-of
+    allow-list, or the home tenant when it is the allow-list), else a ``ConfigurationError``
+    naming ``what`` and ``variable``. The claim is always the tenant's GUID (with dashes), so a
+    domain name, a tenant-less authority, a GUID without dashes or anything that is no tenant
+    id at all (braces, a URL, a path) was accepted here and refused every caller
+    (``TenantNotAllowed``). A single name that is neither a GUID nor a domain stays accepted (a
+    test world's tenant id). Never echoed."""
+    name = _named(what, variable, owner)
+    fix = f"{_set(what, variable)} {_CALLER_TENANT_FIX}."
+    if entry:
+        name = f"an entry of {name}"
+        fix = f"{_set(what, variable)} a list of GUIDs: for each tenant, {_CALLER_TENANT_FIX}."
+    if not isinstance(value, str):
+        raise ConfigurationError(f"{name} must be a string, not {type(value).__name__}.", fix=fix)
+    if GUID.fullmatch(value):
+        return value
+    compared = "it is compared with each caller's tid claim (the tenant's GUID)"
+    if value.lower() in TENANTLESS:
+        problem = f"is {value.lower()!r}, which names no tenant"
+    elif _DASHLESS_GUID.fullmatch(value):
+        problem = "is a tenant id without dashes; the tid claim always has them"
+    elif not _TENANT_NAME.fullmatch(value):
+        problem = "is not a tenant id (a GUID without braces, no URL or path)"
+    elif "." in value:
+        problem = "is a domain name, not the tenant's GUID"
+    else:
+        return value
+    raise ConfigurationError(
+        f"{name} {problem}: {compared}, so every caller would be refused.", fix=fix
+    )
+
+
+#: The longest redirect URI an app registration takes
+#: (https://learn.microsoft.com/entra/identity-platform/reply-url).
+REDIRECT_URI_MAX = 256
+#: The hosts Entra accepts an ``http://`` redirect URI for (the localhost exceptions).
+_HTTP_REDIRECT_HOSTS = frozenset({"localhost", "127.0.0.1"})
+
+
+def redirect_uri(value: object, *, what: str, variable: str | None = None, owner: str = "") -> str:
+    """A redirect URI put in authorize links, checked as Entra checks one
+    (https://learn.microsoft.com/entra/identity-platform/reply-url): an ``https://`` URL with a
+    host (``http://`` only on ``localhost`` or ``127.0.0.1``), no user info or fragment, at most
+    256 characters; else a ``ConfigurationError`` naming ``what`` and ``variable``. Any text was
+    taken and put in every consent link, where the user met Entra's refusal (AADSTS50011,
+    AADSTS500117). Never echoed (only its scheme, when it is a short word)."""
+    name = _named(what, variable, owner)
+    fix = (
+        f"{_set(what, variable)} a redirect URI registered on the app (Authentication > Web): "
+        "https://<host>/<path>, or http://localhost or http://127.0.0.1 for local development."
+    )
+    if not isinstance(value, str):
+        raise ConfigurationError(f"{name} must be a string, not {type(value).__name__}.", fix=fix)
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise ConfigurationError(
+            f"{name} holds whitespace or a control character (a URL has none).", fix=fix
+        )
+    if len(value) > REDIRECT_URI_MAX:
+        raise ConfigurationError(
+            f"{name} is longer than the {REDIRECT_URI_MAX} characters Entra takes.", fix=fix
+        )
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise ConfigurationError(f"{name} is not a URL (its host or port).", fix=fix) from None
+    scheme = parts.scheme.lower()
+    if not scheme or not host or "://" not in value:
+        raise ConfigurationError(f"{name} is not an absolute URL with a host.", fix=fix)
+    shown = scheme if len(scheme) <= 16 and scheme.isalpha() else "another scheme"
+    if scheme != "https" and not (scheme == "http" and host in _HTTP_REDIRECT_HOSTS):
+        raise ConfigurationError(
+            f"{name} is not HTTPS ({shown}://...); Entra takes http:// only for localhost "
+            "and 127.0.0.1 (AADSTS500117 otherwise).",
+            fix=fix,
+        )
+    if "@" in parts.netloc or "#" in value:
+        raise ConfigurationError(
+            f"{name} has user info or a fragment, which a redirect URI cannot have.", fix=fix
         )
     return value
 

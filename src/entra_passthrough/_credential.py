@@ -162,7 +162,11 @@ def app_credential(
             tenant_id=tenant_id or "",
             client_secret=client_secret,
             managed_identity=managed_identity,
-            authority_host=authority_host or PUBLIC_AUTHORITY_HOST,
+            # "" (or None) is the public cloud; any other value is checked (5 was an
+            # AttributeError, False the public cloud without a word).
+            authority_host=PUBLIC_AUTHORITY_HOST
+            if authority_host is None or authority_host == ""
+            else authority_host,
         )
     simple = {
         "client_id": client_id,

@@ -282,7 +282,11 @@ class Doctor:
             detail, fix = _explain(exc)
             self.add("configuration", FAIL, detail, fix or _CONFIGURATION_FIX)
             self.check_ids()  # the build refuses an id no caller can match: say which, how
+            self.check_ca_file()  # the build refuses a CA file it cannot use: say why
             self.check_certificates()  # an expired certificate refuses the build: say which
+            unbuilt = self._unbuilt()
+            if unbuilt is not None:  # a tenant domain refuses the build: name its GUID
+                self.check_discovery(unbuilt)
             self.check_scopes(None)
             return self.checks
         try:
@@ -401,6 +405,27 @@ class Doctor:
             return True, f"ENTRA_PASSTHROUGH_CA_FILE ({shown}): {count} CA certificate(s)", ""
 
         self.guard("CA file", probe)
+
+    def _unbuilt(self) -> Any:
+        """What ``check_discovery`` reads of a chain, from the variables, when the chain could
+        not be built: the authority and the tenant, an allow-list too when none is set."""
+        from types import SimpleNamespace
+
+        from ._msal import PUBLIC_AUTHORITY_HOST, normalize_authority_host
+
+        tenant = _get(self.env, "AZURE_TENANT_ID") or _get(self.env, "FOUNDRY_AGENT_TENANT_ID")
+        if tenant is None:
+            return None
+        try:
+            host = normalize_authority_host(
+                _get(self.env, "AZURE_AUTHORITY_HOST") or PUBLIC_AUTHORITY_HOST,
+                what="AZURE_AUTHORITY_HOST",
+            )
+        except ConfigurationError:
+            return None  # the configuration check above names it
+        listed = () if _get(self.env, "ENTRA_PASSTHROUGH_ALLOWED_TENANTS") else (tenant,)
+        source = SimpleNamespace(authority_host=host, tenant_id=tenant, allowed_tenants=listed)
+        return SimpleNamespace(sources=[source])
 
     def _authorities(self, chain: Any) -> list[tuple[str, str]]:
         seen: list[tuple[str, str]] = []

@@ -31,9 +31,9 @@ VARIABLES: dict[str, str] = {
     "PEM), for ENTRA_PASSTHROUGH_CLIENT_CERTIFICATE_PATH and AZURE_CLIENT_CERTIFICATE_PATH",
     "AZURE_CLIENT_SEND_CERTIFICATE_CHAIN": "true: send the certificate chain (x5c) with the "
     "client assertion, for subject name/issuer authentication",
-    "AZURE_ADDITIONALLY_ALLOWED_TENANTS": "comma-separated tenant ids allowed besides "
-    "AZURE_TENANT_ID (OBO: added to the tenant allow-list, '*' refused; AzureCredential: "
-    "passed to azure-identity)",
+    "AZURE_ADDITIONALLY_ALLOWED_TENANTS": "tenant ids (';'-, comma- or space-separated) "
+    "allowed besides AZURE_TENANT_ID (OBO: added to the tenant allow-list, '*' refused; "
+    "AzureCredential: passed to azure-identity)",
     "AZURE_POD_IDENTITY_AUTHORITY_HOST": "IMDS address MSAL uses on VMs/AKS instead of "
     "http://169.254.169.254 (read by MSAL from the process environment)",
     "IDENTITY_SERVER_THUMBPRINT": "Service Fabric: the managed identity endpoint's certificate "
@@ -225,9 +225,42 @@ def azure_app_hint(environ: Mapping[str, str]) -> str:
     )
 
 
+def get_ca_file(environ: Mapping[str, str], name: str) -> str | None:
+    """``name``'s CA bundle path (``ENTRA_PASSTHROUGH_CA_FILE``), or ``None`` when unset; a
+    path that is not a readable file holding at least one certificate is a
+    ``ConfigurationError`` naming ``name`` here, when the source is built: it was first opened
+    at the first token request, and every request then failed as "the connection to Entra
+    failed ... nothing to configure if it is transient". The path is shown, not the file."""
+    path = get(environ, name)
+    if path is None:
+        return None
+    import ssl
+
+    fix = (
+        f"set {name} to a readable PEM file with the CA certificates that sign the authority's "
+        "certificate (a TLS-inspecting proxy's CA, or the emulator's), or unset it to trust the "
+        "system's CAs (REQUESTS_CA_BUNDLE applies then)."
+    )
+    shown = path if len(path) <= 200 and ("/" in path or "\\" in path) else "(not shown)"
+    if not os.path.isfile(path) or not os.access(path, os.R_OK):
+        what = "is a folder" if os.path.isdir(path) else "does not exist or cannot be read"
+        raise ConfigurationError(f"{name} {shown} {what}; it must be a CA bundle file.", fix=fix)
+    try:
+        count = ssl.create_default_context(cafile=path).cert_store_stats()["x509"]
+    except (ssl.SSLError, OSError, ValueError):
+        count = 0
+    if count == 0:
+        raise ConfigurationError(
+            f"{name} {shown} holds no certificate that can be read (empty, or not PEM).", fix=fix
+        )
+    return path
+
+
 def get_list(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """The entries of a list variable, separated by commas, semicolons (azure-identity's
+    separator for ``AZURE_ADDITIONALLY_ALLOWED_TENANTS``) or whitespace."""
     value = get(environ, name) or ""
-    return tuple(part for part in value.replace(",", " ").split() if part)
+    return tuple(part for part in value.replace(",", " ").replace(";", " ").split() if part)
 
 
 # A value that is not one of the accepted words or numbers is never shown in an error: it may

@@ -29,6 +29,7 @@ import json
 import random
 import re
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -38,7 +39,7 @@ from typing import Any, Final
 from . import _env
 from ._aadsts import is_answer
 from ._checks import whole_number
-from ._errors import ConfigurationError, code_in_body, safe_request_id
+from ._errors import ConfigurationError, SourceUnavailable, code_in_body, safe_request_id
 
 #: HTTP statuses worth retrying: throttling and the gateway/server errors Entra documents as
 #: transient (AADSTS90033 and friends). Nothing else is retried (a 400 is an answer), nor is a
@@ -170,12 +171,17 @@ class TransportFailure(Exception):
     ``kind``: ``throttled`` (429, or a 5xx with ``Retry-After``), ``status`` (another retryable
     status), ``timeout``, ``connection``, ``malformed`` (a 2xx body that is not JSON), ``page``
     (a 3xx/4xx answer to a token request whose body is no OAuth error object: a proxy's,
-    firewall's or gateway's page; not retried) or ``deadline``. ``retry_after``: seconds until a
-    request may be sent again (``None`` if unknown). ``phase``: for ``deadline``, the part of
-    the exchange the deadline cut (``PHASES``), when known. ``aadsts``, ``correlation_id``,
-    ``trace_id``: what a 429/5xx answer's body named (Entra's ``error_codes``, its request ids),
-    kept only as a code in range and short identifiers (``answer_ids``), for support and
-    telemetry. Carries no URL, body or header value.
+    firewall's or gateway's page; not retried), ``tls`` (the peer's certificate failed
+    verification: not trusted, e.g. a TLS-inspecting proxy's, or not for that host),
+    ``ca_bundle`` (the CA bundle set to verify it could not be loaded) or ``deadline``;
+    ``tls`` and ``ca_bundle`` are this process's trust settings, not the peer's failure: not
+    retried, and never put in the shared negative cache (another source's session may trust
+    other CAs). ``retry_after``: seconds until a request may be sent again (``None`` if
+    unknown). ``phase``: for ``deadline``, the part of the exchange the deadline cut
+    (``PHASES``), when known. ``aadsts``, ``correlation_id``, ``trace_id``: what a 429/5xx
+    answer's body named (Entra's ``error_codes``, its request ids), kept only as a code in
+    range and short identifiers (``answer_ids``), for support and telemetry. Carries no URL,
+    body or header value.
     """
 
     def __init__(
@@ -220,6 +226,10 @@ class TransportFailure(Exception):
             return "timeout"
         if self.kind == "deadline":
             return f"deadline in {self.phase}" if self.phase in PHASES else "deadline"
+        if self.kind == "tls":
+            return "TLS certificate not trusted"
+        if self.kind == "ca_bundle":
+            return "CA bundle unreadable"
         return "connection failed"
 
     def describe(self) -> str:
@@ -236,6 +246,17 @@ class TransportFailure(Exception):
             what = (
                 f"HTTP {self.status} came back without {peer}'s JSON error body (a page from "
                 "a proxy, firewall or gateway on the way, or another server at that address?)"
+            )
+        elif self.kind == "tls":
+            what = (
+                f"the TLS certificate of {peer}'s host was not accepted: it is not signed by a "
+                "CA this process trusts (a TLS-inspecting proxy's, or the wrong CA bundle), or "
+                "not issued for that host name"
+            )
+        elif self.kind == "ca_bundle":
+            what = (
+                f"the CA bundle set to verify {peer}'s TLS certificate could not be loaded "
+                "(missing, a folder, or no certificate in it); no connection was made"
             )
         elif self.kind == "deadline":
             what = f"the acquisition's deadline passed before {peer} answered"
@@ -686,12 +707,17 @@ class GuardedHttpClient:
                     _CURRENT_WATCH.reset(scope)
                     watch.finish()
             except Exception as exc:  # requests' Timeout/ConnectionError, OSError, ...
-                kind = "timeout" if _is_timeout(exc) else "connection"
+                kind = "timeout" if _is_timeout(exc) else trust_failure(exc) or "connection"
                 phase = None
                 if watch.cut or time.monotonic() >= end:
                     kind = "deadline"
                     phase = watch.fired if watch.cut else (watch.phase if watch.bound else None)
                 failure = TransportFailure(kind, attempts=attempt, peer=self.peer, phase=phase)
+                if kind in ("tls", "ca_bundle"):
+                    # This process's trust settings: the same on every retry, and not the
+                    # endpoint's failure, so not retried and not cached for anyone else (a
+                    # source with its own CA bundle, a reload with the right one).
+                    raise failure from None
             else:
                 status = int(getattr(response, "status_code", 0) or 0)
                 body: Any = _UNREAD
@@ -1229,6 +1255,66 @@ class _Watchdog:
 _WATCHDOG = _Watchdog()
 #: The longest single wait of the watchdog (seconds; it waits again while a deadline is ahead).
 _WATCHDOG_MAX_WAIT = 3600.0
+
+
+#: The fix for a TLS certificate this process does not trust (``tls``), or a CA bundle it cannot
+#: load (``ca_bundle``): the trust settings, not the network.
+TLS_FIX = (
+    "set ENTRA_PASSTHROUGH_CA_FILE (or REQUESTS_CA_BUNDLE, when it is unset) to a PEM bundle "
+    "holding the CA that signs the authority's certificate: behind a TLS-inspecting proxy, the "
+    "proxy's CA; check that the authority host is the name the certificate is for. Not "
+    "retried: it fails the same way until the trust settings change."
+)
+
+
+def trust_error(
+    exc: BaseException, *, what: str, source: str, scopes: tuple[str, ...]
+) -> SourceUnavailable | None:
+    """The typed error for a ``tls``/``ca_bundle`` failure (``None`` for anything else): said
+    as what it is, with the trust settings as the fix, not "nothing to configure if it is
+    transient"."""
+    if not isinstance(exc, TransportFailure) or exc.kind not in ("tls", "ca_bundle"):
+        return None
+    return SourceUnavailable(
+        f"{what} failed: {exc.describe()}.",
+        source=source,
+        scopes=scopes,
+        fix=TLS_FIX,
+        failure=exc.summary(),
+    )
+
+
+def trust_failure(exc: BaseException) -> str | None:
+    """``"tls"`` when ``exc`` (requests', urllib3's, or ssl's own, along its causes) is a
+    certificate verification failure; ``"ca_bundle"`` when the CA bundle to verify with could
+    not be loaded (raised before any connection: a missing file, a folder, no certificate);
+    else ``None``."""
+    if _unloadable_bundle(exc):
+        return "ca_bundle"
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo and len(seen) < 16:  # bounded: causes, contexts and urllib3's ``reason``
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return "tls"
+        linked = [current.__cause__, current.__context__, getattr(current, "reason", None)]
+        linked += [arg for arg in current.args if isinstance(arg, BaseException)]
+        todo.extend(e for e in linked if isinstance(e, BaseException))
+    return None
+
+
+def _unloadable_bundle(exc: BaseException) -> bool:
+    """A CA bundle that could not be loaded: raised as it is by the adapter before it connects
+    (``ssl.SSLContext.load_verify_locations``, or requests' "Could not find a suitable TLS CA
+    certificate bundle"), never wrapped in a connection error."""
+    if isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLCertVerificationError):
+        return getattr(exc, "library", None) in ("X509", "PEM")
+    if type(exc) in (FileNotFoundError, IsADirectoryError, PermissionError):
+        return True
+    return type(exc) is OSError and "CA certificate bundle" in str(exc)
 
 
 def _is_timeout(exc: BaseException) -> bool:

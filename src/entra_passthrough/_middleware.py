@@ -8,12 +8,13 @@ chunk), or until the app returns if that comes first.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol, cast
 
 from ._asgi import ASGIApp, Scope, Send
 from ._caller import STATE_KEY, Caller, CaptureASGI, wanted_headers
@@ -83,7 +84,22 @@ class CallerMiddleware(CaptureASGI):
     ) -> None:
         if isinstance(assertion_headers, str):
             assertion_headers = (assertion_headers,)
-        names = tuple(h.strip().lower() for h in assertion_headers)
+        given_headers: object = assertion_headers
+        listed: tuple[object, ...] | None = None
+        if not isinstance(given_headers, bytes | bytearray):
+            with contextlib.suppress(TypeError):
+                listed = tuple(cast("Iterable[object]", given_headers))
+        odd = [type(h).__name__ for h in listed or () if not isinstance(h, str)]
+        if listed is None or odd:
+            # None, a number or bytes was a bare TypeError or AttributeError.
+            given = type(given_headers).__name__ if listed is None else odd[0]
+            what = "must be a list of header names" if listed is None else "has an entry"
+            raise ConfigurationError(
+                f"assertion_headers {what} ({given} given); a header name is a string.",
+                fix="pass header names as strings, e.g. assertion_headers=['authorization'], "
+                "or leave it out (Authorization only).",
+            )
+        names = tuple(cast(str, h).strip().lower() for h in listed)
         if not names or not all(names):
             raise ConfigurationError("assertion_headers needs at least one header name")
         bad = [i for i, n in enumerate(names) if not _HEADER_NAME.fullmatch(n)]

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import ipaddress
 import logging
 import math
 import os
+import re
 import threading
 import time
 import weakref
@@ -107,7 +109,14 @@ def normalize_authority_host(authority_host: str, *, what: str = "authority host
     """``https://host[:port]`` (lower-case scheme, no trailing ``/``), or a
     ``ConfigurationError`` (``what`` names the setting): the library appends ``/{tenant}`` to
     it, so anything else (a tenant or ``/organizations`` path, a query, a fragment, user info,
-    no host) built a URL MSAL refused on every call with a bare ``ValueError``."""
+    no host) built a URL MSAL refused on every call with a bare ``ValueError``. A value that
+    is not a string (``authority_host=5``) ended in an ``AttributeError``; a host that cannot be
+    a host name (``{GUID}``, ``-1``) failed every request as "the connection failed"."""
+    if not isinstance(authority_host, str):
+        raise ConfigurationError(
+            f"the {what} (authority_host=) must be a string, not {type(authority_host).__name__}.",
+            fix=AUTHORITY_HOST_FIX,
+        )
     host = authority_host.strip()
     if "://" not in host:
         host = f"https://{host}"
@@ -151,6 +160,8 @@ def _authority_host_problem(host: str, netloc: str) -> str | None:
         return "has a port that is not a number"
     if netloc.endswith(":"):
         return "has an empty port"
+    if not _host_name(parts.hostname):
+        return "is not a host name (letters, digits, '-' and '.', or an IP address)"
     if parts.path not in ("", "/"):
         return "has a path (a tenant goes in AZURE_TENANT_ID)"
     if "?" in host:
@@ -158,6 +169,22 @@ def _authority_host_problem(host: str, netloc: str) -> str | None:
     if "#" in host:
         return "has a fragment"
     return None
+
+
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+
+
+def _host_name(host: str) -> bool:
+    """A DNS name (labels of letters, digits, '-', and '_' as container names have it; a
+    trailing dot allowed) or an IP address: what a connection can be made to."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return True
+    labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
+    return len(host) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels)
 
 
 def app_service_token(
@@ -434,20 +461,28 @@ class WorkerPool:
     STALL_CHECK = 0.25
 
     def __init__(
-        self, *, max_workers: int = DEFAULT_MAX_WORKERS, name: str = "entra-passthrough"
+        self,
+        *,
+        max_workers: int = DEFAULT_MAX_WORKERS,
+        name: str = "entra-passthrough",
+        default: int | None = None,
     ) -> None:
+        # ``default``: the owning source's default, named in the errors (each source has its
+        # own: 64 for on-behalf-of, 4 for a managed identity); the value given is never shown
+        # (configuration.md: a pasted secret must not reach a log line).
+        unset = f"default {default}" if default is not None else "the source's default"
         if isinstance(max_workers, bool) or not isinstance(max_workers, int):
             raise ConfigurationError(
-                f"max_workers must be an integer, not {type(max_workers).__name__}",
-                fix=f"pass max_workers= a whole number from 1 to {MAX_WORKERS_LIMIT} "
-                f"(default {DEFAULT_MAX_WORKERS})",
+                f"max_workers must be an integer, not {type(max_workers).__name__}.",
+                fix=f"pass max_workers= a whole number from 1 to {MAX_WORKERS_LIMIT} ({unset}).",
             )
         if not 1 <= max_workers <= MAX_WORKERS_LIMIT:
             raise ConfigurationError(
-                f"max_workers must be between 1 and {MAX_WORKERS_LIMIT}, not {max_workers}",
+                f"max_workers (ENTRA_PASSTHROUGH_MAX_WORKERS) must be between 1 and "
+                f"{MAX_WORKERS_LIMIT}.",
                 fix="a pool's threads wait on the network, so a few dozen serve hundreds of "
-                f"cold users at once (default {DEFAULT_MAX_WORKERS}); set "
-                "ENTRA_PASSTHROUGH_MAX_WORKERS / max_workers= accordingly",
+                f"cold users at once; set ENTRA_PASSTHROUGH_MAX_WORKERS / max_workers= in that "
+                f"range, or leave it unset ({unset}).",
             )
         self.max_workers = max_workers
         self._name = name

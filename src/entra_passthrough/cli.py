@@ -5,7 +5,9 @@ Each subcommand lives next to the feature it runs and is imported only when used
 that need an extra are defined here, with the core only, so ``--help`` and usage errors work on a
 core install; a missing extra is one line on stderr naming the extra to install (exit 2), never a
 traceback. Output into a pipe whose reader has gone (``entra-passthrough inspect T | head -1``)
-ends the command quietly with status 141, as SIGPIPE would end another program.
+ends the command quietly with status 141, as SIGPIPE would end another program; Ctrl-C ends it
+with one line on stderr and status 130, as SIGINT would. With no command it prints the help on
+stderr and exits 2 (a usage error; ``--help`` prints it on stdout and exits 0).
 """
 
 from __future__ import annotations
@@ -158,6 +160,10 @@ def _install_hint(extra: str) -> str:
     return f"pip install 'entra-passthrough[{extra}]'"
 
 
+#: The exit status of a command stopped with Ctrl-C (SIGINT), as a shell reports a process that
+#: signal ended (128 + 2): one line on stderr, not a ``KeyboardInterrupt`` traceback.
+EXIT_INTERRUPTED = 130
+
 #: The exit status of a command whose reader went away (``entra-passthrough inspect T | head -1``):
 #: what a shell reports for a process ended by SIGPIPE (128 + 13), distinct from the commands' own
 #: 0, 1 (doctor: a check failed) and 2 (bad input).
@@ -181,7 +187,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         _discard_stdout()
         return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:
+        _say_interrupted(argv)
+        return EXIT_INTERRUPTED
     return code
+
+
+def _say_interrupted(argv: Sequence[str] | None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    name = f" {args[0]}" if args and args[0] in _COMMANDS else ""
+    try:
+        sys.stderr.write(f"\nentra-passthrough{name}: interrupted\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):  # stderr closed or gone: the status says it
+        pass
 
 
 def _discard_stdout() -> None:
@@ -212,8 +231,9 @@ def _main(argv: Sequence[str] | None) -> int:
             parser.parse_args(args)  # --help, --version, or an unknown command (usage, exit 2)
         except SystemExit as exc:
             return exc.code if isinstance(exc.code, int) else 2
-        parser.print_help()
-        return 0
+        # No command is a usage error, as argparse makes any other (exit 2); --help exits 0.
+        parser.print_help(sys.stderr)
+        return 2
     name, rest = args[0], args[1:]
     command = _COMMANDS[name]
     if _asks_version(rest):

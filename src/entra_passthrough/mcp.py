@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import re
+import ssl
 import time
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Sequence
@@ -68,8 +69,9 @@ except ImportError as _exc:  # pragma: no cover - exercised only without the ext
 from ._auth import EntraAuth
 from ._chain import ended_caller_error
 from ._challenge import bearer_parameters, parse_bearer_challenges
+from ._checks import seconds
 from ._flow import APPLIED, Chain
-from ._http import retry_after_seconds
+from ._http import MAX_SECONDS, retry_after_seconds
 from ._httpx_seams import wrap_transports
 from ._jwt import UnverifiedClaims
 from ._origins import format_origin, origin_key
@@ -146,6 +148,49 @@ def entra_http_client(
     )
 
 
+def _checked_timeout(timeout: object) -> httpx2.Timeout | float | None:
+    """``timeout=``: an ``httpx2.Timeout``, a number of seconds or ``None``, else a
+    ``ConfigurationError`` (``"5"`` was httpx's bare ``TypeError``, NaN or -1 were taken)."""
+    if timeout is None or isinstance(timeout, httpx2.Timeout):
+        return timeout
+    if not isinstance(timeout, int | float) or isinstance(timeout, bool):
+        raise ConfigurationError(
+            f"timeout must be a number of seconds or an httpx2.Timeout ("
+            f"{type(timeout).__name__} given).",
+            fix="pass timeout=30.0, or httpx2.Timeout(30.0, read=300.0) (the default).",
+        )
+    return seconds(timeout, what="timeout", low=0, high=MAX_SECONDS, above_low=True)
+
+
+def _checked_verify(verify: object) -> Any:
+    """``verify=``: ``True``, ``False``, an ``ssl.SSLContext``, or the path of a CA bundle
+    (a PEM file, or a folder of them) loaded here, as httpx loads it, so that a path that does
+    not exist or a file that is not PEM is a ``ConfigurationError`` naming ``verify=``, not a
+    ``FileNotFoundError`` or ``ssl.SSLError``. The path is not shown."""
+    if isinstance(verify, bool | ssl.SSLContext):
+        return verify
+    fix = (
+        "pass verify= the path of a readable PEM file with the CA that issued the server's "
+        "certificate, or an ssl.SSLContext (default True: the system's CAs)."
+    )
+    if not isinstance(verify, str | os.PathLike) or not os.fspath(verify):
+        raise ConfigurationError(
+            f"verify must be True, an ssl.SSLContext or the path of a CA file "
+            f"({type(verify).__name__} given).",
+            fix=fix,
+        )
+    path = os.fspath(verify)
+    try:
+        if os.path.isdir(path):
+            return ssl.create_default_context(capath=path)
+        return ssl.create_default_context(cafile=path)
+    except ssl.SSLError:
+        why = "holds no certificate (it is empty or not PEM)"
+    except (OSError, ValueError):
+        why = "does not exist or cannot be read"
+    raise ConfigurationError(f"the CA file given as verify= {why}.", fix=fix)
+
+
 #: Seconds an idle keep-alive connection of the MCP client is kept for reuse. Well below the idle
 #: timeout of common servers (uvicorn, hypercorn, Node: 5 s; gunicorn: 2 s), because a request
 #: written onto a connection the server is closing at that very moment is reset unanswered, and
@@ -166,10 +211,12 @@ def http_client_for(
     closes them. Every transport it may use (its own, and the proxy mounts built from the
     environment) is wrapped in ``_CallGuard`` (see ``call_attempt``): a proxied request must not
     bypass it."""
+    # Checked here, where EntraMCPTool's clients are built too: a wrong type or CA path is a
+    # ConfigurationError naming the argument. One default TLS context per process (_tls.py).
     client = httpx2.AsyncClient(
         follow_redirects=False,
-        timeout=timeout,
-        verify=shared_verify(verify),  # one default TLS context per process (_tls.py)
+        timeout=_checked_timeout(timeout),
+        verify=shared_verify(_checked_verify(verify)),
         cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
         limits=httpx2.Limits(
             max_connections=100, max_keepalive_connections=20, keepalive_expiry=KEEPALIVE_EXPIRY
@@ -575,6 +622,7 @@ class _CallGuard(httpx2.AsyncBaseTransport):
                 _watch_reads(response.extensions.get("network_stream"))
             if attempt is None and response.status_code == 401:
                 return await _tokenless_refusal(request, response, self._auth)
+            _scrub(request, response)
             return response
         rpc_id, method = _rpc_of(request)
         if attempt.closed:
@@ -656,6 +704,7 @@ class _CallGuard(httpx2.AsyncBaseTransport):
             )
             if isinstance(response.stream, httpx2.AsyncByteStream):
                 response.stream = _BodyWatch(response.stream, attempt)
+        _scrub(request, response)
         return response
 
     async def aclose(self) -> None:
@@ -748,6 +797,71 @@ def _held_back(request: httpx2.Request, attempt: CallAttempt) -> httpx2.Response
         content=f"entra_passthrough: not sent, {text}".encode(),
         request=request,
     )
+
+
+#: What an MCP server's echo of the token it was sent becomes.
+_SCRUBBED = b"[redacted]"
+
+
+def _scrub(request: httpx2.Request, response: httpx2.Response) -> None:
+    """An answer that quotes the bearer token its request carried (a server's error that
+    repeats the Authorization header, a debugging tool that returns it) has the token taken
+    out: it would go on into the mcp SDK's errors and spans, the agent's tool result, the
+    model's context and the stored response. Only that exact token is replaced, so nothing
+    else a tool returns changes."""
+    value = request.headers.get("authorization")
+    if value is None or not isinstance(response.stream, httpx2.AsyncByteStream):
+        return
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() != "bearer" or len(token) < 16:
+        return
+    response.stream = _Scrubbed(response.stream, token.strip().encode("ascii", "ignore"))
+
+
+def _token_start(buffer: bytes, token: bytes) -> int:
+    """Where a tail of ``buffer`` may begin ``token`` (cut off by the chunk's end): kept back
+    for the next chunk. ``len(buffer)`` when no tail can."""
+    first = token[:1]
+    at = buffer.find(first, max(0, len(buffer) - len(token) + 1))
+    while at != -1:
+        if token.startswith(buffer[at:]):
+            return at
+        at = buffer.find(first, at + 1)
+    return len(buffer)
+
+
+class _Scrubbed(httpx2.AsyncByteStream):
+    """A body with every occurrence of ``token`` replaced, across chunk boundaries: a chunk
+    that ends with what may be the token's beginning keeps that tail back for the next one (an
+    SSE event ends with a blank line, so no event waits for the next chunk)."""
+
+    __slots__ = ("_inner", "_token")
+
+    def __init__(self, inner: httpx2.AsyncByteStream, token: bytes) -> None:
+        self._inner = inner
+        self._token = token
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        token = self._token
+        stream = self._inner.__aiter__()
+        held = b""
+        try:
+            async for chunk in stream:
+                buffer = held + chunk if held else chunk
+                if token in buffer:
+                    buffer = buffer.replace(token, _SCRUBBED)
+                cut = _token_start(buffer, token)
+                held = buffer[cut:]
+                if cut:
+                    yield buffer[:cut]
+            if held:
+                yield held
+        finally:
+            if isinstance(stream, AsyncGenerator):  # closed with us, as httpx2 closes its own
+                await stream.aclose()
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 class _BodyWatch(httpx2.AsyncByteStream):

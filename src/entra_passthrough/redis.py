@@ -447,6 +447,15 @@ class RedisStore:
             if ca_file:
                 _check_ca_file(ca_file)
                 options["ssl_ca_certs"] = ca_file
+        elif ca_file:
+            # redis:// has no TLS: the CA file would be ignored, and whoever set it most likely
+            # believes the connection is encrypted (a missing path was accepted silently too).
+            raise ConfigurationError(
+                f"a Redis CA file is set (ca_file, {_CA_FILE_VAR}) but {_URL} is redis://: "
+                "TLS is off, so it would not be used.",
+                fix=f"use rediss:// for TLS with that CA, or unset {_CA_FILE_VAR} for a "
+                "plaintext connection.",
+            )
         if credential_provider is not None:
             options["credential_provider"] = credential_provider
 

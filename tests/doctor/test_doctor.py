@@ -651,23 +651,19 @@ def test_a_tenant_domain_where_the_tid_claim_is_compared_fails_with_the_guid(
 ) -> None:
     """AZURE_TENANT_ID = the tenant's domain: Entra serves it, but on-behalf-of compares it with
     every caller's tid claim (a GUID) and would refuse everyone; doctor says so, with the GUID,
-    and the refusal at run time says why instead of "add the tenant"."""
-    from entra_passthrough import Caller, TenantNotAllowed, TokenChain
+    and the build refuses it, naming the variable, instead of "add the tenant" at run time."""
+    from entra_passthrough import ConfigurationError, TokenChain
 
     domain = idp.world.tenants[0].domain
     env = {**secretless(idp), "AZURE_TENANT_ID": domain}
     checks = by_name(run(env, scopes=[scope(idp)]))
+    assert checks["configuration"].status == "fail"
     assert checks["discovery"].status == "fail"
     assert idp.tenant_id in checks["discovery"].fix
     assert "tid" in checks["discovery"].detail
-    chain = TokenChain.from_env(env)
-    try:
-        caller = Caller.from_token(idp.user_token("alice", audience=idp.agent.client_id))
-        with pytest.raises(TenantNotAllowed) as info:
-            chain.get_token([scope(idp)], caller=caller)
-    finally:
-        chain.close()
-    assert "not a tenant GUID" in str(info.value)
+    with pytest.raises(ConfigurationError) as info:
+        TokenChain.from_env(env)
+    assert "AZURE_TENANT_ID" in str(info.value)
     assert "add the tenant" not in (info.value.fix or "")
     # The GUID passes discovery.
     assert by_name(run(secretless(idp), scopes=[scope(idp)]))["discovery"].status == "pass"

@@ -212,9 +212,12 @@ def test_a_tenant_id_without_dashes_in_an_allow_list_fails(
     assert echoed == []
     assert status == FAIL
     missing = _missing(detail, variable, "without dashes") + _missing(fix, "with dashes")
-    # A well-formed entry stays readable (allowed_tenants=[...]).
-    missing += _missing(printed, other) + _missing(table_printed, other)
+    # The build refuses the entry too, naming the variable (the chain is not built, so the
+    # configuration line no longer lists the well-formed entries).
+    assert checks["configuration"].status == FAIL
+    missing += _missing(checks["configuration"].detail, variable)
     assert missing == []
+    assert other  # a well-formed entry beside it changes nothing
 
 
 @pytest.mark.parametrize("as_json", [False, True], ids=["table", "json"])

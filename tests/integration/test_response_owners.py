@@ -420,3 +420,29 @@ async def test_a_late_success_never_takes_a_conversation_from_another_user(
     assert bob_first.status_code == 200, bob_first.text[:300]
     assert bob_again.status_code == 200, bob_again.text[:300]
     assert alice_again.status_code == 404, alice_again.text[:300]
+
+
+async def test_a_repeated_platform_user_id_is_refused_not_stored_as_anonymous(
+    idp: EntraEmulator, users: list[User]
+) -> None:
+    """``x-agent-user-id`` sent twice (a client's copy beside the ingress's): the capture trusts
+    neither copy, and the response went to the shared "anonymous" owner, which any request with
+    no user could then read and continue. Now refused, nothing stored; read the same way,
+    nothing served."""
+    alice = users[35]
+    RUNS.clear()
+    app = _host(idp, MemoryStore(), verified=False)
+    twice = [("x-agent-user-id", f"platform-{alice.oid}")] * 2
+    async with _serving(app) as client:
+        created = await client.post(
+            "/responses", json={"input": alice.oid, "store": True}, headers=twice
+        )
+        anonymous = await client.post("/responses", json={"input": "x", "store": True})
+        rid = _created_id(anonymous)
+        read_twice = await client.get(f"/responses/{rid}", headers=twice)
+    assert created.status_code == 400, created.text[:300]
+    assert created.json()["error"]["code"] == "ambiguous_user"
+    assert "x-agent-user-id" in created.json()["error"]["message"]
+    assert f"the secret of {alice.oid}" not in created.text
+    assert alice.oid not in RUNS  # nothing ran for it
+    assert read_twice.status_code == 400

@@ -108,7 +108,16 @@ def test_a_tenant_no_caller_can_have_is_refused_at_construction(owner: str, tena
 @pytest.mark.parametrize("owner", list(BUILDERS))
 @pytest.mark.parametrize("tenant", [TENANT, TENANT.upper(), "contoso.onmicrosoft.com"])
 def test_a_guid_or_a_domain_is_still_accepted(owner: str, tenant: str) -> None:
-    _close(BUILDERS[owner](tenant_id=tenant))
+    # A domain names the authority; where it would also be the allow-list compared with the
+    # callers' tid claims (on-behalf-of, Agent ID), the allow-list is given as GUIDs
+    # (test_startup_configuration_checks.py: the domain alone is refused at build).
+    # An agent identity's tenant is compared with the callers' tid too, and is its only one.
+    if "." in tenant and owner == "AgentIdentityOnBehalfOf":
+        with pytest.raises(ConfigurationError, match="GUID"):
+            _close(BUILDERS[owner](tenant_id=tenant))
+        return
+    extra = {"allowed_tenants": [TENANT]} if "." in tenant and owner == "OnBehalfOf" else {}
+    _close(BUILDERS[owner](tenant_id=tenant, **extra))
 
 
 @pytest.mark.parametrize("owner", ["OnBehalfOf", "DelegatedConsent"])

@@ -190,6 +190,10 @@ def test_from_env_closes_the_ca_session_it_created(
 
     closed: list[requests.Session] = []
     monkeypatch.setattr(requests.Session, "close", lambda self: closed.append(self))
+    import certifi
+
+    # A CA file that holds a certificate (one that does not is refused at build).
+    (tmp_path / "ca.pem").write_bytes(Path(certifi.where()).read_bytes())
     env = {
         **BASE,
         "ENTRA_PASSTHROUGH_BLUEPRINT_CLIENT_ID": "bp",

@@ -116,7 +116,10 @@ def test_the_az_tenant_may_still_be_tenantless_or_a_domain() -> None:
 
 
 def test_good_values_still_build() -> None:
-    obo({"AZURE_TENANT_ID": "contoso.onmicrosoft.com"}).close()
+    # A domain names the authority; the callers' tid is compared with the allow-list (GUIDs).
+    obo(
+        {"AZURE_TENANT_ID": "contoso.onmicrosoft.com", "ENTRA_PASSTHROUGH_ALLOWED_TENANTS": TENANT}
+    ).close()
     delegated({"ENTRA_PASSTHROUGH_CONSENT_TENANT_ID": TENANT.upper()}).close()
     agent_id({}).close()
     assert Keyring.from_env(environ={"ENTRA_PASSTHROUGH_CONSENT_KEYS": KEYS}).current == "k1"

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .. import _env
-from .._checks import client_id, registration
+from .._checks import caller_tenant, client_id, registration, wrapping
 from .._credential import AppCredential, app_credential
 from .._errors import (
     GUID,
@@ -23,7 +23,7 @@ from .._errors import (
     TokenAcquisitionError,
     without_fix,
 )
-from .._http import SHARED_THROTTLE, Timeouts
+from .._http import SHARED_THROTTLE, Timeouts, trust_error
 from .._msal import (
     DEFAULT_MAX_WORKERS,
     PUBLIC_AUTHORITY_HOST,
@@ -37,6 +37,7 @@ from .managed_identity import ManagedIdentity
 from .obo import (
     OnBehalfOf,
     audiences_for,
+    check_caller_tenants,
     close_session_with,
     credential_from_env,
     name_lists,
@@ -161,8 +162,9 @@ class _T1:
                 self._app = self._factory()
             response = self._app.acquire_token_for_client([self._scope], fmi_path=self._fmi_path)
         except Exception as exc:
-            raise unreachable(
-                exc, what="the blueprint's T1 request", source=self._source, scopes=()
+            what = "the blueprint's T1 request"
+            raise trust_error(exc, what=what, source=self._source, scopes=()) or unreachable(
+                exc, what=what, source=self._source, scopes=()
             ) from None
         token = result_from_msal(
             response,
@@ -240,6 +242,10 @@ class AgentIdentityOnBehalfOf:
         )
         allowed_tenants, accepted_audiences = name_lists(allowed_tenants, accepted_audiences)
         _check_single_tenant(blueprint.tenant_id, allowed_tenants)
+        # Compared with each caller's tid claim (a GUID): a domain refused every caller.
+        check_caller_tenants(
+            "AgentIdentityOnBehalfOf (the blueprint)", blueprint.tenant_id, allowed_tenants
+        )
         self.name = name
         self.credential = blueprint
         self.blueprint_client_id = blueprint_client_id = blueprint.client_id
@@ -381,12 +387,18 @@ class AgentIdentityOnBehalfOf:
             fallback="FOUNDRY_AGENT_INSTANCE_CLIENT_ID",
             app_hint=False,
         )
-        tenant_id = _env.require(
+        tenant_id, tenant_variable = _env.require_from(
             env,
             "AZURE_TENANT_ID",
             what="the blueprint's tenant",
             fallback="FOUNDRY_AGENT_TENANT_ID",
             app_hint=False,
+        )
+        # Every caller's tid claim is compared with it: named by the variable it came from.
+        caller_tenant(
+            tenant_id,
+            what=tenant_variable,
+            owner="AgentIdentityOnBehalfOf.from_env() (the blueprint)",
         )
         client_id(
             blueprint_client_id,
@@ -525,6 +537,9 @@ def _check_agent_identity_id(value: object, *, variable: str, keyword: bool) -> 
             f"{name} holds whitespace or a control character (copied with more than the id?).",
             fix=fix + " Remove the spaces or line breaks around it.",
         )
+    wrapped = wrapping(value)
+    if wrapped:
+        raise ConfigurationError(f"{name} is {wrapped}.", fix=fix + " Remove them.")
 
 
 def _no_interactive_consent(request: TokenRequest) -> str | None:

@@ -129,8 +129,19 @@ class AzureCli:
                 f"AzureCli(tool={tool!r}) is not a developer CLI.",
                 fix="use tool='az' (az login) or tool='azd' (azd auth login).",
             )
-        if tenant_id is not None and not _SAFE.match(tenant_id):
-            raise ConfigurationError("tenant_id has characters a tenant id cannot have.")
+        if tenant_id is not None and not (isinstance(tenant_id, str) and _SAFE.match(tenant_id)):
+            # A number or bytes was a bare TypeError from the pattern.
+            given = (
+                "characters a tenant id cannot have"
+                if isinstance(tenant_id, str)
+                else f"{type(tenant_id).__name__} given"
+            )
+            raise ConfigurationError(
+                f"AzureCli(tenant_id=) must be a tenant id as a string ({given}).",
+                fix="set tenant_id= (ENTRA_PASSTHROUGH_AZ_TENANT_ID) to the Directory (tenant) "
+                "ID, a GUID (az account show --query tenantId), or leave it out for the CLI's "
+                "signed-in tenant.",
+            )
         self.tool = tool
         self.name = name or ("azure_cli" if tool == "az" else "azure_developer_cli")
         self.tenant_id = tenant_id

@@ -205,8 +205,12 @@ class AzureCredential:
         from azure.identity import CertificateCredential, ClientSecretCredential
 
         env = _env.environ_or(environ)
-        tenant = _env.require(env, "AZURE_TENANT_ID", what="the app's tenant")
-        client = _env.require(env, "AZURE_CLIENT_ID", what="the app registration")
+        # No hint about azure-identity's variables: here they are the ones read (the hint
+        # says this library reads AZURE_CLIENT_ID only as the managed identity).
+        tenant = _env.require(env, "AZURE_TENANT_ID", what="the app's tenant", app_hint=False)
+        client = _env.require(
+            env, "AZURE_CLIENT_ID", what="the app registration (its client id)", app_hint=False
+        )
         # Checked here, with the library's rules, so that azure-identity's constructors raise
         # no bare ValueError for them (an app catching ConfigurationError at start-up would not
         # catch it) and the certificate branch's ValueError can only be the certificate's.

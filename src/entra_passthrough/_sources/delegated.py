@@ -39,6 +39,7 @@ from urllib.parse import urlencode
 
 from .. import _env
 from .._checks import registration, seconds
+from .._checks import tenant_id as tenant_id_check
 from .._consent_client import ConsentClient, check_https_url
 from .._credential import AppCredential, app_credential
 from .._drive import drive, drive_async
@@ -61,6 +62,7 @@ from .._grants import (
     check_scopes,
     seal_revoke_ticket,
 )
+from .._http import trust_error
 from .._jwt import fingerprint
 from .._l2 import renew_until, renew_until_sync, shared_result_async, shared_result_sync
 from .._msal import http_session
@@ -240,6 +242,17 @@ class DelegatedConsent:
             secret_variable="ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET",
             tenantless=bool(allowed_tenants),
         )
+        if isinstance(allowed_tenants, list | tuple):
+            # A GUID in braces, a URL or a path matches no caller (a domain does: the broker
+            # matches it through discovery's issuer); refused here, not at every sign-in.
+            for entry in allowed_tenants:
+                tenant_id_check(
+                    entry.strip() if isinstance(entry, str) else entry,
+                    what="allowed_tenants",
+                    variable="ENTRA_PASSTHROUGH_ALLOWED_TENANTS",
+                    owner="DelegatedConsent",
+                    entry=True,
+                )
         self.client = ConsentClient(
             app,
             http_client=http_client,
@@ -295,7 +308,7 @@ class DelegatedConsent:
         tenant_id = _env.get(env, "ENTRA_PASSTHROUGH_CONSENT_TENANT_ID") or _env.require(
             env, "AZURE_TENANT_ID", what="the consent app's tenant"
         )
-        ca_file = _env.get(env, "ENTRA_PASSTHROUGH_CA_FILE")
+        ca_file = _env.get_ca_file(env, "ENTRA_PASSTHROUGH_CA_FILE")
         created = http_client is None and ca_file is not None
         if http_client is None:
             http_client = http_session(ca_file)
@@ -745,8 +758,9 @@ class DelegatedConsent:
             # else: the grant store itself failed (down, stalled) keeping the lease: a release
             # would cost the caller another timeout or two; the lease expires by itself.
             if isinstance(exc, Exception):
-                raise unreachable(
-                    exc, what="refreshing the stored grant", source=self.name, scopes=scopes
+                what = "refreshing the stored grant"
+                raise trust_error(exc, what=what, source=self.name, scopes=scopes) or unreachable(
+                    exc, what=what, source=self.name, scopes=scopes
                 ) from None
             raise
         lease_version = held.version  # the last renewal's: what the writes compare with

@@ -64,6 +64,7 @@ from .._http import (
     current_deadline,
     deadline,
     size_pool,
+    trust_error,
 )
 from .._msal import NullTokenCache, WorkerPool
 from .._types import IdentityKind, TokenRequest, TokenResult
@@ -489,7 +490,7 @@ class ManagedIdentity:
         self._answers: _Answers | None = None
         # Service Fabric: (endpoint, thumbprint) and the guarded certificate-pinning session.
         self._fabric: tuple[tuple[str, str], GuardedHttpClient] | None = None
-        self._pool = WorkerPool(max_workers=max_workers, name=f"entra-{name}")
+        self._pool = WorkerPool(max_workers=max_workers, name=f"entra-{name}", default=_MAX_WORKERS)
         self._lock = threading.Lock()
         # token_for_resource: resource -> (token, when to renew it ahead), and one flight lock
         # per resource so that one request per resource is on the wire at a time.
@@ -779,11 +780,9 @@ class ManagedIdentity:
                     failure="malformed token answer",
                     fix=self._not_the_endpoint_fix(host),
                 ) from None
-            raise unreachable(
-                exc,
-                what=f"managed identity token request ({host})",
-                source=self.name,
-                scopes=scopes,
+            what = f"managed identity token request ({host})"
+            raise trust_error(exc, what=what, source=self.name, scopes=scopes) or unreachable(
+                exc, what=what, source=self.name, scopes=scopes
             ) from None
         answer = self._answers.last() if self._answers is not None else None
         if not isinstance(response, dict) or (
@@ -1085,7 +1084,7 @@ class ManagedIdentity:
 
             # At start-up, not as every request's failure.
             normalize_authority_host(_workload_settings(env)[3], what="AZURE_AUTHORITY_HOST")
-        ca_file = _env.get(env, "ENTRA_PASSTHROUGH_CA_FILE") if workload else None
+        ca_file = _env.get_ca_file(env, "ENTRA_PASSTHROUGH_CA_FILE") if workload else None
         created = http_client is None and ca_file is not None
         if created:
             from .._msal import http_session

@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 
 from .. import _env
 from .._aadsts import describe
-from .._checks import registration, whole_number
+from .._checks import TENANTLESS, caller_tenant, redirect_uri, registration, whole_number
 from .._credential import AppCredential, app_credential
 from .._errors import (
     GUID,
@@ -27,7 +27,14 @@ from .._errors import (
     TokenAcquisitionError,
     is_consent_required,
 )
-from .._http import SHARED_THROTTLE, Timeouts, TransportFailure, check_timeouts, deadline
+from .._http import (
+    SHARED_THROTTLE,
+    Timeouts,
+    TransportFailure,
+    check_timeouts,
+    deadline,
+    trust_error,
+)
 from .._jwt import fingerprint
 from .._msal import (
     DEFAULT_MAX_WORKERS,
@@ -230,6 +237,17 @@ class OnBehalfOf:
         # Entra, which writes them in lower case): an id configured in upper case must not
         # refuse every caller.
         tenants, audiences = name_lists(allowed_tenants, accepted_audiences)
+        # Each is compared with the callers' tid claims (GUIDs): a domain, a GUID in braces, a
+        # URL was taken here and refused every caller (TenantNotAllowed).
+        check_caller_tenants("OnBehalfOf", tenant_id, tenants)
+        if consent_redirect_uri is not None:
+            # Any text was put in every consent link: the user met Entra's refusal.
+            redirect_uri(
+                consent_redirect_uri,
+                what="consent_redirect_uri",
+                variable="ENTRA_PASSTHROUGH_CONSENT_REDIRECT_URI",
+                owner="OnBehalfOf",
+            )
         self.allowed_tenants = frozenset(t.lower() for t in tenants or (tenant_id,))
         self.accepted_audiences = audiences_for(client_id, audiences)
         self.consent_redirect_uri = consent_redirect_uri
@@ -242,7 +260,9 @@ class OnBehalfOf:
         # MSAL builds its own session when none is given; close() closes sessions we own.
         self._owns_http = http_client is None
         self._created_http = False  # from_env built http_client itself (CA file)
-        self._pool = WorkerPool(max_workers=max_workers, name=f"entra-{name}")
+        self._pool = WorkerPool(
+            max_workers=max_workers, name=f"entra-{name}", default=DEFAULT_MAX_WORKERS
+        )
         self._pool.start()  # at construction (start-up), not inside the first burst
         self._apps = AppPool(self._build_app, max_apps=max_tenants, after_wait=self._pool.respace)
         self.refused = RefusedAssertions()
@@ -422,8 +442,9 @@ class OnBehalfOf:
                     assertion, list(scopes), claims_challenge=request.claims
                 )
         except Exception as exc:
-            raise unreachable(
-                exc, what="on-behalf-of request to Entra", source=self.name, scopes=scopes
+            what = "on-behalf-of request to Entra"
+            raise trust_error(exc, what=what, source=self.name, scopes=scopes) or unreachable(
+                exc, what=what, source=self.name, scopes=scopes
             ) from None
         link = None
         if is_consent_required(response):
@@ -607,7 +628,7 @@ def options_from_env(env: Mapping[str, str], *, http_client: Any) -> tuple[dict[
     """The constructor keywords both OBO sources read the same way (tenants, audiences, HTTP
     session, workers; the credential is ``credential_from_env``'s), and whether the HTTP session
     was created here (from ``ENTRA_PASSTHROUGH_CA_FILE``: the source closes it)."""
-    ca_file = _env.get(env, "ENTRA_PASSTHROUGH_CA_FILE")
+    ca_file = _env.get_ca_file(env, "ENTRA_PASSTHROUGH_CA_FILE")
     created = http_client is None and ca_file is not None
     if http_client is None:
         http_client = http_session(ca_file)
@@ -642,6 +663,28 @@ def name_lists(
     return tenants, audiences
 
 
+def check_caller_tenants(
+    owner: str,
+    tenant_id: str,
+    tenants: Sequence[str],
+    *,
+    tenant_variable: str = "AZURE_TENANT_ID",
+) -> None:
+    """The tenants an on-behalf-of source compares with each caller's ``tid`` claim: the
+    ``allowed_tenants`` entries, else the home tenant ``tenant_id`` (then a domain name there
+    is refused; with an allow-list of GUIDs it is only the authority, where a domain works)."""
+    if not tenants:
+        caller_tenant(tenant_id, what="tenant_id", variable=tenant_variable, owner=owner)
+    for tenant in tenants:
+        caller_tenant(
+            tenant,
+            what="allowed_tenants",
+            variable="ENTRA_PASSTHROUGH_ALLOWED_TENANTS",
+            owner=owner,
+            entry=True,
+        )
+
+
 def audiences_for(client_id: str, extra: Sequence[str] = ()) -> frozenset[str]:
     """The assertion audiences an app accepts, lower-cased: its client id, ``api://`` + it,
     and ``extra``."""
@@ -661,11 +704,25 @@ def allowed_tenants_from_env(env: Mapping[str, str]) -> tuple[str, ...] | None:
             fix="list the tenant ids in ENTRA_PASSTHROUGH_ALLOWED_TENANTS or "
             "AZURE_ADDITIONALLY_ALLOWED_TENANTS.",
         )
+    # Each entry is compared with the callers' tid claims: refused here naming its variable
+    # (a domain, a GUID in braces, a URL was accepted and refused every caller).
+    for variable, entries in (
+        ("ENTRA_PASSTHROUGH_ALLOWED_TENANTS", own),
+        ("AZURE_ADDITIONALLY_ALLOWED_TENANTS", extra),
+    ):
+        for entry in entries:
+            caller_tenant(entry, what=variable, entry=True)
     if own:
         return (*own, *extra)
     if extra:
-        home = _env.get(env, "AZURE_TENANT_ID") or _env.get(env, "FOUNDRY_AGENT_TENANT_ID")
-        return (*((home,) if home else ()), *extra)
+        home_variable = next(
+            (v for v in ("AZURE_TENANT_ID", "FOUNDRY_AGENT_TENANT_ID") if _env.get(env, v)), None
+        )
+        home = _env.get(env, home_variable) if home_variable is not None else None
+        if home_variable is None or home is None or home.lower() in TENANTLESS:
+            return extra  # a multi-tenant app (organizations): its callers' tenants only
+        caller_tenant(home, what=home_variable)  # the home tenant is on the list
+        return (home, *extra)
     return None
 
 

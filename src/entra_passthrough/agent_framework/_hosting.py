@@ -274,7 +274,22 @@ class ResponseOwners:
         method = scope.get("method")
         path = str(scope.get("path", ""))
         named = _BY_ID.search(path)
-        if named is not None and method in _BY_ID_METHODS.get(named.group(2), ()):
+        owned = named is not None and method in _BY_ID_METHODS.get(named.group(2), ())
+        if (owned or (method == "POST" and _is_create_path(path))) and _ambiguous_user(scope):
+            # The platform's user id sent more than once: the capture trusts neither copy, so
+            # the request has no user, and its response would have gone to the "anonymous"
+            # owner that every request with no user shares (read and continued by any of them).
+            await _answer(
+                send,
+                400,
+                "ambiguous_user",
+                "entra_passthrough: the request carries the platform's user id header "
+                "(x-agent-user-id) more than once, so its user is ambiguous; nothing was stored "
+                "or read. Send it once (the ingress adds it: drop the client's copy).",
+                None,
+            )
+            return
+        if owned and named is not None:
             if await self._may_use("response", named.group(1), _owner(), send):
                 await self.app(scope, receive, send)
             return
@@ -494,6 +509,18 @@ def _continued(body: bytes) -> tuple[str | None, str | None, str | None]:
         conversation if isinstance(conversation, str) and conversation else None,
         chosen if isinstance(chosen, str) and chosen else None,
     )
+
+
+def _ambiguous_user(scope: Scope) -> bool:
+    """The platform's user id header appears more than once (any values)."""
+    count = 0
+    for key, _ in scope.get("headers") or ():
+        if len(key) == len(_USER_ID_HEADER) and key.lower() == _USER_ID_HEADER:
+            count += 1
+    return count > 1
+
+
+_USER_ID_HEADER = b"x-agent-user-id"
 
 
 def _header_values(scope: Scope, name: bytes) -> list[str]:

@@ -165,8 +165,10 @@ def default_chat_client(env: Mapping[str, str] | None = None) -> Any:
 def _shows_tool_errors(client: Any) -> Any:
     """agent-framework shows the model only "Error: Function failed." for a tool's exception
     unless detailed errors are on. This agent's only tool is the library's MCP tool, whose
-    errors carry no token or secret and say what to do (sign in again with MFA, the call may
-    have run, the server is unreachable): the model, and so the user, should see them."""
+    own errors carry no token or secret and say what to do (sign in again with MFA, the call may
+    have run, the server is unreachable): the model, and so the user, should see them. The MCP
+    server's error text reaches the model too: the call's token is taken out of it, anything
+    else it says is shown as written (trust the server's errors, or turn this off)."""
     config = getattr(client, "function_invocation_configuration", None)
     if isinstance(config, dict):
         config["include_detailed_errors"] = True
