@@ -299,6 +299,24 @@ def current_deadline(default_seconds: float) -> float:
 
 # -- throttling state, shared by every source of the process ---------------------------------------
 
+_FOLLOWING: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "entra_passthrough_following", default=False
+)
+_ANY = object()  # ``Throttle.admit``: "waited already", whichever gate it meets
+
+
+@contextlib.contextmanager
+def following() -> Iterator[None]:
+    """Requests made inside come from a caller that already waited for another caller's
+    request to the same endpoint (a single flight, a queue): a closed gate is its answer
+    (``Throttled`` / the cached failure with the time left), not a short wait to sit out again;
+    a probe in flight is still waited for, and an open endpoint is sent to as usual."""
+    token = _FOLLOWING.set(True)
+    try:
+        yield
+    finally:
+        _FOLLOWING.reset(token)
+
 
 @dataclass(slots=True)
 class _Gate:
@@ -348,7 +366,16 @@ class Throttle:
         both: a request refused here holds no probe.
         ``wait_until`` (``time.monotonic()``) bounds every wait: for another request's probe,
         and for a gate that lapses within ``max_wait`` (a short ``Retry-After``, waited out).
-        ``held``: the probe this request already holds (its retry): it is sent at once."""
+        ``held``: the probe this request already holds (its retry): it is sent at once.
+
+        A request waits one round at most: once it has waited (out a short gate, or for a
+        probe's answer), a gate closed since is that answer, ``Throttled`` with the gate's time
+        left, not another round to wait (a 429 without ``Retry-After`` closes 2 s gates one after
+        the other: each round cost the waiters 2 s more, up to 8 of them). Inside ``following()``
+        (a caller that waited for another's request to the endpoint) a closed gate is the answer
+        at once."""
+        # The gate this request waited on; ``_ANY`` when it waited before it came here.
+        waited: object | None = _ANY if _FOLLOWING.get() else None
         for _ in range(8):  # bounded: each turn ends a wait, a probe or a gate
             now = self._clock()
             with self._lock:
@@ -376,11 +403,16 @@ class Throttle:
                     del self._authority[authority]
                     gate.done.set()
                     continue
+                if gate.probe is None and waited is not None and gate is not waited:
+                    # Closed again since this request began waiting (the probe it waited for
+                    # got another 429): that is its answer, not a new round to wait out.
+                    return _cached(gate, now), None
                 budget = wait_until - time.monotonic()
                 short = gate.failure.kind == "throttled" and left <= max_wait and left < budget
                 if gate.probe is None and not short:
                     return _cached(gate, now), None
                 event = gate.done
+            waited = gate
             if gate.probe is None:
                 sleep(left)  # a short Retry-After: wait it out, then compete for the probe
                 continue

@@ -12,12 +12,14 @@ from typing import TYPE_CHECKING
 
 from ._docs import see
 from ._errors import (
+    AssertionNotUsable,
     ConsentRequired,
     EntraPassthroughError,
     InteractionRequired,
     NoCallerError,
     PolicyViolation,
     SourceUnavailable,
+    Throttled,
     TokenAcquisitionError,
     without_fix,
 )
@@ -109,9 +111,18 @@ class Attempts:
         # chain's consent fallback comes last ([OnBehalfOf, DelegatedConsent]), and its link
         # (the consent broker's) is the sign-in that stores a grant the fallback then uses;
         # OBO's own link (Entra's authorize page) leads back to no flow of this agent.
+        # And a later source's refusal of this user (DelegatedConsent: "the consent stored for
+        # this platform user belongs to another account") outranks an earlier source that
+        # could not use the token at all (OBO and a Foundry token, whose fix is "use
+        # DelegatedConsent": already done); not a later source that could not run or was
+        # throttled, nor another unusable token.
         if (
             self.error is None
             or (isinstance(exc, _ACTIONABLE) and not isinstance(self.error, _ACTIONABLE))
+            or (
+                isinstance(self.error, AssertionNotUsable)
+                and not isinstance(exc, (AssertionNotUsable, SourceUnavailable, Throttled))
+            )
             or (
                 isinstance(exc, ConsentRequired)
                 and isinstance(self.error, ConsentRequired)

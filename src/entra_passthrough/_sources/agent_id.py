@@ -3,6 +3,7 @@ as the agent identity with T1 as its client assertion (kind ``user``)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -23,7 +24,7 @@ from .._errors import (
     TokenAcquisitionError,
     without_fix,
 )
-from .._http import SHARED_THROTTLE, Timeouts, trust_error
+from .._http import SHARED_THROTTLE, Timeouts, following, trust_error
 from .._msal import (
     DEFAULT_MAX_WORKERS,
     PUBLIC_AUTHORITY_HOST,
@@ -123,14 +124,21 @@ class _T1:
             # after a failed renewal, nobody asks again before the back-off ends.
             if now < self._retry_at or not self._lock.acquire(blocking=False):
                 return held.token
+            waited = False
         else:
-            self._lock.acquire()  # no T1 to send: wait for the request in flight, if any
+            # No T1 to send: wait for the request in flight, if any.
+            waited = not self._lock.acquire(blocking=False)
+            if waited:
+                self._lock.acquire()
         try:
             renewed = self._fresh
             if renewed is not None and time.time() < renewed[1]:
                 return renewed[0].token  # renewed by the caller this one waited for
             try:
-                fetched = self._fetch()
+                # A caller that waited for another's request takes its answer: a throttled
+                # endpoint is its answer too, not another short Retry-After to sit out.
+                with following() if waited else contextlib.nullcontext():
+                    fetched = self._fetch()
             except EntraPassthroughError as exc:
                 held = self._held(time.time())
                 if held is None:

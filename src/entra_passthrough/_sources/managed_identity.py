@@ -63,6 +63,7 @@ from .._http import (
     check_timeouts,
     current_deadline,
     deadline,
+    following,
     size_pool,
     trust_error,
 )
@@ -371,6 +372,22 @@ def _host_said(status: int, fields: Mapping[str, str]) -> str:
     return f"{status}, {said or 'no error message'}"
 
 
+#: IMDS's answers while it is being updated (retried up to the deadline: ``_imds_request``).
+_IMDS_UPDATING = frozenset({404, 410})
+#: The longest pause between two of them: IMDS is local, and back within 70 s.
+_IMDS_MAX_BACKOFF = 5.0
+
+
+class _ImdsUpdating(Exception):
+    """IMDS still answered 404/410 when the deadline left no time for another request."""
+
+    def __init__(self, status: int, attempts: int, waited: float) -> None:
+        super().__init__(status)
+        self.status = status
+        self.attempts = attempts
+        self.waited = waited
+
+
 class _NoHttpCache(dict[str, Any]):
     """MSAL's throttling cache, kept empty: a retry after a fix is always a real request."""
 
@@ -645,11 +662,19 @@ class ManagedIdentity:
         return self._fetch(request.scopes)
 
     async def get_token_async(self, request: TokenRequest) -> TokenResult | None:
+        await self._pool.pace()
+        # The caller's deadline, taken now: a job that waited in the pool's queue has only what
+        # is left of it (it used to start a fresh one, and send after its caller had gone).
+        end = time.monotonic() + self.timeouts.deadline
         try:
             # The worker ends each request at the deadline; this bounds the wait even so (as
             # OnBehalfOf does): an async caller never waits longer than the deadline.
             return await self._pool.run(
-                self._fetch, request.scopes, wait_at_most=self.timeouts.deadline + 1.0
+                self._fetch_queued,
+                request.scopes,
+                end,
+                wait_at_most=self.timeouts.deadline + 1.0,
+                paced=True,
             )
         except TimeoutError:
             raise unreachable(
@@ -658,6 +683,31 @@ class ManagedIdentity:
                 source=self.name,
                 scopes=request.scopes,
             ) from None
+
+    #: A job that waited this long for a worker waited for other requests to this endpoint
+    #: (every job of the pool asks the same one): it follows their answer (``_http.following``).
+    _QUEUED = 0.1
+
+    def _fetch_queued(self, scopes: tuple[str, ...], end: float) -> TokenResult:
+        """``_fetch`` in a worker for an async caller whose deadline is ``end``."""
+        now = time.monotonic()
+        left = end - now
+        if left <= 0:
+            # Its caller stopped waiting before a worker took the job: nothing is sent.
+            raise unreachable(
+                TransportFailure("deadline", peer=_PEER),
+                what=f"managed identity token request ({self.host})",
+                source=self.name,
+                scopes=scopes,
+            )
+        with deadline(left):
+            if now - (end - self.timeouts.deadline) < self._QUEUED:
+                return self._fetch(scopes)
+            # Queued behind busy workers: a 429 they got (the endpoint closed for 2 s) is this
+            # job's answer too, not another round to wait out (20 callers, 4 workers: the last
+            # waited 18 s, told "retry in 1.9 s").
+            with following():
+                return self._fetch(scopes)
 
     def token_for_resource(self, resource: str) -> str:
         """A token for ``resource`` (sync, cached here): the client assertion when this managed
@@ -703,7 +753,8 @@ class ManagedIdentity:
         # No usable token: wait for the request in flight, if any, within this call's deadline
         # (an OBO exchange's, else the source's own), then look again before sending one.
         wait = current_deadline(self.timeouts.deadline) - time.monotonic()
-        if wait <= 0 or not flight.acquire(timeout=wait):
+        waited = not flight.acquire(blocking=False)
+        if waited and (wait <= 0 or not flight.acquire(timeout=wait)):
             raise unreachable(
                 TransportFailure("deadline", peer=_PEER),
                 what=f"managed identity token request ({self.host})",
@@ -715,7 +766,14 @@ class ManagedIdentity:
                 entry = self._tokens.get(resource)
             if entry is not None and _usable(entry[0], time.time()):
                 return entry[0].token  # fetched by the caller this one waited for
-            return self._store(resource, self._fetch(scopes)).token
+            if not waited:
+                return self._store(resource, self._fetch(scopes)).token
+            # The request this caller waited for failed: its answer is this caller's too. An
+            # endpoint it closed (a 429, an outage) fails this request at once with the time
+            # left; a second round of waiting per queued caller held the last of 20 callers
+            # 28 s, one request every 2 s (a 429 without Retry-After).
+            with following():
+                return self._store(resource, self._fetch(scopes)).token
         finally:
             flight.release()
 
@@ -735,8 +793,24 @@ class ManagedIdentity:
             answers.forget()  # this thread's previous request answered something else
         try:
             started = time.time()  # expires_in counts from issuance: _base.result_from_msal
-            with deadline(self.timeouts.deadline):
-                response = self._request(host, resource)
+            with deadline(self.timeouts.deadline) as end:
+                if host == "imds" and self.endpoint is None:
+                    response = self._imds_request(resource, end)
+                else:
+                    response = self._request(host, resource)
+        except _ImdsUpdating as exc:
+            raise SourceUnavailable(
+                f"The IMDS endpoint is updating / not ready (HTTP {exc.status}): it answered so "
+                f"for {exc.waited:.1f} s ({exc.attempts} requests), until the deadline left no "
+                "time for another.",
+                source=self.name,
+                scopes=scopes,
+                failure=f"HTTP {exc.status}",
+                fix="nothing to configure: IMDS answers 404 or 410 while it is being updated "
+                "(Microsoft: available again within 70 s); retry in a minute, or raise "
+                "Timeouts(deadline=) to wait it out inside the call. If it persists, "
+                + self._not_the_endpoint_fix(host),
+            ) from None
         except ConfigurationError:
             raise
         except Exception as exc:
@@ -869,6 +943,45 @@ class ManagedIdentity:
             )
             + f"{identity}, and that the resource exists",
         )
+
+    def _imds_request(self, resource: str, end: float) -> dict[str, Any]:
+        """IMDS's request, sent again with bounded backoff while IMDS answers 404 or 410, up to
+        the deadline ``end``. Microsoft, "How to use managed identities for Azure resources on
+        an Azure VM to acquire an access token", Error handling: 404 "IMDS endpoint is
+        updating" (retry with exponential backoff), 410 "IMDS is going through updates" (it
+        is available within 70 seconds); azure-identity retries a 410 for at least 70 s. One
+        such answer failed the call, its message blaming a proxy or the identity's setup."""
+        started = time.monotonic()
+        t = self.timeouts
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = self._request("imds", resource)
+            except TransportFailure as exc:
+                if exc.kind != "page" or exc.status not in _IMDS_UPDATING:
+                    raise
+                status = exc.status
+            else:
+                answer = self._answers.last() if self._answers is not None else None
+                if (
+                    answer is None
+                    or answer[0] not in _IMDS_UPDATING
+                    or (isinstance(response, dict) and "access_token" in response)
+                ):
+                    return response
+                status = answer[0]
+            base = min(_IMDS_MAX_BACKOFF, max(t.backoff, 0.1) * (2 ** (attempt - 1)))
+            pause = base / 2 + secrets.SystemRandom().uniform(0, base / 2)
+            if pause >= end - time.monotonic():
+                raise _ImdsUpdating(status, attempt, time.monotonic() - started)
+            logger.info(
+                "IMDS answered HTTP %d (updating); request %d sent again in %.1f s",
+                status,
+                attempt,
+                pause,
+            )
+            time.sleep(pause)
 
     def _not_the_endpoint_fix(self, host: str) -> str:
         """The fix for an answer the platform's identity endpoint does not give: something else

@@ -58,7 +58,11 @@ __all__ = [
 _log = logging.getLogger("entra_passthrough.agent_framework")
 
 
-_MAX_PEEK = 1024 * 1024
+#: The largest ``POST .../responses`` body read, by ``BackgroundRunCallers`` (for
+#: ``"background"`` and ``"store"``) and by ``ResponseOwners`` (for the ids it continues): one
+#: limit, so a body one of them reads is never one the other cannot. A larger one is refused
+#: (413): neither can be checked.
+_MAX_BODY = 32 * 1024 * 1024
 
 #: The run-bound Caller of a background response, visible to the run's task.
 _run_caller: ContextVar[Caller | None] = ContextVar("entra_passthrough.run_caller", default=None)
@@ -93,6 +97,8 @@ def _run_copy(caller: Caller, *, max_run_seconds: float) -> Caller:
 class BackgroundRunCallers:
     """Pure ASGI middleware (install it *inside* ``CallerMiddleware``): gives a
     ``background: true`` Responses request a run-lifetime Caller. Other requests pass through.
+    A create body over 32 MiB (``ResponseOwners``' limit too) is refused, 413: its
+    ``background`` cannot be read.
 
     >>> app.add_middleware(BackgroundRunCallers)
     """
@@ -113,6 +119,11 @@ class BackgroundRunCallers:
             await self.app(scope, receive, send)
             return
         buffered, complete = await _peek(receive)
+        if _too_large(buffered, complete):
+            # Its "background" cannot be read: passed on as a foreground request, a background
+            # run would outlive the request's Caller and fail closed with no word of why.
+            await _too_large_answer(send, 'whether it asks for "background": true')
+            return
         replay = _replay(buffered, receive)
         background, unstored = (
             _flags(b"".join(m.get("body", b"") for m in buffered)) if complete else (False, False)
@@ -148,7 +159,7 @@ def _run_seconds(value: object) -> float:
     return seconds(value, what="max_run_seconds", low=0, high=math.inf, above_low=True)
 
 
-async def _peek(receive: Receive, limit: int = _MAX_PEEK) -> tuple[list[Message], bool]:
+async def _peek(receive: Receive, limit: int = _MAX_BODY) -> tuple[list[Message], bool]:
     buffered: list[Message] = []
     size = 0
     while size <= limit:
@@ -160,6 +171,23 @@ async def _peek(receive: Receive, limit: int = _MAX_PEEK) -> tuple[list[Message]
         if not message.get("more_body", False):
             return buffered, size <= limit
     return buffered, False
+
+
+def _too_large(buffered: list[Message], complete: bool) -> bool:
+    """Whether ``_peek`` stopped at its limit (not at a disconnect)."""
+    return not complete and bool(buffered) and buffered[-1].get("type") == "http.request"
+
+
+async def _too_large_answer(send: Send, what: str) -> None:
+    await _answer(
+        send,
+        413,
+        "request_too_large",
+        f"entra_passthrough: the request body is over {_MAX_BODY // (1024 * 1024)} MiB, the "
+        f"most read to check {what}; nothing was run. Send a smaller body (a large file by "
+        "URL or file id, not inline).",
+        None,
+    )
 
 
 def _replay(buffered: list[Message], receive: Receive) -> Receive:
@@ -200,9 +228,6 @@ _BY_ID_METHODS = {
     "/cancel": ("POST",),
     "/input_items": ("GET", "HEAD"),
 }
-#: The largest create request whose ``previous_response_id`` and ``conversation`` are checked
-#: (a larger one is refused: it cannot be checked).
-_MAX_CHECKED_BODY = 32 * 1024 * 1024
 #: How much of a created response is read for its id before it goes out (its first SSE event,
 #: or the head of its JSON).
 _MAX_ID_SCAN = 256 * 1024
@@ -212,6 +237,8 @@ _SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,256}")
 #: before the host has stored a response under it; then ``retention``.
 CLAIM_SECONDS = 3600.0
 _ANONYMOUS = b"anonymous"
+#: Whether the in-process owner store's limit has been said (``_unknown_owner``).
+_unknown_owner_said = False
 
 
 class ResponseOwners:
@@ -299,16 +326,9 @@ class ResponseOwners:
         await self.app(scope, receive, send)
 
     async def _create(self, scope: Scope, receive: Receive, send: Send) -> None:
-        buffered, complete = await _peek(receive, _MAX_CHECKED_BODY)
-        if not complete and buffered and buffered[-1].get("type") == "http.request":
-            await _answer(
-                send,
-                413,
-                "request_too_large",
-                "entra_passthrough: the request is too large to check which user's response "
-                "or conversation it continues.",
-                None,
-            )
+        buffered, complete = await _peek(receive)
+        if _too_large(buffered, complete):
+            await _too_large_answer(send, "which user's response or conversation it continues")
             return
         owner = _owner()
         previous, conversation, chosen = _continued(b"".join(m.get("body", b"") for m in buffered))
@@ -405,6 +425,8 @@ class ResponseOwners:
         else:
             allowed = hmac.compare_digest(entry.value, owner[0])
         if not allowed:
+            if entry is None:
+                self._unknown_owner()
             what = (
                 "Conversation"
                 if kind == "conversation"
@@ -415,6 +437,21 @@ class ResponseOwners:
                 send, 404, "invalid_request_error", f"{what} with id '{shown}' not found.", param
             )
         return allowed
+
+    def _unknown_owner(self) -> None:
+        """Say once per process, the first time, why an id with no known owner is refused:
+        with owners kept in this process, a restart or another replica looks like lost data."""
+        global _unknown_owner_said
+        if _unknown_owner_said or not isinstance(self.store, MemoryStore):
+            return
+        _unknown_owner_said = True
+        _log.warning(
+            "a response id with no known owner was refused (404, as for an id that does not "
+            "exist): owners are kept in this process (ResponseOwners' in-process store), so "
+            "responses created before a restart, or on another replica, are refused to their "
+            "own users; to keep owners across restarts and replicas, pass "
+            "install(host, response_owners=RedisStore...) (said once per process)"
+        )
 
     def _recording(self, owner: tuple[bytes, bool], send: Send, names: list[str]) -> Send:
         """``send``, holding a created response's first bytes until its id is read and its
