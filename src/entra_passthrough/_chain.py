@@ -42,6 +42,7 @@ from ._errors import (
     PolicyViolation,
     TokenAcquisitionError,
 )
+from ._jwks import require_asyncio
 from ._policy import Attempts, Policy, explain_failure
 from ._types import (
     CallerPartitionSource,
@@ -643,6 +644,8 @@ class TokenChain:
     async def _resolve_async(
         self, request: TokenRequest, allowed: frozenset[IdentityKind], *, lifecycle: bool = False
     ) -> TokenResult:
+        # Past the cache hit (which needs no loop): the I/O below is asyncio's.
+        require_asyncio("TokenChain.get_token_async")
         return await drive_async(self._decide(request, allowed, lifecycle), self._ask_async)
 
     def get_token(

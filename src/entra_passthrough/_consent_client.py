@@ -35,6 +35,9 @@ from ._origins import is_loopback, shown_url
 #: Scopes MSAL adds itself and refuses to be given.
 RESERVED_SCOPES = frozenset({"openid", "profile", "offline_access"})
 _JWKS_TTL = 3600.0
+#: The consent app's bound on each of its requests (seconds): to connect, per read, and the
+#: deadline over the whole exchange (``_http.OAuthBodies``); an async refresh waiting for one of
+#: the pool's workers gives up at it too (``DelegatedConsent``).
 HTTP_TIMEOUT = 15.0
 _JWKS_MIN_REFETCH = 30.0
 _PUBLIC_HOSTS = frozenset(
@@ -140,7 +143,9 @@ class ConsentClient:
                     instance_discovery=host in _PUBLIC_HOSTS,
                     # Every token answer with a safe ``error`` (one malformed answer would
                     # otherwise stop every later request of this app: ``OAuthBodies``), each
-                    # request bounded, and shorter than a refresh lease (delegated.LEASE_SECONDS).
+                    # request bounded by one deadline, shorter than a refresh lease
+                    # (delegated.LEASE_SECONDS), and a 429's Retry-After honoured for every
+                    # user of the app (the process-wide throttle), never retried.
                     http_client=OAuthBodies(self._http, timeout=HTTP_TIMEOUT),
                     token_cache=NullTokenCache(),
                     http_cache=DiscoveryOnlyHttpCache(),

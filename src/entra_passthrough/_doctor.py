@@ -48,6 +48,7 @@ from ._errors import (
     SourceUnavailable,
     error_from_entra,
 )
+from ._http import TransportFailure
 from ._jwt import fingerprint
 
 __all__ = ["Check", "main", "run"]
@@ -139,6 +140,13 @@ def _explain(exc: BaseException) -> tuple[str, str]:
                 "Entra admin center: Enterprise applications > the app > Permissions)."
             ).strip()
         return detail, fix
+    if isinstance(exc, TransportFailure) and exc.kind in ("tls", "ca_bundle"):
+        # The guarded layer's own TLS failure (the consent app's requests go through it too).
+        return (
+            "the TLS connection to the authority host failed (its certificate was not trusted, "
+            f"or the CA bundle could not be loaded): {exc.describe()}",
+            _TLS_FIX,
+        )
     if _is_tls_error(exc):
         # requests' SSLError text is urllib3's retry chain, cut mid-word at any bound: what
         # failed, said once, and the variable that fixes it.

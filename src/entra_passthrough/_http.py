@@ -916,50 +916,44 @@ class GuardedHttpClient:
         return OAuthAnswer(response, json.dumps(_without_tokens(body)))
 
 
-class OAuthBodies:
-    """An MSAL ``http_client`` for applications that do not go through ``GuardedHttpClient``
-    (the consent app's: interactive flows, one user at a time): every token endpoint answer is
-    handed to MSAL with its ``error`` made safe (``oauth_error_body``: one malformed answer
-    must not stop the application for good), and a ``requests`` session's requests are bounded
-    by ``timeout`` (MSAL applies its own ``timeout`` only to a session it makes itself), its
-    POSTs never redirected (a 307 would re-send the form, secret and code, elsewhere)."""
+def consent_timeouts(seconds: float) -> Timeouts:
+    """The consent app's time limits (``OAuthBodies``): ``seconds`` to connect, for each read,
+    and for the whole exchange (the deadline over every phase, as in the guarded layer), and no
+    retry: a refresh token or an authorization code is redeemed once."""
+    return Timeouts(connect=seconds, read=seconds, deadline=seconds, retries=0)
 
-    def __init__(self, inner: Any, *, timeout: float) -> None:
-        if inner is None:
-            import requests
 
-            inner = requests.Session()  # trust_env kept: proxies and corporate CAs work
-        self._inner = inner
-        self._session = _is_requests_session(inner)
-        self._timeout = timeout
+class OAuthBodies(GuardedHttpClient):
+    """The consent app's MSAL ``http_client`` (``DelegatedConsent``'s refreshes, the broker's
+    code redemption): the guarded layer with ``consent_timeouts`` (never a retry: a refresh
+    token or a code is redeemed once).
 
-    def post(
-        self, url: str, params: Any = None, data: Any = None, headers: Any = None, **kwargs: Any
+    What it keeps of the guarded layer: every token endpoint answer handed to MSAL with its
+    ``error`` made safe (``oauth_error_body``: one malformed answer must not stop the
+    application for good); POSTs never redirected (a 307 would re-send the form, secret and
+    code, elsewhere); one deadline over the whole exchange (``RequestWatch``: ``timeout`` is
+    not only per read, a peer trickling its answer is cut at it); and ``Retry-After``: a 429 (or
+    a 5xx with ``Retry-After``) is ``TransportFailure("throttled")`` and closes the consent
+    app's token endpoint (``gate_key``, in ``SHARED_THROTTLE``) for every user of that app
+    until it lapses. A failure is raised as ``TransportFailure`` (the caller names it).
+
+    Unlike the guarded layer, a 3xx/4xx without a JSON body is handed to MSAL as it came (MSAL
+    raises its parser's error, which the caller names)."""
+
+    def __init__(self, inner: Any, *, timeout: float, throttle: Throttle | None = None) -> None:
+        super().__init__(inner, timeouts=consent_timeouts(timeout), throttle=throttle)
+
+    def _oauth_answer(
+        self, response: Any, status: int, body: Any, *, definite: bool = False
     ) -> Any:
-        if self._session:
-            kwargs.setdefault("timeout", self._timeout)
-            kwargs["allow_redirects"] = False  # a 307 would re-send the form elsewhere
-        response = self._inner.post(url, params=params, data=data, headers=headers, **kwargs)
-        if not _is_token_request(data):
-            return response
-        body = _json_body(response)
-        if body is None:
-            return response  # not JSON: MSAL's own error, typed by the caller
-        fixed = oauth_error_body(body, int(getattr(response, "status_code", 0) or 0))
-        return response if fixed is body else OAuthAnswer(response, json.dumps(fixed))
-
-    def get(self, url: str, params: Any = None, headers: Any = None, **kwargs: Any) -> Any:
-        if self._session:
-            kwargs.setdefault("timeout", self._timeout)
-        return self._inner.get(url, params=params, headers=headers, **kwargs)
-
-    def close(self) -> None:
-        close = getattr(self._inner, "close", None)
-        if close is not None:
-            close()
+        if body is _UNREAD:
+            body = _json_body(response)
+        if body is None and 300 <= status < 500:
+            return response  # no OAuth answer: MSAL's own error, named by the caller
+        return super()._oauth_answer(response, status, body, definite=definite)
 
     def __repr__(self) -> str:
-        return f"OAuthBodies({type(self._inner).__name__})"
+        return f"OAuthBodies({type(self.inner).__name__})"
 
 
 #: An OAuth 2.0 error code as it may travel on (RFC 6749 section 5.2: ASCII, no spaces or

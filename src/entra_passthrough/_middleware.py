@@ -179,6 +179,8 @@ class CallerMiddleware(CaptureASGI):
                 description=getattr(exc, "reason", None) or "the token was not accepted",
                 scope=" ".join(required) if required else None,
             ) from None
+        except ConfigurationError:
+            raise  # the server's, not the caller's (an async API under trio): never a 503
         except Exception as exc:
             # The verifier itself failed (JWKS unreachable...): not the caller's fault, and not
             # a reason to let the request through unverified.

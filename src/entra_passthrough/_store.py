@@ -23,6 +23,7 @@ import heapq
 import hmac
 import math
 import os
+import re
 import secrets
 import threading
 import time
@@ -219,6 +220,23 @@ def _b64d(text: str) -> bytes:
         raise KeyringError("not base64url") from exc
 
 
+#: One key of ``Keyring.from_string``: base64url, with or without its ``=`` padding. The
+#: decoder skips what is not in the alphabet, so ``k1:<key>;k2:<key>`` was one 66-byte key.
+_B64URL_KEY = re.compile(r"[A-Za-z0-9_-]+={0,2}")
+
+
+def _key_from_text(text: str) -> bytes | None:
+    """The bytes of one key written in base64url (padded or not), or ``None``."""
+    body = text.rstrip("=")
+    if (
+        not _B64URL_KEY.fullmatch(text)
+        or len(body) % 4 == 1
+        or (body != text and len(text) % 4 != 0)  # padding that does not complete a quantum
+    ):
+        return None
+    return base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+
+
 @dataclass(frozen=True)
 class Keyring:
     """The consent secrets: key id -> at least 32 random bytes; ``current`` seals and signs.
@@ -270,7 +288,14 @@ class Keyring:
 
     @classmethod
     def from_string(cls, text: str) -> Keyring:
-        """``"kid:base64url,kid2:base64url"``; the first key is current."""
+        """``"kid:base64url,kid2:base64url"`` (items separated by commas, spaces around them
+        ignored); the first key is current. Anything else is refused, never read as a key:
+        no key is ever echoed."""
+        if not isinstance(text, str):
+            raise ConfigurationError(
+                f"Keyring: the keys must be a string, not {type(text).__name__}.",
+                fix=_KEYRING_FIX,
+            )
         keys: dict[str, bytes] = {}
         order: list[str] = []
         for part in text.split(","):
@@ -278,13 +303,36 @@ class Keyring:
             if not part:
                 continue
             kid, sep, b64 = part.partition(":")
+            kid, b64 = kid.strip(), b64.strip()
             if not sep:
-                raise ConfigurationError("Keyring: expected 'kid:base64url' items.")
-            try:
-                keys[kid.strip()] = _b64d(b64.strip())
-            except KeyringError as exc:
-                raise ConfigurationError(f"Keyring: key {kid!r} is not base64url.") from exc
-            order.append(kid.strip())
+                raise ConfigurationError(
+                    f"Keyring: item {len(order) + 1} is not 'kid:base64url'.", fix=_KEYRING_FIX
+                )
+            if not kid or len(kid) > 32 or not set(kid) <= _KID_CHARS:
+                raise ConfigurationError(
+                    f"Keyring: the key id of item {len(order) + 1} is not 1-32 characters of "
+                    "[A-Za-z0-9_-].",
+                    fix=_KEYRING_FIX,
+                )
+            if kid in keys:
+                raise ConfigurationError(
+                    f"Keyring: key id {kid!r} is listed twice (the second would replace the "
+                    "first).",
+                    fix="give every key its own id; keep an old key under its old id until what "
+                    "it sealed expired.",
+                )
+            key = _key_from_text(b64)
+            if key is None:
+                apart = (
+                    " (items are separated by ',', not ';' or spaces)"
+                    if any(c in b64 for c in ";: \t")
+                    else ""
+                )
+                raise ConfigurationError(
+                    f"Keyring: key {kid!r} is not base64url{apart}.", fix=_KEYRING_FIX
+                )
+            keys[kid] = key
+            order.append(kid)
         if not order:
             raise ConfigurationError("Keyring: no keys given.")
         return cls(keys, current=order[0])

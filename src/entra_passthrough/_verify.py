@@ -40,6 +40,7 @@ from ._jwks import (
     SyncGetter,
     check_authority_host,
     check_fetch_url,
+    require_asyncio,
 )
 from ._jwt import (
     MAX_TOKEN_BYTES,
@@ -279,6 +280,7 @@ class JwtVerifier:
     # --- the two drivers: identical decisions, different key I/O ---
 
     async def verify_async(self, token: str) -> VerifiedToken:
+        require_asyncio("JwtVerifier.verify_async")
         kid, tid = self._precheck(token)
         key = await self._keys.get_key_async(self._source(tid), kid)
         return self._check(token, key)

@@ -251,3 +251,36 @@ async def test_consent_withdrawn_before_the_redemption_is_decoded(
     found = _GUID.search(page.text)
     assert found is not None, page.text
     _logged(caplog, 65001, found.group(1), "have the user consent")
+
+
+async def test_a_redemption_answered_without_json_is_unavailable_not_a_mismatch(
+    consent_env: ConsentEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The token endpoint answers the code redemption with a body that is not JSON (a proxy's
+    page, a body cut short): MSAL raises ``JSONDecodeError``, a ``ValueError`` like its state
+    mismatch, and the page said "The sign-in answer does not match this sign-in", sending the
+    user after the wrong thing. It is the identity provider's side: 503, start again."""
+    env = consent_env
+    source, _ = env.make()
+    broker = _broker(env, source)
+    caplog.set_level(logging.INFO)
+    caller = platform_caller(
+        f"redeem-notjson-{time.monotonic_ns()}", upn=env.idp.users["alice"].upn
+    )
+    try:
+        async with env.browser() as browser:
+            start = await browser.get(
+                await consent_link(source, env, caller), follow_redirects=False
+            )
+            authorize = await browser.get(start.headers["location"], follow_redirects=False)
+            env.idp.inject_fault("token", truncate=5)  # the redemption's answer, cut: not JSON
+            page = await submit_form_post(browser, authorize)
+    finally:
+        env.idp.clear_faults()
+        broker.close()
+    assert page.status_code == 503, page.text
+    assert "temporarily_unavailable" in page.text
+    assert "does not match this sign-in" not in page.text
+    key = UserKey.from_caller(caller)
+    assert key is not None
+    assert await source.grants.get_grant(key.hashed) is None

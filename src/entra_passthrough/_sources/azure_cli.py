@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -41,6 +42,7 @@ from .._errors import (
     safe_text,
 )
 from .._http import MAX_SECONDS
+from .._jwt import JwtDecodeError, decode_unverified
 from .._msal import WorkerPool
 from .._types import IdentityKind, TokenRequest, TokenResult
 from .managed_identity import scope_to_resource
@@ -63,6 +65,9 @@ _CLI_ADVICE = re.compile(
 #: required by Conditional Access, 50079 MFA registration required, 50074 strong authentication
 #: required (https://learn.microsoft.com/entra/identity-platform/reference-error-codes).
 _MFA_CODES = frozenset({50074, 50076, 50079})
+#: Microsoft Graph's application id and App ID URI: a Graph token carries either as its
+#: ``aud`` (v2 / v1), so a Graph token is told apart from a token of a resource named by either.
+_GRAPH = ("00000003-0000-0000-c000-000000000000", "https://graph.microsoft.com")
 #: AADSTS53003: a Conditional Access policy blocks the token (no sign-in meets it).
 _BLOCKED = 53003
 
@@ -97,6 +102,48 @@ def preauthorize_fix(scopes: tuple[str, ...], *, tool: str = "az") -> str:
         f"clients already pre-authorized; scripts/tenant-setup.sh does it); then {login} again. "
         "Alternatively use OnBehalfOf with your own app registration."
     )
+
+
+def _identifiers(value: str) -> tuple[set[str], set[str]]:
+    """``(URIs, client ids)`` a resource or an ``aud`` names, lower case, no trailing slash:
+    ``api://<client id>`` names both; Microsoft Graph's URI and client id name each other."""
+    name = value.strip().lower().rstrip("/")
+    uris: set[str] = set()
+    ids: set[str] = set()
+    if GUID.fullmatch(name):
+        ids.add(name)
+    else:
+        uris.add(name)
+        rest = name.removeprefix("api://")
+        if rest != name and GUID.fullmatch(rest):
+            ids.add(rest)
+    if name in _GRAPH:
+        ids.add(_GRAPH[0])
+        uris.add(_GRAPH[1])
+    return uris, ids
+
+
+def _same_resource(aud: str, resource: str) -> bool:
+    """Whether a token whose ``aud`` is ``aud`` can be a token for ``resource``: false only
+    when it cannot (a URI that is not the resource's, a client id the request names another
+    of); a client id ``aud`` for a resource named by a URI alone cannot be decided."""
+    aud_uris, aud_ids = _identifiers(aud)
+    uris, ids = _identifiers(resource)
+    if aud_uris & uris or aud_ids & ids:
+        return True
+    # A URI aud is a v1 token's, the URI the request named: another URI is another resource.
+    # A client id aud (v2, or v1 asked by client id) is decided when the request names one.
+    return not (aud_uris and uris) and not (aud_ids and ids)
+
+
+def _printed_tenant(out: str) -> object:
+    """The ``tenant`` field of az's JSON (the tenant of the token), when the token itself
+    cannot be read."""
+    try:
+        data = json.loads(out)
+    except ValueError:
+        return None
+    return data.get("tenant") if isinstance(data, dict) else None
 
 
 class AzureCli:
@@ -257,6 +304,7 @@ class AzureCli:
                     f"token; update {self.tool} if it prints anything else, and check that no "
                     f"wrapper script named {self.tool} comes first on PATH.",
                 )
+            self._check_issued(info.token, out, scopes)
             return TokenResult(
                 token=info.token,
                 expires_on=expires_on,
@@ -291,6 +339,54 @@ class AzureCli:
                 "if it fails there too.",
             )
         raise self._entra_error(text, scopes)
+
+    # -- the token printed: for the resource and the tenant asked for ---------------------
+
+    def _check_issued(self, token: str, out: str, scopes: tuple[str, ...]) -> None:
+        """Refuse a token the CLI printed for another resource or tenant (a wrapper script, a
+        mix-up of accounts): it would be cached and sent as this resource's. Decided where it
+        can be (the token unverified: the CLI is trusted for what it says, not for what it was
+        asked): a v1 token's ``aud`` is the resource URI or client id as requested, a v2
+        token's always the resource's client id (access-token-claims-reference, "aud"), so a
+        URI ``aud`` must be the resource asked for, and a client id ``aud`` must be the one
+        the request names (``api://<client id>``, the bare client id) when it names one. An
+        undecodable (opaque, encrypted) token, or a client id ``aud`` for a resource named
+        only by its URI, cannot be decided and is served as before."""
+        try:
+            claims: dict[str, Any] | None = decode_unverified(token)
+        except JwtDecodeError:
+            claims = None
+        resource = self._resource_name(scopes)
+        aud = claims.get("aud") if claims is not None else None
+        if isinstance(aud, str) and not _same_resource(aud, resource):
+            shown = aud if len(aud) <= 200 and _SAFE.match(aud) else "another resource"
+            raise SourceUnavailable(
+                f"{self.tool} printed a token for another resource ({shown}, not {resource}); "
+                "it was not used.",
+                source=self.name,
+                scopes=scopes,
+                fix=f"run '{self._command()}' for {resource} by hand: the token's aud must be "
+                f"that resource; check that no wrapper script named {self.tool} comes first on "
+                f"PATH, and sign in for the resource: '{self._login_scope(scopes)}'.",
+            )
+        wanted = self.tenant_id
+        if wanted is None or not GUID.fullmatch(wanted):
+            return  # the CLI's own tenant, or a domain name: nothing to compare a tid with
+        tid = claims.get("tid") if claims is not None else _printed_tenant(out)
+        if isinstance(tid, str) and GUID.fullmatch(tid) and tid.lower() != wanted.lower():
+            login = (
+                f"az login --tenant {wanted}"
+                if self.tool == "az"
+                else f"azd auth login --tenant-id {wanted}"
+            )
+            raise SourceUnavailable(
+                f"{self.tool} printed a token of another tenant ({tid}, not {wanted}: "
+                "tenant_id= / ENTRA_PASSTHROUGH_AZ_TENANT_ID); it was not used.",
+                source=self.name,
+                scopes=scopes,
+                fix=f"sign in to that tenant ('{login}'), or set ENTRA_PASSTHROUGH_AZ_TENANT_ID "
+                "(tenant_id=) to the tenant you signed in to.",
+            )
 
     def _command(self) -> str:
         """The command line a user runs by hand to see what this source runs."""

@@ -40,7 +40,7 @@ from urllib.parse import urlencode
 from .. import _env
 from .._checks import registration, seconds
 from .._checks import tenant_id as tenant_id_check
-from .._consent_client import ConsentClient, check_https_url
+from .._consent_client import HTTP_TIMEOUT, ConsentClient, check_https_url
 from .._credential import AppCredential, app_credential
 from .._drive import drive, drive_async
 from .._errors import (
@@ -48,6 +48,7 @@ from .._errors import (
     ConfigurationError,
     ConsentRequired,
     EntraError,
+    EntraPassthroughError,
     SourceUnavailable,
     TokenAcquisitionError,
     error_from_entra,
@@ -62,14 +63,14 @@ from .._grants import (
     check_scopes,
     seal_revoke_ticket,
 )
-from .._http import trust_error
+from .._http import TransportFailure, deadline, trust_error
 from .._jwt import fingerprint
 from .._l2 import renew_until, renew_until_sync, shared_result_async, shared_result_sync
 from .._msal import http_session
 from .._store import Keyring, MemoryStore, TokenStore, keyring_from
 from .._types import IdentityKind, TokenRequest, TokenResult
 from .._user_key import UserKey
-from ._base import result_from_msal, unreachable
+from ._base import PAGE_FIX, raised_in, result_from_msal, unreachable
 from .obo import credential_from_env
 
 if TYPE_CHECKING:
@@ -158,6 +159,136 @@ class _Redeem:
 _Step = _Grants | _Pause | _Shared | _Redeem
 
 
+class _Start:
+    """An async caller and its redemption queued in the consent client's pool: the job starts
+    only while its caller still waits for it, and the caller gives up (at its deadline) only on
+    a job that has not started (one that has is bounded by the same deadline)."""
+
+    __slots__ = ("_lock", "abandoned", "started")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.started = False
+        self.abandoned = False
+
+    def start(self) -> bool:
+        with self._lock:
+            self.started = not self.abandoned
+            return self.started
+
+    def abandon(self) -> bool:
+        with self._lock:
+            self.abandoned = not self.started
+            return self.abandoned
+
+
+#: Abandoned redemption jobs still queued (``_redeem_async``): kept referenced until they end.
+_BACKGROUND: set[asyncio.Future[Any]] = set()
+
+
+def _background(job: asyncio.Future[Any]) -> None:
+    _BACKGROUND.add(job)
+
+    def _done(ended: asyncio.Future[Any]) -> None:
+        _BACKGROUND.discard(ended)
+        if not ended.cancelled():
+            ended.exception()  # retrieved: no "never retrieved" warning
+
+    job.add_done_callback(_done)
+
+
+class _NoWorker(Exception):
+    """An async redemption waited its whole deadline for a worker of the consent client: it
+    never started (nothing was sent to Entra)."""
+
+
+#: The fix for a refresh that Entra did not answer, or answered with an outage.
+_TRANSIENT_FIX = (
+    "nothing to configure if it is transient: the refresh token is redeemed once per call, "
+    "never re-sent within it, and the user's next request tries again; if it persists, check "
+    "the network path to the authority host from here (HTTPS_PROXY / NO_PROXY, a firewall) "
+    "and Entra's service health."
+)
+
+
+def _redemption_failed(
+    exc: Exception, *, source: str, scopes: tuple[str, ...]
+) -> EntraPassthroughError:
+    """The typed error for a redemption that got no answer to read: what happened, why, and the
+    fix; never the exception's text (it may hold a URL or a body)."""
+    what = "refreshing the user's stored grant"
+    if isinstance(exc, _NoWorker):
+        return SourceUnavailable(
+            f"{what} failed: no worker of the consent client was free within "
+            f"{HTTP_TIMEOUT:g} s (every one was busy with other users' refreshes, e.g. to an "
+            "endpoint that stalls); nothing was sent to Entra.",
+            source=source,
+            scopes=scopes,
+            failure="no worker",
+            fix="nothing to configure if it is transient; if many users refresh at once, "
+            "raise DelegatedConsent(max_workers=...) (default 8); if Entra stalls from here, "
+            "check the network path to the authority host.",
+        )
+    trusted = trust_error(exc, what=what, source=source, scopes=scopes)
+    if trusted is not None:
+        return trusted
+    if isinstance(exc, TransportFailure):
+        if exc.kind == "throttled":
+            return unreachable(exc, what=what, source=source, scopes=scopes)  # Throttled
+        fix = _TRANSIENT_FIX
+        if exc.kind == "deadline":
+            happened = f"Entra did not answer within {HTTP_TIMEOUT:g} s"
+            if exc.phase is not None:
+                happened += f" (cut in: {exc.phase})"
+        elif exc.kind == "timeout":
+            happened = f"Entra did not answer in time (nothing for {HTTP_TIMEOUT:g} s)"
+        elif exc.kind == "connection":
+            happened = "the connection to Entra failed or was lost before its answer was read"
+        elif exc.kind == "status":
+            happened = (
+                f"Entra answered HTTP {exc.status} (an outage on its side); the consent app's "
+                "requests pause for 2 s"
+            )
+        else:  # malformed, page
+            happened = (
+                "Entra's answer was not a token endpoint's JSON (cut short, or a page from a "
+                "proxy, firewall or gateway on the way)"
+            )
+            fix = PAGE_FIX
+        if exc.cached:
+            happened += " (a recent identical failure; no request was sent)"
+        return SourceUnavailable(
+            f"{what} failed: {happened}.",
+            source=source,
+            scopes=scopes,
+            fix=fix,
+            failure=exc.summary(),
+            aadsts=exc.aadsts,
+            correlation_id=exc.correlation_id,
+            trace_id=exc.trace_id,
+        )
+    if isinstance(exc, ValueError) and raised_in(exc, "json.decoder"):
+        # A 3xx/4xx without a JSON body reaches MSAL as it came: its parser's error.
+        return SourceUnavailable(
+            f"{what} failed: the token endpoint answered with no JSON body (a redirect, or a "
+            "page from a proxy, firewall or gateway on the way).",
+            source=source,
+            scopes=scopes,
+            fix=PAGE_FIX,
+            failure="not JSON",
+        )
+    typed = unreachable(exc, what=what, source=source, scopes=scopes)
+    if isinstance(typed, SourceUnavailable) and typed.fix is None:
+        return SourceUnavailable(
+            str(typed.args[0]) if typed.args else f"{what} failed.",
+            source=source,
+            scopes=scopes,
+            fix=_TRANSIENT_FIX,
+            failure=typed.failure,
+        )
+    return typed
+
+
 #: The most leases ``DelegatedConsent`` remembers as written without an answer (a store that
 #: keeps failing: beyond it, such leases are waited out as another's).
 _MAX_UNCERTAIN = 1024
@@ -242,6 +373,13 @@ class DelegatedConsent:
             secret_variable="ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET",
             tenantless=bool(allowed_tenants),
         )
+        if not isinstance(allowed_tenants, list | tuple | set | frozenset | str | None):
+            raise ConfigurationError(  # 5 or b"..." was a bare TypeError / AttributeError
+                "DelegatedConsent(allowed_tenants=) must be a list of tenant ids, not "
+                f"{type(allowed_tenants).__name__}.",
+                fix="pass allowed_tenants=['<tenant id>', ...] (ENTRA_PASSTHROUGH_ALLOWED_TENANTS"
+                ": comma-separated), or leave it out.",
+            )
         if isinstance(allowed_tenants, list | tuple):
             # A GUID in braces, a URL or a path matches no caller (a domain does: the broker
             # matches it through discovery's issuer); refused here, not at every sign-in.
@@ -442,17 +580,32 @@ class DelegatedConsent:
                 type(exc).__name__,
             )
 
-    def _redeem_under(self, step: _Redeem, extend: Callable[[], bool]) -> dict[str, Any]:
+    def _redeem_under(
+        self,
+        step: _Redeem,
+        extend: Callable[[], bool],
+        end: float,
+        start: _Start | None = None,
+    ) -> dict[str, Any]:
         """In the thread that POSTs: the authority's discovery first (MSAL's app), then extend
-        the lease; a lease taken over meanwhile means no POST."""
-        self.client.app()
-        if not extend():
-            raise _LeaseLost
-        return self.client.refresh(step.refresh_token, step.scopes, step.claims)
+        the lease; a lease taken over meanwhile means no POST. Every request is bounded by
+        ``end`` (``time.monotonic()``: one deadline over the whole exchange, every phase);
+        ``start``: an async caller that may have given up while this waited for a worker."""
+        if start is not None and not start.start():
+            raise _NoWorker  # its caller has gone: nothing is sent
+        with deadline(max(end - time.monotonic(), 0.0)):
+            self.client.app()
+            if not extend():
+                raise _LeaseLost
+            return self.client.refresh(step.refresh_token, step.scopes, step.claims)
 
     async def _redeem_async(self, step: _Redeem) -> dict[str, Any]:
-        """The redemption in the worker pool (it may wait there for a worker, unbounded):
-        the lease is renewed on this loop until it is done."""
+        """The redemption in the worker pool, bounded by one deadline (``HTTP_TIMEOUT``) from
+        here: a caller still waiting for a worker then gives up (``_NoWorker``: the job, when it
+        comes up, sends nothing), one whose job runs gets its answer or its deadline error. The
+        lease is renewed on this loop until it is done."""
+        end = time.monotonic() + HTTP_TIMEOUT
+        start = _Start()
         loop = asyncio.get_running_loop()
         lock = asyncio.Lock()  # the renewals and the extension: one compare-and-set at a time
 
@@ -467,8 +620,19 @@ class DelegatedConsent:
         renewing = asyncio.ensure_future(
             renew_until(done, LEASE_SECONDS, renew, self._renewal_failed)
         )
+        job = asyncio.ensure_future(
+            self.client.pool.run(self._redeem_under, step, extend, end, start)
+        )
         try:
-            return await self.client.pool.run(self._redeem_under, step, extend)
+            finished, _ = await asyncio.wait({job}, timeout=max(end - time.monotonic(), 0.0))
+            if not finished and start.abandon():
+                raise _NoWorker
+            return await job  # running: bounded by the same deadline
+        except BaseException:
+            start.abandon()  # a job that has not started never sends (cancelled caller too)
+            if not job.done():
+                _background(job)
+            raise
         finally:
             done.set()
             await renewing  # never cancelled mid-write: its last version is the lease's
@@ -495,7 +659,7 @@ class DelegatedConsent:
         )
         renewing.start()
         try:
-            return self._redeem_under(step, extend)
+            return self._redeem_under(step, extend, time.monotonic() + HTTP_TIMEOUT)
         finally:
             done.set()
             renewing.join()
@@ -758,12 +922,23 @@ class DelegatedConsent:
             # else: the grant store itself failed (down, stalled) keeping the lease: a release
             # would cost the caller another timeout or two; the lease expires by itself.
             if isinstance(exc, Exception):
-                what = "refreshing the stored grant"
-                raise trust_error(exc, what=what, source=self.name, scopes=scopes) or unreachable(
-                    exc, what=what, source=self.name, scopes=scopes
-                ) from None
+                raise _redemption_failed(exc, source=self.name, scopes=scopes) from None
             raise
         lease_version = held.version  # the last renewal's: what the writes compare with
+        if "access_token" not in answer and not answer.get("error"):
+            # A success without a token (a gateway's rewrite, an endpoint that is not Entra's):
+            # nothing was refused, and the grant stays as it was.
+            yield _Grants("put_grant", key.hashed, released, expect=lease_version)
+            raise EntraError(
+                "Refreshing the user's stored grant failed: the token endpoint answered "
+                "without an access token and without an error (nothing was refused; the "
+                "grant is kept).",
+                source=self.name,
+                scopes=scopes,
+                failure="no token",
+                fix="nothing to configure if it is transient; if it persists, something "
+                "between here and Entra rewrites its answers: " + PAGE_FIX,
+            )
         if "access_token" not in answer:
             yield from self._on_error(key, request, answer, released, lease_version)
         now = time.time()

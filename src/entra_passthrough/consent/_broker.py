@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import re
 import secrets
@@ -103,6 +104,10 @@ def _cookie_name(flow_id: str, secure: bool) -> str:
 
 def _digest(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
+
+
+class _TokenAnswerNotJson(Exception):
+    """The token endpoint's answer to a code redemption was not JSON (``_unavailable``)."""
 
 
 def _unavailable(
@@ -500,6 +505,11 @@ class ConsentBroker:
         }
         try:
             answer = await self.client.pool.run(self.client.redeem, flow, response)
+        except json.JSONDecodeError:
+            # The token endpoint answered with no JSON (a proxy's or gateway's page, a body
+            # cut short): the identity provider's side, not this sign-in's: 503, start again
+            # later; "does not match this sign-in" sent the user looking at the wrong thing.
+            raise _TokenAnswerNotJson from None
         except (ValueError, RuntimeError):
             # MSAL: state mismatch (ValueError), nonce or id token claims mismatch
             # (RuntimeError, IdTokenError). Their messages echo values: not shown, not logged.
