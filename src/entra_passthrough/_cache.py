@@ -40,8 +40,10 @@ import dataclasses
 import functools
 import logging
 import math
+import os
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Hashable
 from dataclasses import dataclass
@@ -92,6 +94,19 @@ def loop_running_here() -> bool:
 def _retrieved(future: asyncio.Future[TokenResult | None]) -> None:
     if not future.cancelled():
         future.exception()
+
+
+#: Every ``TokenCache`` of the process, for ``_after_fork_in_child``.
+_CACHES: weakref.WeakSet[TokenCache] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for cache in list(_CACHES):
+        cache._forked()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _leader_stranded(future: concurrent.futures.Future[TokenResult | None]) -> bool:
@@ -206,6 +221,20 @@ class TokenCache:
         self._background: set[asyncio.Task[None] | threading.Thread] = set()
         # Invalidations reaching the shared cache (L2) in the background (strong references).
         self._dropping: set[asyncio.Task[None]] = set()
+        _CACHES.add(self)
+
+    def _forked(self) -> None:
+        """In a forked child: the parent's acquisitions and refreshes in flight never finish
+        here (their threads and loops are the parent's). A caller joining one waited 120 s
+        (sync) or for ever (async); a refresh marked in flight was never made again. The child
+        keeps the tokens and starts its own flights."""
+        self._lock = threading.Lock()
+        self._inflight = {}
+        self._background = set()
+        self._dropping = set()
+        for entry in self._entries.values():
+            if isinstance(entry, _Entry):
+                entry.refreshing = False
 
     def __repr__(self) -> str:
         return f"TokenCache(size={len(self._entries)}, max_entries={self.max_entries})"

@@ -222,11 +222,14 @@ def _b64d(text: str) -> bytes:
 
 #: One key of ``Keyring.from_string``: base64url, with or without its ``=`` padding. The
 #: decoder skips what is not in the alphabet, so ``k1:<key>;k2:<key>`` was one 66-byte key.
-_B64URL_KEY = re.compile(r"[A-Za-z0-9_-]+={0,2}")
+#: Standard base64's ``+`` and ``/`` are taken as ``-`` and ``_`` (the same bytes, as the
+#: decoder always read them): ``openssl rand -base64 32`` makes such keys.
+_B64URL_KEY = re.compile(r"[A-Za-z0-9_+/-]+={0,2}")
 
 
 def _key_from_text(text: str) -> bytes | None:
-    """The bytes of one key written in base64url (padded or not), or ``None``."""
+    """The bytes of one key written in base64url or base64 (padded or not), or ``None``."""
+    text = text.replace("+", "-").replace("/", "_")
     body = text.rstrip("=")
     if (
         not _B64URL_KEY.fullmatch(text)

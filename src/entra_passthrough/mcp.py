@@ -35,6 +35,7 @@ import re
 import ssl
 import time
 import weakref
+import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
 from contextvars import ContextVar
@@ -610,6 +611,10 @@ class _CallGuard(httpx2.AsyncBaseTransport):
         self._watching = self._traced and resend_on_reset
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        if "authorization" in request.headers:
+            # Its answer uncompressed, so that ``_scrub`` reads what the server wrote (httpx2
+            # asks for gzip by default, and decodes after the transport).
+            request.headers["accept-encoding"] = "identity"
         attempt = attempt_var.get()
         if attempt is None or request.method != "POST":
             _drop_ended_callers_token(request)
@@ -815,19 +820,37 @@ def _scrub(request: httpx2.Request, response: httpx2.Response) -> None:
     scheme, _, token = value.partition(" ")
     if scheme.lower() != "bearer" or len(token) < 16:
         return
-    response.stream = _Scrubbed(response.stream, token.strip().encode("ascii", "ignore"))
+    coding = response.headers.get("content-encoding", "").strip().lower()
+    inflate = _INFLATE.get(coding)
+    if inflate is not None:
+        # Compressed although it was asked for "identity": decoded here, so that the token can
+        # be found, and passed on decoded (httpx2 would decode it again otherwise). Another
+        # coding (br, zstd) is passed on as it came: not read here.
+        del response.headers["content-encoding"]
+        response.headers.pop("content-length", None)
+    response.stream = _Scrubbed(
+        response.stream, token.strip().encode("ascii", "ignore"), inflate=inflate
+    )
+
+
+#: Decoders for a compressed answer ``_scrub`` must read: zlib's window bits per coding.
+_INFLATE = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
 def _token_start(buffer: bytes, token: bytes) -> int:
     """Where a tail of ``buffer`` may begin ``token`` (cut off by the chunk's end): kept back
     for the next chunk. ``len(buffer)`` when no tail can."""
-    first = token[:1]
-    at = buffer.find(first, max(0, len(buffer) - len(token) + 1))
+    size = len(buffer)
+    if not size or buffer[-1] not in token:
+        return size  # a JSON body or an SSE event ends with a byte a token has not ("}", "\n")
+    head = token[:8]
+    at = buffer.find(token[:1], max(0, size - len(token) + 1))
     while at != -1:
-        if token.startswith(buffer[at:]):
+        # The token's first bytes first (no copy), the whole tail only for a match of those.
+        if buffer.startswith(head[: size - at], at) and token.startswith(buffer[at:]):
             return at
-        at = buffer.find(first, at + 1)
-    return len(buffer)
+        at = buffer.find(token[:1], at + 1)
+    return size
 
 
 class _Scrubbed(httpx2.AsyncByteStream):
@@ -835,18 +858,26 @@ class _Scrubbed(httpx2.AsyncByteStream):
     that ends with what may be the token's beginning keeps that tail back for the next one (an
     SSE event ends with a blank line, so no event waits for the next chunk)."""
 
-    __slots__ = ("_inner", "_token")
+    __slots__ = ("_inflate", "_inner", "_token")
 
-    def __init__(self, inner: httpx2.AsyncByteStream, token: bytes) -> None:
+    def __init__(
+        self, inner: httpx2.AsyncByteStream, token: bytes, *, inflate: int | None = None
+    ) -> None:
         self._inner = inner
         self._token = token
+        self._inflate = inflate
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         token = self._token
         stream = self._inner.__aiter__()
         held = b""
+        decoder = zlib.decompressobj(self._inflate) if self._inflate is not None else None
         try:
-            async for chunk in stream:
+            async for raw in stream:
+                try:
+                    chunk = decoder.decompress(raw) if decoder is not None else raw
+                except zlib.error as exc:
+                    raise httpx2.DecodingError(f"compressed answer not readable ({exc})") from None
                 buffer = held + chunk if held else chunk
                 if token in buffer:
                     buffer = buffer.replace(token, _SCRUBBED)
@@ -854,6 +885,10 @@ class _Scrubbed(httpx2.AsyncByteStream):
                 held = buffer[cut:]
                 if cut:
                     yield buffer[:cut]
+            if decoder is not None:
+                held += decoder.flush()
+                if token in held:
+                    held = held.replace(token, _SCRUBBED)
             if held:
                 yield held
         finally:

@@ -66,3 +66,16 @@ def test_the_documented_format_is_read(template: str) -> None:
     assert all(len(key) == 32 for key in keyring.keys.values())
     if "2026-11" in value:
         assert keyring.keys["2026-11"] == base64.urlsafe_b64decode(b)
+
+
+def test_a_standard_base64_key_reads_as_the_same_bytes() -> None:
+    """``openssl rand -base64 32`` writes ``+`` and ``/`` (3 keys in 4 have one): read as the
+    same bytes as their base64url spelling, as before the format was checked; refused, every
+    upgraded deployment would have lost its stored grants to a new key."""
+    raw = bytes(range(200, 232))  # base64 of these has both "+" and "/"
+    standard = base64.b64encode(raw).decode()
+    assert "+" in standard
+    assert "/" in standard
+    keyring = Keyring.from_string(f"k1:{standard}")
+    assert keyring.keys["k1"] == raw
+    assert Keyring.from_string(f"k1:{base64.urlsafe_b64encode(raw).decode()}").keys["k1"] == raw

@@ -8,6 +8,7 @@ that carried it, across chunk boundaries; nothing else a tool returns changes.""
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -34,7 +35,7 @@ from entra_passthrough.testing._world import User
 ASGI = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
 
-def _echoing(app: ASGI, seen: list[str]) -> ASGI:
+def _echoing(app: ASGI, seen: list[str], accepted: list[str]) -> ASGI:
     """Answers a ``tools/call`` whose ``who`` starts with ``echo-`` itself, quoting the
     Authorization header it got: ``echo-error`` as a JSON-RPC error, ``echo-result`` as a tool
     result, ``echo-sse`` as a result in an SSE event sent in two body parts cut inside the
@@ -73,10 +74,12 @@ def _echoing(app: ASGI, seen: list[str]) -> ASGI:
             await send({"type": "http.response.body", "body": event[:cut], "more_body": True})
             await send({"type": "http.response.body", "body": event[cut:]})
             return None
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(data)).encode()),
-        ]
+        accepted.append(dict(scope["headers"]).get(b"accept-encoding", b"").decode())
+        headers = [(b"content-type", b"application/json")]
+        if who == "echo-gzip":  # compressed whatever the request asked for
+            data = gzip.compress(data)
+            headers.append((b"content-encoding", b"gzip"))
+        headers.append((b"content-length", str(len(data)).encode()))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": data})
         return None
@@ -85,25 +88,30 @@ def _echoing(app: ASGI, seen: list[str]) -> ASGI:
 
 
 @pytest.fixture
-def echo_server(idp: EntraEmulator) -> Iterator[tuple[ServerThread, list[str]]]:
+def echo_server(idp: EntraEmulator) -> Iterator[tuple[ServerThread, list[str], list[str]]]:
     seen: list[str] = []
+    accepted: list[str] = []
     server = ServerThread(
         lambda base: _echoing(
-            build_mcp_app(idp, base_url=base, recorder=Recorder(), executions=[]), seen
+            build_mcp_app(idp, base_url=base, recorder=Recorder(), executions=[]),
+            seen,
+            accepted,
         ),
         name="mcp-echo",
     )
     server.start()
     try:
-        yield server, seen
+        yield server, seen, accepted
     finally:
         server.stop()
 
 
 async def test_a_server_quoting_the_token_never_passes_it_on(
-    idp: EntraEmulator, users: list[User], echo_server: tuple[ServerThread, list[str]]
+    idp: EntraEmulator,
+    users: list[User],
+    echo_server: tuple[ServerThread, list[str], list[str]],
 ) -> None:
-    server, seen = echo_server
+    server, seen, accepted = echo_server
     http = entra_http_client(chain=make_chain(idp), scopes=mcp_scopes(idp), origins=[server.base])
     try:
         async with (
@@ -117,12 +125,18 @@ async def test_a_server_quoting_the_token_never_passes_it_on(
                 result = await client.call_tool("whoami", {"who": "echo-result"})
             async with entra_call(http):
                 streamed = await client.call_tool("whoami", {"who": "echo-sse"})
+            async with entra_call(http):
+                packed = await client.call_tool("whoami", {"who": "echo-gzip"})
     finally:
         await http.aclose()
-    assert len(seen) == 3
+    assert len(seen) == 4
+    # Asked uncompressed (httpx2 asks for gzip by default, decoded after the transport).
+    assert accepted
+    assert set(accepted) == {"identity"}
     assert all(len(token) > 100 for token in seen)
     texts = [str(raised.value), repr(raised.value), result.content[0].text]  # type: ignore[union-attr]
     texts.append(streamed.content[0].text)  # type: ignore[union-attr]
+    texts.append(packed.content[0].text)  # type: ignore[union-attr]  # compressed anyway
     for text in texts:
         assert "Authorization: Bearer [redacted]" in text, text
         assert not any(token in text for token in seen)

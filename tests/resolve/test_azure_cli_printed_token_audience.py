@@ -154,6 +154,18 @@ def test_an_opaque_token_of_another_tenant_by_azs_own_word_is_refused(tmp_path: 
         (_jwt(_claims("api://mcp", tid=OTHER_TENANT)), "api://mcp/.default", None),  # CLI's own
         (_jwt(_claims("api://mcp", tid=OTHER_TENANT)), "api://mcp/.default", "contoso.com"),
         ("opaque-token-value", "api://mcp/.default", TENANT),  # nothing to read
+        # ARM's two URIs are one resource (Cloud Shell's az answers one with the other,
+        # Azure/azure-cli#29313): a token that worked before the check still works.
+        (
+            _jwt(_claims("https://management.core.windows.net/")),
+            "https://management.azure.com/.default",
+            TENANT,
+        ),
+        (
+            _jwt(_claims("https://management.azure.com")),
+            "https://management.core.windows.net//.default",
+            TENANT,
+        ),
     ],
 )
 def test_what_matches_or_cannot_be_decided_is_served(

@@ -122,3 +122,39 @@ def test_a_forked_child_opens_its_own_connections(echo_peer: str, tmp_path: obje
         assert session.get(echo_peer, timeout=5).text == parent_port
     finally:
         session.close()
+
+
+@pytest.mark.parametrize("driver", ["sync", "async"])
+def test_a_child_forked_during_an_acquisition_makes_its_own(
+    idp: EntraEmulator, driver: str
+) -> None:
+    """The parent forks while one of its threads acquires a user's token: the child inherited
+    that acquisition as in flight, but no thread of the child will finish it. A child caller
+    of the same user and scopes joined it and waited 120 s (sync) or for ever (async)."""
+    idp.token_latency = 2.0
+    chain = TokenChain([make_obo(idp)])
+    scopes = mcp_scope(idp)
+    alice = idp.user_token("alice", audience=idp.agent.client_id)
+
+    def parent_acquires() -> None:
+        with bind_caller(token=alice):
+            chain.get_token(scopes)
+
+    leader = threading.Thread(target=parent_acquires, daemon=True)
+    try:
+        leader.start()
+        time.sleep(0.5)  # the parent's request is at Entra
+
+        def child() -> int:
+            with bind_caller(token=alice):
+                if driver == "sync":
+                    token = chain.get_token(scopes).token
+                else:
+                    token = asyncio.run(asyncio.wait_for(chain.get_token_async(scopes), 12)).token
+            return 0 if decode(token)["oid"] == idp.users["alice"].oid else 5
+
+        assert _in_child(child, within=15.0) == 0
+        leader.join(10)
+    finally:
+        idp.token_latency = 0.0
+        chain.close()

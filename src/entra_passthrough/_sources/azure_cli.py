@@ -68,6 +68,16 @@ _MFA_CODES = frozenset({50074, 50076, 50079})
 #: Microsoft Graph's application id and App ID URI: a Graph token carries either as its
 #: ``aud`` (v2 / v1), so a Graph token is told apart from a token of a resource named by either.
 _GRAPH = ("00000003-0000-0000-c000-000000000000", "https://graph.microsoft.com")
+#: Azure Resource Manager's two App ID URIs per cloud, one resource: az asked for one may print
+#: a token for the other (Cloud Shell answers ``management.azure.com`` with
+#: ``management.core.windows.net/``, Azure/azure-cli#29313), and ARM accepts both.
+_SAME_URIS = (
+    frozenset({"https://management.azure.com", "https://management.core.windows.net"}),
+    frozenset(
+        {"https://management.usgovcloudapi.net", "https://management.core.usgovcloudapi.net"}
+    ),
+    frozenset({"https://management.chinacloudapi.cn", "https://management.core.chinacloudapi.cn"}),
+)
 #: AADSTS53003: a Conditional Access policy blocks the token (no sign-in meets it).
 _BLOCKED = 53003
 
@@ -120,6 +130,9 @@ def _identifiers(value: str) -> tuple[set[str], set[str]]:
     if name in _GRAPH:
         ids.add(_GRAPH[0])
         uris.add(_GRAPH[1])
+    for same in _SAME_URIS:
+        if name in same:
+            uris |= same
     return uris, ids
 
 
