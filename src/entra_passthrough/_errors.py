@@ -30,6 +30,7 @@ All context is keyword-only and kept as attributes for programs.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -622,10 +623,9 @@ def error_from_entra(
     if is_consent_required(body):
         return ConsentRequired(what, link=consent_link, aadsts=code, **common)
     if error == "interaction_required" or code in INTERACTION_CODES:
-        raw_claims = body.get("claims")
         return InteractionRequired(
             what,
-            claims=str(raw_claims) if raw_claims else None,
+            claims=_claims_challenge(body.get("claims")),
             aadsts=code,
             suberror=suberror,
             **common,
@@ -642,6 +642,25 @@ def error_from_entra(
     if reason is not None and "expired" in reason.lower():
         own_fix = {"fix": f"{EXPIRED_KEY_FIX} ({see('errors', 'aadsts700027')})"}
     return cls(what, aadsts=code, error=error, suberror=suberror, **common, **own_fix)
+
+
+def _claims_challenge(raw: object) -> str | None:
+    """The body's ``claims``, kept only as Entra sends a claims challenge: a JSON object in a
+    string, bounded, with nothing secret-shaped in it. Anything else (a list, a number, a
+    gateway's echo of the request) was kept as its ``str``, on the error for anyone to read and
+    hand to the client."""
+    if not isinstance(raw, str) or not raw or len(raw) > _MAX_CLAIMS:
+        return None
+    try:
+        parsed = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(parsed, dict) or redact(raw) != raw:
+        return None
+    return raw
+
+
+_MAX_CLAIMS = 8192
 
 
 #: How to replace a client certificate (expired, or with a key Entra cannot use).

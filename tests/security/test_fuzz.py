@@ -425,3 +425,31 @@ def test_error_body_is_typed_bounded_and_never_echoes_a_secret(body: dict[str, A
     assert _ECHO_JWT[12:28] not in text
     assert re.search(r"\d{65}", text) is None  # no huge number (identifiers: 64 at most)
     assert len(str(err)) < 2000
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        [30602925404859710002935438188301205577443252464, f"assertion={_ECHO_JWT}&grant_type=x"],
+        f"assertion={_ECHO_JWT}&grant_type=x",
+        f'{{"access_token": {{"echo": "{_ECHO_JWT}"}}}}',
+        "not json",
+        12345,
+    ],
+)
+def test_an_interaction_required_keeps_only_a_claims_challenge(claims: Any) -> None:
+    """``claims`` of an ``interaction_required`` body was kept as its ``str``, whatever it was:
+    a gateway's echo of the request (the caller's assertion) sat on ``.claims`` for the
+    application to read and hand to its client (found by this file's fuzzing under the hygiene
+    run). Only a JSON object with nothing secret-shaped is kept."""
+    from entra_passthrough import InteractionRequired
+    from entra_passthrough._errors import error_from_entra
+
+    err = error_from_entra({"error": "interaction_required", "claims": claims}, source="obo")
+    assert isinstance(err, InteractionRequired)
+    assert err.claims is None
+    assert _ECHO_JWT[:20] not in f"{err}{err!r}{vars(err)!r}"
+    challenge = '{"access_token":{"capolids":{"essential":true,"values":["c1"]}}}'
+    kept = error_from_entra({"error": "interaction_required", "claims": challenge}, source="obo")
+    assert isinstance(kept, InteractionRequired)
+    assert kept.claims == challenge
