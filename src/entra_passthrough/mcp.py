@@ -843,13 +843,13 @@ def _token_start(buffer: bytes, token: bytes) -> int:
     size = len(buffer)
     if not size or buffer[-1] not in token:
         return size  # a JSON body or an SSE event ends with a byte a token has not ("}", "\n")
-    head = token[:8]
-    at = buffer.find(token[:1], max(0, size - len(token) + 1))
+    head, first = token[:8], token[:1]
+    at = buffer.find(first, max(0, size - len(token) + 1))
     while at != -1:
         # The token's first bytes first (no copy), the whole tail only for a match of those.
         if buffer.startswith(head[: size - at], at) and token.startswith(buffer[at:]):
             return at
-        at = buffer.find(token[:1], at + 1)
+        at = buffer.find(first, at + 1)
     return size
 
 

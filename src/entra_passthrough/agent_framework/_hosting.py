@@ -302,7 +302,8 @@ class ResponseOwners:
         path = str(scope.get("path", ""))
         named = _BY_ID.search(path)
         owned = named is not None and method in _BY_ID_METHODS.get(named.group(2), ())
-        if (owned or (method == "POST" and _is_create_path(path))) and _ambiguous_user(scope):
+        creates = not owned and method == "POST" and _is_create_path(path)
+        if (owned or creates) and _ambiguous_user(scope):
             # The platform's user id sent more than once: the capture trusts neither copy, so
             # the request has no user, and its response would have gone to the "anonymous"
             # owner that every request with no user shares (read and continued by any of them).
@@ -320,7 +321,7 @@ class ResponseOwners:
             if await self._may_use("response", named.group(1), _owner(), send):
                 await self.app(scope, receive, send)
             return
-        if method == "POST" and _is_create_path(path):
+        if creates:
             await self._create(scope, receive, send)
             return
         await self.app(scope, receive, send)
