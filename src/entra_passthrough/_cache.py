@@ -80,6 +80,14 @@ _NO_GAIN = 1.0
 #: request per caller and scopes per window, not one per request (a POST storm that gets the
 #: tenant throttled for every user).
 REFUSAL_WINDOW = 30.0
+#: A token refused with less than this many seconds left (or already expired) on this host's
+#: clock was refused for its expiry, as far as can be told (a resource whose clock runs ahead of
+#: this one's, a request that took its last moments to arrive): that says nothing about the
+#: resource refusing every token, and the refusal is neither weighed nor recorded (its entry is
+#: dropped and the request retried once, as for any first refusal). Only a token served to its
+#: own end is refused this late: one that expires with its assertion (its entry's cap), so at
+#: most a few requests per assertion; the others are replaced before the skew.
+_EXPIRY_REFUSAL = 5.0
 
 
 def loop_running_here() -> bool:
@@ -438,8 +446,10 @@ class TokenCache:
         """Under the lock: whether the resource (``slot``: the entry's key and the resource)
         refuses the token that replaced the one it refused last, within the window, while that
         token is still the entry. Otherwise this refusal is recorded (the next one is measured
-        from it)."""
+        from it), unless ``rejected`` was refused for its expiry (``_EXPIRY_REFUSAL``)."""
         now = self._clock()
+        if rejected.expires_on - now < _EXPIRY_REFUSAL:
+            return False
         mark = hash(rejected.token)
         last = self._refusals.get(slot)
         # (a clock stepped back counts as the window over: it never lasts longer than set)

@@ -371,3 +371,63 @@ async def test_end_to_end_streamed_requests_share_the_window(
     finally:
         chain.close()
         http.close()
+
+
+class ShortUsers(Users):
+    """Users whose tokens live ``lifetime`` seconds on the cache's (fake) clock."""
+
+    def __init__(self, clock: Clock, lifetime: float) -> None:
+        super().__init__()
+        self.clock, self.lifetime = clock, lifetime
+
+    def get_token(self, request: TokenRequest) -> TokenResult | None:
+        result = super().get_token(request)
+        if result is None:
+            return None
+        return TokenResult(
+            token=result.token,
+            expires_on=self.clock() + self.lifetime,
+            kind=result.kind,
+            source=result.source,
+        )
+
+
+async def test_a_replacement_refused_once_it_expired_is_replaced_not_held() -> None:
+    """A token refused at its expiry says nothing about the resource refusing every token. Token
+    1 is refused (revoked, say); token 2 replaces it, and while the retry that carries it is
+    still out, another request carries token 2 across its expiry and is refused. Before, that
+    second refusal fell in the window (token 2 "replaced one refused moments ago, never
+    accepted since"): not retried, and the call failed "the server does not accept the token"
+    although a new token would have been accepted."""
+    clock = Clock()
+    users = ShortUsers(clock, lifetime=5)
+    chain = TokenChain([users], cache=TokenCache(clock=clock))
+    retry_out, second_done = asyncio.Event(), asyncio.Event()
+    expiry: dict[str, float] = {}
+
+    async def answer(request: httpx2.Request) -> httpx2.Response:
+        token = request.headers.get("authorization", "").removeprefix("Bearer ")
+        expiry.setdefault(token, clock.now + users.lifetime)
+        if token == "user-a-1":
+            return httpx2.Response(401, headers=CHALLENGE)
+        if request.url.path == "/first":  # the first request's retry: held until the second
+            retry_out.set()
+            await second_done.wait()
+        elif token == "user-a-2":  # the second request reaches the resource after token 2 ends
+            clock.now = expiry[token] + 0.1
+        if clock.now >= expiry[token]:
+            return httpx2.Response(401, headers=CHALLENGE)
+        return httpx2.Response(200)
+
+    auth = EntraAuth(chain, scopes=SCOPES, origins=[ORIGIN], on_error="raise")
+    async with httpx2.AsyncClient(transport=httpx2.MockTransport(answer), auth=auth) as client:
+        with bind_caller(_caller("a")):
+            first = asyncio.create_task(client.get(f"{ORIGIN}/first"))
+            await retry_out.wait()
+            try:
+                second = await client.get(f"{ORIGIN}/second")
+            finally:
+                second_done.set()
+            assert (await first).status_code == 401  # token 2 had expired when it was answered
+    assert second.status_code == 200
+    assert users.made == 3

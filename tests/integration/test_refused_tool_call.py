@@ -7,6 +7,8 @@ ASGI wrapper that refuses ``tools/call`` with the library's own challenge."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -20,7 +22,7 @@ from _support.mcp_world import (
     mcp_scopes,
     read_json_request,
 )
-from entra_passthrough import InsufficientScope, TokenVerificationError, bind_caller
+from entra_passthrough import Caller, InsufficientScope, TokenVerificationError, bind_caller
 from entra_passthrough._www_auth import challenge, send_challenge
 from entra_passthrough.agent_framework import entra_mcp_tool
 from entra_passthrough.testing import EntraEmulator
@@ -123,3 +125,70 @@ def test_a_challenge_error_the_library_does_not_know_is_never_quoted(code: str) 
     assert _challenge_error(answer) is None
     known = httpx2.Response(403, headers={"www-authenticate": 'Bearer error="insufficient_scope"'})
     assert _challenge_error(known) == "insufficient_scope"
+
+
+def _refusing_after(app: Any, base: str, moment: float, seen: list[str]) -> Any:
+    """Answers every ``tools/call`` with a 401 ``invalid_token`` once ``moment`` (a Unix time)
+    has passed: a server that refuses a token at its expiry."""
+
+    async def wrapper(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await app(scope, receive, send)
+            return
+        body, replay = await read_json_request(receive)
+        if not isinstance(body, dict) or body.get("method") != "tools/call":
+            await app(scope, replay, send)
+            return
+        seen.append("tools/call")
+        await asyncio.sleep(max(0.0, moment - time.time()) + 0.05)
+        status, header, payload = challenge(
+            error=TokenVerificationError("the token has expired"),
+            resource_metadata=f"{base}/.well-known/oauth-protected-resource/mcp",
+            scopes=["api://records/.default"],
+        )
+        await send_challenge(send, status, header, payload)
+
+    return wrapper
+
+
+async def test_a_refusal_once_the_users_token_expired_says_so_not_check_the_scopes(
+    idp: EntraEmulator, users: list[User]
+) -> None:
+    """A foreground request's caller stays active to its end, past its token's expiry: a call
+    refused then (the token acquired for it ended with the user's) is said as that expiry.
+    Before, it was "the server does not accept the token; check the scopes"."""
+    user = users[23]
+    token = agent_token(idp, user, lifetime=3)
+    exp = Caller.from_token(token).claims.exp  # type: ignore[union-attr]
+    refused: list[str] = []
+    server = ServerThread(
+        lambda base: _refusing_after(
+            build_mcp_app(idp, base_url=base, recorder=Recorder(), executions=[]),
+            base,
+            exp,
+            refused,
+        ),
+        name="mcp",
+    ).start()
+    tool = entra_mcp_tool(
+        "records", f"{server.base}/mcp", chain=make_chain(idp), scopes=mcp_scopes(idp)
+    )
+    failure: BaseException | None = None
+    try:
+        # (cap_at_expiry=False: as CallerMiddleware binds a request's caller)
+        with bind_caller(Caller.from_token(token), cap_at_expiry=False):
+            try:
+                await tool.call_tool("whoami", who=user.oid)
+            except Exception as exc:
+                failure = exc
+    finally:
+        await tool.close()
+        server.stop()
+    assert refused
+    assert type(failure) is TokenVerificationError, repr(failure)
+    message = str(failure)
+    assert "HTTP 401" in message
+    assert "The user's token expired" in message
+    assert "signs in again" in message
+    assert "check that the tool's scopes" not in message
+    assert token not in message

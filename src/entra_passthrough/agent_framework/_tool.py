@@ -953,6 +953,7 @@ class EntraMCPTool(HookedMCPTool):
             f"MCP server {self.server_label!r} refused the token of the call to tool {tool_name!r}",
             claims_recorded=caller is not None
             and any(isinstance(e, InteractionRequired) for e in caller.errors),
+            caller=caller,
         )
 
     async def _until_sendable(self, tool_name: str) -> None:
