@@ -80,6 +80,9 @@ _NO_GAIN = 1.0
 #: request per caller and scopes per window, not one per request (a POST storm that gets the
 #: tenant throttled for every user).
 REFUSAL_WINDOW = 30.0
+#: How many expired entries each store removes from the least recently used end (``_sweep``):
+#: more than one, so that the dead entries of callers who left go faster than new ones come.
+_SWEEP = 2
 #: A token refused with less than this many seconds left (or already expired) on this host's
 #: clock was refused for its expiry, as far as can be told (a resource whose clock runs ahead of
 #: this one's, a request that took its last moments to arrive): that says nothing about the
@@ -379,10 +382,28 @@ class TokenCache:
                 result if capped else _Entry(result, refresh_at, usable_until, False, usable_until)
             )
             self._entries.move_to_end(key)
+            self._sweep(now)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
                 self._evictions += 1
         return result
+
+    def _sweep(self, now: float) -> None:
+        """Under the lock, at each store: drop up to ``_SWEEP`` expired entries from the least
+        recently used end. A caller who never comes back (a new assertion per user per hour)
+        leaves an expired entry that no lookup removes: without this the cache fills with
+        dead tokens up to ``max_entries`` and keeps them. O(1) per store; the least recently
+        used entries are, under such churn, the first to expire."""
+        entries = self._entries
+        for _ in range(_SWEEP):
+            oldest = next(iter(entries), None)
+            if oldest is None:
+                return
+            entry = entries[oldest]
+            end = entry.expires_on if isinstance(entry, TokenResult) else entry.usable_until
+            if now < end:
+                return
+            del entries[oldest]
 
     def invalidate(
         self,

@@ -446,3 +446,47 @@ async def test_a_repeated_platform_user_id_is_refused_not_stored_as_anonymous(
     assert f"the secret of {alice.oid}" not in created.text
     assert alice.oid not in RUNS  # nothing ran for it
     assert read_twice.status_code == 400
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+async def test_responses_the_host_does_not_store_never_push_an_owner_out(
+    idp: EntraEmulator, users: list[User], stream: bool
+) -> None:
+    """A ``"store": false`` response is kept by no one (its creator's own GET is a 404): its
+    owner was recorded for 30 days all the same, and in a bounded store (the in-process one
+    holds 100,000) such responses of other users evicted the owner of a stored one within its
+    retention: its creator could no longer read or continue it."""
+    alice = users[15]
+    store = MemoryStore(max_entries=8)
+    app = _host(idp, store, verified=False)
+    async with _serving(app) as client:
+        rid = _created_id(
+            await client.post(
+                "/responses",
+                json={"input": alice.oid, "store": True},
+                headers=_as_platform(idp, alice),
+            )
+        )
+        unstored: list[str] = []
+        for i in range(12):
+            other = users[16 + i % 4]
+            unstored.append(
+                _created_id(
+                    await client.post(
+                        "/responses",
+                        json={"input": f"hi {i}", "store": False, "stream": stream},
+                        headers=_as_platform(idp, other),
+                    )
+                )
+            )
+        mine = await client.get(f"/responses/{rid}", headers=_as_platform(idp, alice))
+        continued = await client.post(
+            "/responses",
+            json={"input": alice.oid, "previous_response_id": rid, "store": True},
+            headers=_as_platform(idp, alice),
+        )
+        # Nothing is served under an unstored id, to its creator or to anyone else.
+        theirs = await client.get(f"/responses/{unstored[0]}", headers=_as_platform(idp, alice))
+    assert mine.status_code == 200, mine.text[:300]
+    assert continued.status_code == 200, continued.text[:300]
+    assert theirs.status_code == 404, theirs.text[:300]

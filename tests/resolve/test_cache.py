@@ -516,3 +516,24 @@ async def test_sync_call_inside_the_loop_does_not_deadlock_on_an_async_leader() 
     assert got.token == "sync-own"
     gate.set()
     assert (await leader) is not None
+
+
+def test_expired_entries_of_callers_who_left_are_dropped_as_new_ones_come() -> None:
+    """Under churn (a new assertion per user per hour) each caller leaves an entry that no
+    lookup ever removes: before, the cache filled with dead tokens up to ``max_entries`` (15
+    MiB at the default) and ``stats().size`` counted them. Each store now drops up to two
+    expired entries from the least recently used end."""
+    clock = Clock()
+    cache = TokenCache(clock=clock, max_entries=1000)
+    for i in range(100):
+        cache.get_or_acquire(("old", i), lambda: result("t", lifetime=60))
+    assert cache.stats().size == 100
+    clock.offset = 120  # every old entry has expired; nobody looks them up again
+    for i in range(50):
+        cache.get_or_acquire(("new", i), lambda: result("t", lifetime=3600))
+    assert cache.stats().size == 50
+    assert cache.stats().evictions == 0  # dropped as expired, not evicted at the bound
+    # A usable entry at the least recently used end is never dropped (nor anything behind it).
+    cache.get_or_acquire(("new", 50), lambda: result("t", lifetime=3600))
+    assert cache.stats().size == 51
+    assert cache.get(("new", 0)) is not None

@@ -332,7 +332,9 @@ class ResponseOwners:
             await _too_large_answer(send, "which user's response or conversation it continues")
             return
         owner = _owner()
-        previous, conversation, chosen = _continued(b"".join(m.get("body", b"") for m in buffered))
+        previous, conversation, chosen, unstored = _continued(
+            b"".join(m.get("body", b"") for m in buffered)
+        )
         if previous is not None and not await self._may_use(
             "response", previous, owner, send, param="previous_response_id"
         ):
@@ -361,7 +363,9 @@ class ResponseOwners:
         if not await self._writable(send):
             return
         names = [_owner_key(kind, name) for kind, name, _ in wanted]
-        await self.app(scope, _replay(buffered, receive), self._recording(owner, send, names))
+        await self.app(
+            scope, _replay(buffered, receive), self._recording(owner, send, names, unstored)
+        )
 
     async def _keep(self, key: str, owner: bytes) -> None:
         """``key`` this owner's for ``retention``: written if absent or theirs (compare-and-set
@@ -449,14 +453,20 @@ class ResponseOwners:
         _log.warning(
             "a response id with no known owner was refused (404, as for an id that does not "
             "exist): owners are kept in this process (ResponseOwners' in-process store), so "
-            "responses created before a restart, or on another replica, are refused to their "
-            "own users; to keep owners across restarts and replicas, pass "
-            "install(host, response_owners=RedisStore...) (said once per process)"
+            "responses created before a restart, on another replica, or evicted from the "
+            "store at its limit (the oldest first), are refused to their own users; to keep "
+            "owners across restarts and replicas, pass install(host, "
+            "response_owners=RedisStore...) (said once per process)"
         )
 
-    def _recording(self, owner: tuple[bytes, bool], send: Send, names: list[str]) -> Send:
+    def _recording(
+        self, owner: tuple[bytes, bool], send: Send, names: list[str], unstored: bool
+    ) -> Send:
         """``send``, holding a created response's first bytes until its id is read and its
-        owner recorded: a client that has the id can ask for it at once."""
+        owner recorded: a client that has the id can ask for it at once. ``unstored`` (the
+        request asked for ``"store": false``): the host keeps nothing under the new id, so no
+        owner is recorded for it (it would hold a place in a bounded store for ``retention``,
+        and evict the owners of stored responses); unknown, it is refused like any id."""
         held: list[Message] = []
         body = bytearray()
         state = {"done": False, "sse": False}
@@ -492,9 +502,10 @@ class ResponseOwners:
                 return  # not yet: hold on
             if found:
                 try:
-                    await self.store.put(
-                        _owner_key("response", found), owner[0], ttl=self.retention
-                    )
+                    if not unstored:
+                        await self.store.put(
+                            _owner_key("response", found), owner[0], ttl=self.retention
+                        )
                     # The names it was created under (its conversation, an id the client
                     # chose): this user's for ``retention`` from now, if still this user's
                     # (a claim that lapsed during a long run may be another user's now).
@@ -528,15 +539,16 @@ def _owner_key(kind: str, name: str) -> str:
     return f"ep:v1:owner:{digest}"
 
 
-def _continued(body: bytes) -> tuple[str | None, str | None, str | None]:
-    """``(previous_response_id, conversation id, response_id)`` of a create request's body
-    (the last, an id the client chose for the new response)."""
+def _continued(body: bytes) -> tuple[str | None, str | None, str | None, bool]:
+    """``(previous_response_id, conversation id, response_id, unstored)`` of a create
+    request's body (``response_id``: an id the client chose for the new response;
+    ``unstored``: it asks for ``"store": false``)."""
     try:
         parsed = json.loads(body)
     except (ValueError, RecursionError):
-        return None, None, None
+        return None, None, None, False
     if not isinstance(parsed, dict):
-        return None, None, None
+        return None, None, None, False
     previous = parsed.get("previous_response_id")
     conversation = parsed.get("conversation")
     if isinstance(conversation, dict):
@@ -546,6 +558,7 @@ def _continued(body: bytes) -> tuple[str | None, str | None, str | None]:
         previous if isinstance(previous, str) and previous else None,
         conversation if isinstance(conversation, str) and conversation else None,
         chosen if isinstance(chosen, str) and chosen else None,
+        parsed.get("store") is False,
     )
 
 
