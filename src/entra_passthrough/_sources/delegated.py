@@ -405,8 +405,9 @@ class DelegatedConsent:
         self._replica = secrets.token_hex(8)
         #: Rotated grants the store refused after Entra had redeemed the old refresh token
         #: (store down mid-refresh): written before this user's next refresh, so the redeemed
-        #: refresh token is never used again. Key hash -> (grant, version of our lease).
-        self._unsaved: dict[str, tuple[StoredGrant, str]] = {}
+        #: refresh token is never used again. Key hash -> (grant, version of our lease, our
+        #: lease's owner).
+        self._unsaved: dict[str, tuple[StoredGrant, str, str | None]] = {}
         #: The refresh leases of this instance whose refresh is under way (``_decide``): a
         #: lease of ours in a grant that is not among them was written by a write whose answer
         #: never reached us (lost or late reply, re-sent by the client), and nobody redeems
@@ -826,7 +827,7 @@ class DelegatedConsent:
             for hashed, unsaved in list(self._unsaved.items()):
                 # Raises while the store is still down. None: the record changed since (our
                 # lease ran out and another replica rotated, or the data was lost): theirs wins.
-                yield _Grants("put_grant", hashed, unsaved[0], expect=unsaved[1])
+                yield from self._put_under_lease(hashed, *unsaved)
                 if self._unsaved.get(hashed) is unsaved:
                     del self._unsaved[hashed]
             found = yield _Grants("get_grant", key.hashed)
@@ -888,6 +889,25 @@ class DelegatedConsent:
             scopes=scopes,
         )
 
+    def _put_under_lease(
+        self, hashed: str, record: StoredGrant, version: str, lease: str | None
+    ) -> Generator[_Step, Any, str | None]:
+        """Write ``record`` (the rotated grant) over the lease ``lease`` whose last known
+        version is ``version``; the new version, or ``None`` when the grant is not ours any
+        more. A record that changed but still holds ``lease`` changed under a renewal of ours
+        that the store ran without our getting its answer (it died, or timed out, while
+        answering): the lease, so the grant, is still ours, and the write compares with the
+        version read. Without this the rotated grant was dropped as "theirs", and once the
+        lease ran out another replica redeemed the refresh token Entra had already redeemed."""
+        written: str | None = yield _Grants("put_grant", hashed, record, expect=version)
+        if written is not None or lease is None:
+            return written
+        found = yield _Grants("get_grant", hashed)
+        if found is None or found[0].lease_owner != lease:
+            return None
+        rewritten: str | None = yield _Grants("put_grant", hashed, record, expect=found[1])
+        return rewritten
+
     def _abandoned(self, owner: str | None) -> bool:
         """Whether ``owner`` is a lease this process wrote without getting the answer, and no
         refresh of it holds (one taken over is forgotten)."""
@@ -948,12 +968,13 @@ class DelegatedConsent:
             refresh_token=new_rt if isinstance(new_rt, str) and new_rt else grant.refresh_token,
             updated=now,
         )
+        lease = held.grant.lease_owner
         try:
-            written = yield _Grants("put_grant", key.hashed, updated, expect=lease_version)
+            written = yield from self._put_under_lease(key.hashed, updated, lease_version, lease)
         except Exception as exc:
             # Entra has rotated the refresh token: the token it issued is good, so serve it, and
             # keep the successor until the store takes it (never redeem the old one again).
-            self._unsaved[key.hashed] = (updated, lease_version)
+            self._unsaved[key.hashed] = (updated, lease_version, lease)
             logger.warning(
                 "the grant store failed after a refresh (%s); the rotated grant is kept in "
                 "memory and written before this user's next refresh",
