@@ -110,3 +110,50 @@ async def test_a_renewal_answer_lost_mid_redemption_keeps_the_rotated_grant(
         env.idp.clear_faults()
         for store in stores:
             await store.aclose()
+
+
+async def test_after_a_lost_renewal_answer_the_lease_is_still_renewed(
+    consent_env: ConsentEnv, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The renewals after the lost answer compared with the old version, were refused, and the
+    replica stopped renewing (as if another had taken the lease): a redemption longer than the
+    lease then let another replica take it over and redeem the same refresh token meanwhile."""
+    monkeypatch.setattr(delegated, "LEASE_SECONDS", LEASE)
+    env = consent_env
+    namespace = f"lostrenew{free_port()}:"
+    stores = [RedisStore.from_url(redis_server.url, namespace=namespace) for _ in range(2)]
+    keyring = Keyring.generate()
+    try:
+        a = env.make(store=stores[0], keyring=keyring)[0]  # type: ignore[arg-type]
+        b = env.make(store=stores[1], keyring=keyring)[0]  # type: ignore[arg-type]
+        request = await consent(env, b, "quinn", "chat-quinn-renewed-on")
+        lossy = LosesOneAnswer(stores[0])
+        redeemed: Counter[str] = Counter()
+        for source, arm in ((a, True), (b, False)):
+            original = source.client.refresh
+
+            def refresh(
+                refresh_token: str, *args: Any, _original: Any = original, _arm: bool = arm
+            ) -> Any:
+                redeemed[fingerprint(refresh_token)] += 1
+                if _arm and sum(redeemed.values()) == 1:
+                    lossy.armed.set()
+                return _original(refresh_token, *args)
+
+            source.client.refresh = refresh  # type: ignore[method-assign]
+        env.idp.inject_fault("token", status=None, delay=2.5)  # a's redemption: 4 leases
+        from_a = asyncio.ensure_future(a.get_token_async(request))
+        for _ in range(500):  # bounded (~5 s)
+            if lossy.lost:
+                break
+            await asyncio.sleep(0.01)
+        assert lossy.lost == 1, "no renewal ran during the redemption"
+        await asyncio.sleep(LEASE * 1.5)  # past the lease the lost renewal wrote
+        from_b = asyncio.ensure_future(b.get_token_async(request))
+        results = await asyncio.wait_for(asyncio.gather(from_a, from_b), 60)
+        assert all(r is not None for r in results)
+        assert max(redeemed.values()) == 1, "a refresh token was redeemed twice"
+    finally:
+        env.idp.clear_faults()
+        for store in stores:
+            await store.aclose()

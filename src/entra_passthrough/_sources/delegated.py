@@ -568,6 +568,12 @@ class DelegatedConsent:
         renewed = dataclasses.replace(held.grant, lease_until=until)
         version = await grants.put_grant(held.key_hash, renewed, expect=held.version)
         if version is None:
+            # Changed: taken over by another replica, or renewed by a renewal of ours whose
+            # answer never came (``_put_under_lease``): then the record still holds our lease.
+            found = await grants.get_grant(held.key_hash)
+            if found is not None and found[0].lease_owner == held.grant.lease_owner:
+                version = await grants.put_grant(held.key_hash, renewed, expect=found[1])
+        if version is None:
             held.lost = True
             return False
         held.version = version
