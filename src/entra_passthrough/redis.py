@@ -737,9 +737,13 @@ class RedisStore:
 
 class _Bound:
     """One event loop's client and its scripts; ``closer`` closes them when the loop shuts
-    down (``RedisStore._close_at_shutdown``). A cluster client has no blocking pool (past
-    ``max_connections`` per node it fails at once): ``turn`` makes calls beyond that many wait
-    for one to end, up to the command timeout, as the single-node client's pool does."""
+    down (``RedisStore._close_at_shutdown``). Every call runs in a ``turn``: a call still in
+    flight when the client is closed (``aclose`` while requests run) re-sends on a connection
+    redis-py opens again, so the last such call to end closes the client once more (else that
+    connection stayed open in Redis until the garbage collector found it, with a
+    ResourceWarning in whatever ran then). A cluster client has no blocking pool (past
+    ``max_connections`` per node it fails at once): ``turn`` also makes calls beyond that many
+    wait for one to end, up to the command timeout, as the single-node client's pool does."""
 
     __slots__ = (
         "cas_delete",
@@ -747,6 +751,7 @@ class _Bound:
         "client",
         "closed",
         "closer",
+        "inflight",
         "put_absent",
         "slot_wait",
         "slots",
@@ -759,6 +764,7 @@ class _Bound:
         self.cas_delete = client.register_script(_CAS_DELETE)
         self.closed = False
         self.closer: AsyncGenerator[None, None] | None = None
+        self.inflight = 0  # calls in their ``turn``
         self.slots: asyncio.Semaphore | None = None
         self.slot_wait = 0.0
         if isinstance(client, redis_asyncio.RedisCluster):
@@ -767,32 +773,43 @@ class _Bound:
             self.slots = asyncio.Semaphore(limit if isinstance(limit, int) and limit > 0 else 100)
             self.slot_wait = float(wait) if isinstance(wait, int | float) and wait > 0 else 5.0
 
-    def turn(self) -> contextlib.AbstractAsyncContextManager[None]:
-        """Hold one of the cluster client's connections for a call (nothing to hold for a
-        single-node client: its pool waits by itself)."""
-        if self.slots is None:
-            return contextlib.nullcontext()
-        return self._turn(self.slots)
-
     @contextlib.asynccontextmanager
-    async def _turn(self, slots: asyncio.Semaphore) -> AsyncGenerator[None, None]:
+    async def turn(self) -> AsyncGenerator[None, None]:
+        """One call: counted while it runs (closed after ``aclose`` by the last to end), and
+        holding one of the cluster client's connections (a single-node client's pool waits by
+        itself)."""
+        held: asyncio.Semaphore | None = None
+        self.inflight += 1
         try:
-            await asyncio.wait_for(slots.acquire(), self.slot_wait)
-        except builtins.TimeoutError:  # (``TimeoutError`` here is redis-py's)
-            raise ConnectionError("No connection available.") from None  # as redis-py's pool
-        try:
+            if self.slots is not None:
+                try:
+                    await asyncio.wait_for(self.slots.acquire(), self.slot_wait)
+                except builtins.TimeoutError:  # (``TimeoutError`` here is redis-py's)
+                    raise ConnectionError("No connection available.") from None  # as its pool
+                held = self.slots
             yield
         finally:
-            slots.release()
+            self.inflight -= 1
+            if held is not None:
+                held.release()
+            if self.closed and not self.inflight:
+                # ``aclose`` ran while this call was in flight: its re-send (or a later call
+                # that had this client already) opened connections again.
+                await self._close_client()
+
+    async def _close_client(self) -> None:
+        """Close the client's connections, quietly: a Redis that is down has nothing to
+        close."""
+        with contextlib.suppress(RedisError, RedisClusterException, OSError):
+            await self.client.aclose()
 
     async def aclose(self) -> None:
-        """Close the connections (quietly: a Redis that is down has nothing to close), then
-        the shutdown hook, which has nothing left to do."""
+        """Close the connections, then the shutdown hook, which has nothing left to do. A call
+        still in flight closes them again when it ends (``turn``)."""
         closer, self.closer = self.closer, None
         if not self.closed:
             self.closed = True
-            with contextlib.suppress(RedisError, RedisClusterException, OSError):
-                await self.client.aclose()
+            await self._close_client()
         if closer is not None:
             await closer.aclose()
 
