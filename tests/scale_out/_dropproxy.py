@@ -2,16 +2,22 @@
 reply: a network blip, a failover or ``CLIENT KILL`` landing between the execution and the
 answer. Armed with byte patterns: the next client write holding all of a pattern's parts is
 passed on to Redis, and the reply that follows on that connection is dropped (the connection
-is reset) or, with ``delay``, held that long. Loopback only; one pattern per reply."""
+is reset) or, with ``delay``, held that long. Loopback only; one pattern per reply. ``close``
+aborts every accepted connection (``LoopbackHop``), also one whose handler never started or was
+cancelled while it connected upstream: left open, the garbage collector's ResourceWarning failed
+whichever test ran next on the worker."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 
+from _support.servers import LoopbackHop
 
-class DropProxy:
+
+class DropProxy(LoopbackHop):
     def __init__(self, upstream_port: int) -> None:
+        super().__init__()
         self.upstream_port = upstream_port
         #: Patterns still armed (each a tuple of byte strings that must all be in one write).
         self.armed: list[tuple[bytes, ...]] = []
@@ -19,13 +25,9 @@ class DropProxy:
         self.delay = 0.0
         #: The patterns that matched, in order.
         self.matched: list[tuple[bytes, ...]] = []
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.port = 0
 
-    async def start(self) -> DropProxy:
-        self._server = await asyncio.start_server(self._connection, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
+    async def start(self) -> DropProxy:  # type: ignore[override]
+        await super().start()
         return self
 
     def url(self, upstream_url: str) -> str:
@@ -35,17 +37,11 @@ class DropProxy:
     def arm(self, *parts: bytes) -> None:
         self.armed.append(parts)
 
-    async def _connection(
-        self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter
-    ) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         try:
             up_r, up_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
         except OSError:
             client_w.transport.abort()
-            self._tasks.discard(task)
             return
         pending = {"reply": False}
 
@@ -82,12 +78,6 @@ class DropProxy:
         finally:
             client_w.transport.abort()
             up_w.transport.abort()
-            self._tasks.discard(task)
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=5)
+        await self.aclose()
