@@ -89,8 +89,11 @@ _SWEEP = 2
 #: resource refusing every token, and the refusal is neither weighed nor recorded (its entry is
 #: dropped and the request retried once, as for any first refusal). Only a token served to its
 #: own end is refused this late: one that expires with its assertion (its entry's cap), so at
-#: most a few requests per assertion; the others are replaced before the skew.
-_EXPIRY_REFUSAL = 5.0
+#: most a few requests per assertion; the others are replaced before the skew. Short (a clock
+#: ahead by more is not covered), so that a source whose tokens live only seconds, behind a
+#: resource that refuses every token, costs a token request per request only in each token's
+#: last 2 s, not over its whole life.
+_EXPIRY_REFUSAL = 2.0
 
 
 def loop_running_here() -> bool:

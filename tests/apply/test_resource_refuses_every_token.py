@@ -431,3 +431,18 @@ async def test_a_replacement_refused_once_it_expired_is_replaced_not_held() -> N
             assert (await first).status_code == 401  # token 2 had expired when it was answered
     assert second.status_code == 200
     assert users.made == 3
+
+
+def test_tokens_that_live_seconds_refused_by_a_resource_still_hit_the_window() -> None:
+    """The expiry rule covers a token's last 2 s only: a source whose tokens live 3 s, behind
+    a resource that refuses every token, still gets the window (two tokens, then the 401
+    stands), not a token request per request over each token's life."""
+    clock = Clock()
+    users = ShortUsers(clock, lifetime=3)
+    chain = TokenChain([users], cache=TokenCache(clock=clock))
+    auth = EntraAuth(chain, scopes=SCOPES, origins=[ORIGIN], on_error="raise")
+    transport = httpx2.MockTransport(lambda request: httpx2.Response(401, headers=CHALLENGE))
+    with bind_caller(_caller("a")), httpx2.Client(transport=transport, auth=auth) as client:
+        statuses = [client.get(f"{ORIGIN}/tools").status_code for _ in range(10)]
+    assert statuses == [401] * 10
+    assert users.made == 2
