@@ -93,7 +93,7 @@ _SWEEP = 2
 #: ahead by more is not covered), so that a source whose tokens live only seconds, behind a
 #: resource that refuses every token, costs a token request per request only in each token's
 #: last 2 s, not over its whole life.
-_EXPIRY_REFUSAL = 2.0
+EXPIRY_REFUSAL = 2.0
 
 
 def loop_running_here() -> bool:
@@ -470,9 +470,9 @@ class TokenCache:
         """Under the lock: whether the resource (``slot``: the entry's key and the resource)
         refuses the token that replaced the one it refused last, within the window, while that
         token is still the entry. Otherwise this refusal is recorded (the next one is measured
-        from it), unless ``rejected`` was refused for its expiry (``_EXPIRY_REFUSAL``)."""
+        from it), unless ``rejected`` was refused for its expiry (``EXPIRY_REFUSAL``)."""
         now = self._clock()
-        if rejected.expires_on - now < _EXPIRY_REFUSAL:
+        if rejected.expires_on - now < EXPIRY_REFUSAL:
             return False
         mark = hash(rejected.token)
         last = self._refusals.get(slot)

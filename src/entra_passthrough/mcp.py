@@ -59,7 +59,7 @@ from ._errors import (
     require_extra,
 )
 from ._tls import shared_verify
-from ._types import TokenResult
+from ._types import TokenResult, token_exp
 
 try:
     import httpx2
@@ -68,6 +68,7 @@ except ImportError as _exc:  # pragma: no cover - exercised only without the ext
     raise require_extra("mcp", "mcp", _exc) from _exc
 
 from ._auth import EntraAuth
+from ._cache import EXPIRY_REFUSAL
 from ._chain import ended_caller_error
 from ._challenge import bearer_parameters, parse_bearer_challenges
 from ._checks import seconds
@@ -263,6 +264,9 @@ class CallAttempt:
     #: 401 or 403 (``insufficient_scope``, ``invalid_token``...): a bare RFC 6750 code, or
     #: ``None`` (no challenge, none understood, or not a code).
     challenge_error: str | None = None
+    #: Whether that answer is a 401 to a token that had expired, or was within seconds of it,
+    #: when the answer came (``refused_at_expiry``).
+    at_expiry: bool = False
     #: Whether the last ``tools/call`` carried an ``Mcp-Session-Id`` (a legacy session).
     on_session: bool = False
     #: Whether the server's own answers say what it did: no proxy in between and resends not
@@ -704,6 +708,7 @@ class _CallGuard(httpx2.AsyncBaseTransport):
             attempt.challenge_error = (
                 _challenge_error(response) if response.status_code in (401, 403) else None
             )
+            attempt.at_expiry = response.status_code == 401 and refused_at_expiry(request)
             attempt.retry_after = (
                 retry_after_seconds(response.headers) if response.status_code >= 400 else None
             )
@@ -1068,8 +1073,34 @@ def call_refusal(
             fix="the user signs in again (a new token for the agent), then calls the tool "
             f"again ({see('errors')})",
         )
+    if status == 401 and attempt.at_expiry:
+        return expiring_token_refused(refused)
     return TokenVerificationError(
         f"{refused} The server does not accept the token.", fix=token_refused_fix()
+    )
+
+
+def refused_at_expiry(request: httpx2.Request) -> bool:
+    """Whether ``request``'s bearer token had expired, or had less than ``EXPIRY_REFUSAL``
+    seconds left, as its 401 came: refused for its expiry, as far as can be told (read only
+    on a 401; an opaque token: ``False``)."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    exp = token_exp(token.strip())
+    return exp is not None and exp - time.time() < EXPIRY_REFUSAL
+
+
+def expiring_token_refused(refused: str) -> TokenVerificationError:
+    """A 401 to a token that ended on its way (``refused_at_expiry``), said as such: "check
+    the scopes" would send the operator the wrong way."""
+    return TokenVerificationError(
+        f"{refused} The token had expired, or was about to, when the server read it: the "
+        "request took longer to reach the server than the token had left, or the server's "
+        "clock runs ahead of this host's.",
+        fix="send the request again (a new token is acquired); if it recurs, look at what "
+        "delays requests to the server (a connection pool that queues them, a proxy) and at "
+        f"the server's clock ({see('errors')})",
     )
 
 

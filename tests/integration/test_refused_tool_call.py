@@ -21,12 +21,13 @@ from _support.mcp_world import (
     make_chain,
     mcp_scopes,
     read_json_request,
+    world_with_users,
 )
 from entra_passthrough import Caller, InsufficientScope, TokenVerificationError, bind_caller
 from entra_passthrough._www_auth import challenge, send_challenge
 from entra_passthrough.agent_framework import entra_mcp_tool
 from entra_passthrough.testing import EntraEmulator
-from entra_passthrough.testing._world import User
+from entra_passthrough.testing._world import Lifetimes, User
 
 #: The refusals: (what the wrapper answers with, the type the tool raises, what it names).
 REFUSALS = {
@@ -190,5 +191,74 @@ async def test_a_refusal_once_the_users_token_expired_says_so_not_check_the_scop
     assert "HTTP 401" in message
     assert "The user's token expired" in message
     assert "signs in again" in message
+    assert "check that the tool's scopes" not in message
+    assert token not in message
+
+
+def _refusing_each_token_at_its_expiry(app: Any, base: str, rpc: str, seen: list[str]) -> Any:
+    """Holds every ``rpc`` request until its bearer token has expired, then answers 401
+    ``invalid_token``: a request that took longer to reach the server than its token had
+    left (a queue in front of it), or a server whose clock runs ahead."""
+    from entra_passthrough._types import token_exp
+
+    async def wrapper(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await app(scope, receive, send)
+            return
+        body, replay = await read_json_request(receive)
+        if not isinstance(body, dict) or body.get("method") != rpc:
+            await app(scope, replay, send)
+            return
+        headers = dict(scope["headers"])
+        exp = token_exp(headers.get(b"authorization", b"").decode().removeprefix("Bearer "))
+        seen.append(rpc)
+        await asyncio.sleep(max(0.0, (exp or 0) - time.time()) + 0.05)
+        status, header, payload = challenge(
+            error=TokenVerificationError("the token has expired"),
+            resource_metadata=f"{base}/.well-known/oauth-protected-resource/mcp",
+            scopes=["api://records/.default"],
+        )
+        await send_challenge(send, status, header, payload)
+
+    return wrapper
+
+
+@pytest.mark.parametrize("rpc", ["tools/call", "tools/list"])
+async def test_a_token_that_ends_on_its_way_is_said_as_such(rpc: str) -> None:
+    """The MCP server's tokens live 3 s, the user's an hour: the call's token (and the retry's)
+    reaches the server after its end. Before, the call (or the connect) failed "the server
+    does not accept the token; check the scopes", the operator sent to the wrong place."""
+    world, users = world_with_users(4)
+    with EntraEmulator(world=world.with_lifetimes(Lifetimes(access_token=3))) as short:
+        seen: list[str] = []
+        server = ServerThread(
+            lambda base: _refusing_each_token_at_its_expiry(
+                build_mcp_app(short, base_url=base, recorder=Recorder(), executions=[]),
+                base,
+                rpc,
+                seen,
+            ),
+            name="mcp",
+        ).start()
+        tool = entra_mcp_tool(
+            "records", f"{server.base}/mcp", chain=make_chain(short), scopes=mcp_scopes(short)
+        )
+        token = agent_token(short, users[1])
+        failure: BaseException | None = None
+        try:
+            with bind_caller(token=token):
+                try:
+                    await tool.call_tool("whoami", who=users[1].oid)
+                except Exception as exc:
+                    failure = exc
+        finally:
+            await tool.close()
+            server.stop()
+    assert seen == [rpc, rpc]  # the one retry with a new token, refused the same way
+    # (a connect's refusal reaches the caller in the tool failure agent-framework shows)
+    assert "TokenVerificationError(" in repr(failure), repr(failure)
+    message = str(failure)
+    assert "HTTP 401" in message
+    assert "had expired, or was about to, when the server read it" in message
     assert "check that the tool's scopes" not in message
     assert token not in message

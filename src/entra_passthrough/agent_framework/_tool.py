@@ -97,7 +97,9 @@ from ..mcp import (
     challenge_of,
     consent_from_exception,
     exception_chain,
+    expiring_token_refused,
     http_client_for,
+    refused_at_expiry,
     token_refused_fix,
     url_elicitation_as_error,
 )
@@ -543,6 +545,8 @@ class EntraMCPTool(HookedMCPTool):
                 "carries every scope granted); or, if the server should not require it, change "
                 f"the server's required scopes ({see('errors')})",
             )
+        if refusal.status == 401 and refusal.at_expiry:
+            return expiring_token_refused(refused)
         return TokenVerificationError(
             f"{refused} The server does not accept the token.", fix=token_refused_fix()
         )
@@ -1229,6 +1233,8 @@ class _ConnectRefusal:
     granted: tuple[str, ...] | None
     rpc: str | None
     with_token: bool
+    #: A 401 to a token that had expired, or was about to, as it came (``refused_at_expiry``).
+    at_expiry: bool = False
 
     @classmethod
     def of(cls, response: httpx2.Response) -> _ConnectRefusal:
@@ -1251,7 +1257,8 @@ class _ConnectRefusal:
             method = body.get("method") if isinstance(body, dict) else None
             if isinstance(method, str) and _RPC_METHOD.fullmatch(method):
                 rpc = method
-        return cls(response.status_code, error, required, granted, rpc, with_token)
+        at_expiry = response.status_code == 401 and with_token and refused_at_expiry(request)
+        return cls(response.status_code, error, required, granted, rpc, with_token, at_expiry)
 
     def missing(self) -> tuple[str, ...]:
         """The required scopes the refused token does not carry (a required App ID URI scope
