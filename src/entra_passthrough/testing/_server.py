@@ -368,7 +368,14 @@ class ServerThread:
     def _run(self) -> None:
         async def both() -> None:
             self._loop = asyncio.get_running_loop()
-            await asyncio.gather(self.https.serve(), self.http.serve())
+            try:
+                await asyncio.gather(self.https.serve(), self.http.serve())
+            except SystemExit as exc:
+                # uvicorn exits when it cannot bind (a port in use). Raised as such, it left
+                # this task's exception unretrieved, logged with its traceback whenever the
+                # task was collected: in whichever thread and code ran then (Python 3.11's
+                # traceback parses source: inside another ast.parse, a SystemError there).
+                raise RuntimeError(f"the server did not start (exit {exc.code})") from None
 
         try:
             asyncio.run(both())
