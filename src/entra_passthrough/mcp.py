@@ -46,7 +46,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from . import _env
-from ._caller import Caller, active_caller, current_caller
+from ._caller import active_caller, current_caller
 from ._docs import see
 from ._errors import (
     ConfigurationError,
@@ -1005,11 +1005,7 @@ async def entra_call(target: httpx2.AsyncClient | EntraAuth) -> AsyncIterator[To
             elif (
                 foreign
                 and (caller is None or caller.active)
-                and (
-                    refused := call_refusal(
-                        attempt, "the MCP server refused the call's token", caller=caller
-                    )
-                )
+                and (refused := call_refusal(attempt, "the MCP server refused the call's token"))
             ):
                 # The SDK says only "Server returned an error response" for a 401/403 as for a
                 # 503. Not chained: its error may carry the server's answer, which can echo the
@@ -1024,7 +1020,7 @@ def call_refusal(
     refused: str,
     *,
     claims_recorded: bool = False,
-    caller: Caller | None = None,
+    assertion_expired_at: float | None = None,
 ) -> TokenVerificationError | None:
     """The MCP server's 401/403 to a call's ``tools/call`` (after the auth's one retry on a
     claims challenge or ``invalid_token``), typed: ``InsufficientScope`` for a 403 or an
@@ -1032,9 +1028,10 @@ def call_refusal(
     answer. Named from the status and the challenge's error code alone (``refused`` says who
     refused what): the server's own description is its free text, and no part of the token is
     quoted. The call did not run. ``claims_recorded``: the auth recorded why a claims challenge
-    could not be met (``InteractionRequired``, with the claims), which then stands. ``caller``:
-    the call's caller; a 401 once its token (the assertion) has expired is said as that expiry,
-    not as a token the server does not accept."""
+    could not be met (``InteractionRequired``, with the claims), which then stands.
+    ``assertion_expired_at``: the retry could not get a token because the user's token expired
+    then (the auth recorded ``AssertionExpired``): said so (the user signs in again), not that
+    the server does not accept the token."""
     status = attempt.status
     if status not in (401, 403) or attempt.transport_error is not None:
         return None
@@ -1062,14 +1059,13 @@ def call_refusal(
             fix="grant the user (or the agent app, with admin consent) what the server "
             f"requires, and request it in the tool's scopes ({see('errors')})",
         )
-    expired_at = _assertion_expired_at(caller)
-    if status == 401 and expired_at is not None:
-        # The call's token was acquired with the user's token, which has now expired: the
-        # server refused it at (or after) its end. "Check the scopes" would mislead.
-        ended = time.strftime("%H:%M:%S UTC", time.gmtime(expired_at))
+    if status == 401 and assertion_expired_at is not None:
+        # The retry got no token: the user's token has expired (a token capped at it was
+        # served to its end, and likely refused for that). "Check the scopes" would mislead.
+        ended = time.strftime("%H:%M:%S UTC", time.gmtime(assertion_expired_at))
         return TokenVerificationError(
-            f"{refused} The user's token expired (at {ended}) during the call, and with it "
-            "the token acquired for the call.",
+            f"{refused} The user's token has expired (at {ended}), so no new token could be "
+            "acquired to send the call again.",
             fix="the user signs in again (a new token for the agent), then calls the tool "
             f"again ({see('errors')})",
         )
@@ -1102,18 +1098,6 @@ def expiring_token_refused(refused: str) -> TokenVerificationError:
         "delays requests to the server (a connection pool that queues them, a proxy) and at "
         f"the server's clock ({see('errors')})",
     )
-
-
-def _assertion_expired_at(caller: Caller | None) -> float | None:
-    """The ``exp`` of ``caller``'s token when it has passed, else ``None``."""
-    if caller is None or not caller.presented:
-        return None
-    try:
-        claims = caller.claims
-    except Exception:  # an undecodable assertion: nothing to say about its expiry
-        return None
-    exp = claims.exp if claims is not None else None
-    return exp if exp is not None and exp <= time.time() else None
 
 
 def token_refused_fix() -> str:

@@ -189,7 +189,7 @@ async def test_a_refusal_once_the_users_token_expired_says_so_not_check_the_scop
     assert type(failure) is TokenVerificationError, repr(failure)
     message = str(failure)
     assert "HTTP 401" in message
-    assert "The user's token expired" in message
+    assert "The user's token has expired" in message
     assert "signs in again" in message
     assert "check that the tool's scopes" not in message
     assert token not in message

@@ -490,3 +490,46 @@ async def test_responses_the_host_does_not_store_never_push_an_owner_out(
     assert mine.status_code == 200, mine.text[:300]
     assert continued.status_code == 200, continued.text[:300]
     assert theirs.status_code == 404, theirs.text[:300]
+
+
+#: An id the client chooses, as sent and as the host uses it (it strips the header's value and
+#: the body's ``response_id``; Starlette reads headers as latin-1, so a no-break space too).
+_PADDED = {
+    "body-spaces": lambda rid: ({"response_id": f" {rid} "}, {}),
+    "body-newline": lambda rid: ({"response_id": f"{rid}\n"}, {}),
+    "header-nbsp": lambda rid: ({}, {"x-agent-response-id": (rid + "\xa0").encode("latin-1")}),
+}
+
+
+@pytest.mark.parametrize("padded", list(_PADDED))
+@pytest.mark.parametrize("who", [_as_verified, _as_platform], ids=["verified", "platform"])
+async def test_another_users_id_with_whitespace_around_it_is_refused(
+    idp: EntraEmulator, users: list[User], who: Callable[..., dict[str, str]], padded: str
+) -> None:
+    """Bob knows Alice's response id X. ``"response_id": "X"`` was refused, but ``" X "`` was
+    claimed as sent (a name nobody owned), the host created Bob's response under X, and its
+    owner was written over Alice's: she got 404 on her own response, and Bob read it, its
+    input items (Alice's input) and continued it."""
+    alice, bob = users[32], users[33]
+    app = _host(idp, MemoryStore(), verified=who is _as_verified)
+    async with _serving(app) as client:
+        rid = _created_id(
+            await client.post(
+                "/responses", json={"input": alice.oid, "store": True}, headers=who(idp, alice)
+            )
+        )
+        body, extra = _PADDED[padded](rid)
+        taken = await client.post(
+            "/responses",
+            json={"input": bob.oid, "store": True, **body},
+            headers={**who(idp, bob), **extra},
+        )
+        alice_reads = await client.get(f"/responses/{rid}", headers=who(idp, alice))
+        bob_reads = await client.get(f"/responses/{rid}", headers=who(idp, bob))
+        items = await client.get(f"/responses/{rid}/input_items", headers=who(idp, bob))
+    assert taken.status_code == 404, taken.text[:300]
+    assert alice_reads.status_code == 200, alice_reads.text[:300]
+    assert alice.oid in alice_reads.text
+    assert bob_reads.status_code == 404
+    assert items.status_code == 404
+    assert alice.oid not in items.text

@@ -347,10 +347,16 @@ class ResponseOwners:
         # refuses leave only short claims, which a bounded store (and Redis' volatile-ttl)
         # evicts before any owner. Never deleted: another request of the same user may be
         # using the name meanwhile.
+        # Claimed as the host will use it: it strips the header's value and the body's
+        # ``response_id`` (" X " names X; claimed as sent, another user's id took their
+        # response, its owner overwritten when the host stored the new one under X).
         wanted = [
             ("response", name, "response_id")
-            for name in dict.fromkeys((*_header_values(scope, b"x-agent-response-id"), chosen))
-            if name is not None
+            for name in dict.fromkeys(
+                named.strip()
+                for named in (*_header_values(scope, b"x-agent-response-id"), chosen)
+                if named is not None and named.strip()
+            )
         ]
         if conversation is not None:
             wanted.append(("conversation", conversation, "conversation"))
@@ -367,14 +373,17 @@ class ResponseOwners:
             scope, _replay(buffered, receive), self._recording(owner, send, names, unstored)
         )
 
-    async def _keep(self, key: str, owner: bytes) -> None:
+    async def _keep(self, key: str, owner: bytes) -> bool:
         """``key`` this owner's for ``retention``: written if absent or theirs (compare-and-set
-        on its version), left alone if another user's."""
+        on its version), left alone (``False``) if another user's."""
         entry = await self.store.get(key)
         if entry is None:
             await self.store.put(key, owner, ttl=self.retention, expect=None)
         elif hmac.compare_digest(entry.value, owner):
             await self.store.put(key, owner, ttl=self.retention, expect=entry.version)
+        else:
+            return False
+        return True
 
     async def _writable(self, send: Send) -> bool:
         """Whether the store takes a write (a short-lived probe); if not, the 503 is sent."""
@@ -502,9 +511,14 @@ class ResponseOwners:
                 return  # not yet: hold on
             if found:
                 try:
-                    if not unstored:
-                        await self.store.put(
-                            _owner_key("response", found), owner[0], ttl=self.retention
+                    if not unstored and not await self._keep(
+                        _owner_key("response", found), owner[0]
+                    ):
+                        # Never taken from its owner, whatever the host did (an id it read
+                        # in a way the claim above did not foresee).
+                        _log.warning(
+                            "the host created a response under an id another user owns; it "
+                            "stays theirs and is refused to this request's user"
                         )
                     # The names it was created under (its conversation, an id the client
                     # chose): this user's for ``retention`` from now, if still this user's

@@ -72,6 +72,7 @@ from .._caller import Caller, active_caller, current_caller, set_current
 from .._chain import ended_caller_error
 from .._docs import see
 from .._errors import (
+    AssertionExpired,
     ConfigurationError,
     ConsentRequired,
     EntraPassthroughError,
@@ -957,7 +958,11 @@ class EntraMCPTool(HookedMCPTool):
             f"MCP server {self.server_label!r} refused the token of the call to tool {tool_name!r}",
             claims_recorded=caller is not None
             and any(isinstance(e, InteractionRequired) for e in caller.errors),
-            caller=caller,
+            assertion_expired_at=next(
+                (e.expired_at for e in caller.errors if isinstance(e, AssertionExpired)), None
+            )
+            if caller is not None
+            else None,
         )
 
     async def _until_sendable(self, tool_name: str) -> None:

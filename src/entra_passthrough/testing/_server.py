@@ -366,16 +366,28 @@ class ServerThread:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def _run(self) -> None:
+        async def serve(server: _Server) -> None:
+            try:
+                await server.serve()
+            except SystemExit as exc:
+                # uvicorn exits when it cannot bind (a port in use). A SystemExit leaves the
+                # event loop from the task's own step: asyncio then logged the task's error
+                # with a traceback at shutdown, or whenever the task was collected, in
+                # whatever code ran then (Python 3.11's traceback parses source: inside
+                # another ast.parse, a SystemError there). An error of this task instead, and
+                # the other server shuts down (its sockets closed, not left to the collector).
+                for other in (self.https, self.http):
+                    other.should_exit = True
+                raise RuntimeError(f"the server did not start (exit {exc.code})") from None
+
         async def both() -> None:
             self._loop = asyncio.get_running_loop()
-            try:
-                await asyncio.gather(self.https.serve(), self.http.serve())
-            except SystemExit as exc:
-                # uvicorn exits when it cannot bind (a port in use). Raised as such, it left
-                # this task's exception unretrieved, logged with its traceback whenever the
-                # task was collected: in whichever thread and code ran then (Python 3.11's
-                # traceback parses source: inside another ast.parse, a SystemError there).
-                raise RuntimeError(f"the server did not start (exit {exc.code})") from None
+            outcomes = await asyncio.gather(
+                serve(self.https), serve(self.http), return_exceptions=True
+            )
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
 
         try:
             asyncio.run(both())
