@@ -541,15 +541,18 @@ class RedisStore:
         )
 
     async def _bound(self) -> _Bound:
-        """This event loop's client and scripts."""
+        """This event loop's client and scripts (a new client in place of one that broke)."""
         loop = asyncio.get_running_loop()
         bound = self._loops.get(loop)
-        if bound is not None:
+        if bound is not None and not bound.broken:
             return bound
+        stale: _Bound | None = None
         with self._lock:
             bound = self._loops.get(loop)
-            if bound is not None:
+            if bound is not None and (not bound.broken or self._factory is None):
                 return bound
+            if bound is not None:
+                stale = self._loops.pop(loop)
             for old in [lp for lp in self._loops if lp.is_closed()]:
                 self._abandon(self._loops.pop(old))
             if self._unclaimed is not None:
@@ -571,6 +574,8 @@ class RedisStore:
                     "loop), or make one RedisStore per event loop.",
                 )
             self._loops[loop] = bound
+        if stale is not None:
+            await stale.aclose()  # (calls still in flight on it close it again as they end)
         # Started here (it runs to its ``yield`` without suspending), so the loop tracks it.
         closer = self._close_at_shutdown(loop, bound)
         await anext(closer)
@@ -746,6 +751,7 @@ class _Bound:
     wait for one to end, up to the command timeout, as the single-node client's pool does."""
 
     __slots__ = (
+        "broken",
         "cas_delete",
         "cas_put",
         "client",
@@ -763,6 +769,9 @@ class _Bound:
         self.cas_put = client.register_script(_CAS_PUT)
         self.cas_delete = client.register_script(_CAS_DELETE)
         self.closed = False
+        #: The client failed in a way it may not recover from (``turn``): the store builds a
+        #: new one for this loop at its next call.
+        self.broken = False
         self.closer: AsyncGenerator[None, None] | None = None
         self.inflight = 0  # calls in their ``turn``
         self.slots: asyncio.Semaphore | None = None
@@ -788,6 +797,18 @@ class _Bound:
                     raise ConnectionError("No connection available.") from None  # as its pool
                 held = self.slots
             yield
+        except RedisClusterException:
+            # redis-py 5.x's cluster client, after a re-initialisation that failed while a
+            # node was down, can fail every later call ("cannot be connected ... reachable
+            # node: None") although the cluster is back: a new client is built next time.
+            self.broken = True
+            raise
+        except (AttributeError, TypeError) as exc:
+            # redis-py's own state torn by a connection lost mid-handshake (5.x: "'NoneType'
+            # object has no attribute 'writelines'"): a store failure, typed as one, and a new
+            # client next time (never this untyped error to the caller).
+            self.broken = True
+            raise ConnectionError(f"the Redis client failed ({type(exc).__name__})") from exc
         finally:
             self.inflight -= 1
             if held is not None:
@@ -798,9 +819,9 @@ class _Bound:
                 await self._close_client()
 
     async def _close_client(self) -> None:
-        """Close the client's connections, quietly: a Redis that is down has nothing to
-        close."""
-        with contextlib.suppress(RedisError, RedisClusterException, OSError):
+        """Close the client's connections, quietly: a Redis that is down (or a client that
+        broke, ``turn``) has nothing to close."""
+        with contextlib.suppress(Exception):
             await self.client.aclose()
 
     async def aclose(self) -> None:
