@@ -33,7 +33,7 @@ from . import _env, _otel, _redact
 from ._cache import TokenCache
 from ._caller import Caller, current_caller
 from ._docs import see
-from ._drive import drive, drive_async
+from ._drive import drive, drive_async, require_asyncio
 from ._errors import (
     AssertionExpired,
     ConfigurationError,
@@ -42,7 +42,6 @@ from ._errors import (
     PolicyViolation,
     TokenAcquisitionError,
 )
-from ._jwks import require_asyncio
 from ._policy import Attempts, Policy, explain_failure
 from ._types import (
     CallerPartitionSource,

@@ -9,10 +9,13 @@ yielded, and the generator's return value is the driver's.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any, TypeVar
 
-__all__ = ["drive", "drive_async"]
+from ._errors import ConfigurationError
+
+__all__ = ["drive", "drive_async", "require_asyncio"]
 
 _T = TypeVar("_T")
 _S = TypeVar("_S")
@@ -57,3 +60,17 @@ async def drive_async(flow: Generator[_S, object, _T], do: Callable[[_S], Awaita
             error = exc
         done, step = _resume(flow, value, error)
     return step  # type: ignore[no-any-return]
+
+
+def require_asyncio(api: str) -> None:
+    """Refuse an async entry point called without an asyncio event loop (trio, anyio's trio
+    backend): its I/O (worker threads, tasks, futures) is asyncio's, and it failed deep inside
+    with an untyped RuntimeError or TypeError that read like an outage."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        raise ConfigurationError(
+            f"{api} needs an asyncio event loop (uvloop works), and none runs here (trio?).",
+            fix="run it under asyncio, or under trio call the sync API (TokenChain.get_token, "
+            "JwtVerifier.verify) from a worker thread: trio.to_thread.run_sync(...).",
+        ) from None

@@ -644,6 +644,10 @@ def error_from_entra(
     return cls(what, aadsts=code, error=error, suberror=suberror, **common, **own_fix)
 
 
+#: The longest claims challenge kept (``_claims_challenge``).
+_MAX_CLAIMS = 8192
+
+
 def _claims_challenge(raw: object) -> str | None:
     """The body's ``claims``, kept only as Entra sends a claims challenge: a JSON object in a
     string, bounded, with nothing secret-shaped in it. Anything else (a list, a number, a
@@ -658,9 +662,6 @@ def _claims_challenge(raw: object) -> str | None:
     if not isinstance(parsed, dict) or redact(raw) != raw:
         return None
     return raw
-
-
-_MAX_CLAIMS = 8192
 
 
 #: How to replace a client certificate (expired, or with a key Entra cannot use).

@@ -298,6 +298,25 @@ class GrantStore:
                 await self.get_binding(key_hash)
         return version
 
+    async def put_grant_under_lease(
+        self, key_hash: str, grant: StoredGrant, *, version: str, lease: str | None
+    ) -> str | None:
+        """``put_grant`` by the holder of the refresh lease ``lease``, whose last known version
+        of the record is ``version``; the new version, or ``None`` when the grant is not the
+        holder's any more. A record that changed but still holds ``lease`` changed under a write
+        of the holder's own that the store ran without its answer arriving (it died, or timed
+        out, while answering: a lease renewal): the lease, so the grant, is still the holder's,
+        and the write compares with the version read. Without this a rotated grant was dropped
+        as another replica's, and once the lease ran out another replica redeemed the refresh
+        token Entra had already redeemed; and a renewal was refused, so renewals stopped."""
+        written = await self.put_grant(key_hash, grant, expect=version)
+        if written is not None or lease is None:
+            return written
+        found = await self.get_grant(key_hash)
+        if found is None or found[0].lease_owner != lease:
+            return None
+        return await self.put_grant(key_hash, grant, expect=found[1])
+
     async def delete_grant(self, key_hash: str, *, expect: str | AnyVersion = ANY) -> bool:
         key = grant_key(self.client_id, key_hash)
         return await self._call(self.store.delete(key, expect=expect))

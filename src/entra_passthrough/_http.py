@@ -297,6 +297,13 @@ def current_deadline(default_seconds: float) -> float:
     return when if when is not None else time.monotonic() + default_seconds
 
 
+def backoff_pause(backoff: float, attempt: int, most: float, rng: random.Random) -> float:
+    """The pause before retry ``attempt`` (1 for the first): exponential from ``backoff``,
+    at most ``most``, with equal jitter (half fixed, half random)."""
+    base = min(most, backoff * 2.0 ** (attempt - 1))
+    return base / 2 + rng.uniform(0, base / 2)
+
+
 # -- throttling state, shared by every source of the process ---------------------------------------
 
 _FOLLOWING: contextvars.ContextVar[bool] = contextvars.ContextVar(
@@ -822,8 +829,7 @@ class GuardedHttpClient:
                     break  # too long to wait inside a call: the caller gets when to retry
                 pause = wait
             else:
-                base = min(t.max_backoff, t.backoff * (2 ** (attempt - 1)))
-                pause = base / 2 + self._random.uniform(0, base / 2)  # equal jitter
+                pause = backoff_pause(t.backoff, attempt, t.max_backoff, self._random)
             if pause >= end - time.monotonic():
                 break
             self._sleep(pause)

@@ -65,20 +65,6 @@ FETCH_TIMEOUT = 10.0
 _READ_SIZE = 64 * 1024
 
 
-def require_asyncio(api: str) -> None:
-    """Refuse an async entry point called without an asyncio event loop (trio, anyio's trio
-    backend): its I/O (worker threads, tasks, futures) is asyncio's, and it failed deep inside
-    with an untyped RuntimeError or TypeError that read like an outage."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        raise ConfigurationError(
-            f"{api} needs an asyncio event loop (uvloop works), and none runs here (trio?).",
-            fix="run it under asyncio, or under trio call the sync API (TokenChain.get_token, "
-            "JwtVerifier.verify) from a worker thread: trio.to_thread.run_sync(...).",
-        ) from None
-
-
 class _Response(Protocol):
     @property
     def status_code(self) -> int: ...

@@ -32,6 +32,7 @@ import jwt
 from jwt import exceptions as jwt_errors
 
 from ._checks import seconds
+from ._drive import require_asyncio
 from ._errors import GUID, ConfigurationError, InsufficientScope, TokenVerificationError
 from ._jwks import (
     AsyncGetter,
@@ -40,7 +41,6 @@ from ._jwks import (
     SyncGetter,
     check_authority_host,
     check_fetch_url,
-    require_asyncio,
 )
 from ._jwt import (
     MAX_TOKEN_BYTES,

@@ -466,9 +466,8 @@ def _drop_ended_callers_token(request: httpx2.Request) -> None:
     caller = current_caller()
     if caller is None or caller.active:
         return
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
+    token = request_bearer(request)
+    if token is None:
         return
     try:
         oid = UnverifiedClaims.from_token(token).oid
@@ -708,7 +707,8 @@ class _CallGuard(httpx2.AsyncBaseTransport):
             attempt.challenge_error = (
                 _challenge_error(response) if response.status_code in (401, 403) else None
             )
-            attempt.at_expiry = response.status_code == 401 and refused_at_expiry(request)
+            bearer = request_bearer(request) if response.status_code == 401 else None
+            attempt.at_expiry = bearer is not None and refused_at_expiry(bearer)
             attempt.retry_after = (
                 retry_after_seconds(response.headers) if response.status_code >= 400 else None
             )
@@ -819,11 +819,8 @@ def _scrub(request: httpx2.Request, response: httpx2.Response) -> None:
     out: it would go on into the mcp SDK's errors and spans, the agent's tool result, the
     model's context and the stored response. Only that exact token is replaced, so nothing
     else a tool returns changes."""
-    value = request.headers.get("authorization")
-    if value is None or not isinstance(response.stream, httpx2.AsyncByteStream):
-        return
-    scheme, _, token = value.partition(" ")
-    if scheme.lower() != "bearer" or len(token) < 16:
+    token = request_bearer(request)
+    if token is None or len(token) < 16 or not isinstance(response.stream, httpx2.AsyncByteStream):
         return
     coding = response.headers.get("content-encoding", "").strip().lower()
     inflate = _INFLATE.get(coding)
@@ -833,9 +830,7 @@ def _scrub(request: httpx2.Request, response: httpx2.Response) -> None:
         # coding (br, zstd) is passed on as it came: not read here.
         del response.headers["content-encoding"]
         response.headers.pop("content-length", None)
-    response.stream = _Scrubbed(
-        response.stream, token.strip().encode("ascii", "ignore"), inflate=inflate
-    )
+    response.stream = _Scrubbed(response.stream, token.encode("ascii", "ignore"), inflate=inflate)
 
 
 #: Decoders for a compressed answer ``_scrub`` must read: zlib's window bits per coding.
@@ -1076,14 +1071,18 @@ def call_refusal(
     )
 
 
-def refused_at_expiry(request: httpx2.Request) -> bool:
-    """Whether ``request``'s bearer token had expired, or had less than ``EXPIRY_REFUSAL``
-    seconds left, as its 401 came: refused for its expiry, as far as can be told (read only
-    on a 401; an opaque token: ``False``)."""
+def request_bearer(request: httpx2.Request) -> str | None:
+    """The bearer token ``request`` carries in its ``Authorization`` header, else ``None``."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer":
-        return False
-    exp = token_exp(token.strip())
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def refused_at_expiry(token: str) -> bool:
+    """Whether the bearer ``token`` a 401 answered had expired, or had less than
+    ``EXPIRY_REFUSAL`` seconds left, as the 401 came: refused for its expiry, as far as can be
+    told (read only on a 401; an opaque token: ``False``)."""
+    exp = token_exp(token)
     return exp is not None and exp - time.time() < EXPIRY_REFUSAL
 
 

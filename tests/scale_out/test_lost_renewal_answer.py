@@ -52,6 +52,26 @@ class LosesOneAnswer:
         return written
 
 
+def _spy_redemptions(a: Any, b: Any, lossy: LosesOneAnswer) -> Counter[str]:
+    """Count each refresh token either replica redeems (by fingerprint); ``a``'s first
+    redemption arms ``lossy`` (after the lease was taken and extended: a renewal's answer is
+    the one lost)."""
+    redeemed: Counter[str] = Counter()
+    for source, arm in ((a, True), (b, False)):
+        original = source.client.refresh
+
+        def refresh(
+            refresh_token: str, *args: Any, _original: Any = original, _arm: bool = arm
+        ) -> Any:
+            redeemed[fingerprint(refresh_token)] += 1
+            if _arm and sum(redeemed.values()) == 1:
+                lossy.armed.set()
+            return _original(refresh_token, *args)
+
+        source.client.refresh = refresh
+    return redeemed
+
+
 @pytest.mark.parametrize("down", [False, True], ids=["written-at-once", "written-back-later"])
 async def test_a_renewal_answer_lost_mid_redemption_keeps_the_rotated_grant(
     consent_env: ConsentEnv,
@@ -77,19 +97,7 @@ async def test_a_renewal_answer_lost_mid_redemption_keeps_the_rotated_grant(
         # (down: the renewals after the lost one, at most 3 in 1.5 s at a tenth of the lease
         # once failing, and the write after the redemption)
         lossy = LosesOneAnswer(stores[0], then_down=1_000 if down else 0)
-        redeemed: Counter[str] = Counter()
-        for source, arm in ((a, True), (b, False)):
-            original = source.client.refresh
-
-            def refresh(
-                refresh_token: str, *args: Any, _original: Any = original, _arm: bool = arm
-            ) -> Any:
-                redeemed[fingerprint(refresh_token)] += 1
-                if _arm and sum(redeemed.values()) == 1:
-                    lossy.armed.set()  # after the lease was taken and extended: a renewal's
-                return _original(refresh_token, *args)
-
-            source.client.refresh = refresh  # type: ignore[method-assign]
+        redeemed = _spy_redemptions(a, b, lossy)
         env.idp.inject_fault("token", status=None, delay=1.5)  # renewals while Entra answers
         assert await a.get_token_async(request) is not None
         assert lossy.lost == 1, "no renewal ran during the redemption"
@@ -128,19 +136,7 @@ async def test_after_a_lost_renewal_answer_the_lease_is_still_renewed(
         b = env.make(store=stores[1], keyring=keyring)[0]  # type: ignore[arg-type]
         request = await consent(env, b, "quinn", "chat-quinn-renewed-on")
         lossy = LosesOneAnswer(stores[0])
-        redeemed: Counter[str] = Counter()
-        for source, arm in ((a, True), (b, False)):
-            original = source.client.refresh
-
-            def refresh(
-                refresh_token: str, *args: Any, _original: Any = original, _arm: bool = arm
-            ) -> Any:
-                redeemed[fingerprint(refresh_token)] += 1
-                if _arm and sum(redeemed.values()) == 1:
-                    lossy.armed.set()
-                return _original(refresh_token, *args)
-
-            source.client.refresh = refresh  # type: ignore[method-assign]
+        redeemed = _spy_redemptions(a, b, lossy)
         env.idp.inject_fault("token", status=None, delay=2.5)  # a's redemption: 4 leases
         from_a = asyncio.ensure_future(a.get_token_async(request))
         for _ in range(500):  # bounded (~5 s)

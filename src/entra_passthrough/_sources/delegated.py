@@ -566,13 +566,9 @@ class DelegatedConsent:
             return False
         until = time.time() + LEASE_SECONDS
         renewed = dataclasses.replace(held.grant, lease_until=until)
-        version = await grants.put_grant(held.key_hash, renewed, expect=held.version)
-        if version is None:
-            # Changed: taken over by another replica, or renewed by a renewal of ours whose
-            # answer never came (``_put_under_lease``): then the record still holds our lease.
-            found = await grants.get_grant(held.key_hash)
-            if found is not None and found[0].lease_owner == held.grant.lease_owner:
-                version = await grants.put_grant(held.key_hash, renewed, expect=found[1])
+        version = await grants.put_grant_under_lease(
+            held.key_hash, renewed, version=held.version, lease=held.grant.lease_owner
+        )
         if version is None:
             held.lost = True
             return False
@@ -833,7 +829,8 @@ class DelegatedConsent:
             for hashed, unsaved in list(self._unsaved.items()):
                 # Raises while the store is still down. None: the record changed since (our
                 # lease ran out and another replica rotated, or the data was lost): theirs wins.
-                yield from self._put_under_lease(hashed, *unsaved)
+                record, version, lease = unsaved
+                yield _Grants("put_grant_under_lease", hashed, record, version=version, lease=lease)
                 if self._unsaved.get(hashed) is unsaved:
                     del self._unsaved[hashed]
             found = yield _Grants("get_grant", key.hashed)
@@ -894,25 +891,6 @@ class DelegatedConsent:
             source=self.name,
             scopes=scopes,
         )
-
-    def _put_under_lease(
-        self, hashed: str, record: StoredGrant, version: str, lease: str | None
-    ) -> Generator[_Step, Any, str | None]:
-        """Write ``record`` (the rotated grant) over the lease ``lease`` whose last known
-        version is ``version``; the new version, or ``None`` when the grant is not ours any
-        more. A record that changed but still holds ``lease`` changed under a renewal of ours
-        that the store ran without our getting its answer (it died, or timed out, while
-        answering): the lease, so the grant, is still ours, and the write compares with the
-        version read. Without this the rotated grant was dropped as "theirs", and once the
-        lease ran out another replica redeemed the refresh token Entra had already redeemed."""
-        written: str | None = yield _Grants("put_grant", hashed, record, expect=version)
-        if written is not None or lease is None:
-            return written
-        found = yield _Grants("get_grant", hashed)
-        if found is None or found[0].lease_owner != lease:
-            return None
-        rewritten: str | None = yield _Grants("put_grant", hashed, record, expect=found[1])
-        return rewritten
 
     def _abandoned(self, owner: str | None) -> bool:
         """Whether ``owner`` is a lease this process wrote without getting the answer, and no
@@ -976,7 +954,9 @@ class DelegatedConsent:
         )
         lease = held.grant.lease_owner
         try:
-            written = yield from self._put_under_lease(key.hashed, updated, lease_version, lease)
+            written = yield _Grants(
+                "put_grant_under_lease", key.hashed, updated, version=lease_version, lease=lease
+            )
         except Exception as exc:
             # Entra has rotated the refresh token: the token it issued is good, so serve it, and
             # keep the successor until the store takes it (never redeem the old one again).

@@ -33,6 +33,7 @@ import calendar
 import json
 import logging
 import os
+import random
 import secrets
 import threading
 import time
@@ -60,6 +61,7 @@ from .._http import (
     OAuthAnswer,
     Timeouts,
     TransportFailure,
+    backoff_pause,
     check_timeouts,
     current_deadline,
     deadline,
@@ -376,6 +378,7 @@ def _host_said(status: int, fields: Mapping[str, str]) -> str:
 _IMDS_UPDATING = frozenset({404, 410})
 #: The longest pause between two of them: IMDS is local, and back within 70 s.
 _IMDS_MAX_BACKOFF = 5.0
+_JITTER = random.Random()  # noqa: S311 - backoff jitter, not a secret
 
 
 class _ImdsUpdating(Exception):
@@ -971,8 +974,7 @@ class ManagedIdentity:
                 ):
                     return response
                 status = answer[0]
-            base = min(_IMDS_MAX_BACKOFF, max(t.backoff, 0.1) * (2 ** (attempt - 1)))
-            pause = base / 2 + secrets.SystemRandom().uniform(0, base / 2)
+            pause = backoff_pause(max(t.backoff, 0.1), attempt, _IMDS_MAX_BACKOFF, _JITTER)
             if pause >= end - time.monotonic():
                 raise _ImdsUpdating(status, attempt, time.monotonic() - started)
             logger.info(

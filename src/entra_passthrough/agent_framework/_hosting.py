@@ -350,14 +350,9 @@ class ResponseOwners:
         # Claimed as the host will use it: it strips the header's value and the body's
         # ``response_id`` (" X " names X; claimed as sent, another user's id took their
         # response, its owner overwritten when the host stored the new one under X).
-        wanted = [
-            ("response", name, "response_id")
-            for name in dict.fromkeys(
-                named.strip()
-                for named in (*_header_values(scope, b"x-agent-response-id"), chosen)
-                if named is not None and named.strip()
-            )
-        ]
+        named = (*_header_values(scope, b"x-agent-response-id"), chosen)
+        stripped = dict.fromkeys(name.strip() for name in named if name is not None)
+        wanted = [("response", name, "response_id") for name in stripped if name]
         if conversation is not None:
             wanted.append(("conversation", conversation, "conversation"))
         for kind, name, param in wanted:

@@ -101,6 +101,7 @@ from ..mcp import (
     expiring_token_refused,
     http_client_for,
     refused_at_expiry,
+    request_bearer,
     token_refused_fix,
     url_elicitation_as_error,
 )
@@ -1245,11 +1246,10 @@ class _ConnectRefusal:
     def of(cls, response: httpx2.Response) -> _ConnectRefusal:
         error, required = challenge_of(response)
         request = response.request
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        token = token.strip()
-        with_token = scheme.lower() == "bearer" and bool(token)
+        token = request_bearer(request)
+        with_token = token is not None
         granted: tuple[str, ...] | None = None
-        if with_token:
+        if token is not None:
             try:
                 claims = UnverifiedClaims.from_token(token)
             except (JwtDecodeError, ValueError, OverflowError):
@@ -1262,7 +1262,7 @@ class _ConnectRefusal:
             method = body.get("method") if isinstance(body, dict) else None
             if isinstance(method, str) and _RPC_METHOD.fullmatch(method):
                 rpc = method
-        at_expiry = response.status_code == 401 and with_token and refused_at_expiry(request)
+        at_expiry = response.status_code == 401 and token is not None and refused_at_expiry(token)
         return cls(response.status_code, error, required, granted, rpc, with_token, at_expiry)
 
     def missing(self) -> tuple[str, ...]:
