@@ -49,6 +49,7 @@ from . import _env
 from ._caller import active_caller, current_caller
 from ._docs import see
 from ._errors import (
+    AssertionExpired,
     ConfigurationError,
     ConsentRequired,
     EntraPassthroughError,
@@ -269,6 +270,11 @@ class CallAttempt:
     at_expiry: bool = False
     #: Whether the last ``tools/call`` carried an ``Mcp-Session-Id`` (a legacy session).
     on_session: bool = False
+    #: The last 401/403 to another JSON-RPC request of the call (the ``tools/list`` the mcp SDK
+    #: sends after a tool's first call on a session, to check its result against the tool's
+    #: output schema): (its method, the status, whether its token had expired or was about to
+    #: when the answer came). The call's error then says what was refused after it ran.
+    refused_after: tuple[str, int, bool] | None = None
     #: Whether the server's own answers say what it did: no proxy in between and resends not
     #: switched off (``RESEND_ON_RESET_VARIABLE``). Otherwise a 404 on the session may be a
     #: device's (a load balancer that retried the POST on another replica after the first ran
@@ -714,6 +720,13 @@ class _CallGuard(httpx2.AsyncBaseTransport):
             )
             if isinstance(response.stream, httpx2.AsyncByteStream):
                 response.stream = _BodyWatch(response.stream, attempt)
+        elif response.status_code in (401, 403) and method is not None:
+            bearer = request_bearer(request) if response.status_code == 401 else None
+            attempt.refused_after = (
+                method if _QUOTABLE_METHOD.fullmatch(method) else "request",
+                response.status_code,
+                bearer is not None and refused_at_expiry(bearer),
+            )
         _scrub(request, response)
         return response
 
@@ -1109,6 +1122,8 @@ def token_refused_fix() -> str:
 
 
 def _may_have_run_note(attempt: CallAttempt, recorded: BaseException | None) -> str:
+    if attempt.refused_after is not None and attempt.status is not None and attempt.status < 400:
+        return _refused_after_note(attempt, attempt.refused_after, recorded)
     if recorded is None:
         status = attempt.status
         if attempt.transport_error is not None:
@@ -1131,6 +1146,40 @@ def _may_have_run_note(attempt: CallAttempt, recorded: BaseException | None) -> 
     return (
         f"entra_passthrough: this tools/call reached the MCP server and may have run; {what}. "
         "It is not sent again: check whether it took effect before calling it again."
+    )
+
+
+def _refused_after_note(
+    attempt: CallAttempt, refused: tuple[str, int, bool], recorded: BaseException | None
+) -> str:
+    """The call was answered, then a later request of it (the SDK's ``tools/list``) was
+    refused for its token: the call ran, its result is lost, and the refusal's reason stands."""
+    method, status, at_expiry = refused
+    if isinstance(recorded, AssertionExpired):
+        why = (
+            "and no new token could be acquired to send it again: the user's token has "
+            "expired (AssertionExpired; the user signs in again)"
+        )
+    elif recorded is not None:
+        why = f"and no new token could be acquired to send it again ({type(recorded).__name__})"
+    elif at_expiry:
+        why = (
+            "its token had expired, or was about to, when the server read it (a queue or proxy "
+            "in front of the server, or the server's clock ahead of this host's)"
+        )
+    else:
+        why = "the server does not accept the token"
+    fix = (
+        " (the mcp SDK sends tools/list after a tool's first call on a session: list the tools "
+        "once after connecting, and it sends none)"
+        if method == "tools/list"
+        else ""
+    )
+    return (
+        f"entra_passthrough: this tools/call reached the MCP server and ran (HTTP "
+        f"{attempt.status}); then the {method} sent after it was refused (HTTP {status}): "
+        f"{why}. The call's result is lost{fix}. It is not sent again: check whether it took "
+        "effect before calling it again."
     )
 
 
