@@ -49,7 +49,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Generator, Hashable
 from dataclasses import dataclass
 
 from ._checks import seconds, whole_number
-from ._drive import drive, drive_async
+from ._drive import drive, drive_async, loop_running_here
 from ._errors import SourceUnavailable, Throttled
 from ._l2 import SharedCache
 from ._types import Cap, TokenResult, cap_value, entry_timing, token_exp
@@ -58,7 +58,8 @@ logger = logging.getLogger("entra_passthrough.cache")
 
 #: How long a thread waits for another thread's acquisition of the same key.
 _SYNC_WAIT_SECONDS = 120.0
-#: A waiter whose leader was cancelled takes over; bounded.
+#: A waiter whose leader is gone for good (a thread cancelled, its loop closed) takes over;
+#: bounded. (An async leader that is cancelled hands its acquisition over instead.)
 _MAX_TAKEOVERS = 3
 #: How often a waiter looks whether its leader's event loop is still there (a loop closed
 #: without cancelling its tasks strands the leader: it never finishes).
@@ -96,15 +97,6 @@ _SWEEP = 2
 EXPIRY_REFUSAL = 2.0
 
 
-def loop_running_here() -> bool:
-    """Does this thread run an event loop (which a blocking wait would stop)?"""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
-
-
 def _retrieved(future: asyncio.Future[TokenResult | None]) -> None:
     if not future.cancelled():
         future.exception()
@@ -138,6 +130,20 @@ class _Acquire:
 
 
 _ACQUIRE = _Acquire()
+
+
+class _Lead(_Acquire):
+    """Step: call ``acquire`` as the leader of ``future``'s acquisition. A driver whose caller
+    goes away (cancelled) may let the acquisition run on for the waiters and the cache
+    (``handed_over``): the flow then leaves ``future`` to it."""
+
+    __slots__ = ("future", "handed_over")
+
+    def __init__(self, future: concurrent.futures.Future[TokenResult | None]) -> None:
+        self.future = future
+        self.handed_over = False
+
+
 #: Sent back for a ``_Wait`` by a driver that must not block: the flow acquires on its own.
 _OWN = object()
 
@@ -235,6 +241,8 @@ class TokenCache:
         self._background: set[asyncio.Task[None] | threading.Thread] = set()
         # Invalidations reaching the shared cache (L2) in the background (strong references).
         self._dropping: set[asyncio.Task[None]] = set()
+        # Acquisitions whose leader went away, running on for their waiters (``_hand_over``).
+        self._handed: set[asyncio.Future[TokenResult | None]] = set()
         _CACHES.add(self)
 
     def _forked(self) -> None:
@@ -246,6 +254,7 @@ class TokenCache:
         self._inflight = {}
         self._background = set()
         self._dropping = set()
+        self._handed = set()
         for entry in self._entries.values():
             if isinstance(entry, _Entry):
                 entry.refreshing = False
@@ -284,14 +293,15 @@ class TokenCache:
             threads[0].join(left)
 
     async def wait_refreshes_async(self) -> None:
-        """Await the background refreshes started on this event loop, and the invalidations
-        on their way to the shared cache (tests, shutdown)."""
+        """Await the background refreshes started on this event loop, the invalidations on
+        their way to the shared cache, and the acquisitions whose leader went away (tests,
+        shutdown)."""
         loop = asyncio.get_running_loop()
         while True:
             with self._lock:
                 tasks = [
                     t
-                    for t in (*self._background, *self._dropping)
+                    for t in (*self._background, *self._dropping, *self._handed)
                     if isinstance(t, asyncio.Task) and t.get_loop() is loop and not t.done()
                 ]
             if not tasks:
@@ -523,7 +533,9 @@ class TokenCache:
         with self._lock:
             self._entries.clear()
 
-    def _end_refresh(self, key: Hashable, *, failed: bool, unavailable: bool = False) -> None:
+    def _end_refresh(
+        self, key: Hashable, *, failed: bool, unavailable: bool = False, declined: bool = False
+    ) -> None:
         with self._lock:
             if failed:
                 self._refresh_failures += 1
@@ -542,6 +554,9 @@ class TokenCache:
                         )
                     else:  # any other failure: the skew stands again
                         entry.usable_until = min(entry.usable_until, entry.skewed_until)
+                    entry.refresh_at = now + (entry.usable_until - now) * _RETRY_SHARE
+                elif declined:
+                    now = self._clock()
                     entry.refresh_at = now + (entry.usable_until - now) * _RETRY_SHARE
 
     # -- single flight ----------------------------------------
@@ -619,10 +634,11 @@ class TokenCache:
                     continue
                 if shared is not _OWN:
                     return shared  # type: ignore[return-value]
+            step = _Lead(fut) if leader else _ACQUIRE
             try:
-                result = yield _ACQUIRE
+                result = yield step
             except BaseException as exc:
-                if leader:
+                if isinstance(step, _Lead) and not step.handed_over:
                     # Cancelled, or finalized where it stood (GeneratorExit: its loop was
                     # closed under it): the waiters take over, never handed a BaseException.
                     gone = not isinstance(exc, Exception)
@@ -654,6 +670,20 @@ class TokenCache:
             acquire = self.shared.wrap(self, key, acquire, cap)
 
         async def do(step: _Step) -> object:
+            if isinstance(step, _Lead):
+                # In a task of its own: a leader that goes away (its client disconnected, the
+                # app's timeout) hands it over rather than cancel it. Its waiters then get the
+                # answer Entra is computing anyway; before, each took over with a new request
+                # to Entra, and a request that stayed failed after three such takeovers.
+                running: asyncio.Future[TokenResult | None] = asyncio.ensure_future(acquire())
+                try:
+                    return await asyncio.shield(running)
+                except asyncio.CancelledError:
+                    if running.cancelled():
+                        raise  # the acquisition itself was cancelled: the waiters take over
+                    step.handed_over = True
+                    self._hand_over(key, step.future, running, cap)
+                    raise
             if isinstance(step, _Acquire):
                 return await acquire()
             if isinstance(step, _Wait):
@@ -732,9 +762,42 @@ class TokenCache:
             self._end_refresh(key, failed=False)  # cancelled (its loop is closing): the next
             raise  # request may retry
         if result is None:
-            self._end_refresh(key, failed=False)
+            # The source did not apply this time: the next attempt after half of what is left,
+            # as after a failure, not on the next request (one refresh per request until the
+            # token ran out, each through the shared cache's lease).
+            self._end_refresh(key, failed=False, declined=True)
         else:
             self._store(key, result, cap)  # type: ignore[arg-type]
+
+    def _hand_over(
+        self,
+        key: Hashable,
+        fut: concurrent.futures.Future[TokenResult | None],
+        running: asyncio.Future[TokenResult | None],
+        cap: Cap,
+    ) -> None:
+        """The leader of ``fut`` went away while ``running`` acquires: when it lands, its token
+        is cached and handed to the waiters (or its error; if it is cancelled in turn, the
+        waiters take over)."""
+
+        def landed(task: asyncio.Future[TokenResult | None]) -> None:
+            with self._lock:
+                self._handed.discard(task)
+            if task.cancelled():
+                self._finish(key, fut, error=_LeaderGone())
+                return
+            error = task.exception()
+            if error is not None:
+                gone = not isinstance(error, Exception)
+                self._finish(key, fut, error=_LeaderGone() if gone else error)
+                return
+            result = task.result()
+            stored = self._store(key, result, cap) if result is not None else None
+            self._finish(key, fut, result=stored)
+
+        with self._lock:
+            self._handed.add(running)
+        running.add_done_callback(landed)
 
     def _start_refresh_async(self, refresh: Coroutine[object, object, None]) -> None:
         task = asyncio.get_running_loop().create_task(refresh)

@@ -7,7 +7,6 @@ inactive Caller and never uses its token (docs/platform-facts.md, Agent Framewor
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 from collections.abc import Awaitable, Iterable, Mapping, MutableMapping
@@ -78,6 +77,8 @@ class Caller:
     _pending: tuple[tuple[tuple[bytes, bytes], ...], dict[bytes, str]] | None = field(
         default=None, init=False, repr=False
     )
+    # ``copy``: the Caller copied, whose claims (decoded once, by either) this one shares.
+    _twin: Caller | None = field(default=None, init=False, repr=False)
 
     @property
     def active(self) -> bool:
@@ -92,8 +93,19 @@ class Caller:
 
     def copy(self) -> Caller:
         """An independent Caller for the same identity, with its own ``active`` flag and no
-        recorded errors: end it without ending this one (a background run, a connect)."""
-        return dataclasses.replace(self, errors=[])
+        recorded errors: end it without ending this one (a background run, a connect). What
+        this one has not read or decoded yet (its headers, its claims) the copy reads or
+        decodes on its own first use: a copy costs no decode (the chain copies the caller of
+        every acquisition, a cold burst's included)."""
+        copied = object.__new__(type(self))
+        for slot in _COPIED_SLOTS:
+            try:
+                value = slot.__get__(self, Caller)
+            except AttributeError:
+                continue  # unset: filled on first use, from the same headers or assertion
+            slot.__set__(copied, value)
+        copied._twin = self
+        return copied
 
     @property
     def assertion_sha256(self) -> str | None:
@@ -318,6 +330,8 @@ class Caller:
             # Caller not read yet, or ``claims``/``decode_error`` not decoded yet.
             slot = _LAZY_SLOTS.get(name)
             if slot is None:
+                if name == "_twin":
+                    return None  # not a copy (the capture's Callers leave the slot unset)
                 raise AttributeError(name)
             if name == "errors":
                 with _ERRORS_LOCK:  # two first records at once: one list, neither error lost
@@ -344,6 +358,12 @@ class Caller:
                 # that is not "Bearer <token>" at all (a raw token, "Bearer:<token>").
                 self.claims = None
                 self.decode_error = "no token in the form 'Authorization: Bearer <token>'"
+                return getattr(self, name)
+            twin = self._twin
+            if twin is not None and twin.assertion == self.assertion:
+                # A copy: the claims its original decoded, or decodes now for both (once).
+                self.claims = twin.claims
+                self.decode_error = twin.decode_error
                 return getattr(self, name)
             try:
                 self.claims = UnverifiedClaims.from_token(self.assertion)
@@ -372,6 +392,10 @@ _HEADER_FIELDS = (
 _LAZY_SLOTS = {name: Caller.__dict__[name] for name in (*_HEADER_FIELDS, "errors")}
 _HEADER_SLOTS = tuple(_LAZY_SLOTS[name] for name in _HEADER_FIELDS)
 _ERRORS_LOCK = threading.Lock()
+#: What ``Caller.copy`` copies: every field but the recorded errors (a new list on first use).
+_COPIED_SLOTS = tuple(
+    Caller.__dict__[name] for name in Caller.__slots__ if name not in ("errors", "_twin")
+)
 
 _WANTED: dict[tuple[str, ...], dict[bytes, str]] = {}
 _MAX_WANTED = 64

@@ -19,6 +19,7 @@ Rules (docs/sources-and-policy.md):
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 import logging
@@ -199,14 +200,27 @@ def _checked(result: TokenResult | None, source: TokenSource, request: TokenRequ
     return result
 
 
+def _detached(request: TokenRequest) -> TokenRequest:
+    """``request`` for a cached acquisition, which may outlive the request that asked (a
+    refresh ahead runs after it returned; an acquisition whose leader went away runs on for its
+    waiters): its caller is a copy taken now, while it is active, which the request's end does
+    not end. With the request's own caller, a refresh acted for an ended caller, for which a
+    source that reads ``Caller.active`` (``DelegatedConsent``) does not apply: it got nothing,
+    and every later request started another one until the token ran out."""
+    caller = request.caller
+    if caller is None:
+        return request
+    return dataclasses.replace(request, caller=caller.copy())
+
+
 async def _acquire_async(
     source: TokenSource, request: TokenRequest, acquired: list[str] | None = None
 ) -> TokenResult | None:
     started = time.monotonic()
     try:
         answer = await source.get_token_async(request)
-    except Exception:
-        _otel.time_failed(source.name, time.monotonic() - started)
+    except BaseException as exc:  # a cancellation too (outcome "cancelled")
+        _otel.time_failed(source.name, time.monotonic() - started, exc)
         raise
     return _acquired(source, request, answer, started, acquired)
 
@@ -217,8 +231,8 @@ def _acquire(
     started = time.monotonic()
     try:
         answer = source.get_token(request)
-    except Exception:
-        _otel.time_failed(source.name, time.monotonic() - started)
+    except BaseException as exc:  # a KeyboardInterrupt too (outcome "cancelled")
+        _otel.time_failed(source.name, time.monotonic() - started, exc)
         raise
     return _acquired(source, request, answer, started, acquired)
 
@@ -575,6 +589,22 @@ class TokenChain:
             if not acquired:
                 _otel.count_hit(result.source, result.kind.value)
 
+    def _cancelled(
+        self, span: Any, request: TokenRequest, cancel: BaseException, source: str | None
+    ) -> None:
+        """The caller gave up (``CancelledError``: the client went away, a deadline of its own;
+        ``GeneratorExit``, ``KeyboardInterrupt``) while ``source`` was asked: the span ends
+        (never left open) as a cancellation, counted as one, not as a failure (no WARNING)."""
+        _otel.count_cancelled(source)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "token acquisition for %s cancelled (%s)%s",
+                " ".join(request.scopes),
+                type(cancel).__name__,
+                f" [source {source}]" if source is not None else "",
+            )
+        _otel.end_span(span, cancel)
+
     # -- the decisions (no I/O) and their two drivers --------------------------------------
     #
     # ``_decide`` walks the candidates under the policy, serves fresh cache hits, and applies
@@ -589,6 +619,7 @@ class TokenChain:
         acquired: list[str] = []
         outcome: Attempts | None = None
         cache = self.cache
+        asked: str | None = None  # the source being asked, when a cancellation lands
         try:
             for candidate in self._candidates(allowed):
                 source = candidate.source
@@ -605,6 +636,7 @@ class TokenChain:
                     ask = _Ask(source, request, key, self._cap(candidate, request), acquired)
                 else:
                     ask = _Ask(source, request, None, None, acquired)
+                asked = source.name
                 try:
                     answer = yield ask
                 except Exception as exc:
@@ -620,19 +652,24 @@ class TokenChain:
         except Exception as exc:
             self._done(span, request, None, exc, acquired, lifecycle)
             raise
+        except BaseException as exc:  # CancelledError, GeneratorExit, KeyboardInterrupt
+            self._cancelled(span, request, exc, asked)
+            raise
         self._done(span, request, result, None, acquired, lifecycle)
         return result
 
     def _ask(self, ask: _Ask) -> TokenResult | None:
         if ask.key is None:
             return _acquire(ask.source, ask.request, ask.acquired)
-        acquire = functools.partial(_acquire, ask.source, ask.request, ask.acquired)
+        acquire = functools.partial(_acquire, ask.source, _detached(ask.request), ask.acquired)
         return self.cache.get_or_acquire(ask.key, acquire, cap=ask.cap)
 
     async def _ask_async(self, ask: _Ask) -> TokenResult | None:
         if ask.key is None:
             return await _acquire_async(ask.source, ask.request, ask.acquired)
-        acquire = functools.partial(_acquire_async, ask.source, ask.request, ask.acquired)
+        acquire = functools.partial(
+            _acquire_async, ask.source, _detached(ask.request), ask.acquired
+        )
         return await self.cache.get_or_acquire_async(ask.key, acquire, cap=ask.cap)
 
     def _resolve(

@@ -74,3 +74,12 @@ def require_asyncio(api: str) -> None:
             fix="run it under asyncio, or under trio call the sync API (TokenChain.get_token, "
             "JwtVerifier.verify) from a worker thread: trio.to_thread.run_sync(...).",
         ) from None
+
+
+def loop_running_here() -> bool:
+    """Does this thread run an event loop (which a blocking wait would stop)?"""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

@@ -298,14 +298,21 @@ class FlowCore:
             },
         )
         note: dict[str, Any] = {}
-        error: BaseException | None = None
+        error: BaseException | str | None = None
         try:
             yield from self._flow(request, note)
-        except Exception as exc:
+        except GeneratorExit:
+            # The client closed the flow before its end, in a ``finally`` that does not say
+            # why: a cancellation, or a transport error that ended the request. (``applied`` is
+            # noted as the request goes out: before, only a cancellation can close the flow.)
+            error = _otel.why_closed(sent="entra_passthrough.applied" in note)
+            raise
+        except BaseException as exc:  # a failure (an Exception), else a cancellation
             error = exc
             raise
         finally:
-            _otel.count_request(bool(note.get("entra_passthrough.applied")), note.get("status"))
+            applied = bool(note.get("entra_passthrough.applied"))
+            _otel.count_request(applied, note.get("status"), error)
             status = note.pop("status", None)
             _otel.end_span(span, error, **note, **{"http.response.status_code": status})
 
@@ -330,7 +337,11 @@ class FlowCore:
                 raise conflict
             self.record(caller, conflict)
             headers.pop("authorization", None)
-            yield SendRequest(request)
+            if note is not None:
+                note["entra_passthrough.applied"] = False
+            sent: Response = yield SendRequest(request)
+            if note is not None:
+                note["status"] = sent.status_code
             return
 
         result = prefetched_for(caller, self._key)
@@ -349,22 +360,24 @@ class FlowCore:
                 raise ended
             self.record(caller, ended)
             self.strip(request)
+            if note is not None:
+                note["entra_passthrough.applied"] = False
             answer: Response = yield SendRequest(request)
             if note is not None:
                 note["status"] = answer.status_code
-                note["entra_passthrough.applied"] = False
             return
         if result is None:
             outcome: Acquired = yield Acquire(caller)
             result = self._accept(outcome, caller)
         applied = result is not None and self._apply(request, result, caller)
-        response: Response = yield SendRequest(request)
-        if note is not None:
-            note["status"] = response.status_code
+        if note is not None:  # before the send: a request that gets no response says it too
             note["entra_passthrough.applied"] = applied
             if result is not None:
                 note["entra_passthrough.source"] = result.source
                 note["entra_passthrough.kind"] = result.kind.value
+        response: Response = yield SendRequest(request)
+        if note is not None:
+            note["status"] = response.status_code
 
         if not applied or result is None or response.status_code != 401:
             return

@@ -48,8 +48,8 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from jwt import PyJWK
 from jwt.exceptions import PyJWTError
 
-from ._cache import loop_running_here
 from ._checks import seconds
+from ._drive import loop_running_here
 from ._errors import ConfigurationError, SigningKeysUnavailable, TokenVerificationError
 from ._origins import is_loopback, shown_url
 

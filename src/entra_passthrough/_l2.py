@@ -14,9 +14,13 @@ its acquisition to ``SharedTokenCache.wrap``, which:
    holder renews its lease once more, and a holder that lost it (it ran out and another replica
    took over) does not write: the new holder's result wins. The write itself is a
    compare-and-set on the L2 entry's version as the holder saw it when it took the lease, so
-   nothing written meanwhile is overwritten;
+   nothing written meanwhile is overwritten. A cancel of the caller stops none of the lease's
+   store calls (the lease write, then the L2 write and the release, run in tasks of their own):
+   a lease taken for a caller already gone is released when Redis answers;
 3. replicas that did not get the lease poll L2 with a bounded backoff until the holder wrote
-   it; if the holder died, its lease runs out and one of them takes over.
+   it; if the holder died, its lease runs out and one of them takes over. A sync call on a
+   thread that runs an event loop never polls (a task of that loop may hold the lease): it
+   acquires on its own and writes nothing.
 
 ``invalidate`` (the resource answered 401 to a token, ``TokenCache.invalidate``) drops the L2
 entry too, but only while it still holds the rejected token (read, then a compare-and-delete on
@@ -46,6 +50,8 @@ assertion's ``exp``, as in L1). The core never imports Redis: any ``TokenStore``
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import logging
 import threading
@@ -55,7 +61,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
 
 from ._checks import seconds
-from ._drive import drive, drive_async
+from ._drive import drive, drive_async, loop_running_here
 from ._errors import EntraPassthroughError
 from ._jwt import sha256_hex
 from ._store import (
@@ -201,9 +207,10 @@ class SharedTokenCache:
         # served from L2 again by this replica, whatever became of the delete.
         self._rejected: dict[tuple[str, str], float] = {}
         self._rejected_lock = threading.Lock()
-        # Lease releases in the background after a failed write (strong references: a task is
-        # otherwise only weakly held by its loop).
-        self._releasing: set[asyncio.Task[None]] = set()
+        # Lease releases in the background (after a failed write, or for a caller cancelled
+        # while it took, used or released the lease): strong references, a task is otherwise
+        # only weakly held by its loop.
+        self._releasing: set[asyncio.Future[None]] = set()
 
     def __repr__(self) -> str:
         return f"SharedTokenCache(store={self.store!r}, lease={self.lease})"
@@ -435,6 +442,81 @@ class SharedTokenCache:
         lease.version = retaken  # free: whoever held it meanwhile wrote (the write's CAS sees)
         return True
 
+    async def _take(self, lease_name: str) -> str | None:
+        """Take the lease (write-if-absent): its version, or ``None`` while another holds it.
+        The write runs in a task of its own that a cancel of the caller (a client gone, a
+        timeout) does not stop: Redis may have run it already, and its version, lost with the
+        cancelled call, left the lease to run out (every replica's requests for that user
+        waited ``lease`` seconds). A lease taken for a caller that is gone is released as soon
+        as the write's answer comes."""
+        task = asyncio.ensure_future(self.store.put(lease_name, b"1", ttl=self.lease, expect=None))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(functools.partial(self._taken_for_nobody, lease_name))
+            raise
+
+    def _taken_for_nobody(self, lease_name: str, task: asyncio.Future[str | None]) -> None:
+        """``_take``'s write ended after its caller was cancelled: release what it took."""
+        if task.cancelled() or task.exception() is not None:
+            return  # not taken (or unknown: then it runs out by itself)
+        version = task.result()
+        if version is not None:
+            self._background(self._release_now(_Lease(lease_name, version)))
+
+    async def _settle(
+        self,
+        lease: _Lease,
+        renewing: asyncio.Future[None] | None,
+        share: Callable[[], Awaitable[None]] | None,
+    ) -> None:
+        """After the holder's acquisition: let the renewal stop, write the result to L2
+        (``share``) and release the lease, in a task of its own that a cancel of the caller
+        does not stop (the caller waits for it unless it is cancelled). A cancel used to
+        interrupt them: a renewal cut mid-write left the release a stale version, and under
+        anyio's cancel scopes (which cancel every later await of a cancelled caller again) a
+        release that had to reconnect never reached Redis: the lease stayed, and the other
+        replicas' requests for that user waited it out."""
+        task = asyncio.ensure_future(self._finish(lease, renewing, share))
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():
+                self._keep(task)
+            raise
+
+    async def _finish(
+        self,
+        lease: _Lease,
+        renewing: asyncio.Future[None] | None,
+        share: Callable[[], Awaitable[None]] | None,
+    ) -> None:
+        try:
+            if renewing is not None:
+                await renewing  # never cancelled mid-write: its last version is the lease's
+            if share is not None:
+                await share()
+        finally:
+            await self._release(lease)
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        self._keep(asyncio.get_running_loop().create_task(work))
+
+    def _keep(self, task: asyncio.Future[None]) -> None:
+        """Hold ``task`` until it ends (a task is otherwise only weakly held by its loop);
+        an error nobody awaits is logged (its type: no secret)."""
+        self._releasing.add(task)
+        task.add_done_callback(self._kept_done)
+
+    def _kept_done(self, task: asyncio.Future[None]) -> None:
+        self._releasing.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            logger.warning(
+                "shared token cache: sharing a token or releasing a lease in the background "
+                "failed (%s)",
+                type(exc).__name__,
+            )
+
     async def _release(self, lease: _Lease) -> None:
         if lease.failed:
             # The store just failed this holder (down, stalled, a reply lost): a release would
@@ -442,9 +524,7 @@ class SharedTokenCache:
             # background instead: the other replicas' callers, waiting on this lease, then
             # acquire at once rather than wait it out (10 s by default). If it fails too, the
             # lease expires by itself.
-            task = asyncio.get_running_loop().create_task(self._release_now(lease))
-            self._releasing.add(task)
-            task.add_done_callback(self._releasing.discard)
+            self._background(self._release_now(lease))
             return
         await self._release_now(lease)
 
@@ -489,7 +569,7 @@ class SharedTokenCache:
                 if found is not None:
                     self.hits += 1
                     return found
-                version = await self.store.put(lease_name, b"1", ttl=self.lease, expect=None)
+                version = await self._take(lease_name)
                 if version is not None:
                     if waited:
                         self.takeovers += 1
@@ -509,6 +589,8 @@ class SharedTokenCache:
         if version is None:  # outside the try: an error of the acquisition is not the store's
             return await self._acquire(acquire, name, lease_name, floor, cap, served)
         lease = _Lease(lease_name, version)
+        renewing: asyncio.Future[None] | None = None
+        share: Callable[[], Awaitable[None]] | None = None
         try:
             # The holder before us may have written just before our lease: read once more.
             # Its version is what the write compares with (after a failed read: written only
@@ -530,14 +612,13 @@ class SharedTokenCache:
                 result = await self._acquire(acquire, name, None, floor, cap, served)
             finally:
                 done.set()
-                await renewing  # never cancelled mid-write: its last version is the lease's
             if _from_l2(result, served):
                 return result  # another replica's entry, read again by the source: in L2
             seen = None if entry is None else entry.version
-            await self._write(lease, name, result, cap, seen, read=read)
+            share = functools.partial(self._write, lease, name, result, cap, seen, read=read)
             return result
         finally:
-            await self._release(lease)
+            await self._settle(lease, renewing, share)
 
     async def _acquire(
         self,
@@ -643,6 +724,11 @@ class SharedTokenCache:
         delay = _FIRST_POLL
         waited = False
         version: str | None = None
+        # On a thread that runs an event loop (a sync call inside async code) the lease may be
+        # held by a task of that very loop, which cannot go on (nor renew it) while this
+        # thread sleeps: never wait for it (as L1 never waits for a leader there). Read once,
+        # take the lease if it is free, else acquire on our own and write nothing.
+        on_loop = loop_running_here()
         try:
             while True:
                 found = self._usable(name, store.get(name), floor, cap)
@@ -653,6 +739,8 @@ class SharedTokenCache:
                 if version is not None:
                     if waited:
                         self.takeovers += 1
+                    break
+                if on_loop:
                     break
                 if time.monotonic() >= deadline:
                     self._waited_too_long()
@@ -667,7 +755,9 @@ class SharedTokenCache:
             return acquire()
         served: list[TokenResult] = []
         if version is None:  # outside the try: an error of the acquisition is not the store's
-            return self._acquire_sync(store, acquire, name, lease_name, floor, cap, served)
+            # (on a loop thread, ``shared_result_sync`` reads once: no wait on the lease)
+            holder = None if on_loop else lease_name
+            return self._acquire_sync(store, acquire, name, holder, floor, cap, served)
         lease = _Lease(lease_name, version)
         try:
             read = True
@@ -697,11 +787,29 @@ class SharedTokenCache:
             self._write_sync(store, lease, name, result, cap, seen, read=read)
             return result
         finally:
-            if not lease.failed:  # as ``_release``: after a failure the lease expires by itself
-                try:
-                    store.delete(lease_name, expect=lease.version)
-                except Exception as exc:
-                    self._failed("lease release", exc)
+            self._release_sync(store, lease)
+
+    def _release_sync(self, store: SyncTokenStore, lease: _Lease) -> None:
+        """``_release``, blocking: after a failed fencing check or write, in a thread of its
+        own (the caller has its token; the other replicas' callers waiting on this lease
+        acquire at once rather than wait it out)."""
+        if lease.failed:
+            # RuntimeError: no new threads (interpreter shutdown): it expires by itself.
+            with contextlib.suppress(RuntimeError):
+                threading.Thread(
+                    target=self._release_now_sync,
+                    args=(store, lease),
+                    name="ep-l2-release",
+                    daemon=True,
+                ).start()
+            return
+        self._release_now_sync(store, lease)
+
+    def _release_now_sync(self, store: SyncTokenStore, lease: _Lease) -> None:
+        try:
+            store.delete(lease.name, expect=lease.version)
+        except Exception as exc:  # the lease expires by itself
+            self._failed("lease release", exc)
 
     def _acquire_sync(
         self,
@@ -783,7 +891,8 @@ def _from_l2(result: TokenResult | None, served: list[TokenResult]) -> bool:
 class _Lease:
     """A held lease: its key and its current version (the fencing token; each renewal makes a
     new one, the release compares with the last); ``lost`` once a renewal found it gone;
-    ``failed`` once the store failed the fencing check or the write (no release then)."""
+    ``failed`` once the store failed the fencing check or the write (released in the
+    background then)."""
 
     __slots__ = ("failed", "lost", "name", "version")
 

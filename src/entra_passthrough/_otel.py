@@ -5,14 +5,23 @@ the library uses the global tracer and meter providers the application configure
 is configured, the hot paths (a cache hit, an applied request) skip the bookkeeping entirely.
 
 What is recorded, never a token: the source name, the identity kind, cache hit or miss, the
-policy, the outcome (``ok`` or the error's type), the AADSTS code and correlation id of an
-Entra error, the HTTP status of an applied request, and the caller as a *salted* hash of the
-user key (``ENTRA_PASSTHROUGH_TELEMETRY_SALT``; a random per-process salt by default, so the
-hash links the spans of one process and nothing across processes or to a user).
+policy, the outcome (``ok``, ``error`` with the error's type, or ``cancelled``), the AADSTS code
+and correlation id of an Entra error, the HTTP status of an applied request, and the caller as a
+*salted* hash of the user key (``ENTRA_PASSTHROUGH_TELEMETRY_SALT``; a random per-process salt by
+default, so the hash links the spans of one process and nothing across processes or to a user).
+
+A cancellation (a ``BaseException`` that is not an ``Exception``: ``CancelledError`` when the
+client went away or a deadline of the caller's ran out, ``GeneratorExit``, ``KeyboardInterrupt``)
+is the caller giving up, not a failure: its span ends with status UNSET, no ``error.type``, and
+``entra_passthrough.cancellation`` naming the exception's type (OpenTelemetry's HTTP semantic
+conventions: a cancellation by the caller "SHOULD NOT be treated as an error"; the API's own
+``use_span`` does not mark one as an error either), and the metrics count it with
+``outcome="cancelled"``, not among the errors.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import math
@@ -161,6 +170,37 @@ def start_span(name: str, attributes: Mapping[str, Any]) -> Any:
     )
 
 
+#: The span attribute of a cancelled operation: the type of what cancelled it.
+CANCELLATION = "entra_passthrough.cancellation"
+#: ``error.type`` of a request that ended without a response for a reason the HTTP client does
+#: not tell its auth (semantic conventions' fallback value).
+OTHER = "_OTHER"
+
+
+def cancelled(error: BaseException) -> bool:
+    """Whether ``error`` is a cancellation (the caller gave up) rather than a failure."""
+    return not isinstance(error, Exception)
+
+
+def why_closed(*, sent: bool) -> BaseException | str:
+    """Why an HTTP client closed a request's flow before its end. The client does it in a
+    ``finally``, with a ``GeneratorExit`` that does not say why: a ``CancelledError`` while the
+    current asyncio task is being cancelled (the client went away, a deadline of the caller's);
+    a cancellation (the ``GeneratorExit``) before the request was ``sent`` (the drivers hand
+    every ``Exception`` of an acquisition back to the flow: only a ``KeyboardInterrupt`` or the
+    like gets past them); else ``OTHER``: a transport error (connect, read, a reset) ended the
+    request, a failure the client's own span and exception name."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no event loop in this thread: the sync client
+        task = None
+    if task is not None and task.cancelling():
+        return asyncio.CancelledError()
+    if not sent:
+        return GeneratorExit()
+    return OTHER
+
+
 def error_attributes(error: BaseException) -> dict[str, Any]:
     """Safe attributes of an error: its type, AADSTS code, correlation id (never its text)."""
     attrs: dict[str, Any] = {"error.type": type(error).__name__}
@@ -173,13 +213,21 @@ def error_attributes(error: BaseException) -> dict[str, Any]:
     return attrs
 
 
-def end_span(span: Any, error: BaseException | None = None, /, **attributes: Any) -> None:
+def end_span(span: Any, error: BaseException | str | None = None, /, **attributes: Any) -> None:
+    """End ``span``: a success (``error`` None), a failure (an ``Exception``, or an
+    ``error.type`` value with no exception: ``OTHER``), or a cancellation (any other
+    ``BaseException``: status left UNSET, ``CANCELLATION`` set)."""
     if span is None:
         return
     for key, value in attributes.items():
         if value is not None:
             span.set_attribute(key, value)
-    if error is not None:
+    if isinstance(error, str):
+        span.set_attribute("error.type", error)
+        span.set_status(Status(StatusCode.ERROR, "no response"))
+    elif error is not None and cancelled(error):
+        span.set_attribute(CANCELLATION, type(error).__name__)
+    elif error is not None:
         for key, value in error_attributes(error).items():
             span.set_attribute(key, value)
         # The description is the type only: an exception's text is not for telemetry.
@@ -200,12 +248,14 @@ def count_acquired(source: str, kind: str, seconds: float) -> None:
         inst.duration.record(seconds, {"source": source, "outcome": "ok"})
 
 
-def time_failed(source: str, seconds: float) -> None:
+def time_failed(source: str, seconds: float, error: BaseException | None = None) -> None:
     """A source asked for a token and failed after ``seconds``: the time lost to timeouts,
-    stalls and retries belongs in the latency histogram as much as a success's."""
+    stalls and retries belongs in the latency histogram as much as a success's. A cancelled
+    request (``error`` a cancellation) is recorded with ``outcome="cancelled"``."""
     inst = instruments()
     if inst is not None:
-        inst.duration.record(seconds, {"source": source, "outcome": "error"})
+        outcome = "cancelled" if error is not None and cancelled(error) else "error"
+        inst.duration.record(seconds, {"source": source, "outcome": outcome})
 
 
 def count_failed(source: str | None, error: BaseException) -> None:
@@ -222,12 +272,38 @@ def count_failed(source: str | None, error: BaseException) -> None:
         inst.throttled.add(1, {"source": source or "none"})
 
 
-def count_request(applied: bool, status: int | None) -> None:
+def count_cancelled(source: str | None) -> None:
+    """An acquisition its caller gave up on (``source``: the one being asked): counted, with
+    ``outcome="cancelled"``, never among the errors."""
     inst = instruments()
     if inst is not None:
-        inst.requests.add(
-            1, {"applied": applied, "status": str(status) if status is not None else "none"}
+        inst.acquisitions.add(
+            1, {"source": source or "none", "cache": "miss", "outcome": "cancelled"}
         )
+
+
+def count_request(
+    applied: bool, status: int | None, error: BaseException | str | None = None
+) -> None:
+    """A request ``EntraAuth`` handled: ``outcome`` ``ok`` (a response reached it), ``error``
+    (with the span's ``error.type``) or ``cancelled``."""
+    inst = instruments()
+    if inst is None:
+        return
+    attrs: dict[str, Any] = {
+        "applied": applied,
+        "status": str(status) if status is not None else "none",
+        "outcome": "ok",
+    }
+    if isinstance(error, str):
+        attrs["outcome"] = "error"
+        attrs["error.type"] = error
+    elif error is not None and cancelled(error):
+        attrs["outcome"] = "cancelled"
+    elif error is not None:
+        attrs["outcome"] = "error"
+        attrs["error.type"] = type(error).__name__
+    inst.requests.add(1, attrs)
 
 
 #: What ``describe`` takes of an error's ``failure``: a few words, never free text.

@@ -105,6 +105,38 @@ def test_fields_read_once_then_plain_attributes() -> None:
     assert TOKEN not in repr(caller)
 
 
+def test_a_copy_reads_and_decodes_on_first_use_and_shares_the_decode(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``copy`` (the chain copies the caller of every acquisition, which may outlive the
+    request) decodes nothing itself, and the copy and its original decode the claims once
+    between them; the copy is ended on its own."""
+    import entra_passthrough._caller as caller_module
+
+    real = caller_module.UnverifiedClaims.from_token
+    decodes: list[str] = []
+
+    def counting(token: str) -> Any:
+        decodes.append(token)
+        return real(token)
+
+    monkeypatch.setattr(caller_module.UnverifiedClaims, "from_token", staticmethod(counting))
+    caller = Caller.from_headers([(b"authorization", f"Bearer {TOKEN}".encode())])
+    copy = caller.copy()
+    assert decodes == []
+    assert copy.assertion == TOKEN
+    assert copy.claims == caller.claims
+    assert caller.decode_error is None
+    assert copy.decode_error is None
+    assert len(decodes) == 1
+    copy.end()
+    assert caller.active
+    assert not copy.active
+    assert copy.errors == []
+    copy.record(RuntimeError("x"))
+    assert caller.errors == []
+
+
 def _read_in_threads(callers: list[Caller], threads: int = 4) -> list[tuple[Any, ...]]:
     import threading
 

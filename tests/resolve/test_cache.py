@@ -88,7 +88,9 @@ async def test_error_reaches_all_waiters_and_is_not_cached() -> None:
     assert source.calls == 2
 
 
-async def test_cancelled_leader_hands_over_to_a_waiter() -> None:
+async def test_cancelled_leader_hands_its_acquisition_over_to_the_waiter() -> None:
+    """The request leading the acquisition goes away: the acquisition runs on, and the waiter
+    gets its token (one call to the source, not a second one by a waiter taking over)."""
     cache = TokenCache()
     started = asyncio.Event()
     release = asyncio.Event()
@@ -109,6 +111,33 @@ async def test_cancelled_leader_hands_over_to_a_waiter() -> None:
     with pytest.raises(asyncio.CancelledError):
         await leader
     release.set()
+    got = await waiter
+    assert got is not None
+    assert got.token == "t1"
+    assert calls == 1
+    assert cache.get("k") is got
+
+
+async def test_an_acquisition_cancelled_itself_is_taken_over_by_a_waiter() -> None:
+    """The acquisition itself is cancelled (not its leader): a waiter takes over."""
+    cache = TokenCache()
+    started = asyncio.Event()
+    calls = 0
+
+    async def cancelled_once() -> TokenResult:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            started.set()
+            await asyncio.sleep(0.05)
+            raise asyncio.CancelledError
+        return result(f"t{calls}")
+
+    leader = asyncio.create_task(cache.get_or_acquire_async("k", cancelled_once))
+    await started.wait()
+    waiter = asyncio.create_task(cache.get_or_acquire_async("k", cancelled_once))
+    with pytest.raises(asyncio.CancelledError):
+        await leader
     got = await waiter
     assert got is not None
     assert got.token == "t2"
@@ -167,6 +196,31 @@ def test_refresh_ahead_serves_cached_then_refreshes_once_in_the_background() -> 
     assert got.token == "t2"
     assert len(calls) == 2
     assert cache.stats().refreshes == 1
+
+
+def test_a_refresh_the_source_declines_is_not_tried_again_on_the_next_request() -> None:
+    """A background refresh whose source answers ``None`` (it does not apply now): the next
+    attempt comes after half of what is left, as after a failure, not on every request until
+    the token runs out (each one through the shared cache's lease)."""
+    clock = Clock()
+    cache = TokenCache(clock=clock)
+    calls: list[int] = []
+
+    def declines() -> TokenResult | None:
+        calls.append(1)
+        return None
+
+    cache.get_or_acquire("k", lambda: result("t1", lifetime=3600))
+    clock.offset = 3400  # 200 s left: inside the refresh window
+    for _ in range(20):
+        assert cache.get_or_acquire("k", declines).token == "t1"  # type: ignore[union-attr]
+        assert cache.wait_refreshes(10)
+    assert len(calls) == 1
+    clock.offset = 3500  # past half of what was left (85 s of 170): tried once more
+    assert cache.get_or_acquire("k", declines).token == "t1"  # type: ignore[union-attr]
+    assert cache.wait_refreshes(10)
+    assert len(calls) == 2
+    assert cache.stats().refresh_failures == 0
 
 
 def test_sync_request_never_waits_for_the_refresh_it_started() -> None:

@@ -13,8 +13,11 @@ compare-and-set on the grant record. The lease is taken before the redemption wa
 worker, renewed every third of its length until the redemption is done (``renew_until``, the
 shared token cache's renewal), and extended once more, compare-and-set, in the worker right
 before the POST: a lease that ran out and was taken by another replica meanwhile means no POST
-(the refresh token is not redeemed twice), and the POST (``HTTP_TIMEOUT``) ends well within
-the fresh lease.
+(no replica redeems the refresh token another live lease holder is redeeming), and the POST
+(``HTTP_TIMEOUT``) ends well within the fresh lease. A holder that dies mid-redemption (killed
+while its POST is at Entra) takes the rotated refresh token with it: once its lease runs out,
+another replica redeems the stored refresh token again, which Entra accepts (a provider that
+treats the reuse of a refresh token as theft would revoke the grant).
 
 Like the chain and the cache, the decisions (read the grant, wait out another replica's lease,
 lease, refresh, write the rotated grant, classify Entra's refusal) are one generator with no
@@ -825,7 +828,7 @@ class DelegatedConsent:
         for attempt in range(_MAX_ATTEMPTS):
             # Every rotated grant the store refused, whichever user's: this replica's first
             # call after an outage writes them all back, while the other replicas honour its
-            # leases (below), so a redeemed refresh token is never redeemed again.
+            # leases (below), so a live replica never redeems a redeemed refresh token again.
             for hashed, unsaved in list(self._unsaved.items()):
                 # Raises while the store is still down. None: the record changed since (our
                 # lease ran out and another replica rotated, or the data was lost): theirs wins.
