@@ -655,10 +655,11 @@ class RedisStore:
                     "this RedisStore was built from a client, so it has no blocking twin.",
                     fix="build it with RedisStore.from_url or pass sync_client=...",
                 )
-            if self._cluster:  # built at its first call (a cluster client connects when built)
-                self._sync = SyncRedisStore(connect=self._sync_client, namespace=self.namespace)
-            else:
-                self._sync = SyncRedisStore(self._sync_client(), namespace=self.namespace)
+            # Built at its first call (a cluster client connects when built), and again in
+            # place of a client that broke for good (``SyncRedisStore._broke``).
+            self._sync = SyncRedisStore(
+                connect=self._sync_client, namespace=self.namespace, cluster=self._cluster
+            )
             self._sync._policy = self._policy  # one check (and warning) for both
         return self._sync
 
@@ -840,7 +841,9 @@ class SyncRedisStore:
 
     ``connect`` (instead of ``client``) builds the client at the first call: a cluster client
     reads the slot map when it is built, and a Redis that is down then fails that call, typed,
-    not the code that builds the store."""
+    not the code that builds the store. With ``connect``, a client that broke for good (as
+    ``RedisStore``'s, see ``_Bound.turn``) is replaced at the next call. ``cluster``: whether
+    ``connect`` builds a cluster client (for messages before it is built; default: it does)."""
 
     def __init__(
         self,
@@ -848,6 +851,7 @@ class SyncRedisStore:
         *,
         namespace: str = "",
         connect: Callable[[], _SyncClient] | None = None,
+        cluster: bool | None = None,
     ) -> None:
         if (client is None) == (connect is None):
             raise ConfigurationError(
@@ -860,7 +864,7 @@ class SyncRedisStore:
         self._policy = _PolicyCheck()
         self._client: _SyncClient | None = None
         self._acl_extra = ""
-        self._cluster = connect is not None
+        self._cluster = connect is not None if cluster is None else cluster
         if client is not None:
             self._use(client)
 
@@ -881,8 +885,8 @@ class SyncRedisStore:
                     assert self._connect is not None
                     try:
                         built = self._connect()
-                    except _STORE_ERRORS as exc:
-                        raise self._failure(exc) from None
+                    except _STORE_ERRORS as exc:  # (no client to replace: not ``_failure``)
+                        raise _unavailable(exc, self._acl_extra, cluster=self._cluster) from None
                     self._use(built)
         assert self._client is not None
         return self._client
@@ -893,7 +897,29 @@ class SyncRedisStore:
         return f"SyncRedisStore({_where(self._client)})"
 
     def _failure(self, exc: BaseException) -> SourceUnavailable:
+        if isinstance(exc, RedisClusterException):
+            # redis-py 5.x's cluster client, after a re-initialisation that failed while a node
+            # was down, can fail every later call although the cluster is back.
+            self._broke()
         return _unavailable(exc, self._acl_extra, cluster=self._cluster)
+
+    def _torn(self, exc: AttributeError | TypeError) -> SourceUnavailable:
+        """redis-py's own state torn by a connection lost mid-handshake (5.x: "'NoneType'
+        object has no attribute 'writelines'"): a store failure, typed as one, never this
+        untyped error to the caller; a new client next time."""
+        self._broke()
+        return self._failure(ConnectionError(f"the Redis client failed ({type(exc).__name__})"))
+
+    def _broke(self) -> None:
+        """The client failed in a way it may not recover from: the next call builds a new one
+        (when the store can: it was given ``connect``), and this one's connections close."""
+        if self._connect is None:
+            return
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
 
     def close(self) -> None:
         client = self._client
@@ -914,6 +940,8 @@ class SyncRedisStore:
             raise self._failure(exc) from None
         except _STORE_ERRORS as exc:
             raise self._failure(exc) from None
+        except (AttributeError, TypeError) as exc:
+            raise self._torn(exc) from None
         self._check_policy()
         return _entry(raw)
 
@@ -934,6 +962,8 @@ class SyncRedisStore:
                 done = self._cas_put(keys=[name], args=[expect, version, value, ttl_ms])
         except _STORE_ERRORS as exc:
             raise self._failure(exc) from None
+        except (AttributeError, TypeError) as exc:
+            raise self._torn(exc) from None
         self._check_policy()
         return version if done else None
 
@@ -947,6 +977,8 @@ class SyncRedisStore:
                 done = bool(self._cas_delete(keys=[name], args=[expect]))
         except _STORE_ERRORS as exc:
             raise self._failure(exc) from None
+        except (AttributeError, TypeError) as exc:
+            raise self._torn(exc) from None
         self._check_policy()
         return done
 

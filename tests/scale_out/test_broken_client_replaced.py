@@ -83,3 +83,44 @@ async def test_ping_never_raises_on_a_torn_client(redis_server: RedisServer) -> 
         assert await store.ping()  # a new client
     finally:
         await store.aclose()
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        RedisClusterException(
+            "Redis Cluster cannot be connected. Please provide at least one reachable node: None"
+        ),
+        AttributeError("'NoneType' object has no attribute 'writelines'"),
+        TypeError("'NoneType' object is not subscriptable"),
+    ],
+    ids=["cluster-cannot-connect", "torn-connection", "torn-state"],
+)
+def test_the_blocking_twin_replaces_a_client_that_broke_too(
+    redis_server: RedisServer, failure: BaseException
+) -> None:
+    """``RedisStore.sync()`` (the sync API's store): the same failures, typed, and a new
+    client at the next call (before, the twin kept the broken client until the process
+    restarted, and the torn state's error reached the caller untyped)."""
+    store = RedisStore.from_url(redis_server.url, namespace=f"broken{free_port()}:")
+    twin = store.sync()
+    try:
+        assert twin.put("k", b"v", ttl=30) is not None
+        first = twin.client
+        get = first.get
+
+        def failing(*args: Any, **kwargs: Any) -> Any:
+            first.get = get  # type: ignore[method-assign]
+            raise failure
+
+        first.get = failing  # type: ignore[method-assign]
+        with pytest.raises(SourceUnavailable) as info:
+            twin.get("k")
+        assert "The shared token store is unavailable" in str(info.value)
+        entry = twin.get("k")  # a new client: the store works again
+        assert entry is not None
+        assert entry.value == b"v"
+        assert twin.client is not first
+        assert twin.put("k", b"w", ttl=30) is not None  # its scripts are the new client's
+    finally:
+        twin.close()
