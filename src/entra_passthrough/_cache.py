@@ -796,6 +796,8 @@ class TokenCache:
             self._finish(key, fut, result=stored)
 
         with self._lock:
+            # (a loop closed by hand with acquisitions running never ends them: not kept)
+            self._handed = {t for t in self._handed if not t.get_loop().is_closed()}
             self._handed.add(running)
         running.add_done_callback(landed)
 

@@ -93,18 +93,24 @@ class Caller:
 
     def copy(self) -> Caller:
         """An independent Caller for the same identity, with its own ``active`` flag and no
-        recorded errors: end it without ending this one (a background run, a connect). What
-        this one has not read or decoded yet (its headers, its claims) the copy reads or
-        decodes on its own first use: a copy costs no decode (the chain copies the caller of
-        every acquisition, a cold burst's included)."""
-        copied = object.__new__(type(self))
-        for slot in _COPIED_SLOTS:
+        recorded errors: end it without ending this one (a background run, a connect). Its
+        claims, if this one has not decoded them yet, are decoded on first use, once for both
+        (a copy costs no decode: the chain copies the caller of every acquisition, a cold
+        burst's included)."""
+        self.read_headers()  # (a no-op once read: as another thread may be reading them now)
+        cls = type(self)
+        copied = object.__new__(cls)
+        for slot in _copied_slots(cls):
             try:
-                value = slot.__get__(self, Caller)
+                value = slot.__get__(self, cls)
             except AttributeError:
-                continue  # unset: filled on first use, from the same headers or assertion
+                continue  # unset: ``claims``/``decode_error``, decoded on first use
             slot.__set__(copied, value)
-        copied._twin = self
+        if _claims_unset(self):
+            # Shared with the first original (never a chain of copies, each keeping the one
+            # before it alive); dropped once the copy has its claims.
+            twin = self._twin
+            copied._twin = self if twin is None else twin
         return copied
 
     @property
@@ -360,11 +366,13 @@ class Caller:
                 self.decode_error = "no token in the form 'Authorization: Bearer <token>'"
                 return getattr(self, name)
             twin = self._twin
-            if twin is not None and twin.assertion == self.assertion:
-                # A copy: the claims its original decoded, or decodes now for both (once).
-                self.claims = twin.claims
-                self.decode_error = twin.decode_error
-                return getattr(self, name)
+            if twin is not None:
+                self._twin = None  # (it is not kept alive by this copy any longer)
+                if twin.assertion == self.assertion:
+                    # A copy: the claims its original decoded, or decodes now for both (once).
+                    self.claims = twin.claims
+                    self.decode_error = twin.decode_error
+                    return getattr(self, name)
             try:
                 self.claims = UnverifiedClaims.from_token(self.assertion)
                 self.decode_error = None
@@ -392,10 +400,46 @@ _HEADER_FIELDS = (
 _LAZY_SLOTS = {name: Caller.__dict__[name] for name in (*_HEADER_FIELDS, "errors")}
 _HEADER_SLOTS = tuple(_LAZY_SLOTS[name] for name in _HEADER_FIELDS)
 _ERRORS_LOCK = threading.Lock()
-#: What ``Caller.copy`` copies: every field but the recorded errors (a new list on first use).
-_COPIED_SLOTS = tuple(
-    Caller.__dict__[name] for name in Caller.__slots__ if name not in ("errors", "_twin")
-)
+#: What ``Caller.copy`` copies, per class: every field but the recorded errors (a new list on
+#: first use) and the twin (a subclass's own fields included).
+_SLOTS_OF: dict[type, tuple[Any, ...]] = {}
+
+
+def _copied_slots(cls: type) -> tuple[Any, ...]:
+    slots = _SLOTS_OF.get(cls)
+    if slots is None:
+        names: dict[str, Any] = {}
+        for klass in reversed(cls.__mro__):
+            declared = klass.__dict__.get("__slots__", ())
+            for name in (declared,) if isinstance(declared, str) else declared:
+                if name not in ("errors", "_twin", "__dict__", "__weakref__"):
+                    names[name] = klass.__dict__[name]
+        if cls.__dictoffset__:  # a subclass without slots: its fields live in its __dict__
+            names["__dict__"] = _DictCopy()
+        slots = _SLOTS_OF[cls] = tuple(names.values())
+    return slots
+
+
+class _DictCopy:
+    """``_copied_slots``' stand-in for an instance ``__dict__`` (a subclass without slots)."""
+
+    def __get__(self, instance: Any, owner: type) -> dict[str, Any]:
+        return dict(object.__getattribute__(instance, "__dict__"))
+
+    def __set__(self, instance: Any, value: dict[str, Any]) -> None:
+        object.__getattribute__(instance, "__dict__").update(value)
+
+
+def _claims_unset(caller: Caller) -> bool:
+    """Whether ``caller``'s claims are still to be decoded (read without decoding them)."""
+    try:
+        _CLAIMS_SLOT.__get__(caller, Caller)
+    except AttributeError:
+        return True
+    return False
+
+
+_CLAIMS_SLOT = Caller.__dict__["claims"]
 
 _WANTED: dict[tuple[str, ...], dict[bytes, str]] = {}
 _MAX_WANTED = 64

@@ -727,6 +727,8 @@ class _CallGuard(httpx2.AsyncBaseTransport):
                 response.status_code,
                 bearer is not None and refused_at_expiry(bearer),
             )
+        elif attempt.refused_after is not None:
+            attempt.refused_after = None  # accepted on the retry: that refusal is not the cause
         _scrub(request, response)
         return response
 

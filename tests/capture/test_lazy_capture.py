@@ -137,6 +137,49 @@ def test_a_copy_reads_and_decodes_on_first_use_and_shares_the_decode(
     assert caller.errors == []
 
 
+def test_copies_of_copies_keep_one_original_alive_and_decode_without_recursion() -> None:
+    """A background job that re-schedules itself with ``current_caller().copy()``: each copy
+    shares the claims decode with the first original only, never a chain of copies kept alive
+    one by the next (5,000 generations kept every one alive, and reading the last one's claims
+    recursed past Python's limit)."""
+    import gc
+
+    def alive() -> int:
+        gc.collect()
+        return sum(isinstance(o, Caller) for o in gc.get_objects())
+
+    before = alive()
+    caller = Caller.from_headers([(b"authorization", f"Bearer {TOKEN}".encode())])
+    for _ in range(2000):
+        caller = caller.copy()
+    last = caller
+    del caller
+    assert alive() - before <= 2  # the last copy, and the first original it shares claims with
+    assert last.claims == Caller.from_token(TOKEN).claims
+    assert last.assertion == TOKEN
+
+
+def test_a_copy_of_a_subclass_keeps_its_own_fields() -> None:
+    from dataclasses import dataclass
+
+    @dataclass(eq=False, slots=True)
+    class TenantCaller(Caller):
+        region: str | None = None
+
+    class Loose(Caller):  # no slots: its fields live in a __dict__
+        pass
+
+    tagged = TenantCaller.from_headers([(b"authorization", f"Bearer {TOKEN}".encode())])
+    tagged.region = "us"
+    copy = tagged.copy()
+    assert type(copy) is TenantCaller
+    assert copy.region == "us"
+    assert copy.assertion == TOKEN
+    loose = Loose.from_token(TOKEN)
+    loose.note = "kept"  # type: ignore[attr-defined]
+    assert loose.copy().note == "kept"  # type: ignore[attr-defined]
+
+
 def _read_in_threads(callers: list[Caller], threads: int = 4) -> list[tuple[Any, ...]]:
     import threading
 

@@ -205,3 +205,49 @@ async def test_tools_listed_once_after_connecting_no_tools_list_follows_a_call()
     assert not result.is_error
     assert seen == []
     assert executions == [("listed-first", user.oid)]
+
+
+async def test_a_tools_list_accepted_on_its_retry_is_not_named_as_the_cause() -> None:
+    """The ``tools/list`` refused once and accepted on the auth's retry with a new token: the
+    call returned its result. A later failure of the block (the app's own) must not be said to
+    come from a refused ``tools/list`` whose result was lost."""
+    world, users = world_with_users(2)
+    with EntraEmulator(world=world) as idp:
+        user = users[1]
+        executions: list[tuple[str, str]] = []
+        seen: list[str] = []
+
+        def wrap(base: str) -> Any:
+            app = build_mcp_app(idp, base_url=base, recorder=Recorder(), executions=executions)
+            refusing = _refusing_tools_list(app, base, hold=None, seen=seen)
+
+            async def first_only(scope: dict[str, Any], receive: Any, send: Any) -> None:
+                await (refusing if not seen else app)(scope, receive, send)
+
+            return first_only
+
+        server = ServerThread(wrap, name="mcp").start()
+        http = entra_http_client(
+            chain=make_chain(idp), scopes=mcp_scopes(idp), origins=[server.base]
+        )
+        failure: BaseException | None = None
+        try:
+            async with (
+                bind_caller(token=agent_token(idp, user)),
+                Client(streamable_http_client(f"{server.base}/mcp", http_client=http)) as client,
+            ):
+                try:
+                    async with entra_call(http):
+                        result = await client.call_tool("whoami", {"who": "answered"})
+                        raise RuntimeError("the app failed after the call")
+                except RuntimeError as exc:
+                    failure = exc
+        finally:
+            await http.aclose()
+            server.stop()
+    assert not result.is_error
+    assert seen == ["tools/list"]  # refused once; the retry reached the server
+    assert executions == [("answered", user.oid)]
+    notes = " ".join(getattr(failure, "__notes__", []))
+    assert "was refused" not in notes, notes
+    assert "result is lost" not in notes, notes
