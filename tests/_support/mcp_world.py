@@ -196,6 +196,51 @@ async def read_json_request(receive: Any) -> tuple[Any, Callable[[], Awaitable[A
     return parsed, replay
 
 
+_EXPIRED = TokenVerificationError("the token has expired")
+
+
+def refusing_rpc(
+    app: ASGI,
+    base: str,
+    rpc: str,
+    seen: list[str],
+    *,
+    hold: Callable[[float], float] | None = None,
+    refusal: TokenVerificationError | None = _EXPIRED,
+    scopes: tuple[str, ...] = ("api://records/.default",),
+    when: Callable[[], bool] = lambda: True,
+) -> ASGI:
+    """Answers every JSON-RPC ``rpc`` POST (while ``when()``) with the library's own 401/403
+    challenge for ``refusal`` (default: an expired token, 401 ``invalid_token``; ``None``: a bare
+    401 with no error code), recording it
+    in ``seen``; with ``hold``, only once ``hold(exp)`` has passed (``exp``: the bearer token's,
+    0 without one): a request that reached the server after its token's end. The rest goes on."""
+    from entra_passthrough._types import token_exp
+    from entra_passthrough._www_auth import challenge, send_challenge
+
+    async def wrapper(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await app(scope, receive, send)
+            return
+        body, replay = await read_json_request(receive)
+        if not isinstance(body, dict) or body.get("method") != rpc or not when():
+            await app(scope, replay, send)
+            return
+        seen.append(rpc)
+        if hold is not None:
+            bearer = dict(scope["headers"]).get(b"authorization", b"").decode()
+            moment = hold(token_exp(bearer.removeprefix("Bearer ")) or 0.0)
+            await asyncio.sleep(min(10.0, max(0.0, moment - time.time()) + 0.05))
+        status, header, payload = challenge(
+            error=refusal,
+            resource_metadata=f"{base}/.well-known/oauth-protected-resource/mcp",
+            scopes=list(scopes),
+        )
+        await send_challenge(send, status, header, payload)
+
+    return wrapper
+
+
 def recording(app: ASGI, recorder: Recorder) -> ASGI:
     """Outermost ASGI wrapper: records (method, JSON-RPC method, token oid, status) for every
     HTTP request, whatever the app answers."""

@@ -13,8 +13,6 @@ behind an ASGI wrapper that refuses ``tools/list``, the mcp SDK's ``Client`` wit
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -28,12 +26,10 @@ from _support.mcp_world import (
     build_mcp_app,
     make_chain,
     mcp_scopes,
-    read_json_request,
+    refusing_rpc,
     world_with_users,
 )
-from entra_passthrough import Caller, TokenVerificationError, bind_caller
-from entra_passthrough._types import token_exp
-from entra_passthrough._www_auth import challenge, send_challenge
+from entra_passthrough import Caller, bind_caller
 from entra_passthrough.mcp import entra_call, entra_http_client
 from entra_passthrough.testing import EntraEmulator
 from entra_passthrough.testing._world import Lifetimes
@@ -43,30 +39,7 @@ Hold = Callable[[float], float]
 
 
 def _refusing_tools_list(app: Any, base: str, *, hold: Hold | None, seen: list[str]) -> Any:
-    """Answers every ``tools/list`` with a 401 ``invalid_token``; with ``hold``, only once
-    ``hold(exp)`` has passed (a request that reached the server after its token's end)."""
-
-    async def wrapper(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
-            await app(scope, receive, send)
-            return
-        body, replay = await read_json_request(receive)
-        if not isinstance(body, dict) or body.get("method") != "tools/list":
-            await app(scope, replay, send)
-            return
-        seen.append("tools/list")
-        if hold is not None:
-            bearer = dict(scope["headers"]).get(b"authorization", b"").decode()
-            moment = hold(token_exp(bearer.removeprefix("Bearer ")) or 0.0)
-            await asyncio.sleep(min(10.0, max(0.0, moment - time.time()) + 0.05))
-        status, header, payload = challenge(
-            error=TokenVerificationError("the token has expired"),
-            resource_metadata=f"{base}/.well-known/oauth-protected-resource/mcp",
-            scopes=["api://records/.default"],
-        )
-        await send_challenge(send, status, header, payload)
-
-    return wrapper
+    return refusing_rpc(app, base, "tools/list", seen, hold=hold)
 
 
 async def _call_once(

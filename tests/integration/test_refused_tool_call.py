@@ -7,10 +7,6 @@ ASGI wrapper that refuses ``tools/call`` with the library's own challenge."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from typing import Any
-
 import pytest
 
 from _support.mcp_world import (
@@ -20,11 +16,10 @@ from _support.mcp_world import (
     build_mcp_app,
     make_chain,
     mcp_scopes,
-    read_json_request,
+    refusing_rpc,
     world_with_users,
 )
 from entra_passthrough import Caller, InsufficientScope, TokenVerificationError, bind_caller
-from entra_passthrough._www_auth import challenge, send_challenge
 from entra_passthrough.agent_framework import entra_mcp_tool
 from entra_passthrough.testing import EntraEmulator
 from entra_passthrough.testing._world import Lifetimes, User
@@ -45,29 +40,6 @@ REFUSALS = {
 }
 
 
-def _refusing(app: Any, refusal: TokenVerificationError | None, base: str, seen: list[str]) -> Any:
-    """Answers every ``tools/call`` with the refusal's 401/403 challenge; the rest goes on."""
-
-    async def wrapper(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
-            await app(scope, receive, send)
-            return
-        body, replay = await read_json_request(receive)
-        method = body.get("method") if isinstance(body, dict) else None
-        if method != "tools/call":
-            await app(scope, replay, send)
-            return
-        seen.append(method)
-        status, header, payload = challenge(
-            error=refusal,
-            resource_metadata=f"{base}/.well-known/oauth-protected-resource/mcp",
-            scopes=["api://other-app/Files.Write"],
-        )
-        await send_challenge(send, status, header, payload)
-
-    return wrapper
-
-
 @pytest.mark.parametrize("refusal", list(REFUSALS))
 async def test_a_refused_call_is_a_typed_error_naming_the_status_and_the_challenge(
     refusal: str, idp: EntraEmulator, users: list[User]
@@ -76,11 +48,13 @@ async def test_a_refused_call_is_a_typed_error_naming_the_status_and_the_challen
     refused: list[str] = []
     executions: list[tuple[str, str]] = []
     server = ServerThread(
-        lambda base: _refusing(
+        lambda base: refusing_rpc(
             build_mcp_app(idp, base_url=base, recorder=Recorder(), executions=executions),
-            answer,
             base,
+            "tools/call",
             refused,
+            refusal=answer,
+            scopes=("api://other-app/Files.Write",),
         ),
         name="mcp",
     ).start()
@@ -128,30 +102,6 @@ def test_a_challenge_error_the_library_does_not_know_is_never_quoted(code: str) 
     assert _challenge_error(known) == "insufficient_scope"
 
 
-def _refusing_after(app: Any, base: str, moment: float, seen: list[str]) -> Any:
-    """Answers every ``tools/call`` with a 401 ``invalid_token`` once ``moment`` (a Unix time)
-    has passed: a server that refuses a token at its expiry."""
-
-    async def wrapper(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
-            await app(scope, receive, send)
-            return
-        body, replay = await read_json_request(receive)
-        if not isinstance(body, dict) or body.get("method") != "tools/call":
-            await app(scope, replay, send)
-            return
-        seen.append("tools/call")
-        await asyncio.sleep(max(0.0, moment - time.time()) + 0.05)
-        status, header, payload = challenge(
-            error=TokenVerificationError("the token has expired"),
-            resource_metadata=f"{base}/.well-known/oauth-protected-resource/mcp",
-            scopes=["api://records/.default"],
-        )
-        await send_challenge(send, status, header, payload)
-
-    return wrapper
-
-
 async def test_a_refusal_once_the_users_token_expired_says_so_not_check_the_scopes(
     idp: EntraEmulator, users: list[User]
 ) -> None:
@@ -163,11 +113,12 @@ async def test_a_refusal_once_the_users_token_expired_says_so_not_check_the_scop
     exp = Caller.from_token(token).claims.exp  # type: ignore[union-attr]
     refused: list[str] = []
     server = ServerThread(
-        lambda base: _refusing_after(
+        lambda base: refusing_rpc(  # a server that refuses the token at its expiry
             build_mcp_app(idp, base_url=base, recorder=Recorder(), executions=[]),
             base,
-            exp,
+            "tools/call",
             refused,
+            hold=lambda _bearer_exp: exp,
         ),
         name="mcp",
     ).start()
@@ -195,34 +146,6 @@ async def test_a_refusal_once_the_users_token_expired_says_so_not_check_the_scop
     assert token not in message
 
 
-def _refusing_each_token_at_its_expiry(app: Any, base: str, rpc: str, seen: list[str]) -> Any:
-    """Holds every ``rpc`` request until its bearer token has expired, then answers 401
-    ``invalid_token``: a request that took longer to reach the server than its token had
-    left (a queue in front of it), or a server whose clock runs ahead."""
-    from entra_passthrough._types import token_exp
-
-    async def wrapper(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
-            await app(scope, receive, send)
-            return
-        body, replay = await read_json_request(receive)
-        if not isinstance(body, dict) or body.get("method") != rpc:
-            await app(scope, replay, send)
-            return
-        headers = dict(scope["headers"])
-        exp = token_exp(headers.get(b"authorization", b"").decode().removeprefix("Bearer "))
-        seen.append(rpc)
-        await asyncio.sleep(max(0.0, (exp or 0) - time.time()) + 0.05)
-        status, header, payload = challenge(
-            error=TokenVerificationError("the token has expired"),
-            resource_metadata=f"{base}/.well-known/oauth-protected-resource/mcp",
-            scopes=["api://records/.default"],
-        )
-        await send_challenge(send, status, header, payload)
-
-    return wrapper
-
-
 @pytest.mark.parametrize("rpc", ["tools/call", "tools/list"])
 async def test_a_token_that_ends_on_its_way_is_said_as_such(rpc: str) -> None:
     """The MCP server's tokens live 3 s, the user's an hour: the call's token (and the retry's)
@@ -232,11 +155,12 @@ async def test_a_token_that_ends_on_its_way_is_said_as_such(rpc: str) -> None:
     with EntraEmulator(world=world.with_lifetimes(Lifetimes(access_token=3))) as short:
         seen: list[str] = []
         server = ServerThread(
-            lambda base: _refusing_each_token_at_its_expiry(
+            lambda base: refusing_rpc(  # each request held until its token has expired
                 build_mcp_app(short, base_url=base, recorder=Recorder(), executions=[]),
                 base,
                 rpc,
                 seen,
+                hold=lambda bearer_exp: bearer_exp,
             ),
             name="mcp",
         ).start()
