@@ -33,6 +33,7 @@ import asyncio
 import builtins
 import contextlib
 import logging
+import math
 import os
 import secrets
 import ssl
@@ -40,6 +41,8 @@ import threading
 from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs, unquote, urlsplit
+
+import anyio
 
 from . import _env
 from ._checks import seconds, whole_number
@@ -574,6 +577,7 @@ class RedisStore:
                     "loop), or make one RedisStore per event loop.",
                 )
             self._loops[loop] = bound
+            bound.loop = loop
         if stale is not None:
             await stale.aclose()  # (calls still in flight on it close it again as they end)
         # Started here (it runs to its ``yield`` without suspending), so the loop tracks it.
@@ -741,6 +745,27 @@ class RedisStore:
             return False
 
 
+def _absorbed(task: asyncio.Task[Any] | None, cancels: int) -> None:
+    """Raise ``CancelledError`` if ``task`` was cancelled since it had ``cancels`` cancel
+    requests and the cancel never came out: on Python 3.11, ``asyncio.wait_for`` (redis-py's
+    send, the cluster slot wait) returns its result when the cancel lands as the awaited step
+    ends (python/cpython#86296; fixed in 3.12). Without this, an ``asyncio.timeout`` around a
+    store call made in the request's task did not fire (it cancels once), and the request ran
+    on to its end. Redis may have run the command (as with any cancel landing mid-command).
+    Not under a cancelled anyio scope: anyio cancels the task again at its next await, with the
+    message by which the scope knows its own cancel (a bare one went through it)."""
+    if task is not None and task.cancelling() > cancels and not _anyio_cancelled():
+        raise asyncio.CancelledError
+
+
+def _anyio_cancelled() -> bool:
+    """Whether a cancelled anyio cancel scope covers the running task."""
+    try:
+        return anyio.current_effective_deadline() == -math.inf
+    except Exception:  # not anyio's to say (no anyio context): a native cancel
+        return False
+
+
 class _Bound:
     """One event loop's client and its scripts; ``closer`` closes them when the loop shuts
     down (``RedisStore._close_at_shutdown``). Every call runs in a ``turn``: a call still in
@@ -759,6 +784,7 @@ class _Bound:
         "closed",
         "closer",
         "inflight",
+        "loop",
         "put_absent",
         "slot_wait",
         "slots",
@@ -775,6 +801,8 @@ class _Bound:
         self.broken = False
         self.closer: AsyncGenerator[None, None] | None = None
         self.inflight = 0  # calls in their ``turn``
+        #: The event loop it serves (``RedisStore._bound``): ``turn`` finds its task by it.
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.slots: asyncio.Semaphore | None = None
         self.slot_wait = 0.0
         if isinstance(client, redis_asyncio.RedisCluster):
@@ -787,7 +815,10 @@ class _Bound:
     async def turn(self) -> AsyncGenerator[None, None]:
         """One call: counted while it runs (closed after ``aclose`` by the last to end), and
         holding one of the cluster client's connections (a single-node client's pool waits by
-        itself)."""
+        itself). A cancel of the calling task that the call absorbed is raised again when it
+        ends (``_absorbed``)."""
+        task = asyncio.current_task(self.loop)  # (its loop given: a third of the cost)
+        cancels = task.cancelling() if task is not None else 0
         held: asyncio.Semaphore | None = None
         self.inflight += 1
         try:
@@ -797,6 +828,7 @@ class _Bound:
                 except builtins.TimeoutError:  # (``TimeoutError`` here is redis-py's)
                     raise ConnectionError("No connection available.") from None  # as its pool
                 held = self.slots
+                _absorbed(task, cancels)
             yield
         except RedisClusterException:
             # redis-py 5.x's cluster client, after a re-initialisation that failed while a
@@ -818,6 +850,7 @@ class _Bound:
                 # ``aclose`` ran while this call was in flight: its re-send (or a later call
                 # that had this client already) opened connections again.
                 await self._close_client()
+        _absorbed(task, cancels)
 
     async def _close_client(self) -> None:
         """Close the client's connections, quietly: a Redis that is down (or a client that
@@ -1394,6 +1427,4 @@ class _AzureIdentityCredentials:
         return oid, token
 
     async def get_credentials_async(self) -> tuple[str, str]:
-        import anyio
-
         return await anyio.to_thread.run_sync(self.get_credentials)

@@ -29,6 +29,7 @@ blocking twin when it has one (``RedisStore.sync()``: asyncio connections belong
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import functools
 import logging
@@ -127,15 +128,18 @@ class _Shared:
 class _Held:
     """A refresh lease this replica holds on one user's grant: the leased record, its version
     (the fencing token: each renewal makes a new one, every later write compares with the
-    last) and whether a renewal found it taken by another replica."""
+    last), whether a renewal found it taken by another replica, and whether its flight was
+    cancelled while its refresh token was at Entra and no answer has come (``unanswered``:
+    given up on then, the lease is not released; it runs out by itself, as a dead holder's)."""
 
-    __slots__ = ("grant", "key_hash", "lost", "version")
+    __slots__ = ("grant", "key_hash", "lost", "unanswered", "version")
 
     def __init__(self, key_hash: str, grant: StoredGrant, version: str) -> None:
         self.key_hash = key_hash
         self.grant = grant
         self.version = version
         self.lost = False
+        self.unanswered = False
 
 
 class _LeaseLost(Exception):
@@ -167,12 +171,17 @@ class _Start:
     only while its caller still waits for it, and the caller gives up (at its deadline) only on
     a job that has not started (one that has is bounded by the same deadline)."""
 
-    __slots__ = ("_lock", "abandoned", "started")
+    __slots__ = ("_lock", "abandoned", "answer", "started")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.started = False
         self.abandoned = False
+        #: The started job's outcome, set by its worker (``_redeem_under``) whatever becomes of
+        #: the task awaiting the job (a loop shutting down cancels it). Running from the start:
+        #: a cancelled waiter cannot cancel it.
+        self.answer: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+        self.answer.set_running_or_notify_cancel()
 
     def start(self) -> bool:
         with self._lock:
@@ -547,19 +556,33 @@ class DelegatedConsent:
             return None  # no identity we can bind a grant to: not applicable
         scopes = tuple(request.scopes)
         flight = (scopes, request.claims)
+        # A cancel of the flight held back while its redemption's answer was awaited
+        # (``_redeem_async``): raised once the answer is stored, and before any other wait.
+        held_back: list[asyncio.CancelledError] = []
 
         async def do(step: _Step) -> Any:
             if isinstance(step, _Grants):
                 return await step.call(self.grants)
+            if held_back:
+                raise held_back[0]
             if isinstance(step, _Pause):
                 return await asyncio.sleep(step.seconds)
             if isinstance(step, _Shared):
                 return await shared_result_async()
-            return await self._redeem_async(step)
+            return await self._redeem_async(step, held_back)
 
-        return await self._coalesced(
-            key.hashed, flight, lambda: drive_async(self._decide(key, request), do)
-        )
+        async def refresh() -> TokenResult:
+            try:
+                result = await drive_async(self._decide(key, request), do)
+            except Exception:
+                if held_back:
+                    raise held_back[0] from None
+                raise
+            if held_back:
+                raise held_back[0]
+            return result
+
+        return await self._coalesced(key.hashed, flight, refresh)
 
     # --- redemption under the lease -----------------------------------------------------------
     async def _extend(self, grants: GrantStore, held: _Held) -> bool:
@@ -599,17 +622,30 @@ class DelegatedConsent:
         ``start``: an async caller that may have given up while this waited for a worker."""
         if start is not None and not start.start():
             raise _NoWorker  # its caller has gone: nothing is sent
-        with deadline(max(end - time.monotonic(), 0.0)):
-            self.client.app()
-            if not extend():
-                raise _LeaseLost
-            return self.client.refresh(step.refresh_token, step.scopes, step.claims)
+        try:
+            with deadline(max(end - time.monotonic(), 0.0)):
+                self.client.app()
+                if not extend():
+                    raise _LeaseLost
+                answer = self.client.refresh(step.refresh_token, step.scopes, step.claims)
+        except BaseException as exc:
+            if start is not None:
+                start.answer.set_exception(exc)
+            raise
+        if start is not None:
+            start.answer.set_result(answer)
+        return answer
 
-    async def _redeem_async(self, step: _Redeem) -> dict[str, Any]:
+    async def _redeem_async(
+        self, step: _Redeem, held_back: list[asyncio.CancelledError]
+    ) -> dict[str, Any]:
         """The redemption in the worker pool, bounded by one deadline (``HTTP_TIMEOUT``) from
         here: a caller still waiting for a worker then gives up (``_NoWorker``: the job, when it
         comes up, sends nothing), one whose job runs gets its answer or its deadline error. The
-        lease is renewed on this loop until it is done."""
+        lease is renewed on this loop until it is done. Cancelled once its job has started
+        (the flight is shielded from its callers: its loop is shutting down), it still waits
+        for the answer, so that the rotated grant is stored and the lease released; the cancel
+        goes to ``held_back``, raised when the flight ends (``get_token_async``)."""
         end = time.monotonic() + HTTP_TIMEOUT
         start = _Start()
         loop = asyncio.get_running_loop()
@@ -634,14 +670,43 @@ class DelegatedConsent:
             if not finished and start.abandon():
                 raise _NoWorker
             return await job  # running: bounded by the same deadline
-        except BaseException:
-            start.abandon()  # a job that has not started never sends (cancelled caller too)
+        except BaseException as exc:
+            abandoned = start.abandon()  # a job not started never sends (cancelled caller too)
             if not job.done():
                 _background(job)
-            raise
+            if abandoned or not isinstance(exc, asyncio.CancelledError):
+                raise
+            # Its refresh token is at Entra, which rotates it: released now, the lease let
+            # another replica redeem the same refresh token meanwhile, and the rotated one
+            # was lost. Its answer comes by the same deadline.
+            return await self._answer_after_cancel(start, step.lease, exc, held_back)
         finally:
             done.set()
-            await renewing  # never cancelled mid-write: its last version is the lease's
+            # Never cancelled mid-write: its last version is the lease's. (Waited for, not
+            # awaited: a loop shutting down cancels it too, and that is no error here.)
+            await asyncio.wait({renewing})
+
+    async def _answer_after_cancel(
+        self,
+        start: _Start,
+        lease: _Held,
+        cancel: asyncio.CancelledError,
+        held_back: list[asyncio.CancelledError],
+    ) -> dict[str, Any]:
+        """The answer of a started redemption whose flight was cancelled, ``cancel`` held back
+        meanwhile. Cancelled again (before the answer reaches ``_refresh``), the flight gives up
+        and leaves the lease to run out."""
+        lease.unanswered = True
+        held_back.append(cancel)
+        try:
+            return await asyncio.wrap_future(start.answer)
+        except asyncio.CancelledError:
+            raise  # cancelled again
+        except BaseException as exc:
+            lease.unanswered = False  # the POST ended (failed): released as any failure
+            if isinstance(exc, (_LeaseLost, _NoWorker)):
+                raise cancel from None  # nothing was sent after all
+            raise
 
     def _redeem_blocking(self, step: _Redeem, runner: asyncio.Runner) -> dict[str, Any]:
         """The sync driver's redemption, on this thread; a thread renews the lease."""
@@ -924,6 +989,10 @@ class DelegatedConsent:
             )
             return None
         except BaseException as exc:
+            if held.unanswered:
+                # Given up on while its refresh token may be at Entra: the lease runs out by
+                # itself (as a dead holder's), never released under a redemption in flight.
+                raise
             if not isinstance(exc, SourceUnavailable) or not self.grants.failed_since(started):
                 yield _Grants("put_grant", key.hashed, released, expect=held.version)
             # else: the grant store itself failed (down, stalled) keeping the lease: a release
