@@ -58,8 +58,9 @@ logger = logging.getLogger("entra_passthrough.cache")
 
 #: How long a thread waits for another thread's acquisition of the same key.
 _SYNC_WAIT_SECONDS = 120.0
-#: A waiter whose leader is gone for good (a thread cancelled, its loop closed) takes over;
-#: bounded. (An async leader that is cancelled hands its acquisition over instead.)
+#: A waiter whose leader is gone for good (its event loop closed under it, its acquisition
+#: cancelled, a sync leader interrupted) takes over; bounded. (An async leader that is
+#: cancelled hands its running acquisition over instead: ``_hand_over``.)
 _MAX_TAKEOVERS = 3
 #: How often a waiter looks whether its leader's event loop is still there (a loop closed
 #: without cancelling its tasks strands the leader: it never finishes).
