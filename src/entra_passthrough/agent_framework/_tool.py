@@ -377,11 +377,9 @@ class EntraMCPTool(HookedMCPTool):
                 await self._drain()
                 # Close the old connection first, acting for nobody (shared) or its own user
                 # (pooled): its DELETE must not carry the token of whoever triggered the reset.
-                # Under the calls still in flight after the drain (agent-framework 1.26's own
-                # close would wait for them without a bound).
                 if self.mode == "shared":
                     self._set_lifecycle_caller(None)
-                await _not_cancelled_by_transport(self.close_under_calls())
+                await _not_cancelled_by_transport(super().close())
                 reset = False
             if self.mode == "shared" and chosen is not None:
                 # A copy that ends with this connect: tasks the transport starts now (GET
