@@ -66,14 +66,12 @@ def require_asyncio(api: str) -> None:
     """Refuse an async entry point called without an asyncio event loop (trio, anyio's trio
     backend): its I/O (worker threads, tasks, futures) is asyncio's, and it failed deep inside
     with an untyped RuntimeError or TypeError that read like an outage."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
+    if not loop_running_here():
         raise ConfigurationError(
             f"{api} needs an asyncio event loop (uvloop works), and none runs here (trio?).",
             fix="run it under asyncio, or under trio call the sync API (TokenChain.get_token, "
             "JwtVerifier.verify) from a worker thread: trio.to_thread.run_sync(...).",
-        ) from None
+        )
 
 
 def loop_running_here() -> bool:
@@ -83,3 +81,20 @@ def loop_running_here() -> bool:
     except RuntimeError:
         return False
     return True
+
+
+def hold(
+    tasks: set[asyncio.Future[Any]],
+    task: asyncio.Future[Any],
+    failed: Callable[[BaseException], None] | None = None,
+) -> None:
+    """Keep ``task`` in ``tasks`` until it ends (a loop holds its tasks only weakly), then
+    retrieve its error (no "exception was never retrieved") and hand it to ``failed``."""
+    tasks.add(task)
+
+    def ended(done: asyncio.Future[Any]) -> None:
+        tasks.discard(done)
+        if not done.cancelled() and (exc := done.exception()) is not None and failed is not None:
+            failed(exc)
+
+    task.add_done_callback(ended)

@@ -61,7 +61,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
 
 from ._checks import seconds
-from ._drive import drive, drive_async, loop_running_here
+from ._drive import drive, drive_async, hold, loop_running_here
 from ._errors import EntraPassthroughError
 from ._jwt import sha256_hex
 from ._store import (
@@ -503,19 +503,8 @@ class SharedTokenCache:
         self._keep(asyncio.get_running_loop().create_task(work))
 
     def _keep(self, task: asyncio.Future[None]) -> None:
-        """Hold ``task`` until it ends (a task is otherwise only weakly held by its loop);
-        an error nobody awaits is logged (its type: no secret)."""
-        self._releasing.add(task)
-        task.add_done_callback(self._kept_done)
-
-    def _kept_done(self, task: asyncio.Future[None]) -> None:
-        self._releasing.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            logger.warning(
-                "shared token cache: sharing a token or releasing a lease in the background "
-                "failed (%s)",
-                type(exc).__name__,
-            )
+        """Hold ``task`` until it ends; an error nobody awaits is logged (its type only)."""
+        hold(self._releasing, task, _background_failed)
 
     async def _release(self, lease: _Lease) -> None:
         if lease.failed:
@@ -881,6 +870,13 @@ class SharedTokenCache:
             return store.put(op.key, op.value, ttl=op.ttl, expect=op.expect)
 
         drive(self._write_flow(lease, name, result, cap, seen, read), do)
+
+
+def _background_failed(exc: BaseException) -> None:
+    logger.warning(
+        "shared token cache: sharing a token or releasing a lease in the background failed (%s)",
+        type(exc).__name__,
+    )
 
 
 def _from_l2(result: TokenResult | None, served: list[TokenResult]) -> bool:

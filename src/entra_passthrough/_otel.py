@@ -254,7 +254,7 @@ def time_failed(source: str, seconds: float, error: BaseException | None = None)
     request (``error`` a cancellation) is recorded with ``outcome="cancelled"``."""
     inst = instruments()
     if inst is not None:
-        outcome = "cancelled" if error is not None and cancelled(error) else "error"
+        outcome = "error" if error is None else _outcome(error)[0]
         inst.duration.record(seconds, {"source": source, "outcome": outcome})
 
 
@@ -290,20 +290,27 @@ def count_request(
     inst = instruments()
     if inst is None:
         return
+    outcome, error_type = _outcome(error)
     attrs: dict[str, Any] = {
         "applied": applied,
         "status": str(status) if status is not None else "none",
-        "outcome": "ok",
+        "outcome": outcome,
     }
-    if isinstance(error, str):
-        attrs["outcome"] = "error"
-        attrs["error.type"] = error
-    elif error is not None and cancelled(error):
-        attrs["outcome"] = "cancelled"
-    elif error is not None:
-        attrs["outcome"] = "error"
-        attrs["error.type"] = type(error).__name__
+    if error_type is not None:
+        attrs["error.type"] = error_type
     inst.requests.add(1, attrs)
+
+
+def _outcome(error: BaseException | str | None) -> tuple[str, str | None]:
+    """(``outcome``, ``error.type``) of an operation that ended with ``error`` (as ``end_span``
+    reads it): ``ok``, ``cancelled``, or ``error`` with its type."""
+    if error is None:
+        return "ok", None
+    if isinstance(error, str):
+        return "error", error
+    if cancelled(error):
+        return "cancelled", None
+    return "error", type(error).__name__
 
 
 #: What ``describe`` takes of an error's ``failure``: a few words, never free text.

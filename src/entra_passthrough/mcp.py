@@ -713,19 +713,17 @@ class _CallGuard(httpx2.AsyncBaseTransport):
             attempt.challenge_error = (
                 _challenge_error(response) if response.status_code in (401, 403) else None
             )
-            bearer = request_bearer(request) if response.status_code == 401 else None
-            attempt.at_expiry = bearer is not None and refused_at_expiry(bearer)
+            attempt.at_expiry = _refused_on_its_way(request, response.status_code)
             attempt.retry_after = (
                 retry_after_seconds(response.headers) if response.status_code >= 400 else None
             )
             if isinstance(response.stream, httpx2.AsyncByteStream):
                 response.stream = _BodyWatch(response.stream, attempt)
         elif response.status_code in (401, 403) and method is not None:
-            bearer = request_bearer(request) if response.status_code == 401 else None
             attempt.refused_after = (
                 method if _QUOTABLE_METHOD.fullmatch(method) else "request",
                 response.status_code,
-                bearer is not None and refused_at_expiry(bearer),
+                _refused_on_its_way(request, response.status_code),
             )
         elif attempt.refused_after is not None:
             attempt.refused_after = None  # accepted on the retry: that refusal is not the cause
@@ -1091,6 +1089,15 @@ def request_bearer(request: httpx2.Request) -> str | None:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     token = token.strip()
     return token if scheme.lower() == "bearer" and token else None
+
+
+def _refused_on_its_way(request: httpx2.Request, status: int) -> bool:
+    """Whether ``status`` is a 401 to a bearer token that ended on its way
+    (``refused_at_expiry``)."""
+    if status != 401:
+        return False
+    bearer = request_bearer(request)
+    return bearer is not None and refused_at_expiry(bearer)
 
 
 def refused_at_expiry(token: str) -> bool:

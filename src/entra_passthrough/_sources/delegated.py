@@ -46,7 +46,7 @@ from .._checks import registration, seconds
 from .._checks import tenant_id as tenant_id_check
 from .._consent_client import HTTP_TIMEOUT, ConsentClient, check_https_url
 from .._credential import AppCredential, app_credential
-from .._drive import drive, drive_async
+from .._drive import drive, drive_async, hold
 from .._errors import (
     INTERACTION_CODES,
     ConfigurationError,
@@ -199,14 +199,7 @@ _BACKGROUND: set[asyncio.Future[Any]] = set()
 
 
 def _background(job: asyncio.Future[Any]) -> None:
-    _BACKGROUND.add(job)
-
-    def _done(ended: asyncio.Future[Any]) -> None:
-        _BACKGROUND.discard(ended)
-        if not ended.cancelled():
-            ended.exception()  # retrieved: no "never retrieved" warning
-
-    job.add_done_callback(_done)
+    hold(_BACKGROUND, job)
 
 
 class _NoWorker(Exception):
