@@ -414,7 +414,8 @@ class KeySet:
             # Awaited on this loop, no thread held. A cancelled waiter cancels only its own
             # wrapper (the fetch's future is running: it cannot be cancelled).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.wrap_future(fetch), left)
+                async with asyncio.timeout(left):  # (not ``wait_for``: see ``_msal._until``)
+                    await asyncio.wrap_future(fetch)
 
     async def _refresh_async(self, state: _State, source: KeySource) -> None:
         # shield: a cancelled caller must not cancel the fetch the others wait for.

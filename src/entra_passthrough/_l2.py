@@ -929,7 +929,8 @@ async def renew_until(
     interval = length / 3
     while True:
         try:
-            await asyncio.wait_for(done.wait(), interval)
+            async with asyncio.timeout(interval):  # (not ``wait_for``: see ``_msal._until``)
+                await done.wait()
             return
         except TimeoutError:
             pass

@@ -643,7 +643,10 @@ class WorkerPool:
     async def _until(future: asyncio.Future[T], end: float | None) -> T:
         if end is None:
             return await future
-        return await asyncio.wait_for(future, end - asyncio.get_running_loop().time())
+        # Not ``asyncio.wait_for``: on Python 3.11 it returns the result when a cancel lands as
+        # the worker's answer arrives (python/cpython#86296), and the request ran on.
+        async with asyncio.timeout_at(end):
+            return await future
 
     async def _behind_a_full_pool(
         self, queued: Future[T], fn: Callable[..., T], args: tuple[Any, ...], end: float | None

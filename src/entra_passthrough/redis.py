@@ -824,7 +824,8 @@ class _Bound:
         try:
             if self.slots is not None:
                 try:
-                    await asyncio.wait_for(self.slots.acquire(), self.slot_wait)
+                    async with asyncio.timeout(self.slot_wait):  # (not ``wait_for``: 3.11)
+                        await self.slots.acquire()
                 except builtins.TimeoutError:  # (``TimeoutError`` here is redis-py's)
                     raise ConnectionError("No connection available.") from None  # as its pool
                 held = self.slots

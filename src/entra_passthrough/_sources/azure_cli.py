@@ -426,7 +426,10 @@ class AzureCli:
                 scopes=request.scopes,
             ) from None
         try:
-            stdout, stderr = await asyncio.wait_for(proc.communicate(), self.timeout)
+            # Not ``asyncio.wait_for``: on Python 3.11 it returns the output when a cancel
+            # lands as the CLI ends (python/cpython#86296), and the cancelled request ran on.
+            async with asyncio.timeout(self.timeout):
+                stdout, stderr = await proc.communicate()
         except TimeoutError:
             _kill_group(proc)
             await proc.wait()
