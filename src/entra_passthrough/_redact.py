@@ -171,6 +171,12 @@ def _opaque(match: re.Match[str]) -> str:
         # A path, unless it has standard base64's "+" or padding: a 64-byte key (a storage
         # account's, 88 characters ending "==") has three "/" or more about one time in seven.
         return value
+    scope = _GUID_SCOPE.fullmatch(value)
+    if scope is not None and not any(c.isdigit() for c in scope.group(1)):
+        # A scope in its application-id form ("<app guid>/.default", ".../access_as_user"):
+        # the value an operator needs to fix a refused request. (A name with digits goes on
+        # to the test below: a secret after an id and a slash is still a secret.)
+        return value
     port = _PORT_PATH.match(value)
     rest = value[port.end() :] if port is not None else value
     if not any(c.isdigit() for c in rest):
@@ -179,6 +185,9 @@ def _opaque(match: re.Match[str]) -> str:
 
 
 _PORT_PATH = re.compile(r"\d{1,5}/")
+_GUID_SCOPE = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}/([A-Za-z0-9_.-]+)"
+)
 
 
 def scrub(exc: BaseException) -> BaseException:

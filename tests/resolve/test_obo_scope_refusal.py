@@ -10,6 +10,7 @@ import pytest
 from entra_passthrough import (
     ConsentRequired,
     EntraError,
+    EntraPassthroughError,
     ManagedIdentity,
     Policy,
     TokenAcquisitionError,
@@ -29,6 +30,10 @@ from .conftest import make_obo, obo_posts
         (28000, ["{mcp}/access_as_user", "{legacy}/user_impersonation"]),
         (90009, ["{agent}/.default"]),
         (90009, ["{agent}/access_as_user", "offline_access"]),
+        # A scope with no resource is Microsoft Graph's, however Graph is spelled beside it.
+        (70011, ["https://graph.microsoft.com/.default", "User.Read"]),
+        (70011, ["User.Read", "00000003-0000-0000-C000-000000000000/.default"]),
+        (28000, ["User.Read", "{mcp}/access_as_user"]),
     ],
 )
 def test_scopes_entra_always_refuses_are_never_sent(
@@ -106,3 +111,27 @@ def test_a_managed_identity_asked_for_two_scopes_is_a_typed_refusal(idp: EntraEm
     assert not isinstance(info.value, EntraError)  # Entra said nothing: nothing was sent
     assert "nothing was sent" in str(info.value)
     assert info.value.fix
+
+
+@pytest.mark.parametrize(
+    "scopes",
+    [
+        ["User.Read", "Mail.Read"],
+        ["https://graph.microsoft.com/User.Read", "User.Read"],
+        # A national cloud's Graph beside a bare scope: Entra's to answer, not refused here.
+        ["https://graph.microsoft.us/.default", "User.Read"],
+    ],
+)
+def test_graph_scopes_entra_may_grant_are_sent(idp: EntraEmulator, scopes: list[str]) -> None:
+    chain = TokenChain([make_obo(idp)])
+    alice = idp.user_token("alice", audience=idp.agent.client_id)
+    before = obo_posts(idp)
+    refused = None
+    with bind_caller(token=alice):
+        try:
+            chain.get_token(scopes)  # granted or refused: Entra's (the emulator's) to answer
+        except EntraPassthroughError as exc:
+            refused = str(exc)
+    chain.close()
+    assert refused is None or "Nothing was sent" not in refused
+    assert obo_posts(idp) == before + 1

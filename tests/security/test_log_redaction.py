@@ -185,6 +185,23 @@ def test_redact_keeps_ids_and_fingerprints() -> None:
     assert redact(text) == text
 
 
+@pytest.mark.parametrize(
+    "scope",
+    [
+        "fc3e56bc-c5ce-5934-926e-1cd113a188a4/.default",
+        "FC3E56BC-C5CE-5934-926E-1CD113A188A4/access_as_user",
+    ],
+)
+def test_redact_keeps_a_scope_in_its_application_id_form(scope: str) -> None:
+    """The scope a refused request asked for is what the operator must fix: a log line that
+    names it keeps it (a 36-character id, a slash and a name is no secret's shape)."""
+    text = f"token acquisition for {scope} api://x/y failed: EntraError (AADSTS70011)"
+    assert redact(text) == text
+    # ... but a secret next to it still goes, and a secret with a slash is not taken for one.
+    assert "Qx8~abc" not in redact(f"{scope} client_secret=Qx8~abc.def")
+    assert redact(f"{scope[:36]}/{'A1b2' * 12}") == "[redacted]"
+
+
 def test_the_filter_is_on_the_loggers_of_the_packages_the_library_drives() -> None:
     import azure.identity  # noqa: F401  (module loggers are created at import)
 

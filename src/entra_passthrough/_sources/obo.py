@@ -553,12 +553,22 @@ def check_no_reserved_scopes(scopes: Sequence[str], *, source: str) -> None:
         )
 
 
+#: Microsoft Graph (global cloud): its App ID URI and app id are one resource, and a scope with
+#: no resource (``User.Read``) is Graph's (https://learn.microsoft.com/entra/identity-platform/scopes-oidc).
+_GRAPH_URI = "https://graph.microsoft.com"
+_GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
+
+
 def _resource_key(resource: str) -> tuple[str, bool]:
     """(key, known) of a scope's resource: an app's client id GUID and its ``api://<GUID>``
     App ID URI are one resource (Entra resolves both to the app; the emulator does too), so
-    both key to the GUID (``known``). Any other App ID URI may be some app's, of whatever
-    GUID: only the tenant knows, so it keys to its own text (``known`` False)."""
+    both key to the GUID (``known``); so do Microsoft Graph's App ID URI and a scope with no
+    resource. Any other App ID URI may be some app's, of whatever GUID: only the tenant knows,
+    so it keys to its own text (``known`` False). (A national cloud's Graph URI keys to its
+    text: beside a bare scope, nothing is refused here, and Entra decides.)"""
     key = resource.rstrip("/").lower()
+    if key == _GRAPH_URI:
+        return _GRAPH_APP_ID, True
     guid = key.removeprefix("api://")
     if GUID.fullmatch(guid):
         return guid, True
@@ -586,7 +596,7 @@ def scope_refusal(scopes: Sequence[str], *, own_client_id: str) -> tuple[int, st
             continue
         resource, _, permission = scope.rpartition("/")
         if not resource:
-            continue  # a bare scope (User.Read: Microsoft Graph's)
+            resource = _GRAPH_URI  # a bare scope (User.Read): Microsoft Graph's
         key, known = _resource_key(resource)
         if key not in resources:
             resources[key] = []
