@@ -247,7 +247,7 @@ class ConsentBroker:
             params = parse_params(request.scope.get("query_string", b""))
             return await self._do_start(request, params)
         except BadRequest as exc:
-            return error_response(request, exc.code, str(exc))
+            return error_response(request, exc.code, str(exc), next_step=exc.next_step)
         except Exception as exc:  # never a crash page; nothing was stored
             return _unavailable(
                 request, "consent start", exc, "The sign-in could not be started; try again."
@@ -265,10 +265,20 @@ class ConsentBroker:
         try:
             ticket = LinkTicket.open(self.keyring, params.get("t", ""))
             scopes = check_scopes(ticket.scopes)
-        except (KeyringError, ValueError, TypeError):
+        except (KeyringError, ValueError, TypeError) as exc:
+            # Its own next step: the page's default ("use the sign-in link again") would send
+            # the user back to this same dead link.
+            if isinstance(exc, ValueError) and str(exc) == "expired":  # ``LinkTicket.open``
+                raise BadRequest(
+                    "expired_link",
+                    "This sign-in link has expired.",
+                    next_step=_NEW_LINK_NEXT,
+                ) from None
             raise BadRequest(
                 "invalid_link",
-                "This sign-in link is not valid or has expired; ask the agent for a new one.",
+                "This sign-in link is not valid (cut short or changed when it was copied, or "
+                "not made by this agent).",
+                next_step=_NEW_LINK_NEXT + " If you copied it, copy the whole link.",
             ) from None
         state = State.new(ticket.key_hash, lifetime=self.state_lifetime)
         signed_state = state.sign(self.keyring)
@@ -705,6 +715,7 @@ def _redeem_refused(answer: dict[str, Any]) -> BadRequest:
 
 
 _CROSS_SITE_SIGNOUT = "Cross-site sign-out requests are refused."
+_NEW_LINK_NEXT = "Go back to the chat and ask the agent again: it gives you a new sign-in link."
 
 
 def _signout_refused(request: Request, exc: Exception, what: str) -> Response:
