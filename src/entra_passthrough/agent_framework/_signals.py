@@ -75,13 +75,26 @@ class ToolNotListed(ToolException):
 
 class MCPServerUnreachable(EntraPassthroughError):
     """An MCP tool could not connect: its server could not be reached (the TCP or TLS connection
-    could not be opened) however long the tool tried again. Nothing was sent, and it is not
-    about anyone's token. ``server_label`` names the tool's server and ``origin`` its URL's
-    scheme, host and port (no path, query or user information)."""
+    could not be opened), or it (or a gateway in front of it) kept answering the connect's
+    requests 429/502/503/504, however long the tool tried again within its bound. No tool ran,
+    and it is not about anyone's token. ``server_label`` names the tool's server and ``origin``
+    its URL's scheme, host and port (no path, query or user information); ``status`` and
+    ``retry_after`` (seconds) are the last such answer's (``None`` when none came)."""
 
-    def __init__(self, message: str, *, server_label: str, origin: str, fix: str) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        server_label: str,
+        origin: str,
+        fix: str,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         self.server_label = server_label
         self.origin = origin
+        self.status = status
+        self.retry_after = retry_after
         super().__init__(message, fix=fix)
 
 

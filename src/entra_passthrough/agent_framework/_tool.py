@@ -84,6 +84,7 @@ from .._errors import (
     TokenVerificationError,
 )
 from .._flow import Chain
+from .._http import retry_after_seconds
 from .._jwt import JwtDecodeError, UnverifiedClaims
 from .._mcp_seams import set_elicitation_callback
 from .._prefetch import prefetched_var
@@ -142,6 +143,11 @@ _RETRY_WINDOW = 15.0
 _MAX_ATTEMPTS = 40
 #: How long a connect tries again while the server refuses TCP connections (a restart).
 _REFUSED_CONNECT_WAIT = 5.0
+#: HTTP answers to a connection-lifetime request that say "not now" (a gateway in front of a
+#: restarting server, an overloaded one, a rate limit): the connect is tried again within
+#: ``_REFUSED_CONNECT_WAIT``, at most this many times in all.
+_TRANSIENT_CONNECT_STATUSES = frozenset({429, 502, 503, 504})
+_MAX_BUSY_CONNECTS = 6
 _MAX_RECONNECTS = 6
 #: How long a call waits for a reconnect in progress before it is sent anyway.
 _RECONNECT_WAIT = 30.0
@@ -254,6 +260,11 @@ class EntraMCPTool(HookedMCPTool):
         # The last 401/403 a connection-lifetime POST got (cleared by a later success): what a
         # failed connect reports, since no ``CallAttempt`` records a connect's answers.
         self._connect_refusal: _ConnectRefusal | None = None
+        # The last other HTTP error (429, 5xx...) a connection-lifetime POST got, with its
+        # Retry-After (cleared by any later answer): a 429/502/503/504 is tried again, and a
+        # connect that still fails names it.
+        self._connect_status: _ConnectStatus | None = None
+        self._connect_attempts = 0  # of the latest connect (its message counts them)
         #: The agent that holds this tool opened it (an enter returned, and no exit since). An
         #: enter while it is not is the agent opening (``ResponsesHostServer``: "agent
         #: initialization", which it repeats on every request until it succeeds); one while it
@@ -286,15 +297,28 @@ class EntraMCPTool(HookedMCPTool):
     async def _note_connect_answer(self, response: httpx2.Response) -> None:
         """Keep the 401/403 of a connection-lifetime POST (discovery, initialize, tools/list):
         the mcp SDK turns it into "Server returned an error response", and a connect that fails
-        on it must say that the server refused the token, and why. A ``tools/call`` (inside
-        ``call_attempt``) has its own record. The client runs this for every answer, the first
-        401 of the auth's one retry too: the retry's answer replaces it."""
+        on it must say that the server refused the token, and why; and any other HTTP error
+        (a 503 from a gateway in front of a restarting server, a 429), with its Retry-After,
+        which the SDK reports in the same words. A ``tools/call`` (inside ``call_attempt``)
+        has its own record. The client runs this for every answer, the first 401 of the auth's
+        one retry too: the latest answer replaces what an earlier one recorded."""
         if response.request.method != "POST" or attempt_var.get() is not None:
             return
-        if response.status_code in (401, 403):
+        status = response.status_code
+        if status in (401, 403):
             self._connect_refusal = _ConnectRefusal.of(response)
-        elif response.status_code < 400:
+            self._connect_status = None
+        elif status < 400:
             self._connect_refusal = None
+            self._connect_status = None
+        else:
+            rpc = _rpc_of(response.request)
+            if rpc == "tools/call":
+                return  # never a connect's (and never retried by one)
+            self._connect_refusal = None
+            self._connect_status = _ConnectStatus(
+                status, retry_after_seconds(response.headers), rpc
+            )
 
     # -- the lifecycle task runs in a context we own -----------------------------------------
 
@@ -390,6 +414,7 @@ class EntraMCPTool(HookedMCPTool):
             self._set_lifecycle_caller(chosen)
             self._entra_auth.take_errors()
             self._connect_refusal = None
+            self._connect_status = None
             try:
                 await self._connect_through_refusals(reset)
             except Exception as exc:
@@ -414,25 +439,59 @@ class EntraMCPTool(HookedMCPTool):
     async def _connect_through_refusals(self, reset: bool) -> None:
         """``connect``, again while the server refuses the TCP connection (a restart's gap, in
         which a run that opens its tool failed at once: "An internal server error occurred"
-        from the host), or drops the connect's own connection or session mid-handshake (a
+        from the host), drops the connect's own connection or session mid-handshake (a
         restart during initialize or tools/list, ``connect_lost``; an answer cut off after its
-        headers, ``is_lost_response``): a connect runs no tool, so trying again is safe (a lost
-        one again with ``reset``: its half-open session is closed first); for at most
-        ``_REFUSED_CONNECT_WAIT`` seconds, then the failure stands."""
+        headers, ``is_lost_response``), or answers one of its requests 429/502/503/504 (a
+        gateway in front of a restarting server, ``_TRANSIENT_CONNECT_STATUSES``; after its
+        ``Retry-After``, when that fits): a connect runs no tool, so trying again is safe (again
+        with ``reset``: its half-open session is closed first); for at most
+        ``_REFUSED_CONNECT_WAIT`` seconds, then the failure stands. Never a ``tools/call``."""
         loop = asyncio.get_running_loop()
         give_up = loop.time() + _REFUSED_CONNECT_WAIT
         delay = 0.1
+        busy = 0  # attempts answered with a transient status
+        self._connect_attempts = 0
         while True:
+            self._connect_status = None
+            self._connect_attempts += 1
             try:
                 await _not_cancelled_by_transport(super().connect(reset=reset))
                 return
             except Exception as exc:
-                lost = not _connection_refused(exc) and (connect_lost(exc) or is_lost_response(exc))
-                if not (lost or _connection_refused(exc)) or loop.time() + delay > give_up:
-                    raise
-                reset = reset or lost
-            await asyncio.sleep(delay)
+                refused = _connection_refused(exc)
+                lost = not refused and (connect_lost(exc) or is_lost_response(exc))
+                answered = self._answered()  # what the hook recorded in this attempt
+                wait = delay
+                if not (lost or refused):
+                    if (
+                        answered is None
+                        or answered.status not in _TRANSIENT_CONNECT_STATUSES
+                        or self._connect_refusal is not None
+                    ):
+                        raise
+                    busy += 1
+                    if busy >= _MAX_BUSY_CONNECTS:
+                        raise
+                    # Jittered (many tools reconnect to a restarting server at once), and never
+                    # before the server's Retry-After.
+                    wait = max(delay * (0.5 + random.random()), answered.retry_after or 0.0)  # noqa: S311
+                    _log.info(
+                        "MCP server %r: %s to a connect; connecting again in %.1f s",
+                        self.server_label,
+                        answered.named(),
+                        wait,
+                    )
+                if loop.time() + wait > give_up:
+                    raise  # never sleeps past the bound (nor when Retry-After is longer)
+                reset = reset or not refused  # lost, or answered: close its half-open session
+            await asyncio.sleep(wait)
             delay = min(delay * 2, 1.0)
+
+    def _answered(self) -> _ConnectStatus | None:
+        """The HTTP error (not 401/403) the latest connection-lifetime POST got, if any: read
+        through a call, since the response hook sets it during the ``await`` (read directly,
+        it is narrowed to the ``None`` set before it)."""
+        return self._connect_status
 
     async def _drain(self) -> None:
         """Wait (at most ``_DRAIN_WAIT``) until every call whose ``tools/call`` was sent has
@@ -489,6 +548,16 @@ class EntraMCPTool(HookedMCPTool):
             # Typed and in the host's public shape: at the agent's open (the host shows only
             # "server_error" for anything else) and on a run's reconnect alike.
             return _shown_at_agent_init(self._connect_refused(refusal, chosen))
+        answered, self._connect_status = self._connect_status, None
+        if (
+            why is None
+            and answered is not None
+            and answered.status in _TRANSIENT_CONNECT_STATUSES
+            and not _unreachable(exc)
+        ):
+            # Typed and in the host's public shape, like an unreachable server: no tool ran,
+            # and the token is not the problem (the SDK's text says neither).
+            return _shown_at_agent_init(self._busy_error(answered))
         if why is None and _unreachable(exc):
             return _shown_at_agent_init(self._unreachable_error(exc))
         who = (
@@ -497,8 +566,11 @@ class EntraMCPTool(HookedMCPTool):
             else "the policy's lifecycle identity (none under user_only unless lifecycle_app=True)"
         )
         detail = f" Token error: {why}" if why is not None else ""
+        # The status that the SDK's "Server returned an error response" does not name.
+        exc_text = f"{exc} ({answered.named()})" if answered is not None else str(exc)
         return ToolException(
-            f"Could not connect to MCP server {self.server_label!r}: {exc}. Connection-lifetime "
+            f"Could not connect to MCP server {self.server_label!r}: {exc_text}. "
+            "Connection-lifetime "
             f"requests (discovery, tools/list) were authenticated as {who}.{detail}",
             why if why is not None else exc,
         )
@@ -551,6 +623,43 @@ class EntraMCPTool(HookedMCPTool):
             return expiring_token_refused(refused)
         return TokenVerificationError(
             f"{refused} The server does not accept the token.", fix=token_refused_fix()
+        )
+
+    def _busy_error(self, answered: _ConnectStatus) -> MCPServerUnreachable:
+        """A connect whose request the server (or a gateway in front of it) kept answering
+        429/502/503/504 within the connect's bound: named from the status and Retry-After
+        alone (the answer's body is the server's free text, and may echo what it was sent)."""
+        origin = _origin_of(self.url or "")
+        if answered.status == 429:
+            why = "it is throttling this client (too many requests)"
+            fix = (
+                "wait as long as the server asks and send the request again; if it throttles "
+                "often, raise its rate limit (or that of the gateway in front of it) or open "
+                "fewer connections to it"
+            )
+        else:
+            why = "the server, or a gateway in front of it, is restarting or overloaded"
+            fix = (
+                "send the request again in a moment; if it persists, check the MCP server's "
+                "health and logs and those of the ingress, gateway or load balancer in front "
+                "of it (its upstream, health probes, replicas)"
+            )
+        tries = self._connect_attempts
+        if tries > 1:
+            again = f" (the last of {tries} attempts)"
+        elif answered.retry_after is not None:
+            again = " (longer than the connect could still wait: not tried again)"
+        else:
+            again = ""
+        return MCPServerUnreachable(
+            f"Could not connect to MCP server {self.server_label!r} ({origin}): it answered "
+            f"{answered.named()}{again}; {why}. No tool ran (a connect runs none), and this "
+            "is not a problem with the user's token.",
+            server_label=self.server_label,
+            origin=origin,
+            fix=f"{fix} ({see('agent-framework')})",
+            status=answered.status,
+            retry_after=answered.retry_after,
         )
 
     def _unreachable_error(self, exc: Exception) -> MCPServerUnreachable:
@@ -1256,12 +1365,7 @@ class _ConnectRefusal:
                 pass  # opaque: which scope it lacks is unknown here
             else:
                 granted = (*claims.scp, *claims.roles)
-        rpc: str | None = None
-        with suppress(ValueError, httpx2.RequestNotRead, RecursionError):
-            body = json.loads(request.content)
-            method = body.get("method") if isinstance(body, dict) else None
-            if isinstance(method, str) and _RPC_METHOD.fullmatch(method):
-                rpc = method
+        rpc = _rpc_of(request)
         at_expiry = response.status_code == 401 and token is not None and refused_at_expiry(token)
         return cls(response.status_code, error, required, granted, rpc, with_token, at_expiry)
 
@@ -1274,6 +1378,36 @@ class _ConnectRefusal:
         return tuple(
             s for s in self.required if s.lower() not in have and _short(s).lower() not in have
         )
+
+
+def _rpc_of(request: httpx2.Request) -> str | None:
+    """The JSON-RPC method of a request our client sent, if its body names one we may quote."""
+    with suppress(ValueError, httpx2.RequestNotRead, RecursionError):
+        body = json.loads(request.content)
+        method = body.get("method") if isinstance(body, dict) else None
+        if isinstance(method, str) and _RPC_METHOD.fullmatch(method):
+            return method
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class _ConnectStatus:
+    """An HTTP error other than 401/403 to a connection-lifetime request: its status, the
+    seconds its ``Retry-After`` asked to wait (``None`` without one), the request's method."""
+
+    status: int
+    retry_after: float | None
+    rpc: str | None
+
+    def named(self) -> str:
+        """E.g. "HTTP 503 to its tools/list request, Retry-After: 1 s"."""
+        text = f"HTTP {self.status}"
+        if self.rpc:
+            text += f" to its {self.rpc} request"
+        if self.retry_after is not None:
+            wait = self.retry_after
+            text += f", Retry-After: {wait:.0f} s" if wait >= 10 else f", Retry-After: {wait:.2g} s"
+        return text
 
 
 def _short(scope: str) -> str:
