@@ -50,7 +50,7 @@ from ._sources import (
     OnBehalfOf,
 )
 from ._sources.delegated import DelegatedConsent
-from ._store import Keyring, MemoryStore, TokenStore
+from ._store import Keyring, KeyringError, MemoryStore, TokenStore
 from ._types import IdentityKind, TokenRequest, TokenResult, TokenSource
 from ._user_key import UserKey
 from ._verify import JwtVerifier, VerifiedToken
@@ -82,6 +82,7 @@ __all__ = [
     "InteractionRequired",
     "JwtVerifier",
     "Keyring",
+    "KeyringError",
     "ManagedIdentity",
     "MemoryStore",
     "MissingExtraError",

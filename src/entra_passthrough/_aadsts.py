@@ -169,7 +169,8 @@ _TABLE: tuple[Aadsts, ...] = (
         700024,
         "ClientAssertionNotWithinValidTimeRange",
         "the client assertion has expired or is not yet valid",
-        "refresh the federated token (it must be fresh when MSAL sends it)",
+        "refresh the federated token (it must be fresh when MSAL sends it); for a certificate's "
+        "assertion, set the machine's clock right (Entra allows 5 minutes of skew)",
     ),
     Aadsts(
         7000112,

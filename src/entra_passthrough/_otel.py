@@ -93,7 +93,28 @@ def metering() -> bool:
     return not isinstance(provider, _metrics.NoOpMeterProvider)
 
 
-_SALT = (os.environ.get("ENTRA_PASSTHROUGH_TELEMETRY_SALT") or secrets.token_hex(16)).encode()
+#: The user hash's salt, read from ``ENTRA_PASSTHROUGH_TELEMETRY_SALT`` the first time a hash
+#: is made (``_salt``), not at import: an application that loads its settings after importing
+#: the library (python-dotenv, a settings module) still gets its salt. Then kept for the process.
+_SALT: bytes | None = None
+_SALT_LOCK = threading.Lock()
+
+
+def _salt() -> bytes:
+    salt = _SALT
+    if salt is None:
+        salt = _read_salt()
+    return salt
+
+
+def _read_salt() -> bytes:
+    global _SALT
+    with _SALT_LOCK:  # one salt per process, also when the first spans start on two threads
+        if _SALT is None:
+            _SALT = (
+                os.environ.get("ENTRA_PASSTHROUGH_TELEMETRY_SALT") or secrets.token_hex(16)
+            ).encode()
+        return _SALT
 
 
 def user_hash(caller: Caller | None) -> str | None:
@@ -116,7 +137,7 @@ def user_hash(caller: Caller | None) -> str | None:
         key = f"assertion:{caller.assertion_sha256}"
     else:
         return None
-    return hashlib.sha256(_SALT + key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return hashlib.sha256(_salt() + key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 class _Instruments:

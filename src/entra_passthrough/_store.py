@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ._checks import whole_number
-from ._errors import ConfigurationError
+from ._errors import ConfigurationError, EntraPassthroughError
 
 __all__ = [
     "ANY",
@@ -191,8 +191,22 @@ class MemoryStore:
             return True
 
 
-class KeyringError(ValueError):
-    """A sealed value or signature did not verify (wrong key, tampered, unknown key id)."""
+_KEYRING_OPEN_FIX = (
+    "keep every key id listed in the Keyring until what it sealed has expired (the first key "
+    "is current), and pass sealed values unchanged; a value of another deployment's keys, or "
+    "one that was altered, never opens."
+)
+
+
+class KeyringError(EntraPassthroughError, ValueError):
+    """A sealed value or signature did not verify (wrong key, tampered, unknown key id):
+    ``Keyring.open``/``verify``. An ``EntraPassthroughError``, and a ``ValueError`` as it
+    always was. The message never holds the value."""
+
+    fix = _KEYRING_OPEN_FIX
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"Keyring: the sealed or signed value is not valid: {message}.")
 
 
 _MIN_KEY_BYTES = 32
@@ -217,7 +231,7 @@ def _b64d(text: str) -> bytes:
     try:
         return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError) as exc:
-        raise KeyringError("not base64url") from exc
+        raise KeyringError("it is not base64url") from exc
 
 
 #: One key of ``Keyring.from_string``: base64url, with or without its ``=`` padding. The
@@ -377,16 +391,20 @@ class Keyring:
         return sealed.partition(".")[0] == self.current
 
     def open(self, purpose: str, sealed: str, *, aad: bytes = b"") -> bytes:
+        if not isinstance(sealed, str):
+            raise KeyringError(f"it is a {type(sealed).__name__}, not a string")
         kid, sep, body = sealed.partition(".")
         if not sep or kid not in self.keys:
-            raise KeyringError("unknown key id")
+            raise KeyringError("it names a key id this Keyring does not list")
         raw = _b64d(body)
         if len(raw) < 12 + 16:
-            raise KeyringError("too short")
+            raise KeyringError("it is too short to be a sealed value")
         try:
             return AESGCM(self._subkey(kid, purpose)).decrypt(raw[:12], raw[12:], aad)
         except InvalidTag as exc:
-            raise KeyringError("does not verify (tampered, or sealed with another key)") from exc
+            raise KeyringError(
+                "it does not verify (altered, or sealed with another key, purpose or record)"
+            ) from exc
 
     def sign(self, purpose: str, payload: bytes) -> str:
         """HMAC-SHA256 under the current key: ``"<kid>.<base64url(payload)>.<base64url(mac)>"``."""
@@ -403,13 +421,20 @@ class Keyring:
         return hmac.new(self._subkey(self.current, purpose), data, "sha256").hexdigest()
 
     def verify(self, purpose: str, signed: str) -> bytes:
+        if not isinstance(signed, str):
+            raise KeyringError(f"it is a {type(signed).__name__}, not a string")
         parts = signed.split(".")
         if len(parts) != 3 or parts[0] not in self.keys:
-            raise KeyringError("malformed or unknown key id")
+            raise KeyringError(
+                "it is not <key id>.<payload>.<signature>, or names a key id this Keyring does "
+                "not list"
+            )
         kid, body, mac = parts
         expected = hmac.new(self._subkey(kid, purpose), f"{kid}.{body}".encode(), "sha256")
         if not hmac.compare_digest(expected.digest(), _b64d(mac)):
-            raise KeyringError("bad signature")
+            raise KeyringError(
+                "its signature does not verify (altered, or signed with another key)"
+            )
         return _b64d(body)
 
 

@@ -944,7 +944,15 @@ class ManagedIdentity:
                 if variables
                 else "check "
             )
-            + f"{identity}, and that the resource exists",
+            + f"{identity}, and that the resource exists"
+            + (
+                # IMDS refuses a request that carries X-Forwarded-For (one a proxy sent on):
+                # https://learn.microsoft.com/azure/virtual-machines/instance-metadata-service
+                "; and that no HTTP proxy takes these requests (IMDS refuses them: NO_PROXY "
+                "must name 169.254.169.254)"
+                if host == "imds" and answer is not None and answer[0] == 400
+                else ""
+            ),
         )
 
     def _imds_request(self, resource: str, end: float) -> dict[str, Any]:

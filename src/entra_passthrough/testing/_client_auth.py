@@ -9,7 +9,8 @@ Rules:
   every client is unknown (AADSTS700016 in 'Microsoft Accounts').
 - Certificate assertions: header ``x5t`` (or ``x5t#S256``) names a certificate registered on the
   app, signature RS256/PS256, ``aud`` the token endpoint, ``iss`` = ``sub`` = client id, ``exp``
-  in the future (https://learn.microsoft.com/entra/identity-platform/certificate-credentials).
+  in the future and ``nbf``/``iat`` at most 5 minutes ahead (Entra's clock skew), else
+  AADSTS700024 (https://learn.microsoft.com/entra/identity-platform/certificate-credentials).
   A certificate past its end date (the registered one, or the leaf presented in ``x5c``) is
   AADSTS700027 with Entra's "[Reason - The key used is expired., ...]", before the signature.
 - Federated assertions: a token whose issuer, subject and audience match a federated identity
@@ -151,9 +152,7 @@ def _check_assertion(
     aud_s = " ".join(map(str, aud)) if isinstance(aud, list) else str(aud)
     if verified is None:
         raise e.no_matching_fic(iss, sub, aud_s)
-    if numeric_claim(verified, "exp") < now:
-        # AADSTS700024: the assertion is not within its valid time range (certificate-credentials).
-        raise e.bad_client_assertion("Client assertion is not within its valid time range.", 700024)
+    _check_time_range(verified, now)
     if app.kind == "agent_identity":
         if (
             verified.get("azp") == app.blueprint_id
@@ -228,7 +227,15 @@ def _check_certificate(
             assertion,
             cert.public_key(),  # type: ignore[arg-type]
             algorithms=["RS256", "PS256"],
-            options={"verify_aud": False, "verify_exp": False, "verify_nbf": False},
+            # The signature only: the time claims are Entra's to judge, with its clock skew
+            # and its own code (``_check_time_range``). PyJWT's iat check, left on, refused an
+            # assertion from a client whose clock runs a few seconds fast as a bad signature.
+            options={
+                "verify_aud": False,
+                "verify_exp": False,
+                "verify_nbf": False,
+                "verify_iat": False,
+            },
         )
     except jwt.PyJWTError:
         raise e.bad_client_assertion(
@@ -248,9 +255,23 @@ def _check_certificate(
             "The audience claim in client assertion is not valid. It must be the token endpoint.",
             700021,
         )
-    if numeric_claim(verified, "exp") < now:
-        raise e.bad_client_assertion("Client assertion is not within its valid time range.", 700024)
+    _check_time_range(verified, now)
     return "2"
+
+
+def _check_time_range(claims: Mapping[str, Any], now: float) -> None:
+    """AADSTS700024 for a client assertion that has expired, or whose ``nbf`` or ``iat`` lies
+    ahead of the clock by more than Entra's skew (a client whose clock runs a little fast is
+    accepted, as Entra accepts it; certificate-credentials: the assertion must be within its
+    valid time range). Never a signature error: the signature was good."""
+    from ._token_endpoint import CLOCK_SKEW  # (it imports this module)
+
+    ahead = max(
+        (numeric_claim(claims, name) for name in ("nbf", "iat") if name in claims), default=0
+    )
+    if numeric_claim(claims, "exp") < now or ahead > now + CLOCK_SKEW:
+        # AADSTS700024: the assertion is not within its valid time range (certificate-credentials).
+        raise e.bad_client_assertion("Client assertion is not within its valid time range.", 700024)
 
 
 def _expired_key(cert: x509.Certificate, header: Mapping[str, Any], now: float) -> str | None:

@@ -247,6 +247,19 @@ async def imds_token(rt: Runtime, request: Request) -> Response:
     arc = q.get("api-version") == "2020-06-01"
     if request.headers.get("metadata", "").lower() != "true":
         return _imds_fail(400, "invalid_request", "Required metadata header not specified")
+    if not arc and "x-forwarded-for" in request.headers:
+        # IMDS rejects a request that carries X-Forwarded-For (it went through a proxy): "Must
+        # not contain an X-Forwarded-For header. Any request that doesn't meet both of these
+        # requirements are rejected by the service."
+        # https://learn.microsoft.com/azure/virtual-machines/instance-metadata-service#security-and-authentication
+        # The page gives no status or body for it; 400 is its "Errors and debugging" status for
+        # a request whose headers IMDS refuses (a missing Metadata: true), in IMDS's shape.
+        return _imds_fail(
+            400,
+            "invalid_request",
+            "Requests containing an X-Forwarded-For header are rejected: IMDS is not "
+            "reachable through a proxy",
+        )
     if q.get("api-version") not in ("2018-02-01", "2019-08-01", "2020-06-01"):
         return _imds_fail(400, "invalid_request", "Unsupported api-version")
     if arc:
