@@ -22,12 +22,12 @@ nox.options.reuse_existing_virtualenvs = True
 # The ends of each supported range (pyproject.toml's extras), exact versions from PyPI.
 ENDS = {
     "oldest": {"agent-framework-core": "1.23.0", "mcp": "2.2.0", "redis": "5.3.1"},
-    "newest": {"agent-framework-core": "1.23.0", "mcp": "2.3.0", "redis": "8.2.0"},
+    "newest": {"agent-framework-core": "1.26.0", "mcp": "2.3.0", "redis": "8.2.0"},
 }
 # The newest releases on PyPI beyond the pins: `nox -s next` shows whether a range can widen.
-# agent-framework-core 1.26.0 (checked December 2026) removed the private MCP seams the tool
-# subclass builds on (MCP_DEFAULT_TIMEOUT in agent_framework._mcp), and its tool-list refresh
-# and close() wait for every call in flight without a bound: the range stays <1.24.
+# In December 2026 there is none: agent-framework-core 1.26.0 (1.24 and 1.25 were never
+# released) and mcp 2.3.0 are the newest ends above, so `next` runs what `compat(end='newest')`
+# runs until a newer release is named here.
 NEXT = {"agent-framework-core": "1.26.0", "mcp": "2.3.0"}
 # The tests that exercise agent-framework and mcp end to end (against the emulator, real MCP
 # servers on loopback, real ResponsesHostServer hosts), and redis-py against real redis-server

@@ -17,6 +17,7 @@ import httpx2
 import pytest
 from agent_framework import MCPStreamableHTTPTool
 from agent_framework import _mcp as af_mcp
+from agent_framework.exceptions import ToolExecutionException
 
 from entra_passthrough.agent_framework import _af_seams
 
@@ -24,6 +25,10 @@ AF = f"agent-framework-core {metadata.version('agent-framework-core')}"
 HOSTING = f"agent-framework-foundry-hosting {metadata.version('agent-framework-foundry-hosting')}"
 HOST_CORE = f"azure-ai-agentserver-core {metadata.version('azure-ai-agentserver-core')}"
 URL = "https://mcp.contoso.com/mcp"
+
+#: 1.26: ``HookedMCPTool.exclusive_under_calls`` is a copy of ``_exclusive_header_access`` without
+#: its wait for the calls in flight: the hash of upstream's body (dedented), as last read.
+EXCLUSIVE_HEADER_ACCESS_SHA256 = "122f63b7f4738784cb888b5227d85a6e114f3797ef15534601429bcf173d0820"
 
 #: ``HookedMCPTool._ensure_lifecycle_owner`` is a copy of upstream's with a context added:
 #: the hash of upstream's body (dedented) as last read. A change upstream must be read again.
@@ -55,12 +60,6 @@ POS = inspect.Parameter.POSITIONAL_OR_KEYWORD
             "HookedMCPTool.session_opened",
         ),
         (
-            "_recover_connection_after_loss",
-            [("self", POS), ("operation", KW), ("inner_exception", KW), ("load_configured", KW)],
-            True,
-            "HookedMCPTool.reconnects_after_loss",
-        ),
-        (
             "_close_owned_http_client",
             [("self", POS), ("http_client", POS)],
             True,
@@ -75,6 +74,59 @@ def test_the_private_methods_hooked_mcp_tool_overrides_or_calls(
     assert callable(method), moved(AF, f"MCPStreamableHTTPTool.{name}", seam)
     assert _params(method) == params, moved(AF, f"MCPStreamableHTTPTool.{name}{params}", seam)
     assert inspect.iscoroutinefunction(method) is is_async, moved(AF, name, seam)
+
+
+#: ``_recover_connection_after_loss``'s parameters: 1.23's, and 1.26's (which adds the
+#: connection that failed and the close generation, forwarded as given).
+RECOVER_SHAPES = {
+    "1.23": [("self", POS), ("operation", KW), ("inner_exception", KW), ("load_configured", KW)],
+    "1.26": [
+        ("self", POS),
+        ("operation", KW),
+        ("inner_exception", KW),
+        ("load_configured", KW),
+        ("failed_connection", KW),
+        ("close_generation", KW),
+    ],
+}
+
+#: The name of the default connect/write timeout, per shape.
+TIMEOUT_NAMES = {"1.23": "MCP_DEFAULT_TIMEOUT", "1.26": "_MCP_DEFAULT_READ_TIMEOUT_SECONDS"}
+
+
+def _shape() -> str:
+    """Which agent-framework-core shape this is (what ``_af_seams`` detects by feature)."""
+    return "1.26" if _af_seams._HTTP_INVOCATION is not None else "1.23"
+
+
+def test_recover_connection_after_loss_has_a_known_shape() -> None:
+    # HookedMCPTool forwards any keywords beyond the three it reads; a new shape must still be
+    # read (does a new keyword change what a refused recovery must raise, or whether it is asked?).
+    params = _params(MCPStreamableHTTPTool._recover_connection_after_loss)
+    assert params == RECOVER_SHAPES[_shape()], moved(
+        AF, f"MCPStreamableHTTPTool._recover_connection_after_loss{params}", "reconnects_after_loss"
+    )
+    assert inspect.iscoroutinefunction(MCPStreamableHTTPTool._recover_connection_after_loss)
+
+
+def test_the_version_differences_are_detected_together() -> None:
+    # _af_seams tells 1.23 from 1.26 by feature; each feature it reads must agree on which one
+    # this is, or a release mixes them and the seams must be read again.
+    features = {
+        "_mcp_http_invocation": isinstance(
+            getattr(af_mcp, "_mcp_http_invocation", None), contextvars.ContextVar
+        ),
+        "_MCP_DEFAULT_READ_TIMEOUT_SECONDS (not MCP_DEFAULT_TIMEOUT)": (
+            hasattr(af_mcp, "_MCP_DEFAULT_READ_TIMEOUT_SECONDS")
+            and not hasattr(af_mcp, "MCP_DEFAULT_TIMEOUT")
+        ),
+        "_recover_connection_after_loss(failed_connection=, close_generation=)": "failed_connection"
+        in inspect.signature(MCPStreamableHTTPTool._recover_connection_after_loss).parameters,
+        "_exclusive_header_access": _af_seams._WAITS_FOR_CALLS,
+    }
+    newer = _shape() == "1.26"
+    mixed = [name for name, present in features.items() if present is not newer]
+    assert not mixed, moved(AF, f"{', '.join(mixed)} (expected the {_shape()} shape)", "module")
 
 
 def test_the_private_attributes_of_a_new_tool() -> None:
@@ -112,10 +164,19 @@ def test_the_call_headers_variable_and_the_default_timeouts() -> None:
     assert isinstance(variable, contextvars.ContextVar), moved(
         AF, "agent_framework._mcp._mcp_call_headers", "HookedMCPTool._ensure_lifecycle_owner"
     )
-    for name in ("MCP_DEFAULT_TIMEOUT", "MCP_DEFAULT_SSE_READ_TIMEOUT"):
+    # 1.23: MCP_DEFAULT_TIMEOUT; 1.26: _MCP_DEFAULT_READ_TIMEOUT_SECONDS (renamed, same 30 s).
+    timeout_name = TIMEOUT_NAMES[_shape()]
+    for name in (timeout_name, "MCP_DEFAULT_SSE_READ_TIMEOUT"):
         value = getattr(af_mcp, name, None)
         assert isinstance(value, int | float), moved(AF, name, "DEFAULT_TIMEOUT")
         assert value > 0, moved(AF, name, "DEFAULT_TIMEOUT")
+    assert getattr(af_mcp, timeout_name) == _af_seams.DEFAULT_TIMEOUT
+    assert af_mcp.MCP_DEFAULT_SSE_READ_TIMEOUT == _af_seams.DEFAULT_SSE_READ_TIMEOUT
+    # The names are still the ones the plain tool builds its own HTTP client with.
+    source = inspect.getsource(MCPStreamableHTTPTool.get_mcp_client)
+    assert f"Timeout({timeout_name}, read=MCP_DEFAULT_SSE_READ_TIMEOUT)" in source, moved(
+        AF, f"get_mcp_client's default Timeout({timeout_name}, ...)", "DEFAULT_TIMEOUT"
+    )
 
 
 def test_get_mcp_client_returns_what_mcp_client_context_names() -> None:
@@ -180,17 +241,27 @@ async def test_the_lifecycle_task_runs_in_the_hooked_context() -> None:
         async def _run_lifecycle_owner(self) -> None:
             seen.append((marker.get(), af_mcp._mcp_call_headers.get(None)))
             seen.append(("owner", self.on_lifecycle_owner()))
+            if invocation is not None:
+                seen.append(("invocation", invocation.get()))
 
+    # 1.26: a tool call's network operation is a context variable too (None on 1.23).
+    invocation = _af_seams._HTTP_INVOCATION
     tool = Probe("x", URL)
     headers = af_mcp._mcp_call_headers.set((object(), {"x": "y"}))  # a tool call's, in flight
+    in_call = invocation.set(object()) if invocation is not None else None
     try:
         await tool._ensure_lifecycle_owner()
     finally:
         af_mcp._mcp_call_headers.reset(headers)
+        if invocation is not None and in_call is not None:
+            invocation.reset(in_call)
     task = tool._lifecycle_owner_task
     assert task is not None
     await task
-    assert seen == [("lifecycle", None), ("owner", True)], moved(
+    expected: list[tuple[str, Any]] = [("lifecycle", None), ("owner", True)]
+    if invocation is not None:
+        expected.append(("invocation", None))
+    assert seen == expected, moved(
         AF, "_lifecycle_owner_task / _run_lifecycle_owner", "HookedMCPTool._ensure_lifecycle_owner"
     )
     assert tool.on_lifecycle_owner() is False
@@ -247,3 +318,132 @@ def test_a_calls_arguments_are_filtered_by_the_loaded_tool_list() -> None:
     assert "self._tool_param_names_by_name.get(tool_name" in source, moved(
         AF, "_prepare_call_kwargs (filters by _tool_param_names_by_name)", "listed_tools"
     )
+
+
+async def test_a_refused_recovery_raises_and_an_allowed_one_forwards_every_keyword(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The keywords of this version's shape (RECOVER_SHAPES), as upstream passes them.
+    extra = {"failed_connection": None, "close_generation": 0} if _shape() == "1.26" else {}
+    forwarded: list[dict[str, Any]] = []
+
+    async def upstream(self: Any, **kwargs: Any) -> None:
+        forwarded.append(kwargs)
+
+    monkeypatch.setattr(MCPStreamableHTTPTool, "_recover_connection_after_loss", upstream)
+
+    class Refusing(_af_seams.HookedMCPTool):
+        def reconnects_after_loss(self, operation: str) -> bool:
+            return operation != "tool call"
+
+    tool = Refusing("x", URL)
+    lost = ConnectionError("lost")
+    with pytest.raises(ToolExecutionException) as refused:
+        await tool._recover_connection_after_loss(
+            operation="tool call", inner_exception=lost, load_configured=True, **extra
+        )
+    assert refused.value.__cause__ is lost
+    assert forwarded == []  # refused: upstream never reconnects (nor resends)
+    await tool._recover_connection_after_loss(
+        operation="tool discovery", inner_exception=lost, load_configured=False, **extra
+    )
+    assert forwarded == [
+        {
+            "operation": "tool discovery",
+            "inner_exception": lost,
+            "load_configured": False,
+            **extra,
+        }
+    ]
+
+
+def test_no_header_identity_so_no_reconnect_on_a_user_switch() -> None:
+    # agent-framework reconnects by itself when a call's effective headers (static_headers plus
+    # header_provider) differ from its session's (_ensure_session_identity ->
+    # _reconnect_for_identity_change, which bypasses EntraMCPTool.connect and its choice of
+    # caller). 1.26 checks it on every call, not only with a header_provider. entra_mcp_tool
+    # refuses both options, so a tool's effective headers are always empty: the identity never
+    # changes, whoever calls.
+    tool = _af_seams.HookedMCPTool("x", URL)
+    assert tool._effective_headers({"user": "a"}) == {} == tool._effective_headers({}), moved(
+        AF, "_effective_headers (static_headers + header_provider only)", "HookedMCPTool"
+    )
+    source = inspect.getsource(MCPStreamableHTTPTool._ensure_session_identity)
+    assert "_mcp_header_identity(headers)" in source, moved(
+        AF, "_ensure_session_identity (keyed on the effective headers)", "HookedMCPTool"
+    )
+    assert "self._effective_headers(" in inspect.getsource(MCPStreamableHTTPTool.call_tool), moved(
+        AF, "call_tool's headers (_effective_headers)", "HookedMCPTool"
+    )
+
+
+def test_the_exclusive_access_that_close_under_calls_copies_is_unchanged() -> None:
+    if not _af_seams._WAITS_FOR_CALLS:  # 1.23: close does not wait for the calls in flight
+        assert not hasattr(MCPStreamableHTTPTool, "_header_operations_idle")
+        return
+    method = MCPStreamableHTTPTool._exclusive_header_access
+    source = textwrap.dedent(inspect.getsource(getattr(method, "__wrapped__", method)))
+    digest = hashlib.sha256(source.encode()).hexdigest()
+    assert digest == EXCLUSIVE_HEADER_ACCESS_SHA256, (
+        f"{AF} changed MCPStreamableHTTPTool._exclusive_header_access: "
+        "HookedMCPTool.exclusive_under_calls in _af_seams.py copies it (without "
+        "_header_operations_idle.wait()); re-read it, update the copy, then "
+        f"EXCLUSIVE_HEADER_ACCESS_SHA256 = {digest!r} in this test."
+    )
+    # close, connect and discovery enter it, and accept its holder as exclusive: the overrides
+    # (close_under_calls, connect_under_calls, load_tools, load_prompts) take it first.
+    for name in ("close", "_close_connection", "connect", "load_tools", "load_prompts"):
+        body = inspect.getsource(getattr(MCPStreamableHTTPTool, name))
+        assert "_exclusive_header_access" in body, moved(AF, name, "exclusive_under_calls")
+    # agent-framework's own catalog refresh goes through load_tools / load_prompts (which
+    # HookedMCPTool overrides), never straight to the locked loaders.
+    for name in ("_listen_capability_list_changes", "message_handler"):
+        body = inspect.getsource(getattr(MCPStreamableHTTPTool, name))
+        assert "self.load_tools()" in body, moved(AF, name, "HookedMCPTool.load_tools")
+        assert "self.load_prompts()" in body, moved(AF, name, "HookedMCPTool.load_prompts")
+    tool = MCPStreamableHTTPTool("x", URL)
+    for name, kind in {
+        "_call_headers_lock": asyncio.Lock,
+        "_lifecycle_idle": asyncio.Event,
+    }.items():
+        assert isinstance(getattr(tool, name, None), kind), moved(AF, name, "close_under_calls")
+    assert tool._header_exclusive_owner is None, moved(
+        AF, "_header_exclusive_owner", "close_under_calls"
+    )
+
+
+async def test_close_under_calls_does_not_wait_for_a_call_in_flight() -> None:
+    tool = _af_seams.HookedMCPTool("x", URL)
+    if _af_seams._WAITS_FOR_CALLS:
+        # 1.26: what an admitted call holds while it runs (_http_operation).
+        tool._header_operations += 1
+        tool._header_operations_idle.clear()
+    async with asyncio.timeout(5):
+        await tool.close_under_calls()  # not connected: nothing to close, and no wait
+    if _af_seams._WAITS_FOR_CALLS:
+        assert tool._header_exclusive_owner is None
+        assert not tool._call_headers_lock.locked()
+        with pytest.raises(TimeoutError):  # upstream's own close would wait for the call
+            async with asyncio.timeout(0.2):
+                await tool.close()
+
+
+@pytest.mark.parametrize("name", ["load_tools", "load_prompts"])
+async def test_discovery_does_not_wait_for_a_call_in_flight(name: str) -> None:
+    """1.26's own ``load_tools`` / ``load_prompts`` (agent-framework's catalog refresh after a
+    server's ``list_changed``) wait for every call in flight, holding every new call's
+    admission: ``HookedMCPTool``'s take the same access without that wait."""
+    tool = _af_seams.HookedMCPTool("x", URL)
+    if _af_seams._WAITS_FOR_CALLS:
+        tool._header_operations += 1  # what an admitted call holds while it runs
+        tool._header_operations_idle.clear()
+    async with asyncio.timeout(5):
+        with contextlib.suppress(Exception):  # not connected: it fails, and does not wait
+            await getattr(tool, name)()
+    if _af_seams._WAITS_FOR_CALLS:
+        assert tool._header_exclusive_owner is None
+        assert not tool._call_headers_lock.locked()
+        upstream = getattr(MCPStreamableHTTPTool, name)
+        with pytest.raises(TimeoutError):  # upstream's own would wait for the call
+            async with asyncio.timeout(0.2):
+                await upstream(tool)

@@ -6,25 +6,25 @@ says which private name it touches, why, and the versions it was checked against
 _af_seams.py" when an upgrade moves one, and ``docs/upstream-hooks.md`` proposes the public hook
 that would remove it.
 
-Checked against agent-framework-core 1.23.0, agent-framework-foundry-hosting 1.0.0b261022 and
-azure-ai-agentserver-core 2.3.0b2 (the ranges pinned in ``pyproject.toml``).
+Checked against agent-framework-core 1.23.0 and 1.26.0 (1.24 and 1.25 were never released),
+agent-framework-foundry-hosting 1.0.0b261022 and azure-ai-agentserver-core 2.3.0b2 (the ranges
+pinned in ``pyproject.toml``). Where the two agent-framework-core versions differ, the seam finds
+out which one it has by what the module defines (never by its version number), and says which
+version does what.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Awaitable, Callable
-from contextlib import _AsyncGeneratorContextManager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import _AsyncGeneratorContextManager, asynccontextmanager
 from typing import Any, TypeAlias
 
 import httpx2
 from agent_framework import MCPStreamableHTTPTool
-from agent_framework._mcp import (
-    MCP_DEFAULT_SSE_READ_TIMEOUT,
-    MCP_DEFAULT_TIMEOUT,
-    _mcp_call_headers,
-)
+from agent_framework import _mcp as _af_mcp
+from agent_framework._mcp import MCP_DEFAULT_SSE_READ_TIMEOUT, _mcp_call_headers
 from agent_framework.exceptions import ToolExecutionException
 
 __all__ = [
@@ -38,8 +38,36 @@ __all__ = [
 
 #: agent-framework's own timeouts for an MCP connection (``agent_framework._mcp``, not
 #: re-exported by the package): a tool that brings its own HTTP client keeps the same defaults.
-DEFAULT_TIMEOUT: float = MCP_DEFAULT_TIMEOUT
+#: 1.23 names the connect/write timeout ``MCP_DEFAULT_TIMEOUT``; 1.26 renamed it
+#: ``_MCP_DEFAULT_READ_TIMEOUT_SECONDS`` (the same 30 s, also its ``request_timeout`` default).
+_TIMEOUT_NAMES = ("MCP_DEFAULT_TIMEOUT", "_MCP_DEFAULT_READ_TIMEOUT_SECONDS")
+
+
+def _default_timeout() -> float:
+    for name in _TIMEOUT_NAMES:
+        value = getattr(_af_mcp, name, None)
+        if isinstance(value, int | float):
+            return value
+    raise ImportError(
+        "agent-framework-core moved its default MCP timeout (agent_framework._mcp."
+        f"{' / '.join(_TIMEOUT_NAMES)}): update _af_seams.DEFAULT_TIMEOUT"
+    )
+
+
+DEFAULT_TIMEOUT: float = _default_timeout()
 DEFAULT_SSE_READ_TIMEOUT: float = MCP_DEFAULT_SSE_READ_TIMEOUT
+
+#: 1.26 only: the ``ContextVar`` holding the network operation (tool call, prompt call) a
+#: context runs inside (``_mcp_http_invocation``); ``None`` on 1.23, which has no such variable.
+#: The lifecycle task starts with it unset, as with ``_mcp_call_headers``.
+_HTTP_INVOCATION: contextvars.ContextVar[Any] | None = getattr(
+    _af_mcp, "_mcp_http_invocation", None
+)
+
+#: 1.26 only: ``MCPStreamableHTTPTool._exclusive_header_access``, which ``connect``, ``close``,
+#: discovery and agent-framework's own recovery enter, and which waits until every tool or prompt
+#: call in flight has ended, however long that takes. 1.23 has no such wait.
+_WAITS_FOR_CALLS: bool = hasattr(MCPStreamableHTTPTool, "_exclusive_header_access")
 
 #: What ``MCPStreamableHTTPTool.get_mcp_client`` is annotated to return (the standard library's
 #: private ``contextlib._AsyncGeneratorContextManager``): an override must return the same type.
@@ -51,20 +79,23 @@ class HookedMCPTool(MCPStreamableHTTPTool):
 
     A subclass overrides the hooks (``lifecycle_context``, ``session_opened``,
     ``reconnects_after_loss``) and calls the helpers (``own_http_client``,
-    ``start_lifecycle_task``, ``on_lifecycle_owner``, ``tools_loaded``, ``listed_tools``); it
-    never names a private attribute of agent-framework itself. The overrides below replace:
+    ``start_lifecycle_task``, ``on_lifecycle_owner``, ``tools_loaded``, ``listed_tools``,
+    ``close_under_calls``); it never names a private attribute of agent-framework itself. The
+    overrides below replace:
 
     * ``_ensure_lifecycle_owner``: the task that runs every connection-lifetime request is
       created with ``asyncio.create_task(..., context=lifecycle_context())`` instead of a copy
       of whoever connected first (that copy would act for the first caller forever). The body
       is agent-framework 1.23's, with the context added; ``_lifecycle_lock``,
       ``_lifecycle_owner_task``, ``_lifecycle_queue``, ``_run_lifecycle_owner`` and the
-      ``_mcp_call_headers`` context variable are read as 1.23 defines them.
+      ``_mcp_call_headers`` context variable are read as 1.23 defines them (1.26's body is the
+      same). On 1.26 the task also starts outside any tool call's ``_mcp_http_invocation``.
     * ``_connect_on_owner``: after every (re)connect, ``session_opened(session)`` gets the new
       ``mcp.ClientSession`` (read from ``_connection.client.session``).
     * ``_recover_connection_after_loss``: agent-framework reconnects and *resends* the operation
       that lost its connection; ``reconnects_after_loss(operation)`` may refuse, and the loss is
-      raised instead (a tool call that may have reached the server must not run twice).
+      raised instead (a tool call that may have reached the server must not run twice). 1.26
+      passes two more keywords (``failed_connection``, ``close_generation``), forwarded as given.
     """
 
     # -- hooks -------------------------------------------------------------------------------
@@ -103,6 +134,67 @@ class HookedMCPTool(MCPStreamableHTTPTool):
         """True when running on the lifecycle task (``_is_lifecycle_owner_task``)."""
         return self._is_lifecycle_owner_task()
 
+    async def close_under_calls(self) -> None:
+        """Close the connection now, even under calls still in flight on it (they fail: the
+        connection they were sent on is gone), as 1.23's ``close`` does. The caller bounds how
+        long it lets them finish first (``exclusive_under_calls``)."""
+        async with self.exclusive_under_calls():
+            await super().close()
+
+    async def connect_under_calls(self, *, reset: bool = False) -> None:
+        """``MCPStreamableHTTPTool.connect`` with exclusive access taken without waiting for the
+        calls in flight (``exclusive_under_calls``): 1.26's own ``connect`` waits for them. The
+        caller bounds how long it lets them finish first."""
+        async with self.exclusive_under_calls():
+            await super().connect(reset=reset)
+
+    async def load_tools(self) -> None:
+        """``load_tools`` (a ``tools/list``) without waiting for the calls in flight: 1.26's
+        enters ``_exclusive_header_access``, which waits until every call has ended, holding
+        the lock every new call's admission needs. agent-framework runs it on its own for a
+        catalog refresh (a server's ``tools/list_changed``, a catalog subscription lost or
+        ended): one long call then held every other call on the tool until it ended. A list
+        on an unchanged header identity (this tool has none) needs no drain."""
+        async with self.exclusive_under_calls():
+            await super().load_tools()
+
+    async def load_prompts(self) -> None:
+        """``load_prompts`` without waiting for the calls in flight (as ``load_tools``)."""
+        async with self.exclusive_under_calls():
+            await super().load_prompts()
+
+    @asynccontextmanager
+    async def exclusive_under_calls(self) -> AsyncIterator[None]:
+        """The exclusive access that 1.26's ``connect``, ``close`` and discovery take, without
+        its one unbounded wait (a no-op on 1.23, which has no such access).
+
+        1.26's ``_exclusive_header_access`` takes ``_call_headers_lock`` (no call is being
+        admitted meanwhile), waits for an idle lifecycle task (``_lifecycle_idle``: no connect
+        or close running) and then until every tool or prompt call in flight has ended
+        (``_header_operations_idle``), however long that takes, before it makes this task
+        ``_header_exclusive_owner``, which the operations inside accept as exclusive. This is its
+        body without ``_header_operations_idle.wait()``: the calls in flight go on (a connection
+        closed under them fails them). Held for as long as the block runs: new calls wait for
+        it to end, never for another call. Re-entrant like upstream's: on the lifecycle task,
+        or when this task already holds it, nothing is taken."""
+        if not _WAITS_FOR_CALLS:  # 1.23
+            yield
+            return
+        # Read by name: 1.23 has none of these (type checkers may see 1.23's class).
+        owner = getattr(self, "_header_exclusive_owner", None)
+        if self.on_lifecycle_owner() or owner is asyncio.current_task():
+            yield
+            return
+        lifecycle_idle: asyncio.Event = getattr(self, "_lifecycle_idle")  # noqa: B009
+        getattr(self, "_check_exclusive_header_access")()  # noqa: B009 (not from inside a call)
+        async with self._call_headers_lock:
+            await lifecycle_idle.wait()
+            self._header_exclusive_owner = asyncio.current_task()
+            try:
+                yield
+            finally:
+                self._header_exclusive_owner = None
+
     @property
     def tools_loaded(self) -> bool:
         """Whether the connected session's tool list is loaded (``_tools_loaded``):
@@ -128,6 +220,10 @@ class HookedMCPTool(MCPStreamableHTTPTool):
             ctx = self.lifecycle_context()
             # As upstream: connection-lifetime requests carry no tool call's headers.
             ctx.run(_mcp_call_headers.set, None)
+            if _HTTP_INVOCATION is not None:
+                # 1.26: nor its network operation (``_mcp_http_invocation``, which 1.26's own
+                # copy of the context would keep): the task is no part of any call.
+                ctx.run(_HTTP_INVOCATION.set, None)
             self._lifecycle_owner_task = asyncio.create_task(
                 self._run_lifecycle_owner(), name=f"mcp-lifecycle:{self.name}", context=ctx
             )
@@ -152,7 +248,9 @@ class HookedMCPTool(MCPStreamableHTTPTool):
         operation: str,
         inner_exception: Exception,
         load_configured: bool,
+        **more: Any,
     ) -> None:
+        # ``more``: 1.26's ``failed_connection`` and ``close_generation`` (1.23 passes none).
         if not self.reconnects_after_loss(operation):
             raise ToolExecutionException(
                 f"MCP connection lost during {operation}.", inner_exception
@@ -161,6 +259,7 @@ class HookedMCPTool(MCPStreamableHTTPTool):
             operation=operation,
             inner_exception=inner_exception,
             load_configured=load_configured,
+            **more,
         )
 
 

@@ -251,7 +251,8 @@ class EntraMCPToolPool:
             self._tools.clear()
         for tool in tools:
             tool.retire()
-            await self._close_tool(tool)
+        # At once: each close lets its calls in flight finish for up to the drain bound first.
+        await asyncio.gather(*(self._close_tool(tool) for tool in tools))
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
 

@@ -157,6 +157,9 @@ _SETTLE_WAIT = 5.0
 #: requests reached a server that may still answer them, e.g. one shutting down gracefully)
 #: before it closes that connection under them.
 _DRAIN_WAIT = 10.0
+#: How long agent-framework's own refresh of the tool (or prompt) list (after the server's
+#: ``list_changed`` notice, or a lost catalog subscription) may take: new calls wait for it.
+_REFRESH_WAIT = 30.0
 #: Callers remembered per pooled connection (the runs holding it at once; bounded).
 _MAX_LESSEES = 8
 #: How long a "this server binds sessions to their opener" verdict stands (seconds) before the
@@ -234,6 +237,9 @@ class EntraMCPTool(HookedMCPTool):
         # The calls in progress (their attempt, set once the call returns or fails): a
         # reconnect lets those whose request was sent finish first.
         self._calls: dict[CallAttempt, asyncio.Event] = {}
+        # The calls this tool closed the connection under after the drain, and why ("reconnect"
+        # or "close"): what their "may have run" error says (never "the server answered 500").
+        self._cut_off: dict[CallAttempt, str] = {}
         self._leases = 0
         # The callers of the runs that hold this pooled connection, latest last (bounded): when
         # one run ends while another of the same user goes on, the other one's caller backs
@@ -401,9 +407,12 @@ class EntraMCPTool(HookedMCPTool):
                 await self._drain()
                 # Close the old connection first, acting for nobody (shared) or its own user
                 # (pooled): its DELETE must not carry the token of whoever triggered the reset.
+                # Under the calls still in flight after the drain (agent-framework 1.26's own
+                # close would wait for them without a bound).
                 if self.mode == "shared":
                     self._set_lifecycle_caller(None)
-                await _not_cancelled_by_transport(super().close())
+                self._mark_cut_off("reconnect")
+                await _not_cancelled_by_transport(self.close_under_calls())
                 reset = False
             if self.mode == "shared" and chosen is not None:
                 # A copy that ends with this connect: tasks the transport starts now (GET
@@ -455,7 +464,9 @@ class EntraMCPTool(HookedMCPTool):
             self._connect_status = None
             self._connect_attempts += 1
             try:
-                await _not_cancelled_by_transport(super().connect(reset=reset))
+                # Without 1.26's wait for every call in flight (``connect_under_calls``): a reset
+                # here replaces a connection lost mid-connect, or one already drained above.
+                await _not_cancelled_by_transport(self.connect_under_calls(reset=reset))
                 return
             except Exception as exc:
                 refused = _connection_refused(exc)
@@ -503,6 +514,71 @@ class EntraMCPTool(HookedMCPTool):
         with suppress(TimeoutError):
             async with asyncio.timeout(_DRAIN_WAIT):
                 await asyncio.gather(*busy)
+
+    def _mark_cut_off(self, why: str) -> None:
+        """The calls still in flight after the drain are about to have their connection closed
+        under them (``why``: "reconnect" or "close"): their error says so."""
+        for attempt in self._calls:
+            if attempt.sent:
+                self._cut_off[attempt] = why
+
+    async def close(self) -> None:
+        """Close the connection: the calls whose ``tools/call`` was sent get up to
+        ``_DRAIN_WAIT`` seconds to finish, then it is closed under those still running (they
+        fail "may have run"), as a reconnect does. agent-framework 1.26's own ``close`` would
+        wait for every call in flight, however long it runs (1.23's closed at once)."""
+        if self.on_lifecycle_owner():
+            await super().close()
+            return
+        await self._drain()
+        self._mark_cut_off("close")
+        await self.close_under_calls()
+
+    async def load_tools(self) -> None:
+        """Load the tool list. Run by a connect (on the lifecycle task), or by agent-framework
+        on its own (a server's ``tools/list_changed``, a catalog subscription lost or ended):
+        such a refresh acts for nobody's call. It goes out only if a token can be applied to it
+        (the lifecycle identity, or a pooled connection's user while a run of theirs is active);
+        else the list stays as loaded until the next connect. It never waits for calls in
+        flight (``HookedMCPTool.load_tools``), and new calls wait for it at most
+        ``_REFRESH_WAIT`` seconds."""
+        if self.on_lifecycle_owner():
+            await super().load_tools()
+        elif await self._refresh_has_a_token("tool"):
+            async with asyncio.timeout(_REFRESH_WAIT):
+                await super().load_tools()
+
+    async def load_prompts(self) -> None:
+        """Load the prompt list: as ``load_tools``."""
+        if self.on_lifecycle_owner():
+            await super().load_prompts()
+        elif await self._refresh_has_a_token("prompt"):
+            async with asyncio.timeout(_REFRESH_WAIT):
+                await super().load_prompts()
+
+    async def _refresh_has_a_token(self, kind: str) -> bool:
+        """Whether a refresh of the ``kind`` list outside a connect can carry a token here (what
+        the transport's ``EntraAuth`` would apply to it); if not, it is skipped: sent without
+        one, the server refuses it (401) and the refresh fails for nothing."""
+        try:
+            token = await self._entra_auth.acquire_async()
+        except Exception as exc:
+            why = f"no token could be had for it ({type(exc).__name__})"
+        else:
+            if token is not None:
+                return True
+            why = (
+                "it acts for no user's call and the policy names no lifecycle identity "
+                "(lifecycle_app=True would let the app list it)"
+            )
+        _log.info(
+            "MCP server %r: its %s list changed, not reloaded: %s; the list stays as loaded "
+            "until the tool connects again",
+            self.server_label,
+            kind,
+            why,
+        )
+        return False
 
     async def _preflight(self, chosen: Caller) -> None:
         # Resolved as ``chosen`` (the trigger, or a pooled connection's own user).
@@ -862,8 +938,10 @@ class EntraMCPTool(HookedMCPTool):
                         del self._calls[attempt]
                         done.set()
             except UserInputRequiredException:
+                self._cut_off.pop(attempt, None)
                 raise
             except Exception as exc:
+                cut_off = self._cut_off.pop(attempt, None)
                 attempt.close()  # a request of it not yet in the transport never leaves now
                 with suppress(TimeoutError):  # its requests' own outcome, then the verdict
                     async with asyncio.timeout(_SETTLE_WAIT):
@@ -881,14 +959,18 @@ class EntraMCPTool(HookedMCPTool):
                 if verdict == "no_token":
                     raise self._no_token_error(exc, caller) from exc
                 if verdict in ("maybe_ran", "session_lost"):
-                    if verdict == "session_lost":
+                    if cut_off == "close":
+                        pass  # the tool was closed under it: not reopened behind the closer
+                    elif verdict == "session_lost":
                         # The connection is alive, its session is not: replaced before this
                         # call answers (bounded), so that the next call does not go out on it.
                         with suppress(Exception):
                             await self._recover(generation, deadline)
                     elif is_dead_connection(exc):
                         self._reconnect_soon(generation)
-                    raise self._outcome_unknown(verdict, exc, attempt, tool_name) from exc
+                    raise self._outcome_unknown(
+                        verdict, exc, attempt, tool_name, cut_off=cut_off
+                    ) from exc
                 # "retry"/"refused": the request provably never reached the server, or the
                 # server refused the session (404) before running anything.
                 if verdict == "refused":
@@ -922,6 +1004,7 @@ class EntraMCPTool(HookedMCPTool):
                 reconnects += 1
                 await self._recover(generation, deadline)
                 continue
+            self._cut_off.pop(attempt, None)  # answered before the close cut it off
             if (
                 self.mode == "shared"
                 and generation == self._generation
@@ -998,16 +1081,38 @@ class EntraMCPTool(HookedMCPTool):
         return "raise"
 
     def _outcome_unknown(
-        self, verdict: str, exc: Exception, attempt: CallAttempt, tool_name: str
+        self,
+        verdict: str,
+        exc: Exception,
+        attempt: CallAttempt,
+        tool_name: str,
+        *,
+        cut_off: str | None = None,
     ) -> CallOutcomeUnknown:
         """The "may have run" error of a call that is not sent again: what happened, and what
-        to do (the server's own text is never quoted: it may echo what it was sent)."""
+        to do (the server's own text is never quoted: it may echo what it was sent).
+        ``cut_off``: this tool closed the call's connection under it ("reconnect", "close")."""
         status = attempt.status
-        if attempt.transport_error is not None or status is None or status < 400:
-            status = None  # no HTTP error answered the call: the connection, or its body, lost
+        if attempt.transport_error is not None or status is None or status < 400 or cut_off:
+            # No HTTP error answered the call: the connection, or its body, lost. Or our own
+            # close cut it off: what the server answered the request it was ended with (a 500,
+            # say, after the session's DELETE) is no fault of the server's.
+            status = None
         retry_after = attempt.retry_after if status is not None else None
         fix = ""
-        if verdict == "session_lost":
+        if cut_off is not None:
+            by = (
+                "this tool replaced its connection (another call found it dead, or the server "
+                "refused its session: a server restart, say)"
+                if cut_off == "reconnect"
+                else "the tool was closed (its agent closed, the host shut down, or its pool "
+                "retired the connection)"
+            )
+            why = (
+                f"{by} and closed the connection under this call after waiting {_DRAIN_WAIT:g} "
+                "s for it to finish"
+            )
+        elif verdict == "session_lost":
             why = (
                 "the session was refused (HTTP 404) through a proxy, or with "
                 f"{RESEND_ON_RESET_VARIABLE}=false, where a 404 may come after the call ran"
