@@ -232,12 +232,26 @@ def _capabilities(value: object) -> tuple[str, ...]:
     return names(value, what="client_capabilities", example="CP1")
 
 
+#: ``install``'s fix for a client of the other library (by its top-level module).
+_OTHER_FRONT = {
+    "httpx": "use entra_passthrough.httpx.EntraAuth for a classic httpx client "
+    "(entra_passthrough.EntraAuth, the default, is for httpx2).",
+    "httpx2": "use entra_passthrough.EntraAuth (the default) for an httpx2 client "
+    "(entra_passthrough.httpx.EntraAuth is for classic httpx).",
+}
+
+
 class EntraAuthBase:
     """What the httpx2 and httpx fronts of ``EntraAuth`` share (everything but the base class)."""
 
     _core: FlowCore
-    #: The front's async client class: ``install`` picks the matching redirect hook with it.
+    #: The front's client classes: ``install`` takes only these, and picks the matching
+    #: redirect hook with the async one.
+    _sync_client: type[Any]
     _async_client: type[Any]
+    #: Where this front lives and the library its clients come from (``install``'s refusal).
+    _front: str
+    _library: str
 
     def __init__(
         self,
@@ -293,7 +307,9 @@ class EntraAuthBase:
         would ride on the next user's requests (an API that reads its session cookie before
         the bearer would serve them as the first user). Cookies the client was given are kept
         and sent as before. A classic httpx client also skips the jar for a response that sets
-        no cookie, as httpx2 does itself (``skip_cookie_extraction_without_set_cookie``)."""
+        no cookie, as httpx2 does itself (``skip_cookie_extraction_without_set_cookie``).
+        Another client (the other library's) is refused before anything of it is changed."""
+        self._check_client(client)
         jar = CookieJar(policy=_KeepNothingNew())
         for cookie in client.cookies.jar:
             jar.set_cookie(cookie)
@@ -305,6 +321,18 @@ class EntraAuthBase:
         hooks["request"] = [*hooks.get("request", []), hook]
         client.event_hooks = hooks
         client.auth = self
+
+    def _check_client(self, client: Any) -> None:
+        if isinstance(client, self._sync_client | self._async_client):
+            return
+        kind = type(client)
+        library = kind.__module__.partition(".")[0]
+        given = f"{library}.{kind.__qualname__}"
+        mine = f"{self._library}.Client or {self._library}.AsyncClient"
+        fix = _OTHER_FRONT.get(library, f"pass an {mine}.")
+        raise ConfigurationError(
+            f"{self._front}.install() was given {given}; it installs on {mine} only.", fix=fix
+        )
 
     def take_errors(self) -> list[BaseException]:
         """Acquisition errors recorded (``on_error="record"``) for requests with no caller at
@@ -414,7 +442,10 @@ class EntraAuth(EntraAuthBase, httpx2.Auth):
     requires_request_body = False
     requires_response_body = False
 
+    _sync_client = httpx2.Client
     _async_client = httpx2.AsyncClient
+    _front = "entra_passthrough.EntraAuth"
+    _library = "httpx2"
 
     sync_auth_flow = drive_sync
     async_auth_flow = drive_async

@@ -7,9 +7,11 @@ Rules (docs/sources-and-policy.md):
   only ``user``. ``user_or_app`` accepts ``app`` only when *no* assertion was presented at all.
   ``app_only`` accepts only ``app``. ``developer`` accepts ``user`` and, when no assertion was
   presented, ``developer`` (Azure CLI) - never inferred, always an explicit choice.
-* Sources of a forbidden kind are never called. Once a ``user`` source raised (the assertion is
-  presented but unusable, consent is missing...), no ``app``/``developer`` source is tried:
-  that error is raised (fail closed). Other ``user`` sources are still tried (e.g. OBO refuses a
+* Sources of a forbidden kind are never called. Once a ``user`` source failed (it raised: the
+  assertion is presented but unusable, consent is missing...; or it answered with a kind it
+  did not declare, something that is not a ``TokenResult``, a token that cannot be sent; or its
+  ``cache_partition`` raised), no ``app``/``developer`` source is tried: that error is raised
+  (fail closed). Other ``user`` sources are still tried (e.g. OBO refuses a
   Foundry token, ``DelegatedConsent`` has the user's own grant).
 * No source applied: ``NoCallerError`` (a user was needed and there is no caller) or
   ``PolicyViolation``, both listing every source's reason.
@@ -22,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import inspect
 import logging
 import math
 import re
@@ -41,6 +44,7 @@ from ._errors import (
     EntraPassthroughError,
     NoCallerError,
     PolicyViolation,
+    SourceUnavailable,
     TokenAcquisitionError,
 )
 from ._policy import Attempts, Policy, explain_failure
@@ -153,6 +157,12 @@ _EXPIRED_FIX = (
 )
 
 
+_HEADERS_FIX = (
+    "TokenResult.headers maps header names to values, each valid in an HTTP header (leave "
+    "headers out for none)."
+)
+
+
 def _value_problem(result: TokenResult) -> str | None:
     """Why ``result`` cannot be sent as an Authorization header, or ``None`` if it can."""
     token = result.token
@@ -172,7 +182,10 @@ def _value_problem(result: TokenResult) -> str | None:
         return "a token whose expiry is not a finite number"
     if expires_on <= time.time():
         return _EXPIRED
-    for name, value in result.headers.items():
+    headers: object = result.headers  # a custom source's, whatever the annotation says
+    if not isinstance(headers, Mapping):
+        return "extra headers that are not a mapping (headers=None?)"
+    for name, value in headers.items():
         if not isinstance(name, str) or _HEADER_NAME.fullmatch(name) is None:
             return "an extra header whose name is not a valid header name"
         if not isinstance(value, str) or _HEADER_VALUE.fullmatch(value) is None:
@@ -180,11 +193,82 @@ def _value_problem(result: TokenResult) -> str | None:
     return None
 
 
-def _checked(result: TokenResult | None, source: TokenSource, request: TokenRequest) -> Any:
+#: What a source's two methods return; where the async work goes.
+_RESULT_FIX = (
+    "a TokenSource's get_token (which chain.get_token calls) returns a TokenResult, or None "
+    "when the source does not apply; so does its `async def get_token_async` (which "
+    "chain.get_token_async awaits): keep get_token a plain method and put async work in "
+    "get_token_async."
+)
+
+
+def _what(value: object) -> str:
+    """What a source returned, by type only (the value may be a token)."""
+    if inspect.iscoroutine(value):
+        return "a coroutine, not its result (an `async def get_token`?)"
+    return f"a {type(value).__name__}"
+
+
+def _not_a_result(value: object, source: TokenSource, request: TokenRequest) -> Exception:
+    if inspect.iscoroutine(value):
+        value.close()  # never awaited: no "coroutine ... was never awaited" warning later
+    return TokenAcquisitionError(
+        f"the source returned {_what(value)}, not a TokenResult or None; nothing was sent.",
+        source=source.name,
+        scopes=request.scopes,
+        fix=_RESULT_FIX,
+    )
+
+
+def _kind_text(kind: object) -> str:
+    return kind.value if isinstance(kind, IdentityKind) else f"of type {type(kind).__name__}"
+
+
+def _wrong_kind_error(
+    source: TokenSource, kind: object, policy: Policy, scopes: Sequence[str]
+) -> PolicyViolation:
+    """The error for a result whose kind is not the one its source declares: that source's
+    failure (never cached, never sent), so no app or developer source stands in for it."""
+    error = PolicyViolation(
+        f"source {source.name} returned kind {_kind_text(kind)}, declared "
+        f"{_kind_text(source.kind)}: a token of another kind than its source declares is "
+        "never cached or sent, and no app or developer source stands in for it.",
+        policy=policy.value,
+        scopes=scopes,
+        fix="return TokenResult(..., kind=self.kind) from the source, and declare as its kind "
+        "whose identity its tokens carry (IdentityKind.USER: the end user's; APP: the agent's; "
+        f"DEVELOPER: az login's) ({see('sources-and-policy', 'identity-kinds')}).",
+    )
+    error.source = source.name
+    return error
+
+
+def _partition_error(source: TokenSource, exc: Exception) -> Exception:
+    """A source's ``cache_partition`` raised: ours as is (it names no token), anything else by
+    its type only (its text may hold the caller's token), typed, with the fix."""
+    if isinstance(exc, EntraPassthroughError):
+        return _redact.scrub(exc)  # type: ignore[return-value]
+    return SourceUnavailable(
+        f"its cache_partition(request) raised {type(exc).__name__}.",
+        source=source.name,
+        fix="cache_partition returns None when the source does not apply, else a tuple of "
+        "strings naming whose token it would be (no I/O); raise a TokenAcquisitionError from "
+        "get_token / get_token_async to refuse a request.",
+    )
+
+
+def _checked(
+    result: TokenResult | None, source: TokenSource, request: TokenRequest, policy: Policy
+) -> Any:
     """``result``, or a typed error (raised where the source returned it, so that the cache
-    never stores it: the next request asks the source again)."""
-    if result is None or not isinstance(result, TokenResult):
-        return result  # None: not applicable; a wrong type is refused by _accept
+    never stores it: the next request asks the source again, and a refresh ahead that answers
+    so leaves the valid token in place)."""
+    if result is None:
+        return None  # not applicable
+    if not isinstance(result, TokenResult):
+        raise _not_a_result(result, source, request)
+    if result.kind is not source.kind:
+        raise _wrong_kind_error(source, result.kind, policy, request.scopes)
     problem = _value_problem(result)
     if problem is not None:
         raise TokenAcquisitionError(
@@ -193,6 +277,8 @@ def _checked(result: TokenResult | None, source: TokenSource, request: TokenRequ
             scopes=request.scopes,
             fix=_EXPIRED_FIX
             if problem is _EXPIRED
+            else _HEADERS_FIX
+            if "header" in problem
             else "a custom TokenSource must return the token exactly as issued (no surrounding "
             "whitespace or line breaks); for a built-in source, report it: the token endpoint "
             "answered something that is not a token.",
@@ -214,19 +300,29 @@ def _detached(request: TokenRequest) -> TokenRequest:
 
 
 async def _acquire_async(
-    source: TokenSource, request: TokenRequest, acquired: list[str] | None = None
+    source: TokenSource, request: TokenRequest, acquired: list[str], policy: Policy
 ) -> TokenResult | None:
     started = time.monotonic()
     try:
-        answer = await source.get_token_async(request)
+        pending = source.get_token_async(request)
+        if not inspect.isawaitable(pending):  # a plain ``def get_token_async``
+            raise TokenAcquisitionError(
+                f"its get_token_async returned {_what(pending)}, which cannot be awaited; "
+                "nothing was sent.",
+                source=source.name,
+                scopes=request.scopes,
+                fix="define it as `async def get_token_async(self, request)` returning a "
+                "TokenResult or None; blocking work in it belongs in a worker thread.",
+            )
+        answer = await pending
     except BaseException as exc:  # a cancellation too (outcome "cancelled")
         _otel.time_failed(source.name, time.monotonic() - started, exc)
         raise
-    return _acquired(source, request, answer, started, acquired)
+    return _acquired(source, request, answer, started, acquired, policy)
 
 
 def _acquire(
-    source: TokenSource, request: TokenRequest, acquired: list[str] | None = None
+    source: TokenSource, request: TokenRequest, acquired: list[str], policy: Policy
 ) -> TokenResult | None:
     started = time.monotonic()
     try:
@@ -234,7 +330,7 @@ def _acquire(
     except BaseException as exc:  # a KeyboardInterrupt too (outcome "cancelled")
         _otel.time_failed(source.name, time.monotonic() - started, exc)
         raise
-    return _acquired(source, request, answer, started, acquired)
+    return _acquired(source, request, answer, started, acquired, policy)
 
 
 def _acquired(
@@ -243,11 +339,12 @@ def _acquired(
     answer: TokenResult | None,
     started: float,
     acquired: list[str] | None,
+    policy: Policy,
 ) -> TokenResult | None:
     """A source answered with a new token (not a cache hit): checked, then INFO like
     azure-identity's."""
     try:
-        result = _checked(answer, source, request)
+        result = _checked(answer, source, request, policy)
     except Exception:
         # A value that cannot be a bearer credential: a failed acquisition, timed as one.
         _otel.time_failed(source.name, time.monotonic() - started)
@@ -482,15 +579,19 @@ class TokenChain:
         if result is None:
             outcome.notes[source.name] = "not applicable"
             return None
-        if result.kind is not source.kind or result.kind not in allowed:
-            # A source answered with a kind other than the one it declared (or one the policy
-            # does not allow here): never hand it out.
+        if result.kind is not source.kind:
+            # Refused where the source answered (``_checked``); a cached entry of another kind
+            # (a source whose ``kind`` changed) is refused the same way: that source failed,
+            # so no app stands in for a user it was asked for (rule 5).
             self.cache.invalidate(key)
-            outcome.notes[source.name] = (
-                f"returned kind {result.kind.value}, not allowed"
-                if result.kind is source.kind
-                else f"returned kind {result.kind.value}, declared {source.kind.value}"
+            outcome.record(
+                source.name, _wrong_kind_error(source, result.kind, self._policy, request.scopes)
             )
+            return None
+        if result.kind not in allowed:
+            # A kind the policy does not allow here: never hand it out.
+            self.cache.invalidate(key)
+            outcome.notes[source.name] = f"returned kind {result.kind.value}, not allowed"
             return None
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
@@ -524,19 +625,22 @@ class TokenChain:
     def _hit(self, request: TokenRequest, allowed: frozenset[IdentityKind]) -> TokenResult | None:
         """The hot path, without a coroutine frame: the first source that applies has a fresh
         cached token. Anything else (miss, refresh due, errors) goes the full way."""
-        for candidate in self._candidates(allowed):
-            source = candidate.source
-            partition = source.cache_partition(request)
-            if partition is None:
-                continue
-            if not candidate.cached:
+        try:  # no cost on 3.11+ until something raises
+            for candidate in self._candidates(allowed):
+                source = candidate.source
+                partition = source.cache_partition(request)
+                if partition is None:
+                    continue
+                if not candidate.cached:
+                    return None
+                hit = self.cache.peek(self._key(source, partition, request))
+                if hit is not None and hit.kind in allowed:
+                    if _otel.metering():
+                        _otel.count_hit(source.name, hit.kind.value)
+                    return hit
                 return None
-            hit = self.cache.peek(self._key(source, partition, request))
-            if hit is not None and hit.kind in allowed:
-                if _otel.metering():
-                    _otel.count_hit(source.name, hit.kind.value)
-                return hit
-            return None
+        except Exception:
+            return None  # a source's cache_partition raised: ``_decide`` explains it, typed
         return None
 
     def _span(self, request: TokenRequest) -> Any:
@@ -625,7 +729,12 @@ class TokenChain:
                 source = candidate.source
                 if outcome is not None and outcome.error is not None and not candidate.is_user:
                     continue  # fail closed: a user source failed, the app does not stand in
-                partition = source.cache_partition(request)
+                try:
+                    partition = source.cache_partition(request)
+                except Exception as exc:  # that source's failure, as if get_token raised it
+                    outcome = outcome or Attempts()
+                    outcome.record(source.name, _partition_error(source, exc))
+                    continue
                 if partition is None:
                     continue
                 key = self._key(source, partition, request)
@@ -660,15 +769,17 @@ class TokenChain:
 
     def _ask(self, ask: _Ask) -> TokenResult | None:
         if ask.key is None:
-            return _acquire(ask.source, ask.request, ask.acquired)
-        acquire = functools.partial(_acquire, ask.source, _detached(ask.request), ask.acquired)
+            return _acquire(ask.source, ask.request, ask.acquired, self._policy)
+        acquire = functools.partial(
+            _acquire, ask.source, _detached(ask.request), ask.acquired, self._policy
+        )
         return self.cache.get_or_acquire(ask.key, acquire, cap=ask.cap)
 
     async def _ask_async(self, ask: _Ask) -> TokenResult | None:
         if ask.key is None:
-            return await _acquire_async(ask.source, ask.request, ask.acquired)
+            return await _acquire_async(ask.source, ask.request, ask.acquired, self._policy)
         acquire = functools.partial(
-            _acquire_async, ask.source, _detached(ask.request), ask.acquired
+            _acquire_async, ask.source, _detached(ask.request), ask.acquired, self._policy
         )
         return await self.cache.get_or_acquire_async(ask.key, acquire, cap=ask.cap)
 

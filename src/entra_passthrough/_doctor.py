@@ -15,6 +15,8 @@ checks what that chain will need at run time:
 * ``agent id blueprint`` - the blueprint gets its exchange token for the agent identity;
 * ``consent app``    - when ``ENTRA_PASSTHROUGH_CONSENT_CLIENT_ID`` is set:
   ``DelegatedConsent.from_env()`` (keys, broker URL) and its app's credential;
+* ``shared store``   - when an ``ENTRA_PASSTHROUGH_REDIS_*`` variable is set:
+  ``RedisStore.from_env()`` builds the store (configuration only: Redis is not contacted);
 * ``scope``          - each ``--scope`` is well formed (``<resource>/.default`` or one permission
   per resource) and not the agent's own app;
 * ``consent``        - with ``--user-token-file``, the on-behalf-of exchange for each scope
@@ -261,9 +263,14 @@ class Doctor:
             for entry in _tenant_entries(self.env, variable):
                 if len(entry) >= _MIN_HIDDEN and not _is_tenant(entry):  # dashless included
                     found.setdefault(entry, _masked(variable, entry))
-        ca_file = _get(self.env, _CA_FILE)
-        if ca_file and not _looks_like_path(ca_file):
-            found.setdefault(ca_file, _masked(_CA_FILE, ca_file))
+        for variable in (_CA_FILE, _REDIS_CA_FILE):
+            ca_file = _get(self.env, variable)
+            if ca_file and not _looks_like_path(ca_file):
+                found.setdefault(ca_file, _masked(variable, ca_file))
+        password = _url_password(_get(self.env, "ENTRA_PASSTHROUGH_REDIS_URL"))
+        for value in password:  # the URL's password alone, as written and decoded
+            if len(value) >= _MIN_HIDDEN:  # (a shorter one is hidden within the URL only)
+                found.setdefault(value, "<the Redis password>")
         host = _get(self.env, "AZURE_AUTHORITY_HOST")
         if (
             host
@@ -292,6 +299,7 @@ class Doctor:
             self.check_ids()  # the build refuses an id no caller can match: say which, how
             self.check_ca_file()  # the build refuses a CA file it cannot use: say why
             self.check_certificates()  # an expired certificate refuses the build: say which
+            self.check_store()  # the store is built apart from the chain: its own problems too
             unbuilt = self._unbuilt()
             if unbuilt is not None:  # a tenant domain refuses the build: name its GUID
                 self.check_discovery(unbuilt)
@@ -307,6 +315,7 @@ class Doctor:
             self.check_certificates()
             self.check_credentials(chain)
             self.check_consent_app()
+            self.check_store()
             self.check_scopes(chain)
             self.check_consent(chain)
             self.check_developer(chain)
@@ -632,6 +641,27 @@ class Doctor:
 
         self.guard("consent app", probe, fallback_fix=_CONFIGURATION_FIX)
 
+    def check_store(self) -> None:
+        """``RedisStore.from_env()`` (the shared store of grants, owners and the token cache),
+        when any of its variables is set: the same variables and errors, nothing sent to
+        Redis (a store builds no connection until its first call)."""
+        if not any(_get(self.env, variable) for variable in _REDIS_VARIABLES):
+            return
+
+        def probe() -> tuple[bool, str, str]:
+            from .redis import RedisStore  # MissingExtraError: the redis extra, as the app
+
+            store = RedisStore.from_env(self.env)
+            auth = (_get(self.env, "ENTRA_PASSTHROUGH_REDIS_AUTH") or "password").lower()
+            return (
+                True,
+                f"RedisStore.from_env() builds the store ({auth} auth; configuration only, "
+                f"Redis was not contacted): {store!r}",
+                "",
+            )
+
+        self.guard("shared store", probe, fallback_fix=_STORE_FIX)
+
     def check_scopes(self, chain: Any) -> None:
         if not self.scopes:
             self.add(
@@ -773,6 +803,21 @@ _SECRET_VARIABLES = (
     "MSI_SECRET",
     "ENTRA_PASSTHROUGH_REDIS_URL",  # may carry a password
 )
+#: ``RedisStore.from_env()``'s variables: any of them set means a shared store was meant.
+_REDIS_VARIABLES = (
+    "ENTRA_PASSTHROUGH_REDIS_URL",
+    "ENTRA_PASSTHROUGH_REDIS_AUTH",
+    "ENTRA_PASSTHROUGH_REDIS_CA_FILE",
+    "ENTRA_PASSTHROUGH_REDIS_NAMESPACE",
+    "ENTRA_PASSTHROUGH_REDIS_ALLOW_PLAINTEXT",
+    "ENTRA_PASSTHROUGH_REDIS_CLUSTER",
+)
+_REDIS_CA_FILE = "ENTRA_PASSTHROUGH_REDIS_CA_FILE"
+_STORE_FIX = (
+    "check the ENTRA_PASSTHROUGH_REDIS_* variables; what RedisStore.from_env() reads: "
+    + see("configuration", "variables")
+    + "."
+)
 _CERTIFICATE_VARIABLES = (
     "ENTRA_PASSTHROUGH_CLIENT_CERTIFICATE_PATH",
     "ENTRA_PASSTHROUGH_CONSENT_CLIENT_CERTIFICATE_PATH",
@@ -813,6 +858,19 @@ def _certificate_validity(path: str, password: str | None, variable: str) -> tup
 #: Ids shorter than this are not redacted; a secret this short is redacted only where it stands
 #: alone, not inside a longer word (replaced everywhere, "abc" would garble every "abcd").
 _MIN_HIDDEN = 8
+
+
+def _url_password(url: str | None) -> list[str]:
+    """The password of a Redis URL, as written and percent-decoded (none when unreadable)."""
+    from urllib.parse import unquote, urlsplit
+
+    if not url:
+        return []
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return []
+    return list(dict.fromkeys(p for p in (password, unquote(password or "")) if p))
 
 
 def _forms(value: str) -> list[str]:

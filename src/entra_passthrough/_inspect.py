@@ -56,16 +56,7 @@ def verdicts(
             else "same reason as OnBehalfOf (the assertion must be for the blueprint)",
         )
     )
-    out.append(
-        Verdict(
-            "DelegatedConsent",
-            bool(claims.tid and claims.oid),
-            f"identifies the user as {claims.tid}:{claims.oid} (the grant is looked up by user "
-            "key, the token is not forwarded)"
-            if claims.tid and claims.oid
-            else "no tid/oid: the user cannot be identified for a stored grant",
-        )
-    )
+    out.append(_consent_verdict(claims))
     out.append(
         Verdict(
             "FoundryToolboxRoute",
@@ -85,6 +76,26 @@ def verdicts(
         )
     )
     return out
+
+
+def _consent_verdict(claims: UnverifiedClaims) -> Verdict:
+    """``DelegatedConsent`` keys a grant on a *verified* tid:oid or on the platform user id,
+    never on unverified claims (``UserKey.from_caller``): a token alone, as inspect reads it,
+    chooses no grant."""
+    if claims.tid and claims.oid:
+        why = (
+            f"not on this token alone: its tid:oid ({claims.tid}:{claims.oid}) are unverified, "
+            "and unverified claims are never a consent key (anyone can write them). The grant "
+            "is keyed on tid:oid once CallerMiddleware(verifier=JwtVerifier(...)) verified the "
+            "token, otherwise on the platform user id (x-agent-user-id), this tid:oid then "
+            "only checked against the account that consented; the token is not forwarded"
+        )
+    else:
+        why = (
+            "no tid/oid: this token cannot key a grant even once verified; only the platform "
+            "user id (x-agent-user-id) can"
+        )
+    return Verdict("DelegatedConsent", False, why)
 
 
 def _obo_verdict(

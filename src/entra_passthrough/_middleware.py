@@ -20,6 +20,7 @@ from ._asgi import ASGIApp, Scope, Send
 from ._caller import STATE_KEY, Caller, CaptureASGI, wanted_headers
 from ._challenge import bearer_challenge
 from ._errors import ConfigurationError, TokenVerificationError
+from ._jwt import MAX_TOKEN_BYTES
 from ._www_auth import send_challenge
 
 _log = logging.getLogger("entra_passthrough.capture")
@@ -139,19 +140,17 @@ class CallerMiddleware(CaptureASGI):
 
     async def _admit(self, caller: Caller, scope: Scope, send: Send) -> bool:
         try:
-            await self._check(caller)
+            await self._check(caller, scope)
         except _Reject as reject:
             caller.end()
             await self._refuse(scope, send, reject)
             return False
         return True
 
-    async def _check(self, caller: Caller) -> None:
+    async def _check(self, caller: Caller, scope: Scope) -> None:
         if (self.require_caller or self.verifier) and caller.decode_error is not None:
             # Undecodable, duplicated or oversized bearer: never passed on when asked to check.
-            raise _Reject(
-                401, error="invalid_token", description="the bearer token is not a valid JWT"
-            )
+            raise _Reject(401, error="invalid_token", description=self._unusable(caller, scope))
         if not caller.presented or caller.assertion is None:
             if self.require_caller:
                 raise _Reject(401, error=None, description=None)
@@ -187,6 +186,20 @@ class CallerMiddleware(CaptureASGI):
             _log.warning("token verification failed unexpectedly: %s", type(exc).__name__)
             raise _Reject(503, error=None, description="temporarily_unavailable") from None
         caller.verified = dict(verified.claims)
+
+    def _unusable(self, caller: Caller, scope: Scope) -> str:
+        """What is wrong with a bearer the Caller could not use, for the 401 (a refusal only:
+        no request that passes pays for it). The Caller's own record (never a header value),
+        except for a header too large to be read as a token, which it records as no token."""
+        reason = caller.decode_error or "it cannot be read"
+        if caller.assertion:  # one token was found and does not decode
+            return f"the bearer token is not a valid JWT: {reason}"
+        with contextlib.suppress(Exception):  # headers no server produces: the record stands
+            for raw_name, raw_value in scope.get("headers") or ():
+                name = self._wanted.get(bytes.lower(raw_name))
+                if name is not None and len(raw_value) > MAX_TOKEN_BYTES + 16:
+                    return f"header {name!r} is larger than {MAX_TOKEN_BYTES // 1024} KiB"
+        return reason  # "header 'authorization' sent 2 times", "no token in the form ..."
 
     async def _refuse(self, scope: Scope, send: Send, reject: _Reject) -> None:
         if scope.get("type") == "websocket":

@@ -30,7 +30,10 @@ class EntraAuth(EntraAuthBase, httpx.Auth):
     requires_request_body = False
     requires_response_body = False
 
+    _sync_client = httpx.Client
     _async_client = httpx.AsyncClient
+    _front = "entra_passthrough.httpx.EntraAuth"
+    _library = "httpx"
 
     sync_auth_flow = drive_sync
     async_auth_flow = drive_async

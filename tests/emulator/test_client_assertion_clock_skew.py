@@ -27,7 +27,9 @@ from .emu_helpers import assert_entra_error, post_token
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 
-def _assertion(idp: EntraEmulator, shift: dict[str, int], *, key: Any = None) -> str:
+def _assertion(
+    idp: EntraEmulator, shift: dict[str, int], *, key: Any = None, raw: dict[str, Any] | None = None
+) -> str:
     agent = idp.agent
     assert agent.certificate_pem is not None
     assert agent.certificate_thumbprint is not None
@@ -43,6 +45,7 @@ def _assertion(idp: EntraEmulator, shift: dict[str, int], *, key: Any = None) ->
         "iat": now + shift.get("iat", 0),
         "nbf": now + shift.get("nbf", 0),
         "exp": now + 600 + shift.get("exp", 0),
+        **(raw or {}),
     }
     return jwt.encode(claims, key, algorithm="RS256", headers={"x5t": x5t})
 
@@ -128,3 +131,23 @@ def test_the_library_fix_for_a_time_range_refusal_names_the_clock() -> None:
     fix = describe(700024).fix
     assert "clock" in fix
     assert "federated token" in fix
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"nbf": float("inf")},
+        {"nbf": float("nan")},
+        {"iat": float("-inf")},
+        {"iat": "soon"},
+        {"nbf": True},
+        {"exp": float("inf")},
+    ],
+    ids=["nbf=Infinity", "nbf=NaN", "iat=-Infinity", "iat=str", "nbf=true", "exp=Infinity"],
+)
+def test_a_time_claim_that_is_no_finite_number_is_a_time_range_error(
+    idp: EntraEmulator, raw: dict[str, Any]
+) -> None:
+    # Python's JSON reads Infinity and NaN: int() of them was an HTTP 500 (AADSTS90100).
+    answer = _request(idp, _assertion(idp, {}, raw=raw))
+    assert_entra_error(answer, 700024, "invalid_client", status=401)

@@ -182,7 +182,7 @@ async def test_source_lying_about_kind_is_rejected() -> None:
             return dataclasses.replace(result, kind=APP)
 
     chain = chain_of(Lies("liar", USER))
-    with pytest.raises(NoCallerError):
+    with pytest.raises(PolicyViolation):
         await chain.get_token_async(SCOPES)
     with bind_caller(token=make_jwt()), pytest.raises(PolicyViolation) as info:
         await chain.get_token_async(SCOPES)

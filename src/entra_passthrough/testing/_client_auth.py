@@ -39,7 +39,7 @@ from cryptography import x509
 from . import _ca
 from . import _errors as e
 from ._state import Runtime
-from ._tokens import numeric_claim, verify
+from ._tokens import NOT_A_TIME, numeric_claim, verify
 from ._world import MSA_DIRECTORY, TOKEN_EXCHANGE_APP_ID, TOKEN_EXCHANGE_AUDIENCE, App
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -267,7 +267,8 @@ def _check_time_range(claims: Mapping[str, Any], now: float) -> None:
     from ._token_endpoint import CLOCK_SKEW  # (it imports this module)
 
     ahead = max(
-        (numeric_claim(claims, name) for name in ("nbf", "iat") if name in claims), default=0
+        (numeric_claim(claims, name, bad=NOT_A_TIME) for name in ("nbf", "iat") if name in claims),
+        default=0,
     )
     if numeric_claim(claims, "exp") < now or ahead > now + CLOCK_SKEW:
         # AADSTS700024: the assertion is not within its valid time range (certificate-credentials).

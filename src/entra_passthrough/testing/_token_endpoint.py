@@ -34,7 +34,7 @@ from ._issue import (
     user_token_response,
 )
 from ._state import Runtime
-from ._tokens import Subject, numeric_claim, performed_mfa, verify
+from ._tokens import NOT_A_TIME, Subject, numeric_claim, performed_mfa, verify
 from ._world import TOKEN_EXCHANGE_APP_ID, Tenant
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -258,7 +258,7 @@ def _on_behalf_of(
     exp = numeric_claim(claims, "exp")
     if exp < now:
         raise e.assertion_expired(now, exp)
-    nbf = numeric_claim(claims, "nbf")
+    nbf = numeric_claim(claims, "nbf", bad=NOT_A_TIME)
     if nbf > now + CLOCK_SKEW:
         # Not yet valid, beyond the skew Entra allows: the same AADSTS500133.
         raise e.assertion_not_yet_valid(now, nbf)

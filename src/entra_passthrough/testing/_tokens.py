@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import secrets
 import threading
 import time
@@ -141,11 +142,21 @@ def verify(ring: KeyRing, token: str) -> dict[str, Any]:
     return claims
 
 
-def numeric_claim(claims: Mapping[str, Any], name: str) -> int:
-    """A NumericDate claim, or 0 when absent or not a number (then it fails every time check)."""
-    value = claims.get(name)
-    if isinstance(value, bool) or not isinstance(value, int | float):
+#: What ``numeric_claim`` gives an ``nbf``/``iat`` that is not a finite number: never reached,
+#: so that the "not yet valid" check refuses it (as an ``exp`` of 0 is refused as expired).
+NOT_A_TIME = 2**53
+
+
+def numeric_claim(claims: Mapping[str, Any], name: str, *, bad: int = 0) -> int:
+    """A NumericDate claim: 0 when absent; ``bad`` when present but not a finite number (0, the
+    default, fails an ``exp`` check; pass ``NOT_A_TIME`` for ``nbf``/``iat``). A non-finite
+    number (``Infinity``, ``NaN``: Python's JSON reads both) is refused like any other bad
+    value, never an ``int()`` crash (HTTP 500)."""
+    if name not in claims:
         return 0
+    value = claims[name]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return bad
     return int(value)
 
 
