@@ -9,6 +9,7 @@ hook, and the error log for caller-less requests. The classic httpx front is
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncGenerator, Generator, Iterable, Sequence
 from http.cookiejar import Cookie, CookieJar, DefaultCookiePolicy
 from types import TracebackType
@@ -327,6 +328,11 @@ class EntraAuthBase:
             return
         kind = type(client)
         library = kind.__module__.partition(".")[0]
+        for name in _OTHER_FRONT:  # a subclass (openai's client, say) is its base's library's
+            module = sys.modules.get(name)
+            if module is not None and isinstance(client, module.Client | module.AsyncClient):
+                library = name
+                break
         given = f"{library}.{kind.__qualname__}"
         mine = f"{self._library}.Client or {self._library}.AsyncClient"
         fix = _OTHER_FRONT.get(library, f"pass an {mine}.")

@@ -540,11 +540,15 @@ class TokenChain:
         raise ended_caller_error(ended, request.scopes)
 
     def _key(self, source: TokenSource, partition: tuple[str, ...], request: TokenRequest) -> Any:
-        """``(prefix, *partition)``, prefix = (source name, sorted scopes, claims, client
-        capabilities): flat, with the prefix shared by every entry that has it (per entry one
-        tuple of three, not a key tuple and a partition tuple)."""
+        """``(prefix, *partition)``, prefix = (source name, its kind, sorted scopes, claims,
+        client capabilities): flat, with the prefix shared by every entry that has it (per
+        entry one tuple of three, not a key tuple and a partition tuple). The kind keeps apart
+        the tokens of two sources of one name and different kinds (two chains sharing a cache,
+        replicas sharing Redis with different configurations): a user's request never finds
+        an app token."""
         prefix = (
             source.name,
+            source.kind.value,
             _scopes_key(request.scopes),
             request.claims,
             request.client_capabilities,
@@ -634,7 +638,7 @@ class TokenChain:
                 if not candidate.cached:
                     return None
                 hit = self.cache.peek(self._key(source, partition, request))
-                if hit is not None and hit.kind in allowed:
+                if hit is not None and hit.kind in allowed and hit.kind is source.kind:
                     if _otel.metering():
                         _otel.count_hit(source.name, hit.kind.value)
                     return hit
@@ -740,7 +744,7 @@ class TokenChain:
                 key = self._key(source, partition, request)
                 if candidate.cached:
                     result = cache.peek(key)  # the hot path: no refresh due, no I/O
-                    if result is not None and result.kind in allowed:
+                    if result is not None and result.kind in allowed and result.kind is source.kind:
                         break
                     ask = _Ask(source, request, key, self._cap(candidate, request), acquired)
                 else:
@@ -929,10 +933,11 @@ class TokenChain:
             prefix = tail.prefixes.get(name)
             if prefix is None:  # ``_key``'s prefix, for no claims
                 prefix = tail.prefixes[name] = self._interned(
-                    (name, tail.scopes_key, None, tail.capabilities)
+                    (name, source.kind.value, tail.scopes_key, None, tail.capabilities)
                 )
             hit = self.cache.peek((prefix,) + partition)  # noqa: RUF005 - ``_key``'s, cheaper (no list)
-            if hit is not None and hit.kind in allowed:
+            # (Its kind the source's: a source whose kind changed since this prefix was kept.)
+            if hit is not None and hit.kind in allowed and hit.kind is source.kind:
                 if _otel.metering():
                     _otel.count_hit(source.name, hit.kind.value)
                 return hit

@@ -52,6 +52,7 @@ from ._errors import (
 )
 from ._http import TransportFailure
 from ._jwt import fingerprint
+from ._sources._base import raised_in
 
 __all__ = ["Check", "main", "run"]
 
@@ -108,9 +109,15 @@ def _unprintable(value: str) -> bool:
 
 
 def _looks_like_path(value: str) -> bool:
-    """What a CA file's value normally is, so it may be shown: a path with a folder in it, or
-    a certificate file's name."""
-    return "/" in value or "\\" in value or value.lower().endswith((".pem", ".crt", ".cer"))
+    """What a CA file's value normally is, so it may be shown: a path (``path_may_be_shown``:
+    not merely any value with a "/", which an access key pasted by mistake has), or a
+    certificate file's name."""
+    if _env.path_may_be_shown(value):
+        return True
+    return (
+        value.lower().endswith((".pem", ".crt", ".cer"))
+        and re.fullmatch(r"[\w.\-]+", value) is not None
+    )
 
 
 def _masked(variable: str, value: str) -> str:
@@ -159,6 +166,15 @@ def _explain(exc: BaseException) -> tuple[str, str]:
         )
     if _is_transport_error(exc):
         return f"{type(exc).__name__}: no answer from the authority host", ""
+    if isinstance(exc, ValueError) and raised_in(exc, "msal.authority"):
+        # MSAL's authority module: its text is cut at any bound and may carry the discovery
+        # endpoint's answer; said as the sources say it at run time. No fix of its own: the
+        # discovery check's, when it failed, else the check's fallback.
+        return (
+            "MSAL could not use the authority (the authority host and tenant) or fetch its "
+            "OpenID configuration (ValueError)",
+            "",
+        )
     # Anything else: its type and first line, bounded (no request echo).
     first = str(exc).splitlines()[0][:200] if str(exc) else ""
     return f"{type(exc).__name__}: {first}", ""
@@ -506,7 +522,10 @@ class Doctor:
                 except ValueError:
                     body = {}
                 if isinstance(body, dict) and body.get("error"):
-                    detail, fix = _explain(error_from_entra(body, source="discovery"))
+                    refused = error_from_entra(
+                        body, source="discovery", request="the OpenID configuration request"
+                    )
+                    detail, fix = _explain(refused)
                     return False, f"{url}: {detail}", fix or _TENANT_FIX
                 return False, f"{url}: HTTP {answer.status_code}", _TENANT_FIX
 

@@ -9,6 +9,7 @@ ours. docs/configuration.md lists every variable; a test checks the list against
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 
 from ._checks import tenant_id
@@ -225,6 +226,24 @@ def azure_app_hint(environ: Mapping[str, str]) -> str:
     )
 
 
+#: A file path as people write one: from the root, the home folder, the working folder or a
+#: drive, of the characters paths are made of. Not "+" or "=" (base64's: an access key pasted
+#: into the variable by mistake often holds "/"), nor whitespace (a PEM pasted whole).
+_PATH_SHAPE = re.compile(r"(?:/|~/|\.{1,2}/|[A-Za-z]:[\\/])[\w.\-/\\:]{0,250}")
+
+
+def path_may_be_shown(value: str) -> bool:
+    """Whether a variable's value that should name a file may be echoed in a message: an
+    existing file, or a value shaped like a path. A secret pasted there (a Redis access key, a
+    PEM key's text) is neither, whatever "/" it holds."""
+    if _PATH_SHAPE.fullmatch(value) is not None:
+        return True
+    try:
+        return len(value) <= 260 and os.path.isfile(value)
+    except (OSError, ValueError):  # NUL bytes, a name too long
+        return False
+
+
 def get_ca_file(environ: Mapping[str, str], name: str) -> str | None:
     """``name``'s CA bundle path (``ENTRA_PASSTHROUGH_CA_FILE``), or ``None`` when unset; a
     path that is not a readable file holding at least one certificate is a
@@ -241,7 +260,7 @@ def get_ca_file(environ: Mapping[str, str], name: str) -> str | None:
         "certificate (a TLS-inspecting proxy's CA, or the emulator's), or unset it to trust the "
         "system's CAs (REQUESTS_CA_BUNDLE applies then)."
     )
-    shown = path if len(path) <= 200 and ("/" in path or "\\" in path) else "(not shown)"
+    shown = path if path_may_be_shown(path) else "(not shown)"
     if not os.path.isfile(path) or not os.access(path, os.R_OK):
         what = "is a folder" if os.path.isdir(path) else "does not exist or cannot be read"
         raise ConfigurationError(f"{name} {shown} {what}; it must be a CA bundle file.", fix=fix)

@@ -572,10 +572,12 @@ def error_from_entra(
     consent_link: str | None = None,
     who: str = "Entra",
     fix: str | None = None,
+    request: str = "the token request",
 ) -> TokenAcquisitionError:
     """Map an Entra error body (as MSAL returns it) to the matching typed error.
 
-    ``who`` names the endpoint that answered (a managed identity endpoint is not Entra);
+    ``who`` names the endpoint that answered (a managed identity endpoint is not Entra) and
+    ``request`` what it refused (the token request, unless it was another);
     ``fix`` is the fix when the body carries no AADSTS code the library decodes.
 
     The body may not be Entra's (a proxy or gateway can answer, and echo the request): the
@@ -603,9 +605,9 @@ def error_from_entra(
         # "<status>, <message>": the status is what happened, not a scope.
         label = f"HTTP {placeholder.group(1)}"
     what = (
-        f"{who} refused the token request: {entry}: {entry.meaning}."
+        f"{who} refused {request}: {entry}: {entry.meaning}."
         if entry
-        else (f"{who} refused the token request: {label}.")
+        else (f"{who} refused {request}: {label}.")
     )
     if description and (entry is None or entry.name == "Unknown"):
         what = f"{what} {'It' if who != 'Entra' else who} said: {description}"

@@ -156,12 +156,28 @@ def _show(name: str, value: Any) -> str:
         rel = f"in {int(delta)} s" if delta >= 0 else f"{int(-delta)} s ago"
         return f"{value} ({when}, {rel})"
     if isinstance(value, list | dict):
-        return json.dumps(value)
-    return str(value)
+        return json.dumps(value)  # (escapes control characters and line breaks itself)
+    text = str(value)
+    # A line break in a claim would print a line of the token's own making (a fake verdict).
+    return text if text.isprintable() else "".join(map(_printable, text))
+
+
+def _printable(char: str) -> str:
+    return char if char.isprintable() else _escaped(char)
 
 
 def _out(text: str = "", *, file: TextIO | None = None) -> None:
-    (file or sys.stdout).write(text + "\n")
+    """One or more lines to the terminal, every character that is not printable escaped: the
+    claims are an unverified token's, and one with escape codes could rewrite what the terminal
+    shows (clear it, print a fake verdict)."""
+    lines = text.split("\n")
+    if not all(line.isprintable() for line in lines):
+        lines = ["".join(map(_printable, line)) for line in lines]
+    (file or sys.stdout).write("\n".join(lines) + "\n")
+
+
+def _escaped(char: str) -> str:
+    return char.encode("unicode_escape").decode("ascii")
 
 
 def _read_token(arg: str) -> str:
@@ -264,5 +280,5 @@ def main(argv: list[str]) -> int:
     _out("Which sources could use it:")
     for v in found:
         mark = "yes" if v.usable else "no "
-        _out(f"  [{mark}] {v.source}: {v.why}")
+        _out(f"  [{mark}] {v.source}: {_show('', v.why)}")
     return 0

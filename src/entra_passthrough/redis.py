@@ -1148,10 +1148,12 @@ def _check_url(url: str, *, allow_plaintext: bool) -> None:
 
 def _check_ca_file(ca_file: str) -> None:
     """A CA file that cannot be read, or holds no certificate (empty, not PEM), would fail every
-    connection as "cannot be reached": say so at construction instead, naming the setting."""
+    connection as "cannot be reached": say so at construction instead, naming the setting. The
+    value is shown only if it is shaped like a path (a key pasted there by mistake is not)."""
+    shown = repr(ca_file) if _env.path_may_be_shown(ca_file) else "(not shown)"
     if not os.path.isfile(ca_file) or not os.access(ca_file, os.R_OK):
         raise ConfigurationError(
-            f"the Redis CA file {ca_file!r} (ca_file, {_CA_FILE_VAR}) does not exist or cannot "
+            f"the Redis CA file {shown} (ca_file, {_CA_FILE_VAR}) does not exist or cannot "
             "be read.",
             fix=f"set {_CA_FILE_VAR} to the path of a readable PEM file with the CA that issued "
             "the Redis server's certificate (or unset it to trust the system's CAs).",
@@ -1163,7 +1165,7 @@ def _check_ca_file(ca_file: str) -> None:
         loaded = True
     if not loaded:
         raise ConfigurationError(
-            f"the Redis CA file {ca_file!r} (ca_file, {_CA_FILE_VAR}) holds no certificate "
+            f"the Redis CA file {shown} (ca_file, {_CA_FILE_VAR}) holds no certificate "
             "that can be read (it is empty, or not PEM).",
             fix=f"set {_CA_FILE_VAR} to a PEM file (-----BEGIN CERTIFICATE-----) with the CA "
             "that issued the Redis server's certificate (or unset it to trust the system's CAs).",

@@ -75,3 +75,28 @@ def test_not_a_client_at_all() -> None:
     with pytest.raises(ConfigurationError, match=r"was given builtins\.str") as caught:
         auth.install("https://api.contoso.com")
     assert caught.value.fix == "pass an httpx2.Client or httpx2.AsyncClient."
+
+
+class _SubclassOfHttpx(httpx.AsyncClient):  # the shape of a library's own client (openai's)
+    pass
+
+
+class _SubclassOfHttpx2(httpx2.Client):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("front", "client_class", "fix"),
+    [
+        (entra_passthrough.EntraAuth, _SubclassOfHttpx, HTTPX),
+        (entra_passthrough.httpx.EntraAuth, _SubclassOfHttpx2, DEFAULT),
+    ],
+)
+def test_a_subclass_of_the_other_librarys_client_gets_the_same_fix(
+    front: Any, client_class: Any, fix: str
+) -> None:
+    auth = front(FakeChain(), scopes=SCOPES, origins=ORIGINS)
+    client = client_class()
+    with pytest.raises(ConfigurationError) as info:
+        auth.install(client)
+    assert fix in (info.value.fix or "")
