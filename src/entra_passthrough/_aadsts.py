@@ -496,6 +496,15 @@ _TABLE: tuple[Aadsts, ...] = (
         "credentials, e.g. AZURE_TENANT_ID=<tenant id>, not common or organizations",
     ),
     Aadsts(
+        50049,
+        "NoSuchInstanceForDiscovery",
+        "MSAL's instance discovery does not know the authority's host (invalid_instance): a "
+        "mistyped or foreign authority, or a B2C/CIAM authority validated as an Entra one",
+        "use the tenant's authority on login.microsoftonline.com (or your national cloud's "
+        "host); for a host you own (B2C, CIAM, a test emulator), turn instance discovery off "
+        "(instance_discovery=False, disable_instance_discovery=True)",
+    ),
+    Aadsts(
         70016,
         "AuthorizationPending",
         "device code flow: the user has not finished signing in yet",

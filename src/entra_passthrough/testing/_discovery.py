@@ -122,10 +122,35 @@ async def jwks(rt: Runtime, request: Request) -> Response:
     return _json({"keys": [k.jwk(issuer) for k in rt.keys.published]})
 
 
+def _own_instance(rt: Runtime, endpoint: str) -> bool:
+    """Whether an ``authorization_endpoint`` is on a host this emulator serves: HTTPS on its own
+    host (or ``localhost``, which its certificate names), on its port or none (MSAL drops the
+    port of the authority when it asks: msal ``authority.py``, ``_initialize_entra_authority``)."""
+    own = urllib.parse.urlsplit(rt.url)
+    try:
+        parts = urllib.parse.urlsplit(endpoint)
+        port = parts.port
+    except ValueError:  # a port that is no number, a bad IPv6 literal
+        return False
+    return (
+        parts.scheme.lower() == "https"
+        and (parts.hostname or "") in {own.hostname, "localhost"}
+        and port in (None, own.port)
+    )
+
+
 async def instance(rt: Runtime, request: Request) -> Response:
     # https://login.microsoftonline.com/common/discovery/instance (MSAL instance discovery)
     rt.count("instance")
     ep = request.query_params.get("authorization_endpoint", "")
+    if ep and not _own_instance(rt, ep):
+        # Entra validates the authority's host here: one it does not serve is HTTP 400
+        # invalid_instance, AADSTS50049 "Unknown or invalid instance."
+        # (https://learn.microsoft.com/entra/msal/dotnet/advanced/custom-authority-aliases,
+        # "Instance validation"), which is how MSAL's validate_authority refuses a mistyped or
+        # foreign authority. The emulator serves only itself.
+        err = e.StsError(50049, "invalid_instance", "Unknown or invalid instance.")
+        return _json(err.body(request.headers.get("client-request-id")), err.status)
     path = urllib.parse.urlsplit(ep).path.strip("/").split("/")
     tenant = path[0] if path and path[0] else "common"
     host = urllib.parse.urlsplit(rt.url).netloc

@@ -304,6 +304,10 @@ def build_app(rt: Runtime) -> ASGIApp:
         Route("/{tenant}/oauth2/token", handler(token), methods=["POST"]),
         Route("/{tenant}/oauth2/v2.0/authorize", handler(authorize), methods=["GET", "POST"]),
         Route("/{tenant}/oauth2/v2.0/logout", handler(logout), methods=["GET", "POST"]),
+        # The v1 document's authorize and logout (MSAL's oidc_authority= reads it): the v2
+        # handlers, with the v2 protocol (scope=); docs/emulator.md, Known differences.
+        Route("/{tenant}/oauth2/authorize", handler(authorize), methods=["GET", "POST"]),
+        Route("/{tenant}/oauth2/logout", handler(logout), methods=["GET", "POST"]),
         Route("/{tenant}/oauth2/v2.0/devicecode", handler(devicecode), methods=["POST"]),
         Route("/devicelogin", handler(device_login_page), methods=["GET", "POST"]),
         Route("/oidc/userinfo", handler(userinfo), methods=["GET", "POST"]),
