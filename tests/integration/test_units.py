@@ -360,8 +360,39 @@ def test_close_on_shutdown_refuses_a_host_whose_handler_slot_moved() -> None:
         def shutdown_handler(self, fn: Any) -> Any:
             return fn
 
-    with pytest.raises(ConfigurationError, match="_shutdown_fn"):
+    with pytest.raises(ConfigurationError, match="_shutdown_fn") as info:
         install(_Host(), close_on_shutdown=[object()])
+    # What happened, which version, and what to do.
+    assert "azure-ai-agentserver-core (" in str(info.value)
+    assert info.value.fix
+    assert "pool.aclose()" in info.value.fix
+
+
+def test_close_on_shutdown_refuses_what_is_not_a_host_with_a_fix() -> None:
+    class _App:
+        def add_middleware(self, cls: Any, **options: Any) -> None:
+            return None
+
+    with pytest.raises(ConfigurationError, match="_App has no shutdown_handler") as info:
+        install(_App(), close_on_shutdown=[object()])
+    assert info.value.fix
+
+
+def test_a_session_without_the_elicitation_slot_is_warned_about_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A moved mcp slot would decline consent links silently: said once, with the fix.
+    from entra_passthrough.agent_framework import _tool
+
+    _tool._warn_no_elicitation_slot.cache_clear()
+    tool = entra_mcp_tool("x", "https://mcp.contoso.com/mcp", chain=_NoChain(), scopes=SCOPES)
+    with caplog.at_level("WARNING", logger="entra_passthrough.agent_framework"):
+        tool.session_opened(object())
+        tool.session_opened(object())
+    warned = [r for r in caplog.records if "_elicitation_callback" in r.getMessage()]
+    assert len(warned) == 1
+    assert "Fix:" in warned[0].getMessage()
+    _tool._warn_no_elicitation_slot.cache_clear()
 
 
 @pytest.mark.parametrize(

@@ -65,6 +65,12 @@ POS = inspect.Parameter.POSITIONAL_OR_KEYWORD
             True,
             "HookedMCPTool.own_http_client",
         ),
+        (
+            "_listen_capability_list_changes",
+            [("self", POS), ("mcp_client", POS)],
+            True,
+            "HookedMCPTool.subscription_reopens",
+        ),
     ],
 )
 def test_the_private_methods_hooked_mcp_tool_overrides_or_calls(
@@ -447,3 +453,66 @@ async def test_discovery_does_not_wait_for_a_call_in_flight(name: str) -> None:
         with pytest.raises(TimeoutError):  # upstream's own would wait for the call
             async with asyncio.timeout(0.2):
                 await upstream(tool)
+
+
+async def test_a_catalog_subscription_is_reopened_only_when_subscription_reopens_says_so() -> None:
+    """agent-framework's catalog subscription task reopens a ``subscriptions/listen`` stream
+    that ended, with no stop but ``ListenNotSupportedError``: ``HookedMCPTool`` asks
+    ``subscription_reopens()`` before each reopen, and a ``False`` must end the task (else a
+    shared tool under ``user_only`` reopens it with no token every ~2 s, for the connection's
+    life). Fails (times out) when agent-framework stops going through ``Client.listen`` for a
+    reopen, or retries the error the seam raises."""
+    from mcp import types
+
+    opened: list[dict[str, Any]] = []
+    asked: list[bool] = []
+
+    class _Ended:  # a subscription whose stream ends at once (an ingress cut it)
+        def __aiter__(self) -> _Ended:
+            return self
+
+        async def __anext__(self) -> Any:
+            raise StopAsyncIteration
+
+    class _Listen:
+        def __init__(self, filters: dict[str, Any]) -> None:
+            self.filters = filters
+
+        async def __aenter__(self) -> _Ended:
+            opened.append(self.filters)
+            return _Ended()
+
+        async def __aexit__(self, *exc_info: Any) -> None:
+            return None
+
+    class _Client:  # mcp.client.Client's listen(), as agent-framework calls it
+        def listen(self, **filters: Any) -> _Listen:
+            return _Listen(filters)
+
+    class _Tool(_af_seams.HookedMCPTool):
+        async def subscription_reopens(self) -> bool:
+            asked.append(True)
+            return len(asked) < 3  # the first open and one reopen, then no more
+
+        async def load_tools(self) -> None:  # the refresh before each reopen
+            return None
+
+    tool = _Tool("x", URL)
+    client = _Client()
+    seam = "HookedMCPTool.subscription_reopens"
+    tool._server_capabilities = types.ServerCapabilities(
+        tools=types.ToolsCapability(listChanged=True)
+    )
+    tool._connection = type("_Connection", (), {"client": client, "is_framework_owned": True})()
+    await tool._listen_capability_list_changes(client)
+    task = tool._capability_list_subscription_task
+    assert isinstance(task, asyncio.Task), moved(AF, "_capability_list_subscription_task", seam)
+    try:
+        async with asyncio.timeout(10):
+            await task
+    except TimeoutError:
+        task.cancel()
+        pytest.fail(moved(AF, "_listen_capability_list_changes (its reopen loop)", seam))
+    assert len(opened) == 2, moved(AF, f"_listen_capability_list_changes ({opened})", seam)
+    assert opened[0] == {"tools_list_changed": True, "prompts_list_changed": False}
+    assert len(asked) == 3, asked

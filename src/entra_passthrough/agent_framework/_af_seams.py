@@ -92,6 +92,13 @@ class HookedMCPTool(MCPStreamableHTTPTool):
       same). On 1.26 the task also starts outside any tool call's ``_mcp_http_invocation``.
     * ``_connect_on_owner``: after every (re)connect, ``session_opened(session)`` gets the new
       ``mcp.ClientSession`` (read from ``_connection.client.session``).
+    * ``_listen_capability_list_changes``: the catalog subscription task reopens a
+      ``subscriptions/listen`` stream that ended, with no stop condition (tenacity, no
+      ``stop``) but ``ListenNotSupportedError``; each reopen outside a connect asks
+      ``subscription_reopens()`` first, and on ``False`` raises that error, which ends the task
+      (agent-framework logs it at DEBUG as a server without ``listen``). Done by wrapping the
+      connection's ``mcp.client.Client.listen`` (a public method) on that instance: the task
+      compares the client by identity, so it cannot be replaced by a proxy.
     * ``_recover_connection_after_loss``: agent-framework reconnects and *resends* the operation
       that lost its connection; ``reconnects_after_loss(operation)`` may refuse, and the loss is
       raised instead (a tool call that may have reached the server must not run twice). 1.26
@@ -110,6 +117,14 @@ class HookedMCPTool(MCPStreamableHTTPTool):
     def reconnects_after_loss(self, operation: str) -> bool:
         """Whether agent-framework may reconnect and redo ``operation`` ("tool call",
         "tools/list"...) after its connection was lost (default: yes, as upstream)."""
+        return True
+
+    async def subscription_reopens(self) -> bool:
+        """Whether agent-framework may reopen the catalog subscription (``subscriptions/listen``)
+        that ended or was lost, outside a connect (default: yes, as upstream, which tries again
+        for as long as the connection lives). Asked in the subscription's own task, before
+        each reopen; on ``False`` the subscription stays closed until the next connect opens a
+        new one."""
         return True
 
     # -- helpers -----------------------------------------------------------------------------
@@ -242,6 +257,12 @@ class HookedMCPTool(MCPStreamableHTTPTool):
         if session is not None:
             self.session_opened(session)
 
+    async def _listen_capability_list_changes(self, mcp_client: Any) -> None:
+        listen = getattr(mcp_client, "listen", None)
+        if callable(listen) and not getattr(listen, _GUARDED, False):
+            mcp_client.listen = _guarded_listen(self, listen)
+        await super()._listen_capability_list_changes(mcp_client)
+
     async def _recover_connection_after_loss(
         self,
         *,
@@ -261,6 +282,48 @@ class HookedMCPTool(MCPStreamableHTTPTool):
             load_configured=load_configured,
             **more,
         )
+
+
+#: Marks a ``Client.listen`` already wrapped by ``_guarded_listen``.
+_GUARDED = "_entra_guarded_listen"
+
+
+def _guarded_listen(tool: HookedMCPTool, listen: Callable[..., Any]) -> Callable[..., Any]:
+    """``listen`` whose stream, when opened outside a connect (a reopen by the subscription
+    task), first asks ``tool.subscription_reopens()``; on ``False`` it raises
+    ``ListenNotSupportedError``, the one error agent-framework's reopen loop does not retry."""
+
+    def guarded(**filters: Any) -> Any:
+        return _GuardedListen(tool, listen, filters)
+
+    setattr(guarded, _GUARDED, True)
+    return guarded
+
+
+class _GuardedListen:
+    """The context manager ``Client.listen(...)`` returns, opened only when allowed."""
+
+    def __init__(
+        self, tool: HookedMCPTool, listen: Callable[..., Any], filters: dict[str, Any]
+    ) -> None:
+        self._tool = tool
+        self._listen = listen
+        self._filters = filters
+        self._inner: Any = None
+
+    async def __aenter__(self) -> Any:
+        if not self._tool.on_lifecycle_owner() and not await self._tool.subscription_reopens():
+            from mcp.client.subscriptions import ListenNotSupportedError
+
+            raise ListenNotSupportedError(None)
+        self._inner = self._listen(**self._filters)
+        return await self._inner.__aenter__()
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        if self._inner is None:
+            return None
+        result: bool | None = await self._inner.__aexit__(*exc_info)
+        return result
 
 
 def public_failure_type() -> type[Exception] | None:

@@ -35,6 +35,7 @@ import re
 import time
 from collections.abc import Sequence
 from contextvars import ContextVar
+from importlib import metadata
 from typing import Any
 
 from .._asgi import ASGIApp, Message, Receive, Scope, Send
@@ -711,14 +712,34 @@ def _serves_stored_responses(app: Any) -> bool:
     return any(getattr(route, "name", None) == "get_response" for route in routes)
 
 
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
 def _chain_shutdown(app: Any, closables: tuple[Any, ...]) -> None:
     register = getattr(app, "shutdown_handler", None)
     # The host keeps one handler (ResponsesHostServer's closes the agent): run it first. Refuse
     # rather than drop it if its slot moved.
     found, previous = shutdown_handler_of(app)
-    if register is None or not found:
+    if register is None:
         raise ConfigurationError(
-            "close_on_shutdown needs an AgentServerHost (shutdown_handler, _shutdown_fn)"
+            f"close_on_shutdown needs an AgentServerHost (a ResponsesHostServer): "
+            f"{type(app).__name__} has no shutdown_handler.",
+            fix="pass the host itself to install(), or leave close_on_shutdown out and close "
+            "what it names in your own shutdown (await pool.aclose())",
+        )
+    if not found:
+        raise ConfigurationError(
+            "close_on_shutdown cannot chain the host's own shutdown handler: this "
+            f"azure-ai-agentserver-core ({_version('azure-ai-agentserver-core')}) no longer "
+            "keeps it in _shutdown_fn, and replacing it would drop "
+            "the handler that closes the agent.",
+            fix="install the versions entra-passthrough[agent-framework] pins (pip install "
+            "'entra-passthrough[agent-framework]'), or leave close_on_shutdown out and close "
+            "what it names in your own shutdown (await pool.aclose())",
         )
 
     async def shutdown() -> None:

@@ -55,6 +55,7 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
+from importlib import metadata
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
@@ -262,6 +263,16 @@ class EntraMCPTool(HookedMCPTool):
         # not bind sessions to principals (a 404 later is a restart or an expiry, not that).
         self._sessions_shared = False
         self._background: set[asyncio.Task[None]] = set()
+        # Bumped when a ``close()`` (not agent-framework's nested close on the lifecycle task)
+        # begins and when it ends: a connect, reconnect or call that began before a close ended
+        # stops at its next step (never connects again, never sends) instead of reopening the
+        # tool behind the closer. ``_closing_now``: closes in progress.
+        self._closes = 0
+        self._closing_now = 0
+        # The waits between two attempts in progress (``_pause``): a close ends them at once.
+        self._pauses: set[asyncio.Future[None]] = set()
+        # The bounds of agent-framework's own catalog refreshes in progress: a close ends them.
+        self._refreshes: set[asyncio.Timeout] = set()
         self._deferred_for: Caller | None = None
         # The last 401/403 a connection-lifetime POST got (cleared by a later success): what a
         # failed connect reports, since no ``CallAttempt`` records a connect's answers.
@@ -343,7 +354,8 @@ class EntraMCPTool(HookedMCPTool):
 
     def session_opened(self, session: Any) -> None:
         """Every new session (reconnects included) maps URL elicitations to a consent error."""
-        set_elicitation_callback(session, url_elicitation_as_error)
+        if not set_elicitation_callback(session, url_elicitation_as_error):
+            _warn_no_elicitation_slot()
 
     def _set_lifecycle_caller(self, caller: Caller | None) -> None:
         self._lifecycle_caller = caller
@@ -387,9 +399,20 @@ class EntraMCPTool(HookedMCPTool):
         await self._connect_as(active_caller(), reset=reset)
 
     async def _connect_as(
-        self, trigger: Caller | None, *, reset: bool, generation: int | None = None
+        self,
+        trigger: Caller | None,
+        *,
+        reset: bool,
+        generation: int | None = None,
+        closes: int | None = None,
     ) -> None:
+        """(Re)connect acting for ``trigger``'s choice (``_discovery_caller``). ``closes``: the
+        close count when the operation this connect belongs to began (default: now); a
+        ``close()`` since then stops it (``_ToolClosed``) before any further request."""
+        if closes is None:
+            closes = self._closes
         async with self._connect_lock:
+            self._stop_if_closed(closes)
             if generation is not None and generation != self._generation:
                 return  # another call already replaced the dead connection
             if not reset and self.is_connected and self.tools_loaded:
@@ -401,18 +424,22 @@ class EntraMCPTool(HookedMCPTool):
                 # no request at all, and gets the explanation.
                 await self._preflight(chosen)
             if reset:
-                # The calls whose requests are still on the old connection finish first
-                # (bounded): closing it would cut off calls the server is still answering, and
-                # each would end "may have run".
-                await self._drain()
-                # Close the old connection first, acting for nobody (shared) or its own user
-                # (pooled): its DELETE must not carry the token of whoever triggered the reset.
-                # Under the calls still in flight after the drain (agent-framework 1.26's own
-                # close would wait for them without a bound).
-                if self.mode == "shared":
-                    self._set_lifecycle_caller(None)
-                self._mark_cut_off("reconnect")
-                await _not_cancelled_by_transport(self.close_under_calls())
+                # Exclusive access first (1.26: no new call is admitted meanwhile, and a
+                # catalog refresh or connect attempt in progress ends first), then the calls
+                # whose requests are still on the old connection finish (bounded): closing it
+                # would cut off calls the server is still answering, and each would end "may
+                # have run". Marked under the same access: a call admitted after the drain
+                # began would otherwise be closed under with no drain and no mark.
+                async with self.exclusive_under_calls():
+                    await self._drain()
+                    # Close the old connection first, acting for nobody (shared) or its own
+                    # user (pooled): its DELETE must not carry the token of whoever triggered
+                    # the reset. Under the calls still in flight after the drain
+                    # (agent-framework 1.26's own close would wait for them without a bound).
+                    if self.mode == "shared":
+                        self._set_lifecycle_caller(None)
+                    self._mark_cut_off("reconnect")
+                    await _not_cancelled_by_transport(self.close_under_calls())
                 reset = False
             if self.mode == "shared" and chosen is not None:
                 # A copy that ends with this connect: tasks the transport starts now (GET
@@ -425,7 +452,12 @@ class EntraMCPTool(HookedMCPTool):
             self._connect_refusal = None
             self._connect_status = None
             try:
-                await self._connect_through_refusals(reset)
+                await self._connect_through_refusals(reset, closes)
+            except _ToolClosed:
+                self._entra_auth.take_errors()
+                if chosen is not None:
+                    chosen.take_errors()
+                raise
             except Exception as exc:
                 failure = self._connect_failure(exc, chosen)
                 if failure is exc:
@@ -445,7 +477,7 @@ class EntraMCPTool(HookedMCPTool):
             self._generation += 1
             self._session_owner = _oid_of(chosen)
 
-    async def _connect_through_refusals(self, reset: bool) -> None:
+    async def _connect_through_refusals(self, reset: bool, closes: int) -> None:
         """``connect``, again while the server refuses the TCP connection (a restart's gap, in
         which a run that opens its tool failed at once: "An internal server error occurred"
         from the host), drops the connect's own connection or session mid-handshake (a
@@ -454,21 +486,24 @@ class EntraMCPTool(HookedMCPTool):
         gateway in front of a restarting server, ``_TRANSIENT_CONNECT_STATUSES``; after its
         ``Retry-After``, when that fits): a connect runs no tool, so trying again is safe (again
         with ``reset``: its half-open session is closed first); for at most
-        ``_REFUSED_CONNECT_WAIT`` seconds, then the failure stands. Never a ``tools/call``."""
+        ``_REFUSED_CONNECT_WAIT`` seconds, then the failure stands. Never a ``tools/call``.
+        A ``close()`` since ``closes`` ends it before the next attempt (``_ToolClosed``), and
+        after one that was running (the close closed what it opened)."""
         loop = asyncio.get_running_loop()
         give_up = loop.time() + _REFUSED_CONNECT_WAIT
         delay = 0.1
         busy = 0  # attempts answered with a transient status
         self._connect_attempts = 0
         while True:
+            self._stop_if_closed(closes)
             self._connect_status = None
             self._connect_attempts += 1
             try:
                 # Without 1.26's wait for every call in flight (``connect_under_calls``): a reset
                 # here replaces a connection lost mid-connect, or one already drained above.
                 await _not_cancelled_by_transport(self.connect_under_calls(reset=reset))
-                return
             except Exception as exc:
+                self._stop_if_closed(closes)  # a failure caused by the close, or during it
                 refused = _connection_refused(exc)
                 lost = not refused and (connect_lost(exc) or is_lost_response(exc))
                 answered = self._answered()  # what the hook recorded in this attempt
@@ -495,8 +530,33 @@ class EntraMCPTool(HookedMCPTool):
                 if loop.time() + wait > give_up:
                     raise  # never sleeps past the bound (nor when Retry-After is longer)
                 reset = reset or not refused  # lost, or answered: close its half-open session
-            await asyncio.sleep(wait)
+            else:
+                # A close() that came during the attempt waited for it, then closed what it
+                # opened: not connected, and the connect says so.
+                self._stop_if_closed(closes)
+                return
+            await self._pause(wait, closes=closes)
             delay = min(delay * 2, 1.0)
+
+    def _stop_if_closed(self, closes: int) -> None:
+        """Raise ``_ToolClosed`` when ``close()`` ran since the close count was ``closes``, or
+        one is running."""
+        if self._closes != closes or self._closing_now:
+            raise _ToolClosed(self.server_label)
+
+    async def _pause(self, seconds: float, *, closes: int) -> None:
+        """Sleep between two attempts; a ``close()`` (since ``closes``) ends the sleep and
+        raises ``_ToolClosed``."""
+        self._stop_if_closed(closes)
+        woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pauses.add(woken)
+        try:
+            with suppress(TimeoutError):
+                async with asyncio.timeout(seconds):
+                    await woken
+        finally:
+            self._pauses.discard(woken)
+        self._stop_if_closed(closes)
 
     def _answered(self) -> _ConnectStatus | None:
         """The HTTP error (not 401/403) the latest connection-lifetime POST got, if any: read
@@ -526,13 +586,38 @@ class EntraMCPTool(HookedMCPTool):
         """Close the connection: the calls whose ``tools/call`` was sent get up to
         ``_DRAIN_WAIT`` seconds to finish, then it is closed under those still running (they
         fail "may have run"), as a reconnect does. agent-framework 1.26's own ``close`` would
-        wait for every call in flight, however long it runs (1.23's closed at once)."""
+        wait for every call in flight, however long it runs (1.23's closed at once).
+
+        A connect or reconnect in progress (one retrying a refused or busy server, say) stops:
+        it sends nothing more, and its waiting run or call fails saying the tool was closed; a
+        call not sent yet is not sent. A catalog refresh in progress ends at once. An attempt
+        already running is waited for (the close then closes what it opened): its requests'
+        own timeouts bound it."""
         if self.on_lifecycle_owner():
             await super().close()
             return
-        await self._drain()
-        self._mark_cut_off("close")
-        await self.close_under_calls()
+        self._closes += 1
+        for woken in self._pauses:
+            if not woken.done():
+                woken.set_result(None)
+        self._closing_now += 1
+        try:
+            now = asyncio.get_running_loop().time()
+            for bound in list(self._refreshes):
+                if not bound.expired():
+                    bound.reschedule(now)
+            # Exclusive access first (1.26: no call is admitted meanwhile, and a refresh or
+            # connect attempt in progress ends first), then the drain and the marks under it: a
+            # call admitted after the drain began would be closed under with no drain, and its
+            # error would not say that the tool was closed. Re-entrant: ``close_under_calls``
+            # takes nothing more.
+            async with self.exclusive_under_calls():
+                await self._drain()
+                self._mark_cut_off("close")
+                await self.close_under_calls()
+        finally:
+            self._closing_now -= 1
+            self._closes += 1  # what began during the close stops too
 
     async def load_tools(self) -> None:
         """Load the tool list. Run by a connect (on the lifecycle task), or by agent-framework
@@ -545,32 +630,43 @@ class EntraMCPTool(HookedMCPTool):
         if self.on_lifecycle_owner():
             await super().load_tools()
         elif await self._refresh_has_a_token("tool"):
-            async with asyncio.timeout(_REFRESH_WAIT):
-                await super().load_tools()
+            await self._bounded_refresh("tool", super().load_tools)
 
     async def load_prompts(self) -> None:
         """Load the prompt list: as ``load_tools``."""
         if self.on_lifecycle_owner():
             await super().load_prompts()
         elif await self._refresh_has_a_token("prompt"):
-            async with asyncio.timeout(_REFRESH_WAIT):
-                await super().load_prompts()
+            await self._bounded_refresh("prompt", super().load_prompts)
+
+    async def _bounded_refresh(self, kind: str, load: Callable[[], Awaitable[None]]) -> None:
+        """Run a refresh outside a connect for at most ``_REFRESH_WAIT`` seconds; a ``close()``
+        ends it at once (its connection is about to be closed): the close need not wait for a
+        slow ``tools/list`` holding the exclusive access."""
+        closes = self._closes
+        try:
+            async with asyncio.timeout(_REFRESH_WAIT) as bound:
+                self._refreshes.add(bound)
+                try:
+                    await load()
+                finally:
+                    self._refreshes.discard(bound)
+        except TimeoutError:
+            if self._closes == closes:
+                raise
+            _log.info(
+                "MCP server %r: its %s list refresh was ended: the tool was closed",
+                self.server_label,
+                kind,
+            )
 
     async def _refresh_has_a_token(self, kind: str) -> bool:
         """Whether a refresh of the ``kind`` list outside a connect can carry a token here (what
         the transport's ``EntraAuth`` would apply to it); if not, it is skipped: sent without
         one, the server refuses it (401) and the refresh fails for nothing."""
-        try:
-            token = await self._entra_auth.acquire_async()
-        except Exception as exc:
-            why = f"no token could be had for it ({type(exc).__name__})"
-        else:
-            if token is not None:
-                return True
-            why = (
-                "it acts for no user's call and the policy names no lifecycle identity "
-                "(lifecycle_app=True would let the app list it)"
-            )
+        why = await self._why_no_token("list")
+        if why is None:
+            return True
         _log.info(
             "MCP server %r: its %s list changed, not reloaded: %s; the list stays as loaded "
             "until the tool connects again",
@@ -579,6 +675,38 @@ class EntraMCPTool(HookedMCPTool):
             why,
         )
         return False
+
+    async def subscription_reopens(self) -> bool:
+        """agent-framework reopens a catalog subscription (``subscriptions/listen``) that ended
+        or was lost, outside any connect, every few seconds for as long as the connection
+        lives. It is reopened only when a token can be applied to it, as a refresh is
+        (``_refresh_has_a_token``); else it stays closed (one INFO line) until the next connect
+        opens a new one: sent without a token, each reopen is refused (401), for nothing."""
+        why = await self._why_no_token("subscription")
+        if why is None:
+            return True
+        _log.info(
+            "MCP server %r: its catalog subscription (subscriptions/listen) ended and is not "
+            "reopened: %s; changes to its tool and prompt lists are not followed until the "
+            "tool connects again",
+            self.server_label,
+            why,
+        )
+        return False
+
+    async def _why_no_token(self, what: str) -> str | None:
+        """Why a connection-lifetime request outside a connect (a ``what``: "list" refresh, a
+        "subscription") could carry no token here, or ``None`` when one can be applied."""
+        try:
+            token = await self._entra_auth.acquire_async()
+        except Exception as exc:
+            return f"no token could be had for it ({type(exc).__name__})"
+        if token is not None:
+            return None
+        return (
+            "it acts for no user's call and the policy names no lifecycle identity "
+            f"(lifecycle_app=True would let the app {'list it' if what == 'list' else 'open it'})"
+        )
 
     async def _preflight(self, chosen: Caller) -> None:
         # Resolved as ``chosen`` (the trigger, or a pooled connection's own user).
@@ -828,6 +956,9 @@ class EntraMCPTool(HookedMCPTool):
             # Always through the connect lock: is_connected turns true before the tools are
             # loaded, and a concurrent lease must not expose an empty tool list.
             await self._connect_retrying()
+        except _ToolClosed:
+            self._leases -= 1
+            raise
         except Exception as exc:
             self._leases -= 1
             # The host shows only "server_error" for a failure while the agent opens its tools,
@@ -859,7 +990,12 @@ class EntraMCPTool(HookedMCPTool):
         """Connect; while the server cannot be reached (a restart's gap), back off and try
         again, bounded. Any other failure (auth, consent, a server error) raises at once."""
         deadline = asyncio.get_running_loop().time() + _RETRY_WINDOW
-        await _while_unreachable(self.connect, deadline)
+        closes = self._closes  # a close() from now on stops it (its waits too)
+        await _while_unreachable(
+            lambda: self._connect_as(active_caller(), reset=False, closes=closes),
+            deadline,
+            pause=functools.partial(self._pause, closes=closes),
+        )
 
     async def __aexit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
         if self._pool is None:
@@ -898,6 +1034,10 @@ class EntraMCPTool(HookedMCPTool):
             return await self._call_at_most_once(caller, tool_name, kwargs)
         except UserInputRequiredException:
             raise
+        except _ToolClosed as closed:
+            if closed.tool_name is not None:
+                raise
+            raise _ToolClosed(self.server_label, tool_name) from closed
         except Exception as exc:
             failure = self._call_failure(exc, caller)
             if failure is exc:
@@ -909,6 +1049,8 @@ class EntraMCPTool(HookedMCPTool):
     ) -> str | list[Content]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _RETRY_WINDOW
+        # A close() from now on: the call is not sent (again), and nothing reconnects for it.
+        closes = self._closes
         delay = 0.05  # backoff while the server cannot be reached on a live connection
         reconnects = 0
         refusals = 0  # attempts whose session the server refused (404)
@@ -924,7 +1066,8 @@ class EntraMCPTool(HookedMCPTool):
             result = await self._resolve(caller)  # again before every attempt
             # Resolving may have taken a while (a token exchange): a connect may have started
             # meanwhile, and may have a session but no tool list yet.
-            await self._until_sendable(tool_name)
+            await self._until_sendable(tool_name, closes)
+            self._stop_if_closed(closes)
             generation = self._generation
             attempt: CallAttempt
             try:
@@ -965,9 +1108,9 @@ class EntraMCPTool(HookedMCPTool):
                         # The connection is alive, its session is not: replaced before this
                         # call answers (bounded), so that the next call does not go out on it.
                         with suppress(Exception):
-                            await self._recover(generation, deadline)
+                            await self._recover(generation, deadline, closes)
                     elif is_dead_connection(exc):
-                        self._reconnect_soon(generation)
+                        self._reconnect_soon(generation, closes)
                     raise self._outcome_unknown(
                         verdict, exc, attempt, tool_name, cut_off=cut_off
                     ) from exc
@@ -994,15 +1137,16 @@ class EntraMCPTool(HookedMCPTool):
                         self.server_label,
                         type(exc).__name__,
                     )
-                    delay = await _back_off(delay)
+                    delay = await _back_off(delay, functools.partial(self._pause, closes=closes))
                     continue
+                self._stop_if_closed(closes)  # not reopened behind the closer
                 _log.info(
                     "MCP server %r: call not sent (%s), reconnecting and retrying",
                     self.server_label,
                     type(exc).__name__,
                 )
                 reconnects += 1
-                await self._recover(generation, deadline)
+                await self._recover(generation, deadline, closes)
                 continue
             self._cut_off.pop(attempt, None)  # answered before the close cut it off
             if (
@@ -1180,7 +1324,7 @@ class EntraMCPTool(HookedMCPTool):
             else None,
         )
 
-    async def _until_sendable(self, tool_name: str) -> None:
+    async def _until_sendable(self, tool_name: str, closes: int) -> None:
         """Return once a call to ``tool_name`` can go out with its arguments: no connect of
         ours in progress, and the tool's schema loaded (agent-framework keeps only the
         arguments the loaded schema declares: before the first ``tools/list`` is answered,
@@ -1196,7 +1340,7 @@ class EntraMCPTool(HookedMCPTool):
                 break  # a connect still running after the wait (bounded): not sent, below
             # Connected, no connect of ours running and no tool list (agent-framework
             # reconnected by itself without loading one): load it now, as the caller.
-            await self._connect_as(active_caller(), reset=False)
+            await self._connect_as(active_caller(), reset=False, closes=closes)
         raise ToolException(
             f"The call to tool {tool_name!r} was not sent to MCP server {self.server_label!r} "
             "(it did not run): the server's tool list could not be loaded. Fix: check that "
@@ -1215,22 +1359,29 @@ class EntraMCPTool(HookedMCPTool):
         except TimeoutError:
             pass  # sent anyway: it fails (and is retried) if the connection is still down
 
-    async def _recover(self, generation: int, deadline: float) -> None:
+    async def _recover(self, generation: int, deadline: float, closes: int) -> None:
         """Replace the connection of ``generation`` (once, however many calls saw it die); if the
-        server cannot be reached yet, back off (bounded by ``deadline``)."""
-        await _while_unreachable(functools.partial(self._reconnect, generation), deadline)
+        server cannot be reached yet, back off (bounded by ``deadline``). Not after a close
+        since ``closes``."""
+        await _while_unreachable(
+            functools.partial(self._reconnect, generation, closes),
+            deadline,
+            pause=functools.partial(self._pause, closes=closes),
+        )
 
-    def _reconnect_soon(self, generation: int) -> None:
+    def _reconnect_soon(self, generation: int, closes: int) -> None:
         """After a call that may have run: replace the dead connection for the next calls, in
-        the background (this call is not retried)."""
+        the background (this call is not retried). Not after a close since ``closes``."""
         caller = active_caller()
-        task = asyncio.create_task(self._reconnect_quietly(caller, generation))
+        task = asyncio.create_task(self._reconnect_quietly(caller, generation, closes))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _reconnect_quietly(self, caller: Caller | None, generation: int) -> None:
+    async def _reconnect_quietly(self, caller: Caller | None, generation: int, closes: int) -> None:
         try:
-            await self._connect_as(caller, reset=True, generation=generation)
+            await self._connect_as(caller, reset=True, generation=generation, closes=closes)
+        except _ToolClosed:
+            pass  # closed meanwhile: nothing to replace
         except Exception as exc:
             _log.info(
                 "MCP server %r: reconnect failed (%s); the next call tries again",
@@ -1302,8 +1453,8 @@ class EntraMCPTool(HookedMCPTool):
                 scopes=self.auth.scopes,
             )
 
-    async def _reconnect(self, generation: int) -> None:
-        await self._connect_as(active_caller(), reset=True, generation=generation)
+    async def _reconnect(self, generation: int, closes: int) -> None:
+        await self._connect_as(active_caller(), reset=True, generation=generation, closes=closes)
 
     def _call_failure(self, exc: Exception, caller: Caller | None) -> Exception:
         recorded = caller.take_errors() if caller is not None else []
@@ -1317,6 +1468,28 @@ class EntraMCPTool(HookedMCPTool):
         if typed is not None:
             return typed
         return exc
+
+
+class _ToolClosed(ToolException):
+    """A connect, or a call waiting for its connection, stopped because the tool was closed
+    (``close()``, ``pool.aclose()``): nothing more was sent, and no tool ran."""
+
+    def __init__(self, server_label: str, tool_name: str | None = None) -> None:
+        self.tool_name = tool_name
+        if tool_name is not None:
+            what = (
+                f"The call to tool {tool_name!r} was not sent to MCP server {server_label!r} "
+                "(it did not run): the tool was closed"
+            )
+            when = "before the call could be sent"
+        else:
+            what = f"The connect to MCP server {server_label!r} was stopped: the tool was closed"
+            when = "while it was connecting (no tool ran)"
+        super().__init__(
+            f"{what} (close(), pool.aclose(), the agent or the host shutting down) {when}; "
+            "nothing more is sent for it. Fix: none while the host shuts down; else run it "
+            "again on an open tool (closing a tool that runs still use cuts them off)."
+        )
 
 
 def _gave_up(attempts: int, refusals: int) -> str:
@@ -1338,25 +1511,36 @@ def _gave_up(attempts: int, refusals: int) -> str:
     )
 
 
-async def _back_off(delay: float) -> float:
-    """Sleep ``delay`` with jitter (0.5x to 1.5x); the next delay (doubled, at most 1 s)."""
-    await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311 (jitter)
+async def _back_off(
+    delay: float, pause: Callable[[float], Awaitable[None]] = asyncio.sleep
+) -> float:
+    """Sleep ``delay`` with jitter (0.5x to 1.5x), with ``pause`` (a close may end it); the next
+    delay (doubled, at most 1 s)."""
+    await pause(delay * (0.5 + random.random()))  # noqa: S311 (jitter)
     return min(delay * 2, 1.0)
 
 
-async def _while_unreachable(operation: Callable[[], Awaitable[None]], deadline: float) -> None:
+async def _while_unreachable(
+    operation: Callable[[], Awaitable[None]],
+    deadline: float,
+    *,
+    pause: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
     """Run ``operation`` (a connect); while the server cannot be reached (a restart's gap),
-    back off and run it again, until ``deadline`` (loop time). Any other failure raises."""
+    back off (``pause``) and run it again, until ``deadline`` (loop time). Any other failure
+    raises."""
     loop = asyncio.get_running_loop()
     delay = 0.05
     while True:
         try:
             await operation()
             return
+        except _ToolClosed:
+            raise
         except Exception as exc:
             if not connect_lost(exc) or loop.time() + delay >= deadline:
                 raise
-        delay = await _back_off(delay)
+        delay = await _back_off(delay, pause)
 
 
 async def _not_cancelled_by_transport(operation: Awaitable[None]) -> None:
@@ -1483,6 +1667,22 @@ class _ConnectRefusal:
         return tuple(
             s for s in self.required if s.lower() not in have and _short(s).lower() not in have
         )
+
+
+@functools.cache
+def _warn_no_elicitation_slot() -> None:
+    """Once per process: the mcp installed moved the session's elicitation slot, so a server's
+    URL elicitation (a consent link) is declined by the SDK instead of reaching the user."""
+    try:
+        version = metadata.version("mcp")
+    except metadata.PackageNotFoundError:  # pragma: no cover - mcp is imported above
+        version = "unknown"
+    _log.warning(
+        "mcp %s has no ClientSession._elicitation_callback (checked against 2.2 and 2.3): a "
+        "server's URL elicitation (a consent link) is declined instead of reaching the user. "
+        "Fix: install the mcp version entra-passthrough[agent-framework] pins.",
+        version,
+    )
 
 
 def _rpc_of(request: httpx2.Request) -> str | None:
