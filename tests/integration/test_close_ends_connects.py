@@ -442,3 +442,89 @@ async def test_a_lost_catalog_subscription_is_reopened_only_with_a_token(
         assert len(stopped) == 1, stopped
         assert "not followed until the tool connects again" in stopped[0]
         assert "lifecycle_app=True" in stopped[0]
+
+
+@pytest.mark.parametrize("per_user", [False, True], ids=["shared", "pool"])
+async def test_close_while_the_connect_resolves_its_token_leaves_nothing_running(
+    idp: EntraEmulator, users: list[User], per_user: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``close()`` while the first connect resolves its user's token (a slow OBO): the connect
+    stops before anything is sent, and the tool's lifecycle task (which holds that user's
+    caller) is never started: before, it stayed alive after close() returned."""
+    wire = Wire()
+    executions: list[tuple[str, str]] = []
+    server, _ = _serve(idp, wire, executions)
+    url = f"{server.base}/mcp"
+    chain, scopes = make_chain(idp), mcp_scopes(idp)
+    pool = entra_mcp_tool("records", url, chain=chain, scopes=scopes, per_user=True)
+    try:
+        with bind_caller(token=agent_token(idp, users[0])):
+            tool = (
+                await pool.tool()
+                if per_user
+                else entra_mcp_tool("records", url, chain=chain, scopes=scopes)
+            )
+            real = tool._entra_auth.acquire_async
+
+            async def slow(*args: Any, **kwargs: Any) -> Any:
+                await asyncio.sleep(1.0)  # Entra is slow to answer the connect's OBO
+                return await real(*args, **kwargs)
+
+            monkeypatch.setattr(tool._entra_auth, "acquire_async", slow)
+
+            async def open_it() -> BaseException | None:
+                try:
+                    async with asyncio.timeout(20):
+                        await tool.__aenter__()
+                except Exception as exc:
+                    return exc
+                return None
+
+            opening = asyncio.create_task(open_it())
+            await asyncio.sleep(0.3)  # inside the token request
+            if per_user:
+                await pool.aclose()
+            else:
+                await tool.close()
+            error = await opening
+            await asyncio.sleep(0.2)
+            assert error is not None
+            assert _said_closed(error), repr(error)
+            assert not tool.is_connected
+            lifecycle = getattr(tool, "_lifecycle_owner_task", None)
+            assert lifecycle is None or lifecycle.done()
+            assert wire.posts == []
+            assert executions == []
+    finally:
+        await pool.aclose()
+        server.stop()
+
+
+async def test_a_close_that_is_refused_stops_nothing(
+    idp: EntraEmulator, users: list[User], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A close agent-framework refuses (1.26: awaited from inside a call's own operation) must
+    not count as one: before, it had already marked the tool closed, and another call then
+    failed "the tool was closed" for a close that never happened."""
+    wire = Wire()
+    executions: list[tuple[str, str]] = []
+    server, _ = _serve(idp, wire, executions)
+    url = f"{server.base}/mcp"
+    tool = entra_mcp_tool("records", url, chain=make_chain(idp), scopes=mcp_scopes(idp))
+    try:
+        with bind_caller(token=agent_token(idp, users[0])):
+            async with tool:
+
+                def refuse() -> None:
+                    raise RuntimeError("not from inside a call (as agent-framework 1.26 says)")
+
+                monkeypatch.setattr(tool, "check_exclusive_allowed", refuse)
+                with pytest.raises(RuntimeError):
+                    await tool.close()
+                monkeypatch.undo()
+                assert tool.is_connected
+                await tool.call_tool("whoami", who="after")
+                assert [who for who, _ in executions] == ["after"]
+    finally:
+        await tool.close()
+        server.stop()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import ssl
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,12 +22,16 @@ from entra_passthrough.testing import EntraEmulator
 
 @pytest.fixture
 def loads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    """Every CA bundle loaded into a TLS context, by path."""
+    """Every CA bundle loaded into a TLS context by this test's thread, by path (a thread an
+    earlier test in the same worker left running, an HTTP client of its own, may load the
+    system's bundle meanwhile: not this session's load)."""
     seen: list[str] = []
     real = ssl.SSLContext.load_verify_locations
+    mine = threading.get_ident()
 
     def counting(self: ssl.SSLContext, cafile: Any = None, *args: Any, **kwargs: Any) -> Any:
-        seen.append(str(cafile))
+        if threading.get_ident() == mine:
+            seen.append(str(cafile))
         return real(self, cafile, *args, **kwargs)
 
     monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counting)

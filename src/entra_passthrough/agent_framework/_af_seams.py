@@ -178,6 +178,17 @@ class HookedMCPTool(MCPStreamableHTTPTool):
         async with self.exclusive_under_calls():
             await super().load_prompts()
 
+    def check_exclusive_allowed(self) -> None:
+        """Raise as 1.26's exclusive access does when it may not be taken here (from inside a
+        tool or prompt call's own network operation: ``_check_exclusive_header_access``); a
+        no-op on 1.23, and where ``exclusive_under_calls`` takes nothing."""
+        if not _WAITS_FOR_CALLS:
+            return
+        owner = getattr(self, "_header_exclusive_owner", None)
+        if self.on_lifecycle_owner() or owner is asyncio.current_task():
+            return
+        getattr(self, "_check_exclusive_header_access")()  # noqa: B009
+
     @asynccontextmanager
     async def exclusive_under_calls(self) -> AsyncIterator[None]:
         """The exclusive access that 1.26's ``connect``, ``close`` and discovery take, without

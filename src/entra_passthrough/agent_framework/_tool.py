@@ -423,6 +423,9 @@ class EntraMCPTool(HookedMCPTool):
                 # caller whose token cannot work (a Foundry-audience token, no consent...) makes
                 # no request at all, and gets the explanation.
                 await self._preflight(chosen)
+                # Closed while the token was resolved: stop before the lifecycle task starts
+                # (nothing would end it, nor the caller it holds).
+                self._stop_if_closed(closes)
             if reset:
                 # Exclusive access first (1.26: no new call is admitted meanwhile, and a
                 # catalog refresh or connect attempt in progress ends first), then the calls
@@ -590,12 +593,18 @@ class EntraMCPTool(HookedMCPTool):
 
         A connect or reconnect in progress (one retrying a refused or busy server, say) stops:
         it sends nothing more, and its waiting run or call fails saying the tool was closed; a
-        call not sent yet is not sent. A catalog refresh in progress ends at once. An attempt
-        already running is waited for (the close then closes what it opened): its requests'
-        own timeouts bound it."""
+        call not sent yet is not sent (on 1.23, which has no exclusive access, a call already
+        past its last check as the close begins may still go out during the drain: it ends
+        "may have run ... the tool was closed"). A catalog refresh in progress ends at once.
+        An attempt already running is waited for (the close then closes what it opened): its
+        requests' own timeouts bound it."""
         if self.on_lifecycle_owner():
             await super().close()
             return
+        # A close agent-framework refuses here (1.26: from inside a call's own operation) is
+        # refused before it stops anything: other calls must not fail "the tool was closed"
+        # for a close that never happened.
+        self.check_exclusive_allowed()
         self._closes += 1
         for woken in self._pauses:
             if not woken.done():
