@@ -822,14 +822,10 @@ _SECRET_VARIABLES = (
     "MSI_SECRET",
     "ENTRA_PASSTHROUGH_REDIS_URL",  # may carry a password
 )
-#: ``RedisStore.from_env()``'s variables: any of them set means a shared store was meant.
-_REDIS_VARIABLES = (
-    "ENTRA_PASSTHROUGH_REDIS_URL",
-    "ENTRA_PASSTHROUGH_REDIS_AUTH",
-    "ENTRA_PASSTHROUGH_REDIS_CA_FILE",
-    "ENTRA_PASSTHROUGH_REDIS_NAMESPACE",
-    "ENTRA_PASSTHROUGH_REDIS_ALLOW_PLAINTEXT",
-    "ENTRA_PASSTHROUGH_REDIS_CLUSTER",
+#: ``RedisStore.from_env()``'s variables (from the registry every variable is read through):
+#: any of them set means a shared store was meant.
+_REDIS_VARIABLES = tuple(
+    name for name in _env.VARIABLES if name.startswith("ENTRA_PASSTHROUGH_REDIS_")
 )
 _REDIS_CA_FILE = "ENTRA_PASSTHROUGH_REDIS_CA_FILE"
 _STORE_FIX = (

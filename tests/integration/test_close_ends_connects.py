@@ -247,16 +247,12 @@ async def test_close_during_an_opens_retry_on_a_refused_server_stops_it(
     assert _said_closed(opened), opened
 
 
-async def test_close_behind_a_slow_catalog_refresh_drains_the_call_admitted_meanwhile(
-    idp: EntraEmulator, users: list[User], monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def _close_behind_a_slow_refresh(
+    idp: EntraEmulator, users: list[User], tool_name: str, *, queued: float, gather: float
+) -> tuple[float, object, object, list[tuple[str, str]]]:
     """agent-framework refreshes the tool list (as a user, here) and the server is slow to
-    answer it (25 s); a long call arrives, then ``close()``. The close ends the refresh, takes
-    the exclusive access, lets the calls sent meanwhile finish for the drain bound, and the
-    call it cut off says the tool was closed (1.26 before: the close waited for the refresh,
-    admitted the call, then closed under it at once: "the connection was lost after the
-    request was sent")."""
-    monkeypatch.setattr(tool_module, "_DRAIN_WAIT", DRAIN)
+    answer it (25 s); a call of ``tool_name`` arrives, ``queued`` seconds later ``close()``.
+    (how long the close took, the refresh's outcome, the call's, what ran)."""
     wire = Wire()
     executions: list[tuple[str, str]] = []
     server, _ = _serve(idp, wire, executions)
@@ -272,22 +268,37 @@ async def test_close_behind_a_slow_catalog_refresh_drains_the_call_admitted_mean
 
             async def call() -> object:
                 try:
-                    return await tool.call_tool("slow", who="C")
+                    return await tool.call_tool(tool_name, who="C")
                 except Exception as exc:
                     return exc
 
-            long_call = asyncio.create_task(call())
-            await asyncio.sleep(0.3)
+            calling = asyncio.create_task(call())
+            await asyncio.sleep(queued)
             started = time.monotonic()
             async with asyncio.timeout(60):
                 await tool.close()
             took = time.monotonic() - started
-            async with asyncio.timeout(HOLD + 10):
-                refreshed, called = await asyncio.gather(refresh, long_call, return_exceptions=True)
+            async with asyncio.timeout(gather):
+                refreshed, called = await asyncio.gather(refresh, calling, return_exceptions=True)
     finally:
         wire.delay.clear()
         await tool.close()
         server.stop()
+    return took, refreshed, called, executions
+
+
+async def test_close_behind_a_slow_catalog_refresh_drains_the_call_admitted_meanwhile(
+    idp: EntraEmulator, users: list[User], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long call arrives behind the slow refresh, then ``close()``. The close ends the
+    refresh, takes the exclusive access, lets the calls sent meanwhile finish for the drain
+    bound, and the call it cut off says the tool was closed (1.26 before: the close waited for
+    the refresh, admitted the call, then closed under it at once: "the connection was lost
+    after the request was sent")."""
+    monkeypatch.setattr(tool_module, "_DRAIN_WAIT", DRAIN)
+    took, refreshed, called, _ = await _close_behind_a_slow_refresh(
+        idp, users, "slow", queued=0.3, gather=HOLD + 10
+    )
     assert took < DRAIN + 3, took  # before (1.26): the refresh's 25 s, then no drain at all
     assert not isinstance(refreshed, BaseException), refreshed  # ended quietly by the close
     assert isinstance(called, ToolException), called
@@ -299,41 +310,14 @@ async def test_close_behind_a_slow_catalog_refresh_drains_the_call_admitted_mean
 
 
 async def test_a_call_sent_while_close_waits_for_a_refresh_is_drained(
-    idp: EntraEmulator, users: list[User], monkeypatch: pytest.MonkeyPatch
+    idp: EntraEmulator, users: list[User]
 ) -> None:
     """A fast call that was already waiting for admission behind a slow refresh when ``close()``
     came is let finish (the drain runs under the close's exclusive access), or not sent at all:
     never closed under without a drain."""
-    wire = Wire()
-    executions: list[tuple[str, str]] = []
-    server, _ = _serve(idp, wire, executions)
-    tool = entra_mcp_tool(
-        "records", f"{server.base}/mcp", chain=make_chain(idp), scopes=mcp_scopes(idp)
+    took, _, called, executions = await _close_behind_a_slow_refresh(
+        idp, users, "whoami", queued=0.2, gather=20
     )
-    try:
-        with bind_caller(token=agent_token(idp, users[0])):
-            await tool.connect()
-            wire.delay["tools/list"] = 25.0
-            refresh = asyncio.create_task(tool.load_tools())
-            await asyncio.sleep(0.5)
-
-            async def call() -> object:
-                try:
-                    return await tool.call_tool("whoami", who="C")
-                except Exception as exc:
-                    return exc
-
-            fast_call = asyncio.create_task(call())
-            await asyncio.sleep(0.2)
-            started = time.monotonic()
-            await tool.close()
-            took = time.monotonic() - started
-            async with asyncio.timeout(20):
-                _, called = await asyncio.gather(refresh, fast_call, return_exceptions=True)
-    finally:
-        wire.delay.clear()
-        await tool.close()
-        server.stop()
     assert took < 5, took
     ran = [who for who, _ in executions]
     if ran:
