@@ -243,11 +243,17 @@ def _wrong_kind_error(
     return error
 
 
+def _foreign(source: TokenSource) -> bool:
+    """A source not written in this library (a custom ``TokenSource``, a subclass of ours): its
+    errors, even of the library's own types, may hold the caller's token in their text."""
+    return not type(source).__module__.startswith("entra_passthrough.")
+
+
 def _partition_error(source: TokenSource, exc: Exception) -> Exception:
     """A source's ``cache_partition`` raised: ours as is (it names no token), anything else by
     its type only (its text may hold the caller's token), typed, with the fix."""
     if isinstance(exc, EntraPassthroughError):
-        return _redact.scrub(exc)  # type: ignore[return-value]
+        return _redact.scrub(exc, ours_too=_foreign(source))  # type: ignore[return-value]
     return SourceUnavailable(
         f"its cache_partition(request) raised {type(exc).__name__}.",
         source=source.name,
@@ -754,7 +760,7 @@ class TokenChain:
                     answer = yield ask
                 except Exception as exc:
                     outcome = outcome or Attempts()
-                    outcome.record(source.name, _redact.scrub(exc))
+                    outcome.record(source.name, _redact.scrub(exc, ours_too=_foreign(source)))
                     continue
                 outcome = outcome or Attempts()
                 result = self._accept(source, key, answer, allowed, outcome, request)  # type: ignore[arg-type]

@@ -99,8 +99,17 @@ class Attempts:
                 kept = SourceUnavailable(without_fix(exc), source=source, fix=exc.fix)
                 kept.__cause__ = exc
             else:
+                # Its text is not kept: it may hold the caller's token (an HTTP library's
+                # error quoting the request it sent).
                 kept = SourceUnavailable(
-                    f"source failed unexpectedly: {type(exc).__name__}.", source=source
+                    f"source failed unexpectedly: {type(exc).__name__} (its text is not shown: "
+                    "it may hold the caller's token).",
+                    source=source,
+                    fix="if the source is your own TokenSource, catch that exception in its "
+                    "get_token/get_token_async and raise a TokenAcquisitionError subclass saying "
+                    "what happened and the fix (SourceUnavailable when it cannot run here); if it "
+                    "is one of entra-passthrough's, report the exception type as a defect "
+                    f"({see('sources-and-policy', 'your-own-source')}).",
                 )
             exc = kept
         self.notes[source] = type(exc).__name__

@@ -190,7 +190,7 @@ _GUID_SCOPE = re.compile(
 )
 
 
-def scrub(exc: BaseException) -> BaseException:
+def scrub(exc: BaseException, *, ours_too: bool = False) -> BaseException:
     """Remove secrets an exception chain carries beyond its message, in place; returns ``exc``.
 
     A library's own error is raised ``from None`` over a third party's (MSAL's
@@ -202,6 +202,11 @@ def scrub(exc: BaseException) -> BaseException:
     error reporters that capture locals (Sentry's default, ``traceback`` with
     ``capture_locals``, ``pytest --showlocals``) would send them on. Raised again, the error
     gets a traceback from where it is raised (the chain) outwards.
+
+    ``ours_too``: the library's own error types are redacted as well (their text and ``fix``):
+    for an error a source written outside the library raised (a custom ``TokenSource`` that puts
+    the caller's assertion in a ``SourceUnavailable``'s message). The library's own sources'
+    errors never hold a secret, and their text (a consent link's query) is kept as it is.
     """
     seen: set[int] = set()
     current: BaseException | None = exc
@@ -212,9 +217,15 @@ def scrub(exc: BaseException) -> BaseException:
             current.__context__ = None
         if isinstance(current, json.JSONDecodeError):
             current.doc = redact(current.doc)
-        if not type(current).__module__.startswith("entra_passthrough"):
+        ours = type(current).__module__.startswith("entra_passthrough")
+        if ours_too or not ours:
             with contextlib.suppress(AttributeError, TypeError):  # exotic exception types
                 current.args = tuple(redact(a) if isinstance(a, str) else a for a in current.args)
+        if ours_too and ours:
+            for name in ("fix", "failure"):
+                value = current.__dict__.get(name)
+                if isinstance(value, str):
+                    setattr(current, name, redact(value))
         current = current.__cause__ or current.__context__
     return exc
 

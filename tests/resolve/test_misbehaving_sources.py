@@ -17,6 +17,7 @@ import pytest
 from _support.tokens import unsigned_jwt
 from entra_passthrough import (
     Caller,
+    ConfigurationError,
     IdentityKind,
     Policy,
     PolicyViolation,
@@ -302,3 +303,84 @@ def test_a_result_whose_headers_are_none_is_named_with_the_fix(driver: str) -> N
     assert "headers" in str(info.value)
     assert info.value.fix
     assert "TokenResult.headers" in info.value.fix
+
+
+class _Raises:
+    """A user source whose ``get_token`` raises what ``make(assertion)`` builds."""
+
+    name = "custom"
+    kind = USER
+
+    def __init__(self, make: Callable[[str], BaseException]) -> None:
+        self.make = make
+
+    def cache_partition(self, request: TokenRequest) -> tuple[str, ...] | None:
+        caller = request.caller
+        return ("u", caller.assertion_sha256) if caller is not None else None
+
+    def get_token(self, request: TokenRequest) -> TokenResult | None:
+        assert request.caller is not None
+        raise self.make(request.caller.assertion or "")
+
+    async def get_token_async(self, request: TokenRequest) -> TokenResult | None:
+        return self.get_token(request)
+
+
+_OPAQUE_SECRET = "Q" * 12 + "~" + "s3cr3tV4lu3" * 4  # a client secret's shape, not a JWT
+
+_OURS_WITH_A_TOKEN: dict[str, Callable[[str], BaseException]] = {
+    "unavailable": lambda a: SourceUnavailable(
+        f"the backend refused {a}", source="custom", fix=f"send {a} again"
+    ),
+    "configuration": lambda a: ConfigurationError(f"bad assertion {a}", fix=f"not {a}"),
+    "secret": lambda a: SourceUnavailable(
+        f"login with {_OPAQUE_SECRET} failed", source="custom", failure=f"{_OPAQUE_SECRET}"
+    ),
+}
+
+
+@pytest.mark.parametrize("driver", ["sync", "async"])
+@pytest.mark.parametrize("case", sorted(_OURS_WITH_A_TOKEN))
+def test_a_custom_source_raising_our_error_with_a_token_in_it_is_redacted(
+    driver: str, case: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A custom source that puts the caller's assertion (or a secret) in one of the library's
+    own error types: the app gets that error's type and words, with the value redacted, in the
+    message, the fix and every attribute it can print (log lines were already clean)."""
+    assertion = unsigned_jwt(tid="t1", oid="u1")
+    chain = TokenChain([_Raises(_OURS_WITH_A_TOKEN[case])], policy=Policy.USER_ONLY)  # type: ignore[list-item]
+    with caplog.at_level("DEBUG"), pytest.raises(TokenAcquisitionError) as info:
+        _run(chain, driver, Caller.from_token(assertion))
+    error = info.value
+    texts = (
+        _chain_texts(error)
+        + " "
+        + " ".join(
+            str(getattr(e, name, ""))
+            for e in (error, error.__cause__)
+            for name in ("fix", "failure")
+        )
+    )
+    for secret in (assertion, _OPAQUE_SECRET):
+        assert secret not in texts
+        assert secret not in caplog.text
+    assert "[redacted]" in texts
+    assert error.source == "custom"
+    assert ("refused" in texts) or ("bad assertion" in texts) or ("login with" in texts)
+
+
+@pytest.mark.parametrize("driver", ["sync", "async"])
+def test_any_other_exception_from_a_custom_source_is_named_with_the_fix(driver: str) -> None:
+    assertion = unsigned_jwt(tid="t1", oid="u1")
+    chain = TokenChain(
+        [_Raises(lambda a: KeyError(f"no entry for {a}"))],  # type: ignore[list-item]
+        policy=Policy.USER_ONLY,
+    )
+    with pytest.raises(SourceUnavailable) as info:
+        _run(chain, driver, Caller.from_token(assertion))
+    text = str(info.value)
+    assert "KeyError" in text
+    assert assertion not in _chain_texts(info.value)
+    assert info.value.fix is not None
+    assert "TokenAcquisitionError" in info.value.fix
+    assert "your-own-source" in info.value.fix
