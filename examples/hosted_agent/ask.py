@@ -42,7 +42,9 @@ def sign_in(emulator: dict[str, Any], user: str) -> str:
     """A token for the agent app, as the front end would get it after the user signs in."""
     users, apps = emulator["users"], emulator["apps"]
     if user not in users:
-        raise SystemExit(f"no user {user!r} in the emulator; try one of {', '.join(users)}")
+        raise SystemExit(
+            f"no user {user!r} who signs in at the emulator's tenant; try one of {', '.join(users)}"
+        )
     frontend, agent = apps["frontend"], apps["agent"]
     data = {
         "grant_type": "password",
@@ -57,7 +59,16 @@ def sign_in(emulator: dict[str, Any], user: str) -> str:
     with httpx2.Client(verify=emulator["ca_file"], trust_env=False, timeout=30) as client:
         answer = client.post(url, data=data)
     if answer.status_code != 200:
-        raise SystemExit(f"sign-in failed: HTTP {answer.status_code} {answer.json().get('error')}")
+        # Entra's description says why (its AADSTS code first); its first line, bounded.
+        try:
+            body = answer.json()
+        except ValueError:
+            body = {}
+        reason = str(body.get("error_description") or "").splitlines()[:1]
+        raise SystemExit(
+            f"sign-in failed: HTTP {answer.status_code} {body.get('error')}"
+            + (f": {reason[0][:300]}" if reason else "")
+        )
     return str(answer.json()["access_token"])
 
 

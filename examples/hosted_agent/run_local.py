@@ -196,9 +196,12 @@ def _emulator_state(idp: Any) -> dict[str, Any]:
         for name, app in (("frontend", idp.frontend), ("agent", idp.agent))
     }
     # oid: the stable per-user id ask.py sends as Foundry's front door would (x-agent-user-id).
+    # Only the users ask.py can sign in: it signs in at the emulator's first tenant, where a
+    # user of another tenant (the guest's home is the second) does not exist (AADSTS50034).
     users = {
         name: {"upn": user.upn, "password": user.password, "oid": user.oid}
         for name, user in idp.users.items()
+        if user.tenant_id == idp.tenant_id
     }
     return {
         "url": idp.url,

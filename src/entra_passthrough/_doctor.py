@@ -228,6 +228,12 @@ class Doctor:
                 # The TLS failure's own fix names the CA variable; the check above says what
                 # is wrong with the file it names.
                 fix = "fix the CA file above first (ENTRA_PASSTHROUGH_CA_FILE)."
+            elif _is_tls_error(exc) and self.env.get("ENTRA_PASSTHROUGH_CA_FILE", "").strip():
+                fix = (
+                    "ENTRA_PASSTHROUGH_CA_FILE is set, and no CA in it signs the authority "
+                    "host's certificate: set it to the bundle that does (a TLS-inspecting "
+                    "proxy's CA, or the emulator's CA file), or check AZURE_AUTHORITY_HOST."
+                )
             elif not fix and proxy and _is_transport_error(exc):
                 # No answer at all, through a proxy the environment names: the proxy first,
                 # not the tenant id.
@@ -938,8 +944,17 @@ def _proxy_in(env: Mapping[str, str]) -> str | None:
 
 
 def _is_tls_error(exc: BaseException) -> bool:
-    """requests' (and ssl's) TLS failures: a certificate not trusted, no TLS agreed."""
-    return bool({c.__name__ for c in type(exc).__mro__} & {"SSLError", "SSLCertVerificationError"})
+    """requests' (and ssl's) TLS failures: a certificate not trusted, no TLS agreed; also under
+    another library's error (httpx2 raises its ``ConnectError`` from ssl's): the chain is
+    walked, bounded."""
+    current: BaseException | None = exc
+    for _ in range(8):
+        if current is None:
+            return False
+        if {c.__name__ for c in type(current).__mro__} & {"SSLError", "SSLCertVerificationError"}:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _is_transport_error(exc: BaseException) -> bool:
@@ -1064,6 +1079,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "pass a readable file holding one user's access token for the agent app "
                 "(--user-token-file), or leave the option out to skip the consent check.",
             )
+        else:
+            if not token:
+                # Given, but empty (a CI step that was to write it failed): never a silent
+                # skip of the check the option asks for, and an overall pass.
+                unreadable = Check(
+                    "user token file",
+                    FAIL,
+                    f"{args.user_token_file} is empty: it holds no token",
+                    "write one user's access token for the agent app into the file "
+                    "(--user-token-file), or leave the option out to skip the consent check.",
+                )
+                token = None
     # The report says what failed; the library's and azure-identity's own warnings would
     # repeat it on stderr.
     loggers = [logging.getLogger(name) for name in ("entra_passthrough", "azure.identity")]

@@ -418,6 +418,27 @@ def test_every_failure_has_a_fix(idp: EntraEmulator, tmp_path: Path, name: str) 
     assert_clean(checks, idp.agent.secret or "-", idp.blueprint.secret or "-", "wrong-header")
 
 
+@pytest.mark.parametrize("ca_file", ["none", "another bundle"])
+def test_an_untrusted_authority_certificate_is_said_as_such(
+    idp: EntraEmulator, tmp_path: Path, ca_file: str
+) -> None:
+    """The authority answered with a certificate the CA bundle does not trust: the discovery
+    check says so (it said "no answer from the authority host": httpx2 raises its
+    ConnectError from ssl's error), and its fix is the CA file, worded for one already set."""
+    import certifi
+
+    env = _broken_configurations(idp, tmp_path)["authority not trusted"]
+    if ca_file == "another bundle":
+        env = {**env, "ENTRA_PASSTHROUGH_CA_FILE": certifi.where()}
+    discovery = by_name(run(env))["discovery"]
+    assert discovery.status == "fail", discovery
+    assert "TLS" in discovery.detail, discovery
+    assert "no answer" not in discovery.detail, discovery
+    assert "ENTRA_PASSTHROUGH_CA_FILE" in discovery.fix
+    assert "AZURE_TENANT_ID" not in discovery.fix
+    assert ("is set" in discovery.fix) is (ca_file == "another bundle"), discovery.fix
+
+
 def test_managed_identity_fix_names_the_host(idp: EntraEmulator, tmp_path: Path) -> None:
     broken = _broken_configurations(idp, tmp_path)
     absent = by_name(run(broken["managed identity endpoint absent"]))["managed identity"]
@@ -469,10 +490,17 @@ def test_several_credentials_say_which_is_used(idp: EntraEmulator) -> None:
     assert "several" not in by_name(run(chosen))["consent app"].detail
 
 
-def test_cli_unreadable_user_token_file_is_a_check(idp: EntraEmulator, tmp_path: Path) -> None:
+@pytest.mark.parametrize("content", [None, "", "\n  \n"], ids=["missing", "empty", "blank"])
+def test_cli_unreadable_user_token_file_is_a_check(
+    idp: EntraEmulator, tmp_path: Path, content: str | None
+) -> None:
+    """A file that cannot be read, or holds no token (a CI step that was to write it failed),
+    is a failed check of its own: never a skipped consent check and an overall pass."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ENTRA_", "AZURE_"))}
     env.update(secretless(idp))
     missing = tmp_path / "alice.jwt"
+    if content is not None:
+        missing.write_text(content, encoding="utf-8")
     cli = [sys.executable, "-m", "entra_passthrough.cli", "doctor", "--json"]
     cli += ["--scope", scope(idp), "--user-token-file", str(missing)]
     done = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=120)
