@@ -1043,6 +1043,25 @@ class TokenChain:
         if chosen is Policy.DEVELOPER:
             sources.append(AzureCli.from_env(env))
         if not sources:
+            blueprint = [
+                name
+                for name in (
+                    "ENTRA_PASSTHROUGH_BLUEPRINT_CLIENT_ID",
+                    "FOUNDRY_AGENT_BLUEPRINT_CLIENT_ID",
+                )
+                if _env.get(env, name)
+            ]
+            if blueprint:
+                # Agent ID half configured: the blueprint named, the agent identity not.
+                raise ConfigurationError(
+                    f"The environment sets {blueprint[0]} (an Entra Agent ID blueprint) but no "
+                    "agent identity: neither ENTRA_PASSTHROUGH_AGENT_IDENTITY_ID nor "
+                    "FOUNDRY_AGENT_INSTANCE_CLIENT_ID is set, so no token source is configured.",
+                    fix="set ENTRA_PASSTHROUGH_AGENT_IDENTITY_ID to the agent identity's client id "
+                    "(a Foundry hosted agent gets FOUNDRY_AGENT_INSTANCE_CLIENT_ID from the "
+                    "platform: check the agent was deployed with its agent identity); "
+                    f"{see('configuration', 'what-tokenchainfrom_env-builds')}.",
+                )
             raise ConfigurationError(
                 "The environment configures no token source." + _env.azure_app_hint(env),
                 fix="set ENTRA_PASSTHROUGH_CLIENT_ID and AZURE_TENANT_ID (and a client "

@@ -425,3 +425,20 @@ async def test_pool_logs_a_failed_close(
         await EntraMCPToolPool._close_tool(tool)
     assert "closing pooled MCP connection" in caplog.text
     assert "OSError" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("notes-server", "absolute http(s) URL"),
+        ("ftp://mcp.contoso.com/mcp", "absolute http(s) URL"),
+        ("https://svc:k3y-in-the-url@mcp.contoso.com/mcp", "user info"),
+    ],
+)
+def test_an_unusable_mcp_url_is_refused_with_the_fix_and_never_shown(url: str, said: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        entra_mcp_tool("notes", url, chain=_NoChain(), scopes=SCOPES)
+    assert said in str(info.value)
+    assert info.value.fix
+    assert url not in str(info.value)
+    assert "k3y-in-the-url" not in str(info.value)

@@ -401,3 +401,31 @@ def test_azure_credential_from_env_certificate_password_chain_and_tenants(tmp_pa
         with pytest.raises(ConfigurationError, match="password") as caught:
             AzureCredential.from_env({**env, "AZURE_CLIENT_CERTIFICATE_PASSWORD": f"wrong-{n}"})
         assert f"wrong-{n}" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "blueprint", ["ENTRA_PASSTHROUGH_BLUEPRINT_CLIENT_ID", "FOUNDRY_AGENT_BLUEPRINT_CLIENT_ID"]
+)
+def test_a_blueprint_without_an_agent_identity_names_the_missing_variable(blueprint: str) -> None:
+    env = {blueprint: "5fa4fd49-7f65-5b31-ba73-1a56afa629dd", "AZURE_TENANT_ID": "tenant-a"}
+    with pytest.raises(ConfigurationError) as info:
+        TokenChain.from_env(env)
+    text = str(info.value)
+    assert blueprint in text
+    assert "ENTRA_PASSTHROUGH_AGENT_IDENTITY_ID" in text
+    assert "FOUNDRY_AGENT_INSTANCE_CLIENT_ID" in text
+    assert info.value.fix is not None
+    assert "ENTRA_PASSTHROUGH_AGENT_IDENTITY_ID" in info.value.fix
+
+
+def test_a_blueprint_without_a_credential_is_named_as_the_blueprint() -> None:
+    env = {
+        "ENTRA_PASSTHROUGH_BLUEPRINT_CLIENT_ID": "5fa4fd49-7f65-5b31-ba73-1a56afa629dd",
+        "ENTRA_PASSTHROUGH_AGENT_IDENTITY_ID": "3ae650bf-1a89-558e-b852-f6946a922169",
+        "AZURE_TENANT_ID": "979269af-69e0-5206-a3f3-b961c29811d3",
+    }
+    with pytest.raises(ConfigurationError) as info:
+        AgentIdentityOnBehalfOf.from_env(env)
+    text = str(info.value)
+    assert "no client credential for the agent identity blueprint" in text
+    assert "OBO app" not in text

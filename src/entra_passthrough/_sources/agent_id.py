@@ -438,6 +438,7 @@ class AgentIdentityOnBehalfOf:
                     tenant_id=tenant_id,
                     http_client=options["http_client"],
                     owner="AgentIdentityOnBehalfOf.from_env() (the blueprint)",
+                    app="blueprint",
                 )
             except ConfigurationError as exc:
                 if not _foundry_platform_credential(env, "FOUNDRY_AGENT_BLUEPRINT_CLIENT_ID") or (

@@ -742,6 +742,8 @@ def allowed_tenants_from_env(env: Mapping[str, str]) -> tuple[str, ...] | None:
 #: ``..._CERTIFICATE_PATH``, ``..._CREDENTIAL``).
 CLIENT_VARIABLES = {
     "obo": ("the OBO app", "ENTRA_PASSTHROUGH_CLIENT_"),
+    # Agent ID: the blueprint's credential is read from the OBO app's variables.
+    "blueprint": ("the agent identity blueprint", "ENTRA_PASSTHROUGH_CLIENT_"),
     "consent": ("the consent app", "ENTRA_PASSTHROUGH_CONSENT_CLIENT_"),
 }
 
@@ -828,7 +830,7 @@ def credential_from_env(
             if choice
             else "."
         )
-        + (_env.azure_app_hint(env) if app == "obo" else ""),
+        + (_env.azure_app_hint(env) if app in ("obo", "blueprint") else ""),
         fix=f"set {secret_variable}, {cert_variable} or AZURE_FEDERATED_TOKEN_FILE"
         + _managed_identity_option(env, choice_variable, what)
         + ".",

@@ -48,9 +48,19 @@ def _origin_of(url: str) -> str:
     # The URL is never echoed: MCP URLs sometimes carry a key (query string or user info).
     parts = urlsplit(url)
     if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise ConfigurationError("the MCP url is not an absolute http(s) URL")
+        raise ConfigurationError(
+            "the MCP url is not an absolute http(s) URL (the url is not shown: it may carry a "
+            "key).",
+            fix="pass the MCP server's endpoint as https://host[:port]/path (http:// only for "
+            "a server on this machine), e.g. https://mcp.contoso.com/mcp.",
+        )
     if parts.username is not None or parts.password is not None:
-        raise ConfigurationError("the MCP url must not contain user info")
+        raise ConfigurationError(
+            "the MCP url must not contain user info (user:password@): it would be sent as "
+            "Basic credentials beside the user's token.",
+            fix="remove the user info from the url; the tool authenticates with the user's "
+            "token for the MCP server's scopes.",
+        )
     return f"{parts.scheme}://{parts.netloc}"
 
 
