@@ -6,15 +6,19 @@
     GET  /signout?t=<revoke ticket>               -> a confirmation page (no side effect)
     POST /revoke  (form t=<revoke ticket>)        -> delete the grant, 303 to Entra's logout
 
-Every failure answers 400 with a clear page (or JSON for ``Accept: application/json``) and
-stores nothing. The link ticket is sealed by ``DelegatedConsent`` with the shared keyring, so
-only the agent can mint a link for a user; the callback accepts only the user the link was
-minted for (verified tid+oid), or - for a platform user id - the identity that id was first
-bound to.
+Every failure answers 400 (503 when the store or Entra is unavailable) with a clear page (or
+JSON for ``Accept: application/json``) and stores nothing; except a store write after the code
+was redeemed that does not answer (it may run all the same): unless a re-read finds the grant
+(then the sign-in succeeded), 503 ``store_outcome_unknown`` says it may have been saved.
+
+The link ticket is sealed by ``DelegatedConsent`` with the shared keyring, so only the agent
+can mint a link for a user; the callback accepts only the user the link was minted for (verified
+tid+oid), or - for a platform user id - the identity that id was first bound to.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -52,6 +56,7 @@ from .._user_key import UserKey
 from ._pages import (
     confirm_revoke_response,
     error_response,
+    outcome_unknown_response,
     security_headers,
     signed_out_since_response,
     signout_error_response,
@@ -108,6 +113,20 @@ def _digest(value: str) -> str:
 
 class _TokenAnswerNotJson(Exception):
     """The token endpoint's answer to a code redemption was not JSON (``_unavailable``)."""
+
+
+class _WriteFailed(Exception):
+    """A store write of the callback (the binding, the grant) failed after the code was
+    redeemed: it may have run all the same (a Redis timeout: Redis runs the command when it
+    wakes), so the page must not say "nothing was stored". ``__cause__`` is the failure."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+
+
+#: How long the callback re-reads the grant after its write failed (``_after_failed_write``).
+_REREAD_SECONDS = 2.0
 
 
 def _unavailable(
@@ -438,7 +457,6 @@ class ConsentBroker:
                 "no_refresh_token",
                 "The identity provider issued no refresh token (offline_access missing).",
             )
-        await self._bind(flow, claims)
         now = time.time()
         upn = claims.get("preferred_username") or claims.get("upn")
         grant = StoredGrant(
@@ -451,8 +469,64 @@ class ConsentBroker:
             created=now,
             updated=now,
         )
-        await self.grants.put_grant(state.key_hash, grant)
+        # A write below that fails may have run all the same (a Redis timeout): its page never
+        # says "nothing was stored" (``_after_failed_write``).
+        try:
+            await self._bind(flow, claims)
+            try:
+                await self.grants.put_grant(state.key_hash, grant)
+            except Exception as exc:
+                raise _WriteFailed("grant") from exc
+        except _WriteFailed as failed:
+            return await self._after_failed_write(request, state, grant, failed, secure, ttl)
         logger.info("consent stored for a user of tenant %s", grant.tid)
+        return await self._signed_in(request, state, grant, secure, ttl)
+
+    async def _after_failed_write(
+        self,
+        request: Request,
+        state: State,
+        grant: StoredGrant,
+        failed: _WriteFailed,
+        secure: bool,
+        ttl: float,
+    ) -> Response:
+        """The answer after a write of the callback failed: the success page if a re-read
+        (bounded) finds the grant this sign-in wrote, else 503 ``store_outcome_unknown`` (it may
+        have been saved), with a sign-out form for the key."""
+        cause = type(failed.__cause__).__name__
+        found: tuple[StoredGrant, str] | None = None
+        if failed.what == "grant":  # a binding's failure never reached the grant's write
+            try:
+                async with asyncio.timeout(_REREAD_SECONDS):
+                    found = await self.grants.get_grant(state.key_hash)
+            except Exception as exc:
+                logger.warning("consent grant re-read failed: %s", type(exc).__name__)
+        if found is not None and _same_write(found[0], grant):
+            logger.warning(
+                "consent grant write failed (%s), but a re-read found it: consent stored for a "
+                "user of tenant %s",
+                cause,
+                grant.tid,
+            )
+            return await self._signed_in(request, state, grant, secure, ttl)
+        logger.warning(
+            "consent %s write failed (%s) after the code was redeemed: it may have been "
+            "stored; answered store_outcome_unknown",
+            failed.what,
+            cause,
+        )
+        return outcome_unknown_response(
+            request,
+            revoke_ticket=seal_revoke_ticket(self.keyring, state.key_hash, lifetime=3600),
+            revoke_path="revoke",
+            form_action=self._form_action,
+        )
+
+    async def _signed_in(
+        self, request: Request, state: State, grant: StoredGrant, secure: bool, ttl: float
+    ) -> Response:
+        """The success page of a stored grant, with its completion record and cookie."""
         response = success_response(
             request,
             who=grant.upn,
@@ -569,8 +643,12 @@ class ConsentBroker:
             return
         tid, oid = str(claims["tid"]), str(claims["oid"])
         bound = await self.grants.get_binding(flow["key_hash"])
-        if bound is None and await self.grants.bind(flow["key_hash"], tid, oid):
-            return
+        if bound is None:
+            try:
+                if await self.grants.bind(flow["key_hash"], tid, oid):
+                    return
+            except Exception as exc:  # the binding may be written: not "nothing was stored"
+                raise _WriteFailed("binding") from exc
         bound = bound or await self.grants.get_binding(flow["key_hash"])
         if bound is None:  # it exists (bind refused) but does not open: fail closed, say why
             raise BadRequest(
@@ -659,6 +737,18 @@ _OPERATOR_CODES = frozenset(
 )
 #: The code itself was spent or too old: a new sign-in gets a new one.
 _CODE_SPENT = frozenset({54005, 70008})
+
+
+def _same_write(found: StoredGrant, written: StoredGrant) -> bool:
+    """Whether the grant read back is the one this callback wrote: its refresh token (compared
+    in constant time), or its creation time and user (a replica's refresh since then rotated
+    the refresh token and kept the rest)."""
+    if hmac.compare_digest(found.refresh_token.encode(), written.refresh_token.encode()):
+        return True
+    return found.created == written.created and (found.tid, found.oid) == (
+        written.tid,
+        written.oid,
+    )
 
 
 def _redeem_refused(answer: dict[str, Any]) -> BadRequest:

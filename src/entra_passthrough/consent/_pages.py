@@ -54,7 +54,8 @@ def error_response(
     status: int = 400,
     next_step: str | None = None,
 ) -> Response:
-    """A clear error; nothing was stored. ``message`` must be safe to show (no secrets);
+    """A clear error; nothing was stored (a store write whose outcome is unknown is
+    ``outcome_unknown_response``). ``message`` must be safe to show (no secrets);
     ``next_step`` (default: use the sign-in link again) what the user can do about it."""
     answer: dict[str, object] = {"error": code, "error_description": message, "stored": False}
     if next_step:
@@ -150,6 +151,54 @@ def success_response(
         '<button type="submit">Sign out and revoke this access</button></form>'
     )
     return HTMLResponse(_page("Signed in", body), headers=security_headers(form_action=form_action))
+
+
+#: The page of a sign-in whose code was redeemed but whose store write did not answer (a Redis
+#: timeout: the write may still run when it wakes), and whose grant a re-read did not find.
+OUTCOME_UNKNOWN = (
+    "You signed in at the identity provider, but saving the sign-in did not finish (the agent's "
+    "store did not answer in time), so it may have been saved."
+)
+OUTCOME_UNKNOWN_NEXT = (
+    "If the agent asks you to sign in again, use the sign-in link it gives you. If you do not "
+    "want the agent to act on your behalf, sign out below: that removes the access if it was "
+    "saved."
+)
+#: Its JSON form's next step (no form to sign out with).
+OUTCOME_UNKNOWN_NEXT_JSON = (
+    "If the agent asks you to sign in again, use the sign-in link it gives you. To remove the "
+    "access if it was saved, ask the agent for a sign-out link."
+)
+
+
+def outcome_unknown_response(
+    request: Request, *, revoke_ticket: str, revoke_path: str, form_action: str
+) -> Response:
+    """503 ``store_outcome_unknown``: the sign-in completed at the identity provider, saving it
+    did not finish and may have happened (never "nothing was stored": JSON ``stored: null``),
+    with the success page's sign-out form so the user can withdraw what may be stored."""
+    if wants_json(request):
+        answer = {
+            "error": "store_outcome_unknown",
+            "error_description": OUTCOME_UNKNOWN,
+            "stored": None,
+            "next_step": OUTCOME_UNKNOWN_NEXT_JSON,
+        }
+        return JSONResponse(answer, status_code=503, headers=security_headers())
+    body = (
+        '<h1 class="err">Sign-in may not have been saved</h1>'
+        f"<p>{html.escape(OUTCOME_UNKNOWN)}</p>"
+        "<p>Error: <code>store_outcome_unknown</code>. "
+        f"{html.escape(OUTCOME_UNKNOWN_NEXT)}</p>"
+        f'<form method="post" action="{html.escape(revoke_path)}">'
+        f'<input type="hidden" name="t" value="{html.escape(revoke_ticket)}">'
+        '<button type="submit">Sign out and revoke this access</button></form>'
+    )
+    return HTMLResponse(
+        _page("Sign-in may not have been saved", body),
+        status_code=503,
+        headers=security_headers(form_action=form_action),
+    )
 
 
 def signed_out_since_response(request: Request) -> Response:
