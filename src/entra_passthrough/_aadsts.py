@@ -208,6 +208,40 @@ _TABLE: tuple[Aadsts, ...] = (
         "the user name or password is wrong",
         "check the credentials (ROPC is for test users only)",
     ),
+    # ---- the user's account (reference-error-codes): Entra refuses every token for the user,
+    # in every flow (OBO included), while a token issued before stays valid until it expires ----
+    Aadsts(
+        50057,
+        "UserDisabled",
+        "the user's account is disabled in the tenant, so Entra issues no token for this user "
+        "(a token issued before stays valid until it expires)",
+        "nothing in the app's configuration fixes this: if the user should have access, a "
+        "tenant administrator re-enables the account (Entra admin center > Users > the user > "
+        "Account enabled, or az ad user update --id <upn> --account-enabled true)",
+    ),
+    Aadsts(
+        50053,
+        "IdsLocked",
+        "the user's account is locked after too many sign-ins with a wrong password, or the "
+        "sign-in came from an IP address with malicious activity",
+        "the user waits for the lockout to end, then signs in with the right password, or an "
+        "administrator unblocks the user (the tenant's sign-in log for error 50053 gives the "
+        "cause); retrying now does not help",
+    ),
+    Aadsts(
+        50055,
+        "InvalidPasswordExpiredPassword",
+        "the user's password has expired, so Entra ended the user's session",
+        "the user signs in interactively and changes the password (or an administrator resets "
+        "it), then signs in to the app again for a new token",
+    ),
+    Aadsts(
+        50133,
+        "SsoArtifactRevoked",
+        "the user's session is no longer valid: the password expired or was changed recently",
+        "the user signs in again (interactively) for a new session and token; the app's "
+        "configuration is not at fault",
+    ),
     Aadsts(
         50034,
         "UserAccountNotFound",
@@ -256,11 +290,22 @@ _TABLE: tuple[Aadsts, ...] = (
     Aadsts(
         700027,
         "InvalidClientAssertionSignature",
-        "the client assertion's signature does not match a registered certificate, or the "
-        "certificate it names has expired ('The key used is expired')",
-        "upload the certificate's public key to the app registration; if the key used is "
-        "expired, create a new certificate, upload its public key and point the certificate "
-        "path at it",
+        "the client assertion failed signature validation: a certificate not registered on the "
+        "app or expired ('The key used is expired'), or a federated token (managed identity, "
+        "AZURE_FEDERATED_TOKEN_FILE) damaged, altered or signed by another key",
+        "certificate: upload its public key to the app registration (expired: create a new "
+        "certificate, upload its public key and point the certificate path at it); federated "
+        "token: pass it exactly as its issuer wrote it (the file neither edited, truncated nor "
+        "re-encoded): the federated credential matched, add none",
+    ),
+    Aadsts(
+        7000272,
+        "FederatedCredentialSigningKeyNotFound",  # our label; Entra's name is not published
+        "the federated token (managed identity, AZURE_FEDERATED_TOKEN_FILE) matches a federated "
+        "credential, but the key that signed it is not among the keys its issuer publishes",
+        "use a token its issuer wrote, unchanged (not one signed by another key); a "
+        "self-hosted issuer must publish its current signing key in the jwks_uri of its "
+        "openid-configuration",
     ),
     Aadsts(
         50011,

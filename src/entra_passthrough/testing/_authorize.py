@@ -221,6 +221,10 @@ def _authorize_for_client(
     if action == "signin":
         user = rt.world.user(params.get("username", ""))
         given = params.get("password", "").encode()
+        if user is not None and rt.account_state(user) == "locked":
+            # A locked account is refused whatever the password (IdsLocked), on the page.
+            locked = e.account_state(50053)
+            return _signin_page(rt, params, f"AADSTS{locked.code}: {locked.text}")
         if user is None or not hmac.compare_digest(given, user.password.encode()):
             return _signin_page(
                 rt,

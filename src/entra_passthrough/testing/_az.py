@@ -48,6 +48,7 @@ from starlette.responses import JSONResponse, Response
 from . import _errors as e
 from ._issue import (
     ScopeRequest,
+    check_account,
     check_member,
     check_user_policies,
     mint_access,
@@ -228,6 +229,9 @@ async def az_endpoint(rt: Runtime, request: Request) -> Response:
         cli = _cli_app(rt, user)
         # `--tenant` names a tenant the user must belong to (member or guest): real az fails
         # with Entra's AADSTS50020 otherwise, naming the Azure CLI's client.
+        # The account's state, as for every token request for the user (AADSTS50057 for a
+        # disabled one is what `az account get-access-token` answers: Azure/azure-cli#18945).
+        check_account(rt, user)
         check_member(rt, user, tid, cli, client_name=AZURE_CLI_NAME)
         # The resource must exist in that tenant (a single-tenant API of another: AADSTS500011).
         req = parse_scopes(rt, raw_scope, tid)

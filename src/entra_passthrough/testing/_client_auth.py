@@ -17,7 +17,10 @@ Rules:
   credential of the app, else AADSTS700211 (issuer), 700213 (subject; 7002138 when only the case
   differs) or 700212 (audience) (https://learn.microsoft.com/entra/workload-id/
   workload-identity-federation-config-app-trust-managed-identity). A managed identity's token for
-  api://AzureADTokenExchange carries the MI's object id as ``sub`` and the v2 issuer.
+  api://AzureADTokenExchange carries the MI's object id as ``sub`` and the v2 issuer. One that
+  matches but is signed by a key its issuer does not publish is AADSTS7000272; one whose
+  signature fails with a published key, AADSTS700027 (``e.federated_bad_signature`` says why
+  that code).
 - Entra Agent ID: an agent identity authenticates with T1, the token its blueprint obtained with
   ``fmi_path`` = the agent identity (https://learn.microsoft.com/entra/agent-id/identity-platform/
   agent-on-behalf-of-oauth-flow).
@@ -151,17 +154,35 @@ def _check_assertion(
     aud = claims.get("aud", "")
     aud_s = " ".join(map(str, aud)) if isinstance(aud, list) else str(aud)
     if verified is None:
-        raise e.no_matching_fic(iss, sub, aud_s)
+        # The signature is checked with the keys of the issuer a matching credential names, so
+        # an assertion that matches none is refused for the field that matches nothing
+        # (700211/700213/700212) and one that matches is refused for its signature: never
+        # "no credential names the issuer" for a credential that exists.
+        if app.kind == "agent_identity":
+            if not _is_t1(app, claims, sub, aud):
+                raise e.no_matching_fic(iss, sub, aud_s)
+        else:
+            _match_federated_credential(rt, app, iss, sub, aud_s)
+        kid = str(header.get("kid", ""))
+        if rt.keys.find(kid) is None:
+            raise e.federated_key_not_found(kid, iss)
+        raise e.federated_bad_signature()
     _check_time_range(verified, now)
     if app.kind == "agent_identity":
-        if (
-            verified.get("azp") == app.blueprint_id
-            and sub == app.client_id
-            and aud == TOKEN_EXCHANGE_APP_ID
-        ):
+        if _is_t1(app, verified, sub, aud):
             return "2"
         raise e.no_matching_fic(iss, sub, aud_s)
     return _match_federated_credential(rt, app, iss, sub, aud_s)
+
+
+def _is_t1(app: App, claims: Mapping[str, Any], sub: str, aud: object) -> bool:
+    """Whether ``claims`` are those of the T1 of agent identity ``app``: its blueprint's token
+    exchange token with ``fmi_path`` = the agent identity (agent-on-behalf-of-oauth-flow)."""
+    return (
+        claims.get("azp") == app.blueprint_id
+        and sub == app.client_id
+        and aud == TOKEN_EXCHANGE_APP_ID
+    )
 
 
 def _match_federated_credential(rt: Runtime, app: App, iss: str, sub: str, aud: str) -> str:

@@ -81,6 +81,7 @@ _SECTIONS: dict[str, frozenset[str]] = {
             "mfa_required_for",
             "blocked_for",
             "guest",
+            "account_state",
         }
     ),
     "grants": frozenset({"client", "resource", "scopes", "user", "tenant"}),
@@ -250,6 +251,7 @@ def world_from_dict(data: Mapping[str, Any]) -> World:
                 ),
                 blocked_for=tuple(_app_id(world, x) or x for x in u.get("blocked_for", ())),
                 guest=bool(u.get("guest", False)),
+                account_state=str(u.get("account_state", "enabled")),
             )
         )
 

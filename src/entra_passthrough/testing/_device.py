@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from . import _errors as e
-from ._issue import parse_scopes, user_token_response
+from ._issue import check_account, parse_scopes, user_token_response
 from ._signin import SignIn, sign_in
 from ._state import Runtime
 from ._tokens import verify
@@ -221,6 +221,7 @@ def redeem(
     signin = record.signin
     if signin is None:
         raise e.StsError(70000, "invalid_grant", "The user of the device code does not exist.")
+    check_account(rt, signin.user)  # its state may have changed since the sign-in
     return user_token_response(
         rt,
         req=signin.req,

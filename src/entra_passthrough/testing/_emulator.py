@@ -24,7 +24,7 @@ from ._msi import HOST_VARIABLES
 from ._server import ServerThread, build_app, build_msi_app
 from ._state import Fault, Runtime
 from ._tokens import Subject
-from ._world import App, ManagedIdentityPrincipal, User, World
+from ._world import ACCOUNT_STATES, App, ManagedIdentityPrincipal, User, World
 
 
 def _latency(value: object) -> float:
@@ -428,6 +428,19 @@ class EntraEmulator:
     def revoke_refresh_tokens(self, user: str) -> int:
         return self._rt.revoke_refresh_tokens(self._user(user).name)
 
+    def set_account_state(self, user: str, state: str = "enabled") -> None:
+        """Change ``user``'s account while running, as an administrator would: ``"disabled"``
+        (AADSTS50057), ``"locked"`` (50053), ``"password_expired"`` (50055),
+        ``"session_revoked"`` (50133) or ``"enabled"``. Every later grant acting for the user is
+        refused with that code; tokens issued before stay valid until they expire."""
+        if state not in ACCOUNT_STATES:
+            raise ValueError(
+                f"unknown account state {state[:40]!r}; one of {', '.join(ACCOUNT_STATES)}"
+            )
+        name = self._user(user).name
+        with self._rt.lock:
+            self._rt.account_states[name] = state
+
     # ---- pointing clients at it ----------------------------------------------------------
     def msal_http_client(self) -> requests.Session:
         """A requests.Session for MSAL's ``http_client=``: trusts only the emulator's CA and
@@ -454,7 +467,9 @@ class EntraEmulator:
         2019-08-01), ``app_service_2017`` (``MSI_ENDPOINT`` + ``MSI_SECRET``), ``imds`` (VMs,
         AKS nodes), ``azure_arc`` (challenge file in /var/opt/azcmagent/tokens),
         ``service_fabric`` (HTTPS pinned by the server certificate's thumbprint) or
-        ``cloud_shell``. Clear ``MI_HOST_VARIABLES`` first: detection goes by presence."""
+        ``cloud_shell`` (azure-identity only: MSAL's ``ManagedIdentityClient`` does not
+        implement Cloud Shell). Clear ``MI_HOST_VARIABLES`` first: detection goes by
+        presence."""
         base = self._rt.mi_url.rsplit("/msi/token", 1)[0]
         envs = {
             "app_service": {

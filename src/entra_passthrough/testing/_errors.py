@@ -274,6 +274,55 @@ def no_matching_fic(
     )
 
 
+def federated_key_not_found(kid: str, issuer: str) -> StsError:
+    """AADSTS7000272: a federated assertion whose issuer, subject and audience match a credential
+    of the app, signed by a key (``kid``) its issuer does not publish. Entra's text as quoted in
+    Azure/azure-workload-identity#1232 (``invalid_client``)."""
+    return StsError(
+        7000272,
+        "invalid_client",
+        f"The certificate with identifier {kid[:80]} used to sign the federated credential could "
+        f"not be found in the metadata of identity provider {issuer[:200]}. Please validate that "
+        "your Identity Provider's metadata exposes the key used to sign the incoming token.",
+        status=401,
+    )
+
+
+def federated_bad_signature() -> StsError:
+    """A federated assertion whose issuer, subject and audience match a credential of the app,
+    signed by a key its issuer publishes, whose signature does not verify (a token damaged or
+    altered in transit). No Microsoft page or public report gives the code Entra returns for
+    this case; AADSTS700027 is the documented code for a client assertion that fails signature
+    validation, with the documented text ("Client assertion failed signature validation.",
+    https://learn.microsoft.com/entra/identity-platform/reference-error-codes). (That page also
+    lists "External ID token from issuer failed signature verification" under AADSTS50027, and
+    a third-party diagnostic script reads AADSTS7000274 for this case; neither is confirmed for
+    a federated credential's assertion.) Never AADSTS700211: the issuer matched."""
+    return StsError(
+        700027, "invalid_client", "Client assertion failed signature validation.", status=401
+    )
+
+
+#: Entra's text for each refused account state (``_world.ACCOUNT_STATES``): 50057 as quoted in
+#: canonical/authd#814 and Azure/azure-cli#18945 (a refresh token of a disabled user), 50053 as
+#: quoted in AzureAD/microsoft-authentication-library-for-python#211 (ROPC), 50055 and 50133 as
+#: reference-error-codes words them.
+_ACCOUNT_TEXTS = {
+    50057: "The user account is disabled.",
+    50053: "The account is locked, you've tried to sign in too many times with an incorrect user "
+    "ID or password.",
+    50055: "The password is expired.",
+    50133: "Session is invalid due to expiration or recent password change.",
+}
+
+
+def account_state(code: int, *, error: str = "invalid_grant") -> StsError:
+    """The refusal of a token request for a user whose account is disabled (50057), locked
+    (50053), whose password expired (50055) or whose session was revoked by a password change
+    (50133): ``invalid_grant`` at the token endpoint, ``access_denied`` at sign-in."""
+    return StsError(code, error, _ACCOUNT_TEXTS[code])
+
+
 def assertion_audience(aud: str, client_id: str) -> StsError:
     # AADSTS500131 AssertionAudienceDoesNotMatch: what Entra answers to an OBO assertion issued
     # for another audience (https://login.microsoftonline.com/error?code=500131,

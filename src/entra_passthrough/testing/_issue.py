@@ -18,7 +18,7 @@ from typing import Any
 from . import _errors as e
 from ._state import OIDC_SCOPES, RefreshRecord, Runtime
 from ._tokens import Subject, access_token_claims, client_info, id_token_claims, sign
-from ._world import GRAPH_APP_ID, App, User
+from ._world import ACCOUNT_STATES, GRAPH_APP_ID, App, User
 
 
 @dataclass(frozen=True)
@@ -173,6 +173,17 @@ def check_assignment(client: App, user: User) -> None:
             f"'{user.upn}' is blocked because they are not a direct member of a group with "
             "access, nor had access directly assigned by an administrator.",
         )
+
+
+def check_account(rt: Runtime, user: User, *, error: str = "invalid_grant") -> None:
+    """Entra's refusal of every token for a user whose account is not usable (``account_state``,
+    https://learn.microsoft.com/entra/identity-platform/reference-error-codes): disabled
+    AADSTS50057, locked AADSTS50053, password expired AADSTS50055, session revoked by a password
+    change AADSTS50133. ``error``: ``invalid_grant`` at the token endpoint, ``access_denied`` at
+    sign-in."""
+    code = ACCOUNT_STATES[rt.account_state(user)]
+    if code is not None:
+        raise e.account_state(code, error=error)
 
 
 def check_member(

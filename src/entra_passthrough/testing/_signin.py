@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from . import _errors as e
-from ._issue import ScopeRequest, check_assignment, check_member, parse_scopes
+from ._issue import ScopeRequest, check_account, check_assignment, check_member, parse_scopes
 from ._state import Runtime
 from ._world import App, Tenant, User
 
@@ -88,6 +88,8 @@ def sign_in(
     from ._token_endpoint import check_resource_param
 
     tid = tenant.id if tenant else user.tenant_id
+    # The account itself first: disabled, locked, password expired, session revoked.
+    check_account(rt, user, error="access_denied")
     # AADSTS50020: the user is not a member (or guest) of this tenant.
     check_member(rt, user, tid, client)
     check_assignment(client, user)

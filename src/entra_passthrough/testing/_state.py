@@ -94,6 +94,9 @@ class Runtime:
     #: device codes of the device code grant (``_device.DeviceRecord``)
     device_codes: dict[str, Any] = field(default_factory=dict)
     sessions: dict[str, str] = field(default_factory=dict)
+    #: account states set while running (``EntraEmulator.set_account_state``), by user name;
+    #: they override the world's ``User.account_state``
+    account_states: dict[str, str] = field(default_factory=dict)
     #: requests being answered now (``FaultMiddleware``): a request held by an injected delay
     #: or ``token_latency`` is counted in ``stats`` only when it ends (``EntraEmulator.wait_idle``)
     in_flight: int = 0
@@ -107,6 +110,11 @@ class Runtime:
         # one-character "assertion" would otherwise be a "secret" every later leak scan finds.
         with self.lock:
             self.issued.update(v for v in values if v and len(v) >= MIN_SECRET_LENGTH)
+
+    def account_state(self, user: User) -> str:
+        """``user``'s account state now (``_world.ACCOUNT_STATES``)."""
+        with self.lock:
+            return self.account_states.get(user.name, user.account_state)
 
     # ---- stats and faults ----------------------------------------------------------------
     def count(self, endpoint: str) -> None:

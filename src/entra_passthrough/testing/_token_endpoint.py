@@ -23,6 +23,7 @@ from ._client_auth import ClientAuth, authenticate
 from ._issue import (
     ScopeRequest,
     app_roles,
+    check_account,
     check_app_assignment,
     check_assignment,
     check_member,
@@ -278,6 +279,9 @@ def _on_behalf_of(
     user = rt.world.user(str(claims.get("oid", "")))
     if user is None:
         raise e.assertion_invalid("Reason - The user of the assertion does not exist.")
+    # A user disabled, locked... after the assertion was issued: it is still valid, but Entra
+    # issues nothing more for that user (AADSTS50057, 50053, 50055, 50133).
+    check_account(rt, user)
     req = parse_scopes(rt, form.get("scope"), tid)
     check_resource_param(form, req)
     check_self_token(req, app)
@@ -363,6 +367,7 @@ def _authorization_code(
     user = rt.world.user(rec.user)
     if user is None:
         raise e.invalid_grant(70000, "Provided grant is invalid or malformed.")
+    check_account(rt, user)
     req = parse_scopes(rt, " ".join(rec.scopes), rec.tenant_id)
     return user_token_response(
         rt,
@@ -403,6 +408,9 @@ def _refresh(
     user = rt.world.user(rec.user)
     if user is None:
         raise e.invalid_grant(70000, "Provided grant is invalid or malformed.")
+    # A disabled user's refresh token: AADSTS50057 (quoted in canonical/authd#814); likewise
+    # the other account states.
+    check_account(rt, user)
     # Refresh tokens are multi-resource: the request's scope may name another resource
     # (refresh-tokens page). A new refresh token is returned each time; Entra does NOT revoke
     # the one just used ("The Microsoft identity platform doesn't revoke old refresh tokens when
@@ -447,10 +455,15 @@ def _password(
         raise e.invalid_grant(
             50034, f"The user account {form['username'][:80]} does not exist in the directory."
         )
+    if rt.account_state(user) == "locked":
+        # A locked account is refused whatever password is given (IdsLocked, reference-error-
+        # codes: locked after too many sign-ins with a wrong password).
+        check_account(rt, user)
     if not hmac.compare_digest(form["password"].encode(), user.password.encode()):
         raise e.invalid_grant(
             50126, "Error validating credentials due to invalid username or password."
         )
+    check_account(rt, user)
     check_assignment(client.app, user)
     req = parse_scopes(rt, form.get("scope"), user.tenant_id)
     check_resource_param(form, req)

@@ -180,6 +180,32 @@ class User:
     #: resources a Conditional Access policy blocks for this user (AADSTS53003)
     blocked_for: tuple[str, ...] = ()
     guest: bool = False
+    #: the account's state (``ACCOUNT_STATES``): other than ``"enabled"``, every grant that acts
+    #: for this user (sign-in, ROPC, code, refresh, OBO, device code, ``az``) is refused with
+    #: Entra's code for it. ``EntraEmulator.set_account_state`` changes it while running.
+    account_state: str = "enabled"
+
+    def __post_init__(self) -> None:
+        if self.account_state not in ACCOUNT_STATES:
+            raise ValueError(
+                f"user {self.name!r}: unknown account_state {self.account_state[:40]!r}; one of "
+                f"{', '.join(ACCOUNT_STATES)}"
+            )
+
+
+#: A user's account states and the AADSTS code Entra refuses that user's token requests with
+#: (https://learn.microsoft.com/entra/identity-platform/reference-error-codes): 50057 UserDisabled
+#: ("The user object in Active Directory backing this account has been disabled"), 50053 IdsLocked
+#: (too many sign-ins with a wrong password, or a sign-in from a malicious IP address), 50055
+#: InvalidPasswordExpiredPassword, 50133 SsoArtifactRevoked ("The session isn't valid due to
+#: password expiration or recent password change"). ``enabled``: none.
+ACCOUNT_STATES: dict[str, int | None] = {
+    "enabled": None,
+    "disabled": 50057,
+    "locked": 50053,
+    "password_expired": 50055,
+    "session_revoked": 50133,
+}
 
 
 @dataclass(frozen=True)
