@@ -392,6 +392,7 @@ async def test_a_late_success_never_takes_a_conversation_from_another_user(
     store = MemoryStore()
     app = _host(idp, store, verified=True)
     async with _serving(app) as client:
+        started = RUNS.count("slow")
         slow = asyncio.create_task(
             client.post(
                 "/responses",
@@ -399,7 +400,14 @@ async def test_a_late_success_never_takes_a_conversation_from_another_user(
                 headers=_as_verified(idp, alice),
             )
         )
-        await asyncio.sleep(1.5)  # alice's claim has lapsed; her run is still going
+        # Alice's claim is taken before her run's tool starts: from then on, 1.3 s is past her
+        # claim (1 s) and well inside her run (2.5 s), however late the loaded machine started
+        # the request (a fixed 1.5 s from here left the claim alive under load).
+        for _ in range(200):
+            if RUNS.count("slow") > started:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.3)  # alice's claim has lapsed; her run is still going
         bob_first = await client.post(
             "/responses",
             json={"input": bob.oid, "conversation": "conv_lapse", "store": True},
