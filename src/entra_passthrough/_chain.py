@@ -243,6 +243,24 @@ def _wrong_kind_error(
     return error
 
 
+def _scopes_error(scopes: tuple[object, ...]) -> ConfigurationError:
+    """No scopes, or an entry that is not a non-blank string: refused before any source is
+    asked (MSAL sends only its OpenID scopes for an empty list, and Entra answers with a token
+    for Microsoft Graph: a token for an audience nobody asked for)."""
+    bad = next((s for s in scopes if not isinstance(s, str) or not s.strip()), None)
+    if not scopes:
+        why = "no scopes"
+    elif not isinstance(bad, str):
+        why = f"a scope that is not a string ({type(bad).__name__})"
+    else:
+        why = "an empty or blank scope"
+    return ConfigurationError(
+        f"TokenChain got {why}: a token request names the scopes of its target.",
+        fix="pass the target's scopes, one per entry, e.g. ['api://<app>/.default'] or "
+        "['api://<app>/access_as_user'].",
+    )
+
+
 def _foreign(source: TokenSource) -> bool:
     """A source not written in this library (a custom ``TokenSource``, a subclass of ours): its
     errors, even of the library's own types, may hold the caller's token in their text."""
@@ -448,9 +466,13 @@ class TokenChain:
                 )
         names = [s.name for s in self.sources]
         if len(set(names)) != len(names):
+            twice = sorted({n for n in names if names.count(n) > 1})
             raise ConfigurationError(
-                f"source names must be unique (they partition the cache): {names}."
+                f"source names must be unique (they partition the cache): {names}.",
+                fix=f"pass name= to all but one of the sources named {', '.join(twice)}, e.g. "
+                f"name={twice[0] + '_b'!r}.",
             )
+
         if cache is not None and not isinstance(cache, TokenCache):
             # Else an AttributeError at the first request.
             raise ConfigurationError(
@@ -515,11 +537,17 @@ class TokenChain:
     ) -> TokenRequest:
         if isinstance(scopes, str):
             scopes = (scopes,)
+        scopes = tuple(scopes)
+        for scope in scopes:
+            if not isinstance(scope, str) or not scope.strip():
+                raise _scopes_error(scopes)
+        if not scopes:
+            raise _scopes_error(scopes)
         if caller is _UNSET:
             caller = current_caller()
         if caller is not None and not caller.active:
             caller = None
-        return TokenRequest(tuple(scopes), caller, claims, tuple(client_capabilities))
+        return TokenRequest(scopes, caller, claims, tuple(client_capabilities))
 
     def _ask_for(
         self,

@@ -176,6 +176,15 @@ def explain_failure(
     """The error a chain raises when no source gave an acceptable token."""
     if attempts.error is not None:
         return attempts.error
+    if not chain.sources:
+        return PolicyViolation(
+            "The chain has no sources, so no token can be obtained for "
+            f"{' '.join(request.scopes)}.",
+            policy=chain.policy.value,
+            scopes=request.scopes,
+            fix="pass the sources to try, in order: TokenChain([OnBehalfOf(...)]), or build "
+            "the chain with TokenChain.from_env().",
+        )
     lines = reasons(chain.policy, chain.sources, request, allowed, attempts)
     if request.caller is None and chain.policy is Policy.USER_ONLY:
         return NoCallerError(
