@@ -1,7 +1,7 @@
 """``doctor`` checks the shared store's configuration the way ``RedisStore.from_env()`` reads it,
 when an ``ENTRA_PASSTHROUGH_REDIS_*`` variable is set: a store the app cannot build is a failed
-``shared store`` check with ``from_env()``'s own fix. Configuration only (Redis is not
-contacted), and no password is printed.
+``shared store`` check with ``from_env()``'s own fix; a store that builds is then contacted
+(``shared store connection``), and no password is printed.
 
 doctor said "All checks passed." for ``ENTRA_PASSTHROUGH_REDIS_AUTH=aad``, which
 ``RedisStore.from_env()`` (and so the hosted agent template's ``main.py``) refuses at start.
@@ -89,14 +89,18 @@ def test_a_store_from_env_refuses_fails_with_its_fix(
     assert QUOTED not in shown
 
 
-def test_a_store_that_builds_passes_without_contacting_redis(idp: EntraEmulator) -> None:
-    # Port 9 (discard) on loopback: nothing answers there, and nothing is asked.
+def test_a_store_that_builds_is_then_contacted(idp: EntraEmulator) -> None:
+    # Port 9 (discard) on loopback: nothing answers there. The store builds (its check
+    # passes); the connection check that follows fails, with the fix (a real Redis answering:
+    # tests/scale_out/test_doctor_store_connection.py).
     url = f"rediss://:{QUOTED}@127.0.0.1:9/0"
     checks = run(secret_env(idp, url=url, namespace="tenant-a"))
     check = store_check(checks)
     assert check.status == PASS, check
-    assert "Redis was not contacted" in check.detail
-    assert "All checks passed." in table(checks)
+    connection = next(c for c in checks if c.name == "shared store connection")
+    assert connection.status == FAIL, connection
+    assert connection.fix
+    assert "1 check(s) failed." in table(checks)
     shown = table(checks) + json.dumps([c.__dict__ for c in checks])
     assert PASSWORD not in shown
     assert QUOTED not in shown
