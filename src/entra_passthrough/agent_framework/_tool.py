@@ -1299,8 +1299,10 @@ class EntraMCPTool(HookedMCPTool):
             why = "the connection was lost after the request was sent"
         wait = ""
         if retry_after is not None:
-            shown = f"{retry_after:.0f}" if retry_after >= 10 else f"{retry_after:.2g}"
-            wait = f" The server asked to wait {shown} s (Retry-After) before calling again."
+            wait = (
+                f" The server asked to wait {_wait_text(retry_after)} (Retry-After) before "
+                "calling again."
+            )
         return CallOutcomeUnknown(
             f"The call to tool {tool_name!r} on MCP server {self.server_label!r} may have run: "
             f"{why}, and it is not retried automatically so that it never runs twice. Check "
@@ -1719,9 +1721,16 @@ class _ConnectStatus:
         if self.rpc:
             text += f" to its {self.rpc} request"
         if self.retry_after is not None:
-            wait = self.retry_after
-            text += f", Retry-After: {wait:.0f} s" if wait >= 10 else f", Retry-After: {wait:.2g} s"
+            text += f", Retry-After: {_wait_text(self.retry_after)}"
         return text
+
+
+def _wait_text(seconds: float) -> str:
+    """A ``Retry-After`` as read (``retry_after_seconds`` bounds it to an hour): an hour is
+    "an hour or more", since the server may have asked for longer."""
+    if seconds >= 3600:
+        return "an hour or more"
+    return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.2g} s"
 
 
 def _short(scope: str) -> str:
