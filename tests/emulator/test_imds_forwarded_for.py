@@ -77,3 +77,18 @@ def test_the_library_raises_a_typed_error_naming_the_refusal(imds_host: EntraEmu
     assert "X-Forwarded-For" in message, message
     assert info.value.fix, message
     assert "NO_PROXY must name 169.254.169.254" in info.value.fix  # not only the identity's setup
+
+
+def test_an_identity_not_found_is_not_blamed_on_a_proxy(imds_host: EntraEmulator) -> None:
+    """IMDS's 400 "Identity not found" (no such identity assigned to the VM) is not a proxy's
+    doing: its fix names the identity, not NO_PROXY."""
+    source = ManagedIdentity(client_id="00000000-0000-0000-0000-00000000abcd")
+    try:
+        with pytest.raises(TokenAcquisitionError) as info:
+            source.get_token(TokenRequest((f"{imds_host.mcp.app_id_uri}/.default",)))
+    finally:
+        source.close()
+    assert "Identity not found" in str(info.value), str(info.value)
+    assert info.value.fix
+    assert "assigned" in info.value.fix
+    assert "NO_PROXY" not in info.value.fix

@@ -950,7 +950,12 @@ class ManagedIdentity:
                 # https://learn.microsoft.com/azure/virtual-machines/instance-metadata-service
                 "; and that no HTTP proxy takes these requests (IMDS refuses them: NO_PROXY "
                 "must name 169.254.169.254)"
-                if host == "imds" and answer is not None and answer[0] == 400
+                if host == "imds"
+                and answer is not None
+                and answer[0] == 400
+                # IMDS's "Identity not found" (the identity is not assigned to the VM) is no
+                # proxy's doing: the hint would send the reader after the wrong thing.
+                and "identity not found" not in str(answer[1]).lower()
                 else ""
             ),
         )
