@@ -25,7 +25,7 @@ from ._jwt import (
     sha256_hex,
     sha256_hex_of,
 )
-from ._www_auth import presents_token
+from ._www_auth import authorization_token
 
 #: Foundry's platform headers (azure-ai-agentserver-core).
 USER_ID_HEADER = "x-agent-user-id"
@@ -600,28 +600,20 @@ def _bearer(header: str, raw: bytes) -> str | None:
     if len(raw) > MAX_TOKEN_BYTES + 16:
         return ""  # presented, oversized: decoding will fail closed
     if header == "authorization" and raw[:7].lower() == b"bearer ":
-        # The usual form, without the general path's split: the same result (the general path
-        # strips the whitespace after the scheme and around the token the same way), and the
-        # token is decoded on its own (ASCII, the usual case, is the cheaper codec and gives
-        # the same str as latin-1 for ASCII bytes).
+        # The usual form, without the general path's decode of the whole value: the same
+        # result (``authorization_token`` strips the spaces after "Bearer " and around the
+        # token the same way), and the token is decoded on its own (ASCII, the usual case, is
+        # the cheaper codec and gives the same str as latin-1 for ASCII bytes).
         rest = raw[7:]
         return (rest.decode("ascii") if rest.isascii() else rest.decode("latin-1")).strip()
-    value = raw.decode("latin-1").strip()
     if header == "authorization":
-        # Split on any whitespace (not only SP): "Bearer\t<token>" is malformed but still a
-        # bearer, so it counts as presented and can never let an app identity stand in.
-        parts = value.split(None, 1)
-        if not parts:
-            return None  # an empty header: no credential at all
-        scheme = parts[0].lower()
-        if scheme != "bearer":
-            # A user's token in a malformed header (the raw token, "Bearer:<token>", DPoP:
-            # ``presents_token``) is presented and unusable, so that it fails closed instead
-            # of letting the app's identity act for the request; another scheme (Basic, an API
-            # key) carries no user token: no assertion.
-            return "" if presents_token(scheme, value) else None
-        value = parts[1].strip() if len(parts) > 1 else ""
-    return value
+        # The reading the MCP server's has (RFC 6750 2.1, "Bearer" 1*SP token): a token in
+        # another form ("Bearer<TAB><token>", the raw token, "Bearer:<token>", DPoP) is
+        # presented and unusable (""), so that it fails closed instead of letting the app's
+        # identity act for the request; another scheme (Basic, an API key) carries no user
+        # token: no assertion (None).
+        return authorization_token(raw.decode("latin-1"))
+    return raw.decode("latin-1").strip()
 
 
 def malformed_caller(reason: str) -> Caller:
@@ -649,7 +641,9 @@ class bind_caller:
 
     Use it where there is no ASGI request: workers, tests, Azure Functions, background runs.
     For a background run, bind for the run's whole life; the Caller stays active until the run
-    ends, capped at the assertion's expiry (``cap_at_expiry=True``).
+    ends, capped at the assertion's expiry (``cap_at_expiry=True``). On exit the Caller is ended
+    and the caller bound before it is bound again. One object binds once: a second enter
+    (nested, another task, after its block) is a ``ConfigurationError``.
 
     >>> async with bind_caller(token=user_token):
     ...     await client.get("https://api.contoso.com/me")
@@ -682,8 +676,21 @@ class bind_caller:
             caller.not_after = cap if caller.not_after is None else min(caller.not_after, cap)
         self.caller = caller
         self._token: Token[Caller | None] | None = None
+        # Taken by the first ``__enter__`` and never released: one bind per object, checked
+        # atomically (two threads or tasks entering one object at once: one of them is refused).
+        self._used = threading.Lock()
 
     def __enter__(self) -> Caller:
+        if not self._used.acquire(blocking=False):
+            # Nested, shared by two tasks, or entered again after its block: its exit ends the
+            # Caller (a second block would run with it ended, or end it under the first), and
+            # one reset token cannot restore two contexts.
+            raise ConfigurationError(
+                "This bind_caller was entered a second time (nested, by another task or "
+                "after its block); it binds once: its exit ends the Caller and restores one "
+                "context.",
+                fix="create a new bind_caller(token=...) for each block and each task.",
+            )
         self._token = caller_var.set(self.caller)
         return self.caller
 
@@ -694,9 +701,19 @@ class bind_caller:
         tb: TracebackType | None,
     ) -> None:
         self.caller.end()
-        if self._token is not None:
-            caller_var.reset(self._token)
-            self._token = None
+        token, self._token = self._token, None
+        if token is None:
+            return
+        try:
+            caller_var.reset(token)
+        except ValueError:
+            # Exited in another context than the one it was entered in (an async fixture's
+            # teardown, an ExitStack closed from another task): that context cannot be reset
+            # from here, and keeps the Caller, ended (every reader treats it as none). Here,
+            # the caller bound before it is bound again if this one is.
+            if caller_var.get() is self.caller:
+                before = token.old_value
+                caller_var.set(None if before is Token.MISSING else before)
 
     async def __aenter__(self) -> Caller:
         return self.__enter__()

@@ -6,7 +6,6 @@ audience right, has it expired) and never as a trusted identity. Verification is
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import json
@@ -155,19 +154,23 @@ def sha256_hex_of(data: bytes) -> str:
 _SIGNATURE = re.compile(r"[A-Za-z0-9_-]*")
 
 
+#: base64url to base64 for ``binascii``'s strict decoder, which then refuses anything outside
+#: the base64url alphabet: '+' and '/' (base64, not base64url: Entra refuses it, AADSTS50027)
+#: and '=' (JWS segments carry no padding) are mapped to '!', which it refuses like a space,
+#: a tab, '*' or '~'. The lenient decoder skipped those, so a segment with one inserted decoded
+#: as the clean token.
+_TO_BASE64 = bytes.maketrans(b"-_+/=", b"+/!!!")
+#: The padding for a segment's length modulo 4 (one character more than a multiple of 4 is no
+#: base64 at all: refused, padded or not).
+_PADDING = (b"", b"===", b"==", b"=")
+
+
 def _b64url_decode(segment: str) -> bytes:
-    pad = -len(segment) % 4
-    if "+" in segment or "/" in segment:  # base64, not base64url: Entra refuses it (50027)
-        raise JwtDecodeError("a segment is not base64url")
     try:
-        data = base64.urlsafe_b64decode(segment + "=" * pad)
-    except (binascii.Error, ValueError) as exc:
+        data = segment.encode("ascii").translate(_TO_BASE64)
+        return binascii.a2b_base64(data + _PADDING[len(data) % 4], strict_mode=True)
+    except (UnicodeEncodeError, binascii.Error) as exc:
         raise JwtDecodeError("a segment is not base64url") from exc
-    if len(data) != len(segment) * 3 // 4:
-        # The decoder skips what is not in the alphabet (spaces, tabs, '!', '*', '='): a
-        # segment that had any decodes to fewer bytes than its length gives.
-        raise JwtDecodeError("a segment is not base64url")
-    return data
 
 
 def decode_unverified(token: str) -> dict[str, Any]:

@@ -202,8 +202,10 @@ class CallerMiddleware(CaptureASGI):
         return reason  # "header 'authorization' sent 2 times", "no token in the form ..."
 
     async def _refuse(self, scope: Scope, send: Send, reject: _Reject) -> None:
-        if scope.get("type") == "websocket":
-            # Before accept, closing the handshake makes the server answer 403.
+        websocket = scope.get("type") == "websocket"
+        if websocket and not _http_response_offered(scope):
+            # Before accept, closing the handshake makes the server answer 403 (no
+            # WWW-Authenticate: a server without the extension cannot send one).
             await send({"type": "websocket.close", "code": 1008})
             return
         header = ""  # not 401/403: the token was not judged (send_challenge adds Retry-After)
@@ -225,4 +227,13 @@ class CallerMiddleware(CaptureASGI):
             header,
             json.dumps(body).encode(),
             head=scope.get("method") == "HEAD",
+            websocket=websocket,
         )
+
+
+def _http_response_offered(scope: Scope) -> bool:
+    """Whether the server lets a WebSocket handshake be answered with an HTTP response (the
+    ASGI "websocket.http.response" extension: uvicorn, hypercorn), so that a refused handshake
+    gets the 401 and its ``WWW-Authenticate`` an HTTP request gets."""
+    extensions = scope.get("extensions")
+    return isinstance(extensions, Mapping) and "websocket.http.response" in extensions

@@ -99,8 +99,16 @@ def step_up_challenge(
 
 
 async def send_challenge(
-    send: Send, status: int, header: str, body: bytes, *, head: bool = False
+    send: Send,
+    status: int,
+    header: str,
+    body: bytes,
+    *,
+    head: bool = False,
+    websocket: bool = False,
 ) -> None:
+    """Send the answer; ``websocket``: as the answer to a WebSocket handshake, through the ASGI
+    "websocket.http.response" extension (the caller checks the server offers it)."""
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
@@ -110,8 +118,9 @@ async def send_challenge(
         headers.append((b"www-authenticate", header.encode("latin-1")))
     else:
         headers.append((b"retry-after", b"5"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": b"" if head else body})
+    kind = "websocket.http.response" if websocket else "http.response"
+    await send({"type": kind + ".start", "status": status, "headers": headers})
+    await send({"type": kind + ".body", "body": b"" if head else body})
 
 
 def authorization_values(scope: Scope) -> list[bytes]:
@@ -147,33 +156,40 @@ def presents_token(scheme: str, value: str) -> bool:
     return _JWT_SHAPED.search(value) is not None
 
 
+def authorization_token(text: str) -> str | None:
+    """The one reading of an ``Authorization`` value, for the capture middleware and the MCP
+    server alike. RFC 6750 2.1 is ``"Bearer" 1*SP b64token``: the scheme, then spaces (SP, not
+    a tab or other whitespace), then the token, which is returned. ``""`` for a value that
+    presents a user's token in any other form (``presents_token``: ``Bearer<TAB><token>``,
+    ``Bearer:<token>``, the raw token, DPoP) or ``Bearer`` with no token: presented and
+    unusable. ``None`` for a value that carries no user token (empty, Basic, an API key)."""
+    if text[:7].lower() != "bearer ":  # (the usual value is read without stripping it first)
+        text = text.strip()
+        if text[:7].lower() != "bearer ":
+            parts = text.split(None, 1)
+            if not parts:
+                return None
+            return "" if presents_token(parts[0].lower(), text) else None
+    return text[7:].strip()
+
+
 def malformed_authorization(scope: Scope) -> bool:
     """Whether the request's one ``Authorization`` header presents a token in a form that is
-    not ``Bearer <token>`` (``presents_token``): a 401 for it says ``invalid_token``, not "no
-    token was sent"."""
+    not ``Bearer <token>`` (``authorization_token``'s presented and unusable, except a bare
+    ``Bearer``, which presents nothing): a 401 for it says ``invalid_token``, not "no token
+    was sent"."""
     values = authorization_values(scope)
-    if len(values) != 1 or bearer_token(scope) is not None:
+    if len(values) != 1 or not isinstance(values[0], bytes):
         return False
-    text = values[0].decode("latin-1").strip() if isinstance(values[0], bytes) else ""
-    parts = text.split(None, 1)
-    if not parts:
-        return False
-    scheme = parts[0].lower()
-    if scheme == "bearer":
-        return len(parts) > 1  # "Bearer<TAB><token>"; "Bearer" alone presents nothing
-    return presents_token(scheme, text)
+    text = values[0].decode("latin-1")
+    return authorization_token(text) == "" and text.strip().lower() != "bearer"
 
 
 def bearer_token(scope: Scope) -> str | None:
-    """The token of the request's one ``Authorization: Bearer`` header, or None (none, not
-    Bearer, or the header sent more than once: ambiguous, never resolved by picking one)."""
+    """The token of the request's one ``Authorization: Bearer <token>`` header
+    (``authorization_token``), or None (none, not that form, or the header sent more than once:
+    ambiguous, never resolved by picking one)."""
     values = authorization_values(scope)
-    if len(values) != 1:
+    if len(values) != 1 or not isinstance(values[0], bytes):
         return None
-    try:
-        text = values[0].decode("latin-1")
-    except (UnicodeDecodeError, AttributeError):
-        return None
-    scheme, _, token = text.partition(" ")
-    token = token.strip()
-    return token if scheme.lower() == "bearer" and token else None
+    return authorization_token(values[0].decode("latin-1")) or None

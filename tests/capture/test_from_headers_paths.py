@@ -50,14 +50,15 @@ def test_single_header_fast_path_matches_general_path(headers: list[tuple[bytes,
 def test_bearer_fast_path_matches_general_split() -> None:
     def general(raw: bytes) -> str | None:
         value = raw.decode("latin-1").strip()
+        if value[:7].lower() == "bearer ":  # RFC 6750 2.1: "Bearer" 1*SP token
+            return value[7:].strip()
         parts = value.split(None, 1)
         if not parts:
             return None
-        if parts[0].lower() != "bearer":
-            # a scheme that carries no user token is no assertion; any other value is a token
-            # presented in a malformed header ("" : presented, unusable)
-            return "" if presents_token(parts[0].lower(), value) else None
-        return parts[1].strip() if len(parts) > 1 else ""
+        # a scheme that carries no user token is no assertion; any other value ("Bearer<TAB>
+        # <token>", "Bearer" alone, the raw token) is a token presented in a malformed header
+        # ("" : presented, unusable)
+        return "" if presents_token(parts[0].lower(), value) else None
 
     checked = 0
     for scheme, tail in itertools.product(SCHEMES, TAILS):
