@@ -268,10 +268,13 @@ class EntraAuthBase:
         _check_chain(chain)
         # One string is one scope (FlowCore wraps it). A scope holding a space was sent as two
         # scopes; a number was a bare TypeError: refused as JwtVerifier refuses them.
-        names((scopes,) if isinstance(scopes, str) else scopes, what="scopes", example=_SCOPE)
+        # ``names`` returns the entries as a tuple: a generator is read once, here.
+        checked = names(
+            (scopes,) if isinstance(scopes, str) else scopes, what="scopes", example=_SCOPE
+        )
         self._core = FlowCore(
             chain,
-            scopes=scopes,
+            scopes=checked,
             origins=_origin_list(origins),
             on_error=on_error,
             client_capabilities=_capabilities(client_capabilities),

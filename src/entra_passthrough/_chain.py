@@ -262,9 +262,20 @@ def _scopes_error(scopes: tuple[object, ...]) -> ConfigurationError:
 
 
 def _foreign(source: TokenSource) -> bool:
-    """A source not written in this library (a custom ``TokenSource``, a subclass of ours): its
-    errors, even of the library's own types, may hold the caller's token in their text."""
-    return not type(source).__module__.startswith("entra_passthrough.")
+    """A source not written in this library (a custom ``TokenSource``): its errors, even of the
+    library's own types, may hold the caller's token in their text. A subclass of one of the
+    library's sources is not: its errors are that source's (whose texts keep what the fix
+    needs, e.g. the thumbprint Entra names in AADSTS700027); the ``TokenSource`` protocol
+    itself, subclassed explicitly, makes no source the library's."""
+    return not any(
+        klass.__module__.startswith("entra_passthrough.")
+        and klass.__module__ != _PROTOCOLS_MODULE
+        for klass in type(source).__mro__
+    )
+
+
+#: Where ``TokenSource`` and its optional protocols are defined (no source is).
+_PROTOCOLS_MODULE = TokenSource.__module__
 
 
 def _partition_error(source: TokenSource, exc: Exception) -> Exception:
@@ -1070,15 +1081,28 @@ class TokenChain:
             sources.append(ManagedIdentity.from_env(env))
         if chosen is Policy.DEVELOPER:
             sources.append(AzureCli.from_env(env))
+        blueprint = [
+            name
+            for name in (
+                "ENTRA_PASSTHROUGH_BLUEPRINT_CLIENT_ID",
+                "FOUNDRY_AGENT_BLUEPRINT_CLIENT_ID",
+            )
+            if _env.get(env, name)
+        ]
+        agent_id = any(
+            isinstance(source, AgentIdentityOnBehalfOf) for source in sources
+        ) or _env.get(env, "ENTRA_PASSTHROUGH_CLIENT_ID")
+        if blueprint and sources and not agent_id:
+            # Agent ID half configured beside another source (a managed identity under
+            # user_or_app): the chain works without it, and nothing else would say so.
+            logger.warning(
+                "%s is set (an Entra Agent ID blueprint) but no agent identity "
+                "(ENTRA_PASSTHROUGH_AGENT_IDENTITY_ID or FOUNDRY_AGENT_INSTANCE_CLIENT_ID): "
+                "Agent ID is not used; the chain has %s",
+                blueprint[0],
+                ", ".join(source.name for source in sources),
+            )
         if not sources:
-            blueprint = [
-                name
-                for name in (
-                    "ENTRA_PASSTHROUGH_BLUEPRINT_CLIENT_ID",
-                    "FOUNDRY_AGENT_BLUEPRINT_CLIENT_ID",
-                )
-                if _env.get(env, name)
-            ]
             if blueprint:
                 # Agent ID half configured: the blueprint named, the agent identity not.
                 raise ConfigurationError(

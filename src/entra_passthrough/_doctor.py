@@ -228,7 +228,8 @@ class Doctor:
                 # The TLS failure's own fix names the CA variable; the check above says what
                 # is wrong with the file it names.
                 fix = "fix the CA file above first (ENTRA_PASSTHROUGH_CA_FILE)."
-            elif _is_tls_error(exc) and self.env.get("ENTRA_PASSTHROUGH_CA_FILE", "").strip():
+            elif fix == _TLS_FIX and self.env.get("ENTRA_PASSTHROUGH_CA_FILE", "").strip():
+                # The authority's TLS failure (``_explain``'s fix), with the CA file set:
                 fix = (
                     "ENTRA_PASSTHROUGH_CA_FILE is set, and no CA in it signs the authority "
                     "host's certificate: set it to the bundle that does (a TLS-inspecting "
@@ -963,7 +964,12 @@ def _is_tls_error(exc: BaseException) -> bool:
             return False
         if {c.__name__ for c in type(current).__mro__} & {"SSLError", "SSLCertVerificationError"}:
             return True
-        current = current.__cause__ or current.__context__
+        # The cause, else the context, except under one of the library's own errors raised
+        # ``from None`` (the store's typed error over redis-py's says what failed itself).
+        # httpcore raises its ``ConnectError`` ``from None`` over ssl's: followed.
+        hidden = current.__suppress_context__ and isinstance(current, EntraPassthroughError)
+        cause = current.__cause__
+        current = cause if cause is not None or hidden else current.__context__
     return False
 
 

@@ -203,7 +203,8 @@ def scrub(exc: BaseException, *, ours_too: bool = False) -> BaseException:
     ``capture_locals``, ``pytest --showlocals``) would send them on. Raised again, the error
     gets a traceback from where it is raised (the chain) outwards.
 
-    ``ours_too``: the library's own error types are redacted as well (their text and ``fix``):
+    ``ours_too``: the library's own error types are redacted as well (their text, ``fix`` and
+    the string fields telemetry reads: ``correlation_id``, ``trace_id``, ``error``...):
     for an error a source written outside the library raised (a custom ``TokenSource`` that puts
     the caller's assertion in a ``SourceUnavailable``'s message). The library's own sources'
     errors never hold a secret, and their text (a consent link's query) is kept as it is.
@@ -222,7 +223,7 @@ def scrub(exc: BaseException, *, ours_too: bool = False) -> BaseException:
             with contextlib.suppress(AttributeError, TypeError):  # exotic exception types
                 current.args = tuple(redact(a) if isinstance(a, str) else a for a in current.args)
         if ours_too and ours:
-            for name in ("fix", "failure"):
+            for name in ("fix", "failure", "correlation_id", "trace_id", "error", "suberror"):
                 value = current.__dict__.get(name)
                 if isinstance(value, str):
                     setattr(current, name, redact(value))

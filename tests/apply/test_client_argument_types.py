@@ -141,3 +141,15 @@ def test_a_ca_file_path_is_trusted_on_a_real_connection() -> None:
         assert asyncio.run(fetch(idp, Path(idp.ca_file))) == 200
         with pytest.raises(httpx2.ConnectError):
             asyncio.run(fetch(idp, True))
+
+
+@pytest.mark.parametrize("front", ["httpx2", "httpx"])
+def test_scopes_given_as_a_generator_are_kept(front: str) -> None:
+    """The scope check read a generator to its end, and the auth kept no scopes (every request
+    then failed, or before the chain refused it, asked for a Microsoft Graph token)."""
+    from entra_passthrough.httpx import EntraAuth as ClassicEntraAuth
+
+    make = EntraAuth if front == "httpx2" else ClassicEntraAuth
+    given = (s for s in ["api://mcp/.default"])
+    auth = make(TokenChain([]), scopes=given, origins=ORIGINS)
+    assert auth.scopes == ("api://mcp/.default",)

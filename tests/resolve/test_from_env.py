@@ -429,3 +429,19 @@ def test_a_blueprint_without_a_credential_is_named_as_the_blueprint() -> None:
     text = str(info.value)
     assert "no client credential for the agent identity blueprint" in text
     assert "OBO app" not in text
+
+
+def test_a_blueprint_beside_a_managed_identity_without_an_agent_identity_is_warned(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    env = {
+        "FOUNDRY_AGENT_BLUEPRINT_CLIENT_ID": "5fa4fd49-7f65-5b31-ba73-1a56afa629dd",
+        "AZURE_CLIENT_ID": "7f3e44cc-413a-56ff-b570-68f048922b41",
+        "ENTRA_PASSTHROUGH_POLICY": "user_or_app",
+    }
+    with caplog.at_level("WARNING", logger="entra_passthrough"):
+        chain = TokenChain.from_env(env)
+    chain.close()
+    assert [type(s) for s in chain.sources] == [ManagedIdentity]
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("FOUNDRY_AGENT_BLUEPRINT_CLIENT_ID" in m and "not used" in m for m in warned)

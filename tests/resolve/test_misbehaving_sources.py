@@ -336,6 +336,10 @@ _OURS_WITH_A_TOKEN: dict[str, Callable[[str], BaseException]] = {
     "secret": lambda a: SourceUnavailable(
         f"login with {_OPAQUE_SECRET} failed", source="custom", failure=f"{_OPAQUE_SECRET}"
     ),
+    # a span attribute (entra_passthrough.correlation_id) reads this one
+    "correlation": lambda a: SourceUnavailable(
+        "the backend refused it", source="custom", correlation_id=a, trace_id=a
+    ),
 }
 
 
@@ -358,7 +362,7 @@ def test_a_custom_source_raising_our_error_with_a_token_in_it_is_redacted(
         + " ".join(
             str(getattr(e, name, ""))
             for e in (error, error.__cause__)
-            for name in ("fix", "failure")
+            for name in ("fix", "failure", "correlation_id", "trace_id")
         )
     )
     for secret in (assertion, _OPAQUE_SECRET):
@@ -384,3 +388,26 @@ def test_any_other_exception_from_a_custom_source_is_named_with_the_fix(driver: 
     assert info.value.fix is not None
     assert "TokenAcquisitionError" in info.value.fix
     assert "your-own-source" in info.value.fix
+
+
+def test_which_sources_count_as_written_outside_the_library() -> None:
+    """A custom source (also one declaring the TokenSource protocol as its base) is foreign:
+    its errors are redacted; a subclass of one of the library's sources is not (its errors are
+    that source's, whose texts keep what their fix needs, e.g. AADSTS700027's thumbprint)."""
+    from entra_passthrough import ManagedIdentity, OnBehalfOf
+    from entra_passthrough._chain import _foreign
+    from entra_passthrough._types import TokenSource as Protocol
+
+    class MyObo(OnBehalfOf):
+        pass
+
+    class Declared(Protocol):
+        name = "declared"
+        kind = USER
+
+    assert _foreign(_Custom(lambda: None))
+    assert _foreign(Declared())  # type: ignore[abstract]
+    assert not _foreign(ManagedIdentity())
+    assert not _foreign(
+        MyObo(client_id="11111111-1111-1111-1111-111111111111", tenant_id="t", client_secret="s")
+    )

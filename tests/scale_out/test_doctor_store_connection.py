@@ -66,3 +66,19 @@ def test_a_redis_that_is_not_there_fails_with_the_fix(idp: EntraEmulator) -> Non
     assert connection.status == FAIL, table(checks)
     assert connection.fix
     assert PASSWORD not in _shown(checks)
+
+
+def test_an_untrusted_redis_certificate_is_not_blamed_on_the_authority(
+    idp: EntraEmulator,
+) -> None:
+    """A TLS Redis whose CA the store does not trust: the store's own reason and fix (its CA
+    file), never the authority's CA file advice (the TLS error under the store's typed error)."""
+    server = RedisServer(tls=True).start()
+    try:
+        checks = run(_env(idp, server.url))
+    finally:
+        server.stop()
+    connection = _connection(checks)
+    assert connection.status == FAIL, table(checks)
+    assert "authority" not in connection.fix, connection.fix
+    assert PASSWORD not in _shown(checks)

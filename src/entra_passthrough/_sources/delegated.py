@@ -87,6 +87,10 @@ logger = logging.getLogger("entra_passthrough.consent")
 #: 700082 expired (90 days idle), 50173 revoked (password change, revokeSignInSessions),
 #: 70000/70008/70043 invalid/expired grant, 54005 code/token already redeemed.
 _DEAD_GRANT_CODES = frozenset({700082, 50173, 70000, 70008, 70043, 54005, 50089})
+#: The user's account is disabled (50057) or locked (50053): Entra refuses every token for the
+#: user, and a new sign-in cannot help until an administrator (or the lockout's end) does. The
+#: grant is kept (it works again once the account does) and the error says what to do.
+_ACCOUNT_BLOCKED_CODES = frozenset({50057, 50053})
 #: The cross-replica refresh lease on a grant (seconds): renewed every third of it while a
 #: redemption waits and runs, and extended right before the POST, which MSAL bounds below it
 #: (``_consent_client.HTTP_TIMEOUT``).
@@ -1076,6 +1080,11 @@ class DelegatedConsent:
                 aadsts=code,
                 correlation_id=cid,
             )
+        if code in _ACCOUNT_BLOCKED_CODES:
+            # Not the grant's fault: a consent link would send the user to a sign-in that
+            # fails the same way, and a deleted grant would need a new consent afterwards.
+            yield _Grants("put_grant", key.hashed, released, expect=lease_version)
+            raise error_from_entra(answer, source=self.name, scopes=scopes)
         # consent_required and interaction_required were handled above: any other
         # invalid_grant (the codes in _DEAD_GRANT_CODES, an unknown refresh token...) means
         # the refresh token is unusable and only the user can make a new one.
