@@ -1,7 +1,8 @@
 """Drivers of a decision flow: a generator with no I/O that yields steps.
 
-The chain's resolution, the cache's lookup and refresh, and ``DelegatedConsent``'s grant refresh
-are written once as such generators (encode/httpx's ``auth_flow`` idea; the apply stage's
+The chain's resolution, the cache's lookup and refresh, the shared (L2) cache's acquisition,
+re-read, write and lease renewal, and ``DelegatedConsent``'s grant refresh are written once as
+such generators (encode/httpx's ``auth_flow`` idea; the apply stage's
 ``_flow.py`` follows it too). ``drive`` runs one with a blocking ``do``, ``drive_async`` with a
 coroutine function: each step's result is sent back in, each error thrown in where it was
 yielded, and the generator's return value is the driver's.

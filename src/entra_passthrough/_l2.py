@@ -58,7 +58,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Hashable
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol, cast
 
 from ._checks import seconds
 from ._drive import drive, drive_async, hold, loop_running_here
@@ -269,9 +269,6 @@ class SharedTokenCache:
             self.retry_after,
         )
 
-    async def _read(self, name: str, floor: float, cap: Cap) -> TokenResult | None:
-        return self._usable(name, await self.store.get(name), floor, cap)
-
     def _usable(self, name: str, entry: Entry | None, floor: float, cap: Cap) -> TokenResult | None:
         if entry is None:
             return None
@@ -306,9 +303,10 @@ class SharedTokenCache:
             asyncio.get_running_loop()
         except RuntimeError:
             if self.sync_store is not None:
-                self._drop_sync(self.sync_store, name, mark)
+                store = self.sync_store
+                drive(self._drop_flow(name, mark), functools.partial(self._io_sync, store))
             return None
-        return self._drop(name, mark)
+        return drive_async(self._drop_flow(name, mark), self._io)
 
     def _remember(self, name: str, mark: str, expires_on: float) -> None:
         now = self._clock()
@@ -337,22 +335,6 @@ class SharedTokenCache:
         except Exception as exc:  # the mark keeps the token out of this replica
             self._failed("invalidate", exc)
 
-    async def _drop(self, name: str, mark: str) -> None:
-        async def do(op: _Op) -> Entry | bool | None:
-            if op.delete and op.expect is not None:
-                return await self.store.delete(op.key, expect=op.expect)
-            return await self.store.get(op.key)
-
-        await drive_async(self._drop_flow(name, mark), do)
-
-    def _drop_sync(self, store: SyncTokenStore, name: str, mark: str) -> None:
-        def do(op: _Op) -> Entry | bool | None:
-            if op.delete and op.expect is not None:
-                return store.delete(op.key, expect=op.expect)
-            return store.get(op.key)
-
-        drive(self._drop_flow(name, mark), do)
-
     def _to_write(
         self, name: str, result: TokenResult | None, cap: Cap
     ) -> tuple[bytes, float] | None:
@@ -379,8 +361,8 @@ class SharedTokenCache:
         """Share ``result`` if the holder still holds ``lease`` and the entry did not change
         since it saw it (version ``seen``, ``None``: absent). An entry that merely expired
         meanwhile is written. ``read=False``: the holder's read failed, so ``seen`` is a
-        guess (no entry). The store calls are yielded (``_Op``): ``_write`` and
-        ``_write_sync`` run them on the async store and on the blocking one."""
+        guess (no entry). The store calls are yielded (``_Op``): ``_io`` and ``_io_sync``
+        run them on the async store and on the blocking one."""
         sealed = self._to_write(name, result, cap)
         if sealed is None or not (yield from self._hold_flow(lease)):
             return
@@ -394,23 +376,6 @@ class SharedTokenCache:
             return
         if done is None and read:
             self._lost()
-
-    async def _write(
-        self,
-        lease: _Lease,
-        name: str,
-        result: TokenResult | None,
-        cap: Cap,
-        seen: str | None,
-        *,
-        read: bool = True,
-    ) -> None:
-        async def do(op: _Op) -> Entry | str | None:
-            if op.value is None:
-                return await self.store.get(op.key)
-            return await self.store.put(op.key, op.value, ttl=op.ttl, expect=op.expect)
-
-        await drive_async(self._write_flow(lease, name, result, cap, seen, read), do)
 
     def _lost(self) -> None:
         self.fenced += 1
@@ -468,7 +433,7 @@ class SharedTokenCache:
         self,
         lease: _Lease,
         renewing: asyncio.Future[None] | None,
-        share: Callable[[], Awaitable[None]] | None,
+        share: _Share | None,
     ) -> None:
         """After the holder's acquisition: let the renewal stop, write the result to L2
         (``share``) and release the lease, in a task of its own that a cancel of the caller
@@ -489,13 +454,13 @@ class SharedTokenCache:
         self,
         lease: _Lease,
         renewing: asyncio.Future[None] | None,
-        share: Callable[[], Awaitable[None]] | None,
+        share: _Share | None,
     ) -> None:
         try:
             if renewing is not None:
                 await renewing  # never cancelled mid-write: its last version is the lease's
             if share is not None:
-                await share()
+                await drive_async(self._write_flow(lease, *share), self._io)
         finally:
             await self._release(lease)
 
@@ -523,20 +488,100 @@ class SharedTokenCache:
         except Exception as exc:  # the lease expires by itself
             self._failed("lease release", exc)
 
-    # -- the wrapped acquisition -------------------------------------------------------------
+    # -- the wrapped acquisition: one flow, two drivers ---------------------------------------
+    #
+    # ``_fetch_flow`` makes every decision of an acquisition through L2 (hit, take the lease,
+    # wait for its holder, take over, acquire, share) and does no I/O: it yields steps
+    # (``_Op`` reads, ``_Take``, ``_Sleep``, ``_ALONE``, ``_Run``, ``_Renew``, ``_Settle``)
+    # that ``wrap`` runs on the async store and ``wrap_sync`` on the blocking one
+    # (``drive_async``, ``drive``), each step's error thrown in where it was yielded (a
+    # cancel too: the ``finally`` settles the lease). ``_recheck_flow`` is the same for
+    # ``shared_result_async`` / ``shared_result_sync``.
 
     def wrap(self, cache: TokenCache, key: Hashable, acquire: AcquireFn, cap: Cap) -> AcquireFn:
         async def shared() -> TokenResult | None:
-            if not self._up():
+            start = self._start(cache, key)
+            if start is None:
                 return await acquire()
-            digest = self._hash(key)
-            if digest is None:
-                return await acquire()
-            current = cache.get(key)
-            floor = current.expires_on if current is not None else 0.0
-            return await self._fetch(digest, floor, acquire, cap)
+            digest, floor = start
+
+            async def do(step: _Step) -> object:
+                if isinstance(step, _Take):
+                    return await self._take(step.key)
+                if isinstance(step, _Alone):
+                    return await acquire()
+                if isinstance(step, _Run):
+                    return await self._acquire(acquire, step)
+                if isinstance(step, _Renew):
+                    done = asyncio.Event()
+                    return _Renewal(done, asyncio.ensure_future(self._renew(step.lease, done)))
+                if isinstance(step, _Settle):
+                    renewing: asyncio.Future[None] | None = None
+                    if step.renewal is not None:
+                        step.renewal.done.set()
+                        renewing = cast("asyncio.Future[None]", step.renewal.runner)
+                    await self._settle(step.lease, renewing, step.share)
+                    return None
+                return await self._io(step)
+
+            return await drive_async(self._fetch_flow(digest, floor, cap, on_loop=False), do)
 
         return shared
+
+    def wrap_sync(
+        self, cache: TokenCache, key: Hashable, acquire: AcquireFnSync, cap: Cap
+    ) -> AcquireFnSync:
+        store = self.sync_store
+        if store is None:
+            return acquire
+
+        def shared() -> TokenResult | None:
+            start = self._start(cache, key)
+            if start is None:
+                return acquire()
+            digest, floor = start
+
+            def do(step: _Step) -> object:
+                if isinstance(step, _Take):
+                    return store.put(step.key, b"1", ttl=self.lease, expect=None)
+                if isinstance(step, _Alone):
+                    return acquire()
+                if isinstance(step, _Run):
+                    return self._acquire_sync(store, acquire, step)
+                if isinstance(step, _Renew):
+                    done = threading.Event()
+                    renewing = threading.Thread(
+                        target=self._renew_sync,
+                        args=(store, step.lease, done),
+                        name="ep-l2-lease",
+                        daemon=True,
+                    )
+                    renewing.start()
+                    return _Renewal(done, renewing)
+                if isinstance(step, _Settle):
+                    self._settle_sync(store, step)
+                    return None
+                return self._io_sync(store, step)
+
+            # On a thread that runs an event loop (a sync call inside async code) the lease may
+            # be held by a task of that very loop, which cannot go on (nor renew it) while this
+            # thread sleeps: never wait for it (as L1 never waits for a leader there).
+            flow = self._fetch_flow(digest, floor, cap, on_loop=loop_running_here())
+            return drive(flow, do)
+
+        return shared
+
+    def _start(self, cache: TokenCache, key: Hashable) -> tuple[str, float] | None:
+        """The digest of ``key`` and the floor (when what L1 holds expires: an older entry is
+        no answer) of an acquisition through L2; ``None``: acquire alone (L2 is skipped for
+        now, or ``key`` is not one it keeps)."""
+        if not self._up():
+            return None
+        digest = self._hash(key)
+        if digest is None:
+            return None
+        current = cache.get(key)
+        return digest, current.expires_on if current is not None else 0.0
 
     def _waited_too_long(self) -> None:
         logger.warning(
@@ -544,9 +589,13 @@ class SharedTokenCache:
             self.wait,
         )
 
-    async def _fetch(
-        self, digest: str, floor: float, acquire: AcquireFn, cap: Cap
-    ) -> TokenResult | None:
+    def _fetch_flow(
+        self, digest: str, floor: float, cap: Cap, *, on_loop: bool
+    ) -> Generator[_Step, object, TokenResult | None]:
+        """L2's answer for the key of ``digest``, or the acquisition's (``_Run``), shared.
+        ``on_loop``: a blocking driver on a thread that runs an event loop: it reads once,
+        takes the lease if it is free, else acquires on its own and writes nothing (its
+        ``shared_result_sync`` reads once too: no wait on the lease)."""
         name, lease_name = _KEY_PREFIX + digest, _LEASE_PREFIX + digest
         deadline = time.monotonic() + self.wait  # real time, whatever clock tokens use
         delay = _FIRST_POLL
@@ -554,14 +603,15 @@ class SharedTokenCache:
         version: str | None = None
         try:
             while True:
-                found = await self._read(name, floor, cap)
+                found = yield from self._hit_flow(name, floor, cap)
                 if found is not None:
-                    self.hits += 1
                     return found
-                version = await self._take(lease_name)
+                version = cast("str | None", (yield _Take(lease_name)))
                 if version is not None:
                     if waited:
                         self.takeovers += 1
+                    break
+                if on_loop:
                     break
                 if time.monotonic() >= deadline:
                     self._waited_too_long()
@@ -569,24 +619,25 @@ class SharedTokenCache:
                 if not waited:
                     self.waits += 1
                     waited = True
-                await asyncio.sleep(delay)
+                yield _Sleep(delay)
                 delay = min(delay * 1.5, _MAX_POLL)
         except Exception as exc:
             self._failed("read", exc)
-            return await acquire()
+            return _result((yield _ALONE))  # the acquisition alone: L2 is skipped
         served: list[TokenResult] = []
         if version is None:  # outside the try: an error of the acquisition is not the store's
-            return await self._acquire(acquire, name, lease_name, floor, cap, served)
+            holder = None if on_loop else lease_name
+            return _result((yield _Run(name, holder, floor, cap, served)))
         lease = _Lease(lease_name, version)
-        renewing: asyncio.Future[None] | None = None
-        share: Callable[[], Awaitable[None]] | None = None
+        renewal: _Renewal | None = None
+        share: _Share | None = None
         try:
             # The holder before us may have written just before our lease: read once more.
             # Its version is what the write compares with (after a failed read: written only
             # if there is no entry).
             read = True
             try:
-                entry = await self.store.get(name)
+                entry = _entry((yield _Op(name)))
             except Exception as exc:
                 self._failed("read", exc)
                 entry, read = None, False
@@ -595,37 +646,81 @@ class SharedTokenCache:
                 self.hits += 1
                 return found
             self.misses += 1
-            done = asyncio.Event()
-            renewing = asyncio.ensure_future(self._renew(lease, done))
-            try:
-                result = await self._acquire(acquire, name, None, floor, cap, served)
-            finally:
-                done.set()
+            renewal = cast("_Renewal", (yield _Renew(lease)))
+            result = _result((yield _Run(name, None, floor, cap, served)))
             if _from_l2(result, served):
                 return result  # another replica's entry, read again by the source: in L2
             seen = None if entry is None else entry.version
-            share = functools.partial(self._write, lease, name, result, cap, seen, read=read)
+            share = _Share(name, result, cap, seen, read)
             return result
         finally:
-            await self._settle(lease, renewing, share)
+            # Stop the renewal, share the result, release the lease (whatever ended the
+            # acquisition: an error of the source, a cancel thrown in).
+            yield _Settle(lease, renewal, share)
 
-    async def _acquire(
-        self,
-        acquire: AcquireFn,
-        name: str,
-        lease_name: str | None,
-        floor: float,
-        cap: Cap,
-        served: list[TokenResult],
-    ) -> TokenResult | None:
-        """``acquire()``, with ``shared_result_async`` reading L2 again for it (``lease_name``:
+    def _hit_flow(
+        self, name: str, floor: float, cap: Cap
+    ) -> Generator[_Op, object, TokenResult | None]:
+        """Read the entry ``name``: a usable one is a hit (counted), else ``None``."""
+        found = self._usable(name, _entry((yield _Op(name))), floor, cap)
+        if found is not None:
+            self.hits += 1
+        return found
+
+    def _recheck_flow(
+        self, name: str, lease_name: str | None, floor: float, cap: Cap
+    ) -> Generator[_Op | _Sleep, object, TokenResult | None]:
+        """The entry another replica wrote for ``name``; while that replica holds
+        ``lease_name`` (``None``: we hold it), wait for it, up to ``wait``."""
+        deadline = time.monotonic() + self.wait
+        delay = _FIRST_POLL
+        try:
+            while True:
+                found = yield from self._hit_flow(name, floor, cap)
+                if found is not None:
+                    return found
+                if lease_name is None or time.monotonic() >= deadline:
+                    return None
+                if (yield _Op(lease_name)) is None:
+                    return None  # nobody is acquiring it: the source goes on
+                yield _Sleep(delay)
+                delay = min(delay * 1.5, _MAX_POLL)
+        except Exception as exc:  # the source goes on as it would have
+            self._failed("read", exc)
+            return None
+
+    async def _io(self, step: _Op | _Sleep) -> Entry | str | bool | None:
+        """A store call (``_Op``) or a pause of the flows, on the async store."""
+        if isinstance(step, _Sleep):
+            await asyncio.sleep(step.seconds)
+            return None
+        if step.delete and step.expect is not None:
+            return await self.store.delete(step.key, expect=step.expect)
+        if step.value is None:
+            return await self.store.get(step.key)
+        return await self.store.put(step.key, step.value, ttl=step.ttl, expect=step.expect)
+
+    def _io_sync(self, store: SyncTokenStore, step: _Op | _Sleep) -> Entry | str | bool | None:
+        """``_io``, blocking."""
+        if isinstance(step, _Sleep):
+            time.sleep(step.seconds)  # a thread waiting on another replica, bounded by `wait`
+            return None
+        if step.delete and step.expect is not None:
+            return store.delete(step.key, expect=step.expect)
+        if step.value is None:
+            return store.get(step.key)
+        return store.put(step.key, step.value, ttl=step.ttl, expect=step.expect)
+
+    async def _acquire(self, acquire: AcquireFn, run: _Run) -> TokenResult | None:
+        """``acquire()``, with ``shared_result_async`` reading L2 again for it (``run.holder``:
         the lease another replica may hold, for a replica that does not hold it); what the
-        source took from there is appended to ``served``."""
+        source took from there is appended to ``run.served``."""
 
         async def recheck() -> TokenResult | None:
-            found = await self._recheck(name, lease_name, floor, cap)
+            flow = self._recheck_flow(run.name, run.holder, run.floor, run.cap)
+            found = await drive_async(flow, self._io)
             if found is not None:
-                served.append(found)
+                run.served.append(found)
             return found
 
         context = _RECHECK.set(recheck)
@@ -634,28 +729,23 @@ class SharedTokenCache:
         finally:
             _RECHECK.reset(context)
 
-    async def _recheck(
-        self, name: str, lease_name: str | None, floor: float, cap: Cap
+    def _acquire_sync(
+        self, store: SyncTokenStore, acquire: AcquireFnSync, run: _Run
     ) -> TokenResult | None:
-        """The entry another replica wrote for ``name``; while that replica holds
-        ``lease_name`` (``None``: we hold it), wait for it, up to ``wait``."""
-        deadline = time.monotonic() + self.wait
-        delay = _FIRST_POLL
+        """``_acquire``, blocking."""
+
+        def recheck() -> TokenResult | None:
+            flow = self._recheck_flow(run.name, run.holder, run.floor, run.cap)
+            found = drive(flow, functools.partial(self._io_sync, store))
+            if found is not None:
+                run.served.append(found)
+            return found
+
+        context = _RECHECK_SYNC.set(recheck)
         try:
-            while True:
-                found = await self._read(name, floor, cap)
-                if found is not None:
-                    self.hits += 1
-                    return found
-                if lease_name is None or time.monotonic() >= deadline:
-                    return None
-                if await self.store.get(lease_name) is None:
-                    return None  # nobody is acquiring it: the source goes on
-                await asyncio.sleep(delay)
-                delay = min(delay * 1.5, _MAX_POLL)
-        except Exception as exc:  # the source goes on as it would have
-            self._failed("read", exc)
-            return None
+            return acquire()
+        finally:
+            _RECHECK_SYNC.reset(context)
 
     async def _renew(self, lease: _Lease, done: asyncio.Event) -> None:
         """Keep the lease while the acquisition runs; stop when it is done or lost
@@ -666,6 +756,13 @@ class SharedTokenCache:
             return self._renewed(lease, renewed)
 
         await renew_until(done, self.lease, renew, self._renewal_failed)
+
+    def _renew_sync(self, store: SyncTokenStore, lease: _Lease, done: threading.Event) -> None:
+        def renew() -> bool:
+            renewed = store.put(lease.name, b"1", ttl=self.lease, expect=lease.version)
+            return self._renewed(lease, renewed)
+
+        renew_until_sync(done, self.lease, renew, self._renewal_failed)
 
     def _renewed(self, lease: _Lease, renewed: str | None) -> bool:
         if renewed is None:
@@ -681,100 +778,16 @@ class SharedTokenCache:
 
     # -- the same, blocking (sync API: threads) -----------------------------------------------
 
-    def wrap_sync(
-        self, cache: TokenCache, key: Hashable, acquire: AcquireFnSync, cap: Cap
-    ) -> AcquireFnSync:
-        store = self.sync_store
-        if store is None:
-            return acquire
-
-        def shared() -> TokenResult | None:
-            if not self._up():
-                return acquire()
-            digest = self._hash(key)
-            if digest is None:
-                return acquire()
-            current = cache.get(key)
-            floor = current.expires_on if current is not None else 0.0
-            return self._fetch_sync(store, digest, floor, acquire, cap)
-
-        return shared
-
-    def _fetch_sync(
-        self,
-        store: SyncTokenStore,
-        digest: str,
-        floor: float,
-        acquire: AcquireFnSync,
-        cap: Cap,
-    ) -> TokenResult | None:
-        name, lease_name = _KEY_PREFIX + digest, _LEASE_PREFIX + digest
-        deadline = time.monotonic() + self.wait
-        delay = _FIRST_POLL
-        waited = False
-        version: str | None = None
-        # On a thread that runs an event loop (a sync call inside async code) the lease may be
-        # held by a task of that very loop, which cannot go on (nor renew it) while this
-        # thread sleeps: never wait for it (as L1 never waits for a leader there). Read once,
-        # take the lease if it is free, else acquire on our own and write nothing.
-        on_loop = loop_running_here()
+    def _settle_sync(self, store: SyncTokenStore, settle: _Settle) -> None:
+        """``_settle``, blocking: stop the renewal thread, write, release."""
+        lease = settle.lease
         try:
-            while True:
-                found = self._usable(name, store.get(name), floor, cap)
-                if found is not None:
-                    self.hits += 1
-                    return found
-                version = store.put(lease_name, b"1", ttl=self.lease, expect=None)
-                if version is not None:
-                    if waited:
-                        self.takeovers += 1
-                    break
-                if on_loop:
-                    break
-                if time.monotonic() >= deadline:
-                    self._waited_too_long()
-                    break
-                if not waited:
-                    self.waits += 1
-                    waited = True
-                time.sleep(delay)  # a thread waiting on another replica, bounded by `wait`
-                delay = min(delay * 1.5, _MAX_POLL)
-        except Exception as exc:
-            self._failed("read", exc)
-            return acquire()
-        served: list[TokenResult] = []
-        if version is None:  # outside the try: an error of the acquisition is not the store's
-            # (on a loop thread, ``shared_result_sync`` reads once: no wait on the lease)
-            holder = None if on_loop else lease_name
-            return self._acquire_sync(store, acquire, name, holder, floor, cap, served)
-        lease = _Lease(lease_name, version)
-        try:
-            read = True
-            try:
-                entry = store.get(name)
-            except Exception as exc:
-                self._failed("read", exc)
-                entry, read = None, False
-            found = self._usable(name, entry, floor, cap)
-            if found is not None:
-                self.hits += 1
-                return found
-            self.misses += 1
-            done = threading.Event()
-            renewing = threading.Thread(
-                target=self._renew_sync, args=(store, lease, done), name="ep-l2-lease", daemon=True
-            )
-            renewing.start()
-            try:
-                result = self._acquire_sync(store, acquire, name, None, floor, cap, served)
-            finally:
-                done.set()
-                renewing.join()
-            if _from_l2(result, served):
-                return result  # another replica's entry, read again by the source: in L2
-            seen = None if entry is None else entry.version
-            self._write_sync(store, lease, name, result, cap, seen, read=read)
-            return result
+            if settle.renewal is not None:
+                settle.renewal.done.set()
+                cast(threading.Thread, settle.renewal.runner).join()
+            if settle.share is not None:
+                flow = self._write_flow(lease, *settle.share)
+                drive(flow, functools.partial(self._io_sync, store))
         finally:
             self._release_sync(store, lease)
 
@@ -799,77 +812,6 @@ class SharedTokenCache:
             store.delete(lease.name, expect=lease.version)
         except Exception as exc:  # the lease expires by itself
             self._failed("lease release", exc)
-
-    def _acquire_sync(
-        self,
-        store: SyncTokenStore,
-        acquire: AcquireFnSync,
-        name: str,
-        lease_name: str | None,
-        floor: float,
-        cap: Cap,
-        served: list[TokenResult],
-    ) -> TokenResult | None:
-        """``_acquire``, blocking."""
-
-        def recheck() -> TokenResult | None:
-            found = self._recheck_sync(store, name, lease_name, floor, cap)
-            if found is not None:
-                served.append(found)
-            return found
-
-        context = _RECHECK_SYNC.set(recheck)
-        try:
-            return acquire()
-        finally:
-            _RECHECK_SYNC.reset(context)
-
-    def _recheck_sync(
-        self, store: SyncTokenStore, name: str, lease_name: str | None, floor: float, cap: Cap
-    ) -> TokenResult | None:
-        """``_recheck``, blocking."""
-        deadline = time.monotonic() + self.wait
-        delay = _FIRST_POLL
-        try:
-            while True:
-                found = self._usable(name, store.get(name), floor, cap)
-                if found is not None:
-                    self.hits += 1
-                    return found
-                if lease_name is None or time.monotonic() >= deadline:
-                    return None
-                if store.get(lease_name) is None:
-                    return None
-                time.sleep(delay)  # a thread waiting on another replica, bounded by `wait`
-                delay = min(delay * 1.5, _MAX_POLL)
-        except Exception as exc:
-            self._failed("read", exc)
-            return None
-
-    def _renew_sync(self, store: SyncTokenStore, lease: _Lease, done: threading.Event) -> None:
-        def renew() -> bool:
-            renewed = store.put(lease.name, b"1", ttl=self.lease, expect=lease.version)
-            return self._renewed(lease, renewed)
-
-        renew_until_sync(done, self.lease, renew, self._renewal_failed)
-
-    def _write_sync(
-        self,
-        store: SyncTokenStore,
-        lease: _Lease,
-        name: str,
-        result: TokenResult | None,
-        cap: Cap,
-        seen: str | None,
-        *,
-        read: bool = True,
-    ) -> None:
-        def do(op: _Op) -> Entry | str | None:
-            if op.value is None:
-                return store.get(op.key)
-            return store.put(op.key, op.value, ttl=op.ttl, expect=op.expect)
-
-        drive(self._write_flow(lease, name, result, cap, seen, read), do)
 
 
 def _background_failed(exc: BaseException) -> None:
@@ -900,14 +842,95 @@ class _Lease:
 
 
 class _Op(NamedTuple):
-    """One store call of ``_write_flow`` or ``_drop_flow``: a ``put`` of ``value``, a ``get``
-    (no value), or a compare-and-delete (``delete``, on version ``expect``)."""
+    """One store call of a flow (``_fetch_flow``, ``_recheck_flow``, ``_write_flow``,
+    ``_drop_flow``), run by ``_io`` or ``_io_sync``: a ``put`` of ``value``, a ``get`` (no
+    value), or a compare-and-delete (``delete``, on version ``expect``)."""
 
     key: str
     value: bytes | None = None
     ttl: float = 0.0
     expect: str | None = None
     delete: bool = False
+
+
+class _Take(NamedTuple):
+    """Step of ``_fetch_flow``: take the lease ``key`` (write-if-absent); its version is sent
+    back, or ``None`` while another replica holds it."""
+
+    key: str
+
+
+class _Sleep(NamedTuple):
+    """Step: wait ``seconds`` before polling again (bounded by ``wait``)."""
+
+    seconds: float
+
+
+class _Alone:
+    """Step: run the acquisition alone (the store failed: L2 is skipped); its result is sent
+    back, its error thrown in."""
+
+    __slots__ = ()
+
+
+_ALONE: Final = _Alone()
+
+
+class _Run(NamedTuple):
+    """Step: run the acquisition, ``shared_result_async``/``shared_result_sync`` reading the
+    entry ``name`` again for it (waiting while another replica holds the lease ``holder``);
+    what the source took from there is appended to ``served``."""
+
+    name: str
+    holder: str | None
+    floor: float
+    cap: Cap
+    served: list[TokenResult]
+
+
+class _Renew(NamedTuple):
+    """Step: start renewing ``lease`` (a task, or a thread); a ``_Renewal`` is sent back."""
+
+    lease: _Lease
+
+
+class _Renewal(NamedTuple):
+    """A renewal under way: set ``done`` to stop it; ``runner`` is its task or thread."""
+
+    done: asyncio.Event | threading.Event
+    runner: asyncio.Future[None] | threading.Thread
+
+
+class _Share(NamedTuple):
+    """What the holder writes to L2: ``_write_flow``'s arguments but the lease."""
+
+    name: str
+    result: TokenResult | None
+    cap: Cap
+    seen: str | None
+    read: bool
+
+
+class _Settle(NamedTuple):
+    """Step, after the holder's acquisition (however it ended): stop ``renewal``, write
+    ``share`` (``None``: nothing to share) and release ``lease``."""
+
+    lease: _Lease
+    renewal: _Renewal | None
+    share: _Share | None
+
+
+_Step = _Op | _Take | _Sleep | _Alone | _Run | _Renew | _Settle
+
+
+def _entry(sent: object) -> Entry | None:
+    """What a driver sent back for a read (``_Op`` with no value)."""
+    return cast("Entry | None", sent)
+
+
+def _result(sent: object) -> TokenResult | None:
+    """What a driver sent back for an acquisition (``_ALONE``, ``_Run``)."""
+    return cast("TokenResult | None", sent)
 
 
 # -- lease renewal, shared by this cache's lease and the consent grants' refresh lease ---------
@@ -926,33 +949,39 @@ async def renew_until(
     store failed) is reported to ``failed(exc, first_in_a_row)`` and retried every tenth of the
     lease: the lease is still ours until it runs out, and giving up would let another holder
     in."""
-    interval = length / 3
-    while True:
+
+    async def do(wait: float | None) -> bool:
+        if wait is None:
+            return await renew()
         try:
-            async with asyncio.timeout(interval):  # (not ``wait_for``: see ``_msal._until``)
+            async with asyncio.timeout(wait):  # (not ``wait_for``: see ``_msal._until``)
                 await done.wait()
-            return
         except TimeoutError:
-            pass
-        try:
-            held = await renew()
-        except Exception as exc:
-            failed(exc, interval == length / 3)
-            interval = length / 10
-            continue
-        if not held:
-            return
-        interval = length / 3
+            return False
+        return True
+
+    await drive_async(_renewal_flow(length, failed), do)
 
 
 def renew_until_sync(
     done: threading.Event, length: float, renew: Callable[[], bool], failed: RenewalFailed
 ) -> None:
     """``renew_until`` in a thread (``done`` a ``threading.Event``, ``renew`` blocking)."""
+
+    def do(wait: float | None) -> bool:
+        return renew() if wait is None else done.wait(wait)
+
+    drive(_renewal_flow(length, failed), do)
+
+
+def _renewal_flow(length: float, failed: RenewalFailed) -> Generator[float | None, object, None]:
+    """``renew_until``'s decisions, no I/O: it yields a wait (seconds; ``True`` is sent back
+    once ``done`` is set) or ``None``, renew now (whether the lease is still held is sent
+    back, or the store's error thrown in)."""
     interval = length / 3
-    while not done.wait(interval):
+    while not (yield interval):
         try:
-            held = renew()
+            held = yield None
         except Exception as exc:
             failed(exc, interval == length / 3)
             interval = length / 10
