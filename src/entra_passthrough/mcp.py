@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import re
+import socket
 import ssl
 import time
 import weakref
@@ -76,7 +77,7 @@ from ._checks import seconds
 from ._flow import APPLIED, Chain
 from ._http import MAX_SECONDS, retry_after_seconds
 from ._httpx_seams import wrap_transports
-from ._jwt import UnverifiedClaims
+from ._jwt import JwtDecodeError, UnverifiedClaims
 from ._origins import format_origin, origin_key
 from ._policy import Policy
 
@@ -148,6 +149,7 @@ def entra_http_client(
         auth,
         timeout=timeout if timeout is not None else httpx2.Timeout(30.0, read=300.0),
         verify=verify,
+        explain_refusals=True,
     )
 
 
@@ -204,7 +206,11 @@ KEEPALIVE_EXPIRY = 1.0
 
 
 def http_client_for(
-    auth: EntraAuth, *, timeout: httpx2.Timeout | float, verify: Any
+    auth: EntraAuth,
+    *,
+    timeout: httpx2.Timeout | float,
+    verify: Any,
+    explain_refusals: bool = False,
 ) -> httpx2.AsyncClient:
     """The MCP connection's ``httpx2.AsyncClient`` with ``auth`` installed (``EntraMCPTool``
     builds its clients here too). Redirects are not followed: the mcp SDK follows same-origin
@@ -213,7 +219,9 @@ def http_client_for(
     next user's requests. Idle connections are dropped after ``KEEPALIVE_EXPIRY``, before the server
     closes them. Every transport it may use (its own, and the proxy mounts built from the
     environment) is wrapped in ``_CallGuard`` (see ``call_attempt``): a proxied request must not
-    bypass it."""
+    bypass it. ``explain_refusals`` (the plain client's): a 401/403 to a connection-lifetime
+    request that carried a token is answered for the mcp SDK with what ``connect_refused`` says
+    (``EntraMCPTool`` says it itself, from its own record of the answer)."""
     # Checked here, where EntraMCPTool's clients are built too: a wrong type or CA path is a
     # ConfigurationError naming the argument. One default TLS context per process (_tls.py).
     client = httpx2.AsyncClient(
@@ -228,10 +236,14 @@ def http_client_for(
     resend = _env.get_bool(os.environ, RESEND_ON_RESET_VARIABLE, default=True)
     wrap_transports(
         client,
-        functools.partial(_CallGuard, resend_on_reset=resend, auth=auth),
+        functools.partial(
+            _CallGuard, resend_on_reset=resend, auth=auth, explain_refusals=explain_refusals
+        ),
         # A proxy (HTTP_PROXY/HTTPS_PROXY) may reset the connection after it forwarded the
         # request: through one, a reset never says the server did not read it.
-        wrap_proxy=functools.partial(_CallGuard, resend_on_reset=False, auth=auth),
+        wrap_proxy=functools.partial(
+            _CallGuard, resend_on_reset=False, auth=auth, explain_refusals=explain_refusals
+        ),
     )
     auth.install(client)
     return client
@@ -609,9 +621,11 @@ class _CallGuard(httpx2.AsyncBaseTransport):
         *,
         resend_on_reset: bool = True,
         auth: EntraAuth | None = None,
+        explain_refusals: bool = False,
     ) -> None:
         self._inner = inner
         self._auth = auth  # the client's: why a request went out without a token
+        self._explain_refusals = explain_refusals
         # httpx2's own transport passes request.extensions (the trace hook) to httpcore.
         self._traced = type(inner) is httpx2.AsyncHTTPTransport
         self._resend_on_reset = resend_on_reset
@@ -634,8 +648,14 @@ class _CallGuard(httpx2.AsyncBaseTransport):
                 # A connection is reused only after an answer left it idle: watched from that
                 # answer on, whichever request opened it (a later tools/call may reuse it).
                 _watch_reads(response.extensions.get("network_stream"))
-            if attempt is None and response.status_code == 401:
-                return await _tokenless_refusal(request, response, self._auth)
+            if _RECORDED_REFUSAL in request.extensions and response.status_code not in (401, 403):
+                _forget_refusal(request)
+            if attempt is None and response.status_code in (401, 403):
+                if "authorization" not in request.headers:
+                    if response.status_code == 401:
+                        return await _tokenless_refusal(request, response, self._auth)
+                elif self._explain_refusals and request.method == "POST":
+                    return await _refused_connect_answer(request, response, self._auth)
             _scrub(request, response)
             return response
         rpc_id, method = _rpc_of(request)
@@ -677,6 +697,13 @@ class _CallGuard(httpx2.AsyncBaseTransport):
                 if rpc_id is None:
                     raise
                 detail = f"{why}, {type(exc).__name__}"
+                if why == "connect":
+                    return _local_error(
+                        request,
+                        rpc_id,
+                        _not_sent_text(attempt, method, detail, paren=True)
+                        + not_connected_text(request, exc),
+                    )
                 if why == "reset":
                     # What the client saw, and the assumption "not sent" rests on.
                     detail += (
@@ -725,8 +752,13 @@ class _CallGuard(httpx2.AsyncBaseTransport):
                 response.status_code,
                 _refused_on_its_way(request, response.status_code),
             )
+            if self._explain_refusals and not attempt.sent and "authorization" in request.headers:
+                # Before any tools/call of the call (the tools/list the docs advise inside
+                # entra_call): said as at the connect, and raised typed by entra_call (recorded).
+                return await _refused_connect_answer(request, response, self._auth, in_call=True)
         elif attempt.refused_after is not None:
             attempt.refused_after = None  # accepted on the retry: that refusal is not the cause
+            _forget_refusal(request)
         _scrub(request, response)
         return response
 
@@ -763,11 +795,256 @@ async def _tokenless_refusal(
     )
 
 
+#: Where the refusal of a connection-lifetime request was recorded on its caller: the auth's
+#: retry sends the same request again, and its refusal replaces the first one's.
+_RECORDED_REFUSAL = "entra_passthrough.connect_refusal"
+
+
+async def _refused_connect_answer(
+    request: httpx2.Request,
+    response: httpx2.Response,
+    auth: EntraAuth | None,
+    *,
+    in_call: bool = False,
+) -> httpx2.Response:
+    """The plain client's connection-lifetime POST (``initialize``, ``tools/list`` or a
+    notification, made outside ``entra_call``) that carried a token and was refused with
+    401/403: the mcp SDK says only "Server returned an error response" (raised from the
+    ``Client`` in an ``ExceptionGroup`` at connect). Answered, with the same status and
+    challenge (the auth's one retry of a 401 reads them), with a JSON-RPC error whose text is
+    ``connect_refused``'s, which the SDK raises as its ``MCPError``; the typed error is recorded
+    on the active caller (``current_caller().take_errors()``). ``in_call``: a request made
+    inside ``entra_call`` before its ``tools/call`` (a ``tools/list``), which ``entra_call``
+    then raises typed. Nothing of the server's answer but its status and its challenge's error
+    code and scopes is quoted."""
+    refusal = ConnectRefusal.of(response, request)
+    caller = active_caller()
+    whose = "the user's token" if caller is not None else "the lifecycle identity's token"
+    kind = "" if in_call else ", a connection-lifetime request: made outside entra_call"
+    refused = (
+        f"The MCP server at {request_origin(request)} refused {whose} ({refusal.answer()}{kind})."
+    )
+    error = connect_refused(
+        refusal,
+        refused,
+        own_scopes=auth.scopes if auth is not None else (),
+        scopes_in="the client's scopes (entra_http_client(scopes=...))",
+    )
+    if caller is not None:
+        earlier = request.extensions.get(_RECORDED_REFUSAL)
+        if earlier is not None and any(e is earlier for e in caller.errors):
+            # The auth's retry of this request was refused too: one refusal, the last.
+            caller.errors[[id(e) for e in caller.errors].index(id(earlier))] = error
+        else:
+            caller.record(error)
+        request.extensions[_RECORDED_REFUSAL] = error
+    rpc_id, _ = _rpc_of(request)
+    if rpc_id is None:
+        _scrub(request, response)
+        return response  # a notification: the SDK reads no answer to it
+    await response.aclose()
+    from mcp_types import INTERNAL_ERROR
+
+    body = {
+        "jsonrpc": "2.0",
+        "id": rpc_id,
+        "error": {"code": INTERNAL_ERROR, "message": f"entra_passthrough: {error}"},
+    }
+    headers = [("content-type", "application/json")]
+    headers += [("www-authenticate", v) for v in response.headers.get_list("www-authenticate")]
+    return httpx2.Response(
+        response.status_code,
+        headers=headers,
+        content=json.dumps(body).encode(),
+        request=request,
+    )
+
+
+def _forget_refusal(request: httpx2.Request) -> None:
+    """The auth's retry of ``request`` was accepted: its first refusal, recorded on the caller
+    (``_refused_connect_answer``), is no error of the caller's any more."""
+    earlier = request.extensions.pop(_RECORDED_REFUSAL, None)
+    caller = current_caller()
+    if earlier is not None and caller is not None:
+        caller.errors = [e for e in caller.errors if e is not earlier]
+
+
+def request_origin(request: httpx2.Request) -> str:
+    """The request's origin as a message names it: scheme, host and port (never the path or
+    query, which may carry a key, nor user information)."""
+    key = origin_key(request.url.scheme, request.url.raw_host, request.url.port)
+    return format_origin(key) if key is not None else request.url.scheme
+
+
+#: A JSON-RPC method our client sent, as a message about a connect names it.
+_CONNECT_METHOD = re.compile(r"[a-z][a-z/_]{0,39}")
+
+
+def connect_method(request: httpx2.Request) -> str | None:
+    """The JSON-RPC method of a request our client sent, if its body names one we may quote."""
+    with suppress(ValueError, httpx2.RequestNotRead, RecursionError):
+        body = json.loads(request.content)
+        method = body.get("method") if isinstance(body, dict) else None
+        if isinstance(method, str) and _CONNECT_METHOD.fullmatch(method):
+            return method
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectRefusal:
+    """A 401/403 to a connection-lifetime request, as a message may name it: the status, the
+    challenge's error code and required scopes (``challenge_of``), the request's method, and
+    the ``scp``/``roles`` of the token it refused (``None`` when it had none readable)."""
+
+    status: int
+    error: str | None
+    required: tuple[str, ...]
+    granted: tuple[str, ...] | None
+    rpc: str | None
+    with_token: bool
+    #: A 401 to a token that had expired, or was about to, as it came (``refused_at_expiry``).
+    at_expiry: bool = False
+
+    @classmethod
+    def of(cls, response: httpx2.Response, request: httpx2.Request | None = None) -> ConnectRefusal:
+        """``request``: the one ``response`` answers, for a response not yet given it (in the
+        transport); else ``response.request``."""
+        error, required = challenge_of(response)
+        if request is None:
+            request = response.request
+        token = request_bearer(request)
+        with_token = token is not None
+        granted: tuple[str, ...] | None = None
+        if token is not None:
+            try:
+                claims = UnverifiedClaims.from_token(token)
+            except (JwtDecodeError, ValueError, OverflowError):
+                pass  # opaque: which scope it lacks is unknown here
+            else:
+                granted = (*claims.scp, *claims.roles)
+        rpc = connect_method(request)
+        at_expiry = response.status_code == 401 and token is not None and refused_at_expiry(token)
+        return cls(response.status_code, error, required, granted, rpc, with_token, at_expiry)
+
+    def answer(self) -> str:
+        """E.g. 'HTTP 401 error="invalid_token" to its initialize request'."""
+        text = f"HTTP {self.status}" + (f' error="{self.error}"' if self.error else "")
+        return text + (f" to its {self.rpc} request" if self.rpc else "")
+
+    def missing(self) -> tuple[str, ...]:
+        """The required scopes the refused token does not carry (a required App ID URI scope
+        matches the short name Entra puts in ``scp``); ``()`` when that is unknown."""
+        if self.granted is None:
+            return ()
+        have = {g.lower() for g in self.granted}
+        return tuple(
+            s
+            for s in self.required
+            if s.lower() not in have and _short_scope(s).lower() not in have
+        )
+
+
+def _short_scope(scope: str) -> str:
+    return scope.rstrip("/").rsplit("/", 1)[-1]
+
+
+def connect_refused(
+    refusal: ConnectRefusal,
+    refused: str,
+    *,
+    own_scopes: Iterable[str],
+    scopes_in: str = "the tool's scopes",
+) -> TokenVerificationError:
+    """The MCP server's 401/403 to a connect, typed like a ``tools/call``'s (``call_refusal``),
+    with the scopes its challenge says it requires and the refused token lacks: ``refused``
+    (who refused whose token, ``refusal.answer()``) and why, and the fix. Named from the
+    status, the challenge's error code and scopes alone (``challenge_of``): the server's own
+    description is its free text, and no part of the token is quoted. ``own_scopes``: the
+    scopes the client asks tokens for; ``scopes_in``: where they are set."""
+    if refusal.status == 403 or refusal.error == "insufficient_scope":
+        # The challenge's scopes are the server's words: only those of the API the client asks
+        # tokens for (or bare names) are quoted, so that a server cannot have the message tell
+        # an administrator to grant some other API's permission.
+        own = {s.rsplit("/", 1)[0].lower() for s in own_scopes if "/" in s}
+
+        def quotable(scope: str) -> bool:
+            return "/" not in scope or scope.rsplit("/", 1)[0].lower() in own
+
+        missing = tuple(filter(quotable, refusal.missing()))
+        required = tuple(filter(quotable, refusal.required))
+        if missing:
+            lacks = f" The token lacks the scope(s) it requires: {', '.join(missing)}."
+        elif required:
+            lacks = (
+                " The token lacks a scope or app role it requires (it requires: "
+                f"{', '.join(required)})."
+            )
+        else:
+            lacks = " The token is valid but lacks a scope or app role the server requires."
+        named = ", ".join(missing or required) or "what the server requires"
+        return InsufficientScope(
+            refused + lacks,
+            required=refusal.required,
+            fix=f"grant {named} to the agent app for the MCP server's API (API "
+            "permissions, with consent: admin consent for the tenant, or the user's own), "
+            f"and request it in {scopes_in} (the server's App ID URI + /.default "
+            "carries every scope granted); or, if the server should not require it, change "
+            f"the server's required scopes ({see('errors')})",
+        )
+    if refusal.status == 401 and refusal.at_expiry:
+        return expiring_token_refused(refused)
+    return TokenVerificationError(
+        f"{refused} The server does not accept the token.", fix=token_refused_fix(scopes_in)
+    )
+
+
+def unreachable_why(exc: BaseException) -> str:
+    """Why a connection to a server could not be opened, from the error's types alone (its
+    text may name a proxy with its credentials)."""
+    chain = list(exception_chain(exc))
+    if any(isinstance(e, ConnectionRefusedError) for e in chain):
+        return "it refused the connection (nothing listens there: down, restarting, wrong port)"
+    if any(isinstance(e, socket.gaierror) for e in chain):
+        return "its host name could not be resolved (DNS)"
+    if any(isinstance(e, ssl.SSLError) for e in chain):
+        return "the TLS handshake failed (its certificate is not trusted here, or it is not TLS)"
+    if any(isinstance(e, httpx2.ConnectTimeout | TimeoutError) for e in chain):
+        return "the connection timed out (a firewall, or the host is down)"
+    return "the connection could not be opened"
+
+
+def unreachable_check(address: str) -> str:
+    """What to check when an MCP server could not be reached; ``address``: where its address
+    is set."""
+    return (
+        "check that the MCP server is running and reachable from this host at that address "
+        f"({address}, DNS, firewalls, a proxy, its TLS certificate)"
+    )
+
+
+def not_connected_text(request: httpx2.Request, exc: BaseException) -> str:
+    """What follows the plain client's "not sent (connect, ...)": the server's origin, why no
+    connection could be had, and what to check (``EntraMCPTool`` says it in
+    ``MCPServerUnreachable``)."""
+    if any(isinstance(e, httpx2.PoolTimeout) for e in exception_chain(exc)):
+        return (
+            ": no connection of the client's pool came free in time (all of them busy with other "
+            "requests). Fix: call again; if it recurs, make fewer calls at "
+            "once on this client, or give it a longer pool timeout (entra_http_client(timeout="
+            f"httpx2.Timeout(30.0, read=300.0, pool=60.0))) ({see('mcp-client')})"
+        )
+    check = unreachable_check("the URL and port given to streamable_http_client")
+    return (
+        f": the MCP server at {request_origin(request)} could not be reached: "
+        f"{unreachable_why(exc)}. This is not a problem with the token. Fix: {check}, then "
+        f"call again ({see('mcp-client')})"
+    )
+
+
 def _no_token_reason(request: httpx2.Request, auth: EntraAuth | None) -> tuple[str, str]:
     """(why a connection-lifetime request went out without a token, what to change)."""
     if auth is not None and not auth.allows(request.url):
-        key = origin_key(request.url.scheme, request.url.raw_host, request.url.port)
-        origin = format_origin(key) if key is not None else request.url.scheme
+        origin = request_origin(request)
         return (
             f"its origin ({origin}) is not one of the client's origins, the only ones a token "
             "is ever sent to",
@@ -1121,10 +1398,11 @@ def expiring_token_refused(refused: str) -> TokenVerificationError:
     )
 
 
-def token_refused_fix() -> str:
-    """The fix of an MCP server's 401 to a user's token (a call's or a connect's)."""
+def token_refused_fix(scopes_in: str = "the tool's scopes") -> str:
+    """The fix of an MCP server's 401 to a user's token (a call's or a connect's);
+    ``scopes_in``: where the scopes are set."""
     return (
-        "check that the tool's scopes name the MCP server's app (its App ID URI + /.default), "
+        f"check that {scopes_in} name the MCP server's app (its App ID URI + /.default), "
         f"that the server trusts the user's tenant, and that the user may call it "
         f"({see('errors')})"
     )

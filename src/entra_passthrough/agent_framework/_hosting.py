@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import inspect
 import json
 import logging
 import math
@@ -667,8 +668,11 @@ def install(
     between them: a stored response or conversation is used only by the user who created it.
     Returns ``app``.
 
-    ``close_on_shutdown``: objects with ``async aclose()`` (e.g. an ``EntraMCPToolPool``) to
-    close when the host shuts down, after its own shutdown handler (which closes the agent).
+    ``close_on_shutdown``: a list of objects with ``async aclose()`` (an ``EntraMCPToolPool``,
+    an ``httpx2.AsyncClient``) or ``async close()`` (an ``EntraMCPTool``) to close when the
+    host shuts down, after its own shutdown handler (which closes the agent), each in turn: one
+    that fails is logged (its type) and the next ones are still closed. Anything else is
+    refused here (``ConfigurationError``).
     ``response_owners``: where ``ResponseOwners`` keeps each response's owner (default: in
     this process); a shared ``RedisStore`` for replicas, and to keep them across restarts.
 
@@ -691,6 +695,12 @@ def install(
             f"{type(response_owners).__name__}.",
             fix="pass a MemoryStore or a RedisStore (entra_passthrough.redis), or leave it out.",
         )
+    # Checked before anything is added: a refused install changes nothing.
+    # (Not its truth: a pool given alone is falsy while it holds no connection.)
+    nothing = close_on_shutdown is None or (
+        isinstance(close_on_shutdown, list | tuple) and not close_on_shutdown
+    )
+    chain_shutdown = None if nothing else _shutdown_chain(app, close_on_shutdown)
     # Starlette prepends: the last one added is the outermost.
     add(BackgroundRunCallers, max_run_seconds=max_run_seconds)
     if _serves_stored_responses(app):
@@ -701,8 +711,8 @@ def install(
         require_caller=require_caller,
         verifier=verifier,
     )
-    if close_on_shutdown:
-        _chain_shutdown(app, tuple(close_on_shutdown))
+    if chain_shutdown is not None:
+        chain_shutdown()
     return app
 
 
@@ -719,7 +729,9 @@ def _version(package: str) -> str:
         return "not installed"
 
 
-def _chain_shutdown(app: Any, closables: tuple[Any, ...]) -> None:
+def _shutdown_chain(app: Any, entries: Any) -> Any:
+    """Check the host and the ``close_on_shutdown`` entries; return what registers the chained
+    handler (called once the middleware is added)."""
     register = getattr(app, "shutdown_handler", None)
     # The host keeps one handler (ResponsesHostServer's closes the agent): run it first. Refuse
     # rather than drop it if its slot moved.
@@ -742,12 +754,74 @@ def _chain_shutdown(app: Any, closables: tuple[Any, ...]) -> None:
             "what it names in your own shutdown (await pool.aclose())",
         )
 
+    closers = _closers(entries)
+
     async def shutdown() -> None:
         try:
             if previous is not None:
                 await previous()
         finally:
-            for closable in closables:
-                await closable.aclose()
+            for index, (entry, close) in enumerate(closers):
+                try:
+                    result = close()
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception as exc:  # the next ones are closed all the same
+                    _log.warning(
+                        "close_on_shutdown: closing entry %d (%s) failed: %s",
+                        index,
+                        type(entry).__name__,
+                        type(exc).__name__,
+                    )
 
-    register(shutdown)
+    return lambda: register(shutdown)
+
+
+_CLOSE_ON_SHUTDOWN_FIX = (
+    "pass a list of objects with async aclose() (an EntraMCPToolPool, an httpx2.AsyncClient) "
+    "or async close() (an EntraMCPTool), e.g. close_on_shutdown=[pool]; close anything else "
+    "in your own shutdown"
+)
+
+
+def _closers(entries: Any) -> list[tuple[Any, Any]]:
+    """``(entry, its close)`` for each ``close_on_shutdown`` entry: its ``aclose``, else an
+    ``async close`` (``EntraMCPTool``'s); anything else is refused, naming its place and type
+    (never its value)."""
+    if _closer(entries) is not None or isinstance(entries, str | bytes):
+        raise ConfigurationError(
+            f"close_on_shutdown takes a list, not one {type(entries).__name__}.",
+            fix=_CLOSE_ON_SHUTDOWN_FIX,
+        )
+    try:
+        items = list(entries)
+    except TypeError:
+        raise ConfigurationError(
+            f"close_on_shutdown takes a list, not {type(entries).__name__}.",
+            fix=_CLOSE_ON_SHUTDOWN_FIX,
+        ) from None
+    closers: list[tuple[Any, Any]] = []
+    for index, entry in enumerate(items):
+        close = _closer(entry)
+        if close is None:
+            has_close = callable(getattr(entry, "close", None))
+            why = "has a synchronous close()" if has_close else "has neither aclose() nor close()"
+            raise ConfigurationError(
+                f"close_on_shutdown[{index}] ({type(entry).__name__}) cannot be closed at "
+                f"shutdown: it {why}.",
+                fix=_CLOSE_ON_SHUTDOWN_FIX,
+            )
+        closers.append((entry, close))
+    return closers
+
+
+def _closer(entry: Any) -> Any:
+    """What closes ``entry`` at shutdown: its ``aclose``, else its ``close`` when that is a
+    coroutine function; ``None`` when neither."""
+    aclose = getattr(entry, "aclose", None)
+    if callable(aclose):
+        return aclose
+    close = getattr(entry, "close", None)
+    if callable(close) and inspect.iscoroutinefunction(close):
+        return close
+    return None

@@ -45,12 +45,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-import json
 import logging
 import random
-import re
-import socket
-import ssl
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from contextlib import suppress
@@ -77,7 +73,6 @@ from .._errors import (
     ConfigurationError,
     ConsentRequired,
     EntraPassthroughError,
-    InsufficientScope,
     InteractionRequired,
     NoCallerError,
     PolicyViolation,
@@ -94,17 +89,17 @@ from .._user_key import UserKey
 from ..mcp import (
     RESEND_ON_RESET_VARIABLE,
     CallAttempt,
+    ConnectRefusal,
     attempt_var,
     call_attempt,
     call_refusal,
-    challenge_of,
+    connect_method,
+    connect_refused,
     consent_from_exception,
     exception_chain,
-    expiring_token_refused,
     http_client_for,
-    refused_at_expiry,
-    request_bearer,
-    token_refused_fix,
+    unreachable_check,
+    unreachable_why,
     url_elicitation_as_error,
 )
 from ._af_seams import (
@@ -276,7 +271,7 @@ class EntraMCPTool(HookedMCPTool):
         self._deferred_for: Caller | None = None
         # The last 401/403 a connection-lifetime POST got (cleared by a later success): what a
         # failed connect reports, since no ``CallAttempt`` records a connect's answers.
-        self._connect_refusal: _ConnectRefusal | None = None
+        self._connect_refusal: ConnectRefusal | None = None
         # The last other HTTP error (429, 5xx...) a connection-lifetime POST got, with its
         # Retry-After (cleared by any later answer): a 429/502/503/504 is tried again, and a
         # connect that still fails names it.
@@ -323,13 +318,13 @@ class EntraMCPTool(HookedMCPTool):
             return
         status = response.status_code
         if status in (401, 403):
-            self._connect_refusal = _ConnectRefusal.of(response)
+            self._connect_refusal = ConnectRefusal.of(response)
             self._connect_status = None
         elif status < 400:
             self._connect_refusal = None
             self._connect_status = None
         else:
-            rpc = _rpc_of(response.request)
+            rpc = connect_method(response.request)
             if rpc == "tools/call":
                 return  # never a connect's (and never retried by one)
             self._connect_refusal = None
@@ -789,54 +784,17 @@ class EntraMCPTool(HookedMCPTool):
         )
 
     def _connect_refused(
-        self, refusal: _ConnectRefusal, chosen: Caller | None
+        self, refusal: ConnectRefusal, chosen: Caller | None
     ) -> TokenVerificationError:
         """The MCP server's 401/403 to a connect, typed like a ``tools/call``'s (``_refusal``),
-        with the scopes its challenge says it requires and the refused token lacks. Named from
-        the status, the challenge's error code and scopes alone (``challenge_of``): the server's
-        own description is its free text, and no part of the token is quoted."""
+        with the scopes its challenge says it requires and the refused token lacks
+        (``connect_refused``, which the plain client's connect says too)."""
         whose = "the user's token" if chosen is not None else "the lifecycle identity's token"
-        answer = f"HTTP {refusal.status}" + (f' error="{refusal.error}"' if refusal.error else "")
-        request = f" to its {refusal.rpc} request" if refusal.rpc else ""
         refused = (
             f"MCP server {self.server_label!r} refused {whose} while the tool was connecting "
-            f"({answer}{request}), so none of its tools can be used for this request."
+            f"({refusal.answer()}), so none of its tools can be used for this request."
         )
-        if refusal.status == 403 or refusal.error == "insufficient_scope":
-            # The challenge's scopes are the server's words: only those of the API the tool asks
-            # tokens for (or bare names) are quoted, so that a server cannot have the message
-            # tell an administrator to grant some other API's permission.
-            own = {s.rsplit("/", 1)[0].lower() for s in self.auth.scopes if "/" in s}
-
-            def quotable(scope: str) -> bool:
-                return "/" not in scope or scope.rsplit("/", 1)[0].lower() in own
-
-            missing = tuple(filter(quotable, refusal.missing()))
-            required = tuple(filter(quotable, refusal.required))
-            if missing:
-                lacks = f" The token lacks the scope(s) it requires: {', '.join(missing)}."
-            elif required:
-                lacks = (
-                    " The token lacks a scope or app role it requires (it requires: "
-                    f"{', '.join(required)})."
-                )
-            else:
-                lacks = " The token is valid but lacks a scope or app role the server requires."
-            named = ", ".join(missing or required) or "what the server requires"
-            return InsufficientScope(
-                refused + lacks,
-                required=refusal.required,
-                fix=f"grant {named} to the agent app for the MCP server's API (API "
-                "permissions, with consent: admin consent for the tenant, or the user's own), "
-                "and request it in the tool's scopes (the server's App ID URI + /.default "
-                "carries every scope granted); or, if the server should not require it, change "
-                f"the server's required scopes ({see('errors')})",
-            )
-        if refusal.status == 401 and refusal.at_expiry:
-            return expiring_token_refused(refused)
-        return TokenVerificationError(
-            f"{refused} The server does not accept the token.", fix=token_refused_fix()
-        )
+        return connect_refused(refusal, refused, own_scopes=self.auth.scopes)
 
     def _busy_error(self, answered: _ConnectStatus) -> MCPServerUnreachable:
         """A connect whose request the server (or a gateway in front of it) kept answering
@@ -877,15 +835,14 @@ class EntraMCPTool(HookedMCPTool):
 
     def _unreachable_error(self, exc: Exception) -> MCPServerUnreachable:
         origin = _origin_of(self.url or "")
+        check = unreachable_check("the tool's URL and port")
         return MCPServerUnreachable(
             f"Could not connect to MCP server {self.server_label!r} ({origin}): it could not "
-            f"be reached ({_unreachable_why(exc)}), also when the tool tried again. Nothing "
+            f"be reached ({unreachable_why(exc)}), also when the tool tried again. Nothing "
             "was sent to it, and this is not a problem with the user's token.",
             server_label=self.server_label,
             origin=origin,
-            fix="check that the MCP server is running and reachable from this host at that "
-            "address (the tool's URL and port, DNS, firewalls, a proxy, its TLS certificate), "
-            f"then send the request again ({see('agent-framework')})",
+            fix=f"{check}, then send the request again ({see('agent-framework')})",
         )
 
     # -- per-user pool leases (EntraMCPToolPool calls these) ------------------------------------
@@ -1632,54 +1589,6 @@ def _connection_refused(exc: BaseException) -> bool:
     )
 
 
-#: A JSON-RPC method our client sent, as a message names it.
-_RPC_METHOD = re.compile(r"[a-z][a-z/_]{0,39}")
-
-
-@dataclass(frozen=True, slots=True)
-class _ConnectRefusal:
-    """A 401/403 to a connection-lifetime request, as a message may name it: the status, the
-    challenge's error code and required scopes (``challenge_of``), the request's method, and
-    the ``scp``/``roles`` of the token it refused (``None`` when it had none readable)."""
-
-    status: int
-    error: str | None
-    required: tuple[str, ...]
-    granted: tuple[str, ...] | None
-    rpc: str | None
-    with_token: bool
-    #: A 401 to a token that had expired, or was about to, as it came (``refused_at_expiry``).
-    at_expiry: bool = False
-
-    @classmethod
-    def of(cls, response: httpx2.Response) -> _ConnectRefusal:
-        error, required = challenge_of(response)
-        request = response.request
-        token = request_bearer(request)
-        with_token = token is not None
-        granted: tuple[str, ...] | None = None
-        if token is not None:
-            try:
-                claims = UnverifiedClaims.from_token(token)
-            except (JwtDecodeError, ValueError, OverflowError):
-                pass  # opaque: which scope it lacks is unknown here
-            else:
-                granted = (*claims.scp, *claims.roles)
-        rpc = _rpc_of(request)
-        at_expiry = response.status_code == 401 and token is not None and refused_at_expiry(token)
-        return cls(response.status_code, error, required, granted, rpc, with_token, at_expiry)
-
-    def missing(self) -> tuple[str, ...]:
-        """The required scopes the refused token does not carry (a required App ID URI scope
-        matches the short name Entra puts in ``scp``); ``()`` when that is unknown."""
-        if self.granted is None:
-            return ()
-        have = {g.lower() for g in self.granted}
-        return tuple(
-            s for s in self.required if s.lower() not in have and _short(s).lower() not in have
-        )
-
-
 @functools.cache
 def _warn_no_elicitation_slot() -> None:
     """Once per process: the mcp installed moved the session's elicitation slot, so a server's
@@ -1694,16 +1603,6 @@ def _warn_no_elicitation_slot() -> None:
         "Fix: install the mcp version entra-passthrough[agent-framework] pins.",
         version,
     )
-
-
-def _rpc_of(request: httpx2.Request) -> str | None:
-    """The JSON-RPC method of a request our client sent, if its body names one we may quote."""
-    with suppress(ValueError, httpx2.RequestNotRead, RecursionError):
-        body = json.loads(request.content)
-        method = body.get("method") if isinstance(body, dict) else None
-        if isinstance(method, str) and _RPC_METHOD.fullmatch(method):
-            return method
-    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -1733,10 +1632,6 @@ def _wait_text(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.2g} s"
 
 
-def _short(scope: str) -> str:
-    return scope.rstrip("/").rsplit("/", 1)[-1]
-
-
 def _origin_of(url: str) -> str:
     """The URL's scheme, host and port: no user information, path or query (either may hold a
     key)."""
@@ -1752,17 +1647,3 @@ def _unreachable(exc: BaseException) -> bool:
         isinstance(e, httpx2.ConnectError | httpx2.ConnectTimeout | ConnectionRefusedError)
         for e in exception_chain(exc)
     )
-
-
-def _unreachable_why(exc: BaseException) -> str:
-    """Why, from the error's types alone (its text may name a proxy with its credentials)."""
-    chain = list(exception_chain(exc))
-    if any(isinstance(e, ConnectionRefusedError) for e in chain):
-        return "it refused the connection (nothing listens there: down, restarting, wrong port)"
-    if any(isinstance(e, socket.gaierror) for e in chain):
-        return "its host name could not be resolved (DNS)"
-    if any(isinstance(e, ssl.SSLError) for e in chain):
-        return "the TLS handshake failed (its certificate is not trusted here, or it is not TLS)"
-    if any(isinstance(e, httpx2.ConnectTimeout | TimeoutError) for e in chain):
-        return "the connection timed out (a firewall, or the host is down)"
-    return "the connection could not be opened"
