@@ -268,8 +268,7 @@ def _foreign(source: TokenSource) -> bool:
     needs, e.g. the thumbprint Entra names in AADSTS700027); the ``TokenSource`` protocol
     itself, subclassed explicitly, makes no source the library's."""
     return not any(
-        klass.__module__.startswith("entra_passthrough.")
-        and klass.__module__ != _PROTOCOLS_MODULE
+        klass.__module__.startswith("entra_passthrough.") and klass.__module__ != _PROTOCOLS_MODULE
         for klass in type(source).__mro__
     )
 

@@ -158,15 +158,22 @@ def ssl_context(verify: ssl.SSLContext | str | bool) -> ssl.SSLContext | bool:
     return verify
 
 
-def parse_jwks(content: bytes) -> dict[str, Any]:
-    """``{kid: public key}`` for the RSA signing keys of a JWKS document. Raises ValueError."""
+def parse_jwks(content: bytes) -> dict[str, tuple[Any, ...]]:
+    """``{kid: public keys}`` for the RSA signing keys of a JWKS document, in the document's
+    order. Raises ValueError.
+
+    Several different keys under one ``kid`` (RFC 7517 section 4.5: different keys "SHOULD"
+    have distinct ``kid`` values, not must; a gateway that merges key sets publishes them) are
+    all kept: a token with that ``kid`` is verified with each in turn, as nimbus-jose-jwt and
+    panva/jose do, and one WARNING names the ``kid``. The same key twice is kept once."""
     if len(content) > MAX_DOCUMENT_BYTES:
         raise ValueError("JWKS document larger than 1 MiB")
     doc = json.loads(content)
     raw_keys = doc.get("keys") if isinstance(doc, dict) else None
     if not isinstance(raw_keys, list):
         raise ValueError("JWKS document has no 'keys' list")
-    keys: dict[str, Any] = {}
+    keys: dict[str, tuple[Any, ...]] = {}
+    shared: list[str] = []  # the kids under which different keys are published
     for jwk in raw_keys[:MAX_KEYS]:
         if not isinstance(jwk, dict):
             continue
@@ -185,9 +192,21 @@ def parse_jwks(content: bytes) -> dict[str, Any]:
             # who read the document can sign with it), and PyJWT cannot verify with it.
             logger.warning("ignoring a JWKS key that carries a private key (kid %r)", kid[:64])
             continue
-        keys[kid] = key
+        held = keys.get(kid)
+        if held is None:
+            keys[kid] = (key,)
+        elif key.public_numbers() not in [k.public_numbers() for k in held]:
+            if len(held) == 1:
+                shared.append(kid)
+            keys[kid] = (*held, key)
     if not keys:
         raise ValueError("JWKS document has no usable RSA signing key")
+    if shared:
+        logger.warning(
+            "the signing keys document publishes different keys under one kid (%s): a token "
+            "with that kid is verified with each of them",
+            ", ".join(repr(kid[:64]) for kid in shared),
+        )
     return keys
 
 
@@ -211,7 +230,7 @@ class KeySource:
 
 @dataclass(eq=False)
 class _State:
-    keys: dict[str, Any] | None = None
+    keys: dict[str, tuple[Any, ...]] | None = None
     fetched_at: float = -math.inf
     retry_after: float = -math.inf  # after a failed refresh: no fetch before (old keys, or none)
     last_refetch: float = -math.inf  # last unknown-kid refetch (rate limit)
@@ -266,8 +285,9 @@ class KeySet:
 
     # --- decisions (no I/O) ---
 
-    def _lookup(self, state: _State, kid: str) -> tuple[Any | None, bool, int, bool]:
-        """(key or None, needs a refresh, generation looked at, whether any keys are held)."""
+    def _lookup(self, state: _State, kid: str) -> tuple[tuple[Any, ...] | None, bool, int, bool]:
+        """(the keys published under ``kid`` or None, needs a refresh, generation looked at,
+        whether any keys are held)."""
         with self._lock:
             now = self._clock()
             keys = state.keys
@@ -319,7 +339,7 @@ class KeySet:
         state.last_refetch = -math.inf
         return None
 
-    def _install(self, state: _State, keys: dict[str, Any]) -> None:
+    def _install(self, state: _State, keys: dict[str, tuple[Any, ...]]) -> None:
         with self._lock:
             state.keys = keys
             state.fetched_at = self._clock()
@@ -369,25 +389,31 @@ class KeySet:
     # --- async driver ---
 
     async def get_key_async(self, source: KeySource, kid: str) -> Any:
+        """The first key published under ``kid`` (``get_keys_async`` for all of them)."""
+        return (await self.get_keys_async(source, kid))[0]
+
+    async def get_keys_async(self, source: KeySource, kid: str) -> tuple[Any, ...]:
+        """The keys published under ``kid`` (one, unless the document repeats the kid), in the
+        document's order; a typed error when there are none."""
         state = self._state(source)
-        key, stale, _, held = self._lookup(state, kid)
-        if key is not None:
+        found, stale, _, held = self._lookup(state, kid)
+        if found is not None:
             if stale:  # served now, refreshed behind it
                 self._start_refresh(state, source)
-            return key
+            return found
         if not held and not stale:
             raise self._down(state, source)  # a fetch just failed: no other one yet
         refreshed = False
         if stale:
             await self._refresh_async(state, source)
             refreshed = True
-            key, _, _, _ = self._lookup(state, kid)
-        if key is None and not refreshed:
+            found, _, _, _ = self._lookup(state, kid)
+        if found is None and not refreshed:
             await self._refetch_async(state, source)
-            key, _, _, _ = self._lookup(state, kid)
-        if key is None:
+            found, _, _, _ = self._lookup(state, kid)
+        if found is None:
             raise self._missing(state, source, kid)
-        return key
+        return found
 
     async def _refetch_async(self, state: _State, source: KeySource) -> None:
         """An unknown kid: join this loop's fetch in flight, else wait for the one another
@@ -471,7 +497,7 @@ class KeySet:
         else:
             self._install(state, keys)
 
-    async def _fetch_async(self, source: KeySource) -> dict[str, Any]:
+    async def _fetch_async(self, source: KeySource) -> dict[str, tuple[Any, ...]]:
         if self._http_client is not None:
             return await self._fetch_with_async(self._http_client, source)
         async with httpx2.AsyncClient(
@@ -479,7 +505,9 @@ class KeySet:
         ) as client:
             return await self._fetch_with_async(client, source)
 
-    async def _fetch_with_async(self, client: AsyncGetter, source: KeySource) -> dict[str, Any]:
+    async def _fetch_with_async(
+        self, client: AsyncGetter, source: KeySource
+    ) -> dict[str, tuple[Any, ...]]:
         deadline = time.monotonic() + FETCH_TIMEOUT
         try:
             # The one bound on the whole fetch: the client's own timeout is per read.
@@ -494,21 +522,27 @@ class KeySet:
     # --- sync driver ---
 
     def get_key(self, source: KeySource, kid: str) -> Any:
+        """The first key published under ``kid`` (``get_keys`` for all of them)."""
+        return self.get_keys(source, kid)[0]
+
+    def get_keys(self, source: KeySource, kid: str) -> tuple[Any, ...]:
+        """The keys published under ``kid`` (one, unless the document repeats the kid), in the
+        document's order; a typed error when there are none."""
         state = self._state(source)
-        key, stale, seen, held = self._lookup(state, kid)
-        if key is not None:
+        found, stale, seen, held = self._lookup(state, kid)
+        if found is not None:
             if stale:  # served now, refreshed behind it
                 self._refresh_in_thread(state, source, seen)
-            return key
+            return found
         if not held and not stale:
             raise self._down(state, source)  # a fetch just failed: no other one yet
         self._refresh_sync(state, source, seen, unknown_kid=not stale)
-        key, _, _, _ = self._lookup(state, kid)
-        if key is None:
+        found, _, _, _ = self._lookup(state, kid)
+        if found is None:
             # The latest fetch (this one's, or another thread's done meanwhile) may have
             # failed: then the kid is not judged.
             raise self._missing(state, source, kid)
-        return key
+        return found
 
     def _refresh_sync(
         self, state: _State, source: KeySource, seen: int, *, unknown_kid: bool
@@ -572,12 +606,12 @@ class KeySet:
 
         threading.Thread(target=run, name="entra-passthrough-jwks", daemon=True).start()
 
-    def _fetch_sync(self, source: KeySource) -> dict[str, Any]:
+    def _fetch_sync(self, source: KeySource) -> dict[str, tuple[Any, ...]]:
         """The fetch, run in a thread of its own so that the caller has its answer at the
         deadline: a blocking read cannot be cut short from here, only waited for. The thread
         ends by itself soon after (each read waits at most the time the fetch had left, and no
         read starts past the deadline)."""
-        outcome: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+        outcome: concurrent.futures.Future[dict[str, tuple[Any, ...]]] = concurrent.futures.Future()
 
         def run() -> None:
             try:
@@ -591,13 +625,13 @@ class KeySet:
         except concurrent.futures.TimeoutError:
             raise _past_deadline() from None
 
-    def _fetch_sync_unbounded(self, source: KeySource) -> dict[str, Any]:
+    def _fetch_sync_unbounded(self, source: KeySource) -> dict[str, tuple[Any, ...]]:
         if self._sync_http_client is not None:
             return self._fetch_with_sync(self._sync_http_client, source)
         with httpx.Client(verify=self._verify, follow_redirects=False, trust_env=True) as client:
             return self._fetch_with_sync(client, source)
 
-    def _fetch_with_sync(self, client: SyncGetter, source: KeySource) -> dict[str, Any]:
+    def _fetch_with_sync(self, client: SyncGetter, source: KeySource) -> dict[str, tuple[Any, ...]]:
         deadline = time.monotonic() + FETCH_TIMEOUT
         url = source.url
         if source.discovery:

@@ -269,6 +269,16 @@ def service_fabric_session(session: Any, endpoint: str, thumbprint: str) -> Any:
     return derive(session, endpoint, pin)
 
 
+class MissingExpiry(Exception):
+    """A managed identity endpoint answered a token with no ``expires_on`` (missing, 0 or
+    empty). Carries nothing of the answer."""
+
+
+class UnreadableExpiry(Exception):
+    """A managed identity endpoint answered a token whose ``expires_on`` is not a number.
+    Carries nothing of the answer."""
+
+
 def service_fabric_token(http_client: Any, endpoint: str, secret: str, resource: str) -> Any:
     """A token from a Service Fabric identity endpoint through ``http_client`` (the guarded,
     pinned session of ``service_fabric_session``), in MSAL's result shape.
@@ -297,11 +307,15 @@ def service_fabric_token(http_client: Any, endpoint: str, secret: str, resource:
         raise TransportFailure("malformed", status=status) from None
     if not isinstance(payload, dict):
         raise TransportFailure("malformed", status=status)
-    if payload.get("access_token") and payload.get("expires_on"):
+    if payload.get("access_token") and not payload.get("expires_on"):
+        # MSAL's normalisation calls this an error, with the whole body (the token) as its
+        # description: it is a malformed answer, and the body is not kept.
+        raise MissingExpiry
+    if payload.get("access_token"):
         try:
             expires_in = int(payload["expires_on"]) - int(time.time())
-        except (TypeError, ValueError):
-            raise TransportFailure("malformed", status=status) from None
+        except (TypeError, ValueError, OverflowError):
+            raise UnreadableExpiry from None
         return {
             "access_token": payload["access_token"],
             "expires_in": expires_in,

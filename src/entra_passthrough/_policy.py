@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ._docs import see
 from ._errors import (
@@ -21,6 +21,7 @@ from ._errors import (
     SourceUnavailable,
     Throttled,
     TokenAcquisitionError,
+    safe_text,
     without_fix,
 )
 from ._types import IdentityKind, TokenRequest, TokenSource, explain
@@ -141,6 +142,18 @@ class Attempts:
             self.error = exc
 
 
+#: The chain's note for a source that answered ``None`` (it does not apply).
+NOT_APPLICABLE = "not applicable"
+
+
+@runtime_checkable
+class _ReasonedSource(Protocol):
+    """A source that says why its last answer was "not applicable" (``None`` if it has no
+    reason)."""
+
+    def unavailable_reason(self) -> str | None: ...
+
+
 def reasons(
     policy: Policy,
     sources: Sequence[TokenSource],
@@ -161,6 +174,12 @@ def reasons(
                 why += " (an assertion was presented)"
         elif source.name in attempts.notes:
             why = attempts.notes[source.name]
+            if why == NOT_APPLICABLE and isinstance(source, _ReasonedSource):
+                # It answered "not applicable" and knows why (AzureCredential: azure-identity's
+                # CredentialUnavailableError, whose text tells a missing environment from an
+                # endpoint that answered nonsense).
+                # Through the redaction too: a source written outside the library may have it.
+                why = safe_text(source.unavailable_reason() or why, 300)
         else:
             why = explain(source, request)
         lines.append(f"{source.name}: {why}")

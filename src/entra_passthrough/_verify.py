@@ -282,13 +282,13 @@ class JwtVerifier:
     async def verify_async(self, token: str) -> VerifiedToken:
         require_asyncio("JwtVerifier.verify_async")
         kid, tid = self._precheck(token)
-        key = await self._keys.get_key_async(self._source(tid), kid)
-        return self._check(token, key)
+        keys = await self._keys.get_keys_async(self._source(tid), kid)
+        return self._check(token, keys)
 
     def verify(self, token: str) -> VerifiedToken:
         kid, tid = self._precheck(token)
-        key = self._keys.get_key(self._source(tid), kid)
-        return self._check(token, key)
+        keys = self._keys.get_keys(self._source(tid), kid)
+        return self._check(token, keys)
 
     # --- decisions (no I/O) ---
 
@@ -340,16 +340,26 @@ class JwtVerifier:
             f"({', '.join(self.tenants)})."
         )
 
-    def _check(self, token: str, key: Any) -> VerifiedToken:
+    def _decode(self, token: str, key: Any) -> dict[str, Any]:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            key,
+            algorithms=["RS256"],
+            audience=list(self.audiences),
+            leeway=self.leeway,
+            options={"require": _REQUIRED, "verify_iss": False, "strict_aud": False},
+        )
+        return claims
+
+    def _check(self, token: str, keys: tuple[Any, ...]) -> VerifiedToken:
         try:
-            claims: dict[str, Any] = jwt.decode(
-                token,
-                key,
-                algorithms=["RS256"],
-                audience=list(self.audiences),
-                leeway=self.leeway,
-                options={"require": _REQUIRED, "verify_iss": False, "strict_aud": False},
-            )
+            if len(keys) > 1:
+                # Several keys published under the token's kid (a gateway merging key sets):
+                # each in turn, in the document's order. The signature is checked before any
+                # claim, so only a key that verifies it gets to judge the claims.
+                claims = self._first_verifying(token, keys)
+            else:
+                claims = self._decode(token, keys[0])
         except jwt_errors.ExpiredSignatureError as exc:
             raise TokenVerificationError("the token has expired.") from exc
         except jwt_errors.ImmatureSignatureError as exc:
@@ -459,6 +469,14 @@ class JwtVerifier:
             fingerprint=fingerprint(token),
             claims=MappingProxyType(claims),
         )
+
+    def _first_verifying(self, token: str, keys: tuple[Any, ...]) -> dict[str, Any]:
+        for key in keys[:-1]:
+            try:
+                return self._decode(token, key)
+            except jwt_errors.InvalidSignatureError:
+                continue
+        return self._decode(token, keys[-1])
 
     def _authorize(self, vt: VerifiedToken) -> VerifiedToken:
         if vt.app_only:

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .. import _env
-from .._errors import ConfigurationError, EntraError, SourceUnavailable, Throttled
+from .._errors import ConfigurationError, EntraError, SourceUnavailable, Throttled, safe_text
 from .._http import retry_after_seconds
 from .._msal import WorkerPool, normalize_authority_host
 from .._types import IdentityKind, TokenRequest, TokenResult
@@ -23,13 +23,28 @@ _NETWORK_FIX = (
 )
 
 
+#: The most characters of azure-identity's text an unavailable credential's reason keeps.
+_REASON_LIMIT = 200
+
+
+def _unavailable_text(exc: Exception) -> str:
+    """``CredentialUnavailableError: <its first line>``, through the library's redaction
+    (``safe_text``): azure-identity's text may quote what an endpoint answered, a token
+    included (MSAL words a Machine Learning answer it cannot read as the body's repr)."""
+    text = str(getattr(exc, "message", "") or exc).strip()
+    first = text.splitlines()[0] if text else ""
+    said = safe_text(first, _REASON_LIMIT) if first else ""
+    return f"{type(exc).__name__}: {said}" if said else type(exc).__name__
+
+
 class AzureCredential:
     """Wrap an azure-identity credential as a source; *you* declare whose identity it is
     (``app`` or ``developer``: a fixed credential is never the caller's ``user`` identity).
 
     Sync credentials run in a bounded worker pool, aio credentials are awaited (``get_token``
     on an aio credential raises: use the async path). ``CredentialUnavailableError`` means
-    "not applicable" (the chain tries the next source); any other
+    "not applicable" (the chain tries the next source; its first line, redacted, is the reason
+    the chain reports); any other
     ``ClientAuthenticationError`` is a typed error. The credential is one fixed identity, so
     results are cached per source, not per caller: never wrap a per-user credential in a
     chain that serves several users.
@@ -79,7 +94,14 @@ class AzureCredential:
         self._pool.close()
 
     def explain(self, request: TokenRequest) -> str:
-        return "credential unavailable" if self._unavailable else "not applicable"
+        return self.unavailable_reason() or "not applicable"
+
+    def unavailable_reason(self) -> str | None:
+        """Why the credential's last call did not apply: "not applicable (<azure-identity's
+        exception type>: <the first line of its text, redacted, bounded>)", so that a missing
+        environment is told from an endpoint that answered nonsense; ``None`` after a token."""
+        reason = self._unavailable
+        return f"not applicable ({reason})" if reason else None
 
     def cache_partition(self, request: TokenRequest) -> tuple[str, ...] | None:
         return self._partition
@@ -126,7 +148,7 @@ class AzureCredential:
         from azure.identity import CredentialUnavailableError
 
         if isinstance(exc, CredentialUnavailableError):
-            self._unavailable = type(exc).__name__
+            self._unavailable = _unavailable_text(exc)
             return None
         what = type(self.credential).__name__
         if isinstance(exc, ClientAuthenticationError):

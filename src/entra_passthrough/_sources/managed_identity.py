@@ -69,7 +69,7 @@ from .._http import (
     size_pool,
     trust_error,
 )
-from .._msal import NullTokenCache, WorkerPool
+from .._msal import MissingExpiry, NullTokenCache, UnreadableExpiry, WorkerPool
 from .._types import IdentityKind, TokenRequest, TokenResult
 from ._base import raised_in, result_from_msal, unreachable
 
@@ -284,11 +284,17 @@ class _Answers:
 
     def forget(self) -> None:
         self._local.answer = None
+        self._local.token = False
 
     def last(self) -> tuple[int, dict[str, str]] | None:
         """(HTTP status, the error body's text fields) of this thread's last answer."""
         answer: tuple[int, dict[str, str]] | None = getattr(self._local, "answer", None)
         return answer
+
+    def carried_token(self) -> bool:
+        """Whether this thread's last answer was a 2xx whose JSON body had an access token
+        (MSAL's error for such an answer is its own: an expiry it could not read)."""
+        return bool(getattr(self._local, "token", False))
 
     def get(self, *args: Any, **kwargs: Any) -> Any:
         return self._remember(self.client.get(*args, **kwargs))
@@ -301,8 +307,11 @@ class _Answers:
 
     def _remember(self, response: Any) -> Any:
         status = int(getattr(response, "status_code", 0) or 0)
+        token = False
         if 200 <= status < 300:
-            response = _with_epoch_expiry(response)
+            body = _json_object(response)
+            token = body is not None and _has_token(body)
+            response = _with_epoch_expiry(response, body)
         fields: dict[str, str] = {}
         if status >= 300:
             try:
@@ -316,6 +325,7 @@ class _Answers:
                     if isinstance(body.get(k), str) and body[k].strip()
                 }
         self._local.answer = (status, fields)
+        self._local.token = token
         return response
 
 
@@ -342,18 +352,29 @@ def epoch_from_date(value: object) -> int | None:
     return None
 
 
-def _with_epoch_expiry(response: Any) -> Any:
-    """``response`` (a 2xx of an identity endpoint), or the same answer with a date-string
-    ``expires_on`` (``epoch_from_date``) in epoch seconds: MSAL takes ``int(expires_on)``,
-    which refuses the date, and no token would ever be had on such a host."""
+def _json_object(response: Any) -> dict[str, Any] | None:
+    """The JSON object a 2xx answer's body holds (at most 64 KiB), else ``None``."""
     text = getattr(response, "text", None)
-    if not isinstance(text, str) or "expires_on" not in text or len(text) > 65_536:
-        return response
+    if not isinstance(text, str) or len(text) > 65_536:
+        return None
     try:
         body = json.loads(text)
     except ValueError:
-        return response
-    if not isinstance(body, dict):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _has_token(body: Mapping[str, Any]) -> bool:
+    token = body.get("access_token")
+    return isinstance(token, str) and bool(token)
+
+
+def _with_epoch_expiry(response: Any, body: Mapping[str, Any] | None) -> Any:
+    """``response`` (a 2xx of an identity endpoint, ``body`` its JSON object), or the same
+    answer with a date-string ``expires_on`` (``epoch_from_date``) in epoch seconds: MSAL
+    takes ``int(expires_on)``, which refuses the date, and no token would ever be had on such a
+    host."""
+    if body is None:
         return response
     epoch = epoch_from_date(body.get("expires_on"))
     if epoch is None:
@@ -373,6 +394,10 @@ def _host_said(status: int, fields: Mapping[str, str]) -> str:
     # would show "None, None"; the status is what the host said.
     return f"{status}, {said or 'no error message'}"
 
+
+#: What a 200 with a token but no expiry MSAL can read lacks (the hosts send ``expires_on``;
+#: IMDS and Azure Arc ``expires_in``).
+_NO_EXPIRY = "but no usable expiry (expires_on / expires_in missing, 0 or empty)"
 
 #: IMDS's answers while it is being updated (retried up to the deadline: ``_imds_request``).
 _IMDS_UPDATING = frozenset({404, 410})
@@ -843,20 +868,20 @@ class ManagedIdentity:
                     "-aG himds <user>), or of the 'Hybrid agent extension applications' group or "
                     "the administrators on Windows.",
                 ) from None
-            if isinstance(exc, (ValueError, TypeError)) and raised_in(exc, "msal.managed_identity"):
-                # MSAL's int() of the answer's expires_on / expires_in: a 200 with a token
-                # whose expiry is neither a number nor the 2017-09-01 API's date string
-                # (``epoch_from_date``, read before MSAL sees it).
-                raise SourceUnavailable(
-                    f"The managed identity endpoint ({host}) answered with a token whose expiry "
-                    "(expires_on / expires_in) is neither a number nor a UTC date as the "
-                    '2017-09-01 API sends it ("1/16/2027 5:24:12 AM +00:00"). The token was '
-                    "not used.",
-                    source=self.name,
-                    scopes=scopes,
-                    failure="malformed token answer",
-                    fix=self._not_the_endpoint_fix(host),
+            if (
+                isinstance(exc, (ValueError, TypeError)) and raised_in(exc, "msal.managed_identity")
+            ) or isinstance(exc, UnreadableExpiry):
+                # MSAL's int() of the answer's expires_on / expires_in (the library's own for
+                # Service Fabric): a 200 with a token whose expiry is neither a number nor the
+                # 2017-09-01 API's date string (``epoch_from_date``, read before MSAL sees it).
+                raise self._malformed(
+                    host,
+                    scopes,
+                    "whose expiry (expires_on / expires_in) is neither a number nor a UTC date "
+                    'as the 2017-09-01 API sends it ("1/16/2027 5:24:12 AM +00:00")',
                 ) from None
+            if isinstance(exc, MissingExpiry):
+                raise self._malformed(host, scopes, _NO_EXPIRY) from None
             what = f"managed identity token request ({host})"
             raise trust_error(exc, what=what, source=self.name, scopes=scopes) or unreachable(
                 exc, what=what, source=self.name, scopes=scopes
@@ -885,6 +910,18 @@ class ManagedIdentity:
                 )
                 + self._not_the_endpoint_fix(host),
             )
+        if (
+            response.get("error")
+            and "access_token" not in response
+            and answer is not None
+            and 200 <= answer[0] < 300
+            and self._answers is not None
+            and self._answers.carried_token()
+        ):
+            # A 200 with a token: MSAL's error is its own (App Service and Machine Learning:
+            # "invalid_scope" for an expires_on missing, 0 or empty; Azure Arc: "invalid_request"
+            # for such an expires_in). Nothing was refused: the answer is malformed.
+            raise self._malformed(host, scopes, _NO_EXPIRY)
         if (
             host in ("app_service", "machine_learning")
             and response.get("error")
@@ -997,6 +1034,17 @@ class ManagedIdentity:
                 pause,
             )
             time.sleep(pause)
+
+    def _malformed(self, host: str, scopes: tuple[str, ...], what: str) -> SourceUnavailable:
+        """A 200 with a token that cannot be used as it came (never shown)."""
+        return SourceUnavailable(
+            f"The managed identity endpoint ({host}) answered with a token {what}. The token "
+            "was not used.",
+            source=self.name,
+            scopes=scopes,
+            failure="malformed token answer",
+            fix=self._not_the_endpoint_fix(host),
+        )
 
     def _not_the_endpoint_fix(self, host: str) -> str:
         """The fix for an answer the platform's identity endpoint does not give: something else
