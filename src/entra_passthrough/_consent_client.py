@@ -228,9 +228,11 @@ class ConsentClient:
             self._oidc = data
         return data
 
-    def _key(self, kid: str, oidc: Mapping[str, Any]) -> Any:
+    def _keys_for(self, kid: str, oidc: Mapping[str, Any]) -> tuple[Any, ...]:
+        """Every key published under ``kid`` (one, unless the document repeats the kid: a
+        gateway merging key sets), in the document's order."""
         try:
-            return self._keys.get_key(KeySource(str(oidc["jwks_uri"])), kid)
+            return self._keys.get_keys(KeySource(str(oidc["jwks_uri"])), kid)
         except TokenVerificationError:  # unknown kid (after one rate-limited refetch)
             raise IdTokenError("the id token's signing key is not in the tenant's JWKS") from None
 
@@ -259,18 +261,24 @@ class ConsentClient:
         if header.get("alg") != "RS256" or not isinstance(kid, str):
             raise IdTokenError("the id token is not RS256 with a kid")
         oidc = self._discovery()
-        key = self._key(kid, oidc)
-        try:
-            claims: dict[str, Any] = jwt.decode(
-                id_token,
-                key,
-                algorithms=["RS256"],
-                audience=self.client_id,
-                options={"require": ["exp", "iat", "iss", "aud", "tid", "oid", "nonce"]},
-                leeway=60,
-            )
-        except jwt.PyJWTError as exc:
-            raise IdTokenError(f"the id token does not verify ({type(exc).__name__})") from exc
+        keys = self._keys_for(kid, oidc)
+        for index, key in enumerate(keys):
+            try:
+                claims: dict[str, Any] = jwt.decode(
+                    id_token,
+                    key,
+                    algorithms=["RS256"],
+                    audience=self.client_id,
+                    options={"require": ["exp", "iat", "iss", "aud", "tid", "oid", "nonce"]},
+                    leeway=60,
+                )
+                break
+            except jwt.InvalidSignatureError as exc:
+                if index + 1 < len(keys):
+                    continue  # another key under the same kid may be the one that signed
+                raise IdTokenError(f"the id token does not verify ({type(exc).__name__})") from exc
+            except jwt.PyJWTError as exc:
+                raise IdTokenError(f"the id token does not verify ({type(exc).__name__})") from exc
         tid = claims.get("tid")
         if not isinstance(tid, str) or not self._tenant_allowed(tid, oidc):
             raise IdTokenError("the id token's tenant is not allowed")
