@@ -55,6 +55,9 @@ ONCE = Timeouts(connect=2.0, read=5.0, deadline=10.0, retries=0, negative_ttl=0.
 
 #: The expiry each shape leaves in the answer (``None``: the field is removed).
 SHAPES: dict[str, object] = {"missing": None, "zero": 0, "empty": ""}
+#: Written into the answer's text as is: valid JSON that Python reads as infinity (MSAL's int()
+#: of it raises OverflowError).
+RAW_SHAPES = {"infinite": "1e400"}
 
 #: The field of the expiry each host's answer carries.
 FIELD = {
@@ -102,6 +105,10 @@ class StandIn:
         self.issued.append(body["access_token"])
         field = "expires_in" if "metadata/identity" in rest else "expires_on"
         body.pop(field, None)
+        if shape in RAW_SHAPES:
+            body[field] = "__raw__"
+            text = json.dumps(body).replace('"__raw__"', RAW_SHAPES[shape])
+            return Response(text, media_type="application/json")
         if SHAPES[shape] is not None:
             body[field] = SHAPES[shape]
         return Response(json.dumps(body), media_type="application/json")
@@ -288,3 +295,28 @@ def test_the_explicit_endpoint_is_judged_the_same(
     assert info.value.failure == "malformed token answer"
     assert "user-assigned" not in (info.value.fix or "")
     assert not _fragments_of(handler.issued, f"{info.value} {info.value!r}")
+
+
+@pytest.mark.parametrize("host", ["app_service", "machine_learning", "service_fabric"])
+def test_an_infinite_expiry_is_a_malformed_answer(
+    idp: EntraEmulator,
+    stand_in: tuple[StandIn, str, str],
+    on_host: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    host: str,
+) -> None:
+    """``expires_on: 1e400``: MSAL's int() raised OverflowError, reported as "managed identity
+    token request failed: OverflowError" with no fix (Service Fabric's own read said it)."""
+    handler, http, https = stand_in
+    for name, value in _host_env(idp, host, "infinite", http, https).items():
+        on_host.setenv(name, value)
+    chain = TokenChain([ManagedIdentity(timeouts=ONCE)], policy=Policy.APP_ONLY)
+    caplog.set_level(logging.DEBUG, logger="entra_passthrough")
+    try:
+        with pytest.raises(SourceUnavailable) as info:
+            chain.get_token(mcp_scope(idp))
+    finally:
+        chain.close()
+    assert info.value.failure == "malformed token answer", str(info.value)
+    assert info.value.fix
+    assert not _fragments_of(handler.issued, _texts(info.value, caplog))

@@ -869,11 +869,13 @@ class ManagedIdentity:
                     "the administrators on Windows.",
                 ) from None
             if (
-                isinstance(exc, (ValueError, TypeError)) and raised_in(exc, "msal.managed_identity")
+                isinstance(exc, (ValueError, TypeError, OverflowError))
+                and raised_in(exc, "msal.managed_identity")
             ) or isinstance(exc, UnreadableExpiry):
                 # MSAL's int() of the answer's expires_on / expires_in (the library's own for
                 # Service Fabric): a 200 with a token whose expiry is neither a number nor the
-                # 2017-09-01 API's date string (``epoch_from_date``, read before MSAL sees it).
+                # 2017-09-01 API's date string (``epoch_from_date``, read before MSAL sees it);
+                # OverflowError: a number JSON reads as infinity (1e400).
                 raise self._malformed(
                     host,
                     scopes,
