@@ -21,6 +21,7 @@ from ._caller import STATE_KEY, Caller, CaptureASGI, wanted_headers
 from ._challenge import bearer_challenge
 from ._errors import ConfigurationError, TokenVerificationError
 from ._jwt import MAX_TOKEN_BYTES
+from ._verify import default_app_id_uri
 from ._www_auth import send_challenge
 
 _log = logging.getLogger("entra_passthrough.capture")
@@ -171,7 +172,7 @@ class CallerMiddleware(CaptureASGI):
                 # refused, with no Bearer error, so that clients keep their token and retry.
                 raise _Reject(503, error=None, description=None) from None
             status = exc.status_code
-            required = getattr(exc, "required", ())
+            required = self._qualified(getattr(exc, "required", ()))
             raise _Reject(
                 status,
                 error=exc.error or "invalid_token",
@@ -186,6 +187,16 @@ class CallerMiddleware(CaptureASGI):
             _log.warning("token verification failed unexpectedly: %s", type(exc).__name__)
             raise _Reject(503, error=None, description="temporarily_unavailable") from None
         caller.verified = dict(verified.claims)
+
+    def _qualified(self, required: Sequence[str]) -> tuple[str, ...]:
+        """The challenge's scopes, a short name (``access_as_user``) qualified with the
+        verifier's Application ID URI as ``EntraChallengeMiddleware`` does: a client asking
+        Entra for a bare scope gets a Microsoft Graph token."""
+        audiences = getattr(self.verifier, "audiences", None)
+        if not audiences or not all(isinstance(a, str) for a in audiences):
+            return tuple(required)  # a verifier of your own: its scopes as it gives them
+        base = default_app_id_uri(audiences).rstrip("/")
+        return tuple(s if "/" in s else f"{base}/{s}" for s in required)
 
     def _unusable(self, caller: Caller, scope: Scope) -> str:
         """What is wrong with a bearer the Caller could not use, for the 401 (a refusal only:

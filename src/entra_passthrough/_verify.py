@@ -103,6 +103,16 @@ def names(value: object, *, what: str, example: str, spaces: bool = False) -> tu
     return cast("tuple[str, ...]", items)
 
 
+def default_app_id_uri(audiences: Sequence[str]) -> str:
+    """The API's Application ID URI among a verifier's ``audiences`` (the first that is a URI,
+    else ``api://<the first>``): what a short scope name (``access_as_user``) is qualified
+    with in a challenge, since Entra reads a scope without a resource as Microsoft Graph's."""
+    for aud in audiences:
+        if "://" in aud:
+            return aud
+    return f"api://{audiences[0]}"
+
+
 def _show(value: object) -> str:
     """A claim from an *unverified* token, bounded and escaped before it goes into a message."""
     text = repr(value)

@@ -43,7 +43,14 @@ from ._errors import (
 from ._jwt import fingerprint
 from ._origins import is_loopback, shown_url
 from ._user_key import UserKey
-from ._verify import PUBLIC_AUTHORITY, TENANT_GUID_FIX, JwtVerifier, VerifiedToken, names
+from ._verify import (
+    PUBLIC_AUTHORITY,
+    TENANT_GUID_FIX,
+    JwtVerifier,
+    VerifiedToken,
+    default_app_id_uri,
+    names,
+)
 from ._www_auth import (
     authorization_values,
     bearer_token,
@@ -179,7 +186,7 @@ class EntraTokenVerifier:
                 fix="leave it out (the first audience that is a URI), or pass e.g. 'api://<id>'",
             )
         self.verifier = verifier
-        self.app_id_uri = (app_id_uri or _default_app_id_uri(verifier.audiences)).rstrip("/")
+        self.app_id_uri = (app_id_uri or default_app_id_uri(verifier.audiences)).rstrip("/")
 
     def __repr__(self) -> str:
         return f"EntraTokenVerifier({self.verifier!r}, app_id_uri={self.app_id_uri!r})"
@@ -215,13 +222,6 @@ class EntraTokenVerifier:
         )
         access._verified = vt
         return access
-
-
-def _default_app_id_uri(audiences: Sequence[str]) -> str:
-    for aud in audiences:
-        if "://" in aud:
-            return aud
-    return f"api://{audiences[0]}"
 
 
 def current_user() -> EntraUser:

@@ -88,5 +88,6 @@ async def test_missing_scope_is_403(entra_emulator: EntraEmulator) -> None:
     assert status == 403
     challenge = headers[b"www-authenticate"].decode()
     assert 'error="insufficient_scope"' in challenge
-    assert 'scope="Notes.Admin"' in challenge
+    # qualified with the API's App ID URI (a bare scope is Microsoft Graph's to Entra)
+    assert f'scope="{idp.mcp.app_id_uri}/Notes.Admin"' in challenge
     assert caller is None

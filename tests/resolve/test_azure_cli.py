@@ -86,10 +86,12 @@ async def test_a_timed_out_azure_cli_call_kills_what_the_cli_started(
     else:
         call = az.get_token_async(request)
     try:
-        with pytest.raises(SourceUnavailable, match="timed out"):
+        with pytest.raises(SourceUnavailable, match="did not answer within 1 s") as info:
             await call
     finally:
         az.close()
+    assert "timeout=" in (info.value.fix or "")  # the limit to raise, and how to see why
+    assert "by hand" in (info.value.fix or "")
     assert not finished.exists()
     if not started.exists():
         # A loaded machine: the group was killed before the child wrote its pid (a child that
@@ -101,3 +103,39 @@ async def test_a_timed_out_azure_cli_call_kills_what_the_cli_started(
             break
         await asyncio.sleep(0.005)
     assert not _running(pid), "the CLI's child outlived the timed-out call"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a shell script as az")
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        # az's own words when the network is down: no answer from Entra in them
+        (
+            "echo 'ERROR: HTTPSConnectionPool(host=login.microsoftonline.com, port=443): Max "
+            "retries exceeded (name resolution)' >&2; exit 1",
+            "exited with status 1",
+        ),
+        # killed after it printed part of its output
+        ("printf '{\\n  \"accessToken\": '; kill -9 $$", "killed by signal 9"),
+    ],
+    ids=["network", "killed-mid-output"],
+)
+def test_a_cli_failure_without_an_answer_from_entra_is_not_called_entra_s(
+    tmp_path: Path, body: str, said: str
+) -> None:
+    """It read "EntraError: az could not get a token: ..." (an error Entra answered), with no
+    code and no fix; it is the CLI's failure (SourceUnavailable), with how to see why."""
+    from entra_passthrough import AzureCli, EntraError, SourceUnavailable, TokenRequest
+
+    script = tmp_path / "az"
+    script.write_text(f"#!/bin/sh\n{body}\n")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    az = AzureCli(executable=str(script), timeout=10.0)
+    try:
+        with pytest.raises(SourceUnavailable) as info:
+            az.get_token(TokenRequest(("api://x/.default",)))
+    finally:
+        az.close()
+    assert not isinstance(info.value, EntraError)
+    assert said in str(info.value)
+    assert "by hand" in (info.value.fix or "")

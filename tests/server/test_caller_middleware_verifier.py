@@ -73,4 +73,6 @@ async def test_refusals(api: str, entra_emulator: EntraEmulator) -> None:
     r = await _get(f"{api}/me", other)
     assert r.status_code == 403
     assert 'error="insufficient_scope"' in r.headers["www-authenticate"]
-    assert "access_as_user" in r.headers["www-authenticate"]
+    # Qualified with the API's App ID URI, as EntraChallengeMiddleware says it: a client asking
+    # Entra for a bare scope gets a Microsoft Graph token.
+    assert f'scope="{idp.mcp.app_id_uri}/access_as_user"' in r.headers["www-authenticate"]

@@ -256,9 +256,7 @@ class AzureCli:
                     proc.communicate()  # the group is gone: the pipes close at once
                     raise
         except subprocess.TimeoutExpired:
-            raise SourceUnavailable(
-                f"{self.tool} timed out.", source=self.name, scopes=scopes
-            ) from None
+            raise self._timed_out(scopes) from None
         except OSError as exc:
             raise SourceUnavailable(
                 f"{self.tool} could not run ({type(exc).__name__}).",
@@ -351,6 +349,23 @@ class AzureCli:
                 f"crash, or the process killed: out of memory?); reinstall or update {self.tool} "
                 "if it fails there too.",
             )
+        if code_in_text(text) is None and (returncode < 0 or "AADSTS" not in text):
+            # No answer from Entra in it (a network error, a crash, the CLI killed after it
+            # printed part of its output): not Entra's refusal, said as the CLI's failure.
+            how = (
+                f"was killed by signal {-returncode}"
+                if returncode < 0
+                else f"exited with status {returncode}"
+            )
+            raise SourceUnavailable(
+                f"{self.tool} {how} without a token and without an answer from Entra: "
+                f"{safe_text(text, limit=300)}",
+                source=self.name,
+                scopes=scopes,
+                fix=f"run '{self._command()}' by hand on this host to see why it fails (the "
+                "network or a proxy on the way to Entra, the CLI's installation); reinstall or "
+                f"update {self.tool} if it fails there too.",
+            )
         raise self._entra_error(text, scopes)
 
     # -- the token printed: for the resource and the tenant asked for ---------------------
@@ -401,6 +416,17 @@ class AzureCli:
                 "(tenant_id=) to the tenant you signed in to.",
             )
 
+    def _timed_out(self, scopes: tuple[str, ...]) -> SourceUnavailable:
+        """The CLI did not answer within ``timeout`` (it was stopped, with what it started)."""
+        return SourceUnavailable(
+            f"{self.tool} did not answer within {self.timeout:g} s (timeout=) and was stopped.",
+            source=self.name,
+            scopes=scopes,
+            fix=f"run '{self._command()}' by hand on this host: if it waits for input (a "
+            "prompt, a browser sign-in), sign in first; if it is only slow (a first run, a slow "
+            f"network or proxy), pass a larger timeout= to {type(self).__name__}.",
+        )
+
     def _command(self) -> str:
         """The command line a user runs by hand to see what this source runs."""
         if self.tool == "az":
@@ -433,9 +459,7 @@ class AzureCli:
         except TimeoutError:
             _kill_group(proc)
             await proc.wait()
-            raise SourceUnavailable(
-                f"{self.tool} timed out.", source=self.name, scopes=request.scopes
-            ) from None
+            raise self._timed_out(request.scopes) from None
         except BaseException:
             # Cancelled (the client went away): never leave the CLI running behind us.
             if proc.returncode is None:
