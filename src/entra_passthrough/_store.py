@@ -60,6 +60,11 @@ class AnyVersion:
 #: ``expect="<version>"`` writes only if the current version is that one.
 ANY: Final = AnyVersion()
 
+#: The ``failure`` of a store's ``SourceUnavailable`` when the store answered that it refused
+#: the call (full, read-only, credentials or permission refused): the call did not run. Any
+#: other failure (no answer in time, the connection lost) may have run it.
+STORE_REFUSED: Final = "store refused the command"
+
 
 @dataclass(frozen=True, slots=True)
 class Entry:

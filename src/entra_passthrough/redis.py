@@ -49,7 +49,7 @@ from ._checks import seconds, whole_number
 from ._errors import ConfigurationError, SourceUnavailable, require_extra
 from ._http import MAX_SECONDS
 from ._l2 import SharedTokenCache
-from ._store import ANY, AnyVersion, Entry
+from ._store import ANY, STORE_REFUSED, AnyVersion, Entry
 
 if TYPE_CHECKING:
     from ._cache import TokenCache
@@ -1324,11 +1324,38 @@ def _policy_unknown(exc: BaseException) -> None:
     )
 
 
+def _refused(exc: BaseException, cluster: bool) -> bool:
+    """Whether Redis refused the command with an answer (out of memory, a read-only replica,
+    credentials or ACL refused, a cluster redirect; no Entra token to sign in with): it did not
+    run (``STORE_REFUSED``)."""
+    if isinstance(exc, RedisClusterException) or (not cluster and _cluster_reply(exc)):
+        return True
+    if isinstance(exc, ResponseError) and (_read_only(exc) or _acl_refused(exc)):
+        return True
+    return isinstance(
+        exc,
+        (
+            ClusterDownError,
+            ReadOnlyError,
+            *_TOKEN_ERRORS,
+            _EntraTokenError,
+            AuthenticationError,
+            AuthorizationError,
+            NoPermissionError,
+            OutOfMemoryError,
+        ),
+    )
+
+
 def _unavailable(
     exc: BaseException, acl_extra: str = "", *, cluster: bool = False
 ) -> SourceUnavailable:
     what, fix = _describe(exc, acl_extra, cluster=cluster)
-    return SourceUnavailable(f"The shared token store is unavailable: {what}.", fix=fix)
+    return SourceUnavailable(
+        f"The shared token store is unavailable: {what}.",
+        fix=fix,
+        failure=STORE_REFUSED if _refused(exc, cluster) else None,
+    )
 
 
 def _entry(raw: Any) -> Entry | None:

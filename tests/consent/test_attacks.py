@@ -279,6 +279,11 @@ async def test_identity_provider_aadsts_is_decoded_with_the_fix(
     assert words in denied.text
     assert "Fix:" in denied.text
     assert "unshown" not in denied.text
+    # Only an administrator can lift 90094: the page does not send the user back to a link
+    # that fails the same way until then.
+    admin_only = code == 90094
+    assert ("Ask an administrator" in denied.text) is admin_only
+    assert ("use the sign-in link again" in denied.text) is not admin_only
     await _nothing_stored(source, alice_caller)
 
 

@@ -9,6 +9,7 @@ writes (the state's used-marker) keeps the "Nothing was stored" page."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -31,7 +32,7 @@ from entra_passthrough._store import Keyring
 from entra_passthrough.consent import ConsentBroker
 from entra_passthrough.redis import RedisStore
 
-from ._server import RedisServer, free_port
+from ._server import PASSWORD, RedisServer, free_port
 
 TIMEOUT = 0.5  # the store's command timeout: a stalled write fails after ~2x (one retry)
 GRANT, BINDING, USED = "ep:v2:grant:", "ep:v2:bind:", "ep:v1:used:"
@@ -356,3 +357,44 @@ async def test_a_failure_before_the_writes_still_says_nothing_was_stored(flow: F
     assert page.status_code == 503, text
     assert "Nothing was stored" in text
     assert "store_outcome_unknown" not in text
+
+
+@pytest.mark.parametrize("refusal", ["full", "credentials"])
+async def test_a_grant_write_the_store_refused_says_it_was_not_saved(
+    flow: Flow, refusal: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis answers the grant write with a refusal (full under noeviction; the password
+    changed and the connections dropped): the command did not run, so the page says the
+    sign-in was not saved (not "may have been saved", not "did not answer in time"), and the
+    operator's log says why in the store's words."""
+    admin = flow.server.client()
+
+    async def hook(write: Callable[[], Awaitable[Any]]) -> Any:
+        if refusal == "full":
+            admin.config_set("maxmemory-policy", "noeviction")
+            admin.config_set("maxmemory", 1)
+        else:
+            admin.config_set("requirepass", "another-password-0123")
+            admin.client_kill_filter(_type="normal", skipme=True)
+        return await write()
+
+    flow.on_put(GRANT, hook)
+    caplog.set_level(logging.WARNING, logger="entra_passthrough")
+    try:
+        async with flow.env.browser() as browser:
+            page, _, _ = await flow.sign_in(browser, accept="application/json")
+    finally:
+        if refusal == "full":
+            admin.config_set("maxmemory", 0)
+        else:
+            admin.config_set("requirepass", PASSWORD)
+        admin.close()
+    assert page.status_code == 503, page.text
+    answer = page.json()
+    assert answer["error"] == "store_refused", answer
+    assert answer["stored"] is False
+    assert "was not saved" in answer["error_description"]
+    assert "did not answer" not in page.text
+    said = "Redis is full" if refusal == "full" else "Redis refused our credentials"
+    assert any(said in r.getMessage() for r in caplog.records), caplog.text
+    assert await flow.grant() is None  # indeed not saved

@@ -40,7 +40,15 @@ from .._aadsts import describe
 from .._checks import seconds
 from .._consent_client import ConsentClient, IdTokenError, check_https_url
 from .._credential import AppCredential, app_credential
-from .._errors import ConfigurationError, first_code, safe_request_id, safe_word
+from .._errors import (
+    ConfigurationError,
+    EntraPassthroughError,
+    SourceUnavailable,
+    first_code,
+    safe_request_id,
+    safe_word,
+    without_fix,
+)
 from .._grants import (
     GrantStore,
     LinkTicket,
@@ -51,7 +59,7 @@ from .._grants import (
 )
 from .._origins import is_loopback, shown_url
 from .._sources.delegated import DelegatedConsent
-from .._store import Keyring, KeyringError, TokenStore
+from .._store import STORE_REFUSED, Keyring, KeyringError, TokenStore
 from .._user_key import UserKey
 from ._pages import (
     confirm_revoke_response,
@@ -115,6 +123,23 @@ class _TokenAnswerNotJson(Exception):
     """The token endpoint's answer to a code redemption was not JSON (``_unavailable``)."""
 
 
+#: Sign-in refusals only an administrator can lift (AADSTS90094: admin consent required).
+_ADMIN_ONLY_CODES = frozenset({90094})
+_ADMIN_NEXT = (
+    "Ask an administrator of your organisation to grant consent for this app (the fix above); "
+    "until then the sign-in link fails the same way. Once they have, use it again."
+)
+
+
+def _why(exc: BaseException | None) -> str:
+    """What failed, for the operator's log: the library's own error's words (a store's
+    "Redis is full (maxmemory) and refused the write": they never hold a secret), else the
+    exception's type only (a third party's text may echo what it was sent)."""
+    if isinstance(exc, EntraPassthroughError):
+        return f"{type(exc).__name__}: {without_fix(exc)[:300]}"
+    return type(exc).__name__
+
+
 class _WriteFailed(Exception):
     """A store write of the callback (the binding, the grant) failed after the code was
     redeemed: it may have run all the same (a Redis timeout: Redis runs the command when it
@@ -134,7 +159,7 @@ def _unavailable(
 ) -> Response:
     """A failure of the broker's own (the store down, Entra unreachable): logged by its type,
     answered with a typed 503 (``temporarily_unavailable``), never a crash page."""
-    logger.warning("%s failed: %s", what, type(exc).__name__)
+    logger.warning("%s failed: %s", what, _why(exc))
     page = signout_error_response if signout else error_response
     return page(request, "temporarily_unavailable", message, status=503)
 
@@ -445,6 +470,9 @@ class ConsentBroker:
                     "sign_in_refused",
                     f"The identity provider answered {code!r}: {entry} - {entry.meaning}. "
                     f"Fix: {entry.fix}.",
+                    # Only an administrator can change it: the same link fails the same way
+                    # until then (the default next step says to use it again).
+                    next_step=_ADMIN_NEXT if entry.code in _ADMIN_ONLY_CODES else None,
                 )
             raise BadRequest("sign_in_refused", f"The identity provider answered {code!r}.")
         if not params.get("code"):
@@ -494,14 +522,34 @@ class ConsentBroker:
         """The answer after a write of the callback failed: the success page if a re-read
         (bounded) finds the grant this sign-in wrote, else 503 ``store_outcome_unknown`` (it may
         have been saved), with a sign-out form for the key."""
-        cause = type(failed.__cause__).__name__
+        cause = _why(failed.__cause__)
+        error = failed.__cause__
+        if isinstance(error, SourceUnavailable) and error.failure == STORE_REFUSED:
+            # The store answered that it refused the write (full, credentials refused): it
+            # did not run, so this sign-in was not saved (a binding written before it only
+            # says which account the chat user signed in as; it grants nothing).
+            logger.warning(
+                "consent %s write refused by the store after the code was redeemed: %s",
+                failed.what,
+                cause,
+            )
+            return error_response(
+                request,
+                "store_refused",
+                "You signed in at the identity provider, but the agent's store refused to save "
+                "the sign-in, so it was not saved.",
+                status=503,
+                next_step="Use the sign-in link from the chat again later; the agent's "
+                "operator must fix its store (its log says why).",
+                stored_note="Your sign-in was not saved.",
+            )
         found: tuple[StoredGrant, str] | None = None
         if failed.what == "grant":  # a binding's failure never reached the grant's write
             try:
                 async with asyncio.timeout(_REREAD_SECONDS):
                     found = await self.grants.get_grant(state.key_hash)
             except Exception as exc:
-                logger.warning("consent grant re-read failed: %s", type(exc).__name__)
+                logger.warning("consent grant re-read failed: %s", _why(exc))
         if found is not None and _same_write(found[0], grant):
             logger.warning(
                 "consent grant write failed (%s), but a re-read found it: consent stored for a "

@@ -53,10 +53,12 @@ def error_response(
     *,
     status: int = 400,
     next_step: str | None = None,
+    stored_note: str = "Nothing was stored.",
 ) -> Response:
     """A clear error; nothing was stored (a store write whose outcome is unknown is
     ``outcome_unknown_response``). ``message`` must be safe to show (no secrets);
-    ``next_step`` (default: use the sign-in link again) what the user can do about it."""
+    ``next_step`` (default: use the sign-in link again) what the user can do about it;
+    ``stored_note`` what the refusal left behind, said before it."""
     answer: dict[str, object] = {"error": code, "error_description": message, "stored": False}
     if next_step:
         answer["next_step"] = next_step
@@ -65,7 +67,7 @@ def error_response(
         answer,
         title="Sign-in failed",
         heading="Sign-in could not be completed",
-        tail=f"Nothing was stored. {next_step or SIGN_IN_AGAIN}",
+        tail=f"{stored_note} {next_step or SIGN_IN_AGAIN}",
         status=status,
     )
 
@@ -157,7 +159,7 @@ def success_response(
 #: timeout: the write may still run when it wakes), and whose grant a re-read did not find.
 OUTCOME_UNKNOWN = (
     "You signed in at the identity provider, but saving the sign-in did not finish (the agent's "
-    "store did not answer in time), so it may have been saved."
+    "store did not confirm it), so it may have been saved."
 )
 OUTCOME_UNKNOWN_NEXT = (
     "If the agent asks you to sign in again, use the sign-in link it gives you. If you do not "
