@@ -84,6 +84,8 @@ async def test_a_user_away_over_the_rotation_is_told_why_sign_in_is_refused(
     assert page.status_code == 400, page.text
     assert "<code>binding_unreadable</code>" in page.text
     assert "ENTRA_PASSTHROUGH_CONSENT_KEYS" in page.text
+    assert "does not hold" in page.text  # which way the rotation went is the log's to say
+    assert "no longer holds" not in page.text
     assert "Nothing was stored" in page.text
     # the fix the page names: the old key listed again (second), the user is served again
     source = _replica(env, store, SWITCHED)

@@ -131,6 +131,25 @@ _ADMIN_NEXT = (
 )
 
 
+#: A key id as a keyring names it: what may be quoted from a value a browser sent.
+_KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
+
+
+def _warn_unknown_key(keyring: Keyring, value: str, what: str) -> None:
+    """A link or state that did not open: when it names a key id this keyring does not hold,
+    the likely cause is a rotation done on some replicas only, and the operator is told (the
+    user's page cannot say it: a damaged link looks the same). Names the key id only."""
+    kid = value.split(".", 1)[0]
+    if "." in value and _KEY_ID.fullmatch(kid) and kid not in keyring.keys:
+        logger.warning(
+            "a consent %s is sealed with key id %r, which this keyring does not hold: give "
+            "every replica and the broker the same ENTRA_PASSTHROUGH_CONSENT_KEYS; when "
+            "rotating, list a new key second everywhere before making it first.",
+            what,
+            kid,
+        )
+
+
 def _why(exc: BaseException | None) -> str:
     """What failed, for the operator's log: the library's own error's words (a store's
     "Redis is full (maxmemory) and refused the write": they never hold a secret), else the
@@ -318,6 +337,7 @@ class ConsentBroker:
                     "This sign-in link has expired.",
                     next_step=_NEW_LINK_NEXT,
                 ) from None
+            _warn_unknown_key(self.keyring, params.get("t", ""), "sign-in link")
             raise BadRequest(
                 "invalid_link",
                 "This sign-in link is not valid (cut short or changed when it was copied, or "
@@ -406,7 +426,12 @@ class ConsentBroker:
             )
 
     async def _do_callback(self, request: Request, params: dict[str, str]) -> Response:
-        state = State.verify(self.keyring, params.get("state", ""))
+        try:
+            state = State.verify(self.keyring, params.get("state", ""))
+        except StateError as exc:
+            if exc.code == "invalid_state":
+                _warn_unknown_key(self.keyring, params.get("state", ""), "sign-in state")
+            raise
         # Every check that a third party can fail comes before the state is consumed: whoever
         # saw the state (it is in the sign-in URL) must not be able to cancel the user's
         # sign-in by sending it first from another browser.
@@ -701,10 +726,10 @@ class ConsentBroker:
         if bound is None:  # it exists (bind refused) but does not open: fail closed, say why
             raise BadRequest(
                 "binding_unreadable",
-                "This chat user's earlier sign-in is sealed with a key this service no longer "
-                "holds, so it cannot check that you are the same account. Ask the "
-                "administrator to list the previous key again in "
-                "ENTRA_PASSTHROUGH_CONSENT_KEYS (second, after the current one).",
+                "This chat user's earlier sign-in is sealed with a key this service does not "
+                "hold, so it cannot check that you are the same account. Ask the "
+                "administrator to give every replica and the broker the same "
+                "ENTRA_PASSTHROUGH_CONSENT_KEYS (the service's log names the key).",
             )
         if bound != (tid, oid):
             raise BadRequest(
