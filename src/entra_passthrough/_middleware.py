@@ -193,10 +193,18 @@ class CallerMiddleware(CaptureASGI):
         verifier's Application ID URI as ``EntraChallengeMiddleware`` does: a client asking
         Entra for a bare scope gets a Microsoft Graph token."""
         audiences = getattr(self.verifier, "audiences", None)
-        if not audiences or not all(isinstance(a, str) for a in audiences):
+        if (
+            not isinstance(audiences, list | tuple)
+            or not audiences
+            or not all(isinstance(a, str) and a for a in audiences)
+        ):
             return tuple(required)  # a verifier of your own: its scopes as it gives them
+        # App roles are no scopes: a client cannot ask for one (an app asks for
+        # <resource>/.default, which carries the roles granted to it): left out of scope=.
+        roles = getattr(self.verifier, "required_roles", ())
+        roles = set(roles) if isinstance(roles, list | tuple) else set()
         base = default_app_id_uri(audiences).rstrip("/")
-        return tuple(s if "/" in s else f"{base}/{s}" for s in required)
+        return tuple(s if "/" in s else f"{base}/{s}" for s in required if s not in roles)
 
     def _unusable(self, caller: Caller, scope: Scope) -> str:
         """What is wrong with a bearer the Caller could not use, for the 401 (a refusal only:

@@ -250,6 +250,9 @@ async def test_oversized_duplicated_and_garbage_parameters(
         ("consent_required", 90094, "administrator"),
         ("invalid_client", 650057, "API permissions"),
         ("access_denied", 65004, "declined"),
+        ("access_denied", 50105, "assign"),
+        ("access_denied", 53003, "conditional access"),
+        ("access_denied", 50057, "administrator"),
     ],
 )
 async def test_identity_provider_aadsts_is_decoded_with_the_fix(
@@ -279,9 +282,9 @@ async def test_identity_provider_aadsts_is_decoded_with_the_fix(
     assert words in denied.text
     assert "Fix:" in denied.text
     assert "unshown" not in denied.text
-    # Only an administrator can lift 90094: the page does not send the user back to a link
-    # that fails the same way until then.
-    admin_only = code == 90094
+    # Only an administrator can lift 90094, 50105, 53003 or 50057: the page does not send the
+    # user back to a link that fails the same way until then.
+    admin_only = code in (90094, 50105, 53003, 50057)
     assert ("Ask an administrator" in denied.text) is admin_only
     assert ("use the sign-in link again" in denied.text) is not admin_only
     await _nothing_stored(source, alice_caller)

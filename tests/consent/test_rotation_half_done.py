@@ -52,3 +52,23 @@ async def test_a_damaged_link_is_not_blamed_on_a_rotation(
             answer = await browser.get(f"{env.base}/start?t={ticket}")
             assert answer.status_code == 400
     assert not [m for m in _warnings(caplog) if "does not hold" in m]
+
+
+async def test_links_naming_made_up_key_ids_warn_a_bounded_number_of_times(
+    consent_env: ConsentEnv, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Anyone can send a link naming a key id: each new id warns once, and at most a few ids
+    ever do (then INFO), so forged links cannot fill the operator's log with rotation advice."""
+    from entra_passthrough.consent import _broker
+
+    monkeypatch.setattr(_broker, "_WARNED_KEY_IDS", set())
+    env = consent_env
+    env.make(keyring=Keyring.from_string(f"k1:{K1}"))
+    caplog.set_level(logging.INFO, logger="entra_passthrough")
+    async with env.browser() as browser:
+        for n in range(40):
+            answer = await browser.get(f"{env.base}/start?t=forged{n % 20}.x")
+            assert answer.status_code == 400
+    warned = [m for m in _warnings(caplog) if "does not hold" in m]
+    assert 1 <= len(warned) <= _broker._MAX_WARNED_KEY_IDS
+    assert len({m for m in warned}) == len(warned)  # one per key id

@@ -123,8 +123,10 @@ class _TokenAnswerNotJson(Exception):
     """The token endpoint's answer to a code redemption was not JSON (``_unavailable``)."""
 
 
-#: Sign-in refusals only an administrator can lift (AADSTS90094: admin consent required).
-_ADMIN_ONLY_CODES = frozenset({90094})
+#: Sign-in refusals only an administrator can lift: admin consent required (90094), the user
+#: not assigned to the app (50105), blocked by Conditional Access (53003), the account disabled
+#: (50057).
+_ADMIN_ONLY_CODES = frozenset({90094, 50105, 53003, 50057})
 _ADMIN_NEXT = (
     "Ask an administrator of your organisation to grant consent for this app (the fix above); "
     "until then the sign-in link fails the same way. Once they have, use it again."
@@ -133,6 +135,9 @@ _ADMIN_NEXT = (
 
 #: A key id as a keyring names it: what may be quoted from a value a browser sent.
 _KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
+#: The unknown key ids already warned about (``_warn_unknown_key``), at most this many.
+_WARNED_KEY_IDS: set[str] = set()
+_MAX_WARNED_KEY_IDS = 4
 
 
 def _warn_unknown_key(keyring: Keyring, value: str, what: str) -> None:
@@ -140,14 +145,21 @@ def _warn_unknown_key(keyring: Keyring, value: str, what: str) -> None:
     the likely cause is a rotation done on some replicas only, and the operator is told (the
     user's page cannot say it: a damaged link looks the same). Names the key id only."""
     kid = value.split(".", 1)[0]
-    if "." in value and _KEY_ID.fullmatch(kid) and kid not in keyring.keys:
-        logger.warning(
-            "a consent %s is sealed with key id %r, which this keyring does not hold: give "
-            "every replica and the broker the same ENTRA_PASSTHROUGH_CONSENT_KEYS; when "
-            "rotating, list a new key second everywhere before making it first.",
-            what,
-            kid,
-        )
+    if "." not in value or not _KEY_ID.fullmatch(kid) or kid in keyring.keys:
+        return
+    # Once per key id (bounded): anyone can send a link naming a key id, and each WARNING
+    # asks the operator to look at the keys; after the first, or past the bound, INFO.
+    first = kid not in _WARNED_KEY_IDS and len(_WARNED_KEY_IDS) < _MAX_WARNED_KEY_IDS
+    if first:
+        _WARNED_KEY_IDS.add(kid)
+    logger.log(
+        logging.WARNING if first else logging.INFO,
+        "a consent %s is sealed with key id %r, which this keyring does not hold: give every "
+        "replica and the broker the same ENTRA_PASSTHROUGH_CONSENT_KEYS; when rotating, list a "
+        "new key second everywhere before making it first.",
+        what,
+        kid,
+    )
 
 
 def _why(exc: BaseException | None) -> str:
@@ -549,10 +561,29 @@ class ConsentBroker:
         have been saved), with a sign-out form for the key."""
         cause = _why(failed.__cause__)
         error = failed.__cause__
-        if isinstance(error, SourceUnavailable) and error.failure == STORE_REFUSED:
-            # The store answered that it refused the write (full, credentials refused): it
-            # did not run, so this sign-in was not saved (a binding written before it only
-            # says which account the chat user signed in as; it grants nothing).
+        refused = isinstance(error, SourceUnavailable) and error.failure == STORE_REFUSED
+        found: tuple[StoredGrant, str] | None = None
+        reread = False
+        if failed.what == "grant":  # a binding's failure never reached the grant's write
+            try:
+                async with asyncio.timeout(_REREAD_SECONDS):
+                    found = await self.grants.get_grant(state.key_hash)
+                reread = True
+            except Exception as exc:
+                logger.warning("consent grant re-read failed: %s", _why(exc))
+        if found is not None and _same_write(found[0], grant):
+            logger.warning(
+                "consent grant write failed (%s), but a re-read found it: consent stored for a "
+                "user of tenant %s",
+                cause,
+                grant.tid,
+            )
+            return await self._signed_in(request, state, grant, secure, ttl)
+        if refused and (reread or failed.what == "binding"):
+            # The store answered that it refused the write (full, credentials refused), and a
+            # re-read does not find it: this sign-in was not saved. (A refusal can answer a
+            # client's resend of a write whose first reply was lost: only the re-read tells;
+            # a binding written before only says which account the chat user signed in as.)
             logger.warning(
                 "consent %s write refused by the store after the code was redeemed: %s",
                 failed.what,
@@ -568,21 +599,6 @@ class ConsentBroker:
                 "operator must fix its store (its log says why).",
                 stored_note="Your sign-in was not saved.",
             )
-        found: tuple[StoredGrant, str] | None = None
-        if failed.what == "grant":  # a binding's failure never reached the grant's write
-            try:
-                async with asyncio.timeout(_REREAD_SECONDS):
-                    found = await self.grants.get_grant(state.key_hash)
-            except Exception as exc:
-                logger.warning("consent grant re-read failed: %s", _why(exc))
-        if found is not None and _same_write(found[0], grant):
-            logger.warning(
-                "consent grant write failed (%s), but a re-read found it: consent stored for a "
-                "user of tenant %s",
-                cause,
-                grant.tid,
-            )
-            return await self._signed_in(request, state, grant, secure, ttl)
         logger.warning(
             "consent %s write failed (%s) after the code was redeemed: it may have been "
             "stored; answered store_outcome_unknown",
