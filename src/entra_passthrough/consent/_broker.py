@@ -181,8 +181,10 @@ class _WriteFailed(Exception):
         self.what = what
 
 
-#: How long the callback re-reads the grant after its write failed (``_after_failed_write``).
+#: How long the callback re-reads the grant after its write failed (``_after_failed_write``),
+#: and the pause between two tries of it.
 _REREAD_SECONDS = 2.0
+_REREAD_PAUSE = 0.1
 
 
 def _unavailable(
@@ -565,12 +567,22 @@ class ConsentBroker:
         found: tuple[StoredGrant, str] | None = None
         reread = False
         if failed.what == "grant":  # a binding's failure never reached the grant's write
+            # Read again until it answers, for up to _REREAD_SECONDS in all: a store that
+            # stalled may wake during it (and has run the write), and one try of the store's
+            # own command timeout can end before it does.
+            last: BaseException | None = None
             try:
                 async with asyncio.timeout(_REREAD_SECONDS):
-                    found = await self.grants.get_grant(state.key_hash)
-                reread = True
-            except Exception as exc:
-                logger.warning("consent grant re-read failed: %s", _why(exc))
+                    while not reread:
+                        try:
+                            found = await self.grants.get_grant(state.key_hash)
+                            reread = True
+                        except Exception as exc:
+                            last = exc
+                            await asyncio.sleep(_REREAD_PAUSE)
+            except TimeoutError:
+                why = _why(last) if last is not None else "no answer in time"
+                logger.warning("consent grant re-read failed: %s", why)
         if found is not None and _same_write(found[0], grant):
             logger.warning(
                 "consent grant write failed (%s), but a re-read found it: consent stored for a "
