@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import secrets
 import time
 import warnings
 from collections.abc import Callable
@@ -328,6 +329,18 @@ class _Raises:
 
 _OPAQUE_SECRET = "Q" * 12 + "~" + "s3cr3tV4lu3" * 4  # a client secret's shape, not a JWT
 
+
+def _one_of_a_kind_token() -> str:
+    """A caller's token no other test of the run shares a fragment with: these sources put it
+    in errors on purpose, and the secret-hygiene run (``make hygiene``) records every error as
+    built, before the chain redacts it, and searches it for fragments of the tokens the
+    emulators saw (an unsigned JWT's header is the same in every test)."""
+    import jwt
+
+    claims = {"jti": secrets.token_hex(16), "tid": "t1", "oid": "u1", "exp": 4102444800}
+    return jwt.encode(claims, secrets.token_bytes(32), algorithm="HS256", headers={"kid": "x"})
+
+
 _OURS_WITH_A_TOKEN: dict[str, Callable[[str], BaseException]] = {
     "unavailable": lambda a: SourceUnavailable(
         f"the backend refused {a}", source="custom", fix=f"send {a} again"
@@ -343,6 +356,7 @@ _OURS_WITH_A_TOKEN: dict[str, Callable[[str], BaseException]] = {
 }
 
 
+@pytest.mark.leaky_source
 @pytest.mark.parametrize("driver", ["sync", "async"])
 @pytest.mark.parametrize("case", sorted(_OURS_WITH_A_TOKEN))
 def test_a_custom_source_raising_our_error_with_a_token_in_it_is_redacted(
@@ -351,7 +365,7 @@ def test_a_custom_source_raising_our_error_with_a_token_in_it_is_redacted(
     """A custom source that puts the caller's assertion (or a secret) in one of the library's
     own error types: the app gets that error's type and words, with the value redacted, in the
     message, the fix and every attribute it can print (log lines were already clean)."""
-    assertion = unsigned_jwt(tid="t1", oid="u1")
+    assertion = _one_of_a_kind_token()
     chain = TokenChain([_Raises(_OURS_WITH_A_TOKEN[case])], policy=Policy.USER_ONLY)  # type: ignore[list-item]
     with caplog.at_level("DEBUG"), pytest.raises(TokenAcquisitionError) as info:
         _run(chain, driver, Caller.from_token(assertion))
@@ -375,7 +389,7 @@ def test_a_custom_source_raising_our_error_with_a_token_in_it_is_redacted(
 
 @pytest.mark.parametrize("driver", ["sync", "async"])
 def test_any_other_exception_from_a_custom_source_is_named_with_the_fix(driver: str) -> None:
-    assertion = unsigned_jwt(tid="t1", oid="u1")
+    assertion = _one_of_a_kind_token()
     chain = TokenChain(
         [_Raises(lambda a: KeyError(f"no entry for {a}"))],  # type: ignore[list-item]
         policy=Policy.USER_ONLY,
