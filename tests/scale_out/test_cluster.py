@@ -174,7 +174,9 @@ async def test_two_replicas_share_a_grant_and_a_token_on_a_cluster(
         assert idp.stats()["grants"].get("on_behalf_of", 0) - posts == len(callers)
         assert len({t.token for t in tokens}) == len(callers)
         assert _nodes_holding(cluster, f"{namespace}ep:v1:tok:") >= 2
-        assert _nodes_holding(cluster, namespace) == 3
+        # More than one node (every node is checked with chosen names above): these ~12 keys'
+        # slots depend on random digests, and missed one of three nodes in about 1 run in 20.
+        assert _nodes_holding(cluster, namespace) >= 2
     finally:
         for chain in chains:
             chain.close()
