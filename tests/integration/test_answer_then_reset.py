@@ -175,10 +175,11 @@ class _CuttingHop(LoopbackHop):
     it, passes on the first ``keep`` bytes of the server's answer, then resets the client's
     connection (what a server that aborts with SO_LINGER 0 part-way through its answer does)."""
 
-    def __init__(self, behaviour: str, *, keep: int = 12) -> None:
+    def __init__(self, behaviour: str, *, keep: int = 12, times: int = 1) -> None:
         super().__init__()
         self.behaviour = behaviour
         self.keep = keep
+        self.times = times  # how many ``tools/call`` requests are cut (the first ones)
         self.upstream = 0
         self.cuts = 0
         self.passed_on = b""  # the part of an answer the client got before its reset
@@ -212,7 +213,7 @@ class _CuttingHop(LoopbackHop):
             up_reader, upstream = await asyncio.open_connection("127.0.0.1", self.upstream)
             answers = asyncio.create_task(relay_answers(up_reader))
             while data := await reader.read(65536):
-                if self.cuts == 0 and b"tools/call" in data:
+                if self.cuts < self.times and b"tools/call" in data:
                     self.cuts += 1
                     if self.behaviour == "unread":
                         self._reset(writer)  # the call is never forwarded
@@ -278,3 +279,41 @@ async def test_a_call_whose_answer_began_before_a_reset_runs_once_and_is_never_r
         assert failure is None
         parts = outcome if isinstance(outcome, list) else [outcome]
         assert user.oid in " ".join(str(getattr(part, "text", part)) for part in parts)
+
+
+async def test_a_call_reset_again_after_its_resend_is_not_sent_a_third_time(
+    idp: EntraEmulator, users: list[User], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A device in front of the server that forwards every ``tools/call`` and then resets the
+    client's connection before any answer byte (an L7 gateway answering an upstream failure
+    with a reset): the first reset is taken as "never read" (the documented assumption) and
+    the call is sent once more; the second reset says the assumption does not hold here. The
+    call fails ``CallOutcomeUnknown`` naming the switch, after two runs, never one run per
+    resend for the whole retry window (it ran 17-20 times), and never "it did not run"."""
+    from entra_passthrough import mcp
+
+    monkeypatch.setattr(mcp, "RESET_WINDOW", 60.0)  # prompt however loaded the machine is
+    hop = _CuttingHop("answer_begun", keep=0, times=1000)
+    await hop.start()
+    executions: list[tuple[str, str]] = []
+    server = mcp_behind(idp, hop.port, executions)
+    hop.upstream = server.port
+    tool = entra_mcp_tool(
+        "records", f"http://127.0.0.1:{hop.port}/mcp", chain=make_chain(idp), scopes=scopes_of(idp)
+    )
+    user = users[22]
+    who = f"{user.oid}|forwarded"
+    try:
+        with bind_caller(token=agent_token(idp, user)), pytest.raises(CallOutcomeUnknown) as raised:
+            await tool.call_tool("whoami", who=who)
+    finally:
+        await tool.close()
+        server.stop()
+        await hop.aclose()
+    assert hop.passed_on == b""  # no answer byte reached the client: resets before an answer
+    assert Counter(name for name, _ in executions) == {who: 2}  # the first run and one resend
+    said = str(raised.value)
+    assert "may have run" in said, said
+    assert "reset again" in said, said
+    assert "ENTRA_PASSTHROUGH_MCP_RESEND_ON_RESET=false" in said, said
+    assert "did not run" not in said, said

@@ -145,6 +145,11 @@ _REFUSED_CONNECT_WAIT = 5.0
 _TRANSIENT_CONNECT_STATUSES = frozenset({429, 502, 503, 504})
 _MAX_BUSY_CONNECTS = 6
 _MAX_RECONNECTS = 6
+#: ``request_timeout``'s default: how long a request (a tool call included) waits for its
+#: answer. agent-framework 1.26's own default (1.23 had none); ``None`` waits for ever. Without
+#: one, a server or device that keeps the answer's stream open (SSE comments, nothing else)
+#: holds the user's run for ever: the HTTP read timeout restarts with every byte.
+REQUEST_TIMEOUT = int(DEFAULT_TIMEOUT)
 #: How long a call waits for a reconnect in progress before it is sent anyway.
 _RECONNECT_WAIT = 30.0
 #: How long a failed call waits for its requests to leave the transport before the verdict.
@@ -195,7 +200,7 @@ class EntraMCPTool(HookedMCPTool):
         allowed_tools: Collection[str] | None = None,
         tool_name_prefix: str | None = None,
         load_prompts: bool = False,
-        request_timeout: int | None = None,
+        request_timeout: int | None = REQUEST_TIMEOUT,
         terminate_on_close: bool | None = None,
         additional_properties: dict[str, Any] | None = None,
     ) -> None:
@@ -1020,6 +1025,10 @@ class EntraMCPTool(HookedMCPTool):
         delay = 0.05  # backoff while the server cannot be reached on a live connection
         reconnects = 0
         refusals = 0  # attempts whose session the server refused (404)
+        # Sent again after a prompt reset (taken as "the server never read it"): only once. A
+        # second one says the assumption does not hold here (a device that forwards each call
+        # and then resets), and each resend would run the tool once more.
+        resent_after_reset = False
         for number in range(1, _MAX_ATTEMPTS + 1):
             if self._principal_bound:
                 if time.monotonic() - self._bound_at < _BOUND_VERDICT_SECONDS:
@@ -1056,6 +1065,10 @@ class EntraMCPTool(HookedMCPTool):
                     async with asyncio.timeout(_SETTLE_WAIT):
                         await attempt.settled()
                 verdict = self._verdict(exc, attempt, caller, generation)
+                if verdict == "retry" and attempt.not_sent == "reset":
+                    if resent_after_reset:
+                        verdict = "reset_again"
+                    resent_after_reset = True
                 if verdict == "raise":
                     refused = self._refusal(attempt, tool_name, caller)
                     if refused is not None:
@@ -1067,7 +1080,7 @@ class EntraMCPTool(HookedMCPTool):
                     raise self._bound_error() from exc
                 if verdict == "no_token":
                     raise self._no_token_error(exc, caller) from exc
-                if verdict in ("maybe_ran", "session_lost"):
+                if verdict in ("maybe_ran", "session_lost", "reset_again"):
                     if cut_off == "close":
                         pass  # the tool was closed under it: not reopened behind the closer
                     elif verdict == "session_lost":
@@ -1089,6 +1102,11 @@ class EntraMCPTool(HookedMCPTool):
                     or reconnects == _MAX_RECONNECTS
                     or loop.time() >= deadline
                 ):
+                    if resent_after_reset:
+                        # The reset, taken for "never read", may not have been one.
+                        raise self._outcome_unknown(
+                            "reset_then_gave_up", exc, attempt, tool_name
+                        ) from exc
                     raise ToolException(
                         f"The call to tool {tool_name!r} could not be sent to MCP server "
                         f"{self.server_label!r} (it did not run): " + _gave_up(number, refusals),
@@ -1221,6 +1239,22 @@ class EntraMCPTool(HookedMCPTool):
             why = (
                 f"{by} and closed the connection under this call after waiting {_DRAIN_WAIT:g} "
                 "s for it to finish"
+            )
+        elif verdict in ("reset_again", "reset_then_gave_up"):
+            why = (
+                "the server reset the connection as the call arrived, before any answer; it "
+                "was taken as not read and sent once more, "
+                + (
+                    "and was reset again: a device in front of the server (a load balancer, "
+                    "a gateway) may forward each call and then reset the connection"
+                    if verdict == "reset_again"
+                    else "and then the server could not be reached"
+                )
+            )
+            fix = (
+                " Fix: if a device in front of the server forwards calls and then resets "
+                f"connections, set {RESEND_ON_RESET_VARIABLE}=false so that no call is sent "
+                "again after a reset."
             )
         elif verdict == "session_lost":
             why = (

@@ -1,0 +1,116 @@
+"""A tool call whose answer never comes is bounded by default: ``EntraMCPTool`` keeps
+agent-framework 1.26's ``request_timeout`` (30 s; 1.23 had none) instead of waiting for ever.
+A server, or a device in front of it, that opens the answer's event stream and then sends only
+keep-alive comments restarts the HTTP read timeout with every comment: without the request
+timeout the user's run waited for as long as the stream stayed open.
+
+Real components: the emulator and MSAL behind ``EntraMCPTool``, a real MCP server under
+uvicorn behind an ASGI wrapper that stalls one call's answer with keep-alive comments."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from _support.mcp_world import (
+    Recorder,
+    agent_token,
+    build_mcp_app,
+    make_chain,
+    mcp_scopes,
+    read_json_request,
+)
+from _support.servers import ServerThread
+from entra_passthrough import bind_caller
+from entra_passthrough.agent_framework import (
+    CallOutcomeUnknown,
+    PoolOptions,
+    _af_seams,
+    entra_mcp_tool,
+)
+from entra_passthrough.testing import EntraEmulator
+from entra_passthrough.testing._world import User
+
+URL = "https://mcp.example.com/mcp"
+
+
+def test_the_request_timeout_is_bounded_unless_asked_otherwise(idp: EntraEmulator) -> None:
+    """The default is agent-framework's own finite one; an explicit value, ``None`` included
+    (no bound, asked for), is kept; the per-user pool's tools get the same."""
+    chain = make_chain(idp)
+    scopes = mcp_scopes(idp)
+    default = entra_mcp_tool("records", URL, chain=chain, scopes=scopes)
+    assert default.request_timeout == _af_seams.DEFAULT_TIMEOUT == 30
+    unbounded = entra_mcp_tool("records", URL, chain=chain, scopes=scopes, request_timeout=None)
+    assert unbounded.request_timeout is None
+    longer = entra_mcp_tool("records", URL, chain=chain, scopes=scopes, request_timeout=600)
+    assert longer.request_timeout == 600
+    pool = entra_mcp_tool("records", URL, chain=chain, scopes=scopes, per_user=PoolOptions())
+    assert pool._unpooled().request_timeout == 30  # type: ignore[union-attr]
+
+
+def _keep_alive_stall(app: Any, stalled: list[str]) -> Any:
+    """The MCP app, except that a ``tools/call`` whose ``who`` is "stall" is answered 200 with
+    an event stream that carries only keep-alive comments (every 0.2 s, bounded to 20 s)."""
+
+    async def wrapped(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            parsed, replay = await read_json_request(receive)
+            params = parsed.get("params") if isinstance(parsed, dict) else None
+            if ((params or {}).get("arguments") or {}).get("who") == "stall":
+                stalled.append("stall")
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 200,
+                        "headers": [(b"content-type", b"text/event-stream")],
+                    }
+                )
+                for _ in range(100):  # bounded: 20 s of comments, then the stream ends
+                    comment = {"type": "http.response.body", "body": b": keep-alive\n\n"}
+                    await send({**comment, "more_body": True})
+                    await asyncio.sleep(0.2)
+                await send({"type": "http.response.body", "body": b""})
+                return
+            await app(scope, replay, send)
+            return
+        await app(scope, receive, send)
+
+    return wrapped
+
+
+async def test_an_answer_kept_open_with_comments_only_ends_at_the_request_timeout(
+    idp: EntraEmulator, users: list[User]
+) -> None:
+    """The stalled call fails ``CallOutcomeUnknown`` ("may have run") once its request timeout
+    passes, although the stream is alive; it is not sent again, and the tool goes on serving.
+    (The timeout is set short here; by default it is 30 s, see the test above.)"""
+    stalled: list[str] = []
+    ran: list[tuple[str, str]] = []
+    server = ServerThread(
+        lambda base: _keep_alive_stall(
+            build_mcp_app(idp, base_url=base, recorder=Recorder(), executions=ran), stalled
+        ),
+        name="mcp",
+    ).start()
+    tool = entra_mcp_tool(
+        "records", f"{server.base}/mcp", chain=make_chain(idp), scopes=mcp_scopes(idp)
+    )
+    tool.request_timeout = 2  # the default's behaviour, shorter
+    try:
+        async with bind_caller(token=agent_token(idp, users[3])):
+            started = time.monotonic()
+            with pytest.raises(CallOutcomeUnknown, match="may have run") as raised:
+                await tool.call_tool("whoami", who="stall")
+            waited = time.monotonic() - started
+            assert "request timeout" in str(raised.value)
+            await tool.call_tool("whoami", who="after")
+    finally:
+        await tool.close()
+        server.stop()
+    assert waited < 15, f"waited {waited:.1f} s: the comments kept the call waiting"
+    assert stalled == ["stall"]  # never sent again
+    assert [oid for who, oid in ran if who == "after"] == [users[3].oid]
