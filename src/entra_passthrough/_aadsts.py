@@ -468,14 +468,16 @@ _TABLE: tuple[Aadsts, ...] = (
         700021,
         "InvalidClientAssertionIssuer",
         "the client assertion's iss/sub is not the client id of the request",
-        "sign the assertion with iss = sub = the app's client id",
+        "sign the assertion with iss = sub = the app's client id (MSAL does, from the "
+        "client_id it was given)",
     ),
     Aadsts(
         700023,
-        "InvalidClientAssertionIssuerOrSubject",
-        "the certificate assertion's iss or sub is not the app's client id",
-        "sign the assertion with iss = sub = the app's client id (MSAL does, from the "
-        "client_id it was given)",
+        "InvalidClientAssertionAudience",
+        "the client assertion's aud is not the token endpoint the request was sent to",
+        "sign the assertion with aud = the token endpoint of the tenant and authority host the "
+        "request goes to (https://<authority host>/<tenant>/oauth2/v2.0/token; MSAL does, "
+        "from its authority)",
     ),
     Aadsts(
         7000274,

@@ -241,7 +241,18 @@ class TenantNotAllowed(TokenAcquisitionError):
         self.tenant = tenant
         self.allowed = tuple(allowed)
         names = [a for a in self.allowed if not GUID.fullmatch(a)]
-        if names:
+        if tenant is None:
+            # Entra's user tokens always carry tid: "add the tenant" cannot be followed.
+            message = (
+                "The caller's token names no tenant (its tid claim is missing or not a string), "
+                "so it cannot be checked against the allow-list; no request was sent to Entra."
+            )
+            fix = (
+                "send an access token Entra issued to a user for this app's API (Entra's "
+                "tokens always carry tid); see what the client sends with `entra-passthrough "
+                "inspect <token>`."
+            )
+        elif names:
             # A token's tid is always a GUID: a domain (contoso.onmicrosoft.com) or an alias
             # (organizations) on the list matches no caller, and a single-tenant app configured
             # with its domain refuses everyone. Say so, not "add the tenant".

@@ -14,7 +14,8 @@ stack text. What it removes:
   strings (``client_secret=...&``, URL-encoded once more: ``client_secret%3D...``), in XML
   (``<client_secret>...</client_secret>``) and as ``field: value`` (a header dump): access,
   refresh and id tokens, client secrets and assertions, OBO assertions, authorization codes,
-  PKCE verifiers, passwords;
+  PKCE verifiers, passwords (a ``code`` that is an error's name, ``"code": "SecretHeaderNotFound"``
+  in a managed identity host's error body, is kept outside forms and query strings);
 * ``Bearer <value>`` in header dumps, and the user info of a URL (``https://user:pass@``);
 * keys carried in URLs (``sig=``, ``subscription-key=``, ``api-key=``, ``key=``: a SAS URL, API
   Management, Functions), which httpx logs with every request;
@@ -66,7 +67,8 @@ _FIELDS = "|".join(re.escape(f) for f in _SECRET_FIELDS)
 # "field": "value", and 'field': 'value' (a Python dict's repr, a gateway echoing one), either
 # quote on either side; a value cut by a truncated body has no closing quote.
 _JSON_FIELD = re.compile(
-    rf"""(["'](?:{_FIELDS})["']\s*:\s*)(["'])(?:(?!\2)[^\\]|\\.)*(\2|$)""", re.IGNORECASE
+    rf"""(["'](?P<field>{_FIELDS})["']\s*:\s*)(["'])(?P<value>(?:(?!\3)[^\\]|\\.)*)(\3|$)""",
+    re.IGNORECASE,
 )
 # field=value in a form body or a query string, and field%3Dvalue (the same, URL-encoded once
 # more: a body echoed inside a query string or a log of one)
@@ -76,14 +78,14 @@ _ENCODED_FIELD = re.compile(
     re.IGNORECASE,
 )
 # <field>value</field> (an XML or SOAP echo)
-_XML_FIELD = re.compile(rf"(<(?:{_FIELDS})(?:\s[^<>]*)?>)[^<]+", re.IGNORECASE)
+_XML_FIELD = re.compile(rf"(<(?P<field>{_FIELDS})(?:\s[^<>]*)?>)(?P<value>[^<]+)", re.IGNORECASE)
 #: Fields whose unquoted ``field: value`` (a header dump, YAML, a gateway's "field: value"
 #: text) is redacted. Not the bare ``token``/``secret``: "could not get a token: <reason>" is
 #: prose. A value of digits only (``code: 400``) is a status, not a secret.
 _COLON_FIELDS = "|".join(re.escape(f) for f in _SECRET_FIELDS if f not in _PROSE_FIELDS)
 _COLON_FIELD = re.compile(
-    rf"(?<![A-Za-z0-9_\"'-])((?:{_COLON_FIELDS})\s*:[ \t]*)(?![0-9]+(?![^\s,;&<>\"'}}\]]))"
-    rf"[^\s,;&<>\"'}}\]]+",
+    rf"(?<![A-Za-z0-9_\"'-])((?P<field>{_COLON_FIELDS})\s*:[ \t]*)(?![0-9]+(?![^\s,;&<>\"'}}\]]))"
+    rf"(?P<value>[^\s,;&<>\"'}}\]]+)",
     re.IGNORECASE,
 )
 _BEARER = re.compile(r"(?i)(\bbearer\s+)[A-Za-z0-9._~+/=-]+")
@@ -115,15 +117,48 @@ _JWT = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]*)?")
 _OPAQUE = re.compile(r"(?<![A-Za-z0-9_~.-])[A-Za-z0-9_~.+/=-]{40,}")
 
 
+#: A ``code`` that is an error's name, not an OAuth authorization code: a word or words of
+#: letters joined by ``_``, digits only at the end, at most 48 characters
+#: (``SecretHeaderNotFound``, Service Fabric's; ``invalid_request``; ``AADSTS50011``). Entra's
+#: authorization codes (``0.AXcA...`` or ``1.A...``, hundreds of characters) and the emulator's
+#: (``emu-code.`` + 43 base64url characters) have ``.``, ``-`` and digits inside: never kept.
+_ERROR_NAME = re.compile(r"[A-Za-z]+(?:_[A-Za-z]+)*[0-9]{0,8}")
+_ERROR_NAME_MAX = 48
+
+
+def _keeps(match: re.Match[str]) -> bool:
+    """Whether the matched field is ``code`` holding an error's name (kept as it is)."""
+    value = match.group("value")
+    return (
+        match.group("field").lower() == "code"
+        and len(value) <= _ERROR_NAME_MAX
+        and _ERROR_NAME.fullmatch(value) is not None
+    )
+
+
+def _json_field(match: re.Match[str]) -> str:
+    if match.group(5) and _keeps(match):  # a cut value (no closing quote) is never kept
+        return match.group(0)
+    return match.group(1) + match.group(3) + REDACTED + match.group(5)
+
+
+def _named_field(match: re.Match[str]) -> str:
+    """``<field>value`` and ``field: value``."""
+    return match.group(0) if _keeps(match) else match.group(1) + REDACTED
+
+
 def redact(text: str) -> str:
-    """``text`` with every secret-looking value replaced by ``[redacted]``."""
+    """``text`` with every secret-looking value replaced by ``[redacted]``. A ``code`` that is
+    an error's name (``"code": "SecretHeaderNotFound"``, ``<code>invalid_request</code>``,
+    ``code: IdentityNotFound``) stays: only in a form or a query string is every ``code=``
+    an authorization code's place."""
     if not text:
         return text
-    text = _JSON_FIELD.sub(lambda m: m.group(1) + m.group(2) + REDACTED + m.group(3), text)
+    text = _JSON_FIELD.sub(_json_field, text)
     text = _FORM_FIELD.sub(lambda m: m.group(1) + REDACTED, text)
     text = _ENCODED_FIELD.sub(lambda m: m.group(1) + REDACTED, text)
-    text = _XML_FIELD.sub(lambda m: m.group(1) + REDACTED, text)
-    text = _COLON_FIELD.sub(lambda m: m.group(1) + REDACTED, text)
+    text = _XML_FIELD.sub(_named_field, text)
+    text = _COLON_FIELD.sub(_named_field, text)
     text = _AUTHORIZATION.sub(lambda m: m.group(1) + REDACTED, text)
     text = _BEARER.sub(lambda m: m.group(1) + REDACTED, text)
     text = _USERINFO.sub(lambda m: m.group(1) + REDACTED + "@", text)

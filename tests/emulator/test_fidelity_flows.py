@@ -256,11 +256,15 @@ def test_certificate_assertion_accepted(idp: EntraEmulator, http: httpx2.Client)
 @pytest.mark.parametrize(
     ("override", "code"),
     [
-        ({"aud": "https://elsewhere.example/token"}, 700021),  # aud = the token endpoint
-        ({"aud": 5}, 700021),  # an aud of the wrong type is a bad audience, not a server error
-        ({"aud": [{"x": 1}]}, 700021),
+        # aud = the token endpoint, else 700023 "Client assertion audience claim does not match
+        # Realm issuer."; iss = sub = the client id, else 700021 "Client assertion application
+        # identifier doesn't match 'client_id' parameter." (Azure SDK identity troubleshooting).
+        ({"aud": "https://elsewhere.example/token"}, 700023),
+        ({"aud": 5}, 700023),  # an aud of the wrong type is a bad audience, not a server error
+        ({"aud": [{"x": 1}]}, 700023),
         ({"exp": int(time.time()) - 60}, 700024),  # not within its valid time range
-        ({"iss": "someone-else"}, 700023),  # iss = sub = the client id
+        ({"iss": "someone-else"}, 700021),
+        ({"sub": "someone-else"}, 700021),
         ({"headers": {"x5t": b64url(b"\0" * 20)}}, 700027),  # unregistered certificate
     ],
 )

@@ -248,3 +248,24 @@ async def test_a_short_retry_after_is_waited_out_by_every_caller(
     results = await asyncio.gather(first, *(one(i) for i in range(8)))
     assert all(r.token for r in results)
     assert rig.posts - before == 1 + 9  # the 503, then one POST per user: no extra retries
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_a_short_retry_after_answered_again_and_again_ends_within_the_retries(
+    idp: EntraEmulator, rig_factory: Any, status: int
+) -> None:
+    """docs/reliability.md: a short ``Retry-After`` is waited out inside the call; the request
+    that probes after it waits out another short one too, within its ``retries``, then the
+    call gets ``Throttled`` with the time left: at most ``retries`` + 1 POSTs for a call into
+    an endpoint that answers ``Retry-After: 1`` again and again (as IMDS under a burst, whose
+    second short wait is usually the last: test_managed_identity_single_flight)."""
+    rig = rig_factory(FAST)
+    idp.inject_fault("token", status=status, retry_after=1, count=1000)
+    before = rig.posts
+    try:
+        with bind_caller(token=rig.user_token()), pytest.raises(Throttled) as info:
+            rig.chain.get_token(mcp_scope(idp))
+    finally:
+        idp.clear_faults()
+    assert rig.posts - before == FAST.retries + 1
+    assert info.value.retry_after is not None

@@ -189,3 +189,43 @@ def test_obo_sources_refuse_one_string_for_a_list(idp: EntraEmulator) -> None:
             make(accepted_audiences="api://agent-alias")
         # The list form still works.
         make(allowed_tenants=[idp.tenant_id], accepted_audiences=["api://agent-alias"]).close()
+
+
+@pytest.mark.parametrize("tid", [None, 7, ["a"]], ids=["missing", "number", "list"])
+@pytest.mark.parametrize("agent_id", [False, True], ids=["obo", "agent_id"])
+def test_a_token_without_a_tenant_is_not_called_another_tenant(
+    idp: EntraEmulator, tid: Any, agent_id: bool
+) -> None:
+    """A caller token whose tid is missing or not a string: nothing is sent, and the refusal
+    says the token names no tenant. It said "The caller's tenant None is not on the
+    allow-list" with the fix "add the tenant to allowed_tenants" (or, for Agent ID, "invite
+    the user as a guest"), which no one can follow."""
+    if agent_id:
+        source: Any = _agent_id(idp)
+        audience = idp.blueprint.client_id
+    else:
+        source = OnBehalfOf(
+            client_id=idp.agent.client_id,
+            tenant_id=idp.tenant_id,
+            client_secret=idp.agent.secret,
+            authority_host=idp.url,
+            http_client=session(idp),
+        )
+        audience = idp.agent.client_id
+    chain = TokenChain([source])
+    token = idp.user_token("alice", audience=audience, extra_claims={"tid": tid})
+    before = token_posts(idp)
+    try:
+        with bind_caller(token=token), pytest.raises(TenantNotAllowed) as info:
+            chain.get_token(mcp_scope(idp))
+    finally:
+        chain.close()
+    assert token_posts(idp) == before
+    assert info.value.tenant is None
+    said = str(info.value)
+    assert "names no tenant" in said, said
+    assert "None" not in said, said
+    fix = info.value.fix or ""
+    assert "inspect" in fix, fix
+    assert "allowed_tenants" not in fix, fix
+    assert "guest" not in fix, fix

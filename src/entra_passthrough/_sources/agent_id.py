@@ -610,8 +610,8 @@ def _single_tenant(exc: TenantNotAllowed) -> TenantNotAllowed:
     """The same refusal with the agent identity's way out: the generic fix ("add the tenant to
     allowed_tenants") is refused at build here (``_check_single_tenant``). A tenant configured
     by name keeps its own fix (configure the GUID)."""
-    if any(not GUID.fullmatch(tenant) for tenant in exc.allowed):
-        return exc
+    if exc.tenant is None or any(not GUID.fullmatch(tenant) for tenant in exc.allowed):
+        return exc  # no tenant in the token at all: its own text says so
     # The same class (handlers and logs name TenantNotAllowed), its own message and fix.
     err = TenantNotAllowed.__new__(TenantNotAllowed)
     err.tenant = exc.tenant

@@ -166,6 +166,46 @@ _HOST_VARIABLES = {
 }
 
 
+#: The variables whose presence names a host (``detect_host``): any of them set while the
+#: host is still IMDS is half a host's set.
+_HOST_MARKERS = (
+    "IDENTITY_ENDPOINT",
+    "IDENTITY_HEADER",
+    "IDENTITY_SERVER_THUMBPRINT",
+    "IMDS_ENDPOINT",
+    "MSI_ENDPOINT",
+    "AZURE_FEDERATED_TOKEN_FILE",
+)
+
+#: The transport failures of a request that nothing answered (refused, timed out, cut).
+_NO_ANSWER = frozenset({"connection", "timeout", "deadline"})
+
+
+def _imds_address() -> str:
+    """Where MSAL sends an IMDS request: ``AZURE_POD_IDENTITY_AUTHORITY_HOST`` if set, else
+    169.254.169.254 (msal/managed_identity.py). Only its scheme, host and port are shown."""
+    raw = os.environ.get("AZURE_POD_IDENTITY_AUTHORITY_HOST")
+    if raw is None:
+        return "http://169.254.169.254"
+    try:
+        parts = urlsplit(raw.strip())
+        port = parts.port
+    except ValueError:
+        parts, port = None, None
+    if parts is None or not parts.scheme or not parts.hostname:
+        return "the address in AZURE_POD_IDENTITY_AUTHORITY_HOST"
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    shown = f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
+    return f"{safe_text(shown, 120)} (AZURE_POD_IDENTITY_AUTHORITY_HOST)"
+
+
+def _msal_goes_to_imds() -> bool:
+    """MSAL's own detection ends at IMDS too (it also finds Azure Arc by the agent's files)."""
+    from msal.managed_identity import DEFAULT_TO_VM, get_managed_identity_source
+
+    return bool(get_managed_identity_source() is DEFAULT_TO_VM)
+
+
 #: The variable holding each host's identity endpoint URL.
 _ENDPOINT_VARIABLES = {"machine_learning": "MSI_ENDPOINT", "cloud_shell": "MSI_ENDPOINT"}
 
@@ -885,6 +925,13 @@ class ManagedIdentity:
             if isinstance(exc, MissingExpiry):
                 raise self._malformed(host, scopes, _NO_EXPIRY) from None
             what = f"managed identity token request ({host})"
+            if (
+                host == "imds"
+                and isinstance(exc, TransportFailure)
+                and exc.kind in _NO_ANSWER
+                and _msal_goes_to_imds()
+            ):
+                raise self._no_host(exc, scopes) from None
             raise trust_error(exc, what=what, source=self.name, scopes=scopes) or unreachable(
                 exc, what=what, source=self.name, scopes=scopes
             ) from None
@@ -1036,6 +1083,32 @@ class ManagedIdentity:
                 pause,
             )
             time.sleep(pause)
+
+    def _no_host(self, exc: TransportFailure, scopes: tuple[str, ...]) -> SourceUnavailable:
+        """IMDS did not answer, and IMDS was asked only because the environment names no other
+        host: on a laptop or a CI runner this is the first error a user sees. It says which
+        variables were looked at and the address asked (never a variable's value but the
+        address's scheme, host and port)."""
+        partial = [name for name in _HOST_MARKERS if os.environ.get(name)]
+        looked = (
+            "IDENTITY_ENDPOINT (+ IDENTITY_HEADER, IDENTITY_SERVER_THUMBPRINT or IMDS_ENDPOINT), "
+            "MSI_ENDPOINT, AZURE_FEDERATED_TOKEN_FILE (+ AZURE_TENANT_ID, AZURE_AUTHORITY_HOST)"
+        )
+        found = (
+            f"of {looked}, only {', '.join(partial)} {'is' if len(partial) == 1 else 'are'} set"
+            if partial
+            else f"none of {looked} is set"
+        )
+        return SourceUnavailable(
+            f"No managed identity host was detected ({found}), so IMDS at {_imds_address()} "
+            f"was asked: {exc.describe()}.",
+            source=self.name,
+            scopes=scopes,
+            failure=exc.summary(),
+            fix="off Azure (a laptop, CI) use another source (AzureCli, or the app's secret or "
+            "certificate); on Azure, enable the host's managed identity, and let no firewall or "
+            "HTTP proxy take requests to IMDS (NO_PROXY must name 169.254.169.254).",
+        )
 
     def _malformed(self, host: str, scopes: tuple[str, ...], what: str) -> SourceUnavailable:
         """A 200 with a token that cannot be used as it came (never shown)."""

@@ -10,7 +10,8 @@ Rules:
 - Certificate assertions: header ``x5t`` (or ``x5t#S256``) names a certificate registered on the
   app, signature RS256/PS256, ``aud`` the token endpoint, ``iss`` = ``sub`` = client id, ``exp``
   in the future and ``nbf``/``iat`` at most 5 minutes ahead (Entra's clock skew), else
-  AADSTS700024 (https://learn.microsoft.com/entra/identity-platform/certificate-credentials).
+  AADSTS700021 (iss/sub), AADSTS700023 (aud) or AADSTS700024 (time)
+  (https://learn.microsoft.com/entra/identity-platform/certificate-credentials).
   A certificate past its end date (the registered one, or the leaf presented in ``x5c``) is
   AADSTS700027 with Entra's "[Reason - The key used is expired., ...]", before the signature.
 - Federated assertions: a token whose issuer, subject and audience match a federated identity
@@ -46,6 +47,9 @@ from ._tokens import NOT_A_TIME, numeric_claim, verify
 from ._world import MSA_DIRECTORY, TOKEN_EXCHANGE_APP_ID, TOKEN_EXCHANGE_AUDIENCE, App
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+_CERTIFICATE_CREDENTIALS = (
+    "https://learn.microsoft.com/entra/identity-platform/certificate-credentials"
+)
 
 
 @dataclass(frozen=True)
@@ -262,19 +266,23 @@ def _check_certificate(
         raise e.bad_client_assertion(
             "Client assertion failed signature validation.", 7000274
         ) from None
+    # certificate-credentials: iss = sub = the client id, aud = the token endpoint. Entra's
+    # codes and texts (the Azure SDK identity troubleshooting guides' ClientAssertionCredential
+    # table): AADSTS700021 for iss/sub, AADSTS700023 for aud.
     if verified.get("iss") != app.client_id or verified.get("sub") != app.client_id:
         raise e.bad_client_assertion(
-            "Client assertion contains an invalid issuer or subject.", 700023
+            "Client assertion application identifier doesn't match 'client_id' parameter. "
+            f"Review the documentation at {_CERTIFICATE_CREDENTIALS}.",
+            700021,
         )
     aud = verified.get("aud")
     # A number or an object names no endpoint (a bad audience, not a server error).
     auds = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
     if not any(isinstance(a, str) and a in endpoints for a in auds):
-        # certificate-credentials: "aud" must be the token endpoint. The exact code Entra sends
-        # here is not documented; 700021 is what it answers for an invalid client assertion.
         raise e.bad_client_assertion(
-            "The audience claim in client assertion is not valid. It must be the token endpoint.",
-            700021,
+            "Client assertion audience claim does not match Realm issuer. "
+            f"Review the documentation at {_CERTIFICATE_CREDENTIALS}.",
+            700023,
         )
     _check_time_range(verified, now)
     return "2"
