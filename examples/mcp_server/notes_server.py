@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import socket
 import ssl
 import sys
@@ -156,6 +157,15 @@ async def _serve(config: Config, sock: socket.socket) -> None:
     await server.serve(sockets=[sock])
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    # uvicorn stops gracefully on SIGTERM (docker stop, systemd), then raises it again; without
+    # a handler of ours that killed the process before the `finally` and the emulator's exit
+    # ran, leaving alice's token file and the emulator's TLS key behind. Ctrl-C already exits
+    # through them (KeyboardInterrupt); SIGTERM now does too.
+    del signum, frame
+    raise SystemExit(0)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -175,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from entra_passthrough.testing import EntraEmulator
 
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # clean up as on Ctrl-C (below)
     with sock, EntraEmulator() as idp:
         config = Config(
             tenant_id=idp.tenant_id,

@@ -56,7 +56,7 @@ from ._user_key import UserKey
 from ._verify import JwtVerifier, VerifiedToken
 from ._www_auth import step_up_challenge
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 __all__ = [
     "AgentIdentityOnBehalfOf",

@@ -173,7 +173,17 @@ def _out(text: str = "", *, file: TextIO | None = None) -> None:
     lines = text.split("\n")
     if not all(line.isprintable() for line in lines):
         lines = ["".join(map(_printable, line)) for line in lines]
-    (file or sys.stdout).write("\n".join(lines) + "\n")
+    stream = file or sys.stdout
+    out = "\n".join(lines) + "\n"
+    encoding = getattr(stream, "encoding", None)
+    if encoding:  # a name the output cannot write (cp1252, a file on Windows): escaped, no crash
+        try:
+            out.encode(encoding)
+        except UnicodeEncodeError:
+            out = out.encode(encoding, "backslashreplace").decode(encoding)
+        except LookupError:
+            pass
+    stream.write(out)
 
 
 def _escaped(char: str) -> str:

@@ -222,6 +222,8 @@ _MAKE_KEY = (
     'make a key with `python -c "import secrets,base64;print(base64.urlsafe_b64encode('
     'secrets.token_bytes(32)).decode())"`.'
 )
+#: The variable ``Keyring.from_env`` reads by default.
+_KEYS_VAR: Final = "ENTRA_PASSTHROUGH_CONSENT_KEYS"
 _KEYRING_FIX = (
     "build it with Keyring.generate() or Keyring.from_string('kid:<base64url of 32 bytes>'); "
     + _MAKE_KEY
@@ -356,16 +358,42 @@ class Keyring:
             keys[kid] = key
             order.append(kid)
         if not order:
-            raise ConfigurationError("Keyring: no keys given.")
+            raise ConfigurationError(
+                "Keyring: no keys given (the text lists none).", fix=_KEYRING_FIX
+            )
         return cls(keys, current=order[0])
 
     @classmethod
     def from_env(
         cls,
-        variable: str = "ENTRA_PASSTHROUGH_CONSENT_KEYS",
+        variable: str | Mapping[str, str] = _KEYS_VAR,
         *,
         environ: Mapping[str, str] | None = None,
     ) -> Keyring:
+        """The keys in the environment variable ``variable`` (``from_string``'s text) of
+        ``environ`` (default ``os.environ``). A mapping in place of ``variable`` is the
+        environment, as the other ``from_env`` take it first: ``Keyring.from_env(env)``."""
+        if isinstance(variable, Mapping):
+            if environ is not None:
+                raise ConfigurationError(
+                    "Keyring.from_env was given two environments (a mapping first, and environ=).",
+                    fix="pass the mapping once: Keyring.from_env(env) or "
+                    "Keyring.from_env(environ=env).",
+                )
+            environ = variable
+            variable = _KEYS_VAR
+        if not isinstance(variable, str) or not variable:
+            raise ConfigurationError(
+                "Keyring.from_env takes the name of an environment variable or a mapping, "
+                f"not {'an empty name' if variable == '' else type(variable).__name__}.",
+                fix=f"call Keyring.from_env() for {_KEYS_VAR}, Keyring.from_env(env) with a "
+                "mapping, or Keyring.from_env('NAME', environ=env).",
+            )
+        if environ is not None and not isinstance(environ, Mapping):
+            raise ConfigurationError(
+                f"Keyring.from_env: environ is a {type(environ).__name__}, not a mapping.",
+                fix="pass environ= a mapping of variable names to values (like os.environ).",
+            )
         value = (os.environ if environ is None else environ).get(variable)
         if not value:
             raise ConfigurationError(

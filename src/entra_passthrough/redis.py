@@ -35,6 +35,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import secrets
 import ssl
 import threading
@@ -49,6 +50,7 @@ from ._checks import seconds, whole_number
 from ._errors import ConfigurationError, SourceUnavailable, require_extra
 from ._http import MAX_SECONDS
 from ._l2 import SharedTokenCache
+from ._redact import redact
 from ._store import ANY, STORE_REFUSED, AnyVersion, Entry
 
 if TYPE_CHECKING:
@@ -186,12 +188,22 @@ _HEX: Final = frozenset(b"0123456789abcdefABCDEF")
 _CA_FILE_VAR: Final = "ENTRA_PASSTHROUGH_REDIS_CA_FILE"
 
 
-def _describe(exc: BaseException, acl_extra: str = "", *, cluster: bool = False) -> tuple[str, str]:
+def _describe(
+    exc: BaseException,
+    acl_extra: str = "",
+    *,
+    cluster: bool = False,
+    namespace: str = "",
+    write: bool = False,
+    tls: bool | None = None,
+) -> tuple[str, str]:
     """(what happened, what to do) for a Redis failure; never echoes the URL or a password.
     ``acl_extra``: the commands the store's URL options need besides (``_acl_extra``);
-    ``cluster``: the store uses a cluster client (``from_url(cluster=True)``)."""
+    ``cluster``: the store uses a cluster client (``from_url(cluster=True)``); ``namespace``:
+    the store's key prefix; ``write``: the call writes (put, delete); ``tls``: the URL is
+    ``rediss://`` (``None``: not known)."""
     if isinstance(exc, RedisClusterException):
-        return _describe_cluster(exc, acl_extra)
+        return _describe_cluster(exc, acl_extra, namespace=namespace, write=write, tls=tls)
     word = None if cluster else _cluster_reply(exc)
     if word is not None:
         # MOVED / ASK / CLUSTERDOWN / TRYAGAIN: only a cluster node answers these, and a
@@ -228,16 +240,25 @@ def _describe(exc: BaseException, acl_extra: str = "", *, cluster: bool = False)
             "has a Redis data access policy assignment.",
         )
     if isinstance(exc, NoPermissionError) or (isinstance(exc, ResponseError) and _acl_refused(exc)):
-        return (
-            "Redis' ACL does not allow this command or key",
-            f"allow the user +get +set +del +eval +evalsha +script|load +ping{acl_extra} on the "
-            "keys ep:* (with the namespace).",
-        )
+        return _acl_refusal(exc, acl_extra, namespace=namespace, write=write)
     if isinstance(exc, OutOfMemoryError):
         return (
             "Redis is full (maxmemory) and refused the write",
             "raise maxmemory or use maxmemory-policy volatile-ttl (every key we write but "
             "platform users' bindings has a TTL).",
+        )
+    if isinstance(exc, TimeoutError) and tls and _in_chain(exc, _CONNECT_TIMEOUT):
+        # A plaintext Redis port reads the TLS ClientHello as the start of an inline command
+        # and waits for its end: no answer until the connect timeout, on both tries.
+        if _in_chain(exc, ("handshake operation timed out",)):
+            what = "Redis took the connection but did not answer the TLS handshake in time"
+        else:
+            what = "Redis did not finish connecting in time, TLS handshake included"
+        return (
+            f"{what}; the URL asks for TLS (rediss://), and a plaintext Redis port never "
+            "answers a TLS handshake",
+            f"use the server's TLS port ({_TLS_PORTS}), or redis:// for a Redis without TLS; "
+            "if the port is right, check the host, the network and the server's load.",
         )
     if isinstance(exc, TimeoutError):
         return ("Redis did not answer in time", "check the Redis server's load and network.")
@@ -246,6 +267,21 @@ def _describe(exc: BaseException, acl_extra: str = "", *, cluster: bool = False)
             "Redis' TLS certificate did not pass certificate verification",
             f"trust the CA that issued the Redis server's certificate with ca_file "
             f"({_CA_FILE_VAR}, a PEM file), and connect to a host name the certificate names.",
+        )
+    if isinstance(exc, ConnectionError) and tls and _not_tls(exc):
+        return (
+            "the server at the URL's port does not speak TLS (its answer to the TLS handshake "
+            "was not TLS), and the URL asks for TLS (rediss://)",
+            f"use the server's TLS port ({_TLS_PORTS}), or redis:// for a Redis without TLS.",
+        )
+    if isinstance(exc, ConnectionError) and tls is False and _closed_at_once(exc):
+        # redis-py sends a command that failed so on a fresh connection once more: a server
+        # that resets every fresh connection at its first command is most likely a TLS port.
+        return (
+            "Redis closed the connection at the first command without answering, as a TLS "
+            "port does to a client without TLS; the URL is redis:// (no TLS)",
+            f"use rediss:// for a TLS port ({_TLS_PORTS}); otherwise check the server's log "
+            "for why it closes connections.",
         )
     if isinstance(exc, ConnectionError):
         return (
@@ -265,7 +301,14 @@ _CLUSTER_FIX: Final = (
 )
 
 
-def _describe_cluster(exc: RedisClusterException, acl_extra: str) -> tuple[str, str]:
+def _describe_cluster(
+    exc: RedisClusterException,
+    acl_extra: str,
+    *,
+    namespace: str = "",
+    write: bool = False,
+    tls: bool | None = None,
+) -> tuple[str, str]:
     """A cluster client's own error. It wraps what went wrong on the node it asked (an ACL that
     refuses CLUSTER SLOTS, a wrong password, a node down, a certificate) in a text that may
     blame something else ("Cluster mode is not enabled"): the cause is described when there
@@ -275,7 +318,9 @@ def _describe_cluster(exc: RedisClusterException, acl_extra: str) -> tuple[str, 
         if seen is None:
             break
         if isinstance(seen, (RedisError, *_TOKEN_ERRORS)) and not _not_a_cluster(seen):
-            return _describe(seen, acl_extra, cluster=True)
+            return _describe(
+                seen, acl_extra, cluster=True, namespace=namespace, write=write, tls=tls
+            )
         seen = seen.__cause__ or seen.__context__
     if _not_a_cluster(exc) or _not_a_cluster(exc.__cause__ or exc.__context__):
         return (
@@ -380,13 +425,21 @@ class RedisStore:
         self._closed = False  # a store built from a client, closed by aclose(): for good
         self._acl_extra = _acl_extra(client)
         self._cluster = _is_cluster(client)
+        self._tls = _where(client).startswith("rediss:")
         self._policy = _PolicyCheck()
 
     def __repr__(self) -> str:
         return f"RedisStore({_where(self.client)})"
 
-    def _failure(self, exc: BaseException) -> SourceUnavailable:
-        return _unavailable(exc, self._acl_extra, cluster=self._cluster)
+    def _failure(self, exc: BaseException, *, write: bool = False) -> SourceUnavailable:
+        return _unavailable(
+            exc,
+            self._acl_extra,
+            cluster=self._cluster,
+            namespace=self.namespace,
+            write=write,
+            tls=self._tls,
+        )
 
     @classmethod
     def from_url(
@@ -404,8 +457,10 @@ class RedisStore:
         """A store for ``url``. ``ca_file`` trusts a private CA for ``rediss://``;
         ``credential_provider`` (redis-py ``CredentialProvider``) supplies user/password
         per connection, e.g. Entra tokens. ``timeout`` bounds every command and connect, and a
-        failed one is retried once on a fresh connection, so a slow or dead Redis costs at most
-        about twice that before the typed error. ``redis://`` (no TLS) is
+        failed one is retried once on a fresh connection, so a command that gets no answer costs
+        at most about twice that before the typed error (a call that misses every cache sends
+        about 14 commands one after another: docs/scale-out.md, A slow Redis). ``redis://``
+        (no TLS) is
         refused for a host other than loopback unless ``allow_plaintext``; a URL option that
         turns certificate or host name checks off is always refused. ``cluster=True``: Redis
         is a Redis Cluster (Azure Managed Redis with its default OSS clustering policy, Azure
@@ -665,6 +720,7 @@ class RedisStore:
                 connect=self._sync_client, namespace=self.namespace, cluster=self._cluster
             )
             self._sync._policy = self._policy  # one check (and warning) for both
+            self._sync._tls = self._tls  # (its client is built at its first call)
         return self._sync
 
     # -- TokenStore ---------------------------------------------------------------------------
@@ -700,7 +756,7 @@ class RedisStore:
                 else:
                     done = await bound.cas_put(keys=[name], args=[expect, version, value, ttl_ms])
         except _STORE_ERRORS as exc:
-            raise self._failure(exc) from None
+            raise self._failure(exc, write=True) from None
         await self._check_policy(bound)
         return version if done else None
 
@@ -714,7 +770,7 @@ class RedisStore:
                 else:
                     done = bool(await bound.cas_delete(keys=[name], args=[expect]))
         except _STORE_ERRORS as exc:
-            raise self._failure(exc) from None
+            raise self._failure(exc, write=True) from None
         await self._check_policy(bound)
         return done
 
@@ -899,12 +955,14 @@ class SyncRedisStore:
         self._client: _SyncClient | None = None
         self._acl_extra = ""
         self._cluster = connect is not None if cluster is None else cluster
+        self._tls: bool | None = None  # not known before the client is built
         if client is not None:
             self._use(client)
 
     def _use(self, client: _SyncClient) -> None:
         self._acl_extra = _acl_extra(client)
         self._cluster = _is_cluster(client)
+        self._tls = _where(client).startswith("rediss:")
         self._put_absent = client.register_script(_PUT_ABSENT)
         self._cas_put = client.register_script(_CAS_PUT)
         self._cas_delete = client.register_script(_CAS_DELETE)
@@ -920,7 +978,13 @@ class SyncRedisStore:
                     try:
                         built = self._connect()
                     except _STORE_ERRORS as exc:  # (no client to replace: not ``_failure``)
-                        raise _unavailable(exc, self._acl_extra, cluster=self._cluster) from None
+                        raise _unavailable(
+                            exc,
+                            self._acl_extra,
+                            cluster=self._cluster,
+                            namespace=self.namespace,
+                            tls=self._tls,
+                        ) from None
                     self._use(built)
         assert self._client is not None
         return self._client
@@ -930,12 +994,19 @@ class SyncRedisStore:
             return "SyncRedisStore(not connected yet)"
         return f"SyncRedisStore({_where(self._client)})"
 
-    def _failure(self, exc: BaseException) -> SourceUnavailable:
+    def _failure(self, exc: BaseException, *, write: bool = False) -> SourceUnavailable:
         if isinstance(exc, RedisClusterException):
             # redis-py 5.x's cluster client, after a re-initialisation that failed while a node
             # was down, can fail every later call although the cluster is back.
             self._broke()
-        return _unavailable(exc, self._acl_extra, cluster=self._cluster)
+        return _unavailable(
+            exc,
+            self._acl_extra,
+            cluster=self._cluster,
+            namespace=self.namespace,
+            write=write,
+            tls=self._tls,
+        )
 
     def _torn(self, exc: AttributeError | TypeError) -> SourceUnavailable:
         """redis-py's own state torn by a connection lost mid-handshake (5.x: "'NoneType'
@@ -995,7 +1066,7 @@ class SyncRedisStore:
             else:
                 done = self._cas_put(keys=[name], args=[expect, version, value, ttl_ms])
         except _STORE_ERRORS as exc:
-            raise self._failure(exc) from None
+            raise self._failure(exc, write=True) from None
         except (AttributeError, TypeError) as exc:
             raise self._torn(exc) from None
         self._check_policy()
@@ -1010,7 +1081,7 @@ class SyncRedisStore:
             else:
                 done = bool(self._cas_delete(keys=[name], args=[expect]))
         except _STORE_ERRORS as exc:
-            raise self._failure(exc) from None
+            raise self._failure(exc, write=True) from None
         except (AttributeError, TypeError) as exc:
             raise self._torn(exc) from None
         self._check_policy()
@@ -1178,6 +1249,107 @@ def _acl_refused(exc: ResponseError) -> bool:
     script can't run this command or subcommand"), which no server log explains."""
     text = str(exc).lower()
     return "noperm" in text or "the user executing the script can't" in text
+
+
+#: Redis' ACL refusal of a command, as 6.x and 7.x word it ("... no permissions to run the
+#: 'evalsha' command"); the name is a command (``script|load``: with its subcommand).
+_ACL_COMMAND: Final = re.compile(r"to run the '([A-Za-z0-9|_.-]{1,64})' command")
+#: How much of Redis' own words a refusal quotes.
+_REPLY_CHARS: Final = 120
+
+
+def _acl_refusal(
+    exc: BaseException, acl_extra: str, *, namespace: str, write: bool
+) -> tuple[str, str]:
+    """What Redis' ACL refused, from its own reply (it names a command, or says a key is not
+    allowed; never a secret, and redacted all the same), with what to grant first: the
+    operator's log (the consent broker's) keeps the message without its fix."""
+    reply = redact(" ".join(str(exc).split()).split(" script: ", 1)[0])  # (not the script's id)
+    if len(reply) > _REPLY_CHARS:
+        reply = reply[: _REPLY_CHARS - 3] + "..."
+    keys = f"~{namespace}ep:*"
+    command = _ACL_COMMAND.search(reply)
+    lowered = reply.lower()
+    if command is not None:
+        name = command.group(1).lower()
+        what = f"Redis' ACL does not allow the command '{name}' for this user: grant it +{name}"
+    elif "executing the script" in lowered:
+        # Redis 7.0 does not say which command inside a script it refused: ours run only
+        # GET, SET (put) and DEL (compare-and-delete).
+        what = (
+            "Redis' ACL does not allow a command the store's scripts run (GET, SET, DEL) for "
+            "this user: grant it +get +set +del"
+        )
+    elif "key" in lowered and write:
+        what = (
+            "Redis' ACL does not allow this user to write the store's keys, and refused the "
+            f"write: grant it read and write on {keys} (a %R~ rule allows reads only)"
+        )
+    elif "key" in lowered:
+        what = (
+            "Redis' ACL does not allow this user to read the store's keys: grant it read and "
+            f"write on {keys}"
+        )
+    else:
+        what = "Redis' ACL does not allow this command or key"
+    return (
+        f"{what}; Redis said: {reply}",
+        f"allow the user +get +set +del +eval +evalsha +script|load +ping{acl_extra} on the "
+        f"keys {keys}, read and write (the least the store needs: docs/scale-out.md).",
+    )
+
+
+#: Where TLS is, for the scheme/port mix-ups (the usual one: rediss:// to Azure's port 6379).
+_TLS_PORTS: Final = (
+    "Azure Cache for Redis: 6380 with TLS, 6379 without; Azure Managed Redis: 10000, TLS by default"
+)
+#: redis-py's words for a connect (TCP, then the TLS handshake) that timed out.
+_CONNECT_TIMEOUT: Final = ("timeout connecting", "handshake operation timed out")
+#: OpenSSL's reasons for a handshake whose answer was not TLS (a plaintext server's reply).
+_NOT_TLS_REASONS: Final = (
+    "WRONG_VERSION_NUMBER",
+    "RECORD_LAYER_FAILURE",
+    "PACKET_LENGTH_TOO_LONG",
+    "UNKNOWN_PROTOCOL",
+    "HTTP_REQUEST",
+)
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and its causes (bounded walk of the chain)."""
+    seen: list[BaseException] = []
+    at: BaseException | None = exc
+    while at is not None and len(seen) < 8:
+        seen.append(at)
+        at = at.__cause__ or at.__context__
+    return seen
+
+
+def _in_chain(exc: BaseException, words: tuple[str, ...]) -> bool:
+    """Whether ``exc`` or a cause says one of ``words`` (lower case)."""
+    return any(word in str(seen).lower() for seen in _causes(exc) for word in words)
+
+
+def _not_tls(exc: BaseException) -> bool:
+    """Whether the TLS handshake failed because the server's answer was not TLS."""
+    for seen in _causes(exc):
+        if (
+            isinstance(seen, ssl.SSLError)
+            and not isinstance(seen, ssl.SSLCertVerificationError)
+            and str(getattr(seen, "reason", "") or "").upper() in _NOT_TLS_REASONS
+        ):
+            return True
+        text = str(seen).upper().replace(" ", "_")
+        if any(reason in text for reason in _NOT_TLS_REASONS):
+            return True
+    return False
+
+
+def _closed_at_once(exc: BaseException) -> bool:
+    """Whether the server reset or closed the connection (not refused it: nothing listens)."""
+    return any(isinstance(seen, ConnectionResetError) for seen in _causes(exc)) or _in_chain(
+        exc, ("connection closed by server", "connection reset by peer")
+    )
 
 
 def _acl_extra(client: Any) -> str:
@@ -1348,9 +1520,17 @@ def _refused(exc: BaseException, cluster: bool) -> bool:
 
 
 def _unavailable(
-    exc: BaseException, acl_extra: str = "", *, cluster: bool = False
+    exc: BaseException,
+    acl_extra: str = "",
+    *,
+    cluster: bool = False,
+    namespace: str = "",
+    write: bool = False,
+    tls: bool | None = None,
 ) -> SourceUnavailable:
-    what, fix = _describe(exc, acl_extra, cluster=cluster)
+    what, fix = _describe(
+        exc, acl_extra, cluster=cluster, namespace=namespace, write=write, tls=tls
+    )
     return SourceUnavailable(
         f"The shared token store is unavailable: {what}.",
         fix=fix,

@@ -157,6 +157,10 @@ async def test_a_redemption_whose_lease_was_taken_over_does_not_post(
     (compare-and-set) finds B's record: A does not POST the old refresh token, reads the grant
     again and refreshes with the rotated one."""
     async with _two(consent_env, acl_user.url, redis_server.url, "chat-quinn-t") as two:
+        # A's job waits for the busy workers: not moved to a spare thread after 2 s (B now
+        # waits a whole lease from its first read of A's, and the spare thread would run A's
+        # extension while the store still refuses it).
+        two.a.client.pool.STALL_AFTER = 30.0
         busy = BusyPool(two.a)
         await busy.held()
         from_a = asyncio.ensure_future(two.a.get_token_async(two.request))

@@ -96,6 +96,10 @@ _ACCOUNT_BLOCKED_CODES = frozenset({50057, 50053})
 #: (``_consent_client.HTTP_TIMEOUT``).
 LEASE_SECONDS = 20.0
 _MAX_ATTEMPTS = 60
+#: The most other replicas' refresh leases ``DelegatedConsent`` times at once (one per user it
+#: waits for). Beyond it the oldest is forgotten: seen again, it is timed afresh (waited for
+#: longer, never cut short).
+_MAX_SEEN_LEASES = 4096
 
 
 class _Grants:
@@ -427,6 +431,11 @@ class DelegatedConsent:
         #: a lease of ours merely missing from ``_active`` may be another process's (a worker
         #: forked after this instance was built shares its tag; ``_lease_tag`` adds the pid).
         self._uncertain: set[str] = set()
+        #: Other replicas' refresh leases, timed on this process's monotonic clock: key hash
+        #: -> (owner, version of the record) and when this instance first read that exact
+        #: lease (``_lease_lives``).
+        self._seen_leases: dict[str, tuple[tuple[str, str], float]] = {}
+        self._seen_lock = threading.Lock()  # sync callers' threads and event loops share it
         self._flights: dict[tuple[int, str], tuple[tuple[Any, ...], asyncio.Future[Any]]] = {}
         self._created_http: Any = None  # from_env built the HTTP session (CA file)
 
@@ -913,8 +922,8 @@ class DelegatedConsent:
                 # it, so waiting for it would only wait for ourselves. Taken over (below, a
                 # compare-and-set on the version just read, like any free grant).
                 grant = dataclasses.replace(grant, lease_owner=None, lease_until=0.0)
-            if grant.lease_owner and (
-                grant.lease_until > now or self.grants.failed_within(LEASE_SECONDS)
+            if self._lease_lives(key.hashed, grant, version, now) or (
+                grant.lease_owner and self.grants.failed_within(LEASE_SECONDS)
             ):
                 # Another replica is rotating this user's refresh token: wait for its result
                 # rather than spend the same refresh token twice. After a store outage its
@@ -957,6 +966,43 @@ class DelegatedConsent:
             scopes=scopes,
         )
 
+    def _lease_lives(self, key_hash: str, grant: StoredGrant, version: str, now: float) -> bool:
+        """Whether the refresh lease in ``grant`` (read at ``version``) may still be held.
+
+        ``lease_until`` is the holder's wall clock: another host's clock may be minutes off
+        ours, and compared with ours its lease looked expired while the holder was still
+        redeeming (its clock behind ours, or ours ahead), so two replicas redeemed the same
+        refresh token. Another replica's lease is therefore timed here, on this process's
+        monotonic clock: it lives for ``LEASE_SECONDS`` from when this instance first read that
+        exact lease (owner and record version), whatever ``lease_until`` says. That is safe
+        whatever the clocks: a live holder writes a new version at least every third of the
+        lease (renewals), and its POST starts right after a write (the extension) and ends
+        within ``HTTP_TIMEOUT``, well within a lease; each new version is timed afresh. The
+        cost: a dead holder's lease is taken over ``LEASE_SECONDS`` after this replica first
+        read it, rather than when it says it expires, so up to ``LEASE_SECONDS`` later (a
+        replica that starts after a crash waits that long once for the crashed refresh); a
+        holder whose clock is ahead delays nothing. (The store's own clock would need a
+        ``TokenStore`` call that ``MemoryStore`` and every other store lack.) A lease of this
+        instance's or of a worker forked from it (the same tag) was written with this host's
+        clock: its ``lease_until`` is exact and is used as is."""
+        owner = grant.lease_owner
+        seen_leases = self._seen_leases
+        with self._seen_lock:
+            if owner is None or owner.startswith(f"{self._replica}:"):
+                seen_leases.pop(key_hash, None)
+                return owner is not None and grant.lease_until > now
+            tick = time.monotonic()
+            lease = (owner, version)
+            seen = seen_leases.get(key_hash)
+            if seen is not None and seen[0] == lease:
+                return tick - seen[1] < LEASE_SECONDS
+            # First read of this lease, or of a renewal of it (a new version): timed from now.
+            seen_leases.pop(key_hash, None)
+            while len(seen_leases) >= _MAX_SEEN_LEASES:
+                del seen_leases[next(iter(seen_leases))]  # the oldest
+            seen_leases[key_hash] = (lease, tick)
+            return True
+
     def _abandoned(self, owner: str | None) -> bool:
         """Whether ``owner`` is a lease this process wrote without getting the answer, and no
         refresh of it holds (one taken over is forgotten)."""
@@ -981,8 +1027,9 @@ class DelegatedConsent:
         except _LeaseLost:
             logger.warning(
                 "a refresh lease ran out before its redemption started (the grant store did "
-                "not renew it in time) and another replica took it; this replica did not "
-                "redeem the refresh token and reads the grant again"
+                "not renew it in time) and another replica took it, or the grant was deleted "
+                "(signed out); this replica did not redeem the refresh token and reads the "
+                "grant again"
             )
             return None
         except BaseException as exc:
@@ -1037,6 +1084,26 @@ class DelegatedConsent:
             )
         else:
             if written is None:
+                current = yield _Grants("get_grant", key.hashed)
+                if current is None:
+                    # The user signed out (or the grant was otherwise deleted) while this
+                    # refresh was at Entra. Its token is dropped, also for the request that
+                    # started it before the sign-out: it was issued after the sign-out, and a
+                    # token returned here is cached by the chain, in this replica and in the
+                    # shared cache, and served to every replica for its whole life. Sign-out
+                    # stops new tokens (docs/consent.md); the caller gets the ConsentRequired
+                    # any later request gets. The rotated refresh token is not stored either.
+                    logger.warning(
+                        "the user's consent grant was deleted (signed out) while its refresh "
+                        "was at Entra; the token Entra issued is dropped, neither served nor "
+                        "cached, and the user must consent again"
+                    )
+                    raise self._consent_required(
+                        key,
+                        scopes,
+                        "the user signed out while their token was being refreshed",
+                        claims=request.claims,
+                    )
                 # Our lease expired and another replica took over; its refresh token is newer.
                 logger.warning("consent grant changed during a refresh; keeping the newer one")
         result = result_from_msal(

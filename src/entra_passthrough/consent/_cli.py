@@ -26,6 +26,7 @@ Configuration is a JSON file with no secrets in it; secrets come from the enviro
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import sys
@@ -64,6 +65,7 @@ def build_broker(
     from ._broker import ConsentBroker
 
     env = dict(os.environ if environ is None else environ)
+    check_keys(config)
     for required in ("client_id", "tenant_id", "redirect_uris"):
         if not config.get(required):
             raise ConfigurationError(f"the broker config has no {required!r}.")
@@ -112,6 +114,25 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "redirect_uris": (list,),
     "allowed_tenants": (list,),
 }
+
+
+#: Every key of the broker config (docs/consent.md): ``_TYPES`` and the front end's addresses.
+_KEYS = frozenset({*_TYPES, "forwarded_allow_ips"})
+
+
+def check_keys(config: dict[str, Any]) -> None:
+    """A key the config does not have is refused with the closest known one: a misspelt
+    ``allowed_tenant`` was ignored, and a tenantless broker then took every tenant. Keys that
+    start with ``_`` (a ``"_comment"``) are skipped, as in the emulator's world files."""
+    for key in config:
+        if str(key) in _KEYS or str(key).startswith("_"):
+            continue
+        close = difflib.get_close_matches(str(key), sorted(_KEYS), n=1)
+        raise ConfigurationError(
+            f"the broker config has an unknown key {str(key)[:64]!r}"
+            + (f" (did you mean {close[0]!r}?)." if close else "."),
+            fix=f"use only the keys {', '.join(sorted(_KEYS))} (docs/consent.md)",
+        )
 
 
 def _check_types(config: dict[str, Any]) -> None:
@@ -227,6 +248,7 @@ def main(argv: list[str]) -> int:
             return 2
         if not isinstance(config, dict):
             raise ConfigurationError("the broker config must be a JSON object.")
+        check_keys(config)  # before "forwarded_allow_ips" is read: a misspelt one is named
         trusted = trusted_proxies(config, flag=args.forwarded_allow_ips)
         refusal = _refusal(args, trusted) or _unloadable(args)
         if refusal is not None:

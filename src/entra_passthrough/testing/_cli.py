@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from .._errors import ConfigurationError
 from ..cli import parser_for
 from ._emulator import EntraEmulator
 from ._world import World
@@ -175,6 +176,8 @@ def main(argv: list[str]) -> int:
         # TOMLDecodeError is a ValueError; a file whose top level is not a table, AttributeError
         # (an OSError says what happened to the file; anything else, which kind of problem)
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else None
+        if isinstance(exc, ConfigurationError):  # says what, where and the fix: all of it
+            why = " ".join(str(exc).split())[:600]
         sys.stderr.write(
             f"entra-passthrough emulator: cannot load {config}: {why or type(exc).__name__}"
             + ("" if why else f" ({str(exc)[:200]})")

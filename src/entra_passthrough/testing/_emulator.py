@@ -19,6 +19,7 @@ from requests.adapters import HTTPAdapter
 from .._checks import seconds
 from . import _ca
 from ._az import az_env, write_stand_in
+from ._config import check_world
 from ._issue import mint_access, user_subject
 from ._msi import HOST_VARIABLES
 from ._server import ServerThread, build_app, build_msi_app
@@ -51,6 +52,7 @@ class EntraEmulator:
         self, *, world: World | None = None, port: int = 0, token_latency: float = 0.0
     ) -> None:
         self._world = world or World.default()
+        check_world(self._world)  # no tenant, a grant naming no app...: refused before it runs
         self._port = port
         self._rt = Runtime(world=self._world, token_latency=_latency(token_latency))
         self._dir: Path | None = None
