@@ -70,6 +70,8 @@ class CallerMiddleware(CaptureASGI):
     (``WWW-Authenticate: Bearer ...``, RFC 6750 and RFC 9728's ``resource_metadata``) when no
     usable bearer was sent; ``verifier=JwtVerifier(...)`` verifies it (401/403 on failure)
     and sets ``caller.verified``. The Caller is also at ``scope["state"]["entra_caller"]``.
+    ``open_paths``: exact paths (a health probe's, ``/readiness``) whose ``GET``/``HEAD`` are
+    neither refused nor verified and run with no caller: a probe sends no token.
 
     >>> app = CallerMiddleware(app, require_caller=True, verifier=JwtVerifier(audiences=[...]))
     """
@@ -83,7 +85,9 @@ class CallerMiddleware(CaptureASGI):
         verifier: Verifier | None = None,
         resource_metadata_url: str | None = None,
         realm: str | None = None,
+        open_paths: Sequence[str] = (),
     ) -> None:
+        self.open_paths = _open_paths(open_paths)
         if isinstance(assertion_headers, str):
             assertion_headers = (assertion_headers,)
         given_headers: object = assertion_headers
@@ -140,6 +144,15 @@ class CallerMiddleware(CaptureASGI):
     # ``__call__``, the per-request path, is ``CaptureASGI``'s.
 
     async def _admit(self, caller: Caller, scope: Scope, send: Send) -> bool:
+        if (
+            self.open_paths
+            and scope.get("path") in self.open_paths
+            and scope.get("method") in ("GET", "HEAD")
+        ):
+            # A health probe: not checked, and it runs with no caller (ended: every reader
+            # takes it for none), so nothing on that path can act for the token it may carry.
+            caller.end()
+            return True
         try:
             await self._check(caller, scope)
         except _Reject as reject:
@@ -248,6 +261,24 @@ class CallerMiddleware(CaptureASGI):
             head=scope.get("method") == "HEAD",
             websocket=websocket,
         )
+
+
+def _open_paths(paths: object) -> frozenset[str]:
+    """``open_paths`` checked: a list of exact paths, each beginning with ``/``."""
+    listed: tuple[object, ...] | None = None
+    if not isinstance(paths, str | bytes | bytearray):
+        with contextlib.suppress(TypeError):
+            listed = tuple(cast("Iterable[object]", paths))
+    if listed is None or not all(
+        isinstance(p, str) and p.startswith("/") and "{" not in p and "?" not in p for p in listed
+    ):
+        raise ConfigurationError(
+            "open_paths must be a list of exact request paths, each beginning with '/' (no "
+            "query, no {parameters}).",
+            fix="pass e.g. open_paths=['/readiness'] (the paths of health probes, which send "
+            "no token), or leave it out.",
+        )
+    return frozenset(cast("tuple[str, ...]", listed))
 
 
 def _http_response_offered(scope: Scope) -> bool:

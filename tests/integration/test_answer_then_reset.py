@@ -317,3 +317,53 @@ async def test_a_call_reset_again_after_its_resend_is_not_sent_a_third_time(
     assert "reset again" in said, said
     assert "ENTRA_PASSTHROUGH_MCP_RESEND_ON_RESET=false" in said, said
     assert "did not run" not in said, said
+    assert "not sent a third time (it may have run twice)" in said, said
+    assert "never runs twice" not in said, said  # it may have: the one resend is allowed
+
+
+async def test_a_call_reset_then_closed_before_its_resend_may_have_run(
+    idp: EntraEmulator, users: list[User], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A device forwards the call (it runs), resets the connection, and then refuses
+    connections; the tool is closed (a host shutting down) while it tries to send the call
+    again. The call may have run: ``CallOutcomeUnknown``, never "it did not run" (the close
+    path said that, as if the reset had been the server's)."""
+    from entra_passthrough import mcp
+
+    monkeypatch.setattr(mcp, "RESET_WINDOW", 60.0)  # prompt however loaded the machine is
+    hop = _CuttingHop("answer_begun", keep=0, times=1)
+    await hop.start()
+    executions: list[tuple[str, str]] = []
+    server = mcp_behind(idp, hop.port, executions)
+    hop.upstream = server.port
+    tool = entra_mcp_tool(
+        "records", f"http://127.0.0.1:{hop.port}/mcp", chain=make_chain(idp), scopes=scopes_of(idp)
+    )
+    user = users[23]
+    who = f"{user.oid}|closed"
+    try:
+        with bind_caller(token=agent_token(idp, user)):
+            call = asyncio.ensure_future(tool.call_tool("whoami", who=who))
+            for _ in range(400):  # bounded: until the device has the call
+                if hop.cuts or call.done():
+                    break
+                await asyncio.sleep(0.025)
+            assert hop._server is not None
+            hop._server.close()  # no new connection from now on: the resend cannot go out
+            for _ in range(400):  # bounded: until the call ran on the server
+                if executions or call.done():
+                    break
+                await asyncio.sleep(0.025)
+            await asyncio.sleep(0.5)  # the tool is trying to send it again
+            await tool.close()
+            with pytest.raises(CallOutcomeUnknown) as raised:
+                await asyncio.wait_for(call, 60)
+    finally:
+        await tool.close()
+        server.stop()
+        await hop.aclose()
+    assert Counter(name for name, _ in executions) == {who: 1}
+    said = str(raised.value)
+    assert "may have run" in said, said
+    assert "could not be sent again" in said, said
+    assert "did not run" not in said, said

@@ -206,6 +206,23 @@ def test_the_pool_keys_by_the_user_entra_issued_or_a_verifier_checked() -> None:
     assert issued_pool_key(opaque, Caller.from_token(None, user_id="chat-user")) is None
 
 
+def test_an_app_token_keys_by_the_app_only_for_a_request_without_a_user() -> None:
+    # user_or_app served a request with no user at all as the app: the app's service
+    # principal (the app token's tid/oid) keys its connection. A request that names a user (a
+    # verified token, a platform user id, even an unverified bearer) never gets the app's key:
+    # by the verified user, else no pooling (a toolbox route serves the agent's token for
+    # each user, whose tool lists differ).
+    app = TokenResult(bare_jwt(tid="t", oid="sp"), time.time() + 600, IdentityKind.APP, "mi")
+    nobody = Caller.from_token(None)
+    assert issued_pool_key(app, nobody) == UserKey.for_entra_user("t", "sp")
+    platform = Caller.from_token(None, user_id="chat-user")
+    assert issued_pool_key(app, platform) is None
+    unverified = Caller.from_token(bare_jwt(tid="t", oid="u", aud="a", exp=4_000_000_000))
+    assert issued_pool_key(app, unverified) is None
+    unverified.verified = {"tid": "t", "oid": "u"}
+    assert issued_pool_key(app, unverified) == UserKey.for_entra_user("t", "u")
+
+
 def test_pool_options_are_validated() -> None:
     with pytest.raises(ConfigurationError):
         PoolOptions(max_connections=0)

@@ -102,7 +102,7 @@ async def test_a_refresh_that_ends_after_the_sign_out_shares_no_token(
             with pytest.raises(ConsentRequired):
                 await ask(chain)
         assert "keeping the newer one" not in caplog.text  # there is no newer grant
-        assert "was deleted (signed out) while its refresh was at Entra" in caplog.text
+        assert "consent grant was deleted while its refresh was at Entra" in caplog.text
     finally:
         env.idp.clear_faults()
         for chain in chains:

@@ -1093,15 +1093,19 @@ class DelegatedConsent:
                     # shared cache, and served to every replica for its whole life. Sign-out
                     # stops new tokens (docs/consent.md); the caller gets the ConsentRequired
                     # any later request gets. The rotated refresh token is not stored either.
+                    # (Deleted by a sign-out, or lost by the store: flushed, evicted, a restart
+                    # without persistence. Nothing here tells which: both are said.)
                     logger.warning(
-                        "the user's consent grant was deleted (signed out) while its refresh "
-                        "was at Entra; the token Entra issued is dropped, neither served nor "
-                        "cached, and the user must consent again"
+                        "the user's consent grant was deleted while its refresh was at Entra "
+                        "(the user signed out, or the store lost it: flushed, evicted, "
+                        "restarted without persistence); the token Entra issued is dropped, "
+                        "neither served nor cached, and the user must consent again"
                     )
                     raise self._consent_required(
                         key,
                         scopes,
-                        "the user signed out while their token was being refreshed",
+                        "the stored consent was deleted while the user's token was being "
+                        "refreshed (a sign-out, or the store lost it)",
                         claims=request.claims,
                     )
                 # Our lease expired and another replica took over; its refresh token is newer.

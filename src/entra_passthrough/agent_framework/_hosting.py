@@ -652,6 +652,22 @@ async def _answer(
     await send({"type": "http.response.body", "body": payload})
 
 
+def _readiness_paths(app: Any) -> tuple[str, ...]:
+    """The paths of the app's routes named ``readiness`` (the agent server's health probe,
+    which sends no token), without path parameters."""
+    paths = []
+    for route in getattr(app, "routes", None) or ():
+        path = getattr(route, "path", None)
+        if (
+            getattr(route, "name", None) == "readiness"
+            and isinstance(path, str)
+            and path.startswith("/")
+            and "{" not in path
+        ):
+            paths.append(path)
+    return tuple(paths)
+
+
 def install(
     app: Any,
     *,
@@ -661,6 +677,7 @@ def install(
     max_run_seconds: float = 3600.0,
     close_on_shutdown: Sequence[Any] = (),
     response_owners: TokenStore | None = None,
+    open_paths: Sequence[str] | None = None,
 ) -> Any:
     """Add the capture middleware to a ``ResponsesHostServer`` (or any Starlette app) before
     it starts: ``CallerMiddleware`` outermost, ``BackgroundRunCallers`` inside, and on a
@@ -675,6 +692,9 @@ def install(
     refused here (``ConfigurationError``).
     ``response_owners``: where ``ResponseOwners`` keeps each response's owner (default: in
     this process); a shared ``RedisStore`` for replicas, and to keep them across restarts.
+    ``open_paths``: paths whose ``GET``/``HEAD`` ``require_caller`` and ``verifier`` leave
+    alone (``CallerMiddleware(open_paths=)``); default: the host's readiness route
+    (``/readiness`` on a ``ResponsesHostServer``), which a health probe calls without a token.
 
     >>> app = install(ResponsesHostServer(agent=make_agent), verifier=JwtVerifier(...),
     ...               close_on_shutdown=[pool])
@@ -710,6 +730,7 @@ def install(
         assertion_headers=tuple(assertion_headers),
         require_caller=require_caller,
         verifier=verifier,
+        open_paths=_readiness_paths(app) if open_paths is None else open_paths,
     )
     if chain_shutdown is not None:
         chain_shutdown()

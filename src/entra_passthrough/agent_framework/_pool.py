@@ -90,16 +90,35 @@ def issued_pool_key(result: TokenResult, caller: Caller) -> UserKey | None:
     """The ``UserKey`` the pool keys a connection by: the tid/oid of the token Entra issued for
     the MCP server (a JWT: it came straight from Entra), else the caller's verified tid/oid (a
     verifier checked them), else ``None`` (no pooling: the caller's own claims are unverified
-    and could copy another user's; a platform user id names no Entra user)."""
+    and could copy another user's; a platform user id names no Entra user).
+
+    A request with no user at all (no bearer, no platform user id) that the policy serves as
+    the app (``user_or_app``) is keyed by the app's service principal, the tid/oid of the app
+    token Entra issued (an object id no user has): every such request shares the app's
+    connection, and no user's. An app token served for a request that does name a user (a
+    Foundry toolbox route: the agent's token, the user's call id) keys by that user, never by
+    the app: each user keeps a connection (and a tool list) of their own."""
     if result.kind is IdentityKind.USER:
-        try:
-            claims = UnverifiedClaims.from_token(result.token)
-        except (JwtDecodeError, ValueError, OverflowError):
-            claims = None
-        if claims is not None and claims.tid and claims.oid:
-            return UserKey.for_entra_user(claims.tid, claims.oid)
+        key = _issued_key(result)
+        if key is not None:
+            return key
     key = UserKey.from_caller(caller)
-    return key if key is not None and key.kind == "entra" else None
+    if key is not None:
+        return key if key.kind == "entra" else None
+    if not caller.presented and caller.user_id is None:
+        return _issued_key(result)
+    return None
+
+
+def _issued_key(result: TokenResult) -> UserKey | None:
+    """The tid/oid of the token Entra issued, as a key (``None``: not a JWT naming both)."""
+    try:
+        claims = UnverifiedClaims.from_token(result.token)
+    except (JwtDecodeError, ValueError, OverflowError):
+        return None
+    if claims.tid and claims.oid:
+        return UserKey.for_entra_user(claims.tid, claims.oid)
+    return None
 
 
 class EntraMCPToolPool:
@@ -143,7 +162,8 @@ class EntraMCPToolPool:
         refused audience, a forged assertion...) nothing is leased, and the tool returned is a
         lone one that sends nothing and fails the run with the explanation (or the consent
         request). Raises ``NoCallerError``
-        without an active caller whose token Entra issued for a user (or a verified one), and
+        without an active caller, or when the token names no identity to key the connection by
+        (not a JWT from Entra, and no verifier checked the caller), and
         ``AssertionExpired`` when the caller ended because its token expired."""
         if self._closed:
             raise ConfigurationError(f"the MCP connection pool {self.name!r} is closed")

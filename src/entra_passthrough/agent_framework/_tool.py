@@ -1029,6 +1029,7 @@ class EntraMCPTool(HookedMCPTool):
         # second one says the assumption does not hold here (a device that forwards each call
         # and then resets), and each resend would run the tool once more.
         resent_after_reset = False
+        sent: CallAttempt | None = None  # the last attempt made
         for number in range(1, _MAX_ATTEMPTS + 1):
             if self._principal_bound:
                 if time.monotonic() - self._bound_at < _BOUND_VERDICT_SECONDS:
@@ -1037,12 +1038,19 @@ class EntraMCPTool(HookedMCPTool):
                 # within two user switches).
                 self._principal_bound = False
                 self._bound_suspect = None
-            await self._await_reconnect()
-            result = await self._resolve(caller)  # again before every attempt
-            # Resolving may have taken a while (a token exchange): a connect may have started
-            # meanwhile, and may have a session but no tool list yet.
-            await self._until_sendable(tool_name, closes)
-            self._stop_if_closed(closes)
+            try:
+                await self._await_reconnect()
+                result = await self._resolve(caller)  # again before every attempt
+                # Resolving may have taken a while (a token exchange): a connect may have
+                # started meanwhile, and may have a session but no tool list yet.
+                await self._until_sendable(tool_name, closes)
+                self._stop_if_closed(closes)
+            except UserInputRequiredException:
+                raise
+            except Exception as exc:
+                if resent_after_reset and sent is not None:  # the resent one may have run
+                    raise self._outcome_unknown("reset_then_unsent", exc, sent, tool_name) from exc
+                raise
             generation = self._generation
             attempt: CallAttempt
             try:
@@ -1059,6 +1067,7 @@ class EntraMCPTool(HookedMCPTool):
                 self._cut_off.pop(attempt, None)
                 raise
             except Exception as exc:
+                sent = attempt
                 cut_off = self._cut_off.pop(attempt, None)
                 attempt.close()  # a request of it not yet in the transport never leaves now
                 with suppress(TimeoutError):  # its requests' own outcome, then the verdict
@@ -1112,26 +1121,34 @@ class EntraMCPTool(HookedMCPTool):
                         f"{self.server_label!r} (it did not run): " + _gave_up(number, refusals),
                         exc,
                     ) from exc
-                if verdict != "refused" and not is_dead_connection(exc) and self.is_connected:
-                    # The server could not be reached (a restart's gap) but the connection is
-                    # alive: back off and send again on it. Replacing it would cut off the calls
-                    # still in flight on it, which the server may yet answer.
+                try:
+                    if verdict != "refused" and not is_dead_connection(exc) and self.is_connected:
+                        # The server could not be reached (a restart's gap) but the connection
+                        # is alive: back off and send again on it. Replacing it would cut off
+                        # the calls still in flight on it, which the server may yet answer.
+                        _log.info(
+                            "MCP server %r: call not sent (%s), retrying",
+                            self.server_label,
+                            type(exc).__name__,
+                        )
+                        pause = functools.partial(self._pause, closes=closes)
+                        delay = await _back_off(delay, pause)
+                        continue
+                    self._stop_if_closed(closes)  # not reopened behind the closer
                     _log.info(
-                        "MCP server %r: call not sent (%s), retrying",
+                        "MCP server %r: call not sent (%s), reconnecting and retrying",
                         self.server_label,
                         type(exc).__name__,
                     )
-                    delay = await _back_off(delay, functools.partial(self._pause, closes=closes))
+                    reconnects += 1
+                    await self._recover(generation, deadline, closes)
                     continue
-                self._stop_if_closed(closes)  # not reopened behind the closer
-                _log.info(
-                    "MCP server %r: call not sent (%s), reconnecting and retrying",
-                    self.server_label,
-                    type(exc).__name__,
-                )
-                reconnects += 1
-                await self._recover(generation, deadline, closes)
-                continue
+                except Exception as stopped:
+                    if resent_after_reset:  # the attempt sent after the reset may have run
+                        raise self._outcome_unknown(
+                            "reset_then_unsent", stopped, attempt, tool_name
+                        ) from stopped
+                    raise
             self._cut_off.pop(attempt, None)  # answered before the close cut it off
             if (
                 self.mode == "shared"
@@ -1240,16 +1257,19 @@ class EntraMCPTool(HookedMCPTool):
                 f"{by} and closed the connection under this call after waiting {_DRAIN_WAIT:g} "
                 "s for it to finish"
             )
-        elif verdict in ("reset_again", "reset_then_gave_up"):
+        elif verdict in ("reset_again", "reset_then_gave_up", "reset_then_unsent"):
+            then = {
+                "reset_again": "sent once more, and was reset again: a device in front of the "
+                "server (a load balancer, a gateway) may forward each call and then reset the "
+                "connection",
+                "reset_then_gave_up": "then the server could not be reached to send it again",
+                "reset_then_unsent": "then it could not be sent again ("
+                + str(exc).split("\n", 1)[0][:300]
+                + ")",
+            }[verdict]
             why = (
                 "the server reset the connection as the call arrived, before any answer; it "
-                "was taken as not read and sent once more, "
-                + (
-                    "and was reset again: a device in front of the server (a load balancer, "
-                    "a gateway) may forward each call and then reset the connection"
-                    if verdict == "reset_again"
-                    else "and then the server could not be reached"
-                )
+                f"was taken as not read, {then}"
             )
             fix = (
                 " Fix: if a device in front of the server forwards calls and then resets "
@@ -1294,10 +1314,15 @@ class EntraMCPTool(HookedMCPTool):
                 f" The server asked to wait {_wait_text(retry_after)} (Retry-After) before "
                 "calling again."
             )
+        not_again = (
+            "it is not sent a third time (it may have run twice)"
+            if verdict == "reset_again"
+            else "it is not retried automatically so that it never runs twice"
+        )
         return CallOutcomeUnknown(
             f"The call to tool {tool_name!r} on MCP server {self.server_label!r} may have run: "
-            f"{why}, and it is not retried automatically so that it never runs twice. Check "
-            f"whether it took effect before calling it again.{wait}{fix}",
+            f"{why}, and {not_again}. Check whether it took effect before calling it "
+            f"again.{wait}{fix}",
             exc,
             status=status,
             retry_after=retry_after,
