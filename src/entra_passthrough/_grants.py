@@ -96,9 +96,18 @@ class StoredGrant:
 
     @classmethod
     def from_json(cls, raw: bytes) -> StoredGrant:
+        """A record this version or another wrote: fields it does not know (a newer version's,
+        during a rolling upgrade) are ignored, so the user's grant is still served; a record
+        missing a field this version needs is unreadable (``TypeError``/``KeyError``)."""
         data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise TypeError("a grant record is a JSON object")
+        data = {name: value for name, value in data.items() if name in _GRANT_FIELDS}
         data["scopes"] = tuple(data["scopes"])
         return cls(**data)
+
+
+_GRANT_FIELDS = frozenset(each.name for each in dataclasses.fields(StoredGrant))
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,7 +286,15 @@ class GrantStore:
             return None
         try:
             grant = StoredGrant.from_json(found[0])
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError) as exc:
+            # Sealed by our key, so ours, yet unreadable (a record shape this version does not
+            # know): absent for this version, and said, never silently "no consent".
+            logger.warning(
+                "a stored consent grant could not be read (%s): it is taken as absent, and the "
+                "user is asked to consent again. Fix: run one version of the library on every "
+                "replica and the broker (a record written by another version)",
+                type(exc).__name__,
+            )
             return None
         if grant.client_id.lower() != self.client_id.lower():
             return None  # another app's grant: absent for this one (and never deleted by it)

@@ -70,8 +70,10 @@ class CallerMiddleware(CaptureASGI):
     (``WWW-Authenticate: Bearer ...``, RFC 6750 and RFC 9728's ``resource_metadata``) when no
     usable bearer was sent; ``verifier=JwtVerifier(...)`` verifies it (401/403 on failure)
     and sets ``caller.verified``. The Caller is also at ``scope["state"]["entra_caller"]``.
-    ``open_paths``: exact paths (a health probe's, ``/readiness``) whose ``GET``/``HEAD`` are
-    neither refused nor verified and run with no caller: a probe sends no token.
+    ``open_paths``: exact paths (a health probe's, ``/readiness``; after the app's
+    ``root_path``) whose ``GET``/``HEAD`` ``require_caller`` and ``verifier`` neither refuse nor
+    verify, and which then run with no caller: a probe sends no token. (Without either check
+    it changes nothing.)
 
     >>> app = CallerMiddleware(app, require_caller=True, verifier=JwtVerifier(audiences=[...]))
     """
@@ -146,8 +148,8 @@ class CallerMiddleware(CaptureASGI):
     async def _admit(self, caller: Caller, scope: Scope, send: Send) -> bool:
         if (
             self.open_paths
-            and scope.get("path") in self.open_paths
             and scope.get("method") in ("GET", "HEAD")
+            and _route_path(scope) in self.open_paths
         ):
             # A health probe: not checked, and it runs with no caller (ended: every reader
             # takes it for none), so nothing on that path can act for the token it may carry.
@@ -261,6 +263,16 @@ class CallerMiddleware(CaptureASGI):
             head=scope.get("method") == "HEAD",
             websocket=websocket,
         )
+
+
+def _route_path(scope: Scope) -> object:
+    """The path the app routes by: ``path`` without the ``root_path`` it starts with (a
+    server's ``--root-path``, a mount in a parent app), as Starlette's router reads it."""
+    path = scope.get("path")
+    root = scope.get("root_path")
+    if isinstance(path, str) and isinstance(root, str) and root and path.startswith(root):
+        return path[len(root) :]
+    return path
 
 
 def _open_paths(paths: object) -> frozenset[str]:

@@ -175,11 +175,16 @@ class _CuttingHop(LoopbackHop):
     it, passes on the first ``keep`` bytes of the server's answer, then resets the client's
     connection (what a server that aborts with SO_LINGER 0 part-way through its answer does)."""
 
-    def __init__(self, behaviour: str, *, keep: int = 12, times: int = 1) -> None:
+    def __init__(
+        self, behaviour: str, *, keep: int = 12, times: int = 1, refuse_after: bool = False
+    ) -> None:
         super().__init__()
         self.behaviour = behaviour
         self.keep = keep
         self.times = times  # how many ``tools/call`` requests are cut (the first ones)
+        #: Answer every later ``tools/call`` with 401 ``invalid_token`` (not forwarded).
+        self.refuse_after = refuse_after
+        self.refused = 0
         self.upstream = 0
         self.cuts = 0
         self.passed_on = b""  # the part of an answer the client got before its reset
@@ -213,6 +218,17 @@ class _CuttingHop(LoopbackHop):
             up_reader, upstream = await asyncio.open_connection("127.0.0.1", self.upstream)
             answers = asyncio.create_task(relay_answers(up_reader))
             while data := await reader.read(65536):
+                if self.refuse_after and self.cuts >= self.times and b"tools/call" in data:
+                    self.refused += 1
+                    body = b'{"error":"invalid_token"}'
+                    writer.write(
+                        b"HTTP/1.1 401 Unauthorized\r\n"
+                        b'WWW-Authenticate: Bearer error="invalid_token"\r\n'
+                        b"content-type: application/json\r\n"
+                        b"content-length: %d\r\n\r\n" % len(body) + body
+                    )
+                    await writer.drain()
+                    continue
                 if self.cuts < self.times and b"tools/call" in data:
                     self.cuts += 1
                     if self.behaviour == "unread":
@@ -365,5 +381,39 @@ async def test_a_call_reset_then_closed_before_its_resend_may_have_run(
     assert Counter(name for name, _ in executions) == {who: 1}
     said = str(raised.value)
     assert "may have run" in said, said
-    assert "could not be sent again" in said, said
+    assert "closed (its agent or the host shutting down) before it was sent again" in said, said
+    assert "did not run" not in said, said
+
+
+async def test_a_call_reset_then_refused_on_its_resend_may_have_run(
+    idp: EntraEmulator, users: list[User], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A device forwards the call (it runs), resets the connection, and then answers the resend
+    401 ``invalid_token`` (a gateway refusing the token): the call may have run, and the error
+    says so with the refusal (it said "the call did not run")."""
+    from entra_passthrough import mcp
+
+    monkeypatch.setattr(mcp, "RESET_WINDOW", 60.0)  # prompt however loaded the machine is
+    hop = _CuttingHop("answer_begun", keep=0, times=1, refuse_after=True)
+    await hop.start()
+    executions: list[tuple[str, str]] = []
+    server = mcp_behind(idp, hop.port, executions)
+    hop.upstream = server.port
+    tool = entra_mcp_tool(
+        "records", f"http://127.0.0.1:{hop.port}/mcp", chain=make_chain(idp), scopes=scopes_of(idp)
+    )
+    user = users[24]
+    who = f"{user.oid}|refused"
+    try:
+        with bind_caller(token=agent_token(idp, user)), pytest.raises(CallOutcomeUnknown) as raised:
+            await tool.call_tool("whoami", who=who)
+    finally:
+        await tool.close()
+        server.stop()
+        await hop.aclose()
+    assert hop.refused >= 1  # the resend went out and was refused
+    assert Counter(name for name, _ in executions) == {who: 1}
+    said = str(raised.value)
+    assert "may have run" in said, said
+    assert "refused the token" in said, said
     assert "did not run" not in said, said

@@ -108,8 +108,22 @@ async def test_an_open_path_runs_with_no_caller_even_with_a_valid_token(
         await middleware(
             {"type": "http", "method": method, "path": path, "headers": headers}, receive, send
         )
-    open_caller, checked_caller = seen
+    # Behind a root path (uvicorn --root-path, a mount): the path the app routes by.
+    await middleware(
+        {
+            "type": "http",
+            "method": "GET",
+            "path": "/api/readiness",
+            "root_path": "/api",
+            "headers": [],
+        },
+        receive,
+        send,
+    )
+    assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [200, 200, 200]
+    open_caller, checked_caller, mounted_caller = seen
     assert open_caller is None or not open_caller.active  # no caller on the open path
+    assert mounted_caller is None or not mounted_caller.active
     assert checked_caller is not None
     assert checked_caller.verified is not None
 

@@ -221,6 +221,13 @@ def test_an_app_token_keys_by_the_app_only_for_a_request_without_a_user() -> Non
     assert issued_pool_key(app, unverified) is None
     unverified.verified = {"tid": "t", "oid": "u"}
     assert issued_pool_key(app, unverified) == UserKey.for_entra_user("t", "u")
+    # An opaque app token (a custom credential's): still the app's one connection, by source.
+    opaque = TokenResult("opaque", time.time() + 600, IdentityKind.APP, "custom")
+    assert issued_pool_key(opaque, nobody) == issued_pool_key(opaque, Caller.from_token(None))
+    assert issued_pool_key(opaque, nobody) is not None
+    assert issued_pool_key(opaque, platform) is None
+    opaque_user = TokenResult("opaque", time.time() + 600, IdentityKind.USER, "obo")
+    assert issued_pool_key(opaque_user, nobody) is None  # a user's: never the app's key
 
 
 def test_pool_options_are_validated() -> None:

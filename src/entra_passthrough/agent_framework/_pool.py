@@ -106,7 +106,12 @@ def issued_pool_key(result: TokenResult, caller: Caller) -> UserKey | None:
     if key is not None:
         return key if key.kind == "entra" else None
     if not caller.presented and caller.user_id is None:
-        return _issued_key(result)
+        app = _issued_key(result)
+        if app is None and result.kind is not IdentityKind.USER:
+            # An app token that is no JWT (an opaque one from a custom credential): the app is
+            # still one identity, its source's. (Not a tid:oid value: no user's key.)
+            app = UserKey(f"app:{result.source}", "entra")
+        return app
     return None
 
 

@@ -1078,17 +1078,28 @@ class EntraMCPTool(HookedMCPTool):
                     if resent_after_reset:
                         verdict = "reset_again"
                     resent_after_reset = True
+                stop: Exception | None = None  # the call is not sent again, for this reason
                 if verdict == "raise":
                     refused = self._refusal(attempt, tool_name, caller)
-                    if refused is not None:
-                        # Not chained: the mcp SDK's error may carry the server's answer, which
-                        # can echo the token it refused. The typed error says what it said.
-                        raise refused from None
-                    raise
-                if verdict == "bound":
-                    raise self._bound_error() from exc
-                if verdict == "no_token":
-                    raise self._no_token_error(exc, caller) from exc
+                    if refused is None:
+                        raise  # the tool's own error: its answer
+                    stop = refused
+                elif verdict == "bound":
+                    stop = self._bound_error()
+                elif verdict == "no_token":
+                    stop = self._no_token_error(exc, caller)
+                if stop is not None:
+                    if resent_after_reset:
+                        # An earlier attempt was reset and taken as not read: it may have run.
+                        raise self._outcome_unknown(
+                            "reset_then_refused" if verdict == "raise" else "reset_then_unsent",
+                            stop,
+                            attempt,
+                            tool_name,
+                        ) from stop
+                    # Not chained for a refusal: the mcp SDK's error may carry the server's
+                    # answer, which can echo the token it refused. The typed error says it.
+                    raise stop from (None if verdict == "raise" else exc)
                 if verdict in ("maybe_ran", "session_lost", "reset_again"):
                     if cut_off == "close":
                         pass  # the tool was closed under it: not reopened behind the closer
@@ -1257,15 +1268,15 @@ class EntraMCPTool(HookedMCPTool):
                 f"{by} and closed the connection under this call after waiting {_DRAIN_WAIT:g} "
                 "s for it to finish"
             )
-        elif verdict in ("reset_again", "reset_then_gave_up", "reset_then_unsent"):
+        elif verdict.startswith("reset_"):
             then = {
                 "reset_again": "sent once more, and was reset again: a device in front of the "
                 "server (a load balancer, a gateway) may forward each call and then reset the "
                 "connection",
                 "reset_then_gave_up": "then the server could not be reached to send it again",
-                "reset_then_unsent": "then it could not be sent again ("
-                + str(exc).split("\n", 1)[0][:300]
-                + ")",
+                "reset_then_unsent": f"then {_not_sent_again(exc)}",
+                "reset_then_refused": "sent once more, and the server refused the token of that "
+                f"resend (HTTP {attempt.status}; the refusal is this error's cause)",
             }[verdict]
             why = (
                 "the server reset the connection as the call arrived, before any answer; it "
@@ -1323,7 +1334,9 @@ class EntraMCPTool(HookedMCPTool):
             f"The call to tool {tool_name!r} on MCP server {self.server_label!r} may have run: "
             f"{why}, and {not_again}. Check whether it took effect before calling it "
             f"again.{wait}{fix}",
-            exc,
+            # Not the error that stopped a resend: it speaks of that request alone ("the call
+            # did not run"), which is no longer known. It stays this error's cause.
+            None if verdict in ("reset_then_refused", "reset_then_unsent") else exc,
             status=status,
             retry_after=retry_after,
         )
@@ -1517,6 +1530,18 @@ class _ToolClosed(ToolException):
             "nothing more is sent for it. Fix: none while the host shuts down; else run it "
             "again on an open tool (closing a tool that runs still use cuts them off)."
         )
+
+
+def _not_sent_again(exc: BaseException) -> str:
+    """Why a call reset once (taken as not read) was not sent again, in a few words (never the
+    error's own text: a closed tool's says "it did not run", which is no longer known)."""
+    if isinstance(exc, _ToolClosed):
+        return "the tool was closed (its agent or the host shutting down) before it was sent again"
+    if isinstance(exc, ToolNotListed):
+        return "the server's tool list no longer has the tool"
+    if isinstance(exc, EntraPassthroughError):
+        return f"no token could be applied to send it again ({type(exc).__name__})"
+    return f"it could not be sent again ({type(exc).__name__})"
 
 
 def _gave_up(attempts: int, refusals: int) -> str:
