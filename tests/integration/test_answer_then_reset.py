@@ -16,7 +16,8 @@ import ssl
 import struct
 import threading
 from collections import Counter
-from contextlib import suppress
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import httpx2
@@ -297,6 +298,26 @@ async def test_a_call_whose_answer_began_before_a_reset_runs_once_and_is_never_r
         assert user.oid in " ".join(str(getattr(part, "text", part)) for part in parts)
 
 
+@asynccontextmanager
+async def _tool_behind(
+    idp: EntraEmulator, hop: _CuttingHop, executions: list[tuple[str, str]]
+) -> AsyncIterator[Any]:
+    """An ``EntraMCPTool`` for a real MCP server behind ``hop`` (the server counting each
+    execution in ``executions``); everything closed at the end."""
+    await hop.start()
+    server = mcp_behind(idp, hop.port, executions)
+    hop.upstream = server.port
+    tool = entra_mcp_tool(
+        "records", f"http://127.0.0.1:{hop.port}/mcp", chain=make_chain(idp), scopes=scopes_of(idp)
+    )
+    try:
+        yield tool
+    finally:
+        await tool.close()
+        server.stop()
+        await hop.aclose()
+
+
 async def test_a_call_reset_again_after_its_resend_is_not_sent_a_third_time(
     idp: EntraEmulator, users: list[User], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -310,22 +331,12 @@ async def test_a_call_reset_again_after_its_resend_is_not_sent_a_third_time(
 
     monkeypatch.setattr(mcp, "RESET_WINDOW", 60.0)  # prompt however loaded the machine is
     hop = _CuttingHop("answer_begun", keep=0, times=1000)
-    await hop.start()
     executions: list[tuple[str, str]] = []
-    server = mcp_behind(idp, hop.port, executions)
-    hop.upstream = server.port
-    tool = entra_mcp_tool(
-        "records", f"http://127.0.0.1:{hop.port}/mcp", chain=make_chain(idp), scopes=scopes_of(idp)
-    )
     user = users[22]
     who = f"{user.oid}|forwarded"
-    try:
+    async with _tool_behind(idp, hop, executions) as tool:
         with bind_caller(token=agent_token(idp, user)), pytest.raises(CallOutcomeUnknown) as raised:
             await tool.call_tool("whoami", who=who)
-    finally:
-        await tool.close()
-        server.stop()
-        await hop.aclose()
     assert hop.passed_on == b""  # no answer byte reached the client: resets before an answer
     assert Counter(name for name, _ in executions) == {who: 2}  # the first run and one resend
     said = str(raised.value)
@@ -348,16 +359,10 @@ async def test_a_call_reset_then_closed_before_its_resend_may_have_run(
 
     monkeypatch.setattr(mcp, "RESET_WINDOW", 60.0)  # prompt however loaded the machine is
     hop = _CuttingHop("answer_begun", keep=0, times=1)
-    await hop.start()
     executions: list[tuple[str, str]] = []
-    server = mcp_behind(idp, hop.port, executions)
-    hop.upstream = server.port
-    tool = entra_mcp_tool(
-        "records", f"http://127.0.0.1:{hop.port}/mcp", chain=make_chain(idp), scopes=scopes_of(idp)
-    )
     user = users[23]
     who = f"{user.oid}|closed"
-    try:
+    async with _tool_behind(idp, hop, executions) as tool:
         with bind_caller(token=agent_token(idp, user)):
             call = asyncio.ensure_future(tool.call_tool("whoami", who=who))
             for _ in range(400):  # bounded: until the device has the call
@@ -374,10 +379,6 @@ async def test_a_call_reset_then_closed_before_its_resend_may_have_run(
             await tool.close()
             with pytest.raises(CallOutcomeUnknown) as raised:
                 await asyncio.wait_for(call, 60)
-    finally:
-        await tool.close()
-        server.stop()
-        await hop.aclose()
     assert Counter(name for name, _ in executions) == {who: 1}
     said = str(raised.value)
     assert "may have run" in said, said
@@ -395,22 +396,12 @@ async def test_a_call_reset_then_refused_on_its_resend_may_have_run(
 
     monkeypatch.setattr(mcp, "RESET_WINDOW", 60.0)  # prompt however loaded the machine is
     hop = _CuttingHop("answer_begun", keep=0, times=1, refuse_after=True)
-    await hop.start()
     executions: list[tuple[str, str]] = []
-    server = mcp_behind(idp, hop.port, executions)
-    hop.upstream = server.port
-    tool = entra_mcp_tool(
-        "records", f"http://127.0.0.1:{hop.port}/mcp", chain=make_chain(idp), scopes=scopes_of(idp)
-    )
     user = users[24]
     who = f"{user.oid}|refused"
-    try:
+    async with _tool_behind(idp, hop, executions) as tool:
         with bind_caller(token=agent_token(idp, user)), pytest.raises(CallOutcomeUnknown) as raised:
             await tool.call_tool("whoami", who=who)
-    finally:
-        await tool.close()
-        server.stop()
-        await hop.aclose()
     assert hop.refused >= 1  # the resend went out and was refused
     assert Counter(name for name, _ in executions) == {who: 1}
     said = str(raised.value)
