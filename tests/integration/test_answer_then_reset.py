@@ -10,6 +10,7 @@ MSAL behind ``EntraMCPTool``, the tool's executions counted on the server."""
 from __future__ import annotations
 
 import asyncio
+import json
 import select
 import socket
 import ssl
@@ -177,7 +178,13 @@ class _CuttingHop(LoopbackHop):
     connection (what a server that aborts with SO_LINGER 0 part-way through its answer does)."""
 
     def __init__(
-        self, behaviour: str, *, keep: int = 12, times: int = 1, refuse_after: bool = False
+        self,
+        behaviour: str,
+        *,
+        keep: int = 12,
+        times: int = 1,
+        refuse_after: bool = False,
+        consent_after: bool = False,
     ) -> None:
         super().__init__()
         self.behaviour = behaviour
@@ -185,6 +192,8 @@ class _CuttingHop(LoopbackHop):
         self.times = times  # how many ``tools/call`` requests are cut (the first ones)
         #: Answer every later ``tools/call`` with 401 ``invalid_token`` (not forwarded).
         self.refuse_after = refuse_after
+        #: Answer every later ``tools/call`` with a URL elicitation (-32042: consent needed).
+        self.consent_after = consent_after
         self.refused = 0
         self.upstream = 0
         self.cuts = 0
@@ -219,6 +228,32 @@ class _CuttingHop(LoopbackHop):
             up_reader, upstream = await asyncio.open_connection("127.0.0.1", self.upstream)
             answers = asyncio.create_task(relay_answers(up_reader))
             while data := await reader.read(65536):
+                if self.consent_after and self.cuts >= self.times and b"tools/call" in data:
+                    self.refused += 1
+                    request = json.loads(data.split(b"\r\n\r\n", 1)[1])
+                    elicitation = {
+                        "mode": "url",
+                        "message": "Sign in to the records backend",
+                        "url": "https://login.example.com/consent?x=1",
+                        "elicitationId": "e1",
+                    }
+                    body = json.dumps(
+                        {
+                            "jsonrpc": "2.0",
+                            "id": request["id"],
+                            "error": {
+                                "code": -32042,
+                                "message": "URL elicitation required",
+                                "data": {"elicitations": [elicitation]},
+                            },
+                        }
+                    ).encode()
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                        b"content-length: %d\r\n\r\n" % len(body) + body
+                    )
+                    await writer.drain()
+                    continue
                 if self.refuse_after and self.cuts >= self.times and b"tools/call" in data:
                     self.refused += 1
                     body = b'{"error":"invalid_token"}'
@@ -408,3 +443,27 @@ async def test_a_call_reset_then_refused_on_its_resend_may_have_run(
     assert "may have run" in said, said
     assert "refused the token" in said, said
     assert "did not run" not in said, said
+
+
+async def test_a_call_reset_then_asked_for_consent_on_its_resend_may_have_run(
+    idp: EntraEmulator, users: list[User], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The resend of a reset call is answered with a consent link (a URL elicitation): the
+    call may have run, so the user is not told "consent, then call again" (which would run
+    it once more); the next call asks for consent again. It came back as a plain consent
+    request."""
+    from entra_passthrough import mcp
+
+    monkeypatch.setattr(mcp, "RESET_WINDOW", 60.0)  # prompt however loaded the machine is
+    hop = _CuttingHop("answer_begun", keep=0, times=1, consent_after=True)
+    executions: list[tuple[str, str]] = []
+    user = users[25]
+    who = f"{user.oid}|consent"
+    async with _tool_behind(idp, hop, executions) as tool:
+        with bind_caller(token=agent_token(idp, user)), pytest.raises(CallOutcomeUnknown) as raised:
+            await tool.call_tool("whoami", who=who)
+    assert hop.refused == 1  # the resend went out and was answered with the link
+    assert Counter(name for name, _ in executions) == {who: 1}
+    said = str(raised.value)
+    assert "may have run" in said, said
+    assert "consent was asked for" in said, said

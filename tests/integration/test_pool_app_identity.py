@@ -78,6 +78,9 @@ async def test_a_request_without_a_user_is_served_as_the_app_on_its_own_connecti
                 ("nobody-1", {}),
                 ("alice", {"Authorization": f"Bearer {agent_token(idp, alice)}"}),
                 ("nobody-2", {}),
+                # A platform user id alone (no bearer): served as the app too, on a connection
+                # of that platform user's (it was a bare server error).
+                ("platform", {"x-agent-user-id": "chat-user-1"}),
             ):
                 response = await http.post(
                     "/responses", json={"input": who, "store": False}, headers=headers
@@ -95,5 +98,7 @@ async def test_a_request_without_a_user_is_served_as_the_app_on_its_own_connecti
     assert ran["nobody-1"] == app_oid  # the app, as user_or_app says
     assert ran["nobody-2"] == app_oid
     assert ran["alice"] == alice.oid  # the user, on her own connection
-    assert connections == 2  # the app's (shared by both requests without a user) and alice's
+    assert ran["platform"] == app_oid
+    # The app's (shared by both requests without a user), alice's, the platform user's.
+    assert connections == 3
     assert app_oid in " ".join(str(o) for a in answers for o in tool_outputs(a))

@@ -216,7 +216,9 @@ def test_an_app_token_keys_by_the_app_only_for_a_request_without_a_user() -> Non
     nobody = Caller.from_token(None)
     assert issued_pool_key(app, nobody) == UserKey.for_entra_user("t", "sp")
     platform = Caller.from_token(None, user_id="chat-user")
-    assert issued_pool_key(app, platform) is None
+    # A platform user id keys a connection that acts as the app (the same identity for every
+    # such key), never one that acts for a user.
+    assert issued_pool_key(app, platform) == UserKey.for_platform_user("chat-user")
     unverified = Caller.from_token(bare_jwt(tid="t", oid="u", aud="a", exp=4_000_000_000))
     assert issued_pool_key(app, unverified) is None
     unverified.verified = {"tid": "t", "oid": "u"}
@@ -225,7 +227,7 @@ def test_an_app_token_keys_by_the_app_only_for_a_request_without_a_user() -> Non
     opaque = TokenResult("opaque", time.time() + 600, IdentityKind.APP, "custom")
     assert issued_pool_key(opaque, nobody) == issued_pool_key(opaque, Caller.from_token(None))
     assert issued_pool_key(opaque, nobody) is not None
-    assert issued_pool_key(opaque, platform) is None
+    assert issued_pool_key(opaque, platform) == UserKey.for_platform_user("chat-user")
     opaque_user = TokenResult("opaque", time.time() + 600, IdentityKind.USER, "obo")
     assert issued_pool_key(opaque_user, nobody) is None  # a user's: never the app's key
 

@@ -96,15 +96,19 @@ def issued_pool_key(result: TokenResult, caller: Caller) -> UserKey | None:
     the app (``user_or_app``) is keyed by the app's service principal, the tid/oid of the app
     token Entra issued (an object id no user has): every such request shares the app's
     connection, and no user's. An app token served for a request that does name a user (a
-    Foundry toolbox route: the agent's token, the user's call id) keys by that user, never by
-    the app: each user keeps a connection (and a tool list) of their own."""
+    Foundry toolbox route: the agent's token, the user's call id; a platform user id without a
+    bearer) keys by that user, a platform user id included (the connection acts as the app
+    whatever its key), never by the app: each user keeps a connection (and a tool list) of
+    their own."""
     if result.kind is IdentityKind.USER:
         key = _issued_key(result)
         if key is not None:
             return key
     key = UserKey.from_caller(caller)
     if key is not None:
-        return key if key.kind == "entra" else None
+        # A platform user id names no Entra user: never the key of a connection acting for a
+        # user. One acting as the app (the same identity for every key) may be keyed by it.
+        return key if key.kind == "entra" or result.kind is not IdentityKind.USER else None
     if not caller.presented and caller.user_id is None:
         app = _issued_key(result)
         if app is None and result.kind is not IdentityKind.USER:

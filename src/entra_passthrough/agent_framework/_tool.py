@@ -1045,10 +1045,10 @@ class EntraMCPTool(HookedMCPTool):
                 # started meanwhile, and may have a session but no tool list yet.
                 await self._until_sendable(tool_name, closes)
                 self._stop_if_closed(closes)
-            except UserInputRequiredException:
-                raise
             except Exception as exc:
                 if resent_after_reset and sent is not None:  # the resent one may have run
+                    # Consent asked for now included: "consent, then call again" would run a
+                    # call that may have run once more. The next call asks for consent again.
                     raise self._outcome_unknown("reset_then_unsent", exc, sent, tool_name) from exc
                 raise
             generation = self._generation
@@ -1063,8 +1063,12 @@ class EntraMCPTool(HookedMCPTool):
                     finally:
                         del self._calls[attempt]
                         done.set()
-            except UserInputRequiredException:
+            except UserInputRequiredException as consent:
                 self._cut_off.pop(attempt, None)
+                if resent_after_reset:  # an earlier attempt, reset, may have run
+                    raise self._outcome_unknown(
+                        "reset_then_unsent", consent, attempt, tool_name
+                    ) from consent
                 raise
             except Exception as exc:
                 sent = attempt
@@ -1082,6 +1086,13 @@ class EntraMCPTool(HookedMCPTool):
                 if verdict == "raise":
                     refused = self._refusal(attempt, tool_name, caller)
                     if refused is None:
+                        if resent_after_reset and consent_from_exception(exc) is not None:
+                            # The resend was answered with a consent link (a URL elicitation):
+                            # "consent, then call again" would run once more a call that may
+                            # have run. The next call asks for consent again.
+                            raise self._outcome_unknown(
+                                "reset_then_unsent", exc, attempt, tool_name
+                            ) from exc
                         raise  # the tool's own error: its answer
                     stop = refused
                 elif verdict == "bound":
@@ -1498,6 +1509,10 @@ class EntraMCPTool(HookedMCPTool):
 
     def _call_failure(self, exc: Exception, caller: Caller | None) -> Exception:
         recorded = caller.take_errors() if caller is not None else []
+        if isinstance(exc, CallOutcomeUnknown):
+            # "May have run" outranks a consent request in its causes (one asked for on the
+            # resend of a reset call): "consent, then call again" could run it once more.
+            return exc
         for error in [exc, *recorded]:
             consent = consent_from_exception(error, server_label=self.server_label)
             if consent is not None:
@@ -1539,6 +1554,8 @@ def _not_sent_again(exc: BaseException) -> str:
         return "the tool was closed (its agent or the host shutting down) before it was sent again"
     if isinstance(exc, ToolNotListed):
         return "the server's tool list no longer has the tool"
+    if isinstance(exc, UserInputRequiredException) or consent_from_exception(exc) is not None:
+        return "the user's consent was asked for before it could run again"
     if isinstance(exc, EntraPassthroughError):
         return f"no token could be applied to send it again ({type(exc).__name__})"
     return f"it could not be sent again ({type(exc).__name__})"
