@@ -21,6 +21,8 @@ BAD = [
     (b'{"retry_after": {}}', "'retry_after'"),
     (b'{"drop": "yes"}', "'drop'"),
     (b'{"endpoint": 5}', "'endpoint'"),
+    # Nested deeper than json reads (RecursionError): it was a bare 500.
+    (b"[" * 100_000 + b"]" * 100_000, "not JSON"),
 ]
 
 
@@ -49,3 +51,19 @@ def test_a_good_body_still_injects(idp: EntraEmulator) -> None:
         assert refused.status_code == 503
         assert refused.headers["retry-after"] == "2"
         assert http.get(discovery).is_success
+
+
+@pytest.mark.parametrize("path", ["/_emulator/faults", "/{tenant}/oauth2/v2.0/token"])
+def test_a_body_over_the_limit_is_refused_before_it_is_read_whole(
+    idp: EntraEmulator, path: str
+) -> None:
+    """A 64 MiB POST was read whole into memory (58 -> 249 MiB) before its 400; now a body
+    over ``MAX_BODY`` (1 MiB) is a 413 once it passes the limit."""
+    from entra_passthrough.testing._server import MAX_BODY
+
+    url = idp.url + path.format(tenant=idp.tenant_id)
+    with httpx.Client(verify=idp.ssl_context(), timeout=30) as http:
+        answer = http.post(url, content=b"a" * (MAX_BODY + 1))
+        assert answer.status_code == 413, answer.text
+        assert answer.json()["error"] == "invalid_request"
+        assert http.post(f"{idp.url}/_emulator/faults", content=b"{}").status_code in (200, 400)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import jwt
 import msal
 import pytest
@@ -177,3 +178,22 @@ def test_ropc_names_users_by_upn_only(idp: EntraEmulator) -> None:
     for username in ("alice", alice.oid):
         assert_entra_error(post_token(idp, _ropc(idp, username=username)), 50034, "invalid_grant")
     assert post_token(idp, _ropc(idp, username=alice.upn.upper())).status_code == 200
+
+
+def test_ropc_refuses_a_name_lower_folds_into_a_users(idp: EntraEmulator) -> None:
+    # Entra's sign-in names are ASCII: the Kelvin sign (U+212A), which str.lower() folds into
+    # "k", names no user (it signed in guest@fabrikam as "guest@fabri\u212aam...").
+    guest = next(u for u in idp.world.users if u.upn.startswith("guest@fabrikam"))
+    form = {
+        "grant_type": "password",
+        "client_id": idp.agent.client_id,
+        "client_secret": idp.agent.secret or "",
+        "password": guest.password or "",
+        "scope": f"{idp.mcp.app_id_uri}/access_as_user",
+    }
+    url = f"{idp.url}/organizations/oauth2/v2.0/token"
+    with httpx.Client(verify=idp.ssl_context(), timeout=30) as http:
+        assert http.post(url, data={**form, "username": guest.upn}).status_code == 200
+        lookalike = guest.upn.replace("k", "\u212a", 1)
+        answer = http.post(url, data={**form, "username": lookalike})
+    assert_entra_error(answer, 50034, "invalid_grant")

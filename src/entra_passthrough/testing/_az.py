@@ -191,7 +191,7 @@ async def az_endpoint(rt: Runtime, request: Request) -> Response:
         return JSONResponse({"error": "unauthorized"}, status_code=401)
     try:
         raw = json.loads(await request.body())
-    except ValueError:
+    except (ValueError, RecursionError):
         raw = None
     if not isinstance(raw, dict):
         return JSONResponse({"error": "invalid_request"}, status_code=400)

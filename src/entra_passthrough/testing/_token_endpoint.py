@@ -448,7 +448,10 @@ def _password(
     # The username is the user's sign-in name (UPN; v2-oauth-ropc: "The user's email
     # address"), case-insensitive: never the emulator's short names or an object id, which
     # World.user() also matches for login_hint.
-    upn = form["username"].lower()
+    # Entra's sign-in names are ASCII (its password policies and account restrictions): one
+    # with another character is no user's, even one ``lower()`` folds into ASCII (the Kelvin
+    # sign U+212A into "k").
+    upn = form["username"].lower() if form["username"].isascii() else None
     user = next((u for u in rt.world.users if u.upn.lower() == upn), None)
     if user is None or (tenant is not None and user.tenant_id != tenant.id):
         # AADSTS50034 https://learn.microsoft.com/entra/identity-platform/reference-error-codes
