@@ -1107,7 +1107,9 @@ class ManagedIdentity:
             failure=exc.summary(),
             fix="off Azure (a laptop, CI) use another source (AzureCli, or the app's secret or "
             "certificate); on Azure, enable the host's managed identity, and let no firewall or "
-            "HTTP proxy take requests to IMDS (NO_PROXY must name 169.254.169.254).",
+            "HTTP proxy take requests to IMDS (NO_PROXY must name 169.254.169.254); on an Azure "
+            "VM, where IMDS is the host and no such variable is set, a timeout may be "
+            "transient: try again.",
         )
 
     def _malformed(self, host: str, scopes: tuple[str, ...], what: str) -> SourceUnavailable:
