@@ -93,10 +93,7 @@ class CallerMiddleware(CaptureASGI):
         if isinstance(assertion_headers, str):
             assertion_headers = (assertion_headers,)
         given_headers: object = assertion_headers
-        listed: tuple[object, ...] | None = None
-        if not isinstance(given_headers, bytes | bytearray):
-            with contextlib.suppress(TypeError):
-                listed = tuple(cast("Iterable[object]", given_headers))
+        listed = _items(given_headers)
         odd = [type(h).__name__ for h in listed or () if not isinstance(h, str)]
         if listed is None or odd:
             # None, a number or bytes was a bare TypeError or AttributeError.
@@ -275,12 +272,20 @@ def _route_path(scope: Scope) -> object:
     return path
 
 
+def _items(value: object) -> tuple[object, ...] | None:
+    """``value``'s items if it is a collection of them, not one string (or bytes), else
+    ``None``: an argument that takes a list."""
+    if isinstance(value, str | bytes | bytearray):
+        return None
+    try:
+        return tuple(cast("Iterable[object]", value))
+    except TypeError:
+        return None
+
+
 def _open_paths(paths: object) -> frozenset[str]:
     """``open_paths`` checked: a list of exact paths, each beginning with ``/``."""
-    listed: tuple[object, ...] | None = None
-    if not isinstance(paths, str | bytes | bytearray):
-        with contextlib.suppress(TypeError):
-            listed = tuple(cast("Iterable[object]", paths))
+    listed = _items(paths)
     if listed is None or not all(
         isinstance(p, str) and p.startswith("/") and "{" not in p and "?" not in p for p in listed
     ):

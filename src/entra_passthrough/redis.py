@@ -1420,16 +1420,10 @@ def _check_cluster_url(url: str) -> None:
 def _certificate_refused(exc: BaseException) -> bool:
     """Whether a connection failed because the server's certificate did not verify (redis-py
     wraps the ``ssl`` error: its cause, or only its text, depending on the version)."""
-    seen: BaseException | None = exc
-    for _ in range(8):  # bounded walk of the cause chain
-        if seen is None:
-            return False
-        if isinstance(seen, ssl.SSLCertVerificationError):
-            return True
-        if "CERTIFICATE_VERIFY_FAILED" in str(seen):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    return any(
+        isinstance(seen, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(seen)
+        for seen in _causes(exc)
+    )
 
 
 def _option(value: str) -> tuple[str, str]:

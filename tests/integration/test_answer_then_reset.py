@@ -199,6 +199,35 @@ class _CuttingHop(LoopbackHop):
         self.cuts = 0
         self.passed_on = b""  # the part of an answer the client got before its reset
 
+    def _own_answer(self, request: bytes) -> bytes:
+        """The device's answer to a ``tools/call`` after the cut ones: a URL elicitation
+        (``consent_after``: -32042, consent needed) or 401 ``invalid_token``."""
+        if self.consent_after:
+            call = json.loads(request.split(b"\r\n\r\n", 1)[1])
+            elicitation = {
+                "mode": "url",
+                "message": "Sign in to the records backend",
+                "url": "https://login.example.com/consent?x=1",
+                "elicitationId": "e1",
+            }
+            error = {
+                "code": -32042,
+                "message": "URL elicitation required",
+                "data": {"elicitations": [elicitation]},
+            }
+            body = json.dumps({"jsonrpc": "2.0", "id": call["id"], "error": error}).encode()
+            head = b"HTTP/1.1 200 OK\r\n"
+        else:
+            body = b'{"error":"invalid_token"}'
+            head = (
+                b'HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer error="invalid_token"\r\n'
+            )
+        return (
+            head
+            + b"content-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(body)
+            + body
+        )
+
     def _reset(self, writer: asyncio.StreamWriter) -> None:
         sock = writer.get_extra_info("socket")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -228,41 +257,14 @@ class _CuttingHop(LoopbackHop):
             up_reader, upstream = await asyncio.open_connection("127.0.0.1", self.upstream)
             answers = asyncio.create_task(relay_answers(up_reader))
             while data := await reader.read(65536):
-                if self.consent_after and self.cuts >= self.times and b"tools/call" in data:
+                if (
+                    (self.consent_after or self.refuse_after)
+                    and self.cuts >= self.times
+                    and b"tools/call" in data
+                ):
+                    # The device answers the call itself: not forwarded.
                     self.refused += 1
-                    request = json.loads(data.split(b"\r\n\r\n", 1)[1])
-                    elicitation = {
-                        "mode": "url",
-                        "message": "Sign in to the records backend",
-                        "url": "https://login.example.com/consent?x=1",
-                        "elicitationId": "e1",
-                    }
-                    body = json.dumps(
-                        {
-                            "jsonrpc": "2.0",
-                            "id": request["id"],
-                            "error": {
-                                "code": -32042,
-                                "message": "URL elicitation required",
-                                "data": {"elicitations": [elicitation]},
-                            },
-                        }
-                    ).encode()
-                    writer.write(
-                        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-                        b"content-length: %d\r\n\r\n" % len(body) + body
-                    )
-                    await writer.drain()
-                    continue
-                if self.refuse_after and self.cuts >= self.times and b"tools/call" in data:
-                    self.refused += 1
-                    body = b'{"error":"invalid_token"}'
-                    writer.write(
-                        b"HTTP/1.1 401 Unauthorized\r\n"
-                        b'WWW-Authenticate: Bearer error="invalid_token"\r\n'
-                        b"content-type: application/json\r\n"
-                        b"content-length: %d\r\n\r\n" % len(body) + body
-                    )
+                    writer.write(self._own_answer(data))
                     await writer.drain()
                     continue
                 if self.cuts < self.times and b"tools/call" in data:

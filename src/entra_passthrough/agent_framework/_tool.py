@@ -1280,15 +1280,21 @@ class EntraMCPTool(HookedMCPTool):
                 "s for it to finish"
             )
         elif verdict.startswith("reset_"):
-            then = {
-                "reset_again": "sent once more, and was reset again: a device in front of the "
-                "server (a load balancer, a gateway) may forward each call and then reset the "
-                "connection",
-                "reset_then_gave_up": "then the server could not be reached to send it again",
-                "reset_then_unsent": f"then {_not_sent_again(exc)}",
-                "reset_then_refused": "sent once more, and the server refused the token of that "
-                f"resend (HTTP {attempt.status}; the refusal is this error's cause)",
-            }[verdict]
+            if verdict == "reset_again":
+                then = (
+                    "sent once more, and was reset again: a device in front of the server (a "
+                    "load balancer, a gateway) may forward each call and then reset the "
+                    "connection"
+                )
+            elif verdict == "reset_then_refused":
+                then = (
+                    "sent once more, and the server refused the token of that resend (HTTP "
+                    f"{attempt.status}; the refusal is this error's cause)"
+                )
+            elif verdict == "reset_then_unsent":
+                then = f"then {_not_sent_again(exc)}"
+            else:  # reset_then_gave_up
+                then = "then the server could not be reached to send it again"
             why = (
                 "the server reset the connection as the call arrived, before any answer; it "
                 f"was taken as not read, {then}"
