@@ -280,6 +280,9 @@ class CallAttempt:
     #: Whether that answer is a 401 to a token that had expired, or was within seconds of it,
     #: when the answer came (``refused_at_expiry``).
     at_expiry: bool = False
+    #: Whether that answer is a 401/403 to an app-only token (the app's own identity, as a
+    #: policy serves a request without a user): its error says so, with the app's fix.
+    app_token: bool = False
     #: Whether the last ``tools/call`` carried an ``Mcp-Session-Id`` (a legacy session).
     on_session: bool = False
     #: The last 401/403 to another JSON-RPC request of the call (the ``tools/list`` the mcp SDK
@@ -741,6 +744,7 @@ class _CallGuard(httpx2.AsyncBaseTransport):
                 _challenge_error(response) if response.status_code in (401, 403) else None
             )
             attempt.at_expiry = _refused_on_its_way(request, response.status_code)
+            attempt.app_token = response.status_code in (401, 403) and _app_only_bearer(request)
             attempt.retry_after = (
                 retry_after_seconds(response.headers) if response.status_code >= 400 else None
             )
@@ -819,7 +823,7 @@ async def _refused_connect_answer(
     code and scopes is quoted."""
     refusal = ConnectRefusal.of(response, request)
     caller = active_caller()
-    whose = "the user's token" if caller is not None else "the lifecycle identity's token"
+    whose = refusal.whose(caller)
     kind = "" if in_call else ", a connection-lifetime request: made outside entra_call"
     refused = (
         f"The MCP server at {request_origin(request)} refused {whose} ({refusal.answer()}{kind})."
@@ -904,6 +908,9 @@ class ConnectRefusal:
     with_token: bool
     #: A 401 to a token that had expired, or was about to, as it came (``refused_at_expiry``).
     at_expiry: bool = False
+    #: The refused token is an app-only token (no ``scp``: the app's own identity, as a policy
+    #: serves a request without a user), not a user's: said as such, with the app's fix.
+    app_token: bool = False
 
     @classmethod
     def of(cls, response: httpx2.Response, request: httpx2.Request | None = None) -> ConnectRefusal:
@@ -915,6 +922,7 @@ class ConnectRefusal:
         token = request_bearer(request)
         with_token = token is not None
         granted: tuple[str, ...] | None = None
+        app_token = False
         if token is not None:
             try:
                 claims = UnverifiedClaims.from_token(token)
@@ -922,9 +930,19 @@ class ConnectRefusal:
                 pass  # opaque: which scope it lacks is unknown here
             else:
                 granted = (*claims.scp, *claims.roles)
+                app_token = claims.is_app_only
         rpc = connect_method(request)
         at_expiry = response.status_code == 401 and token is not None and refused_at_expiry(token)
-        return cls(response.status_code, error, required, granted, rpc, with_token, at_expiry)
+        return cls(
+            response.status_code, error, required, granted, rpc, with_token, at_expiry, app_token
+        )
+
+    def whose(self, caller: object | None) -> str:
+        """Whose token was refused, for a message: the app's own (an app-only token), else the
+        user's when a caller was bound, else the lifecycle identity's."""
+        if self.app_token:
+            return "the app's own token (an app-only token: no user)"
+        return "the user's token" if caller is not None else "the lifecycle identity's token"
 
     def answer(self) -> str:
         """E.g. 'HTTP 401 error="invalid_token" to its initialize request'."""
@@ -982,6 +1000,12 @@ def connect_refused(
         else:
             lacks = " The token is valid but lacks a scope or app role the server requires."
         named = ", ".join(missing or required) or "what the server requires"
+        if refusal.app_token:
+            return InsufficientScope(
+                refused + lacks,
+                required=refusal.required,
+                fix=APP_TOKEN_SCOPE_FIX,
+            )
         return InsufficientScope(
             refused + lacks,
             required=refusal.required,
@@ -994,7 +1018,8 @@ def connect_refused(
     if refusal.status == 401 and refusal.at_expiry:
         return expiring_token_refused(refused)
     return TokenVerificationError(
-        f"{refused} The server does not accept the token.", fix=token_refused_fix(scopes_in)
+        f"{refused} The server does not accept the token.",
+        fix=token_refused_fix(scopes_in, app=refusal.app_token),
     )
 
 
@@ -1339,6 +1364,12 @@ def call_refusal(
             f"follow RFC 6750: ask the server's owner) ({see('errors')})",
         )
     if status == 403 or error == "insufficient_scope":
+        if attempt.app_token:
+            return InsufficientScope(
+                f"{refused} The token, the app's own (an app-only token: no user), is valid "
+                "but lacks a scope or app role the server requires.",
+                fix=APP_TOKEN_SCOPE_FIX,
+            )
         return InsufficientScope(
             f"{refused} The token is valid but lacks a scope or app role the server requires.",
             fix="grant the user (or the agent app, with admin consent) what the server "
@@ -1356,6 +1387,12 @@ def call_refusal(
         )
     if status == 401 and attempt.at_expiry:
         return expiring_token_refused(refused)
+    if attempt.app_token:
+        return TokenVerificationError(
+            f"{refused} The server does not accept the token, the app's own (an app-only "
+            "token: no user).",
+            fix=token_refused_fix(app=True),
+        )
     return TokenVerificationError(
         f"{refused} The server does not accept the token.", fix=token_refused_fix()
     )
@@ -1375,6 +1412,18 @@ def _refused_on_its_way(request: httpx2.Request, status: int) -> bool:
         return False
     bearer = request_bearer(request)
     return bearer is not None and refused_at_expiry(bearer)
+
+
+def _app_only_bearer(request: httpx2.Request) -> bool:
+    """Whether ``request`` carried an app-only bearer token (read only on a 401/403; an opaque
+    token: ``False``)."""
+    bearer = request_bearer(request)
+    if bearer is None:
+        return False
+    try:
+        return UnverifiedClaims.from_token(bearer).is_app_only
+    except (JwtDecodeError, ValueError, OverflowError):
+        return False
 
 
 def refused_at_expiry(token: str) -> bool:
@@ -1398,9 +1447,27 @@ def expiring_token_refused(refused: str) -> TokenVerificationError:
     )
 
 
-def token_refused_fix(scopes_in: str = "the tool's scopes") -> str:
-    """The fix of an MCP server's 401 to a user's token (a call's or a connect's);
-    ``scopes_in``: where the scopes are set."""
+#: The fix of a 403 (or ``insufficient_scope``) to the app's own token: an app-only token carries
+#: app roles, never delegated scopes, so "grant the scope" cannot help.
+APP_TOKEN_SCOPE_FIX = (
+    "an app-only token (the app's own identity, served to a request without a user) carries "
+    "app roles, never delegated scopes: grant the agent app an app role of the MCP server's "
+    "API that the server accepts (API permissions, Application permissions, with admin "
+    "consent), or have the request carry a user (its bearer token) if the server serves users "
+    f"only ({see('errors')})"
+)
+
+
+def token_refused_fix(scopes_in: str = "the tool's scopes", *, app: bool = False) -> str:
+    """The fix of an MCP server's 401 to a user's token (a call's or a connect's), or to the
+    app's own token (``app``: an app-only token); ``scopes_in``: where the scopes are set."""
+    if app:
+        return (
+            f"check that {scopes_in} name the MCP server's app (its App ID URI + /.default), "
+            "that the server trusts the app's tenant and accepts app-only tokens (an app role "
+            "granted to the agent app, with admin consent), or have the request carry a user "
+            f"if the server serves users only ({see('errors')})"
+        )
     return (
         f"check that {scopes_in} name the MCP server's app (its App ID URI + /.default), "
         f"that the server trusts the user's tenant, and that the user may call it "

@@ -102,3 +102,44 @@ async def test_a_request_without_a_user_is_served_as_the_app_on_its_own_connecti
     # The app's (shared by both requests without a user), alice's, the platform user's.
     assert connections == 3
     assert app_oid in " ".join(str(o) for a in answers for o in tool_outputs(a))
+
+
+@pytest.mark.parametrize("per_user", [False, True], ids=["shared", "pool"])
+async def test_a_server_that_refuses_the_apps_token_is_said_to_refuse_the_apps_token(
+    idp: EntraEmulator, per_user: bool
+) -> None:
+    """The MCP server accepts users only and refuses the app-only token ``user_or_app`` serves
+    a request without a user with: the error says it refused the app's own token, with the
+    app's fix, not "the user's token" (there is no user) and "that the user may call it"."""
+    executions: list[tuple[str, str]] = []
+    server = ServerThread(
+        lambda base: build_mcp_app(idp, base_url=base, recorder=Recorder(), executions=executions),
+        name="mcp",
+    ).start()
+    tool = entra_mcp_tool(
+        "records",
+        f"{server.base}/mcp",
+        chain=_user_or_app(idp),
+        scopes=mcp_scopes(idp),
+        per_user=per_user,
+    )
+    client = ScriptedChatClient(tool="whoami", input_argument="who")
+
+    async def make_agent() -> Agent:
+        made = await tool.tool() if per_user else tool  # type: ignore[union-attr]
+        return Agent(client=client, tools=[made], middleware=entra_middleware())
+
+    host = serve_asgi(host_app(make_agent, close_on_shutdown=[tool]), name="host")
+    try:
+        async with httpx2.AsyncClient(base_url=host.base, timeout=90, trust_env=False) as http:
+            response = await http.post("/responses", json={"input": "nobody", "store": False})
+    finally:
+        host.stop()
+        server.stop()
+    assert response.status_code == 200, response.text[:500]
+    assert not executions
+    text = response.text
+    assert "app's own token" in text, text[:1500]
+    assert "user's token" not in text, text[:1500]
+    assert "the user may call it" not in text, text[:1500]
+    assert "app-only token" in text.split("Fix:", 1)[1], text[:1500]

@@ -794,7 +794,7 @@ class EntraMCPTool(HookedMCPTool):
         """The MCP server's 401/403 to a connect, typed like a ``tools/call``'s (``_refusal``),
         with the scopes its challenge says it requires and the refused token lacks
         (``connect_refused``, which the plain client's connect says too)."""
-        whose = "the user's token" if chosen is not None else "the lifecycle identity's token"
+        whose = refusal.whose(chosen)
         refused = (
             f"MCP server {self.server_label!r} refused {whose} while the tool was connecting "
             f"({refusal.answer()}), so none of its tools can be used for this request."
