@@ -54,6 +54,12 @@ BINDING_TTL: float | None = None
 _NO_TTL_MARK = "persist"
 _MAX_SCOPES = 20
 _MAX_SCOPE_CHARS = 256
+#: The most a record's fields this version does not know (a newer version's, during a rolling
+#: upgrade) may take, as compact JSON, for them to be written back as read (``unknown_fields``):
+#: 16 KiB, several times a whole grant. A record with more keeps its own fields, and loses those
+#: at its next write (a WARNING, naming their count and size only, says so): a record cannot
+#: grow without bound through the replicas that carry what they do not know.
+MAX_UNKNOWN_CHARS = 16 * 1024
 #: The longest sealed link ticket the broker accepts (every parameter of its requests is bounded
 #: by it): a link whose ticket is longer is refused when it is made, not at the broker.
 MAX_TICKET_CHARS = 4096
@@ -90,24 +96,84 @@ class StoredGrant:
     #: The consent app the refresh token was issued to (``GrantStore.put_grant`` sets it): a
     #: grant of another app is never redeemed, rotated or deleted by this one.
     client_id: str = ""
+    #: The record's fields this version does not know (a newer version's, during a rolling
+    #: upgrade), as the compact JSON of an object ("": none): written back as read by every
+    #: write of the record (``dataclasses.replace`` keeps them), so a refresh, a lease or a
+    #: re-seal by an older replica does not drop what a newer one stored. They may hold
+    #: secrets: never shown (``repr``), and no part of equality. Bounded: ``MAX_UNKNOWN_CHARS``.
+    unknown_fields: str = field(default="", repr=False, compare=False)
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        data = asdict(self)
+        unknown = data.pop("unknown_fields")
+        # This version's fields first, and theirs win: an unknown field never stands in for
+        # one this version writes.
+        for name, value in _fields_of(unknown).items():
+            data.setdefault(name, value)
+        return json.dumps(data, separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, raw: bytes) -> StoredGrant:
         """A record this version or another wrote: fields it does not know (a newer version's,
-        during a rolling upgrade) are ignored, so the user's grant is still served; a record
-        missing a field this version needs is unreadable (``TypeError``/``KeyError``)."""
-        data = json.loads(raw)
+        during a rolling upgrade) are kept as read (``unknown_fields``), so the user's grant is
+        still served and they survive its next write; a record missing a field this version
+        needs is unreadable (``TypeError``/``KeyError``/``ValueError``)."""
+        data = _loads(raw)
         if not isinstance(data, dict):
             raise TypeError("a grant record is a JSON object")
-        data = {name: value for name, value in data.items() if name in _GRANT_FIELDS}
-        data["scopes"] = tuple(data["scopes"])
-        return cls(**data)
+        known = {name: value for name, value in data.items() if name in _GRANT_FIELDS}
+        known["scopes"] = tuple(known["scopes"])
+        return cls(**known, unknown_fields=_unknown_fields(data, _GRANT_FIELDS, what="grant"))
 
 
-_GRANT_FIELDS = frozenset(each.name for each in dataclasses.fields(StoredGrant))
+#: The fields a grant record is written with (``unknown_fields`` is not one: it holds the others).
+_GRANT_FIELDS = frozenset(
+    each.name for each in dataclasses.fields(StoredGrant) if each.name != "unknown_fields"
+)
+#: The fields a binding record is written with (``_binding``).
+_BINDING_FIELDS = frozenset({"tid", "oid", _NO_TTL_MARK})
+
+
+def _loads(raw: bytes) -> Any:
+    """A record's JSON; one nested too deeply to read is malformed (``ValueError``), not a
+    ``RecursionError`` that would fail the request (the record is taken as unreadable)."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ValueError("a record nested too deeply to read") from None
+
+
+def _fields_of(unknown: str) -> dict[str, Any]:
+    """The fields ``_unknown_fields`` kept, to write back (none if ``unknown`` is not theirs)."""
+    fields = _loads(unknown.encode()) if unknown.startswith("{") else None
+    return fields if isinstance(fields, dict) else {}
+
+
+def _unknown_fields(data: Mapping[str, Any], known: frozenset[str], *, what: str) -> str:
+    """The fields of the record ``data`` not in ``known`` (a newer version's), as the compact
+    JSON of an object to write back with the record; "" when it has none, or when they take
+    more than ``MAX_UNKNOWN_CHARS`` (then they are dropped at the record's next write, and a
+    WARNING says so, naming their count and size only: they may hold secrets)."""
+    unknown = {name: value for name, value in data.items() if name not in known}
+    if not unknown:
+        return ""
+    try:
+        text = json.dumps(unknown, separators=(",", ":"))
+    except (RecursionError, ValueError):
+        text = None
+    if text is None or len(text) > MAX_UNKNOWN_CHARS:
+        logger.warning(
+            "a stored consent %s holds %d fields this version does not know (written by "
+            "another version), %s: more than the %d characters it keeps, so they are dropped "
+            "when it next writes the record. Fix: run one version of the library on every "
+            "replica and the broker",
+            what,
+            len(unknown),
+            "too deeply nested to copy" if text is None else f"{len(text)} characters in all",
+            MAX_UNKNOWN_CHARS,
+        )
+        return ""
+    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,14 +419,14 @@ class GrantStore:
                 return None
             # A binding from before bindings were per app: copied to this app's key (once;
             # best effort, the next read tries again), so it keeps constraining the sign-in.
-            data = json.loads(legacy[0])
+            data = _loads(legacy[0])
             with contextlib.suppress(Exception):
                 await self._put(
                     key, _binding(data, self.keyring.current), ttl=BINDING_TTL, expect=None
                 )
         else:
             plain, version, stale = found
-            data = json.loads(plain)
+            data = _loads(plain)
             if stale or data.get(_NO_TTL_MARK) != self.keyring.current:
                 # Re-sealed with the current key, and without the TTL an earlier version gave
                 # it (evictable); best effort: the next read tries again.
@@ -411,10 +477,14 @@ class GrantStore:
 
 def _binding(data: Mapping[str, Any], kid: str) -> bytes:
     """A binding's record: its (tid, oid), marked as written without a TTL under key ``kid``
-    (the key it is sealed with: ``_NO_TTL_MARK``)."""
-    return json.dumps(
-        {"tid": str(data["tid"]), "oid": str(data["oid"]), _NO_TTL_MARK: kid}
-    ).encode()
+    (the key it is sealed with: ``_NO_TTL_MARK``), and the fields of the record ``data`` it
+    rewrites that this version does not know (a newer version's), as read (bounded:
+    ``MAX_UNKNOWN_CHARS``)."""
+    record: dict[str, Any] = {"tid": str(data["tid"]), "oid": str(data["oid"]), _NO_TTL_MARK: kid}
+    unknown = _unknown_fields(data, _BINDING_FIELDS, what="binding")
+    for name, value in _fields_of(unknown).items():
+        record.setdefault(name, value)
+    return json.dumps(record).encode()
 
 
 def _cannot_open(keyring: Keyring, value: bytes) -> None:
