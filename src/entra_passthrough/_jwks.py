@@ -347,7 +347,14 @@ class KeySet:
             state.last_failed = False
             self.fetches += 1
 
-    def _failed(self, state: _State, source: KeySource, exc: BaseException) -> None:
+    def _failed(
+        self, state: _State, source: KeySource, exc: BaseException
+    ) -> SigningKeysUnavailable | None:
+        """Record the failed fetch; the error to raise when no keys are held (``None``: the
+        cached keys are kept). Raised by the caller *outside* its ``except`` block: chained to
+        ``exc`` (as cause or context), an HTTP client's error holds its request, whose URL may
+        carry a secret (a SAS ``sig=`` key URL), and tools that walk an error's causes and
+        their attributes (Sentry) would report it. The failure's type is in the text."""
         with self._lock:
             has_keys = state.keys is not None
             # With no keys the server refuses everything until a fetch works: ask again sooner
@@ -363,8 +370,7 @@ class KeySet:
             type(exc).__name__,
             "; keeping the cached keys" if has_keys else "",
         )
-        if not has_keys:
-            raise self._down(state, source) from exc
+        return None if has_keys else self._down(state, source)
 
     def _down(self, state: _State, source: KeySource) -> SigningKeysUnavailable:
         # The operator's text names the endpoint (redacted) and the failure; ``reason``, what a
@@ -493,9 +499,12 @@ class KeySet:
         try:
             keys = await self._fetch_async(source)
         except Exception as exc:
-            self._failed(state, source, exc)
+            down = self._failed(state, source, exc)
         else:
             self._install(state, keys)
+            return
+        if down is not None:
+            raise down  # outside the except block: not chained to the fetch's error
 
     async def _fetch_async(self, source: KeySource) -> dict[str, tuple[Any, ...]]:
         if self._http_client is not None:
@@ -577,16 +586,19 @@ class KeySet:
                     if not self._claim_refetch_locked(state):
                         return  # rate limited
                 done = self._begin_locked(state, None)
+            down = None
             try:
                 keys = self._fetch_sync(source)
             except Exception as exc:
-                self._failed(state, source, exc)
+                down = self._failed(state, source, exc)
             else:
                 self._install(state, keys)
             finally:
                 self._end(state, done)
         finally:
             state.sync_lock.release()
+        if down is not None:
+            raise down  # outside the except block: not chained to the fetch's error
 
     def _refresh_in_thread(self, state: _State, source: KeySource, seen: int) -> None:
         """One background thread per source refreshes the keys (the others are served)."""

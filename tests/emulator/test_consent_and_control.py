@@ -189,10 +189,36 @@ def test_logout_clears_the_session(entra_emulator_fresh: EntraEmulator) -> None:
         assert "code" in _hidden(browser.get(second["auth_uri"]).text)  # session cookie
         out = browser.get(
             f"{idp.authority}/oauth2/v2.0/logout",
-            params={"post_logout_redirect_uri": "http://localhost/bye"},
+            params={"post_logout_redirect_uri": "http://localhost/callback"},
         )
-        assert out.headers["location"] == "http://localhost/bye"
+        assert out.headers["location"] == "http://localhost/callback"  # registered: followed
         assert "Sign in" in browser.get(second["auth_uri"]).text
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"post_logout_redirect_uri": "https://evil.example/phish"},
+        {"post_logout_redirect_uri": "https://evil.example/phish", "client_id": "agent"},
+        # Registered for an app, but not for the one named.
+        {"post_logout_redirect_uri": "http://localhost/callback", "client_id": "unknown-app"},
+        {"post_logout_redirect_uri": "http://localhost/elsewhere"},
+    ],
+    ids=["unregistered", "unregistered-for-the-app", "unknown-app", "another-path"],
+)
+def test_logout_redirects_only_to_a_registered_uri(
+    entra_emulator_fresh: EntraEmulator, params: dict[str, str]
+) -> None:
+    """Entra follows ``post_logout_redirect_uri`` only when it is registered as a redirect URI of
+    the application; the emulator redirected anywhere (an open redirect Entra is not)."""
+    idp = entra_emulator_fresh
+    if params.get("client_id") == "agent":
+        params = {**params, "client_id": idp.agent.client_id}
+    with httpx.Client(verify=idp.ssl_context()) as browser:
+        out = browser.get(f"{idp.authority}/oauth2/v2.0/logout", params=params)
+    assert out.status_code == 200
+    assert "location" not in out.headers
+    assert "signed out" in out.text
 
 
 def test_http_control_endpoints(entra_emulator_fresh: EntraEmulator) -> None:

@@ -103,9 +103,9 @@ def test_v1_logout_ends_the_session_as_v2_logout_does(idp: EntraEmulator) -> Non
         assert "code=" in silent.headers["location"]  # the session signs bob in
         out = http.get(
             f"{idp.authority}/oauth2/logout",
-            params={"post_logout_redirect_uri": "http://localhost/signed-out"},
+            params={"post_logout_redirect_uri": REDIRECT},
         )
-        assert (out.status_code, out.headers["location"]) == (302, "http://localhost/signed-out")
+        assert (out.status_code, out.headers["location"]) == (302, REDIRECT)
         again = _authorize(http, idp, "authorize", prompt="none")
     answer = dict(parse_qsl(urlsplit(again.headers["location"]).query))
     assert answer["error"] == "login_required"

@@ -5,11 +5,14 @@ operator still sees the URL, redacted, in the log line and in the exception's ow
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import certifi
 import httpx2
 import pytest
 from mcp.server.mcpserver import MCPServer
@@ -158,3 +161,41 @@ async def test_the_http_clients_request_log_shows_no_secret_of_the_key_url(
     text = "\n".join(lines)
     leaked = [s for s in ("P4ssw0rd", "SAS-S3CR3T", "APIM-S3CR3T", "BARE-S3CR3T") if s in text]
     assert leaked == []
+
+
+def _chain_text(exc: BaseException) -> str:
+    """``exc`` and every error chained to it (cause or context), as error reporters read them:
+    str, repr and each attribute's repr."""
+    parts: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        parts += [str(current), repr(current)]
+        parts += [repr(value) for value in vars(current).values()]
+        current = current.__cause__ or current.__context__
+    return "\n".join(parts)
+
+
+@pytest.mark.parametrize("driver", ["async", "sync"])
+async def test_no_secret_of_the_key_url_is_in_the_errors_chained_to_the_refusal(
+    driver: str,
+) -> None:
+    """The key endpoint cannot be reached: ``SigningKeysUnavailable`` names the failure's type
+    and the redacted URL, and is chained to nothing that holds the URL. It was raised ``from``
+    the HTTP client's ``ConnectError``, whose request (an attribute) printed the SAS key:
+    reporters that walk an error's causes and attributes (Sentry) would have sent it."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed once the block ends: nothing listens there
+    url = f"https://127.0.0.1:{port}/keys?sv=2022-11-02&sig=SAS-S3CR3T-SIG"
+    verifier = verifier_for(url, certifi.where())
+    token = Issuer().token()
+    with pytest.raises(SigningKeysUnavailable) as raised:
+        await (
+            verifier.verify_async(token)
+            if driver == "async"
+            else asyncio.to_thread(verifier.verify, token)
+        )
+    assert "ConnectError" in str(raised.value)
+    assert "SAS-S3CR3T" not in _chain_text(raised.value)

@@ -306,6 +306,18 @@ def _session(rt: Runtime, user: User) -> str:
         return sid
 
 
+def _logout_target_ok(rt: Runtime, client_id: str | None, target: str) -> bool:
+    """Whether ``post_logout_redirect_uri`` is a redirect URI registered for the app
+    ``client_id`` names, or for any app of the world when none is named (the emulator does not
+    track which apps a session signed in to)."""
+    if client_id:
+        app = rt.world.app(client_id)
+        apps: tuple[App, ...] = (app,) if app is not None else ()
+    else:
+        apps = rt.world.apps
+    return any(_redirect_uri_ok(app, target) for app in apps)
+
+
 async def logout(rt: Runtime, request: Request) -> Response:
     # https://learn.microsoft.com/entra/identity-platform/v2-protocols-oidc#send-a-sign-out-request
     rt.count("logout")
@@ -315,9 +327,12 @@ async def logout(rt: Runtime, request: Request) -> Response:
             rt.sessions.pop(sid, None)
     target = request.query_params.get("post_logout_redirect_uri")
     response: Response
-    if target:
+    if target and _logout_target_ok(rt, request.query_params.get("client_id"), target):
         response = RedirectResponse(target, status_code=302)
     else:
+        # Entra redirects only to a URI registered as a redirect URI of the application (the
+        # one ``client_id`` names, else one the session signed in to); any other URI is not
+        # followed (an open redirect): the user sees the generic signed-out page.
         response = HTMLResponse("<!doctype html><title>Signed out</title><p>You signed out.</p>")
     response.delete_cookie(SESSION_COOKIE)
     return response
