@@ -290,13 +290,17 @@ _TABLE: tuple[Aadsts, ...] = (
     Aadsts(
         700027,
         "InvalidClientAssertionSignature",
-        "the client assertion failed signature validation: a certificate not registered on the "
-        "app or expired ('The key used is expired'), or a federated token (managed identity, "
-        "AZURE_FEDERATED_TOKEN_FILE) damaged, altered or signed by another key",
-        "certificate: upload its public key to the app registration (expired: create a new "
-        "certificate, upload its public key and point the certificate path at it); federated "
-        "token: pass it exactly as its issuer wrote it (the file neither edited, truncated nor "
-        "re-encoded): the federated credential matched, add none",
+        "the client assertion failed signature validation: its header names no certificate "
+        "registered on the app ('The key was not found': an unknown thumbprint, or no x5t at "
+        "all, only a kid) or one that expired ('The key used is expired'), or a federated token "
+        "(managed identity, AZURE_FEDERATED_TOKEN_FILE) damaged, altered or signed by another key",
+        "certificate: the assertion's header must carry x5t or x5t#S256 (the thumbprint) of a "
+        "certificate registered on the app - a kid alone names none (MSAL adds x5t; a hand-made "
+        "signer, Keycloak or Key Vault sign, must too) - and its public key must be uploaded to "
+        "the app registration (expired: create a new certificate, upload its public key and "
+        "point the certificate path at it); federated token: pass it exactly as its issuer wrote "
+        "it (the file neither edited, truncated nor re-encoded): the federated credential "
+        "matched, add none",
     ),
     Aadsts(
         7000272,

@@ -44,6 +44,7 @@ from urllib.parse import urlsplit
 from .. import _env
 from .._checks import seconds
 from .._errors import (
+    GUID,
     ConfigurationError,
     EntraPassthroughError,
     SourceUnavailable,
@@ -253,7 +254,70 @@ def scope_to_resource(scopes: tuple[str, ...]) -> str:
             "per-scope consent: its token carries every role granted to it on that resource)",
         )
     scope = scopes[0]
-    return scope[: -len("/.default")] if scope.endswith("/.default") else scope
+    if scope.endswith("/.default"):
+        return scope[: -len("/.default")]
+    named = _named_permission(scope)
+    if named is not None:
+        # Sent as the resource, it is answered AADSTS500011 "resource not found": the wrong
+        # cause (the API exists). Nothing was sent.
+        resource, permission = named
+        shown = safe_text(scope, 200)
+        raise ConfigurationError(
+            f"A managed identity (or developer CLI) token is for a whole resource, and the "
+            f"scope '{shown}' names one permission ('{safe_text(permission, 100)}') of the "
+            "resource; nothing was sent.",
+            fix=f"pass the one scope '{safe_text(resource, 200)}/.default' ('<resource>/.default': "
+            "a managed identity has no delegated permissions, its token carries every app role "
+            "granted to it on that resource; a developer CLI's carries what the user consented "
+            f"to). If '{shown}' is itself the resource's App ID URI, pass '{shown}/.default'.",
+        )
+    return scope
+
+
+#: Microsoft Graph's hosts (each cloud's): its resource is the host alone, so a path after it
+#: is one of its permissions (``https://graph.microsoft.com/User.Read``).
+_GRAPH_HOSTS = frozenset(
+    {
+        "graph.microsoft.com",
+        "canary.graph.microsoft.com",
+        "graph.microsoft.us",
+        "dod-graph.microsoft.us",
+        "microsoftgraph.chinacloudapi.cn",
+    }
+)
+
+
+def _named_permission(scope: str) -> tuple[str, str] | None:
+    """``(resource, permission)`` when ``scope`` (not ending in ``/.default``) is a resource's
+    named permission, which no managed identity endpoint serves; ``None`` when it can be a
+    resource, as azure-identity's ``ManagedIdentityCredential`` sends it (only ``/.default`` is
+    stripped): ``https://vault.azure.net``, ``https://management.azure.com/``, a client id,
+    ``api://<app>``, and an App ID URI with a path (``https://contoso.com/api``,
+    ``https://analysis.windows.net/powerbi/api``), which cannot be told from a permission.
+
+    Named permissions: ``<client id GUID>/<name>`` (a GUID has no path);
+    ``api://<x>/<name>`` whose last segment is not a GUID (the App ID URI forms Entra accepts
+    have at most one segment after ``api://<x>``, and then it is an app's GUID or follows the
+    tenant's GUID: ``api://<tenant id>/<name>`` reads as a permission here, and its fix says to
+    add ``/.default`` to it); a path after Microsoft Graph's host."""
+    scheme, separator, rest = scope.partition("://")
+    if not separator:
+        head, slash, name = scope.partition("/")
+        if slash and name.strip("/") and GUID.fullmatch(head):
+            return head, name
+        return None
+    host, _, path = rest.partition("/")
+    segments = [part for part in path.split("/") if part]
+    if not host or not segments:
+        return None
+    resource = scope.rstrip("/").rpartition("/")[0]
+    if scheme.lower() == "api":
+        if len(segments) == 1 and GUID.fullmatch(segments[0]):
+            return None
+        return resource, segments[-1]
+    if scheme.lower() in ("https", "http") and host.lower() in _GRAPH_HOSTS:
+        return resource, segments[-1]
+    return None
 
 
 def detect_host(environ: Mapping[str, str] | None = None) -> str:

@@ -14,6 +14,9 @@ Rules:
   (https://learn.microsoft.com/entra/identity-platform/certificate-credentials).
   A certificate past its end date (the registered one, or the leaf presented in ``x5c``) is
   AADSTS700027 with Entra's "[Reason - The key used is expired., ...]", before the signature.
+  An assertion whose ``iss`` is the client id is the app's own: a header that names no
+  registered certificate (an unknown ``x5t``, or only a ``kid``) is AADSTS700027 "[Reason - The
+  key was not found., ...]", never a federated credential's AADSTS700211.
 - Federated assertions: a token whose issuer, subject and audience match a federated identity
   credential of the app, else AADSTS700211 (issuer), 700213 (subject; 7002138 when only the case
   differs) or 700212 (audience) (https://learn.microsoft.com/entra/workload-id/
@@ -146,7 +149,13 @@ def _check_assertion(
     header = jwt.get_unverified_header(assertion)
     now = time.time()
     ours = rt.keys.find(str(header.get("kid", ""))) is not None
-    if not ours and (header.get("x5t") or header.get("x5t#S256")):
+    # iss = the client id: the app's own (certificate) assertion, whatever its header carries
+    # (certificate-credentials). A federated credential's issuer is a URL, never a client id,
+    # so one with only a ``kid`` (Keycloak, Key Vault ``sign`` callers) is refused for its
+    # certificate (AADSTS700027, keycloak/keycloak#19425, #25439), not for a federated
+    # credential the app never needed (AADSTS700211).
+    own = str(claims.get("iss", "")) == app.client_id
+    if own or (not ours and (header.get("x5t") or header.get("x5t#S256"))):
         return _check_certificate(app, assertion, header, endpoints, now)
     # Federated credential (or an agent identity's T1): a token this emulator issued.
     try:
@@ -221,13 +230,10 @@ def _check_certificate(
     endpoints: tuple[str, ...],
     now: float,
 ) -> str:
-    if not app.certificate_pem:
-        raise e.bad_client_assertion(
-            f"The certificate with identifier used to sign the client assertion is not registered "
-            f"on application. [Reason - The key was not found., Thumbprint of key used by client: "
-            f"'{str(header.get('x5t', ''))[:60]}'.]",
-            700027,
-        )
+    if not app.certificate_pem or not (header.get("x5t") or header.get("x5t#S256")):
+        # No certificate registered, or none named: Entra finds a client's key by the header's
+        # x5t / x5t#S256 only (a ``kid`` names none), "The key was not found".
+        raise _key_not_found(app, header)
     cert = x509.load_pem_x509_certificate(app.certificate_pem)
 
     def thumb(name: str) -> str | None:
@@ -239,11 +245,7 @@ def _check_certificate(
         None,
         _ca.x5t_s256(cert),
     ):
-        raise e.bad_client_assertion(
-            "The certificate with identifier used to sign the client assertion is not registered "
-            "on application. [Reason - The key was not found.]",
-            700027,
-        )
+        raise _key_not_found(app, header)
     expired = _expired_key(cert, header, now)
     if expired is not None:
         raise e.bad_client_assertion(expired, 700027)
@@ -286,6 +288,31 @@ def _check_certificate(
         )
     _check_time_range(verified, now)
     return "2"
+
+
+def _key_not_found(app: App, header: Mapping[str, Any]) -> e.StsError:
+    """AADSTS700027 for a client assertion whose header names no certificate registered on the
+    app (an unknown ``x5t``/``x5t#S256``, or neither: only a ``kid``). Entra's text as quoted in
+    keycloak/keycloak#19425 and #25439 (no thumbprint: the header carried none) and
+    AzureAD/microsoft-authentication-library-for-js#8339 (the thumbprint of the ``x5t``)."""
+    used = ""
+    x5t = header.get("x5t")
+    if isinstance(x5t, str):
+        with contextlib.suppress(ValueError):
+            digest = jwt.utils.base64url_decode(x5t.rstrip("="))
+            if len(digest) == 20:  # a SHA-1 thumbprint, as Entra prints it
+                used = f"Thumbprint of key used by client: '{digest.hex().upper()}', "
+    return e.bad_client_assertion(
+        "The certificate with identifier used to sign the client assertion is not registered on "
+        f"application. [Reason - The key was not found., {used}Please visit the Azure Portal, "
+        "Graph Explorer or directly use MS Graph to see configured keys for app Id "
+        f"'{app.client_id}'. Review the documentation at https://docs.microsoft.com/en-us/graph/"
+        "deployments to determine the corresponding service endpoint and https://"
+        "docs.microsoft.com/en-us/graph/api/application-get?view=graph-rest-1.0&tabs=http to "
+        "build a query request URL, such as 'https://graph.microsoft.com/beta/applications/"
+        f"{app.object_id}']",
+        700027,
+    )
 
 
 def _check_time_range(claims: Mapping[str, Any], now: float) -> None:

@@ -245,7 +245,15 @@ async def imds_token(rt: Runtime, request: Request) -> Response:
     rt.count("msi")
     q = request.query_params
     arc = q.get("api-version") == "2020-06-01"
-    if request.headers.get("metadata", "").lower() != "true":
+    metadata = request.headers.get("metadata", "")
+    if not arc and metadata != "true":
+        # IMDS: 'Metadata' "must be set to "true", in all lower case"; missing or formatted
+        # otherwise (True, TRUE) it answers 400 bad_request_102 "Required metadata header not
+        # specified" (how-to-use-vm-token, "Request parameters" and "Error handling").
+        return _imds_fail(400, "bad_request_102", "Required metadata header not specified")
+    if arc and metadata.lower() != "true":
+        # Azure Arc's agent is not IMDS: Microsoft's own example sends 'Metadata: True'
+        # (https://learn.microsoft.com/azure/azure-arc/servers/managed-identity-authentication).
         return _imds_fail(400, "invalid_request", "Required metadata header not specified")
     if not arc and "x-forwarded-for" in request.headers:
         # IMDS rejects a request that carries X-Forwarded-For (it went through a proxy): "Must
