@@ -1024,7 +1024,10 @@ class TokenChain:
             self.cache.adopt(refused.cache_key, satisfying)
 
     def close(self) -> None:
-        """Stop the sources' worker threads."""
+        """Stop the sources' worker threads, and cut their token requests in flight: a caller
+        waiting on one gets ``SourceUnavailable`` saying the source was closed (another chain's
+        requests go on), and no worker stays blocked on a stalled endpoint, holding up the
+        process's exit (docs/reliability.md)."""
         for source in self.sources:
             if isinstance(source, ClosingSource):
                 source.close()

@@ -173,7 +173,9 @@ class TransportFailure(Exception):
     (a 3xx/4xx answer to a token request whose body is no OAuth error object: a proxy's,
     firewall's or gateway's page; not retried), ``tls`` (the peer's certificate failed
     verification: not trusted, e.g. a TLS-inspecting proxy's, or not for that host),
-    ``ca_bundle`` (the CA bundle set to verify it could not be loaded) or ``deadline``;
+    ``ca_bundle`` (the CA bundle set to verify it could not be loaded), ``deadline``, or
+    ``closed`` (its owner, the source's worker pool, was closed: ``ExchangeGroup``; not retried,
+    not cached, closes no gate);
     ``tls`` and ``ca_bundle`` are this process's trust settings, not the peer's failure: not
     retried, and never put in the shared negative cache (another source's session may trust
     other CAs). ``retry_after``: seconds until a request may be sent again (``None`` if
@@ -230,6 +232,8 @@ class TransportFailure(Exception):
             return "TLS certificate not trusted"
         if self.kind == "ca_bundle":
             return "CA bundle unreadable"
+        if self.kind == "closed":
+            return "source closed"
         return "connection failed"
 
     def describe(self) -> str:
@@ -257,6 +261,11 @@ class TransportFailure(Exception):
             what = (
                 f"the CA bundle set to verify {peer}'s TLS certificate could not be loaded "
                 "(missing, a folder, or no certificate in it); no connection was made"
+            )
+        elif self.kind == "closed":
+            what = (
+                "the token source was closed (TokenChain.close() or the source's close()) while "
+                f"this request was in flight: it was stopped without an answer from {peer}"
             )
         elif self.kind == "deadline":
             what = f"the acquisition's deadline passed before {peer} answered"
@@ -648,6 +657,10 @@ class GuardedHttpClient:
         self, method: str, url: str, *, params: Any, data: Any, headers: Any, **kwargs: Any
     ) -> Any:
         t = self.timeouts
+        group = _CURRENT_GROUP.get()
+        if group is not None and group.closed:
+            # Its owner was closed: nothing is sent (and no wait for a gate or a probe).
+            raise TransportFailure("closed", peer=self.peer)
         end = current_deadline(t.deadline)
         authority = gate_key(url, data)
         key = _request_key(method, url, data, params)
@@ -685,7 +698,7 @@ class GuardedHttpClient:
         probes = [probe] if probe is not None else []
         try:
             return self._attempts(
-                method, url, authority, key, end, probes, params, data, headers, kwargs
+                method, url, authority, key, end, probes, params, data, headers, kwargs, group
             )
         finally:
             for held in probes:
@@ -703,12 +716,15 @@ class GuardedHttpClient:
         data: Any,
         headers: Any,
         kwargs: dict[str, Any],
+        group: ExchangeGroup | None = None,
     ) -> Any:
         t = self.timeouts
         send = self.inner.post if method == "POST" else self.inner.get
         attempt = 0
         while True:
             attempt += 1
+            if group is not None and group.closed:  # closed during the pause before a retry
+                raise TransportFailure("closed", attempts=attempt - 1 or 1, peer=self.peer)
             remaining = end - time.monotonic()
             if remaining <= 0:
                 raise TransportFailure("deadline", attempts=attempt - 1 or 1, peer=self.peer)
@@ -719,6 +735,9 @@ class GuardedHttpClient:
             # from the first phase to the body's end, and the watchdog shuts it down at the
             # deadline (the timeouts above are per read or write, never a total).
             watch = _WATCHDOG.arm(end)
+            if group is not None and not group._enter(watch):
+                watch.finish()  # closed since the check above: this attempt is not sent
+                raise TransportFailure("closed", attempts=attempt - 1 or 1, peer=self.peer)
             scope = _CURRENT_WATCH.set(watch)
             try:
                 try:
@@ -745,7 +764,14 @@ class GuardedHttpClient:
                 finally:
                     _CURRENT_WATCH.reset(scope)
                     watch.finish()
+                    if group is not None:
+                        group._leave(watch)
             except Exception as exc:  # requests' Timeout/ConnectionError, OSError, ...
+                if watch.closed:
+                    # Cut because its owner was closed (``ExchangeGroup``): not the endpoint's
+                    # failure nor the deadline. Not retried, cached or gated: another owner's
+                    # requests to this endpoint go on as before.
+                    raise TransportFailure("closed", attempts=attempt, peer=self.peer) from None
                 kind = "timeout" if _is_timeout(exc) else trust_failure(exc) or "connection"
                 phase = None
                 if watch.cut or time.monotonic() >= end:
@@ -832,7 +858,10 @@ class GuardedHttpClient:
                 pause = backoff_pause(t.backoff, attempt, t.max_backoff, self._random)
             if pause >= end - time.monotonic():
                 break
-            self._sleep(pause)
+            if group is not None and self._sleep is time.sleep:
+                group.pause(pause)  # cut short when the owner closes (checked at the loop's top)
+            else:
+                self._sleep(pause)
             # After a Retry-After wait this request is the probe; after a backoff, a gate another
             # request set meanwhile (Retry-After, endpoint failing) is honoured.
             blocked, again = self.throttle.admit(
@@ -1116,6 +1145,7 @@ class RequestWatch:
         "_own",
         "_sock",
         "bound",
+        "closed",
         "cut",
         "end",
         "fired",
@@ -1127,6 +1157,7 @@ class RequestWatch:
         self.phase = "connect"
         self.cut = False  # the deadline passed during an exchange
         self.fired: str | None = None  # the phase it cut (None: not a watched connection)
+        self.closed = False  # cut (or to be cut) because its owner closed: ``ExchangeGroup``
         self.bound = False  # a watched connection (or the fallback) carries this attempt
         self._sock: socket.socket | None = None
         self._own = False  # _sock is a duplicate this watch closes
@@ -1174,10 +1205,14 @@ class RequestWatch:
             self._done = True
         self.release()
 
-    def _fire(self) -> None:  # the watchdog, holding the lock
+    def _fire(self, *, closed: bool = False) -> None:  # holding ``_WATCHDOG.lock``
+        """The deadline passed (the watchdog), or the owner closed (``ExchangeGroup.close``):
+        the exchange in flight is cut, and any phase after it (``hold``)."""
         if self._done:
             return
         self._expired = True
+        if closed:
+            self.closed = True
         if self._idle:
             return
         self.cut = True
@@ -1202,6 +1237,76 @@ _CURRENT_WATCH: contextvars.ContextVar[RequestWatch | None] = contextvars.Contex
 def current_watch() -> RequestWatch | None:
     """The watch of the attempt this thread is sending (``None`` outside the guarded layer)."""
     return _CURRENT_WATCH.get()
+
+
+class ExchangeGroup:
+    """The token exchanges of one owner (a ``WorkerPool``, so one source), for ``close``.
+
+    A worker thread blocked on a stalled token endpoint cannot be stopped, and the interpreter
+    joins a ``ThreadPoolExecutor``'s workers at exit: a source closed while one of its
+    exchanges waited kept the process alive until that exchange's deadline. The owner runs its
+    exchanges inside ``running()``; each attempt of the guarded layer made there is registered
+    with the group, and ``close`` cuts the ones in flight the way the deadline watchdog does
+    (their sockets shut down: the blocked read or write fails at once), refuses their later
+    attempts and cuts short their pauses between retries. Each fails as
+    ``TransportFailure("closed")``, which the sources turn into a ``SourceUnavailable`` saying the
+    source was closed. Another owner's exchanges (another chain, another source) are never
+    touched. The cost per attempt: a set add and discard under this group's lock; nothing on a
+    cache hit (no exchange runs).
+    """
+
+    __slots__ = ("_closed", "_lock", "_watches")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._watches: set[RequestWatch] = set()
+        self._closed = threading.Event()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        """The token requests made inside (in this thread/context) belong to this group."""
+        token = _CURRENT_GROUP.set(self)
+        try:
+            yield
+        finally:
+            _CURRENT_GROUP.reset(token)
+
+    def pause(self, seconds: float) -> None:
+        """Sleep ``seconds`` (a retry's backoff), or less if the group is closed meanwhile."""
+        self._closed.wait(seconds)
+
+    def _enter(self, watch: RequestWatch) -> bool:
+        """Register an attempt's watch; ``False`` (not registered) once the group is closed."""
+        with self._lock:
+            if self._closed.is_set():
+                return False
+            self._watches.add(watch)
+            return True
+
+    def _leave(self, watch: RequestWatch) -> None:
+        with self._lock:
+            self._watches.discard(watch)
+
+    def close(self) -> None:
+        """Cut every exchange of the group in flight and refuse its later attempts
+        (idempotent)."""
+        with self._lock:
+            self._closed.set()
+            watches = list(self._watches)
+            self._watches.clear()
+        if watches:
+            with _WATCHDOG.lock:
+                for watch in watches:
+                    watch._fire(closed=True)
+
+
+_CURRENT_GROUP: contextvars.ContextVar[ExchangeGroup | None] = contextvars.ContextVar(
+    "entra_passthrough_exchange_group", default=None
+)
 
 
 def _read_within(response: Any, watch: RequestWatch) -> None:
@@ -1296,6 +1401,14 @@ TLS_FIX = (
     "holding the CA that signs the authority's certificate: behind a TLS-inspecting proxy, the "
     "proxy's CA; check that the authority host is the name the certificate is for. Not "
     "retried: it fails the same way until the trust settings change."
+)
+
+
+#: The fix for a request cut because its source was closed (``TransportFailure("closed")``).
+CLOSED_FIX = (
+    "close() is for shutdown: it stops the source's worker threads and cuts its token requests "
+    "in flight. Close the chain (or source) only once nothing asks it for tokens any more (after "
+    "the server stopped taking requests), or build a new one to go on serving."
 )
 
 

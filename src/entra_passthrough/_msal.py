@@ -15,6 +15,7 @@ Why each piece exists (docs/platform-facts.md, MSAL Python 1.39):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import ipaddress
 import logging
@@ -36,9 +37,11 @@ from . import _redact
 from ._errors import NEW_CERTIFICATE_FIX, ConfigurationError
 from ._http import (
     DEFAULT_TIMEOUTS,
+    ExchangeGroup,
     GuardedHttpClient,
     Throttle,
     Timeouts,
+    TransportFailure,
     current_deadline,
     size_pool,
 )
@@ -463,6 +466,12 @@ class WorkerPool:
     and at most ``max_workers`` of them: the healthy users of the source (another tenant, a
     request that is answered) keep ``max_workers`` threads between them. A burst of healthy
     calls that merely outnumbers the workers queues as before (nothing there is stalled).
+
+    ``close`` cuts the pool's token exchanges in flight (``_http.ExchangeGroup``: their sockets
+    shut down, as at their deadline) and drops its queued calls: their callers get
+    ``TransportFailure("closed")`` (the sources say the source was closed), and no worker is
+    left blocked on a stalled endpoint for the interpreter to wait for at exit. The pool starts
+    again on its next use; another pool's exchanges are not touched.
     """
 
     #: Before a pool has measured a call: a cold OBO exchange over a new TLS connection.
@@ -512,6 +521,8 @@ class WorkerPool:
         #: CPU seconds one call costs its worker (moving average of ``time.thread_time()``)
         self.cost = self.INITIAL_COST
         self._started = False  # ``start()`` ran: a forked child starts its workers again
+        #: The token exchanges of the calls running now: ``close`` cuts them.
+        self._group = ExchangeGroup()
         _POOLS.add(self)
 
     def _forked(self) -> None:
@@ -520,6 +531,7 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._executor = None
         self._overflow = None
+        self._group = ExchangeGroup()  # its lock may have been held at the fork
         self._queued = 0
         self._running = {}
         self._lent = 0
@@ -585,6 +597,20 @@ class WorkerPool:
         stalled calls, it runs on an overflow thread (see the class)."""
         if not paced:
             await self.pace()
+        group = self._group
+        try:
+            return await self._run(fn, args, wait_at_most)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if group.closed and (task is None or not task.cancelling()):
+                # Not this caller's cancellation: ``close`` dropped the call before a worker
+                # took it. Said as what it is, not as a cancelled task.
+                raise TransportFailure("closed") from None
+            raise
+
+    async def _run(
+        self, fn: Callable[..., T], args: tuple[Any, ...], wait_at_most: float | None
+    ) -> T:
         loop = asyncio.get_running_loop()
         end = None if wait_at_most is None else loop.time() + wait_at_most
         with self._lock:
@@ -602,7 +628,7 @@ class WorkerPool:
         with self._lock:
             self._queued += 1
         try:
-            future = executor.submit(self._timed, fn, args, True)
+            future = executor.submit(self._timed, fn, args, True, self._group)
         except BaseException:
             with self._lock:
                 self._queued -= 1
@@ -641,7 +667,7 @@ class WorkerPool:
                     max_workers=self.max_workers, thread_name_prefix=f"{self._name}-overflow"
                 )
         try:
-            future = overflow.submit(self._timed, fn, args, False)
+            future = overflow.submit(self._timed, fn, args, False, self._group)
         except BaseException:
             with self._lock:
                 self._lent -= 1
@@ -708,7 +734,16 @@ class WorkerPool:
         left = current_deadline(math.inf) - time.monotonic()
         time.sleep(min(delay, max(0.0, left) * self.RESPACE_SHARE))
 
-    def _timed(self, fn: Callable[..., T], args: tuple[Any, ...], main: bool = True) -> T:
+    def _timed(
+        self,
+        fn: Callable[..., T],
+        args: tuple[Any, ...],
+        main: bool = True,
+        group: ExchangeGroup | None = None,
+    ) -> T:
+        # ``group``: the pool's when the call was submitted (a call submitted before ``close``
+        # and started after it is refused by the group it belongs to, not sent under the next).
+        group = group if group is not None else self._group
         worker = threading.get_ident()
         if main:  # the overflow's calls never count as stalled: they stand in for stalled ones
             with self._lock:
@@ -716,7 +751,8 @@ class WorkerPool:
                 self._running[worker] = time.monotonic()
         start = time.thread_time()
         try:
-            return fn(*args)
+            with group.running():
+                return fn(*args)
         finally:
             # a float store is atomic under the GIL; a lost update between two workers only
             # drops one sample of an average
@@ -725,13 +761,22 @@ class WorkerPool:
                 with self._lock:
                     self._running.pop(worker, None)
 
+    def exchanges(self) -> contextlib.AbstractContextManager[None]:
+        """The token requests made inside belong to this pool (``close`` cuts them): for a
+        source's synchronous path, which runs in its caller's thread, not in a worker."""
+        return self._group.running()
+
     def close(self) -> None:
+        """Drop the queued calls, cut the token exchanges in flight (``ExchangeGroup``) and let
+        the workers end (idempotent; the pool starts again on its next use)."""
         with self._lock:
             executor, self._executor = self._executor, None
             overflow, self._overflow = self._overflow, None
+            group, self._group = self._group, ExchangeGroup()
         for each in (executor, overflow):
             if each is not None:
                 each.shutdown(wait=False, cancel_futures=True)
+        group.close()
 
 
 class AppPool:

@@ -250,7 +250,7 @@ def _connect_within(conn: Any, watch: RequestWatch) -> socket.socket:
     try:
         for address in addresses:
             left = watch.end - time.monotonic()
-            if left <= 0:
+            if left <= 0 or watch.closed:  # (closed: its source was closed, no next address)
                 break
             conn._dns_host = address
             conn.timeout = min(timeout, left)

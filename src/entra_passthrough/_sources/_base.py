@@ -14,7 +14,7 @@ from .._errors import (
     Throttled,
     error_from_entra,
 )
-from .._http import TransportFailure
+from .._http import CLOSED_FIX, TransportFailure
 from .._types import IdentityKind, TokenResult, token_exp
 
 #: The longest lifetime believed from a token endpoint's ``expires_in`` (seconds): a day.
@@ -165,6 +165,16 @@ def unreachable(
                 status=exc.status,
                 source=source,
                 scopes=scopes,
+                **named,
+            )
+        if exc.kind == "closed":
+            # The application closed the source (chain.close()) with this request in flight:
+            # neither the endpoint's failure nor a deadline, and nothing to retry here.
+            return SourceUnavailable(
+                f"{what} failed: {exc.describe()}.",
+                source=source,
+                scopes=scopes,
+                fix=CLOSED_FIX,
                 **named,
             )
         if exc.kind == "page":

@@ -791,7 +791,8 @@ class ManagedIdentity:
         return ("system-assigned", self._instance)
 
     def get_token(self, request: TokenRequest) -> TokenResult | None:
-        return self._fetch(request.scopes)
+        with self._pool.exchanges():  # in the caller's thread: close() cuts it too
+            return self._fetch(request.scopes)
 
     async def get_token_async(self, request: TokenRequest) -> TokenResult | None:
         await self._pool.pace()
@@ -811,6 +812,13 @@ class ManagedIdentity:
         except TimeoutError:
             raise unreachable(
                 TransportFailure("deadline", peer=_PEER),
+                what=f"managed identity token request ({self.host})",
+                source=self.name,
+                scopes=request.scopes,
+            ) from None
+        except TransportFailure as exc:  # "closed": close() dropped the call before it ran
+            raise unreachable(
+                exc,
                 what=f"managed identity token request ({self.host})",
                 source=self.name,
                 scopes=request.scopes,

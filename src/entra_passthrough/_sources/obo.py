@@ -394,7 +394,8 @@ class OnBehalfOf:
             return None
         tenant, assertion, exp = self.preflight(request)
         self._check_refused(request, tenant)
-        return self._exchange(request, tenant, assertion, exp)
+        with self._pool.exchanges():  # in the caller's thread: close() cuts it too
+            return self._exchange(request, tenant, assertion, exp)
 
     def _check_refused(self, request: TokenRequest, tenant: str) -> None:
         caller = request.caller
@@ -428,6 +429,10 @@ class OnBehalfOf:
                 what="on-behalf-of request to Entra",
                 source=self.name,
                 scopes=request.scopes,
+            ) from None
+        except TransportFailure as exc:  # "closed": close() dropped the call before it ran
+            raise unreachable(
+                exc, what="on-behalf-of request to Entra", source=self.name, scopes=request.scopes
             ) from None
 
     def _exchange(
