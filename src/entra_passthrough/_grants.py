@@ -103,6 +103,16 @@ class StoredGrant:
     #: secrets: never shown (``repr``), and no part of equality. Bounded: ``MAX_UNKNOWN_CHARS``.
     unknown_fields: str = field(default="", repr=False, compare=False)
 
+    @property
+    def stamp(self) -> str:
+        """Which consent this record is: the same for as long as it exists (a refresh, a lease
+        and a re-seal keep its creation time and account), another for the grant of any later
+        consent (a sign-out and a new consent, or a consent given again: the broker writes a
+        new record). The shared token cache binds the tokens it holds to it
+        (``_l2.from_grant``). Not secret: a digest of the creation time and the account."""
+        seed = f"{self.created!r}\x00{self.tid.lower()}\x00{self.oid.lower()}"
+        return hashlib.sha256(seed.encode()).hexdigest()[:32]
+
     def to_json(self) -> bytes:
         data = asdict(self)
         unknown = data.pop("unknown_fields")

@@ -36,6 +36,21 @@ ran out, so it acquires on its own) also waits, while another replica holds the 
 that replica's entry. So after a replica died mid-refresh the survivors make one redemption,
 not one each. Nothing is read unless the source waited: an L1 or L2 hit costs nothing more.
 
+**Grant-bound entries.** A token a source got from a grant the user can revoke
+(``DelegatedConsent``: the consent the user gave through the broker, deleted by a sign-out)
+is written with the grant it came from (``from_grant``: a stamp of that consent, sealed in the
+entry like the rest). The broker's sign-out deletes only the grant (it cannot find the user's
+entries: their keys are HMACs), so on an L2 hit of such an entry the source is asked, through
+the acquisition itself (``grant_check``: one read of the grant, no token request), whether
+that grant still exists and is the same one. If it is not (signed out, or signed out and
+consented again: another grant), the entry is not served: it is dropped (compare-and-delete on
+the version read, as ``invalidate`` does; the replica also never takes that token from L2
+again) and the source acquires as usual (no grant: ``ConsentRequired``). If the source cannot
+tell (the grant store failed the read), the entry is not served either and the source acquires
+as usual (it reads the grant too). A source that waited for another replica's refresh gets
+only an entry of the grant it just read (``shared_result_async(grant=...)``). Only such L2
+hits pay the read: an L1 hit, and every other source's entries, nothing more.
+
 The shared cache is an optimisation: when the store fails (down, slow, full, refused), the
 acquisition goes straight to Entra and L2 is skipped for ``retry_after`` seconds, so a dead
 Redis costs one timeout, not one per request. Entries are sealed (AES-GCM, the consent keyring,
@@ -79,7 +94,16 @@ from ._types import Cap, IdentityKind, TokenResult, cap_value, entry_timing
 if TYPE_CHECKING:
     from ._cache import TokenCache
 
-__all__ = ["SharedCache", "SharedTokenCache", "SyncTokenStore", "renew_until", "renew_until_sync"]
+__all__ = [
+    "GrantCheck",
+    "SharedCache",
+    "SharedTokenCache",
+    "SyncTokenStore",
+    "from_grant",
+    "grant_check",
+    "renew_until",
+    "renew_until_sync",
+]
 
 logger = logging.getLogger("entra_passthrough.cache.shared")
 
@@ -127,8 +151,8 @@ class SyncTokenStore(Protocol):
 #: The longest ``lease``, ``wait`` or ``retry_after`` taken (seconds): longer is a typo.
 _DAY: Final = 86_400.0
 
-Recheck = Callable[[], Awaitable[TokenResult | None]]
-RecheckSync = Callable[[], TokenResult | None]
+Recheck = Callable[[str | None], Awaitable[TokenResult | None]]
+RecheckSync = Callable[[str | None], TokenResult | None]
 #: The acquisition ``SharedTokenCache`` is running in this context: how to read again what
 #: another replica shared for it (``shared_result_async``, ``shared_result_sync``).
 _RECHECK: ContextVar[Recheck | None] = ContextVar("entra_passthrough_l2_recheck", default=None)
@@ -137,18 +161,62 @@ _RECHECK_SYNC: ContextVar[RecheckSync | None] = ContextVar(
 )
 
 
-async def shared_result_async() -> TokenResult | None:
+#: The grant stamps a source named for the result of the acquisition under way (``from_grant``).
+_GRANTED: ContextVar[list[str] | None] = ContextVar("entra_passthrough_l2_granted", default=None)
+#: The check an L2 hit of a grant-bound entry asks of its source (``grant_check``).
+_CHECK: ContextVar[GrantCheck | None] = ContextVar("entra_passthrough_l2_check", default=None)
+
+
+async def shared_result_async(*, grant: str | None = None) -> TokenResult | None:
     """For a source that just waited for another replica's refresh of the same user: the
     token that replica shared for the acquisition under way (the shared cache's entry), if
-    any; ``None`` outside a shared cache's acquisition. Never raises."""
+    any; ``None`` outside a shared cache's acquisition. ``grant``: the stamp of the grant the
+    source just read (``from_grant``): only an entry written from that grant is returned.
+    Never raises."""
     recheck = _RECHECK.get()
-    return None if recheck is None else await recheck()
+    return None if recheck is None else await recheck(grant)
 
 
-def shared_result_sync() -> TokenResult | None:
+def shared_result_sync(*, grant: str | None = None) -> TokenResult | None:
     """``shared_result_async`` for the sync API (a blocking read)."""
     recheck = _RECHECK_SYNC.get()
-    return None if recheck is None else recheck()
+    return None if recheck is None else recheck(grant)
+
+
+def from_grant(stamp: str) -> None:
+    """For a source whose tokens come from a grant the user can revoke (``DelegatedConsent``):
+    the result it is about to return came from the grant ``stamp`` names (a stamp that is the
+    same for as long as that grant exists, and another for any later grant). The shared cache
+    writes the stamp into the entry, and serves the entry on an L2 hit only once the source
+    confirmed that grant still stands (``grant_check``). Outside a shared cache's acquisition:
+    nothing."""
+    granted = _GRANTED.get()
+    if granted is not None:
+        granted.append(stamp)
+
+
+class GrantCheck:
+    """What an L2 hit of a grant-bound entry asks its source (``grant_check``): whether the
+    grant ``stamp`` names still stands. The source sets ``verdict`` (``True``: that very grant
+    exists; ``False``: none, or another one) and returns ``None``, requesting no token; left
+    ``None``, the answer is unknown (the grant store failed). Either way but ``True`` the entry
+    is not served."""
+
+    __slots__ = ("stamp", "verdict")
+
+    def __init__(self, stamp: str) -> None:
+        self.stamp = stamp
+        self.verdict: bool | None = None
+
+    def __repr__(self) -> str:
+        return f"GrantCheck(verdict={self.verdict!r})"
+
+
+def grant_check() -> GrantCheck | None:
+    """For a source that writes ``from_grant``: the check its call is for, or ``None`` (a call
+    for a token). Under a check the source reads the grant, sets the verdict and returns
+    ``None``, whatever it would do for a token (no token request, no error for the caller)."""
+    return _CHECK.get()
 
 
 def _usable_ttl(expires_on: float, cap: float | None, now: float) -> float:
@@ -203,6 +271,10 @@ class SharedTokenCache:
         self.fenced = 0
         #: Entries dropped from L2 after the resource refused their token (``invalidate``).
         self.invalidated = 0
+        #: Grant-bound entries not served (and dropped) because their grant was gone or
+        #: replaced (a sign-out: ``from_grant``), and those not served because the source
+        #: could not tell (``unconfirmed``: the grant store failed the read).
+        self.revoked = self.unconfirmed = 0
         # (entry name, sha256 of a token a resource refused) -> that token's expiry: never
         # served from L2 again by this replica, whatever became of the delete.
         self._rejected: dict[tuple[str, str], float] = {}
@@ -224,32 +296,34 @@ class SharedTokenCache:
             return None  # not a key the chain builds: keep it in L1 only
         return self.keyring.digest("l2-key", text.encode("utf-8", "surrogatepass"))
 
-    def _seal(self, name: str, result: TokenResult) -> bytes:
-        plain = json.dumps(
-            {
-                "t": result.token,
-                "e": result.expires_on,
-                "k": result.kind.value,
-                "s": result.source,
-                "h": dict(result.headers),
-            },
-            separators=(",", ":"),
-        ).encode()
+    def _seal(self, name: str, result: TokenResult, grant: str | None = None) -> bytes:
+        data: dict[str, Any] = {
+            "t": result.token,
+            "e": result.expires_on,
+            "k": result.kind.value,
+            "s": result.source,
+            "h": dict(result.headers),
+        }
+        if grant is not None:
+            data["g"] = grant  # the grant it came from (``from_grant``)
+        plain = json.dumps(data, separators=(",", ":")).encode()
         return self.keyring.seal("l2", plain, aad=record_aad(self.store, name)).encode("ascii")
 
-    def _open(self, name: str, raw: bytes) -> TokenResult | None:
+    def _open(self, name: str, raw: bytes) -> _Opened | None:
         try:
             plain = open_record(self.keyring, "l2", raw.decode("ascii"), self.store, name)[0]
             data = json.loads(plain)
-            return TokenResult(
+            grant = data.get("g")
+            result = TokenResult(
                 token=str(data["t"]),
                 expires_on=float(data["e"]),
                 kind=IdentityKind(data["k"]),
                 source=str(data["s"]),
                 headers={str(k): str(v) for k, v in dict(data["h"]).items()},
             )
-        except (KeyringError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        except (KeyringError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
             return None  # sealed under a retired key, or tampered: a miss
+        return _Opened(result, None if grant is None else str(grant))
 
     # -- store calls that never fail the acquisition -----------------------------------------
 
@@ -269,11 +343,17 @@ class SharedTokenCache:
             self.retry_after,
         )
 
-    def _usable(self, name: str, entry: Entry | None, floor: float, cap: Cap) -> TokenResult | None:
+    def _usable(self, name: str, entry: Entry | None, floor: float, cap: Cap) -> _Opened | None:
+        """The entry's token (and the grant it came from) if it may be served: newer than
+        ``floor``, usable under ``cap``, not refused by a resource. A grant-bound entry still
+        needs its grant confirmed (``_confirmed_flow``)."""
         if entry is None:
             return None
-        result = self._open(name, entry.value)
-        if result is None or result.expires_on <= floor:
+        opened = self._open(name, entry.value)
+        if opened is None:
+            return None
+        result = opened.result
+        if result.expires_on <= floor:
             return None
         # The reader's cap is the writer's (the key is the assertion's): read only now, once an
         # entry is found (a callable decodes the caller's claims).
@@ -281,7 +361,7 @@ class SharedTokenCache:
             return None
         if self._rejected and (name, sha256_hex(result.token)) in self._rejected:
             return None  # the token a resource refused (invalidate): acquire a new one
-        return result
+        return opened
 
     # -- invalidation (the resource refused a token) -----------------------------------------
 
@@ -328,7 +408,7 @@ class SharedTokenCache:
             if not isinstance(entry, Entry):
                 return
             held = self._open(name, entry.value)
-            if held is None or sha256_hex(held.token) != mark:
+            if held is None or sha256_hex(held.result.token) != mark:
                 return  # another replica's newer token (or nothing we can open): kept
             if (yield _Op(name, expect=entry.version, delete=True)):
                 self.invalidated += 1
@@ -336,7 +416,7 @@ class SharedTokenCache:
             self._failed("invalidate", exc)
 
     def _to_write(
-        self, name: str, result: TokenResult | None, cap: Cap
+        self, name: str, result: TokenResult | None, cap: Cap, grant: str | None = None
     ) -> tuple[bytes, float] | None:
         """(sealed value, ttl) of a result worth sharing, else ``None``."""
         if result is None or result.kind not in self.kinds:
@@ -347,7 +427,7 @@ class SharedTokenCache:
             result = TokenResult(
                 result.token, cap, result.kind, result.source, dict(result.headers)
             )
-        return None if ttl < 1.0 else (self._seal(name, result), ttl)
+        return None if ttl < 1.0 else (self._seal(name, result, grant), ttl)
 
     def _write_flow(
         self,
@@ -357,13 +437,15 @@ class SharedTokenCache:
         cap: Cap,
         seen: str | None,
         read: bool,
+        grant: str | None = None,
     ) -> Generator[_Op, object, None]:
         """Share ``result`` if the holder still holds ``lease`` and the entry did not change
         since it saw it (version ``seen``, ``None``: absent). An entry that merely expired
         meanwhile is written. ``read=False``: the holder's read failed, so ``seen`` is a
-        guess (no entry). The store calls are yielded (``_Op``): ``_io`` and ``_io_sync``
-        run them on the async store and on the blocking one."""
-        sealed = self._to_write(name, result, cap)
+        guess (no entry). ``grant``: the grant the result came from (``from_grant``), sealed
+        with it. The store calls are yielded (``_Op``): ``_io`` and ``_io_sync`` run them on
+        the async store and on the blocking one."""
+        sealed = self._to_write(name, result, cap, grant)
         if sealed is None or not (yield from self._hold_flow(lease)):
             return
         try:
@@ -512,6 +594,8 @@ class SharedTokenCache:
                     return await acquire()
                 if isinstance(step, _Run):
                     return await self._acquire(acquire, step)
+                if isinstance(step, _Confirm):
+                    return await self._confirm(acquire, step)
                 if isinstance(step, _Renew):
                     done = asyncio.Event()
                     return _Renewal(done, asyncio.ensure_future(self._renew(step.lease, done)))
@@ -548,6 +632,8 @@ class SharedTokenCache:
                     return acquire()
                 if isinstance(step, _Run):
                     return self._acquire_sync(store, acquire, step)
+                if isinstance(step, _Confirm):
+                    return self._confirm_sync(acquire, step)
                 if isinstance(step, _Renew):
                     done = threading.Event()
                     renewing = threading.Thread(
@@ -601,9 +687,11 @@ class SharedTokenCache:
         delay = _FIRST_POLL
         waited = False
         version: str | None = None
+        # Versions of grant-bound entries whose grant was not confirmed: not asked again.
+        refused: set[str] = set()
         try:
             while True:
-                found = yield from self._hit_flow(name, floor, cap)
+                found = yield from self._hit_flow(name, floor, cap, refused)
                 if found is not None:
                     return found
                 version = cast("str | None", (yield _Take(lease_name)))
@@ -625,9 +713,10 @@ class SharedTokenCache:
             self._failed("read", exc)
             return _result((yield _ALONE))  # the acquisition alone: L2 is skipped
         served: list[TokenResult] = []
+        granted: list[str] = []
         if version is None:  # outside the try: an error of the acquisition is not the store's
             holder = None if on_loop else lease_name
-            return _result((yield _Run(name, holder, floor, cap, served)))
+            return _result((yield _Run(name, holder, floor, cap, served, granted)))
         lease = _Lease(lease_name, version)
         renewal: _Renewal | None = None
         share: _Share | None = None
@@ -641,17 +730,17 @@ class SharedTokenCache:
             except Exception as exc:
                 self._failed("read", exc)
                 entry, read = None, False
-            found = self._usable(name, entry, floor, cap)
+            found = yield from self._confirmed_flow(name, entry, floor, cap, refused)
             if found is not None:
                 self.hits += 1
                 return found
             self.misses += 1
             renewal = cast("_Renewal", (yield _Renew(lease)))
-            result = _result((yield _Run(name, None, floor, cap, served)))
+            result = _result((yield _Run(name, None, floor, cap, served, granted)))
             if _from_l2(result, served):
                 return result  # another replica's entry, read again by the source: in L2
             seen = None if entry is None else entry.version
-            share = _Share(name, result, cap, seen, read)
+            share = _Share(name, result, cap, seen, read, granted[-1] if granted else None)
             return result
         finally:
             # Stop the renewal, share the result, release the lease (whatever ended the
@@ -659,24 +748,71 @@ class SharedTokenCache:
             yield _Settle(lease, renewal, share)
 
     def _hit_flow(
-        self, name: str, floor: float, cap: Cap
-    ) -> Generator[_Op, object, TokenResult | None]:
-        """Read the entry ``name``: a usable one is a hit (counted), else ``None``."""
-        found = self._usable(name, _entry((yield _Op(name))), floor, cap)
+        self, name: str, floor: float, cap: Cap, refused: set[str]
+    ) -> Generator[_Op | _Confirm, object, TokenResult | None]:
+        """Read the entry ``name``: a usable one is a hit (counted), else ``None``; a
+        grant-bound one once its source confirmed the grant (``_confirmed_flow``)."""
+        entry = _entry((yield _Op(name)))
+        found = yield from self._confirmed_flow(name, entry, floor, cap, refused)
         if found is not None:
             self.hits += 1
         return found
 
+    def _recheck_hit(
+        self, name: str, floor: float, cap: Cap, grant: str | None
+    ) -> Generator[_Op, object, TokenResult | None]:
+        """``_hit_flow`` for the source's own read again (``shared_result_async``): the
+        source has just read its grant, so a grant-bound entry is served if it came from the
+        grant ``grant`` (``None``: any entry), without asking the source."""
+        opened = self._usable(name, _entry((yield _Op(name))), floor, cap)
+        if opened is None or (grant is not None and opened.grant != grant):
+            return None
+        self.hits += 1
+        return opened.result
+
+    def _confirmed_flow(
+        self, name: str, entry: Entry | None, floor: float, cap: Cap, refused: set[str]
+    ) -> Generator[_Op | _Confirm, object, TokenResult | None]:
+        """The token of ``entry`` if it may be served (not counted). A grant-bound entry only
+        once its source confirmed that the grant it came from still stands (``_Confirm``: one
+        read of the grant store, by the source); one whose grant is gone or replaced (a
+        sign-out) is dropped (compare-and-delete on the version read) and never taken from L2
+        again by this replica; one the source could not confirm (the grant store failed) is
+        not served either. Its version goes to ``refused``: not asked about again in this
+        acquisition."""
+        opened = self._usable(name, entry, floor, cap)
+        if opened is None or opened.grant is None:
+            return None if opened is None else opened.result
+        assert entry is not None  # (``_usable`` found one)
+        if entry.version in refused:
+            return None
+        verdict = yield _Confirm(opened.grant)
+        if verdict is True:
+            return opened.result
+        refused.add(entry.version)
+        if verdict is None:
+            self.unconfirmed += 1
+            return None  # fail closed: the source acquires as usual (it reads the grant too)
+        self.revoked += 1
+        token = opened.result
+        self._remember(name, sha256_hex(token.token), token.expires_on)
+        try:
+            yield _Op(name, expect=entry.version, delete=True)
+        except Exception as exc:  # the mark keeps it out of this replica; it expires anyway
+            self._failed("drop of a signed-out grant's token", exc)
+        return None
+
     def _recheck_flow(
-        self, name: str, lease_name: str | None, floor: float, cap: Cap
+        self, name: str, lease_name: str | None, floor: float, cap: Cap, grant: str | None
     ) -> Generator[_Op | _Sleep, object, TokenResult | None]:
-        """The entry another replica wrote for ``name``; while that replica holds
-        ``lease_name`` (``None``: we hold it), wait for it, up to ``wait``."""
+        """The entry another replica wrote for ``name`` (from the grant ``grant``, when given:
+        ``shared_result_async``); while that replica holds ``lease_name`` (``None``: we hold
+        it), wait for it, up to ``wait``."""
         deadline = time.monotonic() + self.wait
         delay = _FIRST_POLL
         try:
             while True:
-                found = yield from self._hit_flow(name, floor, cap)
+                found = yield from self._recheck_hit(name, floor, cap, grant)
                 if found is not None:
                     return found
                 if lease_name is None or time.monotonic() >= deadline:
@@ -714,38 +850,63 @@ class SharedTokenCache:
     async def _acquire(self, acquire: AcquireFn, run: _Run) -> TokenResult | None:
         """``acquire()``, with ``shared_result_async`` reading L2 again for it (``run.holder``:
         the lease another replica may hold, for a replica that does not hold it); what the
-        source took from there is appended to ``run.served``."""
+        source took from there is appended to ``run.served``, the grant it named for its
+        result (``from_grant``) to ``run.granted``."""
 
-        async def recheck() -> TokenResult | None:
-            flow = self._recheck_flow(run.name, run.holder, run.floor, run.cap)
+        async def recheck(grant: str | None) -> TokenResult | None:
+            flow = self._recheck_flow(run.name, run.holder, run.floor, run.cap, grant)
             found = await drive_async(flow, self._io)
             if found is not None:
                 run.served.append(found)
             return found
 
-        context = _RECHECK.set(recheck)
-        try:
-            return await acquire()
-        finally:
-            _RECHECK.reset(context)
+        with _acquiring(run):
+            context = _RECHECK.set(recheck)
+            try:
+                return await acquire()
+            finally:
+                _RECHECK.reset(context)
 
     def _acquire_sync(
         self, store: SyncTokenStore, acquire: AcquireFnSync, run: _Run
     ) -> TokenResult | None:
         """``_acquire``, blocking."""
 
-        def recheck() -> TokenResult | None:
-            flow = self._recheck_flow(run.name, run.holder, run.floor, run.cap)
+        def recheck(grant: str | None) -> TokenResult | None:
+            flow = self._recheck_flow(run.name, run.holder, run.floor, run.cap, grant)
             found = drive(flow, functools.partial(self._io_sync, store))
             if found is not None:
                 run.served.append(found)
             return found
 
-        context = _RECHECK_SYNC.set(recheck)
-        try:
-            return acquire()
-        finally:
-            _RECHECK_SYNC.reset(context)
+        with _acquiring(run):
+            context = _RECHECK_SYNC.set(recheck)
+            try:
+                return acquire()
+            finally:
+                _RECHECK_SYNC.reset(context)
+
+    async def _confirm(self, acquire: AcquireFn, step: _Confirm) -> bool | None:
+        """Ask the source, through ``acquire`` under a ``GrantCheck``, whether the grant of
+        ``step`` still stands: its verdict, ``None`` when unknown. Never raises an
+        ``Exception`` (a source that fails here fails the same way when asked for a token)."""
+        check = GrantCheck(step.grant)
+        with _checking(check):
+            try:
+                await acquire()
+            except Exception:
+                return None
+        return check.verdict
+
+    def _confirm_sync(self, acquire: AcquireFnSync, step: _Confirm) -> bool | None:
+        """``_confirm``, blocking."""
+        check = GrantCheck(step.grant)
+        with _checking(check):
+            try:
+                acquire()
+            except Exception:
+                return None
+        return check.verdict
 
     async def _renew(self, lease: _Lease, done: asyncio.Event) -> None:
         """Keep the lease while the acquisition runs; stop when it is done or lost
@@ -814,6 +975,32 @@ class SharedTokenCache:
             self._failed("lease release", exc)
 
 
+@contextlib.contextmanager
+def _acquiring(run: _Run) -> Generator[None, None, None]:
+    """The context of an acquisition for a token: the grant its source names goes to
+    ``run.granted`` (``from_grant``); no grant check is under way (``grant_check``)."""
+    granted, check = _GRANTED.set(run.granted), _CHECK.set(None)
+    try:
+        yield
+    finally:
+        _CHECK.reset(check)
+        _GRANTED.reset(granted)
+
+
+@contextlib.contextmanager
+def _checking(check: GrantCheck) -> Generator[None, None, None]:
+    """The context of a grant check (``grant_check``): no acquisition's grant is noted, no
+    entry is read again (``from_grant`` and ``shared_result_async`` do nothing)."""
+    context = _CHECK.set(check), _GRANTED.set(None), _RECHECK.set(None), _RECHECK_SYNC.set(None)
+    try:
+        yield
+    finally:
+        _RECHECK_SYNC.reset(context[3])
+        _RECHECK.reset(context[2])
+        _GRANTED.reset(context[1])
+        _CHECK.reset(context[0])
+
+
 def _background_failed(exc: BaseException) -> None:
     logger.warning(
         "shared token cache: sharing a token or releasing a lease in the background failed (%s)",
@@ -879,13 +1066,15 @@ _ALONE: Final = _Alone()
 class _Run(NamedTuple):
     """Step: run the acquisition, ``shared_result_async``/``shared_result_sync`` reading the
     entry ``name`` again for it (waiting while another replica holds the lease ``holder``);
-    what the source took from there is appended to ``served``."""
+    what the source took from there is appended to ``served``, the grant it named for its
+    result (``from_grant``) to ``granted``."""
 
     name: str
     holder: str | None
     floor: float
     cap: Cap
     served: list[TokenResult]
+    granted: list[str]
 
 
 class _Renew(NamedTuple):
@@ -909,6 +1098,23 @@ class _Share(NamedTuple):
     cap: Cap
     seen: str | None
     read: bool
+    grant: str | None
+
+
+class _Confirm(NamedTuple):
+    """Step of ``_fetch_flow``: ask the source whether the grant ``grant`` (an L2 entry's,
+    ``from_grant``) still stands (``GrantCheck``); its verdict is sent back (``None``:
+    unknown). Never raises."""
+
+    grant: str
+
+
+class _Opened(NamedTuple):
+    """An L2 entry opened: its token, and the grant it came from (``from_grant``; ``None``:
+    an entry of a source without one)."""
+
+    result: TokenResult
+    grant: str | None
 
 
 class _Settle(NamedTuple):
@@ -920,7 +1126,7 @@ class _Settle(NamedTuple):
     share: _Share | None
 
 
-_Step = _Op | _Take | _Sleep | _Alone | _Run | _Renew | _Settle
+_Step = _Op | _Take | _Sleep | _Alone | _Run | _Confirm | _Renew | _Settle
 
 
 def _entry(sent: object) -> Entry | None:

@@ -38,7 +38,7 @@ import secrets
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from urllib.parse import urlencode
 
 from .. import _env
@@ -69,7 +69,15 @@ from .._grants import (
 )
 from .._http import TransportFailure, deadline, trust_error
 from .._jwt import fingerprint
-from .._l2 import renew_until, renew_until_sync, shared_result_async, shared_result_sync
+from .._l2 import (
+    GrantCheck,
+    from_grant,
+    grant_check,
+    renew_until,
+    renew_until_sync,
+    shared_result_async,
+    shared_result_sync,
+)
 from .._msal import http_session
 from .._store import Keyring, MemoryStore, TokenStore, keyring_from
 from .._types import IdentityKind, TokenRequest, TokenResult
@@ -127,10 +135,14 @@ class _Pause:
 
 class _Shared:
     """Step: this replica waited for another replica's refresh of the user; send back the
-    token the shared token cache holds for this request now (``shared_result_async``), or
-    ``None`` (no shared cache, or nothing there)."""
+    token the shared token cache holds for this request now (``shared_result_async``), if it
+    came from the grant ``grant`` (the stamp of the one just read), or ``None`` (no shared
+    cache, or nothing there)."""
 
-    __slots__ = ()
+    __slots__ = ("grant",)
+
+    def __init__(self, grant: str) -> None:
+        self.grant = grant
 
 
 class _Held:
@@ -172,6 +184,7 @@ class _Redeem:
 
 
 _Step = _Grants | _Pause | _Shared | _Redeem
+_R = TypeVar("_R")
 
 
 class _Start:
@@ -544,6 +557,10 @@ class DelegatedConsent:
                 fix="await get_token_async() instead.",
             )
         with asyncio.Runner() as runner:
+            check = grant_check()
+            if check is not None:  # the shared token cache asks: one read of the grant
+                runner.run(self._check_grant(self.grants.blocking(), key, request, check))
+                return None
 
             def do(step: _Step) -> Any:
                 if isinstance(step, _Grants):  # the store's blocking twin, if it has one
@@ -551,15 +568,21 @@ class DelegatedConsent:
                 if isinstance(step, _Pause):
                     return time.sleep(step.seconds)
                 if isinstance(step, _Shared):
-                    return shared_result_sync()
+                    return shared_result_sync(grant=step.grant)
                 return self._redeem_blocking(step, runner)
 
-            return drive(self._decide(key, request), do)
+            result, stamp = drive(self._decide(key, request), do)
+        from_grant(stamp)  # the shared token cache binds the token to the grant it came from
+        return result
 
     async def get_token_async(self, request: TokenRequest) -> TokenResult | None:
         key = UserKey.from_caller(request.caller)
         if key is None:
             return None  # no identity we can bind a grant to: not applicable
+        check = grant_check()
+        if check is not None:  # the shared token cache asks: one read of the grant, no flight
+            await self._check_grant(self.grants, key, request, check)
+            return None
         scopes = tuple(request.scopes)
         flight = (scopes, request.claims)
         # A cancel of the flight held back while its redemption's answer was awaited
@@ -574,10 +597,10 @@ class DelegatedConsent:
             if isinstance(step, _Pause):
                 return await asyncio.sleep(step.seconds)
             if isinstance(step, _Shared):
-                return await shared_result_async()
+                return await shared_result_async(grant=step.grant)
             return await self._redeem_async(step, held_back)
 
-        async def refresh() -> TokenResult:
+        async def refresh() -> tuple[TokenResult, str]:
             try:
                 result = await drive_async(self._decide(key, request), do)
             except Exception:
@@ -588,7 +611,37 @@ class DelegatedConsent:
                 raise held_back[0]
             return result
 
-        return await self._coalesced(key.hashed, flight, refresh)
+        # Every caller of the flight (each may be its own shared cache's acquisition) names
+        # the grant: the shared token cache binds the token to it.
+        result, stamp = await self._coalesced(key.hashed, flight, refresh)
+        from_grant(stamp)
+        return result
+
+    async def _check_grant(
+        self, grants: GrantStore, key: UserKey, request: TokenRequest, check: GrantCheck
+    ) -> None:
+        """The shared token cache's question for a token it holds (``grant_check``): whether
+        the grant it came from (``check.stamp``) still stands. One read of the grant; no
+        token is requested. After a sign-out (the grant deleted) or a new consent (another
+        grant) the answer is no, and the cached token is not served: sign-out stops the
+        tokens of every replica that did not hold one already, not only new refreshes. A
+        store that fails leaves the answer unknown (the token is not served either; the
+        acquisition that follows reads the grant again and fails typed)."""
+        try:
+            found = await grants.get_grant(key.hashed)
+        except Exception as exc:
+            logger.debug(
+                "grant check failed (%s): the cached token is not served", type(exc).__name__
+            )
+            return
+        if found is None:
+            check.verdict = False
+            return
+        grant = found[0]
+        named = _named_account(key, request.caller)
+        check.verdict = grant.stamp == check.stamp and (
+            named is None or _same_account(named, grant)
+        )
 
     # --- redemption under the lease -----------------------------------------------------------
     async def _extend(self, grants: GrantStore, held: _Held) -> bool:
@@ -799,7 +852,9 @@ class DelegatedConsent:
         return f"{self.broker_url}/signout?" + urlencode({"t": ticket})
 
     async def revoke(self, key: UserKey) -> bool:
-        """Delete the user's grant (sign-out). Tokens already issued stay valid until expiry."""
+        """Delete the user's grant (sign-out). Tokens already issued stay valid until expiry
+        (a replica's in-memory cache serves its copy until then); the shared token cache
+        serves none of them any more (its entries are bound to the grant)."""
         return await self.grants.delete_grant(key.hashed)
 
     def _consent_required(
@@ -842,8 +897,8 @@ class DelegatedConsent:
         self,
         key_hash: str,
         flight: tuple[Any, ...],
-        factory: Callable[[], Awaitable[TokenResult]],
-    ) -> TokenResult:
+        factory: Callable[[], Awaitable[_R]],
+    ) -> _R:
         # One refresh per user at a time in this process (a refresh rotates the user's refresh
         # token whatever the scopes); callers for the same scopes share the result. The flight
         # runs as its own task, shielded: a leader cancelled while its refresh is at Entra (a
@@ -857,18 +912,18 @@ class DelegatedConsent:
                 work: asyncio.Future[Any] = asyncio.ensure_future(factory())
                 self._flights[slot] = (flight, work)
                 work.add_done_callback(functools.partial(self._end_flight, slot))
-                result: TokenResult = await asyncio.shield(work)
+                result: _R = await asyncio.shield(work)
                 return result
             other_flight, other = current
             if other.done():
                 # Finished, its clean-up callback not run yet: never spin on it.
                 self._end_flight(slot, other)
                 if other_flight == flight and not other.cancelled() and not other.exception():
-                    done: TokenResult = other.result()
+                    done: _R = other.result()
                     return done
                 continue
             try:
-                shared: TokenResult = await asyncio.shield(other)
+                shared: _R = await asyncio.shield(other)
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if other.cancelled() and not (task is not None and task.cancelling()):
@@ -893,7 +948,11 @@ class DelegatedConsent:
     # is a step yielded to the driver (get_token or get_token_async), which sends its answer
     # back or throws its error in.
 
-    def _decide(self, key: UserKey, request: TokenRequest) -> Generator[_Step, Any, TokenResult]:
+    def _decide(
+        self, key: UserKey, request: TokenRequest
+    ) -> Generator[_Step, Any, tuple[TokenResult, str]]:
+        """The token for ``request``, and the stamp of the grant it came from
+        (``StoredGrant.stamp``: the shared token cache binds the token to it)."""
         scopes = tuple(request.scopes)
         paused = False
         for attempt in range(_MAX_ATTEMPTS):
@@ -938,9 +997,9 @@ class DelegatedConsent:
                 # the answer (a second redemption would be a second token POST for the same
                 # lifetime; after a replica died mid-refresh, every survivor made one).
                 paused = False
-                shared = yield _Shared()
+                shared = yield _Shared(grant.stamp)
                 if isinstance(shared, TokenResult):
-                    return shared
+                    return shared, grant.stamp
             lease = f"{self._replica}:{os.getpid()}:{secrets.token_hex(4)}"
             leased = dataclasses.replace(grant, lease_owner=lease, lease_until=now + LEASE_SECONDS)
             self._active.add(lease)
@@ -959,7 +1018,7 @@ class DelegatedConsent:
                 self._active.discard(lease)
             if result is None:
                 continue  # the lease was taken over before the redemption: read again
-            return result
+            return result, grant.stamp
         raise EntraError(
             "could not refresh the user's grant: concurrent refreshes kept conflicting",
             source=self.name,
