@@ -1111,7 +1111,7 @@ class EntraMCPTool(HookedMCPTool):
                     # Not chained for a refusal: the mcp SDK's error may carry the server's
                     # answer, which can echo the token it refused. The typed error says it.
                     raise stop from (None if verdict == "raise" else exc)
-                if verdict in ("maybe_ran", "session_lost", "reset_again"):
+                if verdict in ("maybe_ran", "session_lost", "reset_again", "no_answer"):
                     if cut_off == "close":
                         pass  # the tool was closed under it: not reopened behind the closer
                     elif verdict == "session_lost":
@@ -1188,7 +1188,9 @@ class EntraMCPTool(HookedMCPTool):
         """``raise`` (not about the connection: e.g. the tool's own error), ``no_token``
         (nothing sent: no token could be applied), ``retry`` (provably never reached the
         server), ``refused`` (the server refused the session, 404, before running anything),
-        ``bound`` (the server binds sessions to principals), ``maybe_ran``."""
+        ``bound`` (the server binds sessions to principals), ``maybe_ran``, ``no_answer`` (it
+        may have run: the server, or a device in front of it, answered the call 2xx with no
+        JSON-RPC answer in it)."""
         if attempt.not_sent == "no_token" and not attempt.sent:
             return "no_token"
         # 404 to this very call on a legacy session, as the transport recorded it: the SDK
@@ -1225,6 +1227,8 @@ class EntraMCPTool(HookedMCPTool):
             is_dead_connection(exc) or attempt.not_sent in ("connect", "reset")
         ):
             return "retry"
+        if _not_an_answer(exc, attempt):
+            return "no_answer"
         if attempt.sent and (
             is_dead_connection(exc)
             # Lost before the answer's headers, or while reading its body (an SSE answer
@@ -1260,10 +1264,14 @@ class EntraMCPTool(HookedMCPTool):
         to do (the server's own text is never quoted: it may echo what it was sent).
         ``cut_off``: this tool closed the call's connection under it ("reconnect", "close")."""
         status = attempt.status
-        if attempt.transport_error is not None or status is None or status < 400 or cut_off:
+        if cut_off or (
+            verdict != "no_answer"
+            and (attempt.transport_error is not None or status is None or status < 400)
+        ):
             # No HTTP error answered the call: the connection, or its body, lost. Or our own
             # close cut it off: what the server answered the request it was ended with (a 500,
-            # say, after the session's DELETE) is no fault of the server's.
+            # say, after the session's DELETE) is no fault of the server's. (A 2xx with no
+            # JSON-RPC answer in it is what the server answered: its status stays.)
             status = None
         retry_after = attempt.retry_after if status is not None else None
         fix = ""
@@ -1308,6 +1316,23 @@ class EntraMCPTool(HookedMCPTool):
             why = (
                 "the session was refused (HTTP 404) through a proxy, or with "
                 f"{RESEND_ON_RESET_VARIABLE}=false, where a 404 may come after the call ran"
+            )
+        elif verdict == "no_answer":
+            if status == 202:
+                why = (
+                    "the server answered HTTP 202 Accepted, with no answer in it (202 is for "
+                    "notifications: a request's answer comes in its response), after taking "
+                    "the call"
+                )
+            else:
+                why = (
+                    f"the server answered HTTP {status} with a body that is not a JSON-RPC "
+                    "answer (neither JSON-RPC JSON nor an event stream: a proxy's, gateway's or "
+                    "sign-in page, say)"
+                )
+            fix = (
+                " Fix: look in the MCP server's log (or that of a proxy or gateway in front of "
+                f"it) for why it answered this call HTTP {status} without an answer."
             )
         elif attempt.held_back == "no_token":
             why = (
@@ -1675,6 +1700,35 @@ def _token_error_of(exc: BaseException) -> EntraPassthroughError | None:
     # ToolException(message, inner): agent-framework keeps the inner exception in args.
     inner = exc.args[1] if len(exc.args) > 1 else None
     return inner if isinstance(inner, EntraPassthroughError) else None
+
+
+def _not_an_answer(exc: BaseException, attempt: CallAttempt) -> bool:
+    """The call's ``tools/call`` was answered 2xx with no JSON-RPC answer in it: ``202
+    Accepted`` (no body: what a server answers a notification), or a body that is neither
+    JSON-RPC JSON nor an event stream (a proxy's or a sign-in page, ``200 text/html``), or JSON
+    that is no JSON-RPC message. The mcp SDK resolves the call with a stand-in error of its own
+    (INVALID_REQUEST "server answered a request with 202 Accepted", "Unexpected content type:
+    ...", PARSE_ERROR "Failed to parse JSON response: ..."), which reads like the tool's own
+    error. The request was taken (a server that answers it 202 may well have run it): it may
+    have run."""
+    from mcp import MCPError
+    from mcp_types import INVALID_REQUEST, PARSE_ERROR
+
+    status = attempt.status
+    if not attempt.sent or attempt.transport_error is not None or status is None:
+        return False
+    if not 200 <= status < 300:
+        return False
+    if status == 202:
+        return True  # a request's answer is never a 202: whatever the SDK made of it
+    for current in exception_chain(exc):
+        if isinstance(current, MCPError):
+            code, message = current.error.code, current.error.message
+            if (code == INVALID_REQUEST and message.startswith("Unexpected content type:")) or (
+                code == PARSE_ERROR and message.startswith("Failed to parse JSON response")
+            ):
+                return True
+    return False
 
 
 def _oid_of(caller: Caller | None) -> str | None:
