@@ -295,6 +295,13 @@ class CallAttempt:
     #: device's (a load balancer that retried the POST on another replica after the first ran
     #: it), and a call refused that way may have run.
     direct: bool = True
+    #: Whether the server answered a ``tools/call`` of this attempt with a JSON-RPC id that is
+    #: not that request's (``_AnswerCheck``): the answer was dropped, given to no caller, and
+    #: the call failed with ``MISROUTED_ANSWER``. The call was sent: it may have run.
+    misrouted: bool = False
+    #: The JSON-RPC ids of this attempt's ``tools/call`` requests (``_rpc_key``): what the
+    #: stream that resumes one of their answers (GET with ``Last-Event-ID``) may answer.
+    call_ids: set[int | str] = field(default_factory=set, repr=False)
     #: ``tools/call`` requests of this attempt still inside the transport.
     in_flight: int = field(default=0, repr=False)
     #: Decided (``close()``): a request of this attempt that reaches the transport only now is
@@ -660,6 +667,9 @@ class _CallGuard(httpx2.AsyncBaseTransport):
                 elif self._explain_refusals and request.method == "POST":
                     return await _refused_connect_answer(request, response, self._auth)
             _scrub(request, response)
+            if attempt is not None and attempt.call_ids and "last-event-id" in request.headers:
+                # The GET that resumes a call's SSE answer: still that call's answer.
+                _check_answer(request, response, attempt, frozenset(attempt.call_ids))
             return response
         rpc_id, method = _rpc_of(request)
         if attempt.closed:
@@ -684,6 +694,8 @@ class _CallGuard(httpx2.AsyncBaseTransport):
             attempt.sent = True  # from here on it may reach the server
             attempt.on_session = "mcp-session-id" in request.headers
             attempt.direct = self._resend_on_reset
+            if (key := _rpc_key(rpc_id)) is not None:
+                attempt.call_ids.add(key)
             attempt._begin()
         reading = _answer_watch.set(watch) if watch is not None and self._watching else None
         try:
@@ -764,6 +776,8 @@ class _CallGuard(httpx2.AsyncBaseTransport):
             attempt.refused_after = None  # accepted on the retry: that refusal is not the cause
             _forget_refusal(request)
         _scrub(request, response)
+        if is_call and (key := _rpc_key(rpc_id)) is not None:
+            _check_answer(request, response, attempt, frozenset((key,)), reply_id=rpc_id)
         return response
 
     async def aclose(self) -> None:
@@ -1248,6 +1262,241 @@ class _BodyWatch(httpx2.AsyncByteStream):
         await self._inner.aclose()
 
 
+# -- an answer belongs to the request it answers -------------------------------------------------
+
+#: The error a ``tools/call`` fails with when the server answered it with another request's
+#: JSON-RPC id (``_AnswerCheck``). The answer itself is never quoted: it may be another user's.
+MISROUTED_ANSWER = (
+    "entra_passthrough: the MCP server answered this tools/call with the JSON-RPC id of another "
+    "request (a fault of the server, or of a device in front of it: a cache, a gateway). That "
+    "answer was dropped and given to no caller: it may be another call's, another user's. The "
+    "call reached the server and may have run: check whether it took effect before calling it "
+    "again. Fix: have the owner of the MCP server (or of the device in front of it) find why "
+    "its answers carry other requests' ids; until then, open one connection per user."
+)
+
+
+def _rpc_key(value: object) -> int | str | None:
+    """A JSON-RPC id as the mcp SDK correlates answers with requests (``"7"`` and ``7`` are one
+    id, a whole float is that int); ``None`` for a value that is no id (``null``, a bool...)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            return value
+    return None
+
+
+def _json_message(data: bytes) -> object:
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):  # not JSON (the SDK fails it for this request itself)
+        return None
+
+
+def _misrouted(message: object, ids: frozenset[int | str]) -> bool:
+    """Whether ``message`` (a JSON-RPC message read from a ``tools/call`` answer) is an answer (a
+    result or an error) to none of ``ids``. The server's own requests and notifications on the
+    stream (elicitation, progress, log messages) have a ``method`` and pass. An error with a
+    ``null`` id (JSON-RPC's, for a request whose id the server could not read) passes too: it
+    names no other request."""
+    if not isinstance(message, dict) or "method" in message:
+        return False
+    if "result" not in message and "error" not in message:
+        return False
+    rpc_id = message.get("id")
+    if rpc_id is None and "result" not in message:
+        return False
+    key = _rpc_key(rpc_id)
+    return key is None or key not in ids
+
+
+def _check_answer(
+    request: httpx2.Request,
+    response: httpx2.Response,
+    attempt: CallAttempt,
+    ids: frozenset[int | str],
+    *,
+    reply_id: Any = None,
+) -> None:
+    """Read the answer to a ``tools/call`` (or the GET that resumes its SSE stream) through
+    ``_AnswerCheck``: the bodies the mcp SDK reads messages from, a 2xx JSON or SSE body and
+    the JSON error of a 4xx/5xx (whose id it replaces with the request's)."""
+    status = response.status_code
+    if not isinstance(response.stream, httpx2.AsyncByteStream) or not (
+        200 <= status < 300 or status >= 400
+    ):
+        return
+    if response.headers.get("content-encoding", "identity").strip().lower() not in ("", "identity"):
+        return  # a coding not decoded here (br, zstd, against Accept-Encoding: identity)
+    kind = response.headers.get("content-type", "").strip().lower()
+    if kind.startswith("text/event-stream") and status < 300:
+        sse = True
+    elif kind.startswith("application/json") and request.method == "POST":
+        sse = False
+    else:
+        return  # the SDK reads no message from it
+    if reply_id is None:
+        reply_id = next(iter(ids))
+    response.stream = _AnswerCheck(
+        response.stream, attempt, ids, reply_id, sse=sse, origin=request_origin(request)
+    )
+
+
+#: How much of one SSE event ``_AnswerCheck`` holds back to read it whole: far above the mcp
+#: SDK's own bound on an event (1 MiB by default: a larger one fails the call there). An event
+#: larger still (the SDK's bound switched off) is passed on as it comes, unread.
+_MAX_CHECKED_EVENT = 32 * 1024 * 1024
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+class _AnswerCheck(httpx2.AsyncByteStream):
+    """The body of a ``tools/call`` answer, checked: a JSON-RPC answer (a result or an error) in
+    it whose id is not that request's is dropped and replaced by ``MISROUTED_ANSWER`` for that
+    request (``attempt.misrouted``; a WARNING, without the answer's content, is logged). The mcp
+    SDK routes a JSON answer by its id alone: on a connection shared by several users, user A's
+    POST answered with user B's id (a server bug, a cache or gateway that mislabels answers)
+    would resolve B's call with A's result, and B's own answer would then be dropped. (It takes
+    an SSE answer's id to be the POST's own, whatever it says: that answer may be another's.)
+
+    A JSON body is read whole (the SDK reads it whole too) and parsed once; an SSE body is read
+    event by event, each held back only until its end (the blank line the SDK waits for as well),
+    and only events of type ``message`` with data are parsed. Everything else passes unchanged,
+    the server's own requests and notifications on the stream included."""
+
+    __slots__ = ("_attempt", "_ids", "_inner", "_origin", "_reply_id", "_sse")
+
+    def __init__(
+        self,
+        inner: httpx2.AsyncByteStream,
+        attempt: CallAttempt,
+        ids: frozenset[int | str],
+        reply_id: Any,
+        *,
+        sse: bool,
+        origin: str,
+    ) -> None:
+        self._inner = inner
+        self._attempt = attempt
+        self._ids = ids
+        self._reply_id = reply_id
+        self._sse = sse
+        self._origin = origin
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        stream = self._inner.__aiter__()
+        try:
+            if self._sse:
+                async for piece in self._events(stream):
+                    yield piece
+                return
+            body = b"".join([chunk async for chunk in stream])
+            if body and _misrouted(_json_message(body), self._ids):
+                body = self._dropped()
+            if body:
+                yield body
+        finally:
+            if isinstance(stream, AsyncGenerator):  # closed with us, as httpx2 closes its own
+                await stream.aclose()
+
+    async def _events(self, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        event: list[tuple[bytes, bytes]] = []  # the current event's lines: (content, line end)
+        size = 0  # the bytes held of it, the current line's included
+        line: list[bytes] = []  # the current line, as far as it came
+        open_line = False  # the current line has begun (held in ``line``, or passed on)
+        unread = False  # the current event is too large to hold: passed on as it comes
+        after_cr = False  # the last chunk ended with CR: an LF opening this one is its CRLF's
+        async for chunk in stream:
+            if not chunk:
+                continue
+            out: list[bytes] = []
+            start = 0
+            if after_cr and chunk[:1] == b"\n":
+                if event:
+                    event[-1] = (event[-1][0], event[-1][1] + b"\n")
+                else:
+                    out.append(b"\n")
+                start = 1
+            for end in _LINE_END.finditer(chunk, start):
+                blank = not open_line and end.start() == start
+                if unread:
+                    out.append(chunk[start : end.end()])
+                    unread = not blank
+                elif blank:  # the event is complete
+                    event.append((b"", end.group()))
+                    out.append(self._checked(event))
+                    event, size = [], 0
+                else:
+                    line.append(chunk[start : end.start()])
+                    size += end.start() - start
+                    event.append((b"".join(line), end.group()))
+                    line = []
+                open_line = False
+                start = end.end()
+            after_cr = chunk.endswith(b"\r")
+            if start < len(chunk):
+                open_line = True
+                if unread:
+                    out.append(chunk[start:])
+                else:
+                    line.append(chunk[start:])
+                    size += len(chunk) - start
+            if not unread and size > _MAX_CHECKED_EVENT:
+                unread = True
+                out.extend(part for pair in event for part in pair)
+                out.extend(line)
+                event, size, line = [], 0, []
+            if out:
+                yield b"".join(out)
+        if line:
+            event.append((b"".join(line), b""))
+        if event:
+            yield self._checked(event)  # an event the stream's end cut off
+
+    def _checked(self, event: list[tuple[bytes, bytes]]) -> bytes:
+        """The event as it came, or ``MISROUTED_ANSWER`` in its place."""
+        kind = b""
+        data: list[bytes] = []
+        for content, _ in event:
+            name, colon, value = content.partition(b":")
+            if colon and value[:1] == b" ":
+                value = value[1:]
+            if name == b"data":
+                data.append(value)
+            elif name == b"event":
+                kind = value
+        if (
+            data
+            and kind in (b"", b"message")
+            and _misrouted(_json_message(b"\n".join(data)), self._ids)
+        ):
+            return self._dropped()
+        return b"".join(part for pair in event for part in pair)
+
+    def _dropped(self) -> bytes:
+        from mcp_types import INTERNAL_ERROR
+
+        self._attempt.misrouted = True
+        logger.warning(
+            "MCP server at %s answered a tools/call with the JSON-RPC id of another request: "
+            "that answer was dropped (given to no caller) and the call fails",
+            self._origin,
+        )
+        error = {"code": INTERNAL_ERROR, "message": MISROUTED_ANSWER}
+        body = json.dumps({"jsonrpc": "2.0", "id": self._reply_id, "error": error}).encode()
+        return b"event: message\ndata: " + body + b"\n\n" if self._sse else body
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
 def auth_of(target: httpx2.AsyncClient | EntraAuth) -> EntraAuth:
     """The ``EntraAuth`` of a client built by ``entra_http_client`` (or ``target`` itself)."""
     if isinstance(target, EntraAuth):
@@ -1480,7 +1729,12 @@ def _may_have_run_note(attempt: CallAttempt, recorded: BaseException | None) -> 
         return _refused_after_note(attempt, attempt.refused_after, recorded)
     if recorded is None:
         status = attempt.status
-        if attempt.transport_error is not None:
+        if attempt.misrouted:
+            what = (
+                "the server answered it with the JSON-RPC id of another request, an answer that "
+                "was dropped"
+            )
+        elif attempt.transport_error is not None:
             what = f"then the connection was lost ({attempt.transport_error})"
         elif status is not None and status >= 400:
             what = f"the server answered HTTP {status}, which does not say it did not run"
