@@ -1111,7 +1111,13 @@ class EntraMCPTool(HookedMCPTool):
                     # Not chained for a refusal: the mcp SDK's error may carry the server's
                     # answer, which can echo the token it refused. The typed error says it.
                     raise stop from (None if verdict == "raise" else exc)
-                if verdict in ("maybe_ran", "session_lost", "reset_again", "no_answer"):
+                if verdict in (
+                    "maybe_ran",
+                    "session_lost",
+                    "reset_again",
+                    "no_answer",
+                    "misrouted",
+                ):
                     if cut_off == "close":
                         pass  # the tool was closed under it: not reopened behind the closer
                     elif verdict == "session_lost":
@@ -1190,7 +1196,8 @@ class EntraMCPTool(HookedMCPTool):
         server), ``refused`` (the server refused the session, 404, before running anything),
         ``bound`` (the server binds sessions to principals), ``maybe_ran``, ``no_answer`` (it
         may have run: the server, or a device in front of it, answered the call 2xx with no
-        JSON-RPC answer in it)."""
+        JSON-RPC answer in it), ``misrouted`` (it may have run: the answer on its response
+        carried another request's id)."""
         if attempt.not_sent == "no_token" and not attempt.sent:
             return "no_token"
         # 404 to this very call on a legacy session, as the transport recorded it: the SDK
@@ -1227,6 +1234,10 @@ class EntraMCPTool(HookedMCPTool):
             is_dead_connection(exc) or attempt.not_sent in ("connect", "reset")
         ):
             return "retry"
+        if attempt.misrouted:
+            # The server answered it with another request's JSON-RPC id (the transport dropped
+            # that answer, given to no caller): it was sent, and may have run.
+            return "misrouted"
         if _not_an_answer(exc, attempt):
             return "no_answer"
         if attempt.sent and (
@@ -1265,7 +1276,7 @@ class EntraMCPTool(HookedMCPTool):
         ``cut_off``: this tool closed the call's connection under it ("reconnect", "close")."""
         status = attempt.status
         if cut_off or (
-            verdict != "no_answer"
+            verdict not in ("no_answer", "misrouted")
             and (attempt.transport_error is not None or status is None or status < 400)
         ):
             # No HTTP error answered the call: the connection, or its body, lost. Or our own
@@ -1316,6 +1327,16 @@ class EntraMCPTool(HookedMCPTool):
             why = (
                 "the session was refused (HTTP 404) through a proxy, or with "
                 f"{RESEND_ON_RESET_VARIABLE}=false, where a 404 may come after the call ran"
+            )
+        elif verdict == "misrouted":
+            why = (
+                "the server answered it with the JSON-RPC id of another request (a server, "
+                "cache or gateway that mislabels answers; that answer was dropped, given to no "
+                "caller)"
+            )
+            fix = (
+                " Fix: look in the MCP server's log (or that of a proxy or gateway in front of "
+                "it) for why it answered this call with another request's id."
             )
         elif verdict == "no_answer":
             if status == 202:
