@@ -1026,7 +1026,8 @@ class TokenChain:
     def close(self) -> None:
         """Stop the sources' worker threads, and cut their token requests in flight: a caller
         waiting on one gets ``SourceUnavailable`` saying the source was closed (another chain's
-        requests go on), and no worker stays blocked on a stalled endpoint, holding up the
+        requests go on, unless it shares the source object: a source closed is closed for every
+        chain built on it), and no worker stays blocked on a stalled endpoint, holding up the
         process's exit (docs/reliability.md)."""
         for source in self.sources:
             if isinstance(source, ClosingSource):

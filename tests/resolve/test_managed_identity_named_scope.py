@@ -139,6 +139,22 @@ def test_every_resource_form_azure_identity_sends_is_kept(scope: str, resource: 
 
 
 @pytest.mark.parametrize(
+    ("scope", "resource"),
+    [
+        (f"api://{APP}/.DEFAULT", f"api://{APP}"),
+        ("https://graph.microsoft.com/.Default", "https://graph.microsoft.com"),
+        ("https://graph.microsoft.com/.default ", "https://graph.microsoft.com"),
+        (" https://vault.azure.net/.default\n", "https://vault.azure.net"),
+    ],
+)
+def test_a_default_scope_written_otherwise_is_still_its_resource(scope: str, resource: str) -> None:
+    """``/.DEFAULT``, or a space pasted after ``/.default``, is the resource's every-role scope
+    all the same: it was refused as "a permission named '.default'", with a fix naming what the
+    user appeared to have passed."""
+    assert scope_to_resource((scope,)) == resource
+
+
+@pytest.mark.parametrize(
     ("scope", "fix"),
     [
         (f"api://{APP}/access_as_user", f"'api://{APP}/.default'"),

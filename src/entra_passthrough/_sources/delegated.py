@@ -259,8 +259,9 @@ def _redemption_failed(
     if trusted is not None:
         return trusted
     if isinstance(exc, TransportFailure):
-        if exc.kind == "throttled":
-            return unreachable(exc, what=what, source=source, scopes=scopes)  # Throttled
+        if exc.kind in ("throttled", "closed"):
+            # Throttled; or the source closed under it (close()): said as such, not as a page
+            return unreachable(exc, what=what, source=source, scopes=scopes)
         fix = _TRANSIENT_FIX
         if exc.kind == "deadline":
             happened = f"Entra did not answer within {HTTP_TIMEOUT:g} s"

@@ -256,6 +256,11 @@ def scope_to_resource(scopes: tuple[str, ...]) -> str:
     scope = scopes[0]
     if scope.endswith("/.default"):
         return scope[: -len("/.default")]
+    if scope.strip().lower().endswith("/.default"):
+        # "/.DEFAULT", or a space pasted after it: the resource's every-role scope all the
+        # same (Entra reads scope names without regard to case); its resource, not a
+        # "permission named .default".
+        return scope.strip()[: -len("/.default")]
     named = _named_permission(scope)
     if named is not None:
         # Sent as the resource, it is answered AADSTS500011 "resource not found": the wrong
