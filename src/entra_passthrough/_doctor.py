@@ -51,7 +51,7 @@ from ._errors import (
     error_from_entra,
 )
 from ._http import TransportFailure
-from ._jwt import fingerprint
+from ._jwt import MAX_TOKEN_BYTES, fingerprint
 from ._sources._base import raised_in
 
 __all__ = ["Check", "main", "run"]
@@ -314,6 +314,7 @@ class Doctor:
     def _checks(self) -> list[Check]:
         from ._chain import TokenChain
 
+        self.check_variables()
         try:
             chain = TokenChain.from_env(self.env)
         except ConfigurationError as exc:
@@ -364,6 +365,14 @@ class Doctor:
             f" (several client credentials are set: {', '.join(present)}; from_env() uses "
             f"{present[0]}, set {prefix}CREDENTIAL to choose)"
         )
+
+    def check_variables(self) -> None:
+        """Every ``ENTRA_PASSTHROUGH_*`` variable set is one the library reads: a misspelt one
+        (``ENTRA_PASSTHROUGH_POLCY``) is not applied, and the run would pass on the setting
+        the user did not get. Shown only when one is not (names only, never values)."""
+        unknown = _env.unknown_variables(self.env)
+        if unknown:
+            self.add("variables", FAIL, _env.unknown_sentence(unknown), _env.UNKNOWN_FIX)
 
     def check_ids(self) -> None:
         """Client ids are GUIDs, tenants GUIDs or domains, tenant lists GUIDs; a value that is
@@ -431,6 +440,17 @@ class Doctor:
         shown = path if _looks_like_path(path) else _masked(_CA_FILE, path)
 
         def probe() -> tuple[bool, str, str]:
+            if _special_file(path):
+                # A FIFO, a device, a socket: opening it could wait for ever (a FIFO with no
+                # writer) or read without end (/dev/zero); a CA bundle is a regular file.
+                return (
+                    False,
+                    f"ENTRA_PASSTHROUGH_CA_FILE ({shown}) is not a regular file (a pipe, a "
+                    "device or a socket), so it was not opened",
+                    "point ENTRA_PASSTHROUGH_CA_FILE at a PEM file of the CA that signs the "
+                    "authority's certificate (a TLS-inspecting proxy's), or unset it to trust "
+                    "the system's CAs.",
+                )
             try:
                 context = ssl.create_default_context(cafile=path)
             except (OSError, ssl.SSLError) as exc:
@@ -480,6 +500,11 @@ class Doctor:
         import ssl
 
         ca_file = _get(self.env, "ENTRA_PASSTHROUGH_CA_FILE")
+        if ca_file and _special_file(ca_file):  # never opened: the CA file check says why
+            raise ConfigurationError(
+                "ENTRA_PASSTHROUGH_CA_FILE is not a regular file, so no request was sent.",
+                fix="fix the CA file above first (ENTRA_PASSTHROUGH_CA_FILE).",
+            )
         return ssl.create_default_context(cafile=ca_file) if ca_file else True
 
     def check_discovery(self, chain: Any) -> None:
@@ -946,6 +971,37 @@ _CONFIGURATION_FIX = (
 )
 
 
+def _special_file(path: str) -> bool:
+    """Whether ``path`` exists and is not a regular file or a folder (a FIFO, a device, a
+    socket): checked without opening it."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):  # missing, unreadable, a NUL in the name: the open says it
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+#: The most ``--user-token-file`` is read of: one token (``MAX_TOKEN_BYTES``, what the library
+#: decodes at most) and the whitespace around it. ``/dev/zero`` or a huge file was read whole.
+_TOKEN_FILE_MAX = MAX_TOKEN_BYTES + 1024
+
+
+class _TokenFileTooLarge(Exception):
+    pass
+
+
+def _read_token_file(path: Path) -> str:
+    """The text of ``path``, read up to ``_TOKEN_FILE_MAX`` bytes (a pipe, ``<(az ...)``, is
+    fine); more is ``_TokenFileTooLarge``, before it is all read."""
+    with path.open("rb") as handle:
+        data = handle.read(_TOKEN_FILE_MAX + 1)
+    if len(data) > _TOKEN_FILE_MAX:
+        raise _TokenFileTooLarge
+    return data.decode("utf-8")
+
+
 def _proxy_in(env: Mapping[str, str]) -> str | None:
     """The proxy variable httpx and requests would use for an https URL, if one is set."""
     for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
@@ -1084,7 +1140,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     unreadable: Check | None = None
     if args.user_token_file is not None:
         try:
-            token = args.user_token_file.read_text(encoding="utf-8").strip()
+            token = _read_token_file(args.user_token_file).strip()
+        except _TokenFileTooLarge:
+            token = None
+            unreadable = Check(
+                "user token file",
+                FAIL,
+                f"{args.user_token_file} holds more than {_TOKEN_FILE_MAX // 1024} KiB (or does "
+                "not end, as /dev/zero): not one token, which is a few KiB; it was not read "
+                "further",
+                "pass a file holding one user's access token for the agent app "
+                "(--user-token-file), or leave the option out to skip the consent check.",
+            )
         except (OSError, UnicodeDecodeError) as exc:
             # A check like the others (the --json report stays one JSON document); the file's
             # content is never read into the message, only its name and the error's type.

@@ -8,8 +8,11 @@ ours. docs/configuration.md lists every variable; a test checks the list against
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
 import re
+import threading
 from collections.abc import Mapping
 
 from ._checks import tenant_id
@@ -109,6 +112,95 @@ VARIABLES: dict[str, str] = {
     "Managed Redis with the OSS clustering policy)",
 }
 
+#: The documented ``ENTRA_PASSTHROUGH_*`` variables read elsewhere than a ``from_env()`` (the
+#: broker command, telemetry, logging): known names, which ``unknown_variables`` does not report.
+OTHER_VARIABLES: dict[str, str] = {
+    "ENTRA_PASSTHROUGH_CONSENT_FORWARDED_ALLOW_IPS": "entra-passthrough broker: the "
+    "TLS-terminating front end's addresses",
+    "ENTRA_PASSTHROUGH_TELEMETRY_SALT": "the salt of the user hash in telemetry",
+    "ENTRA_PASSTHROUGH_WARNING_INTERVAL": "seconds between two records of one repeated warning",
+    # Not the library's: the repository's test suite (its release tests, which CI runs with it
+    # set, start doctor and the hosted agent in that environment).
+    "ENTRA_PASSTHROUGH_RELEASE_TESTS": "the repository's test suite: run the release tests",
+}
+
+#: Every name with the library's prefix that some part of it reads.
+_KNOWN = tuple(name for name in (*VARIABLES, *OTHER_VARIABLES) if name.startswith(PREFIX))
+_SUFFIXES = tuple(name[len(PREFIX) :] for name in _KNOWN)
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """Each variable of ``environ`` whose name begins with ``ENTRA_PASSTHROUGH_`` (in any case)
+    and that no part of the library reads, set to a value that is not blank, with the closest
+    known name (``None``: none is close). A misspelt name (``ENTRA_PASSTHROUGH_POLCY``) was
+    silently not applied: the policy, credential or allow-list meant was not the one used.
+    Only names: the values are never read into anything shown."""
+    found: list[tuple[str, str | None]] = []
+    for name in sorted(environ):
+        if not isinstance(name, str) or not name.upper().startswith(PREFIX) or name in _KNOWN:
+            continue
+        value = environ.get(name)
+        if not isinstance(value, str) or not value.strip():
+            continue
+        # Compared without the prefix they share: with it, any name was "close" to some.
+        close = difflib.get_close_matches(name.upper()[len(PREFIX) :], _SUFFIXES, n=1)
+        found.append((name, PREFIX + close[0] if close else None))
+    return found
+
+
+def shown_name(name: str) -> str:
+    """A variable's name as a message may show it: as is when it is made of letters, digits
+    and ``_``, else escaped (no control character reaches a terminal or a log), bounded."""
+    if re.fullmatch(r"[A-Za-z0-9_]{1,100}", name):
+        return name
+    return ascii(name[:100])
+
+
+#: The most unknown names one message lists (the others are counted).
+_MAX_NAMED = 10
+
+
+def unknown_sentence(unknown: list[tuple[str, str | None]]) -> str:
+    """What ``unknown_variables`` found, said once for a message: each name, with the known
+    name it is closest to."""
+    named = [
+        shown_name(name)
+        if close is None
+        else f"{shown_name(name)} (did you mean {close}? names are case-sensitive)"
+        if close == name.upper()
+        else f"{shown_name(name)} (did you mean {close}?)"
+        for name, close in unknown[:_MAX_NAMED]
+    ]
+    if len(unknown) > _MAX_NAMED:
+        named.append(f"{len(unknown) - _MAX_NAMED} more")
+    it = "it" if len(unknown) == 1 else "them"
+    return (
+        f"{', '.join(named)} {'is' if len(unknown) == 1 else 'are'} set, but no part of "
+        f"entra-passthrough reads {it}: the setting meant is not applied"
+    )
+
+
+UNKNOWN_FIX = (
+    "rename each variable named to the one meant, or unset it; every variable the library "
+    "reads: " + see("configuration", "variables") + "."
+)
+
+_logger = logging.getLogger("entra_passthrough")
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def _warn_unknown(environ: Mapping[str, str]) -> None:
+    """One WARNING per unknown ``ENTRA_PASSTHROUGH_*`` name of the process environment, once
+    per process (``from_env()`` reads the environment at start-up; a name is said once)."""
+    unknown = unknown_variables(environ)
+    with _warned_lock:
+        new = [(name, close) for name, close in unknown if name not in _warned]
+        _warned.update(name for name, _ in new)
+    if new:
+        _logger.warning("%s. Fix: %s", unknown_sentence(new), UNKNOWN_FIX)
+
+
 #: azure-identity's variables for an *app registration* (EnvironmentCredential). This library
 #: reads AZURE_CLIENT_ID as the user-assigned managed identity instead, so a user who set these
 #: for the OBO app is told what to set (the values are never echoed).
@@ -116,7 +208,12 @@ AZURE_APP_VARIABLES = ("AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_CLIENT_C
 
 
 def environ_or(environ: Mapping[str, str] | None) -> Mapping[str, str]:
-    return os.environ if environ is None else environ
+    """``environ``, else the process environment: then an ``ENTRA_PASSTHROUGH_*`` variable
+    the library does not read is one WARNING naming it (once per process; never its value)."""
+    if environ is not None:
+        return environ
+    _warn_unknown(os.environ)
+    return os.environ
 
 
 #: The variables naming a tenant, checked when read so that the error names the variable: a
@@ -144,7 +241,80 @@ def get(environ: Mapping[str, str], name: str) -> str | None:
         from ._msal import normalize_authority_host  # MSAL is imported on first use only
 
         normalize_authority_host(value, what=name)
+    elif value and name in SECRET_TEXT_VARIABLES:
+        _check_text(value, name)
+    elif value and name in HOST_URL_VARIABLES:
+        _check_url_host(value, name)
     return value or None
+
+
+#: The secrets sent to Entra as text: a value holding bytes that are not UTF-8 (a ``.env`` file
+#: saved as Latin-1; Python keeps them as surrogates) could not be encoded into the request,
+#: and every token request failed as "the connection to Entra failed", retried.
+SECRET_TEXT_VARIABLES = frozenset(
+    {
+        "ENTRA_PASSTHROUGH_CLIENT_SECRET",
+        "ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET",
+        "AZURE_CLIENT_SECRET",
+    }
+)
+
+
+def _check_text(value: str, name: str) -> None:
+    """A ``ConfigurationError`` naming ``name`` when ``value`` cannot be encoded as UTF-8 (never
+    showing it)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigurationError(
+            f"{name} holds bytes that are not text (not UTF-8: a .env or shell file saved in "
+            "another encoding, such as Latin-1?), so it cannot be sent to Entra; its value is "
+            "not shown.",
+            fix=f"set {name} to the secret's Value as plain text (save the file that sets it "
+            "as UTF-8), copied from Certificates & secrets in the app registration.",
+        ) from None
+
+
+#: URLs whose host is checked as ``AZURE_AUTHORITY_HOST``'s is (the rest of the URL is the
+#: reader's to check: ``check_https_url``).
+HOST_URL_VARIABLES = frozenset({"ENTRA_PASSTHROUGH_CONSENT_BROKER_URL"})
+
+
+def _check_url_host(value: str, name: str) -> None:
+    """A ``ConfigurationError`` naming ``name`` when the host of the http(s) URL ``value``
+    cannot be a host name (a space, a tab, a byte that is not text, an empty label, a port
+    that is not a number): the same check as ``AZURE_AUTHORITY_HOST``'s, on the URL's
+    ``scheme://host[:port]``. Such a URL was accepted and every link made from it was
+    unusable. Nothing else is judged here (a scheme, user info, a query: the URL's own check
+    says it, showing the origin at most); the value is never shown."""
+    scheme, separator, rest = value.partition("://")
+    if not separator or scheme.lower() not in ("https", "http"):
+        return
+    netloc = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if "@" in netloc:
+        return
+    from ._msal import normalize_authority_host  # MSAL is imported on first use only
+
+    try:
+        normalize_authority_host(f"https://{netloc}", what=name)
+    except ConfigurationError:
+        pass
+    else:
+        return
+    if not netloc.isascii() or any(c.isspace() or not c.isprintable() for c in netloc):
+        problem = (
+            "has a space, a control character or a character outside ASCII in its host (a "
+            "non-ASCII name is written in its punycode form, xn--...)"
+        )
+    else:
+        problem = (
+            "has a host that cannot be a host name (letters, digits, '-' and '.' without an "
+            "empty label, or an IP address), or a port that is not a number"
+        )
+    raise ConfigurationError(
+        f"{name} {problem}; its value is not shown.",
+        fix=f"set {name} to the broker's public URL, https://<host name>[/path].",
+    )
 
 
 def require(
@@ -262,7 +432,13 @@ def get_ca_file(environ: Mapping[str, str], name: str) -> str | None:
     )
     shown = path if path_may_be_shown(path) else "(not shown)"
     if not os.path.isfile(path) or not os.access(path, os.R_OK):
-        what = "is a folder" if os.path.isdir(path) else "does not exist or cannot be read"
+        what = (
+            "is a folder"
+            if os.path.isdir(path)
+            else "is not a regular file (a pipe, a device or a socket)"
+            if os.path.exists(path) and not os.path.isfile(path)
+            else "does not exist or cannot be read"
+        )
         raise ConfigurationError(f"{name} {shown} {what}; it must be a CA bundle file.", fix=fix)
     try:
         count = ssl.create_default_context(cafile=path).cert_store_stats()["x509"]

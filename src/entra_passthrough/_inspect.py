@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from ._checks import caller_tenant, client_id
+from ._errors import ConfigurationError, without_fix
 from ._jwt import JwtDecodeError, UnverifiedClaims, decode_unverified, fingerprint
 
 _FOUNDRY = ("https://ai.azure.com", "https://ml.azure.com")
@@ -122,7 +124,7 @@ def _obo_verdict(
         )
     if expired:
         return Verdict("OnBehalfOf", False, "the token has expired (AADSTS500133)")
-    if tenants and claims.tid not in tenants:
+    if tenants and (claims.tid or "").lower() not in {t.lower() for t in tenants}:
         return Verdict(
             "OnBehalfOf",
             False,
@@ -205,6 +207,30 @@ _NOT_A_JWT = (
 )
 
 
+def _option_problem(client_ids: Sequence[str], tenants: Sequence[str]) -> str | None:
+    """What is wrong with a ``--client-id`` or ``--tenant`` (``None``: nothing), checked as
+    ``OnBehalfOf(client_id=..., allowed_tenants=...)`` checks them: a value it refuses (braces,
+    quotes, ``common``, a domain for a tenant) was taken, and a good token was blamed for it
+    ("not the OBO app", "not on the allow-list"). The value is not echoed."""
+    for value in client_ids:
+        try:
+            client_id(value, what="--client-id")
+        except ConfigurationError as exc:
+            return (
+                f"{without_fix(exc)} It takes the OBO app's Application (client) ID, a GUID "
+                "without braces or quotes, or its App ID URI (api://...)."
+            )
+    for value in tenants:
+        try:
+            caller_tenant(value, what="--tenant")
+        except ConfigurationError as exc:
+            return (
+                f"{without_fix(exc)} It takes a tenant id as the token's tid claim writes it: "
+                "the Directory (tenant) ID, a GUID with dashes, without braces."
+            )
+    return None
+
+
 def _version() -> str:
     from . import __version__
 
@@ -236,6 +262,10 @@ def main(argv: list[str]) -> int:
     # other command's does.
     parser.add_argument("--version", action="version", version=_version())
     args = parser.parse_args(argv)
+    problem = _option_problem(args.client_id, args.tenant)
+    if problem is not None:  # a usage error, before the token is read (stdin included)
+        _out(f"entra-passthrough inspect: {problem}", file=sys.stderr)
+        return 2
     token = _read_token(args.token)
     try:
         payload = decode_unverified(token)

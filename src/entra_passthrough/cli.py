@@ -239,10 +239,11 @@ def _main(argv: Sequence[str] | None) -> int:
     if _asks_version(rest):
         sys.stdout.write(f"entra-passthrough {_version()}\n")
         return 0
+    parsed = None
     if name in _ARGUMENTS:
         # --help and usage errors before anything optional is imported.
         try:
-            parser_for(name).parse_args(rest)
+            parsed = parser_for(name).parse_args(rest)
         except SystemExit as exc:
             return exc.code if isinstance(exc.code, int) else 2
     try:
@@ -264,6 +265,37 @@ def _main(argv: Sequence[str] | None) -> int:
     except MissingExtraError as exc:
         sys.stderr.write(f"entra-passthrough {name}: {exc}\n")
         return 2
+    except RecursionError as exc:
+        # A --config file nested thousands deep ("[" * 100000 in JSON or TOML): the parser's
+        # RecursionError, a traceback of up to 3000 lines, where every other file it cannot
+        # load is one line and status 2.
+        config = getattr(parsed, "config", None)
+        if not config or not _raised_decoding(exc):
+            raise
+        sys.stderr.write(
+            f"entra-passthrough {name}: cannot load {config}: it is nested too deeply to be "
+            "read (RecursionError); a config file is a table of the command's settings "
+            f"({_CONFIG_DOCS.get(name, 'docs/')}).\n"
+        )
+        return 2
+
+
+#: Where each command's --config file is described.
+_CONFIG_DOCS = {"emulator": "docs/emulator.md", "broker": "docs/consent.md"}
+
+#: The modules that parse a config file (json's decoder, whose C scanner recurses too; tomllib).
+_DECODERS = ("json.decoder", "json.scanner", "tomllib._parser")
+
+
+def _raised_decoding(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised while a JSON or TOML text was decoded (a frame of the
+    decoders is on its traceback), not anywhere else a command may recurse."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_globals.get("__name__") in _DECODERS:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 if __name__ == "__main__":

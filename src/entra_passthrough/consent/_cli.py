@@ -246,6 +246,12 @@ def main(argv: list[str]) -> int:
             where = f" (line {exc.lineno})" if isinstance(exc, json.JSONDecodeError) else ""
             _say(f"the config file {args.config} is not JSON{where}: it must be a JSON object.")
             return 2
+        except RecursionError:  # arrays or objects nested thousands deep: no config has that
+            _say(
+                f"the config file {args.config} is nested too deeply to be read: it must be a "
+                "JSON object of the broker's keys (docs/consent.md)."
+            )
+            return 2
         if not isinstance(config, dict):
             raise ConfigurationError("the broker config must be a JSON object.")
         check_keys(config)  # before "forwarded_allow_ips" is read: a misspelt one is named
