@@ -269,6 +269,15 @@ def client_secret(
         raise ConfigurationError(f"{name} must be a string, not {type(value).__name__}.", fix=fix)
     if not value.strip():
         raise ConfigurationError(f"{name} is empty or blank.", fix=fix)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        # Bytes that are not text (a secret read from a file saved in another encoding): it
+        # could not be put into the request, and every token request failed as a retried
+        # transport failure.
+        raise ConfigurationError(
+            f"{name} holds characters that are not text (not UTF-8).", fix=fix
+        ) from None
 
 
 def registration(

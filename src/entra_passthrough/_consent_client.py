@@ -21,6 +21,7 @@ import msal
 import requests
 
 from ._credential import AppCredential
+from ._env import check_url_host
 from ._errors import ConfigurationError, TokenVerificationError
 from ._http import OAuthBodies
 from ._jwks import KeySet, KeySource, check_fetch_url, read_bounded
@@ -75,6 +76,7 @@ def check_https_url(url: str, *, what: str) -> str:
         raise ConfigurationError(
             f"{what} must be an https:// URL with a host (and a numeric port, if any).", fix=fix
         )
+    check_url_host(url, what)  # a host that cannot be a host name: every link unusable
     parts = urlsplit(url)
     named = f"{what} ({shown})"
     if parts.scheme != "https" and not (

@@ -242,9 +242,9 @@ def get(environ: Mapping[str, str], name: str) -> str | None:
 
         normalize_authority_host(value, what=name)
     elif value and name in SECRET_TEXT_VARIABLES:
-        _check_text(value, name)
+        check_text(value, name)
     elif value and name in HOST_URL_VARIABLES:
-        _check_url_host(value, name)
+        check_url_host(value, name)
     return value or None
 
 
@@ -260,7 +260,7 @@ SECRET_TEXT_VARIABLES = frozenset(
 )
 
 
-def _check_text(value: str, name: str) -> None:
+def check_text(value: str, name: str) -> None:
     """A ``ConfigurationError`` naming ``name`` when ``value`` cannot be encoded as UTF-8 (never
     showing it)."""
     try:
@@ -280,7 +280,7 @@ def _check_text(value: str, name: str) -> None:
 HOST_URL_VARIABLES = frozenset({"ENTRA_PASSTHROUGH_CONSENT_BROKER_URL"})
 
 
-def _check_url_host(value: str, name: str) -> None:
+def check_url_host(value: str, name: str) -> None:
     """A ``ConfigurationError`` naming ``name`` when the host of the http(s) URL ``value``
     cannot be a host name (a space, a tab, a byte that is not text, an empty label, a port
     that is not a number): the same check as ``AZURE_AUTHORITY_HOST``'s, on the URL's

@@ -61,3 +61,26 @@ def test_a_host_name_or_address_is_accepted(url: str) -> None:
         assert source.broker_url == url.rstrip("/")
     finally:
         source.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [f"https://{LABEL} .example/consent", f"https://{LABEL}_x..com"],
+    ids=["space", "empty-label"],
+)
+def test_a_host_that_cannot_be_one_is_refused_in_code_too(url: str) -> None:
+    """``DelegatedConsent(broker_url=...)`` checks the host as the variable's reading does."""
+    from entra_passthrough import Keyring
+
+    with pytest.raises(ConfigurationError) as info:
+        DelegatedConsent(
+            client_id=BASE["ENTRA_PASSTHROUGH_CONSENT_CLIENT_ID"],
+            tenant_id=BASE["AZURE_TENANT_ID"],
+            client_secret="consent-secret",
+            store=MemoryStore(),
+            keyring=Keyring.generate(),
+            broker_url=url,
+        )
+    assert "broker_url" in str(info.value)
+    assert "host" in str(info.value)
+    assert LABEL not in f"{info.value} {info.value!r} {info.value.fix}"

@@ -98,3 +98,19 @@ def test_a_text_secret_still_gets_tokens(idp: EntraEmulator) -> None:
     SHARED_THROTTLE.clear()  # a failure an earlier test provoked must not answer for Entra
     checks = run(_obo(idp, idp.agent.secret))
     assert not [c for c in checks if c.status == FAIL], table(checks)
+
+
+def test_a_secret_that_is_not_text_is_refused_in_code_too() -> None:
+    """``OnBehalfOf(client_secret=...)``: the same refusal as the variable's, naming the
+    argument, never the value."""
+    from entra_passthrough import OnBehalfOf
+
+    with pytest.raises(ConfigurationError) as info:
+        OnBehalfOf(
+            client_id="6cd0b7f2-2473-5d24-a86c-13c1e27b8228",
+            tenant_id="979269af-69e0-5206-a3f3-b961c29811d3",
+            client_secret=NOT_TEXT,
+        )
+    assert "client_secret" in str(info.value)
+    assert "not text" in str(info.value)
+    assert TAIL not in f"{info.value} {info.value!r} {info.value.fix}"
