@@ -588,10 +588,21 @@ def _platform_value(values: list[bytes] | None) -> str | None:
     # user id keys consent grants, so neither copy is trusted.
     if values is None or len(values) != 1:
         return None
-    raw = values[0]
+    return platform_value(values[0])
+
+
+def platform_value(raw: bytes) -> str | None:
+    """A platform header's one value as the capture reads it: UTF-8 (a name such as "Жанна",
+    which read as Latin-1 held control characters and was dropped), else Latin-1; stripped,
+    printable, at most ``_MAX_PLATFORM_VALUE`` bytes; ``None`` when it is not such a value
+    (then the request has no platform user: ``ResponseOwners`` refuses it rather than store
+    its response as the shared "anonymous" owner's)."""
     if not raw or len(raw) > _MAX_PLATFORM_VALUE:
         return None
-    value = raw.decode("latin-1").strip()
+    try:
+        value = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        value = raw.decode("latin-1").strip()
     return value if value and value.isprintable() else None
 
 

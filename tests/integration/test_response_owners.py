@@ -456,6 +456,42 @@ async def test_a_repeated_platform_user_id_is_refused_not_stored_as_anonymous(
     assert read_twice.status_code == 400
 
 
+async def test_an_unreadable_platform_user_id_is_refused_not_stored_as_anonymous(
+    idp: EntraEmulator, users: list[User]
+) -> None:
+    """``x-agent-user-id`` sent once but not readable as a user id (over 256 bytes, control
+    characters): the capture took the request as having no user, and its response went to the
+    shared "anonymous" owner, which another such request could then read. Now refused, as a
+    repeated id is; a UTF-8 id (read as Latin-1, it held control characters) is a user of its
+    own, whose response another UTF-8 user cannot read."""
+    alice = users[36]
+    RUNS.clear()
+    app = _host(idp, MemoryStore(), verified=False)
+    long_id = [("x-agent-user-id", "u" * 300)]
+    control = [(b"x-agent-user-id", b"platform-\x07-bell")]
+    zhanna = [(b"x-agent-user-id", "Жанна".encode())]
+    olga = [(b"x-agent-user-id", "Ольга".encode())]
+    async with _serving(app) as client:
+        refused = [
+            await client.post("/responses", json={"input": alice.oid, "store": True}, headers=h)
+            for h in (long_id, control)
+        ]
+        mine = await client.post(
+            "/responses", json={"input": "zhanna", "store": True}, headers=zhanna
+        )
+        rid = _created_id(mine)
+        own_read = await client.get(f"/responses/{rid}", headers=zhanna)
+        other_read = await client.get(f"/responses/{rid}", headers=olga)
+        long_read = await client.get(f"/responses/{rid}", headers=long_id)
+    for answer in refused:
+        assert answer.status_code == 400, answer.text[:300]
+        assert answer.json()["error"]["code"] == "unreadable_user"
+    assert alice.oid not in RUNS  # nothing ran for them
+    assert own_read.status_code == 200, own_read.text[:300]
+    assert other_read.status_code == 404, other_read.text[:300]
+    assert long_read.status_code == 400
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
 async def test_responses_the_host_does_not_store_never_push_an_owner_out(
     idp: EntraEmulator, users: list[User], stream: bool

@@ -40,7 +40,7 @@ from importlib import metadata
 from typing import Any
 
 from .._asgi import ASGIApp, Message, Receive, Scope, Send
-from .._caller import Caller, current_caller, reset_current, set_current
+from .._caller import Caller, current_caller, platform_value, reset_current, set_current
 from .._checks import seconds
 from .._errors import ConfigurationError
 from .._redact import redact
@@ -305,7 +305,8 @@ class ResponseOwners:
         named = _BY_ID.search(path)
         owned = named is not None and method in _BY_ID_METHODS.get(named.group(2), ())
         creates = not owned and method == "POST" and _is_create_path(path)
-        if (owned or creates) and _ambiguous_user(scope):
+        unusable = _unusable_user(scope) if owned or creates else None
+        if unusable == "ambiguous":
             # The platform's user id sent more than once: the capture trusts neither copy, so
             # the request has no user, and its response would have gone to the "anonymous"
             # owner that every request with no user shares (read and continued by any of them).
@@ -316,6 +317,20 @@ class ResponseOwners:
                 "entra_passthrough: the request carries the platform's user id header "
                 "(x-agent-user-id) more than once, so its user is ambiguous; nothing was stored "
                 "or read. Send it once (the ingress adds it: drop the client's copy).",
+                None,
+            )
+            return
+        if unusable == "unreadable":
+            # Sent once, but not a value the capture reads (over 256 bytes, control
+            # characters): the request would have had no user, as above.
+            await _answer(
+                send,
+                400,
+                "unreadable_user",
+                "entra_passthrough: the request's platform user id header (x-agent-user-id) "
+                "is not a user id this host can read (longer than 256 bytes, or holding "
+                "control characters), so the request would have no user; nothing was stored "
+                "or read. Send a printable id of at most 256 bytes (UTF-8).",
                 None,
             )
             return
@@ -573,13 +588,20 @@ def _continued(body: bytes) -> tuple[str | None, str | None, str | None, bool]:
     )
 
 
-def _ambiguous_user(scope: Scope) -> bool:
-    """The platform's user id header appears more than once (any values)."""
-    count = 0
-    for key, _ in scope.get("headers") or ():
-        if len(key) == len(_USER_ID_HEADER) and key.lower() == _USER_ID_HEADER:
-            count += 1
-    return count > 1
+def _unusable_user(scope: Scope) -> str | None:
+    """``"ambiguous"``: the platform's user id header appears more than once (any values);
+    ``"unreadable"``: once, with a value that is not blank but that the capture does not read
+    as a user id (``platform_value``); else ``None``."""
+    values = [
+        value
+        for key, value in scope.get("headers") or ()
+        if len(key) == len(_USER_ID_HEADER) and key.lower() == _USER_ID_HEADER
+    ]
+    if len(values) > 1:
+        return "ambiguous"
+    if values and values[0].strip() and platform_value(values[0]) is None:
+        return "unreadable"
+    return None
 
 
 _USER_ID_HEADER = b"x-agent-user-id"
