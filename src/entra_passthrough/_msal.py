@@ -850,6 +850,65 @@ def http_session(ca_file: str | None) -> Any:
     return session
 
 
+#: The most of a client certificate file (PEM or PFX) read: one is a few KB, a chain tens.
+MAX_CERTIFICATE_FILE_BYTES = 1024 * 1024
+#: The most of a federated (workload identity) token file read: it holds one token of a few KB.
+MAX_FEDERATED_TOKEN_FILE_BYTES = 64 * 1024
+
+_FEDERATED_TOKEN_FILE_FIX = (
+    "check AZURE_FEDERATED_TOKEN_FILE (AppCredential(federated_token_file=...)): the path the "
+    "platform projects the workload identity token to (Kubernetes: the azure-workload-identity "
+    "webhook's volume), a regular file"
+)
+
+
+class FileRefused(Exception):
+    """A credential file not read: ``why`` says so (e.g. "is larger than 1 MiB"), its content
+    never."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+def _size(limit: int) -> str:
+    mib = 1024 * 1024
+    return f"{limit // mib} MiB" if limit % mib == 0 else f"{limit // 1024} KiB"
+
+
+def _refused(status: os.stat_result, limit: int) -> str | None:
+    """Why a file with this ``os.stat`` result is not read (None: it is read)."""
+    import stat
+
+    if not stat.S_ISREG(status.st_mode):
+        return "is not a regular file (a device, a pipe or a directory)"
+    if status.st_size > limit:
+        return f"is larger than {_size(limit)}"
+    return None
+
+
+def read_regular_file(path: str, limit: int) -> bytes:
+    """The bytes of the regular file ``path``, of at most ``limit`` bytes: at most ``limit`` + 1
+    are read. ``FileRefused`` for a device, a pipe or a directory (never read: /dev/zero has no
+    end, a pipe without a writer blocks) and for a larger file; ``OSError`` as ``open`` raises
+    it. Opened non-blocking, so a pipe is refused at once instead of waiting for a writer."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    descriptor = os.open(path, flags)
+    try:
+        handle = os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
+    with handle:
+        why = _refused(os.fstat(handle.fileno()), limit)
+        if why is not None:
+            raise FileRefused(why)
+        data = handle.read(limit + 1)
+    if len(data) > limit:  # it grew since fstat
+        raise FileRefused(f"is larger than {_size(limit)}")
+    return data
+
+
 def load_certificate(
     certificate: bytes | str, *, password: str | None = None, send_chain: bool = False
 ) -> dict[str, str]:
@@ -870,16 +929,25 @@ def load_certificate(
     from cryptography.hazmat.primitives.serialization import pkcs12
 
     if isinstance(certificate, str):
+        fix = (
+            "point the certificate path (AppCredential(client_certificate=...), "
+            "ENTRA_PASSTHROUGH_CLIENT_CERTIFICATE_PATH or AZURE_CLIENT_CERTIFICATE_PATH; for "
+            "the consent app ENTRA_PASSTHROUGH_CONSENT_CLIENT_CERTIFICATE_PATH) at a PEM or "
+            "PFX file this process can read."
+        )
         try:
-            with open(os.fspath(certificate), "rb") as handle:
-                data = handle.read()
+            data = read_regular_file(os.fspath(certificate), MAX_CERTIFICATE_FILE_BYTES)
         except OSError as exc:
             raise ConfigurationError(
-                f"cannot read the client certificate file ({type(exc).__name__}).",
-                fix="point the certificate path (AppCredential(client_certificate=...), "
-                "ENTRA_PASSTHROUGH_CLIENT_CERTIFICATE_PATH or AZURE_CLIENT_CERTIFICATE_PATH; for "
-                "the consent app ENTRA_PASSTHROUGH_CONSENT_CLIENT_CERTIFICATE_PATH) at a PEM or "
-                "PFX file this process can read.",
+                f"cannot read the client certificate file ({type(exc).__name__}).", fix=fix
+            ) from None
+        except FileRefused as exc:
+            # A PEM or PFX is a few KB: read unbounded, a device (/dev/zero) or a huge file
+            # took the process's memory, and a pipe with no writer blocked it for ever.
+            raise ConfigurationError(
+                f"the client certificate file {exc.why}, so it is not read: a PEM or PFX "
+                "certificate file is a few KB.",
+                fix=fix,
             ) from None
     else:
         data = certificate
@@ -1037,13 +1105,28 @@ def _pem_block(text: str, label: str) -> str | None:
 
 class FederatedTokenFile:
     """A workload identity token file as a client-assertion callable, re-read when it changes
-    (Kubernetes rotates it in place)."""
+    (Kubernetes rotates it in place). Read at most ``MAX_FEDERATED_TOKEN_FILE_BYTES``: a file
+    that is larger, or not a regular file (a device, a pipe), is refused, at construction
+    (``ConfigurationError``) when it is so already, and at each read after a change
+    (``SourceUnavailable``, as for a file that cannot be read). A file not there yet at
+    construction is read when first needed."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._stamp: tuple[int, int] | None = None
         self._value: str | None = None
         self._lock = threading.Lock()
+        try:
+            status = os.stat(path)
+        except (OSError, ValueError):
+            return  # not there (yet): the first read says so
+        why = _refused(status, MAX_FEDERATED_TOKEN_FILE_BYTES)
+        if why is not None:
+            raise ConfigurationError(
+                f"the federated token file {path!r} {why}, so it is not read: a workload "
+                "identity token file holds one token of a few KB.",
+                fix=_FEDERATED_TOKEN_FILE_FIX + ".",
+            )
 
     def __repr__(self) -> str:
         return f"FederatedTokenFile({self.path!r})"
@@ -1051,22 +1134,25 @@ class FederatedTokenFile:
     def __call__(self) -> str:
         from ._errors import SourceUnavailable
 
-        fix = (
-            "check AZURE_FEDERATED_TOKEN_FILE: the path the platform projects the workload "
-            "identity token to (Kubernetes: the azure-workload-identity webhook's volume)"
-        )
+        fix = _FEDERATED_TOKEN_FILE_FIX
         try:
-            stat = os.stat(self.path)
-            stamp = (stat.st_mtime_ns, stat.st_size)
+            status = os.stat(self.path)
+            stamp = (status.st_mtime_ns, status.st_size)
             with self._lock:
                 if stamp != self._stamp or self._value is None:
-                    with open(self.path, encoding="ascii") as handle:
-                        self._value = handle.read().strip()
+                    data = read_regular_file(self.path, MAX_FEDERATED_TOKEN_FILE_BYTES)
+                    self._value = data.decode("ascii").strip()
                     self._stamp = stamp
                 value = self._value
         except (OSError, UnicodeDecodeError) as exc:
             raise SourceUnavailable(
                 f"cannot read the federated token file {self.path!r} ({type(exc).__name__}).",
+                fix=fix,
+            ) from None
+        except FileRefused as exc:
+            raise SourceUnavailable(
+                f"the federated token file {self.path!r} {exc.why}, so it is not read: a "
+                "workload identity token file holds one token of a few KB.",
                 fix=fix,
             ) from None
         if not value:

@@ -196,12 +196,21 @@ def _describe(
     namespace: str = "",
     write: bool = False,
     tls: bool | None = None,
+    database: int = 0,
 ) -> tuple[str, str]:
     """(what happened, what to do) for a Redis failure; never echoes the URL or a password.
     ``acl_extra``: the commands the store's URL options need besides (``_acl_extra``);
     ``cluster``: the store uses a cluster client (``from_url(cluster=True)``); ``namespace``:
     the store's key prefix; ``write``: the call writes (put, delete); ``tls``: the URL is
-    ``rediss://`` (``None``: not known)."""
+    ``rediss://`` (``None``: not known); ``database``: the URL's database index."""
+    if database and _database_refused(exc):
+        # redis-py sends SELECT on each new connection: a server with fewer databases (16 by
+        # default; 1 on Azure Managed Redis) refuses it, and so every call.
+        return (
+            f"Redis refused the database the URL names ({database}): the server has no "
+            "database with that index (SELECT failed when connecting)",
+            _DATABASE_FIX,
+        )
     if isinstance(exc, RedisClusterException):
         return _describe_cluster(exc, acl_extra, namespace=namespace, write=write, tls=tls)
     word = None if cluster else _cluster_reply(exc)
@@ -426,6 +435,7 @@ class RedisStore:
         self._acl_extra = _acl_extra(client)
         self._cluster = _is_cluster(client)
         self._tls = _where(client).startswith("rediss:")
+        self._database = _database(client)
         self._policy = _PolicyCheck()
 
     def __repr__(self) -> str:
@@ -439,6 +449,7 @@ class RedisStore:
             namespace=self.namespace,
             write=write,
             tls=self._tls,
+            database=self._database,
         )
 
     @classmethod
@@ -470,6 +481,7 @@ class RedisStore:
         _check_url(url, allow_plaintext=allow_plaintext)
         if cluster:
             _check_cluster_url(url)
+        _check_database(url)
         # Checked here: redis-py takes a NaN timeout or 0 connections, and they fail only at
         # the first command, on every request.
         timeout = seconds(timeout, what="timeout", low=0, high=MAX_SECONDS, above_low=True)
@@ -721,6 +733,7 @@ class RedisStore:
             )
             self._sync._policy = self._policy  # one check (and warning) for both
             self._sync._tls = self._tls  # (its client is built at its first call)
+            self._sync._database = self._database
         return self._sync
 
     # -- TokenStore ---------------------------------------------------------------------------
@@ -956,6 +969,7 @@ class SyncRedisStore:
         self._acl_extra = ""
         self._cluster = connect is not None if cluster is None else cluster
         self._tls: bool | None = None  # not known before the client is built
+        self._database = 0
         if client is not None:
             self._use(client)
 
@@ -963,6 +977,7 @@ class SyncRedisStore:
         self._acl_extra = _acl_extra(client)
         self._cluster = _is_cluster(client)
         self._tls = _where(client).startswith("rediss:")
+        self._database = _database(client)
         self._put_absent = client.register_script(_PUT_ABSENT)
         self._cas_put = client.register_script(_CAS_PUT)
         self._cas_delete = client.register_script(_CAS_DELETE)
@@ -984,6 +999,7 @@ class SyncRedisStore:
                             cluster=self._cluster,
                             namespace=self.namespace,
                             tls=self._tls,
+                            database=self._database,
                         ) from None
                     self._use(built)
         assert self._client is not None
@@ -1006,6 +1022,7 @@ class SyncRedisStore:
             namespace=self.namespace,
             write=write,
             tls=self._tls,
+            database=self._database,
         )
 
     def _torn(self, exc: AttributeError | TypeError) -> SourceUnavailable:
@@ -1387,6 +1404,27 @@ def _connection_kwargs(client: Any) -> Mapping[str, Any]:
     return {}
 
 
+def _database(client: Any) -> int:
+    """The database index a client's connections select (0 when not known)."""
+    value = _connection_kwargs(client).get("db", 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _database_refused(exc: BaseException) -> bool:
+    """Whether Redis refused the SELECT of the URL's database: "DB index is out of range"
+    (redis-server), "Invalid Database" (redis-py, for an answer other than OK), "SELECT is not
+    allowed in cluster mode" (a cluster node, Azure Managed Redis's endpoint)."""
+    for seen in _causes(exc):
+        text = str(seen).lower()
+        if (
+            "db index is out of range" in text
+            or "invalid database" in text
+            or ("select" in text and "not allowed" in text)
+        ):
+            return True
+    return False
+
+
 def _where(client: Any) -> str:
     """``redis://host:port`` (``rediss``: TLS) of a client, for reprs; a cluster client's is
     the node it was given first. Never the password."""
@@ -1401,6 +1439,73 @@ def _where(client: Any) -> str:
         node = next(iter(nodes.values())) if isinstance(nodes, Mapping) else None
         host, port = getattr(node, "host", host), getattr(node, "port", port)
     return f"{tls}://{host}:{port}, cluster"
+
+
+#: The database of a Redis URL: its path (``/3``) or ``?db=3``, a whole number written in
+#: ASCII digits. Redis numbers its databases from 0 (``databases``: 16 by default).
+_DATABASE: Final = re.compile(r"[0-9]{1,10}")
+#: The highest database index Redis can have (``databases`` is a C int).
+_MAX_DATABASE: Final = 2**31 - 2
+_DATABASE_FIX: Final = (
+    "end ENTRA_PASSTHROUGH_REDIS_URL (url) with /0, or /<n> for another database the server "
+    "has (0 to 15 by default: Redis' databases setting; Azure Managed Redis and a Redis "
+    "Cluster have 0 only), or leave the path out for 0; keep deployments apart with a "
+    "namespace (ENTRA_PASSTHROUGH_REDIS_NAMESPACE) instead."
+)
+
+
+def _shown_database(value: str) -> str:
+    """A database part as a refusal quotes it: short and printable, or not at all (the host
+    check has refused a URL whose path could hold part of the password: no '@' there)."""
+    if len(value) <= 24 and value.isascii() and value.isprintable():
+        return repr(value)
+    return "(not shown)"
+
+
+def _check_database(url: str) -> None:
+    """The URL's database, read here as redis-py reads it, refused where redis-py would take
+    another one than written: a path that is not a number (``/abc``) was dropped for database
+    0 (possibly another app's), ``/1/2`` became 12, ``?db= 3`` and ``?db=1_0`` were read by
+    ``int()``; a negative index, or one past what any Redis has, failed every call. A path and
+    a ``?db=`` that disagree are refused (redis-py takes ``db`` and ignores the path). An index
+    past the server's own ``databases`` can only be known when connecting (``_describe``)."""
+    parts = urlsplit(url)
+    path = unquote(parts.path)  # redis-py decodes it
+    given: list[tuple[str, str]] = []  # (where, value)
+    if path not in ("", "/"):
+        given.append(("path", path[1:] if path.startswith("/") else path))
+    given += [
+        ("?db=", value) for value in parse_qs(parts.query, keep_blank_values=True).get("db", [])
+    ]
+    for where, value in given:
+        if _DATABASE.fullmatch(value) and int(value) <= _MAX_DATABASE:
+            continue
+        if where == "path" and not _readable(value):
+            what = (
+                "redis-py would silently use database 0 instead, which may hold another app's keys"
+            )
+        else:
+            what = "redis-py would read another database than written, or one Redis refuses"
+        raise ConfigurationError(
+            f"the database of {_URL} ({where} {_shown_database(value)}) is not a database "
+            f"number (digits alone, 0 to {_MAX_DATABASE}): {what}.",
+            fix=_DATABASE_FIX,
+        )
+    if len({int(value) for _, value in given}) > 1:
+        raise ConfigurationError(
+            f"{_URL} names two databases, in its path and in ?db= (redis-py would use ?db= and "
+            "ignore the path).",
+            fix=_DATABASE_FIX,
+        )
+
+
+def _readable(path: str) -> bool:
+    """Whether redis-py reads a number out of a URL path (it drops the '/'s and calls int())."""
+    try:
+        int(path.replace("/", ""))
+    except ValueError:
+        return False
+    return True
 
 
 def _check_cluster_url(url: str) -> None:
@@ -1521,9 +1626,16 @@ def _unavailable(
     namespace: str = "",
     write: bool = False,
     tls: bool | None = None,
+    database: int = 0,
 ) -> SourceUnavailable:
     what, fix = _describe(
-        exc, acl_extra, cluster=cluster, namespace=namespace, write=write, tls=tls
+        exc,
+        acl_extra,
+        cluster=cluster,
+        namespace=namespace,
+        write=write,
+        tls=tls,
+        database=database,
     )
     return SourceUnavailable(
         f"The shared token store is unavailable: {what}.",

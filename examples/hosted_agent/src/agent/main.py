@@ -26,6 +26,10 @@ read from the environment: what ``azure.yaml`` sets (``env:``) and what Foundry 
   as the platform configures them), ``off`` disables the host's observability set-up entirely.
   Default: on only inside Foundry (``FOUNDRY_HOSTING_ENVIRONMENT`` is set), so a laptop never
   ships telemetry because an azd environment left a connection string around.
+* **A configuration error stops the start in one line** (what is wrong and what to set, exit
+  status 1), never a traceback: the library's ``ConfigurationError``, this file's own checks,
+  an on/off variable (``HOST_TELEMETRY``, ``MCP_PER_USER``: on/off, true/false, yes/no, 1/0)
+  with another value, a ``PORT`` that is not a TCP port.
 """
 
 from __future__ import annotations
@@ -39,8 +43,10 @@ from agent_framework import Agent
 from agent_framework_foundry_hosting import ResponsesHostServer
 
 from entra_passthrough import (
+    ConfigurationError,
     DelegatedConsent,
     MemoryStore,
+    MissingExtraError,
     Policy,
     TokenChain,
 )
@@ -60,15 +66,40 @@ def _need(env: Mapping[str, str], name: str, what: str) -> str:
     return value
 
 
-def telemetry_enabled(env: Mapping[str, str]) -> bool:
-    value = (_get(env, "HOST_TELEMETRY") or "").lower()
-    if value in ("on", "true", "1"):
+_ON = ("on", "true", "yes", "1")
+_OFF = ("off", "false", "no", "0")
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool | None:
+    """An on/off variable (on/off, true/false, yes/no, 1/0, any case); ``None`` when unset.
+    Another value stops the start: read as off, ``MCP_PER_USER=yes`` shared one connection."""
+    value = _get(env, name)
+    if value is None:
+        return None
+    if value.lower() in _ON:
         return True
-    if value in ("off", "false", "0"):
+    if value.lower() in _OFF:
         return False
-    if value:
-        raise SystemExit(f"HOST_TELEMETRY={value!r}: use on or off.")
+    shown = repr(value) if len(value) <= 16 and value.isalnum() else "(not shown)"
+    raise SystemExit(f"{name}={shown}: use on or off (true/false, yes/no and 1/0 work too).")
+
+
+def telemetry_enabled(env: Mapping[str, str]) -> bool:
+    enabled = _flag(env, "HOST_TELEMETRY")
+    if enabled is not None:
+        return enabled
     return _get(env, "FOUNDRY_HOSTING_ENVIRONMENT") is not None
+
+
+def listen_port(env: Mapping[str, str]) -> int:
+    """``PORT`` (Foundry sets it), 8088 when unset; a TCP port number, 1 to 65535."""
+    value = _get(env, "PORT")
+    if value is None:
+        return 8088
+    if not (value.isascii() and value.isdigit() and 1 <= int(value) <= 65535):
+        shown = repr(value) if len(value) <= 16 and value.isalnum() else "(not shown)"
+        raise SystemExit(f"PORT={shown}: use the TCP port to listen on, 1 to 65535.")
+    return int(value)
 
 
 def shared_store(env: Mapping[str, str]) -> Any:
@@ -193,7 +224,7 @@ def create_app(
     mcp_url = _need(env, "MCP_URL", "the MCP server's endpoint")
     scopes = [_need(env, "MCP_SCOPE", "the MCP server's scope, api://<app>/.default")]
     closables: list[Any] = []
-    if (_get(env, "MCP_PER_USER") or "").lower() in ("1", "true", "on"):
+    if _flag(env, "MCP_PER_USER"):
         pool = entra_mcp_tool(
             "notes", mcp_url, chain=chain, scopes=scopes, per_user=True, verify=verify
         )
@@ -227,9 +258,20 @@ def create_app(
     return install(host, close_on_shutdown=closables, response_owners=owners)
 
 
+def _one_line(exc: BaseException) -> str:
+    """The library's error as one line: what is wrong, then ``Fix:`` what to set (its text
+    names settings and never a secret)."""
+    return " ".join(str(exc).split())
+
+
 def main() -> int:
-    app = create_app()
-    app.run(port=int(os.environ.get("PORT") or 8088))
+    port = listen_port(os.environ)
+    try:
+        app = create_app()
+        app.run(port=port)
+    except (ConfigurationError, MissingExtraError) as exc:
+        # What is wrong and what to set, in the container's log, without a traceback.
+        raise SystemExit(_one_line(exc)) from None
     return 0
 
 
