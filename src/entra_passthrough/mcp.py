@@ -47,7 +47,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from . import _env
-from ._caller import active_caller, current_caller
+from ._caller import CALL_ID_HEADER, active_caller, current_caller
 from ._docs import see
 from ._errors import (
     AssertionExpired,
@@ -80,6 +80,7 @@ from ._httpx_seams import wrap_transports
 from ._jwt import JwtDecodeError, UnverifiedClaims
 from ._origins import format_origin, origin_key
 from ._policy import Policy
+from ._sources.foundry import FEATURES_HEADER, FOUNDRY_SCOPE, TOOLBOX_FEATURE
 
 __all__ = [
     "FOUNDRY_CONSENT_REQUIRED",
@@ -233,7 +234,11 @@ def http_client_for(
             max_connections=100, max_keepalive_connections=20, keepalive_expiry=KEEPALIVE_EXPIRY
         ),
     )
-    resend = _env.get_bool(os.environ, RESEND_ON_RESET_VARIABLE, default=True)
+    # Not by default through a route whose every request a gateway forwards (a Foundry
+    # toolbox): there a prompt reset does not say the tool never ran. Set to true, it is.
+    resend = _env.get_bool(
+        os.environ, RESEND_ON_RESET_VARIABLE, default=not forwards_calls(auth.chain)
+    )
     wrap_transports(
         client,
         functools.partial(
@@ -247,6 +252,31 @@ def http_client_for(
     )
     auth.install(client)
     return client
+
+
+def forwards_calls(chain: object) -> bool:
+    """Whether a source of ``chain`` routes every request through a gateway that forwards it
+    (``forwards_calls = True``: ``FoundryToolboxRoute``, Foundry's toolbox proxy). A reset of
+    the connection after a call was written then does not say the server never read it: the
+    call is not sent again after one unless ``RESEND_ON_RESET_VARIABLE`` is set to true."""
+    sources = getattr(chain, "sources", ())
+    if not isinstance(sources, tuple | list):
+        return False
+    return any(getattr(source, "forwards_calls", False) is True for source in sources)
+
+
+def toolbox_request(request: httpx2.Request) -> str | None:
+    """``"user"`` when ``request`` went to a Foundry toolbox naming its user by a call id
+    (``FoundryToolboxRoute``: the agent's own token, ``x-agent-foundry-call-id``); ``"agent"``
+    for a toolbox request that names none (a lifecycle request, sent as the agent); else
+    ``None``. Its 401/403 is then the toolbox's: the agent's token is the expected credential
+    there, and "the app's own token, no user" would be wrong."""
+    if CALL_ID_HEADER in request.headers:
+        return "user"
+    features = request.headers.get(FEATURES_HEADER, "")
+    if any(p.strip().casefold() == TOOLBOX_FEATURE.casefold() for p in features.split(",")):
+        return "agent"
+    return None
 
 
 # -- one call's requests: sent with its token or not at all, and what became of them ------------
@@ -283,6 +313,10 @@ class CallAttempt:
     #: Whether that answer is a 401/403 to an app-only token (the app's own identity, as a
     #: policy serves a request without a user): its error says so, with the app's fix.
     app_token: bool = False
+    #: Whether that answer is a Foundry toolbox's 401/403 (``toolbox_request``): ``"user"``
+    #: when the call named its user by call id. The agent's token is expected there; the
+    #: error says what the toolbox refused instead (``app_token`` is then false).
+    toolbox: str | None = None
     #: Whether the last ``tools/call`` carried an ``Mcp-Session-Id`` (a legacy session).
     on_session: bool = False
     #: The last 401/403 to another JSON-RPC request of the call (the ``tools/list`` the mcp SDK
@@ -756,7 +790,9 @@ class _CallGuard(httpx2.AsyncBaseTransport):
                 _challenge_error(response) if response.status_code in (401, 403) else None
             )
             attempt.at_expiry = _refused_on_its_way(request, response.status_code)
-            attempt.app_token = response.status_code in (401, 403) and _app_only_bearer(request)
+            refused = response.status_code in (401, 403)
+            attempt.toolbox = toolbox_request(request) if refused else None
+            attempt.app_token = refused and attempt.toolbox is None and _app_only_bearer(request)
             attempt.retry_after = (
                 retry_after_seconds(response.headers) if response.status_code >= 400 else None
             )
@@ -925,6 +961,10 @@ class ConnectRefusal:
     #: The refused token is an app-only token (no ``scp``: the app's own identity, as a policy
     #: serves a request without a user), not a user's: said as such, with the app's fix.
     app_token: bool = False
+    #: A Foundry toolbox's refusal (``toolbox_request``: ``"user"``, the request named its
+    #: user by call id; ``"agent"``, none): the agent's own token is what it expects, so
+    #: never said to be "the app's own token, no user" (``app_token`` is then false).
+    toolbox: str | None = None
 
     @classmethod
     def of(cls, response: httpx2.Response, request: httpx2.Request | None = None) -> ConnectRefusal:
@@ -947,13 +987,27 @@ class ConnectRefusal:
                 app_token = claims.is_app_only
         rpc = connect_method(request)
         at_expiry = response.status_code == 401 and token is not None and refused_at_expiry(token)
+        toolbox = toolbox_request(request)
         return cls(
-            response.status_code, error, required, granted, rpc, with_token, at_expiry, app_token
+            response.status_code,
+            error,
+            required,
+            granted,
+            rpc,
+            with_token,
+            at_expiry,
+            app_token and toolbox is None,
+            toolbox,
         )
 
     def whose(self, caller: object | None) -> str:
-        """Whose token was refused, for a message: the app's own (an app-only token), else the
+        """Whose token was refused, for a message: through a Foundry toolbox, the agent's (for
+        the user its call id names, or for none); the app's own (an app-only token), else the
         user's when a caller was bound, else the lifecycle identity's."""
+        if self.toolbox == "user":
+            return f"the agent's token for the user named by its {CALL_ID_HEADER}"
+        if self.toolbox == "agent":
+            return "the agent's token (a request naming no user)"
         if self.app_token:
             return "the app's own token (an app-only token: no user)"
         return "the user's token" if caller is not None else "the lifecycle identity's token"
@@ -993,6 +1047,8 @@ def connect_refused(
     status, the challenge's error code and scopes alone (``challenge_of``): the server's own
     description is its free text, and no part of the token is quoted. ``own_scopes``: the
     scopes the client asks tokens for; ``scopes_in``: where they are set."""
+    if refusal.toolbox is not None and not (refusal.status == 401 and refusal.at_expiry):
+        return toolbox_refused(refused, refusal.status, refusal.error, refusal.toolbox)
     if refusal.status == 403 or refusal.error == "insufficient_scope":
         # The challenge's scopes are the server's words: only those of the API the client asks
         # tokens for (or bare names) are quoted, so that a server cannot have the message tell
@@ -1300,18 +1356,25 @@ def _json_message(data: bytes) -> object:
         return None
 
 
+#: The id the mcp SDK's server (1.x, still the most deployed; 2.x sends ``null``) gives the
+#: JSON-RPC error of an HTTP-level refusal (401, 403, 404 "Session not found", 406...:
+#: ``mcp.server.streamable_http``): like ``null``, it names no request, the server's own error,
+#: not another request's answer.
+_SDK_ERROR_ID = "server-error"
+
+
 def _misrouted(message: object, ids: frozenset[int | str]) -> bool:
     """Whether ``message`` (a JSON-RPC message read from a ``tools/call`` answer) is an answer (a
     result or an error) to none of ``ids``. The server's own requests and notifications on the
     stream (elicitation, progress, log messages) have a ``method`` and pass. An error with a
     ``null`` id (JSON-RPC's, for a request whose id the server could not read) passes too: it
-    names no other request."""
+    names no other request; so does the mcp SDK server's ``"server-error"`` (``_SDK_ERROR_ID``)."""
     if not isinstance(message, dict) or "method" in message:
         return False
     if "result" not in message and "error" not in message:
         return False
     rpc_id = message.get("id")
-    if rpc_id is None and "result" not in message:
+    if (rpc_id is None or rpc_id == _SDK_ERROR_ID) and "result" not in message:
         return False
     key = _rpc_key(rpc_id)
     return key is None or key not in ids
@@ -1564,7 +1627,15 @@ async def entra_call(target: httpx2.AsyncClient | EntraAuth) -> AsyncIterator[To
             elif (
                 foreign
                 and (caller is None or caller.active)
-                and (refused := call_refusal(attempt, "the MCP server refused the call's token"))
+                and (
+                    refused := call_refusal(
+                        attempt,
+                        # A toolbox's 403 refuses the call (its call id), not the agent's token.
+                        "the MCP server refused the call"
+                        if attempt.toolbox == "user" and attempt.status == 403
+                        else "the MCP server refused the call's token",
+                    )
+                )
             ):
                 # The SDK says only "Server returned an error response" for a 401/403 as for a
                 # 503. Not chained: its error may carry the server's answer, which can echo the
@@ -1612,6 +1683,8 @@ def call_refusal(
             "claims come in its 401 WWW-Authenticate challenge; a 403 carrying them does not "
             f"follow RFC 6750: ask the server's owner) ({see('errors')})",
         )
+    if attempt.toolbox is not None and not (status == 401 and attempt.at_expiry):
+        return toolbox_refused(refused, status, error, attempt.toolbox)
     if status == 403 or error == "insufficient_scope":
         if attempt.app_token:
             return InsufficientScope(
@@ -1693,6 +1766,52 @@ def expiring_token_refused(refused: str) -> TokenVerificationError:
         fix="send the request again (a new token is acquired); if it recurs, look at what "
         "delays requests to the server (a connection pool that queues them, a proxy) and at "
         f"the server's clock ({see('errors')})",
+    )
+
+
+def toolbox_refused(
+    refused: str, status: int, error: str | None, toolbox: str
+) -> TokenVerificationError:
+    """A Foundry toolbox's 401/403 (``toolbox_request``), typed and said as the toolbox's: the
+    agent's own token is the credential it expects (never "the app's own token, no user"), and
+    a 403 whose challenge is not ``insufficient_scope`` is the toolbox refusing the call id
+    (``toolbox="user"``) or the agent (``"agent"``), not a missing scope. ``refused``: who
+    refused what, and the answer."""
+    where = see("toolbox", "when-a-call-fails")
+    if error == "insufficient_scope":
+        return InsufficientScope(
+            f"{refused} The toolbox says the agent's token (the agent's own, for "
+            f"{FOUNDRY_SCOPE}; the user is named by the call id) lacks a scope or role "
+            "it requires.",
+            fix="give the agent's identity (the route's inner source, e.g. its managed "
+            "identity) the access the Foundry project requires to use its toolboxes, and "
+            f"request {FOUNDRY_SCOPE} in the tool's scopes ({where})",
+        )
+    if status == 401:
+        return TokenVerificationError(
+            f"{refused} The toolbox does not accept the agent's token.",
+            fix=f"request {FOUNDRY_SCOPE} in the tool's scopes, with the agent's "
+            "identity in the Foundry project's tenant as the route's inner source "
+            "(FoundryToolboxRoute(ManagedIdentity())); a toolbox never accepts a user's token "
+            f"({where})",
+        )
+    if toolbox == "user":
+        return TokenVerificationError(
+            f"{refused} The toolbox did not accept the call id ({CALL_ID_HEADER}) the request "
+            "carried: it takes the agent's own token (as sent) and resolves the user from the "
+            "call id, which it does not know, no longer accepts (its request has ended), or "
+            "does not let use this toolbox.",
+            fix="send each call with the call id of the request it serves, as Foundry issued "
+            "it (install(app) binds it per request; a call made after its request ended, or "
+            "with another request's or another agent's call id, is refused), and check that "
+            f"the user may use this toolbox in the Foundry project ({where})",
+        )
+    return TokenVerificationError(
+        f"{refused} The toolbox refused the agent itself (a request that names no user, as "
+        "connection-lifetime requests are).",
+        fix="give the agent's identity (the route's inner source, e.g. its managed identity) "
+        "access to the Foundry project that holds the toolbox, and check the toolbox's URL and "
+        f"the {FEATURES_HEADER} flags ({where})",
     )
 
 

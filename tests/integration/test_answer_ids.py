@@ -401,3 +401,26 @@ async def test_the_json_error_of_an_http_error_is_checked_too(status: int) -> No
     assert attempt.misrouted
     assert b"B's" not in body
     assert json.loads(body)["id"] == 7
+
+
+@pytest.mark.parametrize("rpc_id", [None, "server-error"], ids=["null", "sdk-server-error"])
+@pytest.mark.parametrize("status", [401, 403, 404])
+async def test_the_servers_own_error_of_an_http_refusal_passes(
+    status: int, rpc_id: str | None
+) -> None:
+    """The mcp SDK's server answers an HTTP-level refusal (401, 403, 404 "Session not found")
+    with a JSON-RPC error whose id is ``"server-error"`` (others: ``null``): the server's own,
+    naming no other request. Taken as another request's answer, every refused call became
+    "may have run" instead of the refusal it is."""
+    request = httpx2.Request("POST", "http://x/mcp", json={"id": 7, "method": "tools/call"})
+    own = {"jsonrpc": "2.0", "id": rpc_id, "error": {"code": -32600, "message": "refused"}}
+    response = httpx2.Response(
+        status,
+        headers={"content-type": "application/json"},
+        stream=_Chunks([json.dumps(own).encode()]),
+        request=request,
+    )
+    attempt = CallAttempt()
+    mcp_module._check_answer(request, response, attempt, frozenset((7,)), reply_id=7)
+    assert json.loads(await response.aread()) == own
+    assert not attempt.misrouted

@@ -4,13 +4,14 @@ the toolbox feature flags, on every request."""
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from typing import Any
 
 from .._cache import TokenCache
 from .._caller import CALL_ID_HEADER
-from .._errors import ConfigurationError
+from .._errors import ConfigurationError, PolicyViolation
 from .._types import IdentityKind, TokenRequest, TokenResult, TokenSource
 
 FOUNDRY_SCOPE = "https://ai.azure.com/.default"
@@ -22,12 +23,34 @@ TOOLBOX_FEATURE = "Toolboxes=V1Preview"
 #: read once at start-up, like agent-framework's ``FoundryToolbox``.
 FEATURES_ENV = "FOUNDRY_AGENT_TOOLSET_FEATURES"
 
+#: What an HTTP header value can hold (visible ASCII, inner spaces and tabs): a flag or a call id
+#: outside it could not be sent.
+_HEADER_VALUE = re.compile(r"[\x21-\x7e]+(?:[ \t]+[\x21-\x7e]+)*")
 
-def toolbox_features(additional: str | None) -> str:
+
+def toolbox_features(additional: str | None, *, what: str = FEATURES_ENV) -> str:
     """The ``Foundry-Features`` value: ``Toolboxes=V1Preview`` merged with the platform's flags
     (kept as given when they already name it), the way agent-framework's ``FoundryToolbox``
-    builds it."""
+    builds it. Flags that a header value cannot hold (CR/LF, other control characters,
+    non-ASCII) are a ``ConfigurationError`` naming ``what`` (where they were set), never
+    quoting them: every request to the toolbox would fail otherwise."""
+    if additional is not None and not isinstance(additional, str):
+        raise ConfigurationError(
+            f"{what} must be text (comma-separated feature flags), not "
+            f"{type(additional).__name__}.",
+            fix=f"set {what} to the flags as Foundry gives them (e.g. 'Agents=V2Preview'), or "
+            "leave it unset.",
+        )
     extra = ",".join(part.strip() for part in (additional or "").split(",") if part.strip())
+    if extra and _HEADER_VALUE.fullmatch(extra) is None:
+        raise ConfigurationError(
+            f"{what} holds characters an HTTP header value cannot carry (a line break, another "
+            "control character, or non-ASCII), so the Foundry-Features header of every "
+            "toolbox request could not be sent.",
+            fix=f"set {what} to the comma-separated flags exactly as Foundry injects them "
+            "(visible ASCII, e.g. 'Agents=V2Preview'; a value pasted from a file may carry a "
+            "trailing line break), or leave it unset.",
+        )
     if not extra:
         return TOOLBOX_FEATURE
     if any(part.casefold() == TOOLBOX_FEATURE.casefold() for part in extra.split(",")):
@@ -61,6 +84,12 @@ class FoundryToolboxRoute:
     """
 
     kind = IdentityKind.APP
+    #: Every request this route authenticates goes through Foundry's toolbox proxy, a gateway
+    #: that reads a call and forwards it to the tool: a reset of the agent's connection after
+    #: the call was written does not say that the tool did not run. The MCP client therefore
+    #: sends no ``tools/call`` again after a reset (``CallOutcomeUnknown``: it may have run),
+    #: unless ``ENTRA_PASSTHROUGH_MCP_RESEND_ON_RESET=true`` is set explicitly.
+    forwards_calls = True
     #: The header changes per request: the chain must not cache whole results; the agent token
     #: itself is cached here.
     cache_results = False
@@ -90,8 +119,10 @@ class FoundryToolboxRoute:
         self.scope = scope
         self.name = name
         #: The ``Foundry-Features`` value sent on every request.
-        self.features = toolbox_features(
-            os.environ.get(FEATURES_ENV) if features is None else features
+        self.features = (
+            toolbox_features(os.environ.get(FEATURES_ENV))
+            if features is None
+            else toolbox_features(features, what="FoundryToolboxRoute(features=)")
         )
         self._cache = TokenCache(max_entries=16)
         self._instance = secrets.token_hex(8)
@@ -117,7 +148,22 @@ class FoundryToolboxRoute:
             # that no cache shared beyond this process gives it to another deployment.
             return ("agent", self._instance)
         if not caller.call_id:
-            return None
+            return None  # the toolbox cannot be told the user; the agent does not stand in
+        if not _sendable(caller.call_id):
+            # A call id no header can carry (a UTF-8 one a client sent): refused here, with
+            # its own reason and fix (the chain raises it as this source's failure), never
+            # sent, and never the agent standing in.
+            raise PolicyViolation(
+                f"The current request's {CALL_ID_HEADER} holds characters an HTTP header value "
+                "cannot carry (non-ASCII or control characters), so the toolbox cannot be told "
+                "who the user is; nothing was sent, and the agent does not stand in for a "
+                "caller it cannot route.",
+                policy="foundry_toolbox",
+                scopes=request.scopes,
+                fix=f"send {CALL_ID_HEADER} exactly as Foundry issued it for the request (its "
+                "call ids are visible ASCII): a client or gateway in front of the agent that "
+                "sets or rewrites the header must pass Foundry's value on unchanged",
+            )
         return ("call", caller.call_id)
 
     def _inner_request(self, request: TokenRequest) -> TokenRequest:
@@ -129,7 +175,7 @@ class FoundryToolboxRoute:
             return None
         headers = {FEATURES_HEADER: self.features}
         if caller is not None:
-            if not caller.call_id:
+            if not caller.call_id or not _sendable(caller.call_id):
                 return None
             headers[CALL_ID_HEADER] = caller.call_id
         return TokenResult(
@@ -175,4 +221,11 @@ class FoundryToolboxRoute:
         from .managed_identity import ManagedIdentity
 
         env = os.environ if environ is None else environ
-        return cls(ManagedIdentity.from_env(environ), name=name, features=env.get(FEATURES_ENV, ""))
+        # Checked first, and named as the variable it came from.
+        features = toolbox_features(env.get(FEATURES_ENV, ""))
+        return cls(ManagedIdentity.from_env(environ), name=name, features=features)
+
+
+def _sendable(value: str) -> bool:
+    """Whether ``value`` can be sent as an HTTP header value."""
+    return _HEADER_VALUE.fullmatch(value) is not None

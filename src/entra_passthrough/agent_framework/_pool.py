@@ -34,14 +34,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
-from .._caller import Caller, active_caller, current_caller
+from .._caller import CALL_ID_HEADER, Caller, active_caller, current_caller
 from .._chain import ended_caller_error
 from .._checks import seconds
 from .._errors import ConfigurationError, EntraPassthroughError, NoCallerError
 from .._jwt import JwtDecodeError, UnverifiedClaims
 from .._types import IdentityKind, TokenResult
 from .._user_key import UserKey
-from ._tool import EntraMCPTool
+from ._tool import EntraMCPTool, shown_at_agent_init
 
 __all__ = ["EntraMCPToolPool", "PoolOptions", "issued_pool_key"]
 
@@ -99,7 +99,10 @@ def issued_pool_key(result: TokenResult, caller: Caller) -> UserKey | None:
     Foundry toolbox route: the agent's token, the user's call id; a platform user id without a
     bearer) keys by that user, a platform user id included (the connection acts as the app
     whatever its key), never by the app: each user keeps a connection (and a tool list) of
-    their own."""
+    their own. A request that names its user by its call id alone (no verified token, no
+    platform user id), served with an app token that carries that call id to the server (the
+    toolbox route resolves the user from it), keys by the call id (``call:<id>``): a call id is
+    issued for one request of one user, so no other user's request shares that connection."""
     if result.kind is IdentityKind.USER:
         key = _issued_key(result)
         if key is not None:
@@ -109,6 +112,15 @@ def issued_pool_key(result: TokenResult, caller: Caller) -> UserKey | None:
         # A platform user id names no Entra user: never the key of a connection acting for a
         # user. One acting as the app (the same identity for every key) may be keyed by it.
         return key if key.kind == "entra" or result.kind is not IdentityKind.USER else None
+    if (
+        result.kind is not IdentityKind.USER
+        and caller.call_id
+        and result.headers.get(CALL_ID_HEADER) == caller.call_id
+    ):
+        # The server is told the user by this call id (a Foundry toolbox route): keyed by it,
+        # never by the app, whose connection every request without a user shares (and whose
+        # tools/list was made with another request's call id: another user's tool list).
+        return UserKey(f"call:{caller.call_id}", "platform")
     if not caller.presented and caller.user_id is None:
         app = _issued_key(result)
         if app is None and result.kind is not IdentityKind.USER:
@@ -170,9 +182,10 @@ class EntraMCPToolPool:
         opens it). Resolves the caller's token first: when that fails (``ConsentRequired``, a
         refused audience, a forged assertion...) nothing is leased, and the tool returned is a
         lone one that sends nothing and fails the run with the explanation (or the consent
-        request). Raises ``NoCallerError``
-        without an active caller, or when the token names no identity to key the connection by
-        (not a JWT from Entra, and no verifier checked the caller), and
+        request). Raises ``NoCallerError`` without an active caller; when the token names no
+        identity to key the connection by (not a JWT from Entra, and no verifier checked the
+        caller), the ``NoCallerError`` that says so in the shape ``ResponsesHostServer`` shows
+        its client (its ``.error``; the error itself without the hosting package); and
         ``AssertionExpired`` when the caller ended because its token expired."""
         if self._closed:
             raise ConfigurationError(f"the MCP connection pool {self.name!r} is closed")
@@ -196,12 +209,18 @@ class EntraMCPToolPool:
             return self._unpooled()
         key = issued_pool_key(result, caller) if result is not None else None
         if key is None:
-            raise NoCallerError(
-                f"The per-user MCP pool {self.name!r} found no identity to key the caller's "
-                "connection by: the token Entra issued for the MCP server names no user "
-                "(tid/oid) and no verifier checked the caller's token.",
-                fix="add CallerMiddleware(verifier=JwtVerifier(...)) (install(app, verifier=...))"
-                " or use a token source that returns JWT access tokens",
+            # Raised in the agent factory: in the host's public shape (ResponsesHostServer
+            # shows its message; anything else reaches the client as a bare "server_error").
+            # Without the hosting package, the NoCallerError itself.
+            raise shown_at_agent_init(
+                NoCallerError(
+                    f"The per-user MCP pool {self.name!r} found no identity to key the caller's "
+                    "connection by: the token Entra issued for the MCP server names no user "
+                    "(tid/oid) and no verifier checked the caller's token.",
+                    fix="add CallerMiddleware(verifier=JwtVerifier(...)) (install(app, "
+                    "verifier=...)) or use a token source that returns JWT access tokens",
+                ),
+                server_label=self.name,
             )
         async with self._lock:
             if self._closed:

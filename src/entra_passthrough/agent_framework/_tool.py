@@ -751,7 +751,7 @@ class EntraMCPTool(HookedMCPTool):
             # challenge it cannot meet, say): typed, in the host's public shape, as a pooled
             # connection's open shows it (the host shows only "server_error" otherwise), and
             # naming the server, as the connect's other refusals do.
-            return _shown_at_agent_init(why, server_label=self.server_label)
+            return shown_at_agent_init(why, server_label=self.server_label)
         if (
             why is None
             and refusal is not None
@@ -760,7 +760,7 @@ class EntraMCPTool(HookedMCPTool):
         ):
             # Typed and in the host's public shape: at the agent's open (the host shows only
             # "server_error" for anything else) and on a run's reconnect alike.
-            return _shown_at_agent_init(self._connect_refused(refusal, chosen))
+            return shown_at_agent_init(self._connect_refused(refusal, chosen))
         answered, self._connect_status = self._connect_status, None
         if (
             why is None
@@ -770,9 +770,9 @@ class EntraMCPTool(HookedMCPTool):
         ):
             # Typed and in the host's public shape, like an unreachable server: no tool ran,
             # and the token is not the problem (the SDK's text says neither).
-            return _shown_at_agent_init(self._busy_error(answered))
+            return shown_at_agent_init(self._busy_error(answered))
         if why is None and _unreachable(exc):
-            return _shown_at_agent_init(self._unreachable_error(exc))
+            return shown_at_agent_init(self._unreachable_error(exc))
         who = (
             "the user whose call triggered it"
             if chosen is not None
@@ -942,7 +942,7 @@ class EntraMCPTool(HookedMCPTool):
                 if isinstance(why, ConsentRequired):
                     raise gateway_shaped(why, server_label=self.server_label) from exc
                 if isinstance(why, Exception):
-                    raise _shown_at_agent_init(why, server_label=self.server_label) from exc
+                    raise shown_at_agent_init(why, server_label=self.server_label) from exc
             raise
         except BaseException:
             self._leases -= 1
@@ -1325,8 +1325,9 @@ class EntraMCPTool(HookedMCPTool):
             )
         elif verdict == "session_lost":
             why = (
-                "the session was refused (HTTP 404) through a proxy, or with "
-                f"{RESEND_ON_RESET_VARIABLE}=false, where a 404 may come after the call ran"
+                "the session was refused (HTTP 404) through a proxy or a gateway (a Foundry "
+                f"toolbox route), or with {RESEND_ON_RESET_VARIABLE}=false, where a 404 may "
+                "come after the call ran"
             )
         elif verdict == "misrouted":
             why = (
@@ -1415,9 +1416,12 @@ class EntraMCPTool(HookedMCPTool):
             # user's token expiry, about when a server starts refusing that token): the 401 is
             # that expiry, and "check the scopes" would send the operator the wrong way.
             return None
+        # A toolbox's 403 refuses the call (its call id), not the agent's token it expects.
+        toolbox_403 = attempt.toolbox == "user" and attempt.status == 403
+        what = "the call" if toolbox_403 else "the token of the call"
         return call_refusal(
             attempt,
-            f"MCP server {self.server_label!r} refused the token of the call to tool {tool_name!r}",
+            f"MCP server {self.server_label!r} refused {what} to tool {tool_name!r}",
             claims_recorded=caller is not None
             and any(isinstance(e, InteractionRequired) for e in caller.errors),
             assertion_expired_at=next(
@@ -1695,7 +1699,7 @@ def _public_tool_failure_type() -> type[Exception] | None:
     return kind
 
 
-def _shown_at_agent_init(error: Exception, *, server_label: str | None = None) -> Exception:
+def shown_at_agent_init(error: Exception, *, server_label: str | None = None) -> Exception:
     """``error`` in the shape ``ResponsesHostServer`` shows its client when the agent's tools
     fail to open: there it catches agent-framework's exceptions only, and shows the message of
     its public failure type alone (anything else is "server_error"). A pooled connection opens
