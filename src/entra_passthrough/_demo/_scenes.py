@@ -281,13 +281,14 @@ async def _missing_consent(demo: Demo) -> None:
 
 
 async def _foundry_token_refused(demo: Demo) -> None:
-    """A Foundry caller's token (aud https://ai.azure.com) cannot be exchanged: the run gets the
-    explanation, never the agent's own identity, and nothing is sent to Entra or the server."""
+    """A Foundry caller's token (aud https://ai.azure.com) cannot be exchanged: the run fails
+    with the explanation (the response's error), never the agent's own identity, and nothing
+    is sent to Entra or the server."""
     idp = demo.idp
     token = idp.user_token("alice", audience=FOUNDRY)
     before, seen_before = demo.posts(), len(demo.mcp.calls)
     body = await _respond(demo.obo_agent, token=token, text="who am I?")
-    text = _answer(body)
+    text = _error_text(body)
     explained = "https://ai.azure.com" in text and "AADSTS50013" in text
     reached = demo.mcp.calls[seen_before:]
     delta = demo.delta(before)
