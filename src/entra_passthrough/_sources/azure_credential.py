@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import inspect
+import math
 import re
 import secrets
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,7 +14,8 @@ from .. import _env
 from .._errors import ConfigurationError, EntraError, SourceUnavailable, Throttled, safe_text
 from .._http import retry_after_seconds
 from .._msal import WorkerPool, normalize_authority_host
-from .._types import IdentityKind, TokenRequest, TokenResult
+from .._types import IdentityKind, TokenRequest, TokenResult, token_exp
+from ._base import MAX_LIFETIME
 
 #: azure-identity's tenant id characters (``validate_tenant_id``), ASCII only.
 _TENANT = re.compile(r"[A-Za-z0-9.-]+")
@@ -136,11 +139,20 @@ class AzureCredential:
 
     def _result(self, token: Any) -> TokenResult:
         self._unavailable = None
+        expires_on = _bounded_expiry(token.token, token.expires_on)
+        if not math.isfinite(expires_on):
+            raise SourceUnavailable(
+                f"{type(self.credential).__name__} returned a token whose expires_on is not a "
+                f"number of seconds ({type(token.expires_on).__name__}); it was not cached "
+                "and not sent.",
+                source=self.name,
+                failure="malformed token answer",
+                fix="a credential's get_token must return an AccessToken whose expires_on is "
+                "the token's expiry in epoch seconds (azure.core.credentials.AccessToken); "
+                "check a custom or wrapped credential.",
+            )
         return TokenResult(
-            token=token.token,
-            expires_on=float(token.expires_on),
-            kind=self.kind,
-            source=self.name,
+            token=token.token, expires_on=expires_on, kind=self.kind, source=self.name
         )
 
     def _failed(self, exc: Exception, request: TokenRequest) -> None:
@@ -291,3 +303,21 @@ class AzureCredential:
                 fix="set one of them, or build AzureCredential(<any credential>) in code.",
             )
         return cls(credential, kind=kind, name=name)
+
+
+def _bounded_expiry(token: object, expires_on: object) -> float:
+    """The expiry a credential's ``AccessToken`` reports, as the MSAL-based sources bound
+    theirs (``result_from_msal``): never past the token's own ``exp`` (a credential that
+    reports milliseconds, or a later expiry than the token's, had the token served expired,
+    and cached for decades), at most a day from now. One that is missing or not a number
+    (``None``, a boolean, text) is NaN (``_result`` refuses it, typed: ``float(None)`` was a
+    bare ``TypeError``)."""
+    try:
+        value = float(expires_on) if not isinstance(expires_on, bool) else math.nan  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        value = math.nan
+    if not math.isfinite(value):
+        return value
+    value = min(value, time.time() + MAX_LIFETIME)
+    exp = token_exp(token) if isinstance(token, str) else None
+    return value if exp is None else min(value, exp)
