@@ -592,17 +592,22 @@ def _platform_value(values: list[bytes] | None) -> str | None:
 
 
 def platform_value(raw: bytes) -> str | None:
-    """A platform header's one value as the capture reads it: UTF-8 (a name such as "Жанна",
-    which read as Latin-1 held control characters and was dropped), else Latin-1; stripped,
-    printable, at most ``_MAX_PLATFORM_VALUE`` bytes; ``None`` when it is not such a value
-    (then the request has no platform user: ``ResponseOwners`` refuses it rather than store
-    its response as the shared "anonymous" owner's)."""
+    """A platform header's one value as the capture reads it: Latin-1 (HTTP's reading, and the
+    one every earlier version keyed grants and bindings by: kept, so that no user's key
+    changes), and, when that reading holds control characters (a UTF-8 name such as "Жанна",
+    whose bytes 0x80-0x9F are C1 controls in Latin-1: such a value was dropped), UTF-8;
+    stripped, printable, at most ``_MAX_PLATFORM_VALUE`` bytes; ``None`` when it is not such a
+    value (then the request has no platform user: ``ResponseOwners`` refuses it rather than
+    store its response as the shared "anonymous" owner's)."""
     if not raw or len(raw) > _MAX_PLATFORM_VALUE:
         return None
+    value = raw.decode("latin-1").strip()
+    if value.isprintable():
+        return value or None
     try:
         value = raw.decode("utf-8").strip()
     except UnicodeDecodeError:
-        value = raw.decode("latin-1").strip()
+        return None
     return value if value and value.isprintable() else None
 
 

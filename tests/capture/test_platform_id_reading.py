@@ -1,0 +1,39 @@
+"""How the capture reads the platform's user id (``x-agent-user-id``): as Latin-1 when that is
+printable, the reading every earlier version keyed consent grants and platform bindings by (a
+new reading of the same bytes would have lost those users' grants, and let their ids be bound
+anew); as UTF-8 when Latin-1 holds control characters (a UTF-8 name whose bytes 0x80-0x9F are
+C1 controls in Latin-1: such an id was dropped, and the request had no user)."""
+
+from __future__ import annotations
+
+import pytest
+
+from entra_passthrough import Caller
+
+
+def _user_id(raw: bytes) -> str | None:
+    return Caller.from_headers([(b"x-agent-user-id", raw)]).user_id
+
+
+@pytest.mark.parametrize(
+    ("raw", "read"),
+    [
+        (b"chat-user-1", "chat-user-1"),
+        # Latin-1 printable: read as every earlier version read it (its key unchanged).
+        ("José".encode(), "JosÃ©"),
+        ("José".encode("latin-1"), "José"),
+        # Latin-1 holds C1 controls: read as UTF-8 (it was dropped).
+        ("Жанна".encode(), "Жанна"),
+        ("名前".encode(), "名前"),
+    ],
+    ids=["ascii", "utf8-latin1-printable", "latin1", "cyrillic", "cjk"],
+)
+def test_a_platform_id_is_read_as_before_or_as_utf8(raw: bytes, read: str) -> None:
+    assert _user_id(raw) == read
+
+
+@pytest.mark.parametrize(
+    "raw", [b"a\x07b", b"a\x85\xffb", b"u" * 300, b"   "], ids=["bell", "neither", "long", "blank"]
+)
+def test_a_platform_id_neither_reading_makes_printable_is_none(raw: bytes) -> None:
+    assert _user_id(raw) is None
