@@ -595,7 +595,8 @@ def platform_value(raw: bytes) -> str | None:
     """A platform header's one value as the capture reads it: Latin-1 (HTTP's reading, and the
     one every earlier version keyed grants and bindings by: kept, so that no user's key
     changes), and, when that reading holds control characters (a UTF-8 name such as "Жанна",
-    whose bytes 0x80-0x9F are C1 controls in Latin-1: such a value was dropped), UTF-8;
+    whose bytes 0x80-0x9F are C1 controls in Latin-1: such a value was dropped), UTF-8 if it
+    holds a character no Latin-1 reading has (above U+00FF: one byte string, one user);
     stripped, printable, at most ``_MAX_PLATFORM_VALUE`` bytes; ``None`` when it is not such a
     value (then the request has no platform user: ``ResponseOwners`` refuses it rather than
     store its response as the shared "anonymous" owner's)."""
@@ -608,7 +609,12 @@ def platform_value(raw: bytes) -> str | None:
         value = raw.decode("utf-8").strip()
     except UnicodeDecodeError:
         return None
-    return value if value and value.isprintable() else None
+    # Only a UTF-8 reading that no Latin-1 reading can give (a character above U+00FF): else
+    # two byte strings would be one user ("MÜLLER" in UTF-8 and in Latin-1, "José" in UTF-8
+    # and "JosÃ©" in UTF-8), sharing grants, connections and stored responses.
+    if value.isprintable() and max(map(ord, value), default=0) > 0xFF:
+        return value
+    return None
 
 
 def _bearer(header: str, raw: bytes) -> str | None:

@@ -33,7 +33,30 @@ def test_a_platform_id_is_read_as_before_or_as_utf8(raw: bytes, read: str) -> No
 
 
 @pytest.mark.parametrize(
-    "raw", [b"a\x07b", b"a\x85\xffb", b"u" * 300, b"   "], ids=["bell", "neither", "long", "blank"]
+    "raw",
+    [
+        b"a\x07b",
+        b"a\x85\xffb",
+        b"u" * 300,
+        b"   ",
+        # UTF-8 whose reading a Latin-1 byte string also gives: one of them would be the other.
+        "MÜLLER".encode(),
+        "JosÃ©".encode(),
+    ],
+    ids=["bell", "neither", "long", "blank", "utf8-of-latin1-text", "utf8-of-mojibake"],
 )
 def test_a_platform_id_neither_reading_makes_printable_is_none(raw: bytes) -> None:
     assert _user_id(raw) is None
+
+
+def test_two_byte_strings_are_never_one_user() -> None:
+    """Latin-1 ``MÜLLER`` and UTF-8 ``MÜLLER``, UTF-8 ``José`` and UTF-8 ``JosÃ©``: each pair
+    read as one id would share grants, connections and stored responses."""
+    pairs = [
+        ("MÜLLER".encode("latin-1"), "MÜLLER".encode()),
+        ("José".encode(), "JosÃ©".encode()),
+        ("é".encode(), "Ã©".encode()),
+    ]
+    for first, second in pairs:
+        a, b = _user_id(first), _user_id(second)
+        assert a is None or b is None or a != b, (first, second)

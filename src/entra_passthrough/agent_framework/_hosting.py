@@ -328,9 +328,10 @@ class ResponseOwners:
                 400,
                 "unreadable_user",
                 "entra_passthrough: the request's platform user id header (x-agent-user-id) "
-                "is not a user id this host can read (longer than 256 bytes, or holding "
-                "control characters), so the request would have no user; nothing was stored "
-                "or read. Send a printable id of at most 256 bytes (UTF-8).",
+                "is not a user id this host can read (longer than 256 bytes, holding control "
+                "characters, or UTF-8 whose text a Latin-1 id could also spell), so the request "
+                "would have no user; nothing was stored or read. Send a printable id of at "
+                "most 256 bytes (ASCII, as the platform issues them).",
                 None,
             )
             return
