@@ -254,10 +254,8 @@ def scope_to_resource(scopes: tuple[str, ...]) -> str:
             "per-scope consent: its token carries every role granted to it on that resource)",
         )
     scope = scopes[0]
-    if scope.endswith("/.default"):
-        return scope[: -len("/.default")]
     if scope.strip().lower().endswith("/.default"):
-        # "/.DEFAULT", or a space pasted after it: the resource's every-role scope all the
+        # "/.DEFAULT", or a space pasted after it, too: the resource's every-role scope all the
         # same (Entra reads scope names without regard to case); its resource, not a
         # "permission named .default".
         return scope.strip()[: -len("/.default")]

@@ -10,9 +10,7 @@ client, when the caller's own token cannot be used (``CallerTokenUnusable``).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from agent_framework import FunctionInvocationContext, FunctionMiddleware, MiddlewareFailure
 from agent_framework.exceptions import UserInputRequiredException
@@ -20,8 +18,7 @@ from agent_framework.exceptions import UserInputRequiredException
 from .._caller import active_caller
 from .._errors import AssertionNotUsable, TenantNotAllowed, TokenAcquisitionError
 from ..mcp import consent_from_exception, exception_chain
-from ._af_seams import public_failure_type
-from ._signals import CallOutcomeUnknown, consent_exception
+from ._signals import CallOutcomeUnknown, consent_exception, middleware_failure_type
 
 __all__ = ["EntraToolMiddleware"]
 
@@ -94,21 +91,4 @@ def caller_token_unusable(error: TokenAcquisitionError) -> MiddlewareFailure:
     failure shape (``ResponsesHostServer`` shows its message as the response's error): the
     same explanation as when that caller's request is the one that opens the tool. ``.error``
     is the typed error. Its message never holds a token."""
-    return _unusable_failure_type()(error)
-
-
-@functools.cache
-def _unusable_failure_type() -> Callable[[TokenAcquisitionError], MiddlewareFailure]:
-    public = public_failure_type()
-
-    def init(self: Any, error: TokenAcquisitionError) -> None:
-        MiddlewareFailure.__init__(self, str(error))
-        self.error = error
-        self.public_message = str(error)
-
-    bases = (MiddlewareFailure,) if public is None else (MiddlewareFailure, public)
-    # Built here: the host's public failure type is private to it (``_af_seams``).
-    kind: Callable[[TokenAcquisitionError], MiddlewareFailure] = type(
-        "CallerTokenUnusable", bases, {"__init__": init}
-    )
-    return kind
+    return middleware_failure_type("CallerTokenUnusable")(error)

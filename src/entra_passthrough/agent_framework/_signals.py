@@ -290,23 +290,24 @@ def unstored_consent(consent: ConsentRequired, *, server_label: str) -> Middlewa
         "then ends incomplete with an oauth_consent_request holding the link to show the user "
         f"({see('agent-framework')})",
     )
-    failure = _unstored_failure_type()(error)
+    failure = middleware_failure_type("ConsentNeedsStoredResponse")(error)
     failure.__cause__ = consent
     return failure
 
 
 @functools.cache
-def _unstored_failure_type() -> Callable[[ConsentRequired], MiddlewareFailure]:
+def middleware_failure_type(name: str) -> Callable[[Exception], MiddlewareFailure]:
+    """A ``MiddlewareFailure`` type named ``name`` that is also the host's public failure type
+    (``ResponsesHostServer`` shows its message as the response's error): built from a typed
+    error, whose text is its message and which is its ``.error``. One type per name."""
     public = public_failure_type()
 
-    def init(self: Any, error: ConsentRequired) -> None:
+    def init(self: Any, error: Exception) -> None:
         MiddlewareFailure.__init__(self, str(error))
         self.error = error
         self.public_message = str(error)
 
     bases = (MiddlewareFailure,) if public is None else (MiddlewareFailure, public)
     # Built here: the host's public failure type is private to it (``_af_seams``).
-    kind: Callable[[ConsentRequired], MiddlewareFailure] = type(
-        "ConsentNeedsStoredResponse", bases, {"__init__": init}
-    )
+    kind: Callable[[Exception], MiddlewareFailure] = type(name, bases, {"__init__": init})
     return kind
