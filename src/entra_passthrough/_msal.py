@@ -315,6 +315,8 @@ def service_fabric_token(http_client: Any, endpoint: str, secret: str, resource:
         # description: it is a malformed answer, and the body is not kept.
         raise MissingExpiry
     if payload.get("access_token"):
+        if isinstance(payload["expires_on"], bool):
+            raise UnreadableExpiry  # int(true) is 1: epoch 1, not an expiry
         try:
             expires_in = int(payload["expires_on"]) - int(time.time())
         except (TypeError, ValueError, OverflowError):

@@ -51,6 +51,7 @@ SHAPES = {
     "garbled": lambda moment: "tomorrow +00:00",
     "past-windows": _windows,
     "past-epoch": lambda moment: str(int(moment.timestamp())),
+    "boolean": lambda moment: True,
 }
 
 
@@ -70,6 +71,8 @@ def endpoint() -> Iterator[tuple[str, dict[str, Any]]]:
             "resource": request.query_params.get("resource"),
             "token_type": "Bearer",
         }
+        if request.path_params["shape"] == "boolean":  # IMDS's and Arc's field too
+            body["expires_in"] = True
         return Response(json.dumps(body), media_type="application/json")
 
     app = Starlette(routes=[Route("/{shape}/msi/token", answer, methods=["GET"])])
@@ -149,3 +152,27 @@ def test_an_opaque_token_that_expired_already_is_never_served(
         chain.close()
     assert "already expired" in str(info.value)
     assert "opaque-mi-token" not in f"{info.value} {info.value!r}"
+
+
+@pytest.mark.parametrize("host", ["machine_learning", "app_service"])
+def test_a_boolean_expiry_is_a_malformed_answer_not_one_second_or_1970(
+    endpoint: tuple[str, dict[str, Any]], bare_host: pytest.MonkeyPatch, host: str
+) -> None:
+    """``"expires_on": true`` / ``"expires_in": true`` (a broken endpoint or proxy): MSAL's
+    ``int()`` reads 1, a token that expired in 1970 ("check this host's clock") or one good for
+    a second, asked for again on every call. Refused as the malformed answer it is, once."""
+    base, state = endpoint
+    _set_host(bare_host, host, f"{base}/boolean/msi/token")
+    chain = TokenChain([ManagedIdentity.from_env()], policy=Policy.APP_ONLY)
+    try:
+        gets = state["gets"]
+        with pytest.raises(SourceUnavailable) as info:
+            chain.get_token(SCOPE)
+    finally:
+        chain.close()
+    error = info.value
+    assert error.failure == "malformed token answer"
+    assert "neither a number nor" in str(error)
+    assert "clock" not in str(error)
+    assert state["gets"] - gets == 1
+    assert "opaque-mi-token" not in f"{error} {error!r} {error.fix}"

@@ -418,6 +418,8 @@ class _Answers:
         if 200 <= status < 300:
             body = _json_object(response)
             token = body is not None and _has_token(body)
+            if token and body is not None and _boolean_expiry(body):
+                raise UnreadableExpiry
             response = _with_epoch_expiry(response, body)
         fields: dict[str, str] = {}
         if status >= 300:
@@ -474,6 +476,18 @@ def _json_object(response: Any) -> dict[str, Any] | None:
 def _has_token(body: Mapping[str, Any]) -> bool:
     token = body.get("access_token")
     return isinstance(token, str) and bool(token)
+
+
+#: The fields of a token answer MSAL reads as seconds with ``int()``.
+_EXPIRY_FIELDS = ("expires_in", "expires_on", "refresh_in")
+
+
+def _boolean_expiry(body: Mapping[str, Any]) -> bool:
+    """Whether a token answer gives an expiry as a JSON boolean, which MSAL's ``int()`` reads
+    as 1 (``expires_in: true``: a token good for one second, asked for again on every call;
+    ``expires_on: true``: a token that expired in 1970). No host sends it: a broken endpoint
+    or proxy does, and its answer is malformed."""
+    return any(isinstance(body.get(name), bool) for name in _EXPIRY_FIELDS)
 
 
 def _with_epoch_expiry(response: Any, body: Mapping[str, Any] | None) -> Any:
