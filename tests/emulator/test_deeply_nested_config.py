@@ -39,3 +39,24 @@ def test_a_deeply_nested_world_file_is_one_line(tmp_path: Path, name: str, text:
     assert len(lines) == 1, out[-2000:]
     assert lines[0].startswith(f"entra-passthrough emulator: cannot load {path}: ")
     assert "nested too deeply" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("deep.json", "[" * DEPTH + "]" * DEPTH),
+        ("deep.toml", "a = " + "[" * DEPTH + "]" * DEPTH),
+    ],
+)
+def test_world_from_file_refuses_it_as_an_unreadable_file(
+    tmp_path: Path, name: str, text: str
+) -> None:
+    """From Python, ``World.from_file`` raises the ``ValueError`` every unreadable world file
+    gets, not the parser's ``RecursionError``."""
+    from entra_passthrough.testing import World
+
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ValueError, match="nested too deeply") as info:
+        World.from_file(path)
+    assert info.value.__cause__ is None

@@ -397,7 +397,16 @@ class World:
         """Load a JSON (``.json``) or TOML (anything else) world description (docs/emulator.md)."""
         p = Path(path)
         text = p.read_text(encoding="utf-8")
-        data: Mapping[str, Any] = json.loads(text) if p.suffix == ".json" else tomllib.loads(text)
+        try:
+            data: Mapping[str, Any] = (
+                json.loads(text) if p.suffix == ".json" else tomllib.loads(text)
+            )
+        except RecursionError:
+            # Python's parsers recurse per level: a ValueError like any other unreadable file.
+            raise ValueError(
+                f"emulator config: {p.name} is nested too deeply to be read; a world file is a "
+                "table of tenants, apps and users (docs/emulator.md)"
+            ) from None
         return cls.from_dict(data)
 
     @classmethod
