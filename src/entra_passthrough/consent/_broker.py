@@ -181,6 +181,10 @@ class _WriteFailed(Exception):
         self.what = what
 
 
+#: Where the broker answers Entra's sign-in, under the path its app is served at: every
+#: redirect URI ends in it.
+CALLBACK_PATH = "/callback"
+
 #: How long the callback re-reads the grant after its write failed (``_after_failed_write``),
 #: and the pause between two tries of it.
 _REREAD_SECONDS = 2.0
@@ -245,6 +249,19 @@ class ConsentBroker:
             raise ConfigurationError("ConsentBroker needs at least one redirect URI.")
         for uri in redirect_uris:
             check_https_url(uri, what="redirect URI")
+            if not urlsplit(uri).path.endswith(CALLBACK_PATH):
+                # The broker answers the sign-in at <where it is served>/callback only: Entra
+                # would post the code to a 404 and the user's sign-in would be lost, unexplained.
+                raise ConfigurationError(
+                    f"the redirect URI {uri!r} does not end in {CALLBACK_PATH}: the broker "
+                    f"answers Entra's sign-in at {CALLBACK_PATH} under the path it is served "
+                    "at, so Entra would post the user's code to a page that does not exist "
+                    "(404).",
+                    fix=f"register (and configure) a redirect URI ending in {CALLBACK_PATH}: "
+                    f"https://<broker host>{CALLBACK_PATH} for the standalone broker, "
+                    f"https://<host>/<mount path>{CALLBACK_PATH} when its app is mounted under "
+                    "a path.",
+                )
         state_lifetime = seconds(state_lifetime, what="state_lifetime", low=30, high=3600)
         self._owns_client = _client is None
         self.client = _client or ConsentClient(
@@ -281,7 +298,7 @@ class ConsentBroker:
         self.app = Starlette(
             routes=[
                 Route("/start", self._start, methods=["GET"]),
-                Route("/callback", self._callback, methods=["GET", "POST"]),
+                Route(CALLBACK_PATH, self._callback, methods=["GET", "POST"]),
                 Route("/signout", self._signout, methods=["GET"]),
                 Route("/revoke", self._revoke, methods=["POST"]),
             ],

@@ -31,6 +31,7 @@ import json
 import os
 import sys
 from typing import Any
+from urllib.parse import urlsplit
 
 from .._errors import ConfigurationError, require_extra
 from .._msal import http_session
@@ -278,6 +279,18 @@ def main(argv: list[str]) -> int:
         )
     else:
         sys.stderr.write(f"consent broker: grants are shared through {store!r}\n")
+    from ._broker import CALLBACK_PATH  # (the consent extra is installed: it was built)
+
+    prefixed = sorted({u for u in broker.redirect_uris if urlsplit(u).path != CALLBACK_PATH})
+    if prefixed:
+        # Served at its root, the broker answers /callback: a redirect URI under a path is
+        # reached only through a front end that strips that path.
+        sys.stderr.write(
+            f"consent broker: WARNING the broker answers {CALLBACK_PATH} at its root; the "
+            f"redirect URI{'s' if len(prefixed) > 1 else ''} {', '.join(prefixed)} reach it "
+            "only through a front end that strips the path before "
+            f"{CALLBACK_PATH} (and before /start, /signout)\n"
+        )
     tls = bool(args.certfile and args.keyfile) and not args.insecure_http
     app = broker.app
     if trusted is not None:
