@@ -10,6 +10,7 @@ uvicorn behind an ASGI wrapper that stalls one call's answer with keep-alive com
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -106,7 +107,8 @@ async def test_an_answer_kept_open_with_comments_only_ends_at_the_request_timeou
             with pytest.raises(CallOutcomeUnknown, match="may have run") as raised:
                 await tool.call_tool("whoami", who="stall")
             waited = time.monotonic() - started
-            assert "request timeout" in str(raised.value)
+            assert "request timeout (2 s)" in str(raised.value)
+            assert "raise request_timeout=" in str(raised.value)
             await tool.call_tool("whoami", who="after")
     finally:
         await tool.close()
@@ -114,3 +116,66 @@ async def test_an_answer_kept_open_with_comments_only_ends_at_the_request_timeou
     assert waited < 15, f"waited {waited:.1f} s: the comments kept the call waiting"
     assert stalled == ["stall"]  # never sent again
     assert [oid for who, oid in ran if who == "after"] == [users[3].oid]
+
+
+def _oversized_answer(app: Any, answered: list[int]) -> Any:
+    """The MCP app, except that a ``tools/call`` whose ``who`` is "big" is answered (after the
+    tool would have run) with one server-sent event of 2 MiB: over the mcp client's limit for
+    one event (1 MiB)."""
+
+    async def wrapped(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            parsed, replay = await read_json_request(receive)
+            params = parsed.get("params") if isinstance(parsed, dict) else None
+            if ((params or {}).get("arguments") or {}).get("who") == "big":
+                answered.append(parsed["id"])
+                result = {"content": [{"type": "text", "text": "x" * (2 * 1024 * 1024)}]}
+                event = json.dumps({"jsonrpc": "2.0", "id": parsed["id"], "result": result})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 200,
+                        "headers": [(b"content-type", b"text/event-stream")],
+                    }
+                )
+                body = f"event: message\ndata: {event}\n\n".encode()
+                await send({"type": "http.response.body", "body": body})
+                return
+            await app(scope, replay, send)
+            return
+        await app(scope, receive, send)
+
+    return wrapped
+
+
+async def test_an_answer_over_the_sse_event_limit_says_so_and_how_to_avoid_it(
+    idp: EntraEmulator, users: list[User]
+) -> None:
+    """A result in one event larger than the client's limit (the mcp SDK's 1 MiB) is dropped by
+    the SDK as "SSE stream failed": the call ran, so "may have run", and the message says it
+    was the answer's size (not a lost connection) and what to change. The tool goes on."""
+    answered: list[int] = []
+    ran: list[tuple[str, str]] = []
+    server = ServerThread(
+        lambda base: _oversized_answer(
+            build_mcp_app(idp, base_url=base, recorder=Recorder(), executions=ran), answered
+        ),
+        name="mcp",
+    ).start()
+    tool = entra_mcp_tool(
+        "records", f"{server.base}/mcp", chain=make_chain(idp), scopes=mcp_scopes(idp)
+    )
+    try:
+        async with bind_caller(token=agent_token(idp, users[2])):
+            with pytest.raises(CallOutcomeUnknown, match="may have run") as raised:
+                await tool.call_tool("whoami", who="big")
+            await tool.call_tool("whoami", who="after")
+    finally:
+        await tool.close()
+        server.stop()
+    text = str(raised.value)
+    assert "larger than the client's limit for one server-sent event (1048576 bytes" in text
+    assert "connection was lost" not in text
+    assert "json_response=True" in text
+    assert len(answered) == 1  # never sent again
+    assert [oid for who, oid in ran if who == "after"] == [users[2].oid]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -165,6 +166,26 @@ def is_lost_response(exc: BaseException) -> bool:
         and current.error.message.lower().startswith("sse stream")
         for current in exception_chain(exc)
     )
+
+
+#: The mcp SDK's (httpx2's) refusal of one server-sent event over its size limit, inside the
+#: SDK's "SSE stream failed: ..." stand-in.
+_OVERSIZED_EVENT = re.compile(r"server-sent event exceeded the (\d{1,12}) byte limit")
+
+
+def oversized_event_limit(exc: BaseException) -> int | None:
+    """The limit in bytes when the mcp SDK dropped an SSE answer because one of its events was
+    larger than the client's limit for one server-sent event (1 MiB by default): a lost answer
+    (``is_lost_response``) whose cause is its size, not the connection. ``None`` otherwise."""
+    from mcp import MCPError
+    from mcp_types import CONNECTION_CLOSED
+
+    for current in exception_chain(exc):
+        if isinstance(current, MCPError) and current.error.code == CONNECTION_CLOSED:
+            found = _OVERSIZED_EVENT.search(current.error.message.lower())
+            if found is not None:
+                return int(found.group(1))
+    return None
 
 
 def is_status_stand_in(exc: BaseException) -> bool:

@@ -121,6 +121,7 @@ from ._signals import (
     is_public_failure,
     is_request_timeout,
     is_status_stand_in,
+    oversized_event_limit,
     public_failure,
 )
 
@@ -1378,7 +1379,23 @@ class EntraMCPTool(HookedMCPTool):
                     f"front of it) for why it answered HTTP {status} to this call."
                 )
         elif is_request_timeout(exc):
-            why = "no answer came within the tool's request timeout"
+            limit = self.request_timeout
+            why = "no answer came within the tool's request timeout" + (
+                f" ({limit:g} s)" if isinstance(limit, (int, float)) else ""
+            )
+            fix = (
+                " Fix: if this tool runs longer than that, raise request_timeout= "
+                "(entra_mcp_tool, EntraMCPTool) for it."
+            )
+        elif (size := oversized_event_limit(exc)) is not None:
+            why = (
+                "its answer was larger than the client's limit for one server-sent event "
+                f"({size} bytes, the mcp SDK's), so it was dropped"
+            )
+            fix = (
+                " Fix: have the tool return less per call (page its results), or serve the MCP "
+                "server's answers as JSON (json_response=True) rather than SSE."
+            )
         elif attempt.transport_error == "ReadTimeout":
             why = "its answer did not arrive within the HTTP client's read timeout"
         else:
