@@ -56,6 +56,14 @@ _TABLE: tuple[Aadsts, ...] = (
         "policy with a managed identity or client credentials",
     ),
     Aadsts(
+        240002,
+        "IdTokenNotAllowedAsOBOAssertion",  # our label; Entra's internal name is not published
+        'the on-behalf-of assertion is an ID token (Entra: "Input id_token cannot be used as '
+        "'urn:ietf:params:oauth:grant-type:jwt-bearer' grant\"); OBO exchanges an access token",
+        "the client sent its ID token; send the access token it got for this app's scope "
+        "(api://<app>/<scope>), not the id_token",
+    ),
+    Aadsts(
         70011,
         "InvalidScope",
         "the scope is malformed or not valid for this grant",

@@ -9,7 +9,8 @@
     │   │   ├── AssertionAudienceMismatch   aud is not the OBO client      (AADSTS500131)
     │   │   ├── AssertionExpired            exp is in the past             (AADSTS500133)
     │   │   ├── AssertionMalformed          not a decodable JWT            (AADSTS50027)
-    │   │   └── AppOnlyAssertion            app token, no user             (AADSTS7000114)
+    │   │   ├── AppOnlyAssertion            app token, no user             (AADSTS7000114)
+    │   │   └── IdTokenAssertion            an ID token, not an access token (AADSTS240002)
     │   ├── TenantNotAllowed          the caller's tid is not on the allow-list (no request sent)
     │   ├── PolicyViolation           only identities the policy forbids were available
     │   ├── ConsentRequired           the user must consent; carries a link (AADSTS65001, -32006)
@@ -164,22 +165,60 @@ class AssertionAudienceMismatch(AssertionNotUsable):
         self.audience = audience
         self.expected = tuple(expected)
         hint = ""
-        if audience and audience.rstrip("/") in ("https://ai.azure.com", "https://ml.azure.com"):
+        foundry = bool(audience) and str(audience).rstrip("/") in (
+            "https://ai.azure.com",
+            "https://ml.azure.com",
+        )
+        if foundry:
             hint = (
                 " This is the token Microsoft Foundry sends to hosted agents; it names the "
                 "user but is for Foundry, not for your app."
             )
+        # A custom App ID URI (https://contoso.example/agent: v1 tokens carry the App ID URI
+        # the client asked for) is the OBO app's own audience, which Entra accepts, when the
+        # app lists it: only the operator knows, so the fix names the setting first.
+        custom_uri = (
+            not foundry
+            and bool(audience)
+            and str(audience).lower().startswith(("https://", "api://"))
+            and not str(audience).lower().startswith(_FIRST_PARTY_RESOURCES)
+        )
+        own_uri = (
+            f"if {audience!r} is an Application ID URI of the OBO app (Expose an API), add it "
+            "to accepted_audiences (ENTRA_PASSTHROUGH_ACCEPTED_AUDIENCES); otherwise "
+            if custom_uri
+            else ""
+        )
+        others = ", or another of its Application ID URIs in accepted_audiences"
         super().__init__(
             f"The caller's token is for audience {audience!r}; on-behalf-of needs a token issued "
-            f"for the OBO app itself ({' or '.join(self.expected)}), so Entra would answer "
-            f"AADSTS500131.{hint} The token was not sent.",
+            f"for the OBO app itself ({' or '.join(self.expected)}{others if custom_uri else ''}"
+            f"), so Entra would answer AADSTS500131.{hint} The token was not sent.",
             source=source,
             scopes=scopes,
             aadsts=500131,
-            fix="have the client request a token for your app's scope (api://<app>/<scope>), "
-            "use DelegatedConsent (the user signs in once through the consent broker), or, "
-            "for Foundry, FoundryToolboxRoute; do not forward this token.",
+            fix=f"{own_uri}have the client request a token for your app's scope "
+            "(api://<app>/<scope>), use DelegatedConsent (the user signs in once through the "
+            "consent broker), or, for Foundry, FoundryToolboxRoute; do not forward this token.",
         )
+
+
+#: Microsoft's own resources: a token for one of them is never the OBO app's (no "add it to
+#: accepted_audiences" for these).
+_FIRST_PARTY_RESOURCES = (
+    "https://graph.microsoft.com",
+    "https://graph.windows.net",
+    "https://management.azure.com",
+    "https://management.core.windows.net",
+    "https://vault.azure.net",
+    "https://storage.azure.com",
+    "https://database.windows.net",
+    "https://cognitiveservices.azure.com",
+    "https://ai.azure.com",
+    "https://ml.azure.com",
+    "https://outlook.office",
+    "https://api.fabric.microsoft.com",
+)
 
 
 class AssertionExpired(AssertionNotUsable):
@@ -204,6 +243,26 @@ class AssertionMalformed(AssertionNotUsable):
             source=source,
             scopes=scopes,
             aadsts=50027,
+        )
+
+
+class IdTokenAssertion(AssertionNotUsable):
+    """The caller sent its ID token (the sign-in's ``id_token``: no ``scp``, and neither
+    ``azp`` nor ``appid``, which every Entra access token carries) where the access token for
+    the OBO app belongs."""
+
+    def __init__(self, *, source: str | None = None, scopes: Sequence[str] = ()) -> None:
+        super().__init__(
+            "The caller's token is an ID token (it has no 'scp' and neither 'azp' nor 'appid', "
+            "which every access token carries): it says who signed in to the client, and "
+            "on-behalf-of needs the access token the client got for the OBO app; Entra answers "
+            "AADSTS240002. The token was not sent.",
+            source=source,
+            scopes=scopes,
+            aadsts=240002,
+            fix="have the client send the access token it requested for your app's scope "
+            "(api://<app>/<scope>) in the Authorization header, not the id_token of its "
+            "sign-in.",
         )
 
 

@@ -116,6 +116,13 @@ def _obo_verdict(
             "FoundryToolboxRoute or DelegatedConsent, or have the client request your app's "
             "scope.",
         )
+    if claims.is_id_token:
+        return Verdict(
+            "OnBehalfOf",
+            False,
+            "an ID token (no scp, no azp/appid): the client's sign-in, not an access token for "
+            "your app; send the access token for your app's scope (AADSTS240002)",
+        )
     if claims.is_app_only:
         return Verdict(
             "OnBehalfOf",
@@ -313,7 +320,13 @@ def main(argv: list[str]) -> int:
     for name in _ORDER:
         if name in payload:
             _out(f"  {name:<{width}}  {_show(name, payload[name])}")
-    kind = "app-only" if claims.is_app_only else "user (delegated)"
+    kind = (
+        "ID token (not an access token)"
+        if claims.is_id_token
+        else "app-only"
+        if claims.is_app_only
+        else "user (delegated)"
+    )
     _out()
     _out(f"  identity kind  {kind}")
     _out()

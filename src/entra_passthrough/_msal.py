@@ -937,20 +937,26 @@ def load_certificate(
             "the consent app ENTRA_PASSTHROUGH_CONSENT_CLIENT_CERTIFICATE_PATH) at a PEM or "
             "PFX file this process can read."
         )
+        # Raised outside the ``except``: the OSError's filename is the path's value, which may
+        # be a key pasted where its path belongs, and would stay on the error's __context__.
+        refusal: ConfigurationError | None = None
+        data = b""
         try:
             data = read_regular_file(os.fspath(certificate), MAX_CERTIFICATE_FILE_BYTES)
         except OSError as exc:
-            raise ConfigurationError(
+            refusal = ConfigurationError(
                 f"cannot read the client certificate file ({type(exc).__name__}).", fix=fix
-            ) from None
+            )
         except FileRefused as exc:
             # A PEM or PFX is a few KB: read unbounded, a device (/dev/zero) or a huge file
             # took the process's memory, and a pipe with no writer blocked it for ever.
-            raise ConfigurationError(
+            refusal = ConfigurationError(
                 f"the client certificate file {exc.why}, so it is not read: a PEM or PFX "
                 "certificate file is a few KB.",
                 fix=fix,
-            ) from None
+            )
+        if refusal is not None:
+            raise refusal
     else:
         data = certificate
     secret = password.encode() if password else None
@@ -1114,7 +1120,12 @@ class FederatedTokenFile:
     construction is read when first needed."""
 
     def __init__(self, path: str) -> None:
+        from ._env import path_may_be_shown
+
         self.path = path
+        # The variable's value is echoed only when shaped like a path: a token or key pasted
+        # there (a secret mapped as an environment variable rather than a file) never is.
+        self._shown = repr(path) if path_may_be_shown(path) else "(not shown: not a path)"
         self._stamp: tuple[int, int] | None = None
         self._value: str | None = None
         self._lock = threading.Lock()
@@ -1125,18 +1136,22 @@ class FederatedTokenFile:
         why = _refused(status, MAX_FEDERATED_TOKEN_FILE_BYTES)
         if why is not None:
             raise ConfigurationError(
-                f"the federated token file {path!r} {why}, so it is not read: a workload "
+                f"the federated token file {self._shown} {why}, so it is not read: a workload "
                 "identity token file holds one token of a few KB.",
                 fix=_FEDERATED_TOKEN_FILE_FIX + ".",
             )
 
     def __repr__(self) -> str:
-        return f"FederatedTokenFile({self.path!r})"
+        return f"FederatedTokenFile({self._shown})"
 
     def __call__(self) -> str:
         from ._errors import SourceUnavailable
 
         fix = _FEDERATED_TOKEN_FILE_FIX
+        # Raised outside the ``except``: an OSError's filename is the path's value (a token
+        # pasted where its path belongs) and would stay on the error's __context__.
+        refusal: SourceUnavailable | None = None
+        value = ""
         try:
             status = os.stat(self.path)
             stamp = (status.st_mtime_ns, status.st_size)
@@ -1146,22 +1161,25 @@ class FederatedTokenFile:
                     self._value = data.decode("ascii").strip()
                     self._stamp = stamp
                 value = self._value
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SourceUnavailable(
-                f"cannot read the federated token file {self.path!r} ({type(exc).__name__}).",
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            # (ValueError: a NUL byte in the value, which no path holds)
+            refusal = SourceUnavailable(
+                f"cannot read the federated token file {self._shown} ({type(exc).__name__}).",
                 fix=fix,
-            ) from None
+            )
         except FileRefused as exc:
-            raise SourceUnavailable(
-                f"the federated token file {self.path!r} {exc.why}, so it is not read: a "
+            refusal = SourceUnavailable(
+                f"the federated token file {self._shown} {exc.why}, so it is not read: a "
                 "workload identity token file holds one token of a few KB.",
                 fix=fix,
-            ) from None
+            )
+        if refusal is not None:
+            raise refusal
         if not value:
             # Sent as it is, Entra would see no credential at all (AADSTS7000218, whose fix
             # names a secret): say what is wrong, before any request.
             raise SourceUnavailable(
-                f"the federated token file {self.path!r} is empty (not written yet?).", fix=fix
+                f"the federated token file {self._shown} is empty (not written yet?).", fix=fix
             )
         return value
 

@@ -205,7 +205,9 @@ def test_the_consent_app_credential_is_read_as_the_obo_apps(tmp_path: Path) -> N
         build_broker(config, host)  # the system-assigned identity cannot be a credential
     assert str(refused.value).startswith("entra-passthrough broker (IDENTITY_ENDPOINT is set")
     assert "AZURE_CLIENT_ID" in str(refused.value)
-    broker = build_broker(config, {**host, "AZURE_CLIENT_ID": "uami-client-id"})
+    broker = build_broker(
+        config, {**host, "AZURE_CLIENT_ID": "5f2b9c1e-8d3a-4c6b-9e7f-0a1b2c3d4e5f"}
+    )
     assert broker.client.credential.managed_identity is not None
     consent = {k: v for k, v in env.items() if "CERTIFICATE" not in k}
     chosen_mi = {

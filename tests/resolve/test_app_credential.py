@@ -27,7 +27,7 @@ def test_exactly_one_credential_and_its_kind() -> None:
     assert AppCredential(**APP, client_secret=SECRET).kind == "secret"
     assert AppCredential(**APP, client_assertion=lambda: "x").kind == "client_assertion"
     assert AppCredential(**APP, federated_token_file="/t").kind == "federated_token_file"
-    uami = ManagedIdentity(client_id="uami")
+    uami = ManagedIdentity(client_id="5f2b9c1e-8d3a-4c6b-9e7f-0a1b2c3d4e5f")
     try:
         assert AppCredential(**APP, managed_identity=uami).kind == "managed_identity"
     finally:

@@ -25,6 +25,14 @@ BASE = {
     "ENTRA_PASSTHROUGH_CLIENT_SECRET": "s3cret-value",
 }
 
+#: A user-assigned identity's client id.
+UAMI = "5f2b9c1e-8d3a-4c6b-9e7f-0a1b2c3d4e5f"
+#: A user-assigned identity's resource id, as ARM writes it.
+RID = (
+    "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/"
+    "Microsoft.ManagedIdentity/userAssignedIdentities/uami"
+)
+
 
 def test_obo_from_env_secret_and_lists() -> None:
     env = {
@@ -47,7 +55,7 @@ def test_obo_from_env_credential_choice() -> None:
         OnBehalfOf.from_env(env)
     assert "ENTRA_PASSTHROUGH_CLIENT_SECRET" in str(info.value)
     host = {"IDENTITY_ENDPOINT": "http://127.0.0.1:1/msi", "IDENTITY_HEADER": "h"}
-    mi = OnBehalfOf.from_env({**env, **host, "AZURE_CLIENT_ID": "uami-client-id"})
+    mi = OnBehalfOf.from_env({**env, **host, "AZURE_CLIENT_ID": UAMI})
     assert "credential=managed_identity" in repr(mi)
     fic = OnBehalfOf.from_env({**env, "AZURE_FEDERATED_TOKEN_FILE": "/var/run/token"})
     assert "credential=federated_token_file" in repr(fic)
@@ -63,9 +71,13 @@ def test_missing_required() -> None:
 
 def test_managed_identity_from_env() -> None:
     mi = ManagedIdentity.from_env(
-        {"AZURE_CLIENT_ID": "mi-id", "IDENTITY_ENDPOINT": "http://x", "IDENTITY_HEADER": "h"}
+        {
+            "AZURE_CLIENT_ID": UAMI,
+            "IDENTITY_ENDPOINT": "http://x",
+            "IDENTITY_HEADER": "h",
+        }
     )
-    assert mi.client_id == "mi-id"
+    assert mi.client_id == UAMI
     assert mi.endpoint == "http://x"
     with pytest.raises(ConfigurationError):
         ManagedIdentity.from_env({"IDENTITY_ENDPOINT": "http://x"})
@@ -175,7 +187,11 @@ def test_azure_credential_and_foundry_route_from_env() -> None:
     with pytest.raises(ConfigurationError):
         AzureCredential.from_env({"AZURE_TENANT_ID": "t", "AZURE_CLIENT_ID": "c"})
     route = FoundryToolboxRoute.from_env(
-        {"AZURE_CLIENT_ID": "mi", "IDENTITY_ENDPOINT": "http://x", "IDENTITY_HEADER": "h"}
+        {
+            "AZURE_CLIENT_ID": UAMI,
+            "IDENTITY_ENDPOINT": "http://x",
+            "IDENTITY_HEADER": "h",
+        }
     )
     assert route.inner.name == "managed_identity"
 
@@ -231,7 +247,7 @@ def test_managed_identity_credential_must_be_user_assigned(
     assert "AADSTS700213" in str(info.value)  # what Entra would answer
     with pytest.raises(ConfigurationError, match="user-assigned"):
         OnBehalfOf(client_id="a", tenant_id="t", managed_identity=ManagedIdentity())
-    source_class.from_env({**env, "AZURE_CLIENT_ID": "uami"}).close()
+    source_class.from_env({**env, "AZURE_CLIENT_ID": UAMI}).close()
 
 
 def test_managed_identity_selectors_and_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -239,9 +255,9 @@ def test_managed_identity_selectors_and_hosts(monkeypatch: pytest.MonkeyPatch) -
 
     with pytest.raises(ConfigurationError, match="exactly one"):
         ManagedIdentity(client_id="a", object_id="b")
-    assert ManagedIdentity(resource_id="/subscriptions/x").selector == (
+    assert ManagedIdentity(resource_id=RID).selector == (
         "resource_id",
-        "/subscriptions/x",
+        RID,
     )
     assert not ManagedIdentity().user_assigned
     # The order MSAL's ManagedIdentityClient (and azure-identity) detect the host in.

@@ -141,7 +141,7 @@ def test_exactly_one_credential() -> None:
     with pytest.raises(ConfigurationError):
         obo(client_secret=None)
     with pytest.raises(ConfigurationError, match="OnBehalfOf needs exactly one client credential"):
-        obo(managed_identity=ManagedIdentity(client_id="uami"))
+        obo(managed_identity=ManagedIdentity(client_id="5f2b9c1e-8d3a-4c6b-9e7f-0a1b2c3d4e5f"))
     with pytest.raises(ConfigurationError):
         obo(authority_host="http://login.example")
 

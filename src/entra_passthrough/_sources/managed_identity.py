@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import random
+import re
 import secrets
 import threading
 import time
@@ -566,6 +567,14 @@ def _endpoint_problem(endpoint: object, header: object) -> str | None:
     return None
 
 
+#: A user-assigned identity's Azure resource id, as ARM writes it (any case).
+_RESOURCE_ID = re.compile(
+    r"/subscriptions/[0-9a-fA-F-]{36}/resourcegroups/[^/\s]{1,90}/providers/"
+    r"microsoft\.managedidentity/userassignedidentities/[^/\s]{1,128}",
+    re.IGNORECASE,
+)
+
+
 class ManagedIdentity:
     """The managed identity of the host, ``kind=app``, through MSAL's ``ManagedIdentityClient``.
 
@@ -615,6 +624,33 @@ class ManagedIdentity:
                 f"ManagedIdentity got {' and '.join(given)}; a user-assigned identity is "
                 "selected by exactly one of client_id, object_id or resource_id.",
                 fix="pass only one selector (AZURE_CLIENT_ID for from_env()).",
+            )
+        for key in ("client_id", "object_id"):
+            value = selectors[key]
+            if value and (not isinstance(value, str) or GUID.fullmatch(value.strip()) is None):
+                # Not shown: a secret pasted into AZURE_CLIENT_ID (swapped with
+                # AZURE_CLIENT_SECRET) was echoed in repr, errors and the request's URL.
+                raise ConfigurationError(
+                    f"ManagedIdentity's {key} is not a GUID (the value is not shown): a "
+                    f"user-assigned identity's {key.replace('_', ' ')} is one.",
+                    fix=f"pass the identity's {key.replace('_', ' ')} (a GUID: Azure portal > "
+                    "Managed Identities > the identity > Overview)"
+                    + (
+                        "; for from_env(), AZURE_CLIENT_ID is the identity's client id"
+                        if key == "client_id"
+                        else ""
+                    )
+                    + ".",
+                )
+        if resource_id and (
+            not isinstance(resource_id, str) or _RESOURCE_ID.fullmatch(resource_id.strip()) is None
+        ):
+            raise ConfigurationError(
+                "ManagedIdentity's resource_id is not an Azure resource id (the value is not "
+                "shown).",
+                fix="pass the identity's resource id: /subscriptions/<subscription>/"
+                "resourceGroups/<group>/providers/Microsoft.ManagedIdentity/"
+                "userAssignedIdentities/<name>.",
             )
         if (endpoint is None) != (header is None):
             raise ConfigurationError(

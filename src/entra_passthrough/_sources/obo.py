@@ -23,6 +23,7 @@ from .._errors import (
     AssertionNotUsable,
     ConfigurationError,
     EntraError,
+    IdTokenAssertion,
     TenantNotAllowed,
     TokenAcquisitionError,
     is_consent_required,
@@ -378,6 +379,8 @@ class OnBehalfOf:
                 fix="check the clocks: this machine's (NTP) and the one that issued or "
                 "forwarded the token; the token is usable once its nbf has passed",
             )
+        if claims.is_id_token:
+            raise IdTokenAssertion(source=self.name, scopes=scopes)
         if claims.is_app_only:
             raise AppOnlyAssertion(source=self.name, scopes=scopes)
         if claims.tid is None or claims.tid.lower() not in self.allowed_tenants:

@@ -93,10 +93,25 @@ def parse_scopes(
     the token endpoint and, at /authorize (``interactive_client``), AADSTS650053 naming the
     client, as Entra answers a sign-in (quoted in MicrosoftDocs/azure-docs#37280, #67211;
     https://learn.microsoft.com/entra/identity-platform/reference-error-codes). A scope that
-    names a resource but no permission (``api://<guid>``) is AADSTS1002012 for client
-    credentials (``app_only``) and the format error AADSTS70011 in every delegated flow."""
+    names a resource but no permission (``api://<guid>``) is the format error AADSTS70011 in
+    every delegated flow. For client credentials (``app_only``) every scope but an OIDC one must
+    be ``<resource>/.default``, else AADSTS1002012, checked before the resource or the
+    permission is looked up."""
     if not raw or not raw.split():
         raise e.missing_param("scope")
+    if app_only and any(
+        split_scope(s)[1].lower() != ".default" for s in raw.split() if s.lower() not in OIDC_SCOPES
+    ):
+        # Refused on its shape, whatever the scope names: an app role
+        # (`https://graph.microsoft.com/User.Read.All`, `api://<mcp>/Tools.Call`), a bare name
+        # (`User.Read.All`, `all-apis`), a delegated scope, or no permission at all
+        # (`api://<guid>`, the commonest mistake) all get Entra's "/.default suffixed" answer,
+        # never AADSTS70011 or an unknown resource. Entra's answer quoted for `User.Read.All`
+        # (microsoftgraph/microsoft-graph-docs#14323), `all-apis` (databricks/databricks-sql-
+        # nodejs#226), `<guid>/full_access` (MicrosoftDocs/azure-docs#99862); the client
+        # credentials page: the scope is the resource identifier "suffixed with .default"
+        # (v2-oauth2-client-creds-grant-flow).
+        raise e.client_credentials_scope(raw)
     resources: dict[str, App] = {}
     requested: str | None = None
     names: list[str] = []
@@ -107,10 +122,9 @@ def parse_scopes(
             continue
         ident, name = split_scope(s)
         if not name:
-            # Refused on its shape, before the resource is looked up: the most common
-            # client credentials mistake gets Entra's "/.default suffixed" answer, not an
-            # unknown resource (e.client_credentials_scope, e.scope_format cite the quotes).
-            raise e.client_credentials_scope(raw) if app_only else e.scope_format(raw)
+            # Refused on its shape, before the resource is looked up (e.scope_format cites
+            # the quotes); client credentials were answered above.
+            raise e.scope_format(raw)
         app = rt.world.resource(ident)
         if app is None or not (app.multi_tenant or app.tenant_id == tenant_id):
             raise e.resource_not_found(ident, tenant_id)
@@ -390,10 +404,13 @@ def user_token_response(
     lifetime = rt.world.lifetimes.access_token
     out: dict[str, Any] = {"token_type": "Bearer"}
     graph = rt.world.app(GRAPH_APP_ID)
-    if req.resource is None and graph is not None and req.oidc - {"offline_access"}:
+    if req.resource is None and graph is not None:
         # Only OIDC scopes: Entra returns a Graph token carrying them (scopes-oidc, "openid").
+        # `offline_access` alone is answered the same way, with the Graph token carrying it
+        # (it is a Graph delegated permission): a success always carries an access_token
+        # (RFC 6749 section 5.1), and a delegated token always a non-empty `scp`.
         req = ScopeRequest(resource=graph, names=(), oidc=req.oidc)
-        scp = tuple(sorted(req.oidc - {"offline_access"}))
+        scp = tuple(sorted(req.oidc - {"offline_access"})) or ("offline_access",)
     elif req.resource is not None and req.resource.client_id == GRAPH_APP_ID:
         # openid, profile and email are Microsoft Graph's delegated permissions: a Graph token
         # of a sign-in that asked for them carries them in scp (scopes-oidc), which is what

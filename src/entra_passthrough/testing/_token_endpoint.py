@@ -166,6 +166,18 @@ def _assertion_tenant(rt: Runtime, assertion: str | None) -> str | None:
     return found.id if found is not None and found.id == tid else None
 
 
+def is_id_token(claims: Mapping[str, Any]) -> bool:
+    """Whether a token's claims are an ID token's, not an access token's: every access token
+    names the client it was issued to (``azp`` in v2, ``appid`` in v1) and a delegated one its
+    ``scp``; an ID token names its client only as ``aud`` and has no ``scp``
+    (access-token-claims-reference, id-token-claims-reference). It may carry the user's app
+    ``roles``, so those do not make it an app's token; an app's own access token (``azp`` or
+    ``appid``, no ``scp``) stays the app-only AADSTS7000114."""
+    if claims.get("idtyp") == "app":
+        return False
+    return not any(name in claims for name in ("scp", "azp", "appid"))
+
+
 def check_resource_param(form: Mapping[str, str], req: ScopeRequest) -> None:
     # RFC 8707 `resource` on the v2 endpoint must name the scopes' resource, else AADSTS9010010
     # (reference-error-codes; the generic MCP SDK OAuth client sends it, docs/platform-facts.md).
@@ -274,6 +286,16 @@ def _on_behalf_of(
         raise e.assertion_audience(str(aud), expected.client_id)
     if tenant is not None and tid != tenant.id:
         raise e.assertion_invalid("Reason - The assertion was issued for another tenant.")
+    if is_id_token(claims):
+        # An ID token is no access token: OBO's assertion is "the access token that was sent
+        # to the middle-tier API" (v2-oauth2-on-behalf-of-flow). Entra's answer, quoted in
+        # microsoft/azure-spring-boot#333, #943 and Azure/azure-sdk-for-java#20004: AADSTS240002,
+        # error invalid_request.
+        raise e.StsError(
+            240002,
+            "invalid_request",
+            "Input id_token cannot be used as 'urn:ietf:params:oauth:grant-type:jwt-bearer' grant.",
+        )
     if "scp" not in claims or claims.get("idtyp") == "app":
         raise e.app_only_assertion(app.client_id)
     user = rt.world.user(str(claims.get("oid", "")))
