@@ -13,6 +13,7 @@ stderr and exits 2 (a usage error; ``--help`` prints it on stdout and exits 0).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -181,6 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - for the process
     if sys.stdin is None:
         sys.stdin = open(os.devnull, encoding="utf-8")  # noqa: SIM115 - for the process
+    _escape_unencodable(sys.stdout)
     try:
         code = _main(argv)
         sys.stdout.flush()  # what is still buffered fails here, not at interpreter exit
@@ -191,6 +193,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say_interrupted(argv)
         return EXIT_INTERRUPTED
     return code
+
+
+def _escape_unencodable(stream: object) -> None:
+    """A character the output's encoding cannot write (a cp1252 console, ``LC_ALL=C`` without
+    UTF-8 mode: a name in a path, a user in a world file) is written escaped (``\\u0142``), as
+    on stderr, instead of ending the command in a ``UnicodeEncodeError`` traceback."""
+    reconfigure = getattr(stream, "reconfigure", None)
+    if reconfigure is None:
+        return
+    with contextlib.suppress(ValueError, OSError, TypeError):  # closed, or not ours to change
+        reconfigure(errors="backslashreplace")
 
 
 def _say_interrupted(argv: Sequence[str] | None) -> None:

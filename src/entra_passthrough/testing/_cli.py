@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,23 @@ def state(idp: EntraEmulator) -> dict[str, Any]:
     }
 
 
+def _no_temporary_folder() -> str | None:
+    """Why the emulator cannot write its TLS files (its CA, the server's key) to a temporary
+    folder, or ``None``: a read-only container file system failed at start as "could not
+    listen on 127.0.0.1", blaming the port."""
+    folder = "the temporary folder"
+    try:
+        folder = tempfile.gettempdir()
+        os.rmdir(tempfile.mkdtemp(prefix="entra-emulator-"))
+    except OSError as exc:
+        return (
+            f"cannot write its TLS files (CA, server key) to {folder} "
+            f"({exc.strerror or type(exc).__name__}); set TMPDIR to a folder this user can "
+            "write"
+        )
+    return None
+
+
 def _say(text: str) -> None:
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
@@ -197,6 +215,10 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     emulator = EntraEmulator(world=world, port=args.port, token_latency=args.token_latency)
+    unwritable = _no_temporary_folder()
+    if unwritable is not None:
+        sys.stderr.write(f"entra-passthrough emulator: {unwritable}\n")
+        return 2
     try:
         emulator.start()
     except (OSError, RuntimeError) as exc:  # a port taken since the check above
