@@ -125,6 +125,13 @@ def _masked(variable: str, value: str) -> str:
     return f"<{variable}: not shown, {fingerprint(value)}>"
 
 
+#: A credential that is the managed identity the check above could not get a token from.
+_MI_FAILED_ABOVE = (
+    "not asked: its credential is the managed identity, which gave no token (see managed "
+    "identity above)"
+)
+
+
 @dataclass(frozen=True)
 class Check:
     """One line of the report. ``status`` is ``pass``, ``fail`` or ``skip``."""
@@ -653,6 +660,11 @@ class Doctor:
                 self.guard("agent id blueprint", blueprint, fallback_fix=_CONFIGURATION_FIX)
             elif isinstance(source, OnBehalfOf):
                 checked = True
+                if source.credential.kind == "managed_identity" and self.failed("managed identity"):
+                    # The same endpoint, for the same audience: asked once (a silent endpoint
+                    # made doctor wait out its deadline twice).
+                    self.add("client credential", SKIP, _MI_FAILED_ABOVE)
+                    continue
 
                 def credential(obo: OnBehalfOf = source) -> tuple[bool, str, str]:
                     response = obo.check_client_credential([_PROBE_RESOURCE])
@@ -674,6 +686,11 @@ class Doctor:
             return
         from ._msal import http_session
         from ._sources.delegated import DelegatedConsent
+
+        mi = _get(self.env, "ENTRA_PASSTHROUGH_CONSENT_CLIENT_CREDENTIAL") == "managed_identity"
+        if mi and self.failed("managed identity"):
+            self.add("consent app", SKIP, _MI_FAILED_ABOVE)
+            return
 
         def probe() -> tuple[bool, str, str]:
             # The session from_env() would build (the CA file), made here so that it is closed.

@@ -161,7 +161,9 @@ def test_managed_identity_endpoint_missing(idp: EntraEmulator) -> None:
     env["IDENTITY_ENDPOINT"] = "http://127.0.0.1:9/msi/token"  # nothing listens there
     checks = by_name(run(env))
     assert checks["managed identity"].status == "fail"
-    assert checks["client credential"].status == "fail"
+    # The same endpoint is not asked again for the credential: said, not re-run.
+    assert checks["client credential"].status == "skip"
+    assert "managed identity above" in checks["client credential"].detail
 
 
 def test_nothing_configured(idp: EntraEmulator) -> None:
