@@ -306,6 +306,13 @@ class GrantStore:
         """Whether a store call failed at or after ``moment`` (``time.monotonic()``)."""
         return self._failures.at >= moment
 
+    def held(self) -> None:
+        """Count a store call that succeeded only after the store held it (a Redis that paused
+        its writes: a failover, patching, ``CLIENT PAUSE WRITE``) as a failure now: other
+        replicas' writes were held as well, so their refresh leases are honoured for as long as
+        after any failure (``failed_within``)."""
+        self._failures.at = time.monotonic()
+
     def blocking(self) -> GrantStore:
         """The same records for a sync driver (each call on an event loop of its own): through
         the store's blocking twin when it has one (``RedisStore.sync()``), else this store
@@ -392,7 +399,13 @@ class GrantStore:
         return version
 
     async def put_grant_under_lease(
-        self, key_hash: str, grant: StoredGrant, *, version: str, lease: str | None
+        self,
+        key_hash: str,
+        grant: StoredGrant,
+        *,
+        version: str,
+        lease: str | None,
+        redeemed: str | None = None,
     ) -> str | None:
         """``put_grant`` by the holder of the refresh lease ``lease``, whose last known version
         of the record is ``version``; the new version, or ``None`` when the grant is not the
@@ -401,12 +414,25 @@ class GrantStore:
         out, while answering: a lease renewal): the lease, so the grant, is still the holder's,
         and the write compares with the version read. Without this a rotated grant was dropped
         as another replica's, and once the lease ran out another replica redeemed the refresh
-        token Entra had already redeemed; and a renewal was refused, so renewals stopped."""
+        token Entra had already redeemed; and a renewal was refused, so renewals stopped.
+
+        ``redeemed``: the refresh token the holder redeemed at Entra, when ``grant`` holds its
+        successor (the rotated grant; never for a renewal). A record that still holds that
+        refresh token under another replica's lease (taken once the holder's ran out, while the
+        store held or refused the holder's write: a failover, a pause) is older than ``grant``:
+        it is replaced (compare-and-set on the version read), and the other replica's lease
+        with it, so that replica reads the rotated grant rather than redeem the redeemed refresh
+        token again (a lease it holds is checked right before its POST)."""
         written = await self.put_grant(key_hash, grant, expect=version)
         if written is not None or lease is None:
             return written
         found = await self.get_grant(key_hash)
-        if found is None or found[0].lease_owner != lease:
+        if found is None:
+            return None
+        current = found[0]
+        if current.lease_owner != lease and (
+            redeemed is None or grant.refresh_token == redeemed or current.refresh_token != redeemed
+        ):
             return None
         return await self.put_grant(key_hash, grant, expect=found[1])
 

@@ -104,6 +104,12 @@ _ACCOUNT_BLOCKED_CODES = frozenset({50057, 50053})
 #: (``_consent_client.HTTP_TIMEOUT``).
 LEASE_SECONDS = 20.0
 _MAX_ATTEMPTS = 60
+#: A write taking over another replica's refresh lease that the store held longer than this
+#: (seconds; a write Redis answers in milliseconds) was held by a store that paused its writes (a
+#: failover, patching, ``CLIENT PAUSE WRITE``) while it still answered reads: the holder, alive,
+#: could not write its rotated grant back either. Counted as a store failure: the lease taken is
+#: not redeemed under until the holder's write-back has had a lease's length (``_decide``).
+_HELD_WRITE = 0.5
 #: The most other replicas' refresh leases ``DelegatedConsent`` times at once (one per user it
 #: waits for). Beyond it the oldest is forgotten: seen again, it is timed afresh (waited for
 #: longer, never cut short).
@@ -131,6 +137,14 @@ class _Pause:
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
+
+
+class _KeepWriting:
+    """Step: a rotated grant the store refused is kept in memory (``_unsaved``): have it
+    written back in the background until the store takes it (``_write_back_later``), whether
+    or not another call reaches the store."""
+
+    __slots__ = ()
 
 
 class _Shared:
@@ -183,7 +197,7 @@ class _Redeem:
         self.lease = lease
 
 
-_Step = _Grants | _Pause | _Shared | _Redeem
+_Step = _Grants | _Pause | _Shared | _Redeem | _KeepWriting
 _R = TypeVar("_R")
 
 
@@ -431,10 +445,16 @@ class DelegatedConsent:
         self.server_label = server_label
         self._replica = secrets.token_hex(8)
         #: Rotated grants the store refused after Entra had redeemed the old refresh token
-        #: (store down mid-refresh): written before this user's next refresh, so the redeemed
-        #: refresh token is never used again. Key hash -> (grant, version of our lease, our
-        #: lease's owner).
-        self._unsaved: dict[str, tuple[StoredGrant, str, str | None]] = {}
+        #: (store down mid-refresh): written back in the background (``_write_back_later``)
+        #: and by every call that reaches the store, so the redeemed refresh token is never used
+        #: again. Key hash -> (grant, version of our lease, our lease's owner, the refresh token
+        #: redeemed, if Entra rotated it).
+        self._unsaved: dict[str, tuple[StoredGrant, str, str | None, str | None]] = {}
+        self._unsaved_lock = threading.Lock()
+        #: The background write-back of ``_unsaved`` (one at a time: a task on the event loop
+        #: of the async call that kept a grant, or a thread for a sync one), and ``close()``.
+        self._writer: asyncio.Task[None] | threading.Thread | None = None
+        self._closing = threading.Event()
         #: The refresh leases of this instance whose refresh is under way (``_decide``): a
         #: lease of ours in a grant that is not among them was written by a write whose answer
         #: never reached us (lost or late reply, re-sent by the client), and nobody redeems
@@ -512,6 +532,7 @@ class DelegatedConsent:
         return source
 
     def close(self) -> None:
+        self._closing.set()  # stops the background write-back (the rotated grants stay unsaved)
         self.client.pool.close()
         if self._created_http is not None:
             self._created_http.close()
@@ -568,6 +589,8 @@ class DelegatedConsent:
                     return runner.run(step.call(self.grants.blocking()))
                 if isinstance(step, _Pause):
                     return time.sleep(step.seconds)
+                if isinstance(step, _KeepWriting):
+                    return self._write_back_later(None)
                 if isinstance(step, _Shared):
                     return shared_result_sync(grant=step.grant)
                 return self._redeem_blocking(step, runner)
@@ -593,6 +616,8 @@ class DelegatedConsent:
         async def do(step: _Step) -> Any:
             if isinstance(step, _Grants):
                 return await step.call(self.grants)
+            if isinstance(step, _KeepWriting):
+                return self._write_back_later(asyncio.get_running_loop())
             if held_back:
                 raise held_back[0]
             if isinstance(step, _Pause):
@@ -643,6 +668,98 @@ class DelegatedConsent:
         check.verdict = grant.stamp == check.stamp and (
             named is None or _same_account(named, grant)
         )
+
+    # --- rotated grants the store refused -------------------------------------------------------
+    def _saved(self, hashed: str, unsaved: tuple[Any, ...]) -> None:
+        """``unsaved`` is written (or superseded): forget it, unless a newer one replaced it."""
+        with self._unsaved_lock:
+            if self._unsaved.get(hashed) is unsaved:
+                del self._unsaved[hashed]
+
+    async def _write_back(self, grants: GrantStore) -> None:
+        """Write every rotated grant the store refused (``_unsaved``) through ``grants``.
+        Raises while the store still fails."""
+        for hashed, unsaved in list(self._unsaved.items()):
+            # None: the record changed since (our lease ran out and another replica rotated,
+            # or the data was lost, or it was written already): theirs wins.
+            record, version, lease, redeemed = unsaved
+            written = await grants.put_grant_under_lease(
+                hashed, record, version=version, lease=lease, redeemed=redeemed
+            )
+            self._saved(hashed, unsaved)
+            if written is not None:
+                logger.info("a rotated grant kept in memory was written back to the grant store")
+
+    @staticmethod
+    def _retry_pause(tries: int) -> float:
+        """The background write-back's pause before its try number ``tries`` (from 0): a
+        twentieth of the lease, then a tenth (1 s, then 2 s), so a live holder writes back well
+        within the lease's length that the other replicas honour after the store is back."""
+        return LEASE_SECONDS / (20 if tries == 0 else 10)
+
+    def _write_back_later(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        """Retry the write-back of ``_unsaved`` in the background until the store takes every
+        rotated grant, each is superseded, or ``close()``: the holder of a rotated grant writes
+        it back once the store is back, even when it gets no call that reaches the store (its
+        next calls are served from memory). On ``loop`` (an async call's: the store's async
+        client belongs to it), or in a thread through the store's blocking twin (a sync call's).
+        One writer at a time; it costs nothing while there is nothing to write."""
+        if self._closing.is_set():
+            return
+        with self._unsaved_lock:
+            writer = self._writer
+            if isinstance(writer, threading.Thread):
+                if writer.is_alive():
+                    return
+            elif writer is not None and not writer.done() and not writer.get_loop().is_closed():
+                return
+            if loop is not None:
+                task = loop.create_task(self._keep_writing_async())
+                _background(task)
+                self._writer = task
+            else:
+                thread = threading.Thread(
+                    target=self._keep_writing_blocking, name="ep-grant-write-back", daemon=True
+                )
+                self._writer = thread
+                thread.start()
+
+    def _writer_ends(self, writer: object) -> bool:
+        """Whether the background writer ``writer`` stops now (nothing left to write, or
+        ``close()``); if so, it is no longer the writer (decided under the lock that keeps a
+        grant: one kept meanwhile finds it still writing, or starts another)."""
+        with self._unsaved_lock:
+            if self._unsaved and not self._closing.is_set():
+                return False
+            if self._writer is writer:
+                self._writer = None
+            return True
+
+    async def _keep_writing_async(self) -> None:
+        me = asyncio.current_task()
+        tries = 0
+        while not self._writer_ends(me):
+            await asyncio.sleep(self._retry_pause(tries))
+            tries += 1
+            if not self._closing.is_set():
+                await self._write_back_try(self._write_back(self.grants))
+
+    def _keep_writing_blocking(self) -> None:
+        me = threading.current_thread()
+        grants = self.grants.blocking()
+        tries = 0
+        while not self._writer_ends(me):
+            if self._closing.wait(self._retry_pause(tries)):
+                continue  # closed: ends
+            tries += 1
+            asyncio.run(self._write_back_try(self._write_back(grants)))
+
+    @staticmethod
+    async def _write_back_try(attempt: Awaitable[None]) -> None:
+        try:
+            await attempt
+        except Exception as exc:  # the store still fails: counted (GrantStore), tried again
+            logger.debug("writing a rotated grant back failed (%s); retrying", type(exc).__name__)
 
     # --- redemption under the lease -----------------------------------------------------------
     async def _extend(self, grants: GrantStore, held: _Held) -> bool:
@@ -956,17 +1073,28 @@ class DelegatedConsent:
         (``StoredGrant.stamp``: the shared token cache binds the token to it)."""
         scopes = tuple(request.scopes)
         paused = False
-        for attempt in range(_MAX_ATTEMPTS):
+        rewaited = False
+        budget = _MAX_ATTEMPTS
+        attempt = -1
+        while attempt + 1 < budget:
+            attempt += 1
             # Every rotated grant the store refused, whichever user's: this replica's first
-            # call after an outage writes them all back, while the other replicas honour its
-            # leases (below), so a live replica never redeems a redeemed refresh token again.
+            # call after an outage writes them all back (so does the background write-back:
+            # ``_write_back_later``), while the other replicas honour its leases (below), so a
+            # live replica never redeems a redeemed refresh token again.
             for hashed, unsaved in list(self._unsaved.items()):
                 # Raises while the store is still down. None: the record changed since (our
                 # lease ran out and another replica rotated, or the data was lost): theirs wins.
-                record, version, lease = unsaved
-                yield _Grants("put_grant_under_lease", hashed, record, version=version, lease=lease)
-                if self._unsaved.get(hashed) is unsaved:
-                    del self._unsaved[hashed]
+                record, version, lease, redeemed = unsaved
+                yield _Grants(
+                    "put_grant_under_lease",
+                    hashed,
+                    record,
+                    version=version,
+                    lease=lease,
+                    redeemed=redeemed,
+                )
+                self._saved(hashed, unsaved)
             found = yield _Grants("get_grant", key.hashed)
             if found is None:
                 raise self._consent_required(
@@ -1001,10 +1129,15 @@ class DelegatedConsent:
                 shared = yield _Shared(grant.stamp)
                 if isinstance(shared, TokenResult):
                     return shared, grant.stamp
+            # Another process's lease, run out: this write takes it over.
+            taking_over = grant.lease_owner is not None and not grant.lease_owner.startswith(
+                f"{self._replica}:{os.getpid()}:"
+            )
             lease = f"{self._replica}:{os.getpid()}:{secrets.token_hex(4)}"
             leased = dataclasses.replace(grant, lease_owner=lease, lease_until=now + LEASE_SECONDS)
             self._active.add(lease)
             try:
+                began = time.monotonic()
                 try:
                     lease_version = yield _Grants("put_grant", key.hashed, leased, expect=version)
                 except BaseException:
@@ -1013,6 +1146,30 @@ class DelegatedConsent:
                     raise
                 if lease_version is None:
                     continue  # changed under us (rotated or leased elsewhere): read again
+                held_for = time.monotonic() - began
+                if held_for > LEASE_SECONDS or (taking_over and held_for > _HELD_WRITE):
+                    # The store held the write (it paused writes while it answered reads: a
+                    # failover, patching): store trouble, as a failure is.
+                    self.grants.held()
+                    if taking_over:
+                        # The lease taken over ran out while writes were held, so its holder,
+                        # alive, may hold the rotated grant it could not write: its write-back
+                        # replaces this lease (``put_grant_under_lease``). Nothing is redeemed
+                        # until the store has been back for a lease's length (the wait above,
+                        # re-reading the grant); then this lease, still ours, is taken again.
+                        logger.warning(
+                            "the grant store held the write taking over another replica's "
+                            "refresh lease for %.1f s (Redis paused its writes: a failover, "
+                            "patching, CLIENT PAUSE); that replica may hold a rotated grant it "
+                            "could not write, so this one waits up to %g s for it before it "
+                            "redeems the stored refresh token",
+                            held_for,
+                            LEASE_SECONDS,
+                        )
+                        if not rewaited:
+                            rewaited = True
+                            budget = attempt + 1 + _MAX_ATTEMPTS  # a second wait, as long
+                        continue
                 held = _Held(key.hashed, leased, lease_version)
                 result = yield from self._refresh(key, request, grant, held)
             finally:
@@ -1129,19 +1286,30 @@ class DelegatedConsent:
             updated=now,
         )
         lease = held.grant.lease_owner
+        # The refresh token redeemed, when Entra rotated it: a record still holding it under
+        # another replica's lease is older than ``updated`` (``put_grant_under_lease``).
+        redeemed = grant.refresh_token if updated.refresh_token != grant.refresh_token else None
         try:
             written = yield _Grants(
-                "put_grant_under_lease", key.hashed, updated, version=lease_version, lease=lease
+                "put_grant_under_lease",
+                key.hashed,
+                updated,
+                version=lease_version,
+                lease=lease,
+                redeemed=redeemed,
             )
         except Exception as exc:
             # Entra has rotated the refresh token: the token it issued is good, so serve it, and
             # keep the successor until the store takes it (never redeem the old one again).
-            self._unsaved[key.hashed] = (updated, lease_version, lease)
+            with self._unsaved_lock:
+                self._unsaved[key.hashed] = (updated, lease_version, lease, redeemed)
             logger.warning(
                 "the grant store failed after a refresh (%s); the rotated grant is kept in "
-                "memory and written before this user's next refresh",
+                "memory and written back as soon as the store takes it (retried in the "
+                "background)",
                 type(exc).__name__,
             )
+            yield _KeepWriting()
         else:
             if written is None:
                 current = yield _Grants("get_grant", key.hashed)
