@@ -177,12 +177,7 @@ class AssertionAudienceMismatch(AssertionNotUsable):
         # A custom App ID URI (https://contoso.example/agent: v1 tokens carry the App ID URI
         # the client asked for) is the OBO app's own audience, which Entra accepts, when the
         # app lists it: only the operator knows, so the fix names the setting first.
-        custom_uri = (
-            not foundry
-            and bool(audience)
-            and str(audience).lower().startswith(("https://", "api://"))
-            and not str(audience).lower().startswith(_FIRST_PARTY_RESOURCES)
-        )
+        custom_uri = not foundry and could_be_own_uri(audience)
         own_uri = (
             f"if {audience!r} is an Application ID URI of the OBO app (Expose an API), add it "
             "to accepted_audiences (ENTRA_PASSTHROUGH_ACCEPTED_AUDIENCES); otherwise "
@@ -203,22 +198,48 @@ class AssertionAudienceMismatch(AssertionNotUsable):
         )
 
 
-#: Microsoft's own resources: a token for one of them is never the OBO app's (no "add it to
-#: accepted_audiences" for these).
-_FIRST_PARTY_RESOURCES = (
-    "https://graph.microsoft.com",
-    "https://graph.windows.net",
-    "https://management.azure.com",
-    "https://management.core.windows.net",
-    "https://vault.azure.net",
-    "https://storage.azure.com",
-    "https://database.windows.net",
-    "https://cognitiveservices.azure.com",
-    "https://ai.azure.com",
-    "https://ml.azure.com",
-    "https://outlook.office",
-    "https://api.fabric.microsoft.com",
+#: The hosts of Microsoft's own resources (public and sovereign clouds): a token for one of
+#: them is never the OBO app's (no "add it to accepted_audiences" for these).
+_MICROSOFT_HOSTS = (
+    ".microsoft.com",
+    ".microsoftonline.com",
+    ".windows.net",
+    ".azure.com",
+    ".azure.net",
+    ".azure.us",
+    ".microsoft.us",
+    ".usgovcloudapi.net",
+    ".chinacloudapi.cn",
+    ".azure.cn",
+    ".microsoftazure.de",
+    ".sharepoint.com",
+    ".office.com",
+    ".office365.com",
+    ".office.net",
+    ".outlook.com",
+    ".powerbi.com",
+    ".dynamics.com",
+    ".loganalytics.io",
+    ".applicationinsights.io",
+    ".fabric.microsoft.com",
 )
+
+
+def could_be_own_uri(audience: object) -> bool:
+    """Whether a caller token's ``aud`` could be a custom Application ID URI of the OBO app
+    (``https://contoso.example/agent``, ``api://contoso.example/agent``): not a GUID, not
+    ``api://<GUID>`` (an app's own id form, and this app's is accepted already), not one of
+    Microsoft's resources."""
+    if not isinstance(audience, str) or not audience:
+        return False
+    lowered = audience.lower()
+    if lowered.startswith("api://"):
+        rest = lowered[len("api://") :].strip("/")
+        return bool(rest) and GUID.fullmatch(rest) is None
+    if not lowered.startswith("https://"):
+        return False
+    host = lowered[len("https://") :].split("/", 1)[0].split(":", 1)[0]
+    return bool(host) and not any(f".{host}".endswith(suffix) for suffix in _MICROSOFT_HOSTS)
 
 
 class AssertionExpired(AssertionNotUsable):
@@ -707,6 +728,7 @@ def error_from_entra(
         500131: AssertionNotUsable,
         500133: AssertionNotUsable,
         7000114: AssertionNotUsable,
+        240002: AssertionNotUsable,
     }.get(code or 0, EntraError)
     # ``fix`` only here: a consent or an interaction carries its own way out (the link, the
     # claims; a source with no link gives ConsentRequired its own fix, as Agent ID does).

@@ -229,12 +229,10 @@ class UnverifiedClaims:
     @property
     def is_id_token(self) -> bool:
         """An ID token (a sign-in's ``id_token``), not an access token: every Entra access
-        token names its client (``azp`` in v2, ``appid`` in v1) and a delegated one its scopes;
-        an ID token has neither. It may carry the user's ``roles``: a token with roles counts
-        only when it also names a user (an app's token never has ``upn`` or ``name``)."""
-        if self.scp or self.azp is not None or self.idtyp == "app":
-            return False
-        return not self.roles or self.upn is not None or self.name is not None
+        token names its client (``azp`` in v2, ``appid`` in v1), an app's as well as a user's,
+        and a delegated one its scopes; an ID token has neither (it may carry the user's
+        ``roles``, and no ``name`` when the sign-in asked for ``openid`` alone)."""
+        return not self.scp and self.azp is None and self.idtyp != "app"
 
     @classmethod
     def from_token(cls, token: str) -> UnverifiedClaims:

@@ -1125,7 +1125,10 @@ class FederatedTokenFile:
         self.path = path
         # The variable's value is echoed only when shaped like a path: a token or key pasted
         # there (a secret mapped as an environment variable rather than a file) never is.
-        self._shown = repr(path) if path_may_be_shown(path) else "(not shown: not a path)"
+        shown = path_may_be_shown(path) or (
+            len(path) <= 260 and path.isprintable() and _redact.redact(path) == path
+        )  # (a relative path, one with spaces: shown; a token or a key's text: not)
+        self._shown = repr(path) if shown else "(not shown: it looks like a secret, not a path)"
         self._stamp: tuple[int, int] | None = None
         self._value: str | None = None
         self._lock = threading.Lock()

@@ -319,6 +319,9 @@ class CallAttempt:
     toolbox: str | None = None
     #: Whether the last ``tools/call`` carried an ``Mcp-Session-Id`` (a legacy session).
     on_session: bool = False
+    #: When the call was started (``time.monotonic()``): a "timed out" error that came sooner
+    #: than the caller's own request timeout is the server's (or a gateway's), not the client's.
+    started: float | None = None
     #: The last 401/403 to another JSON-RPC request of the call (the ``tools/list`` the mcp SDK
     #: sends after a tool's first call on a session, to check its result against the tool's
     #: output schema): (its method, the status, whether its token had expired or was about to

@@ -53,7 +53,7 @@ def test_json_and_client_id_check(capsys: pytest.CaptureFixture[str]) -> None:
     ("claims", "needle"),
     [
         ({"aud": "api://agent", "exp": time.time() - 10}, "AADSTS500133"),
-        ({"aud": "api://agent", "scp": None, "roles": ["Task.Read"]}, "AADSTS7000114"),
+        ({"aud": "api://agent", "scp": None, "roles": ["Task.Read"], "azp": "c"}, "AADSTS7000114"),
         ({"aud": "api://agent", "tid": "evil"}, "allow-list"),
     ],
 )

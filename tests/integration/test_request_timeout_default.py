@@ -179,3 +179,62 @@ async def test_an_answer_over_the_sse_event_limit_says_so_and_how_to_avoid_it(
     assert "json_response=True" in text
     assert len(answered) == 1  # never sent again
     assert [oid for who, oid in ran if who == "after"] == [users[2].oid]
+
+
+def _answers_timed_out(app: Any, answered: list[int]) -> Any:
+    """The MCP app, except that a ``tools/call`` whose ``who`` is "upstream" is answered at once
+    with the JSON-RPC error -32001 "Request timed out" (what a gateway forwards when its own
+    upstream timed out)."""
+
+    async def wrapped(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            parsed, replay = await read_json_request(receive)
+            params = parsed.get("params") if isinstance(parsed, dict) else None
+            if ((params or {}).get("arguments") or {}).get("who") == "upstream":
+                answered.append(parsed["id"])
+                error = {"code": -32001, "message": "Request timed out"}
+                body = json.dumps({"jsonrpc": "2.0", "id": parsed["id"], "error": error})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 200,
+                        "headers": [(b"content-type", b"application/json")],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body.encode()})
+                return
+            await app(scope, replay, send)
+            return
+        await app(scope, receive, send)
+
+    return wrapped
+
+
+async def test_a_timed_out_answer_from_the_server_is_not_called_this_tools_timeout(
+    idp: EntraEmulator, users: list[User]
+) -> None:
+    """A -32001 "Request timed out" the server (or a gateway) answers long before the tool's
+    own request timeout is the server's: the message says so and does not advise raising
+    ``request_timeout=``, which cannot help. Still "may have run", never sent again."""
+    answered: list[int] = []
+    server = ServerThread(
+        lambda base: _answers_timed_out(
+            build_mcp_app(idp, base_url=base, recorder=Recorder()), answered
+        ),
+        name="mcp",
+    ).start()
+    tool = entra_mcp_tool(
+        "records", f"{server.base}/mcp", chain=make_chain(idp), scopes=mcp_scopes(idp)
+    )
+    try:
+        async with bind_caller(token=agent_token(idp, users[1])):
+            with pytest.raises(CallOutcomeUnknown, match="may have run") as raised:
+                await tool.call_tool("whoami", who="upstream")
+    finally:
+        await tool.close()
+        server.stop()
+    text = str(raised.value)
+    assert "answered that the request timed out" in text
+    assert "raise request_timeout=" not in text
+    assert "no answer came" not in text
+    assert len(answered) == 1

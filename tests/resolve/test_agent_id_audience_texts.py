@@ -5,8 +5,11 @@ blueprint, not "for the agent app"."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
+from _support.tokens import bare_jwt
 from entra_passthrough import (
     AgentIdentityOnBehalfOf,
     AssertionAudienceMismatch,
@@ -66,3 +69,39 @@ def test_doctor_asks_for_a_token_for_the_blueprint(idp: EntraEmulator) -> None:
     assert "blueprint" in consent.detail
     assert "agent app" not in consent.detail
     assert idp.blueprint.client_id in consent.detail
+
+
+@pytest.mark.parametrize(
+    ("audience", "hinted"),
+    [("https://contoso.example/blueprint", True), ("https://graph.microsoft.com", False)],
+)
+def test_a_custom_uri_refusal_names_accepted_audiences(
+    idp: EntraEmulator, audience: str, hinted: bool
+) -> None:
+    """As for ``OnBehalfOf``: a custom Application ID URI of the blueprint works once listed
+    in ``accepted_audiences``, so the fix names it first; never for Microsoft's resources."""
+    source = AgentIdentityOnBehalfOf(
+        blueprint_client_id=idp.blueprint.client_id,
+        agent_identity_id=idp.agent_identity.client_id,
+        tenant_id=idp.tenant_id,
+        client_secret=idp.blueprint.secret,
+        authority_host=idp.url,
+        http_client=session(idp),
+    )
+    chain = TokenChain([source])
+    token = bare_jwt(
+        aud=audience,
+        tid=idp.tenant_id,
+        oid="00000000-0000-0000-0000-00000000a11c",
+        azp=idp.frontend.client_id,
+        scp="access_as_user",
+        exp=time.time() + 3600,
+    )
+    try:
+        with bind_caller(token=token), pytest.raises(AssertionAudienceMismatch) as info:
+            chain.get_token(mcp_scope(idp))
+    finally:
+        chain.close()
+    fix = info.value.fix or ""
+    assert ("accepted_audiences" in fix) is hinted
+    assert "blueprint" in fix

@@ -8,10 +8,12 @@ never named the setting."""
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import httpx
 import pytest
 
+from _support.tokens import bare_jwt
 from entra_passthrough import (
     AppOnlyAssertion,
     AssertionAudienceMismatch,
@@ -112,7 +114,21 @@ def test_a_custom_app_id_uri_audience_names_accepted_audiences_which_makes_it_wo
         assert obo_posts(idp) == 1
 
 
-@pytest.mark.parametrize("audience", ["https://graph.microsoft.com", "https://ai.azure.com", "mcp"])
+@pytest.mark.parametrize(
+    "audience",
+    [
+        "https://graph.microsoft.com",
+        "https://ai.azure.com",
+        "mcp",
+        "api://00000000-0000-0000-0000-0000000000aa",
+        "https://graph.microsoft.us",
+        "https://management.usgovcloudapi.net/",
+        "https://microsoftgraph.chinacloudapi.cn",
+        "https://contoso.sharepoint.com",
+        "https://servicebus.azure.net",
+        "https://analysis.windows.net/powerbi/api",
+    ],
+)
 def test_microsofts_own_audiences_are_not_offered_as_the_apps_uri(
     idp: EntraEmulator, audience: str
 ) -> None:
@@ -120,12 +136,39 @@ def test_microsofts_own_audiences_are_not_offered_as_the_apps_uri(
     audience = idp.mcp.client_id if audience == "mcp" else audience
     chain = TokenChain([make_obo(idp)])
     try:
-        with (
-            bind_caller(token=idp.user_token("alice", audience=audience)),
-            pytest.raises(AssertionAudienceMismatch) as info,
-        ):
+        token = bare_jwt(
+            aud=audience,
+            tid=idp.tenant_id,
+            oid="00000000-0000-0000-0000-00000000a11c",
+            azp=idp.frontend.client_id,
+            scp="access_as_user",
+            exp=time.time() + 3600,
+        )
+        with bind_caller(token=token), pytest.raises(AssertionAudienceMismatch) as info:
             chain.get_token([f"{idp.mcp.app_id_uri}/.default"])
     finally:
         chain.close()
     assert info.value.fix is not None
     assert "accepted_audiences" not in info.value.fix
+
+
+def test_an_id_token_with_roles_and_no_name_is_still_an_id_token(idp: EntraEmulator) -> None:
+    """An ``openid``-only sign-in's ID token (no ``name``, no ``preferred_username``) of a
+    user who holds app roles: still an ID token, not "app-only" (an app's token names its
+    client)."""
+    token = bare_jwt(
+        aud=idp.agent.client_id,
+        iss=f"{idp.url}/{idp.tenant_id}/v2.0",
+        tid=idp.tenant_id,
+        oid="00000000-0000-0000-0000-00000000a11c",
+        sub="s",
+        ver="2.0",
+        roles=["Task.Read"],
+        exp=time.time() + 3600,
+    )
+    chain = TokenChain([make_obo(idp)])
+    try:
+        with bind_caller(token=token), pytest.raises(IdTokenAssertion):
+            chain.get_token([f"{idp.mcp.app_id_uri}/.default"])
+    finally:
+        chain.close()

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -154,3 +156,51 @@ def test_a_user_assigned_identitys_ids_are_taken() -> None:
             assert identity.selector == (selector, value)
         finally:
             identity.close()
+
+
+def test_a_selector_is_sent_as_checked() -> None:
+    """A ``uuid.UUID`` is its text; a pasted id loses its surrounding spaces and newline (it
+    was checked stripped and sent as given)."""
+    client = uuid.UUID("5f2b9c1e-8d3a-4c6b-9e7f-0a1b2c3d4e5f")
+    for given in (client, f"  {client}\n"):
+        identity = ManagedIdentity(client_id=given)  # type: ignore[arg-type]
+        try:
+            assert identity.client_id == str(client)
+        finally:
+            identity.close()
+
+
+def test_a_secret_in_a_workload_identity_pods_client_id_is_refused_unshown(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """On an AKS workload identity pod a ``ManagedIdentity()`` built in code reads
+    ``AZURE_CLIENT_ID`` from the environment: a secret there was sent to Entra as the client
+    id."""
+    for name in (*EntraEmulator.MI_HOST_VARIABLES, "IMDS_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    token = tmp_path / "token"
+    token.write_text("header.payload.signature")
+    monkeypatch.setenv("AZURE_FEDERATED_TOKEN_FILE", str(token))
+    monkeypatch.setenv("AZURE_TENANT_ID", "22222222-2222-2222-2222-222222222222")
+    monkeypatch.setenv("AZURE_AUTHORITY_HOST", "https://login.microsoftonline.com")
+    monkeypatch.setenv("AZURE_CLIENT_ID", SECRET)
+    with pytest.raises(ConfigurationError) as info:
+        ManagedIdentity()
+    assert not leaks(error_text(info.value), {SECRET})
+    assert "AZURE_CLIENT_ID" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "path", ["token.jwt", "secrets/token.jwt", "/mnt/Azure Files/token.jwt", "a@b+c.jwt"]
+)
+def test_a_token_file_path_that_is_a_path_is_shown(path: str) -> None:
+    """Hidden only when it looks like a secret: a relative path, or one with spaces, is named
+    in the error, so the user sees which file was tried."""
+    from entra_passthrough import SourceUnavailable
+    from entra_passthrough._msal import FederatedTokenFile
+
+    token_file = FederatedTokenFile(path)  # not there: read at the first request
+    assert repr(path) in repr(token_file)
+    with pytest.raises(SourceUnavailable) as info:
+        token_file()
+    assert repr(path) in str(info.value)

@@ -22,6 +22,7 @@ from .._errors import (
     EntraPassthroughError,
     TenantNotAllowed,
     TokenAcquisitionError,
+    could_be_own_uri,
     without_fix,
 )
 from .._http import SHARED_THROTTLE, Timeouts, following, trust_error
@@ -590,6 +591,13 @@ def _for_the_blueprint(exc: AssertionAudienceMismatch, blueprint: str) -> Assert
         and exc.audience.rstrip("/") in ("https://ai.azure.com", "https://ml.azure.com")
         else ""
     )
+    # A custom Application ID URI of the blueprint works once listed (accepted_audiences).
+    own_uri = (
+        f"if {exc.audience!r} is an Application ID URI of the blueprint (Expose an API), add "
+        "it to accepted_audiences (ENTRA_PASSTHROUGH_ACCEPTED_AUDIENCES); otherwise "
+        if not foundry and could_be_own_uri(exc.audience)
+        else ""
+    )
     TokenAcquisitionError.__init__(
         err,
         f"The caller's token is for audience {exc.audience!r}; an agent identity's on-behalf-of "
@@ -598,7 +606,7 @@ def _for_the_blueprint(exc: AssertionAudienceMismatch, blueprint: str) -> Assert
         source=exc.source,
         scopes=exc.scopes,
         aadsts=500131,
-        fix=f"have the client request a token for the blueprint's scope "
+        fix=f"{own_uri}have the client request a token for the blueprint's scope "
         f"(api://{blueprint}/<scope>, e.g. access_as_user, or {blueprint}/.default); use "
         "DelegatedConsent or, for Foundry, FoundryToolboxRoute otherwise; do not forward this "
         "token.",

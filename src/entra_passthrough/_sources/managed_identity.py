@@ -38,6 +38,7 @@ import re
 import secrets
 import threading
 import time
+import uuid
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -567,6 +568,16 @@ def _endpoint_problem(endpoint: object, header: object) -> str | None:
     return None
 
 
+def _selector_value(value: Any) -> Any:
+    """A selector as it is checked and sent: a ``uuid.UUID`` as its text, a string without
+    surrounding spaces (``None`` when nothing is left); anything else as given (refused)."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, str):
+        return value.strip() or None
+    return value
+
+
 #: A user-assigned identity's Azure resource id, as ARM writes it (any case).
 _RESOURCE_ID = re.compile(
     r"/subscriptions/[0-9a-fA-F-]{36}/resourcegroups/[^/\s]{1,90}/providers/"
@@ -613,6 +624,10 @@ class ManagedIdentity:
         # timeouts=5 failed at every request.
         timeout = seconds(timeout, what="timeout", low=0, high=MAX_SECONDS, above_low=True)
         timeouts = check_timeouts(timeouts)
+        # As sent: a uuid.UUID as its text, a pasted id without its spaces or newline.
+        client_id, object_id, resource_id = map(
+            _selector_value, (client_id, object_id, resource_id)
+        )
         selectors = {
             "client_id": client_id,
             "object_id": object_id,
@@ -739,6 +754,22 @@ class ManagedIdentity:
         request (``scopes`` given) if the environment changed since."""
         selector = self.selector
         host = self.host
+        named = self._workload_settings()[0] if host == "workload_identity" else None
+        if selector is None and named and GUID.fullmatch(named.strip()) is None:
+            # Read from os.environ for each request: a secret pasted there would be sent as
+            # the client id. Not shown.
+            message = (
+                "This host is an AKS workload identity pod, and AZURE_CLIENT_ID is not a GUID "
+                "(the value is not shown): it names the identity by its client id."
+            )
+            fix = (
+                "set AZURE_CLIENT_ID to the identity's client id (the webhook sets it from the "
+                "service account's azure.workload.identity/client-id annotation), or pass "
+                "ManagedIdentity(client_id=...)."
+            )
+            if scopes is None:
+                raise ConfigurationError(message, fix=fix)
+            raise SourceUnavailable(message, source=self.name, scopes=scopes, fix=fix)
         if host == "workload_identity" and selector is None and not self._workload_settings()[0]:
             # azure-identity's ManagedIdentityCredential refuses this too (ValueError).
             message = (

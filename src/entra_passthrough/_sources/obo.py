@@ -61,7 +61,7 @@ ConsentLink = Callable[[TokenRequest], "str | None"]
 #: Entra's refusals of the caller's token itself: its signature, issuer or tenant (50013), its
 #: form (50027), its audience (500131), its expiry (500133), an app-only token (7000114). The
 #: same token is refused every time, whatever the scope; only a new token from the user helps.
-ASSERTION_REFUSALS = frozenset({50013, 50027, 500131, 500133, 7000114})
+ASSERTION_REFUSALS = frozenset({50013, 50027, 500131, 500133, 7000114, 240002})
 
 #: The clock skew Entra allows on an assertion's ``nbf`` (five minutes).
 NBF_SKEW = 300.0

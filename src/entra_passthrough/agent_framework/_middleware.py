@@ -24,7 +24,7 @@ __all__ = ["EntraToolMiddleware"]
 
 #: The errors that say the caller's own token cannot be used, whatever the tool: a token issued
 #: for another audience, expired (or not valid yet), not a JWT, app-only, or refused by Entra as
-#: such (AADSTS50013/500131/500133/7000114: ``AssertionNotUsable``), or one from a tenant the
+#: such (AADSTS50013/500131/500133/7000114/240002: ``AssertionNotUsable``), or one from a tenant the
 #: app does not serve (``TenantNotAllowed``). Nothing the model does in this run can help:
 #: every call needing the user's token fails the same way, and the client must send another.
 #: Not ``ConsentRequired`` (its own shape, above), ``InteractionRequired`` (one resource's

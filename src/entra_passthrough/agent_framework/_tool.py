@@ -1056,6 +1056,7 @@ class EntraMCPTool(HookedMCPTool):
             attempt: CallAttempt
             try:
                 with self._entra_auth.use(result), call_attempt() as attempt:
+                    attempt.started = time.monotonic()
                     self._calls[attempt] = done = asyncio.Event()
                     try:
                         if self._pool is not None and caller is not None:
@@ -1378,7 +1379,7 @@ class EntraMCPTool(HookedMCPTool):
                     f" Fix: look in the MCP server's log (or that of a proxy or gateway in "
                     f"front of it) for why it answered HTTP {status} to this call."
                 )
-        elif is_request_timeout(exc):
+        elif is_request_timeout(exc) and not self._answered_timeout(attempt):
             limit = self.request_timeout
             why = "no answer came within the tool's request timeout" + (
                 f" ({limit:g} s)" if isinstance(limit, (int, float)) else ""
@@ -1386,6 +1387,15 @@ class EntraMCPTool(HookedMCPTool):
             fix = (
                 " Fix: if this tool runs longer than that, raise request_timeout= "
                 "(entra_mcp_tool, EntraMCPTool) for it."
+            )
+        elif is_request_timeout(exc):
+            why = (
+                "the server, or a gateway in front of it, answered that the request timed out "
+                "(JSON-RPC -32001) before this tool's own request timeout"
+            )
+            fix = (
+                " Fix: look in the MCP server's log (or the gateway's) for the timeout it "
+                "applies to this tool; raising this tool's request_timeout= does not change it."
             )
         elif (size := oversized_event_limit(exc)) is not None:
             why = (
@@ -1421,6 +1431,14 @@ class EntraMCPTool(HookedMCPTool):
             status=status,
             retry_after=retry_after,
         )
+
+    def _answered_timeout(self, attempt: CallAttempt) -> bool:
+        """Whether a "timed out" error (-32001) came well before this tool's request timeout:
+        then it is an answer (the server's, a gateway's), not the mcp SDK giving up."""
+        limit = self.request_timeout
+        if attempt.started is None or not isinstance(limit, (int, float)) or limit <= 0:
+            return False
+        return time.monotonic() - attempt.started < 0.9 * limit
 
     def _refusal(
         self, attempt: CallAttempt, tool_name: str, caller: Caller | None
