@@ -25,6 +25,7 @@ docs/server.md explains the RFC 8707 ``resource`` pitfall (AADSTS9010010).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -64,12 +65,21 @@ try:
     from mcp.server.auth.provider import AccessToken
     from mcp.server.auth.routes import build_resource_metadata_url
     from mcp.server.auth.settings import AuthSettings
+    from mcp.server.streamable_http import (
+        EventCallback,
+        EventId,
+        EventMessage,
+        EventStore,
+        StreamId,
+    )
+    from mcp.types import JSONRPCMessage
     from pydantic import AnyHttpUrl, PrivateAttr, ValidationError
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise require_extra("server", "mcp", exc) from exc
 
 __all__ = [
     "EntraChallengeMiddleware",
+    "EntraEventStore",
     "EntraTokenVerifier",
     "EntraUser",
     "auth_settings",
@@ -77,6 +87,8 @@ __all__ = [
     "current_user",
     "require_entra_auth",
 ]
+
+_log = logging.getLogger("entra_passthrough.server")
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +255,90 @@ def current_user() -> EntraUser:
             "MCPServer; call current_user() only from tool code.",
         )
     return EntraUser.from_verified(vt)
+
+
+#: The scope of events stored or replayed without a verified caller (no ``EntraTokenVerifier``,
+#: or another verifier's token): never a user key's hash (those are hex), so such events are
+#: never replayed to a verified user, nor a verified user's events to a request without one.
+_ANONYMOUS = "anonymous"
+
+
+def _event_scope() -> str:
+    """The scope of the stream being stored or replayed: the hash of the verified caller's
+    user key, else ``"anonymous"``. Never the key itself (an event store may be shared or
+    inspected; the key names a person)."""
+    try:
+        user = current_user()
+    except NoCallerError:
+        return _ANONYMOUS
+    return user.user_key.hashed
+
+
+class EntraEventStore(EventStore):
+    """An mcp ``EventStore`` that replays a stream only to the user who stored it.
+
+    >>> store = EntraEventStore(MyEventStore())   # any mcp EventStore: Redis, a database...
+    >>> app = EntraChallengeMiddleware(server.streamable_http_app(event_store=store), settings=auth)
+
+    The SDK names a call's SSE stream after its JSON-RPC request id, which is the same number in
+    every session, and gives one store to every session: a store keyed by stream id alone
+    replays one user's events, their tool results, to another user who resumes a stream with
+    ``GET`` + ``Last-Event-ID``. This wrapper stores every event under
+    ``"<user key hash>|<stream id>"`` (the verified caller, ``current_user()``; the SDK stores
+    a session's events in the context of the request that opened it, and mcp 2.2-2.3 binds a
+    session to the credential that opened it), and replays only a stream whose owner is the
+    user of the resuming request: another user's stream (or one stored without this wrapper)
+    replays nothing, as an unknown ``Last-Event-ID`` does. Without a verified caller events are
+    scoped ``"anonymous"``: never replayed to a verified user, and vice versa.
+
+    The replayed events are held until the inner store says whose stream they belong to, so
+    one replay holds one stream's missed events in memory. Streams are scoped per user, not per
+    session: two sessions of the same user whose calls have the same request id still share a
+    stream in the inner store (no other user sees either).
+    """
+
+    def __init__(self, inner: EventStore) -> None:
+        if not all(
+            callable(getattr(inner, name, None)) for name in ("store_event", "replay_events_after")
+        ):
+            raise ConfigurationError(
+                f"EntraEventStore wraps an mcp EventStore, not {type(inner).__name__}.",
+                fix="pass the store you would give streamable_http_app(event_store=...): "
+                "EntraEventStore(MyEventStore()), a subclass of "
+                "mcp.server.streamable_http.EventStore.",
+            )
+        self.inner = inner
+
+    def __repr__(self) -> str:
+        return f"EntraEventStore({self.inner!r})"
+
+    async def store_event(self, stream_id: StreamId, message: JSONRPCMessage | None) -> EventId:
+        return await self.inner.store_event(f"{_event_scope()}|{stream_id}", message)
+
+    async def replay_events_after(
+        self, last_event_id: EventId, send_callback: EventCallback
+    ) -> StreamId | None:
+        scope = _event_scope()
+        held: list[EventMessage] = []
+
+        async def hold(event: EventMessage) -> None:
+            held.append(event)
+
+        scoped = await self.inner.replay_events_after(last_event_id, hold)
+        if scoped is None:
+            return None
+        owner, separator, stream_id = scoped.partition("|")
+        if not separator or owner != scope:
+            # Neither the user nor the event id is logged: an id is a cursor into the store.
+            _log.warning(
+                "EntraEventStore replayed nothing: the resuming request's Last-Event-ID "
+                "belongs to a stream of another user (or one stored without EntraEventStore), "
+                "so its events were not sent; the client sees an unknown Last-Event-ID."
+            )
+            return None
+        for event in held:
+            await send_callback(event)
+        return stream_id
 
 
 def auth_settings(
