@@ -17,6 +17,9 @@ XDIST_GROUPS: tuple[tuple[str, str], ...] = (
     ("tests/docs/test_site.py::", "docs-site"),
     # One wheel and one core-only venv (session fixtures, ~20 s each) for the packaging tests.
     ("tests/packaging/", "packaging"),
+    # One run of the tenant set-up script with its stand-ins (a module fixture: ~130 `az`
+    # processes, ~40 s on a loaded machine) for the checks of its calls, not one per worker.
+    ("tests/emulator/test_tenant_setup_agent_id.py::", "tenant-setup-agent-id"),
 )
 
 #: Node ids containing one of these share a machine-wide resource: Azure Arc's challenge
