@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -53,34 +54,51 @@ def test_the_request_timeout_is_bounded_unless_asked_otherwise(idp: EntraEmulato
     assert pool._unpooled().request_timeout == 30  # type: ignore[union-attr]
 
 
-def _keep_alive_stall(app: Any, stalled: list[str]) -> Any:
-    """The MCP app, except that a ``tools/call`` whose ``who`` is "stall" is answered 200 with
-    an event stream that carries only keep-alive comments (every 0.2 s, bounded to 20 s)."""
+Respond = Callable[[dict[str, Any], Any], Awaitable[None]]
+
+
+def _intercepted(app: Any, who: str, respond: Respond) -> Any:
+    """The MCP app, except that a ``tools/call`` whose ``who`` argument is ``who`` is answered
+    by ``respond(request, send)`` instead (the request's parsed JSON-RPC body)."""
 
     async def wrapped(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             parsed, replay = await read_json_request(receive)
             params = parsed.get("params") if isinstance(parsed, dict) else None
-            if ((params or {}).get("arguments") or {}).get("who") == "stall":
-                stalled.append("stall")
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 200,
-                        "headers": [(b"content-type", b"text/event-stream")],
-                    }
-                )
-                for _ in range(100):  # bounded: 20 s of comments, then the stream ends
-                    comment = {"type": "http.response.body", "body": b": keep-alive\n\n"}
-                    await send({**comment, "more_body": True})
-                    await asyncio.sleep(0.2)
-                await send({"type": "http.response.body", "body": b""})
+            if ((params or {}).get("arguments") or {}).get("who") == who:
+                await respond(parsed, send)
                 return
             await app(scope, replay, send)
             return
         await app(scope, receive, send)
 
     return wrapped
+
+
+async def _start(send: Any, content_type: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", content_type)],
+        }
+    )
+
+
+def _keep_alive_stall(app: Any, stalled: list[str]) -> Any:
+    """A ``tools/call`` whose ``who`` is "stall" is answered 200 with an event stream that
+    carries only keep-alive comments (every 0.2 s, bounded to 20 s)."""
+
+    async def respond(request: dict[str, Any], send: Any) -> None:
+        stalled.append("stall")
+        await _start(send, b"text/event-stream")
+        for _ in range(100):  # bounded: 20 s of comments, then the stream ends
+            comment = {"type": "http.response.body", "body": b": keep-alive\n\n"}
+            await send({**comment, "more_body": True})
+            await asyncio.sleep(0.2)
+        await send({"type": "http.response.body", "body": b""})
+
+    return _intercepted(app, "stall", respond)
 
 
 async def test_an_answer_kept_open_with_comments_only_ends_at_the_request_timeout(
@@ -119,33 +137,18 @@ async def test_an_answer_kept_open_with_comments_only_ends_at_the_request_timeou
 
 
 def _oversized_answer(app: Any, answered: list[int]) -> Any:
-    """The MCP app, except that a ``tools/call`` whose ``who`` is "big" is answered (after the
-    tool would have run) with one server-sent event of 2 MiB: over the mcp client's limit for
-    one event (1 MiB)."""
+    """A ``tools/call`` whose ``who`` is "big" is answered (after the tool would have run) with
+    one server-sent event of 2 MiB: over the mcp client's limit for one event (1 MiB)."""
 
-    async def wrapped(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            parsed, replay = await read_json_request(receive)
-            params = parsed.get("params") if isinstance(parsed, dict) else None
-            if ((params or {}).get("arguments") or {}).get("who") == "big":
-                answered.append(parsed["id"])
-                result = {"content": [{"type": "text", "text": "x" * (2 * 1024 * 1024)}]}
-                event = json.dumps({"jsonrpc": "2.0", "id": parsed["id"], "result": result})
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 200,
-                        "headers": [(b"content-type", b"text/event-stream")],
-                    }
-                )
-                body = f"event: message\ndata: {event}\n\n".encode()
-                await send({"type": "http.response.body", "body": body})
-                return
-            await app(scope, replay, send)
-            return
-        await app(scope, receive, send)
+    async def respond(request: dict[str, Any], send: Any) -> None:
+        answered.append(request["id"])
+        result = {"content": [{"type": "text", "text": "x" * (2 * 1024 * 1024)}]}
+        event = json.dumps({"jsonrpc": "2.0", "id": request["id"], "result": result})
+        await _start(send, b"text/event-stream")
+        body = f"event: message\ndata: {event}\n\n".encode()
+        await send({"type": "http.response.body", "body": body})
 
-    return wrapped
+    return _intercepted(app, "big", respond)
 
 
 async def test_an_answer_over_the_sse_event_limit_says_so_and_how_to_avoid_it(
@@ -182,32 +185,17 @@ async def test_an_answer_over_the_sse_event_limit_says_so_and_how_to_avoid_it(
 
 
 def _answers_timed_out(app: Any, answered: list[int]) -> Any:
-    """The MCP app, except that a ``tools/call`` whose ``who`` is "upstream" is answered at once
-    with the JSON-RPC error -32001 "Request timed out" (what a gateway forwards when its own
-    upstream timed out)."""
+    """A ``tools/call`` whose ``who`` is "upstream" is answered at once with the JSON-RPC error
+    -32001 "Request timed out" (what a gateway forwards when its own upstream timed out)."""
 
-    async def wrapped(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            parsed, replay = await read_json_request(receive)
-            params = parsed.get("params") if isinstance(parsed, dict) else None
-            if ((params or {}).get("arguments") or {}).get("who") == "upstream":
-                answered.append(parsed["id"])
-                error = {"code": -32001, "message": "Request timed out"}
-                body = json.dumps({"jsonrpc": "2.0", "id": parsed["id"], "error": error})
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 200,
-                        "headers": [(b"content-type", b"application/json")],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body.encode()})
-                return
-            await app(scope, replay, send)
-            return
-        await app(scope, receive, send)
+    async def respond(request: dict[str, Any], send: Any) -> None:
+        answered.append(request["id"])
+        error = {"code": -32001, "message": "Request timed out"}
+        body = json.dumps({"jsonrpc": "2.0", "id": request["id"], "error": error})
+        await _start(send, b"application/json")
+        await send({"type": "http.response.body", "body": body.encode()})
 
-    return wrapped
+    return _intercepted(app, "upstream", respond)
 
 
 async def test_a_timed_out_answer_from_the_server_is_not_called_this_tools_timeout(
