@@ -44,11 +44,20 @@ __all__ = ["APPLIED", "EntraAuth", "EntraAuthBase", "UnsafeTokenValue", "use_tok
 def acquire_sync(core: FlowCore, caller: Caller | None, claims: str | None) -> TokenResult | None:
     """The token for ``caller``; with none active, what ``acquire_async`` says. Raises."""
     if caller is not None and caller.active:
-        return core.chain.get_token(
+        result = core.chain.get_token(
             core.scopes,
             caller=caller,
             claims=claims,
             client_capabilities=core.client_capabilities,
+        )
+        if not _ended_meanwhile(caller):
+            return result
+        # The request ended while its token was being acquired (work that outlived it): it
+        # gets what an ended caller's work gets, never the token acquired for the request.
+        if core.connection:
+            return core.chain.lifecycle_token(core.scopes)
+        return core.chain.get_token(
+            core.scopes, caller=caller, claims=claims, client_capabilities=core.client_capabilities
         )
     ended = None if core.connection else _ended_caller()
     if ended is not None:  # the chain refuses it with a typed error (or allows the app)
@@ -56,6 +65,12 @@ def acquire_sync(core: FlowCore, caller: Caller | None, claims: str | None) -> T
             core.scopes, caller=ended, claims=claims, client_capabilities=core.client_capabilities
         )
     return core.chain.lifecycle_token(core.scopes)
+
+
+def _ended_meanwhile(caller: Caller) -> bool:
+    """Whether ``caller``, active when its token was asked for, has ended since (its request
+    completed while the token request was out)."""
+    return not caller.active
 
 
 def _ended_caller() -> Caller | None:
@@ -86,12 +101,17 @@ async def acquire_async(
 
     Raises."""
     if caller is not None and caller.active:
-        return await core.chain.get_token_async(
+        result = await core.chain.get_token_async(
             core.scopes,
             caller=caller,
             claims=claims,
             client_capabilities=core.client_capabilities,
         )
+        if not _ended_meanwhile(caller):
+            return result
+        # The request ended while its token was being acquired (a task that outlived it, its
+        # token request already out): it gets what it would have got had it started after the
+        # end (below), never the token acquired while the request was alive.
     if call:
         return await core.chain.call_token_async(core.scopes, ended=caller)
     ended = None if core.connection else _ended_caller()

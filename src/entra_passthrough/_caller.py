@@ -220,6 +220,9 @@ class Caller:
             if token is None:
                 continue  # e.g. "Basic ..." — not an assertion at all
             read._set_assertion(name, token)
+            if not token and len(values[0]) > _OVERSIZED and read.assertion == "":
+                read.claims = None
+                read.decode_error = OVERSIZED_TOKEN
         for slot in _HEADER_SLOTS:
             try:
                 value = slot.__get__(read, Caller)
@@ -312,6 +315,9 @@ class Caller:
                     self.assertion = token
                     self.assertions = {name: token}
                     self.presented = True
+                    if not token and value is not None and len(value) > _OVERSIZED:
+                        self.claims = None
+                        self.decode_error = OVERSIZED_TOKEN
                     if rest is not None and len(rest) == len(token):
                         # ASCII, nothing stripped: the bytes are the token's UTF-8. Keyed on
                         # this str, as ``assertion_sha256``'s memo is (a later assignment is
@@ -617,10 +623,15 @@ def platform_value(raw: bytes) -> str | None:
     return None
 
 
+#: A header value longer than this is refused unread (``_bearer``), and said so.
+_OVERSIZED = MAX_TOKEN_BYTES + 16
+OVERSIZED_TOKEN = f"the bearer token is larger than {MAX_TOKEN_BYTES // 1024} KiB"
+
+
 def _bearer(header: str, raw: bytes) -> str | None:
     """The token in ``raw``; ``""`` for a bearer that is present but empty or unreadable."""
-    if len(raw) > MAX_TOKEN_BYTES + 16:
-        return ""  # presented, oversized: decoding will fail closed
+    if len(raw) > _OVERSIZED:
+        return ""  # presented, oversized: fails closed (``OVERSIZED_TOKEN`` says why)
     if header == "authorization" and raw[:7].lower() == b"bearer ":
         # The usual form, without the general path's decode of the whole value: the same
         # result (``authorization_token`` strips the spaces after "Bearer " and around the

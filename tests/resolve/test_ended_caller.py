@@ -150,6 +150,53 @@ async def test_a_task_that_outlives_its_callers_request_is_refused_unless_it_is_
     ]
 
 
+@pytest.mark.parametrize("driver", ["async", "sync"])
+async def test_a_caller_that_ends_while_its_token_is_acquired_does_not_get_it(
+    idp: EntraEmulator, api: tuple[str, _Recorder], driver: str
+) -> None:
+    """Work that outlives its request whose token request was already out when the request
+    ended: it gets what work started after the end gets (refused), never the token acquired
+    while the request was alive (it was sent ~1 s after the user's request had ended)."""
+    url, recorder = api
+    scopes = mcp_scope(idp)
+    chain = _chain(idp, Policy.USER_OR_APP)
+    auth = EntraAuth(chain, scopes=scopes, origins=[url])
+    token = idp.user_token("alice", audience=idp.agent.client_id)
+    with bind_caller(token=idp.user_token("bob", audience=idp.agent.client_id)):
+        await chain.get_token_async(scopes)  # discovery and the app's metadata, warm
+    idp.token_latency = 1.0  # the token request is still out when the request ends
+
+    async def work() -> BaseException | None:
+        try:
+            if driver == "async":
+                async with httpx2.AsyncClient(auth=auth) as client:
+                    await client.get(f"{url}/work")
+            else:
+
+                def blocking() -> None:
+                    with httpx2.Client(auth=auth) as client:
+                        client.get(f"{url}/work")
+
+                await asyncio.to_thread(blocking)  # (copies the context, as a thread would)
+        except Exception as exc:
+            return exc
+        return None
+
+    try:
+        caller = Caller.from_token(token)
+        with bind_caller(caller):  # the request: the task copies its context
+            task = asyncio.create_task(work())
+            await asyncio.sleep(0.3)  # its token request is out (Entra answers in 1 s)
+        assert not caller.active  # the request ended; the task's token request is out
+        posts = idp.stats()["grants"].get("on_behalf_of", 0)
+        outcome = await task
+    finally:
+        chain.close()
+    assert isinstance(outcome, NoCallerError), outcome
+    assert [path for path, _, _ in recorder.seen] == []  # nothing was sent as alice
+    assert idp.stats()["grants"].get("on_behalf_of", 0) == posts + 1  # it was out: answered
+
+
 async def test_app_only_still_serves_the_app_after_the_caller_ended(idp: EntraEmulator) -> None:
     chain = TokenChain([make_mi(idp)], policy=Policy.APP_ONLY)
     expired = idp.user_token("alice", audience=idp.agent.client_id, lifetime=-60)
