@@ -247,7 +247,8 @@ class ResponseOwners:
     """Pure ASGI middleware (inside ``CallerMiddleware``; ``install`` adds it to a
     ``ResponsesHostServer``): a stored response is read (``GET /responses/{id}``, its
     ``input_items``), cancelled, deleted or continued (``previous_response_id``) only by the
-    user who created it, and a ``conversation`` only by the user who first used it.
+    user who created it, and a ``conversation`` only by the user who first used it. A create
+    request's ``item_reference`` inputs must name items of the caller's own responses.
 
     ``ResponsesHostServer`` serves a stored response by id to whoever sends the id (its own
     check covers a response still running, by the ``x-agent-user-id`` header any client can
@@ -257,11 +258,18 @@ class ResponseOwners:
     every request naming that id must be the same user: another one gets the host's 404, as
     for an id that does not exist.
 
-    An id whose owner is not recorded (created before this middleware, on a replica that does
-    not share ``store``, or evicted) is refused, except to a platform user inside Foundry
-    (``FOUNDRY_HOSTING_ENVIRONMENT`` set: the host then keeps responses in Foundry's storage,
-    which keeps each platform user's apart; ``platform_storage`` says so explicitly). An id
-    the client chooses for a new response
+    The host also copies any stored item into a new response for whoever names its id in an
+    ``item_reference`` input. Its item ids carry the partition key of their response's id
+    (``_partition_of``), so the owner of each created response's partition is recorded too
+    (the first user's; never taken by another), and a reference to an item whose partition is
+    not the caller's, or to an id in another format, is refused: 404 "Item with id ... not
+    found." (``param`` ``input``), as for an item that does not exist.
+
+    An id (or an item's partition) whose owner is not recorded (created before this
+    middleware, on a replica that does not share ``store``, or evicted) is refused, except to
+    a platform user inside Foundry (``FOUNDRY_HOSTING_ENVIRONMENT`` set: the host then keeps
+    responses in Foundry's storage, which keeps each platform user's apart;
+    ``platform_storage`` says so explicitly). An id the client chooses for a new response
     (``x-agent-response-id``, ``response_id``) is claimed like a conversation. For replicas,
     or to keep owners across restarts, pass a shared ``store`` (``RedisStore``). Unreadable
     owners (the store down): 503, never served.
@@ -350,12 +358,14 @@ class ResponseOwners:
             await _too_large_answer(send, "which user's response or conversation it continues")
             return
         owner = _owner()
-        previous, conversation, chosen, unstored = _continued(
+        previous, conversation, chosen, unstored, references = _continued(
             b"".join(m.get("body", b"") for m in buffered)
         )
         if previous is not None and not await self._may_use(
             "response", previous, owner, send, param="previous_response_id"
         ):
+            return
+        if not await self._may_reference(references, owner, send):
             return
         # The host takes the new response's id from the client when it names one (header or
         # body), checking only its format: naming another user's id would store the new
@@ -385,6 +395,32 @@ class ResponseOwners:
         await self.app(
             scope, _replay(buffered, receive), self._recording(owner, send, names, unstored)
         )
+
+    async def _may_reference(
+        self, references: list[str], owner: tuple[bytes, bool], send: Send
+    ) -> bool:
+        """Whether the user ``owner`` may use the items ``references`` names (``item_reference``
+        inputs, which the host copies from its store into the new response): each must be in
+        the host's id format, in a partition recorded as this user's (unknown: a platform user
+        inside Foundry only). If not, the refusal is sent, as for an item that does not exist.
+        """
+        partitions: dict[str, str] = {}
+        for item_id in references:
+            partition = _partition_of(item_id)
+            if partition is None:
+                await _answer(
+                    send,
+                    404,
+                    "invalid_request_error",
+                    f"Item with id '{_shown(item_id)}' not found.",
+                    "input",
+                )
+                return False
+            partitions.setdefault(partition, item_id)
+        for partition, item_id in partitions.items():
+            if not await self._may_use("partition", partition, owner, send, item=item_id):
+                return False
+        return True
 
     async def _keep(self, key: str, owner: bytes) -> bool:
         """``key`` this owner's for ``retention``: written if absent or theirs (compare-and-set
@@ -431,9 +467,12 @@ class ResponseOwners:
         *,
         param: str = "response_id",
         claim: bool = False,
+        item: str | None = None,
     ) -> bool:
         """Whether the user ``owner`` may use the response (or conversation) ``name``; if not,
-        the refusal is sent. ``claim``: an unknown name becomes this user's (first use wins)."""
+        the refusal is sent. ``claim``: an unknown name becomes this user's (first use wins).
+        ``item``: the referenced item whose partition ``name`` is (kind ``partition``), which
+        the refusal names instead."""
         key = _owner_key(kind, name)
         try:
             entry = await self.store.get(key)
@@ -454,14 +493,18 @@ class ResponseOwners:
         if not allowed:
             if entry is None:
                 self._unknown_owner()
-            what = (
-                "Conversation"
-                if kind == "conversation"
-                else ("Previous response" if param == "previous_response_id" else "Response")
-            )
-            shown = name if _SAFE_ID.fullmatch(name) else "(not shown)"
+            if item is not None:
+                what, name, param = "Item", item, "input"
+            elif kind == "conversation":
+                what = "Conversation"
+            else:
+                what = "Previous response" if param == "previous_response_id" else "Response"
             await _answer(
-                send, 404, "invalid_request_error", f"{what} with id '{shown}' not found.", param
+                send,
+                404,
+                "invalid_request_error",
+                f"{what} with id '{_shown(name)}' not found.",
+                param,
             )
         return allowed
 
@@ -473,10 +516,11 @@ class ResponseOwners:
             return
         _unknown_owner_said = True
         _log.warning(
-            "a response id with no known owner was refused (404, as for an id that does not "
-            "exist): owners are kept in this process (ResponseOwners' in-process store), so "
-            "responses created before a restart, on another replica, or evicted from the "
-            "store at its limit (the oldest first), are refused to their own users; to keep "
+            "a response id (or an item_reference) with no known owner was refused (404, as "
+            "for an id that does not exist): owners are kept in this process (ResponseOwners' "
+            "in-process store), so responses and their items created before a restart, on "
+            "another replica, or evicted from the store at its limit (the oldest first), are "
+            "refused to their own users; to keep "
             "owners across restarts and replicas, pass install(host, "
             "response_owners=RedisStore...) (said once per process)"
         )
@@ -533,6 +577,12 @@ class ResponseOwners:
                             "the host created a response under an id another user owns; it "
                             "stays theirs and is refused to this request's user"
                         )
+                    # Its items' partition (``_partition_of``): the first user's, never taken
+                    # by another (a response a client placed in another user's partition, by
+                    # an id or a conversation it chose, leaves that partition theirs).
+                    partition = None if unstored else _partition_of(found)
+                    if partition is not None:
+                        await self._keep(_owner_key("partition", partition), owner[0])
                     # The names it was created under (its conversation, an id the client
                     # chose): this user's for ``retention`` from now, if still this user's
                     # (a claim that lapsed during a long run may be another user's now).
@@ -566,16 +616,17 @@ def _owner_key(kind: str, name: str) -> str:
     return f"ep:v1:owner:{digest}"
 
 
-def _continued(body: bytes) -> tuple[str | None, str | None, str | None, bool]:
-    """``(previous_response_id, conversation id, response_id, unstored)`` of a create
-    request's body (``response_id``: an id the client chose for the new response;
-    ``unstored``: it asks for ``"store": false``)."""
+def _continued(body: bytes) -> tuple[str | None, str | None, str | None, bool, list[str]]:
+    """``(previous_response_id, conversation id, response_id, unstored, references)`` of a
+    create request's body (``response_id``: an id the client chose for the new response;
+    ``unstored``: it asks for ``"store": false``; ``references``: the ids its ``input`` names
+    as stored items, ``_references``)."""
     try:
         parsed = json.loads(body)
     except (ValueError, RecursionError):
-        return None, None, None, False
+        return None, None, None, False, []
     if not isinstance(parsed, dict):
-        return None, None, None, False
+        return None, None, None, False, []
     previous = parsed.get("previous_response_id")
     conversation = parsed.get("conversation")
     if isinstance(conversation, dict):
@@ -586,7 +637,59 @@ def _continued(body: bytes) -> tuple[str | None, str | None, str | None, bool]:
         conversation if isinstance(conversation, str) and conversation else None,
         chosen if isinstance(chosen, str) and chosen else None,
         parsed.get("store") is False,
+        _references(parsed.get("input")),
     )
+
+
+def _references(items: object) -> list[str]:
+    """The item ids an ``input`` list names for the host to copy from its store, as the host
+    reads them (azure-ai-agentserver-responses, ``is_item_reference`` and
+    ``ResponseContext._resolve_input_items``, on the top-level ``input`` list only): an
+    element with ``"type": "item_reference"``, or the shorthand with an ``id`` and no
+    ``type``, ``role`` or ``content``; its ``id`` when a string (the host skips any other)."""
+    if not isinstance(items, list):
+        return []
+    found = []
+    for item in items:
+        if not isinstance(item, dict) or "id" not in item:
+            continue
+        if item.get("type") == "item_reference" or not (
+            "type" in item or "role" in item or "content" in item
+        ):
+            item_id = item["id"]
+            if isinstance(item_id, str):
+                found.append(item_id)
+    return found
+
+
+def _partition_of(item_id: str) -> str | None:
+    """The partition key of an id in ``ResponsesHostServer``'s format, lower-cased; ``None``
+    for an id in any other format.
+
+    The host (azure-ai-agentserver-responses, ``IdGenerator.new_id``) builds every id as
+    ``{prefix}_{partitionKey}{entropy}``. After the first ``_`` comes either a 50-character
+    body, whose first 18 characters are the partition key (16 hex digits, then ``00``) and the
+    rest 32 characters of entropy, or a legacy 48-character body, whose last 16 characters are
+    the key (``IdGenerator._try_extract_partition_key_raw``; ids derived from it get that key
+    followed by ``00``, as returned here). The host gives a response's items (``msg_``, ``fc_``,
+    ``fco_`` ...) the partition key of the response's id, and a continued response that of
+    the one it continues: an item's key says whose response it is in. Lower-cased: on a
+    file system that ignores case, the host's file store finds an item under any casing of
+    its id. tests/integration/test_item_reference_owners.py fails, saying so, if a host's
+    item ids stop carrying their response's key."""
+    _, delimiter, body = item_id.partition("_")
+    if not delimiter:
+        return None
+    if len(body) == 50:
+        return body[:18].lower()
+    if len(body) == 48:
+        return (body[-16:] + "00").lower()
+    return None
+
+
+def _shown(name: str) -> str:
+    """``name`` as a refusal may quote it: only an id of safe characters, else ``(not shown)``."""
+    return name if _SAFE_ID.fullmatch(name) else "(not shown)"
 
 
 def _unusable_user(scope: Scope) -> str | None:
