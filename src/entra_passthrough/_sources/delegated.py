@@ -738,11 +738,23 @@ class DelegatedConsent:
     async def _keep_writing_async(self) -> None:
         me = asyncio.current_task()
         tries = 0
-        while not self._writer_ends(me):
-            await asyncio.sleep(self._retry_pause(tries))
-            tries += 1
-            if not self._closing.is_set():
-                await self._write_back_try(self._write_back(self.grants))
+        try:
+            while not self._writer_ends(me):
+                await asyncio.sleep(self._retry_pause(tries))
+                tries += 1
+                if not self._closing.is_set():
+                    await self._write_back_try(self._write_back(self.grants))
+        except asyncio.CancelledError:
+            # Its event loop is ending (an app that runs each request in its own asyncio.run):
+            # a thread carries on through the store's blocking twin, or the rotated grants
+            # would stay unsaved until a call reached the store, and another replica would
+            # redeem the redeemed refresh token once the lease ran out.
+            with self._unsaved_lock:
+                if self._writer is me:
+                    self._writer = None
+            if self._unsaved and not self._closing.is_set():
+                self._write_back_later(None)
+            raise
 
     def _keep_writing_blocking(self) -> None:
         me = threading.current_thread()
