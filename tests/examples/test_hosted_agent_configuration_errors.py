@@ -83,6 +83,14 @@ CASES: dict[str, tuple[dict[str, str], str]] = {
         {**OK, "MCP_PER_USER": "maybe"},
         "MCP_PER_USER='maybe': use on or off",
     ),
+    "inside Foundry without the project endpoint": (
+        {**OK, "FOUNDRY_HOSTING_ENVIRONMENT": "1"},
+        "FOUNDRY_PROJECT_ENDPOINT is not set: Foundry injects",
+    ),
+    "inside Foundry with a garbled project endpoint": (
+        {**OK, "FOUNDRY_HOSTING_ENVIRONMENT": "1", "FOUNDRY_PROJECT_ENDPOINT": "contoso"},
+        "FOUNDRY_PROJECT_ENDPOINT is not an https:// URL",
+    ),
     "HOST_TELEMETRY not on or off": (
         {**OK, "HOST_TELEMETRY": "maybe"},
         "HOST_TELEMETRY='maybe': use on or off",

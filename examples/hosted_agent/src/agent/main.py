@@ -172,6 +172,17 @@ def default_chat_client(env: Mapping[str, str] | None = None) -> Any:
     env = os.environ if env is None else env
     endpoint = _get(env, "FOUNDRY_PROJECT_ENDPOINT")
     model = model_deployment(env)
+    inside = _get(env, "FOUNDRY_HOSTING_ENVIRONMENT") is not None
+    if inside and not (endpoint and endpoint.lower().startswith("https://")):
+        # The host's own storage needs it too: without it ResponsesHostServer stopped the start
+        # with a traceback ("endpoint must be a non-empty string").
+        raise SystemExit(
+            "FOUNDRY_PROJECT_ENDPOINT is "
+            + ("not set" if not endpoint else "not an https:// URL")
+            + ": Foundry injects the project's endpoint into a hosted agent "
+            "(FOUNDRY_HOSTING_ENVIRONMENT is set, so this runs as one). Fix: do not set or "
+            "override it, or unset FOUNDRY_HOSTING_ENVIRONMENT to run locally (see README.md)."
+        )
     if endpoint and model:
         from agent_framework.foundry import FoundryChatClient
 
