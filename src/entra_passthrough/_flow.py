@@ -637,11 +637,21 @@ class FlowCore:
 
     def strip_if_foreign(self, request: Request) -> None:
         """For the client's request hook: on a hop to an origin we were not configured for
-        (a redirect), remove every header this library set."""
-        if APPLIED in request.extensions and not self.allows(request.url):
+        (a redirect), remove every header this library set; on any hop made once the caller
+        bound here has ended (a redirect answered after the user's request completed: the
+        client copies the first hop's headers onto it, below the auth flow), likewise."""
+        if APPLIED not in request.extensions:
+            return
+        if not self.allows(request.url):
             self.strip(request)
             if _log.isEnabledFor(logging.DEBUG):
                 _log.debug("redirect to a foreign origin: token headers removed")
+            return
+        caller = caller_var.get()
+        if caller is not None and not caller.active:
+            self.strip(request)
+            if _log.isEnabledFor(logging.DEBUG):
+                _log.debug("a hop after the caller ended: token headers removed")
 
 
 def _bound_lookup(

@@ -414,3 +414,70 @@ async def test_a_401_after_the_callers_token_expired_mid_request_is_that_typed_e
         chain.close()
     alice = idp.users["alice"].oid
     assert api.seen == [alice, alice]  # one request each, as the user; no retry, never the app
+
+
+class _SlowRedirect:
+    """An API whose ``/start`` answers, after ``delay`` seconds, a 307 to ``/work`` on the same
+    origin; every request's bearer oid is recorded with its path."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.seen: list[tuple[str, str | None]] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        bearer = dict(scope["headers"]).get(b"authorization", b"").decode()
+        oid = decode(bearer[7:]).get("oid") if bearer.startswith("Bearer ") else None
+        self.seen.append((scope["path"], oid))
+        if scope["path"] == "/start":
+            await asyncio.sleep(self.delay)
+            start = {"type": "http.response.start", "status": 307}
+            await send({**start, "headers": [(b"location", b"/work")]})
+        else:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+@pytest.mark.parametrize("driver", ["async", "sync"])
+async def test_a_redirect_answered_after_the_caller_ended_carries_no_token(
+    idp: EntraEmulator, driver: str
+) -> None:
+    """A same-origin redirect the client follows after the user's request ended: the client
+    copies the first hop's Authorization onto it below the auth flow; ``install()``'s request
+    hook takes it off (it went out with the user's token)."""
+    api = _SlowRedirect(delay=1.0)
+    scopes = mcp_scope(idp)
+    chain = _chain(idp, Policy.USER_ONLY)
+    caller = Caller.from_token(idp.user_token("alice", audience=idp.agent.client_id))
+    with serve_in_thread(api, lifespan="off") as url:
+        auth = EntraAuth(chain, scopes=scopes, origins=[url])
+
+        async def work() -> None:
+            try:
+                if driver == "async":
+                    async with httpx2.AsyncClient(follow_redirects=True) as client:
+                        auth.install(client)
+                        await client.get(f"{url}/start")
+                else:
+
+                    def blocking() -> None:
+                        with httpx2.Client(follow_redirects=True) as client:
+                            auth.install(client)
+                            client.get(f"{url}/start")
+
+                    await asyncio.to_thread(blocking)
+            except NoCallerError:
+                pass  # the hop was refused before it went out: as good as sent without token
+
+        try:
+            with bind_caller(caller):  # the request: the task copies its context
+                task = asyncio.create_task(work())
+                await asyncio.sleep(0.5)  # /start is out, its 307 comes in 1 s
+            assert not caller.active
+            await task
+        finally:
+            chain.close()
+    alice = idp.users["alice"].oid
+    assert api.seen[0] == ("/start", alice)
+    assert api.seen[1:] in ([], [("/work", None)])  # never alice's token after the end
