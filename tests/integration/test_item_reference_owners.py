@@ -169,8 +169,8 @@ async def test_another_user_cannot_reference_a_users_items(
         bob_rid, bob_ids = await _stored(
             client, _as(idp, bob), {"input": f"BOB-{bob.oid}", "store": True}
         )
-        # Bob places a response of his own in Alice's partition, by an id he chooses: the
-        # partition stays hers.
+        # Bob tries to place a response of his own in Alice's partition, by an id he chooses:
+        # refused (the partition is hers), and it stays hers.
         partition = rid.split("_", 1)[1][:18]  # the host's new format (checked above)
         placed = await client.post(
             "/responses",
@@ -181,7 +181,7 @@ async def test_another_user_cannot_reference_a_users_items(
             },
             headers=_as(idp, bob),
         )
-        assert placed.status_code == 200, placed.text[:300]
+        assert placed.status_code == 404, placed.text[:300]
         refused: list[tuple[str, httpx2.Response]] = []
         for item_id in ids:
             for body in (
@@ -307,7 +307,7 @@ async def test_another_casing_of_a_users_item_id_is_refused(
         answer = await client.post(
             "/responses", json={"input": [_reference(upper)]}, headers=_as(idp, bob)
         )
-    assert placed.status_code == 200, placed.text[:300]
+    assert placed.status_code == 404, placed.text[:300]  # (her partition, in any case)
     assert answer.status_code == 404, answer.text[:300]
 
 
@@ -338,3 +338,35 @@ async def test_an_item_whose_partition_owner_is_unknown_is_left_to_foundry_only(
     assert kept.status_code == 200, kept.text[:300]
     assert theirs.status_code == 404, theirs.text[:300]
     assert unknown.status_code == (200 if platform_storage else 404), unknown.text[:300]
+
+
+async def test_a_name_in_another_users_partition_is_refused(
+    idp: EntraEmulator, users: list[User]
+) -> None:
+    """A conversation (or a new response's id) the client chooses names the partition the host
+    puts the response and its items in: one that is another user's is refused, as for a name
+    that does not exist (bob, first in partition Q, could otherwise reference the items alice
+    put in Q through a conversation id of her own)."""
+    alice, bob = users[0], users[1]
+    partition = secrets.token_hex(8) + "00"
+    async with _serving(_verified_host(idp, MemoryStore())) as client:
+        bobs = {
+            "input": "bob's words",
+            "store": True,
+            "conversation": _new_format_id("conv", partition),
+        }
+        await _stored(client, _as(idp, bob), bobs)
+        for field, value in (
+            ("conversation", _new_format_id("conv", partition)),
+            ("response_id", _new_format_id("caresp", partition)),
+        ):
+            refused = await client.post(
+                "/responses",
+                json={"input": "ALICE-PRIVATE", "store": True, field: value},
+                headers=_as(idp, alice),
+            )
+            assert refused.status_code == 404, refused.text[:300]
+            assert refused.json()["error"]["param"] == field
+        # Bob's own next conversation in his partition still works.
+        again = {**bobs, "conversation": _new_format_id("conv", partition)}
+        await _stored(client, _as(idp, bob), again)

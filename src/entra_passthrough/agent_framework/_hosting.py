@@ -386,6 +386,14 @@ class ResponseOwners:
         for kind, name, param in wanted:
             if not await self._may_use(kind, name, owner, send, param=param, claim=True):
                 return
+            # The host puts the new response, and its items, in the partition this name
+            # carries (``_partition_of``): one recorded as another user's is theirs, and their
+            # item references would reach this user's items in it.
+            partition = _partition_of(name)
+            if partition is not None and not await self._partition_free(
+                partition, owner, send, kind=kind, name=name, param=param
+            ):
+                return
         # The store must take a write before the host runs anything: else the new response's
         # owner could not be recorded, and its creator could never read it (a background run
         # that ran, its result lost to them).
@@ -421,6 +429,36 @@ class ResponseOwners:
             if not await self._may_use("partition", partition, owner, send, item=item_id):
                 return False
         return True
+
+    async def _partition_free(
+        self,
+        partition: str,
+        owner: tuple[bytes, bool],
+        send: Send,
+        *,
+        kind: str,
+        name: str,
+        param: str,
+    ) -> bool:
+        """Whether the partition ``partition`` of a name the client chose (a conversation, a
+        new response's id) is not another user's; if it is, the refusal is sent, as for a name
+        that does not exist. An unknown partition is free (recorded once a response is)."""
+        try:
+            entry = await self.store.get(_owner_key("partition", partition))
+        except Exception as exc:  # the store's own failure: never served
+            await self._unavailable(send, exc)
+            return False
+        if entry is None or hmac.compare_digest(entry.value, owner[0]):
+            return True
+        what = "Conversation" if kind == "conversation" else "Response"
+        await _answer(
+            send,
+            404,
+            "invalid_request_error",
+            f"{what} with id '{_shown(name)}' not found.",
+            param,
+        )
+        return False
 
     async def _keep(self, key: str, owner: bytes) -> bool:
         """``key`` this owner's for ``retention``: written if absent or theirs (compare-and-set
