@@ -1,15 +1,18 @@
 """The consent app's MSAL client, shared by ``DelegatedConsent`` and the consent broker.
 
 One confidential client (the library's own app registration for delegated consent), one MSAL
-app per tenant with MSAL's token and HTTP caches neutralised (``_msal``), every blocking call in
-a dedicated bounded worker pool. ID tokens are verified here too (signature via the tenant's
-JWKS, iss, aud, nonce, exp, tid), with PyJWT, because MSAL only decodes them.
+app per authority tenant (the configured one; an allow-listed tenant a verified user of which
+signs in at home: ``user_tenant``) with MSAL's token and HTTP caches neutralised (``_msal``),
+every blocking call in a dedicated bounded worker pool. ID tokens are verified here too
+(signature via the tenant's JWKS, iss, aud, nonce, exp, tid), with PyJWT, because MSAL only
+decodes them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -41,6 +44,10 @@ _JWKS_TTL = 3600.0
 #: the pool's workers gives up at it too (``DelegatedConsent``).
 HTTP_TIMEOUT = 15.0
 _JWKS_MIN_REFETCH = 30.0
+#: A tenant id or domain as it may stand in an authority's path (``user_tenant``).
+_TENANT_SEGMENT = re.compile(r"[a-z0-9][a-z0-9.-]{0,252}")
+#: Authority segments that name no tenant: never a user's own tenant.
+_TENANTLESS = frozenset({"common", "organizations", "consumers"})
 _PUBLIC_HOSTS = frozenset(
     {
         "login.microsoftonline.com",
@@ -119,7 +126,11 @@ class ConsentClient:
         self._credential = client_credential(credential)
         self._http = http_client
         self.pool = WorkerPool(max_workers=max_workers, name="entra-passthrough-consent")
-        self._app: Any = None
+        self._app: Any = None  # the configured tenant's
+        #: allow-listed tenants' own MSAL apps and discovery documents (``user_tenant``): at
+        #: most one per entry of ``allowed_tenants``
+        self._tenant_apps: dict[str, Any] = {}
+        self._tenant_oidc: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
         # The access-token verifier's key cache: single-flight refresh, one rate-limited refetch
         # on an unknown kid, stale keys kept when a refresh fails, RSA signing keys only.
@@ -132,16 +143,49 @@ class ConsentClient:
 
     @property
     def authority(self) -> str:
+        """The configured tenant's authority."""
         return f"{self.authority_host}/{self.tenant_id}"
 
-    def app(self) -> Any:
+    def authority_for(self, tenant: str | None) -> str:
+        """The authority of ``tenant`` (from ``user_tenant``), ``None``: the configured one."""
+        return self.authority if tenant is None else f"{self.authority_host}/{tenant}"
+
+    def user_tenant(self, kind: str | None, tid: str | None) -> str | None:
+        """The tenant whose authority signs a user in, redeems the code and refreshes the
+        user's grant: the user's own tenant when it is *verified* (an ``entra`` key: tid+oid of
+        a verified token; the grant of one, whose tid the broker checked against it) and on
+        ``allowed_tenants`` (an entry of it, as listed), else ``None`` (the configured tenant).
+
+        A member of a second allowed tenant is unknown to the configured tenant's authority
+        (AADSTS50020), and a guest verified in the resource tenant must sign in there (at
+        ``organizations`` Entra signs them in at home, as another user): what ``OnBehalfOf``
+        does with each caller's own tenant. A platform user id's tenant is unverified (the
+        request's token), so it never chooses the authority: fail closed."""
+        if kind != "entra" or not isinstance(tid, str):
+            return None
+        tenant = tid.strip().lower()
+        if (
+            tenant not in self.allowed_tenants
+            or tenant == self.tenant_id.lower()
+            or tenant in _TENANTLESS
+            or not _TENANT_SEGMENT.fullmatch(tenant)
+        ):
+            return None
+        return tenant
+
+    def app(self, tenant: str | None = None) -> Any:
+        """The MSAL app of ``tenant``'s authority (``user_tenant``); ``None``: the configured
+        tenant's."""
+        if tenant is not None and tenant not in self.allowed_tenants:  # never any other
+            raise ValueError("not an allowed tenant")
         with self._lock:
-            if self._app is None:
+            app = self._app if tenant is None else self._tenant_apps.get(tenant)
+            if app is None:
                 host = self.authority_host.split("://", 1)[1].split("/", 1)[0].lower()
-                self._app = msal.ConfidentialClientApplication(
+                app = msal.ConfidentialClientApplication(
                     self.client_id,
                     client_credential=self._credential,
-                    authority=self.authority,
+                    authority=self.authority_for(tenant),
                     instance_discovery=host in _PUBLIC_HOSTS,
                     # Every token answer with a safe ``error`` (one malformed answer would
                     # otherwise stop every later request of this app: ``OAuthBodies``), each
@@ -152,16 +196,26 @@ class ConsentClient:
                     token_cache=NullTokenCache(),
                     http_cache=DiscoveryOnlyHttpCache(),
                 )
-            return self._app
+                if tenant is None:
+                    self._app = app
+                else:
+                    self._tenant_apps[tenant] = app
+            return app
 
     # --- the flows ---------------------------------------------------------------------------
     def refresh(
-        self, refresh_token: str, scopes: Sequence[str], claims: str | None
+        self,
+        refresh_token: str,
+        scopes: Sequence[str],
+        claims: str | None,
+        tenant: str | None = None,
     ) -> dict[str, Any]:
+        """Redeem a refresh token at ``tenant``'s authority (``user_tenant`` of the grant: a
+        refresh token is redeemed in the tenant that issued it)."""
         kwargs: dict[str, Any] = {}
         if claims:
             kwargs["data"] = {"claims": claims}
-        result: dict[str, Any] = self.app().acquire_token_by_refresh_token(
+        result: dict[str, Any] = self.app(tenant).acquire_token_by_refresh_token(
             refresh_token, [s for s in scopes if s not in RESERVED_SCOPES], **kwargs
         )
         return result
@@ -176,8 +230,9 @@ class ConsentClient:
         domain_hint: str | None,
         claims: str | None,
         prompt: str | None = None,
+        tenant: str | None = None,
     ) -> dict[str, Any]:
-        flow: dict[str, Any] = self.app().initiate_auth_code_flow(
+        flow: dict[str, Any] = self.app(tenant).initiate_auth_code_flow(
             [s for s in scopes if s not in RESERVED_SCOPES],
             redirect_uri=redirect_uri,
             state=state,
@@ -193,10 +248,12 @@ class ConsentClient:
             raise ConfigurationError("MSAL did not start a PKCE flow (unexpected MSAL version).")
         return flow
 
-    def redeem(self, flow: dict[str, Any], response: Mapping[str, str]) -> dict[str, Any]:
-        """Redeem the code with the flow's PKCE verifier. MSAL checks state and nonce too;
-        it raises ``ValueError`` on a mismatch."""
-        result: dict[str, Any] = self.app().acquire_token_by_auth_code_flow(
+    def redeem(
+        self, flow: dict[str, Any], response: Mapping[str, str], tenant: str | None = None
+    ) -> dict[str, Any]:
+        """Redeem the code with the flow's PKCE verifier, at the authority of the sign-in
+        (``tenant``). MSAL checks state and nonce too; it raises ``ValueError`` on a mismatch."""
+        result: dict[str, Any] = self.app(tenant).acquire_token_by_auth_code_flow(
             dict(flow), dict(response)
         )
         return result
@@ -210,24 +267,29 @@ class ConsentClient:
         return url
 
     # --- id token verification --------------------------------------------------------------
-    def _discovery(self) -> dict[str, Any]:
-        """The tenant's OpenID configuration (issuer, jwks_uri), fetched once."""
+    def _discovery(self, tenant: str | None = None) -> dict[str, Any]:
+        """The OpenID configuration (issuer, jwks_uri) of ``tenant``'s authority (``None``: the
+        configured tenant's), fetched once."""
         with self._lock:
-            if self._oidc is not None:
-                return self._oidc
+            known = self._oidc if tenant is None else self._tenant_oidc.get(tenant)
+            if known is not None:
+                return known
         session = self._http if self._http is not None else requests
         # One deadline for the whole answer and a streamed size cap, as for the signing keys:
         # ``timeout=`` is per read, and a body trickling in (or endless) would hold the
         # callback, or fill memory, for as long as it came.
         # Its failures (a status other than 200, too large, past the deadline) are the
         # identity provider's, not the sign-in's: the broker answers 503, start again.
-        url = f"{self.authority}/v2.0/.well-known/openid-configuration"
+        url = f"{self.authority_for(tenant)}/v2.0/.well-known/openid-configuration"
         data = json.loads(read_bounded(session, url, time.monotonic() + HTTP_TIMEOUT))
         if not isinstance(data, dict) or not isinstance(data.get("jwks_uri"), str):
             raise ValueError("discovery document has no jwks_uri")
         check_fetch_url(data["jwks_uri"], what="jwks_uri")
         with self._lock:
-            self._oidc = data
+            if tenant is None:
+                self._oidc = data
+            else:
+                self._tenant_oidc[tenant] = data
         return data
 
     def _keys_for(self, kid: str, oidc: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -253,8 +315,12 @@ class ConsentClient:
         segments = urlsplit(issuer).path.strip("/").split("/")
         return bool(segments) and segments[0].lower() == tid.lower()
 
-    def verify_id_token(self, id_token: str, *, flow_nonce: str) -> dict[str, Any]:
-        """Signature (JWKS), issuer, audience (this client), expiry, nonce, tenant."""
+    def verify_id_token(
+        self, id_token: str, *, flow_nonce: str, tenant: str | None = None
+    ) -> dict[str, Any]:
+        """Signature (JWKS), issuer, audience (this client), expiry, nonce, tenant; the issuer
+        is that of the sign-in's authority (``tenant``: ``user_tenant``, ``None`` the
+        configured tenant's)."""
         try:
             header = jwt.get_unverified_header(id_token)
         except jwt.PyJWTError as exc:
@@ -262,7 +328,7 @@ class ConsentClient:
         kid = header.get("kid")
         if header.get("alg") != "RS256" or not isinstance(kid, str):
             raise IdTokenError("the id token is not RS256 with a kid")
-        oidc = self._discovery()
+        oidc = self._discovery(tenant)
         keys = self._keys_for(kid, oidc)
         for index, key in enumerate(keys):
             try:
@@ -284,6 +350,8 @@ class ConsentClient:
         tid = claims.get("tid")
         if not isinstance(tid, str) or not self._tenant_allowed(tid, oidc):
             raise IdTokenError("the id token's tenant is not allowed")
+        if tenant is not None and tid.lower() != tenant:
+            raise IdTokenError("the id token's tenant is not the tenant signed in to")
         expected_iss = str(oidc.get("issuer", "")).replace("{tenantid}", tid)
         if claims.get("iss") != expected_iss:
             raise IdTokenError("the id token's issuer is not the tenant's issuer")

@@ -184,17 +184,24 @@ class _LeaseLost(Exception):
 class _Redeem:
     """Step: redeem the refresh token at Entra (MSAL, blocking) under ``lease`` (renewed while
     the step runs, extended right before the POST) and send back its answer; ``_LeaseLost``
-    if the lease was taken over first."""
+    if the lease was taken over first. ``tenant``: the authority's (``ConsentClient.user_tenant``
+    of the grant), ``None`` the configured tenant's."""
 
-    __slots__ = ("claims", "lease", "refresh_token", "scopes")
+    __slots__ = ("claims", "lease", "refresh_token", "scopes", "tenant")
 
     def __init__(
-        self, refresh_token: str, scopes: tuple[str, ...], claims: str | None, lease: _Held
+        self,
+        refresh_token: str,
+        scopes: tuple[str, ...],
+        claims: str | None,
+        lease: _Held,
+        tenant: str | None = None,
     ) -> None:
         self.refresh_token = refresh_token
         self.scopes = scopes
         self.claims = claims
         self.lease = lease
+        self.tenant = tenant
 
 
 _Step = _Grants | _Pause | _Shared | _Redeem | _KeepWriting
@@ -813,10 +820,12 @@ class DelegatedConsent:
             raise _NoWorker  # its caller has gone: nothing is sent
         try:
             with deadline(max(end - time.monotonic(), 0.0)):
-                self.client.app()
+                self.client.app(step.tenant)
                 if not extend():
                     raise _LeaseLost
-                answer = self.client.refresh(step.refresh_token, step.scopes, step.claims)
+                answer = self.client.refresh(
+                    step.refresh_token, step.scopes, step.claims, step.tenant
+                )
         except BaseException as exc:
             if start is not None:
                 start.answer.set_exception(exc)
@@ -1252,7 +1261,12 @@ class DelegatedConsent:
         started = time.monotonic()
         sent = time.time()  # expires_in counts from issuance: _base.result_from_msal
         try:
-            answer = yield _Redeem(grant.refresh_token, scopes, request.claims, held)
+            # A refresh token is redeemed in the tenant that issued it: a verified user of an
+            # allow-listed tenant signed in at that tenant's authority (the broker's ``/start``),
+            # and is refreshed there, not at the configured tenant (AADSTS50020 for a member of
+            # another tenant).
+            tenant = self.client.user_tenant(key.kind, grant.tid)
+            answer = yield _Redeem(grant.refresh_token, scopes, request.claims, held, tenant)
         except _LeaseLost:
             logger.warning(
                 "a refresh lease ran out before its redemption started (the grant store did "

@@ -19,6 +19,7 @@ tid+oid), or - for a platform user id - the identity that id was first bound to.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import json
@@ -377,6 +378,10 @@ class ConsentBroker:
             ) from None
         state = State.new(ticket.key_hash, lifetime=self.state_lifetime)
         signed_state = state.sign(self.keyring)
+        # A verified user of an allow-listed tenant signs in at that tenant's authority (a
+        # member of another tenant is unknown to the configured one: AADSTS50020); the code is
+        # redeemed there too, and the grant refreshed there (``DelegatedConsent``).
+        tenant = self.client.user_tenant(ticket.key_kind, ticket.tid)
         flow = await self.client.pool.run(
             lambda: self.client.initiate(
                 scopes=scopes,
@@ -386,6 +391,7 @@ class ConsentBroker:
                 domain_hint=ticket.domain_hint,
                 claims=ticket.claims,
                 prompt=_prompt(ticket),
+                tenant=tenant,
             )
         )
         secure = urlsplit(redirect_uri).scheme == "https"
@@ -400,6 +406,7 @@ class ConsentBroker:
                 "oid": ticket.oid,
                 "expected_tid": ticket.expected_tid,
                 "expected_oid": ticket.expected_oid,
+                "tenant": tenant,
                 "scopes": list(scopes),
                 "browser": _digest(browser),
             },
@@ -525,7 +532,7 @@ class ConsentBroker:
                 raise BadRequest(
                     "sign_in_refused",
                     f"The identity provider answered {code!r}: {entry} - {entry.meaning}. "
-                    f"Fix: {entry.fix}.",
+                    f"Fix: {self._filled_in(entry.fix, flow.get('tenant'))}.",
                     # Only an administrator can change it: the same link fails the same way
                     # until then (the default next step says to use it again).
                     next_step=_ADMIN_NEXT if entry.code in _ADMIN_ONLY_CODES else None,
@@ -533,7 +540,7 @@ class ConsentBroker:
             raise BadRequest("sign_in_refused", f"The identity provider answered {code!r}.")
         if not params.get("code"):
             raise BadRequest("bad_request", "The callback has no authorization code.")
-        answer = await self._redeem(flow["msal"], params)
+        answer = await self._redeem(flow, params)
         claims = await self._verified_identity(answer, flow)
         refresh_token = answer.get("refresh_token")
         if not isinstance(refresh_token, str) or not refresh_token:
@@ -565,6 +572,16 @@ class ConsentBroker:
             return await self._after_failed_write(request, state, grant, failed, secure, ttl)
         logger.info("consent stored for a user of tenant %s", grant.tid)
         return await self._signed_in(request, state, grant, secure, ttl)
+
+    def _filled_in(self, fix: str, tenant: str | None) -> str:
+        """A fix from the AADSTS table with this broker's own values in place of its
+        placeholders: the consent app's client id, and the admin consent URL at its authority
+        host for the tenant signed in to (the user's own, when verified: ``user_tenant``)."""
+        tenant = tenant or self.client.tenant_id
+        return fix.replace(
+            "https://login.microsoftonline.com/<tenant>/adminconsent",
+            f"{self.client.authority_host}/{tenant}/adminconsent",
+        ).replace("<client app id>", self.client.client_id)
 
     async def _after_failed_write(
         self,
@@ -705,8 +722,14 @@ class ConsentBroker:
             for k, v in params.items()
             if k in ("code", "state", "session_state", "client_info")
         }
+        # At the authority the sign-in went to (``_do_start``: the user's own tenant, when
+        # verified and allowed); the configured tenant's needs no argument.
+        tenant = flow.get("tenant")
+        redeem = self.client.redeem
+        if tenant is not None:
+            redeem = functools.partial(self.client.redeem, tenant=str(tenant))
         try:
-            answer = await self.client.pool.run(self.client.redeem, flow, response)
+            answer = await self.client.pool.run(redeem, flow["msal"], response)
         except json.JSONDecodeError:
             # The token endpoint answered with no JSON (a proxy's or gateway's page, a body
             # cut short): the identity provider's side, not this sign-in's: 503, start again
@@ -728,7 +751,9 @@ class ConsentBroker:
         try:
             claims = await self.client.pool.run(
                 lambda: self.client.verify_id_token(
-                    str(answer["id_token"]), flow_nonce=str(flow["msal"]["nonce"])
+                    str(answer["id_token"]),
+                    flow_nonce=str(flow["msal"]["nonce"]),
+                    tenant=flow.get("tenant"),
                 )
             )
         except IdTokenError as exc:
@@ -738,9 +763,17 @@ class ConsentBroker:
             same = claims["tid"] == flow.get("tid") and claims["oid"] == flow.get("oid")
             key = UserKey.from_verified_claims(claims)
             if not same or key is None or key.hashed != flow["key_hash"]:
+                # A guest's account in another tenant (its home) is another user to Entra.
+                elsewhere = (
+                    " (in another organisation: sign in to the organisation the agent "
+                    "asked for, the one you use the chat with)"
+                    if str(claims["tid"]).lower() != str(flow.get("tid")).lower()
+                    else ""
+                )
                 raise BadRequest(
                     "user_mismatch",
-                    "You signed in as a different user than the one the agent asked for.",
+                    "You signed in as a different user than the one the agent asked for"
+                    f"{elsewhere}.",
                 )
         # A platform key whose request carried a token naming the user (e.g. Foundry's token
         # for https://ai.azure.com): only that account may complete the sign-in, so a forwarded
