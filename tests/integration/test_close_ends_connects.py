@@ -185,7 +185,13 @@ async def test_close_during_a_connect_retry_stops_it(
                     outcome["error"] = exc
 
             running = asyncio.create_task(run())
-            await asyncio.sleep(0.5)  # inside the first Retry-After
+            # Until the connect's first tools/list was answered 503: then inside its 1 s
+            # Retry-After (polled, bounded: a loaded machine connects and exchanges slower).
+            for _ in range(200):
+                if any(rpc == "tools/list" for rpc, _ in wire.posts):
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.1)
             assert [rpc for rpc, _ in wire.posts if rpc == "tools/list"] == ["tools/list"]
             started = time.monotonic()
             if per_user:
