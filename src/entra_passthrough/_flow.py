@@ -55,6 +55,10 @@ OnError = Literal["raise", "record"]
 #: ``request.extensions`` key: the header names this library set on the request. The client
 #: copies extensions onto redirect requests, which is how the redirect hook finds them.
 APPLIED = "entra_passthrough.applied"
+#: The caller a user's token was applied for (``_apply``, the hit path): a hop made once it
+#: has ended (a redirect the client follows below the auth flow) loses that token
+#: (``strip_if_foreign``). Not set for an app's or a connection's own token.
+APPLIED_FOR = "entra_passthrough.applied_for"
 
 # Extra headers from a TokenResult may not replace these.
 _RESERVED = frozenset(
@@ -414,7 +418,9 @@ class FlowCore:
         # ``_apply`` for the usual result (a bearer, no extra headers), already found safe
         # (ASCII), on headers found without an Authorization header above.
         append_authorization(headers, "Bearer " + result.token)
-        request.extensions[APPLIED] = _AUTHORIZATION_ONLY
+        extensions = request.extensions
+        extensions[APPLIED] = _AUTHORIZATION_ONLY
+        extensions[APPLIED_FOR] = caller  # (a hit is the active caller's own token)
         if _log.isEnabledFor(logging.DEBUG):
             self._log_attached(result)
         return result, caller
@@ -625,6 +631,8 @@ class FlowCore:
                 headers[name] = value
             names += tuple(extra)
         request.extensions[APPLIED] = names
+        if result.kind is IdentityKind.USER and caller is not None:
+            request.extensions[APPLIED_FOR] = caller
         if _log.isEnabledFor(logging.DEBUG):
             self._log_attached(result)
         return True
@@ -632,23 +640,26 @@ class FlowCore:
     @staticmethod
     def strip(request: Request) -> None:
         names = request.extensions.pop(APPLIED, ())
+        request.extensions.pop(APPLIED_FOR, None)
         for name in names:
             request.headers.pop(name, None)
 
     def strip_if_foreign(self, request: Request) -> None:
         """For the client's request hook: on a hop to an origin we were not configured for
-        (a redirect), remove every header this library set; on any hop made once the caller
-        bound here has ended (a redirect answered after the user's request completed: the
-        client copies the first hop's headers onto it, below the auth flow), likewise."""
-        if APPLIED not in request.extensions:
+        (a redirect), remove every header this library set; on a hop made once the caller a
+        user's token was applied for has ended (a redirect answered after the user's request
+        completed: the client copies the first hop's headers onto it, below the auth flow),
+        likewise. An app's or a connection's own token, applied with no active caller, stays."""
+        extensions = request.extensions
+        if APPLIED not in extensions:
             return
         if not self.allows(request.url):
             self.strip(request)
             if _log.isEnabledFor(logging.DEBUG):
                 _log.debug("redirect to a foreign origin: token headers removed")
             return
-        caller = caller_var.get()
-        if caller is not None and not caller.active:
+        applied_for = extensions.get(APPLIED_FOR)
+        if applied_for is not None and not applied_for.active:
             self.strip(request)
             if _log.isEnabledFor(logging.DEBUG):
                 _log.debug("a hop after the caller ended: token headers removed")

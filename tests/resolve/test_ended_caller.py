@@ -481,3 +481,35 @@ async def test_a_redirect_answered_after_the_caller_ended_carries_no_token(
     alice = idp.users["alice"].oid
     assert api.seen[0] == ("/start", alice)
     assert api.seen[1:] in ([], [("/work", None)])  # never alice's token after the end
+
+
+async def test_an_apps_token_is_kept_for_work_whose_caller_ended(
+    idp: EntraEmulator, api: tuple[str, _Recorder]
+) -> None:
+    """``install()``'s hook takes a user's token off a hop made after that user's caller ended,
+    never the app's token the flow chose for such work under ``app_only`` (it took it off every
+    request of such work, first hops included)."""
+    url, recorder = api
+    scopes = mcp_scope(idp)
+    chain = TokenChain([make_mi(idp)], policy=Policy.APP_ONLY)
+    auth = EntraAuth(chain, scopes=scopes, origins=[url])
+    caller = Caller.from_token(idp.user_token("alice", audience=idp.agent.client_id))
+    try:
+        with bind_caller(caller):
+            pass  # the request ended; its context (copied by the work) still holds the caller
+
+        async def work() -> None:
+            async with httpx2.AsyncClient() as client:
+                auth.install(client)
+                await client.get(f"{url}/work")
+
+        token = _bind_ended(caller)
+        try:
+            await work()
+        finally:
+            _unbind(token)
+    finally:
+        chain.close()
+    assert [(path, oid) for path, oid, _ in recorder.seen] == [
+        ("/work", idp.managed_identity.object_id)
+    ]
