@@ -191,7 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     if out is not None:
         out.write_text(text + "\n")
     print(text)
-    return 0 if result["failures"] == 0 else 1
+    from ._report import lifetime_targets
+
+    missed = [t["name"] for t in lifetime_targets(result) if not t["pass"]]
+    for name in missed:
+        print(f"MISS: {name}")
+    return 0 if result["failures"] == 0 and not missed else 1
 
 
 if __name__ == "__main__":

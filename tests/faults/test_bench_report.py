@@ -130,3 +130,22 @@ def test_every_step_of_a_full_run_shows_its_figures(report: ModuleType) -> None:
     assert "| token POSTs (U = 6) |" in md
     assert "POSTs = 1.00 per user per lifetime" in md
     assert "not run" not in md
+
+
+def test_an_exact_count_is_met_only_when_every_round_met_it(report: ModuleType) -> None:
+    """POST counts are exact targets: a round that missed fails it even when the median of
+    three rounds does not show it (rounds of 50, 51, 50 POSTs for 50 users)."""
+
+    def counts(*rounds: int) -> dict[str, float]:
+        ordered = sorted(rounds)
+        return {"median": ordered[len(ordered) // 2], "min": ordered[0], "max": ordered[-1]}
+
+    for rounds, met in (((50, 50, 50), True), ((50, 51, 50), False)):
+        r = _bare()
+        r["by_latency"]["20ms"] = {
+            "round_trips": {"users": 50, "patterns": {report.OURS: {"posts": counts(*rounds)}}},
+            "cold_burst": {"patterns": {report.OURS: {"posts": counts(*(x - 49 for x in rounds))}}},
+        }
+        targets = {t["name"]: t for t in report.evaluate_targets(r)}
+        assert targets["round trips = U (20ms)"]["pass"] is met
+        assert targets["cold burst = 1 POST (20ms)"]["pass"] is met
