@@ -307,6 +307,8 @@ class CallAttempt:
     #: 401 or 403 (``insufficient_scope``, ``invalid_token``...): a bare RFC 6750 code, or
     #: ``None`` (no challenge, none understood, or not a code).
     challenge_error: str | None = None
+    #: The ``scope`` values of that challenge the library may quote (``challenge_of``).
+    challenge_scopes: tuple[str, ...] = ()
     #: Whether that answer is a 401 to a token that had expired, or was within seconds of it,
     #: when the answer came (``refused_at_expiry``).
     at_expiry: bool = False
@@ -789,8 +791,8 @@ class _CallGuard(httpx2.AsyncBaseTransport):
             _watch_reads(response.extensions.get("network_stream"))
         if is_call:
             attempt.status = response.status_code
-            attempt.challenge_error = (
-                _challenge_error(response) if response.status_code in (401, 403) else None
+            attempt.challenge_error, attempt.challenge_scopes = (
+                challenge_of(response) if response.status_code in (401, 403) else (None, ())
             )
             attempt.at_expiry = _refused_on_its_way(request, response.status_code)
             refused = response.status_code in (401, 403)
@@ -1654,6 +1656,7 @@ def call_refusal(
     *,
     claims_recorded: bool = False,
     assertion_expired_at: float | None = None,
+    own_scopes: Iterable[str] = (),
 ) -> TokenVerificationError | None:
     """The MCP server's 401/403 to a call's ``tools/call`` (after the auth's one retry on a
     claims challenge or ``invalid_token``), typed: ``InsufficientScope`` for a 403 or an
@@ -1694,6 +1697,22 @@ def call_refusal(
                 f"{refused} The token, the app's own (an app-only token: no user), is valid "
                 "but lacks a scope or app role the server requires.",
                 fix=APP_TOKEN_SCOPE_FIX,
+            )
+        # The challenge's scopes, as at the connect (``connect_refused``): only those of the
+        # API the client asks tokens for (or bare names) are quoted.
+        own = {s.rsplit("/", 1)[0].lower() for s in own_scopes if "/" in s}
+        required = tuple(
+            s
+            for s in attempt.challenge_scopes
+            if "/" not in s or s.rsplit("/", 1)[0].lower() in own
+        )
+        if required:
+            return InsufficientScope(
+                f"{refused} The token is valid but lacks a scope or app role the server "
+                f"requires (it requires: {', '.join(required)}).",
+                required=required,
+                fix=f"grant {', '.join(required)} to the user (or the agent app, with admin "
+                f"consent), and request it in the tool's scopes ({see('errors')})",
             )
         return InsufficientScope(
             f"{refused} The token is valid but lacks a scope or app role the server requires.",

@@ -84,6 +84,42 @@ async def test_a_refused_call_is_a_typed_error_naming_the_status_and_the_challen
     assert "Fix:" in message
     assert "eyJ" not in message  # no JWT (the user's, or the MCP token) in the message
     assert token not in message
+    assert "other-app" not in message  # another API's scope in the challenge: never quoted
+
+
+async def test_a_refused_call_names_the_scope_the_challenge_requires(
+    idp: EntraEmulator, users: list[User]
+) -> None:
+    """A 403 whose challenge names a scope of the API the tool asks tokens for: the call's
+    ``InsufficientScope`` carries it (``.required``) and its message and fix name it, as a
+    refusal at the connect does (it said only "what the server requires")."""
+    needed = f"{idp.mcp.app_id_uri}/Files.Write"
+    refused: list[str] = []
+    server = ServerThread(
+        lambda base: refusing_rpc(
+            build_mcp_app(idp, base_url=base, recorder=Recorder()),
+            base,
+            "tools/call",
+            refused,
+            refusal=InsufficientScope("the token lacks Files.Write"),
+            scopes=(needed,),
+        ),
+        name="mcp",
+    ).start()
+    tool = entra_mcp_tool(
+        "records", f"{server.base}/mcp", chain=make_chain(idp), scopes=mcp_scopes(idp)
+    )
+    user = users[23]
+    try:
+        with bind_caller(token=agent_token(idp, user)), pytest.raises(InsufficientScope) as info:
+            await tool.call_tool("whoami", who=user.oid)
+    finally:
+        await tool.close()
+        server.stop()
+    assert info.value.required == (needed,)
+    assert f"it requires: {needed}" in str(info.value)
+    assert info.value.fix is not None
+    assert needed in info.value.fix
 
 
 @pytest.mark.parametrize(

@@ -1464,6 +1464,7 @@ class EntraMCPTool(HookedMCPTool):
             )
             if caller is not None
             else None,
+            own_scopes=self.auth.scopes,
         )
 
     async def _until_sendable(self, tool_name: str, closes: int) -> None:
