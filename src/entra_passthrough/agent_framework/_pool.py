@@ -277,6 +277,24 @@ class EntraMCPToolPool:
         if self._reaper is None or self._reaper.done():
             self._reaper = asyncio.create_task(self._reap(), name=f"mcp-pool-reaper:{self.name}")
 
+    def released(self) -> None:
+        """A connection's last lease ended: over ``max_connections`` (a burst took more, as
+        it may for a moment), the least recently used idle connections are closed now rather
+        than at the reaper's next pass (up to 30 s later, holding their server sessions)."""
+        if self._closed or len(self._tools) <= self.options.max_connections:
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._trim(), name=f"mcp-pool-trim:{self.name}"
+        )
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _trim(self) -> None:
+        async with self._lock:  # as the reaper: never a connection tool() is handing out
+            victims = [] if self._closed else self._select_victims()
+        for victim in victims:
+            self._close_later(victim)
+
     async def _reap(self) -> None:
         interval = max(0.05, min(self.options.idle_timeout / 2, 30.0))
         while not self._closed and self._tools:

@@ -989,6 +989,8 @@ class EntraMCPTool(HookedMCPTool):
             self._set_lifecycle_caller(None)
             if self._retired:
                 await self.close()
+            else:
+                self._pool.released()  # over its bound after a burst: trimmed now
         elif self._lifecycle_caller is ending or (
             self._lifecycle_caller is not None and not self._lifecycle_caller.active
         ):
