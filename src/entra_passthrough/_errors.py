@@ -74,8 +74,17 @@ class MissingExtraError(EntraPassthroughError, ImportError):
         self.extra = extra
         super().__init__(
             f"entra_passthrough.{module} needs optional packages that are not installed.",
-            fix=f"pip install 'entra-passthrough[{extra}]'",
+            fix=install_extra_hint(extra),
         )
+
+
+def install_extra_hint(extra: str) -> str:
+    """How to add the extra ``extra``: the package is not on PyPI, so where it came from."""
+    return (
+        f"pip install 'entra-passthrough[{extra}]' from where entra-passthrough came from "
+        f"(not on PyPI: a wheel, 'dist/entra_passthrough-<version>-py3-none-any.whl[{extra}]', "
+        f"or the repository, 'entra-passthrough[{extra}] @ git+<repository URL>')"
+    )
 
 
 def require_extra(module: str, extra: str, exc: ImportError) -> MissingExtraError:

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from ._errors import MissingExtraError
+from ._errors import MissingExtraError, install_extra_hint
 
 
 class _Command(NamedTuple):
@@ -158,7 +158,7 @@ def _version() -> str:
 
 
 def _install_hint(extra: str) -> str:
-    return f"pip install 'entra-passthrough[{extra}]'"
+    return install_extra_hint(extra)
 
 
 #: The exit status of a command stopped with Ctrl-C (SIGINT), as a shell reports a process that

@@ -58,6 +58,7 @@ from ._errors import (
     NoCallerError,
     TokenAcquisitionError,
     TokenVerificationError,
+    install_extra_hint,
     require_extra,
 )
 from ._tls import shared_verify
@@ -114,7 +115,7 @@ def _check_mcp_version() -> None:
             f"entra_passthrough needs mcp >= {MIN_MCP_VERSION[0]}.{MIN_MCP_VERSION[1]} (found "
             f"{raw}). mcp 1.x sends every request of a connection with the context of the task "
             "that connected (python-sdk #1969), so a per-user token cannot be applied per call. "
-            "Fix: pip install 'entra-passthrough[mcp]' (or [agent-framework])."
+            f"Fix: {install_extra_hint('mcp')} (or [agent-framework])."
         )
 
 
