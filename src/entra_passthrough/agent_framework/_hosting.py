@@ -416,13 +416,7 @@ class ResponseOwners:
         for item_id in references:
             partition = _partition_of(item_id)
             if partition is None:
-                await _answer(
-                    send,
-                    404,
-                    "invalid_request_error",
-                    f"Item with id '{_shown(item_id)}' not found.",
-                    "input",
-                )
+                await _not_found(send, "Item", item_id, "input")
                 return False
             partitions.setdefault(partition, item_id)
         for partition, item_id in partitions.items():
@@ -450,13 +444,8 @@ class ResponseOwners:
             return False
         if entry is None or hmac.compare_digest(entry.value, owner[0]):
             return True
-        what = "Conversation" if kind == "conversation" else "Response"
-        await _answer(
-            send,
-            404,
-            "invalid_request_error",
-            f"{what} with id '{_shown(name)}' not found.",
-            param,
+        await _not_found(
+            send, "Conversation" if kind == "conversation" else "Response", name, param
         )
         return False
 
@@ -537,13 +526,7 @@ class ResponseOwners:
                 what = "Conversation"
             else:
                 what = "Previous response" if param == "previous_response_id" else "Response"
-            await _answer(
-                send,
-                404,
-                "invalid_request_error",
-                f"{what} with id '{_shown(name)}' not found.",
-                param,
-            )
+            await _not_found(send, what, name, param)
         return allowed
 
     def _unknown_owner(self) -> None:
@@ -723,6 +706,13 @@ def _partition_of(item_id: str) -> str | None:
     if len(body) == 48:
         return (body[-16:] + "00").lower()
     return None
+
+
+async def _not_found(send: Send, what: str, name: str, param: str) -> None:
+    """The host's own 404 for an id another user owns, as for one that does not exist."""
+    await _answer(
+        send, 404, "invalid_request_error", f"{what} with id '{_shown(name)}' not found.", param
+    )
 
 
 def _shown(name: str) -> str:
