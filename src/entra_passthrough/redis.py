@@ -47,10 +47,9 @@ import anyio
 
 from . import _env
 from ._checks import seconds, whole_number
-from ._errors import ConfigurationError, SourceUnavailable, require_extra
+from ._errors import ConfigurationError, SourceUnavailable, require_extra, safe_text
 from ._http import MAX_SECONDS
 from ._l2 import SharedTokenCache
-from ._redact import redact
 from ._store import ANY, STORE_REFUSED, AnyVersion, Entry
 
 if TYPE_CHECKING:
@@ -1281,7 +1280,9 @@ def _acl_refusal(
     """What Redis' ACL refused, from its own reply (it names a command, or says a key is not
     allowed; never a secret, and redacted all the same), with what to grant first: the
     operator's log (the consent broker's) keeps the message without its fix."""
-    reply = redact(" ".join(str(exc).split()).split(" script: ", 1)[0])  # (not the script's id)
+    # One printable line: the reply is the server's text (a proxy's in front of it), and would
+    # otherwise carry terminal escape sequences into messages and logs.
+    reply = safe_text(" ".join(str(exc).split()).split(" script: ", 1)[0], 2 * _REPLY_CHARS)
     if len(reply) > _REPLY_CHARS:
         reply = reply[: _REPLY_CHARS - 3] + "..."
     keys = f"~{namespace}ep:*"

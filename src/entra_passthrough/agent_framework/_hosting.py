@@ -42,8 +42,7 @@ from typing import Any
 from .._asgi import ASGIApp, Message, Receive, Scope, Send
 from .._caller import Caller, current_caller, platform_value, reset_current, set_current
 from .._checks import seconds
-from .._errors import ConfigurationError
-from .._redact import redact
+from .._errors import ConfigurationError, safe_text
 from .._store import MemoryStore, TokenStore
 from .._user_key import UserKey
 from ._af_seams import shutdown_handler_of
@@ -474,7 +473,7 @@ class ResponseOwners:
         _log.warning(
             "the response owner store failed (%s: %s); the request was refused",
             type(exc).__name__,
-            redact(str(exc))[:500],
+            safe_text(str(exc), 500),
         )
         await _answer(
             send,
