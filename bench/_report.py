@@ -54,6 +54,19 @@ def _every_round(d: Any, *path: str) -> float:
     return float(d) if isinstance(d, (int, float)) else math.nan
 
 
+def _most(d: Any, *path: str) -> float:
+    """The largest value any round gave (``max``; a result with a median only: the median):
+    a count that must be 0 in every round."""
+    for p in path:
+        if not isinstance(d, dict) or p not in d:
+            return math.nan
+        d = d[p]
+    if isinstance(d, dict):
+        value = d.get("max", d.get("median", math.nan))
+        return float(value) if isinstance(value, (int, float)) else math.nan
+    return float(d) if isinstance(d, (int, float)) else math.nan
+
+
 def _target(
     name: str,
     target: str,
@@ -346,8 +359,8 @@ def _toolbox_targets(tb: dict[str, Any]) -> list[dict[str, Any]]:
     from ._toolbox import OURS as TOOLBOX_OURS
 
     levels = tb.get("by_users", {})
-    wrong = [_med(level, TOOLBOX_OURS, "wrong_user") for level in levels.values()]
-    errors = [_med(level, TOOLBOX_OURS, "errors") for level in levels.values()]
+    wrong = [_most(level, TOOLBOX_OURS, "wrong_user") for level in levels.values()]
+    errors = [_most(level, TOOLBOX_OURS, "errors") for level in levels.values()]
     worst_wrong = max(wrong) if wrong else math.nan
     worst_errors = max(errors) if errors else math.nan
     return [
@@ -373,9 +386,9 @@ def _toolbox_targets(tb: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _replica_targets(rep: dict[str, Any]) -> list[dict[str, Any]]:
     rt = rep.get("round_trips", {})
-    posts = _med(rt, "shared")
+    posts = _every_round(rt, "shared")  # exact counts: every round (NaN when rounds differ)
     users = float(rt.get("expected_with_l2", math.nan))
-    burst = _med(rep.get("cold_burst", {}), "shared")
+    burst = _every_round(rep.get("cold_burst", {}), "shared")
     commands = _num(rep.get("redis_commands_per_l1_hit"))
     mem = rep.get("memory_per_entry", {})
     over = _num(mem.get("over_sealed_value_bytes_max"))
@@ -386,7 +399,7 @@ def _replica_targets(rep: dict[str, Any]) -> list[dict[str, Any]]:
             f"== U = {rt.get('expected_with_l2', '?')}",
             posts,
             posts == users,
-            f"{posts - users:+.0f} POSTs" if not math.isnan(posts + users) else "n/a",
+            f"{posts - users:+.0f} POSTs" if not math.isnan(posts + users) else "rounds differ",
             "replicas.round_trips",
         ),
         _target(
@@ -394,7 +407,7 @@ def _replica_targets(rep: dict[str, Any]) -> list[dict[str, Any]]:
             "1 POST",
             burst,
             burst == 1,
-            f"{burst - 1:+.0f} POSTs" if not math.isnan(burst) else "n/a",
+            f"{burst - 1:+.0f} POSTs" if not math.isnan(burst) else "rounds differ",
             "replicas.cold_burst",
         ),
         _target(

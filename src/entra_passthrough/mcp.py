@@ -514,14 +514,41 @@ _QUOTABLE_SCOPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~:/\-]{0,159}")
 _MAX_QUOTED_SCOPES = 16
 
 
-def challenge_of(response: httpx2.Response) -> tuple[str | None, tuple[str, ...]]:
+def challenge_of(
+    response: httpx2.Response, request: httpx2.Request | None = None
+) -> tuple[str | None, tuple[str, ...]]:
     """The ``error`` code (a bare RFC 6750 code, else ``None``) and the ``scope`` values of the
     Bearer challenge of a 401/403 answer (``()`` when it names none the library may quote):
     what a refusal at the connect, which no ``CallAttempt`` records, says."""
     params = bearer_parameters(response.headers.get_list("www-authenticate")) or {}
     raw = params.get("scope", "")
-    scopes = [s for s in raw.split() if _QUOTABLE_SCOPE.fullmatch(s) and "eyJ" not in s]
+    sent = _sent_bearer(response, request)
+    scopes = [
+        s
+        for s in raw.split()
+        if _QUOTABLE_SCOPE.fullmatch(s) and "eyj" not in s.lower() and not _echoes(s, sent)
+    ]
     return _challenge_error(response), tuple(dict.fromkeys(scopes[:_MAX_QUOTED_SCOPES]))
+
+
+def _sent_bearer(response: httpx2.Response, request: httpx2.Request | None) -> str:
+    """The bearer the refused request carried ("" when none is known). ``request``: the one
+    ``response`` answers, in the transport (the client gives it to the response later)."""
+    if request is None:
+        try:
+            request = response.request
+        except RuntimeError:  # a response built without its request
+            return ""
+    header = request.headers.get("authorization") or ""
+    return header[7:] if header[:7].lower() == "bearer " else ""
+
+
+def _echoes(scope: str, bearer: str) -> bool:
+    """Whether a challenge's scope could be a piece of the token the request carried: its name
+    (after the last ``/``) is shorter than a permission name is, or is found in the token. A
+    server can cut the token it was sent into scope-shaped pieces; none is ever quoted."""
+    name = scope.rstrip("/").rsplit("/", 1)[-1]
+    return len(name) < 3 or (bool(bearer) and name in bearer)
 
 
 def _drop_ended_callers_token(request: httpx2.Request) -> None:
@@ -793,7 +820,9 @@ class _CallGuard(httpx2.AsyncBaseTransport):
         if is_call:
             attempt.status = response.status_code
             attempt.challenge_error, attempt.challenge_scopes = (
-                challenge_of(response) if response.status_code in (401, 403) else (None, ())
+                challenge_of(response, request)
+                if response.status_code in (401, 403)
+                else (None, ())
             )
             attempt.at_expiry = _refused_on_its_way(request, response.status_code)
             refused = response.status_code in (401, 403)
@@ -976,9 +1005,9 @@ class ConnectRefusal:
     def of(cls, response: httpx2.Response, request: httpx2.Request | None = None) -> ConnectRefusal:
         """``request``: the one ``response`` answers, for a response not yet given it (in the
         transport); else ``response.request``."""
-        error, required = challenge_of(response)
         if request is None:
             request = response.request
+        error, required = challenge_of(response, request)
         token = request_bearer(request)
         with_token = token is not None
         granted: tuple[str, ...] | None = None

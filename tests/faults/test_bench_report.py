@@ -149,3 +149,29 @@ def test_an_exact_count_is_met_only_when_every_round_met_it(report: ModuleType) 
         targets = {t["name"]: t for t in report.evaluate_targets(r)}
         assert targets["round trips = U (20ms)"]["pass"] is met
         assert targets["cold burst = 1 POST (20ms)"]["pass"] is met
+
+
+def test_the_toolbox_and_replica_counts_hold_in_every_round(report: ModuleType) -> None:
+    """The same for the toolbox's "answered as another user" (0 in every round) and the
+    replicas' POSTs and cold burst."""
+    from bench._toolbox import OURS as TOOLBOX_OURS
+
+    def counts(*rounds: int) -> dict[str, float]:
+        ordered = sorted(rounds)
+        return {"median": ordered[len(ordered) // 2], "min": ordered[0], "max": ordered[-1]}
+
+    for bad, met in ((0, True), (1, False)):
+        toolbox = {"by_users": {"6": {TOOLBOX_OURS: {"wrong_user": counts(0, bad, 0)}}}}
+        replicas = {
+            "round_trips": {"shared": counts(20, 20 + bad, 20), "expected_with_l2": 20},
+            "cold_burst": {"shared": counts(1, 1 + bad, 1)},
+        }
+        targets = {
+            t["name"]: t
+            for t in report._toolbox_targets(toolbox) + report._replica_targets(replicas)
+        }
+        assert targets["toolbox: runs answered as another user (ours)"]["pass"] is met
+        found = [t for name, t in targets.items() if name.startswith("replicas: POSTs")]
+        assert found[0]["pass"] is met
+        found = [t for name, t in targets.items() if name.startswith("replicas: cold burst")]
+        assert found[0]["pass"] is met

@@ -7,6 +7,8 @@ ASGI wrapper that refuses ``tools/call`` with the library's own challenge."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from _support.mcp_world import (
@@ -16,6 +18,7 @@ from _support.mcp_world import (
     build_mcp_app,
     make_chain,
     mcp_scopes,
+    read_json_request,
     refusing_rpc,
     world_with_users,
 )
@@ -222,3 +225,58 @@ async def test_a_token_that_ends_on_its_way_is_said_as_such(rpc: str) -> None:
     assert "had expired, or was about to, when the server read it" in message
     assert "check that the tool's scopes" not in message
     assert token not in message
+
+
+def _echoing_403(app: Any, seen: dict[str, str]) -> Any:
+    """The MCP app, except that a ``tools/call`` is refused 403 with a challenge whose scopes
+    are the bearer it was sent, cut into scope-shaped pieces (with and without the tool's own
+    API's prefix)."""
+
+    async def wrapper(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await app(scope, receive, send)
+            return
+        body, replay = await read_json_request(receive)
+        if not isinstance(body, dict) or body.get("method") != "tools/call":
+            await app(scope, replay, send)
+            return
+        bearer = dict(scope["headers"]).get(b"authorization", b"").decode()[7:]
+        seen["token"] = bearer
+        pieces = [bearer[i : i + 40].lstrip(".-_") for i in range(0, len(bearer), 40)]
+        scopes = [*pieces[:8], *(f"{seen['api']}/{p}" for p in pieces[8:16])]
+        challenge = f'Bearer error="insufficient_scope", scope="{" ".join(scopes)}"'
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 403,
+                "headers": [(b"www-authenticate", challenge.encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    return wrapper
+
+
+async def test_a_challenge_that_echoes_the_token_in_its_scopes_is_not_quoted(
+    idp: EntraEmulator, users: list[User]
+) -> None:
+    """A server that cuts the token it was sent into scope-shaped pieces (no "eyJ" in them)
+    gets none of them quoted in the refusal's message or fix."""
+    seen: dict[str, str] = {"api": idp.mcp.app_id_uri}
+    server = ServerThread(
+        lambda base: _echoing_403(build_mcp_app(idp, base_url=base, recorder=Recorder()), seen),
+        name="mcp",
+    ).start()
+    tool = entra_mcp_tool(
+        "records", f"{server.base}/mcp", chain=make_chain(idp), scopes=mcp_scopes(idp)
+    )
+    user = users[24]
+    try:
+        with bind_caller(token=agent_token(idp, user)), pytest.raises(InsufficientScope) as info:
+            await tool.call_tool("whoami", who=user.oid)
+    finally:
+        await tool.close()
+        server.stop()
+    shown = f"{info.value} {info.value.fix} {info.value.required}"
+    token = seen["token"]
+    assert not any(token[i : i + 12] in shown for i in range(len(token) - 12))
