@@ -173,30 +173,17 @@ class AssertionAudienceMismatch(AssertionNotUsable):
     ) -> None:
         self.audience = audience
         self.expected = tuple(expected)
-        hint = ""
-        foundry = bool(audience) and str(audience).rstrip("/") in (
-            "https://ai.azure.com",
-            "https://ml.azure.com",
-        )
-        if foundry:
-            hint = (
-                " This is the token Microsoft Foundry sends to hosted agents; it names the "
-                "user but is for Foundry, not for your app."
-            )
-        # A custom App ID URI (https://contoso.example/agent: v1 tokens carry the App ID URI
-        # the client asked for) is the OBO app's own audience, which Entra accepts, when the
-        # app lists it: only the operator knows, so the fix names the setting first.
-        custom_uri = not foundry and could_be_own_uri(audience)
-        own_uri = (
-            f"if {audience!r} is an Application ID URI of the OBO app (Expose an API), add it "
-            "to accepted_audiences (ENTRA_PASSTHROUGH_ACCEPTED_AUDIENCES); otherwise "
-            if custom_uri
+        hint = (
+            " This is the token Microsoft Foundry sends to hosted agents; it names the "
+            "user but is for Foundry, not for your app."
+            if is_foundry_audience(audience)
             else ""
         )
+        own_uri = own_uri_fix(audience, "the OBO app")
         others = ", or another of its Application ID URIs in accepted_audiences"
         super().__init__(
             f"The caller's token is for audience {audience!r}; on-behalf-of needs a token issued "
-            f"for the OBO app itself ({' or '.join(self.expected)}{others if custom_uri else ''}"
+            f"for the OBO app itself ({' or '.join(self.expected)}{others if own_uri else ''}"
             f"), so Entra would answer AADSTS500131.{hint} The token was not sent.",
             source=source,
             scopes=scopes,
@@ -232,6 +219,29 @@ _MICROSOFT_HOSTS = (
     ".applicationinsights.io",
     ".fabric.microsoft.com",
 )
+
+
+#: The audiences of the token Microsoft Foundry sends to hosted agents.
+FOUNDRY_AUDIENCES = ("https://ai.azure.com", "https://ml.azure.com")
+
+
+def is_foundry_audience(audience: object) -> bool:
+    """Whether a caller token's ``aud`` is Foundry's (a trailing ``/`` or not)."""
+    return isinstance(audience, str) and audience.rstrip("/") in FOUNDRY_AUDIENCES
+
+
+def own_uri_fix(audience: object, owner: str) -> str:
+    """The start of an ``AADSTS500131`` refusal's fix when ``audience`` could be a custom
+    Application ID URI of ``owner`` ("the OBO app", "the blueprint"): v1 tokens carry the App
+    ID URI the client asked for, which Entra accepts once the app lists it, and only the
+    operator knows whether it is one, so the fix names the setting first. ``""`` otherwise
+    (Foundry's, Microsoft's resources, GUIDs)."""
+    if is_foundry_audience(audience) or not could_be_own_uri(audience):
+        return ""
+    return (
+        f"if {audience!r} is an Application ID URI of {owner} (Expose an API), add it to "
+        "accepted_audiences (ENTRA_PASSTHROUGH_ACCEPTED_AUDIENCES); otherwise "
+    )
 
 
 def could_be_own_uri(audience: object) -> bool:

@@ -98,7 +98,9 @@ async def test_a_refused_call_names_the_scope_the_challenge_requires(
     refusal at the connect does (it said only "what the server requires")."""
     needed = f"{idp.mcp.app_id_uri}/Files.Write"
     refused: list[str] = []
-    server = ServerThread(
+    failure = await _refused_scope(
+        idp,
+        users[23],
         lambda base: refusing_rpc(
             build_mcp_app(idp, base_url=base, recorder=Recorder()),
             base,
@@ -107,22 +109,26 @@ async def test_a_refused_call_names_the_scope_the_challenge_requires(
             refusal=InsufficientScope("the token lacks Files.Write"),
             scopes=(needed,),
         ),
-        name="mcp",
-    ).start()
+    )
+    assert failure.required == (needed,)
+    assert f"it requires: {needed}" in str(failure)
+    assert failure.fix is not None
+    assert needed in failure.fix
+
+
+async def _refused_scope(idp: EntraEmulator, user: User, app: Any) -> InsufficientScope:
+    """The ``InsufficientScope`` a tool call of ``user`` gets from the MCP server ``app(base)``."""
+    server = ServerThread(app, name="mcp").start()
     tool = entra_mcp_tool(
         "records", f"{server.base}/mcp", chain=make_chain(idp), scopes=mcp_scopes(idp)
     )
-    user = users[23]
     try:
         with bind_caller(token=agent_token(idp, user)), pytest.raises(InsufficientScope) as info:
             await tool.call_tool("whoami", who=user.oid)
     finally:
         await tool.close()
         server.stop()
-    assert info.value.required == (needed,)
-    assert f"it requires: {needed}" in str(info.value)
-    assert info.value.fix is not None
-    assert needed in info.value.fix
+    return info.value
 
 
 @pytest.mark.parametrize(
@@ -263,20 +269,11 @@ async def test_a_challenge_that_echoes_the_token_in_its_scopes_is_not_quoted(
     """A server that cuts the token it was sent into scope-shaped pieces (no "eyJ" in them)
     gets none of them quoted in the refusal's message or fix."""
     seen: dict[str, str] = {"api": idp.mcp.app_id_uri}
-    server = ServerThread(
+    failure = await _refused_scope(
+        idp,
+        users[24],
         lambda base: _echoing_403(build_mcp_app(idp, base_url=base, recorder=Recorder()), seen),
-        name="mcp",
-    ).start()
-    tool = entra_mcp_tool(
-        "records", f"{server.base}/mcp", chain=make_chain(idp), scopes=mcp_scopes(idp)
     )
-    user = users[24]
-    try:
-        with bind_caller(token=agent_token(idp, user)), pytest.raises(InsufficientScope) as info:
-            await tool.call_tool("whoami", who=user.oid)
-    finally:
-        await tool.close()
-        server.stop()
-    shown = f"{info.value} {info.value.fix} {info.value.required}"
+    shown = f"{failure} {failure.fix} {failure.required}"
     token = seen["token"]
     assert not any(token[i : i + 12] in shown for i in range(len(token) - 12))

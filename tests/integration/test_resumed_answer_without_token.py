@@ -16,7 +16,6 @@ retry interval) under uvicorn recording every request it receives and counting e
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -26,8 +25,8 @@ import pytest
 from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.streamable_http import EventMessage, EventStore
 
+from _support.events import MemoryEventStore
 from _support.mcp_world import (
     Recorder,
     Seen,
@@ -56,30 +55,6 @@ pytestmark = [
 ASSERTION_SECONDS = 4
 #: The server's SSE retry interval (ms): how long the client waits before each resuming GET.
 RETRY_MS = 500
-
-
-class _Events(EventStore):
-    """An in-memory event store: what ``Last-Event-ID`` resumes from."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str, Any]] = []
-        self._ids = itertools.count(1)
-
-    async def store_event(self, stream_id: str, message: Any) -> str:
-        event_id = str(next(self._ids))
-        self.events.append((event_id, stream_id, message))
-        return event_id
-
-    async def replay_events_after(self, last_event_id: str, send_callback: Any) -> str | None:
-        stream: str | None = None
-        for event_id, stream_id, message in self.events:
-            if stream is None:
-                if event_id == last_event_id:
-                    stream = stream_id
-                continue
-            if stream_id == stream and message is not None:
-                await send_callback(EventMessage(message, event_id))
-        return stream
 
 
 def _polled_tool(executions: list[str]) -> Any:
@@ -116,7 +91,7 @@ def server(
     original = MCPServer.streamable_http_app
 
     def with_event_store(self: MCPServer, **options: Any) -> Any:
-        return original(self, event_store=_Events(), retry_interval=RETRY_MS, **options)
+        return original(self, event_store=MemoryEventStore(), retry_interval=RETRY_MS, **options)
 
     monkeypatch.setattr(MCPServer, "streamable_http_app", with_event_store)
     recorder = Recorder()

@@ -17,7 +17,6 @@ stream's first event is stored), and the shared store replays only once every an
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -27,6 +26,7 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.streamable_http import EventMessage, EventStore
 from mcp.types import JSONRPCResponse
 
+from _support.events import MemoryEventStore
 from _support.mcp_world import (
     Recorder,
     agent_token,
@@ -58,15 +58,14 @@ RETRY_MS = 100
 BOUND = 30.0
 
 
-class _SharedEvents(EventStore):
-    """An in-memory store keyed by stream id alone (the shape of the SDK examples' store), one
-    for the whole server. It replays only once ``USERS`` tool answers are stored, so every
-    resuming GET finds every session's answer already there."""
+class _SharedEvents(MemoryEventStore):
+    """The store keyed by stream id alone, one for the whole server. It replays only once
+    ``USERS`` tool answers are stored, so every resuming GET finds every session's answer
+    already there."""
 
     def __init__(self) -> None:
-        self.events: list[tuple[str, str, Any]] = []
+        super().__init__()
         self.answer_streams: list[str] = []
-        self._ids = itertools.count(1)
         self._all_answered: asyncio.Event | None = None  # created in the server's loop
 
     def _answered(self) -> asyncio.Event:
@@ -75,8 +74,7 @@ class _SharedEvents(EventStore):
         return self._all_answered
 
     async def store_event(self, stream_id: str, message: Any) -> str:
-        event_id = str(next(self._ids))
-        self.events.append((event_id, stream_id, message))
+        event_id = await super().store_event(stream_id, message)
         if isinstance(message, JSONRPCResponse) and MARKER in message.model_dump_json():
             self.answer_streams.append(stream_id)
             if len(self.answer_streams) == USERS:
@@ -85,15 +83,7 @@ class _SharedEvents(EventStore):
 
     async def replay_events_after(self, last_event_id: str, send_callback: Any) -> str | None:
         await asyncio.wait_for(self._answered().wait(), BOUND)
-        stream: str | None = None
-        for event_id, stream_id, message in self.events:
-            if stream is None:
-                if event_id == last_event_id:
-                    stream = stream_id
-                continue
-            if stream_id == stream and message is not None:
-                await send_callback(EventMessage(message, event_id))
-        return stream
+        return await super().replay_events_after(last_event_id, send_callback)
 
 
 def _polled_tool(executions: list[tuple[str, str]]) -> Any:
@@ -212,28 +202,6 @@ async def test_every_user_gets_their_own_resumed_answer(
 # --- the scope of events stored or replayed without a verified caller -------------------------
 
 
-class _Memory(EventStore):
-    """A store keyed by stream id alone, without gates."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str, Any]] = []
-        self._ids = itertools.count(1)
-
-    async def store_event(self, stream_id: str, message: Any) -> str:
-        event_id = str(next(self._ids))
-        self.events.append((event_id, stream_id, message))
-        return event_id
-
-    async def replay_events_after(self, last_event_id: str, send_callback: Any) -> str | None:
-        stream = next((s for e, s, _ in self.events if e == last_event_id), None)
-        after = False
-        for event_id, stream_id, message in self.events:
-            if after and stream_id == stream and message is not None:
-                await send_callback(EventMessage(message, event_id))
-            after = after or event_id == last_event_id
-        return stream
-
-
 async def _as_user(idp: EntraEmulator, user: User | None, work: Any) -> Any:
     """Run ``work()`` as ``user`` verified by ``require_entra_auth`` (a real JwtVerifier and a
     token from the emulator), or with no verified caller at all (``None``)."""
@@ -294,7 +262,7 @@ async def test_a_stream_is_replayed_only_in_its_own_scope(
     replayed: bool,
 ) -> None:
     idp, users = idp_users
-    inner = _Memory()
+    inner = MemoryEventStore()
     store = EntraEventStore(inner)
     stored_by = None if owner is None else users[owner]
     resumed_by = None if resumer is None else users[resumer]
@@ -326,7 +294,7 @@ async def test_a_stream_stored_without_the_wrapper_is_not_replayed(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level("WARNING", logger="entra_passthrough.server")
-    inner = _Memory()
+    inner = MemoryEventStore()
     priming = await inner.store_event("7", None)
     await inner.store_event("7", _message(7))
     got: list[EventMessage] = []

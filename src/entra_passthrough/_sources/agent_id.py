@@ -22,7 +22,8 @@ from .._errors import (
     EntraPassthroughError,
     TenantNotAllowed,
     TokenAcquisitionError,
-    could_be_own_uri,
+    is_foundry_audience,
+    own_uri_fix,
     without_fix,
 )
 from .._http import SHARED_THROTTLE, Timeouts, following, trust_error
@@ -587,17 +588,10 @@ def _for_the_blueprint(exc: AssertionAudienceMismatch, blueprint: str) -> Assert
     foundry = (
         " This is the token Microsoft Foundry sends to hosted agents; it names the user but is "
         "for Foundry, not for the blueprint."
-        if exc.audience
-        and exc.audience.rstrip("/") in ("https://ai.azure.com", "https://ml.azure.com")
+        if is_foundry_audience(exc.audience)
         else ""
     )
-    # A custom Application ID URI of the blueprint works once listed (accepted_audiences).
-    own_uri = (
-        f"if {exc.audience!r} is an Application ID URI of the blueprint (Expose an API), add "
-        "it to accepted_audiences (ENTRA_PASSTHROUGH_ACCEPTED_AUDIENCES); otherwise "
-        if not foundry and could_be_own_uri(exc.audience)
-        else ""
-    )
+    own_uri = own_uri_fix(exc.audience, "the blueprint")
     TokenAcquisitionError.__init__(
         err,
         f"The caller's token is for audience {exc.audience!r}; an agent identity's on-behalf-of "

@@ -642,7 +642,7 @@ class ManagedIdentity:
             )
         for key in ("client_id", "object_id"):
             value = selectors[key]
-            if value and (not isinstance(value, str) or GUID.fullmatch(value.strip()) is None):
+            if value and (not isinstance(value, str) or GUID.fullmatch(value) is None):
                 # Not shown: a secret pasted into AZURE_CLIENT_ID (swapped with
                 # AZURE_CLIENT_SECRET) was echoed in repr, errors and the request's URL.
                 raise ConfigurationError(
@@ -658,7 +658,7 @@ class ManagedIdentity:
                     + ".",
                 )
         if resource_id and (
-            not isinstance(resource_id, str) or _RESOURCE_ID.fullmatch(resource_id.strip()) is None
+            not isinstance(resource_id, str) or _RESOURCE_ID.fullmatch(resource_id) is None
         ):
             raise ConfigurationError(
                 "ManagedIdentity's resource_id is not an Azure resource id (the value is not "
