@@ -23,6 +23,7 @@ import jwt
 import msal
 import requests
 
+from ._checks import TENANTLESS
 from ._credential import AppCredential
 from ._env import check_url_host
 from ._errors import ConfigurationError, TokenVerificationError
@@ -46,8 +47,6 @@ HTTP_TIMEOUT = 15.0
 _JWKS_MIN_REFETCH = 30.0
 #: A tenant id or domain as it may stand in an authority's path (``user_tenant``).
 _TENANT_SEGMENT = re.compile(r"[a-z0-9][a-z0-9.-]{0,252}")
-#: Authority segments that name no tenant: never a user's own tenant.
-_TENANTLESS = frozenset({"common", "organizations", "consumers"})
 _PUBLIC_HOSTS = frozenset(
     {
         "login.microsoftonline.com",
@@ -167,7 +166,7 @@ class ConsentClient:
         if (
             tenant not in self.allowed_tenants
             or tenant == self.tenant_id.lower()
-            or tenant in _TENANTLESS
+            or tenant in TENANTLESS  # (names no tenant: never a user's own)
             or not _TENANT_SEGMENT.fullmatch(tenant)
         ):
             return None
