@@ -724,7 +724,10 @@ class ConsentBroker:
         }
         # At the authority the sign-in went to (``_do_start``: the user's own tenant, when
         # verified and allowed); the configured tenant's needs no argument.
-        redeem = functools.partial(self.client.redeem, tenant=flow.get("tenant"))
+        tenant = flow.get("tenant")
+        redeem = self.client.redeem
+        if tenant is not None:
+            redeem = functools.partial(self.client.redeem, tenant=str(tenant))
         try:
             answer = await self.client.pool.run(redeem, flow["msal"], response)
         except json.JSONDecodeError:
