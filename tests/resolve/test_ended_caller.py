@@ -8,6 +8,7 @@ real uvicorn server recording whom each request's token names.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -417,11 +418,11 @@ async def test_a_401_after_the_callers_token_expired_mid_request_is_that_typed_e
 
 
 class _SlowRedirect:
-    """An API whose ``/start`` answers, after ``delay`` seconds, a 307 to ``/work`` on the same
+    """An API whose ``/start`` answers, once ``release`` is set, a 307 to ``/work`` on the same
     origin; every request's bearer oid is recorded with its path."""
 
-    def __init__(self, delay: float) -> None:
-        self.delay = delay
+    def __init__(self) -> None:
+        self.release = threading.Event()
         self.seen: list[tuple[str, str | None]] = []
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -431,7 +432,7 @@ class _SlowRedirect:
         oid = decode(bearer[7:]).get("oid") if bearer.startswith("Bearer ") else None
         self.seen.append((scope["path"], oid))
         if scope["path"] == "/start":
-            await asyncio.sleep(self.delay)
+            await asyncio.to_thread(self.release.wait, 30)  # (a safety net only)
             start = {"type": "http.response.start", "status": 307}
             await send({**start, "headers": [(b"location", b"/work")]})
         else:
@@ -446,7 +447,7 @@ async def test_a_redirect_answered_after_the_caller_ended_carries_no_token(
     """A same-origin redirect the client follows after the user's request ended: the client
     copies the first hop's Authorization onto it below the auth flow; ``install()``'s request
     hook takes it off (it went out with the user's token)."""
-    api = _SlowRedirect(delay=1.0)
+    api = _SlowRedirect()
     scopes = mcp_scope(idp)
     chain = _chain(idp, Policy.USER_ONLY)
     caller = Caller.from_token(idp.user_token("alice", audience=idp.agent.client_id))
@@ -473,10 +474,17 @@ async def test_a_redirect_answered_after_the_caller_ended_carries_no_token(
         try:
             with bind_caller(caller):  # the request: the task copies its context
                 task = asyncio.create_task(work())
-                await asyncio.sleep(0.5)  # /start is out, its 307 comes in 1 s
+                # /start is out (its 307 waits for ``release``): polled, not a fixed sleep,
+                # which a loaded machine outlasted (the caller ended before /start went out)
+                for _ in range(600):
+                    if api.seen or task.done():
+                        break
+                    await asyncio.sleep(0.05)
             assert not caller.active
+            api.release.set()
             await task
         finally:
+            api.release.set()
             chain.close()
     alice = idp.users["alice"].oid
     assert api.seen[0] == ("/start", alice)
