@@ -23,7 +23,7 @@ import jwt
 import msal
 import requests
 
-from ._checks import TENANTLESS
+from ._checks import TENANTLESS, caller_tenant
 from ._credential import AppCredential
 from ._env import check_url_host
 from ._errors import ConfigurationError, TokenVerificationError
@@ -107,6 +107,8 @@ class ConsentClient:
         http_client: Any,
         max_workers: int,
         allowed_tenants: Sequence[str] | None = None,
+        owner: str = "ConsentBroker",
+        variable: str | None = None,
     ) -> None:
         self.credential = credential
         self.client_id = credential.client_id
@@ -122,6 +124,20 @@ class ConsentClient:
         self.allowed_tenants = tuple(t.strip().lower() for t in allowed_tenants or ()) or (
             self.tenant_id.lower(),
         )
+        for entry in allowed_tenants or ():
+            # Each entry is compared with a verified caller's tid (a GUID). Only the consent
+            # app's own tenant is also matched by name (its discovery document's issuer names
+            # its GUID: ``_tenant_allowed``); another tenant's domain matched no caller: its
+            # members got a dead link to the configured tenant's sign-in (AADSTS50020), forever.
+            own = self.tenant_id.lower()
+            if isinstance(entry, str) and (entry.strip().lower() != own or own in TENANTLESS):
+                caller_tenant(
+                    entry.strip(),
+                    what="allowed_tenants",
+                    variable=variable,
+                    owner=owner,
+                    entry=True,
+                )
         self._credential = client_credential(credential)
         self._http = http_client
         self.pool = WorkerPool(max_workers=max_workers, name="entra-passthrough-consent")

@@ -187,7 +187,10 @@ async def test_a_caller_that_ends_while_its_token_is_acquired_does_not_get_it(
         caller = Caller.from_token(token)
         with bind_caller(caller):  # the request: the task copies its context
             task = asyncio.create_task(work())
-            await asyncio.sleep(0.3)  # its token request is out (Entra answers in 1 s)
+            for _ in range(600):  # its token request is out (Entra answers it in 1 s)
+                if idp.in_flight() or task.done():
+                    break
+                await asyncio.sleep(0.02)
         assert not caller.active  # the request ended; the task's token request is out
         posts = idp.stats()["grants"].get("on_behalf_of", 0)
         outcome = await task

@@ -429,8 +429,8 @@ class DelegatedConsent:
                 ": comma-separated), or leave it out.",
             )
         if isinstance(allowed_tenants, list | tuple):
-            # A GUID in braces, a URL or a path matches no caller (a domain does: the broker
-            # matches it through discovery's issuer); refused here, not at every sign-in.
+            # A GUID in braces, a URL or a path matches no caller; refused here, not at every
+            # sign-in (a domain too, unless it names the consent app's own tenant: the client).
             for entry in allowed_tenants:
                 tenant_id_check(
                     entry.strip() if isinstance(entry, str) else entry,
@@ -444,6 +444,8 @@ class DelegatedConsent:
             http_client=http_client,
             max_workers=max_workers,
             allowed_tenants=allowed_tenants,
+            owner="DelegatedConsent",
+            variable="ENTRA_PASSTHROUGH_ALLOWED_TENANTS",
         )
         self.grants = GrantStore(store, keyring, client_id=self.client.client_id)
         self.keyring = keyring

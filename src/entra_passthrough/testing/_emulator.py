@@ -308,6 +308,13 @@ class EntraEmulator:
         """Requests per endpoint and per grant since start (or ``reset_stats()``)."""
         return self._rt.snapshot()
 
+    def in_flight(self) -> int:
+        """How many requests are being answered now (held by ``token_latency`` or an injected
+        delay included): a test waits for its request to be out by polling this, not by
+        sleeping a fixed time a loaded machine may outlast."""
+        with self._rt.lock:
+            return self._rt.in_flight
+
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """Wait (at most ``timeout`` seconds) until no request is being answered: a request
         held by an injected delay or ``token_latency``, which its client may have given up on,
