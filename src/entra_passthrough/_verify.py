@@ -13,9 +13,10 @@
    client claim of that version (v1 ``appid``, v2 ``azp``), an ``oid``, no ``cnf`` (a token
    bound to a proof-of-possession key is not a bearer token);
 5. authorization: delegated tokens (``scp``) need *all* ``required_scopes``; app-only tokens (no
-   ``scp``) are refused unless ``allow_app_only`` and then need *all* ``required_roles``
-   (``required_roles`` applies to delegated tokens too). Failing here is ``InsufficientScope``
-   (HTTP 403); everything before is ``TokenVerificationError`` (HTTP 401).
+   ``scp``) are refused unless ``allow_app_only`` and then need *all* ``required_roles`` and
+   a tenant of ``app_only_tenants`` (``required_roles`` applies to delegated tokens too).
+   Failing here is ``InsufficientScope`` (HTTP 403); everything before is
+   ``TokenVerificationError`` (HTTP 401).
 """
 
 from __future__ import annotations
@@ -154,7 +155,9 @@ class JwtVerifier:
     >>> vt = verifier.verify(token)               # same, blocking (JWKS via httpx)
 
     ``tenants`` is required (the allow-list; a single-tenant API names its own tenant); accept
-    any tenant only with ``any_tenant=True``. ``issuers`` replaces the derived issuers with an
+    any tenant only with ``any_tenant=True`` (then app-only callers, ``allow_app_only``, need
+    ``app_only_tenants``: any tenant's administrators can assign your API's app roles to their
+    own apps). ``issuers`` replaces the derived issuers with an
     exact list; ``v1_issuer``/``v2_issuer`` are templates with ``{tid}`` for other clouds.
     Keys come from ``{authority_host}/{tid}/discovery/v2.0/keys`` unless ``jwks_uri`` or
     ``discovery_url`` (an OpenID configuration document) is given.
@@ -175,6 +178,7 @@ class JwtVerifier:
         required_scopes: Sequence[str] = (),
         required_roles: Sequence[str] = (),
         allow_app_only: bool = False,
+        app_only_tenants: Sequence[str] | None = None,
         leeway: float = 60.0,
         http_client: AsyncGetter | None = None,
         sync_http_client: SyncGetter | None = None,
@@ -233,6 +237,48 @@ class JwtVerifier:
                 "from any app in the tenant.",
                 fix="name the app roles app-only callers must hold: required_roles=[...].",
             )
+        app_tenants = names(
+            app_only_tenants, what="app_only_tenants", example="<tenant id>", spaces=True
+        )
+        if app_only_tenants is not None and not app_tenants:
+            raise ConfigurationError(
+                "app_only_tenants=[] accepts no app-only token.",
+                fix="name the tenants whose apps may call, or leave allow_app_only off.",
+            )
+        if app_only_tenants is not None and not allow_app_only:
+            raise ConfigurationError(
+                "app_only_tenants is set but allow_app_only is not: app-only tokens are refused "
+                "from every tenant, so the list would do nothing.",
+                fix="pass allow_app_only=True (with required_roles) to accept app-only callers "
+                "from those tenants, or leave app_only_tenants out.",
+            )
+        if allow_app_only and any_tenant and not app_tenants:
+            # required_roles is the gate for app-only callers because only your tenant's admins
+            # assign your API's app roles to apps in your tenant. With any tenant accepted, any
+            # tenant's admin can assign them to an app of theirs (a multi-tenant API's service
+            # principal exists in every tenant that consented): the roles no longer tell your
+            # callers from theirs.
+            raise ConfigurationError(
+                "allow_app_only with any_tenant=True would accept an app-only token from an app "
+                "in any tenant: each tenant's administrators assign your API's app roles to "
+                "their own apps, so required_roles does not tell your callers from theirs.",
+                fix="name the tenants whose apps may call: app_only_tenants=[<tenant id>, ...] "
+                "(delegated tokens are still accepted from any tenant).",
+            )
+        if not all(GUID.fullmatch(t.strip()) for t in app_tenants):
+            raise ConfigurationError(
+                "app_only_tenants has an entry that is not a tenant GUID (a domain name, "
+                "common or organizations?): a token's tid is always a GUID, so every app-only "
+                "token would be refused.",
+                fix=TENANT_GUID_FIX,
+            )
+        lowered = {t.strip().lower() for t in app_tenants}
+        if allowed and not lowered <= {t.strip().lower() for t in allowed}:
+            raise ConfigurationError(
+                "app_only_tenants names a tenant that is not in tenants: no token of it is "
+                "accepted at all.",
+                fix="list each tenant in tenants=[...] too, or drop it from app_only_tenants.",
+            )
         leeway = seconds(leeway, what="leeway", low=0, high=600)
         # Not a string: refused by the check below as no URL, not an AttributeError here.
         # (surrounding blanks, a .env line's trailing space, are dropped as OnBehalfOf does)
@@ -264,6 +310,9 @@ class JwtVerifier:
         self.required_scopes = scopes
         self.required_roles = roles
         self.allow_app_only = allow_app_only
+        #: the tenants whose app-only tokens are accepted (lower case); ``None``: every tenant
+        #: in ``tenants`` (never ``None`` with ``any_tenant`` and ``allow_app_only``)
+        self.app_only_tenants: frozenset[str] | None = frozenset(lowered) if app_tenants else None
         self.leeway = leeway
         self._jwks_uri = check_fetch_url(jwks_uri, what="jwks_uri") if jwks_uri else None
         self._discovery_url = (
@@ -495,6 +544,12 @@ class JwtVerifier:
                     "the token is app-only (no 'scp'): this API serves users, and app-only "
                     "callers are not enabled (allow_app_only).",
                     required=self.required_scopes,
+                )
+            if self.app_only_tenants is not None and vt.tid not in self.app_only_tenants:
+                raise InsufficientScope(
+                    "the token is app-only (no 'scp') from a tenant whose apps may not call "
+                    "this API (app_only_tenants).",
+                    required=self.required_roles,
                 )
         else:
             missing = [s for s in self.required_scopes if s not in vt.scopes]
