@@ -192,8 +192,12 @@ def _consent(**over: Any) -> DelegatedConsent:
 
 
 def test_the_consent_allow_list_keeps_domains_and_refuses_what_is_no_tenant() -> None:
-    _consent(allowed_tenants=[GUID, "contoso.onmicrosoft.com"]).close()  # matched via discovery
-    for entry in ("{" + GUID + "}", "https://contoso.com", "a/b"):
+    # The consent app's own tenant written as configured: matched through discovery's issuer.
+    own = "contoso.onmicrosoft.com"
+    _consent(tenant_id=own, allowed_tenants=[GUID, own.upper()]).close()
+    # Another domain matches no caller's tid (a GUID): refused (tests/resolve/
+    # test_delegated_allowed_tenant_domains.py says more).
+    for entry in ("{" + GUID + "}", "https://contoso.com", "a/b", own):
         refused(lambda e=entry: _consent(allowed_tenants=[e]), "allowed_tenants", hidden=entry)
 
 
