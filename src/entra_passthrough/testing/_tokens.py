@@ -72,8 +72,16 @@ class KeyRing:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._current = new_signing_key()
-        self._next = new_signing_key()
+        #: made when first published or used (``_published_next``): an RSA key costs ~50 ms of
+        #: CPU, and an emulator whose keys nobody fetches never needs it
+        self._next_key: SigningKey | None = None
         self._previous: list[SigningKey] = []
+
+    def _published_next(self) -> SigningKey:
+        """The next key, made on first need (call with ``_lock`` held)."""
+        if self._next_key is None:
+            self._next_key = new_signing_key()
+        return self._next_key
 
     @property
     def current(self) -> SigningKey:
@@ -84,12 +92,12 @@ class KeyRing:
     def next(self) -> SigningKey:
         """Published, not yet signing."""
         with self._lock:
-            return self._next
+            return self._published_next()
 
     @property
     def published(self) -> tuple[SigningKey, ...]:
         with self._lock:
-            return (self._current, self._next, *self._previous)
+            return (self._current, self._published_next(), *self._previous)
 
     def rotate(self, *, retire_old: bool = False) -> SigningKey:
         """``retire_old=False``: sign with the key published as next (already in every JWKS
@@ -101,13 +109,15 @@ class KeyRing:
                 self._previous = []
             else:
                 self._previous.insert(0, self._current)
-                self._current, self._next = self._next, new_signing_key()
+                self._current = self._published_next()
+                self._next_key = None  # a new next key, made when first published
             return self._current
 
     def find(self, kid: str) -> SigningKey | None:
         with self._lock:
-            keys = (self._current, self._next, *self._previous)
-        return next((k for k in keys if k.kid == kid), None)
+            # A next key not made yet signed nothing and was never published.
+            keys = (self._current, self._next_key, *self._previous)
+        return next((k for k in keys if k is not None and k.kid == kid), None)
 
 
 def sign(ring: KeyRing, claims: Mapping[str, Any]) -> str:
