@@ -4,6 +4,7 @@ secret or assertion ever appears in the output."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -13,7 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
+from _support.cli_run import run_cli
 from entra_passthrough._doctor import FAIL, Check, Doctor, run, scope_problems, table
 from entra_passthrough.testing import EntraEmulator, ManagedIdentityPrincipal, World, stable_id
 
@@ -497,15 +500,15 @@ def test_cli_unreadable_user_token_file_is_a_check(
     idp: EntraEmulator, tmp_path: Path, content: str | None
 ) -> None:
     """A file that cannot be read, or holds no token (a CI step that was to write it failed),
-    is a failed check of its own: never a skipped consent check and an overall pass."""
+    is a failed check of its own: never a skipped consent check and an overall pass. (The
+    command runs in this process; test_cli_json_and_exit_status runs the real one.)"""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ENTRA_", "AZURE_"))}
     env.update(secretless(idp))
     missing = tmp_path / "alice.jwt"
     if content is not None:
         missing.write_text(content, encoding="utf-8")
-    cli = [sys.executable, "-m", "entra_passthrough.cli", "doctor", "--json"]
-    cli += ["--scope", scope(idp), "--user-token-file", str(missing)]
-    done = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=120)
+    argv = ["doctor", "--json", "--scope", scope(idp), "--user-token-file", str(missing)]
+    done = run_cli(argv, env=env)
     assert done.returncode == 1, done.stderr
     report = json.loads(done.stdout)  # still one JSON document
     first = report["checks"][0]
@@ -632,10 +635,18 @@ def test_password_protected_pfx_without_its_password(idp: EntraEmulator, tmp_pat
     assert_clean([check, wrong], password, "not-the-pfx-password", "PRIVATE KEY")
 
 
-def _certificate_file(path: Path, *, days_from: int, days_to: int) -> Path:
-    from _support.certificates import pem, rsa_key, self_signed
+@functools.cache
+def _certificate_key() -> RSAPrivateKey:
+    """One key for the validity cases: only the certificate's dates differ between them."""
+    from _support.certificates import rsa_key
 
-    key = rsa_key()
+    return rsa_key()
+
+
+def _certificate_file(path: Path, *, days_from: int, days_to: int) -> Path:
+    from _support.certificates import pem, self_signed
+
+    key = _certificate_key()
     path.write_bytes(pem(key, self_signed(key, days_from=days_from, days_to=days_to, name="agent")))
     return path
 

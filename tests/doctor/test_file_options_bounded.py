@@ -1,7 +1,11 @@
 """The files ``doctor`` reads from its options and variables are read within a bound:
 ``--user-token-file`` at most one token's size (``/dev/zero`` or a huge file made it read until
 memory ran out), and ``ENTRA_PASSTHROUGH_CA_FILE`` naming a FIFO, a device or a socket is a
-failed check without opening it (a FIFO with no writer hung doctor in ``open``)."""
+failed check without opening it (a FIFO with no writer hung doctor in ``open``).
+
+``/dev/zero`` and the FIFO run the real process (``python -m entra_passthrough doctor``): the
+memory cap is the process's, and a hang is bounded by its timeout and ended by killing it. The
+files of ordinary content run the command in this process (``cli.main``)."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from _support.cli_run import run_cli
 from entra_passthrough._jwt import MAX_TOKEN_BYTES
 from entra_passthrough.testing import EntraEmulator
 
@@ -83,7 +88,7 @@ def test_a_file_larger_than_a_token_is_refused(idp: EntraEmulator, tmp_path: Pat
     big = tmp_path / "big.jwt"
     big.write_text("a" * (4 * MAX_TOKEN_BYTES))
     scope = f"{idp.mcp.app_id_uri}/.default"
-    done = _doctor(_env(idp), "--scope", scope, "--user-token-file", str(big))
+    done = run_cli(["doctor", "--scope", scope, "--user-token-file", str(big)], env=_env(idp))
     assert done.returncode == 1
     line = _token_file_line(done.stdout)
     assert line.startswith("FAIL"), line
@@ -96,7 +101,7 @@ def test_a_token_with_its_line_break_is_still_read(idp: EntraEmulator, tmp_path:
     path = tmp_path / "alice.jwt"
     path.write_text(token + "\n")
     scope = f"{idp.mcp.app_id_uri}/.default"
-    done = _doctor(_env(idp), "--scope", scope, "--user-token-file", str(path))
+    done = run_cli(["doctor", "--scope", scope, "--user-token-file", str(path)], env=_env(idp))
     assert "user token file" not in done.stdout, done.stdout
     assert "consent" in done.stdout
     assert token not in done.stdout + done.stderr

@@ -2,8 +2,11 @@
 whatever form a line gives it (as is, inside a repr with its line breaks escaped, lower-cased, in
 JSON), and a value no caller's tenant can match is named by its variable, not echoed.
 
-Each check runs the real command (``python -m entra_passthrough doctor``) against the emulator,
-in a table and in ``--json``. An assertion never shows a secret: it says which one was echoed.
+Each check runs the command (``entra-passthrough doctor``) against the emulator, in a table and
+in ``--json``: in this process (``cli.main`` with the environment set, stdout and stderr
+captured), and, for the JWT pasted as the tenant, as the real process (``python -m
+entra_passthrough doctor``) in both forms, exit status included. An assertion never shows a
+secret: it says which one was echoed.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections.abc import Iterator, Mapping
 
 import pytest
 
+from _support.cli_run import Ran, run_cli
 from entra_passthrough._doctor import FAIL, Check, Doctor, table
 from entra_passthrough.testing import EntraEmulator
 
@@ -55,11 +59,19 @@ def _env(idp: EntraEmulator, **variables: str) -> dict[str, str]:
     return env
 
 
-def _doctor(env: Mapping[str, str], *, as_json: bool) -> tuple[int, str, dict[str, Check]]:
-    """Exit status, everything printed, and the checks by name (from the --json report, or
-    parsed back from the table)."""
-    cli = [sys.executable, "-m", "entra_passthrough", "doctor", *(["--json"] if as_json else [])]
-    done = subprocess.run(cli, env=dict(env), capture_output=True, text=True, timeout=120)
+def _doctor(
+    env: Mapping[str, str], *, as_json: bool, process: bool = False
+) -> tuple[int, str, dict[str, Check]]:
+    """Exit status, everything printed, and the checks by name (from the --json report; none
+    for the table). In this process, or with ``process`` as ``python -m entra_passthrough``."""
+    argv = ["doctor", *(["--json"] if as_json else [])]
+    if process:
+        cli = [sys.executable, "-m", "entra_passthrough", *argv]
+        done: subprocess.CompletedProcess[str] | Ran = subprocess.run(
+            cli, env=dict(env), capture_output=True, text=True, timeout=120
+        )
+    else:
+        done = run_cli(argv, env=env)
     printed = done.stdout + done.stderr
     checks: dict[str, Check] = {}
     if as_json:
@@ -224,7 +236,8 @@ def test_a_tenant_id_without_dashes_in_an_allow_list_fails(
 def test_a_jwt_in_the_tenant_variable_is_not_taken_for_a_domain(
     idp: EntraEmulator, as_json: bool
 ) -> None:
-    code, printed, _ = _doctor(_env(idp, AZURE_TENANT_ID=JWT), as_json=as_json)
+    # The real process, in both forms: what a shell sees, exit status included.
+    code, printed, _ = _doctor(_env(idp, AZURE_TENANT_ID=JWT), as_json=as_json, process=True)
     assert code == 1
     echoed = _echoed(printed, jwt=JWT, header=JWT.split(".")[0], body=JWT.split(".")[1])
     assert echoed == []
