@@ -1,5 +1,7 @@
 """``entra-passthrough broker`` refuses bad input with one line on stderr and exit status 2, never
-a traceback, through the real command (``python -m entra_passthrough broker``)."""
+a traceback, through the real command (``python -m entra_passthrough broker``) for the first case
+of each test, through the CLI's ``main`` in this process for the others (what the refusal says;
+``_support/proc_cli.py``)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from _support.proc_cli import Answer, run_cli
 
 KEYS = "k1:" + "A" * 43
 
@@ -22,27 +26,44 @@ BASE = {
 }
 
 
+#: The runner's configuration, which the command does not get.
+_FOREIGN = ("ENTRA_", "AZURE_", "IDENTITY_", "MSI_")
+
+
 def _broker(
-    tmp_path: Path, *argv: str, config: dict[str, object] | None = None, **variables: str
-) -> subprocess.CompletedProcess[str]:
+    tmp_path: Path,
+    *argv: str,
+    config: dict[str, object] | None = None,
+    in_process: tuple[pytest.MonkeyPatch, pytest.CaptureFixture[str]] | None = None,
+    **variables: str,
+) -> subprocess.CompletedProcess[str] | Answer:
     """``entra-passthrough broker --config <config> *argv`` with none of the runner's
-    configuration, plus ``variables``."""
+    configuration, plus ``variables``: a process of its own, or ``in_process`` (monkeypatch,
+    capfd) through the CLI's ``main``."""
     path = tmp_path / "broker.json"
     path.write_text(json.dumps(BASE if config is None else config))
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("ENTRA_", "AZURE_", "IDENTITY_", "MSI_"))
-    }
+    command = ["broker", "--config", str(path), *argv]
+    if in_process is not None:
+        return run_cli(command, *in_process, drop=_FOREIGN, env=variables)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_FOREIGN)}
     env.update(variables)
-    cli = [sys.executable, "-m", "entra_passthrough", "broker", "--config", str(path)]
     return subprocess.run(
-        [*cli, *argv], env=env, capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-m", "entra_passthrough", *command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
-@pytest.mark.parametrize("port", ["99999", "65536", "-1"])
-def test_a_port_out_of_range_is_one_line(tmp_path: Path, port: str) -> None:
+PORTS = ["99999", "65536", "-1"]
+
+
+@pytest.mark.parametrize("port", PORTS)
+def test_a_port_out_of_range_is_one_line(
+    tmp_path: Path, port: str, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
     """uvicorn would start and stop with OverflowError's traceback; the emulator already says
     this in one line."""
     done = _broker(
@@ -50,6 +71,7 @@ def test_a_port_out_of_range_is_one_line(tmp_path: Path, port: str) -> None:
         "--insecure-http",
         "--port",
         port,
+        in_process=None if port == PORTS[0] else (monkeypatch, capfd),
         ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET="s3cret-value",
         ENTRA_PASSTHROUGH_CONSENT_KEYS=KEYS,
     )
@@ -69,21 +91,26 @@ def test_a_missing_credential_names_the_command_once(tmp_path: Path) -> None:
     assert lines[0].count("entra-passthrough broker") == 1
 
 
-@pytest.mark.parametrize(
-    ("key", "value", "said"),
-    [
-        ("redirect_uris", 5, "'redirect_uris' must be a list of strings"),
-        ("redirect_uris", "https://consent.contoso.com/callback", "must be a list of strings"),
-        ("redirect_uris", ["https://consent.contoso.com/callback", 7], "non-empty strings"),
-        ("post_logout_redirect_uri", 5, "'post_logout_redirect_uri' must be a string"),
-        ("allowed_tenants", "22222222-2222-2222-2222-222222222222", "must be a list of strings"),
-        ("tenant_id", ["a"], "'tenant_id' must be a string"),
-        ("authority_host", 5, "'authority_host' must be a string"),
-        ("ca_file", "/nonexistent/ca.pem", "'ca_file' is not a readable file"),
-    ],
-)
+WRONG_KINDS: list[tuple[str, object, str]] = [
+    ("redirect_uris", 5, "'redirect_uris' must be a list of strings"),
+    ("redirect_uris", "https://consent.contoso.com/callback", "must be a list of strings"),
+    ("redirect_uris", ["https://consent.contoso.com/callback", 7], "non-empty strings"),
+    ("post_logout_redirect_uri", 5, "'post_logout_redirect_uri' must be a string"),
+    ("allowed_tenants", "22222222-2222-2222-2222-222222222222", "must be a list of strings"),
+    ("tenant_id", ["a"], "'tenant_id' must be a string"),
+    ("authority_host", 5, "'authority_host' must be a string"),
+    ("ca_file", "/nonexistent/ca.pem", "'ca_file' is not a readable file"),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "said"), WRONG_KINDS)
 def test_a_config_value_of_the_wrong_kind_is_one_line(
-    tmp_path: Path, key: str, value: object, said: str
+    tmp_path: Path,
+    key: str,
+    value: object,
+    said: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     """Before: an int crashed with a traceback, a string was iterated letter by letter, a list
     became its repr, and a missing CA file made every sign-in a 503 'try again'."""
@@ -91,6 +118,7 @@ def test_a_config_value_of_the_wrong_kind_is_one_line(
         tmp_path,
         *("--insecure-http", "--port", "0"),  # past the serving checks: the config's turn
         config={**BASE, key: value},
+        in_process=None if (key, value, said) == WRONG_KINDS[0] else (monkeypatch, capfd),
         ENTRA_PASSTHROUGH_CONSENT_CLIENT_SECRET="s3cret-value",
         ENTRA_PASSTHROUGH_CONSENT_KEYS=KEYS,
     )

@@ -18,6 +18,7 @@ import jwt
 import msal
 import pytest
 
+from _support.proc_cli import Answer, run_cli
 from entra_passthrough.testing import EntraEmulator, User, World, stable_id
 
 CONFIG_TOML = """
@@ -248,18 +249,31 @@ def test_port_in_use_fails_clearly(
     ],
 )
 def test_cli_refuses_bad_arguments_with_a_line_not_a_traceback(
-    argv: list[str], said: str, tmp_path: Path, entra_emulator: EntraEmulator
+    argv: list[str],
+    said: str,
+    tmp_path: Path,
+    entra_emulator: EntraEmulator,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     listed = tmp_path / "list.json"
     listed.write_text("[1]")
     taken = entra_emulator.url.rsplit(":", 1)[1]
+    # A process of its own for the --port cases (a port refused before anything starts, and a
+    # server that could not start: what the interpreter prints at exit too); what the others
+    # say, in this process.
+    own_process = argv[0] == "--port"
     argv = [a.format(list=listed, taken=taken, folder=tmp_path) for a in argv]
-    run = subprocess.run(
-        [sys.executable, "-m", "entra_passthrough", "emulator", *argv],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    run: subprocess.CompletedProcess[str] | Answer
+    if own_process:
+        run = subprocess.run(
+            [sys.executable, "-m", "entra_passthrough", "emulator", *argv],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    else:
+        run = run_cli(["emulator", *argv], monkeypatch, capfd)
     assert run.returncode == 2, run.stderr
     assert said in run.stderr
     assert "Traceback" not in run.stderr

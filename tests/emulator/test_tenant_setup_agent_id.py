@@ -5,7 +5,8 @@ identity's OBO answers AADSTS65001 in a real tenant, tests/emulator/test_agent_i
 
 The script runs for real against stand-ins on PATH: ``az`` records each call and answers ids
 derived from its arguments, ``curl`` answers the blueprint's token and the agent identity,
-``sleep`` returns at once. No network, no Azure.
+``sleep`` returns at once, ``python3`` is this interpreter without site-packages. No network, no
+Azure.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,12 @@ elif args[:1] == ["rest"] and "agentIdentityBlueprintPrincipal" in opt("--uri"):
     print("sp:" + json.loads(opt("--body"))["appId"])
 """
 
+# The script's `python3` (json and uuid one-liners, about 20 a run) and the stand-in `az`'s (about
+# 30 calls a run): this interpreter, isolated and without site-packages (-I -S), as the snippets
+# need only the standard library. Without it `python3` may be a pyenv shim, a bash script that
+# costs ten times the interpreter's own start-up per call.
+PYTHON3 = f'#!/bin/sh\nexec "{sys.executable}" -I -S "$@"\n'
+
 FAKE_CURL = r"""#!/bin/sh
 case "$*" in
   *oauth2/v2.0/token*) echo '{"access_token":"blueprint-token"}' ;;
@@ -70,10 +78,17 @@ esac
 """
 
 
-def stubs(tmp_path: Path) -> Path:
+def stubs(tmp_path: Path, **scripts: str) -> Path:
+    """A folder for PATH with the stand-ins (``scripts``: name -> text; default: all of them)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
-    for name, text in (("az", FAKE_AZ), ("curl", FAKE_CURL), ("sleep", "#!/bin/sh\nexit 0\n")):
+    scripts = scripts or {
+        "az": FAKE_AZ,
+        "curl": FAKE_CURL,
+        "sleep": "#!/bin/sh\nexit 0\n",
+        "python3": PYTHON3,
+    }
+    for name, text in scripts.items():
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     return bin_dir
@@ -259,10 +274,7 @@ def test_without_agent_id_nothing_of_the_blueprint(tmp_path: Path) -> None:
 
 def test_dry_run_prints_the_agent_id_calls(tmp_path: Path) -> None:
     # --dry-run prints every az command (none runs): the new calls are among them.
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "az").write_text("#!/bin/sh\nexit 9\n")
-    (bin_dir / "az").chmod(0o755)
+    bin_dir = stubs(tmp_path, az="#!/bin/sh\nexit 9\n", python3=PYTHON3)
     out = subprocess.run(
         ["bash", str(SCRIPT), "--dry-run", "--agent-id", "--prefix", "p"],
         env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"},

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import importlib.util
+import logging
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from _support.proc_cli import Answer
 from entra_passthrough import MemoryStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,8 +100,46 @@ CASES: dict[str, tuple[dict[str, str], str]] = {
 }
 
 
+#: The cases run as the container runs them, ``python main.py`` in a process of its own: its exit
+#: status and its whole stderr (one line, no traceback), for an error of the library (raised in
+#: ``main``'s ``create_app``) and one of the example's own checks (``PORT``, read before it).
+#: The others call ``main()`` in this process, with the same environment and directory: the line
+#: is ``SystemExit``'s message, which Python prints on stderr with exit status 1.
+REAL_PROCESS = ("empty environment", "PORT not a number")
+
+
+def _in_process(
+    env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> Answer:
+    """``main()`` with ``env`` as the whole environment: how the process would stop. What it
+    wrote (to the streams or their file descriptors) and what it logged at WARNING or above
+    (Python's last-resort handler prints that on stderr) comes before the message."""
+    main = _load()
+    for name in list(os.environ):
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(MAIN.parent)
+    with pytest.raises(SystemExit) as stopped:
+        main.main()
+    out, err = capfd.readouterr()
+    logged = "".join(f"{r.getMessage()}\n" for r in caplog.records if r.levelno >= logging.WARNING)
+    message = stopped.value.code
+    assert isinstance(message, str), message  # a str: printed on stderr, exit status 1
+    return Answer(1, out, err + logged + message + "\n")
+
+
 @pytest.mark.parametrize("case", list(CASES))
-def test_a_configuration_error_stops_the_container_in_one_line(case: str, tmp_path: Path) -> None:
+def test_a_configuration_error_stops_the_container_in_one_line(
+    case: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     extra, expected = CASES[case]
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -108,14 +148,17 @@ def test_a_configuration_error_stops_the_container_in_one_line(case: str, tmp_pa
         **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"},
         **extra,
     }
-    done = subprocess.run(
-        [sys.executable, str(MAIN)],
-        cwd=MAIN.parent,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,  # a safety net: each case stops before listening
-    )
+    if case in REAL_PROCESS:
+        done: Answer | subprocess.CompletedProcess[str] = subprocess.run(
+            [sys.executable, str(MAIN)],
+            cwd=MAIN.parent,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,  # a safety net: each case stops before listening
+        )
+    else:
+        done = _in_process(env, monkeypatch, capfd, caplog)
     assert done.returncode == 1, (done.returncode, done.stdout, done.stderr)
     assert "Traceback" not in done.stdout + done.stderr, done.stderr
     lines = done.stderr.splitlines()

@@ -1,9 +1,14 @@
 """Build this repository's wheel and install it into clean virtual environments.
 
-The wheel is built once per session (``pip wheel --no-deps``; hatchling comes from pip's build
-isolation). A venv is created without pip and filled with this interpreter's pip
-(``pip --python``), which skips bootstrapping pip in each one; dependencies come from the index
-through pip's cache.
+The wheel is built once per session (``uv build --wheel``, else ``pip wheel --no-deps``; hatchling
+comes from the build isolation). A venv is created without pip and filled with this
+interpreter's pip (``pip --python``), which skips bootstrapping pip in each one, or, for the
+core-only venv ``make test`` builds (``fast``), with the test environment's uv (``uv pip install
+--python``; the Makefile installs uv there); dependencies come from the index through the
+installer's cache. uv compiles the installed modules' bytecode, as pip
+does (the venv's commands would otherwise compile every module they import, each run): measured,
+0.25 s of CPU to install the core and pytest without compiling, 2.5 s with, where pip takes 6.6 s
+and ``pip wheel`` 3.5 s to uv's 0.6 s.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 PIP_TIMEOUT = 600
+#: The test environment's uv (None: pip does the work).
+_UV = Path(sys.executable).parent / "uv"
+UV: str | None = str(_UV) if os.access(_UV, os.X_OK) else None
 
 
 def _clean_env() -> dict[str, str]:
@@ -52,10 +60,12 @@ def check(args: list[str], *, cwd: Path | None = None, timeout: float = 120) -> 
 
 
 def build_wheel(outdir: Path) -> Path:
-    check(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(outdir), str(REPO)],
-        timeout=PIP_TIMEOUT,
-    )
+    if UV:
+        command = [UV, "build", "--wheel", "-q", "-o", str(outdir), str(REPO)]
+    else:
+        command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(outdir)]
+        command.append(str(REPO))
+    check(command, timeout=PIP_TIMEOUT)
     (wheel,) = outdir.glob("entra_passthrough-*.whl")
     return wheel
 
@@ -71,11 +81,15 @@ class Venv:
     def bin(self, name: str) -> str:
         return str(self.root / "bin" / name)
 
-    def install(self, *requirements: str) -> None:
-        check(
-            [sys.executable, "-m", "pip", "--python", self.python, "install", "-q", *requirements],
-            timeout=PIP_TIMEOUT,
-        )
+    def install(self, *requirements: str, fast: bool = False) -> None:
+        """``pip install`` into this venv, as users install; ``fast``: with uv when the test
+        environment has it (the core-only venv of ``make test``; the release tests install
+        with pip, whose resolver picks pre-releases of some dependencies where uv does not)."""
+        if fast and UV:
+            command = [UV, "pip", "install", "-q", "--compile-bytecode", "--python", self.python]
+        else:
+            command = [sys.executable, "-m", "pip", "--python", self.python, "install", "-q"]
+        check([*command, *requirements], timeout=PIP_TIMEOUT)
 
     def installed(self) -> set[str]:
         out = check([self.python, "-c", _LIST_DISTS])

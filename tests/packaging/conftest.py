@@ -16,5 +16,5 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def core_venv(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Venv:
     """The wheel with its core dependencies only (no extra), plus pytest to run a user's tests."""
     env = make_venv(tmp_path_factory.mktemp("core") / "venv")
-    env.install(str(wheel), "pytest")
+    env.install(str(wheel), "pytest", fast=True)
     return env

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import textwrap
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -97,11 +98,62 @@ def test_the_fixture_without_the_extra_names_it(core_venv: Venv, tmp_path: Path)
     assert "pip install 'entra-passthrough[testing]'" in proc.stdout
 
 
+#: Runs ``entra_passthrough.cli.main`` with each argv of ``sys.argv[1]`` (a JSON list) in this
+#: one interpreter, and prints ``[exit status, stdout, stderr]`` of each (JSON): the
+#: subcommands' ``--help`` and ``--version`` in one fresh core-only process, not one each.
+_COMMANDS_RUNNER = """\
+import contextlib, io, json, sys
+from entra_passthrough.cli import main
+answers = []
+for argv in json.loads(sys.argv[1]):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exc:  # a command's own argparse (--help): how the process ends
+            code = 0 if exc.code is None else exc.code
+    answers.append([code, out.getvalue(), err.getvalue()])
+print(json.dumps(answers))
+"""
+
+
+class Answer(NamedTuple):
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture(scope="module")
+def subcommands(core_venv: Venv) -> dict[str, Answer]:
+    """``<name> --help`` and ``<name> --version`` of every subcommand (keyed by the argv joined
+    with spaces), run through the CLI's ``main`` in one fresh interpreter of the core install;
+    that interpreter printed nothing else and exited 0."""
+    argvs = [[name, option] for name in _COMMANDS for option in ("--help", "--version")]
+    proc = run([core_venv.python, "-c", _COMMANDS_RUNNER, json.dumps(argvs)])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    answers = json.loads(proc.stdout)
+    return {" ".join(argv): Answer(*answer) for argv, answer in zip(argvs, answers, strict=True)}
+
+
+@pytest.fixture(scope="module")
+def top_version(core_venv: Venv) -> str:
+    """What the installed ``entra-passthrough --version`` prints (a process of its own)."""
+    return check([core_venv.bin("entra-passthrough"), "--version"])
+
+
 @pytest.mark.parametrize(
     "argv", [["--help"], *([name, "--help"] for name in _COMMANDS)], ids=" ".join
 )
-def test_every_help_works_without_extras(core_venv: Venv, argv: list[str]) -> None:
-    proc = run([core_venv.bin("entra-passthrough"), *argv])
+def test_every_help_works_without_extras(
+    core_venv: Venv, subcommands: dict[str, Answer], argv: list[str]
+) -> None:
+    # The installed script itself for the top level; the subcommands' help through its main,
+    # in one fresh interpreter of the core install (the subcommands fixture).
+    if argv == ["--help"]:
+        proc = run([core_venv.bin("entra-passthrough"), *argv])
+    else:
+        proc = subcommands[" ".join(argv)]
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("usage: entra-passthrough")
     assert proc.stderr == ""
@@ -126,10 +178,12 @@ def test_version(core_venv: Venv) -> None:
 
 
 @pytest.mark.parametrize("name", list(_COMMANDS))
-def test_every_subcommand_answers_version_without_extras(core_venv: Venv, name: str) -> None:
-    proc = run([core_venv.bin("entra-passthrough"), name, "--version"])
+def test_every_subcommand_answers_version_without_extras(
+    subcommands: dict[str, Answer], top_version: str, name: str
+) -> None:
+    proc = subcommands[f"{name} --version"]
     assert proc.returncode == 0, proc.stderr
-    top = check([core_venv.bin("entra-passthrough"), "--version"])
+    top = top_version
     assert proc.stdout == top
     assert proc.stderr == ""
 
