@@ -88,15 +88,22 @@ async def _drive(
     *,
     assertion_lifetime: int = 3600,
     events: dict[int, Callable[[], None]] | None = None,
+    pause: tuple[int, Callable[[], None]] | None = None,
     size: Size = SIZE,
 ) -> list[Result]:
     """Every user makes ``calls_per_user`` requests, interleaved, at ``concurrency``.
-    ``events[n]`` runs (in a thread, while the burst goes on) once ``n`` responses are in."""
+    ``events[n]`` runs (in a thread, while the burst goes on) once ``n`` responses are in; an
+    event that must wait for the previous one holds the burst's next requests until it begins
+    (a short burst would otherwise be over before it, and it would restart an idle server).
+    ``pause = (n, wait)``: once ``n`` responses are in, no request is sent until ``wait``
+    returns (run in a thread; the calls in flight go on)."""
     jobs = [u for _ in range(size.calls_per_user) for u in users]
     semaphore = asyncio.Semaphore(size.concurrency)
     results: list[Result] = []
     pending_events = dict(events or {})
     background: list[asyncio.Task[None]] = []
+    sending = asyncio.Event()  # cleared: the next requests wait
+    sending.set()
     limits = httpx2.Limits(
         max_connections=size.concurrency, max_keepalive_connections=size.concurrency
     )
@@ -104,6 +111,7 @@ async def _drive(
 
         async def one(user: User) -> None:
             async with semaphore:
+                await sending.wait()
                 who = f"{user.oid}|{next(_nonces)}"
                 token = agent_token(idp, user, lifetime=assertion_lifetime)
                 start = time.monotonic()
@@ -121,17 +129,32 @@ async def _drive(
             if event is not None:
                 # One after the other: a restart never overlaps the previous one.
                 previous = background[-1] if background else None
-                background.append(asyncio.create_task(_after(previous, event)))
+                background.append(asyncio.create_task(_after(previous, event, sending)))
+            if pause is not None and len(results) == pause[0]:
+                sending.clear()
+                background.append(asyncio.create_task(_after(None, pause[1], sending, hold=True)))
 
         await asyncio.gather(*(one(u) for u in jobs))
         await asyncio.gather(*background)
     return results
 
 
-async def _after(previous: asyncio.Task[None] | None, event: Callable[[], None]) -> None:
-    if previous is not None:
+async def _after(
+    previous: asyncio.Task[None] | None,
+    event: Callable[[], None],
+    sending: asyncio.Event,
+    *,
+    hold: bool = False,
+) -> None:
+    if previous is not None and not previous.done():
+        sending.clear()
         await previous
-    await asyncio.to_thread(event)
+    if not hold:
+        sending.set()  # the event begins now, with the burst going on
+    try:
+        await asyncio.to_thread(event)
+    finally:
+        sending.set()
 
 
 def _check(
@@ -186,14 +209,64 @@ def _check(
     return outcomes
 
 
-def _restarts(
-    server: ServerThread, *, handover: bool, size: Size = SIZE
-) -> dict[int, Callable[[], None]]:
+class MidBurst:
+    """An action (a restart, a crash) run ``size.restarts`` times spread over a run's burst
+    (``_drive(events=...)``), noting when each ran: the test then counts the calls that were
+    in flight as each began (``in_flight``)."""
+
+    def __init__(self, action: Callable[[], None], *, size: Size = SIZE) -> None:
+        self.action = action
+        self.size = size
+        self.windows: list[tuple[float, float]] = []  # time.monotonic() before and after
+
+    @property
+    def events(self) -> dict[int, Callable[[], None]]:
+        total = self.size.users * self.size.calls_per_user
+        step = total // (self.size.restarts + 1)
+        return {step * (i + 1): self for i in range(self.size.restarts)}
+
+    def __call__(self) -> None:
+        began = time.monotonic()
+        self.action()
+        self.windows.append((began, time.monotonic()))
+
+    def in_flight(self, results: list[Result]) -> list[int]:
+        """Per run of the action: the calls in flight while it ran (sent before it ended,
+        answered after it began)."""
+        return [
+            sum(1 for r in results if r.start < ended and r.end > began)
+            for began, ended in self.windows
+        ]
+
+    def assert_ran_with_calls_in_flight(self, results: list[Result]) -> None:
+        in_flight = self.in_flight(results)
+        assert len(in_flight) == self.size.restarts, in_flight
+        assert all(n > 0 for n in in_flight), f"calls in flight at each restart: {in_flight}"
+        print(f"calls in flight at each restart: {in_flight}")
+
+
+def _restarts(server: ServerThread, *, handover: bool, size: Size = SIZE) -> MidBurst:
     """Restarts in the middle of the burst (spread over the run)."""
-    total = size.users * size.calls_per_user
-    step = total // (size.restarts + 1)
-    action = server.handover if handover else server.restart
-    return {step * (i + 1): action for i in range(size.restarts)}
+    return MidBurst(server.handover if handover else server.restart, size=size)
+
+
+def _evictions(mcp: McpUnderTest, restarts: MidBurst | None = None) -> int:
+    """Sessions the client closed (DELETE) while the server that opened them still ran, during
+    the run: the per-user pool's bound closed a user's connection to make room for another's
+    (its idle timeout, 60 s, is never reached). Count before the host's shutdown, which closes
+    what the pool holds."""
+    began = [b for b, _ in (restarts.windows if restarts is not None else [])]
+
+    def generation(at: float) -> int:
+        return sum(1 for b in began if b <= at)
+
+    seen = mcp.recorder.snapshot()
+    opened = {s.session: generation(s.at) for s in seen if s.rpc == "initialize" and s.session}
+    return sum(
+        1
+        for s in seen
+        if s.method == "DELETE" and s.session in opened and opened[s.session] == generation(s.at)
+    )
 
 
 def _shared_host(idp: EntraEmulator, mcp: McpUnderTest) -> ServerThread:

@@ -4,8 +4,11 @@ every execution of its tool, and the quick/full sizes (``ENTRA_SOAK=1``: ``make 
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -40,10 +43,12 @@ def _size() -> Size:
     if custom:
         users, calls, concurrency = (int(x) for x in custom.split(","))
         return Size(users, calls, concurrency, 2)
-    return Size(200, 100, 64, 2) if SOAK else Size(30, 2, 16, 2)
+    return Size(200, 100, 64, 2) if SOAK else Size(16, 2, 8, 2)
 
 
-#: Quick in ``make test`` (a few seconds each); full in ``make soak``.
+#: Quick in ``make test`` (a few seconds each); full in ``make soak``. The quick size still has
+#: calls in flight at every restart and crash, pool bounds far below the user count, and
+#: tokens that expire mid-run: each test counts the events it is about (printed with -rP).
 SIZE = _size()
 
 #: The per-user pool cases bounded far below the user count (1 or 4 connections for 200 users):
@@ -53,6 +58,11 @@ SIZE = _size()
 #: user, 5,000 new sessions per case; at 100 each case took ~17 min of CPU (20,000 sessions) and
 #: make soak never ended. The per-user pool at 200 x 100 is tests/integration/test_isolation.py.
 POOL_SIZE = replace(SIZE, calls_per_user=min(SIZE.calls_per_user, 25))
+
+#: The per-user pool with short tokens: quick, as many users as the pool's bound (4), so that
+#: their connections are kept and outlive their tokens (with more users than the bound, each
+#: connection is closed for another user's within a token's lifetime); full: ``POOL_SIZE``.
+POOL_TOKEN_SIZE = POOL_SIZE if SOAK or os.environ.get("ENTRA_CHURN_SIZE") else Size(4, 6, 4, 2)
 
 
 class CrashPoint:
@@ -113,12 +123,96 @@ class CrashPoint:
         server.restart()  # the new instance is not armed
 
 
+@dataclass(frozen=True)
+class Bearer:
+    """A request that reached the MCP server with a user's token."""
+
+    at: float  # time.time() when it arrived (the clock of the token's exp)
+    oid: str
+    exp: float  # the token's exp
+    jti: str  # the token's id (uti/jti): a token told apart from the next one of its user
+    session: str | None  # mcp-session-id sent
+
+
+class BearerLog:
+    """Notes the token of every request that reaches the MCP server (decoded unverified: the
+    server verifies it): the evidence that tokens expired during a run and were replaced."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.seen: list[Bearer] = []
+
+    def wrap(self, app: Any) -> Any:
+        async def wrapper(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            if scope["type"] == "http":
+                self._note(scope.get("headers") or [])
+            await app(scope, receive, send)
+
+        return wrapper
+
+    def _note(self, headers: list[tuple[bytes, bytes]]) -> None:
+        found = dict((name.lower(), value.decode("latin-1")) for name, value in headers)
+        scheme, _, token = found.get(b"authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or token.count(".") != 2:
+            return
+        payload = token.split(".")[1]
+        try:
+            claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        except ValueError:
+            return
+        bearer = Bearer(
+            at=time.time(),
+            oid=str(claims.get("oid")),
+            exp=float(claims.get("exp", 0)),
+            jti=str(claims.get("uti") or claims.get("jti") or token[-16:]),
+            session=found.get(b"mcp-session-id"),
+        )
+        with self._lock:
+            self.seen.append(bearer)
+
+    def wait_until_seen_tokens_expired(self, timeout: float = 30.0) -> None:
+        """Sleeps until every token seen so far has expired (bounded): the requests sent next
+        need new ones, on connections the earlier requests opened."""
+        with self._lock:
+            latest = max((b.exp for b in self.seen), default=0.0)
+        time.sleep(max(0.0, min(timeout, latest + 0.05 - time.time())))
+
+    def replaced_after_expiry(self) -> int:
+        """Requests that carried a new token of their user after an earlier token of that user
+        had expired: a token expired mid-run and the next request did not reuse it."""
+        with self._lock:
+            seen = list(self.seen)
+        earliest_exp: dict[str, float] = {}
+        count = 0
+        for bearer in seen:
+            first = earliest_exp.setdefault(bearer.oid, bearer.exp)
+            if bearer.at > first and bearer.exp > first:
+                count += 1
+        return count
+
+    def sessions_outliving_a_token(self) -> int:
+        """Sessions (legacy, pooled) that carried a request after the token of their first
+        request had expired: a pooled connection outlived its user's token."""
+        with self._lock:
+            seen = list(self.seen)
+        first_exp: dict[str, float] = {}
+        outliving: set[str] = set()
+        for bearer in seen:
+            if bearer.session is None:
+                continue
+            first = first_exp.setdefault(bearer.session, bearer.exp)
+            if bearer.at > first:
+                outliving.add(bearer.session)
+        return len(outliving)
+
+
 @dataclass
 class McpUnderTest:
     server: ServerThread
     recorder: Recorder
     executions: list[tuple[str, str]] = field(default_factory=list)
     crash: CrashPoint = field(default_factory=CrashPoint)
+    bearers: BearerLog = field(default_factory=BearerLog)
 
 
 @pytest.fixture(scope="module")
@@ -151,22 +245,25 @@ def start_mcp() -> Iterator[Callable[..., McpUnderTest]]:
         recorder = Recorder()
         executions: list[tuple[str, str]] = []
         crash = CrashPoint(after_headers=crash_after_headers)
+        bearers = BearerLog()
         server = ServerThread(
-            lambda base: crash.wrap(
-                build_mcp_app(
-                    idp,
-                    base_url=base,
-                    recorder=recorder,
-                    stateful=stateful,
-                    executions=executions,
-                    json_response=json_response,
+            lambda base: bearers.wrap(
+                crash.wrap(
+                    build_mcp_app(
+                        idp,
+                        base_url=base,
+                        recorder=recorder,
+                        stateful=stateful,
+                        executions=executions,
+                        json_response=json_response,
+                    )
                 )
             ),
             name="mcp",
             graceful=graceful,
         ).start()
         started.append(server)
-        return McpUnderTest(server, recorder, executions, crash)
+        return McpUnderTest(server, recorder, executions, crash, bearers)
 
     yield start
     for server in started:

@@ -23,8 +23,8 @@ import pytest
 from entra_passthrough.testing import EntraEmulator
 from entra_passthrough.testing._world import User
 
-from ._churn import _check, _drive, _pooled_host, _restarts, _shared_host
-from .conftest import POOL_SIZE, SIZE, SOAK, McpUnderTest
+from ._churn import MidBurst, _check, _drive, _evictions, _pooled_host, _restarts, _shared_host
+from .conftest import POOL_SIZE, POOL_TOKEN_SIZE, SIZE, SOAK, McpUnderTest
 
 pytestmark = [
     pytest.mark.slow,
@@ -45,12 +45,12 @@ async def test_shared_tool_restarts_mid_burst(
     idp, users = idp_users
     mcp = start_mcp(idp)
     host = _shared_host(idp, mcp)
+    restarts = _restarts(mcp.server, handover=handover)
     try:
-        results = await _drive(
-            host.base, idp, users, events=_restarts(mcp.server, handover=handover)
-        )
+        results = await _drive(host.base, idp, users, events=restarts.events)
     finally:
         host.stop()
+    restarts.assert_ran_with_calls_in_flight(results)
     # A graceful restart answers the calls it runs, and a call it reset unread is sent again:
     # every call succeeds. (At most one per restart may end "may have run": a server whose
     # graceful timeout, 1 s here, cuts off a call it was still running on a loaded machine.)
@@ -70,19 +70,17 @@ async def test_calls_cut_off_by_a_crash_never_run_twice(
     idp, users = idp_users
     mcp = start_mcp(idp, graceful=0.01)
     host = _shared_host(idp, mcp)
-    crash = partial(mcp.crash.crash_after_a_held_call, mcp.server)
-    total = SIZE.users * SIZE.calls_per_user
-    step = total // (SIZE.restarts + 1)
+    crashes = MidBurst(partial(mcp.crash.crash_after_a_held_call, mcp.server))
     try:
-        results = await _drive(
-            host.base, idp, users, events={step * (i + 1): crash for i in range(SIZE.restarts)}
-        )
+        results = await _drive(host.base, idp, users, events=crashes.events)
     finally:
         host.stop()
+    crashes.assert_ran_with_calls_in_flight(results)
     outcomes = _check(results, mcp, allowed=frozenset({"ok", "unknown"}))
     # Every call cut off after it ran is "may have run" (none resent: _check counts executions).
     assert mcp.crash.held >= SIZE.restarts
     assert outcomes["unknown"] >= mcp.crash.held, (outcomes, mcp.crash.held)
+    print(f"answers withheld at the crashes: {mcp.crash.held}")
     assert outcomes["unknown"] <= SIZE.concurrency * SIZE.restarts, outcomes
 
 
@@ -97,11 +95,23 @@ async def test_shared_tool_short_tokens_slow_token_endpoint(
     try:
         # Assertions live 4 s, MCP tokens 3 s: both expire during the run, some between the
         # exchange and the call. A call either carries its user's token or is not sent.
-        results = await _drive(host.base, idp, users, assertion_lifetime=4)
+        results = await _drive(
+            host.base,
+            idp,
+            users,
+            assertion_lifetime=4,
+            pause=(
+                len(users) * SIZE.calls_per_user // 2,
+                mcp.bearers.wait_until_seen_tokens_expired,
+            ),
+        )
     finally:
         idp.clear_faults()
         host.stop()
     _check(results, mcp, allowed=frozenset({"ok", "token"}))
+    replaced = mcp.bearers.replaced_after_expiry()
+    assert replaced > 0, "no token of a user expired before the user's next call"
+    print(f"calls with a new token after their user's earlier one expired: {replaced}")
 
 
 def _sessions_carry_only_their_owner(mcp: McpUnderTest) -> None:
@@ -130,16 +140,15 @@ async def test_pool_small_bounds_with_restarts(
     idp, users = idp_users
     mcp = start_mcp(idp, stateful=True)
     host, _ = _pooled_host(idp, mcp, bound=bound)
+    restarts = _restarts(mcp.server, handover=handover, size=POOL_SIZE)
     try:
-        results = await _drive(
-            host.base,
-            idp,
-            users,
-            events=_restarts(mcp.server, handover=handover, size=POOL_SIZE),
-            size=POOL_SIZE,
-        )
+        results = await _drive(host.base, idp, users, events=restarts.events, size=POOL_SIZE)
+        evicted = _evictions(mcp, restarts)  # before the host's shutdown closes what the pool holds
     finally:
         host.stop()
+    restarts.assert_ran_with_calls_in_flight(results)
+    assert evicted > 0, "the pool's bound never closed a connection"
+    print(f"connections the bound closed during the run: {evicted}")
     outcomes = _check(results, mcp, allowed=frozenset({"ok", "unknown"}), size=POOL_SIZE)
     assert outcomes["unknown"] <= SIZE.restarts, outcomes  # as for the shared tool
     _sessions_carry_only_their_owner(mcp)
@@ -151,15 +160,33 @@ async def test_pool_short_tokens_slow_token_endpoint(
 ) -> None:
     """The per-user pool (bound 4) with 3 s MCP tokens, 4 s assertions and a slow token
     endpoint: a pooled connection outlives many of its user's tokens; each call carries the one
-    resolved for it, or is not sent."""
-    idp, users = short_idp_users
+    resolved for it, or is not sent. Halfway, no request is sent until every token seen so far
+    has expired: the connections the pool kept carry their users' next tokens."""
+    idp, all_users = short_idp_users
+    users = all_users[: POOL_TOKEN_SIZE.users]
     mcp = start_mcp(idp, stateful=True)
     host, _ = _pooled_host(idp, mcp, bound=4)
     idp.inject_fault("token", status=None, delay=0.2, count=SIZE.users)
     try:
-        results = await _drive(host.base, idp, users, assertion_lifetime=4, size=POOL_SIZE)
+        results = await _drive(
+            host.base,
+            idp,
+            users,
+            assertion_lifetime=4,
+            pause=(
+                len(users) * POOL_TOKEN_SIZE.calls_per_user // 2,
+                mcp.bearers.wait_until_seen_tokens_expired,
+            ),
+            size=POOL_TOKEN_SIZE,
+        )
     finally:
         idp.clear_faults()
         host.stop()
-    _check(results, mcp, allowed=frozenset({"ok", "token"}), size=POOL_SIZE)
+    _check(results, mcp, allowed=frozenset({"ok", "token"}), size=POOL_TOKEN_SIZE)
     _sessions_carry_only_their_owner(mcp)
+    replaced = mcp.bearers.replaced_after_expiry()
+    outliving = mcp.bearers.sessions_outliving_a_token()
+    print(f"new tokens after an expiry: {replaced}; sessions outliving a token: {outliving}")
+    assert replaced > 0, "no token of a user expired before the user's next call"
+    if POOL_TOKEN_SIZE.users <= 4:  # make soak: 200 users, the bound closes them first
+        assert outliving > 0, "no pooled connection outlived its user's token"

@@ -20,7 +20,7 @@ import pytest
 from entra_passthrough.testing import EntraEmulator
 from entra_passthrough.testing._world import User
 
-from ._churn import _check, _drive, _pooled_host, _restarts, _shared_host
+from ._churn import MidBurst, _check, _drive, _evictions, _pooled_host, _restarts, _shared_host
 from .conftest import POOL_SIZE, SIZE, McpUnderTest
 
 pytestmark = [
@@ -42,12 +42,12 @@ async def test_sse_shared_tool_restarts_mid_burst(
     idp, users = idp_users
     mcp = start_mcp(idp, json_response=False)
     host = _shared_host(idp, mcp)
+    restarts = _restarts(mcp.server, handover=handover)
     try:
-        results = await _drive(
-            host.base, idp, users, events=_restarts(mcp.server, handover=handover)
-        )
+        results = await _drive(host.base, idp, users, events=restarts.events)
     finally:
         host.stop()
+    restarts.assert_ran_with_calls_in_flight(results)
     outcomes = _check(results, mcp, allowed=frozenset({"ok", "unknown"}))
     assert outcomes["unknown"] <= SIZE.restarts, outcomes
 
@@ -67,16 +67,15 @@ async def test_sse_pool_small_bounds_with_restarts(
     idp, users = idp_users
     mcp = start_mcp(idp, stateful=True, json_response=False)
     host, _ = _pooled_host(idp, mcp, bound=bound)
+    restarts = _restarts(mcp.server, handover=handover, size=POOL_SIZE)
     try:
-        results = await _drive(
-            host.base,
-            idp,
-            users,
-            events=_restarts(mcp.server, handover=handover, size=POOL_SIZE),
-            size=POOL_SIZE,
-        )
+        results = await _drive(host.base, idp, users, events=restarts.events, size=POOL_SIZE)
+        evicted = _evictions(mcp, restarts)  # before the host's shutdown closes what the pool holds
     finally:
         host.stop()
+    restarts.assert_ran_with_calls_in_flight(results)
+    assert evicted > 0, "the pool's bound never closed a connection"
+    print(f"connections the bound closed during the run: {evicted}")
     outcomes = _check(results, mcp, allowed=frozenset({"ok", "unknown"}), size=POOL_SIZE)
     assert outcomes["unknown"] <= SIZE.restarts, outcomes
 
@@ -95,19 +94,13 @@ async def test_sse_answers_cut_off_after_their_headers_never_run_twice(
         idp, stateful=True, json_response=False, graceful=0.01, crash_after_headers=True
     )
     host, _ = _pooled_host(idp, mcp, bound=4)
-    crash = partial(mcp.crash.crash_after_a_held_call, mcp.server)
-    total = POOL_SIZE.users * POOL_SIZE.calls_per_user
-    step = total // (POOL_SIZE.restarts + 1)
+    crashes = MidBurst(partial(mcp.crash.crash_after_a_held_call, mcp.server), size=POOL_SIZE)
     try:
-        results = await _drive(
-            host.base,
-            idp,
-            users,
-            events={step * (i + 1): crash for i in range(POOL_SIZE.restarts)},
-            size=POOL_SIZE,
-        )
+        results = await _drive(host.base, idp, users, events=crashes.events, size=POOL_SIZE)
     finally:
         host.stop()
+    crashes.assert_ran_with_calls_in_flight(results)
     outcomes = _check(results, mcp, allowed=frozenset({"ok", "unknown"}), size=POOL_SIZE)
     assert mcp.crash.held >= POOL_SIZE.restarts
     assert outcomes["unknown"] >= mcp.crash.held, (outcomes, mcp.crash.held)
+    print(f"answers withheld at the crashes: {mcp.crash.held}")

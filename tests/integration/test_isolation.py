@@ -8,6 +8,7 @@ the MCP server records (token oid, who) for every tools/call and any mix-up show
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -36,11 +37,12 @@ from entra_passthrough.agent_framework.testing import ScriptedChatClient
 from entra_passthrough.testing import FOUNDRY_AUDIENCE, EntraEmulator
 from entra_passthrough.testing._world import User
 
-#: Quick in ``make test`` (every user in both halves of a run, interleaved); the full size with
-#: ``ENTRA_SOAK=1`` (``make soak``). The integration conftest makes USERS + 6 users.
-USERS = 200 if SOAK else 32
+#: Quick in ``make test`` (every user in both halves of a run, interleaved, twice per half); the
+#: full size with ``ENTRA_SOAK=1`` (``make soak``). The integration conftest makes at least
+#: USERS + 6 users.
+USERS = 200 if SOAK else 16
 CALLS_PER_USER = 100 if SOAK else 4
-CONCURRENCY = 64 if SOAK else 32
+CONCURRENCY = 64 if SOAK else 16
 
 pytestmark = pytest.mark.slow
 
@@ -166,12 +168,23 @@ async def test_shared_tool_survives_server_restart_mid_run(
     )
     agent = Agent(client=_client(), tools=[tool], middleware=entra_middleware())
     host = serve_asgi(host_app(agent), name="host")
+    restarted: list[float] = []
+
+    def restart() -> None:
+        server.restart()
+        restarted.append(time.monotonic())
+
     try:
-        results = await _drive(host.base, _jobs(idp, users), on_half=server.restart)
+        results = await _drive(host.base, _jobs(idp, users), on_half=restart)
     finally:
         host.stop()
     _check(results, recorder)
     _no_foreign_lifecycle_tokens(recorder, users)
+    # The restart happened between the halves: every user's calls reached both servers.
+    assert len(restarted) == 1
+    before = {s.oid for s in calls(recorder.snapshot()) if s.status == 200 and s.at < restarted[0]}
+    after = {s.oid for s in calls(recorder.snapshot()) if s.status == 200 and s.at > restarted[0]}
+    assert before == after == {u.oid for u in users[:USERS]}
 
 
 async def _pooled_run(
