@@ -37,9 +37,11 @@ __all__ = [
 class CallOutcomeUnknown(ToolException):
     """A ``tools/call`` whose request may have reached the MCP server when the connection was
     lost, or that the server answered with an HTTP error that does not say it did not run (a
-    5xx, a 429, another 4xx without a JSON-RPC error): it may have run. It is never resent
-    automatically (that could run it twice); the message tells the model to check before
-    calling again. ``status`` is that HTTP status (``None`` when the connection was lost) and
+    5xx, a 429, another 4xx without a JSON-RPC error): it may have run. Also a call that ran
+    but whose result the mcp client refused because it breaks the tool's declared output
+    schema (the message says it ran). It is never resent automatically (that could run it
+    twice); the message tells the model to check before calling again. ``status`` is that HTTP
+    status (``None`` when the connection was lost, and for a refused result) and
     ``retry_after`` the seconds its ``Retry-After`` asked to wait (``None`` without one)."""
 
     status: int | None = None

@@ -9,6 +9,10 @@ What the plain tool gets wrong (docs/platform-facts.md) and what this subclass d
   caller whose call triggers a connect or reconnect, for the duration of that connect (shared
   mode); or the user a pooled connection belongs to (pool mode). ``EntraAuth`` then applies
   that caller's token while it is active, else the policy's lifecycle identity, else none.
+  The transport's own tasks (the GET stream, and the answers to the server's requests it
+  carries) keep the context they were started in: on a pooled connection, a request of theirs
+  acts for the connection's active lessee instead of the ended run that connected
+  (``_acting_for_the_connections_user``).
 * The token of a ``tools/call`` is resolved in the tool call's own task, *before* the
   transport (typed errors such as ``ConsentRequired`` surface in the agent run), and handed to
   the transport with ``use_token``; the transport's ``EntraAuth`` uses ``on_error="record"``
@@ -48,8 +52,8 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Collection, Sequence
-from contextlib import suppress
+from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, Literal
@@ -65,7 +69,7 @@ from agent_framework.exceptions import (
 )
 
 from .._auth import EntraAuth
-from .._caller import Caller, active_caller, current_caller, set_current
+from .._caller import Caller, active_caller, current_caller, reset_current, set_current
 from .._chain import ended_caller_error
 from .._docs import see
 from .._errors import (
@@ -310,7 +314,49 @@ class EntraMCPTool(HookedMCPTool):
         hooks = dict(client.event_hooks)
         hooks["response"] = [*hooks.get("response", []), self._note_connect_answer]
         client.event_hooks = hooks
+        if self.mode == "per_user":
+            send = client.send
+
+            async def send_for_the_connections_user(
+                request: httpx2.Request, **kwargs: Any
+            ) -> httpx2.Response:
+                with self._acting_for_the_connections_user():
+                    return await send(request, **kwargs)
+
+            client.send = send_for_the_connections_user  # type: ignore[method-assign]
         return client
+
+    @contextmanager
+    def _acting_for_the_connections_user(self) -> Iterator[None]:
+        """A pooled connection's request outside any tool call (``attempt_var`` unset) acts for
+        the connection's user while one of that user's runs is active (the lessee that backs
+        the connection-lifetime requests, ``_lifecycle_caller``), in whichever task sends it.
+
+        The mcp SDK sends each request in a copy of its sender's context. The tasks the
+        transport starts while connecting (the GET stream, on which a legacy server sends its
+        ``ping``, ``roots/list`` or ``sampling/createMessage``, and the handlers that answer
+        them) keep a copy of the lifecycle context *as it was then*: its caller is the run that
+        connected, which ends with that run. Every later run's answer to such a request then
+        went out with no token (refused 401: the server never got its answer, and the call
+        waited for it until ``request_timeout``). Only a caller that is not active is
+        replaced, and only by this connection's own lessee (the pool keys a connection by its
+        user: never another user's); with no run of the user active, nothing is (no token)."""
+        current = current_caller()
+        backing = self._lifecycle_caller
+        if (
+            attempt_var.get() is not None
+            or (current is not None and current.active)
+            or backing is None
+            or backing is current
+            or not backing.active
+        ):
+            yield
+            return
+        bound = set_current(backing)
+        try:
+            yield
+        finally:
+            reset_current(bound)
 
     async def _note_connect_answer(self, response: httpx2.Response) -> None:
         """Keep the 401/403 of a connection-lifetime POST (discovery, initialize, tools/list):
@@ -354,9 +400,12 @@ class EntraMCPTool(HookedMCPTool):
         set_current(self._lifecycle_caller)
 
     def session_opened(self, session: Any) -> None:
-        """Every new session (reconnects included) maps URL elicitations to a consent error."""
+        """Every new session (reconnects included) maps URL elicitations to a consent error,
+        and types its refusal of a result that breaks the tool's declared output schema
+        (``_type_schema_refusals``)."""
         if not set_elicitation_callback(session, url_elicitation_as_error):
             _warn_no_elicitation_slot()
+        _type_schema_refusals(session)
 
     def _set_lifecycle_caller(self, caller: Caller | None) -> None:
         self._lifecycle_caller = caller
@@ -1121,6 +1170,7 @@ class EntraMCPTool(HookedMCPTool):
                     "reset_again",
                     "no_answer",
                     "misrouted",
+                    "broke_schema",
                 ):
                     if cut_off == "close":
                         pass  # the tool was closed under it: not reopened behind the closer
@@ -1242,6 +1292,10 @@ class EntraMCPTool(HookedMCPTool):
             # The server answered it with another request's JSON-RPC id (the transport dropped
             # that answer, given to no caller): it was sent, and may have run.
             return "misrouted"
+        if attempt.sent and _schema_breach(exc) is not None:
+            # The server answered a result (not an error: the tool ran) that the mcp client
+            # refused against the tool's declared output schema. Never resent: it ran.
+            return "broke_schema"
         if _not_an_answer(exc, attempt):
             return "no_answer"
         if attempt.sent and (
@@ -1333,6 +1387,18 @@ class EntraMCPTool(HookedMCPTool):
                 f"toolbox route), or with {RESEND_ON_RESET_VARIABLE}=false, where a 404 may "
                 "come after the call ran"
             )
+        elif verdict == "broke_schema":
+            breach = _schema_breach(exc)
+            why = (
+                "the server answered it with a result, not an error, but "
+                f"{breach.what if breach is not None else 'the result breaks its outputSchema'}"
+                "; the mcp client drops a result that breaks the tool's declared outputSchema"
+            )
+            fix = (
+                " Fix: correct the MCP server's tool so that its structured content matches "
+                "its declared outputSchema (or correct the outputSchema, or declare none); "
+                "until then every call of it fails this way after running."
+            )
         elif verdict == "misrouted":
             why = (
                 "the server answered it with the JSON-RPC id of another request (a server, "
@@ -1418,13 +1484,15 @@ class EntraMCPTool(HookedMCPTool):
                 f" The server asked to wait {_wait_text(retry_after)} (Retry-After) before "
                 "calling again."
             )
-        not_again = (
-            "it is not sent a third time (it may have run twice)"
-            if verdict == "reset_again"
-            else "it is not retried automatically so that it never runs twice"
-        )
+        if verdict == "reset_again":
+            not_again = "it is not sent a third time (it may have run twice)"
+        elif verdict == "broke_schema":
+            not_again = "it is not retried automatically (that would run it again)"
+        else:
+            not_again = "it is not retried automatically so that it never runs twice"
+        ran = "ran" if verdict == "broke_schema" else "may have run"
         return CallOutcomeUnknown(
-            f"The call to tool {tool_name!r} on MCP server {self.server_label!r} may have run: "
+            f"The call to tool {tool_name!r} on MCP server {self.server_label!r} {ran}: "
             f"{why}, and {not_again}. Check whether it took effect before calling it "
             f"again.{wait}{fix}",
             # Not the error that stopped a resend: it speaks of that request alone ("the call
@@ -1792,6 +1860,75 @@ def _not_an_answer(exc: BaseException, attempt: CallAttempt) -> bool:
             ):
                 return True
     return False
+
+
+class _OutputSchemaBreach(RuntimeError):
+    """Raised in place of the mcp SDK's ``RuntimeError`` from ``ClientSession.
+    validate_tool_result``: the server answered a tool's call with a result (so the tool ran)
+    that breaks the tool's declared ``outputSchema``, and the SDK refused it. ``what`` says how,
+    from the server's declared schema alone (never the result's content, which may echo what
+    the tool was sent)."""
+
+    def __init__(self, tool_name: str, what: str) -> None:
+        super().__init__(f"the answer of tool {tool_name!r} was refused: {what}")
+        self.what = what
+
+
+#: Marks a ``validate_tool_result`` already wrapped by ``_type_schema_refusals``.
+_SCHEMA_TYPED = "_entra_typed_schema_refusals"
+
+
+def _type_schema_refusals(session: Any) -> None:
+    """Wrap the session's public ``validate_tool_result`` (the mcp SDK calls it on the
+    session for every result that is not an error, ``ClientSession.call_tool`` and
+    ``Client.call_tool`` alike): its ``RuntimeError`` (structured content missing or not
+    matching the tool's declared output schema, or that schema unusable) becomes an
+    ``_OutputSchemaBreach`` (still a ``RuntimeError``), which ``call_tool`` turns into a
+    ``CallOutcomeUnknown`` that says the call ran. agent-framework would report it as a bare
+    "Failed to call tool", which reads as "it did not run" and invites running it again."""
+    validate = getattr(session, "validate_tool_result", None)
+    if not callable(validate) or getattr(validate, _SCHEMA_TYPED, False):
+        return
+
+    async def typed(name: str, result: Any) -> None:
+        try:
+            await validate(name, result)
+        except _OutputSchemaBreach:
+            raise
+        except RuntimeError as exc:
+            raise _OutputSchemaBreach(name, _how_it_broke(exc, result)) from exc
+
+    setattr(typed, _SCHEMA_TYPED, True)
+    session.validate_tool_result = typed
+
+
+def _how_it_broke(exc: RuntimeError, result: Any) -> str:
+    """How a result broke its tool's output schema: from the result's shape and the failed
+    check's place in the declared schema (``absolute_schema_path``: schema keywords and
+    property names the server declared), never from the result's values."""
+    if getattr(result, "structured_content", None) is None:
+        return (
+            "the tool declares an outputSchema and its result has no structured content "
+            "(structuredContent)"
+        )
+    # jsonschema's ValidationError (the SDK's cause for a result that does not match) has it.
+    failed = getattr(exc.__cause__, "absolute_schema_path", None)
+    if failed is not None:
+        path = "/".join(str(part) for part in failed)
+        where = f" (the check that failed: {path[:120]!r} in the schema)" if path else ""
+        return (
+            "its structured content (structuredContent) does not match the outputSchema the "
+            f"server declared for the tool{where}"
+        )
+    return (
+        "the outputSchema the server declared for the tool cannot be checked against (not a "
+        "valid JSON Schema, or a $ref that does not resolve within it)"
+    )
+
+
+def _schema_breach(exc: BaseException) -> _OutputSchemaBreach | None:
+    """The ``_OutputSchemaBreach`` in ``exc``'s chain, if any."""
+    return next((e for e in exception_chain(exc) if isinstance(e, _OutputSchemaBreach)), None)
 
 
 def _oid_of(caller: Caller | None) -> str | None:
