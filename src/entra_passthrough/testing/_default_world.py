@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from ._world import (
@@ -28,6 +29,22 @@ def _tenant(name: str) -> Tenant:
     return Tenant(name=name, id=stable_id("tenant", name), domain=f"{name}.onmicrosoft.com")
 
 
+_AGENT_CERTIFICATE: tuple[bytes, str] | None = None
+_AGENT_CERTIFICATE_LOCK = threading.Lock()
+
+
+def _agent_certificate() -> tuple[bytes, str]:
+    """The default world's agent certificate (PEM key + certificate, thumbprint), made once per
+    process: every default world registers the same apps (their ids are ``stable_id``s), and an
+    RSA key costs ~50 ms of CPU where a test suite starts hundreds of emulators. Signing keys,
+    secrets and a world file's certificates are still made per emulator."""
+    global _AGENT_CERTIFICATE
+    with _AGENT_CERTIFICATE_LOCK:
+        if _AGENT_CERTIFICATE is None:
+            _AGENT_CERTIFICATE = new_certificate("agent")
+        return _AGENT_CERTIFICATE
+
+
 def default_world() -> World:
     contoso, fabrikam = _tenant("contoso"), _tenant("fabrikam")
     tid = contoso.id
@@ -51,7 +68,7 @@ def default_world() -> World:
         system_assigned=True,
     )
     mi_fic = FederatedCredential(name="agent-mi", subject=mi.object_id)
-    pem, thumb = new_certificate("agent")
+    pem, thumb = _agent_certificate()
     agent_id = stable_id("app", "agent")
     agent = App(
         name="agent",
