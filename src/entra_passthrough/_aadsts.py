@@ -269,6 +269,13 @@ _TABLE: tuple[Aadsts, ...] = (
         "send the parameter named in the message",
     ),
     Aadsts(
+        90023,
+        "InvalidRequest",
+        "the sign-in request's prompt parameter is not one Entra supports (one of login, none, "
+        "consent, select_account, create; a single value, not a space-separated list)",
+        "send one supported prompt value, or none (MSAL: prompt=msal.Prompt.SELECT_ACCOUNT, ...)",
+    ),
+    Aadsts(
         900023,
         "InvalidTenantIdentifier",
         "the tenant identifier is not a GUID or a domain",
