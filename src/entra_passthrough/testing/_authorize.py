@@ -33,18 +33,41 @@ from ._token_endpoint import personal_accounts, resolve_tenant
 from ._world import MSA_DIRECTORY, App, User
 
 SESSION_COOKIE = "emu_session"
+#: The ``prompt`` values Entra's v2 /authorize accepts, one at a time (msal-js-prompt-behavior,
+#: "Supported prompt values"). ``create`` (self-service sign-up) is a sign-in without the session
+#: cookie here: the emulator has no sign-up page.
+PROMPTS = ("login", "none", "consent", "select_account", "create")
 _OWN = {"emu_action", "username", "password", "pending", "decision"}
 
 
+#: The hosts of a loopback redirect URI whose port Entra ignores (reply-url, "Localhost
+#: exceptions").
+_LOOPBACK_HOSTS = ("localhost", "127.0.0.1")
+
+
 def _redirect_uri_ok(app: App, uri: str) -> bool:
+    """Whether ``uri`` is one of ``app``'s redirect URIs, as Entra matches them (reply-url):
+    the same string, except that an ``http://localhost`` / ``http://127.0.0.1`` URI may name
+    any port. Its query must be the registered one; a fragment (RFC 6749 section 3.1.2: "MUST
+    NOT include a fragment component") and user info are never accepted."""
+    if "#" in uri:
+        return False
     if uri in app.redirect_uris:
         return True
     parts = urlsplit(uri)
-    if parts.scheme == "http" and parts.hostname in ("localhost", "127.0.0.1"):
-        for reg in app.redirect_uris:
-            r = urlsplit(reg)
-            if (r.scheme, r.hostname, r.path or "/") == ("http", parts.hostname, parts.path or "/"):
-                return True
+    if parts.scheme != "http" or parts.hostname not in _LOOPBACK_HOSTS or "@" in parts.netloc:
+        return False
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number (0-65535)
+    except ValueError:
+        return False
+    wanted = ("http", parts.hostname, parts.path or "/", parts.query)
+    for reg in app.redirect_uris:
+        r = urlsplit(reg)
+        if "#" in reg or "@" in r.netloc:
+            continue
+        if (r.scheme, r.hostname, r.path or "/", r.query) == wanted:
+            return True
     return False
 
 
@@ -216,6 +239,17 @@ def _authorize_for_client(
         # section 4.1 puts verifiers at 43-128 characters; padded S256 challenges (44) still fit.
         raise e.StsError(501491, "invalid_request", "Invalid size of Code_Challenge parameter.")
     prompt = params.get("prompt", "")
+    if prompt and prompt not in PROMPTS:
+        # One value of Entra's list (msal-js-prompt-behavior, "Supported prompt values"), never
+        # OIDC's space-separated combination (`consent select_account`: quoted for a v2
+        # /authorize URL in opencloud-eu/desktop#871) nor v1's `admin_consent` (v2 refuses it:
+        # AzureAD/microsoft-authentication-library-for-java#581): AADSTS90023.
+        raise e.StsError(
+            90023,
+            "invalid_request",
+            f"Unsupported 'prompt' value. The request's prompt '{prompt[:40]}' is not one of "
+            f"{', '.join(PROMPTS)}; send one of them alone, or no prompt.",
+        )
     user: User | None = None
     action = params.get("emu_action")
     if action == "signin":
@@ -236,7 +270,7 @@ def _authorize_for_client(
         user = rt.world.user(name) if name else None
     if user is None and params.get("login_hint"):
         user = rt.world.user(params["login_hint"])
-    if user is None and prompt not in ("login", "select_account"):
+    if user is None and prompt not in ("login", "select_account", "create"):
         sid = request.cookies.get(SESSION_COOKIE)
         with rt.lock:
             name = rt.sessions.get(sid or "")

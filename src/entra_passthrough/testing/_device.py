@@ -200,6 +200,12 @@ def redeem(
         record = rt.device_codes.get(code)
     if record is None or record.client_id != client_id or record.path_tenant != tenant_id:
         raise e.StsError(70000, "bad_verification_code", "The provided device code is not valid.")
+    if form.get("resource") is not None:
+        # RFC 8707 `resource` on the poll must name the resource of the code's scopes, as on
+        # every grant (AADSTS9010010); the code is not spent by the refused poll.
+        from ._token_endpoint import check_resource_param
+
+        check_resource_param(form, parse_scopes(rt, record.scope, record.tenant_id))
     if record.expires <= time.time():
         raise e.StsError(70019, "expired_token", "Verification code expired.")
     if record.declined:

@@ -385,6 +385,11 @@ def _authorization_code(
                     "The Code_Verifier does not match the code_challenge supplied in the "
                     "authorization request.",
                 )
+        if form.get("resource") is not None:
+            # RFC 8707 `resource` (the MCP SDK sends it on code exchange) must name the resource
+            # of the code's scopes, as on every grant (AADSTS9010010). Checked before the code
+            # is spent: a refused redemption leaves it redeemable, like the refusals above.
+            check_resource_param(form, parse_scopes(rt, " ".join(rec.scopes), rec.tenant_id))
         rec.redeemed = True
     user = rt.world.user(rec.user)
     if user is None:
@@ -448,6 +453,9 @@ def _refresh(
     if "offline_access" not in scope.split():
         scope += " offline_access"
     req = parse_scopes(rt, scope, tid)
+    # RFC 8707 `resource` must name the resource of the scopes asked for (AADSTS9010010): what
+    # Entra answers the MCP SDKs, which send it on refresh (modelcontextprotocol/csharp-sdk#1587).
+    check_resource_param(form, req)
     check_user_policies(user, req.resource, rec.amr)
     return user_token_response(
         rt,
