@@ -25,8 +25,9 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .. import _env
@@ -88,13 +89,56 @@ _BLOCKED = 53003
 _GROUP: dict[str, Any] = {} if sys.platform == "win32" else {"start_new_session": True}
 
 
-def _kill_group(proc: Any) -> None:
+#: How long a killed CLI's output pipes are drained before they are closed at our end. The kill
+#: closes them at once unless a process the CLI started left its group (``setsid``, a daemon)
+#: and holds them: that process may run for ever, and the call must not wait for it.
+_DRAIN = 1.0
+
+
+def _kill_group(pid: int, kill: Callable[[], object]) -> None:
     """Kill the CLI and every process it started (its group; on Windows the process)."""
     with contextlib.suppress(ProcessLookupError):  # already gone
         if sys.platform == "win32":
-            proc.kill()
+            kill()
         else:
-            os.killpg(proc.pid, signal.SIGKILL)  # the group's id is the CLI's pid
+            os.killpg(pid, signal.SIGKILL)  # the group's id is the CLI's pid
+
+
+def _stop_sync(proc: subprocess.Popen[bytes]) -> None:
+    """Kill the CLI's group and reap the CLI without waiting for a process that escaped the
+    group and holds its output pipes: a short drain, then our read ends closed."""
+    _kill_group(proc.pid, proc.kill)
+    try:
+        proc.communicate(timeout=_DRAIN)
+    except subprocess.TimeoutExpired:
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        proc.wait()  # the CLI itself was killed: it is gone at once
+
+
+class _Run(asyncio.SubprocessProtocol):
+    """The CLI's output, its exit (``exited``), and the end of the run (``finished``: exited
+    and both output pipes closed, what ``communicate`` waits for). A process the CLI started
+    that left its group may hold the pipes open for ever: a timeout or a cancel then closes the
+    transport (our ends of the pipes) instead of waiting for it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.out = bytearray()
+        self.err = bytearray()
+        self.exited: asyncio.Future[None] = loop.create_future()
+        self.finished: asyncio.Future[None] = loop.create_future()
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        (self.out if fd == 1 else self.err).extend(data)
+
+    def process_exited(self) -> None:
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.finished.done():
+            self.finished.set_result(None)
 
 
 def preauthorize_fix(scopes: tuple[str, ...], *, tool: str = "az") -> str:
@@ -165,7 +209,9 @@ class AzureCli:
 
     Tokens come from the CLI's command line as azure-identity's ``AzureCliCredential`` /
     ``AzureDeveloperCliCredential`` run it (their error texts are kept), in a subprocess this
-    source owns: a timeout or a cancelled call kills the CLI with everything it started. Only
+    source owns: a timeout or a cancelled call kills the CLI with everything it started (its
+    process group), and does not wait for a process that left the group (a session of its own)
+    and still holds the CLI's output. Only
     the ``developer`` policy ever uses it, and only when the request presented no assertion.
 
     >>> chain = TokenChain([AzureCli()], policy=Policy.DEVELOPER)
@@ -237,8 +283,6 @@ class AzureCli:
         return self._run_sync(scope, request.scopes)
 
     def _run_sync(self, scope: str, scopes: tuple[str, ...]) -> TokenResult:
-        import subprocess
-
         argv = self._argv(scope, scopes)
         try:
             with subprocess.Popen(
@@ -252,8 +296,7 @@ class AzureCli:
                 try:
                     stdout, stderr = proc.communicate(timeout=self.timeout)
                 except BaseException:
-                    _kill_group(proc)
-                    proc.communicate()  # the group is gone: the pipes close at once
+                    _stop_sync(proc)
                     raise
         except subprocess.TimeoutExpired:
             raise self._timed_out(scopes) from None
@@ -436,12 +479,17 @@ class AzureCli:
     async def get_token_async(self, request: TokenRequest) -> TokenResult | None:
         scope = self._scope(request.scopes)
         argv = self._argv(scope, request.scopes)
+        loop = asyncio.get_running_loop()
+        run = _Run(loop)
         try:
-            proc = await asyncio.create_subprocess_exec(
+            # Not ``create_subprocess_exec``: its ``Process`` waits for the output pipes to
+            # close even after the CLI was killed, and has no public way to close them.
+            transport, _ = await loop.subprocess_exec(
+                lambda: run,
                 *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 env=self._env(),
                 **_GROUP,
             )
@@ -452,21 +500,39 @@ class AzureCli:
                 scopes=request.scopes,
             ) from None
         try:
-            # Not ``asyncio.wait_for``: on Python 3.11 it returns the output when a cancel
-            # lands as the CLI ends (python/cpython#86296), and the cancelled request ran on.
-            async with asyncio.timeout(self.timeout):
-                stdout, stderr = await proc.communicate()
-        except TimeoutError:
-            _kill_group(proc)
-            await proc.wait()
-            raise self._timed_out(request.scopes) from None
-        except BaseException:
-            # Cancelled (the client went away): never leave the CLI running behind us.
-            if proc.returncode is None:
-                _kill_group(proc)
-                await asyncio.shield(proc.wait())
-            raise
-        return self._parse(proc.returncode or 0, stdout, stderr, request.scopes)
+            try:
+                # Not ``asyncio.wait_for``: on Python 3.11 it returns the output when a cancel
+                # lands as the CLI ends (python/cpython#86296), and the cancelled request ran on.
+                async with asyncio.timeout(self.timeout):
+                    await asyncio.shield(run.finished)
+            except TimeoutError:
+                if not run.finished.done():  # not when it ended as the time ran out
+                    await self._stop_async(transport, run)
+                raise self._timed_out(request.scopes) from None
+            except BaseException:
+                # Cancelled (the client went away): never leave the CLI running behind us.
+                if not run.finished.done():
+                    await self._stop_async(transport, run)
+                raise
+        finally:
+            transport.close()  # our ends of the pipes, whoever else holds them
+            if not run.finished.done() and transport.get_returncode() is not None:
+                # The ends close on the loop's next turns: closed when the call ends, not left
+                # to a loop that may stop first.
+                await asyncio.shield(run.finished)
+        return self._parse(
+            transport.get_returncode() or 0, bytes(run.out), bytes(run.err), request.scopes
+        )
+
+    @staticmethod
+    async def _stop_async(transport: asyncio.SubprocessTransport, run: _Run) -> None:
+        """Kill the CLI's group and wait for the CLI's exit (it was killed: at once), not for
+        the pipes a process that left the group may hold: the caller closes the transport.
+        Waited for before the close, which would otherwise kill and reap the CLI itself (past
+        asyncio's child watcher)."""
+        _kill_group(transport.get_pid(), transport.kill)
+        if transport.get_returncode() is None:
+            await asyncio.shield(run.exited)
 
     # -- errors ------------------------------------------------------------------------------
 
