@@ -46,6 +46,8 @@ _JWKS_TTL = 3600.0
 HTTP_TIMEOUT = 15.0
 _JWKS_MIN_REFETCH = 30.0
 #: A tenant id or domain as it may stand in an authority's path (``user_tenant``).
+#: A domain name (``contoso.onmicrosoft.com``): labels of letters, digits and hyphens.
+_DOMAIN = re.compile(r"(?=.{1,253}$)([A-Za-z0-9-]{1,63}\.)+[A-Za-z0-9-]{2,63}")
 _TENANT_SEGMENT = re.compile(r"[a-z0-9][a-z0-9.-]{0,252}")
 _PUBLIC_HOSTS = frozenset(
     {
@@ -131,6 +133,19 @@ class ConsentClient:
             # members got a dead link to the configured tenant's sign-in (AADSTS50020), forever.
             own = self.tenant_id.lower()
             if isinstance(entry, str) and (entry.strip().lower() != own or own in TENANTLESS):
+                if _DOMAIN.fullmatch(entry.strip()):
+                    named = f"{owner}: an entry of allowed_tenants" + (
+                        f" ({variable})" if variable else ""
+                    )
+                    raise ConfigurationError(
+                        f"{named} is a domain name: entries are compared with a verified "
+                        "caller's tid claim (the tenant's GUID), so it matches no caller. Only "
+                        "the consent app's own tenant may be listed by domain, written as its "
+                        "tenant id is configured (matched through discovery).",
+                        fix="list the tenant's Directory (tenant) ID, a GUID (Entra admin "
+                        "center > Overview; `entra-passthrough doctor` prints it for a domain), "
+                        "or its domain exactly as the consent app's tenant id is written.",
+                    )
                 caller_tenant(
                     entry.strip(),
                     what="allowed_tenants",

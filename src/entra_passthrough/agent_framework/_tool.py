@@ -1896,7 +1896,13 @@ def _type_schema_refusals(session: Any) -> None:
         except _OutputSchemaBreach:
             raise
         except RuntimeError as exc:
-            raise _OutputSchemaBreach(name, _how_it_broke(exc, result)) from exc
+            what = _how_it_broke(exc, result)
+        else:
+            return
+        # Raised outside the ``except``: neither the SDK's error nor jsonschema's (both quote
+        # the result's values, which may echo what the tool was sent) stays on the chain that
+        # agent-framework logs at DEBUG.
+        raise _OutputSchemaBreach(name, what)
 
     setattr(typed, _SCHEMA_TYPED, True)
     session.validate_tool_result = typed
