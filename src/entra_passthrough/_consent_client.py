@@ -126,12 +126,12 @@ class ConsentClient:
         self.allowed_tenants = tuple(t.strip().lower() for t in allowed_tenants or ()) or (
             self.tenant_id.lower(),
         )
+        own = self.tenant_id.lower()
         for entry in allowed_tenants or ():
             # Each entry is compared with a verified caller's tid (a GUID). Only the consent
             # app's own tenant is also matched by name (its discovery document's issuer names
             # its GUID: ``_tenant_allowed``); another tenant's domain matched no caller: its
             # members got a dead link to the configured tenant's sign-in (AADSTS50020), forever.
-            own = self.tenant_id.lower()
             if isinstance(entry, str) and (entry.strip().lower() != own or own in TENANTLESS):
                 if _DOMAIN.fullmatch(entry.strip()):
                     named = f"{owner}: an entry of allowed_tenants" + (

@@ -23,8 +23,17 @@ import pytest
 from entra_passthrough.testing import EntraEmulator
 from entra_passthrough.testing._world import User
 
-from ._churn import MidBurst, _check, _drive, _evictions, _pooled_host, _restarts, _shared_host
-from .conftest import POOL_SIZE, POOL_TOKEN_SIZE, SIZE, SOAK, McpUnderTest
+from ._churn import (
+    MidBurst,
+    Result,
+    _check,
+    _drive,
+    _evictions,
+    _pooled_host,
+    _restarts,
+    _shared_host,
+)
+from .conftest import POOL_SIZE, POOL_TOKEN_SIZE, SIZE, SOAK, McpUnderTest, Size
 
 pytestmark = [
     pytest.mark.slow,
@@ -95,16 +104,7 @@ async def test_shared_tool_short_tokens_slow_token_endpoint(
     try:
         # Assertions live 4 s, MCP tokens 3 s: both expire during the run, some between the
         # exchange and the call. A call either carries its user's token or is not sent.
-        results = await _drive(
-            host.base,
-            idp,
-            users,
-            assertion_lifetime=4,
-            pause=(
-                len(users) * SIZE.calls_per_user // 2,
-                mcp.bearers.wait_until_seen_tokens_expired,
-            ),
-        )
+        results = await _drive_past_expiry(host.base, idp, users, mcp)
     finally:
         idp.clear_faults()
         host.stop()
@@ -168,17 +168,7 @@ async def test_pool_short_tokens_slow_token_endpoint(
     host, _ = _pooled_host(idp, mcp, bound=4)
     idp.inject_fault("token", status=None, delay=0.2, count=SIZE.users)
     try:
-        results = await _drive(
-            host.base,
-            idp,
-            users,
-            assertion_lifetime=4,
-            pause=(
-                len(users) * POOL_TOKEN_SIZE.calls_per_user // 2,
-                mcp.bearers.wait_until_seen_tokens_expired,
-            ),
-            size=POOL_TOKEN_SIZE,
-        )
+        results = await _drive_past_expiry(host.base, idp, users, mcp, size=POOL_TOKEN_SIZE)
     finally:
         idp.clear_faults()
         host.stop()
@@ -190,3 +180,21 @@ async def test_pool_short_tokens_slow_token_endpoint(
     assert replaced > 0, "no token of a user expired before the user's next call"
     if POOL_TOKEN_SIZE.users <= 4:  # make soak: 200 users, the bound closes them first
         assert outliving > 0, "no pooled connection outlived its user's token"
+
+
+async def _drive_past_expiry(
+    base: str, idp: EntraEmulator, users: list[User], mcp: McpUnderTest, *, size: Size = SIZE
+) -> list[Result]:
+    """The burst with 4 s assertions, paused halfway until every token the MCP server has seen
+    has expired: the second half runs on expired tokens, whatever the machine's speed."""
+    return await _drive(
+        base,
+        idp,
+        users,
+        assertion_lifetime=4,
+        pause=(
+            len(users) * size.calls_per_user // 2,
+            mcp.bearers.wait_until_seen_tokens_expired,
+        ),
+        size=size,
+    )

@@ -19,6 +19,7 @@ import asyncio
 import json
 import warnings
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from mcp import MCPDeprecationWarning
@@ -57,12 +58,9 @@ def asking(idp: EntraEmulator) -> Iterator[tuple[ServerThread, ServerLog]]:
         server.stop()
 
 
-async def test_every_run_answers_the_servers_requests_with_its_own_token(
-    idp: EntraEmulator, users: list[User], asking: tuple[ServerThread, ServerLog]
-) -> None:
-    server, log = asking
-    user = users[0]
-    pool = entra_mcp_tool(
+def _pool(idp: EntraEmulator, server: ServerThread) -> Any:
+    """The per-user pool of the ``records`` server, with a short request timeout."""
+    return entra_mcp_tool(
         "records",
         f"{server.base}/mcp",
         chain=make_chain(idp),
@@ -70,6 +68,14 @@ async def test_every_run_answers_the_servers_requests_with_its_own_token(
         per_user=True,
         request_timeout=REQUEST_TIMEOUT,
     )
+
+
+async def test_every_run_answers_the_servers_requests_with_its_own_token(
+    idp: EntraEmulator, users: list[User], asking: tuple[ServerThread, ServerLog]
+) -> None:
+    server, log = asking
+    user = users[0]
+    pool = _pool(idp, server)
     questions = ["ping", "roots", "ping"]  # run 1 opens the connection; runs 2 and 3 reuse it
     try:
         for number, what in enumerate(questions, start=1):
@@ -112,14 +118,7 @@ async def test_a_connection_whose_user_has_no_run_answers_with_no_token(
     server asks on A's session then is answered with no token: never B's, never A's."""
     server, log = asking
     alice, bob = users[1], users[2]
-    pool = entra_mcp_tool(
-        "records",
-        f"{server.base}/mcp",
-        chain=make_chain(idp),
-        scopes=mcp_scopes(idp),
-        per_user=True,
-        request_timeout=REQUEST_TIMEOUT,
-    )
+    pool = _pool(idp, server)
     try:
         with bind_caller(token=agent_token(idp, alice)):
             tool = await pool.tool()
